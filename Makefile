@@ -1,0 +1,94 @@
+# Makefile -- builds celeriac; `make test` and `make run` do all set-up.
+#
+#   make            install missing Debian packages, build bin/celeriac, bin/celeriac-executor
+#   make asan       the same programs with AddressSanitizer+UBSan under build/asan/bin/
+#   make test       deps, both builds, C unit tests (asan), integration tests (pytest)
+#   make run        deps, build, then Redis + worker + (later) Gunicorn, see scripts/run
+#   make bench      throughput/latency benchmark against the stock Python worker
+#   make clean
+
+CC      ?= cc
+PKGS    := libuv hiredis jansson msgpack
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
+           -Wshadow -Wstrict-prototypes -fno-strict-aliasing
+DEPCFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+DEPLIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+ASANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+PROTOCOL_SRC := $(wildcard protocol/*.c)
+# Sources of the main process (everything in worker/ but the executor side).
+EXEC_ONLY    := worker/executor.c worker/diag.c
+WORKER_SRC   := $(filter-out $(EXEC_ONLY),$(wildcard worker/*.c))
+EXEC_SRC     := $(EXEC_ONLY) worker/frame.c worker/log.c worker/tasks.c
+UNIT_SRC     := $(wildcard tests/unit/test_*.c)
+
+OBJ      := build/obj
+AOBJ     := build/asan/obj
+
+BINS      := bin/celeriac bin/celeriac-executor
+ASAN_BINS := build/asan/bin/celeriac build/asan/bin/celeriac-executor
+UNIT_BINS := $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))
+
+PY := /usr/bin/python3
+
+.PHONY: all asan test unit integration run bench deps clean
+all: deps
+	@$(MAKE) --no-print-directory $(BINS)
+
+deps:
+	@scripts/install-deps
+
+asan: deps
+	@$(MAKE) --no-print-directory $(ASAN_BINS) $(UNIT_BINS)
+
+$(OBJ)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEPCFLAGS) -MMD -MP -c $< -o $@
+
+$(AOBJ)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) -MMD -MP -c $< -o $@
+
+bin/celeriac: $(patsubst %.c,$(OBJ)/%.o,$(WORKER_SRC) $(PROTOCOL_SRC))
+	@mkdir -p bin
+	$(CC) $(CFLAGS) -o $@ $^ $(DEPLIBS)
+
+bin/celeriac-executor: $(patsubst %.c,$(OBJ)/%.o,$(EXEC_SRC) $(PROTOCOL_SRC))
+	@mkdir -p bin
+	$(CC) $(CFLAGS) -o $@ $^ $(DEPLIBS)
+
+build/asan/bin/celeriac: $(patsubst %.c,$(AOBJ)/%.o,$(WORKER_SRC) $(PROTOCOL_SRC))
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ASANFLAGS) -o $@ $^ $(DEPLIBS)
+
+build/asan/bin/celeriac-executor: $(patsubst %.c,$(AOBJ)/%.o,$(EXEC_SRC) $(PROTOCOL_SRC))
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ASANFLAGS) -o $@ $^ $(DEPLIBS)
+
+# Each unit test links the protocol library and the worker's pure modules.
+UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) worker/frame.c)
+build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) -o $@ $^ $(DEPLIBS) -lcmocka
+
+test: deps
+	@$(MAKE) --no-print-directory $(BINS) $(ASAN_BINS) $(UNIT_BINS)
+	@scripts/run-tests
+
+unit: asan
+	@scripts/run-tests --unit-only
+
+integration: all asan
+	@scripts/run-tests --integration-only
+
+run: all
+	@scripts/run
+
+bench: all
+	$(PY) bench/throughput.py
+
+clean:
+	rm -rf build bin
+
+-include $(shell find build -name '*.d' 2>/dev/null)

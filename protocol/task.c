@@ -1,0 +1,461 @@
+/* task.c -- decode a Celery task message into a cel_task_t.
+ *
+ * Entry points: the kombu Redis envelope (JSON with a base64 body) and the
+ * transport-neutral parts (headers, properties, delivery_info, raw body) that
+ * AMQP also uses. Protocol 2 is the norm; protocol 1 bodies (a dict holding
+ * task/id/args/...) and hybrid ones (v2 headers, dict body with args) are
+ * converted as celery/worker/strategy.py proto1_to_proto2 / hybrid_to_proto2
+ * do. Everything a task points at lives in its own json_t trees and dies with
+ * cel_task_free. No I/O; main process.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Longest argsrepr/kwargsrepr computed for protocol 1 (celery's
+ * argsrepr_maxsize). */
+#define TASK_REPR_MAX 1024
+
+typedef struct task_impl {
+    cel_task_t pub;
+    json_t *keep; /* array holding every tree the pointers in pub borrow from */
+    char *content_type;
+    char *content_encoding;
+    char *argsrepr;
+    char *kwargsrepr;
+} task_impl_t;
+
+void cel_task_free(cel_task_t *task) {
+    if (!task)
+        return;
+    task_impl_t *t = task->priv_;
+    json_decref(t->keep);
+    free(t->content_type);
+    free(t->content_encoding);
+    free(t->argsrepr);
+    free(t->kwargsrepr);
+    free(t);
+}
+
+/* Keeps v alive as long as the task; takes the reference. -1 on failure. */
+static int keep(task_impl_t *t, json_t *v) {
+    if (!v)
+        return -1;
+    return json_array_append_new(t->keep, v);
+}
+
+static char *dup_or_null(const char *s) {
+    return s ? strdup(s) : NULL;
+}
+
+/* A header that must be a string or null/absent. */
+static int opt_str(json_t *obj, const char *key, const char **out, cel_err_t *err) {
+    json_t *v = json_object_get(obj, key);
+    *out = NULL;
+    if (!v || json_is_null(v))
+        return CEL_OK;
+    if (!json_is_string(v))
+        return cel_err_set(err, CEL_EBODY, "header '%s' must be a string or null", key);
+    *out = json_string_value(v);
+    return CEL_OK;
+}
+
+/* A header that must be an integer or null/absent (def when absent). */
+static int opt_int(json_t *obj, const char *key, long def, long *out, cel_err_t *err) {
+    json_t *v = json_object_get(obj, key);
+    *out = def;
+    if (!v || json_is_null(v))
+        return CEL_OK;
+    if (!json_is_integer(v))
+        return cel_err_set(err, CEL_EBODY, "header '%s' must be an integer", key);
+    json_int_t i = json_integer_value(v);
+    if (i < -2147483647 || i > 2147483647)
+        return cel_err_set(err, CEL_EBODY, "header '%s' is out of range", key);
+    *out = (long)i;
+    return CEL_OK;
+}
+
+static int truthy(json_t *v) {
+    if (!v)
+        return 0;
+    switch (json_typeof(v)) {
+    case JSON_TRUE: return 1;
+    case JSON_INTEGER: return json_integer_value(v) != 0;
+    case JSON_REAL: return json_real_value(v) != 0.0;
+    case JSON_STRING: return json_string_length(v) != 0;
+    case JSON_ARRAY: return json_array_size(v) != 0;
+    case JSON_OBJECT: return json_object_size(v) != 0;
+    default: return 0;
+    }
+}
+
+static int read_time(json_t *hdr, const char *key, const char **str, double *when,
+                     cel_err_t *err) {
+    int rc = opt_str(hdr, key, str, err);
+    if (rc || !*str)
+        return rc;
+    cel_err_t e;
+    if (cel_time_parse_iso8601(*str, when, &e) != CEL_OK)
+        return cel_err_set(err, CEL_EBODY, "bad '%s' header: %s", key, e.msg);
+    return CEL_OK;
+}
+
+static int read_timelimit(json_t *hdr, cel_task_t *t, cel_err_t *err) {
+    json_t *tl = json_object_get(hdr, "timelimit");
+    if (!tl || json_is_null(tl))
+        return CEL_OK;
+    if (!json_is_array(tl) || json_array_size(tl) != 2)
+        return cel_err_set(err, CEL_EBODY, "header 'timelimit' must be [hard, soft]");
+    double *dst[2] = {&t->time_limit, &t->soft_time_limit};
+    for (size_t i = 0; i < 2; i++) {
+        json_t *v = json_array_get(tl, i);
+        if (json_is_null(v))
+            continue;
+        if (!json_is_number(v) || json_number_value(v) < 0)
+            return cel_err_set(err, CEL_EBODY, "header 'timelimit' must hold numbers or nulls");
+        *dst[i] = json_number_value(v);
+    }
+    return CEL_OK;
+}
+
+/* Fills the header-derived fields other than id/name. */
+static int read_headers(json_t *hdr, cel_task_t *t, cel_err_t *err) {
+    long retries, gi;
+    int rc;
+    if ((rc = opt_str(hdr, "root_id", &t->root_id, err)) ||
+        (rc = opt_str(hdr, "parent_id", &t->parent_id, err)) ||
+        (rc = opt_str(hdr, "group", &t->group, err)) ||
+        (rc = opt_str(hdr, "shadow", &t->shadow, err)) ||
+        (rc = opt_str(hdr, "origin", &t->origin, err)) ||
+        (rc = opt_str(hdr, "argsrepr", &t->argsrepr, err)) ||
+        (rc = opt_str(hdr, "kwargsrepr", &t->kwargsrepr, err)) ||
+        (rc = read_time(hdr, "eta", &t->eta_str, &t->eta, err)) ||
+        (rc = read_time(hdr, "expires", &t->expires_str, &t->expires, err)) ||
+        (rc = opt_int(hdr, "retries", 0, &retries, err)) ||
+        (rc = opt_int(hdr, "group_index", -1, &gi, err)) || (rc = read_timelimit(hdr, t, err)))
+        return rc;
+    t->retries = retries;
+    t->group_index = (int)gi;
+    t->ignore_result = truthy(json_object_get(hdr, "ignore_result"));
+    if (truthy(json_object_get(hdr, "redelivered")))
+        t->redelivered = 1;
+    return CEL_OK;
+}
+
+static void read_properties(json_t *props, json_t *dinfo, cel_task_t *t) {
+    json_t *v;
+    t->correlation_id = json_string_value(json_object_get(props, "correlation_id"));
+    t->reply_to = json_string_value(json_object_get(props, "reply_to"));
+    v = json_object_get(props, "priority");
+    if (json_is_number(v)) {
+        double p = json_number_value(v);
+        t->priority = p < 0 ? 0 : p > 9 ? 9 : (int)p;
+    }
+    t->delivery_tag = json_string_value(json_object_get(dinfo, "delivery_tag"));
+    if (!t->delivery_tag)
+        t->delivery_tag = json_string_value(json_object_get(props, "delivery_tag"));
+    t->exchange = json_string_value(json_object_get(dinfo, "exchange"));
+    t->routing_key = json_string_value(json_object_get(dinfo, "routing_key"));
+    if (truthy(json_object_get(dinfo, "redelivered")))
+        t->redelivered = 1;
+}
+
+/* Copies key from src into dst, as null when missing (hybrid_to_proto2). */
+static int copy_or_null(json_t *dst, json_t *src, const char *key) {
+    json_t *v = json_object_get(src, key);
+    return json_object_set_new(dst, key, v ? json_deep_copy(v) : json_null());
+}
+
+/* Headers of a hybrid message: body fields, overridden by message headers. */
+static json_t *hybrid_headers(json_t *body, json_t *headers) {
+    static const char *keys[] = {"lang",   "task",    "id",      "root_id",  "parent_id",
+                                 "group",  "meth",    "shadow",  "eta",      "expires",
+                                 "argsrepr", "kwargsrepr", "origin"};
+    json_t *h = json_object();
+    if (!h)
+        return NULL;
+    int bad = 0;
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        bad |= copy_or_null(h, body, keys[i]);
+    json_t *r = json_object_get(body, "retries");
+    bad |= json_object_set_new(h, "retries", r ? json_deep_copy(r) : json_integer(0));
+    json_t *tl = json_object_get(body, "timelimit");
+    bad |= json_object_set_new(h, "timelimit", tl ? json_deep_copy(tl) : json_pack("[nn]"));
+    if (headers)
+        bad |= json_object_update(h, headers);
+    if (bad) {
+        json_decref(h);
+        return NULL;
+    }
+    return h;
+}
+
+/* Embed of a protocol 1 or hybrid body. */
+static json_t *v1_embed(json_t *body) {
+    json_t *e = json_object();
+    if (!e)
+        return NULL;
+    int bad = copy_or_null(e, body, "callbacks");
+    bad |= copy_or_null(e, body, "errbacks");
+    bad |= copy_or_null(e, body, "chord");
+    bad |= json_object_set_new(e, "chain", json_null());
+    if (bad) {
+        json_decref(e);
+        return NULL;
+    }
+    return e;
+}
+
+/* Sets args/kwargs/embed from a v2 body [args, kwargs, embed]. */
+static int take_v2_body(task_impl_t *ti, json_t *body, cel_err_t *err) {
+    cel_task_t *t = &ti->pub;
+    if (!json_is_array(body))
+        return cel_err_set(err, CEL_EBODY, "protocol 2 body must be a list [args, kwargs, embed]");
+    if (json_array_size(body) != 3)
+        return cel_err_set(err, CEL_EBODY,
+                           "protocol 2 body must be [args, kwargs, embed], got %zu items",
+                           json_array_size(body));
+    json_t *args = json_array_get(body, 0), *kwargs = json_array_get(body, 1);
+    json_t *embed = json_array_get(body, 2);
+    if (!json_is_array(args))
+        return cel_err_set(err, CEL_EBODY, "task args must be a list");
+    if (!json_is_object(kwargs))
+        return cel_err_set(err, CEL_EBODY, "task kwargs must be a mapping");
+    if (!json_is_object(embed) && !json_is_null(embed))
+        return cel_err_set(err, CEL_EBODY, "task embed must be a mapping or null");
+    t->args = args;
+    t->kwargs = kwargs;
+    t->embed = json_is_object(embed) ? embed : NULL;
+    return CEL_OK;
+}
+
+/* Sets args/kwargs/embed from a protocol 1 / hybrid dict body. */
+static int take_v1_body(task_impl_t *ti, json_t *body, cel_err_t *err) {
+    cel_task_t *t = &ti->pub;
+    json_t *args = json_object_get(body, "args"), *kwargs = json_object_get(body, "kwargs");
+    if (!args)
+        args = json_array();
+    else
+        json_incref(args);
+    if (!kwargs)
+        kwargs = json_object();
+    else
+        json_incref(kwargs);
+    json_t *embed = v1_embed(body);
+    int bad = keep(ti, args);
+    bad |= keep(ti, kwargs);
+    bad |= keep(ti, embed);
+    if (bad)
+        return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    if (!json_is_array(args))
+        return cel_err_set(err, CEL_EBODY, "task args must be a list");
+    if (!json_is_object(kwargs))
+        return cel_err_set(err, CEL_EBODY, "Task keyword arguments must be a mapping");
+    t->args = args;
+    t->kwargs = kwargs;
+    t->embed = embed;
+    return CEL_OK;
+}
+
+/* The shared decoder. body_err, when set, is why the body could not even be
+ * extracted (bad base64); the body is then treated as undecodable. */
+static int decode(json_t *headers, json_t *properties, json_t *delivery_info,
+                  const uint8_t *raw, size_t raw_len, const char *content_type,
+                  const char *content_encoding, const cel_err_t *body_err, cel_task_t **out,
+                  cel_err_t *err) {
+    *out = NULL;
+    if (headers && json_is_null(headers))
+        headers = NULL;
+    if ((headers && !json_is_object(headers)) || (properties && !json_is_object(properties)))
+        return cel_err_set(err, CEL_EPROTO, "message headers and properties must be mappings");
+    if (delivery_info && !json_is_object(delivery_info))
+        delivery_info = NULL;
+
+    task_impl_t *ti = calloc(1, sizeof(*ti));
+    if (!ti)
+        return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    cel_task_t *t = &ti->pub;
+    t->priv_ = ti;
+    t->group_index = -1;
+    ti->keep = json_array();
+    ti->content_type = dup_or_null(content_type);
+    ti->content_encoding = dup_or_null(content_encoding);
+    if (!ti->keep || (content_type && !ti->content_type) ||
+        (content_encoding && !ti->content_encoding))
+        goto nomem;
+    t->content_type = ti->content_type;
+    t->content_encoding = ti->content_encoding;
+
+    /* the body first: protocol 1 needs it to know the task at all */
+    cel_err_t berr;
+    json_t *body = NULL;
+    int brc;
+    if (body_err) {
+        berr = *body_err;
+        brc = CEL_EBODY;
+    } else {
+        brc = cel_body_load(raw, raw_len, content_type, content_encoding, &body, &berr);
+        if (brc == CEL_ENOMEM)
+            goto nomem;
+        if (brc == CEL_OK && keep(ti, body) < 0)
+            goto nomem;
+    }
+
+    json_t *hdr;
+    int v1 = 0;
+    if (headers && json_object_get(headers, "task")) {
+        if (json_is_object(body) && json_object_get(body, "args")) {
+            hdr = hybrid_headers(body, headers);
+            v1 = 1;
+            t->headers = hdr;
+        } else {
+            hdr = json_deep_copy(headers);
+            t->headers = hdr;
+        }
+        t->proto = 2;
+    } else {
+        if (!json_is_object(body) || !json_object_get(body, "task")) {
+            cel_task_free(t);
+            if (brc != CEL_OK)
+                return cel_err_set(err, CEL_EPROTO, "no 'task' header, and the body is not a "
+                                   "protocol 1 task: %s", berr.msg);
+            return cel_err_set(err, CEL_EPROTO, "no 'task' header, and the body is not a "
+                               "protocol 1 task (a mapping with 'task')");
+        }
+        hdr = json_copy(body);
+        if (hdr && json_object_get(body, "taskset"))
+            json_object_set(hdr, "group", json_object_get(body, "taskset"));
+        v1 = 1;
+        t->proto = 1;
+    }
+    if (keep(ti, hdr) < 0)
+        goto nomem;
+    json_t *props = properties ? json_deep_copy(properties) : json_object();
+    json_t *dinfo = delivery_info ? json_deep_copy(delivery_info) : json_object();
+    int bad = keep(ti, props);
+    bad |= keep(ti, dinfo);
+    if (bad)
+        goto nomem;
+
+    json_t *id = json_object_get(hdr, "id"), *name = json_object_get(hdr, "task");
+    if (!json_is_string(id) || !json_is_string(name) || json_string_length(id) == 0 ||
+        json_string_length(name) == 0) {
+        cel_task_free(t);
+        return cel_err_set(err, CEL_EPROTO, "message has no task id or name");
+    }
+    if (strlen(json_string_value(id)) != json_string_length(id) ||
+        strlen(json_string_value(name)) != json_string_length(name)) {
+        cel_task_free(t);
+        return cel_err_set(err, CEL_EPROTO, "task id or name contains a NUL character");
+    }
+    t->id = json_string_value(id);
+    t->name = json_string_value(name);
+    read_properties(props, dinfo, t);
+
+    /* from here on the task is known: failures are CEL_EBODY with *out set */
+    int rc = read_headers(hdr, t, err);
+    if (rc == CEL_OK && brc != CEL_OK)
+        rc = cel_err_set(err, CEL_EBODY, "%s", berr.msg);
+    if (rc == CEL_OK)
+        rc = v1 ? take_v1_body(ti, body, err) : take_v2_body(ti, body, err);
+    if (rc == CEL_OK && t->proto == 1) {
+        ti->argsrepr = cel_repr(t->args, 0, TASK_REPR_MAX);
+        ti->kwargsrepr = cel_repr(t->kwargs, 0, TASK_REPR_MAX);
+        if (!ti->argsrepr || !ti->kwargsrepr)
+            goto nomem;
+        t->argsrepr = ti->argsrepr;
+        t->kwargsrepr = ti->kwargsrepr;
+    }
+    if (rc == CEL_ENOMEM)
+        goto nomem;
+    if (rc != CEL_OK) {
+        t->args = t->kwargs = t->embed = NULL;
+        *out = t;
+        return CEL_EBODY;
+    }
+    cel_err_clear(err);
+    *out = t;
+    return CEL_OK;
+nomem:
+    cel_task_free(t);
+    return cel_err_set(err, CEL_ENOMEM, "out of memory decoding a task");
+}
+
+/* See protocol.h. */
+int cel_task_decode_parts(json_t *headers, json_t *properties, json_t *delivery_info,
+                          const uint8_t *body, size_t body_len, const char *content_type,
+                          const char *content_encoding, cel_task_t **out, cel_err_t *err) {
+    return decode(headers, properties, delivery_info, body, body_len, content_type,
+                  content_encoding, NULL, out, err);
+}
+
+static const char *opt_string(json_t *obj, const char *key) {
+    return json_string_value(json_object_get(obj, key));
+}
+
+/* See protocol.h. */
+int cel_task_decode_envelope(const char *buf, size_t len, cel_task_t **out, cel_err_t *err) {
+    *out = NULL;
+    if (len > CEL_MSG_MAX_BYTES)
+        return cel_err_set(err, CEL_ELIMIT, "envelope of %zu bytes is over the %u byte limit", len,
+                           CEL_MSG_MAX_BYTES);
+    json_error_t je;
+    json_t *env = json_loadb(buf, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+    if (!env)
+        return cel_err_set(err, CEL_EPROTO, "envelope is not valid JSON: %s at line %d column %d",
+                           je.text, je.line, je.column);
+    int rc;
+    if (!json_is_object(env)) {
+        rc = cel_err_set(err, CEL_EPROTO, "envelope is not a JSON object");
+        goto done;
+    }
+    if (cel_json_depth(env, CEL_MSG_MAX_DEPTH) > CEL_MSG_MAX_DEPTH) {
+        rc = cel_err_set(err, CEL_ELIMIT, "envelope nested deeper than %d levels",
+                         CEL_MSG_MAX_DEPTH);
+        goto done;
+    }
+    json_t *body = json_object_get(env, "body");
+    json_t *props = json_object_get(env, "properties");
+    json_t *headers = json_object_get(env, "headers");
+    if (!json_is_string(body)) {
+        rc = cel_err_set(err, CEL_EPROTO, "envelope has no string 'body'");
+        goto done;
+    }
+    if (props && json_is_null(props))
+        props = NULL;
+    if (props && !json_is_object(props)) {
+        rc = cel_err_set(err, CEL_EPROTO, "envelope 'properties' is not a mapping");
+        goto done;
+    }
+    const char *benc = opt_string(props, "body_encoding");
+    const char *text = json_string_value(body);
+    size_t text_len = json_string_length(body);
+    uint8_t *raw = NULL;
+    size_t raw_len = 0;
+    cel_err_t berr;
+    const cel_err_t *pre = NULL;
+    if (benc && strcmp(benc, "base64") == 0) {
+        int brc = cel_base64_decode(text, text_len, &raw, &raw_len, &berr);
+        if (brc == CEL_ENOMEM) {
+            rc = cel_err_set(err, brc, "%s", berr.msg);
+            goto done;
+        }
+        if (brc != CEL_OK) {
+            cel_err_set(&berr, CEL_EBODY, "body is not valid base64");
+            pre = &berr;
+        }
+    } else if (benc) {
+        cel_err_set(&berr, CEL_EBODY, "unsupported body_encoding '%.32s'", benc);
+        pre = &berr;
+    }
+    const uint8_t *bytes = raw ? raw : (const uint8_t *)text;
+    size_t nbytes = raw ? raw_len : text_len;
+    rc = decode(headers, props, json_object_get(props, "delivery_info"), bytes, nbytes,
+                opt_string(env, "content-type"), opt_string(env, "content-encoding"), pre, out,
+                err);
+    free(raw);
+done:
+    json_decref(env);
+    return rc;
+}

@@ -1,0 +1,61 @@
+/* config.h -- the worker's settings: command line, environment, URLs, node name.
+ *
+ * Parsed once in main() before the loop starts; read-only afterwards. Mirrors
+ * `celery worker`'s options where they exist (see README.md for every flag).
+ */
+#ifndef CEL_CONFIG_H
+#define CEL_CONFIG_H
+
+#include "../protocol/err.h"
+
+#define CEL_MAX_QUEUES 64
+#define CEL_MAX_CONCURRENCY 256
+
+/* A parsed redis://[user:password@]host[:port][/db] URL. */
+typedef struct cel_redis_url {
+    char host[256];
+    int port;
+    int db;
+    char user[128];     /* "" when none (AUTH with password only) */
+    char password[256]; /* "" when none */
+} cel_redis_url_t;
+
+typedef struct cel_config {
+    char broker_url[1024];
+    char backend_url[1024];
+    cel_redis_url_t broker;
+    cel_redis_url_t backend;
+    char *queues[CEL_MAX_QUEUES];
+    int nqueues;
+    int concurrency;
+    int prefetch_multiplier;  /* 0 = unlimited, as Celery */
+    char hostname[256];       /* expanded node name, e.g. celeriac@host */
+    int loglevel;
+    char logfile[1024];       /* "" = stderr */
+    char pidfile[1024];       /* "" = none */
+    double time_limit;        /* hard, seconds, 0 = none */
+    double soft_time_limit;   /* 0 = none */
+    int max_tasks_per_child;  /* 0 = unlimited */
+    char state_dir[1024];     /* "" = none */
+    double result_expires;    /* seconds, 0 = never */
+    double visibility_timeout;
+    long max_message_size;    /* bytes of one envelope */
+    char executor[1024];      /* path of celeriac-executor */
+} cel_config_t;
+
+/* Fills cfg from argv and the environment (CELERY_BROKER_URL,
+ * CELERY_RESULT_BACKEND). Returns CEL_OK; 1 when --help/--version was printed
+ * (caller exits 0); or CEL_EINVAL with err saying which option is wrong. */
+int cel_config_parse(cel_config_t *cfg, int argc, char **argv, cel_err_t *err);
+
+/* Frees what cel_config_parse allocated (the queue names). */
+void cel_config_free(cel_config_t *cfg);
+
+/* Parses a redis:// URL (also unix-less rediss is refused). */
+int cel_config_parse_redis_url(const char *url, cel_redis_url_t *out, cel_err_t *err);
+
+/* Expands %h (full host name), %n (name before the first dot), %d (domain
+ * after it) and %% in a node name pattern, as celery's nodename does. */
+int cel_config_expand_hostname(const char *pattern, char *out, size_t size, cel_err_t *err);
+
+#endif

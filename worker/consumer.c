@@ -1,0 +1,652 @@
+/* consumer.c -- requests from message to ack: prefetch, eta, expiry, run, store, ack.
+ *
+ * States of a request: HELD (eta not reached; not counted against prefetch, as
+ * Celery's qos.increment_eventually), READY (waiting for an executor), ACTIVE
+ * (running), FINISHING (result being stored, then acked). A message is acked
+ * only after its result is stored (or when it has none), so a crash at any
+ * point leaves it in kombu's `unacked` hash to be restored. Matches
+ * celery/worker/strategy.py, request.py and consumer.py in what the client
+ * sees: results, exceptions and log lines. Main process, libuv loop.
+ */
+#include "consumer.h"
+
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "../protocol/protocol.h"
+#include "backend.h"
+#include "broker.h"
+#include "log.h"
+#include "pool.h"
+#include "tasks.h"
+
+#define NO_PREFETCH_LIMIT 1000 /* messages held when --prefetch-multiplier is 0 */
+#define REPR_MAX 200           /* result repr in log lines */
+
+enum { R_HELD, R_READY, R_ACTIVE, R_FINISHING, R_GIVING_BACK };
+
+typedef struct request request_t;
+struct request {
+    request_t *prev, *next; /* in c->requests */
+    request_t *rnext;       /* in the ready FIFO */
+    cel_consumer_t *c;
+    cel_task_t *task;
+    char *tag;              /* delivery tag, owned; NULL when not registered */
+    int state;
+    double received;
+    double started;
+    int pid;
+    char *meta;             /* result meta waiting to be stored */
+    size_t meta_len;
+    uv_timer_t timer;       /* eta; closed when the request is freed */
+};
+
+struct cel_consumer {
+    uv_loop_t *loop;
+    const cel_config_t *cfg;
+    cel_broker_t *broker;
+    cel_backend_t *backend;
+    cel_pool_t *pool;
+    request_t *requests;             /* every live request */
+    request_t *ready_head, *ready_tail;
+    int held;                        /* requests occupying prefetch slots */
+    int limit;                       /* prefetch_count */
+    int nrequests;
+    int stopping;                    /* warm shutdown started */
+    int cold;
+    int closing;                     /* close_all ran */
+    int closing_left;                /* components still closing */
+    int announced;                   /* "ready." printed */
+    uv_timer_t touch_timer;
+    uv_timer_t drain_timer;          /* deferred checks outside callbacks */
+    long processed;
+    void (*on_done)(void *);
+    void *done_priv;
+};
+
+static double now_unix(void) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (double)tv.tv_sec + tv.tv_usec / 1e6;
+}
+
+static void dispatch(cel_consumer_t *c);
+static void maybe_finish_shutdown(cel_consumer_t *c);
+
+/* ---- request bookkeeping ---------------------------------------------- */
+
+static request_t *request_new(cel_consumer_t *c, cel_task_t *task, const char *tag) {
+    request_t *r = calloc(1, sizeof(*r));
+    if (!r) return NULL;
+    if (tag && !(r->tag = strdup(tag))) {
+        free(r);
+        return NULL;
+    }
+    r->c = c;
+    r->task = task;
+    r->received = now_unix();
+    uv_timer_init(c->loop, &r->timer);
+    r->timer.data = r;
+    r->next = c->requests;
+    if (c->requests) c->requests->prev = r;
+    c->requests = r;
+    c->nrequests++;
+    return r;
+}
+
+static void on_request_closed(uv_handle_t *h) {
+    request_t *r = h->data;
+    cel_consumer_t *c = r->c;
+    cel_task_free(r->task);
+    free(r->tag);
+    free(r->meta);
+    free(r);
+    c->nrequests--;
+    maybe_finish_shutdown(c);
+}
+
+/* Unlinks and frees a request (the timer close completes it). */
+static void request_free(request_t *r) {
+    cel_consumer_t *c = r->c;
+    if (r->prev) r->prev->next = r->next;
+    else c->requests = r->next;
+    if (r->next) r->next->prev = r->prev;
+    if (r->state != R_HELD && r->state != R_GIVING_BACK) c->held--;
+    uv_timer_stop(&r->timer);
+    uv_close((uv_handle_t *)&r->timer, on_request_closed);
+}
+
+static void ready_push(cel_consumer_t *c, request_t *r) {
+    r->state = R_READY;
+    r->rnext = NULL;
+    if (c->ready_tail) c->ready_tail->rnext = r;
+    else c->ready_head = r;
+    c->ready_tail = r;
+}
+
+static request_t *ready_pop(cel_consumer_t *c) {
+    request_t *r = c->ready_head;
+    if (!r) return NULL;
+    c->ready_head = r->rnext;
+    if (!c->ready_head) c->ready_tail = NULL;
+    r->rnext = NULL;
+    return r;
+}
+
+static int capacity(void *priv) {
+    cel_consumer_t *c = priv;
+    if (c->stopping) return 0;
+    int free_slots = c->limit - c->held;
+    return free_slots > 0 ? free_slots : 0;
+}
+
+/* ---- ack and result storage ------------------------------------------ */
+
+static void on_acked(void *priv, int ok) {
+    request_t *r = priv;
+    if (!ok && !r->c->cold)
+        cel_error("could not ack %s[%s]; it will be redelivered after the visibility timeout",
+                  r->task ? r->task->name : "?", r->task ? r->task->id : "?");
+    cel_consumer_t *c = r->c;
+    request_free(r);
+    if (!c->cold) cel_broker_kick(c->broker);
+}
+
+static void ack_and_free(request_t *r) {
+    cel_consumer_t *c = r->c;
+    r->state = R_FINISHING;
+    if (c->cold) {
+        request_free(r);
+        return;
+    }
+    if (r->tag) cel_broker_ack(c->broker, r->tag, on_acked, r);
+    else on_acked(r, 1);
+}
+
+static void store_meta(request_t *r);
+
+static void on_stored(void *priv, int ok) {
+    request_t *r = priv;
+    cel_consumer_t *c = r->c;
+    if (!ok) {
+        if (c->cold) {
+            request_free(r);
+            return;
+        }
+        /* Keep it unacked; retry when the backend is back (cel_backend on_up). */
+        cel_error("could not store the result of %s[%s]; will retry", r->task->name, r->task->id);
+        return;
+    }
+    free(r->meta);
+    r->meta = NULL;
+    ack_and_free(r);
+}
+
+static void store_meta(request_t *r) {
+    cel_backend_store(r->c->backend, r->task->id, r->meta, r->meta_len, on_stored, r);
+}
+
+static void on_backend_up(void *priv) {
+    cel_consumer_t *c = priv;
+    for (request_t *r = c->requests; r; r = r->next)
+        if (r->state == R_FINISHING && r->meta) store_meta(r);
+}
+
+/* Finishes a request with a state and result: store (unless ignored), then ack.
+ * result is borrowed. */
+static void finish(request_t *r, const char *status, json_t *result, const char *traceback) {
+    cel_task_t *t = r->task;
+    r->state = R_FINISHING;
+    if (t->ignore_result) {
+        ack_and_free(r);
+        return;
+    }
+    cel_err_t err;
+    char *meta = cel_meta_encode(t->id, status, result, traceback, NULL, now_unix(), t->group,
+                                 t->parent_id, &err);
+    if (!meta) {
+        /* The result cannot be serialized (e.g. NaN): store what Celery would. */
+        cel_error("Task %s[%s] result could not be encoded: %s", t->name, t->id, err.msg);
+        json_t *exc = cel_exc_new("EncodeError", "kombu.exceptions", json_pack("[s]", err.msg));
+        meta = cel_meta_encode(t->id, "FAILURE", exc, NULL, NULL, now_unix(), t->group,
+                               t->parent_id, &err);
+        json_decref(exc);
+        if (!meta) {
+            cel_error("Task %s[%s]: cannot encode a failure either: %s", t->name, t->id, err.msg);
+            ack_and_free(r);
+            return;
+        }
+    }
+    r->meta = meta;
+    r->meta_len = strlen(meta);
+    store_meta(r);
+}
+
+/* Stores a FAILURE with an exception built here (not by an executor). */
+static void fail_with(request_t *r, const char *type, const char *module, json_t *args,
+                      const char *traceback) {
+    json_t *exc = cel_exc_new(type, module, args);
+    finish(r, "FAILURE", exc, traceback);
+    json_decref(exc);
+}
+
+static void revoke_expired(request_t *r) {
+    cel_info("Discarding expired task: %s[%s]", r->task->name, r->task->id);
+    json_t *exc = cel_exc_new("TaskRevokedError", "celery.exceptions", json_pack("[s]", "expired"));
+    finish(r, "REVOKED", exc, NULL);
+    json_decref(exc);
+}
+
+/* ---- running ---------------------------------------------------------- */
+
+static int build_run_frame(request_t *r, uint8_t **buf, size_t *len) {
+    cel_task_t *t = r->task;
+    json_t *obj = json_pack("{s:s, s:s, s:s, s:O, s:O, s:f, s:I}", "op", "run", "id", t->id,
+                            "task", t->name, "args", t->args, "kwargs", t->kwargs,
+                            "soft_time_limit", t->soft_time_limit, "retries",
+                            (json_int_t)t->retries);
+    if (!obj) return CEL_ENOMEM;
+    size_t cap = 0;
+    *buf = NULL;
+    *len = 0;
+    int rc = cel_json_to_msgpack(obj, buf, len, &cap, NULL);
+    json_decref(obj);
+    return rc;
+}
+
+static void dispatch(cel_consumer_t *c) {
+    while (c->ready_head && cel_pool_idle(c->pool) > 0) {
+        request_t *r = ready_pop(c);
+        cel_task_t *t = r->task;
+        if (t->expires > 0 && now_unix() >= t->expires) {
+            revoke_expired(r);
+            continue;
+        }
+        uint8_t *buf;
+        size_t len;
+        if (build_run_frame(r, &buf, &len) != CEL_OK) {
+            fail_with(r, "EncodeError", "kombu.exceptions",
+                      json_pack("[s]", "cannot encode the task for the executor"), NULL);
+            continue;
+        }
+        double hard = t->time_limit > 0 ? t->time_limit : c->cfg->time_limit;
+        double soft = t->soft_time_limit > 0 ? t->soft_time_limit : c->cfg->soft_time_limit;
+        int rc = cel_pool_run(c->pool, r, buf, len, hard, soft, &r->pid);
+        free(buf);
+        if (rc != CEL_OK) {
+            /* No executor after all: put it back at the head. */
+            r->rnext = c->ready_head;
+            c->ready_head = r;
+            if (!c->ready_tail) c->ready_tail = r;
+            r->state = R_READY;
+            break;
+        }
+        r->state = R_ACTIVE;
+        r->started = now_unix();
+        cel_debug("TaskPool: Apply %s[%s] on executor pid %d", t->name, t->id, r->pid);
+    }
+}
+
+static void on_pool_idle(void *priv) { dispatch(priv); }
+
+static char *result_repr(json_t *v) {
+    char *s = cel_repr(v, 0, REPR_MAX);
+    return s ? s : strdup("?");
+}
+
+static void on_pool_result(void *priv, void *job, json_t *frame) {
+    cel_consumer_t *c = priv;
+    request_t *r = job;
+    cel_task_t *t = r->task;
+    c->processed++;
+    if (c->cold) {
+        request_free(r);
+        return;
+    }
+    const char *status = json_string_value(json_object_get(frame, "status"));
+    double runtime = json_number_value(json_object_get(frame, "runtime"));
+    if (status && strcmp(status, "SUCCESS") == 0) {
+        json_t *result = json_object_get(frame, "result");
+        if (cel_log_enabled(CEL_LOG_INFO)) {
+            char *rs = result_repr(result ? result : json_null());
+            cel_info("Task %s[%s] succeeded in %.6fs: %s", t->name, t->id, runtime, rs);
+            free(rs);
+        }
+        finish(r, "SUCCESS", result ? result : json_null(), NULL);
+        return;
+    }
+    const char *type = json_string_value(json_object_get(frame, "exc_type"));
+    const char *module = json_string_value(json_object_get(frame, "exc_module"));
+    json_t *msg = json_object_get(frame, "exc_message");
+    const char *tb = json_string_value(json_object_get(frame, "traceback"));
+    json_t *exc = cel_exc_new(type ? type : "Exception", module ? module : "builtins",
+                              json_is_array(msg) ? json_incref(msg) : json_array());
+    char *er = cel_exc_repr(exc);
+    cel_error("Task %s[%s] raised unexpected: %s%s%s", t->name, t->id, er ? er : "?",
+              tb ? "\n" : "", tb ? tb : "");
+    free(er);
+    finish(r, "FAILURE", exc, tb);
+    json_decref(exc);
+}
+
+static void on_pool_progress(void *priv, void *job, json_t *frame) {
+    request_t *r = job;
+    cel_task_t *t = r->task;
+    const char *state = json_string_value(json_object_get(frame, "state"));
+    json_t *meta = json_object_get(frame, "meta");
+    if (t->ignore_result || !state) return;
+    char *m = cel_meta_encode(t->id, state, meta ? meta : json_null(), NULL, NULL, -1, t->group,
+                              t->parent_id, NULL);
+    if (m) {
+        cel_backend_store(r->c->backend, t->id, m, strlen(m), NULL, NULL);
+        free(m);
+    }
+}
+
+static void on_pool_lost(void *priv, void *job, int why, int exitcode, int signum) {
+    cel_consumer_t *c = priv;
+    request_t *r = job;
+    cel_task_t *t = r->task;
+    c->processed++;
+    if (c->cold) {
+        request_free(r);
+        return;
+    }
+    if (why == CEL_POOL_TIMEOUT) {
+        double hard = t->time_limit > 0 ? t->time_limit : c->cfg->time_limit;
+        cel_error("Hard time limit (%gs) exceeded for %s[%s]", hard, t->name, t->id);
+        json_t *arg = hard == floor(hard) ? json_integer((json_int_t)hard) : json_real(hard);
+        json_t *args = json_array();
+        json_array_append_new(args, arg);
+        fail_with(r, "TimeLimitExceeded", "billiard.exceptions", args, NULL);
+        return;
+    }
+    char why_s[160];
+    if (signum) {
+        const char *name = sigabbrev_np(signum);
+        snprintf(why_s, sizeof(why_s), "Worker exited prematurely: signal %d (SIG%s) Job: %ld.",
+                 signum, name ? name : "?", c->processed);
+    } else {
+        snprintf(why_s, sizeof(why_s), "Worker exited prematurely: exitcode %d Job: %ld.",
+                 exitcode, c->processed);
+    }
+    cel_error("Task handler raised error: WorkerLostError('%s')", why_s);
+    fail_with(r, "WorkerLostError", "billiard.exceptions", json_pack("[s]", why_s), NULL);
+}
+
+/* ---- receiving -------------------------------------------------------- */
+
+static void on_eta(uv_timer_t *t) {
+    request_t *r = t->data;
+    cel_consumer_t *c = r->c;
+    if (r->state != R_HELD || c->stopping) return;
+    c->held++;
+    ready_push(c, r);
+    dispatch(c);
+}
+
+/* Pulls the task id and name out of an envelope without decoding its body,
+ * for messages refused before decoding (too large). */
+static void peek_id(const char *raw, size_t len, char *id, size_t idsz, char *name, size_t nsz) {
+    id[0] = name[0] = '\0';
+    json_t *env = json_loadb(raw, len, 0, NULL);
+    json_t *h = json_object_get(env, "headers");
+    const char *s = json_string_value(json_object_get(h, "id"));
+    if (s) snprintf(id, idsz, "%s", s);
+    if ((s = json_string_value(json_object_get(h, "task")))) snprintf(name, nsz, "%s", s);
+    json_decref(env);
+}
+
+static void drop_message(cel_consumer_t *c, const char *tag) {
+    if (tag) cel_broker_ack(c->broker, tag, NULL, NULL);
+}
+
+/* A minimal task for a message whose body we refuse (id and name only). */
+static cel_task_t *stub_task(const char *id, const char *name) {
+    char env[1024];
+    char *b64 = cel_base64_encode((const uint8_t *)"[[], {}, {}]", 12);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:{s:s, s:s}, s:{}}", "body", b64 ? b64 : "",
+                          "content-type", "application/json", "content-encoding", "utf-8",
+                          "headers", "id", id, "task", name, "properties");
+    json_t *props = json_object_get(o, "properties");
+    json_object_set_new(props, "body_encoding", json_string("base64"));
+    free(b64);
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    cel_task_t *t = NULL;
+    if (s && strlen(s) < sizeof(env)) cel_task_decode_envelope(s, strlen(s), &t, NULL);
+    free(s);
+    return t;
+}
+
+static void on_message(void *priv, const char *raw, size_t len, const char *tag, const char *key) {
+    cel_consumer_t *c = priv;
+    cel_task_t *task = NULL;
+    cel_err_t err;
+    cel_err_clear(&err);
+
+    if ((long)len > c->cfg->max_message_size) {
+        char id[256], name[256];
+        peek_id(raw, len, id, sizeof(id), name, sizeof(name));
+        cel_error("Refusing a message of %zu bytes from '%s' (--max-message-size is %ld)%s%s", len,
+                  key, c->cfg->max_message_size, id[0] ? ": task " : "", id);
+        if (id[0] && (task = stub_task(id, name[0] ? name : "unknown"))) {
+            request_t *r = request_new(c, task, tag);
+            if (!r) {
+                cel_task_free(task);
+                drop_message(c, tag);
+                return;
+            }
+            c->held++;
+            r->state = R_READY;
+            char msg[200];
+            snprintf(msg, sizeof(msg), "message of %zu bytes exceeds the worker's limit of %ld bytes",
+                     len, c->cfg->max_message_size);
+            fail_with(r, "LimitExceeded", "kombu.exceptions", json_pack("[s]", msg), NULL);
+        } else {
+            drop_message(c, tag);
+        }
+        return;
+    }
+
+    int rc = cel_task_decode_envelope(raw, len, &task, &err);
+    if (rc != CEL_OK && rc != CEL_EBODY) {
+        cel_error("Can't decode message body from '%s': %s (message dropped: %.120s%s)", key,
+                  err.msg, raw, len > 120 ? "..." : "");
+        drop_message(c, tag);
+        return;
+    }
+    request_t *r = request_new(c, task, tag);
+    if (!r) {
+        cel_error("out of memory: dropping task %s", task->id);
+        cel_task_free(task);
+        return; /* left in unacked: restored after the visibility timeout */
+    }
+    c->held++;
+    r->state = R_READY; /* counted; the paths below decide what happens */
+    if (rc == CEL_EBODY) {
+        cel_error("Can't decode message body of %s[%s]: %s", task->name, task->id, err.msg);
+        fail_with(r, "DecodeError", "kombu.exceptions", json_pack("[s]", err.msg), NULL);
+        return;
+    }
+    if (!cel_tasks_known(task->name)) {
+        cel_error("Received unregistered task of type '%s'.\nThe message has been ignored and "
+                  "discarded.\n\nDid you remember to import the module containing this task?\n"
+                  "Or maybe you're using relative imports?",
+                  task->name);
+        fail_with(r, "NotRegistered", "celery.exceptions", json_pack("[s]", task->name), NULL);
+        return;
+    }
+    if (cel_log_enabled(CEL_LOG_INFO)) cel_info("Received task: %s[%s]", task->name, task->id);
+    double now = now_unix();
+    if (task->expires > 0 && now >= task->expires) {
+        revoke_expired(r);
+        return;
+    }
+    if (task->eta > now) {
+        /* Held until due; not counted against the prefetch window. */
+        c->held--;
+        r->state = R_HELD;
+        uv_timer_start(&r->timer, on_eta, (uint64_t)((task->eta - now) * 1000) + 1, 0);
+        return;
+    }
+    ready_push(c, r);
+    dispatch(c);
+}
+
+static void on_broker_state(void *priv, int up) {
+    cel_consumer_t *c = priv;
+    if (up && !c->announced) {
+        c->announced = 1;
+        cel_log_force(CEL_LOG_INFO, "%s ready.", c->cfg->hostname);
+    }
+}
+
+/* Keeps the unacked_index scores of held messages fresh so a restore (ours or a
+ * Python worker's) does not hand a long-running task to someone else. */
+static void on_touch_timer(uv_timer_t *t) {
+    cel_consumer_t *c = t->data;
+    enum { BATCH = 256 };
+    const char *tags[BATCH];
+    int n = 0;
+    for (request_t *r = c->requests; r; r = r->next) {
+        if (!r->tag || r->state == R_GIVING_BACK) continue;
+        tags[n++] = r->tag;
+        if (n == BATCH) {
+            cel_broker_touch(c->broker, tags, n);
+            n = 0;
+        }
+    }
+    if (n) cel_broker_touch(c->broker, tags, n);
+}
+
+cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_config_t *cfg,
+                                 void (*on_done)(void *), void *priv) {
+    cel_consumer_t *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    c->loop = loop;
+    c->cfg = cfg;
+    c->on_done = on_done;
+    c->done_priv = priv;
+    c->limit = cfg->prefetch_multiplier ? cfg->concurrency * cfg->prefetch_multiplier
+                                        : NO_PREFETCH_LIMIT;
+    uv_timer_init(loop, &c->touch_timer);
+    c->touch_timer.data = c;
+    uv_timer_init(loop, &c->drain_timer);
+    c->drain_timer.data = c;
+    uint64_t every = (uint64_t)(cfg->visibility_timeout * 1000 / 4);
+    if (every < 500) every = 500;
+    uv_timer_start(&c->touch_timer, on_touch_timer, every, every);
+
+    cel_pool_cbs_t pcbs = {on_pool_result, on_pool_progress, on_pool_lost, on_pool_idle};
+    c->pool = cel_pool_new(loop, cfg, &pcbs, c);
+    c->backend = cel_backend_new(loop, cfg, on_backend_up, c);
+    cel_broker_cbs_t bcbs = {capacity, on_message, on_broker_state};
+    c->broker = cel_broker_new(loop, cfg, &bcbs, c);
+    if (!c->pool || !c->backend || !c->broker) {
+        cel_crit("out of memory starting the worker");
+        return NULL; /* main exits; the OS reclaims */
+    }
+    return c;
+}
+
+/* ---- shutdown --------------------------------------------------------- */
+
+/* The consumer is freed when its components are closed and no request is
+ * left (request timers close asynchronously too). */
+static void maybe_free(cel_consumer_t *c) {
+    if (!c->closing || c->closing_left > 0 || c->nrequests > 0) return;
+    void (*cb)(void *) = c->on_done;
+    void *p = c->done_priv;
+    free(c);
+    if (cb) cb(p);
+}
+
+static void close_step(void *priv) {
+    cel_consumer_t *c = priv;
+    c->closing_left--;
+    maybe_free(c);
+}
+
+static void on_timer_closed(uv_handle_t *h) { close_step(h->data); }
+
+static void close_all(cel_consumer_t *c) {
+    if (c->closing) return;
+    c->closing = 1;
+    c->closing_left = 5;
+    uv_close((uv_handle_t *)&c->touch_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&c->drain_timer, on_timer_closed);
+    cel_pool_close(c->pool, c->cold, close_step, c);
+    cel_broker_close(c->broker, close_step, c);
+    cel_backend_close(c->backend, close_step, c);
+}
+
+static void on_drain_timer(uv_timer_t *t) { maybe_finish_shutdown(t->data); }
+
+static void maybe_finish_shutdown(cel_consumer_t *c) {
+    if (c->closing) {
+        maybe_free(c);
+        return;
+    }
+    if (!c->stopping || c->nrequests > 0) return;
+    if (cel_broker_pending(c->broker) > 0) {
+        /* Acks or requeues still in flight: look again shortly. */
+        uv_timer_start(&c->drain_timer, on_drain_timer, 10, 0);
+        return;
+    }
+    close_all(c);
+}
+
+static void on_given_back(void *priv, int ok) {
+    request_t *r = priv;
+    if (!ok)
+        cel_error("could not give %s back to the broker; it returns after the visibility timeout",
+                  r->task->id);
+    request_free(r);
+}
+
+void cel_consumer_shutdown(cel_consumer_t *c) {
+    if (c->stopping) return;
+    c->stopping = 1;
+    cel_broker_stop(c->broker);
+    /* Give back everything that has not started (kombu restore_at_shutdown). */
+    request_t *r = c->requests, *next;
+    c->ready_head = c->ready_tail = NULL;
+    for (; r; r = next) {
+        next = r->next;
+        if (r->state != R_READY && r->state != R_HELD) continue;
+        if (r->state == R_READY) c->held--;
+        r->state = R_GIVING_BACK;
+        uv_timer_stop(&r->timer);
+        if (r->tag) cel_broker_requeue(c->broker, r->tag, on_given_back, r);
+        else request_free(r);
+    }
+    int active = cel_pool_busy(c->pool);
+    if (active) cel_warn("Waiting for %d running task(s) to finish...", active);
+    maybe_finish_shutdown(c);
+}
+
+void cel_consumer_shutdown_cold(cel_consumer_t *c) {
+    int was_closing = c->closing;
+    c->cold = 1;
+    c->stopping = 1;
+    cel_broker_stop(c->broker);
+    c->ready_head = c->ready_tail = NULL;
+    if (was_closing) {
+        cel_pool_close(c->pool, 1, NULL, NULL); /* already closing: just kill */
+        return;
+    }
+    /* Nothing more is acked: requests not running are dropped here (their
+     * messages stay in `unacked` for restore); running ones go when their
+     * killed executors are reaped, in-flight stores when their replies come. */
+    request_t *r = c->requests, *next;
+    for (; r; r = next) {
+        next = r->next;
+        if (r->state == R_READY || r->state == R_HELD) request_free(r);
+    }
+    close_all(c);
+}

@@ -1,0 +1,324 @@
+/* executor.c -- main() of bin/celeriac-executor: runs tasks for the main process.
+ *
+ * Spawned (fork+exec) by the main process with a socketpair end as --fd. Speaks
+ * the EXECUTOR PROTOCOL of frame.h: sends {"op":"ready"} once, then answers each
+ * {"op":"run"} with exactly one {"op":"result"}, one task at a time, with blocking
+ * reads and writes. EOF on the channel means exit 0. A frame it cannot attribute
+ * to a task (bad msgpack, not a map, no op/id, over the size limit) means exit 2,
+ * and the main process respawns it. SIGUSR1 sets the soft-time-limit flag that
+ * long tasks poll; SIGINT is ignored (the terminal's ^C is for the main process,
+ * which stops executors by closing their channel), SIGPIPE too (EPIPE ends us).
+ * Task code lives in per-family tables (worker/diag.c); this file only frames.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "../protocol/err.h"
+#include "../protocol/protocol.h"
+#include "diag.h"
+#include "frame.h"
+#include "log.h"
+#include "tasks.h"
+
+#define EXEC_READ_CHUNK (64 * 1024) /* bytes per read(2) */
+#define EXEC_EXIT_IO 1              /* channel I/O failed or out of memory */
+#define EXEC_EXIT_PROTO 2           /* bad command line, or a frame we cannot answer */
+
+static volatile sig_atomic_t soft_limit; /* set by SIGUSR1, cleared before each task */
+
+static void on_sigusr1(int sig) {
+    (void)sig;
+    soft_limit = 1;
+}
+
+/* Installs the handlers; no SA_RESTART so blocking calls see EINTR. */
+static int install_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = on_sigusr1;
+    if (sigaction(SIGUSR1, &sa, NULL) < 0) return -1;
+    sa.sa_handler = SIG_IGN;
+    if (sigaction(SIGPIPE, &sa, NULL) < 0) return -1;
+    if (sigaction(SIGINT, &sa, NULL) < 0) return -1;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    return sigprocmask(SIG_UNBLOCK, &set, NULL);
+}
+
+static double mono_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Writes iov fully, retrying on EINTR and short writes. */
+static int write_all(int fd, struct iovec *iov, int cnt) {
+    while (cnt > 0) {
+        ssize_t w = writev(fd, iov, cnt);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        size_t left = (size_t)w;
+        while (cnt > 0 && left >= iov->iov_len) {
+            left -= iov->iov_len;
+            iov++;
+            cnt--;
+        }
+        if (cnt > 0) {
+            iov->iov_base = (char *)iov->iov_base + left;
+            iov->iov_len -= left;
+        }
+    }
+    return 0;
+}
+
+/* Encodes msg as msgpack and writes it as one frame. CEL_ETYPE/CEL_ELIMIT mean the
+ * message could not be encoded (nothing written); CEL_EIO the channel failed. */
+static int send_msg(int fd, json_t *msg, cel_err_t *err) {
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0;
+    uint8_t hdr[CEL_FRAME_HDR];
+    int rc = cel_json_to_msgpack(msg, &buf, &len, &cap, err);
+    if (rc == CEL_OK) rc = cel_frame_header(len, hdr, err);
+    if (rc == CEL_OK) {
+        struct iovec iov[2] = {{hdr, sizeof(hdr)}, {buf, len}};
+        if (write_all(fd, iov, 2) < 0)
+            rc = cel_err_set(err, CEL_EIO, "write to main process: %s", strerror(errno));
+    }
+    free(buf);
+    return rc;
+}
+
+/* Builds the result frame for a finished call (outcome borrowed). */
+static json_t *result_msg(const char *id, cel_diag_call_t *call, double runtime) {
+    if (!call->exc_type)
+        return json_pack("{s:s, s:s, s:s, s:O, s:f}", "op", "result", "id", id, "status",
+                         "SUCCESS", "result", call->result ? call->result : json_null(),
+                         "runtime", runtime);
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:O, s:s?, s:f}", "op", "result", "id", id,
+                     "status", "FAILURE", "exc_type", call->exc_type, "exc_module",
+                     call->exc_module ? call->exc_module : "builtins", "exc_message",
+                     call->exc_args, "traceback", call->traceback, "runtime", runtime);
+}
+
+/* Sends the outcome of call; a result the codec refuses (e.g. an unencodable
+ * value) becomes kombu's EncodeError, as Celery stores an unserializable result. */
+static int send_result(int fd, const char *id, cel_diag_call_t *call, double runtime) {
+    cel_err_t err;
+    cel_err_clear(&err);
+    json_t *msg = result_msg(id, call, runtime);
+    int rc = msg ? send_msg(fd, msg, &err) : CEL_ENOMEM;
+    json_decref(msg);
+    if (rc == CEL_OK || rc == CEL_EIO) goto out;
+    cel_error("Task %s[%s] result could not be encoded: %s", call->name, id,
+              rc == CEL_ENOMEM ? "out of memory" : err.msg);
+    char text[CEL_ERR_MSG_MAX];
+    snprintf(text, sizeof(text), "%s", rc == CEL_ENOMEM ? "out of memory" : err.msg);
+    if (cel_diag_raise(call, "EncodeError", "kombu.exceptions", json_pack("[s]", text), text))
+        return CEL_ENOMEM;
+    msg = result_msg(id, call, runtime);
+    rc = msg ? send_msg(fd, msg, &err) : CEL_ENOMEM;
+    json_decref(msg);
+out:
+    if (rc == CEL_EIO) cel_error("%s", err.msg);
+    return rc;
+}
+
+/* Answers a run frame we cannot run (bad fields) with a FAILURE for id. */
+static int send_bad_run(int fd, const char *id, const char *task, const char *why) {
+    cel_diag_call_t call = {.name = task ? task : "?"};
+    cel_error("Bad run frame for task id %s: %s", id, why);
+    int rc = cel_diag_raise(&call, "DecodeError", "kombu.exceptions", json_pack("[s]", why), why);
+    if (rc == CEL_OK) rc = send_result(fd, id, &call, 0.0);
+    cel_diag_call_close(&call);
+    return rc;
+}
+
+/* Runs one task and sends its result. Returns CEL_OK or a channel/memory error. */
+static int run_task(int fd, const char *id, const char *name, json_t *args, json_t *kwargs) {
+    cel_diag_call_t call = {.name = name, .args = args, .kwargs = kwargs,
+                            .soft_limit = &soft_limit};
+    const cel_diag_task_t *task = cel_diag_find(name);
+    double t0 = mono_now();
+    int rc;
+    if (!task) {
+        /* The Python worker stores NotRegistered(name) with a null traceback. */
+        rc = cel_diag_raise(&call, "NotRegistered", "celery.exceptions",
+                            json_pack("[s]", name), NULL);
+        if (rc == CEL_OK) {
+            free(call.traceback);
+            call.traceback = NULL;
+        }
+    } else {
+        cel_debug("Task %s[%s] starting", name, id);
+        soft_limit = 0;
+        rc = task->fn(&call);
+    }
+    double runtime = mono_now() - t0;
+    if (rc != CEL_OK) {
+        cel_diag_call_close(&call);
+        rc = cel_diag_raise(&call, "MemoryError", "builtins", NULL, NULL);
+    }
+    if (rc == CEL_OK) {
+        cel_debug("Task %s[%s] %s in %.6fs", name, id, call.exc_type ? "failed" : "succeeded",
+                  runtime);
+        rc = send_result(fd, id, &call, runtime);
+    }
+    cel_diag_call_close(&call);
+    return rc;
+}
+
+/* Handles one frame. Returns -1 to keep going, else the exit status. */
+static int handle_frame(int fd, const uint8_t *payload, size_t len) {
+    cel_err_t err;
+    cel_err_clear(&err);
+    json_t *msg = NULL;
+    if (cel_msgpack_to_json(payload, len, &msg, &err) != CEL_OK) {
+        cel_error("Malformed frame (%zu bytes): %s", len, err.msg);
+        return EXEC_EXIT_PROTO;
+    }
+    int status = -1, rc = CEL_OK;
+    const char *op = json_string_value(json_object_get(msg, "op"));
+    const char *id = json_string_value(json_object_get(msg, "id"));
+    const char *task = json_string_value(json_object_get(msg, "task"));
+    json_t *args = json_object_get(msg, "args");
+    json_t *kwargs = json_object_get(msg, "kwargs");
+    if (!json_is_object(msg) || !id) {
+        cel_error("Malformed frame: %s", !json_is_object(msg) ? "not a map" : "no id");
+        status = EXEC_EXIT_PROTO;
+    } else if (!op || strcmp(op, "run") != 0) {
+        rc = send_bad_run(fd, id, task, op ? "unknown op" : "no op");
+    } else if (!task) {
+        rc = send_bad_run(fd, id, NULL, "no task name");
+    } else if (args && !json_is_array(args)) {
+        rc = send_bad_run(fd, id, task, "args is not an array");
+    } else if (kwargs && !json_is_object(kwargs)) {
+        rc = send_bad_run(fd, id, task, "kwargs is not a map");
+    } else {
+        json_t *a = args ? json_incref(args) : json_array();
+        json_t *k = kwargs ? json_incref(kwargs) : json_object();
+        rc = a && k ? run_task(fd, id, task, a, k) : CEL_ENOMEM;
+        json_decref(a);
+        json_decref(k);
+    }
+    json_decref(msg);
+    if (status < 0 && rc != CEL_OK) {
+        if (rc == CEL_ENOMEM) cel_error("Out of memory");
+        status = EXEC_EXIT_IO;
+    }
+    return status;
+}
+
+/* Reads frames until EOF or a fatal error. Returns the exit status. */
+static int serve(int fd) {
+    static uint8_t chunk[EXEC_READ_CHUNK];
+    cel_frame_reader_t *reader = cel_frame_reader_new(CEL_FRAME_MAX);
+    if (!reader) {
+        cel_error("Out of memory");
+        return EXEC_EXIT_IO;
+    }
+    int status = -1;
+    while (status < 0) {
+        const uint8_t *payload;
+        size_t len;
+        cel_err_t err;
+        int rc = cel_frame_reader_next(reader, &payload, &len, &err);
+        if (rc == CEL_OK) {
+            status = handle_frame(fd, payload, len);
+            continue;
+        }
+        if (rc != CEL_EAGAIN) {
+            cel_error("Malformed frame: %s", err.msg);
+            status = EXEC_EXIT_PROTO;
+            break;
+        }
+        ssize_t n = read(fd, chunk, sizeof(chunk));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            cel_error("Read from main process: %s", strerror(errno));
+            status = EXEC_EXIT_IO;
+        } else if (n == 0) {
+            cel_debug("Channel closed, exiting");
+            status = 0;
+        } else if (cel_frame_reader_feed(reader, chunk, (size_t)n) != CEL_OK) {
+            cel_error("Out of memory");
+            status = EXEC_EXIT_IO;
+        }
+    }
+    cel_frame_reader_free(reader);
+    return status;
+}
+
+/* Parses a non-negative int option value. */
+static int parse_int(const char *s, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < 0 || v > INT_MAX) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int usage(const char *why) {
+    fprintf(stderr, "celeriac-executor: %s\n"
+                    "usage: celeriac-executor --fd FD --index N [--loglevel LEVEL]\n",
+            why);
+    return EXEC_EXIT_PROTO;
+}
+
+int main(int argc, char **argv) {
+    int fd = -1, index = -1, level = CEL_LOG_WARNING;
+    for (int i = 1; i < argc; i++) {
+        const char *opt = argv[i];
+        if (i + 1 >= argc) return usage("missing option value");
+        const char *val = argv[++i];
+        if (strcmp(opt, "--fd") == 0) {
+            if (parse_int(val, &fd) < 0) return usage("bad --fd");
+        } else if (strcmp(opt, "--index") == 0) {
+            if (parse_int(val, &index) < 0) return usage("bad --index");
+        } else if (strcmp(opt, "--loglevel") == 0 || strcmp(opt, "-l") == 0) {
+            if ((level = cel_log_parse_level(val)) < 0) return usage("bad --loglevel");
+        } else {
+            return usage("unknown option");
+        }
+    }
+    if (fd < 0 || index < 0) return usage("--fd and --index are required");
+    if (fcntl(fd, F_GETFD) < 0) return usage("--fd is not an open descriptor");
+
+    char procname[32];
+    snprintf(procname, sizeof(procname), "Executor-%d", index);
+    cel_log_init(procname, level, -1);
+    if (install_signals() < 0) {
+        cel_error("sigaction: %s", strerror(errno));
+        return EXEC_EXIT_IO;
+    }
+    for (const char *const *n = cel_tasks_names(); *n; n++)
+        if (!cel_diag_find(*n)) cel_error("Task %s is listed but has no function", *n);
+
+    cel_err_t err;
+    cel_err_clear(&err);
+    json_t *ready = json_pack("{s:s, s:I}", "op", "ready", "pid", (json_int_t)getpid());
+    int rc = ready ? send_msg(fd, ready, &err) : CEL_ENOMEM;
+    json_decref(ready);
+    if (rc != CEL_OK) {
+        cel_error("Cannot send ready: %s", rc == CEL_ENOMEM ? "out of memory" : err.msg);
+        return EXEC_EXIT_IO;
+    }
+    cel_debug("Ready, pid %d", (int)getpid());
+    int status = serve(fd);
+    close(fd);
+    return status;
+}

@@ -1,0 +1,154 @@
+/* main.c -- the celeriac worker program: options, logging, pidfile, signals, loop.
+ *
+ * Parses the command line (config.c), starts the consumer on one libuv loop
+ * and runs it until a shutdown completes. SIGTERM/SIGINT start a warm
+ * shutdown, a second one (or SIGQUIT) a cold one, as `celery worker` does.
+ * The only place that exits the process.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "config.h"
+#include "consumer.h"
+#include "log.h"
+#include "tasks.h"
+
+typedef struct worker {
+    uv_loop_t *loop;
+    cel_config_t cfg;
+    cel_consumer_t *consumer;
+    uv_signal_t sigterm, sigint, sigquit;
+    int warm_started;
+    int cold;
+    int done;
+} worker_t;
+
+static void on_consumer_done(void *priv) {
+    worker_t *w = priv;
+    w->done = 1;
+    uv_close((uv_handle_t *)&w->sigterm, NULL);
+    uv_close((uv_handle_t *)&w->sigint, NULL);
+    uv_close((uv_handle_t *)&w->sigquit, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    worker_t *w = h->data;
+    if (w->done) return;
+    if (signum == SIGQUIT || w->warm_started) {
+        if (w->cold) return;
+        w->cold = 1;
+        cel_warn("worker: Cold shutdown (MainProcess)");
+        cel_consumer_shutdown_cold(w->consumer);
+        return;
+    }
+    w->warm_started = 1;
+    cel_warn("worker: Warm shutdown (MainProcess)");
+    cel_consumer_shutdown(w->consumer);
+}
+
+static int write_pidfile(const char *path) {
+    char buf[32];
+    int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+    /* A stale pidfile of a dead process is replaced, a live one refuses. */
+    FILE *f = fopen(path, "r");
+    if (f) {
+        int pid = 0;
+        if (fscanf(f, "%d", &pid) == 1 && pid > 0 && pid != getpid() &&
+            (kill(pid, 0) == 0 || errno == EPERM)) {
+            fclose(f);
+            fprintf(stderr, "celeriac: pidfile %s names a running process %d\n", path, pid);
+            return -1;
+        }
+        fclose(f);
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || write(fd, buf, (size_t)n) != n) {
+        fprintf(stderr, "celeriac: cannot write pidfile %s: %s\n", path, strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
+static void log_banner(const cel_config_t *cfg) {
+    char queues[1024] = "";
+    for (int i = 0; i < cfg->nqueues; i++) {
+        size_t n = strlen(queues);
+        snprintf(queues + n, sizeof(queues) - n, "%s%s", i ? "," : "", cfg->queues[i]);
+    }
+    int ntasks = 0;
+    for (const char *const *t = cel_tasks_names(); *t; t++) ntasks++;
+    cel_info("celeriac %s starting: broker redis://%s:%d/%d, results redis://%s:%d/%d, "
+             "queues [%s], concurrency %d (executors), prefetch %d, %d tasks registered",
+             cfg->hostname, cfg->broker.host, cfg->broker.port, cfg->broker.db, cfg->backend.host,
+             cfg->backend.port, cfg->backend.db, queues, cfg->concurrency,
+             cfg->prefetch_multiplier * cfg->concurrency, ntasks);
+}
+
+int main(int argc, char **argv) {
+    worker_t w;
+    memset(&w, 0, sizeof(w));
+    cel_err_t err;
+    int rc = cel_config_parse(&w.cfg, argc, argv, &err);
+    if (rc == 1) return 0;
+    if (rc != CEL_OK) {
+        fprintf(stderr, "celeriac: %s\n", err.msg);
+        return 2;
+    }
+    int logfd = -1;
+    if (w.cfg.logfile[0]) {
+        logfd = open(w.cfg.logfile, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (logfd < 0) {
+            fprintf(stderr, "celeriac: cannot open log file %s: %s\n", w.cfg.logfile,
+                    strerror(errno));
+            return 2;
+        }
+        /* Executors inherit stderr: send theirs to the log file too. */
+        dup2(logfd, 2);
+    }
+    cel_log_init("MainProcess", w.cfg.loglevel, logfd);
+    if (access(w.cfg.executor, X_OK) != 0) {
+        fprintf(stderr, "celeriac: executor program %s is not executable: %s\n", w.cfg.executor,
+                strerror(errno));
+        return 2;
+    }
+    if (w.cfg.state_dir[0] && mkdir(w.cfg.state_dir, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "celeriac: cannot create --state-dir %s: %s\n", w.cfg.state_dir,
+                strerror(errno));
+        return 2;
+    }
+    if (w.cfg.pidfile[0] && write_pidfile(w.cfg.pidfile) != 0) return 2;
+    signal(SIGPIPE, SIG_IGN);
+
+    w.loop = uv_default_loop();
+    log_banner(&w.cfg);
+    w.consumer = cel_consumer_new(w.loop, &w.cfg, on_consumer_done, &w);
+    if (!w.consumer) {
+        if (w.cfg.pidfile[0]) unlink(w.cfg.pidfile);
+        return 1;
+    }
+    uv_signal_init(w.loop, &w.sigterm);
+    uv_signal_init(w.loop, &w.sigint);
+    uv_signal_init(w.loop, &w.sigquit);
+    w.sigterm.data = w.sigint.data = w.sigquit.data = &w;
+    uv_signal_start(&w.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&w.sigint, on_signal, SIGINT);
+    uv_signal_start(&w.sigquit, on_signal, SIGQUIT);
+
+    uv_run(w.loop, UV_RUN_DEFAULT);
+
+    int closed = uv_loop_close(w.loop);
+    if (closed != 0) cel_error("event loop closed with handles still open: %s", uv_strerror(closed));
+    if (w.cfg.pidfile[0]) unlink(w.cfg.pidfile);
+    cel_config_free(&w.cfg);
+    return closed == 0 ? 0 : 1;
+}

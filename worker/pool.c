@@ -1,0 +1,410 @@
+/* pool.c -- spawned executor processes: start, feed, time-limit, reap, replace.
+ *
+ * Each executor is a heap object with four libuv handles (process, channel,
+ * hard and soft timers); it is freed only after all four close callbacks ran.
+ * A slot keeps pointing at its current executor; when one dies the slot gets
+ * a new one (after a short delay if it died before it ever became ready, so a
+ * broken executor binary cannot spin the loop). Main process only.
+ */
+#include "pool.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../protocol/protocol.h"
+#include "frame.h"
+#include "log.h"
+
+#define READ_CHUNK (64 * 1024)
+
+enum { EX_STARTING, EX_IDLE, EX_BUSY, EX_DYING };
+
+typedef struct executor {
+    cel_pool_t *pool;
+    int slot;
+    int pid;
+    int state;
+    uv_process_t proc;
+    uv_pipe_t chan;
+    uv_timer_t hard;
+    uv_timer_t soft;
+    int handles_open;
+    int exited, exitcode, termsig;
+    int timed_out;
+    int was_ready;
+    int tasks_done;
+    void *job;
+    cel_frame_reader_t *reader;
+    char buf[READ_CHUNK];
+} executor_t;
+
+struct cel_pool {
+    uv_loop_t *loop;
+    const cel_config_t *cfg;
+    cel_pool_cbs_t cbs;
+    void *priv;
+    executor_t **slots;
+    uv_timer_t *respawn; /* one per slot */
+    int n;
+    int closing;
+    int kill_on_close;
+    int live;            /* executor objects not yet freed */
+    int timers_open;
+    void (*on_closed)(void *);
+    void *closed_priv;
+};
+
+static void spawn(cel_pool_t *p, int slot);
+static void executor_shutdown(executor_t *e);
+
+static void maybe_closed(cel_pool_t *p) {
+    if (!p->closing || p->live > 0 || p->timers_open > 0) return;
+    void (*cb)(void *) = p->on_closed;
+    void *cp = p->closed_priv;
+    free(p->slots);
+    free(p->respawn);
+    free(p);
+    if (cb) cb(cp);
+}
+
+static void on_respawn_timer(uv_timer_t *t) {
+    cel_pool_t *p = t->data;
+    int slot = (int)(t - p->respawn);
+    if (!p->closing && !p->slots[slot]) spawn(p, slot);
+}
+
+/* Last handle of an executor closed: report its task, free it, refill the slot. */
+static void on_handle_closed(uv_handle_t *h) {
+    executor_t *e = h->data;
+    if (--e->handles_open > 0) return;
+    cel_pool_t *p = e->pool;
+    void *job = e->job;
+    int why = e->timed_out ? CEL_POOL_TIMEOUT : CEL_POOL_LOST;
+    int exitcode = e->exitcode, termsig = e->termsig, slot = e->slot, was_ready = e->was_ready;
+    if (p->slots[slot] == e) p->slots[slot] = NULL;
+    cel_frame_reader_free(e->reader);
+    free(e);
+    p->live--;
+    if (job && p->cbs.on_lost) p->cbs.on_lost(p->priv, job, why, exitcode, termsig);
+    if (!p->closing) {
+        /* A child that never became ready is broken: do not spin on it. */
+        uv_timer_start(&p->respawn[slot], on_respawn_timer, was_ready ? 0 : 1000, 0);
+    }
+    maybe_closed(p);
+}
+
+static void close_executor_handles(executor_t *e) {
+    if (e->state == EX_DYING) return;
+    e->state = EX_DYING;
+    uv_timer_stop(&e->hard);
+    uv_timer_stop(&e->soft);
+    uv_close((uv_handle_t *)&e->hard, on_handle_closed);
+    uv_close((uv_handle_t *)&e->soft, on_handle_closed);
+    if (!uv_is_closing((uv_handle_t *)&e->chan)) uv_close((uv_handle_t *)&e->chan, on_handle_closed);
+}
+
+static void on_executor_exit(uv_process_t *proc, int64_t status, int termsig) {
+    executor_t *e = proc->data;
+    e->exited = 1;
+    e->exitcode = (int)status;
+    e->termsig = termsig;
+    if (e->job && !e->timed_out)
+        cel_error("Process 'Executor-%d' pid:%d exited with '%s %d'", e->slot + 1, e->pid,
+                  termsig ? "signal" : "exitcode", termsig ? termsig : (int)status);
+    else
+        cel_debug("executor %d (pid %d) exited (status %d, signal %d)", e->slot + 1, e->pid,
+                  (int)status, termsig);
+    close_executor_handles(e);
+    uv_close((uv_handle_t *)&e->proc, on_handle_closed);
+}
+
+static void handle_frame(executor_t *e, const uint8_t *payload, size_t len) {
+    cel_pool_t *p = e->pool;
+    json_t *obj = NULL;
+    cel_err_t err;
+    if (cel_msgpack_to_json(payload, len, &obj, &err) != CEL_OK || !json_is_object(obj)) {
+        cel_error("executor %d sent a malformed frame (%s); replacing it", e->slot + 1,
+                  obj ? "not a map" : err.msg);
+        json_decref(obj);
+        uv_process_kill(&e->proc, SIGKILL);
+        return;
+    }
+    const char *op = json_string_value(json_object_get(obj, "op"));
+    if (!op) op = "";
+    if (strcmp(op, "ready") == 0) {
+        e->was_ready = 1;
+        if (e->state == EX_STARTING) {
+            e->state = EX_IDLE;
+            if (p->closing) executor_shutdown(e);
+            else if (p->cbs.on_idle) p->cbs.on_idle(p->priv);
+        }
+    } else if (strcmp(op, "result") == 0 && e->state == EX_BUSY) {
+        void *job = e->job;
+        e->job = NULL;
+        uv_timer_stop(&e->hard);
+        uv_timer_stop(&e->soft);
+        e->tasks_done++;
+        e->state = EX_IDLE;
+        if (p->cbs.on_result) p->cbs.on_result(p->priv, job, obj);
+        if (p->closing || (p->cfg->max_tasks_per_child &&
+                           e->tasks_done >= p->cfg->max_tasks_per_child)) {
+            if (!p->closing)
+                cel_info("executor %d (pid %d) reached --max-tasks-per-child %d; replacing it",
+                         e->slot + 1, e->pid, p->cfg->max_tasks_per_child);
+            executor_shutdown(e);
+        } else if (p->cbs.on_idle) {
+            p->cbs.on_idle(p->priv);
+        }
+    } else if (strcmp(op, "progress") == 0 && e->state == EX_BUSY) {
+        if (p->cbs.on_progress) p->cbs.on_progress(p->priv, e->job, obj);
+    } else {
+        cel_warn("executor %d sent an unexpected '%s' frame; ignored", e->slot + 1, op);
+    }
+    json_decref(obj);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    executor_t *e = h->data;
+    buf->base = e->buf;
+    buf->len = sizeof(e->buf);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+    executor_t *e = s->data;
+    if (nread < 0) {
+        /* EOF or error: the process is exiting or dead; its exit reaps it. */
+        uv_read_stop(s);
+        if (!e->exited && nread != UV_EOF)
+            cel_error("executor %d channel: %s", e->slot + 1, uv_strerror((int)nread));
+        if (!e->exited) uv_process_kill(&e->proc, SIGKILL);
+        return;
+    }
+    if (nread == 0) return;
+    if (cel_frame_reader_feed(e->reader, buf->base, (size_t)nread) != CEL_OK) {
+        cel_error("executor %d: out of memory reading its frames", e->slot + 1);
+        uv_process_kill(&e->proc, SIGKILL);
+        return;
+    }
+    for (;;) {
+        const uint8_t *payload;
+        size_t len;
+        cel_err_t err;
+        int rc = cel_frame_reader_next(e->reader, &payload, &len, &err);
+        if (rc == CEL_EAGAIN) break;
+        if (rc != CEL_OK) {
+            cel_error("executor %d: %s; replacing it", e->slot + 1, err.msg);
+            uv_process_kill(&e->proc, SIGKILL);
+            break;
+        }
+        handle_frame(e, payload, len);
+        if (e->state == EX_DYING || e->exited) break;
+    }
+}
+
+static void on_hard_timeout(uv_timer_t *t) {
+    executor_t *e = t->data;
+    if (e->state != EX_BUSY) return;
+    e->timed_out = 1;
+    cel_debug("executor %d (pid %d): hard time limit, killing it", e->slot + 1, e->pid);
+    uv_process_kill(&e->proc, SIGKILL);
+}
+
+static void on_soft_timeout(uv_timer_t *t) {
+    executor_t *e = t->data;
+    if (e->state == EX_BUSY) uv_process_kill(&e->proc, SIGUSR1);
+}
+
+static void spawn(cel_pool_t *p, int slot) {
+    executor_t *e = calloc(1, sizeof(*e));
+    if (!e || !(e->reader = cel_frame_reader_new(CEL_FRAME_MAX))) {
+        free(e);
+        cel_error("out of memory starting an executor; retrying");
+        uv_timer_start(&p->respawn[slot], on_respawn_timer, 1000, 0);
+        return;
+    }
+    e->pool = p;
+    e->slot = slot;
+    e->state = EX_STARTING;
+    uv_pipe_init(p->loop, &e->chan, 0);
+    uv_timer_init(p->loop, &e->hard);
+    uv_timer_init(p->loop, &e->soft);
+    e->chan.data = e->hard.data = e->soft.data = e->proc.data = e;
+    e->handles_open = 3;
+
+    char index[16], fd[] = "3";
+    snprintf(index, sizeof(index), "%d", slot + 1);
+    char *args[] = {(char *)p->cfg->executor, "--fd", fd, "--index", index, "--loglevel",
+                    (char *)cel_log_level_name(p->cfg->loglevel), NULL};
+    uv_stdio_container_t stdio[4];
+    stdio[0].flags = UV_IGNORE;
+    stdio[1].flags = UV_INHERIT_FD;
+    stdio[1].data.fd = 1;
+    stdio[2].flags = UV_INHERIT_FD;
+    stdio[2].data.fd = 2;
+    stdio[3].flags = UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE;
+    stdio[3].data.stream = (uv_stream_t *)&e->chan;
+    uv_process_options_t opts;
+    memset(&opts, 0, sizeof(opts));
+    opts.file = p->cfg->executor;
+    opts.args = args;
+    opts.exit_cb = on_executor_exit;
+    opts.stdio = stdio;
+    opts.stdio_count = 4;
+    int rc = uv_spawn(p->loop, &e->proc, &opts);
+    p->live++;
+    p->slots[slot] = e;
+    if (rc != 0) {
+        cel_error("cannot start executor '%s': %s", p->cfg->executor, uv_strerror(rc));
+        e->state = EX_DYING;
+        uv_close((uv_handle_t *)&e->hard, on_handle_closed);
+        uv_close((uv_handle_t *)&e->soft, on_handle_closed);
+        uv_close((uv_handle_t *)&e->chan, on_handle_closed);
+        return;
+    }
+    e->handles_open = 4;
+    e->pid = e->proc.pid;
+    uv_read_start((uv_stream_t *)&e->chan, on_alloc, on_read);
+    cel_debug("started executor %d (pid %d)", slot + 1, e->pid);
+}
+
+cel_pool_t *cel_pool_new(uv_loop_t *loop, const cel_config_t *cfg, const cel_pool_cbs_t *cbs,
+                         void *priv) {
+    cel_pool_t *p = calloc(1, sizeof(*p));
+    if (!p) return NULL;
+    p->loop = loop;
+    p->cfg = cfg;
+    p->cbs = *cbs;
+    p->priv = priv;
+    p->n = cfg->concurrency;
+    p->slots = calloc((size_t)p->n, sizeof(*p->slots));
+    p->respawn = calloc((size_t)p->n, sizeof(*p->respawn));
+    if (!p->slots || !p->respawn) {
+        free(p->slots);
+        free(p->respawn);
+        free(p);
+        return NULL;
+    }
+    for (int i = 0; i < p->n; i++) {
+        uv_timer_init(loop, &p->respawn[i]);
+        p->respawn[i].data = p;
+        p->timers_open++;
+    }
+    for (int i = 0; i < p->n; i++) spawn(p, i);
+    return p;
+}
+
+int cel_pool_idle(const cel_pool_t *p) {
+    int n = 0;
+    for (int i = 0; i < p->n; i++)
+        if (p->slots[i] && p->slots[i]->state == EX_IDLE) n++;
+    return p->closing ? 0 : n;
+}
+
+int cel_pool_busy(const cel_pool_t *p) {
+    int n = 0;
+    for (int i = 0; i < p->n; i++)
+        if (p->slots[i] && p->slots[i]->state == EX_BUSY) n++;
+    return n;
+}
+
+typedef struct write_req {
+    uv_write_t req;
+    uint8_t hdr[CEL_FRAME_HDR];
+    uint8_t payload[];
+} write_req_t;
+
+static void on_written(uv_write_t *req, int status) {
+    if (status < 0 && status != UV_ECANCELED)
+        cel_error("writing to an executor failed: %s", uv_strerror(status));
+    free(req);
+}
+
+int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len,
+                 double hard_limit, double soft_limit, int *pid_out) {
+    executor_t *e = NULL;
+    for (int i = 0; i < p->n && !e; i++)
+        if (p->slots[i] && p->slots[i]->state == EX_IDLE) e = p->slots[i];
+    if (!e || p->closing) return CEL_ESTATE;
+    write_req_t *w = malloc(sizeof(*w) + len);
+    if (!w) return CEL_ENOMEM;
+    if (cel_frame_header(len, w->hdr, NULL) != CEL_OK) {
+        free(w);
+        return CEL_ELIMIT;
+    }
+    memcpy(w->payload, payload, len);
+    uv_buf_t bufs[2] = {uv_buf_init((char *)w->hdr, CEL_FRAME_HDR),
+                        uv_buf_init((char *)w->payload, (unsigned)len)};
+    int rc = uv_write(&w->req, (uv_stream_t *)&e->chan, bufs, 2, on_written);
+    if (rc != 0) {
+        free(w);
+        return CEL_EIO;
+    }
+    e->state = EX_BUSY;
+    e->job = job;
+    e->timed_out = 0;
+    if (hard_limit > 0) uv_timer_start(&e->hard, on_hard_timeout, (uint64_t)(hard_limit * 1000), 0);
+    if (soft_limit > 0) uv_timer_start(&e->soft, on_soft_timeout, (uint64_t)(soft_limit * 1000), 0);
+    if (pid_out) *pid_out = e->pid;
+    return CEL_OK;
+}
+
+int cel_pool_terminate(cel_pool_t *p, void *job, int signum) {
+    for (int i = 0; i < p->n; i++) {
+        executor_t *e = p->slots[i];
+        if (e && e->state == EX_BUSY && e->job == job) {
+            uv_process_kill(&e->proc, signum ? signum : SIGKILL);
+            return CEL_OK;
+        }
+    }
+    return CEL_ENOTFOUND;
+}
+
+int cel_pool_pids(const cel_pool_t *p, int *pids, int max) {
+    int n = 0;
+    for (int i = 0; i < p->n && n < max; i++)
+        if (p->slots[i] && p->slots[i]->state != EX_DYING && p->slots[i]->pid)
+            pids[n++] = p->slots[i]->pid;
+    return n;
+}
+
+/* Ends an idle executor gracefully: EOF on its channel makes it exit 0; its
+ * exit callback then closes the process handle. One that hangs is killed by a
+ * later cel_pool_close(kill=1). */
+static void executor_shutdown(executor_t *e) {
+    uv_read_stop((uv_stream_t *)&e->chan);
+    close_executor_handles(e);
+}
+
+static void on_respawn_timer_closed(uv_handle_t *h) {
+    cel_pool_t *p = h->data;
+    p->timers_open--;
+    maybe_closed(p);
+}
+
+void cel_pool_close(cel_pool_t *p, int kill, void (*on_closed)(void *), void *priv) {
+    int first = !p->closing;
+    p->closing = 1;
+    p->kill_on_close |= kill;
+    if (first) {
+        p->on_closed = on_closed;
+        p->closed_priv = priv;
+    }
+    for (int i = 0; i < p->n; i++) {
+        if (first) {
+            uv_timer_stop(&p->respawn[i]);
+            uv_close((uv_handle_t *)&p->respawn[i], on_respawn_timer_closed);
+        }
+        executor_t *e = p->slots[i];
+        if (!e) continue;
+        if (kill) {
+            if (!e->exited) uv_process_kill(&e->proc, SIGKILL);
+        } else if (e->state == EX_IDLE) {
+            executor_shutdown(e);
+        }
+        /* STARTING executors are shut down when they report ready; BUSY ones
+         * after their result. */
+    }
+    maybe_closed(p);
+}

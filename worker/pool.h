@@ -1,0 +1,64 @@
+/* pool.h -- the executor pool: spawned celeriac-executor processes, one task each.
+ *
+ * Executors are started with uv_spawn (fork+exec, never a bare fork) and talk
+ * over a socketpair on their fd 3 in frames (frame.h). The pool enforces hard
+ * time limits (SIGKILL), forwards soft ones (SIGUSR1), replaces executors that
+ * die or reach --max-tasks-per-child, and reports a task whose executor died.
+ * Main process, libuv loop.
+ */
+#ifndef CEL_POOL_H
+#define CEL_POOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+#include <uv.h>
+
+#include "config.h"
+
+typedef struct cel_pool cel_pool_t;
+
+enum { CEL_POOL_LOST = 1, CEL_POOL_TIMEOUT = 2 };
+
+typedef struct cel_pool_cbs {
+    /* A {"op":"result",...} frame (borrowed object) for job. */
+    void (*on_result)(void *priv, void *job, json_t *frame);
+    /* A {"op":"progress",...} frame for job (borrowed). */
+    void (*on_progress)(void *priv, void *job, json_t *frame);
+    /* The executor running job died: why is CEL_POOL_LOST (exitcode or signum
+     * tell how) or CEL_POOL_TIMEOUT (we killed it at the hard limit). */
+    void (*on_lost)(void *priv, void *job, int why, int exitcode, int signum);
+    /* An executor became free. */
+    void (*on_idle)(void *priv);
+} cel_pool_cbs_t;
+
+/* Creates the pool and spawns cfg->concurrency executors. */
+cel_pool_t *cel_pool_new(uv_loop_t *loop, const cel_config_t *cfg, const cel_pool_cbs_t *cbs,
+                         void *priv);
+
+/* Number of executors ready for a task. */
+int cel_pool_idle(const cel_pool_t *p);
+
+/* Number of executors running a task. */
+int cel_pool_busy(const cel_pool_t *p);
+
+/* Sends a run frame (payload borrowed, msgpack map) for job to an idle
+ * executor and starts its time limits (0 = none). *pid_out gets the executor's
+ * pid. Returns CEL_OK, CEL_ESTATE when no executor is idle, CEL_EIO. */
+int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len,
+                 double hard_limit, double soft_limit, int *pid_out);
+
+/* Kills the executor running job with SIGKILL (revoke --terminate later;
+ * on_lost then reports it). Returns CEL_ENOTFOUND if job is not running. */
+int cel_pool_terminate(cel_pool_t *p, void *job, int signum);
+
+/* Pids of the live executors, up to max; returns how many. */
+int cel_pool_pids(const cel_pool_t *p, int *pids, int max);
+
+/* Warm close: idle executors get EOF and exit; busy ones finish first (their
+ * results are still reported). on_closed runs when every process and handle is
+ * gone; p is freed then. With kill set, executors get SIGKILL at once. */
+void cel_pool_close(cel_pool_t *p, int kill, void (*on_closed)(void *), void *priv);
+
+#endif

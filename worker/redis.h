@@ -1,0 +1,60 @@
+/* redis.h -- one reconnecting asynchronous Redis connection on the libuv loop.
+ *
+ * Wraps a hiredis async context: connects, AUTHs and SELECTs the URL's db, loads
+ * the Lua scripts it was given, and only then reports itself up. When the
+ * connection drops every pending command's callback runs with reply NULL, the
+ * owner is told it is down, and it reconnects with backoff (100 ms .. 5 s).
+ * Main process only; nothing here blocks.
+ */
+#ifndef CEL_REDIS_H
+#define CEL_REDIS_H
+
+#include <stddef.h>
+
+#include <hiredis/hiredis.h>
+#include <uv.h>
+
+#include "../protocol/err.h"
+#include "config.h"
+
+typedef struct cel_redis cel_redis_t;
+
+/* A reply callback. reply is NULL when the connection failed or closed before
+ * the reply came; it is borrowed for the call (hiredis frees it after). */
+typedef void (*cel_redis_cb)(cel_redis_t *r, redisReply *reply, void *priv);
+
+/* Told when the connection becomes usable (up=1) or is lost (up=0). */
+typedef void (*cel_redis_state_cb)(cel_redis_t *r, int up, void *priv);
+
+/* A Lua script; sha is filled from SCRIPT LOAD's reply before the connection is up. */
+typedef struct cel_redis_script {
+    const char *text;
+    char sha[41];
+} cel_redis_script_t;
+
+/* Creates a connection and starts connecting. name is used in logs
+ * ("broker", "backend"). scripts (borrowed, may be NULL) are loaded at every
+ * connect before the connection is reported up. Never fails but on ENOMEM. */
+cel_redis_t *cel_redis_new(uv_loop_t *loop, const cel_redis_url_t *url, const char *name,
+                           cel_redis_script_t **scripts, int nscripts,
+                           cel_redis_state_cb on_state, void *priv);
+
+/* 1 when connected, authenticated and scripts loaded. */
+int cel_redis_up(const cel_redis_t *r);
+
+/* Sends a command (argv borrowed, copied by hiredis). cb may be NULL. Returns
+ * CEL_OK, or CEL_EIO when the connection is not up (cb is then not called). */
+int cel_redis_command(cel_redis_t *r, cel_redis_cb cb, void *priv, int argc, const char **argv,
+                      const size_t *argvlen);
+
+/* EVALSHA script with keys then args. Same contract as cel_redis_command. */
+int cel_redis_evalsha(cel_redis_t *r, const cel_redis_script_t *s, cel_redis_cb cb, void *priv,
+                      int nkeys, const char **keys, const size_t *keylens, int nargs,
+                      const char **args, const size_t *arglens);
+
+/* Closes the connection for good: pending callbacks run with NULL, no
+ * reconnect, and on_closed (may be NULL) runs once every handle is closed.
+ * The object is freed after on_closed returns. */
+void cel_redis_close(cel_redis_t *r, void (*on_closed)(void *priv), void *priv);
+
+#endif
