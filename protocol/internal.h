@@ -61,7 +61,7 @@ int cel_json_depth(json_t *v, int max);
 
 /* Decodes one UTF-8 sequence at s[0..n): stores the code point and returns its
  * length, or 0 when the bytes are not valid UTF-8. */
-size_t cel_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp);
+size_t cel_json_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp);
 
 /* Body decoding for task.c: turns raw body bytes of the given content type
  * into a json_t (new reference). Errors are CEL_EBODY with a message, or

@@ -13,7 +13,7 @@
 
 #include "internal.h"
 
-size_t cel_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) {
+size_t cel_json_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) {
     if (n == 0)
         return 0;
     uint8_t c = s[0];
@@ -76,7 +76,7 @@ int cel_json_dump_string(cel_buf_t *b, const char *s, size_t n, cel_err_t *err) 
             continue;
         }
         uint32_t cp;
-        size_t k = cel_utf8_decode(u + i, n - i, &cp);
+        size_t k = cel_json_utf8_decode(u + i, n - i, &cp);
         if (k == 0)
             return cel_err_set(err, CEL_ETYPE, "string is not valid UTF-8");
         i += k;

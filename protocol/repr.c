@@ -58,7 +58,7 @@ static void repr_string(cel_buf_t *b, const char *s, size_t n) {
             continue;
         }
         uint32_t cp;
-        size_t k = cel_utf8_decode(u + i, n - i, &cp);
+        size_t k = cel_json_utf8_decode(u + i, n - i, &cp);
         if (k == 0) { /* not UTF-8: show the byte, as repr(bytes) would */
             cp = c;
             k = 1;

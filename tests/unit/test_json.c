@@ -1,0 +1,92 @@
+/* test_json.c -- unit tests for cel_json_dumps (protocol/json.c, pyfloat.c).
+ *
+ * Output must equal Python's json.dumps: checked inline for the tricky cases
+ * and against dumps.json (values and Python's text, from gen_messages.py).
+ */
+#include "testutil.h"
+
+#include "../../protocol/protocol.h"
+
+static void expect_dumps(json_t *v, const char *want) {
+    cel_err_t err;
+    char *s = cel_json_dumps(v, &err);
+    if (!s)
+        fail_msg("dumps failed: %s", err.msg);
+    if (strcmp(s, want) != 0)
+        fail_msg("want %s got %s", want, s);
+    free(s);
+    json_decref(v);
+}
+
+static void test_floats(void **state) {
+    expect_dumps(json_real(0.1), "0.1");
+    expect_dumps(json_real(1e100), "1e+100");
+    expect_dumps(json_real(1.0), "1.0");
+    expect_dumps(json_real(-0.0), "-0.0");
+    expect_dumps(json_real(1e16), "1e+16");
+    expect_dumps(json_real(1e15), "1000000000000000.0");
+    expect_dumps(json_real(1e-5), "1e-05");
+    expect_dumps(json_real(0.0001), "0.0001");
+    expect_dumps(json_real(0.1 + 0.2), "0.30000000000000004");
+    expect_dumps(json_real(5e-324), "5e-324");
+    expect_dumps(json_real(1.7976931348623157e308), "1.7976931348623157e+308");
+    expect_dumps(json_real(123.456), "123.456");
+    expect_dumps(json_real(-2.5e-7), "-2.5e-07");
+}
+
+static void test_strings_and_containers(void **state) {
+    expect_dumps(json_string("h\xc3\xa9llo"), "\"h\\u00e9llo\"");
+    expect_dumps(json_string("\xf0\x9f\x98\x80"), "\"\\ud83d\\ude00\"");
+    expect_dumps(json_stringn("a\0b", 3), "\"a\\u0000b\"");
+    expect_dumps(json_string("\"\\/\b\f\n\r\t\x01\x7f"), "\"\\\"\\\\/\\b\\f\\n\\r\\t\\u0001\\u007f\"");
+    expect_dumps(json_pack("{s:i, s:[b, b, n], s:{}}", "z", 1, "a", 1, 0, "m"),
+                 "{\"z\": 1, \"a\": [true, false, null], \"m\": {}}");
+    expect_dumps(json_pack("[]"), "[]");
+    expect_dumps(json_integer(-9223372036854775807LL - 1), "-9223372036854775808");
+    json_t *o = json_object();
+    json_object_setn_new(o, "k\0ey", 4, json_null());
+    expect_dumps(o, "{\"k\\u0000ey\": null}");
+}
+
+static void test_errors(void **state) {
+    cel_err_t err;
+    json_t *bad = json_stringn_nocheck("\xc3", 1);
+    assert_null(cel_json_dumps(bad, &err));
+    assert_int_equal(err.code, CEL_ETYPE);
+    json_decref(bad);
+    assert_null(cel_json_dumps(NULL, &err));
+    /* deeper than the encoder's stack guard */
+    json_t *root = json_array(), *cur = root;
+    for (int i = 0; i < 600; i++) {
+        json_t *n = json_array();
+        json_array_append_new(cur, n);
+        cur = n;
+    }
+    assert_null(cel_json_dumps(root, &err));
+    assert_int_equal(err.code, CEL_ELIMIT);
+    json_decref(root);
+}
+
+static void test_python_fixtures(void **state) {
+    json_t *cases = load_fixture("dumps.json");
+    size_t i;
+    json_t *c;
+    json_array_foreach(cases, i, c) {
+        const char *in = json_string_value(json_array_get(c, 0));
+        json_t *v = json_loads(in, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        if (!v)
+            fail_msg("cannot load %s", in);
+        expect_dumps(v, json_string_value(json_array_get(c, 1)));
+    }
+    json_decref(cases);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_floats),
+        cmocka_unit_test(test_strings_and_containers),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_python_fixtures),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
