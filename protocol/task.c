@@ -339,8 +339,9 @@ static int decode(json_t *headers, json_t *properties, json_t *delivery_info,
         goto nomem;
 
     json_t *id = json_object_get(hdr, "id"), *name = json_object_get(hdr, "task");
-    if (!json_is_string(id) || !json_is_string(name) || json_string_length(id) == 0 ||
-        json_string_length(name) == 0) {
+    /* An empty name is a name no task has: the worker answers NotRegistered(''),
+     * as the stock worker does, so only the id must be non-empty. */
+    if (!json_is_string(id) || !json_is_string(name) || json_string_length(id) == 0) {
         cel_task_free(t);
         return cel_err_set(err, CEL_EPROTO, "message has no task id or name");
     }
@@ -394,6 +395,67 @@ static const char *opt_string(json_t *obj, const char *key) {
     return json_string_value(json_object_get(obj, key));
 }
 
+/* Python's json.dumps writes lone UTF-16 surrogates ("\ud800") that no UTF-8
+ * JSON parser accepts. In the envelope they can only come from display-only
+ * headers (argsrepr), so a copy with each lone surrogate escape replaced by
+ * \ufffd (same length) is parsed instead. The body is base64 and untouched:
+ * a lone surrogate there still fails that task with a clear error. Returns a
+ * malloc'd copy, or NULL when there is nothing to replace. */
+static char *replace_lone_surrogates(const char *buf, size_t len) {
+    char *copy = NULL;
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = buf[i];
+        if (!in_str) {
+            if (ch == '"') in_str = 1;
+            continue;
+        }
+        if (ch == '"') {
+            in_str = 0;
+            continue;
+        }
+        if (ch != '\\' || i + 1 >= len) continue;
+        if (buf[i + 1] != 'u' || i + 5 >= len) {
+            i++; /* a two-character escape */
+            continue;
+        }
+        unsigned v = 0;
+        int ok = 1;
+        for (int k = 2; k < 6; k++) {
+            char h = buf[i + k];
+            v <<= 4;
+            if (h >= '0' && h <= '9') v |= (unsigned)(h - '0');
+            else if (h >= 'a' && h <= 'f') v |= (unsigned)(h - 'a' + 10);
+            else if (h >= 'A' && h <= 'F') v |= (unsigned)(h - 'A' + 10);
+            else ok = 0;
+        }
+        if (!ok) continue;
+        int lone = 0;
+        if (v >= 0xD800 && v <= 0xDBFF) {
+            /* a high surrogate needs a low one right after it */
+            unsigned lo = 0;
+            if (i + 11 < len && buf[i + 6] == '\\' && buf[i + 7] == 'u' &&
+                sscanf(buf + i + 8, "%4x", &lo) == 1 && lo >= 0xDC00 && lo <= 0xDFFF) {
+                i += 11;
+                continue;
+            }
+            lone = 1;
+        } else if (v >= 0xDC00 && v <= 0xDFFF) {
+            lone = 1;
+        }
+        if (lone) {
+            if (!copy) {
+                copy = malloc(len);
+                if (!copy) return NULL;
+                memcpy(copy, buf, len);
+            }
+            memcpy(copy + i + 2, "fffd", 4);
+        }
+        i += 5;
+    }
+    return copy;
+}
+
 /* See protocol.h. */
 int cel_task_decode_envelope(const char *buf, size_t len, cel_task_t **out, cel_err_t *err) {
     *out = NULL;
@@ -402,6 +464,13 @@ int cel_task_decode_envelope(const char *buf, size_t len, cel_task_t **out, cel_
                            CEL_MSG_MAX_BYTES);
     json_error_t je;
     json_t *env = json_loadb(buf, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+    if (!env && strstr(je.text, "nvalid Unicode")) {
+        char *fixed = replace_lone_surrogates(buf, len);
+        if (fixed) {
+            env = json_loadb(fixed, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+            free(fixed);
+        }
+    }
     if (!env)
         return cel_err_set(err, CEL_EPROTO, "envelope is not valid JSON: %s at line %d column %d",
                            je.text, je.line, je.column);

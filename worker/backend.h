@@ -27,6 +27,16 @@ cel_backend_t *cel_backend_new(uv_loop_t *loop, const cel_config_t *cfg,
 void cel_backend_store(cel_backend_t *be, const char *task_id, const char *meta, size_t len,
                        void (*done)(void *, int), void *priv);
 
+/* 1 when broker and backend are the same Redis database, so a store and the
+ * message's ack can go in one script (cel_backend_store_ack). */
+int cel_backend_shares_broker(const cel_backend_t *be);
+
+/* Like cel_backend_store, then acks delivery tag `tag` (kombu QoS.ack) in the
+ * same atomic step. Only valid when cel_backend_shares_broker(). tag NULL is
+ * a plain store. */
+void cel_backend_store_ack(cel_backend_t *be, const char *task_id, const char *meta, size_t len,
+                           const char *tag, void (*done)(void *, int), void *priv);
+
 /* 1 when the connection is up. */
 int cel_backend_up(const cel_backend_t *be);
 

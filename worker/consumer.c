@@ -27,7 +27,10 @@
 #define NO_PREFETCH_LIMIT 1000 /* messages held when --prefetch-multiplier is 0 */
 #define REPR_MAX 200           /* result repr in log lines */
 
-enum { R_HELD, R_READY, R_ACTIVE, R_FINISHING, R_GIVING_BACK };
+/* Only READY and ACTIVE requests occupy the prefetch window: a finished one
+ * waiting for its store/ack is what Celery (acking early) would already have
+ * acked, and eta ones are outside it (qos.increment_eventually). */
+enum { R_NEW, R_HELD, R_READY, R_ACTIVE, R_FINISHING, R_GIVING_BACK };
 
 typedef struct request request_t;
 struct request {
@@ -53,7 +56,7 @@ struct cel_consumer {
     cel_pool_t *pool;
     request_t *requests;             /* every live request */
     request_t *ready_head, *ready_tail;
-    int held;                        /* requests occupying prefetch slots */
+    int held;                        /* requests in the prefetch window */
     int limit;                       /* prefetch_count */
     int nrequests;
     int stopping;                    /* warm shutdown started */
@@ -74,8 +77,23 @@ static double now_unix(void) {
     return (double)tv.tv_sec + tv.tv_usec / 1e6;
 }
 
+static void on_drain_timer(uv_timer_t *t);
+
+static int counted(int st) { return st == R_READY || st == R_ACTIVE; }
+
+/* Moves a request to state st, keeping the prefetch window count. */
+static void set_state(request_t *r, int st) {
+    cel_consumer_t *c = r->c;
+    int was = counted(r->state);
+    c->held += counted(st) - was;
+    r->state = st;
+    /* A slot came free: fetch more (after the current callback). */
+    if (was && !counted(st) && !c->stopping) uv_timer_start(&c->drain_timer, on_drain_timer, 0, 0);
+}
+
 static void dispatch(cel_consumer_t *c);
 static void maybe_finish_shutdown(cel_consumer_t *c);
+static void on_given_back(void *priv, int ok);
 
 /* ---- request bookkeeping ---------------------------------------------- */
 
@@ -115,13 +133,13 @@ static void request_free(request_t *r) {
     if (r->prev) r->prev->next = r->next;
     else c->requests = r->next;
     if (r->next) r->next->prev = r->prev;
-    if (r->state != R_HELD && r->state != R_GIVING_BACK) c->held--;
+    set_state(r, R_NEW);
     uv_timer_stop(&r->timer);
     uv_close((uv_handle_t *)&r->timer, on_request_closed);
 }
 
 static void ready_push(cel_consumer_t *c, request_t *r) {
-    r->state = R_READY;
+    set_state(r, R_READY);
     r->rnext = NULL;
     if (c->ready_tail) c->ready_tail->rnext = r;
     else c->ready_head = r;
@@ -151,14 +169,12 @@ static void on_acked(void *priv, int ok) {
     if (!ok && !r->c->cold)
         cel_error("could not ack %s[%s]; it will be redelivered after the visibility timeout",
                   r->task ? r->task->name : "?", r->task ? r->task->id : "?");
-    cel_consumer_t *c = r->c;
     request_free(r);
-    if (!c->cold) cel_broker_kick(c->broker);
 }
 
 static void ack_and_free(request_t *r) {
     cel_consumer_t *c = r->c;
-    r->state = R_FINISHING;
+    set_state(r, R_FINISHING);
     if (c->cold) {
         request_free(r);
         return;
@@ -186,8 +202,22 @@ static void on_stored(void *priv, int ok) {
     ack_and_free(r);
 }
 
+static void on_stored_acked(void *priv, int ok) {
+    request_t *r = priv;
+    if (!ok) {
+        on_stored(priv, ok);
+        return;
+    }
+    request_free(r);
+}
+
 static void store_meta(request_t *r) {
-    cel_backend_store(r->c->backend, r->task->id, r->meta, r->meta_len, on_stored, r);
+    cel_consumer_t *c = r->c;
+    if (r->tag && cel_backend_shares_broker(c->backend))
+        cel_backend_store_ack(c->backend, r->task->id, r->meta, r->meta_len, r->tag,
+                              on_stored_acked, r);
+    else
+        cel_backend_store(c->backend, r->task->id, r->meta, r->meta_len, on_stored, r);
 }
 
 static void on_backend_up(void *priv) {
@@ -200,7 +230,7 @@ static void on_backend_up(void *priv) {
  * result is borrowed. */
 static void finish(request_t *r, const char *status, json_t *result, const char *traceback) {
     cel_task_t *t = r->task;
-    r->state = R_FINISHING;
+    set_state(r, R_FINISHING);
     if (t->ignore_result) {
         ack_and_free(r);
         return;
@@ -259,7 +289,7 @@ static int build_run_frame(request_t *r, uint8_t **buf, size_t *len) {
 }
 
 static void dispatch(cel_consumer_t *c) {
-    while (c->ready_head && cel_pool_idle(c->pool) > 0) {
+    while (c->ready_head && cel_pool_can_run(c->pool)) {
         request_t *r = ready_pop(c);
         cel_task_t *t = r->task;
         if (t->expires > 0 && now_unix() >= t->expires) {
@@ -282,16 +312,32 @@ static void dispatch(cel_consumer_t *c) {
             r->rnext = c->ready_head;
             c->ready_head = r;
             if (!c->ready_tail) c->ready_tail = r;
-            r->state = R_READY;
             break;
         }
-        r->state = R_ACTIVE;
+        set_state(r, R_ACTIVE);
         r->started = now_unix();
         cel_debug("TaskPool: Apply %s[%s] on executor pid %d", t->name, t->id, r->pid);
     }
 }
 
 static void on_pool_idle(void *priv) { dispatch(priv); }
+
+/* A task queued on an executor that died before starting it: run it next. */
+static void on_pool_requeue(void *priv, void *job) {
+    cel_consumer_t *c = priv;
+    request_t *r = job;
+    if (c->cold || c->stopping) {
+        /* Not started: give it back like any unstarted message. */
+        set_state(r, R_GIVING_BACK);
+        if (r->tag && !c->cold) cel_broker_requeue(c->broker, r->tag, on_given_back, r);
+        else request_free(r);
+        return;
+    }
+    set_state(r, R_READY);
+    r->rnext = c->ready_head;
+    c->ready_head = r;
+    if (!c->ready_tail) c->ready_tail = r;
+}
 
 static char *result_repr(json_t *v) {
     char *s = cel_repr(v, 0, REPR_MAX);
@@ -384,7 +430,6 @@ static void on_eta(uv_timer_t *t) {
     request_t *r = t->data;
     cel_consumer_t *c = r->c;
     if (r->state != R_HELD || c->stopping) return;
-    c->held++;
     ready_push(c, r);
     dispatch(c);
 }
@@ -441,8 +486,7 @@ static void on_message(void *priv, const char *raw, size_t len, const char *tag,
                 drop_message(c, tag);
                 return;
             }
-            c->held++;
-            r->state = R_READY;
+            set_state(r, R_READY);
             char msg[200];
             snprintf(msg, sizeof(msg), "message of %zu bytes exceeds the worker's limit of %ld bytes",
                      len, c->cfg->max_message_size);
@@ -466,8 +510,7 @@ static void on_message(void *priv, const char *raw, size_t len, const char *tag,
         cel_task_free(task);
         return; /* left in unacked: restored after the visibility timeout */
     }
-    c->held++;
-    r->state = R_READY; /* counted; the paths below decide what happens */
+    set_state(r, R_READY); /* counted; the paths below decide what happens */
     if (rc == CEL_EBODY) {
         cel_error("Can't decode message body of %s[%s]: %s", task->name, task->id, err.msg);
         fail_with(r, "DecodeError", "kombu.exceptions", json_pack("[s]", err.msg), NULL);
@@ -489,8 +532,7 @@ static void on_message(void *priv, const char *raw, size_t len, const char *tag,
     }
     if (task->eta > now) {
         /* Held until due; not counted against the prefetch window. */
-        c->held--;
-        r->state = R_HELD;
+        set_state(r, R_HELD);
         uv_timer_start(&r->timer, on_eta, (uint64_t)((task->eta - now) * 1000) + 1, 0);
         return;
     }
@@ -542,7 +584,8 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_config_t *cfg,
     if (every < 500) every = 500;
     uv_timer_start(&c->touch_timer, on_touch_timer, every, every);
 
-    cel_pool_cbs_t pcbs = {on_pool_result, on_pool_progress, on_pool_lost, on_pool_idle};
+    cel_pool_cbs_t pcbs = {on_pool_result, on_pool_progress, on_pool_lost, on_pool_requeue,
+                           on_pool_idle};
     c->pool = cel_pool_new(loop, cfg, &pcbs, c);
     c->backend = cel_backend_new(loop, cfg, on_backend_up, c);
     cel_broker_cbs_t bcbs = {capacity, on_message, on_broker_state};
@@ -585,7 +628,13 @@ static void close_all(cel_consumer_t *c) {
     cel_backend_close(c->backend, close_step, c);
 }
 
-static void on_drain_timer(uv_timer_t *t) { maybe_finish_shutdown(t->data); }
+/* Runs once per loop turn when asked: fetch into free slots, or see whether
+ * a shutdown can complete. */
+static void on_drain_timer(uv_timer_t *t) {
+    cel_consumer_t *c = t->data;
+    if (c->stopping) maybe_finish_shutdown(c);
+    else if (!c->closing) cel_broker_kick(c->broker);
+}
 
 static void maybe_finish_shutdown(cel_consumer_t *c) {
     if (c->closing) {
@@ -619,8 +668,7 @@ void cel_consumer_shutdown(cel_consumer_t *c) {
     for (; r; r = next) {
         next = r->next;
         if (r->state != R_READY && r->state != R_HELD) continue;
-        if (r->state == R_READY) c->held--;
-        r->state = R_GIVING_BACK;
+        set_state(r, R_GIVING_BACK);
         uv_timer_stop(&r->timer);
         if (r->tag) cel_broker_requeue(c->broker, r->tag, on_given_back, r);
         else request_free(r);

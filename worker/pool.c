@@ -18,6 +18,12 @@
 #include "log.h"
 
 #define READ_CHUNK (64 * 1024)
+/* Pipelining: an executor whose recent tasks were short gets up to PIPE_MAX
+ * tasks written ahead, so it never waits a round trip for the next one. Tasks
+ * still run one at a time; those queued behind a task that dies were never
+ * started and go back to the consumer. */
+#define PIPE_MAX 4
+#define PIPE_FAST_S 0.002 /* mean runtime under which an executor is pipelined */
 
 enum { EX_STARTING, EX_IDLE, EX_BUSY, EX_DYING };
 
@@ -35,7 +41,10 @@ typedef struct executor {
     int timed_out;
     int was_ready;
     int tasks_done;
-    void *job;
+    double mean_runtime;   /* moving average of recent task runtimes */
+    void *jobs[PIPE_MAX];  /* jobs[0] runs, the rest are written and waiting */
+    double hard_s[PIPE_MAX], soft_s[PIPE_MAX]; /* their limits */
+    int njobs;
     cel_frame_reader_t *reader;
     char buf[READ_CHUNK];
 } executor_t;
@@ -58,6 +67,8 @@ struct cel_pool {
 
 static void spawn(cel_pool_t *p, int slot);
 static void executor_shutdown(executor_t *e);
+static void start_timers(executor_t *e);
+static void on_hard_timeout(uv_timer_t *t);
 
 static void maybe_closed(cel_pool_t *p) {
     if (!p->closing || p->live > 0 || p->timers_open > 0) return;
@@ -80,13 +91,20 @@ static void on_handle_closed(uv_handle_t *h) {
     executor_t *e = h->data;
     if (--e->handles_open > 0) return;
     cel_pool_t *p = e->pool;
-    void *job = e->job;
+    void *job = e->njobs ? e->jobs[0] : NULL;
+    void *queued[PIPE_MAX];
+    int nqueued = e->njobs > 1 ? e->njobs - 1 : 0;
+    for (int i = 0; i < nqueued; i++) queued[i] = e->jobs[i + 1];
     int why = e->timed_out ? CEL_POOL_TIMEOUT : CEL_POOL_LOST;
     int exitcode = e->exitcode, termsig = e->termsig, slot = e->slot, was_ready = e->was_ready;
     if (p->slots[slot] == e) p->slots[slot] = NULL;
     cel_frame_reader_free(e->reader);
     free(e);
     p->live--;
+    /* Queued jobs never started: hand them back, last first, so the consumer
+     * can put them at the front of its queue in their order. */
+    for (int i = nqueued - 1; i >= 0; i--)
+        if (p->cbs.on_requeue) p->cbs.on_requeue(p->priv, queued[i]);
     if (job && p->cbs.on_lost) p->cbs.on_lost(p->priv, job, why, exitcode, termsig);
     if (!p->closing) {
         /* A child that never became ready is broken: do not spin on it. */
@@ -110,7 +128,7 @@ static void on_executor_exit(uv_process_t *proc, int64_t status, int termsig) {
     e->exited = 1;
     e->exitcode = (int)status;
     e->termsig = termsig;
-    if (e->job && !e->timed_out)
+    if (e->njobs && !e->timed_out)
         cel_error("Process 'Executor-%d' pid:%d exited with '%s %d'", e->slot + 1, e->pid,
                   termsig ? "signal" : "exitcode", termsig ? termsig : (int)status);
     else
@@ -141,15 +159,23 @@ static void handle_frame(executor_t *e, const uint8_t *payload, size_t len) {
             else if (p->cbs.on_idle) p->cbs.on_idle(p->priv);
         }
     } else if (strcmp(op, "result") == 0 && e->state == EX_BUSY) {
-        void *job = e->job;
-        e->job = NULL;
+        void *job = e->jobs[0];
+        e->njobs--;
+        memmove(e->jobs, e->jobs + 1, sizeof(e->jobs[0]) * (size_t)e->njobs);
+        memmove(e->hard_s, e->hard_s + 1, sizeof(e->hard_s[0]) * (size_t)e->njobs);
+        memmove(e->soft_s, e->soft_s + 1, sizeof(e->soft_s[0]) * (size_t)e->njobs);
         uv_timer_stop(&e->hard);
         uv_timer_stop(&e->soft);
         e->tasks_done++;
-        e->state = EX_IDLE;
+        double rt = json_number_value(json_object_get(obj, "runtime"));
+        e->mean_runtime = e->tasks_done == 1 ? rt : 0.8 * e->mean_runtime + 0.2 * rt;
+        if (e->njobs) start_timers(e); /* the next queued task starts now */
+        else e->state = EX_IDLE;
         if (p->cbs.on_result) p->cbs.on_result(p->priv, job, obj);
-        if (p->closing || (p->cfg->max_tasks_per_child &&
-                           e->tasks_done >= p->cfg->max_tasks_per_child)) {
+        if (e->njobs) {
+            if (p->cbs.on_idle) p->cbs.on_idle(p->priv); /* room in its pipe */
+        } else if (p->closing || (p->cfg->max_tasks_per_child &&
+                                  e->tasks_done >= p->cfg->max_tasks_per_child)) {
             if (!p->closing)
                 cel_info("executor %d (pid %d) reached --max-tasks-per-child %d; replacing it",
                          e->slot + 1, e->pid, p->cfg->max_tasks_per_child);
@@ -158,7 +184,7 @@ static void handle_frame(executor_t *e, const uint8_t *payload, size_t len) {
             p->cbs.on_idle(p->priv);
         }
     } else if (strcmp(op, "progress") == 0 && e->state == EX_BUSY) {
-        if (p->cbs.on_progress) p->cbs.on_progress(p->priv, e->job, obj);
+        if (p->cbs.on_progress) p->cbs.on_progress(p->priv, e->jobs[0], obj);
     } else {
         cel_warn("executor %d sent an unexpected '%s' frame; ignored", e->slot + 1, op);
     }
@@ -201,6 +227,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
         handle_frame(e, payload, len);
         if (e->state == EX_DYING || e->exited) break;
     }
+}
+
+static void on_soft_timeout(uv_timer_t *t);
+
+/* Starts the time limits of the task now running (jobs[0]). */
+static void start_timers(executor_t *e) {
+    e->timed_out = 0;
+    if (e->hard_s[0] > 0) uv_timer_start(&e->hard, on_hard_timeout, (uint64_t)(e->hard_s[0] * 1000), 0);
+    if (e->soft_s[0] > 0) uv_timer_start(&e->soft, on_soft_timeout, (uint64_t)(e->soft_s[0] * 1000), 0);
 }
 
 static void on_hard_timeout(uv_timer_t *t) {
@@ -295,11 +330,29 @@ cel_pool_t *cel_pool_new(uv_loop_t *loop, const cel_config_t *cfg, const cel_poo
     return p;
 }
 
+/* How many tasks executor e may hold now: 0 when it cannot take one. */
+static int room(const cel_pool_t *p, const executor_t *e) {
+    if (!e || (e->state != EX_IDLE && e->state != EX_BUSY)) return 0;
+    int depth = e->tasks_done >= 8 && e->mean_runtime < PIPE_FAST_S ? PIPE_MAX : 1;
+    if (p->cfg->max_tasks_per_child) {
+        int left = p->cfg->max_tasks_per_child - e->tasks_done - e->njobs;
+        if (left < depth) depth = left;
+    }
+    return depth > e->njobs ? depth - e->njobs : 0;
+}
+
 int cel_pool_idle(const cel_pool_t *p) {
     int n = 0;
     for (int i = 0; i < p->n; i++)
         if (p->slots[i] && p->slots[i]->state == EX_IDLE) n++;
     return p->closing ? 0 : n;
+}
+
+int cel_pool_can_run(const cel_pool_t *p) {
+    if (p->closing) return 0;
+    for (int i = 0; i < p->n; i++)
+        if (room(p, p->slots[i]) > 0) return 1;
+    return 0;
 }
 
 int cel_pool_busy(const cel_pool_t *p) {
@@ -323,9 +376,13 @@ static void on_written(uv_write_t *req, int status) {
 
 int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len,
                  double hard_limit, double soft_limit, int *pid_out) {
+    /* An idle executor first; else the least loaded one with room. */
     executor_t *e = NULL;
     for (int i = 0; i < p->n && !e; i++)
-        if (p->slots[i] && p->slots[i]->state == EX_IDLE) e = p->slots[i];
+        if (p->slots[i] && p->slots[i]->state == EX_IDLE && room(p, p->slots[i]) > 0)
+            e = p->slots[i];
+    for (int i = 0; i < p->n && !e; i++)
+        if (room(p, p->slots[i]) > 0 && (!e || p->slots[i]->njobs < e->njobs)) e = p->slots[i];
     if (!e || p->closing) return CEL_ESTATE;
     write_req_t *w = malloc(sizeof(*w) + len);
     if (!w) return CEL_ENOMEM;
@@ -341,11 +398,14 @@ int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len,
         free(w);
         return CEL_EIO;
     }
-    e->state = EX_BUSY;
-    e->job = job;
-    e->timed_out = 0;
-    if (hard_limit > 0) uv_timer_start(&e->hard, on_hard_timeout, (uint64_t)(hard_limit * 1000), 0);
-    if (soft_limit > 0) uv_timer_start(&e->soft, on_soft_timeout, (uint64_t)(soft_limit * 1000), 0);
+    e->jobs[e->njobs] = job;
+    e->hard_s[e->njobs] = hard_limit;
+    e->soft_s[e->njobs] = soft_limit;
+    e->njobs++;
+    if (e->njobs == 1) {
+        e->state = EX_BUSY;
+        start_timers(e);
+    }
     if (pid_out) *pid_out = e->pid;
     return CEL_OK;
 }
@@ -353,7 +413,7 @@ int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len,
 int cel_pool_terminate(cel_pool_t *p, void *job, int signum) {
     for (int i = 0; i < p->n; i++) {
         executor_t *e = p->slots[i];
-        if (e && e->state == EX_BUSY && e->job == job) {
+        if (e && e->state == EX_BUSY && e->njobs && e->jobs[0] == job) {
             uv_process_kill(&e->proc, signum ? signum : SIGKILL);
             return CEL_OK;
         }

@@ -29,7 +29,10 @@ typedef struct cel_pool_cbs {
     /* The executor running job died: why is CEL_POOL_LOST (exitcode or signum
      * tell how) or CEL_POOL_TIMEOUT (we killed it at the hard limit). */
     void (*on_lost)(void *priv, void *job, int why, int exitcode, int signum);
-    /* An executor became free. */
+    /* A job written to an executor that died before starting it: it never
+     * ran; the consumer queues it again (at the front). */
+    void (*on_requeue)(void *priv, void *job);
+    /* An executor became free, or has room for another task. */
     void (*on_idle)(void *priv);
 } cel_pool_cbs_t;
 
@@ -40,11 +43,16 @@ cel_pool_t *cel_pool_new(uv_loop_t *loop, const cel_config_t *cfg, const cel_poo
 /* Number of executors ready for a task. */
 int cel_pool_idle(const cel_pool_t *p);
 
+/* 1 when cel_pool_run would accept a task now (an idle executor, or one
+ * whose recent tasks were so short that it takes a few queued ahead). */
+int cel_pool_can_run(const cel_pool_t *p);
+
 /* Number of executors running a task. */
 int cel_pool_busy(const cel_pool_t *p);
 
 /* Sends a run frame (payload borrowed, msgpack map) for job to an idle
- * executor and starts its time limits (0 = none). *pid_out gets the executor's
+ * executor (or queues it on a fast one, see cel_pool_can_run) and arms its
+ * time limits (0 = none) for when it starts. *pid_out gets the executor's
  * pid. Returns CEL_OK, CEL_ESTATE when no executor is idle, CEL_EIO. */
 int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len,
                  double hard_limit, double soft_limit, int *pid_out);

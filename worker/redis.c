@@ -11,10 +11,91 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 
 #include "log.h"
+
+/* ---- hiredis <-> libuv adapter ---------------------------------------
+ * Our own instead of hiredis/adapters/libuv.h: in hiredis 0.14 that adapter
+ * drops uv_poll errors (libuv reports POLLERR as status < 0 and stops the
+ * poll), so a refused connect never reaches hiredis and reconnecting hangs.
+ * Here an error is passed to hiredis as readiness; its own read/connect
+ * check then finds the socket error and disconnects cleanly. */
+
+typedef struct uv_events {
+    redisAsyncContext *ac;
+    uv_poll_t handle;
+    int events;
+} uv_events_t;
+
+static void ev_poll(uv_poll_t *h, int status, int events) {
+    uv_events_t *p = h->data;
+    if (!p->ac) return;
+    if (status < 0) {
+        /* Error: let hiredis find out what happened. */
+        if (p->ac->c.flags & REDIS_CONNECTED) redisAsyncHandleRead(p->ac);
+        else redisAsyncHandleWrite(p->ac);
+        return;
+    }
+    if (events & UV_READABLE) redisAsyncHandleRead(p->ac);
+    if (p->ac && (events & UV_WRITABLE)) redisAsyncHandleWrite(p->ac);
+}
+
+static void ev_update(uv_events_t *p) {
+    if (p->events) uv_poll_start(&p->handle, p->events, ev_poll);
+    else uv_poll_stop(&p->handle);
+}
+
+static void ev_add_read(void *priv) {
+    uv_events_t *p = priv;
+    p->events |= UV_READABLE;
+    ev_update(p);
+}
+
+static void ev_del_read(void *priv) {
+    uv_events_t *p = priv;
+    p->events &= ~UV_READABLE;
+    ev_update(p);
+}
+
+static void ev_add_write(void *priv) {
+    uv_events_t *p = priv;
+    p->events |= UV_WRITABLE;
+    ev_update(p);
+}
+
+static void ev_del_write(void *priv) {
+    uv_events_t *p = priv;
+    p->events &= ~UV_WRITABLE;
+    ev_update(p);
+}
+
+static void ev_closed(uv_handle_t *h) { free(h->data); }
+
+static void ev_cleanup(void *priv) {
+    uv_events_t *p = priv;
+    p->ac = NULL; /* hiredis is freeing the context */
+    uv_close((uv_handle_t *)&p->handle, ev_closed);
+}
+
+static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop) {
+    if (ac->ev.data) return REDIS_ERR;
+    uv_events_t *p = calloc(1, sizeof(*p));
+    if (!p) return REDIS_ERR;
+    if (uv_poll_init(loop, &p->handle, ac->c.fd) != 0) {
+        free(p);
+        return REDIS_ERR;
+    }
+    p->ac = ac;
+    p->handle.data = p;
+    ac->ev.addRead = ev_add_read;
+    ac->ev.delRead = ev_del_read;
+    ac->ev.addWrite = ev_add_write;
+    ac->ev.delWrite = ev_del_write;
+    ac->ev.cleanup = ev_cleanup;
+    ac->ev.data = p;
+    return REDIS_OK;
+}
 
 enum { ST_DOWN, ST_CONNECTING, ST_UP, ST_CLOSING };
 
@@ -158,6 +239,7 @@ static void on_connect(const redisAsyncContext *cac, int status) {
 }
 
 static void start_connect(cel_redis_t *r) {
+    cel_debug("%s: connecting to redis://%s:%d", r->name, r->url.host, r->url.port);
     redisAsyncContext *ac = redisAsyncConnect(r->url.host, r->url.port);
     if (!ac || ac->err) {
         if (!r->logged_down)
@@ -169,7 +251,7 @@ static void start_connect(cel_redis_t *r) {
         return;
     }
     ac->data = r;
-    if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
+    if (ev_attach(ac, r->loop) != REDIS_OK) {
         redisAsyncFree(ac);
         schedule_reconnect(r);
         return;
