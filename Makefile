@@ -9,11 +9,14 @@
 
 CC      ?= cc
 PKGS    := libuv hiredis jansson msgpack
+MODEL_PKGS := openblas
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
            -Wshadow -Wstrict-prototypes -fno-strict-aliasing
 DEPCFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 DEPLIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+MODELCFLAGS = $(shell pkg-config --cflags $(MODEL_PKGS) 2>/dev/null)
+MODELLIBS   = $(shell pkg-config --libs $(MODEL_PKGS) 2>/dev/null) -lm
 ASANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 PROTOCOL_SRC := $(wildcard protocol/*.c)
@@ -21,13 +24,17 @@ PROTOCOL_SRC := $(wildcard protocol/*.c)
 EXEC_ONLY    := worker/executor.c worker/diag.c
 WORKER_SRC   := $(filter-out $(EXEC_ONLY),$(wildcard worker/*.c))
 EXEC_SRC     := $(EXEC_ONLY) worker/frame.c worker/log.c worker/tasks.c
+# The model engine (model/, issue 4): a library linked into celeriac-lm and,
+# later, the executor. Its CLI's main lives in model/cli/.
+MODEL_SRC    := $(wildcard model/*.c model/cpu/*.c)
+LM_SRC       := $(wildcard model/cli/*.c)
 UNIT_SRC     := $(wildcard tests/unit/test_*.c)
 
 OBJ      := build/obj
 AOBJ     := build/asan/obj
 
-BINS      := bin/celeriac bin/celeriac-executor
-ASAN_BINS := build/asan/bin/celeriac build/asan/bin/celeriac-executor
+BINS      := bin/celeriac bin/celeriac-executor $(if $(LM_SRC),bin/celeriac-lm)
+ASAN_BINS := build/asan/bin/celeriac build/asan/bin/celeriac-executor $(if $(LM_SRC),build/asan/bin/celeriac-lm)
 UNIT_BINS := $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))
 
 PY := /usr/bin/python3
@@ -44,11 +51,11 @@ asan: deps
 
 $(OBJ)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(DEPCFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(CFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -MMD -MP -c $< -o $@
 
 $(AOBJ)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -MMD -MP -c $< -o $@
 
 bin/celeriac: $(patsubst %.c,$(OBJ)/%.o,$(WORKER_SRC) $(PROTOCOL_SRC))
 	@mkdir -p bin
@@ -66,11 +73,20 @@ build/asan/bin/celeriac-executor: $(patsubst %.c,$(AOBJ)/%.o,$(EXEC_SRC) $(PROTO
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ASANFLAGS) -o $@ $^ $(DEPLIBS)
 
-# Each unit test links the protocol library and the worker's pure modules.
-UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) worker/frame.c)
+bin/celeriac-lm: $(patsubst %.c,$(OBJ)/%.o,$(LM_SRC) $(MODEL_SRC) $(PROTOCOL_SRC))
+	@mkdir -p bin
+	$(CC) $(CFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS)
+
+build/asan/bin/celeriac-lm: $(patsubst %.c,$(AOBJ)/%.o,$(LM_SRC) $(MODEL_SRC) $(PROTOCOL_SRC))
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ASANFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS)
+
+# Each unit test links the protocol library, the worker's pure modules and the
+# model engine (tests/unit/test_model_*.c use the latter).
+UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/frame.c)
 build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) -o $@ $^ $(DEPLIBS) -lcmocka
+	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -lcmocka
 
 test: deps
 	@$(MAKE) --no-print-directory $(BINS) $(ASAN_BINS) $(UNIT_BINS)

@@ -1,0 +1,146 @@
+/* internal.h -- declarations shared between the files of model/, not public.
+ *
+ * The model and adapter structs (parameters as views into single blocks), the
+ * activation workspace of train.c, the PEFT module table, the RNG, and
+ * writers the tests use to export gradients and optimizer moments. Nothing
+ * here is thread-safe beyond what model.h promises.
+ */
+#ifndef CEL_MODEL_INTERNAL_H
+#define CEL_MODEL_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "config.h"
+#include "model.h"
+
+/* The seven linear layers a LoRA can target, in PEFT's naming. */
+enum { CEL_MOD_Q, CEL_MOD_K, CEL_MOD_V, CEL_MOD_O, CEL_MOD_GATE, CEL_MOD_UP, CEL_MOD_DOWN,
+       CEL_NMOD };
+
+/* "q_proj", ... and the HF submodule path "self_attn.q_proj", "mlp.down_proj". */
+extern const char *const cel_model_mod_names[CEL_NMOD];
+extern const char *const cel_model_mod_paths[CEL_NMOD];
+
+/* Input and output width of module mod. */
+void cel_model_mod_dims(const cel_config_t *c, int mod, int *in, int *out);
+
+/* Views into one parameter-shaped block (weights, grads, or AdamW moments).
+ * lm aliases wte when the head is tied. */
+typedef struct cel_params {
+    float *wte; /* (V,C) */
+    float *ln1; /* (L,C) */
+    float *wq;  /* (L,NH*HS,C) */
+    float *wk;  /* (L,NKV*HS,C) */
+    float *wv;  /* (L,NKV*HS,C) */
+    float *wo;  /* (L,C,NH*HS) */
+    float *ln2; /* (L,C) */
+    float *wg;  /* (L,I,C) */
+    float *wu;  /* (L,I,C) */
+    float *wd;  /* (L,C,I) */
+    float *lnf; /* (C) */
+    float *lm;  /* (V,C) */
+} cel_params_t;
+
+/* Points p's views into block (cel_config_param_count floats). */
+void cel_model_params_views(const cel_config_t *c, float *block, cel_params_t *p);
+
+/* Activations of one forward (sized for `cap` rows of B*T, T <= capT), and
+ * the backward's scratch. Per-layer arrays have L slices in training mode and
+ * one reused slice for inference. Grown between steps, never inside one. */
+typedef struct cel_ws {
+    size_t cap;      /* B*T rows the buffers hold */
+    int capT, capL, capR; /* T, layers stored, LoRA rank (u buffers) */
+    float *mem;
+    int32_t *imem;
+    int32_t *tokens, *targets, *pos; /* (B,T) sanitised copies, positions */
+    float *weights;  /* (B,T) 0 on padded slots */
+    float *res;      /* (L+1,B,T,C) residual stream entering each layer; [L] the last */
+    float *res2;     /* (L,B,T,C) after attention */
+    float *ln1, *ln2;     /* (L,B,T,C) */
+    float *rstd1, *rstd2; /* (L,B,T) */
+    float *q;        /* (L,B,T,NH*HS) after rope */
+    float *k, *v;    /* (L,B,T,NKV*HS), k after rope */
+    float *lse;      /* (L,B,NH,T) attention row log-sum-exp */
+    float *atty;     /* (L,B,T,NH*HS) attention output */
+    float *gate, *up, *h; /* (L,B,T,I) */
+    float *u[CEL_NMOD];   /* (L,B,T,R) LoRA x A^T of each module */
+    float *lnf;      /* (B,T,C) */
+    float *rstdf;    /* (B,T) */
+    float *logits;   /* (B,T,V), dlogits in backward */
+    float *lse_ce, *logp; /* (B,T) */
+    /* backward scratch */
+    float *dres, *dln, *tmp;  /* (B,T,C) */
+    float *dq, *datty;        /* (B,T,NH*HS) */
+    float *dk, *dv;           /* (B,T,NKV*HS) */
+    float *dgate, *dup, *dh;  /* (B,T,I) */
+    float *du;                /* (B,T,R) */
+    float *att;               /* (2,T,T) attention scratch */
+} cel_ws_t;
+
+void cel_train_ws_free(cel_ws_t *ws);
+
+struct cel_model {
+    cel_config_t cfg;
+    int maxT;           /* rope table rows, min(cfg.maxT, CEL_MODEL_MAX_SEQ) */
+    size_t n;           /* parameter floats */
+    float *w;           /* the parameters */
+    cel_params_t p;
+    float *g, *m, *v;   /* full training: grads and AdamW moments, else NULL */
+    cel_params_t gp;
+    int step;
+    float *rope_cos, *rope_sin; /* (maxT,HS/2) */
+    cel_ws_t ws;
+};
+
+struct cel_lora {
+    cel_config_t cfg;   /* the base model's shape */
+    int R;
+    float alpha, scaling;
+    unsigned targets;
+    int use_rslora;
+    size_t n;                  /* floats in each block */
+    float *w, *g, *m, *v;      /* weights, grads, AdamW moments: same layout */
+    size_t offA[CEL_NMOD];     /* A of module mod: (L,R,in) at block + offA */
+    size_t offB[CEL_NMOD];     /* B of module mod: (L,out,R) at block + offB */
+    int step;
+    json_t *meta;              /* optimizer-file metadata (strings) */
+};
+
+/* Which block cel_lora_write / cel_model_write exports. */
+enum { CEL_BLOCK_WEIGHTS, CEL_BLOCK_GRADS, CEL_BLOCK_EXP_AVG, CEL_BLOCK_EXP_AVG_SQ };
+
+/* Writes one block of the adapter as F32 safetensors under PEFT's tensor names
+ * (suffix appended to each name when not NULL). */
+int cel_lora_write(const cel_lora_t *l, const char *path, int which, const char *suffix,
+                   const char *const *meta, int n_meta, cel_err_t *err);
+
+/* Writes one block of the model under HF's tensor names (lm_head only when untied). */
+int cel_model_write(const cel_model_t *m, const char *path, int which, cel_err_t *err);
+
+/* The HF name of layer l's module mod weight, e.g.
+ * "model.layers.3.self_attn.q_proj.weight". */
+void cel_model_mod_weight_name(char *buf, size_t len, int l, int mod);
+
+/* Validates AdamW arguments as torch.optim.AdamW's constructor does. */
+int cel_model_adamw_check(const cel_adamw_t *o, cel_err_t *err);
+
+/* One optimizer step over a block (cel_model_step, cel_lora_step): global
+ * norm, optional clipping, AdamW update, zeroed grads. Returns the norm. */
+float cel_model_adamw_apply(float *w, float *g, float *m, float *v, size_t n, const cel_adamw_t *o,
+                      int step);
+
+/* xoshiro256** seeded through splitmix64 from (seed, stream). */
+typedef struct cel_rng {
+    uint64_t s[4];
+} cel_rng_t;
+void cel_rng_seed(cel_rng_t *r, uint64_t seed, uint64_t stream);
+uint64_t cel_rng_next(cel_rng_t *r);
+/* Uniform in [0, 1) with 24 random bits. */
+float cel_rng_uniform(cel_rng_t *r);
+/* Standard normal (Box-Muller, double precision). */
+double cel_rng_normal(cel_rng_t *r);
+
+#endif

@@ -1,0 +1,428 @@
+/* lora.c -- LoRA adapters: create, load and save in HF PEFT's layout, AdamW step.
+ *
+ * An adapter's weights, gradients and AdamW moments are four blocks of one
+ * layout: for each targeted module, A (L,R,in) then B (L,out,R). Files match
+ * what PEFT's save_pretrained writes for a LlamaForCausalLM: tensors named
+ * base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight (R,in) and
+ * ...lora_B.weight (out,R), and adapter_config.json; PEFT's from_pretrained
+ * loads them. The AdamW state (exp_avg, exp_avg_sq, step, caller metadata)
+ * goes in optimizer.safetensors beside them. Every file is written atomically.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "safetensors.h"
+
+int cel_lora_parse_targets(const char *csv, unsigned *out, cel_err_t *err) {
+    *out = 0;
+    if (!csv) return cel_err_set(err, CEL_EINVAL, "no target modules");
+    if (strcmp(csv, "all") == 0 || strcmp(csv, "all-linear") == 0) {
+        *out = CEL_LORA_ALL;
+        return CEL_OK;
+    }
+    const char *p = csv;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        int found = 0;
+        for (int mod = 0; mod < CEL_NMOD; mod++)
+            if (len == strlen(cel_model_mod_names[mod]) && strncmp(p, cel_model_mod_names[mod], len) == 0) {
+                *out |= 1u << mod;
+                found = 1;
+            }
+        if (!found)
+            return cel_err_set(err, CEL_EINVAL, "unknown target module '%.*s' (q_proj, k_proj, "
+                               "v_proj, o_proj, gate_proj, up_proj, down_proj)", (int)(len > 40 ? 40 : len), p);
+        p += len;
+        if (*p == ',') p++;
+    }
+    if (!*out) return cel_err_set(err, CEL_EINVAL, "no target modules");
+    return CEL_OK;
+}
+
+void cel_lora_free(cel_lora_t *l) {
+    if (!l) return;
+    free(l->w);
+    free(l->g);
+    free(l->m);
+    free(l->v);
+    json_decref(l->meta);
+    free(l);
+}
+
+/* Allocates an adapter of the given shape with zeroed blocks. */
+static int lora_alloc(const cel_config_t *cfg, int R, float alpha, unsigned targets, int rslora,
+                      cel_lora_t **out, cel_err_t *err) {
+    *out = NULL;
+    if (R < 1 || R > CEL_LORA_MAX_RANK)
+        return cel_err_set(err, CEL_EINVAL, "LoRA rank %d is not in [1, %d]", R,
+                           CEL_LORA_MAX_RANK);
+    if (!(alpha > 0) || !isfinite(alpha))
+        return cel_err_set(err, CEL_EINVAL, "LoRA alpha must be a positive number");
+    if (!targets || (targets & ~(unsigned)CEL_LORA_ALL))
+        return cel_err_set(err, CEL_EINVAL, "LoRA target modules must be a non-empty subset of "
+                           "the seven projections");
+    cel_lora_t *l = calloc(1, sizeof(*l));
+    if (!l) return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    l->cfg = *cfg;
+    l->R = R;
+    l->alpha = alpha;
+    l->use_rslora = rslora;
+    l->scaling = rslora ? alpha / sqrtf((float)R) : alpha / R;
+    l->targets = targets;
+    size_t n = 0;
+    for (int mod = 0; mod < CEL_NMOD; mod++) {
+        if (!(targets & (1u << mod))) continue;
+        int in, o;
+        cel_model_mod_dims(cfg, mod, &in, &o);
+        l->offA[mod] = n;
+        n += (size_t)cfg->L * R * in;
+        l->offB[mod] = n;
+        n += (size_t)cfg->L * o * R;
+    }
+    l->n = n;
+    l->w = calloc(n, sizeof(float));
+    l->g = calloc(n, sizeof(float));
+    l->m = calloc(n, sizeof(float));
+    l->v = calloc(n, sizeof(float));
+    l->meta = json_object();
+    if (!l->w || !l->g || !l->m || !l->v || !l->meta) {
+        cel_lora_free(l);
+        return cel_err_set(err, CEL_ENOMEM, "out of memory for a rank-%d adapter", R);
+    }
+    *out = l;
+    return CEL_OK;
+}
+
+int cel_lora_new(const cel_model_t *m, const cel_lora_config_t *cfg, cel_lora_t **out,
+                 cel_err_t *err) {
+    cel_lora_t *l;
+    int rc = lora_alloc(&m->cfg, cfg->rank, cfg->alpha, cfg->targets, cfg->use_rslora, &l, err);
+    if (rc != CEL_OK) return rc;
+    /* PEFT: nn.init.kaiming_uniform_(A, a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0 */
+    cel_rng_t rng;
+    cel_rng_seed(&rng, cfg->seed, 1);
+    for (int mod = 0; mod < CEL_NMOD; mod++) {
+        if (!(l->targets & (1u << mod))) continue;
+        int in, o;
+        cel_model_mod_dims(&m->cfg, mod, &in, &o);
+        float bound = 1.0f / sqrtf((float)in);
+        float *A = l->w + l->offA[mod];
+        for (size_t i = 0; i < (size_t)m->cfg.L * l->R * in; i++)
+            A[i] = bound * (2.0f * cel_rng_uniform(&rng) - 1.0f);
+    }
+    *out = l;
+    return CEL_OK;
+}
+
+/* PEFT's name of layer l, module mod, A (ab 0) or B (ab 1), with suffix. */
+static void peft_name(char *buf, size_t len, int l, int mod, int ab, const char *suffix) {
+    snprintf(buf, len, "base_model.model.model.layers.%d.%s.lora_%c.weight%s", l,
+             cel_model_mod_paths[mod], ab ? 'B' : 'A', suffix ? suffix : "");
+}
+
+#define NAME_MAX_LEN 128
+
+/* Fills entries for the given blocks (each with its name suffix). Returns the
+ * count; names go in names (count * NAME_MAX_LEN bytes). */
+static int build_entries(const cel_lora_t *l, float *const *blocks, const char *const *suffixes,
+                         int nblocks, cel_st_entry_t *e, char *names) {
+    int n = 0;
+    for (int b = 0; b < nblocks; b++)
+        for (int mod = 0; mod < CEL_NMOD; mod++) {
+            if (!(l->targets & (1u << mod))) continue;
+            int in, o;
+            cel_model_mod_dims(&l->cfg, mod, &in, &o);
+            for (int layer = 0; layer < l->cfg.L; layer++)
+                for (int ab = 0; ab < 2; ab++) {
+                    char *nm = names + (size_t)n * NAME_MAX_LEN;
+                    peft_name(nm, NAME_MAX_LEN, layer, mod, ab, suffixes[b]);
+                    memset(&e[n], 0, sizeof(e[n]));
+                    e[n].name = nm;
+                    e[n].ndim = 2;
+                    e[n].shape[0] = ab ? o : l->R;
+                    e[n].shape[1] = ab ? l->R : in;
+                    e[n].data = blocks[b] + (ab ? l->offB[mod] + (size_t)layer * o * l->R
+                                                : l->offA[mod] + (size_t)layer * l->R * in);
+                    n++;
+                }
+        }
+    return n;
+}
+
+static int count_tensors(const cel_lora_t *l) {
+    int k = 0;
+    for (int mod = 0; mod < CEL_NMOD; mod++) k += (l->targets >> mod) & 1;
+    return 2 * k * l->cfg.L;
+}
+
+static int write_blocks(const cel_lora_t *l, const char *path, float *const *blocks,
+                        const char *const *suffixes, int nblocks, const char *const *meta,
+                        int n_meta, cel_err_t *err) {
+    int cnt = count_tensors(l) * nblocks;
+    cel_st_entry_t *e = malloc(cnt * sizeof(*e));
+    char *names = malloc((size_t)cnt * NAME_MAX_LEN);
+    if (!e || !names) {
+        free(e);
+        free(names);
+        return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    }
+    int n = build_entries(l, blocks, suffixes, nblocks, e, names);
+    int rc = cel_safetensors_write(path, e, n, meta, n_meta, CEL_ST_ATOMIC, err);
+    free(e);
+    free(names);
+    return rc;
+}
+
+int cel_lora_write(const cel_lora_t *l, const char *path, int which, const char *suffix,
+                   const char *const *meta, int n_meta, cel_err_t *err) {
+    float *block = which == CEL_BLOCK_WEIGHTS ? l->w
+                   : which == CEL_BLOCK_GRADS ? l->g
+                   : which == CEL_BLOCK_EXP_AVG ? l->m : l->v;
+    const char *suffixes[1] = {suffix};
+    return write_blocks(l, path, &block, suffixes, 1, meta, n_meta, err);
+}
+
+/* Writes adapter_config.json as PEFT's LoraConfig.save_pretrained does. */
+static int write_config(const cel_lora_t *l, const char *path, const char *base,
+                        cel_err_t *err) {
+    json_t *mods = json_array();
+    for (int mod = 0; mod < CEL_NMOD; mod++)
+        if (l->targets & (1u << mod)) json_array_append_new(mods, json_string(cel_model_mod_names[mod]));
+    json_t *alpha = l->alpha == floorf(l->alpha) && l->alpha < 1e9f
+                        ? json_integer((json_int_t)l->alpha) : json_real(l->alpha);
+    json_t *o = json_pack(
+        "{s:{}, s:n, s:s, s:s, s:b, s:b, s:b, s:n, s:n, s:n, s:{}, s:o, s:f, s:n, s:s, s:n, s:s,"
+        " s:i, s:{}, s:n, s:o, s:s, s:b, s:b}",
+        "alpha_pattern", "auto_mapping", "base_model_name_or_path", base ? base : "",
+        "bias", "none", "fan_in_fan_out", 0, "inference_mode", 1, "init_lora_weights", 1,
+        "layer_replication", "layers_pattern", "layers_to_transform", "loftq_config",
+        "lora_alpha", alpha, "lora_dropout", 0.0, "megatron_config", "megatron_core",
+        "megatron.core", "modules_to_save", "peft_type", "LORA", "r", l->R, "rank_pattern",
+        "revision", "target_modules", mods, "task_type", "CAUSAL_LM", "use_dora", 0,
+        "use_rslora", l->use_rslora);
+    if (!o) return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    char tmp[4160];
+    snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+    int rc = CEL_OK;
+    if (json_dump_file(o, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) != 0) {
+        rc = cel_err_set(err, CEL_EIO, "%s: cannot write", tmp);
+    } else {
+        int fd = open(tmp, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            fsync(fd);
+            close(fd);
+        }
+        if (rename(tmp, path) != 0) rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+    }
+    if (rc != CEL_OK) unlink(tmp);
+    json_decref(o);
+    return rc;
+}
+
+int cel_lora_save(cel_lora_t *l, const char *dir, const char *base_model,
+                  const char *const *meta, int n_meta, cel_err_t *err) {
+    char path[4096];
+    const char *fmt[] = {"format", "pt"};
+    snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
+    int rc = cel_lora_write(l, path, CEL_BLOCK_WEIGHTS, NULL, fmt, 1, err);
+    if (rc != CEL_OK) return rc;
+    snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
+    if ((rc = write_config(l, path, base_model, err)) != CEL_OK) return rc;
+    /* optimizer state: the moments, the step and the caller's metadata */
+    if (n_meta < 0 || n_meta > 64) return cel_err_set(err, CEL_EINVAL, "too much metadata");
+    const char *kv[2 * 66];
+    char step[32];
+    snprintf(step, sizeof(step), "%d", l->step);
+    int k = 0;
+    kv[k++] = "format", kv[k++] = "celeriac-adamw-1";
+    kv[k++] = "step", kv[k++] = step;
+    for (int i = 0; i < n_meta; i++) {
+        if (strcmp(meta[2 * i], "format") == 0 || strcmp(meta[2 * i], "step") == 0)
+            return cel_err_set(err, CEL_EINVAL, "metadata key %s is reserved", meta[2 * i]);
+        kv[k++] = meta[2 * i], kv[k++] = meta[2 * i + 1];
+    }
+    float *blocks[2] = {l->m, l->v};
+    const char *suffixes[2] = {".exp_avg", ".exp_avg_sq"};
+    snprintf(path, sizeof(path), "%s/optimizer.safetensors", dir);
+    if ((rc = write_blocks(l, path, blocks, suffixes, 2, kv, k / 2, err)) != CEL_OK) return rc;
+    json_t *nm = json_object();
+    for (int i = 0; nm && i < n_meta; i++)
+        json_object_set_new(nm, meta[2 * i], json_string(meta[2 * i + 1]));
+    if (nm) {
+        json_decref(l->meta);
+        l->meta = nm;
+    }
+    return CEL_OK;
+}
+
+/* Reads the blocks named by suffixes from st, checking that st holds exactly
+ * those tensors. */
+static int read_blocks(cel_lora_t *l, const cel_safetensors_t *st, float *const *blocks,
+                       const char *const *suffixes, int nblocks, const char *what,
+                       cel_err_t *err) {
+    int cnt = count_tensors(l) * nblocks;
+    cel_st_entry_t *e = malloc(cnt * sizeof(*e));
+    char *names = malloc((size_t)cnt * NAME_MAX_LEN);
+    if (!e || !names) {
+        free(e);
+        free(names);
+        return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    }
+    int n = build_entries(l, blocks, suffixes, nblocks, e, names), rc = CEL_OK;
+    for (int i = 0; i < n && rc == CEL_OK; i++)
+        rc = cel_safetensors_read_f32(st, e[i].name, 2, e[i].shape, (float *)e[i].data, err);
+    if (rc == CEL_OK && cel_safetensors_count(st) != n) {
+        /* something we do not read: find it for the message */
+        for (int i = 0; i < cel_safetensors_count(st); i++) {
+            const char *nm = cel_safetensors_at(st, i)->name;
+            int found = 0;
+            for (int j = 0; j < n && !found; j++) found = strcmp(nm, e[j].name) == 0;
+            if (!found) {
+                rc = cel_err_set(err, CEL_EINVAL, "%s: tensor %.96s is not part of this "
+                                 "adapter", what, nm);
+                break;
+            }
+        }
+    }
+    free(e);
+    free(names);
+    return rc;
+}
+
+/* Parses adapter_config.json into (R, alpha, targets, rslora), refusing what
+ * the engine cannot run. */
+static int parse_config(const char *path, int *R, float *alpha, unsigned *targets, int *rslora,
+                        cel_err_t *err) {
+    json_error_t je;
+    json_t *o = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (!o) return cel_err_set(err, CEL_EPROTO, "%s: %s (line %d)", path, je.text, je.line);
+    int rc = CEL_OK;
+    const char *pt = json_string_value(json_object_get(o, "peft_type"));
+    json_t *r = json_object_get(o, "r"), *a = json_object_get(o, "lora_alpha");
+    json_t *tm = json_object_get(o, "target_modules");
+    const char *bias = json_string_value(json_object_get(o, "bias"));
+    if (!json_is_object(o) || (pt && strcmp(pt, "LORA") != 0)) {
+        rc = cel_err_set(err, CEL_EINVAL, "%s: not a LoRA adapter config", path);
+    } else if (!json_is_integer(r) || json_integer_value(r) < 1 ||
+               json_integer_value(r) > CEL_LORA_MAX_RANK) {
+        rc = cel_err_set(err, CEL_EPROTO, "%s: r must be an integer in [1, %d]", path,
+                         CEL_LORA_MAX_RANK);
+    } else if (!json_is_number(a) || !(json_number_value(a) > 0)) {
+        rc = cel_err_set(err, CEL_EPROTO, "%s: lora_alpha must be a positive number", path);
+    } else if (json_is_true(json_object_get(o, "use_dora")) ||
+               json_is_true(json_object_get(o, "fan_in_fan_out")) ||
+               (bias && strcmp(bias, "none") != 0) ||
+               json_object_size(json_object_get(o, "rank_pattern")) > 0 ||
+               json_object_size(json_object_get(o, "alpha_pattern")) > 0 ||
+               json_array_size(json_object_get(o, "modules_to_save")) > 0 ||
+               (json_object_get(o, "layers_to_transform") &&
+                !json_is_null(json_object_get(o, "layers_to_transform")))) {
+        rc = cel_err_set(err, CEL_EINVAL, "%s: uses a PEFT feature this engine lacks (DoRA, "
+                         "fan_in_fan_out, bias, rank/alpha patterns, modules_to_save, "
+                         "layers_to_transform)", path);
+    } else {
+        *R = (int)json_integer_value(r);
+        *alpha = (float)json_number_value(a);
+        *rslora = json_is_true(json_object_get(o, "use_rslora"));
+        *targets = 0;
+        if (json_is_string(tm)) {
+            rc = cel_lora_parse_targets(json_string_value(tm), targets, err);
+        } else if (json_is_array(tm) && json_array_size(tm) > 0) {
+            size_t i;
+            json_t *v;
+            json_array_foreach(tm, i, v) {
+                unsigned bit;
+                if (!json_is_string(v) ||
+                    (rc = cel_lora_parse_targets(json_string_value(v), &bit, err)) != CEL_OK) {
+                    if (rc == CEL_OK)
+                        rc = cel_err_set(err, CEL_EPROTO, "%s: target_modules must hold strings",
+                                         path);
+                    break;
+                }
+                *targets |= bit;
+            }
+        } else {
+            rc = cel_err_set(err, CEL_EPROTO, "%s: target_modules must be a non-empty list",
+                             path);
+        }
+    }
+    json_decref(o);
+    return rc;
+}
+
+int cel_lora_load(const cel_model_t *m, const char *dir, cel_lora_t **out, cel_err_t *err) {
+    *out = NULL;
+    char path[4096];
+    int R = 0, rslora = 0;
+    float alpha = 0;
+    unsigned targets = 0;
+    snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
+    int rc = parse_config(path, &R, &alpha, &targets, &rslora, err);
+    if (rc != CEL_OK) return rc;
+    cel_lora_t *l;
+    if ((rc = lora_alloc(&m->cfg, R, alpha, targets, rslora, &l, err)) != CEL_OK) return rc;
+    cel_safetensors_t *st = NULL;
+    snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
+    if ((rc = cel_safetensors_open(path, &st, err)) != CEL_OK) goto fail;
+    float *wb[1] = {l->w};
+    const char *none[1] = {NULL};
+    if ((rc = read_blocks(l, st, wb, none, 1, path, err)) != CEL_OK) goto fail;
+    cel_safetensors_free(st);
+    st = NULL;
+    snprintf(path, sizeof(path), "%s/optimizer.safetensors", dir);
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        if ((rc = cel_safetensors_open(path, &st, err)) != CEL_OK) goto fail;
+        float *ob[2] = {l->m, l->v};
+        const char *suffixes[2] = {".exp_avg", ".exp_avg_sq"};
+        if ((rc = read_blocks(l, st, ob, suffixes, 2, path, err)) != CEL_OK) goto fail;
+        const char *step = cel_safetensors_meta(st, "step");
+        char *end = NULL;
+        long s = step ? strtol(step, &end, 10) : -1;
+        if (!step || *end || s < 0 || s > 1000000000) {
+            rc = cel_err_set(err, CEL_EPROTO, "%s: missing or bad step metadata", path);
+            goto fail;
+        }
+        l->step = (int)s;
+        /* keep the caller's metadata: everything but our own keys */
+        const char *k, *v;
+        for (int i = 0; cel_safetensors_meta_at(st, i, &k, &v) == CEL_OK; i++)
+            if (strcmp(k, "format") != 0 && strcmp(k, "step") != 0)
+                json_object_set_new(l->meta, k, json_string(v));
+        cel_safetensors_free(st);
+        st = NULL;
+    }
+    *out = l;
+    return CEL_OK;
+fail:
+    cel_safetensors_free(st);
+    cel_lora_free(l);
+    return rc;
+}
+
+const char *cel_lora_meta(const cel_lora_t *l, const char *key) {
+    return json_string_value(json_object_get(l->meta, key));
+}
+
+int cel_lora_step(cel_lora_t *l, const cel_adamw_t *opt, float *grad_norm, cel_err_t *err) {
+    int rc = cel_model_adamw_check(opt, err);
+    if (rc != CEL_OK) return rc;
+    l->step++;
+    float norm = cel_model_adamw_apply(l->w, l->g, l->m, l->v, l->n, opt, l->step);
+    if (grad_norm) *grad_norm = norm;
+    return CEL_OK;
+}
+
+void cel_lora_zero_grad(cel_lora_t *l) { memset(l->g, 0, l->n * sizeof(float)); }
+int cel_lora_step_count(const cel_lora_t *l) { return l->step; }
+int cel_lora_rank(const cel_lora_t *l) { return l->R; }
+float cel_lora_alpha(const cel_lora_t *l) { return l->alpha; }
+unsigned cel_lora_targets(const cel_lora_t *l) { return l->targets; }

@@ -1,0 +1,350 @@
+/* train.c -- forward and backward passes of the whole model over a batch, and scoring.
+ *
+ * llm.c's gpt2_forward/gpt2_backward for a Llama: embedding, then per layer
+ * rmsnorm -> q/k/v (+LoRA) -> rope -> attention -> o (+LoRA) -> residual ->
+ * rmsnorm -> gate/up (+LoRA) -> swiglu -> down (+LoRA) -> residual, then the
+ * final norm, the head and the weighted cross-entropy. Backward walks the
+ * layers in reverse with the same pointer setup (layer_acts). With a LoRA the
+ * base weights get no gradients (their dW GEMMs are skipped); without one,
+ * every weight's gradient accumulates into the model's grad block.
+ *
+ * The workspace (cel_ws_t) belongs to the model; it is sized before a pass and
+ * only grows, so a training step itself never allocates.
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/ops.h"
+
+void cel_train_ws_free(cel_ws_t *ws) {
+    free(ws->mem);
+    free(ws->imem);
+    memset(ws, 0, sizeof(*ws));
+}
+
+/* Makes the workspace hold N = B*T rows, sequences of T, Ls stored layers and
+ * LoRA rank R; keeps the current buffers when they are big enough. */
+static int ws_ensure(cel_model_t *m, int B, int T, int Ls, int R, cel_err_t *err) {
+    cel_ws_t *ws = &m->ws;
+    size_t N = (size_t)B * T;
+    if (ws->mem && ws->cap >= N && ws->capT >= T && ws->capL >= Ls && ws->capR >= R) return CEL_OK;
+    /* grow to cover both the old and the new request */
+    if (ws->mem) {
+        N = N > ws->cap ? N : ws->cap;
+        T = T > ws->capT ? T : ws->capT;
+        Ls = Ls > ws->capL ? Ls : ws->capL;
+        R = R > ws->capR ? R : ws->capR;
+    }
+    cel_train_ws_free(ws);
+    const cel_config_t *c = &m->cfg;
+    size_t C = c->C, I = c->I, V = c->V, QD = (size_t)c->NH * c->HS, KD = (size_t)c->NKV * c->HS;
+    size_t L = Ls;
+    size_t sizes[] = {
+        (L + 1) * N * C, L * N * C, L * N * C, L * N * C, L * N, L * N,  /* res res2 ln1 ln2 r1 r2 */
+        L * N * QD, L * N * KD, L * N * KD, L * N * c->NH, L * N * QD,  /* q k v lse atty */
+        L * N * I, L * N * I, L * N * I,                              /* gate up h */
+        N * C, N, N * V, N, N, N,                                     /* lnf rstdf logits lse logp w */
+        N * C, N * C, N * C, N * QD, N * QD, N * KD, N * KD,          /* dres dln tmp dq datty dk dv */
+        N * I, N * I, N * I, N * R, 2 * (size_t)T * T,               /* dgate dup dh du att */
+    };
+    float **ptrs[] = {&ws->res,   &ws->res2,  &ws->ln1,   &ws->ln2,  &ws->rstd1, &ws->rstd2,
+                      &ws->q,     &ws->k,     &ws->v,     &ws->lse,  &ws->atty,  &ws->gate,
+                      &ws->up,    &ws->h,     &ws->lnf,   &ws->rstdf, &ws->logits, &ws->lse_ce,
+                      &ws->logp,  &ws->weights, &ws->dres, &ws->dln, &ws->tmp,   &ws->dq,
+                      &ws->datty, &ws->dk,    &ws->dv,    &ws->dgate, &ws->dup,  &ws->dh,
+                      &ws->du,    &ws->att};
+    size_t np = sizeof(ptrs) / sizeof(ptrs[0]), total = 0;
+    for (size_t i = 0; i < np; i++) total += sizes[i];
+    size_t usz = R > 0 ? L * N * R : 0;
+    total += CEL_NMOD * usz;
+    ws->mem = malloc(total * sizeof(float));
+    ws->imem = malloc(3 * N * sizeof(int32_t));
+    if (!ws->mem || !ws->imem) {
+        cel_train_ws_free(ws);
+        return cel_err_set(err, CEL_ENOMEM, "out of memory for activations of %zu tokens "
+                           "(%zu MiB)", N, total * 4 >> 20);
+    }
+    float *x = ws->mem;
+    for (size_t i = 0; i < np; i++) {
+        *ptrs[i] = x;
+        x += sizes[i];
+    }
+    for (int mod = 0; mod < CEL_NMOD; mod++) {
+        ws->u[mod] = usz ? x : NULL;
+        x += usz;
+    }
+    ws->tokens = ws->imem;
+    ws->targets = ws->imem + N;
+    ws->pos = ws->imem + 2 * N;
+    ws->cap = N;
+    ws->capT = T;
+    ws->capL = (int)L;
+    ws->capR = R;
+    return CEL_OK;
+}
+
+/* Checks the batch and copies it into the workspace: padded slots get token 0,
+ * target 0, weight 0; positions are 0..T-1 per row. */
+static int load_batch(cel_model_t *m, const cel_lora_t *lora, const cel_batch_t *b, int train,
+                      cel_err_t *err) {
+    const cel_config_t *c = &m->cfg;
+    if (!b || b->B < 1 || b->T < 1 || !b->tokens)
+        return cel_err_set(err, CEL_EINVAL, "batch needs B >= 1, T >= 1 and tokens");
+    if (b->T > m->maxT)
+        return cel_err_set(err, CEL_ELIMIT, "sequence length %d exceeds the model's %d", b->T,
+                           m->maxT);
+    if ((int64_t)b->B * b->T > CEL_MODEL_MAX_BATCH_TOKENS)
+        return cel_err_set(err, CEL_ELIMIT, "batch of %lld tokens exceeds the limit %d",
+                           (long long)b->B * b->T, CEL_MODEL_MAX_BATCH_TOKENS);
+    if (lora && (lora->cfg.C != c->C || lora->cfg.L != c->L || lora->cfg.NH != c->NH ||
+                 lora->cfg.NKV != c->NKV || lora->cfg.HS != c->HS || lora->cfg.I != c->I))
+        return cel_err_set(err, CEL_EINVAL, "adapter was made for a model of another shape");
+    int rc = ws_ensure(m, b->B, b->T, train ? c->L : 1, lora ? lora->R : 0, err);
+    if (rc != CEL_OK) return rc;
+    cel_ws_t *ws = &m->ws;
+    for (int i = 0; i < b->B; i++) {
+        int len = b->lens ? b->lens[i] : b->T;
+        if (len < 1 || len > b->T)
+            return cel_err_set(err, CEL_EINVAL, "sequence %d has length %d, not in [1, %d]", i,
+                               len, b->T);
+        for (int t = 0; t < b->T; t++) {
+            size_t n = (size_t)i * b->T + t;
+            int valid = t < len;
+            int32_t tok = valid ? b->tokens[n] : 0;
+            int32_t tgt = valid && b->targets ? b->targets[n] : 0;
+            float w = !valid ? 0.0f : b->weights ? b->weights[n] : 1.0f;
+            if (tok < 0 || tok >= c->V)
+                return cel_err_set(err, CEL_EINVAL, "token id %d at [%d,%d] is outside the "
+                                   "vocabulary of %d", tok, i, t, c->V);
+            if (tgt < 0 || tgt >= c->V)
+                return cel_err_set(err, CEL_EINVAL, "target id %d at [%d,%d] is outside the "
+                                   "vocabulary of %d", tgt, i, t, c->V);
+            if (!isfinite(w))
+                return cel_err_set(err, CEL_EINVAL, "weight at [%d,%d] is not finite", i, t);
+            ws->tokens[n] = tok;
+            ws->targets[n] = tgt;
+            ws->weights[n] = w;
+            ws->pos[n] = t;
+        }
+    }
+    return CEL_OK;
+}
+
+/* The activations of layer l (slot l in training, slot 0 in inference). */
+typedef struct layer_acts {
+    float *resin, *res2, *resout, *ln1, *ln2, *rstd1, *rstd2, *q, *k, *v, *lse, *atty;
+    float *gate, *up, *h;
+    float *u[CEL_NMOD];
+} layer_acts_t;
+
+static layer_acts_t layer_acts(const cel_model_t *m, int l, int train, size_t N, int R) {
+    const cel_config_t *c = &m->cfg;
+    const cel_ws_t *ws = &m->ws;
+    size_t s = train ? (size_t)l : 0, C = c->C, QD = (size_t)c->NH * c->HS,
+           KD = (size_t)c->NKV * c->HS, I = c->I;
+    layer_acts_t a;
+    a.resin = ws->res + s * N * C;
+    a.resout = train ? ws->res + (s + 1) * N * C : ws->res; /* in place when not kept */
+    a.res2 = ws->res2 + s * N * C;
+    a.ln1 = ws->ln1 + s * N * C;
+    a.ln2 = ws->ln2 + s * N * C;
+    a.rstd1 = ws->rstd1 + s * N;
+    a.rstd2 = ws->rstd2 + s * N;
+    a.q = ws->q + s * N * QD;
+    a.k = ws->k + s * N * KD;
+    a.v = ws->v + s * N * KD;
+    a.lse = ws->lse + s * N * c->NH;
+    a.atty = ws->atty + s * N * QD;
+    a.gate = ws->gate + s * N * I;
+    a.up = ws->up + s * N * I;
+    a.h = ws->h + s * N * I;
+    for (int mod = 0; mod < CEL_NMOD; mod++)
+        a.u[mod] = ws->u[mod] ? ws->u[mod] + s * N * R : NULL;
+    return a;
+}
+
+/* Base weight of module mod in layer l, within the block viewed by p. */
+static float *mod_weight(const cel_config_t *c, const cel_params_t *p, int l, int mod) {
+    int in, out;
+    cel_model_mod_dims(c, mod, &in, &out);
+    size_t sz = (size_t)in * out;
+    float *base[CEL_NMOD] = {p->wq, p->wk, p->wv, p->wo, p->wg, p->wu, p->wd};
+    return base[mod] + l * sz;
+}
+
+/* out = inp W^T (+ LoRA of mod when the adapter targets it). */
+static void linear_forward(const cel_model_t *m, const cel_lora_t *lora, int l, int mod,
+                           float *out, float *u, const float *inp, int N) {
+    int in, outd;
+    cel_model_mod_dims(&m->cfg, mod, &in, &outd);
+    cel_cpu_matmul_forward(out, inp, mod_weight(&m->cfg, &m->p, l, mod), N, in, outd);
+    if (lora && (lora->targets & (1u << mod))) {
+        const float *A = lora->w + lora->offA[mod] + (size_t)l * lora->R * in;
+        const float *Bw = lora->w + lora->offB[mod] + (size_t)l * outd * lora->R;
+        cel_cpu_lora_forward(out, u, inp, A, Bw, lora->scaling, N, in, outd, lora->R);
+    }
+}
+
+/* dinp += dout W (and the LoRA branch); dW += (full training) or LoRA dA, dB +=. */
+static void linear_backward(cel_model_t *m, cel_lora_t *lora, int l, int mod, float *dinp,
+                            const float *dout, const float *inp, const float *u, int N) {
+    int in, outd;
+    cel_model_mod_dims(&m->cfg, mod, &in, &outd);
+    float *dW = lora ? NULL : mod_weight(&m->cfg, &m->gp, l, mod);
+    cel_cpu_matmul_backward(dinp, dW, dout, inp, mod_weight(&m->cfg, &m->p, l, mod), N, in, outd);
+    if (lora && (lora->targets & (1u << mod))) {
+        size_t oa = lora->offA[mod] + (size_t)l * lora->R * in;
+        size_t ob = lora->offB[mod] + (size_t)l * outd * lora->R;
+        cel_cpu_lora_backward(dinp, lora->g + oa, lora->g + ob, m->ws.du, dout, inp, u,
+                              lora->w + oa, lora->w + ob, lora->scaling, N, in, outd, lora->R);
+    }
+}
+
+/* Runs embedding .. logits over the batch already in the workspace. */
+static void forward(cel_model_t *m, const cel_lora_t *lora, int B, int T, int train) {
+    const cel_config_t *c = &m->cfg;
+    cel_ws_t *ws = &m->ws;
+    int N = B * T, C = c->C, R = lora ? lora->R : 0;
+    cel_cpu_embedding_forward(ws->res, ws->tokens, m->p.wte, N, C);
+    layer_acts_t a = {0};
+    for (int l = 0; l < c->L; l++) {
+        a = layer_acts(m, l, train, N, R);
+        cel_cpu_rmsnorm_forward(a.ln1, a.rstd1, a.resin, m->p.ln1 + (size_t)l * C, N, C, c->eps);
+        linear_forward(m, lora, l, CEL_MOD_Q, a.q, a.u[CEL_MOD_Q], a.ln1, N);
+        linear_forward(m, lora, l, CEL_MOD_K, a.k, a.u[CEL_MOD_K], a.ln1, N);
+        linear_forward(m, lora, l, CEL_MOD_V, a.v, a.u[CEL_MOD_V], a.ln1, N);
+        cel_cpu_rope_forward(a.q, a.q, ws->pos, m->rope_cos, m->rope_sin, N, c->NH, c->HS);
+        cel_cpu_rope_forward(a.k, a.k, ws->pos, m->rope_cos, m->rope_sin, N, c->NKV, c->HS);
+        cel_cpu_attention_forward(a.atty, a.lse, ws->att, a.q, a.k, a.v, B, T, c->NH, c->NKV,
+                                  c->HS);
+        linear_forward(m, lora, l, CEL_MOD_O, ws->tmp, a.u[CEL_MOD_O], a.atty, N);
+        cel_cpu_residual_forward(a.res2, a.resin, ws->tmp, (size_t)N * C);
+        cel_cpu_rmsnorm_forward(a.ln2, a.rstd2, a.res2, m->p.ln2 + (size_t)l * C, N, C, c->eps);
+        linear_forward(m, lora, l, CEL_MOD_GATE, a.gate, a.u[CEL_MOD_GATE], a.ln2, N);
+        linear_forward(m, lora, l, CEL_MOD_UP, a.up, a.u[CEL_MOD_UP], a.ln2, N);
+        cel_cpu_swiglu_forward(a.h, a.gate, a.up, N, c->I);
+        linear_forward(m, lora, l, CEL_MOD_DOWN, ws->tmp, a.u[CEL_MOD_DOWN], a.h, N);
+        cel_cpu_residual_forward(a.resout, a.res2, ws->tmp, (size_t)N * C);
+    }
+    cel_cpu_rmsnorm_forward(ws->lnf, ws->rstdf, a.resout, m->p.lnf, N, C, c->eps);
+    cel_cpu_matmul_forward(ws->logits, ws->lnf, m->p.lm, N, C, c->V);
+}
+
+/* Backward from dlogits (in ws->logits) to every LoRA or base gradient. */
+static void backward(cel_model_t *m, cel_lora_t *lora, int B, int T) {
+    const cel_config_t *c = &m->cfg;
+    cel_ws_t *ws = &m->ws;
+    int N = B * T, C = c->C, R = lora ? lora->R : 0, full = lora == NULL;
+    size_t NC = (size_t)N * C;
+    const cel_params_t *gp = &m->gp;
+    /* head and final norm */
+    memset(ws->dln, 0, NC * sizeof(float));
+    cel_cpu_matmul_backward(ws->dln, full ? gp->lm : NULL, ws->logits, ws->lnf, m->p.lm, N, C,
+                            c->V);
+    memset(ws->dres, 0, NC * sizeof(float));
+    layer_acts_t last = layer_acts(m, c->L - 1, 1, N, R);
+    cel_cpu_rmsnorm_backward(ws->dres, full ? gp->lnf : NULL, ws->dln, last.resout, m->p.lnf,
+                             ws->rstdf, N, C);
+    /* ws->dres is d(resout) of the layer below; residual adds pass it through */
+    for (int l = c->L - 1; l >= 0; l--) {
+        layer_acts_t a = layer_acts(m, l, 1, N, R);
+        size_t NI = (size_t)N * c->I;
+        /* MLP: resout = res2 + down(h) */
+        memset(ws->dh, 0, NI * sizeof(float));
+        linear_backward(m, lora, l, CEL_MOD_DOWN, ws->dh, ws->dres, a.h, a.u[CEL_MOD_DOWN], N);
+        cel_cpu_swiglu_backward(ws->dgate, ws->dup, ws->dh, a.gate, a.up, N, c->I);
+        memset(ws->dln, 0, NC * sizeof(float));
+        linear_backward(m, lora, l, CEL_MOD_GATE, ws->dln, ws->dgate, a.ln2, a.u[CEL_MOD_GATE], N);
+        linear_backward(m, lora, l, CEL_MOD_UP, ws->dln, ws->dup, a.ln2, a.u[CEL_MOD_UP], N);
+        cel_cpu_rmsnorm_backward(ws->dres, full ? gp->ln2 + (size_t)l * C : NULL, ws->dln,
+                                 a.res2, m->p.ln2 + (size_t)l * C, a.rstd2, N, C);
+        /* attention: res2 = resin + o(atty) */
+        size_t NQ = (size_t)N * c->NH * c->HS;
+        memset(ws->datty, 0, NQ * sizeof(float));
+        linear_backward(m, lora, l, CEL_MOD_O, ws->datty, ws->dres, a.atty, a.u[CEL_MOD_O], N);
+        cel_cpu_attention_backward(ws->dq, ws->dk, ws->dv, ws->att, ws->datty, a.lse, a.q, a.k,
+                                   a.v, B, T, c->NH, c->NKV, c->HS);
+        cel_cpu_rope_backward(ws->dq, ws->dq, ws->pos, m->rope_cos, m->rope_sin, N, c->NH, c->HS);
+        cel_cpu_rope_backward(ws->dk, ws->dk, ws->pos, m->rope_cos, m->rope_sin, N, c->NKV,
+                              c->HS);
+        memset(ws->dln, 0, NC * sizeof(float));
+        linear_backward(m, lora, l, CEL_MOD_Q, ws->dln, ws->dq, a.ln1, a.u[CEL_MOD_Q], N);
+        linear_backward(m, lora, l, CEL_MOD_K, ws->dln, ws->dk, a.ln1, a.u[CEL_MOD_K], N);
+        linear_backward(m, lora, l, CEL_MOD_V, ws->dln, ws->dv, a.ln1, a.u[CEL_MOD_V], N);
+        if (l > 0 || full) /* below layer 0 only the frozen-or-not embedding remains */
+            cel_cpu_rmsnorm_backward(ws->dres, full ? gp->ln1 + (size_t)l * C : NULL, ws->dln,
+                                     a.resin, m->p.ln1 + (size_t)l * C, a.rstd1, N, C);
+    }
+    if (full) cel_cpu_embedding_backward(gp->wte, ws->dres, ws->tokens, N, C);
+}
+
+/* Copies the per-slot log-probs out, zero on padded slots. */
+static void copy_logprobs(const cel_model_t *m, const cel_batch_t *b, float *out) {
+    for (int i = 0; i < b->B; i++) {
+        int len = b->lens ? b->lens[i] : b->T;
+        for (int t = 0; t < b->T; t++) {
+            size_t n = (size_t)i * b->T + t;
+            out[n] = t < len ? m->ws.logp[n] : 0.0f;
+        }
+    }
+}
+
+int cel_model_forward(cel_model_t *m, const cel_lora_t *lora, const cel_batch_t *batch,
+                      float *logits, float *logprobs, double *loss, cel_err_t *err) {
+    if ((logprobs || loss) && (!batch || !batch->targets))
+        return cel_err_set(err, CEL_EINVAL, "log-probs and loss need target tokens");
+    int rc = load_batch(m, lora, batch, 0, err);
+    if (rc != CEL_OK) return rc;
+    int N = batch->B * batch->T;
+    forward(m, lora, batch->B, batch->T, 0);
+    if (logits) memcpy(logits, m->ws.logits, (size_t)N * m->cfg.V * sizeof(float));
+    if (batch->targets) {
+        double l = cel_cpu_crossentropy_forward(m->ws.logp, m->ws.lse_ce, m->ws.logits,
+                                                m->ws.targets, m->ws.weights, N, m->cfg.V);
+        if (loss) *loss = l;
+        if (logprobs) copy_logprobs(m, batch, logprobs);
+    }
+    return CEL_OK;
+}
+
+int cel_model_forward_backward(cel_model_t *m, cel_lora_t *lora, const cel_batch_t *batch,
+                               float *logprobs, double *loss, cel_err_t *err) {
+    if (!lora && !m->g)
+        return cel_err_set(err, CEL_ESTATE, "no adapter given and full-parameter training is "
+                           "not enabled");
+    if (!batch || !batch->targets)
+        return cel_err_set(err, CEL_EINVAL, "forward_backward needs target tokens");
+    int rc = load_batch(m, lora, batch, 1, err);
+    if (rc != CEL_OK) return rc;
+    int N = batch->B * batch->T;
+    cel_ws_t *ws = &m->ws;
+    forward(m, lora, batch->B, batch->T, 1);
+    double l = cel_cpu_crossentropy_forward(ws->logp, ws->lse_ce, ws->logits, ws->targets,
+                                            ws->weights, N, m->cfg.V);
+    cel_cpu_crossentropy_backward(ws->logits, ws->logits, ws->lse_ce, ws->targets, ws->weights,
+                                  1.0f, N, m->cfg.V);
+    backward(m, lora, batch->B, batch->T);
+    if (loss) *loss = l;
+    if (logprobs) copy_logprobs(m, batch, logprobs);
+    return CEL_OK;
+}
+
+int cel_model_score(cel_model_t *m, const cel_lora_t *lora, const int32_t *tokens, int n,
+                    float *token_logprobs, cel_score_t *out, cel_err_t *err) {
+    if (!tokens || n < 2)
+        return cel_err_set(err, CEL_EINVAL, "scoring needs at least 2 tokens, got %d", n);
+    if (n - 1 > m->maxT)
+        return cel_err_set(err, CEL_ELIMIT, "%d tokens exceed the model's %d", n, m->maxT + 1);
+    cel_batch_t b = {.B = 1, .T = n - 1, .tokens = tokens, .targets = tokens + 1};
+    double loss;
+    int rc = cel_model_forward(m, lora, &b, NULL, token_logprobs, &loss, err);
+    if (rc != CEL_OK) return rc;
+    out->n = n - 1;
+    out->logprob = -loss;
+    out->mean_logprob = -loss / (n - 1);
+    out->perplexity = exp(loss / (n - 1));
+    return CEL_OK;
+}

@@ -1,0 +1,448 @@
+/* test_model_ops.c -- unit tests for the model/cpu ops: finite-difference gradients, BLAS twins.
+ *
+ * Every op's backward is checked against central differences of its forward,
+ * all in fp32 (no double versions of the ops): the scalar is sum(out * R) for a
+ * fixed random R (accumulated in double), the step is h = 1e-2 (the real step
+ * (x+h)-(x-h) as stored in fp32 is used), and the check is norm-wise:
+ * max|analytic - numeric| <= 2e-3 * max(1, max|numeric|). The sgemm versions
+ * are compared with their plain-loop _ref twins (1e-5 relative), weight
+ * gradients are checked to accumulate, and AdamW against the torch formula
+ * evaluated in double (1e-6 relative).
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "../../model/config.h"
+#include "../../model/cpu/ops.h"
+
+#define FD_H 1e-2f
+#define FD_TOL 2e-3
+
+static uint64_t rng_state = 88172645463325252ull;
+
+static float frand(void) { /* uniform in [-1, 1) */
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 40) / 8388608.0 - 1.0);
+}
+
+static float *rnd(size_t n, float scale) {
+    float *x = malloc(n * sizeof(float));
+    assert_non_null(x);
+    for (size_t i = 0; i < n; i++) x[i] = scale * frand();
+    return x;
+}
+
+static float *zeros(size_t n) {
+    float *x = calloc(n, sizeof(float));
+    assert_non_null(x);
+    return x;
+}
+
+static double dot(const float *a, const float *b, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+typedef double (*loss_fn)(void *ctx);
+
+/* Compares analytic[0..n) with central differences of f over x[0..n). */
+static void fd_check(const char *name, float *x, size_t n, const float *analytic, loss_fn f,
+                     void *ctx) {
+    double maxerr = 0, maxref = 0;
+    size_t worst = 0;
+    double worst_num = NAN;
+    for (size_t i = 0; i < n; i++) {
+        float save = x[i];
+        float xp = save + FD_H, xm = save - FD_H;
+        x[i] = xp;
+        double lp = f(ctx);
+        x[i] = xm;
+        double lm = f(ctx);
+        x[i] = save;
+        double num = (lp - lm) / ((double)xp - xm);
+        double err = fabs(num - analytic[i]);
+        if (err > maxerr || isnan(worst_num)) {
+            maxerr = err;
+            worst = i;
+            worst_num = num;
+        }
+        if (fabs(num) > maxref) maxref = fabs(num);
+    }
+    double bound = FD_TOL * (maxref > 1 ? maxref : 1);
+    printf("  fd %-22s n=%-5zu max|num|=%-9.3g worst err %.3g at %zu (analytic %.6g, numeric "
+           "%.6g), bound %.3g\n", name, n, maxref, maxerr, worst, analytic[worst], worst_num,
+           bound);
+    if (maxerr > bound) fail_msg("%s: gradient check failed", name);
+}
+
+/* max|a-b| <= tol * max(1, max|b|) */
+static void close_enough(const char *name, const float *a, const float *b, size_t n, double tol) {
+    double maxerr = 0, maxref = 0;
+    for (size_t i = 0; i < n; i++) {
+        maxerr = fmax(maxerr, fabs((double)a[i] - b[i]));
+        maxref = fmax(maxref, fabs((double)b[i]));
+    }
+    printf("  twin %-20s max err %.3g (max |ref| %.3g)\n", name, maxerr, maxref);
+    if (maxerr > tol * (maxref > 1 ? maxref : 1)) fail_msg("%s: mismatch %.3g", name, maxerr);
+}
+
+/* ---- rmsnorm ---- */
+typedef struct {
+    int N, C;
+    float *out, *rstd, *inp, *w, *R;
+} rms_ctx;
+
+static double rms_loss(void *p) {
+    rms_ctx *c = p;
+    cel_cpu_rmsnorm_forward(c->out, c->rstd, c->inp, c->w, c->N, c->C, 1e-5f);
+    return dot(c->out, c->R, (size_t)c->N * c->C);
+}
+
+static void test_rmsnorm(void **state) {
+    (void)state;
+    rms_ctx c = {.N = 3, .C = 8};
+    size_t n = (size_t)c.N * c.C;
+    c.out = zeros(n), c.rstd = zeros(c.N), c.inp = rnd(n, 1), c.w = rnd(c.C, 1), c.R = rnd(n, 1);
+    float *dinp = zeros(n), *dw = zeros(c.C);
+    rms_loss(&c);
+    cel_cpu_rmsnorm_backward(dinp, dw, c.R, c.inp, c.w, c.rstd, c.N, c.C);
+    fd_check("rmsnorm dinp", c.inp, n, dinp, rms_loss, &c);
+    fd_check("rmsnorm dweight", c.w, c.C, dw, rms_loss, &c);
+    /* weight grads accumulate, activation grads too (documented +=) */
+    float *dw2 = zeros(c.C), *dinp2 = zeros(n);
+    memcpy(dw2, dw, c.C * sizeof(float));
+    memcpy(dinp2, dinp, n * sizeof(float));
+    rms_loss(&c);
+    cel_cpu_rmsnorm_backward(dinp2, dw2, c.R, c.inp, c.w, c.rstd, c.N, c.C);
+    for (int i = 0; i < c.C; i++) assert_float_equal(dw2[i], 2 * dw[i], 1e-5);
+    for (size_t i = 0; i < n; i++) assert_float_equal(dinp2[i], 2 * dinp[i], 1e-5);
+    free(c.out), free(c.rstd), free(c.inp), free(c.w), free(c.R), free(dinp), free(dw);
+    free(dw2), free(dinp2);
+}
+
+/* ---- matmul ---- */
+typedef struct {
+    int N, IC, OC, ref;
+    float *out, *inp, *w, *R;
+} mm_ctx;
+
+static double mm_loss(void *p) {
+    mm_ctx *c = p;
+    if (c->ref)
+        cel_cpu_matmul_forward_ref(c->out, c->inp, c->w, c->N, c->IC, c->OC);
+    else
+        cel_cpu_matmul_forward(c->out, c->inp, c->w, c->N, c->IC, c->OC);
+    return dot(c->out, c->R, (size_t)c->N * c->OC);
+}
+
+static void test_matmul(void **state) {
+    (void)state;
+    mm_ctx c = {.N = 5, .IC = 7, .OC = 6};
+    size_t ni = (size_t)c.N * c.IC, no = (size_t)c.N * c.OC, nw = (size_t)c.OC * c.IC;
+    c.out = zeros(no), c.inp = rnd(ni, 1), c.w = rnd(nw, 1), c.R = rnd(no, 1);
+    for (c.ref = 0; c.ref < 2; c.ref++) {
+        float *dinp = zeros(ni), *dw = zeros(nw);
+        if (c.ref)
+            cel_cpu_matmul_backward_ref(dinp, dw, c.R, c.inp, c.w, c.N, c.IC, c.OC);
+        else
+            cel_cpu_matmul_backward(dinp, dw, c.R, c.inp, c.w, c.N, c.IC, c.OC);
+        fd_check(c.ref ? "matmul_ref dinp" : "matmul dinp", c.inp, ni, dinp, mm_loss, &c);
+        fd_check(c.ref ? "matmul_ref dweight" : "matmul dweight", c.w, nw, dw, mm_loss, &c);
+        free(dinp), free(dw);
+    }
+    free(c.out), free(c.inp), free(c.w), free(c.R);
+}
+
+static void test_matmul_twins(void **state) {
+    (void)state;
+    int N = 37, IC = 53, OC = 29; /* odd sizes past the BLAS kernels' blocking */
+    size_t ni = (size_t)N * IC, no = (size_t)N * OC, nw = (size_t)OC * IC;
+    float *inp = rnd(ni, 1), *w = rnd(nw, 1), *dout = rnd(no, 1);
+    float *o1 = zeros(no), *o2 = zeros(no);
+    cel_cpu_matmul_forward(o1, inp, w, N, IC, OC);
+    cel_cpu_matmul_forward_ref(o2, inp, w, N, IC, OC);
+    close_enough("matmul forward", o1, o2, no, 1e-5);
+    float *di1 = rnd(ni, 1), *di2 = malloc(ni * sizeof(float)), *dw1 = rnd(nw, 1),
+          *dw2 = malloc(nw * sizeof(float));
+    memcpy(di2, di1, ni * sizeof(float)); /* both accumulate onto the same start */
+    memcpy(dw2, dw1, nw * sizeof(float));
+    cel_cpu_matmul_backward(di1, dw1, dout, inp, w, N, IC, OC);
+    cel_cpu_matmul_backward_ref(di2, dw2, dout, inp, w, N, IC, OC);
+    close_enough("matmul backward dinp", di1, di2, ni, 1e-5);
+    close_enough("matmul backward dw", dw1, dw2, nw, 1e-5);
+    /* NULL skips */
+    cel_cpu_matmul_backward(NULL, NULL, dout, inp, w, N, IC, OC);
+    free(inp), free(w), free(dout), free(o1), free(o2), free(di1), free(di2), free(dw1), free(dw2);
+}
+
+/* ---- lora ---- */
+typedef struct {
+    int N, IC, OC, R;
+    float s;
+    float *out, *u, *inp, *A, *B, *Rr;
+} lora_ctx;
+
+static double lora_loss(void *p) {
+    lora_ctx *c = p;
+    memset(c->out, 0, (size_t)c->N * c->OC * sizeof(float));
+    cel_cpu_lora_forward(c->out, c->u, c->inp, c->A, c->B, c->s, c->N, c->IC, c->OC, c->R);
+    return dot(c->out, c->Rr, (size_t)c->N * c->OC);
+}
+
+static void test_lora(void **state) {
+    (void)state;
+    lora_ctx c = {.N = 4, .IC = 6, .OC = 5, .R = 3, .s = 2.5f};
+    size_t ni = (size_t)c.N * c.IC, no = (size_t)c.N * c.OC;
+    c.out = zeros(no), c.u = zeros((size_t)c.N * c.R), c.inp = rnd(ni, 1),
+    c.A = rnd((size_t)c.R * c.IC, 1), c.B = rnd((size_t)c.OC * c.R, 1), c.Rr = rnd(no, 1);
+    float *dinp = zeros(ni), *dA = zeros((size_t)c.R * c.IC), *dB = zeros((size_t)c.OC * c.R),
+          *du = zeros((size_t)c.N * c.R);
+    lora_loss(&c);
+    cel_cpu_lora_backward(dinp, dA, dB, du, c.Rr, c.inp, c.u, c.A, c.B, c.s, c.N, c.IC, c.OC, c.R);
+    fd_check("lora dinp", c.inp, ni, dinp, lora_loss, &c);
+    fd_check("lora dA", c.A, (size_t)c.R * c.IC, dA, lora_loss, &c);
+    fd_check("lora dB", c.B, (size_t)c.OC * c.R, dB, lora_loss, &c);
+    /* forward adds onto out: base output kept */
+    float *base = rnd(no, 1), *o = malloc(no * sizeof(float));
+    memcpy(o, base, no * sizeof(float));
+    cel_cpu_lora_forward(o, c.u, c.inp, c.A, c.B, c.s, c.N, c.IC, c.OC, c.R);
+    lora_loss(&c);
+    for (size_t i = 0; i < no; i++) assert_float_equal(o[i], base[i] + c.out[i], 1e-5);
+    free(c.out), free(c.u), free(c.inp), free(c.A), free(c.B), free(c.Rr), free(dinp), free(dA);
+    free(dB), free(du), free(base), free(o);
+}
+
+/* ---- rope ---- */
+typedef struct {
+    int N, NHX, HS;
+    float *out, *inp, *R, *cs, *sn;
+    int32_t *pos;
+} rope_ctx;
+
+static double rope_loss(void *p) {
+    rope_ctx *c = p;
+    cel_cpu_rope_forward(c->out, c->inp, c->pos, c->cs, c->sn, c->N, c->NHX, c->HS);
+    return dot(c->out, c->R, (size_t)c->N * c->NHX * c->HS);
+}
+
+static void test_rope(void **state) {
+    (void)state;
+    rope_ctx c = {.N = 4, .NHX = 2, .HS = 8};
+    int maxT = 16;
+    size_t n = (size_t)c.N * c.NHX * c.HS;
+    c.cs = zeros((size_t)maxT * c.HS / 2), c.sn = zeros((size_t)maxT * c.HS / 2);
+    cel_cpu_rope_init(c.cs, c.sn, maxT, c.HS, 10000.0f, CEL_ROPE_PLAIN, 1, 1, 4, 8192);
+    int32_t pos[4] = {0, 3, 7, 15};
+    c.pos = pos;
+    c.out = zeros(n), c.inp = rnd(n, 1), c.R = rnd(n, 1);
+    float *dinp = zeros(n);
+    cel_cpu_rope_backward(dinp, c.R, c.pos, c.cs, c.sn, c.N, c.NHX, c.HS);
+    fd_check("rope dinp", c.inp, n, dinp, rope_loss, &c);
+    /* position 0 is the identity; in-place forward equals out-of-place */
+    rope_loss(&c);
+    for (int i = 0; i < c.NHX * c.HS; i++) assert_float_equal(c.out[i], c.inp[i], 0);
+    float *copy = malloc(n * sizeof(float));
+    memcpy(copy, c.inp, n * sizeof(float));
+    cel_cpu_rope_forward(copy, copy, c.pos, c.cs, c.sn, c.N, c.NHX, c.HS);
+    assert_memory_equal(copy, c.out, n * sizeof(float));
+    /* the llama3 and linear variants give finite, distinct tables */
+    float *c3 = zeros((size_t)maxT * c.HS / 2), *s3 = zeros((size_t)maxT * c.HS / 2);
+    cel_cpu_rope_init(c3, s3, maxT, c.HS, 500000.0f, CEL_ROPE_LLAMA3, 8, 1, 4, 8);
+    for (int i = 0; i < maxT * c.HS / 2; i++) assert_true(isfinite(c3[i]) && isfinite(s3[i]));
+    free(c.cs), free(c.sn), free(c.out), free(c.inp), free(c.R), free(dinp), free(copy);
+    free(c3), free(s3);
+}
+
+/* ---- attention ---- */
+typedef struct {
+    int B, T, NH, NKV, HS;
+    float *out, *lse, *scratch, *q, *k, *v, *R;
+} att_ctx;
+
+static double att_loss(void *p) {
+    att_ctx *c = p;
+    cel_cpu_attention_forward(c->out, c->lse, c->scratch, c->q, c->k, c->v, c->B, c->T, c->NH,
+                              c->NKV, c->HS);
+    return dot(c->out, c->R, (size_t)c->B * c->T * c->NH * c->HS);
+}
+
+static void test_attention(void **state) {
+    (void)state;
+    att_ctx c = {.B = 2, .T = 5, .NH = 4, .NKV = 2, .HS = 4};
+    size_t nq = (size_t)c.B * c.T * c.NH * c.HS, nk = (size_t)c.B * c.T * c.NKV * c.HS;
+    c.out = zeros(nq), c.lse = zeros((size_t)c.B * c.NH * c.T),
+    c.scratch = zeros(2 * (size_t)c.T * c.T);
+    c.q = rnd(nq, 1.5f), c.k = rnd(nk, 1.5f), c.v = rnd(nk, 1), c.R = rnd(nq, 1);
+    float *dq = zeros(nq), *dk = rnd(nk, 1), *dv = rnd(nk, 1); /* dk, dv are = not += */
+    att_loss(&c);
+    cel_cpu_attention_backward(dq, dk, dv, c.scratch, c.R, c.lse, c.q, c.k, c.v, c.B, c.T, c.NH,
+                               c.NKV, c.HS);
+    fd_check("attention dq", c.q, nq, dq, att_loss, &c);
+    fd_check("attention dk", c.k, nk, dk, att_loss, &c);
+    fd_check("attention dv", c.v, nk, dv, att_loss, &c);
+    /* causality: the first row of each sequence is v of position 0 for its kv head */
+    att_loss(&c);
+    for (int h = 0; h < c.NH; h++)
+        for (int d = 0; d < c.HS; d++)
+            assert_float_equal(c.out[h * c.HS + d], c.v[(h / 2) * c.HS + d], 1e-6);
+    /* the cached path gives the same rows: batch 1, prefix of 3 then 2 more rows */
+    int QD = c.NH * c.HS, KD = c.NKV * c.HS;
+    float *oc = zeros((size_t)c.T * QD), *sc = zeros((size_t)c.T * c.T);
+    const float *q1 = c.q + (size_t)c.T * QD, *k1 = c.k + (size_t)c.T * KD,
+                *v1 = c.v + (size_t)c.T * KD;
+    cel_cpu_attention_cached(oc, sc, q1, k1, v1, 3, 0, c.NH, c.NKV, c.HS);
+    cel_cpu_attention_cached(oc + 3 * QD, sc, q1 + 3 * QD, k1, v1, 2, 3, c.NH, c.NKV, c.HS);
+    close_enough("attention cached", oc, c.out + (size_t)c.T * QD, (size_t)c.T * QD, 1e-5);
+    free(c.out), free(c.lse), free(c.scratch), free(c.q), free(c.k), free(c.v), free(c.R);
+    free(dq), free(dk), free(dv), free(oc), free(sc);
+}
+
+/* ---- swiglu ---- */
+typedef struct {
+    int N, I;
+    float *out, *g, *u, *R;
+} sw_ctx;
+
+static double sw_loss(void *p) {
+    sw_ctx *c = p;
+    cel_cpu_swiglu_forward(c->out, c->g, c->u, c->N, c->I);
+    return dot(c->out, c->R, (size_t)c->N * c->I);
+}
+
+static void test_swiglu(void **state) {
+    (void)state;
+    sw_ctx c = {.N = 3, .I = 7};
+    size_t n = (size_t)c.N * c.I;
+    c.out = zeros(n), c.g = rnd(n, 3), c.u = rnd(n, 1), c.R = rnd(n, 1);
+    float *dg = zeros(n), *du = zeros(n);
+    cel_cpu_swiglu_backward(dg, du, c.R, c.g, c.u, c.N, c.I);
+    fd_check("swiglu dgate", c.g, n, dg, sw_loss, &c);
+    fd_check("swiglu dup", c.u, n, du, sw_loss, &c);
+    free(c.out), free(c.g), free(c.u), free(c.R), free(dg), free(du);
+}
+
+/* ---- embedding, residual ---- */
+typedef struct {
+    int N, C;
+    int32_t *tok;
+    float *out, *wte, *R;
+} emb_ctx;
+
+static double emb_loss(void *p) {
+    emb_ctx *c = p;
+    cel_cpu_embedding_forward(c->out, c->tok, c->wte, c->N, c->C);
+    return dot(c->out, c->R, (size_t)c->N * c->C);
+}
+
+static void test_embedding_residual(void **state) {
+    (void)state;
+    int32_t tok[5] = {3, 0, 3, 6, 1};
+    emb_ctx c = {.N = 5, .C = 4, .tok = tok};
+    int V = 7;
+    c.out = zeros(20), c.wte = rnd((size_t)V * c.C, 1), c.R = rnd(20, 1);
+    float *dw = zeros((size_t)V * c.C);
+    cel_cpu_embedding_backward(dw, c.R, tok, c.N, c.C);
+    fd_check("embedding dwte", c.wte, (size_t)V * c.C, dw, emb_loss, &c);
+    float a[3] = {1, 2, 3}, b[3] = {10, 20, 30}, o[3], da[3] = {1, 1, 1}, db[3] = {0}, d[3] = {1, 2, 3};
+    cel_cpu_residual_forward(o, a, b, 3);
+    assert_float_equal(o[2], 33, 0);
+    cel_cpu_residual_backward(da, db, d, 3);
+    assert_float_equal(da[1], 3, 0);
+    assert_float_equal(db[2], 3, 0);
+    free(c.out), free(c.wte), free(c.R), free(dw);
+}
+
+/* ---- cross-entropy ---- */
+typedef struct {
+    int N, V;
+    int32_t *tgt;
+    float *w, *logp, *lse, *logits;
+} ce_ctx;
+
+static double ce_loss(void *p) {
+    ce_ctx *c = p;
+    return cel_cpu_crossentropy_forward(c->logp, c->lse, c->logits, c->tgt, c->w, c->N, c->V);
+}
+
+static void test_crossentropy(void **state) {
+    (void)state;
+    int32_t tgt[4] = {2, 0, 5, 5};
+    float w[4] = {1.0f, 0.0f, 2.5f, 0.3f};
+    ce_ctx c = {.N = 4, .V = 6, .tgt = tgt, .w = w};
+    size_t n = (size_t)c.N * c.V;
+    c.logp = zeros(c.N), c.lse = zeros(c.N), c.logits = rnd(n, 3);
+    float *d = zeros(n);
+    ce_loss(&c);
+    cel_cpu_crossentropy_backward(d, c.logits, c.lse, tgt, w, 1.0f, c.N, c.V);
+    fd_check("crossentropy dlogits", c.logits, n, d, ce_loss, &c);
+    /* zero-weight rows get zero gradient but still a log-prob; rows sum to 0 */
+    for (int i = 0; i < c.V; i++) assert_float_equal(d[c.V + i], 0, 0);
+    assert_true(c.logp[1] < 0);
+    double s = 0;
+    for (int i = 0; i < c.V; i++) s += d[i];
+    assert_float_equal(s, 0, 1e-6);
+    /* unweighted loss equals -sum logp; in-place backward equals out-of-place */
+    double l = cel_cpu_crossentropy_forward(c.logp, c.lse, c.logits, tgt, NULL, c.N, c.V);
+    assert_float_equal(l, -(c.logp[0] + c.logp[1] + c.logp[2] + c.logp[3]), 1e-5);
+    float *inplace = malloc(n * sizeof(float));
+    memcpy(inplace, c.logits, n * sizeof(float));
+    cel_cpu_crossentropy_forward(c.logp, c.lse, inplace, tgt, w, c.N, c.V);
+    cel_cpu_crossentropy_backward(inplace, inplace, c.lse, tgt, w, 1.0f, c.N, c.V);
+    assert_memory_equal(inplace, d, n * sizeof(float));
+    free(c.logp), free(c.lse), free(c.logits), free(d), free(inplace);
+}
+
+/* ---- AdamW against torch's formula in double ---- */
+static void test_adamw(void **state) {
+    (void)state;
+    size_t n = 50;
+    float *p = rnd(n, 1), *m = zeros(n), *v = zeros(n);
+    double *pd = malloc(n * sizeof(double)), *md = calloc(n, sizeof(double)),
+           *vd = calloc(n, sizeof(double));
+    for (size_t i = 0; i < n; i++) pd[i] = p[i];
+    float lr = 3e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f;
+    for (int step = 1; step <= 3; step++) {
+        float *g = rnd(n, 1);
+        cel_cpu_adamw_update(p, m, v, g, n, lr, b1, b2, eps, wd, step);
+        for (size_t i = 0; i < n; i++) {
+            pd[i] *= 1 - (double)lr * wd;
+            md[i] = b1 * md[i] + (1 - (double)b1) * g[i];
+            vd[i] = b2 * vd[i] + (1 - (double)b2) * g[i] * g[i];
+            double bc1 = 1 - pow(b1, step), bc2 = 1 - pow(b2, step);
+            pd[i] -= lr / bc1 * md[i] / (sqrt(vd[i]) / sqrt(bc2) + eps);
+        }
+        free(g);
+    }
+    for (size_t i = 0; i < n; i++) {
+        assert_true(fabs(p[i] - pd[i]) <= 1e-6 * fmax(1, fabs(pd[i])));
+        assert_true(fabs(m[i] - md[i]) <= 1e-6);
+        assert_true(fabs(v[i] - vd[i]) <= 1e-6);
+    }
+    float g2[3] = {3, 4, 0};
+    assert_float_equal(cel_cpu_adamw_sumsq(g2, 3), 25, 0);
+    cel_cpu_adamw_scale(g2, 3, 0.5f);
+    assert_float_equal(g2[1], 2, 0);
+    free(p), free(m), free(v), free(pd), free(md), free(vd);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rmsnorm),   cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_matmul_twins), cmocka_unit_test(test_lora),
+        cmocka_unit_test(test_rope),      cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_swiglu),    cmocka_unit_test(test_embedding_residual),
+        cmocka_unit_test(test_crossentropy), cmocka_unit_test(test_adamw),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
