@@ -27,9 +27,11 @@
 #define NO_PREFETCH_LIMIT 1000 /* messages held when --prefetch-multiplier is 0 */
 #define REPR_MAX 200           /* result repr in log lines */
 
-/* Only READY and ACTIVE requests occupy the prefetch window: a finished one
- * waiting for its store/ack is what Celery (acking early) would already have
- * acked, and eta ones are outside it (qos.increment_eventually). */
+/* Only READY requests (received, not yet handed to an executor) occupy the
+ * prefetch window, as in Celery: it acks a message when the pool takes it, so
+ * its window counts reserved messages only. Ours stay unacked until the result
+ * is stored (safer), but are no longer counted once started. eta requests are
+ * outside the window too (qos.increment_eventually). */
 enum { R_NEW, R_HELD, R_READY, R_ACTIVE, R_FINISHING, R_GIVING_BACK };
 
 typedef struct request request_t;
@@ -79,7 +81,7 @@ static double now_unix(void) {
 
 static void on_drain_timer(uv_timer_t *t);
 
-static int counted(int st) { return st == R_READY || st == R_ACTIVE; }
+static int counted(int st) { return st == R_READY; }
 
 /* Moves a request to state st, keeping the prefetch window count. */
 static void set_state(request_t *r, int st) {
