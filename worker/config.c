@@ -46,13 +46,17 @@ static const char usage_text[] =
     "      --max-message-size BYTES largest message accepted (default 8388608)\n"
     "      --executor PATH          executor program (default: celeriac-executor beside\n"
     "                               this program)\n"
+    "      --model DIR              model folder the executors load (default: the\n"
+    "                               bundled model, model/tiny)\n"
+    "      --import-root DIR        lora.load may also read adapters from DIR (repeatable)\n"
+    "      --max-input-tokens N     longest example a training or scoring task accepts\n"
     "  -h, --help                   show this help\n"
     "      --version                show the version\n";
 
 enum {
     OPT_BACKEND = 1000, OPT_PREFETCH, OPT_PIDFILE, OPT_TIME_LIMIT, OPT_SOFT_TIME_LIMIT,
     OPT_MAX_TASKS, OPT_STATE_DIR, OPT_RESULT_EXPIRES, OPT_VISIBILITY, OPT_MAX_MSG,
-    OPT_EXECUTOR, OPT_VERSION,
+    OPT_EXECUTOR, OPT_VERSION, OPT_MODEL, OPT_IMPORT_ROOT, OPT_MAX_INPUT,
 };
 
 static int copy_str(char *dst, size_t size, const char *src, const char *what, cel_err_t *err) {
@@ -268,6 +272,9 @@ int cel_config_parse(cel_config_t *cfg, int argc, char **argv, cel_err_t *err) {
         {"visibility-timeout", required_argument, 0, OPT_VISIBILITY},
         {"max-message-size", required_argument, 0, OPT_MAX_MSG},
         {"executor", required_argument, 0, OPT_EXECUTOR},
+        {"model", required_argument, 0, OPT_MODEL},
+        {"import-root", required_argument, 0, OPT_IMPORT_ROOT},
+        {"max-input-tokens", required_argument, 0, OPT_MAX_INPUT},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, OPT_VERSION},
         {0, 0, 0, 0},
@@ -321,6 +328,17 @@ int cel_config_parse(cel_config_t *cfg, int argc, char **argv, cel_err_t *err) {
             cfg->max_message_size = v;
             break;
         case OPT_EXECUTOR: rc = copy_str(cfg->executor, sizeof(cfg->executor), optarg, "--executor", err); break;
+        case OPT_MODEL: rc = copy_str(cfg->model, sizeof(cfg->model), optarg, "--model", err); break;
+        case OPT_IMPORT_ROOT:
+            if (cfg->nimport_roots == (int)(sizeof(cfg->import_roots) / sizeof(cfg->import_roots[0])))
+                rc = cel_err_set(err, CEL_EINVAL, "too many --import-root options");
+            else if (!(cfg->import_roots[cfg->nimport_roots++] = strdup(optarg)))
+                rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
+            break;
+        case OPT_MAX_INPUT:
+            rc = parse_long(optarg, 1, 1L << 20, &v, "--max-input-tokens", err);
+            cfg->max_input_tokens = v;
+            break;
         case 'h': fputs(usage_text, stdout); return 1;
         case OPT_VERSION: printf("celeriac %s\n", CEL_VERSION); return 1;
         case ':': return cel_err_set(err, CEL_EINVAL, "option %s needs a value", argv[optind - 1]);
@@ -345,4 +363,6 @@ int cel_config_parse(cel_config_t *cfg, int argc, char **argv, cel_err_t *err) {
 void cel_config_free(cel_config_t *cfg) {
     for (int i = 0; i < cfg->nqueues; i++) free(cfg->queues[i]);
     cfg->nqueues = 0;
+    for (int i = 0; i < cfg->nimport_roots; i++) free(cfg->import_roots[i]);
+    cfg->nimport_roots = 0;
 }

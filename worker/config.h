@@ -41,6 +41,10 @@ typedef struct cel_config {
     double visibility_timeout;
     long max_message_size;    /* bytes of one envelope */
     char executor[1024];      /* path of celeriac-executor */
+    char model[1024];         /* model folder for executors; "" = their default */
+    char *import_roots[16];   /* extra roots lora.load may read from */
+    int nimport_roots;
+    long max_input_tokens;    /* per example; 0 = the executor's default */
 } cel_config_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,

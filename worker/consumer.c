@@ -18,6 +18,7 @@
 #include <sys/time.h>
 
 #include "../protocol/protocol.h"
+#include "affinity.h"
 #include "backend.h"
 #include "broker.h"
 #include "log.h"
@@ -45,6 +46,7 @@ struct request {
     double received;
     double started;
     int pid;
+    int slot;               /* executor slot that ran it */
     char *meta;             /* result meta waiting to be stored */
     size_t meta_len;
     uv_timer_t timer;       /* eta; closed when the request is freed */
@@ -56,6 +58,7 @@ struct cel_consumer {
     cel_broker_t *broker;
     cel_backend_t *backend;
     cel_pool_t *pool;
+    cel_affinity_t *affinity;        /* adapter id -> executor slot */
     request_t *requests;             /* every live request */
     request_t *ready_head, *ready_tail;
     int held;                        /* requests in the prefetch window */
@@ -146,15 +149,6 @@ static void ready_push(cel_consumer_t *c, request_t *r) {
     if (c->ready_tail) c->ready_tail->rnext = r;
     else c->ready_head = r;
     c->ready_tail = r;
-}
-
-static request_t *ready_pop(cel_consumer_t *c) {
-    request_t *r = c->ready_head;
-    if (!r) return NULL;
-    c->ready_head = r->rnext;
-    if (!c->ready_head) c->ready_tail = NULL;
-    r->rnext = NULL;
-    return r;
 }
 
 static int capacity(void *priv) {
@@ -290,36 +284,92 @@ static int build_run_frame(request_t *r, uint8_t **buf, size_t *len) {
     return rc;
 }
 
+/* Hands one request to an executor: `slot` for a job bound to an adapter,
+ * any executor when slot < 0. Returns 0 when no executor took it (the caller
+ * keeps it queued), 1 when it was started or finished here. */
+static int run_request(cel_consumer_t *c, request_t *r, int slot) {
+    cel_task_t *t = r->task;
+    if (t->expires > 0 && now_unix() >= t->expires) {
+        revoke_expired(r);
+        return 1;
+    }
+    uint8_t *buf;
+    size_t len;
+    if (build_run_frame(r, &buf, &len) != CEL_OK) {
+        fail_with(r, "EncodeError", "kombu.exceptions",
+                  json_pack("[s]", "cannot encode the task for the executor"), NULL);
+        return 1;
+    }
+    double hard = t->time_limit > 0 ? t->time_limit : c->cfg->time_limit;
+    double soft = t->soft_time_limit > 0 ? t->soft_time_limit : c->cfg->soft_time_limit;
+    int rc;
+    if (slot >= 0) {
+        rc = cel_pool_run_on(c->pool, slot, r, buf, len, hard, soft, &r->pid);
+        r->slot = slot;
+    } else {
+        rc = cel_pool_run(c->pool, r, buf, len, hard, soft, &r->pid, &r->slot);
+    }
+    free(buf);
+    if (rc != CEL_OK) return 0;
+    set_state(r, R_ACTIVE);
+    r->started = now_unix();
+    cel_debug("TaskPool: Apply %s[%s] on executor %d (pid %d)", t->name, t->id, r->slot + 1,
+              r->pid);
+    return 1;
+}
+
+/* The idle executor with the fewest adapters, for an adapter not bound yet
+ * (after a restart its checkpoint is loaded wherever it lands). -1 if none. */
+static int choose_slot(cel_consumer_t *c) {
+    int best = -1;
+    for (int i = 0; i < cel_pool_slots(c->pool); i++)
+        if (cel_pool_slot_idle(c->pool, i) &&
+            (best < 0 || cel_affinity_count(c->affinity, i) < cel_affinity_count(c->affinity, best)))
+            best = i;
+    return best;
+}
+
+/* Starts what can start, in arrival order, without head-of-line blocking: a
+ * job whose adapter's executor is busy waits (and so do later jobs of the
+ * same adapter, keeping their order) while other jobs go ahead. */
 static void dispatch(cel_consumer_t *c) {
-    while (c->ready_head && cel_pool_can_run(c->pool)) {
-        request_t *r = ready_pop(c);
-        cel_task_t *t = r->task;
-        if (t->expires > 0 && now_unix() >= t->expires) {
-            revoke_expired(r);
-            continue;
+    json_t *blocked = NULL; /* adapters whose next job cannot start now */
+    request_t *prev = NULL, *r = c->ready_head;
+    while (r && cel_pool_can_run(c->pool)) {
+        request_t *next = r->rnext;
+        const char *ad = cel_affinity_adapter_of(r->task);
+        int slot = -1;
+        if (ad) {
+            if (blocked && json_object_get(blocked, ad)) {
+                prev = r, r = next;
+                continue;
+            }
+            slot = cel_affinity_get(c->affinity, ad);
+            if (slot < 0) slot = choose_slot(c);
+            if (slot < 0 || !cel_pool_slot_idle(c->pool, slot)) {
+                if (!blocked) blocked = json_object();
+                json_object_set_new(blocked, ad, json_true());
+                prev = r, r = next;
+                continue;
+            }
+            cel_affinity_set(c->affinity, ad, slot);
         }
-        uint8_t *buf;
-        size_t len;
-        if (build_run_frame(r, &buf, &len) != CEL_OK) {
-            fail_with(r, "EncodeError", "kombu.exceptions",
-                      json_pack("[s]", "cannot encode the task for the executor"), NULL);
-            continue;
-        }
-        double hard = t->time_limit > 0 ? t->time_limit : c->cfg->time_limit;
-        double soft = t->soft_time_limit > 0 ? t->soft_time_limit : c->cfg->soft_time_limit;
-        int rc = cel_pool_run(c->pool, r, buf, len, hard, soft, &r->pid);
-        free(buf);
-        if (rc != CEL_OK) {
-            /* No executor after all: put it back at the head. */
-            r->rnext = c->ready_head;
-            c->ready_head = r;
-            if (!c->ready_tail) c->ready_tail = r;
+        /* Unlink r from the ready list, then run it. */
+        if (prev) prev->rnext = next;
+        else c->ready_head = next;
+        if (c->ready_tail == r) c->ready_tail = prev;
+        r->rnext = NULL;
+        if (!run_request(c, r, slot)) {
+            /* No executor after all: back where it was. */
+            r->rnext = next;
+            if (prev) prev->rnext = r;
+            else c->ready_head = r;
+            if (!next) c->ready_tail = r;
             break;
         }
-        set_state(r, R_ACTIVE);
-        r->started = now_unix();
-        cel_debug("TaskPool: Apply %s[%s] on executor pid %d", t->name, t->id, r->pid);
+        r = next;
     }
+    json_decref(blocked);
 }
 
 static void on_pool_idle(void *priv) { dispatch(priv); }
@@ -364,6 +414,7 @@ static void on_pool_result(void *priv, void *job, json_t *frame) {
             cel_info("Task %s[%s] succeeded in %.6fs: %s", t->name, t->id, runtime, rs);
             free(rs);
         }
+        cel_affinity_learn(c->affinity, t, result, r->slot);
         finish(r, "SUCCESS", result ? result : json_null(), NULL);
         return;
     }
@@ -589,10 +640,11 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_config_t *cfg,
     cel_pool_cbs_t pcbs = {on_pool_result, on_pool_progress, on_pool_lost, on_pool_requeue,
                            on_pool_idle};
     c->pool = cel_pool_new(loop, cfg, &pcbs, c);
+    c->affinity = cel_affinity_new(cfg->concurrency);
     c->backend = cel_backend_new(loop, cfg, on_backend_up, c);
     cel_broker_cbs_t bcbs = {capacity, on_message, on_broker_state};
     c->broker = cel_broker_new(loop, cfg, &bcbs, c);
-    if (!c->pool || !c->backend || !c->broker) {
+    if (!c->pool || !c->backend || !c->broker || !c->affinity) {
         cel_crit("out of memory starting the worker");
         return NULL; /* main exits; the OS reclaims */
     }
@@ -605,6 +657,7 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_config_t *cfg,
  * left (request timers close asynchronously too). */
 static void maybe_free(cel_consumer_t *c) {
     if (!c->closing || c->closing_left > 0 || c->nrequests > 0) return;
+    cel_affinity_free(c->affinity);
     void (*cb)(void *) = c->on_done;
     void *p = c->done_priv;
     free(c);

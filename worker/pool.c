@@ -268,10 +268,23 @@ static void spawn(cel_pool_t *p, int slot) {
     e->chan.data = e->hard.data = e->soft.data = e->proc.data = e;
     e->handles_open = 3;
 
-    char index[16], fd[] = "3";
+    /* argv: the executor program and the options it shares with us. */
+    char index[16], maxin[32];
     snprintf(index, sizeof(index), "%d", slot + 1);
-    char *args[] = {(char *)p->cfg->executor, "--fd", fd, "--index", index, "--loglevel",
-                    (char *)cel_log_level_name(p->cfg->loglevel), NULL};
+    snprintf(maxin, sizeof(maxin), "%ld", p->cfg->max_input_tokens);
+    const cel_config_t *cfg = p->cfg;
+    char *args[16 + 2 * 16];
+    int na = 0;
+    args[na++] = (char *)cfg->executor;
+    args[na++] = "--fd", args[na++] = "3";
+    args[na++] = "--index", args[na++] = index;
+    args[na++] = "--loglevel", args[na++] = (char *)cel_log_level_name(cfg->loglevel);
+    if (cfg->model[0]) args[na++] = "--model", args[na++] = (char *)cfg->model;
+    if (cfg->state_dir[0]) args[na++] = "--state-dir", args[na++] = (char *)cfg->state_dir;
+    for (int i = 0; i < cfg->nimport_roots; i++)
+        args[na++] = "--import-root", args[na++] = cfg->import_roots[i];
+    if (cfg->max_input_tokens) args[na++] = "--max-input-tokens", args[na++] = maxin;
+    args[na] = NULL;
     uv_stdio_container_t stdio[4];
     stdio[0].flags = UV_IGNORE;
     stdio[1].flags = UV_INHERIT_FD;
@@ -374,16 +387,9 @@ static void on_written(uv_write_t *req, int status) {
     free(req);
 }
 
-int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len,
-                 double hard_limit, double soft_limit, int *pid_out) {
-    /* An idle executor first; else the least loaded one with room. */
-    executor_t *e = NULL;
-    for (int i = 0; i < p->n && !e; i++)
-        if (p->slots[i] && p->slots[i]->state == EX_IDLE && room(p, p->slots[i]) > 0)
-            e = p->slots[i];
-    for (int i = 0; i < p->n && !e; i++)
-        if (room(p, p->slots[i]) > 0 && (!e || p->slots[i]->njobs < e->njobs)) e = p->slots[i];
-    if (!e || p->closing) return CEL_ESTATE;
+/* Writes a run frame to executor e and queues job on it. */
+static int run_on(executor_t *e, void *job, const uint8_t *payload, size_t len, double hard_limit,
+                  double soft_limit, int *pid_out, int *slot_out) {
     write_req_t *w = malloc(sizeof(*w) + len);
     if (!w) return CEL_ENOMEM;
     if (cel_frame_header(len, w->hdr, NULL) != CEL_OK) {
@@ -407,7 +413,34 @@ int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len,
         start_timers(e);
     }
     if (pid_out) *pid_out = e->pid;
+    if (slot_out) *slot_out = e->slot;
     return CEL_OK;
+}
+
+int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len,
+                 double hard_limit, double soft_limit, int *pid_out, int *slot_out) {
+    /* An idle executor first; else the least loaded one with room. */
+    executor_t *e = NULL;
+    for (int i = 0; i < p->n && !e; i++)
+        if (p->slots[i] && p->slots[i]->state == EX_IDLE && room(p, p->slots[i]) > 0)
+            e = p->slots[i];
+    for (int i = 0; i < p->n && !e; i++)
+        if (room(p, p->slots[i]) > 0 && (!e || p->slots[i]->njobs < e->njobs)) e = p->slots[i];
+    if (!e || p->closing) return CEL_ESTATE;
+    return run_on(e, job, payload, len, hard_limit, soft_limit, pid_out, slot_out);
+}
+
+int cel_pool_slot_idle(const cel_pool_t *p, int slot) {
+    return !p->closing && slot >= 0 && slot < p->n && p->slots[slot] &&
+           p->slots[slot]->state == EX_IDLE && room(p, p->slots[slot]) > 0;
+}
+
+int cel_pool_slots(const cel_pool_t *p) { return p->n; }
+
+int cel_pool_run_on(cel_pool_t *p, int slot, void *job, const uint8_t *payload, size_t len,
+                    double hard_limit, double soft_limit, int *pid_out) {
+    if (!cel_pool_slot_idle(p, slot)) return CEL_ESTATE;
+    return run_on(p->slots[slot], job, payload, len, hard_limit, soft_limit, pid_out, NULL);
 }
 
 int cel_pool_terminate(cel_pool_t *p, void *job, int signum) {

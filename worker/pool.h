@@ -52,10 +52,23 @@ int cel_pool_busy(const cel_pool_t *p);
 
 /* Sends a run frame (payload borrowed, msgpack map) for job to an idle
  * executor (or queues it on a fast one, see cel_pool_can_run) and arms its
- * time limits (0 = none) for when it starts. *pid_out gets the executor's
- * pid. Returns CEL_OK, CEL_ESTATE when no executor is idle, CEL_EIO. */
+ * time limits (0 = none) for when it starts. pid_out and slot_out (may be NULL)
+ * get the executor's pid and slot. Returns CEL_OK, CEL_ESTATE when no executor
+ * can take it, CEL_EIO. */
 int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len,
-                 double hard_limit, double soft_limit, int *pid_out);
+                 double hard_limit, double soft_limit, int *pid_out, int *slot_out);
+
+/* Number of executor slots (the concurrency). */
+int cel_pool_slots(const cel_pool_t *p);
+
+/* 1 when the executor in slot is ready and running nothing. */
+int cel_pool_slot_idle(const cel_pool_t *p, int slot);
+
+/* Like cel_pool_run, on the executor of one slot, which must be idle (jobs
+ * bound to an adapter are never queued behind another task). CEL_ESTATE when
+ * it is not. */
+int cel_pool_run_on(cel_pool_t *p, int slot, void *job, const uint8_t *payload, size_t len,
+                    double hard_limit, double soft_limit, int *pid_out);
 
 /* Kills the executor running job with SIGKILL (revoke --terminate later;
  * on_lost then reports it). Returns CEL_ENOTFOUND if job is not running. */
