@@ -1,0 +1,346 @@
+#!/usr/bin/python3
+"""throughput.py -- celeriac vs the stock Python Celery worker: throughput and latency.
+
+Starts its own redis-server on a free loopback port, then for each worker in turn (celeriac
+with -c 2, then `celery worker -P prefork -c 2` running tests/integration/pydiag.py), on the
+same Redis with the database flushed in between:
+
+  (a) throughput: N diag.noop tasks are enqueued while no worker runs, the worker is started,
+      and the clock runs from its "ready." log line until every result key exists. Also
+      reported: N / (max(date_done) - min(date_done)) from the stored results, which leaves
+      out start-up and polling, and the worker's CPU seconds (all its processes) per 1000 tasks.
+  (b) latency: after a warm-up, M sequential send_task('diag.add').get() round trips;
+      p50/p99/mean in milliseconds.
+
+Prints a table with both workers and the ratio celeriac/python. Never fails on timing; a
+worker that cannot be measured shows "n/a" and the reason. Run with /usr/bin/python3:
+  bench/throughput.py [--tasks 20000] [--latency-n 1000] [--only celeriac|python]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+
+import redis
+from celery import Celery
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+PYDIAG_DIR = os.path.join(REPO, "tests", "integration")
+PYTHON = "/usr/bin/python3"
+READY_RE = re.compile(rb"\bready\.")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    return None
+
+
+class Redis:
+    def __init__(self, workdir):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", workdir, "--daemonize", "no",
+             "--logfile", os.path.join(workdir, "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.client = redis.Redis(host="127.0.0.1", port=self.port, db=0, socket_timeout=60)
+
+        def pings():
+            try:
+                return self.client.ping()
+            except redis.exceptions.ConnectionError:
+                return False
+        if not wait_until(pings, 10):
+            raise RuntimeError("redis-server did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Worker:
+    """A worker process in its own process group, logging to a file."""
+
+    def __init__(self, kind, cmd, env, cwd, log_path):
+        self.kind = kind
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout):
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}: "
+                                   f"{self.tail()}")
+            with open(self.log_path, "rb") as f:
+                return READY_RE.search(f.read())
+        if not wait_until(ready, timeout, 0.005):
+            raise RuntimeError(f"{self.kind} not ready after {timeout}s: {self.tail()}")
+
+    def tail(self, n=1500):
+        with open(self.log_path, "rb") as f:
+            return f.read()[-n:].decode("utf-8", "replace")
+
+    def cpu_seconds(self):
+        """utime+stime of every live process in the worker's process group."""
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read().decode("ascii", "replace")
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()
+            if len(fields) > 13 and int(fields[2]) == self.proc.pid:
+                total += int(fields[11]) + int(fields[12])
+        return total / CLK_TCK
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait(10)
+        self.log.close()
+
+
+def start_worker(kind, url, args, workdir):
+    env = dict(os.environ, CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url)
+    log_path = os.path.join(workdir, f"{kind}.log")
+    if kind == "celeriac":
+        cmd = [os.path.join(args.bin_dir, "celeriac"), "-b", url, "-c", str(args.concurrency),
+               "-l", args.loglevel]
+        return Worker(kind, cmd, env, REPO, log_path)
+    env["PYTHONPATH"] = PYDIAG_DIR
+    cmd = [PYTHON, "-m", "celery", "-A", "pydiag", "worker", "-P", "prefork",
+           "-c", str(args.concurrency), "-l", args.loglevel, "-n", "py@%h",
+           "--without-mingle", "--without-gossip"]
+    return Worker(kind, cmd, env, PYDIAG_DIR, log_path)
+
+
+def enqueue(url, name, n):
+    """Sends n tasks with send_task through one producer; no result subscriptions."""
+    app = Celery("bench-sender", broker=url, set_as_current=False)
+    ids = []
+    t0 = time.perf_counter()
+    with app.producer_or_acquire() as producer:
+        for _ in range(n):
+            ids.append(app.send_task(name, producer=producer).id)
+    elapsed = time.perf_counter() - t0
+    app.close()
+    return ids, elapsed
+
+
+def all_results_exist(client, keys, chunk=5000):
+    return sum(client.exists(*keys[i:i + chunk]) for i in range(0, len(keys), chunk))
+
+
+def date_done_spread(client, keys, chunk=2000):
+    stamps = []
+    for i in range(0, len(keys), chunk):
+        for raw in client.mget(keys[i:i + chunk]):
+            if raw is None:
+                continue
+            meta = json.loads(raw)
+            if meta.get("date_done"):
+                stamps.append(datetime.fromisoformat(meta["date_done"].replace("Z", "+00:00")
+                                                     .replace("+00:00", "")))
+    if len(stamps) < 2:
+        return None, stamps
+    return (max(stamps) - min(stamps)).total_seconds(), stamps
+
+
+def close_client(app):
+    """Closes a client app, dropping its result pubsub first (else AsyncResult.__del__ would
+    try to UNSUBSCRIBE at interpreter exit, retrying against a server that is gone)."""
+    try:
+        consumer = app.backend.result_consumer
+        if consumer._pubsub is not None:
+            consumer._pubsub.close()
+            consumer._pubsub = None
+    except Exception:
+        pass
+    app.close()
+
+
+def measure(kind, rs, args, workdir):
+    """Runs (a) and (b) for one worker kind; returns a dict of figures (or 'error')."""
+    out = {}
+    rs.client.flushdb()
+    ids, out["enqueue_s"] = enqueue(rs.url, "diag.noop", args.tasks)
+    keys = [f"celery-task-meta-{i}" for i in ids]
+    w = start_worker(kind, rs.url, args, workdir)
+    try:
+        if args.loglevel.lower() in ("info", "debug"):
+            w.wait_ready(60)
+            t_ready = time.perf_counter()
+        else:
+            t_ready = w.started  # no INFO "ready." line: the clock includes start-up
+        cpu0 = w.cpu_seconds()
+
+        # DBSIZE is O(1): cheap to poll; EXISTS over every key only once it looks complete.
+        def done():
+            if rs.client.dbsize() < args.tasks:
+                return False
+            return all_results_exist(rs.client, keys) == args.tasks
+        if not wait_until(done, args.timeout, 0.01):
+            have = all_results_exist(rs.client, keys)
+            raise RuntimeError(f"only {have}/{args.tasks} results after {args.timeout}s")
+        wall = time.perf_counter() - t_ready
+        out["cpu_per_1k"] = (w.cpu_seconds() - cpu0) / args.tasks * 1000
+        out["wall_s"] = wall
+        out["tput_wall"] = args.tasks / wall
+        spread, stamps = date_done_spread(rs.client, keys)
+        out["tput_spread"] = args.tasks / spread if spread else None
+        out["spread_s"] = spread
+
+        # (b) latency, on the warm worker.
+        app = Celery("bench-client", broker=rs.url, backend=rs.url, set_as_current=False)
+        app.conf.result_backend_transport_options = {"retry_policy": {"max_retries": 2}}
+        for i in range(args.warmup):
+            app.send_task("diag.add", args=[i, i]).get(timeout=10)
+        lat = []
+        for i in range(args.latency_n):
+            t0 = time.perf_counter()
+            v = app.send_task("diag.add", args=[i, 1]).get(timeout=10)
+            lat.append(time.perf_counter() - t0)
+            if v != i + 1:
+                raise RuntimeError(f"wrong result {v!r} for add({i}, 1)")
+        lat.sort()
+        out["p50_ms"] = 1000 * lat[len(lat) // 2]
+        out["p99_ms"] = 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        out["mean_ms"] = 1000 * statistics.fmean(lat)
+        close_client(app)
+    except Exception as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        w.stop()
+    return out
+
+
+ROWS = [
+    ("enqueue_s", "enqueue {n} tasks (s, client)", "{:.2f}"),
+    ("wall_s", "drain {n} noop (s, from ready)", "{:.2f}"),
+    ("tput_wall", "throughput, wall (tasks/s)", "{:,.0f}"),
+    ("tput_spread", "throughput, date_done spread (tasks/s)", "{:,.0f}"),
+    ("cpu_per_1k", "worker CPU per 1000 tasks (s)", "{:.3f}"),
+    ("p50_ms", "latency p50 (ms, add round trip)", "{:.2f}"),
+    ("p99_ms", "latency p99 (ms)", "{:.2f}"),
+    ("mean_ms", "latency mean (ms)", "{:.2f}"),
+]
+
+
+def fmt(results, key, spec):
+    v = results.get(key)
+    return "n/a" if v is None else spec.format(v)
+
+
+def print_table(args, results):
+    kinds = list(results)
+    width = 42
+    print()
+    print(f"celeriac vs stock Celery {celery_version()} worker, -c {args.concurrency}, "
+          f"{args.tasks} noop tasks, {args.latency_n} latency samples, "
+          f"{os.cpu_count()} CPUs, -l {args.loglevel}")
+    header = f"{'':<{width}}" + "".join(f"{k:>12}" for k in kinds)
+    if {"celeriac", "python"} <= set(kinds):
+        header += f"{'ratio c/py':>12}"
+    print(header)
+    print("-" * len(header))
+    for key, label, spec in ROWS:
+        line = f"{label.format(n=args.tasks):<{width}}"
+        line += "".join(f"{fmt(results[k], key, spec):>12}" for k in kinds)
+        if {"celeriac", "python"} <= set(kinds):
+            c, p = results["celeriac"].get(key), results["python"].get(key)
+            line += f"{(c / p if c and p else float('nan')):>12.2f}" if c and p else f"{'n/a':>12}"
+        print(line)
+    for k in kinds:
+        if "error" in results[k]:
+            print(f"\n{k}: not measured completely: {results[k]['error']}")
+    print("\nratio c/py: above 1 is better for throughput, below 1 is better for time, CPU "
+          "and latency.")
+
+
+def celery_version():
+    import celery
+    return celery.__version__
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", type=int, default=20000, help="noop tasks for throughput")
+    ap.add_argument("--latency-n", type=int, default=1000, help="sequential add round trips")
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--loglevel", default="info",
+                    help="both workers' -l; at warning and above there is no 'ready.' line "
+                         "and the wall clock starts at process start")
+    ap.add_argument("--only", choices=["celeriac", "python"])
+    ap.add_argument("--timeout", type=float, default=600, help="bound on each drain (s)")
+    ap.add_argument("--bin-dir", default=os.environ.get("CELERIAC_BIN_DIR",
+                                                        os.path.join(REPO, "bin")))
+    args = ap.parse_args()
+    if shutil.which("redis-server") is None:
+        print("bench: redis-server is not installed (make deps)", file=sys.stderr)
+        return 2
+    kinds = [args.only] if args.only else ["celeriac", "python"]
+    if "celeriac" in kinds and not os.access(os.path.join(args.bin_dir, "celeriac"), os.X_OK):
+        print(f"bench: no celeriac binary in {args.bin_dir} (run make); measuring python only",
+              file=sys.stderr)
+        kinds.remove("celeriac")
+    workdir = tempfile.mkdtemp(prefix="celeriac-bench-")
+    rs = Redis(workdir)
+    results = {}
+    try:
+        for kind in kinds:
+            print(f"bench: {kind}: enqueue {args.tasks}, drain, {args.latency_n} round trips...",
+                  file=sys.stderr, flush=True)
+            results[kind] = measure(kind, rs, args, workdir)
+    finally:
+        rs.stop()
+    print_table(args, results)
+    print(f"\nlogs: {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

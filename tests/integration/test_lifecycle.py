@@ -1,0 +1,228 @@
+"""test_lifecycle.py -- start-up options and shutdown: signals, SIGKILL recovery, pidfile, names.
+
+Warm shutdown keeps running tasks' results and gives prefetched messages back; a SIGKILLed
+worker's messages come back, through kombu's unacked/unacked_index emulation, to a worker
+started later with a short visibility timeout; the broker going away is survived.
+"""
+
+import re
+import signal
+import socket
+import time
+
+from conftest import WORKER_KIND, celeriac_only, scaled, wait_until
+
+GET = 10
+
+
+def wait_popped(redis_client, queue="celery", timeout=10):
+    """Waits until the worker has taken every message out of the queue list."""
+    wait_until(lambda: redis_client.llen(queue) == 0, scaled(timeout),
+               what=f"the worker to take everything from {queue!r}")
+
+
+def wait_received(w, task_id, timeout=GET):
+    """Waits for the worker's received-task line for task_id (either wording)."""
+    tid = re.escape(task_id)
+    w.wait_log(rf"Received task: \S+\[{tid}\]|\[{tid}\] received", timeout)
+
+
+def test_warm_shutdown_keeps_running_result(worker, celery_app, redis_client):
+    w = worker("-c", "1")
+    running = celery_app.send_task("diag.sleep", args=[2])
+    wait_received(w, running.id)
+    time.sleep(0.5)  # now it is executing
+    t0 = time.monotonic()
+    w.signal(signal.SIGTERM)
+    rc = w.wait_exit(15)
+    assert rc is not None, "worker did not exit within 15s of SIGTERM"
+    assert rc == 0, f"warm shutdown exit status {rc}"
+    assert time.monotonic() - t0 >= 1.0, "exited without waiting for the running task"
+    assert running.get(timeout=scaled(3)) == 2
+    assert redis_client.hlen("unacked") == 0
+
+
+def test_warm_shutdown_returns_prefetched_messages(worker, celery_app, redis_client):
+    w = worker("-c", "1")
+    running = celery_app.send_task("diag.sleep", args=[1.5])
+    wait_received(w, running.id)
+    queued = [celery_app.send_task("diag.add", args=[i, 100]) for i in range(3)]
+    wait_popped(redis_client)  # all three prefetched behind the running one
+    time.sleep(0.3)
+    w.signal(signal.SIGTERM)
+    assert w.wait_exit(15) == 0
+    assert running.get(timeout=scaled(3)) == 1.5
+    # The prefetched messages are back in the queue, not stuck in unacked.
+    assert redis_client.llen("celery") == 3, redis_client.lrange("celery", 0, -1)
+    assert redis_client.hlen("unacked") == 0
+    for r in queued:
+        assert r.state == "PENDING"
+    worker()
+    assert [r.get(timeout=scaled(GET)) for r in queued] == [100, 101, 102]
+
+
+def test_sigint_is_warm_shutdown(worker, celery_app):
+    w = worker("-c", "1")
+    running = celery_app.send_task("diag.sleep", args=[1])
+    wait_received(w, running.id)
+    time.sleep(0.3)
+    w.signal(signal.SIGINT)
+    assert w.wait_exit(15) == 0
+    assert running.get(timeout=scaled(3)) == 1
+
+
+def test_idle_warm_shutdown_is_quick(worker):
+    w = worker()
+    t0 = time.monotonic()
+    w.signal(signal.SIGTERM)
+    assert w.wait_exit(10) == 0
+    assert time.monotonic() - t0 < scaled(5)
+    wait_until(lambda: not w.group_pids(), scaled(5), what="executors to exit")
+
+
+@celeriac_only
+def test_second_sigterm_is_cold_shutdown(worker, celery_app, redis_client):
+    w = worker("-c", "1")
+    r = celery_app.send_task("diag.sleep", args=[30])
+    wait_received(w, r.id)
+    time.sleep(0.3)
+    w.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert w.alive(), "exited at the first SIGTERM with a 30s task running"
+    t0 = time.monotonic()
+    w.signal(signal.SIGTERM)
+    assert w.wait_exit(10) is not None, "second SIGTERM did not stop the worker"
+    assert time.monotonic() - t0 < scaled(5)
+    wait_until(lambda: not w.group_pids(), scaled(5), what="executors to exit")
+    # The interrupted task was never acked: it is still held for redelivery.
+    assert r.state == "PENDING"
+    assert redis_client.hlen("unacked") + redis_client.llen("celery") >= 1
+
+
+def test_sigquit_is_cold_shutdown(worker, celery_app):
+    w = worker("-c", "1")
+    r = celery_app.send_task("diag.sleep", args=[30])
+    wait_received(w, r.id)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    w.signal(signal.SIGQUIT)
+    assert w.wait_exit(10) is not None, "SIGQUIT did not stop the worker"
+    assert time.monotonic() - t0 < scaled(5)
+
+
+def kill_with_prefetched(w, app, redis_client, n=5, seconds=0.5):
+    """-c 1 worker: sends n sleeps, SIGKILLs the main process once the first is running."""
+    rs = [app.send_task("diag.sleep", args=[seconds]) for _ in range(n)]
+    wait_received(w, rs[0].id)
+    time.sleep(0.2)  # the first one is running, the next ones are prefetched
+    w.kill()
+    assert redis_client.hlen("unacked") >= 1, \
+        "nothing recorded in unacked for a worker that held messages"
+    if WORKER_KIND == "python":
+        # The Python worker acks a message when it hands it to the pool (acks_late=False),
+        # so the running one is lost with it; celeriac acks after storing the result.
+        return rs[1:]
+    return rs
+
+
+def test_sigkill_then_redelivery_after_visibility_timeout(worker, celery_app, redis_client):
+    """Restore at start-up: the held messages are older than the visibility timeout when
+    the next worker starts (what kombu does in QoS.restore_visible on poll init)."""
+    rs = kill_with_prefetched(worker("-c", "1"), celery_app, redis_client)
+    time.sleep(2.5)
+    worker("-c", "2", "--visibility-timeout", "2")
+    assert [r.get(timeout=scaled(20)) for r in rs] == [0.5] * len(rs)
+    wait_until(lambda: redis_client.hlen("unacked") == 0, scaled(10), what="unacked to drain")
+
+
+@celeriac_only
+def test_sigkill_then_periodic_restore(worker, celery_app, redis_client):
+    """Restore while running: the next worker starts at once, before the held messages are
+    older than its visibility timeout, and must pick them up when they become visible
+    (kombu rechecks only about every 100 s, so this is celeriac-only)."""
+    rs = kill_with_prefetched(worker("-c", "1"), celery_app, redis_client)
+    worker("-c", "2", "--visibility-timeout", "2")
+    assert [r.get(timeout=scaled(20)) for r in rs] == [0.5] * len(rs)
+    wait_until(lambda: redis_client.hlen("unacked") == 0, scaled(10), what="unacked to drain")
+
+
+def test_sigkill_restore_by_python_worker(worker, pyworker, celery_app, redis_client):
+    """Messages a SIGKILLed celeriac held are restored and run by a stock Python worker."""
+    w = worker("-c", "1")
+    rs = [celery_app.send_task("diag.add", args=[i, 1]) for i in range(3)]
+    assert [r.get(timeout=scaled(GET)) for r in rs] == [1, 2, 3]
+    rs2 = kill_with_prefetched(w, celery_app, redis_client, n=4, seconds=1)
+    time.sleep(2.5)
+    pyworker("--visibility-timeout", "2")
+    assert [r.get(timeout=scaled(30)) for r in rs2] == [1] * len(rs2)
+
+
+def test_executors_exit_when_main_is_killed(worker, celery_app):
+    w = worker("-c", "2")
+    assert celery_app.send_task("diag.add", args=[1, 1]).get(timeout=scaled(GET)) == 2
+    r = celery_app.send_task("diag.sleep", args=[1])
+    wait_received(w, r.id)
+    w.kill()
+    # Orphaned executors would hold memory (and a GPU) forever: they must notice and exit.
+    wait_until(lambda: not w.group_pids(), scaled(10),
+               what="executors to exit after their main process was SIGKILLed")
+
+
+def test_pidfile_written_and_removed(worker, tmp_path):
+    pidfile = tmp_path / "celeriac.pid"
+    w = worker("--pidfile", str(pidfile))
+    assert int(pidfile.read_text().strip()) == w.pid
+    assert w.stop() == 0
+    assert not pidfile.exists(), "pidfile left behind after a clean shutdown"
+
+
+def test_hostname_expansion(worker):
+    host = socket.gethostname()
+    short, _, domain = host.partition(".")
+    w = worker("-n", "alpha-%n@%h")
+    w.wait_log(re.escape(f"alpha-{short}@{host} ready."), 5)
+    w = worker("-n", "beta@%h")
+    w.wait_log(re.escape(f"beta@{host} ready."), 5)
+    if domain:
+        w = worker("-n", "gamma@%d")
+        w.wait_log(re.escape(f"gamma@{domain} ready."), 5)
+
+
+@celeriac_only
+def test_default_hostname(worker):
+    w = worker()
+    w.wait_log(re.escape(f"celeriac@{socket.gethostname()} ready."), 5)
+
+
+def test_logfile_option(worker, celery_app, tmp_path):
+    logfile = tmp_path / "worker-file.log"
+    w = worker("-f", str(logfile), ready=False)
+    wait_until(lambda: logfile.exists() and "ready." in logfile.read_text(errors="replace"),
+               scaled(20), what="ready. in the --logfile file")
+    r = celery_app.send_task("diag.add", args=[3, 4])
+    assert r.get(timeout=scaled(GET)) == 7
+    wait_until(lambda: f"[{r.id}] succeeded" in logfile.read_text(errors="replace"),
+               scaled(5), what="the succeeded line in the --logfile file")
+    assert w.alive()
+
+
+def test_loglevel_warning_is_quiet(worker, celery_app):
+    w = worker("-l", "warning", ready=False)
+    r = celery_app.send_task("diag.add", args=[1, 2])
+    assert r.get(timeout=scaled(20)) == 3
+    assert not w.succeeded(), "INFO lines at -l warning"
+
+
+def test_survives_broker_restart(worker, tmp_redis, make_app):
+    server = tmp_redis()
+    url = server.url(0)
+    worker("-c", "1", broker=url)
+    app = make_app(url)
+    assert app.send_task("diag.add", args=[1, 2]).get(timeout=scaled(GET)) == 3
+    port = server.port
+    server.stop()
+    time.sleep(1.5)
+    tmp_redis(port=port)
+    app2 = make_app(url)
+    r = app2.send_task("diag.add", args=[2, 3])
+    assert r.get(timeout=scaled(30)) == 5, "worker did not reconnect to the restarted broker"
