@@ -122,7 +122,9 @@ struct cel_broker {
     void *priv;
     cel_redis_t *cmd;
     cel_redis_t *blk;
-    char **keys;          /* nqueues * 4 priority keys */
+    char *queues[CEL_MAX_QUEUES]; /* consumed now (add/cancel_consumer change it) */
+    int nqueues;
+    char **keys;          /* nqueues * 4 priority keys (room for CEL_MAX_QUEUES) */
     size_t *keylens;
     int nkeys;
     int rotate;           /* fairness: first queue of the next fetch */
@@ -146,8 +148,9 @@ static void fetch(cel_broker_t *b, int block);
 
 /* The key order of one fetch: priority-major, queues rotated for fairness. */
 static int fetch_keys(cel_broker_t *b, const char **keys, size_t *lens) {
-    int nq = b->cfg->nqueues;
+    int nq = b->nqueues;
     int n = 0;
+    if (nq == 0) return 0;
     for (int p = 0; p < PRIORITY_STEPS; p++)
         for (int i = 0; i < nq; i++) {
             int q = (i + b->rotate) % nq;
@@ -267,7 +270,7 @@ static void fetch(cel_broker_t *b, int block) {
     if (b->fetching) return;
     if (b->stopped || !cel_redis_up(b->cmd)) return;
     int cap = b->cbs.capacity(b->priv);
-    if (cap <= 0) return;
+    if (cap <= 0 || b->nqueues == 0) return;
     const char *keys[CEL_MAX_QUEUES * PRIORITY_STEPS + 1];
     size_t lens[CEL_MAX_QUEUES * PRIORITY_STEPS + 1];
     int n = fetch_keys(b, keys, lens);
@@ -325,19 +328,65 @@ static void on_bind(cel_redis_t *r, redisReply *reply, void *priv) {
     b->pending--;
 }
 
+static void bind_queue(cel_broker_t *b, const char *q) {
+    char key[300], member[700];
+    snprintf(key, sizeof(key), "_kombu.binding.%s", q);
+    int mlen = snprintf(member, sizeof(member), "%s\x06\x16\x06\x16%s", q, q);
+    const char *argv[] = {"SADD", key, member};
+    size_t lens[] = {4, strlen(key), (size_t)mlen};
+    if (cel_redis_command(b->cmd, on_bind, b, 3, argv, lens) == CEL_OK) b->pending++;
+}
+
+/* Rebuilds the priority keys of the queues consumed now. */
+static int build_keys(cel_broker_t *b) {
+    for (int i = 0; i < b->nkeys; i++) free(b->keys[i]);
+    b->nkeys = 0;
+    for (int q = 0; q < b->nqueues; q++)
+        for (int p = 0; p < PRIORITY_STEPS; p++) {
+            char k[300];
+            int n = p == 0 ? snprintf(k, sizeof(k), "%s", b->queues[q])
+                           : snprintf(k, sizeof(k), "%s\x06\x16%d", b->queues[q], priority_steps[p]);
+            if (!(b->keys[b->nkeys] = strdup(k))) return CEL_ENOMEM;
+            b->keylens[b->nkeys++] = (size_t)n;
+        }
+    b->rotate = 0;
+    return CEL_OK;
+}
+
+int cel_broker_add_queue(cel_broker_t *b, const char *queue) {
+    for (int i = 0; i < b->nqueues; i++)
+        if (strcmp(b->queues[i], queue) == 0) return CEL_OK;
+    if (b->nqueues >= CEL_MAX_QUEUES || strlen(queue) > 200) return CEL_ELIMIT;
+    if (!(b->queues[b->nqueues] = strdup(queue))) return CEL_ENOMEM;
+    b->nqueues++;
+    int rc = build_keys(b);
+    if (cel_redis_up(b->cmd)) bind_queue(b, queue);
+    fetch(b, 0); /* a BRPOP in flight still waits on the old keys until its 1 s timeout */
+    return rc;
+}
+
+int cel_broker_cancel_queue(cel_broker_t *b, const char *queue) {
+    for (int i = 0; i < b->nqueues; i++) {
+        if (strcmp(b->queues[i], queue) != 0) continue;
+        free(b->queues[i]);
+        memmove(b->queues + i, b->queues + i + 1, sizeof(b->queues[0]) * (size_t)(b->nqueues - i - 1));
+        b->nqueues--;
+        return build_keys(b);
+    }
+    return CEL_ENOTFOUND;
+}
+
+json_t *cel_broker_queues(const cel_broker_t *b) {
+    json_t *a = json_array();
+    for (int i = 0; i < b->nqueues; i++) json_array_append_new(a, json_string(b->queues[i]));
+    return a;
+}
+
 static void on_cmd_state(cel_redis_t *r, int up, void *priv) {
     cel_broker_t *b = priv;
     if (up) {
         /* Declare the bindings as kombu's queue_bind does, then restore. */
-        for (int i = 0; i < b->cfg->nqueues; i++) {
-            const char *q = b->cfg->queues[i];
-            char key[300], member[700];
-            snprintf(key, sizeof(key), "_kombu.binding.%s", q);
-            int mlen = snprintf(member, sizeof(member), "%s\x06\x16\x06\x16%s", q, q);
-            const char *argv[] = {"SADD", key, member};
-            size_t lens[] = {4, strlen(key), (size_t)mlen};
-            if (cel_redis_command(b->cmd, on_bind, b, 3, argv, lens) == CEL_OK) b->pending++;
-        }
+        for (int i = 0; i < b->nqueues; i++) bind_queue(b, b->queues[i]);
         restore_visible(b);
         fetch(b, 0);
     } else {
@@ -360,19 +409,14 @@ cel_broker_t *cel_broker_new(uv_loop_t *loop, const cel_config_t *cfg,
     b->cfg = cfg;
     b->cbs = *cbs;
     b->priv = priv;
-    b->nkeys = cfg->nqueues * PRIORITY_STEPS;
-    b->keys = calloc((size_t)b->nkeys, sizeof(char *));
-    b->keylens = calloc((size_t)b->nkeys, sizeof(size_t));
+    b->keys = calloc(CEL_MAX_QUEUES * PRIORITY_STEPS, sizeof(char *));
+    b->keylens = calloc(CEL_MAX_QUEUES * PRIORITY_STEPS, sizeof(size_t));
     if (!b->keys || !b->keylens) goto fail;
-    for (int q = 0; q < cfg->nqueues; q++)
-        for (int p = 0; p < PRIORITY_STEPS; p++) {
-            char k[300];
-            int n = p == 0 ? snprintf(k, sizeof(k), "%s", cfg->queues[q])
-                           : snprintf(k, sizeof(k), "%s\x06\x16%d", cfg->queues[q], priority_steps[p]);
-            b->keys[q * PRIORITY_STEPS + p] = strdup(k);
-            b->keylens[q * PRIORITY_STEPS + p] = (size_t)n;
-            if (!b->keys[q * PRIORITY_STEPS + p]) goto fail;
-        }
+    for (int q = 0; q < cfg->nqueues; q++) {
+        if (!(b->queues[q] = strdup(cfg->queues[q]))) goto fail;
+        b->nqueues++;
+    }
+    if (build_keys(b) != CEL_OK) goto fail;
     uv_timer_init(loop, &b->restore_timer);
     b->restore_timer.data = b;
     double every = cfg->visibility_timeout < 10 ? cfg->visibility_timeout : 10;
@@ -384,6 +428,7 @@ cel_broker_t *cel_broker_new(uv_loop_t *loop, const cel_config_t *cfg,
     if (!b->cmd || !b->blk) goto fail; /* out of memory at start-up: caller exits */
     return b;
 fail:
+    for (int i = 0; i < b->nqueues; i++) free(b->queues[i]);
     if (b->keys)
         for (int i = 0; i < b->nkeys; i++) free(b->keys[i]);
     free(b->keys);
@@ -475,6 +520,7 @@ static void close_step(void *priv) {
     cel_broker_t *b = priv;
     if (--b->closing_left > 0) return;
     for (int i = 0; i < b->nkeys; i++) free(b->keys[i]);
+    for (int i = 0; i < b->nqueues; i++) free(b->queues[i]);
     free(b->keys);
     free(b->keylens);
     void (*cb)(void *) = b->on_closed;

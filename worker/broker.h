@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 
+#include <jansson.h>
 #include <uv.h>
 
 #include "config.h"
@@ -58,6 +59,17 @@ int cel_broker_pending(const cel_broker_t *b);
 
 /* 1 when the command connection is up. */
 int cel_broker_up(const cel_broker_t *b);
+
+/* Starts consuming queue (add_consumer): its binding is declared and it is
+ * fetched from at once. CEL_OK (also when already consumed), CEL_ELIMIT. */
+int cel_broker_add_queue(cel_broker_t *b, const char *queue);
+
+/* Stops consuming queue (cancel_consumer). CEL_ENOTFOUND when not consumed.
+ * A wait already in flight may still deliver one message from it. */
+int cel_broker_cancel_queue(cel_broker_t *b, const char *queue);
+
+/* New array of the names of the queues consumed now. */
+json_t *cel_broker_queues(const cel_broker_t *b);
 
 /* Closes both connections; on_closed(priv) runs when done; b is freed. */
 void cel_broker_close(cel_broker_t *b, void (*on_closed)(void *), void *priv);

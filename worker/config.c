@@ -39,7 +39,10 @@ static const char usage_text[] =
     "      --time-limit S           hard time limit per task, seconds (kills the executor)\n"
     "      --soft-time-limit S      soft time limit per task (SoftTimeLimitExceeded)\n"
     "      --max-tasks-per-child N  replace an executor after N tasks\n"
-    "      --state-dir DIR          directory for persistent worker state\n"
+    "      --state-dir DIR          directory for persistent worker state (revoked task\n"
+    "                               ids are kept there, like celery's --statedb)\n"
+    "  -E, --task-events            send task events (task-received, -started, ...)\n"
+    "      --without-heartbeat      send no worker-online/heartbeat/offline events\n"
     "      --result-expires S       result time to live, seconds (default 86400; 0 = never)\n"
     "      --visibility-timeout S   seconds before an unacked message is restored to its\n"
     "                               queue (kombu's visibility_timeout; default 3600)\n"
@@ -56,7 +59,7 @@ static const char usage_text[] =
 enum {
     OPT_BACKEND = 1000, OPT_PREFETCH, OPT_PIDFILE, OPT_TIME_LIMIT, OPT_SOFT_TIME_LIMIT,
     OPT_MAX_TASKS, OPT_STATE_DIR, OPT_RESULT_EXPIRES, OPT_VISIBILITY, OPT_MAX_MSG,
-    OPT_EXECUTOR, OPT_VERSION, OPT_MODEL, OPT_IMPORT_ROOT, OPT_MAX_INPUT,
+    OPT_EXECUTOR, OPT_VERSION, OPT_MODEL, OPT_IMPORT_ROOT, OPT_MAX_INPUT, OPT_NO_HEARTBEAT,
 };
 
 static int copy_str(char *dst, size_t size, const char *src, const char *what, cel_err_t *err) {
@@ -275,6 +278,8 @@ int cel_config_parse(cel_config_t *cfg, int argc, char **argv, cel_err_t *err) {
         {"model", required_argument, 0, OPT_MODEL},
         {"import-root", required_argument, 0, OPT_IMPORT_ROOT},
         {"max-input-tokens", required_argument, 0, OPT_MAX_INPUT},
+        {"task-events", no_argument, 0, 'E'},
+        {"without-heartbeat", no_argument, 0, OPT_NO_HEARTBEAT},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, OPT_VERSION},
         {0, 0, 0, 0},
@@ -283,7 +288,7 @@ int cel_config_parse(cel_config_t *cfg, int argc, char **argv, cel_err_t *err) {
     opterr = 0;
     int c, rc = CEL_OK;
     long v;
-    while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:f:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:f:hE", opts, NULL)) != -1) {
         switch (c) {
         case 'b': rc = copy_str(cfg->broker_url, sizeof(cfg->broker_url), optarg, "--broker", err); break;
         case OPT_BACKEND:
@@ -339,6 +344,8 @@ int cel_config_parse(cel_config_t *cfg, int argc, char **argv, cel_err_t *err) {
             rc = parse_long(optarg, 1, 1L << 20, &v, "--max-input-tokens", err);
             cfg->max_input_tokens = v;
             break;
+        case 'E': cfg->task_events = 1; break;
+        case OPT_NO_HEARTBEAT: cfg->without_heartbeat = 1; break;
         case 'h': fputs(usage_text, stdout); return 1;
         case OPT_VERSION: printf("celeriac %s\n", CEL_VERSION); return 1;
         case ':': return cel_err_set(err, CEL_EINVAL, "option %s needs a value", argv[optind - 1]);

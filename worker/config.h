@@ -45,6 +45,8 @@ typedef struct cel_config {
     char *import_roots[16];   /* extra roots lora.load may read from */
     int nimport_roots;
     long max_input_tokens;    /* per example; 0 = the executor's default */
+    int task_events;          /* -E: send task-* events from the start */
+    int without_heartbeat;    /* no worker-* events */
 } cel_config_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,

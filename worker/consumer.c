@@ -21,8 +21,12 @@
 #include "affinity.h"
 #include "backend.h"
 #include "broker.h"
+#include "control.h"
+#include "events.h"
 #include "log.h"
 #include "pool.h"
+#include "ratelimit.h"
+#include "revoked.h"
 #include "tasks.h"
 
 #define NO_PREFETCH_LIMIT 1000 /* messages held when --prefetch-multiplier is 0 */
@@ -47,6 +51,9 @@ struct request {
     double started;
     int pid;
     int slot;               /* executor slot that ran it */
+    int term_signum;        /* revoke(terminate): the signal its executor got */
+    int revoked;            /* finished as REVOKED: 1 revoked, 2 expired */
+    double runtime;         /* the executor's measure, for task-succeeded */
     char *meta;             /* result meta waiting to be stored */
     size_t meta_len;
     uv_timer_t timer;       /* eta; closed when the request is freed */
@@ -72,6 +79,13 @@ struct cel_consumer {
     uv_timer_t touch_timer;
     uv_timer_t drain_timer;          /* deferred checks outside callbacks */
     long processed;
+    double started_at;               /* for stats uptime */
+    json_t *totals;                  /* task name -> tasks started */
+    cel_events_t *events;
+    cel_control_t *control;
+    cel_revoked_t *revoked;
+    cel_ratelimit_t *ratelimit;
+    uv_timer_t rate_timer;           /* re-dispatch when a rate-limited task may start */
     void (*on_done)(void *);
     void *done_priv;
 };
@@ -226,6 +240,9 @@ static void on_backend_up(void *priv) {
  * result is borrowed. */
 static void finish(request_t *r, const char *status, json_t *result, const char *traceback) {
     cel_task_t *t = r->task;
+    double rt = r->runtime > 0 ? r->runtime : r->started > 0 ? now_unix() - r->started : 0;
+    cel_events_task_done(r->c->events, t, status, result, traceback, rt, r->revoked == 2,
+                         r->term_signum);
     set_state(r, R_FINISHING);
     if (t->ignore_result) {
         ack_and_free(r);
@@ -260,12 +277,18 @@ static void fail_with(request_t *r, const char *type, const char *module, json_t
     json_decref(exc);
 }
 
-static void revoke_expired(request_t *r) {
-    cel_info("Discarding expired task: %s[%s]", r->task->name, r->task->id);
-    json_t *exc = cel_exc_new("TaskRevokedError", "celery.exceptions", json_pack("[s]", "expired"));
+/* Stores REVOKED with TaskRevokedError(reason): "expired", "revoked" or
+ * "terminated" (celery's Request._announce_revoked + mark_as_revoked). */
+static void revoke_with(request_t *r, const char *reason) {
+    if (strcmp(reason, "terminated") != 0)
+        cel_info("Discarding %s task: %s[%s]", reason, r->task->name, r->task->id);
+    r->revoked = strcmp(reason, "expired") == 0 ? 2 : 1;
+    json_t *exc = cel_exc_new("TaskRevokedError", "celery.exceptions", json_pack("[s]", reason));
     finish(r, "REVOKED", exc, NULL);
     json_decref(exc);
 }
+
+static void revoke_expired(request_t *r) { revoke_with(r, "expired"); }
 
 /* ---- running ---------------------------------------------------------- */
 
@@ -293,6 +316,10 @@ static int run_request(cel_consumer_t *c, request_t *r, int slot) {
         revoke_expired(r);
         return 1;
     }
+    if (cel_revoked_has(c->revoked, t->id)) {
+        revoke_with(r, "revoked");
+        return 1;
+    }
     uint8_t *buf;
     size_t len;
     if (build_run_frame(r, &buf, &len) != CEL_OK) {
@@ -300,8 +327,11 @@ static int run_request(cel_consumer_t *c, request_t *r, int slot) {
                   json_pack("[s]", "cannot encode the task for the executor"), NULL);
         return 1;
     }
-    double hard = t->time_limit > 0 ? t->time_limit : c->cfg->time_limit;
-    double soft = t->soft_time_limit > 0 ? t->soft_time_limit : c->cfg->soft_time_limit;
+    /* The message's limits, else time_limit's for the task name, else ours. */
+    double hard = c->cfg->time_limit, soft = c->cfg->soft_time_limit;
+    cel_control_time_limits(c->control, t->name, &soft, &hard);
+    if (t->time_limit > 0) hard = t->time_limit;
+    if (t->soft_time_limit > 0) soft = t->soft_time_limit;
     int rc;
     if (slot >= 0) {
         rc = cel_pool_run_on(c->pool, slot, r, buf, len, hard, soft, &r->pid);
@@ -313,6 +343,9 @@ static int run_request(cel_consumer_t *c, request_t *r, int slot) {
     if (rc != CEL_OK) return 0;
     set_state(r, R_ACTIVE);
     r->started = now_unix();
+    json_t *n = json_object_get(c->totals, t->name);
+    json_object_set_new(c->totals, t->name, json_integer(json_integer_value(n) + 1));
+    cel_events_task(c->events, "task-started", t, NULL);
     cel_debug("TaskPool: Apply %s[%s] on executor %d (pid %d)", t->name, t->id, r->slot + 1,
               r->pid);
     return 1;
@@ -332,13 +365,21 @@ static int choose_slot(cel_consumer_t *c) {
 /* Starts what can start, in arrival order, without head-of-line blocking: a
  * job whose adapter's executor is busy waits (and so do later jobs of the
  * same adapter, keeping their order) while other jobs go ahead. */
+static void on_rate_timer(uv_timer_t *t) { dispatch(t->data); }
+
 static void dispatch(cel_consumer_t *c) {
     json_t *blocked = NULL; /* adapters whose next job cannot start now */
+    json_t *limited = NULL; /* task names waiting for their rate limit */
+    double wait_min = 0;
     request_t *prev = NULL, *r = c->ready_head;
     while (r && cel_pool_can_run(c->pool)) {
         request_t *next = r->rnext;
         const char *ad = cel_affinity_adapter_of(r->task);
         int slot = -1;
+        if (limited && json_object_get(limited, r->task->name)) {
+            prev = r, r = next;
+            continue;
+        }
         if (ad) {
             if (blocked && json_object_get(blocked, ad)) {
                 prev = r, r = next;
@@ -353,6 +394,15 @@ static void dispatch(cel_consumer_t *c) {
                 continue;
             }
             cel_affinity_set(c->affinity, ad, slot);
+        }
+        double wait = cel_ratelimit_take(c->ratelimit, r->task->name);
+        if (wait > 0) {
+            /* Later tasks of this name wait too, keeping their order. */
+            if (!limited) limited = json_object();
+            json_object_set_new(limited, r->task->name, json_true());
+            if (wait_min == 0 || wait < wait_min) wait_min = wait;
+            prev = r, r = next;
+            continue;
         }
         /* Unlink r from the ready list, then run it. */
         if (prev) prev->rnext = next;
@@ -370,6 +420,9 @@ static void dispatch(cel_consumer_t *c) {
         r = next;
     }
     json_decref(blocked);
+    json_decref(limited);
+    if (wait_min > 0 && !c->closing)
+        uv_timer_start(&c->rate_timer, on_rate_timer, (uint64_t)(wait_min * 1000) + 1, 0);
 }
 
 static void on_pool_idle(void *priv) { dispatch(priv); }
@@ -407,6 +460,7 @@ static void on_pool_result(void *priv, void *job, json_t *frame) {
     }
     const char *status = json_string_value(json_object_get(frame, "status"));
     double runtime = json_number_value(json_object_get(frame, "runtime"));
+    r->runtime = runtime;
     if (status && strcmp(status, "SUCCESS") == 0) {
         json_t *result = json_object_get(frame, "result");
         if (cel_log_enabled(CEL_LOG_INFO)) {
@@ -453,6 +507,10 @@ static void on_pool_lost(void *priv, void *job, int why, int exitcode, int signu
     c->processed++;
     if (c->cold) {
         request_free(r);
+        return;
+    }
+    if (r->term_signum) {
+        revoke_with(r, "terminated"); /* revoke(terminate=True) killed it */
         return;
     }
     if (why == CEL_POOL_TIMEOUT) {
@@ -577,12 +635,17 @@ static void on_message(void *priv, const char *raw, size_t len, const char *tag,
         fail_with(r, "NotRegistered", "celery.exceptions", json_pack("[s]", task->name), NULL);
         return;
     }
+    if (cel_revoked_has(c->revoked, task->id)) {
+        revoke_with(r, "revoked"); /* celery strategy: no "Received" for these */
+        return;
+    }
     if (cel_log_enabled(CEL_LOG_INFO)) cel_info("Received task: %s[%s]", task->name, task->id);
     double now = now_unix();
     if (task->expires > 0 && now >= task->expires) {
         revoke_expired(r);
         return;
     }
+    cel_events_task_received(c->events, task);
     if (task->eta > now) {
         /* Held until due; not counted against the prefetch window. */
         set_state(r, R_HELD);
@@ -619,6 +682,12 @@ static void on_touch_timer(uv_timer_t *t) {
     if (n) cel_broker_touch(c->broker, tags, n);
 }
 
+static void events_load(void *priv, long *active, long *processed) {
+    cel_consumer_t *c = priv;
+    *active = cel_pool_busy(c->pool);
+    *processed = c->processed;
+}
+
 cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_config_t *cfg,
                                  void (*on_done)(void *), void *priv) {
     cel_consumer_t *c = calloc(1, sizeof(*c));
@@ -639,12 +708,21 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_config_t *cfg,
 
     cel_pool_cbs_t pcbs = {on_pool_result, on_pool_progress, on_pool_lost, on_pool_requeue,
                            on_pool_idle};
+    uv_timer_init(loop, &c->rate_timer);
+    c->rate_timer.data = c;
+    c->started_at = now_unix();
+    c->totals = json_object();
+    c->revoked = cel_revoked_new(cfg->state_dir);
+    c->ratelimit = cel_ratelimit_new();
+    c->events = cel_events_new(loop, cfg, events_load, c);
+    c->control = c->events && c->revoked ? cel_control_new(loop, cfg, c, c->events, c->revoked) : NULL;
     c->pool = cel_pool_new(loop, cfg, &pcbs, c);
-    c->affinity = cel_affinity_new(cfg->concurrency);
+    c->affinity = cel_affinity_new(CEL_MAX_CONCURRENCY); /* pool_grow may add slots */
     c->backend = cel_backend_new(loop, cfg, on_backend_up, c);
     cel_broker_cbs_t bcbs = {capacity, on_message, on_broker_state};
     c->broker = cel_broker_new(loop, cfg, &bcbs, c);
-    if (!c->pool || !c->backend || !c->broker || !c->affinity) {
+    if (!c->pool || !c->backend || !c->broker || !c->affinity || !c->control || !c->ratelimit ||
+        !c->totals) {
         cel_crit("out of memory starting the worker");
         return NULL; /* main exits; the OS reclaims */
     }
@@ -658,6 +736,9 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_config_t *cfg,
 static void maybe_free(cel_consumer_t *c) {
     if (!c->closing || c->closing_left > 0 || c->nrequests > 0) return;
     cel_affinity_free(c->affinity);
+    cel_revoked_free(c->revoked);
+    cel_ratelimit_free(c->ratelimit);
+    json_decref(c->totals);
     void (*cb)(void *) = c->on_done;
     void *p = c->done_priv;
     free(c);
@@ -675,7 +756,12 @@ static void on_timer_closed(uv_handle_t *h) { close_step(h->data); }
 static void close_all(cel_consumer_t *c) {
     if (c->closing) return;
     c->closing = 1;
-    c->closing_left = 5;
+    c->closing_left = 8;
+    cel_err_t err;
+    if (cel_revoked_save(c->revoked, &err) != CEL_OK) cel_error("%s", err.msg);
+    uv_close((uv_handle_t *)&c->rate_timer, on_timer_closed);
+    cel_control_close(c->control, close_step, c);
+    cel_events_close(c->events, close_step, c); /* sends worker-offline */
     uv_close((uv_handle_t *)&c->touch_timer, on_timer_closed);
     uv_close((uv_handle_t *)&c->drain_timer, on_timer_closed);
     cel_pool_close(c->pool, c->cold, close_step, c);
@@ -752,4 +838,82 @@ void cel_consumer_shutdown_cold(cel_consumer_t *c) {
         if (r->state == R_READY || r->state == R_HELD) request_free(r);
     }
     close_all(c);
+}
+
+/* ---- remote control hooks (control.c) -------------------------------- */
+
+void cel_consumer_each_request(cel_consumer_t *c,
+                               void (*fn)(void *priv, const cel_consumer_req_t *r), void *priv) {
+    for (request_t *r = c->requests; r; r = r->next) {
+        cel_consumer_req_t q = {r->task, 0, 0, 0};
+        if (r->state == R_HELD) q.kind = CEL_REQ_SCHEDULED;
+        else if (r->state == R_READY) q.kind = CEL_REQ_RESERVED;
+        else if (r->state == R_ACTIVE) q.kind = CEL_REQ_ACTIVE, q.time_start = r->started, q.pid = r->pid;
+        else continue;
+        fn(priv, &q);
+    }
+}
+
+static void ready_remove(cel_consumer_t *c, request_t *r) {
+    request_t *prev = NULL;
+    for (request_t *q = c->ready_head; q; prev = q, q = q->rnext) {
+        if (q != r) continue;
+        if (prev) prev->rnext = q->rnext;
+        else c->ready_head = q->rnext;
+        if (c->ready_tail == q) c->ready_tail = prev;
+        q->rnext = NULL;
+        return;
+    }
+}
+
+int cel_consumer_revoke(cel_consumer_t *c, const char *id, int signum) {
+    int hit = 0;
+    request_t *r = c->requests, *next;
+    for (; r; r = next) {
+        next = r->next;
+        if (!r->task || strcmp(r->task->id, id) != 0) continue;
+        if (r->state == R_HELD) {
+            uv_timer_stop(&r->timer);
+            revoke_with(r, "revoked");
+        } else if (r->state == R_READY) {
+            ready_remove(c, r);
+            revoke_with(r, "revoked");
+        } else if (r->state == R_ACTIVE && signum > 0 && !r->term_signum &&
+                   cel_pool_terminate(c->pool, r, signum) == CEL_OK) {
+            r->term_signum = signum;
+            hit = 1;
+        }
+    }
+    return hit;
+}
+
+int cel_consumer_resize(cel_consumer_t *c, int delta) {
+    int n = cel_pool_slots(c->pool) + delta;
+    if (c->stopping || cel_pool_resize(c->pool, n) != CEL_OK) return CEL_EINVAL;
+    if (c->cfg->prefetch_multiplier) c->limit = n * c->cfg->prefetch_multiplier;
+    cel_info("pool now has %d executor(s); prefetch %d", n, c->limit);
+    uv_timer_start(&c->drain_timer, on_drain_timer, 0, 0);
+    return n;
+}
+
+void cel_consumer_restart_pool(cel_consumer_t *c) { cel_pool_restart(c->pool); }
+
+int cel_consumer_queue(cel_consumer_t *c, const char *queue, int add) {
+    return add ? cel_broker_add_queue(c->broker, queue) : cel_broker_cancel_queue(c->broker, queue);
+}
+
+json_t *cel_consumer_queues(cel_consumer_t *c) { return cel_broker_queues(c->broker); }
+
+int cel_consumer_rate_limit(cel_consumer_t *c, const char *name, double per_sec) {
+    int rc = cel_ratelimit_set(c->ratelimit, name, per_sec, NULL);
+    if (rc == CEL_OK) dispatch(c);
+    return rc;
+}
+
+void cel_consumer_info(cel_consumer_t *c, cel_consumer_info_t *out) {
+    out->pool = c->pool;
+    out->totals = c->totals;
+    out->prefetch_count = c->limit;
+    out->started_at = c->started_at;
+    out->processed = c->processed;
 }

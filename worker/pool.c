@@ -41,6 +41,7 @@ typedef struct executor {
     int timed_out;
     int was_ready;
     int tasks_done;
+    int restart;           /* pool_restart: replace it after its task */
     double mean_runtime;   /* moving average of recent task runtimes */
     void *jobs[PIPE_MAX];  /* jobs[0] runs, the rest are written and waiting */
     double hard_s[PIPE_MAX], soft_s[PIPE_MAX]; /* their limits */
@@ -55,8 +56,9 @@ struct cel_pool {
     cel_pool_cbs_t cbs;
     void *priv;
     executor_t **slots;
-    uv_timer_t *respawn; /* one per slot */
-    int n;
+    uv_timer_t *respawn; /* one per slot, CEL_MAX_CONCURRENCY of each */
+    int n;               /* slots in use (the concurrency) */
+    int top;             /* slots that may still hold an executor (>= n after a shrink) */
     int closing;
     int kill_on_close;
     int live;            /* executor objects not yet freed */
@@ -83,7 +85,7 @@ static void maybe_closed(cel_pool_t *p) {
 static void on_respawn_timer(uv_timer_t *t) {
     cel_pool_t *p = t->data;
     int slot = (int)(t - p->respawn);
-    if (!p->closing && !p->slots[slot]) spawn(p, slot);
+    if (!p->closing && !p->slots[slot] && slot < p->n) spawn(p, slot);
 }
 
 /* Last handle of an executor closed: report its task, free it, refill the slot. */
@@ -106,7 +108,7 @@ static void on_handle_closed(uv_handle_t *h) {
     for (int i = nqueued - 1; i >= 0; i--)
         if (p->cbs.on_requeue) p->cbs.on_requeue(p->priv, queued[i]);
     if (job && p->cbs.on_lost) p->cbs.on_lost(p->priv, job, why, exitcode, termsig);
-    if (!p->closing) {
+    if (!p->closing && slot < p->n) {
         /* A child that never became ready is broken: do not spin on it. */
         uv_timer_start(&p->respawn[slot], on_respawn_timer, was_ready ? 0 : 1000, 0);
     }
@@ -155,7 +157,7 @@ static void handle_frame(executor_t *e, const uint8_t *payload, size_t len) {
         e->was_ready = 1;
         if (e->state == EX_STARTING) {
             e->state = EX_IDLE;
-            if (p->closing) executor_shutdown(e);
+            if (p->closing || e->slot >= p->n) executor_shutdown(e);
             else if (p->cbs.on_idle) p->cbs.on_idle(p->priv);
         }
     } else if (strcmp(op, "result") == 0 && e->state == EX_BUSY) {
@@ -174,8 +176,10 @@ static void handle_frame(executor_t *e, const uint8_t *payload, size_t len) {
         if (p->cbs.on_result) p->cbs.on_result(p->priv, job, obj);
         if (e->njobs) {
             if (p->cbs.on_idle) p->cbs.on_idle(p->priv); /* room in its pipe */
-        } else if (p->closing || (p->cfg->max_tasks_per_child &&
-                                  e->tasks_done >= p->cfg->max_tasks_per_child)) {
+        } else if (p->closing || e->slot >= p->n || e->restart) {
+            executor_shutdown(e); /* closing, shrunk away or restarted */
+        } else if (p->cfg->max_tasks_per_child &&
+                   e->tasks_done >= p->cfg->max_tasks_per_child) {
             if (!p->closing)
                 cel_info("executor %d (pid %d) reached --max-tasks-per-child %d; replacing it",
                          e->slot + 1, e->pid, p->cfg->max_tasks_per_child);
@@ -325,16 +329,17 @@ cel_pool_t *cel_pool_new(uv_loop_t *loop, const cel_config_t *cfg, const cel_poo
     p->cfg = cfg;
     p->cbs = *cbs;
     p->priv = priv;
-    p->n = cfg->concurrency;
-    p->slots = calloc((size_t)p->n, sizeof(*p->slots));
-    p->respawn = calloc((size_t)p->n, sizeof(*p->respawn));
+    p->n = p->top = cfg->concurrency;
+    /* Sized for the largest pool so pool_grow never moves a live handle. */
+    p->slots = calloc(CEL_MAX_CONCURRENCY, sizeof(*p->slots));
+    p->respawn = calloc(CEL_MAX_CONCURRENCY, sizeof(*p->respawn));
     if (!p->slots || !p->respawn) {
         free(p->slots);
         free(p->respawn);
         free(p);
         return NULL;
     }
-    for (int i = 0; i < p->n; i++) {
+    for (int i = 0; i < CEL_MAX_CONCURRENCY; i++) {
         uv_timer_init(loop, &p->respawn[i]);
         p->respawn[i].data = p;
         p->timers_open++;
@@ -346,6 +351,7 @@ cel_pool_t *cel_pool_new(uv_loop_t *loop, const cel_config_t *cfg, const cel_poo
 /* How many tasks executor e may hold now: 0 when it cannot take one. */
 static int room(const cel_pool_t *p, const executor_t *e) {
     if (!e || (e->state != EX_IDLE && e->state != EX_BUSY)) return 0;
+    if (e->slot >= p->n || e->restart) return 0;
     int depth = e->tasks_done >= 8 && e->mean_runtime < PIPE_FAST_S ? PIPE_MAX : 1;
     if (p->cfg->max_tasks_per_child) {
         int left = p->cfg->max_tasks_per_child - e->tasks_done - e->njobs;
@@ -370,7 +376,7 @@ int cel_pool_can_run(const cel_pool_t *p) {
 
 int cel_pool_busy(const cel_pool_t *p) {
     int n = 0;
-    for (int i = 0; i < p->n; i++)
+    for (int i = 0; i < p->top; i++)
         if (p->slots[i] && p->slots[i]->state == EX_BUSY) n++;
     return n;
 }
@@ -444,7 +450,7 @@ int cel_pool_run_on(cel_pool_t *p, int slot, void *job, const uint8_t *payload, 
 }
 
 int cel_pool_terminate(cel_pool_t *p, void *job, int signum) {
-    for (int i = 0; i < p->n; i++) {
+    for (int i = 0; i < p->top; i++) {
         executor_t *e = p->slots[i];
         if (e && e->state == EX_BUSY && e->njobs && e->jobs[0] == job) {
             uv_process_kill(&e->proc, signum ? signum : SIGKILL);
@@ -456,7 +462,7 @@ int cel_pool_terminate(cel_pool_t *p, void *job, int signum) {
 
 int cel_pool_pids(const cel_pool_t *p, int *pids, int max) {
     int n = 0;
-    for (int i = 0; i < p->n && n < max; i++)
+    for (int i = 0; i < p->top && n < max; i++)
         if (p->slots[i] && p->slots[i]->state != EX_DYING && p->slots[i]->pid)
             pids[n++] = p->slots[i]->pid;
     return n;
@@ -484,11 +490,12 @@ void cel_pool_close(cel_pool_t *p, int kill, void (*on_closed)(void *), void *pr
         p->on_closed = on_closed;
         p->closed_priv = priv;
     }
-    for (int i = 0; i < p->n; i++) {
-        if (first) {
+    if (first)
+        for (int i = 0; i < CEL_MAX_CONCURRENCY; i++) {
             uv_timer_stop(&p->respawn[i]);
             uv_close((uv_handle_t *)&p->respawn[i], on_respawn_timer_closed);
         }
+    for (int i = 0; i < p->top; i++) {
         executor_t *e = p->slots[i];
         if (!e) continue;
         if (kill) {
@@ -500,4 +507,35 @@ void cel_pool_close(cel_pool_t *p, int kill, void (*on_closed)(void *), void *pr
          * after their result. */
     }
     maybe_closed(p);
+}
+
+int cel_pool_resize(cel_pool_t *p, int n) {
+    if (p->closing) return CEL_ESTATE;
+    if (n < 1 || n > CEL_MAX_CONCURRENCY) return CEL_EINVAL;
+    int old = p->n;
+    p->n = n;
+    if (n > p->top) p->top = n;
+    for (int i = old; i < n; i++)
+        if (!p->slots[i]) spawn(p, i); /* a retiring one in the slot stays on */
+    for (int i = n; i < old; i++) {
+        uv_timer_stop(&p->respawn[i]);
+        executor_t *e = p->slots[i];
+        if (e && e->state == EX_IDLE) executor_shutdown(e);
+        /* busy: after its task; starting: when it reports ready */
+    }
+    return CEL_OK;
+}
+
+void cel_pool_restart(cel_pool_t *p) {
+    if (p->closing) return;
+    for (int i = 0; i < p->n; i++) {
+        executor_t *e = p->slots[i];
+        if (!e) continue;
+        if (e->state == EX_IDLE) executor_shutdown(e);
+        else if (e->state == EX_BUSY) e->restart = 1;
+    }
+}
+
+int cel_pool_tasks_written(const cel_pool_t *p, int slot) {
+    return slot >= 0 && slot < p->top && p->slots[slot] ? p->slots[slot]->tasks_done : 0;
 }

@@ -77,6 +77,17 @@ int cel_pool_terminate(cel_pool_t *p, void *job, int signum);
 /* Pids of the live executors, up to max; returns how many. */
 int cel_pool_pids(const cel_pool_t *p, int *pids, int max);
 
+/* Sets the number of executors to n (1..CEL_MAX_CONCURRENCY): new slots get
+ * an executor now; removed ones end when idle (busy ones after their task).
+ * CEL_EINVAL when out of range, CEL_ESTATE when closing. */
+int cel_pool_resize(cel_pool_t *p, int n);
+
+/* Replaces every executor: idle ones now, busy ones after their task. */
+void cel_pool_restart(cel_pool_t *p);
+
+/* Tasks the executor in slot has finished (0 when none). */
+int cel_pool_tasks_written(const cel_pool_t *p, int slot);
+
 /* Warm close: idle executors get EOF and exit; busy ones finish first (their
  * results are still reported). on_closed runs when every process and handle is
  * gone; p is freed then. With kill set, executors get SIGKILL at once. */

@@ -309,6 +309,30 @@ int cel_redis_command(cel_redis_t *r, cel_redis_cb cb, void *priv, int argc, con
     return CEL_OK;
 }
 
+/* Subscriptions keep their context for every message: hiredis calls the
+ * callback once per message and a last time with NULL when the context is
+ * freed (disconnect or close); the context is freed then. */
+static void on_sub_reply(redisAsyncContext *ac, void *reply, void *priv) {
+    cmd_ctx_t *c = priv;
+    if (c->cb) c->cb(c->r, reply, c->priv);
+    if (!reply) free(c);
+}
+
+int cel_redis_psubscribe(cel_redis_t *r, const char *pattern, cel_redis_cb cb, void *priv) {
+    if (!cel_redis_up(r)) return CEL_EIO;
+    cmd_ctx_t *c = malloc(sizeof(*c));
+    if (!c) return CEL_ENOMEM;
+    c->r = r;
+    c->cb = cb;
+    c->priv = priv;
+    const char *argv[] = {"PSUBSCRIBE", pattern};
+    if (redisAsyncCommandArgv(r->ac, on_sub_reply, c, 2, argv, NULL) != REDIS_OK) {
+        free(c);
+        return CEL_EIO;
+    }
+    return CEL_OK;
+}
+
 #define EVAL_MAX_ARGS 512
 
 int cel_redis_evalsha(cel_redis_t *r, const cel_redis_script_t *s, cel_redis_cb cb, void *priv,

@@ -47,6 +47,13 @@ int cel_redis_up(const cel_redis_t *r);
 int cel_redis_command(cel_redis_t *r, cel_redis_cb cb, void *priv, int argc, const char **argv,
                       const size_t *argvlen);
 
+/* PSUBSCRIBE pattern on this connection, which from then on carries only
+ * subscriptions. cb runs for the subscribe confirmation, for every
+ * ["pmessage", pattern, channel, data] array, and once with reply NULL when
+ * the connection is lost or closed (subscribe again when it is back up).
+ * Returns CEL_OK, or CEL_EIO when not up (cb is then never called). */
+int cel_redis_psubscribe(cel_redis_t *r, const char *pattern, cel_redis_cb cb, void *priv);
+
 /* EVALSHA script with keys then args. Same contract as cel_redis_command. */
 int cel_redis_evalsha(cel_redis_t *r, const cel_redis_script_t *s, cel_redis_cb cb, void *priv,
                       int nkeys, const char **keys, const size_t *keylens, int nargs,

@@ -1,0 +1,164 @@
+"""test_control.py -- `celery control` and app.control against celeriac.
+
+revoke before and during execution (terminate), revoked ids surviving a restart with
+--state-dir, rate_limit enforced, add/cancel_consumer, pool_grow/pool_shrink seen in stats,
+pool_restart, the replies of the other commands, and shutdown.
+"""
+
+import time
+import uuid
+
+import pytest
+from celery.exceptions import TaskRevokedError
+
+from conftest import celeriac_only, scaled, wait_until
+from remote import cli, only
+
+T = 2.0
+
+
+def stats(app):
+    return next(iter((app.control.inspect(timeout=scaled(T), limit=1).stats() or {None: None}).values()))
+
+
+def wait_active(app, task_id):
+    i = app.control.inspect(timeout=scaled(T), limit=1)
+    wait_until(lambda: any(r["id"] == task_id for v in (i.active() or {}).values() for r in v),
+               scaled(10), interval=0.2, what=f"{task_id} active")
+
+
+def test_revoke_before_execution(worker, celery_app, broker_url):
+    worker("-c", "1")
+    early_id = str(uuid.uuid4())
+    assert "flagged as revoked" in only(celery_app.control.revoke(early_id, reply=True,
+                                                                 timeout=scaled(T)))["ok"]
+    busy = celery_app.send_task("diag.sleep", args=[1.5])
+    wait_active(celery_app, busy.id)
+    queued = celery_app.send_task("diag.add", args=[1, 1])
+    p = cli(broker_url, "control", "revoke", queued.id)
+    assert p.returncode == 0 and f"tasks {queued.id} flagged as revoked" in p.stdout, p.stdout
+    with pytest.raises(TaskRevokedError):
+        queued.get(timeout=scaled(5))
+    early = celery_app.send_task("diag.add", args=[2, 2], task_id=early_id)
+    with pytest.raises(TaskRevokedError):
+        early.get(timeout=scaled(5))
+    assert early.state == "REVOKED"
+    assert busy.get(timeout=scaled(10)) == 1.5
+    revoked = next(iter(celery_app.control.inspect(timeout=scaled(T), limit=1).revoked().values()))
+    assert {early_id, queued.id} <= set(revoked)
+
+
+@celeriac_only
+def test_revoke_terminate_kills_and_respawns(worker, celery_app):
+    worker("-c", "1")
+    pids_before = stats(celery_app)["pool"]["processes"]
+    r = celery_app.send_task("diag.sleep", args=[30])
+    wait_active(celery_app, r.id)
+    t0 = time.monotonic()
+    reply = celery_app.control.revoke(r.id, terminate=True, reply=True, timeout=scaled(T))
+    assert only(reply) == {"ok": f"terminate: {r.id}"}
+    with pytest.raises(TaskRevokedError) as exc:
+        r.get(timeout=scaled(10))
+    assert "terminated" in str(exc.value)
+    assert time.monotonic() - t0 < scaled(10)
+    assert celery_app.send_task("diag.add", args=[2, 3]).get(timeout=scaled(10)) == 5
+    pids_after = stats(celery_app)["pool"]["processes"]
+    assert len(pids_after) == 1 and pids_after != pids_before
+
+
+@celeriac_only
+def test_revoked_survive_restart_with_state_dir(worker, celery_app, tmp_path):
+    state = str(tmp_path / "state")
+    w = worker("--state-dir", state)
+    tid = str(uuid.uuid4())
+    celery_app.control.revoke(tid, reply=True, timeout=scaled(T))
+    assert w.stop() == 0
+    worker("--state-dir", state)
+    revoked = next(iter(celery_app.control.inspect(timeout=scaled(T), limit=1).revoked().values()))
+    assert tid in revoked
+    with pytest.raises(TaskRevokedError):
+        celery_app.send_task("diag.add", args=[1, 1], task_id=tid).get(timeout=scaled(5))
+
+
+def test_rate_limit_enforced(worker, celery_app):
+    worker("-c", "2")
+    reply = celery_app.control.rate_limit("diag.noop", "2/s", reply=True, timeout=scaled(T))
+    assert only(reply) == {"ok": "new rate limit set successfully"}
+    t0 = time.monotonic()
+    rs = [celery_app.send_task("diag.noop") for _ in range(4)]
+    for r in rs:
+        r.get(timeout=scaled(10))
+    assert time.monotonic() - t0 >= 1.3  # 4 tasks at 2/s: starts at 0, .5, 1, 1.5 s
+    reg = next(iter(celery_app.control.inspect(timeout=scaled(T), limit=1).registered().values()))
+    assert "diag.noop [rate_limit=2/s]" in reg
+    reply = celery_app.control.rate_limit("diag.nope", "2/s", reply=True, timeout=scaled(T))
+    assert only(reply) == {"error": "unknown task"}
+
+
+def test_add_and_cancel_consumer(worker, celery_app, redis_client):
+    worker()
+    reply = celery_app.control.add_consumer("extra", reply=True, timeout=scaled(T))
+    assert only(reply) == {"ok": "add consumer extra"}
+    assert celery_app.send_task("diag.add", args=[3, 4], queue="extra").get(timeout=scaled(10)) == 7
+    queues = next(iter(celery_app.control.inspect(timeout=scaled(T), limit=1).active_queues().values()))
+    assert sorted(q["name"] for q in queues) == ["celery", "extra"]
+    reply = celery_app.control.cancel_consumer("extra", reply=True, timeout=scaled(T))
+    assert only(reply) == {"ok": "no longer consuming from extra"}
+    time.sleep(1.2)  # a wait already in flight ends within its 1 s timeout
+    celery_app.send_task("diag.add", args=[1, 1], queue="extra")
+    time.sleep(1.5)
+    assert redis_client.llen("extra") == 1
+
+
+@celeriac_only
+def test_pool_grow_shrink_restart(worker, celery_app):
+    worker("-c", "1")
+    assert only(celery_app.control.pool_grow(2, reply=True, timeout=scaled(T))) == \
+        {"ok": "pool will grow"}
+    wait_until(lambda: len(stats(celery_app)["pool"]["processes"]) == 3, scaled(10),
+               interval=0.2, what="3 executors")
+    s = stats(celery_app)
+    assert s["pool"]["max-concurrency"] == 3 and s["prefetch_count"] == 12
+    assert only(celery_app.control.pool_shrink(2, reply=True, timeout=scaled(T))) == \
+        {"ok": "pool will shrink"}
+    wait_until(lambda: len(stats(celery_app)["pool"]["processes"]) == 1, scaled(10),
+               interval=0.2, what="1 executor")
+    before = stats(celery_app)["pool"]["processes"]
+    reply = celery_app.control.broadcast("pool_restart", reply=True, timeout=scaled(T))
+    assert only(reply) == {"ok": "reload started"}
+    wait_until(lambda: (p := stats(celery_app)["pool"]["processes"]) and p != before,
+               scaled(10), interval=0.2, what="a restarted executor")
+    assert celery_app.send_task("diag.add", args=[2, 2]).get(timeout=scaled(10)) == 4
+
+
+@celeriac_only
+def test_other_command_replies(worker, celery_app):
+    worker()
+    c = celery_app.control
+
+    def call(cmd, **kw):
+        return only(c.broadcast(cmd, arguments=kw, reply=True, timeout=scaled(T)))
+
+    assert call("enable_events") == {"ok": "task events enabled"}
+    assert call("enable_events") == {"ok": "task events already enabled"}
+    assert call("disable_events") == {"ok": "task events disabled"}
+    assert call("disable_events") == {"ok": "task events already disabled"}
+    assert call("time_limit", task_name="diag.sleep", soft=1, hard=2) == \
+        {"ok": "time limits set successfully"}
+    assert call("autoscale", max=2, min=1) == {"error": "ValueError('Autoscale not enabled')"}
+    assert call("election", id="x", topic="t") is None
+    hello = call("hello", from_node="other@host", revoked={})
+    assert hello["revoked"] == {} and isinstance(hello["clock"], int)
+    # time_limit applies: a 5 s sleep is killed at the 2 s hard limit
+    r = celery_app.send_task("diag.sleep", args=[5])
+    with pytest.raises(Exception) as exc:
+        r.get(timeout=scaled(10))
+    assert type(exc.value).__name__ in ("TimeLimitExceeded", "SoftTimeLimitExceeded")
+
+
+def test_shutdown_command(worker, celery_app, broker_url):
+    w = worker()
+    p = cli(broker_url, "control", "shutdown")
+    assert "No nodes replied" in p.stdout + p.stderr  # as with the stock worker: no reply
+    assert w.wait_exit(15) == 0
+    w.wait_log(r"Got shutdown from remote")

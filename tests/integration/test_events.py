@@ -1,0 +1,122 @@
+"""test_events.py -- celeriac's events as celery.events.EventReceiver and State (Flower) see them.
+
+worker-online/heartbeat/offline, task-received -> started -> succeeded/failed with runtime,
+task-revoked, enable_events at run time, and `celery events --dump` showing them.
+"""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+from conftest import HERE, PYTHON, celeriac_only, scaled, wait_until
+
+
+class Monitor:
+    """An EventReceiver feeding a State in a thread, as Flower runs it."""
+
+    def __init__(self, app):
+        self.app = app
+        self.state = app.events.State()
+        self.events = []
+        self.conn = app.connection()
+        self.recv = app.events.Receiver(self.conn, handlers={"*": self.on_event})
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        time.sleep(0.5)  # let it subscribe
+
+    def on_event(self, event):
+        self.events.append(event)
+        self.state.event(event)
+
+    def run(self):
+        try:
+            self.recv.capture(limit=None, timeout=None, wakeup=False)
+        except Exception:
+            pass
+
+    def types(self, uuid=None):
+        return [e["type"] for e in list(self.events) if uuid is None or e.get("uuid") == uuid]
+
+    def close(self):
+        self.recv.should_stop = True
+        self.thread.join(5)
+        self.conn.release()
+
+
+def test_state_sees_worker_and_tasks(worker, celery_app):
+    mon = Monitor(celery_app)
+    try:
+        w = worker("-E", "-n", "ev1@%h")
+        node = wait_until(lambda: [n for n, wk in mon.state.workers.items() if wk.alive],
+                          scaled(10), what="worker alive in State")[0]
+        online = [e for e in mon.events if e["type"] == "worker-online"][0]
+        assert online["freq"] == 2.0 and online["sw_ident"] == "celeriac"
+        assert {"active", "processed", "loadavg", "sw_ver", "sw_sys", "clock", "utcoffset",
+                "pid", "timestamp"} <= set(online)
+        ok = celery_app.send_task("diag.add", args=[2, 3])
+        bad = celery_app.send_task("diag.fail", args=["boom"])
+        assert ok.get(timeout=scaled(10)) == 5
+        try:
+            bad.get(timeout=scaled(10))
+        except Exception:
+            pass
+        wait_until(lambda: mon.state.tasks.get(ok.id) is not None and
+                   mon.state.tasks[ok.id].state == "SUCCESS", scaled(5), what="SUCCESS in State")
+        t = mon.state.tasks[ok.id]
+        assert t.name == "diag.add" and t.args in ("(2, 3)", "[2, 3]") and t.result == "5"
+        assert isinstance(t.runtime, float) and t.worker.hostname == node
+        assert mon.types(ok.id) == ["task-received", "task-started", "task-succeeded"]
+        wait_until(lambda: mon.state.tasks.get(bad.id) is not None and
+                   mon.state.tasks[bad.id].state == "FAILURE", scaled(5), what="FAILURE")
+        assert mon.state.tasks[bad.id].exception
+        wait_until(lambda: any(e["type"] == "worker-heartbeat" for e in mon.events), scaled(5),
+                   what="a heartbeat")
+        assert w.stop() == 0
+        wait_until(lambda: not mon.state.workers[node].alive, scaled(5),
+                   what="worker offline in State")
+        assert any(e["type"] == "worker-offline" for e in mon.events)
+    finally:
+        mon.close()
+
+
+@celeriac_only
+def test_enable_events_at_run_time(worker, celery_app):
+    mon = Monitor(celery_app)
+    try:
+        worker()
+        wait_until(lambda: mon.state.workers, scaled(10), what="worker-online")
+        r = celery_app.send_task("diag.noop")
+        r.get(timeout=scaled(10))
+        time.sleep(0.3)
+        assert mon.types(r.id) == []  # no -E: no task events
+        celery_app.control.enable_events()
+        r = celery_app.send_task("diag.noop")
+        r.get(timeout=scaled(10))
+        wait_until(lambda: "task-succeeded" in mon.types(r.id), scaled(5), what="task events")
+    finally:
+        mon.close()
+
+
+def test_events_dump_cli(worker, celery_app, broker_url):
+    env = dict(os.environ, CELERY_BROKER_URL=broker_url, PYTHONPATH=HERE, PYTHONUNBUFFERED="1")
+    out = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"dump-{os.getpid()}.txt"), "w+")
+    dump = subprocess.Popen([PYTHON, "-m", "celery", "-A", "pydiag", "events", "--dump"],
+                            cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        time.sleep(1.5)
+        worker("-E")
+        assert celery_app.send_task("diag.add", args=[4, 4]).get(timeout=scaled(10)) == 8
+
+        def seen():
+            out.seek(0)
+            text = out.read()
+            return "task succeeded: diag.add" in text and "] started:" in text and text
+        text = wait_until(seen, scaled(10), interval=0.2, what="events in celery events --dump")
+        assert "diag.add" in text
+    finally:
+        os.killpg(dump.pid, signal.SIGKILL)
+        dump.wait(10)
+        out.close()
