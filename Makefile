@@ -21,12 +21,13 @@ ASANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sa
 
 PROTOCOL_SRC := $(wildcard protocol/*.c)
 # Sources of the main process (everything in worker/ but the executor side).
-EXEC_ONLY    := worker/executor.c worker/diag.c
+EXEC_ONLY    := worker/executor.c worker/diag.c worker/tasks_model.c worker/adapters.c
 WORKER_SRC   := $(filter-out $(EXEC_ONLY),$(wildcard worker/*.c))
-EXEC_SRC     := $(EXEC_ONLY) worker/frame.c worker/log.c worker/tasks.c
-# The model engine (model/, issue 4): a library linked into celeriac-lm and,
-# later, the executor. Its CLI's main lives in model/cli/.
+# The model engine (model/): a library linked into celeriac-lm and the executor
+# (never into bin/celeriac: the main process has no model and no OpenBLAS).
+# Its CLI's main lives in model/cli/.
 MODEL_SRC    := $(wildcard model/*.c model/cpu/*.c)
+EXEC_SRC     := $(EXEC_ONLY) worker/frame.c worker/log.c worker/tasks.c $(MODEL_SRC)
 LM_SRC       := $(wildcard model/cli/*.c)
 UNIT_SRC     := $(wildcard tests/unit/test_*.c)
 
@@ -63,7 +64,7 @@ bin/celeriac: $(patsubst %.c,$(OBJ)/%.o,$(WORKER_SRC) $(PROTOCOL_SRC))
 
 bin/celeriac-executor: $(patsubst %.c,$(OBJ)/%.o,$(EXEC_SRC) $(PROTOCOL_SRC))
 	@mkdir -p bin
-	$(CC) $(CFLAGS) -o $@ $^ $(DEPLIBS)
+	$(CC) $(CFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS)
 
 build/asan/bin/celeriac: $(patsubst %.c,$(AOBJ)/%.o,$(WORKER_SRC) $(PROTOCOL_SRC))
 	@mkdir -p $(dir $@)
@@ -71,7 +72,7 @@ build/asan/bin/celeriac: $(patsubst %.c,$(AOBJ)/%.o,$(WORKER_SRC) $(PROTOCOL_SRC
 
 build/asan/bin/celeriac-executor: $(patsubst %.c,$(AOBJ)/%.o,$(EXEC_SRC) $(PROTOCOL_SRC))
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(ASANFLAGS) -o $@ $^ $(DEPLIBS)
+	$(CC) $(CFLAGS) $(ASANFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS)
 
 bin/celeriac-lm: $(patsubst %.c,$(OBJ)/%.o,$(LM_SRC) $(MODEL_SRC) $(PROTOCOL_SRC))
 	@mkdir -p bin

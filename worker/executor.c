@@ -8,7 +8,9 @@
  * and the main process respawns it. SIGUSR1 sets the soft-time-limit flag that
  * long tasks poll; SIGINT is ignored (the terminal's ^C is for the main process,
  * which stops executors by closing their channel), SIGPIPE too (EPIPE ends us).
- * Task code lives in per-family tables (worker/diag.c); this file only frames.
+ * Task code lives in per-family tables (worker/diag.c, worker/tasks_model.c); this
+ * file frames, parses the options, and loads the model (tasks_model) before "ready":
+ * a model that cannot be loaded means exit 3, before any task is taken.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -29,10 +31,14 @@
 #include "frame.h"
 #include "log.h"
 #include "tasks.h"
+#include "tasks_model.h"
 
 #define EXEC_READ_CHUNK (64 * 1024) /* bytes per read(2) */
 #define EXEC_EXIT_IO 1              /* channel I/O failed or out of memory */
 #define EXEC_EXIT_PROTO 2           /* bad command line, or a frame we cannot answer */
+#define EXEC_EXIT_MODEL 3           /* the model, tokenizer or state dir could not be opened */
+#define EXEC_PROGRESS_EVERY 0.25    /* seconds between progress frames of one task */
+#define EXEC_PATH_MAX 4096
 
 static volatile sig_atomic_t soft_limit; /* set by SIGUSR1, cleared before each task */
 
@@ -102,6 +108,29 @@ static int send_msg(int fd, json_t *msg, cel_err_t *err) {
     return rc;
 }
 
+/* The running task, for progress frames. */
+static struct {
+    int fd;
+    const char *id;
+    double last; /* when the last progress frame went (or the task started) */
+} running = {.fd = -1};
+
+/* tasks_model's progress hook: a {"op": "progress"} frame for the running task, at
+ * most one per EXEC_PROGRESS_EVERY (none for tasks shorter than that). */
+static int send_progress(void *priv, long done, long total) {
+    (void)priv;
+    double now = mono_now();
+    if (!running.id || now - running.last < EXEC_PROGRESS_EVERY) return CEL_OK;
+    running.last = now;
+    cel_err_t err;
+    json_t *msg = json_pack("{s:s, s:s, s:s, s:{s:I, s:I}}", "op", "progress", "id", running.id,
+                            "state", "PROGRESS", "meta", "done", (json_int_t)done, "total",
+                            (json_int_t)total);
+    int rc = msg ? send_msg(running.fd, msg, &err) : CEL_ENOMEM;
+    json_decref(msg);
+    return rc;
+}
+
 /* Builds the result frame for a finished call (outcome borrowed). */
 static json_t *result_msg(const char *id, cel_diag_call_t *call, double runtime) {
     if (!call->exc_type)
@@ -152,6 +181,7 @@ static int run_task(int fd, const char *id, const char *name, json_t *args, json
     cel_diag_call_t call = {.name = name, .args = args, .kwargs = kwargs,
                             .soft_limit = &soft_limit};
     const cel_diag_task_t *task = cel_diag_find(name);
+    if (!task) task = cel_tasks_model_find(name);
     double t0 = mono_now();
     int rc;
     if (!task) {
@@ -165,7 +195,13 @@ static int run_task(int fd, const char *id, const char *name, json_t *args, json
     } else {
         cel_debug("Task %s[%s] starting", name, id);
         soft_limit = 0;
+        running.fd = fd;
+        running.id = id;
+        running.last = t0;
+        cel_tasks_model_begin(id);
         rc = task->fn(&call);
+        cel_tasks_model_begin(NULL);
+        running.id = NULL;
     }
     double runtime = mono_now() - t0;
     if (rc != CEL_OK) {
@@ -274,13 +310,37 @@ static int parse_int(const char *s, int *out) {
 
 static int usage(const char *why) {
     fprintf(stderr, "celeriac-executor: %s\n"
-                    "usage: celeriac-executor --fd FD --index N [--loglevel LEVEL]\n",
+                    "usage: celeriac-executor --fd FD --index N [--loglevel LEVEL] [--model DIR]\n"
+                    "         [--state-dir DIR] [--import-root DIR]... [--max-input-tokens N]\n"
+                    "         [--threads N]\n",
             why);
     return EXEC_EXIT_PROTO;
 }
 
+/* The bundled model: <dir of this binary>/../model/tiny (or, for the ASan build in
+ * build/asan/bin, the source tree's). OUT: out (EXEC_PATH_MAX). */
+static int default_model_dir(char *out) {
+    char exe[EXEC_PATH_MAX - 64];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0) return -1;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash) *slash = '\0';
+    static const char *const rel[] = {"/../model/tiny", "/../../../model/tiny"};
+    for (size_t i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
+        char p[EXEC_PATH_MAX + 32];
+        snprintf(p, sizeof(p), "%s%s", exe, rel[i]);
+        if (access(p, F_OK) == 0 && realpath(p, out)) return 0;
+    }
+    snprintf(out, EXEC_PATH_MAX, "%s/../model/tiny", exe);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int fd = -1, index = -1, level = CEL_LOG_WARNING;
+    const char *roots[CEL_TASKS_MODEL_MAX_ROOTS];
+    cel_tasks_model_opts_t mopts = {.import_roots = roots, .threads = 1,
+                                    .progress = send_progress};
     for (int i = 1; i < argc; i++) {
         const char *opt = argv[i];
         if (i + 1 >= argc) return usage("missing option value");
@@ -291,6 +351,20 @@ int main(int argc, char **argv) {
             if (parse_int(val, &index) < 0) return usage("bad --index");
         } else if (strcmp(opt, "--loglevel") == 0 || strcmp(opt, "-l") == 0) {
             if ((level = cel_log_parse_level(val)) < 0) return usage("bad --loglevel");
+        } else if (strcmp(opt, "--model") == 0) {
+            mopts.model_dir = val;
+        } else if (strcmp(opt, "--state-dir") == 0) {
+            mopts.state_dir = *val ? val : NULL;
+        } else if (strcmp(opt, "--import-root") == 0) {
+            if (mopts.n_import_roots == CEL_TASKS_MODEL_MAX_ROOTS)
+                return usage("too many --import-root");
+            roots[mopts.n_import_roots++] = val;
+        } else if (strcmp(opt, "--max-input-tokens") == 0) {
+            if (parse_int(val, &mopts.max_input_tokens) < 0 || mopts.max_input_tokens < 2)
+                return usage("bad --max-input-tokens");
+        } else if (strcmp(opt, "--threads") == 0) {
+            if (parse_int(val, &mopts.threads) < 0 || mopts.threads < 1 || mopts.threads > 1024)
+                return usage("bad --threads");
         } else {
             return usage("unknown option");
         }
@@ -306,7 +380,23 @@ int main(int argc, char **argv) {
         return EXEC_EXIT_IO;
     }
     for (const char *const *n = cel_tasks_names(); *n; n++)
-        if (!cel_diag_find(*n)) cel_error("Task %s is listed but has no function", *n);
+        if (!cel_diag_find(*n) && !cel_tasks_model_find(*n))
+            cel_error("Task %s is listed but has no function", *n);
+
+    char model_dir[EXEC_PATH_MAX];
+    if (!mopts.model_dir) {
+        if (default_model_dir(model_dir) < 0) {
+            cel_error("Cannot find the bundled model next to the binary; pass --model DIR");
+            return EXEC_EXIT_MODEL;
+        }
+        mopts.model_dir = model_dir;
+    }
+    cel_err_t merr;
+    cel_err_clear(&merr);
+    if (cel_tasks_model_open(&mopts, &merr) != CEL_OK) {
+        cel_error("Cannot load the model from %s: %s", mopts.model_dir, merr.msg);
+        return EXEC_EXIT_MODEL;
+    }
 
     cel_err_t err;
     cel_err_clear(&err);
@@ -315,10 +405,12 @@ int main(int argc, char **argv) {
     json_decref(ready);
     if (rc != CEL_OK) {
         cel_error("Cannot send ready: %s", rc == CEL_ENOMEM ? "out of memory" : err.msg);
+        cel_tasks_model_close();
         return EXEC_EXIT_IO;
     }
     cel_debug("Ready, pid %d", (int)getpid());
     int status = serve(fd);
     close(fd);
+    cel_tasks_model_close();
     return status;
 }

@@ -1,7 +1,8 @@
 /* tasks.c -- the list of registered task names (see tasks.h).
  *
  * No code of the tasks themselves lives here; linked into both the main
- * process and the executor. Keep in sync with the tables in worker/diag.c
+ * process and the executor. Keep in sync with the tables in worker/diag.c and
+ * worker/tasks_model.c
  * (the executor logs an error at start-up if a name here has no function).
  */
 #include "tasks.h"
@@ -15,6 +16,16 @@ static const char *const task_names[] = {
     "diag.fail",
     "diag.noop",
     "diag.sleep",
+    "lora.create",
+    "lora.delete",
+    "lora.forward_backward",
+    "lora.info",
+    "lora.list",
+    "lora.load",
+    "lora.optim_step",
+    "lora.sample",
+    "lora.save",
+    "model.score",
     NULL,
 };
 

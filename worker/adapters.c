@@ -1,0 +1,813 @@
+/* adapters.c -- the executor's LoRA adapter store: memory copies and checkpoints.
+ *
+ * A checkpoint is written in this order, so a crash at any point leaves the old
+ * or the new one complete and `current` naming a complete one:
+ *   1. mkdir <state>/adapters/<id>/ckpt-<step>-<nonce>/ (a fresh name: never reused)
+ *   2. adapter_model.safetensors, adapter_config.json, optimizer.safetensors, meta.json,
+ *      each written to a temp name, fsynced and renamed (cel_lora_save does the first three)
+ *   3. fsync of the checkpoint directory
+ *   4. current.tmp.<pid> written with the checkpoint's name, fsynced, renamed to `current`,
+ *      then fsync of <state>/adapters/<id>/
+ *   5. every other ckpt-* of the adapter is removed (a leftover from a crash in 1-3 too)
+ * A reader trusts only what `current` names, and checks that name's shape before using
+ * it in a path. Deleting renames the adapter's directory out of the way first, so a
+ * half-removed adapter is never seen as one.
+ * Executor processes only; blocking I/O; one thread.
+ */
+#include "adapters.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define CKPT_NAME_MAX 64      /* "ckpt-<step>-<nonce>" */
+#define LOAD_RETRIES 3        /* reloads when another executor switched `current` meanwhile */
+#define META_FORMAT "celeriac-adapter-1"
+#define STATE_MAX (CEL_ADAPTERS_PATH_MAX - 512) /* the state dir's path: room for the rest */
+
+/* PEFT's module names in CEL_LORA_* bit order. */
+static const char *const mod_names[] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                        "gate_proj", "up_proj", "down_proj"};
+
+struct cel_adapter {
+    char id[CEL_ADAPTERS_ID_LEN + 1];
+    cel_lora_t *lora;
+    char ckpt[CKPT_NAME_MAX];   /* the checkpoint this copy equals (plus grads) */
+    int has_grads;
+    char *owner;                /* NULL: none */
+    char created[32];           /* ISO-8601 UTC */
+    json_t *recent;             /* [{"task_id", "step", "result"}], the last steps, oldest first */
+    unsigned long long used;    /* LRU clock */
+};
+
+struct cel_adapters {
+    cel_model_t *m;
+    char state[STATE_MAX];
+    char adir[STATE_MAX + 16]; /* <state>/adapters */
+    char edir[STATE_MAX + 16]; /* <state>/exports */
+    char base[CEL_ADAPTERS_PATH_MAX];
+    char roots[CEL_ADAPTERS_MAX_ROOTS][PATH_MAX];
+    int n_roots;
+    cel_adapter_t *loaded[CEL_ADAPTERS_MAX_LOADED];
+    int n_loaded;
+    unsigned long long clock;
+};
+
+/* ---- small file helpers ---- */
+
+/* Fills buf with n random bytes written as 2n lowercase hex digits + NUL. */
+static int random_hex(char *buf, size_t n, cel_err_t *err) {
+    unsigned char raw[32];
+    if (n > sizeof(raw)) return cel_err_set(err, CEL_EINVAL, "random_hex: too long");
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return cel_err_set(err, CEL_EIO, "/dev/urandom: %s", strerror(errno));
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, raw + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            close(fd);
+            return cel_err_set(err, CEL_EIO, "/dev/urandom: short read");
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    for (size_t i = 0; i < n; i++) snprintf(buf + 2 * i, 3, "%02x", raw[i]);
+    return CEL_OK;
+}
+
+static int fsync_path(const char *path, int flags) {
+    int fd = open(path, flags | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+/* Writes len bytes to path atomically: temp file, fsync, rename, fsync of dir. */
+static int write_atomic(const char *dir, const char *name, const char *data, size_t len,
+                        cel_err_t *err) {
+    char tmp[CEL_ADAPTERS_PATH_MAX + 128], path[CEL_ADAPTERS_PATH_MAX + 128];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    snprintf(tmp, sizeof(tmp), "%s/%s.tmp.%ld", dir, name, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return cel_err_set(err, CEL_EIO, "%s: %s", tmp, strerror(errno));
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, data + off, len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) {
+            int e = errno;
+            close(fd);
+            unlink(tmp);
+            return cel_err_set(err, CEL_EIO, "%s: %s", tmp, strerror(e));
+        }
+        off += (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        unlink(tmp);
+        return cel_err_set(err, CEL_EIO, "%s: fsync: %s", tmp, strerror(errno));
+    }
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(e));
+    }
+    if (fsync_path(dir, O_RDONLY | O_DIRECTORY) != 0)
+        return cel_err_set(err, CEL_EIO, "%s: fsync: %s", dir, strerror(errno));
+    return CEL_OK;
+}
+
+/* Reads a file of at most max bytes. OUT: *buf (malloc'd, NUL-terminated), *len.
+ * CEL_ENOTFOUND when it does not exist. */
+static int read_small(const char *path, size_t max, char **buf, size_t *len, cel_err_t *err) {
+    *buf = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return cel_err_set(err, CEL_ENOTFOUND, "%s: not found", path);
+        return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+    }
+    char *b = malloc(max + 1);
+    size_t n = 0;
+    int rc = b ? CEL_OK : cel_err_set(err, CEL_ENOMEM, "out of memory");
+    while (rc == CEL_OK) {
+        ssize_t r = read(fd, b + n, max + 1 - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+        if (r <= 0) break;
+        n += (size_t)r;
+        if (n > max) rc = cel_err_set(err, CEL_ELIMIT, "%s: larger than %zu bytes", path, max);
+    }
+    close(fd);
+    if (rc != CEL_OK) {
+        free(b);
+        return rc;
+    }
+    b[n] = '\0';
+    *buf = b;
+    if (len) *len = n;
+    return CEL_OK;
+}
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)ftw;
+    if (flag == FTW_DP) rmdir(path);
+    else unlink(path);
+    return 0;
+}
+
+/* rm -rf path, not following symlinks. */
+static void rm_tree(const char *path) { nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int mkdir_if_missing(const char *p, cel_err_t *err) {
+    if (mkdir(p, 0700) == 0 || (errno == EEXIST && is_dir(p))) return CEL_OK;
+    return cel_err_set(err, CEL_EIO, "cannot create %s: %s", p, strerror(errno));
+}
+
+/* 1 when path (absolute, normalized) is root or below it. */
+static int path_inside(const char *path, const char *root) {
+    size_t n = strlen(root);
+    if (n == 1 && root[0] == '/') return path[0] == '/';
+    return strncmp(path, root, n) == 0 && (path[n] == '/' || path[n] == '\0');
+}
+
+/* 1 when name is "ckpt-<digits>-<hex>" (what `current` may name). */
+static int valid_ckpt_name(const char *name) {
+    if (strncmp(name, "ckpt-", 5) != 0) return 0;
+    const char *p = name + 5;
+    size_t d = strspn(p, "0123456789");
+    if (d == 0 || d > 10 || p[d] != '-') return 0;
+    p += d + 1;
+    size_t h = strspn(p, "0123456789abcdef");
+    return h >= 8 && h <= 32 && p[h] == '\0';
+}
+
+static void iso_now(char *buf, size_t len) {
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static json_t *targets_json(unsigned targets) {
+    json_t *a = json_array();
+    for (int i = 0; a && i < 7; i++)
+        if (targets & (1u << i)) json_array_append_new(a, json_string(mod_names[i]));
+    return a;
+}
+
+static json_t *alpha_json(float alpha) {
+    if (alpha == (float)(long long)alpha && alpha < 1e9f) return json_integer((json_int_t)alpha);
+    return json_real(alpha);
+}
+
+/* ---- the store ---- */
+
+int cel_adapters_valid_id(const char *id) {
+    if (!id || strncmp(id, "lora_", 5) != 0) return 0;
+    for (int i = 5; i < CEL_ADAPTERS_ID_LEN; i++)
+        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f'))) return 0;
+    return id[CEL_ADAPTERS_ID_LEN] == '\0';
+}
+
+int cel_adapters_open(cel_model_t *m, const char *state_dir, const char *base_model,
+                      const char *const *roots, int n_roots, cel_adapters_t **out,
+                      cel_err_t *err) {
+    *out = NULL;
+    if (n_roots < 0 || n_roots > CEL_ADAPTERS_MAX_ROOTS)
+        return cel_err_set(err, CEL_ELIMIT, "at most %d import roots", CEL_ADAPTERS_MAX_ROOTS);
+    cel_adapters_t *s = calloc(1, sizeof(*s));
+    if (!s) return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    s->m = m;
+    char real[PATH_MAX];
+    int rc = mkdir_if_missing(state_dir, err);
+    if (rc == CEL_OK && !realpath(state_dir, real))
+        rc = cel_err_set(err, CEL_EIO, "state directory %s: %s", state_dir, strerror(errno));
+    if (rc == CEL_OK && strlen(real) >= sizeof(s->state))
+        rc = cel_err_set(err, CEL_ELIMIT, "state directory path longer than %d bytes",
+                         STATE_MAX - 1);
+    if (rc == CEL_OK) memcpy(s->state, real, strlen(real) + 1);
+    if (rc == CEL_OK) {
+        snprintf(s->adir, sizeof(s->adir), "%s/adapters", s->state);
+        snprintf(s->edir, sizeof(s->edir), "%s/exports", s->state);
+        snprintf(s->base, sizeof(s->base), "%s", base_model ? base_model : "");
+        rc = mkdir_if_missing(s->adir, err);
+    }
+    if (rc == CEL_OK) rc = mkdir_if_missing(s->edir, err);
+    for (int i = 0; rc == CEL_OK && i < n_roots; i++) {
+        if (!realpath(roots[i], s->roots[i]) || !is_dir(s->roots[i]))
+            rc = cel_err_set(err, CEL_EINVAL, "import root %s: %s", roots[i],
+                             errno ? strerror(errno) : "not a directory");
+        s->n_roots++;
+    }
+    if (rc != CEL_OK) {
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return CEL_OK;
+}
+
+static void adapter_free(cel_adapter_t *a) {
+    if (!a) return;
+    cel_lora_free(a->lora);
+    free(a->owner);
+    json_decref(a->recent);
+    free(a);
+}
+
+void cel_adapters_free(cel_adapters_t *s) {
+    if (!s) return;
+    for (int i = 0; i < s->n_loaded; i++) adapter_free(s->loaded[i]);
+    free(s);
+}
+
+const char *cel_adapters_state_dir(const cel_adapters_t *s) { return s->state; }
+
+static int find_loaded(const cel_adapters_t *s, const char *id) {
+    for (int i = 0; i < s->n_loaded; i++)
+        if (strcmp(s->loaded[i]->id, id) == 0) return i;
+    return -1;
+}
+
+static void drop_at(cel_adapters_t *s, int i) {
+    adapter_free(s->loaded[i]);
+    s->loaded[i] = s->loaded[--s->n_loaded];
+}
+
+void cel_adapters_evict(cel_adapters_t *s, cel_adapter_t *a) {
+    for (int i = 0; i < s->n_loaded; i++)
+        if (s->loaded[i] == a) {
+            drop_at(s, i);
+            return;
+        }
+}
+
+/* Takes a into the memory set, evicting the least recently used when full. */
+static void insert(cel_adapters_t *s, cel_adapter_t *a) {
+    if (s->n_loaded == CEL_ADAPTERS_MAX_LOADED) {
+        int lru = 0;
+        for (int i = 1; i < s->n_loaded; i++)
+            if (s->loaded[i]->used < s->loaded[lru]->used) lru = i;
+        if (s->loaded[lru]->has_grads)
+            cel_warn("Adapter %s evicted from memory with accumulated gradients (more than "
+                     "%d adapters in use); its next optim_step needs a new forward_backward",
+                     s->loaded[lru]->id, CEL_ADAPTERS_MAX_LOADED);
+        drop_at(s, lru);
+    }
+    a->used = ++s->clock;
+    s->loaded[s->n_loaded++] = a;
+}
+
+/* Reads <adir>/<id>/current. OUT: name (CKPT_NAME_MAX). CEL_ENOTFOUND: no adapter. */
+static int read_current(cel_adapters_t *s, const char *id, char *name, cel_err_t *err) {
+    char path[CEL_ADAPTERS_PATH_MAX + 64], *buf;
+    size_t len;
+    snprintf(path, sizeof(path), "%s/%s/current", s->adir, id);
+    int rc = read_small(path, CKPT_NAME_MAX, &buf, &len, err);
+    if (rc != CEL_OK) return rc;
+    while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == ' ')) buf[--len] = '\0';
+    if (!valid_ckpt_name(buf)) {
+        free(buf);
+        return cel_err_set(err, CEL_EPROTO, "%s: not a checkpoint name", path);
+    }
+    snprintf(name, CKPT_NAME_MAX, "%s", buf);
+    free(buf);
+    return CEL_OK;
+}
+
+/* Reads the meta.json of checkpoint name of adapter id. OUT: *meta. */
+static int read_meta(cel_adapters_t *s, const char *id, const char *name, json_t **meta,
+                     cel_err_t *err) {
+    char path[CEL_ADAPTERS_PATH_MAX + 128], *buf;
+    size_t len;
+    snprintf(path, sizeof(path), "%s/%s/%s/meta.json", s->adir, id, name);
+    int rc = read_small(path, CEL_ADAPTERS_MAX_META, &buf, &len, err);
+    if (rc != CEL_OK) return rc;
+    json_error_t jerr;
+    *meta = json_loadb(buf, len, JSON_ALLOW_NUL, &jerr);
+    free(buf);
+    if (!json_is_object(*meta)) {
+        json_decref(*meta);
+        *meta = NULL;
+        return cel_err_set(err, CEL_EPROTO, "%s: not a JSON object", path);
+    }
+    return CEL_OK;
+}
+
+/* Fills a's bookkeeping fields from a checkpoint's meta (borrowed). */
+static int adopt_meta(cel_adapter_t *a, json_t *meta) {
+    const char *owner = json_string_value(json_object_get(meta, "owner"));
+    const char *created = json_string_value(json_object_get(meta, "created"));
+    json_t *recent = json_object_get(meta, "recent_steps");
+    free(a->owner);
+    json_decref(a->recent);
+    a->owner = owner ? strdup(owner) : NULL;
+    a->recent = json_is_array(recent) ? json_deep_copy(recent) : json_array();
+    snprintf(a->created, sizeof(a->created), "%s", created ? created : "");
+    return (owner && !a->owner) || !a->recent ? CEL_ENOMEM : CEL_OK;
+}
+
+/* Loads checkpoint name of adapter id into a new memory copy. */
+static int load_ckpt(cel_adapters_t *s, const char *id, const char *name, cel_adapter_t **out,
+                     cel_err_t *err) {
+    *out = NULL;
+    char dir[CEL_ADAPTERS_PATH_MAX + 128];
+    snprintf(dir, sizeof(dir), "%s/%s/%s", s->adir, id, name);
+    cel_adapter_t *a = calloc(1, sizeof(*a));
+    if (!a) return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    snprintf(a->id, sizeof(a->id), "%s", id);
+    snprintf(a->ckpt, sizeof(a->ckpt), "%s", name);
+    json_t *meta = NULL;
+    int rc = read_meta(s, id, name, &meta, err);
+    if (rc == CEL_OK) rc = cel_lora_load(s->m, dir, &a->lora, err);
+    if (rc == CEL_OK && adopt_meta(a, meta) != CEL_OK)
+        rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
+    json_decref(meta);
+    if (rc != CEL_OK) {
+        adapter_free(a);
+        return rc;
+    }
+    *out = a;
+    return CEL_OK;
+}
+
+int cel_adapters_get(cel_adapters_t *s, const char *id, cel_adapter_t **out, cel_err_t *err) {
+    *out = NULL;
+    if (!cel_adapters_valid_id(id)) return cel_err_set(err, CEL_ENOTFOUND, "malformed id");
+    int rc = CEL_OK;
+    for (int attempt = 0; attempt < LOAD_RETRIES; attempt++) {
+        char name[CKPT_NAME_MAX];
+        rc = read_current(s, id, name, err);
+        int i = find_loaded(s, id);
+        if (rc != CEL_OK) {
+            if (i >= 0) drop_at(s, i); /* deleted by another executor */
+            return rc;
+        }
+        if (i >= 0 && strcmp(s->loaded[i]->ckpt, name) == 0) {
+            s->loaded[i]->used = ++s->clock;
+            *out = s->loaded[i];
+            return CEL_OK;
+        }
+        if (i >= 0) {
+            cel_info("Adapter %s changed on disk (%s -> %s); reloading%s", id,
+                     s->loaded[i]->ckpt, name,
+                     s->loaded[i]->has_grads ? ", dropping its accumulated gradients" : "");
+            drop_at(s, i);
+        }
+        cel_adapter_t *a;
+        rc = load_ckpt(s, id, name, &a, err);
+        if (rc == CEL_OK) {
+            insert(s, a);
+            *out = a;
+            return CEL_OK;
+        }
+        if (rc == CEL_ENOMEM) return rc;
+        /* another executor may have switched `current` and pruned name: look again */
+        char again[CKPT_NAME_MAX];
+        cel_err_t e2;
+        if (read_current(s, id, again, &e2) != CEL_OK || strcmp(again, name) == 0) break;
+    }
+    return rc;
+}
+
+/* a->recent with the step just made by task appended (and the oldest dropped past
+ * CEL_ADAPTERS_MAX_RECENT): a new array. */
+static json_t *recent_with(const cel_adapter_t *a, const char *task, json_t *result) {
+    json_t *r = json_array();
+    if (!r || json_array_extend(r, a->recent)) goto fail;
+    if (task && result) {
+        json_t *e = json_pack("{s:s, s:i, s:O}", "task_id", task, "step",
+                              cel_lora_step_count(a->lora), "result", result);
+        if (!e || json_array_append_new(r, e)) goto fail;
+    }
+    while (json_array_size(r) > CEL_ADAPTERS_MAX_RECENT) json_array_remove(r, 0);
+    return r;
+fail:
+    json_decref(r);
+    return NULL;
+}
+
+/* Builds the meta.json object of a's state now (recent: the new step history). */
+static json_t *make_meta(cel_adapters_t *s, cel_adapter_t *a, const char *task, json_t *result,
+                         json_t *recent) {
+    return json_pack("{s:s, s:s, s:i, s:s?, s:O?, s:O, s:s?, s:s, s:i, s:o, s:o, s:s}", "format",
+                     META_FORMAT, "adapter_id", a->id, "step", cel_lora_step_count(a->lora),
+                     "last_task_id", task, "last_result", result, "recent_steps", recent,
+                     "owner", a->owner, "created", a->created, "rank", cel_lora_rank(a->lora),
+                     "alpha", alpha_json(cel_lora_alpha(a->lora)), "target_modules",
+                     targets_json(cel_lora_targets(a->lora)), "base_model", s->base);
+}
+
+/* Removes a's checkpoints other than keep and the one `current` names now. */
+static void prune(cel_adapters_t *s, const char *id, const char *keep) {
+    char dir[CEL_ADAPTERS_PATH_MAX + 64], cur[CKPT_NAME_MAX] = "";
+    snprintf(dir, sizeof(dir), "%s/%s", s->adir, id);
+    read_current(s, id, cur, NULL);
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, "ckpt-", 5) != 0) continue;
+        if (strcmp(e->d_name, keep) == 0 || strcmp(e->d_name, cur) == 0) continue;
+        char p[CEL_ADAPTERS_PATH_MAX + 384];
+        snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+        rm_tree(p);
+    }
+    closedir(d);
+}
+
+static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *task,
+                            json_t *result, json_t *recent, cel_err_t *err);
+
+/* Steps 1-5 of the file comment for a (in memory). On success a->ckpt is the new name. */
+static int write_ckpt(cel_adapters_t *s, cel_adapter_t *a, const char *task, json_t *result,
+                      cel_err_t *err) {
+    json_t *recent = recent_with(a, task, result);
+    if (!recent) return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    int rc = write_ckpt_files(s, a, task, result, recent, err);
+    if (rc == CEL_OK) {
+        json_decref(a->recent);
+        a->recent = recent;
+    } else {
+        json_decref(recent);
+    }
+    return rc;
+}
+
+/* write_ckpt with the new step history. */
+static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *task,
+                            json_t *result, json_t *recent, cel_err_t *err) {
+    char nonce[17], name[CKPT_NAME_MAX], adir[CEL_ADAPTERS_PATH_MAX + 64];
+    char dir[CEL_ADAPTERS_PATH_MAX + 128];
+    int rc = random_hex(nonce, 8, err);
+    if (rc != CEL_OK) return rc;
+    snprintf(name, sizeof(name), "ckpt-%06d-%s", cel_lora_step_count(a->lora), nonce);
+    snprintf(adir, sizeof(adir), "%s/%s", s->adir, a->id);
+    snprintf(dir, sizeof(dir), "%s/%s", adir, name);
+    if ((rc = mkdir_if_missing(adir, err)) != CEL_OK) return rc;
+    if (mkdir(dir, 0700) != 0) return cel_err_set(err, CEL_EIO, "%s: %s", dir, strerror(errno));
+    const char *kv[] = {"adapter_id", a->id};
+    rc = cel_lora_save(a->lora, dir, s->base, kv, 1, err);
+    json_t *meta = rc == CEL_OK ? make_meta(s, a, task, result, recent) : NULL;
+    char *text = meta ? json_dumps(meta, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    if (rc == CEL_OK && !text) rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
+    if (rc == CEL_OK) rc = write_atomic(dir, "meta.json", text, strlen(text), err);
+    free(text);
+    json_decref(meta);
+    if (rc == CEL_OK && fsync_path(dir, O_RDONLY | O_DIRECTORY) != 0)
+        rc = cel_err_set(err, CEL_EIO, "%s: fsync: %s", dir, strerror(errno));
+    if (rc == CEL_OK) {
+        char line[CKPT_NAME_MAX + 2];
+        int n = snprintf(line, sizeof(line), "%s\n", name);
+        rc = write_atomic(adir, "current", line, (size_t)n, err);
+    }
+    if (rc != CEL_OK) {
+        rm_tree(dir);
+        return rc;
+    }
+    snprintf(a->ckpt, sizeof(a->ckpt), "%s", name);
+    prune(s, a->id, name);
+    return CEL_OK;
+}
+
+int cel_adapters_commit(cel_adapters_t *s, cel_adapter_t *a, const char *task_id,
+                        json_t *result, cel_err_t *err) {
+    int rc = write_ckpt(s, a, task_id, result, err);
+    if (rc != CEL_OK) {
+        cel_error("Checkpoint of adapter %s failed: %s", a->id, err ? err->msg : "?");
+        cel_adapters_evict(s, a);
+        return rc;
+    }
+    return CEL_OK;
+}
+
+/* A new adapter object with a fresh id around lora (taken). */
+static int new_adapter(cel_adapters_t *s, cel_lora_t *lora, const char *owner,
+                       cel_adapter_t **out, cel_err_t *err) {
+    *out = NULL;
+    cel_adapter_t *a = calloc(1, sizeof(*a));
+    if (!a || !(a->recent = json_array()) || (owner && !(a->owner = strdup(owner)))) {
+        if (a) json_decref(a->recent);
+        free(a);
+        cel_lora_free(lora);
+        return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    }
+    a->lora = lora;
+    iso_now(a->created, sizeof(a->created));
+    char hex[17], dir[CEL_ADAPTERS_PATH_MAX + 64];
+    int rc = CEL_OK;
+    /* 64 random bits: a clash is astronomically unlikely, but mkdir makes it safe */
+    for (int tries = 0; tries < 4; tries++) {
+        if ((rc = random_hex(hex, 8, err)) != CEL_OK) break;
+        snprintf(a->id, sizeof(a->id), "lora_%s", hex);
+        snprintf(dir, sizeof(dir), "%s/%s", s->adir, a->id);
+        if (mkdir(dir, 0700) == 0) break;
+        rc = cel_err_set(err, CEL_EIO, "%s: %s", dir, strerror(errno));
+        if (errno != EEXIST) break;
+    }
+    if (rc == CEL_OK) rc = write_ckpt(s, a, NULL, NULL, err);
+    if (rc != CEL_OK) {
+        if (a->id[0]) rm_tree(dir);
+        adapter_free(a);
+        return rc;
+    }
+    insert(s, a);
+    *out = a;
+    return CEL_OK;
+}
+
+int cel_adapters_create(cel_adapters_t *s, const cel_lora_config_t *cfg, const char *owner,
+                        cel_adapter_t **out, cel_err_t *err) {
+    *out = NULL;
+    cel_lora_t *lora;
+    int rc = cel_lora_new(s->m, cfg, &lora, err);
+    if (rc != CEL_OK) return rc;
+    return new_adapter(s, lora, owner, out, err);
+}
+
+int cel_adapters_delete(cel_adapters_t *s, const char *id, cel_err_t *err) {
+    if (!cel_adapters_valid_id(id)) return cel_err_set(err, CEL_ENOTFOUND, "malformed id");
+    int i = find_loaded(s, id);
+    if (i >= 0) drop_at(s, i);
+    char name[CKPT_NAME_MAX], dir[CEL_ADAPTERS_PATH_MAX + 64], gone[CEL_ADAPTERS_PATH_MAX + 96];
+    int rc = read_current(s, id, name, err);
+    if (rc != CEL_OK) return rc;
+    char nonce[17];
+    if ((rc = random_hex(nonce, 8, err)) != CEL_OK) return rc;
+    snprintf(dir, sizeof(dir), "%s/%s", s->adir, id);
+    snprintf(gone, sizeof(gone), "%s/.deleted-%s-%s", s->adir, id, nonce);
+    if (rename(dir, gone) != 0) {
+        if (errno == ENOENT) return cel_err_set(err, CEL_ENOTFOUND, "%s: not found", dir);
+        return cel_err_set(err, CEL_EIO, "%s: %s", dir, strerror(errno));
+    }
+    fsync_path(s->adir, O_RDONLY | O_DIRECTORY);
+    rm_tree(gone);
+    return CEL_OK;
+}
+
+int cel_adapters_export(cel_adapters_t *s, cel_adapter_t *a, char *path, cel_err_t *err) {
+    int step = cel_lora_step_count(a->lora);
+    char tmp[CEL_ADAPTERS_PATH_MAX + 128], nonce[17];
+    snprintf(path, CEL_ADAPTERS_PATH_MAX, "%s/%s-step%d", s->edir, a->id, step);
+    /* the weights of a step never change, so an existing export is that step's */
+    char probe[CEL_ADAPTERS_PATH_MAX + 64];
+    snprintf(probe, sizeof(probe), "%s/adapter_model.safetensors", path);
+    if (access(probe, F_OK) == 0) return CEL_OK;
+    int rc = random_hex(nonce, 8, err);
+    if (rc != CEL_OK) return rc;
+    snprintf(tmp, sizeof(tmp), "%s/.tmp-%s-%s", s->edir, a->id, nonce);
+    if (mkdir(tmp, 0700) != 0) return cel_err_set(err, CEL_EIO, "%s: %s", tmp, strerror(errno));
+    const char *kv[] = {"adapter_id", a->id};
+    rc = cel_lora_save(a->lora, tmp, s->base, kv, 1, err);
+    if (rc == CEL_OK && fsync_path(tmp, O_RDONLY | O_DIRECTORY) != 0)
+        rc = cel_err_set(err, CEL_EIO, "%s: fsync: %s", tmp, strerror(errno));
+    if (rc == CEL_OK && rename(tmp, path) != 0 && errno != EEXIST && errno != ENOTEMPTY)
+        rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+    if (rc != CEL_OK || access(tmp, F_OK) == 0) rm_tree(tmp);
+    if (rc == CEL_OK) fsync_path(s->edir, O_RDONLY | O_DIRECTORY);
+    return rc;
+}
+
+/* Normalizes an absolute path lexically ("." and ".." and repeated slashes),
+ * following no symlinks. out has CEL_ADAPTERS_PATH_MAX bytes. */
+static int lexical_norm(const char *abs, char *out) {
+    size_t n = 0;
+    const char *p = abs;
+    out[0] = '\0';
+    while (*p) {
+        while (*p == '/') p++;
+        size_t len = strcspn(p, "/");
+        if (len == 0) break;
+        if (len == 1 && p[0] == '.') {
+        } else if (len == 2 && p[0] == '.' && p[1] == '.') {
+            while (n > 0 && out[n - 1] != '/') n--;
+            if (n > 0) n--;
+            out[n] = '\0';
+        } else {
+            if (n + 1 + len + 1 > CEL_ADAPTERS_PATH_MAX) return -1;
+            out[n++] = '/';
+            memcpy(out + n, p, len);
+            n += len;
+            out[n] = '\0';
+        }
+        p += len;
+    }
+    if (n == 0) snprintf(out, CEL_ADAPTERS_PATH_MAX, "/");
+    return 0;
+}
+
+static int inside_roots(const cel_adapters_t *s, const char *path) {
+    if (path_inside(path, s->state)) return 1;
+    for (int i = 0; i < s->n_roots; i++)
+        if (path_inside(path, s->roots[i])) return 1;
+    return 0;
+}
+
+int cel_adapters_import(cel_adapters_t *s, const char *path, const char *owner,
+                        cel_adapter_t **out, cel_err_t *err) {
+    *out = NULL;
+    char abs[CEL_ADAPTERS_PATH_MAX * 2 + 2], norm[CEL_ADAPTERS_PATH_MAX];
+    char real[PATH_MAX];
+    if (!*path) return cel_err_set(err, CEL_ENOTFOUND, "is empty");
+    if (path[0] == '/') snprintf(abs, sizeof(abs), "%s", path);
+    else snprintf(abs, sizeof(abs), "%s/%s", s->state, path);
+    if (strlen(abs) >= CEL_ADAPTERS_PATH_MAX || lexical_norm(abs, norm) != 0)
+        return cel_err_set(err, CEL_ELIMIT, "is longer than %d bytes",
+                           CEL_ADAPTERS_PATH_MAX - 1);
+    if (!realpath(abs, real)) {
+        /* say "missing" only for paths that would be allowed, so the answer tells
+         * nothing about what exists outside the roots */
+        if (!inside_roots(s, norm))
+            return cel_err_set(err, CEL_ESTATE, "is outside the state directory and the "
+                               "import roots");
+        return cel_err_set(err, CEL_ENOTFOUND, "does not exist");
+    }
+    if (!inside_roots(s, real))
+        return cel_err_set(err, CEL_ESTATE, "is outside the state directory and the import roots");
+    if (!is_dir(real)) return cel_err_set(err, CEL_EINVAL, "is not a directory");
+    static const char *const files[] = {"adapter_config.json", "adapter_model.safetensors",
+                                        "optimizer.safetensors"};
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        char f[PATH_MAX + 64], fr[PATH_MAX];
+        struct stat st;
+        snprintf(f, sizeof(f), "%s/%s", real, files[i]);
+        if (lstat(f, &st) != 0) {
+            if (i < 2) return cel_err_set(err, CEL_EINVAL, "has no %s", files[i]);
+            continue;
+        }
+        if (!realpath(f, fr) || !inside_roots(s, fr))
+            return cel_err_set(err, CEL_ESTATE, "has a %s that leads outside the state "
+                               "directory and the import roots", files[i]);
+    }
+    cel_lora_t *lora;
+    cel_err_t lerr;
+    int rc = cel_lora_load(s->m, real, &lora, &lerr);
+    if (rc == CEL_ENOMEM) return cel_err_set(err, rc, "out of memory");
+    if (rc != CEL_OK) {
+        /* the engine's message names the full file path; keep only its tail */
+        const char *msg = lerr.msg;
+        size_t rl = strlen(real);
+        if (strncmp(msg, real, rl) == 0) msg += rl + (msg[rl] == '/');
+        return cel_err_set(err, CEL_EINVAL, "is not a loadable adapter: %s", msg);
+    }
+    return new_adapter(s, lora, owner, out, err);
+}
+
+static json_t *or_null(json_t *v) { return v ? v : json_null(); }
+
+/* The info dict from a checkpoint's meta (borrowed). */
+static json_t *info_from_meta(const char *id, json_t *meta) {
+    return json_pack("{s:s, s:O, s:O, s:O, s:O, s:O, s:O}", "adapter_id", id, "rank",
+                     or_null(json_object_get(meta, "rank")), "alpha",
+                     or_null(json_object_get(meta, "alpha")), "target_modules",
+                     or_null(json_object_get(meta, "target_modules")), "step",
+                     or_null(json_object_get(meta, "step")), "owner",
+                     or_null(json_object_get(meta, "owner")), "created",
+                     or_null(json_object_get(meta, "created")));
+}
+
+int cel_adapters_info(cel_adapters_t *s, const char *id, json_t **out, cel_err_t *err) {
+    *out = NULL;
+    if (!cel_adapters_valid_id(id)) return cel_err_set(err, CEL_ENOTFOUND, "malformed id");
+    char name[CKPT_NAME_MAX];
+    json_t *meta = NULL;
+    int rc = read_current(s, id, name, err);
+    if (rc == CEL_OK) rc = read_meta(s, id, name, &meta, err);
+    if (rc != CEL_OK) return rc;
+    *out = info_from_meta(id, meta);
+    json_decref(meta);
+    return *out ? CEL_OK : cel_err_set(err, CEL_ENOMEM, "out of memory");
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+int cel_adapters_list(cel_adapters_t *s, const char *owner, json_t **out, cel_err_t *err) {
+    *out = NULL;
+    DIR *d = opendir(s->adir);
+    if (!d) return cel_err_set(err, CEL_EIO, "%s: %s", s->adir, strerror(errno));
+    char **ids = NULL;
+    size_t n = 0, cap = 0;
+    int rc = CEL_OK;
+    struct dirent *e;
+    while (rc == CEL_OK && (e = readdir(d))) {
+        if (!cel_adapters_valid_id(e->d_name)) continue;
+        if (n == CEL_ADAPTERS_MAX_LIST) break;
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 64;
+            char **ni = realloc(ids, nc * sizeof(*ids));
+            if (!ni) {
+                rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
+                break;
+            }
+            ids = ni, cap = nc;
+        }
+        if (!(ids[n] = strdup(e->d_name))) rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
+        else n++;
+    }
+    closedir(d);
+    if (n) qsort(ids, n, sizeof(*ids), cmp_str);
+    json_t *list = rc == CEL_OK ? json_array() : NULL;
+    if (rc == CEL_OK && !list) rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
+    for (size_t i = 0; rc == CEL_OK && i < n; i++) {
+        json_t *info;
+        cel_err_t e2;
+        int r = cel_adapters_info(s, ids[i], &info, &e2);
+        if (r == CEL_ENOMEM) rc = cel_err_set(err, r, "out of memory");
+        if (r != CEL_OK) continue; /* being created or deleted, or unreadable: skip */
+        const char *o = json_string_value(json_object_get(info, "owner"));
+        if (!owner || (o && strcmp(o, owner) == 0)) json_array_append(list, info);
+        json_decref(info);
+    }
+    for (size_t i = 0; i < n; i++) free(ids[i]);
+    free(ids);
+    if (rc != CEL_OK) {
+        json_decref(list);
+        return rc;
+    }
+    *out = list;
+    return CEL_OK;
+}
+
+const char *cel_adapters_id(const cel_adapter_t *a) { return a->id; }
+cel_lora_t *cel_adapters_lora(cel_adapter_t *a) { return a->lora; }
+int cel_adapters_has_grads(const cel_adapter_t *a) { return a->has_grads; }
+void cel_adapters_set_grads(cel_adapter_t *a, int has) { a->has_grads = has; }
+json_t *cel_adapters_step_result(const cel_adapter_t *a, const char *task_id, int *step) {
+    size_t i;
+    json_t *e;
+    if (!task_id) return NULL;
+    json_array_foreach(a->recent, i, e) {
+        const char *t = json_string_value(json_object_get(e, "task_id"));
+        if (t && strcmp(t, task_id) == 0) {
+            if (step) *step = (int)json_integer_value(json_object_get(e, "step"));
+            return json_object_get(e, "result");
+        }
+    }
+    return NULL;
+}
+
+json_t *cel_adapters_describe(const cel_adapter_t *a) {
+    return json_pack("{s:s, s:i, s:o, s:o, s:i, s:s?, s:s}", "adapter_id", a->id, "rank",
+                     cel_lora_rank(a->lora), "alpha", alpha_json(cel_lora_alpha(a->lora)),
+                     "target_modules", targets_json(cel_lora_targets(a->lora)), "step",
+                     cel_lora_step_count(a->lora), "owner", a->owner, "created", a->created);
+}

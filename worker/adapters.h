@@ -1,0 +1,120 @@
+/* adapters.h -- the executor's LoRA adapter store: memory copies and checkpoints.
+ *
+ * Adapters live in memory by id (an LRU of at most CEL_ADAPTERS_MAX_LOADED) and
+ * on disk under <state>/adapters/<id>/ as checkpoints that any executor of the
+ * worker, or this one after a restart, loads when a job names an adapter it does
+ * not hold. Every access re-reads the adapter's `current` pointer, so a copy made
+ * stale by another executor's step (or delete) is reloaded (or dropped): the store
+ * is correct whichever executor gets a job; only accumulated gradients are local.
+ *
+ * Checkpoint layout (see adapters.c for the write order that makes it atomic):
+ *   <state>/adapters/<id>/current           "ckpt-<step>-<nonce>\n"
+ *   <state>/adapters/<id>/ckpt-<step>-<nonce>/adapter_model.safetensors
+ *                                            adapter_config.json   (PEFT's layout)
+ *                                            optimizer.safetensors (AdamW moments)
+ *                                            meta.json (step, last_task_id, last_result,
+ *                                                       recent_steps, owner, created, ...)
+ *   <state>/exports/<id>-step<N>/           lora.save's PEFT folders
+ * Ids are "lora_" + 16 lowercase hex digits, checked before any path is built.
+ * Runs in executor processes only: blocking file I/O and fsync, one thread.
+ */
+#ifndef CEL_ADAPTERS_H
+#define CEL_ADAPTERS_H
+
+#include <jansson.h>
+
+#include "../model/model.h"
+#include "../protocol/err.h"
+
+#define CEL_ADAPTERS_ID_LEN 21          /* "lora_" + 16 hex */
+#define CEL_ADAPTERS_MAX_LOADED 64      /* adapters kept in one executor's memory */
+#define CEL_ADAPTERS_MAX_LIST 10000     /* adapters lora.list reports */
+#define CEL_ADAPTERS_MAX_OWNER 256      /* bytes of an owner string */
+#define CEL_ADAPTERS_MAX_META (1 << 20) /* bytes of a meta.json or current file */
+#define CEL_ADAPTERS_MAX_ROOTS 16       /* --import-root directories */
+#define CEL_ADAPTERS_PATH_MAX 4096
+#define CEL_ADAPTERS_MAX_RECENT 32      /* steps whose task id and result meta.json keeps */
+
+typedef struct cel_adapters cel_adapters_t;
+typedef struct cel_adapter cel_adapter_t;
+
+/* Opens the store on state_dir (created if missing, with adapters/ and exports/
+ * inside) for model m (borrowed; outlives the store). base_model names the model
+ * in exported adapter_config.json files. roots: n_roots extra directories
+ * lora.load may read from (must exist). OUT: *out (cel_adapters_free). */
+int cel_adapters_open(cel_model_t *m, const char *state_dir, const char *base_model,
+                      const char *const *roots, int n_roots, cel_adapters_t **out,
+                      cel_err_t *err);
+
+/* Frees the memory copies (unsaved gradients are lost); NULL is a no-op. */
+void cel_adapters_free(cel_adapters_t *s);
+
+/* The resolved (realpath) state directory. */
+const char *cel_adapters_state_dir(const cel_adapters_t *s);
+
+/* 1 when id has the form lora_[0-9a-f]{16}, else 0. NULL gives 0. */
+int cel_adapters_valid_id(const char *id);
+
+/* Creates an adapter from cfg (seed included) owned by owner (may be NULL), writes
+ * its step-0 checkpoint and keeps it in memory. OUT: *out, borrowed from the store
+ * until the next call that may evict (get/create/import). */
+int cel_adapters_create(cel_adapters_t *s, const cel_lora_config_t *cfg, const char *owner,
+                        cel_adapter_t **out, cel_err_t *err);
+
+/* The adapter id, in memory and in sync with its current checkpoint (loaded or
+ * reloaded as needed). CEL_ENOTFOUND: no such adapter (or a malformed id);
+ * CEL_EIO/CEL_EPROTO: its checkpoint could not be read. OUT: *out, borrowed as
+ * for create. */
+int cel_adapters_get(cel_adapters_t *s, const char *id, cel_adapter_t **out, cel_err_t *err);
+
+/* Writes a new checkpoint of a (its weights, AdamW state and step now) recording
+ * task_id (may be NULL) and result (borrowed, may be NULL) as the outcome of the
+ * step, and switches `current` to it atomically; older checkpoints are pruned.
+ * On failure the old checkpoint stays current and a is dropped from memory, so
+ * the next get reloads the last good state. */
+int cel_adapters_commit(cel_adapters_t *s, cel_adapter_t *a, const char *task_id,
+                        json_t *result, cel_err_t *err);
+
+/* Drops a's memory copy (its gradients too); the checkpoint stays. */
+void cel_adapters_evict(cel_adapters_t *s, cel_adapter_t *a);
+
+/* Removes the adapter's memory copy and its checkpoints. CEL_ENOTFOUND when there
+ * is no such adapter. */
+int cel_adapters_delete(cel_adapters_t *s, const char *id, cel_err_t *err);
+
+/* Writes a's weights as a PEFT folder <state>/exports/<id>-step<N>/ (kept if it
+ * already exists). OUT: path (CEL_ADAPTERS_PATH_MAX bytes). */
+int cel_adapters_export(cel_adapters_t *s, cel_adapter_t *a, char *path, cel_err_t *err);
+
+/* Imports the PEFT folder at path as a new adapter owned by owner (may be NULL),
+ * keeping the step of its optimizer.safetensors when present. A relative path is
+ * taken from the state directory. The folder and every file read must resolve
+ * (after symlinks) inside the state directory or an import root. Errors:
+ * CEL_ESTATE the path leaves them (PermissionError for the client), CEL_ENOTFOUND
+ * it does not exist, others a folder that is not a loadable adapter. OUT: *out
+ * as for create. */
+int cel_adapters_import(cel_adapters_t *s, const char *path, const char *owner,
+                        cel_adapter_t **out, cel_err_t *err);
+
+/* The info dict of the adapter id read from its checkpoint (no weights loaded):
+ * {"adapter_id","rank","alpha","target_modules","step","owner","created"}.
+ * CEL_ENOTFOUND when there is none. OUT: *out (new reference). */
+int cel_adapters_info(cel_adapters_t *s, const char *id, json_t **out, cel_err_t *err);
+
+/* Info dicts of every adapter (owner NULL) or of owner's, sorted by id, at most
+ * CEL_ADAPTERS_MAX_LIST. OUT: *out (new reference). */
+int cel_adapters_list(cel_adapters_t *s, const char *owner, json_t **out, cel_err_t *err);
+
+/* Accessors of an adapter in memory (borrowed). */
+const char *cel_adapters_id(const cel_adapter_t *a);
+cel_lora_t *cel_adapters_lora(cel_adapter_t *a);
+/* The info dict as cel_adapters_info gives it (new reference or NULL on ENOMEM). */
+json_t *cel_adapters_describe(const cel_adapter_t *a);
+/* Whether forward_backward accumulated gradients since the last step or load. */
+int cel_adapters_has_grads(const cel_adapter_t *a);
+void cel_adapters_set_grads(cel_adapter_t *a, int has);
+/* The result recorded for the step task_id made, if it is one of the adapter's last
+ * CEL_ADAPTERS_MAX_RECENT steps (borrowed), else NULL. OUT: *step (may be NULL). */
+json_t *cel_adapters_step_result(const cel_adapter_t *a, const char *task_id, int *step);
+
+#endif

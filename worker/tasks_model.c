@@ -1,0 +1,1301 @@
+/* tasks_model.c -- the model.* and lora.* tasks: scoring and LoRA training/sampling.
+ *
+ * Each task binds its arguments as the Python signature below would (defaults,
+ * TypeError wording of CPython), checks every value against a named limit, and
+ * answers a SUCCESS result or a FAILURE the client can read (TypeError for wrong
+ * types, ValueError for bad values and unknown adapters, PermissionError for
+ * lora.load paths outside the allowed folders, OSError for checkpoint I/O).
+ *   model.score(text, adapter_id=None)
+ *   lora.create(rank=8, alpha=16, target_modules=None, seed=None, owner=None)
+ *   lora.forward_backward(adapter_id, data, loss_fn="cross_entropy")
+ *   lora.optim_step(adapter_id, adam_params=None)
+ *   lora.sample(adapter_id, prompts, sampling_params=None)
+ *   lora.save(adapter_id)      lora.load(path, owner=None)
+ *   lora.info(adapter_id)      lora.list(owner=None)      lora.delete(adapter_id)
+ * target_modules=None means all seven Llama projections (PEFT's "all-linear"):
+ * on small models it learns much faster than PEFT's q_proj,v_proj default.
+ * Gradients accumulate in the executor's memory copy of the adapter; optim_step
+ * checkpoints through worker/adapters.c before it returns.
+ * Executor processes only; blocking; one task at a time.
+ */
+#include "tasks_model.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../model/model.h"
+#include "../model/tokenizer.h"
+#include "adapters.h"
+#include "log.h"
+
+/* Limits on what one task may ask for (besides --max-input-tokens). */
+#define MT_MAX_EXAMPLES 512              /* examples in one forward_backward */
+#define MT_MAX_TOTAL_TOKENS (256 * 1024) /* tokens in one forward_backward */
+#define MT_BATCH_TOKENS 4096             /* B*T of one forward/backward pass */
+#define MT_MAX_BATCH 32                  /* sequences in one pass */
+#define MT_MAX_TURNS 256                 /* messages in one chat example */
+#define MT_MAX_ROLE_BYTES 64
+#define MT_MAX_TEXT_BYTES (4u << 20)     /* one text, prompt or message before encoding */
+#define MT_MAX_PROMPTS 64                /* prompts in one lora.sample */
+#define MT_MAX_NEW_TOKENS 2048           /* sampling_params["max_tokens"] */
+#define MT_MAX_STOPS 16                  /* stop strings */
+#define MT_MAX_STOP_BYTES 256
+#define MT_MAX_RANK 256
+#define MT_MAX_ALPHA 1e6
+#define MT_MAX_REPR 80                   /* bytes of a bad value echoed in a message */
+
+/* ---- process-wide state ---- */
+
+static struct {
+    cel_model_t *model;
+    cel_tokenizer_t *tok;
+    cel_adapters_t *store;
+    char model_dir[CEL_ADAPTERS_PATH_MAX];
+    char temp_state[64];        /* non-empty: private state dir to remove at close */
+    int max_input;
+    int32_t im_start, im_end;   /* ChatML tokens, or -1 */
+    int32_t eos;                /* appended to text examples, or -1 */
+    const char *task_id;        /* of the running task */
+    int (*progress)(void *, long, long);
+    void *progress_priv;
+} g = {.im_start = -1, .im_end = -1, .eos = -1};
+
+static void rm_private_state(void);
+
+int cel_tasks_model_open(const cel_tasks_model_opts_t *o, cel_err_t *err) {
+    cel_model_set_threads(o->threads);
+    if (!realpath(o->model_dir, g.model_dir))
+        return cel_err_set(err, CEL_ENOTFOUND, "model directory %s: %s", o->model_dir,
+                           strerror(errno));
+    char path[CEL_ADAPTERS_PATH_MAX + 32];
+    snprintf(path, sizeof(path), "%s/tokenizer.json", g.model_dir);
+    int rc = cel_tokenizer_load(path, &g.tok, err);
+    if (rc == CEL_OK) rc = cel_model_load(g.model_dir, &g.model, err);
+    if (rc == CEL_OK && cel_tokenizer_vocab_size(g.tok) > (size_t)cel_model_vocab_size(g.model))
+        rc = cel_err_set(err, CEL_EINVAL, "%s: tokenizer has %zu ids, the model only %d",
+                         g.model_dir, cel_tokenizer_vocab_size(g.tok),
+                         cel_model_vocab_size(g.model));
+    if (rc == CEL_OK) {
+        /* config.json's special ids win over the tokenizer's guesses (as celeriac-lm) */
+        int32_t eos[8];
+        int neos = cel_model_eos(g.model, eos, 8);
+        if (cel_model_bos(g.model) >= 0)
+            rc = cel_tokenizer_set_bos(g.tok, cel_model_bos(g.model), err);
+        if (rc == CEL_OK && neos > 0) rc = cel_tokenizer_set_eos(g.tok, eos[0], err);
+        g.eos = cel_tokenizer_eos(g.tok);
+        g.im_start = cel_tokenizer_find(g.tok, "<|im_start|>");
+        g.im_end = cel_tokenizer_find(g.tok, "<|im_end|>");
+    }
+    if (rc == CEL_OK) {
+        int maxT = cel_model_max_seq(g.model);
+        g.max_input = o->max_input_tokens > 0 ? o->max_input_tokens : CEL_TASKS_MODEL_DEFAULT_INPUT;
+        if (g.max_input > maxT) {
+            if (o->max_input_tokens > 0)
+                cel_warn("--max-input-tokens %d is past the model's %d positions; using %d",
+                         o->max_input_tokens, maxT, maxT);
+            g.max_input = maxT;
+        }
+    }
+    const char *state = o->state_dir;
+    if (rc == CEL_OK && !state) {
+        snprintf(g.temp_state, sizeof(g.temp_state), "/tmp/celeriac-state-XXXXXX");
+        if (!mkdtemp(g.temp_state)) {
+            rc = cel_err_set(err, CEL_EIO, "cannot make a temp state dir: %s", strerror(errno));
+            g.temp_state[0] = '\0';
+        } else {
+            state = g.temp_state;
+            cel_warn("No --state-dir: adapters live in %s and will not survive a restart",
+                     state);
+        }
+    }
+    if (rc == CEL_OK)
+        rc = cel_adapters_open(g.model, state, g.model_dir, o->import_roots, o->n_import_roots,
+                               &g.store, err);
+    if (rc != CEL_OK) {
+        cel_tasks_model_close();
+        return rc;
+    }
+    g.progress = o->progress;
+    g.progress_priv = o->progress_priv;
+    cel_info("Model %s: %llu parameters, vocab %d, %d positions; state in %s", g.model_dir,
+             (unsigned long long)cel_model_param_count(g.model), cel_model_vocab_size(g.model),
+             cel_model_max_seq(g.model), cel_adapters_state_dir(g.store));
+    return CEL_OK;
+}
+
+void cel_tasks_model_close(void) {
+    cel_adapters_free(g.store);
+    cel_model_free(g.model);
+    cel_tokenizer_free(g.tok);
+    g.store = NULL;
+    g.model = NULL;
+    g.tok = NULL;
+    rm_private_state();
+}
+
+void cel_tasks_model_begin(const char *task_id) { g.task_id = task_id; }
+
+/* ---- helpers: binding, raising, values ---- */
+
+/* Binds call's args to def func(params[0..nparams)) whose first nreq have no
+ * default; out[i] is NULL for a parameter left to its default. On a binding error
+ * the call holds CPython's TypeError and CEL_ETYPE is returned. */
+static int bind(cel_diag_call_t *call, const char *func, const char *const *params, int nreq,
+                int nparams, json_t **out) {
+    size_t nargs = json_array_size(call->args);
+    for (int i = 0; i < nparams; i++)
+        out[i] = (size_t)i < nargs ? json_array_get(call->args, (size_t)i) : NULL;
+    const char *key;
+    json_t *val;
+    json_object_foreach(call->kwargs, key, val) {
+        int j;
+        for (j = 0; j < nparams; j++)
+            if (strcmp(params[j], key) == 0) break;
+        if (j < nparams && !out[j]) {
+            out[j] = val;
+            continue;
+        }
+        int rc = j == nparams
+                     ? cel_diag_raisef(call, "TypeError",
+                                       "%s() got an unexpected keyword argument '%s'", func, key)
+                     : cel_diag_raisef(call, "TypeError",
+                                       "%s() got multiple values for argument '%s'", func, key);
+        return rc ? rc : CEL_ETYPE;
+    }
+    if (nargs > (size_t)nparams) {
+        int rc;
+        if (nreq == nparams)
+            rc = cel_diag_raisef(call, "TypeError", "%s() takes %d positional argument%s but %zu "
+                                 "%s given", func, nparams, nparams == 1 ? "" : "s", nargs,
+                                 nargs == 1 ? "was" : "were");
+        else
+            rc = cel_diag_raisef(call, "TypeError", "%s() takes from %d to %d positional "
+                                 "arguments but %zu %s given", func, nreq, nparams, nargs,
+                                 nargs == 1 ? "was" : "were");
+        return rc ? rc : CEL_ETYPE;
+    }
+    char names[512];
+    size_t used = 0;
+    int nmissing = 0, total = 0;
+    for (int i = 0; i < nreq; i++) total += !out[i];
+    for (int i = 0; i < nreq && used < sizeof(names); i++) {
+        if (out[i]) continue;
+        const char *sep = nmissing == 0 ? "" : total == 2 ? " and "
+                          : nmissing == total - 1 ? ", and " : ", ";
+        used += (size_t)snprintf(names + used, sizeof(names) - used, "%s'%s'", sep, params[i]);
+        nmissing++;
+    }
+    if (nmissing) {
+        int rc = cel_diag_raisef(call, "TypeError", "%s() missing %d required positional "
+                                 "argument%s: %s", func, nmissing, nmissing == 1 ? "" : "s",
+                                 names);
+        return rc ? rc : CEL_ETYPE;
+    }
+    /* an explicit None is the same as leaving the default */
+    for (int i = nreq; i < nparams; i++)
+        if (json_is_null(out[i])) out[i] = NULL;
+    return CEL_OK;
+}
+
+/* Binds or returns from the task function (the TypeError is then its outcome). */
+#define BIND(call, func, params, nreq, nparams, out)                                     \
+    do {                                                                                 \
+        int bind_rc_ = bind((call), (func), (params), (nreq), (nparams), (out));         \
+        if (bind_rc_ == CEL_ETYPE) return CEL_OK;                                        \
+        if (bind_rc_) return bind_rc_;                                                   \
+    } while (0)
+
+/* What a task function returns: CEL_ETYPE marks "the call holds an exception"
+ * inside helpers, which is CEL_OK (an outcome) for the executor. */
+static int finish(int rc) { return rc == CEL_ETYPE ? CEL_OK : rc; }
+
+/* Raises type(msg) and returns CEL_ETYPE (or CEL_ENOMEM). */
+static int fail(cel_diag_call_t *call, const char *type, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(cel_diag_call_t *call, const char *type, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    int rc = cel_diag_raisef(call, type, "%s", msg);
+    return rc ? rc : CEL_ETYPE;
+}
+
+static int succeed(cel_diag_call_t *call, json_t *v) {
+    if (!v) return CEL_ENOMEM;
+    call->result = v;
+    return CEL_OK;
+}
+
+/* A short repr of v for messages (static buffer: one use per message). */
+static const char *short_repr(json_t *v) {
+    static char buf[MT_MAX_REPR + 8];
+    char *s = cel_diag_pystr(v);
+    if (json_is_string(v) && s) {
+        char *q = NULL;
+        if (asprintf(&q, "'%s'", s) >= 0) {
+            free(s);
+            s = q;
+        }
+    }
+    if (!s) return "?";
+    if (strlen(s) > MT_MAX_REPR) snprintf(buf, sizeof(buf), "%.*s...", MT_MAX_REPR, s);
+    else snprintf(buf, sizeof(buf), "%s", s);
+    free(s);
+    return buf;
+}
+
+static int is_int(const json_t *v) { return json_is_integer(v); } /* bool is not an int here */
+static int is_num(const json_t *v) { return json_is_integer(v) || json_is_real(v); }
+static double num(const json_t *v) {
+    return json_is_real(v) ? json_real_value(v) : (double)json_integer_value(v);
+}
+
+/* Checks that v is a str; raises TypeError naming what. */
+static int want_str(cel_diag_call_t *call, json_t *v, const char *what) {
+    if (json_is_string(v)) return CEL_OK;
+    return fail(call, "TypeError", "%s must be a str, not %s", what, cel_diag_pytype(v));
+}
+
+static int not_ready(cel_diag_call_t *call) {
+    if (g.model && g.store) return CEL_OK;
+    return fail(call, "RuntimeError", "the executor has no model loaded");
+}
+
+/* Finds adapter_id (a str) in the store; raises ValueError for unknown ids. */
+static int get_adapter(cel_diag_call_t *call, json_t *id, cel_adapter_t **out) {
+    *out = NULL;
+    int rc = want_str(call, id, "adapter_id");
+    if (rc != CEL_OK) return rc;
+    cel_err_t err;
+    cel_err_clear(&err);
+    rc = cel_adapters_get(g.store, json_string_value(id), out, &err);
+    if (rc == CEL_OK) return CEL_OK;
+    if (rc == CEL_ENOMEM) return rc;
+    if (rc == CEL_ENOTFOUND) return fail(call, "ValueError", "unknown adapter %s", short_repr(id));
+    return fail(call, "OSError", "adapter %s: cannot read its checkpoint: %s",
+                json_string_value(id), err.msg);
+}
+
+/* Optional adapter: None is the base model. */
+static int get_lora(cel_diag_call_t *call, json_t *id, cel_lora_t **out) {
+    *out = NULL;
+    if (!id) return CEL_OK;
+    cel_adapter_t *a;
+    int rc = get_adapter(call, id, &a);
+    if (rc == CEL_OK) *out = cel_adapters_lora(a);
+    return rc;
+}
+
+static int check_owner(cel_diag_call_t *call, json_t *owner) {
+    if (!owner) return CEL_OK;
+    int rc = want_str(call, owner, "owner");
+    if (rc != CEL_OK) return rc;
+    size_t n = json_string_length(owner);
+    if (n == 0 || n > CEL_ADAPTERS_MAX_OWNER || strlen(json_string_value(owner)) != n)
+        return fail(call, "ValueError", "owner must be 1 to %d bytes with no NUL",
+                    CEL_ADAPTERS_MAX_OWNER);
+    return CEL_OK;
+}
+
+/* Encodes a str value. OUT: *ids (malloc'd), *n. Raises ValueError past limits. */
+static int encode(cel_diag_call_t *call, json_t *s, int add_bos, const char *what,
+                  int32_t **ids, size_t *n) {
+    *ids = NULL;
+    *n = 0;
+    size_t len = json_string_length(s);
+    if (len > MT_MAX_TEXT_BYTES)
+        return fail(call, "ValueError", "%s is %zu bytes; the limit is %u", what, len,
+                    MT_MAX_TEXT_BYTES);
+    cel_err_t err;
+    int rc = cel_tokenizer_encode(g.tok, json_string_value(s), len, add_bos, ids, n, &err);
+    if (rc == CEL_ENOMEM) return rc;
+    if (rc != CEL_OK) return fail(call, "ValueError", "%s cannot be tokenized: %s", what, err.msg);
+    return CEL_OK;
+}
+
+static void progress(long done, long total) {
+    if (g.progress) g.progress(g.progress_priv, done, total);
+}
+
+static int soft_limit_hit(cel_diag_call_t *call) {
+    return call->soft_limit && *call->soft_limit;
+}
+
+static int raise_soft_limit(cel_diag_call_t *call) {
+    int rc = cel_diag_raise(call, "SoftTimeLimitExceeded", "billiard.exceptions", NULL,
+                            "SoftTimeLimitExceeded()");
+    return rc ? rc : CEL_ETYPE;
+}
+
+/* A model error as the task's exception (limits and shapes are the caller's). */
+static int model_error(cel_diag_call_t *call, int rc, const cel_err_t *err) {
+    if (rc == CEL_ENOMEM) return rc;
+    return fail(call, rc == CEL_EIO ? "OSError" : "ValueError", "%s", err->msg);
+}
+
+static uint64_t random_seed(void) {
+    uint64_t s = 0;
+    if (getrandom(&s, sizeof(s), 0) != (ssize_t)sizeof(s))
+        s = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    return s;
+}
+
+/* ---- model.score ---- */
+
+static int t_score(cel_diag_call_t *call) {
+    static const char *const params[] = {"text", "adapter_id"};
+    json_t *v[2];
+    BIND(call, "score", params, 1, 2, v);
+    int rc = not_ready(call);
+    if (rc == CEL_OK) rc = want_str(call, v[0], "text");
+    cel_lora_t *lora = NULL;
+    if (rc == CEL_OK) rc = get_lora(call, v[1], &lora);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (rc == CEL_OK) rc = encode(call, v[0], 1, "text", &ids, &n);
+    if (rc == CEL_OK && n < 2)
+        rc = fail(call, "ValueError", "text has no token to score (it is empty)");
+    if (rc == CEL_OK && n > (size_t)g.max_input)
+        rc = fail(call, "ValueError", "text is %zu tokens; the limit is %d (--max-input-tokens)",
+                  n, g.max_input);
+    float *lp = rc == CEL_OK ? malloc((n - 1) * sizeof(float)) : NULL;
+    if (rc == CEL_OK && !lp) rc = CEL_ENOMEM;
+    cel_score_t sc;
+    cel_err_t err;
+    if (rc == CEL_OK && (rc = cel_model_score(g.model, lora, ids, (int)n, lp, &sc, &err)))
+        rc = model_error(call, rc, &err);
+    if (rc == CEL_OK) {
+        json_t *tl = json_array();
+        for (int i = 0; tl && i < sc.n; i++)
+            if (json_array_append_new(tl, json_real(lp[i]))) {
+                json_decref(tl);
+                tl = NULL;
+            }
+        rc = succeed(call, tl ? json_pack("{s:i, s:f, s:f, s:f, s:o}", "tokens", sc.n,
+                                          "logprob", sc.logprob, "mean_logprob", sc.mean_logprob,
+                                          "perplexity", sc.perplexity, "token_logprobs", tl)
+                              : NULL);
+    }
+    free(lp);
+    free(ids);
+    return finish(rc);
+}
+
+/* ---- lora.create ---- */
+
+/* Parses target_modules (None, a list of names, or a comma-separated str). */
+static int parse_targets(cel_diag_call_t *call, json_t *v, unsigned *out) {
+    *out = CEL_LORA_ALL;
+    if (!v) return CEL_OK;
+    char csv[512] = "";
+    size_t used = 0;
+    if (json_is_string(v)) {
+        if (json_string_length(v) >= sizeof(csv))
+            return fail(call, "ValueError", "target_modules is too long");
+        snprintf(csv, sizeof(csv), "%s", json_string_value(v));
+    } else if (json_is_array(v)) {
+        if (json_array_size(v) == 0 || json_array_size(v) > 16)
+            return fail(call, "ValueError", "target_modules must name 1 to 7 modules");
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) {
+            if (!json_is_string(e))
+                return fail(call, "TypeError", "target_modules[%zu] must be a str, not %s", i,
+                            cel_diag_pytype(e));
+            if (json_string_length(e) == 0 || strchr(json_string_value(e), ',') ||
+                json_string_length(e) > 32)
+                return fail(call, "ValueError", "unknown target module %s (q_proj, k_proj, "
+                            "v_proj, o_proj, gate_proj, up_proj, down_proj)", short_repr(e));
+            used += (size_t)snprintf(csv + used, sizeof(csv) - used, "%s%s", i ? "," : "",
+                                     json_string_value(e));
+        }
+    } else {
+        return fail(call, "TypeError", "target_modules must be a list of str, not %s",
+                    cel_diag_pytype(v));
+    }
+    cel_err_t err;
+    if (cel_lora_parse_targets(csv, out, &err) != CEL_OK)
+        return fail(call, "ValueError", "%s", err.msg);
+    return CEL_OK;
+}
+
+/* lora.create's result for a. */
+static json_t *created_result(cel_adapter_t *a) {
+    json_t *d = cel_adapters_describe(a);
+    if (!d) return NULL;
+    json_object_del(d, "owner");
+    json_object_del(d, "created");
+    return d;
+}
+
+static int t_create(cel_diag_call_t *call) {
+    static const char *const params[] = {"rank", "alpha", "target_modules", "seed", "owner"};
+    json_t *v[5];
+    BIND(call, "create", params, 0, 5, v);
+    int rc = not_ready(call);
+    cel_lora_config_t cfg = {.rank = 8, .alpha = 16.0f};
+    if (rc == CEL_OK && v[0]) {
+        if (!is_int(v[0]))
+            rc = fail(call, "TypeError", "rank must be an int, not %s", cel_diag_pytype(v[0]));
+        else if (json_integer_value(v[0]) < 1 || json_integer_value(v[0]) > MT_MAX_RANK)
+            rc = fail(call, "ValueError", "rank must be in [1, %d], not %lld", MT_MAX_RANK,
+                      (long long)json_integer_value(v[0]));
+        else
+            cfg.rank = (int)json_integer_value(v[0]);
+    }
+    if (rc == CEL_OK && v[1]) {
+        if (!is_num(v[1]))
+            rc = fail(call, "TypeError", "alpha must be a number, not %s", cel_diag_pytype(v[1]));
+        else if (!(num(v[1]) > 0 && num(v[1]) <= MT_MAX_ALPHA))
+            rc = fail(call, "ValueError", "alpha must be in (0, %g], not %s", MT_MAX_ALPHA,
+                      short_repr(v[1]));
+        else
+            cfg.alpha = (float)num(v[1]);
+    }
+    if (rc == CEL_OK) rc = parse_targets(call, v[2], &cfg.targets);
+    cfg.seed = random_seed();
+    if (rc == CEL_OK && v[3]) {
+        if (!is_int(v[3]))
+            rc = fail(call, "TypeError", "seed must be an int or None, not %s",
+                      cel_diag_pytype(v[3]));
+        else if (json_integer_value(v[3]) < 0)
+            rc = fail(call, "ValueError", "seed must be >= 0");
+        else
+            cfg.seed = (uint64_t)json_integer_value(v[3]);
+    }
+    if (rc == CEL_OK) rc = check_owner(call, v[4]);
+    cel_adapter_t *a = NULL;
+    cel_err_t err;
+    if (rc == CEL_OK &&
+        (rc = cel_adapters_create(g.store, &cfg, v[4] ? json_string_value(v[4]) : NULL, &a,
+                                  &err)) != CEL_OK)
+        rc = rc == CEL_ENOMEM ? rc : fail(call, "OSError", "cannot create the adapter: %s",
+                                          err.msg);
+    if (rc == CEL_OK) {
+        cel_info("Created adapter %s (rank %d, alpha %g)", cel_adapters_id(a), cfg.rank,
+                 cfg.alpha);
+        rc = succeed(call, created_result(a));
+    }
+    return finish(rc);
+}
+
+/* ---- lora.forward_backward ---- */
+
+/* One training sequence: len input slots with their targets and weights. */
+typedef struct example {
+    int32_t *in, *tgt;
+    float *w;
+    int len;
+} example_t;
+
+static void examples_free(example_t *ex, size_t n) {
+    for (size_t i = 0; ex && i < n; i++) {
+        free(ex[i].in);
+        free(ex[i].tgt);
+        free(ex[i].w);
+    }
+    free(ex);
+}
+
+/* A growing token sequence with a loss weight per token (w[i]: weight of
+ * predicting ids[i] from ids[<i]). */
+typedef struct seqbuf {
+    int32_t *ids;
+    float *w;
+    size_t n, cap;
+} seqbuf_t;
+
+static int seq_push(seqbuf_t *s, const int32_t *ids, size_t n, float w) {
+    if (s->n + n > s->cap) {
+        size_t cap = s->cap ? s->cap : 64;
+        while (cap < s->n + n) cap *= 2;
+        int32_t *ni = realloc(s->ids, cap * sizeof(int32_t));
+        if (!ni) return CEL_ENOMEM;
+        s->ids = ni;
+        float *nw = realloc(s->w, cap * sizeof(float));
+        if (!nw) return CEL_ENOMEM;
+        s->w = nw;
+        s->cap = cap;
+    }
+    for (size_t i = 0; i < n; i++) {
+        s->ids[s->n + i] = ids[i];
+        s->w[s->n + i] = w;
+    }
+    s->n += n;
+    return CEL_OK;
+}
+
+/* Appends the encoding of text (a C string) to s with weight w. */
+static int seq_text(cel_diag_call_t *call, seqbuf_t *s, const char *text, size_t len, float w) {
+    int32_t *ids;
+    size_t n;
+    cel_err_t err;
+    int rc = cel_tokenizer_encode(g.tok, text, len, 0, &ids, &n, &err);
+    if (rc == CEL_ENOMEM) return rc;
+    if (rc != CEL_OK) return fail(call, "ValueError", "text cannot be tokenized: %s", err.msg);
+    rc = seq_push(s, ids, n, w);
+    free(ids);
+    return rc;
+}
+
+/* Builds a chat example: ChatML (<|im_start|>role\ncontent<|im_end|>\n) when the
+ * tokenizer has those tokens, else "role: content\n" lines; weight 1 on each
+ * assistant turn's content and end marker, 0 elsewhere. */
+static int build_chat(cel_diag_call_t *call, size_t idx, json_t *msgs, seqbuf_t *s) {
+    size_t nm = json_array_size(msgs);
+    if (nm == 0 || nm > MT_MAX_TURNS)
+        return fail(call, "ValueError", "example %zu: a chat needs 1 to %d messages", idx,
+                    MT_MAX_TURNS);
+    int chatml = g.im_start >= 0 && g.im_end >= 0, rc = CEL_OK;
+    int32_t bos = cel_tokenizer_bos(g.tok);
+    if (bos >= 0 && (rc = seq_push(s, &bos, 1, 0)) != CEL_OK) return rc;
+    for (size_t i = 0; i < nm && rc == CEL_OK; i++) {
+        json_t *m = json_array_get(msgs, i);
+        json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
+        if (!json_is_object(m) || !json_is_string(role) || !json_is_string(content) ||
+            json_object_size(m) != 2)
+            return fail(call, "ValueError", "example %zu, message %zu: a chat message is "
+                        "{\"role\": str, \"content\": str}", idx, i);
+        size_t rl = json_string_length(role), cl = json_string_length(content);
+        if (rl == 0 || rl > MT_MAX_ROLE_BYTES || strchr(json_string_value(role), '\n'))
+            return fail(call, "ValueError", "example %zu, message %zu: role must be 1 to %d "
+                        "bytes on one line", idx, i, MT_MAX_ROLE_BYTES);
+        if (cl > MT_MAX_TEXT_BYTES)
+            return fail(call, "ValueError", "example %zu, message %zu: content is %zu bytes; "
+                        "the limit is %u", idx, i, cl, MT_MAX_TEXT_BYTES);
+        float w = strcmp(json_string_value(role), "assistant") == 0 ? 1.0f : 0.0f;
+        char head[MT_MAX_ROLE_BYTES + 4];
+        int hl = snprintf(head, sizeof(head), chatml ? "%s\n" : "%s: ", json_string_value(role));
+        if (chatml) rc = seq_push(s, &g.im_start, 1, 0);
+        if (rc == CEL_OK) rc = seq_text(call, s, head, (size_t)hl, 0);
+        if (rc == CEL_OK) rc = seq_text(call, s, json_string_value(content), cl, w);
+        if (rc == CEL_OK && chatml) rc = seq_push(s, &g.im_end, 1, w);
+        if (rc == CEL_OK) rc = seq_text(call, s, "\n", 1, chatml ? 0 : w);
+    }
+    return rc;
+}
+
+/* Checks a list of ints against the vocabulary. OUT: *ids (malloc'd). */
+static int int_list(cel_diag_call_t *call, size_t idx, json_t *v, const char *key, int32_t **ids) {
+    *ids = NULL;
+    if (!json_is_array(v))
+        return fail(call, "TypeError", "example %zu: %s must be a list of int, not %s", idx, key,
+                    cel_diag_pytype(v));
+    size_t n = json_array_size(v);
+    int32_t *a = malloc((n ? n : 1) * sizeof(int32_t));
+    if (!a) return CEL_ENOMEM;
+    int V = cel_model_vocab_size(g.model);
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(v, i);
+        if (!is_int(e) || json_integer_value(e) < 0 || json_integer_value(e) >= V) {
+            free(a);
+            if (!is_int(e))
+                return fail(call, "TypeError", "example %zu: %s[%zu] must be an int, not %s",
+                            idx, key, i, cel_diag_pytype(e));
+            return fail(call, "ValueError", "example %zu: %s[%zu] = %lld is not a token id "
+                        "(0 <= id < %d)", idx, key, i, (long long)json_integer_value(e), V);
+        }
+        a[i] = (int32_t)json_integer_value(e);
+    }
+    *ids = a;
+    return CEL_OK;
+}
+
+/* A datum {"tokens", "target_tokens", "weights"} (weights optional: all 1). */
+static int build_datum(cel_diag_call_t *call, size_t idx, json_t *d, example_t *ex) {
+    const char *key;
+    json_t *val;
+    json_object_foreach(d, key, val) {
+        if (strcmp(key, "tokens") && strcmp(key, "target_tokens") && strcmp(key, "weights"))
+            return fail(call, "ValueError", "example %zu: unknown key '%.64s' (a datum has "
+                        "tokens, target_tokens, weights)", idx, key);
+    }
+    json_t *t = json_object_get(d, "tokens"), *tt = json_object_get(d, "target_tokens");
+    json_t *w = json_object_get(d, "weights");
+    if (!t || !tt)
+        return fail(call, "ValueError", "example %zu: a datum needs tokens and target_tokens",
+                    idx);
+    size_t n = json_array_size(t);
+    if (json_is_array(t) && (n == 0 || n > (size_t)g.max_input))
+        return fail(call, "ValueError", "example %zu is %zu tokens; a datum needs 1 to %d "
+                    "(--max-input-tokens)", idx, n, g.max_input);
+    int rc = int_list(call, idx, t, "tokens", &ex->in);
+    if (rc == CEL_OK) rc = int_list(call, idx, tt, "target_tokens", &ex->tgt);
+    if (rc == CEL_OK && json_array_size(tt) != n)
+        rc = fail(call, "ValueError", "example %zu: target_tokens has %zu ids, tokens %zu", idx,
+                  json_array_size(tt), n);
+    if (rc == CEL_OK && w && !json_is_array(w))
+        rc = fail(call, "TypeError", "example %zu: weights must be a list of float, not %s", idx,
+                  cel_diag_pytype(w));
+    if (rc == CEL_OK && w && json_array_size(w) != n)
+        rc = fail(call, "ValueError", "example %zu: weights has %zu values, tokens %zu", idx,
+                  json_array_size(w), n);
+    if (rc == CEL_OK && !(ex->w = malloc(n * sizeof(float)))) rc = CEL_ENOMEM;
+    for (size_t i = 0; rc == CEL_OK && i < n; i++) {
+        json_t *e = w ? json_array_get(w, i) : NULL;
+        if (e && !is_num(e))
+            rc = fail(call, "TypeError", "example %zu: weights[%zu] must be a number, not %s",
+                      idx, i, cel_diag_pytype(e));
+        else if (e && !(num(e) >= 0 && isfinite(num(e))))
+            rc = fail(call, "ValueError", "example %zu: weights[%zu] must be finite and >= 0",
+                      idx, i);
+        else
+            ex->w[i] = e ? (float)num(e) : 1.0f;
+    }
+    ex->len = (int)n;
+    return rc;
+}
+
+/* One example of data: {"text"}, a chat list (or {"messages": chat}), or a datum. */
+static int build_example(cel_diag_call_t *call, size_t idx, json_t *d, example_t *ex) {
+    seqbuf_t s = {0};
+    int rc = CEL_OK;
+    json_t *text = json_object_get(d, "text");
+    if (json_is_object(d) && (json_object_get(d, "tokens") || json_object_get(d, "target_tokens")))
+        return build_datum(call, idx, d, ex);
+    if (json_is_object(d) && text && json_object_size(d) == 1) {
+        if (!json_is_string(text))
+            return fail(call, "TypeError", "example %zu: text must be a str, not %s", idx,
+                        cel_diag_pytype(text));
+        /* bos + text + eos, loss on every next token (as celeriac-lm train) */
+        int32_t bos = cel_tokenizer_bos(g.tok);
+        if (bos >= 0) rc = seq_push(&s, &bos, 1, 0);
+        if (rc == CEL_OK) {
+            if (json_string_length(text) > MT_MAX_TEXT_BYTES)
+                rc = fail(call, "ValueError", "example %zu: text is %zu bytes; the limit is %u",
+                          idx, json_string_length(text), MT_MAX_TEXT_BYTES);
+            else
+                rc = seq_text(call, &s, json_string_value(text), json_string_length(text), 1);
+        }
+        if (rc == CEL_OK && g.eos >= 0) rc = seq_push(&s, &g.eos, 1, 1);
+    } else if (json_is_array(d)) {
+        rc = build_chat(call, idx, d, &s);
+    } else if (json_is_object(d) && json_is_array(json_object_get(d, "messages")) &&
+               json_object_size(d) == 1) {
+        rc = build_chat(call, idx, json_object_get(d, "messages"), &s);
+    } else {
+        rc = fail(call, json_is_object(d) ? "ValueError" : "TypeError",
+                  "example %zu must be {\"text\": str}, a chat [{\"role\", \"content\"}, ...] "
+                  "or a datum {\"tokens\", \"target_tokens\", \"weights\"}, not %s", idx,
+                  json_is_object(d) ? "a dict with those keys" : cel_diag_pytype(d));
+    }
+    if (rc == CEL_OK && s.n < 2)
+        rc = fail(call, "ValueError", "example %zu has no token to predict (it is empty)", idx);
+    if (rc == CEL_OK && s.n > (size_t)g.max_input)
+        rc = fail(call, "ValueError", "example %zu is %zu tokens; the limit is %d "
+                  "(--max-input-tokens)", idx, s.n, g.max_input);
+    if (rc == CEL_OK) {
+        size_t n = s.n - 1;
+        ex->in = malloc(n * sizeof(int32_t));
+        ex->tgt = malloc(n * sizeof(int32_t));
+        ex->w = malloc(n * sizeof(float));
+        if (!ex->in || !ex->tgt || !ex->w) rc = CEL_ENOMEM;
+        for (size_t i = 0; rc == CEL_OK && i < n; i++) {
+            ex->in[i] = s.ids[i];
+            ex->tgt[i] = s.ids[i + 1];
+            ex->w[i] = s.w[i + 1];
+        }
+        ex->len = (int)n;
+    }
+    free(s.ids);
+    free(s.w);
+    return rc;
+}
+
+/* Runs forward+backward over examples in batches of similar cost. OUT: sums of
+ * weighted loss and of weights. On failure the adapter's gradients are dropped. */
+static int train_examples(cel_diag_call_t *call, cel_adapter_t *a, example_t *ex, size_t n,
+                          double *loss_sum) {
+    cel_lora_t *lora = cel_adapters_lora(a);
+    int32_t *tok = malloc(MT_BATCH_TOKENS * sizeof(int32_t));
+    int32_t *tgt = malloc(MT_BATCH_TOKENS * sizeof(int32_t));
+    float *w = malloc(MT_BATCH_TOKENS * sizeof(float));
+    int32_t *lens = malloc(MT_MAX_BATCH * sizeof(int32_t));
+    int rc = tok && tgt && w && lens ? CEL_OK : CEL_ENOMEM;
+    *loss_sum = 0;
+    size_t i = 0;
+    while (rc == CEL_OK && i < n) {
+        if (soft_limit_hit(call)) {
+            rc = raise_soft_limit(call);
+            break;
+        }
+        /* take examples while the padded batch fits; an example alone always fits
+         * (max_input <= MAX_SEQ; a longer one than MT_BATCH_TOKENS runs alone) */
+        size_t j = i;
+        int T = 0;
+        while (j < n && j - i < MT_MAX_BATCH) {
+            int nt = ex[j].len > T ? ex[j].len : T;
+            if (j > i && (size_t)nt * (j - i + 1) > MT_BATCH_TOKENS) break;
+            T = nt;
+            j++;
+        }
+        int B = (int)(j - i);
+        int32_t *bt = tok, *bg = tgt;
+        float *bw = w;
+        if ((size_t)B * T > MT_BATCH_TOKENS) { /* one long example: use its arrays */
+            bt = ex[i].in, bg = ex[i].tgt, bw = ex[i].w;
+        } else {
+            for (int b = 0; b < B; b++) {
+                const example_t *e = &ex[i + (size_t)b];
+                memcpy(bt + (size_t)b * T, e->in, (size_t)e->len * sizeof(int32_t));
+                memcpy(bg + (size_t)b * T, e->tgt, (size_t)e->len * sizeof(int32_t));
+                memcpy(bw + (size_t)b * T, e->w, (size_t)e->len * sizeof(float));
+                for (int t = e->len; t < T; t++) {
+                    bt[(size_t)b * T + t] = 0;
+                    bg[(size_t)b * T + t] = 0;
+                    bw[(size_t)b * T + t] = 0;
+                }
+            }
+        }
+        for (int b = 0; b < B; b++) lens[b] = ex[i + (size_t)b].len;
+        cel_batch_t batch = {.B = B, .T = T, .tokens = bt, .targets = bg, .weights = bw,
+                             .lens = lens};
+        double loss = 0;
+        cel_err_t err;
+        rc = cel_model_forward_backward(g.model, lora, &batch, NULL, &loss, &err);
+        if (rc != CEL_OK) {
+            rc = model_error(call, rc, &err);
+            break;
+        }
+        cel_adapters_set_grads(a, 1);
+        *loss_sum += loss;
+        i = j;
+        progress((long)i, (long)n);
+    }
+    if (rc != CEL_OK) {
+        /* half-accumulated gradients would make the next step wrong: drop them all */
+        cel_lora_zero_grad(lora);
+        cel_adapters_set_grads(a, 0);
+    }
+    free(tok);
+    free(tgt);
+    free(w);
+    free(lens);
+    return rc;
+}
+
+static int t_forward_backward(cel_diag_call_t *call) {
+    static const char *const params[] = {"adapter_id", "data", "loss_fn"};
+    json_t *v[3];
+    BIND(call, "forward_backward", params, 2, 3, v);
+    int rc = not_ready(call);
+    if (rc == CEL_OK && v[2]) {
+        rc = want_str(call, v[2], "loss_fn");
+        if (rc == CEL_OK && strcmp(json_string_value(v[2]), "cross_entropy") != 0)
+            rc = fail(call, "ValueError", "unknown loss_fn %s (supported: 'cross_entropy')",
+                      short_repr(v[2]));
+    }
+    if (rc == CEL_OK && !json_is_array(v[1]))
+        rc = fail(call, "TypeError", "data must be a list of examples, not %s",
+                  cel_diag_pytype(v[1]));
+    size_t n = json_array_size(v[1]);
+    if (rc == CEL_OK && (n == 0 || n > MT_MAX_EXAMPLES))
+        rc = fail(call, "ValueError", "data must hold 1 to %d examples, not %zu",
+                  MT_MAX_EXAMPLES, n);
+    cel_adapter_t *a = NULL;
+    if (rc == CEL_OK) rc = get_adapter(call, v[0], &a);
+    example_t *ex = rc == CEL_OK ? calloc(n, sizeof(*ex)) : NULL;
+    if (rc == CEL_OK && !ex) rc = CEL_ENOMEM;
+    /* everything is checked before the first pass, so a bad example changes nothing */
+    size_t total = 0;
+    double wsum = 0;
+    long trained = 0;
+    for (size_t i = 0; rc == CEL_OK && i < n; i++) {
+        rc = build_example(call, i, json_array_get(v[1], i), &ex[i]);
+        if (rc != CEL_OK) break;
+        total += (size_t)ex[i].len;
+        for (int t = 0; t < ex[i].len; t++) {
+            wsum += ex[i].w[t];
+            trained += ex[i].w[t] > 0;
+        }
+        if (total > MT_MAX_TOTAL_TOKENS)
+            rc = fail(call, "ValueError", "data is more than %d tokens in all; split it over "
+                      "several forward_backward calls", MT_MAX_TOTAL_TOKENS);
+    }
+    if (rc == CEL_OK && !(wsum > 0))
+        rc = fail(call, "ValueError", "no token of data has a positive loss weight (a chat "
+                  "needs an assistant message)");
+    double loss_sum = 0;
+    if (rc == CEL_OK) rc = train_examples(call, a, ex, n, &loss_sum);
+    if (rc == CEL_OK)
+        rc = succeed(call, json_pack("{s:f, s:I, s:I}", "loss", loss_sum / wsum, "tokens",
+                                     (json_int_t)trained, "examples", (json_int_t)n));
+    examples_free(ex, n);
+    return finish(rc);
+}
+
+/* ---- lora.optim_step ---- */
+
+/* Reads one float of adam_params into *out, checking lo < x <= hi (lo_ok: lo <= x). */
+static int adam_value(cel_diag_call_t *call, json_t *p, const char *key, double lo, int lo_ok,
+                      double hi, int hi_ok, float *out) {
+    json_t *v = json_object_get(p, key);
+    if (!v) return CEL_OK;
+    if (!is_num(v))
+        return fail(call, "TypeError", "adam_params['%s'] must be a number, not %s", key,
+                    cel_diag_pytype(v));
+    double x = num(v);
+    if (!(lo_ok ? x >= lo : x > lo) || !(hi_ok ? x <= hi : x < hi))
+        return fail(call, "ValueError", "adam_params['%s'] must be in %c%g, %g%c, not %s", key,
+                    lo_ok ? '[' : '(', lo, hi, hi_ok ? ']' : ')', short_repr(v));
+    *out = (float)x;
+    return CEL_OK;
+}
+
+static int parse_adam(cel_diag_call_t *call, json_t *p, cel_adamw_t *o) {
+    *o = (cel_adamw_t){.lr = 1e-4f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                       .weight_decay = 0.0f, .grad_clip = 0.0f};
+    if (!p) return CEL_OK;
+    if (!json_is_object(p))
+        return fail(call, "TypeError", "adam_params must be a dict or None, not %s",
+                    cel_diag_pytype(p));
+    const char *key;
+    json_t *val;
+    json_object_foreach(p, key, val) {
+        static const char *const known[] = {"learning_rate", "beta1", "beta2", "eps",
+                                            "weight_decay", "grad_clip_norm"};
+        size_t k;
+        for (k = 0; k < sizeof(known) / sizeof(known[0]); k++)
+            if (strcmp(key, known[k]) == 0) break;
+        if (k == sizeof(known) / sizeof(known[0]))
+            return fail(call, "ValueError", "unknown adam_params key '%.64s' (learning_rate, "
+                        "beta1, beta2, eps, weight_decay, grad_clip_norm)", key);
+    }
+    int rc = adam_value(call, p, "learning_rate", 0, 0, 10, 1, &o->lr);
+    if (rc == CEL_OK) rc = adam_value(call, p, "beta1", 0, 1, 1, 0, &o->beta1);
+    if (rc == CEL_OK) rc = adam_value(call, p, "beta2", 0, 1, 1, 0, &o->beta2);
+    if (rc == CEL_OK) rc = adam_value(call, p, "eps", 0, 0, 1, 1, &o->eps);
+    if (rc == CEL_OK) rc = adam_value(call, p, "weight_decay", 0, 1, 1e3, 1, &o->weight_decay);
+    if (rc == CEL_OK) rc = adam_value(call, p, "grad_clip_norm", 0, 1, 1e12, 1, &o->grad_clip);
+    return rc;
+}
+
+static int t_optim_step(cel_diag_call_t *call) {
+    static const char *const params[] = {"adapter_id", "adam_params"};
+    json_t *v[2];
+    BIND(call, "optim_step", params, 1, 2, v);
+    cel_adamw_t opt;
+    int rc = not_ready(call);
+    if (rc == CEL_OK) rc = parse_adam(call, v[1], &opt);
+    cel_adapter_t *a = NULL;
+    if (rc == CEL_OK) rc = get_adapter(call, v[0], &a);
+    if (rc != CEL_OK) return finish(rc);
+    const char *id = cel_adapters_id(a);
+    int done_step = 0;
+    json_t *done = cel_adapters_step_result(a, g.task_id, &done_step);
+    if (done) {
+        /* a redelivered message whose step is already in the checkpoint */
+        cel_info("Task %s already made step %d of adapter %s; returning its result", g.task_id,
+                 done_step, id);
+        return finish(succeed(call, json_deep_copy(done)));
+    }
+    if (!cel_adapters_has_grads(a))
+        return finish(fail(call, "ValueError", "adapter %s has no accumulated gradients: run "
+                           "lora.forward_backward before lora.optim_step (gradients are kept "
+                           "in executor memory only, and are lost when the executor restarts)",
+                           id));
+    float norm = 0;
+    cel_err_t err;
+    rc = cel_lora_step(cel_adapters_lora(a), &opt, &norm, &err);
+    if (rc != CEL_OK) return finish(model_error(call, rc, &err));
+    cel_adapters_set_grads(a, 0);
+    int step = cel_lora_step_count(cel_adapters_lora(a));
+    json_t *res = json_pack("{s:i, s:f}", "step", step, "grad_norm",
+                            isfinite(norm) ? (double)norm : -1.0);
+    if (!res) return CEL_ENOMEM;
+    rc = cel_adapters_commit(g.store, a, g.task_id, res, &err);
+    if (rc != CEL_OK) {
+        json_decref(res);
+        if (rc == CEL_ENOMEM) return rc;
+        return finish(fail(call, "OSError", "adapter %s: step %d not applied: its checkpoint "
+                           "could not be written: %s", id, step, err.msg));
+    }
+    cel_debug("Adapter %s step %d (grad norm %g) checkpointed", id, step, norm);
+    return succeed(call, res);
+}
+
+/* ---- lora.sample ---- */
+
+typedef struct sample_req {
+    cel_sample_params_t p;
+    json_t *stops; /* array of str (borrowed) */
+} sample_req_t;
+
+static int sample_int(cel_diag_call_t *call, json_t *p, const char *key, long lo, long hi,
+                      int *out) {
+    json_t *v = json_object_get(p, key);
+    if (!v || json_is_null(v)) return CEL_OK;
+    if (!is_int(v))
+        return fail(call, "TypeError", "sampling_params['%s'] must be an int, not %s", key,
+                    cel_diag_pytype(v));
+    if (json_integer_value(v) < lo || json_integer_value(v) > hi)
+        return fail(call, "ValueError", "sampling_params['%s'] must be in [%ld, %ld], not %lld",
+                    key, lo, hi, (long long)json_integer_value(v));
+    *out = (int)json_integer_value(v);
+    return CEL_OK;
+}
+
+static int sample_float(cel_diag_call_t *call, json_t *p, const char *key, double lo, int lo_ok,
+                        double hi, float *out) {
+    json_t *v = json_object_get(p, key);
+    if (!v || json_is_null(v)) return CEL_OK;
+    if (!is_num(v))
+        return fail(call, "TypeError", "sampling_params['%s'] must be a number, not %s", key,
+                    cel_diag_pytype(v));
+    double x = num(v);
+    if (!(lo_ok ? x >= lo : x > lo) || !(x <= hi))
+        return fail(call, "ValueError", "sampling_params['%s'] must be in %c%g, %g], not %s",
+                    key, lo_ok ? '[' : '(', lo, hi, short_repr(v));
+    *out = (float)x;
+    return CEL_OK;
+}
+
+static int parse_sampling(cel_diag_call_t *call, json_t *p, sample_req_t *r, json_t **stops_own) {
+    memset(r, 0, sizeof(*r));
+    r->p.max_tokens = 32;
+    r->p.temperature = 1.0f;
+    r->p.top_p = 1.0f;
+    r->p.seed = random_seed();
+    *stops_own = json_array();
+    if (!*stops_own) return CEL_ENOMEM;
+    r->stops = *stops_own;
+    if (!p) return CEL_OK;
+    if (!json_is_object(p))
+        return fail(call, "TypeError", "sampling_params must be a dict or None, not %s",
+                    cel_diag_pytype(p));
+    const char *key;
+    json_t *val;
+    json_object_foreach(p, key, val) {
+        static const char *const known[] = {"max_tokens", "temperature", "top_p", "top_k",
+                                            "seed", "stop"};
+        size_t k;
+        for (k = 0; k < sizeof(known) / sizeof(known[0]); k++)
+            if (strcmp(key, known[k]) == 0) break;
+        if (k == sizeof(known) / sizeof(known[0]))
+            return fail(call, "ValueError", "unknown sampling_params key '%.64s' (max_tokens, "
+                        "temperature, top_p, top_k, seed, stop)", key);
+    }
+    int rc = sample_int(call, p, "max_tokens", 1, MT_MAX_NEW_TOKENS, &r->p.max_tokens);
+    if (rc == CEL_OK) rc = sample_float(call, p, "temperature", 0, 1, 100, &r->p.temperature);
+    if (rc == CEL_OK) rc = sample_float(call, p, "top_p", 0, 0, 1, &r->p.top_p);
+    if (rc == CEL_OK) rc = sample_int(call, p, "top_k", 0, 1 << 30, &r->p.top_k);
+    json_t *seed = json_object_get(p, "seed");
+    if (rc == CEL_OK && seed && !json_is_null(seed)) {
+        if (!is_int(seed))
+            rc = fail(call, "TypeError", "sampling_params['seed'] must be an int or None, not %s",
+                      cel_diag_pytype(seed));
+        else if (json_integer_value(seed) < 0)
+            rc = fail(call, "ValueError", "sampling_params['seed'] must be >= 0");
+        else
+            r->p.seed = (uint64_t)json_integer_value(seed);
+    }
+    json_t *stop = json_object_get(p, "stop");
+    if (rc != CEL_OK || !stop || json_is_null(stop)) return rc;
+    if (json_is_string(stop)) {
+        if (json_array_append(*stops_own, stop)) return CEL_ENOMEM;
+    } else if (json_is_array(stop)) {
+        if (json_array_extend(*stops_own, stop)) return CEL_ENOMEM;
+    } else {
+        return fail(call, "TypeError", "sampling_params['stop'] must be a str or a list of str, "
+                    "not %s", cel_diag_pytype(stop));
+    }
+    if (json_array_size(*stops_own) > MT_MAX_STOPS)
+        return fail(call, "ValueError", "at most %d stop strings", MT_MAX_STOPS);
+    size_t i;
+    json_t *s;
+    json_array_foreach(*stops_own, i, s) {
+        if (!json_is_string(s))
+            return fail(call, "TypeError", "sampling_params['stop'][%zu] must be a str, not %s",
+                        i, cel_diag_pytype(s));
+        if (json_string_length(s) == 0 || json_string_length(s) > MT_MAX_STOP_BYTES)
+            return fail(call, "ValueError", "stop strings must be 1 to %d bytes",
+                        MT_MAX_STOP_BYTES);
+    }
+    return CEL_OK;
+}
+
+/* One sequence's generated ids and its decoded (and stop-cut) text. */
+typedef struct gen {
+    int32_t *ids;
+    size_t n;
+    char *text;
+    size_t len;
+} gen_t;
+
+/* Decodes q; cuts its text at the earliest stop string. Returns 1 on a stop. */
+static int decode_cut(gen_t *q, json_t *stops, int *rc, cel_err_t *err) {
+    free(q->text);
+    q->text = NULL;
+    *rc = cel_tokenizer_decode(g.tok, q->ids, q->n, &q->text, &q->len, err);
+    if (*rc != CEL_OK) return 0;
+    size_t cut = q->len, i;
+    json_t *s;
+    json_array_foreach(stops, i, s) {
+        const char *hit = memmem(q->text, q->len, json_string_value(s), json_string_length(s));
+        if (hit && (size_t)(hit - q->text) < cut) cut = (size_t)(hit - q->text);
+    }
+    if (cut == q->len) return 0;
+    q->len = cut;
+    q->text[cut] = '\0';
+    return 1;
+}
+
+static int run_sampler(cel_diag_call_t *call, cel_lora_t *lora, int np, int32_t **pids,
+                       int32_t *lens, sample_req_t *r, gen_t *gens) {
+    cel_sampler_t *s = NULL;
+    cel_err_t err;
+    int32_t *out = malloc((size_t)np * sizeof(int32_t));
+    if (!out) return CEL_ENOMEM;
+    int rc = cel_sampler_new(g.model, lora, np, (const int32_t *const *)pids, lens, &r->p, &s,
+                             &err);
+    if (rc != CEL_OK) rc = model_error(call, rc, &err);
+    int nstops = (int)json_array_size(r->stops);
+    for (long step = 0; rc == CEL_OK;) {
+        if (soft_limit_hit(call)) {
+            rc = raise_soft_limit(call);
+            break;
+        }
+        int live = cel_sampler_step(s, out, &err);
+        if (live < 0) {
+            rc = model_error(call, live, &err);
+            break;
+        }
+        for (int i = 0; i < np && rc == CEL_OK; i++) {
+            if (out[i] < 0 || cel_sampler_status(s, i) == 1) continue; /* done, or a stop id */
+            gen_t *q = &gens[i];
+            if (q->n < (size_t)r->p.max_tokens) q->ids[q->n++] = out[i];
+            if (nstops && decode_cut(q, r->stops, &rc, &err) && cel_sampler_status(s, i) == 0) {
+                cel_sampler_stop(s, i);
+                live--;
+            }
+            if (rc != CEL_OK) rc = model_error(call, rc, &err);
+        }
+        progress(++step, r->p.max_tokens);
+        if (live <= 0) break;
+    }
+    for (int i = 0; rc == CEL_OK && i < np; i++)
+        if (!gens[i].text || !nstops) {
+            decode_cut(&gens[i], r->stops, &rc, &err);
+            if (rc != CEL_OK) rc = model_error(call, rc, &err);
+        }
+    cel_sampler_free(s);
+    free(out);
+    return rc;
+}
+
+static int t_sample(cel_diag_call_t *call) {
+    static const char *const params[] = {"adapter_id", "prompts", "sampling_params"};
+    json_t *v[3];
+    /* adapter_id is required but may be None (the base model) */
+    int brc = bind(call, "sample", params, 2, 3, v);
+    if (brc) return finish(brc);
+    int rc = not_ready(call);
+    sample_req_t r;
+    json_t *stops = NULL;
+    if (rc == CEL_OK) rc = parse_sampling(call, v[2], &r, &stops);
+    json_t *prompts = v[1];
+    json_t *one = NULL;
+    if (rc == CEL_OK && json_is_string(prompts)) prompts = one = json_pack("[O]", prompts);
+    if (rc == CEL_OK && !prompts) rc = CEL_ENOMEM;
+    if (rc == CEL_OK && !json_is_array(prompts))
+        rc = fail(call, "TypeError", "prompts must be a str or a list of str, not %s",
+                  cel_diag_pytype(prompts));
+    int np = (int)json_array_size(prompts);
+    if (rc == CEL_OK && (np == 0 || np > MT_MAX_PROMPTS))
+        rc = fail(call, "ValueError", "prompts must hold 1 to %d prompts, not %d",
+                  MT_MAX_PROMPTS, np);
+    cel_lora_t *lora = NULL;
+    if (rc == CEL_OK && !json_is_null(v[0])) rc = get_lora(call, v[0], &lora);
+    int32_t **pids = rc == CEL_OK ? calloc((size_t)np, sizeof(*pids)) : NULL;
+    int32_t *lens = rc == CEL_OK ? calloc((size_t)np, sizeof(*lens)) : NULL;
+    gen_t *gens = rc == CEL_OK ? calloc((size_t)np, sizeof(*gens)) : NULL;
+    if (rc == CEL_OK && (!pids || !lens || !gens)) rc = CEL_ENOMEM;
+    int maxT = g.model ? cel_model_max_seq(g.model) : 0;
+    for (int i = 0; rc == CEL_OK && i < np; i++) {
+        json_t *p = json_array_get(prompts, (size_t)i);
+        if (!json_is_string(p)) {
+            rc = fail(call, "TypeError", "prompts[%d] must be a str, not %s", i,
+                      cel_diag_pytype(p));
+            break;
+        }
+        size_t n;
+        rc = encode(call, p, 1, "prompt", &pids[i], &n);
+        if (rc == CEL_OK && n == 0)
+            rc = fail(call, "ValueError", "prompts[%d] is empty and the model has no bos", i);
+        if (rc == CEL_OK && n > (size_t)g.max_input)
+            rc = fail(call, "ValueError", "prompts[%d] is %zu tokens; the limit is %d "
+                      "(--max-input-tokens)", i, n, g.max_input);
+        if (rc == CEL_OK && n + (size_t)r.p.max_tokens > (size_t)maxT)
+            rc = fail(call, "ValueError", "prompts[%d] (%zu tokens) + max_tokens %d passes the "
+                      "model's %d positions", i, n, r.p.max_tokens, maxT);
+        lens[i] = (int32_t)n;
+        if (rc == CEL_OK && !(gens[i].ids = malloc((size_t)r.p.max_tokens * sizeof(int32_t))))
+            rc = CEL_ENOMEM;
+    }
+    if (rc == CEL_OK) rc = run_sampler(call, lora, np, pids, lens, &r, gens);
+    if (rc == CEL_OK) {
+        json_t *list = json_array();
+        for (int i = 0; list && i < np; i++)
+            if (json_array_append_new(list, json_stringn_nocheck(gens[i].text, gens[i].len))) {
+                json_decref(list);
+                list = NULL;
+            }
+        rc = succeed(call, list ? json_pack("{s:o}", "samples", list) : NULL);
+    }
+    for (int i = 0; i < np; i++) {
+        if (pids) free(pids[i]);
+        if (gens) {
+            free(gens[i].ids);
+            free(gens[i].text);
+        }
+    }
+    free(pids);
+    free(lens);
+    free(gens);
+    json_decref(one);
+    json_decref(stops);
+    return finish(rc);
+}
+
+/* ---- lora.save, load, info, list, delete ---- */
+
+static int t_save(cel_diag_call_t *call) {
+    static const char *const params[] = {"adapter_id"};
+    json_t *v[1];
+    BIND(call, "save", params, 1, 1, v);
+    int rc = not_ready(call);
+    cel_adapter_t *a = NULL;
+    if (rc == CEL_OK) rc = get_adapter(call, v[0], &a);
+    char path[CEL_ADAPTERS_PATH_MAX];
+    cel_err_t err;
+    if (rc == CEL_OK && (rc = cel_adapters_export(g.store, a, path, &err)) != CEL_OK)
+        rc = rc == CEL_ENOMEM ? rc : fail(call, "OSError", "cannot save adapter %s: %s",
+                                          cel_adapters_id(a), err.msg);
+    if (rc == CEL_OK) rc = succeed(call, json_string(path));
+    return finish(rc);
+}
+
+static int t_load(cel_diag_call_t *call) {
+    static const char *const params[] = {"path", "owner"};
+    json_t *v[2];
+    BIND(call, "load", params, 1, 2, v);
+    int rc = not_ready(call);
+    if (rc == CEL_OK) rc = want_str(call, v[0], "path");
+    if (rc == CEL_OK && strlen(json_string_value(v[0])) != json_string_length(v[0]))
+        rc = fail(call, "ValueError", "path must not contain NUL");
+    if (rc == CEL_OK) rc = check_owner(call, v[1]);
+    cel_adapter_t *a = NULL;
+    cel_err_t err;
+    if (rc == CEL_OK) {
+        rc = cel_adapters_import(g.store, json_string_value(v[0]),
+                                 v[1] ? json_string_value(v[1]) : NULL, &a, &err);
+        if (rc == CEL_ESTATE)
+            rc = fail(call, "PermissionError", "path %s %s", short_repr(v[0]), err.msg);
+        else if (rc == CEL_EIO)
+            rc = fail(call, "OSError", "path %s: %s", short_repr(v[0]), err.msg);
+        else if (rc != CEL_OK && rc != CEL_ENOMEM)
+            rc = fail(call, "ValueError", "path %s %s", short_repr(v[0]), err.msg);
+    }
+    if (rc == CEL_OK) {
+        cel_info("Loaded adapter %s from %s", cel_adapters_id(a), json_string_value(v[0]));
+        rc = succeed(call, created_result(a));
+    }
+    return finish(rc);
+}
+
+static int t_info(cel_diag_call_t *call) {
+    static const char *const params[] = {"adapter_id"};
+    json_t *v[1];
+    BIND(call, "info", params, 1, 1, v);
+    int rc = not_ready(call);
+    if (rc == CEL_OK) rc = want_str(call, v[0], "adapter_id");
+    json_t *info = NULL;
+    cel_err_t err;
+    if (rc == CEL_OK && (rc = cel_adapters_info(g.store, json_string_value(v[0]), &info, &err))) {
+        if (rc == CEL_ENOTFOUND) rc = fail(call, "ValueError", "unknown adapter %s",
+                                           short_repr(v[0]));
+        else if (rc != CEL_ENOMEM) rc = fail(call, "OSError", "adapter %s: %s",
+                                             json_string_value(v[0]), err.msg);
+    }
+    if (rc == CEL_OK) rc = succeed(call, info);
+    return finish(rc);
+}
+
+static int t_list(cel_diag_call_t *call) {
+    static const char *const params[] = {"owner"};
+    json_t *v[1];
+    BIND(call, "list", params, 0, 1, v);
+    int rc = not_ready(call);
+    if (rc == CEL_OK && v[0]) rc = want_str(call, v[0], "owner");
+    json_t *list = NULL;
+    cel_err_t err;
+    if (rc == CEL_OK &&
+        (rc = cel_adapters_list(g.store, v[0] ? json_string_value(v[0]) : NULL, &list, &err)))
+        rc = rc == CEL_ENOMEM ? rc : fail(call, "OSError", "%s", err.msg);
+    if (rc == CEL_OK) rc = succeed(call, list);
+    return finish(rc);
+}
+
+static int t_delete(cel_diag_call_t *call) {
+    static const char *const params[] = {"adapter_id"};
+    json_t *v[1];
+    BIND(call, "delete", params, 1, 1, v);
+    int rc = not_ready(call);
+    if (rc == CEL_OK) rc = want_str(call, v[0], "adapter_id");
+    cel_err_t err;
+    if (rc == CEL_OK && (rc = cel_adapters_delete(g.store, json_string_value(v[0]), &err))) {
+        if (rc == CEL_ENOTFOUND) rc = fail(call, "ValueError", "unknown adapter %s",
+                                           short_repr(v[0]));
+        else if (rc != CEL_ENOMEM) rc = fail(call, "OSError", "cannot delete %s: %s",
+                                             json_string_value(v[0]), err.msg);
+    }
+    if (rc == CEL_OK) {
+        cel_info("Deleted adapter %s", json_string_value(v[0]));
+        rc = succeed(call, json_pack("{s:O}", "deleted", v[0]));
+    }
+    return finish(rc);
+}
+
+/* ---- the table ---- */
+
+static const cel_diag_task_t model_tasks[] = {
+    {"lora.create", t_create},   {"lora.delete", t_delete},
+    {"lora.forward_backward", t_forward_backward},
+    {"lora.info", t_info},       {"lora.list", t_list},       {"lora.load", t_load},
+    {"lora.optim_step", t_optim_step},
+    {"lora.sample", t_sample},   {"lora.save", t_save},       {"model.score", t_score},
+    {NULL, NULL},
+};
+
+const cel_diag_task_t *cel_tasks_model_find(const char *name) {
+    if (!name) return NULL;
+    for (const cel_diag_task_t *t = model_tasks; t->name; t++)
+        if (strcmp(t->name, name) == 0) return t;
+    return NULL;
+}
+
+/* ---- private state dir removal ---- */
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)ftw;
+    if (flag == FTW_DP) rmdir(path);
+    else unlink(path);
+    return 0;
+}
+
+static void rm_private_state(void) {
+    if (!g.temp_state[0]) return;
+    nftw(g.temp_state, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    g.temp_state[0] = '\0';
+}

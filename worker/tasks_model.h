@@ -1,0 +1,48 @@
+/* tasks_model.h -- the model.* and lora.* task family of the executor.
+ *
+ * model.score, lora.create, lora.forward_backward, lora.optim_step, lora.sample,
+ * lora.save, lora.load, lora.info, lora.list, lora.delete: names, arguments and
+ * results are a contract with the front end (see tasks_model.c for each one).
+ * The family holds process-wide state: the base model and tokenizer, loaded once
+ * by cel_tasks_model_open before the executor reports ready, and the adapter
+ * store (worker/adapters.h). Executor processes only, one task at a time.
+ */
+#ifndef CEL_TASKS_MODEL_H
+#define CEL_TASKS_MODEL_H
+
+#include "../protocol/err.h"
+#include "diag.h"
+
+#define CEL_TASKS_MODEL_DEFAULT_INPUT 1024 /* --max-input-tokens default (<= max_seq) */
+#define CEL_TASKS_MODEL_MAX_ROOTS 16       /* --import-root options */
+
+typedef struct cel_tasks_model_opts {
+    const char *model_dir;            /* Hugging Face folder: config.json, weights, tokenizer */
+    const char *state_dir;            /* NULL: a private temp dir, removed at close */
+    const char *const *import_roots;  /* extra folders lora.load may read */
+    int n_import_roots;
+    int max_input_tokens;             /* tokens of one text/example/prompt; 0: default */
+    int threads;                      /* OpenBLAS threads; <= 0 keeps OpenBLAS's */
+    /* Called now and then by long tasks with how far they are; the callee rate-limits
+     * and sends a progress frame. May be NULL. Returns CEL_OK or a channel error
+     * (ignored: progress is best effort). */
+    int (*progress)(void *priv, long done, long total);
+    void *progress_priv;
+} cel_tasks_model_opts_t;
+
+/* Loads the model and tokenizer and opens the adapter store. Errors name the
+ * file or option at fault. Call once; cel_tasks_model_close undoes it. */
+int cel_tasks_model_open(const cel_tasks_model_opts_t *opts, cel_err_t *err);
+
+/* Frees everything (a private temp state dir is removed). Safe without open. */
+void cel_tasks_model_close(void);
+
+/* The family's entry for name, or NULL. Works before open (for the start-up name
+ * check); a task run before a successful open fails with RuntimeError. */
+const cel_diag_task_t *cel_tasks_model_find(const char *name);
+
+/* Tells the family the id of the task about to run (borrowed for the run): the
+ * id recorded with an optimizer step and named by progress frames. */
+void cel_tasks_model_begin(const char *task_id);
+
+#endif
