@@ -1,0 +1,318 @@
+#!/usr/bin/python3
+"""users.py -- N users training their own LoRA adapters at once through HTTP.
+
+Starts its own stack on free loopback ports (redis-server without persistence, celeriac with
+--concurrency executors and a temporary state dir, Gunicorn with flask_app), unless --url
+points at a running one (then CELERIAC_API_KEYS must name at least max(N) users). For N = 1, 2,
+4 (--users), N users each create an adapter and run --steps training steps (one fwdbwd of
+--batch copies of a sentence + one optim_step, both futures polled through /retrieve_future):
+
+  concurrent   wall time of the N users at once (threads)
+  sequential   wall time of the same N sessions one after another
+  speedup      sequential / concurrent
+
+Then the cost of a step along the path, for one user:
+  engine       `bin/celeriac-lm train` for the same steps, batch and sentence (in-process, no
+               worker), per step: (time(steps) - time(1 step)) / (steps - 1), load excluded
+  celery       the same step through the worker with the Celery client directly
+               (send_task + AsyncResult.get), no HTTP
+  http         the same step through Gunicorn (N = 1 run above)
+and the overhead per task (2 tasks per step) of celery and http against the engine.
+
+Prints tables; never fails on timing. Run with /usr/bin/python3:
+  bench/users.py [--steps 10] [--users 1,2,4] [--concurrency 4] [--batch 4] [--url URL]
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "examples"))
+from celeriac_client import Client, api_keys  # noqa: E402
+
+TEXT = "The quick brown fox jumps over the lazy dog while the cat sleeps."
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    return None
+
+
+class Stack:
+    """redis-server + celeriac + gunicorn in a temporary directory."""
+
+    def __init__(self, workdir, concurrency, web_workers, users, bindir):
+        self.workdir = workdir
+        self.procs = []
+        self.redis_port = free_port()
+        self.url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.keys = {f"user{i}": f"bench-key-{i}" for i in range(users)}
+        self._start("redis", ["redis-server", "--port", str(self.redis_port), "--bind",
+                              "127.0.0.1", "--save", "", "--appendonly", "no",
+                              "--dir", workdir])
+        import redis
+        r = redis.Redis(port=self.redis_port)
+        if not wait_until(lambda: self._ping(r), 10):
+            raise RuntimeError("redis-server did not start")
+        self.worker = self._start("celeriac", [
+            os.path.join(bindir, "celeriac"), "-b", self.url, "-c", str(concurrency),
+            "-l", "info", "--state-dir", os.path.join(workdir, "state")])
+        if not wait_until(lambda: b"ready." in self._log("celeriac"), 60):
+            raise RuntimeError("celeriac did not get ready:\n" + self._log("celeriac")[-2000:]
+                               .decode("utf-8", "replace"))
+        self.http_port = free_port()
+        env = {"GUNICORN_BIND": f"127.0.0.1:{self.http_port}",
+               "GUNICORN_WORKERS": str(web_workers), "GUNICORN_ACCESS_LOG": "",
+               "GUNICORN_LOG_LEVEL": "warning", "GUNICORN_GRACEFUL_TIMEOUT": "5",
+               "CELERY_BROKER_URL": self.url,
+               "CELERIAC_API_KEYS": ",".join(f"{u}:{k}" for u, k in self.keys.items()),
+               "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off"}
+        self._start("gunicorn", [shutil.which("gunicorn") or "/usr/bin/gunicorn", "-c",
+                                 "gunicorn.conf.py", "flask_app:create_app()"], env)
+        self.base = f"http://127.0.0.1:{self.http_port}"
+        c = Client(self.base, "x")
+        if not wait_until(lambda: self._healthy(c), 30, 0.1):
+            raise RuntimeError("gunicorn did not answer:\n" +
+                               self._log("gunicorn")[-2000:].decode("utf-8", "replace"))
+
+    @staticmethod
+    def _ping(r):
+        try:
+            return r.ping()
+        except Exception:
+            return False
+
+    @staticmethod
+    def _healthy(c):
+        try:
+            return c.healthz()[0] == 200
+        except OSError:
+            return False
+
+    def _log(self, name):
+        with open(os.path.join(self.workdir, f"{name}.log"), "rb") as f:
+            return f.read()
+
+    def _start(self, name, cmd, extra_env=None):
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("CELERY_", "CELERIAC_", "GUNICORN_"))}
+        env.update(extra_env or {})
+        log = open(os.path.join(self.workdir, f"{name}.log"), "wb")
+        p = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append((name, p, log))
+        return p
+
+    def stop(self):
+        for name, p, log in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    pass
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            p.wait(10)
+            log.close()
+
+
+def session(client, steps, batch, lr=1e-3):
+    """One user's adapter: create, `steps` steps, delete. Returns seconds for the steps."""
+    aid = client.call("/add_lora", {"rank": 8, "alpha": 16})["adapter_id"]
+    t0 = time.monotonic()
+    for _ in range(steps):
+        f1 = client.submit("/fwdbwd", {"adapter_id": aid, "data": [{"text": TEXT}] * batch})
+        f2 = client.submit("/optim_step", {"adapter_id": aid,
+                                           "adam_params": {"learning_rate": lr}})
+        client.wait(f1)
+        client.wait(f2)
+    secs = time.monotonic() - t0
+    client.call(f"/adapters/{aid}", method="DELETE")
+    return secs
+
+
+def run_concurrent(clients, steps, batch):
+    errors = []
+
+    def one(c):
+        try:
+            session(c, steps, batch)
+        except Exception as e:  # noqa: BLE001 - reported
+            errors.append(repr(e))
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=one, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    return time.monotonic() - t0
+
+
+def run_sequential(clients, steps, batch):
+    t0 = time.monotonic()
+    for c in clients:
+        session(c, steps, batch)
+    return time.monotonic() - t0
+
+
+def engine_step_seconds(bindir, steps, batch, workdir):
+    """Per-step time of `celeriac-lm train` (load excluded), or (None, reason)."""
+    lm = os.path.join(bindir, "celeriac-lm")
+    if not os.access(lm, os.X_OK):
+        return None, "bin/celeriac-lm not built"
+    data = os.path.join(workdir, "text.txt")
+    with open(data, "w") as f:
+        f.write(TEXT)
+
+    def timed(n):
+        cmd = [lm, "train", "--data", data, "--lora", "8", "--alpha", "16", "--steps", str(n),
+               "--lr", "1e-3", "--batch", str(batch), "--out", os.path.join(workdir, f"lm{n}")]
+        t0 = time.monotonic()
+        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr.decode("utf-8", "replace")[-500:])
+        return time.monotonic() - t0
+
+    try:
+        t1 = min(timed(1) for _ in range(2))
+        tn = min(timed(steps) for _ in range(2))
+    except Exception as e:  # noqa: BLE001 - shown in the table
+        return None, f"celeriac-lm train failed: {e}"
+    return max(tn - t1, 0.0) / max(steps - 1, 1), None
+
+
+def celery_step_seconds(broker, steps, batch):
+    """Per-step time through the worker with the Celery client directly (no HTTP)."""
+    from celery import Celery
+    app = Celery("bench", broker=broker, backend=broker, set_as_current=False)
+    try:
+        def call(name, **kw):
+            return app.send_task(name, kwargs=kw).get(timeout=600)
+
+        aid = call("lora.create", rank=8, alpha=16, owner="bench")["adapter_id"]
+        t0 = time.monotonic()
+        for _ in range(steps):
+            r1 = app.send_task("lora.forward_backward",
+                               kwargs={"adapter_id": aid, "data": [{"text": TEXT}] * batch})
+            r2 = app.send_task("lora.optim_step",
+                               kwargs={"adapter_id": aid,
+                                       "adam_params": {"learning_rate": 1e-3}})
+            r1.get(timeout=600)
+            r2.get(timeout=600)
+        secs = (time.monotonic() - t0) / steps
+        call("lora.delete", adapter_id=aid)
+        return secs, None
+    except Exception as e:  # noqa: BLE001 - shown in the table
+        return None, f"celery client failed: {e!r}"
+    finally:
+        # Drop the result pubsub now, or AsyncResult.__del__ retries it at exit against a
+        # Redis that is gone (as tests/integration/conftest.py does).
+        try:
+            consumer = app.backend.result_consumer
+            if consumer is not None and consumer._pubsub is not None:
+                consumer._pubsub.close()
+                consumer._pubsub = None
+        except Exception:  # noqa: BLE001
+            pass
+        app.close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=4, help="copies of the sentence per fwdbwd")
+    ap.add_argument("--users", default="1,2,4")
+    ap.add_argument("--concurrency", type=int, default=4, help="celeriac executors")
+    ap.add_argument("--web-workers", type=int, default=4, help="gunicorn workers")
+    ap.add_argument("--url", help="use a running front end instead of starting one")
+    ap.add_argument("--bin-dir", default=os.environ.get("CELERIAC_BIN_DIR",
+                                                        os.path.join(REPO, "bin")))
+    args = ap.parse_args()
+    ns = [int(x) for x in args.users.split(",") if x.strip()]
+    workdir = tempfile.mkdtemp(prefix="celeriac-bench-users-")
+    stack = None
+    try:
+        if args.url:
+            base, keys = args.url, api_keys()
+        else:
+            if shutil.which("redis-server") is None:
+                sys.exit("bench: redis-server is not installed (make deps)")
+            stack = Stack(workdir, args.concurrency, args.web_workers, max(ns), args.bin_dir)
+            base, keys = stack.base, stack.keys
+        users = sorted(keys)
+        if len(users) < max(ns):
+            sys.exit(f"bench: need {max(ns)} API keys, have {len(users)}")
+        clients = [Client(base, keys[u]) for u in users]
+        print(f"bench/users.py: {args.steps} steps per user, {args.batch} x "
+              f"{len(TEXT)}-char text per fwdbwd, rank 8; "
+              + (f"celeriac -c {args.concurrency}, gunicorn {args.web_workers} workers"
+                 if stack else f"server {base}"), flush=True)
+        session(clients[0], 2, args.batch)  # warm-up: executors load the model
+        rows = []
+        for n in ns:
+            conc = run_concurrent(clients[:n], args.steps, args.batch)
+            seq = run_sequential(clients[:n], args.steps, args.batch)
+            rows.append((n, conc, seq))
+            print(f"  N={n}: concurrent {conc:.2f} s, sequential {seq:.2f} s", flush=True)
+
+        print()
+        print(f"{'users':>5}  {'concurrent s':>12}  {'sequential s':>12}  {'speedup':>7}  "
+              f"{'steps/s':>7}")
+        for n, conc, seq in rows:
+            print(f"{n:>5}  {conc:>12.2f}  {seq:>12.2f}  {seq / conc:>6.2f}x  "
+                  f"{n * args.steps / conc:>7.1f}")
+
+        # Per-step cost along the path, one user, warm.
+        http_step = session(clients[0], args.steps, args.batch) / args.steps
+        engine, engine_why = engine_step_seconds(args.bin_dir, args.steps, args.batch, workdir)
+        if stack:
+            celery, celery_why = celery_step_seconds(stack.url, args.steps, args.batch)
+        else:
+            celery, celery_why = None, "not measured with --url"
+        print()
+        print(f"{'path':<8}  {'ms/step':>8}  {'overhead ms/task vs engine':>27}")
+        print(f"{'engine':<8}  " + (f"{engine * 1e3:>8.2f}  {'-':>27}" if engine is not None
+                                    else f"{'n/a':>8}  {engine_why}"))
+        for name, v, why in (("celery", celery, celery_why), ("http", http_step, None)):
+            if v is None:
+                print(f"{name:<8}  {'n/a':>8}  {why}")
+            elif engine is None:
+                print(f"{name:<8}  {v * 1e3:>8.2f}  {'n/a':>27}")
+            else:
+                print(f"{name:<8}  {v * 1e3:>8.2f}  {(v - engine) / 2 * 1e3:>27.2f}")
+        print("\n(a step is one fwdbwd + one optim_step: 2 tasks; the engine row is "
+              "celeriac-lm train, in one process)")
+    finally:
+        if stack:
+            stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""flask_app -- celeriac's HTTP front end: create_app() for Gunicorn.
+
+`gunicorn -c gunicorn.conf.py 'flask_app:create_app()'`. The app authenticates users by API
+key, validates requests, sends them to the celeriac worker with celery.send_task and hands back
+futures that /retrieve_future reads; no route waits for a task. It imports neither the model
+nor any task code. Configuration comes from the environment (see config.py and README.md);
+create_app(config) overrides keys for tests.
+"""
+
+import logging
+
+from flask import Flask
+
+from . import config as config_mod
+from . import errors, ratelimit, routes
+from .celery_client import make_celery
+
+
+def create_app(config=None):
+    """The Flask app. `config` (a dict) overrides what config.from_env() reads."""
+    app = Flask(__name__, static_folder=None)
+    settings = config_mod.from_env()
+    if config:
+        settings.update(config)
+    if isinstance(settings.get("CELERIAC_API_KEYS"), str):
+        settings["CELERIAC_API_KEYS"] = config_mod.parse_api_keys(settings["CELERIAC_API_KEYS"])
+    app.config.update(settings)
+    app.json.sort_keys = False
+    limits = {name: ratelimit.parse(app.config[name])
+              for name in ("CELERIAC_RATE_LIMIT", "CELERIAC_POLL_RATE_LIMIT")}
+    app.extensions["celeriac"] = {
+        "celery": make_celery(app.config["CELERY_BROKER_URL"],
+                              app.config["CELERY_RESULT_BACKEND"]),
+        "limits": limits,
+        "redis": None,
+    }
+    if not app.config["CELERIAC_API_KEYS"]:
+        logging.getLogger("flask_app").warning(
+            "CELERIAC_API_KEYS is empty: every authenticated route will answer 401")
+    errors.register(app)
+    routes.register(app)
+    return app

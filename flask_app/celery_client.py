@@ -1,0 +1,47 @@
+"""celery_client.py -- the Celery client through which the front end reaches the worker.
+
+Configured only from the environment (CELERY_BROKER_URL, CELERY_RESULT_BACKEND; create_app
+passes the values it read from there). The app sends tasks by name with send_task and reads
+results with one backend read (get_task_meta, what AsyncResult uses); it registers no tasks
+and never imports the model, so this process needs neither a GPU nor the engine. Publishing
+retries a bounded number of times, then raises kombu's OperationalError (a 503).
+"""
+
+import os
+
+from celery import Celery
+
+PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2,
+                 "interval_max": 0.5}
+
+
+def make_celery(broker=None, backend=None):
+    """A Celery client app; broker/backend default to the environment."""
+    broker = broker or os.environ.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0"
+    backend = backend or os.environ.get("CELERY_RESULT_BACKEND") or broker
+    app = Celery("celeriac_client", broker=broker, backend=backend, set_as_current=False)
+    app.conf.update(
+        task_serializer="json", accept_content=["json"], result_accept_content=["json"],
+        result_serializer="json",
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 3,
+                                  "max_retries": 3},
+        redis_socket_timeout=5, redis_socket_connect_timeout=3,
+        result_backend_transport_options={"retry_policy": {"max_retries": 2}},
+        task_publish_retry=True, task_publish_retry_policy=PUBLISH_RETRY,
+    )
+    return app
+
+
+def send(app, name, kwargs, queue="celery", args=None):
+    """Enqueues task `name` with keyword arguments; returns the task id (the future id)."""
+    result = app.send_task(name, args=args or [], kwargs=kwargs, queue=queue, retry=True,
+                           retry_policy=PUBLISH_RETRY)
+    return result.id
+
+
+def task_meta(app, task_id):
+    """The stored state of task_id in one read: {"status", "result", ...}, never waiting.
+    (AsyncResult.state then .info would be two reads that may straddle a state change.)"""
+    return app.backend.get_task_meta(task_id)

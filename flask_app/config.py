@@ -1,0 +1,71 @@
+"""config.py -- the front end's settings, read from the environment once per app.
+
+Everything the app needs comes from here (never from module globals), so create_app(config)
+can override any key in tests. Keys and their environment variables are listed in
+flask_app/README.md. Parsing errors raise ValueError at start-up, not at the first request.
+"""
+
+import os
+
+MiB = 1024 * 1024
+
+
+def _int(env, name, default, lo=0):
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    return value
+
+
+def parse_api_keys(spec):
+    """'alice:KEY1,bob:KEY2' -> {"KEY1": "alice", "KEY2": "bob"}. Whitespace is ignored;
+    a key may contain ':' after the first one (user names may not)."""
+    keys = {}
+    for item in (spec or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        user, sep, key = item.partition(":")
+        user, key = user.strip(), key.strip()
+        if not sep or not user or not key:
+            raise ValueError(f"CELERIAC_API_KEYS: expected user:key, got {item!r}")
+        if key in keys and keys[key] != user:
+            raise ValueError(f"CELERIAC_API_KEYS: one key given to two users ({keys[key]}, {user})")
+        keys[key] = user
+    return keys
+
+
+def from_env(env=None):
+    """The settings dict for create_app(), from env (default os.environ)."""
+    env = os.environ if env is None else env
+    broker = env.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0"
+    backend = env.get("CELERY_RESULT_BACKEND") or broker
+    return {
+        "CELERY_BROKER_URL": broker,
+        "CELERY_RESULT_BACKEND": backend,
+        # Where the front end keeps its own small state (owners, futures, rate-limit counters).
+        "CELERIAC_REDIS_URL": env.get("CELERIAC_REDIS_URL") or backend,
+        "CELERIAC_API_KEYS": parse_api_keys(env.get("CELERIAC_API_KEYS", "")),
+        # Task-submitting routes and the polling route have separate budgets: a client polls
+        # /retrieve_future many times per task.
+        "CELERIAC_RATE_LIMIT": env.get("CELERIAC_RATE_LIMIT", "120/minute"),
+        "CELERIAC_POLL_RATE_LIMIT": env.get("CELERIAC_POLL_RATE_LIMIT", "1200/minute"),
+        "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 8 * MiB, 1),
+        "CELERIAC_MAX_PROMPTS": _int(env, "CELERIAC_MAX_PROMPTS", 32, 1),
+        "CELERIAC_MAX_EXAMPLES": _int(env, "CELERIAC_MAX_EXAMPLES", 64, 1),
+        "CELERIAC_MAX_TEXT_CHARS": _int(env, "CELERIAC_MAX_TEXT_CHARS", 32768, 1),
+        "CELERIAC_MAX_TOKENS": _int(env, "CELERIAC_MAX_TOKENS", 4096, 1),
+        "CELERIAC_MAX_SAMPLE_TOKENS": _int(env, "CELERIAC_MAX_SAMPLE_TOKENS", 1024, 1),
+        "CELERIAC_MAX_RANK": _int(env, "CELERIAC_MAX_RANK", 256, 1),
+        "CELERIAC_FUTURE_TTL": _int(env, "CELERIAC_FUTURE_TTL", 86400, 1),
+        "CELERIAC_QUEUE": env.get("CELERIAC_QUEUE") or "celery",
+        # Lets the tests and operators reach the worker's diag.* tasks through the API.
+        "CELERIAC_ENABLE_DIAG": env.get("CELERIAC_ENABLE_DIAG", "0") not in ("", "0", "no",
+                                                                           "false"),
+    }

@@ -1,0 +1,110 @@
+"""ownership.py -- who owns which adapter and which future, kept in Redis.
+
+Adapters: hash celeriac:owners (adapter_id -> user) and set celeriac:adapters:<user>. The
+worker makes the id, so an adapter is recorded when its lora.create future is seen done
+(retrieve_future, or a lookup that misses: the user's not-yet-resolved creations sit in set
+celeriac:creating:<user> and are resolved then by reading their results, which never waits).
+The worker is also told owner=user.
+Futures: key celeriac:future:<task_id> -> JSON {"owner", "task"} with a TTL (CELERIAC_FUTURE_TTL).
+Anything not owned by the caller is reported as 404, the same answer as for an unknown id, so
+ids of other users cannot be probed.
+"""
+
+import json
+import re
+
+from flask import current_app
+
+from .celery_client import task_meta
+from .errors import not_found
+from .store import store
+
+OWNERS = "celeriac:owners"
+ID_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+FUTURE_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def _celery():
+    return current_app.extensions["celeriac"]["celery"]
+
+
+def _ttl():
+    return current_app.config["CELERIAC_FUTURE_TTL"]
+
+
+def record_future(task_id, user, task, pending_create=False):
+    """Notes that future task_id (of task name `task`) belongs to user."""
+    r = store()
+    pipe = r.pipeline(transaction=False)
+    pipe.set(f"celeriac:future:{task_id}", json.dumps({"owner": user, "task": task}),
+             ex=_ttl())
+    if pending_create:
+        key = f"celeriac:creating:{user}"
+        pipe.sadd(key, task_id)
+        pipe.expire(key, _ttl())
+    pipe.execute()
+
+
+def future_of(task_id, user):
+    """The future's record {"owner", "task"}; 404 ApiError if unknown, expired or not user's."""
+    raw = store().get(f"celeriac:future:{task_id}")
+    if raw is None:
+        raise not_found(f"unknown future {task_id!r}")
+    meta = json.loads(raw)
+    if meta.get("owner") != user:
+        raise not_found(f"unknown future {task_id!r}")
+    return meta
+
+
+def set_owner(adapter_id, user):
+    """Records adapter_id as user's (first writer wins: ids are unique, made by the worker)."""
+    if isinstance(adapter_id, str) and ID_RX.match(adapter_id):
+        r = store()
+        if r.hsetnx(OWNERS, adapter_id, user):
+            r.sadd(f"celeriac:adapters:{user}", adapter_id)
+
+
+def drop_owner(adapter_id, user):
+    r = store()
+    pipe = r.pipeline(transaction=False)
+    pipe.hdel(OWNERS, adapter_id)
+    pipe.srem(f"celeriac:adapters:{user}", adapter_id)
+    pipe.execute()
+
+
+def creation_done(task_id, user, value):
+    """A lora.create future of user finished with `value`: record the owner, forget it."""
+    if isinstance(value, dict) and "adapter_id" in value:
+        set_owner(value["adapter_id"], user)
+    store().srem(f"celeriac:creating:{user}", task_id)
+
+
+def resolve_creations(user):
+    """Reads the results of user's unresolved lora.create futures and records finished ones."""
+    r = store()
+    key = f"celeriac:creating:{user}"
+    for task_id in r.smembers(key):
+        stored = task_meta(_celery(), task_id)
+        state = stored.get("status")
+        if state == "SUCCESS":
+            creation_done(task_id, user, stored.get("result"))
+        elif state in ("FAILURE", "REVOKED"):
+            r.srem(key, task_id)
+
+
+def require_adapter(adapter_id, user):
+    """Returns adapter_id if user owns it; 404 ApiError otherwise (unknown or someone else's)."""
+    r = store()
+    owner = r.hget(OWNERS, adapter_id)
+    if owner is None:
+        resolve_creations(user)
+        owner = r.hget(OWNERS, adapter_id)
+    if owner != user:
+        raise not_found(f"unknown adapter {adapter_id!r}")
+    return adapter_id
+
+
+def adapters_of(user):
+    """Ids of the adapters recorded as user's, sorted."""
+    resolve_creations(user)
+    return sorted(store().smembers(f"celeriac:adapters:{user}"))

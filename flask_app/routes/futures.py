@@ -1,0 +1,85 @@
+"""futures.py -- POST /retrieve_future: a future's state, read without waiting.
+
+  202 {"status": "pending", "progress": null}      queued, not started
+  202 {"status": "running", "progress": {...}}     started; progress is the task's PROGRESS
+                                                    meta ({"done", "total"}) when it sent one
+  200 {"status": "done", "result": ...}
+  4xx/5xx {"status": "failed", "error": {"type", "message"}}: the task raised. ValueError and
+      TypeError (bad input the worker caught) -> 400; KeyError/LookupError (e.g. the adapter
+      was deleted meanwhile) -> 404; the worker itself failing (WorkerLostError, time limits,
+      MemoryError) -> 502; a revoked task -> 409; anything else -> 500.
+Only the future's owner may read it; any other key gets 404. A done lora.create or lora.list
+records the adapters it names as the caller's.
+"""
+
+from flask import Blueprint, current_app, g, jsonify
+
+from .. import validation as v
+from ..auth import require_user
+from ..celery_client import task_meta
+from ..ownership import creation_done, future_of, set_owner
+
+bp = Blueprint("futures", __name__)
+
+CLIENT_ERRORS = {"ValueError", "TypeError"}
+MISSING_ERRORS = {"KeyError", "LookupError"}
+WORKER_ERRORS = {"WorkerLostError", "TimeLimitExceeded", "SoftTimeLimitExceeded",
+                 "MemoryError"}
+
+
+def failure_status(exc):
+    """HTTP status for a task's exception, by its class or any base class name."""
+    names = {c.__name__ for c in type(exc).__mro__} if isinstance(exc, BaseException) else set()
+    if names & CLIENT_ERRORS:
+        return 400
+    if names & MISSING_ERRORS:
+        return 404
+    if names & WORKER_ERRORS:
+        return 502
+    return 500
+
+
+def _message(exc):
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        return str(exc.args[0])  # KeyError's str() adds quotes
+    return str(exc) if str(exc) else type(exc).__name__
+
+
+def _on_success(meta, value):
+    task = meta.get("task")
+    if task == "lora.create":
+        creation_done(g.future_id, g.user, value)
+    elif task == "lora.list" and isinstance(value, list):
+        for item in value:
+            aid = item.get("adapter_id") if isinstance(item, dict) else item
+            set_owner(aid, g.user)
+
+
+@bp.post("/retrieve_future")
+@require_user("CELERIAC_POLL_RATE_LIMIT")
+def retrieve_future():
+    task_id = v.validate_future(v.json_body(), current_app.config)
+    meta = future_of(task_id, g.user)
+    g.future_id = task_id
+    # One read of the stored meta: state and result must come from the same version (reading
+    # AsyncResult.state, then .info, could pair PROGRESS with the final result).
+    stored = task_meta(current_app.extensions["celeriac"]["celery"], task_id)
+    state, value = stored.get("status"), stored.get("result")
+    if state == "SUCCESS":
+        _on_success(meta, value)
+        return jsonify({"status": "done", "result": value})
+    if state == "FAILURE":
+        exc = value
+        status = failure_status(exc)
+        body = {"status": "failed",
+                "error": {"type": type(exc).__name__, "message": _message(exc)}}
+        return jsonify(body), status
+    if state == "REVOKED":
+        return jsonify({"status": "failed", "error": {"type": "TaskRevokedError",
+                                                      "message": "the task was revoked"}}), 409
+    if state == "PENDING":
+        return jsonify({"status": "pending", "progress": None}), 202
+    progress = None
+    if state == "PROGRESS" and isinstance(value, dict):
+        progress = value
+    return jsonify({"status": "running", "progress": progress}), 202

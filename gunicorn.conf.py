@@ -1,0 +1,64 @@
+"""gunicorn.conf.py -- production settings for the celeriac front end.
+
+  gunicorn -c gunicorn.conf.py 'flask_app:create_app()'
+
+Every setting can be changed from the environment (GUNICORN_*; gunicorn's own GUNICORN_CMD_ARGS
+and command-line flags still override this file). Web workers only validate, publish a task
+and read results, so they are light: threads (gthread) make a slow client or a slow Redis cost
+a thread, not a process. The app is not preloaded: each worker opens its own Redis and broker
+connections after the fork.
+"""
+
+import os
+
+
+def _int(name, default):
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# Loopback unless told otherwise: put a TLS-terminating proxy (nginx) in front for the outside.
+bind = [b.strip() for b in os.environ.get("GUNICORN_BIND", "127.0.0.1:8000").split(",")
+        if b.strip()]
+
+# The classic 2*cores+1, capped: the work is I/O (Redis), and each worker holds connections.
+workers = _int("GUNICORN_WORKERS", _int("WEB_CONCURRENCY",
+                                        min(2 * _cores() + 1, _int("GUNICORN_MAX_WORKERS", 9))))
+threads = _int("GUNICORN_THREADS", 4)
+worker_class = "gthread"
+worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 1000)
+
+# No request waits for a task, so 30 s is generous; a stuck worker is killed and replaced.
+timeout = _int("GUNICORN_TIMEOUT", 30)
+graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)
+keepalive = _int("GUNICORN_KEEPALIVE", 5)
+
+# Recycle workers now and then (bounded memory growth); jitter keeps them from all
+# restarting at once.
+max_requests = _int("GUNICORN_MAX_REQUESTS", 2000)
+max_requests_jitter = _int("GUNICORN_MAX_REQUESTS_JITTER", 200)
+
+# Request-line and header limits (bodies are limited by the app: MAX_CONTENT_LENGTH -> 413).
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+
+# GUNICORN_ACCESS_LOG="" turns the access log off.
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
+errorlog = os.environ.get("GUNICORN_ERROR_LOG") or "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
+capture_output = True
+proc_name = "celeriac-web"
+
+# Trust X-Forwarded-* only from a proxy on this host.
+forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")
+preload_app = False
+pidfile = os.environ.get("GUNICORN_PIDFILE") or None
