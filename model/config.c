@@ -292,10 +292,17 @@ int cel_config_save(const cel_config_t *c, const char *path, cel_err_t *err) {
         }
         json_object_set_new(o, "rope_scaling", rs);
     }
+    int rc = cel_config_write_json(o, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER, err);
+    json_decref(o);
+    return rc;
+}
+
+/* See config.h. */
+int cel_config_write_json(json_t *o, const char *path, size_t flags, cel_err_t *err) {
     char tmp[4160];
     snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
     int rc = CEL_OK;
-    if (json_dump_file(o, tmp, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0) {
+    if (json_dump_file(o, tmp, flags) != 0) {
         rc = cel_err_set(err, CEL_EIO, "%s: cannot write", tmp);
     } else {
         int fd = open(tmp, O_RDONLY | O_CLOEXEC);
@@ -306,6 +313,5 @@ int cel_config_save(const cel_config_t *c, const char *path, cel_err_t *err) {
         if (rename(tmp, path) != 0) rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
     }
     if (rc != CEL_OK) unlink(tmp);
-    json_decref(o);
     return rc;
 }

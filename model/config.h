@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "../protocol/err.h"
 
 /* Limits: anything larger is refused before a byte is allocated. */
@@ -59,6 +61,10 @@ int cel_config_load(const char *path, cel_config_t *out, cel_err_t *err);
 
 /* Writes cfg as a LlamaForCausalLM config.json to path (atomic: temp, fsync, rename). */
 int cel_config_save(const cel_config_t *cfg, const char *path, cel_err_t *err);
+
+/* Writes a JSON object to path atomically (path.tmp.<pid>, fsync, rename) with
+ * jansson dump flags. Used for config.json and adapter_config.json. */
+int cel_config_write_json(json_t *o, const char *path, size_t flags, cel_err_t *err);
 
 /* Number of floats of the base model's parameters (embedding, layers, final
  * norm, untied head). */

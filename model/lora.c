@@ -209,20 +209,7 @@ static int write_config(const cel_lora_t *l, const char *path, const char *base,
         "revision", "target_modules", mods, "task_type", "CAUSAL_LM", "use_dora", 0,
         "use_rslora", l->use_rslora);
     if (!o) return cel_err_set(err, CEL_ENOMEM, "out of memory");
-    char tmp[4160];
-    snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
-    int rc = CEL_OK;
-    if (json_dump_file(o, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) != 0) {
-        rc = cel_err_set(err, CEL_EIO, "%s: cannot write", tmp);
-    } else {
-        int fd = open(tmp, O_RDONLY | O_CLOEXEC);
-        if (fd >= 0) {
-            fsync(fd);
-            close(fd);
-        }
-        if (rename(tmp, path) != 0) rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
-    }
-    if (rc != CEL_OK) unlink(tmp);
+    int rc = cel_config_write_json(o, path, JSON_INDENT(2) | JSON_SORT_KEYS, err);
     json_decref(o);
     return rc;
 }
