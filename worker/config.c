@@ -62,6 +62,13 @@ enum {
     OPT_EXECUTOR, OPT_VERSION, OPT_MODEL, OPT_IMPORT_ROOT, OPT_MAX_INPUT, OPT_NO_HEARTBEAT,
 };
 
+static int hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
 static int copy_str(char *dst, size_t size, const char *src, const char *what, cel_err_t *err) {
     size_t n = strlen(src);
     if (n >= size) return cel_err_set(err, CEL_EINVAL, "%s is too long (%zu bytes)", what, n);
@@ -89,6 +96,21 @@ static int parse_seconds(const char *s, double *out, const char *what, cel_err_t
         return cel_err_set(err, CEL_EINVAL, "%s: expected seconds >= 0, got '%s'", what, s);
     *out = v;
     return CEL_OK;
+}
+
+/* Decodes %XX escapes in place, as redis-py unquotes URL credentials. */
+static void percent_decode(char *s) {
+    char *o = s;
+    for (char *p = s; *p; p++) {
+        int hi, lo;
+        if (p[0] == '%' && p[1] && p[2] && (hi = hexval(p[1])) >= 0 && (lo = hexval(p[2])) >= 0) {
+            *o++ = (char)(hi * 16 + lo);
+            p += 2;
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o = '\0';
 }
 
 int cel_config_parse_redis_url(const char *url, cel_redis_url_t *out, cel_err_t *err) {
@@ -120,9 +142,23 @@ int cel_config_parse_redis_url(const char *url, cel_redis_url_t *out, cel_err_t 
                 return cel_err_set(err, CEL_EINVAL, "password in '%s' is too long", url);
             memcpy(out->password, p, ulen);
         }
+        percent_decode(out->user);
+        percent_decode(out->password);
         p = at + 1;
     }
-    const char *hend = p + strcspn(p, ":/?");
+    const char *hend;
+    if (*p == '[') {
+        /* [IPv6 address] */
+        const char *close = strchr(p, ']');
+        if (!close || (size_t)(close - p - 1) >= sizeof(out->host))
+            return cel_err_set(err, CEL_EINVAL, "bad IPv6 host in '%s'", url);
+        memcpy(out->host, p + 1, (size_t)(close - p - 1));
+        out->host[close - p - 1] = '\0';
+        hend = close + 1;
+        p = hend;
+        goto port;
+    }
+    hend = p + strcspn(p, ":/?");
     if (hend > p) {
         if ((size_t)(hend - p) >= sizeof(out->host))
             return cel_err_set(err, CEL_EINVAL, "host in '%s' is too long", url);
@@ -130,6 +166,7 @@ int cel_config_parse_redis_url(const char *url, cel_redis_url_t *out, cel_err_t 
         out->host[hend - p] = '\0';
     }
     p = hend;
+port:
     if (*p == ':') {
         char *end;
         long port = strtol(p + 1, &end, 10);
@@ -284,10 +321,10 @@ int cel_config_parse(cel_config_t *cfg, int argc, char **argv, cel_err_t *err) {
         {"version", no_argument, 0, OPT_VERSION},
         {0, 0, 0, 0},
     };
-    optind = 1;
+    optind = 0; /* 0, not 1: glibc then forgets the state of any earlier parse */
     opterr = 0;
     int c, rc = CEL_OK;
-    long v;
+    long v = 0;
     while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:f:hE", opts, NULL)) != -1) {
         switch (c) {
         case 'b': rc = copy_str(cfg->broker_url, sizeof(cfg->broker_url), optarg, "--broker", err); break;

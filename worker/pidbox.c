@@ -44,17 +44,15 @@ typedef struct reply_ctx {
 int cel_pidbox_match(const char *name, const char *pattern, const char *matcher) {
     if (!matcher || strcmp(matcher, "glob") == 0) return fnmatch(pattern, name, 0) == 0;
     if (strcmp(matcher, "pcre") != 0) return CEL_ENOTFOUND;
-    /* re.match anchors at the start only; POSIX ERE is close enough for the
-     * node-name patterns people use ("w3@.*", "celeriac@(a|b)"). */
-    size_t n = strlen(pattern);
-    char *anchored = malloc(n + 4);
-    if (!anchored) return CEL_ENOMEM;
-    snprintf(anchored, n + 4, "^(%s)", pattern);
+    /* re.match anchors at the start only. The pattern is compiled as it is (so
+     * an unbalanced one is refused rather than escaping an added anchor) and a
+     * match counts when the leftmost match starts at 0: POSIX returns the
+     * leftmost match, so one starting at 0 is found whenever it exists. POSIX
+     * ERE is close enough for node-name patterns ("w3@.*", "celeriac@(a|b)"). */
     regex_t re;
-    int rc = regcomp(&re, anchored, REG_EXTENDED | REG_NOSUB);
-    free(anchored);
-    if (rc != 0) return CEL_EINVAL;
-    rc = regexec(&re, name, 0, NULL, 0) == 0;
+    if (regcomp(&re, pattern, REG_EXTENDED) != 0) return CEL_EINVAL;
+    regmatch_t m;
+    int rc = regexec(&re, name, 1, &m, 0) == 0 && m.rm_so == 0;
     regfree(&re);
     return rc;
 }

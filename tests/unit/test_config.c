@@ -1,0 +1,595 @@
+/* test_config.c -- unit tests for the worker's options, Redis URLs and node
+ * names (worker/config.c).
+ *
+ * worker/config.c is compiled into this test rather than taken from UNIT_LIB:
+ * its cel_config_parse has the same name as model/config.c's (which every
+ * unit test links), so it is renamed here.
+ */
+#include "testutil.h"
+
+#include <unistd.h>
+
+#define cel_config_parse cel_worker_config_parse
+#include "../../worker/config.c"
+
+/* ---- redis URLs ---- */
+
+static void url_ok(const char *url, const char *host, int port, int db, const char *user,
+                   const char *password) {
+    cel_redis_url_t u;
+    cel_err_t err;
+    if (cel_config_parse_redis_url(url, &u, &err) != CEL_OK) fail_msg("%s: %s", url, err.msg);
+    if (strcmp(u.host, host) || u.port != port || u.db != db || strcmp(u.user, user) ||
+        strcmp(u.password, password))
+        fail_msg("%s: got host=%s port=%d db=%d user=%s password=%s", url, u.host, u.port, u.db,
+                 u.user, u.password);
+}
+
+static void url_bad(const char *url) {
+    cel_redis_url_t u;
+    cel_err_t err = {0};
+    if (cel_config_parse_redis_url(url, &u, &err) != CEL_EINVAL) fail_msg("%s was accepted", url);
+    assert_int_equal(err.code, CEL_EINVAL);
+    assert_true(err.msg[0] != '\0');
+}
+
+static void test_redis_url(void **state) {
+    url_ok("redis://", "127.0.0.1", 6379, 0, "", "");
+    url_ok("redis://localhost", "localhost", 6379, 0, "", "");
+    url_ok("redis://h:6380", "h", 6380, 0, "", "");
+    url_ok("redis://h:6380/2", "h", 6380, 2, "", "");
+    url_ok("redis://h/3", "h", 6379, 3, "", "");
+    url_ok("redis://h/", "h", 6379, 0, "", "");
+    url_ok("redis:///5", "127.0.0.1", 6379, 5, "", "");
+    url_ok("redis://:6390", "127.0.0.1", 6390, 0, "", "");
+    url_ok("redis://h:1/0?socket_timeout=3", "h", 1, 0, "", "");
+    url_ok("redis://h?x=1", "h", 6379, 0, "", "");
+    url_ok("redis://h/?x=1", "h", 6379, 0, "", "");
+    url_ok("redis://10.0.0.1:65535/100000", "10.0.0.1", 65535, 100000, "", "");
+    /* credentials */
+    url_ok("redis://:secret@h:1/2", "h", 1, 2, "", "secret");
+    /* percent-escapes in credentials are decoded, as redis-py does */
+    url_ok("redis://:p%40ss%3Aw@h", "h", 6379, 0, "", "p@ss:w");
+    url_ok("redis://us%65r:pw@h", "h", 6379, 0, "user", "pw");
+    /* IPv6 literals in brackets */
+    url_ok("redis://[::1]:6379/1", "::1", 6379, 1, "", "");
+    url_ok("redis://:pw@[fe80::1]", "fe80::1", 6379, 0, "", "pw");
+    url_ok("redis://alice:secret@h", "h", 6379, 0, "alice", "secret");
+    url_ok("redis://alice:@h", "h", 6379, 0, "alice", "");
+    url_ok("redis://secret@h", "h", 6379, 0, "", "secret");
+    url_ok("redis://alice:p@ss:w@h/1", "h", 6379, 1, "alice", "p@ss:w");
+    url_ok("redis://:pw@", "127.0.0.1", 6379, 0, "", "pw");
+    /* bad */
+    url_bad("");
+    url_bad("rediss://h");
+    url_bad("unix:///tmp/redis.sock");
+    url_bad("amqp://guest@h//");
+    url_bad("REDIS://h");
+    url_bad("redis://h:0");
+    url_bad("redis://h:65536");
+    url_bad("redis://h:-1");
+    url_bad("redis://h:");
+    url_bad("redis://h:/1");
+    url_bad("redis://h:abc");
+    url_bad("redis://h:12ab");
+    url_bad("redis://h:99999999999999999999999");
+    url_bad("redis://h/-1");
+    url_bad("redis://h/100001");
+    url_bad("redis://h/abc");
+    url_bad("redis://h/1x");
+    url_bad("redis://h/1/2");
+    url_bad("redis://h/0@x");
+    url_bad("redis://h:1:2");
+    /* err may be NULL */
+    cel_redis_url_t u;
+    assert_int_equal(cel_config_parse_redis_url("http://h", &u, NULL), CEL_EINVAL);
+}
+
+static void test_redis_url_limits(void **state) {
+    char url[1024], want[300];
+    cel_redis_url_t u;
+    cel_err_t err;
+    /* host: 255 bytes fit, 256 do not */
+    memset(want, 'h', 255);
+    want[255] = '\0';
+    snprintf(url, sizeof(url), "redis://%s:1", want);
+    url_ok(url, want, 1, 0, "", "");
+    snprintf(url, sizeof(url), "redis://%sh:1", want);
+    url_bad(url);
+    /* user 127 / 128 */
+    memset(want, 'u', 127);
+    want[127] = '\0';
+    snprintf(url, sizeof(url), "redis://%s:pw@h", want);
+    url_ok(url, "h", 6379, 0, want, "pw");
+    snprintf(url, sizeof(url), "redis://%su:pw@h", want);
+    url_bad(url);
+    /* password (after a colon) 255 / 256 */
+    memset(want, 'p', 255);
+    want[255] = '\0';
+    snprintf(url, sizeof(url), "redis://:%s@h", want);
+    url_ok(url, "h", 6379, 0, "", want);
+    snprintf(url, sizeof(url), "redis://:%sp@h", want);
+    url_bad(url);
+    /* bare password 255 / 256 */
+    snprintf(url, sizeof(url), "redis://%s@h", want);
+    url_ok(url, "h", 6379, 0, "", want);
+    snprintf(url, sizeof(url), "redis://%sp@h", want);
+    assert_int_equal(cel_config_parse_redis_url(url, &u, &err), CEL_EINVAL);
+    assert_int_equal(strncmp(err.msg, "password in", 11), 0);
+}
+
+/* ---- node names ---- */
+
+static void host_parts(char *host, char *name, char *domain) {
+    char h[256];
+    if (gethostname(h, sizeof(h)) != 0) snprintf(h, sizeof(h), "localhost");
+    h[255] = '\0';
+    strcpy(host, h);
+    char *dot = strchr(h, '.');
+    if (dot) {
+        strcpy(domain, dot + 1);
+        *dot = '\0';
+    } else {
+        domain[0] = '\0';
+    }
+    strcpy(name, h);
+}
+
+static void test_expand_hostname(void **state) {
+    char host[256], name[256], domain[256], out[600], want[800];
+    cel_err_t err;
+    host_parts(host, name, domain);
+    assert_int_equal(cel_config_expand_hostname("celeriac@%h", out, sizeof(out), &err), CEL_OK);
+    snprintf(want, sizeof(want), "celeriac@%s", host);
+    assert_string_equal(out, want);
+    assert_int_equal(cel_config_expand_hostname("w@%n", out, sizeof(out), &err), CEL_OK);
+    snprintf(want, sizeof(want), "w@%s", name);
+    assert_string_equal(out, want);
+    assert_int_equal(cel_config_expand_hostname("w@%d", out, sizeof(out), &err), CEL_OK);
+    snprintf(want, sizeof(want), "w@%s", domain);
+    assert_string_equal(out, want);
+    assert_int_equal(cel_config_expand_hostname("%n.%d@%h", out, sizeof(out), &err), CEL_OK);
+    snprintf(want, sizeof(want), "%s.%s@%s", name, domain, host);
+    assert_string_equal(out, want);
+    /* %% and unknown or trailing escapes */
+    assert_int_equal(cel_config_expand_hostname("a%%b@x", out, sizeof(out), &err), CEL_OK);
+    assert_string_equal(out, "a%b@x");
+    assert_int_equal(cel_config_expand_hostname("a%%h@x", out, sizeof(out), &err), CEL_OK);
+    assert_string_equal(out, "a%h@x");
+    assert_int_equal(cel_config_expand_hostname("a%x@y", out, sizeof(out), &err), CEL_OK);
+    assert_string_equal(out, "a%x@y");
+    assert_int_equal(cel_config_expand_hostname("a@y%", out, sizeof(out), &err), CEL_OK);
+    assert_string_equal(out, "a@y%");
+    /* no '@': the host is appended */
+    assert_int_equal(cel_config_expand_hostname("worker1", out, sizeof(out), &err), CEL_OK);
+    snprintf(want, sizeof(want), "worker1@%s", host);
+    assert_string_equal(out, want);
+    assert_int_equal(cel_config_expand_hostname("w-%n", out, sizeof(out), &err), CEL_OK);
+    snprintf(want, sizeof(want), "w-%s@%s", name, host);
+    assert_string_equal(out, want);
+    assert_int_equal(cel_config_expand_hostname("", out, sizeof(out), &err), CEL_OK);
+    snprintf(want, sizeof(want), "@%s", host);
+    assert_string_equal(out, want);
+}
+
+static void test_expand_hostname_limit(void **state) {
+    char out[16];
+    cel_err_t err = {0};
+    /* 15 bytes + NUL fit in 16; 16 do not */
+    assert_int_equal(cel_config_expand_hostname("abcdefghij@klmn", out, sizeof(out), &err),
+                     CEL_OK);
+    assert_string_equal(out, "abcdefghij@klmn");
+    assert_int_equal(cel_config_expand_hostname("abcdefghij@klmno", out, sizeof(out), &err),
+                     CEL_EINVAL);
+    assert_int_equal(err.code, CEL_EINVAL);
+    assert_int_equal(cel_config_expand_hostname("%%%%%%%%%%%%%%%%%%%%%%%%%%%%%%@", out,
+                                                sizeof(out), &err),
+                     CEL_EINVAL);
+    assert_int_equal(cel_config_expand_hostname("%%%%%%%%%%%%%%%%%%%%%%%%%%%%@", out,
+                                                sizeof(out), &err),
+                     CEL_OK);
+    assert_string_equal(out, "%%%%%%%%%%%%%%@");
+    char host[256], name[256], domain[256];
+    host_parts(host, name, domain);
+    char small[8];
+    if (strlen(host) + 2 >= sizeof(small))
+        assert_int_equal(cel_config_expand_hostname("a@%h", small, sizeof(small), &err),
+                         CEL_EINVAL);
+}
+
+/* ---- command line ---- */
+
+static int clear_env(void **state) {
+    unsetenv("CELERY_BROKER_URL");
+    unsetenv("CELERY_RESULT_BACKEND");
+    return 0;
+}
+
+#define ARGV(...) char *av[] = {"celeriac", __VA_ARGS__, NULL}
+#define ARGC ((int)(sizeof(av) / sizeof(av[0])) - 1)
+
+/* A second parse must not inherit getopt state from the first. */
+static void test_parse_twice(void **state) {
+    cel_config_t cfg;
+    cel_err_t err;
+    char *a1[] = {"celeriac", "-hE", NULL};
+    int rc = cel_config_parse(&cfg, 2, a1, &err);
+    cel_config_free(&cfg);
+    assert_true(rc == 1 || rc == CEL_OK);
+    char *a2[] = {"celeriac", "-c", "2", NULL};
+    assert_int_equal(cel_config_parse(&cfg, 3, a2, &err), CEL_OK);
+    assert_int_equal(cfg.concurrency, 2);
+    cel_config_free(&cfg);
+}
+
+static void test_defaults(void **state) {
+    cel_config_t cfg;
+    cel_err_t err;
+    char *av[] = {"celeriac", NULL};
+    assert_int_equal(cel_config_parse(&cfg, 1, av, &err), CEL_OK);
+    assert_string_equal(cfg.broker_url, "redis://127.0.0.1:6379/0");
+    assert_string_equal(cfg.backend_url, cfg.broker_url);
+    assert_string_equal(cfg.broker.host, "127.0.0.1");
+    assert_int_equal(cfg.backend.port, 6379);
+    assert_int_equal(cfg.nqueues, 1);
+    assert_string_equal(cfg.queues[0], "celery");
+    assert_true(cfg.concurrency >= 1 && cfg.concurrency <= CEL_MAX_CONCURRENCY);
+    assert_int_equal(cfg.prefetch_multiplier, 4);
+    assert_int_equal(cfg.loglevel, CEL_LOG_WARNING);
+    assert_true(cfg.result_expires == 86400);
+    assert_true(cfg.visibility_timeout == 3600);
+    assert_int_equal(cfg.max_message_size, 8L * 1024 * 1024);
+    assert_true(strncmp(cfg.hostname, "celeriac@", 9) == 0);
+    assert_non_null(strstr(cfg.executor, "celeriac-executor"));
+    assert_string_equal(cfg.model, "");
+    assert_int_equal(cfg.task_events, 0);
+    assert_int_equal(cfg.without_heartbeat, 0);
+    cel_config_free(&cfg);
+}
+
+static void test_env(void **state) {
+    cel_config_t cfg;
+    cel_err_t err;
+    char *av[] = {"celeriac", NULL};
+    setenv("CELERY_BROKER_URL", "redis://b:1/1", 1);
+    assert_int_equal(cel_config_parse(&cfg, 1, av, &err), CEL_OK);
+    assert_string_equal(cfg.backend_url, "redis://b:1/1");
+    assert_int_equal(cfg.backend.db, 1);
+    cel_config_free(&cfg);
+    setenv("CELERY_RESULT_BACKEND", "redis://r:2/2", 1);
+    assert_int_equal(cel_config_parse(&cfg, 1, av, &err), CEL_OK);
+    assert_string_equal(cfg.broker.host, "b");
+    assert_string_equal(cfg.backend.host, "r");
+    cel_config_free(&cfg);
+    /* the command line wins; empty env values are ignored */
+    {
+        char *av2[] = {"celeriac", "-b", "redis://c:3/3", NULL};
+        assert_int_equal(cel_config_parse(&cfg, 3, av2, &err), CEL_OK);
+        assert_string_equal(cfg.broker.host, "c");
+        assert_string_equal(cfg.backend.host, "r");
+        cel_config_free(&cfg);
+    }
+    setenv("CELERY_BROKER_URL", "", 1);
+    setenv("CELERY_RESULT_BACKEND", "", 1);
+    assert_int_equal(cel_config_parse(&cfg, 1, av, &err), CEL_OK);
+    assert_string_equal(cfg.broker_url, "redis://127.0.0.1:6379/0");
+    assert_string_equal(cfg.backend_url, cfg.broker_url);
+    cel_config_free(&cfg);
+    setenv("CELERY_BROKER_URL", "amqp://guest@h//", 1);
+    assert_int_equal(cel_config_parse(&cfg, 1, av, &err), CEL_EINVAL);
+    cel_config_free(&cfg);
+    clear_env(state);
+}
+
+static void test_all_options(void **state) {
+    cel_config_t cfg;
+    cel_err_t err;
+    ARGV("--broker", "redis://:pw@b:7/1", "--result-backend", "redis://r/2", "-Q", " a , b,,c ",
+         "-c", "3", "-n", "w1@box", "--prefetch-multiplier", "0", "-l", "debug", "-f",
+         "/tmp/log", "--pidfile", "/tmp/pid", "--time-limit", "10", "--soft-time-limit", "5.5",
+         "--max-tasks-per-child", "100", "--state-dir", "/tmp/st", "--result-expires", "0",
+         "--visibility-timeout", "1", "--max-message-size", "1024", "--executor", "/x/exe",
+         "--model", "/m", "--import-root", "/i1", "--import-root=/i2", "--max-input-tokens",
+         "512", "-E", "--without-heartbeat");
+    assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_OK);
+    assert_string_equal(cfg.broker.host, "b");
+    assert_string_equal(cfg.broker.password, "pw");
+    assert_int_equal(cfg.broker.port, 7);
+    assert_string_equal(cfg.backend.host, "r");
+    assert_int_equal(cfg.backend.db, 2);
+    assert_int_equal(cfg.nqueues, 3);
+    assert_string_equal(cfg.queues[0], "a");
+    assert_string_equal(cfg.queues[1], "b");
+    assert_string_equal(cfg.queues[2], "c");
+    assert_int_equal(cfg.concurrency, 3);
+    assert_string_equal(cfg.hostname, "w1@box");
+    assert_int_equal(cfg.prefetch_multiplier, 0);
+    assert_int_equal(cfg.loglevel, CEL_LOG_DEBUG);
+    assert_string_equal(cfg.logfile, "/tmp/log");
+    assert_string_equal(cfg.pidfile, "/tmp/pid");
+    assert_true(cfg.time_limit == 10);
+    assert_true(cfg.soft_time_limit == 5.5);
+    assert_int_equal(cfg.max_tasks_per_child, 100);
+    assert_string_equal(cfg.state_dir, "/tmp/st");
+    assert_true(cfg.result_expires == 0);
+    assert_true(cfg.visibility_timeout == 1);
+    assert_int_equal(cfg.max_message_size, 1024);
+    assert_string_equal(cfg.executor, "/x/exe");
+    assert_string_equal(cfg.model, "/m");
+    assert_int_equal(cfg.nimport_roots, 2);
+    assert_string_equal(cfg.import_roots[1], "/i2");
+    assert_int_equal(cfg.max_input_tokens, 512);
+    assert_int_equal(cfg.task_events, 1);
+    assert_int_equal(cfg.without_heartbeat, 1);
+    cel_config_free(&cfg);
+    assert_int_equal(cfg.nqueues, 0);
+    assert_int_equal(cfg.nimport_roots, 0);
+}
+
+/* Runs cel_config_parse with stdout sent to /dev/null (--help / --version). */
+static int parse_quiet(cel_config_t *cfg, int argc, char **argv, cel_err_t *err) {
+    fflush(stdout);
+    int saved = dup(1);
+    FILE *null = fopen("/dev/null", "w");
+    assert_non_null(null);
+    dup2(fileno(null), 1);
+    int rc = cel_config_parse(cfg, argc, argv, err);
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved);
+    fclose(null);
+    return rc;
+}
+
+static void test_help_version(void **state) {
+    cel_config_t cfg;
+    cel_err_t err;
+    {
+        ARGV("--help");
+        assert_int_equal(parse_quiet(&cfg, ARGC, av, &err), 1);
+        cel_config_free(&cfg);
+    }
+    {
+        ARGV("-h");
+        assert_int_equal(parse_quiet(&cfg, ARGC, av, &err), 1);
+        cel_config_free(&cfg);
+    }
+    {
+        ARGV("--version");
+        assert_int_equal(parse_quiet(&cfg, ARGC, av, &err), 1);
+        cel_config_free(&cfg);
+    }
+}
+
+/* Parses celeriac OPT VALUE: want_ok 1 expects CEL_OK, 0 CEL_EINVAL. */
+static void one(const char *opt, const char *value, int want_ok) {
+    cel_config_t cfg;
+    cel_err_t err = {0};
+    char *av[] = {"celeriac", (char *)opt, (char *)value, NULL};
+    int rc = cel_config_parse(&cfg, value ? 3 : 2, av, &err);
+    if (want_ok && rc != CEL_OK) fail_msg("%s %s: %s", opt, value ? value : "", err.msg);
+    if (!want_ok && rc != CEL_EINVAL) fail_msg("%s %s was accepted (%d)", opt, value ? value : "", rc);
+    if (!want_ok) assert_true(err.msg[0] != '\0');
+    cel_config_free(&cfg);
+}
+
+static void test_ranges(void **state) {
+    char buf[64];
+    one("-c", "1", 1);
+    snprintf(buf, sizeof(buf), "%d", CEL_MAX_CONCURRENCY);
+    one("-c", buf, 1);
+    snprintf(buf, sizeof(buf), "%d", CEL_MAX_CONCURRENCY + 1);
+    one("-c", buf, 0);
+    one("-c", "0", 0);
+    one("-c", "-1", 0);
+    one("-c", "x", 0);
+    one("-c", "", 0);
+    one("-c", "2x", 0);
+    one("-c", "99999999999999999999999", 0);
+    one("--prefetch-multiplier", "100000", 1);
+    one("--prefetch-multiplier", "100001", 0);
+    one("--prefetch-multiplier", "-1", 0);
+    one("--max-tasks-per-child", "2147483647", 1);
+    one("--max-tasks-per-child", "2147483648", 0);
+    one("--max-tasks-per-child", "-1", 0);
+    one("--max-message-size", "1024", 1);
+    one("--max-message-size", "1023", 0);
+    one("--max-message-size", "67108864", 1);
+    one("--max-message-size", "67108865", 0);
+    one("--max-input-tokens", "1", 1);
+    one("--max-input-tokens", "0", 0);
+    one("--max-input-tokens", "1048576", 1);
+    one("--max-input-tokens", "1048577", 0);
+    static const char *const secs[] = {"--time-limit", "--soft-time-limit", "--result-expires"};
+    for (size_t i = 0; i < 3; i++) {
+        one(secs[i], "0", 1);
+        one(secs[i], "0.25", 1);
+        one(secs[i], "1e9", 1);
+        one(secs[i], "1000000001", 0);
+        one(secs[i], "-1", 0);
+        one(secs[i], "nan", 0);
+        one(secs[i], "inf", 0);
+        one(secs[i], "1s", 0);
+        one(secs[i], "", 0);
+    }
+    one("--visibility-timeout", "1", 1);
+    one("--visibility-timeout", "0.999", 0);
+    one("--visibility-timeout", "0", 0);
+    one("--visibility-timeout", "x", 0);
+    one("-l", "INFO", 1);
+    one("-l", "warn", 1);
+    one("-l", "Critical", 1);
+    one("-l", "verbose", 0);
+    one("-l", "", 0);
+    /* a soft limit above the hard one only warns */
+    {
+        cel_config_t cfg;
+        cel_err_t err;
+        ARGV("--time-limit", "1", "--soft-time-limit", "2");
+        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_OK);
+        cel_config_free(&cfg);
+    }
+}
+
+static void test_bad_command_lines(void **state) {
+    one("--nope", NULL, 0);
+    one("-x", NULL, 0);
+    one("-c", NULL, 0);          /* needs a value */
+    one("--broker", NULL, 0);
+    one("--import-root", NULL, 0);
+    one("stray", NULL, 0);
+    one("-E", "stray", 0);
+    one("--help=x", NULL, 0);
+    one("-b", "rediss://h", 0);
+    one("--result-backend", "redis://h:0", 0);
+    one("-Q", "", 0);
+    one("-Q", " , ,", 0);
+    cel_config_t cfg;
+    cel_err_t err;
+    {
+        ARGV("-c");
+        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
+        assert_non_null(strstr(err.msg, "needs a value"));
+        cel_config_free(&cfg);
+    }
+    {
+        ARGV("--bogus");
+        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
+        assert_non_null(strstr(err.msg, "--bogus"));
+        cel_config_free(&cfg);
+    }
+}
+
+static void test_string_limits(void **state) {
+    char big[1100];
+    /* 1023 bytes fit in the 1024-byte fields, 1024 do not */
+    memset(big, 'f', 1023);
+    big[0] = '/';
+    big[1023] = '\0';
+    static const char *const opts[] = {"-f", "--pidfile", "--state-dir", "--executor", "--model"};
+    for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+        big[1023] = '\0';
+        one(opts[i], big, 1);
+        big[1023] = 'f';
+        big[1024] = '\0';
+        one(opts[i], big, 0);
+    }
+    /* broker URL field: 1024 bytes is too long, whatever the URL */
+    memset(big, 'h', 1024);
+    memcpy(big, "redis://", 8);
+    big[1024] = '\0';
+    one("-b", big, 0);
+    one("--result-backend", big, 0);
+}
+
+static void test_queue_limits(void **state) {
+    char list[64 * 4 + 8], name[210];
+    size_t o = 0;
+    for (int i = 0; i < CEL_MAX_QUEUES; i++) o += (size_t)sprintf(list + o, "q%d,", i);
+    list[o - 1] = '\0';
+    cel_config_t cfg;
+    cel_err_t err;
+    {
+        ARGV("-Q", list);
+        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_int_equal(cfg.nqueues, CEL_MAX_QUEUES);
+        assert_string_equal(cfg.queues[CEL_MAX_QUEUES - 1], "q63");
+        cel_config_free(&cfg);
+    }
+    strcat(list, ",extra");
+    {
+        ARGV("-Q", list);
+        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
+        assert_non_null(strstr(err.msg, "too many queues"));
+        cel_config_free(&cfg); /* frees the queues already made */
+    }
+    memset(name, 'q', 200);
+    name[200] = '\0';
+    one("-Q", name, 1);
+    name[200] = 'q';
+    name[201] = '\0';
+    one("-Q", name, 0);
+    /* the last -Q wins */
+    {
+        ARGV("-Q", "a,b", "-Q", "c");
+        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_int_equal(cfg.nqueues, 1);
+        assert_string_equal(cfg.queues[0], "c");
+        cel_config_free(&cfg);
+    }
+}
+
+static void test_import_roots_limit(void **state) {
+    enum { N = sizeof(((cel_config_t *)0)->import_roots) / sizeof(char *) };
+    char *av[2 * (N + 1) + 2];
+    int ac = 0;
+    av[ac++] = "celeriac";
+    for (int i = 0; i < N; i++) {
+        av[ac++] = "--import-root";
+        av[ac++] = "/r";
+    }
+    av[ac] = NULL;
+    cel_config_t cfg;
+    cel_err_t err;
+    assert_int_equal(cel_config_parse(&cfg, ac, av, &err), CEL_OK);
+    assert_int_equal(cfg.nimport_roots, N);
+    cel_config_free(&cfg);
+    av[ac++] = "--import-root";
+    av[ac++] = "/r";
+    av[ac] = NULL;
+    assert_int_equal(cel_config_parse(&cfg, ac, av, &err), CEL_EINVAL);
+    assert_non_null(strstr(err.msg, "too many"));
+    cel_config_free(&cfg);
+}
+
+static void test_hostname_option(void **state) {
+    char host[256], name[256], domain[256], want[600];
+    host_parts(host, name, domain);
+    cel_config_t cfg;
+    cel_err_t err;
+    {
+        ARGV("-n", "w%%1@%n");
+        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_OK);
+        snprintf(want, sizeof(want), "w%%1@%s", name);
+        assert_string_equal(cfg.hostname, want);
+        cel_config_free(&cfg);
+    }
+    {
+        ARGV("--hostname=solo");
+        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_OK);
+        snprintf(want, sizeof(want), "solo@%s", host);
+        assert_string_equal(cfg.hostname, want);
+        cel_config_free(&cfg);
+    }
+    /* 255 bytes fit in hostname[256], 256 do not */
+    char big[300];
+    memset(big, 'n', 255);
+    big[253] = '@';
+    big[255] = '\0';
+    one("-n", big, 1);
+    big[255] = 'n';
+    big[256] = '\0';
+    one("-n", big, 0);
+}
+
+int main(void) {
+    cel_log_init("test", CEL_LOG_CRITICAL + 10, -1);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_redis_url),
+        cmocka_unit_test(test_redis_url_limits),
+        cmocka_unit_test(test_expand_hostname),
+        cmocka_unit_test(test_expand_hostname_limit),
+        cmocka_unit_test_setup(test_parse_twice, clear_env),
+        cmocka_unit_test_setup(test_defaults, clear_env),
+        cmocka_unit_test_setup(test_env, clear_env),
+        cmocka_unit_test_setup(test_all_options, clear_env),
+        cmocka_unit_test_setup(test_help_version, clear_env),
+        cmocka_unit_test_setup(test_ranges, clear_env),
+        cmocka_unit_test_setup(test_bad_command_lines, clear_env),
+        cmocka_unit_test_setup(test_string_limits, clear_env),
+        cmocka_unit_test_setup(test_queue_limits, clear_env),
+        cmocka_unit_test_setup(test_import_roots_limit, clear_env),
+        cmocka_unit_test_setup(test_hostname_option, clear_env),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
