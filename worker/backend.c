@@ -53,7 +53,7 @@ static cel_redis_script_t script_store_ack = {
 static cel_redis_script_t *scripts[] = {&script_store, &script_store_ack};
 
 struct cel_backend {
-    const cel_config_t *cfg;
+    const cel_options_t *cfg;
     cel_redis_t *conn;
     void (*on_up)(void *);
     void *priv;
@@ -67,7 +67,7 @@ static void on_state(cel_redis_t *r, int up, void *priv) {
     if (up && be->on_up) be->on_up(be->priv);
 }
 
-cel_backend_t *cel_backend_new(uv_loop_t *loop, const cel_config_t *cfg,
+cel_backend_t *cel_backend_new(uv_loop_t *loop, const cel_options_t *cfg,
                                void (*on_up)(void *), void *priv) {
     cel_backend_t *be = calloc(1, sizeof(*be));
     if (!be) return NULL;

@@ -12,13 +12,13 @@
 
 #include <uv.h>
 
-#include "config.h"
+#include "options.h"
 
 typedef struct cel_backend cel_backend_t;
 
 /* Creates the backend connection (separate from the broker's). cfg borrowed.
  * on_up(priv) runs each time the connection becomes usable (to retry stores). */
-cel_backend_t *cel_backend_new(uv_loop_t *loop, const cel_config_t *cfg,
+cel_backend_t *cel_backend_new(uv_loop_t *loop, const cel_options_t *cfg,
                                void (*on_up)(void *), void *priv);
 
 /* Stores meta (JSON text, borrowed) for task_id. done(priv, ok) runs once:

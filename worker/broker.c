@@ -117,7 +117,7 @@ static cel_redis_script_t *all_scripts[] = {&script_pop, &script_register, &scri
 
 struct cel_broker {
     uv_loop_t *loop;
-    const cel_config_t *cfg;
+    const cel_options_t *cfg;
     cel_broker_cbs_t cbs;
     void *priv;
     cel_redis_t *cmd;
@@ -401,7 +401,7 @@ static void on_blk_state(cel_redis_t *r, int up, void *priv) {
     if (up) cel_broker_kick(b);
 }
 
-cel_broker_t *cel_broker_new(uv_loop_t *loop, const cel_config_t *cfg,
+cel_broker_t *cel_broker_new(uv_loop_t *loop, const cel_options_t *cfg,
                              const cel_broker_cbs_t *cbs, void *priv) {
     cel_broker_t *b = calloc(1, sizeof(*b));
     if (!b) return NULL;

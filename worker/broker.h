@@ -14,7 +14,7 @@
 #include <jansson.h>
 #include <uv.h>
 
-#include "config.h"
+#include "options.h"
 
 typedef struct cel_broker cel_broker_t;
 
@@ -33,7 +33,7 @@ typedef struct cel_broker_cbs {
 
 /* Creates the transport and starts connecting; consuming starts when up and
  * capacity() > 0. cfg and cbs are borrowed for the broker's life. */
-cel_broker_t *cel_broker_new(uv_loop_t *loop, const cel_config_t *cfg,
+cel_broker_t *cel_broker_new(uv_loop_t *loop, const cel_options_t *cfg,
                              const cel_broker_cbs_t *cbs, void *priv);
 
 /* Tells the broker that capacity() may have grown; it fetches if idle. */

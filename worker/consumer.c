@@ -61,7 +61,7 @@ struct request {
 
 struct cel_consumer {
     uv_loop_t *loop;
-    const cel_config_t *cfg;
+    const cel_options_t *cfg;
     cel_broker_t *broker;
     cel_backend_t *backend;
     cel_pool_t *pool;
@@ -688,7 +688,7 @@ static void events_load(void *priv, long *active, long *processed) {
     *processed = c->processed;
 }
 
-cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_config_t *cfg,
+cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg,
                                  void (*on_done)(void *), void *priv) {
     cel_consumer_t *c = calloc(1, sizeof(*c));
     if (!c) return NULL;

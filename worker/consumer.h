@@ -12,14 +12,14 @@
 #include <uv.h>
 
 #include "../protocol/protocol.h"
-#include "config.h"
+#include "options.h"
 
 typedef struct cel_consumer cel_consumer_t;
 
 /* Creates the consumer and starts connecting and spawning. cfg borrowed for
  * the consumer's life. on_done(priv) runs once after a shutdown finished and
  * every handle the consumer owns is closed (then it is freed). */
-cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_config_t *cfg,
+cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg,
                                  void (*on_done)(void *), void *priv);
 
 /* Warm shutdown: stop consuming, give back what did not start, let running

@@ -28,7 +28,7 @@
 
 struct cel_control {
     uv_loop_t *loop;
-    const cel_config_t *cfg;
+    const cel_options_t *cfg;
     cel_consumer_t *c;
     cel_events_t *ev;
     cel_revoked_t *rv;
@@ -142,7 +142,7 @@ static void safe_url(const char *url, char *out, size_t size) {
 }
 
 static json_t *conf(cel_control_t *ctl) {
-    const cel_config_t *cfg = ctl->cfg;
+    const cel_options_t *cfg = ctl->cfg;
     char b[1100], r[1100];
     safe_url(cfg->broker_url, b, sizeof(b));
     safe_url(cfg->backend_url, r, sizeof(r));
@@ -223,7 +223,7 @@ static json_t *seconds(double s) { return s > 0 ? json_real(s) : json_integer(0)
 static json_t *stats(cel_control_t *ctl) {
     cel_consumer_info_t in;
     cel_consumer_info(ctl->c, &in);
-    const cel_config_t *cfg = ctl->cfg;
+    const cel_options_t *cfg = ctl->cfg;
     struct timeval tv;
     gettimeofday(&tv, NULL);
     int pids[CEL_MAX_CONCURRENCY];
@@ -509,7 +509,7 @@ json_t *cel_control_dispatch(void *priv, const char *m, json_t *args) {
     return nok(buf);
 }
 
-cel_control_t *cel_control_new(uv_loop_t *loop, const cel_config_t *cfg, cel_consumer_t *c,
+cel_control_t *cel_control_new(uv_loop_t *loop, const cel_options_t *cfg, cel_consumer_t *c,
                                cel_events_t *ev, cel_revoked_t *rv) {
     cel_control_t *ctl = calloc(1, sizeof(*ctl));
     if (!ctl) return NULL;

@@ -13,7 +13,7 @@
 
 #include <uv.h>
 
-#include "config.h"
+#include "options.h"
 #include "consumer.h"
 #include "events.h"
 #include "revoked.h"
@@ -21,7 +21,7 @@
 typedef struct cel_control cel_control_t;
 
 /* Creates the handlers and their mailbox. Everything borrowed for its life. */
-cel_control_t *cel_control_new(uv_loop_t *loop, const cel_config_t *cfg, cel_consumer_t *c,
+cel_control_t *cel_control_new(uv_loop_t *loop, const cel_options_t *cfg, cel_consumer_t *c,
                                cel_events_t *ev, cel_revoked_t *rv);
 
 /* Runs one command (what the mailbox calls); see cel_pidbox_handler. */

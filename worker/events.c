@@ -27,7 +27,7 @@
 
 struct cel_events {
     uv_loop_t *loop;
-    const cel_config_t *cfg;
+    const cel_options_t *cfg;
     cel_redis_t *conn;
     cel_events_load_fn load;
     void *priv;
@@ -261,7 +261,7 @@ static void on_state(cel_redis_t *r, int up, void *priv) {
     }
 }
 
-cel_events_t *cel_events_new(uv_loop_t *loop, const cel_config_t *cfg, cel_events_load_fn load,
+cel_events_t *cel_events_new(uv_loop_t *loop, const cel_options_t *cfg, cel_events_load_fn load,
                              void *priv) {
     cel_events_t *ev = calloc(1, sizeof(*ev));
     if (!ev) return NULL;

@@ -18,7 +18,7 @@
 #include <uv.h>
 
 #include "../protocol/protocol.h"
-#include "config.h"
+#include "options.h"
 
 #define CEL_EVENTS_FREQ 2.0 /* heartbeat interval, seconds (celery Heart) */
 
@@ -30,7 +30,7 @@ typedef void (*cel_events_load_fn)(void *priv, long *active, long *processed);
 
 /* Creates the dispatcher and its connection; worker-online goes out when it
  * first comes up, then a worker-heartbeat every CEL_EVENTS_FREQ s. cfg borrowed. */
-cel_events_t *cel_events_new(uv_loop_t *loop, const cel_config_t *cfg, cel_events_load_fn load,
+cel_events_t *cel_events_new(uv_loop_t *loop, const cel_options_t *cfg, cel_events_load_fn load,
                              void *priv);
 
 /* Lamport clock: forward() increments and returns the new value; adjust()

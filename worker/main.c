@@ -16,14 +16,14 @@
 
 #include <uv.h>
 
-#include "config.h"
+#include "options.h"
 #include "consumer.h"
 #include "log.h"
 #include "tasks.h"
 
 typedef struct worker {
     uv_loop_t *loop;
-    cel_config_t cfg;
+    cel_options_t cfg;
     cel_consumer_t *consumer;
     uv_signal_t sigterm, sigint, sigquit;
     int warm_started;
@@ -79,7 +79,7 @@ static int write_pidfile(const char *path) {
     return 0;
 }
 
-static void log_banner(const cel_config_t *cfg) {
+static void log_banner(const cel_options_t *cfg) {
     char queues[1024] = "";
     for (int i = 0; i < cfg->nqueues; i++) {
         size_t n = strlen(queues);
@@ -98,7 +98,7 @@ int main(int argc, char **argv) {
     worker_t w;
     memset(&w, 0, sizeof(w));
     cel_err_t err;
-    int rc = cel_config_parse(&w.cfg, argc, argv, &err);
+    int rc = cel_options_parse(&w.cfg, argc, argv, &err);
     if (rc == 1) return 0;
     if (rc != CEL_OK) {
         fprintf(stderr, "celeriac: %s\n", err.msg);
@@ -149,6 +149,6 @@ int main(int argc, char **argv) {
     int closed = uv_loop_close(w.loop);
     if (closed != 0) cel_error("event loop closed with handles still open: %s", uv_strerror(closed));
     if (w.cfg.pidfile[0]) unlink(w.cfg.pidfile);
-    cel_config_free(&w.cfg);
+    cel_options_free(&w.cfg);
     return closed == 0 ? 0 : 1;
 }

@@ -22,7 +22,7 @@
 
 struct cel_pidbox {
     uv_loop_t *loop;
-    const cel_config_t *cfg;
+    const cel_options_t *cfg;
     cel_events_t *ev;
     cel_pidbox_handler handler;
     void *priv;
@@ -297,7 +297,7 @@ static void on_cmd_state(cel_redis_t *r, int up, void *priv) {
     if (up && !pb->stopped) bind_queue(pb, "SADD");
 }
 
-cel_pidbox_t *cel_pidbox_new(uv_loop_t *loop, const cel_config_t *cfg, cel_events_t *ev,
+cel_pidbox_t *cel_pidbox_new(uv_loop_t *loop, const cel_options_t *cfg, cel_events_t *ev,
                              cel_pidbox_handler handler, void *priv) {
     cel_pidbox_t *pb = calloc(1, sizeof(*pb));
     if (!pb) return NULL;

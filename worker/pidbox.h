@@ -15,7 +15,7 @@
 #include <jansson.h>
 #include <uv.h>
 
-#include "config.h"
+#include "options.h"
 #include "events.h"
 
 #define CEL_PIDBOX_MAX_BYTES (1024 * 1024) /* one request envelope */
@@ -31,7 +31,7 @@ typedef struct cel_pidbox cel_pidbox_t;
 typedef json_t *(*cel_pidbox_handler)(void *priv, const char *method, json_t *arguments);
 
 /* Creates the mailbox and starts connecting. cfg and ev borrowed for its life. */
-cel_pidbox_t *cel_pidbox_new(uv_loop_t *loop, const cel_config_t *cfg, cel_events_t *ev,
+cel_pidbox_t *cel_pidbox_new(uv_loop_t *loop, const cel_options_t *cfg, cel_events_t *ev,
                              cel_pidbox_handler handler, void *priv);
 
 /* Stops handling requests (warm shutdown); replies in flight still go out. */

@@ -52,7 +52,7 @@ typedef struct executor {
 
 struct cel_pool {
     uv_loop_t *loop;
-    const cel_config_t *cfg;
+    const cel_options_t *cfg;
     cel_pool_cbs_t cbs;
     void *priv;
     executor_t **slots;
@@ -276,7 +276,7 @@ static void spawn(cel_pool_t *p, int slot) {
     char index[16], maxin[32];
     snprintf(index, sizeof(index), "%d", slot + 1);
     snprintf(maxin, sizeof(maxin), "%ld", p->cfg->max_input_tokens);
-    const cel_config_t *cfg = p->cfg;
+    const cel_options_t *cfg = p->cfg;
     char *args[16 + 2 * 16];
     int na = 0;
     args[na++] = (char *)cfg->executor;
@@ -321,7 +321,7 @@ static void spawn(cel_pool_t *p, int slot) {
     cel_debug("started executor %d (pid %d)", slot + 1, e->pid);
 }
 
-cel_pool_t *cel_pool_new(uv_loop_t *loop, const cel_config_t *cfg, const cel_pool_cbs_t *cbs,
+cel_pool_t *cel_pool_new(uv_loop_t *loop, const cel_options_t *cfg, const cel_pool_cbs_t *cbs,
                          void *priv) {
     cel_pool_t *p = calloc(1, sizeof(*p));
     if (!p) return NULL;

@@ -15,7 +15,7 @@
 #include <jansson.h>
 #include <uv.h>
 
-#include "config.h"
+#include "options.h"
 
 typedef struct cel_pool cel_pool_t;
 
@@ -37,7 +37,7 @@ typedef struct cel_pool_cbs {
 } cel_pool_cbs_t;
 
 /* Creates the pool and spawns cfg->concurrency executors. */
-cel_pool_t *cel_pool_new(uv_loop_t *loop, const cel_config_t *cfg, const cel_pool_cbs_t *cbs,
+cel_pool_t *cel_pool_new(uv_loop_t *loop, const cel_options_t *cfg, const cel_pool_cbs_t *cbs,
                          void *priv);
 
 /* Number of executors ready for a task. */

@@ -15,7 +15,7 @@
 #include <uv.h>
 
 #include "../protocol/err.h"
-#include "config.h"
+#include "options.h"
 
 typedef struct cel_redis cel_redis_t;
 

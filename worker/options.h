@@ -1,10 +1,10 @@
-/* config.h -- the worker's settings: command line, environment, URLs, node name.
+/* options.h -- the worker's settings: command line, environment, URLs, node name.
  *
  * Parsed once in main() before the loop starts; read-only afterwards. Mirrors
  * `celery worker`'s options where they exist (see README.md for every flag).
  */
-#ifndef CEL_CONFIG_H
-#define CEL_CONFIG_H
+#ifndef CEL_OPTIONS_H
+#define CEL_OPTIONS_H
 
 #include "../protocol/err.h"
 
@@ -20,7 +20,7 @@ typedef struct cel_redis_url {
     char password[256]; /* "" when none */
 } cel_redis_url_t;
 
-typedef struct cel_config {
+typedef struct cel_options {
     char broker_url[1024];
     char backend_url[1024];
     cel_redis_url_t broker;
@@ -47,21 +47,21 @@ typedef struct cel_config {
     long max_input_tokens;    /* per example; 0 = the executor's default */
     int task_events;          /* -E: send task-* events from the start */
     int without_heartbeat;    /* no worker-* events */
-} cel_config_t;
+} cel_options_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,
  * CELERY_RESULT_BACKEND). Returns CEL_OK; 1 when --help/--version was printed
  * (caller exits 0); or CEL_EINVAL with err saying which option is wrong. */
-int cel_config_parse(cel_config_t *cfg, int argc, char **argv, cel_err_t *err);
+int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err);
 
-/* Frees what cel_config_parse allocated (the queue names). */
-void cel_config_free(cel_config_t *cfg);
+/* Frees what cel_options_parse allocated (the queue names). */
+void cel_options_free(cel_options_t *cfg);
 
 /* Parses a redis:// URL (also unix-less rediss is refused). */
-int cel_config_parse_redis_url(const char *url, cel_redis_url_t *out, cel_err_t *err);
+int cel_options_parse_redis_url(const char *url, cel_redis_url_t *out, cel_err_t *err);
 
 /* Expands %h (full host name), %n (name before the first dot), %d (domain
  * after it) and %% in a node name pattern, as celery's nodename does. */
-int cel_config_expand_hostname(const char *pattern, char *out, size_t size, cel_err_t *err);
+int cel_options_expand_hostname(const char *pattern, char *out, size_t size, cel_err_t *err);
 
 #endif

@@ -1,16 +1,12 @@
-/* test_config.c -- unit tests for the worker's options, Redis URLs and node
- * names (worker/config.c).
- *
- * worker/config.c is compiled into this test rather than taken from UNIT_LIB:
- * its cel_config_parse has the same name as model/config.c's (which every
- * unit test links), so it is renamed here.
+/* test_options.c -- unit tests for the worker's options, Redis URLs and node
+ * names (worker/options.c).
  */
 #include "testutil.h"
 
 #include <unistd.h>
 
-#define cel_config_parse cel_worker_config_parse
-#include "../../worker/config.c"
+#include "../../worker/log.h"
+#include "../../worker/options.h"
 
 /* ---- redis URLs ---- */
 
@@ -18,7 +14,7 @@ static void url_ok(const char *url, const char *host, int port, int db, const ch
                    const char *password) {
     cel_redis_url_t u;
     cel_err_t err;
-    if (cel_config_parse_redis_url(url, &u, &err) != CEL_OK) fail_msg("%s: %s", url, err.msg);
+    if (cel_options_parse_redis_url(url, &u, &err) != CEL_OK) fail_msg("%s: %s", url, err.msg);
     if (strcmp(u.host, host) || u.port != port || u.db != db || strcmp(u.user, user) ||
         strcmp(u.password, password))
         fail_msg("%s: got host=%s port=%d db=%d user=%s password=%s", url, u.host, u.port, u.db,
@@ -28,7 +24,7 @@ static void url_ok(const char *url, const char *host, int port, int db, const ch
 static void url_bad(const char *url) {
     cel_redis_url_t u;
     cel_err_t err = {0};
-    if (cel_config_parse_redis_url(url, &u, &err) != CEL_EINVAL) fail_msg("%s was accepted", url);
+    if (cel_options_parse_redis_url(url, &u, &err) != CEL_EINVAL) fail_msg("%s was accepted", url);
     assert_int_equal(err.code, CEL_EINVAL);
     assert_true(err.msg[0] != '\0');
 }
@@ -82,7 +78,7 @@ static void test_redis_url(void **state) {
     url_bad("redis://h:1:2");
     /* err may be NULL */
     cel_redis_url_t u;
-    assert_int_equal(cel_config_parse_redis_url("http://h", &u, NULL), CEL_EINVAL);
+    assert_int_equal(cel_options_parse_redis_url("http://h", &u, NULL), CEL_EINVAL);
 }
 
 static void test_redis_url_limits(void **state) {
@@ -114,7 +110,7 @@ static void test_redis_url_limits(void **state) {
     snprintf(url, sizeof(url), "redis://%s@h", want);
     url_ok(url, "h", 6379, 0, "", want);
     snprintf(url, sizeof(url), "redis://%sp@h", want);
-    assert_int_equal(cel_config_parse_redis_url(url, &u, &err), CEL_EINVAL);
+    assert_int_equal(cel_options_parse_redis_url(url, &u, &err), CEL_EINVAL);
     assert_int_equal(strncmp(err.msg, "password in", 11), 0);
 }
 
@@ -139,35 +135,35 @@ static void test_expand_hostname(void **state) {
     char host[256], name[256], domain[256], out[600], want[800];
     cel_err_t err;
     host_parts(host, name, domain);
-    assert_int_equal(cel_config_expand_hostname("celeriac@%h", out, sizeof(out), &err), CEL_OK);
+    assert_int_equal(cel_options_expand_hostname("celeriac@%h", out, sizeof(out), &err), CEL_OK);
     snprintf(want, sizeof(want), "celeriac@%s", host);
     assert_string_equal(out, want);
-    assert_int_equal(cel_config_expand_hostname("w@%n", out, sizeof(out), &err), CEL_OK);
+    assert_int_equal(cel_options_expand_hostname("w@%n", out, sizeof(out), &err), CEL_OK);
     snprintf(want, sizeof(want), "w@%s", name);
     assert_string_equal(out, want);
-    assert_int_equal(cel_config_expand_hostname("w@%d", out, sizeof(out), &err), CEL_OK);
+    assert_int_equal(cel_options_expand_hostname("w@%d", out, sizeof(out), &err), CEL_OK);
     snprintf(want, sizeof(want), "w@%s", domain);
     assert_string_equal(out, want);
-    assert_int_equal(cel_config_expand_hostname("%n.%d@%h", out, sizeof(out), &err), CEL_OK);
+    assert_int_equal(cel_options_expand_hostname("%n.%d@%h", out, sizeof(out), &err), CEL_OK);
     snprintf(want, sizeof(want), "%s.%s@%s", name, domain, host);
     assert_string_equal(out, want);
     /* %% and unknown or trailing escapes */
-    assert_int_equal(cel_config_expand_hostname("a%%b@x", out, sizeof(out), &err), CEL_OK);
+    assert_int_equal(cel_options_expand_hostname("a%%b@x", out, sizeof(out), &err), CEL_OK);
     assert_string_equal(out, "a%b@x");
-    assert_int_equal(cel_config_expand_hostname("a%%h@x", out, sizeof(out), &err), CEL_OK);
+    assert_int_equal(cel_options_expand_hostname("a%%h@x", out, sizeof(out), &err), CEL_OK);
     assert_string_equal(out, "a%h@x");
-    assert_int_equal(cel_config_expand_hostname("a%x@y", out, sizeof(out), &err), CEL_OK);
+    assert_int_equal(cel_options_expand_hostname("a%x@y", out, sizeof(out), &err), CEL_OK);
     assert_string_equal(out, "a%x@y");
-    assert_int_equal(cel_config_expand_hostname("a@y%", out, sizeof(out), &err), CEL_OK);
+    assert_int_equal(cel_options_expand_hostname("a@y%", out, sizeof(out), &err), CEL_OK);
     assert_string_equal(out, "a@y%");
     /* no '@': the host is appended */
-    assert_int_equal(cel_config_expand_hostname("worker1", out, sizeof(out), &err), CEL_OK);
+    assert_int_equal(cel_options_expand_hostname("worker1", out, sizeof(out), &err), CEL_OK);
     snprintf(want, sizeof(want), "worker1@%s", host);
     assert_string_equal(out, want);
-    assert_int_equal(cel_config_expand_hostname("w-%n", out, sizeof(out), &err), CEL_OK);
+    assert_int_equal(cel_options_expand_hostname("w-%n", out, sizeof(out), &err), CEL_OK);
     snprintf(want, sizeof(want), "w-%s@%s", name, host);
     assert_string_equal(out, want);
-    assert_int_equal(cel_config_expand_hostname("", out, sizeof(out), &err), CEL_OK);
+    assert_int_equal(cel_options_expand_hostname("", out, sizeof(out), &err), CEL_OK);
     snprintf(want, sizeof(want), "@%s", host);
     assert_string_equal(out, want);
 }
@@ -176,16 +172,16 @@ static void test_expand_hostname_limit(void **state) {
     char out[16];
     cel_err_t err = {0};
     /* 15 bytes + NUL fit in 16; 16 do not */
-    assert_int_equal(cel_config_expand_hostname("abcdefghij@klmn", out, sizeof(out), &err),
+    assert_int_equal(cel_options_expand_hostname("abcdefghij@klmn", out, sizeof(out), &err),
                      CEL_OK);
     assert_string_equal(out, "abcdefghij@klmn");
-    assert_int_equal(cel_config_expand_hostname("abcdefghij@klmno", out, sizeof(out), &err),
+    assert_int_equal(cel_options_expand_hostname("abcdefghij@klmno", out, sizeof(out), &err),
                      CEL_EINVAL);
     assert_int_equal(err.code, CEL_EINVAL);
-    assert_int_equal(cel_config_expand_hostname("%%%%%%%%%%%%%%%%%%%%%%%%%%%%%%@", out,
+    assert_int_equal(cel_options_expand_hostname("%%%%%%%%%%%%%%%%%%%%%%%%%%%%%%@", out,
                                                 sizeof(out), &err),
                      CEL_EINVAL);
-    assert_int_equal(cel_config_expand_hostname("%%%%%%%%%%%%%%%%%%%%%%%%%%%%@", out,
+    assert_int_equal(cel_options_expand_hostname("%%%%%%%%%%%%%%%%%%%%%%%%%%%%@", out,
                                                 sizeof(out), &err),
                      CEL_OK);
     assert_string_equal(out, "%%%%%%%%%%%%%%@");
@@ -193,7 +189,7 @@ static void test_expand_hostname_limit(void **state) {
     host_parts(host, name, domain);
     char small[8];
     if (strlen(host) + 2 >= sizeof(small))
-        assert_int_equal(cel_config_expand_hostname("a@%h", small, sizeof(small), &err),
+        assert_int_equal(cel_options_expand_hostname("a@%h", small, sizeof(small), &err),
                          CEL_EINVAL);
 }
 
@@ -210,23 +206,23 @@ static int clear_env(void **state) {
 
 /* A second parse must not inherit getopt state from the first. */
 static void test_parse_twice(void **state) {
-    cel_config_t cfg;
+    cel_options_t cfg;
     cel_err_t err;
     char *a1[] = {"celeriac", "-hE", NULL};
-    int rc = cel_config_parse(&cfg, 2, a1, &err);
-    cel_config_free(&cfg);
+    int rc = cel_options_parse(&cfg, 2, a1, &err);
+    cel_options_free(&cfg);
     assert_true(rc == 1 || rc == CEL_OK);
     char *a2[] = {"celeriac", "-c", "2", NULL};
-    assert_int_equal(cel_config_parse(&cfg, 3, a2, &err), CEL_OK);
+    assert_int_equal(cel_options_parse(&cfg, 3, a2, &err), CEL_OK);
     assert_int_equal(cfg.concurrency, 2);
-    cel_config_free(&cfg);
+    cel_options_free(&cfg);
 }
 
 static void test_defaults(void **state) {
-    cel_config_t cfg;
+    cel_options_t cfg;
     cel_err_t err;
     char *av[] = {"celeriac", NULL};
-    assert_int_equal(cel_config_parse(&cfg, 1, av, &err), CEL_OK);
+    assert_int_equal(cel_options_parse(&cfg, 1, av, &err), CEL_OK);
     assert_string_equal(cfg.broker_url, "redis://127.0.0.1:6379/0");
     assert_string_equal(cfg.backend_url, cfg.broker_url);
     assert_string_equal(cfg.broker.host, "127.0.0.1");
@@ -244,45 +240,45 @@ static void test_defaults(void **state) {
     assert_string_equal(cfg.model, "");
     assert_int_equal(cfg.task_events, 0);
     assert_int_equal(cfg.without_heartbeat, 0);
-    cel_config_free(&cfg);
+    cel_options_free(&cfg);
 }
 
 static void test_env(void **state) {
-    cel_config_t cfg;
+    cel_options_t cfg;
     cel_err_t err;
     char *av[] = {"celeriac", NULL};
     setenv("CELERY_BROKER_URL", "redis://b:1/1", 1);
-    assert_int_equal(cel_config_parse(&cfg, 1, av, &err), CEL_OK);
+    assert_int_equal(cel_options_parse(&cfg, 1, av, &err), CEL_OK);
     assert_string_equal(cfg.backend_url, "redis://b:1/1");
     assert_int_equal(cfg.backend.db, 1);
-    cel_config_free(&cfg);
+    cel_options_free(&cfg);
     setenv("CELERY_RESULT_BACKEND", "redis://r:2/2", 1);
-    assert_int_equal(cel_config_parse(&cfg, 1, av, &err), CEL_OK);
+    assert_int_equal(cel_options_parse(&cfg, 1, av, &err), CEL_OK);
     assert_string_equal(cfg.broker.host, "b");
     assert_string_equal(cfg.backend.host, "r");
-    cel_config_free(&cfg);
+    cel_options_free(&cfg);
     /* the command line wins; empty env values are ignored */
     {
         char *av2[] = {"celeriac", "-b", "redis://c:3/3", NULL};
-        assert_int_equal(cel_config_parse(&cfg, 3, av2, &err), CEL_OK);
+        assert_int_equal(cel_options_parse(&cfg, 3, av2, &err), CEL_OK);
         assert_string_equal(cfg.broker.host, "c");
         assert_string_equal(cfg.backend.host, "r");
-        cel_config_free(&cfg);
+        cel_options_free(&cfg);
     }
     setenv("CELERY_BROKER_URL", "", 1);
     setenv("CELERY_RESULT_BACKEND", "", 1);
-    assert_int_equal(cel_config_parse(&cfg, 1, av, &err), CEL_OK);
+    assert_int_equal(cel_options_parse(&cfg, 1, av, &err), CEL_OK);
     assert_string_equal(cfg.broker_url, "redis://127.0.0.1:6379/0");
     assert_string_equal(cfg.backend_url, cfg.broker_url);
-    cel_config_free(&cfg);
+    cel_options_free(&cfg);
     setenv("CELERY_BROKER_URL", "amqp://guest@h//", 1);
-    assert_int_equal(cel_config_parse(&cfg, 1, av, &err), CEL_EINVAL);
-    cel_config_free(&cfg);
+    assert_int_equal(cel_options_parse(&cfg, 1, av, &err), CEL_EINVAL);
+    cel_options_free(&cfg);
     clear_env(state);
 }
 
 static void test_all_options(void **state) {
-    cel_config_t cfg;
+    cel_options_t cfg;
     cel_err_t err;
     ARGV("--broker", "redis://:pw@b:7/1", "--result-backend", "redis://r/2", "-Q", " a , b,,c ",
          "-c", "3", "-n", "w1@box", "--prefetch-multiplier", "0", "-l", "debug", "-f",
@@ -291,7 +287,7 @@ static void test_all_options(void **state) {
          "--visibility-timeout", "1", "--max-message-size", "1024", "--executor", "/x/exe",
          "--model", "/m", "--import-root", "/i1", "--import-root=/i2", "--max-input-tokens",
          "512", "-E", "--without-heartbeat");
-    assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_OK);
+    assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
     assert_string_equal(cfg.broker.host, "b");
     assert_string_equal(cfg.broker.password, "pw");
     assert_int_equal(cfg.broker.port, 7);
@@ -321,19 +317,19 @@ static void test_all_options(void **state) {
     assert_int_equal(cfg.max_input_tokens, 512);
     assert_int_equal(cfg.task_events, 1);
     assert_int_equal(cfg.without_heartbeat, 1);
-    cel_config_free(&cfg);
+    cel_options_free(&cfg);
     assert_int_equal(cfg.nqueues, 0);
     assert_int_equal(cfg.nimport_roots, 0);
 }
 
-/* Runs cel_config_parse with stdout sent to /dev/null (--help / --version). */
-static int parse_quiet(cel_config_t *cfg, int argc, char **argv, cel_err_t *err) {
+/* Runs cel_options_parse with stdout sent to /dev/null (--help / --version). */
+static int parse_quiet(cel_options_t *cfg, int argc, char **argv, cel_err_t *err) {
     fflush(stdout);
     int saved = dup(1);
     FILE *null = fopen("/dev/null", "w");
     assert_non_null(null);
     dup2(fileno(null), 1);
-    int rc = cel_config_parse(cfg, argc, argv, err);
+    int rc = cel_options_parse(cfg, argc, argv, err);
     fflush(stdout);
     dup2(saved, 1);
     close(saved);
@@ -342,35 +338,35 @@ static int parse_quiet(cel_config_t *cfg, int argc, char **argv, cel_err_t *err)
 }
 
 static void test_help_version(void **state) {
-    cel_config_t cfg;
+    cel_options_t cfg;
     cel_err_t err;
     {
         ARGV("--help");
         assert_int_equal(parse_quiet(&cfg, ARGC, av, &err), 1);
-        cel_config_free(&cfg);
+        cel_options_free(&cfg);
     }
     {
         ARGV("-h");
         assert_int_equal(parse_quiet(&cfg, ARGC, av, &err), 1);
-        cel_config_free(&cfg);
+        cel_options_free(&cfg);
     }
     {
         ARGV("--version");
         assert_int_equal(parse_quiet(&cfg, ARGC, av, &err), 1);
-        cel_config_free(&cfg);
+        cel_options_free(&cfg);
     }
 }
 
 /* Parses celeriac OPT VALUE: want_ok 1 expects CEL_OK, 0 CEL_EINVAL. */
 static void one(const char *opt, const char *value, int want_ok) {
-    cel_config_t cfg;
+    cel_options_t cfg;
     cel_err_t err = {0};
     char *av[] = {"celeriac", (char *)opt, (char *)value, NULL};
-    int rc = cel_config_parse(&cfg, value ? 3 : 2, av, &err);
+    int rc = cel_options_parse(&cfg, value ? 3 : 2, av, &err);
     if (want_ok && rc != CEL_OK) fail_msg("%s %s: %s", opt, value ? value : "", err.msg);
     if (!want_ok && rc != CEL_EINVAL) fail_msg("%s %s was accepted (%d)", opt, value ? value : "", rc);
     if (!want_ok) assert_true(err.msg[0] != '\0');
-    cel_config_free(&cfg);
+    cel_options_free(&cfg);
 }
 
 static void test_ranges(void **state) {
@@ -423,11 +419,11 @@ static void test_ranges(void **state) {
     one("-l", "", 0);
     /* a soft limit above the hard one only warns */
     {
-        cel_config_t cfg;
+        cel_options_t cfg;
         cel_err_t err;
         ARGV("--time-limit", "1", "--soft-time-limit", "2");
-        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_OK);
-        cel_config_free(&cfg);
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        cel_options_free(&cfg);
     }
 }
 
@@ -444,19 +440,19 @@ static void test_bad_command_lines(void **state) {
     one("--result-backend", "redis://h:0", 0);
     one("-Q", "", 0);
     one("-Q", " , ,", 0);
-    cel_config_t cfg;
+    cel_options_t cfg;
     cel_err_t err;
     {
         ARGV("-c");
-        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
         assert_non_null(strstr(err.msg, "needs a value"));
-        cel_config_free(&cfg);
+        cel_options_free(&cfg);
     }
     {
         ARGV("--bogus");
-        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
         assert_non_null(strstr(err.msg, "--bogus"));
-        cel_config_free(&cfg);
+        cel_options_free(&cfg);
     }
 }
 
@@ -487,21 +483,21 @@ static void test_queue_limits(void **state) {
     size_t o = 0;
     for (int i = 0; i < CEL_MAX_QUEUES; i++) o += (size_t)sprintf(list + o, "q%d,", i);
     list[o - 1] = '\0';
-    cel_config_t cfg;
+    cel_options_t cfg;
     cel_err_t err;
     {
         ARGV("-Q", list);
-        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
         assert_int_equal(cfg.nqueues, CEL_MAX_QUEUES);
         assert_string_equal(cfg.queues[CEL_MAX_QUEUES - 1], "q63");
-        cel_config_free(&cfg);
+        cel_options_free(&cfg);
     }
     strcat(list, ",extra");
     {
         ARGV("-Q", list);
-        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
         assert_non_null(strstr(err.msg, "too many queues"));
-        cel_config_free(&cfg); /* frees the queues already made */
+        cel_options_free(&cfg); /* frees the queues already made */
     }
     memset(name, 'q', 200);
     name[200] = '\0';
@@ -512,15 +508,15 @@ static void test_queue_limits(void **state) {
     /* the last -Q wins */
     {
         ARGV("-Q", "a,b", "-Q", "c");
-        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
         assert_int_equal(cfg.nqueues, 1);
         assert_string_equal(cfg.queues[0], "c");
-        cel_config_free(&cfg);
+        cel_options_free(&cfg);
     }
 }
 
 static void test_import_roots_limit(void **state) {
-    enum { N = sizeof(((cel_config_t *)0)->import_roots) / sizeof(char *) };
+    enum { N = sizeof(((cel_options_t *)0)->import_roots) / sizeof(char *) };
     char *av[2 * (N + 1) + 2];
     int ac = 0;
     av[ac++] = "celeriac";
@@ -529,37 +525,37 @@ static void test_import_roots_limit(void **state) {
         av[ac++] = "/r";
     }
     av[ac] = NULL;
-    cel_config_t cfg;
+    cel_options_t cfg;
     cel_err_t err;
-    assert_int_equal(cel_config_parse(&cfg, ac, av, &err), CEL_OK);
+    assert_int_equal(cel_options_parse(&cfg, ac, av, &err), CEL_OK);
     assert_int_equal(cfg.nimport_roots, N);
-    cel_config_free(&cfg);
+    cel_options_free(&cfg);
     av[ac++] = "--import-root";
     av[ac++] = "/r";
     av[ac] = NULL;
-    assert_int_equal(cel_config_parse(&cfg, ac, av, &err), CEL_EINVAL);
+    assert_int_equal(cel_options_parse(&cfg, ac, av, &err), CEL_EINVAL);
     assert_non_null(strstr(err.msg, "too many"));
-    cel_config_free(&cfg);
+    cel_options_free(&cfg);
 }
 
 static void test_hostname_option(void **state) {
     char host[256], name[256], domain[256], want[600];
     host_parts(host, name, domain);
-    cel_config_t cfg;
+    cel_options_t cfg;
     cel_err_t err;
     {
         ARGV("-n", "w%%1@%n");
-        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
         snprintf(want, sizeof(want), "w%%1@%s", name);
         assert_string_equal(cfg.hostname, want);
-        cel_config_free(&cfg);
+        cel_options_free(&cfg);
     }
     {
         ARGV("--hostname=solo");
-        assert_int_equal(cel_config_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
         snprintf(want, sizeof(want), "solo@%s", host);
         assert_string_equal(cfg.hostname, want);
-        cel_config_free(&cfg);
+        cel_options_free(&cfg);
     }
     /* 255 bytes fit in hostname[256], 256 do not */
     char big[300];

@@ -1,10 +1,10 @@
-/* config.c -- command line and environment parsing for the celeriac worker.
+/* options.c -- command line and environment parsing for the celeriac worker.
  *
  * Runs once in the main process before the event loop. Option names follow
  * `celery worker` (celery/bin/worker.py); node names expand like
  * celery/utils/nodenames.py. Nothing here touches the network.
  */
-#include "config.h"
+#include "options.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -113,7 +113,7 @@ static void percent_decode(char *s) {
     *o = '\0';
 }
 
-int cel_config_parse_redis_url(const char *url, cel_redis_url_t *out, cel_err_t *err) {
+int cel_options_parse_redis_url(const char *url, cel_redis_url_t *out, cel_err_t *err) {
     memset(out, 0, sizeof(*out));
     snprintf(out->host, sizeof(out->host), "127.0.0.1");
     out->port = 6379;
@@ -190,7 +190,7 @@ port:
     return CEL_OK;
 }
 
-int cel_config_expand_hostname(const char *pattern, char *out, size_t size, cel_err_t *err) {
+int cel_options_expand_hostname(const char *pattern, char *out, size_t size, cel_err_t *err) {
     char host[256];
     if (gethostname(host, sizeof(host)) != 0) snprintf(host, sizeof(host), "localhost");
     host[sizeof(host) - 1] = '\0';
@@ -233,7 +233,7 @@ int cel_config_expand_hostname(const char *pattern, char *out, size_t size, cel_
     return CEL_OK;
 }
 
-static int set_queues(cel_config_t *cfg, const char *list, cel_err_t *err) {
+static int set_queues(cel_options_t *cfg, const char *list, cel_err_t *err) {
     for (int i = 0; i < cfg->nqueues; i++) free(cfg->queues[i]);
     cfg->nqueues = 0;
     const char *p = list;
@@ -276,7 +276,7 @@ static void default_executor(char *out, size_t size) {
     strcat(out, "/celeriac-executor");
 }
 
-int cel_config_parse(cel_config_t *cfg, int argc, char **argv, cel_err_t *err) {
+int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err) {
     memset(cfg, 0, sizeof(*cfg));
     const char *env;
     snprintf(cfg->broker_url, sizeof(cfg->broker_url), "%s",
@@ -393,10 +393,10 @@ int cel_config_parse(cel_config_t *cfg, int argc, char **argv, cel_err_t *err) {
     if (optind < argc)
         return cel_err_set(err, CEL_EINVAL, "unexpected argument '%s' (see --help)", argv[optind]);
     if (!cfg->backend_url[0]) snprintf(cfg->backend_url, sizeof(cfg->backend_url), "%s", cfg->broker_url);
-    if ((rc = cel_config_parse_redis_url(cfg->broker_url, &cfg->broker, err)) != CEL_OK) return rc;
-    if ((rc = cel_config_parse_redis_url(cfg->backend_url, &cfg->backend, err)) != CEL_OK) return rc;
+    if ((rc = cel_options_parse_redis_url(cfg->broker_url, &cfg->broker, err)) != CEL_OK) return rc;
+    if ((rc = cel_options_parse_redis_url(cfg->backend_url, &cfg->backend, err)) != CEL_OK) return rc;
     if ((rc = set_queues(cfg, queues, err)) != CEL_OK) return rc;
-    if ((rc = cel_config_expand_hostname(hostname_pat, cfg->hostname, sizeof(cfg->hostname), err)))
+    if ((rc = cel_options_expand_hostname(hostname_pat, cfg->hostname, sizeof(cfg->hostname), err)))
         return rc;
     if (cfg->soft_time_limit && cfg->time_limit && cfg->soft_time_limit > cfg->time_limit)
         cel_warn("--soft-time-limit %.3g is above --time-limit %.3g", cfg->soft_time_limit,
@@ -404,7 +404,7 @@ int cel_config_parse(cel_config_t *cfg, int argc, char **argv, cel_err_t *err) {
     return CEL_OK;
 }
 
-void cel_config_free(cel_config_t *cfg) {
+void cel_options_free(cel_options_t *cfg) {
     for (int i = 0; i < cfg->nqueues; i++) free(cfg->queues[i]);
     cfg->nqueues = 0;
     for (int i = 0; i < cfg->nimport_roots; i++) free(cfg->import_roots[i]);
