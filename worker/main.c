@@ -1,6 +1,6 @@
 /* main.c -- the celeriac worker program: options, logging, pidfile, signals, loop.
  *
- * Parses the command line (config.c), starts the consumer on one libuv loop
+ * Parses the command line (options.c), starts the consumer on one libuv loop
  * and runs it until a shutdown completes. SIGTERM/SIGINT start a warm
  * shutdown, a second one (or SIGQUIT) a cold one, as `celery worker` does.
  * The only place that exits the process.
