@@ -32,7 +32,9 @@ def test_revoke_before_execution(worker, celery_app, broker_url):
     early_id = str(uuid.uuid4())
     assert "flagged as revoked" in only(celery_app.control.revoke(early_id, reply=True,
                                                                  timeout=scaled(T)))["ok"]
-    busy = celery_app.send_task("diag.sleep", args=[1.5])
+    # The busy task must outlast the `celery control` CLI's start-up (over 1 s on
+    # a loaded 2-core machine), or the queued task runs before its revoke arrives.
+    busy = celery_app.send_task("diag.sleep", args=[5])
     wait_active(celery_app, busy.id)
     queued = celery_app.send_task("diag.add", args=[1, 1])
     p = cli(broker_url, "control", "revoke", queued.id)
@@ -43,7 +45,7 @@ def test_revoke_before_execution(worker, celery_app, broker_url):
     with pytest.raises(TaskRevokedError):
         early.get(timeout=scaled(5))
     assert early.state == "REVOKED"
-    assert busy.get(timeout=scaled(10)) == 1.5
+    assert busy.get(timeout=scaled(15)) == 5
     revoked = next(iter(celery_app.control.inspect(timeout=scaled(T), limit=1).revoked().values()))
     assert {early_id, queued.id} <= set(revoked)
 
