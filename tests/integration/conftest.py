@@ -74,6 +74,29 @@ def wait_until(predicate, timeout, interval=0.05, what="condition"):
         time.sleep(interval)
 
 
+def proc_pids(ppid=None, pgrp=None):
+    """Live (not zombie) pids from /proc whose parent is ppid and/or whose process
+    group is pgrp."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # state, ppid, pgrp, ...
+        if len(fields) < 3 or fields[0] == "Z":
+            continue
+        if ppid is not None and int(fields[1]) != ppid:
+            continue
+        if pgrp is not None and int(fields[2]) != pgrp:
+            continue
+        pids.append(int(entry))
+    return pids
+
+
 def free_port():
     """A loopback TCP port that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -341,20 +364,11 @@ class WorkerProc:
 
     def group_pids(self):
         """Pids still in the worker's process group (executors outliving the main process)."""
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    stat = f.read().decode("ascii", "replace")
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            # fields[0] is state, fields[2] is pgrp
-            if len(fields) > 2 and int(fields[2]) == self.pgid and fields[0] != "Z":
-                pids.append(int(entry))
-        return pids
+        return proc_pids(pgrp=self.pgid)
+
+    def child_pids(self):
+        """Pids of the main process's live children (its executors)."""
+        return proc_pids(ppid=self.pid)
 
     def stop(self, timeout=15):
         """Warm shutdown (SIGTERM), bounded; then SIGKILL. Returns the exit status."""

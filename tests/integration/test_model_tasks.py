@@ -118,23 +118,6 @@ def train(app, aid, n, text=TEXT, lr=1e-2):
     return losses
 
 
-def executor_pids(w):
-    """Pids of the worker's live child processes (its executors), from /proc."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read().decode("ascii", "replace")
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 1 and int(fields[1]) == w.pid and fields[0] != "Z":
-            pids.append(int(entry))
-    return pids
-
-
 # --------------------------------------------------------------------------------------------
 # scoring
 
@@ -474,10 +457,10 @@ def test_killed_executor_loses_no_completed_step(mworker, celery_app):
     train(celery_app, aid, 2)
     before = call(celery_app, "model.score", TEXT, adapter_id=aid)
     call(celery_app, "lora.forward_backward", aid, [{"text": TEXT}])  # gradients pending
-    pids = executor_pids(w)
+    pids = w.child_pids()
     assert len(pids) == 1, pids
     os.kill(pids[0], signal.SIGKILL)
-    wait_until(lambda: executor_pids(w) and executor_pids(w) != pids, scaled(30),
+    wait_until(lambda: w.child_pids() and w.child_pids() != pids, scaled(30),
                what="a new executor")
     info = call(celery_app, "lora.info", aid)
     assert info["step"] == 2
