@@ -130,8 +130,6 @@ void cel_backend_store_ack(cel_backend_t *be, const char *task_id, const char *m
     }
 }
 
-int cel_backend_up(const cel_backend_t *be) { return cel_redis_up(be->conn); }
-
 static void on_conn_closed(void *priv) {
     cel_backend_t *be = priv;
     void (*cb)(void *) = be->on_closed;

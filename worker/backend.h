@@ -37,9 +37,6 @@ int cel_backend_shares_broker(const cel_backend_t *be);
 void cel_backend_store_ack(cel_backend_t *be, const char *task_id, const char *meta, size_t len,
                            const char *tag, void (*done)(void *, int), void *priv);
 
-/* 1 when the connection is up. */
-int cel_backend_up(const cel_backend_t *be);
-
 /* Closes the connection; on_closed(priv) runs when done; be is freed. */
 void cel_backend_close(cel_backend_t *be, void (*on_closed)(void *), void *priv);
 

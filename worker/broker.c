@@ -514,8 +514,6 @@ void cel_broker_stop(cel_broker_t *b) {
 
 int cel_broker_pending(const cel_broker_t *b) { return b->pending; }
 
-int cel_broker_up(const cel_broker_t *b) { return cel_redis_up(b->cmd); }
-
 static void close_step(void *priv) {
     cel_broker_t *b = priv;
     if (--b->closing_left > 0) return;

@@ -57,9 +57,6 @@ void cel_broker_stop(cel_broker_t *b);
 /* Number of Redis commands in flight (acks, requeues, pops). */
 int cel_broker_pending(const cel_broker_t *b);
 
-/* 1 when the command connection is up. */
-int cel_broker_up(const cel_broker_t *b);
-
 /* Starts consuming queue (add_consumer): its binding is declared and it is
  * fetched from at once. CEL_OK (also when already consumed), CEL_ELIMIT. */
 int cel_broker_add_queue(cel_broker_t *b, const char *queue);

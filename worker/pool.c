@@ -360,13 +360,6 @@ static int room(const cel_pool_t *p, const executor_t *e) {
     return depth > e->njobs ? depth - e->njobs : 0;
 }
 
-int cel_pool_idle(const cel_pool_t *p) {
-    int n = 0;
-    for (int i = 0; i < p->n; i++)
-        if (p->slots[i] && p->slots[i]->state == EX_IDLE) n++;
-    return p->closing ? 0 : n;
-}
-
 int cel_pool_can_run(const cel_pool_t *p) {
     if (p->closing) return 0;
     for (int i = 0; i < p->n; i++)

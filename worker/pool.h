@@ -40,9 +40,6 @@ typedef struct cel_pool_cbs {
 cel_pool_t *cel_pool_new(uv_loop_t *loop, const cel_options_t *cfg, const cel_pool_cbs_t *cbs,
                          void *priv);
 
-/* Number of executors ready for a task. */
-int cel_pool_idle(const cel_pool_t *p);
-
 /* 1 when cel_pool_run would accept a task now (an idle executor, or one
  * whose recent tasks were so short that it takes a few queued ahead). */
 int cel_pool_can_run(const cel_pool_t *p);
