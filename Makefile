@@ -5,6 +5,8 @@
 #   make test       deps, both builds, C unit tests (asan), integration tests (pytest)
 #   make run        deps, build, then Redis + worker + (later) Gunicorn, see scripts/run
 #   make bench      throughput/latency benchmark against the stock Python worker
+#   make cuda       the CUDA backend (bin/libceleriac-cuda.so) and its GPU tests (build/gpu/),
+#                   also part of `make` whenever nvcc is found
 #   make clean
 
 CC      ?= cc
@@ -34,13 +36,27 @@ UNIT_SRC     := $(wildcard tests/unit/test_*.c)
 OBJ      := build/obj
 AOBJ     := build/asan/obj
 
-BINS      := bin/celeriac bin/celeriac-executor $(if $(LM_SRC),bin/celeriac-lm)
+# The CUDA backend: a shared library the executor and celeriac-lm dlopen when
+# --device asks for a GPU (the main process never loads it). Built whenever
+# nvcc is found; without it the build is CPU-only.
+NVCC      ?= $(shell command -v nvcc 2>/dev/null || (test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc))
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=[sm_90,compute_90]
+NVFLAGS   := -O2 -g -std=c++17 $(CUDA_ARCH) -Werror all-warnings \
+             -Xcompiler -fPIC,-Wall,-Wextra,-Werror,-Wno-unused-parameter -D_GNU_SOURCE
+CUDA_SRC  := $(wildcard model/cuda/*.cu)
+CUDA_OBJ  := $(patsubst %.cu,build/cuda/%.o,$(CUDA_SRC))
+CUDA_LIB_OBJ := $(CUDA_OBJ) build/cuda/protocol/err.o
+GPU_TEST_SRC := $(wildcard tests/gpu/test_*.cu)
+GPU_TESTS := $(patsubst tests/gpu/%.cu,build/gpu/%,$(GPU_TEST_SRC))
+CUDA_LIB  := $(if $(NVCC),$(if $(CUDA_SRC),bin/libceleriac-cuda.so))
+
+BINS      := bin/celeriac bin/celeriac-executor $(if $(LM_SRC),bin/celeriac-lm) $(CUDA_LIB)
 ASAN_BINS := build/asan/bin/celeriac build/asan/bin/celeriac-executor $(if $(LM_SRC),build/asan/bin/celeriac-lm)
 UNIT_BINS := $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))
 
 PY := /usr/bin/python3
 
-.PHONY: all asan test unit integration run bench deps clean
+.PHONY: all asan test unit integration run bench deps clean cuda
 all: deps
 	@$(MAKE) --no-print-directory $(BINS)
 
@@ -81,6 +97,30 @@ bin/celeriac-lm: $(patsubst %.c,$(OBJ)/%.o,$(LM_SRC) $(MODEL_SRC) $(PROTOCOL_SRC
 build/asan/bin/celeriac-lm: $(patsubst %.c,$(AOBJ)/%.o,$(LM_SRC) $(MODEL_SRC) $(PROTOCOL_SRC))
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ASANFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS)
+
+build/cuda/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -MMD -MP -c $< -o $@
+
+# The .so carries cudart statically; cuBLAS is a dynamic dependency of the .so only.
+build/cuda/protocol/err.o: protocol/err.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC -fvisibility=hidden -MMD -MP -c $< -o $@
+
+bin/libceleriac-cuda.so: $(CUDA_LIB_OBJ)
+	@mkdir -p bin
+	$(NVCC) $(NVFLAGS) -shared -Xcompiler -fvisibility=hidden -o $@ $^ -lcublas -lcublasLt \
+		-cudart static
+
+# GPU tests: each links the CUDA objects and the CPU engine (its twin to compare
+# with). They print "skipped: ..." and exit 0 where no GPU is visible.
+GPU_HOST_OBJ := $(patsubst %.c,$(OBJ)/%.o,$(filter-out model/tokenizer%.c model/unicode%.c,$(wildcard model/*.c)) $(wildcard model/cpu/*.c) protocol/err.c)
+build/gpu/%: tests/gpu/%.cu $(CUDA_OBJ) $(GPU_HOST_OBJ)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -o $@ $^ -lcublas -lcublasLt -cudart static $(DEPLIBS) $(MODELLIBS) -ldl
+
+cuda: deps
+	@$(if $(NVCC),$(MAKE) --no-print-directory bin/libceleriac-cuda.so $(GPU_TESTS),echo "make cuda: nvcc not found; CPU-only build")
 
 # Each unit test links the protocol library, the worker's pure modules and the
 # model engine (tests/unit/test_model_*.c use the latter).

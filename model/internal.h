@@ -56,6 +56,7 @@ typedef struct cel_ws {
     float *mem;
     int32_t *imem;
     int32_t *tokens, *targets, *pos; /* (B,T) sanitised copies, positions */
+    int32_t *lens;   /* (B) valid lengths */
     float *weights;  /* (B,T) 0 on padded slots */
     float *res;      /* (L+1,B,T,C) residual stream entering each layer; [L] the last */
     float *res2;     /* (L,B,T,C) after attention */
@@ -82,6 +83,17 @@ typedef struct cel_ws {
 
 void cel_train_ws_free(cel_ws_t *ws);
 
+/* One segment of a packed batch (train.c): sequences [b0, b0 + nb) run with
+ * lora (NULL: the base model; in a backward pass, full-parameter training). */
+typedef struct cel_seg {
+    cel_lora_t *lora;
+    int b0, nb;
+} cel_seg_t;
+
+struct cel_gpu;
+struct cel_gpu_api;
+struct cel_gpu_lora;
+
 struct cel_model {
     cel_config_t cfg;
     int maxT;           /* rope table rows, min(cfg.maxT, CEL_MODEL_MAX_SEQ) */
@@ -93,6 +105,14 @@ struct cel_model {
     int step;
     float *rope_cos, *rope_sin; /* (maxT,HS/2) */
     cel_ws_t ws;
+    /* device.c: the GPU this model runs on (NULL: the CPU) */
+    const struct cel_gpu_api *gpu_api;
+    struct cel_gpu *gpu;
+    size_t gpu_budget;        /* bytes adapters may hold on the GPU, 0 = no limit */
+    uint64_t gpu_clock;       /* LRU clock */
+    cel_lora_t **resident;    /* adapters with a device copy */
+    int n_resident, cap_resident;
+    long evictions;
 };
 
 struct cel_lora {
@@ -107,6 +127,12 @@ struct cel_lora {
     size_t offB[CEL_NMOD];     /* B of module mod: (L,out,R) at block + offB */
     int step;
     json_t *meta;              /* optimizer-file metadata (strings) */
+    /* device.c: the adapter's copy on its model's GPU, when resident */
+    struct cel_gpu_lora *dev;
+    cel_model_t *dev_model;
+    uint64_t dev_used;         /* LRU clock of its last use */
+    int host_stale;            /* the device copy is newer than w, g, m, v */
+    int dev_pins;              /* GPU samplers using the device copy: not evicted */
 };
 
 /* Which block cel_lora_write / cel_model_write exports. */
@@ -131,6 +157,21 @@ int cel_model_adamw_check(const cel_adamw_t *o, cel_err_t *err);
  * norm, optional clipping, AdamW update, zeroed grads. Returns the norm. */
 float cel_model_adamw_apply(float *w, float *g, float *m, float *v, size_t n, const cel_adamw_t *o,
                       int step);
+
+/* device.c: adapters on a GPU model. Makes l's device copy current (uploads
+ * it, evicting least recently used adapters past the budget) and marks it
+ * used now. */
+int cel_device_lora_ready(cel_model_t *m, cel_lora_t *l, cel_err_t *err);
+/* Copies a newer device state back into l's host blocks (no-op on the CPU). */
+int cel_device_lora_sync(cel_lora_t *l, cel_err_t *err);
+/* Frees l's device copy, saving it to the host blocks first when save. */
+int cel_device_lora_evict(cel_lora_t *l, int save, cel_err_t *err);
+/* Runs a packed batch on the GPU (train.c's twin): ws->logp gets the
+ * log-probs when the batch has targets; logits (host, may be NULL) too. */
+int cel_device_run(cel_model_t *m, const cel_seg_t *segs, int nseg, int B, int T, int backward,
+                   float *logits, cel_err_t *err);
+/* Releases the model's GPU state (adapters' device copies are evicted). */
+void cel_device_close(cel_model_t *m);
 
 /* xoshiro256** seeded through splitmix64 from (seed, stream). */
 typedef struct cel_rng {

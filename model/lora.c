@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "gpu.h"
 #include "safetensors.h"
 
 int cel_lora_parse_targets(const char *csv, unsigned *out, cel_err_t *err) {
@@ -49,6 +50,7 @@ int cel_lora_parse_targets(const char *csv, unsigned *out, cel_err_t *err) {
 
 void cel_lora_free(cel_lora_t *l) {
     if (!l) return;
+    cel_device_lora_evict(l, 0, NULL);
     free(l->w);
     free(l->g);
     free(l->m);
@@ -183,6 +185,9 @@ static int write_blocks(const cel_lora_t *l, const char *path, float *const *blo
 
 int cel_lora_write(const cel_lora_t *l, const char *path, int which, const char *suffix,
                    const char *const *meta, int n_meta, cel_err_t *err) {
+    /* the host blocks are a cache of the device copy: refreshing them is no change */
+    int rc = cel_device_lora_sync((cel_lora_t *)l, err);
+    if (rc != CEL_OK) return rc;
     float *block = which == CEL_BLOCK_WEIGHTS ? l->w
                    : which == CEL_BLOCK_GRADS ? l->g
                    : which == CEL_BLOCK_EXP_AVG ? l->m : l->v;
@@ -218,8 +223,10 @@ int cel_lora_save(cel_lora_t *l, const char *dir, const char *base_model,
                   const char *const *meta, int n_meta, cel_err_t *err) {
     char path[4096];
     const char *fmt[] = {"format", "pt"};
+    int rc = cel_device_lora_sync(l, err);
+    if (rc != CEL_OK) return rc;
     snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
-    int rc = cel_lora_write(l, path, CEL_BLOCK_WEIGHTS, NULL, fmt, 1, err);
+    rc = cel_lora_write(l, path, CEL_BLOCK_WEIGHTS, NULL, fmt, 1, err);
     if (rc != CEL_OK) return rc;
     snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
     if ((rc = write_config(l, path, base_model, err)) != CEL_OK) return rc;
@@ -402,13 +409,31 @@ const char *cel_lora_meta(const cel_lora_t *l, const char *key) {
 int cel_lora_step(cel_lora_t *l, const cel_adamw_t *opt, float *grad_norm, cel_err_t *err) {
     int rc = cel_model_adamw_check(opt, err);
     if (rc != CEL_OK) return rc;
+    if (l->dev) {
+        float norm = 0.0f;
+        rc = l->dev_model->gpu_api->lora_step(l->dev, opt->lr, opt->beta1, opt->beta2, opt->eps,
+                                              opt->weight_decay, opt->grad_clip, l->step + 1,
+                                              &norm, err);
+        if (rc != CEL_OK) return rc;
+        l->step++;
+        l->host_stale = 1;
+        if (grad_norm) *grad_norm = norm;
+        return CEL_OK;
+    }
     l->step++;
     float norm = cel_model_adamw_apply(l->w, l->g, l->m, l->v, l->n, opt, l->step);
     if (grad_norm) *grad_norm = norm;
     return CEL_OK;
 }
 
-void cel_lora_zero_grad(cel_lora_t *l) { memset(l->g, 0, l->n * sizeof(float)); }
+void cel_lora_zero_grad(cel_lora_t *l) {
+    if (l->dev && l->dev_model->gpu_api->lora_zero_grad(l->dev, NULL) == CEL_OK) {
+        /* the host grads are stale only if the device ones were newer */
+        if (!l->host_stale) memset(l->g, 0, l->n * sizeof(float));
+        return;
+    }
+    memset(l->g, 0, l->n * sizeof(float));
+}
 int cel_lora_step_count(const cel_lora_t *l) { return l->step; }
 int cel_lora_rank(const cel_lora_t *l) { return l->R; }
 float cel_lora_alpha(const cel_lora_t *l) { return l->alpha; }

@@ -262,6 +262,7 @@ int cel_model_save(const cel_model_t *m, const char *dir, cel_err_t *err) {
 
 void cel_model_free(cel_model_t *m) {
     if (!m) return;
+    cel_device_close(m);
     cel_train_ws_free(&m->ws);
     free(m->w);
     free(m->g);
@@ -295,6 +296,8 @@ cel_adamw_t cel_model_adamw_defaults(void) {
 
 int cel_model_train_full(cel_model_t *m, cel_err_t *err) {
     if (m->g) return CEL_OK;
+    if (m->gpu)
+        return cel_err_set(err, CEL_ESTATE, "full-parameter training runs on the CPU only");
     m->g = calloc(m->n, sizeof(float));
     m->m = calloc(m->n, sizeof(float));
     m->v = calloc(m->n, sizeof(float));

@@ -60,6 +60,35 @@ uint64_t cel_model_param_count(const cel_model_t *m);
 /* Sets the number of threads OpenBLAS uses (process-wide); n <= 0 keeps it. */
 void cel_model_set_threads(int n);
 
+/* ---- devices ---- */
+
+/* Moves the model's passes to a device: "cpu", "cuda", "cuda:N" or "auto"
+ * (the first CUDA device when one is visible, else the CPU). CUDA lives in
+ * bin/libceleriac-cuda.so (or $CELERIAC_CUDA_LIB), loaded here and only here.
+ * On a GPU the base weights are bf16 and the matrix products bf16 with fp32
+ * accumulation; adapters stay fp32. OUT: chosen (may be NULL) gets a line
+ * naming the device, e.g. "cuda:0 (NVIDIA H100 80GB HBM3, 79.1 GiB)" or
+ * "cpu (auto: no CUDA device: ...)". Errors: CEL_ENOTFOUND "cuda" without a
+ * usable GPU or backend; CEL_EINVAL a bad spec; CEL_ESTATE full-parameter
+ * training enabled (CPU only). Call before making adapters or samplers. */
+int cel_model_set_device(cel_model_t *m, const char *spec, char *chosen, size_t len,
+                         cel_err_t *err);
+
+/* 1 when the model runs on a GPU. */
+int cel_model_on_gpu(const cel_model_t *m);
+
+/* GPU memory adapters may hold (weights, grads, moments) before the least
+ * recently used ones are moved back to host memory; 0 = no limit. An evicted
+ * adapter comes back on its next use, unchanged. */
+void cel_model_set_gpu_budget(cel_model_t *m, size_t bytes);
+
+typedef struct cel_device_stats {
+    size_t mem_used, mem_peak; /* GPU bytes of this model (0 on the CPU) */
+    int resident;              /* adapters on the GPU now */
+    long evictions;
+} cel_device_stats_t;
+void cel_model_device_stats(const cel_model_t *m, cel_device_stats_t *out);
+
 /* ---- batches, loss, gradients ---- */
 
 /* B right-padded sequences of T slots. Row b is valid in [0, lens[b]); padded
@@ -106,6 +135,28 @@ int cel_model_train_full(cel_model_t *m, cel_err_t *err);
  * clipping. CEL_ESTATE without cel_model_train_full. */
 int cel_model_step(cel_model_t *m, const cel_adamw_t *opt, float *grad_norm, cel_err_t *err);
 int cel_model_step_count(const cel_model_t *m);
+
+/* One job of a packed pass: an adapter (NULL: the base model) and its batch. */
+typedef struct cel_model_job {
+    cel_lora_t *lora;
+    cel_batch_t batch;   /* needs targets */
+    float *logprobs;     /* OUT (B,T) or NULL */
+    double loss;         /* OUT: the job's own loss, as if it ran alone */
+    int rc;              /* OUT: CEL_OK, or why this job was refused */
+    cel_err_t err;       /* OUT */
+} cel_model_job_t;
+
+/* Runs n jobs as one batch: their sequences are packed (right-padded to the
+ * longest), the base model's matrix products run once over all rows, and each
+ * job's rows apply its own adapter (a segmented LoRA). With backward, each
+ * adapter accumulates exactly the gradients its own batch gives (an adapter in
+ * two jobs gets both). Results equal running the jobs one at a time up to
+ * floating-point summation order. A job that fails validation gets its own rc
+ * and the others still run. A base-model job in a backward pass needs full
+ * training and must be the only job. Returns CEL_OK, or an error that failed
+ * the whole pass (every job's rc is then that error). */
+int cel_model_run_jobs(cel_model_t *m, cel_model_job_t *jobs, int n, int backward,
+                       cel_err_t *err);
 
 /* ---- scoring ---- */
 

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "cpu/ops.h"
+#include "gpu.h"
 
 #define PREFILL_CHUNK 256
 
@@ -36,10 +37,15 @@ struct cel_sampler {
     float *mem;                /* scratch block: */
     float *x, *ln, *rstd, *q, *k, *v, *atty, *tmp, *gate, *up, *h, *u, *att, *lnf, *probs;
     int32_t *toks, *pos, *rowseq, *idx;
+    struct cel_gpu_sampler *gs; /* on a GPU model: the device's KV cache; CPU buffers unused */
+    float *draws;               /* (n) uniform draws handed to the GPU pick */
 };
 
 void cel_sampler_free(cel_sampler_t *s) {
     if (!s) return;
+    if (s->gs) s->m->gpu_api->sampler_free(s->gs);
+    if (s->lora && s->m->gpu) ((cel_lora_t *)s->lora)->dev_pins--;
+    free(s->draws);
     free(s->stop);
     free(s->kc);
     free(s->vc);
@@ -173,6 +179,116 @@ static int32_t choose(cel_sampler_t *s, int seq) {
     return idx[K - 1];
 }
 
+/* Applies the step's picks (tokens[i], -1 for finished sequences): stop ids,
+ * max_tokens and cache length end a sequence, the rest feed the next step.
+ * Returns the number still live. */
+static int finish_step(cel_sampler_t *s, const int32_t *tokens) {
+    int live = 0;
+    for (int i = 0; i < s->n; i++) {
+        if (s->status[i] != ST_LIVE) continue;
+        int32_t t = tokens[i];
+        s->gen[i]++;
+        int stop = 0;
+        for (int j = 0; j < s->n_stop; j++) stop |= s->stop[j] == t;
+        if (stop)
+            s->status[i] = ST_STOP_ID;
+        else if (s->gen[i] >= s->p.max_tokens || s->len[i] >= s->Tmax)
+            s->status[i] = ST_LENGTH;
+        else
+            s->pending[i] = t;
+        live += s->status[i] == ST_LIVE;
+    }
+    return live;
+}
+
+/* cel_sampler_new on a GPU model: the host keeps stop ids, RNG streams and
+ * statuses; the KV cache, the forward passes and the picks run on the device. */
+static int gpu_sampler_new(cel_model_t *m, const cel_lora_t *lora, int n_seqs,
+                           const int32_t *const *prompts, const int32_t *lens,
+                           const cel_sample_params_t *p, int maxp, cel_sampler_t **out,
+                           cel_err_t *err) {
+    cel_sampler_t *s = calloc(1, sizeof(*s));
+    if (!s) return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    s->m = m;
+    s->n = n_seqs;
+    s->p = *p;
+    s->Tmax = (int64_t)maxp + p->max_tokens < m->maxT ? maxp + p->max_tokens : m->maxT;
+    int32_t eos[CEL_CONFIG_MAX_EOS];
+    const int32_t *stop = p->n_stop_ids ? p->stop_ids : eos;
+    s->n_stop = p->n_stop_ids ? p->n_stop_ids : cel_model_eos(m, eos, CEL_CONFIG_MAX_EOS);
+    s->stop = malloc((s->n_stop + 1) * sizeof(int32_t));
+    s->len = calloc(n_seqs, sizeof(int));
+    s->gen = calloc(n_seqs, sizeof(int));
+    s->status = calloc(n_seqs, sizeof(int));
+    s->pending = malloc(n_seqs * sizeof(int32_t));
+    s->rng = malloc(n_seqs * sizeof(cel_rng_t));
+    s->draws = malloc(n_seqs * sizeof(float));
+    s->toks = malloc(2 * (size_t)n_seqs * sizeof(int32_t));
+    struct cel_gpu_lora **loras = calloc(n_seqs, sizeof(*loras));
+    if (!s->stop || !s->len || !s->gen || !s->status || !s->pending || !s->rng || !s->draws ||
+        !s->toks || !loras) {
+        free(loras);
+        cel_sampler_free(s);
+        return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    }
+    if (s->n_stop) memcpy(s->stop, stop, s->n_stop * sizeof(int32_t));
+    s->rowseq = s->toks;
+    s->pos = s->toks + n_seqs;
+    int rc = CEL_OK;
+    if (lora) {
+        rc = cel_device_lora_ready(m, (cel_lora_t *)lora, err);
+        if (rc == CEL_OK) {
+            s->lora = lora;
+            ((cel_lora_t *)lora)->dev_pins++;
+        }
+    }
+    for (int i = 0; rc == CEL_OK && i < n_seqs; i++) {
+        loras[i] = lora ? lora->dev : NULL;
+        cel_rng_seed(&s->rng[i], p->seed, (uint64_t)i + 1);
+        s->pending[i] = -1;
+        s->len[i] = lens[i];
+    }
+    if (rc == CEL_OK)
+        rc = m->gpu_api->sampler_new(m->gpu, n_seqs, loras, prompts, lens, s->Tmax, &s->gs, err);
+    free(loras);
+    if (rc != CEL_OK) {
+        cel_sampler_free(s);
+        return rc;
+    }
+    *out = s;
+    return CEL_OK;
+}
+
+/* cel_sampler_step on a GPU model. */
+static int gpu_sampler_step(cel_sampler_t *s, int32_t *tokens, cel_err_t *err) {
+    const cel_gpu_api_t *api = s->m->gpu_api;
+    int cnt = 0;
+    int *seqs = (int *)s->rowseq;
+    int32_t *feed = s->pos;
+    for (int i = 0; i < s->n; i++)
+        if (s->status[i] == ST_LIVE && s->pending[i] >= 0) {
+            seqs[cnt] = i;
+            feed[cnt++] = s->pending[i];
+            s->pending[i] = -1;
+            s->len[i]++;
+        }
+    int rc = cnt ? api->sampler_feed(s->gs, cnt, seqs, feed, err) : CEL_OK;
+    if (rc != CEL_OK) return rc;
+    cnt = 0;
+    for (int i = 0; i < s->n; i++) {
+        tokens[i] = -1;
+        if (s->status[i] != ST_LIVE) continue;
+        s->draws[cnt] = s->p.temperature > 0.0f ? cel_rng_uniform(&s->rng[i]) : 0.0f;
+        seqs[cnt++] = i;
+    }
+    if (cnt == 0) return 0;
+    rc = api->sampler_pick(s->gs, cnt, seqs, s->draws, s->p.temperature, s->p.top_k, s->p.top_p,
+                           feed, err);
+    if (rc != CEL_OK) return rc;
+    for (int j = 0; j < cnt; j++) tokens[seqs[j]] = feed[j];
+    return CEL_OK;
+}
+
 int cel_sampler_new(cel_model_t *m, const cel_lora_t *lora, int n_seqs,
                     const int32_t *const *prompts, const int32_t *lens,
                     const cel_sample_params_t *p, cel_sampler_t **out, cel_err_t *err) {
@@ -199,6 +315,7 @@ int cel_sampler_new(cel_model_t *m, const cel_lora_t *lora, int n_seqs,
                                    "vocabulary of %d", i, prompts[i][t], c->V);
         maxp = lens[i] > maxp ? lens[i] : maxp;
     }
+    if (m->gpu) return gpu_sampler_new(m, lora, n_seqs, prompts, lens, p, maxp, out, err);
     cel_sampler_t *s = calloc(1, sizeof(*s));
     if (!s) return cel_err_set(err, CEL_ENOMEM, "out of memory");
     s->m = m;
@@ -269,6 +386,11 @@ int cel_sampler_new(cel_model_t *m, const cel_lora_t *lora, int n_seqs,
 }
 
 int cel_sampler_step(cel_sampler_t *s, int32_t *tokens, cel_err_t *err) {
+    if (s->gs) {
+        int rc = gpu_sampler_step(s, tokens, err);
+        if (rc != CEL_OK) return rc;
+        return finish_step(s, tokens);
+    }
     int cnt = 0;
     for (int i = 0; i < s->n; i++)
         if (s->status[i] == ST_LIVE && s->pending[i] >= 0) {
@@ -285,25 +407,9 @@ int cel_sampler_step(cel_sampler_t *s, int32_t *tokens, cel_err_t *err) {
         }
         forward_cached(s, seqs, cnt, feed, 1);
     }
-    int live = 0;
-    for (int i = 0; i < s->n; i++) {
-        tokens[i] = -1;
-        if (s->status[i] != ST_LIVE) continue;
-        int32_t t = choose(s, i);
-        tokens[i] = t;
-        s->gen[i]++;
-        int stop = 0;
-        for (int j = 0; j < s->n_stop; j++) stop |= s->stop[j] == t;
-        if (stop)
-            s->status[i] = ST_STOP_ID;
-        else if (s->gen[i] >= s->p.max_tokens || s->len[i] >= s->Tmax)
-            s->status[i] = ST_LENGTH;
-        else
-            s->pending[i] = t;
-        live += s->status[i] == ST_LIVE;
-    }
+    for (int i = 0; i < s->n; i++) tokens[i] = s->status[i] == ST_LIVE ? choose(s, i) : -1;
     (void)err;
-    return live;
+    return finish_step(s, tokens);
 }
 
 void cel_sampler_stop(cel_sampler_t *s, int seq) {

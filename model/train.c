@@ -57,11 +57,14 @@ static int ws_ensure(cel_model_t *m, int B, int T, int Ls, int R, cel_err_t *err
                       &ws->datty, &ws->dk,    &ws->dv,    &ws->dgate, &ws->dup,  &ws->dh,
                       &ws->du,    &ws->att};
     size_t np = sizeof(ptrs) / sizeof(ptrs[0]), total = 0;
+    if (m->gpu) /* GPU passes keep activations on the device: only the batch and log-probs here */
+        for (size_t i = 0; i < np; i++)
+            if (ptrs[i] != &ws->weights && ptrs[i] != &ws->logp) sizes[i] = 0;
     for (size_t i = 0; i < np; i++) total += sizes[i];
-    size_t usz = R > 0 ? L * N * R : 0;
+    size_t usz = R > 0 && !m->gpu ? L * N * R : 0;
     total += CEL_NMOD * usz;
     ws->mem = malloc(total * sizeof(float));
-    ws->imem = malloc(3 * N * sizeof(int32_t));
+    ws->imem = malloc(4 * N * sizeof(int32_t));
     if (!ws->mem || !ws->imem) {
         cel_train_ws_free(ws);
         return cel_err_set(err, CEL_ENOMEM, "out of memory for activations of %zu tokens "
@@ -79,6 +82,7 @@ static int ws_ensure(cel_model_t *m, int B, int T, int Ls, int R, cel_err_t *err
     ws->tokens = ws->imem;
     ws->targets = ws->imem + N;
     ws->pos = ws->imem + 2 * N;
+    ws->lens = ws->imem + 3 * N;
     ws->cap = N;
     ws->capT = T;
     ws->capL = (int)L;
@@ -86,10 +90,9 @@ static int ws_ensure(cel_model_t *m, int B, int T, int Ls, int R, cel_err_t *err
     return CEL_OK;
 }
 
-/* Checks the batch and copies it into the workspace: padded slots get token 0,
- * target 0, weight 0; positions are 0..T-1 per row. */
-static int load_batch(cel_model_t *m, const cel_lora_t *lora, const cel_batch_t *b, int train,
-                      cel_err_t *err) {
+/* Checks one job's batch (and its adapter) against the model; 0 or an error. */
+static int check_job(const cel_model_t *m, const cel_lora_t *lora, const cel_batch_t *b,
+                     cel_err_t *err) {
     const cel_config_t *c = &m->cfg;
     if (!b || b->B < 1 || b->T < 1 || !b->tokens)
         return cel_err_set(err, CEL_EINVAL, "batch needs B >= 1, T >= 1 and tokens");
@@ -102,35 +105,44 @@ static int load_batch(cel_model_t *m, const cel_lora_t *lora, const cel_batch_t 
     if (lora && (lora->cfg.C != c->C || lora->cfg.L != c->L || lora->cfg.NH != c->NH ||
                  lora->cfg.NKV != c->NKV || lora->cfg.HS != c->HS || lora->cfg.I != c->I))
         return cel_err_set(err, CEL_EINVAL, "adapter was made for a model of another shape");
-    int rc = ws_ensure(m, b->B, b->T, train ? c->L : 1, lora ? lora->R : 0, err);
-    if (rc != CEL_OK) return rc;
-    cel_ws_t *ws = &m->ws;
     for (int i = 0; i < b->B; i++) {
         int len = b->lens ? b->lens[i] : b->T;
         if (len < 1 || len > b->T)
             return cel_err_set(err, CEL_EINVAL, "sequence %d has length %d, not in [1, %d]", i,
                                len, b->T);
-        for (int t = 0; t < b->T; t++) {
+        for (int t = 0; t < len; t++) {
             size_t n = (size_t)i * b->T + t;
-            int valid = t < len;
-            int32_t tok = valid ? b->tokens[n] : 0;
-            int32_t tgt = valid && b->targets ? b->targets[n] : 0;
-            float w = !valid ? 0.0f : b->weights ? b->weights[n] : 1.0f;
+            int32_t tok = b->tokens[n], tgt = b->targets ? b->targets[n] : 0;
             if (tok < 0 || tok >= c->V)
                 return cel_err_set(err, CEL_EINVAL, "token id %d at [%d,%d] is outside the "
                                    "vocabulary of %d", tok, i, t, c->V);
             if (tgt < 0 || tgt >= c->V)
                 return cel_err_set(err, CEL_EINVAL, "target id %d at [%d,%d] is outside the "
                                    "vocabulary of %d", tgt, i, t, c->V);
-            if (!isfinite(w))
+            if (b->weights && !isfinite(b->weights[n]))
                 return cel_err_set(err, CEL_EINVAL, "weight at [%d,%d] is not finite", i, t);
-            ws->tokens[n] = tok;
-            ws->targets[n] = tgt;
-            ws->weights[n] = w;
-            ws->pos[n] = t;
         }
     }
     return CEL_OK;
+}
+
+/* Copies job j's batch into rows [b0, b0 + B) of the packed (Bp, T) batch in
+ * the workspace: padded slots get token 0, target 0, weight 0; positions are
+ * 0..T-1 per row. */
+static void pack_job(cel_model_t *m, const cel_batch_t *b, int b0, int T) {
+    cel_ws_t *ws = &m->ws;
+    for (int i = 0; i < b->B; i++) {
+        int len = b->lens ? b->lens[i] : b->T;
+        ws->lens[b0 + i] = len;
+        for (int t = 0; t < T; t++) {
+            size_t src = (size_t)i * b->T + t, n = (size_t)(b0 + i) * T + t;
+            int valid = t < len;
+            ws->tokens[n] = valid ? b->tokens[src] : 0;
+            ws->targets[n] = valid && b->targets ? b->targets[src] : 0;
+            ws->weights[n] = !valid ? 0.0f : b->weights ? b->weights[src] : 1.0f;
+            ws->pos[n] = t;
+        }
+    }
 }
 
 /* The activations of layer l (slot l in training, slot 0 in inference). */
@@ -175,69 +187,88 @@ static float *mod_weight(const cel_config_t *c, const cel_params_t *p, int l, in
     return base[mod] + l * sz;
 }
 
-/* out = inp W^T (+ LoRA of mod when the adapter targets it). */
-static void linear_forward(const cel_model_t *m, const cel_lora_t *lora, int l, int mod,
-                           float *out, float *u, const float *inp, int N) {
-    int in, outd;
+/* A packed pass: its segments, the padded length T and the LoRA stride R
+ * (the largest rank; segment rows start at row * R in u and du). */
+typedef struct pass {
+    const cel_seg_t *segs;
+    int nseg, B, T, R;
+} pass_t;
+
+/* out = inp W^T, then each segment's rows add their adapter's LoRA of mod. */
+static void linear_forward(const cel_model_t *m, const pass_t *ps, int l, int mod, float *out,
+                           float *u, const float *inp) {
+    int in, outd, N = ps->B * ps->T;
     cel_model_mod_dims(&m->cfg, mod, &in, &outd);
     cel_cpu_matmul_forward(out, inp, mod_weight(&m->cfg, &m->p, l, mod), N, in, outd);
-    if (lora && (lora->targets & (1u << mod))) {
+    for (int s = 0; s < ps->nseg; s++) {
+        const cel_lora_t *lora = ps->segs[s].lora;
+        if (!lora || !(lora->targets & (1u << mod))) continue;
+        size_t r0 = (size_t)ps->segs[s].b0 * ps->T;
+        int rows = ps->segs[s].nb * ps->T;
         const float *A = lora->w + lora->offA[mod] + (size_t)l * lora->R * in;
         const float *Bw = lora->w + lora->offB[mod] + (size_t)l * outd * lora->R;
-        cel_cpu_lora_forward(out, u, inp, A, Bw, lora->scaling, N, in, outd, lora->R);
+        cel_cpu_lora_forward(out + r0 * outd, u + r0 * ps->R, inp + r0 * in, A, Bw,
+                             lora->scaling, rows, in, outd, lora->R);
     }
 }
 
-/* dinp += dout W (and the LoRA branch); dW += (full training) or LoRA dA, dB +=. */
-static void linear_backward(cel_model_t *m, cel_lora_t *lora, int l, int mod, float *dinp,
-                            const float *dout, const float *inp, const float *u, int N) {
-    int in, outd;
+/* dinp += dout W (and each segment's LoRA branch); dW += (full training) or
+ * each segment's adapter's dA, dB +=. */
+static void linear_backward(cel_model_t *m, const pass_t *ps, int full, int l, int mod,
+                            float *dinp, const float *dout, const float *inp, const float *u) {
+    int in, outd, N = ps->B * ps->T;
     cel_model_mod_dims(&m->cfg, mod, &in, &outd);
-    float *dW = lora ? NULL : mod_weight(&m->cfg, &m->gp, l, mod);
+    float *dW = full ? mod_weight(&m->cfg, &m->gp, l, mod) : NULL;
     cel_cpu_matmul_backward(dinp, dW, dout, inp, mod_weight(&m->cfg, &m->p, l, mod), N, in, outd);
-    if (lora && (lora->targets & (1u << mod))) {
+    for (int s = 0; s < ps->nseg; s++) {
+        cel_lora_t *lora = ps->segs[s].lora;
+        if (!lora || !(lora->targets & (1u << mod))) continue;
+        size_t r0 = (size_t)ps->segs[s].b0 * ps->T;
+        int rows = ps->segs[s].nb * ps->T;
         size_t oa = lora->offA[mod] + (size_t)l * lora->R * in;
         size_t ob = lora->offB[mod] + (size_t)l * outd * lora->R;
-        cel_cpu_lora_backward(dinp, lora->g + oa, lora->g + ob, m->ws.du, dout, inp, u,
-                              lora->w + oa, lora->w + ob, lora->scaling, N, in, outd, lora->R);
+        cel_cpu_lora_backward(dinp + r0 * in, lora->g + oa, lora->g + ob, m->ws.du + r0 * ps->R,
+                              dout + r0 * outd, inp + r0 * in, u + r0 * ps->R, lora->w + oa,
+                              lora->w + ob, lora->scaling, rows, in, outd, lora->R);
     }
 }
 
 /* Runs embedding .. logits over the batch already in the workspace. */
-static void forward(cel_model_t *m, const cel_lora_t *lora, int B, int T, int train) {
+static void model_forward(cel_model_t *m, const pass_t *ps, int train) {
     const cel_config_t *c = &m->cfg;
     cel_ws_t *ws = &m->ws;
-    int N = B * T, C = c->C, R = lora ? lora->R : 0;
+    int B = ps->B, T = ps->T, N = B * T, C = c->C, R = ps->R;
     cel_cpu_embedding_forward(ws->res, ws->tokens, m->p.wte, N, C);
     layer_acts_t a = {0};
     for (int l = 0; l < c->L; l++) {
         a = layer_acts(m, l, train, N, R);
         cel_cpu_rmsnorm_forward(a.ln1, a.rstd1, a.resin, m->p.ln1 + (size_t)l * C, N, C, c->eps);
-        linear_forward(m, lora, l, CEL_MOD_Q, a.q, a.u[CEL_MOD_Q], a.ln1, N);
-        linear_forward(m, lora, l, CEL_MOD_K, a.k, a.u[CEL_MOD_K], a.ln1, N);
-        linear_forward(m, lora, l, CEL_MOD_V, a.v, a.u[CEL_MOD_V], a.ln1, N);
+        linear_forward(m, ps, l, CEL_MOD_Q, a.q, a.u[CEL_MOD_Q], a.ln1);
+        linear_forward(m, ps, l, CEL_MOD_K, a.k, a.u[CEL_MOD_K], a.ln1);
+        linear_forward(m, ps, l, CEL_MOD_V, a.v, a.u[CEL_MOD_V], a.ln1);
         cel_cpu_rope_forward(a.q, a.q, ws->pos, m->rope_cos, m->rope_sin, N, c->NH, c->HS);
         cel_cpu_rope_forward(a.k, a.k, ws->pos, m->rope_cos, m->rope_sin, N, c->NKV, c->HS);
         cel_cpu_attention_forward(a.atty, a.lse, ws->att, a.q, a.k, a.v, B, T, c->NH, c->NKV,
                                   c->HS);
-        linear_forward(m, lora, l, CEL_MOD_O, ws->tmp, a.u[CEL_MOD_O], a.atty, N);
+        linear_forward(m, ps, l, CEL_MOD_O, ws->tmp, a.u[CEL_MOD_O], a.atty);
         cel_cpu_residual_forward(a.res2, a.resin, ws->tmp, (size_t)N * C);
         cel_cpu_rmsnorm_forward(a.ln2, a.rstd2, a.res2, m->p.ln2 + (size_t)l * C, N, C, c->eps);
-        linear_forward(m, lora, l, CEL_MOD_GATE, a.gate, a.u[CEL_MOD_GATE], a.ln2, N);
-        linear_forward(m, lora, l, CEL_MOD_UP, a.up, a.u[CEL_MOD_UP], a.ln2, N);
+        linear_forward(m, ps, l, CEL_MOD_GATE, a.gate, a.u[CEL_MOD_GATE], a.ln2);
+        linear_forward(m, ps, l, CEL_MOD_UP, a.up, a.u[CEL_MOD_UP], a.ln2);
         cel_cpu_swiglu_forward(a.h, a.gate, a.up, N, c->I);
-        linear_forward(m, lora, l, CEL_MOD_DOWN, ws->tmp, a.u[CEL_MOD_DOWN], a.h, N);
+        linear_forward(m, ps, l, CEL_MOD_DOWN, ws->tmp, a.u[CEL_MOD_DOWN], a.h);
         cel_cpu_residual_forward(a.resout, a.res2, ws->tmp, (size_t)N * C);
     }
     cel_cpu_rmsnorm_forward(ws->lnf, ws->rstdf, a.resout, m->p.lnf, N, C, c->eps);
     cel_cpu_matmul_forward(ws->logits, ws->lnf, m->p.lm, N, C, c->V);
 }
 
-/* Backward from dlogits (in ws->logits) to every LoRA or base gradient. */
-static void backward(cel_model_t *m, cel_lora_t *lora, int B, int T) {
+/* Backward from dlogits (in ws->logits) to every LoRA or base gradient.
+ * full: the pass is one base-model segment with full training on. */
+static void model_backward(cel_model_t *m, const pass_t *ps, int full) {
     const cel_config_t *c = &m->cfg;
     cel_ws_t *ws = &m->ws;
-    int N = B * T, C = c->C, R = lora ? lora->R : 0, full = lora == NULL;
+    int B = ps->B, T = ps->T, N = B * T, C = c->C, R = ps->R;
     size_t NC = (size_t)N * C;
     const cel_params_t *gp = &m->gp;
     /* head and final norm */
@@ -254,26 +285,26 @@ static void backward(cel_model_t *m, cel_lora_t *lora, int B, int T) {
         size_t NI = (size_t)N * c->I;
         /* MLP: resout = res2 + down(h) */
         memset(ws->dh, 0, NI * sizeof(float));
-        linear_backward(m, lora, l, CEL_MOD_DOWN, ws->dh, ws->dres, a.h, a.u[CEL_MOD_DOWN], N);
+        linear_backward(m, ps, full, l, CEL_MOD_DOWN, ws->dh, ws->dres, a.h, a.u[CEL_MOD_DOWN]);
         cel_cpu_swiglu_backward(ws->dgate, ws->dup, ws->dh, a.gate, a.up, N, c->I);
         memset(ws->dln, 0, NC * sizeof(float));
-        linear_backward(m, lora, l, CEL_MOD_GATE, ws->dln, ws->dgate, a.ln2, a.u[CEL_MOD_GATE], N);
-        linear_backward(m, lora, l, CEL_MOD_UP, ws->dln, ws->dup, a.ln2, a.u[CEL_MOD_UP], N);
+        linear_backward(m, ps, full, l, CEL_MOD_GATE, ws->dln, ws->dgate, a.ln2, a.u[CEL_MOD_GATE]);
+        linear_backward(m, ps, full, l, CEL_MOD_UP, ws->dln, ws->dup, a.ln2, a.u[CEL_MOD_UP]);
         cel_cpu_rmsnorm_backward(ws->dres, full ? gp->ln2 + (size_t)l * C : NULL, ws->dln,
                                  a.res2, m->p.ln2 + (size_t)l * C, a.rstd2, N, C);
         /* attention: res2 = resin + o(atty) */
         size_t NQ = (size_t)N * c->NH * c->HS;
         memset(ws->datty, 0, NQ * sizeof(float));
-        linear_backward(m, lora, l, CEL_MOD_O, ws->datty, ws->dres, a.atty, a.u[CEL_MOD_O], N);
+        linear_backward(m, ps, full, l, CEL_MOD_O, ws->datty, ws->dres, a.atty, a.u[CEL_MOD_O]);
         cel_cpu_attention_backward(ws->dq, ws->dk, ws->dv, ws->att, ws->datty, a.lse, a.q, a.k,
                                    a.v, B, T, c->NH, c->NKV, c->HS);
         cel_cpu_rope_backward(ws->dq, ws->dq, ws->pos, m->rope_cos, m->rope_sin, N, c->NH, c->HS);
         cel_cpu_rope_backward(ws->dk, ws->dk, ws->pos, m->rope_cos, m->rope_sin, N, c->NKV,
                               c->HS);
         memset(ws->dln, 0, NC * sizeof(float));
-        linear_backward(m, lora, l, CEL_MOD_Q, ws->dln, ws->dq, a.ln1, a.u[CEL_MOD_Q], N);
-        linear_backward(m, lora, l, CEL_MOD_K, ws->dln, ws->dk, a.ln1, a.u[CEL_MOD_K], N);
-        linear_backward(m, lora, l, CEL_MOD_V, ws->dln, ws->dv, a.ln1, a.u[CEL_MOD_V], N);
+        linear_backward(m, ps, full, l, CEL_MOD_Q, ws->dln, ws->dq, a.ln1, a.u[CEL_MOD_Q]);
+        linear_backward(m, ps, full, l, CEL_MOD_K, ws->dln, ws->dk, a.ln1, a.u[CEL_MOD_K]);
+        linear_backward(m, ps, full, l, CEL_MOD_V, ws->dln, ws->dv, a.ln1, a.u[CEL_MOD_V]);
         if (l > 0 || full) /* below layer 0 only the frozen-or-not embedding remains */
             cel_cpu_rmsnorm_backward(ws->dres, full ? gp->ln1 + (size_t)l * C : NULL, ws->dln,
                                      a.resin, m->p.ln1 + (size_t)l * C, a.rstd1, N, C);
@@ -281,33 +312,139 @@ static void backward(cel_model_t *m, cel_lora_t *lora, int B, int T) {
     if (full) cel_cpu_embedding_backward(gp->wte, ws->dres, ws->tokens, N, C);
 }
 
-/* Copies the per-slot log-probs out, zero on padded slots. */
-static void copy_logprobs(const cel_model_t *m, const cel_batch_t *b, float *out) {
+/* Copies job rows [b0, b0 + B) of the packed log-probs out, in the job's own
+ * (B, T) layout, zero on padded slots. */
+static void copy_logprobs(const cel_model_t *m, const cel_batch_t *b, int b0, int T, float *out) {
     for (int i = 0; i < b->B; i++) {
         int len = b->lens ? b->lens[i] : b->T;
-        for (int t = 0; t < b->T; t++) {
-            size_t n = (size_t)i * b->T + t;
-            out[n] = t < len ? m->ws.logp[n] : 0.0f;
+        for (int t = 0; t < b->T; t++)
+            out[(size_t)i * b->T + t] = t < len ? m->ws.logp[(size_t)(b0 + i) * T + t] : 0.0f;
+    }
+}
+
+/* The job's loss from the packed log-probs: -sum of weight * logp over its
+ * rows, in double, in row order (as the CPU cross-entropy sums). */
+static double job_loss(const cel_model_t *m, int b0, int nb, int T) {
+    double loss = 0.0;
+    size_t r0 = (size_t)b0 * T, r1 = (size_t)(b0 + nb) * T;
+    for (size_t n = r0; n < r1; n++)
+        if (m->ws.weights[n] != 0.0f) loss -= (double)m->ws.weights[n] * m->ws.logp[n];
+    return loss;
+}
+
+/* Runs the valid jobs as one packed pass; logits (B,T,V) of the packed batch
+ * are copied out when not NULL (single-job callers only). */
+static int run_packed(cel_model_t *m, cel_model_job_t *jobs, int n, int backward, float *logits,
+                      cel_err_t *err) {
+    cel_seg_t segs_small[16];
+    cel_seg_t *segs = n <= 16 ? segs_small : malloc(n * sizeof(*segs));
+    int *b0s = malloc(n * sizeof(int));
+    if (!segs || !b0s) {
+        if (segs != segs_small) free(segs);
+        free(b0s);
+        return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    }
+    int B = 0, T = 0, R = 0, nseg = 0, has_targets = 1, full = 0;
+    for (int j = 0; j < n; j++) {
+        b0s[j] = -1;
+        if (jobs[j].rc != CEL_OK) continue;
+        const cel_batch_t *b = &jobs[j].batch;
+        b0s[j] = B;
+        segs[nseg++] = (cel_seg_t){jobs[j].lora, B, b->B};
+        B += b->B;
+        T = b->T > T ? b->T : T;
+        if (jobs[j].lora && jobs[j].lora->R > R) R = jobs[j].lora->R;
+        if (!b->targets) has_targets = 0;
+        if (backward && !jobs[j].lora) full = 1;
+    }
+    int rc = CEL_OK;
+    if (nseg == 0) goto done;
+    if ((int64_t)B * T > CEL_MODEL_MAX_BATCH_TOKENS) {
+        rc = cel_err_set(err, CEL_ELIMIT, "packed batch of %lld tokens exceeds the limit %d",
+                         (long long)B * T, CEL_MODEL_MAX_BATCH_TOKENS);
+        goto done;
+    }
+    rc = ws_ensure(m, B, T, backward && !m->gpu ? m->cfg.L : 1, R, err);
+    if (rc != CEL_OK) goto done;
+    for (int j = 0; j < n; j++)
+        if (b0s[j] >= 0) pack_job(m, &jobs[j].batch, b0s[j], T);
+    int N = B * T;
+    cel_ws_t *ws = &m->ws;
+    if (m->gpu) {
+        rc = cel_device_run(m, segs, nseg, B, T, backward, logits, err);
+        if (rc != CEL_OK) goto done;
+    } else {
+        pass_t ps = {segs, nseg, B, T, R};
+        model_forward(m, &ps, backward);
+        if (logits) memcpy(logits, ws->logits, (size_t)N * m->cfg.V * sizeof(float));
+        if (has_targets) {
+            cel_cpu_crossentropy_forward(ws->logp, ws->lse_ce, ws->logits, ws->targets,
+                                         ws->weights, N, m->cfg.V);
+            if (backward) {
+                cel_cpu_crossentropy_backward(ws->logits, ws->logits, ws->lse_ce, ws->targets,
+                                              ws->weights, 1.0f, N, m->cfg.V);
+                model_backward(m, &ps, full);
+            }
         }
     }
+    if (has_targets)
+        for (int j = 0; j < n; j++) {
+            if (b0s[j] < 0) continue;
+            jobs[j].loss = job_loss(m, b0s[j], jobs[j].batch.B, T);
+            if (jobs[j].logprobs) copy_logprobs(m, &jobs[j].batch, b0s[j], T, jobs[j].logprobs);
+        }
+done:
+    if (segs != segs_small) free(segs);
+    free(b0s);
+    return rc;
+}
+
+int cel_model_run_jobs(cel_model_t *m, cel_model_job_t *jobs, int n, int backward,
+                       cel_err_t *err) {
+    if (n < 1 || !jobs) return cel_err_set(err, CEL_EINVAL, "no jobs");
+    for (int j = 0; j < n; j++) {
+        cel_model_job_t *jb = &jobs[j];
+        cel_err_clear(&jb->err);
+        jb->loss = 0.0;
+        jb->rc = check_job(m, jb->lora, &jb->batch, &jb->err);
+        if (jb->rc == CEL_OK && !jb->batch.targets)
+            jb->rc = cel_err_set(&jb->err, CEL_EINVAL, "a job needs target tokens");
+        if (jb->rc == CEL_OK && backward && !jb->lora) {
+            if (!m->g)
+                jb->rc = cel_err_set(&jb->err, CEL_ESTATE, "no adapter given and "
+                                     "full-parameter training is not enabled");
+            else if (n > 1)
+                jb->rc = cel_err_set(&jb->err, CEL_EINVAL, "a full-parameter training job "
+                                     "cannot be packed with others");
+        }
+    }
+    int rc = run_packed(m, jobs, n, backward, NULL, err);
+    if (rc != CEL_OK)
+        for (int j = 0; j < n; j++)
+            if (jobs[j].rc == CEL_OK) {
+                jobs[j].rc = rc;
+                jobs[j].err = *err;
+            }
+    return rc;
+}
+
+/* One job through run_packed, its error reported through err. */
+static int run_one(cel_model_t *m, cel_lora_t *lora, const cel_batch_t *batch, int backward,
+                   float *logits, float *logprobs, double *loss, cel_err_t *err) {
+    int rc = check_job(m, lora, batch, err);
+    if (rc != CEL_OK) return rc;
+    cel_model_job_t job = {.lora = lora, .batch = *batch, .logprobs = logprobs};
+    rc = run_packed(m, &job, 1, backward, logits, err);
+    if (rc == CEL_OK && loss) *loss = job.loss;
+    return rc;
 }
 
 int cel_model_forward(cel_model_t *m, const cel_lora_t *lora, const cel_batch_t *batch,
                       float *logits, float *logprobs, double *loss, cel_err_t *err) {
     if ((logprobs || loss) && (!batch || !batch->targets))
         return cel_err_set(err, CEL_EINVAL, "log-probs and loss need target tokens");
-    int rc = load_batch(m, lora, batch, 0, err);
-    if (rc != CEL_OK) return rc;
-    int N = batch->B * batch->T;
-    forward(m, lora, batch->B, batch->T, 0);
-    if (logits) memcpy(logits, m->ws.logits, (size_t)N * m->cfg.V * sizeof(float));
-    if (batch->targets) {
-        double l = cel_cpu_crossentropy_forward(m->ws.logp, m->ws.lse_ce, m->ws.logits,
-                                                m->ws.targets, m->ws.weights, N, m->cfg.V);
-        if (loss) *loss = l;
-        if (logprobs) copy_logprobs(m, batch, logprobs);
-    }
-    return CEL_OK;
+    /* forward only reads the adapter */
+    return run_one(m, (cel_lora_t *)lora, batch, 0, logits, logprobs, loss, err);
 }
 
 int cel_model_forward_backward(cel_model_t *m, cel_lora_t *lora, const cel_batch_t *batch,
@@ -317,19 +454,7 @@ int cel_model_forward_backward(cel_model_t *m, cel_lora_t *lora, const cel_batch
                            "not enabled");
     if (!batch || !batch->targets)
         return cel_err_set(err, CEL_EINVAL, "forward_backward needs target tokens");
-    int rc = load_batch(m, lora, batch, 1, err);
-    if (rc != CEL_OK) return rc;
-    int N = batch->B * batch->T;
-    cel_ws_t *ws = &m->ws;
-    forward(m, lora, batch->B, batch->T, 1);
-    double l = cel_cpu_crossentropy_forward(ws->logp, ws->lse_ce, ws->logits, ws->targets,
-                                            ws->weights, N, m->cfg.V);
-    cel_cpu_crossentropy_backward(ws->logits, ws->logits, ws->lse_ce, ws->targets, ws->weights,
-                                  1.0f, N, m->cfg.V);
-    backward(m, lora, batch->B, batch->T);
-    if (loss) *loss = l;
-    if (logprobs) copy_logprobs(m, batch, logprobs);
-    return CEL_OK;
+    return run_one(m, lora, batch, 1, NULL, logprobs, loss, err);
 }
 
 int cel_model_score(cel_model_t *m, const cel_lora_t *lora, const int32_t *tokens, int n,

@@ -39,6 +39,7 @@ int cel_cli_sample(int argc, char **argv);
 int cel_cli_train(int argc, char **argv);
 int cel_cli_tokenize(int argc, char **argv);
 int cel_cli_decode(int argc, char **argv);
+int cel_cli_bench(int argc, char **argv);
 
 /* Prints "celeriac-lm CMD: message" to stderr (printf-style). */
 void cel_cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -65,6 +66,14 @@ int cel_cli_model_dir(const char *arg, char *out, size_t cap, cel_err_t *err);
 int cel_cli_lm_open(const char *dir, const char *adapter_dir, int weights, cel_cli_lm_t *lm,
                     cel_err_t *err);
 void cel_cli_lm_close(cel_cli_lm_t *lm);
+
+/* Moves lm's model to the device spec (auto, cpu, cuda, cuda:N; NULL =
+ * auto) and prints "celeriac-lm CMD: device: ..." to stderr. */
+int cel_cli_lm_device(cel_cli_lm_t *lm, const char *cmd, const char *spec, cel_err_t *err);
+
+/* The --device line every subcommand's help shows. */
+#define CEL_CLI_DEVICE_HELP \
+    "  --device D         auto (a GPU when one is visible; the default), cpu, cuda, cuda:N\n"
 
 /* Encodes text with bos prepended when the model has one (add_bos). */
 int cel_cli_encode(const cel_cli_lm_t *lm, const char *text, int add_bos, int32_t **ids,

@@ -161,6 +161,13 @@ fail:
     return rc;
 }
 
+int cel_cli_lm_device(cel_cli_lm_t *lm, const char *cmd, const char *spec, cel_err_t *err) {
+    char chosen[256];
+    int rc = cel_model_set_device(lm->model, spec ? spec : "auto", chosen, sizeof(chosen), err);
+    if (rc == CEL_OK) fprintf(stderr, "celeriac-lm %s: device: %s\n", cmd, chosen);
+    return rc;
+}
+
 void cel_cli_lm_close(cel_cli_lm_t *lm) {
     cel_lora_free(lm->lora);
     cel_model_free(lm->model);

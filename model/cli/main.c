@@ -18,6 +18,7 @@ static const char USAGE[] =
     "  train     train a LoRA adapter (--lora R) or the whole model (--full)\n"
     "  tokenize  print the token ids of a text (JSON array)\n"
     "  decode    print the text of token ids\n"
+    "  bench     engine throughput on random tokens (train, score, sample; one JSON line)\n"
     "\n"
     "Every command takes --model DIR (a Hugging Face Llama folder: config.json,\n"
     "model.safetensors, tokenizer.json); the default is $CELERIAC_MODEL, else the\n"
@@ -38,7 +39,7 @@ int main(int argc, char **argv) {
         int (*run)(int, char **);
     } cmds[] = {
         {"score", cel_cli_score},       {"sample", cel_cli_sample}, {"train", cel_cli_train},
-        {"tokenize", cel_cli_tokenize}, {"decode", cel_cli_decode},
+        {"tokenize", cel_cli_tokenize}, {"decode", cel_cli_decode}, {"bench", cel_cli_bench},
     };
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
         if (!strcmp(cmd, cmds[i].name)) return cmds[i].run(argc - 1, argv + 1);

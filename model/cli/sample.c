@@ -29,12 +29,13 @@ static const char HELP[] =
     "  --json             one JSON object per prompt: prompt, text (the completion),\n"
     "                     tokens (generated), finish_reason (stop | length)\n"
     "  --threads N        BLAS threads\n"
+    CEL_CLI_DEVICE_HELP
     "\n"
     "Plain output: each prompt followed by its completion, samples separated by a\n"
     "line holding '%'.\n";
 
 typedef struct sample_args {
-    const char *model, *adapter;
+    const char *model, *adapter, *device;
     const char *stops[MAX_STOPS];
     int n_stops, json;
     long threads;
@@ -46,7 +47,8 @@ static int parse_args(int argc, char **argv, sample_args_t *a) {
         {"model", 1, 0, 'm'},  {"adapter", 1, 0, 'a'}, {"max-tokens", 1, 0, 'n'},
         {"temperature", 1, 0, 't'}, {"top-k", 1, 0, 'k'}, {"top-p", 1, 0, 'p'},
         {"seed", 1, 0, 's'},   {"stop", 1, 0, 'S'},    {"json", 0, 0, 'J'},
-        {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
+        {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'},   {"device", 1, 0, 'D'},
+        {0, 0, 0, 0}};
     const char *C = "sample";
     memset(a, 0, sizeof(*a));
     a->p.max_tokens = 64;
@@ -89,6 +91,7 @@ static int parse_args(int argc, char **argv, sample_args_t *a) {
             break;
         case 'J': a->json = 1; break;
         case 'j': bad |= cel_cli_parse_long(C, "--threads", optarg, 1, 1024, &a->threads); break;
+        case 'D': a->device = optarg; break;
         case 'h': fputs(HELP, stdout); return 1;
         default: return cel_cli_bad_flag(C, argv);
         }
@@ -218,6 +221,11 @@ int cel_cli_sample(int argc, char **argv) {
     cel_cli_lm_t lm;
     if (cel_cli_lm_open(a.model, a.adapter, 1, &lm, &err) != CEL_OK) {
         cel_cli_error("sample", "%s", err.msg);
+        return CEL_CLI_FAIL;
+    }
+    if (cel_cli_lm_device(&lm, "sample", a.device, &err) != CEL_OK) {
+        cel_cli_error("sample", "%s", err.msg);
+        cel_cli_lm_close(&lm);
         return CEL_CLI_FAIL;
     }
     rc = run(&a, &lm, argc - optind, argv + optind, &err);

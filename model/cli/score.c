@@ -14,7 +14,9 @@
 #include <string.h>
 
 static const char HELP[] =
-    "usage: celeriac-lm score [--model DIR] [--adapter DIR] [--threads N] TEXT...\n"
+    "usage: celeriac-lm score [--model DIR] [--adapter DIR] [--threads N] [--device D] TEXT...\n"
+    "\n"
+    CEL_CLI_DEVICE_HELP
     "\n"
     "Prints one JSON object per TEXT and line: text, tokens (how many were scored),\n"
     "logprob (natural log, summed), mean_logprob, perplexity = exp(-mean_logprob),\n"
@@ -58,8 +60,8 @@ static int score_one(cel_cli_lm_t *lm, const char *text, cel_err_t *err) {
 int cel_cli_score(int argc, char **argv) {
     static const struct option opts[] = {{"model", 1, 0, 'm'}, {"adapter", 1, 0, 'a'},
                                          {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    const char *model = NULL, *adapter = NULL;
+                                         {"device", 1, 0, 'D'}, {0, 0, 0, 0}};
+    const char *model = NULL, *adapter = NULL, *device = NULL;
     long threads = 0;
     int c;
     optind = 1;
@@ -68,6 +70,7 @@ int cel_cli_score(int argc, char **argv) {
         switch (c) {
         case 'm': model = optarg; break;
         case 'a': adapter = optarg; break;
+        case 'D': device = optarg; break;
         case 'j':
             if (cel_cli_parse_long("score", "--threads", optarg, 1, 1024, &threads) != CEL_OK)
                 return CEL_CLI_USAGE;
@@ -85,6 +88,11 @@ int cel_cli_score(int argc, char **argv) {
     cel_cli_lm_t lm;
     if (cel_cli_lm_open(model, adapter, 1, &lm, &err) != CEL_OK) {
         cel_cli_error("score", "%s", err.msg);
+        return CEL_CLI_FAIL;
+    }
+    if (cel_cli_lm_device(&lm, "score", device, &err) != CEL_OK) {
+        cel_cli_error("score", "%s", err.msg);
+        cel_cli_lm_close(&lm);
         return CEL_CLI_FAIL;
     }
     int status = CEL_CLI_OK;

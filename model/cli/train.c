@@ -43,6 +43,8 @@ static const char HELP[] =
     "  --seed S            data order, LoRA and --init weights (default 0)\n"
     "  --save-every K      also save to --out every K steps (default: only at the end)\n"
     "  --threads N         BLAS threads (default: OpenBLAS's)\n"
+    "  --device D          auto (a GPU when visible; the default for --lora), cpu,\n"
+    "                      cuda, cuda:N; --full trains on the CPU only\n"
     "  --out DIR           where to save (created)\n"
     "\n"
     "Prints 'step S/N loss L lr X norm G tok/s R' per step (a \\r progress line on a\n"
@@ -51,7 +53,7 @@ static const char HELP[] =
     "model.safetensors and tokenizer.json.\n";
 
 typedef struct train_args {
-    const char *model, *data, *targets, *adapter, *init, *out;
+    const char *model, *data, *targets, *adapter, *init, *out, *device;
     long lora, steps, batch, seq, warmup, save_every, threads;
     double alpha, lr, wd, clip;
     uint64_t seed;
@@ -66,7 +68,8 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
         {"lr", 1, 0, 'l'},     {"batch", 1, 0, 'b'},  {"seq", 1, 0, 't'},
         {"warmup", 1, 0, 'w'}, {"weight-decay", 1, 0, 'W'}, {"grad-clip", 1, 0, 'c'},
         {"seed", 1, 0, 's'},   {"save-every", 1, 0, 'S'}, {"threads", 1, 0, 'j'},
-        {"out", 1, 0, 'o'},    {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
+        {"out", 1, 0, 'o'},    {"help", 0, 0, 'h'},   {"device", 1, 0, 'D'},
+        {0, 0, 0, 0}};
     memset(a, 0, sizeof(*a));
     a->batch = 8;
     a->seq = 128;
@@ -99,6 +102,7 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
         case 'S': bad |= cel_cli_parse_long(C, "--save-every", optarg, 1, 100000000, &a->save_every); break;
         case 'j': bad |= cel_cli_parse_long(C, "--threads", optarg, 1, 1024, &a->threads); break;
         case 'o': a->out = optarg; break;
+        case 'D': a->device = optarg; break;
         case 'h': fputs(HELP, stdout); return 1;
         default: return cel_cli_bad_flag(C, argv);
         }
@@ -188,7 +192,12 @@ static int setup(const train_args_t *a, cel_cli_lm_t *lm, cel_err_t *err) {
         if ((rc = cel_tokenizer_set_eos(lm->tok, neos > 0 ? eos[0] : -1, err)) != CEL_OK)
             return rc;
     }
-    if (a->full) return cel_model_train_full(lm->model, err);
+    if (a->full) {
+        if (a->device && strcmp(a->device, "cpu") != 0 && strcmp(a->device, "auto") != 0)
+            return cel_err_set(err, CEL_EINVAL, "--full trains on the CPU only");
+        return cel_model_train_full(lm->model, err);
+    }
+    if ((rc = cel_cli_lm_device(lm, "train", a->device, err)) != CEL_OK) return rc;
     if (a->lora > 0) {
         cel_lora_config_t lc = {.rank = (int)a->lora, .alpha = (float)a->alpha,
                                 .targets = CEL_LORA_ALL, .seed = a->seed};
