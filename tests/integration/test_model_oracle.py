@@ -272,9 +272,14 @@ def test_lora_against_torch(helper, tmp_path, tied, targets, rank, alpha):
     res = run_helper(helper, tmp, dict(model=os.path.join(tmp, "model"), out=out,
                                        lora={"load": os.path.join(tmp, "adapter")},
                                        batches=batches, adamw=ADAMW, steps=3,
-                                       score=[score_toks],
+                                       score=[score_toks], compare_batched=True,
                                        sample=dict(prompts=prompts, max_tokens=6, temperature=0,
                                                    top_k=0, top_p=1, seed=7)))
+    assert res["device"] == "cpu"
+    # both batches with their own adapters, packed into one pass = each alone
+    with open(os.path.join(out, "batched.json")) as f:
+        batched = json.load(f)
+    assert batched["ok"], batched
     fwd, _ = st_pywrite.load(os.path.join(out, "forward.safetensors"))
     for i, b in enumerate(batches):
         with torch.no_grad():

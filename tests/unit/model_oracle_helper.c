@@ -7,8 +7,16 @@
  * in spec.out: forward.safetensors (logits/logprobs of every batch before any
  * step), grads.safetensors (gradients accumulated over all batches at step 1),
  * final/ (adapter or model after the steps) and result.json (losses, grad
- * norms, scores, sampled tokens). Not part of the library; exits 1 on error.
+ * norms, scores, sampled tokens, the device). Spec key "device" (default
+ * "cpu") runs everything on that device (cel_model_set_device); with
+ * "compare_batched": true the helper also gives each batch its own fresh
+ * adapter, runs them one at a time and then packed into one pass
+ * (cel_model_run_jobs), and writes batched.json: {"ok", "tolerance",
+ * "max_abs_diff": {loss, logprobs, grads, weights}} (diffs relative to
+ * max(1, the tensor's largest value)). Not part of the library; exits 1 on
+ * error.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +48,97 @@ static float *float_array(json_t *a, size_t want) {
     return x;
 }
 
+/* Largest |a-b| over n, divided by max(1, max|a|). */
+static double rel_diff(const float *a, const float *b, size_t n) {
+    double worst = 0, scale = 1;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        worst = d > worst ? d : worst;
+        scale = fabs(a[i]) > scale ? fabs(a[i]) : scale;
+    }
+    return worst / scale;
+}
+
+static float *copy_block(cel_lora_t *l, const float *block) {
+    cel_err_t err;
+    if (cel_device_lora_sync(l, &err) != CEL_OK) die("sync", &err);
+    float *x = malloc(l->n * sizeof(float));
+    memcpy(x, block, l->n * sizeof(float));
+    return x;
+}
+
+/* The "compare_batched" check: nb fresh adapters, one per batch, alone then
+ * packed; writes out/batched.json. */
+static void compare_batched(cel_model_t *m, cel_batch_t *b, size_t nb, const cel_adamw_t *opt,
+                            double tol, const char *out) {
+    cel_err_t err;
+    cel_lora_t **l = calloc(nb, sizeof(*l));
+    cel_model_job_t *jobs = calloc(nb, sizeof(*jobs));
+    double d_loss = 0, d_lp = 0, d_g = 0, d_w = 0;
+    for (size_t i = 0; i < nb; i++) {
+        cel_lora_config_t lc = {.rank = 2 + 2 * (int)(i % 3), .alpha = 8,
+                                .targets = CEL_LORA_ALL, .seed = 50 + i};
+        if (cel_lora_new(m, &lc, &l[i], &err) != CEL_OK) die("lora_new", &err);
+        for (size_t k = 0; k < l[i]->n; k++) l[i]->w[k] += 0.03f * (float)sin(0.7 * k + i);
+    }
+    /* Each adapter alone (keeping its results), then all packed in one pass. */
+    float **lp_a = calloc(nb, sizeof(float *)), **lp_p = calloc(nb, sizeof(float *));
+    float **g_a = calloc(nb, sizeof(float *)), **w0 = calloc(nb, sizeof(float *));
+    double *loss_a = calloc(nb, sizeof(double));
+    for (size_t i = 0; i < nb; i++) {
+        size_t n = (size_t)b[i].B * b[i].T;
+        lp_a[i] = malloc(n * sizeof(float));
+        lp_p[i] = malloc(n * sizeof(float));
+        if (cel_model_forward_backward(m, l[i], &b[i], lp_a[i], &loss_a[i], &err) != CEL_OK)
+            die("alone", &err);
+        g_a[i] = copy_block(l[i], l[i]->g);
+        w0[i] = copy_block(l[i], l[i]->w);
+        cel_lora_zero_grad(l[i]);
+        jobs[i] = (cel_model_job_t){.lora = l[i], .batch = b[i], .logprobs = lp_p[i]};
+    }
+    if (cel_model_run_jobs(m, jobs, (int)nb, 1, &err) != CEL_OK) die("run_jobs", &err);
+    for (size_t i = 0; i < nb; i++) {
+        if (jobs[i].rc != CEL_OK) die("packed job", &jobs[i].err);
+        size_t n = (size_t)b[i].B * b[i].T;
+        double sl = fabs(loss_a[i]) > 1 ? fabs(loss_a[i]) : 1;
+        double dl = fabs(jobs[i].loss - loss_a[i]) / sl;
+        d_loss = dl > d_loss ? dl : d_loss;
+        double dp = rel_diff(lp_a[i], lp_p[i], n);
+        d_lp = dp > d_lp ? dp : d_lp;
+        float *g_p = copy_block(l[i], l[i]->g);
+        double dg = rel_diff(g_a[i], g_p, l[i]->n);
+        d_g = dg > d_g ? dg : d_g;
+        /* a step from the packed grads (on the device) vs from the lone ones (host) */
+        if (cel_lora_step(l[i], opt, NULL, &err) != CEL_OK) die("step", &err);
+        float *w_p = copy_block(l[i], l[i]->w);
+        cel_device_lora_evict(l[i], 1, NULL);
+        memcpy(l[i]->w, w0[i], l[i]->n * sizeof(float));
+        memcpy(l[i]->g, g_a[i], l[i]->n * sizeof(float));
+        memset(l[i]->m, 0, l[i]->n * sizeof(float));
+        memset(l[i]->v, 0, l[i]->n * sizeof(float));
+        l[i]->step = 0;
+        if (cel_lora_step(l[i], opt, NULL, &err) != CEL_OK) die("step", &err);
+        double dw = rel_diff(l[i]->w, w_p, l[i]->n);
+        d_w = dw > d_w ? dw : d_w;
+        free(g_p);
+        free(w_p);
+        free(lp_a[i]);
+        free(lp_p[i]);
+        free(g_a[i]);
+        free(w0[i]);
+        cel_lora_free(l[i]);
+    }
+    int ok = d_loss <= tol && d_lp <= tol && d_g <= tol && d_w <= tol;
+    json_t *o = json_pack("{s:b, s:f, s:{s:f, s:f, s:f, s:f}}", "ok", ok, "tolerance", tol,
+                          "max_abs_diff", "loss", d_loss, "logprobs", d_lp, "grads", d_g,
+                          "weights", d_w);
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/batched.json", out);
+    json_dump_file(o, path, JSON_INDENT(1));
+    json_decref(o);
+    free(lp_a), free(lp_p), free(g_a), free(w0), free(loss_a), free(l), free(jobs);
+}
+
 static float getf(json_t *o, const char *k, float dflt) {
     json_t *v = json_object_get(o, k);
     return v ? (float)json_number_value(v) : dflt;
@@ -63,6 +162,10 @@ int main(int argc, char **argv) {
     cel_model_t *m;
     if (cel_model_load(json_string_value(json_object_get(spec, "model")), &m, &err) != CEL_OK)
         die("load model", &err);
+    const char *device = json_string_value(json_object_get(spec, "device"));
+    char chosen[256] = "cpu";
+    if (device && cel_model_set_device(m, device, chosen, sizeof(chosen), &err) != CEL_OK)
+        die("device", &err);
     cel_lora_t *lora = NULL;
     json_t *jl = json_object_get(spec, "lora");
     if (jl) {
@@ -211,6 +314,9 @@ int main(int argc, char **argv) {
         free(prompts);
         free(lens);
     }
+    if (json_is_true(json_object_get(spec, "compare_batched")) && lora)
+        compare_batched(m, b, nb, &opt, cel_model_on_gpu(m) ? 3e-2 : 1e-4, out);
+    json_object_set_new(res, "device", json_string(chosen));
     char path[4096];
     snprintf(path, sizeof(path), "%s/result.json", out);
     json_dump_file(res, path, JSON_INDENT(1));
