@@ -130,7 +130,7 @@ build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -lcmocka
 
 test: deps
-	@$(MAKE) --no-print-directory $(BINS) $(ASAN_BINS) $(UNIT_BINS)
+	@$(MAKE) --no-print-directory $(BINS) $(ASAN_BINS) $(UNIT_BINS) $(if $(CUDA_LIB),$(GPU_TESTS))
 	@scripts/run-tests
 
 unit: asan

@@ -9,12 +9,17 @@
  * long tasks poll; SIGINT is ignored (the terminal's ^C is for the main process,
  * which stops executors by closing their channel), SIGPIPE too (EPIPE ends us).
  * Task code lives in per-family tables (worker/diag.c, worker/tasks_model.c); this
- * file frames, parses the options, and loads the model (tasks_model) before "ready":
- * a model that cannot be loaded means exit 3, before any task is taken.
+ * file frames, parses the options, and loads the model (tasks_model) on --device
+ * before "ready" (which names the device): a model that cannot be loaded means
+ * exit 3, before any task is taken. With --batch-max-tasks K > 1 the main
+ * process writes up to K tasks ahead; packable model tasks that are waiting
+ * (or arrive within --batch-wait-ms) are prepared and run as packed passes,
+ * and every result still goes back in the order the tasks came.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +46,24 @@
 #define EXEC_PATH_MAX 4096
 
 static volatile sig_atomic_t soft_limit; /* set by SIGUSR1, cleared before each task */
+
+/* Packing (--batch-*): at most max_tasks waiting model tasks, wait_ms to fill. */
+static struct {
+    int max_tasks, wait_ms;
+    long max_tokens;
+} batching = {1, 0, 16384};
+
+/* A task taken into the current batch: its frame (owning args/kwargs), the
+ * call and what to run. */
+typedef struct held {
+    json_t *msg;
+    const char *id, *name;
+    cel_diag_call_t call;
+    cel_tasks_model_pending_t *pending; /* NULL: the call already has its result */
+} held_t;
+
+static held_t held[64];
+static int nheld;
 
 static void on_sigusr1(int sig) {
     (void)sig;
@@ -217,6 +240,45 @@ static int run_task(int fd, const char *id, const char *name, json_t *args, json
     return rc;
 }
 
+/* Runs the held tasks' packed passes and sends every result in order.
+ * Returns CEL_OK or a channel/memory error. */
+static int flush_batch(int fd) {
+    if (nheld == 0) return CEL_OK;
+    cel_tasks_model_pending_t *ps[64];
+    int np = 0;
+    for (int i = 0; i < nheld; i++)
+        if (held[i].pending) ps[np++] = held[i].pending;
+    double t0 = mono_now();
+    soft_limit = 0;
+    int rc = np ? cel_tasks_model_run(ps, np, batching.max_tokens) : CEL_OK;
+    double runtime = mono_now() - t0;
+    if (np > 1) cel_debug("Packed %d model tasks in %.6fs", np, runtime);
+    for (int i = 0; i < nheld; i++) {
+        held_t *h = &held[i];
+        if (rc == CEL_OK)
+            rc = send_result(fd, h->id, &h->call, h->pending ? runtime : 0.0);
+        cel_tasks_model_pending_free(h->pending);
+        cel_diag_call_close(&h->call);
+        json_decref(h->msg);
+    }
+    nheld = 0;
+    return rc;
+}
+
+/* Prepares a packable task and holds it for the next flush (taking msg). */
+static int hold_task(json_t *msg, const char *id, const char *name, json_t *args,
+                     json_t *kwargs) {
+    held_t *h = &held[nheld++];
+    memset(h, 0, sizeof(*h));
+    h->msg = msg;
+    h->id = id;
+    h->name = name;
+    h->call = (cel_diag_call_t){.name = name, .args = args, .kwargs = kwargs,
+                                .soft_limit = &soft_limit};
+    cel_debug("Task %s[%s] held for a packed pass", name, id);
+    return cel_tasks_model_prepare(&h->call, &h->pending);
+}
+
 /* Handles one frame. Returns -1 to keep going, else the exit status. */
 static int handle_frame(int fd, const uint8_t *payload, size_t len) {
     cel_err_t err;
@@ -235,6 +297,10 @@ static int handle_frame(int fd, const uint8_t *payload, size_t len) {
     if (!json_is_object(msg) || !id) {
         cel_error("Malformed frame: %s", !json_is_object(msg) ? "not a map" : "no id");
         status = EXEC_EXIT_PROTO;
+    } else if (!(op && strcmp(op, "run") == 0 && task && (!args || json_is_array(args)) &&
+                 (!kwargs || json_is_object(kwargs))) &&
+               (rc = flush_batch(fd)) != CEL_OK) {
+        /* a bad frame's answer must not overtake the held tasks' results */
     } else if (!op || strcmp(op, "run") != 0) {
         rc = send_bad_run(fd, id, task, op ? "unknown op" : "no op");
     } else if (!task) {
@@ -243,10 +309,15 @@ static int handle_frame(int fd, const uint8_t *payload, size_t len) {
         rc = send_bad_run(fd, id, task, "args is not an array");
     } else if (kwargs && !json_is_object(kwargs)) {
         rc = send_bad_run(fd, id, task, "kwargs is not a map");
+    } else if (batching.max_tasks > 1 && cel_tasks_model_batchable(task) && args && kwargs) {
+        rc = hold_task(msg, id, task, args, kwargs);
+        msg = NULL; /* held until the flush */
+        if (rc == CEL_OK && nheld >= batching.max_tasks) rc = flush_batch(fd);
     } else {
+        rc = flush_batch(fd); /* results stay in the order the tasks came */
         json_t *a = args ? json_incref(args) : json_array();
         json_t *k = kwargs ? json_incref(kwargs) : json_object();
-        rc = a && k ? run_task(fd, id, task, a, k) : CEL_ENOMEM;
+        if (rc == CEL_OK) rc = a && k ? run_task(fd, id, task, a, k) : CEL_ENOMEM;
         json_decref(a);
         json_decref(k);
     }
@@ -281,6 +352,16 @@ static int serve(int fd) {
             status = EXEC_EXIT_PROTO;
             break;
         }
+        if (nheld > 0) {
+            /* a partial batch: wait a little for more tasks, then run it */
+            struct pollfd pfd = {.fd = fd, .events = POLLIN};
+            int pr = poll(&pfd, 1, batching.wait_ms);
+            if (pr < 0 && errno == EINTR) continue;
+            if (pr <= 0) {
+                if (flush_batch(fd) != CEL_OK) status = EXEC_EXIT_IO;
+                continue;
+            }
+        }
         ssize_t n = read(fd, chunk, sizeof(chunk));
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) {
@@ -288,7 +369,7 @@ static int serve(int fd) {
             status = EXEC_EXIT_IO;
         } else if (n == 0) {
             cel_debug("Channel closed, exiting");
-            status = 0;
+            status = flush_batch(fd) == CEL_OK ? 0 : EXEC_EXIT_IO;
         } else if (cel_frame_reader_feed(reader, chunk, (size_t)n) != CEL_OK) {
             cel_error("Out of memory");
             status = EXEC_EXIT_IO;
@@ -312,7 +393,9 @@ static int usage(const char *why) {
     fprintf(stderr, "celeriac-executor: %s\n"
                     "usage: celeriac-executor --fd FD --index N [--loglevel LEVEL] [--model DIR]\n"
                     "         [--state-dir DIR] [--import-root DIR]... [--max-input-tokens N]\n"
-                    "         [--threads N]\n",
+                    "         [--threads N] [--device D] [--batch-max-tasks K]\n"
+                    "         [--batch-wait-ms MS] [--batch-max-tokens N]\n"
+                    "         [--gpu-adapter-memory MB]\n",
             why);
     return EXEC_EXIT_PROTO;
 }
@@ -362,6 +445,23 @@ int main(int argc, char **argv) {
         } else if (strcmp(opt, "--max-input-tokens") == 0) {
             if (parse_int(val, &mopts.max_input_tokens) < 0 || mopts.max_input_tokens < 2)
                 return usage("bad --max-input-tokens");
+        } else if (strcmp(opt, "--device") == 0) {
+            mopts.device = val;
+        } else if (strcmp(opt, "--batch-max-tasks") == 0) {
+            if (parse_int(val, &batching.max_tasks) < 0 || batching.max_tasks < 1 ||
+                batching.max_tasks > 64)
+                return usage("bad --batch-max-tasks");
+        } else if (strcmp(opt, "--batch-wait-ms") == 0) {
+            if (parse_int(val, &batching.wait_ms) < 0 || batching.wait_ms > 1000)
+                return usage("bad --batch-wait-ms");
+        } else if (strcmp(opt, "--batch-max-tokens") == 0) {
+            int v;
+            if (parse_int(val, &v) < 0 || v < 1) return usage("bad --batch-max-tokens");
+            batching.max_tokens = v;
+        } else if (strcmp(opt, "--gpu-adapter-memory") == 0) {
+            int v;
+            if (parse_int(val, &v) < 0) return usage("bad --gpu-adapter-memory");
+            mopts.gpu_adapter_mb = v;
         } else if (strcmp(opt, "--threads") == 0) {
             if (parse_int(val, &mopts.threads) < 0 || mopts.threads < 1 || mopts.threads > 1024)
                 return usage("bad --threads");
@@ -393,6 +493,8 @@ int main(int argc, char **argv) {
     }
     cel_err_t merr;
     cel_err_clear(&merr);
+    char device[256] = "cpu";
+    mopts.device_chosen = device;
     if (cel_tasks_model_open(&mopts, &merr) != CEL_OK) {
         cel_error("Cannot load the model from %s: %s", mopts.model_dir, merr.msg);
         return EXEC_EXIT_MODEL;
@@ -400,7 +502,8 @@ int main(int argc, char **argv) {
 
     cel_err_t err;
     cel_err_clear(&err);
-    json_t *ready = json_pack("{s:s, s:I}", "op", "ready", "pid", (json_int_t)getpid());
+    json_t *ready = json_pack("{s:s, s:I, s:s}", "op", "ready", "pid", (json_int_t)getpid(),
+                              "device", device);
     int rc = ready ? send_msg(fd, ready, &err) : CEL_ENOMEM;
     json_decref(ready);
     if (rc != CEL_OK) {

@@ -53,13 +53,28 @@ static const char usage_text[] =
     "                               bundled model, model/tiny)\n"
     "      --import-root DIR        lora.load may also read adapters from DIR (repeatable)\n"
     "      --max-input-tokens N     longest example a training or scoring task accepts\n"
+    "      --device D               where executors run the model: auto (a GPU when one\n"
+    "                               is visible, else the CPU; the default), cpu, cuda,\n"
+    "                               cuda:N. On a GPU one executor serves every task\n"
+    "                               (-c is 1) and packs waiting model tasks into passes\n"
+    "      --batch-max-tasks K      model tasks (lora.forward_backward, model.score) an\n"
+    "                               executor packs into one pass (default 16 on a GPU,\n"
+    "                               1 = off on the CPU)\n"
+    "      --batch-wait-ms MS       wait this long for a partial batch to fill (default 2)\n"
+    "      --batch-max-tokens N     padded tokens of one packed pass (default 16384)\n"
+    "      --gpu-adapter-memory MB  GPU memory adapters may hold; past it the least\n"
+    "                               recently used go back to host memory (default 0 =\n"
+    "                               no limit)\n"
     "  -h, --help                   show this help\n"
     "      --version                show the version\n";
+
+static int settle_device(cel_options_t *cfg, int concurrency_set);
 
 enum {
     OPT_BACKEND = 1000, OPT_PREFETCH, OPT_PIDFILE, OPT_TIME_LIMIT, OPT_SOFT_TIME_LIMIT,
     OPT_MAX_TASKS, OPT_STATE_DIR, OPT_RESULT_EXPIRES, OPT_VISIBILITY, OPT_MAX_MSG,
     OPT_EXECUTOR, OPT_VERSION, OPT_MODEL, OPT_IMPORT_ROOT, OPT_MAX_INPUT, OPT_NO_HEARTBEAT,
+    OPT_DEVICE, OPT_BATCH_TASKS, OPT_BATCH_WAIT, OPT_BATCH_TOKENS, OPT_GPU_MEM,
 };
 
 static int hexval(char c) {
@@ -284,6 +299,7 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     if ((env = getenv("CELERY_RESULT_BACKEND")) && *env)
         snprintf(cfg->backend_url, sizeof(cfg->backend_url), "%s", env);
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg->batch_wait_ms = -1; /* settle_device's default */
     cfg->concurrency = ncpu > 0 ? (int)(ncpu > CEL_MAX_CONCURRENCY ? CEL_MAX_CONCURRENCY : ncpu) : 1;
     cfg->prefetch_multiplier = 4;
     cfg->loglevel = CEL_LOG_WARNING;
@@ -315,6 +331,11 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         {"model", required_argument, 0, OPT_MODEL},
         {"import-root", required_argument, 0, OPT_IMPORT_ROOT},
         {"max-input-tokens", required_argument, 0, OPT_MAX_INPUT},
+        {"device", required_argument, 0, OPT_DEVICE},
+        {"batch-max-tasks", required_argument, 0, OPT_BATCH_TASKS},
+        {"batch-wait-ms", required_argument, 0, OPT_BATCH_WAIT},
+        {"batch-max-tokens", required_argument, 0, OPT_BATCH_TOKENS},
+        {"gpu-adapter-memory", required_argument, 0, OPT_GPU_MEM},
         {"task-events", no_argument, 0, 'E'},
         {"without-heartbeat", no_argument, 0, OPT_NO_HEARTBEAT},
         {"help", no_argument, 0, 'h'},
@@ -323,7 +344,7 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     };
     optind = 0; /* 0, not 1: glibc then forgets the state of any earlier parse */
     opterr = 0;
-    int c, rc = CEL_OK;
+    int c, rc = CEL_OK, concurrency_set = 0;
     long v = 0;
     while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:f:hE", opts, NULL)) != -1) {
         switch (c) {
@@ -335,6 +356,7 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         case 'c':
             rc = parse_long(optarg, 1, CEL_MAX_CONCURRENCY, &v, "--concurrency", err);
             cfg->concurrency = (int)v;
+            concurrency_set = 1;
             break;
         case 'n': hostname_pat = optarg; break;
         case OPT_PREFETCH:
@@ -381,6 +403,28 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
             rc = parse_long(optarg, 1, 1L << 20, &v, "--max-input-tokens", err);
             cfg->max_input_tokens = v;
             break;
+        case OPT_DEVICE:
+            rc = copy_str(cfg->device, sizeof(cfg->device), optarg, "--device", err);
+            if (rc == CEL_OK && strcmp(optarg, "auto") && strcmp(optarg, "cpu") &&
+                strcmp(optarg, "cuda") && strncmp(optarg, "cuda:", 5))
+                rc = cel_err_set(err, CEL_EINVAL, "--device: expected auto, cpu, cuda or cuda:N");
+            break;
+        case OPT_BATCH_TASKS:
+            rc = parse_long(optarg, 1, CEL_MAX_BATCH_TASKS, &v, "--batch-max-tasks", err);
+            cfg->batch_max_tasks = (int)v;
+            break;
+        case OPT_BATCH_WAIT:
+            rc = parse_long(optarg, 0, 1000, &v, "--batch-wait-ms", err);
+            cfg->batch_wait_ms = (int)v;
+            break;
+        case OPT_BATCH_TOKENS:
+            rc = parse_long(optarg, 1, 1L << 22, &v, "--batch-max-tokens", err);
+            cfg->batch_max_tokens = v;
+            break;
+        case OPT_GPU_MEM:
+            rc = parse_long(optarg, 0, 1L << 30, &v, "--gpu-adapter-memory", err);
+            cfg->gpu_adapter_mb = v;
+            break;
         case 'E': cfg->task_events = 1; break;
         case OPT_NO_HEARTBEAT: cfg->without_heartbeat = 1; break;
         case 'h': fputs(usage_text, stdout); return 1;
@@ -398,9 +442,31 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     if ((rc = set_queues(cfg, queues, err)) != CEL_OK) return rc;
     if ((rc = cel_options_expand_hostname(hostname_pat, cfg->hostname, sizeof(cfg->hostname), err)))
         return rc;
+    if ((rc = settle_device(cfg, concurrency_set)) != CEL_OK) return rc;
     if (cfg->soft_time_limit && cfg->time_limit && cfg->soft_time_limit > cfg->time_limit)
         cel_warn("--soft-time-limit %.3g is above --time-limit %.3g", cfg->soft_time_limit,
                  cfg->time_limit);
+    return CEL_OK;
+}
+
+/* Decides what --device means for the pool: the main process never loads
+ * CUDA, so for auto it only looks for the driver's device files. A GPU gets
+ * one executor (the model once per GPU) that packs model tasks. */
+static int settle_device(cel_options_t *cfg, int concurrency_set) {
+    if (!cfg->device[0]) snprintf(cfg->device, sizeof(cfg->device), "auto");
+    const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+    int files = (!vis || (vis[0] && strcmp(vis, "-1") != 0)) &&
+                (access("/dev/nvidiactl", F_OK) == 0 || access("/dev/nvidia0", F_OK) == 0);
+    cfg->gpu = strncmp(cfg->device, "cuda", 4) == 0 || (!strcmp(cfg->device, "auto") && files);
+    if (cfg->gpu) {
+        if (concurrency_set && cfg->concurrency != 1)
+            cel_warn("--device %s: one executor per GPU; -c %d becomes 1", cfg->device,
+                     cfg->concurrency);
+        cfg->concurrency = 1;
+    }
+    if (!cfg->batch_max_tasks) cfg->batch_max_tasks = cfg->gpu ? 16 : 1;
+    if (cfg->batch_wait_ms < 0) cfg->batch_wait_ms = 2;
+    if (!cfg->batch_max_tokens) cfg->batch_max_tokens = 16384;
     return CEL_OK;
 }
 

@@ -10,6 +10,7 @@
 
 #define CEL_MAX_QUEUES 64
 #define CEL_MAX_CONCURRENCY 256
+#define CEL_MAX_BATCH_TASKS 64 /* --batch-max-tasks */
 
 /* A parsed redis://[user:password@]host[:port][/db] URL. */
 typedef struct cel_redis_url {
@@ -45,6 +46,12 @@ typedef struct cel_options {
     char *import_roots[16];   /* extra roots lora.load may read from */
     int nimport_roots;
     long max_input_tokens;    /* per example; 0 = the executor's default */
+    char device[32];          /* --device: auto, cpu, cuda, cuda:N (executors choose) */
+    int gpu;                  /* the device names or (auto) may find a GPU: one executor */
+    int batch_max_tasks;      /* tasks written to one executor to pack into one pass */
+    int batch_wait_ms;        /* how long an executor waits to fill a partial batch */
+    long batch_max_tokens;    /* padded tokens of one packed pass */
+    long gpu_adapter_mb;      /* GPU memory for adapters before LRU eviction; 0 = no limit */
     int task_events;          /* -E: send task-* events from the start */
     int without_heartbeat;    /* no worker-* events */
 } cel_options_t;

@@ -22,7 +22,8 @@
  * tasks written ahead, so it never waits a round trip for the next one. Tasks
  * still run one at a time; those queued behind a task that dies were never
  * started and go back to the consumer. */
-#define PIPE_MAX 4
+#define PIPE_FAST 4
+#define PIPE_MAX CEL_MAX_BATCH_TASKS /* batching executors take up to --batch-max-tasks */
 #define PIPE_FAST_S 0.002 /* mean runtime under which an executor is pipelined */
 
 enum { EX_STARTING, EX_IDLE, EX_BUSY, EX_DYING };
@@ -154,6 +155,9 @@ static void handle_frame(executor_t *e, const uint8_t *payload, size_t len) {
     const char *op = json_string_value(json_object_get(obj, "op"));
     if (!op) op = "";
     if (strcmp(op, "ready") == 0) {
+        const char *dev = json_string_value(json_object_get(obj, "device"));
+        if (dev && !e->was_ready) cel_info("executor %d (pid %d): model on %s", e->slot + 1,
+                                           e->pid, dev);
         e->was_ready = 1;
         if (e->state == EX_STARTING) {
             e->state = EX_IDLE;
@@ -273,11 +277,15 @@ static void spawn(cel_pool_t *p, int slot) {
     e->handles_open = 3;
 
     /* argv: the executor program and the options it shares with us. */
-    char index[16], maxin[32];
+    char index[16], maxin[32], btasks[16], bwait[16], btokens[32], gpumem[32];
+    snprintf(gpumem, sizeof(gpumem), "%ld", p->cfg->gpu_adapter_mb);
+    snprintf(btasks, sizeof(btasks), "%d", p->cfg->batch_max_tasks);
+    snprintf(bwait, sizeof(bwait), "%d", p->cfg->batch_wait_ms);
+    snprintf(btokens, sizeof(btokens), "%ld", p->cfg->batch_max_tokens);
     snprintf(index, sizeof(index), "%d", slot + 1);
     snprintf(maxin, sizeof(maxin), "%ld", p->cfg->max_input_tokens);
     const cel_options_t *cfg = p->cfg;
-    char *args[16 + 2 * 16];
+    char *args[32 + 2 * 16];
     int na = 0;
     args[na++] = (char *)cfg->executor;
     args[na++] = "--fd", args[na++] = "3";
@@ -288,6 +296,11 @@ static void spawn(cel_pool_t *p, int slot) {
     for (int i = 0; i < cfg->nimport_roots; i++)
         args[na++] = "--import-root", args[na++] = cfg->import_roots[i];
     if (cfg->max_input_tokens) args[na++] = "--max-input-tokens", args[na++] = maxin;
+    if (cfg->device[0]) args[na++] = "--device", args[na++] = (char *)cfg->device;
+    args[na++] = "--batch-max-tasks", args[na++] = btasks;
+    args[na++] = "--batch-wait-ms", args[na++] = bwait;
+    args[na++] = "--batch-max-tokens", args[na++] = btokens;
+    if (cfg->gpu_adapter_mb) args[na++] = "--gpu-adapter-memory", args[na++] = gpumem;
     args[na] = NULL;
     uv_stdio_container_t stdio[4];
     stdio[0].flags = UV_IGNORE;
@@ -352,7 +365,8 @@ cel_pool_t *cel_pool_new(uv_loop_t *loop, const cel_options_t *cfg, const cel_po
 static int room(const cel_pool_t *p, const executor_t *e) {
     if (!e || (e->state != EX_IDLE && e->state != EX_BUSY)) return 0;
     if (e->slot >= p->n || e->restart) return 0;
-    int depth = e->tasks_done >= 8 && e->mean_runtime < PIPE_FAST_S ? PIPE_MAX : 1;
+    int depth = e->tasks_done >= 8 && e->mean_runtime < PIPE_FAST_S ? PIPE_FAST : 1;
+    if (p->cfg->batch_max_tasks > depth) depth = p->cfg->batch_max_tasks;
     if (p->cfg->max_tasks_per_child) {
         int left = p->cfg->max_tasks_per_child - e->tasks_done - e->njobs;
         if (left < depth) depth = left;
@@ -430,8 +444,10 @@ int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len,
 }
 
 int cel_pool_slot_idle(const cel_pool_t *p, int slot) {
-    return !p->closing && slot >= 0 && slot < p->n && p->slots[slot] &&
-           p->slots[slot]->state == EX_IDLE && room(p, p->slots[slot]) > 0;
+    if (p->closing || slot < 0 || slot >= p->n || !p->slots[slot]) return 0;
+    /* a packing executor takes adapter jobs while it holds others: it runs them together */
+    if (p->cfg->batch_max_tasks > 1) return room(p, p->slots[slot]) > 0;
+    return p->slots[slot]->state == EX_IDLE && room(p, p->slots[slot]) > 0;
 }
 
 int cel_pool_slots(const cel_pool_t *p) { return p->n; }

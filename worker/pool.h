@@ -58,7 +58,8 @@ int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len,
 /* Number of executor slots (the concurrency). */
 int cel_pool_slots(const cel_pool_t *p);
 
-/* 1 when the executor in slot is ready and running nothing. */
+/* 1 when the executor in slot is ready and running nothing, or, when it packs
+ * tasks (--batch-max-tasks > 1), when it has room for one more. */
 int cel_pool_slot_idle(const cel_pool_t *p, int slot);
 
 /* Like cel_pool_run, on the executor of one slot, which must be idle (jobs

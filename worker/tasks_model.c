@@ -80,6 +80,12 @@ int cel_tasks_model_open(const cel_tasks_model_opts_t *o, cel_err_t *err) {
     snprintf(path, sizeof(path), "%s/tokenizer.json", g.model_dir);
     int rc = cel_tokenizer_load(path, &g.tok, err);
     if (rc == CEL_OK) rc = cel_model_load(g.model_dir, &g.model, err);
+    char chosen[256] = "";
+    if (rc == CEL_OK)
+        rc = cel_model_set_device(g.model, o->device ? o->device : "auto", chosen,
+                                  sizeof(chosen), err);
+    if (rc == CEL_OK && o->device_chosen) snprintf(o->device_chosen, 256, "%s", chosen);
+    if (rc == CEL_OK) cel_model_set_gpu_budget(g.model, (size_t)o->gpu_adapter_mb << 20);
     if (rc == CEL_OK && cel_tokenizer_vocab_size(g.tok) > (size_t)cel_model_vocab_size(g.model))
         rc = cel_err_set(err, CEL_EINVAL, "%s: tokenizer has %zu ids, the model only %d",
                          g.model_dir, cel_tokenizer_vocab_size(g.tok),
@@ -353,43 +359,69 @@ static uint64_t random_seed(void) {
 
 /* ---- model.score ---- */
 
-static int t_score(cel_diag_call_t *call) {
+/* A model task prepared for a packed pass (see tasks_model.h): forward_backward
+ * keeps its checked examples and packs them a chunk at a time; score is one
+ * forward job. rc is CEL_OK while it runs, else the call already has its
+ * result (an exception, or CEL_ENOMEM). */
+enum { PK_SCORE, PK_FB };
+struct cel_tasks_model_pending {
+    cel_diag_call_t *call;
+    int kind, rc, done;
+    /* score */
+    int32_t *ids;
+    size_t nids;
+    float *lp;
+    cel_lora_t *lora;
+    /* forward_backward */
+    cel_adapter_t *a;
+    struct example *ex;
+    size_t n, next;
+    double wsum, loss_sum;
+    long trained;
+    int32_t *tok, *tgt, *lens; /* this round's chunk */
+    float *w;
+    size_t chunk_end;
+};
+
+static int prepare_score(cel_diag_call_t *call, cel_tasks_model_pending_t *p) {
     static const char *const params[] = {"text", "adapter_id"};
     json_t *v[2];
-    BIND(call, "score", params, 1, 2, v);
-    int rc = not_ready(call);
+    int rc = bind(call, "score", params, 1, 2, v); /* CEL_ETYPE: the TypeError is the result */
+    if (rc == CEL_OK) rc = not_ready(call);
     if (rc == CEL_OK) rc = want_str(call, v[0], "text");
-    cel_lora_t *lora = NULL;
-    if (rc == CEL_OK) rc = get_lora(call, v[1], &lora);
-    int32_t *ids = NULL;
-    size_t n = 0;
-    if (rc == CEL_OK) rc = encode(call, v[0], 1, "text", &ids, &n);
-    if (rc == CEL_OK && n < 2)
+    if (rc == CEL_OK) rc = get_lora(call, v[1], &p->lora);
+    if (rc == CEL_OK) rc = encode(call, v[0], 1, "text", &p->ids, &p->nids);
+    if (rc == CEL_OK && p->nids < 2)
         rc = fail(call, "ValueError", "text has no token to score (it is empty)");
-    if (rc == CEL_OK && n > (size_t)g.max_input)
+    if (rc == CEL_OK && p->nids > (size_t)g.max_input)
         rc = fail(call, "ValueError", "text is %zu tokens; the limit is %d (--max-input-tokens)",
-                  n, g.max_input);
-    float *lp = rc == CEL_OK ? malloc((n - 1) * sizeof(float)) : NULL;
-    if (rc == CEL_OK && !lp) rc = CEL_ENOMEM;
-    cel_score_t sc;
-    cel_err_t err;
-    if (rc == CEL_OK && (rc = cel_model_score(g.model, lora, ids, (int)n, lp, &sc, &err)))
-        rc = model_error(call, rc, &err);
-    if (rc == CEL_OK) {
-        json_t *tl = json_array();
-        for (int i = 0; tl && i < sc.n; i++)
-            if (json_array_append_new(tl, json_real(lp[i]))) {
-                json_decref(tl);
-                tl = NULL;
-            }
-        rc = succeed(call, tl ? json_pack("{s:i, s:f, s:f, s:f, s:o}", "tokens", sc.n,
-                                          "logprob", sc.logprob, "mean_logprob", sc.mean_logprob,
-                                          "perplexity", sc.perplexity, "token_logprobs", tl)
-                              : NULL);
-    }
-    free(lp);
-    free(ids);
-    return finish(rc);
+                  p->nids, g.max_input);
+    p->lp = rc == CEL_OK ? malloc((p->nids - 1) * sizeof(float)) : NULL;
+    if (rc == CEL_OK && !p->lp) rc = CEL_ENOMEM;
+    return rc;
+}
+
+/* The score task's result from its log-probs. */
+static int finish_score(cel_tasks_model_pending_t *p, double loss) {
+    int n = (int)p->nids - 1;
+    json_t *tl = json_array();
+    for (int i = 0; tl && i < n; i++)
+        if (json_array_append_new(tl, json_real(p->lp[i]))) {
+            json_decref(tl);
+            tl = NULL;
+        }
+    return succeed(p->call, tl ? json_pack("{s:i, s:f, s:f, s:f, s:o}", "tokens", n, "logprob",
+                                           -loss, "mean_logprob", -loss / n, "perplexity",
+                                           exp(loss / n), "token_logprobs", tl)
+                               : NULL);
+}
+
+static int t_score(cel_diag_call_t *call) {
+    cel_tasks_model_pending_t *p = NULL;
+    int rc = cel_tasks_model_prepare(call, &p);
+    if (rc == CEL_OK && p) rc = cel_tasks_model_run(&p, 1, MT_BATCH_TOKENS);
+    cel_tasks_model_pending_free(p);
+    return rc;
 }
 
 /* ---- lora.create ---- */
@@ -715,81 +747,48 @@ static int build_example(cel_diag_call_t *call, size_t idx, json_t *d, example_t
 
 /* Runs forward+backward over examples in batches of similar cost. OUT: sums of
  * weighted loss and of weights. On failure the adapter's gradients are dropped. */
-static int train_examples(cel_diag_call_t *call, cel_adapter_t *a, example_t *ex, size_t n,
-                          double *loss_sum) {
-    cel_lora_t *lora = cel_adapters_lora(a);
-    int32_t *tok = malloc(MT_BATCH_TOKENS * sizeof(int32_t));
-    int32_t *tgt = malloc(MT_BATCH_TOKENS * sizeof(int32_t));
-    float *w = malloc(MT_BATCH_TOKENS * sizeof(float));
-    int32_t *lens = malloc(MT_MAX_BATCH * sizeof(int32_t));
-    int rc = tok && tgt && w && lens ? CEL_OK : CEL_ENOMEM;
-    *loss_sum = 0;
-    size_t i = 0;
-    while (rc == CEL_OK && i < n) {
-        if (soft_limit_hit(call)) {
-            rc = raise_soft_limit(call);
-            break;
-        }
-        /* take examples while the padded batch fits; an example alone always fits
-         * (max_input <= MAX_SEQ; a longer one than MT_BATCH_TOKENS runs alone) */
-        size_t j = i;
-        int T = 0;
-        while (j < n && j - i < MT_MAX_BATCH) {
-            int nt = ex[j].len > T ? ex[j].len : T;
-            if (j > i && (size_t)nt * (j - i + 1) > MT_BATCH_TOKENS) break;
-            T = nt;
-            j++;
-        }
-        int B = (int)(j - i);
-        int32_t *bt = tok, *bg = tgt;
-        float *bw = w;
-        if ((size_t)B * T > MT_BATCH_TOKENS) { /* one long example: use its arrays */
-            bt = ex[i].in, bg = ex[i].tgt, bw = ex[i].w;
-        } else {
-            for (int b = 0; b < B; b++) {
-                const example_t *e = &ex[i + (size_t)b];
-                memcpy(bt + (size_t)b * T, e->in, (size_t)e->len * sizeof(int32_t));
-                memcpy(bg + (size_t)b * T, e->tgt, (size_t)e->len * sizeof(int32_t));
-                memcpy(bw + (size_t)b * T, e->w, (size_t)e->len * sizeof(float));
-                for (int t = e->len; t < T; t++) {
-                    bt[(size_t)b * T + t] = 0;
-                    bg[(size_t)b * T + t] = 0;
-                    bw[(size_t)b * T + t] = 0;
-                }
+/* Builds p's next chunk of examples into its batch arrays (examples while the
+ * padded chunk fits MT_BATCH_TOKENS and MT_MAX_BATCH; an example longer than
+ * that runs alone from its own arrays). OUT: *batch. */
+static void next_chunk(cel_tasks_model_pending_t *p, cel_batch_t *batch) {
+    example_t *ex = p->ex;
+    size_t i = p->next, j = i;
+    int T = 0;
+    while (j < p->n && j - i < MT_MAX_BATCH) {
+        int nt = ex[j].len > T ? ex[j].len : T;
+        if (j > i && (size_t)nt * (j - i + 1) > MT_BATCH_TOKENS) break;
+        T = nt;
+        j++;
+    }
+    int B = (int)(j - i);
+    int32_t *bt = p->tok, *bg = p->tgt;
+    float *bw = p->w;
+    if ((size_t)B * T > MT_BATCH_TOKENS) {
+        bt = ex[i].in, bg = ex[i].tgt, bw = ex[i].w;
+    } else {
+        for (int b = 0; b < B; b++) {
+            const example_t *e = &ex[i + (size_t)b];
+            memcpy(bt + (size_t)b * T, e->in, (size_t)e->len * sizeof(int32_t));
+            memcpy(bg + (size_t)b * T, e->tgt, (size_t)e->len * sizeof(int32_t));
+            memcpy(bw + (size_t)b * T, e->w, (size_t)e->len * sizeof(float));
+            for (int t = e->len; t < T; t++) {
+                bt[(size_t)b * T + t] = 0;
+                bg[(size_t)b * T + t] = 0;
+                bw[(size_t)b * T + t] = 0;
             }
         }
-        for (int b = 0; b < B; b++) lens[b] = ex[i + (size_t)b].len;
-        cel_batch_t batch = {.B = B, .T = T, .tokens = bt, .targets = bg, .weights = bw,
-                             .lens = lens};
-        double loss = 0;
-        cel_err_t err;
-        rc = cel_model_forward_backward(g.model, lora, &batch, NULL, &loss, &err);
-        if (rc != CEL_OK) {
-            rc = model_error(call, rc, &err);
-            break;
-        }
-        cel_adapters_set_grads(a, 1);
-        *loss_sum += loss;
-        i = j;
-        progress((long)i, (long)n);
     }
-    if (rc != CEL_OK) {
-        /* half-accumulated gradients would make the next step wrong: drop them all */
-        cel_lora_zero_grad(lora);
-        cel_adapters_set_grads(a, 0);
-    }
-    free(tok);
-    free(tgt);
-    free(w);
-    free(lens);
-    return rc;
+    for (int b = 0; b < B; b++) p->lens[b] = ex[i + (size_t)b].len;
+    *batch = (cel_batch_t){.B = B, .T = T, .tokens = bt, .targets = bg, .weights = bw,
+                           .lens = p->lens};
+    p->chunk_end = j;
 }
 
-static int t_forward_backward(cel_diag_call_t *call) {
+static int prepare_fb(cel_diag_call_t *call, cel_tasks_model_pending_t *p) {
     static const char *const params[] = {"adapter_id", "data", "loss_fn"};
     json_t *v[3];
-    BIND(call, "forward_backward", params, 2, 3, v);
-    int rc = not_ready(call);
+    int rc = bind(call, "forward_backward", params, 2, 3, v);
+    if (rc == CEL_OK) rc = not_ready(call);
     if (rc == CEL_OK && v[2]) {
         rc = want_str(call, v[2], "loss_fn");
         if (rc == CEL_OK && strcmp(json_string_value(v[2]), "cross_entropy") != 0)
@@ -803,36 +802,169 @@ static int t_forward_backward(cel_diag_call_t *call) {
     if (rc == CEL_OK && (n == 0 || n > MT_MAX_EXAMPLES))
         rc = fail(call, "ValueError", "data must hold 1 to %d examples, not %zu",
                   MT_MAX_EXAMPLES, n);
-    cel_adapter_t *a = NULL;
-    if (rc == CEL_OK) rc = get_adapter(call, v[0], &a);
-    example_t *ex = rc == CEL_OK ? calloc(n, sizeof(*ex)) : NULL;
-    if (rc == CEL_OK && !ex) rc = CEL_ENOMEM;
+    if (rc == CEL_OK) rc = get_adapter(call, v[0], &p->a);
+    p->ex = rc == CEL_OK ? calloc(n, sizeof(*p->ex)) : NULL;
+    if (rc == CEL_OK && !p->ex) rc = CEL_ENOMEM;
+    p->n = p->ex ? n : 0;
     /* everything is checked before the first pass, so a bad example changes nothing */
     size_t total = 0;
-    double wsum = 0;
-    long trained = 0;
     for (size_t i = 0; rc == CEL_OK && i < n; i++) {
-        rc = build_example(call, i, json_array_get(v[1], i), &ex[i]);
+        rc = build_example(call, i, json_array_get(v[1], i), &p->ex[i]);
         if (rc != CEL_OK) break;
-        total += (size_t)ex[i].len;
-        for (int t = 0; t < ex[i].len; t++) {
-            wsum += ex[i].w[t];
-            trained += ex[i].w[t] > 0;
+        total += (size_t)p->ex[i].len;
+        for (int t = 0; t < p->ex[i].len; t++) {
+            p->wsum += p->ex[i].w[t];
+            p->trained += p->ex[i].w[t] > 0;
         }
         if (total > MT_MAX_TOTAL_TOKENS)
             rc = fail(call, "ValueError", "data is more than %d tokens in all; split it over "
                       "several forward_backward calls", MT_MAX_TOTAL_TOKENS);
     }
-    if (rc == CEL_OK && !(wsum > 0))
+    if (rc == CEL_OK && !(p->wsum > 0))
         rc = fail(call, "ValueError", "no token of data has a positive loss weight (a chat "
                   "needs an assistant message)");
-    double loss_sum = 0;
-    if (rc == CEL_OK) rc = train_examples(call, a, ex, n, &loss_sum);
-    if (rc == CEL_OK)
-        rc = succeed(call, json_pack("{s:f, s:I, s:I}", "loss", loss_sum / wsum, "tokens",
-                                     (json_int_t)trained, "examples", (json_int_t)n));
-    examples_free(ex, n);
-    return finish(rc);
+    if (rc == CEL_OK) {
+        p->tok = malloc(MT_BATCH_TOKENS * sizeof(int32_t));
+        p->tgt = malloc(MT_BATCH_TOKENS * sizeof(int32_t));
+        p->w = malloc(MT_BATCH_TOKENS * sizeof(float));
+        p->lens = malloc(MT_MAX_BATCH * sizeof(int32_t));
+        if (!p->tok || !p->tgt || !p->w || !p->lens) rc = CEL_ENOMEM;
+    }
+    return rc;
+}
+
+/* A forward_backward task failed after some passes: half-accumulated
+ * gradients would make the next step wrong, so they all go. */
+static void fb_abort(cel_tasks_model_pending_t *p) {
+    cel_lora_zero_grad(cel_adapters_lora(p->a));
+    cel_adapters_set_grads(p->a, 0);
+}
+
+static int t_forward_backward(cel_diag_call_t *call) {
+    cel_tasks_model_pending_t *p = NULL;
+    int rc = cel_tasks_model_prepare(call, &p);
+    if (rc == CEL_OK && p) rc = cel_tasks_model_run(&p, 1, MT_BATCH_TOKENS);
+    cel_tasks_model_pending_free(p);
+    return rc;
+}
+
+int cel_tasks_model_batchable(const char *name) {
+    return strcmp(name, "lora.forward_backward") == 0 || strcmp(name, "model.score") == 0;
+}
+
+int cel_tasks_model_prepare(cel_diag_call_t *call, cel_tasks_model_pending_t **out) {
+    *out = NULL;
+    cel_tasks_model_pending_t *p = calloc(1, sizeof(*p));
+    if (!p) return CEL_ENOMEM;
+    p->call = call;
+    p->kind = strcmp(call->name, "model.score") == 0 ? PK_SCORE : PK_FB;
+    int rc = p->kind == PK_SCORE ? prepare_score(call, p) : prepare_fb(call, p);
+    if (rc != CEL_OK) {
+        cel_tasks_model_pending_free(p);
+        return finish(rc);
+    }
+    *out = p;
+    return CEL_OK;
+}
+
+/* Adds p's next job to the pass being built if the padded pass stays within
+ * max_tokens (the first job always fits). *B, *T: the pass so far. */
+static int add_job(cel_tasks_model_pending_t *p, cel_model_job_t *job, int *B, int *T,
+                   long max_tokens) {
+    cel_batch_t b;
+    if (p->kind == PK_SCORE) {
+        b = (cel_batch_t){.B = 1, .T = (int)p->nids - 1, .tokens = p->ids,
+                          .targets = p->ids + 1};
+    } else {
+        next_chunk(p, &b);
+    }
+    int nb = *B + b.B, nt = b.T > *T ? b.T : *T;
+    if (*B > 0 && (long)nb * nt > max_tokens) return 0;
+    *B = nb, *T = nt;
+    *job = (cel_model_job_t){.lora = p->kind == PK_SCORE ? p->lora : cel_adapters_lora(p->a),
+                             .batch = b, .logprobs = p->kind == PK_SCORE ? p->lp : NULL};
+    return 1;
+}
+
+/* One packed pass over the jobs of kind `kind` that fit; returns how many ran. */
+static int run_round(cel_tasks_model_pending_t **ps, int n, int kind, long max_tokens,
+                     cel_model_job_t *jobs, int *who) {
+    int k = 0, B = 0, T = 0;
+    for (int i = 0; i < n; i++) {
+        cel_tasks_model_pending_t *p = ps[i];
+        if (p->kind != kind || p->rc != CEL_OK || p->done) continue;
+        if (soft_limit_hit(p->call)) {
+            p->rc = raise_soft_limit(p->call);
+            if (p->kind == PK_FB) fb_abort(p);
+            continue;
+        }
+        if (!add_job(p, &jobs[k], &B, &T, max_tokens)) continue;
+        who[k++] = i;
+    }
+    if (k == 0) return 0;
+    cel_err_t err;
+    cel_err_clear(&err);
+    int rc = cel_model_run_jobs(g.model, jobs, k, kind == PK_FB, &err);
+    (void)rc; /* a failed pass gives every job its error */
+    for (int j = 0; j < k; j++) {
+        cel_tasks_model_pending_t *p = ps[who[j]];
+        if (jobs[j].rc != CEL_OK) {
+            p->rc = model_error(p->call, jobs[j].rc, &jobs[j].err);
+            if (p->kind == PK_FB) fb_abort(p);
+            continue;
+        }
+        if (p->kind == PK_SCORE) {
+            p->done = 1;
+            p->rc = finish_score(p, jobs[j].loss);
+            continue;
+        }
+        cel_adapters_set_grads(p->a, 1);
+        p->loss_sum += jobs[j].loss;
+        p->next = p->chunk_end;
+        if (n == 1) progress((long)p->next, (long)p->n);
+        if (p->next == p->n) {
+            p->done = 1;
+            p->rc = succeed(p->call, json_pack("{s:f, s:I, s:I}", "loss", p->loss_sum / p->wsum,
+                                               "tokens", (json_int_t)p->trained, "examples",
+                                               (json_int_t)p->n));
+        }
+    }
+    return k;
+}
+
+int cel_tasks_model_run(cel_tasks_model_pending_t **ps, int n, long max_tokens) {
+    cel_model_job_t *jobs = calloc(n, sizeof(*jobs));
+    int *who = calloc(n, sizeof(int));
+    if (!jobs || !who) {
+        free(jobs);
+        free(who);
+        return CEL_ENOMEM;
+    }
+    /* rounds until every task is done or failed: training chunks pack with
+     * training chunks, scores with scores */
+    while (run_round(ps, n, PK_FB, max_tokens, jobs, who) +
+           run_round(ps, n, PK_SCORE, max_tokens, jobs, who) > 0)
+        ;
+    free(jobs);
+    free(who);
+    int rc = CEL_OK;
+    for (int i = 0; i < n; i++) {
+        int r = finish(ps[i]->rc);
+        if (r != CEL_OK) rc = r; /* out of memory */
+    }
+    return rc;
+}
+
+void cel_tasks_model_pending_free(cel_tasks_model_pending_t *p) {
+    if (!p) return;
+    free(p->ids);
+    free(p->lp);
+    examples_free(p->ex, p->n);
+    free(p->tok);
+    free(p->tgt);
+    free(p->w);
+    free(p->lens);
+    free(p);
 }
 
 /* ---- lora.optim_step ---- */

@@ -23,6 +23,9 @@ typedef struct cel_tasks_model_opts {
     int n_import_roots;
     int max_input_tokens;             /* tokens of one text/example/prompt; 0: default */
     int threads;                      /* OpenBLAS threads; <= 0 keeps OpenBLAS's */
+    const char *device;               /* cel_model_set_device spec; NULL = auto */
+    long gpu_adapter_mb;              /* cel_model_set_gpu_budget in MiB; 0 = no limit */
+    char *device_chosen;              /* OUT (may be NULL): what was chosen, 256 bytes */
     /* Called now and then by long tasks with how far they are; the callee rate-limits
      * and sends a progress frame. May be NULL. Returns CEL_OK or a channel error
      * (ignored: progress is best effort). */
@@ -40,6 +43,27 @@ void cel_tasks_model_close(void);
 /* The family's entry for name, or NULL. Works before open (for the start-up name
  * check); a task run before a successful open fails with RuntimeError. */
 const cel_diag_task_t *cel_tasks_model_find(const char *name);
+
+/* ---- packing model tasks (a batching executor) ----
+ * lora.forward_backward and model.score can be prepared (arguments checked,
+ * examples built) and then run together: their passes are packed so the base
+ * model runs once over every task's rows, each with its own adapter
+ * (cel_model_run_jobs). Each task gets the result it gets alone. */
+typedef struct cel_tasks_model_pending cel_tasks_model_pending_t;
+
+/* 1 when the task `name` can be packed. */
+int cel_tasks_model_batchable(const char *name);
+
+/* Checks call's arguments (call and its args stay alive until the pending is
+ * freed). OUT: *out to run, or NULL when the call already has its result (a
+ * raised exception). Returns CEL_OK or CEL_ENOMEM. */
+int cel_tasks_model_prepare(cel_diag_call_t *call, cel_tasks_model_pending_t **out);
+
+/* Runs n prepared tasks in packed passes of at most max_tokens padded tokens,
+ * until each has its result in its call. Returns CEL_OK or CEL_ENOMEM. */
+int cel_tasks_model_run(cel_tasks_model_pending_t **ps, int n, long max_tokens);
+
+void cel_tasks_model_pending_free(cel_tasks_model_pending_t *p);
 
 /* Tells the family the id of the task about to run (borrowed for the run): the
  * id recorded with an optimizer step and named by progress frames. */

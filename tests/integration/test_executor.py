@@ -134,6 +134,8 @@ class Executor:
 def ex():
     e = Executor()
     ready = e.recv()
+    # the ready frame names the device the model went to (auto: the CPU here, no GPU)
+    assert ready.pop("device", "").startswith(("cpu", "cuda")), ready
     assert ready == {"op": "ready", "pid": e.proc.pid}
     yield e
     e.close()

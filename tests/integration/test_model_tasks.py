@@ -502,3 +502,55 @@ def test_two_executors_train_two_adapters(mworker, celery_app):
         for r in fbs + steps:
             r.get(timeout=scaled(T))
     assert [call(celery_app, "lora.info", a)["step"] for a in ids] == [3, 3]
+
+
+# --------------------------------------------------------------------------------------------
+# packing: one executor runs waiting model tasks of different adapters as one pass
+
+
+def _mixed_workload(app, wait_each):
+    """Four users' adapters, each a forward_backward, with scores and one user's optim_step
+    and second forward_backward in between; returns the results in send order."""
+    aids = [call(app, "lora.create", rank=2 + 2 * (i % 2), seed=10 + i)["adapter_id"]
+            for i in range(4)]
+    texts = [TEXT, "Packing several users into one pass.", "A third text, somewhat longer "
+             "than the others so the padding matters.", "four"]
+    sends = []
+    for i, aid in enumerate(aids):
+        sends.append(("lora.forward_backward", [aid, [{"text": texts[i]}, {"text": TEXT}]], {}))
+        if i == 1:
+            sends.append(("model.score", [texts[2]], {"adapter_id": aids[0]}))
+            sends.append(("lora.optim_step", [aids[0], {"learning_rate": 0.05}], {}))
+            sends.append(("lora.forward_backward", [aids[0], [{"text": texts[3]}]], {}))
+    sends.append(("model.score", [texts[1]], {}))
+    sends.append(("model.score", [texts[0]], {"adapter_id": aids[3]}))
+    if wait_each:
+        return [app.send_task(n, args=a, kwargs=k).get(timeout=scaled(T)) for n, a, k in sends]
+    rs = [app.send_task(n, args=a, kwargs=k) for n, a, k in sends]
+    return [r.get(timeout=scaled(T)) for r in rs]
+
+
+def _close(a, b, rel=1e-4):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], rel) for k in a
+                                            if k not in ("adapter_id", "step_task_id", "task_id"))
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return abs(a - b) <= rel * max(1.0, abs(a))
+    return a == b
+
+
+def test_packed_tasks_equal_one_at_a_time(mworker, celery_app, tmp_path):
+    for d in ("s1", "s2"):
+        (tmp_path / d).mkdir()
+    packed = mworker("--batch-max-tasks", "8", "--batch-wait-ms", "200", "-l", "debug",
+                     state=str(tmp_path / "s1"))
+    got = _mixed_workload(celery_app, wait_each=False)
+    assert "Packed" in packed.log(), "no pass packed several tasks"
+    packed.stop()
+    mworker(state=str(tmp_path / "s2"))  # --batch-max-tasks 1: one task at a time
+    want = _mixed_workload(celery_app, wait_each=True)
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert _close(g, w), f"result {i}: packed {g} vs alone {w}"
