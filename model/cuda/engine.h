@@ -8,6 +8,11 @@
 #ifndef CEL_CUDA_ENGINE_H
 #define CEL_CUDA_ENGINE_H
 
+/* C headers: their functions (cel_err_set) have C linkage in this C++ file */
+extern "C" {
+#include "../../protocol/err.h"
+#include "../config.h"
+}
 #include "../gpu.h"
 #include "ops.h"
 
