@@ -69,7 +69,7 @@ struct dev_bufs {
     int bad = 0;
     template <typename T> T *alloc(size_t n) {
         void *d = NULL;
-        if (cudaMalloc(&d, n * sizeof(T) + 16) != cudaSuccess) {
+        if (cudaMalloc(&d, n * sizeof(T)) != cudaSuccess) {
             bad = 1;
             return NULL;
         }
@@ -272,7 +272,8 @@ static int host_sample(const float *lg, int V, float temp, int top_k, float top_
     std::vector<float> x(V);
     std::vector<int> idx(V);
     for (int i = 0; i < V; i++) x[i] = lg[i] / temp, idx[i] = i;
-    std::sort(idx.begin(), idx.end(), [&](int a, int b) { return x[a] != x[b] ? x[a] > x[b] : a < b; });
+    std::sort(idx.begin(), idx.end(),
+              [&](int a, int b) { return x[a] != x[b] ? x[a] > x[b] : a < b; });
     int K = top_k > 0 && top_k < V ? top_k : V;
     double mx = x[idx[0]];
     std::vector<double> pr(K);
