@@ -47,6 +47,8 @@
 
 static volatile sig_atomic_t soft_limit; /* set by SIGUSR1, cleared before each task */
 
+#define EXEC_MAX_BATCH 64 /* --batch-max-tasks cap, as the worker's CEL_MAX_BATCH_TASKS */
+
 /* Packing (--batch-*): at most max_tasks waiting model tasks, wait_ms to fill. */
 static struct {
     int max_tasks, wait_ms;
@@ -62,7 +64,7 @@ typedef struct held {
     cel_tasks_model_pending_t *pending; /* NULL: the call already has its result */
 } held_t;
 
-static held_t held[64];
+static held_t held[EXEC_MAX_BATCH];
 static int nheld;
 
 static void on_sigusr1(int sig) {
@@ -244,7 +246,7 @@ static int run_task(int fd, const char *id, const char *name, json_t *args, json
  * Returns CEL_OK or a channel/memory error. */
 static int flush_batch(int fd) {
     if (nheld == 0) return CEL_OK;
-    cel_tasks_model_pending_t *ps[64];
+    cel_tasks_model_pending_t *ps[EXEC_MAX_BATCH];
     int np = 0;
     for (int i = 0; i < nheld; i++)
         if (held[i].pending) ps[np++] = held[i].pending;
@@ -449,7 +451,7 @@ int main(int argc, char **argv) {
             mopts.device = val;
         } else if (strcmp(opt, "--batch-max-tasks") == 0) {
             if (parse_int(val, &batching.max_tasks) < 0 || batching.max_tasks < 1 ||
-                batching.max_tasks > 64)
+                batching.max_tasks > EXEC_MAX_BATCH)
                 return usage("bad --batch-max-tasks");
         } else if (strcmp(opt, "--batch-wait-ms") == 0) {
             if (parse_int(val, &batching.wait_ms) < 0 || batching.wait_ms > 1000)

@@ -416,7 +416,8 @@ static int finish_score(cel_tasks_model_pending_t *p, double loss) {
                                : NULL);
 }
 
-static int t_score(cel_diag_call_t *call) {
+/* model.score and lora.forward_backward run alone: a pack of one. */
+static int run_alone(cel_diag_call_t *call) {
     cel_tasks_model_pending_t *p = NULL;
     int rc = cel_tasks_model_prepare(call, &p);
     if (rc == CEL_OK && p) rc = cel_tasks_model_run(&p, 1, MT_BATCH_TOKENS);
@@ -838,14 +839,6 @@ static int prepare_fb(cel_diag_call_t *call, cel_tasks_model_pending_t *p) {
 static void fb_abort(cel_tasks_model_pending_t *p) {
     cel_lora_zero_grad(cel_adapters_lora(p->a));
     cel_adapters_set_grads(p->a, 0);
-}
-
-static int t_forward_backward(cel_diag_call_t *call) {
-    cel_tasks_model_pending_t *p = NULL;
-    int rc = cel_tasks_model_prepare(call, &p);
-    if (rc == CEL_OK && p) rc = cel_tasks_model_run(&p, 1, MT_BATCH_TOKENS);
-    cel_tasks_model_pending_free(p);
-    return rc;
 }
 
 int cel_tasks_model_batchable(const char *name) {
@@ -1403,10 +1396,10 @@ static int t_delete(cel_diag_call_t *call) {
 
 static const cel_diag_task_t model_tasks[] = {
     {"lora.create", t_create},   {"lora.delete", t_delete},
-    {"lora.forward_backward", t_forward_backward},
+    {"lora.forward_backward", run_alone},
     {"lora.info", t_info},       {"lora.list", t_list},       {"lora.load", t_load},
     {"lora.optim_step", t_optim_step},
-    {"lora.sample", t_sample},   {"lora.save", t_save},       {"model.score", t_score},
+    {"lora.sample", t_sample},   {"lora.save", t_save},       {"model.score", run_alone},
     {NULL, NULL},
 };
 

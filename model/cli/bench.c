@@ -13,7 +13,6 @@
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 static const char HELP[] =
     "usage: celeriac-lm bench [--model DIR] [--device D] --mode train|score|sample [FLAGS]\n"
@@ -40,12 +39,6 @@ typedef struct bench_args {
     long rank, adapters, batch, seq, steps, warmup, max_tokens, threads;
     int sequential;
 } bench_args_t;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static int parse_args(int argc, char **argv, bench_args_t *a) {
     static const struct option opts[] = {
@@ -150,10 +143,10 @@ static int run_passes(const bench_args_t *a, cel_model_t *m, double *tokens, dou
     opt.lr = 1e-4f;
     double t0 = 0;
     for (long s = 0; s < a->warmup + a->steps && rc == CEL_OK; s++) {
-        if (s == a->warmup) t0 = now_s();
+        if (s == a->warmup) t0 = cel_cli_now();
         rc = step(m, loras, jobs, K, train, a->sequential, &opt, err);
     }
-    *secs = now_s() - t0;
+    *secs = cel_cli_now() - t0;
     *tokens = (double)a->steps * per * K;
     for (int j = 0; j < K; j++) cel_lora_free(loras ? loras[j] : NULL);
     free(loras);
@@ -189,7 +182,7 @@ static int run_sample(const bench_args_t *a, cel_model_t *m, double *tokens, dou
                              .top_p = 1.0f, .stop_ids = &never, .n_stop_ids = 1};
     double total = 0, t0 = 0;
     for (long s = 0; s < a->warmup + a->steps && rc == CEL_OK; s++) {
-        if (s == a->warmup) t0 = now_s();
+        if (s == a->warmup) t0 = cel_cli_now();
         cel_sampler_t *smp = NULL;
         rc = cel_sampler_new(m, lora, B, prompts, lens, &p, &smp, err);
         int live = 1;
@@ -202,7 +195,7 @@ static int run_sample(const bench_args_t *a, cel_model_t *m, double *tokens, dou
         cel_sampler_free(smp);
         if (s >= a->warmup) total += gen;
     }
-    *secs = now_s() - t0;
+    *secs = cel_cli_now() - t0;
     *tokens = total;
     cel_lora_free(lora);
     free(ids);

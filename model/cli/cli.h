@@ -100,6 +100,9 @@ void cel_cli_data_free(cel_cli_data_t *d);
 void cel_cli_data_batch(const cel_cli_data_t *d, int B, int T, uint64_t *rng, int32_t *tokens,
                         int32_t *targets);
 
+/* Monotonic clock in seconds, for rates. */
+double cel_cli_now(void);
+
 /* Makes dir and its parents (mkdir -p). */
 int cel_cli_mkdirs(const char *dir, cel_err_t *err);
 

@@ -131,12 +131,6 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
     return CEL_OK;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Linear warmup to lr, then cosine decay to 0.1*lr at the last step. */
 static float lr_at(const train_args_t *a, long step) {
     if (step < a->warmup) return (float)(a->lr * (step + 1) / a->warmup);
@@ -221,7 +215,7 @@ int cel_cli_train(int argc, char **argv) {
     float *weights = NULL;
     int status = CEL_CLI_FAIL;
     memset(&lm, 0, sizeof(lm));
-    double t0 = now_s();
+    double t0 = cel_cli_now();
     if (setup(&a, &lm, &err) != CEL_OK) goto fail;
     if (cel_cli_data_load(&lm, a.data, &data, &err) != CEL_OK) goto fail;
     int T = (int)a.seq, B = (int)a.batch;
@@ -243,7 +237,7 @@ int cel_cli_train(int argc, char **argv) {
     cel_adamw_t opt = cel_model_adamw_defaults();
     opt.weight_decay = (float)a.wd;
     opt.grad_clip = (float)a.clip;
-    double loss = NAN, tstart = now_s();
+    double loss = NAN, tstart = cel_cli_now();
     /* weights 1/(B*T): the engine's summed loss becomes the mean token loss, so
      * gradient norms and --grad-clip do not depend on the batch size */
     for (size_t i = 0; i < (size_t)B * T; i++) weights[i] = 1.0f / ((float)B * T);
@@ -260,7 +254,7 @@ int cel_cli_train(int argc, char **argv) {
                     : cel_lora_step(lm.lora, &opt, &norm, &err);
         if (rc != CEL_OK) goto fail;
         loss = sum;
-        double el = now_s() - tstart;
+        double el = cel_cli_now() - tstart;
         printf("%sstep %ld/%ld loss %.4f lr %.2e norm %.3f tok/s %.0f%s", tty ? "\r" : "",
                s + 1, a.steps, loss, opt.lr, norm, (double)(s + 1) * B * T / el,
                tty ? "   " : "\n");
@@ -271,9 +265,9 @@ int cel_cli_train(int argc, char **argv) {
     }
     if (tty) putchar('\n');
     if (save(&a, &lm, a.steps, loss, &err) != CEL_OK) goto fail;
-    double el = now_s() - tstart;
+    double el = cel_cli_now() - tstart;
     printf("saved %s: %ld steps, final loss %.4f, %.1f s, %.0f tok/s\n", a.out, a.steps, loss,
-           now_s() - t0, a.steps ? (double)a.steps * B * T / el : 0.0);
+           cel_cli_now() - t0, a.steps ? (double)a.steps * B * T / el : 0.0);
     status = CEL_CLI_OK;
 fail:
     if (status != CEL_CLI_OK) cel_cli_error("train", "%s", err.msg);

@@ -67,6 +67,14 @@ static int device_count(cel_err_t *err) {
     return n;
 }
 
+/* Bytes of the base weights in bf16: cel_config_param_count's formula (config.c
+ * is not linked here: it would bring jansson into the backend). */
+static size_t weight_bytes(const cel_config_t *c) {
+    size_t V = c->V, C = c->C, I = c->I, q = (size_t)c->NH * c->HS, kv = (size_t)c->NKV * c->HS;
+    size_t layer = 2 * C + q * C + 2 * kv * C + C * q + 3 * I * C;
+    return (V * C + c->L * layer + C + (c->tied ? 0 : V * C)) * sizeof(cel_bf16_t);
+}
+
 static void params_views(const cel_config_t *c, cel_bf16_t *x, gpu_params_t *p) {
     size_t V = c->V, C = c->C, L = c->L, I = c->I, q = (size_t)c->NH * c->HS,
            kv = (size_t)c->NKV * c->HS;
@@ -131,9 +139,7 @@ static int gpu_open(int index, const cel_gpu_model_src_t *src, cel_gpu_t **out,
     {
         size_t V = c->V, C = c->C, L = c->L, I = c->I, q = (size_t)c->NH * c->HS,
                kv = (size_t)c->NKV * c->HS;
-        size_t n = V * C + 2 * L * C + L * (2 * q * C + 2 * kv * C + 3 * I * C) + C +
-                   (c->tied ? 0 : V * C);
-        g->wblock = (cel_bf16_t *)cel_gpu_dmalloc(g, n * sizeof(cel_bf16_t), "base weights", err);
+        g->wblock = (cel_bf16_t *)cel_gpu_dmalloc(g, weight_bytes(c), "base weights", err);
         stage = (float *)cel_gpu_dmalloc(g, STAGE_FLOATS * sizeof(float), "staging", err);
         size_t rope = (size_t)src->maxT * (c->HS / 2) * sizeof(float);
         g->rope_cos = (float *)cel_gpu_dmalloc(g, rope, "rope table", err);
@@ -190,13 +196,7 @@ static void gpu_close(cel_gpu_t *g) {
     if (g->st) cudaStreamSynchronize(g->st);
     ws_free(g);
     const cel_config_t *c = &g->cfg;
-    if (g->wblock) {
-        size_t V = c->V, C = c->C, L = c->L, I = c->I, q = (size_t)c->NH * c->HS,
-               kv = (size_t)c->NKV * c->HS;
-        size_t n = V * C + 2 * L * C + L * (2 * q * C + 2 * kv * C + 3 * I * C) + C +
-                   (c->tied ? 0 : V * C);
-        cel_gpu_dfree(g, g->wblock, n * sizeof(cel_bf16_t));
-    }
+    if (g->wblock) cel_gpu_dfree(g, g->wblock, weight_bytes(c));
     size_t rope = (size_t)g->maxT * (c->HS / 2) * sizeof(float);
     cel_gpu_dfree(g, g->rope_cos, rope);
     cel_gpu_dfree(g, g->rope_sin, rope);
