@@ -21,15 +21,15 @@ MODELCFLAGS = $(shell pkg-config --cflags $(MODEL_PKGS) 2>/dev/null)
 MODELLIBS   = $(shell pkg-config --libs $(MODEL_PKGS) 2>/dev/null) -lm
 ASANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-PROTOCOL_SRC := $(wildcard protocol/*.c)
-# Sources of the main process (everything in worker/ but the executor side).
-EXEC_ONLY    := worker/executor.c worker/diag.c worker/tasks_model.c worker/adapters.c
-WORKER_SRC   := $(filter-out $(EXEC_ONLY),$(wildcard worker/*.c))
+COMMON_SRC   := $(wildcard common/*.c)
+PROTOCOL_SRC := $(wildcard protocol/*.c) $(COMMON_SRC)
+# The main process (worker/) and the executor (executor/) share protocol/ and common/.
+WORKER_SRC   := $(wildcard worker/*.c)
 # The model engine (model/): a library linked into celeriac-lm and the executor
 # (never into bin/celeriac: the main process has no model and no OpenBLAS).
 # Its CLI's main lives in model/cli/.
 MODEL_SRC    := $(wildcard model/*.c model/cpu/*.c)
-EXEC_SRC     := $(EXEC_ONLY) worker/frame.c worker/log.c worker/tasks.c $(MODEL_SRC)
+EXEC_SRC     := $(wildcard executor/*.c) worker/tasks.c $(MODEL_SRC)
 LM_SRC       := $(wildcard model/cli/*.c)
 UNIT_SRC     := $(wildcard tests/unit/test_*.c)
 
@@ -45,7 +45,7 @@ NVFLAGS   := -O2 -g -std=c++17 $(CUDA_ARCH) -Werror all-warnings \
              -Xcompiler -fPIC,-Wall,-Wextra,-Werror,-Wno-unused-parameter -D_GNU_SOURCE
 CUDA_SRC  := $(wildcard model/cuda/*.cu)
 CUDA_OBJ  := $(patsubst %.cu,build/cuda/%.o,$(CUDA_SRC))
-CUDA_LIB_OBJ := $(CUDA_OBJ) build/cuda/protocol/err.o
+CUDA_LIB_OBJ := $(CUDA_OBJ) build/cuda/common/err.o
 GPU_TEST_SRC := $(wildcard tests/gpu/test_*.cu)
 GPU_TESTS := $(patsubst tests/gpu/%.cu,build/gpu/%,$(GPU_TEST_SRC))
 CUDA_LIB  := $(if $(NVCC),$(if $(CUDA_SRC),bin/libceleriac-cuda.so))
@@ -102,8 +102,9 @@ build/cuda/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -MMD -MP -c $< -o $@
 
-# The .so carries cudart statically; cuBLAS is a dynamic dependency of the .so only.
-build/cuda/protocol/err.o: protocol/err.c
+# common/ (the error type) goes into the .so as position-independent code. The .so
+# carries cudart statically; cuBLAS is a dynamic dependency of the .so only.
+build/cuda/common/%.o: common/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -fPIC -fvisibility=hidden -MMD -MP -c $< -o $@
 
@@ -114,7 +115,7 @@ bin/libceleriac-cuda.so: $(CUDA_LIB_OBJ)
 
 # GPU tests: each links the CUDA objects and the CPU engine (its twin to compare
 # with). They print "skipped: ..." and exit 0 where no GPU is visible.
-GPU_HOST_OBJ := $(patsubst %.c,$(OBJ)/%.o,$(filter-out model/tokenizer%.c model/unicode%.c,$(wildcard model/*.c)) $(wildcard model/cpu/*.c) protocol/err.c)
+GPU_HOST_OBJ := $(patsubst %.c,$(OBJ)/%.o,$(filter-out model/tokenizer%.c model/unicode%.c,$(wildcard model/*.c)) $(wildcard model/cpu/*.c) common/err.c)
 build/gpu/%: tests/gpu/%.cu $(CUDA_OBJ) $(GPU_HOST_OBJ)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -o $@ $^ -lcublas -lcublasLt -cudart static $(DEPLIBS) $(MODELLIBS) -ldl
@@ -124,7 +125,7 @@ cuda: deps
 
 # Each unit test links the protocol library, the worker's pure modules and the
 # model engine (tests/unit/test_model_*.c use the latter).
-UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/frame.c worker/log.c worker/ratelimit.c worker/revoked.c worker/affinity.c worker/options.c worker/pidbox.c worker/redis.c worker/events.c)
+UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/ratelimit.c worker/revoked.c worker/affinity.c worker/options.c worker/pidbox.c worker/redis.c worker/events.c)
 build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -lcmocka

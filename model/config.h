@@ -14,7 +14,7 @@
 
 #include <jansson.h>
 
-#include "../protocol/err.h"
+#include "../common/err.h"
 
 /* Limits: anything larger is refused before a byte is allocated. */
 #define CEL_CONFIG_MAX_FILE (1u << 20)

@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../protocol/err.h"
+#include "../common/err.h"
 #include "config.h"
 
 #ifdef __cplusplus

@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../protocol/err.h"
+#include "../common/err.h"
 
 /* Limits checked before anything is sized from a request. */
 #define CEL_MODEL_MAX_SEQ 32768          /* tokens in one sequence (and rope table rows) */

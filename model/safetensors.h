@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../protocol/err.h"
+#include "../common/err.h"
 
 /* Limits checked before anything is sized from a file. */
 #define CEL_ST_MAX_HEADER (100u * 1000 * 1000) /* JSON header bytes (Rust's limit) */

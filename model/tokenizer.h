@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../protocol/err.h"
+#include "../common/err.h"
 
 /* Limits checked while loading and encoding. */
 #define CEL_TOKENIZER_MAX_FILE_BYTES (128u * 1024 * 1024) /* tokenizer.json size */

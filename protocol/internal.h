@@ -14,7 +14,7 @@
 
 #include <jansson.h>
 
-#include "err.h"
+#include "../common/err.h"
 #include "protocol.h"
 
 /* Encoders (dumps, repr, msgpack pack) walk trees recursively; this only

@@ -21,7 +21,7 @@
 
 #include <jansson.h>
 
-#include "err.h"
+#include "../common/err.h"
 
 /* Limits every decoder enforces before sizing anything. */
 #define CEL_MSG_MAX_BYTES (64u * 1024 * 1024) /* one envelope or body */

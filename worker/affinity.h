@@ -24,7 +24,7 @@ void cel_affinity_free(cel_affinity_t *a);
 /* The adapter id a task is bound to (borrowed from the task), or NULL for
  * tasks any executor may run (diag.*, lora.create, lora.load, lora.list,
  * model.score without an adapter). Reads args/kwargs as the task signatures
- * in worker/tasks_model.c bind them; a non-string adapter_id is NULL (the
+ * in executor/tasks_model.c bind them; a non-string adapter_id is NULL (the
  * executor then fails the task with a TypeError). */
 const char *cel_affinity_adapter_of(const cel_task_t *t);
 

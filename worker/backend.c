@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
+#include "../common/log.h"
 #include "redis.h"
 
 /* KEYS[1] = celery-task-meta-<id>; ARGV = meta, ttl seconds (0 = no expiry). */

@@ -15,7 +15,7 @@
 #include <string.h>
 #include <sys/time.h>
 
-#include "log.h"
+#include "../common/log.h"
 #include "redis.h"
 
 #define POP_BATCH_MAX 128

@@ -23,7 +23,7 @@
 #include "broker.h"
 #include "control.h"
 #include "events.h"
-#include "log.h"
+#include "../common/log.h"
 #include "pool.h"
 #include "ratelimit.h"
 #include "revoked.h"

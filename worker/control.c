@@ -17,7 +17,7 @@
 #include <sys/time.h>
 #include <sys/utsname.h>
 
-#include "log.h"
+#include "../common/log.h"
 #include "pidbox.h"
 #include "pool.h"
 #include "ratelimit.h"

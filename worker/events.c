@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "../common/log.h"
 #include "redis.h"
 
 #define EVENTS_VERSION "0.1.0"

@@ -18,7 +18,7 @@
 
 #include "options.h"
 #include "consumer.h"
-#include "log.h"
+#include "../common/log.h"
 #include "tasks.h"
 
 typedef struct worker {

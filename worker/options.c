@@ -15,7 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "../common/log.h"
 
 #define CEL_VERSION "0.1.0"
 

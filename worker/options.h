@@ -6,7 +6,7 @@
 #ifndef CEL_OPTIONS_H
 #define CEL_OPTIONS_H
 
-#include "../protocol/err.h"
+#include "../common/err.h"
 
 #define CEL_MAX_QUEUES 64
 #define CEL_MAX_CONCURRENCY 256

@@ -17,7 +17,7 @@
 #include <string.h>
 
 #include "../protocol/protocol.h"
-#include "log.h"
+#include "../common/log.h"
 #include "redis.h"
 
 struct cel_pidbox {

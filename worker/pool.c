@@ -14,8 +14,8 @@
 #include <string.h>
 
 #include "../protocol/protocol.h"
-#include "frame.h"
-#include "log.h"
+#include "../protocol/frame.h"
+#include "../common/log.h"
 
 #define READ_CHUNK (64 * 1024)
 /* Pipelining: an executor whose recent tasks were short gets up to PIPE_MAX

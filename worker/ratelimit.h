@@ -7,7 +7,7 @@
 #ifndef CEL_RATELIMIT_H
 #define CEL_RATELIMIT_H
 
-#include "../protocol/err.h"
+#include "../common/err.h"
 
 #define CEL_RATELIMIT_MAX 1024     /* task names with a limit */
 #define CEL_RATELIMIT_NAME_MAX 255 /* longest task name */

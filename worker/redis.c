@@ -13,7 +13,7 @@
 
 #include <hiredis/async.h>
 
-#include "log.h"
+#include "../common/log.h"
 
 /* ---- hiredis <-> libuv adapter ---------------------------------------
  * Our own instead of hiredis/adapters/libuv.h: in hiredis 0.14 that adapter

@@ -14,7 +14,7 @@
 #include <hiredis/hiredis.h>
 #include <uv.h>
 
-#include "../protocol/err.h"
+#include "../common/err.h"
 #include "options.h"
 
 typedef struct cel_redis cel_redis_t;

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <sys/time.h>
 
-#include "log.h"
+#include "../common/log.h"
 
 struct cel_revoked {
     json_t *ids; /* id -> real (unix time added) */

@@ -10,7 +10,7 @@
 
 #include <jansson.h>
 
-#include "../protocol/err.h"
+#include "../common/err.h"
 
 #define CEL_REVOKED_MAX 50000            /* ids kept (celery REVOKES_MAX) */
 #define CEL_REVOKED_EXPIRES (3 * 3600.0) /* seconds an id is kept (REVOKE_EXPIRES) */

@@ -1,8 +1,8 @@
 /* tasks.c -- the list of registered task names (see tasks.h).
  *
  * No code of the tasks themselves lives here; linked into both the main
- * process and the executor. Keep in sync with the tables in worker/diag.c and
- * worker/tasks_model.c
+ * process and the executor. Keep in sync with the tables in executor/diag.c and
+ * executor/tasks_model.c
  * (the executor logs an error at start-up if a name here has no function).
  */
 #include "tasks.h"

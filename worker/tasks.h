@@ -3,7 +3,7 @@
  * A plain list with no dependency on the task code, so the main process can
  * check names (NotRegistered, `inspect registered`) without linking the
  * executor side. Must list exactly what the executor's task tables hold
- * (worker/diag.c today); the executor checks this at start-up.
+ * (executor/diag.c today); the executor checks this at start-up.
  */
 #ifndef CEL_TASKS_H
 #define CEL_TASKS_H

@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "../../protocol/err.h"
+#include "../../common/err.h"
 #include "../model.h"
 #include "../tokenizer.h"
 

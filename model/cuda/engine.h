@@ -10,7 +10,7 @@
 
 /* C headers: their functions (cel_err_set) have C linkage in this C++ file */
 extern "C" {
-#include "../../protocol/err.h"
+#include "../../common/err.h"
 #include "../config.h"
 }
 #include "../gpu.h"

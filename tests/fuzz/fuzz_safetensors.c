@@ -5,7 +5,7 @@
  * dtype x shape, and every float tensor must convert. Config: whatever parses
  * must satisfy the shape invariants the engine relies on. Build and run (clang):
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE \
- *     tests/fuzz/fuzz_safetensors.c model/safetensors.c model/config.c protocol/err.c \
+ *     tests/fuzz/fuzz_safetensors.c model/safetensors.c model/config.c common/err.c \
  *     -o build/fuzz_safetensors $(pkg-config --cflags --libs jansson) -lm
  *   build/fuzz_safetensors -max_total_time=30 -max_len=4096
  */

@@ -7,7 +7,7 @@
  * Build and run (clang):
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE \
  *     tests/fuzz/fuzz_tokenizer.c model/tokenizer.c model/tokenizer_encode.c \
- *     model/unicode_tables.c protocol/err.c \
+ *     model/unicode_tables.c common/err.c \
  *     -o build/fuzz_tokenizer $(pkg-config --cflags --libs jansson)
  *   mkdir -p build/fuzz_tokenizer_corpus
  *   build/fuzz_tokenizer -max_total_time=30 -max_len=4096 build/fuzz_tokenizer_corpus

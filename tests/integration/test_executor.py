@@ -1,7 +1,7 @@
 """test_executor.py -- drives bin/celeriac-executor over its frame channel.
 
 Spawns the executor as the main process does (a socketpair end passed as --fd,
-stdin /dev/null), speaks the EXECUTOR PROTOCOL of worker/frame.h with msgpack,
+stdin /dev/null), speaks the EXECUTOR PROTOCOL of protocol/frame.h with msgpack,
 and checks each diag.* task against the equivalent Python function: results,
 exception type/module/args and messages must be what CPython produces.
 Binary directory: $CELERIAC_BIN_DIR (default bin/).

@@ -19,7 +19,7 @@ AdamW eps is 1e-6 so that float-noise-sized gradients cannot flip an update's si
 The helper is compiled here with one cc line (no Makefile target needed):
   cc -O2 -std=c11 -D_GNU_SOURCE $(pkg-config --cflags openblas) -o build/oracle/model_oracle_helper \
      tests/unit/model_oracle_helper.c model/*.c (but tokenizer*, unicode*) model/cpu/*.c \
-     protocol/err.c $(pkg-config --libs openblas jansson) -lm
+     common/err.c $(pkg-config --libs openblas jansson) -lm
 CEL_ORACLE_ASAN=1 adds -fsanitize=address,undefined.
 Run: /usr/bin/python3 -m pytest -q tests/integration/test_model_oracle.py
 """
@@ -57,7 +57,7 @@ def helper():
     engine = [s for s in sorted(glob.glob("model/*.c"))
               if not os.path.basename(s).startswith(("tokenizer", "unicode"))]
     srcs = (["tests/unit/model_oracle_helper.c"] + engine + sorted(glob.glob("model/cpu/*.c"))
-            + ["protocol/err.c"])
+            + ["common/err.c"])
     cflags = subprocess.run(["pkg-config", "--cflags", "openblas"], capture_output=True,
                             text=True).stdout.split()
     libs = subprocess.run(["pkg-config", "--libs", "openblas", "jansson"], capture_output=True,

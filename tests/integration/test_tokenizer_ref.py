@@ -9,7 +9,7 @@ rank-ordered `bpe()` merge loop. Decoding is bytes -> UTF-8 with errors="replace
 
 The C side runs through a small helper compiled here from the model sources:
   cc -std=c11 -O1 -g -fsanitize=address,undefined HELPER.c model/tokenizer.c \\
-     model/tokenizer_encode.c model/unicode_tables.c protocol/err.c -ljansson -o HELPER
+     model/tokenizer_encode.c model/unicode_tables.c common/err.c -ljansson -o HELPER
 It reads framed requests on stdin (op byte, u32 length, payload) and answers one line each.
 
 Tokenizers tested: GPT-2 style (ByteLevel with the regex, "a b" merges, trained here from the
@@ -351,7 +351,7 @@ def helper(tmp_path_factory):
            "-fno-sanitize-recover=undefined", "-I", REPO, str(src),
            os.path.join(REPO, "model/tokenizer.c"), os.path.join(REPO, "model/tokenizer_encode.c"),
            os.path.join(REPO, "model/unicode_tables.c"),
-           os.path.join(REPO, "protocol/err.c"), "-ljansson", "-o", exe]
+           os.path.join(REPO, "common/err.c"), "-ljansson", "-o", exe]
     subprocess.run(cmd, check=True)
     return exe
 

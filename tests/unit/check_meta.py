@@ -53,7 +53,8 @@ def build_helper(tmp):
     flags = subprocess.run(['pkg-config', '--cflags', '--libs', 'jansson', 'msgpack'],
                            capture_output=True, text=True, check=True).stdout.split()
     protocol = os.path.join(ROOT, 'protocol')
-    sources = [os.path.join(protocol, f) for f in sorted(os.listdir(protocol)) if f.endswith('.c')]
+    sources = [os.path.join(d, f) for d in (protocol, os.path.join(ROOT, 'common'))
+               for f in sorted(os.listdir(d)) if f.endswith('.c')]
     subprocess.run(['cc', '-std=c11', '-D_GNU_SOURCE', '-I', protocol, src] + sources +
                    ['-o', exe] + flags + ['-lm'], check=True)
     return exe

@@ -1,4 +1,4 @@
-/* test_frame.c -- unit tests for worker/frame.c (incremental frame reader, header).
+/* test_frame.c -- unit tests for protocol/frame.c (incremental frame reader, header).
  *
  * Whole frames, byte-by-byte feeding, several frames per feed, empty payloads,
  * lengths at the limit and one past it (sticky CEL_ELIMIT), buffer growth and
@@ -14,7 +14,7 @@
 
 #include <cmocka.h>
 
-#include "../../worker/frame.h"
+#include "../../protocol/frame.h"
 
 /* Appends one frame (header + payload) to out; returns bytes written. */
 static size_t put_frame(uint8_t *out, const void *payload, size_t len) {

@@ -5,7 +5,7 @@
 
 #include <unistd.h>
 
-#include "../../worker/log.h"
+#include "../../common/log.h"
 #include "../../worker/options.h"
 
 /* ---- redis URLs ---- */

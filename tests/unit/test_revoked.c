@@ -9,7 +9,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-#include "../../worker/log.h"
+#include "../../common/log.h"
 #include "../../worker/revoked.h"
 
 static double now_unix(void) {

@@ -8,7 +8,7 @@
  * and the main process respawns it. SIGUSR1 sets the soft-time-limit flag that
  * long tasks poll; SIGINT is ignored (the terminal's ^C is for the main process,
  * which stops executors by closing their channel), SIGPIPE too (EPIPE ends us).
- * Task code lives in per-family tables (worker/diag.c, worker/tasks_model.c); this
+ * Task code lives in per-family tables (executor/diag.c, executor/tasks_model.c); this
  * file frames, parses the options, and loads the model (tasks_model) on --device
  * before "ready" (which names the device): a model that cannot be loaded means
  * exit 3, before any task is taken. With --batch-max-tasks K > 1 the main
@@ -30,12 +30,12 @@
 
 #include <jansson.h>
 
-#include "../protocol/err.h"
+#include "../common/err.h"
 #include "../protocol/protocol.h"
 #include "diag.h"
-#include "frame.h"
-#include "log.h"
-#include "tasks.h"
+#include "../protocol/frame.h"
+#include "../common/log.h"
+#include "../worker/tasks.h"
 #include "tasks_model.h"
 
 #define EXEC_READ_CHUNK (64 * 1024) /* bytes per read(2) */

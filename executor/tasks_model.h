@@ -5,12 +5,12 @@
  * results are a contract with the front end (see tasks_model.c for each one).
  * The family holds process-wide state: the base model and tokenizer, loaded once
  * by cel_tasks_model_open before the executor reports ready, and the adapter
- * store (worker/adapters.h). Executor processes only, one task at a time.
+ * store (executor/adapters.h). Executor processes only, one task at a time.
  */
 #ifndef CEL_TASKS_MODEL_H
 #define CEL_TASKS_MODEL_H
 
-#include "../protocol/err.h"
+#include "../common/err.h"
 #include "diag.h"
 
 #define CEL_TASKS_MODEL_DEFAULT_INPUT 1024 /* --max-input-tokens default (<= max_seq) */

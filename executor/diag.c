@@ -26,7 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../protocol/err.h"
+#include "../common/err.h"
 #include "../protocol/protocol.h"
 
 #define SLEEP_SLICE_NS (20 * 1000 * 1000L) /* soft-limit latency of diag.sleep */

@@ -28,7 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../protocol/err.h"
+#include "../common/err.h"
 
 #define CEL_FRAME_MAX (256u * 1024 * 1024) /* one payload */
 #define CEL_FRAME_HDR 4

@@ -28,7 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "../common/log.h"
 
 #define CKPT_NAME_MAX 64      /* "ckpt-<step>-<nonce>" */
 #define LOAD_RETRIES 3        /* reloads when another executor switched `current` meanwhile */

@@ -15,7 +15,7 @@
  * target_modules=None means all seven Llama projections (PEFT's "all-linear"):
  * on small models it learns much faster than PEFT's q_proj,v_proj default.
  * Gradients accumulate in the executor's memory copy of the adapter; optim_step
- * checkpoints through worker/adapters.c before it returns.
+ * checkpoints through executor/adapters.c before it returns.
  * Executor processes only; blocking; one task at a time.
  */
 #include "tasks_model.h"
@@ -35,7 +35,7 @@
 #include "../model/model.h"
 #include "../model/tokenizer.h"
 #include "adapters.h"
-#include "log.h"
+#include "../common/log.h"
 
 /* Limits on what one task may ask for (besides --max-input-tokens). */
 #define MT_MAX_EXAMPLES 512              /* examples in one forward_backward */

@@ -24,7 +24,7 @@
 #include <jansson.h>
 
 #include "../model/model.h"
-#include "../protocol/err.h"
+#include "../common/err.h"
 
 #define CEL_ADAPTERS_ID_LEN 21          /* "lora_" + 16 hex */
 #define CEL_ADAPTERS_MAX_LOADED 64      /* adapters kept in one executor's memory */
