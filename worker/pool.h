@@ -68,7 +68,7 @@ int cel_pool_slot_idle(const cel_pool_t *p, int slot);
 int cel_pool_run_on(cel_pool_t *p, int slot, void *job, const uint8_t *payload, size_t len,
                     double hard_limit, double soft_limit, int *pid_out);
 
-/* Kills the executor running job with SIGKILL (revoke --terminate later;
+/* Kills the executor running job with signal signum (revoke --terminate later;
  * on_lost then reports it). Returns CEL_ENOTFOUND if job is not running. */
 int cel_pool_terminate(cel_pool_t *p, void *job, int signum);
 

@@ -6,7 +6,8 @@
  * rank, OC/IC a linear's output/input width. Weight gradients always
  * accumulate (+=); each comment says whether activation gradients are = or +=.
  * Plain loops and OpenBLAS sgemm; a `_ref` twin keeps the plain loop where a
- * faster variant exists. model/cuda/ops.h will mirror this file line for line.
+ * faster variant exists. model/cuda/ops.h mirrors each op as
+ * cel_cuda_<op>_* (GPU arguments: bf16 weights, a cuBLAS handle and a stream).
  * None of these allocate, take locks or fail: callers validate sizes first.
  */
 #ifndef CEL_CPU_OPS_H
