@@ -90,11 +90,11 @@ build/asan/bin/celeriac-executor: $(patsubst %.c,$(AOBJ)/%.o,$(EXEC_SRC) $(PROTO
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ASANFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS)
 
-bin/celeriac-lm: $(patsubst %.c,$(OBJ)/%.o,$(LM_SRC) $(MODEL_SRC) $(PROTOCOL_SRC))
+bin/celeriac-lm: $(patsubst %.c,$(OBJ)/%.o,$(LM_SRC) $(MODEL_SRC) $(COMMON_SRC))
 	@mkdir -p bin
 	$(CC) $(CFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS)
 
-build/asan/bin/celeriac-lm: $(patsubst %.c,$(AOBJ)/%.o,$(LM_SRC) $(MODEL_SRC) $(PROTOCOL_SRC))
+build/asan/bin/celeriac-lm: $(patsubst %.c,$(AOBJ)/%.o,$(LM_SRC) $(MODEL_SRC) $(COMMON_SRC))
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ASANFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS)
 
