@@ -1,10 +1,12 @@
 /* tasks_model.c -- the model.* and lora.* tasks: scoring and LoRA training/sampling.
  *
- * Each task binds its arguments as the Python signature below would (defaults,
- * TypeError wording of CPython), checks every value against a named limit, and
- * answers a SUCCESS result or a FAILURE the client can read (TypeError for wrong
- * types, ValueError for bad values and unknown adapters, PermissionError for
- * lora.load paths outside the allowed folders, OSError for checkpoint I/O).
+ * The executor binds each task's arguments to the signature below and checks
+ * them against the task table (protocol/tasks.c, executor/call.c) before a
+ * function here runs; these check what only a running executor knows (the
+ * vocabulary, --max-input-tokens, the model's context, the adapters) and answer
+ * a SUCCESS result or a FAILURE the client can read (ValueError for bad values
+ * and unknown adapters, PermissionError for lora.load paths outside the allowed
+ * folders, OSError for checkpoint I/O).
  *   model.score(text, adapter_id=None)
  *   lora.create(rank=8, alpha=16, target_modules=None, seed=None, owner=None)
  *   lora.forward_backward(adapter_id, data, loss_fn="cross_entropy")
@@ -37,21 +39,11 @@
 #include "adapters.h"
 #include "../common/log.h"
 
-/* Limits on what one task may ask for (besides --max-input-tokens). */
-#define MT_MAX_EXAMPLES 512              /* examples in one forward_backward */
-#define MT_MAX_TOTAL_TOKENS (256 * 1024) /* tokens in one forward_backward */
+/* Limits besides the task table's (protocol/tasks.h) and --max-input-tokens. */
+#define MT_MAX_TOTAL_TOKENS (256 * 1024) /* tokens in one forward_backward, all examples */
 #define MT_BATCH_TOKENS 4096             /* B*T of one forward/backward pass */
 #define MT_MAX_BATCH 32                  /* sequences in one pass */
-#define MT_MAX_TURNS 256                 /* messages in one chat example */
-#define MT_MAX_ROLE_BYTES 64
-#define MT_MAX_TEXT_BYTES (4u << 20)     /* one text, prompt or message before encoding */
-#define MT_MAX_PROMPTS 64                /* prompts in one lora.sample */
-#define MT_MAX_NEW_TOKENS 2048           /* sampling_params["max_tokens"] */
-#define MT_MAX_STOPS 16                  /* stop strings */
-#define MT_MAX_STOP_BYTES 256
-#define MT_MAX_RANK 256
-#define MT_MAX_ALPHA 1e6
-#define MT_MAX_REPR 80                   /* bytes of a bad value echoed in a message */
+#define MT_MAX_ROLE_BYTES 16             /* bytes of a chat role (the table's choices) */
 
 /* ---- process-wide state ---- */
 
@@ -150,139 +142,26 @@ void cel_tasks_model_close(void) {
 
 void cel_tasks_model_begin(const char *task_id) { g.task_id = task_id; }
 
-/* ---- helpers: binding, raising, values ---- */
+/* ---- helpers: raising, values ---- */
 
-/* Binds call's args to def func(params[0..nparams)) whose first nreq have no
- * default; out[i] is NULL for a parameter left to its default. On a binding error
- * the call holds CPython's TypeError and CEL_ETYPE is returned. */
-static int bind(cel_diag_call_t *call, const char *func, const char *const *params, int nreq,
-                int nparams, json_t **out) {
-    size_t nargs = json_array_size(call->args);
-    for (int i = 0; i < nparams; i++)
-        out[i] = (size_t)i < nargs ? json_array_get(call->args, (size_t)i) : NULL;
-    const char *key;
-    json_t *val;
-    json_object_foreach(call->kwargs, key, val) {
-        int j;
-        for (j = 0; j < nparams; j++)
-            if (strcmp(params[j], key) == 0) break;
-        if (j < nparams && !out[j]) {
-            out[j] = val;
-            continue;
-        }
-        int rc = j == nparams
-                     ? cel_diag_raisef(call, "TypeError",
-                                       "%s() got an unexpected keyword argument '%s'", func, key)
-                     : cel_diag_raisef(call, "TypeError",
-                                       "%s() got multiple values for argument '%s'", func, key);
-        return rc ? rc : CEL_ETYPE;
-    }
-    if (nargs > (size_t)nparams) {
-        int rc;
-        if (nreq == nparams)
-            rc = cel_diag_raisef(call, "TypeError", "%s() takes %d positional argument%s but %zu "
-                                 "%s given", func, nparams, nparams == 1 ? "" : "s", nargs,
-                                 nargs == 1 ? "was" : "were");
-        else
-            rc = cel_diag_raisef(call, "TypeError", "%s() takes from %d to %d positional "
-                                 "arguments but %zu %s given", func, nreq, nparams, nargs,
-                                 nargs == 1 ? "was" : "were");
-        return rc ? rc : CEL_ETYPE;
-    }
-    char names[512];
-    size_t used = 0;
-    int nmissing = 0, total = 0;
-    for (int i = 0; i < nreq; i++) total += !out[i];
-    for (int i = 0; i < nreq && used < sizeof(names); i++) {
-        if (out[i]) continue;
-        const char *sep = nmissing == 0 ? "" : total == 2 ? " and "
-                          : nmissing == total - 1 ? ", and " : ", ";
-        used += (size_t)snprintf(names + used, sizeof(names) - used, "%s'%s'", sep, params[i]);
-        nmissing++;
-    }
-    if (nmissing) {
-        int rc = cel_diag_raisef(call, "TypeError", "%s() missing %d required positional "
-                                 "argument%s: %s", func, nmissing, nmissing == 1 ? "" : "s",
-                                 names);
-        return rc ? rc : CEL_ETYPE;
-    }
-    /* an explicit None is the same as leaving the default */
-    for (int i = nreq; i < nparams; i++)
-        if (json_is_null(out[i])) out[i] = NULL;
-    return CEL_OK;
-}
-
-/* Binds or returns from the task function (the TypeError is then its outcome). */
-#define BIND(call, func, params, nreq, nparams, out)                                     \
-    do {                                                                                 \
-        int bind_rc_ = bind((call), (func), (params), (nreq), (nparams), (out));         \
-        if (bind_rc_ == CEL_ETYPE) return CEL_OK;                                        \
-        if (bind_rc_) return bind_rc_;                                                   \
-    } while (0)
-
-/* What a task function returns: CEL_ETYPE marks "the call holds an exception"
- * inside helpers, which is CEL_OK (an outcome) for the executor. */
-static int finish(int rc) { return rc == CEL_ETYPE ? CEL_OK : rc; }
-
-/* Raises type(msg) and returns CEL_ETYPE (or CEL_ENOMEM). */
-static int fail(cel_diag_call_t *call, const char *type, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int fail(cel_diag_call_t *call, const char *type, const char *fmt, ...) {
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    int rc = cel_diag_raisef(call, type, "%s", msg);
-    return rc ? rc : CEL_ETYPE;
-}
-
-static int succeed(cel_diag_call_t *call, json_t *v) {
-    if (!v) return CEL_ENOMEM;
-    call->result = v;
-    return CEL_OK;
-}
+#define fail cel_call_fail
+#define finish cel_call_finish
+#define succeed cel_call_succeed
 
 /* A short repr of v for messages (static buffer: one use per message). */
 static const char *short_repr(json_t *v) {
-    static char buf[MT_MAX_REPR + 8];
-    char *s = cel_diag_pystr(v);
-    if (json_is_string(v) && s) {
-        char *q = NULL;
-        if (asprintf(&q, "'%s'", s) >= 0) {
-            free(s);
-            s = q;
-        }
-    }
-    if (!s) return "?";
-    if (strlen(s) > MT_MAX_REPR) snprintf(buf, sizeof(buf), "%.*s...", MT_MAX_REPR, s);
-    else snprintf(buf, sizeof(buf), "%s", s);
-    free(s);
-    return buf;
+    static char buf[CEL_CALL_REPR_MAX + 8];
+    return cel_call_repr(v, buf, sizeof(buf));
 }
 
-static int is_int(const json_t *v) { return json_is_integer(v); } /* bool is not an int here */
-static int is_num(const json_t *v) { return json_is_integer(v) || json_is_real(v); }
-static double num(const json_t *v) {
-    return json_is_real(v) ? json_real_value(v) : (double)json_integer_value(v);
-}
+static double num(const json_t *v) { return json_number_value(v); }
 
-/* Checks that v is a str; raises TypeError naming what. */
-static int want_str(cel_diag_call_t *call, json_t *v, const char *what) {
-    if (json_is_string(v)) return CEL_OK;
-    return fail(call, "TypeError", "%s must be a str, not %s", what, cel_diag_pytype(v));
-}
+int cel_tasks_model_ready(void) { return g.model && g.store; }
 
-static int not_ready(cel_diag_call_t *call) {
-    if (g.model && g.store) return CEL_OK;
-    return fail(call, "RuntimeError", "the executor has no model loaded");
-}
-
-/* Finds adapter_id (a str) in the store; raises ValueError for unknown ids. */
-static int get_adapter(cel_diag_call_t *call, json_t *id, cel_adapter_t **out) {
+/* Finds adapter_id (a str, as bound) in the store; raises ValueError for unknown ids. */
+static int get_adapter(cel_call_t *call, json_t *id, cel_adapter_t **out) {
     *out = NULL;
-    int rc = want_str(call, id, "adapter_id");
-    if (rc != CEL_OK) return rc;
+    int rc;
     cel_err_t err;
     cel_err_clear(&err);
     rc = cel_adapters_get(g.store, json_string_value(id), out, &err);
@@ -294,35 +173,28 @@ static int get_adapter(cel_diag_call_t *call, json_t *id, cel_adapter_t **out) {
 }
 
 /* Optional adapter: None is the base model. */
-static int get_lora(cel_diag_call_t *call, json_t *id, cel_lora_t **out) {
+static int get_lora(cel_call_t *call, json_t *id, cel_lora_t **out) {
     *out = NULL;
-    if (!id) return CEL_OK;
+    if (json_is_null(id)) return CEL_OK;
     cel_adapter_t *a;
     int rc = get_adapter(call, id, &a);
     if (rc == CEL_OK) *out = cel_adapters_lora(a);
     return rc;
 }
 
-static int check_owner(cel_diag_call_t *call, json_t *owner) {
-    if (!owner) return CEL_OK;
-    int rc = want_str(call, owner, "owner");
-    if (rc != CEL_OK) return rc;
-    size_t n = json_string_length(owner);
-    if (n == 0 || n > CEL_ADAPTERS_MAX_OWNER || strlen(json_string_value(owner)) != n)
-        return fail(call, "ValueError", "owner must be 1 to %d bytes with no NUL",
-                    CEL_ADAPTERS_MAX_OWNER);
-    return CEL_OK;
+/* The owner (None, or a str the table bounded): a C string, so no NUL inside. */
+static int check_owner(cel_call_t *call, json_t *owner) {
+    if (json_is_null(owner) || strlen(json_string_value(owner)) == json_string_length(owner))
+        return CEL_OK;
+    return fail(call, "ValueError", "owner must not contain NUL");
 }
 
-/* Encodes a str value. OUT: *ids (malloc'd), *n. Raises ValueError past limits. */
-static int encode(cel_diag_call_t *call, json_t *s, int add_bos, const char *what,
-                  int32_t **ids, size_t *n) {
+/* Encodes a str value (its length bounded by the table). OUT: *ids (malloc'd), *n. */
+static int encode(cel_call_t *call, json_t *s, int add_bos, const char *what, int32_t **ids,
+                  size_t *n) {
     *ids = NULL;
     *n = 0;
     size_t len = json_string_length(s);
-    if (len > MT_MAX_TEXT_BYTES)
-        return fail(call, "ValueError", "%s is %zu bytes; the limit is %u", what, len,
-                    MT_MAX_TEXT_BYTES);
     cel_err_t err;
     int rc = cel_tokenizer_encode(g.tok, json_string_value(s), len, add_bos, ids, n, &err);
     if (rc == CEL_ENOMEM) return rc;
@@ -334,18 +206,11 @@ static void progress(long done, long total) {
     if (g.progress) g.progress(g.progress_priv, done, total);
 }
 
-static int soft_limit_hit(cel_diag_call_t *call) {
-    return call->soft_limit && *call->soft_limit;
-}
-
-static int raise_soft_limit(cel_diag_call_t *call) {
-    int rc = cel_diag_raise(call, "SoftTimeLimitExceeded", "billiard.exceptions", NULL,
-                            "SoftTimeLimitExceeded()");
-    return rc ? rc : CEL_ETYPE;
-}
+#define soft_limit_hit cel_call_soft_limit_hit
+#define raise_soft_limit cel_call_raise_soft_limit
 
 /* A model error as the task's exception (limits and shapes are the caller's). */
-static int model_error(cel_diag_call_t *call, int rc, const cel_err_t *err) {
+static int model_error(cel_call_t *call, int rc, const cel_err_t *err) {
     if (rc == CEL_ENOMEM) return rc;
     return fail(call, rc == CEL_EIO ? "OSError" : "ValueError", "%s", err->msg);
 }
@@ -365,7 +230,7 @@ static uint64_t random_seed(void) {
  * result (an exception, or CEL_ENOMEM). */
 enum { PK_SCORE, PK_FB };
 struct cel_tasks_model_pending {
-    cel_diag_call_t *call;
+    cel_call_t *call;
     int kind, rc, done;
     /* score */
     int32_t *ids;
@@ -383,13 +248,10 @@ struct cel_tasks_model_pending {
     size_t chunk_end;
 };
 
-static int prepare_score(cel_diag_call_t *call, cel_tasks_model_pending_t *p) {
-    static const char *const params[] = {"text", "adapter_id"};
-    json_t *v[2];
-    int rc = bind(call, "score", params, 1, 2, v); /* CEL_ETYPE: the TypeError is the result */
-    if (rc == CEL_OK) rc = not_ready(call);
-    if (rc == CEL_OK) rc = want_str(call, v[0], "text");
-    if (rc == CEL_OK) rc = get_lora(call, v[1], &p->lora);
+/* model.score(text, adapter_id=None) */
+static int prepare_score(cel_call_t *call, cel_tasks_model_pending_t *p) {
+    json_t **v = call->argv;
+    int rc = get_lora(call, v[1], &p->lora);
     if (rc == CEL_OK) rc = encode(call, v[0], 1, "text", &p->ids, &p->nids);
     if (rc == CEL_OK && p->nids < 2)
         rc = fail(call, "ValueError", "text has no token to score (it is empty)");
@@ -417,7 +279,7 @@ static int finish_score(cel_tasks_model_pending_t *p, double loss) {
 }
 
 /* model.score and lora.forward_backward run alone: a pack of one. */
-static int run_alone(cel_diag_call_t *call) {
+static int run_alone(cel_call_t *call) {
     cel_tasks_model_pending_t *p = NULL;
     int rc = cel_tasks_model_prepare(call, &p);
     if (rc == CEL_OK && p) rc = cel_tasks_model_run(&p, 1, MT_BATCH_TOKENS);
@@ -427,35 +289,17 @@ static int run_alone(cel_diag_call_t *call) {
 
 /* ---- lora.create ---- */
 
-/* Parses target_modules (None, a list of names, or a comma-separated str). */
-static int parse_targets(cel_diag_call_t *call, json_t *v, unsigned *out) {
+/* Parses target_modules: None (all seven), or a list of the table's names. */
+static int parse_targets(cel_call_t *call, json_t *v, unsigned *out) {
     *out = CEL_LORA_ALL;
-    if (!v) return CEL_OK;
+    if (json_is_null(v)) return CEL_OK;
     char csv[512] = "";
-    size_t used = 0;
-    if (json_is_string(v)) {
-        if (json_string_length(v) >= sizeof(csv))
-            return fail(call, "ValueError", "target_modules is too long");
-        snprintf(csv, sizeof(csv), "%s", json_string_value(v));
-    } else if (json_is_array(v)) {
-        if (json_array_size(v) == 0 || json_array_size(v) > 16)
-            return fail(call, "ValueError", "target_modules must name 1 to 7 modules");
-        size_t i;
-        json_t *e;
-        json_array_foreach(v, i, e) {
-            if (!json_is_string(e))
-                return fail(call, "TypeError", "target_modules[%zu] must be a str, not %s", i,
-                            cel_diag_pytype(e));
-            if (json_string_length(e) == 0 || strchr(json_string_value(e), ',') ||
-                json_string_length(e) > 32)
-                return fail(call, "ValueError", "unknown target module %s (q_proj, k_proj, "
-                            "v_proj, o_proj, gate_proj, up_proj, down_proj)", short_repr(e));
-            used += (size_t)snprintf(csv + used, sizeof(csv) - used, "%s%s", i ? "," : "",
-                                     json_string_value(e));
-        }
-    } else {
-        return fail(call, "TypeError", "target_modules must be a list of str, not %s",
-                    cel_diag_pytype(v));
+    size_t used = 0, i;
+    json_t *e;
+    json_array_foreach(v, i, e) {
+        used += (size_t)snprintf(csv + used, sizeof(csv) - used, "%s%s", i ? "," : "",
+                                 json_string_value(e));
+        if (used >= sizeof(csv)) return fail(call, "ValueError", "target_modules is too long");
     }
     cel_err_t err;
     if (cel_lora_parse_targets(csv, out, &err) != CEL_OK)
@@ -472,47 +316,17 @@ static json_t *created_result(cel_adapter_t *a) {
     return d;
 }
 
-static int t_create(cel_diag_call_t *call) {
-    static const char *const params[] = {"rank", "alpha", "target_modules", "seed", "owner"};
-    json_t *v[5];
-    BIND(call, "create", params, 0, 5, v);
-    int rc = not_ready(call);
-    cel_lora_config_t cfg = {.rank = 8, .alpha = 16.0f};
-    if (rc == CEL_OK && v[0]) {
-        if (!is_int(v[0]))
-            rc = fail(call, "TypeError", "rank must be an int, not %s", cel_diag_pytype(v[0]));
-        else if (json_integer_value(v[0]) < 1 || json_integer_value(v[0]) > MT_MAX_RANK)
-            rc = fail(call, "ValueError", "rank must be in [1, %d], not %lld", MT_MAX_RANK,
-                      (long long)json_integer_value(v[0]));
-        else
-            cfg.rank = (int)json_integer_value(v[0]);
-    }
-    if (rc == CEL_OK && v[1]) {
-        if (!is_num(v[1]))
-            rc = fail(call, "TypeError", "alpha must be a number, not %s", cel_diag_pytype(v[1]));
-        else if (!(num(v[1]) > 0 && num(v[1]) <= MT_MAX_ALPHA))
-            rc = fail(call, "ValueError", "alpha must be in (0, %g], not %s", MT_MAX_ALPHA,
-                      short_repr(v[1]));
-        else
-            cfg.alpha = (float)num(v[1]);
-    }
-    if (rc == CEL_OK) rc = parse_targets(call, v[2], &cfg.targets);
-    cfg.seed = random_seed();
-    if (rc == CEL_OK && v[3]) {
-        if (!is_int(v[3]))
-            rc = fail(call, "TypeError", "seed must be an int or None, not %s",
-                      cel_diag_pytype(v[3]));
-        else if (json_integer_value(v[3]) < 0)
-            rc = fail(call, "ValueError", "seed must be >= 0");
-        else
-            cfg.seed = (uint64_t)json_integer_value(v[3]);
-    }
+/* lora.create(rank=8, alpha=16, target_modules=None, seed=None, owner=None) */
+static int t_create(cel_call_t *call) {
+    json_t **v = call->argv;
+    cel_lora_config_t cfg = {.rank = (int)json_integer_value(v[0]), .alpha = (float)num(v[1])};
+    int rc = parse_targets(call, v[2], &cfg.targets);
+    cfg.seed = json_is_null(v[3]) ? random_seed() : (uint64_t)json_integer_value(v[3]);
     if (rc == CEL_OK) rc = check_owner(call, v[4]);
     cel_adapter_t *a = NULL;
     cel_err_t err;
     if (rc == CEL_OK &&
-        (rc = cel_adapters_create(g.store, &cfg, v[4] ? json_string_value(v[4]) : NULL, &a,
-                                  &err)) != CEL_OK)
+        (rc = cel_adapters_create(g.store, &cfg, json_string_value(v[4]), &a, &err)) != CEL_OK)
         rc = rc == CEL_ENOMEM ? rc : fail(call, "OSError", "cannot create the adapter: %s",
                                           err.msg);
     if (rc == CEL_OK) {
@@ -570,7 +384,7 @@ static int seq_push(seqbuf_t *s, const int32_t *ids, size_t n, float w) {
 }
 
 /* Appends the encoding of text (a C string) to s with weight w. */
-static int seq_text(cel_diag_call_t *call, seqbuf_t *s, const char *text, size_t len, float w) {
+static int seq_text(cel_call_t *call, seqbuf_t *s, const char *text, size_t len, float w) {
     int32_t *ids;
     size_t n;
     cel_err_t err;
@@ -585,28 +399,15 @@ static int seq_text(cel_diag_call_t *call, seqbuf_t *s, const char *text, size_t
 /* Builds a chat example: ChatML (<|im_start|>role\ncontent<|im_end|>\n) when the
  * tokenizer has those tokens, else "role: content\n" lines; weight 1 on each
  * assistant turn's content and end marker, 0 elsewhere. */
-static int build_chat(cel_diag_call_t *call, size_t idx, json_t *msgs, seqbuf_t *s) {
+static int build_chat(cel_call_t *call, size_t idx, json_t *msgs, seqbuf_t *s) {
     size_t nm = json_array_size(msgs);
-    if (nm == 0 || nm > MT_MAX_TURNS)
-        return fail(call, "ValueError", "example %zu: a chat needs 1 to %d messages", idx,
-                    MT_MAX_TURNS);
     int chatml = g.im_start >= 0 && g.im_end >= 0, rc = CEL_OK;
     int32_t bos = cel_tokenizer_bos(g.tok);
     if (bos >= 0 && (rc = seq_push(s, &bos, 1, 0)) != CEL_OK) return rc;
     for (size_t i = 0; i < nm && rc == CEL_OK; i++) {
-        json_t *m = json_array_get(msgs, i);
+        json_t *m = json_array_get(msgs, i); /* {role: one of the table's, content: str} */
         json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
-        if (!json_is_object(m) || !json_is_string(role) || !json_is_string(content) ||
-            json_object_size(m) != 2)
-            return fail(call, "ValueError", "example %zu, message %zu: a chat message is "
-                        "{\"role\": str, \"content\": str}", idx, i);
-        size_t rl = json_string_length(role), cl = json_string_length(content);
-        if (rl == 0 || rl > MT_MAX_ROLE_BYTES || strchr(json_string_value(role), '\n'))
-            return fail(call, "ValueError", "example %zu, message %zu: role must be 1 to %d "
-                        "bytes on one line", idx, i, MT_MAX_ROLE_BYTES);
-        if (cl > MT_MAX_TEXT_BYTES)
-            return fail(call, "ValueError", "example %zu, message %zu: content is %zu bytes; "
-                        "the limit is %u", idx, i, cl, MT_MAX_TEXT_BYTES);
+        size_t cl = json_string_length(content);
         float w = strcmp(json_string_value(role), "assistant") == 0 ? 1.0f : 0.0f;
         char head[MT_MAX_ROLE_BYTES + 4];
         int hl = snprintf(head, sizeof(head), chatml ? "%s\n" : "%s: ", json_string_value(role));
@@ -619,23 +420,18 @@ static int build_chat(cel_diag_call_t *call, size_t idx, json_t *msgs, seqbuf_t 
     return rc;
 }
 
-/* Checks a list of ints against the vocabulary. OUT: *ids (malloc'd). */
-static int int_list(cel_diag_call_t *call, size_t idx, json_t *v, const char *key, int32_t **ids) {
+/* Checks a list of ints (as bound: int32 >= 0) against the vocabulary.
+ * OUT: *ids (malloc'd). */
+static int int_list(cel_call_t *call, size_t idx, json_t *v, const char *key, int32_t **ids) {
     *ids = NULL;
-    if (!json_is_array(v))
-        return fail(call, "TypeError", "example %zu: %s must be a list of int, not %s", idx, key,
-                    cel_diag_pytype(v));
     size_t n = json_array_size(v);
     int32_t *a = malloc((n ? n : 1) * sizeof(int32_t));
     if (!a) return CEL_ENOMEM;
     int V = cel_model_vocab_size(g.model);
     for (size_t i = 0; i < n; i++) {
         json_t *e = json_array_get(v, i);
-        if (!is_int(e) || json_integer_value(e) < 0 || json_integer_value(e) >= V) {
+        if (json_integer_value(e) >= V) {
             free(a);
-            if (!is_int(e))
-                return fail(call, "TypeError", "example %zu: %s[%zu] must be an int, not %s",
-                            idx, key, i, cel_diag_pytype(e));
             return fail(call, "ValueError", "example %zu: %s[%zu] = %lld is not a token id "
                         "(0 <= id < %d)", idx, key, i, (long long)json_integer_value(e), V);
         }
@@ -645,22 +441,13 @@ static int int_list(cel_diag_call_t *call, size_t idx, json_t *v, const char *ke
     return CEL_OK;
 }
 
-/* A datum {"tokens", "target_tokens", "weights"} (weights optional: all 1). */
-static int build_datum(cel_diag_call_t *call, size_t idx, json_t *d, example_t *ex) {
-    const char *key;
-    json_t *val;
-    json_object_foreach(d, key, val) {
-        if (strcmp(key, "tokens") && strcmp(key, "target_tokens") && strcmp(key, "weights"))
-            return fail(call, "ValueError", "example %zu: unknown key '%.64s' (a datum has "
-                        "tokens, target_tokens, weights)", idx, key);
-    }
+/* A datum {"tokens", "target_tokens", "weights"} as bound (weights None: all 1). */
+static int build_datum(cel_call_t *call, size_t idx, json_t *d, example_t *ex) {
     json_t *t = json_object_get(d, "tokens"), *tt = json_object_get(d, "target_tokens");
     json_t *w = json_object_get(d, "weights");
-    if (!t || !tt)
-        return fail(call, "ValueError", "example %zu: a datum needs tokens and target_tokens",
-                    idx);
+    if (json_is_null(w)) w = NULL;
     size_t n = json_array_size(t);
-    if (json_is_array(t) && (n == 0 || n > (size_t)g.max_input))
+    if (n > (size_t)g.max_input)
         return fail(call, "ValueError", "example %zu is %zu tokens; a datum needs 1 to %d "
                     "(--max-input-tokens)", idx, n, g.max_input);
     int rc = int_list(call, idx, t, "tokens", &ex->in);
@@ -668,60 +455,32 @@ static int build_datum(cel_diag_call_t *call, size_t idx, json_t *d, example_t *
     if (rc == CEL_OK && json_array_size(tt) != n)
         rc = fail(call, "ValueError", "example %zu: target_tokens has %zu ids, tokens %zu", idx,
                   json_array_size(tt), n);
-    if (rc == CEL_OK && w && !json_is_array(w))
-        rc = fail(call, "TypeError", "example %zu: weights must be a list of float, not %s", idx,
-                  cel_diag_pytype(w));
     if (rc == CEL_OK && w && json_array_size(w) != n)
         rc = fail(call, "ValueError", "example %zu: weights has %zu values, tokens %zu", idx,
                   json_array_size(w), n);
     if (rc == CEL_OK && !(ex->w = malloc(n * sizeof(float)))) rc = CEL_ENOMEM;
-    for (size_t i = 0; rc == CEL_OK && i < n; i++) {
-        json_t *e = w ? json_array_get(w, i) : NULL;
-        if (e && !is_num(e))
-            rc = fail(call, "TypeError", "example %zu: weights[%zu] must be a number, not %s",
-                      idx, i, cel_diag_pytype(e));
-        else if (e && !(num(e) >= 0 && isfinite(num(e))))
-            rc = fail(call, "ValueError", "example %zu: weights[%zu] must be finite and >= 0",
-                      idx, i);
-        else
-            ex->w[i] = e ? (float)num(e) : 1.0f;
-    }
+    for (size_t i = 0; rc == CEL_OK && i < n; i++) /* finite and >= 0, as bound */
+        ex->w[i] = w ? (float)num(json_array_get(w, i)) : 1.0f;
     ex->len = (int)n;
     return rc;
 }
 
-/* One example of data: {"text"}, a chat list (or {"messages": chat}), or a datum. */
-static int build_example(cel_diag_call_t *call, size_t idx, json_t *d, example_t *ex) {
+/* One example of data as bound (one of the table's forms): {"text"}, a chat
+ * list, {"messages": chat}, or a datum. */
+static int build_example(cel_call_t *call, size_t idx, json_t *d, example_t *ex) {
     seqbuf_t s = {0};
     int rc = CEL_OK;
     json_t *text = json_object_get(d, "text");
-    if (json_is_object(d) && (json_object_get(d, "tokens") || json_object_get(d, "target_tokens")))
-        return build_datum(call, idx, d, ex);
-    if (json_is_object(d) && text && json_object_size(d) == 1) {
-        if (!json_is_string(text))
-            return fail(call, "TypeError", "example %zu: text must be a str, not %s", idx,
-                        cel_diag_pytype(text));
+    if (json_object_get(d, "tokens")) return build_datum(call, idx, d, ex);
+    if (text) {
         /* bos + text + eos, loss on every next token (as celeriac-lm train) */
         int32_t bos = cel_tokenizer_bos(g.tok);
         if (bos >= 0) rc = seq_push(&s, &bos, 1, 0);
-        if (rc == CEL_OK) {
-            if (json_string_length(text) > MT_MAX_TEXT_BYTES)
-                rc = fail(call, "ValueError", "example %zu: text is %zu bytes; the limit is %u",
-                          idx, json_string_length(text), MT_MAX_TEXT_BYTES);
-            else
-                rc = seq_text(call, &s, json_string_value(text), json_string_length(text), 1);
-        }
+        if (rc == CEL_OK)
+            rc = seq_text(call, &s, json_string_value(text), json_string_length(text), 1);
         if (rc == CEL_OK && g.eos >= 0) rc = seq_push(&s, &g.eos, 1, 1);
-    } else if (json_is_array(d)) {
-        rc = build_chat(call, idx, d, &s);
-    } else if (json_is_object(d) && json_is_array(json_object_get(d, "messages")) &&
-               json_object_size(d) == 1) {
-        rc = build_chat(call, idx, json_object_get(d, "messages"), &s);
     } else {
-        rc = fail(call, json_is_object(d) ? "ValueError" : "TypeError",
-                  "example %zu must be {\"text\": str}, a chat [{\"role\", \"content\"}, ...] "
-                  "or a datum {\"tokens\", \"target_tokens\", \"weights\"}, not %s", idx,
-                  json_is_object(d) ? "a dict with those keys" : cel_diag_pytype(d));
+        rc = build_chat(call, idx, json_is_array(d) ? d : json_object_get(d, "messages"), &s);
     }
     if (rc == CEL_OK && s.n < 2)
         rc = fail(call, "ValueError", "example %zu has no token to predict (it is empty)", idx);
@@ -785,25 +544,12 @@ static void next_chunk(cel_tasks_model_pending_t *p, cel_batch_t *batch) {
     p->chunk_end = j;
 }
 
-static int prepare_fb(cel_diag_call_t *call, cel_tasks_model_pending_t *p) {
-    static const char *const params[] = {"adapter_id", "data", "loss_fn"};
-    json_t *v[3];
-    int rc = bind(call, "forward_backward", params, 2, 3, v);
-    if (rc == CEL_OK) rc = not_ready(call);
-    if (rc == CEL_OK && v[2]) {
-        rc = want_str(call, v[2], "loss_fn");
-        if (rc == CEL_OK && strcmp(json_string_value(v[2]), "cross_entropy") != 0)
-            rc = fail(call, "ValueError", "unknown loss_fn %s (supported: 'cross_entropy')",
-                      short_repr(v[2]));
-    }
-    if (rc == CEL_OK && !json_is_array(v[1]))
-        rc = fail(call, "TypeError", "data must be a list of examples, not %s",
-                  cel_diag_pytype(v[1]));
+/* lora.forward_backward(adapter_id, data, loss_fn="cross_entropy"): loss_fn is
+ * the table's one choice, data its examples. */
+static int prepare_fb(cel_call_t *call, cel_tasks_model_pending_t *p) {
+    json_t **v = call->argv;
     size_t n = json_array_size(v[1]);
-    if (rc == CEL_OK && (n == 0 || n > MT_MAX_EXAMPLES))
-        rc = fail(call, "ValueError", "data must hold 1 to %d examples, not %zu",
-                  MT_MAX_EXAMPLES, n);
-    if (rc == CEL_OK) rc = get_adapter(call, v[0], &p->a);
+    int rc = get_adapter(call, v[0], &p->a);
     p->ex = rc == CEL_OK ? calloc(n, sizeof(*p->ex)) : NULL;
     if (rc == CEL_OK && !p->ex) rc = CEL_ENOMEM;
     p->n = p->ex ? n : 0;
@@ -841,11 +587,7 @@ static void fb_abort(cel_tasks_model_pending_t *p) {
     cel_adapters_set_grads(p->a, 0);
 }
 
-int cel_tasks_model_batchable(const char *name) {
-    return strcmp(name, "lora.forward_backward") == 0 || strcmp(name, "model.score") == 0;
-}
-
-int cel_tasks_model_prepare(cel_diag_call_t *call, cel_tasks_model_pending_t **out) {
+int cel_tasks_model_prepare(cel_call_t *call, cel_tasks_model_pending_t **out) {
     *out = NULL;
     cel_tasks_model_pending_t *p = calloc(1, sizeof(*p));
     if (!p) return CEL_ENOMEM;
@@ -962,59 +704,23 @@ void cel_tasks_model_pending_free(cel_tasks_model_pending_t *p) {
 
 /* ---- lora.optim_step ---- */
 
-/* Reads one float of adam_params into *out, checking lo < x <= hi (lo_ok: lo <= x). */
-static int adam_value(cel_diag_call_t *call, json_t *p, const char *key, double lo, int lo_ok,
-                      double hi, int hi_ok, float *out) {
-    json_t *v = json_object_get(p, key);
-    if (!v) return CEL_OK;
-    if (!is_num(v))
-        return fail(call, "TypeError", "adam_params['%s'] must be a number, not %s", key,
-                    cel_diag_pytype(v));
-    double x = num(v);
-    if (!(lo_ok ? x >= lo : x > lo) || !(hi_ok ? x <= hi : x < hi))
-        return fail(call, "ValueError", "adam_params['%s'] must be in %c%g, %g%c, not %s", key,
-                    lo_ok ? '[' : '(', lo, hi, hi_ok ? ']' : ')', short_repr(v));
-    *out = (float)x;
-    return CEL_OK;
+/* adam_params as bound: every key present, each in the table's range. */
+static void parse_adam(json_t *p, cel_adamw_t *o) {
+    *o = (cel_adamw_t){.lr = (float)num(json_object_get(p, "learning_rate")),
+                       .beta1 = (float)num(json_object_get(p, "beta1")),
+                       .beta2 = (float)num(json_object_get(p, "beta2")),
+                       .eps = (float)num(json_object_get(p, "eps")),
+                       .weight_decay = (float)num(json_object_get(p, "weight_decay")),
+                       .grad_clip = (float)num(json_object_get(p, "grad_clip_norm"))};
 }
 
-static int parse_adam(cel_diag_call_t *call, json_t *p, cel_adamw_t *o) {
-    *o = (cel_adamw_t){.lr = 1e-4f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
-                       .weight_decay = 0.0f, .grad_clip = 0.0f};
-    if (!p) return CEL_OK;
-    if (!json_is_object(p))
-        return fail(call, "TypeError", "adam_params must be a dict or None, not %s",
-                    cel_diag_pytype(p));
-    const char *key;
-    json_t *val;
-    json_object_foreach(p, key, val) {
-        static const char *const known[] = {"learning_rate", "beta1", "beta2", "eps",
-                                            "weight_decay", "grad_clip_norm"};
-        size_t k;
-        for (k = 0; k < sizeof(known) / sizeof(known[0]); k++)
-            if (strcmp(key, known[k]) == 0) break;
-        if (k == sizeof(known) / sizeof(known[0]))
-            return fail(call, "ValueError", "unknown adam_params key '%.64s' (learning_rate, "
-                        "beta1, beta2, eps, weight_decay, grad_clip_norm)", key);
-    }
-    int rc = adam_value(call, p, "learning_rate", 0, 0, 10, 1, &o->lr);
-    if (rc == CEL_OK) rc = adam_value(call, p, "beta1", 0, 1, 1, 0, &o->beta1);
-    if (rc == CEL_OK) rc = adam_value(call, p, "beta2", 0, 1, 1, 0, &o->beta2);
-    if (rc == CEL_OK) rc = adam_value(call, p, "eps", 0, 0, 1, 1, &o->eps);
-    if (rc == CEL_OK) rc = adam_value(call, p, "weight_decay", 0, 1, 1e3, 1, &o->weight_decay);
-    if (rc == CEL_OK) rc = adam_value(call, p, "grad_clip_norm", 0, 1, 1e12, 1, &o->grad_clip);
-    return rc;
-}
-
-static int t_optim_step(cel_diag_call_t *call) {
-    static const char *const params[] = {"adapter_id", "adam_params"};
-    json_t *v[2];
-    BIND(call, "optim_step", params, 1, 2, v);
+/* lora.optim_step(adapter_id, adam_params=None) */
+static int t_optim_step(cel_call_t *call) {
+    json_t **v = call->argv;
     cel_adamw_t opt;
-    int rc = not_ready(call);
-    if (rc == CEL_OK) rc = parse_adam(call, v[1], &opt);
+    parse_adam(v[1], &opt);
     cel_adapter_t *a = NULL;
-    if (rc == CEL_OK) rc = get_adapter(call, v[0], &a);
+    int rc = get_adapter(call, v[0], &a);
     if (rc != CEL_OK) return finish(rc);
     const char *id = cel_adapters_id(a);
     int done_step = 0;
@@ -1054,100 +760,19 @@ static int t_optim_step(cel_diag_call_t *call) {
 
 typedef struct sample_req {
     cel_sample_params_t p;
-    json_t *stops; /* array of str (borrowed) */
+    json_t *stops; /* array of str, or null (borrowed) */
 } sample_req_t;
 
-static int sample_int(cel_diag_call_t *call, json_t *p, const char *key, long lo, long hi,
-                      int *out) {
-    json_t *v = json_object_get(p, key);
-    if (!v || json_is_null(v)) return CEL_OK;
-    if (!is_int(v))
-        return fail(call, "TypeError", "sampling_params['%s'] must be an int, not %s", key,
-                    cel_diag_pytype(v));
-    if (json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return fail(call, "ValueError", "sampling_params['%s'] must be in [%ld, %ld], not %lld",
-                    key, lo, hi, (long long)json_integer_value(v));
-    *out = (int)json_integer_value(v);
-    return CEL_OK;
-}
-
-static int sample_float(cel_diag_call_t *call, json_t *p, const char *key, double lo, int lo_ok,
-                        double hi, float *out) {
-    json_t *v = json_object_get(p, key);
-    if (!v || json_is_null(v)) return CEL_OK;
-    if (!is_num(v))
-        return fail(call, "TypeError", "sampling_params['%s'] must be a number, not %s", key,
-                    cel_diag_pytype(v));
-    double x = num(v);
-    if (!(lo_ok ? x >= lo : x > lo) || !(x <= hi))
-        return fail(call, "ValueError", "sampling_params['%s'] must be in %c%g, %g], not %s",
-                    key, lo_ok ? '[' : '(', lo, hi, short_repr(v));
-    *out = (float)x;
-    return CEL_OK;
-}
-
-static int parse_sampling(cel_diag_call_t *call, json_t *p, sample_req_t *r, json_t **stops_own) {
+/* sampling_params as bound: every key present, each in the table's range. */
+static void parse_sampling(json_t *p, sample_req_t *r) {
     memset(r, 0, sizeof(*r));
-    r->p.max_tokens = 32;
-    r->p.temperature = 1.0f;
-    r->p.top_p = 1.0f;
-    r->p.seed = random_seed();
-    *stops_own = json_array();
-    if (!*stops_own) return CEL_ENOMEM;
-    r->stops = *stops_own;
-    if (!p) return CEL_OK;
-    if (!json_is_object(p))
-        return fail(call, "TypeError", "sampling_params must be a dict or None, not %s",
-                    cel_diag_pytype(p));
-    const char *key;
-    json_t *val;
-    json_object_foreach(p, key, val) {
-        static const char *const known[] = {"max_tokens", "temperature", "top_p", "top_k",
-                                            "seed", "stop"};
-        size_t k;
-        for (k = 0; k < sizeof(known) / sizeof(known[0]); k++)
-            if (strcmp(key, known[k]) == 0) break;
-        if (k == sizeof(known) / sizeof(known[0]))
-            return fail(call, "ValueError", "unknown sampling_params key '%.64s' (max_tokens, "
-                        "temperature, top_p, top_k, seed, stop)", key);
-    }
-    int rc = sample_int(call, p, "max_tokens", 1, MT_MAX_NEW_TOKENS, &r->p.max_tokens);
-    if (rc == CEL_OK) rc = sample_float(call, p, "temperature", 0, 1, 100, &r->p.temperature);
-    if (rc == CEL_OK) rc = sample_float(call, p, "top_p", 0, 0, 1, &r->p.top_p);
-    if (rc == CEL_OK) rc = sample_int(call, p, "top_k", 0, 1 << 30, &r->p.top_k);
     json_t *seed = json_object_get(p, "seed");
-    if (rc == CEL_OK && seed && !json_is_null(seed)) {
-        if (!is_int(seed))
-            rc = fail(call, "TypeError", "sampling_params['seed'] must be an int or None, not %s",
-                      cel_diag_pytype(seed));
-        else if (json_integer_value(seed) < 0)
-            rc = fail(call, "ValueError", "sampling_params['seed'] must be >= 0");
-        else
-            r->p.seed = (uint64_t)json_integer_value(seed);
-    }
-    json_t *stop = json_object_get(p, "stop");
-    if (rc != CEL_OK || !stop || json_is_null(stop)) return rc;
-    if (json_is_string(stop)) {
-        if (json_array_append(*stops_own, stop)) return CEL_ENOMEM;
-    } else if (json_is_array(stop)) {
-        if (json_array_extend(*stops_own, stop)) return CEL_ENOMEM;
-    } else {
-        return fail(call, "TypeError", "sampling_params['stop'] must be a str or a list of str, "
-                    "not %s", cel_diag_pytype(stop));
-    }
-    if (json_array_size(*stops_own) > MT_MAX_STOPS)
-        return fail(call, "ValueError", "at most %d stop strings", MT_MAX_STOPS);
-    size_t i;
-    json_t *s;
-    json_array_foreach(*stops_own, i, s) {
-        if (!json_is_string(s))
-            return fail(call, "TypeError", "sampling_params['stop'][%zu] must be a str, not %s",
-                        i, cel_diag_pytype(s));
-        if (json_string_length(s) == 0 || json_string_length(s) > MT_MAX_STOP_BYTES)
-            return fail(call, "ValueError", "stop strings must be 1 to %d bytes",
-                        MT_MAX_STOP_BYTES);
-    }
-    return CEL_OK;
+    r->p.max_tokens = (int)json_integer_value(json_object_get(p, "max_tokens"));
+    r->p.temperature = (float)num(json_object_get(p, "temperature"));
+    r->p.top_p = (float)num(json_object_get(p, "top_p"));
+    r->p.top_k = (int)json_integer_value(json_object_get(p, "top_k"));
+    r->p.seed = json_is_null(seed) ? random_seed() : (uint64_t)json_integer_value(seed);
+    r->stops = json_object_get(p, "stop");
 }
 
 /* One sequence's generated ids and its decoded (and stop-cut) text. */
@@ -1176,7 +801,7 @@ static int decode_cut(gen_t *q, json_t *stops, int *rc, cel_err_t *err) {
     return 1;
 }
 
-static int run_sampler(cel_diag_call_t *call, cel_lora_t *lora, int np, int32_t **pids,
+static int run_sampler(cel_call_t *call, cel_lora_t *lora, int np, int32_t **pids,
                        int32_t *lens, sample_req_t *r, gen_t *gens) {
     cel_sampler_t *s = NULL;
     cel_err_t err;
@@ -1219,29 +844,16 @@ static int run_sampler(cel_diag_call_t *call, cel_lora_t *lora, int np, int32_t 
     return rc;
 }
 
-static int t_sample(cel_diag_call_t *call) {
-    static const char *const params[] = {"adapter_id", "prompts", "sampling_params"};
-    json_t *v[3];
-    /* adapter_id is required but may be None (the base model) */
-    int brc = bind(call, "sample", params, 2, 3, v);
-    if (brc) return finish(brc);
-    int rc = not_ready(call);
+/* lora.sample(adapter_id, prompts, sampling_params=None): adapter_id None is
+ * the base model; prompts a list of str (a bare str was made one). */
+static int t_sample(cel_call_t *call) {
+    json_t **v = call->argv;
     sample_req_t r;
-    json_t *stops = NULL;
-    if (rc == CEL_OK) rc = parse_sampling(call, v[2], &r, &stops);
+    parse_sampling(v[2], &r);
     json_t *prompts = v[1];
-    json_t *one = NULL;
-    if (rc == CEL_OK && json_is_string(prompts)) prompts = one = json_pack("[O]", prompts);
-    if (rc == CEL_OK && !prompts) rc = CEL_ENOMEM;
-    if (rc == CEL_OK && !json_is_array(prompts))
-        rc = fail(call, "TypeError", "prompts must be a str or a list of str, not %s",
-                  cel_diag_pytype(prompts));
     int np = (int)json_array_size(prompts);
-    if (rc == CEL_OK && (np == 0 || np > MT_MAX_PROMPTS))
-        rc = fail(call, "ValueError", "prompts must hold 1 to %d prompts, not %d",
-                  MT_MAX_PROMPTS, np);
     cel_lora_t *lora = NULL;
-    if (rc == CEL_OK && !json_is_null(v[0])) rc = get_lora(call, v[0], &lora);
+    int rc = get_lora(call, v[0], &lora);
     int32_t **pids = rc == CEL_OK ? calloc((size_t)np, sizeof(*pids)) : NULL;
     int32_t *lens = rc == CEL_OK ? calloc((size_t)np, sizeof(*lens)) : NULL;
     gen_t *gens = rc == CEL_OK ? calloc((size_t)np, sizeof(*gens)) : NULL;
@@ -1249,11 +861,6 @@ static int t_sample(cel_diag_call_t *call) {
     int maxT = g.model ? cel_model_max_seq(g.model) : 0;
     for (int i = 0; rc == CEL_OK && i < np; i++) {
         json_t *p = json_array_get(prompts, (size_t)i);
-        if (!json_is_string(p)) {
-            rc = fail(call, "TypeError", "prompts[%d] must be a str, not %s", i,
-                      cel_diag_pytype(p));
-            break;
-        }
         size_t n;
         rc = encode(call, p, 1, "prompt", &pids[i], &n);
         if (rc == CEL_OK && n == 0)
@@ -1288,20 +895,16 @@ static int t_sample(cel_diag_call_t *call) {
     free(pids);
     free(lens);
     free(gens);
-    json_decref(one);
-    json_decref(stops);
     return finish(rc);
 }
 
 /* ---- lora.save, load, info, list, delete ---- */
 
-static int t_save(cel_diag_call_t *call) {
-    static const char *const params[] = {"adapter_id"};
-    json_t *v[1];
-    BIND(call, "save", params, 1, 1, v);
-    int rc = not_ready(call);
+/* lora.save(adapter_id) */
+static int t_save(cel_call_t *call) {
+    json_t **v = call->argv;
     cel_adapter_t *a = NULL;
-    if (rc == CEL_OK) rc = get_adapter(call, v[0], &a);
+    int rc = get_adapter(call, v[0], &a);
     char path[CEL_ADAPTERS_PATH_MAX];
     cel_err_t err;
     if (rc == CEL_OK && (rc = cel_adapters_export(g.store, a, path, &err)) != CEL_OK)
@@ -1311,20 +914,18 @@ static int t_save(cel_diag_call_t *call) {
     return finish(rc);
 }
 
-static int t_load(cel_diag_call_t *call) {
-    static const char *const params[] = {"path", "owner"};
-    json_t *v[2];
-    BIND(call, "load", params, 1, 2, v);
-    int rc = not_ready(call);
-    if (rc == CEL_OK) rc = want_str(call, v[0], "path");
-    if (rc == CEL_OK && strlen(json_string_value(v[0])) != json_string_length(v[0]))
+/* lora.load(path, owner=None) */
+static int t_load(cel_call_t *call) {
+    json_t **v = call->argv;
+    int rc = CEL_OK;
+    if (strlen(json_string_value(v[0])) != json_string_length(v[0]))
         rc = fail(call, "ValueError", "path must not contain NUL");
     if (rc == CEL_OK) rc = check_owner(call, v[1]);
     cel_adapter_t *a = NULL;
     cel_err_t err;
     if (rc == CEL_OK) {
-        rc = cel_adapters_import(g.store, json_string_value(v[0]),
-                                 v[1] ? json_string_value(v[1]) : NULL, &a, &err);
+        rc = cel_adapters_import(g.store, json_string_value(v[0]), json_string_value(v[1]), &a,
+                                 &err);
         if (rc == CEL_ESTATE)
             rc = fail(call, "PermissionError", "path %s %s", short_repr(v[0]), err.msg);
         else if (rc == CEL_EIO)
@@ -1339,15 +940,13 @@ static int t_load(cel_diag_call_t *call) {
     return finish(rc);
 }
 
-static int t_info(cel_diag_call_t *call) {
-    static const char *const params[] = {"adapter_id"};
-    json_t *v[1];
-    BIND(call, "info", params, 1, 1, v);
-    int rc = not_ready(call);
-    if (rc == CEL_OK) rc = want_str(call, v[0], "adapter_id");
+/* lora.info(adapter_id) */
+static int t_info(cel_call_t *call) {
+    json_t **v = call->argv;
     json_t *info = NULL;
     cel_err_t err;
-    if (rc == CEL_OK && (rc = cel_adapters_info(g.store, json_string_value(v[0]), &info, &err))) {
+    int rc;
+    if ((rc = cel_adapters_info(g.store, json_string_value(v[0]), &info, &err))) {
         if (rc == CEL_ENOTFOUND) rc = fail(call, "ValueError", "unknown adapter %s",
                                            short_repr(v[0]));
         else if (rc != CEL_ENOMEM) rc = fail(call, "OSError", "adapter %s: %s",
@@ -1357,29 +956,24 @@ static int t_info(cel_diag_call_t *call) {
     return finish(rc);
 }
 
-static int t_list(cel_diag_call_t *call) {
-    static const char *const params[] = {"owner"};
-    json_t *v[1];
-    BIND(call, "list", params, 0, 1, v);
-    int rc = not_ready(call);
-    if (rc == CEL_OK && v[0]) rc = want_str(call, v[0], "owner");
+/* lora.list(owner=None) */
+static int t_list(cel_call_t *call) {
+    json_t **v = call->argv;
     json_t *list = NULL;
     cel_err_t err;
-    if (rc == CEL_OK &&
-        (rc = cel_adapters_list(g.store, v[0] ? json_string_value(v[0]) : NULL, &list, &err)))
+    int rc;
+    if ((rc = cel_adapters_list(g.store, json_string_value(v[0]), &list, &err)))
         rc = rc == CEL_ENOMEM ? rc : fail(call, "OSError", "%s", err.msg);
     if (rc == CEL_OK) rc = succeed(call, list);
     return finish(rc);
 }
 
-static int t_delete(cel_diag_call_t *call) {
-    static const char *const params[] = {"adapter_id"};
-    json_t *v[1];
-    BIND(call, "delete", params, 1, 1, v);
-    int rc = not_ready(call);
-    if (rc == CEL_OK) rc = want_str(call, v[0], "adapter_id");
+/* lora.delete(adapter_id) */
+static int t_delete(cel_call_t *call) {
+    json_t **v = call->argv;
     cel_err_t err;
-    if (rc == CEL_OK && (rc = cel_adapters_delete(g.store, json_string_value(v[0]), &err))) {
+    int rc;
+    if ((rc = cel_adapters_delete(g.store, json_string_value(v[0]), &err))) {
         if (rc == CEL_ENOTFOUND) rc = fail(call, "ValueError", "unknown adapter %s",
                                            short_repr(v[0]));
         else if (rc != CEL_ENOMEM) rc = fail(call, "OSError", "cannot delete %s: %s",
@@ -1394,19 +988,20 @@ static int t_delete(cel_diag_call_t *call) {
 
 /* ---- the table ---- */
 
-static const cel_diag_task_t model_tasks[] = {
+static const struct {
+    const char *name;
+    cel_call_fn fn;
+} model_tasks[] = {
     {"lora.create", t_create},   {"lora.delete", t_delete},
     {"lora.forward_backward", run_alone},
     {"lora.info", t_info},       {"lora.list", t_list},       {"lora.load", t_load},
     {"lora.optim_step", t_optim_step},
     {"lora.sample", t_sample},   {"lora.save", t_save},       {"model.score", run_alone},
-    {NULL, NULL},
 };
 
-const cel_diag_task_t *cel_tasks_model_find(const char *name) {
-    if (!name) return NULL;
-    for (const cel_diag_task_t *t = model_tasks; t->name; t++)
-        if (strcmp(t->name, name) == 0) return t;
+cel_call_fn cel_tasks_model_find(const char *name) {
+    for (size_t i = 0; name && i < sizeof(model_tasks) / sizeof(model_tasks[0]); i++)
+        if (strcmp(model_tasks[i].name, name) == 0) return model_tasks[i].fn;
     return NULL;
 }
 

@@ -11,7 +11,7 @@
 #define CEL_TASKS_MODEL_H
 
 #include "../common/err.h"
-#include "diag.h"
+#include "call.h"
 
 #define CEL_TASKS_MODEL_DEFAULT_INPUT 1024 /* --max-input-tokens default (<= max_seq) */
 #define CEL_TASKS_MODEL_MAX_ROOTS 16       /* --import-root options */
@@ -40,9 +40,12 @@ int cel_tasks_model_open(const cel_tasks_model_opts_t *opts, cel_err_t *err);
 /* Frees everything (a private temp state dir is removed). Safe without open. */
 void cel_tasks_model_close(void);
 
-/* The family's entry for name, or NULL. Works before open (for the start-up name
- * check); a task run before a successful open fails with RuntimeError. */
-const cel_diag_task_t *cel_tasks_model_find(const char *name);
+/* The function of the task name, or NULL. Works before open (for the start-up
+ * check of the task table). */
+cel_call_fn cel_tasks_model_find(const char *name);
+
+/* 1 once cel_tasks_model_open succeeded (the tasks with needs_model may run). */
+int cel_tasks_model_ready(void);
 
 /* ---- packing model tasks (a batching executor) ----
  * lora.forward_backward and model.score can be prepared (arguments checked,
@@ -51,13 +54,12 @@ const cel_diag_task_t *cel_tasks_model_find(const char *name);
  * (cel_model_run_jobs). Each task gets the result it gets alone. */
 typedef struct cel_tasks_model_pending cel_tasks_model_pending_t;
 
-/* 1 when the task `name` can be packed. */
-int cel_tasks_model_batchable(const char *name);
-
-/* Checks call's arguments (call and its args stay alive until the pending is
- * freed). OUT: *out to run, or NULL when the call already has its result (a
- * raised exception). Returns CEL_OK or CEL_ENOMEM. */
-int cel_tasks_model_prepare(cel_diag_call_t *call, cel_tasks_model_pending_t **out);
+/* Prepares a bound call of a batchable task (the task table says which): checks
+ * what the table cannot (adapter, vocabulary, lengths) and builds its examples
+ * (call and its bound values stay alive until the pending is freed). OUT: *out
+ * to run, or NULL when the call already has its result (a raised exception).
+ * Returns CEL_OK or CEL_ENOMEM. */
+int cel_tasks_model_prepare(cel_call_t *call, cel_tasks_model_pending_t **out);
 
 /* Runs n prepared tasks in packed passes of at most max_tokens padded tokens,
  * until each has its result in its call. Returns CEL_OK or CEL_ENOMEM. */

@@ -299,9 +299,12 @@ static void test_describe_option(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_names_sorted_and_found), cmocka_unit_test(test_adapter_params),
-        cmocka_unit_test(test_specs),                  cmocka_unit_test(test_targets_are_the_models),
-        cmocka_unit_test(test_describe_round_trips),   cmocka_unit_test(test_known_facts),
+        cmocka_unit_test(test_names_sorted_and_found),
+        cmocka_unit_test(test_adapter_params),
+        cmocka_unit_test(test_specs),
+        cmocka_unit_test(test_targets_are_the_models),
+        cmocka_unit_test(test_describe_round_trips),
+        cmocka_unit_test(test_known_facts),
         cmocka_unit_test(test_describe_option),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
