@@ -10,9 +10,9 @@
  * which stops executors by closing their channel), SIGPIPE too (EPIPE ends us).
  * Tasks are dispatched by the task table (protocol/tasks.h): a name it lacks is
  * NotRegistered; the arguments are bound and checked with it (call.c), then
- * the task's function runs (diag.c for diag.*, tasks_model.c for the model
+ * the task's function runs (diag.c for diag.*, lm.c's family for the model
  * tasks; checked against the table at start-up). This file frames, parses the
- * options, and loads the model (tasks_model) on --device before "ready" (which
+ * options, and loads the model (lm.c) on --device before "ready" (which
  * names the device): a model that cannot be loaded means exit 3, before any
  * task is taken. With --batch-max-tasks K > 1 the main
  * process writes up to K tasks ahead; packable model tasks that are waiting
@@ -40,7 +40,7 @@
 #include "../protocol/tasks.h"
 #include "call.h"
 #include "diag.h"
-#include "tasks_model.h"
+#include "lm.h"
 
 #define EXEC_READ_CHUNK (64 * 1024) /* bytes per read(2) */
 #define EXEC_EXIT_IO 1              /* channel I/O failed or out of memory */
@@ -65,7 +65,7 @@ typedef struct held {
     json_t *msg;
     const char *id, *name;
     cel_call_t call;
-    cel_tasks_model_pending_t *pending; /* NULL: the call already has its result */
+    cel_lm_pending_t *pending; /* NULL: the call already has its result */
 } held_t;
 
 static held_t held[EXEC_MAX_BATCH];
@@ -144,7 +144,7 @@ static struct {
     double last; /* when the last progress frame went (or the task started) */
 } running = {.fd = -1};
 
-/* tasks_model's progress hook: a {"op": "progress"} frame for the running task, at
+/* The model tasks' progress hook: a {"op": "progress"} frame for the running task, at
  * most one per EXEC_PROGRESS_EVERY (none for tasks shorter than that). */
 static int send_progress(void *priv, long done, long total) {
     (void)priv;
@@ -205,10 +205,10 @@ static int send_bad_run(int fd, const char *id, const char *task, const char *wh
     return rc;
 }
 
-/* The function of a task of the table, or NULL. */
-static cel_call_fn task_fn(const char *name) {
-    cel_call_fn fn = cel_diag_find(name);
-    return fn ? fn : cel_tasks_model_find(name);
+/* The function of a task of the table, or NULL: the model family's for a task
+ * that needs the model, the diag family's otherwise. */
+static cel_call_fn task_fn(const cel_tasks_task_t *t) {
+    return t->needs_model ? cel_lm_find(t->name) : cel_diag_find(t->name);
 }
 
 /* Gets call ready to run task t: its function, the model if it needs one, its
@@ -216,12 +216,12 @@ static cel_call_fn task_fn(const char *name) {
  * call already holds its outcome (the exception). Returns CEL_OK or CEL_ENOMEM. */
 static int start_call(cel_call_t *call, const cel_tasks_task_t *t, cel_call_fn *fn) {
     *fn = NULL;
-    cel_call_fn f = task_fn(t->name);
+    cel_call_fn f = task_fn(t);
     if (!f) /* logged at start-up */
         return cel_call_raisef(call, "NotImplementedError", "task %s has no function in this "
                                "executor", t->name);
     int rc = cel_call_bind(call, t);
-    if (rc == CEL_OK && t->needs_model && !cel_tasks_model_ready())
+    if (rc == CEL_OK && t->needs_model && !cel_lm_ready())
         rc = cel_call_fail(call, "RuntimeError", "the executor has no model loaded");
     if (rc == CEL_OK) *fn = f;
     return cel_call_finish(rc);
@@ -249,9 +249,9 @@ static int run_task(int fd, const char *id, const char *name, json_t *args, json
         running.last = t0;
         cel_call_fn fn;
         rc = start_call(&call, task, &fn);
-        cel_tasks_model_begin(id);
+        cel_lm_begin(id);
         if (rc == CEL_OK && fn) rc = fn(&call);
-        cel_tasks_model_begin(NULL);
+        cel_lm_begin(NULL);
         running.id = NULL;
     }
     double runtime = mono_now() - t0;
@@ -272,20 +272,20 @@ static int run_task(int fd, const char *id, const char *name, json_t *args, json
  * Returns CEL_OK or a channel/memory error. */
 static int flush_batch(int fd) {
     if (nheld == 0) return CEL_OK;
-    cel_tasks_model_pending_t *ps[EXEC_MAX_BATCH];
+    cel_lm_pending_t *ps[EXEC_MAX_BATCH];
     int np = 0;
     for (int i = 0; i < nheld; i++)
         if (held[i].pending) ps[np++] = held[i].pending;
     double t0 = mono_now();
     soft_limit = 0;
-    int rc = np ? cel_tasks_model_run(ps, np, batching.max_tokens) : CEL_OK;
+    int rc = np ? cel_lm_run(ps, np, batching.max_tokens) : CEL_OK;
     double runtime = mono_now() - t0;
     if (np > 1) cel_debug("Packed %d model tasks in %.6fs", np, runtime);
     for (int i = 0; i < nheld; i++) {
         held_t *h = &held[i];
         if (rc == CEL_OK)
             rc = send_result(fd, h->id, &h->call, h->pending ? runtime : 0.0);
-        cel_tasks_model_pending_free(h->pending);
+        cel_lm_pending_free(h->pending);
         cel_call_close(&h->call);
         json_decref(h->msg);
     }
@@ -307,7 +307,7 @@ static int hold_task(json_t *msg, const char *id, const cel_tasks_task_t *t, jso
     cel_debug("Task %s[%s] held for a packed pass", t->name, id);
     cel_call_fn fn;
     int rc = start_call(&h->call, t, &fn);
-    if (rc == CEL_OK && fn) rc = cel_tasks_model_prepare(&h->call, &h->pending);
+    if (rc == CEL_OK && fn) rc = cel_lm_prepare(&h->call, &h->pending);
     return rc;
 }
 
@@ -454,8 +454,8 @@ static int default_model_dir(char *out) {
 
 int main(int argc, char **argv) {
     int fd = -1, index = -1, level = CEL_LOG_WARNING;
-    const char *roots[CEL_TASKS_MODEL_MAX_ROOTS];
-    cel_tasks_model_opts_t mopts = {.import_roots = roots, .threads = 1,
+    const char *roots[CEL_LM_MAX_ROOTS];
+    cel_lm_opts_t mopts = {.import_roots = roots, .threads = 1,
                                     .progress = send_progress};
     for (int i = 1; i < argc; i++) {
         const char *opt = argv[i];
@@ -472,7 +472,7 @@ int main(int argc, char **argv) {
         } else if (strcmp(opt, "--state-dir") == 0) {
             mopts.state_dir = *val ? val : NULL;
         } else if (strcmp(opt, "--import-root") == 0) {
-            if (mopts.n_import_roots == CEL_TASKS_MODEL_MAX_ROOTS)
+            if (mopts.n_import_roots == CEL_LM_MAX_ROOTS)
                 return usage("too many --import-root");
             roots[mopts.n_import_roots++] = val;
         } else if (strcmp(opt, "--max-input-tokens") == 0) {
@@ -513,7 +513,8 @@ int main(int argc, char **argv) {
         return EXEC_EXIT_IO;
     }
     for (const char *const *n = cel_tasks_names(); *n; n++)
-        if (!task_fn(*n)) cel_error("Task %s is in the task table but has no function", *n);
+        if (!task_fn(cel_tasks_find(*n)))
+            cel_error("Task %s is in the task table but has no function", *n);
 
     char model_dir[EXEC_PATH_MAX];
     if (!mopts.model_dir) {
@@ -527,7 +528,7 @@ int main(int argc, char **argv) {
     cel_err_clear(&merr);
     char device[256] = "cpu";
     mopts.device_chosen = device;
-    if (cel_tasks_model_open(&mopts, &merr) != CEL_OK) {
+    if (cel_lm_open(&mopts, &merr) != CEL_OK) {
         cel_error("Cannot load the model from %s: %s", mopts.model_dir, merr.msg);
         return EXEC_EXIT_MODEL;
     }
@@ -540,12 +541,12 @@ int main(int argc, char **argv) {
     json_decref(ready);
     if (rc != CEL_OK) {
         cel_error("Cannot send ready: %s", rc == CEL_ENOMEM ? "out of memory" : err.msg);
-        cel_tasks_model_close();
+        cel_lm_close();
         return EXEC_EXIT_IO;
     }
     cel_debug("Ready, pid %d", (int)getpid());
     int status = serve(fd);
     close(fd);
-    cel_tasks_model_close();
+    cel_lm_close();
     return status;
 }

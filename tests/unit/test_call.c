@@ -462,31 +462,6 @@ static void test_examples_one_of(void **state) {
     }
 }
 
-/* Every default of the table satisfies its own spec (bound as the default). */
-static void check_defaults(const char *task_name, const cel_tasks_spec_t *s) {
-    if (s->name && !s->required) {
-        cel_call_t c = {.name = task_name};
-        json_t *d = json_loads(s->dflt, JSON_DECODE_ANY, NULL), *out = NULL;
-        assert_non_null(d);
-        int rc = cel_call_check(&c, s, d, &out);
-        if (rc != CEL_OK)
-            fail_msg("%s %s: default %s refused: %s", task_name, s->name, s->dflt,
-                     json_string_value(json_array_get(c.exc_args, 0)));
-        json_decref(out);
-        json_decref(d);
-        cel_call_close(&c);
-    }
-    if (s->items) check_defaults(task_name, s->items);
-    for (int i = 0; i < s->nfields; i++) check_defaults(task_name, &s->fields[i]);
-}
-
-static void test_table_defaults_pass(void **state) {
-    for (const char *const *n = cel_tasks_names(); *n; n++) {
-        const cel_tasks_task_t *t = cel_tasks_find(*n);
-        for (int i = 0; i < t->nparams; i++) check_defaults(t->name, &t->params[i]);
-    }
-}
-
 /* ---- the outcome ---- */
 
 static void test_raise_and_traceback(void **state) {
@@ -551,7 +526,7 @@ int main(void) {
         cmocka_unit_test(test_int_bounds),        cmocka_unit_test(test_number_bounds),
         cmocka_unit_test(test_str_lengths),       cmocka_unit_test(test_choices),
         cmocka_unit_test(test_list_lengths),      cmocka_unit_test(test_dicts),
-        cmocka_unit_test(test_examples_one_of),   cmocka_unit_test(test_table_defaults_pass),
+        cmocka_unit_test(test_examples_one_of),
         cmocka_unit_test(test_raise_and_traceback), cmocka_unit_test(test_pytype_pystr_repr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
