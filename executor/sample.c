@@ -2,7 +2,7 @@
  *
  * The prompts are encoded (bos first), checked against --max-input-tokens and
  * the model's positions, and sampled together by the model's sampler
- * (cel_sampler_*); each text is cut at its first stop string. The soft time
+ * (cel_sampler_*), which cuts each text at its first stop string. The soft time
  * limit is checked between steps; progress goes out once per step.
  * Executor processes only; blocking; one task at a time.
  */
@@ -15,7 +15,9 @@ static cel_lm_state_t *const g = &cel_lm_state;
 
 typedef struct sample_req {
     cel_sample_params_t p;
-    json_t *stops; /* array of str, or null (borrowed) */
+    const char *stop[CEL_TASKS_MAX_STOPS]; /* borrowed from the bound sampling_params */
+    size_t stop_len[CEL_TASKS_MAX_STOPS];
+    int nstops;
 } sample_req_t;
 
 /* sampling_params as bound: every key present, each in the table's range. */
@@ -27,7 +29,14 @@ static void parse_sampling(json_t *p, sample_req_t *r) {
     r->p.top_p = (float)json_number_value(json_object_get(p, "top_p"));
     r->p.top_k = (int)json_integer_value(json_object_get(p, "top_k"));
     r->p.seed = json_is_null(seed) ? cel_lm_random_seed() : (uint64_t)json_integer_value(seed);
-    r->stops = json_object_get(p, "stop");
+    json_t *stops = json_object_get(p, "stop"), *st; /* null, or at most the table's max */
+    size_t i;
+    json_array_foreach(stops, i, st) {
+        if (i == CEL_TASKS_MAX_STOPS) break;
+        r->stop[i] = json_string_value(st);
+        r->stop_len[i] = json_string_length(st);
+        r->nstops = (int)i + 1;
+    }
 }
 
 /* One sequence's generated ids and its decoded (and stop-cut) text. */
@@ -39,21 +48,12 @@ typedef struct gen {
 } gen_t;
 
 /* Decodes q; cuts its text at the earliest stop string. Returns 1 on a stop. */
-static int decode_cut(gen_t *q, json_t *stops, int *rc, cel_err_t *err) {
+static int decode_cut(gen_t *q, const sample_req_t *r, int *rc, cel_err_t *err) {
     free(q->text);
     q->text = NULL;
     *rc = cel_tokenizer_decode(g->tok, q->ids, q->n, &q->text, &q->len, err);
     if (*rc != CEL_OK) return 0;
-    size_t cut = q->len, i;
-    json_t *s;
-    json_array_foreach(stops, i, s) {
-        const char *hit = memmem(q->text, q->len, json_string_value(s), json_string_length(s));
-        if (hit && (size_t)(hit - q->text) < cut) cut = (size_t)(hit - q->text);
-    }
-    if (cut == q->len) return 0;
-    q->len = cut;
-    q->text[cut] = '\0';
-    return 1;
+    return cel_sampler_cut_stops(q->text, &q->len, r->stop, r->stop_len, r->nstops);
 }
 
 static int run_sampler(cel_call_t *call, cel_lora_t *lora, int np, int32_t **pids,
@@ -65,7 +65,7 @@ static int run_sampler(cel_call_t *call, cel_lora_t *lora, int np, int32_t **pid
     int rc = cel_sampler_new(g->model, lora, np, (const int32_t *const *)pids, lens, &r->p, &s,
                              &err);
     if (rc != CEL_OK) rc = cel_lm_model_error(call, rc, &err);
-    int nstops = (int)json_array_size(r->stops);
+    int nstops = r->nstops;
     for (long step = 0; rc == CEL_OK;) {
         if (cel_call_soft_limit_hit(call)) {
             rc = cel_call_raise_soft_limit(call);
@@ -80,7 +80,7 @@ static int run_sampler(cel_call_t *call, cel_lora_t *lora, int np, int32_t **pid
             if (out[i] < 0 || cel_sampler_status(s, i) == 1) continue; /* done, or a stop id */
             gen_t *q = &gens[i];
             if (q->n < (size_t)r->p.max_tokens) q->ids[q->n++] = out[i];
-            if (nstops && decode_cut(q, r->stops, &rc, &err) && cel_sampler_status(s, i) == 0) {
+            if (nstops && decode_cut(q, r, &rc, &err) && cel_sampler_status(s, i) == 0) {
                 cel_sampler_stop(s, i);
                 live--;
             }
@@ -91,7 +91,7 @@ static int run_sampler(cel_call_t *call, cel_lora_t *lora, int np, int32_t **pid
     }
     for (int i = 0; rc == CEL_OK && i < np; i++)
         if (!gens[i].text || !nstops) {
-            decode_cut(&gens[i], r->stops, &rc, &err);
+            decode_cut(&gens[i], r, &rc, &err);
             if (rc != CEL_OK) rc = cel_lm_model_error(call, rc, &err);
         }
     cel_sampler_free(s);
