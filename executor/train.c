@@ -21,7 +21,6 @@
 /* Limits besides the task table's (protocol/tasks.h) and --max-input-tokens. */
 #define MT_MAX_TOTAL_TOKENS (256 * 1024) /* tokens in one forward_backward, all examples */
 #define MT_MAX_BATCH 32                  /* sequences in one pass */
-#define MT_MAX_ROLE_BYTES 16             /* bytes of a chat role (the table's choices) */
 
 static cel_lm_state_t *const g = &cel_lm_state;
 
@@ -165,8 +164,11 @@ static int build_chat(cel_call_t *call, size_t idx, json_t *msgs, seqbuf_t *s) {
         json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
         size_t cl = json_string_length(content);
         float w = strcmp(json_string_value(role), "assistant") == 0 ? 1.0f : 0.0f;
-        char head[MT_MAX_ROLE_BYTES + 4];
+        char head[64]; /* the role and its separator, tokenized together */
         int hl = snprintf(head, sizeof(head), chatml ? "%s\n" : "%s: ", json_string_value(role));
+        if (hl < 0 || (size_t)hl >= sizeof(head)) /* the table's roles are short */
+            return cel_call_fail(call, "ValueError", "example %zu, message %zu: role is too long",
+                                 idx, i);
         if (chatml) rc = seq_push(s, &g->im_start, 1, 0);
         if (rc == CEL_OK) rc = seq_text(call, s, head, (size_t)hl, 0);
         if (rc == CEL_OK) rc = seq_text(call, s, json_string_value(content), cl, w);
