@@ -60,8 +60,9 @@ int cel_lm_create(cel_call_t *call) {
     cel_err_t err;
     if (rc == CEL_OK &&
         (rc = cel_adapters_create(g->store, &cfg, json_string_value(v[4]), &a, &err)) != CEL_OK)
-        rc = rc == CEL_ENOMEM ? rc : cel_call_fail(call, "OSError", "cannot create the adapter: %s",
-                                          err.msg);
+        rc = rc == CEL_ENOMEM
+                 ? rc
+                 : cel_call_fail(call, "OSError", "cannot create the adapter: %s", err.msg);
     if (rc == CEL_OK) {
         cel_info("Created adapter %s (rank %d, alpha %g)", cel_adapters_id(a), cfg.rank,
                  cfg.alpha);
@@ -80,8 +81,9 @@ int cel_lm_save(cel_call_t *call) {
     char path[CEL_ADAPTERS_PATH_MAX];
     cel_err_t err;
     if (rc == CEL_OK && (rc = cel_adapters_export(g->store, a, path, &err)) != CEL_OK)
-        rc = rc == CEL_ENOMEM ? rc : cel_call_fail(call, "OSError", "cannot save adapter %s: %s",
-                                          cel_adapters_id(a), err.msg);
+        rc = rc == CEL_ENOMEM ? rc
+                              : cel_call_fail(call, "OSError", "cannot save adapter %s: %s",
+                                              cel_adapters_id(a), err.msg);
     if (rc == CEL_OK) rc = cel_call_succeed(call, json_string(path));
     return cel_call_finish(rc);
 }
@@ -119,10 +121,10 @@ int cel_lm_info(cel_call_t *call) {
     cel_err_t err;
     int rc;
     if ((rc = cel_adapters_info(g->store, json_string_value(v[0]), &info, &err))) {
-        if (rc == CEL_ENOTFOUND) rc = cel_call_fail(call, "ValueError", "unknown adapter %s",
-                                           cel_lm_repr(v[0]));
-        else if (rc != CEL_ENOMEM) rc = cel_call_fail(call, "OSError", "adapter %s: %s",
-                                             json_string_value(v[0]), err.msg);
+        if (rc == CEL_ENOTFOUND)
+            rc = cel_call_fail(call, "ValueError", "unknown adapter %s", cel_lm_repr(v[0]));
+        else if (rc != CEL_ENOMEM)
+            rc = cel_call_fail(call, "OSError", "adapter %s: %s", json_string_value(v[0]), err.msg);
     }
     if (rc == CEL_OK) rc = cel_call_succeed(call, info);
     return cel_call_finish(rc);
@@ -146,10 +148,11 @@ int cel_lm_delete(cel_call_t *call) {
     cel_err_t err;
     int rc;
     if ((rc = cel_adapters_delete(g->store, json_string_value(v[0]), &err))) {
-        if (rc == CEL_ENOTFOUND) rc = cel_call_fail(call, "ValueError", "unknown adapter %s",
-                                           cel_lm_repr(v[0]));
-        else if (rc != CEL_ENOMEM) rc = cel_call_fail(call, "OSError", "cannot delete %s: %s",
-                                             json_string_value(v[0]), err.msg);
+        if (rc == CEL_ENOTFOUND)
+            rc = cel_call_fail(call, "ValueError", "unknown adapter %s", cel_lm_repr(v[0]));
+        else if (rc != CEL_ENOMEM)
+            rc = cel_call_fail(call, "OSError", "cannot delete %s: %s", json_string_value(v[0]),
+                               err.msg);
     }
     if (rc == CEL_OK) {
         cel_info("Deleted adapter %s", json_string_value(v[0]));

@@ -122,8 +122,10 @@ int cel_lm_sample(cel_call_t *call) {
             rc = cel_call_fail(call, "ValueError", "prompts[%d] is empty and the model has no bos",
                                i);
         if (rc == CEL_OK && n > (size_t)g->max_input)
-            rc = cel_call_fail(call, "ValueError", "prompts[%d] is %zu tokens; the limit is %d "
-                      "(--max-input-tokens)", i, n, g->max_input);
+            rc = cel_call_fail(call, "ValueError",
+                               "prompts[%d] is %zu tokens; the limit is %d "
+                               "(--max-input-tokens)",
+                               i, n, g->max_input);
         if (rc == CEL_OK && n + (size_t)r.p.max_tokens > (size_t)maxT)
             rc = cel_call_fail(call, "ValueError",
                                "prompts[%d] (%zu tokens) + max_tokens %d passes the "

@@ -208,8 +208,10 @@ static int build_datum(cel_call_t *call, size_t idx, json_t *d, example_t *ex) {
     if (json_is_null(w)) w = NULL;
     size_t n = json_array_size(t);
     if (n > (size_t)g->max_input)
-        return cel_call_fail(call, "ValueError", "example %zu is %zu tokens; a datum needs 1 to %d "
-                    "(--max-input-tokens)", idx, n, g->max_input);
+        return cel_call_fail(call, "ValueError",
+                             "example %zu is %zu tokens; a datum needs 1 to %d "
+                             "(--max-input-tokens)",
+                             idx, n, g->max_input);
     int rc = int_list(call, idx, t, "tokens", &ex->in);
     if (rc == CEL_OK) rc = int_list(call, idx, tt, "target_tokens", &ex->tgt);
     if (rc == CEL_OK && json_array_size(tt) != n)
@@ -246,8 +248,10 @@ static int build_example(cel_call_t *call, size_t idx, json_t *d, example_t *ex)
         rc = cel_call_fail(call, "ValueError", "example %zu has no token to predict (it is empty)",
                            idx);
     if (rc == CEL_OK && s.n > (size_t)g->max_input)
-        rc = cel_call_fail(call, "ValueError", "example %zu is %zu tokens; the limit is %d "
-                  "(--max-input-tokens)", idx, s.n, g->max_input);
+        rc = cel_call_fail(call, "ValueError",
+                           "example %zu is %zu tokens; the limit is %d "
+                           "(--max-input-tokens)",
+                           idx, s.n, g->max_input);
     if (rc == CEL_OK) {
         size_t n = s.n - 1;
         ex->in = malloc(n * sizeof(int32_t));
