@@ -54,7 +54,8 @@ typedef int (*cel_call_fn)(cel_call_t *call);
  * against its spec. Returns CEL_OK (call->argv set); CEL_ETYPE when the call
  * now holds the TypeError/ValueError a Python function with that signature and
  * those checks would raise ("add() missing 1 required positional argument:
- * 'b'", "rank must be in [1, 256], not 0"); CEL_ENOMEM. */
+ * 'b'", "rank must be in [1, 256], not 0"); CEL_ENOMEM; CEL_EINVAL for a
+ * task with more than CEL_TASKS_MAX_PARAMS parameters (a table error). */
 int cel_call_bind(cel_call_t *call, const cel_tasks_task_t *task);
 
 /* Checks one value v against spec s, as cel_call_bind checks a parameter (the

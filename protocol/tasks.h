@@ -11,7 +11,24 @@
  * Pure data and pure functions: no model code, no I/O. The descriptors are
  * public read-only structs (like getopt's struct option): they are constant
  * tables, not objects with a lifetime.
- * What it must match: the JSON format in ../plan/tasks-json.md.
+ *
+ * The description (cel_tasks_describe, `celeriac --describe-tasks`), format
+ * "celeriac-tasks/1", is a contract with flask_app:
+ *   {"format": "celeriac-tasks/1", "tasks": [TASK, ...]}      tasks sorted by name
+ *   TASK {"name", "params": [SPEC...] (positional order), "varargs", "varkw",
+ *         "adapter_param": str|null, "adapter_effect": "create"|"delete"|null,
+ *         "batchable", "needs_model", "doc"}
+ *   SPEC {"name" (not for list items / one_of alternatives),
+ *         "type": any|int|number|str|bool|list|dict|one_of, "required",
+ *         "default" (iff not required; JSON), "nullable" (None means the default),
+ *         int/number: "min", "max", "min_exclusive", "max_exclusive" (when true),
+ *         str/list: "min_len", "max_len" (code points / items; when set),
+ *         str: "choices", list: "unique", "also_str", "items": SPEC,
+ *         dict: "fields": [SPEC...], "extra_fields", one_of: "one_of": [SPEC...],
+ *         "doc"}
+ * int is a JSON integer (not a bool; int64 on the wire), number an int or a
+ * finite float. Limits only a running executor knows (vocabulary,
+ * --max-input-tokens, context length, equal lengths across values) are not here.
  */
 #ifndef CEL_TASKS_H
 #define CEL_TASKS_H
@@ -114,8 +131,8 @@ int cel_tasks_adapter_pos(const cel_tasks_task_t *t);
  * "lora.optim_step" (the part after the last dot). Points into t->name. */
 const char *cel_tasks_func(const cel_tasks_task_t *t);
 
-/* The description of one spec / of the whole table as ../plan/tasks-json.md
- * gives it ({"format": CEL_TASKS_FORMAT, "tasks": [...]}, tasks sorted by name).
+/* The description of one spec / of the whole table in the format above
+ * ({"format": CEL_TASKS_FORMAT, "tasks": [...]}, tasks sorted by name).
  * Returns a new reference, or NULL when out of memory or a default is not JSON. */
 json_t *cel_tasks_describe_spec(const cel_tasks_spec_t *s);
 json_t *cel_tasks_describe(void);

@@ -94,7 +94,7 @@ static void log_banner(const cel_options_t *cfg) {
              cfg->prefetch_multiplier * cfg->concurrency, ntasks);
 }
 
-/* --describe-tasks: the task table as JSON on stdout (../plan/tasks-json.md).
+/* --describe-tasks: the task table as JSON on stdout (protocol/tasks.h).
  * Returns the exit status. */
 static int describe_tasks(void) {
     json_t *d = cel_tasks_describe();

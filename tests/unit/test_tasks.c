@@ -4,7 +4,8 @@
  * parameters that exist and are str, defaults that satisfy their own specs,
  * containers that say what they contain), with the model (the LoRA target
  * choices are the model's), and its JSON description must say exactly what
- * the table holds (../plan/tasks-json.md). Also the --describe-tasks option.
+ * the table holds (the format in protocol/tasks.h). Also the --describe-tasks
+ * option.
  */
 #include "testutil.h"
 
