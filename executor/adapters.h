@@ -29,7 +29,6 @@
 #define CEL_ADAPTERS_ID_LEN 21          /* "lora_" + 16 hex */
 #define CEL_ADAPTERS_MAX_LOADED 64      /* adapters kept in one executor's memory */
 #define CEL_ADAPTERS_MAX_LIST 10000     /* adapters lora.list reports */
-#define CEL_ADAPTERS_MAX_OWNER 256      /* bytes of an owner string */
 #define CEL_ADAPTERS_MAX_META (1 << 20) /* bytes of a meta.json or current file */
 #define CEL_ADAPTERS_MAX_ROOTS 16       /* --import-root directories */
 #define CEL_ADAPTERS_PATH_MAX 4096

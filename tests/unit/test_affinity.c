@@ -1,10 +1,12 @@
 /* test_affinity.c -- unit tests for the adapter -> executor slot map (worker/affinity.c).
  *
  * Tasks are built with protocol's cel_task_decode_parts from a v2 body
- * [args, kwargs, embed].
+ * [args, kwargs, embed]. Which argument names an adapter comes from the task
+ * table (protocol/tasks.c); these tests pin today's positions too.
  */
 #include "testutil.h"
 
+#include "../../protocol/tasks.h"
 #include "../../worker/affinity.h"
 
 /* A task named name whose body is [args, kwargs, {}] (args/kwargs as JSON text). */
@@ -71,6 +73,25 @@ static void test_adapter_of(void **state) {
     assert_null(cel_affinity_adapter_of(t));
     t->name = saved;
     cel_task_free(t);
+}
+
+/* Every task of the table routes by its adapter parameter, at its position in
+ * args or by name in kwargs; a task without one never routes. */
+static void test_adapter_of_follows_table(void **state) {
+    int routed = 0;
+    for (const char *const *n = cel_tasks_names(); *n; n++) {
+        const cel_tasks_task_t *t = cel_tasks_find(*n);
+        int pos = cel_tasks_adapter_pos(t);
+        char args[256] = "[", kwargs[128];
+        for (int i = 0; i < (pos < 0 ? 1 : pos); i++) strcat(args, "\"x\", ");
+        strcat(args, "\"A\"]");
+        snprintf(kwargs, sizeof(kwargs), "{\"%s\": \"K\"}",
+                 t->adapter_param ? t->adapter_param : "adapter_id");
+        expect_adapter(*n, args, "{}", pos < 0 ? NULL : "A");
+        expect_adapter(*n, "[]", kwargs, pos < 0 ? NULL : "K");
+        routed += pos >= 0;
+    }
+    assert_int_equal(routed, 7);
 }
 
 static void test_set_get_count(void **state) {
@@ -212,7 +233,8 @@ static void test_many(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_adapter_of), cmocka_unit_test(test_set_get_count),
+        cmocka_unit_test(test_adapter_of), cmocka_unit_test(test_adapter_of_follows_table),
+        cmocka_unit_test(test_set_get_count),
         cmocka_unit_test(test_zero_slots), cmocka_unit_test(test_learn),
         cmocka_unit_test(test_many),
     };
