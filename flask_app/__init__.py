@@ -12,7 +12,7 @@ import logging
 from flask import Flask
 
 from . import config as config_mod
-from . import errors, ratelimit, routes
+from . import errors, ratelimit, routes, store
 from .celery_client import make_celery
 
 
@@ -26,17 +26,15 @@ def create_app(config=None):
         settings["CELERIAC_API_KEYS"] = config_mod.parse_api_keys(settings["CELERIAC_API_KEYS"])
     app.config.update(settings)
     app.json.sort_keys = False
-    limits = {name: ratelimit.parse(app.config[name])
-              for name in ("CELERIAC_RATE_LIMIT", "CELERIAC_POLL_RATE_LIMIT")}
     app.extensions["celeriac"] = {
         "celery": make_celery(app.config["CELERY_BROKER_URL"],
                               app.config["CELERY_RESULT_BACKEND"]),
-        "limits": limits,
-        "redis": None,
+        "redis": store.connect(app.config["CELERIAC_REDIS_URL"]),
     }
     if not app.config["CELERIAC_API_KEYS"]:
         logging.getLogger("flask_app").warning(
             "CELERIAC_API_KEYS is empty: every authenticated route will answer 401")
     errors.register(app)
     routes.register(app)
+    ratelimit.init_app(app, app.extensions["celeriac"]["redis"])
     return app
