@@ -29,7 +29,7 @@ WORKER_SRC   := $(wildcard worker/*.c)
 # (never into bin/celeriac: the main process has no model and no OpenBLAS).
 # Its CLI's main lives in model/cli/.
 MODEL_SRC    := $(wildcard model/*.c model/cpu/*.c)
-EXEC_SRC     := $(wildcard executor/*.c) worker/tasks.c $(MODEL_SRC)
+EXEC_SRC     := $(wildcard executor/*.c) $(MODEL_SRC)
 LM_SRC       := $(wildcard model/cli/*.c)
 UNIT_SRC     := $(wildcard tests/unit/test_*.c)
 

@@ -35,7 +35,7 @@
 #include "diag.h"
 #include "../protocol/frame.h"
 #include "../common/log.h"
-#include "../worker/tasks.h"
+#include "../protocol/tasks.h"
 #include "tasks_model.h"
 
 #define EXEC_READ_CHUNK (64 * 1024) /* bytes per read(2) */

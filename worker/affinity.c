@@ -1,12 +1,15 @@
 /* affinity.c -- adapter id -> executor slot map for LoRA job routing.
  *
  * A jansson object serves as the string map (adapters are few: hundreds, not
- * millions). Main process only; no I/O.
+ * millions). Which argument names a task's adapter, and whether the task creates
+ * or deletes one, comes from the task table (protocol/tasks.h). Main process
+ * only; no I/O.
  */
 #include "affinity.h"
 
 #include <stdlib.h>
-#include <string.h>
+
+#include "../protocol/tasks.h"
 
 struct cel_affinity {
     json_t *map; /* adapter id -> slot (integer) */
@@ -34,24 +37,13 @@ void cel_affinity_free(cel_affinity_t *a) {
     free(a);
 }
 
-/* Tasks bound to an adapter, and the position of adapter_id in their args. */
-static const struct {
-    const char *name;
-    int pos;
-} bound[] = {
-    {"lora.delete", 0}, {"lora.forward_backward", 0}, {"lora.info", 0},
-    {"lora.optim_step", 0}, {"lora.sample", 0}, {"lora.save", 0}, {"model.score", 1},
-};
-
 const char *cel_affinity_adapter_of(const cel_task_t *t) {
-    if (!t->name) return NULL;
-    for (size_t i = 0; i < sizeof(bound) / sizeof(bound[0]); i++) {
-        if (strcmp(t->name, bound[i].name) != 0) continue;
-        json_t *v = json_object_get(t->kwargs, "adapter_id");
-        if (!v) v = json_array_get(t->args, (size_t)bound[i].pos);
-        return json_string_value(v);
-    }
-    return NULL;
+    const cel_tasks_task_t *d = cel_tasks_find(t->name);
+    int pos = cel_tasks_adapter_pos(d);
+    if (pos < 0) return NULL;
+    json_t *v = json_object_get(t->kwargs, d->adapter_param);
+    if (!v) v = json_array_get(t->args, (size_t)pos);
+    return json_string_value(v);
 }
 
 int cel_affinity_get(const cel_affinity_t *a, const char *adapter) {
@@ -72,11 +64,12 @@ int cel_affinity_count(const cel_affinity_t *a, int slot) {
 }
 
 void cel_affinity_learn(cel_affinity_t *a, const cel_task_t *t, json_t *result, int slot) {
-    if (!t->name) return;
-    if (strcmp(t->name, "lora.create") == 0 || strcmp(t->name, "lora.load") == 0) {
+    const cel_tasks_task_t *d = cel_tasks_find(t->name);
+    if (!d) return;
+    if (d->effect == CEL_TASKS_EFFECT_CREATE) {
         const char *id = json_string_value(json_object_get(result, "adapter_id"));
         if (id) cel_affinity_set(a, id, slot);
-    } else if (strcmp(t->name, "lora.delete") == 0) {
+    } else if (d->effect == CEL_TASKS_EFFECT_DELETE) {
         const char *id = cel_affinity_adapter_of(t);
         int old = id ? cel_affinity_get(a, id) : -1;
         if (old >= 0) {

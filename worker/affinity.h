@@ -23,9 +23,9 @@ void cel_affinity_free(cel_affinity_t *a);
 
 /* The adapter id a task is bound to (borrowed from the task), or NULL for
  * tasks any executor may run (diag.*, lora.create, lora.load, lora.list,
- * model.score without an adapter). Reads args/kwargs as the task signatures
- * in executor/tasks_model.c bind them; a non-string adapter_id is NULL (the
- * executor then fails the task with a TypeError). */
+ * model.score without an adapter). Reads the task table's adapter parameter
+ * from kwargs, else from its position in args, as the executor binds it; a
+ * non-string value is NULL (the executor then fails the task with a TypeError). */
 const char *cel_affinity_adapter_of(const cel_task_t *t);
 
 /* Slot holding adapter, or -1. */
@@ -37,9 +37,10 @@ void cel_affinity_set(cel_affinity_t *a, const char *adapter, int slot);
 /* Number of adapters bound to slot. */
 int cel_affinity_count(const cel_affinity_t *a, int slot);
 
-/* Learns from a finished task: lora.create/lora.load results bind their new
- * adapter to the slot that ran them; lora.delete unbinds. result borrowed
- * (the task's SUCCESS value). */
+/* Learns from a finished task: the results of tasks that create an adapter
+ * (lora.create, lora.load: the table's effect) bind their new adapter to the
+ * slot that ran them; a task that deletes one (lora.delete) unbinds it. result
+ * borrowed (the task's SUCCESS value). */
 void cel_affinity_learn(cel_affinity_t *a, const cel_task_t *t, json_t *result, int slot);
 
 #endif

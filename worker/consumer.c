@@ -27,7 +27,7 @@
 #include "pool.h"
 #include "ratelimit.h"
 #include "revoked.h"
-#include "tasks.h"
+#include "../protocol/tasks.h"
 
 #define NO_PREFETCH_LIMIT 1000 /* messages held when --prefetch-multiplier is 0 */
 #define REPR_MAX 200           /* result repr in log lines */

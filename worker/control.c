@@ -21,7 +21,7 @@
 #include "pidbox.h"
 #include "pool.h"
 #include "ratelimit.h"
-#include "tasks.h"
+#include "../protocol/tasks.h"
 
 #define REVOKE_IDS_MAX 10000 /* ids in one revoke request */
 #define QUERY_IDS_MAX 10000  /* ids in one query_task request */

@@ -19,7 +19,7 @@
 #include "options.h"
 #include "consumer.h"
 #include "../common/log.h"
-#include "tasks.h"
+#include "../protocol/tasks.h"
 
 typedef struct worker {
     uv_loop_t *loop;
@@ -94,12 +94,32 @@ static void log_banner(const cel_options_t *cfg) {
              cfg->prefetch_multiplier * cfg->concurrency, ntasks);
 }
 
+/* --describe-tasks: the task table as JSON on stdout (../plan/tasks-json.md).
+ * Returns the exit status. */
+static int describe_tasks(void) {
+    json_t *d = cel_tasks_describe();
+    char *text = d ? json_dumps(d, JSON_INDENT(2)) : NULL;
+    json_decref(d);
+    if (!text) {
+        fprintf(stderr, "celeriac: cannot describe the task table (out of memory)\n");
+        return 1;
+    }
+    int ok = puts(text) >= 0 && fflush(stdout) == 0;
+    free(text);
+    if (!ok) fprintf(stderr, "celeriac: cannot write the task table: %s\n", strerror(errno));
+    return ok ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     worker_t w;
     memset(&w, 0, sizeof(w));
     cel_err_t err;
     int rc = cel_options_parse(&w.cfg, argc, argv, &err);
-    if (rc == 1) return 0;
+    if (rc == 1) {
+        int status = w.cfg.describe_tasks ? describe_tasks() : 0;
+        cel_options_free(&w.cfg);
+        return status;
+    }
     if (rc != CEL_OK) {
         fprintf(stderr, "celeriac: %s\n", err.msg);
         return 2;

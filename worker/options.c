@@ -65,6 +65,8 @@ static const char usage_text[] =
     "      --gpu-adapter-memory MB  GPU memory adapters may hold; past it the least\n"
     "                               recently used go back to host memory (default 0 =\n"
     "                               no limit)\n"
+    "      --describe-tasks         print the task table as JSON (names, parameters,\n"
+    "                               limits) and exit; contacts nothing\n"
     "  -h, --help                   show this help\n"
     "      --version                show the version\n";
 
@@ -74,7 +76,7 @@ enum {
     OPT_BACKEND = 1000, OPT_PREFETCH, OPT_PIDFILE, OPT_TIME_LIMIT, OPT_SOFT_TIME_LIMIT,
     OPT_MAX_TASKS, OPT_STATE_DIR, OPT_RESULT_EXPIRES, OPT_VISIBILITY, OPT_MAX_MSG,
     OPT_EXECUTOR, OPT_VERSION, OPT_MODEL, OPT_IMPORT_ROOT, OPT_MAX_INPUT, OPT_NO_HEARTBEAT,
-    OPT_DEVICE, OPT_BATCH_TASKS, OPT_BATCH_WAIT, OPT_BATCH_TOKENS, OPT_GPU_MEM,
+    OPT_DEVICE, OPT_BATCH_TASKS, OPT_BATCH_WAIT, OPT_BATCH_TOKENS, OPT_GPU_MEM, OPT_DESCRIBE,
 };
 
 static int hexval(char c) {
@@ -340,6 +342,7 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         {"without-heartbeat", no_argument, 0, OPT_NO_HEARTBEAT},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, OPT_VERSION},
+        {"describe-tasks", no_argument, 0, OPT_DESCRIBE},
         {0, 0, 0, 0},
     };
     optind = 0; /* 0, not 1: glibc then forgets the state of any earlier parse */
@@ -429,6 +432,7 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         case OPT_NO_HEARTBEAT: cfg->without_heartbeat = 1; break;
         case 'h': fputs(usage_text, stdout); return 1;
         case OPT_VERSION: printf("celeriac %s\n", CEL_VERSION); return 1;
+        case OPT_DESCRIBE: cfg->describe_tasks = 1; return 1;
         case ':': return cel_err_set(err, CEL_EINVAL, "option %s needs a value", argv[optind - 1]);
         default: return cel_err_set(err, CEL_EINVAL, "unknown option %s (see --help)", argv[optind - 1]);
         }

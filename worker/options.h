@@ -54,11 +54,14 @@ typedef struct cel_options {
     long gpu_adapter_mb;      /* GPU memory for adapters before LRU eviction; 0 = no limit */
     int task_events;          /* -E: send task-* events from the start */
     int without_heartbeat;    /* no worker-* events */
+    int describe_tasks;       /* --describe-tasks: main prints the task table, exits */
 } cel_options_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,
  * CELERY_RESULT_BACKEND). Returns CEL_OK; 1 when --help/--version was printed
- * (caller exits 0); or CEL_EINVAL with err saying which option is wrong. */
+ * or --describe-tasks was given (cfg->describe_tasks set, nothing else parsed:
+ * the caller prints the table), and the caller exits 0; or CEL_EINVAL with err
+ * saying which option is wrong. */
 int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err);
 
 /* Frees what cel_options_parse allocated (the queue names). */
