@@ -2,16 +2,29 @@
 
 test_http_app.py drives flask_app through app.test_client() (no Gunicorn); test_http.py drives
 it through real Gunicorn with requests. Both use the same users and keys, the same check of
-the error shape, and read what a route published from the Redis queue the same way.
+the error shape, the same task table, and read what a route published from the Redis queue
+the same way.
 """
 
 import base64
 import json
+import os
+
+from conftest import celeriac_bin_dir
 
 KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-9876543210",
         "carol": "carol-key-5555555555"}
 KEYS_ENV = ",".join(f"{u}:{k}" for u, k in KEYS.items())
 TEXT = "The quick brown fox jumps over the lazy dog."
+
+
+def table_config():
+    """Where the app under test reads the task table: the celeriac binary under test
+    (`--describe-tasks`), or the file CELERIAC_TASKS_JSON names when that is set."""
+    cfg = {"CELERIAC_WORKER_BIN": os.path.join(celeriac_bin_dir(), "celeriac")}
+    if os.environ.get("CELERIAC_TASKS_JSON"):
+        cfg["CELERIAC_TASKS_JSON"] = os.environ["CELERIAC_TASKS_JSON"]
+    return cfg
 
 
 def body_of(r):

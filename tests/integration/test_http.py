@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from conftest import REPO, free_port, scaled, wait_until
-from http_fixtures import KEYS, KEYS_ENV, TEXT, err
+from http_fixtures import KEYS, KEYS_ENV, TEXT, err, table_config
 
 HTTP_TIMEOUT = 10
 
@@ -127,6 +127,7 @@ class Api:
 def gunicorn(request, tmp_path, broker_url):
     """Factory: gunicorn(**env) -> Api for a started Gunicorn (2 workers) on the test's db."""
     started, apis = [], []
+    table = table_config()
 
     def start(**env):
         port = free_port()
@@ -141,7 +142,7 @@ def gunicorn(request, tmp_path, broker_url):
             "GUNICORN_GRACEFUL_TIMEOUT": "5",
             "CELERY_BROKER_URL": broker_url, "CELERIAC_API_KEYS": KEYS_ENV,
             "CELERIAC_ENABLE_DIAG": "1",
-            "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off",
+            "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off", **table,
         })
         full.update({k: str(v) for k, v in env.items()})
         exe = shutil.which("gunicorn") or "/usr/bin/gunicorn"

@@ -14,8 +14,8 @@ import sys
 import pytest
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 
-from conftest import REPO
-from http_fixtures import KEYS, KEYS_ENV, body_of, err, queued
+from conftest import REPO, scaled, wait_until
+from http_fixtures import KEYS, KEYS_ENV, body_of, err, queued, table_config
 
 sys.path.insert(0, REPO)
 from flask_app import config as config_mod  # noqa: E402
@@ -52,6 +52,13 @@ class AppApi:
     def poll(self, future_id, user="alice"):
         return self.post("/retrieve_future", {"future_id": future_id}, user)
 
+    def wait(self, future_id, user="alice", timeout=60):
+        """Polls the future until it is no longer 202; returns the final response."""
+        def done():
+            r = self.poll(future_id, user)
+            return None if r.status_code == 202 else [r]
+        return wait_until(done, scaled(timeout), interval=0.02, what=f"future {future_id}")[0]
+
     def finish(self, future_id, value, state="SUCCESS"):
         """Writes the task's state as a worker would (the stock Celery result backend)."""
         self.app.extensions["celeriac"]["celery"].backend.store_result(future_id, value, state)
@@ -60,6 +67,7 @@ class AppApi:
 @pytest.fixture
 def make_api(redis_server, db, monkeypatch):
     """Factory: make_api(**config) -> AppApi on the test's database; closed at teardown."""
+    table = table_config()
     for name in config_mod.from_env({}):
         monkeypatch.delenv(name, raising=False)
     apps = []
@@ -68,7 +76,7 @@ def make_api(redis_server, db, monkeypatch):
         url = redis_server.url(db)
         cfg = {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url, "CELERIAC_REDIS_URL": url,
                "CELERIAC_API_KEYS": KEYS_ENV, "CELERIAC_ENABLE_DIAG": True,
-               "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off"}
+               "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off", **table}
         cfg.update(config)
         app = create_app(cfg)
         apps.append(app)
@@ -179,10 +187,8 @@ BAD = [
     ("/fwdbwd", {"adapter_id": "a", "data": [{"text": 3}]}, "data[0].text: expected a string"),
     ("/fwdbwd", {"adapter_id": "a", "data": [{"text": ""}]}, "data[0].text: must not be empty"),
     ("/fwdbwd", {"adapter_id": "a", "data": [{"text": "x" * 201}]}, "data[0].text: longer"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [{"txt": "x"}]}, "data[0]: an example needs"),
+    ("/fwdbwd", {"adapter_id": "a", "data": [{"txt": "x"}]}, "data[0]: expected {text} | {tokens"),
     ("/fwdbwd", {"adapter_id": "a", "data": [7]}, "data[0]: expected"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [[{"role": "user", "content": "hi"}]]},
-     "at least one assistant"),
     ("/fwdbwd", {"adapter_id": "a", "data": [[{"role": "robot", "content": "hi"}]]},
      "data[0][0].role: must be one of"),
     ("/fwdbwd", {"adapter_id": "a", "data": [[{"role": "user"}]]}, "data[0][0].content: required"),
@@ -190,8 +196,6 @@ BAD = [
      "data[0][0].content: expected a string"),
     ("/fwdbwd", {"adapter_id": "a", "data": [{"tokens": [1, 2]}]},
      "data[0].target_tokens: required"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [{"tokens": [1, 2], "target_tokens": [2],
-                                              "weights": [1, 1]}]}, "same length"),
     ("/fwdbwd", {"adapter_id": "a", "data": [{"tokens": [1, -2], "target_tokens": [2, 3],
                                               "weights": [1, 1]}]}, "data[0].tokens[1]"),
     ("/fwdbwd", {"adapter_id": "a", "data": [{"tokens": [1, 2], "target_tokens": [2, 3],
@@ -210,7 +214,7 @@ BAD = [
     ("/optim_step", '{"adapter_id": "a", "adam_params": {"learning_rate": NaN}}',
      "adam_params.learning_rate: expected a finite number"),
     ("/api/v1/sample", {}, "prompts: required"),
-    ("/api/v1/sample", {"prompts": "hi"}, "prompts: expected an array"),
+    ("/api/v1/sample", {"prompts": 5}, "prompts: expected an array or a string"),
     ("/api/v1/sample", {"prompts": []}, "prompts: needs at least 1"),
     ("/api/v1/sample", {"prompts": ["a"] * 5}, "prompts: more than the limit of 4"),
     ("/api/v1/sample", {"prompts": [1]}, "prompts[0]: expected a string"),
@@ -232,6 +236,8 @@ BAD = [
     ("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"stop": [1]}},
      "sampling_params.stop[0]"),
     ("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"temp": 1}}, "unknown field"),
+    ("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"stop": ""}},
+     "sampling_params.stop: must not be empty"),
     ("/score", {}, "text: required"),
     ("/score", {"text": ["a"]}, "text: expected a string"),
     ("/score", {"text": "x" * 201}, "text: longer"),
@@ -263,6 +269,38 @@ def test_validation_400(small_api, redis_client):
             failures.append(f"{path} {body!r:.80}: {ex}")
     assert not failures, "\n".join(failures)
     assert queued(redis_client) == [], "a refused request published a task"
+
+
+# What the worker accepts and the hand-written checks refused, or did not know. Each is sent
+# on as it is (the worker takes each of these as it comes).
+NOW_ACCEPTED = [
+    ("/optim_step", {"adam_params": {"grad_clip_norm": 1.0}}),
+    ("/api/v1/sample", {"prompts": "a bare prompt"}),
+    ("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"stop": "x", "seed": None}}),
+    ("/fwdbwd", {"data": [{"tokens": [1, 2], "target_tokens": [2, 3]}]}),
+    ("/fwdbwd", {"data": [{"messages": [{"role": "user", "content": "hi"},
+                                        {"role": "assistant", "content": "ho"}]}]}),
+    ("/fwdbwd", {"data": [[{"role": "assistant", "content": ""}]]}),
+    ("/add_lora", {"rank": None, "target_modules": ["q_proj", "v_proj"]}),
+]
+
+
+def test_accepted_as_the_table_says(api, redis_client):
+    create = api.submit("/add_lora", {})
+    api.finish(create, {"adapter_id": "lora_a1", "step": 0})
+    sent = []
+    for path, body in NOW_ACCEPTED:
+        if path in ("/optim_step", "/fwdbwd"):
+            body = {"adapter_id": "lora_a1", **body}
+        api.submit(path, body)
+        sent.append(body)
+    got = queued(redis_client)[1:]
+    assert len(got) == len(sent)
+    for (task, args, kwargs), body in zip(got, sent):
+        want = dict(body, owner="alice") if task == "lora.create" else body
+        if task == "lora.sample":
+            want = {"adapter_id": None, **want}
+        assert args == [] and kwargs == want, (task, kwargs)
 
 
 def test_adapter_path_validation(api):
@@ -300,7 +338,7 @@ def test_routes_send_their_tasks(api, redis_client):
     adam = {"learning_rate": 0.01, "beta1": 0.9}
     api.submit("/fwdbwd", {"model_id": "lora_a1", "data": [{"text": "hi"}]})
     api.submit("/optim_step", {"adapter_id": "lora_a1", "adam_params": adam})
-    api.submit("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"stop": "x"}})
+    api.submit("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"stop": ["x"]}})
     api.submit("/score", {"text": "t", "adapter_id": "lora_a1"})
     api.submit("/adapters/lora_a1", None, method="GET")
     assert queued(redis_client) == [
@@ -492,3 +530,381 @@ def test_config_errors_fail_at_start(make_api):
         make_api(CELERIAC_API_KEYS="alice")
     with pytest.raises(ValueError, match="CELERIAC_MAX_RANK"):
         config_mod.from_env({"CELERIAC_MAX_RANK": "many"})
+
+
+# --------------------------------------------------------------------------------------------
+# The HTTP API and the task table agree (issue 11): every field a route accepts is a parameter
+# of its task, every parameter a client may set is accepted, with the table's types and limits
+# or a CELERIAC_MAX_* setting's tighter one. Checked from the outside: boundary values made
+# from the task table (read here on its own, as the worker prints it) are sent through the
+# routes, and what reaches the queue is compared with what was sent.
+
+ROUTE_OF = {"lora.create": "/add_lora", "lora.forward_backward": "/fwdbwd",
+            "lora.optim_step": "/optim_step", "lora.sample": "/api/v1/sample",
+            "model.score": "/score"}
+ADAPTER = "lora_agree1"
+SMALL_CAPS = {"CELERIAC_MAX_TEXT_CHARS": 64, "CELERIAC_MAX_EXAMPLES": 4,
+              "CELERIAC_MAX_PROMPTS": 4, "CELERIAC_MAX_TOKENS": 16,
+              "CELERIAC_MAX_SAMPLE_TOKENS": 8, "CELERIAC_MAX_RANK": 32}
+NO_CAPS = {k: 10**9 for k in SMALL_CAPS}
+BIG = 1 << 16  # lists and strings longer than this are left to the worker's own tests
+
+
+@pytest.fixture(scope="module")
+def table():
+    from flask_app import tasks
+    return tasks.load(table_config())
+
+
+def _ok(spec, v):
+    """Whether number v is inside spec's bounds."""
+    lo, hi = spec.get("min"), spec.get("max")
+    return ((lo is None or (v > lo if spec.get("min_exclusive") else v >= lo))
+            and (hi is None or (v < hi if spec.get("max_exclusive") else v <= hi)))
+
+
+def minimal(spec):
+    """The smallest valid value of a SPEC (strings with choices take the last choice: for chat
+    roles that is 'assistant', a turn the loss is computed on)."""
+    t = spec["type"]
+    if t in ("int", "number"):
+        return next(v for v in (1, 0, 0.5, spec.get("min"), spec.get("max"))
+                    if v is not None and _ok(spec, v))
+    if t == "str":
+        return spec["choices"][-1] if "choices" in spec else "x" * max(spec.get("min_len", 0), 1)
+    if t == "bool":
+        return True
+    if t == "list":
+        n = spec.get("min_len", 0)
+        if spec.get("unique") and "choices" in spec["items"]:
+            return list(spec["items"]["choices"][:n])
+        return [minimal(spec["items"]) for _ in range(n)]
+    if t == "dict":
+        return {f["name"]: minimal(f) for f in spec.get("fields", []) if f.get("required")}
+    if t == "one_of":
+        return minimal(spec["one_of"][0])
+    return None
+
+
+def _near(bound, toward):
+    """A number a millionth past an exclusive bound, toward `toward` (+1 or -1)."""
+    return bound + toward * max(abs(bound) * 1e-6, 1e-6)
+
+
+def limit_cases(spec, cap):
+    """[(what, value at the limit or None, value past it or None)] for one SPEC alone; `cap`
+    is the HTTP setting that lowers its max / max_len (None: the table's own)."""
+    t, out = spec["type"], []
+    if t in ("int", "number"):
+        step = 1 if t == "int" else None
+        if "min" in spec:
+            lo = spec["min"]
+            if spec.get("min_exclusive"):
+                out.append(("min", lo + 1 if step else _near(lo, +1), lo))
+            else:
+                out.append(("min", lo, lo - 1 if step else _near(lo, -1)))
+        hi, open_ = spec.get("max"), spec.get("max_exclusive")
+        if cap is not None and (hi is None or cap < hi):
+            hi, open_ = cap, False
+        if hi is not None:
+            if open_:
+                out.append(("max", hi - 1 if step else _near(hi, -1), hi))
+            else:
+                out.append(("max", hi, hi + 1 if step else _near(hi, +1)))
+        out.append(("type", None, "1" if t == "int" else "x"))
+        if t == "int":
+            out += [("type", None, True), ("type", None, minimal(spec) + 0.5)]
+    elif t == "str":
+        if spec.get("min_len"):
+            n = spec["min_len"]
+            out.append(("min_len", "x" * n, "x" * (n - 1)))
+        hi = min(x for x in (spec.get("max_len"), cap, 1 << 62) if x is not None)
+        if hi < BIG and "choices" not in spec:
+            out.append(("max_len", "x" * hi, "x" * (hi + 1)))
+        if "choices" in spec:
+            out += [("choice", c, None) for c in spec["choices"]]
+            out.append(("choice", None, spec["choices"][0] + "_not"))
+        out.append(("type", None, 1))
+    elif t == "list":
+        item = minimal(spec["items"])
+        if spec.get("min_len"):
+            n = spec["min_len"]
+            out.append(("min_len", minimal(spec), [item] * (n - 1)))
+        hi = min(x for x in (spec.get("max_len"), cap, 1 << 62) if x is not None)
+        if hi <= BIG:
+            if spec.get("unique") and "choices" in spec["items"]:
+                at = list(spec["items"]["choices"][:hi])
+            else:
+                at = [item] * hi
+            out.append(("max_len", at, at + [at[0]]))
+        if spec.get("unique"):
+            out.append(("unique", None, [item, item]))
+        out.append(("type", None, {"x": item}))
+        if spec.get("also_str") and spec["items"]["type"] == "str":
+            out.append(("also_str", minimal(spec["items"]), None))
+    elif t == "dict":
+        if not spec.get("extra_fields"):
+            out.append(("unknown key", None, dict(minimal(spec), zz_unknown=1)))
+        out.append(("type", None, [minimal(spec)]))
+    elif t == "bool":
+        out.append(("type", None, 1))
+    if t != "any":
+        out.append(("null", None, None) if spec.get("nullable") else ("null", None, "NULL"))
+    return out
+
+
+def walk(spec, path, steps):
+    """(spec path, steps, SPEC) of a SPEC and everything under it; steps lead a value there
+    ('alt', k) / ('item',) / ('field', name)."""
+    yield path, steps, spec
+    t = spec["type"]
+    if t == "list" and "items" in spec:
+        yield from walk(spec["items"], path + "[]", steps + [("item",)])
+    elif t == "dict":
+        for f in spec.get("fields", []):
+            yield from walk(f, f"{path}.{f['name']}", steps + [("field", f["name"])])
+    elif t == "one_of":
+        for k, alt in enumerate(spec["one_of"]):
+            yield from walk(alt, path, steps + [("alt", k)])
+
+
+def put(spec, steps, leaf):
+    """spec's minimal value with `leaf` at the end of steps."""
+    if not steps:
+        return leaf
+    step, rest = steps[0], steps[1:]
+    if step[0] == "alt":
+        return put(spec["one_of"][step[1]], rest, leaf)
+    if step[0] == "item":
+        value = minimal(spec) or [minimal(spec["items"])]
+        value[0] = put(spec["items"], rest, leaf)
+        return value
+    value = minimal(spec)
+    field = next(f for f in spec["fields"] if f["name"] == step[1])
+    value[step[1]] = put(field, rest, leaf)
+    return value
+
+
+def http_path(name, steps):
+    out = name
+    for s in steps:
+        out += "[0]" if s[0] == "item" else f".{s[1]}" if s[0] == "field" else ""
+    return out
+
+
+def cap_of(task, spec_path, spec, config):
+    """The CELERIAC_MAX_* limit the front end declares for this parameter, or None."""
+    from flask_app import validation
+    keys = []
+    if spec_path in validation.HTTP_TASKS[task].caps:
+        keys.append(validation.HTTP_TASKS[task].caps[spec_path])
+    if spec["type"] == "str":
+        keys.append(validation.TEXT_CAP)
+    if spec["type"] == "list" and spec["items"]["type"] in ("int", "number"):
+        keys.append(validation.NUMBER_LIST_CAP)
+    return min((config[k] for k in keys), default=None)
+
+
+def base_body(task):
+    """A minimal valid body for the task's route (server-set parameters left out)."""
+    from flask_app import validation
+    body = {}
+    for p in task["params"]:
+        if p["name"] in validation.HTTP_TASKS[task["name"]].server or not p.get("required"):
+            continue
+        body[p["name"]] = ADAPTER if p["name"] == task.get("adapter_param") else minimal(p)
+    return body
+
+
+def boundary_cases(table, config):
+    """[(task name, http path, spec path, what, body at the limit or None, body past it or
+    None)] for every parameter a route lets a client set."""
+    from flask_app import validation
+    cases = []
+    for name in ROUTE_OF:
+        task = table[name]
+        server = validation.HTTP_TASKS[name].server
+        for p in task["params"]:
+            if p["name"] in server or p["name"] == task.get("adapter_param"):
+                continue
+            for spec_path, steps, spec in walk(p, p["name"], []):
+                cap = cap_of(name, spec_path, spec, config)
+                for what, at, past in limit_cases(spec, cap):
+                    def body(leaf):
+                        b = base_body(task)
+                        b[p["name"]] = put(p, steps, None if leaf == "NULL" else leaf)
+                        return b
+                    at_body = body(at) if at is not None or what == "null" else None
+                    if what == "null" and past == "NULL":
+                        at_body, past_body = None, body("NULL")
+                    else:
+                        past_body = body(past) if past is not None else None
+                    cases.append((name, http_path(p["name"], steps), spec_path, what,
+                                  at_body, past_body))
+    return cases
+
+
+def test_routes_cover_the_tasks_they_send(table):
+    from flask_app import validation
+    body_tasks = {n for n, h in validation.HTTP_TASKS.items() if h.body}
+    assert body_tasks == set(ROUTE_OF)
+    # The HTTP-only fields are the documented ones (README: model_id, base_model).
+    assert {n: set(h.ignored) for n, h in validation.HTTP_TASKS.items() if h.ignored} == {
+        "lora.create": {"base_model"}}
+    assert validation.ADAPTER_ALIAS == "model_id"
+    for name, http in validation.HTTP_TASKS.items():
+        params = {p["name"] for p in table[name]["params"]}
+        assert set(http.server) <= params, (name, http.server)
+        for path in http.caps:
+            assert path.split(".")[0].split("[")[0] in params, (name, path)
+
+
+def _own_adapter(api):
+    fid = api.submit("/add_lora", {})
+    api.finish(fid, {"adapter_id": ADAPTER, "step": 0})
+
+
+@pytest.mark.parametrize("caps", [SMALL_CAPS, NO_CAPS], ids=["small-caps", "table-limits"])
+def test_http_limits_are_the_tables(make_api, redis_client, table, caps):
+    api = make_api(MAX_CONTENT_LENGTH=64 << 20, **caps)
+    _own_adapter(api)
+    cases = boundary_cases(table, api.app.config)
+    assert len(cases) > 100
+    failures = []
+    for name, where, spec_path, what, at, past in cases:
+        route = ROUTE_OF[name]
+        label = f"{route} {spec_path} {what}"
+        if at is not None:
+            redis_client.delete("celery")
+            r = api.post(route, at)
+            if r.status_code != 202:
+                failures.append(f"{label}: at the limit refused: {r.status_code} {r.text:.300}")
+            else:
+                sent = queued(redis_client)[-1]
+                want = dict(at, owner="alice") if name == "lora.create" else at
+                adapter = next((p for p in table[name]["params"]
+                                if p["name"] == table[name].get("adapter_param")), None)
+                if adapter and adapter.get("nullable") and adapter["name"] not in at:
+                    want = dict(want, **{adapter["name"]: None})  # absent = the base model
+                if sent != (name, [], want):
+                    failures.append(f"{label}: sent {sent!r:.300}, not the body")
+        if past is not None:
+            r = api.post(route, past)
+            msg = body_of(r).get("error", {}).get("message", "")
+            if r.status_code != 400 or not (msg.startswith(where + ":")
+                                             or msg.startswith(where + "[")
+                                             or msg.startswith(where + ".")):
+                failures.append(f"{label}: past the limit: {r.status_code} {msg or r.text:.300}")
+    assert not failures, f"{len(failures)} of {len(cases)} cases:\n" + "\n".join(failures)
+
+
+def test_http_fields_are_the_task_parameters(api, redis_client, table):
+    """Top level: a route takes exactly its task's parameters (less those the server sets)
+    plus the declared HTTP-only fields, and sends them under the table's names."""
+    from flask_app import validation
+    _own_adapter(api)
+    for name, route in ROUTE_OF.items():
+        task, http = table[name], validation.HTTP_TASKS[name]
+        params = {p["name"]: p for p in task["params"]}
+        http_only = set(http.ignored) | ({validation.ADAPTER_ALIAS}
+                                         if task.get("adapter_param") else set())
+        for field in sorted(set(params) | http_only | {"zz_unknown"}):
+            body = base_body(task)
+            if field == validation.ADAPTER_ALIAS:
+                body.pop(task["adapter_param"], None)
+                body[field] = ADAPTER
+            elif field == task.get("adapter_param"):
+                body[field] = ADAPTER
+            elif field in params:
+                body[field] = minimal(params[field])
+            else:
+                body[field] = None if field in http.ignored else 1
+            redis_client.delete("celery")
+            r = api.post(route, body)
+            settable = field in http_only or (field in params and field not in http.server)
+            if settable:
+                assert r.status_code == 202, (route, field, r.text)
+                (sent_name, _, kwargs), = queued(redis_client)
+                assert sent_name == name and set(kwargs) <= set(params), (route, kwargs)
+                if field in params:
+                    assert kwargs[field] == body[field], (route, field, kwargs)
+            else:
+                err(r, 400, "ValidationError", f"unknown field(s) '{field}'")
+
+
+
+# --------------------------------------------------------------------------------------------
+# The task table at start-up
+
+
+def test_task_table_unreadable_stops_start_up(make_api, tmp_path):
+    from flask_app.tasks import TaskTableError
+    with pytest.raises(TaskTableError, match="not an executable"):
+        make_api(CELERIAC_WORKER_BIN=str(tmp_path / "no-celeriac"))
+    with pytest.raises(TaskTableError, match="no-such.json"):
+        make_api(CELERIAC_TASKS_JSON=str(tmp_path / "no-such.json"))
+    (tmp_path / "bad.json").write_text('{"format": "celeriac-tasks/0", "tasks": []}')
+    with pytest.raises(TaskTableError, match="celeriac-tasks/1"):
+        make_api(CELERIAC_TASKS_JSON=str(tmp_path / "bad.json"))
+    fails = tmp_path / "fails.sh"
+    fails.write_text("#!/bin/sh\necho 'unknown option' >&2\nexit 2\n")
+    fails.chmod(0o755)
+    with pytest.raises(TaskTableError, match="exited with 2: unknown option"):
+        make_api(CELERIAC_WORKER_BIN=str(fails))
+
+
+def _edited_table(tmp_path, table, edit):
+    import copy
+    import json
+    tasks = copy.deepcopy(table)
+    edit(tasks)
+    path = tmp_path / "tasks.json"
+    path.write_text(json.dumps({"format": "celeriac-tasks/1",
+                                "tasks": sorted(tasks.values(), key=lambda t: t["name"])}))
+    return str(path)
+
+
+def test_schemas_follow_the_table(make_api, tmp_path, table, redis_client):
+    """The routes take what the table says, whatever it says: nothing is kept by hand."""
+    def param(tasks, task, name):
+        return next(p for p in tasks[task]["params"] if p["name"] == name)
+
+    def edit(tasks):
+        param(tasks, "lora.create", "rank")["max"] = 16
+        param(tasks, "lora.sample", "sampling_params")["fields"].append(
+            {"name": "min_p", "type": "number", "required": False, "default": 0,
+             "nullable": True, "min": 0, "max": 1, "doc": "a new sampling setting"})
+        tasks["model.score"]["params"].append(
+            {"name": "reduce", "type": "str", "required": False, "default": "sum",
+             "nullable": False, "choices": ["sum", "mean"], "doc": "a new parameter"})
+
+    api = make_api(CELERIAC_TASKS_JSON=_edited_table(tmp_path, table, edit))
+    err(api.post("/add_lora", {"rank": 17}), 400, "ValidationError", "rank: must be <= 16, got 17")
+    api.submit("/add_lora", {"rank": 16})
+    api.submit("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"min_p": 0.5}})
+    err(api.post("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"min_p": 2}}), 400,
+        "ValidationError", "sampling_params.min_p: must be <= 1, got 2")
+    api.submit("/score", {"text": "a", "reduce": "mean"})
+    err(api.post("/score", {"text": "a", "reduce": "max"}), 400, "ValidationError",
+        "reduce: must be one of sum, mean; got 'max'")
+    assert [kw for _, _, kw in queued(redis_client)][1:] == [
+        {"prompts": ["a"], "sampling_params": {"min_p": 0.5}, "adapter_id": None},
+        {"text": "a", "reduce": "mean", "adapter_id": None}]
+
+
+def test_table_missing_what_a_route_needs_stops_start_up(make_api, tmp_path, table):
+    def drop_task(tasks):
+        del tasks["lora.sample"]
+    with pytest.raises(ValueError, match="no lora.sample"):
+        make_api(CELERIAC_TASKS_JSON=_edited_table(tmp_path, table, drop_task))
+
+    def drop_rank(tasks):
+        tasks["lora.create"]["params"] = [p for p in tasks["lora.create"]["params"]
+                                          if p["name"] != "rank"]
+    with pytest.raises(ValueError, match="rank .*CELERIAC_MAX_RANK"):
+        make_api(CELERIAC_TASKS_JSON=_edited_table(tmp_path, table, drop_rank))
+
+    def drop_owner(tasks):
+        tasks["lora.list"]["params"] = []
+    with pytest.raises(ValueError, match="lora.list has no parameter 'owner'"):
+        make_api(CELERIAC_TASKS_JSON=_edited_table(tmp_path, table, drop_owner))
