@@ -23,7 +23,7 @@ import re
 import time
 
 import limits
-from flask import current_app, g
+from flask import current_app, g, request
 from flask_limiter import Limiter, RateLimitExceeded
 
 from .errors import ApiError
@@ -70,6 +70,7 @@ def init_app(app, redis_client):
         storage_options={"connection_pool": redis_client.connection_pool},
         headers_enabled=False, swallow_errors=False)
     limiter.init_app(app)
+    limited = set()
     for endpoint, view in list(app.view_functions.items()):
         budget = getattr(view, "rate_budget", None)
         if budget is None:
@@ -80,14 +81,18 @@ def init_app(app, redis_client):
             # Registers the limit for this view with this app's limiter (auto_check is off:
             # the returned wrapper only calls the view; check() below does the counting).
             app.view_functions[endpoint] = limiter.shared_limit(specs[budget], scope=budget)(view)
-    app.extensions["celeriac"]["limiter"] = limiter
+            limited.add(endpoint)
+    app.extensions["celeriac"].update({"limiter": limiter, "limited": limited})
     return limiter
 
 
 def check():
     """Counts the current request against its view's budget for g.user; raises a 429 ApiError
     when a window is full."""
-    limiter = current_app.extensions["celeriac"]["limiter"]
+    ext = current_app.extensions["celeriac"]
+    if request.endpoint not in ext["limited"]:  # its budget is off
+        return
+    limiter = ext["limiter"]
     try:
         limiter.check()
     except RateLimitExceeded:
