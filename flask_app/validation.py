@@ -249,11 +249,13 @@ def validate_future(body):
     return body["future_id"]
 
 
-def diag_call(name, body):
-    """(task name, args, kwargs) of POST /diag/<name>; None for a name that is no task."""
+def diag_call(name):
+    """(task name, args, kwargs) of POST /diag/<name> from its body; None for a name that
+    is no task (the body is not read then)."""
     task = f"diag.{name}"
     if task not in _ext()["tasks"] or task in DIAG_HIDDEN:
         return None
+    body = json_body()
     check(_ext()["diag"], body)
     args, kwargs = body.get("args", []), body.get("kwargs", {})
     if task == "diag.sleep":

@@ -19,7 +19,7 @@ bp = Blueprint("diag", __name__)
 @bp.post("/diag/<name>")
 @require_user()
 def diag(name):
-    call = v.diag_call(name, v.json_body())
+    call = v.diag_call(name)
     if call is None:
         raise not_found(f"no diag task {name!r}")
     task, args, kwargs = call

@@ -151,6 +151,8 @@ def test_diag_routes_only_when_enabled(make_api):
     err(make_api(CELERIAC_ENABLE_DIAG=False).post("/diag/noop", {}), 404)
     api = make_api()
     err(api.post("/diag/nope", {}), 404, "NotFound", "no diag task")
+    err(api.post("/diag/nope", data=b"{not json"), 404, "NotFound", "no diag task")
+    err(api.post("/diag/crash", {}), 404, "NotFound")  # kills an executor: not over HTTP
     err(api.post("/diag/sleep", {"args": [61]}), 400, "ValidationError", "60 s")
     err(api.post("/diag/add", {"args": {}}), 400, "ValidationError")
 
@@ -908,3 +910,4 @@ def test_table_missing_what_a_route_needs_stops_start_up(make_api, tmp_path, tab
         tasks["lora.list"]["params"] = []
     with pytest.raises(ValueError, match="lora.list has no parameter 'owner'"):
         make_api(CELERIAC_TASKS_JSON=_edited_table(tmp_path, table, drop_owner))
+
