@@ -255,14 +255,6 @@ def _model_worker(worker, tmp_path):
     return worker("-c", "2", "--state-dir", str(tmp_path / "state"), ready_timeout=60)
 
 
-def test_score_base_model(api, worker, tmp_path):
-    _model_worker(worker, tmp_path)
-    res = api.result("/score", {"text": TEXT})
-    for k in ("tokens", "logprob", "mean_logprob", "perplexity", "token_logprobs"):
-        assert k in res, res
-    assert res["logprob"] < 0 and res["perplexity"] > 1
-
-
 def _train_user(api, user, steps, out):
     """One user's whole life cycle; fills out[user] with what it saw."""
     info = api.result("/add_lora", {"rank": 8, "alpha": 16, "seed": 7}, user=user)
@@ -331,6 +323,9 @@ def test_adapter_life_cycle_two_users(api, worker, tmp_path):
 
     # The base model is everyone's; scoring with the adapter makes the text more likely.
     base = api.result("/score", {"text": TEXT}, user="bob")
+    for k in ("tokens", "logprob", "mean_logprob", "perplexity", "token_logprobs"):
+        assert k in base, base
+    assert base["logprob"] < 0 and base["perplexity"] > 1
     tuned = api.result("/score", {"text": TEXT, "adapter_id": b}, user="bob")
     assert tuned["logprob"] > base["logprob"]
 
