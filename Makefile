@@ -123,9 +123,10 @@ build/gpu/%: tests/gpu/%.cu $(CUDA_OBJ) $(GPU_HOST_OBJ)
 cuda: deps
 	@$(if $(NVCC),$(MAKE) --no-print-directory bin/libceleriac-cuda.so $(GPU_TESTS),echo "make cuda: nvcc not found; CPU-only build")
 
-# Each unit test links the protocol library, the worker's pure modules and the
+# Each unit test links the protocol library, the worker's pure modules, the executor's
+# argument binder (executor/call.c: no model code) and the
 # model engine (tests/unit/test_model_*.c use the latter).
-UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/ratelimit.c worker/revoked.c worker/affinity.c worker/options.c worker/pidbox.c worker/redis.c worker/events.c)
+UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/ratelimit.c worker/revoked.c worker/affinity.c worker/options.c worker/pidbox.c worker/redis.c worker/events.c executor/call.c)
 build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -lcmocka

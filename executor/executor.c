@@ -8,10 +8,13 @@
  * and the main process respawns it. SIGUSR1 sets the soft-time-limit flag that
  * long tasks poll; SIGINT is ignored (the terminal's ^C is for the main process,
  * which stops executors by closing their channel), SIGPIPE too (EPIPE ends us).
- * Task code lives in per-family tables (executor/diag.c, executor/tasks_model.c); this
- * file frames, parses the options, and loads the model (tasks_model) on --device
- * before "ready" (which names the device): a model that cannot be loaded means
- * exit 3, before any task is taken. With --batch-max-tasks K > 1 the main
+ * Tasks are dispatched by the task table (protocol/tasks.h): a name it lacks is
+ * NotRegistered; the arguments are bound and checked with it (call.c), then
+ * the task's function runs (diag.c for diag.*, lm.c's family for the model
+ * tasks; checked against the table at start-up). This file frames, parses the
+ * options, and loads the model (lm.c) on --device before "ready" (which
+ * names the device): a model that cannot be loaded means exit 3, before any
+ * task is taken. With --batch-max-tasks K > 1 the main
  * process writes up to K tasks ahead; packable model tasks that are waiting
  * (or arrive within --batch-wait-ms) are prepared and run as packed passes,
  * and every result still goes back in the order the tasks came.
@@ -31,12 +34,13 @@
 #include <jansson.h>
 
 #include "../common/err.h"
-#include "../protocol/protocol.h"
-#include "diag.h"
-#include "../protocol/frame.h"
 #include "../common/log.h"
+#include "../protocol/frame.h"
+#include "../protocol/protocol.h"
 #include "../protocol/tasks.h"
-#include "tasks_model.h"
+#include "call.h"
+#include "diag.h"
+#include "lm.h"
 
 #define EXEC_READ_CHUNK (64 * 1024) /* bytes per read(2) */
 #define EXEC_EXIT_IO 1              /* channel I/O failed or out of memory */
@@ -60,8 +64,8 @@ static struct {
 typedef struct held {
     json_t *msg;
     const char *id, *name;
-    cel_diag_call_t call;
-    cel_tasks_model_pending_t *pending; /* NULL: the call already has its result */
+    cel_call_t call;
+    cel_lm_pending_t *pending; /* NULL: the call already has its result */
 } held_t;
 
 static held_t held[EXEC_MAX_BATCH];
@@ -140,7 +144,7 @@ static struct {
     double last; /* when the last progress frame went (or the task started) */
 } running = {.fd = -1};
 
-/* tasks_model's progress hook: a {"op": "progress"} frame for the running task, at
+/* The model tasks' progress hook: a {"op": "progress"} frame for the running task, at
  * most one per EXEC_PROGRESS_EVERY (none for tasks shorter than that). */
 static int send_progress(void *priv, long done, long total) {
     (void)priv;
@@ -157,7 +161,7 @@ static int send_progress(void *priv, long done, long total) {
 }
 
 /* Builds the result frame for a finished call (outcome borrowed). */
-static json_t *result_msg(const char *id, cel_diag_call_t *call, double runtime) {
+static json_t *result_msg(const char *id, cel_call_t *call, double runtime) {
     if (!call->exc_type)
         return json_pack("{s:s, s:s, s:s, s:O, s:f}", "op", "result", "id", id, "status",
                          "SUCCESS", "result", call->result ? call->result : json_null(),
@@ -170,7 +174,7 @@ static json_t *result_msg(const char *id, cel_diag_call_t *call, double runtime)
 
 /* Sends the outcome of call; a result the codec refuses (e.g. an unencodable
  * value) becomes kombu's EncodeError, as Celery stores an unserializable result. */
-static int send_result(int fd, const char *id, cel_diag_call_t *call, double runtime) {
+static int send_result(int fd, const char *id, cel_call_t *call, double runtime) {
     cel_err_t err;
     cel_err_clear(&err);
     json_t *msg = result_msg(id, call, runtime);
@@ -181,7 +185,7 @@ static int send_result(int fd, const char *id, cel_diag_call_t *call, double run
               rc == CEL_ENOMEM ? "out of memory" : err.msg);
     char text[CEL_ERR_MSG_MAX];
     snprintf(text, sizeof(text), "%s", rc == CEL_ENOMEM ? "out of memory" : err.msg);
-    if (cel_diag_raise(call, "EncodeError", "kombu.exceptions", json_pack("[s]", text), text))
+    if (cel_call_raise(call, "EncodeError", "kombu.exceptions", json_pack("[s]", text), text))
         return CEL_ENOMEM;
     msg = result_msg(id, call, runtime);
     rc = msg ? send_msg(fd, msg, &err) : CEL_ENOMEM;
@@ -193,25 +197,45 @@ out:
 
 /* Answers a run frame we cannot run (bad fields) with a FAILURE for id. */
 static int send_bad_run(int fd, const char *id, const char *task, const char *why) {
-    cel_diag_call_t call = {.name = task ? task : "?"};
+    cel_call_t call = {.name = task ? task : "?"};
     cel_error("Bad run frame for task id %s: %s", id, why);
-    int rc = cel_diag_raise(&call, "DecodeError", "kombu.exceptions", json_pack("[s]", why), why);
+    int rc = cel_call_raise(&call, "DecodeError", "kombu.exceptions", json_pack("[s]", why), why);
     if (rc == CEL_OK) rc = send_result(fd, id, &call, 0.0);
-    cel_diag_call_close(&call);
+    cel_call_close(&call);
     return rc;
+}
+
+/* The function of a task of the table, or NULL: the model family's for a task
+ * that needs the model, the diag family's otherwise. */
+static cel_call_fn task_fn(const cel_tasks_task_t *t) {
+    return t->needs_model ? cel_lm_find(t->name) : cel_diag_find(t->name);
+}
+
+/* Gets call ready to run task t: its function, the model if it needs one, its
+ * arguments bound and checked by the table. OUT: *fn to call, or NULL when the
+ * call already holds its outcome (the exception). Returns CEL_OK or CEL_ENOMEM. */
+static int start_call(cel_call_t *call, const cel_tasks_task_t *t, cel_call_fn *fn) {
+    *fn = NULL;
+    cel_call_fn f = task_fn(t);
+    if (!f) /* logged at start-up */
+        return cel_call_raisef(call, "NotImplementedError", "task %s has no function in this "
+                               "executor", t->name);
+    int rc = cel_call_bind(call, t);
+    if (rc == CEL_OK && t->needs_model && !cel_lm_ready())
+        rc = cel_call_fail(call, "RuntimeError", "the executor has no model loaded");
+    if (rc == CEL_OK) *fn = f;
+    return cel_call_finish(rc);
 }
 
 /* Runs one task and sends its result. Returns CEL_OK or a channel/memory error. */
 static int run_task(int fd, const char *id, const char *name, json_t *args, json_t *kwargs) {
-    cel_diag_call_t call = {.name = name, .args = args, .kwargs = kwargs,
-                            .soft_limit = &soft_limit};
-    const cel_diag_task_t *task = cel_diag_find(name);
-    if (!task) task = cel_tasks_model_find(name);
+    cel_call_t call = {.name = name, .args = args, .kwargs = kwargs, .soft_limit = &soft_limit};
+    const cel_tasks_task_t *task = cel_tasks_find(name);
     double t0 = mono_now();
     int rc;
     if (!task) {
         /* The Python worker stores NotRegistered(name) with a null traceback. */
-        rc = cel_diag_raise(&call, "NotRegistered", "celery.exceptions",
+        rc = cel_call_raise(&call, "NotRegistered", "celery.exceptions",
                             json_pack("[s]", name), NULL);
         if (rc == CEL_OK) {
             free(call.traceback);
@@ -223,22 +247,24 @@ static int run_task(int fd, const char *id, const char *name, json_t *args, json
         running.fd = fd;
         running.id = id;
         running.last = t0;
-        cel_tasks_model_begin(id);
-        rc = task->fn(&call);
-        cel_tasks_model_begin(NULL);
+        cel_call_fn fn;
+        rc = start_call(&call, task, &fn);
+        cel_lm_begin(id);
+        if (rc == CEL_OK && fn) rc = fn(&call);
+        cel_lm_begin(NULL);
         running.id = NULL;
     }
     double runtime = mono_now() - t0;
     if (rc != CEL_OK) {
-        cel_diag_call_close(&call);
-        rc = cel_diag_raise(&call, "MemoryError", "builtins", NULL, NULL);
+        cel_call_close(&call);
+        rc = cel_call_raise(&call, "MemoryError", "builtins", NULL, NULL);
     }
     if (rc == CEL_OK) {
         cel_debug("Task %s[%s] %s in %.6fs", name, id, call.exc_type ? "failed" : "succeeded",
                   runtime);
         rc = send_result(fd, id, &call, runtime);
     }
-    cel_diag_call_close(&call);
+    cel_call_close(&call);
     return rc;
 }
 
@@ -246,39 +272,43 @@ static int run_task(int fd, const char *id, const char *name, json_t *args, json
  * Returns CEL_OK or a channel/memory error. */
 static int flush_batch(int fd) {
     if (nheld == 0) return CEL_OK;
-    cel_tasks_model_pending_t *ps[EXEC_MAX_BATCH];
+    cel_lm_pending_t *ps[EXEC_MAX_BATCH];
     int np = 0;
     for (int i = 0; i < nheld; i++)
         if (held[i].pending) ps[np++] = held[i].pending;
     double t0 = mono_now();
     soft_limit = 0;
-    int rc = np ? cel_tasks_model_run(ps, np, batching.max_tokens) : CEL_OK;
+    int rc = np ? cel_lm_run(ps, np, batching.max_tokens) : CEL_OK;
     double runtime = mono_now() - t0;
     if (np > 1) cel_debug("Packed %d model tasks in %.6fs", np, runtime);
     for (int i = 0; i < nheld; i++) {
         held_t *h = &held[i];
         if (rc == CEL_OK)
             rc = send_result(fd, h->id, &h->call, h->pending ? runtime : 0.0);
-        cel_tasks_model_pending_free(h->pending);
-        cel_diag_call_close(&h->call);
+        cel_lm_pending_free(h->pending);
+        cel_call_close(&h->call);
         json_decref(h->msg);
     }
     nheld = 0;
     return rc;
 }
 
-/* Prepares a packable task and holds it for the next flush (taking msg). */
-static int hold_task(json_t *msg, const char *id, const char *name, json_t *args,
+/* Binds and prepares a batchable task t and holds it for the next flush (taking
+ * msg). */
+static int hold_task(json_t *msg, const char *id, const cel_tasks_task_t *t, json_t *args,
                      json_t *kwargs) {
     held_t *h = &held[nheld++];
     memset(h, 0, sizeof(*h));
     h->msg = msg;
     h->id = id;
-    h->name = name;
-    h->call = (cel_diag_call_t){.name = name, .args = args, .kwargs = kwargs,
-                                .soft_limit = &soft_limit};
-    cel_debug("Task %s[%s] held for a packed pass", name, id);
-    return cel_tasks_model_prepare(&h->call, &h->pending);
+    h->name = t->name;
+    h->call = (cel_call_t){.name = t->name, .args = args, .kwargs = kwargs,
+                           .soft_limit = &soft_limit};
+    cel_debug("Task %s[%s] held for a packed pass", t->name, id);
+    cel_call_fn fn;
+    int rc = start_call(&h->call, t, &fn);
+    if (rc == CEL_OK && fn) rc = cel_lm_prepare(&h->call, &h->pending);
+    return rc;
 }
 
 /* Handles one frame. Returns -1 to keep going, else the exit status. */
@@ -296,6 +326,7 @@ static int handle_frame(int fd, const uint8_t *payload, size_t len) {
     const char *task = json_string_value(json_object_get(msg, "task"));
     json_t *args = json_object_get(msg, "args");
     json_t *kwargs = json_object_get(msg, "kwargs");
+    const cel_tasks_task_t *t = cel_tasks_find(task);
     if (!json_is_object(msg) || !id) {
         cel_error("Malformed frame: %s", !json_is_object(msg) ? "not a map" : "no id");
         status = EXEC_EXIT_PROTO;
@@ -311,8 +342,8 @@ static int handle_frame(int fd, const uint8_t *payload, size_t len) {
         rc = send_bad_run(fd, id, task, "args is not an array");
     } else if (kwargs && !json_is_object(kwargs)) {
         rc = send_bad_run(fd, id, task, "kwargs is not a map");
-    } else if (batching.max_tasks > 1 && cel_tasks_model_batchable(task) && args && kwargs) {
-        rc = hold_task(msg, id, task, args, kwargs);
+    } else if (batching.max_tasks > 1 && t && t->batchable && args && kwargs) {
+        rc = hold_task(msg, id, t, args, kwargs);
         msg = NULL; /* held until the flush */
         if (rc == CEL_OK && nheld >= batching.max_tasks) rc = flush_batch(fd);
     } else {
@@ -423,8 +454,8 @@ static int default_model_dir(char *out) {
 
 int main(int argc, char **argv) {
     int fd = -1, index = -1, level = CEL_LOG_WARNING;
-    const char *roots[CEL_TASKS_MODEL_MAX_ROOTS];
-    cel_tasks_model_opts_t mopts = {.import_roots = roots, .threads = 1,
+    const char *roots[CEL_LM_MAX_ROOTS];
+    cel_lm_opts_t mopts = {.import_roots = roots, .threads = 1,
                                     .progress = send_progress};
     for (int i = 1; i < argc; i++) {
         const char *opt = argv[i];
@@ -441,7 +472,7 @@ int main(int argc, char **argv) {
         } else if (strcmp(opt, "--state-dir") == 0) {
             mopts.state_dir = *val ? val : NULL;
         } else if (strcmp(opt, "--import-root") == 0) {
-            if (mopts.n_import_roots == CEL_TASKS_MODEL_MAX_ROOTS)
+            if (mopts.n_import_roots == CEL_LM_MAX_ROOTS)
                 return usage("too many --import-root");
             roots[mopts.n_import_roots++] = val;
         } else if (strcmp(opt, "--max-input-tokens") == 0) {
@@ -482,8 +513,8 @@ int main(int argc, char **argv) {
         return EXEC_EXIT_IO;
     }
     for (const char *const *n = cel_tasks_names(); *n; n++)
-        if (!cel_diag_find(*n) && !cel_tasks_model_find(*n))
-            cel_error("Task %s is listed but has no function", *n);
+        if (!task_fn(cel_tasks_find(*n)))
+            cel_error("Task %s is in the task table but has no function", *n);
 
     char model_dir[EXEC_PATH_MAX];
     if (!mopts.model_dir) {
@@ -497,7 +528,7 @@ int main(int argc, char **argv) {
     cel_err_clear(&merr);
     char device[256] = "cpu";
     mopts.device_chosen = device;
-    if (cel_tasks_model_open(&mopts, &merr) != CEL_OK) {
+    if (cel_lm_open(&mopts, &merr) != CEL_OK) {
         cel_error("Cannot load the model from %s: %s", mopts.model_dir, merr.msg);
         return EXEC_EXIT_MODEL;
     }
@@ -510,12 +541,12 @@ int main(int argc, char **argv) {
     json_decref(ready);
     if (rc != CEL_OK) {
         cel_error("Cannot send ready: %s", rc == CEL_ENOMEM ? "out of memory" : err.msg);
-        cel_tasks_model_close();
+        cel_lm_close();
         return EXEC_EXIT_IO;
     }
     cel_debug("Ready, pid %d", (int)getpid());
     int status = serve(fd);
     close(fd);
-    cel_tasks_model_close();
+    cel_lm_close();
     return status;
 }

@@ -258,6 +258,16 @@ void cel_sampler_stop(cel_sampler_t *s, int seq);
 /* Why sequence seq ended: 0 live, 1 stop id, 2 max_tokens/length, 3 stopped by caller. */
 int cel_sampler_status(const cel_sampler_t *s, int seq);
 
+/* Cuts a sample's decoded text at the earliest occurrence of any of n_stops stop
+ * strings (stops[i] of stop_lens[i] bytes; stop_lens NULL: C strings; an empty
+ * one never matches) in text (*len bytes).
+ * Returns 1 when a stop string occurs: *len becomes the offset of the first
+ * one and a NUL is written there; 0 when none does (text untouched). Callers
+ * decode a sequence's tokens after every step and cut the whole text again, so
+ * a stop string split across tokens is found as soon as it is complete. */
+int cel_sampler_cut_stops(char *text, size_t *len, const char *const *stops,
+                          const size_t *stop_lens, int n_stops);
+
 void cel_sampler_free(cel_sampler_t *s);
 
 #endif

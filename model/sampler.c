@@ -6,8 +6,9 @@
  * layers see all live rows at once, attention runs per sequence against its
  * cache at its own position. Token choice follows HF's order: temperature,
  * top-k, top-p, then a draw from sequence i's own RNG stream (seed, i).
- * Stop strings are the caller's: it decodes the tokens each step returns and
- * calls cel_sampler_stop. One thread uses a sampler at a time.
+ * Stop strings are found here (cel_sampler_cut_stops, on text the caller
+ * decodes from the tokens each step returns); the caller then calls
+ * cel_sampler_stop. One thread uses a sampler at a time.
  */
 #include "internal.h"
 
@@ -421,4 +422,21 @@ void cel_sampler_stop(cel_sampler_t *s, int seq) {
 
 int cel_sampler_status(const cel_sampler_t *s, int seq) {
     return seq >= 0 && seq < s->n ? s->status[seq] : -1;
+}
+
+int cel_sampler_cut_stops(char *text, size_t *len, const char *const *stops,
+                          const size_t *stop_lens, int n_stops) {
+    size_t cut = *len;
+    for (int i = 0; i < n_stops; i++) {
+        size_t sl = stop_lens ? stop_lens[i] : strlen(stops[i]);
+        if (sl == 0) continue;
+        /* only a match that starts before the best so far can win */
+        size_t room = cut + sl - 1 < *len ? cut + sl - 1 : *len;
+        const char *hit = memmem(text, room, stops[i], sl);
+        if (hit && (size_t)(hit - text) < cut) cut = (size_t)(hit - text);
+    }
+    if (cut == *len) return 0;
+    *len = cut;
+    text[cut] = '\0';
+    return 1;
 }

@@ -123,15 +123,7 @@ static int check_stops(const cel_cli_lm_t *lm, const sample_args_t *a, seq_t *q,
     q->text = NULL;
     *rc = cel_tokenizer_decode(lm->tok, q->ids, q->n, &q->text, &q->len, err);
     if (*rc != CEL_OK) return 0;
-    size_t cut = q->len;
-    for (int i = 0; i < a->n_stops; i++) {
-        const char *hit = memmem(q->text, q->len, a->stops[i], strlen(a->stops[i]));
-        if (hit && (size_t)(hit - q->text) < cut) cut = (size_t)(hit - q->text);
-    }
-    if (cut == q->len) return 0;
-    q->len = cut;
-    q->text[cut] = '\0';
-    return 1;
+    return cel_sampler_cut_stops(q->text, &q->len, a->stops, NULL, a->n_stops);
 }
 
 static void print_one(const sample_args_t *a, const char *prompt, const seq_t *q, int status,

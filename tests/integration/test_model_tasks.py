@@ -354,7 +354,7 @@ BAD = [
      "sampling_params['temperature'] must be a number, not str"),
     ("lora.sample", [None, "a", {"n": 2}], {}, "ValueError", "unknown sampling_params key 'n'"),
     ("lora.sample", [None, "a", {"stop": [""]}], {}, "ValueError",
-     "stop strings must be 1 to 256 bytes"),
+     "sampling_params['stop'][0] must not be empty"),
     ("lora.sample", [None, "a", {"max_tokens": 2000}], {}, "ValueError",
      "positions"),
     ("lora.info", [7], {}, "TypeError", "adapter_id must be a str, not int"),

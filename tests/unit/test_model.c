@@ -389,6 +389,52 @@ static void sample_all(cel_model_t *m, const cel_lora_t *l, int n, const int32_t
     cel_sampler_free(s);
 }
 
+/* Stop strings: the earliest match of any wins; split matches are found once
+ * the text holds them whole; bytes, not C strings (stop_lens). */
+static void test_stop_strings(void **state) {
+    (void)state;
+    char text[64];
+    size_t len;
+    const char *stops[] = {"world", "lo", "xyz"};
+#define CUT(s, stops_, lens_, n_) (snprintf(text, sizeof(text), "%s", s), len = strlen(text), \
+                                   cel_sampler_cut_stops(text, &len, stops_, lens_, n_))
+    assert_int_equal(CUT("hello world", stops, NULL, 3), 1); /* "lo" comes first */
+    assert_int_equal(len, 3);
+    assert_string_equal(text, "hel");
+    assert_int_equal(CUT("hello world", stops, NULL, 1), 1);
+    assert_int_equal(len, 6);
+    assert_string_equal(text, "hello ");
+    assert_int_equal(CUT("hello wor", stops, NULL, 1), 0); /* not whole yet: untouched */
+    assert_int_equal(len, 9);
+    assert_string_equal(text, "hello wor");
+    assert_int_equal(CUT("world", stops, NULL, 1), 1); /* at 0: the text becomes empty */
+    assert_int_equal(len, 0);
+    assert_string_equal(text, "");
+    assert_int_equal(CUT("abc", stops, NULL, 0), 0);
+    assert_int_equal(CUT("", stops, NULL, 3), 0);
+    assert_int_equal(len, 0);
+    assert_int_equal(CUT("ab xyz", stops, NULL, 3), 1); /* at the very end */
+    assert_int_equal(len, 3);
+    /* lengths given: an embedded NUL is part of the stop, an empty stop never matches */
+    const char *nul[] = {"b\0c", ""};
+    size_t nul_lens[] = {3, 0};
+    memcpy(text, "ab\0cd", 6);
+    len = 5;
+    assert_int_equal(cel_sampler_cut_stops(text, &len, nul, nul_lens, 2), 1);
+    assert_int_equal(len, 1);
+    assert_int_equal(text[1], '\0');
+    memcpy(text, "ab\0xd", 6);
+    len = 5;
+    assert_int_equal(cel_sampler_cut_stops(text, &len, nul, nul_lens, 2), 0);
+    assert_int_equal(len, 5);
+    /* a stop longer than the text, and overlapping candidates */
+    const char *over[] = {"aaab", "aab"};
+    assert_int_equal(CUT("aab", over, NULL, 1), 0);
+    assert_int_equal(CUT("aaab", over, NULL, 2), 1);
+    assert_int_equal(len, 0);
+#undef CUT
+}
+
 static void test_sampling(void **state) {
     (void)state;
     cel_model_t *m = tiny(5);
@@ -486,6 +532,7 @@ int main(void) {
         cmocka_unit_test(test_save_load_and_padding),
         cmocka_unit_test(test_lora_accumulate_save_load),
         cmocka_unit_test(test_training_learns),
+        cmocka_unit_test(test_stop_strings),
         cmocka_unit_test(test_sampling),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -1,7 +1,7 @@
 /* test_tasks.c -- unit tests for the task table and its description (protocol/tasks.c).
  *
  * The table must be consistent with itself (sorted unique names, adapter
- * parameters that exist and are str, defaults that are JSON of the right type,
+ * parameters that exist and are str, defaults that satisfy their own specs,
  * containers that say what they contain), with the model (the LoRA target
  * choices are the model's), and its JSON description must say exactly what
  * the table holds (../plan/tasks-json.md). Also the --describe-tasks option.
@@ -10,6 +10,7 @@
 
 #include <math.h>
 
+#include "../../executor/call.h"
 #include "../../model/model.h"
 #include "../../protocol/tasks.h"
 #include "../../worker/options.h"
@@ -130,6 +131,32 @@ static void test_specs(void **state) {
                 if (strcmp(t->params[i].name, t->params[j].name) == 0)
                     fail_msg("%s: parameter %s twice", t->name, t->params[i].name);
         }
+    }
+}
+
+/* Every default of the table satisfies its own spec, bound as the executor binds
+ * (executor/call.c). */
+static void check_defaults(const char *task_name, const cel_tasks_spec_t *s) {
+    if (s->name && !s->required) {
+        cel_call_t c = {.name = task_name};
+        json_t *d = json_loads(s->dflt, JSON_DECODE_ANY, NULL), *out = NULL;
+        assert_non_null(d);
+        int rc = cel_call_check(&c, s, d, &out);
+        if (rc != CEL_OK)
+            fail_msg("%s %s: default %s refused: %s", task_name, s->name, s->dflt,
+                     json_string_value(json_array_get(c.exc_args, 0)));
+        json_decref(out);
+        json_decref(d);
+        cel_call_close(&c);
+    }
+    if (s->items) check_defaults(task_name, s->items);
+    for (int i = 0; i < s->nfields; i++) check_defaults(task_name, &s->fields[i]);
+}
+
+static void test_table_defaults_pass(void **state) {
+    for (const char *const *n = cel_tasks_names(); *n; n++) {
+        const cel_tasks_task_t *t = cel_tasks_find(*n);
+        for (int i = 0; i < t->nparams; i++) check_defaults(t->name, &t->params[i]);
     }
 }
 
@@ -299,9 +326,13 @@ static void test_describe_option(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_names_sorted_and_found), cmocka_unit_test(test_adapter_params),
-        cmocka_unit_test(test_specs),                  cmocka_unit_test(test_targets_are_the_models),
-        cmocka_unit_test(test_describe_round_trips),   cmocka_unit_test(test_known_facts),
+        cmocka_unit_test(test_names_sorted_and_found),
+        cmocka_unit_test(test_adapter_params),
+        cmocka_unit_test(test_specs),
+        cmocka_unit_test(test_table_defaults_pass),
+        cmocka_unit_test(test_targets_are_the_models),
+        cmocka_unit_test(test_describe_round_trips),
+        cmocka_unit_test(test_known_facts),
         cmocka_unit_test(test_describe_option),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

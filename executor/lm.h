@@ -1,22 +1,23 @@
-/* tasks_model.h -- the model.* and lora.* task family of the executor.
+/* lm.h -- the executor's model tasks (model.*, lora.*): what executor.c uses.
  *
  * model.score, lora.create, lora.forward_backward, lora.optim_step, lora.sample,
- * lora.save, lora.load, lora.info, lora.list, lora.delete: names, arguments and
- * results are a contract with the front end (see tasks_model.c for each one).
- * The family holds process-wide state: the base model and tokenizer, loaded once
- * by cel_tasks_model_open before the executor reports ready, and the adapter
- * store (executor/adapters.h). Executor processes only, one task at a time.
+ * lora.save, lora.load, lora.info, lora.list, lora.delete: their signatures
+ * and limits are in the task table (protocol/tasks.h), their results a
+ * contract with the front end (see lm.c and the files it names). The family
+ * holds process-wide state: the base model and tokenizer, loaded once by
+ * cel_lm_open before the executor reports ready, and the adapter store
+ * (executor/adapters.h). Executor processes only, one task at a time.
  */
-#ifndef CEL_TASKS_MODEL_H
-#define CEL_TASKS_MODEL_H
+#ifndef CEL_LM_H
+#define CEL_LM_H
 
 #include "../common/err.h"
-#include "diag.h"
+#include "call.h"
 
-#define CEL_TASKS_MODEL_DEFAULT_INPUT 1024 /* --max-input-tokens default (<= max_seq) */
-#define CEL_TASKS_MODEL_MAX_ROOTS 16       /* --import-root options */
+#define CEL_LM_DEFAULT_INPUT 1024 /* --max-input-tokens default (<= max_seq) */
+#define CEL_LM_MAX_ROOTS 16       /* --import-root options */
 
-typedef struct cel_tasks_model_opts {
+typedef struct cel_lm_opts {
     const char *model_dir;            /* Hugging Face folder: config.json, weights, tokenizer */
     const char *state_dir;            /* NULL: a private temp dir, removed at close */
     const char *const *import_roots;  /* extra folders lora.load may read */
@@ -31,42 +32,44 @@ typedef struct cel_tasks_model_opts {
      * (ignored: progress is best effort). */
     int (*progress)(void *priv, long done, long total);
     void *progress_priv;
-} cel_tasks_model_opts_t;
+} cel_lm_opts_t;
 
 /* Loads the model and tokenizer and opens the adapter store. Errors name the
- * file or option at fault. Call once; cel_tasks_model_close undoes it. */
-int cel_tasks_model_open(const cel_tasks_model_opts_t *opts, cel_err_t *err);
+ * file or option at fault. Call once; cel_lm_close undoes it. */
+int cel_lm_open(const cel_lm_opts_t *opts, cel_err_t *err);
 
 /* Frees everything (a private temp state dir is removed). Safe without open. */
-void cel_tasks_model_close(void);
+void cel_lm_close(void);
 
-/* The family's entry for name, or NULL. Works before open (for the start-up name
- * check); a task run before a successful open fails with RuntimeError. */
-const cel_diag_task_t *cel_tasks_model_find(const char *name);
+/* The function of the task name, or NULL. Works before open (for the start-up
+ * check of the task table). */
+cel_call_fn cel_lm_find(const char *name);
+
+/* 1 once cel_lm_open succeeded (the tasks with needs_model may run). */
+int cel_lm_ready(void);
 
 /* ---- packing model tasks (a batching executor) ----
  * lora.forward_backward and model.score can be prepared (arguments checked,
  * examples built) and then run together: their passes are packed so the base
  * model runs once over every task's rows, each with its own adapter
  * (cel_model_run_jobs). Each task gets the result it gets alone. */
-typedef struct cel_tasks_model_pending cel_tasks_model_pending_t;
+typedef struct cel_lm_pending cel_lm_pending_t;
 
-/* 1 when the task `name` can be packed. */
-int cel_tasks_model_batchable(const char *name);
-
-/* Checks call's arguments (call and its args stay alive until the pending is
- * freed). OUT: *out to run, or NULL when the call already has its result (a
- * raised exception). Returns CEL_OK or CEL_ENOMEM. */
-int cel_tasks_model_prepare(cel_diag_call_t *call, cel_tasks_model_pending_t **out);
+/* Prepares a bound call of a batchable task (the task table says which): checks
+ * what the table cannot (adapter, vocabulary, lengths) and builds its examples
+ * (call and its bound values stay alive until the pending is freed). OUT: *out
+ * to run, or NULL when the call already has its result (a raised exception).
+ * Returns CEL_OK or CEL_ENOMEM. */
+int cel_lm_prepare(cel_call_t *call, cel_lm_pending_t **out);
 
 /* Runs n prepared tasks in packed passes of at most max_tokens padded tokens,
  * until each has its result in its call. Returns CEL_OK or CEL_ENOMEM. */
-int cel_tasks_model_run(cel_tasks_model_pending_t **ps, int n, long max_tokens);
+int cel_lm_run(cel_lm_pending_t **ps, int n, long max_tokens);
 
-void cel_tasks_model_pending_free(cel_tasks_model_pending_t *p);
+void cel_lm_pending_free(cel_lm_pending_t *p);
 
 /* Tells the family the id of the task about to run (borrowed for the run): the
  * id recorded with an optimizer step and named by progress frames. */
-void cel_tasks_model_begin(const char *task_id);
+void cel_lm_begin(const char *task_id);
 
 #endif
