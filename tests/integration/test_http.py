@@ -359,14 +359,3 @@ def test_progress_of_running_future(api, worker, tmp_path):
     assert progress, f"no running future with progress seen in {len(seen)} polls: {seen[-3:]}"
     for p in progress:
         assert p["total"] == n and 0 <= p["done"] <= n, p
-
-
-def test_task_value_error_is_400(api, worker, tmp_path):
-    _model_worker(worker, tmp_path)
-    aid = api.result("/add_lora", {}, user="carol")["adapter_id"]
-    # A token id outside the vocabulary passes the front end's checks; the worker refuses it.
-    fid = api.submit("/fwdbwd", {"adapter_id": aid, "data": [
-        {"tokens": [1, 10**9], "target_tokens": [10**9, 1], "weights": [1, 1]}]}, "carol")
-    r = api.wait(fid, "carol", expect=None)
-    assert r.status_code == 400, r.text
-    assert r.json()["error"]["type"] in ("ValueError", "TypeError")

@@ -911,3 +911,90 @@ def test_table_missing_what_a_route_needs_stops_start_up(make_api, tmp_path, tab
     with pytest.raises(ValueError, match="lora.list has no parameter 'owner'"):
         make_api(CELERIAC_TASKS_JSON=_edited_table(tmp_path, table, drop_owner))
 
+
+
+# At the boundary, with the real worker: a value at the HTTP limit passes the HTTP checks and
+# the worker; one past the table's limit is refused by the worker too (sent straight to it with
+# the Celery client), as the HTTP checks refuse it (test_http_limits_are_the_tables).
+# Skipped at the limit, with the rule that makes them fail there, which the table leaves to
+# the running worker (or cannot state):
+E2E_SKIP_AT = {
+    ("data[].tokens[]", "max"): "token ids are bounded by the model's vocabulary",
+    ("data[].target_tokens[]", "max"): "token ids are bounded by the model's vocabulary",
+    ("data[].tokens", "max_len"): "tokens, target_tokens and weights are equally long",
+    ("data[].target_tokens", "max_len"): "tokens, target_tokens and weights are equally long",
+    ("data[].weights", "max_len"): "tokens, target_tokens and weights are equally long",
+    ("data[].weights[]", "min"): "a zero weight leaves the example nothing to learn",
+    # (The minimal chat is one turn; 'assistant' is its role in every other chat case.)
+    ("data[][].role", "choice"): "a chat needs an assistant turn",
+    ("data[].messages[].role", "choice"): "a chat needs an assistant turn",
+}
+E2E_MAX_BODY = 4096  # longer inputs meet the model's context (--max-input-tokens)
+# Rules the table cannot state: the front end lets these through, the worker refuses them,
+# and the future says so with a 400 (they were refused by hand-written HTTP checks before).
+WORKER_ONLY = [
+    ("/fwdbwd", {"data": [[{"role": "user", "content": "hi"}]]}, "assistant"),
+    ("/fwdbwd", {"data": [{"tokens": [1, 2], "target_tokens": [2], "weights": [1, 1]}]},
+     "target_tokens"),
+    ("/fwdbwd", {"data": [{"tokens": [1, 10**9], "target_tokens": [2, 3]}]}, "token"),
+]
+
+
+def test_boundaries_agree_with_the_worker(make_api, worker, celery_app, table, tmp_path):
+    import json
+    worker("-c", "2", "--state-dir", str(tmp_path / "state"), ready_timeout=60)
+    api = make_api(**SMALL_CAPS)
+    adapters = {}
+    for use in ("train", "optim"):
+        r = api.wait(api.submit("/add_lora", {"rank": 4}))
+        assert r.status_code == 200, r.text
+        adapters[use] = r.get_json()["result"]["adapter_id"]
+
+    def real(name, body):
+        adapter = table[name].get("adapter_param")
+        if body.get(adapter) == ADAPTER:
+            body = dict(body, **{adapter: adapters["optim" if name == "lora.optim_step"
+                                                    else "train"]})
+        return body
+
+    at_futures, skipped = [], []
+    for name, where, spec_path, what, at, _ in boundary_cases(table, api.app.config):
+        if at is None:
+            continue
+        if (spec_path, what) in E2E_SKIP_AT or len(json.dumps(at)) > E2E_MAX_BODY:
+            skipped.append((spec_path, what))
+            continue
+        if name == "lora.optim_step":  # a step needs gradients: one fwdbwd before each
+            grads = api.submit("/fwdbwd", {"adapter_id": adapters["optim"],
+                                           "data": [{"text": "x"}]})
+            at_futures.append(("the fwdbwd before an optim_step", grads))
+        fid = api.submit(ROUTE_OF[name], real(name, at))
+        at_futures.append((f"{name} {spec_path} {what} at {at!r:.120}", fid))
+    refused = [(path, text, api.submit(path, dict(body, adapter_id=adapters["train"])))
+               for path, body, text in WORKER_ONLY]
+    past_results = []
+    for name, where, spec_path, what, _, past in boundary_cases(table, NO_CAPS):
+        if past is None or len(json.dumps(past)) > BIG:
+            continue
+        res = celery_app.send_task(name, kwargs=real(name, past))
+        past_results.append((f"{name} {spec_path} {what} past {past!r:.120}", res))
+    assert len(at_futures) > 40 and len(past_results) > 60, (len(at_futures), skipped)
+
+    failures = []
+    for label, fid in at_futures:
+        r = api.wait(fid)
+        if r.status_code != 200:
+            failures.append(f"{label}: the worker refused it: {r.status_code} {r.text:.300}")
+    for path, text, fid in refused:
+        r = api.wait(fid)
+        e = r.get_json().get("error", {})
+        if r.status_code != 400 or e.get("type") not in ("TypeError", "ValueError") or (
+                text not in e.get("message", "")):
+            failures.append(f"{path}: a rule only the worker knows: {r.status_code} {r.text}")
+    for label, res in past_results:
+        wait_until(res.ready, scaled(60), interval=0.02, what=label)
+        exc = res.result
+        if res.state != "FAILURE" or type(exc).__name__ not in ("TypeError", "ValueError"):
+            failures.append(f"{label}: the worker answered {res.state} {exc!r:.200}")
+    assert not failures, (f"{len(failures)} of {len(at_futures) + len(past_results)}:\n"
+                          + "\n".join(failures))
