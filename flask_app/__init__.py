@@ -1,10 +1,12 @@
 """flask_app -- celeriac's HTTP front end: create_app() for Gunicorn.
 
 `gunicorn -c gunicorn.conf.py 'flask_app:create_app()'`. The app authenticates users by API
-key, validates requests, sends them to the celeriac worker with celery.send_task and hands back
-futures that /retrieve_future reads; no route waits for a task. It imports neither the model
-nor any task code. Configuration comes from the environment (see config.py and README.md);
-create_app(config) overrides keys for tests.
+key, validates requests against schemas made from the worker's task table (read once here,
+from `celeriac --describe-tasks`), sends them to the celeriac worker with celery.send_task and
+hands back futures that /retrieve_future reads; no route waits for a task. It imports neither
+the model nor any task code. Configuration comes from the environment (see config.py and
+README.md); create_app(config) overrides keys for tests. A setting or a task table the app
+cannot use raises at start-up (ValueError, tasks.TaskTableError), never at the first request.
 """
 
 import logging
@@ -12,7 +14,7 @@ import logging
 from flask import Flask
 
 from . import config as config_mod
-from . import errors, ratelimit, routes
+from . import errors, ratelimit, routes, store, tasks, validation
 from .celery_client import make_celery
 
 
@@ -26,17 +28,16 @@ def create_app(config=None):
         settings["CELERIAC_API_KEYS"] = config_mod.parse_api_keys(settings["CELERIAC_API_KEYS"])
     app.config.update(settings)
     app.json.sort_keys = False
-    limits = {name: ratelimit.parse(app.config[name])
-              for name in ("CELERIAC_RATE_LIMIT", "CELERIAC_POLL_RATE_LIMIT")}
     app.extensions["celeriac"] = {
         "celery": make_celery(app.config["CELERY_BROKER_URL"],
                               app.config["CELERY_RESULT_BACKEND"]),
-        "limits": limits,
-        "redis": None,
+        "redis": store.connect(app.config["CELERIAC_REDIS_URL"]),
     }
     if not app.config["CELERIAC_API_KEYS"]:
         logging.getLogger("flask_app").warning(
             "CELERIAC_API_KEYS is empty: every authenticated route will answer 401")
+    validation.init_app(app, tasks.load(app.config))
     errors.register(app)
     routes.register(app)
+    ratelimit.init_app(app, app.extensions["celeriac"]["redis"])
     return app

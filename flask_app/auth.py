@@ -10,6 +10,7 @@ import hmac
 
 from flask import current_app, g, request
 
+from . import ratelimit
 from .errors import ApiError
 
 
@@ -44,16 +45,16 @@ def authenticate():
 
 
 def require_user(limit="CELERIAC_RATE_LIMIT"):
-    """Route decorator: authenticate, then charge the user's rate-limit budget named `limit`
-    (a config key; None charges nothing)."""
-    from .ratelimit import charge
-
+    """Route decorator: authenticate, then count the request against the user's rate-limit
+    budget named `limit` (a config key, see ratelimit.py; None counts nothing)."""
     def wrap(view):
         @functools.wraps(view)
         def inner(*args, **kwargs):
-            user = authenticate()
+            authenticate()
             if limit is not None:
-                charge(user, limit)
+                ratelimit.check()
             return view(*args, **kwargs)
+        # Read by ratelimit.init_app(), which attaches the budget's limit to this view.
+        inner.rate_budget = limit
         return inner
     return wrap

@@ -65,6 +65,10 @@ def from_env(env=None):
         "CELERIAC_MAX_RANK": _int(env, "CELERIAC_MAX_RANK", 256, 1),
         "CELERIAC_FUTURE_TTL": _int(env, "CELERIAC_FUTURE_TTL", 86400, 1),
         "CELERIAC_QUEUE": env.get("CELERIAC_QUEUE") or "celery",
+        # The worker's task table (request schemas are made from it): a file holding the output
+        # of `celeriac --describe-tasks`, else that command run on this binary.
+        "CELERIAC_TASKS_JSON": env.get("CELERIAC_TASKS_JSON") or None,
+        "CELERIAC_WORKER_BIN": env.get("CELERIAC_WORKER_BIN") or None,
         # Lets the tests and operators reach the worker's diag.* tasks through the API.
         "CELERIAC_ENABLE_DIAG": env.get("CELERIAC_ENABLE_DIAG", "0") not in ("", "0", "no",
                                                                            "false"),

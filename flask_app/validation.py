@@ -1,36 +1,193 @@
-"""validation.py -- request bodies checked and turned into task keyword arguments.
+"""validation.py -- request bodies checked against schemas made from the worker's task table.
 
-Each validate_* takes the parsed JSON body and the app config and returns exactly the kwargs of
-the worker task (names from the task contract), or raises a 400 ApiError whose message names
-the field and what was wrong ("data[2].tokens: expected a list of integers"). Sizes are bounded
-by config (CELERIAC_MAX_*) before anything is sent. Unknown fields are refused so typos do not
-pass silently; the seed's spellings (model_id, request_id, base_model) are accepted as aliases.
-The worker checks again (vocabulary, model limits); its ValueError/TypeError come back as 400s
-through the future.
+init_app() builds, for every task a route sends, a JSON Schema of the request body from the
+task's parameters in the task table (tasks.py, schemas.py): names, types, bounds, lengths,
+choices, known dict keys, all as the worker itself binds and checks them. What the front end
+adds is only HTTP's own, declared in HTTP_TASKS below:
+
+  - parameters the server fills in (lora.create's owner), which clients may not send;
+  - CELERIAC_MAX_* settings, which can only lower a limit of the table (min of the two):
+    per parameter (rank, data, prompts, sampling_params.max_tokens), plus two general ones,
+    CELERIAC_MAX_TEXT_CHARS for every string and CELERIAC_MAX_TOKENS for every list of numbers;
+  - the seed's spellings: model_id for the task's adapter parameter (the table's
+    adapter_param), request_id for future_id, and base_model, accepted and ignored;
+  - the form of ids the front end records (ownership.ID_RX), and future ids.
+
+task_kwargs() returns exactly the kwargs to send, or raises a 400 ApiError whose message names
+the field and what was wrong ("data[2].tokens[5]: must be >= 0, got -1"). Unknown fields are
+refused so typos do not pass silently. Rules the table cannot state (tokens and target_tokens
+of equal length, a chat with an assistant turn) and limits only the running worker knows (the
+vocabulary, --max-input-tokens) are the worker's: its ValueError/TypeError comes back as a 400
+through the future. A name in HTTP_TASKS missing from the table stops the app at start-up.
 """
 
 import json
-import math
 
 from flask import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from . import schemas
 from .errors import bad_request
 from .ownership import FUTURE_RX, ID_RX
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LOSS_FNS = ("cross_entropy",)
-ROLES = ("system", "user", "assistant")
-ADAM_KEYS = ("learning_rate", "beta1", "beta2", "eps", "weight_decay")
-SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
-MAX_STOPS = 16
-MAX_STOP_CHARS = 256
-INT_MAX = 2**63 - 1
+
+class HttpTask:
+    """How the front end sends one task. body: its kwargs come from a JSON body (else from
+    the URL or the server); server: parameters the server sets; caps: parameter path ->
+    config key of a tighter limit; ignored: HTTP-only body fields accepted and dropped."""
+
+    def __init__(self, body=True, server=(), caps=None, ignored=None):
+        self.body = body
+        self.server = tuple(server)
+        self.caps = dict(caps or {})
+        self.ignored = dict(ignored or {})
+
+
+HTTP_TASKS = {
+    "lora.create": HttpTask(server=("owner",), caps={"rank": "CELERIAC_MAX_RANK"},
+                            ignored={"base_model": {"type": ["string", "null"],
+                                                    "maxLength": 256}}),
+    "lora.forward_backward": HttpTask(caps={"data": "CELERIAC_MAX_EXAMPLES"}),
+    "lora.optim_step": HttpTask(),
+    "lora.sample": HttpTask(caps={"prompts": "CELERIAC_MAX_PROMPTS",
+                                  "sampling_params.max_tokens": "CELERIAC_MAX_SAMPLE_TOKENS"}),
+    "model.score": HttpTask(),
+    "lora.info": HttpTask(body=False),
+    "lora.delete": HttpTask(body=False),
+    "lora.list": HttpTask(body=False, server=("owner",)),
+}
+TEXT_CAP = "CELERIAC_MAX_TEXT_CHARS"      # every string
+NUMBER_LIST_CAP = "CELERIAC_MAX_TOKENS"   # every list of numbers (token ids, weights)
+ADAPTER_ALIAS = "model_id"
+ADAPTER_INVALID = "not a valid adapter id (letters, digits, '_.:-', at most 128 characters)"
+# diag.* tasks are reachable with CELERIAC_ENABLE_DIAG=1, all but these; sleeps are capped.
+DIAG_HIDDEN = ("diag.crash",)
+DIAG_MAX_SLEEP = 60
+
+FUTURE_SCHEMA = {
+    "type": "object", "required": ["future_id"], "additionalProperties": False,
+    "properties": {"future_id": {"type": "string", "pattern": FUTURE_RX.pattern,
+                                 "invalid": "not a valid future id",
+                                 "description": "the id a task-submitting route answered"}}}
+DIAG_SCHEMA = {
+    "type": "object", "additionalProperties": False,
+    "properties": {"args": {"type": "array"}, "kwargs": {"type": "object"}}}
+
+
+class TaskBody:
+    """The checker of one task's request body, built from the table."""
+
+    def __init__(self, name, task, http, config):
+        self.name = name
+        self.task = task
+        self.http = http
+        self.adapter = task.get("adapter_param")
+        params = {p["name"]: p for p in task["params"]}
+        for s in http.server:
+            if s not in params:
+                raise ValueError(f"the task table's {name} has no parameter {s!r} "
+                                 f"(the front end sets it)")
+        if not http.body:
+            if not http.server and self.adapter is None:
+                raise ValueError(f"the task table's {name} names no adapter parameter "
+                                 f"(the front end takes it from the URL)")
+            self.params = {}
+            return
+        used = set()
+
+        def cap(path, spec):
+            limits = []
+            if path in http.caps:
+                used.add(path)
+                limits.append(config[http.caps[path]])
+            if spec.get("type") == "str":
+                limits.append(config[TEXT_CAP])
+            elif spec.get("type") == "list" and spec.get("items", {}).get("type") in (
+                    "int", "number"):
+                limits.append(config[NUMBER_LIST_CAP])
+            return min(limits) if limits else None
+
+        self.params = {n: p for n, p in params.items() if n not in http.server}
+        props, required = {}, []
+        for n, p in self.params.items():
+            s = schemas.to_schema(p, n, cap)
+            if n == self.adapter:
+                s.update({"pattern": ID_RX.pattern, "invalid": ADAPTER_INVALID})
+            props[n] = s
+            # A nullable adapter may be left out: null (the base model) is sent.
+            if p.get("required") and not (n == self.adapter and p.get("nullable")):
+                required.append(n)
+        props.update(http.ignored)
+        missing = set(http.caps) - used
+        if missing:
+            raise ValueError(f"the task table's {name} has no parameter "
+                             f"{', '.join(sorted(missing))} (capped by "
+                             f"{', '.join(http.caps[m] for m in sorted(missing))})")
+        self.schema = {"type": "object", "properties": props, "required": required,
+                       "additionalProperties": False}
+        schemas.Validator.check_schema(self.schema)
+        self.validator = schemas.Validator(self.schema)
+
+    def kwargs(self, body, server):
+        """The task's kwargs from a parsed body and the server's values; 400 if invalid."""
+        if set(server) != set(self.http.server):
+            raise RuntimeError(f"{self.name}: the server sets {self.http.server}, not "
+                               f"{tuple(server)}")
+        if self.adapter is not None:
+            _alias(body, self.adapter, ADAPTER_ALIAS)
+        check(self.validator, body)
+        kw = {n: v for n, v in body.items() if n in self.params}
+        if self.adapter in self.params and self.adapter not in kw:
+            kw[self.adapter] = None
+        kw.update(server)
+        return kw
+
+
+def init_app(app, table):
+    """Builds the body checkers of HTTP_TASKS from the task table (a dict name -> TASK);
+    raises ValueError when the table lacks something the routes need."""
+    missing = [n for n in HTTP_TASKS if n not in table]
+    if missing:
+        raise ValueError(f"the task table has no {', '.join(missing)} (the HTTP routes send "
+                         f"them); is the worker binary current?")
+    bodies = {n: TaskBody(n, table[n], http, app.config) for n, http in HTTP_TASKS.items()}
+    hidden = [n for n in DIAG_HIDDEN if n not in table]
+    if hidden:
+        raise ValueError(f"the task table has no {', '.join(hidden)} (DIAG_HIDDEN)")
+    app.extensions["celeriac"].update({
+        "tasks": table, "bodies": bodies,
+        "future": schemas.Validator(FUTURE_SCHEMA), "diag": schemas.Validator(DIAG_SCHEMA)})
+
+
+def _ext():
+    return current_app.extensions["celeriac"]
+
+
+def check(validator, body):
+    """Raises a 400 naming the first problem of body under validator's schema."""
+    errors = list(validator.iter_errors(body))
+    if errors:
+        raise bad_request(schemas.message(schemas.first(errors, validator.schema)))
+
+
+def _alias(body, name, alias):
+    """Moves body[alias] to body[name] (the seed's spelling); both given -> 400."""
+    if alias in body:
+        if name in body:
+            raise bad_request(f"give either {name!r} or {alias!r}, not both")
+        body[name] = body.pop(alias)
+
+
+# --------------------------------------------------------------------------------------------
+# Bodies
 
 
 def read_body():
-    """The raw request body, at most MAX_CONTENT_LENGTH bytes, else 413. Read here rather
-    than by werkzeug because werkzeug 2.2 does not limit chunked bodies (no Content-Length)."""
+    """The raw request body, at most MAX_CONTENT_LENGTH bytes, else 413.
+
+    Read here, not by werkzeug: werkzeug 2.2 enforces MAX_CONTENT_LENGTH only against a
+    Content-Length header, so a chunked body (Transfer-Encoding: chunked, which Gunicorn
+    passes through with wsgi.input_terminated) would be read whole, however large."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None and request.content_length > limit:
         raise RequestEntityTooLarge()
@@ -57,297 +214,53 @@ def json_body():
     except (ValueError, RecursionError):
         raise bad_request("request body is not valid JSON (UTF-8)") from None
     if not isinstance(data, dict):
-        raise bad_request(f"request body must be a JSON object, not {_tname(data)}")
+        raise bad_request(f"request body must be a JSON object, not {schemas.tname(data)}")
     return data
 
 
-def _tname(v):
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    if isinstance(v, dict):
-        return "object"
-    return type(v).__name__
+def task_kwargs(task, **server):
+    """The kwargs of `task` from the request's JSON body plus the server's values (e.g.
+    owner=user); 400 ApiError if the body does not fit the task."""
+    return _ext()["bodies"][task].kwargs(json_body(), server)
 
 
-def _only(body, allowed, where="body"):
-    extra = sorted(k for k in body if k not in allowed)
-    if extra:
-        raise bad_request(f"{where}: unknown field(s) {', '.join(map(repr, extra))}; "
-                          f"allowed: {', '.join(allowed)}")
+def adapter_param(task):
+    """The name of the parameter of `task` that names an adapter (the table's), or None."""
+    return _ext()["bodies"][task].adapter
 
 
-def _alias(body, name, alias):
-    """Moves body[alias] to body[name] (the seed's spelling); both given -> 400."""
-    if alias in body:
-        if name in body:
-            raise bad_request(f"give either {name!r} or {alias!r}, not both")
-        body[name] = body.pop(alias)
-
-
-def is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def is_num(v):
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)
-            and math.isfinite(v) and abs(v) < 1e300)
-
-
-def want_int(v, where, lo=None, hi=None):
-    if not is_int(v):
-        raise bad_request(f"{where}: expected an integer, got {_tname(v)}")
-    if lo is not None and v < lo:
-        raise bad_request(f"{where}: must be >= {lo}, got {v}")
-    if hi is not None and v > hi:
-        raise bad_request(f"{where}: must be <= {hi}, got {v}")
-    return v
-
-
-def want_num(v, where, lo=None, hi=None, lo_open=False, hi_open=False):
-    if not is_num(v):
-        raise bad_request(f"{where}: expected a finite number, got {_tname(v)}")
-    if lo is not None and (v <= lo if lo_open else v < lo):
-        raise bad_request(f"{where}: must be {'>' if lo_open else '>='} {lo}, got {v}")
-    if hi is not None and (v >= hi if hi_open else v > hi):
-        raise bad_request(f"{where}: must be {'<' if hi_open else '<='} {hi}, got {v}")
-    return float(v) if isinstance(v, float) else v
-
-
-def want_str(v, where, max_chars, allow_empty=False):
-    if not isinstance(v, str):
-        raise bad_request(f"{where}: expected a string, got {_tname(v)}")
-    if not v and not allow_empty:
-        raise bad_request(f"{where}: must not be empty")
-    if len(v) > max_chars:
-        raise bad_request(f"{where}: longer than the limit of {max_chars} characters "
-                          f"({len(v)})")
-    return v
-
-
-def want_list(v, where, max_items, min_items=1):
-    if not isinstance(v, list):
-        raise bad_request(f"{where}: expected an array, got {_tname(v)}")
-    if len(v) < min_items:
-        raise bad_request(f"{where}: needs at least {min_items} item(s)")
-    if len(v) > max_items:
-        raise bad_request(f"{where}: more than the limit of {max_items} items ({len(v)})")
-    return v
-
-
-def adapter_id(body, cfg, required=True, nullable=False):
-    _alias(body, "adapter_id", "model_id")
-    if "adapter_id" not in body:
-        if required:
-            raise bad_request("adapter_id: required")
-        return None
-    v = body["adapter_id"]
-    if v is None and nullable:
-        return None
-    return check_adapter_id(v)
+def url_kwargs(task, adapter_id):
+    """{adapter parameter: adapter_id} for a task whose adapter comes from the URL."""
+    return {adapter_param(task): check_adapter_id(adapter_id)}
 
 
 def check_adapter_id(v, where="adapter_id"):
     if not isinstance(v, str):
-        raise bad_request(f"{where}: expected a string, got {_tname(v)}")
+        raise bad_request(f"{where}: expected a string, got {schemas.tname(v)}")
     if not ID_RX.match(v):
-        raise bad_request(f"{where}: not a valid adapter id (letters, digits, '_.:-', "
-                          f"at most 128 characters)")
+        raise bad_request(f"{where}: {ADAPTER_INVALID}")
     return v
 
 
-def validate_future(body, cfg):
+def validate_future(body):
+    """The future id of a /retrieve_future body (request_id is the seed's spelling)."""
     _alias(body, "future_id", "request_id")
-    _only(body, ("future_id",))
-    if "future_id" not in body:
-        raise bad_request("future_id: required")
-    v = body["future_id"]
-    if not isinstance(v, str):
-        raise bad_request(f"future_id: expected a string, got {_tname(v)}")
-    if not FUTURE_RX.match(v):
-        raise bad_request("future_id: not a valid future id")
-    return v
+    check(_ext()["future"], body)
+    return body["future_id"]
 
 
-def validate_add_lora(body, cfg):
-    """-> kwargs of lora.create (owner is added by the route)."""
-    _only(body, ("rank", "alpha", "target_modules", "seed", "base_model"))
-    kw = {}
-    if "base_model" in body and body["base_model"] is not None:
-        # The seed's clients send base_model; one base model is served, so any name is ignored.
-        want_str(body["base_model"], "base_model", 256)
-    if body.get("rank") is not None:
-        kw["rank"] = want_int(body["rank"], "rank", 1, cfg["CELERIAC_MAX_RANK"])
-    if body.get("alpha") is not None:
-        kw["alpha"] = want_num(body["alpha"], "alpha", 0, 1e6, lo_open=True)
-    if body.get("target_modules") is not None:
-        mods = want_list(body["target_modules"], "target_modules", len(LORA_TARGETS))
-        for i, m in enumerate(mods):
-            want_str(m, f"target_modules[{i}]", 64)
-            if m not in LORA_TARGETS:
-                raise bad_request(f"target_modules[{i}]: unknown module {m!r}; "
-                                  f"known: {', '.join(LORA_TARGETS)}")
-        if len(set(mods)) != len(mods):
-            raise bad_request("target_modules: duplicate module names")
-        kw["target_modules"] = list(mods)
-    if body.get("seed") is not None:
-        kw["seed"] = want_int(body["seed"], "seed", 0, INT_MAX)
-    return kw
-
-
-def _example(ex, where, cfg):
-    max_chars = cfg["CELERIAC_MAX_TEXT_CHARS"]
-    if isinstance(ex, list):  # a chat
-        want_list(ex, where, 256)
-        total = 0
-        for j, msg in enumerate(ex):
-            w = f"{where}[{j}]"
-            if not isinstance(msg, dict):
-                raise bad_request(f"{w}: expected a message object {{role, content}}, "
-                                  f"got {_tname(msg)}")
-            _only(msg, ("role", "content"), w)
-            if "role" not in msg:
-                raise bad_request(f"{w}.role: required")
-            if "content" not in msg:
-                raise bad_request(f"{w}.content: required")
-            if not isinstance(msg["role"], str) or msg["role"] not in ROLES:
-                raise bad_request(f"{w}.role: must be one of {', '.join(ROLES)}")
-            total += len(want_str(msg["content"], f"{w}.content", max_chars, allow_empty=True))
-        if total > max_chars:
-            raise bad_request(f"{where}: chat longer than the limit of {max_chars} characters")
-        if not any(m["role"] == "assistant" for m in ex):
-            raise bad_request(f"{where}: a chat needs at least one assistant message "
-                              f"(the loss is on assistant turns)")
-        return ex
-    if not isinstance(ex, dict):
-        raise bad_request(f"{where}: expected {{\"text\"}}, a chat array or "
-                          f"{{\"tokens\", \"target_tokens\", \"weights\"}}, got {_tname(ex)}")
-    if "text" in ex:
-        _only(ex, ("text",), where)
-        want_str(ex["text"], f"{where}.text", max_chars)
-        return ex
-    if "tokens" in ex:
-        _only(ex, ("tokens", "target_tokens", "weights"), where)
-        max_tokens = cfg["CELERIAC_MAX_TOKENS"]
-        toks = want_list(ex["tokens"], f"{where}.tokens", max_tokens)
-        for k in ("target_tokens", "weights"):
-            if k not in ex:
-                raise bad_request(f"{where}.{k}: required with tokens")
-        tgts = want_list(ex["target_tokens"], f"{where}.target_tokens", max_tokens)
-        wts = want_list(ex["weights"], f"{where}.weights", max_tokens)
-        if not (len(toks) == len(tgts) == len(wts)):
-            raise bad_request(f"{where}: tokens, target_tokens and weights must have the same "
-                              f"length ({len(toks)}, {len(tgts)}, {len(wts)})")
-        for name, seq in (("tokens", toks), ("target_tokens", tgts)):
-            for i, t in enumerate(seq):
-                if not is_int(t) or t < 0 or t > 2**31 - 1:
-                    raise bad_request(f"{where}.{name}[{i}]: expected a token id "
-                                      f"(integer >= 0), got {t!r:.40}")
-        for i, w in enumerate(wts):
-            if not is_num(w) or w < 0:
-                raise bad_request(f"{where}.weights[{i}]: expected a finite number >= 0")
-        return ex
-    raise bad_request(f"{where}: an example needs 'text', or 'tokens' with 'target_tokens' "
-                      f"and 'weights', or is a chat array of {{role, content}}")
-
-
-def validate_fwdbwd(body, cfg):
-    """-> kwargs of lora.forward_backward."""
-    aid = adapter_id(body, cfg)
-    _only(body, ("adapter_id", "data", "loss_fn"))
-    if "data" not in body:
-        raise bad_request("data: required (an array of examples)")
-    data = want_list(body["data"], "data", cfg["CELERIAC_MAX_EXAMPLES"])
-    for i, ex in enumerate(data):
-        _example(ex, f"data[{i}]", cfg)
-    kw = {"adapter_id": aid, "data": data}
-    if body.get("loss_fn") is not None:
-        fn = body["loss_fn"]
-        if not isinstance(fn, str) or fn not in LOSS_FNS:
-            raise bad_request(f"loss_fn: must be one of {', '.join(LOSS_FNS)}")
-        kw["loss_fn"] = fn
-    return kw
-
-
-def validate_optim_step(body, cfg):
-    """-> kwargs of lora.optim_step."""
-    aid = adapter_id(body, cfg)
-    _only(body, ("adapter_id", "adam_params"))
-    kw = {"adapter_id": aid}
-    p = body.get("adam_params")
-    if p is not None:
-        if not isinstance(p, dict):
-            raise bad_request(f"adam_params: expected an object, got {_tname(p)}")
-        _only(p, ADAM_KEYS, "adam_params")
-        out = {}
-        if p.get("learning_rate") is not None:
-            out["learning_rate"] = want_num(p["learning_rate"], "adam_params.learning_rate",
-                                            0, 10, lo_open=True)
-        for k in ("beta1", "beta2"):
-            if p.get(k) is not None:
-                out[k] = want_num(p[k], f"adam_params.{k}", 0, 1, hi_open=True)
-        if p.get("eps") is not None:
-            out["eps"] = want_num(p["eps"], "adam_params.eps", 0, 1, lo_open=True)
-        if p.get("weight_decay") is not None:
-            out["weight_decay"] = want_num(p["weight_decay"], "adam_params.weight_decay", 0, 10)
-        kw["adam_params"] = out
-    return kw
-
-
-def validate_sample(body, cfg):
-    """-> kwargs of lora.sample (adapter_id None = the base model)."""
-    aid = adapter_id(body, cfg, required=False, nullable=True)
-    _only(body, ("adapter_id", "prompts", "sampling_params"))
-    if "prompts" not in body:
-        raise bad_request("prompts: required (an array of strings)")
-    prompts = want_list(body["prompts"], "prompts", cfg["CELERIAC_MAX_PROMPTS"])
-    for i, pr in enumerate(prompts):
-        want_str(pr, f"prompts[{i}]", cfg["CELERIAC_MAX_TEXT_CHARS"], allow_empty=True)
-    kw = {"adapter_id": aid, "prompts": prompts}
-    sp = body.get("sampling_params")
-    if sp is not None:
-        if not isinstance(sp, dict):
-            raise bad_request(f"sampling_params: expected an object, got {_tname(sp)}")
-        _only(sp, SAMPLING_KEYS, "sampling_params")
-        out = {}
-        if sp.get("max_tokens") is not None:
-            out["max_tokens"] = want_int(sp["max_tokens"], "sampling_params.max_tokens", 1,
-                                         cfg["CELERIAC_MAX_SAMPLE_TOKENS"])
-        if sp.get("temperature") is not None:
-            out["temperature"] = want_num(sp["temperature"], "sampling_params.temperature",
-                                          0, 100)
-        if sp.get("top_p") is not None:
-            out["top_p"] = want_num(sp["top_p"], "sampling_params.top_p", 0, 1, lo_open=True)
-        if sp.get("top_k") is not None:
-            out["top_k"] = want_int(sp["top_k"], "sampling_params.top_k", 0, 1 << 20)
-        if sp.get("seed") is not None:
-            out["seed"] = want_int(sp["seed"], "sampling_params.seed", 0, INT_MAX)
-        if sp.get("stop") is not None:
-            stop = sp["stop"]
-            if isinstance(stop, str):
-                stop = [stop]
-            want_list(stop, "sampling_params.stop", MAX_STOPS)
-            for i, s in enumerate(stop):
-                want_str(s, f"sampling_params.stop[{i}]", MAX_STOP_CHARS)
-            out["stop"] = stop
-        kw["sampling_params"] = out
-    return kw
-
-
-def validate_score(body, cfg):
-    """-> kwargs of model.score."""
-    aid = adapter_id(body, cfg, required=False, nullable=True)
-    _only(body, ("text", "adapter_id"))
-    if "text" not in body:
-        raise bad_request("text: required")
-    text = want_str(body["text"], "text", cfg["CELERIAC_MAX_TEXT_CHARS"])
-    return {"text": text, "adapter_id": aid}
+def diag_call(name):
+    """(task name, args, kwargs) of POST /diag/<name> from its body; None for a name that
+    is no task (the body is not read then)."""
+    task = f"diag.{name}"
+    if task not in _ext()["tasks"] or task in DIAG_HIDDEN:
+        return None
+    body = json_body()
+    check(_ext()["diag"], body)
+    args, kwargs = body.get("args", []), body.get("kwargs", {})
+    if task == "diag.sleep":
+        params = _ext()["tasks"][task]["params"]
+        seconds = args[0] if args else kwargs.get(params[0]["name"] if params else "", 0)
+        if isinstance(seconds, (int, float)) and seconds > DIAG_MAX_SLEEP:
+            raise bad_request(f"diag.sleep is limited to {DIAG_MAX_SLEEP} s here")
+    return task, args, kwargs

@@ -10,7 +10,7 @@ from flask import Blueprint, g
 
 from .. import validation as v
 from ..auth import require_user
-from ..ownership import adapters_of, drop_owner, require_adapter
+from ..ownership import adapters_of, drop_owner
 from .common import submit
 
 bp = Blueprint("adapters", __name__)
@@ -25,16 +25,12 @@ def list_adapters():
 @bp.get("/adapters/<path:adapter_id>")
 @require_user()
 def adapter_info(adapter_id):
-    v.check_adapter_id(adapter_id)
-    require_adapter(adapter_id, g.user)
-    return submit("lora.info", {"adapter_id": adapter_id})
+    return submit("lora.info", v.url_kwargs("lora.info", adapter_id))
 
 
 @bp.delete("/adapters/<path:adapter_id>")
 @require_user()
 def delete_adapter(adapter_id):
-    v.check_adapter_id(adapter_id)
-    require_adapter(adapter_id, g.user)
-    resp = submit("lora.delete", {"adapter_id": adapter_id})
+    resp = submit("lora.delete", v.url_kwargs("lora.delete", adapter_id))
     drop_owner(adapter_id, g.user)
     return resp

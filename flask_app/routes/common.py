@@ -1,18 +1,25 @@
-"""common.py -- what every task-submitting route does: send the task, record the future.
+"""common.py -- what every task-submitting route does: check ownership, send, record the future.
 
-submit() is the only place a route talks to Celery for writing: it publishes the task by name
-(send_task, never waits), stores future -> owner in Redis with a TTL, and returns the 202 body.
+submit() is the only place a route talks to Celery for writing. When the task names an adapter
+(the task table's adapter_param) that it does not create, the adapter must be the caller's
+(404 otherwise, the same answer as for an id that does not exist); then the task is published
+by name (send_task, never waits), future -> owner is stored in Redis with a TTL, and the 202
+body is returned.
 """
 
 from flask import current_app, g, jsonify
 
 from ..celery_client import send
-from ..ownership import record_future
+from ..ownership import record_future, require_adapter
 
 
 def submit(task, kwargs, pending_create=False, extra=None, args=None):
     """Sends `task` with kwargs for g.user; returns a 202 response {"future_id", "task"}."""
     ext = current_app.extensions["celeriac"]
+    spec = ext["tasks"].get(task, {})
+    adapter = kwargs.get(spec.get("adapter_param") or "")
+    if adapter is not None and spec.get("adapter_effect") != "create":
+        require_adapter(adapter, g.user)
     task_id = send(ext["celery"], task, kwargs, queue=current_app.config["CELERIAC_QUEUE"],
                    args=args)
     record_future(task_id, g.user, task, pending_create=pending_create)

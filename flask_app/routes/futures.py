@@ -58,7 +58,7 @@ def _on_success(meta, value):
 @bp.post("/retrieve_future")
 @require_user("CELERIAC_POLL_RATE_LIMIT")
 def retrieve_future():
-    task_id = v.validate_future(v.json_body(), current_app.config)
+    task_id = v.validate_future(v.json_body())
     meta = future_of(task_id, g.user)
     g.future_id = task_id
     # One read of the stored meta: state and result must come from the same version (reading

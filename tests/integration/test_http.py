@@ -1,46 +1,28 @@
-"""test_http.py -- the Flask front end through real Gunicorn, real Redis and a celeriac worker.
+"""test_http.py -- the Flask front end end to end: real Gunicorn, real Redis, a celeriac worker.
 
 Each test starts `gunicorn -c gunicorn.conf.py 'flask_app:create_app()'` (2 workers, on a free
 loopback port, configured only through the environment) against the test's own Redis database,
 and drives it over HTTP with requests, asserting only what an HTTP client sees. Tests that need
-the worker start it with the conftest `worker` fixture (`-c 2`, a state dir). Tests of the model
-routes (lora.*, model.score) are skipped, with the reason, when the worker does not have those
-tasks yet; everything else (auth, validation, 413, 404s, rate limits, futures through the diag
-tasks, /healthz) runs regardless. All waits are bounded.
+the worker start it with the conftest `worker` fixture. These are the few things only a real
+server shows: the adapter life cycle of two users at once, progress of a running task, rate
+limits shared by the web workers, chunked bodies. Auth, validation and the mapping of every
+task state to an answer are tested faster through app.test_client() in test_http_app.py.
+All waits are bounded and wait on the thing itself (a future's state, a log line).
 """
 
-import glob
 import os
 import shutil
 import signal
 import subprocess
 import threading
-import time
 
 import pytest
 import requests
 
 from conftest import REPO, free_port, scaled, wait_until
+from http_fixtures import KEYS, KEYS_ENV, TEXT, err, table_config
 
-KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-9876543210",
-        "carol": "carol-key-5555555555"}
-KEYS_ENV = ",".join(f"{u}:{k}" for u, k in KEYS.items())
 HTTP_TIMEOUT = 10
-TEXT = "The quick brown fox jumps over the lazy dog."
-
-
-def _worker_has_model_tasks():
-    """True when the worker's sources name the model tasks (lora.create, model.score)."""
-    text = ""
-    for path in glob.glob(os.path.join(REPO, "worker", "*.c")):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text += f.read()
-    return '"lora.create"' in text and '"model.score"' in text
-
-
-needs_model = pytest.mark.skipif(
-    not _worker_has_model_tasks(),
-    reason="the worker has no model tasks yet (no \"lora.create\"/\"model.score\" in worker/*.c)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,6 +127,7 @@ class Api:
 def gunicorn(request, tmp_path, broker_url):
     """Factory: gunicorn(**env) -> Api for a started Gunicorn (2 workers) on the test's db."""
     started, apis = [], []
+    table = table_config()
 
     def start(**env):
         port = free_port()
@@ -159,7 +142,7 @@ def gunicorn(request, tmp_path, broker_url):
             "GUNICORN_GRACEFUL_TIMEOUT": "5",
             "CELERY_BROKER_URL": broker_url, "CELERIAC_API_KEYS": KEYS_ENV,
             "CELERIAC_ENABLE_DIAG": "1",
-            "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off",
+            "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off", **table,
         })
         full.update({k: str(v) for k, v in env.items()})
         exe = shutil.which("gunicorn") or "/usr/bin/gunicorn"
@@ -194,291 +177,74 @@ def api(gunicorn):
     return gunicorn()
 
 
-def err(r, status, type_=None, contains=None):
-    """Asserts an error response: status, JSON {"error": {"type", "message"}}."""
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.headers["Content-Type"].startswith("application/json"), r.headers
-    e = r.json()["error"]
-    assert isinstance(e["type"], str) and isinstance(e["message"], str) and e["message"]
-    if type_ is not None:
-        assert e["type"] == type_, e
-    if contains is not None:
-        assert contains in e["message"], e
-    return e
-
-
 # --------------------------------------------------------------------------------------------
-# Health, auth
+# Through the server: bodies, futures, rate limits
 
 
-def test_healthz(api, gunicorn, redis_client):
+def test_healthz_and_a_refusal(api, gunicorn):
     r = api.get("/healthz", user=None)
-    assert r.status_code == 200, r.text
-    assert r.json()["status"] == "ok" and r.json()["redis"] == "ok"
+    assert r.status_code == 200 and r.json()["redis"] == "ok", r.text
+    err(api.post("/add_lora", {"rank": "x"}), 400, "ValidationError", "rank: expected an integer")
+    err(api.post("/add_lora", {}, user=None), 401, "Unauthorized")
     # A front end whose Redis is down says so (and does not hang).
     dead = gunicorn(CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")
     r = dead.get("/healthz", user=None)
     assert r.status_code == 503 and r.json()["status"] == "unavailable"
-    r = dead.post("/add_lora", {})
-    err(r, 503, "ServiceUnavailable")
-
-
-AUTH_ROUTES = [
-    ("POST", "/add_lora"), ("POST", "/fwdbwd"), ("POST", "/optim_step"),
-    ("POST", "/api/v1/sample"), ("POST", "/score"), ("POST", "/retrieve_future"),
-    ("GET", "/adapters"), ("GET", "/adapters/x"), ("DELETE", "/adapters/x"),
-    ("POST", "/diag/noop"),
-]
-
-
-def test_auth_401(api):
-    for method, path in AUTH_ROUTES:
-        for headers in ({}, {"Authorization": "Basic YWxpY2U6eA=="},
-                        {"Authorization": "Bearer"}, {"Authorization": "Bearer not-a-key"},
-                        {"Authorization": "Bearer " + KEYS["alice"] + "x"},
-                        {"Authorization": "Bearer " + KEYS["alice"][:-1]}):
-            r = api.call(method, path, user=None, json={}, headers=headers)
-            err(r, 401, "Unauthorized")
-            assert r.headers["WWW-Authenticate"].startswith("Bearer"), (method, path)
-    # The same requests with a key get past auth (to validation or a 202).
-    assert api.post("/diag/noop", {}).status_code == 202
-    assert api.post("/add_lora", {"rank": "x"}).status_code == 400
-
-
-def test_unknown_route_and_method_are_json(api):
-    err(api.get("/nope"), 404)
-    err(api.get("/add_lora"), 405)
-
-
-# --------------------------------------------------------------------------------------------
-# Validation
-
-
-BAD = [
-    # (path, body, text expected in the message)
-    ("/add_lora", None, "empty"),
-    ("/add_lora", "[1]", "JSON object"),
-    ("/add_lora", "{not json", "not valid JSON"),
-    ("/add_lora", {"rank": "8"}, "rank: expected an integer"),
-    ("/add_lora", {"rank": 0}, "rank: must be >= 1"),
-    ("/add_lora", {"rank": True}, "rank: expected an integer"),
-    ("/add_lora", {"rank": 100000}, "rank: must be <="),
-    ("/add_lora", {"alpha": -1}, "alpha: must be >"),
-    ("/add_lora", {"alpha": "x"}, "alpha: expected a finite number"),
-    ("/add_lora", {"target_modules": "q_proj"}, "target_modules: expected an array"),
-    ("/add_lora", {"target_modules": ["q_proj", "zz"]}, "target_modules[1]: unknown module"),
-    ("/add_lora", {"target_modules": ["q_proj", "q_proj"]}, "duplicate"),
-    ("/add_lora", {"seed": -1}, "seed: must be >= 0"),
-    ("/add_lora", {"seed": 1.5}, "seed: expected an integer"),
-    ("/add_lora", {"rnak": 8}, "unknown field(s) 'rnak'"),
-    ("/fwdbwd", {"data": [{"text": "a"}]}, "adapter_id: required"),
-    ("/fwdbwd", {"adapter_id": 5, "data": [{"text": "a"}]}, "adapter_id: expected a string"),
-    ("/fwdbwd", {"adapter_id": "../../etc", "data": [{"text": "a"}]}, "not a valid adapter id"),
-    ("/fwdbwd", {"adapter_id": "a", "model_id": "b", "data": []}, "either"),
-    ("/fwdbwd", {"adapter_id": "a"}, "data: required"),
-    ("/fwdbwd", {"adapter_id": "a", "data": []}, "data: needs at least 1"),
-    ("/fwdbwd", {"adapter_id": "a", "data": {"text": "x"}}, "data: expected an array"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [{"text": "x"}] * 9}, "data: more than the limit"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [{"text": 3}]}, "data[0].text: expected a string"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [{"text": ""}]}, "data[0].text: must not be empty"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [{"text": "x" * 201}]}, "data[0].text: longer"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [{"txt": "x"}]}, "data[0]: an example needs"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [7]}, "data[0]: expected"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [[{"role": "user", "content": "hi"}]]},
-     "at least one assistant"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [[{"role": "robot", "content": "hi"}]]},
-     "data[0][0].role: must be one of"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [[{"role": "user"}]]}, "data[0][0].content: required"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [[{"role": "assistant", "content": 1}]]},
-     "data[0][0].content: expected a string"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [{"tokens": [1, 2]}]},
-     "data[0].target_tokens: required"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [{"tokens": [1, 2], "target_tokens": [2],
-                                              "weights": [1, 1]}]}, "same length"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [{"tokens": [1, -2], "target_tokens": [2, 3],
-                                              "weights": [1, 1]}]}, "data[0].tokens[1]"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [{"tokens": [1, 2], "target_tokens": [2, 3],
-                                              "weights": [1, "x"]}]}, "data[0].weights[1]"),
-    ("/fwdbwd", {"adapter_id": "a", "data": [{"text": "x"}], "loss_fn": "mse"}, "loss_fn"),
-    ("/optim_step", {}, "adapter_id: required"),
-    ("/optim_step", {"adapter_id": "a", "adam_params": 1}, "adam_params: expected an object"),
-    ("/optim_step", {"adapter_id": "a", "adam_params": {"lr": 1}}, "unknown field(s) 'lr'"),
-    ("/optim_step", {"adapter_id": "a", "adam_params": {"learning_rate": 0}},
-     "adam_params.learning_rate: must be >"),
-    ("/optim_step", {"adapter_id": "a", "adam_params": {"beta1": 1.0}}, "adam_params.beta1"),
-    ("/optim_step", {"adapter_id": "a", "adam_params": {"beta2": -0.1}}, "adam_params.beta2"),
-    ("/optim_step", {"adapter_id": "a", "adam_params": {"eps": 0}}, "adam_params.eps"),
-    ("/optim_step", {"adapter_id": "a", "adam_params": {"weight_decay": -1}},
-     "adam_params.weight_decay"),
-    ("/optim_step", '{"adapter_id": "a", "adam_params": {"learning_rate": NaN}}',
-     "adam_params.learning_rate: expected a finite number"),
-    ("/api/v1/sample", {}, "prompts: required"),
-    ("/api/v1/sample", {"prompts": "hi"}, "prompts: expected an array"),
-    ("/api/v1/sample", {"prompts": []}, "prompts: needs at least 1"),
-    ("/api/v1/sample", {"prompts": ["a"] * 5}, "prompts: more than the limit of 4"),
-    ("/api/v1/sample", {"prompts": [1]}, "prompts[0]: expected a string"),
-    ("/api/v1/sample", {"prompts": ["x" * 201]}, "prompts[0]: longer"),
-    ("/api/v1/sample", {"prompts": ["a"], "adapter_id": 3}, "adapter_id: expected a string"),
-    ("/api/v1/sample", {"prompts": ["a"], "sampling_params": []}, "sampling_params: expected"),
-    ("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"max_tokens": 0}},
-     "sampling_params.max_tokens: must be >= 1"),
-    ("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"max_tokens": 10**6}},
-     "sampling_params.max_tokens: must be <="),
-    ("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"temperature": -1}},
-     "sampling_params.temperature"),
-    ("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"top_p": 0}},
-     "sampling_params.top_p"),
-    ("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"top_k": -1}},
-     "sampling_params.top_k"),
-    ("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"seed": "1"}},
-     "sampling_params.seed"),
-    ("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"stop": [1]}},
-     "sampling_params.stop[0]"),
-    ("/api/v1/sample", {"prompts": ["a"], "sampling_params": {"temp": 1}}, "unknown field"),
-    ("/score", {}, "text: required"),
-    ("/score", {"text": ["a"]}, "text: expected a string"),
-    ("/score", {"text": "x" * 201}, "text: longer"),
-    ("/score", {"text": "a", "adapter_id": ""}, "not a valid adapter id"),
-    ("/retrieve_future", {}, "future_id: required"),
-    ("/retrieve_future", {"future_id": 12}, "future_id: expected a string"),
-    ("/retrieve_future", {"future_id": "a b"}, "not a valid future id"),
-    ("/retrieve_future", {"future_id": "a", "x": 1}, "unknown field"),
-]
-
-
-@pytest.fixture
-def small_api(gunicorn):
-    return gunicorn(CELERIAC_MAX_EXAMPLES=8, CELERIAC_MAX_PROMPTS=4,
-                    CELERIAC_MAX_TEXT_CHARS=200, CELERIAC_MAX_RANK=64)
-
-
-def test_validation_400(small_api):
-    failures = []
-    for path, body, text in BAD:
-        if body is None or isinstance(body, str):
-            r = small_api.post(path, data=(body or "").encode(),
-                               headers={"Content-Type": "application/json"})
-        else:
-            r = small_api.post(path, body)
-        try:
-            err(r, 400, "ValidationError", text)
-        except AssertionError as ex:
-            failures.append(f"{path} {body!r:.80}: {ex}")
-    assert not failures, "\n".join(failures)
-
-
-def test_adapter_path_validation(api):
-    err(api.get("/adapters/a%20b"), 400, "ValidationError")
-    err(api.delete("/adapters/" + "a" * 200), 400, "ValidationError")
+    err(dead.post("/add_lora", {}), 503, "ServiceUnavailable")
 
 
 def test_body_too_large_413(gunicorn):
     api = gunicorn(MAX_CONTENT_LENGTH=65536)
-    big = {"text": "x" * 70000}
-    r = api.post("/score", big)
-    e = err(r, 413, "PayloadTooLarge", "65536")
-    # Chunked (no Content-Length): werkzeug does not limit these by itself.
+    err(api.post("/score", {"text": "x" * 70000}), 413, "PayloadTooLarge", "65536")
 
-    def chunks():
-        for _ in range(20):
+    # Chunked (no Content-Length): werkzeug 2.2 does not limit these by itself; read_body does.
+    def chunks(n):
+        for _ in range(n):
             yield b" " * 8192
-        yield b'{"text": "x"}'
+        yield b'{"text": "x", "pad": 1}'
 
-    r = api.post("/score", data=chunks(), headers={"Content-Type": "application/json"})
+    r = api.post("/score", data=chunks(20), headers={"Content-Type": "application/json"})
     err(r, 413, "PayloadTooLarge")
-    # Just under the limit is fine (it gets past the size check to validation).
-    r = api.post("/score", {"text": "x" * 100, "pad": " " * 60000})
+    r = api.post("/score", data=chunks(2), headers={"Content-Type": "application/json"})
     err(r, 400, "ValidationError", "unknown field")
-    assert e
 
 
-# --------------------------------------------------------------------------------------------
-# Ownership and futures (no model needed)
-
-
-def test_unknown_adapter_and_future_404(api):
-    for path, body in (("/fwdbwd", {"adapter_id": "nope", "data": [{"text": "x"}]}),
-                       ("/optim_step", {"adapter_id": "nope"}),
-                       ("/api/v1/sample", {"adapter_id": "nope", "prompts": ["x"]}),
-                       ("/score", {"adapter_id": "nope", "text": "x"})):
-        err(api.post(path, body), 404, "NotFound", "unknown adapter")
-    err(api.get("/adapters/nope"), 404, "NotFound")
-    err(api.delete("/adapters/nope"), 404, "NotFound")
-    err(api.post("/retrieve_future", {"future_id": "0e1d3a8c-0000-4000-8000-000000000000"}),
-        404, "NotFound", "unknown future")
-
-
-def test_futures_belong_to_their_creator(api, worker):
-    worker("-c", "2")
-    fid = api.submit("/diag/add", {"args": [2, 3]}, user="alice")
-    for user in ("bob", "carol"):
-        err(api.post("/retrieve_future", {"future_id": fid}, user=user), 404, "NotFound")
-    r = api.wait(fid, "alice")
-    assert r.json() == {"status": "done", "result": 5}
-    # The seed's spelling of the field works too.
-    r = api.post("/retrieve_future", {"request_id": fid}, user="alice")
-    assert r.status_code == 200 and r.json()["result"] == 5
-    err(api.post("/retrieve_future", {"request_id": fid}, user="bob"), 404)
-
-
-def test_future_202_then_200_and_failures(api, worker):
-    worker("-c", "2")
-    fid = api.submit("/diag/sleep", {"args": [1.0]})
+def test_futures_through_the_worker(api, worker):
+    # Sent before any worker runs: certainly pending, and the route did not wait for it.
+    fid = api.submit("/diag/add", {"args": [2, 3]})
     r = api.post("/retrieve_future", {"future_id": fid})
-    assert r.status_code == 202, r.text
-    assert r.json()["status"] in ("pending", "running")
-    r = api.wait(fid, timeout=15)
-    assert r.json() == {"status": "done", "result": 1.0}
+    assert r.status_code == 202 and r.json() == {"status": "pending", "progress": None}
+    worker("-c", "2")
+    assert api.wait(fid).json() == {"status": "done", "result": 5}
+    err(api.post("/retrieve_future", {"future_id": fid}, user="bob"), 404, "NotFound")
     # A ValueError raised by the task is the client's fault: 400 with the type and message.
     fid = api.submit("/diag/fail", {"args": ["bad input here"]})
     r = api.wait(fid, expect=400)
-    assert r.json()["status"] == "failed"
-    assert r.json()["error"] == {"type": "ValueError", "message": "bad input here"}
+    assert r.json() == {"status": "failed",
+                        "error": {"type": "ValueError", "message": "bad input here"}}
     # A TypeError from a wrong call, too.
     fid = api.submit("/diag/add", {"args": [1]})
-    r = api.wait(fid, expect=400)
-    assert r.json()["error"]["type"] == "TypeError"
+    assert api.wait(fid, expect=400).json()["error"]["type"] == "TypeError"
 
 
-def test_futures_pending_without_worker(api):
-    # No worker: the task waits in the queue; the future is pending and the route did not wait.
-    t0 = time.monotonic()
-    fid = api.submit("/add_lora", {"rank": 4})
-    assert time.monotonic() - t0 < 2
-    r = api.post("/retrieve_future", {"future_id": fid})
-    assert r.status_code == 202 and r.json() == {"status": "pending", "progress": None}
-    r = api.get("/adapters")
-    assert r.status_code == 202 and r.json()["adapter_ids"] == []
-
-
-# --------------------------------------------------------------------------------------------
-# Rate limits
-
-
-def test_rate_limit_429(gunicorn):
-    api = gunicorn(CELERIAC_RATE_LIMIT="5/minute", CELERIAC_POLL_RATE_LIMIT="8/minute")
-    codes = [api.post("/add_lora", {"rank": 4}, user="alice").status_code for _ in range(5)]
-    assert codes == [202] * 5
-    r = api.post("/add_lora", {"rank": 4}, user="alice")
-    err(r, 429, "RateLimited")
-    retry = int(r.headers["Retry-After"])
-    assert 1 <= retry <= 61
-    # Other keys have their own budget; bad requests count too (validation comes after).
-    assert api.post("/add_lora", {"rank": 4}, user="bob").status_code == 202
-    err(api.post("/add_lora", {"rank": "x"}, user="alice"), 429)
-    # Polling has its own, separate budget.
-    r = api.post("/retrieve_future", {"future_id": "x"}, user="alice")
-    assert r.status_code == 404
-    # Shared across the 2 Gunicorn workers: a fresh connection per request spreads them.
-    codes = []
-    for _ in range(10):
-        with requests.Session() as s:
-            codes.append(s.post(api.base + "/retrieve_future", json={"future_id": "x"},
-                                headers={"Authorization": f"Bearer {KEYS['carol']}"},
-                                timeout=HTTP_TIMEOUT).status_code)
-    assert codes == [404] * 8 + [429] * 2, codes
-    # /healthz is never limited.
-    assert all(api.get("/healthz", user=None).status_code == 200 for _ in range(20))
+def test_rate_limit_shared_by_web_workers(gunicorn):
+    """The poll budget (8/minute) is one count per user for every web worker process: the
+    requests alternate between two Gunicorns of one worker each on the same Redis (so which
+    process serves each one is certain; a Gunicorn's own workers are such processes too, but
+    the kernel picks which one accepts). Counts kept per process would let 16 through."""
+    one = gunicorn(CELERIAC_POLL_RATE_LIMIT="8/minute", CELERIAC_RATE_LIMIT="8/minute",
+                   GUNICORN_WORKERS=1)
+    two = gunicorn(CELERIAC_POLL_RATE_LIMIT="8/minute", CELERIAC_RATE_LIMIT="8/minute",
+                   GUNICORN_WORKERS=1)
+    codes = [(one, two)[i % 2].post("/retrieve_future", {"future_id": "x"}, user="carol")
+             for i in range(12)]
+    assert [r.status_code for r in codes] == [404] * 8 + [429] * 4, codes
+    for r in codes[8:]:
+        err(r, 429, "RateLimited")
+        assert 1 <= int(r.headers["Retry-After"]) <= 61
+    # Another user's budget is untouched, and so is carol's budget for submitting.
+    assert two.post("/retrieve_future", {"future_id": "x"}, user="alice").status_code == 404
+    assert one.post("/diag/noop", {}, user="carol").status_code == 202
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,15 +253,6 @@ def test_rate_limit_429(gunicorn):
 
 def _model_worker(worker, tmp_path):
     return worker("-c", "2", "--state-dir", str(tmp_path / "state"), ready_timeout=60)
-
-
-@needs_model
-def test_score_base_model(api, worker, tmp_path):
-    _model_worker(worker, tmp_path)
-    res = api.result("/score", {"text": TEXT})
-    for k in ("tokens", "logprob", "mean_logprob", "perplexity", "token_logprobs"):
-        assert k in res, res
-    assert res["logprob"] < 0 and res["perplexity"] > 1
 
 
 def _train_user(api, user, steps, out):
@@ -520,7 +277,6 @@ def _train_user(api, user, steps, out):
     out[user] = {"adapter_id": aid, "losses": losses, "sample": sample}
 
 
-@needs_model
 def test_adapter_life_cycle_two_users(api, worker, tmp_path):
     _model_worker(worker, tmp_path)
     out, errors = {}, []
@@ -567,6 +323,9 @@ def test_adapter_life_cycle_two_users(api, worker, tmp_path):
 
     # The base model is everyone's; scoring with the adapter makes the text more likely.
     base = api.result("/score", {"text": TEXT}, user="bob")
+    for k in ("tokens", "logprob", "mean_logprob", "perplexity", "token_logprobs"):
+        assert k in base, base
+    assert base["logprob"] < 0 and base["perplexity"] > 1
     tuned = api.result("/score", {"text": TEXT, "adapter_id": b}, user="bob")
     assert tuned["logprob"] > base["logprob"]
 
@@ -578,7 +337,6 @@ def test_adapter_life_cycle_two_users(api, worker, tmp_path):
     assert api.get("/adapters", user="bob").json()["adapter_ids"] == [b]
 
 
-@needs_model
 def test_progress_of_running_future(api, worker, tmp_path):
     """A long fwdbwd reports PROGRESS; /retrieve_future shows it as 202 running + progress."""
     _model_worker(worker, tmp_path)
@@ -601,15 +359,3 @@ def test_progress_of_running_future(api, worker, tmp_path):
     assert progress, f"no running future with progress seen in {len(seen)} polls: {seen[-3:]}"
     for p in progress:
         assert p["total"] == n and 0 <= p["done"] <= n, p
-
-
-@needs_model
-def test_task_value_error_is_400(api, worker, tmp_path):
-    _model_worker(worker, tmp_path)
-    aid = api.result("/add_lora", {}, user="carol")["adapter_id"]
-    # A token id outside the vocabulary passes the front end's checks; the worker refuses it.
-    fid = api.submit("/fwdbwd", {"adapter_id": aid, "data": [
-        {"tokens": [1, 10**9], "target_tokens": [10**9, 1], "weights": [1, 1]}]}, "carol")
-    r = api.wait(fid, "carol", expect=None)
-    assert r.status_code == 400, r.text
-    assert r.json()["error"]["type"] in ("ValueError", "TypeError")
