@@ -158,17 +158,17 @@ static const cel_tasks_spec_t fb_params[] = {
 /* ---- lora.optim_step ---- */
 
 static const cel_tasks_spec_t adam_fields[] = {
-    {.name = "learning_rate", .type = CEL_TASKS_NUMBER, .dflt = "0.0001", .has_min = 1,
+    {.name = "learning_rate", .type = CEL_TASKS_NUMBER, .nullable = 1, .dflt = "0.0001", .has_min = 1,
      .min = 0, .min_excl = 1, .has_max = 1, .max = 10, .doc = "AdamW step size"},
-    {.name = "beta1", .type = CEL_TASKS_NUMBER, .dflt = "0.9", .has_min = 1, .min = 0,
+    {.name = "beta1", .type = CEL_TASKS_NUMBER, .nullable = 1, .dflt = "0.9", .has_min = 1, .min = 0,
      .has_max = 1, .max = 1, .max_excl = 1, .doc = "first-moment decay"},
-    {.name = "beta2", .type = CEL_TASKS_NUMBER, .dflt = "0.999", .has_min = 1, .min = 0,
+    {.name = "beta2", .type = CEL_TASKS_NUMBER, .nullable = 1, .dflt = "0.999", .has_min = 1, .min = 0,
      .has_max = 1, .max = 1, .max_excl = 1, .doc = "second-moment decay"},
-    {.name = "eps", .type = CEL_TASKS_NUMBER, .dflt = "1e-08", .has_min = 1, .min = 0,
+    {.name = "eps", .type = CEL_TASKS_NUMBER, .nullable = 1, .dflt = "1e-08", .has_min = 1, .min = 0,
      .min_excl = 1, .has_max = 1, .max = 1, .doc = "added to the denominator"},
-    {.name = "weight_decay", .type = CEL_TASKS_NUMBER, .dflt = "0", .has_min = 1, .min = 0,
+    {.name = "weight_decay", .type = CEL_TASKS_NUMBER, .nullable = 1, .dflt = "0", .has_min = 1, .min = 0,
      .has_max = 1, .max = 1e3, .doc = "decoupled weight decay"},
-    {.name = "grad_clip_norm", .type = CEL_TASKS_NUMBER, .dflt = "0", .has_min = 1, .min = 0,
+    {.name = "grad_clip_norm", .type = CEL_TASKS_NUMBER, .nullable = 1, .dflt = "0", .has_min = 1, .min = 0,
      .has_max = 1, .max = 1e12, .doc = "clip the gradients' global norm to this; 0: no clipping"},
 };
 

@@ -231,8 +231,12 @@ static void test_number_bounds(void **state) {
                "adam_params['learning_rate'] must be in (0, 10], not 10.5");
     bind_fails(o, "[\"a\", {\"learning_rate\": 0}]", "{}", "ValueError",
                "adam_params['learning_rate'] must be in (0, 10], not 0");
-    bind_fails(o, "[\"a\", {\"beta1\": null}]", "{}", "TypeError",
-               "adam_params['beta1'] must be a number, not NoneType");
+    /* None for a setting takes its default, as for sampling_params */
+    bind_ok(o, "[\"a\", {\"beta1\": null}]", "{}",
+            "[\"a\", {\"learning_rate\": 0.0001, \"beta1\": 0.9, \"beta2\": 0.999, "
+            "\"eps\": 1e-08, \"weight_decay\": 0, \"grad_clip_norm\": 0}]");
+    bind_fails(o, "[\"a\", {\"beta1\": \"x\"}]", "{}", "TypeError",
+               "adam_params['beta1'] must be a number, not str");
     /* one-sided number: "finite and" */
     const cel_tasks_task_t *fb = task("lora.forward_backward");
     bind_ok(fb, "[\"a\", [{\"tokens\": [1, 2], \"target_tokens\": [2, 3], \"weights\": [0, 2.5]}]]",
