@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "../protocol/peek.h"
 #include "../protocol/protocol.h"
 #include "affinity.h"
 #include "backend.h"
@@ -545,38 +546,36 @@ static void on_eta(uv_timer_t *t) {
     dispatch(c);
 }
 
-/* Pulls the task id and name out of an envelope without decoding its body,
- * for messages refused before decoding (too large). */
-static void peek_id(const char *raw, size_t len, char *id, size_t idsz, char *name, size_t nsz) {
-    id[0] = name[0] = '\0';
-    json_t *env = json_loadb(raw, len, 0, NULL);
-    json_t *h = json_object_get(env, "headers");
-    const char *s = json_string_value(json_object_get(h, "id"));
-    if (s) snprintf(id, idsz, "%s", s);
-    if ((s = json_string_value(json_object_get(h, "task")))) snprintf(name, nsz, "%s", s);
-    json_decref(env);
-}
-
 static void drop_message(cel_consumer_t *c, const char *tag) {
     if (tag) cel_broker_ack(c->broker, tag, NULL, NULL);
 }
 
-/* A minimal task for a message whose body we refuse (id and name only). */
-static cel_task_t *stub_task(const char *id, const char *name) {
-    char env[1024];
-    char *b64 = cel_base64_encode((const uint8_t *)"[[], {}, {}]", 12);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:{s:s, s:s}, s:{}}", "body", b64 ? b64 : "",
-                          "content-type", "application/json", "content-encoding", "utf-8",
-                          "headers", "id", id, "task", name, "properties");
-    json_t *props = json_object_get(o, "properties");
-    json_object_set_new(props, "body_encoding", json_string("base64"));
-    free(b64);
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    cel_task_t *t = NULL;
-    if (s && strlen(s) < sizeof(env)) cel_task_decode_envelope(s, strlen(s), &t, NULL);
-    free(s);
-    return t;
+/* A message over --max-message-size: its ids are read from the headers
+ * alone (no parse of the body), and a LimitExceeded FAILURE is stored for
+ * it when its id is readable; otherwise it is dropped. */
+static void refuse_oversized(cel_consumer_t *c, const char *raw, size_t len, const char *tag,
+                             const char *key) {
+    cel_peek_t pk;
+    cel_task_t *task = NULL;
+    cel_peek_envelope(raw, len, &pk, NULL); /* on error every field is "" */
+    cel_error("Refusing a message of %zu bytes from '%s' (--max-message-size is %ld)%s%s", len,
+              key, c->cfg->max_message_size, pk.id[0] ? ": task " : "", pk.id);
+    if (!pk.task[0]) snprintf(pk.task, sizeof(pk.task), "unknown");
+    if (!pk.id[0] || cel_task_from_peek(&pk, &task, NULL) != CEL_OK) {
+        drop_message(c, tag);
+        return;
+    }
+    request_t *r = request_new(c, task, tag);
+    if (!r) {
+        cel_task_free(task);
+        drop_message(c, tag);
+        return;
+    }
+    set_state(r, R_READY);
+    char msg[200];
+    snprintf(msg, sizeof(msg), "message of %zu bytes exceeds the worker's limit of %ld bytes", len,
+             c->cfg->max_message_size);
+    fail_with(r, "LimitExceeded", "kombu.exceptions", json_pack("[s]", msg), NULL);
 }
 
 static void on_message(void *priv, const char *raw, size_t len, const char *tag, const char *key) {
@@ -586,25 +585,7 @@ static void on_message(void *priv, const char *raw, size_t len, const char *tag,
     cel_err_clear(&err);
 
     if ((long)len > c->cfg->max_message_size) {
-        char id[256], name[256];
-        peek_id(raw, len, id, sizeof(id), name, sizeof(name));
-        cel_error("Refusing a message of %zu bytes from '%s' (--max-message-size is %ld)%s%s", len,
-                  key, c->cfg->max_message_size, id[0] ? ": task " : "", id);
-        if (id[0] && (task = stub_task(id, name[0] ? name : "unknown"))) {
-            request_t *r = request_new(c, task, tag);
-            if (!r) {
-                cel_task_free(task);
-                drop_message(c, tag);
-                return;
-            }
-            set_state(r, R_READY);
-            char msg[200];
-            snprintf(msg, sizeof(msg), "message of %zu bytes exceeds the worker's limit of %ld bytes",
-                     len, c->cfg->max_message_size);
-            fail_with(r, "LimitExceeded", "kombu.exceptions", json_pack("[s]", msg), NULL);
-        } else {
-            drop_message(c, tag);
-        }
+        refuse_oversized(c, raw, len, tag, key);
         return;
     }
 
