@@ -22,11 +22,10 @@
 #include "affinity.h"
 #include "backend.h"
 #include "broker.h"
-#include "control.h"
 #include "events.h"
+#include "limits.h"
 #include "../common/log.h"
 #include "pool.h"
-#include "ratelimit.h"
 #include "revoked.h"
 #include "tasks.h"
 
@@ -82,10 +81,9 @@ struct cel_consumer {
     long processed;
     double started_at;               /* for stats uptime */
     json_t *totals;                  /* task name -> tasks started */
-    cel_events_t *events;
-    cel_control_t *control;
-    cel_revoked_t *revoked;
-    cel_ratelimit_t *ratelimit;
+    cel_events_t *events;            /* borrowed (main.c) */
+    cel_revoked_t *revoked;          /* borrowed: control adds, we look up */
+    cel_limits_t *limits;            /* borrowed: control sets, we read */
     uv_timer_t rate_timer;           /* re-dispatch when a rate-limited task may start */
     void (*on_done)(void *);
     void *done_priv;
@@ -330,7 +328,7 @@ static int run_request(cel_consumer_t *c, request_t *r, int slot) {
     }
     /* The message's limits, else time_limit's for the task name, else ours. */
     double hard = c->cfg->time_limit, soft = c->cfg->soft_time_limit;
-    cel_control_time_limits(c->control, t->name, &soft, &hard);
+    cel_limits_time(c->limits, t->name, &soft, &hard);
     if (t->time_limit > 0) hard = t->time_limit;
     if (t->soft_time_limit > 0) soft = t->soft_time_limit;
     int rc;
@@ -396,7 +394,7 @@ static void dispatch(cel_consumer_t *c) {
             }
             cel_affinity_set(c->affinity, ad, slot);
         }
-        double wait = cel_ratelimit_take(c->ratelimit, r->task->name);
+        double wait = cel_limits_take(c->limits, r->task->name);
         if (wait > 0) {
             /* Later tasks of this name wait too, keeping their order. */
             if (!limited) limited = json_object();
@@ -663,13 +661,8 @@ static void on_touch_timer(uv_timer_t *t) {
     if (n) cel_broker_touch(c->broker, tags, n);
 }
 
-static void events_load(void *priv, long *active, long *processed) {
-    cel_consumer_t *c = priv;
-    *active = cel_pool_busy(c->pool);
-    *processed = c->processed;
-}
-
-cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg,
+cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg, cel_events_t *events,
+                                 cel_revoked_t *revoked, cel_limits_t *limits,
                                  void (*on_done)(void *), void *priv) {
     cel_consumer_t *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
@@ -677,6 +670,9 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg,
     c->cfg = cfg;
     c->on_done = on_done;
     c->done_priv = priv;
+    c->events = events;
+    c->revoked = revoked;
+    c->limits = limits;
     c->limit = cfg->prefetch_multiplier ? cfg->concurrency * cfg->prefetch_multiplier
                                         : NO_PREFETCH_LIMIT;
     uv_timer_init(loop, &c->touch_timer);
@@ -693,17 +689,12 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg,
     c->rate_timer.data = c;
     c->started_at = now_unix();
     c->totals = json_object();
-    c->revoked = cel_revoked_new(cfg->state_dir);
-    c->ratelimit = cel_ratelimit_new();
-    c->events = cel_events_new(loop, cfg, events_load, c);
-    c->control = c->events && c->revoked ? cel_control_new(loop, cfg, c, c->events, c->revoked) : NULL;
     c->pool = cel_pool_new(loop, cfg, &pcbs, c);
     c->affinity = cel_affinity_new(CEL_MAX_CONCURRENCY); /* pool_grow may add slots */
     c->backend = cel_backend_new(loop, cfg, on_backend_up, c);
     cel_broker_cbs_t bcbs = {capacity, on_message, on_broker_state};
     c->broker = cel_broker_new(loop, cfg, &bcbs, c);
-    if (!c->pool || !c->backend || !c->broker || !c->affinity || !c->control || !c->ratelimit ||
-        !c->totals) {
+    if (!c->pool || !c->backend || !c->broker || !c->affinity || !c->totals) {
         cel_crit("out of memory starting the worker");
         return NULL; /* main exits; the OS reclaims */
     }
@@ -717,8 +708,6 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg,
 static void maybe_free(cel_consumer_t *c) {
     if (!c->closing || c->closing_left > 0 || c->nrequests > 0) return;
     cel_affinity_free(c->affinity);
-    cel_revoked_free(c->revoked);
-    cel_ratelimit_free(c->ratelimit);
     json_decref(c->totals);
     void (*cb)(void *) = c->on_done;
     void *p = c->done_priv;
@@ -734,20 +723,34 @@ static void close_step(void *priv) {
 
 static void on_timer_closed(uv_handle_t *h) { close_step(h->data); }
 
+/* Each component is forgotten as it goes, so a remote control command or a
+ * second signal that comes while the others still close never reaches a
+ * freed one. */
+static void on_pool_closed(void *priv) {
+    ((cel_consumer_t *)priv)->pool = NULL;
+    close_step(priv);
+}
+
+static void on_broker_closed(void *priv) {
+    ((cel_consumer_t *)priv)->broker = NULL;
+    close_step(priv);
+}
+
+static void on_backend_closed(void *priv) {
+    ((cel_consumer_t *)priv)->backend = NULL;
+    close_step(priv);
+}
+
 static void close_all(cel_consumer_t *c) {
     if (c->closing) return;
     c->closing = 1;
-    c->closing_left = 8;
-    cel_err_t err;
-    if (cel_revoked_save(c->revoked, &err) != CEL_OK) cel_error("%s", err.msg);
+    c->closing_left = 6;
     uv_close((uv_handle_t *)&c->rate_timer, on_timer_closed);
-    cel_control_close(c->control, close_step, c);
-    cel_events_close(c->events, close_step, c); /* sends worker-offline */
     uv_close((uv_handle_t *)&c->touch_timer, on_timer_closed);
     uv_close((uv_handle_t *)&c->drain_timer, on_timer_closed);
-    cel_pool_close(c->pool, c->cold, close_step, c);
-    cel_broker_close(c->broker, close_step, c);
-    cel_backend_close(c->backend, close_step, c);
+    cel_pool_close(c->pool, c->cold, on_pool_closed, c);
+    cel_broker_close(c->broker, on_broker_closed, c);
+    cel_backend_close(c->backend, on_backend_closed, c);
 }
 
 /* Runs once per loop turn when asked: fetch into free slots, or see whether
@@ -804,12 +807,12 @@ void cel_consumer_shutdown_cold(cel_consumer_t *c) {
     int was_closing = c->closing;
     c->cold = 1;
     c->stopping = 1;
-    cel_broker_stop(c->broker);
     c->ready_head = c->ready_tail = NULL;
     if (was_closing) {
-        cel_pool_close(c->pool, 1, NULL, NULL); /* already closing: just kill */
+        if (c->pool) cel_pool_close(c->pool, 1, NULL, NULL); /* already closing: just kill */
         return;
     }
+    cel_broker_stop(c->broker);
     /* Nothing more is acked: requests not running are dropped here (their
      * messages stay in `unacked` for restore); running ones go when their
      * killed executors are reaped, in-flight stores when their replies come. */
@@ -869,32 +872,41 @@ int cel_consumer_revoke(cel_consumer_t *c, const char *id, int signum) {
 }
 
 int cel_consumer_resize(cel_consumer_t *c, int delta) {
+    if (c->stopping || c->closing) return CEL_EINVAL;
     int n = cel_pool_slots(c->pool) + delta;
-    if (c->stopping || cel_pool_resize(c->pool, n) != CEL_OK) return CEL_EINVAL;
+    if (cel_pool_resize(c->pool, n) != CEL_OK) return CEL_EINVAL;
     if (c->cfg->prefetch_multiplier) c->limit = n * c->cfg->prefetch_multiplier;
     cel_info("pool now has %d executor(s); prefetch %d", n, c->limit);
     uv_timer_start(&c->drain_timer, on_drain_timer, 0, 0);
     return n;
 }
 
-void cel_consumer_restart_pool(cel_consumer_t *c) { cel_pool_restart(c->pool); }
+void cel_consumer_restart_pool(cel_consumer_t *c) {
+    if (!c->closing) cel_pool_restart(c->pool);
+}
 
 int cel_consumer_queue(cel_consumer_t *c, const char *queue, int add) {
+    if (c->closing) return CEL_ESTATE;
     return add ? cel_broker_add_queue(c->broker, queue) : cel_broker_cancel_queue(c->broker, queue);
 }
 
-json_t *cel_consumer_queues(cel_consumer_t *c) { return cel_broker_queues(c->broker); }
+json_t *cel_consumer_queues(cel_consumer_t *c) {
+    return c->broker ? cel_broker_queues(c->broker) : json_array();
+}
 
-int cel_consumer_rate_limit(cel_consumer_t *c, const char *name, double per_sec) {
-    int rc = cel_ratelimit_set(c->ratelimit, name, per_sec, NULL);
-    if (rc == CEL_OK) dispatch(c);
-    return rc;
+void cel_consumer_redispatch(cel_consumer_t *c) {
+    if (!c->stopping && !c->closing) dispatch(c);
 }
 
 void cel_consumer_info(cel_consumer_t *c, cel_consumer_info_t *out) {
-    out->pool = c->pool;
     out->totals = c->totals;
     out->prefetch_count = c->limit;
     out->started_at = c->started_at;
     out->processed = c->processed;
+    out->slots = out->busy = out->npids = 0;
+    if (!c->pool) return;
+    out->slots = cel_pool_slots(c->pool);
+    out->busy = cel_pool_busy(c->pool);
+    out->npids = cel_pool_pids(c->pool, out->pids, CEL_MAX_CONCURRENCY);
+    for (int i = 0; i < out->slots; i++) out->tasks_done[i] = cel_pool_tasks_written(c->pool, i);
 }
