@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "../protocol/frame.h"
 #include "../protocol/peek.h"
 #include "../protocol/protocol.h"
 #include "affinity.h"
@@ -293,17 +294,12 @@ static void revoke_expired(request_t *r) { revoke_with(r, "expired"); }
 
 static int build_run_frame(request_t *r, uint8_t **buf, size_t *len) {
     cel_task_t *t = r->task;
-    json_t *obj = json_pack("{s:s, s:s, s:s, s:O, s:O, s:f, s:I}", "op", "run", "id", t->id,
-                            "task", t->name, "args", t->args, "kwargs", t->kwargs,
-                            "soft_time_limit", t->soft_time_limit, "retries",
-                            (json_int_t)t->retries);
-    if (!obj) return CEL_ENOMEM;
+    cel_frame_run_t f = {.id = t->id, .task = t->name, .args = t->args, .kwargs = t->kwargs,
+                         .soft_time_limit = t->soft_time_limit, .retries = t->retries};
     size_t cap = 0;
     *buf = NULL;
     *len = 0;
-    int rc = cel_json_to_msgpack(obj, buf, len, &cap, NULL);
-    json_decref(obj);
-    return rc;
+    return cel_frame_run_encode(&f, buf, len, &cap, NULL);
 }
 
 /* Hands one request to an executor: `slot` for a job bound to an adapter,
@@ -448,7 +444,7 @@ static char *result_repr(json_t *v) {
     return s ? s : strdup("?");
 }
 
-static void on_pool_result(void *priv, void *job, json_t *frame) {
+static void on_pool_result(void *priv, void *job, const cel_frame_result_t *res) {
     cel_consumer_t *c = priv;
     request_t *r = job;
     cel_task_t *t = r->task;
@@ -457,26 +453,19 @@ static void on_pool_result(void *priv, void *job, json_t *frame) {
         request_free(r);
         return;
     }
-    const char *status = json_string_value(json_object_get(frame, "status"));
-    double runtime = json_number_value(json_object_get(frame, "runtime"));
-    r->runtime = runtime;
-    if (status && strcmp(status, "SUCCESS") == 0) {
-        json_t *result = json_object_get(frame, "result");
+    r->runtime = res->runtime;
+    if (!res->failed) {
         if (cel_log_enabled(CEL_LOG_INFO)) {
-            char *rs = result_repr(result ? result : json_null());
-            cel_info("Task %s[%s] succeeded in %.6fs: %s", t->name, t->id, runtime, rs);
+            char *rs = result_repr(res->result);
+            cel_info("Task %s[%s] succeeded in %.6fs: %s", t->name, t->id, res->runtime, rs);
             free(rs);
         }
-        cel_affinity_learn(c->affinity, t, result, r->slot);
-        finish(r, "SUCCESS", result ? result : json_null(), NULL);
+        cel_affinity_learn(c->affinity, t, res->result, r->slot);
+        finish(r, "SUCCESS", res->result, NULL);
         return;
     }
-    const char *type = json_string_value(json_object_get(frame, "exc_type"));
-    const char *module = json_string_value(json_object_get(frame, "exc_module"));
-    json_t *msg = json_object_get(frame, "exc_message");
-    const char *tb = json_string_value(json_object_get(frame, "traceback"));
-    json_t *exc = cel_exc_new(type ? type : "Exception", module ? module : "builtins",
-                              json_is_array(msg) ? json_incref(msg) : json_array());
+    const char *tb = res->traceback;
+    json_t *exc = cel_exc_new(res->exc_type, res->exc_module, json_incref(res->exc_message));
     char *er = cel_exc_repr(exc);
     cel_error("Task %s[%s] raised unexpected: %s%s%s", t->name, t->id, er ? er : "?",
               tb ? "\n" : "", tb ? tb : "");
@@ -485,13 +474,11 @@ static void on_pool_result(void *priv, void *job, json_t *frame) {
     json_decref(exc);
 }
 
-static void on_pool_progress(void *priv, void *job, json_t *frame) {
+static void on_pool_progress(void *priv, void *job, const cel_frame_progress_t *prog) {
     request_t *r = job;
     cel_task_t *t = r->task;
-    const char *state = json_string_value(json_object_get(frame, "state"));
-    json_t *meta = json_object_get(frame, "meta");
-    if (t->ignore_result || !state) return;
-    char *m = cel_meta_encode(t->id, state, meta ? meta : json_null(), NULL, NULL, -1, t->group,
+    if (t->ignore_result) return;
+    char *m = cel_meta_encode(t->id, prog->state, prog->meta, NULL, NULL, -1, t->group,
                               t->parent_id, NULL);
     if (m) {
         cel_backend_store(r->c->backend, t->id, m, strlen(m), NULL, NULL);
