@@ -440,7 +440,8 @@ static int slot_num(const slot_t *sl, double *d) {
     else if (c >= 0xcc && c <= 0xcf) *d = (double)u;
     else if (c >= 0xd0 && c <= 0xd3) {
         int bits = 8 * (int)(sl->n - 1);
-        int64_t v = bits == 64 ? (int64_t)u : (int64_t)(u ^ (1ull << (bits - 1))) - (1ll << (bits - 1));
+        int64_t v = bits == 64 ? (int64_t)u
+                               : (int64_t)(u ^ (1ull << (bits - 1))) - (1ll << (bits - 1));
         *d = (double)v;
     } else if (c == 0xca) {
         uint32_t w = (uint32_t)u;
@@ -466,11 +467,13 @@ static int slot_int(const slot_t *sl, long *out) {
 
 /* The first byte of a slot's value is an array / a map header. */
 static int slot_is_array(const slot_t *sl) {
-    return sl->v && ((sl->v[0] >= 0x90 && sl->v[0] <= 0x9f) || sl->v[0] == 0xdc || sl->v[0] == 0xdd);
+    uint8_t c = sl->v ? sl->v[0] : 0;
+    return sl->v && ((c >= 0x90 && c <= 0x9f) || c == 0xdc || c == 0xdd);
 }
 
 static int slot_is_map(const slot_t *sl) {
-    return sl->v && ((sl->v[0] >= 0x80 && sl->v[0] <= 0x8f) || sl->v[0] == 0xde || sl->v[0] == 0xdf);
+    uint8_t c = sl->v ? sl->v[0] : 0;
+    return sl->v && ((c >= 0x80 && c <= 0x8f) || c == 0xde || c == 0xdf);
 }
 
 /* Decodes a slot's value into a json_t (new reference). */

@@ -78,14 +78,17 @@ static int hex4(const uint8_t *p, unsigned *v) {
 static int put_utf8(char *out, size_t cap, size_t *n, uint32_t cp) {
     uint8_t b[4];
     size_t k;
-    if (cp < 0x80) b[0] = (uint8_t)cp, k = 1;
-    else if (cp < 0x800) b[0] = (uint8_t)(0xc0 | cp >> 6), b[1] = (uint8_t)(0x80 | (cp & 0x3f)), k = 2;
-    else if (cp < 0x10000)
-        b[0] = (uint8_t)(0xe0 | cp >> 12), b[1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3f)),
-        b[2] = (uint8_t)(0x80 | (cp & 0x3f)), k = 3;
-    else
-        b[0] = (uint8_t)(0xf0 | cp >> 18), b[1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3f)),
-        b[2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3f)), b[3] = (uint8_t)(0x80 | (cp & 0x3f)), k = 4;
+    if (cp < 0x80) {
+        b[0] = (uint8_t)cp, k = 1;
+    } else if (cp < 0x800) {
+        b[0] = (uint8_t)(0xc0 | cp >> 6), k = 2;
+    } else if (cp < 0x10000) {
+        b[0] = (uint8_t)(0xe0 | cp >> 12), k = 3;
+    } else {
+        b[0] = (uint8_t)(0xf0 | cp >> 18), k = 4;
+    }
+    for (size_t i = 1; i < k; i++) /* continuation bytes, most significant first */
+        b[i] = (uint8_t)(0x80 | ((cp >> (6 * (k - 1 - i))) & 0x3f));
     if (cap - *n < k + 1) /* keep room for the NUL */
         return -1;
     memcpy(out + *n, b, k);

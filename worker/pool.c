@@ -156,7 +156,8 @@ static void on_ready_frame(executor_t *e, const uint8_t *payload, size_t len) {
         malformed(e, err.msg);
         return;
     }
-    if (!e->was_ready) cel_info("executor %d (pid %d): model on %s", e->slot + 1, e->pid, rd.device);
+    if (!e->was_ready)
+        cel_info("executor %d (pid %d): model on %s", e->slot + 1, e->pid, rd.device);
     cel_frame_ready_clear(&rd);
     e->was_ready = 1;
     if (e->state == EX_STARTING) {

@@ -64,8 +64,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     check_run(p, size);
     check_result(p, size);
     cel_frame_ready_t rd;
-    if (cel_frame_ready_decode(p, size, &rd, NULL) == CEL_OK) ROUND_TRIP(ready, cel_frame_ready_t, rd);
-    else if (rd.device) __builtin_trap();
+    if (cel_frame_ready_decode(p, size, &rd, NULL) == CEL_OK)
+        ROUND_TRIP(ready, cel_frame_ready_t, rd);
+    else if (rd.device)
+        __builtin_trap();
     cel_frame_ready_clear(&rd);
     cel_frame_progress_t pr;
     if (cel_frame_progress_decode(p, size, &pr, NULL) == CEL_OK)

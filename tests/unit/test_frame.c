@@ -506,7 +506,8 @@ static void test_missing_and_wrong_types(void **state) {
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         size_t len;
         uint8_t *p = pack(parse(cases[c].frame), &len);
-        if (decode_kind(cases[c].kind, p, len, NULL) != CEL_OK) fail_msg("case %zu: valid frame refused", c);
+        if (decode_kind(cases[c].kind, p, len, NULL) != CEL_OK)
+            fail_msg("case %zu: valid frame refused", c);
         free(p);
         for (int k = 0; k < 8 && cases[c].required[k]; k++) {
             json_t *f = parse(cases[c].frame);
@@ -543,8 +544,10 @@ static void test_run_errors_keep_id(void **state) {
     } cases[] = {
         {"{\"op\": \"run\", \"id\": \"x\"}", "no task name"},
         {"{\"op\": \"run\", \"id\": \"x\", \"task\": 5}", "no task name"},
-        {"{\"op\": \"run\", \"id\": \"x\", \"task\": \"t\", \"args\": {}}", "args is not an array"},
-        {"{\"op\": \"run\", \"id\": \"x\", \"task\": \"t\", \"kwargs\": []}", "kwargs is not a map"},
+        {"{\"op\": \"run\", \"id\": \"x\", \"task\": \"t\", \"args\": {}}",
+         "args is not an array"},
+        {"{\"op\": \"run\", \"id\": \"x\", \"task\": \"t\", \"kwargs\": []}",
+         "kwargs is not a map"},
         {"{\"op\": \"bogus\", \"id\": \"x\"}", "unknown op"},
         {"{\"op\": 7, \"id\": \"x\"}", "unknown op"},
         {"{\"id\": \"x\", \"task\": \"t\"}", "no op"},
@@ -582,11 +585,14 @@ static void test_strings_and_keys(void **state) {
     (void)state;
     cel_frame_progress_t f;
     /* {"op":"progress","id":"a\0b","state":"S","meta":1} */
-    static const uint8_t nul[] = "\x84\xa2op\xa8progress\xa2id\xa3" "a\x00" "b\xa5state\xa1S\xa4meta\x01";
+    static const uint8_t nul[] =
+        "\x84\xa2op\xa8progress\xa2id\xa3" "a\x00" "b\xa5state\xa1S\xa4meta\x01";
     assert_int_equal(cel_frame_progress_decode(nul, sizeof(nul) - 1, &f, NULL), CEL_EPROTO);
-    static const uint8_t utf[] = "\x84\xa2op\xa8progress\xa2id\xa2\xc3\x28\xa5state\xa1S\xa4meta\x01";
+    static const uint8_t utf[] =
+        "\x84\xa2op\xa8progress\xa2id\xa2\xc3\x28\xa5state\xa1S\xa4meta\x01";
     assert_int_equal(cel_frame_progress_decode(utf, sizeof(utf) - 1, &f, NULL), CEL_EPROTO);
-    static const uint8_t bin[] = "\x84\xa2op\xa8progress\xa2id\xc4\x02\xc3\xa9\xa5state\xa1S\xa4meta\x01";
+    static const uint8_t bin[] =
+        "\x84\xa2op\xa8progress\xa2id\xc4\x02\xc3\xa9\xa5state\xa1S\xa4meta\x01";
     assert_int_equal(cel_frame_progress_decode(bin, sizeof(bin) - 1, &f, NULL), CEL_OK);
     assert_string_equal(f.id, "\xc3\xa9");
     cel_frame_progress_clear(&f);

@@ -111,11 +111,10 @@ static char *big_envelope(size_t n, int body_last, size_t *len) {
     assert_non_null(body);
     for (size_t i = 0; i < n; i++) body[i] = "ABCDabcd0123+/=="[i % 16];
     body[n] = '\0';
+    const char *ct = "\"content-type\": \"application/json\"";
     int k = body_last
-                ? snprintf(buf, cap, "{\"content-type\": \"application/json\", %s, %s, \"body\": \"%s\"}",
-                           HEADERS, PROPS, body)
-                : snprintf(buf, cap, "{\"body\": \"%s\", \"content-type\": \"application/json\", %s, %s}",
-                           body, HEADERS, PROPS);
+                ? snprintf(buf, cap, "{%s, %s, %s, \"body\": \"%s\"}", ct, HEADERS, PROPS, body)
+                : snprintf(buf, cap, "{\"body\": \"%s\", %s, %s, %s}", body, ct, HEADERS, PROPS);
     free(body);
     *len = (size_t)k;
     return buf;
@@ -159,7 +158,8 @@ static void test_every_truncation(void **state) {
         cel_err_t err;
         int rc = peek(env, len, &pk, &err);
         if (len < stop) {
-            if (rc != CEL_EPROTO) fail_msg("prefix %zu: want EPROTO, got %s", len, cel_err_name(rc));
+            if (rc != CEL_EPROTO)
+                fail_msg("prefix %zu: want EPROTO, got %s", len, cel_err_name(rc));
             assert_string_equal(pk.id, "");
             assert_string_equal(pk.task, "");
             assert_string_equal(pk.reply_to, "");
