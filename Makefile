@@ -125,7 +125,8 @@ cuda: deps
 
 # Each unit test links the protocol library, the worker's pure modules and the
 # model engine (tests/unit/test_model_*.c use the latter).
-UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/limits.c worker/revoked.c worker/affinity.c worker/options.c worker/pidbox.c worker/redis.c worker/events.c)
+UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/limits.c worker/revoked.c worker/affinity.c worker/options.c worker/pidbox.c worker/redis.c worker/events.c \
+            worker/broker.c worker/broker_redis.c worker/backend.c worker/backend_redis.c)
 build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -lcmocka

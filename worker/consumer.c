@@ -4,7 +4,10 @@
  * Celery's qos.increment_eventually), READY (waiting for an executor), ACTIVE
  * (running), FINISHING (result being stored, then acked). A message is acked
  * only after its result is stored (or when it has none), so a crash at any
- * point leaves it in kombu's `unacked` hash to be restored. Matches
+ * point leaves it held by the broker, to be delivered again. The broker and
+ * the result backend are reached through their operation tables (broker.h,
+ * backend.h): messages, opaque delivery tags and queue names, nothing of how
+ * a transport holds them. Matches
  * celery/worker/strategy.py, request.py and consumer.py in what the client
  * sees: results, exceptions and log lines. Main process, libuv loop.
  */
@@ -18,7 +21,6 @@
 #include <sys/time.h>
 
 #include "../protocol/frame.h"
-#include "../protocol/peek.h"
 #include "../protocol/protocol.h"
 #include "affinity.h"
 #include "backend.h"
@@ -177,7 +179,7 @@ static int capacity(void *priv) {
 static void on_acked(void *priv, int ok) {
     request_t *r = priv;
     if (!ok && !r->c->cold)
-        cel_error("could not ack %s[%s]; it will be redelivered after the visibility timeout",
+        cel_error("could not ack %s[%s]; the broker will deliver it again",
                   r->task ? r->task->name : "?", r->task ? r->task->id : "?");
     request_free(r);
 }
@@ -221,13 +223,15 @@ static void on_stored_acked(void *priv, int ok) {
     request_free(r);
 }
 
+/* Stores the meta, then acks; in one step when the backend can ack the
+ * broker's messages itself (one server holds both). */
 static void store_meta(request_t *r) {
     cel_consumer_t *c = r->c;
-    if (r->tag && cel_backend_shares_broker(c->backend))
-        cel_backend_store_ack(c->backend, r->task->id, r->meta, r->meta_len, r->tag,
-                              on_stored_acked, r);
+    if (r->tag && cel_backend_acks_broker(c->backend))
+        cel_backend_store_ack(c->backend, r->task, r->meta, r->meta_len, r->tag, on_stored_acked,
+                              r);
     else
-        cel_backend_store(c->backend, r->task->id, r->meta, r->meta_len, on_stored, r);
+        cel_backend_store(c->backend, r->task, r->meta, r->meta_len, on_stored, r);
 }
 
 static void on_backend_up(void *priv) {
@@ -481,7 +485,7 @@ static void on_pool_progress(void *priv, void *job, const cel_frame_progress_t *
     char *m = cel_meta_encode(t->id, prog->state, prog->meta, NULL, NULL, -1, t->group,
                               t->parent_id, NULL);
     if (m) {
-        cel_backend_store(r->c->backend, t->id, m, strlen(m), NULL, NULL);
+        cel_backend_store(r->c->backend, t, m, strlen(m), NULL, NULL);
         free(m);
     }
 }
@@ -535,16 +539,17 @@ static void drop_message(cel_consumer_t *c, const char *tag) {
     if (tag) cel_broker_ack(c->broker, tag, NULL, NULL);
 }
 
-/* A message over --max-message-size: its ids are read from the headers
- * alone (no parse of the body), and a LimitExceeded FAILURE is stored for
- * it when its id is readable; otherwise it is dropped. */
-static void refuse_oversized(cel_consumer_t *c, const char *raw, size_t len, const char *tag,
-                             const char *key) {
+/* A message over --max-message-size: its ids are read without decoding it
+ * (for an envelope, from the headers alone), and a LimitExceeded FAILURE is
+ * stored for it when its id is readable; otherwise it is dropped. */
+static void refuse_oversized(cel_consumer_t *c, const cel_broker_msg_t *m) {
     cel_peek_t pk;
     cel_task_t *task = NULL;
-    cel_peek_envelope(raw, len, &pk, NULL); /* on error every field is "" */
+    const char *tag = m->tag;
+    size_t len = m->len;
+    if (cel_broker_peek(c->broker, m, &pk, NULL) != CEL_OK) pk.id[0] = pk.task[0] = '\0';
     cel_error("Refusing a message of %zu bytes from '%s' (--max-message-size is %ld)%s%s", len,
-              key, c->cfg->max_message_size, pk.id[0] ? ": task " : "", pk.id);
+              m->queue, c->cfg->max_message_size, pk.id[0] ? ": task " : "", pk.id);
     if (!pk.task[0]) snprintf(pk.task, sizeof(pk.task), "unknown");
     if (!pk.id[0] || cel_task_from_peek(&pk, &task, NULL) != CEL_OK) {
         drop_message(c, tag);
@@ -563,21 +568,23 @@ static void refuse_oversized(cel_consumer_t *c, const char *raw, size_t len, con
     fail_with(r, "LimitExceeded", "kombu.exceptions", json_pack("[s]", msg), NULL);
 }
 
-static void on_message(void *priv, const char *raw, size_t len, const char *tag, const char *key) {
+static void on_message(void *priv, const cel_broker_msg_t *m) {
     cel_consumer_t *c = priv;
     cel_task_t *task = NULL;
+    const char *tag = m->tag;
     cel_err_t err;
     cel_err_clear(&err);
 
-    if ((long)len > c->cfg->max_message_size) {
-        refuse_oversized(c, raw, len, tag, key);
+    if ((long)m->len > c->cfg->max_message_size) {
+        refuse_oversized(c, m);
         return;
     }
 
-    int rc = cel_task_decode_envelope(raw, len, &task, &err);
+    int rc = cel_broker_decode(c->broker, m, &task, &err);
     if (rc != CEL_OK && rc != CEL_EBODY) {
-        cel_error("Can't decode message body from '%s': %s (message dropped: %.120s%s)", key,
-                  err.msg, raw, len > 120 ? "..." : "");
+        int shown = m->len > 120 ? 120 : (int)m->len;
+        cel_error("Can't decode message body from '%s': %s (message dropped: %.*s%s)", m->queue,
+                  err.msg, shown, m->body, m->len > 120 ? "..." : "");
         drop_message(c, tag);
         return;
     }
@@ -585,7 +592,7 @@ static void on_message(void *priv, const char *raw, size_t len, const char *tag,
     if (!r) {
         cel_error("out of memory: dropping task %s", task->id);
         cel_task_free(task);
-        return; /* left in unacked: restored after the visibility timeout */
+        return; /* left with the broker, which delivers it again */
     }
     set_state(r, R_READY); /* counted; the paths below decide what happens */
     if (rc == CEL_EBODY) {
@@ -630,8 +637,8 @@ static void on_broker_state(void *priv, int up) {
     }
 }
 
-/* Keeps the unacked_index scores of held messages fresh so a restore (ours or a
- * Python worker's) does not hand a long-running task to someone else. */
+/* Tells the broker the messages we hold are still in hand, for transports
+ * that would otherwise hand a long-running task to someone else. */
 static void on_touch_timer(uv_timer_t *t) {
     cel_consumer_t *c = t->data;
     enum { BATCH = 256 };
@@ -666,9 +673,6 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg, cel_
     c->touch_timer.data = c;
     uv_timer_init(loop, &c->drain_timer);
     c->drain_timer.data = c;
-    uint64_t every = (uint64_t)(cfg->visibility_timeout * 1000 / 4);
-    if (every < 500) every = 500;
-    uv_timer_start(&c->touch_timer, on_touch_timer, every, every);
 
     cel_pool_cbs_t pcbs = {on_pool_result, on_pool_progress, on_pool_lost, on_pool_requeue,
                            on_pool_idle};
@@ -678,13 +682,19 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg, cel_
     c->totals = json_object();
     c->pool = cel_pool_new(loop, cfg, &pcbs, c);
     c->affinity = cel_affinity_new(CEL_MAX_CONCURRENCY); /* pool_grow may add slots */
-    c->backend = cel_backend_new(loop, cfg, on_backend_up, c);
+    cel_err_t err;
+    cel_err_set(&err, CEL_ENOMEM, "out of memory");
+    c->backend = cel_backend_new(loop, cfg, on_backend_up, c, &err);
     cel_broker_cbs_t bcbs = {capacity, on_message, on_broker_state};
-    c->broker = cel_broker_new(loop, cfg, &bcbs, c);
+    if (c->backend) c->broker = cel_broker_new(loop, cfg, &bcbs, c, &err);
     if (!c->pool || !c->backend || !c->broker || !c->affinity || !c->totals) {
-        cel_crit("out of memory starting the worker");
+        cel_crit("cannot start the worker: %s", err.msg);
         return NULL; /* main exits; the OS reclaims */
     }
+    double every = cel_broker_touch_interval(c->broker);
+    if (every > 0)
+        uv_timer_start(&c->touch_timer, on_touch_timer, (uint64_t)(every * 1000),
+                       (uint64_t)(every * 1000));
     return c;
 }
 
@@ -765,7 +775,7 @@ static void maybe_finish_shutdown(cel_consumer_t *c) {
 static void on_given_back(void *priv, int ok) {
     request_t *r = priv;
     if (!ok)
-        cel_error("could not give %s back to the broker; it returns after the visibility timeout",
+        cel_error("could not give %s back to the broker; the broker will deliver it again",
                   r->task->id);
     request_free(r);
 }
@@ -774,7 +784,7 @@ void cel_consumer_shutdown(cel_consumer_t *c) {
     if (c->stopping) return;
     c->stopping = 1;
     cel_broker_stop(c->broker);
-    /* Give back everything that has not started (kombu restore_at_shutdown). */
+    /* Give back everything that has not started (as kombu's restore_at_shutdown). */
     request_t *r = c->requests, *next;
     c->ready_head = c->ready_tail = NULL;
     for (; r; r = next) {
@@ -801,7 +811,7 @@ void cel_consumer_shutdown_cold(cel_consumer_t *c) {
     }
     cel_broker_stop(c->broker);
     /* Nothing more is acked: requests not running are dropped here (their
-     * messages stay in `unacked` for restore); running ones go when their
+     * messages stay held by the broker, to be delivered again); running ones go when their
      * killed executors are reaped, in-flight stores when their replies come. */
     request_t *r = c->requests, *next;
     for (; r; r = next) {

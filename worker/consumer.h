@@ -35,7 +35,7 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg, cel_
 void cel_consumer_shutdown(cel_consumer_t *c);
 
 /* Cold shutdown: kill executors, ack nothing more, close at once. Unacked
- * messages return to their queues after the visibility timeout. */
+ * messages stay with the broker, which delivers them again. */
 void cel_consumer_shutdown_cold(cel_consumer_t *c);
 
 /* ---- for remote control (control.c) ----------------------------------- */
