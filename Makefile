@@ -126,7 +126,10 @@ cuda: deps
 # Each unit test links the protocol library, the worker's pure modules, the executor's
 # argument binder (executor/call.c: no model code) and the
 # model engine (tests/unit/test_model_*.c use the latter).
-UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/ratelimit.c worker/revoked.c worker/affinity.c worker/options.c worker/pidbox.c worker/redis.c worker/events.c executor/call.c)
+UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/limits.c \
+            worker/revoked.c worker/affinity.c worker/options.c worker/pidbox.c worker/redis.c \
+            worker/events.c worker/broker.c worker/broker_redis.c worker/backend.c \
+            worker/backend_redis.c executor/call.c)
 build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -lcmocka

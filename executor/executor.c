@@ -59,10 +59,10 @@ static struct {
     long max_tokens;
 } batching = {1, 0, 16384};
 
-/* A task taken into the current batch: its frame (owning args/kwargs), the
- * call and what to run. */
+/* A task taken into the current batch: its run frame (owning id, name,
+ * args/kwargs), the call and what to run. */
 typedef struct held {
-    json_t *msg;
+    cel_frame_run_t run;
     const char *id, *name;
     cel_call_t call;
     cel_lm_pending_t *pending; /* NULL: the call already has its result */
@@ -120,13 +120,12 @@ static int write_all(int fd, struct iovec *iov, int cnt) {
     return 0;
 }
 
-/* Encodes msg as msgpack and writes it as one frame. CEL_ETYPE/CEL_ELIMIT mean the
- * message could not be encoded (nothing written); CEL_EIO the channel failed. */
-static int send_msg(int fd, json_t *msg, cel_err_t *err) {
-    uint8_t *buf = NULL;
-    size_t len = 0, cap = 0;
+/* Writes an encoded payload as one frame and frees it; rc is the encoder's
+ * result (passed through when it failed: then nothing is written).
+ * CEL_ELIMIT/CEL_EINVAL mean the frame could not be encoded; CEL_EIO the
+ * channel failed. */
+static int send_payload(int fd, int rc, uint8_t *buf, size_t len, cel_err_t *err) {
     uint8_t hdr[CEL_FRAME_HDR];
-    int rc = cel_json_to_msgpack(msg, &buf, &len, &cap, err);
     if (rc == CEL_OK) rc = cel_frame_header(len, hdr, err);
     if (rc == CEL_OK) {
         struct iovec iov[2] = {{hdr, sizeof(hdr)}, {buf, len}};
@@ -152,24 +151,33 @@ static int send_progress(void *priv, long done, long total) {
     if (!running.id || now - running.last < EXEC_PROGRESS_EVERY) return CEL_OK;
     running.last = now;
     cel_err_t err;
-    json_t *msg = json_pack("{s:s, s:s, s:s, s:{s:I, s:I}}", "op", "progress", "id", running.id,
-                            "state", "PROGRESS", "meta", "done", (json_int_t)done, "total",
-                            (json_int_t)total);
-    int rc = msg ? send_msg(running.fd, msg, &err) : CEL_ENOMEM;
-    json_decref(msg);
-    return rc;
+    json_t *meta = json_pack("{s:I, s:I}", "done", (json_int_t)done, "total", (json_int_t)total);
+    if (!meta) return CEL_ENOMEM;
+    cel_frame_progress_t f = {.id = running.id, .state = "PROGRESS", .meta = meta};
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0;
+    int rc = cel_frame_progress_encode(&f, &buf, &len, &cap, &err);
+    json_decref(meta);
+    return send_payload(running.fd, rc, buf, len, &err);
 }
 
-/* Builds the result frame for a finished call (outcome borrowed). */
-static json_t *result_msg(const char *id, cel_call_t *call, double runtime) {
-    if (!call->exc_type)
-        return json_pack("{s:s, s:s, s:s, s:O, s:f}", "op", "result", "id", id, "status",
-                         "SUCCESS", "result", call->result ? call->result : json_null(),
-                         "runtime", runtime);
-    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:O, s:s?, s:f}", "op", "result", "id", id,
-                     "status", "FAILURE", "exc_type", call->exc_type, "exc_module",
-                     call->exc_module ? call->exc_module : "builtins", "exc_message",
-                     call->exc_args, "traceback", call->traceback, "runtime", runtime);
+/* Encodes and sends the result frame of a finished call (outcome borrowed). */
+static int send_result_frame(int fd, const char *id, cel_call_t *call, double runtime,
+                             cel_err_t *err) {
+    cel_frame_result_t f = {.id = id, .runtime = runtime};
+    if (!call->exc_type) {
+        f.result = call->result ? call->result : json_null();
+    } else {
+        f.failed = 1;
+        f.exc_type = call->exc_type;
+        f.exc_module = call->exc_module ? call->exc_module : "builtins";
+        f.exc_message = call->exc_args;
+        f.traceback = call->traceback;
+    }
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0;
+    int rc = cel_frame_result_encode(&f, &buf, &len, &cap, err);
+    return send_payload(fd, rc, buf, len, err);
 }
 
 /* Sends the outcome of call; a result the codec refuses (e.g. an unencodable
@@ -177,9 +185,7 @@ static json_t *result_msg(const char *id, cel_call_t *call, double runtime) {
 static int send_result(int fd, const char *id, cel_call_t *call, double runtime) {
     cel_err_t err;
     cel_err_clear(&err);
-    json_t *msg = result_msg(id, call, runtime);
-    int rc = msg ? send_msg(fd, msg, &err) : CEL_ENOMEM;
-    json_decref(msg);
+    int rc = send_result_frame(fd, id, call, runtime, &err);
     if (rc == CEL_OK || rc == CEL_EIO) goto out;
     cel_error("Task %s[%s] result could not be encoded: %s", call->name, id,
               rc == CEL_ENOMEM ? "out of memory" : err.msg);
@@ -187,9 +193,7 @@ static int send_result(int fd, const char *id, cel_call_t *call, double runtime)
     snprintf(text, sizeof(text), "%s", rc == CEL_ENOMEM ? "out of memory" : err.msg);
     if (cel_call_raise(call, "EncodeError", "kombu.exceptions", json_pack("[s]", text), text))
         return CEL_ENOMEM;
-    msg = result_msg(id, call, runtime);
-    rc = msg ? send_msg(fd, msg, &err) : CEL_ENOMEM;
-    json_decref(msg);
+    rc = send_result_frame(fd, id, call, runtime, &err);
 out:
     if (rc == CEL_EIO) cel_error("%s", err.msg);
     return rc;
@@ -287,24 +291,24 @@ static int flush_batch(int fd) {
             rc = send_result(fd, h->id, &h->call, h->pending ? runtime : 0.0);
         cel_lm_pending_free(h->pending);
         cel_call_close(&h->call);
-        json_decref(h->msg);
+        cel_frame_run_clear(&h->run);
     }
     nheld = 0;
     return rc;
 }
 
-/* Binds and prepares a batchable task t and holds it for the next flush (taking
- * msg). */
-static int hold_task(json_t *msg, const char *id, const cel_tasks_task_t *t, json_t *args,
-                     json_t *kwargs) {
+/* Binds and prepares a packable task t and holds it for the next flush (taking
+ * run: it is left empty). */
+static int hold_task(cel_frame_run_t *run, const cel_tasks_task_t *t) {
     held_t *h = &held[nheld++];
     memset(h, 0, sizeof(*h));
-    h->msg = msg;
-    h->id = id;
+    h->run = *run;
+    memset(run, 0, sizeof(*run));
+    h->id = h->run.id;
     h->name = t->name;
-    h->call = (cel_call_t){.name = t->name, .args = args, .kwargs = kwargs,
+    h->call = (cel_call_t){.name = t->name, .args = h->run.args, .kwargs = h->run.kwargs,
                            .soft_limit = &soft_limit};
-    cel_debug("Task %s[%s] held for a packed pass", t->name, id);
+    cel_debug("Task %s[%s] held for a packed pass", h->name, h->id);
     cel_call_fn fn;
     int rc = start_call(&h->call, t, &fn);
     if (rc == CEL_OK && fn) rc = cel_lm_prepare(&h->call, &h->pending);
@@ -315,46 +319,26 @@ static int hold_task(json_t *msg, const char *id, const cel_tasks_task_t *t, jso
 static int handle_frame(int fd, const uint8_t *payload, size_t len) {
     cel_err_t err;
     cel_err_clear(&err);
-    json_t *msg = NULL;
-    if (cel_msgpack_to_json(payload, len, &msg, &err) != CEL_OK) {
+    cel_frame_run_t run;
+    const cel_tasks_task_t *t = NULL;
+    int status = -1;
+    int rc = cel_frame_run_decode(payload, len, &run, &err);
+    if (rc != CEL_OK && rc != CEL_ENOMEM && !run.id) {
         cel_error("Malformed frame (%zu bytes): %s", len, err.msg);
-        return EXEC_EXIT_PROTO;
-    }
-    int status = -1, rc = CEL_OK;
-    const char *op = json_string_value(json_object_get(msg, "op"));
-    const char *id = json_string_value(json_object_get(msg, "id"));
-    const char *task = json_string_value(json_object_get(msg, "task"));
-    json_t *args = json_object_get(msg, "args");
-    json_t *kwargs = json_object_get(msg, "kwargs");
-    const cel_tasks_task_t *t = cel_tasks_find(task);
-    if (!json_is_object(msg) || !id) {
-        cel_error("Malformed frame: %s", !json_is_object(msg) ? "not a map" : "no id");
         status = EXEC_EXIT_PROTO;
-    } else if (!(op && strcmp(op, "run") == 0 && task && (!args || json_is_array(args)) &&
-                 (!kwargs || json_is_object(kwargs))) &&
-               (rc = flush_batch(fd)) != CEL_OK) {
+    } else if (rc != CEL_OK && rc != CEL_ENOMEM) {
         /* a bad frame's answer must not overtake the held tasks' results */
-    } else if (!op || strcmp(op, "run") != 0) {
-        rc = send_bad_run(fd, id, task, op ? "unknown op" : "no op");
-    } else if (!task) {
-        rc = send_bad_run(fd, id, NULL, "no task name");
-    } else if (args && !json_is_array(args)) {
-        rc = send_bad_run(fd, id, task, "args is not an array");
-    } else if (kwargs && !json_is_object(kwargs)) {
-        rc = send_bad_run(fd, id, task, "kwargs is not a map");
-    } else if (batching.max_tasks > 1 && t && t->batchable && args && kwargs) {
-        rc = hold_task(msg, id, t, args, kwargs);
-        msg = NULL; /* held until the flush */
+        rc = flush_batch(fd);
+        if (rc == CEL_OK) rc = send_bad_run(fd, run.id, run.task, err.msg);
+    } else if (rc == CEL_OK && batching.max_tasks > 1 && (t = cel_tasks_find(run.task)) &&
+               t->batchable && run.args && run.kwargs) {
+        rc = hold_task(&run, t); /* held until the flush */
         if (rc == CEL_OK && nheld >= batching.max_tasks) rc = flush_batch(fd);
-    } else {
+    } else if (rc == CEL_OK) {
         rc = flush_batch(fd); /* results stay in the order the tasks came */
-        json_t *a = args ? json_incref(args) : json_array();
-        json_t *k = kwargs ? json_incref(kwargs) : json_object();
-        if (rc == CEL_OK) rc = a && k ? run_task(fd, id, task, a, k) : CEL_ENOMEM;
-        json_decref(a);
-        json_decref(k);
+        if (rc == CEL_OK) rc = run_task(fd, run.id, run.task, run.args, run.kwargs);
     }
-    json_decref(msg);
+    cel_frame_run_clear(&run);
     if (status < 0 && rc != CEL_OK) {
         if (rc == CEL_ENOMEM) cel_error("Out of memory");
         status = EXEC_EXIT_IO;
@@ -535,10 +519,11 @@ int main(int argc, char **argv) {
 
     cel_err_t err;
     cel_err_clear(&err);
-    json_t *ready = json_pack("{s:s, s:I, s:s}", "op", "ready", "pid", (json_int_t)getpid(),
-                              "device", device);
-    int rc = ready ? send_msg(fd, ready, &err) : CEL_ENOMEM;
-    json_decref(ready);
+    cel_frame_ready_t ready = {.pid = getpid(), .device = device};
+    uint8_t *rbuf = NULL;
+    size_t rlen = 0, rcap = 0;
+    int rc = cel_frame_ready_encode(&ready, &rbuf, &rlen, &rcap, &err);
+    rc = send_payload(fd, rc, rbuf, rlen, &err);
     if (rc != CEL_OK) {
         cel_error("Cannot send ready: %s", rc == CEL_ENOMEM ? "out of memory" : err.msg);
         cel_lm_close();

@@ -93,6 +93,17 @@ int cel_task_decode_parts(json_t *headers, json_t *properties, json_t *delivery_
                           const uint8_t *body, size_t body_len, const char *content_type,
                           const char *content_encoding, cel_task_t **out, cel_err_t *err);
 
+struct cel_peek;
+
+/* Builds a task known only by what a headers-only scan found (peek.h), for a
+ * message refused before its body is decoded (too large), so that its FAILURE
+ * can be stored and its events sent. pk->id must be non-empty; the name is
+ * pk->task ("" when absent); root_id, parent_id, group, correlation_id and
+ * reply_to are set when non-empty. args is [], kwargs {}, proto 2, no body
+ * fields beyond those. Copies what it keeps. CEL_EINVAL without an id,
+ * CEL_ENOMEM; *out is NULL on error. */
+int cel_task_from_peek(const struct cel_peek *pk, cel_task_t **out, cel_err_t *err);
+
 /* Frees a task and everything it owns. NULL is a no-op. */
 void cel_task_free(cel_task_t *task);
 

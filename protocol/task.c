@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "peek.h"
 
 /* Longest argsrepr/kwargsrepr computed for protocol 1 (celery's
  * argsrepr_maxsize). */
@@ -527,4 +528,60 @@ int cel_task_decode_envelope(const char *buf, size_t len, cel_task_t **out, cel_
 done:
     json_decref(env);
     return rc;
+}
+
+/* Keeps a copy of s when non-empty; *dst borrows it. -1 on failure. */
+static int keep_str(task_impl_t *t, const char *s, const char **dst) {
+    *dst = NULL;
+    if (!s[0])
+        return 0;
+    json_t *v = json_string(s);
+    if (keep(t, v) < 0)
+        return -1;
+    *dst = json_string_value(v);
+    return 0;
+}
+
+/* See protocol.h. */
+int cel_task_from_peek(const cel_peek_t *pk, cel_task_t **out, cel_err_t *err) {
+    *out = NULL;
+    if (!pk->id[0])
+        return cel_err_set(err, CEL_EINVAL, "a task needs an id");
+    task_impl_t *ti = calloc(1, sizeof(*ti));
+    if (!ti)
+        return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    cel_task_t *t = &ti->pub;
+    t->priv_ = ti;
+    t->proto = 2;
+    t->group_index = -1;
+    ti->keep = json_array();
+    json_t *name = json_string(pk->task);
+    json_t *args = json_array(), *kwargs = json_object();
+    int bad = !ti->keep;
+    if (!bad) {
+        bad |= keep(ti, name) < 0;
+        bad |= keep(ti, args) < 0;
+        bad |= keep(ti, kwargs) < 0;
+    } else {
+        json_decref(name);
+        json_decref(args);
+        json_decref(kwargs);
+    }
+    if (!bad) {
+        bad |= keep_str(ti, pk->id, &t->id) < 0;
+        bad |= keep_str(ti, pk->root_id, &t->root_id) < 0;
+        bad |= keep_str(ti, pk->parent_id, &t->parent_id) < 0;
+        bad |= keep_str(ti, pk->group, &t->group) < 0;
+        bad |= keep_str(ti, pk->correlation_id, &t->correlation_id) < 0;
+        bad |= keep_str(ti, pk->reply_to, &t->reply_to) < 0;
+    }
+    if (bad) {
+        cel_task_free(t);
+        return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    }
+    t->name = json_string_value(name);
+    t->args = args;
+    t->kwargs = kwargs;
+    *out = t;
+    return CEL_OK;
 }

@@ -4,7 +4,10 @@
  * Celery's qos.increment_eventually), READY (waiting for an executor), ACTIVE
  * (running), FINISHING (result being stored, then acked). A message is acked
  * only after its result is stored (or when it has none), so a crash at any
- * point leaves it in kombu's `unacked` hash to be restored. Matches
+ * point leaves it held by the broker, to be delivered again. The broker and
+ * the result backend are reached through their operation tables (broker.h,
+ * backend.h): messages, opaque delivery tags and queue names, nothing of how
+ * a transport holds them. Matches
  * celery/worker/strategy.py, request.py and consumer.py in what the client
  * sees: results, exceptions and log lines. Main process, libuv loop.
  */
@@ -17,15 +20,15 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "../protocol/frame.h"
 #include "../protocol/protocol.h"
 #include "affinity.h"
 #include "backend.h"
 #include "broker.h"
-#include "control.h"
 #include "events.h"
+#include "limits.h"
 #include "../common/log.h"
 #include "pool.h"
-#include "ratelimit.h"
 #include "revoked.h"
 #include "../protocol/tasks.h"
 
@@ -81,10 +84,9 @@ struct cel_consumer {
     long processed;
     double started_at;               /* for stats uptime */
     json_t *totals;                  /* task name -> tasks started */
-    cel_events_t *events;
-    cel_control_t *control;
-    cel_revoked_t *revoked;
-    cel_ratelimit_t *ratelimit;
+    cel_events_t *events;            /* borrowed (main.c) */
+    cel_revoked_t *revoked;          /* borrowed: control adds, we look up */
+    cel_limits_t *limits;            /* borrowed: control sets, we read */
     uv_timer_t rate_timer;           /* re-dispatch when a rate-limited task may start */
     void (*on_done)(void *);
     void *done_priv;
@@ -177,7 +179,7 @@ static int capacity(void *priv) {
 static void on_acked(void *priv, int ok) {
     request_t *r = priv;
     if (!ok && !r->c->cold)
-        cel_error("could not ack %s[%s]; it will be redelivered after the visibility timeout",
+        cel_error("could not ack %s[%s]; the broker will deliver it again",
                   r->task ? r->task->name : "?", r->task ? r->task->id : "?");
     request_free(r);
 }
@@ -221,13 +223,15 @@ static void on_stored_acked(void *priv, int ok) {
     request_free(r);
 }
 
+/* Stores the meta, then acks; in one step when the backend can ack the
+ * broker's messages itself (one server holds both). */
 static void store_meta(request_t *r) {
     cel_consumer_t *c = r->c;
-    if (r->tag && cel_backend_shares_broker(c->backend))
-        cel_backend_store_ack(c->backend, r->task->id, r->meta, r->meta_len, r->tag,
-                              on_stored_acked, r);
+    if (r->tag && cel_backend_acks_broker(c->backend))
+        cel_backend_store_ack(c->backend, r->task, r->meta, r->meta_len, r->tag, on_stored_acked,
+                              r);
     else
-        cel_backend_store(c->backend, r->task->id, r->meta, r->meta_len, on_stored, r);
+        cel_backend_store(c->backend, r->task, r->meta, r->meta_len, on_stored, r);
 }
 
 static void on_backend_up(void *priv) {
@@ -294,17 +298,12 @@ static void revoke_expired(request_t *r) { revoke_with(r, "expired"); }
 
 static int build_run_frame(request_t *r, uint8_t **buf, size_t *len) {
     cel_task_t *t = r->task;
-    json_t *obj = json_pack("{s:s, s:s, s:s, s:O, s:O, s:f, s:I}", "op", "run", "id", t->id,
-                            "task", t->name, "args", t->args, "kwargs", t->kwargs,
-                            "soft_time_limit", t->soft_time_limit, "retries",
-                            (json_int_t)t->retries);
-    if (!obj) return CEL_ENOMEM;
+    cel_frame_run_t f = {.id = t->id, .task = t->name, .args = t->args, .kwargs = t->kwargs,
+                         .soft_time_limit = t->soft_time_limit, .retries = t->retries};
     size_t cap = 0;
     *buf = NULL;
     *len = 0;
-    int rc = cel_json_to_msgpack(obj, buf, len, &cap, NULL);
-    json_decref(obj);
-    return rc;
+    return cel_frame_run_encode(&f, buf, len, &cap, NULL);
 }
 
 /* Hands one request to an executor: `slot` for a job bound to an adapter,
@@ -329,7 +328,7 @@ static int run_request(cel_consumer_t *c, request_t *r, int slot) {
     }
     /* The message's limits, else time_limit's for the task name, else ours. */
     double hard = c->cfg->time_limit, soft = c->cfg->soft_time_limit;
-    cel_control_time_limits(c->control, t->name, &soft, &hard);
+    cel_limits_time(c->limits, t->name, &soft, &hard);
     if (t->time_limit > 0) hard = t->time_limit;
     if (t->soft_time_limit > 0) soft = t->soft_time_limit;
     int rc;
@@ -395,7 +394,7 @@ static void dispatch(cel_consumer_t *c) {
             }
             cel_affinity_set(c->affinity, ad, slot);
         }
-        double wait = cel_ratelimit_take(c->ratelimit, r->task->name);
+        double wait = cel_limits_take(c->limits, r->task->name);
         if (wait > 0) {
             /* Later tasks of this name wait too, keeping their order. */
             if (!limited) limited = json_object();
@@ -449,7 +448,7 @@ static char *result_repr(json_t *v) {
     return s ? s : strdup("?");
 }
 
-static void on_pool_result(void *priv, void *job, json_t *frame) {
+static void on_pool_result(void *priv, void *job, const cel_frame_result_t *res) {
     cel_consumer_t *c = priv;
     request_t *r = job;
     cel_task_t *t = r->task;
@@ -458,26 +457,19 @@ static void on_pool_result(void *priv, void *job, json_t *frame) {
         request_free(r);
         return;
     }
-    const char *status = json_string_value(json_object_get(frame, "status"));
-    double runtime = json_number_value(json_object_get(frame, "runtime"));
-    r->runtime = runtime;
-    if (status && strcmp(status, "SUCCESS") == 0) {
-        json_t *result = json_object_get(frame, "result");
+    r->runtime = res->runtime;
+    if (!res->failed) {
         if (cel_log_enabled(CEL_LOG_INFO)) {
-            char *rs = result_repr(result ? result : json_null());
-            cel_info("Task %s[%s] succeeded in %.6fs: %s", t->name, t->id, runtime, rs);
+            char *rs = result_repr(res->result);
+            cel_info("Task %s[%s] succeeded in %.6fs: %s", t->name, t->id, res->runtime, rs);
             free(rs);
         }
-        cel_affinity_learn(c->affinity, t, result, r->slot);
-        finish(r, "SUCCESS", result ? result : json_null(), NULL);
+        cel_affinity_learn(c->affinity, t, res->result, r->slot);
+        finish(r, "SUCCESS", res->result, NULL);
         return;
     }
-    const char *type = json_string_value(json_object_get(frame, "exc_type"));
-    const char *module = json_string_value(json_object_get(frame, "exc_module"));
-    json_t *msg = json_object_get(frame, "exc_message");
-    const char *tb = json_string_value(json_object_get(frame, "traceback"));
-    json_t *exc = cel_exc_new(type ? type : "Exception", module ? module : "builtins",
-                              json_is_array(msg) ? json_incref(msg) : json_array());
+    const char *tb = res->traceback;
+    json_t *exc = cel_exc_new(res->exc_type, res->exc_module, json_incref(res->exc_message));
     char *er = cel_exc_repr(exc);
     cel_error("Task %s[%s] raised unexpected: %s%s%s", t->name, t->id, er ? er : "?",
               tb ? "\n" : "", tb ? tb : "");
@@ -486,16 +478,14 @@ static void on_pool_result(void *priv, void *job, json_t *frame) {
     json_decref(exc);
 }
 
-static void on_pool_progress(void *priv, void *job, json_t *frame) {
+static void on_pool_progress(void *priv, void *job, const cel_frame_progress_t *prog) {
     request_t *r = job;
     cel_task_t *t = r->task;
-    const char *state = json_string_value(json_object_get(frame, "state"));
-    json_t *meta = json_object_get(frame, "meta");
-    if (t->ignore_result || !state) return;
-    char *m = cel_meta_encode(t->id, state, meta ? meta : json_null(), NULL, NULL, -1, t->group,
+    if (t->ignore_result) return;
+    char *m = cel_meta_encode(t->id, prog->state, prog->meta, NULL, NULL, -1, t->group,
                               t->parent_id, NULL);
     if (m) {
-        cel_backend_store(r->c->backend, t->id, m, strlen(m), NULL, NULL);
+        cel_backend_store(r->c->backend, t, m, strlen(m), NULL, NULL);
         free(m);
     }
 }
@@ -545,73 +535,56 @@ static void on_eta(uv_timer_t *t) {
     dispatch(c);
 }
 
-/* Pulls the task id and name out of an envelope without decoding its body,
- * for messages refused before decoding (too large). */
-static void peek_id(const char *raw, size_t len, char *id, size_t idsz, char *name, size_t nsz) {
-    id[0] = name[0] = '\0';
-    json_t *env = json_loadb(raw, len, 0, NULL);
-    json_t *h = json_object_get(env, "headers");
-    const char *s = json_string_value(json_object_get(h, "id"));
-    if (s) snprintf(id, idsz, "%s", s);
-    if ((s = json_string_value(json_object_get(h, "task")))) snprintf(name, nsz, "%s", s);
-    json_decref(env);
-}
-
 static void drop_message(cel_consumer_t *c, const char *tag) {
     if (tag) cel_broker_ack(c->broker, tag, NULL, NULL);
 }
 
-/* A minimal task for a message whose body we refuse (id and name only). */
-static cel_task_t *stub_task(const char *id, const char *name) {
-    char env[1024];
-    char *b64 = cel_base64_encode((const uint8_t *)"[[], {}, {}]", 12);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:{s:s, s:s}, s:{}}", "body", b64 ? b64 : "",
-                          "content-type", "application/json", "content-encoding", "utf-8",
-                          "headers", "id", id, "task", name, "properties");
-    json_t *props = json_object_get(o, "properties");
-    json_object_set_new(props, "body_encoding", json_string("base64"));
-    free(b64);
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    cel_task_t *t = NULL;
-    if (s && strlen(s) < sizeof(env)) cel_task_decode_envelope(s, strlen(s), &t, NULL);
-    free(s);
-    return t;
+/* A message over --max-message-size: its ids are read without decoding it
+ * (for an envelope, from the headers alone), and a LimitExceeded FAILURE is
+ * stored for it when its id is readable; otherwise it is dropped. */
+static void refuse_oversized(cel_consumer_t *c, const cel_broker_msg_t *m) {
+    cel_peek_t pk;
+    cel_task_t *task = NULL;
+    const char *tag = m->tag;
+    size_t len = m->len;
+    if (cel_broker_peek(c->broker, m, &pk, NULL) != CEL_OK) pk.id[0] = pk.task[0] = '\0';
+    cel_error("Refusing a message of %zu bytes from '%s' (--max-message-size is %ld)%s%s", len,
+              m->queue, c->cfg->max_message_size, pk.id[0] ? ": task " : "", pk.id);
+    if (!pk.task[0]) snprintf(pk.task, sizeof(pk.task), "unknown");
+    if (!pk.id[0] || cel_task_from_peek(&pk, &task, NULL) != CEL_OK) {
+        drop_message(c, tag);
+        return;
+    }
+    request_t *r = request_new(c, task, tag);
+    if (!r) {
+        cel_task_free(task);
+        drop_message(c, tag);
+        return;
+    }
+    set_state(r, R_READY);
+    char msg[200];
+    snprintf(msg, sizeof(msg), "message of %zu bytes exceeds the worker's limit of %ld bytes", len,
+             c->cfg->max_message_size);
+    fail_with(r, "LimitExceeded", "kombu.exceptions", json_pack("[s]", msg), NULL);
 }
 
-static void on_message(void *priv, const char *raw, size_t len, const char *tag, const char *key) {
+static void on_message(void *priv, const cel_broker_msg_t *m) {
     cel_consumer_t *c = priv;
     cel_task_t *task = NULL;
+    const char *tag = m->tag;
     cel_err_t err;
     cel_err_clear(&err);
 
-    if ((long)len > c->cfg->max_message_size) {
-        char id[256], name[256];
-        peek_id(raw, len, id, sizeof(id), name, sizeof(name));
-        cel_error("Refusing a message of %zu bytes from '%s' (--max-message-size is %ld)%s%s", len,
-                  key, c->cfg->max_message_size, id[0] ? ": task " : "", id);
-        if (id[0] && (task = stub_task(id, name[0] ? name : "unknown"))) {
-            request_t *r = request_new(c, task, tag);
-            if (!r) {
-                cel_task_free(task);
-                drop_message(c, tag);
-                return;
-            }
-            set_state(r, R_READY);
-            char msg[200];
-            snprintf(msg, sizeof(msg), "message of %zu bytes exceeds the worker's limit of %ld bytes",
-                     len, c->cfg->max_message_size);
-            fail_with(r, "LimitExceeded", "kombu.exceptions", json_pack("[s]", msg), NULL);
-        } else {
-            drop_message(c, tag);
-        }
+    if ((long)m->len > c->cfg->max_message_size) {
+        refuse_oversized(c, m);
         return;
     }
 
-    int rc = cel_task_decode_envelope(raw, len, &task, &err);
+    int rc = cel_broker_decode(c->broker, m, &task, &err);
     if (rc != CEL_OK && rc != CEL_EBODY) {
-        cel_error("Can't decode message body from '%s': %s (message dropped: %.120s%s)", key,
-                  err.msg, raw, len > 120 ? "..." : "");
+        int shown = m->len > 120 ? 120 : (int)m->len;
+        cel_error("Can't decode message body from '%s': %s (message dropped: %.*s%s)", m->queue,
+                  err.msg, shown, m->body, m->len > 120 ? "..." : "");
         drop_message(c, tag);
         return;
     }
@@ -619,7 +592,7 @@ static void on_message(void *priv, const char *raw, size_t len, const char *tag,
     if (!r) {
         cel_error("out of memory: dropping task %s", task->id);
         cel_task_free(task);
-        return; /* left in unacked: restored after the visibility timeout */
+        return; /* left with the broker, which delivers it again */
     }
     set_state(r, R_READY); /* counted; the paths below decide what happens */
     if (rc == CEL_EBODY) {
@@ -664,8 +637,8 @@ static void on_broker_state(void *priv, int up) {
     }
 }
 
-/* Keeps the unacked_index scores of held messages fresh so a restore (ours or a
- * Python worker's) does not hand a long-running task to someone else. */
+/* Tells the broker the messages we hold are still in hand, for transports
+ * that would otherwise hand a long-running task to someone else. */
 static void on_touch_timer(uv_timer_t *t) {
     cel_consumer_t *c = t->data;
     enum { BATCH = 256 };
@@ -682,13 +655,8 @@ static void on_touch_timer(uv_timer_t *t) {
     if (n) cel_broker_touch(c->broker, tags, n);
 }
 
-static void events_load(void *priv, long *active, long *processed) {
-    cel_consumer_t *c = priv;
-    *active = cel_pool_busy(c->pool);
-    *processed = c->processed;
-}
-
-cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg,
+cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg, cel_events_t *events,
+                                 cel_revoked_t *revoked, cel_limits_t *limits,
                                  void (*on_done)(void *), void *priv) {
     cel_consumer_t *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
@@ -696,15 +664,15 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg,
     c->cfg = cfg;
     c->on_done = on_done;
     c->done_priv = priv;
+    c->events = events;
+    c->revoked = revoked;
+    c->limits = limits;
     c->limit = cfg->prefetch_multiplier ? cfg->concurrency * cfg->prefetch_multiplier
                                         : NO_PREFETCH_LIMIT;
     uv_timer_init(loop, &c->touch_timer);
     c->touch_timer.data = c;
     uv_timer_init(loop, &c->drain_timer);
     c->drain_timer.data = c;
-    uint64_t every = (uint64_t)(cfg->visibility_timeout * 1000 / 4);
-    if (every < 500) every = 500;
-    uv_timer_start(&c->touch_timer, on_touch_timer, every, every);
 
     cel_pool_cbs_t pcbs = {on_pool_result, on_pool_progress, on_pool_lost, on_pool_requeue,
                            on_pool_idle};
@@ -712,20 +680,21 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg,
     c->rate_timer.data = c;
     c->started_at = now_unix();
     c->totals = json_object();
-    c->revoked = cel_revoked_new(cfg->state_dir);
-    c->ratelimit = cel_ratelimit_new();
-    c->events = cel_events_new(loop, cfg, events_load, c);
-    c->control = c->events && c->revoked ? cel_control_new(loop, cfg, c, c->events, c->revoked) : NULL;
     c->pool = cel_pool_new(loop, cfg, &pcbs, c);
     c->affinity = cel_affinity_new(CEL_MAX_CONCURRENCY); /* pool_grow may add slots */
-    c->backend = cel_backend_new(loop, cfg, on_backend_up, c);
+    cel_err_t err;
+    cel_err_set(&err, CEL_ENOMEM, "out of memory");
+    c->backend = cel_backend_new(loop, cfg, on_backend_up, c, &err);
     cel_broker_cbs_t bcbs = {capacity, on_message, on_broker_state};
-    c->broker = cel_broker_new(loop, cfg, &bcbs, c);
-    if (!c->pool || !c->backend || !c->broker || !c->affinity || !c->control || !c->ratelimit ||
-        !c->totals) {
-        cel_crit("out of memory starting the worker");
+    if (c->backend) c->broker = cel_broker_new(loop, cfg, &bcbs, c, &err);
+    if (!c->pool || !c->backend || !c->broker || !c->affinity || !c->totals) {
+        cel_crit("cannot start the worker: %s", err.msg);
         return NULL; /* main exits; the OS reclaims */
     }
+    double every = cel_broker_touch_interval(c->broker);
+    if (every > 0)
+        uv_timer_start(&c->touch_timer, on_touch_timer, (uint64_t)(every * 1000),
+                       (uint64_t)(every * 1000));
     return c;
 }
 
@@ -736,8 +705,6 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg,
 static void maybe_free(cel_consumer_t *c) {
     if (!c->closing || c->closing_left > 0 || c->nrequests > 0) return;
     cel_affinity_free(c->affinity);
-    cel_revoked_free(c->revoked);
-    cel_ratelimit_free(c->ratelimit);
     json_decref(c->totals);
     void (*cb)(void *) = c->on_done;
     void *p = c->done_priv;
@@ -753,20 +720,34 @@ static void close_step(void *priv) {
 
 static void on_timer_closed(uv_handle_t *h) { close_step(h->data); }
 
+/* Each component is forgotten as it goes, so a remote control command or a
+ * second signal that comes while the others still close never reaches a
+ * freed one. */
+static void on_pool_closed(void *priv) {
+    ((cel_consumer_t *)priv)->pool = NULL;
+    close_step(priv);
+}
+
+static void on_broker_closed(void *priv) {
+    ((cel_consumer_t *)priv)->broker = NULL;
+    close_step(priv);
+}
+
+static void on_backend_closed(void *priv) {
+    ((cel_consumer_t *)priv)->backend = NULL;
+    close_step(priv);
+}
+
 static void close_all(cel_consumer_t *c) {
     if (c->closing) return;
     c->closing = 1;
-    c->closing_left = 8;
-    cel_err_t err;
-    if (cel_revoked_save(c->revoked, &err) != CEL_OK) cel_error("%s", err.msg);
+    c->closing_left = 6;
     uv_close((uv_handle_t *)&c->rate_timer, on_timer_closed);
-    cel_control_close(c->control, close_step, c);
-    cel_events_close(c->events, close_step, c); /* sends worker-offline */
     uv_close((uv_handle_t *)&c->touch_timer, on_timer_closed);
     uv_close((uv_handle_t *)&c->drain_timer, on_timer_closed);
-    cel_pool_close(c->pool, c->cold, close_step, c);
-    cel_broker_close(c->broker, close_step, c);
-    cel_backend_close(c->backend, close_step, c);
+    cel_pool_close(c->pool, c->cold, on_pool_closed, c);
+    cel_broker_close(c->broker, on_broker_closed, c);
+    cel_backend_close(c->backend, on_backend_closed, c);
 }
 
 /* Runs once per loop turn when asked: fetch into free slots, or see whether
@@ -794,7 +775,7 @@ static void maybe_finish_shutdown(cel_consumer_t *c) {
 static void on_given_back(void *priv, int ok) {
     request_t *r = priv;
     if (!ok)
-        cel_error("could not give %s back to the broker; it returns after the visibility timeout",
+        cel_error("could not give %s back to the broker; the broker will deliver it again",
                   r->task->id);
     request_free(r);
 }
@@ -803,7 +784,7 @@ void cel_consumer_shutdown(cel_consumer_t *c) {
     if (c->stopping) return;
     c->stopping = 1;
     cel_broker_stop(c->broker);
-    /* Give back everything that has not started (kombu restore_at_shutdown). */
+    /* Give back everything that has not started (as kombu's restore_at_shutdown). */
     request_t *r = c->requests, *next;
     c->ready_head = c->ready_tail = NULL;
     for (; r; r = next) {
@@ -823,14 +804,14 @@ void cel_consumer_shutdown_cold(cel_consumer_t *c) {
     int was_closing = c->closing;
     c->cold = 1;
     c->stopping = 1;
-    cel_broker_stop(c->broker);
     c->ready_head = c->ready_tail = NULL;
     if (was_closing) {
-        cel_pool_close(c->pool, 1, NULL, NULL); /* already closing: just kill */
+        if (c->pool) cel_pool_close(c->pool, 1, NULL, NULL); /* already closing: just kill */
         return;
     }
+    cel_broker_stop(c->broker);
     /* Nothing more is acked: requests not running are dropped here (their
-     * messages stay in `unacked` for restore); running ones go when their
+     * messages stay held by the broker, to be delivered again); running ones go when their
      * killed executors are reaped, in-flight stores when their replies come. */
     request_t *r = c->requests, *next;
     for (; r; r = next) {
@@ -888,32 +869,41 @@ int cel_consumer_revoke(cel_consumer_t *c, const char *id, int signum) {
 }
 
 int cel_consumer_resize(cel_consumer_t *c, int delta) {
+    if (c->stopping || c->closing) return CEL_EINVAL;
     int n = cel_pool_slots(c->pool) + delta;
-    if (c->stopping || cel_pool_resize(c->pool, n) != CEL_OK) return CEL_EINVAL;
+    if (cel_pool_resize(c->pool, n) != CEL_OK) return CEL_EINVAL;
     if (c->cfg->prefetch_multiplier) c->limit = n * c->cfg->prefetch_multiplier;
     cel_info("pool now has %d executor(s); prefetch %d", n, c->limit);
     uv_timer_start(&c->drain_timer, on_drain_timer, 0, 0);
     return n;
 }
 
-void cel_consumer_restart_pool(cel_consumer_t *c) { cel_pool_restart(c->pool); }
+void cel_consumer_restart_pool(cel_consumer_t *c) {
+    if (!c->closing) cel_pool_restart(c->pool);
+}
 
 int cel_consumer_queue(cel_consumer_t *c, const char *queue, int add) {
+    if (c->closing) return CEL_ESTATE;
     return add ? cel_broker_add_queue(c->broker, queue) : cel_broker_cancel_queue(c->broker, queue);
 }
 
-json_t *cel_consumer_queues(cel_consumer_t *c) { return cel_broker_queues(c->broker); }
+json_t *cel_consumer_queues(cel_consumer_t *c) {
+    return c->broker ? cel_broker_queues(c->broker) : json_array();
+}
 
-int cel_consumer_rate_limit(cel_consumer_t *c, const char *name, double per_sec) {
-    int rc = cel_ratelimit_set(c->ratelimit, name, per_sec, NULL);
-    if (rc == CEL_OK) dispatch(c);
-    return rc;
+void cel_consumer_redispatch(cel_consumer_t *c) {
+    if (!c->stopping && !c->closing) dispatch(c);
 }
 
 void cel_consumer_info(cel_consumer_t *c, cel_consumer_info_t *out) {
-    out->pool = c->pool;
     out->totals = c->totals;
     out->prefetch_count = c->limit;
     out->started_at = c->started_at;
     out->processed = c->processed;
+    out->slots = out->busy = out->npids = 0;
+    if (!c->pool) return;
+    out->slots = cel_pool_slots(c->pool);
+    out->busy = cel_pool_busy(c->pool);
+    out->npids = cel_pool_pids(c->pool, out->pids, CEL_MAX_CONCURRENCY);
+    for (int i = 0; i < out->slots; i++) out->tasks_done[i] = cel_pool_tasks_written(c->pool, i);
 }

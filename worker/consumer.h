@@ -3,7 +3,10 @@
  * Owns the broker transport, the result backend and the executor pool. A
  * message becomes a request: decoded, checked (registered name, expiry),
  * held until its eta, run on an idle executor, its result stored, and only
- * then acked. Implements the prefetch window, warm and cold shutdown.
+ * then acked. Implements the prefetch window, warm and cold shutdown. It
+ * borrows what main.c creates and shares with remote control (events, the
+ * revoked set, the per task name limits) and knows nothing of control:
+ * control calls the functions below, never the other way round.
  * Main process, libuv loop.
  */
 #ifndef CEL_CONSUMER_H
@@ -12,14 +15,19 @@
 #include <uv.h>
 
 #include "../protocol/protocol.h"
+#include "events.h"
+#include "limits.h"
 #include "options.h"
+#include "revoked.h"
 
 typedef struct cel_consumer cel_consumer_t;
 
-/* Creates the consumer and starts connecting and spawning. cfg borrowed for
- * the consumer's life. on_done(priv) runs once after a shutdown finished and
- * every handle the consumer owns is closed (then it is freed). */
-cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg,
+/* Creates the consumer and starts connecting and spawning. cfg, events,
+ * revoked and limits are borrowed for the consumer's life (they must outlive
+ * on_done). on_done(priv) runs once after a shutdown finished and every
+ * handle the consumer owns is closed (then it is freed). */
+cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg, cel_events_t *events,
+                                 cel_revoked_t *revoked, cel_limits_t *limits,
                                  void (*on_done)(void *), void *priv);
 
 /* Warm shutdown: stop consuming, give back what did not start, let running
@@ -27,7 +35,7 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg,
 void cel_consumer_shutdown(cel_consumer_t *c);
 
 /* Cold shutdown: kill executors, ack nothing more, close at once. Unacked
- * messages return to their queues after the visibility timeout. */
+ * messages stay with the broker, which delivers them again. */
 void cel_consumer_shutdown_cold(cel_consumer_t *c);
 
 /* ---- for remote control (control.c) ----------------------------------- */
@@ -60,24 +68,32 @@ int cel_consumer_resize(cel_consumer_t *c, int delta);
 /* Restarts every executor (busy ones after their task). */
 void cel_consumer_restart_pool(cel_consumer_t *c);
 
-/* Starts (add=1) or stops consuming a queue. CEL_OK, CEL_ELIMIT, CEL_ENOTFOUND. */
+/* Starts (add=1) or stops consuming a queue. CEL_OK, CEL_ELIMIT, CEL_ENOTFOUND,
+ * CEL_ESTATE once the consumer is closing. */
 int cel_consumer_queue(cel_consumer_t *c, const char *queue, int add);
 
-/* What stats reports; everything borrowed for the call. */
+/* What stats and heartbeats report. totals is borrowed for the call; the
+ * pool figures are zero once the pool has closed. */
 typedef struct cel_consumer_info {
-    struct cel_pool *pool;
     json_t *totals;      /* task name -> tasks started */
     int prefetch_count;
     double started_at;   /* unix time */
-    long processed;
+    long processed;      /* tasks finished by an executor */
+    int slots;           /* executor slots (the concurrency) */
+    int busy;            /* executors running a task */
+    int npids;
+    int pids[CEL_MAX_CONCURRENCY];       /* live executors */
+    long tasks_done[CEL_MAX_CONCURRENCY]; /* per slot, [0, slots) */
 } cel_consumer_info_t;
 
+/* Fills *out (a large struct: keep one per call, not per request). */
 void cel_consumer_info(cel_consumer_t *c, cel_consumer_info_t *out);
 
 /* New array of the queues consumed now (names). */
 json_t *cel_consumer_queues(cel_consumer_t *c);
 
-/* Sets a per task name rate limit (per_sec 0 removes it) and re-dispatches. */
-int cel_consumer_rate_limit(cel_consumer_t *c, const char *name, double per_sec);
+/* Looks again for requests that may start: call after changing a limit
+ * that held some back (a rate limit lowered or removed). */
+void cel_consumer_redispatch(cel_consumer_t *c);
 
 #endif

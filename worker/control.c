@@ -19,8 +19,6 @@
 
 #include "../common/log.h"
 #include "pidbox.h"
-#include "pool.h"
-#include "ratelimit.h"
 #include "../protocol/tasks.h"
 
 #define REVOKE_IDS_MAX 10000 /* ids in one revoke request */
@@ -32,9 +30,8 @@ struct cel_control {
     cel_consumer_t *c;
     cel_events_t *ev;
     cel_revoked_t *rv;
+    cel_limits_t *limits;
     cel_pidbox_t *pidbox;
-    json_t *time_limits; /* task name -> [soft, hard] */
-    json_t *rates;       /* task name -> rate string, for registered */
 };
 
 static json_t *ok(const char *fmt, const char *arg) {
@@ -199,7 +196,7 @@ static json_t *registered(cel_control_t *ctl, json_t *args) {
     json_array_foreach(items, i, v) if (json_is_string(v) && strcmp(json_string_value(v), "rate_limit") == 0) want_rate = 1;
     json_t *out = json_array();
     for (const char *const *n = cel_tasks_names(); *n; n++) {
-        const char *rate = json_string_value(json_object_get(ctl->rates, *n));
+        const char *rate = cel_limits_rate_text(ctl->limits, *n);
         if (want_rate && rate) {
             char buf[600];
             snprintf(buf, sizeof(buf), "%s [rate_limit=%s]", *n, rate);
@@ -226,18 +223,16 @@ static json_t *stats(cel_control_t *ctl) {
     const cel_options_t *cfg = ctl->cfg;
     struct timeval tv;
     gettimeofday(&tv, NULL);
-    int pids[CEL_MAX_CONCURRENCY];
-    int np = cel_pool_pids(in.pool, pids, CEL_MAX_CONCURRENCY);
     json_t *procs = json_array();
-    for (int i = 0; i < np; i++) json_array_append_new(procs, json_integer(pids[i]));
-    int n = cel_pool_slots(in.pool);
+    for (int i = 0; i < in.npids; i++) json_array_append_new(procs, json_integer(in.pids[i]));
+    int n = in.slots;
     long total = 0;
-    for (int i = 0; i < n; i++) total += cel_pool_tasks_written(in.pool, i);
+    for (int i = 0; i < n; i++) total += in.tasks_done[i];
     char *all = NULL, *raw = NULL;
     size_t al = 0, rl = 0;
     FILE *af = open_memstream(&all, &al), *rf = open_memstream(&raw, &rl);
     for (int i = 0; i < n && af && rf; i++) {
-        long v = cel_pool_tasks_written(in.pool, i);
+        long v = in.tasks_done[i];
         fprintf(af, "%s%.2f", i ? ", " : "", v && total ? (double)v / (double)total : 0.0);
         fprintf(rf, "%s%ld", i ? ", " : "", v);
     }
@@ -246,7 +241,7 @@ static json_t *stats(cel_control_t *ctl) {
     json_t *writes = json_pack("{s:I, s:o, s:s, s:s, s:s, s:{s:i, s:i}}", "total",
                                (json_int_t)total, "avg", share(n ? total / n : 0, total), "all",
                                all ? all : "", "raw", raw ? raw : "", "strategy", "fair",
-                               "inqueues", "total", n, "active", cel_pool_busy(in.pool));
+                               "inqueues", "total", n, "active", in.busy);
     free(all);
     free(raw);
     json_t *pool = json_pack("{s:i, s:o, s:o, s:b, s:[o, o], s:o}", "max-concurrency", n,
@@ -354,7 +349,7 @@ static json_t *rate_limit(cel_control_t *ctl, json_t *args) {
     else if (json_is_number(rv)) snprintf(rate, sizeof(rate), "%g", json_number_value(rv));
     double per_sec;
     cel_err_t err;
-    if (cel_ratelimit_parse(rate, &per_sec, &err) != CEL_OK) {
+    if (cel_limits_parse_rate(rate, &per_sec, &err) != CEL_OK) {
         char msg[400];
         snprintf(msg, sizeof(msg), "Invalid rate limit string: ValueError(\"%s\")", err.msg);
         return nok(msg);
@@ -363,13 +358,13 @@ static json_t *rate_limit(cel_control_t *ctl, json_t *args) {
         cel_error("Rate limit attempt for unknown task %s", name ? name : "None");
         return nok("unknown task");
     }
-    if (cel_consumer_rate_limit(ctl->c, name, per_sec) != CEL_OK) return nok("too many rate limits");
+    if (cel_limits_set_rate(ctl->limits, name, rate, per_sec, NULL) != CEL_OK)
+        return nok("too many rate limits");
+    cel_consumer_redispatch(ctl->c); /* waiting tasks may start now */
     if (per_sec <= 0) {
-        json_object_del(ctl->rates, name);
         cel_info("Rate limits disabled for tasks of type %s", name);
         return ok("rate limit disabled successfully", NULL);
     }
-    json_object_set_new(ctl->rates, name, json_string(rate));
     cel_info("New rate limit for tasks of type %s: %s.", name, rate);
     return ok("new rate limit set successfully", NULL);
 }
@@ -384,16 +379,10 @@ static json_t *time_limit(cel_control_t *ctl, json_t *args) {
     double hard = json_number_value(json_object_get(args, "hard"));
     if (soft < 0) soft = 0;
     if (hard < 0) hard = 0;
-    json_object_set_new(ctl->time_limits, name, json_pack("[f, f]", soft, hard));
+    if (cel_limits_set_time(ctl->limits, name, soft, hard, NULL) != CEL_OK)
+        return nok("too many time limits");
     cel_info("New time limits for tasks of type %s: soft=%g hard=%g", name, soft, hard);
     return ok("time limits set successfully", NULL);
-}
-
-void cel_control_time_limits(cel_control_t *ctl, const char *name, double *soft, double *hard) {
-    json_t *l = ctl ? json_object_get(ctl->time_limits, name) : NULL;
-    if (!l) return;
-    *soft = json_number_value(json_array_get(l, 0));
-    *hard = json_number_value(json_array_get(l, 1));
 }
 
 static json_t *pool_resize(cel_control_t *ctl, json_t *args, int sign) {
@@ -510,7 +499,7 @@ json_t *cel_control_dispatch(void *priv, const char *m, json_t *args) {
 }
 
 cel_control_t *cel_control_new(uv_loop_t *loop, const cel_options_t *cfg, cel_consumer_t *c,
-                               cel_events_t *ev, cel_revoked_t *rv) {
+                               cel_events_t *ev, cel_revoked_t *rv, cel_limits_t *limits) {
     cel_control_t *ctl = calloc(1, sizeof(*ctl));
     if (!ctl) return NULL;
     ctl->loop = loop;
@@ -518,17 +507,17 @@ cel_control_t *cel_control_new(uv_loop_t *loop, const cel_options_t *cfg, cel_co
     ctl->c = c;
     ctl->ev = ev;
     ctl->rv = rv;
-    ctl->time_limits = json_object();
-    ctl->rates = json_object();
+    ctl->limits = limits;
     ctl->pidbox = cel_pidbox_new(loop, cfg, ev, cel_control_dispatch, ctl);
-    if (!ctl->pidbox || !ctl->time_limits || !ctl->rates) return NULL; /* start-up ENOMEM */
+    if (!ctl->pidbox) {
+        free(ctl);
+        return NULL;
+    }
     return ctl;
 }
 
 void cel_control_close(cel_control_t *ctl, void (*on_closed)(void *), void *priv) {
     /* The mailbox frees itself; ctl goes with it. */
-    json_decref(ctl->time_limits);
-    json_decref(ctl->rates);
     cel_pidbox_t *pb = ctl->pidbox;
     free(ctl);
     cel_pidbox_close(pb, on_closed, priv);

@@ -13,23 +13,23 @@
 
 #include <uv.h>
 
-#include "options.h"
 #include "consumer.h"
 #include "events.h"
+#include "limits.h"
+#include "options.h"
 #include "revoked.h"
 
 typedef struct cel_control cel_control_t;
 
-/* Creates the handlers and their mailbox. Everything borrowed for its life. */
+/* Creates the handlers and their mailbox. Everything borrowed for its life:
+ * control reads and drives the consumer (never the other way round), adds
+ * to the revoked set, switches task events and writes the per task name
+ * limits that the consumer reads. */
 cel_control_t *cel_control_new(uv_loop_t *loop, const cel_options_t *cfg, cel_consumer_t *c,
-                               cel_events_t *ev, cel_revoked_t *rv);
+                               cel_events_t *ev, cel_revoked_t *rv, cel_limits_t *limits);
 
 /* Runs one command (what the mailbox calls); see cel_pidbox_handler. */
 json_t *cel_control_dispatch(void *ctl, const char *method, json_t *arguments);
-
-/* Time limits set by the time_limit command for a task name: *soft and
- * *hard are overwritten only when one was set (0 then means none). */
-void cel_control_time_limits(cel_control_t *ctl, const char *name, double *soft, double *hard);
 
 /* Stops answering (warm shutdown done); closes the mailbox; on_closed(priv)
  * runs when done and ctl is freed. */

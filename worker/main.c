@@ -1,9 +1,14 @@
 /* main.c -- the celeriac worker program: options, logging, pidfile, signals, loop.
  *
- * Parses the command line (options.c), starts the consumer on one libuv loop
- * and runs it until a shutdown completes. SIGTERM/SIGINT start a warm
- * shutdown, a second one (or SIGQUIT) a cold one, as `celery worker` does.
- * The only place that exits the process.
+ * Parses the command line (options.c), creates the worker's parts on one
+ * libuv loop and runs it until a shutdown completes. The wiring: main owns
+ * the revoked set, the per task name limits and the event dispatcher; the
+ * consumer borrows them; remote control borrows them and the consumer (it
+ * drives the consumer; the consumer never calls control). Shutdown goes the
+ * other way: the consumer finishes its requests and closes, then control
+ * and events close, then the shared state is saved and freed. SIGTERM/SIGINT
+ * start a warm shutdown, a second one (or SIGQUIT) a cold one, as `celery
+ * worker` does. The only place that exits the process.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -16,27 +21,66 @@
 
 #include <uv.h>
 
-#include "options.h"
-#include "consumer.h"
 #include "../common/log.h"
 #include "../protocol/tasks.h"
+#include "consumer.h"
+#include "control.h"
+#include "events.h"
+#include "limits.h"
+#include "options.h"
+#include "revoked.h"
 
 typedef struct worker {
     uv_loop_t *loop;
     cel_options_t cfg;
+    cel_revoked_t *revoked;
+    cel_limits_t *limits;
+    cel_events_t *events;
     cel_consumer_t *consumer;
+    cel_control_t *control;
     uv_signal_t sigterm, sigint, sigquit;
+    int closing_left; /* control and events, after the consumer */
     int warm_started;
     int cold;
     int done;
 } worker_t;
 
-static void on_consumer_done(void *priv) {
+/* Heartbeats report the consumer's load. */
+static void events_load(void *priv, long *active, long *processed) {
     worker_t *w = priv;
-    w->done = 1;
+    *active = *processed = 0;
+    if (!w->consumer || w->done) return;
+    cel_consumer_info_t in;
+    cel_consumer_info(w->consumer, &in);
+    *active = in.busy;
+    *processed = in.processed;
+}
+
+/* Control and events are closed: save and free the shared state, let the loop end. */
+static void on_part_closed(void *priv) {
+    worker_t *w = priv;
+    if (--w->closing_left > 0) return;
+    cel_err_t err;
+    if (cel_revoked_save(w->revoked, &err) != CEL_OK) cel_error("%s", err.msg);
+    cel_revoked_free(w->revoked);
+    cel_limits_free(w->limits);
+    w->revoked = NULL;
+    w->limits = NULL;
     uv_close((uv_handle_t *)&w->sigterm, NULL);
     uv_close((uv_handle_t *)&w->sigint, NULL);
     uv_close((uv_handle_t *)&w->sigquit, NULL);
+}
+
+/* The consumer finished (and freed itself): close what borrowed it. */
+static void on_consumer_done(void *priv) {
+    worker_t *w = priv;
+    w->done = 1;
+    w->consumer = NULL;
+    w->closing_left = 2;
+    cel_control_close(w->control, on_part_closed, w);
+    w->control = NULL;
+    cel_events_close(w->events, on_part_closed, w); /* sends worker-offline */
+    w->events = NULL;
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -151,8 +195,17 @@ int main(int argc, char **argv) {
 
     w.loop = uv_default_loop();
     log_banner(&w.cfg);
-    w.consumer = cel_consumer_new(w.loop, &w.cfg, on_consumer_done, &w);
-    if (!w.consumer) {
+    w.revoked = cel_revoked_new(w.cfg.state_dir);
+    w.limits = cel_limits_new();
+    w.events = cel_events_new(w.loop, &w.cfg, events_load, &w);
+    if (w.revoked && w.limits && w.events)
+        w.consumer = cel_consumer_new(w.loop, &w.cfg, w.events, w.revoked, w.limits,
+                                      on_consumer_done, &w);
+    if (w.consumer)
+        w.control = cel_control_new(w.loop, &w.cfg, w.consumer, w.events, w.revoked, w.limits);
+    if (!w.control) {
+        /* out of memory at start-up: the OS reclaims the rest */
+        cel_crit("out of memory starting the worker");
         if (w.cfg.pidfile[0]) unlink(w.cfg.pidfile);
         return 1;
     }

@@ -141,62 +141,95 @@ static void on_executor_exit(uv_process_t *proc, int64_t status, int termsig) {
     uv_close((uv_handle_t *)&e->proc, on_handle_closed);
 }
 
-static void handle_frame(executor_t *e, const uint8_t *payload, size_t len) {
+/* A frame the executor should not have sent: it is replaced (its task, if
+ * any, is reported lost). */
+static void malformed(executor_t *e, const char *why) {
+    cel_error("executor %d sent a malformed frame (%s); replacing it", e->slot + 1, why);
+    uv_process_kill(&e->proc, SIGKILL);
+}
+
+static void on_ready_frame(executor_t *e, const uint8_t *payload, size_t len) {
     cel_pool_t *p = e->pool;
-    json_t *obj = NULL;
+    cel_frame_ready_t rd;
     cel_err_t err;
-    if (cel_msgpack_to_json(payload, len, &obj, &err) != CEL_OK || !json_is_object(obj)) {
-        cel_error("executor %d sent a malformed frame (%s); replacing it", e->slot + 1,
-                  obj ? "not a map" : err.msg);
-        json_decref(obj);
-        uv_process_kill(&e->proc, SIGKILL);
+    if (cel_frame_ready_decode(payload, len, &rd, &err) != CEL_OK) {
+        malformed(e, err.msg);
         return;
     }
-    const char *op = json_string_value(json_object_get(obj, "op"));
-    if (!op) op = "";
-    if (strcmp(op, "ready") == 0) {
-        const char *dev = json_string_value(json_object_get(obj, "device"));
-        if (dev && !e->was_ready) cel_info("executor %d (pid %d): model on %s", e->slot + 1,
-                                           e->pid, dev);
-        e->was_ready = 1;
-        if (e->state == EX_STARTING) {
-            e->state = EX_IDLE;
-            if (p->closing || e->slot >= p->n) executor_shutdown(e);
-            else if (p->cbs.on_idle) p->cbs.on_idle(p->priv);
-        }
-    } else if (strcmp(op, "result") == 0 && e->state == EX_BUSY) {
-        void *job = e->jobs[0];
-        e->njobs--;
-        memmove(e->jobs, e->jobs + 1, sizeof(e->jobs[0]) * (size_t)e->njobs);
-        memmove(e->hard_s, e->hard_s + 1, sizeof(e->hard_s[0]) * (size_t)e->njobs);
-        memmove(e->soft_s, e->soft_s + 1, sizeof(e->soft_s[0]) * (size_t)e->njobs);
-        uv_timer_stop(&e->hard);
-        uv_timer_stop(&e->soft);
-        e->tasks_done++;
-        double rt = json_number_value(json_object_get(obj, "runtime"));
-        e->mean_runtime = e->tasks_done == 1 ? rt : 0.8 * e->mean_runtime + 0.2 * rt;
-        if (e->njobs) start_timers(e); /* the next queued task starts now */
-        else e->state = EX_IDLE;
-        if (p->cbs.on_result) p->cbs.on_result(p->priv, job, obj);
-        if (e->njobs) {
-            if (p->cbs.on_idle) p->cbs.on_idle(p->priv); /* room in its pipe */
-        } else if (p->closing || e->slot >= p->n || e->restart) {
-            executor_shutdown(e); /* closing, shrunk away or restarted */
-        } else if (p->cfg->max_tasks_per_child &&
-                   e->tasks_done >= p->cfg->max_tasks_per_child) {
-            if (!p->closing)
-                cel_info("executor %d (pid %d) reached --max-tasks-per-child %d; replacing it",
-                         e->slot + 1, e->pid, p->cfg->max_tasks_per_child);
-            executor_shutdown(e);
-        } else if (p->cbs.on_idle) {
-            p->cbs.on_idle(p->priv);
-        }
-    } else if (strcmp(op, "progress") == 0 && e->state == EX_BUSY) {
-        if (p->cbs.on_progress) p->cbs.on_progress(p->priv, e->jobs[0], obj);
-    } else {
-        cel_warn("executor %d sent an unexpected '%s' frame; ignored", e->slot + 1, op);
+    if (!e->was_ready)
+        cel_info("executor %d (pid %d): model on %s", e->slot + 1, e->pid, rd.device);
+    cel_frame_ready_clear(&rd);
+    e->was_ready = 1;
+    if (e->state == EX_STARTING) {
+        e->state = EX_IDLE;
+        if (p->closing || e->slot >= p->n) executor_shutdown(e);
+        else if (p->cbs.on_idle) p->cbs.on_idle(p->priv);
     }
-    json_decref(obj);
+}
+
+static void on_result_frame(executor_t *e, const uint8_t *payload, size_t len) {
+    cel_pool_t *p = e->pool;
+    cel_frame_result_t res;
+    cel_err_t err;
+    if (cel_frame_result_decode(payload, len, &res, &err) != CEL_OK) {
+        malformed(e, err.msg);
+        return;
+    }
+    void *job = e->jobs[0];
+    e->njobs--;
+    memmove(e->jobs, e->jobs + 1, sizeof(e->jobs[0]) * (size_t)e->njobs);
+    memmove(e->hard_s, e->hard_s + 1, sizeof(e->hard_s[0]) * (size_t)e->njobs);
+    memmove(e->soft_s, e->soft_s + 1, sizeof(e->soft_s[0]) * (size_t)e->njobs);
+    uv_timer_stop(&e->hard);
+    uv_timer_stop(&e->soft);
+    e->tasks_done++;
+    e->mean_runtime = e->tasks_done == 1 ? res.runtime : 0.8 * e->mean_runtime + 0.2 * res.runtime;
+    if (e->njobs) start_timers(e); /* the next queued task starts now */
+    else e->state = EX_IDLE;
+    if (p->cbs.on_result) p->cbs.on_result(p->priv, job, &res);
+    cel_frame_result_clear(&res);
+    if (e->njobs) {
+        if (p->cbs.on_idle) p->cbs.on_idle(p->priv); /* room in its pipe */
+    } else if (p->closing || e->slot >= p->n || e->restart) {
+        executor_shutdown(e); /* closing, shrunk away or restarted */
+    } else if (p->cfg->max_tasks_per_child && e->tasks_done >= p->cfg->max_tasks_per_child) {
+        if (!p->closing)
+            cel_info("executor %d (pid %d) reached --max-tasks-per-child %d; replacing it",
+                     e->slot + 1, e->pid, p->cfg->max_tasks_per_child);
+        executor_shutdown(e);
+    } else if (p->cbs.on_idle) {
+        p->cbs.on_idle(p->priv);
+    }
+}
+
+static void on_progress_frame(executor_t *e, const uint8_t *payload, size_t len) {
+    cel_pool_t *p = e->pool;
+    cel_frame_progress_t prog;
+    cel_err_t err;
+    if (cel_frame_progress_decode(payload, len, &prog, &err) != CEL_OK) {
+        malformed(e, err.msg);
+        return;
+    }
+    if (p->cbs.on_progress) p->cbs.on_progress(p->priv, e->jobs[0], &prog);
+    cel_frame_progress_clear(&prog);
+}
+
+static void handle_frame(executor_t *e, const uint8_t *payload, size_t len) {
+    cel_err_t err;
+    int op = cel_frame_op(payload, len, &err);
+    if (op == CEL_FRAME_READY) {
+        on_ready_frame(e, payload, len);
+    } else if (op == CEL_FRAME_RESULT && e->state == EX_BUSY) {
+        on_result_frame(e, payload, len);
+    } else if (op == CEL_FRAME_PROGRESS && e->state == EX_BUSY) {
+        on_progress_frame(e, payload, len);
+    } else if (op > 0 || op == CEL_ENOTFOUND) {
+        static const char *const names[] = {"", "ready", "run", "result", "progress"};
+        cel_warn("executor %d sent an unexpected '%s' frame; ignored", e->slot + 1,
+                 op > 0 ? names[op] : err.msg);
+    } else {
+        malformed(e, err.msg);
+    }
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {

@@ -12,9 +12,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <jansson.h>
 #include <uv.h>
 
+#include "../protocol/frame.h"
 #include "options.h"
 
 typedef struct cel_pool cel_pool_t;
@@ -22,10 +22,10 @@ typedef struct cel_pool cel_pool_t;
 enum { CEL_POOL_LOST = 1, CEL_POOL_TIMEOUT = 2 };
 
 typedef struct cel_pool_cbs {
-    /* A {"op":"result",...} frame (borrowed object) for job. */
-    void (*on_result)(void *priv, void *job, json_t *frame);
-    /* A {"op":"progress",...} frame for job (borrowed). */
-    void (*on_progress)(void *priv, void *job, json_t *frame);
+    /* The result frame of job (borrowed for the call). */
+    void (*on_result)(void *priv, void *job, const cel_frame_result_t *res);
+    /* A progress frame of job, while it runs (borrowed for the call). */
+    void (*on_progress)(void *priv, void *job, const cel_frame_progress_t *prog);
     /* The executor running job died: why is CEL_POOL_LOST (exitcode or signum
      * tell how) or CEL_POOL_TIMEOUT (we killed it at the hard limit). */
     void (*on_lost)(void *priv, void *job, int why, int exitcode, int signum);
@@ -47,7 +47,7 @@ int cel_pool_can_run(const cel_pool_t *p);
 /* Number of executors running a task. */
 int cel_pool_busy(const cel_pool_t *p);
 
-/* Sends a run frame (payload borrowed, msgpack map) for job to an idle
+/* Sends a run frame (payload borrowed: cel_frame_run_encode's) for job to an idle
  * executor (or queues it on a fast one, see cel_pool_can_run) and arms its
  * time limits (0 = none) for when it starts. pid_out and slot_out (may be NULL)
  * get the executor's pid and slot. Returns CEL_OK, CEL_ESTATE when no executor

@@ -1,0 +1,479 @@
+/* test_transport.c -- the broker and result backend operation tables, against a real Redis.
+ *
+ * Starts its own redis-server on a free loopback port (skips when there is
+ * none installed), then drives worker/broker.c + broker_redis.c and
+ * worker/backend.c + backend_redis.c through their tables on a libuv loop,
+ * and checks what they did with a plain synchronous hiredis client: a
+ * consumed message is held in kombu's `unacked` hash, ack removes it,
+ * requeue gives it back marked redelivered, touch refreshes its score,
+ * queues are added and cancelled; a stored meta is SET with its TTL and
+ * PUBLISHed, a SUCCESS is never overwritten, get reads it back, store_ack
+ * stores and acks in one step, and unknown URL schemes are refused. Every
+ * loop is run until the awaited callback (with a deadline), and closed with
+ * uv_loop_close == 0. Run under `make asan`.
+ */
+#include "testutil.h"
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+#include <uv.h>
+
+#include "../../protocol/peek.h"
+#include "../../worker/backend.h"
+#include "../../worker/broker.h"
+#include "../../worker/options.h"
+
+extern char **environ;
+
+#define DEADLINE_MS 10000
+
+static pid_t redis_pid;
+static int redis_port;
+static redisContext *rc; /* the test's own synchronous client */
+
+static int free_port(void) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t n = sizeof(a);
+    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof(a)) < 0 ||
+        getsockname(s, (struct sockaddr *)&a, &n) < 0)
+        return -1;
+    close(s);
+    return ntohs(a.sin_port);
+}
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+static int setup(void **state) {
+    (void)state;
+    if (access("/usr/bin/redis-server", X_OK) != 0) return 0; /* tests skip */
+    redis_port = free_port();
+    char port[16];
+    snprintf(port, sizeof(port), "%d", redis_port);
+    char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--loglevel", "warning", NULL};
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    if (posix_spawn(&redis_pid, "/usr/bin/redis-server", &fa, NULL, argv, environ) != 0)
+        redis_pid = 0;
+    posix_spawn_file_actions_destroy(&fa);
+    if (!redis_pid) return -1;
+    /* wait for it to answer, not for a fixed time */
+    for (int i = 0; i < DEADLINE_MS / 20 && !rc; i++) {
+        redisContext *c = redisConnect("127.0.0.1", redis_port);
+        redisReply *r = c && !c->err ? redisCommand(c, "PING") : NULL;
+        if (r && r->type == REDIS_REPLY_STATUS) rc = c;
+        else if (c) redisFree(c);
+        if (r) freeReplyObject(r);
+        if (!rc) sleep_ms(20);
+    }
+    return rc ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    if (rc) redisFree(rc);
+    if (redis_pid) {
+        kill(redis_pid, SIGTERM);
+        waitpid(redis_pid, NULL, 0);
+    }
+    return 0;
+}
+
+static void need_redis(void) {
+    if (!rc) skip();
+}
+
+/* A synchronous command whose integer reply is returned. */
+static long long cmd_int(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(rc, fmt, ap);
+    va_end(ap);
+    assert_non_null(r);
+    if (r->type != REDIS_REPLY_INTEGER) fail_msg("%s: not an integer reply (%d)", fmt, r->type);
+    long long v = r->integer;
+    freeReplyObject(r);
+    return v;
+}
+
+/* Parses options as the worker would, for our server. */
+static void options(cel_options_t *cfg, const char *queue, int backend_db) {
+    char url[64], burl[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", redis_port);
+    snprintf(burl, sizeof(burl), "redis://127.0.0.1:%d/%d", redis_port, backend_db);
+    char *argv[] = {"celeriac", "-b", url, "--result-backend", burl, "-Q", (char *)queue,
+                    "--visibility-timeout", "40", NULL};
+    cel_err_t err;
+    if (cel_options_parse(cfg, 9, argv, &err) != CEL_OK) fail_msg("options: %s", err.msg);
+}
+
+/* ---- a loop run until a condition, with a deadline --------------------- */
+
+typedef struct run_state {
+    uv_loop_t loop;
+    uv_timer_t deadline;
+    int timed_out;
+    /* broker */
+    int cap;
+    int up;
+    int nmsg;
+    char tags[4][64];
+    char *bodies[4];
+    size_t lens[4];
+    char queue[64];
+    int done, ok;
+    int closed;
+    /* backend */
+    int got;
+    char *meta;
+} run_state_t;
+
+static void on_deadline(uv_timer_t *t) {
+    run_state_t *st = t->data;
+    st->timed_out = 1;
+    uv_stop(&st->loop);
+}
+
+static void loop_init(run_state_t *st) {
+    memset(st, 0, sizeof(*st));
+    assert_int_equal(uv_loop_init(&st->loop), 0);
+    uv_timer_init(&st->loop, &st->deadline);
+    st->deadline.data = st;
+}
+
+/* Runs the loop until *flag >= want. */
+static void run_until(run_state_t *st, const int *flag, int want, const char *what) {
+    uv_timer_start(&st->deadline, on_deadline, DEADLINE_MS, 0);
+    while (*flag < want && !st->timed_out) uv_run(&st->loop, UV_RUN_ONCE);
+    uv_timer_stop(&st->deadline);
+    if (*flag < want) fail_msg("timed out waiting for %s", what);
+}
+
+static void loop_close(run_state_t *st) {
+    uv_close((uv_handle_t *)&st->deadline, NULL);
+    uv_run(&st->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&st->loop), 0);
+    for (int i = 0; i < 4; i++) free(st->bodies[i]);
+    free(st->meta);
+}
+
+static int capacity(void *priv) { return ((run_state_t *)priv)->cap; }
+
+static void on_message(void *priv, const cel_broker_msg_t *m) {
+    run_state_t *st = priv;
+    assert_true(st->nmsg < 4);
+    assert_non_null(m->tag);
+    snprintf(st->tags[st->nmsg], sizeof(st->tags[0]), "%s", m->tag);
+    st->bodies[st->nmsg] = malloc(m->len);
+    memcpy(st->bodies[st->nmsg], m->body, m->len);
+    st->lens[st->nmsg] = m->len;
+    snprintf(st->queue, sizeof(st->queue), "%s", m->queue);
+    st->nmsg++;
+    st->cap--;
+}
+
+static void on_state(void *priv, int up) { ((run_state_t *)priv)->up += up; }
+
+static void on_done(void *priv, int ok) {
+    run_state_t *st = priv;
+    st->done++;
+    st->ok = ok;
+}
+
+static void on_closed(void *priv) { ((run_state_t *)priv)->closed++; }
+
+static char *envelope(size_t *len) {
+    const char *dir = testdata_dir();
+    if (!dir) skip();
+    return read_file(dir, "messages/fresh-basic.json", len);
+}
+
+static void test_broker_redis(void **state) {
+    (void)state;
+    need_redis();
+    cel_options_t cfg;
+    options(&cfg, "tq", 0);
+    size_t len;
+    char *env = envelope(&len);
+    /* a second message: the same envelope with its own delivery tag */
+    json_t *j = json_loadb(env, len, 0, NULL);
+    json_object_set_new(json_object_get(j, "properties"), "delivery_tag", json_string("tag-b"));
+    char *env2 = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    cmd_int("DEL tq celery unacked unacked_index");
+    cmd_int("LPUSH tq %b", env, len);
+    cmd_int("LPUSH tq %s", env2);
+
+    run_state_t st;
+    loop_init(&st);
+    cel_broker_cbs_t cbs = {capacity, on_message, on_state};
+    cel_err_t err;
+    st.cap = 2;
+    cel_broker_t *b = cel_broker_new(&st.loop, &cfg, &cbs, &st, &err);
+    assert_non_null(b);
+    assert_string_equal(cel_broker_ops(b)->scheme, "redis");
+    assert_true(cel_broker_touch_interval(b) == 10.0); /* a quarter of 40 s */
+    run_until(&st, &st.nmsg, 2, "two messages");
+    assert_int_equal(st.up, 1);
+    assert_string_equal(st.queue, "tq");
+    assert_int_equal(st.lens[0], len);
+    assert_memory_equal(st.bodies[0], env, len);
+    /* both are held by the broker, none left in the queue */
+    assert_int_equal(cmd_int("LLEN tq"), 0);
+    assert_int_equal(cmd_int("HLEN unacked"), 2);
+    assert_int_equal(cmd_int("HEXISTS unacked %s", st.tags[0]), 1);
+    assert_string_equal(st.tags[1], "tag-b");
+
+    /* the transport decodes and peeks its own messages */
+    cel_broker_msg_t m = {st.tags[0], "tq", st.bodies[0], st.lens[0], NULL};
+    cel_task_t *t;
+    assert_int_equal(cel_broker_decode(b, &m, &t, &err), CEL_OK);
+    cel_peek_t pk;
+    assert_int_equal(cel_broker_peek(b, &m, &pk, &err), CEL_OK);
+    assert_string_equal(pk.id, t->id);
+    assert_string_equal(pk.task, t->name);
+    cel_task_free(t);
+
+    /* touch refreshes the score of a held message */
+    cmd_int("ZADD unacked_index 5 %s", st.tags[1]);
+    const char *tags[] = {st.tags[1]};
+    cel_broker_touch(b, tags, 1);
+    while (cel_broker_pending(b) > 0) uv_run(&st.loop, UV_RUN_ONCE);
+    redisReply *r = redisCommand(rc, "ZSCORE unacked_index %s", st.tags[1]);
+    assert_true(r && r->type == REDIS_REPLY_STRING && atof(r->str) > 1e9);
+    freeReplyObject(r);
+
+    /* ack: gone for good */
+    cel_broker_ack(b, st.tags[0], on_done, &st);
+    run_until(&st, &st.done, 1, "ack");
+    assert_int_equal(st.ok, 1);
+    assert_int_equal(cmd_int("HEXISTS unacked %s", st.tags[0]), 0);
+    assert_int_equal(cmd_int("ZREM unacked_index %s", st.tags[0]), 0); /* was not there */
+
+    /* requeue: back where its routing key leads (the envelope says "celery",
+     * as kombu's restore does), marked redelivered, no longer held */
+    cel_broker_stop(b); /* so it is not fetched again at once */
+    cel_broker_requeue(b, st.tags[1], on_done, &st);
+    run_until(&st, &st.done, 2, "requeue");
+    assert_int_equal(st.ok, 1);
+    assert_int_equal(cmd_int("HLEN unacked"), 0);
+    assert_int_equal(cmd_int("LLEN celery"), 1);
+    r = redisCommand(rc, "LINDEX celery 0");
+    assert_true(r && r->type == REDIS_REPLY_STRING);
+    json_t *back = json_loadb(r->str, r->len, 0, NULL);
+    freeReplyObject(r);
+    assert_true(json_is_true(json_object_get(json_object_get(back, "headers"), "redelivered")));
+    json_decref(back);
+
+    /* queues: add (bound as kombu does), cancel, cancel again */
+    assert_int_equal(cel_broker_add_queue(b, "tq2"), CEL_OK);
+    assert_int_equal(cel_broker_add_queue(b, "tq2"), CEL_OK);
+    json_t *qs = cel_broker_queues(b);
+    assert_int_equal(json_array_size(qs), 2);
+    assert_string_equal(json_string_value(json_array_get(qs, 1)), "tq2");
+    json_decref(qs);
+    while (cel_broker_pending(b) > 0) uv_run(&st.loop, UV_RUN_ONCE);
+    assert_int_equal(
+        cmd_int("SISMEMBER _kombu.binding.tq2 %b", "tq2\x06\x16\x06\x16tq2", (size_t)10), 1);
+    assert_int_equal(cel_broker_cancel_queue(b, "tq2"), CEL_OK);
+    assert_int_equal(cel_broker_cancel_queue(b, "tq2"), CEL_ENOTFOUND);
+    qs = cel_broker_queues(b);
+    assert_int_equal(json_array_size(qs), 1);
+    json_decref(qs);
+
+    cel_broker_close(b, on_closed, &st);
+    run_until(&st, &st.closed, 1, "broker close");
+    loop_close(&st);
+    cel_options_free(&cfg);
+    free(env);
+    free(env2);
+}
+
+static void on_up(void *priv) { ((run_state_t *)priv)->up++; }
+
+static void on_got(void *priv, int ok, const char *meta, size_t len) {
+    run_state_t *st = priv;
+    st->got++;
+    st->ok = ok;
+    free(st->meta);
+    st->meta = NULL;
+    if (meta) {
+        st->meta = malloc(len + 1);
+        memcpy(st->meta, meta, len);
+        st->meta[len] = '\0';
+    }
+}
+
+/* A task known by its id alone, as the consumer has for every request. */
+static cel_task_t *task_with_id(const char *id) {
+    cel_peek_t pk;
+    memset(&pk, 0, sizeof(pk));
+    snprintf(pk.id, sizeof(pk.id), "%s", id);
+    cel_task_t *t;
+    assert_int_equal(cel_task_from_peek(&pk, &t, NULL), CEL_OK);
+    return t;
+}
+
+static void test_backend_redis(void **state) {
+    (void)state;
+    need_redis();
+    cel_options_t cfg;
+    options(&cfg, "tq", 0);
+    run_state_t st;
+    loop_init(&st);
+    cel_err_t err;
+    cel_backend_t *be = cel_backend_new(&st.loop, &cfg, on_up, &st, &err);
+    assert_non_null(be);
+    assert_string_equal(cel_backend_ops(be)->scheme, "redis");
+    cel_task_t *t = task_with_id("b-1");
+    /* not up yet: the store fails at once, and says so */
+    cel_backend_store(be, t, "{}", 2, on_done, &st);
+    assert_int_equal(st.done, 1);
+    assert_int_equal(st.ok, 0);
+    run_until(&st, &st.up, 1, "backend up");
+
+    /* a store is SET with the TTL and PUBLISHed on the key's channel */
+    redisContext *sub = redisConnect("127.0.0.1", redis_port);
+    assert_true(sub && !sub->err);
+    redisReply *r = redisCommand(sub, "SUBSCRIBE celery-task-meta-b-1");
+    freeReplyObject(r);
+    const char *meta = "{\"status\": \"SUCCESS\", \"result\": 1, \"task_id\": \"b-1\"}";
+    cel_backend_store(be, t, meta, strlen(meta), on_done, &st);
+    run_until(&st, &st.done, 2, "store");
+    assert_int_equal(st.ok, 1);
+    r = redisCommand(rc, "GET celery-task-meta-b-1");
+    assert_string_equal(r->str, meta);
+    freeReplyObject(r);
+    long long ttl = cmd_int("TTL celery-task-meta-b-1");
+    assert_true(ttl > 86000 && ttl <= 86400);
+    struct timeval tv = {5, 0};
+    redisSetTimeout(sub, tv);
+    assert_int_equal(redisGetReply(sub, (void **)&r), REDIS_OK);
+    assert_true(r->type == REDIS_REPLY_ARRAY && r->elements == 3);
+    assert_string_equal(r->element[0]->str, "message");
+    assert_string_equal(r->element[2]->str, meta);
+    freeReplyObject(r);
+    redisFree(sub);
+
+    /* a SUCCESS stays: a later FAILURE for the same id is not written */
+    const char *fail = "{\"status\": \"FAILURE\", \"task_id\": \"b-1\"}";
+    cel_backend_store(be, t, fail, strlen(fail), on_done, &st);
+    run_until(&st, &st.done, 3, "second store");
+    assert_int_equal(st.ok, 1);
+
+    /* get reads back what is there, and NULL for nothing */
+    cel_backend_get(be, "b-1", on_got, &st);
+    run_until(&st, &st.got, 1, "get");
+    assert_int_equal(st.ok, 1);
+    assert_string_equal(st.meta, meta);
+    cel_backend_get(be, "nothing-here", on_got, &st);
+    run_until(&st, &st.got, 2, "get of a missing id");
+    assert_int_equal(st.ok, 1);
+    assert_null(st.meta);
+
+    /* one server: store and the broker's ack in one step */
+    assert_int_equal(cel_backend_acks_broker(be), 1);
+    cmd_int("HSET unacked tag-9 x");
+    cmd_int("ZADD unacked_index 1 tag-9");
+    cel_task_t *t2 = task_with_id("b-2");
+    cel_backend_store_ack(be, t2, fail, strlen(fail), "tag-9", on_done, &st);
+    run_until(&st, &st.done, 4, "store_ack");
+    assert_int_equal(st.ok, 1);
+    assert_int_equal(cmd_int("HEXISTS unacked tag-9"), 0);
+    assert_int_equal(cmd_int("ZREM unacked_index tag-9"), 0); /* was not there */
+    assert_int_equal(cmd_int("EXISTS celery-task-meta-b-2"), 1);
+
+    /* an id longer than the key buffer is stored all the same */
+    char longid[600];
+    memset(longid, 'L', sizeof(longid) - 1);
+    longid[sizeof(longid) - 1] = '\0';
+    json_t *ej = json_pack("{s:s, s:s, s:{s:s, s:s}, s:{s:s}}", "body", "W1tdLCB7fSwge31d",
+                           "content-type", "application/json", "headers", "id", longid, "task",
+                           "diag.noop", "properties", "body_encoding", "base64");
+    char *etext = json_dumps(ej, JSON_COMPACT);
+    json_decref(ej);
+    cel_task_t *t3;
+    assert_int_equal(cel_task_decode_envelope(etext, strlen(etext), &t3, &err), CEL_OK);
+    free(etext);
+    assert_int_equal(strlen(t3->id), sizeof(longid) - 1);
+    char *key = malloc(strlen(t3->id) + 32);
+    sprintf(key, "celery-task-meta-%s", t3->id);
+    cel_backend_store(be, t3, fail, strlen(fail), on_done, &st);
+    run_until(&st, &st.done, 5, "store of a long id");
+    assert_int_equal(st.ok, 1);
+    assert_int_equal(cmd_int("EXISTS %s", key), 1);
+    cel_backend_get(be, t3->id, on_got, &st);
+    run_until(&st, &st.got, 3, "get of a long id");
+    assert_string_equal(st.meta, fail);
+    free(key);
+
+    cel_backend_close(be, on_closed, &st);
+    run_until(&st, &st.closed, 1, "backend close");
+    loop_close(&st);
+    cel_task_free(t);
+    cel_task_free(t2);
+    cel_task_free(t3);
+    cel_options_free(&cfg);
+}
+
+/* Another database on the same server is another store: no combined ack. */
+static void test_backend_other_db(void **state) {
+    (void)state;
+    need_redis();
+    cel_options_t cfg;
+    options(&cfg, "tq", 1);
+    run_state_t st;
+    loop_init(&st);
+    cel_backend_t *be = cel_backend_new(&st.loop, &cfg, on_up, &st, NULL);
+    assert_non_null(be);
+    assert_int_equal(cel_backend_acks_broker(be), 0);
+    cel_backend_close(be, on_closed, &st);
+    run_until(&st, &st.closed, 1, "backend close");
+    loop_close(&st);
+    cel_options_free(&cfg);
+}
+
+/* A URL scheme no table serves is refused with a clear error. */
+static void test_unknown_scheme(void **state) {
+    (void)state;
+    cel_options_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    snprintf(cfg.broker_url, sizeof(cfg.broker_url), "amqp://guest@localhost//");
+    snprintf(cfg.backend_url, sizeof(cfg.backend_url), "rpc://");
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    cel_broker_cbs_t cbs = {capacity, on_message, on_state};
+    cel_err_t err;
+    assert_null(cel_broker_new(&loop, &cfg, &cbs, NULL, &err));
+    assert_int_equal(err.code, CEL_EINVAL);
+    assert_non_null(strstr(err.msg, "amqp://"));
+    assert_null(cel_backend_new(&loop, &cfg, on_up, NULL, &err));
+    assert_int_equal(err.code, CEL_EINVAL);
+    assert_non_null(strstr(err.msg, "rpc://"));
+    snprintf(cfg.broker_url, sizeof(cfg.broker_url), "no scheme");
+    assert_null(cel_broker_new(&loop, &cfg, &cbs, NULL, &err));
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_broker_redis),
+        cmocka_unit_test(test_backend_redis),
+        cmocka_unit_test(test_backend_other_db),
+        cmocka_unit_test(test_unknown_scheme),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

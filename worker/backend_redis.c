@@ -1,0 +1,232 @@
+/* backend_redis.c -- the Celery Redis result backend: store + publish in one script, get.
+ *
+ * cel_backend_redis_ops (backend.h) is the only symbol it exports. The meta
+ * of task <id> lives at celery-task-meta-<id> (SETEX with result_expires,
+ * or SET when 0) and the same JSON is PUBLISHed on the channel of that name
+ * so AsyncResult.get() wakes up; a stored SUCCESS is never overwritten
+ * (Celery 5.1+). Celery 5.2 does GET (skip if SUCCESS), then MULTI
+ * SETEX+PUBLISH EXEC; the STORE script does the same atomically in one
+ * round trip, and many stores pipeline on one connection. Matches
+ * celery/backends/redis.py set()/get() and backends/base.py _store_result().
+ * Main process, libuv loop.
+ */
+#include "backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/log.h"
+#include "redis.h"
+
+/* KEYS[1] = celery-task-meta-<id>; ARGV = meta, ttl seconds (0 = no expiry). */
+static cel_redis_script_t script_store = {
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "if cur then\n"
+    "  local ok, v = pcall(cjson.decode, cur)\n"
+    "  if ok and type(v) == 'table' and v.status == 'SUCCESS' then return 0 end\n"
+    "end\n"
+    "local ttl = tonumber(ARGV[2])\n"
+    "if ttl and ttl > 0 then redis.call('SETEX', KEYS[1], ttl, ARGV[1])\n"
+    "else redis.call('SET', KEYS[1], ARGV[1]) end\n"
+    "redis.call('PUBLISH', KEYS[1], ARGV[1])\n"
+    "return 1\n",
+    {0}};
+
+/* KEYS[1] = meta key; ARGV = meta, ttl, delivery tag. The same store, then
+ * kombu's ack (ZREM unacked_index + HDEL unacked) in the same step: used when
+ * broker and backend are one Redis database, so the result and the ack can
+ * never be separated by a crash. */
+static cel_redis_script_t script_store_ack = {
+    "local cur = redis.call('GET', KEYS[1])\n"
+    "local skip = false\n"
+    "if cur then\n"
+    "  local ok, v = pcall(cjson.decode, cur)\n"
+    "  if ok and type(v) == 'table' and v.status == 'SUCCESS' then skip = true end\n"
+    "end\n"
+    "if not skip then\n"
+    "  local ttl = tonumber(ARGV[2])\n"
+    "  if ttl and ttl > 0 then redis.call('SETEX', KEYS[1], ttl, ARGV[1])\n"
+    "  else redis.call('SET', KEYS[1], ARGV[1]) end\n"
+    "  redis.call('PUBLISH', KEYS[1], ARGV[1])\n"
+    "end\n"
+    "redis.call('ZREM', 'unacked_index', ARGV[3])\n"
+    "redis.call('HDEL', 'unacked', ARGV[3])\n"
+    "return 1\n",
+    {0}};
+
+static cel_redis_script_t *scripts[] = {&script_store, &script_store_ack};
+
+typedef struct redis_backend {
+    const cel_options_t *cfg;
+    cel_redis_t *conn;
+    void (*on_up)(void *);
+    void *priv;
+    char ttl[32];
+    void (*on_closed)(void *);
+    void *closed_priv;
+} redis_backend_t;
+
+static void on_state(cel_redis_t *r, int up, void *priv) {
+    redis_backend_t *be = priv;
+    if (up && be->on_up) be->on_up(be->priv);
+}
+
+static void *redis_open(uv_loop_t *loop, const cel_options_t *cfg, void (*on_up)(void *),
+                        void *priv, cel_err_t *err) {
+    redis_backend_t *be = calloc(1, sizeof(*be));
+    if (!be) {
+        cel_err_set(err, CEL_ENOMEM, "out of memory");
+        return NULL;
+    }
+    be->cfg = cfg;
+    be->on_up = on_up;
+    be->priv = priv;
+    /* Celery passes result_expires as whole seconds to SETEX. */
+    snprintf(be->ttl, sizeof(be->ttl), "%ld", (long)cfg->result_expires);
+    be->conn = cel_redis_new(loop, &cfg->backend, "backend", scripts, 2, on_state, be);
+    if (!be->conn) {
+        free(be);
+        cel_err_set(err, CEL_ENOMEM, "out of memory");
+        return NULL;
+    }
+    return be;
+}
+
+typedef struct store_ctx {
+    cel_backend_done_fn done;
+    void *priv;
+} store_ctx_t;
+
+static void on_stored(cel_redis_t *r, redisReply *reply, void *priv) {
+    store_ctx_t *s = priv;
+    int ok = reply && reply->type != REDIS_REPLY_ERROR;
+    if (reply && reply->type == REDIS_REPLY_ERROR) cel_error("backend: store failed: %s", reply->str);
+    if (s->done) s->done(s->priv, ok);
+    free(s);
+}
+
+/* The broker is the kombu Redis transport on this very database: its ack
+ * (unacked hash and index) can go into the store script. */
+static int redis_acks_broker(const void *impl) {
+    const redis_backend_t *be = impl;
+    const cel_redis_url_t *a = &be->cfg->broker, *b = &be->cfg->backend;
+    return strncmp(be->cfg->broker_url, "redis://", 8) == 0 && a->port == b->port &&
+           a->db == b->db && strcmp(a->host, b->host) == 0;
+}
+
+#define KEY_PREFIX "celery-task-meta-"
+#define KEY_INLINE 300 /* keys of ids up to ~280 bytes need no allocation */
+
+/* The meta key of task_id: in buf, or malloc'd (*heap set) when longer.
+ * NULL when out of memory. */
+static const char *meta_key(const char *task_id, char buf[KEY_INLINE], size_t *klen, char **heap) {
+    *heap = NULL;
+    size_t n = strlen(task_id) + sizeof(KEY_PREFIX) - 1;
+    char *k = n < KEY_INLINE ? buf : (*heap = malloc(n + 1));
+    if (!k) return NULL;
+    memcpy(k, KEY_PREFIX, sizeof(KEY_PREFIX) - 1);
+    memcpy(k + sizeof(KEY_PREFIX) - 1, task_id, n - (sizeof(KEY_PREFIX) - 1) + 1);
+    *klen = n;
+    return k;
+}
+
+/* STORE (tag NULL) or STORE_ACK. */
+static void store(redis_backend_t *be, const char *task_id, const char *meta, size_t len,
+                  const char *tag, cel_backend_done_fn done, void *priv) {
+    char buf[KEY_INLINE], *heap;
+    size_t klen;
+    const char *key = meta_key(task_id, buf, &klen, &heap);
+    store_ctx_t *s = key ? malloc(sizeof(*s)) : NULL;
+    if (!s) {
+        free(heap);
+        if (done) done(priv, 0);
+        return;
+    }
+    s->done = done;
+    s->priv = priv;
+    const char *keys[] = {key};
+    size_t klens[] = {klen};
+    const char *args[] = {meta, be->ttl, tag};
+    size_t alens[] = {len, strlen(be->ttl), tag ? strlen(tag) : 0};
+    int rc = cel_redis_evalsha(be->conn, tag ? &script_store_ack : &script_store, on_stored, s, 1,
+                               keys, klens, tag ? 3 : 2, args, alens);
+    free(heap); /* hiredis copied it */
+    if (rc != CEL_OK) {
+        free(s);
+        if (done) done(priv, 0);
+    }
+}
+
+static void redis_store(void *impl, const cel_task_t *t, const char *meta, size_t len,
+                        cel_backend_done_fn done, void *priv) {
+    store(impl, t->id, meta, len, NULL, done, priv);
+}
+
+static void redis_store_ack(void *impl, const cel_task_t *t, const char *meta, size_t len,
+                            const char *tag, cel_backend_done_fn done, void *priv) {
+    store(impl, t->id, meta, len, tag, done, priv);
+}
+
+typedef struct get_ctx {
+    cel_backend_got_fn got;
+    void *priv;
+} get_ctx_t;
+
+static void on_got(cel_redis_t *r, redisReply *reply, void *priv) {
+    get_ctx_t *g = priv;
+    if (reply && reply->type == REDIS_REPLY_ERROR) cel_error("backend: GET failed: %s", reply->str);
+    if (!reply || reply->type == REDIS_REPLY_ERROR) g->got(g->priv, 0, NULL, 0);
+    else if (reply->type == REDIS_REPLY_STRING) g->got(g->priv, 1, reply->str, reply->len);
+    else g->got(g->priv, 1, NULL, 0); /* nil: nothing stored */
+    free(g);
+}
+
+static void redis_get(void *impl, const char *task_id, cel_backend_got_fn got, void *priv) {
+    redis_backend_t *be = impl;
+    char buf[KEY_INLINE], *heap;
+    size_t klen;
+    const char *key = meta_key(task_id, buf, &klen, &heap);
+    get_ctx_t *g = key ? malloc(sizeof(*g)) : NULL;
+    if (!g) {
+        free(heap);
+        got(priv, 0, NULL, 0);
+        return;
+    }
+    g->got = got;
+    g->priv = priv;
+    const char *argv[] = {"GET", key};
+    size_t lens[] = {3, klen};
+    int rc = cel_redis_command(be->conn, on_got, g, 2, argv, lens);
+    free(heap);
+    if (rc != CEL_OK) {
+        free(g);
+        got(priv, 0, NULL, 0);
+    }
+}
+
+static void on_conn_closed(void *priv) {
+    redis_backend_t *be = priv;
+    void (*cb)(void *) = be->on_closed;
+    void *cp = be->closed_priv;
+    free(be);
+    if (cb) cb(cp);
+}
+
+static void redis_close(void *impl, void (*on_closed)(void *), void *priv) {
+    redis_backend_t *be = impl;
+    be->on_closed = on_closed;
+    be->closed_priv = priv;
+    cel_redis_close(be->conn, on_conn_closed, be);
+}
+
+const cel_backend_ops_t cel_backend_redis_ops = {
+    .abi = CEL_BACKEND_ABI,
+    .scheme = "redis",
+    .open = redis_open,
+    .store = redis_store,
+    .acks_broker = redis_acks_broker,
+    .store_ack = redis_store_ack,
+    .get = redis_get,
+    .close = redis_close,
+};
