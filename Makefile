@@ -7,6 +7,8 @@
 #   make bench      throughput/latency benchmark against the stock Python worker
 #   make cuda       the CUDA backend (bin/libceleriac-cuda.so) and its GPU tests (build/gpu/),
 #                   also part of `make` whenever nvcc is found
+#   make cuda-emu   the same backend and tests against the CUDA emulator (build/cuda-emu/),
+#                   part of `make test` (no GPU needed)
 #   make clean
 
 CC      ?= cc
@@ -56,7 +58,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))
 
 PY := /usr/bin/python3
 
-.PHONY: all asan test unit integration run bench deps clean cuda
+.PHONY: all asan test unit integration run bench deps clean cuda cuda-emu
 all: deps
 	@$(MAKE) --no-print-directory $(BINS)
 
@@ -122,6 +124,58 @@ build/gpu/%: tests/gpu/%.cu $(CUDA_OBJ) $(GPU_HOST_OBJ)
 
 cuda: deps
 	@$(if $(NVCC),$(MAKE) --no-print-directory bin/libceleriac-cuda.so $(GPU_TESTS),echo "make cuda: nvcc not found; CPU-only build")
+
+# The CUDA emulator (tests/cuda-emu/, test code only): model/cuda's kernels, engine and GPU
+# tests built with the host C++ compiler against a host emulation of CUDA and cuBLAS, every
+# memory access of the backend checked (-fsanitize=kernel-address hooks land in the
+# emulator). build/cuda-emu/libceleriac-cuda.so is the backend the tests select with
+# CELERIAC_CUDA_LIB; build/cuda-emu/test_* are tests/gpu's tests and the emulator's own.
+EMU        := build/cuda-emu
+EMU_CXX    ?= g++
+EMU_FLAGS  := -O2 -g -std=c++17 -fPIC -Itests/cuda-emu/include -D_GNU_SOURCE -Wall -Wextra \
+              -Werror -Wno-unused-parameter -Wno-unknown-pragmas -ffp-contract=off \
+              -fno-strict-aliasing
+EMU_CHECKED := -fsanitize=kernel-address --param asan-instrumentation-with-call-threshold=0 \
+              --param asan-stack=0 --param asan-globals=0
+EMU_RT_OBJ := $(patsubst tests/cuda-emu/%.cpp,$(EMU)/rt/%.o,$(wildcard tests/cuda-emu/emu_*.cpp))
+EMU_HDR    := $(patsubst %,$(EMU)/src/%,$(wildcard model/cuda/*.h))
+EMU_CU_OBJ := $(patsubst %.cu,$(EMU)/obj/%.o,$(CUDA_SRC))
+EMU_TEST_SRC := $(wildcard tests/cuda-emu/test_*.cu)
+EMU_TESTS  := $(patsubst tests/gpu/%.cu,$(EMU)/%,$(GPU_TEST_SRC)) \
+              $(patsubst tests/cuda-emu/%.cu,$(EMU)/%,$(EMU_TEST_SRC))
+EMU_ALL    := $(EMU)/libceleriac-cuda.so $(EMU_TESTS)
+
+# cu2cpp.py: <<<>>> launches and __shared__ declarations rewritten, lines kept.
+$(EMU)/src/%.cpp: %.cu tests/cuda-emu/cu2cpp.py
+	@mkdir -p $(dir $@)
+	@$(PY) tests/cuda-emu/cu2cpp.py $< $@
+$(EMU)/src/%.h: %.h tests/cuda-emu/cu2cpp.py
+	@mkdir -p $(dir $@)
+	@$(PY) tests/cuda-emu/cu2cpp.py $< $@
+# the backend and the emulator's own tests: checked; tests/gpu's host code: plain
+$(EMU)/obj/model/cuda/%.o: $(EMU)/src/model/cuda/%.cpp $(EMU_HDR)
+	@mkdir -p $(dir $@)
+	$(EMU_CXX) $(EMU_FLAGS) $(EMU_CHECKED) -fvisibility=hidden -iquote model/cuda -MMD -MP -c $< -o $@
+$(EMU)/obj/tests/cuda-emu/%.o: $(EMU)/src/tests/cuda-emu/%.cpp $(EMU_HDR)
+	@mkdir -p $(dir $@)
+	$(EMU_CXX) $(EMU_FLAGS) $(EMU_CHECKED) -iquote tests/cuda-emu -MMD -MP -c $< -o $@
+$(EMU)/obj/tests/gpu/%.o: $(EMU)/src/tests/gpu/%.cpp $(EMU_HDR)
+	@mkdir -p $(dir $@)
+	$(EMU_CXX) $(EMU_FLAGS) -iquote tests/gpu -MMD -MP -c $< -o $@
+$(EMU)/rt/%.o: tests/cuda-emu/%.cpp
+	@mkdir -p $(dir $@)
+	$(EMU_CXX) $(EMU_FLAGS) -fvisibility=hidden -MMD -MP -c $< -o $@
+$(EMU)/libceleriac-cuda.so: $(EMU_CU_OBJ) $(EMU_RT_OBJ) build/cuda/common/err.o
+	$(EMU_CXX) -shared -Wl,--no-undefined -o $@ $^ -ldl -lm
+$(EMU)/test_%: $(EMU)/obj/tests/gpu/test_%.o $(EMU_CU_OBJ) $(EMU_RT_OBJ) $(GPU_HOST_OBJ)
+	$(EMU_CXX) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -ldl
+$(EMU)/test_emu_%: $(EMU)/obj/tests/cuda-emu/test_emu_%.o $(EMU_CU_OBJ) $(EMU_RT_OBJ) $(GPU_HOST_OBJ)
+	$(EMU_CXX) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -ldl
+.SECONDARY: $(EMU_HDR) $(patsubst %.cu,$(EMU)/src/%.cpp,$(CUDA_SRC) $(GPU_TEST_SRC) $(EMU_TEST_SRC)) \
+            $(patsubst %.cu,$(EMU)/obj/%.o,$(GPU_TEST_SRC) $(EMU_TEST_SRC))
+
+cuda-emu: deps
+	@$(MAKE) --no-print-directory $(EMU_ALL)
 
 # Each unit test links the protocol library, the worker's pure modules and the
 # model engine (tests/unit/test_model_*.c use the latter).
