@@ -48,8 +48,13 @@ void cel_gpu_dfree(cel_gpu_t *g, void *p, size_t bytes) {
 int cel_gpu_check(cel_gpu_t *g, const char *what, cel_err_t *err) {
     cudaError_t e = cudaStreamSynchronize(g->st);
     if (e == cudaSuccess) e = cudaGetLastError();
+    char gemm[160];
+    cublasStatus_t bs = cel_cuda_gemm_take_error(gemm, sizeof(gemm)); /* always cleared */
     if (e != cudaSuccess)
         return cel_err_set(err, CEL_EIO, "CUDA error in %s: %s", what, cudaGetErrorString(e));
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return cel_err_set(err, CEL_EIO, "cuBLAS error in %s: %s (%s)", what,
+                           cublasGetStatusString(bs), gemm);
     return CEL_OK;
 }
 

@@ -84,7 +84,8 @@ struct cel_gpu_lora {
 void *cel_gpu_dmalloc(cel_gpu_t *g, size_t bytes, const char *what, cel_err_t *err);
 void cel_gpu_dfree(cel_gpu_t *g, void *p, size_t bytes);
 
-/* Waits for the stream and turns a pending CUDA error into CEL_EIO. */
+/* Waits for the stream and turns a pending CUDA error, or a GEMM cuBLAS refused
+ * since the last check, into CEL_EIO. */
 int cel_gpu_check(cel_gpu_t *g, const char *what, cel_err_t *err);
 
 /* Base weight of module mod in layer l, and its (in, out) widths. */

@@ -10,6 +10,7 @@
  * largest magnitude); dQ and dK by 1e-2, as the GPU takes D = rowsum(dO * O) from the bf16
  * out where the CPU sums P * dP in fp32. Sampling must match exactly: logits are built
  * without near-ties. Without a usable GPU it prints "skipped: ..." and exits 0.
+ * CELERIAC_GPU_TEST_ONLY runs only the checks whose name contains its value.
  */
 #include <cuda_runtime.h>
 
@@ -28,6 +29,12 @@ extern "C" {
 }
 
 static int g_pass, g_fail;
+
+/* CELERIAC_GPU_TEST_ONLY=text: only the checks whose name contains it. */
+static bool wanted(const char *name) {
+    const char *only = getenv("CELERIAC_GPU_TEST_ONLY");
+    return !only || !*only || strstr(name, only);
+}
 
 /* xorshift64*: the test's own generator, so runs are reproducible. */
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
@@ -113,6 +120,8 @@ static void compare(const char *name, const float *a, const float *ref, size_t n
  * on a second run) for one shape. */
 static void check_attention(int B, int T, int NH, int NKV, int HS) {
     char name[128];
+    snprintf(name, sizeof name, "attention B=%d T=%d NH=%d NKV=%d HS=%d", B, T, NH, NKV, HS);
+    if (!wanted(name)) return;
     size_t nq = (size_t)B * T * NH * HS, nk = (size_t)B * T * NKV * HS, nl = (size_t)B * NH * T;
     std::vector<float> q(nq), k(nk), v(nk), dout(nq);
     fill(q, -2, 2), fill(k, -2, 2), fill(v, -1, 1), fill(dout, -1, 1);
@@ -123,7 +132,6 @@ static void check_attention(int B, int T, int NH, int NKV, int HS) {
     cel_cpu_attention_backward(dq.data(), dk.data(), dv.data(), scratch.data(), dout.data(),
                                lse.data(), q.data(), k.data(), v.data(), B, T, NH, NKV, HS);
 
-    snprintf(name, sizeof name, "attention B=%d T=%d NH=%d NKV=%d HS=%d", B, T, NH, NKV, HS);
     dev_bufs d;
     float *d_q = d.upload(q), *d_k = d.upload(k), *d_v = d.upload(v), *d_do = d.upload(dout);
     cel_bf16_t *d_out = d.alloc<cel_bf16_t>(nq);
@@ -199,6 +207,7 @@ static void check_decode(int NH, int NKV, int HS) {
     int KD = NKV * HS, QD = NH * HS;
     char name[128], sub[160];
     snprintf(name, sizeof name, "decode NH=%d NKV=%d HS=%d", NH, NKV, HS);
+    if (!wanted(name)) return;
     size_t nc = (size_t)n_slots * Tmax * KD;
     std::vector<float> kc(nc), vc(nc), q((size_t)S * QD), out((size_t)S * QD);
     fill(kc, -2, 2), fill(vc, -1, 1), fill(q, -2, 2);
@@ -311,6 +320,7 @@ static void check_sample(const char *what, const std::vector<float> &lg, int S, 
     char name[160];
     snprintf(name, sizeof name, "sample %s S=%d V=%d t=%g k=%d p=%g", what, S, V, temp, top_k,
              top_p);
+    if (!wanted(name)) return;
     dev_bufs d;
     float *d_lg = d.upload(lg), *d_u = d.upload(u);
     int32_t *d_out = d.alloc<int32_t>(S);
