@@ -2,7 +2,8 @@
 #
 #   make            install missing Debian packages, build bin/celeriac, bin/celeriac-executor
 #   make asan       the same programs with AddressSanitizer+UBSan under build/asan/bin/
-#   make test       deps, both builds, C unit tests (asan), integration tests (pytest)
+#   make test       deps, both builds, C unit tests (asan), the CUDA backend on the CUDA
+#                   emulator (tests/cuda-emu), integration tests (pytest)
 #   make run        deps, build, then Redis + worker + (later) Gunicorn, see scripts/run
 #   make bench      throughput/latency benchmark against the stock Python worker
 #   make cuda       the CUDA backend (bin/libceleriac-cuda.so) and its GPU tests (build/gpu/),
@@ -125,6 +126,17 @@ build/gpu/%: tests/gpu/%.cu $(CUDA_OBJ) $(GPU_HOST_OBJ)
 cuda: deps
 	@$(if $(NVCC),$(MAKE) --no-print-directory bin/libceleriac-cuda.so $(GPU_TESTS),echo "make cuda: nvcc not found; CPU-only build")
 
+# The oracle helper (tests/unit/model_oracle_helper.c): the engine driven by a JSON spec, for
+# tests/integration/test_model_oracle.py, tests/gpu/ (scripts/gpu-bundle ships it) and
+# tests/cuda-emu/. -ldl: model/device.c dlopens the CUDA backend.
+ORACLE_HELPER := build/oracle/model_oracle_helper
+$(ORACLE_HELPER): tests/unit/model_oracle_helper.c $(GPU_HOST_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -ldl
+build/asan/oracle/model_oracle_helper: tests/unit/model_oracle_helper.c $(patsubst $(OBJ)/%,$(AOBJ)/%,$(GPU_HOST_OBJ))
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -ldl
+
 # The CUDA emulator (tests/cuda-emu/, test code only): model/cuda's kernels, engine and GPU
 # tests built with the host C++ compiler against a host emulation of CUDA and cuBLAS, every
 # memory access of the backend checked (-fsanitize=kernel-address hooks land in the
@@ -161,7 +173,7 @@ $(EMU)/obj/tests/cuda-emu/%.o: $(EMU)/src/tests/cuda-emu/%.cpp $(EMU_HDR)
 	$(EMU_CXX) $(EMU_FLAGS) $(EMU_CHECKED) -iquote tests/cuda-emu -MMD -MP -c $< -o $@
 $(EMU)/obj/tests/gpu/%.o: $(EMU)/src/tests/gpu/%.cpp $(EMU_HDR)
 	@mkdir -p $(dir $@)
-	$(EMU_CXX) $(EMU_FLAGS) -iquote tests/gpu -MMD -MP -c $< -o $@
+	$(EMU_CXX) $(EMU_FLAGS) -iquote tests/gpu -iquote model/cuda -MMD -MP -c $< -o $@
 $(EMU)/rt/%.o: tests/cuda-emu/%.cpp
 	@mkdir -p $(dir $@)
 	$(EMU_CXX) $(EMU_FLAGS) -fvisibility=hidden -MMD -MP -c $< -o $@
@@ -174,8 +186,16 @@ $(EMU)/test_emu_%: $(EMU)/obj/tests/cuda-emu/test_emu_%.o $(EMU_CU_OBJ) $(EMU_RT
 .SECONDARY: $(EMU_HDR) $(patsubst %.cu,$(EMU)/src/%.cpp,$(CUDA_SRC) $(GPU_TEST_SRC) $(EMU_TEST_SRC)) \
             $(patsubst %.cu,$(EMU)/obj/%.o,$(GPU_TEST_SRC) $(EMU_TEST_SRC))
 
+# How the pieces above are built, for tests/cuda-emu/planted.py (it rebuilds one kernel file
+# with a planted bug and relinks a test the same way).
+$(EMU)/build.json: Makefile
+	@mkdir -p $(dir $@)
+	@printf '{"cxx": "%s", "flags": "%s", "checked": "%s", "libs": "%s %s -ldl",\n "rt_obj": "%s",\n "cu_obj": "%s",\n "host_obj": "%s"}\n' \
+		'$(EMU_CXX)' '$(EMU_FLAGS)' '$(EMU_CHECKED)' '$(DEPLIBS)' '$(MODELLIBS)' '$(EMU_RT_OBJ)' \
+		'$(EMU_CU_OBJ)' '$(GPU_HOST_OBJ)' > $@
+
 cuda-emu: deps
-	@$(MAKE) --no-print-directory $(EMU_ALL)
+	@$(MAKE) --no-print-directory $(EMU_ALL) $(EMU)/build.json $(ORACLE_HELPER)
 
 # Each unit test links the protocol library, the worker's pure modules and the
 # model engine (tests/unit/test_model_*.c use the latter).
@@ -185,7 +205,8 @@ build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -lcmocka
 
 test: deps
-	@$(MAKE) --no-print-directory $(BINS) $(ASAN_BINS) $(UNIT_BINS) $(if $(CUDA_LIB),$(GPU_TESTS))
+	@$(MAKE) --no-print-directory $(BINS) $(ASAN_BINS) $(UNIT_BINS) $(if $(CUDA_LIB),$(GPU_TESTS)) \
+		$(EMU_ALL) $(EMU)/build.json $(ORACLE_HELPER)
 	@scripts/run-tests
 
 unit: asan

@@ -10,9 +10,10 @@ executor's maps hold libcuda.
 
 Skipped, with the reason, where there is no NVIDIA GPU (`nvidia-smi -L` or /dev/nvidia0) or
 no CUDA backend (libceleriac-cuda.so beside bin/celeriac, or $CELERIAC_CUDA_LIB). On the GPU
-machine scripts/gpu-check runs it with the binaries, libraries, redis-server and Celery
-client of .gpu/ (scripts/gpu-bundle). CELERIAC_GPU_TEST_DEVICE=cpu runs the same test on
-the CPU (gpu-check's dry run here): then no process may map a CUDA library, and the scores
+machine tests/gpu/check.py (scripts/gpu-check) runs it with the binaries, libraries,
+redis-server and Celery client of .gpu/ (scripts/gpu-bundle).
+CELERIAC_GPU_TEST_DEVICE=cpu runs the same test on
+the CPU (check.py's dry run here): then no process may map a CUDA library, and the scores
 must equal the CLI's to 1e-4.
 Run: /usr/bin/python3 -m pytest -q tests/integration/test_gpu.py
 """
@@ -164,7 +165,7 @@ def test_worker_trains_two_adapters_on_the_gpu(worker, celery_app, model_dir, tm
     else:
         assert any("libcuda.so" in x for x in executor_cuda), \
             f"no executor maps libcuda (they map {sorted(executor_cuda)})"
-    # one line gpu-check puts in its summary
+    # one line tests/gpu/check.py puts in its summary
     print(f"\nGPU-E2E: {DEVICE}: losses {losses[a][0]:.2f}->{losses[a][-1]:.2f} and "
           f"{losses[b][0]:.2f}->{losses[b][-1]:.2f}, base mean logprob diff vs CPU "
           f"{abs(base['mean_logprob'] - ref['mean_logprob']):.2g}, executor maps "
