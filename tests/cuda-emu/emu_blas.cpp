@@ -96,6 +96,7 @@ struct op_gemm : op_t {
         int br = tb == CUBLAS_OP_N ? k : n, bc = tb == CUBLAS_OP_N ? n : k;
         size_t aes = type_size(at), bes = type_size(bt), ces = type_size(ct);
         std::vector<float> Ar((size_t)m * k), Br((size_t)n * k);
+        g.n_gemms++;
         for (int b = 0; b < batch; b++) {
             const char *Ab = (const char *)A + (size_t)(b * sa) * aes;
             const char *Bb = (const char *)B + (size_t)(b * sb) * bes;

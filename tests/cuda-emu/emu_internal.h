@@ -107,6 +107,7 @@ struct state_t {
     block_t *blk;
     const char *op_name;        /* the operation running outside a kernel (cuBLAS, a copy) */
     cudaError_t sticky;         /* a failed kernel: every later call returns it */
+    uint64_t n_launches, n_blocks, n_gemms; /* what ran, for CELERIAC_CUDA_EMU_VERBOSE */
 };
 extern state_t g;
 

@@ -158,9 +158,10 @@ static struct summary_t {
                          (unsigned long long)counts[k], kind_names[k]);
             }
         fflush(stdout);
-        fprintf(stderr, "cuda-emu: ERROR SUMMARY: %llu error%s%s%s%s\n",
-                (unsigned long long)total, total == 1 ? "" : "s", *kinds ? " (" : "", kinds,
-                *kinds ? ")" : "");
+        fprintf(stderr, "cuda-emu: ERROR SUMMARY: %llu error%s%s%s%s; ran %llu kernels (%llu "
+                "blocks), %llu GEMMs\n", (unsigned long long)total, total == 1 ? "" : "s",
+                *kinds ? " (" : "", kinds, *kinds ? ")" : "", (unsigned long long)g.n_launches,
+                (unsigned long long)g.n_blocks, (unsigned long long)g.n_gemms);
         fflush(NULL);
         if (total) _exit(97);
     }

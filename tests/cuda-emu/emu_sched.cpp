@@ -474,6 +474,7 @@ static void run_block(launch_t *L, uint3 bid) {
 
 cudaError_t run_launch(launch_t *L) {
     stacks_init();
+    g.n_launches++;
     g.job_lo = (uintptr_t)L->job;
     g.job_span = L->job->size();
     smem_set_valid(SMEM_DYN_OFF, L->smem, true);
@@ -482,6 +483,7 @@ cudaError_t run_launch(launch_t *L) {
         for (unsigned y = 0; y < gd.y && g.sticky == cudaSuccess; y++)
             for (unsigned x = 0; x < gd.x && g.sticky == cudaSuccess; x++) {
                 run_block(L, uint3{x, y, z});
+                g.n_blocks++;
                 if (blk.aborted) break;
             }
     smem_set_valid(SMEM_DYN_OFF, L->smem, false);
