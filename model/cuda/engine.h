@@ -12,11 +12,12 @@
 extern "C" {
 #include "../../common/err.h"
 #include "../config.h"
+#include "../params.h"
 }
 #include "../gpu.h"
 #include "ops.h"
 
-/* Base weights in bf16, views into one block (cel_params_t's order). */
+/* Base weights in bf16, views into one block in params.h's order (as cel_params_t). */
 typedef struct gpu_params {
     cel_bf16_t *wte, *ln1, *wq, *wk, *wv, *wo, *ln2, *wg, *wu, *wd, *lnf, *lm;
 } gpu_params_t;
