@@ -147,8 +147,10 @@ EMU_CXX    ?= g++
 EMU_FLAGS  := -O2 -g -std=c++17 -fPIC -Itests/cuda-emu/include -D_GNU_SOURCE -Wall -Wextra \
               -Werror -Wno-unused-parameter -Wno-unknown-pragmas -ffp-contract=off \
               -fno-strict-aliasing
-EMU_CHECKED := -fsanitize=kernel-address --param asan-instrumentation-with-call-threshold=0 \
-              --param asan-stack=0 --param asan-globals=0
+EMU_CLANG  := $(shell $(EMU_CXX) --version 2>/dev/null | grep -q clang && echo 1)
+EMU_CHECKED := -fsanitize=kernel-address $(if $(EMU_CLANG),-mllvm -asan-instrumentation-with-call-threshold=0 \
+              -mllvm -asan-stack=0 -mllvm -asan-globals=0,--param asan-instrumentation-with-call-threshold=0 \
+              --param asan-stack=0 --param asan-globals=0)
 EMU_RT_OBJ := $(patsubst tests/cuda-emu/%.cpp,$(EMU)/rt/%.o,$(wildcard tests/cuda-emu/emu_*.cpp))
 EMU_HDR    := $(patsubst %,$(EMU)/src/%,$(wildcard model/cuda/*.h))
 EMU_CU_OBJ := $(patsubst %.cu,$(EMU)/obj/%.o,$(CUDA_SRC))
@@ -190,9 +192,9 @@ $(EMU)/test_emu_%: $(EMU)/obj/tests/cuda-emu/test_emu_%.o $(EMU_CU_OBJ) $(EMU_RT
 # with a planted bug and relinks a test the same way).
 $(EMU)/build.json: Makefile
 	@mkdir -p $(dir $@)
-	@printf '{"cxx": "%s", "flags": "%s", "checked": "%s", "libs": "%s %s -ldl",\n "rt_obj": "%s",\n "cu_obj": "%s",\n "host_obj": "%s"}\n' \
+	@printf '{"cxx": "%s", "flags": "%s", "checked": "%s", "libs": "%s %s -ldl",\n "rt_obj": "%s",\n "cu_obj": "%s",\n "host_obj": "%s",\n "lib_obj": "%s"}\n' \
 		'$(EMU_CXX)' '$(EMU_FLAGS)' '$(EMU_CHECKED)' '$(DEPLIBS)' '$(MODELLIBS)' '$(EMU_RT_OBJ)' \
-		'$(EMU_CU_OBJ)' '$(GPU_HOST_OBJ)' > $@
+		'$(EMU_CU_OBJ)' '$(GPU_HOST_OBJ)' 'build/cuda/common/err.o' > $@
 
 cuda-emu: deps
 	@$(MAKE) --no-print-directory $(EMU_ALL) $(EMU)/build.json $(ORACLE_HELPER)

@@ -8,7 +8,9 @@
  * or cudaErrorLaunchFailure (synchronisation), a sticky error as on a device. At exit a
  * process that saw any error prints "cuda-emu: ERROR SUMMARY: N errors" and exits 97 (as
  * compute-sanitizer --error-exitcode does), so no test can pass over a report;
- * CELERIAC_CUDA_EMU_VERBOSE=1 prints the summary line with 0 errors too.
+ * CELERIAC_CUDA_EMU_VERBOSE=1 prints the summary line with 0 errors too, and
+ * CELERIAC_CUDA_EMU_FATAL=1 exits (97) at the first report, for processes whose exit
+ * status nobody reads (a worker's executors: their task then fails).
  */
 #include "emu_internal.h"
 
@@ -121,6 +123,16 @@ void report(int kind, bool fatal, void *pc, const char *fmt, ...) {
             fprintf(stderr, "    (further \"%s\" reports in %s are counted, not printed)\n",
                     kind_names[kind], ctx);
         fflush(stderr);
+    }
+    static int die_now = -1; /* CELERIAC_CUDA_EMU_FATAL=1: the first report ends the process */
+    if (die_now < 0) {
+        const char *e = getenv("CELERIAC_CUDA_EMU_FATAL");
+        die_now = e && *e && *e != '0';
+    }
+    if (die_now && !quiet) {
+        fprintf(stderr, "cuda-emu: CELERIAC_CUDA_EMU_FATAL: exiting on the first report\n");
+        fflush(NULL);
+        _exit(97);
     }
     if (fatal && t)
         abort_kernel(kind == E_OOB_GLOBAL || kind == E_FREED || kind == E_OOB_SHARED ||

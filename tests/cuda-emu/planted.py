@@ -3,8 +3,9 @@
 
 Each entry below takes one real kernel file of model/cuda/, changes one exact piece of it (the
 piece must occur exactly once, so the test follows the source or fails loudly), rebuilds that
-file as the Makefile builds it for the emulator, relinks one of tests/gpu's tests with it,
-runs the relevant cases (CELERIAC_GPU_TEST_ONLY) and requires the run to fail the way the bug
+file as the Makefile builds it for the emulator, relinks one of tests/gpu's tests with it
+(or the backend library, for a model/ unit test that loads it), runs the relevant cases
+(CELERIAC_GPU_TEST_ONLY) and requires the run to fail the way the bug
 should be caught: by the emulator's checker (an out-of-bounds access, a race) or by the
 comparison with the CPU twin (numbers). Needs `make cuda-emu` (build/cuda-emu/build.json says
 how things are built). Prints one line per bug and "N passed, N failed"; exits 1 when a bug
@@ -57,6 +58,11 @@ PLANTED = [
      "        out[i] = __float2bfloat16_rn(inp[i]);",
      "        out[i] = __float2bfloat16_rz(inp[i]);",
      "test_cuda_ops", "cast", "numbers"),
+    ("a pass returns before its stream is synchronised: the host reads its log-probs early",
+     "model/cuda/engine.cu",
+     "    return cel_gpu_check(g, do_backward ? \"forward_backward\" : \"forward\", err);",
+     "    return CEL_OK;",
+     "lib:test_model_jobs", "", "numbers"),
 ]
 
 
@@ -87,9 +93,15 @@ def build(spec, cfg):
     ]
     own = f"build/cuda-emu/obj/{os.path.splitext(path)[0]}.o"
     objs = [obj if o == own else o for o in cfg["cu_obj"].split()]
-    exe = os.path.join(d, test)
-    steps.append([cfg["cxx"], "-o", exe, f"build/cuda-emu/obj/tests/gpu/{test}.o", *objs,
-                  *cfg["rt_obj"].split(), *cfg["host_obj"].split(), *shlex.split(cfg["libs"])])
+    if test.startswith("lib:"):  # the backend library, for a program that dlopens it
+        exe = os.path.join(d, "libceleriac-cuda.so")
+        steps.append([cfg["cxx"], "-shared", "-Wl,--no-undefined", "-o", exe, *objs,
+                      *cfg["rt_obj"].split(), *cfg["lib_obj"].split(), "-ldl", "-lm"])
+    else:
+        exe = os.path.join(d, test)
+        steps.append([cfg["cxx"], "-o", exe, f"build/cuda-emu/obj/tests/gpu/{test}.o", *objs,
+                      *cfg["rt_obj"].split(), *cfg["host_obj"].split(),
+                      *shlex.split(cfg["libs"])])
     for cmd in steps:
         r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if r.returncode != 0:
@@ -99,16 +111,20 @@ def build(spec, cfg):
 
 def run(spec, exe):
     """Runs the variant; returns (caught, how)."""
-    name, _, _, _, _, only, want = spec
+    name, _, _, _, test, only, want = spec
     env = dict(os.environ, CELERIAC_GPU_TEST_ONLY=only)
+    cmd = [exe]
+    if test.startswith("lib:"):  # a unit test of model/ on the variant backend
+        cmd = [os.path.join(REPO, "build", "asan", "tests", test[4:])]
+        env.update(CELERIAC_CUDA_LIB=exe, CELERIAC_TEST_DEVICE="cuda")
     try:
-        r = subprocess.run([exe], cwd=REPO, env=env, capture_output=True, text=True,
+        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                            errors="replace", timeout=300)
     except subprocess.TimeoutExpired:
         return False, "timed out"
     out = r.stdout + r.stderr
     kinds = sorted(set(re.findall(r"^cuda-emu: ERROR \(([^)]+)\)", out, re.M)))
-    fails = len(re.findall(r"^FAIL", out, re.M))
+    fails = len(re.findall(r"^FAIL|^\[  FAILED  \]", out, re.M))
     how = "; ".join(([f"checker: {', '.join(kinds)}"] if kinds else [])
                     + ([f"numbers: {fails} checks failed"] if fails else [])
                     + [f"exit {r.returncode}"])
