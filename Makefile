@@ -167,9 +167,12 @@ $(EMU)/src/%.h: %.h tests/cuda-emu/cu2cpp.py
 	@mkdir -p $(dir $@)
 	@$(PY) tests/cuda-emu/cu2cpp.py $< $@
 # the backend and the emulator's own tests: checked; tests/gpu's host code: plain
+# (small head chunks and weight staging: the small test models run those loops many times)
+EMU_ENGINE := -DCEL_GPU_HEAD_CHUNK_BYTES=65536 -DCEL_GPU_STAGE_FLOATS=100003
 $(EMU)/obj/model/cuda/%.o: $(EMU)/src/model/cuda/%.cpp $(EMU_HDR)
 	@mkdir -p $(dir $@)
-	$(EMU_CXX) $(EMU_FLAGS) $(EMU_CHECKED) -fvisibility=hidden -iquote model/cuda -MMD -MP -c $< -o $@
+	$(EMU_CXX) $(EMU_FLAGS) $(EMU_CHECKED) $(EMU_ENGINE) -fvisibility=hidden -iquote model/cuda \
+		-MMD -MP -c $< -o $@
 $(EMU)/obj/tests/cuda-emu/%.o: $(EMU)/src/tests/cuda-emu/%.cpp $(EMU_HDR)
 	@mkdir -p $(dir $@)
 	$(EMU_CXX) $(EMU_FLAGS) $(EMU_CHECKED) -iquote tests/cuda-emu -MMD -MP -c $< -o $@
@@ -192,8 +195,8 @@ $(EMU)/test_emu_%: $(EMU)/obj/tests/cuda-emu/test_emu_%.o $(EMU_CU_OBJ) $(EMU_RT
 # with a planted bug and relinks a test the same way).
 $(EMU)/build.json: Makefile
 	@mkdir -p $(dir $@)
-	@printf '{"cxx": "%s", "flags": "%s", "checked": "%s", "libs": "%s %s -ldl",\n "rt_obj": "%s",\n "cu_obj": "%s",\n "host_obj": "%s",\n "lib_obj": "%s"}\n' \
-		'$(EMU_CXX)' '$(EMU_FLAGS)' '$(EMU_CHECKED)' '$(DEPLIBS)' '$(MODELLIBS)' '$(EMU_RT_OBJ)' \
+	@printf '{"cxx": "%s", "flags": "%s", "checked": "%s %s", "libs": "%s %s -ldl",\n "rt_obj": "%s",\n "cu_obj": "%s",\n "host_obj": "%s",\n "lib_obj": "%s"}\n' \
+		'$(EMU_CXX)' '$(EMU_FLAGS)' '$(EMU_CHECKED)' '$(EMU_ENGINE)' '$(DEPLIBS)' '$(MODELLIBS)' '$(EMU_RT_OBJ)' \
 		'$(EMU_CU_OBJ)' '$(GPU_HOST_OBJ)' 'build/cuda/common/err.o' > $@
 
 cuda-emu: deps

@@ -17,8 +17,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HEAD_CHUNK_BYTES (256u << 20) /* f32 logits of one head chunk */
-#define STAGE_FLOATS (16u << 20)      /* host->device weight staging, f32 */
+/* f32 logits of one head chunk, and the host->device weight staging in f32. The CUDA
+ * emulator's build (tests/cuda-emu) makes both small, so its small models still run the
+ * head in many chunks and upload weights in several pieces, a partial one last. */
+#ifndef CEL_GPU_HEAD_CHUNK_BYTES
+#define CEL_GPU_HEAD_CHUNK_BYTES (256u << 20)
+#endif
+#ifndef CEL_GPU_STAGE_FLOATS
+#define CEL_GPU_STAGE_FLOATS (16u << 20)
+#endif
+#define HEAD_CHUNK_BYTES ((size_t)CEL_GPU_HEAD_CHUNK_BYTES)
+#define STAGE_FLOATS ((size_t)CEL_GPU_STAGE_FLOATS)
 
 /* ------------------------------------------------------------------ memory */
 

@@ -405,7 +405,11 @@ CEL_EMU_API cudaError_t cudaFree(void *p) {
     mem_init();
     device_sync(); /* cudaFree waits for the device, as CUDA's does */
     if (!p) return g.sticky;
-    if (!dev_free(p)) return fail(cudaErrorInvalidValue);
+    if (!dev_free(p)) {
+        report(E_FREED, false, __builtin_return_address(0), "cudaFree(%p): not a live "
+               "allocation (freed twice, or never returned by cudaMalloc)", p);
+        return fail(cudaErrorInvalidValue);
+    }
     return g.sticky;
 }
 

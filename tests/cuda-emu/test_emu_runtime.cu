@@ -383,6 +383,8 @@ static void test_checks() {
     read_kernel<<<1, 1>>>(out, fresh, 3);
     cudaDeviceSynchronize();
     expect_errors("reading freed memory is a use after free", BIT(E_FREED));
+    result(cudaFree(fresh) == cudaErrorInvalidValue, "freeing it again is refused");
+    expect_errors("... and reported", BIT(E_FREED));
 
     shared_oob_kernel<<<1, 32>>>(out, 31);
     cudaDeviceSynchronize();
