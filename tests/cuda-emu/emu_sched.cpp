@@ -479,13 +479,32 @@ cudaError_t run_launch(launch_t *L) {
     g.job_span = L->job->size();
     smem_set_valid(SMEM_DYN_OFF, L->smem, true);
     dim3 gd = L->grid;
-    for (unsigned z = 0; z < gd.z && g.sticky == cudaSuccess; z++)
-        for (unsigned y = 0; y < gd.y && g.sticky == cudaSuccess; y++)
-            for (unsigned x = 0; x < gd.x && g.sticky == cudaSuccess; x++) {
-                run_block(L, uint3{x, y, z});
-                g.n_blocks++;
-                if (blk.aborted) break;
+    uint64_t n = (uint64_t)gd.x * gd.y * gd.z, step = 1, first = 0;
+    /* A device runs blocks in no promised order: the emulator walks them in a scrambled but
+     * reproducible one (i -> first + i * step mod n, step coprime with n), so a kernel that
+     * relies on block order gets another one than the natural. CELERIAC_CUDA_EMU_ORDER=linear
+     * turns it off. */
+    static int linear = -1;
+    if (linear < 0) {
+        const char *e = getenv("CELERIAC_CUDA_EMU_ORDER");
+        linear = e && strcmp(e, "linear") == 0;
+    }
+    if (!linear && n > 1) {
+        const uint64_t primes[] = {7919, 104729, 1299709, 15485863};
+        for (uint64_t p : primes)
+            if (n % p) {
+                step = p % n ? p % n : 1;
+                break;
             }
+        first = (L->id * 2654435761ull) % n;
+    }
+    for (uint64_t i = 0; i < n && g.sticky == cudaSuccess; i++) {
+        uint64_t b = (first + i * step) % n;
+        run_block(L, uint3{(unsigned)(b % gd.x), (unsigned)(b / gd.x % gd.y),
+                           (unsigned)(b / ((uint64_t)gd.x * gd.y))});
+        g.n_blocks++;
+        if (blk.aborted) break;
+    }
     smem_set_valid(SMEM_DYN_OFF, L->smem, false);
     for (int i = 0; i < L->nvars; i++) smem_set_valid(L->vars[i].off, L->vars[i].size, false);
     g.job_lo = g.job_span = 0;

@@ -4,9 +4,10 @@
  * backend). Semantics: bf16 conversions against an independent formula (every float whose
  * low half is one of 16 patterns, for every high half, plus a strided sweep of all 2^32),
  * in a kernel too; warp shuffles (idx, up, down, xor; widths 32, 16, 8) and votes against
- * PTX's lane rules; __syncthreads ordering a block; atomics; dynamic shared memory; launch
- * configuration limits; stream order, events, the legacy stream; cuBLAS GEMMs (every
- * transpose, leading dimensions, batches, bf16 and fp32 outputs) against a double loop,
+ * PTX's lane rules; __syncthreads ordering a block; atomics; blocks out of index order;
+ * dynamic shared memory; launch configuration limits; stream order, events, the legacy
+ * stream; cuBLAS GEMMs (every transpose, leading dimensions, batches, bf16 and fp32
+ * outputs) against a double loop,
  * and the argument checks cuBLAS makes. Checks: each kind of error the emulator reports is
  * provoked once by a small kernel (out of bounds, use after free, uninitialised reads,
  * shared-memory races across warps and within one, a host pointer in a kernel, a host
@@ -182,6 +183,11 @@ static __global__ void barrier_kernel(int *out) {
     }
 }
 
+/* Each block appends its index: the order blocks ran in. */
+static __global__ void order_kernel(unsigned *next, unsigned *order) {
+    if (threadIdx.x == 0) order[atomicAdd(next, 1u)] = blockIdx.x;
+}
+
 static __global__ void atomic_kernel(unsigned *count, float *sum, double *dsum) {
     atomicAdd(count, 1u);
     atomicAdd(sum, 0.5f);
@@ -225,6 +231,21 @@ static void test_block() {
     cudaMemcpy(&hs, sum, 4, cudaMemcpyDeviceToHost);
     cudaMemcpy(&hd, dsum, 8, cudaMemcpyDeviceToHost);
     result(hc == 576 && hs == 288.0f && hd == 144.0, "atomics over a 2-d grid of 2-d blocks");
+    const unsigned nb = 50;
+    unsigned *order;
+    cudaMalloc((void **)&order, nb * 4);
+    cudaMemset(cnt, 0, 4);
+    order_kernel<<<nb, 32>>>(cnt, order);
+    std::vector<unsigned> ran(nb);
+    cudaMemcpy(ran.data(), order, nb * 4, cudaMemcpyDeviceToHost);
+    std::vector<int> seen(nb, 0);
+    int sorted = 1, each_once = 1;
+    for (unsigned i = 0; i < nb; i++) {
+        each_once &= ran[i] < nb && !seen[ran[i]]++;
+        sorted &= ran[i] == i;
+    }
+    result(each_once && !sorted, "every block runs once, not in index order");
+    cudaFree(order);
     cudaFree(cnt);
     cudaFree(sum);
     cudaFree(dsum);
