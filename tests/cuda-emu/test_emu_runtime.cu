@@ -7,14 +7,14 @@
  * PTX's lane rules; __syncthreads ordering a block; atomics; blocks out of index order;
  * dynamic shared memory; launch configuration limits; stream order, events, the legacy
  * stream; cuBLAS GEMMs (every transpose, leading dimensions, batches, bf16 and fp32
- * outputs) against a double loop,
- * and the argument checks cuBLAS makes. Checks: each kind of error the emulator reports is
- * provoked once by a small kernel (out of bounds, use after free, uninitialised reads,
- * shared-memory races across warps and within one, a host pointer in a kernel, a host
- * dereference of device memory, a host read before the stream is synchronised, a warp
- * collective some lanes never reach) and must be reported, with the launch failing where a
- * device would fail it; the correct twin of each must report nothing. Prints one line per
- * check and "N passed, N failed"; exit 1 on a failure.
+ * outputs) against a double loop, and the argument checks cuBLAS makes. Checks: each kind
+ * of error the emulator reports is provoked once by a small kernel (out of bounds, use
+ * after free, a double cudaFree, uninitialised reads, shared-memory races across warps and
+ * within one, a host pointer in a kernel, a host dereference of device memory, a host read
+ * before the stream is synchronised, a warp collective some lanes never reach) and must be
+ * reported, with the launch failing where a device would fail it; the correct twin of each
+ * must report nothing. Prints one line per check and "N passed, N failed"; exit 1 on a
+ * failure.
  */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
