@@ -123,9 +123,6 @@ build/gpu/%: tests/gpu/%.cu $(CUDA_OBJ) $(GPU_HOST_OBJ)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -o $@ $^ -lcublas -lcublasLt -cudart static $(DEPLIBS) $(MODELLIBS) -ldl
 
-cuda: deps
-	@$(if $(NVCC),$(MAKE) --no-print-directory bin/libceleriac-cuda.so $(GPU_TESTS),echo "make cuda: nvcc not found; CPU-only build")
-
 # The oracle helper (tests/unit/model_oracle_helper.c): the engine driven by a JSON spec, for
 # tests/integration/test_model_oracle.py, tests/gpu/ (scripts/gpu-bundle ships it) and
 # tests/cuda-emu/. -ldl: model/device.c dlopens the CUDA backend.
@@ -201,6 +198,9 @@ $(EMU)/build.json: Makefile
 
 cuda-emu: deps
 	@$(MAKE) --no-print-directory $(EMU_ALL) $(EMU)/build.json $(ORACLE_HELPER)
+
+cuda: deps
+	@$(if $(NVCC),$(MAKE) --no-print-directory bin/libceleriac-cuda.so $(GPU_TESTS),echo "make cuda: nvcc not found; CPU-only build")
 
 # Each unit test links the protocol library, the worker's pure modules and the
 # model engine (tests/unit/test_model_*.c use the latter).
