@@ -2,11 +2,14 @@
 #
 #   make            install missing Debian packages, build bin/celeriac, bin/celeriac-executor
 #   make asan       the same programs with AddressSanitizer+UBSan under build/asan/bin/
-#   make test       deps, both builds, C unit tests (asan), integration tests (pytest)
+#   make test       deps, both builds, C unit tests (asan), the CUDA backend on the CUDA
+#                   emulator (tests/cuda-emu), integration tests (pytest)
 #   make run        deps, build, then Redis + worker + (later) Gunicorn, see scripts/run
 #   make bench      throughput/latency benchmark against the stock Python worker
 #   make cuda       the CUDA backend (bin/libceleriac-cuda.so) and its GPU tests (build/gpu/),
 #                   also part of `make` whenever nvcc is found
+#   make cuda-emu   the same backend and tests against the CUDA emulator (build/cuda-emu/),
+#                   part of `make test` (no GPU needed)
 #   make clean
 
 CC      ?= cc
@@ -56,7 +59,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))
 
 PY := /usr/bin/python3
 
-.PHONY: all asan test unit integration run bench deps clean cuda
+.PHONY: all asan test unit integration run bench deps clean cuda cuda-emu
 all: deps
 	@$(MAKE) --no-print-directory $(BINS)
 
@@ -120,6 +123,82 @@ build/gpu/%: tests/gpu/%.cu $(CUDA_OBJ) $(GPU_HOST_OBJ)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -o $@ $^ -lcublas -lcublasLt -cudart static $(DEPLIBS) $(MODELLIBS) -ldl
 
+# The oracle helper (tests/unit/model_oracle_helper.c): the engine driven by a JSON spec, for
+# tests/integration/test_model_oracle.py, tests/gpu/ (scripts/gpu-bundle ships it) and
+# tests/cuda-emu/. -ldl: model/device.c dlopens the CUDA backend.
+ORACLE_HELPER := build/oracle/model_oracle_helper
+$(ORACLE_HELPER): tests/unit/model_oracle_helper.c $(GPU_HOST_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -ldl
+build/asan/oracle/model_oracle_helper: tests/unit/model_oracle_helper.c $(patsubst $(OBJ)/%,$(AOBJ)/%,$(GPU_HOST_OBJ))
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -ldl
+
+# The CUDA emulator (tests/cuda-emu/, test code only): model/cuda's kernels, engine and GPU
+# tests built with the host C++ compiler against a host emulation of CUDA and cuBLAS, every
+# memory access of the backend checked (-fsanitize=kernel-address hooks land in the
+# emulator). build/cuda-emu/libceleriac-cuda.so is the backend the tests select with
+# CELERIAC_CUDA_LIB; build/cuda-emu/test_* are tests/gpu's tests and the emulator's own.
+EMU        := build/cuda-emu
+EMU_CXX    ?= g++
+EMU_FLAGS  := -O2 -g -std=c++17 -fPIC -Itests/cuda-emu/include -D_GNU_SOURCE -Wall -Wextra \
+              -Werror -Wno-unused-parameter -Wno-unknown-pragmas -ffp-contract=off \
+              -fno-strict-aliasing
+EMU_CLANG  := $(shell $(EMU_CXX) --version 2>/dev/null | grep -q clang && echo 1)
+EMU_CHECKED := -fsanitize=kernel-address $(if $(EMU_CLANG),-mllvm -asan-instrumentation-with-call-threshold=0 \
+              -mllvm -asan-stack=0 -mllvm -asan-globals=0,--param asan-instrumentation-with-call-threshold=0 \
+              --param asan-stack=0 --param asan-globals=0)
+EMU_RT_OBJ := $(patsubst tests/cuda-emu/%.cpp,$(EMU)/rt/%.o,$(wildcard tests/cuda-emu/emu_*.cpp))
+EMU_HDR    := $(patsubst %,$(EMU)/src/%,$(wildcard model/cuda/*.h))
+EMU_CU_OBJ := $(patsubst %.cu,$(EMU)/obj/%.o,$(CUDA_SRC))
+EMU_TEST_SRC := $(wildcard tests/cuda-emu/test_*.cu)
+EMU_TESTS  := $(patsubst tests/gpu/%.cu,$(EMU)/%,$(GPU_TEST_SRC)) \
+              $(patsubst tests/cuda-emu/%.cu,$(EMU)/%,$(EMU_TEST_SRC))
+EMU_ALL    := $(EMU)/libceleriac-cuda.so $(EMU_TESTS)
+
+# cu2cpp.py: <<<>>> launches and __shared__ declarations rewritten, lines kept.
+$(EMU)/src/%.cpp: %.cu tests/cuda-emu/cu2cpp.py
+	@mkdir -p $(dir $@)
+	@$(PY) tests/cuda-emu/cu2cpp.py $< $@
+$(EMU)/src/%.h: %.h tests/cuda-emu/cu2cpp.py
+	@mkdir -p $(dir $@)
+	@$(PY) tests/cuda-emu/cu2cpp.py $< $@
+# the backend and the emulator's own tests: checked; tests/gpu's host code: plain
+# (small head chunks and weight staging: the small test models run those loops many times)
+EMU_ENGINE := -DCEL_GPU_HEAD_CHUNK_BYTES=65536 -DCEL_GPU_STAGE_FLOATS=100003
+$(EMU)/obj/model/cuda/%.o: $(EMU)/src/model/cuda/%.cpp $(EMU_HDR)
+	@mkdir -p $(dir $@)
+	$(EMU_CXX) $(EMU_FLAGS) $(EMU_CHECKED) $(EMU_ENGINE) -fvisibility=hidden -iquote model/cuda \
+		-MMD -MP -c $< -o $@
+$(EMU)/obj/tests/cuda-emu/%.o: $(EMU)/src/tests/cuda-emu/%.cpp $(EMU_HDR)
+	@mkdir -p $(dir $@)
+	$(EMU_CXX) $(EMU_FLAGS) $(EMU_CHECKED) -iquote tests/cuda-emu -MMD -MP -c $< -o $@
+$(EMU)/obj/tests/gpu/%.o: $(EMU)/src/tests/gpu/%.cpp $(EMU_HDR)
+	@mkdir -p $(dir $@)
+	$(EMU_CXX) $(EMU_FLAGS) -iquote tests/gpu -iquote model/cuda -MMD -MP -c $< -o $@
+$(EMU)/rt/%.o: tests/cuda-emu/%.cpp
+	@mkdir -p $(dir $@)
+	$(EMU_CXX) $(EMU_FLAGS) -fvisibility=hidden -MMD -MP -c $< -o $@
+$(EMU)/libceleriac-cuda.so: $(EMU_CU_OBJ) $(EMU_RT_OBJ) build/cuda/common/err.o
+	$(EMU_CXX) -shared -Wl,--no-undefined -o $@ $^ -ldl -lm
+$(EMU)/test_%: $(EMU)/obj/tests/gpu/test_%.o $(EMU_CU_OBJ) $(EMU_RT_OBJ) $(GPU_HOST_OBJ)
+	$(EMU_CXX) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -ldl
+$(EMU)/test_emu_%: $(EMU)/obj/tests/cuda-emu/test_emu_%.o $(EMU_CU_OBJ) $(EMU_RT_OBJ) $(GPU_HOST_OBJ)
+	$(EMU_CXX) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -ldl
+.SECONDARY: $(EMU_HDR) $(patsubst %.cu,$(EMU)/src/%.cpp,$(CUDA_SRC) $(GPU_TEST_SRC) $(EMU_TEST_SRC)) \
+            $(patsubst %.cu,$(EMU)/obj/%.o,$(GPU_TEST_SRC) $(EMU_TEST_SRC))
+
+# How the pieces above are built, for tests/cuda-emu/planted.py (it rebuilds one kernel file
+# with a planted bug and relinks a test the same way).
+$(EMU)/build.json: Makefile
+	@mkdir -p $(dir $@)
+	@printf '{"cxx": "%s", "flags": "%s", "checked": "%s %s", "libs": "%s %s -ldl",\n "rt_obj": "%s",\n "cu_obj": "%s",\n "host_obj": "%s",\n "lib_obj": "%s"}\n' \
+		'$(EMU_CXX)' '$(EMU_FLAGS)' '$(EMU_CHECKED)' '$(EMU_ENGINE)' '$(DEPLIBS)' '$(MODELLIBS)' '$(EMU_RT_OBJ)' \
+		'$(EMU_CU_OBJ)' '$(GPU_HOST_OBJ)' 'build/cuda/common/err.o' > $@
+
+cuda-emu: deps
+	@$(MAKE) --no-print-directory $(EMU_ALL) $(EMU)/build.json $(ORACLE_HELPER)
+
 cuda: deps
 	@$(if $(NVCC),$(MAKE) --no-print-directory bin/libceleriac-cuda.so $(GPU_TESTS),echo "make cuda: nvcc not found; CPU-only build")
 
@@ -135,7 +214,8 @@ build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -lcmocka
 
 test: deps
-	@$(MAKE) --no-print-directory $(BINS) $(ASAN_BINS) $(UNIT_BINS) $(if $(CUDA_LIB),$(GPU_TESTS))
+	@$(MAKE) --no-print-directory $(BINS) $(ASAN_BINS) $(UNIT_BINS) $(if $(CUDA_LIB),$(GPU_TESTS)) \
+		$(EMU_ALL) $(EMU)/build.json $(ORACLE_HELPER)
 	@scripts/run-tests
 
 unit: asan

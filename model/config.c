@@ -18,6 +18,8 @@
 
 #include <jansson.h>
 
+#include "params.h"
+
 /* Reads an integer key into *out within [lo, hi]; a missing key keeps *out
  * when optional, else fails. */
 static int get_int(json_t *root, const char *key, int optional, long long lo, long long hi,
@@ -95,12 +97,7 @@ static int parse_rope_scaling(json_t *root, cel_config_t *c, cel_err_t *err) {
                        type);
 }
 
-uint64_t cel_config_param_count(const cel_config_t *c) {
-    uint64_t V = c->V, C = c->C, I = c->I, q = (uint64_t)c->NH * c->HS,
-             kv = (uint64_t)c->NKV * c->HS;
-    uint64_t layer = 2 * C + q * C + 2 * kv * C + C * q + 3 * I * C;
-    return V * C + c->L * layer + C + (c->tied ? 0 : V * C);
-}
+uint64_t cel_config_param_count(const cel_config_t *c) { return cel_params_count(c); }
 
 int cel_config_parse(const char *text, size_t len, cel_config_t *out, cel_err_t *err) {
     memset(out, 0, sizeof(*out));

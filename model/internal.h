@@ -15,6 +15,7 @@
 
 #include "config.h"
 #include "model.h"
+#include "params.h"
 
 /* The seven linear layers a LoRA can target, in PEFT's naming. */
 enum { CEL_MOD_Q, CEL_MOD_K, CEL_MOD_V, CEL_MOD_O, CEL_MOD_GATE, CEL_MOD_UP, CEL_MOD_DOWN,
@@ -27,8 +28,9 @@ extern const char *const cel_model_mod_paths[CEL_NMOD];
 /* Input and output width of module mod. */
 void cel_model_mod_dims(const cel_config_t *c, int mod, int *in, int *out);
 
-/* Views into one parameter-shaped block (weights, grads, or AdamW moments).
- * lm aliases wte when the head is tied. */
+/* Views into one parameter-shaped block (weights, grads, or AdamW moments),
+ * in params.h's order (CEL_PARAMS_LAYOUT, shared with the CUDA backend). lm
+ * aliases wte when the head is tied. */
 typedef struct cel_params {
     float *wte; /* (V,C) */
     float *ln1; /* (L,C) */

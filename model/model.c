@@ -46,20 +46,11 @@ void cel_model_mod_weight_name(char *buf, size_t len, int l, int mod) {
 }
 
 void cel_model_params_views(const cel_config_t *c, float *block, cel_params_t *p) {
-    size_t V = c->V, C = c->C, L = c->L, I = c->I, q = (size_t)c->NH * c->HS,
-           kv = (size_t)c->NKV * c->HS;
+    CEL_PARAMS_SIZES(c);
     float *x = block;
-    p->wte = x, x += V * C;
-    p->ln1 = x, x += L * C;
-    p->wq = x, x += L * q * C;
-    p->wk = x, x += L * kv * C;
-    p->wv = x, x += L * kv * C;
-    p->wo = x, x += L * C * q;
-    p->ln2 = x, x += L * C;
-    p->wg = x, x += L * I * C;
-    p->wu = x, x += L * I * C;
-    p->wd = x, x += L * C * I;
-    p->lnf = x, x += C;
+#define VIEW(name, count) p->name = x, x += (count);
+    CEL_PARAMS_LAYOUT(VIEW)
+#undef VIEW
     p->lm = c->tied ? p->wte : x;
 }
 

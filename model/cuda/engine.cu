@@ -17,8 +17,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HEAD_CHUNK_BYTES (256u << 20) /* f32 logits of one head chunk */
-#define STAGE_FLOATS (16u << 20)      /* host->device weight staging, f32 */
+/* f32 logits of one head chunk, and the host->device weight staging in f32. The CUDA
+ * emulator's build (tests/cuda-emu) makes both small, so its small models still run the
+ * head in many chunks and upload weights in several pieces, a partial one last. */
+#ifndef CEL_GPU_HEAD_CHUNK_BYTES
+#define CEL_GPU_HEAD_CHUNK_BYTES (256u << 20)
+#endif
+#ifndef CEL_GPU_STAGE_FLOATS
+#define CEL_GPU_STAGE_FLOATS (16u << 20)
+#endif
+#define HEAD_CHUNK_BYTES ((size_t)CEL_GPU_HEAD_CHUNK_BYTES)
+#define STAGE_FLOATS ((size_t)CEL_GPU_STAGE_FLOATS)
 
 /* ------------------------------------------------------------------ memory */
 
@@ -48,8 +57,13 @@ void cel_gpu_dfree(cel_gpu_t *g, void *p, size_t bytes) {
 int cel_gpu_check(cel_gpu_t *g, const char *what, cel_err_t *err) {
     cudaError_t e = cudaStreamSynchronize(g->st);
     if (e == cudaSuccess) e = cudaGetLastError();
+    char gemm[160];
+    cublasStatus_t bs = cel_cuda_gemm_take_error(gemm, sizeof(gemm)); /* always cleared */
     if (e != cudaSuccess)
         return cel_err_set(err, CEL_EIO, "CUDA error in %s: %s", what, cudaGetErrorString(e));
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return cel_err_set(err, CEL_EIO, "cuBLAS error in %s: %s (%s)", what,
+                           cublasGetStatusString(bs), gemm);
     return CEL_OK;
 }
 
@@ -67,28 +81,18 @@ static int device_count(cel_err_t *err) {
     return n;
 }
 
-/* Bytes of the base weights in bf16: cel_config_param_count's formula (config.c
- * is not linked here: it would bring jansson into the backend). */
+/* Bytes of the base weights in bf16 (params.h's count; config.c is not linked
+ * here: it would bring jansson into the backend). */
 static size_t weight_bytes(const cel_config_t *c) {
-    size_t V = c->V, C = c->C, I = c->I, q = (size_t)c->NH * c->HS, kv = (size_t)c->NKV * c->HS;
-    size_t layer = 2 * C + q * C + 2 * kv * C + C * q + 3 * I * C;
-    return (V * C + c->L * layer + C + (c->tied ? 0 : V * C)) * sizeof(cel_bf16_t);
+    return cel_params_count(c) * sizeof(cel_bf16_t);
 }
 
+/* Points p's views into the bf16 block x, in params.h's order. */
 static void params_views(const cel_config_t *c, cel_bf16_t *x, gpu_params_t *p) {
-    size_t V = c->V, C = c->C, L = c->L, I = c->I, q = (size_t)c->NH * c->HS,
-           kv = (size_t)c->NKV * c->HS;
-    p->wte = x, x += V * C;
-    p->ln1 = x, x += L * C;
-    p->wq = x, x += L * q * C;
-    p->wk = x, x += L * kv * C;
-    p->wv = x, x += L * kv * C;
-    p->wo = x, x += L * C * q;
-    p->ln2 = x, x += L * C;
-    p->wg = x, x += L * I * C;
-    p->wu = x, x += L * I * C;
-    p->wd = x, x += L * C * I;
-    p->lnf = x, x += C;
+    CEL_PARAMS_SIZES(c);
+#define VIEW(name, count) p->name = x, x += (count);
+    CEL_PARAMS_LAYOUT(VIEW)
+#undef VIEW
     p->lm = c->tied ? p->wte : x;
 }
 
@@ -137,8 +141,7 @@ static int gpu_open(int index, const cel_gpu_model_src_t *src, cel_gpu_t **out,
         goto fail;
     }
     {
-        size_t V = c->V, C = c->C, L = c->L, I = c->I, q = (size_t)c->NH * c->HS,
-               kv = (size_t)c->NKV * c->HS;
+        CEL_PARAMS_SIZES(c);
         g->wblock = (cel_bf16_t *)cel_gpu_dmalloc(g, weight_bytes(c), "base weights", err);
         stage = (float *)cel_gpu_dmalloc(g, STAGE_FLOATS * sizeof(float), "staging", err);
         size_t rope = (size_t)src->maxT * (c->HS / 2) * sizeof(float);
@@ -149,15 +152,11 @@ static int gpu_open(int index, const cel_gpu_model_src_t *src, cel_gpu_t **out,
             goto fail;
         }
         params_views(c, g->wblock, &g->p);
-        const float *hs[] = {src->wte, src->ln1, src->wq, src->wk, src->wv, src->wo,
-                             src->ln2, src->wg, src->wu, src->wd, src->lnf, src->lm};
-        cel_bf16_t *ds[] = {g->p.wte, g->p.ln1, g->p.wq, g->p.wk, g->p.wv, g->p.wo,
-                            g->p.ln2, g->p.wg, g->p.wu, g->p.wd, g->p.lnf, g->p.lm};
-        size_t ns[] = {V * C, L * C, L * q * C, L * kv * C, L * kv * C, L * C * q,
-                       L * C, L * I * C, L * I * C, L * C * I, C, V * C};
-        int cnt = c->tied ? 11 : 12;
-        for (int i = 0; i < cnt && rc == CEL_OK; i++)
-            rc = upload_bf16(g, ds[i], hs[i], ns[i], stage, err);
+#define UPLOAD(name, count) \
+    if (rc == CEL_OK) rc = upload_bf16(g, g->p.name, src->name, (count), stage, err);
+        CEL_PARAMS_LAYOUT(UPLOAD)
+#undef UPLOAD
+        if (rc == CEL_OK && !c->tied) rc = upload_bf16(g, g->p.lm, src->lm, V * C, stage, err);
         if (rc != CEL_OK) goto fail;
         if (cudaMemcpy(g->rope_cos, src->rope_cos, rope, cudaMemcpyHostToDevice) != cudaSuccess ||
             cudaMemcpy(g->rope_sin, src->rope_sin, rope, cudaMemcpyHostToDevice) != cudaSuccess) {

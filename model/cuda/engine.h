@@ -12,11 +12,12 @@
 extern "C" {
 #include "../../common/err.h"
 #include "../config.h"
+#include "../params.h"
 }
 #include "../gpu.h"
 #include "ops.h"
 
-/* Base weights in bf16, views into one block (cel_params_t's order). */
+/* Base weights in bf16, views into one block in params.h's order (as cel_params_t). */
 typedef struct gpu_params {
     cel_bf16_t *wte, *ln1, *wq, *wk, *wv, *wo, *ln2, *wg, *wu, *wd, *lnf, *lm;
 } gpu_params_t;
@@ -84,7 +85,8 @@ struct cel_gpu_lora {
 void *cel_gpu_dmalloc(cel_gpu_t *g, size_t bytes, const char *what, cel_err_t *err);
 void cel_gpu_dfree(cel_gpu_t *g, void *p, size_t bytes);
 
-/* Waits for the stream and turns a pending CUDA error into CEL_EIO. */
+/* Waits for the stream and turns a pending CUDA error, or a GEMM cuBLAS refused
+ * since the last check, into CEL_EIO. */
 int cel_gpu_check(cel_gpu_t *g, const char *what, cel_err_t *err);
 
 /* Base weight of module mod in layer l, and its (in, out) widths. */

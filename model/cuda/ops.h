@@ -47,6 +47,11 @@ void cel_cuda_gemm(cublasHandle_t h, int ta, int tb, int M, int N, int K, float 
                    const cel_bf16_t *A, int lda, const cel_bf16_t *B, int ldb, float beta,
                    float *c, cel_bf16_t *c_bf16, int ldc);
 
+/* The first status other than success a GEMM got from cuBLAS since the last
+ * call (which clears it), its shape in what; CUBLAS_STATUS_SUCCESS when none.
+ * The engine's check turns it into an error, as it does a pending CUDA error. */
+cublasStatus_t cel_cuda_gemm_take_error(char *what, size_t len);
+
 /* out = inp @ weight^T (+ beta * out): a bias-free nn.Linear. */
 void cel_cuda_matmul_forward(cublasHandle_t h, float *out /* (N,OC) */,
                              const cel_bf16_t *inp /* (N,IC) */,

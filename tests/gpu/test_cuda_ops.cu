@@ -3,17 +3,20 @@
  * For every op (casts, GEMM, matmul, LoRA, embedding, RMSNorm, RoPE, SwiGLU,
  * residual, cross-entropy, AdamW) it draws deterministic random inputs at two
  * sizes (a small one with no dimension a multiple of 32, and a moderately
- * large one), runs the CPU op and the CUDA op and compares with a stated
+ * large one, smaller under tests/cuda-emu's CPU emulation), runs the CPU op and the CUDA op and compares with a stated
  * tolerance: |got - ref| <= atol + rtol |ref| per element, atol a multiple of
  * max |ref|. Inputs the CUDA op reads as bf16 are rounded to bf16 for the CPU
  * too, so bf16 paths differ only by accumulation order and the final bf16
  * rounding. Prints one line per check and "N passed, N failed"; exits 1 on any
  * failure (a CUDA error counts as one). With no CUDA device it prints a skip
- * line and exits 0. Attention and sampling have their own test.
+ * line and exits 0. Attention and sampling have their own test. Also: a GEMM
+ * cuBLAS refuses reaches the engine's check as an error. CELERIAC_GPU_TEST_ONLY
+ * runs only the cases whose name contains its value.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <vector>
@@ -22,6 +25,7 @@ extern "C" {
 #include "../../model/config.h"
 #include "../../model/cpu/ops.h"
 }
+#include "../../model/cuda/engine.h"
 #include "../../model/cuda/ops.h"
 
 typedef std::vector<float> fvec;
@@ -46,8 +50,14 @@ typedef struct sizes {
 
 static const sizes_t SMALL = {"small", 37, 200, 301, 523, 5, 3, 50, 64, 1003, 37, 1003, 10007,
                               CEL_ROPE_PLAIN};
+#ifndef CEL_CUDA_EMU
 static const sizes_t LARGE = {"large", 517, 2048, 1531, 5504, 16, 40, 128, 4096, 32003, 133, 128256,
                               3000017, CEL_ROPE_LLAMA3};
+#else
+/* tests/cuda-emu runs every thread on the CPU: still many blocks and tiles, fewer elements */
+static const sizes_t LARGE = {"large", 133, 520, 391, 1100, 16, 10, 128, 1024, 32003, 19, 50257,
+                              300017, CEL_ROPE_LLAMA3};
+#endif
 
 static int g_passed, g_failed;
 static char g_err[256]; /* the first CUDA error since the current case began */
@@ -664,17 +674,64 @@ static void test_adamw(const sizes_t &s) {
     dfree_all();
 }
 
+/* A GEMM cuBLAS refuses (lda < K: A is (M,K) row-major) is not silent: the
+ * status waits in cel_cuda_gemm_take_error, and the engine's check makes it an
+ * error (a regression test: the status used to be dropped). */
+static void test_gemm_refused(void) {
+    const sizes_t s = {"refused", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, CEL_ROPE_PLAIN};
+    case_begin();
+    int M = 4, N = 4, K = 8;
+    cel_bf16_t *dA = up_bf16(fvec((size_t)M * K, 1.0f)), *dB = up_bf16(fvec((size_t)K * N, 1.0f));
+    float *dC = up_f32(fvec((size_t)M * N, 0.0f));
+    char what[160] = "";
+    cublasStatus_t st = CUBLAS_STATUS_SUCCESS, st2 = CUBLAS_STATUS_SUCCESS;
+    int rc = CEL_OK;
+    cel_err_t err;
+    cel_err_clear(&err);
+    if (!g_err[0]) {
+        (void)cel_cuda_gemm_take_error(NULL, 0);
+        cel_cuda_gemm(g_blas, 0, 0, M, N, K, 1.0f, dA, K - 1, dB, N, 0.0f, dC, NULL, N);
+        st = cel_cuda_gemm_take_error(what, sizeof what);
+        st2 = cel_cuda_gemm_take_error(NULL, 0);
+        cel_cuda_gemm(g_blas, 0, 0, M, N, K, 1.0f, dA, K - 1, dB, N, 0.0f, dC, NULL, N);
+        cel_gpu_t g;
+        memset(&g, 0, sizeof g);
+        g.st = g_st;
+        rc = cel_gpu_check(&g, "a test pass", &err);
+    }
+    sync_all("gemm refused");
+    bool ok = st == CUBLAS_STATUS_INVALID_VALUE && st2 == CUBLAS_STATUS_SUCCESS &&
+              strstr(what, "lda=7") && rc == CEL_EIO && strstr(err.msg, "cuBLAS error in a test pass");
+    if (g_err[0] || !ok) {
+        printf("FAIL %-40s status %d then %d (%s); check rc %d: %s %s\n", "gemm refused [lda < K]",
+               (int)st, (int)st2, what, rc, err.msg, g_err);
+        g_failed++;
+    } else {
+        printf("ok   %-40s %s\n", "gemm refused [lda < K]", err.msg);
+        g_passed++;
+    }
+    (void)s;
+    dfree_all();
+}
+
+/* CELERIAC_GPU_TEST_ONLY=name: only the cases whose name contains it (tests/cuda-emu's
+ * planted-bug test runs one op at a time). */
+static bool wanted(const char *name) {
+    const char *only = getenv("CELERIAC_GPU_TEST_ONLY");
+    return !only || !*only || strstr(name, only);
+}
+
 static void run_all(const sizes_t &s) {
-    test_cast(s);
-    test_matmul(s);
-    test_lora(s);
-    test_embedding(s);
-    test_rmsnorm(s);
-    test_rope(s);
-    test_swiglu(s);
-    test_residual(s);
-    test_crossentropy(s);
-    test_adamw(s);
+    if (wanted("cast")) test_cast(s);
+    if (wanted("matmul")) test_matmul(s);
+    if (wanted("lora")) test_lora(s);
+    if (wanted("embedding")) test_embedding(s);
+    if (wanted("rmsnorm")) test_rmsnorm(s);
+    if (wanted("rope")) test_rope(s);
+    if (wanted("swiglu")) test_swiglu(s);
+    if (wanted("residual")) test_residual(s);
+    if (wanted("crossentropy")) test_crossentropy(s);
+    if (wanted("adamw")) test_adamw(s);
 }
 
 int main(void) {
@@ -698,9 +755,10 @@ int main(void) {
         cudaStreamDestroy(g_st);
         return 1;
     }
-    for (int ta = 0; ta < 2; ta++)
+    for (int ta = 0; ta < 2 && wanted("gemm"); ta++)
         for (int tb = 0; tb < 2; tb++)
             for (int bf = 0; bf < 2; bf++) test_gemm_case(SMALL, ta, tb, bf);
+    if (wanted("gemm")) test_gemm_refused();
     run_all(SMALL);
     run_all(LARGE);
     cublasDestroy(g_blas);

@@ -10,10 +10,13 @@ executor's maps hold libcuda.
 
 Skipped, with the reason, where there is no NVIDIA GPU (`nvidia-smi -L` or /dev/nvidia0) or
 no CUDA backend (libceleriac-cuda.so beside bin/celeriac, or $CELERIAC_CUDA_LIB). On the GPU
-machine scripts/gpu-check runs it with the binaries, libraries, redis-server and Celery
-client of .gpu/ (scripts/gpu-bundle). CELERIAC_GPU_TEST_DEVICE=cpu runs the same test on
-the CPU (gpu-check's dry run here): then no process may map a CUDA library, and the scores
-must equal the CLI's to 1e-4.
+machine tests/gpu/check.py (scripts/gpu-check) runs it with the binaries, libraries,
+redis-server and Celery client of .gpu/ (scripts/gpu-bundle).
+CELERIAC_GPU_TEST_DEVICE=cpu runs the same test on
+the CPU (check.py's dry run here): then no process may map a CUDA library, and the scores
+must equal the CLI's to 1e-4. CELERIAC_GPU_TEST_EMU=1 with $CELERIAC_CUDA_LIB pointing at
+build/cuda-emu/libceleriac-cuda.so runs it on the CUDA emulator (tests/cuda-emu/run.py does):
+no device needed, and the executor must map that library.
 Run: /usr/bin/python3 -m pytest -q tests/integration/test_gpu.py
 """
 import json
@@ -28,9 +31,14 @@ import pytest
 from conftest import REPO, celeriac_bin_dir, scaled
 
 DEVICE = os.environ.get("CELERIAC_GPU_TEST_DEVICE", "cuda")
+# CELERIAC_GPU_TEST_EMU=1 (tests/cuda-emu/run.py): $CELERIAC_CUDA_LIB is the backend built
+# against the CUDA emulator, so no NVIDIA device is needed and the executor maps that
+# library instead of libcuda.
+EMU = os.environ.get("CELERIAC_GPU_TEST_EMU", "") not in ("", "0") and DEVICE != "cpu"
 TEXT = "The quick brown fox jumps over the lazy dog."
 T = 90  # seconds for one result (the first CUDA task also pays for the context)
-CUDA_LIBS = ("libcuda.so", "libcudart", "libcublas")
+CUDA_LIBS = ("libcuda.so", "libcudart", "libcublas", "libceleriac-cuda")
+EXECUTOR_GPU_LIB = "libceleriac-cuda.so" if EMU else "libcuda.so"
 # bf16 weights and GEMM inputs vs the fp32 CPU engine on the tiny model: per-token log-prob
 # differences of a few hundredths of a nat; the mean over the text is tighter.
 TOL_TOKEN = 0.25 if DEVICE != "cpu" else 1e-4
@@ -44,6 +52,8 @@ def _why_skip():
                                                                "libceleriac-cuda.so")
     if not os.path.exists(lib):
         return f"no CUDA backend ({lib} not built: `make cuda` where nvcc is)"
+    if EMU:
+        return None
     seen = os.path.exists("/dev/nvidia0")
     if not seen and shutil.which("nvidia-smi"):
         try:
@@ -162,10 +172,10 @@ def test_worker_trains_two_adapters_on_the_gpu(worker, celery_app, model_dir, tm
     if DEVICE == "cpu":
         assert not executor_cuda, f"a CPU executor maps {sorted(executor_cuda)}"
     else:
-        assert any("libcuda.so" in x for x in executor_cuda), \
-            f"no executor maps libcuda (they map {sorted(executor_cuda)})"
-    # one line gpu-check puts in its summary
-    print(f"\nGPU-E2E: {DEVICE}: losses {losses[a][0]:.2f}->{losses[a][-1]:.2f} and "
+        assert any(EXECUTOR_GPU_LIB in x for x in executor_cuda), \
+            f"no executor maps {EXECUTOR_GPU_LIB} (they map {sorted(executor_cuda)})"
+    # one line tests/gpu/check.py puts in its summary
+    print(f"\nGPU-E2E: {DEVICE}{' (emulated)' if EMU else ''}: losses {losses[a][0]:.2f}->{losses[a][-1]:.2f} and "
           f"{losses[b][0]:.2f}->{losses[b][-1]:.2f}, base mean logprob diff vs CPU "
           f"{abs(base['mean_logprob'] - ref['mean_logprob']):.2g}, executor maps "
           f"{', '.join(os.path.basename(x) for x in sorted(executor_cuda)) or 'no CUDA'}, "

@@ -16,14 +16,10 @@ weights and AdamW moments 1e-3 rel of the element + 1e-4 x max(1, max |tensor|) 
 float64 run by up to 4e-4 on them: C's error measured the same way is of the same size).
 AdamW eps is 1e-6 so that float-noise-sized gradients cannot flip an update's sign.
 
-The helper is compiled here with one cc line (no Makefile target needed):
-  cc -O2 -std=c11 -D_GNU_SOURCE $(pkg-config --cflags openblas) -o build/oracle/model_oracle_helper \
-     tests/unit/model_oracle_helper.c model/*.c (but tokenizer*, unicode*) model/cpu/*.c \
-     common/err.c $(pkg-config --libs openblas jansson) -lm
-CEL_ORACLE_ASAN=1 adds -fsanitize=address,undefined.
+The helper is the Makefile's build/oracle/model_oracle_helper (made here if missing);
+CEL_ORACLE_ASAN=1 takes build/asan/oracle/model_oracle_helper (AddressSanitizer + UBSan).
 Run: /usr/bin/python3 -m pytest -q tests/integration/test_model_oracle.py
 """
-import glob
 import json
 import math
 import os
@@ -50,25 +46,12 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def helper():
-    out = os.path.join(REPO, "build", "oracle")
-    os.makedirs(out, exist_ok=True)
-    exe = os.path.join(out, "model_oracle_helper")
-    # the engine only: the tokenizer (another module of model/) is not needed here
-    engine = [s for s in sorted(glob.glob("model/*.c"))
-              if not os.path.basename(s).startswith(("tokenizer", "unicode"))]
-    srcs = (["tests/unit/model_oracle_helper.c"] + engine + sorted(glob.glob("model/cpu/*.c"))
-            + ["common/err.c"])
-    cflags = subprocess.run(["pkg-config", "--cflags", "openblas"], capture_output=True,
-                            text=True).stdout.split()
-    libs = subprocess.run(["pkg-config", "--libs", "openblas", "jansson"], capture_output=True,
-                          text=True).stdout.split()
-    san = ["-fsanitize=address,undefined", "-g"] if os.environ.get("CEL_ORACLE_ASAN") else []
-    cmd = (["cc", "-O2", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",
-            "-Wno-unused-parameter"] + san + cflags + ["-o", exe] + [os.path.join(REPO, s) for s in srcs]
-           + libs + ["-lm"])
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 0, f"building the helper failed:\n{' '.join(cmd)}\n{r.stderr}"
-    return exe
+    target = ("build/asan/oracle/model_oracle_helper" if os.environ.get("CEL_ORACLE_ASAN")
+              else "build/oracle/model_oracle_helper")
+    r = subprocess.run(["make", "--no-print-directory", "-s", target], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, f"make {target} failed:\n{r.stdout}{r.stderr}"
+    return os.path.join(REPO, target)
 
 
 # ---------------------------------------------------------------- the reference model

@@ -48,16 +48,22 @@ static float *float_array(json_t *a, size_t want) {
     return x;
 }
 
-/* Largest |a-b| over n, divided by max(1, max|a|). */
+/* The larger of acc and d; a NaN sticks (a comparison alone would skip it, and a NaN
+ * result would pass every tolerance). */
+static double worse(double acc, double d) { return d > acc || d != d ? d : acc; }
+
+/* Largest |a-b| over n, divided by max(1, max|a|); NaN when any difference is NaN. */
 static double rel_diff(const float *a, const float *b, size_t n) {
     double worst = 0, scale = 1;
     for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        worst = d > worst ? d : worst;
+        worst = worse(worst, fabs((double)a[i] - b[i]));
         scale = fabs(a[i]) > scale ? fabs(a[i]) : scale;
     }
     return worst / scale;
 }
+
+/* JSON has no NaN: a non-finite difference is written as 1e308 (and is never ok). */
+static double json_num(double x) { return isfinite(x) ? x : 1e308; }
 
 static float *copy_block(cel_lora_t *l, const float *block) {
     cel_err_t err;
@@ -102,12 +108,12 @@ static void compare_batched(cel_model_t *m, cel_batch_t *b, size_t nb, const cel
         size_t n = (size_t)b[i].B * b[i].T;
         double sl = fabs(loss_a[i]) > 1 ? fabs(loss_a[i]) : 1;
         double dl = fabs(jobs[i].loss - loss_a[i]) / sl;
-        d_loss = dl > d_loss ? dl : d_loss;
+        d_loss = worse(d_loss, dl);
         double dp = rel_diff(lp_a[i], lp_p[i], n);
-        d_lp = dp > d_lp ? dp : d_lp;
+        d_lp = worse(d_lp, dp);
         float *g_p = copy_block(l[i], l[i]->g);
         double dg = rel_diff(g_a[i], g_p, l[i]->n);
-        d_g = dg > d_g ? dg : d_g;
+        d_g = worse(d_g, dg);
         /* a step from the packed grads (on the device) vs from the lone ones (host) */
         if (cel_lora_step(l[i], opt, NULL, &err) != CEL_OK) die("step", &err);
         float *w_p = copy_block(l[i], l[i]->w);
@@ -119,7 +125,7 @@ static void compare_batched(cel_model_t *m, cel_batch_t *b, size_t nb, const cel
         l[i]->step = 0;
         if (cel_lora_step(l[i], opt, NULL, &err) != CEL_OK) die("step", &err);
         double dw = rel_diff(l[i]->w, w_p, l[i]->n);
-        d_w = dw > d_w ? dw : d_w;
+        d_w = worse(d_w, dw);
         free(g_p);
         free(w_p);
         free(lp_a[i]);
@@ -130,8 +136,8 @@ static void compare_batched(cel_model_t *m, cel_batch_t *b, size_t nb, const cel
     }
     int ok = d_loss <= tol && d_lp <= tol && d_g <= tol && d_w <= tol;
     json_t *o = json_pack("{s:b, s:f, s:{s:f, s:f, s:f, s:f}}", "ok", ok, "tolerance", tol,
-                          "max_abs_diff", "loss", d_loss, "logprobs", d_lp, "grads", d_g,
-                          "weights", d_w);
+                          "max_abs_diff", "loss", json_num(d_loss), "logprobs", json_num(d_lp),
+                          "grads", json_num(d_g), "weights", json_num(d_w));
     char path[4096];
     snprintf(path, sizeof(path), "%s/batched.json", out);
     json_dump_file(o, path, JSON_INDENT(1));
