@@ -10,6 +10,7 @@
 #                   also part of `make` whenever nvcc is found
 #   make cuda-emu   the same backend and tests against the CUDA emulator (build/cuda-emu/),
 #                   part of `make test` (no GPU needed)
+#   make fuzz       each libFuzzer harness in tests/fuzz/ for FUZZ_SECONDS (see tests/fuzz/README.md)
 #   make clean
 
 CC      ?= cc
@@ -59,7 +60,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))
 
 PY := /usr/bin/python3
 
-.PHONY: all asan test unit integration run bench deps clean cuda cuda-emu
+.PHONY: all asan test unit integration run bench deps clean cuda cuda-emu fuzz fuzz-build fuzz-merge
 all: deps
 	@$(MAKE) --no-print-directory $(BINS)
 
@@ -67,7 +68,7 @@ deps:
 	@scripts/install-deps
 
 asan: deps
-	@$(MAKE) --no-print-directory $(ASAN_BINS) $(UNIT_BINS)
+	@$(MAKE) --no-print-directory $(ASAN_BINS) $(UNIT_BINS) $(REPLAY_BINS)
 
 $(OBJ)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -214,8 +215,8 @@ build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -lcmocka
 
 test: deps
-	@$(MAKE) --no-print-directory $(BINS) $(ASAN_BINS) $(UNIT_BINS) $(if $(CUDA_LIB),$(GPU_TESTS)) \
-		$(EMU_ALL) $(EMU)/build.json $(ORACLE_HELPER)
+	@$(MAKE) --no-print-directory $(BINS) $(ASAN_BINS) $(UNIT_BINS) $(REPLAY_BINS) \
+		$(if $(CUDA_LIB),$(GPU_TESTS)) $(EMU_ALL) $(EMU)/build.json $(ORACLE_HELPER)
 	@scripts/run-tests
 
 unit: asan
@@ -229,6 +230,71 @@ run: all
 
 bench: all
 	$(PY) bench/throughput.py
+
+# ---- fuzzing (tests/fuzz/, see its README.md) ------------------------------------------
+# Each tests/fuzz/fuzz_<name>.c is a libFuzzer harness for one parser; every input goes
+# through guard.h (it ends right before a PROT_NONE page). Two builds of each:
+#   build/fuzz/fuzz_<name>         clang -fsanitize=fuzzer,address,undefined (make fuzz)
+#   build/asan/fuzz/replay_<name>  cc + ASan/UBSan with tests/unit/fuzz_replay.c's main(),
+#                                  replaying tests/fuzz/corpus/<name>/ in `make test`
+# `make fuzz` runs each harness (FUZZ=<names> to pick) FUZZ_SECONDS over its corpus; new
+# inputs go to build/fuzz/corpus/<name>/, crashes to build/fuzz/crash-<name>-*.
+# `make fuzz-merge` adds to tests/fuzz/corpus/<name>/ only the inputs that add coverage.
+FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRC))
+FUZZ         ?= $(FUZZ_NAMES)
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_MAX_LEN ?= 8192
+FUZZ_FLAGS   := -g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
+                -fno-omit-frame-pointer -fsanitize=address,undefined \
+                -fno-sanitize-recover=undefined
+FOBJ         := build/fuzz/obj
+# What the harnesses reach: protocol/, common/, the model's file parsers, and the worker
+# modules fuzz_pidbox.c needs around pidbox.c (which it includes).
+FUZZ_LIB_SRC := $(PROTOCOL_SRC) model/safetensors.c model/config.c model/tokenizer.c \
+                model/tokenizer_encode.c model/unicode_tables.c worker/redis.c worker/events.c
+REPLAY_BINS  := $(patsubst %,build/asan/fuzz/replay_%,$(FUZZ_NAMES))
+
+$(FOBJ)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link $(DEPCFLAGS) -MMD -MP -c $< -o $@
+
+build/fuzz/libcel.a: $(patsubst %.c,$(FOBJ)/%.o,$(FUZZ_LIB_SRC))
+	rm -f $@ && ar rcs $@ $^
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c build/fuzz/libcel.a
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer $(DEPCFLAGS) -MMD -MP -o $@ $< \
+		build/fuzz/libcel.a $(DEPLIBS)
+
+# The replay links an archive, so a harness that includes a library .c (fuzz_pidbox.c)
+# takes its symbols from the harness and that object stays out.
+build/asan/libcel_test.a: $(UNIT_LIB)
+	rm -f $@ && ar rcs $@ $^
+
+build/asan/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/unit/fuzz_replay.c build/asan/libcel_test.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -MMD -MP -o $@ $(filter %.c,$^) \
+		build/asan/libcel_test.a $(DEPLIBS) $(MODELLIBS)
+
+fuzz-build: deps
+	@$(MAKE) --no-print-directory $(patsubst %,build/fuzz/fuzz_%,$(FUZZ))
+
+fuzz: fuzz-build
+	@set -e; for h in $(FUZZ); do \
+		mkdir -p build/fuzz/corpus/$$h; \
+		echo "== fuzz_$$h: $(FUZZ_SECONDS) s over tests/fuzz/corpus/$$h"; \
+		build/fuzz/fuzz_$$h -max_total_time=$(FUZZ_SECONDS) -max_len=$(FUZZ_MAX_LEN) \
+			-timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
+			-artifact_prefix=build/fuzz/crash-$$h- build/fuzz/corpus/$$h tests/fuzz/corpus/$$h; \
+	done
+
+fuzz-merge: fuzz-build
+	@set -e; for h in $(FUZZ); do \
+		mkdir -p build/fuzz/corpus/$$h; \
+		build/fuzz/fuzz_$$h -merge=1 -max_len=$(FUZZ_MAX_LEN) tests/fuzz/corpus/$$h \
+			build/fuzz/corpus/$$h; \
+	done
 
 clean:
 	rm -rf build bin

@@ -396,6 +396,24 @@ static const char *opt_string(json_t *obj, const char *key) {
     return json_string_value(json_object_get(obj, key));
 }
 
+/* Reads exactly four hex digits at p (the caller has checked they are inside
+ * the buffer). 1 and *v on success, 0 when any of them is not a hex digit.
+ * By hand, not sscanf: sscanf reads its input up to a NUL first, and an
+ * envelope is (buf, len), not a C string (AMQP bodies are not terminated). */
+static int hex4(const char *p, unsigned *v) {
+    unsigned x = 0;
+    for (int k = 0; k < 4; k++) {
+        char h = p[k];
+        x <<= 4;
+        if (h >= '0' && h <= '9') x |= (unsigned)(h - '0');
+        else if (h >= 'a' && h <= 'f') x |= (unsigned)(h - 'a' + 10);
+        else if (h >= 'A' && h <= 'F') x |= (unsigned)(h - 'A' + 10);
+        else return 0;
+    }
+    *v = x;
+    return 1;
+}
+
 /* Python's json.dumps writes lone UTF-16 surrogates ("\ud800") that no UTF-8
  * JSON parser accepts. In the envelope they can only come from display-only
  * headers (argsrepr), so a copy with each lone surrogate escape replaced by
@@ -421,22 +439,13 @@ static char *replace_lone_surrogates(const char *buf, size_t len) {
             continue;
         }
         unsigned v = 0;
-        int ok = 1;
-        for (int k = 2; k < 6; k++) {
-            char h = buf[i + k];
-            v <<= 4;
-            if (h >= '0' && h <= '9') v |= (unsigned)(h - '0');
-            else if (h >= 'a' && h <= 'f') v |= (unsigned)(h - 'a' + 10);
-            else if (h >= 'A' && h <= 'F') v |= (unsigned)(h - 'A' + 10);
-            else ok = 0;
-        }
-        if (!ok) continue;
+        if (!hex4(buf + i + 2, &v)) continue;
         int lone = 0;
         if (v >= 0xD800 && v <= 0xDBFF) {
             /* a high surrogate needs a low one right after it */
             unsigned lo = 0;
             if (i + 11 < len && buf[i + 6] == '\\' && buf[i + 7] == 'u' &&
-                sscanf(buf + i + 8, "%4x", &lo) == 1 && lo >= 0xDC00 && lo <= 0xDFFF) {
+                hex4(buf + i + 8, &lo) && lo >= 0xDC00 && lo <= 0xDFFF) {
                 i += 11;
                 continue;
             }

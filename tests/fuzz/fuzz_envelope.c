@@ -1,23 +1,21 @@
 /* fuzz_envelope.c -- libFuzzer harness for cel_task_decode_envelope.
  *
  * Feeds arbitrary bytes as a kombu Redis envelope; every result must be a
- * clean error or a task that frees without leaks. Build and run (clang):
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE \
- *     tests/fuzz/fuzz_envelope.c protocol/[a-z]*.c -o build/fuzz_envelope \
- *     $(pkg-config --cflags --libs jansson msgpack) -lm
- *   rm -rf build/corpus_env && cp -r build/testdata/messages build/corpus_env
- *   build/fuzz_envelope -max_total_time=30 -max_len=4096 build/corpus_env
+ * clean error or a task that frees without leaks.
+ * Guard-page mode (guard.h): each input ends right before an unreadable page.
+ * `make fuzz` runs it over tests/fuzz/corpus/envelope/; `make test` replays that corpus.
  */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "guard.h"
 #include "../../protocol/protocol.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+static int fuzz_one(const uint8_t *data, size_t size) {
     cel_task_t *t = NULL;
     cel_err_t err;
     int rc = cel_task_decode_envelope((const char *)data, size, &t, &err);
@@ -40,4 +38,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     cel_task_free(t);
     return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    return fuzz_one(guard_place(data, size), size);
 }

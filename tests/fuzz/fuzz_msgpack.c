@@ -1,22 +1,21 @@
 /* fuzz_msgpack.c -- libFuzzer harness for cel_msgpack_to_json.
  *
  * Arbitrary bytes as msgpack; a decoded value must re-encode, decode again to
- * an equal value, and dump as JSON. Build and run (clang):
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE \
- *     tests/fuzz/fuzz_msgpack.c protocol/[a-z]*.c -o build/fuzz_msgpack \
- *     $(pkg-config --cflags --libs jansson msgpack) -lm
- *   build/fuzz_msgpack -max_total_time=30 -max_len=4096
+ * an equal value, and dump as JSON.
+ * Guard-page mode (guard.h): each input ends right before an unreadable page.
+ * `make fuzz` runs it over tests/fuzz/corpus/msgpack/; `make test` replays that corpus.
  */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "guard.h"
 #include "../../protocol/protocol.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+static int fuzz_one(const uint8_t *data, size_t size) {
     json_t *v = NULL;
     if (cel_msgpack_to_json(data, size, &v, NULL) != CEL_OK) {
         if (v)
@@ -43,4 +42,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     json_decref(v);
     json_decref(w);
     return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    return fuzz_one(guard_place(data, size), size);
 }

@@ -4,12 +4,9 @@
  * headers-only scan. Every result must be CEL_OK or a clean error with empty
  * fields; and whenever jansson parses the same bytes as an envelope whose
  * first "headers" object holds a readable string id, the scan must find that
- * id too. Build and run (clang):
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE \
- *     tests/fuzz/fuzz_peek.c protocol/[a-z]*.c common/err.c -o build/fuzz_peek \
- *     $(pkg-config --cflags --libs jansson msgpack) -lm
- *   rm -rf build/corpus_peek && cp -r build/testdata/messages build/corpus_peek
- *   build/fuzz_peek -max_total_time=30 -max_len=4096 build/corpus_peek
+ * id too. `make fuzz FUZZ=peek`
+ * runs it over tests/fuzz/corpus/peek/ in guard-page mode (guard.h); `make test`
+ * replays that corpus.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -21,9 +18,11 @@
 #include "../../protocol/internal.h"
 #include "../../protocol/peek.h"
 
+#include "guard.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+static int fuzz_one(const uint8_t *data, size_t size) {
     char *buf = malloc(size ? size : 1);
     if (!buf)
         return 0;
@@ -52,4 +51,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     json_decref(env);
     free(buf);
     return 0;
+}
+
+/* Guard-page mode (guard.h): a read past the input faults. */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    return fuzz_one(guard_place(data, size), size);
 }

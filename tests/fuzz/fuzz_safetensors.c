@@ -3,22 +3,21 @@
  * The first byte picks the parser. Safetensors: any image that validates must
  * give tensors whose data lies inside the image and whose byte size matches
  * dtype x shape, and every float tensor must convert. Config: whatever parses
- * must satisfy the shape invariants the engine relies on. Build and run (clang):
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE \
- *     tests/fuzz/fuzz_safetensors.c model/safetensors.c model/config.c common/err.c \
- *     -o build/fuzz_safetensors $(pkg-config --cflags --libs jansson) -lm
- *   build/fuzz_safetensors -max_total_time=30 -max_len=4096
+ * must satisfy the shape invariants the engine relies on.
+ * Guard-page mode (guard.h): each input ends right before an unreadable page.
+ * `make fuzz` runs it over tests/fuzz/corpus/safetensors/; `make test` replays that corpus.
  */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "guard.h"
 #include "../../model/config.h"
 #include "../../model/safetensors.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+static int fuzz_one(const uint8_t *data, size_t size) {
     if (size < 1) return 0;
     if (data[0] & 1) {
         cel_config_t c;
@@ -48,4 +47,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     cel_safetensors_free(st);
     return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    return fuzz_one(guard_place(data, size), size);
 }

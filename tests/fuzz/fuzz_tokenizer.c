@@ -4,13 +4,9 @@
  * loads, encodes and decodes with it); 1 and 2 encode the rest with a GPT-2 style or a
  * Llama 3 style tokenizer built at start-up, and valid UTF-8 must decode back to itself;
  * 3 decodes the rest as int32 ids, and the text must be valid UTF-8 that encodes again.
- * Build and run (clang):
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE \
- *     tests/fuzz/fuzz_tokenizer.c model/tokenizer.c model/tokenizer_encode.c \
- *     model/unicode_tables.c common/err.c \
- *     -o build/fuzz_tokenizer $(pkg-config --cflags --libs jansson)
- *   mkdir -p build/fuzz_tokenizer_corpus
- *   build/fuzz_tokenizer -max_total_time=30 -max_len=4096 build/fuzz_tokenizer_corpus
+ *
+ * Guard-page mode (guard.h): each input ends right before an unreadable page.
+ * `make fuzz` runs it over tests/fuzz/corpus/tokenizer/; `make test` replays that corpus.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -20,6 +16,7 @@
 
 #include <jansson.h>
 
+#include "guard.h"
 #include "../../model/tokenizer.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -124,7 +121,7 @@ static void round_trip(cel_tokenizer_t *t, const uint8_t *data, size_t size) {
     free(text);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+static int fuzz_one(const uint8_t *data, size_t size) {
     if (size == 0)
         return 0;
     int mode = data[0] % 4;
@@ -176,4 +173,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         free(ids);
     }
     return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    return fuzz_one(guard_place(data, size), size);
 }

@@ -13,6 +13,11 @@ Fixtures:
   worker            factory: starts bin/celeriac with extra args, waits for "ready.", stops it
   pyworker          factory: starts the stock Python worker (`celery -A pydiag worker`)
   tmp_redis         factory: a private extra redis-server (password, restart tests)
+  redis_monitor     MONITOR on the session's server, in a thread (what a worker sends, in order)
+
+Helpers for waiting on the thing itself rather than sleeping: wait_until, wait_active (a task
+is executing), wait_subscribed (a client listens on a database's pubsub), wait_held_older_than
+(a dead worker's messages passed a visibility timeout), RedisMonitor.wait_for (a command).
 
 Environment:
   CELERIAC_BIN_DIR  directory holding celeriac (default <repo>/bin, or build/asan/bin)
@@ -32,6 +37,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -72,6 +78,38 @@ def wait_until(predicate, timeout, interval=0.05, what="condition"):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
         time.sleep(interval)
+
+
+def wait_active(app, task_id, timeout=10):
+    """Waits until the worker reports task_id among its executing tasks (inspect active)."""
+    i = app.control.inspect(timeout=scaled(2), limit=1)
+    wait_until(lambda: any(r["id"] == task_id for v in (i.active() or {}).values() for r in v),
+               scaled(timeout), interval=0.1, what=f"{task_id} active")
+
+
+def subscribers(client, db):
+    """Connections on database db that are in subscribe mode (SUBSCRIBE or PSUBSCRIBE)."""
+    return [c for c in client.client_list()
+            if int(c.get("db", -1)) == db and int(c.get("sub", 0)) + int(c.get("psub", 0)) > 0]
+
+
+def wait_subscribed(client, db, count=1, timeout=10, what="a pubsub subscriber"):
+    """Waits until at least count connections on db listen to pubsub (an event receiver, a
+    `celery events` process): a message published before that would be lost to them."""
+    wait_until(lambda: len(subscribers(client, db)) >= count, scaled(timeout), what=what)
+
+
+def wait_held_older_than(client, seconds, timeout=15):
+    """Waits until every message held in kombu's unacked_index (by a worker that died) was
+    taken more than seconds ago by the Redis clock, i.e. a worker with --visibility-timeout
+    seconds restores them all."""
+    def old():
+        now = client.time()
+        now = now[0] + now[1] / 1e6
+        held = client.zrange("unacked_index", 0, -1, withscores=True)
+        return held and all(score < now - seconds for _, score in held)
+    wait_until(old, scaled(timeout) + seconds, interval=0.1,
+               what=f"held messages older than {seconds}s")
 
 
 def proc_pids(ppid=None, pgrp=None):
@@ -148,7 +186,7 @@ class RedisServer:
                 last_err = e
                 self.stop()
                 if fixed_port:
-                    time.sleep(0.5)
+                    time.sleep(0.5)  # back-off before retrying the same port, not a wait
         raise RuntimeError(f"could not start redis-server: {last_err}")
 
     def _pings(self):
@@ -235,6 +273,55 @@ def tmp_redis(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+class RedisMonitor:
+    """MONITOR on a server, read in a thread: every command as (db, "CMD arg arg ...") in the
+    order the server ran them (a Lua script's own calls have db and "lua" client: kept too)."""
+
+    def __init__(self, server):
+        self.client = server.client(0)
+        self.commands = []
+        self._mon = self.client.monitor()
+        self._mon.__enter__()  # MONITOR is on once this returns
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            for c in self._mon.listen():
+                self.commands.append((c["db"], c["command"]))
+        except Exception:  # the connection closed under us at close()
+            pass
+
+    def mark(self):
+        """A position in the stream: wait_for(start=mark) looks only at later commands."""
+        return len(self.commands)
+
+    def wait_for(self, predicate, start=0, timeout=10, what="a command"):
+        """Waits for the first command from position start on with predicate(db, command)
+        true; returns its position."""
+        def find():
+            for i in range(start, len(self.commands)):
+                if predicate(*self.commands[i]):
+                    return i + 1  # never 0, so a match at the start is truthy
+            return None
+        return wait_until(find, scaled(timeout), what=what) - 1
+
+    def close(self):
+        try:
+            self._mon.connection.disconnect()
+        except Exception:
+            pass
+        self._thread.join(5)
+        self.client.close()
+
+
+@pytest.fixture
+def redis_monitor(redis_server):
+    mon = RedisMonitor(redis_server)
+    yield mon
+    mon.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,7 +499,7 @@ def pytest_runtest_makereport(item, call):
 
 # Fixtures whose tests get the SIGALRM safety net (other files in this directory, such as
 # the executor and model tests, keep their own time budgets).
-_TIMED_FIXTURES = {"worker", "pyworker", "redis_server", "make_app", "tmp_redis"}
+_TIMED_FIXTURES = {"worker", "pyworker", "redis_server", "make_app", "tmp_redis", "redis_monitor"}
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from celery.exceptions import TaskRevokedError
 
-from conftest import celeriac_only, scaled, wait_until
+from conftest import celeriac_only, scaled, wait_active, wait_until
 from remote import cli, only
 
 T = 2.0
@@ -19,12 +19,6 @@ T = 2.0
 
 def stats(app):
     return next(iter((app.control.inspect(timeout=scaled(T), limit=1).stats() or {None: None}).values()))
-
-
-def wait_active(app, task_id):
-    i = app.control.inspect(timeout=scaled(T), limit=1)
-    wait_until(lambda: any(r["id"] == task_id for v in (i.active() or {}).values() for r in v),
-               scaled(10), interval=0.2, what=f"{task_id} active")
 
 
 def test_revoke_before_execution(worker, celery_app, broker_url):
@@ -97,18 +91,34 @@ def test_rate_limit_enforced(worker, celery_app):
     assert only(reply) == {"error": "unknown task"}
 
 
-def test_add_and_cancel_consumer(worker, celery_app, redis_client):
+def is_fetch(command):
+    """A worker taking messages: BRPOP (kombu and celeriac) or celeriac's POP script."""
+    return command.startswith(("BRPOP ", "EVALSHA "))
+
+
+def test_add_and_cancel_consumer(worker, celery_app, redis_client, redis_monitor, db):
     worker()
     reply = celery_app.control.add_consumer("extra", reply=True, timeout=scaled(T))
     assert only(reply) == {"ok": "add consumer extra"}
     assert celery_app.send_task("diag.add", args=[3, 4], queue="extra").get(timeout=scaled(10)) == 7
     queues = next(iter(celery_app.control.inspect(timeout=scaled(T), limit=1).active_queues().values()))
     assert sorted(q["name"] for q in queues) == ["celery", "extra"]
+    mark = redis_monitor.mark()
     reply = celery_app.control.cancel_consumer("extra", reply=True, timeout=scaled(T))
     assert only(reply) == {"ok": "no longer consuming from extra"}
-    time.sleep(1.2)  # a wait already in flight ends within its 1 s timeout
+    # A BRPOP already in flight still lists "extra" until its 1 s timeout; the worker has
+    # one fetch in flight at a time, so its first fetch without "extra" means that one
+    # is over.
+    mine = lambda d, c: d == db and is_fetch(c)  # noqa: E731
+    first = redis_monitor.wait_for(lambda d, c: mine(d, c) and "extra" not in c, start=mark,
+                                   what="a fetch without the cancelled queue")
     celery_app.send_task("diag.add", args=[1, 1], queue="extra")
-    time.sleep(1.5)
+    pushed = redis_monitor.wait_for(lambda d, c: d == db and c.startswith("LPUSH extra "),
+                                    start=mark, what="the LPUSH to extra")
+    # The worker's next fetch after the message landed: it must not take it.
+    redis_monitor.wait_for(mine, start=pushed + 1, what="the next fetch")
+    later = [c for d, c in redis_monitor.commands[first:] if mine(d, c)]
+    assert not any("extra" in c for c in later), later
     assert redis_client.llen("extra") == 1
 
 

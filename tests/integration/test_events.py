@@ -8,23 +8,24 @@ import os
 import signal
 import subprocess
 import threading
-import time
 
-from conftest import HERE, PYTHON, celeriac_only, scaled, wait_until
+from conftest import HERE, PYTHON, celeriac_only, scaled, subscribers, wait_subscribed, wait_until
 
 
 class Monitor:
     """An EventReceiver feeding a State in a thread, as Flower runs it."""
 
-    def __init__(self, app):
+    def __init__(self, app, redis_client, db):
         self.app = app
         self.state = app.events.State()
         self.events = []
         self.conn = app.connection()
         self.recv = app.events.Receiver(self.conn, handlers={"*": self.on_event})
+        before = len(subscribers(redis_client, db))
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
-        time.sleep(0.5)  # let it subscribe
+        # events published before the receiver subscribes are lost to it
+        wait_subscribed(redis_client, db, before + 1, what="the event receiver to subscribe")
 
     def on_event(self, event):
         self.events.append(event)
@@ -45,8 +46,8 @@ class Monitor:
         self.conn.release()
 
 
-def test_state_sees_worker_and_tasks(worker, celery_app):
-    mon = Monitor(celery_app)
+def test_state_sees_worker_and_tasks(worker, celery_app, redis_client, db):
+    mon = Monitor(celery_app, redis_client, db)
     try:
         w = worker("-E", "-n", "ev1@%h")
         node = wait_until(lambda: [n for n, wk in mon.state.workers.items() if wk.alive],
@@ -82,31 +83,34 @@ def test_state_sees_worker_and_tasks(worker, celery_app):
 
 
 @celeriac_only
-def test_enable_events_at_run_time(worker, celery_app):
-    mon = Monitor(celery_app)
+def test_enable_events_at_run_time(worker, celery_app, redis_client, db):
+    mon = Monitor(celery_app, redis_client, db)
     try:
         worker()
         wait_until(lambda: mon.state.workers, scaled(10), what="worker-online")
-        r = celery_app.send_task("diag.noop")
-        r.get(timeout=scaled(10))
-        time.sleep(0.3)
-        assert mon.types(r.id) == []  # no -E: no task events
+        quiet = celery_app.send_task("diag.noop")
+        quiet.get(timeout=scaled(10))
         celery_app.control.enable_events()
         r = celery_app.send_task("diag.noop")
         r.get(timeout=scaled(10))
         wait_until(lambda: "task-succeeded" in mon.types(r.id), scaled(5), what="task events")
+        # The worker publishes its events in order on one connection: anything it sent
+        # for the first task arrived before the second one's.
+        assert mon.types(quiet.id) == []  # no -E: no task events
     finally:
         mon.close()
 
 
-def test_events_dump_cli(worker, celery_app, broker_url):
+def test_events_dump_cli(worker, celery_app, broker_url, redis_client, db):
     env = dict(os.environ, CELERY_BROKER_URL=broker_url, PYTHONPATH=HERE, PYTHONUNBUFFERED="1")
     out = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"dump-{os.getpid()}.txt"), "w+")
+    before = len(subscribers(redis_client, db))
     dump = subprocess.Popen([PYTHON, "-m", "celery", "-A", "pydiag", "events", "--dump"],
                             cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        time.sleep(1.5)
+        wait_subscribed(redis_client, db, before + 1, timeout=20,
+                        what="`celery events --dump` to subscribe")
         worker("-E")
         assert celery_app.send_task("diag.add", args=[4, 4]).get(timeout=scaled(10)) == 8
 

@@ -10,15 +10,10 @@ import signal
 import socket
 import time
 
-from conftest import WORKER_KIND, celeriac_only, scaled, wait_until
+from conftest import (WORKER_KIND, celeriac_only, scaled, wait_active, wait_held_older_than,
+                      wait_until)
 
 GET = 10
-
-
-def wait_popped(redis_client, queue="celery", timeout=10):
-    """Waits until the worker has taken every message out of the queue list."""
-    wait_until(lambda: redis_client.llen(queue) == 0, scaled(timeout),
-               what=f"the worker to take everything from {queue!r}")
 
 
 def wait_received(w, task_id, timeout=GET):
@@ -30,28 +25,26 @@ def wait_received(w, task_id, timeout=GET):
 def test_warm_shutdown_keeps_running_result(worker, celery_app, redis_client):
     w = worker("-c", "1")
     running = celery_app.send_task("diag.sleep", args=[2])
-    wait_received(w, running.id)
-    time.sleep(0.5)  # now it is executing
-    t0 = time.monotonic()
+    wait_active(celery_app, running.id)
     w.signal(signal.SIGTERM)
     rc = w.wait_exit(15)
     assert rc is not None, "worker did not exit within 15s of SIGTERM"
     assert rc == 0, f"warm shutdown exit status {rc}"
-    assert time.monotonic() - t0 >= 1.0, "exited without waiting for the running task"
+    # No other worker: the result can only come from this one, before it exited.
     assert running.get(timeout=scaled(3)) == 2
     assert redis_client.hlen("unacked") == 0
 
 
 def test_warm_shutdown_returns_prefetched_messages(worker, celery_app, redis_client):
     w = worker("-c", "1")
-    running = celery_app.send_task("diag.sleep", args=[1.5])
-    wait_received(w, running.id)
+    running = celery_app.send_task("diag.sleep", args=[2])
+    wait_active(celery_app, running.id)
     queued = [celery_app.send_task("diag.add", args=[i, 100]) for i in range(3)]
-    wait_popped(redis_client)  # all three prefetched behind the running one
-    time.sleep(0.3)
+    for r in queued:  # all three prefetched behind the running one
+        wait_received(w, r.id)
     w.signal(signal.SIGTERM)
     assert w.wait_exit(15) == 0
-    assert running.get(timeout=scaled(3)) == 1.5
+    assert running.get(timeout=scaled(3)) == 2
     # The prefetched messages are back in the queue, not stuck in unacked.
     assert redis_client.llen("celery") == 3, redis_client.lrange("celery", 0, -1)
     assert redis_client.hlen("unacked") == 0
@@ -63,12 +56,11 @@ def test_warm_shutdown_returns_prefetched_messages(worker, celery_app, redis_cli
 
 def test_sigint_is_warm_shutdown(worker, celery_app):
     w = worker("-c", "1")
-    running = celery_app.send_task("diag.sleep", args=[1])
-    wait_received(w, running.id)
-    time.sleep(0.3)
+    running = celery_app.send_task("diag.sleep", args=[2])
+    wait_active(celery_app, running.id)
     w.signal(signal.SIGINT)
     assert w.wait_exit(15) == 0
-    assert running.get(timeout=scaled(3)) == 1
+    assert running.get(timeout=scaled(3)) == 2
 
 
 def test_idle_warm_shutdown_is_quick(worker):
@@ -84,11 +76,11 @@ def test_idle_warm_shutdown_is_quick(worker):
 def test_second_sigterm_is_cold_shutdown(worker, celery_app, redis_client):
     w = worker("-c", "1")
     r = celery_app.send_task("diag.sleep", args=[30])
-    wait_received(w, r.id)
-    time.sleep(0.3)
+    wait_active(celery_app, r.id)
     w.signal(signal.SIGTERM)
-    time.sleep(0.5)
-    assert w.alive(), "exited at the first SIGTERM with a 30s task running"
+    w.wait_log(r"Warm shutdown", 5)
+    # What is tested: half a second after taking the first SIGTERM it still runs the task.
+    assert w.wait_exit(0.5) is None, "exited at the first SIGTERM with a 30s task running"
     t0 = time.monotonic()
     w.signal(signal.SIGTERM)
     assert w.wait_exit(10) is not None, "second SIGTERM did not stop the worker"
@@ -102,8 +94,7 @@ def test_second_sigterm_is_cold_shutdown(worker, celery_app, redis_client):
 def test_sigquit_is_cold_shutdown(worker, celery_app):
     w = worker("-c", "1")
     r = celery_app.send_task("diag.sleep", args=[30])
-    wait_received(w, r.id)
-    time.sleep(0.3)
+    wait_active(celery_app, r.id)
     t0 = time.monotonic()
     w.signal(signal.SIGQUIT)
     assert w.wait_exit(10) is not None, "SIGQUIT did not stop the worker"
@@ -111,27 +102,31 @@ def test_sigquit_is_cold_shutdown(worker, celery_app):
 
 
 def kill_with_prefetched(w, app, redis_client, n=5, seconds=0.5):
-    """-c 1 worker: sends n sleeps, SIGKILLs the main process once the first is running."""
-    rs = [app.send_task("diag.sleep", args=[seconds]) for _ in range(n)]
-    wait_received(w, rs[0].id)
-    time.sleep(0.2)  # the first one is running, the next ones are prefetched
+    """-c 1 worker: sends n sleeps (the first of 2 s, so it still runs when looked at) and
+    SIGKILLs the main process once the first is running and the next are prefetched.
+    Returns [(AsyncResult, expected result)] for the messages that must come back."""
+    lengths = [2.0] + [seconds] * (n - 1)
+    rs = [app.send_task("diag.sleep", args=[s]) for s in lengths]
+    wait_active(app, rs[0].id)
+    wait_received(w, rs[1].id)
+    wait_until(lambda: redis_client.hlen("unacked") >= 1, scaled(5),
+               what="unacked to record the messages the worker holds")
     w.kill()
-    assert redis_client.hlen("unacked") >= 1, \
-        "nothing recorded in unacked for a worker that held messages"
+    held = list(zip(rs, lengths))
     if WORKER_KIND == "python":
         # The Python worker acks a message when it hands it to the pool (acks_late=False),
         # so the running one is lost with it; celeriac acks after storing the result.
-        return rs[1:]
-    return rs
+        return held[1:]
+    return held
 
 
 def test_sigkill_then_redelivery_after_visibility_timeout(worker, celery_app, redis_client):
     """Restore at start-up: the held messages are older than the visibility timeout when
     the next worker starts (what kombu does in QoS.restore_visible on poll init)."""
     rs = kill_with_prefetched(worker("-c", "1"), celery_app, redis_client)
-    time.sleep(2.5)
+    wait_held_older_than(redis_client, 2)
     worker("-c", "2", "--visibility-timeout", "2")
-    assert [r.get(timeout=scaled(20)) for r in rs] == [0.5] * len(rs)
+    assert [r.get(timeout=scaled(20)) for r, _ in rs] == [s for _, s in rs]
     wait_until(lambda: redis_client.hlen("unacked") == 0, scaled(10), what="unacked to drain")
 
 
@@ -142,7 +137,7 @@ def test_sigkill_then_periodic_restore(worker, celery_app, redis_client):
     (kombu rechecks only about every 100 s, so this is celeriac-only)."""
     rs = kill_with_prefetched(worker("-c", "1"), celery_app, redis_client)
     worker("-c", "2", "--visibility-timeout", "2")
-    assert [r.get(timeout=scaled(20)) for r in rs] == [0.5] * len(rs)
+    assert [r.get(timeout=scaled(20)) for r, _ in rs] == [s for _, s in rs]
     wait_until(lambda: redis_client.hlen("unacked") == 0, scaled(10), what="unacked to drain")
 
 
@@ -152,9 +147,9 @@ def test_sigkill_restore_by_python_worker(worker, pyworker, celery_app, redis_cl
     rs = [celery_app.send_task("diag.add", args=[i, 1]) for i in range(3)]
     assert [r.get(timeout=scaled(GET)) for r in rs] == [1, 2, 3]
     rs2 = kill_with_prefetched(w, celery_app, redis_client, n=4, seconds=1)
-    time.sleep(2.5)
+    wait_held_older_than(redis_client, 2)
     pyworker("--visibility-timeout", "2")
-    assert [r.get(timeout=scaled(30)) for r in rs2] == [1] * len(rs2)
+    assert [r.get(timeout=scaled(30)) for r, _ in rs2] == [s for _, s in rs2]
 
 
 def test_executors_exit_when_main_is_killed(worker, celery_app):
@@ -216,12 +211,13 @@ def test_loglevel_warning_is_quiet(worker, celery_app):
 def test_survives_broker_restart(worker, tmp_redis, make_app):
     server = tmp_redis()
     url = server.url(0)
-    worker("-c", "1", broker=url)
+    w = worker("-c", "1", broker=url)
     app = make_app(url)
     assert app.send_task("diag.add", args=[1, 2]).get(timeout=scaled(GET)) == 3
     port = server.port
     server.stop()
-    time.sleep(1.5)
+    # the worker has noticed (celeriac's wording, then Celery's)
+    w.wait_log(r"connection to redis://\S+ lost|Connection to broker lost", 10)
     tmp_redis(port=port)
     app2 = make_app(url)
     r = app2.send_task("diag.add", args=[2, 3])

@@ -9,6 +9,7 @@
 #include "testutil.h"
 
 #include "../../protocol/protocol.h"
+#include "../fuzz/guard.h"
 
 static const char *HDRS =
     "{\"lang\": \"py\", \"task\": \"tasks.add\", \"id\": \"id-1\", \"retries\": 0,"
@@ -205,6 +206,91 @@ static void test_envelope_errors(void **state) {
     /* an id with an embedded NUL would store the result under another key */
     expect_rc("{\"task\": \"t\", \"id\": \"a\\u0000b\"}", "[[1], {}, null]", "application/json",
               CEL_EPROTO, "NUL");
+}
+
+/* An envelope whose argsrepr header is the given JSON string text (escapes kept). */
+static int decode_argsrepr(const char *argsrepr, cel_task_t **t, cel_err_t *err) {
+    char env[1024];
+    int n = snprintf(env, sizeof(env),
+                     "{\"body\": \"W1tdLCB7fSwgbnVsbF0=\", \"content-type\": \"application/json\", "
+                     "\"content-encoding\": \"utf-8\", \"headers\": {\"lang\": \"py\", \"task\": "
+                     "\"tasks.add\", \"id\": \"id-1\", \"argsrepr\": \"%s\"}, \"properties\": "
+                     "{\"body_encoding\": \"base64\"}}",
+                     argsrepr);
+    assert_true(n > 0 && (size_t)n < sizeof(env));
+    const uint8_t *at = guard_place((const uint8_t *)env, (size_t)n);
+    return cel_task_decode_envelope((const char *)at, (size_t)n, t, err);
+}
+
+/* Python's json.dumps writes lone surrogates (argsrepr of a str holding one); each
+ * becomes U+FFFD, a proper pair stays what it is. */
+static void test_lone_surrogates(void **state) {
+    static const struct {
+        const char *in, *want;
+    } cases[] = {
+        {"\\ud800", "\xef\xbf\xbd"},
+        {"\\udc00x", "\xef\xbf\xbdx"},
+        {"a\\uDBFF", "a\xef\xbf\xbd"},
+        {"\\ud800\\u0041", "\xef\xbf\xbd" "A"},
+        {"\\ud800\\ud800\\udc00", "\xef\xbf\xbd\xf0\x90\x80\x80"},
+        {"\\ud83d\\ude00", "\xf0\x9f\x98\x80"},
+        {"\\\\ud800", "\\ud800"}, /* an escaped backslash, not an escape */
+        {"\\u00e9", "\xc3\xa9"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cel_task_t *t = NULL;
+        cel_err_t err;
+        int rc = decode_argsrepr(cases[i].in, &t, &err);
+        if (rc != CEL_OK) fail_msg("%s: rc %d: %s", cases[i].in, rc, err.msg);
+        assert_string_equal(t->argsrepr, cases[i].want);
+        cel_task_free(t);
+    }
+    /* \u with fewer than four hex digits is still an error, not a replacement */
+    cel_task_t *t = (cel_task_t *)1;
+    cel_err_t err;
+    assert_int_equal(decode_argsrepr("\\ud80", &t, &err), CEL_EPROTO);
+    assert_null(t);
+    assert_int_equal(decode_argsrepr("\\ud800\\udcg0", &t, &err), CEL_EPROTO);
+    assert_null(t);
+}
+
+/* Issue 20: replace_lone_surrogates ran sscanf on the envelope, which reads to a NUL
+ * first; an envelope is (buf, len). The 14 bytes "\ud800\u0041" placed right before
+ * an unreadable page crashed the decoder. Every prefix of it, and of a whole envelope
+ * holding a lone surrogate, must be refused without reading past its end. */
+static void test_surrogate_at_buffer_end(void **state) {
+    static const uint8_t in[] = {0x22, 0x5c, 0x75, 0x64, 0x38, 0x30, 0x30,
+                                 0x5c, 0x75, 0x30, 0x30, 0x34, 0x31, 0x22};
+    guard_mode = 1; /* whatever CEL_FUZZ_GUARD says: this test is the guard */
+    cel_task_t *t = (cel_task_t *)1;
+    cel_err_t err;
+    const uint8_t *at = guard_place(in, sizeof(in));
+    assert_int_equal(cel_task_decode_envelope((const char *)at, sizeof(in), &t, &err),
+                     CEL_EPROTO);
+    assert_null(t);
+    assert_non_null(strstr(err.msg, "not a JSON object")); /* parsed after the repair */
+    for (size_t n = 0; n < sizeof(in); n++) {
+        at = guard_place(in, n);
+        assert_int_equal(cel_task_decode_envelope((const char *)at, n, &t, &err), CEL_EPROTO);
+        assert_null(t);
+    }
+    const char *env = "{\"body\": \"W1tdLCB7fSwgbnVsbF0=\", \"content-type\": "
+                      "\"application/json\", \"properties\": {\"body_encoding\": \"base64\"}, "
+                      "\"headers\": {\"task\": \"t\", \"id\": \"i\", \"argsrepr\": "
+                      "\"\\udc00\\ud800\\u0041\"}}";
+    size_t len = strlen(env);
+    for (size_t n = 0; n <= len; n++) {
+        at = guard_place((const uint8_t *)env, n);
+        int rc = cel_task_decode_envelope((const char *)at, n, &t, &err);
+        if (n < len) {
+            assert_int_equal(rc, CEL_EPROTO);
+            assert_null(t);
+        } else {
+            assert_int_equal(rc, CEL_OK);
+            assert_string_equal(t->argsrepr, "\xef\xbf\xbd\xef\xbf\xbd" "A");
+            cel_task_free(t);
+        }
+    }
 }
 
 static void test_bad_base64(void **state) {
@@ -456,6 +542,7 @@ int main(void) {
         cmocka_unit_test(test_body_shapes),      cmocka_unit_test(test_content_types),
         cmocka_unit_test(test_msgpack_bodies),   cmocka_unit_test(test_depth_limits),
         cmocka_unit_test(test_size_limits),      cmocka_unit_test(test_decode_parts_amqp),
+        cmocka_unit_test(test_lone_surrogates),  cmocka_unit_test(test_surrogate_at_buffer_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
