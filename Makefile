@@ -4,13 +4,14 @@
 #   make asan       the same programs with AddressSanitizer+UBSan under build/asan/bin/
 #   make test       deps, both builds, C unit tests (asan), the CUDA backend on the CUDA
 #                   emulator (tests/cuda-emu), integration tests (pytest)
-#   make run        deps, build, then Redis + worker + (later) Gunicorn, see scripts/run
+#   make run        deps, build, then Redis + worker + Gunicorn, see scripts/run
 #   make bench      throughput/latency benchmark against the stock Python worker
 #   make cuda       the CUDA backend (bin/libceleriac-cuda.so) and its GPU tests (build/gpu/),
 #                   also part of `make` whenever nvcc is found
 #   make cuda-emu   the same backend and tests against the CUDA emulator (build/cuda-emu/),
 #                   part of `make test` (no GPU needed)
 #   make fuzz       each libFuzzer harness in tests/fuzz/ for FUZZ_SECONDS (see tests/fuzz/README.md)
+#   make format     clang-format the C, CUDA and C++ sources (.clang-format)
 #   make clean
 
 CC      ?= cc
@@ -60,7 +61,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))
 
 PY := /usr/bin/python3
 
-.PHONY: all asan test unit integration run bench deps clean cuda cuda-emu fuzz fuzz-build fuzz-merge
+.PHONY: all asan test unit integration run bench deps clean cuda cuda-emu fuzz fuzz-build fuzz-merge format
 all: deps
 	@$(MAKE) --no-print-directory $(BINS)
 
@@ -300,3 +301,9 @@ clean:
 	rm -rf build bin
 
 -include $(shell find build -name '*.d' 2>/dev/null)
+
+# Formats every C, CUDA and C++ source with .clang-format (clang-format 14); generated
+# files (model/unicode_tables.c) are left as their generator writes them.
+FORMAT_SRC = $(filter-out model/unicode_tables.c,$(shell git ls-files '*.c' '*.h' '*.cu' '*.cuh' '*.cpp'))
+format:
+	clang-format -i --style=file $(FORMAT_SRC)

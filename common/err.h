@@ -11,14 +11,14 @@
 
 enum {
     CEL_OK = 0,
-    CEL_ENOMEM = -1,  /* allocation failed */
-    CEL_EINVAL = -2,  /* bad argument from our own code or the command line */
-    CEL_EPROTO = -3,  /* malformed message: not JSON, wrong shape, bad base64 */
-    CEL_ELIMIT = -4,  /* a size, count or depth passed a named limit */
-    CEL_EAGAIN = -5,  /* need more input (incremental parsers) */
-    CEL_EIO = -6,     /* an I/O call failed (connection, pipe, file) */
-    CEL_ETYPE = -7,   /* a value has the wrong type (task arguments) */
-    CEL_EBODY = -8,   /* envelope fine, body undecodable: the task is known, its args are not */
+    CEL_ENOMEM = -1, /* allocation failed */
+    CEL_EINVAL = -2, /* bad argument from our own code or the command line */
+    CEL_EPROTO = -3, /* malformed message: not JSON, wrong shape, bad base64 */
+    CEL_ELIMIT = -4, /* a size, count or depth passed a named limit */
+    CEL_EAGAIN = -5, /* need more input (incremental parsers) */
+    CEL_EIO = -6,    /* an I/O call failed (connection, pipe, file) */
+    CEL_ETYPE = -7,  /* a value has the wrong type (task arguments) */
+    CEL_EBODY = -8,  /* envelope fine, body undecodable: the task is known, its args are not */
     CEL_ENOTFOUND = -9,
     CEL_ESTATE = -10, /* operation not valid in the object's current state */
 };

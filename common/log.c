@@ -24,10 +24,13 @@ void cel_log_init(const char *procname, int level, int fd) {
 }
 
 int cel_log_parse_level(const char *s) {
-    static const struct { const char *name; int level; } names[] = {
-        {"debug", CEL_LOG_DEBUG}, {"info", CEL_LOG_INFO}, {"warning", CEL_LOG_WARNING},
-        {"warn", CEL_LOG_WARNING}, {"error", CEL_LOG_ERROR}, {"critical", CEL_LOG_CRITICAL},
-        {"fatal", CEL_LOG_CRITICAL},
+    static const struct {
+        const char *name;
+        int level;
+    } names[] = {
+        { "debug", CEL_LOG_DEBUG },    { "info", CEL_LOG_INFO },   { "warning", CEL_LOG_WARNING },
+        { "warn", CEL_LOG_WARNING },   { "error", CEL_LOG_ERROR }, { "critical", CEL_LOG_CRITICAL },
+        { "fatal", CEL_LOG_CRITICAL },
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcasecmp(s, names[i].name) == 0) return names[i].level;
@@ -51,8 +54,8 @@ static void log_write(int level, const char *fmt, va_list ap) {
     gettimeofday(&tv, NULL);
     localtime_r(&tv.tv_sec, &tm);
     int n = snprintf(line, sizeof(line), "[%04d-%02d-%02d %02d:%02d:%02d,%03d: %s/%s] ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, (int)(tv.tv_usec / 1000), cel_log_level_name(level), log_proc);
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     (int)(tv.tv_usec / 1000), cel_log_level_name(level), log_proc);
     int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
     size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
     if (len > sizeof(line) - 2) len = sizeof(line) - 2;

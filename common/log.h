@@ -8,8 +8,13 @@
 #ifndef CEL_LOG_H
 #define CEL_LOG_H
 
-enum { CEL_LOG_DEBUG = 10, CEL_LOG_INFO = 20, CEL_LOG_WARNING = 30, CEL_LOG_ERROR = 40,
-       CEL_LOG_CRITICAL = 50 };
+enum {
+    CEL_LOG_DEBUG = 10,
+    CEL_LOG_INFO = 20,
+    CEL_LOG_WARNING = 30,
+    CEL_LOG_ERROR = 40,
+    CEL_LOG_CRITICAL = 50
+};
 
 /* Sets the process name shown after the level ("MainProcess", "Executor-1"),
  * the minimum level, and the output fd (stderr when fd < 0). */
@@ -32,9 +37,9 @@ void cel_log_force(int level, const char *fmt, ...) __attribute__((format(printf
 void cel_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define cel_debug(...) cel_log(CEL_LOG_DEBUG, __VA_ARGS__)
-#define cel_info(...) cel_log(CEL_LOG_INFO, __VA_ARGS__)
-#define cel_warn(...) cel_log(CEL_LOG_WARNING, __VA_ARGS__)
+#define cel_info(...)  cel_log(CEL_LOG_INFO, __VA_ARGS__)
+#define cel_warn(...)  cel_log(CEL_LOG_WARNING, __VA_ARGS__)
 #define cel_error(...) cel_log(CEL_LOG_ERROR, __VA_ARGS__)
-#define cel_crit(...) cel_log(CEL_LOG_CRITICAL, __VA_ARGS__)
+#define cel_crit(...)  cel_log(CEL_LOG_CRITICAL, __VA_ARGS__)
 
 #endif

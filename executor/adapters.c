@@ -30,24 +30,24 @@
 
 #include "../common/log.h"
 
-#define CKPT_NAME_MAX 64      /* "ckpt-<step>-<nonce>" */
-#define LOAD_RETRIES 3        /* reloads when another executor switched `current` meanwhile */
-#define META_FORMAT "celeriac-adapter-1"
-#define STATE_MAX (CEL_ADAPTERS_PATH_MAX - 512) /* the state dir's path: room for the rest */
+#define CKPT_NAME_MAX 64 /* "ckpt-<step>-<nonce>" */
+#define LOAD_RETRIES  3  /* reloads when another executor switched `current` meanwhile */
+#define META_FORMAT   "celeriac-adapter-1"
+#define STATE_MAX     (CEL_ADAPTERS_PATH_MAX - 512) /* the state dir's path: room for the rest */
 
 /* PEFT's module names in CEL_LORA_* bit order. */
-static const char *const mod_names[] = {"q_proj", "k_proj", "v_proj", "o_proj",
-                                        "gate_proj", "up_proj", "down_proj"};
+static const char *const mod_names[] = { "q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                         "gate_proj", "up_proj", "down_proj" };
 
 struct cel_adapter {
     char id[CEL_ADAPTERS_ID_LEN + 1];
     cel_lora_t *lora;
-    char ckpt[CKPT_NAME_MAX];   /* the checkpoint this copy equals (plus grads) */
+    char ckpt[CKPT_NAME_MAX]; /* the checkpoint this copy equals (plus grads) */
     int has_grads;
-    char *owner;                /* NULL: none */
-    char created[32];           /* ISO-8601 UTC */
-    json_t *recent;             /* [{"task_id", "step", "result"}], the last steps, oldest first */
-    unsigned long long used;    /* LRU clock */
+    char *owner;             /* NULL: none */
+    char created[32];        /* ISO-8601 UTC */
+    json_t *recent;          /* [{"task_id", "step", "result"}], the last steps, oldest first */
+    unsigned long long used; /* LRU clock */
 };
 
 struct cel_adapters {
@@ -227,8 +227,7 @@ int cel_adapters_valid_id(const char *id) {
 }
 
 int cel_adapters_open(cel_model_t *m, const char *state_dir, const char *base_model,
-                      const char *const *roots, int n_roots, cel_adapters_t **out,
-                      cel_err_t *err) {
+                      const char *const *roots, int n_roots, cel_adapters_t **out, cel_err_t *err) {
     *out = NULL;
     if (n_roots < 0 || n_roots > CEL_ADAPTERS_MAX_ROOTS)
         return cel_err_set(err, CEL_ELIMIT, "at most %d import roots", CEL_ADAPTERS_MAX_ROOTS);
@@ -406,9 +405,8 @@ int cel_adapters_get(cel_adapters_t *s, const char *id, cel_adapter_t **out, cel
             return CEL_OK;
         }
         if (i >= 0) {
-            cel_info("Adapter %s changed on disk (%s -> %s); reloading%s", id,
-                     s->loaded[i]->ckpt, name,
-                     s->loaded[i]->has_grads ? ", dropping its accumulated gradients" : "");
+            cel_info("Adapter %s changed on disk (%s -> %s); reloading%s", id, s->loaded[i]->ckpt,
+                     name, s->loaded[i]->has_grads ? ", dropping its accumulated gradients" : "");
             drop_at(s, i);
         }
         cel_adapter_t *a;
@@ -449,9 +447,9 @@ static json_t *make_meta(cel_adapters_t *s, cel_adapter_t *a, const char *task, 
                          json_t *recent) {
     return json_pack("{s:s, s:s, s:i, s:s?, s:O?, s:O, s:s?, s:s, s:i, s:o, s:o, s:s}", "format",
                      META_FORMAT, "adapter_id", a->id, "step", cel_lora_step_count(a->lora),
-                     "last_task_id", task, "last_result", result, "recent_steps", recent,
-                     "owner", a->owner, "created", a->created, "rank", cel_lora_rank(a->lora),
-                     "alpha", alpha_json(cel_lora_alpha(a->lora)), "target_modules",
+                     "last_task_id", task, "last_result", result, "recent_steps", recent, "owner",
+                     a->owner, "created", a->created, "rank", cel_lora_rank(a->lora), "alpha",
+                     alpha_json(cel_lora_alpha(a->lora)), "target_modules",
                      targets_json(cel_lora_targets(a->lora)), "base_model", s->base);
 }
 
@@ -473,8 +471,8 @@ static void prune(cel_adapters_t *s, const char *id, const char *keep) {
     closedir(d);
 }
 
-static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *task,
-                            json_t *result, json_t *recent, cel_err_t *err);
+static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *task, json_t *result,
+                            json_t *recent, cel_err_t *err);
 
 /* Steps 1-5 of the file comment for a (in memory). On success a->ckpt is the new name. */
 static int write_ckpt(cel_adapters_t *s, cel_adapter_t *a, const char *task, json_t *result,
@@ -492,8 +490,8 @@ static int write_ckpt(cel_adapters_t *s, cel_adapter_t *a, const char *task, jso
 }
 
 /* write_ckpt with the new step history. */
-static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *task,
-                            json_t *result, json_t *recent, cel_err_t *err) {
+static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *task, json_t *result,
+                            json_t *recent, cel_err_t *err) {
     char nonce[17], name[CKPT_NAME_MAX], adir[CEL_ADAPTERS_PATH_MAX + 64];
     char dir[CEL_ADAPTERS_PATH_MAX + 128];
     int rc = random_hex(nonce, 8, err);
@@ -503,7 +501,7 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
     snprintf(dir, sizeof(dir), "%s/%s", adir, name);
     if ((rc = mkdir_if_missing(adir, err)) != CEL_OK) return rc;
     if (mkdir(dir, 0700) != 0) return cel_err_set(err, CEL_EIO, "%s: %s", dir, strerror(errno));
-    const char *kv[] = {"adapter_id", a->id};
+    const char *kv[] = { "adapter_id", a->id };
     rc = cel_lora_save(a->lora, dir, s->base, kv, 1, err);
     json_t *meta = rc == CEL_OK ? make_meta(s, a, task, result, recent) : NULL;
     char *text = meta ? json_dumps(meta, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
@@ -527,8 +525,8 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
     return CEL_OK;
 }
 
-int cel_adapters_commit(cel_adapters_t *s, cel_adapter_t *a, const char *task_id,
-                        json_t *result, cel_err_t *err) {
+int cel_adapters_commit(cel_adapters_t *s, cel_adapter_t *a, const char *task_id, json_t *result,
+                        cel_err_t *err) {
     int rc = write_ckpt(s, a, task_id, result, err);
     if (rc != CEL_OK) {
         cel_error("Checkpoint of adapter %s failed: %s", a->id, err ? err->msg : "?");
@@ -539,8 +537,8 @@ int cel_adapters_commit(cel_adapters_t *s, cel_adapter_t *a, const char *task_id
 }
 
 /* A new adapter object with a fresh id around lora (taken). */
-static int new_adapter(cel_adapters_t *s, cel_lora_t *lora, const char *owner,
-                       cel_adapter_t **out, cel_err_t *err) {
+static int new_adapter(cel_adapters_t *s, cel_lora_t *lora, const char *owner, cel_adapter_t **out,
+                       cel_err_t *err) {
     *out = NULL;
     cel_adapter_t *a = calloc(1, sizeof(*a));
     if (!a || !(a->recent = json_array()) || (owner && !(a->owner = strdup(owner)))) {
@@ -614,7 +612,7 @@ int cel_adapters_export(cel_adapters_t *s, cel_adapter_t *a, char *path, cel_err
     if (rc != CEL_OK) return rc;
     snprintf(tmp, sizeof(tmp), "%s/.tmp-%s-%s", s->edir, a->id, nonce);
     if (mkdir(tmp, 0700) != 0) return cel_err_set(err, CEL_EIO, "%s: %s", tmp, strerror(errno));
-    const char *kv[] = {"adapter_id", a->id};
+    const char *kv[] = { "adapter_id", a->id };
     rc = cel_lora_save(a->lora, tmp, s->base, kv, 1, err);
     if (rc == CEL_OK && fsync_path(tmp, O_RDONLY | O_DIRECTORY) != 0)
         rc = cel_err_set(err, CEL_EIO, "%s: fsync: %s", tmp, strerror(errno));
@@ -660,8 +658,8 @@ static int inside_roots(const cel_adapters_t *s, const char *path) {
     return 0;
 }
 
-int cel_adapters_import(cel_adapters_t *s, const char *path, const char *owner,
-                        cel_adapter_t **out, cel_err_t *err) {
+int cel_adapters_import(cel_adapters_t *s, const char *path, const char *owner, cel_adapter_t **out,
+                        cel_err_t *err) {
     *out = NULL;
     char abs[CEL_ADAPTERS_PATH_MAX * 2 + 2], norm[CEL_ADAPTERS_PATH_MAX];
     char real[PATH_MAX];
@@ -669,21 +667,21 @@ int cel_adapters_import(cel_adapters_t *s, const char *path, const char *owner,
     if (path[0] == '/') snprintf(abs, sizeof(abs), "%s", path);
     else snprintf(abs, sizeof(abs), "%s/%s", s->state, path);
     if (strlen(abs) >= CEL_ADAPTERS_PATH_MAX || lexical_norm(abs, norm) != 0)
-        return cel_err_set(err, CEL_ELIMIT, "is longer than %d bytes",
-                           CEL_ADAPTERS_PATH_MAX - 1);
+        return cel_err_set(err, CEL_ELIMIT, "is longer than %d bytes", CEL_ADAPTERS_PATH_MAX - 1);
     if (!realpath(abs, real)) {
         /* say "missing" only for paths that would be allowed, so the answer tells
          * nothing about what exists outside the roots */
         if (!inside_roots(s, norm))
-            return cel_err_set(err, CEL_ESTATE, "is outside the state directory and the "
+            return cel_err_set(err, CEL_ESTATE,
+                               "is outside the state directory and the "
                                "import roots");
         return cel_err_set(err, CEL_ENOTFOUND, "does not exist");
     }
     if (!inside_roots(s, real))
         return cel_err_set(err, CEL_ESTATE, "is outside the state directory and the import roots");
     if (!is_dir(real)) return cel_err_set(err, CEL_EINVAL, "is not a directory");
-    static const char *const files[] = {"adapter_config.json", "adapter_model.safetensors",
-                                        "optimizer.safetensors"};
+    static const char *const files[] = { "adapter_config.json", "adapter_model.safetensors",
+                                         "optimizer.safetensors" };
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         char f[PATH_MAX + 64], fr[PATH_MAX];
         struct stat st;
@@ -693,8 +691,10 @@ int cel_adapters_import(cel_adapters_t *s, const char *path, const char *owner,
             continue;
         }
         if (!realpath(f, fr) || !inside_roots(s, fr))
-            return cel_err_set(err, CEL_ESTATE, "has a %s that leads outside the state "
-                               "directory and the import roots", files[i]);
+            return cel_err_set(err, CEL_ESTATE,
+                               "has a %s that leads outside the state "
+                               "directory and the import roots",
+                               files[i]);
     }
     cel_lora_t *lora;
     cel_err_t lerr;
@@ -714,13 +714,12 @@ static json_t *or_null(json_t *v) { return v ? v : json_null(); }
 
 /* The info dict from a checkpoint's meta (borrowed). */
 static json_t *info_from_meta(const char *id, json_t *meta) {
-    return json_pack("{s:s, s:O, s:O, s:O, s:O, s:O, s:O}", "adapter_id", id, "rank",
-                     or_null(json_object_get(meta, "rank")), "alpha",
-                     or_null(json_object_get(meta, "alpha")), "target_modules",
-                     or_null(json_object_get(meta, "target_modules")), "step",
-                     or_null(json_object_get(meta, "step")), "owner",
-                     or_null(json_object_get(meta, "owner")), "created",
-                     or_null(json_object_get(meta, "created")));
+    return json_pack(
+        "{s:s, s:O, s:O, s:O, s:O, s:O, s:O}", "adapter_id", id, "rank",
+        or_null(json_object_get(meta, "rank")), "alpha", or_null(json_object_get(meta, "alpha")),
+        "target_modules", or_null(json_object_get(meta, "target_modules")), "step",
+        or_null(json_object_get(meta, "step")), "owner", or_null(json_object_get(meta, "owner")),
+        "created", or_null(json_object_get(meta, "created")));
 }
 
 int cel_adapters_info(cel_adapters_t *s, const char *id, json_t **out, cel_err_t *err) {

@@ -26,13 +26,13 @@
 #include "../model/model.h"
 #include "../common/err.h"
 
-#define CEL_ADAPTERS_ID_LEN 21          /* "lora_" + 16 hex */
-#define CEL_ADAPTERS_MAX_LOADED 64      /* adapters kept in one executor's memory */
-#define CEL_ADAPTERS_MAX_LIST 10000     /* adapters lora.list reports */
-#define CEL_ADAPTERS_MAX_META (1 << 20) /* bytes of a meta.json or current file */
-#define CEL_ADAPTERS_MAX_ROOTS 16       /* --import-root directories */
-#define CEL_ADAPTERS_PATH_MAX 4096
-#define CEL_ADAPTERS_MAX_RECENT 32      /* steps whose task id and result meta.json keeps */
+#define CEL_ADAPTERS_ID_LEN     21        /* "lora_" + 16 hex */
+#define CEL_ADAPTERS_MAX_LOADED 64        /* adapters kept in one executor's memory */
+#define CEL_ADAPTERS_MAX_LIST   10000     /* adapters lora.list reports */
+#define CEL_ADAPTERS_MAX_META   (1 << 20) /* bytes of a meta.json or current file */
+#define CEL_ADAPTERS_MAX_ROOTS  16        /* --import-root directories */
+#define CEL_ADAPTERS_PATH_MAX   4096
+#define CEL_ADAPTERS_MAX_RECENT 32 /* steps whose task id and result meta.json keeps */
 
 typedef struct cel_adapters cel_adapters_t;
 typedef struct cel_adapter cel_adapter_t;
@@ -42,8 +42,7 @@ typedef struct cel_adapter cel_adapter_t;
  * in exported adapter_config.json files. roots: n_roots extra directories
  * lora.load may read from (must exist). OUT: *out (cel_adapters_free). */
 int cel_adapters_open(cel_model_t *m, const char *state_dir, const char *base_model,
-                      const char *const *roots, int n_roots, cel_adapters_t **out,
-                      cel_err_t *err);
+                      const char *const *roots, int n_roots, cel_adapters_t **out, cel_err_t *err);
 
 /* Frees the memory copies (unsaved gradients are lost); NULL is a no-op. */
 void cel_adapters_free(cel_adapters_t *s);
@@ -71,8 +70,8 @@ int cel_adapters_get(cel_adapters_t *s, const char *id, cel_adapter_t **out, cel
  * step, and switches `current` to it atomically; older checkpoints are pruned.
  * On failure the old checkpoint stays current and a is dropped from memory, so
  * the next get reloads the last good state. */
-int cel_adapters_commit(cel_adapters_t *s, cel_adapter_t *a, const char *task_id,
-                        json_t *result, cel_err_t *err);
+int cel_adapters_commit(cel_adapters_t *s, cel_adapter_t *a, const char *task_id, json_t *result,
+                        cel_err_t *err);
 
 /* Drops a's memory copy (its gradients too); the checkpoint stays. */
 void cel_adapters_evict(cel_adapters_t *s, cel_adapter_t *a);
@@ -92,8 +91,8 @@ int cel_adapters_export(cel_adapters_t *s, cel_adapter_t *a, char *path, cel_err
  * CEL_ESTATE the path leaves them (PermissionError for the client), CEL_ENOTFOUND
  * it does not exist, others a folder that is not a loadable adapter. OUT: *out
  * as for create. */
-int cel_adapters_import(cel_adapters_t *s, const char *path, const char *owner,
-                        cel_adapter_t **out, cel_err_t *err);
+int cel_adapters_import(cel_adapters_t *s, const char *path, const char *owner, cel_adapter_t **out,
+                        cel_err_t *err);
 
 /* The info dict of the adapter id read from its checkpoint (no weights loaded):
  * {"adapter_id","rank","alpha","target_modules","step","owner","created"}.

@@ -51,8 +51,8 @@ static json_t *created_result(cel_adapter_t *a) {
 /* lora.create(rank=8, alpha=16, target_modules=None, seed=None, owner=None) */
 int cel_lm_create(cel_call_t *call) {
     json_t **v = call->argv;
-    cel_lora_config_t cfg = {.rank = (int)json_integer_value(v[0]),
-                             .alpha = (float)json_number_value(v[1])};
+    cel_lora_config_t cfg = { .rank = (int)json_integer_value(v[0]),
+                              .alpha = (float)json_number_value(v[1]) };
     int rc = parse_targets(call, v[2], &cfg.targets);
     cfg.seed = json_is_null(v[3]) ? cel_lm_random_seed() : (uint64_t)json_integer_value(v[3]);
     if (rc == CEL_OK) rc = cel_lm_owner(call, v[4]);
@@ -64,8 +64,7 @@ int cel_lm_create(cel_call_t *call) {
                  ? rc
                  : cel_call_fail(call, "OSError", "cannot create the adapter: %s", err.msg);
     if (rc == CEL_OK) {
-        cel_info("Created adapter %s (rank %d, alpha %g)", cel_adapters_id(a), cfg.rank,
-                 cfg.alpha);
+        cel_info("Created adapter %s (rank %d, alpha %g)", cel_adapters_id(a), cfg.rank, cfg.alpha);
         rc = cel_call_succeed(call, created_result(a));
     }
     return cel_call_finish(rc);
@@ -160,4 +159,3 @@ int cel_lm_delete(cel_call_t *call) {
     }
     return cel_call_finish(rc);
 }
-

@@ -21,7 +21,7 @@
 #include "../protocol/protocol.h"
 
 #define TRACEBACK_FILE "celeriac/diag" /* kept: clients may match tracebacks on it */
-#define PATH_MAX_BYTES 256 /* of a value's name in a message ("example 3, message 2") */
+#define PATH_MAX_BYTES 256             /* of a value's name in a message ("example 3, message 2") */
 
 /* ---- the outcome ---- */
 
@@ -204,8 +204,8 @@ static int bind_python(cel_call_t *call, const cel_tasks_task_t *t, json_t **in,
                                  "%s() takes %d positional argument%s but %zu %s given", func, np,
                                  np == 1 ? "" : "s", nargs, nargs == 1 ? "was" : "were");
         return cel_call_fail(call, "TypeError",
-                             "%s() takes from %d to %d positional arguments but %zu %s given",
-                             func, nreq, np, nargs, nargs == 1 ? "was" : "were");
+                             "%s() takes from %d to %d positional arguments but %zu %s given", func,
+                             nreq, np, nargs, nargs == 1 ? "was" : "were");
     }
     const char *missing[CEL_TASKS_MAX_PARAMS];
     int nmissing = 0;
@@ -226,9 +226,9 @@ static int bind_python(cel_call_t *call, const cel_tasks_task_t *t, json_t **in,
 /* Where a value sits, as a chain up to its parameter; rendered only for a
  * message, so checking a long list of ints builds no names. */
 typedef struct path {
-    const struct path *up; /* NULL: a parameter (key is its name) */
-    const char *key;       /* a dict field's key, or NULL for a list item */
-    size_t index;          /* list item: its index */
+    const struct path *up;        /* NULL: a parameter (key is its name) */
+    const char *key;              /* a dict field's key, or NULL for a list item */
+    size_t index;                 /* list item: its index */
     const cel_tasks_spec_t *list; /* list item: the list's spec (for its label) */
 } path_t;
 
@@ -310,8 +310,8 @@ static const char *expect(const cel_tasks_spec_t *s, char *buf, size_t size) {
     case CEL_TASKS_DICT: return "a dict";
     case CEL_TASKS_LIST: {
         char item[96];
-        const char *e = s->items->type == CEL_TASKS_ANY ? " values"
-                                                        : strchr(expect(s->items, item, 96), ' ');
+        const char *e =
+            s->items->type == CEL_TASKS_ANY ? " values" : strchr(expect(s->items, item, 96), ' ');
         snprintf(buf, size, "%sa list of%s", s->also_str ? "a str or " : "", e ? e : " values");
         return buf; /* "a list of str": the item's phrase without its article */
     }
@@ -419,7 +419,7 @@ static int check_list(cel_call_t *call, const cel_tasks_spec_t *s, json_t *v, co
     json_t *copy = NULL; /* made when an item's bound value differs from the item */
     for (size_t i = 0; rc == CEL_OK && i < n; i++) {
         json_t *item = json_array_get(v, i), *b = NULL;
-        path_t ip = {.up = p, .index = i, .list = s};
+        path_t ip = { .up = p, .index = i, .list = s };
         rc = check(call, s->items, item, &ip, &b);
         if (rc == CEL_OK && b != item && !copy) {
             copy = json_array();
@@ -482,7 +482,7 @@ static int check_dict(cel_call_t *call, const cel_tasks_spec_t *s, json_t *v, co
             else rc = cel_call_fail(call, "ValueError", "%s needs the key '%s'", name, f->name);
             break;
         }
-        path_t fp = {.up = p, .key = f->name};
+        path_t fp = { .up = p, .key = f->name };
         rc = check(call, f, fv, &fp, &b);
         if (rc == CEL_OK && json_object_set_new(d, f->name, b)) rc = CEL_ENOMEM;
     }
@@ -565,7 +565,7 @@ static int check(cel_call_t *call, const cel_tasks_spec_t *s, json_t *v, const p
 }
 
 int cel_call_check(cel_call_t *call, const cel_tasks_spec_t *s, json_t *v, json_t **out) {
-    path_t p = {.key = s->name ? s->name : "value"};
+    path_t p = { .key = s->name ? s->name : "value" };
     return check(call, s, v, &p, out);
 }
 

@@ -26,10 +26,10 @@
 
 typedef struct cel_call {
     /* inputs, borrowed */
-    const char *name;                         /* full task name, "diag.add" */
-    json_t *args;                             /* array */
-    json_t *kwargs;                           /* object */
-    const volatile sig_atomic_t *soft_limit;  /* non-zero once SIGUSR1 arrived */
+    const char *name;                        /* full task name, "diag.add" */
+    json_t *args;                            /* array */
+    json_t *kwargs;                          /* object */
+    const volatile sig_atomic_t *soft_limit; /* non-zero once SIGUSR1 arrived */
     /* bound by cel_call_bind (owned): argv[i] is the task's params[i] with its
      * default filled in (None too, for a nullable parameter with a default), a
      * dict with every field, a bare str made a one-item list (also_str); then
@@ -38,11 +38,11 @@ typedef struct cel_call {
     json_t *argv[CEL_CALL_MAX_ARGV];
     int argc;
     /* OUT: either result, or exc_type/exc_module/exc_args/traceback */
-    json_t *result;          /* owned reference; NULL means None on SUCCESS */
-    const char *exc_type;    /* static string; NULL on SUCCESS */
-    const char *exc_module;  /* static string */
-    json_t *exc_args;        /* owned array: the exception's args */
-    char *traceback;         /* malloc'd, or NULL (json null) */
+    json_t *result;         /* owned reference; NULL means None on SUCCESS */
+    const char *exc_type;   /* static string; NULL on SUCCESS */
+    const char *exc_module; /* static string */
+    json_t *exc_args;       /* owned array: the exception's args */
+    char *traceback;        /* malloc'd, or NULL (json null) */
 } cel_call_t;
 
 /* A task function: reads call->argv (bound) and sets the outcome. Returns CEL_OK

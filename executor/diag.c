@@ -119,7 +119,7 @@ static int diag_sleep(cel_call_t *call) {
         /* Short slices bound the delay when SIGUSR1 lands between the flag check
          * and nanosleep (the signal's EINTR covers the usual case). */
         long ns = left * 1e9 < SLEEP_SLICE_NS ? (long)(left * 1e9) : SLEEP_SLICE_NS;
-        struct timespec ts = {0, ns > 0 ? ns : 1};
+        struct timespec ts = { 0, ns > 0 ? ns : 1 };
         nanosleep(&ts, NULL); /* EINTR: loop checks the flag */
     }
     return cel_call_succeed(call, json_incref(s));
@@ -147,8 +147,8 @@ static const struct {
     const char *name;
     cel_call_fn fn;
 } diag_tasks[] = {
-    {"diag.add", diag_add},   {"diag.crash", diag_crash}, {"diag.echo", diag_echo},
-    {"diag.fail", diag_fail}, {"diag.noop", diag_noop},   {"diag.sleep", diag_sleep},
+    { "diag.add", diag_add },   { "diag.crash", diag_crash }, { "diag.echo", diag_echo },
+    { "diag.fail", diag_fail }, { "diag.noop", diag_noop },   { "diag.sleep", diag_sleep },
 };
 
 cel_call_fn cel_diag_find(const char *name) {

@@ -42,12 +42,12 @@
 #include "diag.h"
 #include "lm.h"
 
-#define EXEC_READ_CHUNK (64 * 1024) /* bytes per read(2) */
-#define EXEC_EXIT_IO 1              /* channel I/O failed or out of memory */
-#define EXEC_EXIT_PROTO 2           /* bad command line, or a frame we cannot answer */
-#define EXEC_EXIT_MODEL 3           /* the model, tokenizer or state dir could not be opened */
-#define EXEC_PROGRESS_EVERY 0.25    /* seconds between progress frames of one task */
-#define EXEC_PATH_MAX 4096
+#define EXEC_READ_CHUNK     (64 * 1024) /* bytes per read(2) */
+#define EXEC_EXIT_IO        1           /* channel I/O failed or out of memory */
+#define EXEC_EXIT_PROTO     2           /* bad command line, or a frame we cannot answer */
+#define EXEC_EXIT_MODEL     3           /* the model, tokenizer or state dir could not be opened */
+#define EXEC_PROGRESS_EVERY 0.25        /* seconds between progress frames of one task */
+#define EXEC_PATH_MAX       4096
 
 static volatile sig_atomic_t soft_limit; /* set by SIGUSR1, cleared before each task */
 
@@ -57,7 +57,7 @@ static volatile sig_atomic_t soft_limit; /* set by SIGUSR1, cleared before each 
 static struct {
     int max_tasks, wait_ms;
     long max_tokens;
-} batching = {1, 0, 16384};
+} batching = { 1, 0, 16384 };
 
 /* A task taken into the current batch: its run frame (owning id, name,
  * args/kwargs), the call and what to run. */
@@ -128,7 +128,7 @@ static int send_payload(int fd, int rc, uint8_t *buf, size_t len, cel_err_t *err
     uint8_t hdr[CEL_FRAME_HDR];
     if (rc == CEL_OK) rc = cel_frame_header(len, hdr, err);
     if (rc == CEL_OK) {
-        struct iovec iov[2] = {{hdr, sizeof(hdr)}, {buf, len}};
+        struct iovec iov[2] = { { hdr, sizeof(hdr) }, { buf, len } };
         if (write_all(fd, iov, 2) < 0)
             rc = cel_err_set(err, CEL_EIO, "write to main process: %s", strerror(errno));
     }
@@ -141,7 +141,7 @@ static struct {
     int fd;
     const char *id;
     double last; /* when the last progress frame went (or the task started) */
-} running = {.fd = -1};
+} running = { .fd = -1 };
 
 /* The model tasks' progress hook: a {"op": "progress"} frame for the running task, at
  * most one per EXEC_PROGRESS_EVERY (none for tasks shorter than that). */
@@ -153,7 +153,7 @@ static int send_progress(void *priv, long done, long total) {
     cel_err_t err;
     json_t *meta = json_pack("{s:I, s:I}", "done", (json_int_t)done, "total", (json_int_t)total);
     if (!meta) return CEL_ENOMEM;
-    cel_frame_progress_t f = {.id = running.id, .state = "PROGRESS", .meta = meta};
+    cel_frame_progress_t f = { .id = running.id, .state = "PROGRESS", .meta = meta };
     uint8_t *buf = NULL;
     size_t len = 0, cap = 0;
     int rc = cel_frame_progress_encode(&f, &buf, &len, &cap, &err);
@@ -164,7 +164,7 @@ static int send_progress(void *priv, long done, long total) {
 /* Encodes and sends the result frame of a finished call (outcome borrowed). */
 static int send_result_frame(int fd, const char *id, cel_call_t *call, double runtime,
                              cel_err_t *err) {
-    cel_frame_result_t f = {.id = id, .runtime = runtime};
+    cel_frame_result_t f = { .id = id, .runtime = runtime };
     if (!call->exc_type) {
         f.result = call->result ? call->result : json_null();
     } else {
@@ -201,7 +201,7 @@ out:
 
 /* Answers a run frame we cannot run (bad fields) with a FAILURE for id. */
 static int send_bad_run(int fd, const char *id, const char *task, const char *why) {
-    cel_call_t call = {.name = task ? task : "?"};
+    cel_call_t call = { .name = task ? task : "?" };
     cel_error("Bad run frame for task id %s: %s", id, why);
     int rc = cel_call_raise(&call, "DecodeError", "kombu.exceptions", json_pack("[s]", why), why);
     if (rc == CEL_OK) rc = send_result(fd, id, &call, 0.0);
@@ -222,8 +222,10 @@ static int start_call(cel_call_t *call, const cel_tasks_task_t *t, cel_call_fn *
     *fn = NULL;
     cel_call_fn f = task_fn(t);
     if (!f) /* logged at start-up */
-        return cel_call_raisef(call, "NotImplementedError", "task %s has no function in this "
-                               "executor", t->name);
+        return cel_call_raisef(call, "NotImplementedError",
+                               "task %s has no function in this "
+                               "executor",
+                               t->name);
     int rc = cel_call_bind(call, t);
     if (rc == CEL_OK && t->needs_model && !cel_lm_ready())
         rc = cel_call_fail(call, "RuntimeError", "the executor has no model loaded");
@@ -233,14 +235,14 @@ static int start_call(cel_call_t *call, const cel_tasks_task_t *t, cel_call_fn *
 
 /* Runs one task and sends its result. Returns CEL_OK or a channel/memory error. */
 static int run_task(int fd, const char *id, const char *name, json_t *args, json_t *kwargs) {
-    cel_call_t call = {.name = name, .args = args, .kwargs = kwargs, .soft_limit = &soft_limit};
+    cel_call_t call = { .name = name, .args = args, .kwargs = kwargs, .soft_limit = &soft_limit };
     const cel_tasks_task_t *task = cel_tasks_find(name);
     double t0 = mono_now();
     int rc;
     if (!task) {
         /* The Python worker stores NotRegistered(name) with a null traceback. */
-        rc = cel_call_raise(&call, "NotRegistered", "celery.exceptions",
-                            json_pack("[s]", name), NULL);
+        rc = cel_call_raise(&call, "NotRegistered", "celery.exceptions", json_pack("[s]", name),
+                            NULL);
         if (rc == CEL_OK) {
             free(call.traceback);
             call.traceback = NULL;
@@ -287,8 +289,7 @@ static int flush_batch(int fd) {
     if (np > 1) cel_debug("Packed %d model tasks in %.6fs", np, runtime);
     for (int i = 0; i < nheld; i++) {
         held_t *h = &held[i];
-        if (rc == CEL_OK)
-            rc = send_result(fd, h->id, &h->call, h->pending ? runtime : 0.0);
+        if (rc == CEL_OK) rc = send_result(fd, h->id, &h->call, h->pending ? runtime : 0.0);
         cel_lm_pending_free(h->pending);
         cel_call_close(&h->call);
         cel_frame_run_clear(&h->run);
@@ -306,8 +307,9 @@ static int hold_task(cel_frame_run_t *run, const cel_tasks_task_t *t) {
     memset(run, 0, sizeof(*run));
     h->id = h->run.id;
     h->name = t->name;
-    h->call = (cel_call_t){.name = t->name, .args = h->run.args, .kwargs = h->run.kwargs,
-                           .soft_limit = &soft_limit};
+    h->call = (cel_call_t){
+        .name = t->name, .args = h->run.args, .kwargs = h->run.kwargs, .soft_limit = &soft_limit
+    };
     cel_debug("Task %s[%s] held for a packed pass", h->name, h->id);
     cel_call_fn fn;
     int rc = start_call(&h->call, t, &fn);
@@ -371,7 +373,7 @@ static int serve(int fd) {
         }
         if (nheld > 0) {
             /* a partial batch: wait a little for more tasks, then run it */
-            struct pollfd pfd = {.fd = fd, .events = POLLIN};
+            struct pollfd pfd = { .fd = fd, .events = POLLIN };
             int pr = poll(&pfd, 1, batching.wait_ms);
             if (pr < 0 && errno == EINTR) continue;
             if (pr <= 0) {
@@ -407,12 +409,13 @@ static int parse_int(const char *s, int *out) {
 }
 
 static int usage(const char *why) {
-    fprintf(stderr, "celeriac-executor: %s\n"
-                    "usage: celeriac-executor --fd FD --index N [--loglevel LEVEL] [--model DIR]\n"
-                    "         [--state-dir DIR] [--import-root DIR]... [--max-input-tokens N]\n"
-                    "         [--threads N] [--device D] [--batch-max-tasks K]\n"
-                    "         [--batch-wait-ms MS] [--batch-max-tokens N]\n"
-                    "         [--gpu-adapter-memory MB]\n",
+    fprintf(stderr,
+            "celeriac-executor: %s\n"
+            "usage: celeriac-executor --fd FD --index N [--loglevel LEVEL] [--model DIR]\n"
+            "         [--state-dir DIR] [--import-root DIR]... [--max-input-tokens N]\n"
+            "         [--threads N] [--device D] [--batch-max-tasks K]\n"
+            "         [--batch-wait-ms MS] [--batch-max-tokens N]\n"
+            "         [--gpu-adapter-memory MB]\n",
             why);
     return EXEC_EXIT_PROTO;
 }
@@ -426,7 +429,7 @@ static int default_model_dir(char *out) {
     exe[n] = '\0';
     char *slash = strrchr(exe, '/');
     if (slash) *slash = '\0';
-    static const char *const rel[] = {"/../model/tiny", "/../../../model/tiny"};
+    static const char *const rel[] = { "/../model/tiny", "/../../../model/tiny" };
     for (size_t i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
         char p[EXEC_PATH_MAX + 32];
         snprintf(p, sizeof(p), "%s%s", exe, rel[i]);
@@ -439,8 +442,7 @@ static int default_model_dir(char *out) {
 int main(int argc, char **argv) {
     int fd = -1, index = -1, level = CEL_LOG_WARNING;
     const char *roots[CEL_LM_MAX_ROOTS];
-    cel_lm_opts_t mopts = {.import_roots = roots, .threads = 1,
-                                    .progress = send_progress};
+    cel_lm_opts_t mopts = { .import_roots = roots, .threads = 1, .progress = send_progress };
     for (int i = 1; i < argc; i++) {
         const char *opt = argv[i];
         if (i + 1 >= argc) return usage("missing option value");
@@ -456,8 +458,7 @@ int main(int argc, char **argv) {
         } else if (strcmp(opt, "--state-dir") == 0) {
             mopts.state_dir = *val ? val : NULL;
         } else if (strcmp(opt, "--import-root") == 0) {
-            if (mopts.n_import_roots == CEL_LM_MAX_ROOTS)
-                return usage("too many --import-root");
+            if (mopts.n_import_roots == CEL_LM_MAX_ROOTS) return usage("too many --import-root");
             roots[mopts.n_import_roots++] = val;
         } else if (strcmp(opt, "--max-input-tokens") == 0) {
             if (parse_int(val, &mopts.max_input_tokens) < 0 || mopts.max_input_tokens < 2)
@@ -519,7 +520,7 @@ int main(int argc, char **argv) {
 
     cel_err_t err;
     cel_err_clear(&err);
-    cel_frame_ready_t ready = {.pid = getpid(), .device = device};
+    cel_frame_ready_t ready = { .pid = getpid(), .device = device };
     uint8_t *rbuf = NULL;
     size_t rlen = 0, rcap = 0;
     int rc = cel_frame_ready_encode(&ready, &rbuf, &rlen, &rcap, &err);

@@ -32,7 +32,7 @@
 
 #include "../common/log.h"
 
-cel_lm_state_t cel_lm_state = {.im_start = -1, .im_end = -1, .eos = -1};
+cel_lm_state_t cel_lm_state = { .im_start = -1, .im_end = -1, .eos = -1 };
 
 static cel_lm_state_t *const g = &cel_lm_state;
 
@@ -51,8 +51,8 @@ int cel_lm_open(const cel_lm_opts_t *o, cel_err_t *err) {
     if (rc == CEL_OK) rc = cel_model_load(g->model_dir, &g->model, err);
     char chosen[256] = "";
     if (rc == CEL_OK)
-        rc = cel_model_set_device(g->model, o->device ? o->device : "auto", chosen,
-                                  sizeof(chosen), err);
+        rc = cel_model_set_device(g->model, o->device ? o->device : "auto", chosen, sizeof(chosen),
+                                  err);
     if (rc == CEL_OK && o->device_chosen) snprintf(o->device_chosen, 256, "%s", chosen);
     if (rc == CEL_OK) cel_model_set_gpu_budget(g->model, (size_t)o->gpu_adapter_mb << 20);
     if (rc == CEL_OK && cel_tokenizer_vocab_size(g->tok) > (size_t)cel_model_vocab_size(g->model))
@@ -88,8 +88,7 @@ int cel_lm_open(const cel_lm_opts_t *o, cel_err_t *err) {
             g->temp_state[0] = '\0';
         } else {
             state = g->temp_state;
-            cel_warn("No --state-dir: adapters live in %s and will not survive a restart",
-                     state);
+            cel_warn("No --state-dir: adapters live in %s and will not survive a restart", state);
         }
     }
     if (rc == CEL_OK)
@@ -159,8 +158,8 @@ int cel_lm_encode(cel_call_t *call, json_t *s, int add_bos, const char *what, in
     *ids = NULL;
     *n = 0;
     cel_err_t err;
-    int rc = cel_tokenizer_encode(g->tok, json_string_value(s), json_string_length(s), add_bos,
-                                  ids, n, &err);
+    int rc = cel_tokenizer_encode(g->tok, json_string_value(s), json_string_length(s), add_bos, ids,
+                                  n, &err);
     if (rc == CEL_OK || rc == CEL_ENOMEM) return rc;
     return cel_call_fail(call, "ValueError", "%s cannot be tokenized: %s", what, err.msg);
 }
@@ -187,16 +186,16 @@ static const struct {
     const char *name;
     cel_call_fn fn;
 } lm_tasks[] = {
-    {"lora.create", cel_lm_create},
-    {"lora.delete", cel_lm_delete},
-    {"lora.forward_backward", cel_lm_run_alone},
-    {"lora.info", cel_lm_info},
-    {"lora.list", cel_lm_list},
-    {"lora.load", cel_lm_load},
-    {"lora.optim_step", cel_lm_optim_step},
-    {"lora.sample", cel_lm_sample},
-    {"lora.save", cel_lm_save},
-    {"model.score", cel_lm_run_alone},
+    { "lora.create", cel_lm_create },
+    { "lora.delete", cel_lm_delete },
+    { "lora.forward_backward", cel_lm_run_alone },
+    { "lora.info", cel_lm_info },
+    { "lora.list", cel_lm_list },
+    { "lora.load", cel_lm_load },
+    { "lora.optim_step", cel_lm_optim_step },
+    { "lora.sample", cel_lm_sample },
+    { "lora.save", cel_lm_save },
+    { "model.score", cel_lm_run_alone },
 };
 
 cel_call_fn cel_lm_find(const char *name) {
@@ -219,4 +218,3 @@ static void rm_private_state(void) {
     nftw(g->temp_state, rm_one, 16, FTW_DEPTH | FTW_PHYS);
     g->temp_state[0] = '\0';
 }
-

@@ -29,11 +29,11 @@ typedef struct cel_lm_state {
     cel_tokenizer_t *tok;
     cel_adapters_t *store;
     char model_dir[CEL_ADAPTERS_PATH_MAX];
-    char temp_state[64];        /* non-empty: private state dir to remove at close */
-    int max_input;              /* --max-input-tokens (<= the model's positions) */
-    int32_t im_start, im_end;   /* ChatML tokens, or -1 */
-    int32_t eos;                /* appended to text examples, or -1 */
-    const char *task_id;        /* of the running task (cel_lm_begin) */
+    char temp_state[64];      /* non-empty: private state dir to remove at close */
+    int max_input;            /* --max-input-tokens (<= the model's positions) */
+    int32_t im_start, im_end; /* ChatML tokens, or -1 */
+    int32_t eos;              /* appended to text examples, or -1 */
+    const char *task_id;      /* of the running task (cel_lm_begin) */
     int (*progress)(void *, long, long);
     void *progress_priv;
 } cel_lm_state_t;

@@ -56,14 +56,14 @@ static int decode_cut(gen_t *q, const sample_req_t *r, int *rc, cel_err_t *err) 
     return cel_sampler_cut_stops(q->text, &q->len, r->stop, r->stop_len, r->nstops);
 }
 
-static int run_sampler(cel_call_t *call, cel_lora_t *lora, int np, int32_t **pids,
-                       int32_t *lens, sample_req_t *r, gen_t *gens) {
+static int run_sampler(cel_call_t *call, cel_lora_t *lora, int np, int32_t **pids, int32_t *lens,
+                       sample_req_t *r, gen_t *gens) {
     cel_sampler_t *s = NULL;
     cel_err_t err;
     int32_t *out = malloc((size_t)np * sizeof(int32_t));
     if (!out) return CEL_ENOMEM;
-    int rc = cel_sampler_new(g->model, lora, np, (const int32_t *const *)pids, lens, &r->p, &s,
-                             &err);
+    int rc =
+        cel_sampler_new(g->model, lora, np, (const int32_t *const *)pids, lens, &r->p, &s, &err);
     if (rc != CEL_OK) rc = cel_lm_model_error(call, rc, &err);
     int nstops = r->nstops;
     for (long step = 0; rc == CEL_OK;) {
@@ -157,4 +157,3 @@ int cel_lm_sample(cel_call_t *call) {
     free(gens);
     return cel_call_finish(rc);
 }
-

@@ -20,7 +20,7 @@
 
 /* Limits besides the task table's (protocol/tasks.h) and --max-input-tokens. */
 #define MT_MAX_TOTAL_TOKENS (256 * 1024) /* tokens in one forward_backward, all examples */
-#define MT_MAX_BATCH 32                  /* sequences in one pass */
+#define MT_MAX_BATCH        32           /* sequences in one pass */
 
 static cel_lm_state_t *const g = &cel_lm_state;
 
@@ -230,7 +230,7 @@ static int build_datum(cel_call_t *call, size_t idx, json_t *d, example_t *ex) {
 /* One example of data as bound (one of the table's forms): {"text"}, a chat
  * list, {"messages": chat}, or a datum. */
 static int build_example(cel_call_t *call, size_t idx, json_t *d, example_t *ex) {
-    seqbuf_t s = {0};
+    seqbuf_t s = { 0 };
     int rc = CEL_OK;
     json_t *text = json_object_get(d, "text");
     if (json_object_get(d, "tokens")) return build_datum(call, idx, d, ex);
@@ -302,8 +302,9 @@ static void next_chunk(cel_lm_pending_t *p, cel_batch_t *batch) {
         }
     }
     for (int b = 0; b < B; b++) p->lens[b] = ex[i + (size_t)b].len;
-    *batch = (cel_batch_t){.B = B, .T = T, .tokens = bt, .targets = bg, .weights = bw,
-                           .lens = p->lens};
+    *batch = (cel_batch_t){
+        .B = B, .T = T, .tokens = bt, .targets = bg, .weights = bw, .lens = p->lens
+    };
     p->chunk_end = j;
 }
 
@@ -378,26 +379,25 @@ int cel_lm_prepare(cel_call_t *call, cel_lm_pending_t **out) {
 
 /* Adds p's next job to the pass being built if the padded pass stays within
  * max_tokens (the first job always fits). *B, *T: the pass so far. */
-static int add_job(cel_lm_pending_t *p, cel_model_job_t *job, int *B, int *T,
-                   long max_tokens) {
+static int add_job(cel_lm_pending_t *p, cel_model_job_t *job, int *B, int *T, long max_tokens) {
     cel_batch_t b;
     if (p->kind == PK_SCORE) {
-        b = (cel_batch_t){.B = 1, .T = (int)p->nids - 1, .tokens = p->ids,
-                          .targets = p->ids + 1};
+        b = (cel_batch_t){ .B = 1, .T = (int)p->nids - 1, .tokens = p->ids, .targets = p->ids + 1 };
     } else {
         next_chunk(p, &b);
     }
     int nb = *B + b.B, nt = b.T > *T ? b.T : *T;
     if (*B > 0 && (long)nb * nt > max_tokens) return 0;
     *B = nb, *T = nt;
-    *job = (cel_model_job_t){.lora = p->kind == PK_SCORE ? p->lora : cel_adapters_lora(p->a),
-                             .batch = b, .logprobs = p->kind == PK_SCORE ? p->lp : NULL};
+    *job = (cel_model_job_t){ .lora = p->kind == PK_SCORE ? p->lora : cel_adapters_lora(p->a),
+                              .batch = b,
+                              .logprobs = p->kind == PK_SCORE ? p->lp : NULL };
     return 1;
 }
 
 /* One packed pass over the jobs of kind `kind` that fit; returns how many ran. */
-static int run_round(cel_lm_pending_t **ps, int n, int kind, long max_tokens,
-                     cel_model_job_t *jobs, int *who) {
+static int run_round(cel_lm_pending_t **ps, int n, int kind, long max_tokens, cel_model_job_t *jobs,
+                     int *who) {
     int k = 0, B = 0, T = 0;
     for (int i = 0; i < n; i++) {
         cel_lm_pending_t *p = ps[i];
@@ -452,7 +452,8 @@ int cel_lm_run(cel_lm_pending_t **ps, int n, long max_tokens) {
     /* rounds until every task is done or failed: training chunks pack with
      * training chunks, scores with scores */
     while (run_round(ps, n, PK_FB, max_tokens, jobs, who) +
-           run_round(ps, n, PK_SCORE, max_tokens, jobs, who) > 0)
+               run_round(ps, n, PK_SCORE, max_tokens, jobs, who) >
+           0)
         ;
     free(jobs);
     free(who);
@@ -480,12 +481,14 @@ void cel_lm_pending_free(cel_lm_pending_t *p) {
 
 /* adam_params as bound: every key present, each in the table's range. */
 static void parse_adam(json_t *p, cel_adamw_t *o) {
-    *o = (cel_adamw_t){.lr = (float)json_number_value(json_object_get(p, "learning_rate")),
+    *o =
+        (cel_adamw_t){ .lr = (float)json_number_value(json_object_get(p, "learning_rate")),
                        .beta1 = (float)json_number_value(json_object_get(p, "beta1")),
                        .beta2 = (float)json_number_value(json_object_get(p, "beta2")),
                        .eps = (float)json_number_value(json_object_get(p, "eps")),
                        .weight_decay = (float)json_number_value(json_object_get(p, "weight_decay")),
-                       .grad_clip = (float)json_number_value(json_object_get(p, "grad_clip_norm"))};
+                       .grad_clip =
+                           (float)json_number_value(json_object_get(p, "grad_clip_norm")) };
 }
 
 /* lora.optim_step(adapter_id, adam_params=None) */
@@ -518,8 +521,8 @@ int cel_lm_optim_step(cel_call_t *call) {
     if (rc != CEL_OK) return cel_call_finish(cel_lm_model_error(call, rc, &err));
     cel_adapters_set_grads(a, 0);
     int step = cel_lora_step_count(cel_adapters_lora(a));
-    json_t *res = json_pack("{s:i, s:f}", "step", step, "grad_norm",
-                            isfinite(norm) ? (double)norm : -1.0);
+    json_t *res =
+        json_pack("{s:i, s:f}", "step", step, "grad_norm", isfinite(norm) ? (double)norm : -1.0);
     if (!res) return CEL_ENOMEM;
     rc = cel_adapters_commit(g->store, a, g->task_id, res, &err);
     if (rc != CEL_OK) {
@@ -533,4 +536,3 @@ int cel_lm_optim_step(cel_call_t *call) {
     cel_debug("Adapter %s step %d (grad norm %g) checkpointed", id, step, norm);
     return cel_call_succeed(call, res);
 }
-

@@ -33,8 +33,8 @@ static int get_int(json_t *root, const char *key, int optional, long long lo, lo
         return cel_err_set(err, CEL_EPROTO, "config.json: %s is not an integer", key);
     long long x = json_integer_value(v);
     if (x < lo || x > hi)
-        return cel_err_set(err, CEL_ELIMIT, "config.json: %s = %lld is outside [%lld, %lld]",
-                           key, x, lo, hi);
+        return cel_err_set(err, CEL_ELIMIT, "config.json: %s = %lld is outside [%lld, %lld]", key,
+                           x, lo, hi);
     *out = (int)x;
     return CEL_OK;
 }
@@ -47,8 +47,8 @@ static int get_float(json_t *root, const char *key, double lo, double hi, float 
         return cel_err_set(err, CEL_EPROTO, "config.json: %s is not a number", key);
     double x = json_number_value(v);
     if (!(x >= lo && x <= hi))
-        return cel_err_set(err, CEL_ELIMIT, "config.json: %s = %g is outside [%g, %g]", key, x,
-                           lo, hi);
+        return cel_err_set(err, CEL_ELIMIT, "config.json: %s = %g is outside [%g, %g]", key, x, lo,
+                           hi);
     *out = (float)x;
     return CEL_OK;
 }
@@ -89,7 +89,8 @@ static int parse_rope_scaling(json_t *root, cel_config_t *c, cel_err_t *err) {
                           &c->rope_orig_max, err)))
             return rc;
         if (!(c->rope_high_freq > c->rope_low_freq))
-            return cel_err_set(err, CEL_EPROTO, "config.json: rope_scaling high_freq_factor "
+            return cel_err_set(err, CEL_EPROTO,
+                               "config.json: rope_scaling high_freq_factor "
                                "must exceed low_freq_factor");
         return CEL_OK;
     }
@@ -106,10 +107,9 @@ int cel_config_parse(const char *text, size_t len, cel_config_t *out, cel_err_t 
                            CEL_CONFIG_MAX_FILE);
     json_error_t je;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
-    if (!root)
-        return cel_err_set(err, CEL_EPROTO, "config.json: %s (line %d)", je.text, je.line);
+    if (!root) return cel_err_set(err, CEL_EPROTO, "config.json: %s (line %d)", je.text, je.line);
     int rc = CEL_OK;
-    cel_config_t c = {0};
+    cel_config_t c = { 0 };
     c.eps = 1e-6f;
     c.rope_theta = 10000.0f;
     c.rope_kind = CEL_ROPE_PLAIN;
@@ -124,8 +124,10 @@ int cel_config_parse(const char *text, size_t len, cel_config_t *out, cel_err_t 
     }
     const char *mt = json_string_value(json_object_get(root, "model_type"));
     if (mt && strcmp(mt, "llama") != 0 && strcmp(mt, "mistral") != 0) {
-        rc = cel_err_set(err, CEL_EINVAL, "config.json: model_type %.32s is not supported "
-                         "(llama, mistral)", mt);
+        rc = cel_err_set(err, CEL_EINVAL,
+                         "config.json: model_type %.32s is not supported "
+                         "(llama, mistral)",
+                         mt);
         goto done;
     }
     json_t *arch = json_object_get(root, "architectures");
@@ -139,8 +141,10 @@ int cel_config_parse(const char *text, size_t len, cel_config_t *out, cel_err_t 
     }
     const char *act = json_string_value(json_object_get(root, "hidden_act"));
     if (act && strcmp(act, "silu") != 0) {
-        rc = cel_err_set(err, CEL_EINVAL, "config.json: hidden_act %.32s is not supported "
-                         "(silu)", act);
+        rc = cel_err_set(err, CEL_EINVAL,
+                         "config.json: hidden_act %.32s is not supported "
+                         "(silu)",
+                         act);
         goto done;
     }
     int abias = 0, mbias = 0;
@@ -148,7 +152,8 @@ int cel_config_parse(const char *text, size_t len, cel_config_t *out, cel_err_t 
         (rc = get_bool(root, "mlp_bias", &mbias, err)))
         goto done;
     if (abias || mbias) {
-        rc = cel_err_set(err, CEL_EINVAL, "config.json: attention_bias/mlp_bias are not "
+        rc = cel_err_set(err, CEL_EINVAL,
+                         "config.json: attention_bias/mlp_bias are not "
                          "supported");
         goto done;
     }
@@ -164,8 +169,7 @@ int cel_config_parse(const char *text, size_t len, cel_config_t *out, cel_err_t 
         (rc = get_int(root, "num_attention_heads", 0, 1, CEL_CONFIG_MAX_HEADS, &c.NH, err)) ||
         (rc = get_int(root, "num_key_value_heads", 1, 1, CEL_CONFIG_MAX_HEADS, &c.NKV, err)) ||
         (rc = get_int(root, "head_dim", 1, 2, CEL_CONFIG_MAX_HEAD_DIM, &c.HS, err)) ||
-        (rc = get_int(root, "max_position_embeddings", 1, 1, CEL_CONFIG_MAX_POS, &c.maxT,
-                      err)) ||
+        (rc = get_int(root, "max_position_embeddings", 1, 1, CEL_CONFIG_MAX_POS, &c.maxT, err)) ||
         (rc = get_int(root, "bos_token_id", 1, 0, CEL_CONFIG_MAX_VOCAB, &c.bos_id, err)) ||
         (rc = get_float(root, "rms_norm_eps", 0.0, 1.0, &c.eps, err)) ||
         (rc = get_float(root, "rope_theta", 1.0, 1e12, &c.rope_theta, err)) ||
@@ -180,8 +184,10 @@ int cel_config_parse(const char *text, size_t len, cel_config_t *out, cel_err_t 
         json_t *e;
         json_array_foreach(eos, i, e) {
             if (!json_is_integer(e) || c.n_eos >= CEL_CONFIG_MAX_EOS) {
-                rc = cel_err_set(err, CEL_EPROTO, "config.json: eos_token_id must be up to %d "
-                                 "integers", CEL_CONFIG_MAX_EOS);
+                rc = cel_err_set(err, CEL_EPROTO,
+                                 "config.json: eos_token_id must be up to %d "
+                                 "integers",
+                                 CEL_CONFIG_MAX_EOS);
                 goto done;
             }
             c.eos_ids[c.n_eos++] = (int)json_integer_value(e);
@@ -192,8 +198,10 @@ int cel_config_parse(const char *text, size_t len, cel_config_t *out, cel_err_t 
     }
     for (int i = 0; i < c.n_eos; i++)
         if (c.eos_ids[i] < 0 || c.eos_ids[i] >= c.V) {
-            rc = cel_err_set(err, CEL_EPROTO, "config.json: eos_token_id %d outside the "
-                             "vocabulary", c.eos_ids[i]);
+            rc = cel_err_set(err, CEL_EPROTO,
+                             "config.json: eos_token_id %d outside the "
+                             "vocabulary",
+                             c.eos_ids[i]);
             goto done;
         }
     if (c.bos_id >= c.V) {
@@ -203,21 +211,27 @@ int cel_config_parse(const char *text, size_t len, cel_config_t *out, cel_err_t 
     }
     if (c.NKV < 0) c.NKV = c.NH;
     if (c.NKV > c.NH || c.NH % c.NKV != 0) {
-        rc = cel_err_set(err, CEL_EPROTO, "config.json: num_attention_heads %d is not a multiple "
-                         "of num_key_value_heads %d", c.NH, c.NKV);
+        rc = cel_err_set(err, CEL_EPROTO,
+                         "config.json: num_attention_heads %d is not a multiple "
+                         "of num_key_value_heads %d",
+                         c.NH, c.NKV);
         goto done;
     }
     if (c.HS < 0) {
         if (c.C % c.NH != 0) {
-            rc = cel_err_set(err, CEL_EPROTO, "config.json: hidden_size %d is not divisible by "
-                             "num_attention_heads %d", c.C, c.NH);
+            rc = cel_err_set(err, CEL_EPROTO,
+                             "config.json: hidden_size %d is not divisible by "
+                             "num_attention_heads %d",
+                             c.C, c.NH);
             goto done;
         }
         c.HS = c.C / c.NH;
     }
     if (c.HS % 2 != 0 || c.HS > CEL_CONFIG_MAX_HEAD_DIM) {
-        rc = cel_err_set(err, CEL_EPROTO, "config.json: head dimension %d must be even and at "
-                         "most %d", c.HS, CEL_CONFIG_MAX_HEAD_DIM);
+        rc = cel_err_set(err, CEL_EPROTO,
+                         "config.json: head dimension %d must be even and at "
+                         "most %d",
+                         c.HS, CEL_CONFIG_MAX_HEAD_DIM);
         goto done;
     }
     if (!(c.eps > 0)) {
@@ -250,25 +264,22 @@ int cel_config_load(const char *path, cel_config_t *out, cel_err_t *err) {
     int bad = ferror(f);
     fclose(f);
     int rc;
-    if (bad)
-        rc = cel_err_set(err, CEL_EIO, "%s: read error", path);
-    else
-        rc = cel_config_parse(buf, n, out, err);
+    if (bad) rc = cel_err_set(err, CEL_EIO, "%s: read error", path);
+    else rc = cel_config_parse(buf, n, out, err);
     free(buf);
     return rc;
 }
 
 int cel_config_save(const cel_config_t *c, const char *path, cel_err_t *err) {
-    json_t *o = json_pack("{s:[s], s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, "
-                          "s:b, s:b, s:b, s:s}",
-                          "architectures", "LlamaForCausalLM", "model_type", "llama",
-                          "hidden_act", "silu", "vocab_size", c->V, "hidden_size", c->C,
-                          "intermediate_size", c->I, "num_hidden_layers", c->L,
-                          "num_attention_heads", c->NH, "num_key_value_heads", c->NKV,
-                          "head_dim", c->HS, "max_position_embeddings", c->maxT,
-                          "rms_norm_eps", (double)c->eps, "rope_theta", (double)c->rope_theta,
-                          "tie_word_embeddings", c->tied, "attention_bias", 0, "mlp_bias", 0,
-                          "torch_dtype", "float32");
+    json_t *o =
+        json_pack("{s:[s], s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, "
+                  "s:b, s:b, s:b, s:s}",
+                  "architectures", "LlamaForCausalLM", "model_type", "llama", "hidden_act", "silu",
+                  "vocab_size", c->V, "hidden_size", c->C, "intermediate_size", c->I,
+                  "num_hidden_layers", c->L, "num_attention_heads", c->NH, "num_key_value_heads",
+                  c->NKV, "head_dim", c->HS, "max_position_embeddings", c->maxT, "rms_norm_eps",
+                  (double)c->eps, "rope_theta", (double)c->rope_theta, "tie_word_embeddings",
+                  c->tied, "attention_bias", 0, "mlp_bias", 0, "torch_dtype", "float32");
     if (!o) return cel_err_set(err, CEL_ENOMEM, "out of memory");
     if (c->bos_id >= 0) json_object_set_new(o, "bos_token_id", json_integer(c->bos_id));
     if (c->n_eos == 1) json_object_set_new(o, "eos_token_id", json_integer(c->eos_ids[0]));

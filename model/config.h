@@ -17,35 +17,35 @@
 #include "../common/err.h"
 
 /* Limits: anything larger is refused before a byte is allocated. */
-#define CEL_CONFIG_MAX_FILE (1u << 20)
-#define CEL_CONFIG_MAX_VOCAB (1 << 20)
-#define CEL_CONFIG_MAX_HIDDEN 65536
-#define CEL_CONFIG_MAX_LAYERS 512
-#define CEL_CONFIG_MAX_HEADS 1024
+#define CEL_CONFIG_MAX_FILE     (1u << 20)
+#define CEL_CONFIG_MAX_VOCAB    (1 << 20)
+#define CEL_CONFIG_MAX_HIDDEN   65536
+#define CEL_CONFIG_MAX_LAYERS   512
+#define CEL_CONFIG_MAX_HEADS    1024
 #define CEL_CONFIG_MAX_HEAD_DIM 1024
-#define CEL_CONFIG_MAX_INTER (1 << 20)
-#define CEL_CONFIG_MAX_POS (1 << 20)
-#define CEL_CONFIG_MAX_PARAMS (1ull << 36) /* floats; 256 GiB of f32 */
-#define CEL_CONFIG_MAX_EOS 8
+#define CEL_CONFIG_MAX_INTER    (1 << 20)
+#define CEL_CONFIG_MAX_POS      (1 << 20)
+#define CEL_CONFIG_MAX_PARAMS   (1ull << 36) /* floats; 256 GiB of f32 */
+#define CEL_CONFIG_MAX_EOS      8
 
 typedef enum { CEL_ROPE_PLAIN, CEL_ROPE_LINEAR, CEL_ROPE_LLAMA3 } cel_rope_kind_t;
 
 typedef struct cel_config {
-    int V;        /* vocab_size */
-    int C;        /* hidden_size */
-    int L;        /* num_hidden_layers */
-    int NH;       /* num_attention_heads */
-    int NKV;      /* num_key_value_heads (defaults to NH) */
-    int HS;       /* head_dim (defaults to C / NH) */
-    int I;        /* intermediate_size */
-    int maxT;     /* max_position_embeddings */
-    float eps;    /* rms_norm_eps */
+    int V;     /* vocab_size */
+    int C;     /* hidden_size */
+    int L;     /* num_hidden_layers */
+    int NH;    /* num_attention_heads */
+    int NKV;   /* num_key_value_heads (defaults to NH) */
+    int HS;    /* head_dim (defaults to C / NH) */
+    int I;     /* intermediate_size */
+    int maxT;  /* max_position_embeddings */
+    float eps; /* rms_norm_eps */
     float rope_theta;
     cel_rope_kind_t rope_kind;
     float rope_factor, rope_low_freq, rope_high_freq; /* rope_scaling */
     int rope_orig_max;                                /* original_max_position_embeddings */
-    int tied;     /* tie_word_embeddings (HF's default: true) */
-    int bos_id;   /* -1 when absent */
+    int tied;                                         /* tie_word_embeddings (HF's default: true) */
+    int bos_id;                                       /* -1 when absent */
     int n_eos;
     int eos_ids[CEL_CONFIG_MAX_EOS];
 } cel_config_t;

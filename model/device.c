@@ -52,16 +52,17 @@ static int load_backend(cel_err_t *err) {
         void *h = dlopen(cands[i], RTLD_NOW | RTLD_LOCAL);
         if (!h) {
             size_t used = strlen(tried);
-            snprintf(tried + used, sizeof(tried) - used, "%s%.200s", used ? "; " : "",
-                     dlerror());
+            snprintf(tried + used, sizeof(tried) - used, "%s%.200s", used ? "; " : "", dlerror());
             continue;
         }
         cel_gpu_api_fn fn = (cel_gpu_api_fn)dlsym(h, "cel_gpu_api");
         const cel_gpu_api_t *api = fn ? fn() : NULL;
         if (!api || api->abi != CEL_GPU_ABI) {
             dlclose(h);
-            return cel_err_set(err, CEL_ENOTFOUND, "%s is not a CUDA backend of this build "
-                               "(abi %d, want %d)", cands[i], api ? api->abi : -1, CEL_GPU_ABI);
+            return cel_err_set(err, CEL_ENOTFOUND,
+                               "%s is not a CUDA backend of this build "
+                               "(abi %d, want %d)",
+                               cands[i], api ? api->abi : -1, CEL_GPU_ABI);
         }
         lib_handle = h;
         lib_api = api;
@@ -93,16 +94,28 @@ static int parse_cuda(const char *spec, int *index) {
 /* Opens the model on GPU index with the loaded backend. */
 static int open_gpu(cel_model_t *m, int index, char *chosen, size_t len, cel_err_t *err) {
     int n = lib_api->device_count(err);
-    if (n <= 0) return err && err->code ? err->code : cel_err_set(err, CEL_ENOTFOUND, "no CUDA device");
+    if (n <= 0)
+        return err && err->code ? err->code : cel_err_set(err, CEL_ENOTFOUND, "no CUDA device");
     if (index >= n)
-        return cel_err_set(err, CEL_ENOTFOUND, "cuda:%d asked for, %d CUDA device%s visible",
-                           index, n, n == 1 ? "" : "s");
+        return cel_err_set(err, CEL_ENOTFOUND, "cuda:%d asked for, %d CUDA device%s visible", index,
+                           n, n == 1 ? "" : "s");
     const cel_params_t *p = &m->p;
-    cel_gpu_model_src_t src = {
-        .cfg = &m->cfg, .maxT = m->maxT, .wte = p->wte, .ln1 = p->ln1, .wq = p->wq,
-        .wk = p->wk, .wv = p->wv, .wo = p->wo, .ln2 = p->ln2, .wg = p->wg, .wu = p->wu,
-        .wd = p->wd, .lnf = p->lnf, .lm = p->lm, .rope_cos = m->rope_cos,
-        .rope_sin = m->rope_sin};
+    cel_gpu_model_src_t src = { .cfg = &m->cfg,
+                                .maxT = m->maxT,
+                                .wte = p->wte,
+                                .ln1 = p->ln1,
+                                .wq = p->wq,
+                                .wk = p->wk,
+                                .wv = p->wv,
+                                .wo = p->wo,
+                                .ln2 = p->ln2,
+                                .wg = p->wg,
+                                .wu = p->wu,
+                                .wd = p->wd,
+                                .lnf = p->lnf,
+                                .lm = p->lm,
+                                .rope_cos = m->rope_cos,
+                                .rope_sin = m->rope_sin };
     cel_gpu_info_t info;
     memset(&info, 0, sizeof(info));
     int rc = lib_api->open(index, &src, &m->gpu, &info, err);
@@ -121,8 +134,10 @@ int cel_model_set_device(cel_model_t *m, const char *spec, char *chosen, size_t 
     if (!spec || !*spec) spec = "auto";
     int index = 0, is_cuda = parse_cuda(spec, &index);
     if (strcmp(spec, "cpu") != 0 && strcmp(spec, "auto") != 0 && !is_cuda)
-        return cel_err_set(err, CEL_EINVAL, "device '%.40s': expected auto, cpu, cuda or "
-                           "cuda:N", spec);
+        return cel_err_set(err, CEL_EINVAL,
+                           "device '%.40s': expected auto, cpu, cuda or "
+                           "cuda:N",
+                           spec);
     if (m->gpu) {
         if (chosen) snprintf(chosen, len, "unchanged (already on a GPU)");
         return is_cuda || !strcmp(spec, "auto")
@@ -133,8 +148,7 @@ int cel_model_set_device(cel_model_t *m, const char *spec, char *chosen, size_t 
         if (chosen) snprintf(chosen, len, "cpu");
         return CEL_OK;
     }
-    if (m->g)
-        return cel_err_set(err, CEL_ESTATE, "full-parameter training runs on the CPU only");
+    if (m->g) return cel_err_set(err, CEL_ESTATE, "full-parameter training runs on the CPU only");
     if (!is_cuda && !gpu_files_present()) {
         if (chosen) snprintf(chosen, len, "cpu (auto: no NVIDIA device files)");
         return CEL_OK;
@@ -198,8 +212,7 @@ int cel_device_lora_evict(cel_lora_t *l, int save, cel_err_t *err) {
 /* Bytes held on the device by resident adapters. */
 static size_t resident_bytes(const cel_model_t *m) {
     size_t total = 0;
-    for (int i = 0; i < m->n_resident; i++)
-        total += m->gpu_api->lora_bytes(m->resident[i]->dev);
+    for (int i = 0; i < m->n_resident; i++) total += m->gpu_api->lora_bytes(m->resident[i]->dev);
     return total;
 }
 
@@ -277,16 +290,17 @@ int cel_device_run(cel_model_t *m, const cel_seg_t *segs, int nseg, int B, int T
             break;
         }
         if (l) rc = cel_device_lora_ready(m, l, err);
-        gs[i] = (cel_gpu_seg_t){l ? l->dev : NULL, segs[i].b0, segs[i].nb};
+        gs[i] = (cel_gpu_seg_t){ l ? l->dev : NULL, segs[i].b0, segs[i].nb };
     }
     /* every adapter of the pass must still be resident after the others came in */
     for (int i = 0; i < nseg && rc == CEL_OK; i++)
         if (segs[i].lora && segs[i].lora->dev != gs[i].lora)
-            rc = cel_err_set(err, CEL_ELIMIT, "the adapters of one pass do not fit the GPU "
+            rc = cel_err_set(err, CEL_ELIMIT,
+                             "the adapters of one pass do not fit the GPU "
                              "budget together");
     if (rc == CEL_OK) {
         cel_ws_t *ws = &m->ws;
-        cel_gpu_batch_t b = {B, T, ws->tokens, ws->targets, ws->weights, ws->lens};
+        cel_gpu_batch_t b = { B, T, ws->tokens, ws->targets, ws->weights, ws->lens };
         rc = m->gpu_api->run(m->gpu, &b, nseg, gs, backward, logits, ws->logp, err);
         if (rc == CEL_OK && backward)
             for (int i = 0; i < nseg; i++) segs[i].lora->host_stale = 1;

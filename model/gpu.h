@@ -24,7 +24,7 @@
 extern "C" {
 #endif
 
-#define CEL_GPU_ABI 1
+#define CEL_GPU_ABI  1
 #define CEL_GPU_NMOD 7 /* q k v o gate up down, internal.h's CEL_MOD_* order */
 
 typedef struct cel_gpu cel_gpu_t;                 /* a base model on one GPU */
@@ -32,8 +32,8 @@ typedef struct cel_gpu_lora cel_gpu_lora_t;       /* an adapter's state on that 
 typedef struct cel_gpu_sampler cel_gpu_sampler_t; /* a KV cache and its sequences */
 
 typedef struct cel_gpu_info {
-    int index;                /* CUDA device ordinal */
-    char name[128];           /* "NVIDIA H100 80GB HBM3" */
+    int index;      /* CUDA device ordinal */
+    char name[128]; /* "NVIDIA H100 80GB HBM3" */
     int cc_major, cc_minor;
     size_t mem_total, mem_free; /* bytes, when opened */
 } cel_gpu_info_t;

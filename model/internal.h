@@ -18,8 +18,16 @@
 #include "params.h"
 
 /* The seven linear layers a LoRA can target, in PEFT's naming. */
-enum { CEL_MOD_Q, CEL_MOD_K, CEL_MOD_V, CEL_MOD_O, CEL_MOD_GATE, CEL_MOD_UP, CEL_MOD_DOWN,
-       CEL_NMOD };
+enum {
+    CEL_MOD_Q,
+    CEL_MOD_K,
+    CEL_MOD_V,
+    CEL_MOD_O,
+    CEL_MOD_GATE,
+    CEL_MOD_UP,
+    CEL_MOD_DOWN,
+    CEL_NMOD
+};
 
 /* "q_proj", ... and the HF submodule path "self_attn.q_proj", "mlp.down_proj". */
 extern const char *const cel_model_mod_names[CEL_NMOD];
@@ -53,34 +61,34 @@ void cel_model_params_views(const cel_config_t *c, float *block, cel_params_t *p
  * the backward's scratch. Per-layer arrays have L slices in training mode and
  * one reused slice for inference. Grown between steps, never inside one. */
 typedef struct cel_ws {
-    size_t cap;      /* B*T rows the buffers hold */
+    size_t cap;           /* B*T rows the buffers hold */
     int capT, capL, capR; /* T, layers stored, LoRA rank (u buffers) */
     float *mem;
     int32_t *imem;
     int32_t *tokens, *targets, *pos; /* (B,T) sanitised copies, positions */
-    int32_t *lens;   /* (B) valid lengths */
-    float *weights;  /* (B,T) 0 on padded slots */
-    float *res;      /* (L+1,B,T,C) residual stream entering each layer; [L] the last */
-    float *res2;     /* (L,B,T,C) after attention */
+    int32_t *lens;                   /* (B) valid lengths */
+    float *weights;                  /* (B,T) 0 on padded slots */
+    float *res;           /* (L+1,B,T,C) residual stream entering each layer; [L] the last */
+    float *res2;          /* (L,B,T,C) after attention */
     float *ln1, *ln2;     /* (L,B,T,C) */
     float *rstd1, *rstd2; /* (L,B,T) */
-    float *q;        /* (L,B,T,NH*HS) after rope */
-    float *k, *v;    /* (L,B,T,NKV*HS), k after rope */
-    float *lse;      /* (L,B,NH,T) attention row log-sum-exp */
-    float *atty;     /* (L,B,T,NH*HS) attention output */
+    float *q;             /* (L,B,T,NH*HS) after rope */
+    float *k, *v;         /* (L,B,T,NKV*HS), k after rope */
+    float *lse;           /* (L,B,NH,T) attention row log-sum-exp */
+    float *atty;          /* (L,B,T,NH*HS) attention output */
     float *gate, *up, *h; /* (L,B,T,I) */
     float *u[CEL_NMOD];   /* (L,B,T,R) LoRA x A^T of each module */
-    float *lnf;      /* (B,T,C) */
-    float *rstdf;    /* (B,T) */
-    float *logits;   /* (B,T,V), dlogits in backward */
+    float *lnf;           /* (B,T,C) */
+    float *rstdf;         /* (B,T) */
+    float *logits;        /* (B,T,V), dlogits in backward */
     float *lse_ce, *logp; /* (B,T) */
     /* backward scratch */
-    float *dres, *dln, *tmp;  /* (B,T,C) */
-    float *dq, *datty;        /* (B,T,NH*HS) */
-    float *dk, *dv;           /* (B,T,NKV*HS) */
-    float *dgate, *dup, *dh;  /* (B,T,I) */
-    float *du;                /* (B,T,R) */
-    float *att;               /* (2,T,T) attention scratch */
+    float *dres, *dln, *tmp; /* (B,T,C) */
+    float *dq, *datty;       /* (B,T,NH*HS) */
+    float *dk, *dv;          /* (B,T,NKV*HS) */
+    float *dgate, *dup, *dh; /* (B,T,I) */
+    float *du;               /* (B,T,R) */
+    float *att;              /* (2,T,T) attention scratch */
 } cel_ws_t;
 
 void cel_train_ws_free(cel_ws_t *ws);
@@ -98,11 +106,11 @@ struct cel_gpu_lora;
 
 struct cel_model {
     cel_config_t cfg;
-    int maxT;           /* rope table rows, min(cfg.maxT, CEL_MODEL_MAX_SEQ) */
-    size_t n;           /* parameter floats */
-    float *w;           /* the parameters */
+    int maxT; /* rope table rows, min(cfg.maxT, CEL_MODEL_MAX_SEQ) */
+    size_t n; /* parameter floats */
+    float *w; /* the parameters */
     cel_params_t p;
-    float *g, *m, *v;   /* full training: grads and AdamW moments, else NULL */
+    float *g, *m, *v; /* full training: grads and AdamW moments, else NULL */
     cel_params_t gp;
     int step;
     float *rope_cos, *rope_sin; /* (maxT,HS/2) */
@@ -110,31 +118,31 @@ struct cel_model {
     /* device.c: the GPU this model runs on (NULL: the CPU) */
     const struct cel_gpu_api *gpu_api;
     struct cel_gpu *gpu;
-    size_t gpu_budget;        /* bytes adapters may hold on the GPU, 0 = no limit */
-    uint64_t gpu_clock;       /* LRU clock */
-    cel_lora_t **resident;    /* adapters with a device copy */
+    size_t gpu_budget;     /* bytes adapters may hold on the GPU, 0 = no limit */
+    uint64_t gpu_clock;    /* LRU clock */
+    cel_lora_t **resident; /* adapters with a device copy */
     int n_resident, cap_resident;
     long evictions;
 };
 
 struct cel_lora {
-    cel_config_t cfg;   /* the base model's shape */
+    cel_config_t cfg; /* the base model's shape */
     int R;
     float alpha, scaling;
     unsigned targets;
     int use_rslora;
-    size_t n;                  /* floats in each block */
-    float *w, *g, *m, *v;      /* weights, grads, AdamW moments: same layout */
-    size_t offA[CEL_NMOD];     /* A of module mod: (L,R,in) at block + offA */
-    size_t offB[CEL_NMOD];     /* B of module mod: (L,out,R) at block + offB */
+    size_t n;              /* floats in each block */
+    float *w, *g, *m, *v;  /* weights, grads, AdamW moments: same layout */
+    size_t offA[CEL_NMOD]; /* A of module mod: (L,R,in) at block + offA */
+    size_t offB[CEL_NMOD]; /* B of module mod: (L,out,R) at block + offB */
     int step;
-    json_t *meta;              /* optimizer-file metadata (strings) */
+    json_t *meta; /* optimizer-file metadata (strings) */
     /* device.c: the adapter's copy on its model's GPU, when resident */
     struct cel_gpu_lora *dev;
     cel_model_t *dev_model;
-    uint64_t dev_used;         /* LRU clock of its last use */
-    int host_stale;            /* the device copy is newer than w, g, m, v */
-    int dev_pins;              /* GPU samplers using the device copy: not evicted */
+    uint64_t dev_used; /* LRU clock of its last use */
+    int host_stale;    /* the device copy is newer than w, g, m, v */
+    int dev_pins;      /* GPU samplers using the device copy: not evicted */
 };
 
 /* Which block cel_lora_write / cel_model_write exports. */
@@ -158,7 +166,7 @@ int cel_model_adamw_check(const cel_adamw_t *o, cel_err_t *err);
 /* One optimizer step over a block (cel_model_step, cel_lora_step): global
  * norm, optional clipping, AdamW update, zeroed grads. Returns the norm. */
 float cel_model_adamw_apply(float *w, float *g, float *m, float *v, size_t n, const cel_adamw_t *o,
-                      int step);
+                            int step);
 
 /* device.c: adapters on a GPU model. Makes l's device copy current (uploads
  * it, evicting least recently used adapters past the budget) and marks it

@@ -34,13 +34,16 @@ int cel_lora_parse_targets(const char *csv, unsigned *out, cel_err_t *err) {
         size_t len = strcspn(p, ",");
         int found = 0;
         for (int mod = 0; mod < CEL_NMOD; mod++)
-            if (len == strlen(cel_model_mod_names[mod]) && strncmp(p, cel_model_mod_names[mod], len) == 0) {
+            if (len == strlen(cel_model_mod_names[mod]) &&
+                strncmp(p, cel_model_mod_names[mod], len) == 0) {
                 *out |= 1u << mod;
                 found = 1;
             }
         if (!found)
-            return cel_err_set(err, CEL_EINVAL, "unknown target module '%.*s' (q_proj, k_proj, "
-                               "v_proj, o_proj, gate_proj, up_proj, down_proj)", (int)(len > 40 ? 40 : len), p);
+            return cel_err_set(err, CEL_EINVAL,
+                               "unknown target module '%.*s' (q_proj, k_proj, "
+                               "v_proj, o_proj, gate_proj, up_proj, down_proj)",
+                               (int)(len > 40 ? 40 : len), p);
         p += len;
         if (*p == ',') p++;
     }
@@ -64,12 +67,12 @@ static int lora_alloc(const cel_config_t *cfg, int R, float alpha, unsigned targ
                       cel_lora_t **out, cel_err_t *err) {
     *out = NULL;
     if (R < 1 || R > CEL_LORA_MAX_RANK)
-        return cel_err_set(err, CEL_EINVAL, "LoRA rank %d is not in [1, %d]", R,
-                           CEL_LORA_MAX_RANK);
+        return cel_err_set(err, CEL_EINVAL, "LoRA rank %d is not in [1, %d]", R, CEL_LORA_MAX_RANK);
     if (!(alpha > 0) || !isfinite(alpha))
         return cel_err_set(err, CEL_EINVAL, "LoRA alpha must be a positive number");
     if (!targets || (targets & ~(unsigned)CEL_LORA_ALL))
-        return cel_err_set(err, CEL_EINVAL, "LoRA target modules must be a non-empty subset of "
+        return cel_err_set(err, CEL_EINVAL,
+                           "LoRA target modules must be a non-empty subset of "
                            "the seven projections");
     cel_lora_t *l = calloc(1, sizeof(*l));
     if (!l) return cel_err_set(err, CEL_ENOMEM, "out of memory");
@@ -188,41 +191,43 @@ int cel_lora_write(const cel_lora_t *l, const char *path, int which, const char 
     /* the host blocks are a cache of the device copy: refreshing them is no change */
     int rc = cel_device_lora_sync((cel_lora_t *)l, err);
     if (rc != CEL_OK) return rc;
-    float *block = which == CEL_BLOCK_WEIGHTS ? l->w
-                   : which == CEL_BLOCK_GRADS ? l->g
-                   : which == CEL_BLOCK_EXP_AVG ? l->m : l->v;
-    const char *suffixes[1] = {suffix};
+    float *block = which == CEL_BLOCK_WEIGHTS   ? l->w
+                   : which == CEL_BLOCK_GRADS   ? l->g
+                   : which == CEL_BLOCK_EXP_AVG ? l->m
+                                                : l->v;
+    const char *suffixes[1] = { suffix };
     return write_blocks(l, path, &block, suffixes, 1, meta, n_meta, err);
 }
 
 /* Writes adapter_config.json as PEFT's LoraConfig.save_pretrained does. */
-static int write_config(const cel_lora_t *l, const char *path, const char *base,
-                        cel_err_t *err) {
+static int write_config(const cel_lora_t *l, const char *path, const char *base, cel_err_t *err) {
     json_t *mods = json_array();
     for (int mod = 0; mod < CEL_NMOD; mod++)
-        if (l->targets & (1u << mod)) json_array_append_new(mods, json_string(cel_model_mod_names[mod]));
+        if (l->targets & (1u << mod))
+            json_array_append_new(mods, json_string(cel_model_mod_names[mod]));
     json_t *alpha = l->alpha == floorf(l->alpha) && l->alpha < 1e9f
-                        ? json_integer((json_int_t)l->alpha) : json_real(l->alpha);
+                        ? json_integer((json_int_t)l->alpha)
+                        : json_real(l->alpha);
     json_t *o = json_pack(
         "{s:{}, s:n, s:s, s:s, s:b, s:b, s:b, s:n, s:n, s:n, s:{}, s:o, s:f, s:n, s:s, s:n, s:s,"
         " s:i, s:{}, s:n, s:o, s:s, s:b, s:b}",
-        "alpha_pattern", "auto_mapping", "base_model_name_or_path", base ? base : "",
-        "bias", "none", "fan_in_fan_out", 0, "inference_mode", 1, "init_lora_weights", 1,
-        "layer_replication", "layers_pattern", "layers_to_transform", "loftq_config",
-        "lora_alpha", alpha, "lora_dropout", 0.0, "megatron_config", "megatron_core",
-        "megatron.core", "modules_to_save", "peft_type", "LORA", "r", l->R, "rank_pattern",
-        "revision", "target_modules", mods, "task_type", "CAUSAL_LM", "use_dora", 0,
-        "use_rslora", l->use_rslora);
+        "alpha_pattern", "auto_mapping", "base_model_name_or_path", base ? base : "", "bias",
+        "none", "fan_in_fan_out", 0, "inference_mode", 1, "init_lora_weights", 1,
+        "layer_replication", "layers_pattern", "layers_to_transform", "loftq_config", "lora_alpha",
+        alpha, "lora_dropout", 0.0, "megatron_config", "megatron_core", "megatron.core",
+        "modules_to_save", "peft_type", "LORA", "r", l->R, "rank_pattern", "revision",
+        "target_modules", mods, "task_type", "CAUSAL_LM", "use_dora", 0, "use_rslora",
+        l->use_rslora);
     if (!o) return cel_err_set(err, CEL_ENOMEM, "out of memory");
     int rc = cel_config_write_json(o, path, JSON_INDENT(2) | JSON_SORT_KEYS, err);
     json_decref(o);
     return rc;
 }
 
-int cel_lora_save(cel_lora_t *l, const char *dir, const char *base_model,
-                  const char *const *meta, int n_meta, cel_err_t *err) {
+int cel_lora_save(cel_lora_t *l, const char *dir, const char *base_model, const char *const *meta,
+                  int n_meta, cel_err_t *err) {
     char path[4096];
-    const char *fmt[] = {"format", "pt"};
+    const char *fmt[] = { "format", "pt" };
     int rc = cel_device_lora_sync(l, err);
     if (rc != CEL_OK) return rc;
     snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
@@ -243,8 +248,8 @@ int cel_lora_save(cel_lora_t *l, const char *dir, const char *base_model,
             return cel_err_set(err, CEL_EINVAL, "metadata key %s is reserved", meta[2 * i]);
         kv[k++] = meta[2 * i], kv[k++] = meta[2 * i + 1];
     }
-    float *blocks[2] = {l->m, l->v};
-    const char *suffixes[2] = {".exp_avg", ".exp_avg_sq"};
+    float *blocks[2] = { l->m, l->v };
+    const char *suffixes[2] = { ".exp_avg", ".exp_avg_sq" };
     snprintf(path, sizeof(path), "%s/optimizer.safetensors", dir);
     if ((rc = write_blocks(l, path, blocks, suffixes, 2, kv, k / 2, err)) != CEL_OK) return rc;
     json_t *nm = json_object();
@@ -260,8 +265,7 @@ int cel_lora_save(cel_lora_t *l, const char *dir, const char *base_model,
 /* Reads the blocks named by suffixes from st, checking that st holds exactly
  * those tensors. */
 static int read_blocks(cel_lora_t *l, const cel_safetensors_t *st, float *const *blocks,
-                       const char *const *suffixes, int nblocks, const char *what,
-                       cel_err_t *err) {
+                       const char *const *suffixes, int nblocks, const char *what, cel_err_t *err) {
     int cnt = count_tensors(l) * nblocks;
     cel_st_entry_t *e = malloc(cnt * sizeof(*e));
     char *names = malloc((size_t)cnt * NAME_MAX_LEN);
@@ -280,8 +284,10 @@ static int read_blocks(cel_lora_t *l, const cel_safetensors_t *st, float *const 
             int found = 0;
             for (int j = 0; j < n && !found; j++) found = strcmp(nm, e[j].name) == 0;
             if (!found) {
-                rc = cel_err_set(err, CEL_EINVAL, "%s: tensor %.96s is not part of this "
-                                 "adapter", what, nm);
+                rc = cel_err_set(err, CEL_EINVAL,
+                                 "%s: tensor %.96s is not part of this "
+                                 "adapter",
+                                 what, nm);
                 break;
             }
         }
@@ -319,9 +325,11 @@ static int parse_config(const char *path, int *R, float *alpha, unsigned *target
                json_array_size(json_object_get(o, "modules_to_save")) > 0 ||
                (json_object_get(o, "layers_to_transform") &&
                 !json_is_null(json_object_get(o, "layers_to_transform")))) {
-        rc = cel_err_set(err, CEL_EINVAL, "%s: uses a PEFT feature this engine lacks (DoRA, "
+        rc = cel_err_set(err, CEL_EINVAL,
+                         "%s: uses a PEFT feature this engine lacks (DoRA, "
                          "fan_in_fan_out, bias, rank/alpha patterns, modules_to_save, "
-                         "layers_to_transform)", path);
+                         "layers_to_transform)",
+                         path);
     } else {
         *R = (int)json_integer_value(r);
         *alpha = (float)json_number_value(a);
@@ -344,8 +352,7 @@ static int parse_config(const char *path, int *R, float *alpha, unsigned *target
                 *targets |= bit;
             }
         } else {
-            rc = cel_err_set(err, CEL_EPROTO, "%s: target_modules must be a non-empty list",
-                             path);
+            rc = cel_err_set(err, CEL_EPROTO, "%s: target_modules must be a non-empty list", path);
         }
     }
     json_decref(o);
@@ -366,8 +373,8 @@ int cel_lora_load(const cel_model_t *m, const char *dir, cel_lora_t **out, cel_e
     cel_safetensors_t *st = NULL;
     snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
     if ((rc = cel_safetensors_open(path, &st, err)) != CEL_OK) goto fail;
-    float *wb[1] = {l->w};
-    const char *none[1] = {NULL};
+    float *wb[1] = { l->w };
+    const char *none[1] = { NULL };
     if ((rc = read_blocks(l, st, wb, none, 1, path, err)) != CEL_OK) goto fail;
     cel_safetensors_free(st);
     st = NULL;
@@ -375,8 +382,8 @@ int cel_lora_load(const cel_model_t *m, const char *dir, cel_lora_t **out, cel_e
     struct stat sb;
     if (stat(path, &sb) == 0) {
         if ((rc = cel_safetensors_open(path, &st, err)) != CEL_OK) goto fail;
-        float *ob[2] = {l->m, l->v};
-        const char *suffixes[2] = {".exp_avg", ".exp_avg_sq"};
+        float *ob[2] = { l->m, l->v };
+        const char *suffixes[2] = { ".exp_avg", ".exp_avg_sq" };
         if ((rc = read_blocks(l, st, ob, suffixes, 2, path, err)) != CEL_OK) goto fail;
         const char *step = cel_safetensors_meta(st, "step");
         char *end = NULL;
@@ -412,8 +419,8 @@ int cel_lora_step(cel_lora_t *l, const cel_adamw_t *opt, float *grad_norm, cel_e
     if (l->dev) {
         float norm = 0.0f;
         rc = l->dev_model->gpu_api->lora_step(l->dev, opt->lr, opt->beta1, opt->beta2, opt->eps,
-                                              opt->weight_decay, opt->grad_clip, l->step + 1,
-                                              &norm, err);
+                                              opt->weight_decay, opt->grad_clip, l->step + 1, &norm,
+                                              err);
         if (rc != CEL_OK) return rc;
         l->step++;
         l->host_stale = 1;

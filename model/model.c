@@ -22,11 +22,12 @@
 #include "cpu/ops.h"
 #include "safetensors.h"
 
-const char *const cel_model_mod_names[CEL_NMOD] = {"q_proj", "k_proj", "v_proj", "o_proj",
-                                             "gate_proj", "up_proj", "down_proj"};
-const char *const cel_model_mod_paths[CEL_NMOD] = {"self_attn.q_proj", "self_attn.k_proj",
-                                             "self_attn.v_proj", "self_attn.o_proj",
-                                             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+const char *const cel_model_mod_names[CEL_NMOD] = { "q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                    "gate_proj", "up_proj", "down_proj" };
+const char *const cel_model_mod_paths[CEL_NMOD] = { "self_attn.q_proj", "self_attn.k_proj",
+                                                    "self_attn.v_proj", "self_attn.o_proj",
+                                                    "mlp.gate_proj",    "mlp.up_proj",
+                                                    "mlp.down_proj" };
 
 void cel_model_mod_dims(const cel_config_t *c, int mod, int *in, int *out) {
     int q = c->NH * c->HS, kv = c->NKV * c->HS;
@@ -67,12 +68,12 @@ typedef struct ptensor {
 static int list_tensors(const cel_config_t *c, const cel_params_t *p, ptensor_t *list) {
     int n = 0, q = c->NH * c->HS, kv = c->NKV * c->HS;
     size_t C = c->C;
-#define PT(nm, d0, d1, ptr)                                                       \
-    do {                                                                          \
-        snprintf(list[n].name, sizeof(list[n].name), "%s", nm);                   \
-        list[n].ndim = (d1) ? 2 : 1;                                              \
-        list[n].shape[0] = (d0), list[n].shape[1] = (d1), list[n].data = (ptr);   \
-        n++;                                                                      \
+#define PT(nm, d0, d1, ptr)                                                     \
+    do {                                                                        \
+        snprintf(list[n].name, sizeof(list[n].name), "%s", nm);                 \
+        list[n].ndim = (d1) ? 2 : 1;                                            \
+        list[n].shape[0] = (d0), list[n].shape[1] = (d1), list[n].data = (ptr); \
+        n++;                                                                    \
     } while (0)
     PT("model.embed_tokens.weight", c->V, c->C, p->wte);
     for (int l = 0; l < c->L; l++) {
@@ -81,10 +82,10 @@ static int list_tensors(const cel_config_t *c, const cel_params_t *p, ptensor_t 
         PT(nm, c->C, 0, p->ln1 + l * C);
         snprintf(nm, sizeof(nm), "model.layers.%d.post_attention_layernorm.weight", l);
         PT(nm, c->C, 0, p->ln2 + l * C);
-        float *w[CEL_NMOD] = {p->wq + l * (size_t)q * C,  p->wk + l * (size_t)kv * C,
-                              p->wv + l * (size_t)kv * C, p->wo + l * C * q,
-                              p->wg + l * (size_t)c->I * C, p->wu + l * (size_t)c->I * C,
-                              p->wd + l * C * c->I};
+        float *w[CEL_NMOD] = { p->wq + l * (size_t)q * C,    p->wk + l * (size_t)kv * C,
+                               p->wv + l * (size_t)kv * C,   p->wo + l * C * q,
+                               p->wg + l * (size_t)c->I * C, p->wu + l * (size_t)c->I * C,
+                               p->wd + l * C * c->I };
         for (int mod = 0; mod < CEL_NMOD; mod++) {
             int in, out;
             cel_model_mod_dims(c, mod, &in, &out);
@@ -135,8 +136,8 @@ static int model_alloc(const cel_config_t *cfg, cel_model_t **out, cel_err_t *er
         return cel_err_set(err, CEL_ENOMEM, "out of memory for %zu parameters", m->n);
     }
     cel_model_params_views(cfg, m->w, &m->p);
-    cel_cpu_rope_init(m->rope_cos, m->rope_sin, m->maxT, cfg->HS, cfg->rope_theta,
-                      cfg->rope_kind, cfg->rope_factor, cfg->rope_low_freq, cfg->rope_high_freq,
+    cel_cpu_rope_init(m->rope_cos, m->rope_sin, m->maxT, cfg->HS, cfg->rope_theta, cfg->rope_kind,
+                      cfg->rope_factor, cfg->rope_low_freq, cfg->rope_high_freq,
                       cfg->rope_orig_max);
     *out = m;
     return CEL_OK;
@@ -157,8 +158,10 @@ int cel_model_load(const char *dir, cel_model_t **out, cel_err_t *err) {
     } else {
         snprintf(path, sizeof(path), "%s/model.safetensors.index.json", dir);
         if (stat(path, &sb) != 0)
-            return cel_err_set(err, CEL_ENOTFOUND, "%s: no model.safetensors or "
-                               "model.safetensors.index.json", dir);
+            return cel_err_set(err, CEL_ENOTFOUND,
+                               "%s: no model.safetensors or "
+                               "model.safetensors.index.json",
+                               dir);
         rc = cel_safetensors_open_index(path, &st, err);
     }
     if (rc != CEL_OK) return rc;
@@ -172,15 +175,17 @@ int cel_model_load(const char *dir, cel_model_t **out, cel_err_t *err) {
     }
     int n = list_tensors(&cfg, &m->p, list);
     for (int i = 0; i < n; i++) {
-        rc = cel_safetensors_read_f32(st, list[i].name, list[i].ndim, list[i].shape,
-                                      list[i].data, err);
+        rc = cel_safetensors_read_f32(st, list[i].name, list[i].ndim, list[i].shape, list[i].data,
+                                      err);
         if (rc != CEL_OK) goto fail;
     }
     for (int i = 0; i < cel_safetensors_count(st); i++) {
         const char *name = cel_safetensors_at(st, i)->name;
         if (!known_name(&cfg, name)) {
-            rc = cel_err_set(err, CEL_EINVAL, "%s: tensor %.96s is not part of a Llama model "
-                             "of this config", dir, name);
+            rc = cel_err_set(err, CEL_EINVAL,
+                             "%s: tensor %.96s is not part of a Llama model "
+                             "of this config",
+                             dir, name);
             goto fail;
         }
     }
@@ -212,9 +217,10 @@ int cel_model_init(const char *config_json, uint64_t seed, cel_model_t **out, ce
 }
 
 int cel_model_write(const cel_model_t *m, const char *path, int which, cel_err_t *err) {
-    float *block = which == CEL_BLOCK_WEIGHTS ? m->w
-                   : which == CEL_BLOCK_GRADS ? m->g
-                   : which == CEL_BLOCK_EXP_AVG ? m->m : m->v;
+    float *block = which == CEL_BLOCK_WEIGHTS   ? m->w
+                   : which == CEL_BLOCK_GRADS   ? m->g
+                   : which == CEL_BLOCK_EXP_AVG ? m->m
+                                                : m->v;
     if (!block) return cel_err_set(err, CEL_ESTATE, "model has no such block (full training off)");
     cel_params_t p;
     cel_model_params_views(&m->cfg, block, &p);
@@ -235,7 +241,7 @@ int cel_model_write(const cel_model_t *m, const char *path, int which, cel_err_t
         e[i].shape[1] = list[i].shape[1];
         e[i].data = list[i].data;
     }
-    const char *meta[] = {"format", "pt"};
+    const char *meta[] = { "format", "pt" };
     int rc = cel_safetensors_write(path, e, n, meta, 1, CEL_ST_ATOMIC, err);
     free(list);
     free(e);
@@ -280,15 +286,18 @@ void cel_model_set_threads(int n) {
 }
 
 cel_adamw_t cel_model_adamw_defaults(void) {
-    cel_adamw_t a = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
-                     .weight_decay = 0.01f, .grad_clip = 0.0f};
+    cel_adamw_t a = { .lr = 1e-3f,
+                      .beta1 = 0.9f,
+                      .beta2 = 0.999f,
+                      .eps = 1e-8f,
+                      .weight_decay = 0.01f,
+                      .grad_clip = 0.0f };
     return a;
 }
 
 int cel_model_train_full(cel_model_t *m, cel_err_t *err) {
     if (m->g) return CEL_OK;
-    if (m->gpu)
-        return cel_err_set(err, CEL_ESTATE, "full-parameter training runs on the CPU only");
+    if (m->gpu) return cel_err_set(err, CEL_ESTATE, "full-parameter training runs on the CPU only");
     m->g = calloc(m->n, sizeof(float));
     m->m = calloc(m->n, sizeof(float));
     m->v = calloc(m->n, sizeof(float));
@@ -306,25 +315,24 @@ int cel_model_train_full(cel_model_t *m, cel_err_t *err) {
 int cel_model_adamw_check(const cel_adamw_t *o, cel_err_t *err) {
     if (!(o->lr >= 0) || !(o->eps >= 0) || !(o->beta1 >= 0 && o->beta1 < 1) ||
         !(o->beta2 >= 0 && o->beta2 < 1) || !(o->weight_decay >= 0) || !(o->grad_clip >= 0))
-        return cel_err_set(err, CEL_EINVAL, "AdamW: need lr >= 0, eps >= 0, betas in [0, 1), "
+        return cel_err_set(err, CEL_EINVAL,
+                           "AdamW: need lr >= 0, eps >= 0, betas in [0, 1), "
                            "weight_decay >= 0, grad_clip >= 0");
     return CEL_OK;
 }
 
-float cel_model_adamw_apply(float *w, float *g, float *mo, float *vo, size_t n, const cel_adamw_t *o,
-                      int step) {
+float cel_model_adamw_apply(float *w, float *g, float *mo, float *vo, size_t n,
+                            const cel_adamw_t *o, int step) {
     float norm = (float)sqrt(cel_cpu_adamw_sumsq(g, n));
     if (o->grad_clip > 0 && norm > o->grad_clip)
         cel_cpu_adamw_scale(g, n, o->grad_clip / (norm + 1e-6f));
-    cel_cpu_adamw_update(w, mo, vo, g, n, o->lr, o->beta1, o->beta2, o->eps, o->weight_decay,
-                         step);
+    cel_cpu_adamw_update(w, mo, vo, g, n, o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, step);
     memset(g, 0, n * sizeof(float));
     return norm;
 }
 
 int cel_model_step(cel_model_t *m, const cel_adamw_t *opt, float *grad_norm, cel_err_t *err) {
-    if (!m->g)
-        return cel_err_set(err, CEL_ESTATE, "full-parameter training is not enabled");
+    if (!m->g) return cel_err_set(err, CEL_ESTATE, "full-parameter training is not enabled");
     int rc = cel_model_adamw_check(opt, err);
     if (rc != CEL_OK) return rc;
     m->step++;

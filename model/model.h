@@ -21,10 +21,10 @@
 #include "../common/err.h"
 
 /* Limits checked before anything is sized from a request. */
-#define CEL_MODEL_MAX_SEQ 32768          /* tokens in one sequence (and rope table rows) */
+#define CEL_MODEL_MAX_SEQ          32768     /* tokens in one sequence (and rope table rows) */
 #define CEL_MODEL_MAX_BATCH_TOKENS (1 << 22) /* B*T of one forward */
-#define CEL_LORA_MAX_RANK 1024
-#define CEL_SAMPLE_MAX_SEQS 1024
+#define CEL_LORA_MAX_RANK          1024
+#define CEL_SAMPLE_MAX_SEQS        1024
 
 typedef struct cel_model cel_model_t;
 typedef struct cel_lora cel_lora_t;
@@ -51,8 +51,8 @@ int cel_model_save(const cel_model_t *m, const char *dir, cel_err_t *err);
 void cel_model_free(cel_model_t *m);
 
 int cel_model_vocab_size(const cel_model_t *m);
-int cel_model_max_seq(const cel_model_t *m);  /* min(max_position_embeddings, MAX_SEQ) */
-int cel_model_bos(const cel_model_t *m);      /* -1 when config.json names none */
+int cel_model_max_seq(const cel_model_t *m); /* min(max_position_embeddings, MAX_SEQ) */
+int cel_model_bos(const cel_model_t *m);     /* -1 when config.json names none */
 /* Copies up to max eos ids into ids; returns how many config.json names. */
 int cel_model_eos(const cel_model_t *m, int32_t *ids, int max);
 uint64_t cel_model_param_count(const cel_model_t *m);
@@ -139,11 +139,11 @@ int cel_model_step_count(const cel_model_t *m);
 /* One job of a packed pass: an adapter (NULL: the base model) and its batch. */
 typedef struct cel_model_job {
     cel_lora_t *lora;
-    cel_batch_t batch;   /* needs targets */
-    float *logprobs;     /* OUT (B,T) or NULL */
-    double loss;         /* OUT: the job's own loss, as if it ran alone */
-    int rc;              /* OUT: CEL_OK, or why this job was refused */
-    cel_err_t err;       /* OUT */
+    cel_batch_t batch; /* needs targets */
+    float *logprobs;   /* OUT (B,T) or NULL */
+    double loss;       /* OUT: the job's own loss, as if it ran alone */
+    int rc;            /* OUT: CEL_OK, or why this job was refused */
+    cel_err_t err;     /* OUT */
 } cel_model_job_t;
 
 /* Runs n jobs as one batch: their sequences are packed (right-padded to the
@@ -155,8 +155,7 @@ typedef struct cel_model_job {
  * and the others still run. A base-model job in a backward pass needs full
  * training and must be the only job. Returns CEL_OK, or an error that failed
  * the whole pass (every job's rc is then that error). */
-int cel_model_run_jobs(cel_model_t *m, cel_model_job_t *jobs, int n, int backward,
-                       cel_err_t *err);
+int cel_model_run_jobs(cel_model_t *m, cel_model_job_t *jobs, int n, int backward, cel_err_t *err);
 
 /* ---- scoring ---- */
 
@@ -176,16 +175,21 @@ int cel_model_score(cel_model_t *m, const cel_lora_t *lora, const int32_t *token
 /* ---- LoRA adapters ---- */
 
 enum {
-    CEL_LORA_Q = 1 << 0, CEL_LORA_K = 1 << 1, CEL_LORA_V = 1 << 2, CEL_LORA_O = 1 << 3,
-    CEL_LORA_GATE = 1 << 4, CEL_LORA_UP = 1 << 5, CEL_LORA_DOWN = 1 << 6,
+    CEL_LORA_Q = 1 << 0,
+    CEL_LORA_K = 1 << 1,
+    CEL_LORA_V = 1 << 2,
+    CEL_LORA_O = 1 << 3,
+    CEL_LORA_GATE = 1 << 4,
+    CEL_LORA_UP = 1 << 5,
+    CEL_LORA_DOWN = 1 << 6,
     CEL_LORA_ALL = 0x7f,
 };
 
 typedef struct cel_lora_config {
-    int rank;          /* r, in [1, CEL_LORA_MAX_RANK] */
-    float alpha;       /* lora_alpha; scaling = alpha / r (alpha / sqrt(r) with use_rslora) */
-    unsigned targets;  /* CEL_LORA_* bits, not 0 */
-    uint64_t seed;     /* A ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0 */
+    int rank;         /* r, in [1, CEL_LORA_MAX_RANK] */
+    float alpha;      /* lora_alpha; scaling = alpha / r (alpha / sqrt(r) with use_rslora) */
+    unsigned targets; /* CEL_LORA_* bits, not 0 */
+    uint64_t seed;    /* A ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0 */
     int use_rslora;
 } cel_lora_config_t;
 
@@ -206,8 +210,8 @@ int cel_lora_load(const cel_model_t *m, const char *dir, cel_lora_t **out, cel_e
  * writes it, naming base_model) and dir/optimizer.safetensors (exp_avg,
  * exp_avg_sq, step, plus the n_meta key/value string pairs in meta), each
  * atomically (temp, fsync, rename). dir must exist. */
-int cel_lora_save(cel_lora_t *l, const char *dir, const char *base_model,
-                  const char *const *meta, int n_meta, cel_err_t *err);
+int cel_lora_save(cel_lora_t *l, const char *dir, const char *base_model, const char *const *meta,
+                  int n_meta, cel_err_t *err);
 
 /* A metadata string stored with the optimizer state (after load or save), or NULL. */
 const char *cel_lora_meta(const cel_lora_t *l, const char *key);

@@ -15,21 +15,21 @@
 
 #include "config.h"
 
-#define CEL_PARAMS_LAYOUT(X) \
-    X(wte, V * C)         /* (V,C) */ \
-    X(ln1, L * C)         /* (L,C) */ \
-    X(wq, L * QD * C)     /* (L,NH*HS,C) */ \
-    X(wk, L * KD * C)     /* (L,NKV*HS,C) */ \
-    X(wv, L * KD * C)     /* (L,NKV*HS,C) */ \
-    X(wo, L * C * QD)     /* (L,C,NH*HS) */ \
-    X(ln2, L * C)         /* (L,C) */ \
-    X(wg, L * I * C)      /* (L,I,C) */ \
-    X(wu, L * I * C)      /* (L,I,C) */ \
-    X(wd, L * C * I)      /* (L,C,I) */ \
-    X(lnf, C)             /* (C) */
+#define CEL_PARAMS_LAYOUT(X)           \
+    X(wte, V *C)    /* (V,C) */        \
+    X(ln1, L *C)    /* (L,C) */        \
+    X(wq, L *QD *C) /* (L,NH*HS,C) */  \
+    X(wk, L *KD *C) /* (L,NKV*HS,C) */ \
+    X(wv, L *KD *C) /* (L,NKV*HS,C) */ \
+    X(wo, L *C *QD) /* (L,C,NH*HS) */  \
+    X(ln2, L *C)    /* (L,C) */        \
+    X(wg, L *I *C)  /* (L,I,C) */      \
+    X(wu, L *I *C)  /* (L,I,C) */      \
+    X(wd, L *C *I)  /* (L,C,I) */      \
+    X(lnf, C)       /* (C) */
 
 /* Declares the size_t locals CEL_PARAMS_LAYOUT's counts use, from config c. */
-#define CEL_PARAMS_SIZES(c)                                                               \
+#define CEL_PARAMS_SIZES(c)                                                                \
     size_t V = (size_t)(c)->V, C = (size_t)(c)->C, L = (size_t)(c)->L, I = (size_t)(c)->I, \
            QD = (size_t)(c)->NH * (size_t)(c)->HS, KD = (size_t)(c)->NKV * (size_t)(c)->HS
 

@@ -25,10 +25,10 @@
 #include <jansson.h>
 
 typedef struct st_file {
-    uint8_t *base;  /* whole file image */
+    uint8_t *base; /* whole file image */
     size_t len;
-    int mapped;     /* munmap (1) or free (0) */
-    json_t *meta;   /* __metadata__ object or NULL */
+    int mapped;   /* munmap (1) or free (0) */
+    json_t *meta; /* __metadata__ object or NULL */
 } st_file_t;
 
 struct cel_safetensors {
@@ -43,12 +43,14 @@ static const struct {
     const char *name;
     size_t size;
 } dtypes[CEL_ST_NDTYPES] = {
-    [CEL_ST_BOOL] = {"BOOL", 1},   [CEL_ST_U8] = {"U8", 1},   [CEL_ST_I8] = {"I8", 1},
-    [CEL_ST_F8_E4M3] = {"F8_E4M3", 1}, [CEL_ST_F8_E5M2] = {"F8_E5M2", 1},
-    [CEL_ST_I16] = {"I16", 2},     [CEL_ST_U16] = {"U16", 2}, [CEL_ST_F16] = {"F16", 2},
-    [CEL_ST_BF16] = {"BF16", 2},   [CEL_ST_I32] = {"I32", 4}, [CEL_ST_U32] = {"U32", 4},
-    [CEL_ST_F32] = {"F32", 4},     [CEL_ST_I64] = {"I64", 8}, [CEL_ST_U64] = {"U64", 8},
-    [CEL_ST_F64] = {"F64", 8},
+    [CEL_ST_BOOL] = { "BOOL", 1 },       [CEL_ST_U8] = { "U8", 1 },
+    [CEL_ST_I8] = { "I8", 1 },           [CEL_ST_F8_E4M3] = { "F8_E4M3", 1 },
+    [CEL_ST_F8_E5M2] = { "F8_E5M2", 1 }, [CEL_ST_I16] = { "I16", 2 },
+    [CEL_ST_U16] = { "U16", 2 },         [CEL_ST_F16] = { "F16", 2 },
+    [CEL_ST_BF16] = { "BF16", 2 },       [CEL_ST_I32] = { "I32", 4 },
+    [CEL_ST_U32] = { "U32", 4 },         [CEL_ST_F32] = { "F32", 4 },
+    [CEL_ST_I64] = { "I64", 8 },         [CEL_ST_U64] = { "U64", 8 },
+    [CEL_ST_F64] = { "F64", 8 },
 };
 
 const char *cel_safetensors_dtype_name(cel_st_dtype_t dt) {
@@ -67,10 +69,8 @@ static int dtype_parse(const char *s) {
 
 static void file_close(st_file_t *f) {
     if (f->base) {
-        if (f->mapped)
-            munmap(f->base, f->len);
-        else
-            free(f->base);
+        if (f->mapped) munmap(f->base, f->len);
+        else free(f->base);
     }
     json_decref(f->meta);
     memset(f, 0, sizeof(*f));
@@ -107,19 +107,22 @@ static int span_cmp(const void *a, const void *b) {
 
 /* Parses and validates the image in f, appending its tensors to st. what names
  * the file in messages. */
-static int file_validate(cel_safetensors_t *st, st_file_t *f, const char *what,
-                         cel_err_t *err) {
+static int file_validate(cel_safetensors_t *st, st_file_t *f, const char *what, cel_err_t *err) {
     if (f->len < 8)
-        return cel_err_set(err, CEL_EPROTO, "%s: %zu bytes, shorter than the 8-byte header "
-                           "length", what, f->len);
+        return cel_err_set(err, CEL_EPROTO,
+                           "%s: %zu bytes, shorter than the 8-byte header "
+                           "length",
+                           what, f->len);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | f->base[i];
     if (hlen > CEL_ST_MAX_HEADER)
-        return cel_err_set(err, CEL_ELIMIT, "%s: header length %llu exceeds the limit %u",
-                           what, (unsigned long long)hlen, CEL_ST_MAX_HEADER);
+        return cel_err_set(err, CEL_ELIMIT, "%s: header length %llu exceeds the limit %u", what,
+                           (unsigned long long)hlen, CEL_ST_MAX_HEADER);
     if (hlen > f->len - 8)
-        return cel_err_set(err, CEL_EPROTO, "%s: header length %llu runs past the end of "
-                           "the %zu-byte file", what, (unsigned long long)hlen, f->len);
+        return cel_err_set(err, CEL_EPROTO,
+                           "%s: header length %llu runs past the end of "
+                           "the %zu-byte file",
+                           what, (unsigned long long)hlen, f->len);
     if (hlen < 2 || f->base[8] != '{')
         return cel_err_set(err, CEL_EPROTO, "%s: header is not a JSON object", what);
     const uint8_t *data = f->base + 8 + hlen;
@@ -128,8 +131,8 @@ static int file_validate(cel_safetensors_t *st, st_file_t *f, const char *what,
     json_error_t jerr;
     json_t *root = json_loadb((const char *)f->base + 8, hlen, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return cel_err_set(err, CEL_EPROTO, "%s: header is not valid JSON: %s (at byte %d)",
-                           what, jerr.text, jerr.position);
+        return cel_err_set(err, CEL_EPROTO, "%s: header is not valid JSON: %s (at byte %d)", what,
+                           jerr.text, jerr.position);
     int rc = CEL_OK;
     span_t *spans = NULL;
     if (!json_is_object(root)) {
@@ -153,8 +156,8 @@ static int file_validate(cel_safetensors_t *st, st_file_t *f, const char *what,
         }
         json_object_foreach(meta, k, v) {
             if (!json_is_string(v)) {
-                rc = cel_err_set(err, CEL_EPROTO, "%s: __metadata__[%.64s] is not a string",
-                                 what, k);
+                rc = cel_err_set(err, CEL_EPROTO, "%s: __metadata__[%.64s] is not a string", what,
+                                 k);
                 goto done;
             }
         }
@@ -175,8 +178,8 @@ static int file_validate(cel_safetensors_t *st, st_file_t *f, const char *what,
         if (strcmp(key, "__metadata__") == 0) continue;
         size_t klen = strlen(key);
         if (klen == 0 || klen > CEL_ST_MAX_NAME) {
-            rc = cel_err_set(err, CEL_EPROTO, "%s: tensor name of %zu bytes (1..%d allowed)",
-                             what, klen, CEL_ST_MAX_NAME);
+            rc = cel_err_set(err, CEL_EPROTO, "%s: tensor name of %zu bytes (1..%d allowed)", what,
+                             klen, CEL_ST_MAX_NAME);
             goto done;
         }
         json_t *jd = json_object_get(val, "dtype");
@@ -184,14 +187,16 @@ static int file_validate(cel_safetensors_t *st, st_file_t *f, const char *what,
         json_t *jo = json_object_get(val, "data_offsets");
         if (!json_is_object(val) || !json_is_string(jd) || !json_is_array(js) ||
             !json_is_array(jo)) {
-            rc = cel_err_set(err, CEL_EPROTO, "%s: tensor %.64s needs dtype, shape and "
-                             "data_offsets", what, key);
+            rc = cel_err_set(err, CEL_EPROTO,
+                             "%s: tensor %.64s needs dtype, shape and "
+                             "data_offsets",
+                             what, key);
             goto done;
         }
         int dt = dtype_parse(json_string_value(jd));
         if (dt < 0) {
-            rc = cel_err_set(err, CEL_EPROTO, "%s: tensor %.64s has unknown dtype %.16s", what,
-                             key, json_string_value(jd));
+            rc = cel_err_set(err, CEL_EPROTO, "%s: tensor %.64s has unknown dtype %.16s", what, key,
+                             json_string_value(jd));
             goto done;
         }
         cel_st_tensor_t *t = &st->t[st->n];
@@ -199,8 +204,8 @@ static int file_validate(cel_safetensors_t *st, st_file_t *f, const char *what,
         t->dtype = (cel_st_dtype_t)dt;
         size_t nd = json_array_size(js);
         if (nd > CEL_ST_MAX_DIMS) {
-            rc = cel_err_set(err, CEL_ELIMIT, "%s: tensor %.64s has rank %zu (max %d)", what,
-                             key, nd, CEL_ST_MAX_DIMS);
+            rc = cel_err_set(err, CEL_ELIMIT, "%s: tensor %.64s has rank %zu (max %d)", what, key,
+                             nd, CEL_ST_MAX_DIMS);
             goto done;
         }
         t->ndim = (int)nd;
@@ -208,40 +213,45 @@ static int file_validate(cel_safetensors_t *st, st_file_t *f, const char *what,
         for (size_t d = 0; d < nd; d++) {
             uint64_t dim;
             if (json_u64(json_array_get(js, d), &dim) != 0) {
-                rc = cel_err_set(err, CEL_EPROTO, "%s: tensor %.64s: shape[%zu] is not a "
-                                 "non-negative integer", what, key, d);
+                rc = cel_err_set(err, CEL_EPROTO,
+                                 "%s: tensor %.64s: shape[%zu] is not a "
+                                 "non-negative integer",
+                                 what, key, d);
                 goto done;
             }
             t->shape[d] = (int64_t)dim;
             if (__builtin_mul_overflow(numel, dim, &numel)) {
-                rc = cel_err_set(err, CEL_EPROTO, "%s: tensor %.64s: shape product overflows",
-                                 what, key);
+                rc = cel_err_set(err, CEL_EPROTO, "%s: tensor %.64s: shape product overflows", what,
+                                 key);
                 goto done;
             }
         }
         uint64_t nbytes, begin, end;
         if (__builtin_mul_overflow(numel, (uint64_t)dtypes[dt].size, &nbytes)) {
-            rc = cel_err_set(err, CEL_EPROTO, "%s: tensor %.64s: byte size overflows", what,
-                             key);
+            rc = cel_err_set(err, CEL_EPROTO, "%s: tensor %.64s: byte size overflows", what, key);
             goto done;
         }
         if (json_array_size(jo) != 2 || json_u64(json_array_get(jo, 0), &begin) != 0 ||
             json_u64(json_array_get(jo, 1), &end) != 0 || begin > end) {
-            rc = cel_err_set(err, CEL_EPROTO, "%s: tensor %.64s: data_offsets must be "
-                             "[begin, end] with 0 <= begin <= end", what, key);
+            rc = cel_err_set(err, CEL_EPROTO,
+                             "%s: tensor %.64s: data_offsets must be "
+                             "[begin, end] with 0 <= begin <= end",
+                             what, key);
             goto done;
         }
         if (end > data_len) {
-            rc = cel_err_set(err, CEL_EPROTO, "%s: tensor %.64s: data_offsets [%llu, %llu] "
-                             "out of the %llu-byte data area", what, key,
-                             (unsigned long long)begin, (unsigned long long)end,
+            rc = cel_err_set(err, CEL_EPROTO,
+                             "%s: tensor %.64s: data_offsets [%llu, %llu] "
+                             "out of the %llu-byte data area",
+                             what, key, (unsigned long long)begin, (unsigned long long)end,
                              (unsigned long long)data_len);
             goto done;
         }
         if (end - begin != nbytes) {
-            rc = cel_err_set(err, CEL_EPROTO, "%s: tensor %.64s: %llu bytes but dtype %s x "
-                             "shape needs %llu", what, key,
-                             (unsigned long long)(end - begin), dtypes[dt].name,
+            rc = cel_err_set(err, CEL_EPROTO,
+                             "%s: tensor %.64s: %llu bytes but dtype %s x "
+                             "shape needs %llu",
+                             what, key, (unsigned long long)(end - begin), dtypes[dt].name,
                              (unsigned long long)nbytes);
             goto done;
         }
@@ -265,15 +275,16 @@ static int file_validate(cel_safetensors_t *st, st_file_t *f, const char *what,
     uint64_t pos = 0;
     for (int i = 0; i < ns; i++) {
         if (spans[i].begin < pos) {
-            rc = cel_err_set(err, CEL_EPROTO, "%s: tensor %.64s overlaps the tensor before it "
-                             "(offset %llu < %llu)", what, st->t[spans[i].idx].name,
-                             (unsigned long long)spans[i].begin, (unsigned long long)pos);
+            rc = cel_err_set(err, CEL_EPROTO,
+                             "%s: tensor %.64s overlaps the tensor before it "
+                             "(offset %llu < %llu)",
+                             what, st->t[spans[i].idx].name, (unsigned long long)spans[i].begin,
+                             (unsigned long long)pos);
             goto done;
         }
         if (spans[i].begin > pos) {
             rc = cel_err_set(err, CEL_EPROTO, "%s: %llu unused bytes before tensor %.64s", what,
-                             (unsigned long long)(spans[i].begin - pos),
-                             st->t[spans[i].idx].name);
+                             (unsigned long long)(spans[i].begin - pos), st->t[spans[i].idx].name);
             goto done;
         }
         pos = spans[i].end;
@@ -356,8 +367,7 @@ int cel_safetensors_open(const char *path, cel_safetensors_t **out, cel_err_t *e
     return CEL_OK;
 }
 
-int cel_safetensors_parse(const uint8_t *buf, size_t len, cel_safetensors_t **out,
-                          cel_err_t *err) {
+int cel_safetensors_parse(const uint8_t *buf, size_t len, cel_safetensors_t **out, cel_err_t *err) {
     *out = NULL;
     cel_safetensors_t *st = set_new(1);
     if (!st) return cel_err_set(err, CEL_ENOMEM, "out of memory");
@@ -380,14 +390,12 @@ int cel_safetensors_parse(const uint8_t *buf, size_t len, cel_safetensors_t **ou
     return CEL_OK;
 }
 
-int cel_safetensors_open_index(const char *index_path, cel_safetensors_t **out,
-                               cel_err_t *err) {
+int cel_safetensors_open_index(const char *index_path, cel_safetensors_t **out, cel_err_t *err) {
     *out = NULL;
     json_error_t jerr;
     json_t *root = json_load_file(index_path, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return cel_err_set(err, CEL_EPROTO, "%s: %s (line %d)", index_path, jerr.text,
-                           jerr.line);
+        return cel_err_set(err, CEL_EPROTO, "%s: %s (line %d)", index_path, jerr.text, jerr.line);
     int rc = CEL_OK;
     cel_safetensors_t *st = NULL;
     json_t *names = json_array(); /* distinct shard file names, in first-seen order */
@@ -456,8 +464,8 @@ int cel_safetensors_open_index(const char *index_path, cel_safetensors_t **out,
                     fi = i;
         if (!t || fi < 0 ||
             strcmp(json_string_value(json_array_get(names, fi)), json_string_value(val)) != 0) {
-            rc = cel_err_set(err, CEL_EPROTO, "%s: tensor %.64s is not in shard %.64s",
-                             index_path, key, json_string_value(val));
+            rc = cel_err_set(err, CEL_EPROTO, "%s: tensor %.64s is not in shard %.64s", index_path,
+                             key, json_string_value(val));
             goto done;
         }
     }
@@ -484,10 +492,8 @@ const cel_st_tensor_t *cel_safetensors_find(const cel_safetensors_t *st, const c
         int mid = lo + (hi - lo) / 2;
         int c = strcmp(name, st->t[st->order[mid]].name);
         if (c == 0) return &st->t[st->order[mid]];
-        if (c < 0)
-            hi = mid - 1;
-        else
-            lo = mid + 1;
+        if (c < 0) hi = mid - 1;
+        else lo = mid + 1;
     }
     return NULL;
 }
@@ -548,17 +554,14 @@ int cel_safetensors_read_f32(const cel_safetensors_t *st, const char *name, int 
         for (int d = 0; d < ndim && w < 100; d++)
             w += snprintf(want + w, sizeof(want) - w, "%s%lld", d ? "," : "", (long long)shape[d]);
         for (int d = 0; d < t->ndim && g < 100; d++)
-            g += snprintf(got + g, sizeof(got) - g, "%s%lld", d ? "," : "",
-                          (long long)t->shape[d]);
+            g += snprintf(got + g, sizeof(got) - g, "%s%lld", d ? "," : "", (long long)t->shape[d]);
         want[w] = got[g] = '\0';
-        return cel_err_set(err, CEL_EPROTO, "tensor %.96s has shape [%s], expected [%s]", name,
-                           got, want);
+        return cel_err_set(err, CEL_EPROTO, "tensor %.96s has shape [%s], expected [%s]", name, got,
+                           want);
     }
     const uint8_t *p = t->data;
     switch (t->dtype) {
-    case CEL_ST_F32:
-        memcpy(dst, p, t->nbytes);
-        break;
+    case CEL_ST_F32: memcpy(dst, p, t->nbytes); break;
     case CEL_ST_F16:
         for (uint64_t i = 0; i < t->numel; i++) dst[i] = f16_to_f32(p[2 * i] | p[2 * i + 1] << 8);
         break;
@@ -576,8 +579,8 @@ int cel_safetensors_read_f32(const cel_safetensors_t *st, const char *name, int 
         }
         break;
     default:
-        return cel_err_set(err, CEL_EPROTO, "tensor %.128s has dtype %s, not a float type",
-                           name, dtypes[t->dtype].name);
+        return cel_err_set(err, CEL_EPROTO, "tensor %.128s has dtype %s, not a float type", name,
+                           dtypes[t->dtype].name);
     }
     return CEL_OK;
 }
@@ -603,7 +606,8 @@ static char *build_header(const cel_st_entry_t *e, int n, const char *const *met
     if (!root) return NULL;
     if (n_meta > 0) {
         json_t *m = json_object();
-        for (int i = 0; i < n_meta; i++) json_object_set_new(m, meta[2 * i], json_string(meta[2 * i + 1]));
+        for (int i = 0; i < n_meta; i++)
+            json_object_set_new(m, meta[2 * i], json_string(meta[2 * i + 1]));
         json_object_set_new(root, "__metadata__", m);
     }
     uint64_t off = 0;
@@ -627,8 +631,8 @@ static char *build_header(const cel_st_entry_t *e, int n, const char *const *met
             json_array_append_new(shape, json_integer(e[i].shape[d]));
             numel *= (uint64_t)e[i].shape[d];
         }
-        json_t *t = json_pack("{s:s, s:o, s:[I,I]}", "dtype", "F32", "shape", shape,
-                              "data_offsets", (json_int_t)off, (json_int_t)(off + 4 * numel));
+        json_t *t = json_pack("{s:s, s:o, s:[I,I]}", "dtype", "F32", "shape", shape, "data_offsets",
+                              (json_int_t)off, (json_int_t)(off + 4 * numel));
         off += 4 * numel;
         json_object_set_new(root, e[i].name, t);
     }
@@ -660,10 +664,8 @@ int cel_safetensors_write(const char *path, const cel_st_entry_t *entries, int n
     if (!h) return err && err->code ? err->code : CEL_ENOMEM;
     char tmp[4160];
     int atomic = flags & CEL_ST_ATOMIC;
-    if (atomic)
-        snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
-    else
-        snprintf(tmp, sizeof(tmp), "%s", path);
+    if (atomic) snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+    else snprintf(tmp, sizeof(tmp), "%s", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         free(h);

@@ -19,16 +19,29 @@
 #include "../common/err.h"
 
 /* Limits checked before anything is sized from a file. */
-#define CEL_ST_MAX_HEADER (100u * 1000 * 1000) /* JSON header bytes (Rust's limit) */
-#define CEL_ST_MAX_DIMS 8                       /* rank of one tensor */
+#define CEL_ST_MAX_HEADER  (100u * 1000 * 1000) /* JSON header bytes (Rust's limit) */
+#define CEL_ST_MAX_DIMS    8                    /* rank of one tensor */
 #define CEL_ST_MAX_TENSORS (1 << 20)            /* tensors in one file */
-#define CEL_ST_MAX_NAME 1024                    /* bytes of one tensor name */
-#define CEL_ST_MAX_SHARDS 1024                  /* files in one index */
+#define CEL_ST_MAX_NAME    1024                 /* bytes of one tensor name */
+#define CEL_ST_MAX_SHARDS  1024                 /* files in one index */
 
 typedef enum cel_st_dtype {
-    CEL_ST_BOOL, CEL_ST_U8, CEL_ST_I8, CEL_ST_F8_E4M3, CEL_ST_F8_E5M2, CEL_ST_I16, CEL_ST_U16,
-    CEL_ST_F16, CEL_ST_BF16, CEL_ST_I32, CEL_ST_U32, CEL_ST_F32, CEL_ST_I64, CEL_ST_U64,
-    CEL_ST_F64, CEL_ST_NDTYPES
+    CEL_ST_BOOL,
+    CEL_ST_U8,
+    CEL_ST_I8,
+    CEL_ST_F8_E4M3,
+    CEL_ST_F8_E5M2,
+    CEL_ST_I16,
+    CEL_ST_U16,
+    CEL_ST_F16,
+    CEL_ST_BF16,
+    CEL_ST_I32,
+    CEL_ST_U32,
+    CEL_ST_F32,
+    CEL_ST_I64,
+    CEL_ST_U64,
+    CEL_ST_F64,
+    CEL_ST_NDTYPES
 } cel_st_dtype_t;
 
 /* One tensor of an open set. Read-only for callers; dies with the set. */
@@ -37,9 +50,9 @@ typedef struct cel_st_tensor {
     cel_st_dtype_t dtype;
     int ndim;
     int64_t shape[CEL_ST_MAX_DIMS];
-    uint64_t numel;         /* product of shape */
-    uint64_t nbytes;        /* numel * dtype size */
-    const uint8_t *data;    /* nbytes bytes inside the file's mapping, maybe unaligned */
+    uint64_t numel;      /* product of shape */
+    uint64_t nbytes;     /* numel * dtype size */
+    const uint8_t *data; /* nbytes bytes inside the file's mapping, maybe unaligned */
 } cel_st_tensor_t;
 
 typedef struct cel_safetensors cel_safetensors_t;
@@ -51,13 +64,11 @@ int cel_safetensors_open(const char *path, cel_safetensors_t **out, cel_err_t *e
 /* Opens the shards listed in a model.safetensors.index.json (weight_map), each
  * validated, and checks that every name in the map lives in the shard it names
  * and that no name appears in two shards. */
-int cel_safetensors_open_index(const char *index_path, cel_safetensors_t **out,
-                               cel_err_t *err);
+int cel_safetensors_open_index(const char *index_path, cel_safetensors_t **out, cel_err_t *err);
 
 /* Validates a file image held in memory (copied; buf may be freed after).
  * Used by tests and the fuzz harness. */
-int cel_safetensors_parse(const uint8_t *buf, size_t len, cel_safetensors_t **out,
-                          cel_err_t *err);
+int cel_safetensors_parse(const uint8_t *buf, size_t len, cel_safetensors_t **out, cel_err_t *err);
 
 /* Frees the set and its mappings. NULL is a no-op. */
 void cel_safetensors_free(cel_safetensors_t *st);

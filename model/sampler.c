@@ -26,16 +26,16 @@ enum { ST_LIVE = 0, ST_STOP_ID = 1, ST_LENGTH = 2, ST_CALLER = 3 };
 struct cel_sampler {
     cel_model_t *m;
     const cel_lora_t *lora;
-    int n, Tmax, rows;         /* sequences, cache rows per sequence, scratch rows */
+    int n, Tmax, rows; /* sequences, cache rows per sequence, scratch rows */
     cel_sample_params_t p;
-    int32_t *stop;             /* stop ids */
+    int32_t *stop; /* stop ids */
     int n_stop;
-    float *kc, *vc;            /* (L,n,Tmax,NKV*HS) */
-    int *len, *gen, *status;   /* (n) cached tokens, generated tokens, ST_* */
-    int32_t *pending;          /* (n) last sampled token, fed next step; -1 none */
-    cel_rng_t *rng;            /* (n) */
-    float *logits;             /* (n,V) next-token logits of each sequence */
-    float *mem;                /* scratch block: */
+    float *kc, *vc;          /* (L,n,Tmax,NKV*HS) */
+    int *len, *gen, *status; /* (n) cached tokens, generated tokens, ST_* */
+    int32_t *pending;        /* (n) last sampled token, fed next step; -1 none */
+    cel_rng_t *rng;          /* (n) */
+    float *logits;           /* (n,V) next-token logits of each sequence */
+    float *mem;              /* scratch block: */
     float *x, *ln, *rstd, *q, *k, *v, *atty, *tmp, *gate, *up, *h, *u, *att, *lnf, *probs;
     int32_t *toks, *pos, *rowseq, *idx;
     struct cel_gpu_sampler *gs; /* on a GPU model: the device's KV cache; CPU buffers unused */
@@ -66,19 +66,18 @@ static void linear(const cel_sampler_t *s, int l, int mod, float *out, const flo
     const cel_lora_t *lora = s->lora;
     int in, o;
     cel_model_mod_dims(&m->cfg, mod, &in, &o);
-    float *base[CEL_NMOD] = {m->p.wq, m->p.wk, m->p.wv, m->p.wo, m->p.wg, m->p.wu, m->p.wd};
+    float *base[CEL_NMOD] = { m->p.wq, m->p.wk, m->p.wv, m->p.wo, m->p.wg, m->p.wu, m->p.wd };
     cel_cpu_matmul_forward(out, inp, base[mod] + (size_t)l * in * o, N, in, o);
     if (lora && (lora->targets & (1u << mod)))
         cel_cpu_lora_forward(out, s->u, inp, lora->w + lora->offA[mod] + (size_t)l * lora->R * in,
-                             lora->w + lora->offB[mod] + (size_t)l * o * lora->R, lora->scaling,
-                             N, in, o, lora->R);
+                             lora->w + lora->offB[mod] + (size_t)l * o * lora->R, lora->scaling, N,
+                             in, o, lora->R);
 }
 
 /* Feeds n tokens to each of the cnt sequences in seqs (rows grouped by
  * sequence), appends their k/v to the cache and leaves each sequence's
  * next-token logits in s->logits. */
-static void forward_cached(cel_sampler_t *s, const int *seqs, int cnt, const int32_t *tok,
-                           int n) {
+static void forward_cached(cel_sampler_t *s, const int *seqs, int cnt, const int32_t *tok, int n) {
     cel_model_t *m = s->m;
     const cel_config_t *c = &m->cfg;
     int N = cnt * n, C = c->C, QD = c->NH * c->HS, KD = c->NKV * c->HS;
@@ -99,8 +98,10 @@ static void forward_cached(cel_sampler_t *s, const int *seqs, int cnt, const int
             int seq = seqs[si], p0 = s->len[seq];
             size_t slice = ((size_t)l * s->n + seq) * s->Tmax * KD;
             float *kc = s->kc + slice, *vc = s->vc + slice;
-            memcpy(kc + (size_t)p0 * KD, s->k + (size_t)si * n * KD, (size_t)n * KD * sizeof(float));
-            memcpy(vc + (size_t)p0 * KD, s->v + (size_t)si * n * KD, (size_t)n * KD * sizeof(float));
+            memcpy(kc + (size_t)p0 * KD, s->k + (size_t)si * n * KD,
+                   (size_t)n * KD * sizeof(float));
+            memcpy(vc + (size_t)p0 * KD, s->v + (size_t)si * n * KD,
+                   (size_t)n * KD * sizeof(float));
             cel_cpu_attention_cached(s->atty + (size_t)si * n * QD, s->att,
                                      s->q + (size_t)si * n * QD, kc, vc, n, p0, c->NH, c->NKV,
                                      c->HS);
@@ -191,12 +192,9 @@ static int finish_step(cel_sampler_t *s, const int32_t *tokens) {
         s->gen[i]++;
         int stop = 0;
         for (int j = 0; j < s->n_stop; j++) stop |= s->stop[j] == t;
-        if (stop)
-            s->status[i] = ST_STOP_ID;
-        else if (s->gen[i] >= s->p.max_tokens || s->len[i] >= s->Tmax)
-            s->status[i] = ST_LENGTH;
-        else
-            s->pending[i] = t;
+        if (stop) s->status[i] = ST_STOP_ID;
+        else if (s->gen[i] >= s->p.max_tokens || s->len[i] >= s->Tmax) s->status[i] = ST_LENGTH;
+        else s->pending[i] = t;
         live += s->status[i] == ST_LIVE;
     }
     return live;
@@ -300,7 +298,8 @@ int cel_sampler_new(cel_model_t *m, const cel_lora_t *lora, int n_seqs,
                            CEL_SAMPLE_MAX_SEQS);
     if (p->max_tokens < 1 || !(p->temperature >= 0) || p->top_k < 0 ||
         !(p->top_p > 0 && p->top_p <= 1) || p->n_stop_ids < 0 || p->n_stop_ids > 1024)
-        return cel_err_set(err, CEL_EINVAL, "sampling needs max_tokens >= 1, temperature >= 0, "
+        return cel_err_set(err, CEL_EINVAL,
+                           "sampling needs max_tokens >= 1, temperature >= 0, "
                            "top_k >= 0, top_p in (0, 1]");
     if (lora && (lora->cfg.C != c->C || lora->cfg.L != c->L || lora->cfg.I != c->I ||
                  lora->cfg.NH != c->NH || lora->cfg.NKV != c->NKV || lora->cfg.HS != c->HS))
@@ -312,8 +311,10 @@ int cel_sampler_new(cel_model_t *m, const cel_lora_t *lora, int n_seqs,
                                lens[i], m->maxT);
         for (int t = 0; t < lens[i]; t++)
             if (prompts[i][t] < 0 || prompts[i][t] >= c->V)
-                return cel_err_set(err, CEL_EINVAL, "prompt %d: token id %d outside the "
-                                   "vocabulary of %d", i, prompts[i][t], c->V);
+                return cel_err_set(err, CEL_EINVAL,
+                                   "prompt %d: token id %d outside the "
+                                   "vocabulary of %d",
+                                   i, prompts[i][t], c->V);
         maxp = lens[i] > maxp ? lens[i] : maxp;
     }
     if (m->gpu) return gpu_sampler_new(m, lora, n_seqs, prompts, lens, p, maxp, out, err);
@@ -330,13 +331,13 @@ int cel_sampler_new(cel_model_t *m, const cel_lora_t *lora, int n_seqs,
     int32_t eos[CEL_CONFIG_MAX_EOS];
     s->n_stop = p->n_stop_ids ? p->n_stop_ids : cel_model_eos(m, eos, CEL_CONFIG_MAX_EOS);
     if (!stop) stop = eos;
-    size_t N = s->rows, C = c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->NKV * c->HS,
-           I = c->I, V = c->V, R = lora ? lora->R : 1;
+    size_t N = s->rows, C = c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->NKV * c->HS, I = c->I,
+           V = c->V, R = lora ? lora->R : 1;
     size_t cache = (size_t)c->L * n_seqs * s->Tmax * KD;
     size_t attn = (size_t)chunk * s->Tmax;
     if (attn < 2 * V) attn = 2 * V; /* doubles for choose() */
-    size_t total = N * C * 3 + N + N * QD * 2 + N * KD * 2 + N * I * 3 + N * R + attn +
-                   N * C + N * V;
+    size_t total =
+        N * C * 3 + N + N * QD * 2 + N * KD * 2 + N * I * 3 + N * R + attn + N * C + N * V;
     s->stop = malloc((s->n_stop + 1) * sizeof(int32_t));
     s->kc = malloc(cache * sizeof(float));
     s->vc = malloc(cache * sizeof(float));

@@ -71,18 +71,15 @@ static size_t utf8_put(uint32_t cp, uint8_t *out) {
 /* Slot count: a power of two at least twice n. */
 static size_t table_size(size_t n) {
     size_t cap = 16;
-    while (cap < 2 * n)
-        cap *= 2;
+    while (cap < 2 * n) cap *= 2;
     return cap;
 }
 
 static int pmap_init(pmap_t *m, size_t n) {
     size_t cap = table_size(n);
     m->slots = malloc(cap * sizeof(pslot_t));
-    if (!m->slots)
-        return CEL_ENOMEM;
-    for (size_t i = 0; i < cap; i++)
-        m->slots[i].key = UINT64_MAX;
+    if (!m->slots) return CEL_ENOMEM;
+    for (size_t i = 0; i < cap; i++) m->slots[i].key = UINT64_MAX;
     m->mask = cap - 1;
     return CEL_OK;
 }
@@ -93,19 +90,15 @@ static int pmap_init(pmap_t *m, size_t n) {
 static int arena_put(cel_tokenizer_t *t, const void *p, size_t n, uint32_t *off) {
     if (t->arena_len + n + 1 > t->arena_cap) {
         size_t cap = t->arena_cap ? t->arena_cap : 4096;
-        while (cap < t->arena_len + n + 1)
-            cap *= 2;
-        if (cap > UINT32_MAX)
-            return CEL_ELIMIT;
+        while (cap < t->arena_len + n + 1) cap *= 2;
+        if (cap > UINT32_MAX) return CEL_ELIMIT;
         char *a = realloc(t->arena, cap);
-        if (!a)
-            return CEL_ENOMEM;
+        if (!a) return CEL_ENOMEM;
         t->arena = a;
         t->arena_cap = cap;
     }
     *off = (uint32_t)t->arena_len;
-    if (n)
-        memcpy(t->arena + t->arena_len, p, n);
+    if (n) memcpy(t->arena + t->arena_len, p, n);
     t->arena[t->arena_len + n] = '\0';
     t->arena_len += n + 1;
     return CEL_OK;
@@ -114,12 +107,9 @@ static int arena_put(cel_tokenizer_t *t, const void *p, size_t n, uint32_t *off)
 /* Reads an optional boolean member; absent or null gives def. */
 static int get_bool(json_t *o, const char *key, int def, int *out, cel_err_t *err) {
     json_t *v = json_object_get(o, key);
-    if (!v || json_is_null(v))
-        *out = def;
-    else if (json_is_boolean(v))
-        *out = json_is_true(v);
-    else
-        return cel_err_set(err, CEL_EPROTO, "tokenizer.json: \"%s\" is not a boolean", key);
+    if (!v || json_is_null(v)) *out = def;
+    else if (json_is_boolean(v)) *out = json_is_true(v);
+    else return cel_err_set(err, CEL_EPROTO, "tokenizer.json: \"%s\" is not a boolean", key);
     return CEL_OK;
 }
 
@@ -153,8 +143,7 @@ static int parse_pre(cel_tokenizer_t *t, json_t *p, int depth, int *byte_level, 
     if (depth > MAX_PRE_DEPTH)
         return cel_err_set(err, CEL_ELIMIT, "tokenizer.json: pre_tokenizer nested too deep");
     const char *type = json_string_value(json_object_get(p, "type"));
-    if (!type)
-        return cel_err_set(err, CEL_EPROTO, "tokenizer.json: pre_tokenizer without a type");
+    if (!type) return cel_err_set(err, CEL_EPROTO, "tokenizer.json: pre_tokenizer without a type");
     if (*byte_level)
         return cel_err_set(err, CEL_EINVAL,
                            "tokenizer.json: pre_tokenizer %s after ByteLevel is not supported",
@@ -174,49 +163,39 @@ static int parse_pre(cel_tokenizer_t *t, json_t *p, int depth, int *byte_level, 
         if ((rc = get_bool(p, "add_prefix_space", 1, &prefix, err)) != CEL_OK ||
             (rc = get_bool(p, "use_regex", 1, &regex, err)) != CEL_OK)
             return rc;
-        if (prefix && (rc = add_step(t, STEP_PREFIX_SPACE, 0, err)) != CEL_OK)
-            return rc;
-        if (regex && (rc = add_step(t, STEP_SPLIT_GPT2, 0, err)) != CEL_OK)
-            return rc;
+        if (prefix && (rc = add_step(t, STEP_PREFIX_SPACE, 0, err)) != CEL_OK) return rc;
+        if (regex && (rc = add_step(t, STEP_SPLIT_GPT2, 0, err)) != CEL_OK) return rc;
         *byte_level = 1;
         return CEL_OK;
     }
     if (strcmp(type, "Digits") == 0) {
         int individual = 0;
-        if ((rc = get_bool(p, "individual_digits", 0, &individual, err)) != CEL_OK)
-            return rc;
+        if ((rc = get_bool(p, "individual_digits", 0, &individual, err)) != CEL_OK) return rc;
         return add_step(t, STEP_DIGITS, individual, err);
     }
     if (strcmp(type, "Split") == 0) {
         const char *behavior = json_string_value(json_object_get(p, "behavior"));
         int invert = 0;
-        if ((rc = get_bool(p, "invert", 0, &invert, err)) != CEL_OK)
-            return rc;
+        if ((rc = get_bool(p, "invert", 0, &invert, err)) != CEL_OK) return rc;
         if (!behavior || strcmp(behavior, "Isolated") != 0 || invert)
             return cel_err_set(err, CEL_EINVAL,
                                "tokenizer.json: Split is supported only with behavior Isolated");
-        const char *re = json_string_value(json_object_get(json_object_get(p, "pattern"),
-                                                           "Regex"));
+        const char *re = json_string_value(json_object_get(json_object_get(p, "pattern"), "Regex"));
         if (!re)
             return cel_err_set(err, CEL_EINVAL, "tokenizer.json: Split without a Regex pattern");
-        if (strcmp(re, GPT2_PATTERN) == 0)
-            return add_step(t, STEP_SPLIT_GPT2, 0, err);
-        if (strcmp(re, LLAMA3_PATTERN) == 0)
-            return add_step(t, STEP_SPLIT_LLAMA3, 3, err);
-        if (strcmp(re, QWEN2_PATTERN) == 0)
-            return add_step(t, STEP_SPLIT_LLAMA3, 1, err);
+        if (strcmp(re, GPT2_PATTERN) == 0) return add_step(t, STEP_SPLIT_GPT2, 0, err);
+        if (strcmp(re, LLAMA3_PATTERN) == 0) return add_step(t, STEP_SPLIT_LLAMA3, 3, err);
+        if (strcmp(re, QWEN2_PATTERN) == 0) return add_step(t, STEP_SPLIT_LLAMA3, 1, err);
         return cel_err_set(err, CEL_EINVAL,
                            "tokenizer.json: Split pattern is not the GPT-2 or Llama 3 one");
     }
-    return cel_err_set(err, CEL_EINVAL, "tokenizer.json: pre_tokenizer %s is not supported",
-                       type);
+    return cel_err_set(err, CEL_EINVAL, "tokenizer.json: pre_tokenizer %s is not supported", type);
 }
 
 /* Takes bos from a TemplateProcessing (possibly inside a Sequence): the first special token
  * before $A in "single". Other post-processors add nothing we model. */
 static int parse_post(cel_tokenizer_t *t, json_t *p, int depth, cel_err_t *err) {
-    if (!p || json_is_null(p))
-        return CEL_OK;
+    if (!p || json_is_null(p)) return CEL_OK;
     const char *type = json_string_value(json_object_get(p, "type"));
     if (!type || depth > MAX_PRE_DEPTH)
         return cel_err_set(err, CEL_EPROTO, "tokenizer.json: bad post_processor");
@@ -226,29 +205,25 @@ static int parse_post(cel_tokenizer_t *t, json_t *p, int depth, cel_err_t *err) 
             return cel_err_set(err, CEL_EPROTO, "tokenizer.json: Sequence without processors");
         for (size_t i = 0; i < json_array_size(a); i++) {
             int rc = parse_post(t, json_array_get(a, i), depth + 1, err);
-            if (rc != CEL_OK)
-                return rc;
+            if (rc != CEL_OK) return rc;
         }
         return CEL_OK;
     }
-    if (strcmp(type, "TemplateProcessing") != 0)
-        return CEL_OK;
+    if (strcmp(type, "TemplateProcessing") != 0) return CEL_OK;
     json_t *single = json_object_get(p, "single");
     json_t *specials = json_object_get(p, "special_tokens");
     if (!json_is_array(single) || !json_is_object(specials))
         return cel_err_set(err, CEL_EPROTO, "tokenizer.json: bad TemplateProcessing");
     json_t *first = json_array_get(single, 0);
-    const char *name = json_string_value(
-        json_object_get(json_object_get(first, "SpecialToken"), "id"));
-    if (!name)
-        return CEL_OK;
+    const char *name =
+        json_string_value(json_object_get(json_object_get(first, "SpecialToken"), "id"));
+    if (!name) return CEL_OK;
     json_t *ids = json_object_get(json_object_get(specials, name), "ids");
     uint32_t id;
     int rc;
     if (!json_is_array(ids) || json_array_size(ids) < 1)
         return cel_err_set(err, CEL_EPROTO, "tokenizer.json: template token %s has no ids", name);
-    if ((rc = get_id(json_array_get(ids, 0), "template", &id, err)) != CEL_OK)
-        return rc;
+    if ((rc = get_id(json_array_get(ids, 0), "template", &id, err)) != CEL_OK) return rc;
     t->bos = (int32_t)id;
     return CEL_OK;
 }
@@ -260,24 +235,21 @@ static int load_vocab(cel_tokenizer_t *t, json_t *vocab, cel_err_t *err) {
     json_t *v;
     int rc;
     t->vslots = calloc(table_size(json_object_size(vocab)), sizeof(uint32_t));
-    if (!t->vslots)
-        return CEL_ENOMEM;
+    if (!t->vslots) return CEL_ENOMEM;
     t->vmask = table_size(json_object_size(vocab)) - 1;
     json_object_keylen_foreach(vocab, key, klen, v) {
         uint32_t id;
-        if ((rc = get_id(v, "vocab", &id, err)) != CEL_OK)
-            return rc;
+        if ((rc = get_id(v, "vocab", &id, err)) != CEL_OK) return rc;
         if (klen == 0 || klen > CEL_TOKENIZER_MAX_TOKEN_BYTES)
-            return cel_err_set(err, CEL_ELIMIT, "tokenizer.json: vocab token %u is %zu bytes",
-                               id, klen);
+            return cel_err_set(err, CEL_ELIMIT, "tokenizer.json: vocab token %u is %zu bytes", id,
+                               klen);
         if (t->voff[id] != NO_ID)
             return cel_err_set(err, CEL_EPROTO, "tokenizer.json: vocab id %u used twice", id);
         if ((rc = arena_put(t, key, klen, &t->voff[id])) != CEL_OK)
             return cel_err_set(err, rc, "tokenizer.json: out of memory");
         t->vlen[id] = (uint32_t)klen;
         size_t i = hash_bytes(key, klen) & t->vmask;
-        while (t->vslots[i])
-            i = (i + 1) & t->vmask;
+        while (t->vslots[i]) i = (i + 1) & t->vmask;
         t->vslots[i] = id + 1;
     }
     return CEL_OK;
@@ -298,8 +270,8 @@ static int load_merges(cel_tokenizer_t *t, json_t *merges, cel_err_t *err) {
             a = json_string_value(m);
             const char *sp = strchr(a, ' ');
             if (!sp || strchr(sp + 1, ' '))
-                return cel_err_set(err, CEL_EPROTO,
-                                   "tokenizer.json: merge %zu is not two tokens", r);
+                return cel_err_set(err, CEL_EPROTO, "tokenizer.json: merge %zu is not two tokens",
+                                   r);
             alen = (size_t)(sp - a);
             b = sp + 1;
             blen = strlen(b);
@@ -322,8 +294,8 @@ static int load_merges(cel_tokenizer_t *t, json_t *merges, cel_err_t *err) {
         if (ia < 0 || ib < 0 || in < 0)
             return cel_err_set(err, CEL_EPROTO,
                                "tokenizer.json: merge %zu (%.*s %.*s) uses a token not in the "
-                               "vocab", r, (int)(alen > 40 ? 40 : alen), a,
-                               (int)(blen > 40 ? 40 : blen), b);
+                               "vocab",
+                               r, (int)(alen > 40 ? 40 : alen), a, (int)(blen > 40 ? 40 : blen), b);
         pslot_t *s = pmap_slot(&t->merges, (uint64_t)ia << 32 | (uint32_t)ib);
         s->key = (uint64_t)ia << 32 | (uint32_t)ib;
         s->a = (uint32_t)r;
@@ -338,8 +310,7 @@ static int load_added(cel_tokenizer_t *t, json_t *arr, cel_err_t *err) {
     int rc;
     t->n_added = json_array_size(arr);
     t->added = calloc(t->n_added ? t->n_added : 1, sizeof(added_t));
-    if (!t->added)
-        return CEL_ENOMEM;
+    if (!t->added) return CEL_ENOMEM;
     for (size_t i = 0; i < t->n_added; i++) {
         json_t *o = json_array_get(arr, i);
         json_t *c = json_object_get(o, "content");
@@ -367,8 +338,7 @@ static int load_added(cel_tokenizer_t *t, json_t *arr, cel_err_t *err) {
         total += a->len;
     }
     t->trie_term = calloc(total, sizeof(uint32_t));
-    if (!t->trie_term || pmap_init(&t->trie, total) != CEL_OK)
-        return CEL_ENOMEM;
+    if (!t->trie_term || pmap_init(&t->trie, total) != CEL_OK) return CEL_ENOMEM;
     t->trie_nodes = 1;
     for (size_t i = 0; i < t->n_added; i++) {
         const added_t *a = &t->added[i];
@@ -394,10 +364,8 @@ static int load_added(cel_tokenizer_t *t, json_t *arr, cel_err_t *err) {
 static int build_decoded(cel_tokenizer_t *t) {
     uint8_t buf[CEL_TOKENIZER_MAX_TOKEN_BYTES];
     int16_t cp_byte[324];
-    for (int i = 0; i < 324; i++)
-        cp_byte[i] = -1;
-    for (int b = 0; b < 256; b++)
-        cp_byte[byte_cp(b)] = (int16_t)b;
+    for (int i = 0; i < 324; i++) cp_byte[i] = -1;
+    for (int b = 0; b < 256; b++) cp_byte[byte_cp(b)] = (int16_t)b;
     for (size_t id = 0; id < t->n_ids; id++) {
         t->doff[id] = NO_ID;
         t->dlen[id] = 0;
@@ -429,8 +397,7 @@ static int build_decoded(cel_tokenizer_t *t) {
             continue;
         }
         int rc = arena_put(t, buf, n, &t->doff[id]); /* may move the arena, and s */
-        if (rc != CEL_OK)
-            return rc;
+        if (rc != CEL_OK) return rc;
         t->dlen[id] = (uint32_t)n;
     }
     return CEL_OK;
@@ -475,8 +442,9 @@ static int load_json(cel_tokenizer_t *t, json_t *root, cel_err_t *err) {
         (rc = get_bool(model, "fuse_unk", 0, &fuse, err)) != CEL_OK)
         return rc;
     if (bf || (cp && *cp) || (ew && *ew) || (dropout && !json_is_null(dropout)))
-        return cel_err_set(err, CEL_EINVAL, "tokenizer.json: byte_fallback, dropout and "
-                                            "subword prefixes/suffixes are not supported");
+        return cel_err_set(err, CEL_EINVAL,
+                           "tokenizer.json: byte_fallback, dropout and "
+                           "subword prefixes/suffixes are not supported");
     t->ignore_merges = ignore;
     t->fuse_unk = fuse;
 
@@ -485,14 +453,15 @@ static int load_json(cel_tokenizer_t *t, json_t *root, cel_err_t *err) {
     json_t *v;
     const char *key;
     json_object_foreach(vocab, key, v) {
-        if ((rc = get_id(v, "vocab", &id, err)) != CEL_OK)
-            return rc;
+        if ((rc = get_id(v, "vocab", &id, err)) != CEL_OK) return rc;
         max_id = id > max_id ? id : max_id;
     }
     for (size_t i = 0; i < json_array_size(added); i++) {
         if (!json_is_object(json_array_get(added, i)))
-            return cel_err_set(err, CEL_EPROTO, "tokenizer.json: added token %zu is not an "
-                                                "object", i);
+            return cel_err_set(err, CEL_EPROTO,
+                               "tokenizer.json: added token %zu is not an "
+                               "object",
+                               i);
         if ((rc = get_id(json_object_get(json_array_get(added, i), "id"), "added token", &id,
                          err)) != CEL_OK)
             return rc;
@@ -510,8 +479,7 @@ static int load_json(cel_tokenizer_t *t, json_t *root, cel_err_t *err) {
         t->voff[i] = NO_ID;
         t->added_of[i] = -1;
     }
-    if ((rc = load_vocab(t, vocab, err)) != CEL_OK ||
-        (rc = load_merges(t, merges, err)) != CEL_OK)
+    if ((rc = load_vocab(t, vocab, err)) != CEL_OK || (rc = load_merges(t, merges, err)) != CEL_OK)
         return rc;
     if ((rc = load_added(t, added, err)) != CEL_OK)
         return rc == CEL_ENOMEM ? cel_err_set(err, rc, "tokenizer.json: out of memory") : rc;
@@ -538,8 +506,7 @@ static int load_json(cel_tokenizer_t *t, json_t *root, cel_err_t *err) {
     json_t *pre = json_object_get(root, "pre_tokenizer");
     if (!pre || json_is_null(pre))
         return cel_err_set(err, CEL_EINVAL, "tokenizer.json: no pre_tokenizer (not byte-level)");
-    if ((rc = parse_pre(t, pre, 0, &byte_level, err)) != CEL_OK)
-        return rc;
+    if ((rc = parse_pre(t, pre, 0, &byte_level, err)) != CEL_OK) return rc;
     if (!byte_level)
         return cel_err_set(err, CEL_EINVAL, "tokenizer.json: no ByteLevel pre_tokenizer");
     json_t *dec = json_object_get(root, "decoder");
@@ -549,10 +516,8 @@ static int load_json(cel_tokenizer_t *t, json_t *root, cel_err_t *err) {
                            dtype ? dtype : "(no type)");
 
     t->bos = t->eos = -1;
-    if ((rc = parse_post(t, json_object_get(root, "post_processor"), 0, err)) != CEL_OK)
-        return rc;
-    static const char *const eos_names[] = {"<|end_of_text|>", "<|endoftext|>", "</s>",
-                                            "<eos>"};
+    if ((rc = parse_post(t, json_object_get(root, "post_processor"), 0, err)) != CEL_OK) return rc;
+    static const char *const eos_names[] = { "<|end_of_text|>", "<|endoftext|>", "</s>", "<eos>" };
     for (size_t i = 0; i < sizeof(eos_names) / sizeof(eos_names[0]) && t->eos < 0; i++)
         for (size_t k = 0; k < t->n_added && t->eos < 0; k++)
             if (strcmp(t->arena + t->added[k].off, eos_names[i]) == 0)
@@ -565,11 +530,9 @@ static int load_json(cel_tokenizer_t *t, json_t *root, cel_err_t *err) {
     return CEL_OK;
 }
 
-int cel_tokenizer_load_buf(const char *json, size_t len, cel_tokenizer_t **out,
-                           cel_err_t *err) {
+int cel_tokenizer_load_buf(const char *json, size_t len, cel_tokenizer_t **out, cel_err_t *err) {
     *out = NULL;
-    if (!json)
-        return cel_err_set(err, CEL_EINVAL, "tokenizer: no buffer");
+    if (!json) return cel_err_set(err, CEL_EINVAL, "tokenizer: no buffer");
     if (len > CEL_TOKENIZER_MAX_FILE_BYTES)
         return cel_err_set(err, CEL_ELIMIT, "tokenizer.json: %zu bytes (max %u)", len,
                            CEL_TOKENIZER_MAX_FILE_BYTES);
@@ -595,8 +558,7 @@ int cel_tokenizer_load_buf(const char *json, size_t len, cel_tokenizer_t **out,
 int cel_tokenizer_load(const char *path, cel_tokenizer_t **out, cel_err_t *err) {
     *out = NULL;
     FILE *f = fopen(path, "rb");
-    if (!f)
-        return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+    if (!f) return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
     char *buf = NULL;
     size_t len = 0, cap = 0;
     int rc = CEL_OK;
@@ -618,21 +580,18 @@ int cel_tokenizer_load(const char *path, cel_tokenizer_t **out, cel_err_t *err) 
         size_t got = fread(buf + len, 1, cap - len, f);
         len += got;
         if (got == 0) {
-            if (ferror(f))
-                rc = cel_err_set(err, CEL_EIO, "%s: read failed", path);
+            if (ferror(f)) rc = cel_err_set(err, CEL_EIO, "%s: read failed", path);
             break;
         }
     }
     fclose(f);
-    if (rc == CEL_OK)
-        rc = cel_tokenizer_load_buf(buf, len, out, err);
+    if (rc == CEL_OK) rc = cel_tokenizer_load_buf(buf, len, out, err);
     free(buf);
     return rc;
 }
 
 void cel_tokenizer_free(cel_tokenizer_t *t) {
-    if (!t)
-        return;
+    if (!t) return;
     free(t->arena);
     free(t->voff);
     free(t->vlen);
@@ -647,45 +606,33 @@ void cel_tokenizer_free(cel_tokenizer_t *t) {
     free(t);
 }
 
-size_t cel_tokenizer_vocab_size(const cel_tokenizer_t *tok) {
-    return tok ? tok->n_ids : 0;
-}
+size_t cel_tokenizer_vocab_size(const cel_tokenizer_t *tok) { return tok ? tok->n_ids : 0; }
 
 const char *cel_tokenizer_token_str(const cel_tokenizer_t *tok, int32_t id) {
-    if (!tok || id < 0 || (size_t)id >= tok->n_ids)
-        return NULL;
-    if (tok->added_of[id] >= 0)
-        return tok->arena + tok->added[tok->added_of[id]].off;
+    if (!tok || id < 0 || (size_t)id >= tok->n_ids) return NULL;
+    if (tok->added_of[id] >= 0) return tok->arena + tok->added[tok->added_of[id]].off;
     return tok->voff[id] == NO_ID ? NULL : tok->arena + tok->voff[id];
 }
 
 int32_t cel_tokenizer_find(const cel_tokenizer_t *tok, const char *token) {
-    if (!tok || !token)
-        return -1;
+    if (!tok || !token) return -1;
     size_t n = strlen(token), end = 0;
     int a = added_at(tok, (const uint8_t *)token, n, 0, &end);
-    if (a >= 0 && end == n)
-        return (int32_t)tok->added[a].id;
+    if (a >= 0 && end == n) return (int32_t)tok->added[a].id;
     return vocab_get(tok, token, n);
 }
 
 int cel_tokenizer_is_special(const cel_tokenizer_t *tok, int32_t id) {
-    if (!tok || id < 0 || (size_t)id >= tok->n_ids || tok->added_of[id] < 0)
-        return 0;
+    if (!tok || id < 0 || (size_t)id >= tok->n_ids || tok->added_of[id] < 0) return 0;
     return tok->added[tok->added_of[id]].special;
 }
 
-int32_t cel_tokenizer_bos(const cel_tokenizer_t *tok) {
-    return tok ? tok->bos : -1;
-}
+int32_t cel_tokenizer_bos(const cel_tokenizer_t *tok) { return tok ? tok->bos : -1; }
 
-int32_t cel_tokenizer_eos(const cel_tokenizer_t *tok) {
-    return tok ? tok->eos : -1;
-}
+int32_t cel_tokenizer_eos(const cel_tokenizer_t *tok) { return tok ? tok->eos : -1; }
 
 static int set_special(cel_tokenizer_t *tok, int32_t id, int32_t *slot, cel_err_t *err) {
-    if (!tok)
-        return cel_err_set(err, CEL_EINVAL, "tokenizer: no tokenizer");
+    if (!tok) return cel_err_set(err, CEL_EINVAL, "tokenizer: no tokenizer");
     if (id < -1 || (id >= 0 && ((size_t)id >= tok->n_ids || tok->doff[id] == NO_ID)))
         return cel_err_set(err, CEL_EINVAL, "tokenizer: id %d is not in the vocabulary", id);
     *slot = id;

@@ -15,13 +15,13 @@
 #include "../common/err.h"
 
 /* Limits checked while loading and encoding. */
-#define CEL_TOKENIZER_MAX_FILE_BYTES (128u * 1024 * 1024) /* tokenizer.json size */
-#define CEL_TOKENIZER_MAX_VOCAB (1u << 20)        /* token ids are in [0, this) */
-#define CEL_TOKENIZER_MAX_MERGES (1u << 21)       /* entries of model.merges */
-#define CEL_TOKENIZER_MAX_ADDED 65536u            /* entries of added_tokens */
-#define CEL_TOKENIZER_MAX_TOKEN_BYTES 4096u       /* one token string, UTF-8 bytes */
-#define CEL_TOKENIZER_MAX_INPUT_BYTES (64u * 1024 * 1024) /* text given to encode */
-#define CEL_TOKENIZER_MAX_DECODE_IDS (16u * 1024 * 1024)  /* ids given to decode */
+#define CEL_TOKENIZER_MAX_FILE_BYTES  (128u * 1024 * 1024) /* tokenizer.json size */
+#define CEL_TOKENIZER_MAX_VOCAB       (1u << 20)           /* token ids are in [0, this) */
+#define CEL_TOKENIZER_MAX_MERGES      (1u << 21)           /* entries of model.merges */
+#define CEL_TOKENIZER_MAX_ADDED       65536u               /* entries of added_tokens */
+#define CEL_TOKENIZER_MAX_TOKEN_BYTES 4096u                /* one token string, UTF-8 bytes */
+#define CEL_TOKENIZER_MAX_INPUT_BYTES (64u * 1024 * 1024)  /* text given to encode */
+#define CEL_TOKENIZER_MAX_DECODE_IDS  (16u * 1024 * 1024)  /* ids given to decode */
 
 typedef struct cel_tokenizer cel_tokenizer_t;
 
@@ -33,8 +33,7 @@ typedef struct cel_tokenizer cel_tokenizer_t;
 int cel_tokenizer_load(const char *path, cel_tokenizer_t **out, cel_err_t *err);
 
 /* Same as cel_tokenizer_load, from the file's bytes (borrowed). */
-int cel_tokenizer_load_buf(const char *json, size_t len, cel_tokenizer_t **out,
-                           cel_err_t *err);
+int cel_tokenizer_load_buf(const char *json, size_t len, cel_tokenizer_t **out, cel_err_t *err);
 
 /* Frees tok; NULL is a no-op. */
 void cel_tokenizer_free(cel_tokenizer_t *tok);

@@ -13,8 +13,8 @@
 
 #include "tokenizer.h"
 
-#define MAX_STEPS 8       /* primitive pre-tokenizer steps */
-#define NO_ID UINT32_MAX
+#define MAX_STEPS 8 /* primitive pre-tokenizer steps */
+#define NO_ID     UINT32_MAX
 
 enum { STEP_PREFIX_SPACE, STEP_SPLIT_GPT2, STEP_SPLIT_LLAMA3, STEP_DIGITS };
 
@@ -40,18 +40,18 @@ typedef struct {
 } added_t;
 
 struct cel_tokenizer {
-    size_t n_ids;       /* largest id + 1 */
-    char *arena;        /* NUL-terminated strings and decoded bytes */
+    size_t n_ids; /* largest id + 1 */
+    char *arena;  /* NUL-terminated strings and decoded bytes */
     size_t arena_len, arena_cap;
-    uint32_t *voff;     /* [n_ids] model.vocab string of each id, NO_ID if none */
-    uint32_t *vlen;     /* [n_ids] */
-    uint32_t *doff;     /* [n_ids] decoded bytes of each id (added content wins) */
-    uint32_t *dlen;     /* [n_ids] */
-    int32_t *added_of;  /* [n_ids] index into added, -1 if none */
-    uint32_t *vslots;   /* model.vocab hash: id + 1, 0 empty */
+    uint32_t *voff;    /* [n_ids] model.vocab string of each id, NO_ID if none */
+    uint32_t *vlen;    /* [n_ids] */
+    uint32_t *doff;    /* [n_ids] decoded bytes of each id (added content wins) */
+    uint32_t *dlen;    /* [n_ids] */
+    int32_t *added_of; /* [n_ids] index into added, -1 if none */
+    uint32_t *vslots;  /* model.vocab hash: id + 1, 0 empty */
     size_t vmask;
-    pmap_t merges;      /* (left id << 32 | right id) -> (rank, new id) */
-    pmap_t trie;        /* (node << 8 | byte) -> child node, over added contents */
+    pmap_t merges;       /* (left id << 32 | right id) -> (rank, new id) */
+    pmap_t trie;         /* (node << 8 | byte) -> child node, over added contents */
     uint32_t *trie_term; /* [trie_nodes] added index + 1 ending here, 0 if none */
     size_t trie_nodes;
     added_t *added;
@@ -81,23 +81,18 @@ static inline size_t utf8_get(const uint8_t *s, size_t n, uint32_t *cp) {
     } else if (b >= 0xE0 && b <= 0xEF) {
         len = 3;
         *cp = b & 0x0F;
-        if (b == 0xE0)
-            lo = 0xA0;
-        if (b == 0xED)
-            hi = 0x9F;
+        if (b == 0xE0) lo = 0xA0;
+        if (b == 0xED) hi = 0x9F;
     } else if (b >= 0xF0 && b <= 0xF4) {
         len = 4;
         *cp = b & 0x07;
-        if (b == 0xF0)
-            lo = 0x90;
-        if (b == 0xF4)
-            hi = 0x8F;
+        if (b == 0xF0) lo = 0x90;
+        if (b == 0xF4) hi = 0x8F;
     } else {
         return 0;
     }
     for (size_t k = 1; k < len; k++) {
-        if (k >= n || s[k] < lo || s[k] > hi)
-            return 0;
+        if (k >= n || s[k] < lo || s[k] > hi) return 0;
         lo = 0x80;
         hi = 0xBF;
         *cp = (*cp << 6) | (s[k] & 0x3F);
@@ -108,8 +103,7 @@ static inline size_t utf8_get(const uint8_t *s, size_t n, uint32_t *cp) {
 static inline uint64_t hash_bytes(const void *p, size_t n) {
     const uint8_t *s = p;
     uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ s[i]) * 1099511628211ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 1099511628211ull;
     return h ^ (h >> 29);
 }
 
@@ -124,8 +118,7 @@ static inline uint64_t hash_u64(uint64_t x) {
 /* Finds key's slot: the one holding it, or the empty one where it belongs. */
 static inline pslot_t *pmap_slot(const pmap_t *m, uint64_t key) {
     size_t i = hash_u64(key) & m->mask;
-    while (m->slots[i].key != UINT64_MAX && m->slots[i].key != key)
-        i = (i + 1) & m->mask;
+    while (m->slots[i].key != UINT64_MAX && m->slots[i].key != key) i = (i + 1) & m->mask;
     return &m->slots[i];
 }
 
@@ -139,24 +132,21 @@ static inline int32_t vocab_get(const cel_tokenizer_t *t, const char *s, size_t 
     size_t i = hash_bytes(s, n) & t->vmask;
     for (;;) {
         uint32_t v = t->vslots[i];
-        if (v == 0)
-            return -1;
+        if (v == 0) return -1;
         uint32_t id = v - 1;
-        if (t->vlen[id] == n && memcmp(t->arena + t->voff[id], s, n) == 0)
-            return (int32_t)id;
+        if (t->vlen[id] == n && memcmp(t->arena + t->voff[id], s, n) == 0) return (int32_t)id;
         i = (i + 1) & t->vmask;
     }
 }
 
 /* The longest added token starting at s[i], as an index into tok->added, or -1. */
 static inline int added_at(const cel_tokenizer_t *t, const uint8_t *s, size_t n, size_t i,
-                    size_t *end) {
+                           size_t *end) {
     uint32_t node = 0;
     int best = -1;
     for (size_t k = i; k < n; k++) {
         const pslot_t *sl = pmap_get(&t->trie, (uint64_t)node << 8 | s[k]);
-        if (!sl)
-            break;
+        if (!sl) break;
         node = sl->a;
         if (t->trie_term[node]) {
             best = (int)t->trie_term[node] - 1;

@@ -43,19 +43,45 @@ static int ws_ensure(cel_model_t *m, int B, int T, int Ls, int R, cel_err_t *err
     size_t C = c->C, I = c->I, V = c->V, QD = (size_t)c->NH * c->HS, KD = (size_t)c->NKV * c->HS;
     size_t L = Ls;
     size_t sizes[] = {
-        (L + 1) * N * C, L * N * C, L * N * C, L * N * C, L * N, L * N,  /* res res2 ln1 ln2 r1 r2 */
-        L * N * QD, L * N * KD, L * N * KD, L * N * c->NH, L * N * QD,  /* q k v lse atty */
-        L * N * I, L * N * I, L * N * I,                              /* gate up h */
-        N * C, N, N * V, N, N, N,                                     /* lnf rstdf logits lse logp w */
-        N * C, N * C, N * C, N * QD, N * QD, N * KD, N * KD,          /* dres dln tmp dq datty dk dv */
-        N * I, N * I, N * I, N * R, 2 * (size_t)T * T,               /* dgate dup dh du att */
+        (L + 1) * N * C,
+        L * N * C,
+        L * N * C,
+        L * N * C,
+        L * N,
+        L * N, /* res res2 ln1 ln2 r1 r2 */
+        L * N * QD,
+        L * N * KD,
+        L * N * KD,
+        L * N * c->NH,
+        L * N * QD, /* q k v lse atty */
+        L * N * I,
+        L * N * I,
+        L * N * I, /* gate up h */
+        N * C,
+        N,
+        N * V,
+        N,
+        N,
+        N, /* lnf rstdf logits lse logp w */
+        N * C,
+        N * C,
+        N * C,
+        N * QD,
+        N * QD,
+        N * KD,
+        N * KD, /* dres dln tmp dq datty dk dv */
+        N * I,
+        N * I,
+        N * I,
+        N * R,
+        2 * (size_t)T * T, /* dgate dup dh du att */
     };
-    float **ptrs[] = {&ws->res,   &ws->res2,  &ws->ln1,   &ws->ln2,  &ws->rstd1, &ws->rstd2,
-                      &ws->q,     &ws->k,     &ws->v,     &ws->lse,  &ws->atty,  &ws->gate,
-                      &ws->up,    &ws->h,     &ws->lnf,   &ws->rstdf, &ws->logits, &ws->lse_ce,
-                      &ws->logp,  &ws->weights, &ws->dres, &ws->dln, &ws->tmp,   &ws->dq,
-                      &ws->datty, &ws->dk,    &ws->dv,    &ws->dgate, &ws->dup,  &ws->dh,
-                      &ws->du,    &ws->att};
+    float **ptrs[] = { &ws->res,   &ws->res2,    &ws->ln1,  &ws->ln2,   &ws->rstd1,  &ws->rstd2,
+                       &ws->q,     &ws->k,       &ws->v,    &ws->lse,   &ws->atty,   &ws->gate,
+                       &ws->up,    &ws->h,       &ws->lnf,  &ws->rstdf, &ws->logits, &ws->lse_ce,
+                       &ws->logp,  &ws->weights, &ws->dres, &ws->dln,   &ws->tmp,    &ws->dq,
+                       &ws->datty, &ws->dk,      &ws->dv,   &ws->dgate, &ws->dup,    &ws->dh,
+                       &ws->du,    &ws->att };
     size_t np = sizeof(ptrs) / sizeof(ptrs[0]), total = 0;
     if (m->gpu) /* GPU passes keep activations on the device: only the batch and log-probs here */
         for (size_t i = 0; i < np; i++)
@@ -67,8 +93,10 @@ static int ws_ensure(cel_model_t *m, int B, int T, int Ls, int R, cel_err_t *err
     ws->imem = malloc(4 * N * sizeof(int32_t));
     if (!ws->mem || !ws->imem) {
         cel_train_ws_free(ws);
-        return cel_err_set(err, CEL_ENOMEM, "out of memory for activations of %zu tokens "
-                           "(%zu MiB)", N, total * 4 >> 20);
+        return cel_err_set(err, CEL_ENOMEM,
+                           "out of memory for activations of %zu tokens "
+                           "(%zu MiB)",
+                           N, total * 4 >> 20);
     }
     float *x = ws->mem;
     for (size_t i = 0; i < np; i++) {
@@ -108,17 +136,21 @@ static int check_job(const cel_model_t *m, const cel_lora_t *lora, const cel_bat
     for (int i = 0; i < b->B; i++) {
         int len = b->lens ? b->lens[i] : b->T;
         if (len < 1 || len > b->T)
-            return cel_err_set(err, CEL_EINVAL, "sequence %d has length %d, not in [1, %d]", i,
-                               len, b->T);
+            return cel_err_set(err, CEL_EINVAL, "sequence %d has length %d, not in [1, %d]", i, len,
+                               b->T);
         for (int t = 0; t < len; t++) {
             size_t n = (size_t)i * b->T + t;
             int32_t tok = b->tokens[n], tgt = b->targets ? b->targets[n] : 0;
             if (tok < 0 || tok >= c->V)
-                return cel_err_set(err, CEL_EINVAL, "token id %d at [%d,%d] is outside the "
-                                   "vocabulary of %d", tok, i, t, c->V);
+                return cel_err_set(err, CEL_EINVAL,
+                                   "token id %d at [%d,%d] is outside the "
+                                   "vocabulary of %d",
+                                   tok, i, t, c->V);
             if (tgt < 0 || tgt >= c->V)
-                return cel_err_set(err, CEL_EINVAL, "target id %d at [%d,%d] is outside the "
-                                   "vocabulary of %d", tgt, i, t, c->V);
+                return cel_err_set(err, CEL_EINVAL,
+                                   "target id %d at [%d,%d] is outside the "
+                                   "vocabulary of %d",
+                                   tgt, i, t, c->V);
             if (b->weights && !isfinite(b->weights[n]))
                 return cel_err_set(err, CEL_EINVAL, "weight at [%d,%d] is not finite", i, t);
         }
@@ -173,8 +205,7 @@ static layer_acts_t layer_acts(const cel_model_t *m, int l, int train, size_t N,
     a.gate = ws->gate + s * N * I;
     a.up = ws->up + s * N * I;
     a.h = ws->h + s * N * I;
-    for (int mod = 0; mod < CEL_NMOD; mod++)
-        a.u[mod] = ws->u[mod] ? ws->u[mod] + s * N * R : NULL;
+    for (int mod = 0; mod < CEL_NMOD; mod++) a.u[mod] = ws->u[mod] ? ws->u[mod] + s * N * R : NULL;
     return a;
 }
 
@@ -183,7 +214,7 @@ static float *mod_weight(const cel_config_t *c, const cel_params_t *p, int l, in
     int in, out;
     cel_model_mod_dims(c, mod, &in, &out);
     size_t sz = (size_t)in * out;
-    float *base[CEL_NMOD] = {p->wq, p->wk, p->wv, p->wo, p->wg, p->wu, p->wd};
+    float *base[CEL_NMOD] = { p->wq, p->wk, p->wv, p->wo, p->wg, p->wu, p->wd };
     return base[mod] + l * sz;
 }
 
@@ -207,15 +238,15 @@ static void linear_forward(const cel_model_t *m, const pass_t *ps, int l, int mo
         int rows = ps->segs[s].nb * ps->T;
         const float *A = lora->w + lora->offA[mod] + (size_t)l * lora->R * in;
         const float *Bw = lora->w + lora->offB[mod] + (size_t)l * outd * lora->R;
-        cel_cpu_lora_forward(out + r0 * outd, u + r0 * ps->R, inp + r0 * in, A, Bw,
-                             lora->scaling, rows, in, outd, lora->R);
+        cel_cpu_lora_forward(out + r0 * outd, u + r0 * ps->R, inp + r0 * in, A, Bw, lora->scaling,
+                             rows, in, outd, lora->R);
     }
 }
 
 /* dinp += dout W (and each segment's LoRA branch); dW += (full training) or
  * each segment's adapter's dA, dB +=. */
-static void linear_backward(cel_model_t *m, const pass_t *ps, int full, int l, int mod,
-                            float *dinp, const float *dout, const float *inp, const float *u) {
+static void linear_backward(cel_model_t *m, const pass_t *ps, int full, int l, int mod, float *dinp,
+                            const float *dout, const float *inp, const float *u) {
     int in, outd, N = ps->B * ps->T;
     cel_model_mod_dims(&m->cfg, mod, &in, &outd);
     float *dW = full ? mod_weight(&m->cfg, &m->gp, l, mod) : NULL;
@@ -239,7 +270,7 @@ static void model_forward(cel_model_t *m, const pass_t *ps, int train) {
     cel_ws_t *ws = &m->ws;
     int B = ps->B, T = ps->T, N = B * T, C = c->C, R = ps->R;
     cel_cpu_embedding_forward(ws->res, ws->tokens, m->p.wte, N, C);
-    layer_acts_t a = {0};
+    layer_acts_t a = { 0 };
     for (int l = 0; l < c->L; l++) {
         a = layer_acts(m, l, train, N, R);
         cel_cpu_rmsnorm_forward(a.ln1, a.rstd1, a.resin, m->p.ln1 + (size_t)l * C, N, C, c->eps);
@@ -290,17 +321,16 @@ static void model_backward(cel_model_t *m, const pass_t *ps, int full) {
         memset(ws->dln, 0, NC * sizeof(float));
         linear_backward(m, ps, full, l, CEL_MOD_GATE, ws->dln, ws->dgate, a.ln2, a.u[CEL_MOD_GATE]);
         linear_backward(m, ps, full, l, CEL_MOD_UP, ws->dln, ws->dup, a.ln2, a.u[CEL_MOD_UP]);
-        cel_cpu_rmsnorm_backward(ws->dres, full ? gp->ln2 + (size_t)l * C : NULL, ws->dln,
-                                 a.res2, m->p.ln2 + (size_t)l * C, a.rstd2, N, C);
+        cel_cpu_rmsnorm_backward(ws->dres, full ? gp->ln2 + (size_t)l * C : NULL, ws->dln, a.res2,
+                                 m->p.ln2 + (size_t)l * C, a.rstd2, N, C);
         /* attention: res2 = resin + o(atty) */
         size_t NQ = (size_t)N * c->NH * c->HS;
         memset(ws->datty, 0, NQ * sizeof(float));
         linear_backward(m, ps, full, l, CEL_MOD_O, ws->datty, ws->dres, a.atty, a.u[CEL_MOD_O]);
-        cel_cpu_attention_backward(ws->dq, ws->dk, ws->dv, ws->att, ws->datty, a.lse, a.q, a.k,
-                                   a.v, B, T, c->NH, c->NKV, c->HS);
+        cel_cpu_attention_backward(ws->dq, ws->dk, ws->dv, ws->att, ws->datty, a.lse, a.q, a.k, a.v,
+                                   B, T, c->NH, c->NKV, c->HS);
         cel_cpu_rope_backward(ws->dq, ws->dq, ws->pos, m->rope_cos, m->rope_sin, N, c->NH, c->HS);
-        cel_cpu_rope_backward(ws->dk, ws->dk, ws->pos, m->rope_cos, m->rope_sin, N, c->NKV,
-                              c->HS);
+        cel_cpu_rope_backward(ws->dk, ws->dk, ws->pos, m->rope_cos, m->rope_sin, N, c->NKV, c->HS);
         memset(ws->dln, 0, NC * sizeof(float));
         linear_backward(m, ps, full, l, CEL_MOD_Q, ws->dln, ws->dq, a.ln1, a.u[CEL_MOD_Q]);
         linear_backward(m, ps, full, l, CEL_MOD_K, ws->dln, ws->dk, a.ln1, a.u[CEL_MOD_K]);
@@ -350,7 +380,7 @@ static int run_packed(cel_model_t *m, cel_model_job_t *jobs, int n, int backward
         if (jobs[j].rc != CEL_OK) continue;
         const cel_batch_t *b = &jobs[j].batch;
         b0s[j] = B;
-        segs[nseg++] = (cel_seg_t){jobs[j].lora, B, b->B};
+        segs[nseg++] = (cel_seg_t){ jobs[j].lora, B, b->B };
         B += b->B;
         T = b->T > T ? b->T : T;
         if (jobs[j].lora && jobs[j].lora->R > R) R = jobs[j].lora->R;
@@ -374,12 +404,12 @@ static int run_packed(cel_model_t *m, cel_model_job_t *jobs, int n, int backward
         rc = cel_device_run(m, segs, nseg, B, T, backward, logits, err);
         if (rc != CEL_OK) goto done;
     } else {
-        pass_t ps = {segs, nseg, B, T, R};
+        pass_t ps = { segs, nseg, B, T, R };
         model_forward(m, &ps, backward);
         if (logits) memcpy(logits, ws->logits, (size_t)N * m->cfg.V * sizeof(float));
         if (has_targets) {
-            cel_cpu_crossentropy_forward(ws->logp, ws->lse_ce, ws->logits, ws->targets,
-                                         ws->weights, N, m->cfg.V);
+            cel_cpu_crossentropy_forward(ws->logp, ws->lse_ce, ws->logits, ws->targets, ws->weights,
+                                         N, m->cfg.V);
             if (backward) {
                 cel_cpu_crossentropy_backward(ws->logits, ws->logits, ws->lse_ce, ws->targets,
                                               ws->weights, 1.0f, N, m->cfg.V);
@@ -399,8 +429,7 @@ done:
     return rc;
 }
 
-int cel_model_run_jobs(cel_model_t *m, cel_model_job_t *jobs, int n, int backward,
-                       cel_err_t *err) {
+int cel_model_run_jobs(cel_model_t *m, cel_model_job_t *jobs, int n, int backward, cel_err_t *err) {
     if (n < 1 || !jobs) return cel_err_set(err, CEL_EINVAL, "no jobs");
     for (int j = 0; j < n; j++) {
         cel_model_job_t *jb = &jobs[j];
@@ -411,10 +440,12 @@ int cel_model_run_jobs(cel_model_t *m, cel_model_job_t *jobs, int n, int backwar
             jb->rc = cel_err_set(&jb->err, CEL_EINVAL, "a job needs target tokens");
         if (jb->rc == CEL_OK && backward && !jb->lora) {
             if (!m->g)
-                jb->rc = cel_err_set(&jb->err, CEL_ESTATE, "no adapter given and "
+                jb->rc = cel_err_set(&jb->err, CEL_ESTATE,
+                                     "no adapter given and "
                                      "full-parameter training is not enabled");
             else if (n > 1)
-                jb->rc = cel_err_set(&jb->err, CEL_EINVAL, "a full-parameter training job "
+                jb->rc = cel_err_set(&jb->err, CEL_EINVAL,
+                                     "a full-parameter training job "
                                      "cannot be packed with others");
         }
     }
@@ -433,7 +464,7 @@ static int run_one(cel_model_t *m, cel_lora_t *lora, const cel_batch_t *batch, i
                    float *logits, float *logprobs, double *loss, cel_err_t *err) {
     int rc = check_job(m, lora, batch, err);
     if (rc != CEL_OK) return rc;
-    cel_model_job_t job = {.lora = lora, .batch = *batch, .logprobs = logprobs};
+    cel_model_job_t job = { .lora = lora, .batch = *batch, .logprobs = logprobs };
     rc = run_packed(m, &job, 1, backward, logits, err);
     if (rc == CEL_OK && loss) *loss = job.loss;
     return rc;
@@ -450,7 +481,8 @@ int cel_model_forward(cel_model_t *m, const cel_lora_t *lora, const cel_batch_t 
 int cel_model_forward_backward(cel_model_t *m, cel_lora_t *lora, const cel_batch_t *batch,
                                float *logprobs, double *loss, cel_err_t *err) {
     if (!lora && !m->g)
-        return cel_err_set(err, CEL_ESTATE, "no adapter given and full-parameter training is "
+        return cel_err_set(err, CEL_ESTATE,
+                           "no adapter given and full-parameter training is "
                            "not enabled");
     if (!batch || !batch->targets)
         return cel_err_set(err, CEL_EINVAL, "forward_backward needs target tokens");
@@ -463,7 +495,7 @@ int cel_model_score(cel_model_t *m, const cel_lora_t *lora, const int32_t *token
         return cel_err_set(err, CEL_EINVAL, "scoring needs at least 2 tokens, got %d", n);
     if (n - 1 > m->maxT)
         return cel_err_set(err, CEL_ELIMIT, "%d tokens exceed the model's %d", n, m->maxT + 1);
-    cel_batch_t b = {.B = 1, .T = n - 1, .tokens = tokens, .targets = tokens + 1};
+    cel_batch_t b = { .B = 1, .T = n - 1, .tokens = tokens, .targets = tokens + 1 };
     double loss;
     int rc = cel_model_forward(m, lora, &b, NULL, token_logprobs, &loss, err);
     if (rc != CEL_OK) return rc;

@@ -12,16 +12,11 @@
 static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 static int sextet(unsigned char c) {
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
     return -1;
 }
 
@@ -36,14 +31,11 @@ int cel_base64_decode(const char *in, size_t len, uint8_t **out, size_t *out_len
     if (len % 4 != 0)
         return cel_err_set(err, CEL_EPROTO, "bad base64: length %zu is not a multiple of 4", len);
     size_t pad = 0;
-    if (len >= 1 && in[len - 1] == '=')
-        pad++;
-    if (len >= 2 && in[len - 2] == '=')
-        pad++;
+    if (len >= 1 && in[len - 1] == '=') pad++;
+    if (len >= 2 && in[len - 2] == '=') pad++;
     size_t n = len / 4 * 3 - pad;
     uint8_t *o = malloc(n + 1);
-    if (!o)
-        return cel_err_set(err, CEL_ENOMEM, "out of memory decoding base64");
+    if (!o) return cel_err_set(err, CEL_ENOMEM, "out of memory decoding base64");
     size_t w = 0;
     for (size_t i = 0; i < len; i += 4) {
         int v[4];
@@ -61,13 +53,11 @@ int cel_base64_decode(const char *in, size_t len, uint8_t **out, size_t *out_len
                                    i + (size_t)k);
             }
         }
-        uint32_t q = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 |
-                     (uint32_t)v[3];
+        uint32_t q =
+            (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
         o[w++] = (uint8_t)(q >> 16);
-        if (!last || pad < 2)
-            o[w++] = (uint8_t)(q >> 8);
-        if (!last || pad < 1)
-            o[w++] = (uint8_t)q;
+        if (!last || pad < 2) o[w++] = (uint8_t)(q >> 8);
+        if (!last || pad < 1) o[w++] = (uint8_t)q;
     }
     o[w] = '\0';
     *out = o;
@@ -78,12 +68,10 @@ int cel_base64_decode(const char *in, size_t len, uint8_t **out, size_t *out_len
 /* Encodes in[0..len) with padding. Returns a malloc'd NUL-terminated string
  * or NULL on allocation failure (or a length that cannot be encoded). */
 char *cel_base64_encode(const uint8_t *in, size_t len) {
-    if (len > (SIZE_MAX - 1) / 4 * 3 - 3)
-        return NULL;
+    if (len > (SIZE_MAX - 1) / 4 * 3 - 3) return NULL;
     size_t n = (len + 2) / 3 * 4;
     char *o = malloc(n + 1);
-    if (!o)
-        return NULL;
+    if (!o) return NULL;
     size_t w = 0, i = 0;
     for (; i + 3 <= len; i += 3) {
         uint32_t q = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];

@@ -18,22 +18,18 @@
  * charset=utf-8" -> "application/json"), lower-cased and trimmed. */
 static void media_type(const char *ct, char *out, size_t size) {
     size_t n = 0;
-    while (*ct == ' ' || *ct == '\t')
-        ct++;
+    while (*ct == ' ' || *ct == '\t') ct++;
     for (; *ct && *ct != ';' && n + 1 < size; ct++)
         out[n++] = (*ct >= 'A' && *ct <= 'Z') ? (char)(*ct - 'A' + 'a') : *ct;
-    while (n > 0 && (out[n - 1] == ' ' || out[n - 1] == '\t'))
-        n--;
+    while (n > 0 && (out[n - 1] == ' ' || out[n - 1] == '\t')) n--;
     out[n] = '\0';
 }
 
 static int text_encoding_ok(const char *enc) {
-    static const char *ok[] = {"utf-8", "utf8", "binary", "ascii", "us-ascii", "ascii-8bit"};
-    if (!enc || !*enc)
-        return 1;
+    static const char *ok[] = { "utf-8", "utf8", "binary", "ascii", "us-ascii", "ascii-8bit" };
+    if (!enc || !*enc) return 1;
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
-        if (strcasecmp(enc, ok[i]) == 0)
-            return 1;
+        if (strcasecmp(enc, ok[i]) == 0) return 1;
     return 0;
 }
 
@@ -46,8 +42,7 @@ static int load_json(const uint8_t *body, size_t len, json_t **out, cel_err_t *e
             hint = " (integers beyond 64 bits are not supported)";
         else if (strstr(je.text, "invalid token") || strstr(je.text, "real number overflow"))
             hint = " (NaN and Infinity are not supported)";
-        else if (strstr(je.text, "maximum parsing depth"))
-            hint = " (nested too deep)";
+        else if (strstr(je.text, "maximum parsing depth")) hint = " (nested too deep)";
         return cel_err_set(err, CEL_EBODY, "body is not valid JSON: %s at line %d column %d%s",
                            je.text, je.line, je.column, hint);
     }
@@ -78,10 +73,8 @@ int cel_body_load(const uint8_t *body, size_t len, const char *content_type,
     if (strcmp(mt, "application/x-msgpack") == 0) {
         cel_err_t e;
         int rc = cel_msgpack_to_json(body, len, out, &e);
-        if (rc == CEL_ENOMEM)
-            return cel_err_set(err, rc, "%s", e.msg);
-        if (rc)
-            return cel_err_set(err, CEL_EBODY, "body is not valid msgpack: %s", e.msg);
+        if (rc == CEL_ENOMEM) return cel_err_set(err, rc, "%s", e.msg);
+        if (rc) return cel_err_set(err, CEL_EBODY, "body is not valid msgpack: %s", e.msg);
         return CEL_OK;
     }
     if (strcmp(mt, "application/x-python-serialize") == 0)

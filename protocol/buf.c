@@ -12,17 +12,14 @@
 
 /* Makes room for n more bytes plus the NUL. Returns 0 or -1 (sets oom). */
 static int reserve(cel_buf_t *b, size_t n) {
-    if (b->oom)
-        return -1;
+    if (b->oom) return -1;
     if (n > SIZE_MAX / 2 - b->len) {
         b->oom = 1;
         return -1;
     }
-    if (b->len + n + 1 <= b->cap)
-        return 0;
+    if (b->len + n + 1 <= b->cap) return 0;
     size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->len + n + 1)
-        cap *= 2;
+    while (cap < b->len + n + 1) cap *= 2;
     char *p = realloc(b->p, cap);
     if (!p) {
         b->oom = 1;
@@ -34,21 +31,15 @@ static int reserve(cel_buf_t *b, size_t n) {
 }
 
 void cel_buf_put(cel_buf_t *b, const char *s, size_t n) {
-    if (reserve(b, n) < 0)
-        return;
-    if (n)
-        memcpy(b->p + b->len, s, n);
+    if (reserve(b, n) < 0) return;
+    if (n) memcpy(b->p + b->len, s, n);
     b->len += n;
     b->p[b->len] = '\0';
 }
 
-void cel_buf_puts(cel_buf_t *b, const char *s) {
-    cel_buf_put(b, s, strlen(s));
-}
+void cel_buf_puts(cel_buf_t *b, const char *s) { cel_buf_put(b, s, strlen(s)); }
 
-void cel_buf_putc(cel_buf_t *b, char c) {
-    cel_buf_put(b, &c, 1);
-}
+void cel_buf_putc(cel_buf_t *b, char c) { cel_buf_put(b, &c, 1); }
 
 void cel_buf_printf(cel_buf_t *b, const char *fmt, ...) {
     char small[128];
@@ -64,8 +55,7 @@ void cel_buf_printf(cel_buf_t *b, const char *fmt, ...) {
         cel_buf_put(b, small, (size_t)n);
         return;
     }
-    if (reserve(b, (size_t)n) < 0)
-        return;
+    if (reserve(b, (size_t)n) < 0) return;
     va_start(ap, fmt);
     vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
     va_end(ap);
@@ -75,12 +65,10 @@ void cel_buf_printf(cel_buf_t *b, const char *fmt, ...) {
 char *cel_buf_take(cel_buf_t *b) {
     char *p = NULL;
     if (!b->oom) {
-        if (!b->p)
-            cel_buf_put(b, "", 0);
+        if (!b->p) cel_buf_put(b, "", 0);
         p = b->oom ? NULL : b->p;
     }
-    if (!p)
-        free(b->p);
+    if (!p) free(b->p);
     b->p = NULL;
     b->len = b->cap = 0;
     b->oom = 0;

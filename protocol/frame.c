@@ -25,12 +25,12 @@
 
 struct cel_frame_reader {
     uint8_t *buf;
-    size_t cap;  /* allocated bytes */
-    size_t off;  /* start of unconsumed bytes */
-    size_t len;  /* end of buffered bytes (buf[off..len) unconsumed) */
-    size_t max;  /* largest payload accepted */
-    int err;     /* sticky error, CEL_OK while healthy */
-    size_t bad;  /* the offending length when err == CEL_ELIMIT */
+    size_t cap; /* allocated bytes */
+    size_t off; /* start of unconsumed bytes */
+    size_t len; /* end of buffered bytes (buf[off..len) unconsumed) */
+    size_t max; /* largest payload accepted */
+    int err;    /* sticky error, CEL_OK while healthy */
+    size_t bad; /* the offending length when err == CEL_ELIMIT */
 };
 
 cel_frame_reader_t *cel_frame_reader_new(size_t max_payload) {
@@ -81,8 +81,7 @@ int cel_frame_reader_next(cel_frame_reader_t *r, const uint8_t **payload, size_t
     *payload = NULL;
     *len = 0;
     if (r->err == CEL_ELIMIT)
-        return cel_err_set(err, CEL_ELIMIT, "frame length %zu exceeds limit %zu", r->bad,
-                           r->max);
+        return cel_err_set(err, CEL_ELIMIT, "frame length %zu exceeds limit %zu", r->bad, r->max);
     size_t avail = r->len - r->off;
     if (avail < CEL_FRAME_HDR) return CEL_EAGAIN;
     const uint8_t *p = r->buf + r->off;
@@ -181,8 +180,8 @@ static int put_field(out_t *o, const char *key, const char *s, size_t max, cel_e
     if (!s) return cel_err_set(err, CEL_EINVAL, "frame field '%s' is not set", key);
     size_t n = strlen(s);
     if (n > max)
-        return cel_err_set(err, CEL_ELIMIT, "frame field '%s' of %zu bytes is over the limit",
-                           key, n);
+        return cel_err_set(err, CEL_ELIMIT, "frame field '%s' of %zu bytes is over the limit", key,
+                           n);
     put_str(o, key, strlen(key));
     put_str(o, s, n);
     return CEL_OK;
@@ -204,7 +203,7 @@ static int finish(out_t *o, size_t start, int rc, cel_err_t *err) {
 
 int cel_frame_ready_encode(const cel_frame_ready_t *f, uint8_t **buf, size_t *len, size_t *cap,
                            cel_err_t *err) {
-    out_t o = {buf, len, cap, 0};
+    out_t o = { buf, len, cap, 0 };
     size_t start = *len;
     put_map(&o, 3);
     int rc = put_field(&o, "op", "ready", CEL_FRAME_NAME_MAX, err);
@@ -216,7 +215,7 @@ int cel_frame_ready_encode(const cel_frame_ready_t *f, uint8_t **buf, size_t *le
 
 int cel_frame_run_encode(const cel_frame_run_t *f, uint8_t **buf, size_t *len, size_t *cap,
                          cel_err_t *err) {
-    out_t o = {buf, len, cap, 0};
+    out_t o = { buf, len, cap, 0 };
     size_t start = *len;
     put_map(&o, 7);
     int rc = put_field(&o, "op", "run", CEL_FRAME_NAME_MAX, err);
@@ -231,9 +230,9 @@ int cel_frame_run_encode(const cel_frame_run_t *f, uint8_t **buf, size_t *len, s
     return finish(&o, start, rc, err);
 }
 
-int cel_frame_result_encode(const cel_frame_result_t *f, uint8_t **buf, size_t *len,
-                            size_t *cap, cel_err_t *err) {
-    out_t o = {buf, len, cap, 0};
+int cel_frame_result_encode(const cel_frame_result_t *f, uint8_t **buf, size_t *len, size_t *cap,
+                            cel_err_t *err) {
+    out_t o = { buf, len, cap, 0 };
     size_t start = *len;
     put_map(&o, f->failed ? 8 : 5);
     int rc = put_field(&o, "op", "result", CEL_FRAME_NAME_MAX, err);
@@ -261,7 +260,7 @@ int cel_frame_result_encode(const cel_frame_result_t *f, uint8_t **buf, size_t *
 
 int cel_frame_progress_encode(const cel_frame_progress_t *f, uint8_t **buf, size_t *len,
                               size_t *cap, cel_err_t *err) {
-    out_t o = {buf, len, cap, 0};
+    out_t o = { buf, len, cap, 0 };
     size_t start = *len;
     put_map(&o, 4);
     int rc = put_field(&o, "op", "progress", CEL_FRAME_NAME_MAX, err);
@@ -335,19 +334,37 @@ static int skip(in_t *r, int depth) {
     else if (c >= 0x80 && c <= 0x8f) items = 2 * (uint64_t)(c & 0x0f);
     else if (c >= 0x90 && c <= 0x9f) items = c & 0x0f;
     else switch (c) {
-        case 0xc4: case 0xc5: case 0xc6: rc = read_be(r, 1 << (c - 0xc4), &n); break;
-        case 0xd9: case 0xda: case 0xdb: rc = read_be(r, 1 << (c - 0xd9), &n); break;
-        case 0xc7: case 0xc8: case 0xc9:
+        case 0xc4:
+        case 0xc5:
+        case 0xc6: rc = read_be(r, 1 << (c - 0xc4), &n); break;
+        case 0xd9:
+        case 0xda:
+        case 0xdb: rc = read_be(r, 1 << (c - 0xd9), &n); break;
+        case 0xc7:
+        case 0xc8:
+        case 0xc9:
             rc = read_be(r, 1 << (c - 0xc7), &n);
             n += 1; /* the ext type byte */
             break;
         case 0xca: n = 4; break;
         case 0xcb: n = 8; break;
-        case 0xcc: case 0xcd: case 0xce: case 0xcf: n = 1u << (c - 0xcc); break;
-        case 0xd0: case 0xd1: case 0xd2: case 0xd3: n = 1u << (c - 0xd0); break;
-        case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: n = 1 + (1u << (c - 0xd4)); break;
-        case 0xdc: case 0xdd: rc = read_be(r, c == 0xdc ? 2 : 4, &items); break;
-        case 0xde: case 0xdf:
+        case 0xcc:
+        case 0xcd:
+        case 0xce:
+        case 0xcf: n = 1u << (c - 0xcc); break;
+        case 0xd0:
+        case 0xd1:
+        case 0xd2:
+        case 0xd3: n = 1u << (c - 0xd0); break;
+        case 0xd4:
+        case 0xd5:
+        case 0xd6:
+        case 0xd7:
+        case 0xd8: n = 1 + (1u << (c - 0xd4)); break;
+        case 0xdc:
+        case 0xdd: rc = read_be(r, c == 0xdc ? 2 : 4, &items); break;
+        case 0xde:
+        case 0xdf:
             rc = read_be(r, c == 0xde ? 2 : 4, &items);
             items *= 2;
             break;
@@ -367,9 +384,8 @@ static int skip(in_t *r, int depth) {
 
 /* Walks the payload's map, noting the value of each wanted key (the last
  * of repeated ones) and skipping the rest. */
-static int collect(const uint8_t *payload, size_t len, slot_t *slots, int nslots,
-                   cel_err_t *err) {
-    in_t r = {payload, payload + len, err};
+static int collect(const uint8_t *payload, size_t len, slot_t *slots, int nslots, cel_err_t *err) {
+    in_t r = { payload, payload + len, err };
     for (int i = 0; i < nslots; i++) slots[i].v = NULL, slots[i].n = 0;
     if (len > CEL_FRAME_MAX)
         return cel_err_set(err, CEL_ELIMIT, "frame of %zu bytes is over the limit", len);
@@ -409,7 +425,7 @@ static int collect(const uint8_t *payload, size_t len, slot_t *slots, int nslots
  * else. */
 static int slot_str(const slot_t *sl, const uint8_t **s, size_t *n) {
     if (!sl->v) return 0;
-    in_t r = {sl->v, sl->v + sl->n, NULL};
+    in_t r = { sl->v, sl->v + sl->n, NULL };
     int kind;
     if (read_str(&r, s, n, &kind) != CEL_OK || !kind) return 0;
     for (size_t i = 0; i < *n;) {
@@ -440,8 +456,8 @@ static int slot_num(const slot_t *sl, double *d) {
     else if (c >= 0xcc && c <= 0xcf) *d = (double)u;
     else if (c >= 0xd0 && c <= 0xd3) {
         int bits = 8 * (int)(sl->n - 1);
-        int64_t v = bits == 64 ? (int64_t)u
-                               : (int64_t)(u ^ (1ull << (bits - 1))) - (1ll << (bits - 1));
+        int64_t v =
+            bits == 64 ? (int64_t)u : (int64_t)(u ^ (1ull << (bits - 1))) - (1ll << (bits - 1));
         *d = (double)v;
     } else if (c == 0xca) {
         uint32_t w = (uint32_t)u;
@@ -479,8 +495,9 @@ static int slot_is_map(const slot_t *sl) {
 /* Decodes a slot's value into a json_t (new reference). */
 static int slot_json(const slot_t *sl, json_t **out, cel_err_t *err) {
     int rc = cel_msgpack_to_json(sl->v, sl->n, out, err);
-    if (rc == CEL_ETYPE) rc = cel_err_set(err, CEL_EPROTO, "frame field '%s': %s", sl->key,
-                                          err ? err->msg : "bad value");
+    if (rc == CEL_ETYPE)
+        rc = cel_err_set(err, CEL_EPROTO, "frame field '%s': %s", sl->key,
+                         err ? err->msg : "bad value");
     return rc;
 }
 
@@ -524,20 +541,19 @@ static int short_str(const slot_t *sl, cel_err_t *err) {
 
 /* Checks "op" against the kind's name. */
 static int check_op(const slot_t *op, const char *want, cel_err_t *err) {
-    if (!slot_is(op, want))
-        return cel_err_set(err, CEL_EPROTO, "not a '%s' frame", want);
+    if (!slot_is(op, want)) return cel_err_set(err, CEL_EPROTO, "not a '%s' frame", want);
     return CEL_OK;
 }
 
 int cel_frame_op(const uint8_t *payload, size_t len, cel_err_t *err) {
-    slot_t op = {"op", NULL, 0};
+    slot_t op = { "op", NULL, 0 };
     /* the whole map is walked (so a broken frame is caught here) but nothing decoded */
     int rc = collect(payload, len, &op, 1, err);
     if (rc) return rc;
     const uint8_t *s;
     size_t n;
     if (!slot_str(&op, &s, &n)) return cel_err_set(err, CEL_EPROTO, "frame has no op");
-    static const char *const names[] = {"ready", "run", "result", "progress"};
+    static const char *const names[] = { "ready", "run", "result", "progress" };
     for (int i = 0; i < 4; i++)
         if (n == strlen(names[i]) && memcmp(s, names[i], n) == 0) return i + 1;
     return cel_err_set(err, CEL_ENOTFOUND, "%.*s", (int)(n > 64 ? 64 : n), (const char *)s);
@@ -571,7 +587,7 @@ void cel_frame_progress_clear(cel_frame_progress_t *f) {
 int cel_frame_ready_decode(const uint8_t *payload, size_t len, cel_frame_ready_t *out,
                            cel_err_t *err) {
     memset(out, 0, sizeof(*out));
-    slot_t sl[] = {{"op", 0, 0}, {"pid", 0, 0}, {"device", 0, 0}};
+    slot_t sl[] = { { "op", 0, 0 }, { "pid", 0, 0 }, { "device", 0, 0 } };
     int rc = collect(payload, len, sl, 3, err);
     if (rc == CEL_OK) rc = check_op(&sl[0], "ready", err);
     if (rc) return rc;
@@ -579,7 +595,7 @@ int cel_frame_ready_decode(const uint8_t *payload, size_t len, cel_frame_ready_t
         return cel_err_set(err, CEL_EPROTO, "ready frame: no pid");
     if ((rc = short_str(&sl[2], err)) <= 0)
         return rc < 0 ? rc : cel_err_set(err, CEL_EPROTO, "ready frame: no device");
-    const slot_t *strings[] = {&sl[2]};
+    const slot_t *strings[] = { &sl[2] };
     strs_t st;
     if ((rc = strs_alloc(&st, strings, 1, err))) return rc;
     out->mem_ = st.mem;
@@ -587,18 +603,17 @@ int cel_frame_ready_decode(const uint8_t *payload, size_t len, cel_frame_ready_t
     return CEL_OK;
 }
 
-int cel_frame_run_decode(const uint8_t *payload, size_t len, cel_frame_run_t *out,
-                         cel_err_t *err) {
+int cel_frame_run_decode(const uint8_t *payload, size_t len, cel_frame_run_t *out, cel_err_t *err) {
     memset(out, 0, sizeof(*out));
-    slot_t sl[] = {{"op", 0, 0},     {"id", 0, 0},      {"task", 0, 0},
-                   {"args", 0, 0},   {"kwargs", 0, 0},  {"soft_time_limit", 0, 0},
-                   {"retries", 0, 0}};
+    slot_t sl[] = { { "op", 0, 0 },     { "id", 0, 0 },     { "task", 0, 0 },
+                    { "args", 0, 0 },   { "kwargs", 0, 0 }, { "soft_time_limit", 0, 0 },
+                    { "retries", 0, 0 } };
     int rc = collect(payload, len, sl, 7, err);
     if (rc) return rc;
     if ((rc = short_str(&sl[1], err)) <= 0)
         return rc < 0 ? rc : cel_err_set(err, CEL_EPROTO, "no id");
     int task_ok = short_str(&sl[2], NULL) > 0;
-    const slot_t *strings[] = {&sl[1], task_ok ? &sl[2] : NULL};
+    const slot_t *strings[] = { &sl[1], task_ok ? &sl[2] : NULL };
     strs_t st;
     if ((rc = strs_alloc(&st, strings, 2, err))) return rc;
     out->mem_ = st.mem;
@@ -634,9 +649,9 @@ int cel_frame_run_decode(const uint8_t *payload, size_t len, cel_frame_run_t *ou
 int cel_frame_result_decode(const uint8_t *payload, size_t len, cel_frame_result_t *out,
                             cel_err_t *err) {
     memset(out, 0, sizeof(*out));
-    slot_t sl[] = {{"op", 0, 0},         {"id", 0, 0},          {"status", 0, 0},
-                   {"result", 0, 0},     {"exc_type", 0, 0},    {"exc_module", 0, 0},
-                   {"exc_message", 0, 0}, {"traceback", 0, 0},  {"runtime", 0, 0}};
+    slot_t sl[] = { { "op", 0, 0 },          { "id", 0, 0 },        { "status", 0, 0 },
+                    { "result", 0, 0 },      { "exc_type", 0, 0 },  { "exc_module", 0, 0 },
+                    { "exc_message", 0, 0 }, { "traceback", 0, 0 }, { "runtime", 0, 0 } };
     int rc = collect(payload, len, sl, 9, err);
     if (rc == CEL_OK) rc = check_op(&sl[0], "result", err);
     if (rc) return rc;
@@ -647,7 +662,7 @@ int cel_frame_result_decode(const uint8_t *payload, size_t len, cel_frame_result
         return cel_err_set(err, CEL_EPROTO, "result frame: no status SUCCESS or FAILURE");
     if (!slot_num(&sl[8], &out->runtime) || out->runtime < 0)
         return cel_err_set(err, CEL_EPROTO, "result frame: no runtime");
-    const slot_t *strings[4] = {&sl[1], NULL, NULL, NULL};
+    const slot_t *strings[4] = { &sl[1], NULL, NULL, NULL };
     const uint8_t *tb;
     size_t tblen;
     if (!out->failed) {
@@ -685,7 +700,7 @@ int cel_frame_result_decode(const uint8_t *payload, size_t len, cel_frame_result
 int cel_frame_progress_decode(const uint8_t *payload, size_t len, cel_frame_progress_t *out,
                               cel_err_t *err) {
     memset(out, 0, sizeof(*out));
-    slot_t sl[] = {{"op", 0, 0}, {"id", 0, 0}, {"state", 0, 0}, {"meta", 0, 0}};
+    slot_t sl[] = { { "op", 0, 0 }, { "id", 0, 0 }, { "state", 0, 0 }, { "meta", 0, 0 } };
     int rc = collect(payload, len, sl, 4, err);
     if (rc == CEL_OK) rc = check_op(&sl[0], "progress", err);
     if (rc) return rc;
@@ -694,7 +709,7 @@ int cel_frame_progress_decode(const uint8_t *payload, size_t len, cel_frame_prog
     if ((rc = short_str(&sl[2], err)) <= 0)
         return rc < 0 ? rc : cel_err_set(err, CEL_EPROTO, "progress frame: no state");
     if (!sl[3].v) return cel_err_set(err, CEL_EPROTO, "progress frame: no meta");
-    const slot_t *strings[] = {&sl[1], &sl[2]};
+    const slot_t *strings[] = { &sl[1], &sl[2] };
     strs_t st;
     if ((rc = strs_alloc(&st, strings, 2, err))) return rc;
     out->mem_ = st.mem;

@@ -48,8 +48,8 @@
 
 #include "../common/err.h"
 
-#define CEL_FRAME_MAX (256u * 1024 * 1024) /* one payload */
-#define CEL_FRAME_HDR 4
+#define CEL_FRAME_MAX      (256u * 1024 * 1024) /* one payload */
+#define CEL_FRAME_HDR      4
 #define CEL_FRAME_NAME_MAX 65535 /* bytes of a short string field (id, task, exc_type, ...) */
 
 typedef struct cel_frame_reader cel_frame_reader_t;
@@ -94,30 +94,30 @@ typedef struct cel_frame_ready {
 
 typedef struct cel_frame_run {
     const char *id;
-    const char *task;         /* task name */
-    json_t *args;             /* array ([] when absent on the wire) */
-    json_t *kwargs;           /* object ({} when absent) */
-    double soft_time_limit;   /* seconds, 0 = none */
+    const char *task;       /* task name */
+    json_t *args;           /* array ([] when absent on the wire) */
+    json_t *kwargs;         /* object ({} when absent) */
+    double soft_time_limit; /* seconds, 0 = none */
     long retries;
     void *mem_;
 } cel_frame_run_t;
 
 typedef struct cel_frame_result {
     const char *id;
-    int failed;               /* 0: status SUCCESS, 1: FAILURE */
-    json_t *result;           /* SUCCESS: the return value (json null for None) */
-    const char *exc_type;     /* FAILURE: "ValueError" */
-    const char *exc_module;   /* FAILURE: "builtins" */
-    json_t *exc_message;      /* FAILURE: the exception's args, an array */
-    const char *traceback;    /* FAILURE: NULL for none (nil on the wire) */
-    double runtime;           /* seconds the task ran */
+    int failed;             /* 0: status SUCCESS, 1: FAILURE */
+    json_t *result;         /* SUCCESS: the return value (json null for None) */
+    const char *exc_type;   /* FAILURE: "ValueError" */
+    const char *exc_module; /* FAILURE: "builtins" */
+    json_t *exc_message;    /* FAILURE: the exception's args, an array */
+    const char *traceback;  /* FAILURE: NULL for none (nil on the wire) */
+    double runtime;         /* seconds the task ran */
     void *mem_;
 } cel_frame_result_t;
 
 typedef struct cel_frame_progress {
     const char *id;
-    const char *state;        /* "PROGRESS" */
-    json_t *meta;             /* any value */
+    const char *state; /* "PROGRESS" */
+    json_t *meta;      /* any value */
     void *mem_;
 } cel_frame_progress_t;
 
@@ -137,8 +137,8 @@ int cel_frame_ready_encode(const cel_frame_ready_t *f, uint8_t **buf, size_t *le
                            cel_err_t *err);
 int cel_frame_run_encode(const cel_frame_run_t *f, uint8_t **buf, size_t *len, size_t *cap,
                          cel_err_t *err);
-int cel_frame_result_encode(const cel_frame_result_t *f, uint8_t **buf, size_t *len,
-                            size_t *cap, cel_err_t *err);
+int cel_frame_result_encode(const cel_frame_result_t *f, uint8_t **buf, size_t *len, size_t *cap,
+                            cel_err_t *err);
 int cel_frame_progress_encode(const cel_frame_progress_t *f, uint8_t **buf, size_t *len,
                               size_t *cap, cel_err_t *err);
 
@@ -156,8 +156,7 @@ int cel_frame_progress_encode(const cel_frame_progress_t *f, uint8_t **buf, size
  * "kwargs is not a map"). */
 int cel_frame_ready_decode(const uint8_t *payload, size_t len, cel_frame_ready_t *out,
                            cel_err_t *err);
-int cel_frame_run_decode(const uint8_t *payload, size_t len, cel_frame_run_t *out,
-                         cel_err_t *err);
+int cel_frame_run_decode(const uint8_t *payload, size_t len, cel_frame_run_t *out, cel_err_t *err);
 int cel_frame_result_decode(const uint8_t *payload, size_t len, cel_frame_result_t *out,
                             cel_err_t *err);
 int cel_frame_progress_decode(const uint8_t *payload, size_t len, cel_frame_progress_t *out,

@@ -14,8 +14,7 @@
 #include "internal.h"
 
 size_t cel_json_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) {
-    if (n == 0)
-        return 0;
+    if (n == 0) return 0;
     uint8_t c = s[0];
     if (c < 0x80) {
         *cp = c;
@@ -32,15 +31,12 @@ size_t cel_json_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) {
     } else {
         return 0;
     }
-    if (n < len)
-        return 0;
+    if (n < len) return 0;
     for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
+        if ((s[i] & 0xc0) != 0x80) return 0;
         v = (v << 6) | (s[i] & 0x3f);
     }
-    if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
-        return 0;
+    if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff)) return 0;
     *cp = v;
     return len;
 }
@@ -53,12 +49,10 @@ int cel_json_dump_string(cel_buf_t *b, const char *s, size_t n, cel_err_t *err) 
     while (i < n) {
         /* copy the run of characters that need no escaping in one go */
         size_t j = i;
-        while (j < n && u[j] >= 0x20 && u[j] < 0x7f && u[j] != '"' && u[j] != '\\')
-            j++;
+        while (j < n && u[j] >= 0x20 && u[j] < 0x7f && u[j] != '"' && u[j] != '\\') j++;
         cel_buf_put(b, s + i, j - i);
         i = j;
-        if (i >= n)
-            break;
+        if (i >= n) break;
         uint8_t c = u[i];
         const char *esc = NULL;
         switch (c) {
@@ -77,8 +71,7 @@ int cel_json_dump_string(cel_buf_t *b, const char *s, size_t n, cel_err_t *err) 
         }
         uint32_t cp;
         size_t k = cel_json_utf8_decode(u + i, n - i, &cp);
-        if (k == 0)
-            return cel_err_set(err, CEL_ETYPE, "string is not valid UTF-8");
+        if (k == 0) return cel_err_set(err, CEL_ETYPE, "string is not valid UTF-8");
         i += k;
         uint32_t units[2];
         int nu = 1;
@@ -91,8 +84,12 @@ int cel_json_dump_string(cel_buf_t *b, const char *s, size_t n, cel_err_t *err) 
             units[0] = cp;
         }
         for (int q = 0; q < nu; q++) {
-            char e[6] = {'\\', 'u', hex[(units[q] >> 12) & 15], hex[(units[q] >> 8) & 15],
-                         hex[(units[q] >> 4) & 15], hex[units[q] & 15]};
+            char e[6] = { '\\',
+                          'u',
+                          hex[(units[q] >> 12) & 15],
+                          hex[(units[q] >> 8) & 15],
+                          hex[(units[q] >> 4) & 15],
+                          hex[units[q] & 15] };
             cel_buf_put(b, e, 6);
         }
     }
@@ -104,15 +101,9 @@ static int dump(cel_buf_t *b, json_t *v, int depth, cel_err_t *err) {
     if (depth > CEL_ENC_MAX_DEPTH)
         return cel_err_set(err, CEL_ELIMIT, "value nested deeper than %d", CEL_ENC_MAX_DEPTH);
     switch (json_typeof(v)) {
-    case JSON_NULL:
-        cel_buf_put(b, "null", 4);
-        return CEL_OK;
-    case JSON_TRUE:
-        cel_buf_put(b, "true", 4);
-        return CEL_OK;
-    case JSON_FALSE:
-        cel_buf_put(b, "false", 5);
-        return CEL_OK;
+    case JSON_NULL: cel_buf_put(b, "null", 4); return CEL_OK;
+    case JSON_TRUE: cel_buf_put(b, "true", 4); return CEL_OK;
+    case JSON_FALSE: cel_buf_put(b, "false", 5); return CEL_OK;
     case JSON_INTEGER:
         cel_buf_printf(b, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
         return CEL_OK;
@@ -130,11 +121,9 @@ static int dump(cel_buf_t *b, json_t *v, int depth, cel_err_t *err) {
     case JSON_ARRAY: {
         cel_buf_putc(b, '[');
         for (size_t i = 0; i < json_array_size(v); i++) {
-            if (i)
-                cel_buf_put(b, ", ", 2);
+            if (i) cel_buf_put(b, ", ", 2);
             int rc = dump(b, json_array_get(v, i), depth + 1, err);
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
         cel_buf_putc(b, ']');
         return CEL_OK;
@@ -146,16 +135,13 @@ static int dump(cel_buf_t *b, json_t *v, int depth, cel_err_t *err) {
         int first = 1;
         cel_buf_putc(b, '{');
         json_object_keylen_foreach(v, key, klen, val) {
-            if (!first)
-                cel_buf_put(b, ", ", 2);
+            if (!first) cel_buf_put(b, ", ", 2);
             first = 0;
             int rc = cel_json_dump_string(b, key, klen, err);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             cel_buf_put(b, ": ", 2);
             rc = dump(b, val, depth + 1, err);
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
         cel_buf_putc(b, '}');
         return CEL_OK;
@@ -165,8 +151,7 @@ static int dump(cel_buf_t *b, json_t *v, int depth, cel_err_t *err) {
 }
 
 int cel_json_dump_into(cel_buf_t *b, json_t *v, cel_err_t *err) {
-    if (!v)
-        return cel_err_set(err, CEL_EINVAL, "NULL value");
+    if (!v) return cel_err_set(err, CEL_EINVAL, "NULL value");
     return dump(b, v, 0, err);
 }
 
@@ -174,38 +159,32 @@ int cel_json_dump_into(cel_buf_t *b, json_t *v, cel_err_t *err) {
  * malloc'd string, or NULL with err: CEL_ETYPE for NaN/Inf or invalid UTF-8,
  * CEL_ELIMIT past CEL_ENC_MAX_DEPTH, CEL_ENOMEM. */
 char *cel_json_dumps(json_t *v, cel_err_t *err) {
-    cel_buf_t b = {0};
+    cel_buf_t b = { 0 };
     if (cel_json_dump_into(&b, v, err) != CEL_OK) {
         cel_buf_free(&b);
         return NULL;
     }
     char *s = cel_buf_take(&b);
-    if (!s)
-        cel_err_set(err, CEL_ENOMEM, "out of memory in json dumps");
+    if (!s) cel_err_set(err, CEL_ENOMEM, "out of memory in json dumps");
     return s;
 }
 
 int cel_json_depth(json_t *v, int max) {
-    if (!json_is_array(v) && !json_is_object(v))
-        return 0;
-    if (max <= 0)
-        return 1;
+    if (!json_is_array(v) && !json_is_object(v)) return 0;
+    if (max <= 0) return 1;
     int deepest = 0;
     if (json_is_array(v)) {
         for (size_t i = 0; i < json_array_size(v) && deepest < max; i++) {
             int d = cel_json_depth(json_array_get(v, i), max - 1);
-            if (d > deepest)
-                deepest = d;
+            if (d > deepest) deepest = d;
         }
     } else {
         const char *key;
         json_t *val;
         json_object_foreach(v, key, val) {
             int d = cel_json_depth(val, max - 1);
-            if (d > deepest)
-                deepest = d;
-            if (deepest >= max)
-                break;
+            if (d > deepest) deepest = d;
+            if (deepest >= max) break;
         }
     }
     return deepest + 1;

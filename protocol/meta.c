@@ -34,7 +34,7 @@ char *cel_meta_encode(const char *task_id, const char *status, json_t *result,
         cel_err_set(err, CEL_EINVAL, "meta needs a task id and a status");
         return NULL;
     }
-    cel_buf_t b = {0};
+    cel_buf_t b = { 0 };
     int rc;
     cel_buf_puts(&b, "{\"status\": ");
     rc = cel_json_dump_string(&b, status, strlen(status), err);
@@ -42,41 +42,35 @@ char *cel_meta_encode(const char *task_id, const char *status, json_t *result,
         cel_buf_puts(&b, ", \"result\": ");
         rc = result ? cel_json_dump_into(&b, result, err) : (cel_buf_puts(&b, "null"), CEL_OK);
     }
-    if (rc == CEL_OK)
-        rc = put_str_field(&b, "traceback", traceback, err);
+    if (rc == CEL_OK) rc = put_str_field(&b, "traceback", traceback, err);
     if (rc == CEL_OK) {
         cel_buf_puts(&b, ", \"children\": ");
         rc = children ? cel_json_dump_into(&b, children, err) : (cel_buf_puts(&b, "[]"), CEL_OK);
     }
     if (rc == CEL_OK) {
         char when[40];
-        rc = put_str_field(&b, "date_done",
-                           date_done < 0 ? NULL
-                                         : cel_time_format_iso8601(date_done, when, sizeof(when)),
-                           err);
+        rc = put_str_field(
+            &b, "date_done",
+            date_done < 0 ? NULL : cel_time_format_iso8601(date_done, when, sizeof(when)), err);
     }
-    if (rc == CEL_OK && group_id && *group_id)
-        rc = put_str_field(&b, "group_id", group_id, err);
+    if (rc == CEL_OK && group_id && *group_id) rc = put_str_field(&b, "group_id", group_id, err);
     if (rc == CEL_OK && parent_id && *parent_id)
         rc = put_str_field(&b, "parent_id", parent_id, err);
-    if (rc == CEL_OK)
-        rc = put_str_field(&b, "task_id", task_id, err);
+    if (rc == CEL_OK) rc = put_str_field(&b, "task_id", task_id, err);
     cel_buf_putc(&b, '}');
     if (rc != CEL_OK) {
         cel_buf_free(&b);
         return NULL;
     }
     char *s = cel_buf_take(&b);
-    if (!s)
-        cel_err_set(err, CEL_ENOMEM, "out of memory encoding result meta");
+    if (!s) cel_err_set(err, CEL_ENOMEM, "out of memory encoding result meta");
     return s;
 }
 
 /* {"exc_type": type, "exc_message": args, "exc_module": module}; args is
  * stolen (NULL -> []). Returns a new reference or NULL. */
 json_t *cel_exc_new(const char *type, const char *module, json_t *args) {
-    if (!args)
-        args = json_array();
+    if (!args) args = json_array();
     if (!type || !module || !args) {
         json_decref(args);
         return NULL;

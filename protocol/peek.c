@@ -50,14 +50,11 @@ static int skip_string_rest(scan_t *s) {
     const uint8_t *start = s->p;
     for (;;) {
         const uint8_t *q = memchr(s->p, '"', (size_t)(s->end - s->p));
-        if (!q)
-            return truncated(s);
+        if (!q) return truncated(s);
         size_t bs = 0;
-        while (q - bs > start && q[-(ptrdiff_t)bs - 1] == '\\')
-            bs++;
+        while (q - bs > start && q[-(ptrdiff_t)bs - 1] == '\\') bs++;
         s->p = q + 1;
-        if (bs % 2 == 0)
-            return CEL_OK;
+        if (bs % 2 == 0) return CEL_OK;
     }
 }
 
@@ -107,8 +104,7 @@ static int read_string(scan_t *s, char *out, size_t cap, int *ok) {
     out[0] = '\0';
     s->p++; /* the opening quote */
     while (*ok) {
-        if (s->p >= s->end)
-            return truncated(s);
+        if (s->p >= s->end) return truncated(s);
         uint8_t c = *s->p;
         uint32_t cp;
         if (c == '"') {
@@ -117,12 +113,13 @@ static int read_string(scan_t *s, char *out, size_t cap, int *ok) {
             return CEL_OK;
         }
         if (c == '\\') {
-            if (s->end - s->p < 2)
-                return truncated(s);
+            if (s->end - s->p < 2) return truncated(s);
             uint8_t e = s->p[1];
             s->p += 2;
             switch (e) {
-            case '"': case '\\': case '/': cp = e; break;
+            case '"':
+            case '\\':
+            case '/': cp = e; break;
             case 'b': cp = '\b'; break;
             case 'f': cp = '\f'; break;
             case 'n': cp = '\n'; break;
@@ -130,8 +127,7 @@ static int read_string(scan_t *s, char *out, size_t cap, int *ok) {
             case 't': cp = '\t'; break;
             case 'u': {
                 unsigned hi, lo;
-                if (s->end - s->p < 4)
-                    return truncated(s);
+                if (s->end - s->p < 4) return truncated(s);
                 if (hex4(s->p, &hi) < 0)
                     return cel_err_set(s->err, CEL_EPROTO, "envelope is not JSON: bad \\u escape");
                 s->p += 4;
@@ -149,11 +145,9 @@ static int read_string(scan_t *s, char *out, size_t cap, int *ok) {
                 }
                 break;
             }
-            default:
-                return cel_err_set(s->err, CEL_EPROTO, "envelope is not JSON: bad escape");
+            default: return cel_err_set(s->err, CEL_EPROTO, "envelope is not JSON: bad escape");
             }
-            if (cp == 0)
-                *ok = 0;
+            if (cp == 0) *ok = 0;
         } else if (c < 0x20) {
             *ok = 0;
             break; /* not at an escape: the rest is skipped below */
@@ -165,8 +159,7 @@ static int read_string(scan_t *s, char *out, size_t cap, int *ok) {
             }
             s->p += k;
         }
-        if (*ok && put_utf8(out, cap, &n, cp) < 0)
-            *ok = 0;
+        if (*ok && put_utf8(out, cap, &n, cp) < 0) *ok = 0;
     }
     out[0] = '\0';
     return skip_string_rest(s);
@@ -182,8 +175,7 @@ static int skip_container(scan_t *s, int open) {
         if (c == '"') {
             s->p++;
             int rc = skip_string_rest(s);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             continue;
         }
         s->p++;
@@ -197,8 +189,7 @@ static int skip_container(scan_t *s, int open) {
         } else if (c == '}' || c == ']') {
             if (d == 0 || ((kinds >> (d - 1)) & 1) != (c == '}'))
                 return cel_err_set(s->err, CEL_EPROTO, "envelope is not JSON: unbalanced '%c'", c);
-            if (--d == 0)
-                return CEL_OK;
+            if (--d == 0) return CEL_OK;
         }
     }
     return truncated(s);
@@ -207,23 +198,20 @@ static int skip_container(scan_t *s, int open) {
 /* Skips one value of any kind; `open` containers enclose it. */
 static int skip_value(scan_t *s, int open) {
     skip_ws(s);
-    if (s->p >= s->end)
-        return truncated(s);
+    if (s->p >= s->end) return truncated(s);
     uint8_t c = *s->p;
     if (c == '"') {
         s->p++;
         return skip_string_rest(s);
     }
-    if (c == '{' || c == '[')
-        return skip_container(s, open);
+    if (c == '{' || c == '[') return skip_container(s, open);
     /* a number, true, false or null (letters and digits up to a delimiter) */
     const uint8_t *start = s->p;
-    while (s->p < s->end && ((*s->p >= '0' && *s->p <= '9') || (*s->p >= 'a' && *s->p <= 'z') ||
-                             (*s->p >= 'A' && *s->p <= 'Z') || *s->p == '-' || *s->p == '+' ||
-                             *s->p == '.'))
+    while (s->p < s->end &&
+           ((*s->p >= '0' && *s->p <= '9') || (*s->p >= 'a' && *s->p <= 'z') ||
+            (*s->p >= 'A' && *s->p <= 'Z') || *s->p == '-' || *s->p == '+' || *s->p == '.'))
         s->p++; /* Python's json also writes NaN and Infinity */
-    if (s->p == start)
-        return unexpected(s);
+    if (s->p == start) return unexpected(s);
     return CEL_OK;
 }
 
@@ -233,20 +221,15 @@ static int read_key(scan_t *s, const field_t *fields, int nfields, int *match) {
     char key[PEEK_KEY_MAX + 1];
     int ok;
     *match = -1;
-    if (*s->p != '"')
-        return unexpected(s);
+    if (*s->p != '"') return unexpected(s);
     int rc = read_string(s, key, sizeof(key), &ok);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     skip_ws(s);
-    if (s->p >= s->end)
-        return truncated(s);
-    if (*s->p != ':')
-        return unexpected(s);
+    if (s->p >= s->end) return truncated(s);
+    if (*s->p != ':') return unexpected(s);
     s->p++;
     skip_ws(s);
-    if (s->p >= s->end)
-        return truncated(s);
+    if (s->p >= s->end) return truncated(s);
     for (int i = 0; ok && i < nfields; i++)
         if (strcmp(key, fields[i].key) == 0) *match = i;
     return CEL_OK;
@@ -255,16 +238,13 @@ static int read_key(scan_t *s, const field_t *fields, int nfields, int *match) {
 /* After a member: ',' (more follow, *done = 0) or '}' (*done = 1). */
 static int member_end(scan_t *s, int *done) {
     skip_ws(s);
-    if (s->p >= s->end)
-        return truncated(s);
-    if (*s->p != ',' && *s->p != '}')
-        return unexpected(s);
+    if (s->p >= s->end) return truncated(s);
+    if (*s->p != ',' && *s->p != '}') return unexpected(s);
     *done = *s->p == '}';
     s->p++;
     if (!*done) {
         skip_ws(s);
-        if (s->p >= s->end)
-            return truncated(s);
+        if (s->p >= s->end) return truncated(s);
     }
     return CEL_OK;
 }
@@ -278,53 +258,46 @@ static int read_fields(scan_t *s, int open, const field_t *fields, int nfields) 
                            CEL_MSG_MAX_DEPTH);
     s->p++; /* '{' */
     skip_ws(s);
-    if (s->p >= s->end)
-        return truncated(s);
+    if (s->p >= s->end) return truncated(s);
     if (*s->p == '}') {
         s->p++;
         return CEL_OK;
     }
     for (int done = 0; !done;) {
         int i, rc = read_key(s, fields, nfields, &i);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         if (i >= 0 && *s->p == '"') {
             int ok;
             rc = read_string(s, fields[i].out, CEL_PEEK_STR_MAX + 1, &ok);
         } else {
-            if (i >= 0)
-                fields[i].out[0] = '\0'; /* not a string */
+            if (i >= 0) fields[i].out[0] = '\0'; /* not a string */
             rc = skip_value(s, open + 1);
         }
-        if (rc || (rc = member_end(s, &done)))
-            return rc;
+        if (rc || (rc = member_end(s, &done))) return rc;
     }
     return CEL_OK;
 }
 
 static int scan(scan_t *s, cel_peek_t *out) {
-    const field_t headers[] = {{"id", out->id},         {"task", out->task},
-                               {"root_id", out->root_id}, {"parent_id", out->parent_id},
-                               {"group", out->group}};
-    const field_t props[] = {{"correlation_id", out->correlation_id},
-                             {"reply_to", out->reply_to}};
-    static const field_t tops[] = {{"headers", NULL}, {"properties", NULL}};
-    int seen[2] = {0, 0};
+    const field_t headers[] = { { "id", out->id },
+                                { "task", out->task },
+                                { "root_id", out->root_id },
+                                { "parent_id", out->parent_id },
+                                { "group", out->group } };
+    const field_t props[] = { { "correlation_id", out->correlation_id },
+                              { "reply_to", out->reply_to } };
+    static const field_t tops[] = { { "headers", NULL }, { "properties", NULL } };
+    int seen[2] = { 0, 0 };
     skip_ws(s);
-    if (s->p >= s->end)
-        return cel_err_set(s->err, CEL_EPROTO, "empty envelope");
-    if (*s->p != '{')
-        return cel_err_set(s->err, CEL_EPROTO, "envelope is not a JSON object");
+    if (s->p >= s->end) return cel_err_set(s->err, CEL_EPROTO, "empty envelope");
+    if (*s->p != '{') return cel_err_set(s->err, CEL_EPROTO, "envelope is not a JSON object");
     s->p++;
     skip_ws(s);
-    if (s->p >= s->end)
-        return truncated(s);
-    if (*s->p == '}')
-        return CEL_OK;
+    if (s->p >= s->end) return truncated(s);
+    if (*s->p == '}') return CEL_OK;
     for (int done = 0; !done;) {
         int i, rc = read_key(s, tops, 2, &i);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         if (i >= 0 && !seen[i] && *s->p == '{') {
             seen[i] = 1;
             rc = i == 0 ? read_fields(s, 1, headers, 5) : read_fields(s, 1, props, 2);
@@ -333,17 +306,15 @@ static int scan(scan_t *s, cel_peek_t *out) {
         } else {
             rc = skip_value(s, 1);
         }
-        if (rc || (rc = member_end(s, &done)))
-            return rc;
+        if (rc || (rc = member_end(s, &done))) return rc;
     }
     return CEL_OK;
 }
 
 int cel_peek_envelope(const char *buf, size_t len, cel_peek_t *out, cel_err_t *err) {
     memset(out, 0, sizeof(*out));
-    scan_t s = {(const uint8_t *)buf, (const uint8_t *)buf + len, err};
+    scan_t s = { (const uint8_t *)buf, (const uint8_t *)buf + len, err };
     int rc = scan(&s, out);
-    if (rc != CEL_OK)
-        memset(out, 0, sizeof(*out));
+    if (rc != CEL_OK) memset(out, 0, sizeof(*out));
     return rc;
 }

@@ -32,42 +32,42 @@
  * cel_task_free. Strings are NUL-terminated UTF-8, NULL when absent or null on
  * the wire. Read-only for users of the library. */
 typedef struct cel_task {
-    int proto;                /* 2, or 1 for a protocol-1 body */
-    const char *id;           /* task id (never NULL after a successful decode) */
-    const char *name;         /* task name, headers.task (never NULL after decode) */
+    int proto;        /* 2, or 1 for a protocol-1 body */
+    const char *id;   /* task id (never NULL after a successful decode) */
+    const char *name; /* task name, headers.task (never NULL after decode) */
     const char *root_id;
     const char *parent_id;
-    const char *group;        /* group id */
+    const char *group; /* group id */
     const char *shadow;
     const char *origin;
-    const char *argsrepr;     /* display only; NULL if absent */
+    const char *argsrepr; /* display only; NULL if absent */
     const char *kwargsrepr;
-    const char *eta_str;      /* eta as on the wire, NULL if none */
+    const char *eta_str; /* eta as on the wire, NULL if none */
     const char *expires_str;
-    double eta;               /* unix seconds (UTC), 0 when none */
-    double expires;           /* unix seconds (UTC), 0 when none */
+    double eta;     /* unix seconds (UTC), 0 when none */
+    double expires; /* unix seconds (UTC), 0 when none */
     long retries;
-    double time_limit;        /* hard, seconds; 0 when none */
-    double soft_time_limit;   /* soft, seconds; 0 when none */
+    double time_limit;      /* hard, seconds; 0 when none */
+    double soft_time_limit; /* soft, seconds; 0 when none */
     int ignore_result;
-    int group_index;          /* -1 when null/absent */
+    int group_index; /* -1 when null/absent */
     /* message properties */
-    const char *content_type;     /* "application/json", "application/x-msgpack", ... */
+    const char *content_type; /* "application/json", "application/x-msgpack", ... */
     const char *content_encoding;
     const char *correlation_id;
     const char *reply_to;
-    int priority;                 /* 0..9 (clamped), 0 when absent */
-    int redelivered;              /* headers.redelivered or delivery_info.redelivered */
+    int priority;    /* 0..9 (clamped), 0 when absent */
+    int redelivered; /* headers.redelivered or delivery_info.redelivered */
     /* kombu delivery info (Redis envelope); NULL for other transports */
     const char *delivery_tag;
-    const char *exchange;         /* delivery_info.exchange ("" for the default exchange) */
-    const char *routing_key;      /* delivery_info.routing_key (the queue for tasks) */
+    const char *exchange;    /* delivery_info.exchange ("" for the default exchange) */
+    const char *routing_key; /* delivery_info.routing_key (the queue for tasks) */
     /* body, valid only when the decode returned CEL_OK */
-    json_t *args;             /* array */
-    json_t *kwargs;           /* object */
-    json_t *embed;            /* object {callbacks, errbacks, chain, chord} or NULL */
-    json_t *headers;          /* the whole headers object (v2), or NULL */
-    void *priv_;              /* owned storage; do not touch */
+    json_t *args;    /* array */
+    json_t *kwargs;  /* object */
+    json_t *embed;   /* object {callbacks, errbacks, chain, chord} or NULL */
+    json_t *headers; /* the whole headers object (v2), or NULL */
+    void *priv_;     /* owned storage; do not touch */
 } cel_task_t;
 
 /* Decodes one kombu Redis envelope (the JSON string kept in a Redis list):

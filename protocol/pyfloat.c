@@ -20,27 +20,22 @@ static int shortest_digits(double v, char *dig) {
     char tmp[40];
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(tmp, sizeof(tmp), "%.*e", prec - 1, v);
-        if (strtod(tmp, NULL) == v || prec == 17)
-            break;
+        if (strtod(tmp, NULL) == v || prec == 17) break;
     }
     /* tmp is d[.ddd]e[+-]XX */
     size_t n = 0;
     const char *p = tmp;
     for (; *p && *p != 'e'; p++)
-        if (*p >= '0' && *p <= '9')
-            dig[n++] = *p;
-    while (n > 1 && dig[n - 1] == '0')
-        n--;
+        if (*p >= '0' && *p <= '9') dig[n++] = *p;
+    while (n > 1 && dig[n - 1] == '0') n--;
     dig[n] = '\0';
     int exp10 = (*p == 'e') ? atoi(p + 1) : 0;
     return exp10 + 1;
 }
 
 size_t cel_pyfloat_format(double v, char *out) {
-    if (isnan(v))
-        return (size_t)snprintf(out, CEL_PYFLOAT_MAX, "nan");
-    if (isinf(v))
-        return (size_t)snprintf(out, CEL_PYFLOAT_MAX, v < 0 ? "-inf" : "inf");
+    if (isnan(v)) return (size_t)snprintf(out, CEL_PYFLOAT_MAX, "nan");
+    if (isinf(v)) return (size_t)snprintf(out, CEL_PYFLOAT_MAX, v < 0 ? "-inf" : "inf");
     char *o = out;
     if (signbit(v)) {
         *o++ = '-';
@@ -65,15 +60,13 @@ size_t cel_pyfloat_format(double v, char *out) {
     } else if (decpt <= 0) {
         *o++ = '0';
         *o++ = '.';
-        for (int i = 0; i < -decpt; i++)
-            *o++ = '0';
+        for (int i = 0; i < -decpt; i++) *o++ = '0';
         memcpy(o, dig, (size_t)nd);
         o += nd;
     } else if (decpt >= nd) {
         memcpy(o, dig, (size_t)nd);
         o += nd;
-        for (int i = nd; i < decpt; i++)
-            *o++ = '0';
+        for (int i = nd; i < decpt; i++) *o++ = '0';
         *o++ = '.';
         *o++ = '0';
     } else {

@@ -17,12 +17,10 @@
 #define REPR_SLACK 8
 
 static int is_printable(uint32_t c) {
-    if (c < 0x20 || (c >= 0x7f && c <= 0xa0) || c == 0xad)
-        return 0;
-    if (c < 0x600)
-        return 1;
-    if ((c >= 0x600 && c <= 0x605) || c == 0x61c || c == 0x6dd || c == 0x70f ||
-        c == 0x8e2 || c == 0x1680 || c == 0x180e)
+    if (c < 0x20 || (c >= 0x7f && c <= 0xa0) || c == 0xad) return 0;
+    if (c < 0x600) return 1;
+    if ((c >= 0x600 && c <= 0x605) || c == 0x61c || c == 0x6dd || c == 0x70f || c == 0x8e2 ||
+        c == 0x1680 || c == 0x180e)
         return 0;
     if ((c >= 0x2000 && c <= 0x200f) || (c >= 0x2028 && c <= 0x202f) ||
         (c >= 0x205f && c <= 0x2064) || (c >= 0x2066 && c <= 0x206f) || c == 0x3000)
@@ -40,8 +38,7 @@ static void repr_string(cel_buf_t *b, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
     const uint8_t *u = (const uint8_t *)s;
     char quote = '\'';
-    if (memchr(s, '\'', n) && !memchr(s, '"', n))
-        quote = '"';
+    if (memchr(s, '\'', n) && !memchr(s, '"', n)) quote = '"';
     cel_buf_putc(b, quote);
     size_t i = 0;
     while (i < n) {
@@ -66,7 +63,7 @@ static void repr_string(cel_buf_t *b, const char *s, size_t n) {
         if (is_printable(cp)) {
             cel_buf_put(b, s + i, k);
         } else if (cp <= 0xff) {
-            char e[4] = {'\\', 'x', hex[cp >> 4], hex[cp & 15]};
+            char e[4] = { '\\', 'x', hex[cp >> 4], hex[cp & 15] };
             cel_buf_put(b, e, 4);
         } else if (cp <= 0xffff) {
             cel_buf_printf(b, "\\u%04x", (unsigned)cp);
@@ -79,8 +76,7 @@ static void repr_string(cel_buf_t *b, const char *s, size_t n) {
 }
 
 static void repr_value(cel_buf_t *b, json_t *v, int as_tuple, size_t stop, int depth) {
-    if (b->len > stop)
-        return;
+    if (b->len > stop) return;
     if (depth > CEL_ENC_MAX_DEPTH) {
         cel_buf_puts(b, "...");
         return;
@@ -95,19 +91,15 @@ static void repr_value(cel_buf_t *b, json_t *v, int as_tuple, size_t stop, int d
         cel_buf_put(b, tmp, cel_pyfloat_format(json_real_value(v), tmp));
         break;
     }
-    case JSON_STRING:
-        repr_string(b, json_string_value(v), json_string_length(v));
-        break;
+    case JSON_STRING: repr_string(b, json_string_value(v), json_string_length(v)); break;
     case JSON_ARRAY: {
         size_t n = json_array_size(v);
         cel_buf_putc(b, as_tuple ? '(' : '[');
         for (size_t i = 0; i < n && b->len <= stop; i++) {
-            if (i)
-                cel_buf_put(b, ", ", 2);
+            if (i) cel_buf_put(b, ", ", 2);
             repr_value(b, json_array_get(v, i), 0, stop, depth + 1);
         }
-        if (as_tuple && n == 1)
-            cel_buf_putc(b, ',');
+        if (as_tuple && n == 1) cel_buf_putc(b, ',');
         cel_buf_putc(b, as_tuple ? ')' : ']');
         break;
     }
@@ -118,10 +110,8 @@ static void repr_value(cel_buf_t *b, json_t *v, int as_tuple, size_t stop, int d
         int first = 1;
         cel_buf_putc(b, '{');
         json_object_keylen_foreach(v, key, klen, val) {
-            if (b->len > stop)
-                break;
-            if (!first)
-                cel_buf_put(b, ", ", 2);
+            if (b->len > stop) break;
+            if (!first) cel_buf_put(b, ", ", 2);
             first = 0;
             repr_string(b, key, klen);
             cel_buf_put(b, ": ", 2);
@@ -135,11 +125,9 @@ static void repr_value(cel_buf_t *b, json_t *v, int as_tuple, size_t stop, int d
 
 /* Cuts b to at most max_len bytes ending in "...", on a UTF-8 boundary. */
 static void cut(cel_buf_t *b, size_t max_len) {
-    if (b->oom || b->len <= max_len)
-        return;
+    if (b->oom || b->len <= max_len) return;
     size_t keep = max_len - 3;
-    while (keep > 0 && ((uint8_t)b->p[keep] & 0xc0) == 0x80)
-        keep--;
+    while (keep > 0 && ((uint8_t)b->p[keep] & 0xc0) == 0x80) keep--;
     memcpy(b->p + keep, "...", 4);
     b->len = keep + 3;
 }
@@ -147,11 +135,9 @@ static void cut(cel_buf_t *b, size_t max_len) {
 /* Python-style repr of v, cut at max_len bytes (>= 16) with "...". Returns a
  * malloc'd string or NULL (allocation failure or v NULL). */
 char *cel_repr(json_t *v, int as_tuple, size_t max_len) {
-    if (!v)
-        return NULL;
-    if (max_len < 16)
-        max_len = 16;
-    cel_buf_t b = {0};
+    if (!v) return NULL;
+    if (max_len < 16) max_len = 16;
+    cel_buf_t b = { 0 };
     size_t stop = max_len > SIZE_MAX - REPR_SLACK ? SIZE_MAX - REPR_SLACK : max_len;
     repr_value(&b, v, as_tuple && json_is_array(v), stop + REPR_SLACK, 0);
     cut(&b, max_len);
@@ -164,9 +150,8 @@ char *cel_repr(json_t *v, int as_tuple, size_t max_len) {
 char *cel_exc_repr(json_t *exc) {
     const char *type = json_string_value(json_object_get(exc, "exc_type"));
     json_t *args = json_object_get(exc, "exc_message");
-    if (!type)
-        type = "Exception";
-    cel_buf_t b = {0};
+    if (!type) type = "Exception";
+    cel_buf_t b = { 0 };
     cel_buf_puts(&b, type);
     if (json_is_array(args) && json_array_size(args) == 1) {
         cel_buf_putc(&b, '(');

@@ -28,8 +28,7 @@ typedef struct task_impl {
 } task_impl_t;
 
 void cel_task_free(cel_task_t *task) {
-    if (!task)
-        return;
+    if (!task) return;
     task_impl_t *t = task->priv_;
     json_decref(t->keep);
     free(t->content_type);
@@ -41,21 +40,17 @@ void cel_task_free(cel_task_t *task) {
 
 /* Keeps v alive as long as the task; takes the reference. -1 on failure. */
 static int keep(task_impl_t *t, json_t *v) {
-    if (!v)
-        return -1;
+    if (!v) return -1;
     return json_array_append_new(t->keep, v);
 }
 
-static char *dup_or_null(const char *s) {
-    return s ? strdup(s) : NULL;
-}
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
 /* A header that must be a string or null/absent. */
 static int opt_str(json_t *obj, const char *key, const char **out, cel_err_t *err) {
     json_t *v = json_object_get(obj, key);
     *out = NULL;
-    if (!v || json_is_null(v))
-        return CEL_OK;
+    if (!v || json_is_null(v)) return CEL_OK;
     if (!json_is_string(v))
         return cel_err_set(err, CEL_EBODY, "header '%s' must be a string or null", key);
     *out = json_string_value(v);
@@ -66,8 +61,7 @@ static int opt_str(json_t *obj, const char *key, const char **out, cel_err_t *er
 static int opt_int(json_t *obj, const char *key, long def, long *out, cel_err_t *err) {
     json_t *v = json_object_get(obj, key);
     *out = def;
-    if (!v || json_is_null(v))
-        return CEL_OK;
+    if (!v || json_is_null(v)) return CEL_OK;
     if (!json_is_integer(v))
         return cel_err_set(err, CEL_EBODY, "header '%s' must be an integer", key);
     json_int_t i = json_integer_value(v);
@@ -78,8 +72,7 @@ static int opt_int(json_t *obj, const char *key, long def, long *out, cel_err_t 
 }
 
 static int truthy(json_t *v) {
-    if (!v)
-        return 0;
+    if (!v) return 0;
     switch (json_typeof(v)) {
     case JSON_TRUE: return 1;
     case JSON_INTEGER: return json_integer_value(v) != 0;
@@ -91,11 +84,9 @@ static int truthy(json_t *v) {
     }
 }
 
-static int read_time(json_t *hdr, const char *key, const char **str, double *when,
-                     cel_err_t *err) {
+static int read_time(json_t *hdr, const char *key, const char **str, double *when, cel_err_t *err) {
     int rc = opt_str(hdr, key, str, err);
-    if (rc || !*str)
-        return rc;
+    if (rc || !*str) return rc;
     cel_err_t e;
     if (cel_time_parse_iso8601(*str, when, &e) != CEL_OK)
         return cel_err_set(err, CEL_EBODY, "bad '%s' header: %s", key, e.msg);
@@ -104,15 +95,13 @@ static int read_time(json_t *hdr, const char *key, const char **str, double *whe
 
 static int read_timelimit(json_t *hdr, cel_task_t *t, cel_err_t *err) {
     json_t *tl = json_object_get(hdr, "timelimit");
-    if (!tl || json_is_null(tl))
-        return CEL_OK;
+    if (!tl || json_is_null(tl)) return CEL_OK;
     if (!json_is_array(tl) || json_array_size(tl) != 2)
         return cel_err_set(err, CEL_EBODY, "header 'timelimit' must be [hard, soft]");
-    double *dst[2] = {&t->time_limit, &t->soft_time_limit};
+    double *dst[2] = { &t->time_limit, &t->soft_time_limit };
     for (size_t i = 0; i < 2; i++) {
         json_t *v = json_array_get(tl, i);
-        if (json_is_null(v))
-            continue;
+        if (json_is_null(v)) continue;
         if (!json_is_number(v) || json_number_value(v) < 0)
             return cel_err_set(err, CEL_EBODY, "header 'timelimit' must hold numbers or nulls");
         *dst[i] = json_number_value(v);
@@ -139,8 +128,7 @@ static int read_headers(json_t *hdr, cel_task_t *t, cel_err_t *err) {
     t->retries = retries;
     t->group_index = (int)gi;
     t->ignore_result = truthy(json_object_get(hdr, "ignore_result"));
-    if (truthy(json_object_get(hdr, "redelivered")))
-        t->redelivered = 1;
+    if (truthy(json_object_get(hdr, "redelivered"))) t->redelivered = 1;
     return CEL_OK;
 }
 
@@ -158,8 +146,7 @@ static void read_properties(json_t *props, json_t *dinfo, cel_task_t *t) {
         t->delivery_tag = json_string_value(json_object_get(props, "delivery_tag"));
     t->exchange = json_string_value(json_object_get(dinfo, "exchange"));
     t->routing_key = json_string_value(json_object_get(dinfo, "routing_key"));
-    if (truthy(json_object_get(dinfo, "redelivered")))
-        t->redelivered = 1;
+    if (truthy(json_object_get(dinfo, "redelivered"))) t->redelivered = 1;
 }
 
 /* Copies key from src into dst, as null when missing (hybrid_to_proto2). */
@@ -170,12 +157,11 @@ static int copy_or_null(json_t *dst, json_t *src, const char *key) {
 
 /* Headers of a hybrid message: body fields, overridden by message headers. */
 static json_t *hybrid_headers(json_t *body, json_t *headers) {
-    static const char *keys[] = {"lang",   "task",    "id",      "root_id",  "parent_id",
-                                 "group",  "meth",    "shadow",  "eta",      "expires",
-                                 "argsrepr", "kwargsrepr", "origin"};
+    static const char *keys[] = { "lang",     "task",       "id",     "root_id", "parent_id",
+                                  "group",    "meth",       "shadow", "eta",     "expires",
+                                  "argsrepr", "kwargsrepr", "origin" };
     json_t *h = json_object();
-    if (!h)
-        return NULL;
+    if (!h) return NULL;
     int bad = 0;
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
         bad |= copy_or_null(h, body, keys[i]);
@@ -183,8 +169,7 @@ static json_t *hybrid_headers(json_t *body, json_t *headers) {
     bad |= json_object_set_new(h, "retries", r ? json_deep_copy(r) : json_integer(0));
     json_t *tl = json_object_get(body, "timelimit");
     bad |= json_object_set_new(h, "timelimit", tl ? json_deep_copy(tl) : json_pack("[nn]"));
-    if (headers)
-        bad |= json_object_update(h, headers);
+    if (headers) bad |= json_object_update(h, headers);
     if (bad) {
         json_decref(h);
         return NULL;
@@ -195,8 +180,7 @@ static json_t *hybrid_headers(json_t *body, json_t *headers) {
 /* Embed of a protocol 1 or hybrid body. */
 static json_t *v1_embed(json_t *body) {
     json_t *e = json_object();
-    if (!e)
-        return NULL;
+    if (!e) return NULL;
     int bad = copy_or_null(e, body, "callbacks");
     bad |= copy_or_null(e, body, "errbacks");
     bad |= copy_or_null(e, body, "chord");
@@ -219,8 +203,7 @@ static int take_v2_body(task_impl_t *ti, json_t *body, cel_err_t *err) {
                            json_array_size(body));
     json_t *args = json_array_get(body, 0), *kwargs = json_array_get(body, 1);
     json_t *embed = json_array_get(body, 2);
-    if (!json_is_array(args))
-        return cel_err_set(err, CEL_EBODY, "task args must be a list");
+    if (!json_is_array(args)) return cel_err_set(err, CEL_EBODY, "task args must be a list");
     if (!json_is_object(kwargs))
         return cel_err_set(err, CEL_EBODY, "task kwargs must be a mapping");
     if (!json_is_object(embed) && !json_is_null(embed))
@@ -235,22 +218,16 @@ static int take_v2_body(task_impl_t *ti, json_t *body, cel_err_t *err) {
 static int take_v1_body(task_impl_t *ti, json_t *body, cel_err_t *err) {
     cel_task_t *t = &ti->pub;
     json_t *args = json_object_get(body, "args"), *kwargs = json_object_get(body, "kwargs");
-    if (!args)
-        args = json_array();
-    else
-        json_incref(args);
-    if (!kwargs)
-        kwargs = json_object();
-    else
-        json_incref(kwargs);
+    if (!args) args = json_array();
+    else json_incref(args);
+    if (!kwargs) kwargs = json_object();
+    else json_incref(kwargs);
     json_t *embed = v1_embed(body);
     int bad = keep(ti, args);
     bad |= keep(ti, kwargs);
     bad |= keep(ti, embed);
-    if (bad)
-        return cel_err_set(err, CEL_ENOMEM, "out of memory");
-    if (!json_is_array(args))
-        return cel_err_set(err, CEL_EBODY, "task args must be a list");
+    if (bad) return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    if (!json_is_array(args)) return cel_err_set(err, CEL_EBODY, "task args must be a list");
     if (!json_is_object(kwargs))
         return cel_err_set(err, CEL_EBODY, "Task keyword arguments must be a mapping");
     t->args = args;
@@ -261,21 +238,17 @@ static int take_v1_body(task_impl_t *ti, json_t *body, cel_err_t *err) {
 
 /* The shared decoder. body_err, when set, is why the body could not even be
  * extracted (bad base64); the body is then treated as undecodable. */
-static int decode(json_t *headers, json_t *properties, json_t *delivery_info,
-                  const uint8_t *raw, size_t raw_len, const char *content_type,
-                  const char *content_encoding, const cel_err_t *body_err, cel_task_t **out,
-                  cel_err_t *err) {
+static int decode(json_t *headers, json_t *properties, json_t *delivery_info, const uint8_t *raw,
+                  size_t raw_len, const char *content_type, const char *content_encoding,
+                  const cel_err_t *body_err, cel_task_t **out, cel_err_t *err) {
     *out = NULL;
-    if (headers && json_is_null(headers))
-        headers = NULL;
+    if (headers && json_is_null(headers)) headers = NULL;
     if ((headers && !json_is_object(headers)) || (properties && !json_is_object(properties)))
         return cel_err_set(err, CEL_EPROTO, "message headers and properties must be mappings");
-    if (delivery_info && !json_is_object(delivery_info))
-        delivery_info = NULL;
+    if (delivery_info && !json_is_object(delivery_info)) delivery_info = NULL;
 
     task_impl_t *ti = calloc(1, sizeof(*ti));
-    if (!ti)
-        return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    if (!ti) return cel_err_set(err, CEL_ENOMEM, "out of memory");
     cel_task_t *t = &ti->pub;
     t->priv_ = ti;
     t->group_index = -1;
@@ -297,10 +270,8 @@ static int decode(json_t *headers, json_t *properties, json_t *delivery_info,
         brc = CEL_EBODY;
     } else {
         brc = cel_body_load(raw, raw_len, content_type, content_encoding, &body, &berr);
-        if (brc == CEL_ENOMEM)
-            goto nomem;
-        if (brc == CEL_OK && keep(ti, body) < 0)
-            goto nomem;
+        if (brc == CEL_ENOMEM) goto nomem;
+        if (brc == CEL_OK && keep(ti, body) < 0) goto nomem;
     }
 
     json_t *hdr;
@@ -319,9 +290,12 @@ static int decode(json_t *headers, json_t *properties, json_t *delivery_info,
         if (!json_is_object(body) || !json_object_get(body, "task")) {
             cel_task_free(t);
             if (brc != CEL_OK)
-                return cel_err_set(err, CEL_EPROTO, "no 'task' header, and the body is not a "
-                                   "protocol 1 task: %s", berr.msg);
-            return cel_err_set(err, CEL_EPROTO, "no 'task' header, and the body is not a "
+                return cel_err_set(err, CEL_EPROTO,
+                                   "no 'task' header, and the body is not a "
+                                   "protocol 1 task: %s",
+                                   berr.msg);
+            return cel_err_set(err, CEL_EPROTO,
+                               "no 'task' header, and the body is not a "
                                "protocol 1 task (a mapping with 'task')");
         }
         hdr = json_copy(body);
@@ -330,14 +304,12 @@ static int decode(json_t *headers, json_t *properties, json_t *delivery_info,
         v1 = 1;
         t->proto = 1;
     }
-    if (keep(ti, hdr) < 0)
-        goto nomem;
+    if (keep(ti, hdr) < 0) goto nomem;
     json_t *props = properties ? json_deep_copy(properties) : json_object();
     json_t *dinfo = delivery_info ? json_deep_copy(delivery_info) : json_object();
     int bad = keep(ti, props);
     bad |= keep(ti, dinfo);
-    if (bad)
-        goto nomem;
+    if (bad) goto nomem;
 
     json_t *id = json_object_get(hdr, "id"), *name = json_object_get(hdr, "task");
     /* An empty name is a name no task has: the worker answers NotRegistered(''),
@@ -357,20 +329,16 @@ static int decode(json_t *headers, json_t *properties, json_t *delivery_info,
 
     /* from here on the task is known: failures are CEL_EBODY with *out set */
     int rc = read_headers(hdr, t, err);
-    if (rc == CEL_OK && brc != CEL_OK)
-        rc = cel_err_set(err, CEL_EBODY, "%s", berr.msg);
-    if (rc == CEL_OK)
-        rc = v1 ? take_v1_body(ti, body, err) : take_v2_body(ti, body, err);
+    if (rc == CEL_OK && brc != CEL_OK) rc = cel_err_set(err, CEL_EBODY, "%s", berr.msg);
+    if (rc == CEL_OK) rc = v1 ? take_v1_body(ti, body, err) : take_v2_body(ti, body, err);
     if (rc == CEL_OK && t->proto == 1) {
         ti->argsrepr = cel_repr(t->args, 0, TASK_REPR_MAX);
         ti->kwargsrepr = cel_repr(t->kwargs, 0, TASK_REPR_MAX);
-        if (!ti->argsrepr || !ti->kwargsrepr)
-            goto nomem;
+        if (!ti->argsrepr || !ti->kwargsrepr) goto nomem;
         t->argsrepr = ti->argsrepr;
         t->kwargsrepr = ti->kwargsrepr;
     }
-    if (rc == CEL_ENOMEM)
-        goto nomem;
+    if (rc == CEL_ENOMEM) goto nomem;
     if (rc != CEL_OK) {
         t->args = t->kwargs = t->embed = NULL;
         *out = t;
@@ -444,8 +412,8 @@ static char *replace_lone_surrogates(const char *buf, size_t len) {
         if (v >= 0xD800 && v <= 0xDBFF) {
             /* a high surrogate needs a low one right after it */
             unsigned lo = 0;
-            if (i + 11 < len && buf[i + 6] == '\\' && buf[i + 7] == 'u' &&
-                hex4(buf + i + 8, &lo) && lo >= 0xDC00 && lo <= 0xDFFF) {
+            if (i + 11 < len && buf[i + 6] == '\\' && buf[i + 7] == 'u' && hex4(buf + i + 8, &lo) &&
+                lo >= 0xDC00 && lo <= 0xDFFF) {
                 i += 11;
                 continue;
             }
@@ -501,8 +469,7 @@ int cel_task_decode_envelope(const char *buf, size_t len, cel_task_t **out, cel_
         rc = cel_err_set(err, CEL_EPROTO, "envelope has no string 'body'");
         goto done;
     }
-    if (props && json_is_null(props))
-        props = NULL;
+    if (props && json_is_null(props)) props = NULL;
     if (props && !json_is_object(props)) {
         rc = cel_err_set(err, CEL_EPROTO, "envelope 'properties' is not a mapping");
         goto done;
@@ -530,9 +497,9 @@ int cel_task_decode_envelope(const char *buf, size_t len, cel_task_t **out, cel_
     }
     const uint8_t *bytes = raw ? raw : (const uint8_t *)text;
     size_t nbytes = raw ? raw_len : text_len;
-    rc = decode(headers, props, json_object_get(props, "delivery_info"), bytes, nbytes,
-                opt_string(env, "content-type"), opt_string(env, "content-encoding"), pre, out,
-                err);
+    rc =
+        decode(headers, props, json_object_get(props, "delivery_info"), bytes, nbytes,
+               opt_string(env, "content-type"), opt_string(env, "content-encoding"), pre, out, err);
     free(raw);
 done:
     json_decref(env);
@@ -542,11 +509,9 @@ done:
 /* Keeps a copy of s when non-empty; *dst borrows it. -1 on failure. */
 static int keep_str(task_impl_t *t, const char *s, const char **dst) {
     *dst = NULL;
-    if (!s[0])
-        return 0;
+    if (!s[0]) return 0;
     json_t *v = json_string(s);
-    if (keep(t, v) < 0)
-        return -1;
+    if (keep(t, v) < 0) return -1;
     *dst = json_string_value(v);
     return 0;
 }
@@ -554,11 +519,9 @@ static int keep_str(task_impl_t *t, const char *s, const char **dst) {
 /* See protocol.h. */
 int cel_task_from_peek(const cel_peek_t *pk, cel_task_t **out, cel_err_t *err) {
     *out = NULL;
-    if (!pk->id[0])
-        return cel_err_set(err, CEL_EINVAL, "a task needs an id");
+    if (!pk->id[0]) return cel_err_set(err, CEL_EINVAL, "a task needs an id");
     task_impl_t *ti = calloc(1, sizeof(*ti));
-    if (!ti)
-        return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    if (!ti) return cel_err_set(err, CEL_ENOMEM, "out of memory");
     cel_task_t *t = &ti->pub;
     t->priv_ = ti;
     t->proto = 2;

@@ -35,22 +35,22 @@
 
 #include <jansson.h>
 
-#define CEL_TASKS_FORMAT "celeriac-tasks/1" /* "format" of the described JSON */
-#define CEL_TASKS_MAX_PARAMS 8              /* named parameters of one task */
+#define CEL_TASKS_FORMAT     "celeriac-tasks/1" /* "format" of the described JSON */
+#define CEL_TASKS_MAX_PARAMS 8                  /* named parameters of one task */
 
 /* Limits of task values (the table uses these; so does the executor). */
-#define CEL_TASKS_MAX_TEXT (4L << 20)       /* code points of one text, prompt or message */
-#define CEL_TASKS_MAX_EXAMPLES 512          /* examples in one forward_backward */
-#define CEL_TASKS_MAX_TURNS 256             /* messages in one chat example */
-#define CEL_TASKS_MAX_PROMPTS 64            /* prompts in one lora.sample */
-#define CEL_TASKS_MAX_NEW_TOKENS 2048       /* sampling_params["max_tokens"] */
-#define CEL_TASKS_MAX_TOP_K (1L << 30)      /* sampling_params["top_k"] */
-#define CEL_TASKS_MAX_STOPS 16              /* stop strings */
-#define CEL_TASKS_MAX_STOP_LEN 256          /* code points of one stop string */
-#define CEL_TASKS_MAX_RANK 256              /* LoRA rank */
-#define CEL_TASKS_MAX_ALPHA 1e6             /* LoRA alpha */
-#define CEL_TASKS_MAX_OWNER 256             /* code points of an owner string */
-#define CEL_TASKS_MAX_TOKEN_ID 2147483647L  /* token ids are int32 (the vocabulary is less) */
+#define CEL_TASKS_MAX_TEXT       (4L << 20)  /* code points of one text, prompt or message */
+#define CEL_TASKS_MAX_EXAMPLES   512         /* examples in one forward_backward */
+#define CEL_TASKS_MAX_TURNS      256         /* messages in one chat example */
+#define CEL_TASKS_MAX_PROMPTS    64          /* prompts in one lora.sample */
+#define CEL_TASKS_MAX_NEW_TOKENS 2048        /* sampling_params["max_tokens"] */
+#define CEL_TASKS_MAX_TOP_K      (1L << 30)  /* sampling_params["top_k"] */
+#define CEL_TASKS_MAX_STOPS      16          /* stop strings */
+#define CEL_TASKS_MAX_STOP_LEN   256         /* code points of one stop string */
+#define CEL_TASKS_MAX_RANK       256         /* LoRA rank */
+#define CEL_TASKS_MAX_ALPHA      1e6         /* LoRA alpha */
+#define CEL_TASKS_MAX_OWNER      256         /* code points of an owner string */
+#define CEL_TASKS_MAX_TOKEN_ID   2147483647L /* token ids are int32 (the vocabulary is less) */
 
 typedef enum cel_tasks_type {
     CEL_TASKS_ANY,    /* any JSON value */
@@ -74,23 +74,23 @@ typedef enum cel_tasks_effect {
  * alternative. Fields left zero mean "no such limit". */
 typedef struct cel_tasks_spec cel_tasks_spec_t;
 struct cel_tasks_spec {
-    const char *name;              /* parameter or dict key; NULL for items and alternatives */
+    const char *name; /* parameter or dict key; NULL for items and alternatives */
     cel_tasks_type_t type;
-    unsigned required : 1;         /* parameter: no default; dict field: key must be present */
-    unsigned nullable : 1;         /* None is accepted and means the default */
+    unsigned required : 1; /* parameter: no default; dict field: key must be present */
+    unsigned nullable : 1; /* None is accepted and means the default */
     unsigned has_min : 1, has_max : 1;
     unsigned min_excl : 1, max_excl : 1;
-    unsigned unique : 1;           /* list: no duplicate items */
-    unsigned extra_fields : 1;     /* dict: unknown keys are accepted */
-    unsigned also_str : 1;         /* list of str: a bare str is a one-item list */
-    const char *dflt;              /* the default as JSON text; NULL iff required */
-    double min, max;               /* int/number bounds (has_min, has_max) */
-    long min_len, max_len;         /* str: code points, list: items; max_len 0 = unbounded */
-    const char *const *choices;    /* str: NULL-terminated allowed values, or NULL */
-    const cel_tasks_spec_t *items; /* list: every item */
+    unsigned unique : 1;            /* list: no duplicate items */
+    unsigned extra_fields : 1;      /* dict: unknown keys are accepted */
+    unsigned also_str : 1;          /* list of str: a bare str is a one-item list */
+    const char *dflt;               /* the default as JSON text; NULL iff required */
+    double min, max;                /* int/number bounds (has_min, has_max) */
+    long min_len, max_len;          /* str: code points, list: items; max_len 0 = unbounded */
+    const char *const *choices;     /* str: NULL-terminated allowed values, or NULL */
+    const cel_tasks_spec_t *items;  /* list: every item */
     const cel_tasks_spec_t *fields; /* dict: known keys; one_of: the alternatives */
     int nfields;
-    const char *doc;               /* one line */
+    const char *doc; /* one line */
     /* The wording of the executor's messages (not described): */
     const char *expect; /* "<x> must be <expect>, not <type>"; NULL: from the type */
     const char *noun;   /* list: items in "must hold 1 to 64 <noun>"; str choices:
@@ -111,7 +111,7 @@ typedef struct cel_tasks_task {
     unsigned needs_model : 1;       /* runs on the executor's model (diag.* do not) */
     const char *adapter_param;      /* the str parameter naming a LoRA adapter, or NULL */
     cel_tasks_effect_t effect;
-    const char *doc;                /* one line */
+    const char *doc; /* one line */
 } cel_tasks_task_t;
 
 /* NULL-terminated list of the task names, sorted (as `inspect registered` shows

@@ -44,8 +44,7 @@ static int digits(const char **p, int n) {
     int v = 0;
     for (int i = 0; i < n; i++) {
         char c = (*p)[i];
-        if (c < '0' || c > '9')
-            return -1;
+        if (c < '0' || c > '9') return -1;
         v = v * 10 + (c - '0');
     }
     *p += n;
@@ -53,7 +52,7 @@ static int digits(const char **p, int n) {
 }
 
 static int days_in_month(int y, int m) {
-    static const int dm[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    static const int dm[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
     int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
     return m == 2 ? 28 + leap : dm[m - 1];
 }
@@ -62,31 +61,24 @@ static int days_in_month(int y, int m) {
  * anything else: date-only, bad fields, trailing junk. */
 int cel_time_parse_iso8601(const char *s, double *out, cel_err_t *err) {
     const char *p = s;
-    if (!s)
-        return cel_err_set(err, CEL_EPROTO, "no time given");
+    if (!s) return cel_err_set(err, CEL_EPROTO, "no time given");
     int y = digits(&p, 4);
-    if (y < 0 || *p++ != '-')
-        goto bad;
+    if (y < 0 || *p++ != '-') goto bad;
     int mo = digits(&p, 2);
-    if (mo < 0 || *p++ != '-')
-        goto bad;
+    if (mo < 0 || *p++ != '-') goto bad;
     int d = digits(&p, 2);
-    if (d < 0 || (*p != 'T' && *p != 't' && *p != ' '))
-        goto bad;
+    if (d < 0 || (*p != 'T' && *p != 't' && *p != ' ')) goto bad;
     p++;
     int h = digits(&p, 2);
-    if (h < 0 || *p++ != ':')
-        goto bad;
+    if (h < 0 || *p++ != ':') goto bad;
     int mi = digits(&p, 2);
-    if (mi < 0)
-        goto bad;
+    if (mi < 0) goto bad;
     int sec = 0;
     double frac = 0.0;
     if (*p == ':') {
         p++;
         sec = digits(&p, 2);
-        if (sec < 0)
-            goto bad;
+        if (sec < 0) goto bad;
         if (*p == '.' || *p == ',') {
             p++;
             char fr[16] = "0.";
@@ -99,8 +91,7 @@ int cel_time_parse_iso8601(const char *s, double *out, cel_err_t *err) {
             }
             fr[2 + (nd < 9 ? nd : 9)] = '\0';
             frac = strtod(fr, NULL);
-            if (nd == 0)
-                goto bad;
+            if (nd == 0) goto bad;
         }
     }
     long off = 0;
@@ -109,22 +100,17 @@ int cel_time_parse_iso8601(const char *s, double *out, cel_err_t *err) {
     } else if (*p == '+' || *p == '-') {
         int sign = *p++ == '-' ? -1 : 1;
         int oh = digits(&p, 2);
-        if (oh < 0)
-            goto bad;
-        if (*p == ':')
-            p++;
+        if (oh < 0) goto bad;
+        if (*p == ':') p++;
         int om = 0;
         if (*p >= '0' && *p <= '9') {
             om = digits(&p, 2);
-            if (om < 0)
-                goto bad;
+            if (om < 0) goto bad;
         }
-        if (oh > 23 || om > 59)
-            goto bad;
+        if (oh > 23 || om > 59) goto bad;
         off = sign * (oh * 3600L + om * 60L);
     }
-    if (*p != '\0')
-        goto bad;
+    if (*p != '\0') goto bad;
     if (y < TIME_YEAR_MIN || y > TIME_YEAR_MAX || mo < 1 || mo > 12 || d < 1 ||
         d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 59)
         goto bad;
@@ -139,8 +125,7 @@ bad:
 /* Splits t into whole seconds and microseconds as Python's
  * datetime.utcfromtimestamp does (round half to even). */
 static int split_time(double t, long long *secs, long *us) {
-    if (!isfinite(t) || t < -62135596800.0 || t > 253402300799.0)
-        return -1;
+    if (!isfinite(t) || t < -62135596800.0 || t > 253402300799.0) return -1;
     double ip;
     double frac = modf(t, &ip);
     double r = nearbyint(frac * 1e6);
@@ -161,8 +146,7 @@ static int split_time(double t, long long *secs, long *us) {
 static char *format_time(double t, char *buf, size_t size, const char *suffix) {
     long long s;
     long us;
-    if (size == 0)
-        return buf;
+    if (size == 0) return buf;
     if (split_time(t, &s, &us) < 0) {
         snprintf(buf, size, "1970-01-01T00:00:00%s", suffix);
         return buf;
@@ -176,8 +160,7 @@ static char *format_time(double t, char *buf, size_t size, const char *suffix) {
     if (us)
         snprintf(buf, size, "%04d-%02u-%02uT%02d:%02d:%02d.%06ld%s", y, m, d, hh, mm, ss, us,
                  suffix);
-    else
-        snprintf(buf, size, "%04d-%02u-%02uT%02d:%02d:%02d%s", y, m, d, hh, mm, ss, suffix);
+    else snprintf(buf, size, "%04d-%02u-%02uT%02d:%02d:%02d%s", y, m, d, hh, mm, ss, suffix);
     return buf;
 }
 

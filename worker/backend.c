@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const cel_backend_ops_t *const backends[] = {&cel_backend_redis_ops};
+static const cel_backend_ops_t *const backends[] = { &cel_backend_redis_ops };
 
 struct cel_backend {
     const cel_backend_ops_t *ops;
@@ -34,8 +34,8 @@ cel_backend_t *cel_backend_new(uv_loop_t *loop, const cel_options_t *cfg, void (
         return NULL;
     }
     if (ops->abi != CEL_BACKEND_ABI) {
-        cel_err_set(err, CEL_EINVAL, "result backend %s has abi %d, want %d", ops->scheme,
-                    ops->abi, CEL_BACKEND_ABI);
+        cel_err_set(err, CEL_EINVAL, "result backend %s has abi %d, want %d", ops->scheme, ops->abi,
+                    CEL_BACKEND_ABI);
         return NULL;
     }
     cel_backend_t *be = calloc(1, sizeof(*be));

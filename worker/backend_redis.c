@@ -31,7 +31,8 @@ static cel_redis_script_t script_store = {
     "else redis.call('SET', KEYS[1], ARGV[1]) end\n"
     "redis.call('PUBLISH', KEYS[1], ARGV[1])\n"
     "return 1\n",
-    {0}};
+    { 0 }
+};
 
 /* KEYS[1] = meta key; ARGV = meta, ttl, delivery tag. The same store, then
  * kombu's ack (ZREM unacked_index + HDEL unacked) in the same step: used when
@@ -53,9 +54,10 @@ static cel_redis_script_t script_store_ack = {
     "redis.call('ZREM', 'unacked_index', ARGV[3])\n"
     "redis.call('HDEL', 'unacked', ARGV[3])\n"
     "return 1\n",
-    {0}};
+    { 0 }
+};
 
-static cel_redis_script_t *scripts[] = {&script_store, &script_store_ack};
+static cel_redis_script_t *scripts[] = { &script_store, &script_store_ack };
 
 typedef struct redis_backend {
     const cel_options_t *cfg;
@@ -101,7 +103,8 @@ typedef struct store_ctx {
 static void on_stored(cel_redis_t *r, redisReply *reply, void *priv) {
     store_ctx_t *s = priv;
     int ok = reply && reply->type != REDIS_REPLY_ERROR;
-    if (reply && reply->type == REDIS_REPLY_ERROR) cel_error("backend: store failed: %s", reply->str);
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        cel_error("backend: store failed: %s", reply->str);
     if (s->done) s->done(s->priv, ok);
     free(s);
 }
@@ -145,10 +148,10 @@ static void store(redis_backend_t *be, const char *task_id, const char *meta, si
     }
     s->done = done;
     s->priv = priv;
-    const char *keys[] = {key};
-    size_t klens[] = {klen};
-    const char *args[] = {meta, be->ttl, tag};
-    size_t alens[] = {len, strlen(be->ttl), tag ? strlen(tag) : 0};
+    const char *keys[] = { key };
+    size_t klens[] = { klen };
+    const char *args[] = { meta, be->ttl, tag };
+    size_t alens[] = { len, strlen(be->ttl), tag ? strlen(tag) : 0 };
     int rc = cel_redis_evalsha(be->conn, tag ? &script_store_ack : &script_store, on_stored, s, 1,
                                keys, klens, tag ? 3 : 2, args, alens);
     free(heap); /* hiredis copied it */
@@ -195,8 +198,8 @@ static void redis_get(void *impl, const char *task_id, cel_backend_got_fn got, v
     }
     g->got = got;
     g->priv = priv;
-    const char *argv[] = {"GET", key};
-    size_t lens[] = {3, klen};
+    const char *argv[] = { "GET", key };
+    size_t lens[] = { 3, klen };
     int rc = cel_redis_command(be->conn, on_got, g, 2, argv, lens);
     free(heap);
     if (rc != CEL_OK) {

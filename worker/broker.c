@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const cel_broker_ops_t *const transports[] = {&cel_broker_redis_ops};
+static const cel_broker_ops_t *const transports[] = { &cel_broker_redis_ops };
 
 struct cel_broker {
     const cel_broker_ops_t *ops;
@@ -19,8 +19,8 @@ struct cel_broker {
     void *closed_priv;
 };
 
-cel_broker_t *cel_broker_new(uv_loop_t *loop, const cel_options_t *cfg,
-                             const cel_broker_cbs_t *cbs, void *priv, cel_err_t *err) {
+cel_broker_t *cel_broker_new(uv_loop_t *loop, const cel_options_t *cfg, const cel_broker_cbs_t *cbs,
+                             void *priv, cel_err_t *err) {
     const char *url = cfg->broker_url;
     const char *sep = strstr(url, "://");
     size_t n = sep ? (size_t)(sep - url) : 0;

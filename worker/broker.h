@@ -96,8 +96,8 @@ extern const cel_broker_ops_t cel_broker_redis_ops; /* broker_redis.c */
 /* Creates the transport --broker's URL names (cfg->broker_url's scheme) and
  * starts it. cfg and cbs borrowed for the broker's life. NULL with err set
  * for an unknown scheme or on allocation failure. */
-cel_broker_t *cel_broker_new(uv_loop_t *loop, const cel_options_t *cfg,
-                             const cel_broker_cbs_t *cbs, void *priv, cel_err_t *err);
+cel_broker_t *cel_broker_new(uv_loop_t *loop, const cel_options_t *cfg, const cel_broker_cbs_t *cbs,
+                             void *priv, cel_err_t *err);
 
 /* The table in use (its scheme names the transport in logs and stats). */
 const cel_broker_ops_t *cel_broker_ops(const cel_broker_t *b);

@@ -21,102 +21,102 @@
 #include "../common/log.h"
 #include "redis.h"
 
-#define POP_BATCH_MAX 128
-#define RESTORE_BATCH 1000
+#define POP_BATCH_MAX  128
+#define RESTORE_BATCH  1000
 #define PRIORITY_STEPS 4
-static const int priority_steps[PRIORITY_STEPS] = {0, 3, 6, 9};
+static const int priority_steps[PRIORITY_STEPS] = { 0, 3, 6, 9 };
 
 /* Shared Lua: take the delivery tag and routing of an envelope and register it
  * as kombu's QoS.append does: ZADD unacked_index now tag; HSET unacked tag
  * '[<envelope>, "<exchange>", "<routing_key>"]'. Returns the tag or false. */
-#define LUA_REGISTER_FN \
-    "local function register(m, now, key)\n" \
-    "  local ok, env = pcall(cjson.decode, m)\n" \
-    "  if not ok or type(env) ~= 'table' or type(env.properties) ~= 'table' then return false end\n" \
-    "  local tag = env.properties.delivery_tag\n" \
-    "  if type(tag) ~= 'string' or tag == '' then return false end\n" \
-    "  local ex, rk = '', key\n" \
-    "  local di = env.properties.delivery_info\n" \
-    "  if type(di) == 'table' then\n" \
-    "    if type(di.exchange) == 'string' then ex = di.exchange end\n" \
-    "    if type(di.routing_key) == 'string' then rk = di.routing_key end\n" \
-    "  end\n" \
-    "  redis.call('ZADD', 'unacked_index', now, tag)\n" \
-    "  redis.call('HSET', 'unacked', tag, '[' .. m .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']')\n" \
-    "  return tag\n" \
+#define LUA_REGISTER_FN                                                                         \
+    "local function register(m, now, key)\n"                                                    \
+    "  local ok, env = pcall(cjson.decode, m)\n"                                                \
+    "  if not ok or type(env) ~= 'table' or type(env.properties) ~= 'table' then return false " \
+    "end\n"                                                                                     \
+    "  local tag = env.properties.delivery_tag\n"                                               \
+    "  if type(tag) ~= 'string' or tag == '' then return false end\n"                           \
+    "  local ex, rk = '', key\n"                                                                \
+    "  local di = env.properties.delivery_info\n"                                               \
+    "  if type(di) == 'table' then\n"                                                           \
+    "    if type(di.exchange) == 'string' then ex = di.exchange end\n"                          \
+    "    if type(di.routing_key) == 'string' then rk = di.routing_key end\n"                    \
+    "  end\n"                                                                                   \
+    "  redis.call('ZADD', 'unacked_index', now, tag)\n"                                         \
+    "  redis.call('HSET', 'unacked', tag, '[' .. m .. ', ' .. cjson.encode(ex) .. ', ' .. "     \
+    "cjson.encode(rk) .. ']')\n"                                                                \
+    "  return tag\n"                                                                            \
     "end\n"
 
 /* POP: KEYS = queue keys in priority-major order; ARGV = max, now.
  * Returns {envelope, tag or '', key, ...}. */
-static cel_redis_script_t script_pop = {
-    LUA_REGISTER_FN
-    "local out = {}\n"
-    "local n = tonumber(ARGV[1])\n"
-    "for _, k in ipairs(KEYS) do\n"
-    "  while n > 0 do\n"
-    "    local m = redis.call('RPOP', k)\n"
-    "    if not m then break end\n"
-    "    n = n - 1\n"
-    "    local tag = register(m, ARGV[2], k)\n"
-    "    out[#out + 1] = m\n"
-    "    out[#out + 1] = tag or ''\n"
-    "    out[#out + 1] = k\n"
-    "  end\n"
-    "  if n == 0 then break end\n"
-    "end\n"
-    "return out\n",
-    {0}};
+static cel_redis_script_t script_pop = { LUA_REGISTER_FN "local out = {}\n"
+                                                         "local n = tonumber(ARGV[1])\n"
+                                                         "for _, k in ipairs(KEYS) do\n"
+                                                         "  while n > 0 do\n"
+                                                         "    local m = redis.call('RPOP', k)\n"
+                                                         "    if not m then break end\n"
+                                                         "    n = n - 1\n"
+                                                         "    local tag = register(m, ARGV[2], k)\n"
+                                                         "    out[#out + 1] = m\n"
+                                                         "    out[#out + 1] = tag or ''\n"
+                                                         "    out[#out + 1] = k\n"
+                                                         "  end\n"
+                                                         "  if n == 0 then break end\n"
+                                                         "end\n"
+                                                         "return out\n",
+                                         { 0 } };
 
 /* REGISTER: ARGV = envelope, now, key. For a message BRPOP already took. */
-static cel_redis_script_t script_register = {
-    LUA_REGISTER_FN
-    "return register(ARGV[1], ARGV[2], ARGV[3]) or ''\n",
-    {0}};
+static cel_redis_script_t script_register = { LUA_REGISTER_FN
+                                              "return register(ARGV[1], ARGV[2], ARGV[3]) or ''\n",
+                                              { 0 } };
 
 /* Shared Lua: kombu's restore_by_tag + _do_restore_message. */
-#define LUA_RESTORE_FN \
-    "local function restore(tag, leftmost)\n" \
-    "  local p = redis.call('HGET', 'unacked', tag)\n" \
-    "  redis.call('ZREM', 'unacked_index', tag)\n" \
-    "  redis.call('HDEL', 'unacked', tag)\n" \
-    "  if not p then return 0 end\n" \
-    "  local ok, v = pcall(cjson.decode, p)\n" \
-    "  if not ok or type(v) ~= 'table' or type(v[1]) ~= 'table' then return 0 end\n" \
-    "  local M, EX, RK = v[1], v[2], v[3]\n" \
-    "  if type(M.headers) == 'table' then M.headers.redelivered = true end\n" \
+#define LUA_RESTORE_FN                                                                          \
+    "local function restore(tag, leftmost)\n"                                                   \
+    "  local p = redis.call('HGET', 'unacked', tag)\n"                                          \
+    "  redis.call('ZREM', 'unacked_index', tag)\n"                                              \
+    "  redis.call('HDEL', 'unacked', tag)\n"                                                    \
+    "  if not p then return 0 end\n"                                                            \
+    "  local ok, v = pcall(cjson.decode, p)\n"                                                  \
+    "  if not ok or type(v) ~= 'table' or type(v[1]) ~= 'table' then return 0 end\n"            \
+    "  local M, EX, RK = v[1], v[2], v[3]\n"                                                    \
+    "  if type(M.headers) == 'table' then M.headers.redelivered = true end\n"                   \
     "  if type(M.properties) == 'table' and type(M.properties.delivery_info) == 'table' then\n" \
-    "    M.properties.delivery_info.redelivered = true\n" \
-    "  end\n" \
-    "  local queues = {}\n" \
-    "  if type(EX) == 'string' and EX ~= '' then\n" \
-    "    for _, b in ipairs(redis.call('SMEMBERS', '_kombu.binding.' .. EX)) do\n" \
-    "      local r, q = string.match(b, '^(.-)\\6\\22.-\\6\\22(.*)$')\n" \
-    "      if q and (r == RK or r == '') then queues[#queues + 1] = q end\n" \
-    "    end\n" \
-    "  end\n" \
-    "  if #queues == 0 and type(RK) == 'string' then queues[1] = RK end\n" \
-    "  local body = cjson.encode(M)\n" \
-    "  for _, q in ipairs(queues) do\n" \
+    "    M.properties.delivery_info.redelivered = true\n"                                       \
+    "  end\n"                                                                                   \
+    "  local queues = {}\n"                                                                     \
+    "  if type(EX) == 'string' and EX ~= '' then\n"                                             \
+    "    for _, b in ipairs(redis.call('SMEMBERS', '_kombu.binding.' .. EX)) do\n"              \
+    "      local r, q = string.match(b, '^(.-)\\6\\22.-\\6\\22(.*)$')\n"                        \
+    "      if q and (r == RK or r == '') then queues[#queues + 1] = q end\n"                    \
+    "    end\n"                                                                                 \
+    "  end\n"                                                                                   \
+    "  if #queues == 0 and type(RK) == 'string' then queues[1] = RK end\n"                      \
+    "  local body = cjson.encode(M)\n"                                                          \
+    "  for _, q in ipairs(queues) do\n"                                                         \
     "    if leftmost then redis.call('LPUSH', q, body) else redis.call('RPUSH', q, body) end\n" \
-    "  end\n" \
-    "  return 1\n" \
+    "  end\n"                                                                                   \
+    "  return 1\n"                                                                              \
     "end\n"
 
 /* RESTORE: ARGV = ceil (now - visibility timeout), limit. kombu restore_visible. */
 static cel_redis_script_t script_restore = {
-    LUA_RESTORE_FN
-    "local tags = redis.call('ZREVRANGEBYSCORE', 'unacked_index', ARGV[1], 0, 'LIMIT', 0, tonumber(ARGV[2]))\n"
-    "local n = 0\n"
-    "for _, tag in ipairs(tags) do n = n + restore(tag, false) end\n"
-    "return n\n",
-    {0}};
+    LUA_RESTORE_FN "local tags = redis.call('ZREVRANGEBYSCORE', 'unacked_index', ARGV[1], 0, "
+                   "'LIMIT', 0, tonumber(ARGV[2]))\n"
+                   "local n = 0\n"
+                   "for _, tag in ipairs(tags) do n = n + restore(tag, false) end\n"
+                   "return n\n",
+    { 0 }
+};
 
 /* REQUEUE: ARGV = tag. Gives one held message back (restore_at_shutdown). */
-static cel_redis_script_t script_requeue = {
-    LUA_RESTORE_FN "return restore(ARGV[1], false)\n", {0}};
+static cel_redis_script_t script_requeue = { LUA_RESTORE_FN "return restore(ARGV[1], false)\n",
+                                             { 0 } };
 
-static cel_redis_script_t *all_scripts[] = {&script_pop, &script_register, &script_restore,
-                                            &script_requeue};
+static cel_redis_script_t *all_scripts[] = { &script_pop, &script_register, &script_restore,
+                                             &script_requeue };
 
 typedef struct redis_broker {
     uv_loop_t *loop;
@@ -127,14 +127,14 @@ typedef struct redis_broker {
     cel_redis_t *blk;
     char *queues[CEL_MAX_QUEUES]; /* consumed now (add/cancel_consumer change it) */
     int nqueues;
-    char **keys;          /* nqueues * 4 priority keys (room for CEL_MAX_QUEUES) */
+    char **keys; /* nqueues * 4 priority keys (room for CEL_MAX_QUEUES) */
     size_t *keylens;
     int nkeys;
-    int rotate;           /* fairness: first queue of the next fetch */
-    int fetching;         /* a POP or BRPOP is in flight */
-    int blocking;         /* that fetch is the BRPOP */
+    int rotate;   /* fairness: first queue of the next fetch */
+    int fetching; /* a POP or BRPOP is in flight */
+    int blocking; /* that fetch is the BRPOP */
     int stopped;
-    int pending;          /* commands in flight on cmd */
+    int pending; /* commands in flight on cmd */
     uv_timer_t restore_timer;
     int closing_left;
     void (*on_closed)(void *);
@@ -167,7 +167,7 @@ static int fetch_keys(redis_broker_t *b, const char **keys, size_t *lens) {
 /* Hands one message to the consumer. tag NULL: not registered in unacked. */
 static void hand_over(redis_broker_t *b, const char *raw, size_t len, const char *tag,
                       const char *key) {
-    cel_broker_msg_t m = {tag, key, raw, len, NULL};
+    cel_broker_msg_t m = { tag, key, raw, len, NULL };
     b->cbs.on_message(b->priv, &m);
 }
 
@@ -241,8 +241,8 @@ static void on_brpop(cel_redis_t *r, redisReply *reply, void *priv) {
     snprintf(now, sizeof(now), "%.6f", now_unix());
     if (b->stopped || !cel_redis_up(b->cmd)) {
         /* Taken after we stopped: put it back where the next pop finds it. */
-        const char *argv[] = {"RPUSH", key->str, m->str};
-        size_t lens[] = {5, key->len, m->len};
+        const char *argv[] = { "RPUSH", key->str, m->str };
+        size_t lens[] = { 5, key->len, m->len };
         if (cel_redis_command(b->cmd, on_requeued_raw, b, 3, argv, lens) == CEL_OK) b->pending++;
         else cel_error("broker: lost connection holding a message it cannot give back");
         b->fetching = 0;
@@ -261,8 +261,8 @@ static void on_brpop(cel_redis_t *r, redisReply *reply, void *priv) {
     bm->raw[m->len] = '\0';
     bm->len = m->len;
     snprintf(bm->key, sizeof(bm->key), "%.*s", (int)key->len, key->str);
-    const char *args[] = {bm->raw, now, bm->key};
-    size_t lens[] = {bm->len, strlen(now), strlen(bm->key)};
+    const char *args[] = { bm->raw, now, bm->key };
+    size_t lens[] = { bm->len, strlen(now), strlen(bm->key) };
     if (cel_redis_evalsha(b->cmd, &script_register, on_register, bm, 0, NULL, NULL, 3, args,
                           lens) == CEL_OK) {
         b->pending++;
@@ -299,7 +299,7 @@ static void fetch(redis_broker_t *b, int block) {
     char max[16], now[32];
     snprintf(max, sizeof(max), "%d", cap > POP_BATCH_MAX ? POP_BATCH_MAX : cap);
     snprintf(now, sizeof(now), "%.6f", now_unix());
-    const char *args[] = {max, now};
+    const char *args[] = { max, now };
     if (cel_redis_evalsha(b->cmd, &script_pop, on_pop, b, n, keys, lens, 2, args, NULL) == CEL_OK) {
         b->fetching = 1;
         b->pending++;
@@ -322,9 +322,9 @@ static void restore_visible(redis_broker_t *b) {
     char ceil[32], lim[16];
     snprintf(ceil, sizeof(ceil), "%.6f", now_unix() - b->cfg->visibility_timeout);
     snprintf(lim, sizeof(lim), "%d", RESTORE_BATCH);
-    const char *args[] = {ceil, lim};
-    if (cel_redis_evalsha(b->cmd, &script_restore, on_restored, b, 0, NULL, NULL, 2, args,
-                          NULL) == CEL_OK)
+    const char *args[] = { ceil, lim };
+    if (cel_redis_evalsha(b->cmd, &script_restore, on_restored, b, 0, NULL, NULL, 2, args, NULL) ==
+        CEL_OK)
         b->pending++;
 }
 
@@ -342,8 +342,8 @@ static void bind_queue(redis_broker_t *b, const char *q) {
     char key[300], member[700];
     snprintf(key, sizeof(key), "_kombu.binding.%s", q);
     int mlen = snprintf(member, sizeof(member), "%s\x06\x16\x06\x16%s", q, q);
-    const char *argv[] = {"SADD", key, member};
-    size_t lens[] = {4, strlen(key), (size_t)mlen};
+    const char *argv[] = { "SADD", key, member };
+    size_t lens[] = { 4, strlen(key), (size_t)mlen };
     if (cel_redis_command(b->cmd, on_bind, b, 3, argv, lens) == CEL_OK) b->pending++;
 }
 
@@ -354,8 +354,9 @@ static int build_keys(redis_broker_t *b) {
     for (int q = 0; q < b->nqueues; q++)
         for (int p = 0; p < PRIORITY_STEPS; p++) {
             char k[300];
-            int n = p == 0 ? snprintf(k, sizeof(k), "%s", b->queues[q])
-                           : snprintf(k, sizeof(k), "%s\x06\x16%d", b->queues[q], priority_steps[p]);
+            int n = p == 0
+                        ? snprintf(k, sizeof(k), "%s", b->queues[q])
+                        : snprintf(k, sizeof(k), "%s\x06\x16%d", b->queues[q], priority_steps[p]);
             if (!(b->keys[b->nkeys] = strdup(k))) return CEL_ENOMEM;
             b->keylens[b->nkeys++] = (size_t)n;
         }
@@ -381,7 +382,8 @@ static int redis_cancel_queue(void *impl, const char *queue) {
     for (int i = 0; i < b->nqueues; i++) {
         if (strcmp(b->queues[i], queue) != 0) continue;
         free(b->queues[i]);
-        memmove(b->queues + i, b->queues + i + 1, sizeof(b->queues[0]) * (size_t)(b->nqueues - i - 1));
+        memmove(b->queues + i, b->queues + i + 1,
+                sizeof(b->queues[0]) * (size_t)(b->nqueues - i - 1));
         b->nqueues--;
         return build_keys(b);
     }
@@ -481,11 +483,13 @@ static void redis_ack(void *impl, const char *tag, cel_broker_done_fn done, void
         if (done) done(priv, 0);
         return;
     }
-    *d = (done_ctx_t){b, done, priv, 0, 1};
-    const char *zrem[] = {"ZREM", "unacked_index", tag};
-    const char *hdel[] = {"HDEL", "unacked", tag};
-    if (cel_redis_command(b->cmd, on_done_part, d, 3, zrem, NULL) == CEL_OK) d->left++, b->pending++;
-    if (cel_redis_command(b->cmd, on_done_part, d, 3, hdel, NULL) == CEL_OK) d->left++, b->pending++;
+    *d = (done_ctx_t){ b, done, priv, 0, 1 };
+    const char *zrem[] = { "ZREM", "unacked_index", tag };
+    const char *hdel[] = { "HDEL", "unacked", tag };
+    if (cel_redis_command(b->cmd, on_done_part, d, 3, zrem, NULL) == CEL_OK)
+        d->left++, b->pending++;
+    if (cel_redis_command(b->cmd, on_done_part, d, 3, hdel, NULL) == CEL_OK)
+        d->left++, b->pending++;
     if (d->left == 0) {
         if (done) done(priv, 0);
         free(d);
@@ -501,10 +505,10 @@ static void redis_requeue(void *impl, const char *tag, cel_broker_done_fn done, 
         if (done) done(priv, 0);
         return;
     }
-    *d = (done_ctx_t){b, done, priv, 1, 1};
-    const char *args[] = {tag};
-    if (cel_redis_evalsha(b->cmd, &script_requeue, on_done_part, d, 0, NULL, NULL, 1, args,
-                          NULL) == CEL_OK) {
+    *d = (done_ctx_t){ b, done, priv, 1, 1 };
+    const char *args[] = { tag };
+    if (cel_redis_evalsha(b->cmd, &script_requeue, on_done_part, d, 0, NULL, NULL, 1, args, NULL) ==
+        CEL_OK) {
         b->pending++;
     } else {
         if (done) done(priv, 0);
@@ -530,7 +534,7 @@ static void redis_touch(void *impl, const char **tags, int n) {
     char now[32];
     snprintf(now, sizeof(now), "%.6f", now_unix());
     for (int i = 0; i < n; i++) {
-        const char *argv[] = {"ZADD", "unacked_index", "XX", now, tags[i]};
+        const char *argv[] = { "ZADD", "unacked_index", "XX", now, tags[i] };
         if (cel_redis_command(b->cmd, on_touch, b, 5, argv, NULL) == CEL_OK) b->pending++;
     }
 }

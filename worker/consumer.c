@@ -33,7 +33,7 @@
 #include "../protocol/tasks.h"
 
 #define NO_PREFETCH_LIMIT 1000 /* messages held when --prefetch-multiplier is 0 */
-#define REPR_MAX 200           /* result repr in log lines */
+#define REPR_MAX          200  /* result repr in log lines */
 
 /* Only READY requests (received, not yet handed to an executor) occupy the
  * prefetch window, as in Celery: it acks a message when the pool takes it, so
@@ -48,18 +48,18 @@ struct request {
     request_t *rnext;       /* in the ready FIFO */
     cel_consumer_t *c;
     cel_task_t *task;
-    char *tag;              /* delivery tag, owned; NULL when not registered */
+    char *tag; /* delivery tag, owned; NULL when not registered */
     int state;
     double received;
     double started;
     int pid;
-    int slot;               /* executor slot that ran it */
-    int term_signum;        /* revoke(terminate): the signal its executor got */
-    int revoked;            /* finished as REVOKED: 1 revoked, 2 expired */
-    double runtime;         /* the executor's measure, for task-succeeded */
-    char *meta;             /* result meta waiting to be stored */
+    int slot;        /* executor slot that ran it */
+    int term_signum; /* revoke(terminate): the signal its executor got */
+    int revoked;     /* finished as REVOKED: 1 revoked, 2 expired */
+    double runtime;  /* the executor's measure, for task-succeeded */
+    char *meta;      /* result meta waiting to be stored */
     size_t meta_len;
-    uv_timer_t timer;       /* eta; closed when the request is freed */
+    uv_timer_t timer; /* eta; closed when the request is freed */
 };
 
 struct cel_consumer {
@@ -68,26 +68,26 @@ struct cel_consumer {
     cel_broker_t *broker;
     cel_backend_t *backend;
     cel_pool_t *pool;
-    cel_affinity_t *affinity;        /* adapter id -> executor slot */
-    request_t *requests;             /* every live request */
+    cel_affinity_t *affinity; /* adapter id -> executor slot */
+    request_t *requests;      /* every live request */
     request_t *ready_head, *ready_tail;
-    int held;                        /* requests in the prefetch window */
-    int limit;                       /* prefetch_count */
+    int held;  /* requests in the prefetch window */
+    int limit; /* prefetch_count */
     int nrequests;
-    int stopping;                    /* warm shutdown started */
+    int stopping; /* warm shutdown started */
     int cold;
-    int closing;                     /* close_all ran */
-    int closing_left;                /* components still closing */
-    int announced;                   /* "ready." printed */
+    int closing;      /* close_all ran */
+    int closing_left; /* components still closing */
+    int announced;    /* "ready." printed */
     uv_timer_t touch_timer;
-    uv_timer_t drain_timer;          /* deferred checks outside callbacks */
+    uv_timer_t drain_timer; /* deferred checks outside callbacks */
     long processed;
-    double started_at;               /* for stats uptime */
-    json_t *totals;                  /* task name -> tasks started */
-    cel_events_t *events;            /* borrowed (main.c) */
-    cel_revoked_t *revoked;          /* borrowed: control adds, we look up */
-    cel_limits_t *limits;            /* borrowed: control sets, we read */
-    uv_timer_t rate_timer;           /* re-dispatch when a rate-limited task may start */
+    double started_at;      /* for stats uptime */
+    json_t *totals;         /* task name -> tasks started */
+    cel_events_t *events;   /* borrowed (main.c) */
+    cel_revoked_t *revoked; /* borrowed: control adds, we look up */
+    cel_limits_t *limits;   /* borrowed: control sets, we read */
+    uv_timer_t rate_timer;  /* re-dispatch when a rate-limited task may start */
     void (*on_done)(void *);
     void *done_priv;
 };
@@ -230,8 +230,7 @@ static void store_meta(request_t *r) {
     if (r->tag && cel_backend_acks_broker(c->backend))
         cel_backend_store_ack(c->backend, r->task, r->meta, r->meta_len, r->tag, on_stored_acked,
                               r);
-    else
-        cel_backend_store(c->backend, r->task, r->meta, r->meta_len, on_stored, r);
+    else cel_backend_store(c->backend, r->task, r->meta, r->meta_len, on_stored, r);
 }
 
 static void on_backend_up(void *priv) {
@@ -298,8 +297,12 @@ static void revoke_expired(request_t *r) { revoke_with(r, "expired"); }
 
 static int build_run_frame(request_t *r, uint8_t **buf, size_t *len) {
     cel_task_t *t = r->task;
-    cel_frame_run_t f = {.id = t->id, .task = t->name, .args = t->args, .kwargs = t->kwargs,
-                         .soft_time_limit = t->soft_time_limit, .retries = t->retries};
+    cel_frame_run_t f = { .id = t->id,
+                          .task = t->name,
+                          .args = t->args,
+                          .kwargs = t->kwargs,
+                          .soft_time_limit = t->soft_time_limit,
+                          .retries = t->retries };
     size_t cap = 0;
     *buf = NULL;
     *len = 0;
@@ -356,7 +359,8 @@ static int choose_slot(cel_consumer_t *c) {
     int best = -1;
     for (int i = 0; i < cel_pool_slots(c->pool); i++)
         if (cel_pool_slot_idle(c->pool, i) &&
-            (best < 0 || cel_affinity_count(c->affinity, i) < cel_affinity_count(c->affinity, best)))
+            (best < 0 ||
+             cel_affinity_count(c->affinity, i) < cel_affinity_count(c->affinity, best)))
             best = i;
     return best;
 }
@@ -518,8 +522,8 @@ static void on_pool_lost(void *priv, void *job, int why, int exitcode, int signu
         snprintf(why_s, sizeof(why_s), "Worker exited prematurely: signal %d (SIG%s) Job: %ld.",
                  signum, name ? name : "?", c->processed);
     } else {
-        snprintf(why_s, sizeof(why_s), "Worker exited prematurely: exitcode %d Job: %ld.",
-                 exitcode, c->processed);
+        snprintf(why_s, sizeof(why_s), "Worker exited prematurely: exitcode %d Job: %ld.", exitcode,
+                 c->processed);
     }
     cel_error("Task handler raised error: WorkerLostError('%s')", why_s);
     fail_with(r, "WorkerLostError", "billiard.exceptions", json_pack("[s]", why_s), NULL);
@@ -667,15 +671,15 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg, cel_
     c->events = events;
     c->revoked = revoked;
     c->limits = limits;
-    c->limit = cfg->prefetch_multiplier ? cfg->concurrency * cfg->prefetch_multiplier
-                                        : NO_PREFETCH_LIMIT;
+    c->limit =
+        cfg->prefetch_multiplier ? cfg->concurrency * cfg->prefetch_multiplier : NO_PREFETCH_LIMIT;
     uv_timer_init(loop, &c->touch_timer);
     c->touch_timer.data = c;
     uv_timer_init(loop, &c->drain_timer);
     c->drain_timer.data = c;
 
-    cel_pool_cbs_t pcbs = {on_pool_result, on_pool_progress, on_pool_lost, on_pool_requeue,
-                           on_pool_idle};
+    cel_pool_cbs_t pcbs = { on_pool_result, on_pool_progress, on_pool_lost, on_pool_requeue,
+                            on_pool_idle };
     uv_timer_init(loop, &c->rate_timer);
     c->rate_timer.data = c;
     c->started_at = now_unix();
@@ -685,7 +689,7 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg, cel_
     cel_err_t err;
     cel_err_set(&err, CEL_ENOMEM, "out of memory");
     c->backend = cel_backend_new(loop, cfg, on_backend_up, c, &err);
-    cel_broker_cbs_t bcbs = {capacity, on_message, on_broker_state};
+    cel_broker_cbs_t bcbs = { capacity, on_message, on_broker_state };
     if (c->backend) c->broker = cel_broker_new(loop, cfg, &bcbs, c, &err);
     if (!c->pool || !c->backend || !c->broker || !c->affinity || !c->totals) {
         cel_crit("cannot start the worker: %s", err.msg);
@@ -826,10 +830,11 @@ void cel_consumer_shutdown_cold(cel_consumer_t *c) {
 void cel_consumer_each_request(cel_consumer_t *c,
                                void (*fn)(void *priv, const cel_consumer_req_t *r), void *priv) {
     for (request_t *r = c->requests; r; r = r->next) {
-        cel_consumer_req_t q = {r->task, 0, 0, 0};
+        cel_consumer_req_t q = { r->task, 0, 0, 0 };
         if (r->state == R_HELD) q.kind = CEL_REQ_SCHEDULED;
         else if (r->state == R_READY) q.kind = CEL_REQ_RESERVED;
-        else if (r->state == R_ACTIVE) q.kind = CEL_REQ_ACTIVE, q.time_start = r->started, q.pid = r->pid;
+        else if (r->state == R_ACTIVE)
+            q.kind = CEL_REQ_ACTIVE, q.time_start = r->started, q.pid = r->pid;
         else continue;
         fn(priv, &q);
     }

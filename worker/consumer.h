@@ -45,9 +45,9 @@ enum { CEL_REQ_SCHEDULED = 1, CEL_REQ_RESERVED = 2, CEL_REQ_ACTIVE = 3 };
 /* A live request as inspect shows it; borrowed for one callback. */
 typedef struct cel_consumer_req {
     const cel_task_t *task;
-    int kind;           /* CEL_REQ_* */
-    double time_start;  /* 0 when not started */
-    int pid;            /* executor pid, 0 when not started */
+    int kind;          /* CEL_REQ_* */
+    double time_start; /* 0 when not started */
+    int pid;           /* executor pid, 0 when not started */
 } cel_consumer_req_t;
 
 /* Calls fn for every request that is held (eta), reserved or running. */
@@ -75,14 +75,14 @@ int cel_consumer_queue(cel_consumer_t *c, const char *queue, int add);
 /* What stats and heartbeats report. totals is borrowed for the call; the
  * pool figures are zero once the pool has closed. */
 typedef struct cel_consumer_info {
-    json_t *totals;      /* task name -> tasks started */
+    json_t *totals; /* task name -> tasks started */
     int prefetch_count;
-    double started_at;   /* unix time */
-    long processed;      /* tasks finished by an executor */
-    int slots;           /* executor slots (the concurrency) */
-    int busy;            /* executors running a task */
+    double started_at; /* unix time */
+    long processed;    /* tasks finished by an executor */
+    int slots;         /* executor slots (the concurrency) */
+    int busy;          /* executors running a task */
     int npids;
-    int pids[CEL_MAX_CONCURRENCY];       /* live executors */
+    int pids[CEL_MAX_CONCURRENCY];        /* live executors */
     long tasks_done[CEL_MAX_CONCURRENCY]; /* per slot, [0, slots) */
 } cel_consumer_info_t;
 

@@ -22,7 +22,7 @@
 #include "../protocol/tasks.h"
 
 #define REVOKE_IDS_MAX 10000 /* ids in one revoke request */
-#define QUERY_IDS_MAX 10000  /* ids in one query_task request */
+#define QUERY_IDS_MAX  10000 /* ids in one query_task request */
 
 struct cel_control {
     uv_loop_t *loop;
@@ -61,14 +61,15 @@ static json_t *request_info(const cel_control_t *ctl, const cel_consumer_req_t *
     json_object_set(o, "kwargs", t->kwargs ? t->kwargs : json_object());
     json_object_set_new(o, "type", json_string(t->name));
     json_object_set_new(o, "hostname", json_string(ctl->cfg->hostname));
-    json_object_set_new(o, "time_start", r->time_start > 0 ? json_real(r->time_start) : json_null());
+    json_object_set_new(o, "time_start",
+                        r->time_start > 0 ? json_real(r->time_start) : json_null());
     /* Celery acks when a task starts; celeriac only once its result is stored. */
     json_object_set_new(o, "acknowledged", json_false());
     json_object_set_new(o, "delivery_info",
-                        json_pack("{s:s, s:s, s:i, s:o}", "exchange", t->exchange ? t->exchange : "",
-                                  "routing_key", t->routing_key ? t->routing_key : "", "priority",
-                                  t->priority, "redelivered",
-                                  t->redelivered ? json_true() : json_null()));
+                        json_pack("{s:s, s:s, s:i, s:o}", "exchange",
+                                  t->exchange ? t->exchange : "", "routing_key",
+                                  t->routing_key ? t->routing_key : "", "priority", t->priority,
+                                  "redelivered", t->redelivered ? json_true() : json_null()));
     json_object_set_new(o, "worker_pid", r->pid ? json_integer(r->pid) : json_null());
     return o;
 }
@@ -101,14 +102,14 @@ static void on_request(void *priv, const cel_consumer_req_t *r) {
 }
 
 static json_t *list_requests(cel_control_t *ctl, int kind) {
-    collect_t cl = {ctl, kind, json_array(), NULL};
+    collect_t cl = { ctl, kind, json_array(), NULL };
     cel_consumer_each_request(ctl->c, on_request, &cl);
     return cl.out;
 }
 
 static json_t *query_task(cel_control_t *ctl, json_t *args) {
     json_t *ids = json_object_get(args, "ids");
-    collect_t cl = {ctl, 0, json_object(), json_object()};
+    collect_t cl = { ctl, 0, json_object(), json_object() };
     if (json_is_string(ids)) {
         json_object_set_new(cl.ids, json_string_value(ids), json_true());
     } else {
@@ -143,17 +144,18 @@ static json_t *conf(cel_control_t *ctl) {
     char b[1100], r[1100];
     safe_url(cfg->broker_url, b, sizeof(b));
     safe_url(cfg->backend_url, r, sizeof(r));
-    json_t *o = json_pack("{s:s, s:s, s:i, s:i, s:f, s:{s:f}, s:b}", "broker_url", b,
-                          "result_backend", r, "worker_concurrency", cfg->concurrency,
-                          "worker_prefetch_multiplier", cfg->prefetch_multiplier,
-                          "result_expires", cfg->result_expires, "broker_transport_options",
-                          "visibility_timeout", cfg->visibility_timeout,
-                          "worker_send_task_events", cel_events_task_events(ctl->ev));
+    json_t *o =
+        json_pack("{s:s, s:s, s:i, s:i, s:f, s:{s:f}, s:b}", "broker_url", b, "result_backend", r,
+                  "worker_concurrency", cfg->concurrency, "worker_prefetch_multiplier",
+                  cfg->prefetch_multiplier, "result_expires", cfg->result_expires,
+                  "broker_transport_options", "visibility_timeout", cfg->visibility_timeout,
+                  "worker_send_task_events", cel_events_task_events(ctl->ev));
     if (cfg->time_limit > 0) json_object_set_new(o, "task_time_limit", json_real(cfg->time_limit));
     if (cfg->soft_time_limit > 0)
         json_object_set_new(o, "task_soft_time_limit", json_real(cfg->soft_time_limit));
     if (cfg->max_tasks_per_child)
-        json_object_set_new(o, "worker_max_tasks_per_child", json_integer(cfg->max_tasks_per_child));
+        json_object_set_new(o, "worker_max_tasks_per_child",
+                            json_integer(cfg->max_tasks_per_child));
     json_object_set_new(o, "task_queues", cel_consumer_queues(ctl->c));
     return o;
 }
@@ -171,8 +173,9 @@ static json_t *report(cel_control_t *ctl) {
     }
     char r[1100];
     safe_url(ctl->cfg->backend_url, r, sizeof(r));
-    fprintf(f, "\nsoftware -> celeriac:%s (C) protocol:2\nplatform -> system:%s arch:%s\n"
-               "            kernel version:%s\nsettings -> transport:redis results:%s\n\n",
+    fprintf(f,
+            "\nsoftware -> celeriac:%s (C) protocol:2\nplatform -> system:%s arch:%s\n"
+            "            kernel version:%s\nsettings -> transport:redis results:%s\n\n",
             cel_events_version(), u.sysname, u.machine, u.release, r);
     const char *k;
     json_t *v;
@@ -193,7 +196,9 @@ static json_t *registered(cel_control_t *ctl, json_t *args) {
     int want_rate = !json_is_array(items) || json_array_size(items) == 0;
     size_t i;
     json_t *v;
-    json_array_foreach(items, i, v) if (json_is_string(v) && strcmp(json_string_value(v), "rate_limit") == 0) want_rate = 1;
+    json_array_foreach(items, i,
+                       v) if (json_is_string(v) && strcmp(json_string_value(v), "rate_limit") == 0)
+        want_rate = 1;
     json_t *out = json_array();
     for (const char *const *n = cel_tasks_names(); *n; n++) {
         const char *rate = cel_limits_rate_text(ctl->limits, *n);
@@ -238,37 +243,37 @@ static json_t *stats(cel_control_t *ctl) {
     }
     if (af) fclose(af);
     if (rf) fclose(rf);
-    json_t *writes = json_pack("{s:I, s:o, s:s, s:s, s:s, s:{s:i, s:i}}", "total",
-                               (json_int_t)total, "avg", share(n ? total / n : 0, total), "all",
-                               all ? all : "", "raw", raw ? raw : "", "strategy", "fair",
-                               "inqueues", "total", n, "active", in.busy);
+    json_t *writes =
+        json_pack("{s:I, s:o, s:s, s:s, s:s, s:{s:i, s:i}}", "total", (json_int_t)total, "avg",
+                  share(n ? total / n : 0, total), "all", all ? all : "", "raw", raw ? raw : "",
+                  "strategy", "fair", "inqueues", "total", n, "active", in.busy);
     free(all);
     free(raw);
-    json_t *pool = json_pack("{s:i, s:o, s:o, s:b, s:[o, o], s:o}", "max-concurrency", n,
-                             "processes", procs, "max-tasks-per-child",
-                             cfg->max_tasks_per_child ? json_integer(cfg->max_tasks_per_child)
-                                                      : json_string("N/A"),
-                             "put-guarded-by-semaphore", 0, "timeouts", seconds(cfg->soft_time_limit),
-                             seconds(cfg->time_limit), "writes", writes);
+    json_t *pool = json_pack(
+        "{s:i, s:o, s:o, s:b, s:[o, o], s:o}", "max-concurrency", n, "processes", procs,
+        "max-tasks-per-child",
+        cfg->max_tasks_per_child ? json_integer(cfg->max_tasks_per_child) : json_string("N/A"),
+        "put-guarded-by-semaphore", 0, "timeouts", seconds(cfg->soft_time_limit),
+        seconds(cfg->time_limit), "writes", writes);
     json_t *broker = json_pack(
         "{s:s, s:o, s:o, s:i, s:b, s:b, s:s, s:i, s:{}, s:n, s:n, s:f, s:s, s:[]}", "hostname",
-        cfg->broker.host, "userid", cfg->broker.user[0] ? json_string(cfg->broker.user) : json_null(),
-        "virtual_host", json_sprintf("%d", cfg->broker.db), "port", cfg->broker.port, "insist", 0,
-        "ssl", 0, "transport", "redis", "connect_timeout", 4, "transport_options", "login_method",
+        cfg->broker.host, "userid",
+        cfg->broker.user[0] ? json_string(cfg->broker.user) : json_null(), "virtual_host",
+        json_sprintf("%d", cfg->broker.db), "port", cfg->broker.port, "insist", 0, "ssl", 0,
+        "transport", "redis", "connect_timeout", 4, "transport_options", "login_method",
         "uri_prefix", "heartbeat", 120.0, "failover_strategy", "round-robin", "alternates");
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     json_t *rusage = json_pack(
         "{s:f, s:f, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "utime",
         ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6, "stime",
-        ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6, "maxrss", (json_int_t)ru.ru_maxrss,
-        "ixrss", (json_int_t)ru.ru_ixrss, "idrss", (json_int_t)ru.ru_idrss, "isrss",
-        (json_int_t)ru.ru_isrss, "minflt", (json_int_t)ru.ru_minflt, "majflt",
-        (json_int_t)ru.ru_majflt, "nswap", (json_int_t)ru.ru_nswap, "inblock",
-        (json_int_t)ru.ru_inblock, "oublock", (json_int_t)ru.ru_oublock, "msgsnd",
-        (json_int_t)ru.ru_msgsnd, "msgrcv", (json_int_t)ru.ru_msgrcv, "nsignals",
-        (json_int_t)ru.ru_nsignals, "nvcsw", (json_int_t)ru.ru_nvcsw, "nivcsw",
-        (json_int_t)ru.ru_nivcsw);
+        ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6, "maxrss", (json_int_t)ru.ru_maxrss, "ixrss",
+        (json_int_t)ru.ru_ixrss, "idrss", (json_int_t)ru.ru_idrss, "isrss", (json_int_t)ru.ru_isrss,
+        "minflt", (json_int_t)ru.ru_minflt, "majflt", (json_int_t)ru.ru_majflt, "nswap",
+        (json_int_t)ru.ru_nswap, "inblock", (json_int_t)ru.ru_inblock, "oublock",
+        (json_int_t)ru.ru_oublock, "msgsnd", (json_int_t)ru.ru_msgsnd, "msgrcv",
+        (json_int_t)ru.ru_msgrcv, "nsignals", (json_int_t)ru.ru_nsignals, "nvcsw",
+        (json_int_t)ru.ru_nvcsw, "nivcsw", (json_int_t)ru.ru_nivcsw);
     double now = tv.tv_sec + tv.tv_usec / 1e6;
     return json_pack("{s:O, s:i, s:o, s:I, s:o, s:o, s:i, s:o}", "total", in.totals, "pid",
                      (int)getpid(), "clock",
@@ -301,7 +306,8 @@ static json_t *revoke_cmd(cel_control_t *ctl, json_t *args, int force_terminate)
     } else {
         size_t i;
         json_t *v;
-        json_array_foreach(ids, i, v) if (i < REVOKE_IDS_MAX && json_is_string(v)) json_array_append(list, v);
+        json_array_foreach(ids, i, v) if (i < REVOKE_IDS_MAX && json_is_string(v))
+            json_array_append(list, v);
     }
     int terminate = force_terminate || json_is_true(json_object_get(args, "terminate"));
     int signum = terminate ? signum_of(json_object_get(args, "signal")) : 0;
@@ -417,15 +423,15 @@ static json_t *active_queues(cel_control_t *ctl) {
     json_array_foreach(names, i, v) {
         const char *q = json_string_value(v);
         json_array_append_new(
-            out, json_pack("{s:s, s:{s:s, s:s, s:n, s:b, s:b, s:b, s:n, s:b}, s:s, s:n, s:n, s:n,"
-                           " s:b, s:b, s:b, s:b, s:n, s:[], s:n, s:n, s:n, s:n, s:n, s:n}",
-                           "name", q, "exchange", "name", q, "type", "direct", "arguments",
-                           "durable", 1, "passive", 0, "auto_delete", 0, "delivery_mode",
-                           "no_declare", 0, "routing_key", q, "queue_arguments",
-                           "binding_arguments", "consumer_arguments", "durable", 1, "exclusive",
-                           0, "auto_delete", 0, "no_ack", 0, "alias", "bindings", "no_declare",
-                           "expires", "message_ttl", "max_length", "max_length_bytes",
-                           "max_priority"));
+            out,
+            json_pack("{s:s, s:{s:s, s:s, s:n, s:b, s:b, s:b, s:n, s:b}, s:s, s:n, s:n, s:n,"
+                      " s:b, s:b, s:b, s:b, s:n, s:[], s:n, s:n, s:n, s:n, s:n, s:n}",
+                      "name", q, "exchange", "name", q, "type", "direct", "arguments", "durable", 1,
+                      "passive", 0, "auto_delete", 0, "delivery_mode", "no_declare", 0,
+                      "routing_key", q, "queue_arguments", "binding_arguments",
+                      "consumer_arguments", "durable", 1, "exclusive", 0, "auto_delete", 0,
+                      "no_ack", 0, "alias", "bindings", "no_declare", "expires", "message_ttl",
+                      "max_length", "max_length_bytes", "max_priority"));
     }
     json_decref(names);
     return out;
@@ -433,7 +439,8 @@ static json_t *active_queues(cel_control_t *ctl) {
 
 static json_t *events_switch(cel_control_t *ctl, int on) {
     int was = cel_events_set_task_events(ctl->ev, on);
-    if (was == on) return ok(on ? "task events already enabled" : "task events already disabled", NULL);
+    if (was == on)
+        return ok(on ? "task events already enabled" : "task events already disabled", NULL);
     cel_info("Events of group {task} %s by remote.", on ? "enabled" : "disabled");
     return ok(on ? "task events enabled" : "task events disabled", NULL);
 }
@@ -452,7 +459,8 @@ json_t *cel_control_dispatch(void *priv, const char *m, json_t *args) {
     cel_control_t *ctl = priv;
     if (!strcmp(m, "ping")) return ok("pong", NULL);
     if (!strcmp(m, "stats")) return stats(ctl);
-    if (!strcmp(m, "active") || !strcmp(m, "dump_active")) return list_requests(ctl, CEL_REQ_ACTIVE);
+    if (!strcmp(m, "active") || !strcmp(m, "dump_active"))
+        return list_requests(ctl, CEL_REQ_ACTIVE);
     if (!strcmp(m, "reserved") || !strcmp(m, "dump_reserved"))
         return list_requests(ctl, CEL_REQ_RESERVED);
     if (!strcmp(m, "scheduled") || !strcmp(m, "dump_schedule"))

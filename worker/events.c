@@ -72,9 +72,9 @@ void cel_events_uuid(char out[37]) {
     memcpy(b + 8, &c, 8);
     b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
     b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
-             b[13], b[14], b[15]);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+             b[14], b[15]);
 }
 
 uint64_t cel_events_clock_forward(cel_events_t *ev) { return ++ev->clock; }
@@ -119,19 +119,19 @@ static void publish(cel_events_t *ev, const char *routing_key, json_t *body) {
     free(text);
     char tag[37];
     cel_events_uuid(tag);
-    json_t *env = json_pack("{s:s?, s:s, s:s, s:{s:s}, s:{s:i, s:{s:s, s:s}, s:i, s:s, s:s}}",
-                            "body", b64, "content-encoding", "utf-8", "content-type",
-                            "application/json", "headers", "hostname", ev->cfg->hostname,
-                            "properties", "delivery_mode", 1, "delivery_info", "exchange",
-                            "celeryev", "routing_key", routing_key, "priority", 0,
-                            "body_encoding", "base64", "delivery_tag", tag);
+    json_t *env =
+        json_pack("{s:s?, s:s, s:s, s:{s:s}, s:{s:i, s:{s:s, s:s}, s:i, s:s, s:s}}", "body", b64,
+                  "content-encoding", "utf-8", "content-type", "application/json", "headers",
+                  "hostname", ev->cfg->hostname, "properties", "delivery_mode", 1, "delivery_info",
+                  "exchange", "celeryev", "routing_key", routing_key, "priority", 0,
+                  "body_encoding", "base64", "delivery_tag", tag);
     free(b64);
     char *s = env ? cel_json_dumps(env, NULL) : NULL;
     json_decref(env);
     if (!s) return;
     char channel[300];
     snprintf(channel, sizeof(channel), "/%d.celeryev/%s", ev->cfg->broker.db, routing_key);
-    const char *argv[] = {"PUBLISH", channel, s};
+    const char *argv[] = { "PUBLISH", channel, s };
     cel_redis_command(ev->conn, on_published, ev, 3, argv, NULL);
     free(s);
 }
@@ -195,9 +195,8 @@ void cel_events_task_received(cel_events_t *ev, const cel_task_t *t) {
     cel_events_task(ev, "task-received", t, f);
 }
 
-void cel_events_task_done(cel_events_t *ev, const cel_task_t *t, const char *status,
-                          json_t *result, const char *traceback, double runtime, int expired,
-                          int signum) {
+void cel_events_task_done(cel_events_t *ev, const cel_task_t *t, const char *status, json_t *result,
+                          const char *traceback, double runtime, int expired, int signum) {
     if (!ev || !ev->task_events) return;
     json_t *f = json_object();
     const char *type;
@@ -231,14 +230,15 @@ static void send_worker(cel_events_t *ev, const char *type) {
     if (ev->cfg->without_heartbeat) return;
     long active = 0, processed = 0;
     if (ev->load) ev->load(ev->priv, &active, &processed);
-    double la[3] = {0, 0, 0};
+    double la[3] = { 0, 0, 0 };
     if (getloadavg(la, 3) < 0) la[0] = la[1] = la[2] = 0;
     json_t *f = json_object();
     json_object_set_new(f, "freq", json_real(CEL_EVENTS_FREQ));
     json_object_set_new(f, "active", json_integer(active));
     json_object_set_new(f, "processed", json_integer(processed));
-    json_object_set_new(f, "loadavg", json_pack("[f, f, f]", round(la[0] * 100) / 100,
-                                                round(la[1] * 100) / 100, round(la[2] * 100) / 100));
+    json_object_set_new(f, "loadavg",
+                        json_pack("[f, f, f]", round(la[0] * 100) / 100, round(la[1] * 100) / 100,
+                                  round(la[2] * 100) / 100));
     cel_events_send(ev, type, software(f));
 }
 

@@ -58,9 +58,8 @@ void cel_events_task_received(cel_events_t *ev, const cel_task_t *t);
  * task-failed / task-retried (exception repr from the exception dict in
  * result, traceback when not NULL), task-revoked (terminated = signum > 0,
  * signum, expired). result and traceback borrowed. */
-void cel_events_task_done(cel_events_t *ev, const cel_task_t *t, const char *status,
-                          json_t *result, const char *traceback, double runtime, int expired,
-                          int signum);
+void cel_events_task_done(cel_events_t *ev, const cel_task_t *t, const char *status, json_t *result,
+                          const char *traceback, double runtime, int expired, int signum);
 
 /* The heartbeat control command: a worker-heartbeat now, freq 5, sw_* only. */
 void cel_events_heartbeat_now(cel_events_t *ev);

@@ -22,7 +22,7 @@ typedef struct entry {
     double tokens; /* 0..1 */
     double stamp;  /* monotonic seconds of the last refill */
     char rate_text[CEL_LIMITS_RATE_TEXT_MAX + 1];
-    int has_time;  /* time_limit was set for this name */
+    int has_time; /* time_limit was set for this name */
     double soft, hard;
 } entry_t;
 

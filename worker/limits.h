@@ -13,9 +13,9 @@
 
 #include "../common/err.h"
 
-#define CEL_LIMITS_MAX 1024         /* task names with any limit */
-#define CEL_LIMITS_NAME_MAX 255     /* longest task name */
-#define CEL_LIMITS_RATE_TEXT_MAX 63 /* a rate as given, kept for `registered` */
+#define CEL_LIMITS_MAX           1024 /* task names with any limit */
+#define CEL_LIMITS_NAME_MAX      255  /* longest task name */
+#define CEL_LIMITS_RATE_TEXT_MAX 63   /* a rate as given, kept for `registered` */
 
 typedef struct cel_limits cel_limits_t;
 

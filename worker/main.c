@@ -199,8 +199,8 @@ int main(int argc, char **argv) {
     w.limits = cel_limits_new();
     w.events = cel_events_new(w.loop, &w.cfg, events_load, &w);
     if (w.revoked && w.limits && w.events)
-        w.consumer = cel_consumer_new(w.loop, &w.cfg, w.events, w.revoked, w.limits,
-                                      on_consumer_done, &w);
+        w.consumer =
+            cel_consumer_new(w.loop, &w.cfg, w.events, w.revoked, w.limits, on_consumer_done, &w);
     if (w.consumer)
         w.control = cel_control_new(w.loop, &w.cfg, w.consumer, w.events, w.revoked, w.limits);
     if (!w.control) {
@@ -220,7 +220,8 @@ int main(int argc, char **argv) {
     uv_run(w.loop, UV_RUN_DEFAULT);
 
     int closed = uv_loop_close(w.loop);
-    if (closed != 0) cel_error("event loop closed with handles still open: %s", uv_strerror(closed));
+    if (closed != 0)
+        cel_error("event loop closed with handles still open: %s", uv_strerror(closed));
     if (w.cfg.pidfile[0]) unlink(w.cfg.pidfile);
     cel_options_free(&w.cfg);
     return closed == 0 ? 0 : 1;

@@ -73,10 +73,28 @@ static const char usage_text[] =
 static int settle_device(cel_options_t *cfg, int concurrency_set);
 
 enum {
-    OPT_BACKEND = 1000, OPT_PREFETCH, OPT_PIDFILE, OPT_TIME_LIMIT, OPT_SOFT_TIME_LIMIT,
-    OPT_MAX_TASKS, OPT_STATE_DIR, OPT_RESULT_EXPIRES, OPT_VISIBILITY, OPT_MAX_MSG,
-    OPT_EXECUTOR, OPT_VERSION, OPT_MODEL, OPT_IMPORT_ROOT, OPT_MAX_INPUT, OPT_NO_HEARTBEAT,
-    OPT_DEVICE, OPT_BATCH_TASKS, OPT_BATCH_WAIT, OPT_BATCH_TOKENS, OPT_GPU_MEM, OPT_DESCRIBE,
+    OPT_BACKEND = 1000,
+    OPT_PREFETCH,
+    OPT_PIDFILE,
+    OPT_TIME_LIMIT,
+    OPT_SOFT_TIME_LIMIT,
+    OPT_MAX_TASKS,
+    OPT_STATE_DIR,
+    OPT_RESULT_EXPIRES,
+    OPT_VISIBILITY,
+    OPT_MAX_MSG,
+    OPT_EXECUTOR,
+    OPT_VERSION,
+    OPT_MODEL,
+    OPT_IMPORT_ROOT,
+    OPT_MAX_INPUT,
+    OPT_NO_HEARTBEAT,
+    OPT_DEVICE,
+    OPT_BATCH_TASKS,
+    OPT_BATCH_WAIT,
+    OPT_BATCH_TOKENS,
+    OPT_GPU_MEM,
+    OPT_DESCRIBE,
 };
 
 static int hexval(char c) {
@@ -99,8 +117,8 @@ static int parse_long(const char *s, long min, long max, long *out, const char *
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || end == s || *end != '\0' || v < min || v > max)
-        return cel_err_set(err, CEL_EINVAL, "%s: expected an integer in [%ld, %ld], got '%s'",
-                           what, min, max, s);
+        return cel_err_set(err, CEL_EINVAL, "%s: expected an integer in [%ld, %ld], got '%s'", what,
+                           min, max, s);
     *out = v;
     return CEL_OK;
 }
@@ -218,15 +236,13 @@ int cel_options_expand_hostname(const char *pattern, char *out, size_t size, cel
 
     /* A name without '@' gets the host appended, as celery's default_nodename. */
     char pat[512];
-    if (strchr(pattern, '@'))
-        snprintf(pat, sizeof(pat), "%s", pattern);
-    else
-        snprintf(pat, sizeof(pat), "%s@%%h", pattern);
+    if (strchr(pattern, '@')) snprintf(pat, sizeof(pat), "%s", pattern);
+    else snprintf(pat, sizeof(pat), "%s@%%h", pattern);
 
     size_t o = 0;
     for (const char *p = pat; *p; p++) {
         const char *rep = NULL;
-        char one[2] = {*p, 0};
+        char one[2] = { *p, 0 };
         if (*p == '%' && p[1]) {
             p++;
             if (*p == 'h') rep = host;
@@ -302,7 +318,8 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         snprintf(cfg->backend_url, sizeof(cfg->backend_url), "%s", env);
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     cfg->batch_wait_ms = -1; /* settle_device's default */
-    cfg->concurrency = ncpu > 0 ? (int)(ncpu > CEL_MAX_CONCURRENCY ? CEL_MAX_CONCURRENCY : ncpu) : 1;
+    cfg->concurrency =
+        ncpu > 0 ? (int)(ncpu > CEL_MAX_CONCURRENCY ? CEL_MAX_CONCURRENCY : ncpu) : 1;
     cfg->prefetch_multiplier = 4;
     cfg->loglevel = CEL_LOG_WARNING;
     cfg->result_expires = 86400;
@@ -313,37 +330,37 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     default_executor(cfg->executor, sizeof(cfg->executor));
 
     static const struct option opts[] = {
-        {"broker", required_argument, 0, 'b'},
-        {"result-backend", required_argument, 0, OPT_BACKEND},
-        {"queues", required_argument, 0, 'Q'},
-        {"concurrency", required_argument, 0, 'c'},
-        {"hostname", required_argument, 0, 'n'},
-        {"prefetch-multiplier", required_argument, 0, OPT_PREFETCH},
-        {"loglevel", required_argument, 0, 'l'},
-        {"logfile", required_argument, 0, 'f'},
-        {"pidfile", required_argument, 0, OPT_PIDFILE},
-        {"time-limit", required_argument, 0, OPT_TIME_LIMIT},
-        {"soft-time-limit", required_argument, 0, OPT_SOFT_TIME_LIMIT},
-        {"max-tasks-per-child", required_argument, 0, OPT_MAX_TASKS},
-        {"state-dir", required_argument, 0, OPT_STATE_DIR},
-        {"result-expires", required_argument, 0, OPT_RESULT_EXPIRES},
-        {"visibility-timeout", required_argument, 0, OPT_VISIBILITY},
-        {"max-message-size", required_argument, 0, OPT_MAX_MSG},
-        {"executor", required_argument, 0, OPT_EXECUTOR},
-        {"model", required_argument, 0, OPT_MODEL},
-        {"import-root", required_argument, 0, OPT_IMPORT_ROOT},
-        {"max-input-tokens", required_argument, 0, OPT_MAX_INPUT},
-        {"device", required_argument, 0, OPT_DEVICE},
-        {"batch-max-tasks", required_argument, 0, OPT_BATCH_TASKS},
-        {"batch-wait-ms", required_argument, 0, OPT_BATCH_WAIT},
-        {"batch-max-tokens", required_argument, 0, OPT_BATCH_TOKENS},
-        {"gpu-adapter-memory", required_argument, 0, OPT_GPU_MEM},
-        {"task-events", no_argument, 0, 'E'},
-        {"without-heartbeat", no_argument, 0, OPT_NO_HEARTBEAT},
-        {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, OPT_VERSION},
-        {"describe-tasks", no_argument, 0, OPT_DESCRIBE},
-        {0, 0, 0, 0},
+        { "broker", required_argument, 0, 'b' },
+        { "result-backend", required_argument, 0, OPT_BACKEND },
+        { "queues", required_argument, 0, 'Q' },
+        { "concurrency", required_argument, 0, 'c' },
+        { "hostname", required_argument, 0, 'n' },
+        { "prefetch-multiplier", required_argument, 0, OPT_PREFETCH },
+        { "loglevel", required_argument, 0, 'l' },
+        { "logfile", required_argument, 0, 'f' },
+        { "pidfile", required_argument, 0, OPT_PIDFILE },
+        { "time-limit", required_argument, 0, OPT_TIME_LIMIT },
+        { "soft-time-limit", required_argument, 0, OPT_SOFT_TIME_LIMIT },
+        { "max-tasks-per-child", required_argument, 0, OPT_MAX_TASKS },
+        { "state-dir", required_argument, 0, OPT_STATE_DIR },
+        { "result-expires", required_argument, 0, OPT_RESULT_EXPIRES },
+        { "visibility-timeout", required_argument, 0, OPT_VISIBILITY },
+        { "max-message-size", required_argument, 0, OPT_MAX_MSG },
+        { "executor", required_argument, 0, OPT_EXECUTOR },
+        { "model", required_argument, 0, OPT_MODEL },
+        { "import-root", required_argument, 0, OPT_IMPORT_ROOT },
+        { "max-input-tokens", required_argument, 0, OPT_MAX_INPUT },
+        { "device", required_argument, 0, OPT_DEVICE },
+        { "batch-max-tasks", required_argument, 0, OPT_BATCH_TASKS },
+        { "batch-wait-ms", required_argument, 0, OPT_BATCH_WAIT },
+        { "batch-max-tokens", required_argument, 0, OPT_BATCH_TOKENS },
+        { "gpu-adapter-memory", required_argument, 0, OPT_GPU_MEM },
+        { "task-events", no_argument, 0, 'E' },
+        { "without-heartbeat", no_argument, 0, OPT_NO_HEARTBEAT },
+        { "help", no_argument, 0, 'h' },
+        { "version", no_argument, 0, OPT_VERSION },
+        { "describe-tasks", no_argument, 0, OPT_DESCRIBE },
+        { 0, 0, 0, 0 },
     };
     optind = 0; /* 0, not 1: glibc then forgets the state of any earlier parse */
     opterr = 0;
@@ -351,9 +368,12 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     long v = 0;
     while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:f:hE", opts, NULL)) != -1) {
         switch (c) {
-        case 'b': rc = copy_str(cfg->broker_url, sizeof(cfg->broker_url), optarg, "--broker", err); break;
+        case 'b':
+            rc = copy_str(cfg->broker_url, sizeof(cfg->broker_url), optarg, "--broker", err);
+            break;
         case OPT_BACKEND:
-            rc = copy_str(cfg->backend_url, sizeof(cfg->backend_url), optarg, "--result-backend", err);
+            rc = copy_str(cfg->backend_url, sizeof(cfg->backend_url), optarg, "--result-backend",
+                          err);
             break;
         case 'Q': queues = optarg; break;
         case 'c':
@@ -371,9 +391,15 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
             if (cfg->loglevel < 0)
                 rc = cel_err_set(err, CEL_EINVAL, "--loglevel: unknown level '%s'", optarg);
             break;
-        case 'f': rc = copy_str(cfg->logfile, sizeof(cfg->logfile), optarg, "--logfile", err); break;
-        case OPT_PIDFILE: rc = copy_str(cfg->pidfile, sizeof(cfg->pidfile), optarg, "--pidfile", err); break;
-        case OPT_TIME_LIMIT: rc = parse_seconds(optarg, &cfg->time_limit, "--time-limit", err); break;
+        case 'f':
+            rc = copy_str(cfg->logfile, sizeof(cfg->logfile), optarg, "--logfile", err);
+            break;
+        case OPT_PIDFILE:
+            rc = copy_str(cfg->pidfile, sizeof(cfg->pidfile), optarg, "--pidfile", err);
+            break;
+        case OPT_TIME_LIMIT:
+            rc = parse_seconds(optarg, &cfg->time_limit, "--time-limit", err);
+            break;
         case OPT_SOFT_TIME_LIMIT:
             rc = parse_seconds(optarg, &cfg->soft_time_limit, "--soft-time-limit", err);
             break;
@@ -381,7 +407,9 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
             rc = parse_long(optarg, 0, INT_MAX, &v, "--max-tasks-per-child", err);
             cfg->max_tasks_per_child = (int)v;
             break;
-        case OPT_STATE_DIR: rc = copy_str(cfg->state_dir, sizeof(cfg->state_dir), optarg, "--state-dir", err); break;
+        case OPT_STATE_DIR:
+            rc = copy_str(cfg->state_dir, sizeof(cfg->state_dir), optarg, "--state-dir", err);
+            break;
         case OPT_RESULT_EXPIRES:
             rc = parse_seconds(optarg, &cfg->result_expires, "--result-expires", err);
             break;
@@ -394,10 +422,15 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
             rc = parse_long(optarg, 1024, 64L * 1024 * 1024, &v, "--max-message-size", err);
             cfg->max_message_size = v;
             break;
-        case OPT_EXECUTOR: rc = copy_str(cfg->executor, sizeof(cfg->executor), optarg, "--executor", err); break;
-        case OPT_MODEL: rc = copy_str(cfg->model, sizeof(cfg->model), optarg, "--model", err); break;
+        case OPT_EXECUTOR:
+            rc = copy_str(cfg->executor, sizeof(cfg->executor), optarg, "--executor", err);
+            break;
+        case OPT_MODEL:
+            rc = copy_str(cfg->model, sizeof(cfg->model), optarg, "--model", err);
+            break;
         case OPT_IMPORT_ROOT:
-            if (cfg->nimport_roots == (int)(sizeof(cfg->import_roots) / sizeof(cfg->import_roots[0])))
+            if (cfg->nimport_roots ==
+                (int)(sizeof(cfg->import_roots) / sizeof(cfg->import_roots[0])))
                 rc = cel_err_set(err, CEL_EINVAL, "too many --import-root options");
             else if (!(cfg->import_roots[cfg->nimport_roots++] = strdup(optarg)))
                 rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
@@ -434,15 +467,18 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         case OPT_VERSION: printf("celeriac %s\n", CEL_VERSION); return 1;
         case OPT_DESCRIBE: cfg->describe_tasks = 1; return 1;
         case ':': return cel_err_set(err, CEL_EINVAL, "option %s needs a value", argv[optind - 1]);
-        default: return cel_err_set(err, CEL_EINVAL, "unknown option %s (see --help)", argv[optind - 1]);
+        default:
+            return cel_err_set(err, CEL_EINVAL, "unknown option %s (see --help)", argv[optind - 1]);
         }
         if (rc != CEL_OK) return rc;
     }
     if (optind < argc)
         return cel_err_set(err, CEL_EINVAL, "unexpected argument '%s' (see --help)", argv[optind]);
-    if (!cfg->backend_url[0]) snprintf(cfg->backend_url, sizeof(cfg->backend_url), "%s", cfg->broker_url);
+    if (!cfg->backend_url[0])
+        snprintf(cfg->backend_url, sizeof(cfg->backend_url), "%s", cfg->broker_url);
     if ((rc = cel_options_parse_redis_url(cfg->broker_url, &cfg->broker, err)) != CEL_OK) return rc;
-    if ((rc = cel_options_parse_redis_url(cfg->backend_url, &cfg->backend, err)) != CEL_OK) return rc;
+    if ((rc = cel_options_parse_redis_url(cfg->backend_url, &cfg->backend, err)) != CEL_OK)
+        return rc;
     if ((rc = set_queues(cfg, queues, err)) != CEL_OK) return rc;
     if ((rc = cel_options_expand_hostname(hostname_pat, cfg->hostname, sizeof(cfg->hostname), err)))
         return rc;

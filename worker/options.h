@@ -8,7 +8,7 @@
 
 #include "../common/err.h"
 
-#define CEL_MAX_QUEUES 64
+#define CEL_MAX_QUEUES      64
 #define CEL_MAX_CONCURRENCY 256
 #define CEL_MAX_BATCH_TASKS 64 /* --batch-max-tasks */
 
@@ -29,32 +29,32 @@ typedef struct cel_options {
     char *queues[CEL_MAX_QUEUES];
     int nqueues;
     int concurrency;
-    int prefetch_multiplier;  /* 0 = unlimited, as Celery */
-    char hostname[256];       /* expanded node name, e.g. celeriac@host */
+    int prefetch_multiplier; /* 0 = unlimited, as Celery */
+    char hostname[256];      /* expanded node name, e.g. celeriac@host */
     int loglevel;
-    char logfile[1024];       /* "" = stderr */
-    char pidfile[1024];       /* "" = none */
-    double time_limit;        /* hard, seconds, 0 = none */
-    double soft_time_limit;   /* 0 = none */
-    int max_tasks_per_child;  /* 0 = unlimited */
-    char state_dir[1024];     /* "" = none */
-    double result_expires;    /* seconds, 0 = never */
+    char logfile[1024];      /* "" = stderr */
+    char pidfile[1024];      /* "" = none */
+    double time_limit;       /* hard, seconds, 0 = none */
+    double soft_time_limit;  /* 0 = none */
+    int max_tasks_per_child; /* 0 = unlimited */
+    char state_dir[1024];    /* "" = none */
+    double result_expires;   /* seconds, 0 = never */
     double visibility_timeout;
-    long max_message_size;    /* bytes of one envelope */
-    char executor[1024];      /* path of celeriac-executor */
-    char model[1024];         /* model folder for executors; "" = their default */
-    char *import_roots[16];   /* extra roots lora.load may read from */
+    long max_message_size;  /* bytes of one envelope */
+    char executor[1024];    /* path of celeriac-executor */
+    char model[1024];       /* model folder for executors; "" = their default */
+    char *import_roots[16]; /* extra roots lora.load may read from */
     int nimport_roots;
-    long max_input_tokens;    /* per example; 0 = the executor's default */
-    char device[32];          /* --device: auto, cpu, cuda, cuda:N (executors choose) */
-    int gpu;                  /* the device names or (auto) may find a GPU: one executor */
-    int batch_max_tasks;      /* tasks written to one executor to pack into one pass */
-    int batch_wait_ms;        /* how long an executor waits to fill a partial batch */
-    long batch_max_tokens;    /* padded tokens of one packed pass */
-    long gpu_adapter_mb;      /* GPU memory for adapters before LRU eviction; 0 = no limit */
-    int task_events;          /* -E: send task-* events from the start */
-    int without_heartbeat;    /* no worker-* events */
-    int describe_tasks;       /* --describe-tasks: main prints the task table, exits */
+    long max_input_tokens; /* per example; 0 = the executor's default */
+    char device[32];       /* --device: auto, cpu, cuda, cuda:N (executors choose) */
+    int gpu;               /* the device names or (auto) may find a GPU: one executor */
+    int batch_max_tasks;   /* tasks written to one executor to pack into one pass */
+    int batch_wait_ms;     /* how long an executor waits to fill a partial batch */
+    long batch_max_tokens; /* padded tokens of one packed pass */
+    long gpu_adapter_mb;   /* GPU memory for adapters before LRU eviction; 0 = no limit */
+    int task_events;       /* -E: send task-* events from the start */
+    int without_heartbeat; /* no worker-* events */
+    int describe_tasks;    /* --describe-tasks: main prints the task table, exits */
 } cel_options_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,

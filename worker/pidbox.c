@@ -80,8 +80,8 @@ static void on_bindings(cel_redis_t *r, redisReply *reply, void *priv) {
             const char *q = sep + 2;
             size_t qlen = restlen - (size_t)(q - rest);
             if (qlen == 0) continue;
-            const char *argv[] = {"LPUSH", q, rc->envelope};
-            size_t lens[] = {5, qlen, strlen(rc->envelope)};
+            const char *argv[] = { "LPUSH", q, rc->envelope };
+            size_t lens[] = { 5, qlen, strlen(rc->envelope) };
             if (cel_redis_command(rc->pb->cmd, on_lpush, NULL, 3, argv, lens) == CEL_OK) sent++;
         }
     }
@@ -129,7 +129,7 @@ static void send_reply(cel_pidbox_t *pb, json_t *value, const char *exchange,
     snprintf(rc->routing_key, sizeof(rc->routing_key), "%s", routing_key);
     char key[CEL_PIDBOX_NAME_MAX + 32];
     snprintf(key, sizeof(key), "_kombu.binding.%s", exchange);
-    const char *argv[] = {"SMEMBERS", key};
+    const char *argv[] = { "SMEMBERS", key };
     if (cel_redis_command(pb->cmd, on_bindings, rc, 2, argv, NULL) != CEL_OK) {
         cel_error("pidbox: broker connection down; reply to %s dropped", routing_key);
         free(rc->envelope);
@@ -189,8 +189,7 @@ static int for_us(cel_pidbox_t *pb, json_t *body) {
         json_t *d;
         json_array_foreach(dest, i, d) {
             if (i >= CEL_PIDBOX_MAX_DEST) break;
-            if (json_is_string(d) && strcmp(json_string_value(d), pb->cfg->hostname) == 0)
-                return 1;
+            if (json_is_string(d) && strcmp(json_string_value(d), pb->cfg->hostname) == 0) return 1;
         }
         return 0;
     }
@@ -287,8 +286,8 @@ static void on_bound(cel_redis_t *r, redisReply *reply, void *priv) {
 static void bind_queue(cel_pidbox_t *pb, const char *verb) {
     char member[400];
     int n = snprintf(member, sizeof(member), "\x06\x16\x06\x16%s.celery.pidbox", pb->cfg->hostname);
-    const char *argv[] = {verb, "_kombu.binding.celery.pidbox", member};
-    size_t lens[] = {4, 28, (size_t)n};
+    const char *argv[] = { verb, "_kombu.binding.celery.pidbox", member };
+    size_t lens[] = { 4, 28, (size_t)n };
     cel_redis_command(pb->cmd, on_bound, pb, 3, argv, lens);
 }
 

@@ -18,10 +18,10 @@
 #include "options.h"
 #include "events.h"
 
-#define CEL_PIDBOX_MAX_BYTES (1024 * 1024) /* one request envelope */
-#define CEL_PIDBOX_MAX_BINDINGS 4096       /* members of a reply binding set read */
-#define CEL_PIDBOX_MAX_DEST 1024           /* names in a destination list */
-#define CEL_PIDBOX_NAME_MAX 255            /* exchange / routing key / ticket length */
+#define CEL_PIDBOX_MAX_BYTES    (1024 * 1024) /* one request envelope */
+#define CEL_PIDBOX_MAX_BINDINGS 4096          /* members of a reply binding set read */
+#define CEL_PIDBOX_MAX_DEST     1024          /* names in a destination list */
+#define CEL_PIDBOX_NAME_MAX     255           /* exchange / routing key / ticket length */
 
 typedef struct cel_pidbox cel_pidbox_t;
 

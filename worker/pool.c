@@ -17,14 +17,14 @@
 #include "../protocol/frame.h"
 #include "../common/log.h"
 
-#define READ_CHUNK (64 * 1024)
+#define READ_CHUNK  (64 * 1024)
 /* Pipelining: an executor whose recent tasks were short gets up to PIPE_MAX
  * tasks written ahead, so it never waits a round trip for the next one. Tasks
  * still run one at a time; those queued behind a task that dies were never
  * started and go back to the consumer. */
-#define PIPE_FAST 4
-#define PIPE_MAX CEL_MAX_BATCH_TASKS /* batching executors take up to --batch-max-tasks */
-#define PIPE_FAST_S 0.002 /* mean runtime under which an executor is pipelined */
+#define PIPE_FAST   4
+#define PIPE_MAX    CEL_MAX_BATCH_TASKS /* batching executors take up to --batch-max-tasks */
+#define PIPE_FAST_S 0.002               /* mean runtime under which an executor is pipelined */
 
 enum { EX_STARTING, EX_IDLE, EX_BUSY, EX_DYING };
 
@@ -42,9 +42,9 @@ typedef struct executor {
     int timed_out;
     int was_ready;
     int tasks_done;
-    int restart;           /* pool_restart: replace it after its task */
-    double mean_runtime;   /* moving average of recent task runtimes */
-    void *jobs[PIPE_MAX];  /* jobs[0] runs, the rest are written and waiting */
+    int restart;                               /* pool_restart: replace it after its task */
+    double mean_runtime;                       /* moving average of recent task runtimes */
+    void *jobs[PIPE_MAX];                      /* jobs[0] runs, the rest are written and waiting */
     double hard_s[PIPE_MAX], soft_s[PIPE_MAX]; /* their limits */
     int njobs;
     cel_frame_reader_t *reader;
@@ -62,7 +62,7 @@ struct cel_pool {
     int top;             /* slots that may still hold an executor (>= n after a shrink) */
     int closing;
     int kill_on_close;
-    int live;            /* executor objects not yet freed */
+    int live; /* executor objects not yet freed */
     int timers_open;
     void (*on_closed)(void *);
     void *closed_priv;
@@ -123,7 +123,8 @@ static void close_executor_handles(executor_t *e) {
     uv_timer_stop(&e->soft);
     uv_close((uv_handle_t *)&e->hard, on_handle_closed);
     uv_close((uv_handle_t *)&e->soft, on_handle_closed);
-    if (!uv_is_closing((uv_handle_t *)&e->chan)) uv_close((uv_handle_t *)&e->chan, on_handle_closed);
+    if (!uv_is_closing((uv_handle_t *)&e->chan))
+        uv_close((uv_handle_t *)&e->chan, on_handle_closed);
 }
 
 static void on_executor_exit(uv_process_t *proc, int64_t status, int termsig) {
@@ -224,7 +225,7 @@ static void handle_frame(executor_t *e, const uint8_t *payload, size_t len) {
     } else if (op == CEL_FRAME_PROGRESS && e->state == EX_BUSY) {
         on_progress_frame(e, payload, len);
     } else if (op > 0 || op == CEL_ENOTFOUND) {
-        static const char *const names[] = {"", "ready", "run", "result", "progress"};
+        static const char *const names[] = { "", "ready", "run", "result", "progress" };
         cel_warn("executor %d sent an unexpected '%s' frame; ignored", e->slot + 1,
                  op > 0 ? names[op] : err.msg);
     } else {
@@ -275,8 +276,10 @@ static void on_soft_timeout(uv_timer_t *t);
 /* Starts the time limits of the task now running (jobs[0]). */
 static void start_timers(executor_t *e) {
     e->timed_out = 0;
-    if (e->hard_s[0] > 0) uv_timer_start(&e->hard, on_hard_timeout, (uint64_t)(e->hard_s[0] * 1000), 0);
-    if (e->soft_s[0] > 0) uv_timer_start(&e->soft, on_soft_timeout, (uint64_t)(e->soft_s[0] * 1000), 0);
+    if (e->hard_s[0] > 0)
+        uv_timer_start(&e->hard, on_hard_timeout, (uint64_t)(e->hard_s[0] * 1000), 0);
+    if (e->soft_s[0] > 0)
+        uv_timer_start(&e->soft, on_soft_timeout, (uint64_t)(e->soft_s[0] * 1000), 0);
 }
 
 static void on_hard_timeout(uv_timer_t *t) {
@@ -443,8 +446,8 @@ static int run_on(executor_t *e, void *job, const uint8_t *payload, size_t len, 
         return CEL_ELIMIT;
     }
     memcpy(w->payload, payload, len);
-    uv_buf_t bufs[2] = {uv_buf_init((char *)w->hdr, CEL_FRAME_HDR),
-                        uv_buf_init((char *)w->payload, (unsigned)len)};
+    uv_buf_t bufs[2] = { uv_buf_init((char *)w->hdr, CEL_FRAME_HDR),
+                         uv_buf_init((char *)w->payload, (unsigned)len) };
     int rc = uv_write(&w->req, (uv_stream_t *)&e->chan, bufs, 2, on_written);
     if (rc != 0) {
         free(w);
@@ -463,8 +466,8 @@ static int run_on(executor_t *e, void *job, const uint8_t *payload, size_t len, 
     return CEL_OK;
 }
 
-int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len,
-                 double hard_limit, double soft_limit, int *pid_out, int *slot_out) {
+int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len, double hard_limit,
+                 double soft_limit, int *pid_out, int *slot_out) {
     /* An idle executor first; else the least loaded one with room. */
     executor_t *e = NULL;
     for (int i = 0; i < p->n && !e; i++)

@@ -52,8 +52,8 @@ int cel_pool_busy(const cel_pool_t *p);
  * time limits (0 = none) for when it starts. pid_out and slot_out (may be NULL)
  * get the executor's pid and slot. Returns CEL_OK, CEL_ESTATE when no executor
  * can take it, CEL_EIO. */
-int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len,
-                 double hard_limit, double soft_limit, int *pid_out, int *slot_out);
+int cel_pool_run(cel_pool_t *p, void *job, const uint8_t *payload, size_t len, double hard_limit,
+                 double soft_limit, int *pid_out, int *slot_out);
 
 /* Number of executor slots (the concurrency). */
 int cel_pool_slots(const cel_pool_t *p);

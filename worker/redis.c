@@ -111,7 +111,7 @@ struct cel_redis {
     int state;
     int handshake_left; /* replies still expected before UP */
     int handshake_failed;
-    uv_timer_t timer;   /* reconnect backoff */
+    uv_timer_t timer; /* reconnect backoff */
     uint64_t backoff_ms;
     int logged_down;
     void (*on_closed)(void *);
@@ -154,8 +154,8 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
         return;
     }
     if (!r->logged_down || was_up)
-        cel_error("%s: connection to redis://%s:%d lost: %s. Trying again...", r->name,
-                  r->url.host, r->url.port, status == REDIS_OK ? "closed" : ac->errstr);
+        cel_error("%s: connection to redis://%s:%d lost: %s. Trying again...", r->name, r->url.host,
+                  r->url.port, status == REDIS_OK ? "closed" : ac->errstr);
     r->logged_down = 1;
     schedule_reconnect(r);
     if (was_up && r->on_state) r->on_state(r, 0, r->priv);
@@ -170,9 +170,10 @@ static void handshake_step(cel_redis_t *r) {
     }
     r->state = ST_UP;
     r->backoff_ms = 0;
-    if (r->logged_down) cel_warn("%s: connected to redis://%s:%d/%d", r->name, r->url.host,
-                                 r->url.port, r->url.db);
-    else cel_info("%s: connected to redis://%s:%d/%d", r->name, r->url.host, r->url.port, r->url.db);
+    if (r->logged_down)
+        cel_warn("%s: connected to redis://%s:%d/%d", r->name, r->url.host, r->url.port, r->url.db);
+    else
+        cel_info("%s: connected to redis://%s:%d/%d", r->name, r->url.host, r->url.port, r->url.db);
     r->logged_down = 0;
     if (r->on_state) r->on_state(r, 1, r->priv);
 }
@@ -223,8 +224,7 @@ static void on_connect(const redisAsyncContext *cac, int status) {
         if (r->url.user[0])
             redisAsyncCommand(ac, on_handshake_reply, NULL, "AUTH %s %s", r->url.user,
                               r->url.password);
-        else
-            redisAsyncCommand(ac, on_handshake_reply, NULL, "AUTH %s", r->url.password);
+        else redisAsyncCommand(ac, on_handshake_reply, NULL, "AUTH %s", r->url.password);
     }
     if (r->url.db) {
         r->handshake_left++;
@@ -243,8 +243,8 @@ static void start_connect(cel_redis_t *r) {
     redisAsyncContext *ac = redisAsyncConnect(r->url.host, r->url.port);
     if (!ac || ac->err) {
         if (!r->logged_down)
-            cel_error("%s: cannot connect to redis://%s:%d: %s", r->name, r->url.host,
-                      r->url.port, ac ? ac->errstr : "out of memory");
+            cel_error("%s: cannot connect to redis://%s:%d: %s", r->name, r->url.host, r->url.port,
+                      ac ? ac->errstr : "out of memory");
         r->logged_down = 1;
         if (ac) redisAsyncFree(ac);
         schedule_reconnect(r);
@@ -263,8 +263,8 @@ static void start_connect(cel_redis_t *r) {
 }
 
 cel_redis_t *cel_redis_new(uv_loop_t *loop, const cel_redis_url_t *url, const char *name,
-                           cel_redis_script_t **scripts, int nscripts,
-                           cel_redis_state_cb on_state, void *priv) {
+                           cel_redis_script_t **scripts, int nscripts, cel_redis_state_cb on_state,
+                           void *priv) {
     cel_redis_t *r = calloc(1, sizeof(*r));
     if (!r) return NULL;
     r->loop = loop;
@@ -325,7 +325,7 @@ int cel_redis_psubscribe(cel_redis_t *r, const char *pattern, cel_redis_cb cb, v
     c->r = r;
     c->cb = cb;
     c->priv = priv;
-    const char *argv[] = {"PSUBSCRIBE", pattern};
+    const char *argv[] = { "PSUBSCRIBE", pattern };
     if (redisAsyncCommandArgv(r->ac, on_sub_reply, c, 2, argv, NULL) != REDIS_OK) {
         free(c);
         return CEL_EIO;
@@ -347,8 +347,10 @@ int cel_redis_evalsha(cel_redis_t *r, const cel_redis_script_t *s, cel_redis_cb 
     argv[n] = s->sha, lens[n++] = strlen(s->sha);
     lens[n] = (size_t)snprintf(nk, sizeof(nk), "%d", nkeys);
     argv[n++] = nk;
-    for (int i = 0; i < nkeys; i++) argv[n] = keys[i], lens[n++] = keylens ? keylens[i] : strlen(keys[i]);
-    for (int i = 0; i < nargs; i++) argv[n] = args[i], lens[n++] = arglens ? arglens[i] : strlen(args[i]);
+    for (int i = 0; i < nkeys; i++)
+        argv[n] = keys[i], lens[n++] = keylens ? keylens[i] : strlen(keys[i]);
+    for (int i = 0; i < nargs; i++)
+        argv[n] = args[i], lens[n++] = arglens ? arglens[i] : strlen(args[i]);
     return cel_redis_command(r, cb, priv, n, argv, lens);
 }
 

@@ -36,8 +36,8 @@ typedef struct cel_redis_script {
  * ("broker", "backend"). scripts (borrowed, may be NULL) are loaded at every
  * connect before the connection is reported up. Never fails but on ENOMEM. */
 cel_redis_t *cel_redis_new(uv_loop_t *loop, const cel_redis_url_t *url, const char *name,
-                           cel_redis_script_t **scripts, int nscripts,
-                           cel_redis_state_cb on_state, void *priv);
+                           cel_redis_script_t **scripts, int nscripts, cel_redis_state_cb on_state,
+                           void *priv);
 
 /* 1 when connected, authenticated and scripts loaded. */
 int cel_redis_up(const cel_redis_t *r);

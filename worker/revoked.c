@@ -53,7 +53,8 @@ void cel_revoked_merge(cel_revoked_t *rv, json_t *dict) {
     json_object_foreach(dict, k, v) {
         if (++n > CEL_REVOKED_MAX) break;
         if (!json_is_number(v) || strlen(k) > CEL_REVOKED_ID_MAX) continue;
-        if (!json_object_get(rv->ids, k)) json_object_set_new(rv->ids, k, json_real(json_number_value(v)));
+        if (!json_object_get(rv->ids, k))
+            json_object_set_new(rv->ids, k, json_real(json_number_value(v)));
     }
     purge(rv);
 }

@@ -12,9 +12,9 @@
 
 #include "../common/err.h"
 
-#define CEL_REVOKED_MAX 50000            /* ids kept (celery REVOKES_MAX) */
-#define CEL_REVOKED_EXPIRES (3 * 3600.0) /* seconds an id is kept (REVOKE_EXPIRES) */
-#define CEL_REVOKED_ID_MAX 255           /* longest task id accepted */
+#define CEL_REVOKED_MAX      50000              /* ids kept (celery REVOKES_MAX) */
+#define CEL_REVOKED_EXPIRES  (3 * 3600.0)       /* seconds an id is kept (REVOKE_EXPIRES) */
+#define CEL_REVOKED_ID_MAX   255                /* longest task id accepted */
 #define CEL_REVOKED_FILE_MAX (16 * 1024 * 1024) /* largest state file read */
 
 typedef struct cel_revoked cel_revoked_t;

@@ -28,9 +28,7 @@ static const char HELP[] =
     "  --warmup W         untimed steps first (default 2)\n"
     "  --max-tokens M     new tokens per sequence for sample (default 128)\n"
     "  --sequential       run the adapters' batches one after another, not packed\n"
-    "  --threads N        BLAS threads\n"
-    CEL_CLI_DEVICE_HELP
-    "\n"
+    "  --threads N        BLAS threads\n" CEL_CLI_DEVICE_HELP "\n"
     "Prints one JSON object: mode, device, adapters, batch, seq, tokens, seconds,\n"
     "tokens_per_s, peak_gpu_bytes, params.\n";
 
@@ -41,12 +39,13 @@ typedef struct bench_args {
 } bench_args_t;
 
 static int parse_args(int argc, char **argv, bench_args_t *a) {
-    static const struct option opts[] = {
-        {"model", 1, 0, 'm'},  {"device", 1, 0, 'D'},   {"mode", 1, 0, 'M'},
-        {"rank", 1, 0, 'r'},   {"adapters", 1, 0, 'k'}, {"batch", 1, 0, 'b'},
-        {"seq", 1, 0, 't'},    {"steps", 1, 0, 'n'},    {"warmup", 1, 0, 'w'},
-        {"max-tokens", 1, 0, 'x'}, {"sequential", 0, 0, 'S'}, {"threads", 1, 0, 'j'},
-        {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
+    static const struct option opts[] = { { "model", 1, 0, 'm' },      { "device", 1, 0, 'D' },
+                                          { "mode", 1, 0, 'M' },       { "rank", 1, 0, 'r' },
+                                          { "adapters", 1, 0, 'k' },   { "batch", 1, 0, 'b' },
+                                          { "seq", 1, 0, 't' },        { "steps", 1, 0, 'n' },
+                                          { "warmup", 1, 0, 'w' },     { "max-tokens", 1, 0, 'x' },
+                                          { "sequential", 0, 0, 'S' }, { "threads", 1, 0, 'j' },
+                                          { "help", 0, 0, 'h' },       { 0, 0, 0, 0 } };
     const char *C = "bench";
     memset(a, 0, sizeof(*a));
     a->rank = 16, a->adapters = 1, a->batch = 4, a->seq = 512, a->steps = 10, a->warmup = 2;
@@ -59,13 +58,21 @@ static int parse_args(int argc, char **argv, bench_args_t *a) {
         case 'm': a->model = optarg; break;
         case 'D': a->device = optarg; break;
         case 'M': a->mode = optarg; break;
-        case 'r': bad |= cel_cli_parse_long(C, "--rank", optarg, 1, CEL_LORA_MAX_RANK, &a->rank); break;
+        case 'r':
+            bad |= cel_cli_parse_long(C, "--rank", optarg, 1, CEL_LORA_MAX_RANK, &a->rank);
+            break;
         case 'k': bad |= cel_cli_parse_long(C, "--adapters", optarg, 0, 256, &a->adapters); break;
-        case 'b': bad |= cel_cli_parse_long(C, "--batch", optarg, 1, CEL_SAMPLE_MAX_SEQS, &a->batch); break;
-        case 't': bad |= cel_cli_parse_long(C, "--seq", optarg, 2, CEL_MODEL_MAX_SEQ, &a->seq); break;
+        case 'b':
+            bad |= cel_cli_parse_long(C, "--batch", optarg, 1, CEL_SAMPLE_MAX_SEQS, &a->batch);
+            break;
+        case 't':
+            bad |= cel_cli_parse_long(C, "--seq", optarg, 2, CEL_MODEL_MAX_SEQ, &a->seq);
+            break;
         case 'n': bad |= cel_cli_parse_long(C, "--steps", optarg, 1, 1000000, &a->steps); break;
         case 'w': bad |= cel_cli_parse_long(C, "--warmup", optarg, 0, 1000000, &a->warmup); break;
-        case 'x': bad |= cel_cli_parse_long(C, "--max-tokens", optarg, 1, 100000, &a->max_tokens); break;
+        case 'x':
+            bad |= cel_cli_parse_long(C, "--max-tokens", optarg, 1, 100000, &a->max_tokens);
+            break;
         case 'S': a->sequential = 1; break;
         case 'j': bad |= cel_cli_parse_long(C, "--threads", optarg, 1, 1024, &a->threads); break;
         case 'h': fputs(HELP, stdout); return 1;
@@ -73,8 +80,8 @@ static int parse_args(int argc, char **argv, bench_args_t *a) {
         }
     }
     if (bad) return CEL_CLI_USAGE;
-    if (!a->mode || (strcmp(a->mode, "train") && strcmp(a->mode, "score") &&
-                     strcmp(a->mode, "sample"))) {
+    if (!a->mode ||
+        (strcmp(a->mode, "train") && strcmp(a->mode, "score") && strcmp(a->mode, "sample"))) {
         cel_cli_error(C, "--mode train, score or sample is required (see --help)");
         return CEL_CLI_USAGE;
     }
@@ -131,13 +138,16 @@ static int run_passes(const bench_args_t *a, cel_model_t *m, double *tokens, dou
     if (rc == CEL_OK) fill_ids(ids, 2 * per * K, V, &rng);
     for (int j = 0; j < K && rc == CEL_OK; j++) {
         if (a->adapters > 0) {
-            cel_lora_config_t lc = {.rank = (int)a->rank, .alpha = 2.0f * a->rank,
-                                    .targets = CEL_LORA_ALL, .seed = (uint64_t)j};
+            cel_lora_config_t lc = { .rank = (int)a->rank,
+                                     .alpha = 2.0f * a->rank,
+                                     .targets = CEL_LORA_ALL,
+                                     .seed = (uint64_t)j };
             rc = cel_lora_new(m, &lc, &loras[j], err);
         }
         jobs[j].lora = loras[j];
-        jobs[j].batch = (cel_batch_t){.B = B, .T = T, .tokens = ids + 2 * per * j,
-                                      .targets = ids + 2 * per * j + per};
+        jobs[j].batch = (cel_batch_t){
+            .B = B, .T = T, .tokens = ids + 2 * per * j, .targets = ids + 2 * per * j + per
+        };
     }
     cel_adamw_t opt = cel_model_adamw_defaults();
     opt.lr = 1e-4f;
@@ -174,12 +184,16 @@ static int run_sample(const bench_args_t *a, cel_model_t *m, double *tokens, dou
         for (int i = 0; i < B; i++) prompts[i] = ids + (size_t)i * T, lens[i] = T;
     }
     if (rc == CEL_OK && a->adapters > 0) {
-        cel_lora_config_t lc = {.rank = (int)a->rank, .alpha = 2.0f * a->rank,
-                                .targets = CEL_LORA_ALL, .seed = 1};
+        cel_lora_config_t lc = {
+            .rank = (int)a->rank, .alpha = 2.0f * a->rank, .targets = CEL_LORA_ALL, .seed = 1
+        };
         rc = cel_lora_new(m, &lc, &lora, err);
     }
-    cel_sample_params_t p = {.max_tokens = (int)a->max_tokens, .temperature = 0.0f,
-                             .top_p = 1.0f, .stop_ids = &never, .n_stop_ids = 1};
+    cel_sample_params_t p = { .max_tokens = (int)a->max_tokens,
+                              .temperature = 0.0f,
+                              .top_p = 1.0f,
+                              .stop_ids = &never,
+                              .n_stop_ids = 1 };
     double total = 0, t0 = 0;
     for (long s = 0; s < a->warmup + a->steps && rc == CEL_OK; s++) {
         if (s == a->warmup) t0 = cel_cli_now();
@@ -211,7 +225,7 @@ int cel_cli_bench(int argc, char **argv) {
     if (rc == 1) return CEL_CLI_OK;
     if (rc != CEL_OK) return rc;
     cel_model_set_threads((int)a.threads);
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     cel_cli_lm_t lm;
     memset(&lm, 0, sizeof(lm));
     char dir[CEL_CLI_PATH_MAX];

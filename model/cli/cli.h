@@ -51,8 +51,8 @@ int cel_cli_bad_flag(const char *cmd, char **argv);
 /* Parse a flag's value; on error print "--flag: ..." and return CEL_EINVAL. */
 int cel_cli_parse_long(const char *cmd, const char *flag, const char *s, long lo, long hi,
                        long *out);
-int cel_cli_parse_double(const char *cmd, const char *flag, const char *s, double lo,
-                         double hi, double *out);
+int cel_cli_parse_double(const char *cmd, const char *flag, const char *s, double lo, double hi,
+                         double *out);
 int cel_cli_parse_u64(const char *cmd, const char *flag, const char *s, uint64_t *out);
 
 /* The model folder to use: arg (--model) if not NULL, else $CELERIAC_MODEL,
@@ -76,8 +76,8 @@ int cel_cli_lm_device(cel_cli_lm_t *lm, const char *cmd, const char *spec, cel_e
     "  --device D         auto (a GPU when one is visible; the default), cpu, cuda, cuda:N\n"
 
 /* Encodes text with bos prepended when the model has one (add_bos). */
-int cel_cli_encode(const cel_cli_lm_t *lm, const char *text, int add_bos, int32_t **ids,
-                   size_t *n, cel_err_t *err);
+int cel_cli_encode(const cel_cli_lm_t *lm, const char *text, int add_bos, int32_t **ids, size_t *n,
+                   cel_err_t *err);
 
 /* Writes s as a JSON string (quotes and escapes, UTF-8 kept) to f. */
 void cel_cli_json_str(FILE *f, const char *s, size_t len);

@@ -40,8 +40,8 @@ int cel_cli_bad_flag(const char *cmd, char **argv) {
     if (optopt && strchr(word, '=') == NULL && word[0] == '-' && word[1] != '-')
         cel_cli_error(cmd, "bad flag '-%c' (see celeriac-lm %s --help)", optopt, cmd);
     else
-        cel_cli_error(cmd, "unknown flag or missing value: '%s' (see celeriac-lm %s --help)",
-                      word, cmd);
+        cel_cli_error(cmd, "unknown flag or missing value: '%s' (see celeriac-lm %s --help)", word,
+                      cmd);
     return CEL_CLI_USAGE;
 }
 
@@ -62,8 +62,8 @@ int cel_cli_parse_long(const char *cmd, const char *flag, const char *s, long lo
     return CEL_OK;
 }
 
-int cel_cli_parse_double(const char *cmd, const char *flag, const char *s, double lo,
-                         double hi, double *out) {
+int cel_cli_parse_double(const char *cmd, const char *flag, const char *s, double lo, double hi,
+                         double *out) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
@@ -113,7 +113,7 @@ int cel_cli_model_dir(const char *arg, char *out, size_t cap, cel_err_t *err) {
     exe[n] = '\0';
     char *slash = strrchr(exe, '/');
     if (slash) *slash = '\0';
-    static const char *const rel[] = {"/../model/tiny", "/../../../model/tiny"};
+    static const char *const rel[] = { "/../model/tiny", "/../../../model/tiny" };
     for (size_t i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
         char p[CEL_CLI_PATH_MAX + 32];
         snprintf(p, sizeof(p), "%s%s", exe, rel[i]);
@@ -121,7 +121,8 @@ int cel_cli_model_dir(const char *arg, char *out, size_t cap, cel_err_t *err) {
     }
     return cel_err_set(err, CEL_ENOTFOUND,
                        "no bundled model at %s/../model/tiny; pass --model DIR or set "
-                       "CELERIAC_MODEL", exe);
+                       "CELERIAC_MODEL",
+                       exe);
 }
 
 int cel_cli_lm_open(const char *dir, const char *adapter_dir, int weights, cel_cli_lm_t *lm,
@@ -137,9 +138,8 @@ int cel_cli_lm_open(const char *dir, const char *adapter_dir, int weights, cel_c
         rc = cel_model_load(lm->dir, &lm->model, err);
         if (rc != CEL_OK) goto fail;
         if (cel_tokenizer_vocab_size(lm->tok) > (size_t)cel_model_vocab_size(lm->model)) {
-            rc = cel_err_set(err, CEL_EINVAL, "%s: tokenizer has %zu ids, model only %d",
-                             lm->dir, cel_tokenizer_vocab_size(lm->tok),
-                             cel_model_vocab_size(lm->model));
+            rc = cel_err_set(err, CEL_EINVAL, "%s: tokenizer has %zu ids, model only %d", lm->dir,
+                             cel_tokenizer_vocab_size(lm->tok), cel_model_vocab_size(lm->model));
             goto fail;
         }
         /* config.json's ids win over the tokenizer's guesses */
@@ -184,8 +184,8 @@ void cel_cli_lm_close(cel_cli_lm_t *lm) {
     lm->tok = NULL;
 }
 
-int cel_cli_encode(const cel_cli_lm_t *lm, const char *text, int add_bos, int32_t **ids,
-                   size_t *n, cel_err_t *err) {
+int cel_cli_encode(const cel_cli_lm_t *lm, const char *text, int add_bos, int32_t **ids, size_t *n,
+                   cel_err_t *err) {
     return cel_tokenizer_encode(lm->tok, text, strlen(text), add_bos, ids, n, err);
 }
 
@@ -200,10 +200,8 @@ void cel_cli_json_str(FILE *f, const char *s, size_t len) {
         case '\r': fputs("\\r", f); break;
         case '\t': fputs("\\t", f); break;
         default:
-            if (c < 0x20 || c == 0x7f)
-                fprintf(f, "\\u%04x", c);
-            else
-                fputc(c, f);
+            if (c < 0x20 || c == 0x7f) fprintf(f, "\\u%04x", c);
+            else fputc(c, f);
         }
     }
     fputc('"', f);

@@ -103,14 +103,11 @@ int cel_cli_data_load(const cel_cli_lm_t *lm, const char *path, cel_cli_data_t *
                 json_t *o = json_loadb(line, ll, 0, &je);
                 json_t *t = o ? json_object_get(o, "text") : NULL;
                 if (!o)
-                    rc = cel_err_set(err, CEL_EPROTO, "%s:%zu: not JSON: %s", path, lineno,
-                                     je.text);
+                    rc =
+                        cel_err_set(err, CEL_EPROTO, "%s:%zu: not JSON: %s", path, lineno, je.text);
                 else if (!json_is_string(t))
-                    rc = cel_err_set(err, CEL_EPROTO, "%s:%zu: no \"text\" string", path,
-                                     lineno);
-                else
-                    rc = add_doc(lm, out, &cap, json_string_value(t), json_string_length(t),
-                                 err);
+                    rc = cel_err_set(err, CEL_EPROTO, "%s:%zu: no \"text\" string", path, lineno);
+                else rc = add_doc(lm, out, &cap, json_string_value(t), json_string_length(t), err);
                 if (rc != CEL_OK && err && err->code != CEL_EPROTO && err->msg[0]) {
                     char m[CEL_ERR_MSG_MAX];
                     snprintf(m, sizeof(m), "%s", err->msg);

@@ -38,8 +38,8 @@ int main(int argc, char **argv) {
         const char *name;
         int (*run)(int, char **);
     } cmds[] = {
-        {"score", cel_cli_score},       {"sample", cel_cli_sample}, {"train", cel_cli_train},
-        {"tokenize", cel_cli_tokenize}, {"decode", cel_cli_decode}, {"bench", cel_cli_bench},
+        { "score", cel_cli_score },       { "sample", cel_cli_sample }, { "train", cel_cli_train },
+        { "tokenize", cel_cli_tokenize }, { "decode", cel_cli_decode }, { "bench", cel_cli_bench },
     };
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
         if (!strcmp(cmd, cmds[i].name)) return cmds[i].run(argc - 1, argv + 1);

@@ -28,9 +28,7 @@ static const char HELP[] =
     "  --stop STR         end a sample where STR appears (repeatable; STR not printed)\n"
     "  --json             one JSON object per prompt: prompt, text (the completion),\n"
     "                     tokens (generated), finish_reason (stop | length)\n"
-    "  --threads N        BLAS threads\n"
-    CEL_CLI_DEVICE_HELP
-    "\n"
+    "  --threads N        BLAS threads\n" CEL_CLI_DEVICE_HELP "\n"
     "Plain output: each prompt followed by its completion, samples separated by a\n"
     "line holding '%'.\n";
 
@@ -43,12 +41,19 @@ typedef struct sample_args {
 } sample_args_t;
 
 static int parse_args(int argc, char **argv, sample_args_t *a) {
-    static const struct option opts[] = {
-        {"model", 1, 0, 'm'},  {"adapter", 1, 0, 'a'}, {"max-tokens", 1, 0, 'n'},
-        {"temperature", 1, 0, 't'}, {"top-k", 1, 0, 'k'}, {"top-p", 1, 0, 'p'},
-        {"seed", 1, 0, 's'},   {"stop", 1, 0, 'S'},    {"json", 0, 0, 'J'},
-        {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'},   {"device", 1, 0, 'D'},
-        {0, 0, 0, 0}};
+    static const struct option opts[] = { { "model", 1, 0, 'm' },
+                                          { "adapter", 1, 0, 'a' },
+                                          { "max-tokens", 1, 0, 'n' },
+                                          { "temperature", 1, 0, 't' },
+                                          { "top-k", 1, 0, 'k' },
+                                          { "top-p", 1, 0, 'p' },
+                                          { "seed", 1, 0, 's' },
+                                          { "stop", 1, 0, 'S' },
+                                          { "json", 0, 0, 'J' },
+                                          { "threads", 1, 0, 'j' },
+                                          { "help", 0, 0, 'h' },
+                                          { "device", 1, 0, 'D' },
+                                          { 0, 0, 0, 0 } };
     const char *C = "sample";
     memset(a, 0, sizeof(*a));
     a->p.max_tokens = 64;
@@ -156,16 +161,17 @@ static int run(const sample_args_t *a, cel_cli_lm_t *lm, int np, char **prompts,
         if (rc == CEL_OK && n == 0)
             rc = cel_err_set(err, CEL_EINVAL, "prompt %d is empty and the model has no bos", i + 1);
         if (rc == CEL_OK && n + (size_t)a->p.max_tokens > (size_t)cel_model_max_seq(lm->model))
-            rc = cel_err_set(err, CEL_ELIMIT, "prompt %d (%zu tokens) + --max-tokens %d passes "
-                             "the model's %d", i + 1, n, a->p.max_tokens,
-                             cel_model_max_seq(lm->model));
+            rc = cel_err_set(err, CEL_ELIMIT,
+                             "prompt %d (%zu tokens) + --max-tokens %d passes "
+                             "the model's %d",
+                             i + 1, n, a->p.max_tokens, cel_model_max_seq(lm->model));
         lens[i] = (int32_t)n;
         if (rc == CEL_OK && !(seqs[i].ids = malloc((size_t)a->p.max_tokens * sizeof(int32_t))))
             rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
     }
     if (rc == CEL_OK)
-        rc = cel_sampler_new(lm->model, lm->lora, np, (const int32_t *const *)pids, lens, &a->p,
-                             &s, err);
+        rc = cel_sampler_new(lm->model, lm->lora, np, (const int32_t *const *)pids, lens, &a->p, &s,
+                             err);
     while (rc == CEL_OK) {
         int live = cel_sampler_step(s, out, err);
         if (live < 0) {
@@ -209,7 +215,7 @@ int cel_cli_sample(int argc, char **argv) {
     if (rc == 1) return CEL_CLI_OK;
     if (rc != CEL_OK) return rc;
     cel_model_set_threads((int)a.threads);
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     cel_cli_lm_t lm;
     if (cel_cli_lm_open(a.model, a.adapter, 1, &lm, &err) != CEL_OK) {
         cel_cli_error("sample", "%s", err.msg);

@@ -15,9 +15,7 @@
 
 static const char HELP[] =
     "usage: celeriac-lm score [--model DIR] [--adapter DIR] [--threads N] [--device D] TEXT...\n"
-    "\n"
-    CEL_CLI_DEVICE_HELP
-    "\n"
+    "\n" CEL_CLI_DEVICE_HELP "\n"
     "Prints one JSON object per TEXT and line: text, tokens (how many were scored),\n"
     "logprob (natural log, summed), mean_logprob, perplexity = exp(-mean_logprob),\n"
     "token_logprobs. The model's bos is put before the text (not scored), so every\n"
@@ -31,8 +29,8 @@ static int score_one(cel_cli_lm_t *lm, const char *text, cel_err_t *err) {
     if (rc != CEL_OK) return rc;
     if (n < 2) {
         free(ids);
-        return cel_err_set(err, CEL_EINVAL, "text \"%.40s\" has no token to score (%zu ids)",
-                           text, n);
+        return cel_err_set(err, CEL_EINVAL, "text \"%.40s\" has no token to score (%zu ids)", text,
+                           n);
     }
     if (n > (size_t)cel_model_max_seq(lm->model)) {
         free(ids);
@@ -58,9 +56,9 @@ static int score_one(cel_cli_lm_t *lm, const char *text, cel_err_t *err) {
 }
 
 int cel_cli_score(int argc, char **argv) {
-    static const struct option opts[] = {{"model", 1, 0, 'm'}, {"adapter", 1, 0, 'a'},
-                                         {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'},
-                                         {"device", 1, 0, 'D'}, {0, 0, 0, 0}};
+    static const struct option opts[] = { { "model", 1, 0, 'm' },   { "adapter", 1, 0, 'a' },
+                                          { "threads", 1, 0, 'j' }, { "help", 0, 0, 'h' },
+                                          { "device", 1, 0, 'D' },  { 0, 0, 0, 0 } };
     const char *model = NULL, *adapter = NULL, *device = NULL;
     long threads = 0;
     int c;
@@ -84,7 +82,7 @@ int cel_cli_score(int argc, char **argv) {
         return CEL_CLI_USAGE;
     }
     cel_model_set_threads((int)threads);
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     cel_cli_lm_t lm;
     if (cel_cli_lm_open(model, adapter, 1, &lm, &err) != CEL_OK) {
         cel_cli_error("score", "%s", err.msg);

@@ -23,7 +23,8 @@ static const char DEC_HELP[] =
 
 int cel_cli_tokenize(int argc, char **argv) {
     static const struct option opts[] = {
-        {"model", 1, 0, 'm'}, {"bos", 0, 0, 'b'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        { "model", 1, 0, 'm' }, { "bos", 0, 0, 'b' }, { "help", 0, 0, 'h' }, { 0, 0, 0, 0 }
+    };
     const char *model = NULL;
     int bos = 0, c;
     optind = 1;
@@ -40,7 +41,7 @@ int cel_cli_tokenize(int argc, char **argv) {
         cel_cli_error("tokenize", "give exactly one TEXT (see --help)");
         return CEL_CLI_USAGE;
     }
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     cel_cli_lm_t lm;
     /* --bos needs config.json's bos id, which only cel_model_load reads */
     if (cel_cli_lm_open(model, NULL, bos, &lm, &err) != CEL_OK) {
@@ -64,8 +65,9 @@ int cel_cli_tokenize(int argc, char **argv) {
 }
 
 int cel_cli_decode(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"model", 1, 0, 'm'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    static const struct option opts[] = { { "model", 1, 0, 'm' },
+                                          { "help", 0, 0, 'h' },
+                                          { 0, 0, 0, 0 } };
     const char *model = NULL;
     int c;
     optind = 1;
@@ -88,7 +90,7 @@ int cel_cli_decode(int argc, char **argv) {
         }
         ids[i] = (int32_t)v;
     }
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     cel_cli_lm_t lm;
     int status = CEL_CLI_FAIL;
     char *text = NULL;

@@ -62,14 +62,15 @@ typedef struct train_args {
 
 static int parse_args(int argc, char **argv, train_args_t *a) {
     static const struct option opts[] = {
-        {"model", 1, 0, 'm'},  {"data", 1, 0, 'd'},   {"lora", 1, 0, 'r'},
-        {"alpha", 1, 0, 'a'},  {"targets", 1, 0, 'g'}, {"adapter", 1, 0, 'A'},
-        {"full", 0, 0, 'F'},   {"init", 1, 0, 'I'},   {"steps", 1, 0, 'n'},
-        {"lr", 1, 0, 'l'},     {"batch", 1, 0, 'b'},  {"seq", 1, 0, 't'},
-        {"warmup", 1, 0, 'w'}, {"weight-decay", 1, 0, 'W'}, {"grad-clip", 1, 0, 'c'},
-        {"seed", 1, 0, 's'},   {"save-every", 1, 0, 'S'}, {"threads", 1, 0, 'j'},
-        {"out", 1, 0, 'o'},    {"help", 0, 0, 'h'},   {"device", 1, 0, 'D'},
-        {0, 0, 0, 0}};
+        { "model", 1, 0, 'm' },  { "data", 1, 0, 'd' },         { "lora", 1, 0, 'r' },
+        { "alpha", 1, 0, 'a' },  { "targets", 1, 0, 'g' },      { "adapter", 1, 0, 'A' },
+        { "full", 0, 0, 'F' },   { "init", 1, 0, 'I' },         { "steps", 1, 0, 'n' },
+        { "lr", 1, 0, 'l' },     { "batch", 1, 0, 'b' },        { "seq", 1, 0, 't' },
+        { "warmup", 1, 0, 'w' }, { "weight-decay", 1, 0, 'W' }, { "grad-clip", 1, 0, 'c' },
+        { "seed", 1, 0, 's' },   { "save-every", 1, 0, 'S' },   { "threads", 1, 0, 'j' },
+        { "out", 1, 0, 'o' },    { "help", 0, 0, 'h' },         { "device", 1, 0, 'D' },
+        { 0, 0, 0, 0 }
+    };
     memset(a, 0, sizeof(*a));
     a->batch = 8;
     a->seq = 128;
@@ -85,7 +86,9 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
         switch (c) {
         case 'm': a->model = optarg; break;
         case 'd': a->data = optarg; break;
-        case 'r': bad |= cel_cli_parse_long(C, "--lora", optarg, 1, CEL_LORA_MAX_RANK, &a->lora); break;
+        case 'r':
+            bad |= cel_cli_parse_long(C, "--lora", optarg, 1, CEL_LORA_MAX_RANK, &a->lora);
+            break;
         case 'a': bad |= cel_cli_parse_double(C, "--alpha", optarg, 1e-6, 1e6, &a->alpha); break;
         case 'g': a->targets = optarg; break;
         case 'A': a->adapter = optarg; break;
@@ -94,12 +97,16 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
         case 'n': bad |= cel_cli_parse_long(C, "--steps", optarg, 0, 100000000, &a->steps); break;
         case 'l': bad |= cel_cli_parse_double(C, "--lr", optarg, 0, 10, &a->lr); break;
         case 'b': bad |= cel_cli_parse_long(C, "--batch", optarg, 1, 65536, &a->batch); break;
-        case 't': bad |= cel_cli_parse_long(C, "--seq", optarg, 1, CEL_MODEL_MAX_SEQ, &a->seq); break;
+        case 't':
+            bad |= cel_cli_parse_long(C, "--seq", optarg, 1, CEL_MODEL_MAX_SEQ, &a->seq);
+            break;
         case 'w': bad |= cel_cli_parse_long(C, "--warmup", optarg, 0, 100000000, &a->warmup); break;
         case 'W': bad |= cel_cli_parse_double(C, "--weight-decay", optarg, 0, 10, &a->wd); break;
         case 'c': bad |= cel_cli_parse_double(C, "--grad-clip", optarg, 0, 1e9, &a->clip); break;
         case 's': bad |= cel_cli_parse_u64(C, "--seed", optarg, &a->seed); break;
-        case 'S': bad |= cel_cli_parse_long(C, "--save-every", optarg, 1, 100000000, &a->save_every); break;
+        case 'S':
+            bad |= cel_cli_parse_long(C, "--save-every", optarg, 1, 100000000, &a->save_every);
+            break;
         case 'j': bad |= cel_cli_parse_long(C, "--threads", optarg, 1, 1024, &a->threads); break;
         case 'o': a->out = optarg; break;
         case 'D': a->device = optarg; break;
@@ -108,8 +115,11 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
         }
     }
     if (bad) return CEL_CLI_USAGE;
-    const char *missing = !a->data ? "--data" : a->steps < 0 ? "--steps" : a->lr < 0 ? "--lr"
-                        : !a->out ? "--out" : NULL;
+    const char *missing = !a->data       ? "--data"
+                          : a->steps < 0 ? "--steps"
+                          : a->lr < 0    ? "--lr"
+                          : !a->out      ? "--out"
+                                         : NULL;
     if (missing) {
         cel_cli_error(C, "%s is required (see --help)", missing);
         return CEL_CLI_USAGE;
@@ -155,8 +165,8 @@ static int save(const train_args_t *a, cel_cli_lm_t *lm, long step, double loss,
     snprintf(steps, sizeof(steps), "%ld", step);
     snprintf(lossbuf, sizeof(lossbuf), "%.6f", loss);
     snprintf(lr, sizeof(lr), "%g", a->lr);
-    const char *meta[] = {"trained_by", "celeriac-lm train", "data", a->data,
-                          "steps", steps, "final_loss", lossbuf, "lr", lr};
+    const char *meta[] = { "trained_by", "celeriac-lm train", "data",  a->data, "steps",
+                           steps,        "final_loss",        lossbuf, "lr",    lr };
     return cel_lora_save(lm->lora, a->out, lm->dir, meta, 5, err);
 }
 
@@ -177,14 +187,12 @@ static int setup(const train_args_t *a, cel_cli_lm_t *lm, cel_err_t *err) {
         (void)n;
         if (cel_tokenizer_vocab_size(lm->tok) > (size_t)cel_model_vocab_size(lm->model))
             return cel_err_set(err, CEL_EINVAL, "tokenizer has %zu ids, --init config only %d",
-                               cel_tokenizer_vocab_size(lm->tok),
-                               cel_model_vocab_size(lm->model));
+                               cel_tokenizer_vocab_size(lm->tok), cel_model_vocab_size(lm->model));
         int32_t eos[8];
         int neos = cel_model_eos(lm->model, eos, 8);
         if ((rc = cel_tokenizer_set_bos(lm->tok, cel_model_bos(lm->model), err)) != CEL_OK)
             return rc;
-        if ((rc = cel_tokenizer_set_eos(lm->tok, neos > 0 ? eos[0] : -1, err)) != CEL_OK)
-            return rc;
+        if ((rc = cel_tokenizer_set_eos(lm->tok, neos > 0 ? eos[0] : -1, err)) != CEL_OK) return rc;
     }
     if (a->full) {
         if (a->device && strcmp(a->device, "cpu") != 0 && strcmp(a->device, "auto") != 0)
@@ -193,8 +201,9 @@ static int setup(const train_args_t *a, cel_cli_lm_t *lm, cel_err_t *err) {
     }
     if ((rc = cel_cli_lm_device(lm, "train", a->device, err)) != CEL_OK) return rc;
     if (a->lora > 0) {
-        cel_lora_config_t lc = {.rank = (int)a->lora, .alpha = (float)a->alpha,
-                                .targets = CEL_LORA_ALL, .seed = a->seed};
+        cel_lora_config_t lc = {
+            .rank = (int)a->lora, .alpha = (float)a->alpha, .targets = CEL_LORA_ALL, .seed = a->seed
+        };
         if (a->targets && (rc = cel_lora_parse_targets(a->targets, &lc.targets, err)) != CEL_OK)
             return rc;
         return cel_lora_new(lm->model, &lc, &lm->lora, err);
@@ -208,9 +217,9 @@ int cel_cli_train(int argc, char **argv) {
     if (rc == 1) return CEL_CLI_OK;
     if (rc != CEL_OK) return rc;
     cel_model_set_threads((int)a.threads);
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     cel_cli_lm_t lm;
-    cel_cli_data_t data = {0};
+    cel_cli_data_t data = { 0 };
     int32_t *tokens = NULL, *targets = NULL;
     float *weights = NULL;
     int status = CEL_CLI_FAIL;
@@ -230,8 +239,8 @@ int cel_cli_train(int argc, char **argv) {
     }
     fprintf(stderr, "train: %s, %llu params%s, data %s: %zu docs, %zu tokens; B=%d T=%d\n",
             a.full ? (a.init ? "full from --init" : "full") : "lora",
-            (unsigned long long)cel_model_param_count(lm.model),
-            a.full ? "" : " (base frozen)", a.data, data.docs, data.n, B, T);
+            (unsigned long long)cel_model_param_count(lm.model), a.full ? "" : " (base frozen)",
+            a.data, data.docs, data.n, B, T);
     int tty = isatty(STDOUT_FILENO);
     uint64_t rng = a.seed ^ 0x5eedda7aull;
     cel_adamw_t opt = cel_model_adamw_defaults();
@@ -241,8 +250,9 @@ int cel_cli_train(int argc, char **argv) {
     /* weights 1/(B*T): the engine's summed loss becomes the mean token loss, so
      * gradient norms and --grad-clip do not depend on the batch size */
     for (size_t i = 0; i < (size_t)B * T; i++) weights[i] = 1.0f / ((float)B * T);
-    cel_batch_t batch = {.B = B, .T = T, .tokens = tokens, .targets = targets,
-                         .weights = weights};
+    cel_batch_t batch = {
+        .B = B, .T = T, .tokens = tokens, .targets = targets, .weights = weights
+    };
     for (long s = 0; s < a.steps; s++) {
         cel_cli_data_batch(&data, B, T, &rng, tokens, targets);
         double sum;
@@ -255,9 +265,8 @@ int cel_cli_train(int argc, char **argv) {
         if (rc != CEL_OK) goto fail;
         loss = sum;
         double el = cel_cli_now() - tstart;
-        printf("%sstep %ld/%ld loss %.4f lr %.2e norm %.3f tok/s %.0f%s", tty ? "\r" : "",
-               s + 1, a.steps, loss, opt.lr, norm, (double)(s + 1) * B * T / el,
-               tty ? "   " : "\n");
+        printf("%sstep %ld/%ld loss %.4f lr %.2e norm %.3f tok/s %.0f%s", tty ? "\r" : "", s + 1,
+               a.steps, loss, opt.lr, norm, (double)(s + 1) * B * T / el, tty ? "   " : "\n");
         fflush(stdout);
         if (a.save_every && (s + 1) % a.save_every == 0 && s + 1 < a.steps &&
             save(&a, &lm, s + 1, loss, &err) != CEL_OK)

@@ -32,9 +32,8 @@ static float softmax_row(float *s, int n_valid, int n_total) {
 
 void cel_cpu_attention_forward(float *out /* (B,T,NH*HS) */, float *lse /* (B,NH,T) saved */,
                                float *scratch /* (T,T) */, const float *q /* (B,T,NH*HS) */,
-                               const float *k /* (B,T,NKV*HS) */,
-                               const float *v /* (B,T,NKV*HS) */, int B, int T, int NH, int NKV,
-                               int HS) {
+                               const float *k /* (B,T,NKV*HS) */, const float *v /* (B,T,NKV*HS) */,
+                               int B, int T, int NH, int NKV, int HS) {
     int ldq = NH * HS, ldk = NKV * HS, group = NH / NKV;
     float scale = 1.0f / sqrtf((float)HS);
     for (int b = 0; b < B; b++)
@@ -44,8 +43,8 @@ void cel_cpu_attention_forward(float *out /* (B,T,NH*HS) */, float *lse /* (B,NH
             const float *vg = v + (size_t)b * T * ldk + (h / group) * HS;
             float *oh = out + (size_t)b * T * ldq + h * HS;
             float *l = lse + ((size_t)b * NH + h) * T;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, scale, qh, ldq, kg,
-                        ldk, 0.0f, scratch, T);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, scale, qh, ldq, kg, ldk,
+                        0.0f, scratch, T);
             for (int i = 0; i < T; i++) l[i] = softmax_row(scratch + (size_t)i * T, i + 1, T);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, scratch, T, vg,
                         ldk, 0.0f, oh, ldq);
@@ -55,9 +54,8 @@ void cel_cpu_attention_forward(float *out /* (B,T,NH*HS) */, float *lse /* (B,NH
 void cel_cpu_attention_backward(float *dq /* (B,T,NH*HS) = */, float *dk /* (B,T,NKV*HS) = */,
                                 float *dv /* (B,T,NKV*HS) = */, float *scratch /* (2,T,T) */,
                                 const float *dout /* (B,T,NH*HS) */,
-                                const float *lse /* (B,NH,T) */, const float *q,
-                                const float *k, const float *v, int B, int T, int NH, int NKV,
-                                int HS) {
+                                const float *lse /* (B,NH,T) */, const float *q, const float *k,
+                                const float *v, int B, int T, int NH, int NKV, int HS) {
     int ldq = NH * HS, ldk = NKV * HS, group = NH / NKV;
     float scale = 1.0f / sqrtf((float)HS);
     float *P = scratch, *dP = scratch + (size_t)T * T;
@@ -91,21 +89,21 @@ void cel_cpu_attention_backward(float *dq /* (B,T,NH*HS) = */, float *dk /* (B,T
             /* dq = dS k; dk += dS^T q */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, dP, T, k + ko,
                         ldk, 0.0f, dq + qo, ldq);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, dP, T, q + qo,
-                        ldq, 1.0f, dk + ko, ldk);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, dP, T, q + qo, ldq,
+                        1.0f, dk + ko, ldk);
         }
 }
 
 void cel_cpu_attention_cached(float *out /* (n,NH*HS) */, float *scratch /* (n,p0+n) */,
                               const float *q /* (n,NH*HS) */, const float *kc /* (>=p0+n,NKV*HS) */,
-                              const float *vc /* (>=p0+n,NKV*HS) */, int n, int p0, int NH,
-                              int NKV, int HS) {
+                              const float *vc /* (>=p0+n,NKV*HS) */, int n, int p0, int NH, int NKV,
+                              int HS) {
     int ldq = NH * HS, ldk = NKV * HS, group = NH / NKV, Tk = p0 + n;
     float scale = 1.0f / sqrtf((float)HS);
     for (int h = 0; h < NH; h++) {
         const float *kg = kc + (h / group) * HS, *vg = vc + (h / group) * HS;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, Tk, HS, scale, q + h * HS, ldq,
-                    kg, ldk, 0.0f, scratch, Tk);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, Tk, HS, scale, q + h * HS, ldq, kg,
+                    ldk, 0.0f, scratch, Tk);
         for (int i = 0; i < n; i++) softmax_row(scratch + (size_t)i * Tk, p0 + i + 1, Tk);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, HS, Tk, 1.0f, scratch, Tk, vg,
                     ldk, 0.0f, out + h * HS, ldq);

@@ -15,8 +15,8 @@ void cel_cpu_lora_forward(float *out /* (N,OC) += */, float *u /* (N,R) saved */
                           int R) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, R, IC, 1.0f, inp, IC, A, IC, 0.0f, u,
                 R);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, R, scaling, u, R, Bw, R, 1.0f,
-                out, OC);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, R, scaling, u, R, Bw, R, 1.0f, out,
+                OC);
 }
 
 void cel_cpu_lora_backward(float *dinp /* (N,IC) += or NULL */, float *dA /* (R,IC) += */,
@@ -29,13 +29,13 @@ void cel_cpu_lora_backward(float *dinp /* (N,IC) += or NULL */, float *dA /* (R,
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, R, N, scaling, dout, OC, u, R, 1.0f,
                 dB, R);
     /* du = s dout B */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, R, OC, scaling, dout, OC, Bw, R,
-                0.0f, du, R);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, R, OC, scaling, dout, OC, Bw, R, 0.0f,
+                du, R);
     /* dA += du^T inp */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, IC, N, 1.0f, du, R, inp, IC, 1.0f,
-                dA, IC);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, IC, N, 1.0f, du, R, inp, IC, 1.0f, dA,
+                IC);
     /* dinp += du A */
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, R, 1.0f, du, R, A, IC,
-                    1.0f, dinp, IC);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, R, 1.0f, du, R, A, IC, 1.0f,
+                    dinp, IC);
 }

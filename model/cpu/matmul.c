@@ -11,8 +11,8 @@
 
 void cel_cpu_matmul_forward(float *out /* (N,OC) */, const float *inp /* (N,IC) */,
                             const float *weight /* (OC,IC) */, int N, int IC, int OC) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC, 1.0f, inp, IC, weight, IC,
-                0.0f, out, OC);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC, 1.0f, inp, IC, weight, IC, 0.0f,
+                out, OC);
 }
 
 void cel_cpu_matmul_backward(float *dinp /* (N,IC) += or NULL */,
@@ -38,8 +38,8 @@ void cel_cpu_matmul_forward_ref(float *out, const float *inp, const float *weigh
         }
 }
 
-void cel_cpu_matmul_backward_ref(float *dinp, float *dweight, const float *dout,
-                                 const float *inp, const float *weight, int N, int IC, int OC) {
+void cel_cpu_matmul_backward_ref(float *dinp, float *dweight, const float *dout, const float *inp,
+                                 const float *weight, int N, int IC, int OC) {
     for (int n = 0; n < N; n++)
         for (int o = 0; o < OC; o++) {
             float d = dout[(size_t)n * OC + o];

@@ -43,8 +43,8 @@ void cel_cpu_matmul_backward(float *dinp /* (N,IC) += or NULL */,
                              const float *weight /* (OC,IC) */, int N, int IC, int OC);
 void cel_cpu_matmul_forward_ref(float *out, const float *inp, const float *weight, int N, int IC,
                                 int OC);
-void cel_cpu_matmul_backward_ref(float *dinp, float *dweight, const float *dout,
-                                 const float *inp, const float *weight, int N, int IC, int OC);
+void cel_cpu_matmul_backward_ref(float *dinp, float *dweight, const float *dout, const float *inp,
+                                 const float *weight, int N, int IC, int OC);
 
 /* lora.c: u = inp @ A^T; out += scaling * u @ B^T (PEFT's LoRA Linear, dropout 0). */
 void cel_cpu_lora_forward(float *out /* (N,OC) += */, float *u /* (N,R) saved */,
@@ -62,8 +62,8 @@ void cel_cpu_lora_backward(float *dinp /* (N,IC) += or NULL */, float *dA /* (R,
 /* rope.c: cos/sin tables for positions [0, maxT) and frequency i < HS/2, with
  * HF's inv_freq = theta^(-2i/HS) and the rope_scaling variants of config.h. */
 void cel_cpu_rope_init(float *cos_t /* (maxT,HS/2) */, float *sin_t /* (maxT,HS/2) */, int maxT,
-                       int HS, float theta, int kind, float factor, float low_freq,
-                       float high_freq, int orig_max);
+                       int HS, float theta, int kind, float factor, float low_freq, float high_freq,
+                       int orig_max);
 /* Rotates every head of row n by position pos[n] (HF rotate_half: the two
  * halves of a head pair up). out may equal inp. */
 void cel_cpu_rope_forward(float *out /* (N,NHX,HS) */, const float *inp /* (N,NHX,HS) */,
@@ -80,22 +80,20 @@ void cel_cpu_rope_backward(float *dinp /* (N,NHX,HS) = */, const float *dout /* 
  * q, k, v is one (T,T) scratch pair. */
 void cel_cpu_attention_forward(float *out /* (B,T,NH*HS) */, float *lse /* (B,NH,T) saved */,
                                float *scratch /* (T,T) */, const float *q /* (B,T,NH*HS) */,
-                               const float *k /* (B,T,NKV*HS) */,
-                               const float *v /* (B,T,NKV*HS) */, int B, int T, int NH, int NKV,
-                               int HS);
+                               const float *k /* (B,T,NKV*HS) */, const float *v /* (B,T,NKV*HS) */,
+                               int B, int T, int NH, int NKV, int HS);
 /* dq =, dk =, dv =. */
 void cel_cpu_attention_backward(float *dq /* (B,T,NH*HS) = */, float *dk /* (B,T,NKV*HS) = */,
                                 float *dv /* (B,T,NKV*HS) = */, float *scratch /* (2,T,T) */,
                                 const float *dout /* (B,T,NH*HS) */,
-                                const float *lse /* (B,NH,T) */, const float *q,
-                                const float *k, const float *v, int B, int T, int NH, int NKV,
-                                int HS);
+                                const float *lse /* (B,NH,T) */, const float *q, const float *k,
+                                const float *v, int B, int T, int NH, int NKV, int HS);
 /* Inference over a KV cache: n new query rows at positions p0..p0+n-1 attend
  * to cache rows [0, p0+i]; the cache already holds the new rows' k and v. */
 void cel_cpu_attention_cached(float *out /* (n,NH*HS) */, float *scratch /* (n,p0+n) */,
                               const float *q /* (n,NH*HS) */, const float *kc /* (>=p0+n,NKV*HS) */,
-                              const float *vc /* (>=p0+n,NKV*HS) */, int n, int p0, int NH,
-                              int NKV, int HS);
+                              const float *vc /* (>=p0+n,NKV*HS) */, int n, int p0, int NH, int NKV,
+                              int HS);
 
 /* swiglu.c: out = silu(gate) * up. */
 void cel_cpu_swiglu_forward(float *out /* (N,I) */, const float *gate /* (N,I) */,
@@ -109,8 +107,7 @@ void cel_cpu_swiglu_backward(float *dgate /* (N,I) = */, float *dup /* (N,I) = *
 void cel_cpu_residual_forward(float *out /* (N,C) */, const float *a /* (N,C) */,
                               const float *b /* (N,C) */, size_t n);
 /* da +=, db += (the model folds this into its running dresidual). */
-void cel_cpu_residual_backward(float *da /* += */, float *db /* += */, const float *dout,
-                               size_t n);
+void cel_cpu_residual_backward(float *da /* += */, float *db /* += */, const float *dout, size_t n);
 
 /* crossentropy.c: logp[n] = log_softmax(logits[n])[targets[n]]; returns the
  * weighted loss -sum_n weights[n] * logp[n] (weights NULL = all 1). Rows with

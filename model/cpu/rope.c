@@ -14,8 +14,8 @@
 #include "../config.h"
 
 void cel_cpu_rope_init(float *cos_t /* (maxT,HS/2) */, float *sin_t /* (maxT,HS/2) */, int maxT,
-                       int HS, float theta, int kind, float factor, float low_freq,
-                       float high_freq, int orig_max) {
+                       int HS, float theta, int kind, float factor, float low_freq, float high_freq,
+                       int orig_max) {
     int h = HS / 2;
     for (int i = 0; i < h; i++) {
         float inv = 1.0f / powf(theta, (float)(2 * i) / (float)HS);

@@ -14,9 +14,9 @@
 
 #include "common.h"
 
-static __global__ void adamw_kernel(float *params, float *m, float *v, const float *grads,
-                                    size_t n, float decay, float beta1, float beta2, float omb1,
-                                    float omb2, float eps, float step_size, float bc2_sqrt) {
+static __global__ void adamw_kernel(float *params, float *m, float *v, const float *grads, size_t n,
+                                    float decay, float beta1, float beta2, float omb1, float omb2,
+                                    float eps, float step_size, float bc2_sqrt) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)blockDim.x * gridDim.x) {
         float g = grads[i];

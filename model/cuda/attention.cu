@@ -20,7 +20,7 @@
 
 #include <math.h>
 
-#define FULL_MASK 0xffffffffu
+#define FULL_MASK    0xffffffffu
 #define SMEM_DEFAULT (48 * 1024)
 
 /* Butterfly reductions: every lane ends with the same bits (float + is commutative). */
@@ -37,8 +37,7 @@ static __device__ __forceinline__ float warp_max(float v) {
 }
 
 /* VEC consecutive floats from shared memory (p aligned to VEC floats). */
-template <int VEC>
-static __device__ __forceinline__ void load_vec(float *r, const float *p) {
+template <int VEC> static __device__ __forceinline__ void load_vec(float *r, const float *p) {
     if constexpr (VEC == 4) {
         float4 t = *reinterpret_cast<const float4 *>(p);
         r[0] = t.x, r[1] = t.y, r[2] = t.z, r[3] = t.w;
@@ -51,16 +50,16 @@ static __device__ __forceinline__ void load_vec(float *r, const float *p) {
 /* Compile-time head size (0: runtime), lane chunks of 32 dims, and the vector width of the
  * broadcast shared-memory reads (HS is even, so 2 always works). */
 #define HS_OF(HSC, hs) ((HSC) ? (HSC) : (hs))
-#define NC_OF(HSC) ((HSC) ? ((HSC) + 31) / 32 : 8)
-#define VEC_OF(HSC) (((HSC) && (HSC) % 4 == 0) ? 4 : 2)
+#define NC_OF(HSC)     ((HSC) ? ((HSC) + 31) / 32 : 8)
+#define VEC_OF(HSC)    (((HSC) && (HSC) % 4 == 0) ? 4 : 2)
 
 /* Forward: grid (ceil(T/BR), NH, B), W warps, BR = R*W query rows per block, 32-key tiles.
  * Shared: Qs (BR,HS), Ps (W,R,32), Ks (32,HS+1) (lane = key reads a row: padded against bank
  * conflicts), Vs (32,HS). */
 template <int HSC, int R, int W>
 static __global__ void __launch_bounds__(W * 32)
-attn_fwd_kernel(cel_bf16_t *out, float *lse, const float *q, const float *k, const float *v,
-                int T, int NH, int NKV, int hs, float scale) {
+    attn_fwd_kernel(cel_bf16_t *out, float *lse, const float *q, const float *k, const float *v,
+                    int T, int NH, int NKV, int hs, float scale) {
     constexpr int NC = NC_OF(HSC), VEC = VEC_OF(HSC), BR = R * W, NT = W * 32;
     const int HS = HS_OF(HSC, hs);
     extern __shared__ float4 smem4[];
@@ -173,9 +172,9 @@ attn_fwd_kernel(cel_bf16_t *out, float *lse, const float *q, const float *k, con
  * Qs, dOs (32,HS+1) (lane = query reads a row: padded); Ls, Ds (32) lse and D of the tile. */
 template <int HSC, int R, int W>
 static __global__ void __launch_bounds__(W * 32)
-attn_bwd_dkdv_kernel(float *dk, float *dv, const float *dout, const cel_bf16_t *out,
-                     const float *lse, const float *q, const float *k, const float *v, int T,
-                     int NH, int NKV, int hs, float scale) {
+    attn_bwd_dkdv_kernel(float *dk, float *dv, const float *dout, const cel_bf16_t *out,
+                         const float *lse, const float *q, const float *k, const float *v, int T,
+                         int NH, int NKV, int hs, float scale) {
     constexpr int NC = NC_OF(HSC), VEC = VEC_OF(HSC), BC = R * W, NT = W * 32;
     const int HS = HS_OF(HSC, hs);
     extern __shared__ float4 smem4[];
@@ -327,9 +326,9 @@ attn_bwd_dkdv_kernel(float *dk, float *dv, const float *dout, const cel_bf16_t *
  * (BR,HS) broadcast; Ps (W,R,32) holds dS; Ks, Vs (32,HS+1) (lane = key reads a row). */
 template <int HSC, int R, int W>
 static __global__ void __launch_bounds__(W * 32)
-attn_bwd_dq_kernel(float *dq, const float *dout, const cel_bf16_t *out, const float *lse,
-                   const float *q, const float *k, const float *v, int T, int NH, int NKV, int hs,
-                   float scale) {
+    attn_bwd_dq_kernel(float *dq, const float *dout, const cel_bf16_t *out, const float *lse,
+                       const float *q, const float *k, const float *v, int T, int NH, int NKV,
+                       int hs, float scale) {
     constexpr int NC = NC_OF(HSC), VEC = VEC_OF(HSC), BR = R * W, NT = W * 32;
     const int HS = HS_OF(HSC, hs);
     extern __shared__ float4 smem4[];
@@ -448,59 +447,52 @@ attn_bwd_dq_kernel(float *dq, const float *dout, const cel_bf16_t *out, const fl
 
 /* Raises a kernel's dynamic shared-memory cap when a tile needs more than the default 48 KB.
  * A failure here makes the launch fail, which the engine's next check reports. */
-template <typename K>
-static void smem_opt_in(K kernel, size_t bytes) {
+template <typename K> static void smem_opt_in(K kernel, size_t bytes) {
     if (bytes > SMEM_DEFAULT)
-        (void)cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   (int)bytes);
+        (void)cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
 }
 
 template <int HSC, int R, int W>
 static void launch_forward(cel_bf16_t *out, float *lse, const float *q, const float *k,
-                           const float *v, int B, int T, int NH, int NKV, int HS,
-                           cudaStream_t st) {
+                           const float *v, int B, int T, int NH, int NKV, int HS, cudaStream_t st) {
     constexpr int BR = R * W;
     size_t smem = ((size_t)BR * HS + BR * 32 + 32 * (HS + 1) + 32 * HS) * sizeof(float);
     smem_opt_in(attn_fwd_kernel<HSC, R, W>, smem);
     dim3 grid((T + BR - 1) / BR, NH, B);
-    attn_fwd_kernel<HSC, R, W><<<grid, W * 32, smem, st>>>(out, lse, q, k, v, T, NH, NKV, HS,
-                                                           1.0f / sqrtf((float)HS));
+    attn_fwd_kernel<HSC, R, W>
+        <<<grid, W * 32, smem, st>>>(out, lse, q, k, v, T, NH, NKV, HS, 1.0f / sqrtf((float)HS));
 }
 
 /* Tiles per head size: HS 64 stays under 48 KB of shared memory everywhere; HS 128 opts in
  * (74 KB forward, 70 KB backward); the generic path (HS <= 256) stays under 99 KB, the
  * smallest opt-in limit of sm_80 and later. */
-void cel_cuda_attention_forward(cel_bf16_t *out /* (B,T,NH*HS) */,
-                                float *lse /* (B,NH,T) saved */, const float *q /* (B,T,NH*HS) */,
-                                const float *k /* (B,T,NKV*HS) */,
+void cel_cuda_attention_forward(cel_bf16_t *out /* (B,T,NH*HS) */, float *lse /* (B,NH,T) saved */,
+                                const float *q /* (B,T,NH*HS) */, const float *k /* (B,T,NKV*HS) */,
                                 const float *v /* (B,T,NKV*HS) */, int B, int T, int NH, int NKV,
                                 int HS, cudaStream_t st) {
     if (B < 1 || T < 1 || NH < 1) return;
-    if (HS == 64)
-        launch_forward<64, 8, 8>(out, lse, q, k, v, B, T, NH, NKV, HS, st);
-    else if (HS == 128)
-        launch_forward<128, 8, 8>(out, lse, q, k, v, B, T, NH, NKV, HS, st);
-    else
-        launch_forward<0, 4, 4>(out, lse, q, k, v, B, T, NH, NKV, HS, st);
+    if (HS == 64) launch_forward<64, 8, 8>(out, lse, q, k, v, B, T, NH, NKV, HS, st);
+    else if (HS == 128) launch_forward<128, 8, 8>(out, lse, q, k, v, B, T, NH, NKV, HS, st);
+    else launch_forward<0, 4, 4>(out, lse, q, k, v, B, T, NH, NKV, HS, st);
 }
 
 template <int HSC, int RK, int WK, int RQ, int WQ>
 static void launch_backward(float *dq, float *dk, float *dv, const float *dout,
-                            const cel_bf16_t *out, const float *lse, const float *q,
-                            const float *k, const float *v, int B, int T, int NH, int NKV,
-                            int HS, cudaStream_t st) {
+                            const cel_bf16_t *out, const float *lse, const float *q, const float *k,
+                            const float *v, int B, int T, int NH, int NKV, int HS,
+                            cudaStream_t st) {
     float scale = 1.0f / sqrtf((float)HS);
     constexpr int BC = RK * WK, BR = RQ * WQ;
     size_t smem_kv = ((size_t)2 * BC * HS + BC * 32 + 2 * 32 * (HS + 1) + 64) * sizeof(float);
     smem_opt_in(attn_bwd_dkdv_kernel<HSC, RK, WK>, smem_kv);
     dim3 grid_kv((T + BC - 1) / BC, NKV, B);
-    attn_bwd_dkdv_kernel<HSC, RK, WK><<<grid_kv, WK * 32, smem_kv, st>>>(
-        dk, dv, dout, out, lse, q, k, v, T, NH, NKV, HS, scale);
+    attn_bwd_dkdv_kernel<HSC, RK, WK>
+        <<<grid_kv, WK * 32, smem_kv, st>>>(dk, dv, dout, out, lse, q, k, v, T, NH, NKV, HS, scale);
     size_t smem_q = ((size_t)2 * BR * HS + BR * 32 + 2 * 32 * (HS + 1)) * sizeof(float);
     smem_opt_in(attn_bwd_dq_kernel<HSC, RQ, WQ>, smem_q);
     dim3 grid_q((T + BR - 1) / BR, NH, B);
-    attn_bwd_dq_kernel<HSC, RQ, WQ><<<grid_q, WQ * 32, smem_q, st>>>(dq, dout, out, lse, q, k, v,
-                                                                     T, NH, NKV, HS, scale);
+    attn_bwd_dq_kernel<HSC, RQ, WQ>
+        <<<grid_q, WQ * 32, smem_q, st>>>(dq, dout, out, lse, q, k, v, T, NH, NKV, HS, scale);
 }
 
 /* Two launches on st: dK/dV per key tile (looping over the group's query heads), then dQ per
@@ -514,12 +506,9 @@ void cel_cuda_attention_backward(float *dq /* (B,T,NH*HS) = */, float *dk /* (B,
                                  cudaStream_t st) {
     if (B < 1 || T < 1 || NH < 1) return;
     if (HS == 64)
-        launch_backward<64, 8, 4, 8, 4>(dq, dk, dv, dout, out, lse, q, k, v, B, T, NH, NKV, HS,
-                                        st);
+        launch_backward<64, 8, 4, 8, 4>(dq, dk, dv, dout, out, lse, q, k, v, B, T, NH, NKV, HS, st);
     else if (HS == 128)
         launch_backward<128, 8, 4, 8, 4>(dq, dk, dv, dout, out, lse, q, k, v, B, T, NH, NKV, HS,
                                          st);
-    else
-        launch_backward<0, 2, 4, 2, 4>(dq, dk, dv, dout, out, lse, q, k, v, B, T, NH, NKV, HS,
-                                       st);
+    else launch_backward<0, 2, 4, 2, 4>(dq, dk, dv, dout, out, lse, q, k, v, B, T, NH, NKV, HS, st);
 }

@@ -13,17 +13,17 @@
 #include <math.h>
 
 #define FULL_MASK 0xffffffffu
-#define DEC_NW 8  /* warps per block */
-#define DEC_G 4   /* keys per warp step */
+#define DEC_NW    8 /* warps per block */
+#define DEC_G     4 /* keys per warp step */
 #define DEC_MAXHS 256
 
 /* Grid (NH, S), DEC_NW warps. HSC is the head size when compiled in, 0 for any even HS <= 256
  * (lanes then cover NC = 8 chunks of 32 dims, guarded by d < HS). */
 template <int HSC>
 static __global__ void __launch_bounds__(DEC_NW * 32)
-attn_decode_kernel(cel_bf16_t *out, const float *q, const float *kc, const float *vc,
-                   const int32_t *slot, const int32_t *pos, int Tmax, int NH, int NKV, int hs,
-                   float scale) {
+    attn_decode_kernel(cel_bf16_t *out, const float *q, const float *kc, const float *vc,
+                       const int32_t *slot, const int32_t *pos, int Tmax, int NH, int NKV, int hs,
+                       float scale) {
     constexpr int NC = HSC ? (HSC + 31) / 32 : DEC_MAXHS / 32;
     const int HS = HSC ? HSC : hs;
     __shared__ float qs[DEC_MAXHS];
@@ -121,20 +121,20 @@ void cel_cuda_attention_decode(cel_bf16_t *out /* (S,NH*HS) */, const float *q /
     dim3 grid(NH, S);
     float scale = 1.0f / sqrtf((float)HS);
     if (HS == 64)
-        attn_decode_kernel<64><<<grid, DEC_NW * 32, 0, st>>>(out, q, kc, vc, slot, pos, Tmax, NH,
-                                                             NKV, HS, scale);
+        attn_decode_kernel<64>
+            <<<grid, DEC_NW * 32, 0, st>>>(out, q, kc, vc, slot, pos, Tmax, NH, NKV, HS, scale);
     else if (HS == 128)
-        attn_decode_kernel<128><<<grid, DEC_NW * 32, 0, st>>>(out, q, kc, vc, slot, pos, Tmax, NH,
-                                                              NKV, HS, scale);
+        attn_decode_kernel<128>
+            <<<grid, DEC_NW * 32, 0, st>>>(out, q, kc, vc, slot, pos, Tmax, NH, NKV, HS, scale);
     else
-        attn_decode_kernel<0><<<grid, DEC_NW * 32, 0, st>>>(out, q, kc, vc, slot, pos, Tmax, NH,
-                                                            NKV, HS, scale);
+        attn_decode_kernel<0>
+            <<<grid, DEC_NW * 32, 0, st>>>(out, q, kc, vc, slot, pos, Tmax, NH, NKV, HS, scale);
 }
 
 /* Grid-stride copy of S rows of KD floats (k and v) to cache row (slot[s], pos[s]). */
 static __global__ void kv_append_kernel(float *kc, float *vc, const float *k, const float *v,
-                                 const int32_t *slot, const int32_t *pos, int S, int Tmax,
-                                 int KD) {
+                                        const int32_t *slot, const int32_t *pos, int S, int Tmax,
+                                        int KD) {
     size_t n = (size_t)S * KD;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {

@@ -30,21 +30,19 @@ static __global__ void scale_cast_bf16_kernel(cel_bf16_t *out, const float *inp,
 /* out[i] = bf16(inp[i]), round to nearest even. */
 void cel_cuda_cast_f32_bf16(cel_bf16_t *out, const float *inp, size_t n, cudaStream_t st) {
     if (n == 0) return;
-    cast_f32_bf16_kernel<<<grid_size(n, CEL_CUDA_THREADS), CEL_CUDA_THREADS, 0, st>>>(out, inp,
-                                                                                       n);
+    cast_f32_bf16_kernel<<<grid_size(n, CEL_CUDA_THREADS), CEL_CUDA_THREADS, 0, st>>>(out, inp, n);
 }
 
 /* out[i] = (float)inp[i] (exact). */
 void cel_cuda_cast_bf16_f32(float *out, const cel_bf16_t *inp, size_t n, cudaStream_t st) {
     if (n == 0) return;
-    cast_bf16_f32_kernel<<<grid_size(n, CEL_CUDA_THREADS), CEL_CUDA_THREADS, 0, st>>>(out, inp,
-                                                                                       n);
+    cast_bf16_f32_kernel<<<grid_size(n, CEL_CUDA_THREADS), CEL_CUDA_THREADS, 0, st>>>(out, inp, n);
 }
 
 /* out[i] = bf16(scale * inp[i]): the product in fp32, then one rounding. */
 void cel_cuda_scale_cast_bf16(cel_bf16_t *out, const float *inp, float scale, size_t n,
                               cudaStream_t st) {
     if (n == 0) return;
-    scale_cast_bf16_kernel<<<grid_size(n, CEL_CUDA_THREADS), CEL_CUDA_THREADS, 0, st>>>(
-        out, inp, scale, n);
+    scale_cast_bf16_kernel<<<grid_size(n, CEL_CUDA_THREADS), CEL_CUDA_THREADS, 0, st>>>(out, inp,
+                                                                                        scale, n);
 }

@@ -14,11 +14,11 @@
 #include <cuda_runtime.h>
 
 /* Threads per block for elementwise (grid-stride) kernels. */
-#define CEL_CUDA_THREADS 256
+#define CEL_CUDA_THREADS     256
 /* Threads per block for one-block-per-row kernels. */
 #define CEL_CUDA_ROW_THREADS 256
 /* Grid-stride kernels never launch more blocks than this; they loop instead. */
-#define CEL_CUDA_MAX_BLOCKS 4096
+#define CEL_CUDA_MAX_BLOCKS  4096
 
 /* Blocks for a grid-stride loop over n items at `threads` per block (n > 0). */
 static inline unsigned int grid_size(size_t n, int threads) {

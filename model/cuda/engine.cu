@@ -27,7 +27,7 @@
 #define CEL_GPU_STAGE_FLOATS (16u << 20)
 #endif
 #define HEAD_CHUNK_BYTES ((size_t)CEL_GPU_HEAD_CHUNK_BYTES)
-#define STAGE_FLOATS ((size_t)CEL_GPU_STAGE_FLOATS)
+#define STAGE_FLOATS     ((size_t)CEL_GPU_STAGE_FLOATS)
 
 /* ------------------------------------------------------------------ memory */
 
@@ -101,8 +101,8 @@ static int upload_bf16(cel_gpu_t *g, cel_bf16_t *dst, const float *src, size_t n
                        cel_err_t *err) {
     for (size_t off = 0; off < n; off += STAGE_FLOATS) {
         size_t k = n - off < STAGE_FLOATS ? n - off : STAGE_FLOATS;
-        if (cudaMemcpyAsync(stage, src + off, k * sizeof(float), cudaMemcpyHostToDevice,
-                            g->st) != cudaSuccess)
+        if (cudaMemcpyAsync(stage, src + off, k * sizeof(float), cudaMemcpyHostToDevice, g->st) !=
+            cudaSuccess)
             return cel_gpu_check(g, "weight upload", err);
         cel_cuda_cast_f32_bf16(dst + off, stage, k, g->st);
         /* the stage is reused: wait before the next chunk overwrites it */
@@ -125,8 +125,10 @@ static int gpu_open(int index, const cel_gpu_model_src_t *src, cel_gpu_t **out,
         return cel_err_set(err, CEL_ENOTFOUND, "cuda:%d: no properties", index);
     const cel_config_t *c = src->cfg;
     if (c->HS > 256 || c->HS % 2)
-        return cel_err_set(err, CEL_EINVAL, "head_dim %d: the CUDA attention kernels take even "
-                           "head sizes up to 256", c->HS);
+        return cel_err_set(err, CEL_EINVAL,
+                           "head_dim %d: the CUDA attention kernels take even "
+                           "head sizes up to 256",
+                           c->HS);
     cel_gpu_t *g = (cel_gpu_t *)calloc(1, sizeof(*g));
     if (!g) return cel_err_set(err, CEL_ENOMEM, "out of memory");
     g->dev = index;
@@ -231,37 +233,62 @@ static int ws_ensure(cel_gpu_t *g, int B, int T, int train, int R, cel_err_t *er
     cudaStreamSynchronize(g->st);
     ws_free(g);
     const cel_config_t *c = &g->cfg;
-    size_t C = c->C, I = c->I, V = c->V, QD = (size_t)c->NH * c->HS,
-           KD = (size_t)c->NKV * c->HS, L = Ls, NH = c->NH;
+    size_t C = c->C, I = c->I, V = c->V, QD = (size_t)c->NH * c->HS, KD = (size_t)c->NKV * c->HS,
+           L = Ls, NH = c->NH;
     size_t chunk = (size_t)g->chunk < N ? (size_t)g->chunk : N;
     size_t wide = C > QD ? C : QD;
     wide = wide > I ? wide : I;
     size_t tb = train ? 1 : 0; /* backward buffers only when training */
     /* name, element size, count; the order is the layout */
-    struct { void **ptr; size_t esz, cnt; } sl[] = {
-        {(void **)&ws->tokens, 4, N}, {(void **)&ws->targets, 4, N}, {(void **)&ws->pos, 4, N},
-        {(void **)&ws->weights, 4, N}, {(void **)&ws->logp, 4, N},
-        {(void **)&ws->res, 4, (L + (train ? 1 : 0)) * N * C}, {(void **)&ws->res2, 4, L * N * C},
-        {(void **)&ws->ln1, 2, L * N * C}, {(void **)&ws->ln2, 2, L * N * C},
-        {(void **)&ws->rstd1, 4, L * N}, {(void **)&ws->rstd2, 4, L * N},
-        {(void **)&ws->q, 4, L * N * QD}, {(void **)&ws->k, 4, L * N * KD},
-        {(void **)&ws->v, 4, L * N * KD}, {(void **)&ws->lse, 4, L * N * NH},
-        {(void **)&ws->atty, 2, L * N * QD}, {(void **)&ws->gate, 4, L * N * I},
-        {(void **)&ws->up, 4, L * N * I}, {(void **)&ws->h, 2, L * N * I},
-        {(void **)&ws->lnf, 2, N * C}, {(void **)&ws->rstdf, 4, N},
-        {(void **)&ws->logits, 4, chunk * V}, {(void **)&ws->dlogits, 2, tb * chunk * V},
-        {(void **)&ws->tmp, 4, N * C},
-        {(void **)&ws->dres, 4, tb * N * C}, {(void **)&ws->dln, 4, tb * N * C},
-        {(void **)&ws->d16, 2, tb * N * wide}, {(void **)&ws->datty, 4, tb * N * QD},
-        {(void **)&ws->dq, 4, tb * N * QD}, {(void **)&ws->dk, 4, tb * N * KD},
-        {(void **)&ws->dv, 4, tb * N * KD}, {(void **)&ws->dk16, 2, tb * N * KD},
-        {(void **)&ws->dv16, 2, tb * N * KD}, {(void **)&ws->dgate, 4, tb * N * I},
-        {(void **)&ws->dup, 4, tb * N * I}, {(void **)&ws->dh, 4, tb * N * I},
-        {(void **)&ws->dup16, 2, tb * N * I}, {(void **)&ws->du, 2, tb * N * (size_t)R},
-        {(void **)&ws->u[0], 2, L * N * R}, {(void **)&ws->u[1], 2, L * N * R},
-        {(void **)&ws->u[2], 2, L * N * R}, {(void **)&ws->u[3], 2, L * N * R},
-        {(void **)&ws->u[4], 2, L * N * R}, {(void **)&ws->u[5], 2, L * N * R},
-        {(void **)&ws->u[6], 2, L * N * R},
+    struct {
+        void **ptr;
+        size_t esz, cnt;
+    } sl[] = {
+        { (void **)&ws->tokens, 4, N },
+        { (void **)&ws->targets, 4, N },
+        { (void **)&ws->pos, 4, N },
+        { (void **)&ws->weights, 4, N },
+        { (void **)&ws->logp, 4, N },
+        { (void **)&ws->res, 4, (L + (train ? 1 : 0)) * N * C },
+        { (void **)&ws->res2, 4, L * N * C },
+        { (void **)&ws->ln1, 2, L * N * C },
+        { (void **)&ws->ln2, 2, L * N * C },
+        { (void **)&ws->rstd1, 4, L * N },
+        { (void **)&ws->rstd2, 4, L * N },
+        { (void **)&ws->q, 4, L * N * QD },
+        { (void **)&ws->k, 4, L * N * KD },
+        { (void **)&ws->v, 4, L * N * KD },
+        { (void **)&ws->lse, 4, L * N * NH },
+        { (void **)&ws->atty, 2, L * N * QD },
+        { (void **)&ws->gate, 4, L * N * I },
+        { (void **)&ws->up, 4, L * N * I },
+        { (void **)&ws->h, 2, L * N * I },
+        { (void **)&ws->lnf, 2, N * C },
+        { (void **)&ws->rstdf, 4, N },
+        { (void **)&ws->logits, 4, chunk * V },
+        { (void **)&ws->dlogits, 2, tb * chunk * V },
+        { (void **)&ws->tmp, 4, N * C },
+        { (void **)&ws->dres, 4, tb * N * C },
+        { (void **)&ws->dln, 4, tb * N * C },
+        { (void **)&ws->d16, 2, tb * N * wide },
+        { (void **)&ws->datty, 4, tb * N * QD },
+        { (void **)&ws->dq, 4, tb * N * QD },
+        { (void **)&ws->dk, 4, tb * N * KD },
+        { (void **)&ws->dv, 4, tb * N * KD },
+        { (void **)&ws->dk16, 2, tb * N * KD },
+        { (void **)&ws->dv16, 2, tb * N * KD },
+        { (void **)&ws->dgate, 4, tb * N * I },
+        { (void **)&ws->dup, 4, tb * N * I },
+        { (void **)&ws->dh, 4, tb * N * I },
+        { (void **)&ws->dup16, 2, tb * N * I },
+        { (void **)&ws->du, 2, tb * N * (size_t)R },
+        { (void **)&ws->u[0], 2, L * N * R },
+        { (void **)&ws->u[1], 2, L * N * R },
+        { (void **)&ws->u[2], 2, L * N * R },
+        { (void **)&ws->u[3], 2, L * N * R },
+        { (void **)&ws->u[4], 2, L * N * R },
+        { (void **)&ws->u[5], 2, L * N * R },
+        { (void **)&ws->u[6], 2, L * N * R },
     };
     size_t ns = sizeof(sl) / sizeof(sl[0]), bytes = 0;
     for (size_t i = 0; i < ns; i++) bytes += (sl[i].esz * sl[i].cnt + 255) & ~(size_t)255;
@@ -295,10 +322,10 @@ static int ws_ensure(cel_gpu_t *g, int B, int T, int train, int R, cel_err_t *er
 const cel_bf16_t *cel_gpu_mod_weight(const cel_gpu_t *g, int l, int mod, int *in, int *out) {
     const cel_config_t *c = &g->cfg;
     int q = c->NH * c->HS, kv = c->NKV * c->HS;
-    const cel_bf16_t *base[CEL_GPU_NMOD] = {g->p.wq, g->p.wk, g->p.wv, g->p.wo,
-                                            g->p.wg, g->p.wu, g->p.wd};
-    int ins[CEL_GPU_NMOD] = {c->C, c->C, c->C, q, c->C, c->C, c->I};
-    int outs[CEL_GPU_NMOD] = {q, kv, kv, c->C, c->I, c->I, c->C};
+    const cel_bf16_t *base[CEL_GPU_NMOD] = { g->p.wq, g->p.wk, g->p.wv, g->p.wo,
+                                             g->p.wg, g->p.wu, g->p.wd };
+    int ins[CEL_GPU_NMOD] = { c->C, c->C, c->C, q, c->C, c->C, c->I };
+    int outs[CEL_GPU_NMOD] = { q, kv, kv, c->C, c->I, c->I, c->C };
     *in = ins[mod];
     *out = outs[mod];
     return base[mod] + (size_t)l * ins[mod] * outs[mod];
@@ -322,10 +349,9 @@ void cel_gpu_linear_forward(cel_gpu_t *g, int l, int mod, float *out, cel_bf16_t
         const cel_gpu_lora_t *lo = segs[s].lora;
         if (!lo || !(lo->sh.targets & (1u << mod))) continue;
         size_t r0 = (size_t)segs[s].b0 * T;
-        cel_cuda_lora_forward(g->blas, out + r0 * od, u + r0 * R, inp + r0 * in,
-                              lo->w16 + lora_off_a(lo, l, mod, in),
-                              lo->w16 + lora_off_b(lo, l, mod, od), lo->sh.scaling,
-                              segs[s].nb * T, in, od, lo->sh.R);
+        cel_cuda_lora_forward(
+            g->blas, out + r0 * od, u + r0 * R, inp + r0 * in, lo->w16 + lora_off_a(lo, l, mod, in),
+            lo->w16 + lora_off_b(lo, l, mod, od), lo->sh.scaling, segs[s].nb * T, in, od, lo->sh.R);
     }
 }
 
@@ -344,8 +370,8 @@ static void linear_backward(cel_gpu_t *g, int l, int mod, float *dinp, float bet
                ob = lora_off_b(lo, l, mod, od);
         cel_cuda_lora_backward(g->blas, dinp + r0 * in, lo->grad + oa, lo->grad + ob,
                                g->ws.du + r0 * R, dout + r0 * od, inp + r0 * in, u + r0 * R,
-                               lo->w16 + oa, lo->w16 + ob, lo->sh.scaling, segs[s].nb * T, in,
-                               od, lo->sh.R);
+                               lo->w16 + oa, lo->w16 + ob, lo->sh.scaling, segs[s].nb * T, in, od,
+                               lo->sh.R);
     }
 }
 
@@ -377,8 +403,7 @@ static acts_t layer_acts(const cel_gpu_t *g, int l, int train, size_t N, int R) 
     a.gate = ws->gate + s * N * I;
     a.up = ws->up + s * N * I;
     a.h = ws->h + s * N * I;
-    for (int m = 0; m < CEL_GPU_NMOD; m++)
-        a.u[m] = ws->u[m] ? ws->u[m] + s * N * R : NULL;
+    for (int m = 0; m < CEL_GPU_NMOD; m++) a.u[m] = ws->u[m] ? ws->u[m] + s * N * R : NULL;
     return a;
 }
 
@@ -423,17 +448,16 @@ static int head(cel_gpu_t *g, int N, int has_targets, int backward, float *logit
     int C = c->C, V = c->V;
     for (int r0 = 0; r0 < N; r0 += g->chunk) {
         int rows = N - r0 < g->chunk ? N - r0 : g->chunk;
-        cel_cuda_matmul_forward(g->blas, ws->logits, ws->lnf + (size_t)r0 * C, g->p.lm, rows, C,
-                                V, 0.0f);
-        if (logits_host &&
-            cudaMemcpyAsync(logits_host + (size_t)r0 * V, ws->logits,
-                            (size_t)rows * V * sizeof(float), cudaMemcpyDeviceToHost,
-                            g->st) != cudaSuccess)
+        cel_cuda_matmul_forward(g->blas, ws->logits, ws->lnf + (size_t)r0 * C, g->p.lm, rows, C, V,
+                                0.0f);
+        if (logits_host && cudaMemcpyAsync(logits_host + (size_t)r0 * V, ws->logits,
+                                           (size_t)rows * V * sizeof(float), cudaMemcpyDeviceToHost,
+                                           g->st) != cudaSuccess)
             return cel_gpu_check(g, "logits copy", err);
         if (has_targets)
             cel_cuda_crossentropy_forward_backward(ws->logp + r0, backward ? ws->dlogits : NULL,
-                                                   ws->logits, ws->targets + r0,
-                                                   ws->weights + r0, 1.0f, rows, V, g->st);
+                                                   ws->logits, ws->targets + r0, ws->weights + r0,
+                                                   1.0f, rows, V, g->st);
         if (backward)
             cel_cuda_matmul_backward(g->blas, ws->dln + (size_t)r0 * C, 0.0f, NULL, ws->dlogits,
                                      ws->lnf + (size_t)r0 * C, g->p.lm, rows, C, V);
@@ -462,17 +486,17 @@ static void backward(cel_gpu_t *g, int B, int T, int R, int nseg, const cel_gpu_
         cel_cuda_cast_f32_bf16(ws->dup16, ws->dup, (size_t)N * I, st);
         linear_backward(g, l, 4, ws->dln, 0.0f, ws->d16, a.ln2, a.u[4], N, T, R, nseg, segs);
         linear_backward(g, l, 5, ws->dln, 1.0f, ws->dup16, a.ln2, a.u[5], N, T, R, nseg, segs);
-        cel_cuda_rmsnorm_backward(ws->dres, ws->dln, a.res2, g->p.ln2 + (size_t)l * C, a.rstd2,
-                                  N, C, st);
+        cel_cuda_rmsnorm_backward(ws->dres, ws->dln, a.res2, g->p.ln2 + (size_t)l * C, a.rstd2, N,
+                                  C, st);
         /* attention: res2 = resin + o(atty) */
         cel_cuda_cast_f32_bf16(ws->d16, ws->dres, NC, st);
         linear_backward(g, l, 3, ws->datty, 0.0f, ws->d16, a.atty, a.u[3], N, T, R, nseg, segs);
-        cel_cuda_attention_backward(ws->dq, ws->dk, ws->dv, ws->datty, a.atty, a.lse, a.q, a.k,
-                                    a.v, B, T, c->NH, c->NKV, c->HS, st);
-        cel_cuda_rope_backward(ws->dq, ws->dq, ws->pos, g->rope_cos, g->rope_sin, N, c->NH,
-                               c->HS, st);
-        cel_cuda_rope_backward(ws->dk, ws->dk, ws->pos, g->rope_cos, g->rope_sin, N, c->NKV,
-                               c->HS, st);
+        cel_cuda_attention_backward(ws->dq, ws->dk, ws->dv, ws->datty, a.atty, a.lse, a.q, a.k, a.v,
+                                    B, T, c->NH, c->NKV, c->HS, st);
+        cel_cuda_rope_backward(ws->dq, ws->dq, ws->pos, g->rope_cos, g->rope_sin, N, c->NH, c->HS,
+                               st);
+        cel_cuda_rope_backward(ws->dk, ws->dk, ws->pos, g->rope_cos, g->rope_sin, N, c->NKV, c->HS,
+                               st);
         cel_cuda_cast_f32_bf16(ws->d16, ws->dq, (size_t)N * QD, st);
         cel_cuda_cast_f32_bf16(ws->dk16, ws->dk, (size_t)N * KD, st);
         cel_cuda_cast_f32_bf16(ws->dv16, ws->dv, (size_t)N * KD, st);
@@ -480,8 +504,8 @@ static void backward(cel_gpu_t *g, int B, int T, int R, int nseg, const cel_gpu_
         linear_backward(g, l, 1, ws->dln, 1.0f, ws->dk16, a.ln1, a.u[1], N, T, R, nseg, segs);
         linear_backward(g, l, 2, ws->dln, 1.0f, ws->dv16, a.ln1, a.u[2], N, T, R, nseg, segs);
         if (l > 0) /* below layer 0 only the frozen embedding remains */
-            cel_cuda_rmsnorm_backward(ws->dres, ws->dln, a.resin, g->p.ln1 + (size_t)l * C,
-                                      a.rstd1, N, C, st);
+            cel_cuda_rmsnorm_backward(ws->dres, ws->dln, a.resin, g->p.ln1 + (size_t)l * C, a.rstd1,
+                                      N, C, st);
     }
 }
 
@@ -493,7 +517,8 @@ static int gpu_run(cel_gpu_t *g, const cel_gpu_batch_t *b, int nseg, const cel_g
         return cel_err_set(err, CEL_EINVAL, "a backward pass needs targets");
     for (int s = 0; s < nseg; s++) {
         if (do_backward && !segs[s].lora)
-            return cel_err_set(err, CEL_EINVAL, "every segment of a backward pass needs an "
+            return cel_err_set(err, CEL_EINVAL,
+                               "every segment of a backward pass needs an "
                                "adapter");
         if (segs[s].lora && segs[s].lora->g != g)
             return cel_err_set(err, CEL_EINVAL, "adapter belongs to another GPU model");
@@ -531,9 +556,8 @@ static void lora_free(cel_gpu_lora_t *l) {
     free(l);
 }
 
-static int lora_new(cel_gpu_t *g, const cel_gpu_lora_shape_t *sh, const float *w,
-                    const float *grad, const float *m, const float *v, cel_gpu_lora_t **out,
-                    cel_err_t *err) {
+static int lora_new(cel_gpu_t *g, const cel_gpu_lora_shape_t *sh, const float *w, const float *grad,
+                    const float *m, const float *v, cel_gpu_lora_t **out, cel_err_t *err) {
     *out = NULL;
     cudaSetDevice(g->dev);
     cel_gpu_lora_t *l = (cel_gpu_lora_t *)calloc(1, sizeof(*l));
@@ -554,8 +578,8 @@ static int lora_new(cel_gpu_t *g, const cel_gpu_lora_shape_t *sh, const float *w
     l->v = (float *)(x + 3 * fb);
     l->w16 = (cel_bf16_t *)(x + 4 * fb);
     l->sumsq = (double *)(x + 4 * fb + hb);
-    const float *src[4] = {w, grad, m, v};
-    float *dst[4] = {l->w, l->grad, l->m, l->v};
+    const float *src[4] = { w, grad, m, v };
+    float *dst[4] = { l->w, l->grad, l->m, l->v };
     for (int i = 0; i < 4; i++) {
         cudaError_t e = src[i] ? cudaMemcpyAsync(dst[i], src[i], n * sizeof(float),
                                                  cudaMemcpyHostToDevice, g->st)
@@ -576,8 +600,8 @@ static int lora_download(cel_gpu_lora_t *l, float *w, float *grad, float *m, flo
                          cel_err_t *err) {
     cel_gpu_t *g = l->g;
     cudaSetDevice(g->dev);
-    float *dst[4] = {w, grad, m, v};
-    const float *src[4] = {l->w, l->grad, l->m, l->v};
+    float *dst[4] = { w, grad, m, v };
+    const float *src[4] = { l->w, l->grad, l->m, l->v };
     for (int i = 0; i < 4; i++)
         if (dst[i] && cudaMemcpyAsync(dst[i], src[i], l->sh.n * sizeof(float),
                                       cudaMemcpyDeviceToHost, g->st) != cudaSuccess)
@@ -587,8 +611,8 @@ static int lora_download(cel_gpu_lora_t *l, float *w, float *grad, float *m, flo
 
 static size_t lora_bytes(const cel_gpu_lora_t *l) { return l->bytes; }
 
-static int lora_step(cel_gpu_lora_t *l, float lr, float beta1, float beta2, float eps,
-                     float wd, float clip, int step, float *norm, cel_err_t *err) {
+static int lora_step(cel_gpu_lora_t *l, float lr, float beta1, float beta2, float eps, float wd,
+                     float clip, int step, float *norm, cel_err_t *err) {
     cel_gpu_t *g = l->g;
     cudaSetDevice(g->dev);
     size_t n = l->sh.n;
@@ -617,11 +641,21 @@ static int lora_zero_grad(cel_gpu_lora_t *l, cel_err_t *err) {
 /* ------------------------------------------------------------------ export */
 
 static const cel_gpu_api_t api = {
-    CEL_GPU_ABI,       device_count,         gpu_open,
-    gpu_close,         gpu_mem,              lora_new,
-    lora_download,     lora_free,            lora_bytes,
-    lora_step,         lora_zero_grad,       gpu_run,
-    cel_gpu_sampler_new, cel_gpu_sampler_feed, cel_gpu_sampler_pick,
+    CEL_GPU_ABI,
+    device_count,
+    gpu_open,
+    gpu_close,
+    gpu_mem,
+    lora_new,
+    lora_download,
+    lora_free,
+    lora_bytes,
+    lora_step,
+    lora_zero_grad,
+    gpu_run,
+    cel_gpu_sampler_new,
+    cel_gpu_sampler_feed,
+    cel_gpu_sampler_pick,
     cel_gpu_sampler_free,
 };
 

@@ -46,14 +46,14 @@ typedef struct gpu_ws {
     float *logits;                   /* (chunk,V) */
     cel_bf16_t *dlogits;             /* (chunk,V) */
     /* backward only */
-    float *dres, *dln, *tmp;         /* (N,C); tmp also forward */
-    cel_bf16_t *d16;                 /* (N,max(C,QD,I)) a gradient cast for a GEMM */
-    float *datty, *dq;               /* (N,QD) */
-    float *dk, *dv;                  /* (N,KD) */
-    cel_bf16_t *dk16, *dv16;         /* (N,KD) */
-    float *dgate, *dup, *dh;         /* (N,I) */
-    cel_bf16_t *dup16;               /* (N,I) */
-    cel_bf16_t *du;                  /* (N,R) */
+    float *dres, *dln, *tmp; /* (N,C); tmp also forward */
+    cel_bf16_t *d16;         /* (N,max(C,QD,I)) a gradient cast for a GEMM */
+    float *datty, *dq;       /* (N,QD) */
+    float *dk, *dv;          /* (N,KD) */
+    cel_bf16_t *dk16, *dv16; /* (N,KD) */
+    float *dgate, *dup, *dh; /* (N,I) */
+    cel_bf16_t *dup16;       /* (N,I) */
+    cel_bf16_t *du;          /* (N,R) */
 } gpu_ws_t;
 
 struct cel_gpu {
@@ -66,18 +66,18 @@ struct cel_gpu {
     gpu_params_t p;
     float *rope_cos, *rope_sin;
     gpu_ws_t ws;
-    int chunk;               /* rows of logits per head chunk */
-    size_t used, peak;       /* bytes through dmalloc */
-    int32_t *host_pos;       /* (cap) positions staged for upload */
+    int chunk;         /* rows of logits per head chunk */
+    size_t used, peak; /* bytes through dmalloc */
+    int32_t *host_pos; /* (cap) positions staged for upload */
     size_t host_pos_cap;
 };
 
 struct cel_gpu_lora {
     cel_gpu_t *g;
     cel_gpu_lora_shape_t sh;
-    float *w, *grad, *m, *v;  /* (n) each, one allocation */
-    cel_bf16_t *w16;          /* (n) bf16 shadow of w for the GEMMs */
-    double *sumsq;            /* device scalar for the gradient norm */
+    float *w, *grad, *m, *v; /* (n) each, one allocation */
+    cel_bf16_t *w16;         /* (n) bf16 shadow of w for the GEMMs */
+    double *sumsq;           /* device scalar for the gradient norm */
     size_t bytes;
 };
 
@@ -105,8 +105,7 @@ int cel_gpu_sampler_new(cel_gpu_t *g, int n, cel_gpu_lora_t *const *loras,
 int cel_gpu_sampler_feed(cel_gpu_sampler_t *s, int cnt, const int *seqs, const int32_t *tokens,
                          cel_err_t *err);
 int cel_gpu_sampler_pick(cel_gpu_sampler_t *s, int cnt, const int *seqs, const float *u,
-                         float temperature, int top_k, float top_p, int32_t *out,
-                         cel_err_t *err);
+                         float temperature, int top_k, float top_p, int32_t *out, cel_err_t *err);
 void cel_gpu_sampler_free(cel_gpu_sampler_t *s);
 
 #endif

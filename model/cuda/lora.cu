@@ -23,12 +23,10 @@ void cel_cuda_lora_forward(cublasHandle_t h, float *out /* (N,OC) += */,
  * dinp += du @ A when dinp is not NULL. */
 void cel_cuda_lora_backward(cublasHandle_t h, float *dinp /* (N,IC) += or NULL */,
                             float *dA /* (R,IC) += */, float *dB /* (OC,R) += */,
-                            cel_bf16_t *du /* (N,R) scratch */,
-                            const cel_bf16_t *dout /* (N,OC) */,
+                            cel_bf16_t *du /* (N,R) scratch */, const cel_bf16_t *dout /* (N,OC) */,
                             const cel_bf16_t *inp /* (N,IC) */, const cel_bf16_t *u /* (N,R) */,
-                            const cel_bf16_t *A16 /* (R,IC) */,
-                            const cel_bf16_t *B16 /* (OC,R) */, float scaling, int N, int IC,
-                            int OC, int R) {
+                            const cel_bf16_t *A16 /* (R,IC) */, const cel_bf16_t *B16 /* (OC,R) */,
+                            float scaling, int N, int IC, int OC, int R) {
     /* dB (OC,R) += s dout^T (OC,N) @ u (N,R) */
     cel_cuda_gemm(h, 1, 0, OC, R, N, scaling, dout, OC, u, R, 1.0f, dB, NULL, R);
     /* du (N,R) = s dout (N,OC) @ B (OC,R) */

@@ -24,20 +24,22 @@ static thread_local char gemm_call[160];
  * is kept for cel_cuda_gemm_take_error, so a refused GEMM becomes the
  * engine's error at its next check instead of wrong numbers. */
 void cel_cuda_gemm(cublasHandle_t h, int ta, int tb, int M, int N, int K, float alpha,
-                   const cel_bf16_t *A, int lda, const cel_bf16_t *B, int ldb, float beta,
-                   float *c, cel_bf16_t *c_bf16, int ldc) {
+                   const cel_bf16_t *A, int lda, const cel_bf16_t *B, int ldb, float beta, float *c,
+                   cel_bf16_t *c_bf16, int ldc) {
     if (M <= 0 || N <= 0) return;
     void *C = c ? (void *)c : (void *)c_bf16;
     cudaDataType_t ctype = c ? CUDA_R_32F : CUDA_R_16BF;
     /* column-major: C^T (N,M) = op(B)^T (N,K) @ op(A)^T (K,M) */
-    cublasStatus_t s = cublasGemmEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                    ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
-                                    CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C, ctype, ldc,
-                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    cublasStatus_t s =
+        cublasGemmEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
+                     &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C, ctype, ldc,
+                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (s != CUBLAS_STATUS_SUCCESS && gemm_status == CUBLAS_STATUS_SUCCESS) {
         gemm_status = s;
-        snprintf(gemm_call, sizeof(gemm_call), "GEMM ta=%d tb=%d M=%d N=%d K=%d lda=%d ldb=%d "
-                 "ldc=%d (%s C)", ta, tb, M, N, K, lda, ldb, ldc, c ? "fp32" : "bf16");
+        snprintf(gemm_call, sizeof(gemm_call),
+                 "GEMM ta=%d tb=%d M=%d N=%d K=%d lda=%d ldb=%d "
+                 "ldc=%d (%s C)",
+                 ta, tb, M, N, K, lda, ldb, ldc, c ? "fp32" : "bf16");
     }
 }
 

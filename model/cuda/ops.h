@@ -44,8 +44,8 @@ void cel_cuda_scale_cast_bf16(cel_bf16_t *out, const float *inp, float scale, si
  * dimensions are the row strides. A, B bf16; C fp32 (c_bf16 NULL) or bf16
  * (c NULL, c_bf16 set). fp32 accumulation. */
 void cel_cuda_gemm(cublasHandle_t h, int ta, int tb, int M, int N, int K, float alpha,
-                   const cel_bf16_t *A, int lda, const cel_bf16_t *B, int ldb, float beta,
-                   float *c, cel_bf16_t *c_bf16, int ldc);
+                   const cel_bf16_t *A, int lda, const cel_bf16_t *B, int ldb, float beta, float *c,
+                   cel_bf16_t *c_bf16, int ldc);
 
 /* The first status other than success a GEMM got from cuBLAS since the last
  * call (which clears it), its shape in what; CUBLAS_STATUS_SUCCESS when none.
@@ -74,12 +74,10 @@ void cel_cuda_lora_forward(cublasHandle_t h, float *out /* (N,OC) += */,
  * dinp += du @ A when dinp. dA, dB fp32. */
 void cel_cuda_lora_backward(cublasHandle_t h, float *dinp /* (N,IC) += or NULL */,
                             float *dA /* (R,IC) += */, float *dB /* (OC,R) += */,
-                            cel_bf16_t *du /* (N,R) scratch */,
-                            const cel_bf16_t *dout /* (N,OC) */,
+                            cel_bf16_t *du /* (N,R) scratch */, const cel_bf16_t *dout /* (N,OC) */,
                             const cel_bf16_t *inp /* (N,IC) */, const cel_bf16_t *u /* (N,R) */,
-                            const cel_bf16_t *A16 /* (R,IC) */,
-                            const cel_bf16_t *B16 /* (OC,R) */, float scaling, int N, int IC,
-                            int OC, int R);
+                            const cel_bf16_t *A16 /* (R,IC) */, const cel_bf16_t *B16 /* (OC,R) */,
+                            float scaling, int N, int IC, int OC, int R);
 
 /* embedding.cu: out[n] = wte[tokens[n]]. */
 void cel_cuda_embedding_forward(float *out /* (N,C) */, const int32_t *tokens /* (N) */,
@@ -103,17 +101,16 @@ void cel_cuda_rope_forward(float *out /* (N,NHX,HS) */, const float *inp /* (N,N
                            cudaStream_t st);
 /* dinp = the inverse rotation of dout; in place allowed. */
 void cel_cuda_rope_backward(float *dinp /* (N,NHX,HS) = */, const float *dout,
-                            const int32_t *pos /* (N) */, const float *cos_t,
-                            const float *sin_t, int N, int NHX, int HS, cudaStream_t st);
+                            const int32_t *pos /* (N) */, const float *cos_t, const float *sin_t,
+                            int N, int NHX, int HS, cudaStream_t st);
 
 /* attention.cu: causal grouped-query attention, flash-style (tiled, online
  * softmax, no (T,T) matrix in memory); query head h reads kv head h/(NH/NKV).
  * Rows of sequence b at or past lens[b] (lens NULL: all T valid) are padding:
  * their outputs are unspecified but finite, and they never influence valid
  * rows (causality already guarantees that for right padding). HS <= 256, even. */
-void cel_cuda_attention_forward(cel_bf16_t *out /* (B,T,NH*HS) */,
-                                float *lse /* (B,NH,T) saved */, const float *q /* (B,T,NH*HS) */,
-                                const float *k /* (B,T,NKV*HS) */,
+void cel_cuda_attention_forward(cel_bf16_t *out /* (B,T,NH*HS) */, float *lse /* (B,NH,T) saved */,
+                                const float *q /* (B,T,NH*HS) */, const float *k /* (B,T,NKV*HS) */,
                                 const float *v /* (B,T,NKV*HS) */, int B, int T, int NH, int NKV,
                                 int HS, cudaStream_t st);
 /* dq =, dk =, dv = (fp32); out is the forward's output (for rowsum(dout * out)). */
@@ -141,8 +138,8 @@ void cel_cuda_swiglu_forward(cel_bf16_t *out /* (N,I) */, const float *gate /* (
                              const float *up /* (N,I) */, size_t n, cudaStream_t st);
 /* dgate =, dup =. */
 void cel_cuda_swiglu_backward(float *dgate /* (N,I) = */, float *dup /* (N,I) = */,
-                              const float *dout /* (N,I) */, const float *gate,
-                              const float *up, size_t n, cudaStream_t st);
+                              const float *dout /* (N,I) */, const float *gate, const float *up,
+                              size_t n, cudaStream_t st);
 
 /* residual.cu: out = a + b (out may alias a or b). */
 void cel_cuda_residual_forward(float *out, const float *a, const float *b, size_t n,
@@ -179,7 +176,7 @@ void cel_cuda_adamw_scale(float *g, size_t n, float scale, cudaStream_t st);
  * drawn on the host from each sequence's own RNG stream, so a sequence
  * samples the same alone or in a batch. One block per row; V up to 2^20. */
 void cel_cuda_sample(int32_t *out /* (S) */, const float *logits /* (S,V) */,
-                     const float *u /* (S) */, float temperature, int top_k, float top_p,
-                     int S, int V, cudaStream_t st);
+                     const float *u /* (S) */, float temperature, int top_k, float top_p, int S,
+                     int V, cudaStream_t st);
 
 #endif

@@ -19,6 +19,6 @@ static __global__ void residual_forward_kernel(float *out, const float *a, const
 void cel_cuda_residual_forward(float *out, const float *a, const float *b, size_t n,
                                cudaStream_t st) {
     if (n == 0) return;
-    residual_forward_kernel<<<grid_size(n, CEL_CUDA_THREADS), CEL_CUDA_THREADS, 0, st>>>(out, a,
-                                                                                          b, n);
+    residual_forward_kernel<<<grid_size(n, CEL_CUDA_THREADS), CEL_CUDA_THREADS, 0, st>>>(out, a, b,
+                                                                                         n);
 }

@@ -27,8 +27,7 @@ static __global__ void rmsnorm_forward_kernel(cel_bf16_t *out, float *rstd, cons
 
 /* dx = r (d w - xhat mean(d w xhat)), xhat = x r. */
 static __global__ void rmsnorm_backward_kernel(float *dinp, const float *dout, const float *inp,
-                                               const cel_bf16_t *weight, const float *rstd,
-                                               int C) {
+                                               const cel_bf16_t *weight, const float *rstd, int C) {
     size_t row = blockIdx.x;
     const float *x = inp + row * C, *d = dout + row * C;
     float *dx = dinp + row * C;

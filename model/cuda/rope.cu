@@ -32,8 +32,7 @@ static __global__ void rope_kernel(float *out, const float *inp, const int32_t *
 }
 
 static void rope_launch(float *out, const float *inp, const int32_t *pos, const float *cos_t,
-                        const float *sin_t, int N, int NHX, int HS, float sign,
-                        cudaStream_t st) {
+                        const float *sin_t, int N, int NHX, int HS, float sign, cudaStream_t st) {
     size_t pairs = (size_t)N * (size_t)NHX * (size_t)(HS / 2);
     if (pairs == 0) return;
     rope_kernel<<<grid_size(pairs, CEL_CUDA_THREADS), CEL_CUDA_THREADS, 0, st>>>(
@@ -51,7 +50,7 @@ void cel_cuda_rope_forward(float *out /* (N,NHX,HS) */, const float *inp /* (N,N
 /* dinp = the inverse rotation of dout (=): dinp[i] = d1 cos + d2 sin,
  * dinp[i+h] = d2 cos - d1 sin. dinp may equal dout. */
 void cel_cuda_rope_backward(float *dinp /* (N,NHX,HS) = */, const float *dout,
-                            const int32_t *pos /* (N) */, const float *cos_t,
-                            const float *sin_t, int N, int NHX, int HS, cudaStream_t st) {
+                            const int32_t *pos /* (N) */, const float *cos_t, const float *sin_t,
+                            int N, int NHX, int HS, cudaStream_t st) {
     rope_launch(dinp, dout, pos, cos_t, sin_t, N, NHX, HS, -1.0f, st);
 }

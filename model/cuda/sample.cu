@@ -21,7 +21,7 @@
 #define FULL_MASK 0xffffffffu
 #define SAMPLE_NT 512 /* threads per block */
 #define SAMPLE_NW (SAMPLE_NT / 32)
-#define FIX_ONE 0x1p43f /* fixed-point weight of exp(0) */
+#define FIX_ONE   0x1p43f /* fixed-point weight of exp(0) */
 
 typedef unsigned long long u64;
 
@@ -184,7 +184,7 @@ static __device__ unsigned radix_select(const float *lg, int V, float temp, floa
 
 /* Id of the n-th token (n >= 1, in id order) whose key is kap; V-1 if there are fewer. */
 static __device__ int find_nth(const float *lg, int V, float temp, unsigned kap, u64 n,
-                              sample_smem *sm) {
+                               sample_smem *sm) {
     int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     u64 base = 0;
     for (int c0 = 0; c0 < V; c0 += SAMPLE_NT) {
@@ -212,8 +212,8 @@ static __device__ int find_nth(const float *lg, int V, float temp, unsigned kap,
 
 /* Grid (S), SAMPLE_NT threads: out[row] for one row of logits. */
 static __global__ void __launch_bounds__(SAMPLE_NT)
-sample_kernel(int32_t *out, const float *logits, const float *u, float temp, int top_k,
-              float top_p, int V) {
+    sample_kernel(int32_t *out, const float *logits, const float *u, float temp, int top_k,
+                  float top_p, int V) {
     __shared__ sample_smem sm;
     int tid = threadIdx.x, row = blockIdx.x;
     const float *lg = logits + (size_t)row * V;
@@ -258,10 +258,8 @@ sample_kernel(int32_t *out, const float *logits, const float *u, float temp, int
             u64 wk = wfix(kfloat(kp), mx); /* every token with key kp weighs exactly this */
             u64 cnt = wk ? eq / wk : 1, n = wk ? (target - above + wk - 1) / wk : 1;
             if (n < 1) n = 1;
-            if (n >= cnt)
-                idc = kp == kap ? idc : V - 1;
-            else
-                idc = find_nth(lg, V, temp, kp, n, &sm);
+            if (n >= cnt) idc = kp == kap ? idc : V - 1;
+            else idc = find_nth(lg, V, temp, kp, n, &sm);
             kap = kp;
         }
     }
@@ -294,8 +292,8 @@ sample_kernel(int32_t *out, const float *logits, const float *u, float temp, int
 
 /* One block per row; u[s] in [0, 1). Sizes (V <= 2^20, S >= 1) are the caller's to check. */
 void cel_cuda_sample(int32_t *out /* (S) */, const float *logits /* (S,V) */,
-                     const float *u /* (S) */, float temperature, int top_k, float top_p,
-                     int S, int V, cudaStream_t st) {
+                     const float *u /* (S) */, float temperature, int top_k, float top_p, int S,
+                     int V, cudaStream_t st) {
     if (S < 1 || V < 1) return;
     sample_kernel<<<S, SAMPLE_NT, 0, st>>>(out, logits, u, temperature, top_k, top_p, V);
 }

@@ -19,18 +19,18 @@
 struct cel_gpu_sampler {
     cel_gpu_t *g;
     int n, Tmax, rows, R;
-    cel_gpu_lora_t **loras;  /* (n) host */
-    int *len;                /* (n) host: cached tokens */
-    float *kc, *vc;          /* (L,n,Tmax,KD) */
+    cel_gpu_lora_t **loras; /* (n) host */
+    int *len;               /* (n) host: cached tokens */
+    float *kc, *vc;         /* (L,n,Tmax,KD) */
     size_t cache_bytes;
-    float *logits;           /* (n,V) */
-    void *block;             /* scratch for `rows` rows */
+    float *logits; /* (n,V) */
+    void *block;   /* scratch for `rows` rows */
     size_t bytes;
     float *x, *q, *k, *v, *tmp, *gate, *up, *rstd, *lse, *sel, *draws;
     cel_bf16_t *ln, *atty, *h, *u, *lnf;
     int32_t *toks, *pos, *slot, *out;
-    int32_t *htoks, *hpos, *hslot;  /* (rows) host staging */
-    cel_gpu_seg_t *segs;            /* (rows) host */
+    int32_t *htoks, *hpos, *hslot; /* (rows) host staging */
+    cel_gpu_seg_t *segs;           /* (rows) host */
 };
 
 void cel_gpu_sampler_free(cel_gpu_sampler_t *s) {
@@ -53,19 +53,22 @@ void cel_gpu_sampler_free(cel_gpu_sampler_t *s) {
 static int scratch_alloc(cel_gpu_sampler_t *s, cel_err_t *err) {
     cel_gpu_t *g = s->g;
     const cel_config_t *c = &g->cfg;
-    size_t N = s->rows, C = c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->NKV * c->HS,
-           I = c->I, V = c->V, R = s->R ? s->R : 1, n = s->n;
-    struct { void **ptr; size_t esz, cnt; } sl[] = {
-        {(void **)&s->x, 4, N * C},      {(void **)&s->q, 4, N * QD},
-        {(void **)&s->k, 4, N * KD},     {(void **)&s->v, 4, N * KD},
-        {(void **)&s->tmp, 4, N * C},    {(void **)&s->gate, 4, N * I},
-        {(void **)&s->up, 4, N * I},     {(void **)&s->rstd, 4, N},
-        {(void **)&s->lse, 4, N * c->NH}, {(void **)&s->sel, 4, n * V},
-        {(void **)&s->draws, 4, n},      {(void **)&s->ln, 2, N * C},
-        {(void **)&s->atty, 2, N * QD},  {(void **)&s->h, 2, N * I},
-        {(void **)&s->u, 2, N * R},      {(void **)&s->lnf, 2, N * C},
-        {(void **)&s->toks, 4, N},       {(void **)&s->pos, 4, N},
-        {(void **)&s->slot, 4, N},       {(void **)&s->out, 4, n},
+    size_t N = s->rows, C = c->C, QD = (size_t)c->NH * c->HS, KD = (size_t)c->NKV * c->HS, I = c->I,
+           V = c->V, R = s->R ? s->R : 1, n = s->n;
+    struct {
+        void **ptr;
+        size_t esz, cnt;
+    } sl[] = {
+        { (void **)&s->x, 4, N * C },       { (void **)&s->q, 4, N * QD },
+        { (void **)&s->k, 4, N * KD },      { (void **)&s->v, 4, N * KD },
+        { (void **)&s->tmp, 4, N * C },     { (void **)&s->gate, 4, N * I },
+        { (void **)&s->up, 4, N * I },      { (void **)&s->rstd, 4, N },
+        { (void **)&s->lse, 4, N * c->NH }, { (void **)&s->sel, 4, n * V },
+        { (void **)&s->draws, 4, n },       { (void **)&s->ln, 2, N * C },
+        { (void **)&s->atty, 2, N * QD },   { (void **)&s->h, 2, N * I },
+        { (void **)&s->u, 2, N * R },       { (void **)&s->lnf, 2, N * C },
+        { (void **)&s->toks, 4, N },        { (void **)&s->pos, 4, N },
+        { (void **)&s->slot, 4, N },        { (void **)&s->out, 4, n },
     };
     size_t ns = sizeof(sl) / sizeof(sl[0]), bytes = 0;
     for (size_t i = 0; i < ns; i++) bytes += (sl[i].esz * sl[i].cnt + 255) & ~(size_t)255;
@@ -110,18 +113,16 @@ static void layers(cel_gpu_sampler_t *s, int cnt, int prefill, int nseg) {
         cel_gpu_linear_forward(g, l, 0, s->q, s->u, s->ln, cnt, T, s->R, nseg, s->segs);
         cel_gpu_linear_forward(g, l, 1, s->k, s->u, s->ln, cnt, T, s->R, nseg, s->segs);
         cel_gpu_linear_forward(g, l, 2, s->v, s->u, s->ln, cnt, T, s->R, nseg, s->segs);
-        cel_cuda_rope_forward(s->q, s->q, s->pos, g->rope_cos, g->rope_sin, cnt, c->NH, c->HS,
-                              st);
-        cel_cuda_rope_forward(s->k, s->k, s->pos, g->rope_cos, g->rope_sin, cnt, c->NKV, c->HS,
-                              st);
+        cel_cuda_rope_forward(s->q, s->q, s->pos, g->rope_cos, g->rope_sin, cnt, c->NH, c->HS, st);
+        cel_cuda_rope_forward(s->k, s->k, s->pos, g->rope_cos, g->rope_sin, cnt, c->NKV, c->HS, st);
         float *kc = s->kc + l * slice, *vc = s->vc + l * slice;
         cel_cuda_kv_append(kc, vc, s->k, s->v, s->slot, s->pos, cnt, s->Tmax, KD, st);
         if (prefill)
             cel_cuda_attention_forward(s->atty, s->lse, s->q, s->k, s->v, 1, cnt, c->NH, c->NKV,
                                        c->HS, st);
         else
-            cel_cuda_attention_decode(s->atty, s->q, kc, vc, s->slot, s->pos, cnt, s->Tmax,
-                                      c->NH, c->NKV, c->HS, st);
+            cel_cuda_attention_decode(s->atty, s->q, kc, vc, s->slot, s->pos, cnt, s->Tmax, c->NH,
+                                      c->NKV, c->HS, st);
         cel_gpu_linear_forward(g, l, 3, s->tmp, s->u, s->atty, cnt, T, s->R, nseg, s->segs);
         cel_cuda_residual_forward(s->x, s->x, s->tmp, (size_t)cnt * C, st);
         cel_cuda_rmsnorm_forward(s->ln, s->rstd, s->x, g->p.ln2 + (size_t)l * C, cnt, C, c->eps,
@@ -192,7 +193,7 @@ int cel_gpu_sampler_new(cel_gpu_t *g, int n, cel_gpu_lora_t *const *loras,
             s->hpos[t] = t;
             s->hslot[t] = i;
         }
-        s->segs[0] = (cel_gpu_seg_t){loras[i], 0, 1};
+        s->segs[0] = (cel_gpu_seg_t){ loras[i], 0, 1 };
         rc = upload_rows(s, len, err);
         if (rc != CEL_OK) break;
         layers(s, len, 1, 1);
@@ -221,10 +222,8 @@ int cel_gpu_sampler_feed(cel_gpu_sampler_t *s, int cnt, const int *seqs, const i
         s->htoks[j] = tokens[j];
         s->hpos[j] = s->len[q];
         s->hslot[j] = q;
-        if (nseg > 0 && s->segs[nseg - 1].lora == s->loras[q])
-            s->segs[nseg - 1].nb++;
-        else
-            s->segs[nseg++] = (cel_gpu_seg_t){s->loras[q], j, 1};
+        if (nseg > 0 && s->segs[nseg - 1].lora == s->loras[q]) s->segs[nseg - 1].nb++;
+        else s->segs[nseg++] = (cel_gpu_seg_t){ s->loras[q], j, 1 };
     }
     int rc = upload_rows(s, cnt, err);
     if (rc != CEL_OK) return rc;
@@ -235,8 +234,7 @@ int cel_gpu_sampler_feed(cel_gpu_sampler_t *s, int cnt, const int *seqs, const i
 }
 
 int cel_gpu_sampler_pick(cel_gpu_sampler_t *s, int cnt, const int *seqs, const float *u,
-                         float temperature, int top_k, float top_p, int32_t *out,
-                         cel_err_t *err) {
+                         float temperature, int top_k, float top_p, int32_t *out, cel_err_t *err) {
     cel_gpu_t *g = s->g;
     cudaSetDevice(g->dev);
     int V = g->cfg.V;

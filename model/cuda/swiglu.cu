@@ -33,13 +33,13 @@ void cel_cuda_swiglu_forward(cel_bf16_t *out /* (N,I) */, const float *gate /* (
                              const float *up /* (N,I) */, size_t n, cudaStream_t st) {
     if (n == 0) return;
     swiglu_forward_kernel<<<grid_size(n, CEL_CUDA_THREADS), CEL_CUDA_THREADS, 0, st>>>(out, gate,
-                                                                                        up, n);
+                                                                                       up, n);
 }
 
 /* dgate = dout * up * silu'(gate), dup = dout * silu(gate) (both =). */
 void cel_cuda_swiglu_backward(float *dgate /* (N,I) = */, float *dup /* (N,I) = */,
-                              const float *dout /* (N,I) */, const float *gate,
-                              const float *up, size_t n, cudaStream_t st) {
+                              const float *dout /* (N,I) */, const float *gate, const float *up,
+                              size_t n, cudaStream_t st) {
     if (n == 0) return;
     swiglu_backward_kernel<<<grid_size(n, CEL_CUDA_THREADS), CEL_CUDA_THREADS, 0, st>>>(
         dgate, dup, dout, gate, up, n);

@@ -44,7 +44,7 @@ struct event_impl {
     double ms;
 };
 
-static stream_impl legacy_stream = {STREAM_MAGIC, 0, true, {}};
+static stream_impl legacy_stream = { STREAM_MAGIC, 0, true, {} };
 static std::vector<stream_impl *> streams;
 static uint64_t next_seq;
 static cudaError_t last_error;
@@ -139,8 +139,7 @@ void enqueue_launch(const char *name, const void *fn, const launch_cfg &c, kerne
     cudaError_t e = cudaSuccess;
     dim3 gr = c.grid, bl = c.block;
     unsigned long long nt = (unsigned long long)bl.x * bl.y * bl.z;
-    if (g.sticky != cudaSuccess)
-        e = g.sticky;
+    if (g.sticky != cudaSuccess) e = g.sticky;
     else if (gr.x < 1 || gr.x > 0x7fffffffu || gr.y < 1 || gr.y > 65535 || gr.z < 1 ||
              gr.z > 65535 || bl.x < 1 || bl.x > 1024 || bl.y < 1 || bl.y > 1024 || bl.z < 1 ||
              bl.z > 64 || nt > MAX_THREADS)
@@ -148,13 +147,13 @@ void enqueue_launch(const char *name, const void *fn, const launch_cfg &c, kerne
     else if (c.smem > SMEM_OPTIN ||
              (c.smem > SMEM_DEFAULT && (size_t)max_dynamic_smem[fn] < c.smem))
         e = cudaErrorInvalidValue;
-    else if (!to_stream(c.st))
-        e = cudaErrorInvalidResourceHandle;
+    else if (!to_stream(c.st)) e = cudaErrorInvalidResourceHandle;
     if (e != cudaSuccess) {
         if (e != g.sticky && getenv("CELERIAC_CUDA_EMU_VERBOSE"))
-            fprintf(stderr, "cuda-emu: launch of %s <<<(%u,%u,%u), (%u,%u,%u), %zu>>> refused: "
-                    "%s\n", name, gr.x, gr.y, gr.z, bl.x, bl.y, bl.z, c.smem,
-                    cudaGetErrorString(e));
+            fprintf(stderr,
+                    "cuda-emu: launch of %s <<<(%u,%u,%u), (%u,%u,%u), %zu>>> refused: "
+                    "%s\n",
+                    name, gr.x, gr.y, gr.z, bl.x, bl.y, bl.z, c.smem, cudaGetErrorString(e));
         delete job;
         set_last_error(e);
         return;
@@ -406,8 +405,10 @@ CEL_EMU_API cudaError_t cudaFree(void *p) {
     device_sync(); /* cudaFree waits for the device, as CUDA's does */
     if (!p) return g.sticky;
     if (!dev_free(p)) {
-        report(E_FREED, false, __builtin_return_address(0), "cudaFree(%p): not a live "
-               "allocation (freed twice, or never returned by cudaMalloc)", p);
+        report(E_FREED, false, __builtin_return_address(0),
+               "cudaFree(%p): not a live "
+               "allocation (freed twice, or never returned by cudaMalloc)",
+               p);
         return fail(cudaErrorInvalidValue);
     }
     return g.sticky;
@@ -453,7 +454,7 @@ CEL_EMU_API cudaError_t cudaStreamCreateWithFlags(cudaStream_t *st, unsigned int
     mem_init();
     if (g.sticky != cudaSuccess) return fail(g.sticky);
     if (flags & ~cudaStreamNonBlocking) return fail(cudaErrorInvalidValue);
-    stream_impl *s = new stream_impl{STREAM_MAGIC, flags, false, {}};
+    stream_impl *s = new stream_impl{ STREAM_MAGIC, flags, false, {} };
     streams.push_back(s);
     *st = (cudaStream_t)s;
     return cudaSuccess;
@@ -500,7 +501,7 @@ CEL_EMU_API cudaError_t cudaStreamWaitEvent(cudaStream_t st, cudaEvent_t ev, uns
 }
 
 CEL_EMU_API cudaError_t cudaEventCreateWithFlags(cudaEvent_t *ev, unsigned int flags) {
-    *ev = (cudaEvent_t) new event_impl{EVENT_MAGIC, flags, NULL, 0, false, false, 0.0};
+    *ev = (cudaEvent_t) new event_impl{ EVENT_MAGIC, flags, NULL, 0, false, false, 0.0 };
     return cudaSuccess;
 }
 

@@ -38,7 +38,8 @@ static bool handle_ok(cublasHandle_t h) { return h && h->magic == HANDLE_MAGIC; 
 
 static size_t type_size(cudaDataType t) {
     switch (t) {
-    case CUDA_R_16BF: case CUDA_R_16F: return 2;
+    case CUDA_R_16BF:
+    case CUDA_R_16F: return 2;
     case CUDA_R_32F: return 4;
     case CUDA_R_64F: return 8;
     default: return 0;
@@ -52,10 +53,8 @@ static float load(const void *p, cudaDataType t, size_t i) {
 }
 
 static void store(void *p, cudaDataType t, size_t i, float v) {
-    if (t == CUDA_R_32F)
-        ((float *)p)[i] = v;
-    else
-        ((unsigned short *)p)[i] = cel_emu_f2bf(v, 0);
+    if (t == CUDA_R_32F) ((float *)p)[i] = v;
+    else ((unsigned short *)p)[i] = cel_emu_f2bf(v, 0);
 }
 
 namespace {
@@ -110,17 +109,19 @@ struct op_gemm : op_t {
             /* op(A) row i and op(B) column j as contiguous k-vectors */
             for (int i = 0; i < m; i++)
                 for (int p = 0; p < k; p++)
-                    Ar[(size_t)i * k + p] = load(Ab, at, ta == CUBLAS_OP_N ? (size_t)i + (size_t)p * lda
-                                                                          : (size_t)p + (size_t)i * lda);
+                    Ar[(size_t)i * k + p] = load(Ab, at,
+                                                 ta == CUBLAS_OP_N ? (size_t)i + (size_t)p * lda
+                                                                   : (size_t)p + (size_t)i * lda);
             for (int j = 0; j < n; j++)
                 for (int p = 0; p < k; p++)
-                    Br[(size_t)j * k + p] = load(Bb, bt, tb == CUBLAS_OP_N ? (size_t)p + (size_t)j * ldb
-                                                                          : (size_t)j + (size_t)p * ldb);
+                    Br[(size_t)j * k + p] = load(Bb, bt,
+                                                 tb == CUBLAS_OP_N ? (size_t)p + (size_t)j * ldb
+                                                                   : (size_t)j + (size_t)p * ldb);
             for (int j = 0; j < n; j++) {
                 const float *bj = &Br[(size_t)j * k];
                 for (int i = 0; i < m; i++) {
                     const float *ai = &Ar[(size_t)i * k];
-                    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                    float acc[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
                     int p = 0;
                     for (; p + 8 <= k; p += 8)
                         for (int u = 0; u < 8; u++) acc[u] += ai[p + u] * bj[p + u];
@@ -140,10 +141,10 @@ struct op_gemm : op_t {
 } /* namespace */
 
 /* The checks cuBLAS makes before it launches anything. */
-static cublasStatus_t validate(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
-                               int m, int n, int k, const void *alpha, cudaDataType at, int lda,
-                               cudaDataType bt, int ldb, const void *beta, cudaDataType ct,
-                               int ldc, int batch, int compute, int algo) {
+static cublasStatus_t validate(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                               int n, int k, const void *alpha, cudaDataType at, int lda,
+                               cudaDataType bt, int ldb, const void *beta, cudaDataType ct, int ldc,
+                               int batch, int compute, int algo) {
     if (!handle_ok(h)) return CUBLAS_STATUS_NOT_INITIALIZED;
     if ((ta != CUBLAS_OP_N && ta != CUBLAS_OP_T && ta != CUBLAS_OP_C) ||
         (tb != CUBLAS_OP_N && tb != CUBLAS_OP_T && tb != CUBLAS_OP_C))
@@ -158,19 +159,20 @@ static cublasStatus_t validate(cublasHandle_t h, cublasOperation_t ta, cublasOpe
     bool f32 = compute == CUBLAS_COMPUTE_32F || compute == CUBLAS_COMPUTE_32F_PEDANTIC ||
                compute == CUBLAS_COMPUTE_32F_FAST_16BF || compute == CUBLAS_COMPUTE_32F_FAST_TF32 ||
                compute == CUBLAS_COMPUTE_32F_FAST_16F;
-    bool ok = f32 && ((at == CUDA_R_16BF && bt == CUDA_R_16BF &&
-                       (ct == CUDA_R_16BF || ct == CUDA_R_32F)) ||
-                      (at == CUDA_R_32F && bt == CUDA_R_32F && ct == CUDA_R_32F));
+    bool ok =
+        f32 &&
+        ((at == CUDA_R_16BF && bt == CUDA_R_16BF && (ct == CUDA_R_16BF || ct == CUDA_R_32F)) ||
+         (at == CUDA_R_32F && bt == CUDA_R_32F && ct == CUDA_R_32F));
     return ok ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_SUPPORTED;
 }
 
 static cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
-                           int n, int k, const void *alpha, const void *A, cudaDataType at,
-                           int lda, long long sa, const void *B, cudaDataType bt, int ldb,
-                           long long sb, const void *beta, void *C, cudaDataType ct, int ldc,
-                           long long sc, int batch, int compute, int algo, const char *name) {
-    cublasStatus_t s = validate(h, ta, tb, m, n, k, alpha, at, lda, bt, ldb, beta, ct, ldc, batch,
-                                compute, algo);
+                           int n, int k, const void *alpha, const void *A, cudaDataType at, int lda,
+                           long long sa, const void *B, cudaDataType bt, int ldb, long long sb,
+                           const void *beta, void *C, cudaDataType ct, int ldc, long long sc,
+                           int batch, int compute, int algo, const char *name) {
+    cublasStatus_t s =
+        validate(h, ta, tb, m, n, k, alpha, at, lda, bt, ldb, beta, ct, ldc, batch, compute, algo);
     if (s != CUBLAS_STATUS_SUCCESS) return s;
     if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
     if (g.sticky != cudaSuccess) return CUBLAS_STATUS_EXECUTION_FAILED;
@@ -198,7 +200,7 @@ extern "C" {
 CEL_EMU_API cublasStatus_t cublasCreate(cublasHandle_t *handle) {
     mem_init();
     if (g.sticky != cudaSuccess) return CUBLAS_STATUS_NOT_INITIALIZED;
-    *handle = new cublasContext{HANDLE_MAGIC, 0, CUBLAS_POINTER_MODE_HOST, CUBLAS_DEFAULT_MATH};
+    *handle = new cublasContext{ HANDLE_MAGIC, 0, CUBLAS_POINTER_MODE_HOST, CUBLAS_DEFAULT_MATH };
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -293,10 +295,10 @@ CEL_EMU_API cublasStatus_t cublasGemmStridedBatchedEx(
                 batch, compute, algo, "cublasGemmStridedBatchedEx");
 }
 
-CEL_EMU_API cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta,
-                                       cublasOperation_t tb, int m, int n, int k,
-                                       const float *alpha, const float *A, int lda, const float *B,
-                                       int ldb, const float *beta, float *C, int ldc) {
+CEL_EMU_API cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
+                                       int m, int n, int k, const float *alpha, const float *A,
+                                       int lda, const float *B, int ldb, const float *beta,
+                                       float *C, int ldc) {
     return gemm(h, ta, tb, m, n, k, alpha, A, CUDA_R_32F, lda, 0, B, CUDA_R_32F, ldb, 0, beta, C,
                 CUDA_R_32F, ldc, 0, 1, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT, "cublasSgemm");
 }

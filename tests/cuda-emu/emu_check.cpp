@@ -41,7 +41,7 @@ struct alloc_t {
 static uint8_t *region, *shadow_region;
 static size_t reserve, committed, bump, capacity, used;
 static uint64_t next_id;
-static std::map<uintptr_t, alloc_t> live;      /* by base */
+static std::map<uintptr_t, alloc_t> live; /* by base */
 static std::deque<alloc_t> quarantine;
 static size_t quarantine_bytes;
 static std::map<uintptr_t, size_t> free_spans; /* lo -> length */
@@ -111,7 +111,7 @@ void *dev_alloc(size_t bytes) {
         lo = (uintptr_t)region + bump;
         bump += span;
     }
-    alloc_t a{lo + REDZONE, lo, lo + span, bytes, ++next_id};
+    alloc_t a{ lo + REDZONE, lo, lo + span, bytes, ++next_id };
     uint8_t *sh = shadow_region + (lo - (uintptr_t)region);
     memset(sh, SH_INVALID, span);
     memset(sh + REDZONE, SH_UNINIT, bytes);
@@ -206,8 +206,7 @@ static void describe_dev(uintptr_t a, char *buf, size_t len) {
         snprintf(buf, len, "%zu bytes before allocation #%llu (%zu bytes at %p)",
                  (size_t)(after->base - a), (unsigned long long)after->id, after->size,
                  (void *)after->base);
-    else
-        snprintf(buf, len, "no allocation near it");
+    else snprintf(buf, len, "no allocation near it");
 }
 
 static const char *verb(int kind) {
@@ -221,8 +220,8 @@ static void dev_slow(uintptr_t a, size_t n, int kind, void *pc) {
     for (size_t i = 0; i < n; i++) {
         if (s[i] == SH_INVALID || s[i] == SH_FREED) {
             describe_dev(a + i, where, sizeof where);
-            report(s[i] == SH_FREED ? E_FREED : E_OOB_GLOBAL, true, pc,
-                   "%s %zu bytes at %p: %s%s", verb(kind), n, (void *)a, where,
+            report(s[i] == SH_FREED ? E_FREED : E_OOB_GLOBAL, true, pc, "%s %zu bytes at %p: %s%s",
+                   verb(kind), n, (void *)a, where,
                    s[i] == SH_FREED ? " (use after cudaFree)" : " (out of bounds)");
             return;
         }
@@ -231,8 +230,10 @@ static void dev_slow(uintptr_t a, size_t n, int kind, void *pc) {
         for (size_t i = 0; i < n; i++)
             if (s[i] == SH_UNINIT) {
                 describe_dev(a + i, where, sizeof where);
-                report(E_UNINIT_GLOBAL, false, pc, "%s %zu bytes at %p: %s was never written "
-                       "(uninitialised device memory)", verb(kind), n, (void *)a, where);
+                report(E_UNINIT_GLOBAL, false, pc,
+                       "%s %zu bytes at %p: %s was never written "
+                       "(uninitialised device memory)",
+                       verb(kind), n, (void *)a, where);
                 break;
             }
     }
@@ -243,8 +244,10 @@ static inline void dev_access(uintptr_t a, size_t n, int kind, void *pc) {
     if (!g.cur) {
         char where[160];
         describe_dev(a, where, sizeof where);
-        report(E_DEVICE_FROM_HOST, false, pc, "host code %s %zu bytes of device memory at %p "
-               "(%s)", verb(kind), n, (void *)a, where);
+        report(E_DEVICE_FROM_HOST, false, pc,
+               "host code %s %zu bytes of device memory at %p "
+               "(%s)",
+               verb(kind), n, (void *)a, where);
         return;
     }
     uint8_t *s = g.shadow + (a - g.dev_lo);
@@ -286,8 +289,10 @@ bool dev_check(const void *p, size_t n, int kind, const char *what) {
         } else {
             snprintf(where, sizeof where, "not device memory");
         }
-        report(E_OOB_GLOBAL, true, NULL, "%s: %s bytes [%p, %p) reach outside their allocation: "
-               "%s", what, verb(kind), p, (void *)(a + n), where);
+        report(E_OOB_GLOBAL, true, NULL,
+               "%s: %s bytes [%p, %p) reach outside their allocation: "
+               "%s",
+               what, verb(kind), p, (void *)(a + n), where);
         return false;
     }
     uint8_t *s = g.shadow + (a - g.dev_lo);
@@ -295,8 +300,10 @@ bool dev_check(const void *p, size_t n, int kind, const char *what) {
         const uint8_t *q = (const uint8_t *)memchr(s, SH_UNINIT, n);
         if (!q) return true;
         describe_dev(a + (size_t)(q - s), where, sizeof where);
-        report(E_UNINIT_GLOBAL, false, NULL, "%s reads %zu bytes at %p: %s was never "
-               "written (uninitialised device memory)", what, n, p, where);
+        report(E_UNINIT_GLOBAL, false, NULL,
+               "%s reads %zu bytes at %p: %s was never "
+               "written (uninitialised device memory)",
+               what, n, p, where);
     }
     memset(s, SH_INIT, n); /* written, or reported once */
     return true;
@@ -315,7 +322,7 @@ struct pending_t {
 static std::vector<pending_t> pending;
 
 void pending_add(const void *p, size_t n, const void *op) {
-    pending.push_back(pending_t{(uintptr_t)p, (uintptr_t)p + n, op});
+    pending.push_back(pending_t{ (uintptr_t)p, (uintptr_t)p + n, op });
     g.npending = (int)pending.size();
 }
 
@@ -332,7 +339,8 @@ void pending_remove(const void *op) {
 static void pending_access(uintptr_t a, size_t n, int kind, void *pc) {
     for (const pending_t &p : pending)
         if (a < p.hi && a + n > p.lo) {
-            report(E_UNSYNCED_HOST, false, pc, "host code %s %zu bytes at %p, the destination of "
+            report(E_UNSYNCED_HOST, false, pc,
+                   "host code %s %zu bytes at %p, the destination of "
                    "a cudaMemcpyAsync that has not run yet: synchronise its stream first",
                    verb(kind), n, (void *)a);
             return;
@@ -342,8 +350,8 @@ static void pending_access(uintptr_t a, size_t n, int kind, void *pc) {
 /* ---------------------------------------------------------------- shared memory */
 
 struct smeta_t {
-    uint32_t stamp;        /* block serial; another block's entry counts as fresh */
-    uint32_t epoch;        /* barrier interval of the records below */
+    uint32_t stamp; /* block serial; another block's entry counts as fresh */
+    uint32_t epoch; /* barrier interval of the records below */
     uint16_t w_tid, r_tid, a_tid;
     uint8_t r_warp, init;  /* init: one bit per byte */
     uint32_t w_wep, r_wep; /* the warp's __syncwarp count at the write / the latest read */
@@ -377,8 +385,8 @@ void smem_set_valid(size_t off, size_t size, bool v) {
 static void describe_smem(size_t off, char *buf, size_t len) {
     launch_t *L = g.blk->L;
     if (off >= SMEM_DYN_OFF && off < SMEM_DYN_OFF + L->smem) {
-        snprintf(buf, len, "byte %zu of the dynamic shared memory (%zu bytes)",
-                 off - SMEM_DYN_OFF, L->smem);
+        snprintf(buf, len, "byte %zu of the dynamic shared memory (%zu bytes)", off - SMEM_DYN_OFF,
+                 L->smem);
         return;
     }
     for (int i = 0; i < L->nvars; i++)
@@ -390,8 +398,7 @@ static void describe_smem(size_t off, char *buf, size_t len) {
     if (off >= SMEM_DYN_OFF + L->smem && off < SMEM_STATIC_OFF)
         snprintf(buf, len, "%zu bytes past the end of the dynamic shared memory (%zu bytes)",
                  off - SMEM_DYN_OFF - L->smem, L->smem);
-    else
-        snprintf(buf, len, "arena offset %zu, outside every shared variable", off);
+    else snprintf(buf, len, "arena offset %zu, outside every shared variable", off);
 }
 
 static void coords(int lin, char *buf, size_t len) {
@@ -402,13 +409,13 @@ static void coords(int lin, char *buf, size_t len) {
 
 static void race(const char *now, const char *before, int other, size_t off, void *pc) {
     char who[96], where[128];
-    if (other == MANY)
-        snprintf(who, sizeof who, "other threads");
-    else
-        coords(other, who, sizeof who);
+    if (other == MANY) snprintf(who, sizeof who, "other threads");
+    else coords(other, who, sizeof who);
     describe_smem(off, where, sizeof where);
-    report(E_RACE, false, pc, "shared-memory race: this thread %s %s after %s %s it, with no "
-           "__syncthreads (nor __syncwarp, within a warp) between", now, where, who, before);
+    report(E_RACE, false, pc,
+           "shared-memory race: this thread %s %s after %s %s it, with no "
+           "__syncthreads (nor __syncwarp, within a warp) between",
+           now, where, who, before);
 }
 
 /* One word of a shared access, the general case. */
@@ -421,12 +428,14 @@ static void smem_word(size_t w, uint8_t bytes, size_t off, size_t n, int kind, v
     if (!m->valid) {
         char where[128];
         describe_smem(w * 4 < off ? off : w * 4, where, sizeof where);
-        report(E_OOB_SHARED, true, pc, "%s %zu bytes of shared memory at %p: %s (out of "
-               "bounds)", verb(kind), n, (void *)(g.smem_lo + off), where);
+        report(E_OOB_SHARED, true, pc,
+               "%s %zu bytes of shared memory at %p: %s (out of "
+               "bounds)",
+               verb(kind), n, (void *)(g.smem_lo + off), where);
         return;
     }
     if (m->stamp != b->serial) {
-        *m = smeta_t{b->serial, b->epoch, NO_TID, NO_TID, NO_TID, MANY_WARPS, 0, 0, 0, 1};
+        *m = smeta_t{ b->serial, b->epoch, NO_TID, NO_TID, NO_TID, MANY_WARPS, 0, 0, 0, 1 };
     } else if (m->epoch != b->epoch) {
         m->epoch = b->epoch;
         m->w_tid = m->r_tid = m->a_tid = NO_TID;
@@ -434,10 +443,10 @@ static void smem_word(size_t w, uint8_t bytes, size_t off, size_t n, int kind, v
     }
     /* a conflicting earlier access: another thread, and not ordered by a __syncwarp of
      * the same warp since */
-    bool w_conf = m->w_tid != NO_TID && m->w_tid != tid &&
-                  !(m->w_tid / 32 == t->warp && wep > m->w_wep);
-    bool r_conf = m->r_tid != NO_TID && m->r_tid != tid &&
-                  !(m->r_warp == t->warp && wep > m->r_wep);
+    bool w_conf =
+        m->w_tid != NO_TID && m->w_tid != tid && !(m->w_tid / 32 == t->warp && wep > m->w_wep);
+    bool r_conf =
+        m->r_tid != NO_TID && m->r_tid != tid && !(m->r_warp == t->warp && wep > m->r_wep);
     bool a_conf = m->a_tid != NO_TID && m->a_tid != tid;
     if (kind == ACC_READ) {
         if (w_conf) race("reads", "wrote", m->w_tid, w * 4, pc);
@@ -464,8 +473,10 @@ static void smem_word(size_t w, uint8_t bytes, size_t off, size_t n, int kind, v
     if (kind != ACC_WRITE && (m->init & bytes) != bytes) {
         char where[128];
         describe_smem(w * 4 + (size_t)__builtin_ctz(bytes), where, sizeof where);
-        report(E_UNINIT_SHARED, false, pc, "%s %s, which no thread of this block wrote "
-               "(uninitialised shared memory)", verb(kind), where);
+        report(E_UNINIT_SHARED, false, pc,
+               "%s %s, which no thread of this block wrote "
+               "(uninitialised shared memory)",
+               verb(kind), where);
     }
     m->init |= bytes;
 }
@@ -513,12 +524,15 @@ static inline void smem_access(uintptr_t a, size_t n, int kind, void *pc) {
 
 static void host_from_kernel(uintptr_t a, size_t n, int kind, void *pc) {
     if ((uintptr_t)a - (uintptr_t)region < reserve)
-        report(E_OOB_GLOBAL, true, pc, "%s %zu bytes at %p: device address space never "
-               "allocated (out of bounds)", verb(kind), n, (void *)a);
+        report(E_OOB_GLOBAL, true, pc,
+               "%s %zu bytes at %p: device address space never "
+               "allocated (out of bounds)",
+               verb(kind), n, (void *)a);
     else
-        report(E_HOST_FROM_KERNEL, true, pc, "%s %zu bytes at %p, which is neither device, "
-               "shared nor local memory (a host pointer passed to a kernel?)", verb(kind), n,
-               (void *)a);
+        report(E_HOST_FROM_KERNEL, true, pc,
+               "%s %zu bytes at %p, which is neither device, "
+               "shared nor local memory (a host pointer passed to a kernel?)",
+               verb(kind), n, (void *)a);
 }
 
 static inline __attribute__((always_inline)) void check(uintptr_t a, size_t n, int kind, void *pc) {
@@ -548,18 +562,18 @@ void check_atomic(const void *p, size_t n, void *pc) {
 using cel_emu::ACC_READ;
 using cel_emu::ACC_WRITE;
 
-#define CEL_EMU_HOOKS(N)                                                                      \
-    extern "C" CEL_EMU_API void __asan_load##N##_noabort(uintptr_t a) {                      \
-        cel_emu::check(a, N, ACC_READ, __builtin_return_address(0));                          \
-    }                                                                                         \
-    extern "C" CEL_EMU_API void __asan_store##N##_noabort(uintptr_t a) {                     \
-        cel_emu::check(a, N, ACC_WRITE, __builtin_return_address(0));                         \
-    }                                                                                         \
-    extern "C" CEL_EMU_API void __asan_load##N(uintptr_t a) {                                \
-        cel_emu::check(a, N, ACC_READ, __builtin_return_address(0));                          \
-    }                                                                                         \
-    extern "C" CEL_EMU_API void __asan_store##N(uintptr_t a) {                               \
-        cel_emu::check(a, N, ACC_WRITE, __builtin_return_address(0));                         \
+#define CEL_EMU_HOOKS(N)                                                 \
+    extern "C" CEL_EMU_API void __asan_load##N##_noabort(uintptr_t a) {  \
+        cel_emu::check(a, N, ACC_READ, __builtin_return_address(0));     \
+    }                                                                    \
+    extern "C" CEL_EMU_API void __asan_store##N##_noabort(uintptr_t a) { \
+        cel_emu::check(a, N, ACC_WRITE, __builtin_return_address(0));    \
+    }                                                                    \
+    extern "C" CEL_EMU_API void __asan_load##N(uintptr_t a) {            \
+        cel_emu::check(a, N, ACC_READ, __builtin_return_address(0));     \
+    }                                                                    \
+    extern "C" CEL_EMU_API void __asan_store##N(uintptr_t a) {           \
+        cel_emu::check(a, N, ACC_WRITE, __builtin_return_address(0));    \
     }
 CEL_EMU_HOOKS(1)
 CEL_EMU_HOOKS(2)

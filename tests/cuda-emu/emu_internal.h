@@ -55,8 +55,8 @@ struct group_t { /* a warp collective that not every lane of its mask reached ye
 };
 
 struct warp_t {
-    unsigned exist;  /* lanes of the block in this warp */
-    uint32_t epoch;  /* completed __syncwarp()s: orders shared accesses within the warp */
+    unsigned exist; /* lanes of the block in this warp */
+    uint32_t epoch; /* completed __syncwarp()s: orders shared accesses within the warp */
     group_t groups[MAX_GROUPS];
     int ngroups;
 };
@@ -105,8 +105,8 @@ struct state_t {
     uintptr_t job_lo, job_span; /* the running launch's arguments */
     int npending;               /* host ranges of unfinished device-to-host copies */
     block_t *blk;
-    const char *op_name;        /* the operation running outside a kernel (cuBLAS, a copy) */
-    cudaError_t sticky;         /* a failed kernel: every later call returns it */
+    const char *op_name; /* the operation running outside a kernel (cuBLAS, a copy) */
+    cudaError_t sticky;  /* a failed kernel: every later call returns it */
     uint64_t n_launches, n_blocks, n_gemms; /* what ran, for CELERIAC_CUDA_EMU_VERBOSE */
 };
 extern state_t g;
@@ -141,9 +141,12 @@ void pending_remove(const void *op);
 
 /* The block's shared arena (emu_check.cpp keeps its metadata). */
 void smem_init();
-uint8_t *smem_base();        /* start of the arena */
-enum { SMEM_DYN_OFF = 256, SMEM_STATIC_OFF = SMEM_DYN_OFF + SMEM_OPTIN + 256,
-       SMEM_ARENA = SMEM_STATIC_OFF + SMEM_STATIC_MAX + 64 * 256 };
+uint8_t *smem_base(); /* start of the arena */
+enum {
+    SMEM_DYN_OFF = 256,
+    SMEM_STATIC_OFF = SMEM_DYN_OFF + SMEM_OPTIN + 256,
+    SMEM_ARENA = SMEM_STATIC_OFF + SMEM_STATIC_MAX + 64 * 256
+};
 /* Marks bytes [off, off+size) of the arena valid (false: invalid) for this launch. */
 void smem_set_valid(size_t off, size_t size, bool valid);
 

@@ -28,11 +28,18 @@
 
 namespace cel_emu {
 
-static const char *const kind_names[E_KINDS] = {
-    "out-of-bounds device access", "use after free",  "uninitialised device read",
-    "out-of-bounds shared access", "uninitialised shared read", "shared-memory race",
-    "host memory from a kernel",   "device memory from the host", "host read before sync",
-    "misused synchronisation",     "deadlock",        "device limit"};
+static const char *const kind_names[E_KINDS] = { "out-of-bounds device access",
+                                                 "use after free",
+                                                 "uninitialised device read",
+                                                 "out-of-bounds shared access",
+                                                 "uninitialised shared read",
+                                                 "shared-memory race",
+                                                 "host memory from a kernel",
+                                                 "device memory from the host",
+                                                 "host read before sync",
+                                                 "misused synchronisation",
+                                                 "deadlock",
+                                                 "device limit" };
 
 static uint64_t counts[E_KINDS], total;
 static bool quiet;
@@ -67,8 +74,9 @@ static std::string symbolize(void *pc) {
             while (fgets(fn, sizeof fn, p) && fgets(loc, sizeof loc, p)) {
                 fn[strcspn(fn, "\n")] = loc[strcspn(loc, "\n")] = '\0';
                 if (loc[0] == '?') continue;
-                const char *base = strstr(loc, "model/") ? strstr(loc, "model/")
-                                   : strstr(loc, "tests/") ? strstr(loc, "tests/") : loc;
+                const char *base = strstr(loc, "model/")   ? strstr(loc, "model/")
+                                   : strstr(loc, "tests/") ? strstr(loc, "tests/")
+                                                           : loc;
                 char one[1100];
                 snprintf(one, sizeof one, "%s%s (%.300s)", s.empty() ? "" : "\n       inlined in ",
                          base, fn);
@@ -91,7 +99,7 @@ bool same_source(void *a, void *b) {
     if (it != known.end()) return it->second;
     std::string x = symbolize(a), y = symbolize(b);
     bool same = x.compare(0, 3, "pc ") == 0 || y.compare(0, 3, "pc ") == 0 || /* cannot tell */
-                x.substr(0, x.find(' ')) == y.substr(0, y.find(' ')); /* file:line */
+                x.substr(0, x.find(' ')) == y.substr(0, y.find(' '));         /* file:line */
     known[std::make_pair(a, b)] = same;
     return same;
 }
@@ -112,8 +120,9 @@ void report(int kind, bool fatal, void *pc, const char *fmt, ...) {
         fprintf(stderr, "cuda-emu: ERROR (%s): %s\n", kind_names[kind], msg);
         if (t && g.blk) {
             uint3 b = g.blk->bid;
-            fprintf(stderr, "    kernel %s, block (%u,%u,%u), thread (%u,%u,%u) [warp %d lane %d]\n",
-                    ctx, b.x, b.y, b.z, t->tid.x, t->tid.y, t->tid.z, t->warp, t->lane);
+            fprintf(stderr,
+                    "    kernel %s, block (%u,%u,%u), thread (%u,%u,%u) [warp %d lane %d]\n", ctx,
+                    b.x, b.y, b.z, t->tid.x, t->tid.y, t->tid.z, t->warp, t->lane);
         } else {
             fprintf(stderr, "    in %s\n", ctx);
         }
@@ -138,8 +147,8 @@ void report(int kind, bool fatal, void *pc, const char *fmt, ...) {
         abort_kernel(kind == E_OOB_GLOBAL || kind == E_FREED || kind == E_OOB_SHARED ||
                              kind == E_HOST_FROM_KERNEL
                          ? cudaErrorIllegalAddress
-                         : kind == E_LIMIT ? cudaErrorLaunchOutOfResources
-                                           : cudaErrorLaunchFailure);
+                     : kind == E_LIMIT ? cudaErrorLaunchOutOfResources
+                                       : cudaErrorLaunchFailure);
 }
 
 uint64_t error_count() { return total; }
@@ -170,10 +179,12 @@ static struct summary_t {
                          (unsigned long long)counts[k], kind_names[k]);
             }
         fflush(stdout);
-        fprintf(stderr, "cuda-emu: ERROR SUMMARY: %llu error%s%s%s%s; ran %llu kernels (%llu "
-                "blocks), %llu GEMMs\n", (unsigned long long)total, total == 1 ? "" : "s",
-                *kinds ? " (" : "", kinds, *kinds ? ")" : "", (unsigned long long)g.n_launches,
-                (unsigned long long)g.n_blocks, (unsigned long long)g.n_gemms);
+        fprintf(stderr,
+                "cuda-emu: ERROR SUMMARY: %llu error%s%s%s%s; ran %llu kernels (%llu "
+                "blocks), %llu GEMMs\n",
+                (unsigned long long)total, total == 1 ? "" : "s", *kinds ? " (" : "", kinds,
+                *kinds ? ")" : "", (unsigned long long)g.n_launches, (unsigned long long)g.n_blocks,
+                (unsigned long long)g.n_gemms);
         fflush(NULL);
         if (total) _exit(97);
     }

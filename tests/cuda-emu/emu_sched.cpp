@@ -28,7 +28,7 @@ namespace cel_emu {
 
 enum { STACK_BYTES = 128 * 1024, GUARD_BYTES = 4096, SLOT = STACK_BYTES + GUARD_BYTES };
 
-static char *stacks;             /* MAX_THREADS slots, a guard page below each stack */
+static char *stacks; /* MAX_THREADS slots, a guard page below each stack */
 static thread_t threads[MAX_THREADS];
 static warp_t warps[MAX_THREADS / 32];
 static int queue[MAX_THREADS], q_head, q_len;
@@ -133,7 +133,8 @@ static void stacks_init() {
         abort();
     }
     stacks = (char *)p;
-    for (int i = 0; i < MAX_THREADS; i++) mprotect(stacks + (size_t)i * SLOT, GUARD_BYTES, PROT_NONE);
+    for (int i = 0; i < MAX_THREADS; i++)
+        mprotect(stacks + (size_t)i * SLOT, GUARD_BYTES, PROT_NONE);
     g.stk_lo = (uintptr_t)stacks;
     g.stk_span = total;
 }
@@ -200,9 +201,9 @@ void syncthreads() {
 }
 
 static const char *op_name(int op) {
-    static const char *const names[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync",
-                                        "__shfl_xor_sync", "__ballot_sync", "__any_sync",
-                                        "__all_sync", "__syncwarp"};
+    static const char *const names[] = { "__shfl_sync",     "__shfl_up_sync", "__shfl_down_sync",
+                                         "__shfl_xor_sync", "__ballot_sync",  "__any_sync",
+                                         "__all_sync",      "__syncwarp" };
     return op >= 0 && op <= W_SYNC ? names[op] : "?";
 }
 
@@ -229,8 +230,10 @@ static void complete(warp_t *w, int gi, thread_t *self) {
         }
         if (gr->op <= W_SHFL_XOR) {
             if (src < 0 || src > 31 || !((gr->mask >> src) & 1u)) {
-                report(E_SYNC, false, gr->pc, "%s: lane %d reads lane %d, which is not in the "
-                       "mask 0x%08x (undefined value)", op_name(gr->op), l, src, gr->mask);
+                report(E_SYNC, false, gr->pc,
+                       "%s: lane %d reads lane %d, which is not in the "
+                       "mask 0x%08x (undefined value)",
+                       op_name(gr->op), l, src, gr->mask);
                 x->result = ~0ull;
             } else {
                 x->result = threads[base + src].val;
@@ -259,19 +262,23 @@ uint64_t warp_op(int op, unsigned mask, uint64_t bits, int arg, int width) {
     if (width < 1 || width > 32 || (width & (width - 1)))
         report(E_SYNC, true, pc, "%s: width %d is not a power of two up to 32", op_name(op), width);
     if (!(mask & me))
-        report(E_SYNC, true, pc, "%s: the calling lane %d is not in its mask 0x%08x",
-               op_name(op), t->lane, mask);
+        report(E_SYNC, true, pc, "%s: the calling lane %d is not in its mask 0x%08x", op_name(op),
+               t->lane, mask);
     if (mask & ~w->exist)
-        report(E_SYNC, true, pc, "%s: mask 0x%08x names lanes that do not exist (warp %d has "
-               "lanes 0x%08x)", op_name(op), mask, t->warp, w->exist);
+        report(E_SYNC, true, pc,
+               "%s: mask 0x%08x names lanes that do not exist (warp %d has "
+               "lanes 0x%08x)",
+               op_name(op), mask, t->warp, w->exist);
     int gi = -1;
     for (int i = 0; i < w->ngroups; i++) {
         group_t *gr = &w->groups[i];
         if (!(gr->mask & mask)) continue;
         if (gr->mask != mask || gr->op != op || gr->width != width)
-            report(E_SYNC, true, pc, "warp %d: lane %d calls %s(mask 0x%08x, width %d) while "
-                   "lanes 0x%08x wait in %s(mask 0x%08x, width %d)", t->warp, t->lane,
-                   op_name(op), mask, width, gr->arrived, op_name(gr->op), gr->mask, gr->width);
+            report(E_SYNC, true, pc,
+                   "warp %d: lane %d calls %s(mask 0x%08x, width %d) while "
+                   "lanes 0x%08x wait in %s(mask 0x%08x, width %d)",
+                   t->warp, t->lane, op_name(op), mask, width, gr->arrived, op_name(gr->op),
+                   gr->mask, gr->width);
         gi = i;
     }
     if (gi < 0) {
@@ -279,7 +286,7 @@ uint64_t warp_op(int op, unsigned mask, uint64_t bits, int arg, int width) {
             report(E_SYNC, true, pc, "warp %d: more than %d concurrent collectives", t->warp,
                    MAX_GROUPS);
         gi = w->ngroups++;
-        w->groups[gi] = group_t{op, width, mask, 0, pc};
+        w->groups[gi] = group_t{ op, width, mask, 0, pc };
     }
     t->val = bits;
     t->arg = arg;
@@ -317,10 +324,11 @@ void *shared_static(const void *key, size_t size, size_t align) {
     L->static_bytes += size;
     if (L->static_bytes > SMEM_STATIC_MAX || off + size > SMEM_ARENA ||
         L->static_bytes + L->smem > SMEM_OPTIN)
-        report(E_LIMIT, true, pc, "static shared memory %zu bytes (+ %zu dynamic) is past the "
-               "device's limits (%d static, %d in all)", L->static_bytes, L->smem,
-               SMEM_STATIC_MAX, SMEM_OPTIN);
-    L->vars[L->nvars++] = svar_t{key, off, size};
+        report(E_LIMIT, true, pc,
+               "static shared memory %zu bytes (+ %zu dynamic) is past the "
+               "device's limits (%d static, %d in all)",
+               L->static_bytes, L->smem, SMEM_STATIC_MAX, SMEM_OPTIN);
+    L->vars[L->nvars++] = svar_t{ key, off, size };
     L->static_end = off + size;
     smem_set_valid(off, size, true);
     memset(smem_base() + off, 0xff, size); /* this block's first sight of it: garbage */
@@ -355,8 +363,8 @@ static const char *where(const thread_t *t, char *buf, size_t len) {
         const warp_t *w = &warps[t->warp];
         for (int i = 0; i < w->ngroups; i++)
             if ((w->groups[i].arrived >> t->lane) & 1u) {
-                snprintf(buf, len, "waits in %s(mask 0x%08x) (pc %p)",
-                         op_name(w->groups[i].op), w->groups[i].mask, t->pc);
+                snprintf(buf, len, "waits in %s(mask 0x%08x) (pc %p)", op_name(w->groups[i].op),
+                         w->groups[i].mask, t->pc);
                 return buf;
             }
     }
@@ -374,9 +382,10 @@ static void deadlock() {
             int l = __builtin_ctz(missing);
             thread_t *x = &threads[wi * 32 + l];
             g.cur = &threads[wi * 32 + __builtin_ctz(gr->arrived)];
-            report(E_DEADLOCK, false, gr->pc, "deadlock: warp %d lanes 0x%08x wait in %s(mask "
-                   "0x%08x) for lanes 0x%08x; lane %d %s", wi, gr->arrived, op_name(gr->op),
-                   gr->mask, missing, l, where(x, a, sizeof a));
+            report(E_DEADLOCK, false, gr->pc,
+                   "deadlock: warp %d lanes 0x%08x wait in %s(mask "
+                   "0x%08x) for lanes 0x%08x; lane %d %s",
+                   wi, gr->arrived, op_name(gr->op), gr->mask, missing, l, where(x, a, sizeof a));
         }
     }
     for (int i = 0; i < blk.n; i++) {
@@ -384,8 +393,10 @@ static void deadlock() {
         for (int j = 0; j < blk.n; j++) {
             if (threads[j].state == T_BAR || threads[j].state == T_DONE) continue;
             g.cur = &threads[i];
-            report(E_DEADLOCK, false, threads[i].pc, "deadlock: thread %d waits at "
-                   "__syncthreads while thread %d %s", i, j, where(&threads[j], b, sizeof b));
+            report(E_DEADLOCK, false, threads[i].pc,
+                   "deadlock: thread %d waits at "
+                   "__syncthreads while thread %d %s",
+                   i, j, where(&threads[j], b, sizeof b));
             i = blk.n;
             break;
         }
@@ -406,8 +417,10 @@ static void release_barrier() {
             first = i, pc = t->pc;
         } else if (t->pc != pc && !same_source(t->pc, pc)) {
             g.cur = t;
-            report(E_SYNC, false, t->pc, "divergent __syncthreads: thread %d waits at this "
-                   "barrier, thread %d at another: %s", i, first, source_of(pc).c_str());
+            report(E_SYNC, false, t->pc,
+                   "divergent __syncthreads: thread %d waits at this "
+                   "barrier, thread %d at another: %s",
+                   i, first, source_of(pc).c_str());
             g.cur = NULL;
             pc = t->pc;
         }
@@ -441,7 +454,8 @@ static void run_block(launch_t *L, uint3 bid) {
     q_head = q_len = 0;
     for (int i = 0; i < n; i++) {
         thread_t *t = &threads[i];
-        t->tid = uint3{(unsigned)i % bd.x, ((unsigned)i / bd.x) % bd.y, (unsigned)i / (bd.x * bd.y)};
+        t->tid =
+            uint3{ (unsigned)i % bd.x, ((unsigned)i / bd.x) % bd.y, (unsigned)i / (bd.x * bd.y) };
         t->lin = i;
         t->warp = i / 32;
         t->lane = i % 32;
@@ -490,7 +504,7 @@ cudaError_t run_launch(launch_t *L) {
         linear = e && strcmp(e, "linear") == 0;
     }
     if (!linear && n > 1) {
-        const uint64_t primes[] = {7919, 104729, 1299709, 15485863};
+        const uint64_t primes[] = { 7919, 104729, 1299709, 15485863 };
         for (uint64_t p : primes)
             if (n % p) {
                 step = p % n ? p % n : 1;
@@ -500,8 +514,8 @@ cudaError_t run_launch(launch_t *L) {
     }
     for (uint64_t i = 0; i < n && g.sticky == cudaSuccess; i++) {
         uint64_t b = (first + i * step) % n;
-        run_block(L, uint3{(unsigned)(b % gd.x), (unsigned)(b / gd.x % gd.y),
-                           (unsigned)(b / ((uint64_t)gd.x * gd.y))});
+        run_block(L, uint3{ (unsigned)(b % gd.x), (unsigned)(b / gd.x % gd.y),
+                            (unsigned)(b / ((uint64_t)gd.x * gd.y)) });
         g.n_blocks++;
         if (blk.aborted) break;
     }
@@ -530,8 +544,7 @@ double atomic_add_f64(double *p, double v) {
     return old;
 }
 
-template <typename T>
-static T atomic_apply(T *p, int op, T v, T cmp) {
+template <typename T> static T atomic_apply(T *p, int op, T v, T cmp) {
     T old = *p;
     switch (op) {
     case A_ADD: *p = (T)(old + v); break;

@@ -73,8 +73,8 @@ static __global__ void bf16_kernel(__nv_bfloat16 *out, const float *in, int n) {
 }
 
 static void test_bf16() {
-    const uint16_t lows[] = {0x0000, 0x0001, 0x3fff, 0x4000, 0x7ffe, 0x7fff, 0x8000, 0x8001,
-                             0x8002, 0xbfff, 0xc000, 0xfffe, 0xffff, 0x1234, 0x9abc, 0x7f00};
+    const uint16_t lows[] = { 0x0000, 0x0001, 0x3fff, 0x4000, 0x7ffe, 0x7fff, 0x8000, 0x8001,
+                              0x8002, 0xbfff, 0xc000, 0xfffe, 0xffff, 0x1234, 0x9abc, 0x7f00 };
     uint64_t bad = 0, n = 0, rt_bad = 0;
     for (uint32_t hi = 0; hi < 0x10000; hi++)
         for (uint16_t lo : lows) {
@@ -141,7 +141,8 @@ static __global__ void shfl_kernel(int *out, int arg, int width) {
 }
 
 static void test_shuffles() {
-    const int n = 64, args[][2] = {{3, 32}, {1, 32}, {16, 32}, {5, 16}, {2, 8}, {8, 8}, {0, 32}};
+    const int n = 64, args[][2] = { { 3, 32 }, { 1, 32 }, { 16, 32 }, { 5, 16 },
+                                    { 2, 8 },  { 8, 8 },  { 0, 32 } };
     int *d;
     cudaMalloc((void **)&d, 6 * n * sizeof(int));
     int bad = 0;
@@ -159,8 +160,8 @@ static void test_shuffles() {
             unsigned ballot = 0;
             for (int l = 0; l < 32; l++) ballot |= (unsigned)(((base + l) * 7) % 5 == 1) << l;
             int anyall = (base <= 37 && 37 < base + 32) * 2 + 1;
-            int want[6] = {(base + idx) * 10 + 1, (base + up) * 10 + 1, (base + dn) * 10 + 1,
-                           (base + xr) * 10 + 1, (int)ballot, anyall};
+            int want[6] = { (base + idx) * 10 + 1, (base + up) * 10 + 1, (base + dn) * 10 + 1,
+                            (base + xr) * 10 + 1,  (int)ballot,          anyall };
             for (int o = 0; o < 6; o++) bad += h[o * n + t] != want[o];
         }
     }
@@ -257,7 +258,7 @@ static void test_block() {
     bool refused = cudaGetLastError() == cudaErrorInvalidValue;
     cudaFuncSetAttribute(dyn_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, big * 4);
     dyn_kernel<<<2, 128, big * 4>>>(o, big);
-    float ho[2] = {0, 0};
+    float ho[2] = { 0, 0 };
     cudaMemcpy(ho, o, 8, cudaMemcpyDeviceToHost);
     float want = (float)(big - 1) + (float)(big / 2);
     result(refused && ho[0] == want && ho[1] == want,
@@ -392,7 +393,8 @@ static void test_checks() {
     expect_errors("... and is reported out of bounds", BIT(E_OOB_GLOBAL));
 
     write_kernel<<<1, 1>>>(in, -1);
-    result(cudaDeviceSynchronize() == cudaErrorIllegalAddress, "writing before an allocation fails");
+    result(cudaDeviceSynchronize() == cudaErrorIllegalAddress,
+           "writing before an allocation fails");
     expect_errors("... reported out of bounds", BIT(E_OOB_GLOBAL));
 
     float *fresh;
@@ -435,7 +437,7 @@ static void test_checks() {
     cudaDeviceSynchronize();
     expect_errors("the same without __syncwarp is a race", BIT(E_RACE));
 
-    float host_buf[4] = {1, 2, 3, 4};
+    float host_buf[4] = { 1, 2, 3, 4 };
     read_kernel<<<1, 1>>>(out, host_buf, 0);
     result(cudaDeviceSynchronize() == cudaErrorIllegalAddress, "a host pointer in a kernel fails");
     expect_errors("... reported as host memory read by a kernel", BIT(E_HOST_FROM_KERNEL));
@@ -518,8 +520,8 @@ static void test_blas() {
                     CUBLAS_GEMM_DEFAULT);
                 std::vector<float> got(Cf.size());
                 std::vector<uint16_t> got16(Cf.size());
-                cudaMemcpy(out16 ? (void *)got16.data() : (void *)got.data(), dC,
-                           Cf.size() * ces, cudaMemcpyDeviceToHost);
+                cudaMemcpy(out16 ? (void *)got16.data() : (void *)got.data(), dC, Cf.size() * ces,
+                           cudaMemcpyDeviceToHost);
                 if (out16)
                     for (size_t i = 0; i < got.size(); i++) {
                         uint32_t u = (uint32_t)got16[i] << 16;
@@ -531,8 +533,10 @@ static void test_blas() {
                         for (int i = 0; i < m; i++) {
                             double acc = 0;
                             for (int p = 0; p < k; p++) {
-                                size_t ai = bi * sa + (ta ? p + (size_t)i * lda : i + (size_t)p * lda);
-                                size_t bj = bi * sb + (tb ? j + (size_t)p * ldb : p + (size_t)j * ldb);
+                                size_t ai =
+                                    bi * sa + (ta ? p + (size_t)i * lda : i + (size_t)p * lda);
+                                size_t bj =
+                                    bi * sb + (tb ? j + (size_t)p * ldb : p + (size_t)j * ldb);
                                 uint32_t ua = (uint32_t)A[ai] << 16, ub = (uint32_t)B[bj] << 16;
                                 float fa, fb;
                                 memcpy(&fa, &ua, 4);
@@ -540,10 +544,12 @@ static void test_blas() {
                                 acc += (double)fa * fb;
                             }
                             size_t ci = bi * sc + i + (size_t)j * ldc;
-                            double want = alpha * acc + beta * (out16 ? __bfloat162float(
-                                                                            __ushort_as_bfloat16(C16[ci]))
-                                                                      : Cf[ci]);
-                            double tol = out16 ? 0x1p-8 * fabs(want) + 1e-5 : 1e-5 * (1 + fabs(want));
+                            double want =
+                                alpha * acc +
+                                beta * (out16 ? __bfloat162float(__ushort_as_bfloat16(C16[ci]))
+                                              : Cf[ci]);
+                            double tol =
+                                out16 ? 0x1p-8 * fabs(want) + 1e-5 : 1e-5 * (1 + fabs(want));
                             bad += fabs(got[ci] - want) > tol;
                             cases++;
                         }
@@ -551,7 +557,8 @@ static void test_blas() {
                 for (int bi = 0; bi < batch; bi++)
                     for (int j = 0; j < n; j++) {
                         size_t ci = bi * sc + m + (size_t)j * ldc;
-                        float want = out16 ? __bfloat162float(__ushort_as_bfloat16(C16[ci])) : Cf[ci];
+                        float want =
+                            out16 ? __bfloat162float(__ushort_as_bfloat16(C16[ci])) : Cf[ci];
                         bad += got[ci] != want;
                     }
                 cudaFree(dA);
@@ -567,8 +574,8 @@ static void test_blas() {
     cudaMalloc(&dA, 64 * 2);
     cudaMalloc(&dC, 64 * 4);
     cudaMemset(dA, 0, 64 * 2);
-    cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &alpha, dA, CUDA_R_16BF, 4, dA,
-                 CUDA_R_16BF, 4, &zero, dC, CUDA_R_32F, 4, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &alpha, dA, CUDA_R_16BF, 4, dA, CUDA_R_16BF,
+                 4, &zero, dC, CUDA_R_32F, 4, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     float c0 = -1;
     cudaMemcpy(&c0, dC, 4, cudaMemcpyDeviceToHost);
     result(c0 == 0.0f, "beta 0 over uninitialised C");
@@ -576,8 +583,8 @@ static void test_blas() {
     cel_emu::test_quiet(true);
     void *dC2;
     cudaMalloc(&dC2, 64 * 4);
-    cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &alpha, dA, CUDA_R_16BF, 4, dA,
-                 CUDA_R_16BF, 4, &beta, dC2, CUDA_R_32F, 4, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &alpha, dA, CUDA_R_16BF, 4, dA, CUDA_R_16BF,
+                 4, &beta, dC2, CUDA_R_32F, 4, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     cudaDeviceSynchronize();
     expect_errors("beta != 0 over uninitialised C is reported", BIT(E_UNINIT_GLOBAL));
     cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 16, 4, 4, &alpha, dA, CUDA_R_16BF, 32, dA,
@@ -595,27 +602,27 @@ static void test_blas() {
         cudaDataType at, ct;
         cublasStatus_t want;
     } cases_[] = {
-        {"lda < m (no transpose)", CUBLAS_OP_N, CUBLAS_OP_N, 8, 4, 4, 7, 4, 8, CUDA_R_16BF,
-         CUDA_R_32F, CUBLAS_STATUS_INVALID_VALUE},
-        {"lda < k (A transposed)", CUBLAS_OP_T, CUBLAS_OP_N, 8, 4, 6, 5, 6, 8, CUDA_R_16BF,
-         CUDA_R_32F, CUBLAS_STATUS_INVALID_VALUE},
-        {"ldb < n (B transposed)", CUBLAS_OP_N, CUBLAS_OP_T, 8, 4, 4, 8, 3, 8, CUDA_R_16BF,
-         CUDA_R_32F, CUBLAS_STATUS_INVALID_VALUE},
-        {"ldc < m", CUBLAS_OP_N, CUBLAS_OP_N, 8, 4, 4, 8, 4, 7, CUDA_R_16BF, CUDA_R_32F,
-         CUBLAS_STATUS_INVALID_VALUE},
-        {"negative k", CUBLAS_OP_N, CUBLAS_OP_N, 8, 4, -1, 8, 4, 8, CUDA_R_16BF, CUDA_R_32F,
-         CUBLAS_STATUS_INVALID_VALUE},
-        {"bad operation", (cublasOperation_t)7, CUBLAS_OP_N, 8, 4, 4, 8, 4, 8, CUDA_R_16BF,
-         CUDA_R_32F, CUBLAS_STATUS_INVALID_VALUE},
-        {"bf16 A with fp64 C", CUBLAS_OP_N, CUBLAS_OP_N, 8, 4, 4, 8, 4, 8, CUDA_R_16BF,
-         CUDA_R_64F, CUBLAS_STATUS_NOT_SUPPORTED},
-        {"m = 0 is a no-op", CUBLAS_OP_N, CUBLAS_OP_N, 0, 4, 4, 1, 4, 1, CUDA_R_16BF, CUDA_R_32F,
-         CUBLAS_STATUS_SUCCESS},
+        { "lda < m (no transpose)", CUBLAS_OP_N, CUBLAS_OP_N, 8, 4, 4, 7, 4, 8, CUDA_R_16BF,
+          CUDA_R_32F, CUBLAS_STATUS_INVALID_VALUE },
+        { "lda < k (A transposed)", CUBLAS_OP_T, CUBLAS_OP_N, 8, 4, 6, 5, 6, 8, CUDA_R_16BF,
+          CUDA_R_32F, CUBLAS_STATUS_INVALID_VALUE },
+        { "ldb < n (B transposed)", CUBLAS_OP_N, CUBLAS_OP_T, 8, 4, 4, 8, 3, 8, CUDA_R_16BF,
+          CUDA_R_32F, CUBLAS_STATUS_INVALID_VALUE },
+        { "ldc < m", CUBLAS_OP_N, CUBLAS_OP_N, 8, 4, 4, 8, 4, 7, CUDA_R_16BF, CUDA_R_32F,
+          CUBLAS_STATUS_INVALID_VALUE },
+        { "negative k", CUBLAS_OP_N, CUBLAS_OP_N, 8, 4, -1, 8, 4, 8, CUDA_R_16BF, CUDA_R_32F,
+          CUBLAS_STATUS_INVALID_VALUE },
+        { "bad operation", (cublasOperation_t)7, CUBLAS_OP_N, 8, 4, 4, 8, 4, 8, CUDA_R_16BF,
+          CUDA_R_32F, CUBLAS_STATUS_INVALID_VALUE },
+        { "bf16 A with fp64 C", CUBLAS_OP_N, CUBLAS_OP_N, 8, 4, 4, 8, 4, 8, CUDA_R_16BF, CUDA_R_64F,
+          CUBLAS_STATUS_NOT_SUPPORTED },
+        { "m = 0 is a no-op", CUBLAS_OP_N, CUBLAS_OP_N, 0, 4, 4, 1, 4, 1, CUDA_R_16BF, CUDA_R_32F,
+          CUBLAS_STATUS_SUCCESS },
     };
     for (const auto &c : cases_) {
-        cublasStatus_t s = cublasGemmEx(h, c.ta, c.tb, c.m, c.n, c.k, &alpha, dA, c.at, c.lda,
-                                        dA, CUDA_R_16BF, c.ldb, &beta, dC, c.ct, c.ldc,
-                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        cublasStatus_t s =
+            cublasGemmEx(h, c.ta, c.tb, c.m, c.n, c.k, &alpha, dA, c.at, c.lda, dA, CUDA_R_16BF,
+                         c.ldb, &beta, dC, c.ct, c.ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         char name[96];
         snprintf(name, sizeof name, "cublasGemmEx refuses: %s", c.what);
         result(s == c.want, name, cublasGetStatusName(s));

@@ -26,18 +26,17 @@ static int fuzz_one(const uint8_t *data, size_t size) {
     int mode = data[0];
     data++;
     size--;
-    const char *ctype = (mode & 1) ? ((mode & 4) ? "application/x-msgpack; charset=utf-8"
-                                                 : "application/x-msgpack")
-                                   : ((mode & 4) ? "application/json; charset=utf-8"
-                                                 : "application/json");
+    const char *ctype =
+        (mode & 1) ? ((mode & 4) ? "application/x-msgpack; charset=utf-8" : "application/x-msgpack")
+                   : ((mode & 4) ? "application/json; charset=utf-8" : "application/json");
     json_t *headers = (mode & 2) ? json_pack("{s:s, s:s, s:s, s:i}", "lang", "py", "task",
                                              "tasks.add", "id", "hdr-id", "retries", 1)
                                  : NULL;
-    json_t *props = (mode & 8) ? json_pack("{s:s, s:s, s:i}", "correlation_id", "c",
-                                           "reply_to", "r", "priority", 3)
+    json_t *props = (mode & 8) ? json_pack("{s:s, s:s, s:i}", "correlation_id", "c", "reply_to",
+                                           "r", "priority", 3)
                                : NULL;
-    json_t *dinfo = (mode & 8) ? json_pack("{s:s, s:s, s:b}", "exchange", "",
-                                           "routing_key", "celery", "redelivered", 1)
+    json_t *dinfo = (mode & 8) ? json_pack("{s:s, s:s, s:b}", "exchange", "", "routing_key",
+                                           "celery", "redelivered", 1)
                                : NULL;
     cel_task_t *t = NULL;
     cel_err_t err;

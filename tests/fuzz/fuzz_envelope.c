@@ -21,8 +21,7 @@ static int fuzz_one(const uint8_t *data, size_t size) {
     int rc = cel_task_decode_envelope((const char *)data, size, &t, &err);
     if (rc == CEL_OK || rc == CEL_EBODY) {
         /* exercise what the worker does next with a decoded task */
-        if (!t || !t->id || !t->name)
-            __builtin_trap();
+        if (!t || !t->id || !t->name) __builtin_trap();
         if (rc == CEL_OK) {
             char *s = cel_repr(t->args, 1, 64);
             free(s);

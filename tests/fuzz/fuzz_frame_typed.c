@@ -21,18 +21,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* Encodes a decoded frame, decodes that, encodes again: the two encodings
  * must be the same bytes. */
-#define ROUND_TRIP(kind, type, f)                                                         \
-    do {                                                                                  \
-        type g_;                                                                          \
-        uint8_t *a_ = NULL, *b_ = NULL;                                                   \
-        size_t al_ = 0, ac_ = 0, bl_ = 0, bc_ = 0;                                        \
+#define ROUND_TRIP(kind, type, f)                                                               \
+    do {                                                                                        \
+        type g_;                                                                                \
+        uint8_t *a_ = NULL, *b_ = NULL;                                                         \
+        size_t al_ = 0, ac_ = 0, bl_ = 0, bc_ = 0;                                              \
         if (cel_frame_##kind##_encode(&(f), &a_, &al_, &ac_, NULL) != CEL_OK) __builtin_trap(); \
-        if (cel_frame_##kind##_decode(a_, al_, &g_, NULL) != CEL_OK) __builtin_trap();     \
-        if (cel_frame_##kind##_encode(&g_, &b_, &bl_, &bc_, NULL) != CEL_OK) __builtin_trap(); \
-        if (al_ != bl_ || memcmp(a_, b_, al_) != 0) __builtin_trap();                     \
-        cel_frame_##kind##_clear(&g_);                                                    \
-        free(a_);                                                                         \
-        free(b_);                                                                         \
+        if (cel_frame_##kind##_decode(a_, al_, &g_, NULL) != CEL_OK) __builtin_trap();          \
+        if (cel_frame_##kind##_encode(&g_, &b_, &bl_, &bc_, NULL) != CEL_OK) __builtin_trap();  \
+        if (al_ != bl_ || memcmp(a_, b_, al_) != 0) __builtin_trap();                           \
+        cel_frame_##kind##_clear(&g_);                                                          \
+        free(a_);                                                                               \
+        free(b_);                                                                               \
     } while (0)
 
 static void check_run(const uint8_t *p, size_t n) {
@@ -66,8 +66,7 @@ static int fuzz_one(const uint8_t *data, size_t size) {
     cel_frame_ready_t rd;
     if (cel_frame_ready_decode(p, size, &rd, NULL) == CEL_OK)
         ROUND_TRIP(ready, cel_frame_ready_t, rd);
-    else if (rd.device)
-        __builtin_trap();
+    else if (rd.device) __builtin_trap();
     cel_frame_ready_clear(&rd);
     cel_frame_progress_t pr;
     if (cel_frame_progress_decode(p, size, &pr, NULL) == CEL_OK)

@@ -24,17 +24,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static int fuzz_one(const uint8_t *data, size_t size) {
     char *buf = malloc(size ? size : 1);
-    if (!buf)
-        return 0;
-    if (size)
-        memcpy(buf, data, size);
+    if (!buf) return 0;
+    if (size) memcpy(buf, data, size);
     cel_peek_t pk;
     cel_err_t err;
     int rc = cel_peek_envelope(buf, size, &pk, &err);
-    if (rc != CEL_OK && (pk.id[0] || pk.task[0] || pk.reply_to[0]))
-        __builtin_trap();
-    if (rc != CEL_OK && rc != CEL_EPROTO && rc != CEL_ELIMIT)
-        __builtin_trap();
+    if (rc != CEL_OK && (pk.id[0] || pk.task[0] || pk.reply_to[0])) __builtin_trap();
+    if (rc != CEL_OK && rc != CEL_EPROTO && rc != CEL_ELIMIT) __builtin_trap();
     /* jansson keeps the last of repeated keys (the scan reads the first
      * "headers" object), and takes a raw NUL byte after a number as a
      * delimiter (invalid JSON, refused by the scan). Compare only where
@@ -45,8 +41,7 @@ static int fuzz_one(const uint8_t *data, size_t size) {
     if (json_is_object(h) && id && strlen(id) == json_string_length(json_object_get(h, "id")) &&
         strlen(id) <= CEL_PEEK_STR_MAX &&
         cel_json_depth(env, CEL_MSG_MAX_DEPTH) <= CEL_MSG_MAX_DEPTH) {
-        if (rc != CEL_OK || strcmp(pk.id, id) != 0)
-            __builtin_trap();
+        if (rc != CEL_OK || strcmp(pk.id, id) != 0) __builtin_trap();
     }
     json_decref(env);
     free(buf);

@@ -34,8 +34,7 @@ static void byte_str(int b, char out[3]) {
     if (!printable) {
         cp = 256;
         for (int x = 0; x < b; x++)
-            if (!((x >= 0x21 && x <= 0x7E) || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE))
-                cp++;
+            if (!((x >= 0x21 && x <= 0x7E) || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE)) cp++;
     }
     if (cp < 0x80) {
         out[0] = (char)cp;
@@ -63,23 +62,21 @@ static cel_tokenizer_t *build(int llama) {
             byte_str((uint8_t)common[i], a);
             byte_str((uint8_t)common[k], b);
             snprintf(ab, sizeof(ab), "%s%s", a, b);
-            if (json_object_get(vocab, ab))
-                continue;
+            if (json_object_get(vocab, ab)) continue;
             json_object_set_new(vocab, ab, json_integer(id++));
             json_array_append_new(merges, json_pack("[ss]", a, b));
         }
-    json_t *pre = llama ? json_pack("{s:s, s:[{s:s, s:{s:s}, s:s, s:b}, {s:s, s:b, s:b}]}",
-                                    "type", "Sequence", "pretokenizers", "type", "Split",
-                                    "pattern", "Regex", LLAMA3_RE, "behavior", "Isolated",
-                                    "invert", 0, "type", "ByteLevel", "add_prefix_space", 0,
-                                    "use_regex", 0)
+    json_t *pre = llama ? json_pack("{s:s, s:[{s:s, s:{s:s}, s:s, s:b}, {s:s, s:b, s:b}]}", "type",
+                                    "Sequence", "pretokenizers", "type", "Split", "pattern",
+                                    "Regex", LLAMA3_RE, "behavior", "Isolated", "invert", 0, "type",
+                                    "ByteLevel", "add_prefix_space", 0, "use_regex", 0)
                         : json_pack("{s:s, s:b}", "type", "ByteLevel", "add_prefix_space", 0);
     json_t *doc = json_pack("{s:[{s:i, s:s, s:b}, {s:i, s:s, s:b}], s:o, s:{s:s},"
                             " s:{s:s, s:b, s:o, s:o}}",
                             "added_tokens", "id", id, "content", "<|endoftext|>", "special", 1,
                             "id", id + 1, "content", "<x>", "special", 0, "pre_tokenizer", pre,
-                            "decoder", "type", "ByteLevel", "model", "type", "BPE",
-                            "ignore_merges", llama, "vocab", vocab, "merges", merges);
+                            "decoder", "type", "ByteLevel", "model", "type", "BPE", "ignore_merges",
+                            llama, "vocab", vocab, "merges", merges);
     char *s = json_dumps(doc, 0);
     json_decref(doc);
     cel_tokenizer_t *t = NULL;
@@ -106,14 +103,12 @@ static void round_trip(cel_tokenizer_t *t, const uint8_t *data, size_t size) {
     size_t n = 0;
     int rc = cel_tokenizer_encode(t, (const char *)data, size, 1, &ids, &n, NULL);
     if (rc != CEL_OK) {
-        if (rc != CEL_EINVAL || ids || n)
-            __builtin_trap();
+        if (rc != CEL_EINVAL || ids || n) __builtin_trap();
         return;
     }
     char *text = NULL;
     size_t len = 0;
-    if (cel_tokenizer_decode(t, ids, n, &text, &len, NULL) != CEL_OK)
-        __builtin_trap();
+    if (cel_tokenizer_decode(t, ids, n, &text, &len, NULL) != CEL_OK) __builtin_trap();
     /* a template bos (none here) would be the only extra text */
     if (cel_tokenizer_bos(t) < 0 && (len != size || memcmp(text, data, size) != 0))
         __builtin_trap();
@@ -122,8 +117,7 @@ static void round_trip(cel_tokenizer_t *t, const uint8_t *data, size_t size) {
 }
 
 static int fuzz_one(const uint8_t *data, size_t size) {
-    if (size == 0)
-        return 0;
+    if (size == 0) return 0;
     int mode = data[0] % 4;
     data++;
     size--;
@@ -131,8 +125,7 @@ static int fuzz_one(const uint8_t *data, size_t size) {
         cel_tokenizer_t *t = NULL;
         cel_err_t err;
         if (cel_tokenizer_load_buf((const char *)data, size, &t, &err) != CEL_OK) {
-            if (t || err.code >= 0)
-                __builtin_trap();
+            if (t || err.code >= 0) __builtin_trap();
             return 0;
         }
         static const char sample[] = "Hello, world! It's 2024\n\n  <|endoftext|> caf\xc3\xa9";
@@ -140,15 +133,13 @@ static int fuzz_one(const uint8_t *data, size_t size) {
         size_t n = 0;
         if (cel_tokenizer_encode(t, sample, sizeof(sample) - 1, 1, &ids, &n, NULL) == CEL_OK) {
             char *text = NULL;
-            if (cel_tokenizer_decode(t, ids, n, &text, NULL, NULL) != CEL_OK)
-                __builtin_trap();
+            if (cel_tokenizer_decode(t, ids, n, &text, NULL, NULL) != CEL_OK) __builtin_trap();
             free(text);
             free(ids);
         }
         for (int32_t id = 0; id < 64; id++) {
             const char *s = cel_tokenizer_token_str(t, id);
-            if (s && cel_tokenizer_find(t, s) < 0)
-                __builtin_trap();
+            if (s && cel_tokenizer_find(t, s) < 0) __builtin_trap();
         }
         cel_tokenizer_free(t);
     } else if (mode < 3) {

@@ -21,9 +21,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-static uint8_t *guard_base;  /* readable bytes, then one PROT_NONE page */
-static size_t guard_cap;     /* readable bytes (a whole number of pages) */
-static int guard_mode = -1;  /* -1 not yet read from the environment */
+static uint8_t *guard_base; /* readable bytes, then one PROT_NONE page */
+static size_t guard_cap;    /* readable bytes (a whole number of pages) */
+static int guard_mode = -1; /* -1 not yet read from the environment */
 
 /* 1 when inputs are placed before a guard page (the default). */
 static inline int guard_enabled(void) {

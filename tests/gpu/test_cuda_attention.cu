@@ -86,8 +86,7 @@ struct dev_bufs {
     }
     template <typename T> T *upload(const std::vector<T> &h) {
         T *d = alloc<T>(h.size());
-        if (d && cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice))
-            bad = 1;
+        if (d && cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice)) bad = 1;
         return d;
     }
     ~dev_bufs() {
@@ -126,8 +125,8 @@ static void check_attention(int B, int T, int NH, int NKV, int HS) {
     std::vector<float> q(nq), k(nk), v(nk), dout(nq);
     fill(q, -2, 2), fill(k, -2, 2), fill(v, -1, 1), fill(dout, -1, 1);
     std::vector<float> out(nq), lse(nl), scratch(2 * (size_t)T * T);
-    cel_cpu_attention_forward(out.data(), lse.data(), scratch.data(), q.data(), k.data(),
-                              v.data(), B, T, NH, NKV, HS);
+    cel_cpu_attention_forward(out.data(), lse.data(), scratch.data(), q.data(), k.data(), v.data(),
+                              B, T, NH, NKV, HS);
     std::vector<float> dq(nq), dk(nk), dv(nk);
     cel_cpu_attention_backward(dq.data(), dk.data(), dv.data(), scratch.data(), dout.data(),
                                lse.data(), q.data(), k.data(), v.data(), B, T, NH, NKV, HS);
@@ -165,8 +164,8 @@ static void check_attention(int B, int T, int NH, int NKV, int HS) {
     snprintf(sub, sizeof sub, "%s forward lse", name);
     compare(sub, g_lse.data(), lse.data(), nl, 1e-4);
 
-    cel_cuda_attention_backward(d_dq, d_dk, d_dv, d_do, d_out, d_lse, d_q, d_k, d_v, B, T, NH,
-                                NKV, HS, 0);
+    cel_cuda_attention_backward(d_dq, d_dk, d_dv, d_do, d_out, d_lse, d_q, d_k, d_v, B, T, NH, NKV,
+                                HS, 0);
     snprintf(sub, sizeof sub, "%s backward", name);
     if (!cuda_ok(sub)) return;
     std::vector<float> g_dq(nq), g_dk(nk), g_dv(nk);
@@ -182,8 +181,8 @@ static void check_attention(int B, int T, int NH, int NKV, int HS) {
     snprintf(sub, sizeof sub, "%s backward dv", name);
     compare(sub, g_dv.data(), dv.data(), nk, 1e-3);
 
-    cel_cuda_attention_backward(d_dq, d_dk, d_dv, d_do, d_out, d_lse, d_q, d_k, d_v, B, T, NH,
-                                NKV, HS, 0);
+    cel_cuda_attention_backward(d_dq, d_dk, d_dv, d_do, d_out, d_lse, d_q, d_k, d_v, B, T, NH, NKV,
+                                HS, 0);
     snprintf(sub, sizeof sub, "%s backward rerun", name);
     if (!cuda_ok(sub)) return;
     std::vector<float> r_dq(nq), r_dk(nk), r_dv(nk);
@@ -203,7 +202,7 @@ static void check_attention(int B, int T, int NH, int NKV, int HS) {
 /* Decode over a 3-slot cache against cel_cpu_attention_cached, and kv_append exactness. */
 static void check_decode(int NH, int NKV, int HS) {
     const int n_slots = 3, Tmax = 150, S = 3;
-    const int32_t slot[S] = {2, 0, 1}, pos[S] = {0, 69, Tmax - 1};
+    const int32_t slot[S] = { 2, 0, 1 }, pos[S] = { 0, 69, Tmax - 1 };
     int KD = NKV * HS, QD = NH * HS;
     char name[128], sub[160];
     snprintf(name, sizeof name, "decode NH=%d NKV=%d HS=%d", NH, NKV, HS);
@@ -240,7 +239,7 @@ static void check_decode(int NH, int NKV, int HS) {
     compare(name, g.data(), out.data(), g.size(), 0x1p-8);
 
     /* kv_append: three new rows land exactly at (slot, pos); nothing else changes */
-    const int32_t aslot[S] = {2, 0, 1}, apos[S] = {5, 0, Tmax - 1};
+    const int32_t aslot[S] = { 2, 0, 1 }, apos[S] = { 5, 0, Tmax - 1 };
     std::vector<float> nk((size_t)S * KD), nv((size_t)S * KD);
     fill(nk, -3, 3), fill(nv, -3, 3);
     float *d_nk = d.upload(nk), *d_nv = d.upload(nv);
@@ -386,21 +385,21 @@ static void check_sampling(void) {
         int k;
         float p;
     };
-    const cfg cfgs[] = {{1.0f, 0, 1.0f},   {0.7f, 0, 1.0f},   {1.0f, 50, 1.0f},
-                        {1.0f, 0, 0.9f},   {0.8f, 40, 0.37f}, {1.3f, 1, 1.0f},
-                        {1.0f, 0, 1e-4f},  {0.5f, 1000, 0.95f}, {2.0f, 7, 0.999f},
-                        {1.0f, 100000, 0.3f}};
-    const int Vs[] = {1000, 50257};
+    const cfg cfgs[] = { { 1.0f, 0, 1.0f },     { 0.7f, 0, 1.0f },     { 1.0f, 50, 1.0f },
+                         { 1.0f, 0, 0.9f },     { 0.8f, 40, 0.37f },   { 1.3f, 1, 1.0f },
+                         { 1.0f, 0, 1e-4f },    { 0.5f, 1000, 0.95f }, { 2.0f, 7, 0.999f },
+                         { 1.0f, 100000, 0.3f } };
+    const int Vs[] = { 1000, 50257 };
     for (int V : Vs) {
         int S = 7;
         std::vector<float> lg = separated_logits(S, V);
-        std::vector<float> u = {0.0f, 0.1234f, 0.25f, 0.5f, 0.77f, 0.9f, 0.999999f};
+        std::vector<float> u = { 0.0f, 0.1234f, 0.25f, 0.5f, 0.77f, 0.9f, 0.999999f };
         for (const cfg &c : cfgs) check_sample("separated", lg, S, V, u, c.t, c.k, c.p);
     }
     {
         int S = 3, V = 1 << 20;
         std::vector<float> lg = separated_logits(S, V);
-        std::vector<float> u = {0.05f, 0.5f, 0.95f};
+        std::vector<float> u = { 0.05f, 0.5f, 0.95f };
 #ifndef CEL_CUDA_EMU
         check_sample("separated", lg, S, V, u, 1.0f, 0, 1.0f);
         check_sample("separated", lg, S, V, u, 0.9f, 200, 0.8f);
@@ -411,8 +410,8 @@ static void check_sampling(void) {
     /* exact ties: a few levels, so top_k cuts through a tie group (lower ids kept) */
     {
         int S = 6, V = 3001;
-        const float levels[] = {-2.0f, -0.9f, 0.0f, 0.45f, 1.3f, 1.7f};
-        std::vector<float> lg((size_t)S * V), u = {0.0f, 0.2f, 0.41f, 0.63f, 0.85f, 0.97f};
+        const float levels[] = { -2.0f, -0.9f, 0.0f, 0.45f, 1.3f, 1.7f };
+        std::vector<float> lg((size_t)S * V), u = { 0.0f, 0.2f, 0.41f, 0.63f, 0.85f, 0.97f };
         for (float &f : lg) f = levels[(int)(urand() * 6)];
         check_sample("ties", lg, S, V, u, 1.0f, 10, 1.0f);
         check_sample("ties", lg, S, V, u, 1.0f, 777, 1.0f);
@@ -435,10 +434,10 @@ int main(void) {
         printf("0 passed, 0 failed\n");
         return 0;
     }
-    const int HSs[] = {64, 128, 32, 96};
-    const int heads[][2] = {{4, 2}, {4, 4}};
+    const int HSs[] = { 64, 128, 32, 96 };
+    const int heads[][2] = { { 4, 2 }, { 4, 4 } };
 #ifndef CEL_CUDA_EMU
-    const int Ts[] = {1, 7, 70, 130};
+    const int Ts[] = { 1, 7, 70, 130 };
     for (int HS : HSs)
         for (const auto &hd : heads)
             for (int T : Ts) check_attention(2, T, hd[0], hd[1], HS);
@@ -446,16 +445,16 @@ int main(void) {
     check_attention(1, 200, 4, 1, 128); /* one kv head */
 #else
     /* tests/cuda-emu runs every thread on the CPU: each shape still spans several tiles */
-    const int Ts[] = {1, 7, 70};
+    const int Ts[] = { 1, 7, 70 };
     for (int HS : HSs)
         for (const auto &hd : heads)
             for (int T : Ts) check_attention(2, T, hd[0], hd[1], HS);
-    check_attention(1, 130, 8, 2, 64);  /* three query tiles, groups of 4 */
-    check_attention(1, 97, 4, 1, 128);  /* one kv head */
+    check_attention(1, 130, 8, 2, 64); /* three query tiles, groups of 4 */
+    check_attention(1, 97, 4, 1, 128); /* one kv head */
 #endif
-    check_attention(2, 45, 2, 1, 80);   /* HS not a multiple of 32 */
-    check_attention(1, 33, 2, 2, 256);  /* the largest head */
-    check_attention(1, 9, 3, 3, 2);     /* the smallest head */
+    check_attention(2, 45, 2, 1, 80);  /* HS not a multiple of 32 */
+    check_attention(1, 33, 2, 2, 256); /* the largest head */
+    check_attention(1, 9, 3, 3, 2);    /* the smallest head */
     for (int HS : HSs)
         for (const auto &hd : heads) check_decode(hd[0], hd[1], HS);
     check_decode(8, 2, 80);

@@ -40,23 +40,23 @@ typedef std::vector<float> fvec;
 
 typedef struct sizes {
     const char *tag;
-    int N, C, OC, I, R;    /* rows, hidden (= IC), a linear's OC, MLP width, LoRA rank */
-    int NHX, HS, maxT;     /* RoPE heads per row, head size, table length */
-    int Vemb;              /* embedding table rows */
-    int ce_rows, V;        /* cross-entropy chunk */
-    size_t nadam;          /* AdamW parameter count */
+    int N, C, OC, I, R; /* rows, hidden (= IC), a linear's OC, MLP width, LoRA rank */
+    int NHX, HS, maxT;  /* RoPE heads per row, head size, table length */
+    int Vemb;           /* embedding table rows */
+    int ce_rows, V;     /* cross-entropy chunk */
+    size_t nadam;       /* AdamW parameter count */
     int rope_kind;
 } sizes_t;
 
-static const sizes_t SMALL = {"small", 37, 200, 301, 523, 5, 3, 50, 64, 1003, 37, 1003, 10007,
-                              CEL_ROPE_PLAIN};
+static const sizes_t SMALL = { "small", 37, 200,  301, 523,  5,     3,
+                               50,      64, 1003, 37,  1003, 10007, CEL_ROPE_PLAIN };
 #ifndef CEL_CUDA_EMU
-static const sizes_t LARGE = {"large", 517, 2048, 1531, 5504, 16, 40, 128, 4096, 32003, 133, 128256,
-                              3000017, CEL_ROPE_LLAMA3};
+static const sizes_t LARGE = { "large", 517,  2048,  1531, 5504,   16,      40,
+                               128,     4096, 32003, 133,  128256, 3000017, CEL_ROPE_LLAMA3 };
 #else
 /* tests/cuda-emu runs every thread on the CPU: still many blocks and tiles, fewer elements */
-static const sizes_t LARGE = {"large", 133, 520, 391, 1100, 16, 10, 128, 1024, 32003, 19, 50257,
-                              300017, CEL_ROPE_LLAMA3};
+static const sizes_t LARGE = { "large", 133,  520,   391, 1100,  16,     10,
+                               128,     1024, 32003, 19,  50257, 300017, CEL_ROPE_LLAMA3 };
 #endif
 
 static int g_passed, g_failed;
@@ -271,8 +271,8 @@ static void test_cast(const sizes_t &s) {
         uint32_t u = ((uint32_t)(0x3f00 + i) << 16) | 0x8000u;
         memcpy(&x[i], &u, 4);
     }
-    const float special[] = {3.4028235e38f, -3.4028235e38f, 0.0f, -0.0f, INFINITY, -INFINITY,
-                             1e-40f, 1.0f + 1.0f / 512.0f};
+    const float special[] = { 3.4028235e38f, -3.4028235e38f, 0.0f,   -0.0f,
+                              INFINITY,      -INFINITY,      1e-40f, 1.0f + 1.0f / 512.0f };
     for (size_t i = 0; i < sizeof special / sizeof special[0]; i++) x[16 + i] = special[i];
     fvec xb = to_bf16(rand_vec(n, -100.0f, 100.0f));
     float scale = 0.37f;
@@ -336,10 +336,8 @@ static void test_gemm_case(const sizes_t &s, int ta, int tb, int bf16_out) {
     sync_all("gemm");
     char op[64];
     snprintf(op, sizeof op, "gemm ta=%d tb=%d %s", ta, tb, bf16_out ? "bf16" : "fp32");
-    if (bf16_out)
-        check(op, s, down_bf16(dC16, C0.size()), ref, 1e-5, BF16_RTOL);
-    else
-        check(op, s, down_f32(dC, C0.size()), ref, 1e-5, 1e-5);
+    if (bf16_out) check(op, s, down_bf16(dC16, C0.size()), ref, 1e-5, BF16_RTOL);
+    else check(op, s, down_f32(dC, C0.size()), ref, 1e-5, 1e-5);
     dfree_all();
 }
 
@@ -386,12 +384,12 @@ static void test_matmul(const sizes_t &s) {
             launched("cel_cuda_matmul_backward dweight=NULL");
         }
         sync_all("matmul NULL paths");
-        cel_cpu_matmul_backward(dinp_ref.data(), dW_ref.data(), dout.data(), inp.data(),
-                                W.data(), N, IC, OC);
+        cel_cpu_matmul_backward(dinp_ref.data(), dW_ref.data(), dout.data(), inp.data(), W.data(),
+                                N, IC, OC);
         check("matmul_backward dinp=NULL: dweight", s, down_f32(d_dW, dW_ref.size()), dW_ref,
               GEMM_AREL, GEMM_RTOL);
-        check("matmul_backward dweight=NULL: dinp", s, down_f32(d_dinp, dinp_ref.size()),
-              dinp_ref, GEMM_AREL, GEMM_RTOL);
+        check("matmul_backward dweight=NULL: dinp", s, down_f32(d_dinp, dinp_ref.size()), dinp_ref,
+              GEMM_AREL, GEMM_RTOL);
     }
     dfree_all();
 }
@@ -411,8 +409,7 @@ static void test_lora(const sizes_t &s) {
 
     cel_bf16_t *d_inp = up_bf16(inp), *d_A = up_bf16(A), *d_B = up_bf16(Bw);
     cel_bf16_t *d_dout = up_bf16(dout), *d_u = up_bf16(nan_nr), *d_du = up_bf16(nan_nr);
-    float *d_out = up_f32(out0), *d_dinp = up_f32(dinp0), *d_dA = up_f32(dA0),
-          *d_dB = up_f32(dB0);
+    float *d_out = up_f32(out0), *d_dinp = up_f32(dinp0), *d_dA = up_f32(dA0), *d_dB = up_f32(dB0);
     if (!g_err[0]) {
         cel_cuda_lora_forward(g_blas, d_out, d_u, d_inp, d_A, d_B, scaling, N, IC, OC, R);
         launched("cel_cuda_lora_forward");
@@ -425,8 +422,8 @@ static void test_lora(const sizes_t &s) {
 
     /* u against the CPU's fp32 u */
     fvec scratch((size_t)N * OC, 0.0f), u_ref((size_t)N * R);
-    cel_cpu_lora_forward(scratch.data(), u_ref.data(), inp.data(), A.data(), Bw.data(), scaling,
-                         N, IC, OC, R);
+    cel_cpu_lora_forward(scratch.data(), u_ref.data(), inp.data(), A.data(), Bw.data(), scaling, N,
+                         IC, OC, R);
     check("lora_forward u", s, u, u_ref, 1e-5, BF16_RTOL);
     /* out from the GPU's own bf16 u, so only summation order differs */
     fvec out_ref((size_t)N * OC);
@@ -437,14 +434,13 @@ static void test_lora(const sizes_t &s) {
     /* dB and du from the CPU op (given the same bf16 u); dA and dinp from the
      * GPU's bf16 du, which is what the GPU multiplies by. */
     fvec dinp_cpu = dinp0, dA_cpu = dA0, dB_ref = dB0, du_ref((size_t)N * R);
-    cel_cpu_lora_backward(dinp_cpu.data(), dA_cpu.data(), dB_ref.data(), du_ref.data(),
-                          dout.data(), inp.data(), u.data(), A.data(), Bw.data(), scaling, N, IC,
-                          OC, R);
+    cel_cpu_lora_backward(dinp_cpu.data(), dA_cpu.data(), dB_ref.data(), du_ref.data(), dout.data(),
+                          inp.data(), u.data(), A.data(), Bw.data(), scaling, N, IC, OC, R);
     check("lora_backward du", s, du, du_ref, 1e-5, BF16_RTOL);
     check("lora_backward dB", s, down_f32(d_dB, dB_ref.size()), dB_ref, GEMM_AREL, GEMM_RTOL);
     fvec dinp_ref = dinp0, dA_ref = dA0;
-    cel_cpu_matmul_backward(dinp_ref.data(), dA_ref.data(), du.data(), inp.data(), A.data(), N,
-                            IC, R);
+    cel_cpu_matmul_backward(dinp_ref.data(), dA_ref.data(), du.data(), inp.data(), A.data(), N, IC,
+                            R);
     check("lora_backward dA", s, down_f32(d_dA, dA_ref.size()), dA_ref, GEMM_AREL, GEMM_RTOL);
     check("lora_backward dinp", s, down_f32(d_dinp, dinp_ref.size()), dinp_ref, GEMM_AREL,
           GEMM_RTOL);
@@ -532,8 +528,8 @@ static void test_rope(const sizes_t &s) {
     }
     sync_all("rope");
     fvec out_ref(n), din_ref(n);
-    cel_cpu_rope_forward(out_ref.data(), inp.data(), pos.data(), cos_t.data(), sin_t.data(), N,
-                         NHX, HS);
+    cel_cpu_rope_forward(out_ref.data(), inp.data(), pos.data(), cos_t.data(), sin_t.data(), N, NHX,
+                         HS);
     cel_cpu_rope_backward(din_ref.data(), dout.data(), pos.data(), cos_t.data(), sin_t.data(), N,
                           NHX, HS);
     check("rope_forward", s, down_f32(d_out, n), out_ref, 1e-6, 1e-6);
@@ -630,8 +626,8 @@ static void test_crossentropy(const sizes_t &s) {
     check("crossentropy dlogits", s, down_bf16(d_dl, dl_ref.size()), dl_ref, 1e-5, BF16_RTOL);
     check("crossentropy logp (no dlogits)", s, down_f32(d_logp2, n), logp_ref, 2e-6, 2e-6);
     check("crossentropy logp (weights NULL)", s, down_f32(d_logp3, n), logp_ref, 2e-6, 2e-6);
-    check("crossentropy dlogits (weights NULL)", s, down_bf16(d_dl3, dl3_ref.size()), dl3_ref,
-          1e-5, BF16_RTOL);
+    check("crossentropy dlogits (weights NULL)", s, down_bf16(d_dl3, dl3_ref.size()), dl3_ref, 1e-5,
+          BF16_RTOL);
     dfree_all();
 }
 
@@ -678,7 +674,7 @@ static void test_adamw(const sizes_t &s) {
  * status waits in cel_cuda_gemm_take_error, and the engine's check makes it an
  * error (a regression test: the status used to be dropped). */
 static void test_gemm_refused(void) {
-    const sizes_t s = {"refused", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, CEL_ROPE_PLAIN};
+    const sizes_t s = { "refused", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, CEL_ROPE_PLAIN };
     case_begin();
     int M = 4, N = 4, K = 8;
     cel_bf16_t *dA = up_bf16(fvec((size_t)M * K, 1.0f)), *dB = up_bf16(fvec((size_t)K * N, 1.0f));
@@ -701,7 +697,8 @@ static void test_gemm_refused(void) {
     }
     sync_all("gemm refused");
     bool ok = st == CUBLAS_STATUS_INVALID_VALUE && st2 == CUBLAS_STATUS_SUCCESS &&
-              strstr(what, "lda=7") && rc == CEL_EIO && strstr(err.msg, "cuBLAS error in a test pass");
+              strstr(what, "lda=7") && rc == CEL_EIO &&
+              strstr(err.msg, "cuBLAS error in a test pass");
     if (g_err[0] || !ok) {
         printf("FAIL %-40s status %d then %d (%s); check rc %d: %s %s\n", "gemm refused [lda < K]",
                (int)st, (int)st2, what, rc, err.msg, g_err);

@@ -32,8 +32,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) __attribute__((weak));
 
 #define REPLAY_MAX_FILES 100000
 #define REPLAY_MAX_BYTES (64u * 1024 * 1024) /* one input */
-#define REPLAY_TIMEOUT_S 20                   /* one child, per input */
-#define REPLAY_DONE UINT32_MAX                /* written when a child ran all it had */
+#define REPLAY_TIMEOUT_S 20                  /* one child, per input */
+#define REPLAY_DONE      UINT32_MAX          /* written when a child ran all it had */
 
 static char **files;
 static size_t nfiles;
@@ -138,16 +138,14 @@ static int run_batch(size_t from, size_t to, long *last, int *done) {
     }
     close(p[0]);
     int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
     return status;
 }
 
 static void describe(const char *path, int status) {
     if (WIFSIGNALED(status))
         fprintf(stderr, "replay: FAILED %s (signal %d)\n", path, WTERMSIG(status));
-    else
-        fprintf(stderr, "replay: FAILED %s (exit status %d)\n", path, WEXITSTATUS(status));
+    else fprintf(stderr, "replay: FAILED %s (exit status %d)\n", path, WEXITSTATUS(status));
 }
 
 static size_t passed, failed;

@@ -82,8 +82,9 @@ static void compare_batched(cel_model_t *m, cel_batch_t *b, size_t nb, const cel
     cel_model_job_t *jobs = calloc(nb, sizeof(*jobs));
     double d_loss = 0, d_lp = 0, d_g = 0, d_w = 0;
     for (size_t i = 0; i < nb; i++) {
-        cel_lora_config_t lc = {.rank = 2 + 2 * (int)(i % 3), .alpha = 8,
-                                .targets = CEL_LORA_ALL, .seed = 50 + i};
+        cel_lora_config_t lc = {
+            .rank = 2 + 2 * (int)(i % 3), .alpha = 8, .targets = CEL_LORA_ALL, .seed = 50 + i
+        };
         if (cel_lora_new(m, &lc, &l[i], &err) != CEL_OK) die("lora_new", &err);
         for (size_t k = 0; k < l[i]->n; k++) l[i]->w[k] += 0.03f * (float)sin(0.7 * k + i);
     }
@@ -100,7 +101,7 @@ static void compare_batched(cel_model_t *m, cel_batch_t *b, size_t nb, const cel
         g_a[i] = copy_block(l[i], l[i]->g);
         w0[i] = copy_block(l[i], l[i]->w);
         cel_lora_zero_grad(l[i]);
-        jobs[i] = (cel_model_job_t){.lora = l[i], .batch = b[i], .logprobs = lp_p[i]};
+        jobs[i] = (cel_model_job_t){ .lora = l[i], .batch = b[i], .logprobs = lp_p[i] };
     }
     if (cel_model_run_jobs(m, jobs, (int)nb, 1, &err) != CEL_OK) die("run_jobs", &err);
     for (size_t i = 0; i < nb; i++) {
@@ -161,7 +162,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "spec: %s\n", je.text);
         return 1;
     }
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     const char *out = json_string_value(json_object_get(spec, "out"));
     json_t *th = json_object_get(spec, "threads");
     if (th) cel_model_set_threads((int)json_integer_value(th));
@@ -199,7 +200,7 @@ int main(int argc, char **argv) {
     /* forward of every batch before any step */
     {
         cel_st_entry_t *e = calloc(2 * nb, sizeof(*e));
-        char (*names)[32] = calloc(2 * nb, 32);
+        char(*names)[32] = calloc(2 * nb, 32);
         json_t *losses = json_array();
         for (size_t i = 0; i < nb; i++) {
             size_t n = (size_t)b[i].B * b[i].T;
@@ -210,10 +211,12 @@ int main(int argc, char **argv) {
             json_array_append_new(losses, json_real(loss));
             snprintf(names[2 * i], 32, "logits_%zu", i);
             snprintf(names[2 * i + 1], 32, "logprobs_%zu", i);
-            e[2 * i] = (cel_st_entry_t){.name = names[2 * i], .ndim = 3,
-                                        .shape = {b[i].B, b[i].T, V}, .data = logits};
-            e[2 * i + 1] = (cel_st_entry_t){.name = names[2 * i + 1], .ndim = 2,
-                                            .shape = {b[i].B, b[i].T}, .data = lp};
+            e[2 * i] = (cel_st_entry_t){
+                .name = names[2 * i], .ndim = 3, .shape = { b[i].B, b[i].T, V }, .data = logits
+            };
+            e[2 * i + 1] = (cel_st_entry_t){
+                .name = names[2 * i + 1], .ndim = 2, .shape = { b[i].B, b[i].T }, .data = lp
+            };
         }
         char path[4096];
         snprintf(path, sizeof(path), "%s/forward.safetensors", out);
@@ -260,7 +263,7 @@ int main(int argc, char **argv) {
     char dir[4096];
     snprintf(dir, sizeof(dir), "%s/final", out);
     mkdir(dir, 0755);
-    const char *meta[] = {"last_task", "task-123"};
+    const char *meta[] = { "last_task", "task-123" };
     int rc = lora ? cel_lora_save(lora, dir, "oracle-base", meta, 1, &err)
                   : cel_model_save(m, dir, &err);
     if (rc != CEL_OK) die("save", &err);
@@ -293,13 +296,15 @@ int main(int argc, char **argv) {
             lens[i] = (int)json_array_size(json_array_get(pr, i));
             prompts[i] = int_array(json_array_get(pr, i), lens[i]);
         }
-        cel_sample_params_t sp = {
-            .max_tokens = (int)json_integer_value(json_object_get(jsm, "max_tokens")),
-            .temperature = getf(jsm, "temperature", 0),
-            .top_k = (int)json_integer_value(json_object_get(jsm, "top_k")),
-            .top_p = getf(jsm, "top_p", 1),
-            .seed = (uint64_t)json_integer_value(json_object_get(jsm, "seed")),
-            .stop_ids = (const int32_t[]){-1}, .n_stop_ids = 1};
+        cel_sample_params_t sp = { .max_tokens =
+                                       (int)json_integer_value(json_object_get(jsm, "max_tokens")),
+                                   .temperature = getf(jsm, "temperature", 0),
+                                   .top_k = (int)json_integer_value(json_object_get(jsm, "top_k")),
+                                   .top_p = getf(jsm, "top_p", 1),
+                                   .seed =
+                                       (uint64_t)json_integer_value(json_object_get(jsm, "seed")),
+                                   .stop_ids = (const int32_t[]){ -1 },
+                                   .n_stop_ids = 1 };
         cel_sampler_t *smp;
         if (cel_sampler_new(m, lora, np, (const int32_t *const *)prompts, lens, &sp, &smp, &err))
             die("sampler", &err);
@@ -311,7 +316,8 @@ int main(int argc, char **argv) {
             live = cel_sampler_step(smp, toks, &err);
             if (live < 0) die("sample step", &err);
             for (int i = 0; i < np; i++)
-                if (toks[i] >= 0) json_array_append_new(json_array_get(outs, i), json_integer(toks[i]));
+                if (toks[i] >= 0)
+                    json_array_append_new(json_array_get(outs, i), json_integer(toks[i]));
         } while (live > 0);
         json_object_set_new(res, "sample", outs);
         cel_sampler_free(smp);

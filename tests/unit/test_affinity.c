@@ -27,15 +27,16 @@ static void expect_adapter(const char *name, const char *args, const char *kwarg
                            const char *want) {
     cel_task_t *t = mk(name, args, kwargs);
     const char *got = cel_affinity_adapter_of(t);
-    if (want == NULL && got != NULL) fail_msg("%s %s %s: want NULL, got %s", name, args, kwargs, got);
+    if (want == NULL && got != NULL)
+        fail_msg("%s %s %s: want NULL, got %s", name, args, kwargs, got);
     if (want != NULL && (got == NULL || strcmp(got, want) != 0))
         fail_msg("%s %s %s: want %s, got %s", name, args, kwargs, want, got ? got : "NULL");
     cel_task_free(t);
 }
 
 static void test_adapter_of(void **state) {
-    static const char *const pos0[] = {"lora.delete", "lora.forward_backward", "lora.info",
-                                       "lora.optim_step", "lora.sample", "lora.save"};
+    static const char *const pos0[] = { "lora.delete",     "lora.forward_backward", "lora.info",
+                                        "lora.optim_step", "lora.sample",           "lora.save" };
     for (size_t i = 0; i < sizeof(pos0) / sizeof(pos0[0]); i++) {
         expect_adapter(pos0[i], "[\"A\"]", "{}", "A");
         expect_adapter(pos0[i], "[\"A\", [1, 2], \"x\"]", "{}", "A");
@@ -60,9 +61,9 @@ static void test_adapter_of(void **state) {
     expect_adapter("model.score", "[]", "{\"text\": \"t\", \"adapter_id\": \"K\"}", "K");
     expect_adapter("model.score", "[\"A\"]", "{}", NULL);
     /* tasks any executor may run */
-    static const char *const free_tasks[] = {"lora.create", "lora.load", "lora.list",
-                                             "diag.echo", "lora", "lora.deletex", "tasks.add",
-                                             "model.score2"};
+    static const char *const free_tasks[] = { "lora.create", "lora.load",   "lora.list",
+                                              "diag.echo",   "lora",        "lora.deletex",
+                                              "tasks.add",   "model.score2" };
     for (size_t i = 0; i < sizeof(free_tasks) / sizeof(free_tasks[0]); i++) {
         expect_adapter(free_tasks[i], "[\"A\"]", "{\"adapter_id\": \"K\"}", NULL);
     }
@@ -155,8 +156,8 @@ static void test_learn(void **state) {
     assert_int_equal(cel_affinity_get(a, "B"), 0);
     assert_int_equal(cel_affinity_count(a, 0), 1);
     /* results without a string adapter_id teach nothing */
-    json_t *bad[] = {json_null(), json_string("A"), json_pack("{s:i}", "adapter_id", 5),
-                     json_object(), json_pack("[s]", "C")};
+    json_t *bad[] = { json_null(), json_string("A"), json_pack("{s:i}", "adapter_id", 5),
+                      json_object(), json_pack("[s]", "C") };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         cel_affinity_learn(a, create, bad[i], 0);
         json_decref(bad[i]);
@@ -233,10 +234,9 @@ static void test_many(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_adapter_of), cmocka_unit_test(test_adapter_of_follows_table),
-        cmocka_unit_test(test_set_get_count),
-        cmocka_unit_test(test_zero_slots), cmocka_unit_test(test_learn),
-        cmocka_unit_test(test_many),
+        cmocka_unit_test(test_adapter_of),    cmocka_unit_test(test_adapter_of_follows_table),
+        cmocka_unit_test(test_set_get_count), cmocka_unit_test(test_zero_slots),
+        cmocka_unit_test(test_learn),         cmocka_unit_test(test_many),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -8,8 +8,8 @@
 #include "../../protocol/protocol.h"
 
 static void test_vectors(void **state) {
-    const char *plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
-    const char *enc[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
+    const char *plain[] = { "", "f", "fo", "foo", "foob", "fooba", "foobar" };
+    const char *enc[] = { "", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy" };
     for (int i = 0; i < 7; i++) {
         char *e = cel_base64_encode((const uint8_t *)plain[i], strlen(plain[i]));
         assert_string_equal(e, enc[i]);
@@ -23,8 +23,9 @@ static void test_vectors(void **state) {
         assert_int_equal(d[n], 0);
         free(d);
     }
-    const char *cap = "W1syLCAzXSwge30sIHsiY2FsbGJhY2tzIjogbnVsbCwgImVycmJhY2tzIjogbnVsbCwgImNoYWluI"
-                      "jogbnVsbCwgImNob3JkIjogbnVsbH1d";
+    const char *cap =
+        "W1syLCAzXSwge30sIHsiY2FsbGJhY2tzIjogbnVsbCwgImVycmJhY2tzIjogbnVsbCwgImNoYWluI"
+        "jogbnVsbCwgImNob3JkIjogbnVsbH1d";
     uint8_t *d;
     size_t n;
     assert_int_equal(cel_base64_decode(cap, strlen(cap), &d, &n, NULL), CEL_OK);
@@ -35,8 +36,7 @@ static void test_vectors(void **state) {
 
 static void test_round_trip(void **state) {
     uint8_t buf[300];
-    for (size_t i = 0; i < sizeof(buf); i++)
-        buf[i] = (uint8_t)(i * 37 + 11);
+    for (size_t i = 0; i < sizeof(buf); i++) buf[i] = (uint8_t)(i * 37 + 11);
     for (size_t len = 0; len <= sizeof(buf); len++) {
         char *e = cel_base64_encode(buf, len);
         uint8_t *d;
@@ -50,8 +50,8 @@ static void test_round_trip(void **state) {
 }
 
 static void test_rejects(void **state) {
-    const char *bad[] = {"Zg=", "Zg", "Z", "Zm9v!A==", "Zm9v Yg==", "Zg==Zg==", "Z===", "====",
-                         "Zm=v", "Zm9v\n", "-_==", "Zg\0="};
+    const char *bad[] = { "Zg=",  "Zg",   "Z",    "Zm9v!A==", "Zm9v Yg==", "Zg==Zg==",
+                          "Z===", "====", "Zm=v", "Zm9v\n",   "-_==",      "Zg\0=" };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         uint8_t *d = (uint8_t *)1;
         size_t n = 99;

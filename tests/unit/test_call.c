@@ -16,7 +16,7 @@
 /* A call of task name with args/kwargs given as JSON text. */
 static cel_call_t mk(const char *name, const char *args, const char *kwargs) {
     json_error_t je;
-    cel_call_t c = {.name = name};
+    cel_call_t c = { .name = name };
     c.args = json_loads(args, JSON_ALLOW_NUL, &je);
     if (!c.args) fail_msg("bad args JSON %s: %s", args, je.text);
     c.kwargs = json_loads(kwargs, 0, &je);
@@ -78,33 +78,32 @@ static const cel_tasks_task_t *task(const char *name) {
 /* ---- binding: CPython's TypeErrors ---- */
 
 static const cel_tasks_spec_t abc[] = {
-    {.name = "a", .type = CEL_TASKS_ANY, .required = 1},
-    {.name = "b", .type = CEL_TASKS_ANY, .required = 1},
-    {.name = "c", .type = CEL_TASKS_ANY, .required = 1},
-    {.name = "d", .type = CEL_TASKS_ANY, .required = 1},
+    { .name = "a", .type = CEL_TASKS_ANY, .required = 1 },
+    { .name = "b", .type = CEL_TASKS_ANY, .required = 1 },
+    { .name = "c", .type = CEL_TASKS_ANY, .required = 1 },
+    { .name = "d", .type = CEL_TASKS_ANY, .required = 1 },
 };
 static const cel_tasks_spec_t k_params[] = {
-    {.name = "a", .type = CEL_TASKS_ANY, .required = 1},
-    {.name = "b", .type = CEL_TASKS_INT, .nullable = 1, .dflt = "1"},
-    {.name = "c", .type = CEL_TASKS_INT, .dflt = "2"},
+    { .name = "a", .type = CEL_TASKS_ANY, .required = 1 },
+    { .name = "b", .type = CEL_TASKS_INT, .nullable = 1, .dflt = "1" },
+    { .name = "c", .type = CEL_TASKS_INT, .dflt = "2" },
 };
-static const cel_tasks_task_t f3 = {.name = "t.f", .params = abc, .nparams = 3};
-static const cel_tasks_task_t f4 = {.name = "t.f", .params = abc, .nparams = 4};
-static const cel_tasks_task_t g1 = {.name = "g", .params = abc, .nparams = 1};
-static const cel_tasks_task_t h0 = {.name = "x.y.h"};
-static const cel_tasks_task_t k3 = {.name = "t.k", .params = k_params, .nparams = 3};
-static const cel_tasks_task_t opt2 = {.name = "t.opt", .params = k_params + 1, .nparams = 2};
-static const cel_tasks_task_t va = {.name = "t.va", .params = abc, .nparams = 1, .varargs = 1};
-static const cel_tasks_task_t vk = {.name = "t.vk", .params = abc, .nparams = 1, .varkw = 1};
-static const cel_tasks_task_t echo = {.name = "t.echo", .varargs = 1, .varkw = 1};
+static const cel_tasks_task_t f3 = { .name = "t.f", .params = abc, .nparams = 3 };
+static const cel_tasks_task_t f4 = { .name = "t.f", .params = abc, .nparams = 4 };
+static const cel_tasks_task_t g1 = { .name = "g", .params = abc, .nparams = 1 };
+static const cel_tasks_task_t h0 = { .name = "x.y.h" };
+static const cel_tasks_task_t k3 = { .name = "t.k", .params = k_params, .nparams = 3 };
+static const cel_tasks_task_t opt2 = { .name = "t.opt", .params = k_params + 1, .nparams = 2 };
+static const cel_tasks_task_t va = { .name = "t.va", .params = abc, .nparams = 1, .varargs = 1 };
+static const cel_tasks_task_t vk = { .name = "t.vk", .params = abc, .nparams = 1, .varkw = 1 };
+static const cel_tasks_task_t echo = { .name = "t.echo", .varargs = 1, .varkw = 1 };
 
 static void test_missing(void **state) {
     bind_fails(&f3, "[]", "{}", "TypeError",
                "f() missing 3 required positional arguments: 'a', 'b', and 'c'");
     bind_fails(&f3, "[1]", "{}", "TypeError",
                "f() missing 2 required positional arguments: 'b' and 'c'");
-    bind_fails(&f3, "[1, 2]", "{}", "TypeError",
-               "f() missing 1 required positional argument: 'c'");
+    bind_fails(&f3, "[1, 2]", "{}", "TypeError", "f() missing 1 required positional argument: 'c'");
     bind_fails(&f4, "[]", "{}", "TypeError",
                "f() missing 4 required positional arguments: 'a', 'b', 'c', and 'd'");
     bind_fails(&f3, "[]", "{\"b\": 1}", "TypeError",
@@ -276,14 +275,17 @@ static void test_str_lengths(void **state) {
     memset(text, 'x', n + 1);
     text[n + 1] = '\0';
     const cel_tasks_task_t *score = task("model.score");
-    cel_call_t c = {.name = "model.score", .args = json_pack("[s]", text), .kwargs = json_object()};
+    cel_call_t c = { .name = "model.score",
+                     .args = json_pack("[s]", text),
+                     .kwargs = json_object() };
     assert_int_equal(cel_call_bind(&c, score), CEL_ETYPE);
     assert_string_equal(json_string_value(json_array_get(c.exc_args, 0)),
                         "text must be at most 4194304 characters long, not 4194305");
     drop(&c);
     text[n] = '\0';
-    c = (cel_call_t){.name = "model.score", .args = json_pack("[s]", text),
-                     .kwargs = json_object()};
+    c = (cel_call_t){ .name = "model.score",
+                      .args = json_pack("[s]", text),
+                      .kwargs = json_object() };
     assert_int_equal(cel_call_bind(&c, score), CEL_OK);
     drop(&c);
     free(text);
@@ -317,13 +319,16 @@ static void test_choices(void **state) {
 
 static void test_list_lengths(void **state) {
     const cel_tasks_task_t *c = task("lora.create");
-    bind_ok(c, "[2, 4, [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", "
-               "\"up_proj\", \"down_proj\"]]", "{}",
+    bind_ok(c,
+            "[2, 4, [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", "
+            "\"up_proj\", \"down_proj\"]]",
+            "{}",
             "[2, 4, [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", "
             "\"down_proj\"], null, null]");
-    bind_fails(c, "[2, 4, [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", "
-                  "\"up_proj\", \"down_proj\", \"q_proj\"]]", "{}", "ValueError",
-               "target_modules must name 1 to 7 modules, not 8");
+    bind_fails(c,
+               "[2, 4, [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", "
+               "\"up_proj\", \"down_proj\", \"q_proj\"]]",
+               "{}", "ValueError", "target_modules must name 1 to 7 modules, not 8");
     bind_fails(c, "[2, 4, []]", "{}", "ValueError",
                "target_modules must name 1 to 7 modules, not 0");
     /* prompts: 1 to 64; a bare str is one prompt */
@@ -333,8 +338,9 @@ static void test_list_lengths(void **state) {
     for (int n = 64; n <= 65; n++) {
         json_t *p = json_array();
         for (int i = 0; i < n; i++) json_array_append(p, json_array_get(prompts, (size_t)i));
-        cel_call_t call = {.name = "lora.sample", .args = json_pack("[n, o]", p),
-                           .kwargs = json_object()};
+        cel_call_t call = { .name = "lora.sample",
+                            .args = json_pack("[n, o]", p),
+                            .kwargs = json_object() };
         int rc = cel_call_bind(&call, s);
         if (n == 64) {
             assert_int_equal(rc, CEL_OK);
@@ -364,8 +370,9 @@ static void test_list_lengths(void **state) {
     for (int n = 512; n <= 513; n++) {
         json_t *data = json_array();
         for (int i = 0; i < n; i++) json_array_append_new(data, json_pack("{s:s}", "text", "x"));
-        cel_call_t call = {.name = fb->name, .args = json_pack("[s, o]", "a", data),
-                           .kwargs = json_object()};
+        cel_call_t call = { .name = fb->name,
+                            .args = json_pack("[s, o]", "a", data),
+                            .kwargs = json_object() };
         int rc = cel_call_bind(&call, fb);
         assert_int_equal(rc, n == 512 ? CEL_OK : CEL_ETYPE);
         if (n == 513)
@@ -399,8 +406,10 @@ static void test_dicts(void **state) {
     bind_fails(s, "[null, \"a\", {\"temperature\": \"hot\"}]", "{}", "TypeError",
                "sampling_params['temperature'] must be a number, not str");
     /* nullable fields: None is the default; a bare stop str is a list */
-    bind_ok(s, "[\"x\", [\"a\", \"b\"], {\"max_tokens\": 2048, \"temperature\": null, "
-               "\"top_k\": 1073741824, \"stop\": \"\\n\", \"seed\": 7}]", "{}",
+    bind_ok(s,
+            "[\"x\", [\"a\", \"b\"], {\"max_tokens\": 2048, \"temperature\": null, "
+            "\"top_k\": 1073741824, \"stop\": \"\\n\", \"seed\": 7}]",
+            "{}",
             "[\"x\", [\"a\", \"b\"], {\"max_tokens\": 2048, \"temperature\": 1.0, \"top_p\": 1.0, "
             "\"top_k\": 1073741824, \"seed\": 7, \"stop\": [\"\\n\"]}]");
 }
@@ -432,8 +441,10 @@ static void test_examples_one_of(void **state) {
             "[\"a\", [{\"tokens\": [1], \"target_tokens\": [2], \"weights\": null}], "
             "\"cross_entropy\"]");
     /* chats */
-    bind_ok(fb, "[\"a\", [[{\"role\": \"user\", \"content\": \"\"}, {\"role\": \"assistant\", "
-                "\"content\": \"b\"}]]]", "{}",
+    bind_ok(fb,
+            "[\"a\", [[{\"role\": \"user\", \"content\": \"\"}, {\"role\": \"assistant\", "
+            "\"content\": \"b\"}]]]",
+            "{}",
             "[\"a\", [[{\"role\": \"user\", \"content\": \"\"}, {\"role\": \"assistant\", "
             "\"content\": \"b\"}]], \"cross_entropy\"]");
     bind_fails(fb, "[\"a\", [{\"text\": \"x\"}, [{\"role\": \"user\"}]]]", "{}", "ValueError",
@@ -448,15 +459,17 @@ static void test_examples_one_of(void **state) {
     bind_fails(fb, "[\"a\", [[]]]", "{}", "ValueError",
                "example 0 must hold 1 to 256 messages, not 0");
     bind_fails(fb, "[\"a\", [{\"messages\": [{\"role\": \"x\", \"content\": \"y\"}]}]]", "{}",
-               "ValueError", "example 0: messages, message 0: unknown role 'x' (supported: "
+               "ValueError",
+               "example 0: messages, message 0: unknown role 'x' (supported: "
                "'system', 'user', 'assistant')");
     /* 256 turns, and one more */
     for (int n = 256; n <= 257; n++) {
         json_t *chat = json_array();
         for (int i = 0; i < n; i++)
             json_array_append_new(chat, json_pack("{s:s, s:s}", "role", "user", "content", "c"));
-        cel_call_t call = {.name = fb->name, .args = json_pack("[s, [o]]", "a", chat),
-                           .kwargs = json_object()};
+        cel_call_t call = { .name = fb->name,
+                            .args = json_pack("[s, [o]]", "a", chat),
+                            .kwargs = json_object() };
         int rc = cel_call_bind(&call, fb);
         assert_int_equal(rc, n == 256 ? CEL_OK : CEL_ETYPE);
         if (n == 257)
@@ -469,7 +482,7 @@ static void test_examples_one_of(void **state) {
 /* ---- the outcome ---- */
 
 static void test_raise_and_traceback(void **state) {
-    cel_call_t c = {.name = "diag.fail"};
+    cel_call_t c = { .name = "diag.fail" };
     assert_int_equal(cel_call_raisef(&c, "ValueError", "bad %d", 7), CEL_OK);
     assert_string_equal(c.exc_type, "ValueError");
     assert_string_equal(c.traceback, "Traceback (most recent call last):\n"
@@ -500,7 +513,7 @@ static void test_raise_and_traceback(void **state) {
 
 static void test_pytype_pystr_repr(void **state) {
     json_t *v = json_pack("[i, f, s, [], {}, b, n]", 1, 1.5, "s", 1);
-    static const char *const want[] = {"int", "float", "str", "list", "dict", "bool", "NoneType"};
+    static const char *const want[] = { "int", "float", "str", "list", "dict", "bool", "NoneType" };
     for (size_t i = 0; i < 7; i++)
         assert_string_equal(cel_call_pytype(json_array_get(v, i)), want[i]);
     char *s = cel_call_pystr(json_array_get(v, 2));
@@ -530,8 +543,8 @@ int main(void) {
         cmocka_unit_test(test_int_bounds),        cmocka_unit_test(test_number_bounds),
         cmocka_unit_test(test_str_lengths),       cmocka_unit_test(test_choices),
         cmocka_unit_test(test_list_lengths),      cmocka_unit_test(test_dicts),
-        cmocka_unit_test(test_examples_one_of),
-        cmocka_unit_test(test_raise_and_traceback), cmocka_unit_test(test_pytype_pystr_repr),
+        cmocka_unit_test(test_examples_one_of),   cmocka_unit_test(test_raise_and_traceback),
+        cmocka_unit_test(test_pytype_pystr_repr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -101,7 +101,10 @@ static void test_several_frames_one_feed(void **state) {
     n += put_frame(buf + n, "", 0);
     n += put_frame(buf + n, "three", 5);
     n += put_frame(buf + n, "fo", 2); /* complete */
-    memcpy(buf + n, "\0\0\0\x05" "pa", 6);  /* header + 2 of 5 bytes */
+    memcpy(buf + n,
+           "\0\0\0\x05"
+           "pa",
+           6); /* header + 2 of 5 bytes */
     n += 6;
     assert_int_equal(cel_frame_reader_feed(r, buf, n), CEL_OK);
     expect_frame(r, "one", 3);
@@ -118,16 +121,16 @@ static void test_several_frames_one_feed(void **state) {
 static void test_zero_length_payload(void **state) {
     (void)state;
     cel_frame_reader_t *r = cel_frame_reader_new(0);
-    const uint8_t hdr[4] = {0, 0, 0, 0};
+    const uint8_t hdr[4] = { 0, 0, 0, 0 };
     assert_int_equal(cel_frame_reader_feed(r, hdr, 4), CEL_OK);
     assert_int_equal(cel_frame_reader_feed(r, hdr, 4), CEL_OK);
     expect_frame(r, NULL, 0);
     expect_frame(r, NULL, 0);
     expect_again(r);
     /* limit 0: a 1-byte frame is over it */
-    const uint8_t one[4] = {0, 0, 0, 1};
+    const uint8_t one[4] = { 0, 0, 0, 1 };
     assert_int_equal(cel_frame_reader_feed(r, one, 4), CEL_OK);
-    assert_int_equal(cel_frame_reader_next(r, &(const uint8_t *){0}, &(size_t){0}, NULL),
+    assert_int_equal(cel_frame_reader_next(r, &(const uint8_t *){ 0 }, &(size_t){ 0 }, NULL),
                      CEL_ELIMIT);
     cel_frame_reader_free(r);
 }
@@ -176,9 +179,9 @@ static void test_limit_plus_one_is_sticky(void **state) {
 static void test_max_clamped_to_frame_max(void **state) {
     (void)state;
     cel_frame_reader_t *r = cel_frame_reader_new(SIZE_MAX);
-    const uint8_t hdr[4] = {0xff, 0xff, 0xff, 0xff}; /* 4 GiB - 1 > CEL_FRAME_MAX */
+    const uint8_t hdr[4] = { 0xff, 0xff, 0xff, 0xff }; /* 4 GiB - 1 > CEL_FRAME_MAX */
     assert_int_equal(cel_frame_reader_feed(r, hdr, 4), CEL_OK);
-    assert_int_equal(cel_frame_reader_next(r, &(const uint8_t *){0}, &(size_t){0}, NULL),
+    assert_int_equal(cel_frame_reader_next(r, &(const uint8_t *){ 0 }, &(size_t){ 0 }, NULL),
                      CEL_ELIMIT);
     cel_frame_reader_free(r);
     /* CEL_FRAME_MAX itself is accepted as a length (waits for the payload) */
@@ -271,7 +274,7 @@ static json_t *parse(const char *text) {
 
 static void test_ready_round_trip(void **state) {
     (void)state;
-    cel_frame_ready_t in = {.pid = 4242, .device = "cuda:0"}, out;
+    cel_frame_ready_t in = { .pid = 4242, .device = "cuda:0" }, out;
     uint8_t *buf = NULL;
     size_t len = 0, cap = 0;
     assert_int_equal(cel_frame_ready_encode(&in, &buf, &len, &cap, NULL), CEL_OK);
@@ -296,8 +299,13 @@ static void test_run_round_trip(void **state) {
     (void)state;
     json_t *args = parse("[1, -2, 2.5, \"\\u00e9\", null, true, [[]], {\"a\": {}}]");
     json_t *kwargs = parse("{\"k\": [1, {\"x\": \"y\"}], \"z\": -9223372036854775808}");
-    cel_frame_run_t in = {.id = "id-1", .task = "diag.echo", .args = args, .kwargs = kwargs,
-                          .soft_time_limit = 1.5, .retries = 3}, out;
+    cel_frame_run_t in = { .id = "id-1",
+                           .task = "diag.echo",
+                           .args = args,
+                           .kwargs = kwargs,
+                           .soft_time_limit = 1.5,
+                           .retries = 3 },
+                    out;
     uint8_t *buf = NULL;
     size_t len = 0, cap = 0;
     assert_int_equal(cel_frame_run_encode(&in, &buf, &len, &cap, NULL), CEL_OK);
@@ -326,7 +334,7 @@ static void test_run_round_trip(void **state) {
 static void test_result_round_trip(void **state) {
     (void)state;
     json_t *value = parse("{\"loss\": 0.25, \"steps\": [1, 2], \"s\": \"\\u2603\"}");
-    cel_frame_result_t ok = {.id = "r-1", .result = value, .runtime = 0.125}, out;
+    cel_frame_result_t ok = { .id = "r-1", .result = value, .runtime = 0.125 }, out;
     uint8_t *buf = NULL;
     size_t len = 0, cap = 0;
     assert_int_equal(cel_frame_result_encode(&ok, &buf, &len, &cap, NULL), CEL_OK);
@@ -349,10 +357,13 @@ static void test_result_round_trip(void **state) {
     cel_frame_result_clear(&out);
 
     json_t *exc_args = parse("[\"boom\", 1]");
-    cel_frame_result_t bad = {.id = "r-2", .failed = 1, .exc_type = "ValueError",
-                              .exc_module = "builtins", .exc_message = exc_args,
-                              .traceback = "Traceback (most recent call last):\nValueError\n",
-                              .runtime = 2};
+    cel_frame_result_t bad = { .id = "r-2",
+                               .failed = 1,
+                               .exc_type = "ValueError",
+                               .exc_module = "builtins",
+                               .exc_message = exc_args,
+                               .traceback = "Traceback (most recent call last):\nValueError\n",
+                               .runtime = 2 };
     len = 0;
     assert_int_equal(cel_frame_result_encode(&bad, &buf, &len, &cap, NULL), CEL_OK);
     assert_int_equal(cel_frame_result_decode(buf, len, &out, NULL), CEL_OK);
@@ -385,7 +396,7 @@ static void test_result_round_trip(void **state) {
 static void test_progress_round_trip(void **state) {
     (void)state;
     json_t *meta = parse("{\"done\": 3, \"total\": 10}");
-    cel_frame_progress_t in = {.id = "p-1", .state = "PROGRESS", .meta = meta}, out;
+    cel_frame_progress_t in = { .id = "p-1", .state = "PROGRESS", .meta = meta }, out;
     uint8_t *buf = NULL;
     size_t len = 0, cap = 0;
     assert_int_equal(cel_frame_progress_encode(&in, &buf, &len, &cap, NULL), CEL_OK);
@@ -478,30 +489,33 @@ static void test_missing_and_wrong_types(void **state) {
         const char *required[8];
         const char *wrong[8]; /* "key": json value of a wrong type */
     } cases[] = {
-        {CEL_FRAME_READY, "{\"op\": \"ready\", \"pid\": 7, \"device\": \"cpu\"}",
-         {"op", "pid", "device"},
-         {"{\"pid\": \"7\"}", "{\"pid\": 1.5}", "{\"pid\": 0}", "{\"device\": 5}",
-          "{\"op\": \"run\"}", "{\"device\": null}", "{\"pid\": 9999999999}"}},
-        {CEL_FRAME_RUN, "{\"op\": \"run\", \"id\": \"i\", \"task\": \"t\"}",
-         {"op", "id", "task"},
-         {"{\"id\": 5}", "{\"task\": [\"t\"]}", "{\"args\": {}}", "{\"kwargs\": []}",
-          "{\"soft_time_limit\": \"1\"}", "{\"retries\": 1.5}", "{\"op\": \"result\"}",
-          "{\"args\": \"x\"}"}},
-        {CEL_FRAME_RESULT,
-         "{\"op\": \"result\", \"id\": \"i\", \"status\": \"SUCCESS\", \"result\": 1, "
-         "\"runtime\": 0.5}",
-         {"op", "id", "status", "result", "runtime"},
-         {"{\"status\": \"RETRY\"}", "{\"runtime\": \"0.5\"}", "{\"runtime\": -1}",
-          "{\"id\": null}", "{\"status\": 1}", "{\"op\": \"progress\"}"}},
-        {CEL_FRAME_RESULT,
-         "{\"op\": \"result\", \"id\": \"i\", \"status\": \"FAILURE\", \"exc_type\": \"E\", "
-         "\"exc_module\": \"m\", \"exc_message\": [], \"traceback\": null, \"runtime\": 0}",
-         {"op", "id", "status", "exc_type", "exc_module", "exc_message", "traceback", "runtime"},
-         {"{\"exc_type\": 1}", "{\"exc_module\": []}", "{\"exc_message\": \"x\"}",
-          "{\"exc_message\": {}}", "{\"traceback\": 5}", "{\"traceback\": []}"}},
-        {CEL_FRAME_PROGRESS, "{\"op\": \"progress\", \"id\": \"i\", \"state\": \"S\", \"meta\": 1}",
-         {"op", "id", "state", "meta"},
-         {"{\"state\": 1}", "{\"id\": 1}", "{\"op\": \"ready\"}"}},
+        { CEL_FRAME_READY,
+          "{\"op\": \"ready\", \"pid\": 7, \"device\": \"cpu\"}",
+          { "op", "pid", "device" },
+          { "{\"pid\": \"7\"}", "{\"pid\": 1.5}", "{\"pid\": 0}", "{\"device\": 5}",
+            "{\"op\": \"run\"}", "{\"device\": null}", "{\"pid\": 9999999999}" } },
+        { CEL_FRAME_RUN,
+          "{\"op\": \"run\", \"id\": \"i\", \"task\": \"t\"}",
+          { "op", "id", "task" },
+          { "{\"id\": 5}", "{\"task\": [\"t\"]}", "{\"args\": {}}", "{\"kwargs\": []}",
+            "{\"soft_time_limit\": \"1\"}", "{\"retries\": 1.5}", "{\"op\": \"result\"}",
+            "{\"args\": \"x\"}" } },
+        { CEL_FRAME_RESULT,
+          "{\"op\": \"result\", \"id\": \"i\", \"status\": \"SUCCESS\", \"result\": 1, "
+          "\"runtime\": 0.5}",
+          { "op", "id", "status", "result", "runtime" },
+          { "{\"status\": \"RETRY\"}", "{\"runtime\": \"0.5\"}", "{\"runtime\": -1}",
+            "{\"id\": null}", "{\"status\": 1}", "{\"op\": \"progress\"}" } },
+        { CEL_FRAME_RESULT,
+          "{\"op\": \"result\", \"id\": \"i\", \"status\": \"FAILURE\", \"exc_type\": \"E\", "
+          "\"exc_module\": \"m\", \"exc_message\": [], \"traceback\": null, \"runtime\": 0}",
+          { "op", "id", "status", "exc_type", "exc_module", "exc_message", "traceback", "runtime" },
+          { "{\"exc_type\": 1}", "{\"exc_module\": []}", "{\"exc_message\": \"x\"}",
+            "{\"exc_message\": {}}", "{\"traceback\": 5}", "{\"traceback\": []}" } },
+        { CEL_FRAME_PROGRESS,
+          "{\"op\": \"progress\", \"id\": \"i\", \"state\": \"S\", \"meta\": 1}",
+          { "op", "id", "state", "meta" },
+          { "{\"state\": 1}", "{\"id\": 1}", "{\"op\": \"ready\"}" } },
     };
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         size_t len;
@@ -542,15 +556,15 @@ static void test_run_errors_keep_id(void **state) {
     static const struct {
         const char *frame, *why;
     } cases[] = {
-        {"{\"op\": \"run\", \"id\": \"x\"}", "no task name"},
-        {"{\"op\": \"run\", \"id\": \"x\", \"task\": 5}", "no task name"},
-        {"{\"op\": \"run\", \"id\": \"x\", \"task\": \"t\", \"args\": {}}",
-         "args is not an array"},
-        {"{\"op\": \"run\", \"id\": \"x\", \"task\": \"t\", \"kwargs\": []}",
-         "kwargs is not a map"},
-        {"{\"op\": \"bogus\", \"id\": \"x\"}", "unknown op"},
-        {"{\"op\": 7, \"id\": \"x\"}", "unknown op"},
-        {"{\"id\": \"x\", \"task\": \"t\"}", "no op"},
+        { "{\"op\": \"run\", \"id\": \"x\"}", "no task name" },
+        { "{\"op\": \"run\", \"id\": \"x\", \"task\": 5}", "no task name" },
+        { "{\"op\": \"run\", \"id\": \"x\", \"task\": \"t\", \"args\": {}}",
+          "args is not an array" },
+        { "{\"op\": \"run\", \"id\": \"x\", \"task\": \"t\", \"kwargs\": []}",
+          "kwargs is not a map" },
+        { "{\"op\": \"bogus\", \"id\": \"x\"}", "unknown op" },
+        { "{\"op\": 7, \"id\": \"x\"}", "unknown op" },
+        { "{\"id\": \"x\", \"task\": \"t\"}", "no op" },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         size_t len;
@@ -566,8 +580,8 @@ static void test_run_errors_keep_id(void **state) {
         cel_frame_run_clear(&f);
         free(p);
     }
-    const char *no_id[] = {"{\"op\": \"run\", \"task\": \"t\"}", "{\"op\": \"run\", \"id\": 5}",
-                           "[1, 2]", "\"run\""};
+    const char *no_id[] = { "{\"op\": \"run\", \"task\": \"t\"}", "{\"op\": \"run\", \"id\": 5}",
+                            "[1, 2]", "\"run\"" };
     for (size_t i = 0; i < sizeof(no_id) / sizeof(no_id[0]); i++) {
         size_t len;
         uint8_t *p = pack(json_loads(no_id[i], JSON_DECODE_ANY, NULL), &len);
@@ -585,8 +599,9 @@ static void test_strings_and_keys(void **state) {
     (void)state;
     cel_frame_progress_t f;
     /* {"op":"progress","id":"a\0b","state":"S","meta":1} */
-    static const uint8_t nul[] =
-        "\x84\xa2op\xa8progress\xa2id\xa3" "a\x00" "b\xa5state\xa1S\xa4meta\x01";
+    static const uint8_t nul[] = "\x84\xa2op\xa8progress\xa2id\xa3"
+                                 "a\x00"
+                                 "b\xa5state\xa1S\xa4meta\x01";
     assert_int_equal(cel_frame_progress_decode(nul, sizeof(nul) - 1, &f, NULL), CEL_EPROTO);
     static const uint8_t utf[] =
         "\x84\xa2op\xa8progress\xa2id\xa2\xc3\x28\xa5state\xa1S\xa4meta\x01";
@@ -599,7 +614,9 @@ static void test_strings_and_keys(void **state) {
     /* unknown keys (of any type, nested) are skipped; repeated: last wins */
     static const uint8_t extra[] =
         "\x87\xa1x\x92\x81\xa1k\xc0\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00\xa2op\xa8progress"
-        "\xa2id\xa1" "a\xa2id\xa1" "b\xa5state\xa1S\xa4meta\x01\xa1y\xd4\x01\x02";
+        "\xa2id\xa1"
+        "a\xa2id\xa1"
+        "b\xa5state\xa1S\xa4meta\x01\xa1y\xd4\x01\x02";
     assert_int_equal(cel_frame_progress_decode(extra, sizeof(extra) - 1, &f, NULL), CEL_OK);
     assert_string_equal(f.id, "b");
     cel_frame_progress_clear(&f);
@@ -628,7 +645,7 @@ static void test_name_limit(void **state) {
     memset(id, 'i', CEL_FRAME_NAME_MAX + 1);
     id[CEL_FRAME_NAME_MAX] = '\0';
     json_t *args = json_array(), *kwargs = json_object();
-    cel_frame_run_t in = {.id = id, .task = "t", .args = args, .kwargs = kwargs}, out;
+    cel_frame_run_t in = { .id = id, .task = "t", .args = args, .kwargs = kwargs }, out;
     uint8_t *buf = NULL;
     size_t len = 0, cap = 0;
     assert_int_equal(cel_frame_run_encode(&in, &buf, &len, &cap, NULL), CEL_OK);
@@ -649,8 +666,13 @@ static void test_name_limit(void **state) {
     assert_null(out.id);
     free(p);
     /* the traceback is not a short string */
-    cel_frame_result_t r = {.id = "r", .failed = 1, .exc_type = "E", .exc_module = "m",
-                            .exc_message = args, .traceback = id}, rout;
+    cel_frame_result_t r = { .id = "r",
+                             .failed = 1,
+                             .exc_type = "E",
+                             .exc_module = "m",
+                             .exc_message = args,
+                             .traceback = id },
+                       rout;
     len = 0;
     assert_int_equal(cel_frame_result_encode(&r, &buf, &len, &cap, NULL), CEL_OK);
     assert_int_equal(cel_frame_result_decode(buf, len, &rout, NULL), CEL_OK);
@@ -672,8 +694,8 @@ static void test_depth_limit(void **state) {
             json_array_append_new(outer, args);
             args = outer;
         }
-        json_t *f = json_pack("{s:s, s:s, s:s, s:o}", "op", "run", "id", "d", "task", "t",
-                              "args", args);
+        json_t *f =
+            json_pack("{s:s, s:s, s:s, s:o}", "op", "run", "id", "d", "task", "t", "args", args);
         size_t len;
         uint8_t *p = pack(f, &len);
         cel_frame_run_t out;
@@ -687,7 +709,8 @@ static void test_depth_limit(void **state) {
     /* a container claiming more entries than the limit, or than the bytes left */
     static const uint8_t huge[] = "\xdf\xff\xff\xff\xff";
     assert_int_equal(cel_frame_op(huge, 5, NULL), CEL_ELIMIT);
-    static const uint8_t lying[] = "\x82\xa2op\xa3run\xa1" "a\xdd\x00\x10\x00\x00\x01";
+    static const uint8_t lying[] = "\x82\xa2op\xa3run\xa1"
+                                   "a\xdd\x00\x10\x00\x00\x01";
     assert_int_equal(cel_frame_op(lying, sizeof(lying) - 1, NULL), CEL_EPROTO);
     /* a payload over CEL_FRAME_MAX is refused before a byte is read */
     assert_int_equal(cel_frame_op(lying, (size_t)CEL_FRAME_MAX + 1, NULL), CEL_ELIMIT);
@@ -697,9 +720,13 @@ static void test_depth_limit(void **state) {
 static void test_truncation_and_trailing(void **state) {
     (void)state;
     json_t *exc_args = parse("[\"boom\", {\"k\": [1.5, null]}]");
-    cel_frame_result_t r = {.id = "r-3", .failed = 1, .exc_type = "ValueError",
-                            .exc_module = "builtins", .exc_message = exc_args,
-                            .traceback = "tb", .runtime = 1};
+    cel_frame_result_t r = { .id = "r-3",
+                             .failed = 1,
+                             .exc_type = "ValueError",
+                             .exc_module = "builtins",
+                             .exc_message = exc_args,
+                             .traceback = "tb",
+                             .runtime = 1 };
     uint8_t *buf = NULL;
     size_t len = 0, cap = 0;
     assert_int_equal(cel_frame_result_encode(&r, &buf, &len, &cap, NULL), CEL_OK);
@@ -765,21 +792,22 @@ static void test_encode_errors(void **state) {
     size_t len = 0, cap = 0;
     cel_err_t err;
     json_t *a = json_array();
-    cel_frame_run_t run = {.id = "i", .task = NULL, .args = a, .kwargs = a};
+    cel_frame_run_t run = { .id = "i", .task = NULL, .args = a, .kwargs = a };
     assert_int_equal(cel_frame_run_encode(&run, &buf, &len, &cap, &err), CEL_EINVAL);
     run.task = "t";
     run.kwargs = NULL;
     assert_int_equal(cel_frame_run_encode(&run, &buf, &len, &cap, &err), CEL_EINVAL);
-    cel_frame_result_t res = {.id = "i", .failed = 1, .exc_type = "E", .exc_module = "m",
-                              .exc_message = json_object()};
+    cel_frame_result_t res = {
+        .id = "i", .failed = 1, .exc_type = "E", .exc_module = "m", .exc_message = json_object()
+    };
     assert_int_equal(cel_frame_result_encode(&res, &buf, &len, &cap, &err), CEL_EINVAL);
     json_decref(res.exc_message);
     res.failed = 0;
     res.result = NULL;
     assert_int_equal(cel_frame_result_encode(&res, &buf, &len, &cap, &err), CEL_EINVAL);
-    cel_frame_ready_t rd = {.pid = 1, .device = NULL};
+    cel_frame_ready_t rd = { .pid = 1, .device = NULL };
     assert_int_equal(cel_frame_ready_encode(&rd, &buf, &len, &cap, &err), CEL_EINVAL);
-    cel_frame_progress_t pr = {.id = "i", .state = "S", .meta = NULL};
+    cel_frame_progress_t pr = { .id = "i", .state = "S", .meta = NULL };
     assert_int_equal(cel_frame_progress_encode(&pr, &buf, &len, &cap, &err), CEL_EINVAL);
     assert_int_equal(len, 0); /* every failed encode left nothing behind */
     free(buf);

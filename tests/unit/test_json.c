@@ -10,10 +10,8 @@
 static void expect_dumps(json_t *v, const char *want) {
     cel_err_t err;
     char *s = cel_json_dumps(v, &err);
-    if (!s)
-        fail_msg("dumps failed: %s", err.msg);
-    if (strcmp(s, want) != 0)
-        fail_msg("want %s got %s", want, s);
+    if (!s) fail_msg("dumps failed: %s", err.msg);
+    if (strcmp(s, want) != 0) fail_msg("want %s got %s", want, s);
     free(s);
     json_decref(v);
 }
@@ -38,7 +36,8 @@ static void test_strings_and_containers(void **state) {
     expect_dumps(json_string("h\xc3\xa9llo"), "\"h\\u00e9llo\"");
     expect_dumps(json_string("\xf0\x9f\x98\x80"), "\"\\ud83d\\ude00\"");
     expect_dumps(json_stringn("a\0b", 3), "\"a\\u0000b\"");
-    expect_dumps(json_string("\"\\/\b\f\n\r\t\x01\x7f"), "\"\\\"\\\\/\\b\\f\\n\\r\\t\\u0001\\u007f\"");
+    expect_dumps(json_string("\"\\/\b\f\n\r\t\x01\x7f"),
+                 "\"\\\"\\\\/\\b\\f\\n\\r\\t\\u0001\\u007f\"");
     expect_dumps(json_pack("{s:i, s:[b, b, n], s:{}}", "z", 1, "a", 1, 0, "m"),
                  "{\"z\": 1, \"a\": [true, false, null], \"m\": {}}");
     expect_dumps(json_pack("[]"), "[]");
@@ -74,8 +73,7 @@ static void test_python_fixtures(void **state) {
     json_array_foreach(cases, i, c) {
         const char *in = json_string_value(json_array_get(c, 0));
         json_t *v = json_loads(in, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
-        if (!v)
-            fail_msg("cannot load %s", in);
+        if (!v) fail_msg("cannot load %s", in);
         expect_dumps(v, json_string_value(json_array_get(c, 1)));
     }
     json_decref(cases);

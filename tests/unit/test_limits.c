@@ -13,9 +13,8 @@
 #include "../../worker/limits.h"
 
 static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0) {
-    }
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) != 0) {}
 }
 
 static void test_parse_ok(void **state) {
@@ -46,11 +45,11 @@ static void test_parse_ok(void **state) {
 }
 
 static void test_parse_bad(void **state) {
-    static const char *const bad[] = {"abc", "/m", "10/x", "10/mm", "10/minute", "-1",
-                                      "-1/s", "nan", "inf", "1e999", "10m"};
+    static const char *const bad[] = { "abc",  "/m",  "10/x", "10/mm", "10/minute", "-1",
+                                       "-1/s", "nan", "inf",  "1e999", "10m" };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         double r = 99;
-        cel_err_t err = {0};
+        cel_err_t err = { 0 };
         if (cel_limits_parse_rate(bad[i], &r, &err) != CEL_EINVAL)
             fail_msg("'%s' was accepted (%g)", bad[i], r);
         assert_int_equal(err.code, CEL_EINVAL);
@@ -243,10 +242,10 @@ static void test_shared_entry(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_ok),   cmocka_unit_test(test_parse_bad),
-        cmocka_unit_test(test_no_limit),   cmocka_unit_test(test_bucket),
-        cmocka_unit_test(test_name_limit), cmocka_unit_test(test_count_limit),
-        cmocka_unit_test(test_rate_text),  cmocka_unit_test(test_time_limits),
+        cmocka_unit_test(test_parse_ok),     cmocka_unit_test(test_parse_bad),
+        cmocka_unit_test(test_no_limit),     cmocka_unit_test(test_bucket),
+        cmocka_unit_test(test_name_limit),   cmocka_unit_test(test_count_limit),
+        cmocka_unit_test(test_rate_text),    cmocka_unit_test(test_time_limits),
         cmocka_unit_test(test_shared_entry),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

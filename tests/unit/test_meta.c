@@ -12,8 +12,8 @@ static void test_captured_success(void **state) {
     json_t *five = json_integer(5);
     cel_err_t err;
     /* date_done 2026-11-22T21:13:40.668855 as unix seconds */
-    char *s = cel_meta_encode("e4c9481d-b89c-4c6b-a784-93ccde2f610a", "SUCCESS", five, NULL,
-                              NULL, 1795382020.668855, NULL, NULL, &err);
+    char *s = cel_meta_encode("e4c9481d-b89c-4c6b-a784-93ccde2f610a", "SUCCESS", five, NULL, NULL,
+                              1795382020.668855, NULL, NULL, &err);
     assert_non_null(s);
     assert_string_equal(s, "{\"status\": \"SUCCESS\", \"result\": 5, \"traceback\": null, "
                            "\"children\": [], \"date_done\": \"2026-11-22T21:13:40.668855\", "
@@ -92,11 +92,9 @@ static void test_meta_fixtures(void **state) {
             json_number_value(json_object_get(m, "date_done")),
             json_string_value(json_object_get(m, "group_id")),
             json_string_value(json_object_get(m, "parent_id")), &err);
-        if (!s)
-            fail_msg("meta %zu: %s", i, err.msg);
+        if (!s) fail_msg("meta %zu: %s", i, err.msg);
         const char *want = json_string_value(json_object_get(m, "expected"));
-        if (strcmp(s, want) != 0)
-            fail_msg("meta %zu:\n want %s\n got  %s", i, want, s);
+        if (strcmp(s, want) != 0) fail_msg("meta %zu:\n want %s\n got  %s", i, want, s);
         free(s);
     }
     assert_true(json_array_size(metas) >= 20);
@@ -124,9 +122,9 @@ static void test_exc_new(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_captured_success), cmocka_unit_test(test_captured_failure),
+        cmocka_unit_test(test_captured_success),   cmocka_unit_test(test_captured_failure),
         cmocka_unit_test(test_group_parent_retry), cmocka_unit_test(test_meta_errors),
-        cmocka_unit_test(test_meta_fixtures),    cmocka_unit_test(test_exc_new),
+        cmocka_unit_test(test_meta_fixtures),      cmocka_unit_test(test_exc_new),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -62,7 +62,7 @@ static cel_model_t *tiny(uint64_t seed) {
 
 static void expect_config_error(const char *json, int code, const char *want) {
     cel_config_t c;
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     int rc = cel_config_parse(json, strlen(json), &c, &err);
     if (rc != code || !strstr(err.msg, want))
         fail_msg("config %s: rc %d '%s', want %d '%s'", json, rc, err.msg, code, want);
@@ -97,35 +97,37 @@ static void test_config(void **state) {
     expect_config_error("[]", CEL_EPROTO, "not a JSON object");
     expect_config_error("{\"hidden_size\":8}", CEL_EPROTO, "vocab_size is missing");
     expect_config_error("{\"vocab_size\":10,\"hidden_size\":10,\"intermediate_size\":4,"
-                        "\"num_hidden_layers\":1,\"num_attention_heads\":4}", CEL_EPROTO,
-                        "not divisible");
+                        "\"num_hidden_layers\":1,\"num_attention_heads\":4}",
+                        CEL_EPROTO, "not divisible");
     expect_config_error("{\"vocab_size\":10,\"hidden_size\":8,\"intermediate_size\":4,"
                         "\"num_hidden_layers\":1,\"num_attention_heads\":4,"
-                        "\"num_key_value_heads\":3}", CEL_EPROTO, "not a multiple");
+                        "\"num_key_value_heads\":3}",
+                        CEL_EPROTO, "not a multiple");
     expect_config_error("{\"vocab_size\":10,\"hidden_size\":8,\"intermediate_size\":4,"
-                        "\"num_hidden_layers\":0,\"num_attention_heads\":2}", CEL_ELIMIT,
-                        "num_hidden_layers = 0");
+                        "\"num_hidden_layers\":0,\"num_attention_heads\":2}",
+                        CEL_ELIMIT, "num_hidden_layers = 0");
     expect_config_error("{\"vocab_size\":-5,\"hidden_size\":8,\"intermediate_size\":4,"
-                        "\"num_hidden_layers\":1,\"num_attention_heads\":2}", CEL_ELIMIT,
-                        "vocab_size");
+                        "\"num_hidden_layers\":1,\"num_attention_heads\":2}",
+                        CEL_ELIMIT, "vocab_size");
     expect_config_error("{\"vocab_size\":10000000,\"hidden_size\":8,\"intermediate_size\":4,"
-                        "\"num_hidden_layers\":1,\"num_attention_heads\":2}", CEL_ELIMIT,
-                        "vocab_size");
+                        "\"num_hidden_layers\":1,\"num_attention_heads\":2}",
+                        CEL_ELIMIT, "vocab_size");
     expect_config_error("{\"vocab_size\":1000000,\"hidden_size\":65536,\"intermediate_size\":4,"
-                        "\"num_hidden_layers\":1,\"num_attention_heads\":64}", CEL_ELIMIT,
-                        "parameters exceed");
+                        "\"num_hidden_layers\":1,\"num_attention_heads\":64}",
+                        CEL_ELIMIT, "parameters exceed");
     expect_config_error("{\"vocab_size\":10,\"hidden_size\":6,\"intermediate_size\":4,"
-                        "\"num_hidden_layers\":1,\"num_attention_heads\":2}", CEL_EPROTO,
-                        "must be even");
+                        "\"num_hidden_layers\":1,\"num_attention_heads\":2}",
+                        CEL_EPROTO, "must be even");
     expect_config_error("{\"vocab_size\":10,\"hidden_size\":\"8\",\"intermediate_size\":4,"
-                        "\"num_hidden_layers\":1,\"num_attention_heads\":2}", CEL_EPROTO,
-                        "not an integer");
+                        "\"num_hidden_layers\":1,\"num_attention_heads\":2}",
+                        CEL_EPROTO, "not an integer");
     expect_config_error("{\"model_type\":\"gpt2\"}", CEL_EINVAL, "gpt2");
     expect_config_error("{\"hidden_act\":\"gelu\"}", CEL_EINVAL, "gelu");
     expect_config_error("{\"attention_bias\":true}", CEL_EINVAL, "bias");
     expect_config_error("{\"vocab_size\":10,\"hidden_size\":8,\"intermediate_size\":4,"
                         "\"num_hidden_layers\":1,\"num_attention_heads\":2,"
-                        "\"rope_scaling\":{\"type\":\"yarn\",\"factor\":2}}", CEL_EINVAL, "yarn");
+                        "\"rope_scaling\":{\"type\":\"yarn\",\"factor\":2}}",
+                        CEL_EINVAL, "yarn");
     expect_config_error("{\"vocab_size\":10,\"hidden_size\":8,\"intermediate_size\":4,"
                         "\"num_hidden_layers\":1,\"num_attention_heads\":2,\"eos_token_id\":10}",
                         CEL_EPROTO, "outside the vocabulary");
@@ -151,8 +153,8 @@ static void test_bad_batches(void **state) {
     (void)state;
     cel_model_t *m = tiny(1);
     cel_err_t err;
-    int32_t tok[4] = {1, 5, 61, 3}, tgt[4] = {5, 6, 7, 8};
-    cel_batch_t b = {.B = 1, .T = 4, .tokens = tok, .targets = tgt};
+    int32_t tok[4] = { 1, 5, 61, 3 }, tgt[4] = { 5, 6, 7, 8 };
+    cel_batch_t b = { .B = 1, .T = 4, .tokens = tok, .targets = tgt };
     double loss;
     assert_int_equal(cel_model_forward(m, NULL, &b, NULL, NULL, &loss, &err), CEL_EINVAL);
     assert_non_null(strstr(err.msg, "token id 61"));
@@ -163,7 +165,7 @@ static void test_bad_batches(void **state) {
     assert_int_equal(cel_model_forward(m, NULL, &b, NULL, NULL, &loss, &err), CEL_EINVAL);
     assert_non_null(strstr(err.msg, "target id 100"));
     /* a padded slot's junk is not read */
-    int32_t lens[1] = {1};
+    int32_t lens[1] = { 1 };
     b.lens = lens;
     assert_int_equal(cel_model_forward(m, NULL, &b, NULL, NULL, &loss, &err), CEL_OK);
     lens[0] = 0;
@@ -172,16 +174,16 @@ static void test_bad_batches(void **state) {
     assert_int_equal(cel_model_forward(m, NULL, &b, NULL, NULL, &loss, &err), CEL_EINVAL);
     b.lens = NULL;
     tgt[1] = 6;
-    float w[4] = {1, NAN, 1, 1};
+    float w[4] = { 1, NAN, 1, 1 };
     b.weights = w;
     assert_int_equal(cel_model_forward(m, NULL, &b, NULL, NULL, &loss, &err), CEL_EINVAL);
     b.weights = NULL;
     /* no targets: no loss; too long; empty batch */
     b.targets = NULL;
     assert_int_equal(cel_model_forward(m, NULL, &b, NULL, NULL, &loss, &err), CEL_EINVAL);
-    cel_batch_t big = {.B = 1, .T = 49, .tokens = tok};
+    cel_batch_t big = { .B = 1, .T = 49, .tokens = tok };
     assert_int_equal(cel_model_forward(m, NULL, &big, NULL, NULL, NULL, &err), CEL_ELIMIT);
-    cel_batch_t none = {.B = 0, .T = 4, .tokens = tok};
+    cel_batch_t none = { .B = 0, .T = 4, .tokens = tok };
     assert_int_equal(cel_model_forward(m, NULL, &none, NULL, NULL, NULL, &err), CEL_EINVAL);
     /* scoring an empty or one-token text */
     cel_score_t sc;
@@ -211,12 +213,12 @@ static void test_save_load_and_padding(void **state) {
     assert_memory_equal(m->w, m2->w, m->n * sizeof(float));
     /* right padding: row 0 of a padded batch equals the same row alone */
     int V = cel_model_vocab_size(m);
-    int32_t tok[2 * 6] = {1, 9, 8, 7, 0, 0, 4, 5, 6, 7, 8, 9};
-    int32_t lens[2] = {4, 6};
-    cel_batch_t b = {.B = 2, .T = 6, .tokens = tok, .lens = lens};
+    int32_t tok[2 * 6] = { 1, 9, 8, 7, 0, 0, 4, 5, 6, 7, 8, 9 };
+    int32_t lens[2] = { 4, 6 };
+    cel_batch_t b = { .B = 2, .T = 6, .tokens = tok, .lens = lens };
     float *l2 = malloc(12 * V * sizeof(float)), *l1 = malloc(4 * V * sizeof(float));
     assert_int_equal(cel_model_forward(m2, NULL, &b, l2, NULL, NULL, &err), CEL_OK);
-    cel_batch_t one = {.B = 1, .T = 4, .tokens = tok};
+    cel_batch_t one = { .B = 1, .T = 4, .tokens = tok };
     assert_int_equal(cel_model_forward(m, NULL, &one, l1, NULL, NULL, &err), CEL_OK);
     for (int i = 0; i < 4 * V; i++) assert_float_equal(l1[i], l2[i], 1e-5);
     free(l1);
@@ -239,18 +241,17 @@ static void test_lora_accumulate_save_load(void **state) {
     (void)state;
     cel_model_t *m = tiny(3);
     cel_err_t err;
-    cel_lora_config_t lc = {.rank = 4, .alpha = 8, .seed = 11};
+    cel_lora_config_t lc = { .rank = 4, .alpha = 8, .seed = 11 };
     assert_int_equal(cel_lora_parse_targets("q_proj,v_proj,nope", &lc.targets, &err), CEL_EINVAL);
-    assert_int_equal(cel_lora_parse_targets("q_proj,v_proj,down_proj", &lc.targets, &err),
-                     CEL_OK);
+    assert_int_equal(cel_lora_parse_targets("q_proj,v_proj,down_proj", &lc.targets, &err), CEL_OK);
     cel_lora_t *l;
     cel_lora_config_t bad = lc;
     bad.rank = 0;
     assert_int_equal(cel_lora_new(m, &bad, &l, &err), CEL_EINVAL);
     assert_int_equal(cel_lora_new(m, &lc, &l, &err), CEL_OK);
     /* B = 0: the adapter does not change the model at first */
-    int32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8}, tgt[8] = {2, 3, 4, 5, 6, 7, 8, 9};
-    cel_batch_t one = {.B = 1, .T = 8, .tokens = tok, .targets = tgt};
+    int32_t tok[8] = { 1, 2, 3, 4, 5, 6, 7, 8 }, tgt[8] = { 2, 3, 4, 5, 6, 7, 8, 9 };
+    cel_batch_t one = { .B = 1, .T = 8, .tokens = tok, .targets = tgt };
     double base, with;
     assert_int_equal(cel_model_forward(m, NULL, &one, NULL, NULL, &base, &err), CEL_OK);
     assert_int_equal(cel_model_forward(m, l, &one, NULL, NULL, &with, &err), CEL_OK);
@@ -264,10 +265,11 @@ static void test_lora_accumulate_save_load(void **state) {
         tok2[i] = tok[i], tgt2[i] = tgt[i], w2[i] = 1;
         tok2[8 + i] = (tok[i] * 7) % 61, tgt2[8 + i] = (tgt[i] * 5) % 61, w2[8 + i] = i * 0.25f;
     }
-    cel_batch_t halves[2] = {{.B = 1, .T = 8, .tokens = tok2, .targets = tgt2, .weights = w2},
-                             {.B = 1, .T = 8, .tokens = tok2 + 8, .targets = tgt2 + 8,
-                              .weights = w2 + 8}};
-    cel_batch_t both = {.B = 2, .T = 8, .tokens = tok2, .targets = tgt2, .weights = w2};
+    cel_batch_t halves[2] = {
+        { .B = 1, .T = 8, .tokens = tok2, .targets = tgt2, .weights = w2 },
+        { .B = 1, .T = 8, .tokens = tok2 + 8, .targets = tgt2 + 8, .weights = w2 + 8 }
+    };
+    cel_batch_t both = { .B = 2, .T = 8, .tokens = tok2, .targets = tgt2, .weights = w2 };
     float *ga = lora_grads(m, l, halves, 2), *gb = lora_grads(m, l, &both, 1);
     double maxg = 0;
     for (size_t i = 0; i < l->n; i++) {
@@ -286,9 +288,9 @@ static void test_lora_accumulate_save_load(void **state) {
     char dir[512];
     snprintf(dir, sizeof(dir), "%s/adapter", tmpdir);
     mkdir(dir, 0755);
-    const char *meta[] = {"last_task", "abc"};
+    const char *meta[] = { "last_task", "abc" };
     assert_int_equal(cel_lora_save(l, dir, "tiny", meta, 1, &err), CEL_OK);
-    const char *reserved[] = {"step", "9"};
+    const char *reserved[] = { "step", "9" };
     assert_int_equal(cel_lora_save(l, dir, "tiny", reserved, 1, &err), CEL_EINVAL);
     cel_lora_t *l2;
     assert_int_equal(cel_lora_load(m, dir, &l2, &err), CEL_OK);
@@ -336,14 +338,14 @@ static void test_training_learns(void **state) {
     (void)state;
     cel_model_t *m = tiny(4);
     cel_err_t err;
-    int32_t tok[10] = {1, 10, 20, 30, 40, 50, 60, 11, 21, 31}, tgt[10];
+    int32_t tok[10] = { 1, 10, 20, 30, 40, 50, 60, 11, 21, 31 }, tgt[10];
     for (int i = 0; i < 10; i++) tgt[i] = tok[(i + 1) % 10];
-    cel_batch_t b = {.B = 1, .T = 10, .tokens = tok, .targets = tgt};
+    cel_batch_t b = { .B = 1, .T = 10, .tokens = tok, .targets = tgt };
     cel_adamw_t opt = cel_model_adamw_defaults();
     opt.lr = 1e-2f;
     double first = 0, last = 0;
     /* LoRA */
-    cel_lora_config_t lc = {.rank = 4, .alpha = 8, .targets = CEL_LORA_ALL, .seed = 1};
+    cel_lora_config_t lc = { .rank = 4, .alpha = 8, .targets = CEL_LORA_ALL, .seed = 1 };
     cel_lora_t *l;
     assert_int_equal(cel_lora_new(m, &lc, &l, &err), CEL_OK);
     for (int s = 0; s < 30; s++) {
@@ -376,7 +378,7 @@ static void sample_all(cel_model_t *m, const cel_lora_t *l, int n, const int32_t
     cel_err_t err;
     memset(out, 0xff, (size_t)n * sizeof(out[0])); /* -1 past the end, for memcmp */
     assert_int_equal(cel_sampler_new(m, l, n, p, lens, sp, &s, &err), CEL_OK);
-    int cnt[8] = {0};
+    int cnt[8] = { 0 };
     int32_t toks[8];
     int live;
     do {
@@ -395,9 +397,10 @@ static void test_stop_strings(void **state) {
     (void)state;
     char text[64];
     size_t len;
-    const char *stops[] = {"world", "lo", "xyz"};
-#define CUT(s, stops_, lens_, n_) (snprintf(text, sizeof(text), "%s", s), len = strlen(text), \
-                                   cel_sampler_cut_stops(text, &len, stops_, lens_, n_))
+    const char *stops[] = { "world", "lo", "xyz" };
+#define CUT(s, stops_, lens_, n_)                               \
+    (snprintf(text, sizeof(text), "%s", s), len = strlen(text), \
+     cel_sampler_cut_stops(text, &len, stops_, lens_, n_))
     assert_int_equal(CUT("hello world", stops, NULL, 3), 1); /* "lo" comes first */
     assert_int_equal(len, 3);
     assert_string_equal(text, "hel");
@@ -416,8 +419,8 @@ static void test_stop_strings(void **state) {
     assert_int_equal(CUT("ab xyz", stops, NULL, 3), 1); /* at the very end */
     assert_int_equal(len, 3);
     /* lengths given: an embedded NUL is part of the stop, an empty stop never matches */
-    const char *nul[] = {"b\0c", ""};
-    size_t nul_lens[] = {3, 0};
+    const char *nul[] = { "b\0c", "" };
+    size_t nul_lens[] = { 3, 0 };
     memcpy(text, "ab\0cd", 6);
     len = 5;
     assert_int_equal(cel_sampler_cut_stops(text, &len, nul, nul_lens, 2), 1);
@@ -428,7 +431,7 @@ static void test_stop_strings(void **state) {
     assert_int_equal(cel_sampler_cut_stops(text, &len, nul, nul_lens, 2), 0);
     assert_int_equal(len, 5);
     /* a stop longer than the text, and overlapping candidates */
-    const char *over[] = {"aaab", "aab"};
+    const char *over[] = { "aaab", "aab" };
     assert_int_equal(CUT("aab", over, NULL, 1), 0);
     assert_int_equal(CUT("aaab", over, NULL, 2), 1);
     assert_int_equal(len, 0);
@@ -439,18 +442,19 @@ static void test_sampling(void **state) {
     (void)state;
     cel_model_t *m = tiny(5);
     cel_err_t err;
-    int32_t p0[] = {1, 7, 9, 11}, p1[] = {3}, p2[] = {5, 6, 7, 8, 9, 10, 11, 12};
-    const int32_t *prompts[] = {p0, p1, p2};
-    int32_t lens[] = {4, 1, 8};
-    int32_t none[] = {-1};
-    cel_sample_params_t sp = {.max_tokens = 12, .temperature = 0, .top_p = 1, .seed = 3,
-                              .stop_ids = none, .n_stop_ids = 1};
+    int32_t p0[] = { 1, 7, 9, 11 }, p1[] = { 3 }, p2[] = { 5, 6, 7, 8, 9, 10, 11, 12 };
+    const int32_t *prompts[] = { p0, p1, p2 };
+    int32_t lens[] = { 4, 1, 8 };
+    int32_t none[] = { -1 };
+    cel_sample_params_t sp = {
+        .max_tokens = 12, .temperature = 0, .top_p = 1, .seed = 3, .stop_ids = none, .n_stop_ids = 1
+    };
     int32_t a[3][32], b[3][32];
     /* greedy: the first token is the forward's argmax at the last prompt slot */
     sample_all(m, NULL, 3, prompts, lens, &sp, a);
     int V = cel_model_vocab_size(m);
     float *lg = malloc(8 * V * sizeof(float));
-    cel_batch_t fb = {.B = 1, .T = 8, .tokens = p2};
+    cel_batch_t fb = { .B = 1, .T = 8, .tokens = p2 };
     assert_int_equal(cel_model_forward(m, NULL, &fb, lg, NULL, NULL, &err), CEL_OK);
     int best = 0;
     for (int i = 1; i < V; i++)
@@ -469,11 +473,11 @@ static void test_sampling(void **state) {
     sample_all(m, NULL, 3, prompts, lens, &sp, a);
     sample_all(m, NULL, 3, prompts, lens, &sp, b);
     assert_memory_equal(a, b, sizeof(a));
-    const int32_t *only1[] = {p1};
+    const int32_t *only1[] = { p1 };
     int32_t c[3][32];
     /* alone, p1 is sequence 0: streams follow the index, so compare with index 0 */
-    const int32_t *first[] = {p1, p0, p2};
-    int32_t lens2[] = {1, 4, 8};
+    const int32_t *first[] = { p1, p0, p2 };
+    int32_t lens2[] = { 1, 4, 8 };
     sample_all(m, NULL, 3, first, lens2, &sp, b);
     sample_all(m, NULL, 1, only1, lens2, &sp, c);
     assert_memory_equal(b[0], c[0], 13 * sizeof(int32_t));
@@ -481,7 +485,7 @@ static void test_sampling(void **state) {
     sample_all(m, NULL, 3, prompts, lens, &sp, b);
     assert_true(memcmp(a, b, sizeof(a)) != 0);
     /* stop ids: a sequence ends on the id, which is returned */
-    int32_t stop[] = {a[0][2]};
+    int32_t stop[] = { a[0][2] };
     sp.seed = 3;
     sp.stop_ids = stop;
     sample_all(m, NULL, 3, prompts, lens, &sp, b);
@@ -506,18 +510,18 @@ static void test_sampling(void **state) {
     badp = sp;
     badp.max_tokens = 0;
     assert_int_equal(cel_sampler_new(m, NULL, 3, prompts, lens, &badp, &s, &err), CEL_EINVAL);
-    int32_t badlen[] = {0, 1, 1};
+    int32_t badlen[] = { 0, 1, 1 };
     assert_int_equal(cel_sampler_new(m, NULL, 3, prompts, badlen, &sp, &s, &err), CEL_ELIMIT);
-    int32_t badtok[] = {99};
-    const int32_t *bp[] = {badtok};
-    int32_t one[] = {1};
+    int32_t badtok[] = { 99 };
+    const int32_t *bp[] = { badtok };
+    int32_t one[] = { 1 };
     assert_int_equal(cel_sampler_new(m, NULL, 1, bp, one, &sp, &s, &err), CEL_EINVAL);
     /* near the model's length (48): 47 prompt tokens fill positions 0..46, one sampled
      * token is fed at position 47, and the token predicted there is the last */
     int32_t longp[47];
     for (int i = 0; i < 47; i++) longp[i] = i % 61;
-    const int32_t *lp[] = {longp};
-    int32_t ll[] = {47};
+    const int32_t *lp[] = { longp };
+    int32_t ll[] = { 47 };
     int32_t d[1][32];
     sample_all(m, NULL, 1, lp, ll, &sp, d);
     assert_true(d[0][0] >= 0 && d[0][1] >= 0);

@@ -54,7 +54,7 @@ static cel_model_t *make_model(void) {
 }
 
 static cel_lora_t *make_lora(cel_model_t *m, int rank, unsigned targets, uint64_t seed) {
-    cel_lora_config_t lc = {.rank = rank, .alpha = 2.0f * rank, .targets = targets, .seed = seed};
+    cel_lora_config_t lc = { .rank = rank, .alpha = 2.0f * rank, .targets = targets, .seed = seed };
     cel_lora_t *l;
     cel_err_t err;
     if (cel_lora_new(m, &lc, &l, &err) != CEL_OK) fail_msg("lora: %s", err.msg);
@@ -82,8 +82,9 @@ static void make_data(data_t *d, int B, int T, uint64_t seed) {
 }
 
 static cel_batch_t batch_of(const data_t *d) {
-    cel_batch_t b = {.B = d->B, .T = d->T, .tokens = d->tok, .targets = d->tgt,
-                     .weights = d->w, .lens = d->lens};
+    cel_batch_t b = {
+        .B = d->B, .T = d->T, .tokens = d->tok, .targets = d->tgt, .weights = d->w, .lens = d->lens
+    };
     return b;
 }
 
@@ -126,11 +127,11 @@ static void test_packed_equals_alone(void **state) {
     cel_err_t err;
     cel_model_t *m = make_model();
     cel_lora_t *l[NJ];
-    int ranks[NJ] = {4, 8, 2, 4};
-    unsigned tg[NJ] = {CEL_LORA_ALL, CEL_LORA_Q | CEL_LORA_V | CEL_LORA_DOWN, CEL_LORA_ALL,
-                       CEL_LORA_O | CEL_LORA_UP | CEL_LORA_GATE | CEL_LORA_K};
+    int ranks[NJ] = { 4, 8, 2, 4 };
+    unsigned tg[NJ] = { CEL_LORA_ALL, CEL_LORA_Q | CEL_LORA_V | CEL_LORA_DOWN, CEL_LORA_ALL,
+                        CEL_LORA_O | CEL_LORA_UP | CEL_LORA_GATE | CEL_LORA_K };
     data_t d[NJ];
-    int shapes[NJ][2] = {{2, 9}, {1, 14}, {3, 5}, {2, 11}};
+    int shapes[NJ][2] = { { 2, 9 }, { 1, 14 }, { 3, 5 }, { 2, 11 } };
     for (int j = 0; j < NJ; j++) {
         l[j] = make_lora(m, ranks[j], tg[j], 100 + j);
         make_data(&d[j], shapes[j][0], shapes[j][1], 10 + j);
@@ -210,10 +211,10 @@ static void test_same_adapter_twice_and_refusals(void **state) {
     bad.tok[2] = 999; /* outside the vocabulary */
     cel_model_job_t jobs[4];
     memset(jobs, 0, sizeof(jobs));
-    jobs[0] = (cel_model_job_t){.lora = l, .batch = ba};
-    jobs[1] = (cel_model_job_t){.lora = l, .batch = batch_of(&bad)};
-    jobs[2] = (cel_model_job_t){.lora = NULL, .batch = ba};
-    jobs[3] = (cel_model_job_t){.lora = l, .batch = bb};
+    jobs[0] = (cel_model_job_t){ .lora = l, .batch = ba };
+    jobs[1] = (cel_model_job_t){ .lora = l, .batch = batch_of(&bad) };
+    jobs[2] = (cel_model_job_t){ .lora = NULL, .batch = ba };
+    jobs[3] = (cel_model_job_t){ .lora = l, .batch = bb };
     assert_int_equal(cel_model_run_jobs(m, jobs, 4, 1, &err), CEL_OK);
     assert_int_equal(jobs[0].rc, CEL_OK);
     assert_int_equal(jobs[1].rc, CEL_EINVAL);

@@ -23,7 +23,7 @@
 #include "../../model/config.h"
 #include "../../model/cpu/ops.h"
 
-#define FD_H 1e-2f
+#define FD_H   1e-2f
 #define FD_TOL 2e-3
 
 static uint64_t rng_state = 88172645463325252ull;
@@ -81,8 +81,8 @@ static void fd_check(const char *name, float *x, size_t n, const float *analytic
     }
     double bound = FD_TOL * (maxref > 1 ? maxref : 1);
     printf("  fd %-22s n=%-5zu max|num|=%-9.3g worst err %.3g at %zu (analytic %.6g, numeric "
-           "%.6g), bound %.3g\n", name, n, maxref, maxerr, worst, analytic[worst], worst_num,
-           bound);
+           "%.6g), bound %.3g\n",
+           name, n, maxref, maxerr, worst, analytic[worst], worst_num, bound);
     if (maxerr > bound) fail_msg("%s: gradient check failed", name);
 }
 
@@ -111,7 +111,7 @@ static double rms_loss(void *p) {
 
 static void test_rmsnorm(void **state) {
     (void)state;
-    rms_ctx c = {.N = 3, .C = 8};
+    rms_ctx c = { .N = 3, .C = 8 };
     size_t n = (size_t)c.N * c.C;
     c.out = zeros(n), c.rstd = zeros(c.N), c.inp = rnd(n, 1), c.w = rnd(c.C, 1), c.R = rnd(n, 1);
     float *dinp = zeros(n), *dw = zeros(c.C);
@@ -139,24 +139,20 @@ typedef struct {
 
 static double mm_loss(void *p) {
     mm_ctx *c = p;
-    if (c->ref)
-        cel_cpu_matmul_forward_ref(c->out, c->inp, c->w, c->N, c->IC, c->OC);
-    else
-        cel_cpu_matmul_forward(c->out, c->inp, c->w, c->N, c->IC, c->OC);
+    if (c->ref) cel_cpu_matmul_forward_ref(c->out, c->inp, c->w, c->N, c->IC, c->OC);
+    else cel_cpu_matmul_forward(c->out, c->inp, c->w, c->N, c->IC, c->OC);
     return dot(c->out, c->R, (size_t)c->N * c->OC);
 }
 
 static void test_matmul(void **state) {
     (void)state;
-    mm_ctx c = {.N = 5, .IC = 7, .OC = 6};
+    mm_ctx c = { .N = 5, .IC = 7, .OC = 6 };
     size_t ni = (size_t)c.N * c.IC, no = (size_t)c.N * c.OC, nw = (size_t)c.OC * c.IC;
     c.out = zeros(no), c.inp = rnd(ni, 1), c.w = rnd(nw, 1), c.R = rnd(no, 1);
     for (c.ref = 0; c.ref < 2; c.ref++) {
         float *dinp = zeros(ni), *dw = zeros(nw);
-        if (c.ref)
-            cel_cpu_matmul_backward_ref(dinp, dw, c.R, c.inp, c.w, c.N, c.IC, c.OC);
-        else
-            cel_cpu_matmul_backward(dinp, dw, c.R, c.inp, c.w, c.N, c.IC, c.OC);
+        if (c.ref) cel_cpu_matmul_backward_ref(dinp, dw, c.R, c.inp, c.w, c.N, c.IC, c.OC);
+        else cel_cpu_matmul_backward(dinp, dw, c.R, c.inp, c.w, c.N, c.IC, c.OC);
         fd_check(c.ref ? "matmul_ref dinp" : "matmul dinp", c.inp, ni, dinp, mm_loss, &c);
         fd_check(c.ref ? "matmul_ref dweight" : "matmul dweight", c.w, nw, dw, mm_loss, &c);
         free(dinp), free(dw);
@@ -202,7 +198,7 @@ static double lora_loss(void *p) {
 
 static void test_lora(void **state) {
     (void)state;
-    lora_ctx c = {.N = 4, .IC = 6, .OC = 5, .R = 3, .s = 2.5f};
+    lora_ctx c = { .N = 4, .IC = 6, .OC = 5, .R = 3, .s = 2.5f };
     size_t ni = (size_t)c.N * c.IC, no = (size_t)c.N * c.OC;
     c.out = zeros(no), c.u = zeros((size_t)c.N * c.R), c.inp = rnd(ni, 1),
     c.A = rnd((size_t)c.R * c.IC, 1), c.B = rnd((size_t)c.OC * c.R, 1), c.Rr = rnd(no, 1);
@@ -238,12 +234,12 @@ static double rope_loss(void *p) {
 
 static void test_rope(void **state) {
     (void)state;
-    rope_ctx c = {.N = 4, .NHX = 2, .HS = 8};
+    rope_ctx c = { .N = 4, .NHX = 2, .HS = 8 };
     int maxT = 16;
     size_t n = (size_t)c.N * c.NHX * c.HS;
     c.cs = zeros((size_t)maxT * c.HS / 2), c.sn = zeros((size_t)maxT * c.HS / 2);
     cel_cpu_rope_init(c.cs, c.sn, maxT, c.HS, 10000.0f, CEL_ROPE_PLAIN, 1, 1, 4, 8192);
-    int32_t pos[4] = {0, 3, 7, 15};
+    int32_t pos[4] = { 0, 3, 7, 15 };
     c.pos = pos;
     c.out = zeros(n), c.inp = rnd(n, 1), c.R = rnd(n, 1);
     float *dinp = zeros(n);
@@ -279,7 +275,7 @@ static double att_loss(void *p) {
 
 static void test_attention(void **state) {
     (void)state;
-    att_ctx c = {.B = 2, .T = 5, .NH = 4, .NKV = 2, .HS = 4};
+    att_ctx c = { .B = 2, .T = 5, .NH = 4, .NKV = 2, .HS = 4 };
     size_t nq = (size_t)c.B * c.T * c.NH * c.HS, nk = (size_t)c.B * c.T * c.NKV * c.HS;
     c.out = zeros(nq), c.lse = zeros((size_t)c.B * c.NH * c.T),
     c.scratch = zeros(2 * (size_t)c.T * c.T);
@@ -322,7 +318,7 @@ static double sw_loss(void *p) {
 
 static void test_swiglu(void **state) {
     (void)state;
-    sw_ctx c = {.N = 3, .I = 7};
+    sw_ctx c = { .N = 3, .I = 7 };
     size_t n = (size_t)c.N * c.I;
     c.out = zeros(n), c.g = rnd(n, 3), c.u = rnd(n, 1), c.R = rnd(n, 1);
     float *dg = zeros(n), *du = zeros(n);
@@ -347,14 +343,15 @@ static double emb_loss(void *p) {
 
 static void test_embedding_residual(void **state) {
     (void)state;
-    int32_t tok[5] = {3, 0, 3, 6, 1};
-    emb_ctx c = {.N = 5, .C = 4, .tok = tok};
+    int32_t tok[5] = { 3, 0, 3, 6, 1 };
+    emb_ctx c = { .N = 5, .C = 4, .tok = tok };
     int V = 7;
     c.out = zeros(20), c.wte = rnd((size_t)V * c.C, 1), c.R = rnd(20, 1);
     float *dw = zeros((size_t)V * c.C);
     cel_cpu_embedding_backward(dw, c.R, tok, c.N, c.C);
     fd_check("embedding dwte", c.wte, (size_t)V * c.C, dw, emb_loss, &c);
-    float a[3] = {1, 2, 3}, b[3] = {10, 20, 30}, o[3], da[3] = {1, 1, 1}, db[3] = {0}, d[3] = {1, 2, 3};
+    float a[3] = { 1, 2, 3 }, b[3] = { 10, 20, 30 }, o[3], da[3] = { 1, 1, 1 }, db[3] = { 0 },
+          d[3] = { 1, 2, 3 };
     cel_cpu_residual_forward(o, a, b, 3);
     assert_float_equal(o[2], 33, 0);
     cel_cpu_residual_backward(da, db, d, 3);
@@ -377,9 +374,9 @@ static double ce_loss(void *p) {
 
 static void test_crossentropy(void **state) {
     (void)state;
-    int32_t tgt[4] = {2, 0, 5, 5};
-    float w[4] = {1.0f, 0.0f, 2.5f, 0.3f};
-    ce_ctx c = {.N = 4, .V = 6, .tgt = tgt, .w = w};
+    int32_t tgt[4] = { 2, 0, 5, 5 };
+    float w[4] = { 1.0f, 0.0f, 2.5f, 0.3f };
+    ce_ctx c = { .N = 4, .V = 6, .tgt = tgt, .w = w };
     size_t n = (size_t)c.N * c.V;
     c.logp = zeros(c.N), c.lse = zeros(c.N), c.logits = rnd(n, 3);
     float *d = zeros(n);
@@ -429,7 +426,7 @@ static void test_adamw(void **state) {
         assert_true(fabs(m[i] - md[i]) <= 1e-6);
         assert_true(fabs(v[i] - vd[i]) <= 1e-6);
     }
-    float g2[3] = {3, 4, 0};
+    float g2[3] = { 3, 4, 0 };
     assert_float_equal(cel_cpu_adamw_sumsq(g2, 3), 25, 0);
     cel_cpu_adamw_scale(g2, 3, 0.5f);
     assert_float_equal(g2[1], 2, 0);
@@ -438,10 +435,10 @@ static void test_adamw(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rmsnorm),   cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_rmsnorm),      cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_matmul_twins), cmocka_unit_test(test_lora),
-        cmocka_unit_test(test_rope),      cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_swiglu),    cmocka_unit_test(test_embedding_residual),
+        cmocka_unit_test(test_rope),         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_swiglu),       cmocka_unit_test(test_embedding_residual),
         cmocka_unit_test(test_crossentropy), cmocka_unit_test(test_adamw),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -14,7 +14,8 @@ static int from_bytes(const uint8_t *b, size_t n, json_t **out, cel_err_t *err) 
 
 static void test_captured_body(void **state) {
     /* redis-monitor-msgpack.txt: base64 k5MCoXikMDBmZoGha8s/+AAAAAAAAISp... */
-    const char *b64 = "k5MCoXikMDBmZoGha8s/+AAAAAAAAISpY2FsbGJhY2tzwKhlcnJiYWNrc8ClY2hhaW7ApWNob3JkwA==";
+    const char *b64 =
+        "k5MCoXikMDBmZoGha8s/+AAAAAAAAISpY2FsbGJhY2tzwKhlcnJiYWNrc8ClY2hhaW7ApWNob3JkwA==";
     uint8_t *raw;
     size_t n;
     assert_int_equal(cel_base64_decode(b64, strlen(b64), &raw, &n, NULL), CEL_OK);
@@ -37,10 +38,11 @@ static void test_captured_body(void **state) {
 }
 
 static void test_types(void **state) {
-    const uint8_t in[] = {0xdc, 0x00, 0x12, 0x00, 0x7f, 0xff, 0xe0, 0xcc, 0xff, 0xcd, 0x01, 0x00, 0xd0, 0x80,
-                          0xd1, 0x80, 0x00, 0xd2, 0x80, 0, 0, 0, 0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0,
-                          0xcf, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xca, 0x3f, 0xc0,
-                          0, 0, 0xc0, 0xc2, 0xc3, 0xc4, 0x02, 'h', 'i', 0xd9, 0x01, 'x', 0x80};
+    const uint8_t in[] = { 0xdc, 0x00, 0x12, 0x00, 0x7f, 0xff, 0xe0, 0xcc, 0xff, 0xcd, 0x01, 0x00,
+                           0xd0, 0x80, 0xd1, 0x80, 0x00, 0xd2, 0x80, 0,    0,    0,    0xd3, 0x80,
+                           0,    0,    0,    0,    0,    0,    0,    0xcf, 0x7f, 0xff, 0xff, 0xff,
+                           0xff, 0xff, 0xff, 0xff, 0xca, 0x3f, 0xc0, 0,    0,    0xc0, 0xc2, 0xc3,
+                           0xc4, 0x02, 'h',  'i',  0xd9, 0x01, 'x',  0x80 };
     json_t *v;
     cel_err_t err;
     assert_int_equal(from_bytes(in, sizeof(in), &v, &err), CEL_OK);
@@ -80,7 +82,7 @@ static void test_strings_with_nul(void **state) {
     json_decref(v);
     json_decref(w);
     /* a NUL inside a map key survives too (json_equal cannot see it: compare text) */
-    const uint8_t nulkey[] = {0x82, 0xa1, 0x00, 0x01, 0xa0, 0x02};
+    const uint8_t nulkey[] = { 0x82, 0xa1, 0x00, 0x01, 0xa0, 0x02 };
     assert_int_equal(from_bytes(nulkey, sizeof(nulkey), &v, &err), CEL_OK);
     buf = NULL;
     len = cap = 0;
@@ -98,33 +100,31 @@ static void expect_err(const uint8_t *b, size_t n, int code, const char *part) {
     json_t *v = (json_t *)1;
     cel_err_t err;
     int rc = from_bytes(b, n, &v, &err);
-    if (rc != code)
-        fail_msg("want %s got %s (%s)", cel_err_name(code), cel_err_name(rc), err.msg);
+    if (rc != code) fail_msg("want %s got %s (%s)", cel_err_name(code), cel_err_name(rc), err.msg);
     assert_null(v);
-    if (part && !strstr(err.msg, part))
-        fail_msg("message '%s' lacks '%s'", err.msg, part);
+    if (part && !strstr(err.msg, part)) fail_msg("message '%s' lacks '%s'", err.msg, part);
 }
 
 static void test_errors(void **state) {
-    const uint8_t intkey[] = {0x81, 0x01, 0x02};
-    const uint8_t nilkey[] = {0x81, 0xc0, 0x02};
-    const uint8_t ext[] = {0xd4, 0x01, 0x02};
-    const uint8_t ext8[] = {0xc7, 0x01, 0x05, 0x00};
-    const uint8_t badutf[] = {0xa2, 0xc3, 0x28};
-    const uint8_t badbin[] = {0xc4, 0x01, 0xff};
-    const uint8_t nan[] = {0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0};
-    const uint8_t inf32[] = {0xca, 0x7f, 0x80, 0, 0};
-    const uint8_t big[] = {0xcf, 0x80, 0, 0, 0, 0, 0, 0, 0};
-    const uint8_t trunc1[] = {0x92, 0x01};
-    const uint8_t trunc2[] = {0xda, 0x00};
-    const uint8_t trunc3[] = {0xd9, 0x05, 'a'};
-    const uint8_t trailing[] = {0x01, 0x02};
-    const uint8_t c1[] = {0xc1};
-    const uint8_t hugearr[] = {0xdd, 0xff, 0xff, 0xff, 0xff};
-    const uint8_t hugemap[] = {0xdf, 0x7f, 0xff, 0xff, 0xff};
-    const uint8_t overcount[] = {0xdd, 0x00, 0x00, 0x00, 0x10, 0x01};
+    const uint8_t intkey[] = { 0x81, 0x01, 0x02 };
+    const uint8_t nilkey[] = { 0x81, 0xc0, 0x02 };
+    const uint8_t ext[] = { 0xd4, 0x01, 0x02 };
+    const uint8_t ext8[] = { 0xc7, 0x01, 0x05, 0x00 };
+    const uint8_t badutf[] = { 0xa2, 0xc3, 0x28 };
+    const uint8_t badbin[] = { 0xc4, 0x01, 0xff };
+    const uint8_t nan[] = { 0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0 };
+    const uint8_t inf32[] = { 0xca, 0x7f, 0x80, 0, 0 };
+    const uint8_t big[] = { 0xcf, 0x80, 0, 0, 0, 0, 0, 0, 0 };
+    const uint8_t trunc1[] = { 0x92, 0x01 };
+    const uint8_t trunc2[] = { 0xda, 0x00 };
+    const uint8_t trunc3[] = { 0xd9, 0x05, 'a' };
+    const uint8_t trailing[] = { 0x01, 0x02 };
+    const uint8_t c1[] = { 0xc1 };
+    const uint8_t hugearr[] = { 0xdd, 0xff, 0xff, 0xff, 0xff };
+    const uint8_t hugemap[] = { 0xdf, 0x7f, 0xff, 0xff, 0xff };
+    const uint8_t overcount[] = { 0xdd, 0x00, 0x00, 0x00, 0x10, 0x01 };
     /* after the bad key the rest is never read: no leak of partial maps */
-    const uint8_t partial[] = {0x82, 0xa1, 'a', 0x91, 0x01, 0x05, 0x06};
+    const uint8_t partial[] = { 0x82, 0xa1, 'a', 0x91, 0x01, 0x05, 0x06 };
     expect_err(intkey, sizeof(intkey), CEL_ETYPE, "not a string");
     expect_err(nilkey, sizeof(nilkey), CEL_ETYPE, "not a string");
     expect_err(ext, sizeof(ext), CEL_ETYPE, "ext");
@@ -150,8 +150,7 @@ static void test_errors(void **state) {
 static void test_depth(void **state) {
     uint8_t b[CEL_MSG_MAX_DEPTH + 2];
     for (int d = CEL_MSG_MAX_DEPTH; d <= CEL_MSG_MAX_DEPTH + 1; d++) {
-        for (int i = 0; i < d - 1; i++)
-            b[i] = 0x91;
+        for (int i = 0; i < d - 1; i++) b[i] = 0x91;
         b[d - 1] = 0x90;
         json_t *v;
         cel_err_t err;
@@ -159,8 +158,7 @@ static void test_depth(void **state) {
         assert_int_equal(rc, d <= CEL_MSG_MAX_DEPTH ? CEL_OK : CEL_ELIMIT);
         json_decref(v);
         /* maps count too */
-        for (int i = 0; i < d - 1; i++)
-            b[i] = 0x91;
+        for (int i = 0; i < d - 1; i++) b[i] = 0x91;
         b[d - 1] = 0x80;
         rc = from_bytes(b, (size_t)d, &v, &err);
         assert_int_equal(rc, d <= CEL_MSG_MAX_DEPTH ? CEL_OK : CEL_ELIMIT);
@@ -170,8 +168,10 @@ static void test_depth(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_captured_body), cmocka_unit_test(test_types),
-        cmocka_unit_test(test_strings_with_nul), cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_captured_body),
+        cmocka_unit_test(test_types),
+        cmocka_unit_test(test_strings_with_nul),
+        cmocka_unit_test(test_errors),
         cmocka_unit_test(test_depth),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

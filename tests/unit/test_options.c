@@ -23,7 +23,7 @@ static void url_ok(const char *url, const char *host, int port, int db, const ch
 
 static void url_bad(const char *url) {
     cel_redis_url_t u;
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     if (cel_options_parse_redis_url(url, &u, &err) != CEL_EINVAL) fail_msg("%s was accepted", url);
     assert_int_equal(err.code, CEL_EINVAL);
     assert_true(err.msg[0] != '\0');
@@ -170,7 +170,7 @@ static void test_expand_hostname(void **state) {
 
 static void test_expand_hostname_limit(void **state) {
     char out[16];
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     /* 15 bytes + NUL fit in 16; 16 do not */
     assert_int_equal(cel_options_expand_hostname("abcdefghij@klmn", out, sizeof(out), &err),
                      CEL_OK);
@@ -178,12 +178,12 @@ static void test_expand_hostname_limit(void **state) {
     assert_int_equal(cel_options_expand_hostname("abcdefghij@klmno", out, sizeof(out), &err),
                      CEL_EINVAL);
     assert_int_equal(err.code, CEL_EINVAL);
-    assert_int_equal(cel_options_expand_hostname("%%%%%%%%%%%%%%%%%%%%%%%%%%%%%%@", out,
-                                                sizeof(out), &err),
-                     CEL_EINVAL);
-    assert_int_equal(cel_options_expand_hostname("%%%%%%%%%%%%%%%%%%%%%%%%%%%%@", out,
-                                                sizeof(out), &err),
-                     CEL_OK);
+    assert_int_equal(
+        cel_options_expand_hostname("%%%%%%%%%%%%%%%%%%%%%%%%%%%%%%@", out, sizeof(out), &err),
+        CEL_EINVAL);
+    assert_int_equal(
+        cel_options_expand_hostname("%%%%%%%%%%%%%%%%%%%%%%%%%%%%@", out, sizeof(out), &err),
+        CEL_OK);
     assert_string_equal(out, "%%%%%%%%%%%%%%@");
     char host[256], name[256], domain[256];
     host_parts(host, name, domain);
@@ -201,18 +201,18 @@ static int clear_env(void **state) {
     return 0;
 }
 
-#define ARGV(...) char *av[] = {"celeriac", __VA_ARGS__, NULL}
-#define ARGC ((int)(sizeof(av) / sizeof(av[0])) - 1)
+#define ARGV(...) char *av[] = { "celeriac", __VA_ARGS__, NULL }
+#define ARGC      ((int)(sizeof(av) / sizeof(av[0])) - 1)
 
 /* A second parse must not inherit getopt state from the first. */
 static void test_parse_twice(void **state) {
     cel_options_t cfg;
     cel_err_t err;
-    char *a1[] = {"celeriac", "-hE", NULL};
+    char *a1[] = { "celeriac", "-hE", NULL };
     int rc = cel_options_parse(&cfg, 2, a1, &err);
     cel_options_free(&cfg);
     assert_true(rc == 1 || rc == CEL_OK);
-    char *a2[] = {"celeriac", "-c", "2", NULL};
+    char *a2[] = { "celeriac", "-c", "2", NULL };
     assert_int_equal(cel_options_parse(&cfg, 3, a2, &err), CEL_OK);
     assert_int_equal(cfg.concurrency, 2);
     cel_options_free(&cfg);
@@ -221,7 +221,7 @@ static void test_parse_twice(void **state) {
 static void test_defaults(void **state) {
     cel_options_t cfg;
     cel_err_t err;
-    char *av[] = {"celeriac", NULL};
+    char *av[] = { "celeriac", NULL };
     assert_int_equal(cel_options_parse(&cfg, 1, av, &err), CEL_OK);
     assert_string_equal(cfg.broker_url, "redis://127.0.0.1:6379/0");
     assert_string_equal(cfg.backend_url, cfg.broker_url);
@@ -246,7 +246,7 @@ static void test_defaults(void **state) {
 static void test_env(void **state) {
     cel_options_t cfg;
     cel_err_t err;
-    char *av[] = {"celeriac", NULL};
+    char *av[] = { "celeriac", NULL };
     setenv("CELERY_BROKER_URL", "redis://b:1/1", 1);
     assert_int_equal(cel_options_parse(&cfg, 1, av, &err), CEL_OK);
     assert_string_equal(cfg.backend_url, "redis://b:1/1");
@@ -259,7 +259,7 @@ static void test_env(void **state) {
     cel_options_free(&cfg);
     /* the command line wins; empty env values are ignored */
     {
-        char *av2[] = {"celeriac", "-b", "redis://c:3/3", NULL};
+        char *av2[] = { "celeriac", "-b", "redis://c:3/3", NULL };
         assert_int_equal(cel_options_parse(&cfg, 3, av2, &err), CEL_OK);
         assert_string_equal(cfg.broker.host, "c");
         assert_string_equal(cfg.backend.host, "r");
@@ -281,12 +281,12 @@ static void test_all_options(void **state) {
     cel_options_t cfg;
     cel_err_t err;
     ARGV("--broker", "redis://:pw@b:7/1", "--result-backend", "redis://r/2", "-Q", " a , b,,c ",
-         "-c", "3", "-n", "w1@box", "--prefetch-multiplier", "0", "-l", "debug", "-f",
-         "/tmp/log", "--pidfile", "/tmp/pid", "--time-limit", "10", "--soft-time-limit", "5.5",
+         "-c", "3", "-n", "w1@box", "--prefetch-multiplier", "0", "-l", "debug", "-f", "/tmp/log",
+         "--pidfile", "/tmp/pid", "--time-limit", "10", "--soft-time-limit", "5.5",
          "--max-tasks-per-child", "100", "--state-dir", "/tmp/st", "--result-expires", "0",
          "--visibility-timeout", "1", "--max-message-size", "1024", "--executor", "/x/exe",
-         "--model", "/m", "--import-root", "/i1", "--import-root=/i2", "--max-input-tokens",
-         "512", "-E", "--without-heartbeat");
+         "--model", "/m", "--import-root", "/i1", "--import-root=/i2", "--max-input-tokens", "512",
+         "-E", "--without-heartbeat");
     assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
     assert_string_equal(cfg.broker.host, "b");
     assert_string_equal(cfg.broker.password, "pw");
@@ -360,11 +360,12 @@ static void test_help_version(void **state) {
 /* Parses celeriac OPT VALUE: want_ok 1 expects CEL_OK, 0 CEL_EINVAL. */
 static void one(const char *opt, const char *value, int want_ok) {
     cel_options_t cfg;
-    cel_err_t err = {0};
-    char *av[] = {"celeriac", (char *)opt, (char *)value, NULL};
+    cel_err_t err = { 0 };
+    char *av[] = { "celeriac", (char *)opt, (char *)value, NULL };
     int rc = cel_options_parse(&cfg, value ? 3 : 2, av, &err);
     if (want_ok && rc != CEL_OK) fail_msg("%s %s: %s", opt, value ? value : "", err.msg);
-    if (!want_ok && rc != CEL_EINVAL) fail_msg("%s %s was accepted (%d)", opt, value ? value : "", rc);
+    if (!want_ok && rc != CEL_EINVAL)
+        fail_msg("%s %s was accepted (%d)", opt, value ? value : "", rc);
     if (!want_ok) assert_true(err.msg[0] != '\0');
     cel_options_free(&cfg);
 }
@@ -396,7 +397,7 @@ static void test_ranges(void **state) {
     one("--max-input-tokens", "0", 0);
     one("--max-input-tokens", "1048576", 1);
     one("--max-input-tokens", "1048577", 0);
-    static const char *const secs[] = {"--time-limit", "--soft-time-limit", "--result-expires"};
+    static const char *const secs[] = { "--time-limit", "--soft-time-limit", "--result-expires" };
     for (size_t i = 0; i < 3; i++) {
         one(secs[i], "0", 1);
         one(secs[i], "0.25", 1);
@@ -430,7 +431,7 @@ static void test_ranges(void **state) {
 static void test_bad_command_lines(void **state) {
     one("--nope", NULL, 0);
     one("-x", NULL, 0);
-    one("-c", NULL, 0);          /* needs a value */
+    one("-c", NULL, 0); /* needs a value */
     one("--broker", NULL, 0);
     one("--import-root", NULL, 0);
     one("stray", NULL, 0);
@@ -462,7 +463,7 @@ static void test_string_limits(void **state) {
     memset(big, 'f', 1023);
     big[0] = '/';
     big[1023] = '\0';
-    static const char *const opts[] = {"-f", "--pidfile", "--state-dir", "--executor", "--model"};
+    static const char *const opts[] = { "-f", "--pidfile", "--state-dir", "--executor", "--model" };
     for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
         big[1023] = '\0';
         one(opts[i], big, 1);

@@ -40,8 +40,8 @@ static void check_against_jansson(const char *name, const char *buf, size_t len,
     json_t *env = json_loadb(buf, len, JSON_ALLOW_NUL, NULL);
     assert_non_null(env);
     json_t *h = json_object_get(env, "headers"), *p = json_object_get(env, "properties");
-    const char *keys[] = {"id", "task", "root_id", "parent_id", "group"};
-    const char *got[] = {pk->id, pk->task, pk->root_id, pk->parent_id, pk->group};
+    const char *keys[] = { "id", "task", "root_id", "parent_id", "group" };
+    const char *got[] = { pk->id, pk->task, pk->root_id, pk->parent_id, pk->group };
     for (int i = 0; i < 5; i++)
         if (strcmp(want_str(h, keys[i]), got[i]) != 0)
             fail_msg("%s: headers.%s: want '%s', got '%s'", name, keys[i], want_str(h, keys[i]),
@@ -195,8 +195,8 @@ static void test_escapes(void **state) {
 static void test_unreadable_values(void **state) {
     (void)state;
     cel_peek_t pk;
-    const char *bad[] = {"a\\u0000b", "\\ud800", "\\udc00x", "\\ud800\\u0041", "\xff\xfe",
-                         "a\xc3", "\x01", "\xed\xa0\x80"};
+    const char *bad[] = { "a\\u0000b", "\\ud800", "\\udc00x", "\\ud800\\u0041",
+                          "\xff\xfe",  "a\xc3",   "\x01",     "\xed\xa0\x80" };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char env[256];
         snprintf(env, sizeof(env),
@@ -248,7 +248,9 @@ static void test_missing_and_wrong_types(void **state) {
     assert_string_equal(pk.group, "");
     /* numbers and Python's NaN/Infinity are skipped like any scalar */
     assert_int_equal(peeks("{\"a\": -1.5e+3, \"b\": NaN, \"c\": -Infinity, \"d\": true,"
-                           "\"headers\": {\"n\": 0, \"id\": \"i\"}}", &pk), CEL_OK);
+                           "\"headers\": {\"n\": 0, \"id\": \"i\"}}",
+                           &pk),
+                     CEL_OK);
     assert_string_equal(pk.id, "i");
     /* a repeated key inside headers: the last one counts, as in Python */
     assert_int_equal(peeks("{\"headers\": {\"id\": \"a\", \"id\": \"b\"}}", &pk), CEL_OK);
@@ -265,10 +267,23 @@ static void test_missing_and_wrong_types(void **state) {
 static void test_not_an_envelope(void **state) {
     (void)state;
     cel_peek_t pk;
-    const char *bad[] = {"", "   ", "[1, 2]", "\"str\"", "42", "{", "{\"a\"", "{\"a\" 1}",
-                         "{\"a\": }", "{\"a\": [}", "{\"a\": {]}", "{\"a\": 1 \"b\": 2}",
-                         "{\"a\": 1,}", "{1: 2}", "{\"a\": \"unterminated}",
-                         "{\"headers\": {\"id\": \"x\"", "{\"a\": ]}"};
+    const char *bad[] = { "",
+                          "   ",
+                          "[1, 2]",
+                          "\"str\"",
+                          "42",
+                          "{",
+                          "{\"a\"",
+                          "{\"a\" 1}",
+                          "{\"a\": }",
+                          "{\"a\": [}",
+                          "{\"a\": {]}",
+                          "{\"a\": 1 \"b\": 2}",
+                          "{\"a\": 1,}",
+                          "{1: 2}",
+                          "{\"a\": \"unterminated}",
+                          "{\"headers\": {\"id\": \"x\"",
+                          "{\"a\": ]}" };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         cel_err_t err;
         int rc = peek(bad[i], strlen(bad[i]), &pk, &err);

@@ -10,8 +10,7 @@
 static void expect_repr(json_t *v, int as_tuple, size_t max, const char *want) {
     char *s = cel_repr(v, as_tuple, max);
     assert_non_null(s);
-    if (strcmp(s, want) != 0)
-        fail_msg("want <%s> got <%s>", want, s);
+    if (strcmp(s, want) != 0) fail_msg("want <%s> got <%s>", want, s);
     free(s);
     json_decref(v);
 }
@@ -33,7 +32,8 @@ static void test_inline(void **state) {
 
 static void test_cut_utf8(void **state) {
     /* never cut inside a UTF-8 sequence */
-    json_t *v = json_string("\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9");
+    json_t *v =
+        json_string("\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9");
     char *s = cel_repr(v, 0, 16);
     assert_true(strlen(s) <= 16);
     assert_string_equal(s + strlen(s) - 3, "...");
@@ -56,8 +56,7 @@ static void test_python_fixtures(void **state) {
     json_array_foreach(json_object_get(f, "exceptions"), i, c) {
         char *s = cel_exc_repr(json_object_get(c, "exc"));
         const char *want = json_string_value(json_object_get(c, "repr"));
-        if (strcmp(s, want) != 0)
-            fail_msg("want <%s> got <%s>", want, s);
+        if (strcmp(s, want) != 0) fail_msg("want <%s> got <%s>", want, s);
         free(s);
     }
     json_decref(f);

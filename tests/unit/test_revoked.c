@@ -257,8 +257,9 @@ static void expect_empty(const char *dir) {
 
 static void test_corrupt(void **state) {
     tmpdir_t *t = *state;
-    static const char *const bad[] = {"", "{", "not json", "[1, 2]", "\"str\"", "42",
-                                      "{\"a\": 1} trailing", "null"};
+    static const char *const bad[] = {
+        "", "{", "not json", "[1, 2]", "\"str\"", "42", "{\"a\": 1} trailing", "null"
+    };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         write_text(t->file, bad[i]);
         expect_empty(t->dir);
@@ -268,7 +269,7 @@ static void test_corrupt(void **state) {
     snprintf(missing, sizeof(missing), "%s/nope", t->dir);
     cel_revoked_t *rv = cel_revoked_new(missing);
     cel_revoked_add(rv, "a");
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     assert_int_equal(cel_revoked_save(rv, &err), CEL_EIO);
     assert_int_equal(err.code, CEL_EIO);
     assert_non_null(strstr(err.msg, "revoked.json"));

@@ -67,7 +67,8 @@ static void test_good_minimal(void **state) {
     (void)state;
     size_t len;
     uint8_t *b = image("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                       "\"__metadata__\":{\"format\":\"pt\"}}  ", 0, 8, &len);
+                       "\"__metadata__\":{\"format\":\"pt\"}}  ",
+                       0, 8, &len);
     cel_safetensors_t *st;
     cel_err_t err;
     assert_int_equal(cel_safetensors_parse(b, len, &st, &err), CEL_OK);
@@ -106,10 +107,10 @@ static void test_malformed(void **state) {
     expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]} xx", 0, 8,
                CEL_EPROTO, "not valid JSON");
     expect_bad("{\"x\":[1]}", 0, 0, CEL_EPROTO, "needs dtype");
-    expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":2,\"data_offsets\":[0,8]}}", 0, 8,
-               CEL_EPROTO, "needs dtype");
-    expect_bad("{\"x\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,8]}}", 0, 8,
-               CEL_EPROTO, "unknown dtype");
+    expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":2,\"data_offsets\":[0,8]}}", 0, 8, CEL_EPROTO,
+               "needs dtype");
+    expect_bad("{\"x\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,8]}}", 0, 8, CEL_EPROTO,
+               "unknown dtype");
     expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 0, 8,
                CEL_EPROTO, "shape[0]");
     expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[2.0],\"data_offsets\":[0,8]}}", 0, 8,
@@ -117,50 +118,53 @@ static void test_malformed(void **state) {
     expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[1,2,3,4,5,6,7,8,9],\"data_offsets\":[0,8]}}",
                0, 8, CEL_ELIMIT, "rank 9");
     expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],"
-               "\"data_offsets\":[0,8]}}", 0, 8, CEL_EPROTO, "overflows");
+               "\"data_offsets\":[0,8]}}",
+               0, 8, CEL_EPROTO, "overflows");
     expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904],"
-               "\"data_offsets\":[0,8]}}", 0, 8, CEL_EPROTO, "byte size overflows");
+               "\"data_offsets\":[0,8]}}",
+               0, 8, CEL_EPROTO, "byte size overflows");
     /* shape x dtype does not match the byte length */
     expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,8]}}", 0, 8,
                CEL_EPROTO, "needs 16");
     expect_bad("{\"x\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,8]}}", 0, 8,
                CEL_EPROTO, "needs 4");
     /* offsets: reversed, wrong arity, overlapping, with a gap, out of range */
-    expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 0, 8,
-               CEL_EPROTO, "data_offsets");
+    expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 0, 8, CEL_EPROTO,
+               "data_offsets");
     expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8,9]}}", 0, 8,
                CEL_EPROTO, "data_offsets");
     expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-               "\"y\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 0, 12,
-               CEL_EPROTO, "overlaps");
+               "\"y\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+               0, 12, CEL_EPROTO, "overlaps");
     expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-               "\"y\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 0, 8,
-               CEL_EPROTO, "overlaps");
+               "\"y\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+               0, 8, CEL_EPROTO, "overlaps");
     expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}", 0, 12,
                CEL_EPROTO, "unused bytes");
     expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[1099511627776,"
-               "1099511627784]}}", 0, 8, CEL_EPROTO, "out of the");
+               "1099511627784]}}",
+               0, 8, CEL_EPROTO, "out of the");
     /* duplicate keys, bad metadata, empty name */
     expect_bad("{\"x\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]},"
-               "\"x\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}", 0, 0,
-               CEL_EPROTO, "duplicate");
+               "\"x\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}",
+               0, 0, CEL_EPROTO, "duplicate");
     expect_bad("{\"__metadata__\":{\"a\":1}}", 0, 0, CEL_EPROTO, "not a string");
     expect_bad("{\"__metadata__\":[]}", 0, 0, CEL_EPROTO, "not an object");
-    expect_bad("{\"\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}", 0, 0,
-               CEL_EPROTO, "name of 0 bytes");
+    expect_bad("{\"\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}", 0, 0, CEL_EPROTO,
+               "name of 0 bytes");
 }
 
 static void test_read_f32_errors(void **state) {
     (void)state;
     size_t len;
-    uint8_t *b = image("{\"i\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 0, 8,
-                       &len);
+    uint8_t *b =
+        image("{\"i\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 0, 8, &len);
     cel_safetensors_t *st;
     cel_err_t err;
     assert_int_equal(cel_safetensors_parse(b, len, &st, &err), CEL_OK);
     free(b);
     float dst[4];
-    int64_t s2[] = {2}, s3[] = {3}, s22[] = {1, 2};
+    int64_t s2[] = { 2 }, s3[] = { 3 }, s22[] = { 1, 2 };
     assert_int_equal(cel_safetensors_read_f32(st, "i", 1, s2, dst, &err), CEL_EPROTO);
     assert_non_null(strstr(err.msg, "not a float"));
     assert_int_equal(cel_safetensors_read_f32(st, "i", 1, s3, dst, &err), CEL_EPROTO);
@@ -173,26 +177,26 @@ static void test_read_f32_errors(void **state) {
 
 static void test_round_trip(void **state) {
     (void)state;
-    float a[6] = {1, -2, 3.5f, 1e-30f, -0.0f, 7}, s = 42.0f, dummy = 0;
+    float a[6] = { 1, -2, 3.5f, 1e-30f, -0.0f, 7 }, s = 42.0f, dummy = 0;
     cel_st_entry_t e[3] = {
-        {.name = "layer.a", .ndim = 2, .shape = {2, 3}, .data = a},
-        {.name = "scalar", .ndim = 0, .data = &s},
-        {.name = "empty", .ndim = 2, .shape = {0, 5}, .data = &dummy},
+        { .name = "layer.a", .ndim = 2, .shape = { 2, 3 }, .data = a },
+        { .name = "scalar", .ndim = 0, .data = &s },
+        { .name = "empty", .ndim = 2, .shape = { 0, 5 }, .data = &dummy },
     };
-    const char *meta[] = {"step", "3", "format", "celeriac"};
+    const char *meta[] = { "step", "3", "format", "celeriac" };
     char path[512];
     for (int atomic = 0; atomic < 2; atomic++) {
         snprintf(path, sizeof(path), "%s/rt%d.safetensors", tmpdir, atomic);
         cel_err_t err;
-        assert_int_equal(cel_safetensors_write(path, e, 3, meta, 2,
-                                               atomic ? CEL_ST_ATOMIC : 0, &err), CEL_OK);
+        assert_int_equal(
+            cel_safetensors_write(path, e, 3, meta, 2, atomic ? CEL_ST_ATOMIC : 0, &err), CEL_OK);
         cel_safetensors_t *st;
         assert_int_equal(cel_safetensors_open(path, &st, &err), CEL_OK);
         assert_int_equal(cel_safetensors_count(st), 3);
         assert_string_equal(cel_safetensors_at(st, 0)->name, "layer.a");
         assert_string_equal(cel_safetensors_meta(st, "step"), "3");
         float got[6];
-        int64_t sh[] = {2, 3};
+        int64_t sh[] = { 2, 3 };
         assert_int_equal(cel_safetensors_read_f32(st, "layer.a", 2, sh, got, &err), CEL_OK);
         assert_memory_equal(got, a, sizeof(a));
         assert_int_equal(cel_safetensors_read_f32(st, "scalar", 0, NULL, got, &err), CEL_OK);
@@ -203,13 +207,12 @@ static void test_round_trip(void **state) {
         cel_safetensors_free(st);
     }
     /* duplicate names are refused by the writer */
-    cel_st_entry_t dup[2] = {e[0], e[0]};
+    cel_st_entry_t dup[2] = { e[0], e[0] };
     cel_err_t err;
     assert_int_equal(cel_safetensors_write(path, dup, 2, NULL, 0, 0, &err), CEL_EINVAL);
     /* a missing file and a directory are clear errors */
     cel_safetensors_t *st;
-    assert_int_equal(cel_safetensors_open("/nonexistent/x.safetensors", &st, &err),
-                     CEL_ENOTFOUND);
+    assert_int_equal(cel_safetensors_open("/nonexistent/x.safetensors", &st, &err), CEL_ENOTFOUND);
     assert_int_equal(cel_safetensors_open(tmpdir, &st, &err), CEL_EIO);
     /* a truncated copy of a good file on disk */
     char cmd[1200], tpath[520];
@@ -225,8 +228,8 @@ static void test_python_written(void **state) {
     char st_path[512], js_path[512], cmd[1400];
     snprintf(st_path, sizeof(st_path), "%s/py.safetensors", tmpdir);
     snprintf(js_path, sizeof(js_path), "%s/py.json", tmpdir);
-    snprintf(cmd, sizeof(cmd), "/usr/bin/python3 tests/unit/st_pywrite.py '%s' '%s' 2>&1",
-             st_path, js_path);
+    snprintf(cmd, sizeof(cmd), "/usr/bin/python3 tests/unit/st_pywrite.py '%s' '%s' 2>&1", st_path,
+             js_path);
     /* python3-torch is a build dependency (scripts/install-deps): a generator that does
      * not run is a failure, not a reason to skip */
     if (access("/usr/bin/python3", X_OK) != 0 || access("tests/unit/st_pywrite.py", R_OK) != 0)
@@ -275,9 +278,9 @@ static void write_index(const char *body) {
 
 static void test_sharded(void **state) {
     (void)state;
-    float a[2] = {1, 2}, b[3] = {3, 4, 5};
-    cel_st_entry_t e1 = {.name = "a", .ndim = 1, .shape = {2}, .data = a};
-    cel_st_entry_t e2 = {.name = "b", .ndim = 1, .shape = {3}, .data = b};
+    float a[2] = { 1, 2 }, b[3] = { 3, 4, 5 };
+    cel_st_entry_t e1 = { .name = "a", .ndim = 1, .shape = { 2 }, .data = a };
+    cel_st_entry_t e2 = { .name = "b", .ndim = 1, .shape = { 3 }, .data = b };
     char p1[512], p2[512], idx[512];
     snprintf(p1, sizeof(p1), "%s/m-00001.safetensors", tmpdir);
     snprintf(p2, sizeof(p2), "%s/m-00002.safetensors", tmpdir);
@@ -291,7 +294,7 @@ static void test_sharded(void **state) {
     assert_int_equal(cel_safetensors_open_index(idx, &st, &err), CEL_OK);
     assert_int_equal(cel_safetensors_count(st), 2);
     float got[3];
-    int64_t s3[] = {3};
+    int64_t s3[] = { 3 };
     assert_int_equal(cel_safetensors_read_f32(st, "b", 1, s3, got, &err), CEL_OK);
     assert_true(got[2] == 5.0f);
     cel_safetensors_free(st);
@@ -319,12 +322,9 @@ static void test_sharded(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_good_minimal),
-        cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_read_f32_errors),
-        cmocka_unit_test(test_round_trip),
-        cmocka_unit_test(test_python_written),
-        cmocka_unit_test(test_sharded),
+        cmocka_unit_test(test_good_minimal),    cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_read_f32_errors), cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_python_written),  cmocka_unit_test(test_sharded),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -20,11 +20,11 @@ static const char *HDRS =
 static char *make_env(const char *headers, const void *body, size_t len, const char *ctype) {
     char *b64 = cel_base64_encode(body, len);
     assert_non_null(b64);
-    json_t *env = json_pack("{s:s, s:s, s:s, s:{s:s, s:i, s:{s:s, s:s}, s:s, s:s}}", "body", b64,
-                            "content-encoding", "utf-8", "content-type", ctype, "properties",
-                            "correlation_id", "id-1", "priority", 0, "delivery_info", "exchange",
-                            "", "routing_key", "celery", "body_encoding", "base64",
-                            "delivery_tag", "tag-1");
+    json_t *env =
+        json_pack("{s:s, s:s, s:s, s:{s:s, s:i, s:{s:s, s:s}, s:s, s:s}}", "body", b64,
+                  "content-encoding", "utf-8", "content-type", ctype, "properties",
+                  "correlation_id", "id-1", "priority", 0, "delivery_info", "exchange", "",
+                  "routing_key", "celery", "body_encoding", "base64", "delivery_tag", "tag-1");
     assert_non_null(env);
     if (headers) {
         json_t *h = json_loads(headers, JSON_ALLOW_NUL, NULL);
@@ -48,8 +48,7 @@ static int decode_body(const char *headers, const char *body, const char *ctype,
 
 static void check_str(const char *name, const char *field, json_t *want, const char *got) {
     if (json_is_null(want) || !want) {
-        if (got)
-            fail_msg("%s: %s: want null, got '%s'", name, field, got);
+        if (got) fail_msg("%s: %s: want null, got '%s'", name, field, got);
         return;
     }
     if (!got || strcmp(json_string_value(want), got) != 0)
@@ -65,7 +64,8 @@ static void check_num(const char *name, const char *field, json_t *want, double 
 
 static void check_json(const char *name, const char *field, json_t *want, json_t *got) {
     if (!got || !json_equal(want, got)) {
-        char *a = json_dumps(want, JSON_ENCODE_ANY), *b = got ? json_dumps(got, JSON_ENCODE_ANY) : NULL;
+        char *a = json_dumps(want, JSON_ENCODE_ANY),
+             *b = got ? json_dumps(got, JSON_ENCODE_ANY) : NULL;
         fail_msg("%s: %s: want %s, got %s", name, field, a, b ? b : "(null)");
     }
 }
@@ -94,14 +94,18 @@ static void test_real_messages(void **state) {
         check_str(name, "name", json_object_get(e, "name"), t->name);
         check_num(name, "proto", json_object_get(e, "proto"), t->proto);
         if (rc == CEL_OK) {
-            static const char *strs[] = {"root_id", "parent_id", "group", "shadow", "origin",
-                                         "argsrepr", "kwargsrepr", "eta_str", "expires_str",
-                                         "content_type", "content_encoding", "correlation_id",
-                                         "reply_to", "delivery_tag", "exchange", "routing_key"};
-            const char *got[] = {t->root_id, t->parent_id, t->group, t->shadow, t->origin,
-                                 t->argsrepr, t->kwargsrepr, t->eta_str, t->expires_str,
-                                 t->content_type, t->content_encoding, t->correlation_id,
-                                 t->reply_to, t->delivery_tag, t->exchange, t->routing_key};
+            static const char *strs[] = { "root_id",      "parent_id",        "group",
+                                          "shadow",       "origin",           "argsrepr",
+                                          "kwargsrepr",   "eta_str",          "expires_str",
+                                          "content_type", "content_encoding", "correlation_id",
+                                          "reply_to",     "delivery_tag",     "exchange",
+                                          "routing_key" };
+            const char *got[] = { t->root_id,      t->parent_id,        t->group,
+                                  t->shadow,       t->origin,           t->argsrepr,
+                                  t->kwargsrepr,   t->eta_str,          t->expires_str,
+                                  t->content_type, t->content_encoding, t->correlation_id,
+                                  t->reply_to,     t->delivery_tag,     t->exchange,
+                                  t->routing_key };
             for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
                 check_str(name, strs[i], json_object_get(e, strs[i]), got[i]);
             check_num(name, "eta", json_object_get(e, "eta"), t->eta);
@@ -117,8 +121,7 @@ static void test_real_messages(void **state) {
             check_json(name, "args", json_object_get(e, "args"), t->args);
             check_json(name, "kwargs", json_object_get(e, "kwargs"), t->kwargs);
             check_json(name, "embed", json_object_get(e, "embed"), t->embed);
-            if (t->proto == 2)
-                assert_non_null(t->headers);
+            if (t->proto == 2) assert_non_null(t->headers);
         } else {
             assert_null(t->args);
             assert_true(strlen(err.msg) > 0);
@@ -135,17 +138,21 @@ static void test_real_messages(void **state) {
  * decoder is checked even without generated data. */
 static void test_inline_capture(void **state) {
     const char *env =
-        "{\"body\": \"W1syLCAzXSwge30sIHsiY2FsbGJhY2tzIjogbnVsbCwgImVycmJhY2tzIjogbnVsbCwgImNoYWluIj"
+        "{\"body\": "
+        "\"W1syLCAzXSwge30sIHsiY2FsbGJhY2tzIjogbnVsbCwgImVycmJhY2tzIjogbnVsbCwgImNoYWluIj"
         "ogbnVsbCwgImNob3JkIjogbnVsbH1d\", \"content-encoding\": \"utf-8\", \"content-type\": "
         "\"application/json\", \"headers\": {\"lang\": \"py\", \"task\": \"tasks.add\", \"id\": "
         "\"e4c9481d-b89c-4c6b-a784-93ccde2f610a\", \"shadow\": null, \"eta\": null, \"expires\": "
-        "null, \"group\": null, \"group_index\": null, \"retries\": 0, \"timelimit\": [null, null], "
+        "null, \"group\": null, \"group_index\": null, \"retries\": 0, \"timelimit\": [null, "
+        "null], "
         "\"root_id\": \"e4c9481d-b89c-4c6b-a784-93ccde2f610a\", \"parent_id\": null, \"argsrepr\": "
-        "\"(2, 3)\", \"kwargsrepr\": \"{}\", \"origin\": \"gen7810@vm\", \"ignore_result\": false}, "
+        "\"(2, 3)\", \"kwargsrepr\": \"{}\", \"origin\": \"gen7810@vm\", \"ignore_result\": "
+        "false}, "
         "\"properties\": {\"correlation_id\": \"e4c9481d-b89c-4c6b-a784-93ccde2f610a\", "
         "\"reply_to\": \"18451551-3867-3061-9d3b-6382979a50c8\", \"delivery_mode\": 2, "
         "\"delivery_info\": {\"exchange\": \"\", \"routing_key\": \"celery\"}, \"priority\": 0, "
-        "\"body_encoding\": \"base64\", \"delivery_tag\": \"6cf2fb3c-ba63-4a64-a0b8-cc7cad9f0ce0\"}}";
+        "\"body_encoding\": \"base64\", \"delivery_tag\": "
+        "\"6cf2fb3c-ba63-4a64-a0b8-cc7cad9f0ce0\"}}";
     cel_task_t *t;
     cel_err_t err;
     assert_int_equal(cel_task_decode_envelope(env, strlen(env), &t, &err), CEL_OK);
@@ -187,9 +194,15 @@ static void expect_rc(const char *headers, const char *body, const char *ctype, 
 static void test_envelope_errors(void **state) {
     cel_task_t *t = (cel_task_t *)1;
     cel_err_t err;
-    const char *bad[] = {"", "not json", "{\"body\": ", "[1, 2]", "\"str\"", "{}",
-                         "{\"body\": 5}", "{\"body\": \"\", \"properties\": 7}",
-                         "{\"body\": \"\", \"headers\": [1]}"};
+    const char *bad[] = { "",
+                          "not json",
+                          "{\"body\": ",
+                          "[1, 2]",
+                          "\"str\"",
+                          "{}",
+                          "{\"body\": 5}",
+                          "{\"body\": \"\", \"properties\": 7}",
+                          "{\"body\": \"\", \"headers\": [1]}" };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         t = (cel_task_t *)1;
         assert_int_equal(cel_task_decode_envelope(bad[i], strlen(bad[i]), &t, &err), CEL_EPROTO);
@@ -228,14 +241,15 @@ static void test_lone_surrogates(void **state) {
     static const struct {
         const char *in, *want;
     } cases[] = {
-        {"\\ud800", "\xef\xbf\xbd"},
-        {"\\udc00x", "\xef\xbf\xbdx"},
-        {"a\\uDBFF", "a\xef\xbf\xbd"},
-        {"\\ud800\\u0041", "\xef\xbf\xbd" "A"},
-        {"\\ud800\\ud800\\udc00", "\xef\xbf\xbd\xf0\x90\x80\x80"},
-        {"\\ud83d\\ude00", "\xf0\x9f\x98\x80"},
-        {"\\\\ud800", "\\ud800"}, /* an escaped backslash, not an escape */
-        {"\\u00e9", "\xc3\xa9"},
+        { "\\ud800", "\xef\xbf\xbd" },
+        { "\\udc00x", "\xef\xbf\xbdx" },
+        { "a\\uDBFF", "a\xef\xbf\xbd" },
+        { "\\ud800\\u0041", "\xef\xbf\xbd"
+                            "A" },
+        { "\\ud800\\ud800\\udc00", "\xef\xbf\xbd\xf0\x90\x80\x80" },
+        { "\\ud83d\\ude00", "\xf0\x9f\x98\x80" },
+        { "\\\\ud800", "\\ud800" }, /* an escaped backslash, not an escape */
+        { "\\u00e9", "\xc3\xa9" },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         cel_task_t *t = NULL;
@@ -259,14 +273,13 @@ static void test_lone_surrogates(void **state) {
  * an unreadable page crashed the decoder. Every prefix of it, and of a whole envelope
  * holding a lone surrogate, must be refused without reading past its end. */
 static void test_surrogate_at_buffer_end(void **state) {
-    static const uint8_t in[] = {0x22, 0x5c, 0x75, 0x64, 0x38, 0x30, 0x30,
-                                 0x5c, 0x75, 0x30, 0x30, 0x34, 0x31, 0x22};
+    static const uint8_t in[] = { 0x22, 0x5c, 0x75, 0x64, 0x38, 0x30, 0x30,
+                                  0x5c, 0x75, 0x30, 0x30, 0x34, 0x31, 0x22 };
     guard_mode = 1; /* whatever CEL_FUZZ_GUARD says: this test is the guard */
     cel_task_t *t = (cel_task_t *)1;
     cel_err_t err;
     const uint8_t *at = guard_place(in, sizeof(in));
-    assert_int_equal(cel_task_decode_envelope((const char *)at, sizeof(in), &t, &err),
-                     CEL_EPROTO);
+    assert_int_equal(cel_task_decode_envelope((const char *)at, sizeof(in), &t, &err), CEL_EPROTO);
     assert_null(t);
     assert_non_null(strstr(err.msg, "not a JSON object")); /* parsed after the repair */
     for (size_t n = 0; n < sizeof(in); n++) {
@@ -287,7 +300,8 @@ static void test_surrogate_at_buffer_end(void **state) {
             assert_null(t);
         } else {
             assert_int_equal(rc, CEL_OK);
-            assert_string_equal(t->argsrepr, "\xef\xbf\xbd\xef\xbf\xbd" "A");
+            assert_string_equal(t->argsrepr, "\xef\xbf\xbd\xef\xbf\xbd"
+                                             "A");
             cel_task_free(t);
         }
     }
@@ -297,7 +311,7 @@ static void test_bad_base64(void **state) {
     const char *fmt = "{\"body\": \"%s\", \"content-type\": \"application/json\", "
                       "\"content-encoding\": \"utf-8\", \"headers\": %s, \"properties\": "
                       "{\"body_encoding\": \"base64\", \"delivery_tag\": \"t\"}}";
-    const char *bodies[] = {"W1tdLCB7fSwgbnVsbF0", "W1tdLCB7fSwgbnVsbF0*", "====", "W1t=LCB7"};
+    const char *bodies[] = { "W1tdLCB7fSwgbnVsbF0", "W1tdLCB7fSwgbnVsbF0*", "====", "W1t=LCB7" };
     for (size_t i = 0; i < 4; i++) {
         char env[1024];
         snprintf(env, sizeof(env), fmt, bodies[i], HDRS);
@@ -320,13 +334,15 @@ static void test_bad_base64(void **state) {
     /* no body_encoding: body taken as text */
     snprintf(env, sizeof(env),
              "{\"body\": \"[[7], {}, null]\", \"content-type\": \"application/json\", "
-             "\"headers\": %s, \"properties\": {}}", HDRS);
+             "\"headers\": %s, \"properties\": {}}",
+             HDRS);
     assert_int_equal(cel_task_decode_envelope(env, strlen(env), &t, &err), CEL_OK);
     assert_int_equal(json_integer_value(json_array_get(t->args, 0)), 7);
     cel_task_free(t);
     snprintf(env, sizeof(env),
              "{\"body\": \"[[7], {}, null]\", \"content-type\": \"application/json\", "
-             "\"headers\": %s, \"properties\": {\"body_encoding\": \"rot13\"}}", HDRS);
+             "\"headers\": %s, \"properties\": {\"body_encoding\": \"rot13\"}}",
+             HDRS);
     assert_int_equal(cel_task_decode_envelope(env, strlen(env), &t, &err), CEL_EBODY);
     assert_non_null(strstr(err.msg, "rot13"));
     cel_task_free(t);
@@ -361,18 +377,18 @@ static void test_body_shapes(void **state) {
               CEL_EBODY, "retries");
     expect_rc("{\"task\": \"t\", \"id\": \"id-1\", \"timelimit\": [1]}", "[[], {}, null]", J,
               CEL_EBODY, "timelimit");
-    expect_rc("{\"task\": \"t\", \"id\": \"id-1\", \"timelimit\": [\"a\", 1]}", "[[], {}, null]",
-              J, CEL_EBODY, "timelimit");
+    expect_rc("{\"task\": \"t\", \"id\": \"id-1\", \"timelimit\": [\"a\", 1]}", "[[], {}, null]", J,
+              CEL_EBODY, "timelimit");
     /* protocol 1 body without a task name */
     expect_rc("{}", "{\"id\": \"x\", \"args\": []}", J, CEL_EPROTO, "protocol 1");
-    expect_rc("{}", "{\"task\": \"t\", \"id\": \"id-1\", \"kwargs\": 5}", J, CEL_EBODY,
-              "mapping");
+    expect_rc("{}", "{\"task\": \"t\", \"id\": \"id-1\", \"kwargs\": 5}", J, CEL_EBODY, "mapping");
 }
 
 static void test_content_types(void **state) {
     const char *b = "[[1], {}, null]";
     expect_rc(HDRS, b, "application/x-python-serialize", CEL_EBODY, "pickle");
-    expect_rc(HDRS, b, "application/x-yaml", CEL_EBODY, "unsupported content type 'application/x-yaml'");
+    expect_rc(HDRS, b, "application/x-yaml", CEL_EBODY,
+              "unsupported content type 'application/x-yaml'");
     expect_rc(HDRS, b, "text/plain", CEL_EBODY, "unsupported content type");
     expect_rc(HDRS, b, "", CEL_EBODY, "no content type");
     expect_rc(HDRS, b, "application/json; charset=utf-8", CEL_OK, NULL);
@@ -384,35 +400,34 @@ static void test_content_types(void **state) {
 static void test_msgpack_bodies(void **state) {
     const char *M = "application/x-msgpack";
     /* [[1], {"a": 2}, nil] */
-    const uint8_t ok[] = {0x93, 0x91, 0x01, 0x81, 0xa1, 'a', 0x02, 0xc0};
+    const uint8_t ok[] = { 0x93, 0x91, 0x01, 0x81, 0xa1, 'a', 0x02, 0xc0 };
     /* [[1], {1: 2}, nil]: non-string key */
-    const uint8_t intkey[] = {0x93, 0x91, 0x01, 0x81, 0x01, 0x02, 0xc0};
+    const uint8_t intkey[] = { 0x93, 0x91, 0x01, 0x81, 0x01, 0x02, 0xc0 };
     /* truncated */
-    const uint8_t trunc[] = {0x93, 0x91, 0x01, 0x81, 0xa1};
+    const uint8_t trunc[] = { 0x93, 0x91, 0x01, 0x81, 0xa1 };
     /* uint64 beyond int64 */
-    const uint8_t big[] = {0x93, 0x91, 0xcf, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x80, 0xc0};
+    const uint8_t big[] = { 0x93, 0x91, 0xcf, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x80, 0xc0 };
     /* float64 NaN */
-    const uint8_t nan[] = {0x93, 0x91, 0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0, 0x80, 0xc0};
+    const uint8_t nan[] = { 0x93, 0x91, 0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0, 0x80, 0xc0 };
     /* array header claiming 2^32-1 items */
-    const uint8_t huge[] = {0x93, 0xdd, 0xff, 0xff, 0xff, 0xff, 0x80, 0xc0};
+    const uint8_t huge[] = { 0x93, 0xdd, 0xff, 0xff, 0xff, 0xff, 0x80, 0xc0 };
     struct {
         const uint8_t *b;
         size_t n;
         int rc;
         const char *msg;
-    } cases[] = {{ok, sizeof(ok), CEL_OK, NULL},
-                 {intkey, sizeof(intkey), CEL_EBODY, "not a string"},
-                 {trunc, sizeof(trunc), CEL_EBODY, "truncated"},
-                 {big, sizeof(big), CEL_EBODY, "int64"},
-                 {nan, sizeof(nan), CEL_EBODY, "NaN"},
-                 {huge, sizeof(huge), CEL_EBODY, "over the limit"}};
+    } cases[] = { { ok, sizeof(ok), CEL_OK, NULL },
+                  { intkey, sizeof(intkey), CEL_EBODY, "not a string" },
+                  { trunc, sizeof(trunc), CEL_EBODY, "truncated" },
+                  { big, sizeof(big), CEL_EBODY, "int64" },
+                  { nan, sizeof(nan), CEL_EBODY, "NaN" },
+                  { huge, sizeof(huge), CEL_EBODY, "over the limit" } };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char *env = make_env(HDRS, cases[i].b, cases[i].n, M);
         cel_task_t *t;
         cel_err_t err;
         int rc = cel_task_decode_envelope(env, strlen(env), &t, &err);
-        if (rc != cases[i].rc)
-            fail_msg("case %zu: got %s (%s)", i, cel_err_name(rc), err.msg);
+        if (rc != cases[i].rc) fail_msg("case %zu: got %s (%s)", i, cel_err_name(rc), err.msg);
         if (cases[i].msg && !strstr(err.msg, cases[i].msg))
             fail_msg("case %zu: message '%s'", i, err.msg);
         assert_non_null(t);
@@ -426,10 +441,8 @@ static char *nested_json(int depth) {
     char *s = malloc((size_t)depth * 2 + 32);
     size_t n = 0;
     s[n++] = '[';
-    for (int i = 1; i < depth; i++)
-        s[n++] = '[';
-    for (int i = 1; i < depth; i++)
-        s[n++] = ']';
+    for (int i = 1; i < depth; i++) s[n++] = '[';
+    for (int i = 1; i < depth; i++) s[n++] = ']';
     n += (size_t)sprintf(s + n, ", {}, null]");
     return s;
 }
@@ -444,8 +457,7 @@ static void test_depth_limits(void **state) {
         uint8_t mp[256];
         size_t n = 0;
         mp[n++] = 0x93;
-        for (int i = 1; i < d - 1; i++)
-            mp[n++] = 0x91;
+        for (int i = 1; i < d - 1; i++) mp[n++] = 0x91;
         mp[n++] = 0x90;
         mp[n++] = 0x80;
         mp[n++] = 0xc0;
@@ -464,10 +476,8 @@ static void test_depth_limits(void **state) {
     /* a deep envelope (headers) is refused outright */
     char hdr[512];
     int n = snprintf(hdr, sizeof(hdr), "{\"task\": \"t\", \"id\": \"id-1\", \"x\": ");
-    for (int i = 0; i < CEL_MSG_MAX_DEPTH; i++)
-        hdr[n++] = '[';
-    for (int i = 0; i < CEL_MSG_MAX_DEPTH; i++)
-        hdr[n++] = ']';
+    for (int i = 0; i < CEL_MSG_MAX_DEPTH; i++) hdr[n++] = '[';
+    for (int i = 0; i < CEL_MSG_MAX_DEPTH; i++) hdr[n++] = ']';
     hdr[n++] = '}';
     hdr[n] = '\0';
     expect_rc(hdr, "[[], {}, null]", "application/json", CEL_ELIMIT, "nested deeper");
@@ -482,15 +492,15 @@ static void test_size_limits(void **state) {
     json_t *h = json_loads(HDRS, 0, NULL);
     cel_task_t *t;
     cel_err_t err;
-    assert_int_equal(cel_task_decode_parts(h, NULL, NULL, big, n, "application/json", "utf-8", &t,
-                                           &err),
-                     CEL_EBODY);
+    assert_int_equal(
+        cel_task_decode_parts(h, NULL, NULL, big, n, "application/json", "utf-8", &t, &err),
+        CEL_EBODY);
     assert_non_null(strstr(err.msg, "over the"));
     cel_task_free(t);
     /* exactly at the limit: accepted as far as size goes (it is all blanks, so bad JSON) */
-    assert_int_equal(cel_task_decode_parts(h, NULL, NULL, big, n - 1, "application/json", "utf-8",
-                                           &t, &err),
-                     CEL_EBODY);
+    assert_int_equal(
+        cel_task_decode_parts(h, NULL, NULL, big, n - 1, "application/json", "utf-8", &t, &err),
+        CEL_EBODY);
     assert_null(strstr(err.msg, "over the"));
     cel_task_free(t);
     /* an envelope over the limit */
@@ -502,12 +512,12 @@ static void test_size_limits(void **state) {
 
 static void test_decode_parts_amqp(void **state) {
     json_t *h = json_pack("{s:s, s:s, s:s, s:[i, f], s:s, s:i, s:b}", "task", "tasks.add", "id",
-                          "amqp-1", "eta", "2026-11-22T21:14:16.013988+00:00", "timelimit", 10,
-                          5.5, "root_id", "r", "group_index", 2, "ignore_result", 1);
-    json_t *p = json_pack("{s:s, s:s, s:i}", "correlation_id", "amqp-1", "reply_to", "oid",
-                          "priority", 12);
-    json_t *d = json_pack("{s:s, s:s, s:b}", "exchange", "", "routing_key", "celery",
-                          "redelivered", 1);
+                          "amqp-1", "eta", "2026-11-22T21:14:16.013988+00:00", "timelimit", 10, 5.5,
+                          "root_id", "r", "group_index", 2, "ignore_result", 1);
+    json_t *p =
+        json_pack("{s:s, s:s, s:i}", "correlation_id", "amqp-1", "reply_to", "oid", "priority", 12);
+    json_t *d =
+        json_pack("{s:s, s:s, s:b}", "exchange", "", "routing_key", "celery", "redelivered", 1);
     const char *body = "[[1, \"x\"], {\"k\": 2.5}, {\"callbacks\": null, \"errbacks\": null, "
                        "\"chain\": null, \"chord\": null}]";
     cel_task_t *t;
@@ -537,12 +547,12 @@ static void test_decode_parts_amqp(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_inline_capture),   cmocka_unit_test(test_real_messages),
-        cmocka_unit_test(test_envelope_errors),  cmocka_unit_test(test_bad_base64),
-        cmocka_unit_test(test_body_shapes),      cmocka_unit_test(test_content_types),
-        cmocka_unit_test(test_msgpack_bodies),   cmocka_unit_test(test_depth_limits),
-        cmocka_unit_test(test_size_limits),      cmocka_unit_test(test_decode_parts_amqp),
-        cmocka_unit_test(test_lone_surrogates),  cmocka_unit_test(test_surrogate_at_buffer_end),
+        cmocka_unit_test(test_inline_capture),  cmocka_unit_test(test_real_messages),
+        cmocka_unit_test(test_envelope_errors), cmocka_unit_test(test_bad_base64),
+        cmocka_unit_test(test_body_shapes),     cmocka_unit_test(test_content_types),
+        cmocka_unit_test(test_msgpack_bodies),  cmocka_unit_test(test_depth_limits),
+        cmocka_unit_test(test_size_limits),     cmocka_unit_test(test_decode_parts_amqp),
+        cmocka_unit_test(test_lone_surrogates), cmocka_unit_test(test_surrogate_at_buffer_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

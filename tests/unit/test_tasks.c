@@ -17,8 +17,8 @@
 #include "../../worker/options.h"
 
 /* Every task of the table, through the name list. */
-#define FOR_EACH_TASK(t)                                                                        \
-    for (const char *const *n_ = cel_tasks_names(); *n_; n_++)                                 \
+#define FOR_EACH_TASK(t)                                       \
+    for (const char *const *n_ = cel_tasks_names(); *n_; n_++) \
         for (const cel_tasks_task_t *t = cel_tasks_find(*n_); t; t = NULL)
 
 static void test_names_sorted_and_found(void **state) {
@@ -34,8 +34,8 @@ static void test_names_sorted_and_found(void **state) {
     }
     assert_int_equal(n, 16);
     assert_ptr_equal(cel_tasks_names(), names); /* static storage */
-    static const char *const unknown[] = {"", "diag", "diag.", "diag.add ", "lora.deletex",
-                                          "a", "zzz", "model.score2", "DIAG.ADD"};
+    static const char *const unknown[] = { "",  "diag", "diag.",        "diag.add ", "lora.deletex",
+                                           "a", "zzz",  "model.score2", "DIAG.ADD" };
     for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++) {
         assert_null(cel_tasks_find(unknown[i]));
         assert_false(cel_tasks_known(unknown[i]));
@@ -53,8 +53,8 @@ static void test_adapter_params(void **state) {
         if (!t->adapter_param) {
             assert_int_equal(pos, -1);
         } else {
-            if (pos < 0) fail_msg("%s: adapter_param %s is not a parameter", t->name,
-                                  t->adapter_param);
+            if (pos < 0)
+                fail_msg("%s: adapter_param %s is not a parameter", t->name, t->adapter_param);
             assert_int_equal(t->params[pos].type, CEL_TASKS_STR);
             bound++;
         }
@@ -88,8 +88,7 @@ static void check_spec(const char *task, const cel_tasks_spec_t *s, int named) {
     if (s->required && s->dflt) fail_msg("%s %s: required with a default", task, what);
     if (!named && (s->required || s->dflt || s->nullable))
         fail_msg("%s %s: an item has required/default/nullable", task, what);
-    if (s->has_min && s->has_max && !(s->min < s->max))
-        fail_msg("%s %s: empty range", task, what);
+    if (s->has_min && s->has_max && !(s->min < s->max)) fail_msg("%s %s: empty range", task, what);
     if ((s->has_min || s->has_max) && s->type != CEL_TASKS_INT && s->type != CEL_TASKS_NUMBER)
         fail_msg("%s %s: bounds on a non-number", task, what);
     if ((s->min_len || s->max_len) && s->type != CEL_TASKS_STR && s->type != CEL_TASKS_LIST)
@@ -126,8 +125,8 @@ static void test_specs(void **state) {
             check_spec(t->name, &t->params[i], 1);
             /* Python: no required parameter after one with a default */
             if (!t->params[i].required) optional = 1;
-            else if (optional) fail_msg("%s: required %s after a default", t->name,
-                                        t->params[i].name);
+            else if (optional)
+                fail_msg("%s: required %s after a default", t->name, t->params[i].name);
             for (int j = 0; j < i; j++)
                 if (strcmp(t->params[i].name, t->params[j].name) == 0)
                     fail_msg("%s: parameter %s twice", t->name, t->params[i].name);
@@ -139,7 +138,7 @@ static void test_specs(void **state) {
  * (executor/call.c). */
 static void check_defaults(const char *task_name, const cel_tasks_spec_t *s) {
     if (s->name && !s->required) {
-        cel_call_t c = {.name = task_name};
+        cel_call_t c = { .name = task_name };
         json_t *d = json_loads(s->dflt, JSON_DECODE_ANY, NULL), *out = NULL;
         assert_non_null(d);
         int rc = cel_call_check(&c, s, d, &out);
@@ -183,8 +182,8 @@ static void test_targets_are_the_models(void **state) {
 
 /* The described spec d says what s holds. */
 static void check_described(const cel_tasks_spec_t *s, json_t *d) {
-    static const char *const types[] = {"any", "int", "number", "str", "bool", "list", "dict",
-                                        "one_of"};
+    static const char *const types[] = { "any",  "int",  "number", "str",
+                                         "bool", "list", "dict",   "one_of" };
     assert_true(json_is_object(d));
     if (s->name) assert_string_equal(json_string_value(json_object_get(d, "name")), s->name);
     else assert_null(json_object_get(d, "name"));
@@ -315,11 +314,11 @@ static void test_known_facts(void **state) {
 static void test_describe_option(void **state) {
     cel_options_t cfg;
     cel_err_t err;
-    char *argv[] = {"celeriac", "--describe-tasks", NULL};
+    char *argv[] = { "celeriac", "--describe-tasks", NULL };
     assert_int_equal(cel_options_parse(&cfg, 2, argv, &err), 1);
     assert_true(cfg.describe_tasks);
     cel_options_free(&cfg);
-    char *argv2[] = {"celeriac", "-Q", "a,b", NULL};
+    char *argv2[] = { "celeriac", "-Q", "a,b", NULL };
     assert_int_equal(cel_options_parse(&cfg, 3, argv2, &err), CEL_OK);
     assert_false(cfg.describe_tasks);
     cel_options_free(&cfg);

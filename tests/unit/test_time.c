@@ -31,8 +31,7 @@ static void test_python_fixtures(void **state) {
         const char *s = json_string_value(json_array_get(c, 0));
         double want = json_number_value(json_array_get(c, 1)), got;
         cel_err_t err;
-        if (cel_time_parse_iso8601(s, &got, &err) != CEL_OK)
-            fail_msg("%s: %s", s, err.msg);
+        if (cel_time_parse_iso8601(s, &got, &err) != CEL_OK) fail_msg("%s: %s", s, err.msg);
         if (got - want > 1e-6 || want - got > 1e-6)
             fail_msg("%s: want %.6f got %.6f", s, want, got);
     }

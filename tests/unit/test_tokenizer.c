@@ -49,8 +49,8 @@ static void byte_str(int b, char out[3]) {
 
 /* Merges of the test vocabulary; their tokens get ids 256.. in this order. */
 static const char *const MERGES[][2] = {
-    {"h", "e"},  {"l", "l"},   {"he", "ll"},   {"hell", "o"}, {"Ġ", "w"},
-    {"o", "r"},  {"Ġw", "or"}, {"l", "d"},     {"Ġwor", "ld"}, {"Ġ", "Ġ"},
+    { "h", "e" }, { "l", "l" },   { "he", "ll" }, { "hell", "o" },  { "Ġ", "w" },
+    { "o", "r" }, { "Ġw", "or" }, { "l", "d" },   { "Ġwor", "ld" }, { "Ġ", "Ġ" },
 };
 #define N_MERGES (sizeof(MERGES) / sizeof(MERGES[0]))
 
@@ -78,16 +78,13 @@ static json_t *base_doc(int pairs) {
         "{s:s, s:[{s:i, s:s, s:b, s:b, s:b, s:b, s:b}, {s:i, s:s, s:b, s:b, s:b, s:b, s:b}],"
         " s:n, s:{s:s, s:b, s:b, s:b}, s:n, s:{s:s, s:b, s:b, s:b},"
         " s:{s:s, s:n, s:n, s:b, s:b, s:o, s:o}}",
-        "version", "1.0", "added_tokens",
-        "id", 300, "content", "<|endoftext|>", "single_word", 0, "lstrip", 0, "rstrip", 0,
-        "normalized", 1, "special", 1,
-        "id", 301, "content", "<tool>", "single_word", 0, "lstrip", 1, "rstrip", 1,
-        "normalized", 0, "special", 0,
-        "normalizer", "pre_tokenizer", "type", "ByteLevel", "add_prefix_space", 0,
-        "trim_offsets", 1, "use_regex", 1, "post_processor", "decoder", "type", "ByteLevel",
-        "add_prefix_space", 1, "trim_offsets", 1, "use_regex", 1, "model", "type", "BPE",
-        "dropout", "unk_token", "fuse_unk", 0, "byte_fallback", 0, "vocab", vocab, "merges",
-        merges);
+        "version", "1.0", "added_tokens", "id", 300, "content", "<|endoftext|>", "single_word", 0,
+        "lstrip", 0, "rstrip", 0, "normalized", 1, "special", 1, "id", 301, "content", "<tool>",
+        "single_word", 0, "lstrip", 1, "rstrip", 1, "normalized", 0, "special", 0, "normalizer",
+        "pre_tokenizer", "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 1, "use_regex",
+        1, "post_processor", "decoder", "type", "ByteLevel", "add_prefix_space", 1, "trim_offsets",
+        1, "use_regex", 1, "model", "type", "BPE", "dropout", "unk_token", "fuse_unk", 0,
+        "byte_fallback", 0, "vocab", vocab, "merges", merges);
 }
 
 /* Loads doc (taken) and returns the code; *out gets the tokenizer on success. */
@@ -102,10 +99,9 @@ static int load_doc(json_t *doc, cel_tokenizer_t **out, cel_err_t *err) {
 
 static cel_tokenizer_t *load_ok(json_t *doc) {
     cel_tokenizer_t *t = NULL;
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     int rc = load_doc(doc, &t, &err);
-    if (rc != CEL_OK)
-        fail_msg("load: %d %s", rc, err.msg);
+    if (rc != CEL_OK) fail_msg("load: %d %s", rc, err.msg);
     return t;
 }
 
@@ -114,15 +110,13 @@ static void check_encode(cel_tokenizer_t *t, const char *text, int add_bos, cons
                          size_t n) {
     int32_t *ids = NULL;
     size_t got = 0;
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     assert_int_equal(cel_tokenizer_encode(t, text, strlen(text), add_bos, &ids, &got, &err),
                      CEL_OK);
     assert_non_null(ids);
-    if (got != n)
-        fail_msg("%s: %zu ids, want %zu", text, got, n);
+    if (got != n) fail_msg("%s: %zu ids, want %zu", text, got, n);
     for (size_t i = 0; i < n; i++)
-        if (ids[i] != want[i])
-            fail_msg("%s: id %zu is %d, want %d", text, i, ids[i], want[i]);
+        if (ids[i] != want[i]) fail_msg("%s: id %zu is %d, want %d", text, i, ids[i], want[i]);
     char *back = NULL;
     size_t blen = 0;
     assert_int_equal(cel_tokenizer_decode(t, ids, got, &back, &blen, &err), CEL_OK);
@@ -130,10 +124,10 @@ static void check_encode(cel_tokenizer_t *t, const char *text, int add_bos, cons
     free(back);
 }
 
-#define ENC(t, text, bos, ...)                                                              \
-    do {                                                                                    \
-        const int32_t w_[] = {__VA_ARGS__};                                                 \
-        check_encode(t, text, bos, w_, sizeof(w_) / sizeof(w_[0]));                         \
+#define ENC(t, text, bos, ...)                                      \
+    do {                                                            \
+        const int32_t w_[] = { __VA_ARGS__ };                       \
+        check_encode(t, text, bos, w_, sizeof(w_) / sizeof(w_[0])); \
     } while (0)
 
 /* Decodes ids and compares with want (NUL-terminated, or wlen bytes). */
@@ -141,7 +135,7 @@ static void check_decode(cel_tokenizer_t *t, const int32_t *ids, size_t n, const
                          size_t wlen) {
     char *text = NULL;
     size_t len = 0;
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     assert_int_equal(cel_tokenizer_decode(t, ids, n, &text, &len, &err), CEL_OK);
     assert_int_equal(len, wlen);
     assert_memory_equal(text, want, wlen);
@@ -154,13 +148,13 @@ static void test_encode_gpt2(void **state) {
     for (int pairs = 0; pairs < 2; pairs++) {
         cel_tokenizer_t *t = load_ok(base_doc(pairs));
         ENC(t, "hello world", 0, 259, 264);
-        ENC(t, "hello  world", 0, 259, 32, 264);       /* "  world" -> " ", " world" */
-        ENC(t, "hello   world", 0, 259, 265, 264);     /* "ĠĠ" merged */
+        ENC(t, "hello  world", 0, 259, 32, 264);   /* "  world" -> " ", " world" */
+        ENC(t, "hello   world", 0, 259, 265, 264); /* "ĠĠ" merged */
         ENC(t, "hello\n", 0, 259, 10);
-        ENC(t, "he's", 0, 256, '\'', 's');             /* contraction split */
+        ENC(t, "he's", 0, 256, '\'', 's'); /* contraction split */
         ENC(t, "ll<|endoftext|>ll", 0, 257, 300, 257);
-        ENC(t, "a <tool>  b", 0, 'a', 301, 'b');        /* lstrip and rstrip eat spaces */
-        ENC(t, "hello", 1, 259);                        /* no bos known */
+        ENC(t, "a <tool>  b", 0, 'a', 301, 'b'); /* lstrip and rstrip eat spaces */
+        ENC(t, "hello", 1, 259);                 /* no bos known */
         ENC(t, "é", 0, 0xC3, 0xA9);
         ENC(t, "x1234", 0, 'x', '1', '2', '3', '4');
         int32_t *ids = NULL;
@@ -191,7 +185,7 @@ static void test_lookups(void **state) {
     assert_int_equal(cel_tokenizer_is_special(t, 5), 0);
     assert_int_equal(cel_tokenizer_bos(t), -1);
     assert_int_equal(cel_tokenizer_eos(t), 300);
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     assert_int_equal(cel_tokenizer_set_bos(t, 280, &err), CEL_EINVAL);
     assert_int_equal(cel_tokenizer_set_bos(t, 302, &err), CEL_EINVAL);
     assert_int_equal(cel_tokenizer_set_bos(t, -2, &err), CEL_EINVAL);
@@ -210,28 +204,32 @@ static void test_lookups(void **state) {
 static void test_decode(void **state) {
     (void)state;
     cel_tokenizer_t *t = load_ok(base_doc(0));
-    const int32_t hw[] = {259, 32, 264, 300};
+    const int32_t hw[] = { 259, 32, 264, 300 };
     check_decode(t, hw, 4, "hello  world<|endoftext|>", 25);
-    const int32_t cut[] = {0xE6, 'a'}; /* first byte of a 3-byte character, then 'a' */
-    check_decode(t, cut, 2, "\xEF\xBF\xBD" "a", 4);
-    const int32_t cut2[] = {0xE6, 0x97}; /* two of three bytes: one U+FFFD */
+    const int32_t cut[] = { 0xE6, 'a' }; /* first byte of a 3-byte character, then 'a' */
+    check_decode(t, cut, 2,
+                 "\xEF\xBF\xBD"
+                 "a",
+                 4);
+    const int32_t cut2[] = { 0xE6, 0x97 }; /* two of three bytes: one U+FFFD */
     check_decode(t, cut2, 2, "\xEF\xBF\xBD", 3);
-    const int32_t sur[] = {0xED, 0xA0, 0x80}; /* surrogate: three U+FFFD */
+    const int32_t sur[] = { 0xED, 0xA0, 0x80 }; /* surrogate: three U+FFFD */
     check_decode(t, sur, 3, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD", 9);
-    const int32_t nul[] = {0, 'x'};
+    const int32_t nul[] = { 0, 'x' };
     check_decode(t, nul, 2, "\0x", 2);
     check_decode(t, NULL, 0, "", 0);
     char *text = (char *)1;
-    cel_err_t err = {0};
-    const int32_t bad[] = {'a', 302};
+    cel_err_t err = { 0 };
+    const int32_t bad[] = { 'a', 302 };
     assert_int_equal(cel_tokenizer_decode(t, bad, 2, &text, NULL, &err), CEL_EINVAL);
     assert_null(text);
-    const int32_t gap[] = {280};
+    const int32_t gap[] = { 280 };
     assert_int_equal(cel_tokenizer_decode(t, gap, 1, &text, NULL, &err), CEL_EINVAL);
-    const int32_t neg[] = {-1};
+    const int32_t neg[] = { -1 };
     assert_int_equal(cel_tokenizer_decode(t, neg, 1, &text, NULL, &err), CEL_EINVAL);
-    assert_int_equal(cel_tokenizer_decode(t, hw, (size_t)CEL_TOKENIZER_MAX_DECODE_IDS + 1,
-                                          &text, NULL, &err), CEL_ELIMIT);
+    assert_int_equal(
+        cel_tokenizer_decode(t, hw, (size_t)CEL_TOKENIZER_MAX_DECODE_IDS + 1, &text, NULL, &err),
+        CEL_ELIMIT);
     cel_tokenizer_free(t);
 }
 
@@ -240,9 +238,9 @@ static void test_encode_errors(void **state) {
     cel_tokenizer_t *t = load_ok(base_doc(0));
     int32_t *ids = (int32_t *)1;
     size_t n = 7;
-    cel_err_t err = {0};
-    static const char *const bad[] = {"\xff", "ab\xc3", "\xed\xa0\x80", "\xc0\xaf",
-                                      "\xf4\x90\x80\x80", "\xe0\x80\x80"};
+    cel_err_t err = { 0 };
+    static const char *const bad[] = { "\xff",     "ab\xc3",           "\xed\xa0\x80",
+                                       "\xc0\xaf", "\xf4\x90\x80\x80", "\xe0\x80\x80" };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         assert_int_equal(cel_tokenizer_encode(t, bad[i], strlen(bad[i]), 0, &ids, &n, &err),
                          CEL_EINVAL);
@@ -250,8 +248,9 @@ static void test_encode_errors(void **state) {
         assert_int_equal(n, 0);
     }
     /* the length is checked before the text is read */
-    assert_int_equal(cel_tokenizer_encode(t, "x", (size_t)CEL_TOKENIZER_MAX_INPUT_BYTES + 1, 0,
-                                          &ids, &n, &err), CEL_ELIMIT);
+    assert_int_equal(
+        cel_tokenizer_encode(t, "x", (size_t)CEL_TOKENIZER_MAX_INPUT_BYTES + 1, 0, &ids, &n, &err),
+        CEL_ELIMIT);
     assert_int_equal(err.code, CEL_ELIMIT);
     assert_int_equal(cel_tokenizer_encode(t, NULL, 3, 0, &ids, &n, &err), CEL_EINVAL);
     /* NUL is a character like any other */
@@ -271,17 +270,20 @@ static json_t *llama_doc(int ignore_merges) {
     json_object_set_new(model, "ignore_merges", json_boolean(ignore_merges));
     /* "Ġhe" is in the vocab but no merge makes it: only ignore_merges finds it */
     json_object_set_new(json_object_get(model, "vocab"), "Ġhe", json_integer(266));
-    json_object_set_new(doc, "pre_tokenizer", json_pack(
-        "{s:s, s:[{s:s, s:{s:s}, s:s, s:b}, {s:s, s:b, s:b, s:b}]}", "type", "Sequence",
-        "pretokenizers", "type", "Split", "pattern", "Regex", LLAMA3_RE, "behavior",
-        "Isolated", "invert", 0, "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets",
-        1, "use_regex", 0));
-    json_object_set_new(doc, "post_processor", json_pack(
-        "{s:s, s:[{s:s}, {s:s, s:[{s:{s:s, s:i}}, {s:{s:s, s:i}}], s:{s:{s:s, s:[i], s:[s]}}}]}",
-        "type", "Sequence", "processors", "type", "ByteLevel", "type", "TemplateProcessing",
-        "single", "SpecialToken", "id", "<|endoftext|>", "type_id", 0, "Sequence", "id", "A",
-        "type_id", 0, "special_tokens", "<|endoftext|>", "id", "<|endoftext|>", "ids", 300,
-        "tokens", "<|endoftext|>"));
+    json_object_set_new(doc, "pre_tokenizer",
+                        json_pack("{s:s, s:[{s:s, s:{s:s}, s:s, s:b}, {s:s, s:b, s:b, s:b}]}",
+                                  "type", "Sequence", "pretokenizers", "type", "Split", "pattern",
+                                  "Regex", LLAMA3_RE, "behavior", "Isolated", "invert", 0, "type",
+                                  "ByteLevel", "add_prefix_space", 0, "trim_offsets", 1,
+                                  "use_regex", 0));
+    json_object_set_new(doc, "post_processor",
+                        json_pack("{s:s, s:[{s:s}, {s:s, s:[{s:{s:s, s:i}}, {s:{s:s, s:i}}], "
+                                  "s:{s:{s:s, s:[i], s:[s]}}}]}",
+                                  "type", "Sequence", "processors", "type", "ByteLevel", "type",
+                                  "TemplateProcessing", "single", "SpecialToken", "id",
+                                  "<|endoftext|>", "type_id", 0, "Sequence", "id", "A", "type_id",
+                                  0, "special_tokens", "<|endoftext|>", "id", "<|endoftext|>",
+                                  "ids", 300, "tokens", "<|endoftext|>"));
     return doc;
 }
 
@@ -290,12 +292,12 @@ static void test_encode_llama3(void **state) {
     cel_tokenizer_t *t = load_ok(llama_doc(1));
     assert_int_equal(cel_tokenizer_bos(t), 300);
     ENC(t, "hello world", 1, 300, 259, 264);
-    ENC(t, " he", 0, 266);                         /* whole piece found in the vocab */
+    ENC(t, " he", 0, 266); /* whole piece found in the vocab */
     ENC(t, "x12345", 0, 'x', '1', '2', '3', '4', '5');
-    ENC(t, "HE'S", 0, 'H', 'E', '\'', 'S');        /* (?i:'s) */
+    ENC(t, "HE'S", 0, 'H', 'E', '\'', 'S'); /* (?i:'s) */
     cel_tokenizer_free(t);
     t = load_ok(llama_doc(0));
-    ENC(t, " he", 0, 32, 256);                     /* merged: Ġ + he */
+    ENC(t, " he", 0, 32, 256); /* merged: Ġ + he */
     cel_tokenizer_free(t);
 }
 
@@ -306,10 +308,9 @@ static void expect_load_error(edit_fn edit, int code) {
     json_t *doc = base_doc(0);
     edit(doc);
     cel_tokenizer_t *t = (cel_tokenizer_t *)1;
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     int rc = load_doc(doc, &t, &err);
-    if (rc != code)
-        fail_msg("load gave %d (%s), want %d", rc, err.msg, code);
+    if (rc != code) fail_msg("load gave %d (%s), want %d", rc, err.msg, code);
     assert_null(t);
     assert_int_equal(err.code, code);
     assert_true(strlen(err.msg) > 0);
@@ -319,7 +320,9 @@ static void expect_load_error(edit_fn edit, int code) {
 #define VOCAB(doc) json_object_get(MODEL(doc), "vocab")
 static void e_no_model(json_t *d) { json_object_del(d, "model"); }
 static void e_model_array(json_t *d) { json_object_set_new(d, "model", json_array()); }
-static void e_wordpiece(json_t *d) { json_object_set_new(MODEL(d), "type", json_string("WordPiece")); }
+static void e_wordpiece(json_t *d) {
+    json_object_set_new(MODEL(d), "type", json_string("WordPiece"));
+}
 static void e_type_int(json_t *d) { json_object_set_new(MODEL(d), "type", json_integer(3)); }
 static void e_vocab_array(json_t *d) { json_object_set_new(MODEL(d), "vocab", json_array()); }
 static void e_vocab_empty(json_t *d) { json_object_set_new(MODEL(d), "vocab", json_object()); }
@@ -390,21 +393,23 @@ static void e_pre_ws(json_t *d) {
 }
 static void e_pre_notype(json_t *d) { json_object_set_new(d, "pre_tokenizer", json_object()); }
 static void e_split_regex(json_t *d) {
-    json_object_set_new(d, "pre_tokenizer", json_pack(
-        "{s:s, s:[{s:s, s:{s:s}, s:s, s:b}, {s:s, s:b}]}", "type", "Sequence", "pretokenizers",
-        "type", "Split", "pattern", "Regex", "\\w+", "behavior", "Isolated", "invert", 0,
-        "type", "ByteLevel", "use_regex", 0));
+    json_object_set_new(d, "pre_tokenizer",
+                        json_pack("{s:s, s:[{s:s, s:{s:s}, s:s, s:b}, {s:s, s:b}]}", "type",
+                                  "Sequence", "pretokenizers", "type", "Split", "pattern", "Regex",
+                                  "\\w+", "behavior", "Isolated", "invert", 0, "type", "ByteLevel",
+                                  "use_regex", 0));
 }
 static void e_split_removed(json_t *d) {
-    json_object_set_new(d, "pre_tokenizer", json_pack(
-        "{s:s, s:[{s:s, s:{s:s}, s:s, s:b}, {s:s}]}", "type", "Sequence", "pretokenizers",
-        "type", "Split", "pattern", "Regex", LLAMA3_RE, "behavior", "Removed", "invert", 0,
-        "type", "ByteLevel"));
+    json_object_set_new(d, "pre_tokenizer",
+                        json_pack("{s:s, s:[{s:s, s:{s:s}, s:s, s:b}, {s:s}]}", "type", "Sequence",
+                                  "pretokenizers", "type", "Split", "pattern", "Regex", LLAMA3_RE,
+                                  "behavior", "Removed", "invert", 0, "type", "ByteLevel"));
 }
 static void e_bytelevel_first(json_t *d) {
-    json_object_set_new(d, "pre_tokenizer", json_pack(
-        "{s:s, s:[{s:s}, {s:s, s:b}]}", "type", "Sequence", "pretokenizers", "type",
-        "ByteLevel", "type", "Digits", "individual_digits", 1));
+    json_object_set_new(d, "pre_tokenizer",
+                        json_pack("{s:s, s:[{s:s}, {s:s, s:b}]}", "type", "Sequence",
+                                  "pretokenizers", "type", "ByteLevel", "type", "Digits",
+                                  "individual_digits", 1));
 }
 static void e_pre_deep(json_t *d) {
     json_t *p = json_pack("{s:s}", "type", "ByteLevel");
@@ -414,11 +419,10 @@ static void e_pre_deep(json_t *d) {
 }
 static void e_pre_steps(json_t *d) {
     json_t *a = json_array();
-    for (int i = 0; i < 12; i++)
-        json_array_append_new(a, json_pack("{s:s}", "type", "Digits"));
+    for (int i = 0; i < 12; i++) json_array_append_new(a, json_pack("{s:s}", "type", "Digits"));
     json_array_append_new(a, json_pack("{s:s}", "type", "ByteLevel"));
-    json_object_set_new(d, "pre_tokenizer", json_pack("{s:s, s:o}", "type", "Sequence",
-                                                      "pretokenizers", a));
+    json_object_set_new(d, "pre_tokenizer",
+                        json_pack("{s:s, s:o}", "type", "Sequence", "pretokenizers", a));
 }
 static void e_normalizer(json_t *d) {
     json_object_set_new(d, "normalizer", json_pack("{s:s}", "type", "NFC"));
@@ -434,14 +438,15 @@ static void e_prefix(json_t *d) {
 }
 static void e_unk(json_t *d) { json_object_set_new(MODEL(d), "unk_token", json_string("<unk>")); }
 static void e_post_bad(json_t *d) {
-    json_object_set_new(d, "post_processor", json_pack(
-        "{s:s, s:[{s:{s:s}}], s:{}}", "type", "TemplateProcessing", "single", "SpecialToken",
-        "id", "<s>", "special_tokens"));
+    json_object_set_new(d, "post_processor",
+                        json_pack("{s:s, s:[{s:{s:s}}], s:{}}", "type", "TemplateProcessing",
+                                  "single", "SpecialToken", "id", "<s>", "special_tokens"));
 }
 static void e_post_gap(json_t *d) {
-    json_object_set_new(d, "post_processor", json_pack(
-        "{s:s, s:[{s:{s:s}}], s:{s:{s:[i]}}}", "type", "TemplateProcessing", "single",
-        "SpecialToken", "id", "<s>", "special_tokens", "<s>", "ids", 280));
+    json_object_set_new(d, "post_processor",
+                        json_pack("{s:s, s:[{s:{s:s}}], s:{s:{s:[i]}}}", "type",
+                                  "TemplateProcessing", "single", "SpecialToken", "id", "<s>",
+                                  "special_tokens", "<s>", "ids", 280));
 }
 static void e_bool_type(json_t *d) {
     json_object_set_new(json_object_get(d, "pre_tokenizer"), "use_regex", json_integer(1));
@@ -497,15 +502,21 @@ static void test_load_errors(void **state) {
 static void test_load_bad_bytes(void **state) {
     (void)state;
     cel_tokenizer_t *t = (cel_tokenizer_t *)1;
-    cel_err_t err = {0};
-    static const char *const bad[] = {"", "{", "[]", "null", "{\"model\":", "\xff\xfe",
-                                      "{\"model\":{\"vocab\":{\"a\":0,\"a\":1},\"merges\":[]}}"};
+    cel_err_t err = { 0 };
+    static const char *const bad[] = { "",
+                                       "{",
+                                       "[]",
+                                       "null",
+                                       "{\"model\":",
+                                       "\xff\xfe",
+                                       "{\"model\":{\"vocab\":{\"a\":0,\"a\":1},\"merges\":[]}}" };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         assert_int_equal(cel_tokenizer_load_buf(bad[i], strlen(bad[i]), &t, &err), CEL_EPROTO);
         assert_null(t);
     }
-    assert_int_equal(cel_tokenizer_load_buf("{}", (size_t)CEL_TOKENIZER_MAX_FILE_BYTES + 1, &t,
-                                            &err), CEL_ELIMIT);
+    assert_int_equal(
+        cel_tokenizer_load_buf("{}", (size_t)CEL_TOKENIZER_MAX_FILE_BYTES + 1, &t, &err),
+        CEL_ELIMIT);
     /* a truncated real document */
     json_t *doc = base_doc(0);
     char *s = json_dumps(doc, 0);
@@ -529,7 +540,7 @@ static void test_limits(void **state) {
     cel_tokenizer_t *t = load_ok(doc);
     assert_int_equal(cel_tokenizer_vocab_size(t), CEL_TOKENIZER_MAX_VOCAB);
     assert_int_equal(cel_tokenizer_find(t, s), 290);
-    const int32_t ids[] = {CEL_TOKENIZER_MAX_VOCAB - 1};
+    const int32_t ids[] = { CEL_TOKENIZER_MAX_VOCAB - 1 };
     check_decode(t, ids, 1, "zz", 2);
     cel_tokenizer_free(t);
     free(s);
@@ -538,7 +549,7 @@ static void test_limits(void **state) {
     json_t *added = json_object_get(doc, "added_tokens");
     for (unsigned i = 0; i < CEL_TOKENIZER_MAX_ADDED - 2; i++) /* base has 2 */
         json_array_append_new(added, json_pack("{s:i, s:s}", "id", 300, "content", "x"));
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     t = load_ok(json_deep_copy(doc)); /* exactly at the limit */
     cel_tokenizer_free(t);
     json_array_append_new(added, json_pack("{s:i, s:s}", "id", 300, "content", "x"));
@@ -555,7 +566,7 @@ static void test_file_load(void **state) {
     json_decref(doc);
     close(fd);
     cel_tokenizer_t *t = NULL;
-    cel_err_t err = {0};
+    cel_err_t err = { 0 };
     assert_int_equal(cel_tokenizer_load(path, &t, &err), CEL_OK);
     ENC(t, "hello world", 1, 300, 259, 264);
     cel_tokenizer_free(t);
@@ -568,8 +579,7 @@ static void test_long_inputs(void **state) {
     cel_tokenizer_t *t = load_ok(base_doc(0));
     size_t n = 200000;
     char *s = malloc(n);
-    for (size_t i = 0; i < n; i++)
-        s[i] = "hello world  \n\t"[i % 16];
+    for (size_t i = 0; i < n; i++) s[i] = "hello world  \n\t"[i % 16];
     int32_t *ids;
     size_t got;
     char *back;
@@ -595,11 +605,11 @@ static void test_long_inputs(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_encode_gpt2),   cmocka_unit_test(test_lookups),
-        cmocka_unit_test(test_decode),        cmocka_unit_test(test_encode_errors),
-        cmocka_unit_test(test_encode_llama3), cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_encode_gpt2),    cmocka_unit_test(test_lookups),
+        cmocka_unit_test(test_decode),         cmocka_unit_test(test_encode_errors),
+        cmocka_unit_test(test_encode_llama3),  cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_load_bad_bytes), cmocka_unit_test(test_limits),
-        cmocka_unit_test(test_file_load),     cmocka_unit_test(test_long_inputs),
+        cmocka_unit_test(test_file_load),      cmocka_unit_test(test_long_inputs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -40,7 +40,7 @@ static redisContext *rc; /* the test's own synchronous client */
 
 static int free_port(void) {
     int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     socklen_t n = sizeof(a);
     if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof(a)) < 0 ||
         getsockname(s, (struct sockaddr *)&a, &n) < 0)
@@ -50,9 +50,8 @@ static int free_port(void) {
 }
 
 static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0) {
-    }
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) != 0) {}
 }
 
 static int setup(void **state) {
@@ -61,8 +60,8 @@ static int setup(void **state) {
     redis_port = free_port();
     char port[16];
     snprintf(port, sizeof(port), "%d", redis_port);
-    char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no", "--loglevel", "warning", NULL};
+    char *argv[] = { "redis-server", "--port", port,         "--bind",  "127.0.0.1", "--save", "",
+                     "--appendonly", "no",     "--loglevel", "warning", NULL };
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
@@ -114,8 +113,9 @@ static void options(cel_options_t *cfg, const char *queue, int backend_db) {
     char url[64], burl[64];
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", redis_port);
     snprintf(burl, sizeof(burl), "redis://127.0.0.1:%d/%d", redis_port, backend_db);
-    char *argv[] = {"celeriac", "-b", url, "--result-backend", burl, "-Q", (char *)queue,
-                    "--visibility-timeout", "40", NULL};
+    char *argv[] = { "celeriac", "-b", url,           "--result-backend",
+                     burl,       "-Q", (char *)queue, "--visibility-timeout",
+                     "40",       NULL };
     cel_err_t err;
     if (cel_options_parse(cfg, 9, argv, &err) != CEL_OK) fail_msg("options: %s", err.msg);
 }
@@ -219,7 +219,7 @@ static void test_broker_redis(void **state) {
 
     run_state_t st;
     loop_init(&st);
-    cel_broker_cbs_t cbs = {capacity, on_message, on_state};
+    cel_broker_cbs_t cbs = { capacity, on_message, on_state };
     cel_err_t err;
     st.cap = 2;
     cel_broker_t *b = cel_broker_new(&st.loop, &cfg, &cbs, &st, &err);
@@ -238,7 +238,7 @@ static void test_broker_redis(void **state) {
     assert_string_equal(st.tags[1], "tag-b");
 
     /* the transport decodes and peeks its own messages */
-    cel_broker_msg_t m = {st.tags[0], "tq", st.bodies[0], st.lens[0], NULL};
+    cel_broker_msg_t m = { st.tags[0], "tq", st.bodies[0], st.lens[0], NULL };
     cel_task_t *t;
     assert_int_equal(cel_broker_decode(b, &m, &t, &err), CEL_OK);
     cel_peek_t pk;
@@ -249,7 +249,7 @@ static void test_broker_redis(void **state) {
 
     /* touch refreshes the score of a held message */
     cmd_int("ZADD unacked_index 5 %s", st.tags[1]);
-    const char *tags[] = {st.tags[1]};
+    const char *tags[] = { st.tags[1] };
     cel_broker_touch(b, tags, 1);
     while (cel_broker_pending(b) > 0) uv_run(&st.loop, UV_RUN_ONCE);
     redisReply *r = redisCommand(rc, "ZSCORE unacked_index %s", st.tags[1]);
@@ -359,7 +359,7 @@ static void test_backend_redis(void **state) {
     freeReplyObject(r);
     long long ttl = cmd_int("TTL celery-task-meta-b-1");
     assert_true(ttl > 86000 && ttl <= 86400);
-    struct timeval tv = {5, 0};
+    struct timeval tv = { 5, 0 };
     redisSetTimeout(sub, tv);
     assert_int_equal(redisGetReply(sub, (void **)&r), REDIS_OK);
     assert_true(r->type == REDIS_REPLY_ARRAY && r->elements == 3);
@@ -455,7 +455,7 @@ static void test_unknown_scheme(void **state) {
     snprintf(cfg.backend_url, sizeof(cfg.backend_url), "rpc://");
     uv_loop_t loop;
     uv_loop_init(&loop);
-    cel_broker_cbs_t cbs = {capacity, on_message, on_state};
+    cel_broker_cbs_t cbs = { capacity, on_message, on_state };
     cel_err_t err;
     assert_null(cel_broker_new(&loop, &cfg, &cbs, NULL, &err));
     assert_int_equal(err.code, CEL_EINVAL);

@@ -46,22 +46,19 @@ static inline char *read_file(const char *dir, const char *name, size_t *len) {
     assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
     buf[n] = '\0';
     fclose(f);
-    if (len)
-        *len = (size_t)n;
+    if (len) *len = (size_t)n;
     return buf;
 }
 
 /* Loads a JSON fixture from the test data directory; skips when unset. */
 static inline json_t *load_fixture(const char *name) {
     const char *dir = testdata_dir();
-    if (!dir)
-        skip();
+    if (!dir) skip();
     json_error_t je;
     char path[1024];
     snprintf(path, sizeof(path), "%s/%s", dir, name);
     json_t *v = json_load_file(path, JSON_ALLOW_NUL, &je);
-    if (!v)
-        fail_msg("%s: %s (line %d)", path, je.text, je.line);
+    if (!v) fail_msg("%s: %s (line %d)", path, je.text, je.line);
     return v;
 }
 

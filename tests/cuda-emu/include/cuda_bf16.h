@@ -21,10 +21,8 @@ static inline unsigned short cel_emu_f2bf(float f, int mode) {
     if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fffu; /* canonical NaN */
     uint32_t low = u & 0xffffu, sign = u >> 31;
     switch (mode) {
-    case 0: /* nearest even */
-        return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    case 1: /* toward zero */
-        return (unsigned short)(u >> 16);
+    case 0: /* nearest even */ return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    case 1: /* toward zero */ return (unsigned short)(u >> 16);
     case 2: /* down */
         return (unsigned short)((u >> 16) + (sign && low && (u & 0x7fffffffu) != 0x7f800000u));
     default: /* up */
@@ -43,18 +41,26 @@ struct __nv_bfloat16 {
     __nv_bfloat16(float f) : __x(cel_emu_f2bf(f, 0)) {}
     __nv_bfloat16(double d) : __x(cel_emu_f2bf((float)d, 0)) {}
     operator float() const { return cel_emu_bf2f(__x); }
-    operator __nv_bfloat16_raw() const { return __nv_bfloat16_raw{__x}; }
+    operator __nv_bfloat16_raw() const { return __nv_bfloat16_raw{ __x }; }
 };
 typedef struct __nv_bfloat16 nv_bfloat16;
 
 static inline __nv_bfloat16 cel_emu_bf_of(unsigned short b) {
-    return __nv_bfloat16(__nv_bfloat16_raw{b});
+    return __nv_bfloat16(__nv_bfloat16_raw{ b });
 }
-static inline __nv_bfloat16 __float2bfloat16_rn(float f) { return cel_emu_bf_of(cel_emu_f2bf(f, 0)); }
+static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    return cel_emu_bf_of(cel_emu_f2bf(f, 0));
+}
 static inline __nv_bfloat16 __float2bfloat16(float f) { return cel_emu_bf_of(cel_emu_f2bf(f, 0)); }
-static inline __nv_bfloat16 __float2bfloat16_rz(float f) { return cel_emu_bf_of(cel_emu_f2bf(f, 1)); }
-static inline __nv_bfloat16 __float2bfloat16_rd(float f) { return cel_emu_bf_of(cel_emu_f2bf(f, 2)); }
-static inline __nv_bfloat16 __float2bfloat16_ru(float f) { return cel_emu_bf_of(cel_emu_f2bf(f, 3)); }
+static inline __nv_bfloat16 __float2bfloat16_rz(float f) {
+    return cel_emu_bf_of(cel_emu_f2bf(f, 1));
+}
+static inline __nv_bfloat16 __float2bfloat16_rd(float f) {
+    return cel_emu_bf_of(cel_emu_f2bf(f, 2));
+}
+static inline __nv_bfloat16 __float2bfloat16_ru(float f) {
+    return cel_emu_bf_of(cel_emu_f2bf(f, 3));
+}
 static inline float __bfloat162float(__nv_bfloat16 b) { return cel_emu_bf2f(b.__x); }
 static inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.__x; }
 static inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return cel_emu_bf_of(u); }

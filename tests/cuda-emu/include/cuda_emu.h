@@ -23,7 +23,7 @@
 #include <type_traits>
 #include <utility>
 
-#define CEL_CUDA_EMU 1
+#define CEL_CUDA_EMU   1
 #define CUDART_VERSION 13000
 
 /* ---------------------------------------------------------------- qualifiers */
@@ -32,12 +32,12 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __noinline__ __attribute__((noinline))
+#define __noinline__    __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 #define __restrict__ __restrict
 /* cu2cpp.py rewrites every __shared__ declaration; one left over fails to compile. */
-#define __shared__ __shared___was_not_rewritten_by_cu2cpp
+#define __shared__   __shared___was_not_rewritten_by_cu2cpp
 #define __constant__ __constant___is_not_emulated
 
 static constexpr int warpSize = 32;
@@ -71,10 +71,10 @@ struct alignas(8) uint2 {
 struct alignas(16) uint4 {
     unsigned int x, y, z, w;
 };
-static inline float2 make_float2(float x, float y) { return {x, y}; }
-static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
-static inline int2 make_int2(int x, int y) { return {x, y}; }
-static inline uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return {x, y, z}; }
+static inline float2 make_float2(float x, float y) { return { x, y }; }
+static inline float4 make_float4(float x, float y, float z, float w) { return { x, y, z, w }; }
+static inline int2 make_int2(int x, int y) { return { x, y }; }
+static inline uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return { x, y, z }; }
 
 /* ---------------------------------------------------------------- runtime API types */
 
@@ -114,12 +114,12 @@ enum cudaFuncAttribute {
     cudaFuncAttributePreferredSharedMemoryCarveout = 9
 };
 
-#define cudaStreamDefault 0x00u
-#define cudaStreamNonBlocking 0x01u
-#define cudaEventDefault 0x00u
-#define cudaEventBlockingSync 0x01u
+#define cudaStreamDefault      0x00u
+#define cudaStreamNonBlocking  0x01u
+#define cudaEventDefault       0x00u
+#define cudaEventBlockingSync  0x01u
 #define cudaEventDisableTiming 0x02u
-#define cudaStreamLegacy ((cudaStream_t)0x1)
+#define cudaStreamLegacy       ((cudaStream_t)0x1)
 
 struct cudaDeviceProp {
     char name[256];
@@ -218,7 +218,7 @@ struct launch_cfg {
     cudaStream_t st;
 };
 static inline launch_cfg cfg(dim3 g, dim3 b, size_t smem = 0, cudaStream_t st = 0) {
-    return launch_cfg{g, b, smem, st};
+    return launch_cfg{ g, b, smem, st };
 }
 
 /* A launched kernel with its arguments; run() runs the calling fiber's thread. The
@@ -233,8 +233,7 @@ struct kernel_job {
  * stream; takes ownership of job. */
 void enqueue_launch(const char *name, const void *fn, const launch_cfg &c, kernel_job *job);
 
-template <typename... P>
-struct kernel_job_of : kernel_job {
+template <typename... P> struct kernel_job_of : kernel_job {
     void (*fn)(P...);
     std::tuple<typename std::decay<P>::type...> args;
     template <typename... A>
@@ -253,8 +252,18 @@ void launch(const char *name, void (*fn)(P...), const launch_cfg &c, A &&...a) {
 
 /* Kinds of errors the checker reports. */
 enum {
-    E_OOB_GLOBAL, E_FREED, E_UNINIT_GLOBAL, E_OOB_SHARED, E_UNINIT_SHARED, E_RACE,
-    E_HOST_FROM_KERNEL, E_DEVICE_FROM_HOST, E_UNSYNCED_HOST, E_SYNC, E_DEADLOCK, E_LIMIT,
+    E_OOB_GLOBAL,
+    E_FREED,
+    E_UNINIT_GLOBAL,
+    E_OOB_SHARED,
+    E_UNINIT_SHARED,
+    E_RACE,
+    E_HOST_FROM_KERNEL,
+    E_DEVICE_FROM_HOST,
+    E_UNSYNCED_HOST,
+    E_SYNC,
+    E_DEADLOCK,
+    E_LIMIT,
     E_KINDS
 };
 /* For the emulator's own tests (tests/cuda-emu/test_emu_runtime.cu): the errors reported
@@ -263,15 +272,13 @@ enum {
 uint64_t test_take_errors(unsigned *kinds);
 void test_quiet(bool quiet);
 
-template <typename T>
-static inline uint64_t to_bits(T v) {
+template <typename T> static inline uint64_t to_bits(T v) {
     static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "shuffle type");
     uint64_t b = 0;
     memcpy(&b, &v, sizeof(T));
     return b;
 }
-template <typename T>
-static inline T from_bits(uint64_t b) {
+template <typename T> static inline T from_bits(uint64_t b) {
     T v;
     memcpy(&v, &b, sizeof(T));
     return v;
@@ -280,17 +287,16 @@ static inline T from_bits(uint64_t b) {
 } /* namespace cel_emu */
 
 #define threadIdx (::cel_emu::thread_idx())
-#define blockIdx (::cel_emu::block_idx())
-#define blockDim (::cel_emu::block_dim())
-#define gridDim (::cel_emu::grid_dim())
+#define blockIdx  (::cel_emu::block_idx())
+#define blockDim  (::cel_emu::block_dim())
+#define gridDim   (::cel_emu::grid_dim())
 
 #define __syncthreads() ::cel_emu::syncthreads()
 static inline void __syncwarp(unsigned mask = 0xffffffffu) { ::cel_emu::syncwarp(mask); }
 
 /* ---------------------------------------------------------------- warp shuffles and votes */
 
-template <typename T>
-static inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+template <typename T> static inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
     return cel_emu::from_bits<T>(
         cel_emu::warp_op(cel_emu::W_SHFL_IDX, mask, cel_emu::to_bits(v), src, width));
 }
@@ -323,22 +329,30 @@ static inline int __all_sync(unsigned mask, int pred) {
 
 static inline float atomicAdd(float *p, float v) { return cel_emu::atomic_add_f32(p, v); }
 static inline double atomicAdd(double *p, double v) { return cel_emu::atomic_add_f64(p, v); }
-static inline int atomicAdd(int *p, int v) { return cel_emu::atomic_op_i32(p, cel_emu::A_ADD, v, 0); }
+static inline int atomicAdd(int *p, int v) {
+    return cel_emu::atomic_op_i32(p, cel_emu::A_ADD, v, 0);
+}
 static inline unsigned atomicAdd(unsigned *p, unsigned v) {
     return cel_emu::atomic_op_u32(p, cel_emu::A_ADD, v, 0);
 }
 static inline unsigned long long atomicAdd(unsigned long long *p, unsigned long long v) {
     return cel_emu::atomic_op_u64(reinterpret_cast<uint64_t *>(p), cel_emu::A_ADD, v, 0);
 }
-static inline int atomicMax(int *p, int v) { return cel_emu::atomic_op_i32(p, cel_emu::A_MAX, v, 0); }
-static inline int atomicMin(int *p, int v) { return cel_emu::atomic_op_i32(p, cel_emu::A_MIN, v, 0); }
+static inline int atomicMax(int *p, int v) {
+    return cel_emu::atomic_op_i32(p, cel_emu::A_MAX, v, 0);
+}
+static inline int atomicMin(int *p, int v) {
+    return cel_emu::atomic_op_i32(p, cel_emu::A_MIN, v, 0);
+}
 static inline unsigned atomicMax(unsigned *p, unsigned v) {
     return cel_emu::atomic_op_u32(p, cel_emu::A_MAX, v, 0);
 }
 static inline unsigned atomicMin(unsigned *p, unsigned v) {
     return cel_emu::atomic_op_u32(p, cel_emu::A_MIN, v, 0);
 }
-static inline int atomicExch(int *p, int v) { return cel_emu::atomic_op_i32(p, cel_emu::A_EXCH, v, 0); }
+static inline int atomicExch(int *p, int v) {
+    return cel_emu::atomic_op_i32(p, cel_emu::A_EXCH, v, 0);
+}
 static inline unsigned atomicExch(unsigned *p, unsigned v) {
     return cel_emu::atomic_op_u32(p, cel_emu::A_EXCH, v, 0);
 }
@@ -379,7 +393,9 @@ static inline unsigned __brev(unsigned x) {
     return __builtin_bswap32(x);
 }
 
-static inline unsigned __float_as_uint(float f) { return cel_emu::from_bits<unsigned>(cel_emu::to_bits(f)); }
+static inline unsigned __float_as_uint(float f) {
+    return cel_emu::from_bits<unsigned>(cel_emu::to_bits(f));
+}
 static inline float __uint_as_float(unsigned u) { return cel_emu::from_bits<float>(u); }
 static inline int __float_as_int(float f) { return cel_emu::from_bits<int>(cel_emu::to_bits(f)); }
 static inline float __int_as_float(int i) { return cel_emu::from_bits<float>((uint32_t)i); }
@@ -414,15 +430,15 @@ static inline float cel_emu_logf(float x) { return log2f(x) * 0.6931471805599453
 static inline float cel_emu_log10f(float x) { return log2f(x) * 0.30102999566398119521f; }
 static inline float cel_emu_powf(float x, float y) { return exp2f(y * log2f(x)); }
 /* glibc declares functions of these names: macros keep the device meaning */
-#define __expf(x) cel_emu_expf(x)
-#define __exp10f(x) cel_emu_exp10f(x)
-#define __logf(x) cel_emu_logf(x)
-#define __log2f(x) log2f(x)
-#define __log10f(x) cel_emu_log10f(x)
+#define __expf(x)    cel_emu_expf(x)
+#define __exp10f(x)  cel_emu_exp10f(x)
+#define __logf(x)    cel_emu_logf(x)
+#define __log2f(x)   log2f(x)
+#define __log10f(x)  cel_emu_log10f(x)
 #define __powf(x, y) cel_emu_powf(x, y)
-#define __sinf(x) sinf(x)
-#define __cosf(x) cosf(x)
-#define __tanf(x) tanf(x)
+#define __sinf(x)    sinf(x)
+#define __cosf(x)    cosf(x)
+#define __tanf(x)    tanf(x)
 static inline float __fdividef(float a, float b) {
     return fabsf(b) > 0x1p126f && isfinite(b) ? 0.0f * a : a / b;
 }
