@@ -240,7 +240,7 @@ bench: all
 #                                  replaying tests/fuzz/corpus/<name>/ in `make test`
 # `make fuzz` runs each harness (FUZZ=<names> to pick) FUZZ_SECONDS over its corpus; new
 # inputs go to build/fuzz/corpus/<name>/, crashes to build/fuzz/crash-<name>-*.
-# `make fuzz-merge` adds to tests/fuzz/corpus/<name>/ only the inputs that add coverage.
+# `make fuzz-merge` folds them into tests/fuzz/corpus/<name>/, keeping only what adds coverage.
 FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRC))
 FUZZ         ?= $(FUZZ_NAMES)
@@ -290,11 +290,20 @@ fuzz: fuzz-build
 			-artifact_prefix=build/fuzz/crash-$$h- build/fuzz/corpus/$$h tests/fuzz/corpus/$$h; \
 	done
 
+# Minimises afresh: the committed corpus plus build/fuzz/corpus/<name>/ into the smallest
+# set with the same coverage (-merge=1); files not named by their SHA-1 (crash-*, issue*:
+# regressions) are kept whatever their coverage.
 fuzz-merge: fuzz-build
 	@set -e; for h in $(FUZZ); do \
-		mkdir -p build/fuzz/corpus/$$h; \
-		build/fuzz/fuzz_$$h -merge=1 -max_len=$(FUZZ_MAX_LEN) tests/fuzz/corpus/$$h \
-			build/fuzz/corpus/$$h; \
+		m=build/fuzz/merged/$$h; rm -rf $$m; mkdir -p $$m build/fuzz/corpus/$$h; \
+		build/fuzz/fuzz_$$h -merge=1 -max_len=$(FUZZ_MAX_LEN) $$m tests/fuzz/corpus/$$h \
+			build/fuzz/corpus/$$h 2>&1 | grep -E '^MERGE-OUTER: [0-9]+ new' || true; \
+		for f in tests/fuzz/corpus/$$h/*; do \
+			case "$${f##*/}" in *[!0-9a-f]*) cp "$$f" $$m/; \
+				rm -f $$m/$$(sha1sum "$$f" | cut -c1-40);; esac; \
+		done; \
+		rm -rf tests/fuzz/corpus/$$h && mv $$m tests/fuzz/corpus/$$h; \
+		echo "fuzz-merge $$h: $$(ls tests/fuzz/corpus/$$h | wc -l) files"; \
 	done
 
 clean:
