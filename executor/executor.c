@@ -248,8 +248,8 @@ static int run_task(int fd, const char *id, const char *name, json_t *args, json
             call.traceback = NULL;
         }
     } else {
+        soft_limit = 0; /* before the log line: a test waits for it, then signals */
         cel_debug("Task %s[%s] starting", name, id);
-        soft_limit = 0;
         running.fd = fd;
         running.id = id;
         running.last = t0;

@@ -8,6 +8,7 @@
  */
 #include "control.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -284,12 +285,20 @@ static json_t *stats(cel_control_t *ctl) {
 
 /* ---- control ---------------------------------------------------------- */
 
-/* "SIGTERM", "TERM", "9", 15 -> signal number; 0 when unknown. */
+/* "SIGTERM", "TERM", "9", 15 -> signal number; 0 when unknown or out of range. */
 static int signum_of(json_t *v) {
-    if (json_is_integer(v)) return (int)json_integer_value(v);
+    if (json_is_integer(v)) {
+        json_int_t n = json_integer_value(v);
+        return n > 0 && n < NSIG ? (int)n : 0;
+    }
     const char *s = json_string_value(v);
     if (!s || !*s) return SIGTERM;
-    if (*s >= '0' && *s <= '9') return atoi(s);
+    if (*s >= '0' && *s <= '9') {
+        char *end;
+        errno = 0;
+        long n = strtol(s, &end, 10); /* a jansson string: NUL-terminated */
+        return errno == 0 && *end == '\0' && n > 0 && n < NSIG ? (int)n : 0;
+    }
     if (strncasecmp(s, "SIG", 3) == 0) s += 3;
     for (int i = 1; i < NSIG; i++) {
         const char *abbr = sigabbrev_np(i);

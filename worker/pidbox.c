@@ -159,7 +159,10 @@ static json_t *decode_body(json_t *env, cel_err_t *err) {
         if (cel_base64_decode(b, blen, &raw, &rawlen, err) != CEL_OK) return NULL;
     } else {
         raw = malloc(blen + 1);
-        if (!raw) return NULL;
+        if (!raw) {
+            cel_err_set(err, CEL_ENOMEM, "out of memory decoding a control message body");
+            return NULL;
+        }
         memcpy(raw, b, blen + 1);
     }
     json_t *body = NULL;
@@ -218,8 +221,8 @@ static void handle_message(cel_pidbox_t *pb, const char *data, size_t len) {
     cel_err_clear(&err);
     json_t *env = json_loadb(data, len, 0, &jerr);
     if (!json_is_object(env)) {
-        cel_error("pidbox: dropping a malformed control message (not a kombu envelope): %.120s",
-                  data);
+        cel_error("pidbox: dropping a malformed control message (not a kombu envelope): %.*s",
+                  (int)(len < 120 ? len : 120), data); /* data is not NUL-terminated */
         json_decref(env);
         return;
     }

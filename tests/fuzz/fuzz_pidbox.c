@@ -8,9 +8,9 @@
  * reply is built, encoded, then dropped as "broker connection down"), and a handler
  * that answers with the request's arguments, so replies of any shape get encoded.
  * Logging is on at DEBUG into /dev/null, so every %s that formats message data runs.
- * The input is the pmessage payload; hiredis ends every reply string with a NUL, and
- * that is the contract handle_message has today, so the input is placed with its NUL
- * right before the guard page (guard_place_nul). `make fuzz` runs it over
+ * The input is the pmessage payload, placed right before the guard page with no NUL
+ * after it (guard_place): handle_message must not read past len, as an AMQP body
+ * would give it. `make fuzz` runs it over
  * tests/fuzz/corpus/pidbox/; `make test` replays that corpus.
  */
 #include <fcntl.h>
@@ -50,7 +50,7 @@ static void setup(void) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     setup();
     uint64_t before = cel_events_clock(fuzz_pb.ev);
-    handle_message(&fuzz_pb, (const char *)guard_place_nul(data, size), size);
+    handle_message(&fuzz_pb, (const char *)guard_place(data, size), size);
     if (cel_events_clock(fuzz_pb.ev) <= before) __builtin_trap(); /* always forwarded */
     return 0;
 }

@@ -62,16 +62,4 @@ static inline const uint8_t *guard_place(const uint8_t *data, size_t size) {
     return dst;
 }
 
-/* As guard_place, for callers whose contract includes a NUL after the bytes (hiredis
- * terminates every reply string): copies data and a NUL, the NUL being the last
- * readable byte, so reading data[size + 1] faults. Always copies (the NUL is part of
- * the contract), whatever CEL_FUZZ_GUARD says. */
-static inline const uint8_t *guard_place_nul(const uint8_t *data, size_t size) {
-    guard_reserve(size + 1);
-    uint8_t *dst = guard_base + guard_cap - size - 1;
-    if (size) memcpy(dst, data, size);
-    dst[size] = '\0';
-    return dst;
-}
-
 #endif

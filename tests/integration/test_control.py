@@ -63,6 +63,25 @@ def test_revoke_terminate_kills_and_respawns(worker, celery_app):
 
 
 @celeriac_only
+def test_revoke_terminate_refuses_bad_signals(worker, celery_app):
+    # Numbers past int and past NSIG are refused, not truncated into some other signal.
+    worker("-c", "1")
+    r = celery_app.send_task("diag.sleep", args=[30])
+    wait_active(celery_app, r.id)
+    for sig in ("99999999999999999999", "4294967311", 4294967311, "65", "15x", "NOPE"):
+        reply = only(celery_app.control.revoke(r.id, terminate=True, signal=sig, reply=True,
+                                               timeout=scaled(T)))
+        assert "error" in reply and "unknown signal" in reply["error"], (sig, reply)
+    assert r.id in [t["id"] for t in next(iter(
+        celery_app.control.inspect(timeout=scaled(T), limit=1).active().values()))]
+    reply = celery_app.control.revoke(r.id, terminate=True, signal="9", reply=True,
+                                      timeout=scaled(T))
+    assert only(reply) == {"ok": f"terminate: {r.id}"}
+    with pytest.raises(TaskRevokedError):
+        r.get(timeout=scaled(10))
+
+
+@celeriac_only
 def test_revoked_survive_restart_with_state_dir(worker, celery_app, tmp_path):
     state = str(tmp_path / "state")
     w = worker("--state-dir", state)
