@@ -6,7 +6,7 @@ Usage: /usr/bin/python3 tests/fuzz/seed-corpus.py TESTDATA OUTDIR
 Writes OUTDIR/<harness>/<name> for each tests/fuzz/fuzz_<harness>.c. TESTDATA is what
 tests/unit/gen_messages.py wrote (kombu envelopes from the captures and from the real
 Celery client); the pidbox requests come from the MONITOR captures in
-/work/shared/celery-wire (CEL_WIRE_DIR); frames are built with python3-msgpack in the
+../shared/celery-wire beside the repository (CEL_WIRE_DIR); frames are built with python3-msgpack in the
 shapes of protocol/frame.h; the model files are the bundled tiny model's config and a
 small tokenizer.json in the same format. Seeds are a starting point: tests/fuzz/corpus/
 holds them minimised together with what fuzzing found (tests/fuzz/README.md), so this
@@ -16,36 +16,15 @@ import base64
 import glob
 import json
 import os
-import re
 import struct
 import sys
 
 import msgpack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-WIRE = os.environ.get('CEL_WIRE_DIR', '/work/shared/celery-wire')
-TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"')
-
-
-def unescape(s):
-    """Undo redis-cli's quoting (as tests/unit/gen_messages.py does); returns bytes."""
-    out = bytearray()
-    i = 0
-    simple = {'n': 10, 'r': 13, 't': 9, 'a': 7, 'b': 8, '"': 34, '\\': 92}
-    while i < len(s):
-        c = s[i]
-        if c == '\\' and i + 1 < len(s):
-            n = s[i + 1]
-            if n == 'x':
-                out.append(int(s[i + 2:i + 4], 16))
-                i += 4
-                continue
-            out.append(simple.get(n, ord(n)))
-            i += 2
-            continue
-        out.extend(c.encode('utf-8'))
-        i += 1
-    return bytes(out)
+WIRE = os.environ.get('CEL_WIRE_DIR', os.path.join(os.path.dirname(ROOT), 'shared', 'celery-wire'))
+sys.path.insert(0, os.path.join(ROOT, 'tests', 'unit'))
+from gen_messages import TOKEN, unescape  # noqa: E402  (redis-cli's quoting, undone once)
 
 
 def put(out, harness, name, data):

@@ -18,6 +18,34 @@ KEYS_ENV = ",".join(f"{u}:{k}" for u, k in KEYS.items())
 TEXT = "The quick brown fox jumps over the lazy dog."
 
 
+
+class ApiCalls:
+    """The verbs both HTTP test clients share; a subclass supplies call(method, path, user,
+    json, headers, **kw) and json_of(response)."""
+
+    def headers_for(self, user, headers):
+        h = dict(headers or {})
+        if user is not None:
+            h.setdefault("Authorization", f"Bearer {KEYS.get(user, user)}")
+        return h
+
+    def post(self, path, json=None, user="alice", **kw):
+        return self.call("POST", path, user, json, **kw)
+
+    def get(self, path, user="alice", **kw):
+        return self.call("GET", path, user, **kw)
+
+    def delete(self, path, user="alice", **kw):
+        return self.call("DELETE", path, user, **kw)
+
+    def submit(self, path, body, user="alice", method="POST"):
+        """Sends a task-submitting request; asserts 202 and returns the future id."""
+        r = self.call(method, path, user, body)
+        assert r.status_code == 202, (path, r.status_code, r.text)
+        fid = self.json_of(r)["future_id"]
+        assert isinstance(fid, str) and fid
+        return fid
+
 def table_config():
     """Where the app under test reads the task table: the celeriac binary under test
     (`--describe-tasks`), or the file CELERIAC_TASKS_JSON names when that is set."""

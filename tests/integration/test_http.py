@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from conftest import REPO, free_port, scaled, wait_until
-from http_fixtures import KEYS, KEYS_ENV, TEXT, err, table_config
+from http_fixtures import KEYS_ENV, TEXT, ApiCalls, err, table_config
 
 HTTP_TIMEOUT = 10
 
@@ -64,7 +64,7 @@ class GunicornProc:
         self.log_file.close()
 
 
-class Api:
+class Api(ApiCalls):
     """requests against one Gunicorn, with a user's key."""
 
     def __init__(self, base):
@@ -72,28 +72,12 @@ class Api:
         self.http = requests.Session()
 
     def call(self, method, path, user="alice", json=None, headers=None, **kw):
-        h = dict(headers or {})
-        if user is not None:
-            h.setdefault("Authorization", f"Bearer {KEYS.get(user, user)}")
-        return self.http.request(method, self.base + path, json=json, headers=h,
-                                 timeout=HTTP_TIMEOUT, **kw)
+        return self.http.request(method, self.base + path, json=json,
+                                 headers=self.headers_for(user, headers), timeout=HTTP_TIMEOUT,
+                                 **kw)
 
-    def post(self, path, json=None, user="alice", **kw):
-        return self.call("POST", path, user, json, **kw)
-
-    def get(self, path, user="alice", **kw):
-        return self.call("GET", path, user, **kw)
-
-    def delete(self, path, user="alice", **kw):
-        return self.call("DELETE", path, user, **kw)
-
-    def submit(self, path, body, user="alice", method="POST"):
-        """Sends a task-submitting request; asserts 202 and returns the future id."""
-        r = self.call(method, path, user, body)
-        assert r.status_code == 202, (path, r.status_code, r.text)
-        fid = r.json()["future_id"]
-        assert isinstance(fid, str) and fid
-        return fid
+    def json_of(self, r):
+        return r.json()
 
     def wait(self, future_id, user="alice", timeout=30, expect=200):
         """Polls /retrieve_future until it is no longer 202; returns the final response."""

@@ -15,14 +15,14 @@ import pytest
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 
 from conftest import REPO, scaled, wait_until
-from http_fixtures import KEYS, KEYS_ENV, body_of, err, queued, table_config
+from http_fixtures import KEYS, KEYS_ENV, ApiCalls, body_of, err, queued, table_config
 
 sys.path.insert(0, REPO)
 from flask_app import config as config_mod  # noqa: E402
 from flask_app import create_app  # noqa: E402
 
 
-class AppApi:
+class AppApi(ApiCalls):
     """app.test_client() with a user's key; the same calls as test_http.Api."""
 
     def __init__(self, app):
@@ -30,24 +30,11 @@ class AppApi:
         self.client = app.test_client()
 
     def call(self, method, path, user="alice", json=None, headers=None, **kw):
-        h = dict(headers or {})
-        if user is not None:
-            h.setdefault("Authorization", f"Bearer {KEYS.get(user, user)}")
-        return self.client.open(path, method=method, json=json, headers=h, **kw)
+        return self.client.open(path, method=method, json=json,
+                                headers=self.headers_for(user, headers), **kw)
 
-    def post(self, path, json=None, user="alice", **kw):
-        return self.call("POST", path, user, json, **kw)
-
-    def get(self, path, user="alice", **kw):
-        return self.call("GET", path, user, **kw)
-
-    def delete(self, path, user="alice", **kw):
-        return self.call("DELETE", path, user, **kw)
-
-    def submit(self, path, body, user="alice", method="POST"):
-        r = self.call(method, path, user, body)
-        assert r.status_code == 202, (path, r.status_code, r.text)
-        return r.get_json()["future_id"]
+    def json_of(self, r):
+        return r.get_json()
 
     def poll(self, future_id, user="alice"):
         return self.post("/retrieve_future", {"future_id": future_id}, user)

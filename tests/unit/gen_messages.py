@@ -11,7 +11,7 @@ Writes into OUTDIR:
   dumps.json             [value-as-JSON, Python json.dumps(value)] pairs
   reprs.json             {value, as_tuple, repr} and exception reprs
   times.json             ISO-8601 strings -> unix seconds; seconds -> isoformat
-Sources: /work/shared/celery-wire/redis-monitor-*.txt (LPUSH and SETEX lines)
+Sources: ../shared/celery-wire/redis-monitor-*.txt (LPUSH and SETEX lines)
 and messages produced now by a Celery app on broker mem:// (kombu's virtual
 transport, the same envelope code path as redis; serialized with
 kombu.utils.json.dumps as kombu/transport/redis.py _put does).
@@ -26,7 +26,10 @@ import re
 import sys
 import uuid
 
-CAPTURES = os.environ.get('CEL_WIRE_DIR', '/work/shared/celery-wire')
+# ../shared/celery-wire beside the repository (as CI lays it out), or CEL_WIRE_DIR.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CAPTURES = os.environ.get('CEL_WIRE_DIR',
+                          os.path.join(os.path.dirname(REPO), 'shared', 'celery-wire'))
 TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
 
@@ -370,6 +373,8 @@ def main():
     if len(sys.argv) != 2:
         sys.exit('usage: gen_messages.py OUTDIR')
     out = sys.argv[1]
+    if not glob.glob(os.path.join(CAPTURES, 'redis-monitor-*.txt')):
+        sys.exit('gen_messages: no captures in %s (set CEL_WIRE_DIR)' % CAPTURES)
     os.makedirs(os.path.join(out, 'messages'), exist_ok=True)
     msgs = {}
     from_captures(msgs)
