@@ -201,6 +201,7 @@ int main(int argc, char **argv) {
     cel_options_hide_secrets(argc, argv); /* what ps shows */
     if (rc != CEL_OK) {
         fprintf(stderr, "celeriac: %s\n", err.msg);
+        cel_options_free(&w.cfg); /* what the parse made before it stopped */
         return 2;
     }
     int logfd = -1;
@@ -209,6 +210,7 @@ int main(int argc, char **argv) {
         if (logfd < 0) {
             fprintf(stderr, "celeriac: cannot open log file %s: %s\n", w.cfg.logfile,
                     strerror(errno));
+            cel_options_free(&w.cfg);
             return 2;
         }
         /* Executors inherit stderr: send theirs to the log file too. */
@@ -218,14 +220,19 @@ int main(int argc, char **argv) {
     if (access(w.cfg.executor, X_OK) != 0) {
         fprintf(stderr, "celeriac: executor program %s is not executable: %s\n", w.cfg.executor,
                 strerror(errno));
+        cel_options_free(&w.cfg);
         return 2;
     }
     if (w.cfg.state_dir[0] && mkdir(w.cfg.state_dir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "celeriac: cannot create --state-dir %s: %s\n", w.cfg.state_dir,
                 strerror(errno));
+        cel_options_free(&w.cfg);
         return 2;
     }
-    if (w.cfg.pidfile[0] && write_pidfile(w.cfg.pidfile) != 0) return 2;
+    if (w.cfg.pidfile[0] && write_pidfile(w.cfg.pidfile) != 0) {
+        cel_options_free(&w.cfg);
+        return 2;
+    }
     signal(SIGPIPE, SIG_IGN);
 
     w.loop = uv_default_loop();
