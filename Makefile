@@ -6,6 +6,8 @@
 #                   emulator (tests/cuda-emu), integration tests (pytest)
 #   make run        deps, build, then Redis + worker + Gunicorn, see scripts/run
 #   make bench      throughput/latency benchmark against the stock Python worker
+#   make chaos      kill -9 of main, executors, Redis under 3,000 mixed tasks, 5 rounds
+#   make soak       20 minutes of mixed load; RSS and open fds must not grow (scripts/soak)
 #   make cuda       the CUDA backend (bin/libceleriac-cuda.so) and its GPU tests (build/gpu/),
 #                   also part of `make` whenever nvcc is found
 #   make cuda-emu   the same backend and tests against the CUDA emulator (build/cuda-emu/),
@@ -61,7 +63,8 @@ UNIT_BINS := $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))
 
 PY := /usr/bin/python3
 
-.PHONY: all asan test unit integration run bench deps clean cuda cuda-emu fuzz fuzz-build fuzz-merge format
+.PHONY: all asan test unit integration run bench deps clean cuda cuda-emu fuzz fuzz-build fuzz-merge format \
+        chaos soak
 all: deps
 	@$(MAKE) --no-print-directory $(BINS)
 
@@ -210,7 +213,7 @@ cuda: deps
 UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/limits.c \
             worker/revoked.c worker/affinity.c worker/options.c worker/pidbox.c worker/redis.c \
             worker/events.c worker/broker.c worker/broker_redis.c worker/backend.c \
-            worker/backend_redis.c executor/call.c)
+            worker/backend_redis.c worker/held.c worker/respcut.c executor/call.c)
 build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -lcmocka
@@ -231,6 +234,17 @@ run: all
 
 bench: all
 	$(PY) bench/throughput.py
+
+# Robustness runs (issue 12), not part of `make test` (which runs one small chaos round,
+# tests/integration/test_chaos.py). CHAOS_ROUNDS/CHAOS_TASKS and SOAK_MINUTES override.
+CHAOS_ROUNDS ?= 5
+CHAOS_TASKS  ?= 3000
+SOAK_MINUTES ?= 20
+chaos: all
+	$(PY) scripts/chaos --rounds $(CHAOS_ROUNDS) --tasks $(CHAOS_TASKS)
+
+soak: all
+	$(PY) scripts/soak --minutes $(SOAK_MINUTES)
 
 # ---- fuzzing (tests/fuzz/, see its README.md) ------------------------------------------
 # Each tests/fuzz/fuzz_<name>.c is a libFuzzer harness for one parser; every input goes
@@ -254,7 +268,8 @@ FOBJ         := build/fuzz/obj
 # What the harnesses reach: protocol/, common/, the model's file parsers, and the worker
 # modules fuzz_pidbox.c needs around pidbox.c (which it includes).
 FUZZ_LIB_SRC := $(PROTOCOL_SRC) model/safetensors.c model/config.c model/tokenizer.c \
-                model/tokenizer_encode.c model/unicode_tables.c worker/redis.c worker/events.c
+                model/tokenizer_encode.c model/unicode_tables.c worker/redis.c worker/respcut.c \
+                worker/events.c
 REPLAY_BINS  := $(patsubst %,build/asan/fuzz/replay_%,$(FUZZ_NAMES))
 
 $(FOBJ)/%.o: %.c

@@ -21,19 +21,25 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../model/safetensors.h"
 
-#define CKPT_NAME_MAX 64 /* "ckpt-<step>-<nonce>" */
-#define LOAD_RETRIES  3  /* reloads when another executor switched `current` meanwhile */
-#define META_FORMAT   "celeriac-adapter-1"
-#define STATE_MAX     (CEL_ADAPTERS_PATH_MAX - 512) /* the state dir's path: room for the rest */
+#define CKPT_NAME_MAX     64 /* "ckpt-<step>-<nonce>" */
+#define LOAD_RETRIES      3  /* reloads when another executor switched `current` meanwhile */
+#define META_FORMAT       "celeriac-adapter-1"
+#define STATE_MAX         (CEL_ADAPTERS_PATH_MAX - 512) /* the state dir's path: room for the rest */
+#define IMPORT_CONFIG_MAX (1 << 20)  /* bytes of an imported adapter_config.json */
+#define IMPORT_HEADER_MAX (16 << 20) /* a safetensors file's header and metadata, past its data */
+#define IMPORT_FILE_MAX   (64ULL << 30) /* any imported file, when the model's sizes are unknown */
 
 /* PEFT's module names in CEL_LORA_* bit order. */
 static const char *const mod_names[] = { "q_proj",    "k_proj",  "v_proj",   "o_proj",
@@ -61,6 +67,7 @@ struct cel_adapters {
     cel_adapter_t *loaded[CEL_ADAPTERS_MAX_LOADED];
     int n_loaded;
     unsigned long long clock;
+    cel_adapters_limits_t lim;
 };
 
 /* ---- small file helpers ---- */
@@ -298,18 +305,33 @@ void cel_adapters_evict(cel_adapters_t *s, cel_adapter_t *a) {
         }
 }
 
-/* Takes a into the memory set, evicting the least recently used when full. */
+/* The least recently used adapter in memory without accumulated gradients (it
+ * can be dropped: its checkpoint is all of it), or -1. */
+static int evictable(const cel_adapters_t *s) {
+    int lru = -1;
+    for (int i = 0; i < s->n_loaded; i++)
+        if (!s->loaded[i]->has_grads && (lru < 0 || s->loaded[i]->used < s->loaded[lru]->used))
+            lru = i;
+    return lru;
+}
+
+/* Room for one more adapter in memory, made by dropping the least recently used
+ * one without gradients: gradients are never dropped to make room.
+ * CEL_ELIMIT when every adapter in memory has them. */
+static int make_room(cel_adapters_t *s, cel_err_t *err) {
+    if (s->n_loaded < CEL_ADAPTERS_MAX_LOADED) return CEL_OK;
+    int lru = evictable(s);
+    if (lru < 0)
+        return cel_err_set(err, CEL_EAGAIN,
+                           "this executor holds %d adapters with accumulated gradients (not yet "
+                           "applied by lora.optim_step); run optim_step on some of them first",
+                           CEL_ADAPTERS_MAX_LOADED);
+    drop_at(s, lru);
+    return CEL_OK;
+}
+
+/* Takes a into the memory set (make_room first). */
 static void insert(cel_adapters_t *s, cel_adapter_t *a) {
-    if (s->n_loaded == CEL_ADAPTERS_MAX_LOADED) {
-        int lru = 0;
-        for (int i = 1; i < s->n_loaded; i++)
-            if (s->loaded[i]->used < s->loaded[lru]->used) lru = i;
-        if (s->loaded[lru]->has_grads)
-            cel_warn("Adapter %s evicted from memory with accumulated gradients (more than "
-                     "%d adapters in use); its next optim_step needs a new forward_backward",
-                     s->loaded[lru]->id, CEL_ADAPTERS_MAX_LOADED);
-        drop_at(s, lru);
-    }
     a->used = ++s->clock;
     s->loaded[s->n_loaded++] = a;
 }
@@ -410,6 +432,7 @@ int cel_adapters_get(cel_adapters_t *s, const char *id, cel_adapter_t **out, cel
             drop_at(s, i);
         }
         cel_adapter_t *a;
+        if ((rc = make_room(s, err)) != CEL_OK) return rc;
         rc = load_ckpt(s, id, name, &a, err);
         if (rc == CEL_OK) {
             insert(s, a);
@@ -536,7 +559,128 @@ int cel_adapters_commit(cel_adapters_t *s, cel_adapter_t *a, const char *task_id
     return CEL_OK;
 }
 
-/* A new adapter object with a fresh id around lora (taken). */
+/* ---- quotas per owner ---- */
+
+void cel_adapters_set_limits(cel_adapters_t *s, const cel_adapters_limits_t *lim) { s->lim = *lim; }
+
+/* Bytes of the regular files directly in dir (checkpoints and exports are flat). */
+static long long dir_bytes(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    long long n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        struct stat st;
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+            n += st.st_size;
+    }
+    closedir(d);
+    return n;
+}
+
+static int same_owner(const char *a, const char *b) {
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* What owner (NULL: adapters without one) has on disk: adapters, and bytes of
+ * their current checkpoints and their exports. */
+static int owner_usage(cel_adapters_t *s, const char *owner, long *count, long long *bytes,
+                       cel_err_t *err) {
+    *count = 0;
+    *bytes = 0;
+    DIR *d = opendir(s->adir);
+    if (!d) return cel_err_set(err, CEL_EIO, "%s: %s", s->adir, strerror(errno));
+    json_t *ids = json_object();
+    struct dirent *e;
+    while (ids && (e = readdir(d))) {
+        if (!cel_adapters_valid_id(e->d_name)) continue;
+        char name[CKPT_NAME_MAX];
+        json_t *meta = NULL;
+        if (read_current(s, e->d_name, name, NULL) != CEL_OK ||
+            read_meta(s, e->d_name, name, &meta, NULL) != CEL_OK)
+            continue; /* being created or deleted */
+        const char *o = json_string_value(json_object_get(meta, "owner"));
+        if (same_owner(o, owner)) {
+            char dir[CEL_ADAPTERS_PATH_MAX + 128];
+            snprintf(dir, sizeof(dir), "%s/%s/%s", s->adir, e->d_name, name);
+            (*count)++;
+            *bytes += dir_bytes(dir);
+            json_object_set_new(ids, e->d_name, json_true());
+        }
+        json_decref(meta);
+    }
+    closedir(d);
+    if (!ids) return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    /* exports: <id>-step<N> */
+    if ((d = opendir(s->edir))) {
+        while ((e = readdir(d))) {
+            char id[CEL_ADAPTERS_ID_LEN + 1];
+            if (strlen(e->d_name) <= CEL_ADAPTERS_ID_LEN || e->d_name[CEL_ADAPTERS_ID_LEN] != '-')
+                continue;
+            memcpy(id, e->d_name, CEL_ADAPTERS_ID_LEN);
+            id[CEL_ADAPTERS_ID_LEN] = '\0';
+            if (!json_object_get(ids, id)) continue;
+            char dir[CEL_ADAPTERS_PATH_MAX + 300];
+            snprintf(dir, sizeof(dir), "%s/%s", s->edir, e->d_name);
+            *bytes += dir_bytes(dir);
+        }
+        closedir(d);
+    }
+    json_decref(ids);
+    return CEL_OK;
+}
+
+/* Takes the store's quota lock (shared by every executor of this state
+ * directory), so that two creations of one owner cannot both pass a check. */
+static int quota_lock(cel_adapters_t *s, int *fd, cel_err_t *err) {
+    *fd = -1;
+    if (!s->lim.max_per_owner && !s->lim.max_bytes_per_owner) return CEL_OK;
+    char path[CEL_ADAPTERS_PATH_MAX + 32];
+    snprintf(path, sizeof(path), "%s/.quota.lock", s->adir);
+    int f = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (f < 0) return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+    while (flock(f, LOCK_EX) != 0)
+        if (errno != EINTR) {
+            int e = errno;
+            close(f);
+            return cel_err_set(err, CEL_EIO, "%s: lock: %s", path, strerror(e));
+        }
+    *fd = f;
+    return CEL_OK;
+}
+
+static void quota_unlock(int fd) {
+    if (fd >= 0) close(fd); /* drops the lock */
+}
+
+/* CEL_ELIMIT when owner, with more_count more adapters and more_bytes more
+ * bytes, would pass a limit. */
+static int quota_check(cel_adapters_t *s, const char *owner, long more_count, long long more_bytes,
+                       cel_err_t *err) {
+    if (!s->lim.max_per_owner && !s->lim.max_bytes_per_owner) return CEL_OK;
+    long count;
+    long long bytes;
+    int rc = owner_usage(s, owner, &count, &bytes, err);
+    if (rc != CEL_OK) return rc;
+    char who[CEL_ERR_MSG_MAX / 2];
+    if (owner) snprintf(who, sizeof(who), "owner '%.60s'", owner);
+    else snprintf(who, sizeof(who), "adapters without an owner");
+    if (s->lim.max_per_owner && count + more_count > s->lim.max_per_owner)
+        return cel_err_set(err, CEL_ELIMIT,
+                           "%s: %ld adapters already, the limit is %ld "
+                           "(--max-adapters-per-owner); delete one first",
+                           who, count, s->lim.max_per_owner);
+    if (s->lim.max_bytes_per_owner && bytes + more_bytes > s->lim.max_bytes_per_owner)
+        return cel_err_set(err, CEL_ELIMIT,
+                           "%s: adapters would use %lld bytes on disk, the limit is %lld "
+                           "(--max-adapter-bytes-per-owner); delete some first",
+                           who, bytes + more_bytes, s->lim.max_bytes_per_owner);
+    return CEL_OK;
+}
+
+/* A new adapter object with a fresh id around lora (taken), checkpointed and in
+ * memory, within the owner's quota (checked under the quota lock before and,
+ * for bytes, after its checkpoint is written). */
 static int new_adapter(cel_adapters_t *s, cel_lora_t *lora, const char *owner, cel_adapter_t **out,
                        cel_err_t *err) {
     *out = NULL;
@@ -550,19 +694,27 @@ static int new_adapter(cel_adapters_t *s, cel_lora_t *lora, const char *owner, c
     a->lora = lora;
     iso_now(a->created, sizeof(a->created));
     char hex[17], dir[CEL_ADAPTERS_PATH_MAX + 64];
-    int rc = CEL_OK;
+    int lock = -1, made = 0;
+    int rc = make_room(s, err);
+    if (rc == CEL_OK) rc = quota_lock(s, &lock, err);
+    if (rc == CEL_OK) rc = quota_check(s, owner, 1, 0, err);
     /* 64 random bits: a clash is astronomically unlikely, but mkdir makes it safe */
-    for (int tries = 0; tries < 4; tries++) {
+    for (int tries = 0; rc == CEL_OK && tries < 4; tries++) {
         if ((rc = random_hex(hex, 8, err)) != CEL_OK) break;
         snprintf(a->id, sizeof(a->id), "lora_%s", hex);
         snprintf(dir, sizeof(dir), "%s/%s", s->adir, a->id);
-        if (mkdir(dir, 0700) == 0) break;
+        if (mkdir(dir, 0700) == 0) {
+            made = 1;
+            break;
+        }
         rc = cel_err_set(err, CEL_EIO, "%s: %s", dir, strerror(errno));
         if (errno != EEXIST) break;
     }
     if (rc == CEL_OK) rc = write_ckpt(s, a, NULL, NULL, err);
+    if (rc == CEL_OK) rc = quota_check(s, owner, 0, 0, err); /* its bytes now on disk */
+    if (rc != CEL_OK && made) rm_tree(dir);
+    quota_unlock(lock);
     if (rc != CEL_OK) {
-        if (a->id[0]) rm_tree(dir);
         adapter_free(a);
         return rc;
     }
@@ -600,14 +752,32 @@ int cel_adapters_delete(cel_adapters_t *s, const char *id, cel_err_t *err) {
     return CEL_OK;
 }
 
+static int export_locked(cel_adapters_t *s, cel_adapter_t *a, const char *path, cel_err_t *err);
+
 int cel_adapters_export(cel_adapters_t *s, cel_adapter_t *a, char *path, cel_err_t *err) {
     int step = cel_lora_step_count(a->lora);
-    char tmp[CEL_ADAPTERS_PATH_MAX + 128], nonce[17];
     snprintf(path, CEL_ADAPTERS_PATH_MAX, "%s/%s-step%d", s->edir, a->id, step);
     /* the weights of a step never change, so an existing export is that step's */
     char probe[CEL_ADAPTERS_PATH_MAX + 64];
     snprintf(probe, sizeof(probe), "%s/adapter_model.safetensors", path);
     if (access(probe, F_OK) == 0) return CEL_OK;
+    /* the export is about the size of the checkpoint's weights file */
+    char weights[CEL_ADAPTERS_PATH_MAX + 160];
+    struct stat wst;
+    snprintf(weights, sizeof(weights), "%s/%s/%s/adapter_model.safetensors", s->adir, a->id,
+             a->ckpt);
+    long long more = stat(weights, &wst) == 0 ? (long long)wst.st_size + 4096 : 0;
+    int lock;
+    int rc = quota_lock(s, &lock, err);
+    if (rc == CEL_OK) rc = quota_check(s, a->owner, 0, more, err);
+    if (rc == CEL_OK) rc = export_locked(s, a, path, err);
+    quota_unlock(lock);
+    return rc;
+}
+
+/* cel_adapters_export's writing, under the quota lock. */
+static int export_locked(cel_adapters_t *s, cel_adapter_t *a, const char *path, cel_err_t *err) {
+    char tmp[CEL_ADAPTERS_PATH_MAX + 128], nonce[17];
     int rc = random_hex(nonce, 8, err);
     if (rc != CEL_OK) return rc;
     snprintf(tmp, sizeof(tmp), "%s/.tmp-%s-%s", s->edir, a->id, nonce);
@@ -658,6 +828,183 @@ static int inside_roots(const cel_adapters_t *s, const char *path) {
     return 0;
 }
 
+/* ---- lora.load: a user's folder, read as hostile ---- */
+
+static const char *const import_files[] = { "adapter_config.json", "adapter_model.safetensors",
+                                            "optimizer.safetensors" };
+
+/* Opens name in the directory dfd as a regular file of at most max bytes:
+ * without following a symbolic link, without blocking on a FIFO or device,
+ * checked with fstat before anything is read. CEL_ENOTFOUND when it is missing;
+ * CEL_ELIMIT when larger; CEL_EINVAL when not a regular file. OUT: *fd, *size. */
+static int open_checked(int dfd, const char *name, unsigned long long max, int *fd,
+                        unsigned long long *size, cel_err_t *err) {
+    *fd = -1;
+    int f = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (f < 0) {
+        if (errno == ENOENT) return cel_err_set(err, CEL_ENOTFOUND, "has no %s", name);
+        if (errno == ELOOP)
+            return cel_err_set(err, CEL_EINVAL, "has a %s that is a symbolic link (not followed)",
+                               name);
+        return cel_err_set(err, CEL_EIO, "cannot open its %s: %s", name, strerror(errno));
+    }
+    struct stat st;
+    if (fstat(f, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(f);
+        return cel_err_set(err, CEL_EINVAL, "has a %s that is not a regular file", name);
+    }
+    if ((unsigned long long)st.st_size > max) {
+        close(f);
+        return cel_err_set(err, CEL_EINVAL,
+                           "has a %s of %lld bytes, more than an adapter of its rank can be "
+                           "(%llu)",
+                           name, (long long)st.st_size, max);
+    }
+    *fd = f;
+    *size = (unsigned long long)st.st_size;
+    return CEL_OK;
+}
+
+/* Copies at most size bytes of fd (a file that may change meanwhile) into the
+ * new file name of the directory sfd. */
+static int copy_into(int fd, unsigned long long size, int sfd, const char *name, cel_err_t *err) {
+    int out = openat(sfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (out < 0) return cel_err_set(err, CEL_EIO, "staging %s: %s", name, strerror(errno));
+    char buf[1 << 16];
+    unsigned long long left = size;
+    int rc = CEL_OK;
+    while (rc == CEL_OK && left > 0) {
+        ssize_t r = read(fd, buf, left < sizeof(buf) ? (size_t)left : sizeof(buf));
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) rc = cel_err_set(err, CEL_EIO, "reading its %s: %s", name, strerror(errno));
+        if (r <= 0) break; /* shorter than fstat said: what is there is what we have */
+        for (ssize_t o = 0; rc == CEL_OK && o < r;) {
+            ssize_t w = write(out, buf + o, (size_t)(r - o));
+            if (w < 0 && errno == EINTR) continue;
+            if (w < 0) rc = cel_err_set(err, CEL_EIO, "staging %s: %s", name, strerror(errno));
+            else o += w;
+        }
+        left -= (unsigned long long)r;
+    }
+    close(out);
+    return rc;
+}
+
+/* The staged adapter_config.json: r and lora_alpha within the limits, and the
+ * floats its adapter holds (0 when the model's sizes are not known). */
+static int check_config(cel_adapters_t *s, int sfd, unsigned long long *floats, cel_err_t *err) {
+    *floats = 0;
+    int fd = openat(sfd, import_files[0], O_RDONLY | O_CLOEXEC);
+    char *buf = fd >= 0 ? malloc(IMPORT_CONFIG_MAX + 1) : NULL;
+    ssize_t n = buf ? read(fd, buf, IMPORT_CONFIG_MAX) : -1;
+    if (fd >= 0) close(fd);
+    if (n < 0) {
+        free(buf);
+        return cel_err_set(err, CEL_EIO, "cannot read its staged adapter_config.json");
+    }
+    json_t *o = json_loadb(buf, (size_t)n, 0, NULL);
+    free(buf);
+    json_t *r = json_object_get(o, "r"), *alpha = json_object_get(o, "lora_alpha");
+    int rc = CEL_OK;
+    int max_rank = s->lim.max_rank ? s->lim.max_rank : CEL_LORA_MAX_RANK;
+    if (!json_is_object(o)) {
+        rc = cel_err_set(err, CEL_EPROTO, "has an adapter_config.json that is not a JSON object");
+    } else if (!json_is_integer(r) || json_integer_value(r) < 1 ||
+               json_integer_value(r) > max_rank) {
+        rc = cel_err_set(err, CEL_EINVAL, "has a rank r that is not an integer in [1, %d]",
+                         max_rank);
+    } else if (!json_is_number(alpha) || !isfinite(json_number_value(alpha)) ||
+               !(json_number_value(alpha) > 0) ||
+               (s->lim.max_alpha > 0 && json_number_value(alpha) > s->lim.max_alpha)) {
+        rc = cel_err_set(err, CEL_EINVAL, "has a lora_alpha that is not a number in (0, %g]",
+                         s->lim.max_alpha > 0 ? s->lim.max_alpha : 1e38);
+    } else {
+        unsigned targets = 0;
+        json_t *tm = json_object_get(o, "target_modules"), *v;
+        size_t i;
+        if (json_is_string(tm)) cel_lora_parse_targets(json_string_value(tm), &targets, NULL);
+        json_array_foreach(tm, i, v) {
+            unsigned bit = 0;
+            if (json_is_string(v) &&
+                cel_lora_parse_targets(json_string_value(v), &bit, NULL) == CEL_OK)
+                targets |= bit;
+        }
+        if (!targets) targets = CEL_LORA_ALL; /* the loader says what is wrong with it */
+        for (int m = 0; m < 7; m++)
+            if (targets & (1u << m))
+                *floats += s->lim.floats_per_rank[m] * (unsigned long long)json_integer_value(r);
+    }
+    json_decref(o);
+    return rc;
+}
+
+/* 1 when every float of every tensor of the staged file name is finite. */
+static int all_finite(const char *stage, const char *name, cel_err_t *err) {
+    char path[CEL_ADAPTERS_PATH_MAX + 128];
+    snprintf(path, sizeof(path), "%s/%s", stage, name);
+    cel_safetensors_t *st;
+    if (cel_safetensors_open(path, &st, err) != CEL_OK) return 1; /* the loader reports it */
+    int ok = 1;
+    for (int i = 0; ok && i < cel_safetensors_count(st); i++) {
+        const cel_st_tensor_t *t = cel_safetensors_at(st, i);
+        const uint8_t *d = t->data;
+        for (uint64_t j = 0; ok && j < t->numel; j++) {
+            if (t->dtype == CEL_ST_F32) {
+                float f;
+                memcpy(&f, d + 4 * j, 4);
+                ok = isfinite(f);
+            } else if (t->dtype == CEL_ST_F64) {
+                double x;
+                memcpy(&x, d + 8 * j, 8);
+                ok = isfinite(x);
+            } else if (t->dtype == CEL_ST_F16 || t->dtype == CEL_ST_BF16) {
+                uint16_t h;
+                memcpy(&h, d + 2 * j, 2);
+                uint16_t expo = t->dtype == CEL_ST_F16 ? 0x7c00 : 0x7f80;
+                ok = (h & expo) != expo;
+            } else {
+                break;
+            }
+        }
+    }
+    cel_safetensors_free(st);
+    return ok;
+}
+
+/* Copies the adapter folder open as dfd into the new private folder stage (inside
+ * the state directory): each file opened with open_checked, bounded by what an
+ * adapter of the rank its config names can hold. */
+static int stage_import(cel_adapters_t *s, int dfd, const char *stage, cel_err_t *err) {
+    if (mkdir(stage, 0700) != 0)
+        return cel_err_set(err, CEL_EIO, "staging folder %s: %s", stage, strerror(errno));
+    int sfd = open(stage, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sfd < 0) return cel_err_set(err, CEL_EIO, "staging folder %s: %s", stage, strerror(errno));
+    unsigned long long floats = 0;
+    int rc = CEL_OK;
+    for (int i = 0; rc == CEL_OK && i < 3; i++) {
+        unsigned long long max = i == 0 ? IMPORT_CONFIG_MAX : IMPORT_FILE_MAX;
+        if (i > 0 && floats) max = (unsigned long long)i * floats * 4 + IMPORT_HEADER_MAX;
+        int fd = -1;
+        unsigned long long size = 0;
+        rc = open_checked(dfd, import_files[i], max, &fd, &size, err);
+        if (rc == CEL_ENOTFOUND && i == 2) {
+            rc = CEL_OK; /* the optimizer state is optional */
+            continue;
+        }
+        if (rc == CEL_OK) rc = copy_into(fd, size, sfd, import_files[i], err);
+        if (fd >= 0) close(fd);
+        if (rc == CEL_OK && i == 0) rc = check_config(s, sfd, &floats, err);
+    }
+    for (int i = 1; rc == CEL_OK && i < 3; i++) {
+        char p[CEL_ADAPTERS_PATH_MAX + 128];
+        snprintf(p, sizeof(p), "%s/%s", stage, import_files[i]);
+        if (access(p, F_OK) == 0 && !all_finite(stage, import_files[i], err))
+            rc = cel_err_set(err, CEL_EINVAL, "has NaN or infinite values in %s", import_files[i]);
+    }
+    close(sfd);
+    return rc;
+}
+
 int cel_adapters_import(cel_adapters_t *s, const char *path, const char *owner, cel_adapter_t **out,
                         cel_err_t *err) {
     *out = NULL;
@@ -680,33 +1027,58 @@ int cel_adapters_import(cel_adapters_t *s, const char *path, const char *owner, 
     if (!inside_roots(s, real))
         return cel_err_set(err, CEL_ESTATE, "is outside the state directory and the import roots");
     if (!is_dir(real)) return cel_err_set(err, CEL_EINVAL, "is not a directory");
-    static const char *const files[] = { "adapter_config.json", "adapter_model.safetensors",
-                                         "optimizer.safetensors" };
-    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+    for (size_t i = 0; i < sizeof(import_files) / sizeof(import_files[0]); i++) {
         char f[PATH_MAX + 64], fr[PATH_MAX];
         struct stat st;
-        snprintf(f, sizeof(f), "%s/%s", real, files[i]);
+        snprintf(f, sizeof(f), "%s/%s", real, import_files[i]);
         if (lstat(f, &st) != 0) {
-            if (i < 2) return cel_err_set(err, CEL_EINVAL, "has no %s", files[i]);
+            if (i < 2) return cel_err_set(err, CEL_EINVAL, "has no %s", import_files[i]);
             continue;
         }
         if (!realpath(f, fr) || !inside_roots(s, fr))
             return cel_err_set(err, CEL_ESTATE,
                                "has a %s that leads outside the state "
                                "directory and the import roots",
-                               files[i]);
+                               import_files[i]);
     }
-    cel_lora_t *lora;
-    cel_err_t lerr;
-    int rc = cel_lora_load(s->m, real, &lora, &lerr);
-    if (rc == CEL_ENOMEM) return cel_err_set(err, rc, "out of memory");
-    if (rc != CEL_OK) {
-        /* the engine's message names the full file path; keep only its tail */
-        const char *msg = lerr.msg;
-        size_t rl = strlen(real);
-        if (strncmp(msg, real, rl) == 0) msg += rl + (msg[rl] == '/');
-        return cel_err_set(err, CEL_EINVAL, "is not a loadable adapter: %s", msg);
+    /* From here on the folder is read only through this fd: a symlink swapped in
+     * after the checks above cannot redirect the reads. */
+    int dfd = open(real, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0)
+        return cel_err_set(err, errno == ENOENT ? CEL_ENOTFOUND : CEL_EINVAL,
+                           "changed while being read (%s)", strerror(errno));
+    char fdpath[64], where[PATH_MAX];
+    snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", dfd);
+    ssize_t wl = readlink(fdpath, where, sizeof(where) - 1);
+    if (wl > 0) {
+        where[wl] = '\0';
+        if (!inside_roots(s, where)) {
+            close(dfd);
+            return cel_err_set(err, CEL_ESTATE,
+                               "is outside the state directory and the import roots");
+        }
     }
+    char nonce[17], stage[CEL_ADAPTERS_PATH_MAX + 64];
+    int rc = random_hex(nonce, 8, err);
+    snprintf(stage, sizeof(stage), "%s/.import-%s", s->state, nonce);
+    if (rc == CEL_OK) rc = stage_import(s, dfd, stage, err);
+    close(dfd);
+    cel_lora_t *lora = NULL;
+    if (rc == CEL_OK) {
+        cel_err_t lerr;
+        rc = cel_lora_load(s->m, stage, &lora, &lerr);
+        if (rc == CEL_ENOMEM) {
+            cel_err_set(err, rc, "out of memory");
+        } else if (rc != CEL_OK) {
+            /* the engine's message names the staged file path; keep only its tail */
+            const char *msg = lerr.msg;
+            size_t sl = strlen(stage);
+            if (strncmp(msg, stage, sl) == 0) msg += sl + (msg[sl] == '/');
+            rc = cel_err_set(err, CEL_EINVAL, "is not a loadable adapter: %s", msg);
+        }
+    }
+    rm_tree(stage);
+    if (rc != CEL_OK) return rc;
     return new_adapter(s, lora, owner, out, err);
 }
 

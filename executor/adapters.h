@@ -16,6 +16,12 @@
  *                                                       recent_steps, owner, created, ...)
  *   <state>/exports/<id>-step<N>/           lora.save's PEFT folders
  * Ids are "lora_" + 16 lowercase hex digits, checked before any path is built.
+ * Limits (issue 12): adapters and checkpoint bytes per owner on disk, checked
+ * under a lock every executor of the state directory shares; lora.load reads
+ * a user's folder only through a directory fd, file by file without following
+ * links or blocking, each file fstat'ed regular and no larger than an adapter
+ * of its rank can be, copied to a private staging folder and loaded from
+ * there; adapters with accumulated gradients are never evicted from memory.
  * Runs in executor processes only: blocking file I/O and fsync, one thread.
  */
 #ifndef CEL_ADAPTERS_H
@@ -37,12 +43,26 @@
 typedef struct cel_adapters cel_adapters_t;
 typedef struct cel_adapter cel_adapter_t;
 
+/* What the store enforces (cel_adapters_set_limits); zero fields: no limit. */
+typedef struct cel_adapters_limits {
+    long max_per_owner;            /* adapters one owner (or "no owner") may have */
+    long long max_bytes_per_owner; /* their checkpoints and lora.save exports, in bytes */
+    int max_rank;                  /* lora.load refuses a larger r */
+    double max_alpha;              /* and a larger lora_alpha */
+    /* floats one target module's LoRA holds (A and B, every layer) per unit of rank,
+     * in CEL_LORA_* bit order: what bounds the size of an imported file */
+    unsigned long long floats_per_rank[7];
+} cel_adapters_limits_t;
+
 /* Opens the store on state_dir (created if missing, with adapters/ and exports/
  * inside) for model m (borrowed; outlives the store). base_model names the model
  * in exported adapter_config.json files. roots: n_roots extra directories
  * lora.load may read from (must exist). OUT: *out (cel_adapters_free). */
 int cel_adapters_open(cel_model_t *m, const char *state_dir, const char *base_model,
                       const char *const *roots, int n_roots, cel_adapters_t **out, cel_err_t *err);
+
+/* Sets the limits the store enforces from now on (lim copied). */
+void cel_adapters_set_limits(cel_adapters_t *s, const cel_adapters_limits_t *lim);
 
 /* Frees the memory copies (unsaved gradients are lost); NULL is a no-op. */
 void cel_adapters_free(cel_adapters_t *s);
@@ -54,15 +74,18 @@ const char *cel_adapters_state_dir(const cel_adapters_t *s);
 int cel_adapters_valid_id(const char *id);
 
 /* Creates an adapter from cfg (seed included) owned by owner (may be NULL), writes
- * its step-0 checkpoint and keeps it in memory. OUT: *out, borrowed from the store
- * until the next call that may evict (get/create/import). */
+ * its step-0 checkpoint and keeps it in memory. CEL_ELIMIT: the owner's quota
+ * (count or bytes) is used up; CEL_EAGAIN: every adapter in memory has
+ * accumulated gradients (nothing is evicted then). OUT: *out, borrowed from the store until
+ * the next call that may evict (get/create/import). */
 int cel_adapters_create(cel_adapters_t *s, const cel_lora_config_t *cfg, const char *owner,
                         cel_adapter_t **out, cel_err_t *err);
 
 /* The adapter id, in memory and in sync with its current checkpoint (loaded or
  * reloaded as needed). CEL_ENOTFOUND: no such adapter (or a malformed id);
- * CEL_EIO/CEL_EPROTO: its checkpoint could not be read. OUT: *out, borrowed as
- * for create. */
+ * CEL_EIO/CEL_EPROTO: its checkpoint could not be read; CEL_EAGAIN: it must be
+ * loaded but every adapter in memory has accumulated gradients. OUT: *out,
+ * borrowed as for create. */
 int cel_adapters_get(cel_adapters_t *s, const char *id, cel_adapter_t **out, cel_err_t *err);
 
 /* Writes a new checkpoint of a (its weights, AdamW state and step now) recording
@@ -81,7 +104,8 @@ void cel_adapters_evict(cel_adapters_t *s, cel_adapter_t *a);
 int cel_adapters_delete(cel_adapters_t *s, const char *id, cel_err_t *err);
 
 /* Writes a's weights as a PEFT folder <state>/exports/<id>-step<N>/ (kept if it
- * already exists). OUT: path (CEL_ADAPTERS_PATH_MAX bytes). */
+ * already exists). CEL_ELIMIT when it would pass the owner's byte quota. OUT:
+ * path (CEL_ADAPTERS_PATH_MAX bytes). */
 int cel_adapters_export(cel_adapters_t *s, cel_adapter_t *a, char *path, cel_err_t *err);
 
 /* Imports the PEFT folder at path as a new adapter owned by owner (may be NULL),
@@ -89,8 +113,10 @@ int cel_adapters_export(cel_adapters_t *s, cel_adapter_t *a, char *path, cel_err
  * taken from the state directory. The folder and every file read must resolve
  * (after symlinks) inside the state directory or an import root. Errors:
  * CEL_ESTATE the path leaves them (PermissionError for the client), CEL_ENOTFOUND
- * it does not exist, others a folder that is not a loadable adapter. OUT: *out
- * as for create. */
+ * it does not exist, CEL_ELIMIT/CEL_EAGAIN as for create, others a folder
+ * that is not a loadable adapter (a file that is a link, a FIFO, a directory
+ * or larger than its adapter can be; a rank or alpha past the limits;
+ * non-finite weights). OUT: *out as for create. */
 int cel_adapters_import(cel_adapters_t *s, const char *path, const char *owner, cel_adapter_t **out,
                         cel_err_t *err);
 

@@ -60,9 +60,8 @@ int cel_lm_create(cel_call_t *call) {
     cel_err_t err;
     if (rc == CEL_OK &&
         (rc = cel_adapters_create(g->store, &cfg, json_string_value(v[4]), &a, &err)) != CEL_OK)
-        rc = rc == CEL_ENOMEM
-                 ? rc
-                 : cel_call_fail(call, "OSError", "cannot create the adapter: %s", err.msg);
+        rc =
+            rc == CEL_ENOMEM ? rc : cel_lm_store_error(call, rc, "cannot create the adapter", &err);
     if (rc == CEL_OK) {
         cel_info("Created adapter %s (rank %d, alpha %g)", cel_adapters_id(a), cfg.rank, cfg.alpha);
         rc = cel_call_succeed(call, created_result(a));
@@ -80,9 +79,10 @@ int cel_lm_save(cel_call_t *call) {
     char path[CEL_ADAPTERS_PATH_MAX];
     cel_err_t err;
     if (rc == CEL_OK && (rc = cel_adapters_export(g->store, a, path, &err)) != CEL_OK)
-        rc = rc == CEL_ENOMEM ? rc
-                              : cel_call_fail(call, "OSError", "cannot save adapter %s: %s",
-                                              cel_adapters_id(a), err.msg);
+        rc = rc == CEL_ENOMEM   ? rc
+             : rc == CEL_ELIMIT ? cel_lm_store_error(call, rc, "cannot save the adapter", &err)
+                                : cel_call_fail(call, "OSError", "cannot save adapter %s: %s",
+                                                cel_adapters_id(a), err.msg);
     if (rc == CEL_OK) rc = cel_call_succeed(call, json_string(path));
     return cel_call_finish(rc);
 }
@@ -101,6 +101,8 @@ int cel_lm_load(cel_call_t *call) {
                                  &err);
         if (rc == CEL_ESTATE)
             rc = cel_call_fail(call, "PermissionError", "path %s %s", cel_lm_repr(v[0]), err.msg);
+        else if (rc == CEL_ELIMIT || rc == CEL_EAGAIN)
+            rc = cel_lm_store_error(call, rc, "cannot load the adapter", &err);
         else if (rc == CEL_EIO)
             rc = cel_call_fail(call, "OSError", "path %s: %s", cel_lm_repr(v[0]), err.msg);
         else if (rc != CEL_OK && rc != CEL_ENOMEM)

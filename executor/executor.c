@@ -415,7 +415,8 @@ static int usage(const char *why) {
             "         [--state-dir DIR] [--import-root DIR]... [--max-input-tokens N]\n"
             "         [--threads N] [--device D] [--batch-max-tasks K]\n"
             "         [--batch-wait-ms MS] [--batch-max-tokens N]\n"
-            "         [--gpu-adapter-memory MB]\n",
+            "         [--gpu-adapter-memory MB] [--max-adapters-per-owner N]\n"
+            "         [--max-adapter-bytes-per-owner BYTES]\n",
             why);
     return EXEC_EXIT_PROTO;
 }
@@ -480,6 +481,17 @@ int main(int argc, char **argv) {
             int v;
             if (parse_int(val, &v) < 0) return usage("bad --gpu-adapter-memory");
             mopts.gpu_adapter_mb = v;
+        } else if (strcmp(opt, "--max-adapters-per-owner") == 0) {
+            int v;
+            if (parse_int(val, &v) < 0) return usage("bad --max-adapters-per-owner");
+            mopts.max_adapters_per_owner = v;
+        } else if (strcmp(opt, "--max-adapter-bytes-per-owner") == 0) {
+            char *end;
+            errno = 0;
+            long long v = strtoll(val, &end, 10);
+            if (errno || end == val || *end || v < 0)
+                return usage("bad --max-adapter-bytes-per-owner");
+            mopts.max_bytes_per_owner = v;
         } else if (strcmp(opt, "--threads") == 0) {
             if (parse_int(val, &mopts.threads) < 0 || mopts.threads < 1 || mopts.threads > 1024)
                 return usage("bad --threads");

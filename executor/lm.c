@@ -31,6 +31,8 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../model/config.h"
+#include "../protocol/tasks.h"
 
 cel_lm_state_t cel_lm_state = { .im_start = -1, .im_end = -1, .eos = -1 };
 
@@ -39,6 +41,28 @@ static cel_lm_state_t *const g = &cel_lm_state;
 static void rm_private_state(void);
 
 /* ---- open, close ---- */
+
+/* The store's limits: the owner quotas, the task table's rank and alpha, and
+ * from config.json how many floats a LoRA of rank 1 holds per target module
+ * (A: r x in and B: out x r, every layer), which bounds an imported file. */
+static void store_limits(const cel_lm_opts_t *o) {
+    cel_adapters_limits_t lim = { .max_per_owner = o->max_adapters_per_owner,
+                                  .max_bytes_per_owner = o->max_bytes_per_owner,
+                                  .max_rank = CEL_TASKS_MAX_RANK,
+                                  .max_alpha = CEL_TASKS_MAX_ALPHA };
+    char path[CEL_ADAPTERS_PATH_MAX + 32];
+    snprintf(path, sizeof(path), "%s/config.json", g->model_dir);
+    cel_config_t c;
+    if (cel_config_load(path, &c, NULL) == CEL_OK) {
+        unsigned long long L = (unsigned long long)c.L, C = (unsigned long long)c.C;
+        unsigned long long q = (unsigned long long)c.NH * (unsigned long long)c.HS;
+        unsigned long long kv = (unsigned long long)c.NKV * (unsigned long long)c.HS;
+        unsigned long long I = (unsigned long long)c.I;
+        unsigned long long per[7] = { C + q, C + kv, C + kv, q + C, C + I, C + I, I + C };
+        for (int i = 0; i < 7; i++) lim.floats_per_rank[i] = L * per[i];
+    }
+    cel_adapters_set_limits(g->store, &lim);
+}
 
 int cel_lm_open(const cel_lm_opts_t *o, cel_err_t *err) {
     cel_model_set_threads(o->threads);
@@ -94,6 +118,7 @@ int cel_lm_open(const cel_lm_opts_t *o, cel_err_t *err) {
     if (rc == CEL_OK)
         rc = cel_adapters_open(g->model, state, g->model_dir, o->import_roots, o->n_import_roots,
                                &g->store, err);
+    if (rc == CEL_OK) store_limits(o);
     if (rc != CEL_OK) {
         cel_lm_close();
         return rc;
@@ -134,8 +159,16 @@ int cel_lm_adapter(cel_call_t *call, json_t *id, cel_adapter_t **out) {
     if (rc == CEL_OK || rc == CEL_ENOMEM) return rc;
     if (rc == CEL_ENOTFOUND)
         return cel_call_fail(call, "ValueError", "unknown adapter %s", cel_lm_repr(id));
+    if (rc == CEL_EAGAIN) return cel_lm_store_error(call, rc, "cannot load the adapter", &err);
     return cel_call_fail(call, "OSError", "adapter %s: cannot read its checkpoint: %s",
                          json_string_value(id), err.msg);
+}
+
+int cel_lm_store_error(cel_call_t *call, int rc, const char *what, const cel_err_t *err) {
+    if (rc == CEL_EAGAIN) /* other users' gradients fill this executor: not the caller's fault */
+        return cel_call_fail(call, "RuntimeError", "%s: %s", what, err->msg);
+    if (rc == CEL_ELIMIT) return cel_call_fail(call, "ValueError", "%s: %s", what, err->msg);
+    return cel_call_fail(call, "OSError", "%s: %s", what, err->msg);
 }
 
 int cel_lm_lora(cel_call_t *call, json_t *id, cel_lora_t **out) {

@@ -32,6 +32,8 @@ typedef struct cel_lm_opts {
      * (ignored: progress is best effort). */
     int (*progress)(void *priv, long done, long total);
     void *progress_priv;
+    long max_adapters_per_owner; /* the store's quotas (0: none), see adapters.h */
+    long long max_bytes_per_owner;
 } cel_lm_opts_t;
 
 /* Loads the model and tokenizer and opens the adapter store. Errors name the

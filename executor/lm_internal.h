@@ -65,6 +65,11 @@ void cel_lm_progress(long done, long total);
 /* A model error (rc, err) as the call's exception: OSError for I/O, ValueError else. */
 int cel_lm_model_error(cel_call_t *call, int rc, const cel_err_t *err);
 
+/* An adapter store error (rc, err) of an operation `what` as the call's
+ * exception: ValueError for a quota (CEL_ELIMIT), RuntimeError when the
+ * executor's memory is full of others' gradients (CEL_EAGAIN), OSError else. */
+int cel_lm_store_error(cel_call_t *call, int rc, const char *what, const cel_err_t *err);
+
 /* A seed for a request that gave none. */
 uint64_t cel_lm_random_seed(void);
 

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "../protocol/protocol.h"
 
 /* Limits besides the task table's (protocol/tasks.h) and --max-input-tokens. */
 #define MT_MAX_TOTAL_TOKENS (256 * 1024) /* tokens in one forward_backward, all examples */
@@ -71,15 +72,15 @@ static int finish_score(cel_lm_pending_t *p, double loss) {
     int n = (int)p->nids - 1;
     json_t *tl = json_array();
     for (int i = 0; tl && i < n; i++)
-        if (json_array_append_new(tl, json_real(p->lp[i]))) {
+        if (json_array_append_new(tl, cel_json_float(p->lp[i]))) {
             json_decref(tl);
             tl = NULL;
         }
-    return cel_call_succeed(p->call,
-                            tl ? json_pack("{s:i, s:f, s:f, s:f, s:o}", "tokens", n, "logprob",
-                                           -loss, "mean_logprob", -loss / n, "perplexity",
-                                           exp(loss / n), "token_logprobs", tl)
-                               : NULL);
+    return cel_call_succeed(
+        p->call, tl ? json_pack("{s:i, s:o, s:o, s:o, s:o}", "tokens", n, "logprob",
+                                cel_json_float(-loss), "mean_logprob", cel_json_float(-loss / n),
+                                "perplexity", cel_json_float(exp(loss / n)), "token_logprobs", tl)
+                    : NULL);
 }
 
 /* model.score and lora.forward_backward run alone: a pack of one. */
@@ -434,8 +435,8 @@ static int run_round(cel_lm_pending_t **ps, int n, int kind, long max_tokens, ce
         if (p->next == p->n) {
             p->done = 1;
             p->rc = cel_call_succeed(
-                p->call, json_pack("{s:f, s:I, s:I}", "loss", p->loss_sum / p->wsum, "tokens",
-                                   (json_int_t)p->trained, "examples", (json_int_t)p->n));
+                p->call, json_pack("{s:o, s:I, s:I}", "loss", cel_json_float(p->loss_sum / p->wsum),
+                                   "tokens", (json_int_t)p->trained, "examples", (json_int_t)p->n));
         }
     }
     return k;
@@ -518,11 +519,22 @@ int cel_lm_optim_step(cel_call_t *call) {
     float norm = 0;
     cel_err_t err;
     rc = cel_lora_step(cel_adapters_lora(a), &opt, &norm, &err);
+    if (rc != CEL_OK && !isfinite(norm)) {
+        /* nothing was applied; the gradients that overflowed are of no use: dropped */
+        cel_lora_zero_grad(cel_adapters_lora(a));
+        cel_adapters_set_grads(a, 0);
+        cel_warn("Adapter %s: gradient norm is %g; step refused, gradients dropped", id, norm);
+        return cel_call_finish(cel_call_fail(
+            call, "ValueError",
+            "adapter %s: the gradient norm is %s, so the step was not applied (the adapter is "
+            "unchanged at step %d) and the accumulated gradients were dropped; run "
+            "lora.forward_backward again (smaller loss weights or learning rate)",
+            id, isnan(norm) ? "nan" : "inf", cel_lora_step_count(cel_adapters_lora(a))));
+    }
     if (rc != CEL_OK) return cel_call_finish(cel_lm_model_error(call, rc, &err));
     cel_adapters_set_grads(a, 0);
     int step = cel_lora_step_count(cel_adapters_lora(a));
-    json_t *res =
-        json_pack("{s:i, s:f}", "step", step, "grad_norm", isfinite(norm) ? (double)norm : -1.0);
+    json_t *res = json_pack("{s:i, s:f}", "step", step, "grad_norm", (double)norm);
     if (!res) return CEL_ENOMEM;
     rc = cel_adapters_commit(g->store, a, g->task_id, res, &err);
     if (rc != CEL_OK) {

@@ -34,10 +34,11 @@ def make_celery(broker=None, backend=None):
     return app
 
 
-def send(app, name, kwargs, queue="celery", args=None):
-    """Enqueues task `name` with keyword arguments; returns the task id (the future id)."""
+def send(app, name, kwargs, queue="celery", args=None, task_id=None):
+    """Enqueues task `name` with keyword arguments (as task_id when given); returns the task
+    id (the future id)."""
     result = app.send_task(name, args=args or [], kwargs=kwargs, queue=queue, retry=True,
-                           retry_policy=PUBLISH_RETRY)
+                           retry_policy=PUBLISH_RETRY, task_id=task_id)
     return result.id
 
 

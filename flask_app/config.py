@@ -64,6 +64,11 @@ def from_env(env=None):
         "CELERIAC_MAX_SAMPLE_TOKENS": _int(env, "CELERIAC_MAX_SAMPLE_TOKENS", 1024, 1),
         "CELERIAC_MAX_RANK": _int(env, "CELERIAC_MAX_RANK", 256, 1),
         "CELERIAC_FUTURE_TTL": _int(env, "CELERIAC_FUTURE_TTL", 86400, 1),
+        # Failed API keys per client address and minute before every request from it is a 429
+        # (0: no throttling), and tasks one user may have queued or running at once (429 past
+        # it; 0: no limit).
+        "CELERIAC_AUTH_FAILURES": _int(env, "CELERIAC_AUTH_FAILURES", 100, 0),
+        "CELERIAC_MAX_INFLIGHT": _int(env, "CELERIAC_MAX_INFLIGHT", 256, 0),
         "CELERIAC_QUEUE": env.get("CELERIAC_QUEUE") or "celery",
         # The worker's task table (request schemas are made from it): a file holding the output
         # of `celeriac --describe-tasks`, else that command run on this binary.

@@ -164,7 +164,8 @@ void cel_model_mod_weight_name(char *buf, size_t len, int l, int mod);
 int cel_model_adamw_check(const cel_adamw_t *o, cel_err_t *err);
 
 /* One optimizer step over a block (cel_model_step, cel_lora_step): global
- * norm, optional clipping, AdamW update, zeroed grads. Returns the norm. */
+ * norm, optional clipping, AdamW update, zeroed grads. Returns the norm; a
+ * non-finite one is returned with nothing changed. */
 float cel_model_adamw_apply(float *w, float *g, float *m, float *v, size_t n, const cel_adamw_t *o,
                             int step);
 

@@ -421,15 +421,18 @@ int cel_lora_step(cel_lora_t *l, const cel_adamw_t *opt, float *grad_norm, cel_e
         rc = l->dev_model->gpu_api->lora_step(l->dev, opt->lr, opt->beta1, opt->beta2, opt->eps,
                                               opt->weight_decay, opt->grad_clip, l->step + 1, &norm,
                                               err);
+        if (grad_norm) *grad_norm = norm;
         if (rc != CEL_OK) return rc;
         l->step++;
         l->host_stale = 1;
-        if (grad_norm) *grad_norm = norm;
         return CEL_OK;
     }
-    l->step++;
-    float norm = cel_model_adamw_apply(l->w, l->g, l->m, l->v, l->n, opt, l->step);
+    float norm = cel_model_adamw_apply(l->w, l->g, l->m, l->v, l->n, opt, l->step + 1);
     if (grad_norm) *grad_norm = norm;
+    if (!isfinite(norm))
+        return cel_err_set(err, CEL_EINVAL, "gradient norm is %s: step not applied",
+                           isnan(norm) ? "nan" : "inf");
+    l->step++;
     return CEL_OK;
 }
 

@@ -219,7 +219,9 @@ const char *cel_lora_meta(const cel_lora_t *l, const char *key);
 void cel_lora_free(cel_lora_t *l);
 
 /* One AdamW step over the adapter's weights with its accumulated gradients,
- * then zeroes them. OUT: *grad_norm (may be NULL) before clipping. */
+ * then zeroes them. OUT: *grad_norm (may be NULL) before clipping. A gradient
+ * norm that is NaN or infinite applies nothing: CEL_EINVAL, the weights, moments,
+ * step and gradients as they were (cel_model_step alike). */
 int cel_lora_step(cel_lora_t *l, const cel_adamw_t *opt, float *grad_norm, cel_err_t *err);
 
 /* Drops accumulated gradients without stepping. */

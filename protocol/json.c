@@ -2,9 +2,10 @@
  *
  * Separators ", " and ": ", keys in insertion order, floats as Python's repr,
  * everything outside printable ASCII as \uXXXX (surrogate pairs above the
- * BMP), embedded NULs kept (json_string_length). NaN/Infinity are refused with
- * CEL_ETYPE rather than written as Python's non-standard tokens. Also the depth
- * check the decoders use. No I/O; any process. jansson's json_dumps is not used:
+ * BMP), embedded NULs kept (json_string_length). jansson's reals cannot hold
+ * NaN/Infinity, so a result that has one carries cel_json_float's marker object
+ * instead, written here as Python's tokens (NaN, Infinity, -Infinity). Also the
+ * depth check the decoders use. No I/O; any process. jansson's json_dumps is not used:
  * it prints 17 significant digits and other separators.
  */
 #include <math.h>
@@ -97,6 +98,45 @@ int cel_json_dump_string(cel_buf_t *b, const char *s, size_t n, cel_err_t *err) 
     return CEL_OK;
 }
 
+/* The marker of a non-finite float: {"\0celeriac-float": "NaN" | "Infinity" |
+ * "-Infinity"}, a key no Python program writes by accident. A client could send
+ * one in its arguments (the decoders keep NUL in keys): it only changes how its
+ * own value is written back. */
+#define FLOAT_KEY     "\0celeriac-float"
+#define FLOAT_KEY_LEN 15
+
+json_t *cel_json_float(double v) {
+    if (isfinite(v)) return json_real(v);
+    json_t *o = json_object();
+    const char *tok = isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity";
+    if (o && json_object_setn_new(o, FLOAT_KEY, FLOAT_KEY_LEN, json_string(tok)) != 0) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* The token of a marker object, or NULL when v is not one. */
+static const char *float_token(const json_t *v) {
+    if (!json_is_object(v) || json_object_size(v) != 1) return NULL;
+    json_t *t = json_object_getn(v, FLOAT_KEY, FLOAT_KEY_LEN);
+    const char *s = json_string_value(t);
+    if (!s) return NULL;
+    if (!strcmp(s, "NaN") || !strcmp(s, "Infinity") || !strcmp(s, "-Infinity")) return s;
+    return NULL;
+}
+
+int cel_json_float_value(const json_t *v, double *out) {
+    if (json_is_number(v)) {
+        *out = json_number_value(v);
+        return 1;
+    }
+    const char *t = float_token(v);
+    if (!t) return 0;
+    *out = t[0] == 'N' ? NAN : t[0] == '-' ? -INFINITY : INFINITY;
+    return 1;
+}
+
 static int dump(cel_buf_t *b, json_t *v, int depth, cel_err_t *err) {
     if (depth > CEL_ENC_MAX_DEPTH)
         return cel_err_set(err, CEL_ELIMIT, "value nested deeper than %d", CEL_ENC_MAX_DEPTH);
@@ -133,6 +173,11 @@ static int dump(cel_buf_t *b, json_t *v, int depth, cel_err_t *err) {
         size_t klen;
         json_t *val;
         int first = 1;
+        const char *tok = float_token(v);
+        if (tok) {
+            cel_buf_puts(b, tok);
+            return CEL_OK;
+        }
         cel_buf_putc(b, '{');
         json_object_keylen_foreach(v, key, klen, val) {
             if (!first) cel_buf_put(b, ", ", 2);

@@ -24,8 +24,9 @@ static int put_str_field(cel_buf_t *b, const char *key, const char *val, cel_err
 }
 
 /* Builds the meta JSON (see protocol.h for the fields). Returns a malloc'd
- * string, or NULL with err: CEL_EINVAL (no task_id/status), CEL_ETYPE
- * (NaN/Inf or bad UTF-8 in result/children/strings), CEL_ENOMEM.
+ * string, or NULL with err: CEL_EINVAL (no task_id/status), CEL_ETYPE (bad
+ * UTF-8 in result/children/strings), CEL_ENOMEM. NaN and infinities (as
+ * cel_json_float carries them) are written as Python's json writes them.
  * group_id/parent_id are left out when NULL or "" (Python tests truthiness). */
 char *cel_meta_encode(const char *task_id, const char *status, json_t *result,
                       const char *traceback, json_t *children, double date_done,

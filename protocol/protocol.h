@@ -147,8 +147,18 @@ char *cel_exc_repr(json_t *exc);
 char *cel_repr(json_t *v, int as_tuple, size_t max_len);
 
 /* Serializes a JSON value as Python's json.dumps(ensure_ascii=True) would.
- * Returns malloc'd string or NULL with err (CEL_ETYPE for NaN/Inf reals). */
+ * Returns malloc'd string or NULL with err (CEL_ETYPE for invalid UTF-8). */
 char *cel_json_dumps(json_t *v, cel_err_t *err);
+
+/* A float as a JSON value, NaN and +-inf included (jansson's reals cannot hold
+ * them): a real when finite, else a one-key marker object that cel_json_dumps
+ * writes as Python's json does (NaN, Infinity, -Infinity), that msgpack frames
+ * carry unchanged and that a client's json.loads reads back as the float.
+ * NULL on ENOMEM. */
+json_t *cel_json_float(double v);
+
+/* 1 and *out set when v is a number or cel_json_float's marker, else 0. */
+int cel_json_float_value(const json_t *v, double *out);
 
 /* msgpack <-> JSON values. Maps need string keys (others are refused with
  * CEL_ETYPE); bin/ext types are refused unless bin is valid UTF-8 (-> string);

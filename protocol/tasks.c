@@ -135,9 +135,14 @@ static const cel_tasks_spec_t token_id = { .type = CEL_TASKS_INT,
                                            .max = CEL_TASKS_MAX_TOKEN_ID,
                                            .doc = "a token id of the model's vocabulary" };
 
-static const cel_tasks_spec_t loss_weight = {
-    .type = CEL_TASKS_NUMBER, .has_min = 1, .min = 0, .doc = "loss weight of one target"
-};
+/* Bounded so that the weighted loss and its gradients stay finite in float32
+ * (3e38 overflowed them into a NaN step, issue 12). */
+static const cel_tasks_spec_t loss_weight = { .type = CEL_TASKS_NUMBER,
+                                              .has_min = 1,
+                                              .min = 0,
+                                              .has_max = 1,
+                                              .max = CEL_TASKS_MAX_WEIGHT,
+                                              .doc = "loss weight of one target" };
 
 static const cel_tasks_spec_t text_fields[] = {
     { .name = "text",

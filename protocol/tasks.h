@@ -49,6 +49,7 @@
 #define CEL_TASKS_MAX_STOP_LEN   256         /* code points of one stop string */
 #define CEL_TASKS_MAX_RANK       256         /* LoRA rank */
 #define CEL_TASKS_MAX_ALPHA      1e6         /* LoRA alpha */
+#define CEL_TASKS_MAX_WEIGHT     1e4         /* a target's loss weight (forward_backward) */
 #define CEL_TASKS_MAX_OWNER      256         /* code points of an owner string */
 #define CEL_TASKS_MAX_TOKEN_ID   2147483647L /* token ids are int32 (the vocabulary is less) */
 

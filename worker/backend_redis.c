@@ -8,7 +8,9 @@
  * SETEX+PUBLISH EXEC; the STORE script does the same atomically in one
  * round trip, and many stores pipeline on one connection. Matches
  * celery/backends/redis.py set()/get() and backends/base.py _store_result().
- * Main process, libuv loop.
+ * Error replies go back to the caller as ok=0 (the consumer retries with
+ * backoff); NOSCRIPT never does (redis.c runs the script with EVAL). Keys of
+ * any id length are built on the heap past KEY_INLINE. Main process, libuv loop.
  */
 #include "backend.h"
 
@@ -104,7 +106,7 @@ static void on_stored(cel_redis_t *r, redisReply *reply, void *priv) {
     store_ctx_t *s = priv;
     int ok = reply && reply->type != REDIS_REPLY_ERROR;
     if (reply && reply->type == REDIS_REPLY_ERROR)
-        cel_error("backend: store failed: %s", reply->str);
+        cel_redis_log_error(r, "store failed", reply->str);
     if (s->done) s->done(s->priv, ok);
     free(s);
 }
@@ -178,7 +180,7 @@ typedef struct get_ctx {
 
 static void on_got(cel_redis_t *r, redisReply *reply, void *priv) {
     get_ctx_t *g = priv;
-    if (reply && reply->type == REDIS_REPLY_ERROR) cel_error("backend: GET failed: %s", reply->str);
+    if (reply && reply->type == REDIS_REPLY_ERROR) cel_redis_log_error(r, "GET failed", reply->str);
     if (!reply || reply->type == REDIS_REPLY_ERROR) g->got(g->priv, 0, NULL, 0);
     else if (reply->type == REDIS_REPLY_STRING) g->got(g->priv, 1, reply->str, reply->len);
     else g->got(g->priv, 1, NULL, 0); /* nil: nothing stored */

@@ -93,6 +93,10 @@ int cel_broker_cancel_queue(cel_broker_t *b, const char *queue) {
 
 json_t *cel_broker_queues(const cel_broker_t *b) { return b->ops->queues(b->impl); }
 
+void cel_broker_forget(cel_broker_t *b, const char *tag) {
+    if (b && tag && b->ops->forget) b->ops->forget(b->impl, tag);
+}
+
 static void on_impl_closed(void *priv) {
     cel_broker_t *b = priv;
     void (*cb)(void *) = b->on_closed;

@@ -88,6 +88,9 @@ typedef struct cel_broker_ops {
     json_t *(*queues)(const void *impl);
     /* Closes every connection; on_closed(priv) runs when done; impl is freed. */
     void (*close)(void *impl, void (*on_closed)(void *), void *priv);
+    /* The message was acked by other means (the result backend's store_ack):
+     * drop what the transport keeps of it. May be NULL (nothing kept). */
+    void (*forget)(void *impl, const char *tag);
 } cel_broker_ops_t;
 
 /* The transports (one table each, in their own file). */
@@ -117,6 +120,7 @@ int cel_broker_pending(const cel_broker_t *b);
 int cel_broker_add_queue(cel_broker_t *b, const char *queue);
 int cel_broker_cancel_queue(cel_broker_t *b, const char *queue);
 json_t *cel_broker_queues(const cel_broker_t *b);
+void cel_broker_forget(cel_broker_t *b, const char *tag);
 
 /* Closes the transport; on_closed(priv) runs when it is done and b is freed. */
 void cel_broker_close(cel_broker_t *b, void (*on_closed)(void *), void *priv);

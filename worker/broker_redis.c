@@ -9,7 +9,12 @@
  * same one-round-trip window kombu has; its message is registered at once.
  * Matches kombu/transport/redis.py (QoS, _do_restore_message, priority keys).
  * Messages are kombu JSON envelopes; decode and peek read them as such.
- * Main process, libuv loop.
+ * Robustness: a copy of every held message (held.c) lets a server that lost
+ * them (FLUSHALL, a restart without persistence) get them back, found by the
+ * TOUCH script and at every reconnect; an error reply to a fetch is retried
+ * with backoff; a message over --max-message-size is read only as far as its
+ * ids (the POP script cuts it server-side; BRPOP's connection streams it
+ * through redis.c's bulk filter). Main process, libuv loop.
  */
 #include "broker.h"
 
@@ -19,58 +24,95 @@
 #include <sys/time.h>
 
 #include "../common/log.h"
+#include "held.h"
 #include "redis.h"
+#include "respcut.h"
 
 #define POP_BATCH_MAX  128
 #define RESTORE_BATCH  1000
+#define TOUCH_BATCH    256 /* tags in one TOUCH script call */
+#define TOUCH_MAX_S    5.0 /* held messages are checked at least this often */
 #define PRIORITY_STEPS 4
 static const int priority_steps[PRIORITY_STEPS] = { 0, 3, 6, 9 };
 
-/* Shared Lua: take the delivery tag and routing of an envelope and register it
- * as kombu's QoS.append does: ZADD unacked_index now tag; HSET unacked tag
- * '[<envelope>, "<exchange>", "<routing_key>"]'. Returns the tag or false. */
-#define LUA_REGISTER_FN                                                                         \
-    "local function register(m, now, key)\n"                                                    \
-    "  local ok, env = pcall(cjson.decode, m)\n"                                                \
-    "  if not ok or type(env) ~= 'table' or type(env.properties) ~= 'table' then return false " \
-    "end\n"                                                                                     \
-    "  local tag = env.properties.delivery_tag\n"                                               \
-    "  if type(tag) ~= 'string' or tag == '' then return false end\n"                           \
-    "  local ex, rk = '', key\n"                                                                \
-    "  local di = env.properties.delivery_info\n"                                               \
-    "  if type(di) == 'table' then\n"                                                           \
-    "    if type(di.exchange) == 'string' then ex = di.exchange end\n"                          \
-    "    if type(di.routing_key) == 'string' then rk = di.routing_key end\n"                    \
-    "  end\n"                                                                                   \
-    "  redis.call('ZADD', 'unacked_index', now, tag)\n"                                         \
-    "  redis.call('HSET', 'unacked', tag, '[' .. m .. ', ' .. cjson.encode(ex) .. ', ' .. "     \
-    "cjson.encode(rk) .. ']')\n"                                                                \
-    "  return tag\n"                                                                            \
+/* Shared Lua: what kombu's QoS.append stores for an envelope m taken from queue
+ * key: returns its delivery tag (nil when it has none), the `unacked` value
+ * '[<envelope>, "<exchange>", "<routing_key>"]' and the decoded envelope. */
+#define LUA_PAYLOAD_FN                                                                        \
+    "local function payload(m, key)\n"                                                        \
+    "  local ok, env = pcall(cjson.decode, m)\n"                                              \
+    "  if not ok or type(env) ~= 'table' then return nil end\n"                               \
+    "  if type(env.properties) ~= 'table' then return nil, nil, env end\n"                    \
+    "  local tag = env.properties.delivery_tag\n"                                             \
+    "  if type(tag) ~= 'string' or tag == '' then return nil, nil, env end\n"                 \
+    "  local ex, rk = '', key\n"                                                              \
+    "  local di = env.properties.delivery_info\n"                                             \
+    "  if type(di) == 'table' then\n"                                                         \
+    "    if type(di.exchange) == 'string' then ex = di.exchange end\n"                        \
+    "    if type(di.routing_key) == 'string' then rk = di.routing_key end\n"                  \
+    "  end\n"                                                                                 \
+    "  return tag, '[' .. m .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']', " \
+    "env\n"                                                                                   \
     "end\n"
 
-/* POP: KEYS = queue keys in priority-major order; ARGV = max, now.
- * Returns {envelope, tag or '', key, ...}. */
-static cel_redis_script_t script_pop = { LUA_REGISTER_FN "local out = {}\n"
-                                                         "local n = tonumber(ARGV[1])\n"
-                                                         "for _, k in ipairs(KEYS) do\n"
-                                                         "  while n > 0 do\n"
-                                                         "    local m = redis.call('RPOP', k)\n"
-                                                         "    if not m then break end\n"
-                                                         "    n = n - 1\n"
-                                                         "    local tag = register(m, ARGV[2], k)\n"
-                                                         "    out[#out + 1] = m\n"
-                                                         "    out[#out + 1] = tag or ''\n"
-                                                         "    out[#out + 1] = k\n"
-                                                         "  end\n"
-                                                         "  if n == 0 then break end\n"
-                                                         "end\n"
-                                                         "return out\n",
-                                         { 0 } };
+/* Shared Lua: register the envelope as kombu's QoS.append does: ZADD
+ * unacked_index now tag; HSET unacked tag payload. Returns the tag (false when
+ * it has none) and the decoded envelope. */
+#define LUA_REGISTER_FN                                 \
+    LUA_PAYLOAD_FN                                      \
+    "local function register(m, now, key)\n"            \
+    "  local tag, p, env = payload(m, key)\n"           \
+    "  if not tag then return false, env end\n"         \
+    "  redis.call('ZADD', 'unacked_index', now, tag)\n" \
+    "  redis.call('HSET', 'unacked', tag, p)\n"         \
+    "  return tag, env\n"                               \
+    "end\n"
 
-/* REGISTER: ARGV = envelope, now, key. For a message BRPOP already took. */
-static cel_redis_script_t script_register = { LUA_REGISTER_FN
-                                              "return register(ARGV[1], ARGV[2], ARGV[3]) or ''\n",
-                                              { 0 } };
+/* POP: KEYS = queue keys in priority-major order; ARGV = max, now, size limit.
+ * Returns {envelope, tag or '', key, ...}. An envelope over the limit is
+ * registered whole but returned cut down (redis.h's form, no head): the ids a
+ * FAILURE needs as a small envelope with an empty body, so the worker never
+ * reads more than that of it. RPOP comes first: under maxmemory a script that
+ * already wrote may go on writing, so a popped message is always registered. */
+static cel_redis_script_t script_pop = {
+    LUA_REGISTER_FN
+    "local function cut(m, env)\n"
+    "  local s = ''\n"
+    "  if type(env) == 'table' then\n"
+    "    local h = type(env.headers) == 'table' and env.headers or {}\n"
+    "    local p = type(env.properties) == 'table' and env.properties or {}\n"
+    "    local ok, e = pcall(cjson.encode, {body = '', headers = {id = h.id, task = h.task,\n"
+    "      root_id = h.root_id, parent_id = h.parent_id, group = h.group},\n"
+    "      properties = {correlation_id = p.correlation_id, reply_to = p.reply_to}})\n"
+    "    if ok and #e <= 262144 then s = e end\n"
+    "  end\n"
+    "  return '\\0celeriac-cut ' .. #m .. ' 0\\n' .. s\n"
+    "end\n"
+    "local out = {}\n"
+    "local n = tonumber(ARGV[1])\n"
+    "local lim = tonumber(ARGV[3]) or 0\n"
+    "for _, k in ipairs(KEYS) do\n"
+    "  while n > 0 do\n"
+    "    local m = redis.call('RPOP', k)\n"
+    "    if not m then break end\n"
+    "    n = n - 1\n"
+    "    local tag, env = register(m, ARGV[2], k)\n"
+    "    if lim > 0 and #m > lim then m = cut(m, env) end\n"
+    "    out[#out + 1] = m\n"
+    "    out[#out + 1] = tag or ''\n"
+    "    out[#out + 1] = k\n"
+    "  end\n"
+    "  if n == 0 then break end\n"
+    "end\n"
+    "return out\n",
+    { 0 }
+};
+
+/* REGISTER: ARGV = envelope, now, key. For a message BRPOP already took, and
+ * for held messages the server lost. */
+static cel_redis_script_t script_register = {
+    LUA_REGISTER_FN "local tag = register(ARGV[1], ARGV[2], ARGV[3])\nreturn tag or ''\n", { 0 }
+};
 
 /* Shared Lua: kombu's restore_by_tag + _do_restore_message. */
 #define LUA_RESTORE_FN                                                                          \
@@ -111,12 +153,36 @@ static cel_redis_script_t script_restore = {
     { 0 }
 };
 
-/* REQUEUE: ARGV = tag. Gives one held message back (restore_at_shutdown). */
-static cel_redis_script_t script_requeue = { LUA_RESTORE_FN "return restore(ARGV[1], false)\n",
-                                             { 0 } };
+/* REQUEUE: ARGV = tag, our copy of the envelope ('' when none), its key. Gives
+ * one held message back (restore_at_shutdown); when the server lost its
+ * `unacked` entry, from our copy. */
+static cel_redis_script_t script_requeue = {
+    LUA_PAYLOAD_FN LUA_RESTORE_FN
+    "if ARGV[2] ~= '' and redis.call('HEXISTS', 'unacked', ARGV[1]) == 0 then\n"
+    "  local tag, p = payload(ARGV[2], ARGV[3])\n"
+    "  if tag == ARGV[1] then redis.call('HSET', 'unacked', tag, p) end\n"
+    "end\n"
+    "return restore(ARGV[1], false)\n",
+    { 0 }
+};
+
+/* TOUCH: ARGV = now, tags... Refreshes the index entry of each held message
+ * still in `unacked` and returns the tags that are not (the server lost them). */
+static cel_redis_script_t script_touch = {
+    "local missing = {}\n"
+    "for i = 2, #ARGV do\n"
+    "  if redis.call('HEXISTS', 'unacked', ARGV[i]) == 1 then\n"
+    "    redis.call('ZADD', 'unacked_index', ARGV[1], ARGV[i])\n"
+    "  else\n"
+    "    missing[#missing + 1] = ARGV[i]\n"
+    "  end\n"
+    "end\n"
+    "return missing\n",
+    { 0 }
+};
 
 static cel_redis_script_t *all_scripts[] = { &script_pop, &script_register, &script_restore,
-                                             &script_requeue };
+                                             &script_requeue, &script_touch };
 
 typedef struct redis_broker {
     uv_loop_t *loop;
@@ -134,7 +200,11 @@ typedef struct redis_broker {
     int fetching; /* a POP or BRPOP is in flight */
     int blocking; /* that fetch is the BRPOP */
     int stopped;
-    int pending; /* commands in flight on cmd */
+    int pending;            /* commands in flight on cmd */
+    cel_held_t *held;       /* tag -> copy of each registered message we hold */
+    uv_timer_t retry_timer; /* the next fetch after an error reply */
+    int fetch_errors;       /* error replies in a row */
+    int backing_off;        /* retry_timer runs: no fetch until it fires */
     uv_timer_t restore_timer;
     int closing_left;
     void (*on_closed)(void *);
@@ -164,18 +234,75 @@ static int fetch_keys(redis_broker_t *b, const char **keys, size_t *lens) {
     return n;
 }
 
-/* Hands one message to the consumer. tag NULL: not registered in unacked. */
+/* Hands one message to the consumer. tag NULL: not registered in unacked. A
+ * registered message is copied into b->held first, so that it can be
+ * registered again if the server loses it. */
 static void hand_over(redis_broker_t *b, const char *raw, size_t len, const char *tag,
                       const char *key) {
+    if (tag && cel_held_put(b->held, tag, raw, len, key) != CEL_OK)
+        cel_warn("broker: out of memory keeping a copy of message %s", tag);
     cel_broker_msg_t m = { tag, key, raw, len, NULL };
     b->cbs.on_message(b->priv, &m);
+}
+
+/* A message over --max-message-size, as redis.h's cut-down form: the consumer
+ * sees its real size and, for peek, an envelope with an empty body and the
+ * original's ids (from the POP script, or rebuilt from the last bytes that
+ * the filter kept of a BRPOP reply). */
+typedef struct cut_view {
+    const char *text;
+    size_t len;
+} cut_view_t;
+
+static int hand_over_cut(redis_broker_t *b, const char *s, size_t n, const char *tag,
+                         const char *key) {
+    size_t orig, hl, tl;
+    const char *head, *tail;
+    if (!cel_respcut_parse(s, n, &orig, &head, &hl, &tail, &tl)) return 0;
+    char *stub = NULL;
+    size_t sl = 0;
+    if (tl && tail[0] == '{') {
+        stub = malloc(tl);
+        if (stub) memcpy(stub, tail, tl), sl = tl;
+    } else {
+        /* the tail starts inside the body (base64: no quote in it); the first
+         * quote ends it */
+        const char *q = memchr(tail, '"', tl);
+        static const char pre[] = "{\"body\": \"";
+        if (q && (stub = malloc(sizeof(pre) - 1 + (size_t)(tail + tl - q)))) {
+            memcpy(stub, pre, sizeof(pre) - 1);
+            memcpy(stub + sizeof(pre) - 1, q, (size_t)(tail + tl - q));
+            sl = sizeof(pre) - 1 + (size_t)(tail + tl - q);
+        }
+    }
+    cut_view_t view = { stub ? stub : "", sl };
+    cel_broker_msg_t m = { tag, key, view.text, orig, &view };
+    b->cbs.on_message(b->priv, &m);
+    free(stub);
+    return 1;
 }
 
 static void deliver(redis_broker_t *b, redisReply *m, redisReply *tag, redisReply *key) {
     if (m->type != REDIS_REPLY_STRING) return;
     const char *t = tag && tag->type == REDIS_REPLY_STRING && tag->len > 0 ? tag->str : NULL;
     const char *k = key && key->type == REDIS_REPLY_STRING ? key->str : "";
+    if (hand_over_cut(b, m->str, m->len, t, k)) return;
     hand_over(b, m->str, m->len, t, k);
+}
+
+static void on_retry_timer(uv_timer_t *t) {
+    redis_broker_t *b = t->data;
+    b->backing_off = 0;
+    fetch(b, 0);
+}
+
+/* An error reply to a fetch: log (rate-bounded) and fetch again after a backoff
+ * instead of at once, so a server that refuses does not make us spin. */
+static void fetch_failed(redis_broker_t *b, cel_redis_t *conn, const char *what,
+                         const char *error) {
+    cel_redis_log_error(conn, what, error);
+    b->backing_off = 1;
+    uv_timer_start(&b->retry_timer, on_retry_timer, cel_redis_backoff_ms(b->fetch_errors++), 0);
 }
 
 static void on_pop(cel_redis_t *r, redisReply *reply, void *priv) {
@@ -185,23 +312,32 @@ static void on_pop(cel_redis_t *r, redisReply *reply, void *priv) {
     int got = 0;
     if (!reply) return; /* connection lost: on_state restarts fetching */
     if (reply->type == REDIS_REPLY_ERROR) {
-        cel_error("broker: pop script failed: %s", reply->str);
-    } else if (reply->type == REDIS_REPLY_ARRAY) {
+        fetch_failed(b, r, "pop script failed", reply->str);
+        return;
+    }
+    b->fetch_errors = 0;
+    if (reply->type == REDIS_REPLY_ARRAY) {
         for (size_t i = 0; i + 2 < reply->elements; i += 3) {
             deliver(b, reply->element[i], reply->element[i + 1], reply->element[i + 2]);
             got++;
         }
     }
     /* Empty: wait in BRPOP for the next message. */
-    fetch(b, got == 0 && reply->type != REDIS_REPLY_ERROR);
+    fetch(b, got == 0);
 }
 
 typedef struct brpop_msg {
     redis_broker_t *b;
     char *raw;
     size_t len;
-    char key[512];
+    char *key;
 } brpop_msg_t;
+
+static void brpop_msg_free(brpop_msg_t *bm) {
+    free(bm->raw);
+    free(bm->key);
+    free(bm);
+}
 
 static void on_register(cel_redis_t *r, redisReply *reply, void *priv) {
     brpop_msg_t *bm = priv;
@@ -209,15 +345,14 @@ static void on_register(cel_redis_t *r, redisReply *reply, void *priv) {
     b->pending--;
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
         /* Not registered: deliver as unregistered rather than lose it. */
-        cel_error("broker: could not register a message in unacked (%s)",
-                  reply ? reply->str : "connection lost");
+        cel_redis_log_error(r, "could not register a message in unacked",
+                            reply ? reply->str : NULL);
         hand_over(b, bm->raw, bm->len, NULL, bm->key);
     } else {
         const char *tag = reply->type == REDIS_REPLY_STRING && reply->len ? reply->str : NULL;
         hand_over(b, bm->raw, bm->len, tag, bm->key);
     }
-    free(bm->raw);
-    free(bm);
+    brpop_msg_free(bm);
     b->fetching = 0;
     fetch(b, 0);
 }
@@ -225,18 +360,36 @@ static void on_register(cel_redis_t *r, redisReply *reply, void *priv) {
 static void on_requeued_raw(cel_redis_t *r, redisReply *reply, void *priv) {
     redis_broker_t *b = priv;
     b->pending--;
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        cel_redis_log_error(r, "could not put a message back", reply->str);
 }
 
 static void on_brpop(cel_redis_t *r, redisReply *reply, void *priv) {
     redis_broker_t *b = priv;
     b->blocking = 0;
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
-        if (reply && reply->type == REDIS_REPLY_ERROR) cel_error("broker: BRPOP: %s", reply->str);
         b->fetching = 0;
-        if (reply) fetch(b, 0); /* timeout (nil): wait again; NULL: reconnect restarts */
+        if (reply && reply->type == REDIS_REPLY_ERROR) fetch_failed(b, r, "BRPOP", reply->str);
+        else if (reply) fetch(b, 0); /* timeout (nil): wait again; NULL: reconnect restarts */
         return;
     }
+    b->fetch_errors = 0;
     redisReply *key = reply->element[0], *m = reply->element[1];
+    if (key->type != REDIS_REPLY_STRING || m->type != REDIS_REPLY_STRING) {
+        b->fetching = 0;
+        fetch(b, 0);
+        return;
+    }
+    size_t orig, hl, tl;
+    const char *head, *tail;
+    if (cel_respcut_parse(m->str, m->len, &orig, &head, &hl, &tail, &tl)) {
+        /* Over the size limit: only its ends were read, so it cannot be
+         * registered or given back; it is refused (a FAILURE when its id shows). */
+        b->fetching = 0;
+        hand_over_cut(b, m->str, m->len, NULL, key->str);
+        fetch(b, 0);
+        return;
+    }
     char now[32];
     snprintf(now, sizeof(now), "%.6f", now_unix());
     if (b->stopped || !cel_redis_up(b->cmd)) {
@@ -250,8 +403,9 @@ static void on_brpop(cel_redis_t *r, redisReply *reply, void *priv) {
     }
     brpop_msg_t *bm = calloc(1, sizeof(*bm));
     if (bm) bm->raw = malloc(m->len + 1);
-    if (!bm || !bm->raw) {
-        free(bm);
+    if (bm) bm->key = strdup(key->str);
+    if (!bm || !bm->raw || !bm->key) {
+        if (bm) brpop_msg_free(bm);
         cel_error("broker: out of memory holding a message");
         b->fetching = 0;
         return;
@@ -260,16 +414,14 @@ static void on_brpop(cel_redis_t *r, redisReply *reply, void *priv) {
     memcpy(bm->raw, m->str, m->len);
     bm->raw[m->len] = '\0';
     bm->len = m->len;
-    snprintf(bm->key, sizeof(bm->key), "%.*s", (int)key->len, key->str);
     const char *args[] = { bm->raw, now, bm->key };
-    size_t lens[] = { bm->len, strlen(now), strlen(bm->key) };
+    size_t lens[] = { bm->len, strlen(now), key->len };
     if (cel_redis_evalsha(b->cmd, &script_register, on_register, bm, 0, NULL, NULL, 3, args,
                           lens) == CEL_OK) {
         b->pending++;
     } else {
         hand_over(b, bm->raw, bm->len, NULL, bm->key);
-        free(bm->raw);
-        free(bm);
+        brpop_msg_free(bm);
         b->fetching = 0;
     }
 }
@@ -277,7 +429,7 @@ static void on_brpop(cel_redis_t *r, redisReply *reply, void *priv) {
 /* Starts the next fetch unless one is in flight: the POP script, or BRPOP
  * when block is set (the last POP found the queues empty). */
 static void fetch(redis_broker_t *b, int block) {
-    if (b->fetching) return;
+    if (b->fetching || b->backing_off) return;
     if (b->stopped || !cel_redis_up(b->cmd)) return;
     int cap = b->cbs.capacity(b->priv);
     if (cap <= 0 || b->nqueues == 0) return;
@@ -296,11 +448,12 @@ static void fetch(redis_broker_t *b, int block) {
             b->fetching = b->blocking = 1;
         return;
     }
-    char max[16], now[32];
+    char max[16], now[32], lim[32];
     snprintf(max, sizeof(max), "%d", cap > POP_BATCH_MAX ? POP_BATCH_MAX : cap);
     snprintf(now, sizeof(now), "%.6f", now_unix());
-    const char *args[] = { max, now };
-    if (cel_redis_evalsha(b->cmd, &script_pop, on_pop, b, n, keys, lens, 2, args, NULL) == CEL_OK) {
+    snprintf(lim, sizeof(lim), "%ld", b->cfg->max_message_size);
+    const char *args[] = { max, now, lim };
+    if (cel_redis_evalsha(b->cmd, &script_pop, on_pop, b, n, keys, lens, 3, args, NULL) == CEL_OK) {
         b->fetching = 1;
         b->pending++;
     }
@@ -315,7 +468,7 @@ static void on_restored(cel_redis_t *r, redisReply *reply, void *priv) {
         cel_warn("Restored %lld unacknowledged message(s) whose visibility timeout passed",
                  reply->integer);
     else if (reply && reply->type == REDIS_REPLY_ERROR)
-        cel_error("broker: restore failed: %s", reply->str);
+        cel_redis_log_error(r, "restore failed", reply->str);
 }
 
 static void restore_visible(redis_broker_t *b) {
@@ -336,15 +489,26 @@ static void on_restore_timer(uv_timer_t *t) {
 static void on_bind(cel_redis_t *r, redisReply *reply, void *priv) {
     redis_broker_t *b = priv;
     b->pending--;
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        cel_redis_log_error(r, "queue binding failed", reply->str);
 }
 
 static void bind_queue(redis_broker_t *b, const char *q) {
-    char key[300], member[700];
-    snprintf(key, sizeof(key), "_kombu.binding.%s", q);
-    int mlen = snprintf(member, sizeof(member), "%s\x06\x16\x06\x16%s", q, q);
-    const char *argv[] = { "SADD", key, member };
-    size_t lens[] = { 4, strlen(key), (size_t)mlen };
-    if (cel_redis_command(b->cmd, on_bind, b, 3, argv, lens) == CEL_OK) b->pending++;
+    static const char prefix[] = "_kombu.binding.";
+    size_t ql = strlen(q);
+    char *key = malloc(sizeof(prefix) + ql), *member = malloc(2 * ql + 5);
+    if (key && member) {
+        memcpy(key, prefix, sizeof(prefix) - 1);
+        memcpy(key + sizeof(prefix) - 1, q, ql + 1);
+        memcpy(member, q, ql);
+        memcpy(member + ql, "\x06\x16\x06\x16", 4);
+        memcpy(member + ql + 4, q, ql);
+        const char *argv[] = { "SADD", key, member };
+        size_t lens[] = { 4, sizeof(prefix) - 1 + ql, 2 * ql + 4 };
+        if (cel_redis_command(b->cmd, on_bind, b, 3, argv, lens) == CEL_OK) b->pending++;
+    }
+    free(key);
+    free(member);
 }
 
 /* Rebuilds the priority keys of the queues consumed now. */
@@ -353,12 +517,14 @@ static int build_keys(redis_broker_t *b) {
     b->nkeys = 0;
     for (int q = 0; q < b->nqueues; q++)
         for (int p = 0; p < PRIORITY_STEPS; p++) {
-            char k[300];
-            int n = p == 0
-                        ? snprintf(k, sizeof(k), "%s", b->queues[q])
-                        : snprintf(k, sizeof(k), "%s\x06\x16%d", b->queues[q], priority_steps[p]);
-            if (!(b->keys[b->nkeys] = strdup(k))) return CEL_ENOMEM;
-            b->keylens[b->nkeys++] = (size_t)n;
+            size_t ql = strlen(b->queues[q]);
+            char *k = malloc(ql + 8);
+            if (!k) return CEL_ENOMEM;
+            memcpy(k, b->queues[q], ql + 1);
+            size_t n = ql;
+            if (p) n += (size_t)snprintf(k + ql, 8, "\x06\x16%d", priority_steps[p]);
+            b->keys[b->nkeys] = k;
+            b->keylens[b->nkeys++] = n;
         }
     b->rotate = 0;
     return CEL_OK;
@@ -368,7 +534,7 @@ static int redis_add_queue(void *impl, const char *queue) {
     redis_broker_t *b = impl;
     for (int i = 0; i < b->nqueues; i++)
         if (strcmp(b->queues[i], queue) == 0) return CEL_OK;
-    if (b->nqueues >= CEL_MAX_QUEUES || strlen(queue) > 200) return CEL_ELIMIT;
+    if (b->nqueues >= CEL_MAX_QUEUES || strlen(queue) > CEL_MAX_QUEUE_NAME) return CEL_ELIMIT;
     if (!(b->queues[b->nqueues] = strdup(queue))) return CEL_ENOMEM;
     b->nqueues++;
     int rc = build_keys(b);
@@ -397,11 +563,93 @@ static json_t *redis_queues(const void *impl) {
     return a;
 }
 
+/* ---- held messages the server lost ------------------------------------ */
+
+static void on_reregistered(cel_redis_t *r, redisReply *reply, void *priv) {
+    redis_broker_t *b = priv;
+    b->pending--;
+    if (!reply || reply->type == REDIS_REPLY_ERROR)
+        cel_redis_log_error(r, "could not register a held message again",
+                            reply ? reply->str : NULL);
+}
+
+/* Registers a held message in unacked again (REGISTER from our copy). */
+static void reregister(redis_broker_t *b, const cel_held_msg_t *h) {
+    char now[32];
+    snprintf(now, sizeof(now), "%.6f", now_unix());
+    const char *args[] = { h->raw, now, h->key };
+    size_t lens[] = { h->len, strlen(now), strlen(h->key) };
+    if (cel_redis_evalsha(b->cmd, &script_register, on_reregistered, b, 0, NULL, NULL, 3, args,
+                          lens) == CEL_OK)
+        b->pending++;
+}
+
+static void on_touched(cel_redis_t *r, redisReply *reply, void *priv) {
+    redis_broker_t *b = priv;
+    b->pending--;
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        if (reply) cel_redis_log_error(r, "touch failed", reply->str);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements == 0) return;
+    size_t again = 0;
+    for (size_t i = 0; i < reply->elements; i++) {
+        redisReply *t = reply->element[i];
+        if (t->type != REDIS_REPLY_STRING) continue;
+        const cel_held_msg_t *h = cel_held_get(b->held, t->str);
+        if (!h) continue; /* acked or given back meanwhile */
+        reregister(b, h);
+        again++;
+    }
+    if (again)
+        cel_warn("broker: the server lost %zu message(s) this worker holds (FLUSHALL, or a restart "
+                 "without persistence?); registered them in unacked again",
+                 again);
+}
+
+/* TOUCH script for tags[0..n): refreshes them, and registers again from our
+ * copies those the server no longer has. */
+static void touch_batch(redis_broker_t *b, const char **tags, int n) {
+    const char *args[TOUCH_BATCH + 1];
+    char now[32];
+    snprintf(now, sizeof(now), "%.6f", now_unix());
+    args[0] = now;
+    for (int i = 0; i < n; i++) args[i + 1] = tags[i];
+    if (cel_redis_evalsha(b->cmd, &script_touch, on_touched, b, 0, NULL, NULL, n + 1, args, NULL) ==
+        CEL_OK)
+        b->pending++;
+}
+
+typedef struct verify {
+    redis_broker_t *b;
+    const char *tags[TOUCH_BATCH];
+    int n;
+} verify_t;
+
+static void verify_one(void *priv, const cel_held_msg_t *m) {
+    verify_t *v = priv;
+    v->tags[v->n++] = m->tag;
+    if (v->n == TOUCH_BATCH) {
+        touch_batch(v->b, v->tags, v->n);
+        v->n = 0;
+    }
+}
+
+/* After a reconnect: every held message is touched, and registered again if
+ * the server came back without it. */
+static void verify_held(redis_broker_t *b) {
+    verify_t v = { .b = b };
+    cel_held_each(b->held, verify_one, &v);
+    if (v.n) touch_batch(b, v.tags, v.n);
+}
+
 static void on_cmd_state(cel_redis_t *r, int up, void *priv) {
     redis_broker_t *b = priv;
     if (up) {
-        /* Declare the bindings as kombu's queue_bind does, then restore. */
+        /* Declare the bindings as kombu's queue_bind does, check what we hold,
+         * then restore. */
         for (int i = 0; i < b->nqueues; i++) bind_queue(b, b->queues[i]);
+        verify_held(b);
         restore_visible(b);
         fetch(b, 0);
     } else {
@@ -429,7 +677,8 @@ static void *redis_open(uv_loop_t *loop, const cel_options_t *cfg, const cel_bro
     b->priv = priv;
     b->keys = calloc(CEL_MAX_QUEUES * PRIORITY_STEPS, sizeof(char *));
     b->keylens = calloc(CEL_MAX_QUEUES * PRIORITY_STEPS, sizeof(size_t));
-    if (!b->keys || !b->keylens) goto fail;
+    b->held = cel_held_new();
+    if (!b->keys || !b->keylens || !b->held) goto fail;
     for (int q = 0; q < cfg->nqueues; q++) {
         if (!(b->queues[q] = strdup(cfg->queues[q]))) goto fail;
         b->nqueues++;
@@ -437,6 +686,8 @@ static void *redis_open(uv_loop_t *loop, const cel_options_t *cfg, const cel_bro
     if (build_keys(b) != CEL_OK) goto fail;
     uv_timer_init(loop, &b->restore_timer);
     b->restore_timer.data = b;
+    uv_timer_init(loop, &b->retry_timer);
+    b->retry_timer.data = b;
     double every = cfg->visibility_timeout < 10 ? cfg->visibility_timeout : 10;
     uv_timer_start(&b->restore_timer, on_restore_timer, (uint64_t)(every * 1000),
                    (uint64_t)(every * 1000));
@@ -444,6 +695,8 @@ static void *redis_open(uv_loop_t *loop, const cel_options_t *cfg, const cel_bro
                            (int)(sizeof(all_scripts) / sizeof(all_scripts[0])), on_cmd_state, b);
     b->blk = cel_redis_new(loop, &cfg->broker, "broker-wait", NULL, 0, on_blk_state, b);
     if (!b->cmd || !b->blk) goto fail; /* out of memory at start-up: caller exits */
+    /* BRPOP hands over whole messages: one over the limit is read as it streams */
+    cel_redis_set_bulk_limit(b->blk, (size_t)cfg->max_message_size);
     return b;
 fail:
     cel_err_set(err, CEL_ENOMEM, "out of memory");
@@ -452,6 +705,7 @@ fail:
         for (int i = 0; i < b->nkeys; i++) free(b->keys[i]);
     free(b->keys);
     free(b->keylens);
+    cel_held_free(b->held);
     free(b);
     return NULL;
 }
@@ -468,7 +722,7 @@ static void on_done_part(cel_redis_t *r, redisReply *reply, void *priv) {
     done_ctx_t *d = priv;
     d->b->pending--;
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
-        if (reply) cel_error("broker: %s", reply->str);
+        if (reply) cel_redis_log_error(r, "ack or requeue failed", reply->str);
         d->ok = 0;
     }
     if (--d->left > 0) return;
@@ -478,6 +732,7 @@ static void on_done_part(cel_redis_t *r, redisReply *reply, void *priv) {
 
 static void redis_ack(void *impl, const char *tag, cel_broker_done_fn done, void *priv) {
     redis_broker_t *b = impl;
+    cel_held_del(b->held, tag);
     done_ctx_t *d = malloc(sizeof(*d));
     if (!d) {
         if (done) done(priv, 0);
@@ -498,51 +753,76 @@ static void redis_ack(void *impl, const char *tag, cel_broker_done_fn done, void
     }
 }
 
+typedef struct requeue_ctx {
+    done_ctx_t d;
+    char *tag;
+} requeue_ctx_t;
+
+static void on_requeued(cel_redis_t *r, redisReply *reply, void *priv) {
+    requeue_ctx_t *q = priv;
+    redis_broker_t *b = q->d.b;
+    b->pending--;
+    int ok = reply && reply->type != REDIS_REPLY_ERROR;
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        cel_redis_log_error(r, "could not give a message back", reply->str);
+    /* Given back (or not ours to give any more): our copy goes. When it could
+     * not be sent back it stays in unacked, restored after the visibility
+     * timeout. */
+    cel_held_del(b->held, q->tag);
+    if (q->d.done) q->d.done(q->d.priv, ok);
+    free(q->tag);
+    free(q);
+}
+
 static void redis_requeue(void *impl, const char *tag, cel_broker_done_fn done, void *priv) {
     redis_broker_t *b = impl;
-    done_ctx_t *d = malloc(sizeof(*d));
-    if (!d) {
+    requeue_ctx_t *q = calloc(1, sizeof(*q));
+    if (!q || !(q->tag = strdup(tag))) {
+        free(q);
         if (done) done(priv, 0);
         return;
     }
-    *d = (done_ctx_t){ b, done, priv, 1, 1 };
-    const char *args[] = { tag };
-    if (cel_redis_evalsha(b->cmd, &script_requeue, on_done_part, d, 0, NULL, NULL, 1, args, NULL) ==
+    q->d = (done_ctx_t){ b, done, priv, 1, 1 };
+    const cel_held_msg_t *h = cel_held_get(b->held, tag);
+    const char *args[] = { tag, h ? h->raw : "", h ? h->key : "" };
+    size_t lens[] = { strlen(tag), h ? h->len : 0, h ? strlen(h->key) : 0 };
+    if (cel_redis_evalsha(b->cmd, &script_requeue, on_requeued, q, 0, NULL, NULL, 3, args, lens) ==
         CEL_OK) {
         b->pending++;
     } else {
+        cel_held_del(b->held, tag);
+        free(q->tag);
+        free(q);
         if (done) done(priv, 0);
-        free(d);
     }
 }
 
 /* Held messages are refreshed four times per visibility timeout, so a
- * restore (ours or a Python worker's) never takes one that is running. */
+ * restore (ours or a Python worker's) never takes one that is running, and at
+ * least every TOUCH_MAX_S, so a server that lost them (FLUSHALL) gets them
+ * back soon. */
 static double redis_touch_interval(const void *impl) {
     const redis_broker_t *b = impl;
     double every = b->cfg->visibility_timeout / 4;
+    if (every > TOUCH_MAX_S) every = TOUCH_MAX_S;
     return every < 0.5 ? 0.5 : every;
-}
-
-static void on_touch(cel_redis_t *r, redisReply *reply, void *priv) {
-    redis_broker_t *b = priv;
-    b->pending--;
 }
 
 static void redis_touch(void *impl, const char **tags, int n) {
     redis_broker_t *b = impl;
-    char now[32];
-    snprintf(now, sizeof(now), "%.6f", now_unix());
-    for (int i = 0; i < n; i++) {
-        const char *argv[] = { "ZADD", "unacked_index", "XX", now, tags[i] };
-        if (cel_redis_command(b->cmd, on_touch, b, 5, argv, NULL) == CEL_OK) b->pending++;
-    }
+    for (int i = 0; i < n; i += TOUCH_BATCH)
+        touch_batch(b, tags + i, n - i < TOUCH_BATCH ? n - i : TOUCH_BATCH);
 }
 
 static void redis_stop(void *impl) {
     redis_broker_t *b = impl;
     b->stopped = 1;
     uv_timer_stop(&b->restore_timer);
+    uv_timer_stop(&b->retry_timer);
+}
+
+static void redis_forget(void *impl, const char *tag) {
+    cel_held_del(((redis_broker_t *)impl)->held, tag);
 }
 
 static int redis_pending(const void *impl) { return ((const redis_broker_t *)impl)->pending; }
@@ -554,13 +834,14 @@ static void close_step(void *priv) {
     for (int i = 0; i < b->nqueues; i++) free(b->queues[i]);
     free(b->keys);
     free(b->keylens);
+    cel_held_free(b->held);
     void (*cb)(void *) = b->on_closed;
     void *cp = b->closed_priv;
     free(b);
     if (cb) cb(cp);
 }
 
-static void on_restore_timer_closed(uv_handle_t *h) { close_step(h->data); }
+static void on_timer_closed(uv_handle_t *h) { close_step(h->data); }
 
 /* The waiting connection closes first: a BRPOP that still returns a message
  * can then give it back on the command connection. */
@@ -575,18 +856,28 @@ static void redis_close(void *impl, void (*on_closed)(void *), void *priv) {
     b->stopped = 1;
     b->on_closed = on_closed;
     b->closed_priv = priv;
-    b->closing_left = 3;
+    b->closing_left = 4;
     uv_timer_stop(&b->restore_timer);
-    uv_close((uv_handle_t *)&b->restore_timer, on_restore_timer_closed);
+    uv_timer_stop(&b->retry_timer);
+    uv_close((uv_handle_t *)&b->restore_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&b->retry_timer, on_timer_closed);
     cel_redis_close(b->blk, on_blk_closed, b);
 }
 
-/* Messages on Redis are kombu JSON envelopes. */
+/* Messages on Redis are kombu JSON envelopes. One over the size limit
+ * (parts set) is never decoded; peek reads the small envelope in its view. */
 static int redis_decode(const cel_broker_msg_t *m, cel_task_t **out, cel_err_t *err) {
+    *out = NULL;
+    if (m->parts)
+        return cel_err_set(err, CEL_ELIMIT, "message of %zu bytes was not read whole", m->len);
     return cel_task_decode_envelope(m->body, m->len, out, err);
 }
 
 static int redis_peek(const cel_broker_msg_t *m, cel_peek_t *out, cel_err_t *err) {
+    if (m->parts) {
+        const cut_view_t *v = m->parts;
+        return cel_peek_envelope(v->text, v->len, out, err);
+    }
     return cel_peek_envelope(m->body, m->len, out, err);
 }
 
@@ -607,4 +898,5 @@ const cel_broker_ops_t cel_broker_redis_ops = {
     .cancel_queue = redis_cancel_queue,
     .queues = redis_queues,
     .close = redis_close,
+    .forget = redis_forget,
 };

@@ -34,6 +34,9 @@
 
 #define NO_PREFETCH_LIMIT 1000 /* messages held when --prefetch-multiplier is 0 */
 #define REPR_MAX          200  /* result repr in log lines */
+#define STORE_TRIES \
+    10 /* stores of one result (backoff 0.1 s .. 5 s, ~25 s in all)
+                                  before its message is given back to the queue */
 
 /* Only READY requests (received, not yet handed to an executor) occupy the
  * prefetch window, as in Celery: it acks a message when the pool takes it, so
@@ -57,9 +60,13 @@ struct request {
     int term_signum; /* revoke(terminate): the signal its executor got */
     int revoked;     /* finished as REVOKED: 1 revoked, 2 expired */
     double runtime;  /* the executor's measure, for task-succeeded */
+    int given_back;  /* its requeue finished (freed once the pool let go too) */
     char *meta;      /* result meta waiting to be stored */
     size_t meta_len;
-    uv_timer_t timer; /* eta; closed when the request is freed */
+    int storing;      /* a store of meta is in flight */
+    int in_pool;      /* handed to an executor, not yet reported back */
+    int store_tries;  /* stores that failed */
+    uv_timer_t timer; /* eta, then the next store after a failed one; closed when freed */
 };
 
 struct cel_consumer {
@@ -82,12 +89,13 @@ struct cel_consumer {
     uv_timer_t touch_timer;
     uv_timer_t drain_timer; /* deferred checks outside callbacks */
     long processed;
-    double started_at;      /* for stats uptime */
-    json_t *totals;         /* task name -> tasks started */
-    cel_events_t *events;   /* borrowed (main.c) */
-    cel_revoked_t *revoked; /* borrowed: control adds, we look up */
-    cel_limits_t *limits;   /* borrowed: control sets, we read */
-    uv_timer_t rate_timer;  /* re-dispatch when a rate-limited task may start */
+    double started_at;         /* for stats uptime */
+    json_t *totals;            /* task name -> tasks started */
+    cel_events_t *events;      /* borrowed (main.c) */
+    cel_revoked_t *revoked;    /* borrowed: control adds, we look up */
+    cel_limits_t *limits;      /* borrowed: control sets, we read */
+    uv_timer_t rate_timer;     /* re-dispatch when a rate-limited task may start */
+    uv_timer_t shutdown_timer; /* --shutdown-timeout of a warm shutdown */
     void (*on_done)(void *);
     void *done_priv;
 };
@@ -196,17 +204,40 @@ static void ack_and_free(request_t *r) {
 }
 
 static void store_meta(request_t *r);
+static void give_back(request_t *r);
+
+/* The wait before store number tries + 1: 100 ms doubling, at most 5 s. */
+static uint64_t store_backoff_ms(int tries) { return tries >= 6 ? 5000 : (uint64_t)100 << tries; }
+
+static void on_store_timer(uv_timer_t *t) {
+    request_t *r = t->data;
+    if (r->state == R_FINISHING && r->meta && !r->storing && !r->c->cold) store_meta(r);
+}
 
 static void on_stored(void *priv, int ok) {
     request_t *r = priv;
     cel_consumer_t *c = r->c;
+    r->storing = 0;
     if (!ok) {
-        if (c->cold) {
-            request_free(r);
+        if (c->cold || r->state != R_FINISHING) {
+            /* cold: its message was given back already, or stays unacked */
+            if (r->state == R_FINISHING) request_free(r);
             return;
         }
-        /* Keep it unacked; retry when the backend is back (cel_backend on_up). */
-        cel_error("could not store the result of %s[%s]; will retry", r->task->name, r->task->id);
+        /* Keep it unacked and store again after a backoff (sooner when the
+         * backend comes back: on_backend_up); past STORE_TRIES the message
+         * goes back to its queue rather than being held forever. */
+        if (++r->store_tries >= STORE_TRIES) {
+            cel_error("Could not store the result of %s[%s] after %d tries; giving its message "
+                      "back to the queue (it will run again)",
+                      r->task->name, r->task->id, r->store_tries);
+            give_back(r);
+            return;
+        }
+        if (r->store_tries == 1)
+            cel_error("could not store the result of %s[%s]; will retry", r->task->name,
+                      r->task->id);
+        uv_timer_start(&r->timer, on_store_timer, store_backoff_ms(r->store_tries - 1), 0);
         return;
     }
     free(r->meta);
@@ -220,6 +251,8 @@ static void on_stored_acked(void *priv, int ok) {
         on_stored(priv, ok);
         return;
     }
+    r->storing = 0;
+    cel_broker_forget(r->c->broker, r->tag); /* acked by the store itself */
     request_free(r);
 }
 
@@ -227,6 +260,8 @@ static void on_stored_acked(void *priv, int ok) {
  * broker's messages itself (one server holds both). */
 static void store_meta(request_t *r) {
     cel_consumer_t *c = r->c;
+    uv_timer_stop(&r->timer);
+    r->storing = 1;
     if (r->tag && cel_backend_acks_broker(c->backend))
         cel_backend_store_ack(c->backend, r->task, r->meta, r->meta_len, r->tag, on_stored_acked,
                               r);
@@ -236,7 +271,7 @@ static void store_meta(request_t *r) {
 static void on_backend_up(void *priv) {
     cel_consumer_t *c = priv;
     for (request_t *r = c->requests; r; r = r->next)
-        if (r->state == R_FINISHING && r->meta) store_meta(r);
+        if (r->state == R_FINISHING && r->meta && !r->storing) store_meta(r);
 }
 
 /* Finishes a request with a state and result: store (unless ignored), then ack.
@@ -334,6 +369,11 @@ static int run_request(cel_consumer_t *c, request_t *r, int slot) {
     cel_limits_time(c->limits, t->name, &soft, &hard);
     if (t->time_limit > 0) hard = t->time_limit;
     if (t->soft_time_limit > 0) soft = t->soft_time_limit;
+    if (hard <= 0 && c->cfg->model_time_limit > 0) {
+        /* a model task reading a hostile file must not hold an executor forever */
+        const cel_tasks_task_t *spec = cel_tasks_find(t->name);
+        if (spec && spec->needs_model) hard = c->cfg->model_time_limit;
+    }
     int rc;
     if (slot >= 0) {
         rc = cel_pool_run_on(c->pool, slot, r, buf, len, hard, soft, &r->pid);
@@ -343,6 +383,7 @@ static int run_request(cel_consumer_t *c, request_t *r, int slot) {
     }
     free(buf);
     if (rc != CEL_OK) return 0;
+    r->in_pool = 1;
     set_state(r, R_ACTIVE);
     r->started = now_unix();
     json_t *n = json_object_get(c->totals, t->name);
@@ -434,6 +475,11 @@ static void on_pool_idle(void *priv) { dispatch(priv); }
 static void on_pool_requeue(void *priv, void *job) {
     cel_consumer_t *c = priv;
     request_t *r = job;
+    r->in_pool = 0;
+    if (r->state == R_GIVING_BACK) {
+        if (r->given_back) request_free(r);
+        return;
+    }
     if (c->cold || c->stopping) {
         /* Not started: give it back like any unstarted message. */
         set_state(r, R_GIVING_BACK);
@@ -457,6 +503,11 @@ static void on_pool_result(void *priv, void *job, const cel_frame_result_t *res)
     request_t *r = job;
     cel_task_t *t = r->task;
     c->processed++;
+    r->in_pool = 0;
+    if (r->state == R_GIVING_BACK) {
+        if (r->given_back) request_free(r);
+        return;
+    }
     if (c->cold) {
         request_free(r);
         return;
@@ -499,6 +550,11 @@ static void on_pool_lost(void *priv, void *job, int why, int exitcode, int signu
     request_t *r = job;
     cel_task_t *t = r->task;
     c->processed++;
+    r->in_pool = 0;
+    if (r->state == R_GIVING_BACK) {
+        if (r->given_back) request_free(r);
+        return;
+    }
     if (c->cold) {
         request_free(r);
         return;
@@ -682,6 +738,8 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg, cel_
                             on_pool_idle };
     uv_timer_init(loop, &c->rate_timer);
     c->rate_timer.data = c;
+    uv_timer_init(loop, &c->shutdown_timer);
+    c->shutdown_timer.data = c;
     c->started_at = now_unix();
     c->totals = json_object();
     c->pool = cel_pool_new(loop, cfg, &pcbs, c);
@@ -745,7 +803,9 @@ static void on_backend_closed(void *priv) {
 static void close_all(cel_consumer_t *c) {
     if (c->closing) return;
     c->closing = 1;
-    c->closing_left = 6;
+    c->closing_left = 7;
+    uv_timer_stop(&c->shutdown_timer);
+    uv_close((uv_handle_t *)&c->shutdown_timer, on_timer_closed);
     uv_close((uv_handle_t *)&c->rate_timer, on_timer_closed);
     uv_close((uv_handle_t *)&c->touch_timer, on_timer_closed);
     uv_close((uv_handle_t *)&c->drain_timer, on_timer_closed);
@@ -778,10 +838,43 @@ static void maybe_finish_shutdown(cel_consumer_t *c) {
 
 static void on_given_back(void *priv, int ok) {
     request_t *r = priv;
-    if (!ok)
+    if (!ok && !r->c->cold)
         cel_error("could not give %s back to the broker; the broker will deliver it again",
                   r->task->id);
-    request_free(r);
+    r->given_back = 1;
+    if (!r->in_pool) request_free(r); /* else when its killed executor is reaped */
+}
+
+/* Puts r's message back in its queue (marked redelivered) and frees r when
+ * that is done; r must not be finishing a store or in the ready list. */
+static void give_back(request_t *r) {
+    cel_consumer_t *c = r->c;
+    set_state(r, R_GIVING_BACK);
+    uv_timer_stop(&r->timer);
+    if (r->tag && c->broker) {
+        cel_broker_requeue(c->broker, r->tag, on_given_back, r);
+        return;
+    }
+    if (!r->tag)
+        cel_error("%s[%s] was never registered with the broker: it cannot be given back",
+                  r->task->name, r->task->id);
+    on_given_back(r, 1);
+}
+
+static void go_cold(cel_consumer_t *c);
+
+/* --shutdown-timeout passed in a warm shutdown: what is still running or
+ * waiting to store is given back to the broker and the worker closes. */
+static void on_shutdown_timer(uv_timer_t *t) {
+    cel_consumer_t *c = t->data;
+    if (c->closing || c->cold) return;
+    int left = 0;
+    for (request_t *r = c->requests; r; r = r->next)
+        if (r->state != R_GIVING_BACK) left++;
+    cel_warn("Warm shutdown: %d task(s) not finished after %gs (--shutdown-timeout); giving their "
+             "messages back to the broker",
+             left, c->cfg->shutdown_timeout);
+    go_cold(c);
 }
 
 void cel_consumer_shutdown(cel_consumer_t *c) {
@@ -794,35 +887,41 @@ void cel_consumer_shutdown(cel_consumer_t *c) {
     for (; r; r = next) {
         next = r->next;
         if (r->state != R_READY && r->state != R_HELD) continue;
-        set_state(r, R_GIVING_BACK);
-        uv_timer_stop(&r->timer);
-        if (r->tag) cel_broker_requeue(c->broker, r->tag, on_given_back, r);
-        else request_free(r);
+        give_back(r);
     }
     int active = cel_pool_busy(c->pool);
     if (active) cel_warn("Waiting for %d running task(s) to finish...", active);
+    uv_timer_start(&c->shutdown_timer, on_shutdown_timer,
+                   (uint64_t)(c->cfg->shutdown_timeout * 1000), 0);
     maybe_finish_shutdown(c);
 }
 
-void cel_consumer_shutdown_cold(cel_consumer_t *c) {
-    int was_closing = c->closing;
+/* Kills the executors and closes; every message not finished goes back to
+ * its queue (kombu's restore_at_shutdown), nothing more is acked. */
+static void go_cold(cel_consumer_t *c) {
     c->cold = 1;
     c->stopping = 1;
     c->ready_head = c->ready_tail = NULL;
-    if (was_closing) {
-        if (c->pool) cel_pool_close(c->pool, 1, NULL, NULL); /* already closing: just kill */
-        return;
-    }
+    uv_timer_stop(&c->shutdown_timer);
     cel_broker_stop(c->broker);
-    /* Nothing more is acked: requests not running are dropped here (their
-     * messages stay held by the broker, to be delivered again); running ones go when their
-     * killed executors are reaped, in-flight stores when their replies come. */
     request_t *r = c->requests, *next;
     for (; r; r = next) {
         next = r->next;
-        if (r->state == R_READY || r->state == R_HELD) request_free(r);
+        if (r->state == R_GIVING_BACK || r->state == R_NEW) continue;
+        /* a store in flight ends by itself (its reply, or NULL at close) */
+        if (r->state == R_FINISHING && (r->storing || !r->meta)) continue;
+        give_back(r);
     }
     close_all(c);
+}
+
+void cel_consumer_shutdown_cold(cel_consumer_t *c) {
+    if (c->closing) {
+        c->cold = 1;
+        if (c->pool) cel_pool_close(c->pool, 1, NULL, NULL); /* already closing: just kill */
+        return;
+    }
+    go_cold(c);
 }
 
 /* ---- remote control hooks (control.c) -------------------------------- */

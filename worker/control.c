@@ -35,10 +35,13 @@ struct cel_control {
     cel_pidbox_t *pidbox;
 };
 
+/* {"ok": fmt with arg}: any length (ids and queue names come from clients). */
 static json_t *ok(const char *fmt, const char *arg) {
-    char buf[1024];
-    snprintf(buf, sizeof(buf), fmt, arg ? arg : "");
-    return json_pack("{s:s}", "ok", buf);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    json_t *text = json_sprintf(fmt, arg ? arg : "");
+#pragma GCC diagnostic pop
+    return text ? json_pack("{s:o}", "ok", text) : NULL;
 }
 
 static json_t *nok(const char *msg) { return json_pack("{s:s}", "error", msg); }
@@ -130,14 +133,7 @@ static json_t *query_task(cel_control_t *ctl, json_t *args) {
 
 /* A URL with its password masked, as celery's maybe_sanitize_url. */
 static void safe_url(const char *url, char *out, size_t size) {
-    const char *scheme = strstr(url, "://");
-    const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
-    const char *colon = at ? memchr(scheme + 3, ':', (size_t)(at - scheme - 3)) : NULL;
-    if (!colon) {
-        snprintf(out, size, "%s", url);
-        return;
-    }
-    snprintf(out, size, "%.*s:**%s", (int)(colon - url), url, at);
+    cel_options_safe_url(url, out, size);
 }
 
 static json_t *conf(cel_control_t *ctl) {
@@ -413,7 +409,8 @@ static json_t *pool_resize(cel_control_t *ctl, json_t *args, int sign) {
 
 static json_t *queue_cmd(cel_control_t *ctl, json_t *args, int add) {
     const char *q = json_string_value(json_object_get(args, "queue"));
-    if (!q || !*q || strlen(q) > 200) return raised("TypeError", "a queue name is required");
+    if (!q || !*q) return raised("TypeError", "a queue name is required");
+    if (strlen(q) > CEL_MAX_QUEUE_NAME) return raised("ValueError", "queue name too long");
     int rc = cel_consumer_queue(ctl->c, q, add);
     if (rc == CEL_ELIMIT) return raised("ValueError", "too many queues");
     if (add) {

@@ -8,7 +8,11 @@
  * other way: the consumer finishes its requests and closes, then control
  * and events close, then the shared state is saved and freed. SIGTERM/SIGINT
  * start a warm shutdown, a second one (or SIGQUIT) a cold one, as `celery
- * worker` does. The only place that exits the process.
+ * worker` does. Shutdown always ends: the warm one gives up after
+ * --shutdown-timeout (the consumer gives back what did not finish), a cold one
+ * that has not closed within COLD_DEADLINE_S, or any signal during a cold one,
+ * kills the executors and exits at once (what is unacked stays with the
+ * broker). The only place that exits the process.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -30,6 +34,10 @@
 #include "options.h"
 #include "revoked.h"
 
+#define COLD_DEADLINE_S 10 /* a cold shutdown that has not closed by then exits hard */
+#define CEL_STR_(x)     #x
+#define CEL_STR(x)      CEL_STR_(x)
+
 typedef struct worker {
     uv_loop_t *loop;
     cel_options_t cfg;
@@ -39,6 +47,7 @@ typedef struct worker {
     cel_consumer_t *consumer;
     cel_control_t *control;
     uv_signal_t sigterm, sigint, sigquit;
+    uv_timer_t cold_deadline;
     int closing_left; /* control and events, after the consumer */
     int warm_started;
     int cold;
@@ -69,6 +78,8 @@ static void on_part_closed(void *priv) {
     uv_close((uv_handle_t *)&w->sigterm, NULL);
     uv_close((uv_handle_t *)&w->sigint, NULL);
     uv_close((uv_handle_t *)&w->sigquit, NULL);
+    uv_timer_stop(&w->cold_deadline);
+    uv_close((uv_handle_t *)&w->cold_deadline, NULL);
 }
 
 /* The consumer finished (and freed itself): close what borrowed it. */
@@ -83,13 +94,36 @@ static void on_consumer_done(void *priv) {
     w->events = NULL;
 }
 
+/* Kills the executors, removes the pidfile and exits now: a cold shutdown
+ * that cannot close (a server that does not answer), or was asked twice. */
+static void exit_now(worker_t *w, const char *why) {
+    cel_error("worker: %s: exiting now; unacknowledged messages stay with the broker", why);
+    if (w->consumer) {
+        cel_consumer_info_t in;
+        cel_consumer_info(w->consumer, &in);
+        for (int i = 0; i < in.npids; i++) kill(in.pids[i], SIGKILL);
+    }
+    if (w->cfg.pidfile[0]) unlink(w->cfg.pidfile);
+    _exit(1);
+}
+
+static void on_cold_deadline(uv_timer_t *t) {
+    worker_t *w = t->data;
+    if (!w->done) exit_now(w, "cold shutdown did not finish in " CEL_STR(COLD_DEADLINE_S) " s");
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
     worker_t *w = h->data;
-    if (w->done) return;
+    if (w->done) {
+        /* the consumer is closed; only control and events are left */
+        if (signum == SIGQUIT || w->cold) exit_now(w, "signal during shutdown");
+        return;
+    }
     if (signum == SIGQUIT || w->warm_started) {
-        if (w->cold) return;
+        if (w->cold) exit_now(w, "second signal during a cold shutdown");
         w->cold = 1;
         cel_warn("worker: Cold shutdown (MainProcess)");
+        uv_timer_start(&w->cold_deadline, on_cold_deadline, COLD_DEADLINE_S * 1000, 0);
         cel_consumer_shutdown_cold(w->consumer);
         return;
     }
@@ -164,8 +198,10 @@ int main(int argc, char **argv) {
         cel_options_free(&w.cfg);
         return status;
     }
+    cel_options_hide_secrets(argc, argv); /* what ps shows */
     if (rc != CEL_OK) {
         fprintf(stderr, "celeriac: %s\n", err.msg);
+        cel_options_free(&w.cfg); /* what the parse made before it stopped */
         return 2;
     }
     int logfd = -1;
@@ -174,6 +210,7 @@ int main(int argc, char **argv) {
         if (logfd < 0) {
             fprintf(stderr, "celeriac: cannot open log file %s: %s\n", w.cfg.logfile,
                     strerror(errno));
+            cel_options_free(&w.cfg);
             return 2;
         }
         /* Executors inherit stderr: send theirs to the log file too. */
@@ -183,14 +220,19 @@ int main(int argc, char **argv) {
     if (access(w.cfg.executor, X_OK) != 0) {
         fprintf(stderr, "celeriac: executor program %s is not executable: %s\n", w.cfg.executor,
                 strerror(errno));
+        cel_options_free(&w.cfg);
         return 2;
     }
     if (w.cfg.state_dir[0] && mkdir(w.cfg.state_dir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "celeriac: cannot create --state-dir %s: %s\n", w.cfg.state_dir,
                 strerror(errno));
+        cel_options_free(&w.cfg);
         return 2;
     }
-    if (w.cfg.pidfile[0] && write_pidfile(w.cfg.pidfile) != 0) return 2;
+    if (w.cfg.pidfile[0] && write_pidfile(w.cfg.pidfile) != 0) {
+        cel_options_free(&w.cfg);
+        return 2;
+    }
     signal(SIGPIPE, SIG_IGN);
 
     w.loop = uv_default_loop();
@@ -209,6 +251,8 @@ int main(int argc, char **argv) {
         if (w.cfg.pidfile[0]) unlink(w.cfg.pidfile);
         return 1;
     }
+    uv_timer_init(w.loop, &w.cold_deadline);
+    w.cold_deadline.data = &w;
     uv_signal_init(w.loop, &w.sigterm);
     uv_signal_init(w.loop, &w.sigint);
     uv_signal_init(w.loop, &w.sigquit);

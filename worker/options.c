@@ -26,8 +26,11 @@ static const char usage_text[] =
     "\n"
     "  -b, --broker URL             broker URL (env CELERY_BROKER_URL;\n"
     "                               default redis://127.0.0.1:6379/0)\n"
+    "      --broker-file FILE       read the broker URL from FILE (keeps a password\n"
+    "                               out of the command line)\n"
     "      --result-backend URL     result backend URL (env CELERY_RESULT_BACKEND;\n"
     "                               default: the broker URL)\n"
+    "      --result-backend-file FILE  read the result backend URL from FILE\n"
     "  -Q, --queues LIST            comma-separated queues to consume (default celery)\n"
     "  -c, --concurrency N          executor processes (default: number of CPUs)\n"
     "  -n, --hostname NAME          node name; %h host, %n name, %d domain\n"
@@ -65,6 +68,14 @@ static const char usage_text[] =
     "      --gpu-adapter-memory MB  GPU memory adapters may hold; past it the least\n"
     "                               recently used go back to host memory (default 0 =\n"
     "                               no limit)\n"
+    "      --shutdown-timeout S     a warm shutdown waits this long for running tasks,\n"
+    "                               then gives them back to the broker (default 60)\n"
+    "      --model-time-limit S     hard time limit of model tasks that have none\n"
+    "                               (default 600; 0 = none)\n"
+    "      --max-adapters-per-owner N  adapters one owner may have (default 16; 0 = no\n"
+    "                               limit)\n"
+    "      --max-adapter-bytes-per-owner BYTES  disk one owner's adapters may use\n"
+    "                               (default 4294967296; 0 = no limit)\n"
     "      --describe-tasks         print the task table as JSON (names, parameters,\n"
     "                               limits) and exit; contacts nothing\n"
     "  -h, --help                   show this help\n"
@@ -95,6 +106,13 @@ enum {
     OPT_BATCH_TOKENS,
     OPT_GPU_MEM,
     OPT_DESCRIBE,
+    /* hardening (issue 12) */
+    OPT_BROKER_FILE,
+    OPT_BACKEND_FILE,
+    OPT_SHUTDOWN_TIMEOUT,
+    OPT_MODEL_TIME_LIMIT,
+    OPT_MAX_ADAPTERS_OWNER,
+    OPT_MAX_BYTES_OWNER,
 };
 
 static int hexval(char c) {
@@ -148,6 +166,50 @@ static void percent_decode(char *s) {
     *o = '\0';
 }
 
+/* ---- secrets ---------------------------------------------------------- */
+
+/* Where the password of url's userinfo is: [*start, *end), or 0 when none. A
+ * userinfo without ':' is all password (redis-py reads redis://pw@host so). */
+static int password_span(const char *url, size_t *start, size_t *end) {
+    const char *scheme = strstr(url, "://");
+    if (!scheme) return 0;
+    const char *u = scheme + 3;
+    const char *at = strrchr(u, '@');
+    if (!at) return 0;
+    const char *colon = memchr(u, ':', (size_t)(at - u));
+    const char *p = colon ? colon + 1 : u;
+    if (p == at) return 0;
+    *start = (size_t)(p - url);
+    *end = (size_t)(at - url);
+    return 1;
+}
+
+void cel_options_safe_url(const char *url, char *out, size_t size) {
+    size_t a, b;
+    if (!size) return;
+    if (!password_span(url, &a, &b)) {
+        snprintf(out, size, "%s", url);
+        return;
+    }
+    /* redis://pw@host -> redis://:**@host, as celery prints a password alone */
+    int bare = url[a - 1] != ':';
+    snprintf(out, size, "%.*s%s**%s", (int)a, url, bare ? ":" : "", url + b);
+}
+
+void cel_options_hide_secrets(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        size_t a, b;
+        if (password_span(argv[i], &a, &b)) memset(argv[i] + a, '*', b - a);
+    }
+}
+
+/* cel_err_set with the URL (masked) appended in quotes. */
+static int url_error(cel_err_t *err, const char *what, const char *url) {
+    char safe[CEL_ERR_MSG_MAX];
+    cel_options_safe_url(url, safe, sizeof(safe));
+    return cel_err_set(err, CEL_EINVAL, "%s in '%s'", what, safe);
+}
+
 int cel_options_parse_redis_url(const char *url, cel_redis_url_t *out, cel_err_t *err) {
     memset(out, 0, sizeof(*out));
     snprintf(out->host, sizeof(out->host), "127.0.0.1");
@@ -156,8 +218,7 @@ int cel_options_parse_redis_url(const char *url, cel_redis_url_t *out, cel_err_t
     if (strncmp(url, "redis://", 8) == 0) {
         p = url + 8;
     } else {
-        return cel_err_set(err, CEL_EINVAL,
-                           "unsupported URL '%s': only redis://[:password@]host:port/db", url);
+        return url_error(err, "unsupported URL (only redis://[:password@]host:port/db)", url);
     }
     const char *at = strrchr(p, '@');
     const char *slash = strchr(p, '/');
@@ -168,13 +229,12 @@ int cel_options_parse_redis_url(const char *url, cel_redis_url_t *out, cel_err_t
         if (colon) {
             size_t plen = (size_t)(at - colon - 1);
             if (ulen >= sizeof(out->user) || plen >= sizeof(out->password))
-                return cel_err_set(err, CEL_EINVAL, "credentials in '%s' are too long", url);
+                return url_error(err, "credentials too long", url);
             memcpy(out->user, p, ulen);
             memcpy(out->password, colon + 1, plen);
         } else {
             /* redis://password@host is how redis-py reads a bare userinfo */
-            if (ulen >= sizeof(out->password))
-                return cel_err_set(err, CEL_EINVAL, "password in '%s' is too long", url);
+            if (ulen >= sizeof(out->password)) return url_error(err, "password too long", url);
             memcpy(out->password, p, ulen);
         }
         percent_decode(out->user);
@@ -186,7 +246,7 @@ int cel_options_parse_redis_url(const char *url, cel_redis_url_t *out, cel_err_t
         /* [IPv6 address] */
         const char *close = strchr(p, ']');
         if (!close || (size_t)(close - p - 1) >= sizeof(out->host))
-            return cel_err_set(err, CEL_EINVAL, "bad IPv6 host in '%s'", url);
+            return url_error(err, "bad IPv6 host", url);
         memcpy(out->host, p + 1, (size_t)(close - p - 1));
         out->host[close - p - 1] = '\0';
         hend = close + 1;
@@ -195,8 +255,7 @@ int cel_options_parse_redis_url(const char *url, cel_redis_url_t *out, cel_err_t
     }
     hend = p + strcspn(p, ":/?");
     if (hend > p) {
-        if ((size_t)(hend - p) >= sizeof(out->host))
-            return cel_err_set(err, CEL_EINVAL, "host in '%s' is too long", url);
+        if ((size_t)(hend - p) >= sizeof(out->host)) return url_error(err, "host too long", url);
         memcpy(out->host, p, (size_t)(hend - p));
         out->host[hend - p] = '\0';
     }
@@ -205,8 +264,7 @@ port:
     if (*p == ':') {
         char *end;
         long port = strtol(p + 1, &end, 10);
-        if (end == p + 1 || port <= 0 || port > 65535)
-            return cel_err_set(err, CEL_EINVAL, "bad port in '%s'", url);
+        if (end == p + 1 || port <= 0 || port > 65535) return url_error(err, "bad port", url);
         out->port = (int)port;
         p = end;
     }
@@ -216,12 +274,12 @@ port:
             char *end;
             long db = strtol(p, &end, 10);
             if (end == p || db < 0 || db > 100000 || (*end && *end != '?'))
-                return cel_err_set(err, CEL_EINVAL, "bad database number in '%s'", url);
+                return url_error(err, "bad database number", url);
             out->db = (int)db;
             p = end;
         }
     }
-    if (*p && *p != '?') return cel_err_set(err, CEL_EINVAL, "cannot parse URL '%s'", url);
+    if (*p && *p != '?') return url_error(err, "cannot parse the URL", url);
     return CEL_OK;
 }
 
@@ -278,7 +336,9 @@ static int set_queues(cel_options_t *cfg, const char *list, cel_err_t *err) {
         if (n) {
             if (cfg->nqueues == CEL_MAX_QUEUES)
                 return cel_err_set(err, CEL_EINVAL, "too many queues (max %d)", CEL_MAX_QUEUES);
-            if (n > 200) return cel_err_set(err, CEL_EINVAL, "queue name too long");
+            if (n > CEL_MAX_QUEUE_NAME)
+                return cel_err_set(err, CEL_EINVAL, "queue name longer than %d bytes",
+                                   CEL_MAX_QUEUE_NAME);
             cfg->queues[cfg->nqueues] = strndup(s, n);
             if (!cfg->queues[cfg->nqueues]) return cel_err_set(err, CEL_ENOMEM, "out of memory");
             cfg->nqueues++;
@@ -288,6 +348,27 @@ static int set_queues(cel_options_t *cfg, const char *list, cel_err_t *err) {
     }
     if (cfg->nqueues == 0) return cel_err_set(err, CEL_EINVAL, "no queue named in '%s'", list);
     return CEL_OK;
+}
+
+/* Reads a URL from the first line of path into dst (what --broker-file and
+ * --result-backend-file name), so that no password needs to be on the command
+ * line. */
+static int url_from_file(char *dst, size_t size, const char *path, const char *what,
+                         cel_err_t *err) {
+    FILE *f = fopen(path, "re");
+    if (!f) return cel_err_set(err, CEL_EINVAL, "%s %s: %s", what, path, strerror(errno));
+    char line[2048];
+    int ok = fgets(line, sizeof(line), f) != NULL;
+    fclose(f);
+    if (!ok) return cel_err_set(err, CEL_EINVAL, "%s %s: empty", what, path);
+    size_t n = strcspn(line, "\r\n");
+    while (n && (line[n - 1] == ' ' || line[n - 1] == '\t')) n--;
+    line[n] = '\0';
+    const char *v = line + strspn(line, " \t");
+    int rc = *v ? copy_str(dst, size, v, what, err)
+                : cel_err_set(err, CEL_EINVAL, "%s %s: empty", what, path);
+    memset(line, 0, sizeof(line));
+    return rc;
 }
 
 /* Finds celeriac-executor next to our own binary (/proc/self/exe). */
@@ -325,6 +406,10 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     cfg->result_expires = 86400;
     cfg->visibility_timeout = 3600;
     cfg->max_message_size = 8L * 1024 * 1024;
+    cfg->shutdown_timeout = 60;
+    cfg->model_time_limit = 600;
+    cfg->max_adapters_per_owner = 16;
+    cfg->max_bytes_per_owner = 4LL << 30;
     const char *hostname_pat = "celeriac@%h";
     const char *queues = "celery";
     default_executor(cfg->executor, sizeof(cfg->executor));
@@ -360,6 +445,13 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         { "help", no_argument, 0, 'h' },
         { "version", no_argument, 0, OPT_VERSION },
         { "describe-tasks", no_argument, 0, OPT_DESCRIBE },
+        /* hardening (issue 12) */
+        { "broker-file", required_argument, 0, OPT_BROKER_FILE },
+        { "result-backend-file", required_argument, 0, OPT_BACKEND_FILE },
+        { "shutdown-timeout", required_argument, 0, OPT_SHUTDOWN_TIMEOUT },
+        { "model-time-limit", required_argument, 0, OPT_MODEL_TIME_LIMIT },
+        { "max-adapters-per-owner", required_argument, 0, OPT_MAX_ADAPTERS_OWNER },
+        { "max-adapter-bytes-per-owner", required_argument, 0, OPT_MAX_BYTES_OWNER },
         { 0, 0, 0, 0 },
     };
     optind = 0; /* 0, not 1: glibc then forgets the state of any earlier parse */
@@ -466,6 +558,29 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         case 'h': fputs(usage_text, stdout); return 1;
         case OPT_VERSION: printf("celeriac %s\n", CEL_VERSION); return 1;
         case OPT_DESCRIBE: cfg->describe_tasks = 1; return 1;
+        /* hardening (issue 12) */
+        case OPT_BROKER_FILE:
+            rc = url_from_file(cfg->broker_url, sizeof(cfg->broker_url), optarg, "--broker-file",
+                               err);
+            break;
+        case OPT_BACKEND_FILE:
+            rc = url_from_file(cfg->backend_url, sizeof(cfg->backend_url), optarg,
+                               "--result-backend-file", err);
+            break;
+        case OPT_SHUTDOWN_TIMEOUT:
+            rc = parse_seconds(optarg, &cfg->shutdown_timeout, "--shutdown-timeout", err);
+            break;
+        case OPT_MODEL_TIME_LIMIT:
+            rc = parse_seconds(optarg, &cfg->model_time_limit, "--model-time-limit", err);
+            break;
+        case OPT_MAX_ADAPTERS_OWNER:
+            rc = parse_long(optarg, 0, 1000000, &v, "--max-adapters-per-owner", err);
+            cfg->max_adapters_per_owner = v;
+            break;
+        case OPT_MAX_BYTES_OWNER:
+            rc = parse_long(optarg, 0, LONG_MAX, &v, "--max-adapter-bytes-per-owner", err);
+            cfg->max_bytes_per_owner = v;
+            break;
         case ':': return cel_err_set(err, CEL_EINVAL, "option %s needs a value", argv[optind - 1]);
         default:
             return cel_err_set(err, CEL_EINVAL, "unknown option %s (see --help)", argv[optind - 1]);

@@ -9,6 +9,7 @@
 #include "../common/err.h"
 
 #define CEL_MAX_QUEUES      64
+#define CEL_MAX_QUEUE_NAME  65536 /* bytes of one queue name (-Q, add_consumer) */
 #define CEL_MAX_CONCURRENCY 256
 #define CEL_MAX_BATCH_TASKS 64 /* --batch-max-tasks */
 
@@ -55,6 +56,11 @@ typedef struct cel_options {
     int task_events;       /* -E: send task-* events from the start */
     int without_heartbeat; /* no worker-* events */
     int describe_tasks;    /* --describe-tasks: main prints the task table, exits */
+    /* ---- hardening (issue 12) ---- */
+    double shutdown_timeout;       /* warm shutdown waits this long, then gives back */
+    double model_time_limit;       /* hard limit of model tasks without one; 0 = none */
+    long max_adapters_per_owner;   /* executors refuse more; 0 = no limit */
+    long long max_bytes_per_owner; /* adapter bytes on disk per owner; 0 = no limit */
 } cel_options_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,
@@ -69,6 +75,15 @@ void cel_options_free(cel_options_t *cfg);
 
 /* Parses a redis:// URL (also unix-less rediss is refused). */
 int cel_options_parse_redis_url(const char *url, cel_redis_url_t *out, cel_err_t *err);
+
+/* Writes url with the password of its userinfo replaced by "**" (as celery's
+ * maybe_sanitize_url; a bare userinfo counts as the password, as redis-py reads
+ * it), for logs, errors and inspect conf. Always NUL-terminates out. */
+void cel_options_safe_url(const char *url, char *out, size_t size);
+
+/* Overwrites, in place, the passwords of URLs in argv (what `ps` and
+ * /proc/<pid>/cmdline show) with '*'. Call after cel_options_parse. */
+void cel_options_hide_secrets(int argc, char **argv);
 
 /* Expands %h (full host name), %n (name before the first dot), %d (domain
  * after it) and %% in a node name pattern, as celery's nodename does. */

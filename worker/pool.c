@@ -313,7 +313,9 @@ static void spawn(cel_pool_t *p, int slot) {
     e->handles_open = 3;
 
     /* argv: the executor program and the options it shares with us. */
-    char index[16], maxin[32], btasks[16], bwait[16], btokens[32], gpumem[32];
+    char index[16], maxin[32], btasks[16], bwait[16], btokens[32], gpumem[32], qn[32], qb[32];
+    snprintf(qn, sizeof(qn), "%ld", p->cfg->max_adapters_per_owner);
+    snprintf(qb, sizeof(qb), "%lld", p->cfg->max_bytes_per_owner);
     snprintf(gpumem, sizeof(gpumem), "%ld", p->cfg->gpu_adapter_mb);
     snprintf(btasks, sizeof(btasks), "%d", p->cfg->batch_max_tasks);
     snprintf(bwait, sizeof(bwait), "%d", p->cfg->batch_wait_ms);
@@ -337,6 +339,8 @@ static void spawn(cel_pool_t *p, int slot) {
     args[na++] = "--batch-wait-ms", args[na++] = bwait;
     args[na++] = "--batch-max-tokens", args[na++] = btokens;
     if (cfg->gpu_adapter_mb) args[na++] = "--gpu-adapter-memory", args[na++] = gpumem;
+    args[na++] = "--max-adapters-per-owner", args[na++] = qn;
+    args[na++] = "--max-adapter-bytes-per-owner", args[na++] = qb;
     args[na] = NULL;
     uv_stdio_container_t stdio[4];
     stdio[0].flags = UV_IGNORE;

@@ -3,17 +3,31 @@
  * State: DOWN -> CONNECTING -> (AUTH, SELECT, SCRIPT LOAD...) -> UP; a lost
  * connection goes back to DOWN and a backoff timer starts the next attempt.
  * hiredis frees its context after the disconnect callback, so we only drop our
- * pointer there. Main process only; never blocks.
+ * pointer there. EVALSHA keeps its formatted command until the reply: on
+ * NOSCRIPT the same arguments go out again as EVAL with the script's text
+ * (as redis-py's Script does), after a SCRIPT LOAD that restores the cache.
+ * A connection with a bulk limit reads its socket itself and passes the bytes
+ * through respcut.c before hiredis's reader sees them, so an oversized bulk
+ * string is never buffered whole. Main process only;
+ * never blocks.
  */
 #include "redis.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <hiredis/async.h>
 
+/* Exported by hiredis 0.14 without a prototype in its headers. */
+void redisProcessCallbacks(redisAsyncContext *ac);
+
 #include "../common/log.h"
+#include "respcut.h"
 
 /* ---- hiredis <-> libuv adapter ---------------------------------------
  * Our own instead of hiredis/adapters/libuv.h: in hiredis 0.14 that adapter
@@ -28,9 +42,15 @@ typedef struct uv_events {
     int events;
 } uv_events_t;
 
+static int filtered_read(redisAsyncContext *ac);
+
 static void ev_poll(uv_poll_t *h, int status, int events) {
     uv_events_t *p = h->data;
     if (!p->ac) return;
+    if (status >= 0 && (events & UV_READABLE) && filtered_read(p->ac)) {
+        if (p->ac && (events & UV_WRITABLE)) redisAsyncHandleWrite(p->ac);
+        return;
+    }
     if (status < 0) {
         /* Error: let hiredis find out what happened. */
         if (p->ac->c.flags & REDIS_CONNECTED) redisAsyncHandleRead(p->ac);
@@ -99,6 +119,14 @@ static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop) {
 
 enum { ST_DOWN, ST_CONNECTING, ST_UP, ST_CLOSING };
 
+#define ERRLOG_SLOTS 8
+
+typedef struct errlog {
+    char key[96];
+    double last;
+    long left_out;
+} errlog_t;
+
 struct cel_redis {
     uv_loop_t *loop;
     cel_redis_url_t url;
@@ -116,9 +144,50 @@ struct cel_redis {
     int logged_down;
     void (*on_closed)(void *);
     void *closed_priv;
+    cel_respcut_t *cut; /* NULL: no bulk limit */
+    errlog_t errlog[ERRLOG_SLOTS];
 };
 
 static void start_connect(cel_redis_t *r);
+
+static double mono_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+void cel_redis_log_error(cel_redis_t *r, const char *what, const char *error) {
+    char key[96];
+    snprintf(key, sizeof(key), "%s: %s", what, error ? error : "connection lost");
+    double now = mono_now();
+    errlog_t *slot = NULL, *oldest = &r->errlog[0];
+    for (int i = 0; i < ERRLOG_SLOTS; i++) {
+        if (strcmp(r->errlog[i].key, key) == 0) slot = &r->errlog[i];
+        if (r->errlog[i].last < oldest->last) oldest = &r->errlog[i];
+    }
+    if (slot && now - slot->last < CEL_REDIS_LOG_INTERVAL) {
+        slot->left_out++;
+        return;
+    }
+    long left_out = slot ? slot->left_out : 0;
+    if (!slot) {
+        slot = oldest;
+        snprintf(slot->key, sizeof(slot->key), "%s", key);
+    }
+    slot->last = now;
+    slot->left_out = 0;
+    if (left_out)
+        cel_error("%s: %s: %.300s (%ld more like it in the last %.0f s)", r->name, what,
+                  error ? error : "connection lost", left_out, CEL_REDIS_LOG_INTERVAL);
+    else cel_error("%s: %s: %.300s", r->name, what, error ? error : "connection lost");
+}
+
+unsigned cel_redis_backoff_ms(int attempt) {
+    if (attempt < 0) attempt = 0;
+    if (attempt > 6) return 5000;
+    unsigned ms = 100u << attempt;
+    return ms > 5000 ? 5000 : ms;
+}
 
 static void on_timer(uv_timer_t *t) {
     cel_redis_t *r = t->data;
@@ -136,6 +205,7 @@ static void schedule_reconnect(cel_redis_t *r) {
 static void on_timer_closed(uv_handle_t *h) {
     cel_redis_t *r = h->data;
     if (r->on_closed) r->on_closed(r->closed_priv);
+    cel_respcut_free(r->cut);
     free(r);
 }
 
@@ -218,7 +288,8 @@ static void on_connect(const redisAsyncContext *cac, int status) {
         return;
     }
     r->handshake_failed = 0;
-    r->handshake_left = 1; /* the PING below */
+    r->handshake_left = 1;                 /* the PING below */
+    if (r->cut) cel_respcut_reset(r->cut); /* a new stream */
     if (r->url.password[0]) {
         r->handshake_left++;
         if (r->url.user[0])
@@ -282,15 +353,90 @@ cel_redis_t *cel_redis_new(uv_loop_t *loop, const cel_redis_url_t *url, const ch
 
 int cel_redis_up(const cel_redis_t *r) { return r && r->state == ST_UP && r->ac; }
 
+void cel_redis_set_bulk_limit(cel_redis_t *r, size_t limit) {
+    cel_respcut_free(r->cut);
+    r->cut = limit ? cel_respcut_new(limit) : NULL;
+    if (limit && !r->cut) cel_warn("%s: out of memory: no bulk size limit", r->name);
+}
+
+static int feed_reader(void *priv, const char *p, size_t n) {
+    return redisReaderFeed(priv, p, n) == REDIS_OK ? CEL_OK : CEL_EIO;
+}
+
+/* Reads the socket of a connection with a bulk limit through its filter (what
+ * redisAsyncHandleRead does, with the filter in between). Returns 0 when the
+ * connection has no filter or is not connected yet (hiredis reads then). */
+static int filtered_read(redisAsyncContext *ac) {
+    cel_redis_t *r = ac->data;
+    if (!r || !r->cut || !(ac->c.flags & REDIS_CONNECTED) || r->state == ST_CONNECTING) return 0;
+    char buf[64 * 1024];
+    ssize_t n = read(ac->c.fd, buf, sizeof(buf));
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 1;
+    if (n <= 0 || cel_respcut_feed(r->cut, buf, (size_t)n, feed_reader, ac->c.reader) != CEL_OK) {
+        /* EOF, an error or a bad stream: let hiredis read the dead socket and
+         * take the connection down the usual way */
+        shutdown(ac->c.fd, SHUT_RDWR);
+        redisAsyncHandleRead(ac);
+        return 1;
+    }
+    redisProcessCallbacks(ac);
+    return 1;
+}
+
 typedef struct cmd_ctx {
     cel_redis_t *r;
     cel_redis_cb cb;
     void *priv;
+    const cel_redis_script_t *script; /* EVALSHA: run again as EVAL on NOSCRIPT */
+    char *fmt;                        /* EVALSHA: the formatted command */
+    size_t fmt_len;
 } cmd_ctx_t;
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *priv);
+
+/* The EVALSHA command c->fmt, rewritten as EVAL with the script's text (the
+ * arguments after the sha are the same bytes), and sent after a SCRIPT LOAD
+ * that puts the script back in the server's cache. Returns 1 when sent. */
+static int eval_again(redisAsyncContext *ac, cmd_ctx_t *c) {
+    /* "*<n>\r\n$7\r\nEVALSHA\r\n$40\r\n<sha>\r\n<rest>" */
+    const char *crlf = memchr(c->fmt, '\n', c->fmt_len);
+    size_t skip = crlf ? (size_t)(crlf - c->fmt) + 1 + 13 + 47 : c->fmt_len + 1;
+    if (skip > c->fmt_len || memcmp(c->fmt + (crlf - c->fmt) + 1, "$7\r\nEVALSHA\r\n", 13))
+        return 0;
+    const char *text = c->script->text;
+    size_t tlen = strlen(text), rest = c->fmt_len - skip, head = (size_t)(crlf - c->fmt) + 1;
+    char lenbuf[32];
+    int ln = snprintf(lenbuf, sizeof(lenbuf), "$4\r\nEVAL\r\n$%zu\r\n", tlen);
+    size_t n = head + (size_t)ln + tlen + 2 + rest;
+    char *cmd = malloc(n);
+    if (!cmd) return 0;
+    char *o = cmd;
+    memcpy(o, c->fmt, head), o += head;
+    memcpy(o, lenbuf, (size_t)ln), o += ln;
+    memcpy(o, text, tlen), o += tlen;
+    memcpy(o, "\r\n", 2), o += 2;
+    memcpy(o, c->fmt + skip, rest);
+    redisAsyncCommand(ac, NULL, NULL, "SCRIPT LOAD %s", text);
+    int rc = redisAsyncFormattedCommand(ac, on_reply, c, cmd, n);
+    free(cmd);
+    if (rc != REDIS_OK) return 0;
+    free(c->fmt);
+    c->fmt = NULL;
+    return 1;
+}
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *priv) {
     cmd_ctx_t *c = priv;
+    redisReply *rep = reply;
+    if (c->fmt && rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
+        cel_redis_log_error(c->r,
+                            "the server lost its scripts (NOSCRIPT); running them with EVAL "
+                            "and loading them again",
+                            rep->str);
+        if (eval_again(ac, c)) return; /* on_reply runs again with the EVAL's reply */
+    }
     if (c->cb) c->cb(c->r, reply, c->priv);
+    free(c->fmt);
     free(c);
 }
 
@@ -299,9 +445,7 @@ int cel_redis_command(cel_redis_t *r, cel_redis_cb cb, void *priv, int argc, con
     if (!cel_redis_up(r)) return CEL_EIO;
     cmd_ctx_t *c = malloc(sizeof(*c));
     if (!c) return CEL_ENOMEM;
-    c->r = r;
-    c->cb = cb;
-    c->priv = priv;
+    *c = (cmd_ctx_t){ r, cb, priv, NULL, NULL, 0 };
     if (redisAsyncCommandArgv(r->ac, on_reply, c, argc, argv, argvlen) != REDIS_OK) {
         free(c);
         return CEL_EIO;
@@ -322,9 +466,7 @@ int cel_redis_psubscribe(cel_redis_t *r, const char *pattern, cel_redis_cb cb, v
     if (!cel_redis_up(r)) return CEL_EIO;
     cmd_ctx_t *c = malloc(sizeof(*c));
     if (!c) return CEL_ENOMEM;
-    c->r = r;
-    c->cb = cb;
-    c->priv = priv;
+    *c = (cmd_ctx_t){ r, cb, priv, NULL, NULL, 0 };
     const char *argv[] = { "PSUBSCRIBE", pattern };
     if (redisAsyncCommandArgv(r->ac, on_sub_reply, c, 2, argv, NULL) != REDIS_OK) {
         free(c);
@@ -341,17 +483,32 @@ int cel_redis_evalsha(cel_redis_t *r, const cel_redis_script_t *s, cel_redis_cb 
     const char *argv[EVAL_MAX_ARGS];
     size_t lens[EVAL_MAX_ARGS];
     char nk[16];
-    if (nkeys + nargs + 3 > EVAL_MAX_ARGS) return CEL_ELIMIT;
+    if (nkeys < 0 || nargs < 0 || nkeys + nargs + 3 > EVAL_MAX_ARGS) return CEL_ELIMIT;
+    if (!cel_redis_up(r)) return CEL_EIO;
     int n = 0;
     argv[n] = "EVALSHA", lens[n++] = 7;
-    argv[n] = s->sha, lens[n++] = strlen(s->sha);
+    argv[n] = s->sha, lens[n++] = 40;
     lens[n] = (size_t)snprintf(nk, sizeof(nk), "%d", nkeys);
     argv[n++] = nk;
     for (int i = 0; i < nkeys; i++)
         argv[n] = keys[i], lens[n++] = keylens ? keylens[i] : strlen(keys[i]);
     for (int i = 0; i < nargs; i++)
         argv[n] = args[i], lens[n++] = arglens ? arglens[i] : strlen(args[i]);
-    return cel_redis_command(r, cb, priv, n, argv, lens);
+    cmd_ctx_t *c = malloc(sizeof(*c));
+    if (!c) return CEL_ENOMEM;
+    *c = (cmd_ctx_t){ r, cb, priv, s, NULL, 0 };
+    long long len = redisFormatCommandArgv(&c->fmt, n, argv, lens);
+    if (len < 0) {
+        free(c);
+        return CEL_ENOMEM;
+    }
+    c->fmt_len = (size_t)len;
+    if (redisAsyncFormattedCommand(r->ac, on_reply, c, c->fmt, c->fmt_len) != REDIS_OK) {
+        free(c->fmt);
+        free(c);
+        return CEL_EIO;
+    }
+    return CEL_OK;
 }
 
 void cel_redis_close(cel_redis_t *r, void (*on_closed)(void *priv), void *priv) {

@@ -4,7 +4,14 @@
  * the Lua scripts it was given, and only then reports itself up. When the
  * connection drops every pending command's callback runs with reply NULL, the
  * owner is told it is down, and it reconnects with backoff (100 ms .. 5 s).
- * Main process only; nothing here blocks.
+ * Error replies: a script the server forgot (NOSCRIPT: SCRIPT FLUSH, a
+ * failover, a restart) is run again with EVAL and its text, and reloaded, so
+ * the caller never sees NOSCRIPT; other error replies go to the caller, which
+ * retries with cel_redis_backoff_ms and logs through cel_redis_log_error (one
+ * line per distinct error per interval). A connection may cap the bulk strings
+ * it accepts (cel_redis_set_bulk_limit): a longer one is read as it streams in
+ * and handed over cut down to its head and tail, so a huge value never sits
+ * in memory. Main process only; nothing here blocks.
  */
 #ifndef CEL_REDIS_H
 #define CEL_REDIS_H
@@ -58,6 +65,22 @@ int cel_redis_psubscribe(cel_redis_t *r, const char *pattern, cel_redis_cb cb, v
 int cel_redis_evalsha(cel_redis_t *r, const cel_redis_script_t *s, cel_redis_cb cb, void *priv,
                       int nkeys, const char **keys, const size_t *keylens, int nargs,
                       const char **args, const size_t *arglens);
+
+/* Logs "<name>: <what>: <error>" at ERROR, at most once per distinct error text
+ * per CEL_REDIS_LOG_INTERVAL seconds on this connection; the next line after a
+ * quiet spell says how many were left out. */
+void cel_redis_log_error(cel_redis_t *r, const char *what, const char *error);
+
+#define CEL_REDIS_LOG_INTERVAL 10.0
+
+/* The delay before retry number attempt (0, 1, ...) after an error reply:
+ * 100 ms doubling up to 5 s. */
+unsigned cel_redis_backoff_ms(int attempt);
+
+/* Bulk strings longer than limit bytes in this connection's replies (0 = no
+ * cap) are delivered cut down, in respcut.h's form (cel_respcut_parse reads it):
+ * memory stays O(CEL_RESPCUT_TAIL) whatever the value's size. */
+void cel_redis_set_bulk_limit(cel_redis_t *r, size_t limit);
 
 /* Closes the connection for good: pending callbacks run with NULL, no
  * reconnect, and on_closed (may be NULL) runs once every handle is closed.

@@ -14,6 +14,7 @@ records the adapters it names as the caller's.
 
 from flask import Blueprint, current_app, g, jsonify
 
+from .. import inflight
 from .. import validation as v
 from ..auth import require_user
 from ..celery_client import task_meta
@@ -65,6 +66,8 @@ def retrieve_future():
     # AsyncResult.state, then .info, could pair PROGRESS with the final result).
     stored = task_meta(current_app.extensions["celeriac"]["celery"], task_id)
     state, value = stored.get("status"), stored.get("result")
+    if state in inflight.FINISHED:
+        inflight.release(g.user, task_id)
     if state == "SUCCESS":
         _on_success(meta, value)
         return jsonify({"status": "done", "result": value})

@@ -623,6 +623,10 @@ static int lora_step(cel_gpu_lora_t *l, float lr, float beta1, float beta2, floa
     int rc = cel_gpu_check(g, "gradient norm", err);
     if (rc != CEL_OK) return rc;
     float nrm = (float)sqrt(ss);
+    if (norm) *norm = nrm;
+    if (!isfinite(nrm)) /* a NaN/Inf gradient never reaches the weights */
+        return cel_err_set(err, CEL_EINVAL, "gradient norm is %s: step not applied",
+                           isnan(nrm) ? "nan" : "inf");
     if (clip > 0 && nrm > clip) cel_cuda_adamw_scale(l->grad, n, clip / (nrm + 1e-6f), g->st);
     cel_cuda_adamw_update(l->w, l->m, l->v, l->grad, n, lr, beta1, beta2, eps, wd, step, g->st);
     cudaMemsetAsync(l->grad, 0, n * sizeof(float), g->st);

@@ -384,7 +384,7 @@ def test_bad_inputs_fail_readably(mworker, celery_app):
         ([[{"tokens": [1, 2], "target_tokens": [2, 3], "weights": [1]}]], {}, "ValueError",
          "example 0: weights has 1 values, tokens 2"),
         ([[{"tokens": [1, 2], "target_tokens": [2, 3], "weights": [1, -1]}]], {}, "ValueError",
-         "weights[1] must be finite and >= 0"),
+         "weights[1] must be in [0, 10000], not -1"),
         ([[{"tokens": [1], "target_tokens": [2], "extra": 1}]], {}, "ValueError",
          "example 0: unknown key 'extra'"),
         ([[[{"role": "user", "content": "hi"}]]], {}, "ValueError",

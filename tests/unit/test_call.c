@@ -236,7 +236,7 @@ static void test_number_bounds(void **state) {
             "\"eps\": 1e-08, \"weight_decay\": 0, \"grad_clip_norm\": 0}]");
     bind_fails(o, "[\"a\", {\"beta1\": \"x\"}]", "{}", "TypeError",
                "adam_params['beta1'] must be a number, not str");
-    /* one-sided number: "finite and" */
+    /* loss weights: bounded on both sides (issue 12) */
     const cel_tasks_task_t *fb = task("lora.forward_backward");
     bind_ok(fb, "[\"a\", [{\"tokens\": [1, 2], \"target_tokens\": [2, 3], \"weights\": [0, 2.5]}]]",
             "{}",
@@ -244,7 +244,15 @@ static void test_number_bounds(void **state) {
             " \"cross_entropy\"]");
     bind_fails(fb,
                "[\"a\", [{\"tokens\": [1, 2], \"target_tokens\": [2, 3], \"weights\": [1, -1]}]]",
-               "{}", "ValueError", "example 0: weights[1] must be finite and >= 0, not -1");
+               "{}", "ValueError", "example 0: weights[1] must be in [0, 10000], not -1");
+    /* 3e38 is a float32, but a loss weighted by it overflows: refused (issue 12) */
+    bind_fails(fb,
+               "[\"a\", [{\"tokens\": [1, 2], \"target_tokens\": [2, 3], \"weights\": [3e38, 1]}]]",
+               "{}", "ValueError", "example 0: weights[0] must be in [0, 10000], not 3e+38");
+    bind_ok(fb, "[\"a\", [{\"tokens\": [1, 2], \"target_tokens\": [2, 3], \"weights\": [1e4, 1]}]]",
+            "{}",
+            "[\"a\", [{\"tokens\": [1, 2], \"target_tokens\": [2, 3], \"weights\": [10000.0, 1]}],"
+            " \"cross_entropy\"]");
 }
 
 static void test_str_lengths(void **state) {

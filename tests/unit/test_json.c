@@ -5,6 +5,8 @@
  */
 #include "testutil.h"
 
+#include <math.h>
+
 #include "../../protocol/protocol.h"
 
 static void expect_dumps(json_t *v, const char *want) {
@@ -30,6 +32,44 @@ static void test_floats(void **state) {
     expect_dumps(json_real(1.7976931348623157e308), "1.7976931348623157e+308");
     expect_dumps(json_real(123.456), "123.456");
     expect_dumps(json_real(-2.5e-7), "-2.5e-07");
+}
+
+/* NaN and infinities, carried as cel_json_float's marker, written as Python's json. */
+static void test_non_finite_floats(void **state) {
+    expect_dumps(cel_json_float(NAN), "NaN");
+    expect_dumps(cel_json_float(INFINITY), "Infinity");
+    expect_dumps(cel_json_float(-INFINITY), "-Infinity");
+    expect_dumps(cel_json_float(2.5), "2.5");
+    json_t *a = json_pack("[f, o, {s:o}]", 1.5, cel_json_float(NAN), "p", cel_json_float(INFINITY));
+    expect_dumps(a, "[1.5, NaN, {\"p\": Infinity}]");
+    double d = 0;
+    json_t *m = cel_json_float(-INFINITY);
+    assert_int_equal(cel_json_float_value(m, &d), 1);
+    assert_true(isinf(d) && d < 0);
+    /* the marker survives a msgpack frame (what an executor sends the main process) */
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0;
+    json_t *back = NULL;
+    assert_int_equal(cel_json_to_msgpack(m, &buf, &len, &cap, NULL), CEL_OK);
+    assert_int_equal(cel_msgpack_to_json(buf, len, &back, NULL), CEL_OK);
+    free(buf);
+    expect_dumps(back, "-Infinity");
+    json_decref(m);
+    json_t *three = json_integer(3);
+    assert_int_equal(cel_json_float_value(three, &d), 1);
+    assert_true(d == 3);
+    json_decref(three);
+    /* an object that only looks like one is an object */
+    json_t *o = json_object();
+    json_object_set_new(o, "celeriac-float", json_string("NaN"));
+    expect_dumps(o, "{\"celeriac-float\": \"NaN\"}");
+    o = cel_json_float(NAN);
+    json_object_set_new(o, "x", json_true());
+    assert_int_equal(cel_json_float_value(o, &d), 0);
+    json_decref(o);
+    json_t *r = json_real(1.0);
+    assert_int_equal(cel_json_float_value(r, &d), 1);
+    json_decref(r);
 }
 
 static void test_strings_and_containers(void **state) {
@@ -82,6 +122,7 @@ static void test_python_fixtures(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_floats),
+        cmocka_unit_test(test_non_finite_floats),
         cmocka_unit_test(test_strings_and_containers),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_python_fixtures),

@@ -111,7 +111,53 @@ static void test_redis_url_limits(void **state) {
     url_ok(url, "h", 6379, 0, "", want);
     snprintf(url, sizeof(url), "redis://%sp@h", want);
     assert_int_equal(cel_options_parse_redis_url(url, &u, &err), CEL_EINVAL);
-    assert_int_equal(strncmp(err.msg, "password in", 11), 0);
+    assert_int_equal(strncmp(err.msg, "password too long", 17), 0);
+    assert_null(strstr(err.msg, want)); /* never the password itself */
+}
+
+/* ---- secrets (issue 12) ---- */
+
+static void test_safe_url(void **state) {
+    char out[256];
+    cel_options_safe_url("redis://:pw@h:1/0", out, sizeof(out));
+    assert_string_equal(out, "redis://:**@h:1/0");
+    cel_options_safe_url("redis://user:pw@h/2", out, sizeof(out));
+    assert_string_equal(out, "redis://user:**@h/2");
+    cel_options_safe_url("redis://barepw@h", out, sizeof(out)); /* redis-py: a password */
+    assert_string_equal(out, "redis://:**@h");
+    cel_options_safe_url("redis://h:6379/0", out, sizeof(out));
+    assert_string_equal(out, "redis://h:6379/0");
+    cel_options_safe_url("redis://:@h", out, sizeof(out)); /* an empty password */
+    assert_string_equal(out, "redis://:@h");
+    char small[8];
+    cel_options_safe_url("redis://:secretsecret@h", small, sizeof(small));
+    assert_null(strstr(small, "secret"));
+}
+
+/* Every URL error says what is wrong without the password. */
+static void test_url_errors_hide_the_password(void **state) {
+    static const char *const bad[] = {
+        "redis://:hunter2@h:notaport/0", "redis://u:hunter2@h/x",   "rediss://:hunter2@h",
+        "redis://hunter2@h:99999",       "redis://:hunter2@[::1/0", "redis://:hunter2@h/0/junk",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cel_redis_url_t u;
+        cel_err_t err;
+        assert_int_equal(cel_options_parse_redis_url(bad[i], &u, &err), CEL_EINVAL);
+        if (strstr(err.msg, "hunter2")) fail_msg("%s: %s", bad[i], err.msg);
+        assert_non_null(strstr(err.msg, "**"));
+    }
+}
+
+static void test_hide_secrets(void **state) {
+    char a0[] = "celeriac", a1[] = "-b", a2[] = "redis://:pw1@h/0", a3[] = "--result-backend",
+         a4[] = "redis://u:pw2@h", a5[] = "-Q", a6[] = "x@y";
+    char *av[] = { a0, a1, a2, a3, a4, a5, a6, NULL };
+    cel_options_hide_secrets(7, av);
+    assert_string_equal(a2, "redis://:***@h/0");
+    assert_string_equal(a4, "redis://u:***@h");
+    assert_string_equal(a6, "x@y"); /* not a URL */
+    assert_string_equal(a0, "celeriac");
 }
 
 /* ---- node names ---- */
@@ -240,7 +286,45 @@ static void test_defaults(void **state) {
     assert_string_equal(cfg.model, "");
     assert_int_equal(cfg.task_events, 0);
     assert_int_equal(cfg.without_heartbeat, 0);
+    assert_true(cfg.shutdown_timeout == 60);
+    assert_true(cfg.model_time_limit == 600);
+    assert_int_equal(cfg.max_adapters_per_owner, 16);
+    assert_true(cfg.max_bytes_per_owner == 4LL << 30);
     cel_options_free(&cfg);
+}
+
+/* --broker-file / --result-backend-file: the URL from the file's first line. */
+static void test_url_files(void **state) {
+    char path[] = "/tmp/celeriac-test-url-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char text[] = "  redis://:filepw@host:7000/3  \nignored\n";
+    assert_int_equal(write(fd, text, sizeof(text) - 1), (int)sizeof(text) - 1);
+    close(fd);
+    cel_options_t cfg;
+    cel_err_t err;
+    {
+        ARGV("--broker-file", path);
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_string_equal(cfg.broker.password, "filepw");
+        assert_int_equal(cfg.broker.port, 7000);
+        assert_int_equal(cfg.backend.db, 3); /* the backend defaults to the broker */
+        cel_options_free(&cfg);
+    }
+    {
+        ARGV("--result-backend-file", path);
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_string_equal(cfg.backend.host, "host");
+        assert_string_equal(cfg.broker.host, "127.0.0.1");
+        cel_options_free(&cfg);
+    }
+    unlink(path);
+    {
+        ARGV("--broker-file", path);
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
+        assert_non_null(strstr(err.msg, "--broker-file"));
+        cel_options_free(&cfg);
+    }
 }
 
 static void test_env(void **state) {
@@ -397,6 +481,17 @@ static void test_ranges(void **state) {
     one("--max-input-tokens", "0", 0);
     one("--max-input-tokens", "1048576", 1);
     one("--max-input-tokens", "1048577", 0);
+    one("--shutdown-timeout", "0", 1);
+    one("--shutdown-timeout", "2.5", 1);
+    one("--shutdown-timeout", "-1", 0);
+    one("--model-time-limit", "0", 1);
+    one("--model-time-limit", "nan", 0);
+    one("--max-adapters-per-owner", "0", 1);
+    one("--max-adapters-per-owner", "1000000", 1);
+    one("--max-adapters-per-owner", "1000001", 0);
+    one("--max-adapter-bytes-per-owner", "0", 1);
+    one("--max-adapter-bytes-per-owner", "9223372036854775807", 1);
+    one("--max-adapter-bytes-per-owner", "-5", 0);
     static const char *const secs[] = { "--time-limit", "--soft-time-limit", "--result-expires" };
     for (size_t i = 0; i < 3; i++) {
         one(secs[i], "0", 1);
@@ -500,12 +595,18 @@ static void test_queue_limits(void **state) {
         assert_non_null(strstr(err.msg, "too many queues"));
         cel_options_free(&cfg); /* frees the queues already made */
     }
+    /* names are on the heap: CEL_MAX_QUEUE_NAME bytes fit, one more does not */
+    char *big = malloc(CEL_MAX_QUEUE_NAME + 2);
+    memset(big, 'q', CEL_MAX_QUEUE_NAME);
+    big[CEL_MAX_QUEUE_NAME] = '\0';
+    one("-Q", big, 1);
+    big[CEL_MAX_QUEUE_NAME] = 'q';
+    big[CEL_MAX_QUEUE_NAME + 1] = '\0';
+    one("-Q", big, 0);
+    free(big);
     memset(name, 'q', 200);
     name[200] = '\0';
     one("-Q", name, 1);
-    name[200] = 'q';
-    name[201] = '\0';
-    one("-Q", name, 0);
     /* the last -Q wins */
     {
         ARGV("-Q", "a,b", "-Q", "c");
@@ -574,11 +675,15 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_redis_url),
         cmocka_unit_test(test_redis_url_limits),
+        cmocka_unit_test(test_safe_url),
+        cmocka_unit_test(test_url_errors_hide_the_password),
+        cmocka_unit_test(test_hide_secrets),
         cmocka_unit_test(test_expand_hostname),
         cmocka_unit_test(test_expand_hostname_limit),
         cmocka_unit_test_setup(test_parse_twice, clear_env),
         cmocka_unit_test_setup(test_defaults, clear_env),
         cmocka_unit_test_setup(test_env, clear_env),
+        cmocka_unit_test_setup(test_url_files, clear_env),
         cmocka_unit_test_setup(test_all_options, clear_env),
         cmocka_unit_test_setup(test_help_version, clear_env),
         cmocka_unit_test_setup(test_ranges, clear_env),

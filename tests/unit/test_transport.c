@@ -225,7 +225,8 @@ static void test_broker_redis(void **state) {
     cel_broker_t *b = cel_broker_new(&st.loop, &cfg, &cbs, &st, &err);
     assert_non_null(b);
     assert_string_equal(cel_broker_ops(b)->scheme, "redis");
-    assert_true(cel_broker_touch_interval(b) == 10.0); /* a quarter of 40 s */
+    /* a quarter of 40 s, but at most 5 s: a server that lost what we hold gets it back soon */
+    assert_true(cel_broker_touch_interval(b) == 5.0);
     run_until(&st, &st.nmsg, 2, "two messages");
     assert_int_equal(st.up, 1);
     assert_string_equal(st.queue, "tq");
