@@ -57,4 +57,64 @@ char *cel_envelope_encode(const cel_envelope_parts_t *p, size_t *len, cel_err_t 
  * (NUL included); returns the length, or -1 when it does not fit. */
 int cel_envelope_queue_key(const char *queue, int priority, char *out, size_t size);
 
+/* Celery's saferepr(v, maxlen, maxlevels) (celery/utils/saferepr.py), as the
+ * client writes argsrepr/kwargsrepr: as_tuple shows an array as a Python
+ * tuple. Returns a malloc'd string or NULL (v NULL, out of memory). */
+char *cel_saferepr(json_t *v, int as_tuple, long maxlen, int maxlevels);
+
+/* What a sender takes from its app and process rather than from the
+ * signature. Borrowed. */
+typedef struct cel_send_ctx {
+    double now;                /* unix seconds: countdown and numeric expires count from it */
+    const char *origin;        /* headers.origin: "gen<pid>@<host>" (anon_nodename) */
+    const char *reply_to;      /* app.thread_oid: when the options name none */
+    const char *default_queue; /* task_default_queue: "celery" */
+    /* A fresh task id (uuid4 text, 36 characters) into out. */
+    void (*new_id)(void *priv, char out[37]);
+    void *id_priv;
+} cel_send_ctx_t;
+
+/* One task message ready to publish. Owns every field; cel_msg_free. */
+typedef struct cel_msg {
+    char *id;   /* headers.id, also the correlation_id */
+    char *name; /* headers.task */
+    char *exchange;
+    char *exchange_type; /* "direct", "topic", "fanout" */
+    char *routing_key;
+    json_t *headers; /* as_task_v2's, in its order (+ the options' headers) */
+    char *content_type;
+    char *content_encoding;
+    char *body; /* serialized [args, kwargs, embed] */
+    size_t body_len;
+    char *reply_to;
+    json_t *extra;    /* options 5.2 passes on as properties, or NULL */
+    char *expiration; /* ms as a string, or NULL */
+    int priority;     /* 0 when none (kombu's default_priority) */
+    int persistent;   /* delivery_mode 2 */
+} cel_msg_t;
+
+void cel_msg_free(cel_msg_t *m);
+
+/* Signature.apply_async(args, kwargs, **options) for a task signature (a
+ * dict {task, args, kwargs, options, subtask_type, immutable}), as the 5.2
+ * worker runs it for a task it has not registered: the options merged into
+ * the signature's (None values dropped; a group_id the signature has is
+ * kept), args prepended and kwargs merged unless immutable, then
+ * app.send_task -> amqp.as_task_v2 -> send_task_message -> Producer.publish:
+ * task_id (else a new id), countdown/eta, expires (seconds or ISO text; also
+ * the expiration property), link/link_error/chain/chord into the embed,
+ * group_id/group_index, root_id (else the id), parent_id, shadow, retries,
+ * time limits, ignore_result, headers, priority, serializer (json, msgpack),
+ * delivery_mode, and routing: queue (else ctx->default_queue) on the default
+ * exchange, or exchange + routing_key (and exchange_type) as given. Options
+ * none of those consume are passed on as properties (extra), as 5.2 does.
+ * args_tuple says whether Python holds the signature's own args as a tuple
+ * (a cloned signature) for argsrepr; prepended args always make one.
+ * sig, args (array or NULL), kwargs (object or NULL) and options (object or
+ * NULL) are borrowed. CEL_OK with *out set (cel_msg_free), else CEL_EINVAL
+ * (not a signature, an option of the wrong type), CEL_ETYPE (values JSON
+ * cannot carry), CEL_ENOMEM; *out NULL. */
+int cel_message_apply(json_t *sig, json_t *args, json_t *kwargs, json_t *options, int args_tuple,
+                      const cel_send_ctx_t *ctx, cel_msg_t **out, cel_err_t *err);
+
 #endif

@@ -14,6 +14,10 @@ Writes into OUTDIR:
   publish.json           kombu Producer.publish inputs -> the envelope kombu's Redis
                          transport LPUSHes (delivery tag fixed) and its priority key
   topic.json             bindings of a topic exchange and the queues kombu picks per key
+  saferepr.json          celery's saferepr of values at various maxlen
+  apply.json             Signature.apply_async inputs (as the 5.2 worker calls it for a task
+                         it has not registered) -> the envelope published, with now, ids,
+                         origin, reply_to and delivery tags fixed
 Sources: /work/shared/celery-wire/redis-monitor-*.txt (LPUSH and SETEX lines)
 and messages produced now by a Celery app on broker mem:// (kombu's virtual
 transport, the same envelope code path as redis; serialized with
@@ -472,6 +476,135 @@ def topic_cases():
             'cases': [[rk, sorted(topic.lookup(table, 'ex', rk, None))] for rk in rks]}
 
 
+def saferepr_cases():
+    from celery.utils.saferepr import saferepr
+    vals = [(2, 3), (), (1,), [], {}, [1, 'a', None, True, 2.5], {'k': [1, 2], 'x\u00e9': 'v'},
+            ('it\'s', 'a\nb', '\u65e5\U0001f600', '"q"', '\\'), ([[[[1]]]],), {'a': {'b': {'c': {}}}},
+            [[[[[]]]]], ('word ' * 60,), (list(range(300)),), ({'key %d' % i: i for i in range(80)},),
+            ('x' * 2000,), ('x' * 1023,), ('x' * 1022,), (1e100, -0.0, 0.1, 2 ** 63 - 1),
+            ({'k': 'v' * 1100},), ([1, 2, [3, [4, [5, [6]]]]],), ('abc', 'def'), ([], {}, [])]
+    out = []
+    for v in vals:
+        for maxlen in (1024, 10, 5, 3, 1):
+            j = json.loads(json.dumps(v))
+            out.append({'value': j, 'as_tuple': isinstance(v, tuple), 'maxlen': maxlen,
+                        'repr': saferepr(v, maxlen)})
+    return out
+
+
+def apply_cases():
+    """What Signature.apply_async(args, kwargs, **options) publishes, for signatures the
+    worker finds in a message (celery/app/trace.py sends callbacks and chains this way),
+    with every id, the time and the node name fixed. Task names no app here registers
+    (w.*), so apply_async goes through app.send_task as in a worker without the task."""
+    import celery.app.amqp as camqp
+    import celery.app.base as cbase
+    from celery import Celery, signature
+    from kombu.transport import memory
+    from kombu.transport.virtual import base as vbase
+    from kombu.utils.json import dumps
+
+    NOW = datetime.datetime(2026, 11, 22, 21, 14, 17, 167806, tzinfo=datetime.timezone.utc)
+    OID, ORIGIN = '0b9655b9-eff6-3a95-8399-2e591bbf6907', 'gen7776@vm'
+    app = Celery('gen-apply', broker='memory://', backend='cache+memory://', set_as_current=False)
+    app.conf.task_serializer = 'json'
+    app.now = lambda: NOW
+    saved = (cbase.uuid, camqp.anon_nodename, cbase.Celery.thread_oid, vbase.uuid)
+    counter = [0]
+
+    def new_id():
+        counter[0] += 1
+        return '00000000-0000-4000-8000-%012d' % counter[0]
+    cbase.uuid = new_id
+    camqp.anon_nodename = lambda *a: ORIGIN
+    cbase.Celery.thread_oid = property(lambda self: OID)
+    vbase.uuid = lambda: 'tag-fixed'
+    # queues bound to the named exchanges below, so that memory:// delivers those too
+    from kombu import Connection, Exchange, Queue
+    with Connection('memory://') as conn:
+        ch = conn.channel()
+        Queue('bound-ex', Exchange('ex', type='direct'), routing_key='rk')(ch).declare()
+        Queue('bound-tx', Exchange('tx', type='topic'), routing_key='a.*')(ch).declare()
+
+    def sig(task, args=(), kwargs=None, options=None, immutable=False):
+        return {'task': task, 'args': list(args), 'kwargs': kwargs or {},
+                'options': options or {}, 'subtask_type': None, 'immutable': immutable}
+
+    add10 = sig('w.add', [10])
+    chain_rest = [sig('w.add', [4], options={'task_id': 'c-4', 'reply_to': 'r-client'}),
+                  sig('w.add', [3], options={'task_id': 'c-3', 'reply_to': 'r-client'})]
+    cases = [
+        # link: the callback of a task that returned 4 (celery-wire.md 5)
+        (add10, [4], None, {'parent_id': 'p-1', 'root_id': 'p-1'}, False),
+        # the chain's next link, the rest carried on
+        (chain_rest[1], [3], None, {'chain': chain_rest[:1], 'parent_id': 'p-2', 'root_id': 'r-2'},
+         False),
+        (chain_rest[0], [6], None, {'chain': [], 'parent_id': 'c-3', 'root_id': 'r-2'}, False),
+        # immutable: own args only (a list for argsrepr), kwargs not merged
+        (sig('w.echo', ['errback'], {'k': 1}, immutable=True), ['x'], {'z': 2},
+         {'parent_id': 'p-3'}, False),
+        # a cloned signature (group member): a tuple, even immutable
+        (sig('w.echo', ['e'], immutable=True), ['x'], None, {'group_id': 'g-1',
+                                                                  'parent_id': 'p-4'}, True),
+        # kwargs merged, routing to a queue, priority, countdown, numeric expires
+        (sig('w.echo', [1], {'a': 1}, {'queue': 'other', 'priority': 7, 'countdown': 30,
+                                            'expires': 60}), [0], {'b': 2}, {'root_id': 'r'},
+         False),
+        # exchange + routing key; time limits; shadow; ignore_result; headers
+        (sig('w.add', [1, 2], options={'exchange': 'ex', 'routing_key': 'rk', 'time_limit': 10,
+                                            'soft_time_limit': 5.5, 'shadow': 'sh',
+                                            'ignore_result': True, 'headers': {'x-h': [1]}}),
+         None, None, None, False),
+        # routing key alone is not enough for direct routing; eta given as text
+        (sig('w.add', [1], options={'routing_key': 'rk-only',
+                                         'eta': '2026-11-22T21:15:00+00:00'}), [2], None, None,
+         False),
+        # a topic exchange named with its type
+        (sig('w.add', [], options={'exchange': 'tx', 'exchange_type': 'topic',
+                                        'routing_key': 'a.b'}), [1, 2], None, None, False),
+        # a group member's options: group id kept, group_index, chord body, link/link_error
+        (sig('w.add', [1], options={'task_id': 't-9', 'group_id': 'g-own', 'group_index': 2,
+                                         'chord': add10, 'link': add10,
+                                         'link_error': [sig('w.err')]}),
+         [1], None, {'group_id': 'g-other', 'parent_id': 'p', 'root_id': 'r'}, False),
+        # options no parameter takes leak into the properties; msgpack; transient
+        (sig('w.add', [1], options={'argsrepr': '(custom)', 'stamp': 'x', 'serializer':
+                                         'msgpack', 'delivery_mode': 1}), [5], None, None, False),
+        # expires in the past: expiration "0"; retries and reply_to given
+        (sig('w.add', [], options={'expires': -5, 'retries': 3, 'reply_to': 'rr'}), None,
+         None, None, False),
+        # unicode, floats, long args (saferepr cuts argsrepr at 1024)
+        (sig('w.echo', ['\u65e5\u672c', 'it\'s'], {'f': 0.1}), [['x' * 700, 'y' * 700]],
+         None, None, False),
+    ]
+    out = []
+    for s_, args, kwargs, options, cloned in cases:
+        before = counter[0]
+        sg = signature(json.loads(json.dumps(s_)), app=app)
+        if cloned:
+            sg = sg.clone()
+        sg.apply_async(args, kwargs, **(options or {}))
+        msgs = []
+        for qname, q in list(memory.Channel.queues.items()):
+            while not q.empty():
+                m = q.get_nowait()
+                msgs.append((qname, m))
+        assert len(msgs) <= 1, msgs
+        case = {'sig': s_, 'args': args, 'kwargs': kwargs, 'options': options,
+                'args_tuple': cloned, 'now': NOW.timestamp(), 'origin': ORIGIN, 'reply_to': OID,
+                'ids_used': counter[0] - before, 'first_id': before + 1}
+        if msgs:
+            qname, m = msgs[0]
+            case['queue'] = qname
+            case['expected'] = dumps(m)
+        else:
+            case['queue'] = None  # e.g. an exchange nothing is bound to
+            case['expected'] = None
+        out.append(case)
+    cbase.uuid, camqp.anon_nodename, cbase.Celery.thread_oid, vbase.uuid = saved
+    return out
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit('usage: gen_messages.py OUTDIR')
@@ -489,7 +622,8 @@ def main():
     files = {'expect.json': expect,
              'metas.json': metas_from_captures() + fresh_metas(),
              'dumps.json': dumps_cases(), 'reprs.json': repr_cases(), 'times.json': time_cases(),
-             'publish.json': publish_cases(), 'topic.json': topic_cases()}
+             'publish.json': publish_cases(), 'topic.json': topic_cases(),
+             'saferepr.json': saferepr_cases(), 'apply.json': apply_cases()}
     for fn, data in files.items():
         with open(os.path.join(out, fn), 'w') as f:
             json.dump(data, f, indent=1, allow_nan=False)
