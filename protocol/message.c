@@ -187,6 +187,11 @@ int cel_message_apply(json_t *sig, json_t *args, json_t *kwargs, json_t *options
     json_t *gi = json_object_get(o, "group_index"), *ret = json_object_get(o, "retries");
     json_t *pri = json_object_get(o, "priority"), *exp = json_object_get(o, "expires");
     json_t *dm = json_object_get(o, "delivery_mode"), *xh = json_object_get(o, "headers");
+    /* send_task: ids not given come from the task running now */
+    if (!root_id || !*root_id)
+        root_id =
+            ctx->parent_root_id && *ctx->parent_root_id ? ctx->parent_root_id : ctx->parent_id;
+    if (!parent_id || !*parent_id) parent_id = ctx->parent_id;
     rc = CEL_EINVAL;
     if (gi && !json_is_null(gi) && !json_is_integer(gi)) {
         cel_err_set(err, rc, "option group_index must be an integer");

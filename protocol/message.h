@@ -65,10 +65,13 @@ char *cel_saferepr(json_t *v, int as_tuple, long maxlen, int maxlevels);
 /* What a sender takes from its app and process rather than from the
  * signature. Borrowed. */
 typedef struct cel_send_ctx {
-    double now;                /* unix seconds: countdown and numeric expires count from it */
-    const char *origin;        /* headers.origin: "gen<pid>@<host>" (anon_nodename) */
-    const char *reply_to;      /* app.thread_oid: when the options name none */
-    const char *default_queue; /* task_default_queue: "celery" */
+    double now;                 /* unix seconds: countdown and numeric expires count from it */
+    const char *origin;         /* headers.origin: "gen<pid>@<host>" (anon_nodename) */
+    const char *reply_to;       /* app.thread_oid: when the options name none */
+    const char *default_queue;  /* task_default_queue: "celery" */
+    const char *parent_id;      /* the task running now (send_task's current_worker_task): the
+                                * default parent_id, or NULL */
+    const char *parent_root_id; /* its root_id (default root_id: this, else parent_id) */
     /* A fresh task id (uuid4 text, 36 characters) into out. */
     void (*new_id)(void *priv, char out[37]);
     void *id_priv;

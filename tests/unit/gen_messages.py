@@ -15,6 +15,9 @@ Writes into OUTDIR:
                          transport LPUSHes (delivery tag fixed) and its priority key
   topic.json             bindings of a topic exchange and the queues kombu picks per key
   saferepr.json          celery's saferepr of values at various maxlen
+  plans.json             worker canvas steps (trace.py callbacks/chain, mark_as_failure,
+                         on_chord_part_return's callback or ChordError) on client-made
+                         messages -> every publish, chord size, store and chord part, in order
   apply.json             Signature.apply_async inputs (as the 5.2 worker calls it for a task
                          it has not registered) -> the envelope published, with now, ids,
                          origin, reply_to and delivery tags fixed
@@ -605,6 +608,222 @@ def apply_cases():
     return out
 
 
+def plan_cases():
+    """What the 5.2 worker sends, stores and counts for a finished task, recorded in order
+    with celery's own code paths (the trace.py callback/chain block, mark_as_failure,
+    on_chord_part_return's tail and chord_error_from_stack) on messages the client made.
+    Fresh ids come from a counter (the C test renames them in order of appearance)."""
+    import celery.app.amqp as camqp
+    import celery.app.base as cbase
+    import celery.canvas as ccanvas
+    from celery import Celery, chain, chord, group, signature, maybe_signature, states
+    from celery._state import _task_stack
+    from celery.app.task import Context
+    from celery.exceptions import ChordError
+    from kombu.transport import memory
+    from kombu.transport.virtual import base as vbase
+    from kombu.utils.json import dumps
+
+    NOW = datetime.datetime(2026, 11, 22, 21, 14, 17, 167806, tzinfo=datetime.timezone.utc)
+    OID, ORIGIN = '0b9655b9-eff6-3a95-8399-2e591bbf6907', 'gen7776@vm'
+    app = Celery('gen-plan', broker='memory://', backend='cache+memory://', set_as_current=False)
+    app.conf.task_serializer = 'json'
+    app.now = lambda: NOW
+
+    @app.task(name='w.current', shared=False)
+    def current():
+        return None
+
+    counter = [0]
+
+    def new_id():
+        counter[0] += 1
+        return '00000000-0000-4000-8000-%012d' % counter[0]
+    saved = (cbase.uuid, ccanvas.uuid, camqp.anon_nodename, cbase.Celery.thread_oid, vbase.uuid,
+             memory.Channel._put)
+    cbase.uuid = ccanvas.uuid = new_id
+    camqp.anon_nodename = lambda *a: ORIGIN
+    cbase.Celery.thread_oid = property(lambda self: OID)
+    vbase.uuid = lambda: 'tag-fixed'
+    acts = []
+
+    def put(self, queue, message, **kw):
+        acts.append(['PUBLISH', dumps(message)])
+    memory.Channel._put = put
+    be = app.backend
+
+    def set_chord_size(gid, size):
+        acts.append(['CHORD_SIZE', gid, size])
+
+    def store_result(task_id, result, state, traceback=None, request=None, **kw):
+        acts.append(['STORE', task_id, state, be.encode_result(result, state),
+                     getattr(request, 'group', None) or None,
+                     getattr(request, 'parent_id', None) or None])
+
+    def on_chord_part_return(request, state, result, **kw):
+        gi = request.group_index
+        acts.append(['CHORD_PART', request.id, request.group, -1 if gi is None else gi,
+                     json.dumps([1, request.id, state, be.encode_result(result, state)]),
+                     request.chord])
+    be.set_chord_size, be.store_result, be.on_chord_part_return = \
+        set_chord_size, store_result, on_chord_part_return
+
+    def sent(sig, **opts):
+        """The envelope the client publishes for sig (its first message)."""
+        del acts[:]
+        sig.apply_async(**opts)
+        env = [a[1] for a in acts if a[0] == 'PUBLISH'][0]
+        del acts[:]
+        return env
+
+    def request_of(env):
+        m = json.loads(env)
+        h = m['headers']
+        args, kwargs, embed = json.loads(base64.b64decode(m['body']))
+        req = dict(h, args=args, kwargs=kwargs, delivery_info=m['properties']['delivery_info'],
+                   reply_to=m['properties']['reply_to'], called_directly=False, hostname='w@h')
+        req.update(embed)
+        return req
+
+    def with_current(req, fn):
+        current.push_request(**req)
+        _task_stack.push(current)
+        try:
+            fn(current.request)
+            return [r.as_tuple() for r in current.request.children]
+        finally:
+            _task_stack.pop()
+            current.pop_request()
+
+    def success(task_request, retval):
+        # celery/app/trace.py build_tracer, the success branch, verbatim in substance
+        uuid, root_id, task_priority = task_request.id, task_request.root_id or task_request.id, None
+        callbacks = task_request.callbacks
+        if callbacks:
+            if len(callbacks) > 1:
+                sigs, groups = [], []
+                for sig in callbacks:
+                    sig = signature(sig, app=app)
+                    if isinstance(sig, group):
+                        groups.append(sig)
+                    else:
+                        sigs.append(sig)
+                for group_ in groups:
+                    group_.apply_async((retval,), parent_id=uuid, root_id=root_id,
+                                       priority=task_priority)
+                if sigs:
+                    group(sigs, app=app).apply_async((retval,), parent_id=uuid, root_id=root_id,
+                                                     priority=task_priority)
+            else:
+                signature(callbacks[0], app=app).apply_async(
+                    (retval,), parent_id=uuid, root_id=root_id, priority=task_priority)
+        ch = task_request.chain
+        if ch:
+            _chsig = signature(ch.pop(), app=app)
+            _chsig.apply_async((retval,), chain=ch, parent_id=uuid, root_id=root_id,
+                               priority=task_priority)
+
+    def failure(task_request, exc, state='FAILURE'):
+        if state == 'REVOKED':
+            be.mark_as_revoked(task_request.id, 'revoked', request=task_request)
+        else:
+            be.mark_as_failure(task_request.id, exc, 'Traceback (most recent call last):\n',
+                               request=task_request)
+        # the task's own store is the consumer's, not the plan's
+        if acts and acts[0][0] == 'STORE' and acts[0][1] == task_request.id:
+            del acts[0]
+
+    def chord_done(task_request, entries):
+        # backends/redis.py on_chord_part_return once readycount == total
+        callback = maybe_signature(task_request.chord, app=app)
+        try:
+            from celery.backends.redis import RedisBackend
+            resl = [RedisBackend._unpack_chord_result(be, tup, be.decode) for tup in entries]
+            try:
+                callback.delay(resl)
+            except Exception as exc:
+                return be.chord_error_from_stack(callback, ChordError(f'Callback error: {exc!r}'))
+        except ChordError as exc:
+            return be.chord_error_from_stack(callback, exc)
+
+    add = app.signature('w.add')
+    xsum = app.signature('w.xsum')
+    echo = app.signature('w.echo')
+    out = []
+
+    def case(name, env, step, arg):
+        req = request_of(env)
+        del acts[:]
+        first = counter[0] + 1
+        if step == 'success':
+            def ok(r):
+                success(r, arg)
+                be.mark_as_done(r.id, arg, request=r)  # the store, then the chord part
+                for k, a in enumerate(acts):
+                    if a[0] == 'STORE' and a[1] == r.id:
+                        del acts[k]
+                        break
+            children = with_current(req, ok)
+        elif step == 'failure':
+            children = with_current(req, lambda r: failure(r, ValueError(arg)))
+        elif step == 'revoked':
+            children = with_current(req, lambda r: failure(r, None, 'REVOKED'))
+        else:
+            children = with_current(req, lambda r: chord_done(
+                r, [json.dumps(e) for e in arg]))
+            arg = [list(e) for e in arg]
+        out.append({'name': name, 'request': env, 'step': step, 'arg': arg, 'first_id': first,
+                    'children': json.loads(json.dumps(children)),
+                    'acts': json.loads(json.dumps(acts))})
+
+    s = lambda name, *a, **o: app.signature(name, a, options=o)  # noqa: E731
+    case('link-one', sent(s('w.add', 2, 2), link=add.clone((10,))), 'success', 4)
+    case('link-many', sent(s('w.add', 2, 2), link=[add.clone((1,)), echo.clone(),
+                                                    group(add.clone((5,)), echo.clone())]),
+         'success', 4)
+    case('link-chain', sent(s('w.add', 1, 1), link=chain(add.clone((1,)), add.clone((2,)))),
+         'success', 2)
+    case('chain-next', sent(chain(s('w.add', 1, 2), add.clone((3,)), add.clone((4,)))),
+         'success', 3)
+    case('chain-last', sent(chain(s('w.add', 1, 2), add.clone((3,)))), 'success', 3)
+    case('chain-immutable', sent(chain(s('w.add', 1, 2), app.signature('w.add', (7, 7), immutable=True),
+                                       echo.clone((1,), {'k': 2}))), 'success', 3)
+    case('chain-to-group', sent(chain(s('w.add', 1, 2), group(add.clone((1,)),
+                                                              add.clone((2,))))), 'success', 3)
+    case('chain-to-chord', sent(chain(s('w.add', 1, 2), group(add.clone((1,)), add.clone((2,))),
+                                      xsum.clone(), add.clone((100,)))), 'success', 3)
+    case('chain-routed', sent(chain(s('w.add', 1, 2), add.clone((3,)).set(queue='q2'),
+                                    add.clone((4,)).set(queue='q3', priority=5))),
+         'success', 3)
+    case('fail-errbacks', sent(s('w.add', 1, 2), link_error=[echo.clone(),
+                                                              app.signature('w.echo', ('x',), immutable=True)]),
+         'failure', 'boom')
+    case('fail-chain', sent(chain(s('w.add', 1, 2), add.clone((3,)), add.clone((4,))),
+                            link_error=echo.clone()), 'failure', 'boom')
+    case('chain-link-error', sent(chain(s('w.add', 1, 2), add.clone((3,)), add.clone((4,))),
+                                  link_error=echo.clone()), 'success', 3)
+    hdr = sent(chord([s('w.add', 1, 1), s('w.add', 2, 2)], xsum.clone().set(
+        link_error=[echo.clone()])))
+    case('chord-part-ok', hdr, 'success', 2)
+    case('chord-part-fail', hdr, 'failure', 'boom')
+    case('chord-part-revoked', hdr, 'revoked', None)
+    case('chord-done', hdr, 'chord', [[1, 'p-1', 'SUCCESS', 2], [1, 'p-2', 'SUCCESS', 4]])
+    case('chord-done-fail', hdr, 'chord',
+         [[1, 'p-1', 'SUCCESS', 2],
+          [1, 'p-2', 'FAILURE', {'exc_type': 'ValueError', 'exc_message': ['boom'],
+                                 'exc_module': 'builtins'}]])
+    hdr2 = sent(chord([s('w.add', 1, 1)], chain(echo.clone(), add.clone((1,)))))
+    case('chord-done-chain-body', hdr2, 'chord', [[1, 'p-1', 'SUCCESS', [1, 2]]])
+    hdr3 = sent(chord([s('w.add', 1, 1)], app.signature('w.echo', ('fixed',), immutable=True)))
+    case('chord-done-immutable', hdr3, 'chord', [[1, 'p-1', 'SUCCESS', 2]])
+    grp_chain = group(chain(s('w.add', 1, 1), add.clone((1,))), s('w.add', 2, 2))
+    sent_env = sent(grp_chain)
+    case('group-chain-member', sent_env, 'success', 2)
+    cbase.uuid, ccanvas.uuid, camqp.anon_nodename, cbase.Celery.thread_oid, vbase.uuid, \
+        memory.Channel._put = saved
+    return {'now': NOW.timestamp(), 'origin': ORIGIN, 'reply_to': OID, 'cases': out}
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit('usage: gen_messages.py OUTDIR')
@@ -623,7 +842,8 @@ def main():
              'metas.json': metas_from_captures() + fresh_metas(),
              'dumps.json': dumps_cases(), 'reprs.json': repr_cases(), 'times.json': time_cases(),
              'publish.json': publish_cases(), 'topic.json': topic_cases(),
-             'saferepr.json': saferepr_cases(), 'apply.json': apply_cases()}
+             'saferepr.json': saferepr_cases(), 'apply.json': apply_cases(),
+             'plans.json': plan_cases()}
     for fn, data in files.items():
         with open(os.path.join(out, fn), 'w') as f:
             json.dump(data, f, indent=1, allow_nan=False)
