@@ -67,6 +67,12 @@ static const char usage_text[] =
     "                               no limit)\n"
     "      --describe-tasks         print the task table as JSON (names, parameters,\n"
     "                               limits) and exit; contacts nothing\n"
+    "      --result-extended        results also carry name, args, kwargs, worker,\n"
+    "                               retries and queue (Celery's result_extended)\n"
+    "      --result-chord-ordered B chord parts kept in a sorted set (yes, the default)\n"
+    "                               or a list (no), as Celery's result_backend_transport_\n"
+    "                               options result_chord_ordered; a chord already begun\n"
+    "                               keeps the kind it was begun with\n"
     "  -h, --help                   show this help\n"
     "      --version                show the version\n";
 
@@ -95,6 +101,9 @@ enum {
     OPT_BATCH_TOKENS,
     OPT_GPU_MEM,
     OPT_DESCRIBE,
+    /* canvas (issue 13) */
+    OPT_RESULT_EXTENDED,
+    OPT_CHORD_ORDERED,
 };
 
 static int hexval(char c) {
@@ -325,6 +334,7 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     cfg->result_expires = 86400;
     cfg->visibility_timeout = 3600;
     cfg->max_message_size = 8L * 1024 * 1024;
+    cfg->result_chord_ordered = 1;
     const char *hostname_pat = "celeriac@%h";
     const char *queues = "celery";
     default_executor(cfg->executor, sizeof(cfg->executor));
@@ -360,6 +370,9 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         { "help", no_argument, 0, 'h' },
         { "version", no_argument, 0, OPT_VERSION },
         { "describe-tasks", no_argument, 0, OPT_DESCRIBE },
+        /* canvas (issue 13) */
+        { "result-extended", no_argument, 0, OPT_RESULT_EXTENDED },
+        { "result-chord-ordered", required_argument, 0, OPT_CHORD_ORDERED },
         { 0, 0, 0, 0 },
     };
     optind = 0; /* 0, not 1: glibc then forgets the state of any earlier parse */
@@ -466,6 +479,15 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         case 'h': fputs(usage_text, stdout); return 1;
         case OPT_VERSION: printf("celeriac %s\n", CEL_VERSION); return 1;
         case OPT_DESCRIBE: cfg->describe_tasks = 1; return 1;
+        /* canvas (issue 13) */
+        case OPT_RESULT_EXTENDED: cfg->result_extended = 1; break;
+        case OPT_CHORD_ORDERED:
+            if (!strcmp(optarg, "yes") || !strcmp(optarg, "true") || !strcmp(optarg, "1"))
+                cfg->result_chord_ordered = 1;
+            else if (!strcmp(optarg, "no") || !strcmp(optarg, "false") || !strcmp(optarg, "0"))
+                cfg->result_chord_ordered = 0;
+            else rc = cel_err_set(err, CEL_EINVAL, "--result-chord-ordered: expected yes or no");
+            break;
         case ':': return cel_err_set(err, CEL_EINVAL, "option %s needs a value", argv[optind - 1]);
         default:
             return cel_err_set(err, CEL_EINVAL, "unknown option %s (see --help)", argv[optind - 1]);

@@ -55,6 +55,9 @@ typedef struct cel_options {
     int task_events;       /* -E: send task-* events from the start */
     int without_heartbeat; /* no worker-* events */
     int describe_tasks;    /* --describe-tasks: main prints the task table, exits */
+    /* canvas (issue 13) */
+    int result_extended;      /* --result-extended: metas carry name, args, kwargs, ... */
+    int result_chord_ordered; /* chord parts in a sorted set (1, Celery's default) or a list */
 } cel_options_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,
