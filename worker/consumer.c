@@ -836,6 +836,7 @@ static void on_given_back(void *priv, int ok) {
     if (!ok)
         cel_error("could not give %s back to the broker; the broker will deliver it again",
                   r->task->id);
+    else cel_events_task_rejected(r->c->events, r->task, 1); /* Request.reject(requeue) */
     request_free(r);
 }
 

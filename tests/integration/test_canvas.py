@@ -296,3 +296,122 @@ def test_result_extended(worker, celery_app, redis_client):
     # what the client reads back from an extended meta
     r = celery_app.AsyncResult(res.id)
     assert r.name == "diag.add" and r.args == [20, 22] and r.queue == "celery"
+
+
+def test_chord_with_list_parts(worker, celery_app, redis_monitor, db):
+    """--result-chord-ordered no: the parts go in a list (RPUSH/LLEN), in arrival order, as
+    Celery's result_chord_ordered=False; the body still gets every result."""
+    if WORKER_KIND == "python":
+        pytest.skip("pydiag has no switch for result_chord_ordered")
+    worker("--result-chord-ordered", "no")
+    add, echo, _, _ = sigs(celery_app)
+    start = redis_monitor.mark()
+    res = chord(add.clone((i, i)) for i in range(5))(echo.clone())
+    assert sorted(get(res)[0][0]) == [0, 2, 4, 6, 8]
+    gid = res.parent.id
+    redis_monitor.wait_for(lambda d, c: d == db and "RPUSH" in c.split(" ")[0].upper()
+                           and f"celery-taskset-meta-{gid}.j" in c, start,
+                           what="an RPUSH of a part")
+
+
+# --------------------------------------------------------------------------------------------
+# celeriac and the stock Python worker on one canvas
+
+
+def test_celeriac_and_python_share_a_chord(worker, pyworker, celery_app):
+    """Half the header on a queue only celeriac reads, half on one only the Python worker
+    reads; both count parts under the same keys and the body runs once, on either."""
+    ce = worker("-Q", "celery,canvas-qa", "-n", "ce@%h")
+    py = pyworker("-Q", "celery,canvas-qb", "-n", "py@%h")
+    add, echo, _, _ = sigs(celery_app)
+    header = [add.clone((i, 100)).set(queue="canvas-qa" if i % 2 else "canvas-qb")
+              for i in range(20)]
+    res = chord(header)(echo.clone())
+    assert get(res) == [[[i + 100 for i in range(20)]], {}]
+    ids = [r.id for r in res.parent.results]
+    wait_until(lambda: set(ids) <= set(succeeded_ids(ce, py)), scaled(GET),
+               what="every part's succeeded line")
+    assert {ids[i] for i in range(1, 20, 2)} <= set(succeeded_ids(ce))
+    assert {ids[i] for i in range(0, 20, 2)} <= set(succeeded_ids(py))
+    wait_until(lambda: len(_callback_runs([ce, py], res.id)) >= 1, scaled(GET),
+               what="the body's succeeded line")
+    time.sleep(0.5)
+    assert len(_callback_runs([ce, py], res.id)) == 1
+
+
+def test_celeriac_continues_a_python_chain(worker, pyworker, celery_app):
+    """Links alternate between the two workers' queues: each sends the next one on."""
+    worker("-Q", "canvas-qa", "-n", "ce@%h")
+    pyworker("-Q", "canvas-qb", "-n", "py@%h")
+    add, _, _, _ = sigs(celery_app)
+    links = [add.clone((1, 1)).set(queue="canvas-qa")]
+    links += [add.clone((i,)).set(queue="canvas-qb" if i % 2 else "canvas-qa")
+              for i in range(1, 9)]
+    res = chain(links).apply_async()
+    assert get(res) == 2 + sum(range(1, 9))
+
+
+# --------------------------------------------------------------------------------------------
+# model tasks compose
+
+
+TEXT = "The quick brown fox jumps over the lazy dog."
+
+
+@celeriac_only
+def test_training_chain(worker, celery_app):
+    """forward_backward then optim_step then score, one chain: the Flask-free client."""
+    worker("-c", "1")
+    fb = celery_app.signature("lora.forward_backward")
+    aid = get(celery_app.send_task("lora.create", kwargs={"rank": 4, "seed": 1}))["adapter_id"]
+    base = get(celery_app.send_task("model.score", args=[TEXT]))
+    res = chain(fb.clone((aid, [{"text": TEXT}])),
+                celery_app.signature("lora.optim_step", (aid, {"learning_rate": 1e-2}),
+                                     immutable=True),
+                celery_app.signature("model.score", (TEXT,), {"adapter_id": aid},
+                                     immutable=True)).apply_async()
+    scored = get(res)
+    assert get(res.parent)["step"] == 1
+    assert get(res.parent.parent)["examples"] == 1
+    assert scored["tokens"] == base["tokens"] and scored["logprob"] != base["logprob"]
+
+
+@celeriac_only
+def test_scoring_chord(worker, celery_app):
+    worker("-c", "2")
+    texts = [TEXT, "A second text.", "And a third one, longer than the others."]
+    res = chord(celery_app.signature("model.score", (t,)) for t in texts)(
+        celery_app.signature("diag.echo"))
+    (scores,), kwargs = get(res)
+    assert kwargs == {} and len(scores) == 3
+    assert [s["tokens"] for s in scores] == [get(celery_app.send_task("model.score", args=[t]))
+                                             ["tokens"] for t in texts]
+
+
+# --------------------------------------------------------------------------------------------
+# events around the canvas
+
+
+@celeriac_only
+def test_task_rejected_when_given_back(worker, celery_app, redis_client, db):
+    """A request received but not started when the worker stops warm goes back to the
+    broker: task-rejected with requeue, as celery's Request.reject(requeue=True) sends it."""
+    from test_events import Monitor
+    mon = Monitor(celery_app, redis_client, db)
+    try:
+        w = worker("-E", "-c", "1")
+        busy = celery_app.send_task("diag.sleep", args=[1.5])
+        queued = [celery_app.send_task("diag.noop") for _ in range(2)]
+        wait_until(lambda: all("task-received" in mon.types(r.id) for r in queued),
+                   scaled(GET), what="the queued tasks received")
+        w.signal(__import__("signal").SIGTERM)
+        assert get(busy) == 1.5
+        for r in queued:
+            wait_until(lambda: "task-rejected" in mon.types(r.id), scaled(GET),
+                       what="task-rejected")
+            ev = [e for e in mon.events if e.get("uuid") == r.id and e["type"] == "task-rejected"]
+            assert ev[0]["requeue"] is True and ev[0]["hostname"] == mon.events[0]["hostname"]
+        assert w.wait_exit(GET) == 0
+        assert redis_client.llen("celery") == 2
+    finally:
+        mon.close()
