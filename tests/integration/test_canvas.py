@@ -21,7 +21,7 @@ from celery import chain, chord, group
 from celery.exceptions import ChordError
 from celery.result import AsyncResult, GroupResult, ResultSet
 
-from conftest import WORKER_KIND, celeriac_only, scaled, wait_until
+from conftest import WORKER_KIND, celeriac_only, scaled, wait_active, wait_until
 
 GET = 20  # seconds for one canvas result (scaled for ASan)
 
@@ -404,6 +404,7 @@ def test_task_rejected_when_given_back(worker, celery_app, redis_client, db):
         queued = [celery_app.send_task("diag.noop") for _ in range(2)]
         wait_until(lambda: all("task-received" in mon.types(r.id) for r in queued),
                    scaled(GET), what="the queued tasks received")
+        wait_active(celery_app, busy.id, timeout=scaled(GET))
         w.signal(__import__("signal").SIGTERM)
         assert get(busy) == 1.5
         for r in queued:
