@@ -1,7 +1,8 @@
-/* canvas.c -- the canvas steps of Celery's worker, planned: callbacks, chains, errbacks, chords.
+/* canvas.c -- plans and signature application: task signatures, groups, chains, chords.
  *
- * See canvas.h. Signatures are jansson dicts {task, args, kwargs, options,
- * subtask_type, immutable}; the plan works on deep copies, so freezing
+ * See canvas.h; the worker's steps built on this are in canvas_steps.c.
+ * Signatures are jansson dicts {task, args, kwargs, options, subtask_type,
+ * immutable}; the plan works on deep copies, so freezing
  * (options.task_id, reply_to, group_id, chord, group_index, root_id) never
  * touches the caller's message. Each apply_* function is the Python method of
  * the same name in celery/canvas.py (Signature.apply_async, group.apply_async
@@ -17,30 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "canvas_internal.h"
 #include "internal.h"
-
-/* An AsyncResult (members == NULL) or a GroupResult. */
-typedef struct res res_t;
-struct res {
-    char *id;
-    res_t *parent;
-    res_t **members;
-    size_t nmembers;
-    int group;
-    res_t *next; /* the plan's list of every result, for freeing */
-};
-
-struct cel_plan {
-    const cel_send_ctx_t *ctx;
-    int extended;
-    cel_plan_act_t *acts;
-    size_t n, cap;
-    json_t *children;
-    json_t *keep;   /* json values the actions point into */
-    json_t *cloned; /* signatures Python holds as clones (args are a tuple) */
-    res_t *results;
-    int depth;
-};
 
 /* ---- plan bookkeeping ------------------------------------------------- */
 
@@ -83,7 +62,7 @@ const cel_plan_act_t *cel_plan_get(const cel_plan_t *p, size_t i) {
 
 json_t *cel_plan_children(const cel_plan_t *p) { return p->children; }
 
-static cel_plan_act_t *add_act(cel_plan_t *p, cel_plan_kind_t kind, cel_err_t *err) {
+cel_plan_act_t *cel_plan_add_act(cel_plan_t *p, cel_plan_kind_t kind, cel_err_t *err) {
     if (p->n >= CEL_PLAN_MAX_ACTS) {
         cel_err_set(err, CEL_ELIMIT, "a canvas step of more than %d actions", CEL_PLAN_MAX_ACTS);
         return NULL;
@@ -106,14 +85,14 @@ static cel_plan_act_t *add_act(cel_plan_t *p, cel_plan_kind_t kind, cel_err_t *e
 }
 
 /* A string the plan keeps alive (NULL stays NULL). */
-static const char *keep_str(cel_plan_t *p, const char *s) {
+const char *cel_plan_keep_str(cel_plan_t *p, const char *s) {
     if (!s) return NULL;
     json_t *v = json_string(s);
     if (!v || json_array_append_new(p->keep, v)) return NULL;
     return json_string_value(v);
 }
 
-static json_t *keep_json(cel_plan_t *p, json_t *v) {
+json_t *cel_plan_keep_json(cel_plan_t *p, json_t *v) {
     if (!v || json_array_append(p->keep, v)) return NULL;
     return v;
 }
@@ -152,7 +131,7 @@ static json_t *as_tuple(const res_t *r, int depth) {
 
 /* ---- signature helpers ------------------------------------------------ */
 
-static const char *sig_type(json_t *sig) {
+const char *cel_plan_sig_type(json_t *sig) {
     const char *t = json_string_value(json_object_get(sig, "subtask_type"));
     if (!t) return "";
     if (!strcmp(t, "chain") || !strcmp(t, "group") || !strcmp(t, "chord")) return t;
@@ -242,8 +221,8 @@ static res_t *freeze_task(cel_plan_t *p, json_t *sig, const char *id, const char
 static res_t *freeze_sig(cel_plan_t *p, json_t *sig, const char *id, const char *group_id,
                          json_t *chord, const char *root_id, const char *parent_id, int group_index,
                          cel_err_t *err);
-static res_t *apply_sig(cel_plan_t *p, json_t *sig, json_t *args, json_t *kwargs, json_t *options,
-                        int cloned, cel_err_t *err);
+res_t *cel_plan_apply(cel_plan_t *p, json_t *sig, json_t *args, json_t *kwargs, json_t *options,
+                      int cloned, cel_err_t *err);
 
 /* The tasks list of a group or chain signature (kwargs.tasks); a chord's
  * header may be a list or a group signature. */
@@ -254,7 +233,7 @@ static json_t *tasks_of(json_t *sig) {
 
 /* chord._descend: how many completions a header member contributes. */
 static long descend(json_t *sig, int depth) {
-    const char *ty = sig_type(sig);
+    const char *ty = cel_plan_sig_type(sig);
     if (depth > CEL_PLAN_MAX_DEPTH) return 1;
     json_t *tasks = tasks_of(sig);
     if (!strcmp(ty, "group")) {
@@ -279,7 +258,7 @@ static long descend(json_t *sig, int depth) {
 /* A group with one member stands for that member (maybe_unroll_group). */
 static json_t *maybe_unroll(json_t *sig) {
     json_t *tasks = tasks_of(sig);
-    if (!strcmp(sig_type(sig), "group") && json_array_size(tasks) == 1)
+    if (!strcmp(cel_plan_sig_type(sig), "group") && json_array_size(tasks) == 1)
         return json_array_get(tasks, 0);
     return sig;
 }
@@ -320,7 +299,7 @@ static res_t *freeze_group(cel_plan_t *p, json_t *g, const char *id, const char 
         json_t *c = clone_sig(p, t, NULL, NULL, NULL);
         json_decref(t);
         if (!c) goto oom;
-        if (!strcmp(sig_type(c), "group")) {
+        if (!strcmp(cel_plan_sig_type(c), "group")) {
             /* stack.extendleft(task.tasks): reversed in front */
             json_t *sub = tasks_of(c);
             for (size_t i = 0; sub && i < json_array_size(sub); i++)
@@ -378,7 +357,7 @@ static res_t *apply_group(cel_plan_t *p, json_t *g, json_t *args, json_t *kwargs
         json_t *c = clone_sig(p, t, NULL, NULL, NULL);
         json_decref(t);
         if (!c) goto oom;
-        if (!strcmp(sig_type(c), "group")) {
+        if (!strcmp(cel_plan_sig_type(c), "group")) {
             json_t *sub = tasks_of(c);
             for (size_t i = sub ? json_array_size(sub) : 0; i-- > 0;)
                 json_array_insert(stack, 0, json_array_get(sub, i));
@@ -402,17 +381,17 @@ static res_t *apply_group(cel_plan_t *p, json_t *g, json_t *args, json_t *kwargs
         if (cobj && json_is_null(cobj)) cobj = NULL;
         chord_size += descend(m, 0);
         if (cobj && i + 1 == json_array_size(members)) {
-            cel_plan_act_t *a = add_act(p, CEL_PLAN_CHORD_SIZE, err);
+            cel_plan_act_t *a = cel_plan_add_act(p, CEL_PLAN_CHORD_SIZE, err);
             if (!a) {
                 json_decref(mopts);
                 goto fail;
             }
-            a->group_id = keep_str(p, gid);
+            a->group_id = cel_plan_keep_str(p, gid);
             a->size = chord_size;
         }
         if (cobj) json_object_set(mopts, "chord", cobj);
         else json_object_del(mopts, "chord");
-        if (!apply_sig(p, m, args, kwargs, mopts, 1, err)) {
+        if (!cel_plan_apply(p, m, args, kwargs, mopts, 1, err)) {
             json_decref(mopts);
             goto fail;
         }
@@ -460,13 +439,13 @@ static res_t *prepare_steps(cel_plan_t *p, json_t *chain_tasks, json_t *args, js
         json_t *task = clone_sig(p, u, is_first ? args : NULL, is_first ? kwargs : NULL, NULL);
         json_decref(t);
         if (!task) goto oom;
-        if (!strcmp(sig_type(task), "chain")) {
+        if (!strcmp(cel_plan_sig_type(task), "chain")) {
             json_t *sub = tasks_of(task);
             if (sub) json_array_extend(steps, sub);
             json_decref(task);
             continue;
         }
-        if (!strcmp(sig_type(task), "group") && prev_task) {
+        if (!strcmp(cel_plan_sig_type(task), "group") && prev_task) {
             /* group(...) | s -> chord(group, s) */
             size_t n = json_array_size(out);
             json_t *body = json_incref(json_array_get(out, n - 1));
@@ -502,7 +481,7 @@ static res_t *prepare_steps(cel_plan_t *p, json_t *chain_tasks, json_t *args, js
                 json_t *eb = l ? json_array_get(l, k) : link_error;
                 /* task.link_error(errback): a chord links its body */
                 json_t *target = task;
-                if (!strcmp(sig_type(task), "chord"))
+                if (!strcmp(cel_plan_sig_type(task), "chord"))
                     target = json_object_get(json_object_get(task, "kwargs"), "body");
                 json_t *lst = json_object_get(opts_of(target), "link_error");
                 if (!json_is_array(lst)) {
@@ -519,7 +498,7 @@ static res_t *prepare_steps(cel_plan_t *p, json_t *chain_tasks, json_t *args, js
         nres++;
         prev_task = task;
         prev_res = res;
-        if (!strcmp(sig_type(task), "chord")) {
+        if (!strcmp(cel_plan_sig_type(task), "chord")) {
             while (prev_res->parent) prev_res = prev_res->parent;
         }
     }
@@ -599,7 +578,7 @@ static res_t *apply_chain(cel_plan_t *p, json_t *ch, json_t *args, json_t *kwarg
         json_array_extend(c2, tasks);
         json_object_set_new(o, "chain", c2);
     }
-    result = apply_sig(p, first, NULL, NULL, o, 1, err) ? r : NULL;
+    result = cel_plan_apply(p, first, NULL, NULL, o, 1, err) ? r : NULL;
     json_decref(first);
 fail:
     json_decref(o);
@@ -617,7 +596,7 @@ oom:
 static json_t *chord_header(json_t *ch) {
     json_t *kw = json_object_get(ch, "kwargs");
     json_t *h = json_object_get(kw, "header");
-    if (json_is_object(h) && !strcmp(sig_type(h), "group")) return h;
+    if (json_is_object(h) && !strcmp(cel_plan_sig_type(h), "group")) return h;
     json_t *g = json_pack("{s:s, s:[], s:{s:O}, s:{}, s:s, s:b}", "task", "celery.group", "args",
                           "kwargs", "tasks", json_is_array(h) ? h : json_array(), "options",
                           "subtask_type", "group", "immutable", 0);
@@ -711,7 +690,7 @@ static res_t *apply_chord(cel_plan_t *p, json_t *ch, json_t *args, json_t *kwarg
     } else {
         /* an empty header: the body at once, with no results */
         json_t *empty = json_pack("[[]]");
-        if (!apply_sig(p, body, empty, NULL, NULL, 1, err)) bodyres = NULL;
+        if (!cel_plan_apply(p, body, empty, NULL, NULL, 1, err)) bodyres = NULL;
         json_decref(empty);
     }
     if (bodyres) bodyres->parent = hr;
@@ -734,7 +713,7 @@ static res_t *freeze_sig(cel_plan_t *p, json_t *sig, const char *id, const char 
         cel_err_set(err, CEL_ELIMIT, "signatures nested deeper than %d", CEL_PLAN_MAX_DEPTH);
         return NULL;
     }
-    const char *ty = sig_type(sig);
+    const char *ty = cel_plan_sig_type(sig);
     res_t *r;
     if (!strcmp(ty, "group")) {
         r = freeze_group(p, sig, id, group_id, chord, root_id, parent_id, group_index, err);
@@ -764,8 +743,8 @@ static res_t *freeze_sig(cel_plan_t *p, json_t *sig, const char *id, const char 
 }
 
 /* sig.apply_async(args, kwargs, **options) for any kind of signature. */
-static res_t *apply_sig(cel_plan_t *p, json_t *sig, json_t *args, json_t *kwargs, json_t *options,
-                        int cloned, cel_err_t *err) {
+res_t *cel_plan_apply(cel_plan_t *p, json_t *sig, json_t *args, json_t *kwargs, json_t *options,
+                      int cloned, cel_err_t *err) {
     if (!json_is_object(sig)) {
         cel_err_set(err, CEL_EINVAL, "a signature must be a mapping");
         return NULL;
@@ -775,7 +754,7 @@ static res_t *apply_sig(cel_plan_t *p, json_t *sig, json_t *args, json_t *kwargs
         cel_err_set(err, CEL_ELIMIT, "signatures nested deeper than %d", CEL_PLAN_MAX_DEPTH);
         return NULL;
     }
-    const char *ty = sig_type(sig);
+    const char *ty = cel_plan_sig_type(sig);
     res_t *r = NULL;
     if (!strcmp(ty, "group")) {
         r = apply_group(p, sig, args, kwargs, options, err);
@@ -788,7 +767,7 @@ static res_t *apply_sig(cel_plan_t *p, json_t *sig, json_t *args, json_t *kwargs
         int add = !json_is_false(json_object_get(options, "add_to_parent"));
         if (cel_message_apply(sig, args, kwargs, options, cloned || is_cloned(p, sig), p->ctx, &m,
                               err) == CEL_OK) {
-            cel_plan_act_t *a = add_act(p, CEL_PLAN_PUBLISH, err);
+            cel_plan_act_t *a = cel_plan_add_act(p, CEL_PLAN_PUBLISH, err);
             if (!a) {
                 cel_msg_free(m);
             } else {
@@ -801,274 +780,4 @@ static res_t *apply_sig(cel_plan_t *p, json_t *sig, json_t *args, json_t *kwargs
     }
     p->depth--;
     return r;
-}
-
-/* ---- the worker's steps ------------------------------------------------ */
-
-/* Options trace.py passes: parent and root of the finished task, priority
- * None (task_inherit_parent_priority is off). */
-static json_t *trace_options(const cel_task_t *t) {
-    return json_pack("{s:s, s:s, s:n}", "parent_id", t->id, "root_id",
-                     t->root_id && *t->root_id ? t->root_id : t->id, "priority");
-}
-
-int cel_plan_success(cel_plan_t *p, const cel_task_t *t, json_t *retval, cel_err_t *err) {
-    json_t *embed = t->embed;
-    json_t *cbs = json_object_get(embed, "callbacks");
-    json_t *chain = json_object_get(embed, "chain");
-    json_t *args = json_pack("[O]", retval ? retval : json_null());
-    json_t *opts = trace_options(t);
-    int rc = CEL_OK;
-    if (!args || !opts) {
-        rc = cel_err_set(err, CEL_ENOMEM, "out of memory planning callbacks");
-        goto done;
-    }
-    if (json_is_array(cbs) && json_array_size(cbs) == 1) {
-        json_t *s = json_deep_copy(json_array_get(cbs, 0));
-        if (!apply_sig(p, s, args, NULL, opts, 0, err)) rc = err ? err->code : CEL_EINVAL;
-        json_decref(s);
-    } else if (json_is_array(cbs) && json_array_size(cbs) > 1) {
-        /* groups are applied on their own, the other signatures as one group */
-        json_t *sigs = json_array();
-        size_t i;
-        json_t *s;
-        json_array_foreach(cbs, i, s) {
-            if (!strcmp(sig_type(s), "group")) {
-                json_t *g = json_deep_copy(s);
-                res_t *r = apply_sig(p, g, args, NULL, opts, 0, err);
-                json_decref(g);
-                if (!r) {
-                    rc = err ? err->code : CEL_EINVAL;
-                    break;
-                }
-            } else {
-                json_array_append(sigs, s);
-            }
-        }
-        if (rc == CEL_OK && json_array_size(sigs)) {
-            json_t *g = json_pack("{s:s, s:[], s:{s:O}, s:{}, s:s, s:b}", "task", "celery.group",
-                                  "args", "kwargs", "tasks", sigs, "options", "subtask_type",
-                                  "group", "immutable", 0);
-            if (!apply_sig(p, g, args, NULL, opts, 0, err)) rc = err ? err->code : CEL_EINVAL;
-            json_decref(g);
-        }
-        json_decref(sigs);
-    }
-    if (rc == CEL_OK && json_is_array(chain) && json_array_size(chain) > 0) {
-        /* the last element is the next task; the rest rides along */
-        json_t *rest = json_copy(chain);
-        size_t n = json_array_size(rest);
-        json_t *next = json_deep_copy(json_array_get(rest, n - 1));
-        json_array_remove(rest, n - 1);
-        /* apply_async((retval,), chain=chain, parent_id=..., root_id=..., priority=...):
-         * in that order, which a chain or chord body keeps in its options */
-        json_t *copts = json_pack("{s:o}", "chain", rest);
-        json_object_update(copts, opts);
-        if (!apply_sig(p, next, args, NULL, copts, 0, err)) rc = err ? err->code : CEL_EINVAL;
-        json_decref(copts);
-        json_decref(next);
-    }
-done:
-    json_decref(args);
-    json_decref(opts);
-    return rc;
-}
-
-static const char *state_of(const char *s) { return s ? s : "FAILURE"; }
-
-/* One CHORD_PART action for a request-like (id, group, index, chord). */
-static int add_chord_part(cel_plan_t *p, const char *tid, const char *gid, int index, json_t *chord,
-                          const char *root_id, const char *state, json_t *result, cel_err_t *err) {
-    json_t *e = json_pack("[isso]", 1, tid, state, result ? json_incref(result) : json_null());
-    char *text = e ? cel_json_dumps(e, err) : NULL;
-    json_decref(e);
-    if (!text) return err ? err->code : CEL_ENOMEM;
-    cel_plan_act_t *a = add_act(p, CEL_PLAN_CHORD_PART, err);
-    if (!a) {
-        free(text);
-        return err ? err->code : CEL_ENOMEM;
-    }
-    a->task_id = keep_str(p, tid);
-    a->group_id = keep_str(p, gid);
-    a->group_index = index;
-    a->entry = keep_str(p, text);
-    a->chord = keep_json(p, chord);
-    a->root_id = keep_str(p, root_id);
-    free(text);
-    return CEL_OK;
-}
-
-/* _call_task_errbacks: the errbacks as one group applied with (id,). */
-static int call_errbacks(cel_plan_t *p, json_t *errbacks, const char *id, const char *root_id,
-                         cel_err_t *err) {
-    if (!json_is_array(errbacks) || json_array_size(errbacks) == 0) return CEL_OK;
-    json_t *g =
-        json_pack("{s:s, s:[], s:{s:O}, s:{}, s:s, s:b}", "task", "celery.group", "args", "kwargs",
-                  "tasks", errbacks, "options", "subtask_type", "group", "immutable", 0);
-    json_t *args = json_pack("[s]", id);
-    json_t *opts =
-        json_pack("{s:s, s:s}", "parent_id", id, "root_id", root_id && *root_id ? root_id : id);
-    int rc = CEL_OK;
-    if (!g || !args || !opts) rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
-    else if (!apply_sig(p, g, args, NULL, opts, 0, err)) rc = err ? err->code : CEL_EINVAL;
-    json_decref(g);
-    json_decref(args);
-    json_decref(opts);
-    return rc;
-}
-
-/* A STORE action. ext NULL: no extended fields. */
-static int add_store(cel_plan_t *p, const char *id, const char *reply_to, const char *state,
-                     json_t *result, const char *traceback, const char *group_id,
-                     const char *parent_id, const cel_meta_ext_t *ext, cel_err_t *err) {
-    char *meta = cel_meta_encode_ext(id, state, result, traceback, NULL, p->ctx->now, group_id,
-                                     parent_id, p->extended ? ext : NULL, err);
-    if (!meta) return err ? err->code : CEL_ENOMEM;
-    cel_plan_act_t *a = add_act(p, CEL_PLAN_STORE, err);
-    if (!a) {
-        free(meta);
-        return err ? err->code : CEL_ENOMEM;
-    }
-    a->task_id = keep_str(p, id);
-    a->reply_to = keep_str(p, reply_to);
-    a->meta = keep_str(p, meta);
-    free(meta);
-    return CEL_OK;
-}
-
-int cel_plan_after_store(cel_plan_t *p, const cel_task_t *t, const char *state, json_t *result,
-                         const char *traceback, cel_err_t *err) {
-    state = state_of(state);
-    json_t *chord = json_object_get(t->embed, "chord");
-    int rc;
-    if (json_is_object(chord) && t->group && *t->group &&
-        (rc = add_chord_part(p, t->id, t->group, t->group_index, chord, t->root_id, state, result,
-                             err)))
-        return rc;
-    if (strcmp(state, "FAILURE") != 0) return CEL_OK;
-    /* mark_as_failure: every later chain link fails too */
-    json_t *chain = json_object_get(t->embed, "chain");
-    size_t i;
-    json_t *el;
-    json_array_foreach(chain, i, el) {
-        json_t *o = json_object_get(el, "options");
-        const char *id = json_string_value(json_object_get(o, "task_id"));
-        if (id) {
-            json_t *gi = json_object_get(o, "group_index");
-            cel_meta_ext_t ext = { .name = json_string_value(json_object_get(el, "task")),
-                                   .args = json_object_get(el, "args"),
-                                   .kwargs = json_object_get(el, "kwargs"),
-                                   .retries = -1 };
-            (void)gi;
-            if ((rc =
-                     add_store(p, id, json_string_value(json_object_get(o, "reply_to")), state,
-                               result, traceback, json_string_value(json_object_get(o, "group_id")),
-                               json_string_value(json_object_get(o, "parent_id")), &ext, err)))
-                return rc;
-        }
-        json_t *ech = json_object_get(o, "chord");
-        if (json_object_get(o, "chord") && json_is_object(ech)) {
-            json_t *gi = json_object_get(o, "group_index");
-            const char *gid = json_string_value(json_object_get(o, "group_id"));
-            if (gid && id &&
-                (rc = add_chord_part(
-                     p, id, gid, json_is_integer(gi) ? (int)json_integer_value(gi) : -1, ech,
-                     json_string_value(json_object_get(o, "root_id")), state, result, err)))
-                return rc;
-        }
-    }
-    return call_errbacks(p, json_object_get(t->embed, "errbacks"), t->id, t->root_id, err);
-}
-
-/* maybe_list for an option: None -> NULL, a list as is, else a list of one.
- * New reference. */
-static json_t *maybe_list_opt(json_t *v) {
-    if (!v || json_is_null(v)) return NULL;
-    if (json_is_array(v)) return json_incref(v);
-    json_t *a = json_array();
-    json_array_append(a, v);
-    return a;
-}
-
-/* ChordError(why) for the body: its errbacks, then its FAILURE. */
-static int chord_error(cel_plan_t *p, json_t *chord, const char *why, cel_err_t *err) {
-    json_t *o = json_object_get(chord, "options");
-    const char *id = json_string_value(json_object_get(o, "task_id"));
-    json_t *ebs = maybe_list_opt(json_object_get(o, "link_error"));
-    int rc = CEL_OK;
-    if (id) rc = call_errbacks(p, ebs, id, NULL, err);
-    json_decref(ebs);
-    if (rc || !id) return rc;
-    json_t *exc = cel_exc_new("ChordError", "celery.exceptions", json_pack("[s]", why));
-    size_t n = strlen(why) + 200;
-    char *tb = malloc(n);
-    if (!exc || !tb) {
-        json_decref(exc);
-        free(tb);
-        return cel_err_set(err, CEL_ENOMEM, "out of memory");
-    }
-    snprintf(tb, n,
-             "Traceback (most recent call last):\n"
-             "  File \"celeriac\", in on_chord_part_return\n"
-             "celery.exceptions.ChordError: %s\n",
-             why);
-    rc = add_store(p, id, json_string_value(json_object_get(o, "reply_to")), "FAILURE", exc, tb,
-                   NULL, NULL, NULL, err);
-    json_decref(exc);
-    free(tb);
-    return rc;
-}
-
-int cel_plan_chord_error(cel_plan_t *p, json_t *chord, const char *why, cel_err_t *err) {
-    return chord_error(p, chord, why, err);
-}
-
-int cel_plan_chord_done(cel_plan_t *p, json_t *chord, const char *group_id, json_t *entries,
-                        cel_err_t *err) {
-    json_t *resl = json_array();
-    if (!resl) return cel_err_set(err, CEL_ENOMEM, "out of memory");
-    size_t i;
-    json_t *e;
-    json_array_foreach(entries, i, e) {
-        const char *tid = json_string_value(json_array_get(e, 1));
-        const char *state = json_string_value(json_array_get(e, 2));
-        json_t *v = json_array_get(e, 3);
-        if (!json_is_array(e) || json_array_size(e) < 4 || !tid || !state) {
-            json_decref(resl);
-            return chord_error(p, chord, "Join error: a chord result that is not Celery's", err);
-        }
-        /* _unpack_chord_result: a failed or revoked part fails the chord */
-        if (!strcmp(state, "FAILURE") || !strcmp(state, "REVOKED")) {
-            char *r = cel_exc_repr(v);
-            size_t n = strlen(tid) + (r ? strlen(r) : 16) + 32;
-            char *why = malloc(n);
-            int rc;
-            if (!why) rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
-            else {
-                snprintf(why, n, "Dependency %s raised %s", tid, r ? r : "Exception()");
-                rc = chord_error(p, chord, why, err);
-            }
-            free(r);
-            free(why);
-            json_decref(resl);
-            return rc;
-        }
-        json_array_append(resl, v ? v : json_null());
-    }
-    /* callback.delay(resl) */
-    json_t *args = json_pack("[o]", resl);
-    json_t *sig = json_deep_copy(chord);
-    cel_err_t e2;
-    size_t before = p->n;
-    res_t *r = args && sig ? apply_sig(p, sig, args, NULL, NULL, 0, &e2) : NULL;
-    json_decref(args);
-    json_decref(sig);
-    (void)group_id;
-    if (r) return CEL_OK;
-    /* Callback error: what was planned for it goes, ChordError instead */
-    for (size_t k = before; k < p->n; k++) cel_msg_free(p->acts[k].msg);
-    p->n = before;
-    char why[400];
-    snprintf(why, sizeof(why), "Callback error: %s", args && sig ? e2.msg : "out of memory");
-    return chord_error(p, chord, why, err);
 }
