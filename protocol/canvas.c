@@ -538,10 +538,12 @@ static res_t *apply_chain(cel_plan_t *p, json_t *ch, json_t *args, json_t *kwarg
     const char *root_id = json_string_value(json_object_get(o, "root_id"));
     json_t *chord = json_object_get(o, "chord");
     json_t *gi = json_object_get(o, "group_index");
-    res_t *r = prepare_steps(p, tasks_of(ch) ? tasks_of(ch) : json_array(), a, kwargs, root_id,
+    json_t *none = tasks_of(ch) ? NULL : json_array();
+    res_t *r = prepare_steps(p, none ? none : tasks_of(ch), a, kwargs, root_id,
                              json_object_get(o, "link_error"), task_id, group_id,
                              json_is_null(chord) ? NULL : chord,
                              json_is_integer(gi) ? (int)json_integer_value(gi) : -1, &tasks, err);
+    json_decref(none);
     json_decref(allargs);
     if (!r) goto fail;
     size_t n = json_array_size(tasks);
@@ -592,20 +594,19 @@ oom:
 
 /* ---- chords ------------------------------------------------------------ */
 
-/* The header of a chord as a group signature (a list becomes one). */
+/* The header of a chord as a group signature (a list or a single signature
+ * becomes one, stored back). NULL for a chord without kwargs. Borrowed. */
 static json_t *chord_header(json_t *ch) {
     json_t *kw = json_object_get(ch, "kwargs");
+    if (!json_is_object(kw)) return NULL;
     json_t *h = json_object_get(kw, "header");
     if (json_is_object(h) && !strcmp(cel_plan_sig_type(h), "group")) return h;
-    json_t *g = json_pack("{s:s, s:[], s:{s:O}, s:{}, s:s, s:b}", "task", "celery.group", "args",
-                          "kwargs", "tasks", json_is_array(h) ? h : json_array(), "options",
-                          "subtask_type", "group", "immutable", 0);
-    if (json_is_object(h) && !json_is_array(h)) {
-        json_t *one = json_array();
-        json_array_append(one, h);
-        json_object_set_new(json_object_get(g, "kwargs"), "tasks", one);
-    }
-    json_object_set_new(kw, "header", g);
+    json_t *tasks = json_is_array(h) ? json_incref(h) : json_array();
+    if (json_is_object(h)) json_array_append(tasks, h);
+    json_t *g =
+        json_pack("{s:s, s:[], s:{s:o}, s:{}, s:s, s:b}", "task", "celery.group", "args", "kwargs",
+                  "tasks", tasks, "options", "subtask_type", "group", "immutable", 0);
+    if (!g || json_object_set_new(kw, "header", g)) return NULL;
     return g;
 }
 
@@ -722,8 +723,10 @@ static res_t *freeze_sig(cel_plan_t *p, json_t *sig, const char *id, const char 
         json_t *own = tasks_of(sig);
         /* freeze() runs prepare_steps(clone=False): the chain's args go to the
          * first task, its kwargs (the task list) to none */
-        r = prepare_steps(p, own ? own : json_array(), json_object_get(sig, "args"), NULL, root_id,
-                          NULL, id, group_id, chord, group_index, &tasks, err);
+        json_t *none = own ? NULL : json_array();
+        r = prepare_steps(p, none ? none : own, json_object_get(sig, "args"), NULL, root_id, NULL,
+                          id, group_id, chord, group_index, &tasks, err);
+        json_decref(none);
         if (r) {
             /* freeze(clone=False) leaves the frozen tasks in place, in order */
             json_t *ordered = json_array();

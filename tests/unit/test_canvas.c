@@ -304,11 +304,130 @@ static void test_chord_error_and_limits(void **state) {
     json_decref(body);
 }
 
+/* ---- garbage in the canvas of a message --------------------------------- */
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static uint64_t next_rand(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+/* A random JSON value of a few kinds a signature field could hold. */
+static json_t *random_value(int depth) {
+    switch (next_rand() % 11) {
+    case 0: return json_null();
+    case 1: return json_integer((json_int_t)(next_rand() % 7) - 2);
+    case 2: return json_real(1.5);
+    case 3: return json_string("");
+    case 4: return json_string("chain");
+    case 5: return json_string("group");
+    case 6: return json_string("chord");
+    case 7: return json_true();
+    case 8: return depth > 3 ? json_array() : json_pack("[o]", random_value(depth + 1));
+    case 9:
+        return depth > 3 ? json_object()
+                         : json_pack("{s:o, s:o}", "task", random_value(depth + 1), "tasks",
+                                     random_value(depth + 1));
+    default:
+        return json_pack("{s:s, s:[], s:{}, s:{s:s}, s:o, s:b}", "task", "t", "args", "kwargs",
+                         "options", "task_id", "x", "subtask_type", random_value(depth + 1),
+                         "immutable", 0);
+    }
+}
+
+/* Replaces one node somewhere inside v (an object or array) with garbage. */
+static void mutate(json_t *v, int depth) {
+    size_t n = json_is_array(v) ? json_array_size(v) : json_is_object(v) ? json_object_size(v) : 0;
+    if (n == 0) return;
+    size_t k = next_rand() % n;
+    json_t *child;
+    const char *key = NULL;
+    if (json_is_array(v)) {
+        child = json_array_get(v, k);
+    } else {
+        void *it = json_object_iter(v);
+        for (size_t i = 0; i < k; i++) it = json_object_iter_next(v, it);
+        key = json_object_iter_key(it);
+        child = json_object_iter_value(it);
+    }
+    if ((json_is_array(child) || json_is_object(child)) && depth < 12 && next_rand() % 3) {
+        mutate(child, depth + 1);
+        return;
+    }
+    if (key) json_object_set_new(v, key, random_value(0));
+    else json_array_set_new(v, k, random_value(0));
+}
+
+/* An envelope of the same headers with body b. */
+static cel_task_t *task_with_body(json_t *env, json_t *b) {
+    char *text = cel_json_dumps(b, NULL);
+    if (!text) return NULL;
+    char *b64 = cel_base64_encode((const uint8_t *)text, strlen(text));
+    free(text);
+    json_t *e = json_deep_copy(env);
+    json_object_set_new(e, "body", json_string(b64));
+    free(b64);
+    char *et = cel_json_dumps(e, NULL);
+    json_decref(e);
+    cel_task_t *t = NULL;
+    if (et && cel_task_decode_envelope(et, strlen(et), &t, NULL) != CEL_OK) t = NULL;
+    free(et);
+    return t;
+}
+
+/* Every plan entry point on thousands of messages whose canvas was broken
+ * at random: errors are values, nothing crashes, nothing leaks (ASan). */
+static void test_garbage_signatures(void **state) {
+    json_t *fx = load_fixture("plans.json");
+    json_t *cases = json_object_get(fx, "cases");
+    int planned = 0;
+    for (int round = 0; round < 4000; round++) {
+        json_t *c = json_array_get(cases, (size_t)round % json_array_size(cases));
+        json_t *env = json_loads(json_string_value(json_object_get(c, "request")), 0, NULL);
+        json_t *opened = open_envelope(json_string_value(json_object_get(c, "request")));
+        json_t *body = json_loads(json_string_value(json_object_get(opened, "body")), 0, NULL);
+        json_decref(opened);
+        for (int m = 0; m < 1 + (int)(next_rand() % 4); m++) mutate(json_array_get(body, 2), 0);
+        cel_task_t *t = task_with_body(env, body);
+        json_decref(body);
+        json_decref(env);
+        if (!t) continue;
+        ids_t ids = { 0 };
+        cel_send_ctx_t ctx;
+        plain_ctx(&ctx, &ids);
+        ctx.parent_id = t->id;
+        cel_plan_t *p = cel_plan_new(&ctx, round % 2);
+        cel_err_t err;
+        json_t *rv = json_integer(round);
+        json_t *exc = cel_exc_new("ValueError", "builtins", json_pack("[s]", "x"));
+        int rc = cel_plan_success(p, t, rv, &err);
+        assert_true(rc == CEL_OK || rc == CEL_EINVAL || rc == CEL_ELIMIT || rc == CEL_ETYPE);
+        rc = cel_plan_after_store(p, t, round % 3 ? "FAILURE" : "REVOKED", exc, "tb", &err);
+        assert_true(rc == CEL_OK || rc == CEL_EINVAL || rc == CEL_ELIMIT || rc == CEL_ETYPE);
+        json_t *entries = json_pack("[[issi], [iss{}]]", 1, "a", "SUCCESS", 1, 1, "b",
+                                    round % 5 ? "SUCCESS" : "FAILURE");
+        rc = cel_plan_chord_done(p, json_object_get(t->embed, "chord"), t->group, entries, &err);
+        assert_true(rc == CEL_OK || rc == CEL_EINVAL || rc == CEL_ELIMIT || rc == CEL_ETYPE);
+        planned += (int)cel_plan_count(p);
+        json_decref(entries);
+        json_decref(rv);
+        json_decref(exc);
+        cel_plan_free(p);
+        cel_task_free(t);
+    }
+    assert_true(planned > 0);
+    json_decref(fx);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plans_vs_celery),
         cmocka_unit_test(test_extended_meta),
         cmocka_unit_test(test_chord_error_and_limits),
+        cmocka_unit_test(test_garbage_signatures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
