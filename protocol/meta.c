@@ -2,7 +2,8 @@
  *
  * Matches celery/backends/base.py _get_result_meta + _store_result written with
  * json.dumps: key order status, result, traceback, children, date_done,
- * [group_id], [parent_id], task_id; date_done naive UTC isoformat. The text is
+ * [group_id], [parent_id], [name, args, kwargs, worker, retries, queue with
+ * result_extended], task_id; date_done naive UTC isoformat. The text is
  * byte-identical to what a Python worker SETs and PUBLISHes. No I/O; main
  * process.
  */
@@ -31,6 +32,27 @@ static int put_str_field(cel_buf_t *b, const char *key, const char *val, cel_err
 char *cel_meta_encode(const char *task_id, const char *status, json_t *result,
                       const char *traceback, json_t *children, double date_done,
                       const char *group_id, const char *parent_id, cel_err_t *err) {
+    return cel_meta_encode_ext(task_id, status, result, traceback, children, date_done, group_id,
+                               parent_id, NULL, err);
+}
+
+/* A JSON value field (NULL -> null). */
+static int put_json_field(cel_buf_t *b, const char *key, json_t *v, cel_err_t *err) {
+    cel_buf_put(b, ", \"", 3);
+    cel_buf_puts(b, key);
+    cel_buf_put(b, "\": ", 3);
+    if (!v) {
+        cel_buf_puts(b, "null");
+        return CEL_OK;
+    }
+    return cel_json_dump_into(b, v, err);
+}
+
+/* The same, with result_extended's fields when ext is not NULL. */
+char *cel_meta_encode_ext(const char *task_id, const char *status, json_t *result,
+                          const char *traceback, json_t *children, double date_done,
+                          const char *group_id, const char *parent_id, const cel_meta_ext_t *ext,
+                          cel_err_t *err) {
     if (!task_id || !status) {
         cel_err_set(err, CEL_EINVAL, "meta needs a task id and a status");
         return NULL;
@@ -57,6 +79,17 @@ char *cel_meta_encode(const char *task_id, const char *status, json_t *result,
     if (rc == CEL_OK && group_id && *group_id) rc = put_str_field(&b, "group_id", group_id, err);
     if (rc == CEL_OK && parent_id && *parent_id)
         rc = put_str_field(&b, "parent_id", parent_id, err);
+    if (rc == CEL_OK && ext) {
+        rc = put_str_field(&b, "name", ext->name, err);
+        if (rc == CEL_OK) rc = put_json_field(&b, "args", ext->args, err);
+        if (rc == CEL_OK) rc = put_json_field(&b, "kwargs", ext->kwargs, err);
+        if (rc == CEL_OK) rc = put_str_field(&b, "worker", ext->worker, err);
+        if (rc == CEL_OK) {
+            if (ext->retries < 0) cel_buf_puts(&b, ", \"retries\": null");
+            else cel_buf_printf(&b, ", \"retries\": %ld", ext->retries);
+        }
+        if (rc == CEL_OK) rc = put_str_field(&b, "queue", ext->queue, err);
+    }
     if (rc == CEL_OK) rc = put_str_field(&b, "task_id", task_id, err);
     cel_buf_putc(&b, '}');
     if (rc != CEL_OK) {

@@ -122,6 +122,23 @@ char *cel_meta_encode(const char *task_id, const char *status, json_t *result,
                       const char *traceback, json_t *children, double date_done,
                       const char *group_id, const char *parent_id, cel_err_t *err);
 
+/* What extended results add to a stored meta (result_extended). */
+typedef struct cel_meta_ext {
+    const char *name;
+    json_t *args, *kwargs; /* borrowed; NULL -> null */
+    const char *worker;    /* node name, NULL -> null */
+    long retries;          /* < 0 -> null */
+    const char *queue;     /* delivery_info routing_key, NULL -> null */
+} cel_meta_ext_t;
+
+/* cel_meta_encode plus, when ext is not NULL, the extended fields (name,
+ * args, kwargs, worker, retries, queue) between parent_id and task_id, as
+ * backends/base.py _get_result_meta writes them under result_extended. */
+char *cel_meta_encode_ext(const char *task_id, const char *status, json_t *result,
+                          const char *traceback, json_t *children, double date_done,
+                          const char *group_id, const char *parent_id, const cel_meta_ext_t *ext,
+                          cel_err_t *err);
+
 /* The exception dict Celery stores for FAILURE/REVOKED/RETRY:
  * {"exc_type": type, "exc_message": <args list>, "exc_module": module}.
  * args is taken (stolen) if not NULL; NULL gives []. Returns a new reference

@@ -69,6 +69,30 @@ void cel_backend_get(cel_backend_t *be, const char *task_id, cel_backend_got_fn 
     be->ops->get(be->impl, task_id, got, priv);
 }
 
+int cel_backend_chords(const cel_backend_t *be) {
+    return be->ops->chord_size && be->ops->chord_part;
+}
+
+/* Without chord support the calls fail at once (cel_backend_chords says so
+ * beforehand). */
+void cel_backend_chord_size(cel_backend_t *be, const char *group_id, long size,
+                            cel_backend_done_fn done, void *priv) {
+    if (!be->ops->chord_size) {
+        if (done) done(priv, 0);
+        return;
+    }
+    be->ops->chord_size(be->impl, group_id, size, done, priv);
+}
+
+void cel_backend_chord_part(cel_backend_t *be, const char *group_id, int group_index,
+                            const char *entry, size_t len, cel_backend_chord_fn done, void *priv) {
+    if (!be->ops->chord_part) {
+        done(priv, 0, 0, NULL, NULL);
+        return;
+    }
+    be->ops->chord_part(be->impl, group_id, group_index, entry, len, done, priv);
+}
+
 static void on_impl_closed(void *priv) {
     cel_backend_t *be = priv;
     void (*cb)(void *) = be->on_closed;

@@ -36,6 +36,14 @@ typedef void (*cel_backend_done_fn)(void *priv, int ok);
  * for the id; ok=0 when the backend could not answer. */
 typedef void (*cel_backend_got_fn)(void *priv, int ok, const char *meta, size_t len);
 
+/* chord(priv, ok, n, entries, lens) of chord_part: ok=0 when the backend
+ * could not count the part; n=0 while parts are missing; when this part was
+ * the last, the n stored entries ([1, id, state, result] JSON texts,
+ * borrowed for the call) in header order -- the backend has then forgotten
+ * the chord, so exactly one part is ever told it completed it. */
+typedef void (*cel_backend_chord_fn)(void *priv, int ok, size_t n, const char *const *entries,
+                                     const size_t *lens);
+
 /* A result backend. impl is what its open returned. */
 typedef struct cel_backend_ops {
     int abi;            /* CEL_BACKEND_ABI */
@@ -62,6 +70,16 @@ typedef struct cel_backend_ops {
     void (*get)(void *impl, const char *task_id, cel_backend_got_fn got, void *priv);
     /* Closes the connection; on_closed(priv) runs when done; impl is freed. */
     void (*close)(void *impl, void (*on_closed)(void *), void *priv);
+    /* Chords, optional (NULL when the backend cannot count chord parts, as
+     * Celery's rpc backend cannot: the canvas then fails the chord clearly).
+     * chord_size records that group_id's chord completes after size parts
+     * (set_chord_size); chord_part counts one part, entry (JSON text
+     * [1, id, state, result]) at group_index (-1: none), and tells whether it
+     * was the last (on_chord_part_return). */
+    void (*chord_size)(void *impl, const char *group_id, long size, cel_backend_done_fn done,
+                       void *priv);
+    void (*chord_part)(void *impl, const char *group_id, int group_index, const char *entry,
+                       size_t len, cel_backend_chord_fn done, void *priv);
 } cel_backend_ops_t;
 
 /* The backends (one table each, in their own file). */
@@ -83,6 +101,12 @@ int cel_backend_acks_broker(const cel_backend_t *be);
 void cel_backend_store_ack(cel_backend_t *be, const cel_task_t *t, const char *meta, size_t len,
                            const char *tag, cel_backend_done_fn done, void *priv);
 void cel_backend_get(cel_backend_t *be, const char *task_id, cel_backend_got_fn got, void *priv);
+/* 1 when the backend counts chord parts (chord_size and chord_part set). */
+int cel_backend_chords(const cel_backend_t *be);
+void cel_backend_chord_size(cel_backend_t *be, const char *group_id, long size,
+                            cel_backend_done_fn done, void *priv);
+void cel_backend_chord_part(cel_backend_t *be, const char *group_id, int group_index,
+                            const char *entry, size_t len, cel_backend_chord_fn done, void *priv);
 
 /* Closes the backend; on_closed(priv) runs when done and be is freed. */
 void cel_backend_close(cel_backend_t *be, void (*on_closed)(void *), void *priv);

@@ -6,8 +6,12 @@
  * so AsyncResult.get() wakes up; a stored SUCCESS is never overwritten
  * (Celery 5.1+). Celery 5.2 does GET (skip if SUCCESS), then MULTI
  * SETEX+PUBLISH EXEC; the STORE script does the same atomically in one
- * round trip, and many stores pipeline on one connection. Matches
- * celery/backends/redis.py set()/get() and backends/base.py _store_result().
+ * round trip, and many stores pipeline on one connection. Chords use
+ * Celery's keys celery-taskset-meta-<gid>.j (the parts: a sorted set by
+ * header position, or a list), .t (added parts) and .s (the size), each
+ * counted in one script (on_chord_part_return). Matches
+ * celery/backends/redis.py set()/get()/on_chord_part_return() and
+ * backends/base.py _store_result().
  * Error replies go back to the caller as ok=0 (the consumer retries with
  * backoff); NOSCRIPT never does (redis.c runs the script with EVAL). Keys of
  * any id length are built on the heap past KEY_INLINE. Main process, libuv loop.
@@ -59,7 +63,56 @@ static cel_redis_script_t script_store_ack = {
     { 0 }
 };
 
-static cel_redis_script_t *scripts[] = { &script_store, &script_store_ack };
+/* CHORD_PART: KEYS = celery-taskset-meta-<gid>.j, .t, .s; ARGV = entry,
+ * group_index ('+inf' for none), ttl (0: none), 'zset' or 'list' (the kind
+ * for a new chord; one begun keeps its kind). on_chord_part_return in one
+ * step: add the part, count, read .t and .s, refresh the TTLs; when the count
+ * reaches .s + .t, read every entry in order and forget the chord, so one
+ * part only is ever told it was the last. Returns {0} or {1, entries...}. */
+static cel_redis_script_t script_chord_part = {
+    "local j, t, s = KEYS[1], KEYS[2], KEYS[3]\n"
+    "local mode = ARGV[4]\n"
+    "local ty = redis.call('TYPE', j)\n"
+    "if type(ty) == 'table' then ty = ty.ok end\n"
+    "if ty == 'list' or ty == 'zset' then mode = ty end\n"
+    "local ready\n"
+    "if mode == 'zset' then\n"
+    "  redis.call('ZADD', j, ARGV[2], ARGV[1])\n"
+    "  ready = redis.call('ZCOUNT', j, '-inf', '+inf')\n"
+    "else\n"
+    "  redis.call('RPUSH', j, ARGV[1])\n"
+    "  ready = redis.call('LLEN', j)\n"
+    "end\n"
+    "local diff = tonumber(redis.call('GET', t) or '0') or 0\n"
+    "local size = redis.call('GET', s)\n"
+    "local ttl = tonumber(ARGV[3])\n"
+    "if ttl and ttl > 0 then\n"
+    "  redis.call('EXPIRE', j, ttl); redis.call('EXPIRE', t, ttl); redis.call('EXPIRE', s, ttl)\n"
+    "end\n"
+    "if not size or ready ~= (tonumber(size) or -1) + diff then return {0} end\n"
+    "local res\n"
+    "if mode == 'zset' then res = redis.call('ZRANGE', j, 0, -1)\n"
+    "else res = redis.call('LRANGE', j, 0, ready) end\n"
+    "redis.call('DEL', j, t, s)\n"
+    "local out = {1}\n"
+    "for _, e in ipairs(res) do out[#out + 1] = e end\n"
+    "return out\n",
+    { 0 }
+};
+
+/* CHORD_SIZE: KEYS = celery-taskset-meta-<gid>.s; ARGV = size, ttl. As
+ * RedisBackend.set: SETEX (or SET) and PUBLISH on the key. */
+static cel_redis_script_t script_chord_size = {
+    "local ttl = tonumber(ARGV[2])\n"
+    "if ttl and ttl > 0 then redis.call('SETEX', KEYS[1], ttl, ARGV[1])\n"
+    "else redis.call('SET', KEYS[1], ARGV[1]) end\n"
+    "redis.call('PUBLISH', KEYS[1], ARGV[1])\n"
+    "return 1\n",
+    { 0 }
+};
+
+static cel_redis_script_t *scripts[] = { &script_store, &script_store_ack, &script_chord_part,
+                                         &script_chord_size };
 
 typedef struct redis_backend {
     const cel_options_t *cfg;
@@ -88,7 +141,8 @@ static void *redis_open(uv_loop_t *loop, const cel_options_t *cfg, void (*on_up)
     be->priv = priv;
     /* Celery passes result_expires as whole seconds to SETEX. */
     snprintf(be->ttl, sizeof(be->ttl), "%ld", (long)cfg->result_expires);
-    be->conn = cel_redis_new(loop, &cfg->backend, "backend", scripts, 2, on_state, be);
+    be->conn = cel_redis_new(loop, &cfg->backend, "backend", scripts,
+                             (int)(sizeof(scripts) / sizeof(scripts[0])), on_state, be);
     if (!be->conn) {
         free(be);
         cel_err_set(err, CEL_ENOMEM, "out of memory");
@@ -210,6 +264,117 @@ static void redis_get(void *impl, const char *task_id, cel_backend_got_fn got, v
     }
 }
 
+#define TASKSET_PREFIX "celery-taskset-meta-"
+
+/* celery-taskset-meta-<gid><suffix>, malloc'd (NULL when out of memory). */
+static char *taskset_key(const char *gid, const char *suffix) {
+    size_t n = sizeof(TASKSET_PREFIX) + strlen(gid) + strlen(suffix);
+    char *k = malloc(n);
+    if (k) snprintf(k, n, TASKSET_PREFIX "%s%s", gid, suffix);
+    return k;
+}
+
+static void redis_chord_size(void *impl, const char *group_id, long size, cel_backend_done_fn done,
+                             void *priv) {
+    redis_backend_t *be = impl;
+    char *key = taskset_key(group_id, ".s");
+    store_ctx_t *s = key ? malloc(sizeof(*s)) : NULL;
+    if (!s) {
+        free(key);
+        if (done) done(priv, 0);
+        return;
+    }
+    s->done = done;
+    s->priv = priv;
+    char n[32];
+    snprintf(n, sizeof(n), "%ld", size);
+    const char *keys[] = { key };
+    const char *args[] = { n, be->ttl };
+    int rc =
+        cel_redis_evalsha(be->conn, &script_chord_size, on_stored, s, 1, keys, NULL, 2, args, NULL);
+    free(key);
+    if (rc != CEL_OK) {
+        free(s);
+        if (done) done(priv, 0);
+    }
+}
+
+typedef struct chord_ctx {
+    cel_backend_chord_fn done;
+    void *priv;
+} chord_ctx_t;
+
+#define CHORD_MAX_PARTS 1000000 /* entries handed back at once */
+
+static void on_chord_part(cel_redis_t *r, redisReply *reply, void *priv) {
+    chord_ctx_t *c = priv;
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        cel_error("backend: chord part failed: %s", reply->str);
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
+        reply->elements > CHORD_MAX_PARTS) {
+        c->done(c->priv, 0, 0, NULL, NULL);
+        free(c);
+        return;
+    }
+    size_t n = reply->elements - 1;
+    if (n == 0) {
+        c->done(c->priv, 1, 0, NULL, NULL);
+        free(c);
+        return;
+    }
+    const char **entries = malloc(n * sizeof(*entries));
+    size_t *lens = malloc(n * sizeof(*lens));
+    if (!entries || !lens) {
+        /* the chord is forgotten already: say so loudly, fail the part */
+        cel_error("backend: out of memory reading a completed chord");
+        free(entries);
+        free(lens);
+        c->done(c->priv, 0, 0, NULL, NULL);
+        free(c);
+        return;
+    }
+    size_t k = 0;
+    for (size_t i = 1; i < reply->elements; i++) {
+        redisReply *e = reply->element[i];
+        if (e->type != REDIS_REPLY_STRING) continue;
+        entries[k] = e->str;
+        lens[k++] = e->len;
+    }
+    c->done(c->priv, 1, k, entries, lens);
+    free(entries);
+    free(lens);
+    free(c);
+}
+
+static void redis_chord_part(void *impl, const char *group_id, int group_index, const char *entry,
+                             size_t len, cel_backend_chord_fn done, void *priv) {
+    redis_backend_t *be = impl;
+    char *j = taskset_key(group_id, ".j"), *t = taskset_key(group_id, ".t");
+    char *s = taskset_key(group_id, ".s");
+    chord_ctx_t *c = j && t && s ? malloc(sizeof(*c)) : NULL;
+    int rc = CEL_ENOMEM;
+    if (c) {
+        c->done = done;
+        c->priv = priv;
+        char idx[32];
+        if (group_index >= 0) snprintf(idx, sizeof(idx), "%d", group_index);
+        else snprintf(idx, sizeof(idx), "+inf");
+        const char *keys[] = { j, t, s };
+        const char *args[] = { entry, idx, be->ttl,
+                               be->cfg->result_chord_ordered ? "zset" : "list" };
+        size_t alens[] = { len, strlen(idx), strlen(be->ttl), strlen(args[3]) };
+        rc = cel_redis_evalsha(be->conn, &script_chord_part, on_chord_part, c, 3, keys, NULL, 4,
+                               args, alens);
+    }
+    free(j);
+    free(t);
+    free(s);
+    if (rc != CEL_OK) {
+        free(c);
+        done(priv, 0, 0, NULL, NULL);
+    }
+}
+
 static void on_conn_closed(void *priv) {
     redis_backend_t *be = priv;
     void (*cb)(void *) = be->on_closed;
@@ -234,4 +399,6 @@ const cel_backend_ops_t cel_backend_redis_ops = {
     .store_ack = redis_store_ack,
     .get = redis_get,
     .close = redis_close,
+    .chord_size = redis_chord_size,
+    .chord_part = redis_chord_part,
 };

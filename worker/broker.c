@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/log.h"
+
 static const cel_broker_ops_t *const transports[] = { &cel_broker_redis_ops };
 
 struct cel_broker {
@@ -95,6 +97,17 @@ json_t *cel_broker_queues(const cel_broker_t *b) { return b->ops->queues(b->impl
 
 void cel_broker_forget(cel_broker_t *b, const char *tag) {
     if (b && tag && b->ops->forget) b->ops->forget(b->impl, tag);
+}
+
+void cel_broker_publish(cel_broker_t *b, const cel_broker_out_t *m, cel_broker_done_fn done,
+                        void *priv) {
+    if (!b->ops->publish) {
+        /* A transport without it cannot move a canvas forward: say so. */
+        cel_error("broker: the %s transport cannot publish messages", b->ops->scheme);
+        if (done) done(priv, 0);
+        return;
+    }
+    b->ops->publish(b->impl, m, done, priv);
 }
 
 static void on_impl_closed(void *priv) {

@@ -48,8 +48,32 @@ typedef struct cel_broker_cbs {
     void (*on_state)(void *priv, int up);
 } cel_broker_cbs_t;
 
-/* done(priv, ok) of ack and requeue. */
+/* done(priv, ok) of ack, requeue and publish. */
 typedef void (*cel_broker_done_fn)(void *priv, int ok);
+
+/* A message to send, transport-neutral: what kombu's Producer.publish is
+ * given. Every field is borrowed for the call; the transport serializes it
+ * its own way (Redis: kombu's JSON envelope with a base64 body, LPUSHed to
+ * the queues the exchange binds for routing_key, or PUBLISHed for a fanout
+ * exchange; AMQP: basic.publish with native properties and headers). */
+typedef struct cel_broker_out {
+    const char *exchange;      /* "" = the default exchange: routing_key names the queue */
+    const char *exchange_type; /* "direct" (NULL), "topic" or "fanout" */
+    const char *routing_key;
+    json_t *headers;              /* message headers (task protocol 2 headers), may be NULL */
+    const char *content_type;     /* "application/json" */
+    const char *content_encoding; /* "utf-8" */
+    const void *body;             /* the serialized body */
+    size_t body_len;
+    const char *correlation_id; /* may be NULL */
+    const char *reply_to;       /* may be NULL */
+    json_t *extra;              /* more properties, in order, after reply_to (Celery 5.2
+                                 * passes unknown task options on as properties); may
+                                 * be NULL. AMQP may ignore them, as py-amqp does */
+    const char *expiration;     /* per-message TTL in ms as a string ("60000"), or NULL */
+    int priority;               /* 0..9, -1 = none (Redis writes 0) */
+    int persistent;             /* delivery_mode 2 (else 1) */
+} cel_broker_out_t;
 
 /* A transport. impl is what its open returned. */
 typedef struct cel_broker_ops {
@@ -91,6 +115,13 @@ typedef struct cel_broker_ops {
     /* The message was acked by other means (the result backend's store_ack):
      * drop what the transport keeps of it. May be NULL (nothing kept). */
     void (*forget)(void *impl, const char *tag);
+    /* Sends a message (m borrowed for the call) as kombu's Producer.publish
+     * would. done(priv, 1) once the server took it (for an exchange that
+     * binds no queue for the routing key it is dropped, as kombu drops it,
+     * and that is still ok=1); ok=0 when the connection is down or the
+     * server refused it (then nothing was queued), or when m is not valid
+     * (no routing key for the default exchange). */
+    void (*publish)(void *impl, const cel_broker_out_t *m, cel_broker_done_fn done, void *priv);
 } cel_broker_ops_t;
 
 /* The transports (one table each, in their own file). */
@@ -121,6 +152,8 @@ int cel_broker_add_queue(cel_broker_t *b, const char *queue);
 int cel_broker_cancel_queue(cel_broker_t *b, const char *queue);
 json_t *cel_broker_queues(const cel_broker_t *b);
 void cel_broker_forget(cel_broker_t *b, const char *tag);
+void cel_broker_publish(cel_broker_t *b, const cel_broker_out_t *m, cel_broker_done_fn done,
+                        void *priv);
 
 /* Closes the transport; on_closed(priv) runs when it is done and b is freed. */
 void cel_broker_close(cel_broker_t *b, void (*on_closed)(void *), void *priv);

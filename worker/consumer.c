@@ -25,6 +25,7 @@
 #include "affinity.h"
 #include "backend.h"
 #include "broker.h"
+#include "canvas.h"
 #include "events.h"
 #include "limits.h"
 #include "../common/log.h"
@@ -63,9 +64,13 @@ struct request {
     int given_back;  /* its requeue finished (freed once the pool let go too) */
     char *meta;      /* result meta waiting to be stored */
     size_t meta_len;
-    int storing;      /* a store of meta is in flight */
-    int in_pool;      /* handed to an executor, not yet reported back */
-    int store_tries;  /* stores that failed */
+    int storing;     /* a store of meta is in flight */
+    int in_pool;     /* handed to an executor, not yet reported back */
+    int store_tries; /* stores that failed */
+    /* what it finished with, kept for the canvas steps around the store */
+    const char *status; /* a string literal */
+    json_t *result;
+    char *traceback;
     uv_timer_t timer; /* eta, then the next store after a failed one; closed when freed */
 };
 
@@ -74,6 +79,7 @@ struct cel_consumer {
     const cel_options_t *cfg;
     cel_broker_t *broker;
     cel_backend_t *backend;
+    cel_canvas_t *canvas; /* callbacks, chains, chords (canvas.h) */
     cel_pool_t *pool;
     cel_affinity_t *affinity; /* adapter id -> executor slot */
     request_t *requests;      /* every live request */
@@ -151,6 +157,8 @@ static void on_request_closed(uv_handle_t *h) {
     cel_task_free(r->task);
     free(r->tag);
     free(r->meta);
+    json_decref(r->result);
+    free(r->traceback);
     free(r);
     c->nrequests--;
     maybe_finish_shutdown(c);
@@ -213,6 +221,7 @@ static void on_store_timer(uv_timer_t *t) {
     request_t *r = t->data;
     if (r->state == R_FINISHING && r->meta && !r->storing && !r->c->cold) store_meta(r);
 }
+static void after_store(request_t *r);
 
 static void on_stored(void *priv, int ok) {
     request_t *r = priv;
@@ -242,7 +251,7 @@ static void on_stored(void *priv, int ok) {
     }
     free(r->meta);
     r->meta = NULL;
-    ack_and_free(r);
+    after_store(r);
 }
 
 static void on_stored_acked(void *priv, int ok) {
@@ -262,7 +271,8 @@ static void store_meta(request_t *r) {
     cel_consumer_t *c = r->c;
     uv_timer_stop(&r->timer);
     r->storing = 1;
-    if (r->tag && cel_backend_acks_broker(c->backend))
+    if (r->tag && cel_backend_acks_broker(c->backend) &&
+        !cel_canvas_after_store_needed(c->canvas, r->task, r->status))
         cel_backend_store_ack(c->backend, r->task, r->meta, r->meta_len, r->tag, on_stored_acked,
                               r);
     else cel_backend_store(c->backend, r->task, r->meta, r->meta_len, on_stored, r);
@@ -274,28 +284,42 @@ static void on_backend_up(void *priv) {
         if (r->state == R_FINISHING && r->meta && !r->storing) store_meta(r);
 }
 
-/* Finishes a request with a state and result: store (unless ignored), then ack.
- * result is borrowed. */
-static void finish(request_t *r, const char *status, json_t *result, const char *traceback) {
+/* The canvas steps after the store (a chord part; a failure's chain and
+ * errbacks) are done: the message can go. ok=0: the canvas closed first, the
+ * message stays with the broker. */
+static void on_canvas_after(void *priv, int ok, json_t *children) {
+    request_t *r = priv;
+    if (ok) ack_and_free(r);
+    else request_free(r);
+}
+
+static void after_store(request_t *r) {
+    cel_consumer_t *c = r->c;
+    if (!c->cold && cel_canvas_after_store(c->canvas, r->task, r->status, r->result, r->traceback,
+                                           on_canvas_after, r))
+        return;
+    ack_and_free(r);
+}
+
+/* Stores the result (unless ignored) with the children the canvas sent. */
+static void store_result(request_t *r, json_t *children) {
+    cel_consumer_t *c = r->c;
     cel_task_t *t = r->task;
-    double rt = r->runtime > 0 ? r->runtime : r->started > 0 ? now_unix() - r->started : 0;
-    cel_events_task_done(r->c->events, t, status, result, traceback, rt, r->revoked == 2,
-                         r->term_signum);
-    set_state(r, R_FINISHING);
     if (t->ignore_result) {
-        ack_and_free(r);
+        after_store(r);
         return;
     }
     cel_err_t err;
-    char *meta = cel_meta_encode(t->id, status, result, traceback, NULL, now_unix(), t->group,
-                                 t->parent_id, &err);
+    char *meta = cel_canvas_meta(c->canvas, t, r->status, r->result, r->traceback, children,
+                                 now_unix(), &err);
     if (!meta) {
         /* The result cannot be serialized (e.g. NaN): store what Celery would. */
         cel_error("Task %s[%s] result could not be encoded: %s", t->name, t->id, err.msg);
         json_t *exc = cel_exc_new("EncodeError", "kombu.exceptions", json_pack("[s]", err.msg));
-        meta = cel_meta_encode(t->id, "FAILURE", exc, NULL, NULL, now_unix(), t->group,
-                               t->parent_id, &err);
-        json_decref(exc);
+        json_decref(r->result);
+        r->result = exc;
+        r->status = "FAILURE";
+        meta = cel_canvas_meta(c->canvas, t, r->status, exc, NULL, children, now_unix(), &err);
         if (!meta) {
             cel_error("Task %s[%s]: cannot encode a failure either: %s", t->name, t->id, err.msg);
             ack_and_free(r);
@@ -305,6 +329,31 @@ static void finish(request_t *r, const char *status, json_t *result, const char 
     r->meta = meta;
     r->meta_len = strlen(meta);
     store_meta(r);
+}
+
+/* The callbacks and chain link of a success were sent: store. */
+static void on_canvas_before(void *priv, int ok, json_t *children) {
+    request_t *r = priv;
+    if (ok) store_result(r, children);
+    else request_free(r);
+}
+
+/* Finishes a request with a state and result: the canvas steps a success
+ * sends first, store (unless ignored), the steps after it, then ack.
+ * result and traceback are borrowed. */
+static void finish(request_t *r, const char *status, json_t *result, const char *traceback) {
+    cel_task_t *t = r->task;
+    double rt = r->runtime > 0 ? r->runtime : r->started > 0 ? now_unix() - r->started : 0;
+    cel_events_task_done(r->c->events, t, status, result, traceback, rt, r->revoked == 2,
+                         r->term_signum);
+    set_state(r, R_FINISHING);
+    r->status = status;
+    r->result = json_incref(result);
+    r->traceback = traceback ? strdup(traceback) : NULL;
+    if (!r->c->cold &&
+        cel_canvas_before_store(r->c->canvas, t, status, result, on_canvas_before, r))
+        return;
+    store_result(r, NULL);
 }
 
 /* Stores a FAILURE with an exception built here (not by an executor). */
@@ -537,8 +586,7 @@ static void on_pool_progress(void *priv, void *job, const cel_frame_progress_t *
     request_t *r = job;
     cel_task_t *t = r->task;
     if (t->ignore_result) return;
-    char *m = cel_meta_encode(t->id, prog->state, prog->meta, NULL, NULL, -1, t->group,
-                              t->parent_id, NULL);
+    char *m = cel_canvas_meta(r->c->canvas, t, prog->state, prog->meta, NULL, NULL, -1, NULL);
     if (m) {
         cel_backend_store(r->c->backend, t, m, strlen(m), NULL, NULL);
         free(m);
@@ -749,7 +797,8 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg, cel_
     c->backend = cel_backend_new(loop, cfg, on_backend_up, c, &err);
     cel_broker_cbs_t bcbs = { capacity, on_message, on_broker_state };
     if (c->backend) c->broker = cel_broker_new(loop, cfg, &bcbs, c, &err);
-    if (!c->pool || !c->backend || !c->broker || !c->affinity || !c->totals) {
+    if (c->broker) c->canvas = cel_canvas_new(loop, cfg, c->broker, c->backend);
+    if (!c->pool || !c->backend || !c->broker || !c->canvas || !c->affinity || !c->totals) {
         cel_crit("cannot start the worker: %s", err.msg);
         return NULL; /* main exits; the OS reclaims */
     }
@@ -795,6 +844,11 @@ static void on_broker_closed(void *priv) {
     close_step(priv);
 }
 
+static void on_canvas_closed(void *priv) {
+    ((cel_consumer_t *)priv)->canvas = NULL;
+    close_step(priv);
+}
+
 static void on_backend_closed(void *priv) {
     ((cel_consumer_t *)priv)->backend = NULL;
     close_step(priv);
@@ -803,12 +857,13 @@ static void on_backend_closed(void *priv) {
 static void close_all(cel_consumer_t *c) {
     if (c->closing) return;
     c->closing = 1;
-    c->closing_left = 7;
+    c->closing_left = 8;
     uv_timer_stop(&c->shutdown_timer);
     uv_close((uv_handle_t *)&c->shutdown_timer, on_timer_closed);
     uv_close((uv_handle_t *)&c->rate_timer, on_timer_closed);
     uv_close((uv_handle_t *)&c->touch_timer, on_timer_closed);
     uv_close((uv_handle_t *)&c->drain_timer, on_timer_closed);
+    cel_canvas_close(c->canvas, on_canvas_closed, c); /* before what its jobs use */
     cel_pool_close(c->pool, c->cold, on_pool_closed, c);
     cel_broker_close(c->broker, on_broker_closed, c);
     cel_backend_close(c->backend, on_backend_closed, c);
@@ -841,6 +896,7 @@ static void on_given_back(void *priv, int ok) {
     if (!ok && !r->c->cold)
         cel_error("could not give %s back to the broker; the broker will deliver it again",
                   r->task->id);
+    if (ok) cel_events_task_rejected(r->c->events, r->task, 1); /* Request.reject(requeue) */
     r->given_back = 1;
     if (!r->in_pool) request_free(r); /* else when its killed executor is reaped */
 }

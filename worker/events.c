@@ -219,6 +219,11 @@ void cel_events_task_done(cel_events_t *ev, const cel_task_t *t, const char *sta
     cel_events_task(ev, type, t, f);
 }
 
+void cel_events_task_rejected(cel_events_t *ev, const cel_task_t *t, int requeue) {
+    if (!ev || !ev->task_events || !t) return;
+    cel_events_task(ev, "task-rejected", t, json_pack("{s:b}", "requeue", requeue));
+}
+
 static json_t *software(json_t *o) {
     json_object_set_new(o, "sw_ident", json_string("celeriac"));
     json_object_set_new(o, "sw_ver", json_string(EVENTS_VERSION));

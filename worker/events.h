@@ -61,6 +61,11 @@ void cel_events_task_received(cel_events_t *ev, const cel_task_t *t);
 void cel_events_task_done(cel_events_t *ev, const cel_task_t *t, const char *status, json_t *result,
                           const char *traceback, double runtime, int expired, int signum);
 
+/* task-rejected for t, as celery's Request.reject sends it: {uuid, requeue}.
+ * celeriac rejects (requeue=1) the received requests it gives back to the
+ * broker unstarted. */
+void cel_events_task_rejected(cel_events_t *ev, const cel_task_t *t, int requeue);
+
 /* The heartbeat control command: a worker-heartbeat now, freq 5, sw_* only. */
 void cel_events_heartbeat_now(cel_events_t *ev);
 

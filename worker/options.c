@@ -78,6 +78,12 @@ static const char usage_text[] =
     "                               (default 4294967296; 0 = no limit)\n"
     "      --describe-tasks         print the task table as JSON (names, parameters,\n"
     "                               limits) and exit; contacts nothing\n"
+    "      --result-extended        results also carry name, args, kwargs, worker,\n"
+    "                               retries and queue (Celery's result_extended)\n"
+    "      --result-chord-ordered B chord parts kept in a sorted set (yes, the default)\n"
+    "                               or a list (no), as Celery's result_backend_transport_\n"
+    "                               options result_chord_ordered; a chord already begun\n"
+    "                               keeps the kind it was begun with\n"
     "  -h, --help                   show this help\n"
     "      --version                show the version\n";
 
@@ -113,6 +119,9 @@ enum {
     OPT_MODEL_TIME_LIMIT,
     OPT_MAX_ADAPTERS_OWNER,
     OPT_MAX_BYTES_OWNER,
+    /* canvas (issue 13) */
+    OPT_RESULT_EXTENDED,
+    OPT_CHORD_ORDERED,
 };
 
 static int hexval(char c) {
@@ -410,6 +419,7 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     cfg->model_time_limit = 600;
     cfg->max_adapters_per_owner = 16;
     cfg->max_bytes_per_owner = 4LL << 30;
+    cfg->result_chord_ordered = 1;
     const char *hostname_pat = "celeriac@%h";
     const char *queues = "celery";
     default_executor(cfg->executor, sizeof(cfg->executor));
@@ -452,6 +462,9 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         { "model-time-limit", required_argument, 0, OPT_MODEL_TIME_LIMIT },
         { "max-adapters-per-owner", required_argument, 0, OPT_MAX_ADAPTERS_OWNER },
         { "max-adapter-bytes-per-owner", required_argument, 0, OPT_MAX_BYTES_OWNER },
+        /* canvas (issue 13) */
+        { "result-extended", no_argument, 0, OPT_RESULT_EXTENDED },
+        { "result-chord-ordered", required_argument, 0, OPT_CHORD_ORDERED },
         { 0, 0, 0, 0 },
     };
     optind = 0; /* 0, not 1: glibc then forgets the state of any earlier parse */
@@ -580,6 +593,15 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         case OPT_MAX_BYTES_OWNER:
             rc = parse_long(optarg, 0, LONG_MAX, &v, "--max-adapter-bytes-per-owner", err);
             cfg->max_bytes_per_owner = v;
+            break;
+        /* canvas (issue 13) */
+        case OPT_RESULT_EXTENDED: cfg->result_extended = 1; break;
+        case OPT_CHORD_ORDERED:
+            if (!strcmp(optarg, "yes") || !strcmp(optarg, "true") || !strcmp(optarg, "1"))
+                cfg->result_chord_ordered = 1;
+            else if (!strcmp(optarg, "no") || !strcmp(optarg, "false") || !strcmp(optarg, "0"))
+                cfg->result_chord_ordered = 0;
+            else rc = cel_err_set(err, CEL_EINVAL, "--result-chord-ordered: expected yes or no");
             break;
         case ':': return cel_err_set(err, CEL_EINVAL, "option %s needs a value", argv[optind - 1]);
         default:

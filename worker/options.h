@@ -61,6 +61,9 @@ typedef struct cel_options {
     double model_time_limit;       /* hard limit of model tasks without one; 0 = none */
     long max_adapters_per_owner;   /* executors refuse more; 0 = no limit */
     long long max_bytes_per_owner; /* adapter bytes on disk per owner; 0 = no limit */
+    /* canvas (issue 13) */
+    int result_extended;      /* --result-extended: metas carry name, args, kwargs, ... */
+    int result_chord_ordered; /* chord parts in a sorted set (1, Celery's default) or a list */
 } cel_options_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,

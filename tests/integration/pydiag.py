@@ -9,6 +9,7 @@ Configuration comes from the environment only:
   CELERY_RESULT_BACKEND      result backend (default: the broker URL)
   PYDIAG_VISIBILITY_TIMEOUT  kombu visibility_timeout in seconds (default 3600)
   PYDIAG_RESULT_EXPIRES      result_expires in seconds (default 86400, 0 = never)
+  PYDIAG_RESULT_EXTENDED     "1": result_extended (metas carry name, args, kwargs, ...)
 """
 
 import os
@@ -29,6 +30,7 @@ app.conf.update(
         "visibility_timeout": float(os.environ.get("PYDIAG_VISIBILITY_TIMEOUT", "3600")),
     },
     worker_hijack_root_logger=True,
+    result_extended=os.environ.get("PYDIAG_RESULT_EXTENDED") == "1",
 )
 
 
