@@ -15,7 +15,7 @@
 #   make clean
 
 CC      ?= cc
-PKGS    := libuv hiredis jansson msgpack
+PKGS    := libuv hiredis jansson msgpack librabbitmq
 MODEL_PKGS := openblas
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
@@ -210,7 +210,8 @@ cuda: deps
 UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/limits.c \
             worker/revoked.c worker/affinity.c worker/options.c worker/pidbox.c worker/redis.c \
             worker/events.c worker/broker.c worker/broker_redis.c worker/backend.c \
-            worker/backend_redis.c executor/call.c)
+            worker/backend_redis.c worker/bus.c worker/bus_redis.c worker/amqp_bus.c \
+            worker/amqp_conn.c worker/amqp_thread.c worker/broker_amqp.c worker/backend_rpc.c executor/call.c)
 build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -lcmocka
@@ -254,7 +255,8 @@ FOBJ         := build/fuzz/obj
 # What the harnesses reach: protocol/, common/, the model's file parsers, and the worker
 # modules fuzz_pidbox.c needs around pidbox.c (which it includes).
 FUZZ_LIB_SRC := $(PROTOCOL_SRC) model/safetensors.c model/config.c model/tokenizer.c \
-                model/tokenizer_encode.c model/unicode_tables.c worker/redis.c worker/events.c
+                model/tokenizer_encode.c model/unicode_tables.c worker/redis.c worker/events.c \
+                worker/bus.c worker/bus_redis.c worker/amqp_bus.c worker/amqp_conn.c worker/amqp_thread.c
 REPLAY_BINS  := $(patsubst %,build/asan/fuzz/replay_%,$(FUZZ_NAMES))
 
 $(FOBJ)/%.o: %.c

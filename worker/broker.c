@@ -10,7 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const cel_broker_ops_t *const transports[] = { &cel_broker_redis_ops };
+static const cel_broker_ops_t *const transports[] = { &cel_broker_redis_ops, &cel_broker_amqp_ops };
+
+/* Other names of a transport's scheme, as Celery users write them. */
+static const struct {
+    const char *alias, *scheme;
+} aliases[] = { { "amqps", "amqp" }, { "pyamqp", "amqp" } };
 
 struct cel_broker {
     const cel_broker_ops_t *ops;
@@ -24,9 +29,14 @@ cel_broker_t *cel_broker_new(uv_loop_t *loop, const cel_options_t *cfg, const ce
     const char *url = cfg->broker_url;
     const char *sep = strstr(url, "://");
     size_t n = sep ? (size_t)(sep - url) : 0;
+    const char *scheme = url;
+    for (size_t i = 0; i < sizeof(aliases) / sizeof(aliases[0]); i++)
+        if (n && strlen(aliases[i].alias) == n && strncmp(aliases[i].alias, url, n) == 0)
+            scheme = aliases[i].scheme, n = strlen(scheme);
     const cel_broker_ops_t *ops = NULL;
     for (size_t i = 0; i < sizeof(transports) / sizeof(transports[0]); i++)
-        if (n && strlen(transports[i]->scheme) == n && strncmp(transports[i]->scheme, url, n) == 0)
+        if (n && strlen(transports[i]->scheme) == n &&
+            strncmp(transports[i]->scheme, scheme, n) == 0)
             ops = transports[i];
     if (!ops) {
         cel_err_set(err, CEL_EINVAL, "no broker transport for '%.*s://'", (int)(n > 32 ? 32 : n),
@@ -92,6 +102,12 @@ int cel_broker_cancel_queue(cel_broker_t *b, const char *queue) {
 }
 
 json_t *cel_broker_queues(const cel_broker_t *b) { return b->ops->queues(b->impl); }
+
+void cel_broker_publish(cel_broker_t *b, const cel_broker_out_t *m, cel_broker_done_fn done,
+                        void *priv) {
+    if (b->ops->publish) b->ops->publish(b->impl, m, done, priv);
+    else if (done) done(priv, 0);
+}
 
 static void on_impl_closed(void *priv) {
     cel_broker_t *b = priv;

@@ -51,6 +51,24 @@ typedef struct cel_broker_cbs {
 /* done(priv, ok) of ack and requeue. */
 typedef void (*cel_broker_done_fn)(void *priv, int ok);
 
+/* A message to send, transport-neutral: what kombu's Producer.publish is given. Every field
+ * borrowed for the call; the transport serializes it its own way (Redis: kombu's JSON envelope
+ * with a base64 body, LPUSH'ed to the queues the exchange binds for routing_key, or PUBLISH for
+ * a fanout exchange; AMQP: basic.publish with native properties and headers). */
+typedef struct cel_broker_out {
+    const char *exchange; /* "" = the default exchange: routing_key names the queue */
+    const char *routing_key;
+    json_t *headers;              /* message headers (task protocol 2 headers), may be NULL */
+    const char *content_type;     /* "application/json" */
+    const char *content_encoding; /* "utf-8" */
+    const void *body;             /* the serialized body */
+    size_t body_len;
+    const char *correlation_id; /* may be NULL */
+    const char *reply_to;       /* may be NULL */
+    int priority;               /* -1 = none */
+    int persistent;             /* delivery_mode 2 */
+} cel_broker_out_t;
+
 /* A transport. impl is what its open returned. */
 typedef struct cel_broker_ops {
     int abi;            /* CEL_BROKER_ABI */
@@ -88,10 +106,14 @@ typedef struct cel_broker_ops {
     json_t *(*queues)(const void *impl);
     /* Closes every connection; on_closed(priv) runs when done; impl is freed. */
     void (*close)(void *impl, void (*on_closed)(void *), void *priv);
+    /* Sends a message (m borrowed for the call); done(priv, ok) once the
+     * broker has it. */
+    void (*publish)(void *impl, const cel_broker_out_t *m, cel_broker_done_fn done, void *priv);
 } cel_broker_ops_t;
 
 /* The transports (one table each, in their own file). */
 extern const cel_broker_ops_t cel_broker_redis_ops; /* broker_redis.c */
+extern const cel_broker_ops_t cel_broker_amqp_ops;  /* broker_amqp.c */
 
 /* Creates the transport --broker's URL names (cfg->broker_url's scheme) and
  * starts it. cfg and cbs borrowed for the broker's life. NULL with err set
@@ -117,6 +139,8 @@ int cel_broker_pending(const cel_broker_t *b);
 int cel_broker_add_queue(cel_broker_t *b, const char *queue);
 int cel_broker_cancel_queue(cel_broker_t *b, const char *queue);
 json_t *cel_broker_queues(const cel_broker_t *b);
+void cel_broker_publish(cel_broker_t *b, const cel_broker_out_t *m, cel_broker_done_fn done,
+                        void *priv);
 
 /* Closes the transport; on_closed(priv) runs when it is done and b is freed. */
 void cel_broker_close(cel_broker_t *b, void (*on_closed)(void *), void *priv);
