@@ -338,6 +338,10 @@ void cel_amqp_publish(cel_amqp_t *a, const cel_broker_out_t *m, cel_broker_done_
                     json_object_set_new(c->props, "correlation_id", json_string(m->correlation_id));
             if (m->reply_to)
                 bad |= json_object_set_new(c->props, "reply_to", json_string(m->reply_to));
+            if (m->expiration)
+                bad |= json_object_set_new(c->props, "expiration", json_string(m->expiration));
+            /* m->extra: kombu hands these to py-amqp, which knows no such
+             * basic properties and drops them; so do we. */
             if (m->priority >= 0)
                 bad |= json_object_set_new(c->props, "priority",
                                            json_integer(m->priority > 255 ? 255 : m->priority));

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/log.h"
+
 static const cel_broker_ops_t *const transports[] = { &cel_broker_redis_ops, &cel_broker_amqp_ops };
 
 /* Other names of a transport's scheme, as Celery users write them. */
@@ -105,8 +107,13 @@ json_t *cel_broker_queues(const cel_broker_t *b) { return b->ops->queues(b->impl
 
 void cel_broker_publish(cel_broker_t *b, const cel_broker_out_t *m, cel_broker_done_fn done,
                         void *priv) {
-    if (b->ops->publish) b->ops->publish(b->impl, m, done, priv);
-    else if (done) done(priv, 0);
+    if (!b->ops->publish) {
+        /* A transport without it cannot move a canvas forward: say so. */
+        cel_error("broker: the %s transport cannot publish messages", b->ops->scheme);
+        if (done) done(priv, 0);
+        return;
+    }
+    b->ops->publish(b->impl, m, done, priv);
 }
 
 static void on_impl_closed(void *priv) {

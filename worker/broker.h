@@ -48,15 +48,17 @@ typedef struct cel_broker_cbs {
     void (*on_state)(void *priv, int up);
 } cel_broker_cbs_t;
 
-/* done(priv, ok) of ack and requeue. */
+/* done(priv, ok) of ack, requeue and publish. */
 typedef void (*cel_broker_done_fn)(void *priv, int ok);
 
-/* A message to send, transport-neutral: what kombu's Producer.publish is given. Every field
- * borrowed for the call; the transport serializes it its own way (Redis: kombu's JSON envelope
- * with a base64 body, LPUSH'ed to the queues the exchange binds for routing_key, or PUBLISH for
- * a fanout exchange; AMQP: basic.publish with native properties and headers). */
+/* A message to send, transport-neutral: what kombu's Producer.publish is
+ * given. Every field is borrowed for the call; the transport serializes it
+ * its own way (Redis: kombu's JSON envelope with a base64 body, LPUSHed to
+ * the queues the exchange binds for routing_key, or PUBLISHed for a fanout
+ * exchange; AMQP: basic.publish with native properties and headers). */
 typedef struct cel_broker_out {
-    const char *exchange; /* "" = the default exchange: routing_key names the queue */
+    const char *exchange;      /* "" = the default exchange: routing_key names the queue */
+    const char *exchange_type; /* "direct" (NULL), "topic" or "fanout" */
     const char *routing_key;
     json_t *headers;              /* message headers (task protocol 2 headers), may be NULL */
     const char *content_type;     /* "application/json" */
@@ -65,8 +67,12 @@ typedef struct cel_broker_out {
     size_t body_len;
     const char *correlation_id; /* may be NULL */
     const char *reply_to;       /* may be NULL */
-    int priority;               /* -1 = none */
-    int persistent;             /* delivery_mode 2 */
+    json_t *extra;              /* more properties, in order, after reply_to (Celery 5.2
+                                 * passes unknown task options on as properties); may
+                                 * be NULL. AMQP may ignore them, as py-amqp does */
+    const char *expiration;     /* per-message TTL in ms as a string ("60000"), or NULL */
+    int priority;               /* 0..9, -1 = none (Redis writes 0) */
+    int persistent;             /* delivery_mode 2 (else 1) */
 } cel_broker_out_t;
 
 /* A transport. impl is what its open returned. */
@@ -106,8 +112,12 @@ typedef struct cel_broker_ops {
     json_t *(*queues)(const void *impl);
     /* Closes every connection; on_closed(priv) runs when done; impl is freed. */
     void (*close)(void *impl, void (*on_closed)(void *), void *priv);
-    /* Sends a message (m borrowed for the call); done(priv, ok) once the
-     * broker has it. */
+    /* Sends a message (m borrowed for the call) as kombu's Producer.publish
+     * would. done(priv, 1) once the server took it (for an exchange that
+     * binds no queue for the routing key it is dropped, as kombu drops it,
+     * and that is still ok=1); ok=0 when the connection is down or the
+     * server refused it (then nothing was queued), or when m is not valid
+     * (no routing key for the default exchange). */
     void (*publish)(void *impl, const cel_broker_out_t *m, cel_broker_done_fn done, void *priv);
 } cel_broker_ops_t;
 

@@ -40,8 +40,9 @@
 #include "../protocol/amqp_msg.h"
 #include "amqp_conn.h"
 
-#define DONE_KEYS 4096 /* tasks finished here, remembered against redelivery */
-#define KEY_MAX   300  /* "<task id>/<retries>" kept for adoption */
+#define DONE_KEYS        4096 /* tasks finished here, remembered against redelivery */
+#define KEY_MAX          300  /* "<task id>/<retries>" kept for adoption */
+#define PUB_DECLARED_MAX 1024 /* queues declared by publishing (then no more) */
 
 /* A message handed to the consumer and not yet acked or given back. */
 typedef struct held {
@@ -85,7 +86,8 @@ typedef struct amqp_broker {
     int qos_sent; /* 0 = not sent on this connection */
     char *done_ring[DONE_KEYS];
     int done_next;
-    json_t *done_set; /* key -> true, the ring's contents */
+    json_t *done_set;     /* key -> true, the ring's contents */
+    json_t *pub_declared; /* queue -> true: declared on the publishing connection */
 } amqp_broker_t;
 
 /* ---- maps -------------------------------------------------------------- */
@@ -416,6 +418,7 @@ static void broker_free(amqp_broker_t *b) {
     free(b->by_key.slots);
     for (int i = 0; i < DONE_KEYS; i++) free(b->done_ring[i]);
     json_decref(b->done_set);
+    json_decref(b->pub_declared);
     free(b);
 }
 
@@ -431,7 +434,9 @@ static void *amqp_open(uv_loop_t *loop, const cel_options_t *cfg, const cel_brok
     b->cbs = *cbs;
     b->priv = priv;
     b->done_set = json_object();
-    if (map_init(&b->by_tag) != CEL_OK || map_init(&b->by_key) != CEL_OK || !b->done_set) {
+    b->pub_declared = json_object();
+    if (map_init(&b->by_tag) != CEL_OK || map_init(&b->by_key) != CEL_OK || !b->done_set ||
+        !b->pub_declared) {
         broker_free(b);
         cel_err_set(err, CEL_ENOMEM, "out of memory");
         return NULL;
@@ -562,9 +567,34 @@ static int amqp_peek(const cel_broker_msg_t *m, cel_peek_t *out, cel_err_t *err)
 
 /* ---- publishing -------------------------------------------------------- */
 
+/* Before the first message to a queue through the default exchange, the
+ * queue is declared as Celery's send_task_message declares the queue it
+ * routes to (with the same arguments our consumer uses), so a message for
+ * a queue no worker has declared yet is kept, not dropped as unroutable. */
+static int declare_target(amqp_broker_t *b, const char *queue) {
+    if (json_object_get(b->pub_declared, queue)) return CEL_OK;
+    if (json_object_size(b->pub_declared) >= PUB_DECLARED_MAX) return CEL_OK; /* no more */
+    json_t *args = b->cfg->max_priority > 0
+                       ? json_pack("{s:i}", "x-max-priority", b->cfg->max_priority)
+                       : NULL;
+    int rc = cel_amqp_declare_exchange(b->pub, queue, "direct", 1, 0);
+    if (rc == CEL_OK) rc = cel_amqp_declare_queue(b->pub, queue, 1, 0, args);
+    if (rc == CEL_OK) rc = cel_amqp_bind(b->pub, queue, queue, queue);
+    json_decref(args);
+    if (rc == CEL_OK) json_object_set_new(b->pub_declared, queue, json_true());
+    return rc;
+}
+
 static void amqp_publish(void *impl, const cel_broker_out_t *m, cel_broker_done_fn done,
                          void *priv) {
     amqp_broker_t *b = impl;
+    const char *ex = m->exchange ? m->exchange : "";
+    const char *rk = m->routing_key ? m->routing_key : "";
+    if (!ex[0] && !rk[0]) {
+        cel_error("broker: a message for the default exchange needs a routing key");
+        if (done) done(priv, 0);
+        return;
+    }
     if (!b->pub) {
         cel_amqp_conf_t conf = conf_for(b->cfg, "broker-publish", 1);
         cel_amqp_cbs_t acbs = { NULL, NULL };
@@ -574,6 +604,10 @@ static void amqp_publish(void *impl, const cel_broker_out_t *m, cel_broker_done_
             if (done) done(priv, 0);
             return;
         }
+    }
+    if (!ex[0] && strlen(rk) <= 200 && declare_target(b, rk) != CEL_OK) {
+        if (done) done(priv, 0);
+        return;
     }
     cel_amqp_publish(b->pub, m, done, priv);
 }

@@ -19,6 +19,8 @@
 #include <sys/time.h>
 
 #include "../common/log.h"
+#include "../protocol/message.h"
+#include "events.h"
 #include "redis.h"
 
 #define POP_BATCH_MAX  128
@@ -115,8 +117,44 @@ static cel_redis_script_t script_restore = {
 static cel_redis_script_t script_requeue = { LUA_RESTORE_FN "return restore(ARGV[1], false)\n",
                                              { 0 } };
 
+/* PUBLISH: ARGV = envelope, exchange, routing key, exchange type, priority
+ * suffix. kombu's basic_publish on Redis: the default exchange ('') puts the
+ * message on the queue the routing key names; another exchange looks up its
+ * bindings in _kombu.binding.<exchange> (direct: equal routing keys; topic:
+ * kombu's wildcards, '*' as '.*?[^.]', '#' as '.*?') and LPUSHes to each
+ * queue once; no binding: dropped, as kombu drops it. Returns the count. */
+static cel_redis_script_t script_publish = {
+    "local env, ex, rk, typ, suf = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]\n"
+    "local function topic(key, s)\n"
+    "  local parts = {}\n"
+    "  for w in string.gmatch(key .. '.', '([^.]*)%.') do\n"
+    "    if w == '*' then parts[#parts + 1] = '.-[^%.]'\n"
+    "    elseif w == '#' then parts[#parts + 1] = '.-'\n"
+    "    else parts[#parts + 1] = (string.gsub(w, '[%^%$%(%)%%%.%[%]%*%+%-%?]', '%%%0')) end\n"
+    "  end\n"
+    "  return string.match(s, '^' .. table.concat(parts, '%.') .. '$') ~= nil\n"
+    "end\n"
+    "local queues = {}\n"
+    "if ex == '' then\n"
+    "  queues[1] = rk\n"
+    "else\n"
+    "  local seen = {}\n"
+    "  for _, b in ipairs(redis.call('SMEMBERS', '_kombu.binding.' .. ex)) do\n"
+    "    local r, q = string.match(b, '^(.-)\\6\\22.-\\6\\22(.*)$')\n"
+    "    if q and not seen[q] then\n"
+    "      local hit\n"
+    "      if typ == 'topic' then hit = topic(r, rk) else hit = r == rk end\n"
+    "      if hit then seen[q] = true; queues[#queues + 1] = q end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "for _, q in ipairs(queues) do redis.call('LPUSH', q .. suf, env) end\n"
+    "return #queues\n",
+    { 0 }
+};
+
 static cel_redis_script_t *all_scripts[] = { &script_pop, &script_register, &script_restore,
-                                             &script_requeue };
+                                             &script_requeue, &script_publish };
 
 typedef struct redis_broker {
     uv_loop_t *loop;
@@ -581,6 +619,88 @@ static void redis_close(void *impl, void (*on_closed)(void *), void *priv) {
     cel_redis_close(b->blk, on_blk_closed, b);
 }
 
+/* Sends m as kombu's Redis transport does: the envelope with a fresh
+ * delivery tag, LPUSHed by the PUBLISH script to the priority key of every
+ * queue the exchange routes it to, or PUBLISHed on /<db>.<exchange>[/<rk>]
+ * for a fanout exchange (kombu's fanout_prefix and fanout_patterns). */
+static void redis_publish(void *impl, const cel_broker_out_t *m, cel_broker_done_fn done,
+                          void *priv) {
+    redis_broker_t *b = impl;
+    const char *ex = m->exchange ? m->exchange : "";
+    const char *rk = m->routing_key ? m->routing_key : "";
+    const char *type = m->exchange_type ? m->exchange_type : "direct";
+    int fanout = strcmp(type, "fanout") == 0 && ex[0];
+    if (!ex[0] && !rk[0]) {
+        cel_error("broker: a message for the default exchange needs a routing key");
+        if (done) done(priv, 0);
+        return;
+    }
+    char tag[37];
+    cel_events_uuid(tag);
+    cel_envelope_parts_t p = {
+        .body = m->body,
+        .body_len = m->body_len,
+        .content_type = m->content_type,
+        .content_encoding = m->content_encoding,
+        .headers = m->headers,
+        .correlation_id = m->correlation_id,
+        .reply_to = m->reply_to,
+        .extra = m->extra,
+        .delivery_mode = m->persistent ? 2 : 1,
+        .expiration = m->expiration,
+        .exchange = ex,
+        .routing_key = rk,
+        .priority = m->priority < 0 ? 0 : m->priority,
+        .delivery_tag = tag,
+    };
+    cel_err_t err;
+    size_t len;
+    char *env = cel_envelope_encode(&p, &len, &err);
+    if (!env) {
+        cel_error("broker: cannot encode a message for %s/%s: %s", ex, rk, err.msg);
+        if (done) done(priv, 0);
+        return;
+    }
+    done_ctx_t *d = malloc(sizeof(*d));
+    if (!d) {
+        free(env);
+        if (done) done(priv, 0);
+        return;
+    }
+    *d = (done_ctx_t){ b, done, priv, 1, 1 };
+    int rc;
+    if (fanout) {
+        size_t n = strlen(ex) + strlen(rk) + 32;
+        char *channel = malloc(n);
+        if (!channel) {
+            rc = CEL_ENOMEM;
+        } else {
+            if (rk[0]) snprintf(channel, n, "/%d.%s/%s", b->cfg->broker.db, ex, rk);
+            else snprintf(channel, n, "/%d.%s", b->cfg->broker.db, ex);
+            const char *argv[] = { "PUBLISH", channel, env };
+            size_t lens[] = { 7, strlen(channel), len };
+            rc = cel_redis_command(b->cmd, on_done_part, d, 3, argv, lens);
+            free(channel);
+        }
+    } else {
+        char suf[8];
+        int pri = m->priority < 0 ? 0 : m->priority > 9 ? 9 : m->priority;
+        if (pri >= 3) snprintf(suf, sizeof(suf), "\x06\x16%d", pri / 3 * 3);
+        else suf[0] = '\0';
+        const char *args[] = { env, ex, rk, strcmp(type, "topic") == 0 ? "topic" : "direct", suf };
+        size_t lens[] = { len, strlen(ex), strlen(rk), strlen(args[3]), strlen(suf) };
+        rc = cel_redis_evalsha(b->cmd, &script_publish, on_done_part, d, 0, NULL, NULL, 5, args,
+                               lens);
+    }
+    free(env);
+    if (rc == CEL_OK) {
+        b->pending++;
+    } else {
+        free(d);
+        if (done) done(priv, 0);
+    }
+}
+
 /* Messages on Redis are kombu JSON envelopes. */
 static int redis_decode(const cel_broker_msg_t *m, cel_task_t **out, cel_err_t *err) {
     return cel_task_decode_envelope(m->body, m->len, out, err);
@@ -607,4 +727,5 @@ const cel_broker_ops_t cel_broker_redis_ops = {
     .cancel_queue = redis_cancel_queue,
     .queues = redis_queues,
     .close = redis_close,
+    .publish = redis_publish,
 };

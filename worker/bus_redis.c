@@ -9,7 +9,8 @@
  * _kombu.binding.<exchange> then LPUSH to each queue whose routing key
  * matches; the default exchange is LPUSH to the queue named by the routing
  * key (with kombu's priority sub-queues). Messages are kombu JSON envelopes
- * with a base64 body. Main process, libuv loop; never blocks.
+ * with a base64 body (protocol/message.h's encoder, the one the broker's
+ * publish uses). Main process, libuv loop; never blocks.
  */
 #include "bus.h"
 
@@ -18,6 +19,7 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "../protocol/message.h"
 #include "../protocol/protocol.h"
 #include "events.h"
 #include "redis.h"
@@ -99,32 +101,28 @@ int cel_bus_envelope_parse(const char *data, size_t len, cel_bus_envelope_t *out
     return CEL_OK;
 }
 
-/* The envelope text kombu's virtual transport stores for m. NULL when out of memory. */
-static char *envelope_for(redis_bus_t *b, const cel_bus_exchange_t *ex, const cel_broker_out_t *m,
-                          cel_err_t *err) {
-    char *b64 = cel_base64_encode(m->body, m->body_len);
+/* The envelope text kombu's virtual transport stores for m (protocol/message.h). */
+static char *envelope_for(const cel_bus_exchange_t *ex, const cel_broker_out_t *m, cel_err_t *err) {
     char tag[37];
     cel_events_uuid(tag);
-    json_t *props = json_object();
-    if (props && m->correlation_id)
-        json_object_set_new(props, "correlation_id", json_string(m->correlation_id));
-    if (props && m->reply_to) json_object_set_new(props, "reply_to", json_string(m->reply_to));
-    json_t *rest = json_pack(
-        "{s:i, s:{s:s, s:s}, s:i, s:s, s:s}", "delivery_mode", m->persistent ? 2 : 1,
-        "delivery_info", "exchange", ex->name, "routing_key", m->routing_key, "priority",
-        m->priority < 0 ? 0 : m->priority, "body_encoding", "base64", "delivery_tag", tag);
-    if (props && rest) json_object_update(props, rest);
-    json_decref(rest);
-    json_t *headers = m->headers ? json_incref(m->headers) : json_object();
-    json_t *env = json_pack("{s:s?, s:s, s:s, s:o?, s:o?}", "body", b64, "content-encoding",
-                            m->content_encoding ? m->content_encoding : "utf-8", "content-type",
-                            m->content_type ? m->content_type : "application/json", "headers",
-                            headers, "properties", props);
-    free(b64);
-    char *s = env ? cel_json_dumps(env, err) : NULL;
-    if (!env) cel_err_set(err, CEL_ENOMEM, "out of memory");
-    json_decref(env);
-    return s;
+    cel_envelope_parts_t p = {
+        .body = m->body,
+        .body_len = m->body_len,
+        .content_type = m->content_type,
+        .content_encoding = m->content_encoding,
+        .headers = m->headers,
+        .correlation_id = m->correlation_id,
+        .reply_to = m->reply_to,
+        .extra = m->extra,
+        .delivery_mode = m->persistent ? 2 : 1,
+        .expiration = m->expiration,
+        .exchange = ex->name,
+        .routing_key = m->routing_key,
+        .priority = m->priority < 0 ? 0 : m->priority,
+        .delivery_tag = tag,
+    };
+    size_t len;
+    return cel_envelope_encode(&p, &len, err);
 }
 
 /* ---- publishing -------------------------------------------------------- */
@@ -155,20 +153,12 @@ static void on_pushed(cel_redis_t *r, redisReply *reply, void *priv) {
     if (--p->left == 0) pub_finish(p);
 }
 
-/* kombu's _q_for_pri: priorities 3.. go to "<queue>\x06\x16<step>". */
-static int queue_key(const char *q, size_t qlen, int priority, char *out, size_t size) {
-    static const int steps[] = { 0, 3, 6, 9 };
-    int step = 0;
-    for (int i = 0; i < 4; i++)
-        if (priority >= steps[i]) step = steps[i];
-    int n = step ? snprintf(out, size, "%.*s\x06\x16%d", (int)qlen, q, step)
-                 : snprintf(out, size, "%.*s", (int)qlen, q);
-    return n > 0 && (size_t)n < size ? n : -1;
-}
-
 static int push(pub_ctx_t *p, const char *q, size_t qlen) {
-    char key[NAME_MAX_LEN + 8];
-    int klen = queue_key(q, qlen, p->priority, key, sizeof(key));
+    char name[NAME_MAX_LEN + 1], key[NAME_MAX_LEN + 8];
+    if (qlen > NAME_MAX_LEN) return CEL_ELIMIT;
+    memcpy(name, q, qlen);
+    name[qlen] = '\0';
+    int klen = cel_envelope_queue_key(name, p->priority, key, sizeof(key));
     if (klen < 0) return CEL_ELIMIT;
     const char *argv[] = { "LPUSH", key, p->envelope };
     size_t lens[] = { 5, (size_t)klen, strlen(p->envelope) };
@@ -215,7 +205,7 @@ static void redis_publish(void *impl, const cel_bus_exchange_t *ex, const cel_br
         return;
     }
     pub_ctx_t *p = calloc(1, sizeof(*p));
-    if (!p || !(p->envelope = envelope_for(b, ex, m, &err))) {
+    if (!p || !(p->envelope = envelope_for(ex, m, &err))) {
         cel_error("bus %s: cannot encode a message for '%s': %s", b->name, ex->name, err.msg);
         free(p);
         if (done) done(priv, 0);

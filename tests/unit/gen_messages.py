@@ -11,6 +11,9 @@ Writes into OUTDIR:
   dumps.json             [value-as-JSON, Python json.dumps(value)] pairs
   reprs.json             {value, as_tuple, repr} and exception reprs
   times.json             ISO-8601 strings -> unix seconds; seconds -> isoformat
+  publish.json           kombu Producer.publish inputs -> the envelope kombu's Redis
+                         transport LPUSHes (delivery tag fixed) and its priority key
+  topic.json             bindings of a topic exchange and the queues kombu picks per key
 Sources: /work/shared/celery-wire/redis-monitor-*.txt (LPUSH and SETEX lines)
 and messages produced now by a Celery app on broker mem:// (kombu's virtual
 transport, the same envelope code path as redis; serialized with
@@ -366,6 +369,109 @@ def hand_messages(msgs):
                                             'timelimit': [None, 7]})
 
 
+def publish_cases():
+    """What kombu's Producer.publish makes of given inputs, on the virtual transport
+    (memory://, the code path kombu/transport/redis.py shares), with the delivery tag fixed;
+    the priority key is kombu.transport.redis.Channel._q_for_pri's."""
+    from kombu import Connection, Exchange, Queue, Producer
+    from kombu.transport import memory, redis as kredis, virtual
+    from kombu.transport.virtual import base as vbase
+    from kombu.utils.json import dumps
+
+    class Pri:
+        priority_steps = kredis.PRIORITY_STEPS
+        sep = kredis.Channel.sep
+        min_priority, max_priority, default_priority = 0, 9, 0
+        priority = kredis.Channel.priority
+
+    def queue_key(queue, message):
+        pri = virtual.Channel._get_message_priority(Pri(), message)
+        return kredis.Channel._q_for_pri(Pri(), queue, pri)
+
+    saved_uuid = vbase.uuid
+    cases = []
+    with Connection('memory://') as conn:
+        ch = conn.channel()
+        # a direct exchange with one binding, so a named exchange delivers too
+        Queue('pq-bound', Exchange('px', type='direct'), routing_key='pk')(ch).declare()
+        inputs = [
+            dict(body='[[2, 3], {}, {"callbacks": null}]', exchange='', routing_key='celery',
+                 content_type='application/json', content_encoding='utf-8',
+                 headers={'lang': 'py', 'task': 'tasks.add', 'id': 'id-1', 'eta': None},
+                 correlation_id='id-1', reply_to='oid-1', priority=None, delivery_mode=2),
+            dict(body='{}', exchange='', routing_key='q\u00e9', content_type='application/json',
+                 content_encoding='utf-8', headers={'k': ['\u65e5', 1.5, True, {}]},
+                 correlation_id=None, reply_to=None, priority=5, delivery_mode=1),
+            dict(body='x', exchange='', routing_key='celery', content_type='application/json',
+                 content_encoding='utf-8', headers={}, correlation_id='c', reply_to='r',
+                 priority=9, delivery_mode=2, expiration=60.0),
+            dict(body='\x00\xff\x80', exchange='', routing_key='celery',
+                 content_type='application/x-msgpack', content_encoding='binary', headers=None,
+                 correlation_id='c2', reply_to='r2', priority=7, delivery_mode=2,
+                 extra={'replaced_task_nesting': 0, 'origin': 'gen1@vm'}),
+            dict(body='', exchange='px', routing_key='pk', content_type='application/json',
+                 content_encoding='utf-8', headers={'a': None}, correlation_id='c3',
+                 reply_to='', priority=2, delivery_mode=2, expiration=0),
+            dict(body='"\u2028"', exchange='', routing_key='celery', content_type=None,
+                 content_encoding=None, headers={'n': 2 ** 63 - 1}, correlation_id='c4',
+                 reply_to='r4', priority=3, delivery_mode=1),
+        ]
+        for i, inp in enumerate(inputs):
+            tag = '00000000-0000-4000-8000-%012d' % i
+            vbase.uuid = lambda tag=tag: tag
+            body = inp['body'].encode('latin-1' if inp['content_encoding'] == 'binary' else 'utf-8')
+            kw = dict(inp.get('extra') or {})
+            if inp['correlation_id'] is not None:
+                kw['correlation_id'] = inp['correlation_id']
+            if inp['reply_to'] is not None:
+                kw['reply_to'] = inp['reply_to']
+            # kombu keeps the properties in the order given: correlation_id, reply_to, extra
+            props = {}
+            for k in ('correlation_id', 'reply_to'):
+                if k in kw:
+                    props[k] = kw.pop(k)
+            props.update(kw)
+            Producer(ch).publish(
+                body, exchange=inp['exchange'], routing_key=inp['routing_key'],
+                content_type=inp['content_type'] or 'application/data',
+                content_encoding=inp['content_encoding'] or 'binary',
+                headers=inp['headers'], priority=inp['priority'] or 0,
+                delivery_mode=inp['delivery_mode'], expiration=inp.get('expiration'), **props)
+            if inp['content_type'] is None:
+                pass
+            qname = inp['routing_key'] if not inp['exchange'] else 'pq-bound'
+            q = memory.Channel.queues[qname]
+            message = q.get_nowait()
+            if inp['content_type'] is None:
+                # Producer.publish always has a type; None is written as null when a
+                # transport-level caller leaves them out (prepare_message as is)
+                message['content-type'] = None
+                message['content-encoding'] = None
+            text = dumps(message)
+            case = dict(inp)
+            case['body_b64'] = base64.b64encode(body).decode('ascii')
+            del case['body']
+            case['delivery_tag'] = tag
+            case['expiration_str'] = message['properties'].get('expiration')
+            case['expected'] = text
+            case['queue_key'] = queue_key(qname, message)
+            case['queue'] = qname
+            cases.append(case)
+    vbase.uuid = saved_uuid
+    return cases
+
+
+def topic_cases():
+    """Which bound queues kombu's topic exchange picks for a routing key."""
+    from kombu.transport.virtual.exchange import TopicExchange
+    topic = TopicExchange(None)
+    keys = ['a.*', 'a.#', '#', '*.b', 'a.b', 'x.*.z', 'a+b.(c)', 'w%.$']
+    table = [(k, topic.key_to_pattern(k), 'q:' + k) for k in keys]
+    rks = ['a.b', 'a.b.c', 'a', 'a.', 'c.b', 'x.y.z', 'x.y.y.z', 'a+b.(c)', 'w%.$', '', 'ab']
+    return {'bindings': [[k, p, q] for k, p, q in table],
+            'cases': [[rk, sorted(topic.lookup(table, 'ex', rk, None))] for rk in rks]}
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit('usage: gen_messages.py OUTDIR')
@@ -382,7 +488,8 @@ def main():
         expect[name] = expectation(env)
     files = {'expect.json': expect,
              'metas.json': metas_from_captures() + fresh_metas(),
-             'dumps.json': dumps_cases(), 'reprs.json': repr_cases(), 'times.json': time_cases()}
+             'dumps.json': dumps_cases(), 'reprs.json': repr_cases(), 'times.json': time_cases(),
+             'publish.json': publish_cases(), 'topic.json': topic_cases()}
     for fn, data in files.items():
         with open(os.path.join(out, fn), 'w') as f:
             json.dump(data, f, indent=1, allow_nan=False)
