@@ -3,7 +3,8 @@
  * Decoding walks librabbitmq-c's already-decoded structures (the bytes were
  * parsed by amqp_decode_table inside the library; tests/fuzz/fuzz_amqp_table.c
  * runs both on arbitrary bytes) and checks what the wire controls: nesting,
- * entry counts, UTF-8, non-finite floats. Encoding follows py-amqp's
+ * entry counts, UTF-8 (replaced, as Python's errors='replace'), non-finite
+ * floats. Encoding follows py-amqp's
  * _write_item so a RabbitMQ that compares queue arguments (x-expires as a
  * signed 32-bit 'I', not a 64-bit 'L') sees exactly what kombu declares.
  * The rpc reply is cut out of the meta text rather than re-parsed, so big
@@ -22,11 +23,38 @@
 
 static int value_to_json(const amqp_field_value_t *v, int depth, json_t **out, cel_err_t *err);
 
-/* A string from the wire: valid UTF-8 (NUL allowed, as Python's str) or refused. */
+/* s[0..n) as a JSON string; bytes that are not UTF-8 become U+FFFD, one
+ * per byte. py-amqp writes str with 'surrogatepass', so a lone surrogate in
+ * a display-only header (argsrepr) arrives as ED A0 80: the message is still
+ * read (as the envelope decoder replaces "\ud800" on Redis), and a body
+ * with one still fails that task with a clear error. NULL when out of memory. */
+static json_t *lenient_string(const uint8_t *s, size_t n) {
+    json_t *j = json_stringn(n ? (const char *)s : "", n);
+    if (j || n > CEL_MSG_MAX_BYTES / 3) return j;
+    cel_buf_t b = { 0 };
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        size_t k = cel_json_utf8_decode(s + i, n - i, &cp);
+        if (k) {
+            cel_buf_put(&b, (const char *)s + i, k);
+            i += k;
+        } else {
+            cel_buf_put(&b, "\xef\xbf\xbd", 3);
+            i++;
+        }
+    }
+    size_t len = b.len;
+    char *text = cel_buf_take(&b);
+    j = text ? json_stringn(text, len) : NULL;
+    free(text);
+    return j;
+}
+
+/* A string from the wire (NUL allowed, as Python's str). */
 static int bytes_to_string(amqp_bytes_t b, json_t **out, cel_err_t *err) {
     if (b.len > CEL_MSG_MAX_BYTES) return cel_err_set(err, CEL_ELIMIT, "string too long");
-    *out = json_stringn(b.len ? (const char *)b.bytes : "", b.len);
-    if (!*out) return cel_err_set(err, CEL_ETYPE, "string in a field table is not UTF-8");
+    *out = lenient_string(b.bytes, b.len);
+    if (!*out) return cel_err_set(err, CEL_ENOMEM, "out of memory");
     return CEL_OK;
 }
 
@@ -47,11 +75,15 @@ static int table_to_json(const amqp_table_t *t, int depth, json_t **out, cel_err
             json_decref(o);
             return rc;
         }
-        /* Keys are short strings; a key that is not UTF-8 cannot be a JSON key. */
-        if (json_object_setn_new(o, e->key.len ? (const char *)e->key.bytes : "", e->key.len, v)) {
+        /* Keys are short strings; one that is not UTF-8 gets the same
+         * replacement as values. */
+        json_t *k = lenient_string(e->key.bytes, e->key.len);
+        if (!k || json_object_setn_new(o, json_string_value(k), json_string_length(k), v)) {
+            json_decref(k);
             json_decref(o);
-            return cel_err_set(err, CEL_ETYPE, "field table key is not UTF-8");
+            return cel_err_set(err, CEL_ENOMEM, "out of memory");
         }
+        json_decref(k);
     }
     *out = o;
     return CEL_OK;

@@ -28,10 +28,11 @@
 /* Converts a field table into a new JSON object (*out, caller decrefs).
  * Integers of every width become JSON integers ('L', unsigned in
  * librabbitmq's naming, is read as py-amqp writes it: signed 64 bits),
- * floats reals, decimals reals, timestamps integers, void null, byte
- * arrays strings when they are UTF-8. Returns CEL_OK; CEL_ELIMIT past
+ * floats reals, decimals reals, timestamps integers, void null, strings
+ * and byte arrays strings (bytes that are not UTF-8 -- py-amqp's lone
+ * surrogates -- become U+FFFD). Returns CEL_OK; CEL_ELIMIT past
  * CEL_MSG_MAX_DEPTH nesting or CEL_AMQP_MAX_ITEMS entries; CEL_ETYPE for a
- * value JSON cannot hold (NaN, invalid UTF-8, an unknown kind); CEL_ENOMEM.
+ * value JSON cannot hold (NaN, infinity, an unknown kind); CEL_ENOMEM.
  * *out is NULL on error. */
 int cel_amqp_table_to_json(const amqp_table_t *t, json_t **out, cel_err_t *err);
 

@@ -9,6 +9,7 @@ Configuration comes from the environment only:
   CELERY_RESULT_BACKEND      result backend (default: the broker URL)
   PYDIAG_VISIBILITY_TIMEOUT  kombu visibility_timeout in seconds (default 3600)
   PYDIAG_RESULT_EXPIRES      result_expires in seconds (default 86400, 0 = never)
+  PYDIAG_MAX_PRIORITY        task_queue_max_priority (AMQP queues' x-max-priority; default none)
 """
 
 import os
@@ -30,6 +31,8 @@ app.conf.update(
     },
     worker_hijack_root_logger=True,
 )
+if os.environ.get("PYDIAG_MAX_PRIORITY"):
+    app.conf.task_queue_max_priority = int(os.environ["PYDIAG_MAX_PRIORITY"])
 
 
 @app.task(name="diag.noop")
