@@ -814,8 +814,10 @@ def _python_worker_cmd(args, hostname_default, concurrency_default=2):
 
 
 def _start_worker(request, tmp_path, kind, args, broker, env, ready, ready_timeout,
-                  hostname_default="py@%h"):
-    """Starts one worker; kind is 'celeriac' or 'python'."""
+                  hostname_default="py@%h", started=None):
+    """Starts one worker; kind is 'celeriac' or 'python'. It joins `started` (the fixture's
+    list, stopped at teardown) before its ready wait, so one that never gets ready is
+    stopped too."""
     workers = request.node.__dict__.setdefault("_celeriac_workers", [])
     n = len(workers)
     log_path = str(tmp_path / f"{kind}{n}.log")
@@ -840,6 +842,8 @@ def _start_worker(request, tmp_path, kind, args, broker, env, ready, ready_timeo
         full_env["PYTHONPATH"] = HERE
         w = WorkerProc("python", cmd, full_env, HERE, log_path)
     workers.append(w)
+    if started is not None:
+        started.append(w)
     if ready:
         w.wait_ready(ready_timeout)
     return w
@@ -867,10 +871,8 @@ def worker(request, tmp_path, broker_url):
         args = _with_backend(args, broker, request)
         kind = "python" if WORKER_KIND == "python" else "celeriac"
         timeout = ready_timeout * (2 if kind == "python" else 1)
-        w = _start_worker(request, tmp_path, kind, args, broker, env, ready, timeout,
-                          hostname_default="pyceleriac@%h")
-        started.append(w)
-        return w
+        return _start_worker(request, tmp_path, kind, args, broker, env, ready, timeout,
+                             hostname_default="pyceleriac@%h", started=started)
 
     yield start
     for w in started:
@@ -887,9 +889,8 @@ def pyworker(request, tmp_path, broker_url):
 
     def start(*args, broker=broker_url, env=None, ready=True, ready_timeout=40):
         args = _with_backend(args, broker, request)
-        w = _start_worker(request, tmp_path, "python", args, broker, env, ready, ready_timeout)
-        started.append(w)
-        return w
+        return _start_worker(request, tmp_path, "python", args, broker, env, ready,
+                             ready_timeout, started=started)
 
     yield start
     for w in started:
