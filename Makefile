@@ -230,8 +230,17 @@ integration: all asan
 run: all
 	@scripts/run
 
-bench: all
+bench: all build/bench/amqp_designs
 	$(PY) bench/throughput.py
+	$(PY) bench/rabbitmq.py
+
+# bench/amqp_designs.c: librabbitmq on the loop (uv_poll) vs on a thread (worker/amqp_conn.c),
+# measured by bench/rabbitmq.py against its own RabbitMQ node.
+build/bench/amqp_designs: bench/amqp_designs.c $(patsubst %.c,$(OBJ)/%.o,worker/amqp_conn.c \
+                          worker/amqp_thread.c protocol/amqp_msg.c protocol/buf.c protocol/json.c protocol/pyfloat.c \
+                          $(COMMON_SRC))
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEPCFLAGS) -o $@ $^ $(DEPLIBS) -lpthread
 
 # ---- fuzzing (tests/fuzz/, see its README.md) ------------------------------------------
 # Each tests/fuzz/fuzz_<name>.c is a libFuzzer harness for one parser; every input goes

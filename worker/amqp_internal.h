@@ -122,6 +122,7 @@ struct cel_amqp {
     atomic_int
         t_closing;   /* set by the thread, or by the loop when a close command cannot be made */
     int t_announced; /* E_UP sent for this connection */
+    int t_wake;      /* the eventfd was readable: drain it before taking commands */
     topo_t *t_topo;
     int t_ntopo;
     int t_qos;

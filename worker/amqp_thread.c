@@ -12,6 +12,8 @@
  * amqp_conn.c's opening comment. Touches only the t_ fields of the object
  * and the two lists (under the mutex).
  */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -314,8 +316,14 @@ static int t_command(cel_amqp_t *a, cmd_t *c, int live) {
     case C_QOS:
         a->t_qos = c->count;
         if (live) {
-            amqp_basic_qos(a->t_st, CHANNEL, 0, (uint16_t)c->count, 1);
-            return t_check(a, "setting the prefetch count");
+            /* Not amqp_basic_qos: its wait for qos-ok would hold up every delivery and ack
+             * behind a round trip; the qos-ok is read (and ignored) with the other frames. */
+            amqp_basic_qos_t q = { 0, (uint16_t)c->count, 1 };
+            int rc = amqp_send_method(a->t_st, CHANNEL, AMQP_BASIC_QOS_METHOD, &q);
+            if (rc != AMQP_STATUS_OK) {
+                cel_error("amqp %s: basic.qos: %s", a->name, amqp_error_string2(rc));
+                return CEL_EIO;
+            }
         }
         return CEL_OK;
     case C_PUBLISH:
@@ -351,11 +359,18 @@ static int t_command(cel_amqp_t *a, cmd_t *c, int live) {
 /* Takes the queued commands and carries them out in order. */
 static int t_commands(cel_amqp_t *a) {
     uint64_t v;
-    while (read(a->efd, &v, sizeof(v)) > 0) {}
+    if (a->t_wake) { /* the eventfd said so: drain it before taking the list */
+        while (read(a->efd, &v, sizeof(v)) > 0) {}
+        a->t_wake = 0;
+    }
     uv_mutex_lock(&a->mu);
     cmd_t *c = a->cmd_head;
     a->cmd_head = a->cmd_tail = NULL;
     uv_mutex_unlock(&a->mu);
+    /* A batch of acks goes out in as few segments as the kernel can make of it
+     * (each costs the broker a read): corked until the batch is written. */
+    int fd = a->t_connected && c && c->next ? amqp_get_sockfd(a->t_st) : -1, on = 1, off = 0;
+    if (fd >= 0) setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on));
     int rc = CEL_OK;
     while (c) {
         cmd_t *next = c->next;
@@ -366,6 +381,7 @@ static int t_commands(cel_amqp_t *a) {
         cel_amqp_cmd_free(c);
         c = next;
     }
+    if (fd >= 0 && a->t_connected) setsockopt(fd, IPPROTO_TCP, TCP_CORK, &off, sizeof(off));
     return rc;
 }
 
@@ -638,6 +654,7 @@ static void t_run(cel_amqp_t *a) {
         int busy = amqp_frames_enqueued(a->t_st) || amqp_data_in_buffer(a->t_st);
         struct pollfd p[2] = { { fd, POLLIN, 0 }, { a->efd, POLLIN, 0 } };
         int n = poll(p, 2, busy ? 0 : POLL_MS);
+        if (n > 0 && (p[1].revents & POLLIN)) a->t_wake = 1;
         double now = now_s();
         if (n > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) a->t_last_rx = now;
         if (hb > 0 && now - a->t_last_rx > 2.0 * hb) {
@@ -658,7 +675,7 @@ static void t_backoff(cel_amqp_t *a, double seconds) {
         double left = until - now_s();
         if (left <= 0) return;
         struct pollfd p = { a->efd, POLLIN, 0 };
-        poll(&p, 1, (int)(left * 1000) + 1);
+        if (poll(&p, 1, (int)(left * 1000) + 1) > 0) a->t_wake = 1;
     }
 }
 

@@ -201,6 +201,11 @@ static int task_key(const cel_amqp_delivery_t *d, char *out, size_t size) {
 
 /* ---- the prefetch window ----------------------------------------------- */
 
+/* The window follows held + capacity with some slack each way, so that a
+ * steady stream of starts and acks (each moves it by one) does not send a
+ * basic.qos per task: raised to want + slack when want passes it, lowered
+ * when it is more than 2 x slack above want. The slack is what may wait
+ * here unacked beyond the consumer's reserve: a quarter of the window. */
 static void update_qos(amqp_broker_t *b) {
     if (b->stopped || b->closing || !cel_amqp_up(b->conn)) return;
     int cap = b->cbs.capacity(b->priv);
@@ -208,9 +213,12 @@ static void update_qos(amqp_broker_t *b) {
     if (want < 1) want = 1; /* 0 would mean no limit at all */
     int limit = b->cfg->prefetch_multiplier * b->cfg->concurrency;
     int slack = limit / 4 > 1 ? limit / 4 : 1;
-    if (b->qos_sent == 0 || want > b->qos_sent || b->qos_sent - want >= slack) {
+    if (b->qos_sent == 0) {
         cel_amqp_qos(b->conn, want);
         b->qos_sent = want;
+    } else if (want > b->qos_sent || b->qos_sent - want > 2 * slack) {
+        cel_amqp_qos(b->conn, want + slack);
+        b->qos_sent = want + slack;
     }
 }
 
