@@ -244,13 +244,12 @@ static int json_to_table_at(json_t *obj, int depth, amqp_table_t *out, cel_err_t
     if (!n) return CEL_OK;
     out->entries = calloc(n, sizeof(amqp_table_entry_t));
     if (!out->entries) return cel_err_set(err, CEL_ENOMEM, "out of memory");
-    const char *key;
-    json_t *val;
     size_t i = 0;
-    json_object_foreach(obj, key, val) {
+    for (void *it = json_object_iter(obj); it && i < n; it = json_object_iter_next(obj, it)) {
+        json_t *val = json_object_iter_value(it);
         amqp_table_entry_t *e = &out->entries[i++];
-        e->key.bytes = (void *)key;
-        e->key.len = strlen(key);
+        e->key.bytes = (void *)json_object_iter_key(it);
+        e->key.len = json_object_iter_key_len(it); /* a key may hold a NUL */
         if (e->key.len > 255)
             return cel_err_set(err, CEL_ELIMIT, "a table key of %zu bytes (max 255)", e->key.len);
         int rc = json_to_value(val, depth + 1, &e->value, err);
@@ -383,13 +382,21 @@ static const char *skip_ws(const char *p, const char *end) {
     return p;
 }
 
-/* Past the string whose opening quote is at p, or NULL. */
+/* Past the string whose opening quote is at p, or NULL (also for a raw
+ * control character, which JSON does not allow in a string). */
 static const char *skip_string(const char *p, const char *end) {
     for (p++; p < end; p++) {
+        if ((unsigned char)*p < 0x20) return NULL;
         if (*p == '\\') p++;
         else if (*p == '"') return p + 1;
     }
     return NULL;
+}
+
+/* A character of a bare JSON value: a number, true/false/null, Python's NaN/Infinity. */
+static int bare(char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
+           c == '+' || c == '.';
 }
 
 /* Past one JSON value starting at p (a string, a container, or a bare word
@@ -404,6 +411,8 @@ static const char *skip_value(const char *p, const char *end) {
                 if (!(p = skip_string(p, end))) return NULL;
                 continue;
             }
+            unsigned char u = (unsigned char)*p;
+            if (u < 0x20 && u != '\t' && u != '\n' && u != '\r') return NULL; /* not JSON */
             if (*p == '[' || *p == '{') depth++;
             else if (*p == ']' || *p == '}') {
                 if (--depth == 0) return p + 1;
@@ -413,7 +422,7 @@ static const char *skip_value(const char *p, const char *end) {
         return NULL;
     }
     const char *s = p;
-    while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n') p++;
+    while (p < end && bare(*p)) p++;
     return p > s ? p : NULL;
 }
 
