@@ -17,7 +17,7 @@
 #   make clean
 
 CC      ?= cc
-PKGS    := libuv hiredis jansson msgpack
+PKGS    := libuv hiredis jansson msgpack librabbitmq
 MODEL_PKGS := openblas
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
@@ -213,7 +213,9 @@ cuda: deps
 UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/limits.c \
             worker/revoked.c worker/affinity.c worker/options.c worker/pidbox.c worker/redis.c \
             worker/events.c worker/broker.c worker/broker_redis.c worker/backend.c \
-            worker/backend_redis.c worker/held.c worker/respcut.c executor/call.c)
+            worker/backend_redis.c worker/held.c worker/respcut.c worker/bus.c worker/bus_redis.c \
+            worker/amqp_bus.c worker/amqp_conn.c worker/amqp_thread.c worker/broker_amqp.c \
+            worker/backend_rpc.c executor/call.c)
 build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -lcmocka
@@ -232,8 +234,17 @@ integration: all asan
 run: all
 	@scripts/run
 
-bench: all
+bench: all build/bench/amqp_designs
 	$(PY) bench/throughput.py
+	$(PY) bench/rabbitmq.py
+
+# bench/amqp_designs.c: librabbitmq on the loop (uv_poll) vs on a thread (worker/amqp_conn.c),
+# measured by bench/rabbitmq.py against its own RabbitMQ node.
+build/bench/amqp_designs: bench/amqp_designs.c $(patsubst %.c,$(OBJ)/%.o,worker/amqp_conn.c \
+                          worker/amqp_thread.c protocol/amqp_msg.c protocol/buf.c protocol/json.c protocol/pyfloat.c \
+                          $(COMMON_SRC))
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEPCFLAGS) -o $@ $^ $(DEPLIBS) -lpthread
 
 # Robustness runs (issue 12), not part of `make test` (which runs one small chaos round,
 # tests/integration/test_chaos.py). CHAOS_ROUNDS/CHAOS_TASKS and SOAK_MINUTES override.
@@ -269,7 +280,8 @@ FOBJ         := build/fuzz/obj
 # modules fuzz_pidbox.c needs around pidbox.c (which it includes).
 FUZZ_LIB_SRC := $(PROTOCOL_SRC) model/safetensors.c model/config.c model/tokenizer.c \
                 model/tokenizer_encode.c model/unicode_tables.c worker/redis.c worker/respcut.c \
-                worker/events.c
+                worker/events.c worker/bus.c worker/bus_redis.c worker/amqp_bus.c worker/amqp_conn.c \
+                worker/amqp_thread.c
 REPLAY_BINS  := $(patsubst %,build/asan/fuzz/replay_%,$(FUZZ_NAMES))
 
 $(FOBJ)/%.o: %.c

@@ -45,12 +45,22 @@ def from_env(env=None):
     """The settings dict for create_app(), from env (default os.environ)."""
     env = os.environ if env is None else env
     broker = env.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0"
-    backend = env.get("CELERY_RESULT_BACKEND") or broker
+    # On a Redis broker the results default to that Redis; on RabbitMQ (amqp://, amqps://,
+    # pyamqp://) to CELERIAC_REDIS_URL's Redis: futures are polled by any web worker, which
+    # rpc:// cannot serve (its replies go to the one client process that sent the task).
+    own_redis = env.get("CELERIAC_REDIS_URL")
+    if broker.startswith(("amqp://", "amqps://", "pyamqp://")):
+        default_backend = own_redis or "redis://127.0.0.1:6379/0"
+    else:
+        default_backend = broker
+    backend = env.get("CELERY_RESULT_BACKEND") or default_backend
     return {
         "CELERY_BROKER_URL": broker,
         "CELERY_RESULT_BACKEND": backend,
         # Where the front end keeps its own small state (owners, futures, rate-limit counters).
-        "CELERIAC_REDIS_URL": env.get("CELERIAC_REDIS_URL") or backend,
+        "CELERIAC_REDIS_URL": own_redis or (backend if backend.startswith(("redis://",
+                                                                           "rediss://"))
+                                            else "redis://127.0.0.1:6379/0"),
         "CELERIAC_API_KEYS": parse_api_keys(env.get("CELERIAC_API_KEYS", "")),
         # Task-submitting routes and the polling route have separate budgets: a client polls
         # /retrieve_future many times per task.

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const cel_backend_ops_t *const backends[] = { &cel_backend_redis_ops };
+static const cel_backend_ops_t *const backends[] = { &cel_backend_redis_ops, &cel_backend_rpc_ops };
 
 struct cel_backend {
     const cel_backend_ops_t *ops;

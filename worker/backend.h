@@ -4,7 +4,7 @@
  * stores, cel_meta_encode's) to the backend and learns only whether it was
  * stored; where it goes and how waiting clients hear of it (a Redis key and
  * PUBLISH, an rpc:// reply message) stays behind the table. A backend is one
- * cel_backend_ops_t (backend_redis.c is the first), chosen at creation by the
+ * cel_backend_ops_t (backend_redis.c, backend_rpc.c), chosen at creation by the
  * scheme of --result-backend's URL, in the shape of model/gpu.h: one
  * versioned table, the only symbol its file exports. backend.c dispatches.
  * Main process, libuv loop: no operation blocks. Each one that takes a
@@ -84,6 +84,7 @@ typedef struct cel_backend_ops {
 
 /* The backends (one table each, in their own file). */
 extern const cel_backend_ops_t cel_backend_redis_ops; /* backend_redis.c */
+extern const cel_backend_ops_t cel_backend_rpc_ops;   /* backend_rpc.c: rpc:// */
 
 /* Creates the backend --result-backend's URL names (cfg->backend_url's
  * scheme) and starts it. NULL with err set for an unknown scheme or on

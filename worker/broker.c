@@ -12,7 +12,12 @@
 
 #include "../common/log.h"
 
-static const cel_broker_ops_t *const transports[] = { &cel_broker_redis_ops };
+static const cel_broker_ops_t *const transports[] = { &cel_broker_redis_ops, &cel_broker_amqp_ops };
+
+/* Other names of a transport's scheme, as Celery users write them. */
+static const struct {
+    const char *alias, *scheme;
+} aliases[] = { { "amqps", "amqp" }, { "pyamqp", "amqp" } };
 
 struct cel_broker {
     const cel_broker_ops_t *ops;
@@ -26,9 +31,14 @@ cel_broker_t *cel_broker_new(uv_loop_t *loop, const cel_options_t *cfg, const ce
     const char *url = cfg->broker_url;
     const char *sep = strstr(url, "://");
     size_t n = sep ? (size_t)(sep - url) : 0;
+    const char *scheme = url;
+    for (size_t i = 0; i < sizeof(aliases) / sizeof(aliases[0]); i++)
+        if (n && strlen(aliases[i].alias) == n && strncmp(aliases[i].alias, url, n) == 0)
+            scheme = aliases[i].scheme, n = strlen(scheme);
     const cel_broker_ops_t *ops = NULL;
     for (size_t i = 0; i < sizeof(transports) / sizeof(transports[0]); i++)
-        if (n && strlen(transports[i]->scheme) == n && strncmp(transports[i]->scheme, url, n) == 0)
+        if (n && strlen(transports[i]->scheme) == n &&
+            strncmp(transports[i]->scheme, scheme, n) == 0)
             ops = transports[i];
     if (!ops) {
         cel_err_set(err, CEL_EINVAL, "no broker transport for '%.*s://'", (int)(n > 32 ? 32 : n),

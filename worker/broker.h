@@ -126,6 +126,7 @@ typedef struct cel_broker_ops {
 
 /* The transports (one table each, in their own file). */
 extern const cel_broker_ops_t cel_broker_redis_ops; /* broker_redis.c */
+extern const cel_broker_ops_t cel_broker_amqp_ops;  /* broker_amqp.c */
 
 /* Creates the transport --broker's URL names (cfg->broker_url's scheme) and
  * starts it. cfg and cbs borrowed for the broker's life. NULL with err set

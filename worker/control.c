@@ -172,8 +172,9 @@ static json_t *report(cel_control_t *ctl) {
     safe_url(ctl->cfg->backend_url, r, sizeof(r));
     fprintf(f,
             "\nsoftware -> celeriac:%s (C) protocol:2\nplatform -> system:%s arch:%s\n"
-            "            kernel version:%s\nsettings -> transport:redis results:%s\n\n",
-            cel_events_version(), u.sysname, u.machine, u.release, r);
+            "            kernel version:%s\nsettings -> transport:%s results:%s\n\n",
+            cel_events_version(), u.sysname, u.machine, u.release,
+            ctl->cfg->broker_amqp ? "amqp" : "redis", r);
     const char *k;
     json_t *v;
     json_object_foreach(cf, k, v) {
@@ -252,13 +253,21 @@ static json_t *stats(cel_control_t *ctl) {
         cfg->max_tasks_per_child ? json_integer(cfg->max_tasks_per_child) : json_string("N/A"),
         "put-guarded-by-semaphore", 0, "timeouts", seconds(cfg->soft_time_limit),
         seconds(cfg->time_limit), "writes", writes);
-    json_t *broker = json_pack(
-        "{s:s, s:o, s:o, s:i, s:b, s:b, s:s, s:i, s:{}, s:n, s:n, s:f, s:s, s:[]}", "hostname",
-        cfg->broker.host, "userid",
-        cfg->broker.user[0] ? json_string(cfg->broker.user) : json_null(), "virtual_host",
-        json_sprintf("%d", cfg->broker.db), "port", cfg->broker.port, "insist", 0, "ssl", 0,
-        "transport", "redis", "connect_timeout", 4, "transport_options", "login_method",
-        "uri_prefix", "heartbeat", 120.0, "failover_strategy", "round-robin", "alternates");
+    json_t *broker =
+        cfg->broker_amqp
+            ? json_pack("{s:s, s:s, s:s, s:i, s:b, s:b, s:s, s:i, s:{}, s:s, s:n, s:f, s:s, s:[]}",
+                        "hostname", cfg->amqp.host, "userid", cfg->amqp.user, "virtual_host",
+                        cfg->amqp.vhost, "port", cfg->amqp.port, "insist", 0, "ssl", cfg->amqp.ssl,
+                        "transport", "amqp", "connect_timeout", 4, "transport_options",
+                        "login_method", "PLAIN", "uri_prefix", "heartbeat", cfg->broker_heartbeat,
+                        "failover_strategy", "round-robin", "alternates")
+            : json_pack("{s:s, s:o, s:o, s:i, s:b, s:b, s:s, s:i, s:{}, s:n, s:n, s:f, s:s, s:[]}",
+                        "hostname", cfg->broker.host, "userid",
+                        cfg->broker.user[0] ? json_string(cfg->broker.user) : json_null(),
+                        "virtual_host", json_sprintf("%d", cfg->broker.db), "port",
+                        cfg->broker.port, "insist", 0, "ssl", 0, "transport", "redis",
+                        "connect_timeout", 4, "transport_options", "login_method", "uri_prefix",
+                        "heartbeat", 120.0, "failover_strategy", "round-robin", "alternates");
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     json_t *rusage = json_pack(

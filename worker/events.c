@@ -1,12 +1,13 @@
-/* events.c -- the worker's event dispatcher on Redis (fanout celeryev) and its clock.
+/* events.c -- the worker's event dispatcher (the celeryev exchange) and its clock.
  *
- * One connection of its own ("events") that only PUBLISHes; nothing waits
- * for the replies but the close. The envelope is kombu's (base64 JSON body,
- * headers {"hostname"}, delivery_mode 1, delivery_info {exchange "celeryev",
- * routing_key}). Task events go one per message with routing key
- * "task.<kind>" (EventReceiver accepts single events as well as the 5.2
- * worker's task.multi lists). Matches celery/events/dispatcher.py, event.py
- * and worker/heartbeat.py. Main process, libuv loop; never blocks.
+ * A bus of its own ("events", bus.h) that only publishes; nothing waits for
+ * the broker but the close. Each event goes to the exchange celeryev --
+ * topic on AMQP, fanout on Redis, as celery/events/event.py get_exchange
+ * switches it -- with headers {"hostname"}, delivery_mode 1 and a JSON
+ * body. Task events go one per message with routing key "task.<kind>"
+ * (EventReceiver accepts single events as well as the 5.2 worker's
+ * task.multi lists). Matches celery/events/dispatcher.py, event.py and
+ * worker/heartbeat.py. Main process, libuv loop; never blocks.
  */
 #include "events.h"
 
@@ -20,7 +21,7 @@
 #include <unistd.h>
 
 #include "../common/log.h"
-#include "redis.h"
+#include "bus.h"
 
 #define EVENTS_VERSION "0.1.0"
 #define EVENT_REPR_MAX 1024 /* result/args reprs in events */
@@ -28,7 +29,7 @@
 struct cel_events {
     uv_loop_t *loop;
     const cel_options_t *cfg;
-    cel_redis_t *conn;
+    cel_bus_t *bus;
     cel_events_load_fn load;
     void *priv;
     uint64_t clock;
@@ -102,11 +103,7 @@ static int utcoffset(void) {
     return (int)floor((double)west / 3600.0);
 }
 
-static void on_published(cel_redis_t *r, redisReply *reply, void *priv) {
-    if (reply && reply->type == REDIS_REPLY_ERROR) cel_error("events: PUBLISH: %s", reply->str);
-}
-
-/* Wraps body (taken) in a kombu envelope and PUBLISHes it. */
+/* Publishes body (taken) to celeryev with routing_key. */
 static void publish(cel_events_t *ev, const char *routing_key, json_t *body) {
     cel_err_t err;
     char *text = cel_json_dumps(body, &err);
@@ -115,29 +112,26 @@ static void publish(cel_events_t *ev, const char *routing_key, json_t *body) {
         cel_error("events: cannot encode an event: %s", err.msg);
         return;
     }
-    char *b64 = cel_base64_encode((const uint8_t *)text, strlen(text));
+    json_t *headers = json_pack("{s:s}", "hostname", ev->cfg->hostname);
+    if (headers) {
+        cel_bus_exchange_t ex = { "celeryev", cel_bus_ops(ev->bus)->event_exchange_type, 1, 0 };
+        cel_broker_out_t m = { .exchange = "celeryev",
+                               .routing_key = routing_key,
+                               .headers = headers,
+                               .content_type = "application/json",
+                               .content_encoding = "utf-8",
+                               .body = text,
+                               .body_len = strlen(text),
+                               .priority = 0,
+                               .persistent = 0 };
+        cel_bus_publish(ev->bus, &ex, &m, NULL, NULL);
+    }
+    json_decref(headers);
     free(text);
-    char tag[37];
-    cel_events_uuid(tag);
-    json_t *env =
-        json_pack("{s:s?, s:s, s:s, s:{s:s}, s:{s:i, s:{s:s, s:s}, s:i, s:s, s:s}}", "body", b64,
-                  "content-encoding", "utf-8", "content-type", "application/json", "headers",
-                  "hostname", ev->cfg->hostname, "properties", "delivery_mode", 1, "delivery_info",
-                  "exchange", "celeryev", "routing_key", routing_key, "priority", 0,
-                  "body_encoding", "base64", "delivery_tag", tag);
-    free(b64);
-    char *s = env ? cel_json_dumps(env, NULL) : NULL;
-    json_decref(env);
-    if (!s) return;
-    char channel[300];
-    snprintf(channel, sizeof(channel), "/%d.celeryev/%s", ev->cfg->broker.db, routing_key);
-    const char *argv[] = { "PUBLISH", channel, s };
-    cel_redis_command(ev->conn, on_published, ev, 3, argv, NULL);
-    free(s);
 }
 
 void cel_events_send(cel_events_t *ev, const char *type, json_t *fields) {
-    if (!ev || !cel_redis_up(ev->conn)) {
+    if (!ev || !cel_bus_up(ev->bus)) {
         json_decref(fields);
         return;
     }
@@ -258,7 +252,7 @@ static void on_heart(uv_timer_t *t) {
     if (ev->online_sent) send_worker(ev, "worker-heartbeat");
 }
 
-static void on_state(cel_redis_t *r, int up, void *priv) {
+static void on_state(void *priv, int up) {
     cel_events_t *ev = priv;
     if (up && !ev->online_sent) {
         ev->online_sent = 1;
@@ -279,8 +273,9 @@ cel_events_t *cel_events_new(uv_loop_t *loop, const cel_options_t *cfg, cel_even
     ev->heart.data = ev;
     uint64_t every = (uint64_t)(CEL_EVENTS_FREQ * 1000);
     uv_timer_start(&ev->heart, on_heart, every, every);
-    ev->conn = cel_redis_new(loop, &cfg->broker, "events", NULL, 0, on_state, ev);
-    if (!ev->conn) {
+    cel_err_t err;
+    ev->bus = cel_bus_new(loop, cfg, "events", 0, on_state, ev, &err);
+    if (!ev->bus) {
         uv_close((uv_handle_t *)&ev->heart, NULL);
         return NULL; /* out of memory at start-up: the caller exits */
     }
@@ -302,9 +297,9 @@ void cel_events_close(cel_events_t *ev, void (*on_closed)(void *), void *priv) {
     ev->on_closed = on_closed;
     ev->closed_priv = priv;
     ev->closing_left = 2;
-    /* The PUBLISH is written before the disconnect, which waits for replies. */
+    /* The publish is queued before the close, which carries it out first. */
     if (ev->online_sent) send_worker(ev, "worker-offline");
     uv_timer_stop(&ev->heart);
     uv_close((uv_handle_t *)&ev->heart, on_heart_closed);
-    cel_redis_close(ev->conn, close_step, ev);
+    cel_bus_close(ev->bus, close_step, ev);
 }

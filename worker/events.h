@@ -1,12 +1,13 @@
 /* events.h -- Celery events from the worker: worker-online/heartbeat/offline, task-*.
  *
- * Publishes event messages as celery/events/dispatcher.py does on Redis: the
- * `celeryev` exchange is fanout there, so each event is a kombu envelope
- * PUBLISHed on "/<db>.celeryev/<routing key>" (routing key = type with '-'
- * replaced by '.'). Keeps the worker's Lamport clock (celery/utils/
- * functional LamportClock: forward on send, max+1 on receive), used by the
- * pidbox too. Worker events always go out (Celery's heartbeat/gossip default);
- * task events only with -E or after enable_events. Events sent while the
+ * Publishes event messages as celery/events/dispatcher.py does, to the
+ * `celeryev` exchange through the broker's bus (bus.h): topic on AMQP,
+ * fanout on Redis (there each event is a kombu envelope PUBLISHed on
+ * "/<db>.celeryev/<routing key>"); routing key = type with '-' replaced by
+ * '.'. Keeps the worker's Lamport clock (celery/utils/functional
+ * LamportClock: forward on send, max+1 on receive), used by the pidbox too.
+ * Worker events always go out (Celery's heartbeat/gossip default); task
+ * events only with -E or after enable_events. Events sent while the
  * connection is down are dropped, as with no subscriber. Main process, loop.
  */
 #ifndef CEL_EVENTS_H

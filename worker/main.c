@@ -165,10 +165,20 @@ static void log_banner(const cel_options_t *cfg) {
     }
     int ntasks = 0;
     for (const char *const *t = cel_tasks_names(); *t; t++) ntasks++;
-    cel_info("celeriac %s starting: broker redis://%s:%d/%d, results redis://%s:%d/%d, "
+    char broker[1024], results[600];
+    if (cfg->broker_amqp)
+        snprintf(broker, sizeof(broker), "%s://%s@%s:%d/%s", cfg->amqp.ssl ? "amqps" : "amqp",
+                 cfg->amqp.user, cfg->amqp.host, cfg->amqp.port, cfg->amqp.vhost);
+    else
+        snprintf(broker, sizeof(broker), "redis://%s:%d/%d", cfg->broker.host, cfg->broker.port,
+                 cfg->broker.db);
+    if (cfg->backend_rpc) snprintf(results, sizeof(results), "rpc://");
+    else
+        snprintf(results, sizeof(results), "redis://%s:%d/%d", cfg->backend.host, cfg->backend.port,
+                 cfg->backend.db);
+    cel_info("celeriac %s starting: broker %s, results %s, "
              "queues [%s], concurrency %d (executors), prefetch %d, %d tasks registered",
-             cfg->hostname, cfg->broker.host, cfg->broker.port, cfg->broker.db, cfg->backend.host,
-             cfg->backend.port, cfg->backend.db, queues, cfg->concurrency,
+             cfg->hostname, broker, results, queues, cfg->concurrency,
              cfg->prefetch_multiplier * cfg->concurrency, ntasks);
 }
 

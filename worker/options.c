@@ -21,16 +21,25 @@
 
 static const char usage_text[] =
     "Usage: celeriac [OPTIONS]\n"
-    "A Celery worker written in C: consumes Celery tasks from Redis and stores\n"
-    "results in the Celery Redis result backend.\n"
+    "A Celery worker written in C: consumes Celery tasks from Redis or RabbitMQ and\n"
+    "stores results in the Celery Redis result backend or sends them back (rpc://).\n"
     "\n"
     "  -b, --broker URL             broker URL (env CELERY_BROKER_URL;\n"
-    "                               default redis://127.0.0.1:6379/0)\n"
+    "                               default redis://127.0.0.1:6379/0): redis://,\n"
+    "                               amqp://user:pass@host:port/vhost, amqps://, pyamqp://\n"
     "      --broker-file FILE       read the broker URL from FILE (keeps a password\n"
     "                               out of the command line)\n"
     "      --result-backend URL     result backend URL (env CELERY_RESULT_BACKEND;\n"
-    "                               default: the broker URL)\n"
+    "                               default: the broker URL on Redis, rpc:// on AMQP):\n"
+    "                               redis://... or rpc://\n"
     "      --result-backend-file FILE  read the result backend URL from FILE\n"
+    "      --broker-ssl-ca FILE     amqps: CA certificates the server is checked against\n"
+    "      --broker-ssl-cert FILE   amqps: client certificate\n"
+    "      --broker-ssl-key FILE    amqps: client certificate's private key\n"
+    "      --broker-ssl-no-verify   amqps: do not check the server's certificate\n"
+    "      --broker-heartbeat S     AMQP heartbeat in seconds (default 120; 0 = off)\n"
+    "      --max-priority N         declare AMQP task queues with x-max-priority N\n"
+    "                               (Celery's task_queue_max_priority; default none)\n"
     "  -Q, --queues LIST            comma-separated queues to consume (default celery)\n"
     "  -c, --concurrency N          executor processes (default: number of CPUs)\n"
     "  -n, --hostname NAME          node name; %h host, %n name, %d domain\n"
@@ -88,6 +97,17 @@ static const char usage_text[] =
     "      --version                show the version\n";
 
 static int settle_device(cel_options_t *cfg, int concurrency_set);
+
+/* ---- AMQP broker options (issue 14) ---- */
+static int settle_urls(cel_options_t *cfg, cel_err_t *err);
+enum {
+    OPT_SSL_CA = 2000,
+    OPT_SSL_CERT,
+    OPT_SSL_KEY,
+    OPT_SSL_NO_VERIFY,
+    OPT_BROKER_HEARTBEAT,
+    OPT_MAX_PRIORITY,
+};
 
 enum {
     OPT_BACKEND = 1000,
@@ -292,6 +312,97 @@ port:
     return CEL_OK;
 }
 
+/* ---- AMQP broker URLs (issue 14) ---------------------------------------- */
+
+int cel_options_is_amqp_url(const char *url) {
+    return strncmp(url, "amqp://", 7) == 0 || strncmp(url, "amqps://", 8) == 0 ||
+           strncmp(url, "pyamqp://", 9) == 0;
+}
+
+/* Copies s[0..n) into dst (size bytes) and percent-decodes it. */
+static int copy_decoded(char *dst, size_t size, const char *s, size_t n, const char *what,
+                        const char *url, cel_err_t *err) {
+    if (n >= size) return cel_err_set(err, CEL_EINVAL, "%s in '%.64s...' is too long", what, url);
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+    percent_decode(dst);
+    return CEL_OK;
+}
+
+/* kombu's URL reading for the AMQP transports (kombu/utils/url.py url_to_parts):
+ * userinfo and path are unquoted; an empty or missing vhost is "/"; the
+ * port defaults to 5672 (5671 with TLS). The password never goes into an
+ * error message. */
+int cel_options_parse_amqp_url(const char *url, cel_amqp_url_t *out, cel_err_t *err) {
+    memset(out, 0, sizeof(*out));
+    const char *p;
+    if (strncmp(url, "amqp://", 7) == 0) p = url + 7;
+    else if (strncmp(url, "pyamqp://", 9) == 0) p = url + 9;
+    else if (strncmp(url, "amqps://", 8) == 0) p = url + 8, out->ssl = 1;
+    else return cel_err_set(err, CEL_EINVAL, "not an amqp://, amqps:// or pyamqp:// URL");
+    snprintf(out->host, sizeof(out->host), "localhost");
+    snprintf(out->user, sizeof(out->user), "guest");
+    snprintf(out->password, sizeof(out->password), "guest");
+    snprintf(out->vhost, sizeof(out->vhost), "/");
+    out->port = out->ssl ? 5671 : 5672;
+    const char *end = p + strcspn(p, "?#");
+    const char *slash = memchr(p, '/', (size_t)(end - p));
+    const char *auth_end = slash ? slash : end;
+    const char *at = NULL;
+    for (const char *q = p; q < auth_end; q++)
+        if (*q == '@') at = q; /* the last @ before the path */
+    int rc;
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        size_t ulen = colon ? (size_t)(colon - p) : (size_t)(at - p);
+        if (ulen && (rc = copy_decoded(out->user, sizeof(out->user), p, ulen, "user name", "amqp",
+                                       err)) != CEL_OK)
+            return rc;
+        if (colon &&
+            (rc = copy_decoded(out->password, sizeof(out->password), colon + 1,
+                               (size_t)(at - colon - 1), "password", "amqp", err)) != CEL_OK)
+            return rc;
+        p = at + 1;
+    }
+    const char *hend;
+    if (*p == '[') {
+        const char *close = memchr(p, ']', (size_t)(auth_end - p));
+        if (!close || close == p + 1 || (size_t)(close - p - 1) >= sizeof(out->host))
+            return cel_err_set(err, CEL_EINVAL, "bad IPv6 host in the broker URL");
+        memcpy(out->host, p + 1, (size_t)(close - p - 1));
+        out->host[close - p - 1] = '\0';
+        hend = close + 1;
+    } else {
+        hend = p;
+        while (hend < auth_end && *hend != ':') hend++;
+        if (hend > p && (rc = copy_decoded(out->host, sizeof(out->host), p, (size_t)(hend - p),
+                                           "host", "amqp", err)) != CEL_OK)
+            return rc;
+    }
+    p = hend;
+    if (p < auth_end && *p == ':') {
+        long port = 0;
+        const char *q = p + 1;
+        if (q == auth_end) return cel_err_set(err, CEL_EINVAL, "bad port in the broker URL");
+        for (; q < auth_end; q++) {
+            if (*q < '0' || *q > '9' || port > 65535)
+                return cel_err_set(err, CEL_EINVAL, "bad port in the broker URL");
+            port = port * 10 + (*q - '0');
+        }
+        if (port <= 0 || port > 65535)
+            return cel_err_set(err, CEL_EINVAL, "bad port in the broker URL");
+        out->port = (int)port;
+        p = auth_end;
+    }
+    if (p != auth_end) return cel_err_set(err, CEL_EINVAL, "cannot parse the broker URL");
+    if (slash && end > slash + 1 &&
+        (rc = copy_decoded(out->vhost, sizeof(out->vhost), slash + 1, (size_t)(end - slash - 1),
+                           "virtual host", "amqp", err)) != CEL_OK)
+        return rc;
+    if (!out->vhost[0]) snprintf(out->vhost, sizeof(out->vhost), "/");
+    return CEL_OK;
+}
+
 int cel_options_expand_hostname(const char *pattern, char *out, size_t size, cel_err_t *err) {
     char host[256];
     if (gethostname(host, sizeof(host)) != 0) snprintf(host, sizeof(host), "localhost");
@@ -420,6 +531,7 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     cfg->max_adapters_per_owner = 16;
     cfg->max_bytes_per_owner = 4LL << 30;
     cfg->result_chord_ordered = 1;
+    cfg->broker_heartbeat = 120; /* Celery's broker_heartbeat */
     const char *hostname_pat = "celeriac@%h";
     const char *queues = "celery";
     default_executor(cfg->executor, sizeof(cfg->executor));
@@ -427,6 +539,13 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     static const struct option opts[] = {
         { "broker", required_argument, 0, 'b' },
         { "result-backend", required_argument, 0, OPT_BACKEND },
+        /* ---- AMQP broker (issue 14) ---- */
+        { "broker-ssl-ca", required_argument, 0, OPT_SSL_CA },
+        { "broker-ssl-cert", required_argument, 0, OPT_SSL_CERT },
+        { "broker-ssl-key", required_argument, 0, OPT_SSL_KEY },
+        { "broker-ssl-no-verify", no_argument, 0, OPT_SSL_NO_VERIFY },
+        { "broker-heartbeat", required_argument, 0, OPT_BROKER_HEARTBEAT },
+        { "max-priority", required_argument, 0, OPT_MAX_PRIORITY },
         { "queues", required_argument, 0, 'Q' },
         { "concurrency", required_argument, 0, 'c' },
         { "hostname", required_argument, 0, 'n' },
@@ -479,6 +598,26 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         case OPT_BACKEND:
             rc = copy_str(cfg->backend_url, sizeof(cfg->backend_url), optarg, "--result-backend",
                           err);
+            break;
+        /* ---- AMQP broker (issue 14) ---- */
+        case OPT_SSL_CA:
+            rc = copy_str(cfg->ssl_ca, sizeof(cfg->ssl_ca), optarg, "--broker-ssl-ca", err);
+            break;
+        case OPT_SSL_CERT:
+            rc = copy_str(cfg->ssl_cert, sizeof(cfg->ssl_cert), optarg, "--broker-ssl-cert", err);
+            break;
+        case OPT_SSL_KEY:
+            rc = copy_str(cfg->ssl_key, sizeof(cfg->ssl_key), optarg, "--broker-ssl-key", err);
+            break;
+        case OPT_SSL_NO_VERIFY: cfg->ssl_no_verify = 1; break;
+        case OPT_BROKER_HEARTBEAT:
+            rc = parse_seconds(optarg, &cfg->broker_heartbeat, "--broker-heartbeat", err);
+            if (rc == CEL_OK && cfg->broker_heartbeat > 65535)
+                rc = cel_err_set(err, CEL_EINVAL, "--broker-heartbeat is at most 65535 seconds");
+            break;
+        case OPT_MAX_PRIORITY:
+            rc = parse_long(optarg, 0, 255, &v, "--max-priority", err);
+            cfg->max_priority = (int)v;
             break;
         case 'Q': queues = optarg; break;
         case 'c':
@@ -611,11 +750,7 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     }
     if (optind < argc)
         return cel_err_set(err, CEL_EINVAL, "unexpected argument '%s' (see --help)", argv[optind]);
-    if (!cfg->backend_url[0])
-        snprintf(cfg->backend_url, sizeof(cfg->backend_url), "%s", cfg->broker_url);
-    if ((rc = cel_options_parse_redis_url(cfg->broker_url, &cfg->broker, err)) != CEL_OK) return rc;
-    if ((rc = cel_options_parse_redis_url(cfg->backend_url, &cfg->backend, err)) != CEL_OK)
-        return rc;
+    if ((rc = settle_urls(cfg, err)) != CEL_OK) return rc;
     if ((rc = set_queues(cfg, queues, err)) != CEL_OK) return rc;
     if ((rc = cel_options_expand_hostname(hostname_pat, cfg->hostname, sizeof(cfg->hostname), err)))
         return rc;
@@ -623,6 +758,42 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     if (cfg->soft_time_limit && cfg->time_limit && cfg->soft_time_limit > cfg->time_limit)
         cel_warn("--soft-time-limit %.3g is above --time-limit %.3g", cfg->soft_time_limit,
                  cfg->time_limit);
+    return CEL_OK;
+}
+
+/* ---- AMQP broker (issue 14) ---- */
+/* Parses the broker and backend URLs by scheme. Without --result-backend the
+ * results go to the broker on Redis (as before) and back over the broker
+ * (rpc://) on AMQP, which has no key-value store of its own. */
+static int settle_urls(cel_options_t *cfg, cel_err_t *err) {
+    int rc;
+    cfg->broker_amqp = cel_options_is_amqp_url(cfg->broker_url);
+    if (!cfg->backend_url[0])
+        snprintf(cfg->backend_url, sizeof(cfg->backend_url), "%s",
+                 cfg->broker_amqp ? "rpc://" : cfg->broker_url);
+    if (cfg->broker_amqp) {
+        if ((rc = cel_options_parse_amqp_url(cfg->broker_url, &cfg->amqp, err)) != CEL_OK)
+            return rc;
+    } else if (strncmp(cfg->broker_url, "redis://", 8) != 0) {
+        return cel_err_set(err, CEL_EINVAL,
+                           "unsupported broker URL: redis://, amqp://, amqps:// or pyamqp:// "
+                           "(got '%.*s')",
+                           (int)strcspn(cfg->broker_url, ":/@"), cfg->broker_url);
+    } else if ((rc = cel_options_parse_redis_url(cfg->broker_url, &cfg->broker, err)) != CEL_OK) {
+        return rc;
+    }
+    cfg->backend_rpc = strncmp(cfg->backend_url, "rpc://", 6) == 0;
+    if (!cfg->backend_rpc && strncmp(cfg->backend_url, "redis://", 8) != 0)
+        return cel_err_set(err, CEL_EINVAL,
+                           "unsupported result backend URL: redis:// or rpc:// (got '%.*s')",
+                           (int)strcspn(cfg->backend_url, ":/@"), cfg->backend_url);
+    if (!cfg->backend_rpc &&
+        (rc = cel_options_parse_redis_url(cfg->backend_url, &cfg->backend, err)) != CEL_OK)
+        return rc;
+    if ((cfg->ssl_ca[0] || cfg->ssl_cert[0] || cfg->ssl_key[0]) && !cfg->amqp.ssl)
+        return cel_err_set(err, CEL_EINVAL, "--broker-ssl-* options need an amqps:// broker");
+    if (!cfg->ssl_cert[0] != !cfg->ssl_key[0])
+        return cel_err_set(err, CEL_EINVAL, "--broker-ssl-cert and --broker-ssl-key go together");
     return CEL_OK;
 }
 

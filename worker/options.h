@@ -22,6 +22,18 @@ typedef struct cel_redis_url {
     char password[256]; /* "" when none */
 } cel_redis_url_t;
 
+/* ---- AMQP broker (issue 14) ------------------------------------------ */
+/* A parsed amqp://, amqps:// or pyamqp:// URL, read as kombu reads it:
+ * amqp://[user[:password]@]host[:port][/vhost], percent-escapes decoded. */
+typedef struct cel_amqp_url {
+    char host[256];     /* "localhost" when absent */
+    int port;           /* 5672 (5671 for amqps) when absent */
+    char vhost[256];    /* "/" when the path is empty, as kombu */
+    char user[128];     /* "guest" when absent */
+    char password[256]; /* "guest" when absent */
+    int ssl;            /* amqps:// */
+} cel_amqp_url_t;
+
 typedef struct cel_options {
     char broker_url[1024];
     char backend_url[1024];
@@ -64,6 +76,16 @@ typedef struct cel_options {
     /* canvas (issue 13) */
     int result_extended;      /* --result-extended: metas carry name, args, kwargs, ... */
     int result_chord_ordered; /* chord parts in a sorted set (1, Celery's default) or a list */
+    /* ---- AMQP broker (issue 14): amqp://, amqps://, pyamqp://; rpc:// results ---- */
+    int broker_amqp;         /* broker_url is an AMQP URL, parsed into amqp (broker unused) */
+    int backend_rpc;         /* backend_url is rpc://: results go back over the broker */
+    cel_amqp_url_t amqp;     /* the AMQP broker */
+    char ssl_ca[1024];       /* --broker-ssl-ca: CA bundle that signs the server (amqps) */
+    char ssl_cert[1024];     /* --broker-ssl-cert: client certificate, "" = none */
+    char ssl_key[1024];      /* --broker-ssl-key: its private key */
+    int ssl_no_verify;       /* --broker-ssl-no-verify: skip the peer check (not the default) */
+    double broker_heartbeat; /* --broker-heartbeat: AMQP heartbeat, seconds, 0 = off (120) */
+    int max_priority;        /* --max-priority: x-max-priority of task queues, 0 = none */
 } cel_options_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,
@@ -87,6 +109,11 @@ void cel_options_safe_url(const char *url, char *out, size_t size);
 /* Overwrites, in place, the passwords of URLs in argv (what `ps` and
  * /proc/<pid>/cmdline show) with '*'. Call after cel_options_parse. */
 void cel_options_hide_secrets(int argc, char **argv);
+/* Parses an amqp://, amqps:// or pyamqp:// URL (see cel_amqp_url_t). */
+int cel_options_parse_amqp_url(const char *url, cel_amqp_url_t *out, cel_err_t *err);
+
+/* 1 when url names an AMQP broker (amqp://, amqps://, pyamqp://), else 0. */
+int cel_options_is_amqp_url(const char *url);
 
 /* Expands %h (full host name), %n (name before the first dot), %d (domain
  * after it) and %% in a node name pattern, as celery's nodename does. */

@@ -1,12 +1,15 @@
-/* pidbox.c -- remote control over Redis: receive broadcasts, dispatch, reply.
+/* pidbox.c -- remote control: receive broadcasts, dispatch, reply, on any broker.
  *
- * Two connections: "pidbox" is in subscribe mode (PSUBSCRIBE), "pidbox-reply"
- * registers our queue binding as kombu does (SADD _kombu.binding.celery.pidbox)
- * and sends replies: SMEMBERS of the reply exchange's binding set, then LPUSH
- * of the envelope to each queue whose routing key equals reply_to's. Handlers
- * run synchronously on the loop, so a reply never waits for an executor.
- * Matches kombu/pidbox.py (Node.handle_message, dispatch, Mailbox._publish_reply)
- * and celery/worker/pidbox.py (clock forwarded on every request).
+ * The mailbox of kombu's pidbox Node on the worker's bus (bus.h): the queue
+ * "<node>.celery.pidbox" bound to the fanout exchange celery.pidbox
+ * (x-message-ttl 300 s, x-expires 10 s: celery/app/control.py's Mailbox),
+ * replies published to the direct exchange reply.celery.pidbox with the
+ * caller's routing key. On Redis the bus turns these into PSUBSCRIBE and
+ * SMEMBERS + LPUSH as kombu does; on AMQP they are real. Handlers run
+ * synchronously on the loop, so a reply never waits for an executor.
+ * Matches kombu/pidbox.py (Node.handle_message, dispatch,
+ * Mailbox._publish_reply) and celery/worker/pidbox.py (clock forwarded on
+ * every request). Malformed messages are logged and dropped.
  */
 #include "pidbox.h"
 
@@ -18,7 +21,7 @@
 
 #include "../protocol/protocol.h"
 #include "../common/log.h"
-#include "redis.h"
+#include "bus.h"
 
 struct cel_pidbox {
     uv_loop_t *loop;
@@ -26,20 +29,11 @@ struct cel_pidbox {
     cel_events_t *ev;
     cel_pidbox_handler handler;
     void *priv;
-    cel_redis_t *sub;
-    cel_redis_t *cmd;
-    char channel[64];
+    cel_bus_t *bus; /* NULL in the fuzz harness: replies are built, then dropped */
     int stopped;
-    int closing_left;
     void (*on_closed)(void *);
     void *closed_priv;
 };
-
-typedef struct reply_ctx {
-    cel_pidbox_t *pb;
-    char routing_key[CEL_PIDBOX_NAME_MAX + 1];
-    char *envelope;
-} reply_ctx_t;
 
 int cel_pidbox_match(const char *name, const char *pattern, const char *matcher) {
     if (!matcher || strcmp(matcher, "glob") == 0) return fnmatch(pattern, name, 0) == 0;
@@ -55,39 +49,6 @@ int cel_pidbox_match(const char *name, const char *pattern, const char *matcher)
     int rc = regexec(&re, name, 1, &m, 0) == 0 && m.rm_so == 0;
     regfree(&re);
     return rc;
-}
-
-static void on_lpush(cel_redis_t *r, redisReply *reply, void *priv) {
-    if (reply && reply->type == REDIS_REPLY_ERROR) cel_error("pidbox: reply LPUSH: %s", reply->str);
-}
-
-/* kombu binding members are "<routing key>\x06\x16<pattern>\x06\x16<queue>". */
-static void on_bindings(cel_redis_t *r, redisReply *reply, void *priv) {
-    reply_ctx_t *rc = priv;
-    size_t rklen = strlen(rc->routing_key);
-    int sent = 0;
-    if (reply && reply->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i < reply->elements && i < CEL_PIDBOX_MAX_BINDINGS; i++) {
-            redisReply *m = reply->element[i];
-            if (m->type != REDIS_REPLY_STRING) continue;
-            if (m->len < rklen + 4 || memcmp(m->str, rc->routing_key, rklen) != 0 ||
-                memcmp(m->str + rklen, "\x06\x16", 2) != 0)
-                continue;
-            const char *rest = m->str + rklen + 2;
-            size_t restlen = m->len - rklen - 2;
-            const char *sep = memmem(rest, restlen, "\x06\x16", 2);
-            if (!sep) continue;
-            const char *q = sep + 2;
-            size_t qlen = restlen - (size_t)(q - rest);
-            if (qlen == 0) continue;
-            const char *argv[] = { "LPUSH", q, rc->envelope };
-            size_t lens[] = { 5, qlen, strlen(rc->envelope) };
-            if (cel_redis_command(rc->pb->cmd, on_lpush, NULL, 3, argv, lens) == CEL_OK) sent++;
-        }
-    }
-    if (!sent) cel_debug("pidbox: no reply queue bound for %s; reply dropped", rc->routing_key);
-    free(rc->envelope);
-    free(rc);
 }
 
 /* Publishes {node: value} (value borrowed) to reply_to with the ticket. */
@@ -106,76 +67,50 @@ static void send_reply(cel_pidbox_t *pb, json_t *value, const char *exchange,
         json_decref(body);
         if (!text) return;
     }
-    char *b64 = cel_base64_encode((const uint8_t *)text, strlen(text));
-    free(text);
-    char tag[37];
-    cel_events_uuid(tag);
-    json_t *env = json_pack(
-        "{s:s?, s:s, s:s, s:{s:s, s:I}, s:{s:i, s:{s:s, s:s}, s:i, s:s, s:s}}", "body", b64,
-        "content-encoding", "utf-8", "content-type", "application/json", "headers", "ticket",
-        ticket, "clock", (json_int_t)cel_events_clock_forward(pb->ev), "properties",
-        "delivery_mode", 1, "delivery_info", "exchange", exchange, "routing_key", routing_key,
-        "priority", 0, "body_encoding", "base64", "delivery_tag", tag);
-    free(b64);
-    reply_ctx_t *rc = calloc(1, sizeof(*rc));
-    if (!rc || !env || !(rc->envelope = cel_json_dumps(env, NULL))) {
-        json_decref(env);
-        free(rc);
+    json_t *headers = json_pack("{s:s, s:I}", "ticket", ticket, "clock",
+                                (json_int_t)cel_events_clock_forward(pb->ev));
+    if (!headers) {
+        free(text);
         cel_error("pidbox: out of memory building a reply");
         return;
     }
-    json_decref(env);
-    rc->pb = pb;
-    snprintf(rc->routing_key, sizeof(rc->routing_key), "%s", routing_key);
-    char key[CEL_PIDBOX_NAME_MAX + 32];
-    snprintf(key, sizeof(key), "_kombu.binding.%s", exchange);
-    const char *argv[] = { "SMEMBERS", key };
-    if (cel_redis_command(pb->cmd, on_bindings, rc, 2, argv, NULL) != CEL_OK) {
+    if (!pb->bus || !cel_bus_up(pb->bus)) {
         cel_error("pidbox: broker connection down; reply to %s dropped", routing_key);
-        free(rc->envelope);
-        free(rc);
+    } else {
+        /* kombu's _publish_reply: a transient direct exchange, delivery_mode 1 */
+        cel_bus_exchange_t ex = { exchange, "direct", 0, 0 };
+        cel_broker_out_t m = { .exchange = exchange,
+                               .routing_key = routing_key,
+                               .headers = headers,
+                               .content_type = "application/json",
+                               .content_encoding = "utf-8",
+                               .body = text,
+                               .body_len = strlen(text),
+                               .priority = 0,
+                               .persistent = 0 };
+        cel_bus_publish(pb->bus, &ex, &m, NULL, NULL);
     }
+    json_decref(headers);
+    free(text);
 }
 
 static int short_string(json_t *v) {
     return json_is_string(v) && json_string_length(v) <= CEL_PIDBOX_NAME_MAX;
 }
 
-/* Decodes the envelope's body into a JSON object (new reference) or NULL. */
-static json_t *decode_body(json_t *env, cel_err_t *err) {
-    json_t *props = json_object_get(env, "properties");
-    const char *benc = json_string_value(json_object_get(props, "body_encoding"));
-    const char *ctype = json_string_value(json_object_get(env, "content-type"));
-    json_t *jbody = json_object_get(env, "body");
-    if (!json_is_string(jbody)) {
-        cel_err_set(err, CEL_EPROTO, "envelope has no body string");
-        return NULL;
-    }
-    const char *b = json_string_value(jbody);
-    size_t blen = json_string_length(jbody);
-    uint8_t *raw = NULL;
-    size_t rawlen = blen;
-    if (benc && strcmp(benc, "base64") == 0) {
-        if (cel_base64_decode(b, blen, &raw, &rawlen, err) != CEL_OK) return NULL;
-    } else {
-        raw = malloc(blen + 1);
-        if (!raw) {
-            cel_err_set(err, CEL_ENOMEM, "out of memory decoding a control message body");
-            return NULL;
-        }
-        memcpy(raw, b, blen + 1);
-    }
+/* Decodes a request's body into a JSON object (new reference) or NULL. */
+static json_t *decode_body(const cel_bus_msg_t *m, cel_err_t *err) {
+    const char *ctype = m->content_type;
     json_t *body = NULL;
     if (!ctype || strcmp(ctype, "application/json") == 0) {
         json_error_t jerr;
-        body = json_loadb((const char *)raw, rawlen, JSON_DECODE_ANY, &jerr);
+        body = json_loadb((const char *)m->body, m->len, JSON_DECODE_ANY, &jerr);
         if (!body) cel_err_set(err, CEL_EPROTO, "body is not JSON: %s", jerr.text);
     } else if (strcmp(ctype, "application/x-msgpack") == 0) {
-        cel_msgpack_to_json(raw, rawlen, &body, err);
+        cel_msgpack_to_json(m->body, m->len, &body, err);
     } else {
         cel_err_set(err, CEL_EPROTO, "content type '%.64s' is not accepted", ctype);
     }
-    free(raw);
     if (body && !json_is_object(body)) {
         cel_err_set(err, CEL_EPROTO, "body is not a mapping");
         json_decref(body);
@@ -209,28 +144,14 @@ static int for_us(cel_pidbox_t *pb, json_t *body) {
     return 1;
 }
 
-static void handle_message(cel_pidbox_t *pb, const char *data, size_t len) {
-    cel_events_clock_forward(pb->ev); /* celery/worker/pidbox.py _forward_clock */
-    if (len > CEL_PIDBOX_MAX_BYTES) {
-        cel_error("pidbox: dropping a control message of %zu bytes (limit %d)", len,
-                  CEL_PIDBOX_MAX_BYTES);
-        return;
-    }
-    json_error_t jerr;
+/* One request, its clock already forwarded. */
+static void handle_request(cel_pidbox_t *pb, const cel_bus_msg_t *m) {
     cel_err_t err;
     cel_err_clear(&err);
-    json_t *env = json_loadb(data, len, 0, &jerr);
-    if (!json_is_object(env)) {
-        cel_error("pidbox: dropping a malformed control message (not a kombu envelope): %.*s",
-                  (int)(len < 120 ? len : 120), data); /* data is not NUL-terminated */
-        json_decref(env);
-        return;
-    }
-    json_t *clock = json_object_get(json_object_get(env, "headers"), "clock");
+    json_t *clock = json_object_get(m->headers, "clock");
     if (json_is_integer(clock) && json_integer_value(clock) > 0)
         cel_events_clock_adjust(pb->ev, (uint64_t)json_integer_value(clock));
-    json_t *body = decode_body(env, &err);
-    json_decref(env);
+    json_t *body = decode_body(m, &err);
     if (!body) {
         cel_error("pidbox: dropping a control message: %s", err.msg);
         return;
@@ -265,38 +186,32 @@ static void handle_message(cel_pidbox_t *pb, const char *data, size_t len) {
     json_decref(body);
 }
 
-static void on_pmessage(cel_redis_t *r, redisReply *reply, void *priv) {
+/* A request as a kombu Redis envelope (data not NUL-terminated): the same
+ * path the Redis bus takes, in one function, for tests/fuzz/fuzz_pidbox.c
+ * (which includes this file; the worker itself does not call it). */
+__attribute__((unused)) static void handle_message(cel_pidbox_t *pb, const char *data, size_t len) {
+    cel_events_clock_forward(pb->ev); /* celery/worker/pidbox.py _forward_clock */
+    if (len > CEL_PIDBOX_MAX_BYTES) {
+        cel_error("pidbox: dropping a control message of %zu bytes (limit %d)", len,
+                  CEL_PIDBOX_MAX_BYTES);
+        return;
+    }
+    cel_bus_envelope_t e;
+    cel_err_t err;
+    if (cel_bus_envelope_parse(data, len, &e, &err) != CEL_OK) {
+        cel_error("pidbox: dropping a malformed control message (%s)", err.msg);
+        return;
+    }
+    handle_request(pb, &e.msg);
+    cel_bus_envelope_free(&e);
+}
+
+/* A request from the bus (unwrapped by it on Redis, native on AMQP). */
+static void on_request(void *priv, const cel_bus_msg_t *m) {
     cel_pidbox_t *pb = priv;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) return;
-    redisReply *kind = reply->element[0], *data = reply->element[3];
-    if (kind->type != REDIS_REPLY_STRING || strcmp(kind->str, "pmessage") != 0) return;
-    if (data->type != REDIS_REPLY_STRING || pb->stopped) return;
-    handle_message(pb, data->str, data->len);
-}
-
-static void on_sub_state(cel_redis_t *r, int up, void *priv) {
-    cel_pidbox_t *pb = priv;
-    if (up && cel_redis_psubscribe(r, pb->channel, on_pmessage, pb) != CEL_OK)
-        cel_error("pidbox: cannot subscribe to %s", pb->channel);
-}
-
-static void on_bound(cel_redis_t *r, redisReply *reply, void *priv) {
-    if (reply && reply->type == REDIS_REPLY_ERROR) cel_error("pidbox: binding: %s", reply->str);
-}
-
-/* Declares our queue's binding as kombu's queue_bind does (informational on
- * Redis: fanout goes through PUBLISH, but tools list bindings). */
-static void bind_queue(cel_pidbox_t *pb, const char *verb) {
-    char member[400];
-    int n = snprintf(member, sizeof(member), "\x06\x16\x06\x16%s.celery.pidbox", pb->cfg->hostname);
-    const char *argv[] = { verb, "_kombu.binding.celery.pidbox", member };
-    size_t lens[] = { 4, 28, (size_t)n };
-    cel_redis_command(pb->cmd, on_bound, pb, 3, argv, lens);
-}
-
-static void on_cmd_state(cel_redis_t *r, int up, void *priv) {
-    cel_pidbox_t *pb = priv;
-    if (up && !pb->stopped) bind_queue(pb, "SADD");
+    if (pb->stopped) return;
+    cel_events_clock_forward(pb->ev); /* celery/worker/pidbox.py _forward_clock */
+    handle_request(pb, m);
 }
 
 cel_pidbox_t *cel_pidbox_new(uv_loop_t *loop, const cel_options_t *cfg, cel_events_t *ev,
@@ -308,22 +223,25 @@ cel_pidbox_t *cel_pidbox_new(uv_loop_t *loop, const cel_options_t *cfg, cel_even
     pb->ev = ev;
     pb->handler = handler;
     pb->priv = priv;
-    snprintf(pb->channel, sizeof(pb->channel), "/%d.celery.pidbox", cfg->broker.db);
-    pb->cmd = cel_redis_new(loop, &cfg->broker, "pidbox-reply", NULL, 0, on_cmd_state, pb);
-    pb->sub = cel_redis_new(loop, &cfg->broker, "pidbox", NULL, 0, on_sub_state, pb);
-    if (!pb->cmd || !pb->sub) return NULL; /* out of memory at start-up: the caller exits */
+    char queue[CEL_PIDBOX_NAME_MAX + 32];
+    snprintf(queue, sizeof(queue), "%s.celery.pidbox", cfg->hostname);
+    /* celery/app/control.py Mailbox: queue_ttl 300 s, queue_expires 10 s */
+    cel_bus_queue_t q = { { "celery.pidbox", "fanout", 0, 0 }, queue, "", 300.0, 10.0 };
+    cel_err_t err;
+    if (!(pb->bus = cel_bus_new(loop, cfg, "pidbox", 0, NULL, NULL, &err)) ||
+        cel_bus_listen(pb->bus, &q, on_request, pb) != CEL_OK)
+        return NULL; /* out of memory at start-up: the caller exits */
     return pb;
 }
 
 void cel_pidbox_stop(cel_pidbox_t *pb) {
     if (pb->stopped) return;
     pb->stopped = 1;
-    if (cel_redis_up(pb->cmd)) bind_queue(pb, "SREM");
+    if (pb->bus) cel_bus_unlisten(pb->bus);
 }
 
-static void close_step(void *priv) {
+static void on_bus_closed(void *priv) {
     cel_pidbox_t *pb = priv;
-    if (--pb->closing_left > 0) return;
     void (*cb)(void *) = pb->on_closed;
     void *cp = pb->closed_priv;
     free(pb);
@@ -334,7 +252,5 @@ void cel_pidbox_close(cel_pidbox_t *pb, void (*on_closed)(void *), void *priv) {
     cel_pidbox_stop(pb);
     pb->on_closed = on_closed;
     pb->closed_priv = priv;
-    pb->closing_left = 2;
-    cel_redis_close(pb->sub, close_step, pb);
-    cel_redis_close(pb->cmd, close_step, pb);
+    cel_bus_close(pb->bus, on_bus_closed, pb);
 }

@@ -1,13 +1,13 @@
-/* pidbox.h -- the worker's remote-control mailbox on Redis (kombu pidbox Node).
+/* pidbox.h -- the worker's remote-control mailbox (kombu pidbox Node), on Redis or AMQP.
  *
- * Listens on the broadcast channel "/<db>.celery.pidbox" (fanout exchange
- * celery.pidbox) with PSUBSCRIBE on a connection of its own, decodes each
- * kombu envelope (JSON or msgpack body), keeps the Lamport clock, honours
- * destination and pattern/matcher as kombu/pidbox.py Node.handle_message does,
- * calls the handler, and LPUSHes the reply {"<node>": value} to the reply
- * queues bound to reply_to (kombu's direct exchange lookup through
- * _kombu.binding.<exchange>). Malformed messages are logged and dropped.
- * Main process, libuv loop; never blocks.
+ * Listens on the worker's queue "<node>.celery.pidbox", bound to the fanout
+ * exchange celery.pidbox, through the broker's bus (bus.h: PSUBSCRIBE on
+ * Redis, a real queue on RabbitMQ); decodes each request (JSON or msgpack
+ * body), keeps the Lamport clock, honours destination and pattern/matcher as
+ * kombu/pidbox.py Node.handle_message does, calls the handler, and publishes
+ * the reply {"<node>": value} to reply_to's exchange and routing key.
+ * Malformed messages are logged and dropped. Main process, libuv loop;
+ * never blocks.
  */
 #ifndef CEL_PIDBOX_H
 #define CEL_PIDBOX_H

@@ -1,12 +1,27 @@
-"""conftest.py -- fixtures for celeriac's integration tests: Redis, workers, Celery clients.
+"""conftest.py -- fixtures for celeriac's integration tests: Redis, RabbitMQ, workers, clients.
 
 One redis-server per pytest session on a free loopback port (no persistence, 1000 databases);
 each test gets its own database number, so tests never see each other's keys or pidbox/event
-channels (kombu prefixes fanout channels with the db number).
+channels (kombu prefixes fanout channels with the db number). A rabbitmq-server is started the
+first time a test asks for the AMQP broker (its own node name, ports, epmd port, data and log
+directories under the session's tmp dir; once per session; stopped at the end) and each test
+gets its own virtual host, the AMQP twin of the fresh database.
+
+Brokers: a test runs on Redis unless it is marked `@both_brokers` (or its module sets
+`pytestmark = both_brokers`): then it runs once per broker, as test[redis] and test[amqp]
+(`@redis_only` inside such a module keeps one test on Redis, e.g. one that reads kombu's
+`unacked` hash). The `broker` fixture names the broker of the run; `broker_url`, `celery_app`,
+`make_app`, `worker` and `pyworker` follow it. On AMQP the result backend is the test's Redis
+database (backend_url), so metas can still be read with redis_client. CELERIAC_BROKERS=redis
+(or =amqp) runs only one of them.
 
 Fixtures:
   redis_server      the session's server (host, port, url(db))
-  db, broker_url    the test's database number and redis://127.0.0.1:PORT/DB
+  rabbit_server     the session's rabbitmq-server (url(vhost), vhost(), ctl(...), restart())
+  broker            "redis" or "amqp": the broker of this run
+  db, broker_url    the test's database number, and its broker's URL (redis://.../DB, or
+                    amqp://guest:guest@127.0.0.1:PORT/<fresh vhost>)
+  backend_url       the result backend: redis://127.0.0.1:PORT/DB
   redis_client      redis.Redis on the test's database (raw access for wire-level checks)
   make_app          factory for celery.Celery clients (broker, backend, conf overrides); closed
   celery_app        make_app() for the test's database
@@ -25,6 +40,7 @@ Environment:
   CELERIAC_WORKER=python  run the `worker` fixture on the stock Python worker instead (used to
                     validate the tests themselves; celeriac-only checks are skipped there)
   CELERIAC_TEST_TIMEOUT   per-test hard limit in seconds (default 120)
+  CELERIAC_BROKERS  brokers the @both_brokers tests run on (default "redis,amqp")
 
 Every worker's stderr goes to a per-test log file; when a test fails, the tail of each of its
 workers' logs is attached to the pytest report. Sanitizer reports in a log fail the test.
@@ -88,7 +104,11 @@ def wait_active(app, task_id, timeout=10):
 
 
 def subscribers(client, db):
-    """Connections on database db that are in subscribe mode (SUBSCRIBE or PSUBSCRIBE)."""
+    """Connections on database db that are in subscribe mode (SUBSCRIBE or PSUBSCRIBE). On an
+    AMQP run: the event receivers' queues (celeryev.*) with a consumer in the test's vhost."""
+    if _ACTIVE["broker"] == "amqp" and _ACTIVE["rabbit"] is not None:
+        qs = _ACTIVE["rabbit"].queues(_ACTIVE["vhost"])
+        return [q for q, (_, consumers) in qs.items() if q.startswith("celeryev.") and consumers]
     return [c for c in client.client_list()
             if int(c.get("db", -1)) == db and int(c.get("sub", 0)) + int(c.get("psub", 0)) > 0]
 
@@ -249,7 +269,19 @@ def fresh_db(redis_server):
 
 
 @pytest.fixture
-def broker_url(redis_server, db):
+def backend_url(redis_server, db):
+    """The result backend of the test: its Redis database (on either broker)."""
+    return redis_server.url(db)
+
+
+@pytest.fixture
+def broker_url(request, broker, redis_server, db):
+    _ACTIVE.update(broker=broker, rabbit=None, vhost=None)
+    if broker == "amqp":
+        rabbit = request.getfixturevalue("rabbit_server")
+        vhost = rabbit.vhost()
+        _ACTIVE.update(rabbit=rabbit, vhost=vhost)
+        return rabbit.url(vhost)
     return redis_server.url(db)
 
 
@@ -325,18 +357,233 @@ def redis_monitor(redis_server):
 
 
 # --------------------------------------------------------------------------------------------
-# Celery clients
+# RabbitMQ
+
+
+RABBIT_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+RABBIT_CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+BROKERS = [b for b in os.environ.get("CELERIAC_BROKERS", "redis,amqp").split(",") if b]
+VHOST_BATCH = 25
+
+both_brokers = pytest.mark.brokers("redis", "amqp")
+redis_only = pytest.mark.brokers("redis")
+
+
+class RabbitServer:
+    """A private rabbitmq-server node: own node name, AMQP/TLS/distribution/epmd ports, data
+    and log directories, Erlang cookie (HOME), all under workdir. The packaged wrapper is not
+    used (it switches to the rabbitmq user); /usr/lib/rabbitmq/bin's scripts run as we are."""
+
+    def __init__(self, workdir, tls=None):
+        self.workdir = workdir
+        self.tls = tls  # (ca, cert, key) for a TLS listener, or None
+        self.node = f"celeriac-test-{os.getpid()}@localhost"
+        self.port = self.tls_port = self.dist_port = self.epmd_port = None
+        self.proc = None
+        self._vhosts = []
+        self._used = []
+        self._next_vhost = itertools.count(1)
+
+    def _env(self):
+        w = self.workdir
+        env = dict(os.environ)
+        env.update({
+            "HOME": w, "RABBITMQ_NODENAME": self.node, "RABBITMQ_USE_LONGNAME": "false",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port), "ERL_EPMD_PORT": str(self.epmd_port),
+            "RABBITMQ_MNESIA_BASE": f"{w}/mnesia", "RABBITMQ_MNESIA_DIR": f"{w}/mnesia/node",
+            "RABBITMQ_FEATURE_FLAGS_FILE": f"{w}/mnesia/feature_flags",
+            "RABBITMQ_PLUGINS_EXPAND_DIR": f"{w}/mnesia/plugins",
+            "RABBITMQ_QUORUM_DIR": f"{w}/mnesia/quorum", "RABBITMQ_STREAM_DIR": f"{w}/mnesia/stream",
+            "RABBITMQ_LOG_BASE": f"{w}/log", "RABBITMQ_CONFIG_FILE": f"{w}/rabbitmq",
+            "RABBITMQ_ADVANCED_CONFIG_FILE": f"{w}/advanced.config",
+            "RABBITMQ_CONF_ENV_FILE": f"{w}/rabbitmq-env.conf",
+            "RABBITMQ_ENABLED_PLUGINS_FILE": f"{w}/enabled_plugins",
+            "RABBITMQ_PID_FILE": f"{w}/rabbit.pid",
+            # two schedulers: the test machine has two cores shared with everything else
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "+S 2:2 +sbwt none +sbwtdcpu none",
+        })
+        return env
+
+    def start(self):
+        if not (os.access(RABBIT_SERVER, os.X_OK) and os.access(RABBIT_CTL, os.X_OK)):
+            pytest.skip(f"rabbitmq-server is not installed ({RABBIT_SERVER} missing; "
+                        f"`make deps` installs the Debian package)")
+        os.makedirs(f"{self.workdir}/log", exist_ok=True)
+        os.makedirs(f"{self.workdir}/mnesia", exist_ok=True)
+        self.port, self.dist_port, self.epmd_port = free_port(), free_port(), free_port()
+        conf = [f"listeners.tcp.default = 127.0.0.1:{self.port}",
+                "log.console = false", "log.file.level = info",
+                "disk_free_limit.absolute = 10MB"]
+        if self.tls:
+            self.tls_port = free_port()
+            ca, cert, key = self.tls
+            conf += [f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
+                     f"ssl_options.cacertfile = {ca}", f"ssl_options.certfile = {cert}",
+                     f"ssl_options.keyfile = {key}", "ssl_options.verify = verify_peer",
+                     "ssl_options.fail_if_no_peer_cert = false"]
+        with open(f"{self.workdir}/rabbitmq.conf", "w") as f:
+            f.write("\n".join(conf) + "\n")
+        with open(f"{self.workdir}/enabled_plugins", "w") as f:
+            f.write("[].\n")
+        self.log = open(f"{self.workdir}/server.out", "ab")
+        self.proc = subprocess.Popen([RABBIT_SERVER], env=self._env(), stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        r = self.ctl("wait", f"{self.workdir}/rabbit.pid", "--timeout", "120", timeout=150)
+        if r.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"rabbitmq-server did not start: {r.stdout}{r.stderr}; "
+                               f"see {self.workdir}/server.out and {self.workdir}/log")
+        return self
+
+    def ctl(self, *args, timeout=60):
+        """Runs rabbitmqctl against this node; returns the CompletedProcess."""
+        return subprocess.run([RABBIT_CTL, "-n", self.node, *args], env=self._env(),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def eval(self, expr):
+        r = self.ctl("eval", expr)
+        if r.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl eval failed: {r.stdout}{r.stderr}")
+        return r.stdout.strip()
+
+    def vhost(self):
+        """A fresh virtual host (guest may do anything there). Made VHOST_BATCH at a time in
+        one `rabbitmqctl eval`, which also deletes the ones handed out before."""
+        if not self._vhosts:
+            new = [f"t{next(self._next_vhost)}" for _ in range(VHOST_BATCH)]
+            old, self._used = self._used, []
+            q = lambda names: "[" + ",".join(f'<<"{n}">>' for n in names) + "]"
+            self.eval(
+                f"lists:foreach(fun(V) -> catch rabbit_vhost:delete(V, <<\"test\">>) end, {q(old)}),"
+                f"lists:foreach(fun(V) -> ok = rabbit_vhost:add(V, <<\"test\">>),"
+                f" rabbit_auth_backend_internal:set_permissions(<<\"guest\">>, V, <<\".*\">>,"
+                f" <<\".*\">>, <<\".*\">>, <<\"test\">>) end, {q(new)}), ok.")
+            self._vhosts = new
+        v = self._vhosts.pop(0)
+        self._used.append(v)
+        return v
+
+    def url(self, vhost, scheme="amqp"):
+        port = self.tls_port if scheme == "amqps" else self.port
+        return f"{scheme}://guest:guest@127.0.0.1:{port}/{vhost}"
+
+    def queues(self, vhost):
+        """{queue name: (messages, consumers)} in vhost, from rabbitmqctl (about a second)."""
+        r = self.ctl("list_queues", "-p", vhost, "name", "messages", "consumers", "--no-table-headers",
+                     "--quiet")
+        out = {}
+        for line in r.stdout.splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3 and parts[1].isdigit():
+                out[parts[0]] = (int(parts[1]), int(parts[2]))
+        return out
+
+    def restart(self):
+        """stop_app + start_app: every connection is closed, durable queues and persistent
+        messages survive, the node (ports, vhosts) stays: a broker restart as clients see it."""
+        for cmd in ("stop_app", "start_app"):
+            r = self.ctl(cmd, timeout=120)
+            if r.returncode != 0:
+                raise RuntimeError(f"rabbitmqctl {cmd}: {r.stdout}{r.stderr}")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.ctl("stop", timeout=60)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait(10)
+        if self.epmd_port:  # the epmd our node started on its private port
+            subprocess.run(["epmd", "-port", str(self.epmd_port), "-kill"],
+                           capture_output=True, timeout=10)
+
+
+def make_tls_files(d):
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate (openssl),
+    or None when openssl is missing."""
+    if shutil.which("openssl") is None:
+        return None
+    os.makedirs(d, exist_ok=True)
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=celeriac-test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    with open(os.path.join(d, "san.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for who in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}", "-keyout", f"{who}.key",
+            "-out", f"{who}.csr")
+        run("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", f"{who}.pem", "-extfile", "san.cnf")
+    return {k: os.path.join(d, f) for k, f in (("ca", "ca.pem"), ("cert", "server.pem"),
+                                                 ("key", "server.key"), ("client_cert", "client.pem"),
+                                                 ("client_key", "client.key"))}
+
+
+@pytest.fixture(scope="session")
+def rabbit_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("rabbit")
+    tls = make_tls_files(str(base / "tls"))
+    server = RabbitServer(str(base), (tls["ca"], tls["cert"], tls["key"]) if tls else None)
+    server.tls_files = tls
+    server.start()
+    yield server
+    server.stop()
+
+
+# What the current test runs on, for helpers that look at the broker (subscribers).
+_ACTIVE = {"broker": "redis", "rabbit": None, "vhost": None}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "brokers(*names): run the test once per broker named "
+                            "(redis, amqp); see conftest.py")
+
+
+def pytest_generate_tests(metafunc):
+    if "broker" not in metafunc.fixturenames:
+        return
+    mark = metafunc.definition.get_closest_marker("brokers")
+    if mark is None:
+        return  # a plain test: Redis, its id unchanged
+    metafunc.parametrize("broker", [b for b in mark.args if b in BROKERS], indirect=True)
 
 
 @pytest.fixture
-def make_app():
-    """Factory: make_app(broker, backend=None, **conf) -> celery.Celery (closed at teardown)."""
+def broker(request):
+    """The broker of this run: "redis" unless the test is parametrized over brokers."""
+    return getattr(request, "param", "redis")
+
+
+# --------------------------------------------------------------------------------------------
+# Celery clients
+
+
+def is_amqp(url):
+    return url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+
+@pytest.fixture
+def make_app(request):
+    """Factory: make_app(broker, backend=None, **conf) -> celery.Celery (closed at teardown).
+    The backend defaults to the broker on Redis and to the test's Redis database on AMQP."""
     from celery import Celery
 
     apps = []
 
     def make(broker, backend=None, **conf):
-        app = Celery(f"client{len(apps)}", broker=broker, backend=backend or broker,
+        if backend is None:
+            backend = request.getfixturevalue("backend_url") if is_amqp(broker) else broker
+        app = Celery(f"client{len(apps)}", broker=broker, backend=backend,
                      set_as_current=False)
         app.conf.update(broker_connection_retry_on_startup=True,
                         redis_socket_timeout=30, redis_socket_connect_timeout=5,
@@ -499,7 +746,8 @@ def pytest_runtest_makereport(item, call):
 
 # Fixtures whose tests get the SIGALRM safety net (other files in this directory, such as
 # the executor and model tests, keep their own time budgets).
-_TIMED_FIXTURES = {"worker", "pyworker", "redis_server", "make_app", "tmp_redis", "redis_monitor"}
+_TIMED_FIXTURES = {"worker", "pyworker", "redis_server", "make_app", "tmp_redis", "redis_monitor",
+                   "rabbit_server"}
 
 
 @pytest.fixture(autouse=True)
@@ -547,6 +795,8 @@ def _python_worker_cmd(args, hostname_default, concurrency_default=2):
             env["PYDIAG_VISIBILITY_TIMEOUT"] = next(it)
         elif a == "--result-expires":
             env["PYDIAG_RESULT_EXPIRES"] = next(it)
+        elif a == "--max-priority":
+            env["PYDIAG_MAX_PRIORITY"] = next(it)
         elif a in ("--state-dir", "--executor"):
             next(it)
         elif a in ("-c", "--concurrency", "-n", "--hostname", "-Q", "--queues", "-l",
@@ -564,8 +814,10 @@ def _python_worker_cmd(args, hostname_default, concurrency_default=2):
 
 
 def _start_worker(request, tmp_path, kind, args, broker, env, ready, ready_timeout,
-                  hostname_default="py@%h"):
-    """Starts one worker; kind is 'celeriac' or 'python'."""
+                  hostname_default="py@%h", started=None):
+    """Starts one worker; kind is 'celeriac' or 'python'. It joins `started` (the fixture's
+    list, stopped at teardown) before its ready wait, so one that never gets ready is
+    stopped too."""
     workers = request.node.__dict__.setdefault("_celeriac_workers", [])
     n = len(workers)
     log_path = str(tmp_path / f"{kind}{n}.log")
@@ -590,9 +842,19 @@ def _start_worker(request, tmp_path, kind, args, broker, env, ready, ready_timeo
         full_env["PYTHONPATH"] = HERE
         w = WorkerProc("python", cmd, full_env, HERE, log_path)
     workers.append(w)
+    if started is not None:
+        started.append(w)
     if ready:
         w.wait_ready(ready_timeout)
     return w
+
+
+def _with_backend(args, broker, request):
+    """On an AMQP broker the worker stores results in the test's Redis database unless the
+    args name a backend (the client's default, see make_app)."""
+    if broker is None or not is_amqp(broker) or "--result-backend" in args:
+        return args
+    return ("--result-backend", request.getfixturevalue("backend_url")) + tuple(args)
 
 
 @pytest.fixture
@@ -606,12 +868,11 @@ def worker(request, tmp_path, broker_url):
     started = []
 
     def start(*args, broker=broker_url, env=None, ready=True, ready_timeout=20):
+        args = _with_backend(args, broker, request)
         kind = "python" if WORKER_KIND == "python" else "celeriac"
         timeout = ready_timeout * (2 if kind == "python" else 1)
-        w = _start_worker(request, tmp_path, kind, args, broker, env, ready, timeout,
-                          hostname_default="pyceleriac@%h")
-        started.append(w)
-        return w
+        return _start_worker(request, tmp_path, kind, args, broker, env, ready, timeout,
+                             hostname_default="pyceleriac@%h", started=started)
 
     yield start
     for w in started:
@@ -627,9 +888,9 @@ def pyworker(request, tmp_path, broker_url):
     started = []
 
     def start(*args, broker=broker_url, env=None, ready=True, ready_timeout=40):
-        w = _start_worker(request, tmp_path, "python", args, broker, env, ready, ready_timeout)
-        started.append(w)
-        return w
+        args = _with_backend(args, broker, request)
+        return _start_worker(request, tmp_path, "python", args, broker, env, ready,
+                             ready_timeout, started=started)
 
     yield start
     for w in started:

@@ -10,6 +10,7 @@ Configuration comes from the environment only:
   PYDIAG_VISIBILITY_TIMEOUT  kombu visibility_timeout in seconds (default 3600)
   PYDIAG_RESULT_EXPIRES      result_expires in seconds (default 86400, 0 = never)
   PYDIAG_RESULT_EXTENDED     "1": result_extended (metas carry name, args, kwargs, ...)
+  PYDIAG_MAX_PRIORITY        task_queue_max_priority (AMQP queues' x-max-priority; default none)
 """
 
 import os
@@ -32,6 +33,8 @@ app.conf.update(
     worker_hijack_root_logger=True,
     result_extended=os.environ.get("PYDIAG_RESULT_EXTENDED") == "1",
 )
+if os.environ.get("PYDIAG_MAX_PRIORITY"):
+    app.conf.task_queue_max_priority = int(os.environ["PYDIAG_MAX_PRIORITY"])
 
 
 @app.task(name="diag.noop")

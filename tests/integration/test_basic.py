@@ -17,7 +17,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from celery.exceptions import NotRegistered, TaskRevokedError, TimeoutError as CeleryTimeout
 
-from conftest import celeriac_only, scaled, wait_until
+from conftest import both_brokers, celeriac_only, redis_only, scaled, wait_until
+
+# Every test here runs on Redis and on RabbitMQ (conftest.py), but those that push raw
+# messages into a Redis list.
+pytestmark = both_brokers
 
 GET = 10  # seconds allowed for one result in these tests (scaled for ASan)
 
@@ -420,6 +424,7 @@ def envelope(task="diag.add", task_id=None, body=b"[[1, 2], {}, {}]", encode=Tru
     return task_id, json.dumps(env)
 
 
+@redis_only
 @celeriac_only  # the stock worker dies on the first one: "Unrecoverable error: JSONDecodeError"
 def test_bad_messages_are_dropped_and_worker_keeps_serving(worker, celery_app, redis_client):
     w = worker("-c", "1")
@@ -492,6 +497,7 @@ def test_bad_messages_are_dropped_and_worker_keeps_serving(worker, celery_app, r
 @pytest.mark.parametrize("body", [b'{"a": 1}', b"42", b'"a string"', b"null", b"[]",
                                   b'[[1, 2], {"a": 1}, {}, "extra"]', b"[5, {}, {}]",
                                   b"[[1, 2], [], {}]"])
+@redis_only
 def test_body_not_a_list_fails_instead_of_hanging(worker, celery_app, redis_client, body):
     """A protocol-2 body that is not [args, kwargs, embed]: FAILURE stored for its id."""
     worker()
@@ -505,6 +511,7 @@ def test_body_not_a_list_fails_instead_of_hanging(worker, celery_app, redis_clie
     assert celery_app.send_task("diag.add", args=[2, 3]).get(timeout=scaled(GET)) == 5
 
 
+@redis_only
 def test_hybrid_message_is_accepted(worker, celery_app, redis_client):
     """Protocol-2 headers with a protocol-1 style dict body holding 'args' (celery's
     hybrid_to_proto2) run with those args."""
@@ -514,6 +521,7 @@ def test_hybrid_message_is_accepted(worker, celery_app, redis_client):
     assert celery_app.AsyncResult(tid).get(timeout=scaled(GET)) == 3
 
 
+@redis_only
 def test_protocol1_message_is_accepted(worker, celery_app, redis_client):
     """A protocol-1 message (task fields in the body, no 'task' header) still runs."""
     worker()

@@ -11,8 +11,13 @@ import uuid
 import pytest
 from celery.exceptions import TaskRevokedError
 
-from conftest import celeriac_only, scaled, wait_active, wait_until
+from conftest import (both_brokers, celeriac_only, redis_only, scaled, wait_active,
+                      wait_until)
 from remote import cli, only
+
+# Remote control on both brokers (conftest.py); add/cancel_consumer's check reads Redis's
+# command stream, so it stays there.
+pytestmark = both_brokers
 
 T = 2.0
 
@@ -115,6 +120,7 @@ def is_fetch(command):
     return command.startswith(("BRPOP ", "EVALSHA "))
 
 
+@redis_only
 def test_add_and_cancel_consumer(worker, celery_app, redis_client, redis_monitor, db):
     worker()
     reply = celery_app.control.add_consumer("extra", reply=True, timeout=scaled(T))

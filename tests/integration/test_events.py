@@ -9,7 +9,11 @@ import signal
 import subprocess
 import threading
 
-from conftest import HERE, PYTHON, celeriac_only, scaled, subscribers, wait_subscribed, wait_until
+from conftest import (HERE, PYTHON, both_brokers, celeriac_only, scaled, subscribers,
+                      wait_subscribed, wait_until)
+
+# Events on both brokers (conftest.py): celeryev is a topic exchange on RabbitMQ.
+pytestmark = both_brokers
 
 
 class Monitor:

@@ -19,7 +19,7 @@ import threading
 import pytest
 import requests
 
-from conftest import REPO, free_port, scaled, wait_until
+from conftest import REPO, both_brokers, free_port, scaled, wait_until
 from http_fixtures import KEYS_ENV, TEXT, ApiCalls, err, table_config
 
 HTTP_TIMEOUT = 10
@@ -108,7 +108,7 @@ class Api(ApiCalls):
 
 
 @pytest.fixture
-def gunicorn(request, tmp_path, broker_url):
+def gunicorn(request, tmp_path, broker_url, backend_url):
     """Factory: gunicorn(**env) -> Api for a started Gunicorn (2 workers) on the test's db."""
     started, apis = [], []
     table = table_config()
@@ -124,7 +124,8 @@ def gunicorn(request, tmp_path, broker_url):
             "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "2",
             "GUNICORN_THREADS": "4", "GUNICORN_LOG_LEVEL": "warning",
             "GUNICORN_GRACEFUL_TIMEOUT": "5",
-            "CELERY_BROKER_URL": broker_url, "CELERIAC_API_KEYS": KEYS_ENV,
+            "CELERY_BROKER_URL": broker_url, "CELERY_RESULT_BACKEND": backend_url,
+            "CELERIAC_API_KEYS": KEYS_ENV,
             "CELERIAC_ENABLE_DIAG": "1",
             "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off", **table,
         })
@@ -193,6 +194,7 @@ def test_body_too_large_413(gunicorn):
     err(r, 400, "ValidationError", "unknown field")
 
 
+@both_brokers
 def test_futures_through_the_worker(api, worker):
     # Sent before any worker runs: certainly pending, and the route did not wait for it.
     fid = api.submit("/diag/add", {"args": [2, 3]})
@@ -261,6 +263,7 @@ def _train_user(api, user, steps, out):
     out[user] = {"adapter_id": aid, "losses": losses, "sample": sample}
 
 
+@both_brokers
 def test_adapter_life_cycle_two_users(api, worker, tmp_path):
     _model_worker(worker, tmp_path)
     out, errors = {}, []
@@ -321,6 +324,7 @@ def test_adapter_life_cycle_two_users(api, worker, tmp_path):
     assert api.get("/adapters", user="bob").json()["adapter_ids"] == [b]
 
 
+@both_brokers
 def test_progress_of_running_future(api, worker, tmp_path):
     """A long fwdbwd reports PROGRESS; /retrieve_future shows it as 202 running + progress."""
     _model_worker(worker, tmp_path)

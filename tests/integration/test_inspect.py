@@ -10,8 +10,11 @@ pidbox and events channels.
 import json
 import time
 
-from conftest import celeriac_only, scaled, wait_until
+from conftest import both_brokers, celeriac_only, redis_only, scaled, wait_until
 from remote import cli, only
+
+# Remote control on both brokers (conftest.py); raw garbage is pushed on Redis only.
+pytestmark = both_brokers
 
 T = 2.0  # inspect reply timeout
 
@@ -41,7 +44,7 @@ def test_cli_inspect_commands(worker, broker_url):
     assert pool["max-tasks-per-child"] == "N/A" and pool["put-guarded-by-semaphore"] is False
     assert set(pool["writes"]) >= {"total", "avg", "all", "raw", "strategy", "inqueues"}
     assert stats["prefetch_count"] == 8
-    assert stats["broker"]["transport"] == "redis"
+    assert stats["broker"]["transport"] == ("amqp" if broker_url.startswith("amqp") else "redis")
     assert {"utime", "stime", "maxrss", "nvcsw"} <= set(stats["rusage"])
     p = cli(broker_url, "inspect", "registered", "--json")
     reg = next(iter(json.loads(p.stdout).values()))
@@ -113,6 +116,7 @@ def test_three_workers_destination_and_pattern(worker, pyworker, celery_app):
     assert sorted(n.split("@")[0] for r in replies for n in r) == ["ca", "cb"]
 
 
+@redis_only
 @celeriac_only
 def test_garbage_on_pidbox_and_events_channels(worker, celery_app, redis_client, db):
     w = worker()

@@ -11,7 +11,7 @@ import socket
 import time
 
 from conftest import (WORKER_KIND, celeriac_only, scaled, wait_active, wait_held_older_than,
-                      wait_until)
+                      wait_until, both_brokers)
 
 GET = 10
 
@@ -22,6 +22,7 @@ def wait_received(w, task_id, timeout=GET):
     w.wait_log(rf"Received task: \S+\[{tid}\]|\[{tid}\] received", timeout)
 
 
+@both_brokers
 def test_warm_shutdown_keeps_running_result(worker, celery_app, redis_client):
     w = worker("-c", "1")
     running = celery_app.send_task("diag.sleep", args=[2])
@@ -54,6 +55,7 @@ def test_warm_shutdown_returns_prefetched_messages(worker, celery_app, redis_cli
     assert [r.get(timeout=scaled(GET)) for r in queued] == [100, 101, 102]
 
 
+@both_brokers
 def test_sigint_is_warm_shutdown(worker, celery_app):
     w = worker("-c", "1")
     running = celery_app.send_task("diag.sleep", args=[2])
@@ -63,6 +65,7 @@ def test_sigint_is_warm_shutdown(worker, celery_app):
     assert running.get(timeout=scaled(3)) == 2
 
 
+@both_brokers
 def test_idle_warm_shutdown_is_quick(worker):
     w = worker()
     t0 = time.monotonic()
@@ -91,6 +94,7 @@ def test_second_sigterm_is_cold_shutdown(worker, celery_app, redis_client):
     assert redis_client.hlen("unacked") + redis_client.llen("celery") >= 1
 
 
+@both_brokers
 def test_sigquit_is_cold_shutdown(worker, celery_app):
     w = worker("-c", "1")
     r = celery_app.send_task("diag.sleep", args=[30])
@@ -152,6 +156,7 @@ def test_sigkill_restore_by_python_worker(worker, pyworker, celery_app, redis_cl
     assert [r.get(timeout=scaled(30)) for r, _ in rs2] == [s for _, s in rs2]
 
 
+@both_brokers
 def test_executors_exit_when_main_is_killed(worker, celery_app):
     w = worker("-c", "2")
     assert celery_app.send_task("diag.add", args=[1, 1]).get(timeout=scaled(GET)) == 2

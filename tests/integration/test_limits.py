@@ -9,7 +9,10 @@ import time
 import pytest
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 
-from conftest import scaled, wait_until
+from conftest import both_brokers, scaled, wait_until
+
+# Executor crashes and time limits, on Redis and on RabbitMQ (conftest.py).
+pytestmark = both_brokers
 
 GET = 10
 

@@ -21,7 +21,8 @@ import time
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeout  # noqa: F401
 
-from conftest import PYTHON, REPO, WORKER_KIND, celeriac_bin_dir, scaled, wait_until
+from conftest import (PYTHON, REPO, WORKER_KIND, both_brokers, celeriac_bin_dir, scaled,
+                      wait_until)
 
 pytestmark = pytest.mark.skipif(WORKER_KIND == "python",
                                 reason="the model tasks exist only in celeriac")
@@ -122,6 +123,7 @@ def train(app, aid, n, text=TEXT, lr=1e-2):
 # scoring
 
 
+@both_brokers
 def test_score_shape_and_consistency(mworker, celery_app):
     mworker()
     s = call(celery_app, "model.score", TEXT)
@@ -172,6 +174,7 @@ def test_training_lowers_the_loss(mworker, celery_app):
     assert call(celery_app, "lora.info", aid)["step"] == 8
 
 
+@both_brokers
 def test_forward_backward_formats_and_progress(mworker, celery_app):
     mworker()
     aid = call(celery_app, "lora.create", rank=4)["adapter_id"]
@@ -428,6 +431,7 @@ def test_optim_step_without_gradients_fails(mworker, celery_app):
     assert typ == "ValueError" and NO_GRADS in msg
 
 
+@both_brokers
 def test_redelivered_optim_step_is_not_applied_twice(mworker, celery_app):
     w = mworker()
     aid = call(celery_app, "lora.create", rank=2, seed=1)["adapter_id"]
@@ -472,6 +476,7 @@ def test_killed_executor_loses_no_completed_step(mworker, celery_app):
     assert call(celery_app, "lora.optim_step", aid)["step"] == 3
 
 
+@both_brokers
 def test_worker_restart_keeps_adapters(mworker, make_app, broker_url, state_dir):
     app = make_app(broker_url)
     w = mworker()

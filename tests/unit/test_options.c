@@ -8,6 +8,9 @@
 #include "../../common/log.h"
 #include "../../worker/options.h"
 
+#define ARGV(...) char *av[] = { "celeriac", __VA_ARGS__, NULL }
+#define ARGC      ((int)(sizeof(av) / sizeof(av[0])) - 1)
+
 /* ---- redis URLs ---- */
 
 static void url_ok(const char *url, const char *host, int port, int db, const char *user,
@@ -160,6 +163,154 @@ static void test_hide_secrets(void **state) {
     assert_string_equal(a0, "celeriac");
 }
 
+/* ---- AMQP URLs (issue 14) ---- */
+
+static void amqp_ok(const char *url, const char *host, int port, const char *vhost,
+                    const char *user, const char *password, int ssl) {
+    cel_amqp_url_t u;
+    cel_err_t err;
+    if (cel_options_parse_amqp_url(url, &u, &err) != CEL_OK) fail_msg("%s: %s", url, err.msg);
+    if (strcmp(u.host, host) || u.port != port || strcmp(u.vhost, vhost) || strcmp(u.user, user) ||
+        strcmp(u.password, password) || u.ssl != ssl)
+        fail_msg("%s: got host=%s port=%d vhost=%s user=%s password=%s ssl=%d", url, u.host, u.port,
+                 u.vhost, u.user, u.password, u.ssl);
+}
+
+static void amqp_bad(const char *url) {
+    cel_amqp_url_t u;
+    cel_err_t err = { 0 };
+    if (cel_options_parse_amqp_url(url, &u, &err) != CEL_EINVAL) fail_msg("%s was accepted", url);
+    assert_true(err.msg[0] != '\0');
+    /* the password never shows in the message */
+    assert_null(strstr(err.msg, "s3cret"));
+}
+
+static void test_amqp_url(void **state) {
+    /* kombu's defaults: guest/guest@localhost:5672, vhost "/" */
+    amqp_ok("amqp://", "localhost", 5672, "/", "guest", "guest", 0);
+    amqp_ok("amqp://h", "h", 5672, "/", "guest", "guest", 0);
+    amqp_ok("amqp://h/", "h", 5672, "/", "guest", "guest", 0);
+    amqp_ok("amqp://h//", "h", 5672, "/", "guest", "guest", 0);
+    amqp_ok("amqp://guest:guest@127.0.0.1:5673//", "127.0.0.1", 5673, "/", "guest", "guest", 0);
+    amqp_ok("amqp://u:p@h:1/v1", "h", 1, "v1", "u", "p", 0);
+    amqp_ok("amqp://u@h/%2Fprod", "h", 5672, "/prod", "u", "guest", 0);
+    amqp_ok("amqp://u%40x:p%3Aw%40@h", "h", 5672, "/", "u@x", "p:w@", 0);
+    amqp_ok("pyamqp://u:p@h:5/v", "h", 5, "v", "u", "p", 0);
+    amqp_ok("amqps://h", "h", 5671, "/", "guest", "guest", 1);
+    amqp_ok("amqps://h:5000/v?ssl=1", "h", 5000, "v", "guest", "guest", 1);
+    amqp_ok("amqp://[::1]:5672/v", "::1", 5672, "v", "guest", "guest", 0);
+    amqp_ok("amqp://a:b@c@h/v", "h", 5672, "v", "a", "b@c", 0); /* the last @ ends userinfo */
+    amqp_bad("redis://h");
+    amqp_bad("amqp://u:s3cret@h:notaport/v");
+    amqp_bad("amqp://u:s3cret@h:0/v");
+    amqp_bad("amqp://u:s3cret@h:65536/v");
+    amqp_bad("amqp://u:s3cret@h:/v");
+    amqp_bad("amqp://u:s3cret@[::1/v");
+    amqp_bad("amqp://u:s3cret@[]/v");
+    /* limits: host 255/256, vhost 255/256, user 127/128, password 255/256 */
+    char url[2048], want[300];
+    memset(want, 'h', 255);
+    want[255] = '\0';
+    snprintf(url, sizeof(url), "amqp://%s", want);
+    amqp_ok(url, want, 5672, "/", "guest", "guest", 0);
+    snprintf(url, sizeof(url), "amqp://%sh", want);
+    amqp_bad(url);
+    memset(want, 'v', 255);
+    snprintf(url, sizeof(url), "amqp://h/%s", want);
+    amqp_ok(url, "h", 5672, want, "guest", "guest", 0);
+    snprintf(url, sizeof(url), "amqp://h/%sv", want);
+    amqp_bad(url);
+    memset(want, 'u', 127);
+    want[127] = '\0';
+    snprintf(url, sizeof(url), "amqp://%s:s3cret@h", want);
+    amqp_ok(url, "h", 5672, "/", want, "s3cret", 0);
+    snprintf(url, sizeof(url), "amqp://%su:s3cret@h", want);
+    amqp_bad(url);
+    memset(want, 'p', 255);
+    want[255] = '\0';
+    snprintf(url, sizeof(url), "amqp://u:%s@h", want);
+    amqp_ok(url, "h", 5672, "/", "u", want, 0);
+    snprintf(url, sizeof(url), "amqp://u:%sp@h", want);
+    amqp_bad(url);
+    assert_int_equal(cel_options_is_amqp_url("amqp://"), 1);
+    assert_int_equal(cel_options_is_amqp_url("amqps://x"), 1);
+    assert_int_equal(cel_options_is_amqp_url("pyamqp://x"), 1);
+    assert_int_equal(cel_options_is_amqp_url("redis://x"), 0);
+    assert_int_equal(cel_options_is_amqp_url("amqpx://x"), 0);
+}
+
+/* The AMQP options: TLS files, heartbeat, x-max-priority, backend defaults and refusals. */
+static void test_amqp_options(void **state) {
+    cel_options_t cfg;
+    cel_err_t err;
+    {
+        ARGV("-b", "amqps://u:p@h//", "--broker-ssl-ca", "/ca.pem", "--broker-ssl-cert", "/c.pem",
+             "--broker-ssl-key", "/k.pem", "--broker-heartbeat", "30", "--max-priority", "10");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_int_equal(cfg.broker_amqp, 1);
+        assert_int_equal(cfg.amqp.ssl, 1);
+        assert_int_equal(cfg.amqp.port, 5671);
+        assert_string_equal(cfg.ssl_ca, "/ca.pem");
+        assert_string_equal(cfg.ssl_cert, "/c.pem");
+        assert_string_equal(cfg.ssl_key, "/k.pem");
+        assert_int_equal(cfg.ssl_no_verify, 0);
+        assert_true(cfg.broker_heartbeat == 30);
+        assert_int_equal(cfg.max_priority, 10);
+        assert_string_equal(cfg.backend_url, "rpc://");
+        cel_options_free(&cfg);
+    }
+    {
+        ARGV("-b", "pyamqp://h/v", "--result-backend", "redis://r:1/2", "--broker-ssl-no-verify");
+        /* ssl options without amqps are refused */
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_int_equal(cfg.backend_rpc, 0);
+        assert_string_equal(cfg.backend.host, "r");
+        assert_int_equal(cfg.backend.db, 2);
+        assert_true(cfg.broker_heartbeat == 120); /* Celery's default */
+        cel_options_free(&cfg);
+    }
+    {
+        ARGV("-b", "amqp://h", "--broker-ssl-ca", "/ca.pem");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
+        assert_non_null(strstr(err.msg, "amqps://"));
+        cel_options_free(&cfg);
+    }
+    {
+        ARGV("-b", "amqps://h", "--broker-ssl-cert", "/c.pem");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
+        cel_options_free(&cfg);
+    }
+    {
+        ARGV("-b", "amqp://h", "--result-backend", "amqp://h");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
+        assert_non_null(strstr(err.msg, "rpc://"));
+        cel_options_free(&cfg);
+    }
+    {
+        ARGV("-b", "redis://h", "--result-backend", "rpc://");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_int_equal(cfg.backend_rpc, 1);
+        assert_int_equal(cfg.broker_amqp, 0);
+        cel_options_free(&cfg);
+    }
+    {
+        ARGV("-b", "kafka://u:s3cret@h");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
+        assert_null(strstr(err.msg, "s3cret"));
+        cel_options_free(&cfg);
+    }
+    {
+        ARGV("-b", "amqp://h", "--max-priority", "256");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
+        cel_options_free(&cfg);
+    }
+    {
+        ARGV("-b", "amqp://h", "--broker-heartbeat", "65536");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
+        cel_options_free(&cfg);
+    }
+}
+
 /* ---- node names ---- */
 
 static void host_parts(char *host, char *name, char *domain) {
@@ -246,9 +397,6 @@ static int clear_env(void **state) {
     unsetenv("CELERY_RESULT_BACKEND");
     return 0;
 }
-
-#define ARGV(...) char *av[] = { "celeriac", __VA_ARGS__, NULL }
-#define ARGC      ((int)(sizeof(av) / sizeof(av[0])) - 1)
 
 /* A second parse must not inherit getopt state from the first. */
 static void test_parse_twice(void **state) {
@@ -355,8 +503,16 @@ static void test_env(void **state) {
     assert_string_equal(cfg.broker_url, "redis://127.0.0.1:6379/0");
     assert_string_equal(cfg.backend_url, cfg.broker_url);
     cel_options_free(&cfg);
-    setenv("CELERY_BROKER_URL", "amqp://guest@h//", 1);
+    setenv("CELERY_BROKER_URL", "kafka://guest@h//", 1);
     assert_int_equal(cel_options_parse(&cfg, 1, av, &err), CEL_EINVAL);
+    cel_options_free(&cfg);
+    /* an AMQP broker: results default to rpc:// */
+    setenv("CELERY_BROKER_URL", "amqp://guest@h//", 1);
+    assert_int_equal(cel_options_parse(&cfg, 1, av, &err), CEL_OK);
+    assert_int_equal(cfg.broker_amqp, 1);
+    assert_string_equal(cfg.backend_url, "rpc://");
+    assert_int_equal(cfg.backend_rpc, 1);
+    assert_string_equal(cfg.amqp.host, "h");
     cel_options_free(&cfg);
     clear_env(state);
 }
@@ -678,6 +834,8 @@ int main(void) {
         cmocka_unit_test(test_safe_url),
         cmocka_unit_test(test_url_errors_hide_the_password),
         cmocka_unit_test(test_hide_secrets),
+        cmocka_unit_test(test_amqp_url),
+        cmocka_unit_test_setup(test_amqp_options, clear_env),
         cmocka_unit_test(test_expand_hostname),
         cmocka_unit_test(test_expand_hostname_limit),
         cmocka_unit_test_setup(test_parse_twice, clear_env),
