@@ -61,6 +61,7 @@ struct cel_adapters {
     cel_adapter_t *loaded[CEL_ADAPTERS_MAX_LOADED];
     int n_loaded;
     unsigned long long clock;
+    long evictions; /* LRU drops from memory (the worker's metrics) */
 };
 
 /* ---- small file helpers ---- */
@@ -279,6 +280,10 @@ void cel_adapters_free(cel_adapters_t *s) {
 
 const char *cel_adapters_state_dir(const cel_adapters_t *s) { return s->state; }
 
+int cel_adapters_loaded(const cel_adapters_t *s) { return s->n_loaded; }
+
+long cel_adapters_evictions(const cel_adapters_t *s) { return s->evictions; }
+
 static int find_loaded(const cel_adapters_t *s, const char *id) {
     for (int i = 0; i < s->n_loaded; i++)
         if (strcmp(s->loaded[i]->id, id) == 0) return i;
@@ -309,6 +314,7 @@ static void insert(cel_adapters_t *s, cel_adapter_t *a) {
                      "%d adapters in use); its next optim_step needs a new forward_backward",
                      s->loaded[lru]->id, CEL_ADAPTERS_MAX_LOADED);
         drop_at(s, lru);
+        s->evictions++;
     }
     a->used = ++s->clock;
     s->loaded[s->n_loaded++] = a;
