@@ -19,6 +19,7 @@
 #include <sys/time.h>
 
 #include "../common/log.h"
+#include "metrics.h"
 #include "redis.h"
 
 #define POP_BATCH_MAX  128
@@ -399,6 +400,7 @@ static json_t *redis_queues(const void *impl) {
 
 static void on_cmd_state(cel_redis_t *r, int up, void *priv) {
     redis_broker_t *b = priv;
+    cel_metrics_broker_state(up);
     if (up) {
         /* Declare the bindings as kombu's queue_bind does, then restore. */
         for (int i = 0; i < b->nqueues; i++) bind_queue(b, b->queues[i]);

@@ -65,6 +65,12 @@ static const char usage_text[] =
     "      --gpu-adapter-memory MB  GPU memory adapters may hold; past it the least\n"
     "                               recently used go back to host memory (default 0 =\n"
     "                               no limit)\n"
+    "      --metrics-port PORT      serve Prometheus metrics on http://ADDR:PORT/metrics\n"
+    "                               (default: off; 0 picks a free port, logged)\n"
+    "      --metrics-bind ADDR      address the metrics listen on (default 127.0.0.1)\n"
+    "      --eta-task-limit N       eta/countdown messages held at once; past it the\n"
+    "                               worker stops fetching until some are due (default\n"
+    "                               10000; 0 = no limit)\n"
     "      --describe-tasks         print the task table as JSON (names, parameters,\n"
     "                               limits) and exit; contacts nothing\n"
     "  -h, --help                   show this help\n"
@@ -95,6 +101,9 @@ enum {
     OPT_BATCH_TOKENS,
     OPT_GPU_MEM,
     OPT_DESCRIBE,
+    OPT_METRICS_PORT,
+    OPT_METRICS_BIND,
+    OPT_ETA_LIMIT,
 };
 
 static int hexval(char c) {
@@ -325,6 +334,9 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     cfg->result_expires = 86400;
     cfg->visibility_timeout = 3600;
     cfg->max_message_size = 8L * 1024 * 1024;
+    cfg->metrics_port = -1;
+    snprintf(cfg->metrics_bind, sizeof(cfg->metrics_bind), "127.0.0.1");
+    cfg->eta_task_limit = CEL_ETA_TASK_LIMIT;
     const char *hostname_pat = "celeriac@%h";
     const char *queues = "celery";
     default_executor(cfg->executor, sizeof(cfg->executor));
@@ -360,6 +372,9 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         { "help", no_argument, 0, 'h' },
         { "version", no_argument, 0, OPT_VERSION },
         { "describe-tasks", no_argument, 0, OPT_DESCRIBE },
+        { "metrics-port", required_argument, 0, OPT_METRICS_PORT },
+        { "metrics-bind", required_argument, 0, OPT_METRICS_BIND },
+        { "eta-task-limit", required_argument, 0, OPT_ETA_LIMIT },
         { 0, 0, 0, 0 },
     };
     optind = 0; /* 0, not 1: glibc then forgets the state of any earlier parse */
@@ -460,6 +475,18 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         case OPT_GPU_MEM:
             rc = parse_long(optarg, 0, 1L << 30, &v, "--gpu-adapter-memory", err);
             cfg->gpu_adapter_mb = v;
+            break;
+        case OPT_METRICS_PORT:
+            rc = parse_long(optarg, 0, 65535, &v, "--metrics-port", err);
+            cfg->metrics_port = (int)v;
+            break;
+        case OPT_METRICS_BIND:
+            rc = copy_str(cfg->metrics_bind, sizeof(cfg->metrics_bind), optarg, "--metrics-bind",
+                          err);
+            break;
+        case OPT_ETA_LIMIT:
+            rc = parse_long(optarg, 0, INT_MAX, &v, "--eta-task-limit", err);
+            cfg->eta_task_limit = (int)v;
             break;
         case 'E': cfg->task_events = 1; break;
         case OPT_NO_HEARTBEAT: cfg->without_heartbeat = 1; break;

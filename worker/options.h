@@ -10,7 +10,8 @@
 
 #define CEL_MAX_QUEUES      64
 #define CEL_MAX_CONCURRENCY 256
-#define CEL_MAX_BATCH_TASKS 64 /* --batch-max-tasks */
+#define CEL_MAX_BATCH_TASKS 64    /* --batch-max-tasks */
+#define CEL_ETA_TASK_LIMIT  10000 /* --eta-task-limit default */
 
 /* A parsed redis://[user:password@]host[:port][/db] URL. */
 typedef struct cel_redis_url {
@@ -55,6 +56,10 @@ typedef struct cel_options {
     int task_events;       /* -E: send task-* events from the start */
     int without_heartbeat; /* no worker-* events */
     int describe_tasks;    /* --describe-tasks: main prints the task table, exits */
+    /* ---- metrics and backpressure (issue 18) ---- */
+    int metrics_port;       /* --metrics-port: -1 = off (default), 0 = any free port */
+    char metrics_bind[256]; /* --metrics-bind: the address it listens on (127.0.0.1) */
+    int eta_task_limit;     /* --eta-task-limit: eta/countdown messages held; 0 = no limit */
 } cel_options_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,

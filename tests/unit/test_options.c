@@ -370,6 +370,42 @@ static void one(const char *opt, const char *value, int want_ok) {
     cel_options_free(&cfg);
 }
 
+/* --metrics-port, --metrics-bind, --eta-task-limit (issue 18): defaults and ranges. */
+static void test_metrics_options(void **state) {
+    cel_options_t cfg;
+    cel_err_t err;
+    {
+        char *av[] = { "celeriac", NULL };
+        assert_int_equal(cel_options_parse(&cfg, 1, av, &err), CEL_OK);
+        assert_int_equal(cfg.metrics_port, -1); /* off */
+        assert_string_equal(cfg.metrics_bind, "127.0.0.1");
+        assert_int_equal(cfg.eta_task_limit, CEL_ETA_TASK_LIMIT);
+        cel_options_free(&cfg);
+    }
+    {
+        char *av[] = { "celeriac", "--metrics-port",   "9808", "--metrics-bind",
+                       "::1",      "--eta-task-limit", "0",    NULL };
+        assert_int_equal(cel_options_parse(&cfg, 7, av, &err), CEL_OK);
+        assert_int_equal(cfg.metrics_port, 9808);
+        assert_string_equal(cfg.metrics_bind, "::1");
+        assert_int_equal(cfg.eta_task_limit, 0);
+        cel_options_free(&cfg);
+    }
+    one("--metrics-port", "0", 1);
+    one("--metrics-port", "65535", 1);
+    one("--metrics-port", "65536", 0);
+    one("--metrics-port", "-1", 0);
+    one("--metrics-port", "http", 0);
+    one("--eta-task-limit", "2147483647", 1);
+    one("--eta-task-limit", "2147483648", 0);
+    one("--eta-task-limit", "-1", 0);
+    char big[300];
+    memset(big, 'a', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    one("--metrics-bind", big, 0);
+    one("--metrics-port", NULL, 0);
+}
+
 static void test_ranges(void **state) {
     char buf[64];
     one("-c", "1", 1);
@@ -582,6 +618,7 @@ int main(void) {
         cmocka_unit_test_setup(test_all_options, clear_env),
         cmocka_unit_test_setup(test_help_version, clear_env),
         cmocka_unit_test_setup(test_ranges, clear_env),
+        cmocka_unit_test_setup(test_metrics_options, clear_env),
         cmocka_unit_test_setup(test_bad_command_lines, clear_env),
         cmocka_unit_test_setup(test_string_limits, clear_env),
         cmocka_unit_test_setup(test_queue_limits, clear_env),
