@@ -2,13 +2,14 @@
 
 submit() is the only place a route talks to Celery for writing. When the task names an adapter
 (the task table's adapter_param) that it does not create, the adapter must be the caller's
-(404 otherwise, the same answer as for an id that does not exist); then the task is published
-by name (send_task, never waits), future -> owner is stored in Redis with a TTL, and the 202
-body is returned.
+(404 otherwise, the same answer as for an id that does not exist); a queue at its bound is a
+503 (backpressure.py) and nothing is sent; then the task is published by name (send_task,
+never waits), future -> owner is stored in Redis with a TTL, and the 202 body is returned.
 """
 
 from flask import current_app, g, jsonify
 
+from .. import backpressure
 from ..celery_client import send
 from ..ownership import record_future, require_adapter
 
@@ -20,8 +21,9 @@ def submit(task, kwargs, pending_create=False, extra=None, args=None):
     adapter = kwargs.get(spec.get("adapter_param") or "")
     if adapter is not None and spec.get("adapter_effect") != "create":
         require_adapter(adapter, g.user)
-    task_id = send(ext["celery"], task, kwargs, queue=current_app.config["CELERIAC_QUEUE"],
-                   args=args)
+    queue = current_app.config["CELERIAC_QUEUE"]
+    backpressure.check(queue)  # 503 while the queue is at its bound: nothing is sent
+    task_id = send(ext["celery"], task, kwargs, queue=queue, args=args)
     record_future(task_id, g.user, task, pending_create=pending_create)
     body = {"future_id": task_id, "task": task}
     if extra:

@@ -17,7 +17,7 @@ from flask import Blueprint, current_app, g, jsonify
 from .. import validation as v
 from ..auth import require_user
 from ..celery_client import task_meta
-from ..ownership import creation_done, future_of, set_owner
+from ..ownership import creation_done, future_finished, future_of, set_owner
 
 bp = Blueprint("futures", __name__)
 
@@ -65,6 +65,8 @@ def retrieve_future():
     # AsyncResult.state, then .info, could pair PROGRESS with the final result).
     stored = task_meta(current_app.extensions["celeriac"]["celery"], task_id)
     state, value = stored.get("status"), stored.get("result")
+    if state in ("SUCCESS", "FAILURE", "REVOKED"):
+        future_finished(task_id)
     if state == "SUCCESS":
         _on_success(meta, value)
         return jsonify({"status": "done", "result": value})

@@ -1,13 +1,18 @@
-"""health.py -- GET /healthz: is the broker reachable? (no key needed, not rate-limited)
+"""health.py -- GET /healthz: can the front end take work? (no key needed, not rate-limited)
 
-200 {"status": "ok", "redis": "ok", "queue_length": N} when Redis answers PING (and the
-broker's queue length, a hint whether a worker keeps up); 503 {"status": "unavailable", ...}
-otherwise. It does not ask workers (a broadcast ping would wait); see README.md.
+200 {"status": "ok", "redis": "ok", "queue_length": N} when Redis answers PING and every queue
+is under its bound (queue_length: the app's queue, a hint whether workers keep up);
+200 {"status": "degraded", ..., "queues": {name: {"depth", "max"}}, "degraded": [why, ...]} when
+a queue is at its CELERIAC_MAX_QUEUE_DEPTH (submitting routes answer 503 until it drains; the
+app still serves polls and reads); 503 {"status": "unavailable", ...} when Redis or the broker
+cannot be reached. Depths are read through the Celery app's broker connection (kombu), so this
+works on Redis and AMQP brokers alike. It does not ask workers (a broadcast ping would wait).
 """
 
 import redis
 from flask import Blueprint, current_app, jsonify
 
+from .. import backpressure
 from ..store import store
 
 bp = Blueprint("health", __name__)
@@ -16,17 +21,15 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 def healthz():
     try:
-        r = store()
-        r.ping()
-        broker = current_app.config["CELERY_BROKER_URL"]
-        queue_length = None
-        if broker == current_app.config["CELERIAC_REDIS_URL"]:
-            queue_length = r.llen(current_app.config["CELERIAC_QUEUE"])
-        else:
-            with redis.Redis.from_url(broker, socket_timeout=3,
-                                      socket_connect_timeout=2) as b:
-                b.ping()
-                queue_length = b.llen(current_app.config["CELERIAC_QUEUE"])
-    except (redis.exceptions.RedisError, OSError) as e:
+        store().ping()
+        queues, over = backpressure.status()
+    except (redis.exceptions.RedisError, OSError, backpressure.BrokerError) as e:
         return jsonify({"status": "unavailable", "redis": f"error: {e}"}), 503
-    return jsonify({"status": "ok", "redis": "ok", "queue_length": queue_length})
+    body = {"status": "ok", "redis": "ok",
+            "queue_length": queues[current_app.config["CELERIAC_QUEUE"]]["depth"]}
+    if over:
+        body["status"] = "degraded"
+        body["queues"] = queues
+        body["degraded"] = [f"queue {q!r} holds {s['depth']} tasks, at its bound of {s['max']}"
+                            for q, s in queues.items() if s["max"] and s["depth"] >= s["max"]]
+    return jsonify(body)
