@@ -66,7 +66,8 @@ static const char usage_text[] =
     "                               recently used go back to host memory (default 0 =\n"
     "                               no limit)\n"
     "      --metrics-port PORT      serve Prometheus metrics on http://ADDR:PORT/metrics\n"
-    "                               (default: off; 0 picks a free port, logged)\n"
+    "                               (env CELERIAC_METRICS_PORT; default: off; 0 picks a\n"
+    "                               free port, logged)\n"
     "      --metrics-bind ADDR      address the metrics listen on (default 127.0.0.1)\n"
     "      --eta-task-limit N       eta/countdown messages held at once; past it the\n"
     "                               worker stops fetching until some are due (default\n"
@@ -335,6 +336,12 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     cfg->visibility_timeout = 3600;
     cfg->max_message_size = 8L * 1024 * 1024;
     cfg->metrics_port = -1;
+    if ((env = getenv("CELERIAC_METRICS_PORT")) && *env) {
+        long port;
+        int rc = parse_long(env, 0, 65535, &port, "CELERIAC_METRICS_PORT", err);
+        if (rc != CEL_OK) return rc;
+        cfg->metrics_port = (int)port;
+    }
     snprintf(cfg->metrics_bind, sizeof(cfg->metrics_bind), "127.0.0.1");
     cfg->eta_task_limit = CEL_ETA_TASK_LIMIT;
     const char *hostname_pat = "celeriac@%h";

@@ -63,7 +63,7 @@ typedef struct cel_options {
 } cel_options_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,
- * CELERY_RESULT_BACKEND). Returns CEL_OK; 1 when --help/--version was printed
+ * CELERY_RESULT_BACKEND, CELERIAC_METRICS_PORT). Returns CEL_OK; 1 when --help/--version was printed
  * or --describe-tasks was given (cfg->describe_tasks set, nothing else parsed:
  * the caller prints the table), and the caller exits 0; or CEL_EINVAL with err
  * saying which option is wrong. */

@@ -198,6 +198,7 @@ static void test_expand_hostname_limit(void **state) {
 static int clear_env(void **state) {
     unsetenv("CELERY_BROKER_URL");
     unsetenv("CELERY_RESULT_BACKEND");
+    unsetenv("CELERIAC_METRICS_PORT");
     return 0;
 }
 
@@ -404,6 +405,28 @@ static void test_metrics_options(void **state) {
     big[sizeof(big) - 1] = '\0';
     one("--metrics-bind", big, 0);
     one("--metrics-port", NULL, 0);
+    /* the environment, overridden by the option */
+    setenv("CELERIAC_METRICS_PORT", "0", 1);
+    {
+        char *av[] = { "celeriac", NULL };
+        assert_int_equal(cel_options_parse(&cfg, 1, av, &err), CEL_OK);
+        assert_int_equal(cfg.metrics_port, 0);
+        cel_options_free(&cfg);
+    }
+    {
+        char *av[] = { "celeriac", "--metrics-port", "7", NULL };
+        assert_int_equal(cel_options_parse(&cfg, 3, av, &err), CEL_OK);
+        assert_int_equal(cfg.metrics_port, 7);
+        cel_options_free(&cfg);
+    }
+    setenv("CELERIAC_METRICS_PORT", "http", 1);
+    {
+        char *av[] = { "celeriac", NULL };
+        assert_int_equal(cel_options_parse(&cfg, 1, av, &err), CEL_EINVAL);
+        assert_non_null(strstr(err.msg, "CELERIAC_METRICS_PORT"));
+        cel_options_free(&cfg);
+    }
+    unsetenv("CELERIAC_METRICS_PORT");
 }
 
 static void test_ranges(void **state) {
