@@ -46,10 +46,15 @@ DURATION = Histogram("celeriac_http_request_duration_seconds",
                      ["method", "route"], buckets=BUCKETS)
 REFUSALS = Counter("celeriac_http_refusals",
                    "Requests refused with 429 or 503, by why: rate_limited (per-key rate limit), "
-                   "queue_full (backpressure), unavailable (broker or Redis down), other.",
+                   "queue_full (backpressure), unavailable (broker or Redis down), "
+                   "inflight_quota (a user's unfinished tasks), auth_failures, other.",
                    ["route", "status", "reason"])
 
 UNMATCHED = "<unmatched>"
+# error type of a 429/503 body -> reason label (issue 12's quotas answer the last two)
+REASONS = {"RateLimited": "rate_limited", "QueueFull": "queue_full",
+           "ServiceUnavailable": "unavailable", "TooManyTasks": "inflight_quota",
+           "TooManyFailedLogins": "auth_failures"}
 
 
 def multiprocess_dir():
@@ -84,8 +89,7 @@ def _reason(response):
         kind = (response.get_json(silent=True) or {}).get("error", {}).get("type")
     except (AttributeError, TypeError, ValueError):
         kind = None
-    return {"RateLimited": "rate_limited", "QueueFull": "queue_full",
-            "ServiceUnavailable": "unavailable"}.get(kind, "other")
+    return REASONS.get(kind, "other")
 
 
 class _SharedState:
