@@ -215,7 +215,7 @@ UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/limit
             worker/events.c worker/broker.c worker/broker_redis.c worker/backend.c \
             worker/backend_redis.c worker/held.c worker/respcut.c worker/bus.c worker/bus_redis.c \
             worker/amqp_bus.c worker/amqp_conn.c worker/amqp_thread.c worker/broker_amqp.c \
-            worker/backend_rpc.c executor/call.c)
+            worker/backend_rpc.c worker/metrics.c worker/metrics_http.c executor/call.c)
 build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -lcmocka
@@ -277,11 +277,12 @@ FUZZ_FLAGS   := -g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-
                 -fno-sanitize-recover=undefined
 FOBJ         := build/fuzz/obj
 # What the harnesses reach: protocol/, common/, the model's file parsers, and the worker
-# modules fuzz_pidbox.c needs around pidbox.c (which it includes).
+# modules fuzz_pidbox.c needs around pidbox.c (which it includes), and the metrics
+# responder (fuzz_metrics_http.c).
 FUZZ_LIB_SRC := $(PROTOCOL_SRC) model/safetensors.c model/config.c model/tokenizer.c \
                 model/tokenizer_encode.c model/unicode_tables.c worker/redis.c worker/respcut.c \
                 worker/events.c worker/bus.c worker/bus_redis.c worker/amqp_bus.c worker/amqp_conn.c \
-                worker/amqp_thread.c
+                worker/amqp_thread.c worker/metrics.c worker/metrics_http.c
 REPLAY_BINS  := $(patsubst %,build/asan/fuzz/replay_%,$(FUZZ_NAMES))
 
 $(FOBJ)/%.o: %.c

@@ -7,9 +7,18 @@ and command-line flags still override this file). Web workers only validate, pub
 and read results, so they are light: threads (gthread) make a slow client or a slow Redis cost
 a thread, not a process. The app is not preloaded: each worker opens its own Redis and broker
 connections after the fork.
+
+Metrics (flask_app/metrics.py): prometheus_client's multiprocess mode needs one directory the
+workers share, named by PROMETHEUS_MULTIPROC_DIR before any of them imports the library. This
+file sets it (a fresh private directory unless the environment names one), empties it when
+Gunicorn starts (stale files would add old counts), marks each worker that exits (its live
+gauges go), and removes the directory it made at exit.
 """
 
+import glob
 import os
+import shutil
+import tempfile
 
 
 def _int(name, default):
@@ -62,3 +71,28 @@ proc_name = "celeriac-web"
 forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")
 preload_app = False
 pidfile = os.environ.get("GUNICORN_PIDFILE") or None
+
+
+# ---- Prometheus multiprocess metrics --------------------------------------------------------
+
+_made_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _made_metrics_dir = tempfile.mkdtemp(prefix="celeriac-prometheus-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _made_metrics_dir
+
+
+def on_starting(server):
+    d = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(d, exist_ok=True)
+    for f in glob.glob(os.path.join(d, "*.db")):
+        os.remove(f)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _made_metrics_dir:
+        shutil.rmtree(_made_metrics_dir, ignore_errors=True)

@@ -1,7 +1,8 @@
 """celeriac_client.py -- a small HTTP client for the celeriac front end (standard library only).
 
 Used by examples/concurrent_users.py and bench/users.py. Every model operation returns a
-future; Client.wait() polls /retrieve_future until it is done, honouring 429 Retry-After.
+future; Client.wait() polls /retrieve_future until it is done. A 429 (rate limit) or a 503
+QueueFull (backpressure: nothing was queued) is retried after its Retry-After.
 
     c = Client("http://127.0.0.1:8000", api_key)
     adapter = c.call("/add_lora", {"rank": 8})["adapter_id"]
@@ -47,7 +48,7 @@ class Client:
         self.poll_interval = poll_interval
 
     def request(self, method, path, body=None):
-        """-> (status, parsed JSON). Waits and retries on 429 (Retry-After)."""
+        """-> (status, parsed JSON). Waits and retries on 429 and 503 QueueFull (Retry-After)."""
         while True:
             data = None if body is None else json.dumps(body).encode()
             req = urllib.request.Request(self.base + path, data=data, method=method)
@@ -63,7 +64,9 @@ class Client:
                     parsed = json.loads(raw)
                 except ValueError:
                     parsed = {"error": {"type": "HTTP", "message": raw[:200].decode("latin-1")}}
-                if e.code == 429:
+                kind = parsed.get("error", {}).get("type") if isinstance(parsed, dict) else None
+                if e.code == 429 or (e.code == 503 and kind == "QueueFull"):
+                    # rate limit, or backpressure (the queue is full; nothing was queued)
                     time.sleep(float(e.headers.get("Retry-After", "1")))
                     continue
                 return e.code, parsed

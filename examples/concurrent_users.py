@@ -3,7 +3,8 @@
 
 Three users, each with their own API key, create their own LoRA adapter and train it on their
 own sentence for --steps steps (lora.forward_backward + lora.optim_step, each a future polled
-through /retrieve_future), all at the same time; each user's loss is printed as it falls, and
+through /retrieve_future), all at the same time; each user's loss is printed as it falls (and
+a long forward_backward's PROGRESS, examples done of total, while it runs), and
 each samples its sentence back (greedy) at the end. Then the same three users run again one
 after another, and the two wall times are compared. Adapters are deleted at the end.
 
@@ -37,6 +38,19 @@ def say(user, text):
         print(f"[{user:>5}] {text}", flush=True)
 
 
+def progress_printer(user, step, steps):
+    """An on_progress for Client.wait: prints a running task's PROGRESS ({"done", "total"},
+    what the worker stores while a long forward_backward runs) when it moves."""
+    last = [None]
+
+    def show(p):
+        done, total = p.get("done"), p.get("total")
+        if done is not None and done != last[0]:
+            last[0] = done
+            say(user, f"step {step:>2}/{steps}  fwdbwd running: {done}/{total} examples")
+    return show
+
+
 def run_user(client, user, steps, lr, batch, quiet=False):
     """One user's session; returns (first loss, last loss, sample text, seconds)."""
     t0 = time.monotonic()
@@ -51,7 +65,8 @@ def run_user(client, user, steps, lr, batch, quiet=False):
         f_fb = client.submit("/fwdbwd", {"adapter_id": aid, "data": [{"text": text}] * batch})
         f_opt = client.submit("/optim_step", {"adapter_id": aid,
                                               "adam_params": {"learning_rate": lr}})
-        loss = client.wait(f_fb)["loss"]
+        loss = client.wait(f_fb, on_progress=None if quiet else progress_printer(user, step,
+                                                                                steps))["loss"]
         client.wait(f_opt)
         losses.append(loss)
         if not quiet:

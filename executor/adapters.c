@@ -68,6 +68,7 @@ struct cel_adapters {
     int n_loaded;
     unsigned long long clock;
     cel_adapters_limits_t lim;
+    long evictions; /* LRU drops from memory (the worker's metrics) */
 };
 
 /* ---- small file helpers ---- */
@@ -286,6 +287,10 @@ void cel_adapters_free(cel_adapters_t *s) {
 
 const char *cel_adapters_state_dir(const cel_adapters_t *s) { return s->state; }
 
+int cel_adapters_loaded(const cel_adapters_t *s) { return s->n_loaded; }
+
+long cel_adapters_evictions(const cel_adapters_t *s) { return s->evictions; }
+
 static int find_loaded(const cel_adapters_t *s, const char *id) {
     for (int i = 0; i < s->n_loaded; i++)
         if (strcmp(s->loaded[i]->id, id) == 0) return i;
@@ -327,6 +332,7 @@ static int make_room(cel_adapters_t *s, cel_err_t *err) {
                            "applied by lora.optim_step); run optim_step on some of them first",
                            CEL_ADAPTERS_MAX_LOADED);
     drop_at(s, lru);
+    s->evictions++;
     return CEL_OK;
 }
 

@@ -70,6 +70,11 @@ void cel_adapters_free(cel_adapters_t *s);
 /* The resolved (realpath) state directory. */
 const char *cel_adapters_state_dir(const cel_adapters_t *s);
 
+/* Adapters in memory now, and how many the LRU dropped from memory since open
+ * (for the worker's metrics). */
+int cel_adapters_loaded(const cel_adapters_t *s);
+long cel_adapters_evictions(const cel_adapters_t *s);
+
 /* 1 when id has the form lora_[0-9a-f]{16}, else 0. NULL gives 0. */
 int cel_adapters_valid_id(const char *id);
 

@@ -161,10 +161,44 @@ static int send_progress(void *priv, long done, long total) {
     return send_payload(running.fd, rc, buf, len, &err);
 }
 
+/* The "stats" a model task's result carries (frame.h), for the worker's
+ * metrics: the tokens it trained or scored (its result's "tokens"), the pass
+ * it ran in (pass_tasks > 0 only on a pass's first result), and this
+ * executor's adapters, its evictions since the previous report and its GPU
+ * memory. Diag tasks report nothing (their results stay as small as before). */
+static void model_stats(cel_frame_stats_t *st, const cel_call_t *call, int pass_tasks,
+                        double pass_s) {
+    static long reported, reported_gpu; /* evictions already sent */
+    const cel_tasks_task_t *t = cel_tasks_find(call->name);
+    memset(st, 0, sizeof(*st));
+    if (!t || !t->needs_model || !cel_lm_ready()) return;
+    cel_lm_stats_t ls;
+    cel_lm_stats(&ls);
+    st->present = 1;
+    json_t *tokens = call->exc_type ? NULL : json_object_get(call->result, "tokens");
+    if (json_is_integer(tokens) && json_integer_value(tokens) > 0) {
+        if (strcmp(call->name, "lora.forward_backward") == 0)
+            st->tokens_trained = (long)json_integer_value(tokens);
+        else if (strcmp(call->name, "model.score") == 0)
+            st->tokens_scored = (long)json_integer_value(tokens);
+    }
+    st->pass_tasks = pass_tasks;
+    st->pass_s = pass_s;
+    st->adapters = ls.adapters;
+    st->adapters_gpu = ls.adapters_gpu;
+    st->evicted = ls.evictions - reported;
+    st->evicted_gpu = ls.evictions_gpu - reported_gpu;
+    reported = ls.evictions;
+    reported_gpu = ls.evictions_gpu;
+    st->gpu_used = ls.gpu_used;
+    st->gpu_total = ls.gpu_total;
+}
+
 /* Encodes and sends the result frame of a finished call (outcome borrowed). */
 static int send_result_frame(int fd, const char *id, cel_call_t *call, double runtime,
-                             cel_err_t *err) {
+                             const cel_frame_stats_t *st, cel_err_t *err) {
     cel_frame_result_t f = { .id = id, .runtime = runtime };
+    if (st) f.stats = *st;
     if (!call->exc_type) {
         f.result = call->result ? call->result : json_null();
     } else {
@@ -180,12 +214,14 @@ static int send_result_frame(int fd, const char *id, cel_call_t *call, double ru
     return send_payload(fd, rc, buf, len, err);
 }
 
-/* Sends the outcome of call; a result the codec refuses (e.g. an unencodable
- * value) becomes kombu's EncodeError, as Celery stores an unserializable result. */
-static int send_result(int fd, const char *id, cel_call_t *call, double runtime) {
+/* Sends the outcome of call with its stats (may be NULL); a result the codec
+ * refuses (e.g. an unencodable value) becomes kombu's EncodeError, as Celery
+ * stores an unserializable result. */
+static int send_result(int fd, const char *id, cel_call_t *call, double runtime,
+                       const cel_frame_stats_t *st) {
     cel_err_t err;
     cel_err_clear(&err);
-    int rc = send_result_frame(fd, id, call, runtime, &err);
+    int rc = send_result_frame(fd, id, call, runtime, st, &err);
     if (rc == CEL_OK || rc == CEL_EIO) goto out;
     cel_error("Task %s[%s] result could not be encoded: %s", call->name, id,
               rc == CEL_ENOMEM ? "out of memory" : err.msg);
@@ -193,7 +229,7 @@ static int send_result(int fd, const char *id, cel_call_t *call, double runtime)
     snprintf(text, sizeof(text), "%s", rc == CEL_ENOMEM ? "out of memory" : err.msg);
     if (cel_call_raise(call, "EncodeError", "kombu.exceptions", json_pack("[s]", text), text))
         return CEL_ENOMEM;
-    rc = send_result_frame(fd, id, call, runtime, &err);
+    rc = send_result_frame(fd, id, call, runtime, st, &err);
 out:
     if (rc == CEL_EIO) cel_error("%s", err.msg);
     return rc;
@@ -204,7 +240,7 @@ static int send_bad_run(int fd, const char *id, const char *task, const char *wh
     cel_call_t call = { .name = task ? task : "?" };
     cel_error("Bad run frame for task id %s: %s", id, why);
     int rc = cel_call_raise(&call, "DecodeError", "kombu.exceptions", json_pack("[s]", why), why);
-    if (rc == CEL_OK) rc = send_result(fd, id, &call, 0.0);
+    if (rc == CEL_OK) rc = send_result(fd, id, &call, 0.0, NULL);
     cel_call_close(&call);
     return rc;
 }
@@ -268,7 +304,9 @@ static int run_task(int fd, const char *id, const char *name, json_t *args, json
     if (rc == CEL_OK) {
         cel_debug("Task %s[%s] %s in %.6fs", name, id, call.exc_type ? "failed" : "succeeded",
                   runtime);
-        rc = send_result(fd, id, &call, runtime);
+        cel_frame_stats_t st; /* a packable task run alone is a pass of one */
+        model_stats(&st, &call, task && task->batchable && !call.exc_type ? 1 : 0, runtime);
+        rc = send_result(fd, id, &call, runtime, &st);
     }
     cel_call_close(&call);
     return rc;
@@ -287,9 +325,13 @@ static int flush_batch(int fd) {
     int rc = np ? cel_lm_run(ps, np, batching.max_tokens) : CEL_OK;
     double runtime = mono_now() - t0;
     if (np > 1) cel_debug("Packed %d model tasks in %.6fs", np, runtime);
+    int first = 1;
     for (int i = 0; i < nheld; i++) {
         held_t *h = &held[i];
-        if (rc == CEL_OK) rc = send_result(fd, h->id, &h->call, h->pending ? runtime : 0.0);
+        cel_frame_stats_t st; /* the pass is reported once, with its first result */
+        model_stats(&st, &h->call, h->pending && first ? np : 0, runtime);
+        if (h->pending) first = 0;
+        if (rc == CEL_OK) rc = send_result(fd, h->id, &h->call, h->pending ? runtime : 0.0, &st);
         cel_lm_pending_free(h->pending);
         cel_call_close(&h->call);
         cel_frame_run_clear(&h->run);

@@ -143,6 +143,19 @@ void cel_lm_close(void) {
 
 void cel_lm_begin(const char *task_id) { g->task_id = task_id; }
 
+void cel_lm_stats(cel_lm_stats_t *out) {
+    memset(out, 0, sizeof(*out));
+    if (!g->model || !g->store) return;
+    cel_device_stats_t ds;
+    cel_model_device_stats(g->model, &ds);
+    out->adapters = cel_adapters_loaded(g->store);
+    out->adapters_gpu = ds.resident;
+    out->evictions = cel_adapters_evictions(g->store);
+    out->evictions_gpu = ds.evictions;
+    out->gpu_used = (double)ds.mem_used;
+    out->gpu_total = (double)ds.mem_total;
+}
+
 int cel_lm_ready(void) { return g->model && g->store; }
 
 /* ---- helpers of the task functions ---- */

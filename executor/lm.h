@@ -70,6 +70,19 @@ int cel_lm_run(cel_lm_pending_t **ps, int n, long max_tokens);
 
 void cel_lm_pending_free(cel_lm_pending_t *p);
 
+/* What the executor reports about its model with results, for the worker's
+ * metrics (frame.h's "stats"). Zero before open. */
+typedef struct cel_lm_stats {
+    int adapters;       /* adapters in memory */
+    int adapters_gpu;   /* of them with a GPU copy */
+    long evictions;     /* dropped from memory by the LRU since open */
+    long evictions_gpu; /* moved from the GPU to host memory since open */
+    double gpu_used;    /* GPU bytes the model holds (0 on the CPU) */
+    double gpu_total;   /* the GPU's memory (0 on the CPU) */
+} cel_lm_stats_t;
+
+void cel_lm_stats(cel_lm_stats_t *out);
+
 /* Tells the family the id of the task about to run (borrowed for the run): the
  * id recorded with an optimizer step and named by progress frames. */
 void cel_lm_begin(const char *task_id);

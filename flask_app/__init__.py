@@ -13,8 +13,9 @@ import logging
 
 from flask import Flask
 
+from . import backpressure
 from . import config as config_mod
-from . import errors, ratelimit, routes, store, tasks, validation
+from . import errors, metrics, ratelimit, routes, store, tasks, validation
 from .celery_client import make_celery
 
 
@@ -26,6 +27,9 @@ def create_app(config=None):
         settings.update(config)
     if isinstance(settings.get("CELERIAC_API_KEYS"), str):
         settings["CELERIAC_API_KEYS"] = config_mod.parse_api_keys(settings["CELERIAC_API_KEYS"])
+    if not isinstance(settings.get("CELERIAC_MAX_QUEUE_DEPTH"), dict):
+        settings["CELERIAC_MAX_QUEUE_DEPTH"] = backpressure.parse_bounds(
+            settings.get("CELERIAC_MAX_QUEUE_DEPTH"))
     app.config.update(settings)
     app.json.sort_keys = False
     app.extensions["celeriac"] = {
@@ -38,6 +42,7 @@ def create_app(config=None):
             "CELERIAC_API_KEYS is empty: every authenticated route will answer 401")
     validation.init_app(app, tasks.load(app.config))
     errors.register(app)
+    metrics.init_app(app)
     routes.register(app)
     ratelimit.init_app(app, app.extensions["celeriac"]["redis"])
     return app

@@ -87,4 +87,13 @@ def from_env(env=None):
         # Lets the tests and operators reach the worker's diag.* tasks through the API.
         "CELERIAC_ENABLE_DIAG": env.get("CELERIAC_ENABLE_DIAG", "0") not in ("", "0", "no",
                                                                            "false"),
+        # Backpressure (backpressure.py): the deepest a queue may be before submitting routes
+        # answer 503 ("N" for every queue, "queue=N,..." per queue, "off"), how long a web
+        # worker trusts a depth it read, and the Retry-After it gives.
+        "CELERIAC_MAX_QUEUE_DEPTH": env.get("CELERIAC_MAX_QUEUE_DEPTH", "10000"),
+        "CELERIAC_QUEUE_DEPTH_TTL_MS": _int(env, "CELERIAC_QUEUE_DEPTH_TTL_MS", 500),
+        "CELERIAC_RETRY_AFTER": _int(env, "CELERIAC_RETRY_AFTER", 5, 1),
+        "CELERIAC_RETRY_AFTER_MAX": _int(env, "CELERIAC_RETRY_AFTER_MAX", 60, 1),
+        # GET /metrics (metrics.py); "0" turns the route off (requests are still counted).
+        "CELERIAC_METRICS": env.get("CELERIAC_METRICS", "1") not in ("", "0", "no", "false"),
     }

@@ -6,12 +6,16 @@ worker makes the id, so an adapter is recorded when its lora.create future is se
 celeriac:creating:<user> and are resolved then by reading their results, which never waits).
 The worker is also told owner=user.
 Futures: key celeriac:future:<task_id> -> JSON {"owner", "task"} with a TTL (CELERIAC_FUTURE_TTL).
+Open futures (for the celeriac_futures_outstanding metric): sorted set celeriac:futures:open of
+ids scored by when they were handed out, left when a client reads a final state, pruned after
+CELERIAC_FUTURE_TTL.
 Anything not owned by the caller is reported as 404, the same answer as for an unknown id, so
 ids of other users cannot be probed.
 """
 
 import json
 import re
+import time
 
 from flask import current_app
 
@@ -20,6 +24,7 @@ from .errors import not_found
 from .store import store
 
 OWNERS = "celeriac:owners"
+OPEN = "celeriac:futures:open"
 ID_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 FUTURE_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
@@ -38,11 +43,26 @@ def record_future(task_id, user, task, pending_create=False):
     pipe = r.pipeline(transaction=False)
     pipe.set(f"celeriac:future:{task_id}", json.dumps({"owner": user, "task": task}),
              ex=_ttl())
+    pipe.zadd(OPEN, {task_id: time.time()})
     if pending_create:
         key = f"celeriac:creating:{user}"
         pipe.sadd(key, task_id)
         pipe.expire(key, _ttl())
     pipe.execute()
+
+
+def future_finished(task_id):
+    """A client read future task_id's final state: it is no longer outstanding."""
+    store().zrem(OPEN, task_id)
+
+
+def open_futures():
+    """How many futures were handed out and their final state not read yet (within the TTL)."""
+    r = store()
+    pipe = r.pipeline(transaction=False)
+    pipe.zremrangebyscore(OPEN, "-inf", time.time() - _ttl())
+    pipe.zcard(OPEN)
+    return pipe.execute()[1]
 
 
 def future_of(task_id, user):

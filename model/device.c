@@ -121,6 +121,7 @@ static int open_gpu(cel_model_t *m, int index, char *chosen, size_t len, cel_err
     int rc = lib_api->open(index, &src, &m->gpu, &info, err);
     if (rc != CEL_OK) return rc;
     m->gpu_api = lib_api;
+    m->gpu_mem_total = info.mem_total;
     /* the workspace was sized for CPU passes; GPU passes use it for host copies only */
     cel_train_ws_free(&m->ws);
     if (chosen)
@@ -176,6 +177,7 @@ void cel_model_device_stats(const cel_model_t *m, cel_device_stats_t *out) {
     m->gpu_api->mem(m->gpu, &out->mem_used, &out->mem_peak);
     out->resident = m->n_resident;
     out->evictions = m->evictions;
+    out->mem_total = m->gpu_mem_total;
 }
 
 /* Removes l from its model's resident list. */

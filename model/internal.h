@@ -123,6 +123,7 @@ struct cel_model {
     cel_lora_t **resident; /* adapters with a device copy */
     int n_resident, cap_resident;
     long evictions;
+    size_t gpu_mem_total; /* the GPU's memory when opened (bytes) */
 };
 
 struct cel_lora {

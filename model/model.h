@@ -84,6 +84,7 @@ void cel_model_set_gpu_budget(cel_model_t *m, size_t bytes);
 
 typedef struct cel_device_stats {
     size_t mem_used, mem_peak; /* GPU bytes of this model (0 on the CPU) */
+    size_t mem_total;          /* the GPU's memory (0 on the CPU) */
     int resident;              /* adapters on the GPU now */
     long evictions;
 } cel_device_stats_t;

@@ -230,11 +230,43 @@ int cel_frame_run_encode(const cel_frame_run_t *f, uint8_t **buf, size_t *len, s
     return finish(&o, start, rc, err);
 }
 
+/* The "stats" member: only the fields that are set (a number > 0, or >= 0
+ * for the adapter counts), so a task with nothing to report adds one byte. */
+static void put_stats(out_t *o, const cel_frame_stats_t *st) {
+    struct {
+        const char *key;
+        double v;
+        int is_int;
+        int set;
+    } f[] = {
+        { "tokens_trained", (double)st->tokens_trained, 1, st->tokens_trained > 0 },
+        { "tokens_scored", (double)st->tokens_scored, 1, st->tokens_scored > 0 },
+        { "pass_tasks", (double)st->pass_tasks, 1, st->pass_tasks > 0 },
+        { "pass_s", st->pass_s, 0, st->pass_tasks > 0 },
+        { "adapters", (double)st->adapters, 1, st->adapters >= 0 },
+        { "adapters_gpu", (double)st->adapters_gpu, 1, st->adapters_gpu >= 0 },
+        { "evicted", (double)st->evicted, 1, st->evicted > 0 },
+        { "evicted_gpu", (double)st->evicted_gpu, 1, st->evicted_gpu > 0 },
+        { "gpu_used", st->gpu_used, 0, st->gpu_used > 0 },
+        { "gpu_total", st->gpu_total, 0, st->gpu_total > 0 },
+    };
+    uint32_t n = 0;
+    for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) n += f[i].set ? 1 : 0;
+    put_str(o, "stats", 5);
+    put_map(o, n);
+    for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
+        if (!f[i].set) continue;
+        put_str(o, f[i].key, strlen(f[i].key));
+        if (f[i].is_int) put_int(o, (int64_t)f[i].v);
+        else put_f64(o, f[i].v);
+    }
+}
+
 int cel_frame_result_encode(const cel_frame_result_t *f, uint8_t **buf, size_t *len, size_t *cap,
                             cel_err_t *err) {
     out_t o = { buf, len, cap, 0 };
     size_t start = *len;
-    put_map(&o, f->failed ? 8 : 5);
+    put_map(&o, (f->failed ? 8 : 5) + (f->stats.present ? 1 : 0));
     int rc = put_field(&o, "op", "result", CEL_FRAME_NAME_MAX, err);
     if (rc == CEL_OK) rc = put_field(&o, "id", f->id, CEL_FRAME_NAME_MAX, err);
     if (rc == CEL_OK)
@@ -255,6 +287,7 @@ int cel_frame_result_encode(const cel_frame_result_t *f, uint8_t **buf, size_t *
     }
     put_str(&o, "runtime", 7);
     put_f64(&o, f->runtime);
+    if (f->stats.present) put_stats(&o, &f->stats);
     return finish(&o, start, rc, err);
 }
 
@@ -646,15 +679,46 @@ int cel_frame_run_decode(const uint8_t *payload, size_t len, cel_frame_run_t *ou
     return rc;
 }
 
+/* A result's "stats" map: every member optional, each a number >= 0 (the
+ * counts integers); anything else is CEL_EPROTO naming the field. */
+static int read_stats(const slot_t *sm, cel_frame_stats_t *st, cel_err_t *err) {
+    st->adapters = st->adapters_gpu = -1;
+    if (!sm->v) return CEL_OK;
+    if (!slot_is_map(sm)) return cel_err_set(err, CEL_EPROTO, "result frame: stats is not a map");
+    slot_t sl[] = { { "tokens_trained", 0, 0 }, { "tokens_scored", 0, 0 }, { "pass_tasks", 0, 0 },
+                    { "adapters", 0, 0 },       { "adapters_gpu", 0, 0 },  { "evicted", 0, 0 },
+                    { "evicted_gpu", 0, 0 },    { "pass_s", 0, 0 },        { "gpu_used", 0, 0 },
+                    { "gpu_total", 0, 0 } };
+    long *ints[] = { &st->tokens_trained, &st->tokens_scored, &st->pass_tasks, &st->adapters,
+                     &st->adapters_gpu,   &st->evicted,       &st->evicted_gpu };
+    double *nums[] = { &st->pass_s, &st->gpu_used, &st->gpu_total };
+    int rc = collect(sm->v, sm->n, sl, 10, err);
+    if (rc) return rc;
+    for (int i = 0; i < 7; i++)
+        if (sl[i].v && (!slot_int(&sl[i], ints[i]) || *ints[i] < 0))
+            return cel_err_set(err, CEL_EPROTO, "result frame: stats.%s is not a count", sl[i].key);
+    for (int i = 0; i < 3; i++)
+        if (sl[7 + i].v && (!slot_num(&sl[7 + i], nums[i]) || *nums[i] < 0))
+            return cel_err_set(err, CEL_EPROTO, "result frame: stats.%s is not a number >= 0",
+                               sl[7 + i].key);
+    st->present = 1;
+    return CEL_OK;
+}
+
 int cel_frame_result_decode(const uint8_t *payload, size_t len, cel_frame_result_t *out,
                             cel_err_t *err) {
     memset(out, 0, sizeof(*out));
     slot_t sl[] = { { "op", 0, 0 },          { "id", 0, 0 },        { "status", 0, 0 },
                     { "result", 0, 0 },      { "exc_type", 0, 0 },  { "exc_module", 0, 0 },
-                    { "exc_message", 0, 0 }, { "traceback", 0, 0 }, { "runtime", 0, 0 } };
-    int rc = collect(payload, len, sl, 9, err);
+                    { "exc_message", 0, 0 }, { "traceback", 0, 0 }, { "runtime", 0, 0 },
+                    { "stats", 0, 0 } };
+    int rc = collect(payload, len, sl, 10, err);
     if (rc == CEL_OK) rc = check_op(&sl[0], "result", err);
-    if (rc) return rc;
+    if (rc == CEL_OK) rc = read_stats(&sl[9], &out->stats, err);
+    if (rc) {
+        memset(&out->stats, 0, sizeof(out->stats));
+        return rc;
+    }
     if ((rc = short_str(&sl[1], err)) <= 0)
         return rc < 0 ? rc : cel_err_set(err, CEL_EPROTO, "result frame: no id");
     if (slot_is(&sl[2], "FAILURE")) out->failed = 1;

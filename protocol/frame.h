@@ -22,6 +22,13 @@
  *     {"op": "result", "id": str, "status": "FAILURE", "exc_type": str,
  *      "exc_module": str, "exc_message": array, "traceback": str|nil,
  *      "runtime": float}
+ *     either may carry "stats": {...}, what the executor reports about the
+ *     task and itself for the worker's metrics (cel_frame_stats_t; every key
+ *     optional, numbers >= 0): "tokens_trained", "tokens_scored",
+ *     "pass_tasks" and "pass_s" (on the first result of a model pass: the
+ *     tasks it packed and its seconds), "adapters", "adapters_gpu" (held
+ *     now), "evicted", "evicted_gpu" (since its previous stats), "gpu_used",
+ *     "gpu_total" (bytes).
  *   executor -> main, while a task runs (model tasks, at most every 0.25 s):
  *     {"op": "progress", "id": str, "state": str, "meta": any}
  *   Writing ahead: the main process may write several runs before their
@@ -102,6 +109,23 @@ typedef struct cel_frame_run {
     void *mem_;
 } cel_frame_run_t;
 
+/* A result's "stats" (frame.h's EXECUTOR PROTOCOL). present is 0 when the
+ * frame had none (the encoder then writes none); absent keys read as 0,
+ * adapters and adapters_gpu as -1 (unknown). */
+typedef struct cel_frame_stats {
+    int present;
+    long tokens_trained; /* tokens lora.forward_backward trained on */
+    long tokens_scored;  /* tokens model.score scored */
+    long pass_tasks;     /* > 0 on the first result of a model pass: tasks it packed */
+    double pass_s;       /* that pass's seconds */
+    long adapters;       /* adapters in the executor's memory after the task */
+    long adapters_gpu;   /* of them on the GPU */
+    long evicted;        /* dropped from its memory since its previous stats */
+    long evicted_gpu;    /* moved from the GPU to host memory since then */
+    double gpu_used;     /* GPU bytes its model holds (0 on the CPU) */
+    double gpu_total;    /* the GPU's memory in bytes (0 on the CPU) */
+} cel_frame_stats_t;
+
 typedef struct cel_frame_result {
     const char *id;
     int failed;             /* 0: status SUCCESS, 1: FAILURE */
@@ -111,6 +135,7 @@ typedef struct cel_frame_result {
     json_t *exc_message;    /* FAILURE: the exception's args, an array */
     const char *traceback;  /* FAILURE: NULL for none (nil on the wire) */
     double runtime;         /* seconds the task ran */
+    cel_frame_stats_t stats;
     void *mem_;
 } cel_frame_result_t;
 

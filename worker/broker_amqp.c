@@ -39,6 +39,7 @@
 #include "../common/log.h"
 #include "../protocol/amqp_msg.h"
 #include "amqp_conn.h"
+#include "metrics.h"
 
 #define DONE_KEYS        4096 /* tasks finished here, remembered against redelivery */
 #define KEY_MAX          300  /* "<task id>/<retries>" kept for adoption */
@@ -329,6 +330,7 @@ static void drop_fifo(amqp_broker_t *b, int requeue) {
 
 static void on_state(void *priv, int up) {
     amqp_broker_t *b = priv;
+    cel_metrics_broker_state(up);
     if (!up) {
         /* The broker took back every unacked delivery of that connection. */
         for (size_t i = 0; i < b->by_tag.cap; i++)

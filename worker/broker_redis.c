@@ -27,6 +27,7 @@
 #include "../protocol/message.h"
 #include "events.h"
 #include "held.h"
+#include "metrics.h"
 #include "redis.h"
 #include "respcut.h"
 
@@ -683,6 +684,7 @@ static void verify_held(redis_broker_t *b) {
 
 static void on_cmd_state(cel_redis_t *r, int up, void *priv) {
     redis_broker_t *b = priv;
+    cel_metrics_broker_state(up);
     if (up) {
         /* Declare the bindings as kombu's queue_bind does, check what we hold,
          * then restore. */

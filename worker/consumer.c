@@ -29,6 +29,7 @@
 #include "events.h"
 #include "limits.h"
 #include "../common/log.h"
+#include "metrics.h"
 #include "pool.h"
 #include "revoked.h"
 #include "../protocol/tasks.h"
@@ -84,8 +85,9 @@ struct cel_consumer {
     cel_affinity_t *affinity; /* adapter id -> executor slot */
     request_t *requests;      /* every live request */
     request_t *ready_head, *ready_tail;
-    int held;  /* requests in the prefetch window */
-    int limit; /* prefetch_count */
+    int held;     /* requests in the prefetch window */
+    int eta_held; /* requests HELD for their eta (bounded by --eta-task-limit) */
+    int limit;    /* prefetch_count */
     int nrequests;
     int stopping; /* warm shutdown started */
     int cold;
@@ -119,11 +121,13 @@ static int counted(int st) { return st == R_READY; }
 /* Moves a request to state st, keeping the prefetch window count. */
 static void set_state(request_t *r, int st) {
     cel_consumer_t *c = r->c;
-    int was = counted(r->state);
+    int was = counted(r->state), was_eta = r->state == R_HELD;
     c->held += counted(st) - was;
+    c->eta_held += (st == R_HELD) - was_eta;
     r->state = st;
-    /* A slot came free: fetch more (after the current callback). */
-    if (was && !counted(st) && !c->stopping) uv_timer_start(&c->drain_timer, on_drain_timer, 0, 0);
+    /* A slot came free (or an eta one): fetch more (after the current callback). */
+    if (((was && !counted(st)) || (was_eta && st != R_HELD)) && !c->stopping)
+        uv_timer_start(&c->drain_timer, on_drain_timer, 0, 0);
 }
 
 static void dispatch(cel_consumer_t *c);
@@ -186,6 +190,9 @@ static void ready_push(cel_consumer_t *c, request_t *r) {
 static int capacity(void *priv) {
     cel_consumer_t *c = priv;
     if (c->stopping) return 0;
+    /* past --eta-task-limit held eta messages, nothing more is fetched until some are due
+     * (as Celery's newer worker_eta_task_limit); what is fetched is never dropped */
+    if (c->cfg->eta_task_limit && c->eta_held >= c->cfg->eta_task_limit) return 0;
     int free_slots = c->limit - c->held;
     return free_slots > 0 ? free_slots : 0;
 }
@@ -346,6 +353,7 @@ static void finish(request_t *r, const char *status, json_t *result, const char 
     double rt = r->runtime > 0 ? r->runtime : r->started > 0 ? now_unix() - r->started : 0;
     cel_events_task_done(r->c->events, t, status, result, traceback, rt, r->revoked == 2,
                          r->term_signum);
+    cel_metrics_task_done(t, status, r->started > 0 ? rt : -1);
     set_state(r, R_FINISHING);
     r->status = status;
     r->result = json_incref(result);
@@ -438,6 +446,7 @@ static int run_request(cel_consumer_t *c, request_t *r, int slot) {
     json_t *n = json_object_get(c->totals, t->name);
     json_object_set_new(c->totals, t->name, json_integer(json_integer_value(n) + 1));
     cel_events_task(c->events, "task-started", t, NULL);
+    cel_metrics_task_started(t, r->started - (t->eta > r->received ? t->eta : r->received));
     cel_debug("TaskPool: Apply %s[%s] on executor %d (pid %d)", t->name, t->id, r->slot + 1,
               r->pid);
     return 1;
@@ -727,6 +736,7 @@ static void on_message(void *priv, const cel_broker_msg_t *m) {
         return;
     }
     cel_events_task_received(c->events, task);
+    cel_metrics_task_received(task);
     if (task->eta > now) {
         /* Held until due; not counted against the prefetch window. */
         set_state(r, R_HELD);

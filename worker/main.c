@@ -12,7 +12,10 @@
  * --shutdown-timeout (the consumer gives back what did not finish), a cold one
  * that has not closed within COLD_DEADLINE_S, or any signal during a cold one,
  * kills the executors and exits at once (what is unacked stays with the
- * broker). The only place that exits the process.
+ * broker). With --metrics-port, main also turns the metrics registry on
+ * (metrics.h), fills its live gauges from the consumer when a scrape asks, and
+ * serves it (metrics_http.h) until the consumer is done. The only place that
+ * exits the process.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -31,6 +34,8 @@
 #include "control.h"
 #include "events.h"
 #include "limits.h"
+#include "metrics.h"
+#include "metrics_http.h"
 #include "options.h"
 #include "revoked.h"
 
@@ -46,9 +51,11 @@ typedef struct worker {
     cel_events_t *events;
     cel_consumer_t *consumer;
     cel_control_t *control;
+    cel_metrics_http_t *metrics; /* NULL without --metrics-port */
+    json_t *metrics_queues;      /* the queue names a scrape borrowed */
     uv_signal_t sigterm, sigint, sigquit;
     uv_timer_t cold_deadline;
-    int closing_left; /* control and events, after the consumer */
+    int closing_left; /* control, events and metrics, after the consumer */
     int warm_started;
     int cold;
     int done;
@@ -65,10 +72,57 @@ static void events_load(void *priv, long *active, long *processed) {
     *processed = in.processed;
 }
 
-/* Control and events are closed: save and free the shared state, let the loop end. */
+/* A scrape's view of the consumer: executors, requests by state, queues. */
+static void count_request(void *priv, const cel_consumer_req_t *r) {
+    cel_metrics_live_t *out = priv;
+    if (r->kind == CEL_REQ_SCHEDULED) out->scheduled++;
+    else if (r->kind == CEL_REQ_RESERVED) out->reserved++;
+    else if (r->kind == CEL_REQ_ACTIVE) out->active++;
+}
+
+static void metrics_collect(void *priv, cel_metrics_live_t *out) {
+    worker_t *w = priv;
+    out->eta_limit = w->cfg.eta_task_limit;
+    out->gpu_adapter_limit = w->cfg.gpu_adapter_mb << 20;
+    if (!w->consumer || w->done) return;
+    cel_consumer_info_t in;
+    cel_consumer_info(w->consumer, &in);
+    out->slots = in.slots;
+    out->executors = in.npids;
+    out->busy = in.busy;
+    out->prefetch_count = in.prefetch_count;
+    cel_consumer_each_request(w->consumer, count_request, out);
+    json_decref(w->metrics_queues);
+    w->metrics_queues = cel_consumer_queues(w->consumer);
+    for (size_t i = 0; i < json_array_size(w->metrics_queues) && i < CEL_METRICS_MAX_QUEUES; i++)
+        out->queues[out->nqueues++] = json_string_value(json_array_get(w->metrics_queues, i));
+}
+
+/* --metrics-port: the registry on and its responder listening, before
+ * anything else starts. Returns 0, or -1 (logged) when it cannot listen. */
+static int start_metrics(worker_t *w) {
+    if (w->cfg.metrics_port < 0) return 0;
+    cel_err_t err;
+    if (cel_metrics_init(w->cfg.hostname, &err) != CEL_OK ||
+        cel_metrics_http_new(w->loop, w->cfg.metrics_bind, w->cfg.metrics_port, &w->metrics,
+                             &err) != CEL_OK) {
+        fprintf(stderr, "celeriac: --metrics-port: %s\n", err.msg);
+        return -1;
+    }
+    cel_metrics_set_collector(metrics_collect, w);
+    cel_log_force(CEL_LOG_INFO, "metrics at http://%s%s%s:%d/metrics",
+                  strchr(w->cfg.metrics_bind, ':') ? "[" : "", w->cfg.metrics_bind,
+                  strchr(w->cfg.metrics_bind, ':') ? "]" : "", cel_metrics_http_port(w->metrics));
+    return 0;
+}
+
+/* Control, events and metrics are closed: save and free the shared state, let the loop end. */
 static void on_part_closed(void *priv) {
     worker_t *w = priv;
     if (--w->closing_left > 0) return;
+    cel_metrics_shutdown();
+    json_decref(w->metrics_queues);
+    w->metrics_queues = NULL;
     cel_err_t err;
     if (cel_revoked_save(w->revoked, &err) != CEL_OK) cel_error("%s", err.msg);
     cel_revoked_free(w->revoked);
@@ -87,7 +141,9 @@ static void on_consumer_done(void *priv) {
     worker_t *w = priv;
     w->done = 1;
     w->consumer = NULL;
-    w->closing_left = 2;
+    w->closing_left = w->metrics ? 3 : 2;
+    if (w->metrics) cel_metrics_http_close(w->metrics, on_part_closed, w);
+    w->metrics = NULL;
     cel_control_close(w->control, on_part_closed, w);
     w->control = NULL;
     cel_events_close(w->events, on_part_closed, w); /* sends worker-offline */
@@ -246,6 +302,14 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
 
     w.loop = uv_default_loop();
+    if (start_metrics(&w) != 0) {
+        uv_run(w.loop, UV_RUN_DEFAULT); /* closes the listener that failed */
+        cel_metrics_shutdown();
+        uv_loop_close(w.loop);
+        if (w.cfg.pidfile[0]) unlink(w.cfg.pidfile);
+        cel_options_free(&w.cfg);
+        return 2;
+    }
     log_banner(&w.cfg);
     w.revoked = cel_revoked_new(w.cfg.state_dir);
     w.limits = cel_limits_new();

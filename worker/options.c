@@ -85,6 +85,13 @@ static const char usage_text[] =
     "                               limit)\n"
     "      --max-adapter-bytes-per-owner BYTES  disk one owner's adapters may use\n"
     "                               (default 4294967296; 0 = no limit)\n"
+    "      --metrics-port PORT      serve Prometheus metrics on http://ADDR:PORT/metrics\n"
+    "                               (env CELERIAC_METRICS_PORT; default: off; 0 picks a\n"
+    "                               free port, logged)\n"
+    "      --metrics-bind ADDR      address the metrics listen on (default 127.0.0.1)\n"
+    "      --eta-task-limit N       eta/countdown messages held at once; past it the\n"
+    "                               worker stops fetching until some are due (default\n"
+    "                               10000; 0 = no limit)\n"
     "      --describe-tasks         print the task table as JSON (names, parameters,\n"
     "                               limits) and exit; contacts nothing\n"
     "      --result-extended        results also carry name, args, kwargs, worker,\n"
@@ -142,6 +149,9 @@ enum {
     /* canvas (issue 13) */
     OPT_RESULT_EXTENDED,
     OPT_CHORD_ORDERED,
+    OPT_METRICS_PORT,
+    OPT_METRICS_BIND,
+    OPT_ETA_LIMIT,
 };
 
 static int hexval(char c) {
@@ -532,6 +542,15 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     cfg->max_bytes_per_owner = 4LL << 30;
     cfg->result_chord_ordered = 1;
     cfg->broker_heartbeat = 120; /* Celery's broker_heartbeat */
+    cfg->metrics_port = -1;
+    if ((env = getenv("CELERIAC_METRICS_PORT")) && *env) {
+        long port;
+        int rc = parse_long(env, 0, 65535, &port, "CELERIAC_METRICS_PORT", err);
+        if (rc != CEL_OK) return rc;
+        cfg->metrics_port = (int)port;
+    }
+    snprintf(cfg->metrics_bind, sizeof(cfg->metrics_bind), "127.0.0.1");
+    cfg->eta_task_limit = CEL_ETA_TASK_LIMIT;
     const char *hostname_pat = "celeriac@%h";
     const char *queues = "celery";
     default_executor(cfg->executor, sizeof(cfg->executor));
@@ -584,6 +603,9 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         /* canvas (issue 13) */
         { "result-extended", no_argument, 0, OPT_RESULT_EXTENDED },
         { "result-chord-ordered", required_argument, 0, OPT_CHORD_ORDERED },
+        { "metrics-port", required_argument, 0, OPT_METRICS_PORT },
+        { "metrics-bind", required_argument, 0, OPT_METRICS_BIND },
+        { "eta-task-limit", required_argument, 0, OPT_ETA_LIMIT },
         { 0, 0, 0, 0 },
     };
     optind = 0; /* 0, not 1: glibc then forgets the state of any earlier parse */
@@ -704,6 +726,18 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         case OPT_GPU_MEM:
             rc = parse_long(optarg, 0, 1L << 30, &v, "--gpu-adapter-memory", err);
             cfg->gpu_adapter_mb = v;
+            break;
+        case OPT_METRICS_PORT:
+            rc = parse_long(optarg, 0, 65535, &v, "--metrics-port", err);
+            cfg->metrics_port = (int)v;
+            break;
+        case OPT_METRICS_BIND:
+            rc = copy_str(cfg->metrics_bind, sizeof(cfg->metrics_bind), optarg, "--metrics-bind",
+                          err);
+            break;
+        case OPT_ETA_LIMIT:
+            rc = parse_long(optarg, 0, INT_MAX, &v, "--eta-task-limit", err);
+            cfg->eta_task_limit = (int)v;
             break;
         case 'E': cfg->task_events = 1; break;
         case OPT_NO_HEARTBEAT: cfg->without_heartbeat = 1; break;

@@ -11,7 +11,8 @@
 #define CEL_MAX_QUEUES      64
 #define CEL_MAX_QUEUE_NAME  65536 /* bytes of one queue name (-Q, add_consumer) */
 #define CEL_MAX_CONCURRENCY 256
-#define CEL_MAX_BATCH_TASKS 64 /* --batch-max-tasks */
+#define CEL_MAX_BATCH_TASKS 64    /* --batch-max-tasks */
+#define CEL_ETA_TASK_LIMIT  10000 /* --eta-task-limit default */
 
 /* A parsed redis://[user:password@]host[:port][/db] URL. */
 typedef struct cel_redis_url {
@@ -86,10 +87,14 @@ typedef struct cel_options {
     int ssl_no_verify;       /* --broker-ssl-no-verify: skip the peer check (not the default) */
     double broker_heartbeat; /* --broker-heartbeat: AMQP heartbeat, seconds, 0 = off (120) */
     int max_priority;        /* --max-priority: x-max-priority of task queues, 0 = none */
+    /* ---- metrics and backpressure (issue 18) ---- */
+    int metrics_port;       /* --metrics-port: -1 = off (default), 0 = any free port */
+    char metrics_bind[256]; /* --metrics-bind: the address it listens on (127.0.0.1) */
+    int eta_task_limit;     /* --eta-task-limit: eta/countdown messages held; 0 = no limit */
 } cel_options_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,
- * CELERY_RESULT_BACKEND). Returns CEL_OK; 1 when --help/--version was printed
+ * CELERY_RESULT_BACKEND, CELERIAC_METRICS_PORT). Returns CEL_OK; 1 when --help/--version was printed
  * or --describe-tasks was given (cfg->describe_tasks set, nothing else parsed:
  * the caller prints the table), and the caller exits 0; or CEL_EINVAL with err
  * saying which option is wrong. */

@@ -16,6 +16,7 @@
 #include "../protocol/protocol.h"
 #include "../protocol/frame.h"
 #include "../common/log.h"
+#include "metrics.h"
 
 #define READ_CHUNK  (64 * 1024)
 /* Pipelining: an executor whose recent tasks were short gets up to PIPE_MAX
@@ -161,6 +162,7 @@ static void on_ready_frame(executor_t *e, const uint8_t *payload, size_t len) {
         cel_info("executor %d (pid %d): model on %s", e->slot + 1, e->pid, rd.device);
     cel_frame_ready_clear(&rd);
     e->was_ready = 1;
+    cel_metrics_executor_ready(e->slot);
     if (e->state == EX_STARTING) {
         e->state = EX_IDLE;
         if (p->closing || e->slot >= p->n) executor_shutdown(e);
@@ -176,6 +178,7 @@ static void on_result_frame(executor_t *e, const uint8_t *payload, size_t len) {
         malformed(e, err.msg);
         return;
     }
+    cel_metrics_executor_result(e->slot, &res);
     void *job = e->jobs[0];
     e->njobs--;
     memmove(e->jobs, e->jobs + 1, sizeof(e->jobs[0]) * (size_t)e->njobs);

@@ -2,17 +2,17 @@
 
 submit() is the only place a route talks to Celery for writing. When the task names an adapter
 (the task table's adapter_param) that it does not create, the adapter must be the caller's
-(404 otherwise, the same answer as for an id that does not exist); the task counts against the
-user's CELERIAC_MAX_INFLIGHT (429 past it, inflight.py); then it is published by name
-(send_task, never waits), future -> owner is stored in Redis with a TTL, and the 202 body is
-returned.
+(404 otherwise, the same answer as for an id that does not exist); a queue at its bound is a
+503 (backpressure.py) and nothing is sent; the task counts against the user's
+CELERIAC_MAX_INFLIGHT (429 past it, inflight.py); then it is published by name (send_task,
+never waits), future -> owner is stored in Redis with a TTL, and the 202 body is returned.
 """
 
 import uuid
 
 from flask import current_app, g, jsonify
 
-from .. import inflight
+from .. import backpressure, inflight
 from ..celery_client import send
 from ..ownership import record_future, require_adapter
 
@@ -24,11 +24,12 @@ def submit(task, kwargs, pending_create=False, extra=None, args=None):
     adapter = kwargs.get(spec.get("adapter_param") or "")
     if adapter is not None and spec.get("adapter_effect") != "create":
         require_adapter(adapter, g.user)
+    queue = current_app.config["CELERIAC_QUEUE"]
+    backpressure.check(queue)  # 503 while the queue is at its bound: nothing is sent
     task_id = str(uuid.uuid4())
     inflight.reserve(g.user, task_id)
     try:
-        send(ext["celery"], task, kwargs, queue=current_app.config["CELERIAC_QUEUE"], args=args,
-             task_id=task_id)
+        send(ext["celery"], task, kwargs, queue=queue, args=args, task_id=task_id)
     except BaseException:
         inflight.release(g.user, task_id)
         raise

@@ -18,7 +18,7 @@ from .. import inflight
 from .. import validation as v
 from ..auth import require_user
 from ..celery_client import task_meta
-from ..ownership import creation_done, future_of, set_owner
+from ..ownership import creation_done, future_finished, future_of, set_owner
 
 bp = Blueprint("futures", __name__)
 
@@ -68,6 +68,7 @@ def retrieve_future():
     state, value = stored.get("status"), stored.get("result")
     if state in inflight.FINISHED:
         inflight.release(g.user, task_id)
+        future_finished(task_id)
     if state == "SUCCESS":
         _on_success(meta, value)
         return jsonify({"status": "done", "result": value})

@@ -4,8 +4,9 @@
  * (data.c), runs forward_backward (adapter gradients with --lora, every base
  * weight with --full), and takes one AdamW step with a linear warmup then a
  * cosine decay to 10% of --lr and gradient clipping at --grad-clip. Prints the
- * mean token loss every step: one plain line per step, or a progress line
- * rewritten with \r when stdout is a terminal. --init CONFIG.json starts full
+ * mean token loss, tokens/s and the time left (ETA) every step: one plain line
+ * per step, or a progress line with a bar rewritten with \r when stdout is a
+ * terminal. --init CONFIG.json starts full
  * training from a fresh random model (how model/tiny/ is made). Saves to --out:
  * the PEFT adapter folder with its optimizer state, or a model folder with the
  * tokenizer copied (F32), also every --save-every steps.
@@ -47,8 +48,9 @@ static const char HELP[] =
     "                      cuda, cuda:N; --full trains on the CPU only\n"
     "  --out DIR           where to save (created)\n"
     "\n"
-    "Prints 'step S/N loss L lr X norm G tok/s R' per step (a \\r progress line on a\n"
-    "terminal) and the mean token loss; --lora saves adapter_model.safetensors,\n"
+    "Prints 'step S/N loss L lr X norm G tok/s R eta E' per step (on a terminal, one\n"
+    "line rewritten in place with a bar and the elapsed time) and the mean token loss; --lora "
+    "saves adapter_model.safetensors,\n"
     "adapter_config.json and optimizer.safetensors; --full saves config.json,\n"
     "model.safetensors and tokenizer.json.\n";
 
@@ -211,6 +213,39 @@ static int setup(const train_args_t *a, cel_cli_lm_t *lm, cel_err_t *err) {
     return CEL_OK;
 }
 
+/* "1h02m", "3m07s", "42s": a duration for the progress line. */
+static void fmt_secs(double secs, char *out, size_t size) {
+    long s = secs > 0 && secs < 1e9 ? (long)(secs + 0.5) : 0;
+    if (s >= 3600) snprintf(out, size, "%ldh%02ldm", s / 3600, s % 3600 / 60);
+    else if (s >= 60) snprintf(out, size, "%ldm%02lds", s / 60, s % 60);
+    else snprintf(out, size, "%lds", s);
+}
+
+/* The progress of step `done` of a.steps: "step S/N loss L lr X norm G tok/s R eta E" as a
+ * plain line, or on a terminal the same rewritten in place (\r, erase to the end of the line)
+ * with a bar and the elapsed time. tokens: per step; el: seconds since the first step. */
+static void show_step(const train_args_t *a, long done, double loss, float lr, float norm,
+                      long tokens, double el, int tty) {
+    char eta[32], elapsed[32];
+    fmt_secs(el / done * (double)(a->steps - done), eta, sizeof(eta));
+    double tps = el > 0 ? (double)done * tokens / el : 0;
+    if (!tty) {
+        printf("step %ld/%ld loss %.4f lr %.2e norm %.3f tok/s %.0f eta %s\n", done, a->steps, loss,
+               lr, norm, tps, eta);
+        fflush(stdout);
+        return;
+    }
+    enum { BAR = 20 };
+    char bar[BAR + 1];
+    int fill = (int)((double)done * BAR / (double)a->steps);
+    for (int i = 0; i < BAR; i++) bar[i] = i < fill ? '#' : '.';
+    bar[BAR] = '\0';
+    fmt_secs(el, elapsed, sizeof(elapsed));
+    printf("\rstep %ld/%ld loss %.4f lr %.2e norm %.3f tok/s %.0f [%s] %3.0f%% %s eta %s\x1b[K",
+           done, a->steps, loss, lr, norm, tps, bar, 100.0 * done / a->steps, elapsed, eta);
+    fflush(stdout);
+}
+
 int cel_cli_train(int argc, char **argv) {
     train_args_t a;
     int rc = parse_args(argc, argv, &a);
@@ -264,10 +299,7 @@ int cel_cli_train(int argc, char **argv) {
                     : cel_lora_step(lm.lora, &opt, &norm, &err);
         if (rc != CEL_OK) goto fail;
         loss = sum;
-        double el = cel_cli_now() - tstart;
-        printf("%sstep %ld/%ld loss %.4f lr %.2e norm %.3f tok/s %.0f%s", tty ? "\r" : "", s + 1,
-               a.steps, loss, opt.lr, norm, (double)(s + 1) * B * T / el, tty ? "   " : "\n");
-        fflush(stdout);
+        show_step(&a, s + 1, loss, opt.lr, norm, B * T, cel_cli_now() - tstart, tty);
         if (a.save_every && (s + 1) % a.save_every == 0 && s + 1 < a.steps &&
             save(&a, &lm, s + 1, loss, &err) != CEL_OK)
             goto fail;

@@ -176,6 +176,20 @@ def seed_model(out):
     put(out, 'tokenizer', 'decode-ids', b'\x03' + struct.pack('<8i', 0, 1, 72, 101, 300, 5, 9, -1))
 
 
+def seed_metrics_http(out):
+    """What clients send to the worker's /metrics port (worker/metrics_http.c)."""
+    put(out, 'metrics_http', 'prometheus-scrape',
+        b'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9808\r\nUser-Agent: Prometheus/2.42.0\r\n'
+        b'Accept: text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\nAccept-Encoding: gzip\r\n'
+        b'X-Prometheus-Scrape-Timeout-Seconds: 1\r\n\r\n')
+    put(out, 'metrics_http', 'head-lf', b'HEAD /?x=1 HTTP/1.0\n\n')
+    put(out, 'metrics_http', 'post-body', b'POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc')
+    put(out, 'metrics_http', 'http2', b'GET /metrics HTTP/2.0\r\n\r\n')
+    put(out, 'metrics_http', 'lower', b'get /metrics HTTP/1.1\r\n\r\n')
+    put(out, 'metrics_http', 'head-too-long', b'GET /metrics HTTP/1.1\r\nX: ' + b'v' * 8200 +
+        b'\r\n\r\n')
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
@@ -185,6 +199,7 @@ def main():
     seed_frame(out)
     seed_pidbox(out)
     seed_model(out)
+    seed_metrics_http(out)
 
 
 if __name__ == '__main__':

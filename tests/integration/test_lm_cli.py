@@ -13,7 +13,9 @@ command uses one BLAS thread; the whole file runs in well under a minute.
 import json
 import math
 import os
+import pty
 import random
+import re
 import subprocess
 
 import pytest
@@ -209,6 +211,39 @@ def test_lora_train_then_score_with_adapter(tmp_path):
     tuned = score(*lines, adapter=str(out))
     for b, t in zip(base, tuned):
         assert t["mean_logprob"] > b["mean_logprob"] + 0.3, (b["mean_logprob"], t["mean_logprob"])
+
+
+def test_train_progress_plain_and_on_a_terminal(tmp_path):
+    """Progress for people: each plain line ends with the time left; on a terminal one line
+    is rewritten in place (\\r, erase to the end) with a bar, percent and ETA."""
+    data = tmp_path / "train.txt"
+    data.write_text(TRAIN_TEXT)
+    args = ["train", "--threads", "1", "--model", TINY, "--data", str(data), "--lora", "4",
+            "--steps", "4", "--lr", "1e-2", "--batch", "2", "--seq", "16"]
+    p = lm(*args, "--out", str(tmp_path / "a"))
+    steps = [line for line in p.stdout.splitlines() if line.startswith("step ")]
+    assert len(steps) == 4 and all(re.search(r" tok/s \d+ eta \d+s$", x) for x in steps), steps
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([LM, *args, "--out", str(tmp_path / "b")], stdout=slave,
+                            stderr=subprocess.DEVNULL)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(60 * SCALE) == 0
+    text = out.decode("utf-8", "replace")
+    frames = [f for f in text.split("\r") if f.startswith("step ")]
+    assert len(frames) == 4, text
+    assert all(f.split("\x1b[K")[0].split()[1] == f"{i}/4" for i, f in enumerate(frames, 1))
+    assert "[##########..........]  50%" in frames[1] and " eta " in frames[1], frames[1]
+    assert "100%" in frames[3] and "saved " in text
 
 
 def test_full_train_from_init(tmp_path):

@@ -451,6 +451,85 @@ static void test_run_from_python(void **state) {
     free(p);
 }
 
+/* A result's stats (what an executor reports for the worker's metrics) round-trip;
+ * only set fields go on the wire; absent stats read as not present. */
+static void test_result_stats(void **state) {
+    (void)state;
+    cel_frame_result_t in = { .id = "s-1", .result = json_null(), .runtime = 0.5 }, out;
+    in.stats = (cel_frame_stats_t){ .present = 1,
+                                    .tokens_trained = 123,
+                                    .pass_tasks = 3,
+                                    .pass_s = 0.25,
+                                    .adapters = 0,
+                                    .adapters_gpu = -1,
+                                    .evicted = 2,
+                                    .gpu_used = 5e9,
+                                    .gpu_total = 8.5e10 };
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0;
+    assert_int_equal(cel_frame_result_encode(&in, &buf, &len, &cap, NULL), CEL_OK);
+    assert_int_equal(cel_frame_result_decode(buf, len, &out, NULL), CEL_OK);
+    assert_true(out.stats.present);
+    assert_int_equal(out.stats.tokens_trained, 123);
+    assert_int_equal(out.stats.tokens_scored, 0);
+    assert_int_equal(out.stats.pass_tasks, 3);
+    assert_true(out.stats.pass_s == 0.25);
+    assert_int_equal(out.stats.adapters, 0);      /* 0 is a count, sent */
+    assert_int_equal(out.stats.adapters_gpu, -1); /* unknown, not sent */
+    assert_int_equal(out.stats.evicted, 2);
+    assert_int_equal(out.stats.evicted_gpu, 0);
+    assert_true(out.stats.gpu_used == 5e9 && out.stats.gpu_total == 8.5e10);
+    cel_frame_result_clear(&out);
+    json_t *v;
+    assert_int_equal(cel_msgpack_to_json(buf, len, &v, NULL), CEL_OK);
+    json_t *st = json_object_get(v, "stats");
+    assert_int_equal(json_object_size(st), 7);
+    assert_null(json_object_get(st, "adapters_gpu"));
+    json_decref(v);
+    free(buf);
+    /* a frame without stats (an old executor, a diag task) */
+    in.stats.present = 0;
+    buf = NULL;
+    len = cap = 0;
+    assert_int_equal(cel_frame_result_encode(&in, &buf, &len, &cap, NULL), CEL_OK);
+    assert_int_equal(cel_frame_result_decode(buf, len, &out, NULL), CEL_OK);
+    assert_false(out.stats.present);
+    cel_frame_result_clear(&out);
+    free(buf);
+    /* bad stats: each refused naming the field; unknown keys inside are ignored */
+    static const char *const bad[] = {
+        "[]",
+        "{\"tokens_trained\": -1}",
+        "{\"tokens_scored\": 1.5}",
+        "{\"pass_tasks\": \"2\"}",
+        "{\"pass_s\": -0.5}",
+        "{\"gpu_used\": null}",
+        "{\"adapters\": 9999999999}",
+        "{\"evicted_gpu\": true}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        json_t *f = parse("{\"op\": \"result\", \"id\": \"i\", \"status\": \"SUCCESS\", "
+                          "\"result\": 1, \"runtime\": 0.5}");
+        json_object_set_new(f, "stats", parse(bad[i]));
+        uint8_t *p = pack(f, &len);
+        cel_err_t err;
+        if (cel_frame_result_decode(p, len, &out, &err) != CEL_EPROTO)
+            fail_msg("stats %s: want EPROTO", bad[i]);
+        assert_true(!out.id && !out.result && !out.stats.present);
+        assert_non_null(strstr(err.msg, "stats"));
+        free(p);
+    }
+    json_t *f = parse("{\"op\": \"result\", \"id\": \"i\", \"status\": \"SUCCESS\", "
+                      "\"result\": 1, \"runtime\": 0.5, \"stats\": {\"later\": [1], "
+                      "\"tokens_scored\": 9}}");
+    uint8_t *p = pack(f, &len);
+    assert_int_equal(cel_frame_result_decode(p, len, &out, NULL), CEL_OK);
+    assert_int_equal(out.stats.tokens_scored, 9);
+    assert_int_equal(out.stats.adapters, -1);
+    cel_frame_result_clear(&out);
+    free(p);
+}
+
 /* Decodes payload as the given kind; returns rc and clears what it got. */
 static int decode_kind(int kind, const uint8_t *p, size_t len, cel_err_t *err) {
     int rc;
@@ -831,6 +910,7 @@ int main(void) {
         cmocka_unit_test(test_run_round_trip),
         cmocka_unit_test(test_result_round_trip),
         cmocka_unit_test(test_progress_round_trip),
+        cmocka_unit_test(test_result_stats),
         cmocka_unit_test(test_run_from_python),
         cmocka_unit_test(test_missing_and_wrong_types),
         cmocka_unit_test(test_run_errors_keep_id),

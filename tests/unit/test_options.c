@@ -395,6 +395,7 @@ static void test_expand_hostname_limit(void **state) {
 static int clear_env(void **state) {
     unsetenv("CELERY_BROKER_URL");
     unsetenv("CELERY_RESULT_BACKEND");
+    unsetenv("CELERIAC_METRICS_PORT");
     return 0;
 }
 
@@ -608,6 +609,64 @@ static void one(const char *opt, const char *value, int want_ok) {
         fail_msg("%s %s was accepted (%d)", opt, value ? value : "", rc);
     if (!want_ok) assert_true(err.msg[0] != '\0');
     cel_options_free(&cfg);
+}
+
+/* --metrics-port, --metrics-bind, --eta-task-limit (issue 18): defaults and ranges. */
+static void test_metrics_options(void **state) {
+    cel_options_t cfg;
+    cel_err_t err;
+    {
+        char *av[] = { "celeriac", NULL };
+        assert_int_equal(cel_options_parse(&cfg, 1, av, &err), CEL_OK);
+        assert_int_equal(cfg.metrics_port, -1); /* off */
+        assert_string_equal(cfg.metrics_bind, "127.0.0.1");
+        assert_int_equal(cfg.eta_task_limit, CEL_ETA_TASK_LIMIT);
+        cel_options_free(&cfg);
+    }
+    {
+        char *av[] = { "celeriac", "--metrics-port",   "9808", "--metrics-bind",
+                       "::1",      "--eta-task-limit", "0",    NULL };
+        assert_int_equal(cel_options_parse(&cfg, 7, av, &err), CEL_OK);
+        assert_int_equal(cfg.metrics_port, 9808);
+        assert_string_equal(cfg.metrics_bind, "::1");
+        assert_int_equal(cfg.eta_task_limit, 0);
+        cel_options_free(&cfg);
+    }
+    one("--metrics-port", "0", 1);
+    one("--metrics-port", "65535", 1);
+    one("--metrics-port", "65536", 0);
+    one("--metrics-port", "-1", 0);
+    one("--metrics-port", "http", 0);
+    one("--eta-task-limit", "2147483647", 1);
+    one("--eta-task-limit", "2147483648", 0);
+    one("--eta-task-limit", "-1", 0);
+    char big[300];
+    memset(big, 'a', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    one("--metrics-bind", big, 0);
+    one("--metrics-port", NULL, 0);
+    /* the environment, overridden by the option */
+    setenv("CELERIAC_METRICS_PORT", "0", 1);
+    {
+        char *av[] = { "celeriac", NULL };
+        assert_int_equal(cel_options_parse(&cfg, 1, av, &err), CEL_OK);
+        assert_int_equal(cfg.metrics_port, 0);
+        cel_options_free(&cfg);
+    }
+    {
+        char *av[] = { "celeriac", "--metrics-port", "7", NULL };
+        assert_int_equal(cel_options_parse(&cfg, 3, av, &err), CEL_OK);
+        assert_int_equal(cfg.metrics_port, 7);
+        cel_options_free(&cfg);
+    }
+    setenv("CELERIAC_METRICS_PORT", "http", 1);
+    {
+        char *av[] = { "celeriac", NULL };
+        assert_int_equal(cel_options_parse(&cfg, 1, av, &err), CEL_EINVAL);
+        assert_non_null(strstr(err.msg, "CELERIAC_METRICS_PORT"));
+        cel_options_free(&cfg);
+    }
+    unsetenv("CELERIAC_METRICS_PORT");
 }
 
 static void test_ranges(void **state) {
@@ -845,6 +904,7 @@ int main(void) {
         cmocka_unit_test_setup(test_all_options, clear_env),
         cmocka_unit_test_setup(test_help_version, clear_env),
         cmocka_unit_test_setup(test_ranges, clear_env),
+        cmocka_unit_test_setup(test_metrics_options, clear_env),
         cmocka_unit_test_setup(test_bad_command_lines, clear_env),
         cmocka_unit_test_setup(test_string_limits, clear_env),
         cmocka_unit_test_setup(test_queue_limits, clear_env),
