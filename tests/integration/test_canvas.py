@@ -8,7 +8,9 @@ raw result metas where Celery's layout is the point. Run with CELERIAC_WORKER=py
 test here also passes against the stock Python worker (pydiag.py), which is what makes them a
 reference. Errbacks are diag.fail signatures with a known task id: fail(task_id) stores a
 ValueError carrying the id the errback was given (a one-argument task, so the Python worker
-sends it as a message too, as celeriac always does).
+sends it as a message too, as celeriac always does). Every test runs on both brokers (Redis
+and RabbitMQ; on RabbitMQ the result backend is still Redis, where chords are counted), but
+those that read Redis's queues or events.
 """
 
 import json
@@ -21,7 +23,10 @@ from celery import chain, chord, group
 from celery.exceptions import ChordError
 from celery.result import AsyncResult, GroupResult, ResultSet
 
-from conftest import WORKER_KIND, celeriac_only, scaled, wait_active, wait_until
+from conftest import (WORKER_KIND, both_brokers, celeriac_only, redis_only, scaled, wait_active,
+                      wait_until)
+
+pytestmark = both_brokers
 
 GET = 20  # seconds for one canvas result (scaled for ASan)
 
@@ -298,6 +303,7 @@ def test_result_extended(worker, celery_app, redis_client):
     assert r.name == "diag.add" and r.args == [20, 22] and r.queue == "celery"
 
 
+@redis_only
 def test_chord_with_list_parts(worker, celery_app, redis_monitor, db):
     """--result-chord-ordered no: the parts go in a list (RPUSH/LLEN), in arrival order, as
     Celery's result_chord_ordered=False; the body still gets every result."""
@@ -393,6 +399,7 @@ def test_scoring_chord(worker, celery_app):
 
 
 @celeriac_only
+@redis_only
 def test_task_rejected_when_given_back(worker, celery_app, redis_client, db):
     """A request received but not started when the worker stops warm goes back to the
     broker: task-rejected with requeue, as celery's Request.reject(requeue=True) sends it."""
