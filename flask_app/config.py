@@ -78,7 +78,9 @@ def from_env(env=None):
         # (0: no throttling), and tasks one user may have queued or running at once (429 past
         # it; 0: no limit).
         "CELERIAC_AUTH_FAILURES": _int(env, "CELERIAC_AUTH_FAILURES", 100, 0),
-        "CELERIAC_MAX_INFLIGHT": _int(env, "CELERIAC_MAX_INFLIGHT", 256, 0),
+        # CELERIAC_MAX_INFLIGHT_PER_USER is the same setting under issue 18's name; it wins.
+        "CELERIAC_MAX_INFLIGHT": _int(env, "CELERIAC_MAX_INFLIGHT_PER_USER",
+                                      _int(env, "CELERIAC_MAX_INFLIGHT", 256, 0), 0),
         "CELERIAC_QUEUE": env.get("CELERIAC_QUEUE") or "celery",
         # The worker's task table (request schemas are made from it): a file holding the output
         # of `celeriac --describe-tasks`, else that command run on this binary.

@@ -130,3 +130,16 @@ def test_inflight_quota_per_user(make_api):
 def test_inflight_quota_off(make_api):
     api = make_api(CELERIAC_MAX_INFLIGHT=0)
     assert all(api.post("/diag/noop", {}).status_code == 202 for _ in range(300))
+
+
+def test_inflight_setting_names():
+    """Issue 12 names the limit CELERIAC_MAX_INFLIGHT, issue 18 CELERIAC_MAX_INFLIGHT_PER_USER:
+    either sets it, the second wins, and a bad value is refused at start-up."""
+    def limit(env):
+        return config_mod.from_env(env)["CELERIAC_MAX_INFLIGHT"]
+    assert limit({}) == 256
+    assert limit({"CELERIAC_MAX_INFLIGHT": "7"}) == 7
+    assert limit({"CELERIAC_MAX_INFLIGHT_PER_USER": "9"}) == 9
+    assert limit({"CELERIAC_MAX_INFLIGHT": "7", "CELERIAC_MAX_INFLIGHT_PER_USER": "0"}) == 0
+    with pytest.raises(ValueError, match="CELERIAC_MAX_INFLIGHT_PER_USER"):
+        limit({"CELERIAC_MAX_INFLIGHT_PER_USER": "-1"})
