@@ -622,6 +622,11 @@ static int t_connect(cel_amqp_t *a) {
     }
     for (int i = 0; i < a->t_ntopo; i++)
         if (t_apply(a, &a->t_topo[i]) != CEL_OK) return CEL_EIO;
+    /* Commands posted while this connection was being made (the pidbox's
+     * listen, right after its bus was opened) are carried out before it is
+     * announced: "up" means every queue asked for so far is declared, bound
+     * and consumed, so a broadcast sent after the worker says ready arrives. */
+    if (t_commands(a) != CEL_OK) return CEL_EIO;
     a->t_last_rx = now_s();
     a->t_announced = 1;
     t_state(a, E_UP);

@@ -94,6 +94,8 @@ struct cel_consumer {
     int closing;      /* close_all ran */
     int closing_left; /* components still closing */
     int announced;    /* "ready." printed */
+    int ready_holds;  /* parts that must be up before it (the mailbox) */
+    int broker_was_up;
     uv_timer_t touch_timer;
     uv_timer_t drain_timer; /* deferred checks outside callbacks */
     long processed;
@@ -747,12 +749,24 @@ static void on_message(void *priv, const cel_broker_msg_t *m) {
     dispatch(c);
 }
 
+/* "ready." once the broker is up and nothing holds it (cel_consumer_hold_ready). */
+static void maybe_announce(cel_consumer_t *c) {
+    if (c->announced || !c->broker_was_up || c->ready_holds > 0) return;
+    c->announced = 1;
+    cel_log_force(CEL_LOG_INFO, "%s ready.", c->cfg->hostname);
+}
+
+void cel_consumer_hold_ready(cel_consumer_t *c) { c->ready_holds++; }
+
+void cel_consumer_release_ready(cel_consumer_t *c) {
+    if (c->ready_holds > 0) c->ready_holds--;
+    maybe_announce(c);
+}
+
 static void on_broker_state(void *priv, int up) {
     cel_consumer_t *c = priv;
-    if (up && !c->announced) {
-        c->announced = 1;
-        cel_log_force(CEL_LOG_INFO, "%s ready.", c->cfg->hostname);
-    }
+    if (up) c->broker_was_up = 1;
+    maybe_announce(c);
 }
 
 /* Tells the broker the messages we hold are still in hand, for transports

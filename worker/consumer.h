@@ -32,6 +32,11 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg, cel_
 
 /* Warm shutdown: stop consuming, give back what did not start, let running
  * tasks finish and store their results, then close everything. */
+/* "ready." is logged once the broker is up and every hold is released: a part
+ * that must be listening first (remote control's mailbox) holds it. */
+void cel_consumer_hold_ready(cel_consumer_t *c);
+void cel_consumer_release_ready(cel_consumer_t *c);
+
 void cel_consumer_shutdown(cel_consumer_t *c);
 
 /* Cold shutdown: kill executors, ack nothing more, close at once. Unacked

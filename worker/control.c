@@ -521,6 +521,11 @@ json_t *cel_control_dispatch(void *priv, const char *m, json_t *args) {
     return nok(buf);
 }
 
+static void on_pidbox_up(void *priv) {
+    cel_control_t *ctl = priv;
+    cel_consumer_release_ready(ctl->c);
+}
+
 cel_control_t *cel_control_new(uv_loop_t *loop, const cel_options_t *cfg, cel_consumer_t *c,
                                cel_events_t *ev, cel_revoked_t *rv, cel_limits_t *limits) {
     cel_control_t *ctl = calloc(1, sizeof(*ctl));
@@ -531,7 +536,10 @@ cel_control_t *cel_control_new(uv_loop_t *loop, const cel_options_t *cfg, cel_co
     ctl->ev = ev;
     ctl->rv = rv;
     ctl->limits = limits;
-    ctl->pidbox = cel_pidbox_new(loop, cfg, ev, cel_control_dispatch, ctl);
+    /* "ready." waits for the mailbox, as celery's Pidbox bootstep comes before it:
+     * a broadcast sent after it reaches this node. */
+    cel_consumer_hold_ready(c);
+    ctl->pidbox = cel_pidbox_new(loop, cfg, ev, cel_control_dispatch, on_pidbox_up, ctl);
     if (!ctl->pidbox) {
         free(ctl);
         return NULL;

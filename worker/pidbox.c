@@ -29,7 +29,8 @@ struct cel_pidbox {
     cel_events_t *ev;
     cel_pidbox_handler handler;
     void *priv;
-    cel_bus_t *bus; /* NULL in the fuzz harness: replies are built, then dropped */
+    cel_bus_t *bus;            /* NULL in the fuzz harness: replies are built, then dropped */
+    void (*on_up)(void *priv); /* once, when first listening */
     int stopped;
     void (*on_closed)(void *);
     void *closed_priv;
@@ -214,8 +215,16 @@ static void on_request(void *priv, const cel_bus_msg_t *m) {
     handle_request(pb, m);
 }
 
+static void on_bus_state(void *priv, int up) {
+    cel_pidbox_t *pb = priv;
+    void (*cb)(void *) = pb->on_up;
+    if (!up || !cb) return;
+    pb->on_up = NULL;
+    cb(pb->priv);
+}
+
 cel_pidbox_t *cel_pidbox_new(uv_loop_t *loop, const cel_options_t *cfg, cel_events_t *ev,
-                             cel_pidbox_handler handler, void *priv) {
+                             cel_pidbox_handler handler, void (*on_up)(void *priv), void *priv) {
     cel_pidbox_t *pb = calloc(1, sizeof(*pb));
     if (!pb) return NULL;
     pb->loop = loop;
@@ -223,12 +232,13 @@ cel_pidbox_t *cel_pidbox_new(uv_loop_t *loop, const cel_options_t *cfg, cel_even
     pb->ev = ev;
     pb->handler = handler;
     pb->priv = priv;
+    pb->on_up = on_up;
     char queue[CEL_PIDBOX_NAME_MAX + 32];
     snprintf(queue, sizeof(queue), "%s.celery.pidbox", cfg->hostname);
     /* celery/app/control.py Mailbox: queue_ttl 300 s, queue_expires 10 s */
     cel_bus_queue_t q = { { "celery.pidbox", "fanout", 0, 0 }, queue, "", 300.0, 10.0 };
     cel_err_t err;
-    if (!(pb->bus = cel_bus_new(loop, cfg, "pidbox", 0, NULL, NULL, &err)) ||
+    if (!(pb->bus = cel_bus_new(loop, cfg, "pidbox", 0, on_bus_state, pb, &err)) ||
         cel_bus_listen(pb->bus, &q, on_request, pb) != CEL_OK)
         return NULL; /* out of memory at start-up: the caller exits */
     return pb;

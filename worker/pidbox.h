@@ -30,9 +30,12 @@ typedef struct cel_pidbox cel_pidbox_t;
  * NULL when no reply must be sent (shutdown). */
 typedef json_t *(*cel_pidbox_handler)(void *priv, const char *method, json_t *arguments);
 
-/* Creates the mailbox and starts connecting. cfg and ev borrowed for its life. */
+/* Creates the mailbox and starts connecting. cfg and ev borrowed for its life.
+ * on_up(priv), when not NULL, runs once, the first time the mailbox's queue is
+ * declared and bound (on AMQP the connection is announced up only after its
+ * queues are), so that a broadcast sent after it reaches this node. */
 cel_pidbox_t *cel_pidbox_new(uv_loop_t *loop, const cel_options_t *cfg, cel_events_t *ev,
-                             cel_pidbox_handler handler, void *priv);
+                             cel_pidbox_handler handler, void (*on_up)(void *priv), void *priv);
 
 /* Stops handling requests (warm shutdown); replies in flight still go out. */
 void cel_pidbox_stop(cel_pidbox_t *pb);
