@@ -4,11 +4,14 @@
  * kombu.compression.compress) decode, and our encoders write the same bytes;
  * round trips of every method; the size cap at, below and past the limit
  * (a 64 MiB run of zeros against an 8 MiB cap: CEL_ELIMIT); truncated,
- * corrupt and concatenated streams.
+ * corrupt and concatenated streams. Then the two users: a task whose body
+ * is compressed decodes (over its cap: CEL_EBODY with err.code CEL_ELIMIT),
+ * and cel_message_apply compresses as send_task_message does.
  */
 #include "testutil.h"
 
 #include "../../protocol/compress.h"
+#include "../../protocol/message.h"
 #include "../../protocol/protocol.h"
 
 static const char body[] = "[[2, 3], {}, {\"callbacks\": null, \"errbacks\": null, \"chain\": "
@@ -238,11 +241,114 @@ static void test_concatenated(void **state) {
     }
 }
 
+/* A kombu Redis envelope around a body compressed with ctype. */
+static char *envelope(const uint8_t *raw, size_t len, const char *ctype) {
+    char *b64 = cel_base64_encode(raw, len);
+    json_t *env =
+        json_pack("{s:s, s:s, s:s, s:{s:s, s:s, s:s?}, s:{s:s}}", "body", b64, "content-type",
+                  "application/json", "content-encoding", "utf-8", "headers", "task", "diag.add",
+                  "id", "tid-1", "compression", ctype, "properties", "body_encoding", "base64");
+    char *s = json_dumps(env, 0);
+    json_decref(env);
+    free(b64);
+    return s;
+}
+
+static void test_task_decode(void **state) {
+    cel_task_t *t;
+    cel_err_t err;
+    for (size_t i = 0; i < NCAPTURED; i++) {
+        char *e = envelope((const uint8_t *)captured[i].bytes, captured[i].len, captured[i].ctype);
+        assert_int_equal(cel_task_decode_envelope(e, strlen(e), &t, &err), CEL_OK);
+        assert_int_equal(json_integer_value(json_array_get(t->args, 1)), 3);
+        cel_task_free(t);
+        /* the body is 81 bytes: a cap of 80 refuses it, as LimitExceeded */
+        assert_int_equal(cel_task_decode_envelope_max(e, strlen(e), 80, &t, &err), CEL_EBODY);
+        assert_int_equal(err.code, CEL_ELIMIT);
+        assert_string_equal(t->id, "tid-1");
+        cel_task_free(t);
+        assert_int_equal(cel_task_decode_envelope_max(e, strlen(e), 81, &t, &err), CEL_OK);
+        cel_task_free(t);
+        free(e);
+    }
+    /* not compressed as it says, or a method kombu does not know: DecodeError */
+    const char *cases[][2] = { { "application/x-bz2", "not valid application/x-bz2" },
+                               { "snappy", "unsupported compression 'snappy'" } };
+    for (int i = 0; i < 2; i++) {
+        char *e = envelope((const uint8_t *)body, strlen(body), cases[i][0]);
+        assert_int_equal(cel_task_decode_envelope(e, strlen(e), &t, &err), CEL_EBODY);
+        assert_int_equal(err.code, CEL_EBODY);
+        if (!strstr(err.msg, cases[i][1])) fail_msg("%s", err.msg);
+        cel_task_free(t);
+        free(e);
+    }
+}
+
+static void fixed_id(void *priv, char out[37]) { snprintf(out, 37, "fixed-id"); }
+
+static void test_message_apply(void **state) {
+    cel_send_ctx_t ctx = { .now = 1e9,
+                           .origin = "gen1@h",
+                           .reply_to = "oid",
+                           .default_queue = "celery",
+                           .new_id = fixed_id };
+    json_t *sig = json_pack("{s:s, s:[i,i], s:{}, s:{}}", "task", "diag.add", "args", 2, 3,
+                            "kwargs", "options");
+    json_t *xz = json_pack("{s:s}", "compression", "xz");
+    struct {
+        json_t *options;
+        const char *dflt, *ctype;
+    } cases[] = { { NULL, NULL, NULL },
+                  { NULL, "gzip", "application/x-gzip" },
+                  { xz, "gzip", "application/x-lzma" } };
+    for (int i = 0; i < 3; i++) {
+        cel_msg_t *m;
+        ctx.compression = cases[i].dflt;
+        assert_int_equal(cel_message_apply(sig, NULL, NULL, cases[i].options, 0, &ctx, &m, NULL),
+                         CEL_OK);
+        json_t *h = json_object_get(m->headers, "compression");
+        const char *plain = "[[2, 3], {}, {\"callbacks\": null, \"errbacks\": null, \"chain\": "
+                            "null, \"chord\": null}]";
+        if (!cases[i].ctype) {
+            assert_null(h);
+            assert_int_equal(m->body_len, strlen(plain));
+            assert_memory_equal(m->body, plain, m->body_len);
+        } else {
+            cel_compress_t method;
+            uint8_t *out;
+            size_t n;
+            assert_string_equal(json_string_value(h), cases[i].ctype);
+            /* kombu's _prepare adds it after every other header */
+            const char *last = NULL, *k;
+            json_t *v;
+            json_object_foreach(m->headers, k, v) last = k;
+            assert_string_equal(last, "compression");
+            assert_int_equal(cel_compress_lookup(cases[i].ctype, &method, NULL), CEL_OK);
+            assert_int_equal(cel_compress_decode(method, (const uint8_t *)m->body, m->body_len,
+                                                 1000, &out, &n, NULL),
+                             CEL_OK);
+            assert_string_equal((char *)out, plain);
+            free(out);
+        }
+        cel_msg_free(m);
+    }
+    json_t *bad = json_pack("{s:s}", "compression", "snappy");
+    cel_msg_t *m;
+    cel_err_t err;
+    assert_int_equal(cel_message_apply(sig, NULL, NULL, bad, 0, &ctx, &m, &err), CEL_EINVAL);
+    assert_null(m);
+    assert_non_null(strstr(err.msg, "compression snappy is not supported"));
+    json_decref(bad);
+    json_decref(xz);
+    json_decref(sig);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_lookup),     cmocka_unit_test(test_kombu_bodies),
-        cmocka_unit_test(test_round_trip), cmocka_unit_test(test_cap),
-        cmocka_unit_test(test_corrupt),    cmocka_unit_test(test_concatenated),
+        cmocka_unit_test(test_lookup),      cmocka_unit_test(test_kombu_bodies),
+        cmocka_unit_test(test_round_trip),  cmocka_unit_test(test_cap),
+        cmocka_unit_test(test_corrupt),     cmocka_unit_test(test_concatenated),
+        cmocka_unit_test(test_task_decode), cmocka_unit_test(test_message_apply),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
