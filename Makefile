@@ -18,12 +18,14 @@
 
 CC      ?= cc
 PKGS    := libuv hiredis jansson msgpack librabbitmq
+# message compression (protocol/compress.c); libbz2 ships no .pc file
+ZIP_PKGS := zlib liblzma libzstd libbrotlienc libbrotlidec
 MODEL_PKGS := openblas
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
            -Wshadow -Wstrict-prototypes -fno-strict-aliasing
-DEPCFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-DEPLIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+DEPCFLAGS = $(shell pkg-config --cflags $(PKGS) $(ZIP_PKGS) 2>/dev/null)
+DEPLIBS   = $(shell pkg-config --libs $(PKGS) $(ZIP_PKGS) 2>/dev/null) -lbz2 -lm
 MODELCFLAGS = $(shell pkg-config --cflags $(MODEL_PKGS) 2>/dev/null)
 MODELLIBS   = $(shell pkg-config --libs $(MODEL_PKGS) 2>/dev/null) -lm
 ASANFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

@@ -72,6 +72,9 @@ typedef struct cel_send_ctx {
     const char *parent_id;      /* the task running now (send_task's current_worker_task): the
                                 * default parent_id, or NULL */
     const char *parent_root_id; /* its root_id (default root_id: this, else parent_id) */
+    const char *compression;    /* the app's result_compression, which 5.2's send_task_message
+                                 * compresses task messages with when the options name no
+                                 * compression (a kombu name: "gzip"), or NULL */
     /* A fresh task id (uuid4 text, 36 characters) into out. */
     void (*new_id)(void *priv, char out[37]);
     void *id_priv;
@@ -108,7 +111,8 @@ void cel_msg_free(cel_msg_t *m);
  * the expiration property), link/link_error/chain/chord into the embed,
  * group_id/group_index, root_id (else the id), parent_id, shadow, retries,
  * time limits, ignore_result, headers, priority, serializer (json, msgpack),
- * delivery_mode, and routing: queue (else ctx->default_queue) on the default
+ * compression (else ctx->compression: the body compressed as kombu does and
+ * its content type in the `compression` header), delivery_mode, and routing: queue (else ctx->default_queue) on the default
  * exchange, or exchange + routing_key (and exchange_type) as given. Options
  * none of those consume are passed on as properties (extra), as 5.2 does.
  * args_tuple says whether Python holds the signature's own args as a tuple

@@ -93,6 +93,20 @@ int cel_task_decode_parts(json_t *headers, json_t *properties, json_t *delivery_
                           const uint8_t *body, size_t body_len, const char *content_type,
                           const char *content_encoding, cel_task_t **out, cel_err_t *err);
 
+/* Compressed bodies (kombu's `compression` header: zlib, bzip2, xz, zstd,
+ * brotli; compress.h) are decompressed before they are decoded. The two
+ * functions above let one decompress to CEL_MSG_MAX_BYTES; these take the
+ * cap (the worker's --max-message-size). A body that decompresses past it, or
+ * is not valid data for its method, is CEL_EBODY with *out set; err->code is
+ * then CEL_ELIMIT for the cap (the worker stores kombu's LimitExceeded), else
+ * CEL_EBODY (DecodeError). Memory stays within the cap. */
+int cel_task_decode_envelope_max(const char *buf, size_t len, size_t max_body, cel_task_t **out,
+                                 cel_err_t *err);
+int cel_task_decode_parts_max(json_t *headers, json_t *properties, json_t *delivery_info,
+                              const uint8_t *body, size_t body_len, size_t max_body,
+                              const char *content_type, const char *content_encoding,
+                              cel_task_t **out, cel_err_t *err);
+
 struct cel_peek;
 
 /* Builds a task known only by what a headers-only scan found (peek.h), for a

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compress.h"
 #include "internal.h"
 #include "peek.h"
 
@@ -236,11 +237,32 @@ static int take_v1_body(task_impl_t *ti, json_t *body, cel_err_t *err) {
     return CEL_OK;
 }
 
+/* Undoes the compression kombu's Producer.publish applied (the method named
+ * by the `compression` header, as kombu's Message reads it) into *plain
+ * (malloc'd), at most max_body bytes. CEL_ENOMEM, or a body error: CEL_ELIMIT
+ * when it decompresses past max_body, else CEL_EBODY. */
+static int decompress_body(json_t *comp, const uint8_t *raw, size_t raw_len, size_t max_body,
+                           uint8_t **plain, size_t *plain_len, cel_err_t *err) {
+    cel_compress_t m;
+    cel_err_t e;
+    if (!json_is_string(comp))
+        return cel_err_set(err, CEL_EBODY, "header 'compression' must be a string");
+    if (cel_compress_lookup(json_string_value(comp), &m, &e) != CEL_OK)
+        return cel_err_set(err, CEL_EBODY, "%s", e.msg);
+    int rc = cel_compress_decode(m, raw, raw_len, max_body, plain, plain_len, &e);
+    if (rc == CEL_OK || rc == CEL_ENOMEM || rc == CEL_ELIMIT)
+        return rc == CEL_OK ? rc : cel_err_set(err, rc, "%s", e.msg);
+    return cel_err_set(err, CEL_EBODY, "body is not valid %s data: %s",
+                       cel_compress_content_type(m), e.msg);
+}
+
 /* The shared decoder. body_err, when set, is why the body could not even be
- * extracted (bad base64); the body is then treated as undecodable. */
+ * extracted (bad base64); the body is then treated as undecodable. A
+ * compressed body decompresses to at most max_body bytes. */
 static int decode(json_t *headers, json_t *properties, json_t *delivery_info, const uint8_t *raw,
-                  size_t raw_len, const char *content_type, const char *content_encoding,
-                  const cel_err_t *body_err, cel_task_t **out, cel_err_t *err) {
+                  size_t raw_len, size_t max_body, const char *content_type,
+                  const char *content_encoding, const cel_err_t *body_err, cel_task_t **out,
+                  cel_err_t *err) {
     *out = NULL;
     if (headers && json_is_null(headers)) headers = NULL;
     if ((headers && !json_is_object(headers)) || (properties && !json_is_object(properties)))
@@ -269,7 +291,16 @@ static int decode(json_t *headers, json_t *properties, json_t *delivery_info, co
         berr = *body_err;
         brc = CEL_EBODY;
     } else {
-        brc = cel_body_load(raw, raw_len, content_type, content_encoding, &body, &berr);
+        json_t *comp = headers ? json_object_get(headers, "compression") : NULL;
+        uint8_t *plain = NULL;
+        size_t plain_len = 0;
+        brc = CEL_OK;
+        if (comp && !json_is_null(comp))
+            brc = decompress_body(comp, raw, raw_len, max_body, &plain, &plain_len, &berr);
+        if (brc == CEL_OK)
+            brc = cel_body_load(plain ? plain : raw, plain ? plain_len : raw_len, content_type,
+                                content_encoding, &body, &berr);
+        free(plain);
         if (brc == CEL_ENOMEM) goto nomem;
         if (brc == CEL_OK && keep(ti, body) < 0) goto nomem;
     }
@@ -329,7 +360,11 @@ static int decode(json_t *headers, json_t *properties, json_t *delivery_info, co
 
     /* from here on the task is known: failures are CEL_EBODY with *out set */
     int rc = read_headers(hdr, t, err);
-    if (rc == CEL_OK && brc != CEL_OK) rc = cel_err_set(err, CEL_EBODY, "%s", berr.msg);
+    if (rc == CEL_OK && brc != CEL_OK) {
+        /* err's code says why: CEL_ELIMIT for a body decompressed past max_body */
+        cel_err_set(err, berr.code == CEL_ELIMIT ? CEL_ELIMIT : CEL_EBODY, "%s", berr.msg);
+        rc = CEL_EBODY;
+    }
     if (rc == CEL_OK) rc = v1 ? take_v1_body(ti, body, err) : take_v2_body(ti, body, err);
     if (rc == CEL_OK && t->proto == 1) {
         ti->argsrepr = cel_repr(t->args, 0, TASK_REPR_MAX);
@@ -356,7 +391,16 @@ nomem:
 int cel_task_decode_parts(json_t *headers, json_t *properties, json_t *delivery_info,
                           const uint8_t *body, size_t body_len, const char *content_type,
                           const char *content_encoding, cel_task_t **out, cel_err_t *err) {
-    return decode(headers, properties, delivery_info, body, body_len, content_type,
+    return cel_task_decode_parts_max(headers, properties, delivery_info, body, body_len,
+                                     CEL_MSG_MAX_BYTES, content_type, content_encoding, out, err);
+}
+
+/* See protocol.h. */
+int cel_task_decode_parts_max(json_t *headers, json_t *properties, json_t *delivery_info,
+                              const uint8_t *body, size_t body_len, size_t max_body,
+                              const char *content_type, const char *content_encoding,
+                              cel_task_t **out, cel_err_t *err) {
+    return decode(headers, properties, delivery_info, body, body_len, max_body, content_type,
                   content_encoding, NULL, out, err);
 }
 
@@ -436,6 +480,12 @@ static char *replace_lone_surrogates(const char *buf, size_t len) {
 
 /* See protocol.h. */
 int cel_task_decode_envelope(const char *buf, size_t len, cel_task_t **out, cel_err_t *err) {
+    return cel_task_decode_envelope_max(buf, len, CEL_MSG_MAX_BYTES, out, err);
+}
+
+/* See protocol.h. */
+int cel_task_decode_envelope_max(const char *buf, size_t len, size_t max_body, cel_task_t **out,
+                                 cel_err_t *err) {
     *out = NULL;
     if (len > CEL_MSG_MAX_BYTES)
         return cel_err_set(err, CEL_ELIMIT, "envelope of %zu bytes is over the %u byte limit", len,
@@ -498,7 +548,7 @@ int cel_task_decode_envelope(const char *buf, size_t len, cel_task_t **out, cel_
     const uint8_t *bytes = raw ? raw : (const uint8_t *)text;
     size_t nbytes = raw ? raw_len : text_len;
     rc =
-        decode(headers, props, json_object_get(props, "delivery_info"), bytes, nbytes,
+        decode(headers, props, json_object_get(props, "delivery_info"), bytes, nbytes, max_body,
                opt_string(env, "content-type"), opt_string(env, "content-encoding"), pre, out, err);
     free(raw);
 done:

@@ -65,9 +65,9 @@ cel_broker_t *cel_broker_new(uv_loop_t *loop, const cel_options_t *cfg, const ce
 
 const cel_broker_ops_t *cel_broker_ops(const cel_broker_t *b) { return b->ops; }
 
-int cel_broker_decode(const cel_broker_t *b, const cel_broker_msg_t *m, cel_task_t **out,
-                      cel_err_t *err) {
-    return b->ops->decode(m, out, err);
+int cel_broker_decode(const cel_broker_t *b, const cel_broker_msg_t *m, size_t max_body,
+                      cel_task_t **out, cel_err_t *err) {
+    return b->ops->decode(m, max_body, out, err);
 }
 
 int cel_broker_peek(const cel_broker_t *b, const cel_broker_msg_t *m, cel_peek_t *out,

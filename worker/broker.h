@@ -84,8 +84,10 @@ typedef struct cel_broker_ops {
     void *(*open)(uv_loop_t *loop, const cel_options_t *cfg, const cel_broker_cbs_t *cbs,
                   void *priv, cel_err_t *err);
     /* Decodes a message it delivered into a task (cel_task_decode_envelope's
-     * returns: CEL_OK, CEL_EBODY with *out set, else nothing usable). */
-    int (*decode)(const cel_broker_msg_t *m, cel_task_t **out, cel_err_t *err);
+     * returns: CEL_OK, CEL_EBODY with *out set, else nothing usable); a
+     * compressed body decompresses to at most max_body bytes
+     * (cel_task_decode_envelope_max: err->code CEL_ELIMIT past it). */
+    int (*decode)(const cel_broker_msg_t *m, size_t max_body, cel_task_t **out, cel_err_t *err);
     /* Reads the ids of a message too big to decode, without decoding it. */
     int (*peek)(const cel_broker_msg_t *m, cel_peek_t *out, cel_err_t *err);
     /* capacity() may have grown: fetch if idle. */
@@ -138,8 +140,8 @@ cel_broker_t *cel_broker_new(uv_loop_t *loop, const cel_options_t *cfg, const ce
 const cel_broker_ops_t *cel_broker_ops(const cel_broker_t *b);
 
 /* The operations of the table, for the broker in use (see cel_broker_ops_t). */
-int cel_broker_decode(const cel_broker_t *b, const cel_broker_msg_t *m, cel_task_t **out,
-                      cel_err_t *err);
+int cel_broker_decode(const cel_broker_t *b, const cel_broker_msg_t *m, size_t max_body,
+                      cel_task_t **out, cel_err_t *err);
 int cel_broker_peek(const cel_broker_t *b, const cel_broker_msg_t *m, cel_peek_t *out,
                     cel_err_t *err);
 void cel_broker_kick(cel_broker_t *b);

@@ -553,7 +553,8 @@ static void amqp_touch(void *impl, const char **tags, int n) {}
 
 /* ---- decoding ---------------------------------------------------------- */
 
-static int amqp_decode(const cel_broker_msg_t *m, cel_task_t **out, cel_err_t *err) {
+static int amqp_decode(const cel_broker_msg_t *m, size_t max_body, cel_task_t **out,
+                       cel_err_t *err) {
     const cel_amqp_delivery_t *d = m->parts;
     *out = NULL;
     if (!d->headers || !d->props)
@@ -562,10 +563,10 @@ static int amqp_decode(const cel_broker_msg_t *m, cel_task_t **out, cel_err_t *e
     json_t *dinfo = json_pack("{s:s, s:s, s:b}", "exchange", d->exchange, "routing_key",
                               d->routing_key, "redelivered", d->redelivered);
     if (!dinfo) return cel_err_set(err, CEL_ENOMEM, "out of memory");
-    int rc = cel_task_decode_parts(d->headers, d->props, dinfo, d->body, d->len,
-                                   json_string_value(json_object_get(d->props, "content_type")),
-                                   json_string_value(json_object_get(d->props, "content_encoding")),
-                                   out, err);
+    int rc = cel_task_decode_parts_max(
+        d->headers, d->props, dinfo, d->body, d->len, max_body,
+        json_string_value(json_object_get(d->props, "content_type")),
+        json_string_value(json_object_get(d->props, "content_encoding")), out, err);
     json_decref(dinfo);
     return rc;
 }

@@ -987,11 +987,12 @@ static void redis_publish(void *impl, const cel_broker_out_t *m, cel_broker_done
 }
 
 /* Messages on Redis are kombu JSON envelopes. */
-static int redis_decode(const cel_broker_msg_t *m, cel_task_t **out, cel_err_t *err) {
+static int redis_decode(const cel_broker_msg_t *m, size_t max_body, cel_task_t **out,
+                        cel_err_t *err) {
     *out = NULL;
     if (m->parts)
         return cel_err_set(err, CEL_ELIMIT, "message of %zu bytes was not read whole", m->len);
-    return cel_task_decode_envelope(m->body, m->len, out, err);
+    return cel_task_decode_envelope_max(m->body, m->len, max_body, out, err);
 }
 
 static int redis_peek(const cel_broker_msg_t *m, cel_peek_t *out, cel_err_t *err) {

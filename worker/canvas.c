@@ -132,6 +132,7 @@ static job_t *job_new(cel_canvas_t *cv, const cel_task_t *t, cel_canvas_done_fn 
                                .default_queue = "celery",
                                .parent_id = j->parent_id,
                                .parent_root_id = j->parent_root_id,
+                               .compression = cv->cfg->result_compression,
                                .new_id = new_id,
                                .id_priv = NULL };
     return j;

@@ -403,6 +403,19 @@ static int build_run_frame(request_t *r, uint8_t **buf, size_t *len) {
     return cel_frame_run_encode(&f, buf, len, &cap, NULL);
 }
 
+/* --task-track-started: the STARTED meta trace.py stores as the task starts,
+ * {"pid": <the executor's pid>, "hostname": <node name>}, no date_done. The
+ * final result goes later over the same backend connection, in order, so it
+ * always lands after this one (and a store that failed is not retried). */
+static void store_started(cel_consumer_t *c, request_t *r) {
+    cel_task_t *t = r->task;
+    json_t *info = json_pack("{s:i, s:s}", "pid", r->pid, "hostname", c->cfg->hostname);
+    char *m = info ? cel_canvas_meta(c->canvas, t, "STARTED", info, NULL, NULL, -1, NULL) : NULL;
+    if (m) cel_backend_store(c->backend, t, m, strlen(m), NULL, NULL);
+    free(m);
+    json_decref(info);
+}
+
 /* Hands one request to an executor: `slot` for a job bound to an adapter,
  * any executor when slot < 0. Returns 0 when no executor took it (the caller
  * keeps it queued), 1 when it was started or finished here. */
@@ -448,6 +461,7 @@ static int run_request(cel_consumer_t *c, request_t *r, int slot) {
     json_t *n = json_object_get(c->totals, t->name);
     json_object_set_new(c->totals, t->name, json_integer(json_integer_value(n) + 1));
     cel_events_task(c->events, "task-started", t, NULL);
+    if (c->cfg->track_started && !t->ignore_result) store_started(c, r);
     cel_metrics_task_started(t, r->started - (t->eta > r->received ? t->eta : r->received));
     cel_debug("TaskPool: Apply %s[%s] on executor %d (pid %d)", t->name, t->id, r->slot + 1,
               r->pid);
@@ -699,7 +713,7 @@ static void on_message(void *priv, const cel_broker_msg_t *m) {
         return;
     }
 
-    int rc = cel_broker_decode(c->broker, m, &task, &err);
+    int rc = cel_broker_decode(c->broker, m, (size_t)c->cfg->max_message_size, &task, &err);
     if (rc != CEL_OK && rc != CEL_EBODY) {
         int shown = m->len > 120 ? 120 : (int)m->len;
         cel_error("Can't decode message body from '%s': %s (message dropped: %.*s%s)", m->queue,
@@ -714,6 +728,13 @@ static void on_message(void *priv, const cel_broker_msg_t *m) {
         return; /* left with the broker, which delivers it again */
     }
     set_state(r, R_READY); /* counted; the paths below decide what happens */
+    if (rc == CEL_EBODY && err.code == CEL_ELIMIT) {
+        /* a compressed body past --max-message-size once decompressed */
+        cel_error("Refusing task %s[%s]: %s (--max-message-size is %ld)", task->name, task->id,
+                  err.msg, c->cfg->max_message_size);
+        fail_with(r, "LimitExceeded", "kombu.exceptions", json_pack("[s]", err.msg), NULL);
+        return;
+    }
     if (rc == CEL_EBODY) {
         cel_error("Can't decode message body of %s[%s]: %s", task->name, task->id, err.msg);
         fail_with(r, "DecodeError", "kombu.exceptions", json_pack("[s]", err.msg), NULL);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../protocol/compress.h" /* compression and STARTED (issue 19) */
 
 #define CEL_VERSION "0.1.0"
 
@@ -100,6 +101,13 @@ static const char usage_text[] =
     "                               or a list (no), as Celery's result_backend_transport_\n"
     "                               options result_chord_ordered; a chord already begun\n"
     "                               keeps the kind it was begun with\n"
+    /* compression and STARTED (issue 19) */
+    "      --result-compression M   compress the task messages the worker sends\n"
+    "                               (callbacks, chain links, chord parts) with M: gzip,\n"
+    "                               zlib, bzip2, lzma, xz, zstd or brotli, as Celery\n"
+    "                               5.2's result_compression does (results stay plain)\n"
+    "      --task-track-started     store the STARTED state ({pid, hostname}) when an\n"
+    "                               executor starts a task (Celery's task_track_started)\n"
     "  -h, --help                   show this help\n"
     "      --version                show the version\n";
 
@@ -152,6 +160,9 @@ enum {
     OPT_METRICS_PORT,
     OPT_METRICS_BIND,
     OPT_ETA_LIMIT,
+    /* compression and STARTED (issue 19) */
+    OPT_RESULT_COMPRESSION,
+    OPT_TRACK_STARTED,
 };
 
 static int hexval(char c) {
@@ -606,6 +617,9 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         { "metrics-port", required_argument, 0, OPT_METRICS_PORT },
         { "metrics-bind", required_argument, 0, OPT_METRICS_BIND },
         { "eta-task-limit", required_argument, 0, OPT_ETA_LIMIT },
+        /* compression and STARTED (issue 19) */
+        { "result-compression", required_argument, 0, OPT_RESULT_COMPRESSION },
+        { "task-track-started", no_argument, 0, OPT_TRACK_STARTED },
         { 0, 0, 0, 0 },
     };
     optind = 0; /* 0, not 1: glibc then forgets the state of any earlier parse */
@@ -776,6 +790,20 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
                 cfg->result_chord_ordered = 0;
             else rc = cel_err_set(err, CEL_EINVAL, "--result-chord-ordered: expected yes or no");
             break;
+        /* compression and STARTED (issue 19) */
+        case OPT_RESULT_COMPRESSION: {
+            cel_compress_t m;
+            if (cel_compress_lookup(optarg, &m, NULL) != CEL_OK)
+                rc = cel_err_set(err, CEL_EINVAL,
+                                 "--result-compression: unknown method '%.64s' (gzip, zlib, "
+                                 "bzip2, lzma, xz, zstd, brotli)",
+                                 optarg);
+            else
+                rc = copy_str(cfg->result_compression, sizeof(cfg->result_compression), optarg,
+                              "--result-compression", err);
+            break;
+        }
+        case OPT_TRACK_STARTED: cfg->track_started = 1; break;
         case ':': return cel_err_set(err, CEL_EINVAL, "option %s needs a value", argv[optind - 1]);
         default:
             return cel_err_set(err, CEL_EINVAL, "unknown option %s (see --help)", argv[optind - 1]);

@@ -91,6 +91,11 @@ typedef struct cel_options {
     int metrics_port;       /* --metrics-port: -1 = off (default), 0 = any free port */
     char metrics_bind[256]; /* --metrics-bind: the address it listens on (127.0.0.1) */
     int eta_task_limit;     /* --eta-task-limit: eta/countdown messages held; 0 = no limit */
+    /* compression and STARTED (issue 19) */
+    char result_compression[32]; /* --result-compression: kombu name of the method canvas
+                                  * messages are compressed with, as 5.2 uses
+                                  * result_compression; "" = none */
+    int track_started;           /* --task-track-started: store STARTED when a task starts */
 } cel_options_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,

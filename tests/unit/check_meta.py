@@ -50,8 +50,10 @@ def build_helper(tmp):
     exe = os.path.join(tmp, 'meta_helper')
     with open(src, 'w') as f:
         f.write(HELPER)
-    flags = subprocess.run(['pkg-config', '--cflags', '--libs', 'jansson', 'msgpack'],
-                           capture_output=True, text=True, check=True).stdout.split()
+    # protocol/compress.c links the compression libraries (libbz2 has no .pc file)
+    flags = subprocess.run(['pkg-config', '--cflags', '--libs', 'jansson', 'msgpack', 'zlib',
+                            'liblzma', 'libzstd', 'libbrotlienc', 'libbrotlidec'],
+                           capture_output=True, text=True, check=True).stdout.split() + ['-lbz2']
     protocol = os.path.join(ROOT, 'protocol')
     sources = [os.path.join(d, f) for d in (protocol, os.path.join(ROOT, 'common'))
                for f in sorted(os.listdir(d)) if f.endswith('.c')]

@@ -241,7 +241,7 @@ static void test_broker_redis(void **state) {
     /* the transport decodes and peeks its own messages */
     cel_broker_msg_t m = { st.tags[0], "tq", st.bodies[0], st.lens[0], NULL };
     cel_task_t *t;
-    assert_int_equal(cel_broker_decode(b, &m, &t, &err), CEL_OK);
+    assert_int_equal(cel_broker_decode(b, &m, CEL_MSG_MAX_BYTES, &t, &err), CEL_OK);
     cel_peek_t pk;
     assert_int_equal(cel_broker_peek(b, &m, &pk, &err), CEL_OK);
     assert_string_equal(pk.id, t->id);
