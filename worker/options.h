@@ -91,6 +91,9 @@ typedef struct cel_options {
     int metrics_port;       /* --metrics-port: -1 = off (default), 0 = any free port */
     char metrics_bind[256]; /* --metrics-bind: the address it listens on (127.0.0.1) */
     int eta_task_limit;     /* --eta-task-limit: eta/countdown messages held; 0 = no limit */
+    /* autoscale and mingle (issue 19) */
+    int autoscale_max; /* --autoscale MAX,MIN: executors grow to MAX under load; 0 = off */
+    int autoscale_min; /* and are retired down to MIN when idle (concurrency is then MAX) */
 } cel_options_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,
