@@ -424,7 +424,7 @@ static json_t *pool_resize(cel_control_t *ctl, json_t *args, int sign) {
     if (k < 0 || k > CEL_MAX_CONCURRENCY) return raised("ValueError", "bad pool size change");
     int rc = cel_consumer_resize(ctl->c, (int)(sign * k));
     if (rc == CEL_ESTATE)
-        return raised("ValueError", "Can't shrink pool: an executor it would retire holds "
+        return raised("ValueError", "Cannot shrink pool: an executor it would retire holds "
                                     "adapters");
     if (rc < 0)
         return raised("ValueError", sign > 0 ? "Can't grow pool past its maximum"

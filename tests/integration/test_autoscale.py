@@ -3,16 +3,18 @@
 Executors grow under a burst of diag.sleep and are retired once idle (seen in `celery inspect
 stats` and in /proc); `app.control.autoscale` and `celery control autoscale` move the range
 and the prefetch window; pool_grow/pool_shrink answer as the stock worker does under
-autoscale; an executor holding an adapter is never retired and the adapter still works after
-the idle period; a stock Python worker starting beside celeriac syncs with it (mingle); the
-celery worker flags accepted as no-ops, and an unknown flag named in the error.
+autoscale; an executor holding an adapter is never retired (by the autoscaler nor by a
+manual pool_shrink) and the adapter still works after the idle period; a stock Python worker
+starting beside celeriac syncs with it (mingle); the celery worker flags accepted as no-ops,
+and an unknown flag named in the error.
 AUTOSCALE_KEEPALIVE (read as Celery reads it) is 1 s here so the shrink comes quickly.
 """
 
 import os
 import subprocess
 
-from conftest import (REPO, both_brokers, celeriac_bin_dir, celeriac_only, scaled, wait_until)
+from conftest import (REPO, both_brokers, celeriac_bin_dir, celeriac_only, scaled, wait_active,
+                      wait_until)
 from remote import cli, only
 
 pytestmark = [both_brokers, celeriac_only]
@@ -136,3 +138,25 @@ def test_unknown_flag_is_named():
                            timeout=scaled(10))
         assert p.returncode != 0
         assert f"unknown option {name} " in p.stderr, p.stderr
+
+
+def test_pool_shrink_keeps_executors_with_adapters(worker, celery_app, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    worker("-c", "2", "--state-dir", str(state), ready_timeout=40)
+    first_stats(celery_app)
+    # executor 1 busy, so the adapter is made on executor 2 (the one a shrink retires)
+    busy = celery_app.send_task("diag.sleep", args=[3])
+    wait_active(celery_app, busy.id)
+    aids = [celery_app.send_task("lora.create", kwargs={"rank": 4, "seed": 1}).get(
+        timeout=scaled(60))["adapter_id"]]
+    reply = only(celery_app.control.pool_shrink(1, reply=True, timeout=scaled(T)))
+    assert reply == {"error": "ValueError('Cannot shrink pool: an executor it would retire "
+                              "holds adapters')"}
+    assert len(procs(celery_app)) == 2
+    for aid in aids:
+        celery_app.send_task("lora.delete", args=[aid]).get(timeout=scaled(60))
+    assert only(celery_app.control.pool_shrink(1, reply=True, timeout=scaled(T))) == \
+        {"ok": "pool will shrink"}
+    wait_procs(celery_app, 1)
+    assert busy.get(timeout=scaled(10)) == 3
