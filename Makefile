@@ -213,7 +213,7 @@ cuda: deps
 # argument binder (executor/call.c: no model code) and the
 # model engine (tests/unit/test_model_*.c use the latter).
 UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/limits.c \
-            worker/revoked.c worker/affinity.c worker/options.c worker/pidbox.c worker/redis.c \
+            worker/revoked.c worker/affinity.c worker/autoscale.c worker/options.c worker/pidbox.c worker/redis.c \
             worker/events.c worker/broker.c worker/broker_redis.c worker/backend.c \
             worker/backend_redis.c worker/held.c worker/respcut.c worker/bus.c worker/bus_redis.c \
             worker/amqp_bus.c worker/amqp_conn.c worker/amqp_thread.c worker/broker_amqp.c \

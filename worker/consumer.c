@@ -23,6 +23,7 @@
 #include "../protocol/frame.h"
 #include "../protocol/protocol.h"
 #include "affinity.h"
+#include "autoscale.h"
 #include "backend.h"
 #include "broker.h"
 #include "canvas.h"
@@ -108,7 +109,15 @@ struct cel_consumer {
     uv_timer_t shutdown_timer; /* --shutdown-timeout of a warm shutdown */
     void (*on_done)(void *);
     void *done_priv;
+    /* autoscale and mingle (issue 19) */
+    int active;             /* ACTIVE requests: with held, Celery's reserved_requests */
+    cel_autoscale_t scaler; /* --autoscale's policy; scaler.max 0 = off */
+    uv_timer_t scale_timer; /* runs it every second (and on each task reserved) */
 };
+
+/* autoscale and mingle (issue 19) */
+static void maybe_scale(cel_consumer_t *c);
+static void on_scale_timer(uv_timer_t *t);
 
 static double now_unix(void) {
     struct timeval tv;
@@ -126,6 +135,7 @@ static void set_state(request_t *r, int st) {
     int was = counted(r->state), was_eta = r->state == R_HELD;
     c->held += counted(st) - was;
     c->eta_held += (st == R_HELD) - was_eta;
+    c->active += (st == R_ACTIVE) - (r->state == R_ACTIVE); /* autoscale (issue 19) */
     r->state = st;
     /* A slot came free (or an eta one): fetch more (after the current callback). */
     if (((was && !counted(st)) || (was_eta && st != R_HELD)) && !c->stopping)
@@ -187,6 +197,7 @@ static void ready_push(cel_consumer_t *c, request_t *r) {
     if (c->ready_tail) c->ready_tail->rnext = r;
     else c->ready_head = r;
     c->ready_tail = r;
+    maybe_scale(c); /* as Celery's autoscaler on each task message (issue 19) */
 }
 
 static int capacity(void *priv) {
@@ -504,7 +515,9 @@ static void dispatch(cel_consumer_t *c) {
                 continue;
             }
             slot = cel_affinity_get(c->affinity, ad);
-            if (slot < 0) slot = choose_slot(c);
+            /* a slot shrunk away (pool_shrink while it created the adapter, issue 19):
+             * another executor loads its checkpoint */
+            if (slot < 0 || slot >= cel_pool_slots(c->pool)) slot = choose_slot(c);
             if (slot < 0 || !cel_pool_slot_idle(c->pool, slot)) {
                 if (!blocked) blocked = json_object();
                 json_object_set_new(blocked, ad, json_true());
@@ -836,6 +849,14 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg, cel_
     c->started_at = now_unix();
     c->totals = json_object();
     c->pool = cel_pool_new(loop, cfg, &pcbs, c);
+    /* autoscale and mingle (issue 19) */
+    uv_timer_init(loop, &c->scale_timer);
+    c->scale_timer.data = c;
+    if (cfg->autoscale_max) {
+        cel_autoscale_init(&c->scaler, cfg->autoscale_max, cfg->autoscale_min,
+                           cel_autoscale_keepalive_env());
+        uv_timer_start(&c->scale_timer, on_scale_timer, 1000, 1000);
+    }
     c->affinity = cel_affinity_new(CEL_MAX_CONCURRENCY); /* pool_grow may add slots */
     cel_err_t err;
     cel_err_set(&err, CEL_ENOMEM, "out of memory");
@@ -902,7 +923,8 @@ static void on_backend_closed(void *priv) {
 static void close_all(cel_consumer_t *c) {
     if (c->closing) return;
     c->closing = 1;
-    c->closing_left = 8;
+    c->closing_left = 9;
+    uv_close((uv_handle_t *)&c->scale_timer, on_timer_closed); /* autoscale (issue 19) */
     uv_timer_stop(&c->shutdown_timer);
     uv_close((uv_handle_t *)&c->shutdown_timer, on_timer_closed);
     uv_close((uv_handle_t *)&c->rate_timer, on_timer_closed);
@@ -1076,6 +1098,10 @@ int cel_consumer_revoke(cel_consumer_t *c, const char *id, int signum) {
 int cel_consumer_resize(cel_consumer_t *c, int delta) {
     if (c->stopping || c->closing) return CEL_EINVAL;
     int n = cel_pool_slots(c->pool) + delta;
+    /* autoscale and mingle (issue 19): at least one executor; none holding adapters retired */
+    if (n < 1) return CEL_EINVAL;
+    for (int s = n; s < cel_pool_slots(c->pool); s++)
+        if (cel_affinity_count(c->affinity, s) > 0) return CEL_ESTATE;
     if (cel_pool_resize(c->pool, n) != CEL_OK) return CEL_EINVAL;
     if (c->cfg->prefetch_multiplier) c->limit = n * c->cfg->prefetch_multiplier;
     cel_info("pool now has %d executor(s); prefetch %d", n, c->limit);
@@ -1106,9 +1132,63 @@ void cel_consumer_info(cel_consumer_t *c, cel_consumer_info_t *out) {
     out->started_at = c->started_at;
     out->processed = c->processed;
     out->slots = out->busy = out->npids = 0;
+    /* autoscale and mingle (issue 19) */
+    out->autoscale_max = c->scaler.max;
+    out->autoscale_min = c->scaler.min;
+    out->qty = c->held + c->active;
     if (!c->pool) return;
     out->slots = cel_pool_slots(c->pool);
     out->busy = cel_pool_busy(c->pool);
     out->npids = cel_pool_pids(c->pool, out->pids, CEL_MAX_CONCURRENCY);
     for (int i = 0; i < out->slots; i++) out->tasks_done[i] = cel_pool_tasks_written(c->pool, i);
+}
+
+/* ---- autoscale and mingle (issue 19) ---------------------------------- */
+
+static double now_mono(void) { return (double)uv_hrtime() / 1e9; }
+
+/* Retires up to k executors from the top slot down, each only when it runs
+ * nothing and holds no adapter (their gradients and routing stay put); stops
+ * at the first that must stay, slots being contiguous. Returns how many. */
+static int retire_idle(cel_consumer_t *c, int k) {
+    int n = cel_pool_slots(c->pool), got = 0;
+    while (got < k && n > 0 && cel_pool_slot_unused(c->pool, n - 1) &&
+           cel_affinity_count(c->affinity, n - 1) == 0)
+        n--, got++;
+    if (got && cel_pool_resize(c->pool, n) != CEL_OK) return 0;
+    return got;
+}
+
+static void maybe_scale(cel_consumer_t *c) {
+    if (!c->scaler.max || c->stopping || c->closing || !c->pool) return;
+    int procs = cel_pool_slots(c->pool);
+    int d = cel_autoscale_decide(&c->scaler, c->held + c->active, procs, now_mono());
+    if (d > 0 && cel_pool_resize(c->pool, procs + d) == CEL_OK) {
+        cel_info("Scaling up %d processes.", d);
+    } else if (d < 0) {
+        int got = retire_idle(c, -d);
+        if (got) cel_info("Scaling down %d processes.", got);
+        else cel_debug("Autoscaler won't scale down: all processes busy or holding adapters.");
+    }
+}
+
+static void on_scale_timer(uv_timer_t *t) { maybe_scale(t->data); }
+
+int cel_consumer_autoscale(cel_consumer_t *c, int max, int min, int *max_out, int *min_out) {
+    if (!c->scaler.max) return CEL_ENOTFOUND;
+    if (c->stopping || c->closing) return CEL_ESTATE;
+    cel_autoscale_update(&c->scaler, max, min);
+    /* the prefetch window follows max, as Celery's _update_consumer_prefetch_count */
+    if (c->cfg->prefetch_multiplier) c->limit = c->scaler.max * c->cfg->prefetch_multiplier;
+    int procs = cel_pool_slots(c->pool);
+    if (procs > c->scaler.max) {
+        int got = retire_idle(c, procs - c->scaler.max);
+        if (got) cel_info("Scaling down %d processes.", got);
+    } else if (procs < c->scaler.min && cel_pool_resize(c->pool, c->scaler.min) == CEL_OK) {
+        cel_info("Scaling up %d processes.", c->scaler.min - procs);
+    }
+    uv_timer_start(&c->drain_timer, on_drain_timer, 0, 0); /* the window may have grown */
+    *max_out = c->scaler.max;
+    *min_out = c->scaler.min;
+    return CEL_OK;
 }

@@ -67,8 +67,16 @@ void cel_consumer_each_request(cel_consumer_t *c,
 int cel_consumer_revoke(cel_consumer_t *c, const char *id, int signum);
 
 /* Grows (delta > 0) or shrinks the executor pool and the prefetch window
- * with it. Returns the new concurrency, or CEL_EINVAL when out of range. */
+ * with it. Returns the new concurrency, CEL_EINVAL when out of range, or
+ * CEL_ESTATE when an executor it would retire holds adapters. */
 int cel_consumer_resize(cel_consumer_t *c, int delta);
+
+/* autoscale and mingle (issue 19) */
+/* The autoscale command (Autoscaler.update): new max and/or min (< 0 = keep);
+ * the prefetch window follows max; executors past max are retired when idle
+ * and hold no adapters. *max_out, *min_out get the settings now. CEL_OK,
+ * CEL_ENOTFOUND without --autoscale, CEL_ESTATE when stopping. */
+int cel_consumer_autoscale(cel_consumer_t *c, int max, int min, int *max_out, int *min_out);
 
 /* Restarts every executor (busy ones after their task). */
 void cel_consumer_restart_pool(cel_consumer_t *c);
@@ -89,6 +97,9 @@ typedef struct cel_consumer_info {
     int npids;
     int pids[CEL_MAX_CONCURRENCY];        /* live executors */
     long tasks_done[CEL_MAX_CONCURRENCY]; /* per slot, [0, slots) */
+    /* autoscale and mingle (issue 19) */
+    int autoscale_max, autoscale_min; /* 0, 0 without --autoscale */
+    int qty;                          /* requests reserved or running (the autoscaler's) */
 } cel_consumer_info_t;
 
 /* Fills *out (a large struct: keep one per call, not per request). */

@@ -281,11 +281,17 @@ static json_t *stats(cel_control_t *ctl) {
         (json_int_t)ru.ru_msgrcv, "nsignals", (json_int_t)ru.ru_nsignals, "nvcsw",
         (json_int_t)ru.ru_nvcsw, "nivcsw", (json_int_t)ru.ru_nivcsw);
     double now = tv.tv_sec + tv.tv_usec / 1e6;
-    return json_pack("{s:O, s:i, s:o, s:I, s:o, s:o, s:i, s:o}", "total", in.totals, "pid",
-                     (int)getpid(), "clock",
-                     json_sprintf("%llu", (unsigned long long)cel_events_clock(ctl->ev)), "uptime",
-                     (json_int_t)(now - in.started_at), "pool", pool, "broker", broker,
-                     "prefetch_count", in.prefetch_count, "rusage", rusage);
+    json_t *st = json_pack("{s:O, s:i, s:o, s:I, s:o, s:o, s:i, s:o}", "total", in.totals, "pid",
+                           (int)getpid(), "clock",
+                           json_sprintf("%llu", (unsigned long long)cel_events_clock(ctl->ev)),
+                           "uptime", (json_int_t)(now - in.started_at), "pool", pool, "broker",
+                           broker, "prefetch_count", in.prefetch_count, "rusage", rusage);
+    /* autoscale and mingle (issue 19): Autoscaler.info() as the stock worker adds it */
+    if (st && in.autoscale_max)
+        json_object_set_new(st, "autoscaler",
+                            json_pack("{s:i, s:i, s:i, s:i}", "max", in.autoscale_max, "min",
+                                      in.autoscale_min, "current", in.slots, "qty", in.qty));
+    return st;
 }
 
 /* ---- control ---------------------------------------------------------- */
@@ -406,11 +412,21 @@ static json_t *time_limit(cel_control_t *ctl, json_t *args) {
 }
 
 static json_t *pool_resize(cel_control_t *ctl, json_t *args, int sign) {
+    /* autoscale and mingle (issue 19): the stock worker's answer under --autoscale */
+    if (ctl->cfg->autoscale_max)
+        return nok(sign > 0 ? "pool_grow is not supported with autoscale. Adjust autoscale "
+                              "range instead."
+                            : "pool_shrink is not supported with autoscale. Adjust autoscale "
+                              "range instead.");
     json_t *n = json_object_get(args, "n");
     long k = json_is_integer(n) ? (long)json_integer_value(n) : 1;
     if (json_is_string(n)) k = atol(json_string_value(n));
     if (k < 0 || k > CEL_MAX_CONCURRENCY) return raised("ValueError", "bad pool size change");
-    if (cel_consumer_resize(ctl->c, (int)(sign * k)) < 0)
+    int rc = cel_consumer_resize(ctl->c, (int)(sign * k));
+    if (rc == CEL_ESTATE)
+        return raised("ValueError", "Cannot shrink pool: an executor it would retire holds "
+                                    "adapters");
+    if (rc < 0)
         return raised("ValueError", sign > 0 ? "Can't grow pool past its maximum"
                                              : "Can't shrink pool below one executor");
     return ok(sign > 0 ? "pool will grow" : "pool will shrink", NULL);
@@ -460,6 +476,34 @@ static json_t *events_switch(cel_control_t *ctl, int on) {
     return ok(on ? "task events enabled" : "task events disabled", NULL);
 }
 
+/* autoscale and mingle (issue 19) */
+/* An int argument as celery's control command casts it ('max': int): a JSON
+ * integer or a decimal string; -1 when absent or null, -2 when bad. */
+static long int_arg(json_t *args, const char *key) {
+    json_t *v = json_object_get(args, key);
+    if (!v || json_is_null(v)) return -1;
+    if (json_is_integer(v)) {
+        json_int_t n = json_integer_value(v);
+        return n >= 0 && n <= CEL_MAX_CONCURRENCY ? (long)n : -2;
+    }
+    const char *str = json_string_value(v);
+    char *end;
+    long n = str && *str ? strtol(str, &end, 10) : -2;
+    return str && *str && !*end && n >= 0 && n <= CEL_MAX_CONCURRENCY ? n : -2;
+}
+
+static json_t *autoscale(cel_control_t *ctl, json_t *args) {
+    long max = int_arg(args, "max"), min = int_arg(args, "min");
+    if (max == -2 || min == -2) return raised("ValueError", "bad autoscale range");
+    int max_now, min_now;
+    int rc = cel_consumer_autoscale(ctl->c, (int)max, (int)min, &max_now, &min_now);
+    if (rc == CEL_ENOTFOUND) return raised("ValueError", "Autoscale not enabled");
+    if (rc != CEL_OK) return raised("ValueError", "the worker is stopping");
+    char text[80];
+    snprintf(text, sizeof(text), "autoscale now max=%d min=%d", max_now, min_now);
+    return ok("%s", text);
+}
+
 static json_t *hello(cel_control_t *ctl, json_t *args) {
     const char *from = json_string_value(json_object_get(args, "from_node"));
     if (!from || strcmp(from, ctl->cfg->hostname) == 0) return json_null();
@@ -498,7 +542,7 @@ json_t *cel_control_dispatch(void *priv, const char *m, json_t *args) {
         cel_consumer_restart_pool(ctl->c);
         return ok("reload started", NULL);
     }
-    if (!strcmp(m, "autoscale")) return raised("ValueError", "Autoscale not enabled");
+    if (!strcmp(m, "autoscale")) return autoscale(ctl, args);
     if (!strcmp(m, "add_consumer")) return queue_cmd(ctl, args, 1);
     if (!strcmp(m, "cancel_consumer")) return queue_cmd(ctl, args, 0);
     if (!strcmp(m, "enable_events")) return events_switch(ctl, 1);

@@ -232,9 +232,13 @@ static void log_banner(const cel_options_t *cfg) {
     else
         snprintf(results, sizeof(results), "redis://%s:%d/%d", cfg->backend.host, cfg->backend.port,
                  cfg->backend.db);
+    char conc[48]; /* autoscale (issue 19): as celery's banner, {min=N, max=M} */
+    if (cfg->autoscale_max)
+        snprintf(conc, sizeof(conc), "{min=%d, max=%d}", cfg->autoscale_min, cfg->autoscale_max);
+    else snprintf(conc, sizeof(conc), "%d", cfg->concurrency);
     cel_info("celeriac %s starting: broker %s, results %s, "
-             "queues [%s], concurrency %d (executors), prefetch %d, %d tasks registered",
-             cfg->hostname, broker, results, queues, cfg->concurrency,
+             "queues [%s], concurrency %s (executors), prefetch %d, %d tasks registered",
+             cfg->hostname, broker, results, queues, conc,
              cfg->prefetch_multiplier * cfg->concurrency, ntasks);
 }
 

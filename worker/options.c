@@ -108,6 +108,11 @@ static const char usage_text[] =
     "                               5.2's result_compression does (results stay plain)\n"
     "      --task-track-started     store the STARTED state ({pid, hostname}) when an\n"
     "                               executor starts a task (Celery's task_track_started)\n"
+    "      --autoscale MAX[,MIN]    add executors under load up to MAX, retire idle ones\n"
+    "                               down to MIN (default 0), as celery worker --autoscale;\n"
+    "                               executors holding adapters are never retired\n"
+    "      --without-mingle, --without-gossip, -O fair|default, -P prefork\n"
+    "                               accepted for celery worker command lines (no effect)\n"
     "  -h, --help                   show this help\n"
     "      --version                show the version\n";
 
@@ -163,7 +168,15 @@ enum {
     /* compression and STARTED (issue 19) */
     OPT_RESULT_COMPRESSION,
     OPT_TRACK_STARTED,
+    /* autoscale and mingle (issue 19) */
+    OPT_AUTOSCALE,
+    OPT_WITHOUT_MINGLE,
+    OPT_WITHOUT_GOSSIP,
 };
+
+static int parse_autoscale(cel_options_t *cfg, const char *arg, cel_err_t *err);
+static int accept_celery_flag(int opt, const char *arg, cel_err_t *err);
+static void settle_autoscale(cel_options_t *cfg);
 
 static int hexval(char c) {
     if (c >= '0' && c <= '9') return c - '0';
@@ -620,13 +633,19 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         /* compression and STARTED (issue 19) */
         { "result-compression", required_argument, 0, OPT_RESULT_COMPRESSION },
         { "task-track-started", no_argument, 0, OPT_TRACK_STARTED },
+        /* autoscale and mingle (issue 19) */
+        { "autoscale", required_argument, 0, OPT_AUTOSCALE },
+        { "without-mingle", no_argument, 0, OPT_WITHOUT_MINGLE },
+        { "without-gossip", no_argument, 0, OPT_WITHOUT_GOSSIP },
+        { "optimization", required_argument, 0, 'O' },
+        { "pool", required_argument, 0, 'P' },
         { 0, 0, 0, 0 },
     };
     optind = 0; /* 0, not 1: glibc then forgets the state of any earlier parse */
     opterr = 0;
     int c, rc = CEL_OK, concurrency_set = 0;
     long v = 0;
-    while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:f:hE", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":b:Q:c:n:l:f:hEO:P:", opts, NULL)) != -1) {
         switch (c) {
         case 'b':
             rc = copy_str(cfg->broker_url, sizeof(cfg->broker_url), optarg, "--broker", err);
@@ -804,9 +823,19 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
             break;
         }
         case OPT_TRACK_STARTED: cfg->track_started = 1; break;
+        /* autoscale and mingle (issue 19) */
+        case OPT_AUTOSCALE: rc = parse_autoscale(cfg, optarg, err); break;
+        case OPT_WITHOUT_MINGLE:
+        case OPT_WITHOUT_GOSSIP:
+        case 'O':
+        case 'P': rc = accept_celery_flag(c, optarg, err); break;
         case ':': return cel_err_set(err, CEL_EINVAL, "option %s needs a value", argv[optind - 1]);
         default:
-            return cel_err_set(err, CEL_EINVAL, "unknown option %s (see --help)", argv[optind - 1]);
+            /* autoscale and mingle (issue 19): name the flag itself, not its cluster or value */
+            if (optopt > 0 && optopt < 128)
+                return cel_err_set(err, CEL_EINVAL, "unknown option -%c (see --help)", optopt);
+            return cel_err_set(err, CEL_EINVAL, "unknown option %.*s (see --help)",
+                               (int)strcspn(argv[optind - 1], "="), argv[optind - 1]);
         }
         if (rc != CEL_OK) return rc;
     }
@@ -817,6 +846,7 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     if ((rc = cel_options_expand_hostname(hostname_pat, cfg->hostname, sizeof(cfg->hostname), err)))
         return rc;
     if ((rc = settle_device(cfg, concurrency_set)) != CEL_OK) return rc;
+    settle_autoscale(cfg);
     if (cfg->soft_time_limit && cfg->time_limit && cfg->soft_time_limit > cfg->time_limit)
         cel_warn("--soft-time-limit %.3g is above --time-limit %.3g", cfg->soft_time_limit,
                  cfg->time_limit);
@@ -885,4 +915,57 @@ void cel_options_free(cel_options_t *cfg) {
     cfg->nqueues = 0;
     for (int i = 0; i < cfg->nimport_roots; i++) free(cfg->import_roots[i]);
     cfg->nimport_roots = 0;
+}
+
+/* ---- autoscale and mingle (issue 19) ---- */
+/* --autoscale MAX[,MIN] as celery worker reads it (MIN defaults to 0). */
+static int parse_autoscale(cel_options_t *cfg, const char *arg, cel_err_t *err) {
+    char *end;
+    errno = 0;
+    long max = strtol(arg, &end, 10), min = 0;
+    if (end != arg && *end == ',') {
+        const char *m = end + 1;
+        min = strtol(m, &end, 10);
+        if (end == m) end = (char *)"x";
+    }
+    if (errno || end == arg || *end || max < 1 || max > CEL_MAX_CONCURRENCY || min < 0)
+        return cel_err_set(err, CEL_EINVAL,
+                           "--autoscale: expected MAX[,MIN] with 1 <= MAX <= %d "
+                           "(got '%.40s')",
+                           CEL_MAX_CONCURRENCY, arg);
+    if (min > max)
+        return cel_err_set(err, CEL_EINVAL, "--autoscale: MIN %ld is above MAX %ld", min, max);
+    cfg->autoscale_max = (int)max;
+    cfg->autoscale_min = (int)min;
+    return CEL_OK;
+}
+
+/* celery worker flags that change nothing here: --without-mingle (celeriac
+ * never asks its neighbours at start; it answers their hello),
+ * --without-gossip (it follows no other worker), -O fair (it dispatches to
+ * a free executor anyway), -P prefork (its executors are processes). */
+static int accept_celery_flag(int opt, const char *arg, cel_err_t *err) {
+    if (opt == 'O' && strcmp(arg, "fair") != 0 && strcmp(arg, "default") != 0)
+        return cel_err_set(err, CEL_EINVAL,
+                           "-O/--optimization: expected fair or default (got "
+                           "'%.40s')",
+                           arg);
+    if (opt == 'P' && strcmp(arg, "prefork") != 0 && strcmp(arg, "processes") != 0)
+        return cel_err_set(err, CEL_EINVAL,
+                           "-P/--pool %.40s: celeriac's pool is its executor "
+                           "processes (prefork); no other pool",
+                           arg);
+    return CEL_OK;
+}
+
+/* With --autoscale the prefetch window is MAX x multiplier (as Celery sizes
+ * it) and the pool starts with MIN executors. On a GPU there is one executor. */
+static void settle_autoscale(cel_options_t *cfg) {
+    if (!cfg->autoscale_max) return;
+    if (cfg->gpu) {
+        cel_warn("--device %s: one executor per GPU; --autoscale is off", cfg->device);
+        cfg->autoscale_max = cfg->autoscale_min = 0;
+        return;
+    }
+    cfg->concurrency = cfg->autoscale_max;
 }

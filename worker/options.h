@@ -96,6 +96,9 @@ typedef struct cel_options {
                                   * messages are compressed with, as 5.2 uses
                                   * result_compression; "" = none */
     int track_started;           /* --task-track-started: store STARTED when a task starts */
+    /* autoscale and mingle (issue 19) */
+    int autoscale_max; /* --autoscale MAX,MIN: executors grow to MAX under load; 0 = off */
+    int autoscale_min; /* and are retired down to MIN when idle (concurrency is then MAX) */
 } cel_options_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,

@@ -385,7 +385,8 @@ cel_pool_t *cel_pool_new(uv_loop_t *loop, const cel_options_t *cfg, const cel_po
     p->cfg = cfg;
     p->cbs = *cbs;
     p->priv = priv;
-    p->n = p->top = cfg->concurrency;
+    /* with --autoscale the pool starts at MIN executors (issue 19) */
+    p->n = p->top = cfg->autoscale_max ? cfg->autoscale_min : cfg->concurrency;
     /* Sized for the largest pool so pool_grow never moves a live handle. */
     p->slots = calloc(CEL_MAX_CONCURRENCY, sizeof(*p->slots));
     p->respawn = calloc(CEL_MAX_CONCURRENCY, sizeof(*p->respawn));
@@ -563,7 +564,7 @@ void cel_pool_close(cel_pool_t *p, int kill, void (*on_closed)(void *), void *pr
 
 int cel_pool_resize(cel_pool_t *p, int n) {
     if (p->closing) return CEL_ESTATE;
-    if (n < 1 || n > CEL_MAX_CONCURRENCY) return CEL_EINVAL;
+    if (n < 0 || n > CEL_MAX_CONCURRENCY) return CEL_EINVAL;
     int old = p->n;
     p->n = n;
     if (n > p->top) p->top = n;
@@ -586,6 +587,12 @@ void cel_pool_restart(cel_pool_t *p) {
         if (e->state == EX_IDLE) executor_shutdown(e);
         else if (e->state == EX_BUSY) e->restart = 1;
     }
+}
+
+int cel_pool_slot_unused(const cel_pool_t *p, int slot) {
+    if (slot < 0 || slot >= p->n) return 0;
+    const executor_t *e = p->slots[slot];
+    return !e || e->njobs == 0;
 }
 
 int cel_pool_tasks_written(const cel_pool_t *p, int slot) {

@@ -75,7 +75,12 @@ int cel_pool_terminate(cel_pool_t *p, void *job, int signum);
 /* Pids of the live executors, up to max; returns how many. */
 int cel_pool_pids(const cel_pool_t *p, int *pids, int max);
 
-/* Sets the number of executors to n (1..CEL_MAX_CONCURRENCY): new slots get
+/* 1 when slot is in use and its executor holds no task (idle, starting, or
+ * being replaced): the autoscaler may retire it without waiting. */
+int cel_pool_slot_unused(const cel_pool_t *p, int slot);
+
+/* Sets the number of executors to n (0..CEL_MAX_CONCURRENCY; 0 only under
+ * --autoscale with MIN 0): new slots get
  * an executor now; removed ones end when idle (busy ones after their task).
  * CEL_EINVAL when out of range, CEL_ESTATE when closing. */
 int cel_pool_resize(cel_pool_t *p, int n);

@@ -781,8 +781,11 @@ def _worker_env(extra=None):
 
 def _python_worker_cmd(args, hostname_default, concurrency_default=2):
     """Translates celeriac's CLI into `celery -A pydiag worker` arguments plus environment."""
+    # "--with-mingle" (not a celery flag) leaves mingle on, for the mingle test
+    mingle = "--with-mingle" in args
+    args = [a for a in args if a != "--with-mingle"]
     cmd = [PYTHON, "-m", "celery", "-A", "pydiag", "worker", "-P", "prefork",
-           "--without-mingle", "--without-gossip"]
+           "--without-gossip"] + ([] if mingle else ["--without-mingle"])
     env = {}
     have = set()
     it = iter(args)

@@ -885,6 +885,64 @@ static void test_hostname_option(void **state) {
     one("-n", big, 0);
 }
 
+/* ---- autoscale and mingle (issue 19) ---- */
+
+static void test_autoscale_and_celery_flags(void **state) {
+    cel_options_t cfg;
+    cel_err_t err;
+    {
+        ARGV("--device", "cpu", "-c", "2", "--autoscale", "6,2");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_int_equal(cfg.autoscale_max, 6);
+        assert_int_equal(cfg.autoscale_min, 2);
+        assert_int_equal(cfg.concurrency, 6); /* the prefetch window is sized for MAX */
+        cel_options_free(&cfg);
+    }
+    {
+        ARGV("--device", "cpu", "--autoscale=3");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_int_equal(cfg.autoscale_max, 3);
+        assert_int_equal(cfg.autoscale_min, 0);
+        cel_options_free(&cfg);
+    }
+    {
+        ARGV("--device", "cuda", "--autoscale", "3,1");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_int_equal(cfg.autoscale_max, 0); /* one executor per GPU */
+        assert_int_equal(cfg.concurrency, 1);
+        cel_options_free(&cfg);
+    }
+    {
+        ARGV("--without-mingle", "--without-gossip", "--without-heartbeat", "-O", "fair",
+             "--pool=prefork", "-P", "processes", "--optimization", "default");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_int_equal(cfg.autoscale_max, 0);
+        cel_options_free(&cfg);
+    }
+    one("--autoscale", "0", 0);
+    one("--autoscale", "2,3", 0);
+    one("--autoscale", "4,", 0);
+    one("--autoscale", "4,x", 0);
+    one("--autoscale", ",2", 0);
+    one("--autoscale", "257", 0);
+    one("--autoscale", "4,-1", 0);
+    one("--autoscale", "4,1", 1);
+    one("-P", "solo", 0);
+    one("-O", "fast", 0);
+    one("--without-mingle=1", NULL, 0);
+    static const char *const unknown[][2] = {
+        { "--purge", "--purge" }, { "--beat=1", "--beat" }, { "-B", "-B" }, { "-EB", "-B" }
+    };
+    for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++) {
+        char *av[] = { "celeriac", (char *)unknown[i][0], NULL };
+        assert_int_equal(cel_options_parse(&cfg, 2, av, &err), CEL_EINVAL);
+        char want[64];
+        snprintf(want, sizeof(want), "unknown option %s ", unknown[i][1]);
+        if (!strstr(err.msg, want)) fail_msg("%s: %s", unknown[i][0], err.msg);
+        cel_options_free(&cfg);
+    }
+}
+
 int main(void) {
     cel_log_init("test", CEL_LOG_CRITICAL + 10, -1);
     const struct CMUnitTest tests[] = {
@@ -910,6 +968,7 @@ int main(void) {
         cmocka_unit_test_setup(test_queue_limits, clear_env),
         cmocka_unit_test_setup(test_import_roots_limit, clear_env),
         cmocka_unit_test_setup(test_hostname_option, clear_env),
+        cmocka_unit_test_setup(test_autoscale_and_celery_flags, clear_env),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
