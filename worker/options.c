@@ -867,18 +867,15 @@ static int settle_urls(cel_options_t *cfg, cel_err_t *err) {
         if ((rc = cel_options_parse_amqp_url(cfg->broker_url, &cfg->amqp, err)) != CEL_OK)
             return rc;
     } else if (strncmp(cfg->broker_url, "redis://", 8) != 0) {
-        return cel_err_set(err, CEL_EINVAL,
-                           "unsupported broker URL: redis://, amqp://, amqps:// or pyamqp:// "
-                           "(got '%.*s')",
-                           (int)strcspn(cfg->broker_url, ":/@"), cfg->broker_url);
+        return url_error(err, "unsupported broker URL (redis://, amqp://, amqps:// or pyamqp://)",
+                         cfg->broker_url);
     } else if ((rc = cel_options_parse_redis_url(cfg->broker_url, &cfg->broker, err)) != CEL_OK) {
         return rc;
     }
     cfg->backend_rpc = strncmp(cfg->backend_url, "rpc://", 6) == 0;
     if (!cfg->backend_rpc && strncmp(cfg->backend_url, "redis://", 8) != 0)
-        return cel_err_set(err, CEL_EINVAL,
-                           "unsupported result backend URL: redis:// or rpc:// (got '%.*s')",
-                           (int)strcspn(cfg->backend_url, ":/@"), cfg->backend_url);
+        return url_error(err, "unsupported result backend URL (redis:// or rpc://)",
+                         cfg->backend_url);
     if (!cfg->backend_rpc &&
         (rc = cel_options_parse_redis_url(cfg->backend_url, &cfg->backend, err)) != CEL_OK)
         return rc;
