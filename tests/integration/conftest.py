@@ -767,6 +767,30 @@ def _hard_timeout(request):
     signal.signal(signal.SIGALRM, old)
 
 
+@pytest.fixture(autouse=True)
+def _broadcast_limit(request, monkeypatch):
+    """A broadcast with replies and no destination, pattern or limit waits its whole timeout for
+    replies that might still come. Within a test that started its workers through the fixtures,
+    it stops at one reply per live worker instead, as kombu stops at len(destination) for an
+    explicit destination: the same replies, without the wait. A test in which a live worker does
+    not answer still waits the whole timeout and sees what it saw before."""
+    from celery.app.control import Control
+    orig = Control.broadcast
+
+    def broadcast(self, command, arguments=None, destination=None, connection=None, reply=False,
+                  timeout=1.0, limit=None, callback=None, channel=None, pattern=None,
+                  matcher=None, **extra):
+        if reply and limit is None and not destination and pattern is None:
+            live = [w for w in request.node.__dict__.get("_celeriac_workers", []) if w.alive()]
+            if live:
+                limit = len(live)
+        return orig(self, command, arguments=arguments, destination=destination,
+                    connection=connection, reply=reply, timeout=timeout, limit=limit,
+                    callback=callback, channel=channel, pattern=pattern, matcher=matcher, **extra)
+
+    monkeypatch.setattr(Control, "broadcast", broadcast)
+
+
 def _worker_env(extra=None):
     env = dict(os.environ)
     # The tests decide broker and backend explicitly; never inherit them by accident.

@@ -143,13 +143,16 @@ def test_unknown_flag_is_named():
 def test_pool_shrink_keeps_executors_with_adapters(worker, celery_app, tmp_path):
     state = tmp_path / "state"
     state.mkdir()
-    worker("-c", "2", "--state-dir", str(state), ready_timeout=40)
+    w = worker("-c", "2", "--state-dir", str(state), ready_timeout=40)
     first_stats(celery_app)
-    # executor 1 busy, so the adapter is made on executor 2 (the one a shrink retires)
+    # both executors ready first (else the sleep goes to whichever loads first); then the sleep
+    # takes executor 1, and the adapter is made on executor 2 (the one a shrink retires)
+    w.wait_log(r"executor \d+ \(pid \d+\): model on", timeout=40, count=2)
     busy = celery_app.send_task("diag.sleep", args=[3])
     wait_active(celery_app, busy.id)
     aids = [celery_app.send_task("lora.create", kwargs={"rank": 4, "seed": 1}).get(
         timeout=scaled(60))["adapter_id"]]
+    w.wait_log(r"Executor-2\] Created adapter", timeout=10)
     reply = only(celery_app.control.pool_shrink(1, reply=True, timeout=scaled(T)))
     assert reply == {"error": "ValueError('Cannot shrink pool: an executor it would retire "
                               "holds adapters')"}

@@ -117,7 +117,9 @@ def test_rate_limit_enforced(worker, celery_app):
 
 def is_fetch(command):
     """A worker taking messages: BRPOP (kombu and celeriac) or celeriac's POP script."""
-    return command.startswith(("BRPOP ", "EVALSHA "))
+    # (not the client's BRPOP on its pidbox reply queue, which may still be in flight when a
+    # broadcast has all its replies)
+    return command.startswith(("BRPOP ", "EVALSHA ")) and ".reply.celery.pidbox" not in command
 
 
 @redis_only

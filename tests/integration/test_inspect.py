@@ -8,6 +8,7 @@ pidbox and events channels.
 """
 
 import json
+import socket
 import time
 
 from conftest import both_brokers, celeriac_only, redis_only, scaled, wait_until
@@ -26,15 +27,16 @@ def inspector(app, **kw):
 @celeriac_only
 def test_cli_inspect_commands(worker, broker_url):
     w = worker("-n", "ci1@%h", "-c", "2")
+    node = "-d", f"ci1@{socket.gethostname()}"  # with a destination the CLI stops at its reply
     p = cli(broker_url, "inspect", "ping")
     assert p.returncode == 0, p.stderr
     assert "pong" in p.stdout and "1 node online" in p.stdout
     for cmd in ("stats", "active", "reserved", "scheduled", "registered", "active_queues",
                 "revoked", "conf", "report", "clock"):
-        p = cli(broker_url, "inspect", cmd)
+        p = cli(broker_url, "inspect", cmd, *node)
         assert p.returncode == 0, (cmd, p.stdout, p.stderr)
         assert "ci1@" in p.stdout and "OK" in p.stdout, (cmd, p.stdout)
-    p = cli(broker_url, "inspect", "stats", "--json")
+    p = cli(broker_url, "inspect", "stats", "--json", *node)
     stats = next(iter(json.loads(p.stdout).values()))
     assert stats["pid"] == w.pid
     assert isinstance(stats["clock"], str) and int(stats["clock"]) > 0
@@ -46,13 +48,13 @@ def test_cli_inspect_commands(worker, broker_url):
     assert stats["prefetch_count"] == 8
     assert stats["broker"]["transport"] == ("amqp" if broker_url.startswith("amqp") else "redis")
     assert {"utime", "stime", "maxrss", "nvcsw"} <= set(stats["rusage"])
-    p = cli(broker_url, "inspect", "registered", "--json")
+    p = cli(broker_url, "inspect", "registered", "--json", *node)
     reg = next(iter(json.loads(p.stdout).values()))
     assert "diag.add" in reg and reg == sorted(reg)
-    p = cli(broker_url, "inspect", "active_queues", "--json")
+    p = cli(broker_url, "inspect", "active_queues", "--json", *node)
     q = next(iter(json.loads(p.stdout).values()))
     assert q[0]["name"] == "celery" and q[0]["exchange"]["type"] == "direct"
-    p = cli(broker_url, "inspect", "report", "--json")
+    p = cli(broker_url, "inspect", "report", "--json", *node)
     assert "celeriac" in next(iter(json.loads(p.stdout).values()))["ok"]
 
 

@@ -191,10 +191,12 @@ def test_forward_backward_formats_and_progress(mworker, celery_app):
     seen = []
 
     def done():
-        st = res.state
-        if st == "PROGRESS":
-            seen.append(res.info)
-        return st in ("SUCCESS", "FAILURE")
+        # one read for state and meta: res.state then res.info could pair PROGRESS with the
+        # final result when the task ends between the two
+        meta = res.backend.get_task_meta(res.id)
+        if meta["status"] == "PROGRESS":
+            seen.append(meta["result"])
+        return meta["status"] in ("SUCCESS", "FAILURE")
 
     wait_until(done, scaled(120), interval=0.02, what="the long forward_backward")
     assert res.state == "SUCCESS", res.result
