@@ -398,6 +398,12 @@ def test_class_maxmemory_noeviction_under_load(worker, make_app, own_redis):
     w = worker("-c", "2", broker=srv.url())
     c = srv.client()
     rs = load(app)
+    # and work that lasts ~1 s, so results are still being stored when the fault starts (150
+    # diag.add alone may all be done by then)
+    for _ in range(20):
+        r = app.send_task("diag.sleep", args=[0.1])
+        r.args_expected = 0.1
+        rs.append(r)
     fill_memory(c)
     c.config_set("maxmemory-policy", "noeviction")
     c.config_set("maxmemory", "1mb")
