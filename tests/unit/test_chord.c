@@ -25,79 +25,9 @@
 #include "../../worker/backend.h"
 #include "../../worker/options.h"
 
-extern char **environ;
-
 #define DEADLINE_MS 10000
 
-static pid_t redis_pid;
-static int redis_port;
-static redisContext *rc;
-
-static int free_port(void) {
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t n = sizeof(a);
-    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof(a)) < 0 ||
-        getsockname(s, (struct sockaddr *)&a, &n) < 0)
-        return -1;
-    close(s);
-    return ntohs(a.sin_port);
-}
-
-static void sleep_ms(long ms) {
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    while (nanosleep(&ts, &ts) != 0) {}
-}
-
-static int setup(void **state) {
-    if (access("/usr/bin/redis-server", X_OK) != 0) return 0; /* tests skip */
-    redis_port = free_port();
-    char port[16];
-    snprintf(port, sizeof(port), "%d", redis_port);
-    char *argv[] = { "redis-server", "--port", port,         "--bind",  "127.0.0.1", "--save", "",
-                     "--appendonly", "no",     "--loglevel", "warning", NULL };
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    if (posix_spawn(&redis_pid, "/usr/bin/redis-server", &fa, NULL, argv, environ) != 0)
-        redis_pid = 0;
-    posix_spawn_file_actions_destroy(&fa);
-    if (!redis_pid) return -1;
-    for (int i = 0; i < DEADLINE_MS / 20 && !rc; i++) {
-        redisContext *c = redisConnect("127.0.0.1", redis_port);
-        redisReply *r = c && !c->err ? redisCommand(c, "PING") : NULL;
-        if (r && r->type == REDIS_REPLY_STATUS) rc = c;
-        else if (c) redisFree(c);
-        if (r) freeReplyObject(r);
-        if (!rc) sleep_ms(20);
-    }
-    return rc ? 0 : -1;
-}
-
-static int teardown(void **state) {
-    if (rc) redisFree(rc);
-    if (redis_pid) {
-        kill(redis_pid, SIGTERM);
-        waitpid(redis_pid, NULL, 0);
-    }
-    return 0;
-}
-
-static void need_redis(void) {
-    if (!rc) skip();
-}
-
-static long long cmd_int(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(rc, fmt, ap);
-    va_end(ap);
-    assert_non_null(r);
-    if (r->type != REDIS_REPLY_INTEGER) fail_msg("%s: not an integer reply (%d)", fmt, r->type);
-    long long v = r->integer;
-    freeReplyObject(r);
-    return v;
-}
+#include "redis_server.h"
 
 typedef struct run_state {
     uv_loop_t loop;
@@ -297,5 +227,5 @@ int main(void) {
         cmocka_unit_test(test_chord_list),
         cmocka_unit_test(test_chord_down),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, redis_setup, redis_teardown);
 }
