@@ -105,18 +105,7 @@ def measure(kind, rabbit, rs, args, workdir):
         out["tput"] = args.tasks / out["wall_s"]
         out["cpu_per_1k"] = (w.cpu_seconds() - cpu0) / args.tasks * 1000
         app = Celery("bench-client", broker=broker, backend=rs.url, set_as_current=False)
-        for i in range(20):
-            app.send_task("diag.add", args=[i, i]).get(timeout=10)
-        lat = []
-        for i in range(args.latency_n):
-            t1 = time.perf_counter()
-            v = app.send_task("diag.add", args=[i, 1]).get(timeout=10)
-            lat.append(time.perf_counter() - t1)
-            if v != i + 1:
-                raise RuntimeError(f"wrong result {v!r}")
-        lat.sort()
-        out["p50_ms"] = 1000 * lat[len(lat) // 2]
-        out["p99_ms"] = 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        out.update(tp.add_round_trips(app, args.latency_n, 20))
         tp.close_client(app)
     except Exception as e:
         out["error"] = f"{type(e).__name__}: {e}"

@@ -21,7 +21,6 @@ import argparse
 import base64
 import json
 import uuid
-import json
 import os
 import re
 import shutil
@@ -192,6 +191,24 @@ def date_done_spread(client, keys, chunk=2000):
     return (max(stamps) - min(stamps)).total_seconds(), stamps
 
 
+def add_round_trips(app, n, warmup):
+    """n sequential diag.add round trips through the Celery client, after warmup ones:
+    {"p50_ms", "p99_ms", "mean_ms"}. Raises on a wrong result."""
+    for i in range(warmup):
+        app.send_task("diag.add", args=[i, i]).get(timeout=10)
+    lat = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        v = app.send_task("diag.add", args=[i, 1]).get(timeout=10)
+        lat.append(time.perf_counter() - t0)
+        if v != i + 1:
+            raise RuntimeError(f"wrong result {v!r} for add({i}, 1)")
+    lat.sort()
+    return {"p50_ms": 1000 * lat[len(lat) // 2],
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+            "mean_ms": 1000 * statistics.fmean(lat)}
+
+
 def close_client(app):
     """Closes a client app, dropping its result pubsub first (else AsyncResult.__del__ would
     try to UNSUBSCRIBE at interpreter exit, retrying against a server that is gone)."""
@@ -243,19 +260,7 @@ def measure(kind, rs, args, workdir):
         # (b) latency, on the warm worker.
         app = Celery("bench-client", broker=rs.url, backend=rs.url, set_as_current=False)
         app.conf.result_backend_transport_options = {"retry_policy": {"max_retries": 2}}
-        for i in range(args.warmup):
-            app.send_task("diag.add", args=[i, i]).get(timeout=10)
-        lat = []
-        for i in range(args.latency_n):
-            t0 = time.perf_counter()
-            v = app.send_task("diag.add", args=[i, 1]).get(timeout=10)
-            lat.append(time.perf_counter() - t0)
-            if v != i + 1:
-                raise RuntimeError(f"wrong result {v!r} for add({i}, 1)")
-        lat.sort()
-        out["p50_ms"] = 1000 * lat[len(lat) // 2]
-        out["p99_ms"] = 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-        out["mean_ms"] = 1000 * statistics.fmean(lat)
+        out.update(add_round_trips(app, args.latency_n, args.warmup))
         close_client(app)
 
         # (c) the worker's own turnaround: a lean redis-py client LPUSHes a
