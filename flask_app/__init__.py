@@ -25,8 +25,16 @@ def create_app(config=None):
     settings = config_mod.from_env()
     if config:
         settings.update(config)
-    if isinstance(settings.get("CELERIAC_API_KEYS"), str):
-        settings["CELERIAC_API_KEYS"] = config_mod.parse_api_keys(settings["CELERIAC_API_KEYS"])
+    for name in ("CELERIAC_API_KEYS", "CELERIAC_ADMIN_KEYS"):
+        if isinstance(settings.get(name), str):
+            settings[name] = config_mod.parse_api_keys(settings[name])
+    settings.setdefault("CELERIAC_ADMIN_KEYS", {})
+    # an admin key is an API key too (its user may also train)
+    settings["CELERIAC_API_KEYS"] = {**settings["CELERIAC_API_KEYS"],
+                                     **settings["CELERIAC_ADMIN_KEYS"]}
+    if isinstance(settings.get("CELERIAC_TASK_ROUTES"), str):
+        settings["CELERIAC_TASK_ROUTES"] = config_mod.parse_task_routes(
+            settings["CELERIAC_TASK_ROUTES"])
     if not isinstance(settings.get("CELERIAC_MAX_QUEUE_DEPTH"), dict):
         settings["CELERIAC_MAX_QUEUE_DEPTH"] = backpressure.parse_bounds(
             settings.get("CELERIAC_MAX_QUEUE_DEPTH"))

@@ -5,6 +5,10 @@ is a 401 with a WWW-Authenticate header. The key is compared against every confi
 constant time (SHA-256 digests of equal length, hmac.compare_digest, every key compared), so
 response timing does not tell how much of a guess was right, nor how long a key is.
 
+Roles: a key listed in CELERIAC_ADMIN_KEYS (same "user:KEY" form; such a key is an API key
+too) has the admin role, which GET /workers needs (require_admin: 403 Forbidden for any other
+valid key).
+
 Failed keys are throttled per client address (request.remote_addr; behind a proxy, set
 GUNICORN_FORWARDED_ALLOW_IPS so that it is the client's): past CELERIAC_AUTH_FAILURES failures
 in a minute (a fixed window from the first failure, counted in the app's Redis and shared by
@@ -90,6 +94,26 @@ def authenticate():
         raise _unauthorized("invalid API key")
     g.user = user
     return user
+
+
+def is_admin():
+    """Whether the request's key (already authenticated) has the admin role."""
+    header = request.headers.get("Authorization", "")
+    token = header.partition(" ")[2].strip()
+    return user_for_key(current_app.config.get("CELERIAC_ADMIN_KEYS") or {}, token) is not None
+
+
+def require_admin(limit="CELERIAC_RATE_LIMIT"):
+    """Route decorator: require_user(limit), then a 403 unless the key has the admin role."""
+    def wrap(view):
+        @functools.wraps(view)
+        def admin_only(*args, **kwargs):
+            if not is_admin():
+                raise ApiError(403, "Forbidden", "this route needs an admin key "
+                                                 "(CELERIAC_ADMIN_KEYS)")
+            return view(*args, **kwargs)
+        return require_user(limit)(admin_only)
+    return wrap
 
 
 def require_user(limit="CELERIAC_RATE_LIMIT"):

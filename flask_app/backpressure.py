@@ -10,7 +10,11 @@ it. The worker has its own bound on what it holds (--prefetch-multiplier, --eta-
 
 Depth is read through the Celery app's broker connection pool (kombu), so it works on Redis
 (LLEN of the queue and its priority lists) and on AMQP (a passive queue.declare's
-message_count; a queue that does not exist yet is empty). Each web worker caches a queue's depth
+message_count; a queue that does not exist yet is empty). With many workers (placement.py) a
+shared queue's depth also counts the direct queues ("<node>.dq2") of the nodes its adapters
+are homed on, so a bound counts what it counted with one worker: every job waiting for a
+worker that came in through that queue. A job for an adapter is checked against the bound of
+the shared queue the adapter was created from. Each web worker caches a queue's depth
 for CELERIAC_QUEUE_DEPTH_TTL_MS (default 500), so a burst costs one broker round trip per
 worker per interval; a burst can pass the bound by what arrives in one interval. Retry-After
 is the time the queue took to drain the excess at the rate it last fell, between 1 and
@@ -69,7 +73,8 @@ def bound(queue):
 
 def queues():
     """The queues the app sends to and those with a bound of their own, sorted."""
-    names = {current_app.config["CELERIAC_QUEUE"]}
+    from . import placement
+    names = placement.shared_queues()
     names.update(q for q in current_app.config["CELERIAC_MAX_QUEUE_DEPTH"] if q != "*")
     return sorted(names)
 
@@ -115,6 +120,17 @@ def _measure(queue):
         conn.release()
 
 
+def _measure_all(queue):
+    """The queue's own messages plus those waiting in the direct queues of the nodes homed
+    from it (placement.py): the jobs of its adapters, which one worker took from it alone."""
+    from . import placement  # placement -> ownership -> ... imports this module's users
+    n = _measure(queue)
+    for node, home_queue in placement.known_nodes().items():
+        if home_queue == queue:
+            n += _measure(placement.direct_queue(node))
+    return n
+
+
 def depth(queue, fresh=False):
     """Messages waiting in queue; cached for CELERIAC_QUEUE_DEPTH_TTL_MS unless fresh.
     Raises BrokerError when the broker cannot be reached."""
@@ -125,7 +141,7 @@ def depth(queue, fresh=False):
         last = c.seen.get(queue)
     if last is not None and not fresh and now - last[0] < ttl:
         return last[1]
-    n = _measure(queue)
+    n = _measure_all(queue)
     now = time.monotonic()
     with c.lock:
         last = c.seen.get(queue)

@@ -34,11 +34,12 @@ def make_celery(broker=None, backend=None):
     return app
 
 
-def send(app, name, kwargs, queue="celery", args=None, task_id=None):
+def send(app, name, kwargs, queue="celery", args=None, task_id=None, **route):
     """Enqueues task `name` with keyword arguments (as task_id when given); returns the task
-    id (the future id)."""
+    id (the future id). queue is a name or a kombu.Queue; route may add exchange and
+    routing_key (a node's direct queue, placement.py)."""
     result = app.send_task(name, args=args or [], kwargs=kwargs, queue=queue, retry=True,
-                           retry_policy=PUBLISH_RETRY, task_id=task_id)
+                           retry_policy=PUBLISH_RETRY, task_id=task_id, **route)
     return result.id
 
 

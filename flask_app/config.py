@@ -41,6 +41,22 @@ def parse_api_keys(spec):
     return keys
 
 
+def parse_task_routes(spec):
+    """'model.score=score, lora.*=train' -> [("model.score", "score"), ("lora.*", "train")]:
+    fnmatch patterns of task names and the queue each goes to, first match wins ('' -> [])."""
+    routes = []
+    for item in (spec or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        pattern, sep, queue = item.partition("=")
+        pattern, queue = pattern.strip(), queue.strip()
+        if not sep or not pattern or not queue:
+            raise ValueError(f"CELERIAC_TASK_ROUTES: expected task-pattern=queue, got {item!r}")
+        routes.append((pattern, queue))
+    return routes
+
+
 def from_env(env=None):
     """The settings dict for create_app(), from env (default os.environ)."""
     env = os.environ if env is None else env
@@ -62,6 +78,8 @@ def from_env(env=None):
                                                                            "rediss://"))
                                             else "redis://127.0.0.1:6379/0"),
         "CELERIAC_API_KEYS": parse_api_keys(env.get("CELERIAC_API_KEYS", "")),
+        # Keys with the admin role (GET /workers), "ops:KEY3"; they are API keys as well.
+        "CELERIAC_ADMIN_KEYS": parse_api_keys(env.get("CELERIAC_ADMIN_KEYS", "")),
         # Task-submitting routes and the polling route have separate budgets: a client polls
         # /retrieve_future many times per task.
         "CELERIAC_RATE_LIMIT": env.get("CELERIAC_RATE_LIMIT", "120/minute"),
@@ -82,6 +100,20 @@ def from_env(env=None):
         "CELERIAC_MAX_INFLIGHT": _int(env, "CELERIAC_MAX_INFLIGHT_PER_USER",
                                       _int(env, "CELERIAC_MAX_INFLIGHT", 256, 0), 0),
         "CELERIAC_QUEUE": env.get("CELERIAC_QUEUE") or "celery",
+        # Many workers (placement.py, cluster.py): task name patterns -> queue ("model.score=
+        # score,lora.*=train"; a task no pattern names goes to CELERIAC_QUEUE). Jobs for an
+        # adapter go to its home node's direct queue whatever the routes say.
+        "CELERIAC_TASK_ROUTES": parse_task_routes(env.get("CELERIAC_TASK_ROUTES", "")),
+        # Listen to the workers' events (liveness for failover, GET /workers); "0": never, so
+        # a home node is always taken to be alive.
+        "CELERIAC_WORKER_EVENTS": env.get("CELERIAC_WORKER_EVENTS", "1") not in (
+            "", "0", "no", "false"),
+        # A node with no heartbeat for this many times its interval is dead (Flower: 3 x).
+        "CELERIAC_HEARTBEAT_EXPIRY": _int(env, "CELERIAC_HEARTBEAT_EXPIRY", 3, 1),
+        # Seconds between two sweeps of dead nodes' direct queues (per web worker).
+        "CELERIAC_SWEEP_INTERVAL": _int(env, "CELERIAC_SWEEP_INTERVAL", 5, 1),
+        # Seconds GET /workers trusts what it asked the workers (stats, active_queues).
+        "CELERIAC_INSPECT_TTL": _int(env, "CELERIAC_INSPECT_TTL", 5, 0),
         # The worker's task table (request schemas are made from it): a file holding the output
         # of `celeriac --describe-tasks`, else that command run on this binary.
         "CELERIAC_TASKS_JSON": env.get("CELERIAC_TASKS_JSON") or None,

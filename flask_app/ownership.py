@@ -4,7 +4,8 @@ Adapters: hash celeriac:owners (adapter_id -> user) and set celeriac:adapters:<u
 worker makes the id, so an adapter is recorded when its lora.create future is seen done
 (retrieve_future, or a lookup that misses: the user's not-yet-resolved creations sit in set
 celeriac:creating:<user> and are resolved then by reading their results, which never waits).
-The worker is also told owner=user.
+The worker is also told owner=user. The create's result also names the adapter's home node,
+recorded then too (placement.record_home).
 Futures: key celeriac:future:<task_id> -> JSON {"owner", "task"} with a TTL (CELERIAC_FUTURE_TTL).
 Open futures (for the celeriac_futures_outstanding metric): sorted set celeriac:futures:open of
 ids scored by when they were handed out, left when a client reads a final state, pruned after
@@ -19,6 +20,7 @@ import time
 
 from flask import current_app
 
+from . import placement
 from .celery_client import task_meta
 from .errors import not_found
 from .store import store
@@ -96,6 +98,9 @@ def creation_done(task_id, user, value):
     """A lora.create future of user finished with `value`: record the owner, forget it."""
     if isinstance(value, dict) and "adapter_id" in value:
         set_owner(value["adapter_id"], user)
+        if ID_RX.match(str(value["adapter_id"])):
+            placement.record_home(value["adapter_id"], value.get("node"),
+                                  placement.routed_queue("lora.create"))
     store().srem(f"celeriac:creating:{user}", task_id)
 
 

@@ -8,6 +8,7 @@ caller's at once, so later requests for it get 404). Someone else's adapter is a
 
 from flask import Blueprint, g
 
+from .. import placement
 from .. import validation as v
 from ..auth import require_user
 from ..ownership import adapters_of, drop_owner
@@ -33,4 +34,5 @@ def adapter_info(adapter_id):
 def delete_adapter(adapter_id):
     resp = submit("lora.delete", v.url_kwargs("lora.delete", adapter_id))
     drop_owner(adapter_id, g.user)
+    placement.forget(adapter_id)
     return resp

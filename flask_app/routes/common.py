@@ -2,8 +2,11 @@
 
 submit() is the only place a route talks to Celery for writing. When the task names an adapter
 (the task table's adapter_param) that it does not create, the adapter must be the caller's
-(404 otherwise, the same answer as for an id that does not exist); a queue at its bound is a
-503 (backpressure.py) and nothing is sent; the task counts against the user's
+(404 otherwise, the same answer as for an id that does not exist); placement.py picks the
+queue: the task's shared queue (CELERIAC_TASK_ROUTES), or the adapter's home node's direct
+queue, re-homing it first when that node is dead; a queue at its bound is a 503
+(backpressure.py: a shared queue counts the direct queues of the nodes homed from it) and
+nothing is sent; the task counts against the user's
 CELERIAC_MAX_INFLIGHT (429 past it, inflight.py); then it is published by name (send_task,
 never waits), future -> owner is stored in Redis with a TTL, and the 202 body is returned.
 """
@@ -12,7 +15,7 @@ import uuid
 
 from flask import current_app, g, jsonify
 
-from .. import backpressure, inflight
+from .. import backpressure, inflight, placement
 from ..celery_client import send
 from ..ownership import record_future, require_adapter
 
@@ -24,15 +27,16 @@ def submit(task, kwargs, pending_create=False, extra=None, args=None):
     adapter = kwargs.get(spec.get("adapter_param") or "")
     if adapter is not None and spec.get("adapter_effect") != "create":
         require_adapter(adapter, g.user)
-    queue = current_app.config["CELERIAC_QUEUE"]
-    backpressure.check(queue)  # 503 while the queue is at its bound: nothing is sent
+    dest = placement.destination(task, spec, adapter)
+    backpressure.check(dest.queue)  # 503 while the queue is at its bound: nothing is sent
     task_id = str(uuid.uuid4())
     inflight.reserve(g.user, task_id)
     try:
-        send(ext["celery"], task, kwargs, queue=queue, args=args, task_id=task_id)
+        send(ext["celery"], task, kwargs, args=args, task_id=task_id, **dest.send_options())
     except BaseException:
         inflight.release(g.user, task_id)
         raise
+    placement.after_send(dest, adapter)
     record_future(task_id, g.user, task, pending_create=pending_create)
     body = {"future_id": task_id, "task": task}
     if extra:

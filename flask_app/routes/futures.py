@@ -7,7 +7,9 @@
   4xx/5xx {"status": "failed", "error": {"type", "message"}}: the task raised. ValueError and
       TypeError (bad input the worker caught) -> 400; KeyError/LookupError (e.g. the adapter
       was deleted meanwhile) -> 404; the worker itself failing (WorkerLostError, time limits,
-      MemoryError) -> 502; a revoked task -> 409; anything else -> 500.
+      MemoryError) -> 502; a revoked task -> 409; AdapterStateLost (the adapter's home node
+      died holding gradients no checkpoint had: the worker that adopted it says which step and
+      what to redo, i.e. forward_backward again, then optim_step) -> 409; anything else -> 500.
 Only the future's owner may read it; any other key gets 404. A done lora.create or lora.list
 records the adapters it names as the caller's.
 """
@@ -28,9 +30,14 @@ WORKER_ERRORS = {"WorkerLostError", "TimeLimitExceeded", "SoftTimeLimitExceeded"
                  "MemoryError"}
 
 
+CONFLICT_ERRORS = {"AdapterStateLost"}
+
+
 def failure_status(exc):
     """HTTP status for a task's exception, by its class or any base class name."""
     names = {c.__name__ for c in type(exc).__mro__} if isinstance(exc, BaseException) else set()
+    if names & CONFLICT_ERRORS:
+        return 409
     if names & CLIENT_ERRORS:
         return 400
     if names & MISSING_ERRORS:
