@@ -16,7 +16,6 @@ All waits are bounded and wait on the thing itself.
 
 import base64
 import json
-import os
 import sys
 import threading
 import time
@@ -234,3 +233,4 @@ def test_homes_routes_and_failover(make_api, fake_nodes, rc):
     assert not redis_client.exists("celeriac:adapter:a1")
     assert "a1" not in redis_client.smembers(f"celeriac:homes:{n2}")
     assert KEYS  # the plain users are still API keys
+
