@@ -349,13 +349,17 @@ static void on_state(void *priv, int up) {
 /* ---- queues ------------------------------------------------------------ */
 
 /* kombu's declarations for a task queue created from -Q (celery/app/amqp.py
- * Queues.new_missing: Queue(name, Exchange(name, 'direct'), name)). */
+ * Queues.new_missing: Queue(name, Exchange(name, 'direct'), name)), and for
+ * the direct queue (worker_direct: Queue('<node>.dq2', Exchange('C.dq2'),
+ * '<node>'), see cel_options_queue_route). */
 static int declare_queue(amqp_broker_t *b, const char *q) {
     json_t *args = NULL;
+    const char *ex, *rk;
+    cel_options_queue_route(b->cfg, q, &ex, &rk);
     if (b->cfg->max_priority > 0) args = json_pack("{s:i}", "x-max-priority", b->cfg->max_priority);
-    int rc = cel_amqp_declare_exchange(b->conn, q, "direct", 1, 0);
+    int rc = cel_amqp_declare_exchange(b->conn, ex, "direct", 1, 0);
     if (rc == CEL_OK) rc = cel_amqp_declare_queue(b->conn, q, 1, 0, args);
-    if (rc == CEL_OK) rc = cel_amqp_bind(b->conn, q, q, q);
+    if (rc == CEL_OK) rc = cel_amqp_bind(b->conn, q, ex, rk);
     if (rc == CEL_OK) rc = cel_amqp_consume(b->conn, q, 0);
     json_decref(args);
     return rc;

@@ -532,18 +532,23 @@ static void on_bind(cel_redis_t *r, redisReply *reply, void *priv) {
         cel_redis_log_error(r, "queue binding failed", reply->str);
 }
 
+/* kombu's queue_bind on Redis: SADD _kombu.binding.<exchange>
+ * "<routing key>\x06\x16\x06\x16<queue>"; the direct queue goes to C.dq2
+ * (cel_options_queue_route). */
 static void bind_queue(redis_broker_t *b, const char *q) {
     static const char prefix[] = "_kombu.binding.";
-    size_t ql = strlen(q);
-    char *key = malloc(sizeof(prefix) + ql), *member = malloc(2 * ql + 5);
+    const char *ex, *rk;
+    cel_options_queue_route(b->cfg, q, &ex, &rk);
+    size_t ql = strlen(q), el = strlen(ex), rl = strlen(rk);
+    char *key = malloc(sizeof(prefix) + el), *member = malloc(rl + ql + 5);
     if (key && member) {
         memcpy(key, prefix, sizeof(prefix) - 1);
-        memcpy(key + sizeof(prefix) - 1, q, ql + 1);
-        memcpy(member, q, ql);
-        memcpy(member + ql, "\x06\x16\x06\x16", 4);
-        memcpy(member + ql + 4, q, ql);
+        memcpy(key + sizeof(prefix) - 1, ex, el + 1);
+        memcpy(member, rk, rl);
+        memcpy(member + rl, "\x06\x16\x06\x16", 4);
+        memcpy(member + rl + 4, q, ql);
         const char *argv[] = { "SADD", key, member };
-        size_t lens[] = { 4, sizeof(prefix) - 1 + ql, 2 * ql + 4 };
+        size_t lens[] = { 4, sizeof(prefix) - 1 + el, rl + ql + 4 };
         if (cel_redis_command(b->cmd, on_bind, b, 3, argv, lens) == CEL_OK) b->pending++;
     }
     free(key);

@@ -452,14 +452,15 @@ static json_t *active_queues(cel_control_t *ctl) {
     size_t i;
     json_t *v;
     json_array_foreach(names, i, v) {
-        const char *q = json_string_value(v);
+        const char *q = json_string_value(v), *ex, *rk;
+        cel_options_queue_route(ctl->cfg, q, &ex, &rk);
         json_array_append_new(
             out,
             json_pack("{s:s, s:{s:s, s:s, s:n, s:b, s:b, s:b, s:n, s:b}, s:s, s:n, s:n, s:n,"
                       " s:b, s:b, s:b, s:b, s:n, s:[], s:n, s:n, s:n, s:n, s:n, s:n}",
-                      "name", q, "exchange", "name", q, "type", "direct", "arguments", "durable", 1,
-                      "passive", 0, "auto_delete", 0, "delivery_mode", "no_declare", 0,
-                      "routing_key", q, "queue_arguments", "binding_arguments",
+                      "name", q, "exchange", "name", ex, "type", "direct", "arguments", "durable",
+                      1, "passive", 0, "auto_delete", 0, "delivery_mode", "no_declare", 0,
+                      "routing_key", rk, "queue_arguments", "binding_arguments",
                       "consumer_arguments", "durable", 1, "exclusive", 0, "auto_delete", 0,
                       "no_ack", 0, "alias", "bindings", "no_declare", "expires", "message_ttl",
                       "max_length", "max_length_bytes", "max_priority"));

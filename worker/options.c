@@ -42,6 +42,8 @@ static const char usage_text[] =
     "      --max-priority N         declare AMQP task queues with x-max-priority N\n"
     "                               (Celery's task_queue_max_priority; default none)\n"
     "  -Q, --queues LIST            comma-separated queues to consume (default celery)\n"
+    "      --without-direct-queue   do not also consume this node's direct queue\n"
+    "                               <nodename>.dq2 (exchange C.dq2, Celery's worker_direct)\n"
     "  -c, --concurrency N          executor processes (default: number of CPUs)\n"
     "  -n, --hostname NAME          node name; %h host, %n name, %d domain\n"
     "                               (default celeriac@%h)\n"
@@ -117,6 +119,7 @@ static const char usage_text[] =
     "      --version                show the version\n";
 
 static int settle_device(cel_options_t *cfg, int concurrency_set);
+static int settle_direct_queue(cel_options_t *cfg, cel_err_t *err);
 
 /* ---- AMQP broker options (issue 14) ---- */
 static int settle_urls(cel_options_t *cfg, cel_err_t *err);
@@ -172,6 +175,8 @@ enum {
     OPT_AUTOSCALE,
     OPT_WITHOUT_MINGLE,
     OPT_WITHOUT_GOSSIP,
+    /* many workers (issue 15) */
+    OPT_WITHOUT_DIRECT,
 };
 
 static int parse_autoscale(cel_options_t *cfg, const char *arg, cel_err_t *err);
@@ -637,6 +642,7 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         { "autoscale", required_argument, 0, OPT_AUTOSCALE },
         { "without-mingle", no_argument, 0, OPT_WITHOUT_MINGLE },
         { "without-gossip", no_argument, 0, OPT_WITHOUT_GOSSIP },
+        { "without-direct-queue", no_argument, 0, OPT_WITHOUT_DIRECT },
         { "optimization", required_argument, 0, 'O' },
         { "pool", required_argument, 0, 'P' },
         { 0, 0, 0, 0 },
@@ -825,6 +831,7 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         case OPT_TRACK_STARTED: cfg->track_started = 1; break;
         /* autoscale and mingle (issue 19) */
         case OPT_AUTOSCALE: rc = parse_autoscale(cfg, optarg, err); break;
+        case OPT_WITHOUT_DIRECT: cfg->without_direct_queue = 1; break;
         case OPT_WITHOUT_MINGLE:
         case OPT_WITHOUT_GOSSIP:
         case 'O':
@@ -845,6 +852,7 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     if ((rc = set_queues(cfg, queues, err)) != CEL_OK) return rc;
     if ((rc = cel_options_expand_hostname(hostname_pat, cfg->hostname, sizeof(cfg->hostname), err)))
         return rc;
+    if ((rc = settle_direct_queue(cfg, err)) != CEL_OK) return rc;
     if ((rc = settle_device(cfg, concurrency_set)) != CEL_OK) return rc;
     settle_autoscale(cfg);
     if (cfg->soft_time_limit && cfg->time_limit && cfg->soft_time_limit > cfg->time_limit)
@@ -965,4 +973,34 @@ static void settle_autoscale(cel_options_t *cfg) {
         return;
     }
     cfg->concurrency = cfg->autoscale_max;
+}
+
+/* ---- many workers (issue 15) ---- */
+/* Adds the node's direct queue, <hostname>.dq2, to the queues consumed (as
+ * celery's worker_direct does with queues.select_add), unless
+ * --without-direct-queue. A -Q naming it already is kept as given. */
+static int settle_direct_queue(cel_options_t *cfg, cel_err_t *err) {
+    cfg->direct_queue[0] = '\0';
+    if (cfg->without_direct_queue) return CEL_OK;
+    snprintf(cfg->direct_queue, sizeof(cfg->direct_queue), "%s.dq2", cfg->hostname);
+    for (int i = 0; i < cfg->nqueues; i++)
+        if (strcmp(cfg->queues[i], cfg->direct_queue) == 0) return CEL_OK;
+    if (cfg->nqueues == CEL_MAX_QUEUES)
+        return cel_err_set(err, CEL_EINVAL, "too many queues (max %d with the direct queue)",
+                           CEL_MAX_QUEUES);
+    if (!(cfg->queues[cfg->nqueues] = strdup(cfg->direct_queue)))
+        return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    cfg->nqueues++;
+    return CEL_OK;
+}
+
+void cel_options_queue_route(const cel_options_t *cfg, const char *queue, const char **exchange,
+                             const char **routing_key) {
+    if (cfg->direct_queue[0] && strcmp(queue, cfg->direct_queue) == 0) {
+        *exchange = "C.dq2";
+        *routing_key = cfg->hostname;
+        return;
+    }
+    *exchange = queue;
+    *routing_key = queue;
 }

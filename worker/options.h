@@ -99,6 +99,9 @@ typedef struct cel_options {
     /* autoscale and mingle (issue 19) */
     int autoscale_max; /* --autoscale MAX,MIN: executors grow to MAX under load; 0 = off */
     int autoscale_min; /* and are retired down to MIN when idle (concurrency is then MAX) */
+    /* many workers (issue 15) */
+    int without_direct_queue; /* --without-direct-queue: no <nodename>.dq2 queue */
+    char direct_queue[300];   /* "<hostname>.dq2" (also in queues), "" when off */
 } cel_options_t;
 
 /* Fills cfg from argv and the environment (CELERY_BROKER_URL,
@@ -127,6 +130,15 @@ int cel_options_parse_amqp_url(const char *url, cel_amqp_url_t *out, cel_err_t *
 
 /* 1 when url names an AMQP broker (amqp://, amqps://, pyamqp://), else 0. */
 int cel_options_is_amqp_url(const char *url);
+
+/* many workers (issue 15) */
+/* Where a consumed queue is bound, as the stock worker binds it: the direct
+ * queue (worker_direct, celery/utils/nodenames.py) to exchange "C.dq2" with
+ * the node name as routing key; any other queue to the direct exchange of its
+ * own name with its name as key (Queues.new_missing). Outputs are borrowed
+ * from cfg or queue. */
+void cel_options_queue_route(const cel_options_t *cfg, const char *queue, const char **exchange,
+                             const char **routing_key);
 
 /* Expands %h (full host name), %n (name before the first dot), %d (domain
  * after it) and %% in a node name pattern, as celery's nodename does. */

@@ -826,6 +826,8 @@ def _python_worker_cmd(args, hostname_default, concurrency_default=2):
             env["PYDIAG_MAX_PRIORITY"] = next(it)
         elif a in ("--state-dir", "--executor"):
             next(it)
+        elif a == "--without-direct-queue":  # worker_direct is off unless PYDIAG_WORKER_DIRECT
+            pass
         elif a in ("-c", "--concurrency", "-n", "--hostname", "-Q", "--queues", "-l",
                    "--loglevel", "-f", "--logfile", "--pidfile", "--time-limit",
                    "--soft-time-limit", "--max-tasks-per-child", "--prefetch-multiplier"):

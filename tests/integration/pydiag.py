@@ -11,6 +11,7 @@ Configuration comes from the environment only:
   PYDIAG_RESULT_EXPIRES      result_expires in seconds (default 86400, 0 = never)
   PYDIAG_RESULT_EXTENDED     "1": result_extended (metas carry name, args, kwargs, ...)
   PYDIAG_MAX_PRIORITY        task_queue_max_priority (AMQP queues' x-max-priority; default none)
+  PYDIAG_WORKER_DIRECT       "1": worker_direct (also consume <node>.dq2, as celeriac does)
 """
 
 import os
@@ -33,6 +34,8 @@ app.conf.update(
     worker_hijack_root_logger=True,
     result_extended=os.environ.get("PYDIAG_RESULT_EXTENDED") == "1",
 )
+if os.environ.get("PYDIAG_WORKER_DIRECT") == "1":  # <node>.dq2 as celeriac consumes it
+    app.conf.worker_direct = True
 if os.environ.get("PYDIAG_MAX_PRIORITY"):
     app.conf.task_queue_max_priority = int(os.environ["PYDIAG_MAX_PRIORITY"])
 

@@ -422,8 +422,9 @@ static void test_defaults(void **state) {
     assert_string_equal(cfg.backend_url, cfg.broker_url);
     assert_string_equal(cfg.broker.host, "127.0.0.1");
     assert_int_equal(cfg.backend.port, 6379);
-    assert_int_equal(cfg.nqueues, 1);
+    assert_int_equal(cfg.nqueues, 2); /* celery and the direct queue (issue 15) */
     assert_string_equal(cfg.queues[0], "celery");
+    assert_string_equal(cfg.queues[1], cfg.direct_queue);
     assert_true(cfg.concurrency >= 1 && cfg.concurrency <= CEL_MAX_CONCURRENCY);
     assert_int_equal(cfg.prefetch_multiplier, 4);
     assert_int_equal(cfg.loglevel, CEL_LOG_WARNING);
@@ -534,10 +535,11 @@ static void test_all_options(void **state) {
     assert_int_equal(cfg.broker.port, 7);
     assert_string_equal(cfg.backend.host, "r");
     assert_int_equal(cfg.backend.db, 2);
-    assert_int_equal(cfg.nqueues, 3);
+    assert_int_equal(cfg.nqueues, 4);
     assert_string_equal(cfg.queues[0], "a");
     assert_string_equal(cfg.queues[1], "b");
     assert_string_equal(cfg.queues[2], "c");
+    assert_string_equal(cfg.queues[3], "w1@box.dq2");
     assert_int_equal(cfg.concurrency, 3);
     assert_string_equal(cfg.hostname, "w1@box");
     assert_int_equal(cfg.prefetch_multiplier, 0);
@@ -797,10 +799,18 @@ static void test_queue_limits(void **state) {
     cel_options_t cfg;
     cel_err_t err;
     {
-        ARGV("-Q", list);
+        ARGV("-Q", list, "--without-direct-queue");
         assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
         assert_int_equal(cfg.nqueues, CEL_MAX_QUEUES);
         assert_string_equal(cfg.queues[CEL_MAX_QUEUES - 1], "q63");
+        cel_options_free(&cfg);
+    }
+    {
+        /* the direct queue counts too (issue 15) */
+        ARGV("-Q", list);
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_EINVAL);
+        assert_non_null(strstr(err.msg, "too many queues"));
+        assert_non_null(strstr(err.msg, "direct queue"));
         cel_options_free(&cfg);
     }
     strcat(list, ",extra");
@@ -824,10 +834,53 @@ static void test_queue_limits(void **state) {
     one("-Q", name, 1);
     /* the last -Q wins */
     {
-        ARGV("-Q", "a,b", "-Q", "c");
+        ARGV("-Q", "a,b", "-Q", "c", "--without-direct-queue");
         assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
         assert_int_equal(cfg.nqueues, 1);
         assert_string_equal(cfg.queues[0], "c");
+        cel_options_free(&cfg);
+    }
+}
+
+/* many workers (issue 15): the direct queue as worker_direct names and binds it */
+static void test_direct_queue(void **state) {
+    cel_options_t cfg;
+    cel_err_t err;
+    const char *ex, *rk;
+    {
+        ARGV("-n", "w1@%h", "-Q", "a");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        char want[300];
+        snprintf(want, sizeof(want), "%s.dq2", cfg.hostname);
+        assert_string_equal(cfg.direct_queue, want);
+        assert_int_equal(cfg.nqueues, 2);
+        assert_string_equal(cfg.queues[1], want);
+        cel_options_queue_route(&cfg, cfg.queues[1], &ex, &rk);
+        assert_string_equal(ex, "C.dq2");
+        assert_string_equal(rk, cfg.hostname);
+        cel_options_queue_route(&cfg, "a", &ex, &rk);
+        assert_string_equal(ex, "a");
+        assert_string_equal(rk, "a");
+        cel_options_free(&cfg);
+    }
+    {
+        /* named by -Q as well: consumed once */
+        ARGV("-n", "w2@box", "-Q", "w2@box.dq2,b");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_int_equal(cfg.nqueues, 2);
+        assert_string_equal(cfg.queues[0], "w2@box.dq2");
+        cel_options_queue_route(&cfg, cfg.queues[0], &ex, &rk);
+        assert_string_equal(ex, "C.dq2");
+        assert_string_equal(rk, "w2@box");
+        cel_options_free(&cfg);
+    }
+    {
+        ARGV("-n", "w3@box", "--without-direct-queue");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_int_equal(cfg.nqueues, 1);
+        assert_string_equal(cfg.direct_queue, "");
+        cel_options_queue_route(&cfg, "w3@box.dq2", &ex, &rk);
+        assert_string_equal(ex, "w3@box.dq2");
         cel_options_free(&cfg);
     }
 }
@@ -966,6 +1019,7 @@ int main(void) {
         cmocka_unit_test_setup(test_bad_command_lines, clear_env),
         cmocka_unit_test_setup(test_string_limits, clear_env),
         cmocka_unit_test_setup(test_queue_limits, clear_env),
+        cmocka_unit_test_setup(test_direct_queue, clear_env),
         cmocka_unit_test_setup(test_import_roots_limit, clear_env),
         cmocka_unit_test_setup(test_hostname_option, clear_env),
         cmocka_unit_test_setup(test_autoscale_and_celery_flags, clear_env),
