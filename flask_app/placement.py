@@ -340,10 +340,13 @@ def _sweep_locked(node):
                     channel = conn.channel()  # NOT_FOUND closed it: nothing ever queued there
                     return _finish(node, 0)
             producer = Producer(channel)
+            virtual = conn.transport.driver_type == "redis"
             while moved < MOVE_MAX:
                 msg = channel.basic_get(queue=queue, no_ack=False)
                 if msg is None:
                     break
+                if not virtual:  # py-amqp hands back its own message type
+                    msg = channel.message_to_python(msg)
                 try:
                     body = msg.decode()
                 except Exception:  # noqa: BLE001 - not ours to read: move it as it is

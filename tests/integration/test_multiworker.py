@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import REPO, scaled, wait_until
+from conftest import REPO, both_brokers, scaled, wait_until
 from http_fixtures import KEYS, KEYS_ENV, ApiCalls, err, table_config
 
 sys.path.insert(0, REPO)
@@ -55,15 +55,15 @@ class AppApi(ApiCalls):
 
 
 @pytest.fixture
-def make_api(redis_server, db, monkeypatch):
+def make_api(broker_url, backend_url, monkeypatch):
     table = table_config()
     for name in config_mod.from_env({}):
         monkeypatch.delenv(name, raising=False)
     apps = []
 
     def make(**config):
-        url = redis_server.url(db)
-        cfg = {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url, "CELERIAC_REDIS_URL": url,
+        cfg = {"CELERY_BROKER_URL": broker_url, "CELERY_RESULT_BACKEND": backend_url,
+               "CELERIAC_REDIS_URL": backend_url,
                "CELERIAC_API_KEYS": KEYS_ENV, "CELERIAC_ADMIN_KEYS": ADMIN_ENV,
                "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off", **table}
         cfg.update(config)
@@ -233,4 +233,43 @@ def test_homes_routes_and_failover(make_api, fake_nodes, rc):
     assert not redis_client.exists("celeriac:adapter:a1")
     assert "a1" not in redis_client.smembers(f"celeriac:homes:{n2}")
     assert KEYS  # the plain users are still API keys
+
+
+def _drain(celery_app, queue):
+    """[(task id, task name)] taken (and acked) from a broker queue, oldest first."""
+    out = []
+    with celery_app.connection_for_write() as conn:
+        ch = conn.channel()
+        while True:
+            raw = ch.basic_get(queue=queue, no_ack=False)
+            if raw is None:
+                break
+            msg = raw if conn.transport.driver_type == "redis" else ch.message_to_python(raw)
+            out.append((msg.headers["id"], msg.headers["task"]))
+            msg.ack()
+        ch.close()
+    return out
+
+
+@both_brokers
+def test_dead_nodes_queue_moves_on_either_broker(make_api, fake_nodes, make_app, broker_url):
+    """The move through kombu (basic_get, publish, ack) on Redis and RabbitMQ alike."""
+    api = make_api(CELERIAC_HEARTBEAT_EXPIRY=1, CELERIAC_SWEEP_INTERVAL=3600,
+                   CELERIAC_INSPECT_TTL=60)
+    cl = cluster_mod.get(api.app)
+    n1, n2 = "m1@box", "m2@box"
+    for n in (n1, n2):
+        fake_nodes.start(n)
+    wait_until(lambda: cl.judge(n1) and cl.judge(n2), scaled(15), what="the nodes alive")
+    _create(api, "alice", "a1", n1)
+    sent = [api.submit("/fwdbwd", {"adapter_id": "a1", "data": [{"text": "x"}]}),
+            api.submit("/optim_step", {"adapter_id": "a1"})]
+    fake_nodes.silence(n1)
+    wait_until(lambda: cl.judge(n1) is False, scaled(15), what="m1 judged dead")
+    sent.append(api.submit("/optim_step", {"adapter_id": "a1"}))
+    client = make_app(broker_url)
+    assert _drain(client, f"{n2}.dq2") == list(zip(sent, ["lora.forward_backward",
+                                                          "lora.optim_step",
+                                                          "lora.optim_step"]))
+    assert _drain(client, f"{n1}.dq2") == []
 
