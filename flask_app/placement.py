@@ -46,6 +46,8 @@ A sweeper thread per web worker also sweeps every dead node on record every
 CELERIAC_SWEEP_INTERVAL seconds (at once after a worker-offline), so adapters whose users are
 idle are re-homed too and late arrivals do not stay stranded; a node is dropped from
 celeriac:nodes when a sweep leaves nothing homed or queued there.
+While no node is alive, nothing moves: jobs wait in the home's direct queue, and the first
+sweep after a node comes back moves them.
 Limit: messages a dead node took from a SHARED queue (lora.create, scoring) and did not finish
 are not moved by the front end: on RabbitMQ the broker requeues them at once; on Redis they go
 back to that shared queue when the visibility timeout passes (kombu's and celeriac's
@@ -319,6 +321,8 @@ def _restore_unacked(channel, node):
 
 def _sweep_locked(node):
     cl = _cluster()
+    if not [n for n in cl.alive_nodes() if n != node]:
+        return 0  # nowhere to go: the jobs wait where they are until a node is back
     for adapter_id in homed(node):
         rehome(adapter_id, node, cl)
     app = current_app.extensions["celeriac"]["celery"]
