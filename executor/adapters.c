@@ -9,6 +9,11 @@
  *   4. current.tmp.<pid> written with the checkpoint's name, fsynced, renamed to `current`,
  *      then fsync of <state>/adapters/<id>/
  *   5. every other ckpt-* of the adapter is removed (a leftover from a crash in 1-3 too)
+ * Steps 1-5 run in the one process allowed to write the adapter (the holder of its
+ * lock, see "who holds an adapter's gradients" below; or its creator), which checks
+ * before 1 and before 4 that `current` still names the checkpoint it started from, so
+ * pruning never removes a checkpoint another worker is writing or one `current` names.
+ * Temp names carry node and pid.
  * A reader trusts only what `current` names, and checks that name's shape before using
  * it in a path. Deleting renames the adapter's directory out of the way first, so a
  * half-removed adapter is never seen as one.

@@ -13,7 +13,15 @@
  *                                            adapter_config.json   (PEFT's layout)
  *                                            optimizer.safetensors (AdamW moments)
  *                                            meta.json (step, last_task_id, last_result,
- *                                                       recent_steps, owner, created, ...)
+ *                                                       recent_steps, owner, created,
+ *                                                       pending_grads, ...)
+ *                                            gradients.safetensors (only when a warm
+ *                                                       shutdown handed gradients back)
+ *   <state>/adapters/<id>/lock               flock'ed by the process holding its gradients
+ *   <state>/adapters/<id>/grads.json         who holds how many forward_backward calls
+ * Many workers, on one machine or many (issue 15), may share the state
+ * directory: see "who holds an adapter's gradients" in adapters.c and the
+ * README's "Shared state directory" for what the store must guarantee.
  *   <state>/exports/<id>-step<N>/           lora.save's PEFT folders
  * Ids are "lora_" + 16 lowercase hex digits, checked before any path is built.
  * Limits (issue 12): adapters and checkpoint bytes per owner on disk, checked

@@ -581,7 +581,8 @@ int main(int argc, char **argv) {
     char device[256] = "cpu";
     mopts.device_chosen = device;
     if (cel_lm_open(&mopts, &merr) != CEL_OK) {
-        cel_error("Cannot load the model from %s: %s", mopts.model_dir, merr.msg);
+        cel_error("Cannot load the model from %s on device %s: %s", mopts.model_dir,
+                  mopts.device ? mopts.device : "auto", merr.msg);
         return EXEC_EXIT_MODEL;
     }
 

@@ -269,3 +269,18 @@ def test_three_nodes_share_one_state_dir(nodes, celery_app):
         left = [f for f in os.listdir(os.path.join(state, "adapters", aid))
                 if ".tmp" in f or f == "grads.json"]
         assert left == [], left
+
+
+# --------------------------------------------------------------------------------------------
+# one GPU per worker
+
+
+@pytest.mark.skipif(os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl"),
+                    reason="a GPU is here: tests/integration/test_gpu.py runs on it")
+def test_device_cuda_n_reaches_the_executor(worker, model_dir, tmp_path):
+    """--device cuda:N is what each executor is started with (it opens GPU N); without a GPU
+    the executor says so, naming the device, and the worker keeps running (and retrying)."""
+    w = worker("-c", "1", "-n", "gpu1@%h", "--device", "cuda:1", "--model", model_dir,
+               "--state-dir", str(tmp_path), ready_timeout=40)
+    w.wait_log(r"Executor-1\] Cannot load the model from \S+ on device cuda:1: ", timeout=30)
+    assert w.alive()
