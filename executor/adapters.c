@@ -9,6 +9,11 @@
  *   4. current.tmp.<pid> written with the checkpoint's name, fsynced, renamed to `current`,
  *      then fsync of <state>/adapters/<id>/
  *   5. every other ckpt-* of the adapter is removed (a leftover from a crash in 1-3 too)
+ * Steps 1-5 run in the one process allowed to write the adapter (the holder of its
+ * lock, see "who holds an adapter's gradients" below; or its creator), which checks
+ * before 1 and before 4 that `current` still names the checkpoint it started from, so
+ * pruning never removes a checkpoint another worker is writing or one `current` names.
+ * Temp names carry node and pid.
  * A reader trusts only what `current` names, and checks that name's shape before using
  * it in a path. Deleting renames the adapter's directory out of the way first, so a
  * half-removed adapter is never seen as one.
@@ -54,6 +59,10 @@ struct cel_adapter {
     char created[32];        /* ISO-8601 UTC */
     json_t *recent;          /* [{"task_id", "step", "result"}], the last steps, oldest first */
     unsigned long long used; /* LRU clock */
+    /* many workers (issue 15) */
+    int hold_fd;    /* flock'ed <id>/lock while this process holds the gradients, else -1 */
+    int grad_count; /* forward_backward calls in the gradients (with has_grads) */
+    int ckpt_grads; /* forward_backward calls in the loaded checkpoint's gradients (handback) */
 };
 
 struct cel_adapters {
@@ -69,6 +78,8 @@ struct cel_adapters {
     unsigned long long clock;
     cel_adapters_limits_t lim;
     long evictions; /* LRU drops from memory (the worker's metrics) */
+    char node[256]; /* the worker's node name (markers, messages) */
+    char tag[300];  /* node and pid, as temp file names carry them */
 };
 
 /* ---- small file helpers ---- */
@@ -102,12 +113,18 @@ static int fsync_path(const char *path, int flags) {
     return rc;
 }
 
-/* Writes len bytes to path atomically: temp file, fsync, rename, fsync of dir. */
-static int write_atomic(const char *dir, const char *name, const char *data, size_t len,
-                        cel_err_t *err) {
-    char tmp[CEL_ADAPTERS_PATH_MAX + 128], path[CEL_ADAPTERS_PATH_MAX + 128];
+/* The "<node>.<pid>" temp names carry (issue 15: several machines share the
+ * state directory, so a pid alone is not unique); set by cel_adapters_set_node. */
+static char tmp_tag[300] = "";
+
+/* Writes len bytes to path atomically: temp file, fsync (unless nosync),
+ * rename, fsync of dir. */
+static int write_atomic_sync(const char *dir, const char *name, const char *data, size_t len,
+                             int nosync, cel_err_t *err) {
+    char tmp[CEL_ADAPTERS_PATH_MAX + 512], path[CEL_ADAPTERS_PATH_MAX + 128];
     snprintf(path, sizeof(path), "%s/%s", dir, name);
-    snprintf(tmp, sizeof(tmp), "%s/%s.tmp.%ld", dir, name, (long)getpid());
+    snprintf(tmp, sizeof(tmp), "%s/%s.tmp.%s%s%ld", dir, name, tmp_tag, tmp_tag[0] ? "." : "",
+             (long)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) return cel_err_set(err, CEL_EIO, "%s: %s", tmp, strerror(errno));
     size_t off = 0;
@@ -122,7 +139,7 @@ static int write_atomic(const char *dir, const char *name, const char *data, siz
         }
         off += (size_t)w;
     }
-    if (fsync(fd) != 0 || close(fd) != 0) {
+    if ((!nosync && fsync(fd) != 0) || close(fd) != 0) {
         unlink(tmp);
         return cel_err_set(err, CEL_EIO, "%s: fsync: %s", tmp, strerror(errno));
     }
@@ -131,9 +148,14 @@ static int write_atomic(const char *dir, const char *name, const char *data, siz
         unlink(tmp);
         return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(e));
     }
-    if (fsync_path(dir, O_RDONLY | O_DIRECTORY) != 0)
+    if (!nosync && fsync_path(dir, O_RDONLY | O_DIRECTORY) != 0)
         return cel_err_set(err, CEL_EIO, "%s: fsync: %s", dir, strerror(errno));
     return CEL_OK;
+}
+
+static int write_atomic(const char *dir, const char *name, const char *data, size_t len,
+                        cel_err_t *err) {
+    return write_atomic_sync(dir, name, data, len, 0, err);
 }
 
 /* Reads a file of at most max bytes. OUT: *buf (malloc'd, NUL-terminated), *len.
@@ -273,6 +295,7 @@ int cel_adapters_open(cel_model_t *m, const char *state_dir, const char *base_mo
 
 static void adapter_free(cel_adapter_t *a) {
     if (!a) return;
+    if (a->hold_fd >= 0) close(a->hold_fd); /* drops the lock: the gradients are gone */
     cel_lora_free(a->lora);
     free(a->owner);
     json_decref(a->recent);
@@ -399,6 +422,7 @@ static int load_ckpt(cel_adapters_t *s, const char *id, const char *name, cel_ad
     snprintf(dir, sizeof(dir), "%s/%s/%s", s->adir, id, name);
     cel_adapter_t *a = calloc(1, sizeof(*a));
     if (!a) return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    a->hold_fd = -1;
     snprintf(a->id, sizeof(a->id), "%s", id);
     snprintf(a->ckpt, sizeof(a->ckpt), "%s", name);
     json_t *meta = NULL;
@@ -406,6 +430,15 @@ static int load_ckpt(cel_adapters_t *s, const char *id, const char *name, cel_ad
     if (rc == CEL_OK) rc = cel_lora_load(s->m, dir, &a->lora, err);
     if (rc == CEL_OK && adopt_meta(a, meta) != CEL_OK)
         rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
+    /* a checkpoint a warm shutdown wrote carries its gradients: read now (the
+     * host block, before any device copy), counted as the adapter's only once
+     * this process holds them (cel_adapters_hold) */
+    json_t *pg = json_object_get(json_object_get(meta, "pending_grads"), "count");
+    if (rc == CEL_OK && json_is_integer(pg) && json_integer_value(pg) > 0 &&
+        json_integer_value(pg) < 1000000000) {
+        rc = cel_lora_load_grads(a->lora, dir, err);
+        if (rc == CEL_OK) a->ckpt_grads = (int)json_integer_value(pg);
+    }
     json_decref(meta);
     if (rc != CEL_OK) {
         adapter_free(a);
@@ -501,14 +534,15 @@ static void prune(cel_adapters_t *s, const char *id, const char *keep) {
 }
 
 static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *task, json_t *result,
-                            json_t *recent, cel_err_t *err);
+                            json_t *recent, int with_grads, cel_err_t *err);
 
-/* Steps 1-5 of the file comment for a (in memory). On success a->ckpt is the new name. */
+/* Steps 1-5 of the file comment for a (in memory); with_grads: the gradients
+ * too (a warm shutdown's hand-over). On success a->ckpt is the new name. */
 static int write_ckpt(cel_adapters_t *s, cel_adapter_t *a, const char *task, json_t *result,
-                      cel_err_t *err) {
+                      int with_grads, cel_err_t *err) {
     json_t *recent = recent_with(a, task, result);
     if (!recent) return cel_err_set(err, CEL_ENOMEM, "out of memory");
-    int rc = write_ckpt_files(s, a, task, result, recent, err);
+    int rc = write_ckpt_files(s, a, task, result, recent, with_grads, err);
     if (rc == CEL_OK) {
         json_decref(a->recent);
         a->recent = recent;
@@ -518,12 +552,32 @@ static int write_ckpt(cel_adapters_t *s, cel_adapter_t *a, const char *task, jso
     return rc;
 }
 
+/* Compare-and-swap guard of a checkpoint write (issue 15): `current` must still
+ * name the checkpoint a was loaded from (or last wrote). Otherwise another
+ * process took the adapter over (or deleted it) and a must not overwrite it:
+ * CEL_ESTATE (CEL_ENOTFOUND when deleted). A new adapter (no ckpt yet) passes. */
+static int still_current(cel_adapters_t *s, cel_adapter_t *a, cel_err_t *err) {
+    if (!a->ckpt[0]) return CEL_OK;
+    char cur[CKPT_NAME_MAX];
+    cel_err_t e2;
+    int rc = read_current(s, a->id, cur, &e2);
+    if (rc == CEL_ENOTFOUND) return cel_err_set(err, rc, "adapter %s was deleted", a->id);
+    if (rc != CEL_OK) return cel_err_set(err, rc, "%s", e2.msg);
+    if (strcmp(cur, a->ckpt) != 0)
+        return cel_err_set(err, CEL_ESTATE,
+                           "adapter %s changed on disk (%s, this copy is of %s): another worker "
+                           "took it over",
+                           a->id, cur, a->ckpt);
+    return CEL_OK;
+}
+
 /* write_ckpt with the new step history. */
 static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *task, json_t *result,
-                            json_t *recent, cel_err_t *err) {
+                            json_t *recent, int with_grads, cel_err_t *err) {
     char nonce[17], name[CKPT_NAME_MAX], adir[CEL_ADAPTERS_PATH_MAX + 64];
     char dir[CEL_ADAPTERS_PATH_MAX + 128];
-    int rc = random_hex(nonce, 8, err);
+    int rc = still_current(s, a, err);
+    if (rc == CEL_OK) rc = random_hex(nonce, 8, err);
     if (rc != CEL_OK) return rc;
     snprintf(name, sizeof(name), "ckpt-%06d-%s", cel_lora_step_count(a->lora), nonce);
     snprintf(adir, sizeof(adir), "%s/%s", s->adir, a->id);
@@ -532,7 +586,12 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
     if (mkdir(dir, 0700) != 0) return cel_err_set(err, CEL_EIO, "%s: %s", dir, strerror(errno));
     const char *kv[] = { "adapter_id", a->id };
     rc = cel_lora_save(a->lora, dir, s->base, kv, 1, err);
+    if (rc == CEL_OK && with_grads) rc = cel_lora_save_grads(a->lora, dir, err);
     json_t *meta = rc == CEL_OK ? make_meta(s, a, task, result, recent) : NULL;
+    if (meta && with_grads)
+        json_object_set_new(meta, "pending_grads",
+                            json_pack("{s:i, s:s, s:i}", "count", a->grad_count, "node", s->node,
+                                      "step", cel_lora_step_count(a->lora)));
     char *text = meta ? json_dumps(meta, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     if (rc == CEL_OK && !text) rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
     if (rc == CEL_OK) rc = write_atomic(dir, "meta.json", text, strlen(text), err);
@@ -540,6 +599,7 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
     json_decref(meta);
     if (rc == CEL_OK && fsync_path(dir, O_RDONLY | O_DIRECTORY) != 0)
         rc = cel_err_set(err, CEL_EIO, "%s: fsync: %s", dir, strerror(errno));
+    if (rc == CEL_OK) rc = still_current(s, a, err); /* again, just before the switch */
     if (rc == CEL_OK) {
         char line[CKPT_NAME_MAX + 2];
         int n = snprintf(line, sizeof(line), "%s\n", name);
@@ -550,18 +610,21 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
         return rc;
     }
     snprintf(a->ckpt, sizeof(a->ckpt), "%s", name);
+    a->ckpt_grads = with_grads ? a->grad_count : 0;
     prune(s, a->id, name);
     return CEL_OK;
 }
 
 int cel_adapters_commit(cel_adapters_t *s, cel_adapter_t *a, const char *task_id, json_t *result,
                         cel_err_t *err) {
-    int rc = write_ckpt(s, a, task_id, result, err);
+    int rc = write_ckpt(s, a, task_id, result, 0, err);
     if (rc != CEL_OK) {
         cel_error("Checkpoint of adapter %s failed: %s", a->id, err ? err->msg : "?");
         cel_adapters_evict(s, a);
         return rc;
     }
+    /* the step is in the checkpoint: no gradients are pending any more */
+    if (a->hold_fd >= 0) cel_adapters_release(s, a);
     return CEL_OK;
 }
 
@@ -691,6 +754,7 @@ static int new_adapter(cel_adapters_t *s, cel_lora_t *lora, const char *owner, c
                        cel_err_t *err) {
     *out = NULL;
     cel_adapter_t *a = calloc(1, sizeof(*a));
+    if (a) a->hold_fd = -1;
     if (!a || !(a->recent = json_array()) || (owner && !(a->owner = strdup(owner)))) {
         if (a) json_decref(a->recent);
         free(a);
@@ -716,7 +780,7 @@ static int new_adapter(cel_adapters_t *s, cel_lora_t *lora, const char *owner, c
         rc = cel_err_set(err, CEL_EIO, "%s: %s", dir, strerror(errno));
         if (errno != EEXIST) break;
     }
-    if (rc == CEL_OK) rc = write_ckpt(s, a, NULL, NULL, err);
+    if (rc == CEL_OK) rc = write_ckpt(s, a, NULL, NULL, 0, err);
     if (rc == CEL_OK) rc = quota_check(s, owner, 0, 0, err); /* its bytes now on disk */
     if (rc != CEL_OK && made) rm_tree(dir);
     quota_unlock(lock);
@@ -1164,10 +1228,214 @@ int cel_adapters_list(cel_adapters_t *s, const char *owner, json_t **out, cel_er
     return CEL_OK;
 }
 
+/* ---- many workers (issue 15): who holds an adapter's gradients ----
+ *
+ * Checkpoints are what every worker shares; accumulated gradients live in one
+ * process's memory. The process that holds an adapter's gradients holds an
+ * exclusive flock on <id>/lock from its first forward_backward until they are
+ * applied (optim_step's checkpoint), dropped, or handed back (a warm
+ * shutdown's checkpoint with gradients); only that process writes the
+ * adapter's checkpoints (creation aside), so pruning under it cannot remove a
+ * checkpoint another process is writing, and write_ckpt_files checks
+ * `current` before writing in case the lock was lost (NFS lease expiry). The
+ * kernel (or the NFS server, when a client's lease ends) drops the lock of a
+ * process that dies, so a worker that takes it knows the old holder is gone.
+ * <id>/grads.json, the marker, says what the holder has: {"node", "pid",
+ * "count" (forward_backward calls), "step", "ckpt" (the checkpoint they follow)};
+ * written at every forward_backward (not fsynced: it must survive the process,
+ * not the machine), removed once they are checkpointed. A process that takes
+ * the lock and finds a marker for the current checkpoint with more calls than
+ * the checkpoint carries knows that many calls' gradients died with their
+ * holder: it reports them once (AdapterStateLost) and leaves a marker of 0 so
+ * gradients a checkpoint carries are not taken as valid after that. */
+
+/* File names inside the tag: [A-Za-z0-9@._-], others as '_'. */
+void cel_adapters_set_node(cel_adapters_t *s, const char *node) {
+    snprintf(s->node, sizeof(s->node), "%s", node && *node ? node : "celeriac");
+    size_t n = 0;
+    for (const char *p = s->node; *p && n < sizeof(tmp_tag) - 1; p++, n++) {
+        char c = *p;
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '@' || c == '.' || c == '_' || c == '-';
+        tmp_tag[n] = ok ? c : '_';
+    }
+    tmp_tag[n] = '\0';
+}
+
+const char *cel_adapters_node(const cel_adapters_t *s) { return s->node; }
+
+/* The marker of adapter id, or NULL when there is none (or it is unreadable). */
+static json_t *read_marker(cel_adapters_t *s, const char *id) {
+    char path[CEL_ADAPTERS_PATH_MAX + 64], *buf;
+    size_t len;
+    snprintf(path, sizeof(path), "%s/%s/grads.json", s->adir, id);
+    if (read_small(path, CEL_ADAPTERS_MAX_META, &buf, &len, NULL) != CEL_OK) return NULL;
+    json_t *m = json_loadb(buf, len, 0, NULL);
+    free(buf);
+    if (!json_is_object(m)) {
+        json_decref(m);
+        return NULL;
+    }
+    return m;
+}
+
+static void unlink_marker(cel_adapters_t *s, const char *id) {
+    char path[CEL_ADAPTERS_PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/%s/grads.json", s->adir, id);
+    unlink(path);
+}
+
+/* Writes a's marker saying this process holds count calls' gradients. */
+static int write_marker(cel_adapters_t *s, cel_adapter_t *a, int count, cel_err_t *err) {
+    char dir[CEL_ADAPTERS_PATH_MAX + 64];
+    snprintf(dir, sizeof(dir), "%s/%s", s->adir, a->id);
+    json_t *m = json_pack("{s:s, s:I, s:i, s:i, s:s}", "node", s->node, "pid", (json_int_t)getpid(),
+                          "count", count, "step", cel_lora_step_count(a->lora), "ckpt", a->ckpt);
+    char *text = m ? json_dumps(m, JSON_SORT_KEYS) : NULL;
+    json_decref(m);
+    if (!text) return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    int rc = write_atomic_sync(dir, "grads.json", text, strlen(text), 1, err);
+    free(text);
+    return rc;
+}
+
+int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, cel_adapters_lost_t *lost,
+                      cel_err_t *err) {
+    memset(lost, 0, sizeof(*lost));
+    if (a->hold_fd >= 0) return CEL_OK;
+    char path[CEL_ADAPTERS_PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/%s/lock", s->adir, a->id);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return cel_err_set(err, CEL_ENOTFOUND, "adapter %s was deleted", a->id);
+        return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+    }
+    int r;
+    while ((r = flock(fd, LOCK_EX | LOCK_NB)) != 0 && errno == EINTR)
+        ;
+    if (r != 0) {
+        int e = errno;
+        close(fd);
+        if (e != EWOULDBLOCK) return cel_err_set(err, CEL_EIO, "%s: lock: %s", path, strerror(e));
+        json_t *m = read_marker(s, a->id);
+        const char *node = json_string_value(json_object_get(m, "node"));
+        json_int_t pid = json_integer_value(json_object_get(m, "pid"));
+        if (node)
+            cel_err_set(err, CEL_ESTATE,
+                        "adapter %s: its accumulated gradients are held by node %.80s (pid "
+                        "%lld), which is still running; send the adapter's jobs to that node "
+                        "(its direct queue %.80s.dq2)",
+                        a->id, node, (long long)pid, node);
+        else
+            cel_err_set(err, CEL_ESTATE,
+                        "adapter %s: its accumulated gradients are held by another running "
+                        "worker process; send the adapter's jobs to its home node",
+                        a->id);
+        json_decref(m);
+        return CEL_ESTATE;
+    }
+    /* the lock is ours: whoever held it before is gone (or let go) */
+    char cur[CKPT_NAME_MAX];
+    int rc = read_current(s, a->id, cur, err);
+    if (rc == CEL_OK && strcmp(cur, a->ckpt) != 0)
+        rc = cel_err_set(err, CEL_EAGAIN, "adapter %s changed on disk; load it again", a->id);
+    if (rc != CEL_OK) {
+        close(fd);
+        return rc;
+    }
+    a->hold_fd = fd;
+    json_t *m = read_marker(s, a->id);
+    const char *mckpt = json_string_value(json_object_get(m, "ckpt"));
+    if (m && (!mckpt || strcmp(mckpt, a->ckpt) != 0)) {
+        unlink_marker(s, a->id); /* of an older checkpoint: that step was made */
+        json_decref(m);
+        m = NULL;
+    }
+    int base = a->ckpt_grads, count = base;
+    if (m) {
+        json_t *c = json_object_get(m, "count");
+        int had =
+            json_is_integer(c) && json_integer_value(c) > 0 && json_integer_value(c) < 1000000000
+                ? (int)json_integer_value(c)
+                : 0;
+        if (had > base) {
+            const char *node = json_string_value(json_object_get(m, "node"));
+            snprintf(lost->node, sizeof(lost->node), "%s", node ? node : "?");
+            lost->pid = (long)json_integer_value(json_object_get(m, "pid"));
+            lost->count = had;
+            lost->step = cel_lora_step_count(a->lora);
+            count = 0;
+        } else if (had < base) {
+            count = 0; /* reported lost before: what the checkpoint carries is void */
+        }
+    }
+    json_decref(m);
+    if (count == 0 && base > 0) cel_lora_zero_grad(a->lora);
+    a->grad_count = count;
+    a->has_grads = count > 0;
+    if (lost->count) {
+        cel_warn("Adapter %s: gradients of %d forward_backward call(s) since step %d were lost "
+                 "with node %s (pid %ld)",
+                 a->id, lost->count, lost->step, lost->node, lost->pid);
+        /* reported once: from now on the adapter has no pending gradients */
+        if (base > 0) write_marker(s, a, 0, NULL);
+        else unlink_marker(s, a->id);
+    } else if (count > 0) {
+        write_marker(s, a, count, NULL); /* handed over to this process */
+        cel_info("Adapter %s: took over gradients of %d forward_backward call(s) at step %d", a->id,
+                 count, cel_lora_step_count(a->lora));
+    }
+    return CEL_OK;
+}
+
+void cel_adapters_release(cel_adapters_t *s, cel_adapter_t *a) {
+    if (a->has_grads || a->ckpt_grads) cel_lora_zero_grad(a->lora);
+    a->has_grads = 0;
+    a->grad_count = 0;
+    if (a->hold_fd < 0) return;
+    /* a checkpoint that still carries gradients needs a marker of 0 to void them */
+    if (a->ckpt_grads > 0) write_marker(s, a, 0, NULL);
+    else unlink_marker(s, a->id);
+    close(a->hold_fd);
+    a->hold_fd = -1;
+}
+
+int cel_adapters_note_grads(cel_adapters_t *s, cel_adapter_t *a, cel_err_t *err) {
+    a->has_grads = 1;
+    a->grad_count++;
+    return write_marker(s, a, a->grad_count, err);
+}
+
+int cel_adapters_grad_count(const cel_adapter_t *a) { return a->has_grads ? a->grad_count : 0; }
+
+int cel_adapters_handback(cel_adapters_t *s) {
+    int n = 0;
+    for (int i = 0; i < s->n_loaded; i++) {
+        cel_adapter_t *a = s->loaded[i];
+        if (!a->has_grads || a->hold_fd < 0) continue;
+        cel_err_t err;
+        int rc = write_ckpt(s, a, NULL, NULL, 1, &err);
+        if (rc != CEL_OK) {
+            cel_error("Adapter %s: could not hand back its gradients of %d forward_backward "
+                      "call(s): %s",
+                      a->id, a->grad_count, err.msg);
+            continue; /* the marker stays: the next holder reports them lost */
+        }
+        cel_info("Adapter %s: handed back with gradients of %d forward_backward call(s) (%s)",
+                 a->id, a->grad_count, a->ckpt);
+        unlink_marker(s, a->id);
+        close(a->hold_fd);
+        a->hold_fd = -1;
+        a->has_grads = 0;
+        n++;
+    }
+    return n;
+}
+
 const char *cel_adapters_id(const cel_adapter_t *a) { return a->id; }
 cel_lora_t *cel_adapters_lora(cel_adapter_t *a) { return a->lora; }
 int cel_adapters_has_grads(const cel_adapter_t *a) { return a->has_grads; }
-void cel_adapters_set_grads(cel_adapter_t *a, int has) { a->has_grads = has; }
 json_t *cel_adapters_step_result(const cel_adapter_t *a, const char *task_id, int *step) {
     size_t i;
     json_t *e;

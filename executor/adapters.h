@@ -13,7 +13,15 @@
  *                                            adapter_config.json   (PEFT's layout)
  *                                            optimizer.safetensors (AdamW moments)
  *                                            meta.json (step, last_task_id, last_result,
- *                                                       recent_steps, owner, created, ...)
+ *                                                       recent_steps, owner, created,
+ *                                                       pending_grads, ...)
+ *                                            gradients.safetensors (only when a warm
+ *                                                       shutdown handed gradients back)
+ *   <state>/adapters/<id>/lock               flock'ed by the process holding its gradients
+ *   <state>/adapters/<id>/grads.json         who holds how many forward_backward calls
+ * Many workers, on one machine or many (issue 15), may share the state
+ * directory: see "who holds an adapter's gradients" in adapters.c and the
+ * README's "Shared state directory" for what the store must guarantee.
  *   <state>/exports/<id>-step<N>/           lora.save's PEFT folders
  * Ids are "lora_" + 16 lowercase hex digits, checked before any path is built.
  * Limits (issue 12): adapters and checkpoint bytes per owner on disk, checked
@@ -141,9 +149,53 @@ cel_lora_t *cel_adapters_lora(cel_adapter_t *a);
 json_t *cel_adapters_describe(const cel_adapter_t *a);
 /* Whether forward_backward accumulated gradients since the last step or load. */
 int cel_adapters_has_grads(const cel_adapter_t *a);
-void cel_adapters_set_grads(cel_adapter_t *a, int has);
+/* How many forward_backward calls they hold (0 without). */
+int cel_adapters_grad_count(const cel_adapter_t *a);
 /* The result recorded for the step task_id made, if it is one of the adapter's last
  * CEL_ADAPTERS_MAX_RECENT steps (borrowed), else NULL. OUT: *step (may be NULL). */
 json_t *cel_adapters_step_result(const cel_adapter_t *a, const char *task_id, int *step);
+
+/* ---- many workers (issue 15): the shared state directory ----
+ * See "who holds an adapter's gradients" in adapters.c: one process at a time
+ * holds an adapter's gradients, under an flock on <id>/lock, and only it
+ * writes the adapter's checkpoints; <id>/grads.json says who holds how many. */
+
+/* Gradients that died with the process that held them (cel_adapters_hold). */
+typedef struct cel_adapters_lost {
+    char node[256]; /* the node that held them */
+    long pid;
+    int count; /* forward_backward calls */
+    int step;  /* the adapter's step they followed */
+} cel_adapters_lost_t;
+
+/* The node name the store writes into markers and temp file names (the
+ * worker's -n); call once after open. */
+void cel_adapters_set_node(cel_adapters_t *s, const char *node);
+const char *cel_adapters_node(const cel_adapters_t *s);
+
+/* Makes this process the holder of a's gradients (a no-op when it is): takes
+ * the adapter's lock without waiting and reads its marker. CEL_OK: held; a has
+ * the gradients a warm shutdown handed over in its checkpoint, if any; when
+ * lost->count > 0, gradients of that many calls died with lost->node: they are
+ * reported now, once (a has none). CEL_ESTATE: another live process holds them
+ * (err names its node). CEL_EAGAIN: `current` moved on since a was loaded (get
+ * it again). CEL_ENOTFOUND: deleted; CEL_EIO. */
+int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, cel_adapters_lost_t *lost,
+                      cel_err_t *err);
+
+/* Drops a's gradients and, when held, the lock (after a failed or refused
+ * step, or a forward_backward that failed midway). */
+void cel_adapters_release(cel_adapters_t *s, cel_adapter_t *a);
+
+/* Records one more forward_backward call in a's gradients (a held): marks it
+ * in memory and in its marker. The gradients stay even when the marker cannot
+ * be written (the error says why; a loss would then go unnamed). */
+int cel_adapters_note_grads(cel_adapters_t *s, cel_adapter_t *a, cel_err_t *err);
+
+/* Warm shutdown: writes a checkpoint with its gradients of every adapter this
+ * process holds gradients of and lets go of them, so the next holder goes on
+ * with no error. Returns how many were handed back (failures are logged and
+ * leave their marker: the next holder reports them lost). */
+int cel_adapters_handback(cel_adapters_t *s);
 
 #endif

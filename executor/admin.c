@@ -45,6 +45,8 @@ static json_t *created_result(cel_adapter_t *a) {
     if (!d) return NULL;
     json_object_del(d, "owner");
     json_object_del(d, "created");
+    /* its home (issue 15): the front end sends its later jobs to <node>.dq2 */
+    json_object_set_new(d, "node", json_string(cel_adapters_node(g->store)));
     return d;
 }
 

@@ -50,6 +50,7 @@
 #define EXEC_PATH_MAX       4096
 
 static volatile sig_atomic_t soft_limit; /* set by SIGUSR1, cleared before each task */
+static pid_t parent_pid;                 /* the main process that spawned us */
 
 #define EXEC_MAX_BATCH 64 /* --batch-max-tasks cap, as the worker's CEL_MAX_BATCH_TASKS */
 
@@ -431,6 +432,14 @@ static int serve(int fd) {
         } else if (n == 0) {
             cel_debug("Channel closed, exiting");
             status = flush_batch(fd) == CEL_OK ? 0 : EXEC_EXIT_IO;
+            /* issue 15: the main process closed the channel while alive (warm
+             * shutdown, retirement): gradients not yet applied go back to the
+             * shared state by checkpoint. A main process that died (kill -9)
+             * leaves us reparented: then nothing is handed back, as the tasks
+             * it held may be delivered again elsewhere, and their gradients
+             * are reported lost by whoever takes the adapter next. */
+            if (getppid() == parent_pid) cel_lm_handback();
+            else cel_warn("Main process gone; accumulated gradients are not handed back");
         } else if (cel_frame_reader_feed(reader, chunk, (size_t)n) != CEL_OK) {
             cel_error("Out of memory");
             status = EXEC_EXIT_IO;
@@ -458,7 +467,7 @@ static int usage(const char *why) {
             "         [--threads N] [--device D] [--batch-max-tasks K]\n"
             "         [--batch-wait-ms MS] [--batch-max-tokens N]\n"
             "         [--gpu-adapter-memory MB] [--max-adapters-per-owner N]\n"
-            "         [--max-adapter-bytes-per-owner BYTES]\n",
+            "         [--max-adapter-bytes-per-owner BYTES] [--node NAME]\n",
             why);
     return EXEC_EXIT_PROTO;
 }
@@ -483,6 +492,7 @@ static int default_model_dir(char *out) {
 }
 
 int main(int argc, char **argv) {
+    parent_pid = getppid();
     int fd = -1, index = -1, level = CEL_LOG_WARNING;
     const char *roots[CEL_LM_MAX_ROOTS];
     cel_lm_opts_t mopts = { .import_roots = roots, .threads = 1, .progress = send_progress };
@@ -534,6 +544,9 @@ int main(int argc, char **argv) {
             if (errno || end == val || *end || v < 0)
                 return usage("bad --max-adapter-bytes-per-owner");
             mopts.max_bytes_per_owner = v;
+        } else if (strcmp(opt, "--node") == 0) {
+            if (strlen(val) > 255) return usage("bad --node");
+            mopts.node = val;
         } else if (strcmp(opt, "--threads") == 0) {
             if (parse_int(val, &mopts.threads) < 0 || mopts.threads < 1 || mopts.threads > 1024)
                 return usage("bad --threads");
@@ -568,7 +581,8 @@ int main(int argc, char **argv) {
     char device[256] = "cpu";
     mopts.device_chosen = device;
     if (cel_lm_open(&mopts, &merr) != CEL_OK) {
-        cel_error("Cannot load the model from %s: %s", mopts.model_dir, merr.msg);
+        cel_error("Cannot load the model from %s on device %s: %s", mopts.model_dir,
+                  mopts.device ? mopts.device : "auto", merr.msg);
         return EXEC_EXIT_MODEL;
     }
 

@@ -119,6 +119,7 @@ int cel_lm_open(const cel_lm_opts_t *o, cel_err_t *err) {
         rc = cel_adapters_open(g->model, state, g->model_dir, o->import_roots, o->n_import_roots,
                                &g->store, err);
     if (rc == CEL_OK) store_limits(o);
+    if (rc == CEL_OK) cel_adapters_set_node(g->store, o->node);
     if (rc != CEL_OK) {
         cel_lm_close();
         return rc;
@@ -142,6 +143,8 @@ void cel_lm_close(void) {
 }
 
 void cel_lm_begin(const char *task_id) { g->task_id = task_id; }
+
+int cel_lm_handback(void) { return g->store ? cel_adapters_handback(g->store) : 0; }
 
 void cel_lm_stats(cel_lm_stats_t *out) {
     memset(out, 0, sizeof(*out));
@@ -175,6 +178,41 @@ int cel_lm_adapter(cel_call_t *call, json_t *id, cel_adapter_t **out) {
     if (rc == CEL_EAGAIN) return cel_lm_store_error(call, rc, "cannot load the adapter", &err);
     return cel_call_fail(call, "OSError", "adapter %s: cannot read its checkpoint: %s",
                          json_string_value(id), err.msg);
+}
+
+/* Raises type (module celeriac.exceptions: the client builds a class of that
+ * name) with msg. */
+static int fail_custom(cel_call_t *call, const char *type, const char *msg) {
+    json_t *args = json_pack("[s]", msg);
+    if (!args) return CEL_ENOMEM;
+    int rc = cel_call_raise(call, type, "celeriac.exceptions", args, msg);
+    return rc ? rc : CEL_ETYPE;
+}
+
+int cel_lm_hold(cel_call_t *call, json_t *id, cel_adapter_t **a) {
+    cel_adapters_lost_t lost;
+    cel_err_t err;
+    int rc = cel_adapters_hold(g->store, *a, &lost, &err);
+    if (rc == CEL_EAGAIN) { /* a new checkpoint since the copy was loaded: take that */
+        if ((rc = cel_lm_adapter(call, id, a)) != CEL_OK) return rc;
+        rc = cel_adapters_hold(g->store, *a, &lost, &err);
+    }
+    if (rc == CEL_OK && lost.count > 0) {
+        cel_adapters_release(g->store, *a);
+        char msg[1024];
+        snprintf(msg, sizeof(msg),
+                 "adapter %s: gradients from %d forward_backward call(s) since step %d were lost "
+                 "with node %s; run forward_backward again",
+                 cel_adapters_id(*a), lost.count, lost.step, lost.node);
+        return fail_custom(call, "AdapterStateLost", msg);
+    }
+    if (rc == CEL_OK || rc == CEL_ENOMEM) return rc;
+    if (rc == CEL_ESTATE) return fail_custom(call, "AdapterBusy", err.msg);
+    if (rc == CEL_ENOTFOUND)
+        return cel_call_fail(call, "ValueError", "unknown adapter %s", cel_lm_repr(id));
+    if (rc == CEL_EAGAIN)
+        return cel_call_fail(call, "RuntimeError", "%s (it keeps changing: retry)", err.msg);
+    return cel_call_fail(call, "OSError", "adapter %s: %s", json_string_value(id), err.msg);
 }
 
 int cel_lm_store_error(cel_call_t *call, int rc, const char *what, const cel_err_t *err) {

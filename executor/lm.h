@@ -34,6 +34,7 @@ typedef struct cel_lm_opts {
     void *progress_priv;
     long max_adapters_per_owner; /* the store's quotas (0: none), see adapters.h */
     long long max_bytes_per_owner;
+    const char *node; /* the worker's node name (issue 15); NULL: "celeriac" */
 } cel_lm_opts_t;
 
 /* Loads the model and tokenizer and opens the adapter store. Errors name the
@@ -42,6 +43,11 @@ int cel_lm_open(const cel_lm_opts_t *opts, cel_err_t *err);
 
 /* Frees everything (a private temp state dir is removed). Safe without open. */
 void cel_lm_close(void);
+
+/* Warm shutdown (issue 15): checkpoints, with their gradients, the adapters
+ * this executor holds gradients of, so whichever worker takes them next goes
+ * on with no error. Returns how many. Safe without open. */
+int cel_lm_handback(void);
 
 /* The function of the task name, or NULL. Works before open (for the start-up
  * check of the task table). */

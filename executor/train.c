@@ -315,6 +315,8 @@ static int prepare_fb(cel_call_t *call, cel_lm_pending_t *p) {
     json_t **v = call->argv;
     size_t n = json_array_size(v[1]);
     int rc = cel_lm_adapter(call, v[0], &p->a);
+    /* this process becomes (or stays) the holder of the adapter's gradients */
+    if (rc == CEL_OK) rc = cel_lm_hold(call, v[0], &p->a);
     p->ex = rc == CEL_OK ? calloc(n, sizeof(*p->ex)) : NULL;
     if (rc == CEL_OK && !p->ex) rc = CEL_ENOMEM;
     p->n = p->ex ? n : 0;
@@ -349,11 +351,9 @@ static int prepare_fb(cel_call_t *call, cel_lm_pending_t *p) {
 }
 
 /* A forward_backward task failed after some passes: half-accumulated
- * gradients would make the next step wrong, so they all go. */
-static void fb_abort(cel_lm_pending_t *p) {
-    cel_lora_zero_grad(cel_adapters_lora(p->a));
-    cel_adapters_set_grads(p->a, 0);
-}
+ * gradients would make the next step wrong, so they all go (and with them the
+ * hold on the adapter). */
+static void fb_abort(cel_lm_pending_t *p) { cel_adapters_release(g->store, p->a); }
 
 int cel_lm_prepare(cel_call_t *call, cel_lm_pending_t **out) {
     *out = NULL;
@@ -428,15 +428,21 @@ static int run_round(cel_lm_pending_t **ps, int n, int kind, long max_tokens, ce
             p->rc = finish_score(p, jobs[j].loss);
             continue;
         }
-        cel_adapters_set_grads(p->a, 1);
         p->loss_sum += jobs[j].loss;
         p->next = p->chunk_end;
         if (n == 1) cel_lm_progress((long)p->next, (long)p->n);
         if (p->next == p->n) {
             p->done = 1;
-            p->rc = cel_call_succeed(
-                p->call, json_pack("{s:o, s:I, s:I}", "loss", cel_json_float(p->loss_sum / p->wsum),
-                                   "tokens", (json_int_t)p->trained, "examples", (json_int_t)p->n));
+            cel_err_t merr;
+            if (cel_adapters_note_grads(g->store, p->a, &merr) != CEL_OK)
+                cel_warn("Adapter %s: cannot write its gradients marker (a loss of them would "
+                         "go unnamed): %s",
+                         cel_adapters_id(p->a), merr.msg);
+            p->rc = cel_call_succeed(p->call,
+                                     json_pack("{s:o, s:I, s:I, s:s}", "loss",
+                                               cel_json_float(p->loss_sum / p->wsum), "tokens",
+                                               (json_int_t)p->trained, "examples", (json_int_t)p->n,
+                                               "node", cel_adapters_node(g->store)));
         }
     }
     return k;
@@ -504,25 +510,36 @@ int cel_lm_optim_step(cel_call_t *call) {
     int done_step = 0;
     json_t *done = cel_adapters_step_result(a, g->task_id, &done_step);
     if (done) {
-        /* a redelivered message whose step is already in the checkpoint */
+        /* a redelivered message whose step is already in the checkpoint (written
+         * by this worker or any other on the state directory) */
         cel_info("Task %s already made step %d of adapter %s; returning its result", g->task_id,
                  done_step, id);
         return cel_call_finish(cel_call_succeed(call, json_deep_copy(done)));
     }
-    if (!cel_adapters_has_grads(a))
+    if (!cel_adapters_has_grads(a)) {
+        /* held elsewhere, lost with a dead holder, or handed over by checkpoint */
+        if ((rc = cel_lm_hold(call, v[0], &a)) != CEL_OK) return cel_call_finish(rc);
+        id = cel_adapters_id(a);
+        if ((done = cel_adapters_step_result(a, g->task_id, &done_step))) {
+            cel_adapters_release(g->store, a); /* (a copy just loaded again) */
+            return cel_call_finish(cel_call_succeed(call, json_deep_copy(done)));
+        }
+    }
+    if (!cel_adapters_has_grads(a)) {
+        cel_adapters_release(g->store, a);
         return cel_call_finish(
             cel_call_fail(call, "ValueError",
                           "adapter %s has no accumulated gradients: run "
                           "lora.forward_backward before lora.optim_step (gradients are kept "
                           "in executor memory only, and are lost when the executor restarts)",
                           id));
+    }
     float norm = 0;
     cel_err_t err;
     rc = cel_lora_step(cel_adapters_lora(a), &opt, &norm, &err);
     if (rc != CEL_OK && !isfinite(norm)) {
         /* nothing was applied; the gradients that overflowed are of no use: dropped */
-        cel_lora_zero_grad(cel_adapters_lora(a));
-        cel_adapters_set_grads(a, 0);
+        cel_adapters_release(g->store, a);
         cel_warn("Adapter %s: gradient norm is %g; step refused, gradients dropped", id, norm);
         return cel_call_finish(cel_call_fail(
             call, "ValueError",
@@ -532,19 +549,34 @@ int cel_lm_optim_step(cel_call_t *call) {
             id, isnan(norm) ? "nan" : "inf", cel_lora_step_count(cel_adapters_lora(a))));
     }
     if (rc != CEL_OK) return cel_call_finish(cel_lm_model_error(call, rc, &err));
-    cel_adapters_set_grads(a, 0);
     int step = cel_lora_step_count(cel_adapters_lora(a));
-    json_t *res = json_pack("{s:i, s:f}", "step", step, "grad_norm", (double)norm);
+    json_t *res = json_pack("{s:i, s:f, s:s}", "step", step, "grad_norm", (double)norm, "node",
+                            cel_adapters_node(g->store));
     if (!res) return CEL_ENOMEM;
-    rc = cel_adapters_commit(g->store, a, g->task_id, res, &err);
+    char aid[CEL_ADAPTERS_ID_LEN + 1];
+    snprintf(aid, sizeof(aid), "%s", id);
+    rc = cel_adapters_commit(g->store, a, g->task_id, res, &err); /* a is gone on failure */
+    if (rc == CEL_ESTATE || rc == CEL_ENOTFOUND) {
+        /* another worker took the adapter over while this step ran: its checkpoint
+         * stands; if it made this very step (the same message), say so */
+        json_decref(res);
+        cel_adapter_t *now = NULL;
+        cel_err_t e2;
+        json_t *theirs = cel_adapters_get(g->store, aid, &now, &e2) == CEL_OK
+                             ? cel_adapters_step_result(now, g->task_id, NULL)
+                             : NULL;
+        if (theirs) return cel_call_finish(cel_call_succeed(call, json_deep_copy(theirs)));
+        return cel_call_finish(
+            cel_call_fail(call, "RuntimeError", "adapter %s: step not applied: %s", aid, err.msg));
+    }
     if (rc != CEL_OK) {
         json_decref(res);
         if (rc == CEL_ENOMEM) return rc;
         return cel_call_finish(cel_call_fail(call, "OSError",
                                              "adapter %s: step %d not applied: its checkpoint "
                                              "could not be written: %s",
-                                             id, step, err.msg));
+                                             aid, step, err.msg));
     }
-    cel_debug("Adapter %s step %d (grad norm %g) checkpointed", id, step, norm);
+    cel_debug("Adapter %s step %d (grad norm %g) checkpointed", aid, step, norm);
     return cel_call_succeed(call, res);
 }

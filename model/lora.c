@@ -444,6 +444,35 @@ void cel_lora_zero_grad(cel_lora_t *l) {
     }
     memset(l->g, 0, l->n * sizeof(float));
 }
+/* ---- many workers (issue 15): gradients handed over by checkpoint ---- */
+
+int cel_lora_save_grads(cel_lora_t *l, const char *dir, cel_err_t *err) {
+    char path[4096];
+    int rc = cel_device_lora_sync(l, err);
+    if (rc != CEL_OK) return rc;
+    float *blocks[1] = { l->g };
+    const char *suffixes[1] = { ".grad" };
+    const char *kv[2] = { "format", "celeriac-grad-1" };
+    snprintf(path, sizeof(path), "%s/gradients.safetensors", dir);
+    return write_blocks(l, path, blocks, suffixes, 1, kv, 1, err);
+}
+
+int cel_lora_load_grads(cel_lora_t *l, const char *dir, cel_err_t *err) {
+    if (l->dev) return cel_err_set(err, CEL_ESTATE, "adapter is on the device");
+    char path[4096];
+    struct stat sb;
+    snprintf(path, sizeof(path), "%s/gradients.safetensors", dir);
+    if (stat(path, &sb) != 0) return cel_err_set(err, CEL_ENOTFOUND, "%s: not found", path);
+    cel_safetensors_t *st = NULL;
+    int rc = cel_safetensors_open(path, &st, err);
+    float *blocks[1] = { l->g };
+    const char *suffixes[1] = { ".grad" };
+    if (rc == CEL_OK) rc = read_blocks(l, st, blocks, suffixes, 1, path, err);
+    cel_safetensors_free(st);
+    if (rc != CEL_OK) memset(l->g, 0, l->n * sizeof(float));
+    return rc;
+}
+
 int cel_lora_step_count(const cel_lora_t *l) { return l->step; }
 int cel_lora_rank(const cel_lora_t *l) { return l->R; }
 float cel_lora_alpha(const cel_lora_t *l) { return l->alpha; }

@@ -228,6 +228,14 @@ int cel_lora_step(cel_lora_t *l, const cel_adamw_t *opt, float *grad_norm, cel_e
 /* Drops accumulated gradients without stepping. */
 void cel_lora_zero_grad(cel_lora_t *l);
 
+/* Many workers (issue 15): a warm shutdown hands accumulated gradients to the
+ * next holder through the checkpoint. save writes dir/gradients.safetensors
+ * (tensors named as the weights + ".grad", atomically); load reads it into the
+ * gradient block of an adapter just loaded (not yet on a device: CEL_ESTATE),
+ * CEL_ENOTFOUND when the file is absent. */
+int cel_lora_save_grads(cel_lora_t *l, const char *dir, cel_err_t *err);
+int cel_lora_load_grads(cel_lora_t *l, const char *dir, cel_err_t *err);
+
 int cel_lora_step_count(const cel_lora_t *l);
 int cel_lora_rank(const cel_lora_t *l);
 float cel_lora_alpha(const cel_lora_t *l);

@@ -746,9 +746,14 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
             break;
         case OPT_DEVICE:
             rc = copy_str(cfg->device, sizeof(cfg->device), optarg, "--device", err);
+            /* cuda:N as the executor reads it (model/device.c): N in [0, 255] */
             if (rc == CEL_OK && strcmp(optarg, "auto") && strcmp(optarg, "cpu") &&
-                strcmp(optarg, "cuda") && strncmp(optarg, "cuda:", 5))
-                rc = cel_err_set(err, CEL_EINVAL, "--device: expected auto, cpu, cuda or cuda:N");
+                strcmp(optarg, "cuda") &&
+                (strncmp(optarg, "cuda:", 5) || !optarg[5] || strlen(optarg) > 8 ||
+                 strspn(optarg + 5, "0123456789") != strlen(optarg + 5) || atoi(optarg + 5) > 255))
+                rc = cel_err_set(err, CEL_EINVAL,
+                                 "--device: expected auto, cpu, cuda or cuda:N (N a GPU index, "
+                                 "0 to 255)");
             break;
         case OPT_BATCH_TASKS:
             rc = parse_long(optarg, 1, CEL_MAX_BATCH_TASKS, &v, "--batch-max-tasks", err);

@@ -344,6 +344,7 @@ static void spawn(cel_pool_t *p, int slot) {
     if (cfg->gpu_adapter_mb) args[na++] = "--gpu-adapter-memory", args[na++] = gpumem;
     args[na++] = "--max-adapters-per-owner", args[na++] = qn;
     args[na++] = "--max-adapter-bytes-per-owner", args[na++] = qb;
+    args[na++] = "--node", args[na++] = (char *)cfg->hostname; /* issue 15: adapter homes */
     args[na] = NULL;
     uv_stdio_container_t stdio[4];
     stdio[0].flags = UV_IGNORE;

@@ -10,12 +10,15 @@ pending gradients over by checkpoint; workers never overwrite or prune each othe
 Real processes: two or three `bin/celeriac -c 1` with distinct -n names, one Redis (one
 RabbitMQ case), one --state-dir, the stock Celery client.
 """
+import os
+import signal
 import socket
 
 import pytest
 from kombu import Exchange, Queue
 
 from conftest import WORKER_KIND, both_brokers, scaled, wait_until
+from test_model_tasks import TEXT, model_dir  # noqa: F401 (a session fixture)
 
 pytestmark = pytest.mark.skipif(WORKER_KIND == "python",
                                 reason="several celeriac workers (the stock worker is the "
@@ -84,3 +87,200 @@ def test_direct_queue_in_active_queues_as_the_stock_worker(worker, pyworker, cel
     assert mine[0] == stock[0]
     assert dq("aqn") == []
     assert [q["name"] for q in replies[node("aqc")]] == ["celery", f"{node('aqc')}.dq2"]
+
+
+# --------------------------------------------------------------------------------------------
+# adapters on several workers: homes, adoption, lost and handed-over gradients
+
+
+@pytest.fixture
+def nodes(worker, model_dir, tmp_path):
+    """Factory: nodes(*names) -> {name: WorkerProc}, celeriac -c 1 workers named <name>@host
+    on the test model and one shared --state-dir."""
+    state = tmp_path / "shared-state"
+    state.mkdir()
+
+    def start(*names, extra=()):
+        return {n: worker("-c", "1", "-n", f"{n}@%h", "--model", model_dir, "--state-dir",
+                          str(state), *extra, ready_timeout=40) for n in names}
+    start.state = str(state)
+    return start
+
+
+def on(app, name, task, *args, task_id=None, **kwargs):
+    """Sends task to node name's direct queue; returns the AsyncResult."""
+    return app.send_task(task, args=list(args), kwargs=kwargs, queue=direct(name),
+                         task_id=task_id)
+
+
+def run(app, name, task, *args, **kwargs):
+    return on(app, name, task, *args, **kwargs).get(timeout=scaled(T))
+
+
+def fails(app, name, task, *args, **kwargs):
+    """(exception type name, message) of a task expected to fail on node name."""
+    r = on(app, name, task, *args, **kwargs)
+    with pytest.raises(Exception) as ei:
+        r.get(timeout=scaled(T))
+    assert r.state == "FAILURE"
+    return type(ei.value).__name__, str(ei.value)
+
+
+def kill_node(w):
+    """kill -9 of the whole worker (main process and executors), as a machine that dies."""
+    os.killpg(w.pgid, signal.SIGKILL)
+    w.proc.wait(10)
+    wait_until(lambda: not w.group_pids(), scaled(10), what="the worker's processes to die")
+
+
+ADAM = {"learning_rate": 1e-2}
+
+
+def test_kill9_home_gradients_reported_lost_once(nodes, celery_app):
+    """Create on one node, train through its direct queue, kill -9 it after a forward_backward:
+    while it lives another node refuses the adapter's optimizer step (AdapterBusy, naming the
+    home); once it is dead the other node adopts the adapter from its checkpoint and says once
+    that the gradients were lost (AdapterStateLost); training then goes on there, and the step
+    count is the number of steps that succeeded."""
+    ws = nodes("ka", "kb")
+    created = run(celery_app, "ka", "lora.create", rank=4, seed=3)
+    aid = created["adapter_id"]
+    assert created["node"] == node("ka")
+    steps = 0
+    for _ in range(2):
+        fb = run(celery_app, "ka", "lora.forward_backward", aid, [{"text": TEXT}])
+        assert fb["node"] == node("ka")
+        steps += 1
+        r = run(celery_app, "ka", "lora.optim_step", aid, ADAM)
+        assert (r["step"], r["node"]) == (steps, node("ka")) and r["grad_norm"] > 0
+    run(celery_app, "ka", "lora.forward_backward", aid, [{"text": TEXT}])  # pending
+    typ, msg = fails(celery_app, "kb", "lora.optim_step", aid, ADAM)
+    assert typ == "AdapterBusy", msg
+    assert node("ka") in msg and f"{node('ka')}.dq2" in msg
+    # reads need no gradients: they run anywhere
+    assert run(celery_app, "kb", "lora.info", aid)["step"] == 2
+    kill_node(ws["ka"])
+    typ, msg = fails(celery_app, "kb", "lora.optim_step", aid, ADAM)
+    assert typ == "AdapterStateLost", msg
+    assert msg == (f"adapter {aid}: gradients from 1 forward_backward call(s) since step 2 were "
+                   f"lost with node {node('ka')}; run forward_backward again")
+    typ, msg = fails(celery_app, "kb", "lora.optim_step", aid, ADAM)  # once only
+    assert typ == "ValueError" and "has no accumulated gradients" in msg
+    run(celery_app, "kb", "lora.forward_backward", aid, [{"text": TEXT}])
+    r = run(celery_app, "kb", "lora.optim_step", aid, ADAM)
+    assert (r["step"], r["node"]) == (3, node("kb"))
+    assert run(celery_app, "kb", "lora.info", aid)["step"] == 3
+
+
+def test_lost_gradients_fail_the_next_forward_backward_too(nodes, celery_app):
+    """Two forward_backward calls on a home that dies: the next forward_backward on the
+    adopter fails with AdapterStateLost (else the following step would silently apply only
+    part of what the user was told succeeded); the one after it succeeds."""
+    ws = nodes("fa", "fb")
+    aid = run(celery_app, "fa", "lora.create", rank=2, seed=4)["adapter_id"]
+    for _ in range(2):
+        run(celery_app, "fa", "lora.forward_backward", aid, [{"text": TEXT}])
+    kill_node(ws["fa"])
+    typ, msg = fails(celery_app, "fb", "lora.forward_backward", aid, [{"text": TEXT}])
+    assert typ == "AdapterStateLost" and "from 2 forward_backward call(s) since step 0" in msg
+    run(celery_app, "fb", "lora.forward_backward", aid, [{"text": TEXT}])
+    assert run(celery_app, "fb", "lora.optim_step", aid, ADAM)["step"] == 1
+
+
+def test_redelivered_optim_step_applied_once_across_nodes(nodes, celery_app):
+    """The same optim_step message (one task id) run again on another node returns the first
+    result and applies nothing: the checkpoint's step history guards every worker."""
+    nodes("ra", "rb")
+    aid = run(celery_app, "ra", "lora.create", rank=2, seed=5)["adapter_id"]
+    run(celery_app, "ra", "lora.forward_backward", aid, [{"text": TEXT}])
+    first = run(celery_app, "ra", "lora.optim_step", aid, ADAM, task_id="step-once-1")
+    assert (first["step"], first["node"]) == (1, node("ra"))
+    run(celery_app, "rb", "lora.forward_backward", aid, [{"text": TEXT}])  # pending on rb
+    again = on(celery_app, "rb", "lora.optim_step", aid, ADAM, task_id="step-once-1")
+    assert again.get(timeout=scaled(T)) == first
+    assert run(celery_app, "rb", "lora.info", aid)["step"] == 1
+    # rb's pending gradients are still there for the next real step
+    r = run(celery_app, "rb", "lora.optim_step", aid, ADAM)
+    assert (r["step"], r["node"]) == (2, node("rb"))
+
+
+def test_warm_shutdown_hands_gradients_over(nodes, celery_app):
+    """SIGTERM of the home with pending gradients: the other node's optim_step succeeds with
+    no error, and the adapter is exactly what one node training it alone makes (same losses,
+    gradient norms, scores after)."""
+    ws = nodes("wa", "wb")
+    texts = [TEXT, "A second sentence to learn from.", "And a third one, a little longer."]
+    # the reference: one node trains an adapter alone
+    ref = run(celery_app, "wb", "lora.create", rank=4, seed=7)["adapter_id"]
+    want = []
+    for t in texts[:2]:
+        want.append(run(celery_app, "wb", "lora.forward_backward", ref, [{"text": t}])["loss"])
+        want.append(run(celery_app, "wb", "lora.optim_step", ref, ADAM)["grad_norm"])
+    want.append(run(celery_app, "wb", "model.score", texts[2], adapter_id=ref)["logprob"])
+    # the same seed and data, handed from wa to wb in the middle of a step
+    aid = run(celery_app, "wa", "lora.create", rank=4, seed=7)["adapter_id"]
+    got = [run(celery_app, "wa", "lora.forward_backward", aid, [{"text": texts[0]}])["loss"],
+           run(celery_app, "wa", "lora.optim_step", aid, ADAM)["grad_norm"],
+           run(celery_app, "wa", "lora.forward_backward", aid, [{"text": texts[1]}])["loss"]]
+    assert ws["wa"].stop() == 0
+    assert "handed back with gradients of 1 forward_backward call(s)" in ws["wa"].log()
+    r = run(celery_app, "wb", "lora.optim_step", aid, ADAM)
+    assert (r["step"], r["node"]) == (2, node("wb"))
+    got.append(r["grad_norm"])
+    got.append(run(celery_app, "wb", "model.score", texts[2], adapter_id=aid)["logprob"])
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
+    assert "AdapterStateLost" not in ws["wb"].log()
+
+
+def _checkpoints(state, aid):
+    d = os.path.join(state, "adapters", aid)
+    return sorted(n for n in os.listdir(d) if n.startswith("ckpt-"))
+
+
+def test_three_nodes_share_one_state_dir(nodes, celery_app):
+    """Three nodes train their own adapters at once in one state directory: every step lands,
+    each adapter keeps exactly its current checkpoint (nobody pruned another's), no temp file
+    is left, and lora.list on any node lists every adapter."""
+    nodes("sa", "sb", "sc")
+    names = ["sa", "sb", "sc"]
+    ids = {n: [run(celery_app, n, "lora.create", rank=2, seed=i, owner="team")["adapter_id"]
+               for i in range(2)] for n in names}
+    rounds = 3
+    for _ in range(rounds):
+        pending = []
+        for n in names:
+            for aid in ids[n]:
+                pending.append(on(celery_app, n, "lora.forward_backward", aid, [{"text": TEXT}]))
+                pending.append(on(celery_app, n, "lora.optim_step", aid, ADAM))
+        for r in pending:
+            r.get(timeout=scaled(T))
+    every = sorted(a for n in names for a in ids[n])
+    for n in names:
+        listed = run(celery_app, n, "lora.list")
+        assert [x["adapter_id"] for x in listed] == every
+        assert all(x["step"] == rounds for x in listed)
+        assert [x["adapter_id"] for x in run(celery_app, n, "lora.list", owner="team")] == every
+    state = nodes.state
+    for aid in every:
+        with open(os.path.join(state, "adapters", aid, "current")) as f:
+            cur = f.read().strip()
+        assert _checkpoints(state, aid) == [cur]
+        assert cur.startswith(f"ckpt-{rounds:06d}-")
+        left = [f for f in os.listdir(os.path.join(state, "adapters", aid))
+                if ".tmp" in f or f == "grads.json"]
+        assert left == [], left
+
+
+# --------------------------------------------------------------------------------------------
+# one GPU per worker
+
+
+@pytest.mark.skipif(os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl"),
+                    reason="a GPU is here: tests/integration/test_gpu.py runs on it")
+def test_device_cuda_n_reaches_the_executor(worker, model_dir, tmp_path):
+    """--device cuda:N is what each executor is started with (it opens GPU N); without a GPU
+    the executor says so, naming the device, and the worker keeps running (and retrying)."""
+    w = worker("-c", "1", "-n", "gpu1@%h", "--device", "cuda:1", "--model", model_dir,
+               "--state-dir", str(tmp_path), ready_timeout=40)
+    w.wait_log(r"Executor-1\] Cannot load the model from \S+ on device cuda:1: ", timeout=30)
+    assert w.alive()

@@ -885,6 +885,30 @@ static void test_direct_queue(void **state) {
     }
 }
 
+/* one GPU per worker (issue 15): --device cuda:N as the executor will read it */
+static void test_device_option(void **state) {
+    cel_options_t cfg;
+    cel_err_t err;
+    {
+        ARGV("--device", "cuda:3", "-c", "4");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_string_equal(cfg.device, "cuda:3"); /* passed to every executor as is */
+        assert_int_equal(cfg.gpu, 1);
+        assert_int_equal(cfg.concurrency, 1); /* one executor per GPU */
+        cel_options_free(&cfg);
+    }
+    one("--device", "cuda:0", 1);
+    one("--device", "cuda:255", 1);
+    one("--device", "cuda", 1);
+    one("--device", "cpu", 1);
+    one("--device", "cuda:256", 0);
+    one("--device", "cuda:", 0);
+    one("--device", "cuda:x", 0);
+    one("--device", "cuda:1x", 0);
+    one("--device", "cuda:-1", 0);
+    one("--device", "gpu", 0);
+}
+
 static void test_import_roots_limit(void **state) {
     enum { N = sizeof(((cel_options_t *)0)->import_roots) / sizeof(char *) };
     char *av[2 * (N + 1) + 2];
@@ -1020,6 +1044,7 @@ int main(void) {
         cmocka_unit_test_setup(test_string_limits, clear_env),
         cmocka_unit_test_setup(test_queue_limits, clear_env),
         cmocka_unit_test_setup(test_direct_queue, clear_env),
+        cmocka_unit_test_setup(test_device_option, clear_env),
         cmocka_unit_test_setup(test_import_roots_limit, clear_env),
         cmocka_unit_test_setup(test_hostname_option, clear_env),
         cmocka_unit_test_setup(test_autoscale_and_celery_flags, clear_env),
