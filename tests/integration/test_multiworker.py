@@ -9,8 +9,16 @@ with the jobs waiting in its direct queue (and the ones it took and never acked)
 order and unchanged, ahead of that job; that a worker-offline re-homes without any request;
 and GET /workers (403 without the admin role).
 
-Real workers (celeriac, the bundled tiny model, one --state-dir, real Gunicorn): see the
-tests further down.
+Real workers (bin/celeriac -c 1 --prefetch-multiplier 1 with distinct -n names, the bundled
+tiny model, one --state-dir, one Redis, real Gunicorn with two web workers): six users train
+at once (create, then fwdbwd + optim_step back to back, fixed seeds and data) and each one's
+losses equal a one-worker run of the same seed and data; a fourth worker joins mid-run; the
+home of the fewest users is killed (-9) while they hold pending gradients: each of them gets
+AdapterStateLost once, for that step, redoes it and ends with every step it was told succeeded
+applied, on a new home (the new worker among them), and nobody else sees anything; a warm
+shutdown re-homes its users' adapters, pending gradients included, with no error at all; GET
+/workers shows the nodes (403 without the admin role). The failover with jobs in flight runs
+on Redis and RabbitMQ.
 All waits are bounded and wait on the thing itself.
 """
 
@@ -22,8 +30,9 @@ import time
 
 import pytest
 
-from conftest import REPO, both_brokers, scaled, wait_until
+from conftest import REPO, WORKER_KIND, both_brokers, scaled, wait_until
 from http_fixtures import KEYS, KEYS_ENV, ApiCalls, err, table_config
+from test_http import gunicorn  # noqa: F401 (fixture: Gunicorn on the test's database)
 
 sys.path.insert(0, REPO)
 from flask_app import cluster as cluster_mod  # noqa: E402
@@ -273,3 +282,279 @@ def test_dead_nodes_queue_moves_on_either_broker(make_api, fake_nodes, make_app,
                                                           "lora.optim_step"]))
     assert _drain(client, f"{n1}.dq2") == []
 
+
+# --------------------------------------------------------------------------------------------
+# Real workers: three celeriac workers (-c 1, distinct -n, one --state-dir) behind one Gunicorn
+
+real_workers = pytest.mark.skipif(WORKER_KIND == "python",
+                                  reason="adapters exist only in celeriac")
+
+STEPS = 8
+KILL_AT = 3   # the victims' step during which their home is killed
+# (seed, data) of the adapters: two kinds; user i trains kind i % 2
+KINDS = [(11, [{"text": "The quick brown fox jumps over the lazy dog."}] * 2),
+         (12, [{"text": "Pack my box with five dozen liquor jugs, said the sphinx."}] * 2)]
+USERS = {f"user{i}": f"user{i}-key-{i:012d}" for i in range(6)}
+USERS_ENV = ",".join(f"{u}:{k}" for u, k in USERS.items())
+STATE_LOST = "AdapterStateLost"
+
+
+def _front_end(gunicorn, **env):  # noqa: F811
+    return gunicorn(CELERIAC_API_KEYS=USERS_ENV + "," + KEYS_ENV, CELERIAC_ADMIN_KEYS=ADMIN_ENV,
+                    CELERIAC_SWEEP_INTERVAL=1, CELERIAC_INSPECT_TTL=1, **env)
+
+
+def _start(worker, state, name, *extra):
+    return worker("-c", "1", "-n", f"{name}@%h", "--state-dir", str(state),
+                  "--prefetch-multiplier", "1", *extra, ready_timeout=60)
+
+
+def _lost(r):
+    return r.status_code == 409 and r.json()["error"]["type"] == STATE_LOST
+
+
+class Trainer(threading.Thread):
+    """One user's create + STEPS x (fwdbwd, optim_step sent back to back) loop. A step whose
+    optim_step fails with AdapterStateLost is redone (fwdbwd again, then optim_step), as a
+    client is told to; every other failure is recorded and ends the loop."""
+
+    def __init__(self, api, key, kind, steps=STEPS, pause_at=None):
+        super().__init__(daemon=True)
+        self.pause_at = pause_at  # step whose optim_step waits for resume (after its fwdbwd)
+        self.paused, self.resume = threading.Event(), threading.Event()
+        self.api, self.key, self.steps = api, key, steps
+        self.seed, self.data = KINDS[kind]
+        self.kind = kind
+        self.losses, self.lost, self.failures, self.told_ok = [], [], [], 0
+        self.adapter = self.node = None
+        self.created = threading.Event()
+        self.at_step = {k: threading.Event() for k in range(1, steps + 2)}
+
+    def _wait(self, fid):
+        return self.api.wait(fid, self.key, timeout=90, expect=None)
+
+    def run(self):
+        try:
+            info = self.api.result("/add_lora", {"rank": 4, "alpha": 8, "seed": self.seed},
+                                   user=self.key)
+            self.adapter, self.node = info["adapter_id"], info.get("node")
+            self.created.set()
+            while len(self.losses) < self.steps:
+                step = len(self.losses) + 1
+                f1 = self.api.submit("/fwdbwd", {"adapter_id": self.adapter, "data": self.data},
+                                     self.key)
+                if step == self.pause_at and not self.paused.is_set():
+                    # the gradients are only in the home's memory while we wait
+                    r1 = self._wait(f1)
+                    self.paused.set()
+                    assert self.resume.wait(scaled(120)), "never resumed"
+                f2 = self.api.submit("/optim_step", {"adapter_id": self.adapter,
+                                                     "adam_params": {"learning_rate": 1e-2}},
+                                     self.key)
+                self.at_step[step].set()
+                r1, r2 = self._wait(f1), self._wait(f2)
+                if _lost(r1):
+                    # the gradients died with the home before this fwdbwd: the adopter says so
+                    # on the first job it gets, and the optim_step sent with it has nothing to
+                    # apply (a consequence of sending both at once, not a second report)
+                    self.lost.append((step, r1.json()["error"]["message"]))
+                    if r2.status_code != 200 and not (
+                            r2.status_code == 400 and "no accumulated gradients"
+                            in r2.json()["error"]["message"]):
+                        self.failures.append(("optim_step after lost", step, r2.json()))
+                        return
+                    continue
+                if r1.status_code != 200:
+                    self.failures.append(("fwdbwd", step, r1.status_code, r1.json()))
+                    return
+                if _lost(r2):
+                    self.lost.append((step, r2.json()["error"]["message"]))
+                    continue
+                if r2.status_code != 200:
+                    self.failures.append(("optim_step", step, r2.status_code, r2.json()))
+                    return
+                assert r2.json()["result"]["step"] == step, (r2.json(), step)
+                self.told_ok += 1
+                self.losses.append(r1.json()["result"]["loss"])
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            self.failures.append(("exception", repr(e)))
+        finally:
+            self.created.set()
+            self.paused.set()
+            for ev in self.at_step.values():
+                ev.set()
+
+
+def _run_all(trainers, timeout):
+    for t in trainers:
+        t.start()
+    for t in trainers:
+        t.join(scaled(timeout))
+        assert not t.is_alive(), f"{t.key} did not finish"
+
+
+def _reference(api):
+    """Losses of each kind trained alone on one worker (the one-worker run)."""
+    refs = [Trainer(api, KEYS["alice"], kind) for kind in range(len(KINDS))]
+    _run_all(refs, 60)
+    for t in refs:
+        assert not t.failures and not t.lost, (t.failures, t.lost)
+    return [t.losses for t in refs]
+
+
+def _applied_steps(api, t):
+    return api.result(f"/adapters/{t.adapter}", None, user=t.key, method="GET")["step"]
+
+
+def _workers(api):
+    r = api.get("/workers", user=ADMIN_KEY)
+    assert r.status_code == 200, r.text
+    return {w["node"]: w for w in r.json()["workers"]}
+
+
+def _check_lost(t):
+    """At most one AdapterStateLost per lost step, each naming the adapter and what to redo."""
+    steps = [s for s, _ in t.lost]
+    assert len(steps) == len(set(steps)), t.lost
+    for _, message in t.lost:
+        assert t.adapter in message and "forward_backward" in message, message
+
+
+@real_workers
+def test_six_users_three_workers_kill_and_join(gunicorn, worker, tmp_path):  # noqa: F811
+    state = tmp_path / "state"
+    api = _front_end(gunicorn)
+    w = {"w0": _start(worker, state, "w0")}
+    ref = _reference(api)
+    w["w1"] = _start(worker, state, "w1")
+    w["w2"] = _start(worker, state, "w2")
+    wait_until(lambda: sum(x["alive"] for x in _workers(api).values()) == 3, scaled(20),
+               what="three live workers in GET /workers")
+    err(api.get("/workers", user="alice"), 403, "Forbidden")
+
+    # every user pauses after the fwdbwd of step KILL_AT until told to go on: the victims'
+    # gradients are then certainly only in their home's memory when it is killed
+    trainers = [Trainer(api, key, i % 2, pause_at=KILL_AT) for i, key in enumerate(USERS.values())]
+    for t in trainers:
+        t.start()
+    for t in trainers:
+        assert t.created.wait(scaled(60)) and t.adapter, t.failures
+    nodes = {t.node for t in trainers}
+    assert nodes <= {x for x in _workers(api)}, nodes
+    by_node = {n: [t for t in trainers if t.node == n] for n in nodes}
+    # a fourth worker joins mid-run
+    for t in trainers:
+        t.at_step[2].wait(scaled(60))
+    w["w3"] = _start(worker, state, "w3")
+    wait_until(lambda: any(n.startswith("w3@") and x["alive"]
+                           for n, x in _workers(api).items()),
+               scaled(20), what="w3 alive in GET /workers")
+    new = next(n for n in _workers(api) if n.startswith("w3@"))
+    # kill -9 the home of the fewest users (someone else keeps training untouched)
+    dead = min(by_node, key=lambda n: (len(by_node[n]), n))
+    victims = by_node[dead]
+    for t in trainers:
+        assert t.paused.wait(scaled(60)), t.key
+    for t in trainers:
+        if t not in victims:
+            t.resume.set()
+    w[dead.split("@")[0]].kill()
+    for t in victims:
+        t.resume.set()
+    for t in trainers:
+        t.join(scaled(120))
+        assert not t.is_alive(), f"{t.key} did not finish"
+
+    for t in trainers:
+        assert not t.failures, (t.key, t.node, t.failures)
+        assert t.losses == ref[t.kind], (t.key, t.node, t.losses, ref[t.kind])
+        assert _applied_steps(api, t) == t.told_ok == STEPS
+        if t in victims:
+            _check_lost(t)
+            assert [step for step, _ in t.lost] == [KILL_AT], t.lost
+            assert f"since step {KILL_AT - 1} were lost with node {dead}" in t.lost[0][1]
+        else:
+            assert t.lost == [], (t.key, t.lost)
+    seen = _workers(api)
+    homes = {t.adapter: n for n, x in seen.items() for t in trainers if t.adapter in x["adapters"]}
+    for t in victims:
+        assert homes.get(t.adapter) not in (None, dead), (t.adapter, homes)
+    assert any(homes.get(t.adapter) == new for t in victims), (new, homes)
+    assert seen[new]["alive"] and seen[new]["executors"]["total"] == 1, seen[new]
+    assert seen[new]["queues"][f"{new}.dq2"] == 0, seen[new]
+    # the dead node shows as such everywhere (a heartbeat it sent on request counts 3 x 5 s)
+    wait_until(lambda: not _workers(api).get(dead, {}).get("alive"), scaled(20),
+               what=f"{dead} shown dead")
+
+
+@real_workers
+def test_warm_shutdown_rehomes_without_error(gunicorn, worker, tmp_path):  # noqa: F811
+    state = tmp_path / "state"
+    api = _front_end(gunicorn)
+    w = {"w0": _start(worker, state, "w0")}
+    ref = _reference(api)
+    w["w1"] = _start(worker, state, "w1")
+    wait_until(lambda: sum(x["alive"] for x in _workers(api).values()) == 2, scaled(20),
+               what="two live workers")
+    keys = list(USERS.values())[:4]
+    # each pauses after a fwdbwd: the stopped node holds pending gradients of its users
+    trainers = [Trainer(api, key, i % 2, pause_at=KILL_AT) for i, key in enumerate(keys)]
+    for t in trainers:
+        t.start()
+    for t in trainers:
+        assert t.created.wait(scaled(60)) and t.adapter, t.failures
+    by_node = {}
+    for t in trainers:
+        by_node.setdefault(t.node, []).append(t)
+    stopped = max(by_node, key=lambda n: (len(by_node[n]), n))
+    for t in trainers:
+        assert t.paused.wait(scaled(60)), t.key
+    assert w[stopped.split("@")[0]].stop() == 0
+    for t in trainers:
+        t.resume.set()
+    for t in trainers:
+        t.join(scaled(120))
+        assert not t.is_alive(), f"{t.key} did not finish"
+    for t in trainers:
+        assert not t.failures and not t.lost, (t.key, t.node, t.failures, t.lost)
+        assert t.losses == ref[t.kind], (t.key, t.losses, ref[t.kind])
+        assert _applied_steps(api, t) == STEPS
+    wait_until(lambda: not _workers(api).get(stopped, {}).get("alive"), scaled(20),
+               what=f"{stopped} shown gone")
+    assert not _workers(api).get(stopped, {}).get("adapters")
+
+
+@real_workers
+@both_brokers
+def test_kill_one_of_two(gunicorn, worker, tmp_path, broker):  # noqa: F811
+    """The failover on either broker: two workers, four users, one worker killed mid-run."""
+    state = tmp_path / "state"
+    api = _front_end(gunicorn)
+    w = {"w0": _start(worker, state, "w0"), "w1": _start(worker, state, "w1")}
+    wait_until(lambda: sum(x["alive"] for x in _workers(api).values()) == 2, scaled(20),
+               what="two live workers")
+    trainers = [Trainer(api, key, 0) for key in list(USERS.values())[:4]]
+    for t in trainers:
+        t.start()
+    for t in trainers:
+        assert t.created.wait(scaled(60)) and t.adapter, t.failures
+    by_node = {}
+    for t in trainers:
+        by_node.setdefault(t.node, []).append(t)
+    dead = max(by_node, key=lambda n: (len(by_node[n]), n))
+    for t in by_node[dead]:
+        t.at_step[KILL_AT].wait(scaled(60))
+    w[dead.split("@")[0]].kill()
+    for t in trainers:
+        t.join(scaled(120))
+        assert not t.is_alive(), f"{t.key} did not finish"
+    first = trainers[0].losses
+    for t in trainers:
+        assert not t.failures, (t.key, t.node, t.failures)
+        assert _applied_steps(api, t) == t.told_ok == STEPS
+        assert t.losses == first, (t.key, t.losses, first)
+        if t.node == dead:
+            _check_lost(t)
+            assert len(t.lost) <= 1
+        else:
+            assert t.lost == []
