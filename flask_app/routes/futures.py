@@ -9,7 +9,9 @@
       was deleted meanwhile) -> 404; the worker itself failing (WorkerLostError, time limits,
       MemoryError) -> 502; a revoked task -> 409; AdapterStateLost (the adapter's home node
       died holding gradients no checkpoint had: the worker that adopted it says which step and
-      what to redo, i.e. forward_backward again, then optim_step) -> 409; anything else -> 500.
+      what to redo, i.e. forward_backward again, then optim_step) and AdapterBusy (the job
+      reached a node while the adapter's gradients are held on another, live one) -> 409;
+      anything else -> 500.
 Only the future's owner may read it; any other key gets 404. A done lora.create or lora.list
 records the adapters it names as the caller's.
 """
@@ -30,7 +32,7 @@ WORKER_ERRORS = {"WorkerLostError", "TimeLimitExceeded", "SoftTimeLimitExceeded"
                  "MemoryError"}
 
 
-CONFLICT_ERRORS = {"AdapterStateLost"}
+CONFLICT_ERRORS = {"AdapterStateLost", "AdapterBusy"}
 
 
 def failure_status(exc):

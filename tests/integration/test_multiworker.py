@@ -244,6 +244,28 @@ def test_homes_routes_and_failover(make_api, fake_nodes, rc):
     assert KEYS  # the plain users are still API keys
 
 
+class AdapterStateLost(Exception):
+    pass
+
+
+class AdapterBusy(Exception):
+    pass
+
+
+@pytest.mark.parametrize("exc", [AdapterStateLost("adapter a: gradients from 1 forward_backward "
+                                                  "call(s) since step 2 were lost with node n; "
+                                                  "run forward_backward again"),
+                                 AdapterBusy("adapter a is held by node n (n.dq2)")])
+def test_adapter_errors_are_409(make_api, exc):
+    api = make_api(CELERIAC_WORKER_EVENTS=False, CELERIAC_ENABLE_DIAG=True)
+    fid = api.submit("/diag/noop", {})
+    api.finish(fid, exc, "FAILURE")
+    r = api.post("/retrieve_future", {"future_id": fid})
+    assert r.status_code == 409, r.get_data(as_text=True)
+    assert r.get_json() == {"status": "failed",
+                            "error": {"type": type(exc).__name__, "message": str(exc)}}
+
+
 def _drain(celery_app, queue):
     """[(task id, task name)] taken (and acked) from a broker queue, oldest first."""
     out = []
