@@ -35,6 +35,7 @@ from http_fixtures import KEYS, KEYS_ENV, ApiCalls, err, table_config
 from test_http import gunicorn  # noqa: F401 (fixture: Gunicorn on the test's database)
 
 sys.path.insert(0, REPO)
+from flask_app import backpressure  # noqa: E402
 from flask_app import cluster as cluster_mod  # noqa: E402
 from flask_app import config as config_mod  # noqa: E402
 from flask_app import create_app  # noqa: E402
@@ -237,6 +238,12 @@ def test_homes_routes_and_failover(make_api, fake_nodes, rc):
     assert nodes[n2]["queues"][f"{n2}.dq2"] == 5
     assert nodes[n2]["last_heartbeat"] is not None
     assert n3 in nodes and nodes[n3]["alive"] is False
+    # backpressure counts the jobs of a shared queue's adapters waiting in its nodes' direct
+    # queues, as it counted them in the one queue before
+    with api.app.app_context():
+        assert redis_client.llen("train") == 2  # bob's and carol's creates
+        assert backpressure.depth("train", fresh=True) == 2 + 5
+        assert backpressure.depth("score", fresh=True) == 1
     # delete: the adapter has no home any more
     api.submit("/adapters/a1", None, method="DELETE")
     assert not redis_client.exists("celeriac:adapter:a1")
