@@ -25,10 +25,11 @@ Failover. When the home is dead (cluster.py: worker-offline, or no heartbeat for
 interval), sweep(node) runs before the job is sent, under a Redis lock per dead node (other web
 workers wait for it, bounded):
   1. every adapter homed there gets a new home: a live node, preferring nodes that consume the
-     adapter's shared queue, then the fewest homed adapters, then the fewest active tasks (the
-     heartbeat's `active`), then the name; the worker there adopts the adapter from its latest
-     checkpoint in the shared state directory (a lost forward_backward makes the next
-     optim_step fail with AdapterStateLost, which the client sees as the future's error);
+     adapter's shared queue (or did not answer active_queues in time), then the fewest homed
+     adapters, then the fewest active tasks (the heartbeat's `active`), then the name; the
+     worker there adopts the adapter from its latest checkpoint in the shared state directory
+     (a lost forward_backward makes the next optim_step fail with AdapterStateLost, which the
+     client sees as the future's error);
   2. on Redis, the messages the dead node had taken from its direct queue and not acked (its
      prefetched tasks and the one it was running: celeriac acks after storing the result) are
      put back at the head of "<node>.dq2" at once, instead of after the visibility timeout;
@@ -213,7 +214,9 @@ def _pick(cl, queue, exclude):
     if not nodes:
         return None
     serving = cl.queues_of(nodes)
-    prefer = [n for n in nodes if queue in serving.get(n, ())]
+    # a node that did not answer in time is not ruled out: only one that says it does not
+    # consume the queue is
+    prefer = [n for n in nodes if n not in serving or queue in serving[n]]
     pool = prefer or nodes
     pipe = store().pipeline(transaction=False)
     for n in pool:

@@ -514,6 +514,18 @@ def test_six_users_three_workers_kill_and_join(gunicorn, worker, tmp_path):  # n
     # the dead node shows as such everywhere (a heartbeat it sent on request counts 3 x 5 s)
     wait_until(lambda: not _workers(api).get(dead, {}).get("alive"), scaled(20),
                what=f"{dead} shown dead")
+    # new adapters go to the new worker too: with the three live workers idle, three creates
+    # in a row are taken by each of them in turn (Redis serves blocked BRPOPs first come,
+    # first served), and each new adapter's jobs run on its home
+    live = {n for n, x in _workers(api).items() if x["alive"]}
+    assert new in live and len(live) == 3, live
+    made = []
+    for _ in range(3):
+        info = api.result("/add_lora", {"rank": 4, "seed": 5}, user="carol")
+        made.append(info)
+        assert api.result("/fwdbwd", {"adapter_id": info["adapter_id"], "data": KINDS[0][1]},
+                          user="carol")["node"] == info["node"]
+    assert {m["node"] for m in made} == live, made
 
 
 @real_workers
