@@ -1401,6 +1401,19 @@ void cel_adapters_release(cel_adapters_t *s, cel_adapter_t *a) {
     a->hold_fd = -1;
 }
 
+void cel_adapters_forfeit(cel_adapters_t *s, cel_adapter_t *a) {
+    (void)s;
+    cel_lora_zero_grad(a->lora);
+    a->has_grads = 0;
+    a->grad_count = 0;
+    if (a->hold_fd < 0) return;
+    cel_warn("Adapter %s: its accumulated gradients were dropped; the next call that needs them "
+             "reports them lost",
+             a->id);
+    close(a->hold_fd); /* the marker stays: it counts what was dropped */
+    a->hold_fd = -1;
+}
+
 int cel_adapters_note_grads(cel_adapters_t *s, cel_adapter_t *a, cel_err_t *err) {
     a->has_grads = 1;
     a->grad_count++;

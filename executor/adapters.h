@@ -187,6 +187,11 @@ int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, cel_adapters_lost_t *
  * step, or a forward_backward that failed midway). */
 void cel_adapters_release(cel_adapters_t *s, cel_adapter_t *a);
 
+/* Drops a's gradients and lets go of the lock but keeps the marker, so the next
+ * holder (this process or another) reports them lost once (AdapterStateLost):
+ * for a forward_backward that failed midway after earlier calls succeeded. */
+void cel_adapters_forfeit(cel_adapters_t *s, cel_adapter_t *a);
+
 /* Records one more forward_backward call in a's gradients (a held): marks it
  * in memory and in its marker. The gradients stay even when the marker cannot
  * be written (the error says why; a loss would then go unnamed). */

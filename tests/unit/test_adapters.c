@@ -278,6 +278,28 @@ static void test_stale_writer_never_overwrites(void **state) {
     cel_adapters_free(sa);
 }
 
+/* A forward_backward that fails midway forfeits the earlier calls' gradients:
+ * the next holder, here the same process, reports them once. */
+static void test_forfeit_is_reported(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *sa = open_store(f, "a@host");
+    cel_adapter_t *a = create(sa);
+    cel_err_t err;
+    hold(sa, a);
+    fake_grads(a, 1.0f);
+    assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
+    cel_adapters_forfeit(sa, a);
+    assert_int_equal(cel_adapters_has_grads(a), 0);
+    cel_adapters_lost_t lost;
+    assert_int_equal(cel_adapters_hold(sa, a, &lost, &err), CEL_OK);
+    assert_int_equal(lost.count, 1);
+    assert_string_equal(lost.node, "a@host");
+    cel_adapters_release(sa, a);
+    hold(sa, a); /* once */
+    cel_adapters_release(sa, a);
+    cel_adapters_free(sa);
+}
+
 /* Both stores list every adapter; the node name is kept. */
 static void test_list_and_node(void **state) {
     fixture_t *f = *state;
@@ -304,6 +326,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_handback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_handback_survives_an_idle_holder, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_writer_never_overwrites, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forfeit_is_reported, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_and_node, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
