@@ -20,7 +20,7 @@
  *   <state>/adapters/<id>/lock               flock'ed by the process holding its gradients
  *   <state>/adapters/<id>/grads.json         who holds how many forward_backward calls
  * Many workers, on one machine or many (issue 15), may share the state
- * directory: see "who holds an adapter's gradients" in adapters.c and the
+ * directory: see adapters_hold.c and the
  * README's "Shared state directory" for what the store must guarantee.
  *   <state>/exports/<id>-step<N>/           lora.save's PEFT folders
  * Ids are "lora_" + 16 lowercase hex digits, checked before any path is built.
@@ -156,7 +156,7 @@ int cel_adapters_grad_count(const cel_adapter_t *a);
 json_t *cel_adapters_step_result(const cel_adapter_t *a, const char *task_id, int *step);
 
 /* ---- many workers (issue 15): the shared state directory ----
- * See "who holds an adapter's gradients" in adapters.c: one process at a time
+ * See adapters_hold.c: one process at a time
  * holds an adapter's gradients, under an flock on <id>/lock, and only it
  * writes the adapter's checkpoints; <id>/grads.json says who holds how many. */
 
