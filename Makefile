@@ -217,7 +217,8 @@ UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/limit
             worker/events.c worker/broker.c worker/broker_redis.c worker/backend.c \
             worker/backend_redis.c worker/held.c worker/respcut.c worker/bus.c worker/bus_redis.c \
             worker/amqp_bus.c worker/amqp_conn.c worker/amqp_thread.c worker/broker_amqp.c \
-            worker/backend_rpc.c worker/metrics.c worker/metrics_http.c executor/call.c)
+            worker/backend_rpc.c worker/metrics.c worker/metrics_http.c executor/call.c \
+            executor/adapters.c executor/adapters_hold.c)
 build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -o $@ $^ $(DEPLIBS) $(MODELLIBS) -lcmocka

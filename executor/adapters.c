@@ -10,7 +10,7 @@
  *      then fsync of <state>/adapters/<id>/
  *   5. every other ckpt-* of the adapter is removed (a leftover from a crash in 1-3 too)
  * Steps 1-5 run in the one process allowed to write the adapter (the holder of its
- * lock, see "who holds an adapter's gradients" below; or its creator), which checks
+ * lock, see adapters_hold.c; or its creator), which checks
  * before 1 and before 4 that `current` still names the checkpoint it started from, so
  * pruning never removes a checkpoint another worker is writing or one `current` names.
  * Temp names carry node and pid.
@@ -19,7 +19,7 @@
  * half-removed adapter is never seen as one.
  * Executor processes only; blocking I/O; one thread.
  */
-#include "adapters.h"
+#include "adapters_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -38,10 +38,8 @@
 #include "../common/log.h"
 #include "../model/safetensors.h"
 
-#define CKPT_NAME_MAX     64 /* "ckpt-<step>-<nonce>" */
-#define LOAD_RETRIES      3  /* reloads when another executor switched `current` meanwhile */
+#define LOAD_RETRIES      3 /* reloads when another executor switched `current` meanwhile */
 #define META_FORMAT       "celeriac-adapter-1"
-#define STATE_MAX         (CEL_ADAPTERS_PATH_MAX - 512) /* the state dir's path: room for the rest */
 #define IMPORT_CONFIG_MAX (1 << 20)  /* bytes of an imported adapter_config.json */
 #define IMPORT_HEADER_MAX (16 << 20) /* a safetensors file's header and metadata, past its data */
 #define IMPORT_FILE_MAX   (64ULL << 30) /* any imported file, when the model's sizes are unknown */
@@ -49,38 +47,6 @@
 /* PEFT's module names in CEL_LORA_* bit order. */
 static const char *const mod_names[] = { "q_proj",    "k_proj",  "v_proj",   "o_proj",
                                          "gate_proj", "up_proj", "down_proj" };
-
-struct cel_adapter {
-    char id[CEL_ADAPTERS_ID_LEN + 1];
-    cel_lora_t *lora;
-    char ckpt[CKPT_NAME_MAX]; /* the checkpoint this copy equals (plus grads) */
-    int has_grads;
-    char *owner;             /* NULL: none */
-    char created[32];        /* ISO-8601 UTC */
-    json_t *recent;          /* [{"task_id", "step", "result"}], the last steps, oldest first */
-    unsigned long long used; /* LRU clock */
-    /* many workers (issue 15) */
-    int hold_fd;    /* flock'ed <id>/lock while this process holds the gradients, else -1 */
-    int grad_count; /* forward_backward calls in the gradients (with has_grads) */
-    int ckpt_grads; /* forward_backward calls in the loaded checkpoint's gradients (handback) */
-};
-
-struct cel_adapters {
-    cel_model_t *m;
-    char state[STATE_MAX];
-    char adir[STATE_MAX + 16]; /* <state>/adapters */
-    char edir[STATE_MAX + 16]; /* <state>/exports */
-    char base[CEL_ADAPTERS_PATH_MAX];
-    char roots[CEL_ADAPTERS_MAX_ROOTS][PATH_MAX];
-    int n_roots;
-    cel_adapter_t *loaded[CEL_ADAPTERS_MAX_LOADED];
-    int n_loaded;
-    unsigned long long clock;
-    cel_adapters_limits_t lim;
-    long evictions; /* LRU drops from memory (the worker's metrics) */
-    char node[256]; /* the worker's node name (markers, messages) */
-    char tag[300];  /* node and pid, as temp file names carry them */
-};
 
 /* ---- small file helpers ---- */
 
@@ -113,18 +79,14 @@ static int fsync_path(const char *path, int flags) {
     return rc;
 }
 
-/* The "<node>.<pid>" temp names carry (issue 15: several machines share the
- * state directory, so a pid alone is not unique); set by cel_adapters_set_node. */
-static char tmp_tag[300] = "";
+char cel_adapters_tmp_tag[300] = "";
 
-/* Writes len bytes to path atomically: temp file, fsync (unless nosync),
- * rename, fsync of dir. */
-static int write_atomic_sync(const char *dir, const char *name, const char *data, size_t len,
-                             int nosync, cel_err_t *err) {
+int cel_adapters_write_file(const char *dir, const char *name, const char *data, size_t len,
+                            int nosync, cel_err_t *err) {
     char tmp[CEL_ADAPTERS_PATH_MAX + 512], path[CEL_ADAPTERS_PATH_MAX + 128];
     snprintf(path, sizeof(path), "%s/%s", dir, name);
-    snprintf(tmp, sizeof(tmp), "%s/%s.tmp.%s%s%ld", dir, name, tmp_tag, tmp_tag[0] ? "." : "",
-             (long)getpid());
+    snprintf(tmp, sizeof(tmp), "%s/%s.tmp.%s%s%ld", dir, name, cel_adapters_tmp_tag,
+             cel_adapters_tmp_tag[0] ? "." : "", (long)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) return cel_err_set(err, CEL_EIO, "%s: %s", tmp, strerror(errno));
     size_t off = 0;
@@ -155,12 +117,10 @@ static int write_atomic_sync(const char *dir, const char *name, const char *data
 
 static int write_atomic(const char *dir, const char *name, const char *data, size_t len,
                         cel_err_t *err) {
-    return write_atomic_sync(dir, name, data, len, 0, err);
+    return cel_adapters_write_file(dir, name, data, len, 0, err);
 }
 
-/* Reads a file of at most max bytes. OUT: *buf (malloc'd, NUL-terminated), *len.
- * CEL_ENOTFOUND when it does not exist. */
-static int read_small(const char *path, size_t max, char **buf, size_t *len, cel_err_t *err) {
+int cel_adapters_read_file(const char *path, size_t max, char **buf, size_t *len, cel_err_t *err) {
     *buf = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -365,12 +325,11 @@ static void insert(cel_adapters_t *s, cel_adapter_t *a) {
     s->loaded[s->n_loaded++] = a;
 }
 
-/* Reads <adir>/<id>/current. OUT: name (CKPT_NAME_MAX). CEL_ENOTFOUND: no adapter. */
-static int read_current(cel_adapters_t *s, const char *id, char *name, cel_err_t *err) {
+int cel_adapters_read_current(cel_adapters_t *s, const char *id, char *name, cel_err_t *err) {
     char path[CEL_ADAPTERS_PATH_MAX + 64], *buf;
     size_t len;
     snprintf(path, sizeof(path), "%s/%s/current", s->adir, id);
-    int rc = read_small(path, CKPT_NAME_MAX, &buf, &len, err);
+    int rc = cel_adapters_read_file(path, CKPT_NAME_MAX, &buf, &len, err);
     if (rc != CEL_OK) return rc;
     while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == ' ')) buf[--len] = '\0';
     if (!valid_ckpt_name(buf)) {
@@ -388,7 +347,7 @@ static int read_meta(cel_adapters_t *s, const char *id, const char *name, json_t
     char path[CEL_ADAPTERS_PATH_MAX + 128], *buf;
     size_t len;
     snprintf(path, sizeof(path), "%s/%s/%s/meta.json", s->adir, id, name);
-    int rc = read_small(path, CEL_ADAPTERS_MAX_META, &buf, &len, err);
+    int rc = cel_adapters_read_file(path, CEL_ADAPTERS_MAX_META, &buf, &len, err);
     if (rc != CEL_OK) return rc;
     json_error_t jerr;
     *meta = json_loadb(buf, len, JSON_ALLOW_NUL, &jerr);
@@ -454,7 +413,7 @@ int cel_adapters_get(cel_adapters_t *s, const char *id, cel_adapter_t **out, cel
     int rc = CEL_OK;
     for (int attempt = 0; attempt < LOAD_RETRIES; attempt++) {
         char name[CKPT_NAME_MAX];
-        rc = read_current(s, id, name, err);
+        rc = cel_adapters_read_current(s, id, name, err);
         int i = find_loaded(s, id);
         if (rc != CEL_OK) {
             if (i >= 0) drop_at(s, i); /* deleted by another executor */
@@ -482,7 +441,8 @@ int cel_adapters_get(cel_adapters_t *s, const char *id, cel_adapter_t **out, cel
         /* another executor may have switched `current` and pruned name: look again */
         char again[CKPT_NAME_MAX];
         cel_err_t e2;
-        if (read_current(s, id, again, &e2) != CEL_OK || strcmp(again, name) == 0) break;
+        if (cel_adapters_read_current(s, id, again, &e2) != CEL_OK || strcmp(again, name) == 0)
+            break;
     }
     return rc;
 }
@@ -519,7 +479,7 @@ static json_t *make_meta(cel_adapters_t *s, cel_adapter_t *a, const char *task, 
 static void prune(cel_adapters_t *s, const char *id, const char *keep) {
     char dir[CEL_ADAPTERS_PATH_MAX + 64], cur[CKPT_NAME_MAX] = "";
     snprintf(dir, sizeof(dir), "%s/%s", s->adir, id);
-    read_current(s, id, cur, NULL);
+    cel_adapters_read_current(s, id, cur, NULL);
     DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *e;
@@ -536,10 +496,8 @@ static void prune(cel_adapters_t *s, const char *id, const char *keep) {
 static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *task, json_t *result,
                             json_t *recent, int with_grads, cel_err_t *err);
 
-/* Steps 1-5 of the file comment for a (in memory); with_grads: the gradients
- * too (a warm shutdown's hand-over). On success a->ckpt is the new name. */
-static int write_ckpt(cel_adapters_t *s, cel_adapter_t *a, const char *task, json_t *result,
-                      int with_grads, cel_err_t *err) {
+int cel_adapters_write_ckpt(cel_adapters_t *s, cel_adapter_t *a, const char *task, json_t *result,
+                            int with_grads, cel_err_t *err) {
     json_t *recent = recent_with(a, task, result);
     if (!recent) return cel_err_set(err, CEL_ENOMEM, "out of memory");
     int rc = write_ckpt_files(s, a, task, result, recent, with_grads, err);
@@ -560,7 +518,7 @@ static int still_current(cel_adapters_t *s, cel_adapter_t *a, cel_err_t *err) {
     if (!a->ckpt[0]) return CEL_OK;
     char cur[CKPT_NAME_MAX];
     cel_err_t e2;
-    int rc = read_current(s, a->id, cur, &e2);
+    int rc = cel_adapters_read_current(s, a->id, cur, &e2);
     if (rc == CEL_ENOTFOUND) return cel_err_set(err, rc, "adapter %s was deleted", a->id);
     if (rc != CEL_OK) return cel_err_set(err, rc, "%s", e2.msg);
     if (strcmp(cur, a->ckpt) != 0)
@@ -617,7 +575,7 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
 
 int cel_adapters_commit(cel_adapters_t *s, cel_adapter_t *a, const char *task_id, json_t *result,
                         cel_err_t *err) {
-    int rc = write_ckpt(s, a, task_id, result, 0, err);
+    int rc = cel_adapters_write_ckpt(s, a, task_id, result, 0, err);
     if (rc != CEL_OK) {
         cel_error("Checkpoint of adapter %s failed: %s", a->id, err ? err->msg : "?");
         cel_adapters_evict(s, a);
@@ -665,7 +623,7 @@ static int owner_usage(cel_adapters_t *s, const char *owner, long *count, long l
         if (!cel_adapters_valid_id(e->d_name)) continue;
         char name[CKPT_NAME_MAX];
         json_t *meta = NULL;
-        if (read_current(s, e->d_name, name, NULL) != CEL_OK ||
+        if (cel_adapters_read_current(s, e->d_name, name, NULL) != CEL_OK ||
             read_meta(s, e->d_name, name, &meta, NULL) != CEL_OK)
             continue; /* being created or deleted */
         const char *o = json_string_value(json_object_get(meta, "owner"));
@@ -780,7 +738,7 @@ static int new_adapter(cel_adapters_t *s, cel_lora_t *lora, const char *owner, c
         rc = cel_err_set(err, CEL_EIO, "%s: %s", dir, strerror(errno));
         if (errno != EEXIST) break;
     }
-    if (rc == CEL_OK) rc = write_ckpt(s, a, NULL, NULL, 0, err);
+    if (rc == CEL_OK) rc = cel_adapters_write_ckpt(s, a, NULL, NULL, 0, err);
     if (rc == CEL_OK) rc = quota_check(s, owner, 0, 0, err); /* its bytes now on disk */
     if (rc != CEL_OK && made) rm_tree(dir);
     quota_unlock(lock);
@@ -807,7 +765,7 @@ int cel_adapters_delete(cel_adapters_t *s, const char *id, cel_err_t *err) {
     int i = find_loaded(s, id);
     if (i >= 0) drop_at(s, i);
     char name[CKPT_NAME_MAX], dir[CEL_ADAPTERS_PATH_MAX + 64], gone[CEL_ADAPTERS_PATH_MAX + 96];
-    int rc = read_current(s, id, name, err);
+    int rc = cel_adapters_read_current(s, id, name, err);
     if (rc != CEL_OK) return rc;
     char nonce[17];
     if ((rc = random_hex(nonce, 8, err)) != CEL_OK) return rc;
@@ -1169,7 +1127,7 @@ int cel_adapters_info(cel_adapters_t *s, const char *id, json_t **out, cel_err_t
     if (!cel_adapters_valid_id(id)) return cel_err_set(err, CEL_ENOTFOUND, "malformed id");
     char name[CKPT_NAME_MAX];
     json_t *meta = NULL;
-    int rc = read_current(s, id, name, err);
+    int rc = cel_adapters_read_current(s, id, name, err);
     if (rc == CEL_OK) rc = read_meta(s, id, name, &meta, err);
     if (rc != CEL_OK) return rc;
     *out = info_from_meta(id, meta);
@@ -1226,211 +1184,6 @@ int cel_adapters_list(cel_adapters_t *s, const char *owner, json_t **out, cel_er
     }
     *out = list;
     return CEL_OK;
-}
-
-/* ---- many workers (issue 15): who holds an adapter's gradients ----
- *
- * Checkpoints are what every worker shares; accumulated gradients live in one
- * process's memory. The process that holds an adapter's gradients holds an
- * exclusive flock on <id>/lock from its first forward_backward until they are
- * applied (optim_step's checkpoint), dropped, or handed back (a warm
- * shutdown's checkpoint with gradients); only that process writes the
- * adapter's checkpoints (creation aside), so pruning under it cannot remove a
- * checkpoint another process is writing, and write_ckpt_files checks
- * `current` before writing in case the lock was lost (NFS lease expiry). The
- * kernel (or the NFS server, when a client's lease ends) drops the lock of a
- * process that dies, so a worker that takes it knows the old holder is gone.
- * <id>/grads.json, the marker, says what the holder has: {"node", "pid",
- * "count" (forward_backward calls), "step", "ckpt" (the checkpoint they follow)};
- * written at every forward_backward (not fsynced: it must survive the process,
- * not the machine), removed once they are checkpointed. A process that takes
- * the lock and finds a marker for the current checkpoint with more calls than
- * the checkpoint carries knows that many calls' gradients died with their
- * holder: it reports them once (AdapterStateLost) and leaves a marker of 0 so
- * gradients a checkpoint carries are not taken as valid after that. */
-
-/* File names inside the tag: [A-Za-z0-9@._-], others as '_'. */
-void cel_adapters_set_node(cel_adapters_t *s, const char *node) {
-    snprintf(s->node, sizeof(s->node), "%s", node && *node ? node : "celeriac");
-    size_t n = 0;
-    for (const char *p = s->node; *p && n < sizeof(tmp_tag) - 1; p++, n++) {
-        char c = *p;
-        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                 c == '@' || c == '.' || c == '_' || c == '-';
-        tmp_tag[n] = ok ? c : '_';
-    }
-    tmp_tag[n] = '\0';
-}
-
-const char *cel_adapters_node(const cel_adapters_t *s) { return s->node; }
-
-/* The marker of adapter id, or NULL when there is none (or it is unreadable). */
-static json_t *read_marker(cel_adapters_t *s, const char *id) {
-    char path[CEL_ADAPTERS_PATH_MAX + 64], *buf;
-    size_t len;
-    snprintf(path, sizeof(path), "%s/%s/grads.json", s->adir, id);
-    if (read_small(path, CEL_ADAPTERS_MAX_META, &buf, &len, NULL) != CEL_OK) return NULL;
-    json_t *m = json_loadb(buf, len, 0, NULL);
-    free(buf);
-    if (!json_is_object(m)) {
-        json_decref(m);
-        return NULL;
-    }
-    return m;
-}
-
-static void unlink_marker(cel_adapters_t *s, const char *id) {
-    char path[CEL_ADAPTERS_PATH_MAX + 64];
-    snprintf(path, sizeof(path), "%s/%s/grads.json", s->adir, id);
-    unlink(path);
-}
-
-/* Writes a's marker saying this process holds count calls' gradients. */
-static int write_marker(cel_adapters_t *s, cel_adapter_t *a, int count, cel_err_t *err) {
-    char dir[CEL_ADAPTERS_PATH_MAX + 64];
-    snprintf(dir, sizeof(dir), "%s/%s", s->adir, a->id);
-    json_t *m = json_pack("{s:s, s:I, s:i, s:i, s:s}", "node", s->node, "pid", (json_int_t)getpid(),
-                          "count", count, "step", cel_lora_step_count(a->lora), "ckpt", a->ckpt);
-    char *text = m ? json_dumps(m, JSON_SORT_KEYS) : NULL;
-    json_decref(m);
-    if (!text) return cel_err_set(err, CEL_ENOMEM, "out of memory");
-    int rc = write_atomic_sync(dir, "grads.json", text, strlen(text), 1, err);
-    free(text);
-    return rc;
-}
-
-int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, cel_adapters_lost_t *lost,
-                      cel_err_t *err) {
-    memset(lost, 0, sizeof(*lost));
-    if (a->hold_fd >= 0) return CEL_OK;
-    char path[CEL_ADAPTERS_PATH_MAX + 64];
-    snprintf(path, sizeof(path), "%s/%s/lock", s->adir, a->id);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) {
-        if (errno == ENOENT)
-            return cel_err_set(err, CEL_ENOTFOUND, "adapter %s was deleted", a->id);
-        return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
-    }
-    int r;
-    while ((r = flock(fd, LOCK_EX | LOCK_NB)) != 0 && errno == EINTR)
-        ;
-    if (r != 0) {
-        int e = errno;
-        close(fd);
-        if (e != EWOULDBLOCK) return cel_err_set(err, CEL_EIO, "%s: lock: %s", path, strerror(e));
-        json_t *m = read_marker(s, a->id);
-        const char *node = json_string_value(json_object_get(m, "node"));
-        json_int_t pid = json_integer_value(json_object_get(m, "pid"));
-        if (node)
-            cel_err_set(err, CEL_ESTATE,
-                        "adapter %s: its accumulated gradients are held by node %.80s (pid "
-                        "%lld), which is still running; send the adapter's jobs to that node "
-                        "(its direct queue %.80s.dq2)",
-                        a->id, node, (long long)pid, node);
-        else
-            cel_err_set(err, CEL_ESTATE,
-                        "adapter %s: its accumulated gradients are held by another running "
-                        "worker process; send the adapter's jobs to its home node",
-                        a->id);
-        json_decref(m);
-        return CEL_ESTATE;
-    }
-    /* the lock is ours: whoever held it before is gone (or let go) */
-    char cur[CKPT_NAME_MAX];
-    int rc = read_current(s, a->id, cur, err);
-    if (rc == CEL_OK && strcmp(cur, a->ckpt) != 0)
-        rc = cel_err_set(err, CEL_EAGAIN, "adapter %s changed on disk; load it again", a->id);
-    if (rc != CEL_OK) {
-        close(fd);
-        return rc;
-    }
-    a->hold_fd = fd;
-    json_t *m = read_marker(s, a->id);
-    const char *mckpt = json_string_value(json_object_get(m, "ckpt"));
-    if (m && (!mckpt || strcmp(mckpt, a->ckpt) != 0)) {
-        unlink_marker(s, a->id); /* of an older checkpoint: that step was made */
-        json_decref(m);
-        m = NULL;
-    }
-    int base = a->ckpt_grads, count = base;
-    if (m) {
-        json_t *c = json_object_get(m, "count");
-        int had =
-            json_is_integer(c) && json_integer_value(c) > 0 && json_integer_value(c) < 1000000000
-                ? (int)json_integer_value(c)
-                : 0;
-        if (had > base) {
-            const char *node = json_string_value(json_object_get(m, "node"));
-            snprintf(lost->node, sizeof(lost->node), "%s", node ? node : "?");
-            lost->pid = (long)json_integer_value(json_object_get(m, "pid"));
-            lost->count = had;
-            lost->step = cel_lora_step_count(a->lora);
-            count = 0;
-        } else if (had < base) {
-            count = 0; /* reported lost before: what the checkpoint carries is void */
-        }
-    }
-    json_decref(m);
-    if (count == 0 && base > 0) cel_lora_zero_grad(a->lora);
-    a->grad_count = count;
-    a->has_grads = count > 0;
-    if (lost->count) {
-        cel_warn("Adapter %s: gradients of %d forward_backward call(s) since step %d were lost "
-                 "with node %s (pid %ld)",
-                 a->id, lost->count, lost->step, lost->node, lost->pid);
-        /* reported once: from now on the adapter has no pending gradients */
-        if (base > 0) write_marker(s, a, 0, NULL);
-        else unlink_marker(s, a->id);
-    } else if (count > 0) {
-        write_marker(s, a, count, NULL); /* handed over to this process */
-        cel_info("Adapter %s: took over gradients of %d forward_backward call(s) at step %d", a->id,
-                 count, cel_lora_step_count(a->lora));
-    }
-    return CEL_OK;
-}
-
-void cel_adapters_release(cel_adapters_t *s, cel_adapter_t *a) {
-    if (a->has_grads || a->ckpt_grads) cel_lora_zero_grad(a->lora);
-    a->has_grads = 0;
-    a->grad_count = 0;
-    if (a->hold_fd < 0) return;
-    /* a checkpoint that still carries gradients needs a marker of 0 to void them */
-    if (a->ckpt_grads > 0) write_marker(s, a, 0, NULL);
-    else unlink_marker(s, a->id);
-    close(a->hold_fd);
-    a->hold_fd = -1;
-}
-
-int cel_adapters_note_grads(cel_adapters_t *s, cel_adapter_t *a, cel_err_t *err) {
-    a->has_grads = 1;
-    a->grad_count++;
-    return write_marker(s, a, a->grad_count, err);
-}
-
-int cel_adapters_grad_count(const cel_adapter_t *a) { return a->has_grads ? a->grad_count : 0; }
-
-int cel_adapters_handback(cel_adapters_t *s) {
-    int n = 0;
-    for (int i = 0; i < s->n_loaded; i++) {
-        cel_adapter_t *a = s->loaded[i];
-        if (!a->has_grads || a->hold_fd < 0) continue;
-        cel_err_t err;
-        int rc = write_ckpt(s, a, NULL, NULL, 1, &err);
-        if (rc != CEL_OK) {
-            cel_error("Adapter %s: could not hand back its gradients of %d forward_backward "
-                      "call(s): %s",
-                      a->id, a->grad_count, err.msg);
-            continue; /* the marker stays: the next holder reports them lost */
-        }
-        cel_info("Adapter %s: handed back with gradients of %d forward_backward call(s) (%s)",
-                 a->id, a->grad_count, a->ckpt);
-        unlink_marker(s, a->id);
-        close(a->hold_fd);
-        a->hold_fd = -1;
-        a->has_grads = 0;
-        n++;
-    }
-    return n;
 }
 
 const char *cel_adapters_id(const cel_adapter_t *a) { return a->id; }

@@ -20,7 +20,7 @@
  *   <state>/adapters/<id>/lock               flock'ed by the process holding its gradients
  *   <state>/adapters/<id>/grads.json         who holds how many forward_backward calls
  * Many workers, on one machine or many (issue 15), may share the state
- * directory: see "who holds an adapter's gradients" in adapters.c and the
+ * directory: see adapters_hold.c and the
  * README's "Shared state directory" for what the store must guarantee.
  *   <state>/exports/<id>-step<N>/           lora.save's PEFT folders
  * Ids are "lora_" + 16 lowercase hex digits, checked before any path is built.
@@ -156,7 +156,7 @@ int cel_adapters_grad_count(const cel_adapter_t *a);
 json_t *cel_adapters_step_result(const cel_adapter_t *a, const char *task_id, int *step);
 
 /* ---- many workers (issue 15): the shared state directory ----
- * See "who holds an adapter's gradients" in adapters.c: one process at a time
+ * See adapters_hold.c: one process at a time
  * holds an adapter's gradients, under an flock on <id>/lock, and only it
  * writes the adapter's checkpoints; <id>/grads.json says who holds how many. */
 
@@ -186,6 +186,11 @@ int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, cel_adapters_lost_t *
 /* Drops a's gradients and, when held, the lock (after a failed or refused
  * step, or a forward_backward that failed midway). */
 void cel_adapters_release(cel_adapters_t *s, cel_adapter_t *a);
+
+/* Drops a's gradients and lets go of the lock but keeps the marker, so the next
+ * holder (this process or another) reports them lost once (AdapterStateLost):
+ * for a forward_backward that failed midway after earlier calls succeeded. */
+void cel_adapters_forfeit(cel_adapters_t *s, cel_adapter_t *a);
 
 /* Records one more forward_backward call in a's gradients (a held): marks it
  * in memory and in its marker. The gradients stay even when the marker cannot

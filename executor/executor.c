@@ -3,7 +3,9 @@
  * Spawned (fork+exec) by the main process with a socketpair end as --fd. Speaks
  * the EXECUTOR PROTOCOL of frame.h: sends {"op":"ready"} once, then answers each
  * {"op":"run"} with exactly one {"op":"result"}, one task at a time, with blocking
- * reads and writes. EOF on the channel means exit 0. A frame it cannot attribute
+ * reads and writes. EOF on the channel means exit 0 (after SIGUSR2, which the main
+ * process sends first when it ends us on purpose, adapters' pending gradients are
+ * handed back by checkpoint). A frame it cannot attribute
  * to a task (bad msgpack, not a map, no op/id, over the size limit) means exit 2,
  * and the main process respawns it. SIGUSR1 sets the soft-time-limit flag that
  * long tasks poll; SIGINT is ignored (the terminal's ^C is for the main process,
@@ -50,7 +52,7 @@
 #define EXEC_PATH_MAX       4096
 
 static volatile sig_atomic_t soft_limit; /* set by SIGUSR1, cleared before each task */
-static pid_t parent_pid;                 /* the main process that spawned us */
+static volatile sig_atomic_t handback;   /* SIGUSR2: the main process ends us on purpose */
 
 #define EXEC_MAX_BATCH 64 /* --batch-max-tasks cap, as the worker's CEL_MAX_BATCH_TASKS */
 
@@ -77,6 +79,11 @@ static void on_sigusr1(int sig) {
     soft_limit = 1;
 }
 
+static void on_sigusr2(int sig) {
+    (void)sig;
+    handback = 1;
+}
+
 /* Installs the handlers; no SA_RESTART so blocking calls see EINTR. */
 static int install_signals(void) {
     struct sigaction sa;
@@ -84,12 +91,17 @@ static int install_signals(void) {
     sigemptyset(&sa.sa_mask);
     sa.sa_handler = on_sigusr1;
     if (sigaction(SIGUSR1, &sa, NULL) < 0) return -1;
+    sa.sa_handler = on_sigusr2; /* (restarting: it only sets a flag read at EOF) */
+    sa.sa_flags = SA_RESTART;
+    if (sigaction(SIGUSR2, &sa, NULL) < 0) return -1;
+    sa.sa_flags = 0;
     sa.sa_handler = SIG_IGN;
     if (sigaction(SIGPIPE, &sa, NULL) < 0) return -1;
     if (sigaction(SIGINT, &sa, NULL) < 0) return -1;
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGUSR2);
     return sigprocmask(SIG_UNBLOCK, &set, NULL);
 }
 
@@ -432,14 +444,18 @@ static int serve(int fd) {
         } else if (n == 0) {
             cel_debug("Channel closed, exiting");
             status = flush_batch(fd) == CEL_OK ? 0 : EXEC_EXIT_IO;
-            /* issue 15: the main process closed the channel while alive (warm
-             * shutdown, retirement): gradients not yet applied go back to the
-             * shared state by checkpoint. A main process that died (kill -9)
-             * leaves us reparented: then nothing is handed back, as the tasks
-             * it held may be delivered again elsewhere, and their gradients
-             * are reported lost by whoever takes the adapter next. */
-            if (getppid() == parent_pid) cel_lm_handback();
-            else cel_warn("Main process gone; accumulated gradients are not handed back");
+            /* issue 15: the main process, alive, ended us on purpose (SIGUSR2
+             * before the EOF: warm shutdown, retirement): gradients not yet
+             * applied go back to the shared state by checkpoint. An EOF alone
+             * is a main process that died (kill -9): then nothing is handed
+             * back, as the tasks it held may be delivered again elsewhere, and
+             * their gradients are reported lost by whoever takes the adapter
+             * next. (getppid() cannot tell: a dying process closes its files
+             * before its children are reparented.) */
+            if (handback) cel_lm_handback();
+            else if (cel_lm_ready())
+                cel_warn("Channel closed without notice (main process gone?); "
+                         "accumulated gradients are not handed back");
         } else if (cel_frame_reader_feed(reader, chunk, (size_t)n) != CEL_OK) {
             cel_error("Out of memory");
             status = EXEC_EXIT_IO;
@@ -492,7 +508,6 @@ static int default_model_dir(char *out) {
 }
 
 int main(int argc, char **argv) {
-    parent_pid = getppid();
     int fd = -1, index = -1, level = CEL_LOG_WARNING;
     const char *roots[CEL_LM_MAX_ROOTS];
     cel_lm_opts_t mopts = { .import_roots = roots, .threads = 1, .progress = send_progress };

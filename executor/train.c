@@ -315,8 +315,6 @@ static int prepare_fb(cel_call_t *call, cel_lm_pending_t *p) {
     json_t **v = call->argv;
     size_t n = json_array_size(v[1]);
     int rc = cel_lm_adapter(call, v[0], &p->a);
-    /* this process becomes (or stays) the holder of the adapter's gradients */
-    if (rc == CEL_OK) rc = cel_lm_hold(call, v[0], &p->a);
     p->ex = rc == CEL_OK ? calloc(n, sizeof(*p->ex)) : NULL;
     if (rc == CEL_OK && !p->ex) rc = CEL_ENOMEM;
     p->n = p->ex ? n : 0;
@@ -340,6 +338,9 @@ static int prepare_fb(cel_call_t *call, cel_lm_pending_t *p) {
         rc = cel_call_fail(call, "ValueError",
                            "no token of data has a positive loss weight (a chat "
                            "needs an assistant message)");
+    /* this process becomes (or stays) the holder of the adapter's gradients: only
+     * for data that will run, so a refused call leaves no idle hold behind */
+    if (rc == CEL_OK) rc = cel_lm_hold(call, v[0], &p->a);
     if (rc == CEL_OK) {
         p->tok = malloc(CEL_LM_BATCH_TOKENS * sizeof(int32_t));
         p->tgt = malloc(CEL_LM_BATCH_TOKENS * sizeof(int32_t));
@@ -352,8 +353,12 @@ static int prepare_fb(cel_call_t *call, cel_lm_pending_t *p) {
 
 /* A forward_backward task failed after some passes: half-accumulated
  * gradients would make the next step wrong, so they all go (and with them the
- * hold on the adapter). */
-static void fb_abort(cel_lm_pending_t *p) { cel_adapters_release(g->store, p->a); }
+ * hold on the adapter). Those of earlier calls that succeeded are not dropped
+ * silently: the next call that needs them reports them lost. */
+static void fb_abort(cel_lm_pending_t *p) {
+    if (cel_adapters_grad_count(p->a) > 0) cel_adapters_forfeit(g->store, p->a);
+    else cel_adapters_release(g->store, p->a);
+}
 
 int cel_lm_prepare(cel_call_t *call, cel_lm_pending_t **out) {
     *out = NULL;

@@ -526,6 +526,10 @@ int cel_pool_pids(const cel_pool_t *p, int *pids, int max) {
  * exit callback then closes the process handle. One that hangs is killed by a
  * later cel_pool_close(kill=1). */
 static void executor_shutdown(executor_t *e) {
+    /* issue 15: SIGUSR2 before the EOF says "the main process is alive and ends
+     * you on purpose": the executor then hands back its adapters' gradients by
+     * checkpoint (an EOF alone may be a main process that died) */
+    if (!e->exited) uv_process_kill(&e->proc, SIGUSR2);
     uv_read_stop((uv_stream_t *)&e->chan);
     close_executor_handles(e);
 }

@@ -172,15 +172,24 @@ def test_kill9_home_gradients_reported_lost_once(nodes, celery_app):
     assert run(celery_app, "kb", "lora.info", aid)["step"] == 3
 
 
-def test_lost_gradients_fail_the_next_forward_backward_too(nodes, celery_app):
+@pytest.mark.parametrize("how", ["machine", "main-only"])
+def test_lost_gradients_fail_the_next_forward_backward_too(nodes, celery_app, how):
     """Two forward_backward calls on a home that dies: the next forward_backward on the
     adopter fails with AdapterStateLost (else the following step would silently apply only
-    part of what the user was told succeeded); the one after it succeeds."""
+    part of what the user was told succeeded); the one after it succeeds. Killing only the
+    main process is the same: its executor, orphaned, hands nothing back (the dead main
+    process's tasks may run again elsewhere) and exits."""
     ws = nodes("fa", "fb")
     aid = run(celery_app, "fa", "lora.create", rank=2, seed=4)["adapter_id"]
     for _ in range(2):
         run(celery_app, "fa", "lora.forward_backward", aid, [{"text": TEXT}])
-    kill_node(ws["fa"])
+    if how == "machine":
+        kill_node(ws["fa"])
+    else:
+        ws["fa"].kill()
+        wait_until(lambda: not ws["fa"].group_pids(), scaled(20),
+                   what="the orphaned executor to exit")
+        assert "accumulated gradients are not handed back" in ws["fa"].log()
     typ, msg = fails(celery_app, "fb", "lora.forward_backward", aid, [{"text": TEXT}])
     assert typ == "AdapterStateLost" and "from 2 forward_backward call(s) since step 0" in msg
     run(celery_app, "fb", "lora.forward_backward", aid, [{"text": TEXT}])
@@ -284,3 +293,20 @@ def test_device_cuda_n_reaches_the_executor(worker, model_dir, tmp_path):
                "--state-dir", str(tmp_path), ready_timeout=40)
     w.wait_log(r"Executor-1\] Cannot load the model from \S+ on device cuda:1: ", timeout=30)
     assert w.alive()
+
+
+def test_owner_quota_holds_across_nodes(nodes, celery_app):
+    """--max-adapters-per-owner counts the shared directory under one lock every node takes:
+    creations racing on two nodes never pass it."""
+    nodes("qa", "qb", extra=("--max-adapters-per-owner", "2"))
+    sent = [on(celery_app, n, "lora.create", rank=1, owner="quota") for n in ["qa", "qb"] * 3]
+    ok, refused = [], []
+    for r in sent:
+        try:
+            ok.append(r.get(timeout=scaled(T))["adapter_id"])
+        except Exception as e:  # noqa: BLE001
+            assert type(e).__name__ == "ValueError" and "the limit is 2" in str(e), e
+            refused.append(e)
+    assert (len(ok), len(refused)) == (2, 4)
+    listed = run(celery_app, "qb", "lora.list", owner="quota")
+    assert sorted(x["adapter_id"] for x in listed) == sorted(ok)

@@ -1,0 +1,71 @@
+/* adapters_internal.h -- what adapters.c and adapters_hold.c share (internal).
+ *
+ * The store and adapter structs, and the file helpers both files use: atomic
+ * writes, bounded reads, the `current` pointer and the checkpoint writer.
+ * Executor processes only.
+ */
+#ifndef CEL_ADAPTERS_INTERNAL_H
+#define CEL_ADAPTERS_INTERNAL_H
+
+#include <limits.h>
+#include <stddef.h>
+
+#include "adapters.h"
+
+#define CKPT_NAME_MAX 64                            /* "ckpt-<step>-<nonce>" */
+#define STATE_MAX     (CEL_ADAPTERS_PATH_MAX - 512) /* the state dir's path: room for the rest */
+
+struct cel_adapter {
+    char id[CEL_ADAPTERS_ID_LEN + 1];
+    cel_lora_t *lora;
+    char ckpt[CKPT_NAME_MAX]; /* the checkpoint this copy equals (plus grads) */
+    int has_grads;
+    char *owner;             /* NULL: none */
+    char created[32];        /* ISO-8601 UTC */
+    json_t *recent;          /* [{"task_id", "step", "result"}], the last steps, oldest first */
+    unsigned long long used; /* LRU clock */
+    /* many workers (issue 15) */
+    int hold_fd;    /* flock'ed <id>/lock while this process holds the gradients, else -1 */
+    int grad_count; /* forward_backward calls in the gradients (with has_grads) */
+    int ckpt_grads; /* forward_backward calls in the loaded checkpoint's gradients (handback) */
+};
+
+struct cel_adapters {
+    cel_model_t *m;
+    char state[STATE_MAX];
+    char adir[STATE_MAX + 16]; /* <state>/adapters */
+    char edir[STATE_MAX + 16]; /* <state>/exports */
+    char base[CEL_ADAPTERS_PATH_MAX];
+    char roots[CEL_ADAPTERS_MAX_ROOTS][PATH_MAX];
+    int n_roots;
+    cel_adapter_t *loaded[CEL_ADAPTERS_MAX_LOADED];
+    int n_loaded;
+    unsigned long long clock;
+    cel_adapters_limits_t lim;
+    long evictions; /* LRU drops from memory (the worker's metrics) */
+    char node[256]; /* the worker's node name (markers, messages) */
+};
+
+/* The "<node>" temp names carry besides the pid (issue 15: several machines
+ * share the state directory, so a pid alone is not unique); set by
+ * cel_adapters_set_node. */
+extern char cel_adapters_tmp_tag[300];
+
+/* Writes len bytes to dir/name atomically: temp file, fsync (unless nosync),
+ * rename, fsync of dir. */
+int cel_adapters_write_file(const char *dir, const char *name, const char *data, size_t len,
+                            int nosync, cel_err_t *err);
+
+/* Reads a file of at most max bytes. OUT: *buf (malloc'd, NUL-terminated), *len.
+ * CEL_ENOTFOUND when it does not exist. */
+int cel_adapters_read_file(const char *path, size_t max, char **buf, size_t *len, cel_err_t *err);
+
+/* Reads <adir>/<id>/current. OUT: name (CKPT_NAME_MAX). CEL_ENOTFOUND: no adapter. */
+int cel_adapters_read_current(cel_adapters_t *s, const char *id, char *name, cel_err_t *err);
+
+/* Steps 1-5 of adapters.c's file comment for a (in memory); with_grads: the
+ * gradients too (a warm shutdown's hand-over). On success a->ckpt is the new name. */
+int cel_adapters_write_ckpt(cel_adapters_t *s, cel_adapter_t *a, const char *task, json_t *result,
+                            int with_grads, cel_err_t *err);
+
+#endif

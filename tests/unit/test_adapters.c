@@ -1,0 +1,333 @@
+/* test_adapters.c -- the adapter store shared by several workers (executor/adapters.c, issue 15).
+ *
+ * Two or more stores opened on one state directory stand for workers on one
+ * machine or NFS: flock locks taken through separate open() calls conflict even
+ * within this one process, and freeing a store closes its descriptors as a
+ * process that dies does. Checks: a live holder makes others refuse
+ * (CEL_ESTATE naming its node), a dead one's gradients are reported lost once,
+ * a warm shutdown's hand-back carries the gradients to the next holder (and a
+ * later loss of them is reported, then voided), a writer whose adapter moved
+ * on never overwrites nor prunes the newer checkpoint, and temp names carry the
+ * node. A tiny random model; no executor, no broker.
+ */
+#include <dirent.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "../../executor/adapters.h"
+#include "../../model/internal.h"
+#include "../../model/model.h"
+
+static const char *CFG =
+    "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\",\"vocab_size\":67,"
+    "\"hidden_size\":24,\"intermediate_size\":44,\"num_hidden_layers\":2,"
+    "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"rms_norm_eps\":1e-5,"
+    "\"max_position_embeddings\":48,\"tie_word_embeddings\":false,\"bos_token_id\":1,"
+    "\"eos_token_id\":2,\"hidden_act\":\"silu\"}";
+
+typedef struct fixture {
+    char dir[64];
+    cel_model_t *m;
+} fixture_t;
+
+static int setup(void **state) {
+    fixture_t *f = calloc(1, sizeof(*f));
+    snprintf(f->dir, sizeof(f->dir), "/tmp/celeriac-test-adapters-XXXXXX");
+    if (!mkdtemp(f->dir)) return -1;
+    cel_err_t err;
+    if (cel_model_init(CFG, 7, &f->m, &err) != CEL_OK) return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state) {
+    fixture_t *f = *state;
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+    if (system(cmd) != 0) return -1;
+    cel_model_free(f->m);
+    free(f);
+    return 0;
+}
+
+/* A store on the fixture's directory for node. */
+static cel_adapters_t *open_store(fixture_t *f, const char *node) {
+    cel_adapters_t *s;
+    cel_err_t err;
+    if (cel_adapters_open(f->m, f->dir, "base", NULL, 0, &s, &err) != CEL_OK)
+        fail_msg("open: %s", err.msg);
+    cel_adapters_set_node(s, node);
+    return s;
+}
+
+static cel_adapter_t *create(cel_adapters_t *s) {
+    cel_lora_config_t lc = { .rank = 2, .alpha = 4, .targets = CEL_LORA_ALL, .seed = 3 };
+    cel_adapter_t *a;
+    cel_err_t err;
+    if (cel_adapters_create(s, &lc, NULL, &a, &err) != CEL_OK) fail_msg("create: %s", err.msg);
+    return a;
+}
+
+static cel_adapter_t *get(cel_adapters_t *s, const char *id) {
+    cel_adapter_t *a;
+    cel_err_t err;
+    if (cel_adapters_get(s, id, &a, &err) != CEL_OK) fail_msg("get %s: %s", id, err.msg);
+    return a;
+}
+
+/* Holds a, expecting no loss. */
+static void hold(cel_adapters_t *s, cel_adapter_t *a) {
+    cel_adapters_lost_t lost;
+    cel_err_t err;
+    if (cel_adapters_hold(s, a, &lost, &err) != CEL_OK) fail_msg("hold: %s", err.msg);
+    assert_int_equal(lost.count, 0);
+}
+
+/* Gives a's gradient block recognisable values, as forward_backward would. */
+static void fake_grads(cel_adapter_t *a, float base) {
+    cel_lora_t *l = cel_adapters_lora(a);
+    for (size_t i = 0; i < l->n; i++) l->g[i] = base + (float)i * 1e-3f;
+}
+
+static int count_ckpts(fixture_t *f, const char *id) {
+    char p[256];
+    snprintf(p, sizeof(p), "%s/adapters/%s", f->dir, id);
+    DIR *d = opendir(p);
+    assert_non_null(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strncmp(e->d_name, "ckpt-", 5) == 0) n++;
+    closedir(d);
+    return n;
+}
+
+/* A live holder makes another store refuse; once it is gone its gradients are
+ * reported lost, once, naming it. */
+static void test_busy_then_lost_once(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *sa = open_store(f, "a@host"), *sb = open_store(f, "b@host");
+    cel_adapter_t *a = create(sa);
+    char id[CEL_ADAPTERS_ID_LEN + 1];
+    snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
+    hold(sa, a);
+    hold(sa, a); /* held already: a no-op */
+    cel_err_t err;
+    assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
+    assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
+    assert_int_equal(cel_adapters_grad_count(a), 2);
+
+    cel_adapter_t *b = get(sb, id);
+    cel_adapters_lost_t lost;
+    assert_int_equal(cel_adapters_hold(sb, b, &lost, &err), CEL_ESTATE);
+    assert_non_null(strstr(err.msg, "held by node a@host"));
+    assert_non_null(strstr(err.msg, "a@host.dq2"));
+
+    cel_adapters_free(sa); /* the home dies: its lock goes with it */
+    assert_int_equal(cel_adapters_hold(sb, b, &lost, &err), CEL_OK);
+    assert_int_equal(lost.count, 2);
+    assert_string_equal(lost.node, "a@host");
+    assert_int_equal(lost.step, 0);
+    assert_int_equal(lost.pid, (long)getpid());
+    assert_int_equal(cel_adapters_has_grads(b), 0);
+    cel_adapters_release(sb, b);
+    hold(sb, b); /* reported once */
+    assert_int_equal(cel_adapters_has_grads(b), 0);
+    cel_adapters_release(sb, b);
+    cel_adapters_free(sb);
+}
+
+/* A warm shutdown's checkpoint carries the gradients to the next holder; the
+ * next holder's death with more of them is reported, and after that report
+ * the gradients the checkpoint carries count no more. */
+static void test_handback(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *sa = open_store(f, "a@host");
+    cel_adapter_t *a = create(sa);
+    char id[CEL_ADAPTERS_ID_LEN + 1];
+    snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
+    cel_err_t err;
+    hold(sa, a);
+    fake_grads(a, 0.5f);
+    assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
+    assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
+    assert_int_equal(cel_adapters_handback(sa), 1);
+    assert_int_equal(count_ckpts(f, id), 1); /* the step-0 checkpoint pruned */
+    cel_adapters_free(sa);
+
+    /* b takes them over: same values, same count, no error */
+    cel_adapters_t *sb = open_store(f, "b@host");
+    cel_adapter_t *b = get(sb, id);
+    hold(sb, b);
+    assert_int_equal(cel_adapters_grad_count(b), 2);
+    cel_lora_t *l = cel_adapters_lora(b);
+    for (size_t i = 0; i < l->n; i++) assert_true(l->g[i] == 0.5f + (float)i * 1e-3f);
+    assert_int_equal(cel_adapters_note_grads(sb, b, &err), CEL_OK); /* a third call */
+    cel_adapters_free(sb);                                          /* b dies holding 3 */
+
+    cel_adapters_t *sc = open_store(f, "c@host");
+    cel_adapter_t *c = get(sc, id);
+    cel_adapters_lost_t lost;
+    assert_int_equal(cel_adapters_hold(sc, c, &lost, &err), CEL_OK);
+    assert_int_equal(lost.count, 3);
+    assert_string_equal(lost.node, "b@host");
+    l = cel_adapters_lora(c);
+    for (size_t i = 0; i < l->n; i++) assert_true(l->g[i] == 0.0f);
+    cel_adapters_release(sc, c);
+    cel_adapters_free(sc);
+
+    /* the checkpoint still holds the handed-back gradients: void now */
+    cel_adapters_t *sd = open_store(f, "d@host");
+    cel_adapter_t *d = get(sd, id);
+    hold(sd, d);
+    assert_int_equal(cel_adapters_has_grads(d), 0);
+    l = cel_adapters_lora(d);
+    for (size_t i = 0; i < l->n; i++) assert_true(l->g[i] == 0.0f);
+    cel_adapters_release(sd, d);
+    cel_adapters_free(sd);
+}
+
+/* b adopts a's handed-back gradients and dies without adding any: c still
+ * takes them with no error. */
+static void test_handback_survives_an_idle_holder(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *sa = open_store(f, "a@host");
+    cel_adapter_t *a = create(sa);
+    char id[CEL_ADAPTERS_ID_LEN + 1];
+    snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
+    cel_err_t err;
+    hold(sa, a);
+    assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
+    assert_int_equal(cel_adapters_handback(sa), 1);
+    cel_adapters_free(sa);
+    cel_adapters_t *sb = open_store(f, "b@host");
+    hold(sb, get(sb, id));
+    cel_adapters_free(sb);
+    cel_adapters_t *sc = open_store(f, "c@host");
+    cel_adapter_t *c = get(sc, id);
+    hold(sc, c);
+    assert_int_equal(cel_adapters_grad_count(c), 1);
+    /* the step: committed, nothing pending after */
+    assert_int_equal(cel_adapters_commit(sc, c, "task-1", NULL, &err), CEL_OK);
+    assert_int_equal(cel_adapters_has_grads(c), 0);
+    cel_adapters_free(sc);
+    cel_adapters_t *sd = open_store(f, "d@host");
+    cel_adapter_t *d = get(sd, id);
+    hold(sd, d);
+    assert_int_equal(cel_adapters_has_grads(d), 0);
+    cel_adapters_free(sd);
+}
+
+/* A holder whose adapter moved on (its lock lost, as with an expired NFS
+ * lease: simulated by switching `current` behind it) does not overwrite or
+ * prune the newer checkpoint; a deleted adapter is not written back. */
+static void test_stale_writer_never_overwrites(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *sa = open_store(f, "a@host");
+    cel_adapter_t *a = create(sa);
+    char id[CEL_ADAPTERS_ID_LEN + 1];
+    snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
+    cel_err_t err;
+    hold(sa, a);
+    assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
+    /* another writer's checkpoint: a copy of the current one under a new name */
+    char cur[256], cmd[512];
+    snprintf(cur, sizeof(cur), "%s/adapters/%s/current", f->dir, id);
+    FILE *fp = fopen(cur, "r");
+    char name[64] = "";
+    assert_non_null(fgets(name, sizeof(name), fp));
+    fclose(fp);
+    name[strcspn(name, "\n")] = '\0';
+    snprintf(cmd, sizeof(cmd),
+             "cp -r '%s/adapters/%s/%s' '%s/adapters/%s/ckpt-000000-0123456789abcdef'", f->dir, id,
+             name, f->dir, id);
+    assert_int_equal(system(cmd), 0);
+    fp = fopen(cur, "w");
+    fputs("ckpt-000000-0123456789abcdef\n", fp);
+    fclose(fp);
+    assert_int_equal(cel_adapters_commit(sa, a, "task-1", NULL, &err), CEL_ESTATE);
+    assert_non_null(strstr(err.msg, "another worker took it over"));
+    fp = fopen(cur, "r");
+    assert_non_null(fgets(name, sizeof(name), fp));
+    fclose(fp);
+    assert_string_equal(name, "ckpt-000000-0123456789abcdef\n");
+    assert_int_equal(count_ckpts(f, id), 2); /* nothing pruned */
+
+    /* deleted while held: the holder's step is not written back */
+    cel_adapter_t *a2 = create(sa);
+    snprintf(id, sizeof(id), "%s", cel_adapters_id(a2));
+    hold(sa, a2);
+    assert_int_equal(cel_adapters_note_grads(sa, a2, &err), CEL_OK);
+    cel_adapters_t *sb = open_store(f, "b@host");
+    assert_int_equal(cel_adapters_delete(sb, id, &err), CEL_OK);
+    assert_int_equal(cel_adapters_commit(sa, a2, "task-2", NULL, &err), CEL_ENOTFOUND);
+    char p[256];
+    struct stat st;
+    snprintf(p, sizeof(p), "%s/adapters/%s", f->dir, id);
+    assert_int_not_equal(stat(p, &st), 0);
+    cel_adapters_free(sb);
+    cel_adapters_free(sa);
+}
+
+/* A forward_backward that fails midway forfeits the earlier calls' gradients:
+ * the next holder, here the same process, reports them once. */
+static void test_forfeit_is_reported(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *sa = open_store(f, "a@host");
+    cel_adapter_t *a = create(sa);
+    cel_err_t err;
+    hold(sa, a);
+    fake_grads(a, 1.0f);
+    assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
+    cel_adapters_forfeit(sa, a);
+    assert_int_equal(cel_adapters_has_grads(a), 0);
+    cel_adapters_lost_t lost;
+    assert_int_equal(cel_adapters_hold(sa, a, &lost, &err), CEL_OK);
+    assert_int_equal(lost.count, 1);
+    assert_string_equal(lost.node, "a@host");
+    cel_adapters_release(sa, a);
+    hold(sa, a); /* once */
+    cel_adapters_release(sa, a);
+    cel_adapters_free(sa);
+}
+
+/* Both stores list every adapter; the node name is kept. */
+static void test_list_and_node(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *sa = open_store(f, "a@host"), *sb = open_store(f, "b@host");
+    create(sa);
+    create(sb);
+    create(sa);
+    json_t *la, *lb;
+    cel_err_t err;
+    assert_int_equal(cel_adapters_list(sa, NULL, &la, &err), CEL_OK);
+    assert_int_equal(cel_adapters_list(sb, NULL, &lb, &err), CEL_OK);
+    assert_int_equal(json_array_size(la), 3);
+    assert_true(json_equal(la, lb));
+    json_decref(la);
+    json_decref(lb);
+    assert_string_equal(cel_adapters_node(sa), "a@host");
+    cel_adapters_free(sa);
+    cel_adapters_free(sb);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_busy_then_lost_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_handback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_handback_survives_an_idle_holder, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stale_writer_never_overwrites, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forfeit_is_reported, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_and_node, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
