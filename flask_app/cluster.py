@@ -5,7 +5,9 @@ EventReceiver on the broker (routing key "worker.#": worker-online/-heartbeat/-o
 no task events) and feeds a celery.events.state.State. A node is
 
   alive    it sent a heartbeat less than CELERIAC_HEARTBEAT_EXPIRY (3) times its interval ago
-           (State's Worker.alive with expire_window 300 %: Flower's judgement);
+           (State's Worker.alive with expire_window 300 %: Flower's judgement; the interval is
+           the heartbeat's freq, 2 s, but 5 s for one sent on request, as the stock worker
+           answers the `heartbeat` broadcast, so a node killed just after one lives 15 s);
   dead     it sent worker-offline (a warm shutdown), or it is silent past that expiry while the
            receiver has been listening for at least the expiry window (3 x 2 s);
   unknown  the receiver is not connected or has listened for less than the window (a web
