@@ -136,6 +136,7 @@ def kill_node(w):
 ADAM = {"learning_rate": 1e-2}
 
 
+@both_brokers
 def test_kill9_home_gradients_reported_lost_once(nodes, celery_app):
     """Create on one node, train through its direct queue, kill -9 it after a forward_backward:
     while it lives another node refuses the adapter's optimizer step (AdapterBusy, naming the
