@@ -35,13 +35,32 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../protocol/amqp_msg.h"
 #include "amqp_internal.h"
 
 #define EVENT_BUDGET   1024 /* events handled per loop callback */
 #define CLOSE_GRACE_MS 5000
 
+static void raw_props_free(cel_amqp_delivery_t *d) {
+    raw_props_t *r = d->raw_;
+    if (!r) return;
+    empty_amqp_pool(&r->pool);
+    free(r);
+    d->raw_ = NULL;
+}
+
+void cel_amqp_raw_props_convert(cel_amqp_delivery_t *d) {
+    raw_props_t *r = d->raw_;
+    if (!r) return;
+    cel_err_t err;
+    if (cel_amqp_props_to_json(&r->p, &d->props, &d->headers, &err) != CEL_OK)
+        snprintf(d->bad_headers, sizeof(d->bad_headers), "%s", err.msg);
+    raw_props_free(d);
+}
+
 void cel_amqp_delivery_free(cel_amqp_delivery_t *d) {
     if (!d) return;
+    raw_props_free(d);
     free(d->exchange);
     free(d->routing_key);
     free(d->queue);
@@ -202,6 +221,7 @@ static void on_async(uv_async_t *h) {
             if (a->cbs.on_state) a->cbs.on_state(a->priv, 0);
             break;
         case E_DELIVERY:
+            cel_amqp_raw_props_convert(e->d);
             if (a->cbs.on_delivery && !a->closing) a->cbs.on_delivery(a->priv, e->d);
             else cel_amqp_delivery_free(e->d);
             break;

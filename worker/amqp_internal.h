@@ -148,6 +148,17 @@ struct cel_amqp {
     size_t t_nackq, t_capackq;
 };
 
+/* A delivery's basic properties copied out of librabbitmq's frame pool by
+ * the thread (one pool page, not one allocation per header), turned into
+ * JSON by the loop (cel_amqp_raw_props_convert) before on_delivery. */
+typedef struct raw_props {
+    amqp_pool_t pool;
+    amqp_basic_properties_t p;
+} raw_props_t;
+
+/* Fills d->props and d->headers (or d->bad_headers) from d->raw_ and frees it. */
+void cel_amqp_raw_props_convert(cel_amqp_delivery_t *d);
+
 /* Frees a command and what it owns (not its op). */
 void cel_amqp_cmd_free(cmd_t *c);
 

@@ -554,6 +554,55 @@ static int t_method(cel_amqp_t *a, amqp_frame_t *f) {
     }
 }
 
+/* b copied into pool; 0, or -1 out of memory. */
+static int copy_bytes(amqp_pool_t *pool, amqp_bytes_t *b) {
+    if (!b->len) return 0;
+    amqp_bytes_t n;
+    amqp_pool_alloc_bytes(pool, b->len, &n);
+    if (!n.bytes) return -1;
+    memcpy(n.bytes, b->bytes, b->len);
+    *b = n;
+    return 0;
+}
+
+/* The properties of a delivery copied out of the connection's frame pool
+ * (recycled once the frames are read), for the loop to convert to JSON:
+ * one pool page instead of a malloc per header, and the JSON is made, and
+ * later freed, on the loop thread, where glibc serves it from the thread's
+ * own cache. NULL when out of memory. */
+static raw_props_t *t_props_copy(const amqp_basic_properties_t *p) {
+    raw_props_t *r = malloc(sizeof(*r));
+    if (!r) return NULL;
+    init_amqp_pool(&r->pool, 4096);
+    r->p = *p;
+    amqp_basic_properties_t *q = &r->p;
+    int bad = 0;
+    /* only the fields flagged present: librabbitmq leaves the others unset */
+    struct {
+        amqp_flags_t flag;
+        amqp_bytes_t *b;
+    } fields[] = { { AMQP_BASIC_CONTENT_TYPE_FLAG, &q->content_type },
+                   { AMQP_BASIC_CONTENT_ENCODING_FLAG, &q->content_encoding },
+                   { AMQP_BASIC_CORRELATION_ID_FLAG, &q->correlation_id },
+                   { AMQP_BASIC_REPLY_TO_FLAG, &q->reply_to },
+                   { AMQP_BASIC_EXPIRATION_FLAG, &q->expiration },
+                   { AMQP_BASIC_MESSAGE_ID_FLAG, &q->message_id },
+                   { AMQP_BASIC_TYPE_FLAG, &q->type },
+                   { AMQP_BASIC_USER_ID_FLAG, &q->user_id },
+                   { AMQP_BASIC_APP_ID_FLAG, &q->app_id },
+                   { AMQP_BASIC_CLUSTER_ID_FLAG, &q->cluster_id } };
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        if (p->_flags & fields[i].flag) bad |= copy_bytes(&r->pool, fields[i].b);
+    if (!bad && (p->_flags & AMQP_BASIC_HEADERS_FLAG))
+        bad = amqp_table_clone(&p->headers, &q->headers, &r->pool) != AMQP_STATUS_OK;
+    if (bad) {
+        empty_amqp_pool(&r->pool);
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
 static int t_frame(cel_amqp_t *a, amqp_frame_t *f) {
     switch (f->frame_type) {
     case AMQP_FRAME_METHOD: return t_method(a, f);
@@ -568,10 +617,12 @@ static int t_frame(cel_amqp_t *a, amqp_frame_t *f) {
         if (!d) return CEL_OK; /* a header we did not ask for */
         if (size > (uint64_t)SIZE_MAX / 2) return CEL_ELIMIT;
         d->len = (size_t)size;
-        cel_err_t err;
-        if (cel_amqp_props_to_json(f->payload.properties.decoded, &d->props, &d->headers, &err) !=
-            CEL_OK)
-            snprintf(d->bad_headers, sizeof(d->bad_headers), "%s", err.msg);
+        const amqp_basic_properties_t *p = f->payload.properties.decoded;
+        if (!(d->raw_ = t_props_copy(p))) { /* no memory for the copy: converted here */
+            cel_err_t err;
+            if (cel_amqp_props_to_json(p, &d->props, &d->headers, &err) != CEL_OK)
+                snprintf(d->bad_headers, sizeof(d->bad_headers), "%s", err.msg);
+        }
         if (d->len <= a->max_body) {
             d->body = malloc(d->len + 1);
             if (!d->body) return CEL_ENOMEM;
