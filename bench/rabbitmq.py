@@ -135,6 +135,12 @@ def print_table(args, results):
             v = results[k].get(key)
             line += f"{'n/a' if v is None else spec.format(v):>12}"
         print(line)
+    mine = results.get("celeriac", {}).get("tput")
+    ratios = [f"{mine / results[k]['tput']:.2f}x {name}" for k, name in
+              (("python", "the stock worker"), ("node", "celery-node"))
+              if mine and results.get(k, {}).get("tput")]
+    if ratios:  # issue 14's target: >= 10x the stock worker and ahead of celery-node
+        print(f"celeriac drains {', '.join(ratios)}")
     for k in kinds:
         if "error" in results[k]:
             print(f"{k}: not measured completely: {results[k]['error']}")

@@ -313,7 +313,7 @@ static int decode(json_t *headers, json_t *properties, json_t *delivery_info, co
             v1 = 1;
             t->headers = hdr;
         } else {
-            hdr = json_deep_copy(headers);
+            hdr = json_incref(headers); /* a reference, not a copy: protocol.h */
             t->headers = hdr;
         }
         t->proto = 2;
@@ -336,8 +336,8 @@ static int decode(json_t *headers, json_t *properties, json_t *delivery_info, co
         t->proto = 1;
     }
     if (keep(ti, hdr) < 0) goto nomem;
-    json_t *props = properties ? json_deep_copy(properties) : json_object();
-    json_t *dinfo = delivery_info ? json_deep_copy(delivery_info) : json_object();
+    json_t *props = properties ? json_incref(properties) : json_object();
+    json_t *dinfo = delivery_info ? json_incref(delivery_info) : json_object();
     int bad = keep(ti, props);
     bad |= keep(ti, dinfo);
     if (bad) goto nomem;

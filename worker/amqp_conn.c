@@ -18,7 +18,11 @@
  *
  * This file is the loop side: the calls of amqp_conn.h put commands on a
  * mutex-guarded list and write an eventfd that wakes the thread
- * (amqp_thread.c); the thread's events come back on another list and a
+ * (amqp_thread.c); acks, rejects and publishes are gathered over a loop
+ * turn and handed over together at its end (a uv_check, or a uv_idle when
+ * posted after the check phase), so one turn's acks cost one wake-up and
+ * go out as one basic.ack with multiple=1 where they close a run of
+ * tags (amqp_acks.h). The thread's events come back on another list and a
  * uv_async_t, at most EVENT_BUDGET per callback. The loop owns the object;
  * the thread only touches the fields marked t_ and the lists. Completions
  * carry their own event, so reporting one never allocates.
@@ -31,13 +35,32 @@
 #include <unistd.h>
 
 #include "../common/log.h"
+#include "../protocol/amqp_msg.h"
 #include "amqp_internal.h"
 
 #define EVENT_BUDGET   1024 /* events handled per loop callback */
 #define CLOSE_GRACE_MS 5000
 
+static void raw_props_free(cel_amqp_delivery_t *d) {
+    raw_props_t *r = d->raw_;
+    if (!r) return;
+    empty_amqp_pool(&r->pool);
+    free(r);
+    d->raw_ = NULL;
+}
+
+void cel_amqp_raw_props_convert(cel_amqp_delivery_t *d) {
+    raw_props_t *r = d->raw_;
+    if (!r) return;
+    cel_err_t err;
+    if (cel_amqp_props_to_json(&r->p, &d->props, &d->headers, &err) != CEL_OK)
+        snprintf(d->bad_headers, sizeof(d->bad_headers), "%s", err.msg);
+    raw_props_free(d);
+}
+
 void cel_amqp_delivery_free(cel_amqp_delivery_t *d) {
     if (!d) return;
+    raw_props_free(d);
     free(d->exchange);
     free(d->routing_key);
     free(d->queue);
@@ -59,21 +82,53 @@ void cel_amqp_cmd_free(cmd_t *c) {
 
 /* ---- loop side --------------------------------------------------------- */
 
-/* Appends a command; wakes the thread only when the list was empty (a
- * non-empty one has a wake-up pending: the thread drains the eventfd before
- * it takes the list), so a burst of acks costs one write, not one each. */
-static void post(cel_amqp_t *a, cmd_t *c) {
-    c->next = NULL;
+/* Hands the loop's pending commands, then c (may be NULL), to the thread in
+ * one go; wakes it only when its list was empty (a non-empty one has a
+ * wake-up pending: the thread drains the eventfd before it takes the list). */
+static void hand_over(cel_amqp_t *a, cmd_t *c) {
+    cmd_t *head = a->l_head, *tail = a->l_tail;
+    a->l_head = a->l_tail = NULL;
+    uv_check_stop(&a->flush_check);
+    uv_idle_stop(&a->flush_idle);
+    if (c) {
+        c->next = NULL;
+        if (tail) tail->next = c;
+        else head = c;
+        tail = c;
+    }
+    if (!head) return;
     uv_mutex_lock(&a->mu);
     int was_empty = a->cmd_head == NULL;
-    if (a->cmd_tail) a->cmd_tail->next = c;
-    else a->cmd_head = c;
-    a->cmd_tail = c;
+    if (a->cmd_tail) a->cmd_tail->next = head;
+    else a->cmd_head = head;
+    a->cmd_tail = tail;
     uv_mutex_unlock(&a->mu);
     if (!was_empty) return;
     uint64_t one = 1;
     ssize_t w = write(a->efd, &one, sizeof(one));
     (void)w; /* EAGAIN: the counter is already non-zero, the thread will wake */
+}
+
+/* A command the thread must see before anything posted after it (topology,
+ * qos, close): handed over now, behind the loop's pending ones. */
+static void post(cel_amqp_t *a, cmd_t *c) { hand_over(a, c); }
+
+static void on_flush_check(uv_check_t *h) { hand_over(h->data, NULL); }
+static void on_flush_idle(uv_idle_t *h) { hand_over(h->data, NULL); }
+
+/* An ack, reject or publish: kept until the end of this loop turn (or the
+ * start of the next, when it was posted after the check phase), so that
+ * everything one turn settles costs one lock and one wake-up and reaches
+ * the thread as one batch (its acks as one multiple ack where they can). */
+static void post_later(cel_amqp_t *a, cmd_t *c) {
+    c->next = NULL;
+    if (a->l_tail) a->l_tail->next = c;
+    else {
+        a->l_head = c;
+        uv_check_start(&a->flush_check, on_flush_check);
+        uv_idle_start(&a->flush_idle, on_flush_idle);
+    }
+    a->l_tail = c;
 }
 
 static void on_handle_closed(uv_handle_t *h) {
@@ -87,6 +142,15 @@ static void on_handle_closed(uv_handle_t *h) {
     free(a->t_confirms);
     free(a);
     if (cb) cb(cp);
+}
+
+static void close_handles(cel_amqp_t *a) {
+    a->handles_left = 4;
+    uv_timer_stop(&a->grace);
+    uv_close((uv_handle_t *)&a->grace, on_handle_closed);
+    uv_close((uv_handle_t *)&a->async, on_handle_closed);
+    uv_close((uv_handle_t *)&a->flush_check, on_handle_closed);
+    uv_close((uv_handle_t *)&a->flush_idle, on_handle_closed);
 }
 
 static void finish_close(cel_amqp_t *a) {
@@ -104,10 +168,28 @@ static void finish_close(cel_amqp_t *a) {
         else free(e);
         e = next;
     }
-    a->handles_left = 2;
-    uv_timer_stop(&a->grace);
-    uv_close((uv_handle_t *)&a->grace, on_handle_closed);
-    uv_close((uv_handle_t *)&a->async, on_handle_closed);
+    /* Commands posted after the close was asked for: the thread is gone. */
+    uv_mutex_lock(&a->mu);
+    cmd_t *c = a->cmd_head;
+    a->cmd_head = a->cmd_tail = NULL;
+    uv_mutex_unlock(&a->mu);
+    if (c) {
+        cmd_t *t = c;
+        while (t->next) t = t->next;
+        t->next = a->l_head;
+    } else c = a->l_head;
+    a->l_head = a->l_tail = NULL;
+    while (c) {
+        cmd_t *next = c->next;
+        if (c->op) {
+            a->pending--;
+            if (c->op->done) c->op->done(c->op->priv, 0);
+            free(c->op);
+        }
+        cel_amqp_cmd_free(c);
+        c = next;
+    }
+    close_handles(a);
 }
 
 static void on_async(uv_async_t *h) {
@@ -139,6 +221,7 @@ static void on_async(uv_async_t *h) {
             if (a->cbs.on_state) a->cbs.on_state(a->priv, 0);
             break;
         case E_DELIVERY:
+            cel_amqp_raw_props_convert(e->d);
             if (a->cbs.on_delivery && !a->closing) a->cbs.on_delivery(a->priv, e->d);
             else cel_amqp_delivery_free(e->d);
             break;
@@ -206,12 +289,14 @@ cel_amqp_t *cel_amqp_new(uv_loop_t *loop, const cel_amqp_conf_t *conf, const cel
     a->async.data = a;
     uv_timer_init(loop, &a->grace);
     a->grace.data = a;
+    uv_check_init(loop, &a->flush_check);
+    a->flush_check.data = a;
+    uv_idle_init(loop, &a->flush_idle);
+    a->flush_idle.data = a;
     if (uv_thread_create(&a->thread, cel_amqp_thread_main, a) != 0) {
         cel_err_set(err, CEL_EIO, "cannot start the AMQP connection thread");
         a->thread_done = 1;
-        a->handles_left = 2;
-        uv_close((uv_handle_t *)&a->grace, on_handle_closed);
-        uv_close((uv_handle_t *)&a->async, on_handle_closed);
+        close_handles(a);
         return NULL;
     }
     a->thread_started = 1;
@@ -322,7 +407,7 @@ static void post_op(cel_amqp_t *a, cmd_t *c, cel_broker_done_fn done, void *priv
     op->priv = priv;
     c->op = op;
     a->pending++;
-    post(a, c);
+    post_later(a, c);
 }
 
 void cel_amqp_publish(cel_amqp_t *a, const cel_broker_out_t *m, cel_broker_done_fn done,
@@ -392,6 +477,7 @@ void cel_amqp_close(cel_amqp_t *a, void (*on_closed)(void *), void *priv) {
     if (c) post(a, c);
     else {
         /* No memory for the command: the flag alone stops the thread. */
+        hand_over(a, NULL);
         atomic_store(&a->t_closing, 1);
         uint64_t one = 1;
         ssize_t w = write(a->efd, &one, sizeof(one));

@@ -61,6 +61,7 @@ typedef struct cel_amqp_delivery {
     char bad_headers[CEL_ERR_MSG_MAX];
     uint8_t *body; /* NUL-terminated copy; NULL when len > max_body */
     size_t len;    /* the body's size as sent */
+    void *raw_;    /* private: the properties as read, until the loop converts them */
 } cel_amqp_delivery_t;
 
 void cel_amqp_delivery_free(cel_amqp_delivery_t *d);

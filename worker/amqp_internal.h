@@ -15,6 +15,7 @@
 #include <jansson.h>
 #include <uv.h>
 
+#include "amqp_acks.h"
 #include "amqp_conn.h"
 
 #define CHANNEL 1 /* the one channel of a connection */
@@ -90,6 +91,9 @@ struct cel_amqp {
     uv_loop_t *loop;
     uv_async_t async;
     uv_timer_t grace;
+    uv_check_t flush_check; /* hands the commands of a loop turn over at its end ... */
+    uv_idle_t flush_idle;   /* ... or before the next poll, whichever comes first */
+    cmd_t *l_head, *l_tail; /* acks, rejects and publishes not yet handed over */
     cel_amqp_cbs_t cbs;
     void *priv;
     int up;
@@ -136,7 +140,24 @@ struct cel_amqp {
     int t_skip; /* a basic.return's content: read and dropped */
     size_t t_skip_left;
     evt_t *t_out_head, *t_out_tail; /* events not yet handed over */
+    /* acks: settled tags of this connection, and the acks of the command batch being
+     * carried out (sent together at its end, a run of them as one multiple ack) */
+    cel_amqp_acks_t t_acks;
+    uint64_t *t_ackq_tag;
+    op_t **t_ackq_op;
+    size_t t_nackq, t_capackq;
 };
+
+/* A delivery's basic properties copied out of librabbitmq's frame pool by
+ * the thread (one pool page, not one allocation per header), turned into
+ * JSON by the loop (cel_amqp_raw_props_convert) before on_delivery. */
+typedef struct raw_props {
+    amqp_pool_t pool;
+    amqp_basic_properties_t p;
+} raw_props_t;
+
+/* Fills d->props and d->headers (or d->bad_headers) from d->raw_ and frees it. */
+void cel_amqp_raw_props_convert(cel_amqp_delivery_t *d);
 
 /* Frees a command and what it owns (not its op). */
 void cel_amqp_cmd_free(cmd_t *c);

@@ -12,6 +12,7 @@
  * amqp_conn.c's opening comment. Touches only the t_ fields of the object
  * and the two lists (under the mutex).
  */
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -282,6 +283,71 @@ static int t_publish(cel_amqp_t *a, cmd_t *c) {
     return CEL_OK;
 }
 
+/* ---- thread: acks ------------------------------------------------------ */
+
+/* One basic.ack frame; CEL_EIO (logged) when it cannot be written. */
+static int t_send_ack(cel_amqp_t *a, uint64_t tag, int multiple) {
+    int rc = amqp_basic_ack(a->t_st, CHANNEL, tag, multiple);
+    if (rc == AMQP_STATUS_OK) return CEL_OK;
+    cel_error("amqp %s: ack: %s", a->name, amqp_error_string2(rc));
+    return CEL_EIO;
+}
+
+/* Sends the acks taken in this batch of commands: one multiple ack up to
+ * the floor when the batch's acks close runs of settled tags, single acks
+ * for those above a tag not settled yet (a task still running). ok=0: the
+ * connection failed first; every queued ack fails. Returns CEL_EIO when a
+ * write failed. */
+static int t_acks_flush(cel_amqp_t *a, int ok) {
+    size_t n = a->t_nackq;
+    if (!n) return CEL_OK;
+    a->t_nackq = 0;
+    int rc = CEL_OK;
+    if (!ok) {
+        for (size_t i = 0; i < n; i++) t_done(a, a->t_ackq_op[i], 0);
+        return CEL_OK;
+    }
+    /* The broker takes a multiple ack only for a tag it still holds: the
+     * highest of this batch below the floor. Every tag under it is settled,
+     * and those not acked yet are all in this batch. */
+    uint64_t old = a->t_acks.floor, floor = cel_amqp_acks_advance(&a->t_acks), upto = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t t = a->t_ackq_tag[i];
+        if (t > old && t <= floor && t > upto) upto = t;
+    }
+    if (upto) rc = t_send_ack(a, upto, 1);
+    for (size_t i = 0; i < n && rc == CEL_OK; i++)
+        if (a->t_ackq_tag[i] > floor) rc = t_send_ack(a, a->t_ackq_tag[i], 0);
+    for (size_t i = 0; i < n; i++) t_done(a, a->t_ackq_op[i], rc == CEL_OK);
+    return rc;
+}
+
+/* An ack of a live delivery: marked settled and queued for t_acks_flush at
+ * the end of the batch; sent on its own when it cannot be queued. */
+static int t_ack(cel_amqp_t *a, uint64_t tag, op_t *op) {
+    int m = cel_amqp_acks_mark(&a->t_acks, tag);
+    if (m == 0) { /* settled already (a second ack): nothing to send */
+        cel_debug("amqp %s: delivery %" PRIu64 " acked twice", a->name, tag);
+        t_done(a, op, 1);
+        return CEL_OK;
+    }
+    if (a->t_nackq == a->t_capackq) {
+        size_t cap = a->t_capackq ? a->t_capackq * 2 : 64;
+        uint64_t *tags = realloc(a->t_ackq_tag, cap * sizeof(*tags));
+        if (tags) a->t_ackq_tag = tags;
+        op_t **ops = tags ? realloc(a->t_ackq_op, cap * sizeof(*ops)) : NULL;
+        if (ops) a->t_ackq_op = ops, a->t_capackq = cap;
+    }
+    if (a->t_nackq < a->t_capackq) {
+        a->t_ackq_tag[a->t_nackq] = tag;
+        a->t_ackq_op[a->t_nackq++] = op;
+        return CEL_OK;
+    }
+    int rc = t_send_ack(a, tag, 0); /* no room to queue it */
+    t_done(a, op, rc == CEL_OK);
+    return rc;
+}
+
 /* Carries out one command on the live connection (live=1), or, while
  * disconnected, only remembers it (topology) or fails it (messages).
  * Returns CEL_EIO when the connection must be dropped. */
@@ -340,15 +406,19 @@ static int t_command(cel_amqp_t *a, cmd_t *c, int live) {
             c->op = NULL;
             return CEL_OK;
         }
-        int rc = c->kind == C_ACK ? amqp_basic_ack(a->t_st, CHANNEL, c->tag, 0)
-                                  : amqp_basic_reject(a->t_st, CHANNEL, c->tag, c->flag1);
+        if (c->kind == C_ACK) {
+            op_t *op = c->op;
+            c->op = NULL;
+            return t_ack(a, c->tag, op);
+        }
+        int rc = amqp_basic_reject(a->t_st, CHANNEL, c->tag, c->flag1);
         t_done(a, c->op, rc == AMQP_STATUS_OK);
         c->op = NULL;
         if (rc != AMQP_STATUS_OK) {
-            cel_error("amqp %s: %s: %s", a->name, c->kind == C_ACK ? "ack" : "reject",
-                      amqp_error_string2(rc));
+            cel_error("amqp %s: reject: %s", a->name, amqp_error_string2(rc));
             return CEL_EIO;
         }
+        cel_amqp_acks_mark(&a->t_acks, c->tag); /* settled: a multiple ack may pass it */
         return CEL_OK;
     }
     case C_CLOSE: atomic_store(&a->t_closing, 1); return CEL_OK;
@@ -381,18 +451,21 @@ static int t_commands(cel_amqp_t *a) {
         cel_amqp_cmd_free(c);
         c = next;
     }
+    int r = t_acks_flush(a, a->t_connected && rc == CEL_OK);
+    if (rc == CEL_OK) rc = r;
     if (fd >= 0 && a->t_connected) setsockopt(fd, IPPROTO_TCP, TCP_CORK, &off, sizeof(off));
     return rc;
 }
 
 /* ---- thread: frames ---------------------------------------------------- */
 
-static const char *queue_of(cel_amqp_t *a, amqp_bytes_t ctag) {
+/* The consumer a delivery came to, or NULL. */
+static const topo_t *consumer_of(cel_amqp_t *a, amqp_bytes_t ctag) {
     for (int i = 0; i < a->t_ntopo; i++)
         if (a->t_topo[i].kind == C_CONSUME && strlen(a->t_topo[i].ctag) == ctag.len &&
             memcmp(a->t_topo[i].ctag, ctag.bytes, ctag.len) == 0)
-            return a->t_topo[i].a;
-    return "";
+            return &a->t_topo[i];
+    return NULL;
 }
 
 static char *dup_bytes(amqp_bytes_t b) {
@@ -430,7 +503,9 @@ static int t_method(cel_amqp_t *a, amqp_frame_t *f) {
         a->t_cur->redelivered = d->redelivered;
         a->t_cur->exchange = dup_bytes(d->exchange);
         a->t_cur->routing_key = dup_bytes(d->routing_key);
-        a->t_cur->queue = strdup(queue_of(a, d->consumer_tag));
+        const topo_t *t = consumer_of(a, d->consumer_tag);
+        a->t_cur->queue = strdup(t ? t->a : "");
+        if (t && t->flag1) cel_amqp_acks_mark(&a->t_acks, d->delivery_tag); /* no_ack */
         a->t_got = 0;
         if (!a->t_cur->exchange || !a->t_cur->routing_key || !a->t_cur->queue) return CEL_ENOMEM;
         return CEL_OK;
@@ -479,6 +554,55 @@ static int t_method(cel_amqp_t *a, amqp_frame_t *f) {
     }
 }
 
+/* b copied into pool; 0, or -1 out of memory. */
+static int copy_bytes(amqp_pool_t *pool, amqp_bytes_t *b) {
+    if (!b->len) return 0;
+    amqp_bytes_t n;
+    amqp_pool_alloc_bytes(pool, b->len, &n);
+    if (!n.bytes) return -1;
+    memcpy(n.bytes, b->bytes, b->len);
+    *b = n;
+    return 0;
+}
+
+/* The properties of a delivery copied out of the connection's frame pool
+ * (recycled once the frames are read), for the loop to convert to JSON:
+ * one pool page instead of a malloc per header, and the JSON is made, and
+ * later freed, on the loop thread, where glibc serves it from the thread's
+ * own cache. NULL when out of memory. */
+static raw_props_t *t_props_copy(const amqp_basic_properties_t *p) {
+    raw_props_t *r = malloc(sizeof(*r));
+    if (!r) return NULL;
+    init_amqp_pool(&r->pool, 4096);
+    r->p = *p;
+    amqp_basic_properties_t *q = &r->p;
+    int bad = 0;
+    /* only the fields flagged present: librabbitmq leaves the others unset */
+    struct {
+        amqp_flags_t flag;
+        amqp_bytes_t *b;
+    } fields[] = { { AMQP_BASIC_CONTENT_TYPE_FLAG, &q->content_type },
+                   { AMQP_BASIC_CONTENT_ENCODING_FLAG, &q->content_encoding },
+                   { AMQP_BASIC_CORRELATION_ID_FLAG, &q->correlation_id },
+                   { AMQP_BASIC_REPLY_TO_FLAG, &q->reply_to },
+                   { AMQP_BASIC_EXPIRATION_FLAG, &q->expiration },
+                   { AMQP_BASIC_MESSAGE_ID_FLAG, &q->message_id },
+                   { AMQP_BASIC_TYPE_FLAG, &q->type },
+                   { AMQP_BASIC_USER_ID_FLAG, &q->user_id },
+                   { AMQP_BASIC_APP_ID_FLAG, &q->app_id },
+                   { AMQP_BASIC_CLUSTER_ID_FLAG, &q->cluster_id } };
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        if (p->_flags & fields[i].flag) bad |= copy_bytes(&r->pool, fields[i].b);
+    if (!bad && (p->_flags & AMQP_BASIC_HEADERS_FLAG))
+        bad = amqp_table_clone(&p->headers, &q->headers, &r->pool) != AMQP_STATUS_OK;
+    if (bad) {
+        empty_amqp_pool(&r->pool);
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
 static int t_frame(cel_amqp_t *a, amqp_frame_t *f) {
     switch (f->frame_type) {
     case AMQP_FRAME_METHOD: return t_method(a, f);
@@ -493,10 +617,12 @@ static int t_frame(cel_amqp_t *a, amqp_frame_t *f) {
         if (!d) return CEL_OK; /* a header we did not ask for */
         if (size > (uint64_t)SIZE_MAX / 2) return CEL_ELIMIT;
         d->len = (size_t)size;
-        cel_err_t err;
-        if (cel_amqp_props_to_json(f->payload.properties.decoded, &d->props, &d->headers, &err) !=
-            CEL_OK)
-            snprintf(d->bad_headers, sizeof(d->bad_headers), "%s", err.msg);
+        const amqp_basic_properties_t *p = f->payload.properties.decoded;
+        if (!(d->raw_ = t_props_copy(p))) { /* no memory for the copy: converted here */
+            cel_err_t err;
+            if (cel_amqp_props_to_json(p, &d->props, &d->headers, &err) != CEL_OK)
+                snprintf(d->bad_headers, sizeof(d->bad_headers), "%s", err.msg);
+        }
         if (d->len <= a->max_body) {
             d->body = malloc(d->len + 1);
             if (!d->body) return CEL_ENOMEM;
@@ -613,6 +739,7 @@ static int t_connect(cel_amqp_t *a) {
     }
     a->t_gen++;
     a->t_seq = 0;
+    cel_amqp_acks_reset(&a->t_acks);
     a->t_connected = 1;
     /* The window first: a consumer started before it would be sent the
      * whole queue. */
@@ -707,6 +834,11 @@ void cel_amqp_thread_main(void *arg) {
     t_fail_confirms(a);
     for (int i = 0; i < a->t_ntopo; i++) topo_free(&a->t_topo[i]);
     a->t_ntopo = 0;
+    cel_amqp_acks_free(&a->t_acks);
+    free(a->t_ackq_tag);
+    free(a->t_ackq_op);
+    a->t_ackq_tag = NULL;
+    a->t_ackq_op = NULL;
     t_state(a, E_CLOSED);
     t_flush(a);
 }

@@ -17,7 +17,7 @@
  * waiting for an eta) and capacity is the consumer's free reserve. So the
  * broker sends exactly what the consumer can take, and an eta task raises
  * the window as Celery's qos.increment_eventually does. Raised at once,
- * lowered lazily (qos is a round trip); what arrives beyond capacity waits
+ * lowered after a second (qos is a round trip); what arrives beyond capacity waits
  * here, unacked, and goes back to the broker on shutdown.
  *
  * Reconnects: when the connection drops the broker requeues everything it
@@ -44,6 +44,7 @@
 #define DONE_KEYS        4096 /* tasks finished here, remembered against redelivery */
 #define KEY_MAX          300  /* "<task id>/<retries>" kept for adoption */
 #define PUB_DECLARED_MAX 1024 /* queues declared by publishing (then no more) */
+#define QOS_LOWER_MS     1000 /* a window well above held + free is lowered after this */
 
 /* A message handed to the consumer and not yet acked or given back. */
 typedef struct held {
@@ -84,7 +85,8 @@ typedef struct amqp_broker {
     int live; /* held entries on the current connection */
     fifo_item_t *fifo_head, *fifo_tail;
     int fifo_n;
-    int qos_sent; /* 0 = not sent on this connection */
+    int qos_sent;         /* 0 = not sent on this connection */
+    uv_timer_t qos_timer; /* lowers the window once it has been too wide for a while */
     char *done_ring[DONE_KEYS];
     int done_next;
     json_t *done_set;     /* key -> true, the ring's contents */
@@ -202,24 +204,46 @@ static int task_key(const cel_amqp_delivery_t *d, char *out, size_t size) {
 
 /* ---- the prefetch window ----------------------------------------------- */
 
-/* The window follows held + capacity with some slack each way, so that a
- * steady stream of starts and acks (each moves it by one) does not send a
- * basic.qos per task: raised to want + slack when want passes it, lowered
- * when it is more than 2 x slack above want. The slack is what may wait
- * here unacked beyond the consumer's reserve: a quarter of the window. */
-static void update_qos(amqp_broker_t *b) {
-    if (b->stopped || b->closing || !cel_amqp_up(b->conn)) return;
+/* The window follows held + capacity with some slack: raised to want +
+ * slack as soon as want passes it, lowered to want + slack once it has
+ * stayed more than 2 x slack above want for QOS_LOWER_MS. held swings by a
+ * window's worth as tasks finish and their acks go out, and basic.qos is a
+ * round trip the broker also pays for, so a steady stream of tasks sends
+ * none (lowering at once sent one per two or three tasks). The slack is
+ * what may wait here unacked beyond the consumer's reserve: a quarter of
+ * the window, more for at most QOS_LOWER_MS after a burst. */
+static int qos_slack(const amqp_broker_t *b) {
+    int limit = b->cfg->prefetch_multiplier * b->cfg->concurrency;
+    return limit / 4 > 1 ? limit / 4 : 1;
+}
+
+static int qos_want(amqp_broker_t *b) {
     int cap = b->cbs.capacity(b->priv);
     int want = b->live + (cap > 0 ? cap : 0);
-    if (want < 1) want = 1; /* 0 would mean no limit at all */
-    int limit = b->cfg->prefetch_multiplier * b->cfg->concurrency;
-    int slack = limit / 4 > 1 ? limit / 4 : 1;
+    return want < 1 ? 1 : want; /* 0 would mean no limit at all */
+}
+
+static void on_qos_timer(uv_timer_t *t) {
+    amqp_broker_t *b = t->data;
+    if (b->stopped || b->closing || !cel_amqp_up(b->conn) || b->qos_sent == 0) return;
+    int want = qos_want(b), slack = qos_slack(b);
+    if (b->qos_sent - want > 2 * slack) {
+        cel_amqp_qos(b->conn, want + slack);
+        b->qos_sent = want + slack;
+    }
+}
+
+static void update_qos(amqp_broker_t *b) {
+    if (b->stopped || b->closing || !cel_amqp_up(b->conn)) return;
+    int want = qos_want(b), slack = qos_slack(b);
     if (b->qos_sent == 0) {
         cel_amqp_qos(b->conn, want);
         b->qos_sent = want;
-    } else if (want > b->qos_sent || b->qos_sent - want > 2 * slack) {
+    } else if (want > b->qos_sent) {
         cel_amqp_qos(b->conn, want + slack);
         b->qos_sent = want + slack;
+    } else if (b->qos_sent - want > 2 * slack && !uv_is_active((uv_handle_t *)&b->qos_timer)) {
+        uv_timer_start(&b->qos_timer, on_qos_timer, QOS_LOWER_MS, 0);
     }
 }
 
@@ -461,6 +485,8 @@ static void *amqp_open(uv_loop_t *loop, const cel_options_t *cfg, const cel_brok
         broker_free(b);
         return NULL;
     }
+    uv_timer_init(loop, &b->qos_timer);
+    b->qos_timer.data = b;
     /* The window before any consumer (amqp_conn declares it first on every
      * connect, too). */
     int cap = cbs->capacity(priv);
@@ -480,6 +506,8 @@ static void close_step(void *priv) {
     if (cb) cb(cp);
 }
 
+static void on_qos_timer_closed(uv_handle_t *h) { close_step(h->data); }
+
 static void amqp_close(void *impl, void (*on_closed)(void *), void *priv) {
     amqp_broker_t *b = impl;
     b->closing = 1;
@@ -487,7 +515,8 @@ static void amqp_close(void *impl, void (*on_closed)(void *), void *priv) {
     b->on_closed = on_closed;
     b->closed_priv = priv;
     drop_fifo(b, 1);
-    b->closing_left = b->pub ? 2 : 1;
+    b->closing_left = b->pub ? 3 : 2;
+    uv_close((uv_handle_t *)&b->qos_timer, on_qos_timer_closed);
     cel_amqp_close(b->conn, close_step, b);
     if (b->pub) cel_amqp_close(b->pub, close_step, b);
 }

@@ -152,6 +152,31 @@ def test_pyamqp_alias_and_heartbeat(worker, celery_app, rabbit_server, broker_ur
 
 
 # --------------------------------------------------------------------------------------------
+# Acks
+
+
+def test_out_of_order_finishes_are_all_acked(worker, celery_app, rabbit_server, broker_url):
+    """Acks go out as one basic.ack with multiple=1 for a run of finished tags and singly above
+    a tag still running (worker/amqp_acks.h): with four executors and tasks of uneven lengths
+    finishing out of order, and a message no one can decode in the middle (its FAILURE stored,
+    then acked), every message is settled while the worker stays connected (an ack for a tag the broker no longer holds
+    would close the channel: PRECONDITION_FAILED, unknown delivery tag)."""
+    w = worker("-c", "4")
+    lengths = [0.3, 0.0, 0.15, 0.0, 0.05, 0.25, 0.0, 0.1] * 5
+    rs = [celery_app.send_task("diag.sleep", args=[s]) for s in lengths[:20]]
+    _, h = task_headers()
+    publish_raw(broker_url, b"[[1, 2], {}, {}]", h, content_type="application/x-unknown")
+    rs += [celery_app.send_task("diag.sleep", args=[s]) for s in lengths[20:]]
+    assert [r.get(timeout=scaled(GET)) for r in rs] == lengths
+    vhost = broker_url.rsplit("/", 1)[1]
+    wait_until(lambda: rabbit_server.queues(vhost).get("celery", (1, 0))[0] == 0, scaled(10),
+               what="every message acked (none left unacked)")
+    log = w.log()
+    assert "unknown delivery tag" not in log and "channel closed" not in log, w.log_tail()
+    assert "connection lost" not in log
+
+
+# --------------------------------------------------------------------------------------------
 # Giving messages back
 
 
