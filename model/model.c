@@ -283,6 +283,7 @@ int cel_model_eos(const cel_model_t *m, int32_t *ids, int max) {
 
 void cel_model_set_threads(int n) {
     if (n > 0) openblas_set_num_threads(n);
+    cel_cpu_par_set_threads(n);
 }
 
 cel_adamw_t cel_model_adamw_defaults(void) {

@@ -279,8 +279,8 @@ static void model_forward(cel_model_t *m, const pass_t *ps, int train) {
         linear_forward(m, ps, l, CEL_MOD_V, a.v, a.u[CEL_MOD_V], a.ln1);
         cel_cpu_rope_forward(a.q, a.q, ws->pos, m->rope_cos, m->rope_sin, N, c->NH, c->HS);
         cel_cpu_rope_forward(a.k, a.k, ws->pos, m->rope_cos, m->rope_sin, N, c->NKV, c->HS);
-        cel_cpu_attention_forward(a.atty, a.lse, ws->att, a.q, a.k, a.v, B, T, c->NH, c->NKV,
-                                  c->HS);
+        cel_cpu_attention_forward_lens(a.atty, a.lse, ws->att, a.q, a.k, a.v, ws->lens, B, T, c->NH,
+                                       c->NKV, c->HS);
         linear_forward(m, ps, l, CEL_MOD_O, ws->tmp, a.u[CEL_MOD_O], a.atty);
         cel_cpu_residual_forward(a.res2, a.resin, ws->tmp, (size_t)N * C);
         cel_cpu_rmsnorm_forward(a.ln2, a.rstd2, a.res2, m->p.ln2 + (size_t)l * C, N, C, c->eps);
@@ -327,8 +327,8 @@ static void model_backward(cel_model_t *m, const pass_t *ps, int full) {
         size_t NQ = (size_t)N * c->NH * c->HS;
         memset(ws->datty, 0, NQ * sizeof(float));
         linear_backward(m, ps, full, l, CEL_MOD_O, ws->datty, ws->dres, a.atty, a.u[CEL_MOD_O]);
-        cel_cpu_attention_backward(ws->dq, ws->dk, ws->dv, ws->att, ws->datty, a.lse, a.q, a.k, a.v,
-                                   B, T, c->NH, c->NKV, c->HS);
+        cel_cpu_attention_backward_lens(ws->dq, ws->dk, ws->dv, ws->att, ws->datty, a.lse, a.q, a.k,
+                                        a.v, ws->lens, B, T, c->NH, c->NKV, c->HS);
         cel_cpu_rope_backward(ws->dq, ws->dq, ws->pos, m->rope_cos, m->rope_sin, N, c->NH, c->HS);
         cel_cpu_rope_backward(ws->dk, ws->dk, ws->pos, m->rope_cos, m->rope_sin, N, c->NKV, c->HS);
         memset(ws->dln, 0, NC * sizeof(float));

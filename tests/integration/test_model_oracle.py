@@ -378,3 +378,75 @@ def test_full_parameter_tied_one_step(helper, tmp_path):
     assert "lm_head.weight" not in grads
     for k, p in P.items():
         compare(k + " grad", grads[k], p.grad, **GRAD_TOL)
+
+
+def test_lora_long_padded_against_torch(helper, tmp_path):
+    """Sequences past the attention's 32-row query blocks, with padding: the
+    blocked, padding-skipping attention (forward and backward) against torch."""
+    tmp = str(tmp_path)
+    cfg = dict(CFG)
+    W, dims = make_weights(cfg, tied=True, seed=11)
+    save_model(os.path.join(tmp, "model"), cfg, W, tied=True)
+    g = torch.Generator().manual_seed(12)
+    lora = {(l, m): (torch.randn(4, dims[m][1], generator=g) * 0.3,
+                     torch.randn(dims[m][0], 4, generator=g) * 0.3)
+            for l in range(cfg["num_hidden_layers"]) for m in MODS}
+    save_adapter(os.path.join(tmp, "adapter"), lora, 4, 8, MODS)
+    batches = [make_batch(g, cfg["vocab_size"], 4, 64, [64, 41, 33, 7], True)]
+    out = os.path.join(tmp, "out")
+    os.makedirs(out)
+    res = run_helper(helper, tmp, dict(model=os.path.join(tmp, "model"), out=out,
+                                       lora={"load": os.path.join(tmp, "adapter")},
+                                       batches=batches, adamw=ADAMW, steps=1))
+    fwd, _ = st_pywrite.load(os.path.join(out, "forward.safetensors"))
+    params = {k: (A.clone().requires_grad_(), Bm.clone().requires_grad_()) for k, (A, Bm) in lora.items()}
+    loss, logits, logp, valid = batch_loss(cfg, W, batches[0], params, 2.0)
+    compare("logits", fwd["logits_0"], logits.detach(), mask=valid[..., None], **LOGIT_TOL)
+    compare("logprobs", fwd["logprobs_0"], (logp * valid).detach(), **LOGIT_TOL)
+    compare("loss", torch.tensor(res["forward_loss"][0]), loss.detach(), **LOGIT_TOL)
+    loss.backward()
+    grads, _ = st_pywrite.load(os.path.join(out, "grads.safetensors"))
+    for (l, m), (A, Bm) in params.items():
+        pre = f"base_model.model.model.layers.{l}.{PATHS[m]}"
+        compare(pre + ".lora_A grad", grads[pre + ".lora_A.weight"], A.grad, **GRAD_TOL)
+        compare(pre + ".lora_B grad", grads[pre + ".lora_B.weight"], Bm.grad, **GRAD_TOL)
+
+
+def test_cli_score_packed_against_torch():
+    """`celeriac-lm score` packs its texts into one pass (sorted by length, right-padded):
+    texts of 1 to ~150 tokens, each against torch alone and against the CLI scoring it
+    alone (bundled model, whose head_dim is hidden / heads as llama_forward assumes)."""
+    lm = os.path.join(os.environ.get("CELERIAC_BIN_DIR", os.path.join(REPO, "bin")), "celeriac-lm")
+    if not os.access(lm, os.X_OK):
+        pytest.skip("bin/celeriac-lm not built")
+    mdir = os.path.join(REPO, "model", "tiny")
+    with open(os.path.join(mdir, "config.json")) as f:
+        cfg = json.load(f)
+    hs = cfg["hidden_size"] // cfg["num_attention_heads"]
+    assert cfg.get("head_dim", hs) == hs
+    W, _ = st_pywrite.load(os.path.join(mdir, "model.safetensors"))
+    words = ("the quick brown fox jumps over a lazy dog while seven wise owls count "
+             "stars above quiet hills and rivers").split()
+    texts = ["Hi"] + [" ".join(words[i % len(words)] for i in range(n)) for n in (9, 30, 47, 120)]
+    r = subprocess.run([lm, "score", "--model", mdir, "--threads", "2"] + texts,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    packed = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [p["text"] for p in packed] == texts
+    assert max(p["tokens"] for p in packed) > 64  # several attention blocks
+    for t, p in zip(texts, packed):
+        ids = json.loads(subprocess.run([lm, "tokenize", "--model", mdir, "--bos", t],
+                                        capture_output=True, text=True, check=True).stdout)
+        assert p["tokens"] == len(ids) - 1
+        with torch.no_grad():
+            lg = llama_forward(cfg, W, torch.tensor([ids[:-1]]))
+            tl = torch.log_softmax(lg, -1)[0].gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+        compare(f"packed score ({p['tokens']} tokens)", torch.tensor(p["token_logprobs"]), tl,
+                **LOGIT_TOL)
+        compare(f"packed logprob ({p['tokens']} tokens)", torch.tensor(p["logprob"]), tl.sum(),
+                atol=1e-3, rtol=1e-4)
+        alone = subprocess.run([lm, "score", "--model", mdir, "--threads", "1", t],
+                               capture_output=True, text=True, check=True)
+        a = json.loads(alone.stdout)
+        compare(f"packed vs alone ({p['tokens']} tokens)", torch.tensor(p["token_logprobs"]),
+                torch.tensor(a["token_logprobs"]), atol=2e-5, rtol=1e-5)
