@@ -17,7 +17,8 @@
 #include <string.h>
 
 static const char HELP[] =
-    "usage: celeriac-lm score [--model DIR] [--adapter DIR] [--threads N] [--device D] TEXT...\n"
+    "usage: celeriac-lm score [--model DIR] [--adapter DIR] [--threads N] [--device D]\n"
+    "                         [--precision fp32|bf16] TEXT...\n"
     "\n" CEL_CLI_DEVICE_HELP "\n"
     "Prints one JSON object per TEXT and line: text, tokens (how many were scored),\n"
     "logprob (natural log, summed), mean_logprob, perplexity = exp(-mean_logprob),\n"
@@ -118,10 +119,12 @@ static int score_packed(cel_cli_lm_t *lm, score_text_t *texts, int n, cel_err_t 
 }
 
 int cel_cli_score(int argc, char **argv) {
-    static const struct option opts[] = { { "model", 1, 0, 'm' },   { "adapter", 1, 0, 'a' },
-                                          { "threads", 1, 0, 'j' }, { "help", 0, 0, 'h' },
-                                          { "device", 1, 0, 'D' },  { 0, 0, 0, 0 } };
-    const char *model = NULL, *adapter = NULL, *device = NULL;
+    static const struct option opts[] = {
+        { "model", 1, 0, 'm' }, { "adapter", 1, 0, 'a' }, { "threads", 1, 0, 'j' },
+        { "help", 0, 0, 'h' },  { "device", 1, 0, 'D' },  { "precision", 1, 0, 'P' },
+        { 0, 0, 0, 0 }
+    };
+    const char *model = NULL, *adapter = NULL, *device = NULL, *precision = NULL;
     long threads = 0;
     int c;
     optind = 1;
@@ -131,6 +134,7 @@ int cel_cli_score(int argc, char **argv) {
         case 'm': model = optarg; break;
         case 'a': adapter = optarg; break;
         case 'D': device = optarg; break;
+        case 'P': precision = optarg; break;
         case 'j':
             if (cel_cli_parse_long("score", "--threads", optarg, 1, 1024, &threads) != CEL_OK)
                 return CEL_CLI_USAGE;
@@ -150,7 +154,8 @@ int cel_cli_score(int argc, char **argv) {
         cel_cli_error("score", "%s", err.msg);
         return CEL_CLI_FAIL;
     }
-    if (cel_cli_lm_device(&lm, "score", device, &err) != CEL_OK) {
+    if ((precision && cel_model_set_precision(lm.model, precision, &err) != CEL_OK) ||
+        cel_cli_lm_device(&lm, "score", device, &err) != CEL_OK) {
         cel_cli_error("score", "%s", err.msg);
         cel_cli_lm_close(&lm);
         return CEL_CLI_FAIL;

@@ -142,6 +142,21 @@ double cel_cpu_adamw_sumsq(const float *g, size_t n);
 /* g *= scale (gradient clipping). */
 void cel_cpu_adamw_scale(float *g, size_t n, float scale);
 
+/* bf16.c: C (M,Nc) = A (M,K) @ B, or C += with accumulate, where B (K,Nc) is a
+ * frozen weight packed once in bf16 and A is rounded to bf16 on the fly
+ * (AVX512-BF16, fp32 accumulation; threads from par.c). pack: B[k][n] is
+ * src[k*ld + n], or src[n*ld + k] with trans (W^T of an (Nc, K) weight). */
+typedef struct cel_cpu_bf16w {
+    uint16_t *p;
+    int K, Nc, kp, np; /* K pairs, 32-column panels */
+} cel_cpu_bf16w_t;
+int cel_cpu_bf16_supported(void); /* the CPU has AVX512-BF16 */
+int cel_cpu_bf16_pack(cel_cpu_bf16w_t *w, const float *src, int ld, int K, int Nc,
+                      int trans); /* 0, or -1 out of memory */
+void cel_cpu_bf16_free(cel_cpu_bf16w_t *w);
+void cel_cpu_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, const cel_cpu_bf16w_t *w,
+                       int accumulate);
+
 /* par.c: runs fn(ctx, i0, i1) over [0, n) split across the pool's threads
  * (the caller's among them; see par.c), in chunks of at least grain items;
  * returns when every chunk is done. Runs fn(ctx, 0, n) on the calling

@@ -587,6 +587,58 @@ static void test_par(void **state) {
     cel_cpu_par_set_threads(2);
 }
 
+/* ---- bf16 products ---- */
+
+static float bf16_round(float f) { /* round to nearest even, as the engine does */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Against a double product of the bf16-rounded inputs: odd K, partial panels,
+ * a row count past the 64-row blocks, both packings, = and +=. */
+static void test_bf16_gemm(void **state) {
+    (void)state;
+    if (!cel_cpu_bf16_supported()) {
+        printf("  no AVX512-BF16 here: skipped\n");
+        skip();
+    }
+    int M = 70, K = 67, Nc = 45;
+    float *A = rnd((size_t)M * K, 1), *W = rnd((size_t)Nc * K, 1), *C0 = rnd((size_t)M * Nc, 1);
+    for (int trans = 0; trans <= 1; trans++)
+        for (int acc = 0; acc <= 1; acc++) {
+            cel_cpu_bf16w_t w;
+            /* trans: B = W^T with W (Nc, K); else B = W viewed as (K, Nc) */
+            assert_int_equal(cel_cpu_bf16_pack(&w, W, trans ? K : Nc, K, Nc, trans), 0);
+            float *C = malloc((size_t)M * Nc * sizeof(float));
+            assert_non_null(C);
+            memcpy(C, C0, (size_t)M * Nc * sizeof(float));
+            cel_cpu_par_set_threads(2);
+            cel_cpu_bf16_gemm(C, Nc, A, K, M, &w, acc);
+            double worst = 0;
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < Nc; n++) {
+                    double ref = acc ? C0[(size_t)m * Nc + n] : 0, mag = 0;
+                    for (int k = 0; k < K; k++) {
+                        float b = trans ? W[(size_t)n * K + k] : W[(size_t)k * Nc + n];
+                        double t = (double)bf16_round(A[(size_t)m * K + k]) * bf16_round(b);
+                        ref += t;
+                        mag += fabs(t);
+                    }
+                    worst = fmax(worst, fabs(C[(size_t)m * Nc + n] - ref) / (mag + 1));
+                }
+            printf("  bf16 gemm trans=%d acc=%d: max err %.3g x (sum |terms| + 1)\n", trans, acc,
+                   worst);
+            assert_true(worst < 1e-5);
+            free(C);
+            cel_cpu_bf16_free(&w);
+        }
+    free(A), free(W), free(C0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rmsnorm),
@@ -602,6 +654,7 @@ int main(void) {
         cmocka_unit_test(test_adamw),
         cmocka_unit_test(test_expf),
         cmocka_unit_test(test_par),
+        cmocka_unit_test(test_bf16_gemm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
