@@ -196,8 +196,9 @@ $(EMU)/test_emu_%: $(EMU)/obj/tests/cuda-emu/test_emu_%.o $(EMU_CU_OBJ) $(EMU_RT
             $(patsubst %.cu,$(EMU)/obj/%.o,$(GPU_TEST_SRC) $(EMU_TEST_SRC))
 
 # How the pieces above are built, for tests/cuda-emu/planted.py (it rebuilds one kernel file
-# with a planted bug and relinks a test the same way).
-$(EMU)/build.json: Makefile
+# with a planted bug and relinks a test the same way). Rewritten when a host object is: a new
+# model/ source joins host_obj.
+$(EMU)/build.json: Makefile $(GPU_HOST_OBJ)
 	@mkdir -p $(dir $@)
 	@printf '{"cxx": "%s", "flags": "%s", "checked": "%s %s", "libs": "%s %s -ldl",\n "rt_obj": "%s",\n "cu_obj": "%s",\n "host_obj": "%s",\n "lib_obj": "%s"}\n' \
 		'$(EMU_CXX)' '$(EMU_FLAGS)' '$(EMU_CHECKED)' '$(EMU_ENGINE)' '$(DEPLIBS)' '$(MODELLIBS)' '$(EMU_RT_OBJ)' \

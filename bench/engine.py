@@ -10,9 +10,13 @@ Same run, same thread count, same model, same batch/seq. Three measurements:
    torch: the reference Llama of tests/integration/test_model_oracle.py (copied here,
    with a position offset and a KV cache added) with a hand-written LoRA (A, B per target, torch.optim.AdamW on them), one warm-up step,
    then N-1 timed steps.
-2. Scoring (forward only, log-probs of every token, one text at a time): celeriac:
-   `celeriac-lm score` on K texts of ~T tokens minus `score` of one short text;
-   torch: per text forward + log_softmax + gather under torch.no_grad().
+2. Scoring (forward only, log-probs of every token): celeriac: `celeriac-lm score` on K
+   texts of ~T tokens (it packs them, about 512 tokens a forward) minus `score` of one
+   short text; torch: per text forward + log_softmax + gather under torch.no_grad() (as the
+   reference model and the oracle tests run it).
+Training and scoring are also run with celeriac's `--precision bf16` (bf16 products with
+the frozen weights, fp32 sums; CPUs with AVX512-BF16 only) as extra rows against the same
+fp32 torch figure; fp32 is celeriac's default and the like-for-like race.
 3. Greedy sampling, batch 1, KV cache: celeriac: `celeriac-lm sample --temperature 0
    --max-tokens M` minus `--max-tokens 1` (load and prefill cancel) over the generated
    tokens - 1 (greedy may stop at eos earlier than M: the JSON output says how many);
@@ -26,8 +30,10 @@ tokenizer's vocab 2048) written from torch into a temporary folder.
 Prints a table (metric, celeriac, torch, ratio = celeriac / torch; above 1 = celeriac
 faster). Never fails on timing. Run: /usr/bin/python3 bench/engine.py [--threads N]
 [--steps N] [--seq T] [--batch B] [--score-texts K] [--max-tokens M] [--reps R]
-[--large-steps N] [--no-large] [--omp-active]. Each timing is repeated --reps times (2) and
-the best kept: the machine is shared, so figures vary by +-30% from run to run.
+[--large-steps N] [--no-large] [--omp-active] [--only train,score,sample] [--no-bf16]. Each timing is repeated --reps times (3) and
+the best kept; for training and scoring the repetitions interleave celeriac and torch, so
+load from other jobs on a shared machine hits both sides of a ratio alike (figures still
+vary by +-30% or more from run to run there).
 """
 import argparse
 import json
@@ -61,12 +67,15 @@ def parse():
     p.add_argument("--seq", type=int, default=128, help="training window and score text tokens")
     p.add_argument("--batch", type=int, default=8, help="training windows per step")
     p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--reps", type=int, default=2, help="repeat each timing, keep the best")
+    p.add_argument("--reps", type=int, default=3, help="repeat each timing, keep the best")
     p.add_argument("--score-texts", type=int, default=24)
     p.add_argument("--max-tokens", type=int, default=200, help="greedy sampling tokens")
     p.add_argument("--omp-active", action="store_true",
                    help="leave OMP_WAIT_POLICY unset for torch (libgomp spins: slower here)")
     p.add_argument("--no-large", action="store_true", help="only the bundled model")
+    p.add_argument("--no-bf16", action="store_true", help="skip celeriac's --precision bf16 rows")
+    p.add_argument("--only", default="train,score,sample",
+                   help="comma-separated measurements to run (train, score, sample)")
     p.add_argument("--large-steps", type=int, default=5, help="training steps, large model")
     p.add_argument("--bin-dir", default=os.environ.get("CELERIAC_BIN_DIR", os.path.join(REPO, "bin")))
     a = p.parse_args()
@@ -77,6 +86,19 @@ def parse():
 
 
 ARGS = parse()
+
+
+def bf16_cpu():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512_bf16" in f.read()
+    except OSError:
+        return False
+
+
+# celeriac's precisions: fp32 (the default, the race), and --precision bf16 where the CPU
+# has AVX512-BF16 (an extra row against the same fp32 torch figure; --no-bf16 skips it)
+PRECISIONS = ["fp32"] + (["bf16"] if bf16_cpu() and not ARGS.no_bf16 else [])
 # torch.set_num_threads sets OpenMP; the BLAS (Debian's torch uses the same OpenBLAS as
 # celeriac) reads its own variable, so set both before torch is imported.
 os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
@@ -252,20 +274,16 @@ def tokenize(model_dir, text):
 
 # ---------------------------------------------------------------- the three measurements
 
+def prec_flags(prec):
+    """celeriac-lm's flag for a precision (none for fp32: the default, and older builds)."""
+    return [] if prec == "fp32" else ["--precision", prec]
+
+
 def bench_train(name, mdir, ref, data, tmp, steps):
     B, T, R, th = ARGS.batch, ARGS.seq, ARGS.rank, ARGS.threads
     rows = []
     base = [LM, "train", "--model", mdir, "--data", data, "--lora", str(R), "--lr", "1e-3",
             "--batch", str(B), "--seq", str(T), "--threads", str(th)]
-    t1, o1 = timed_run(base + ["--steps", "1", "--out", os.path.join(tmp, "a1")], ARGS.reps)
-    tn, on = timed_run(base + ["--steps", str(steps), "--out", os.path.join(tmp, "an")], ARGS.reps)
-    c = None
-    if t1 is not None and tn is not None:
-        c = rate((steps - 1) * B * T, tn - t1)
-        if "T=%d" % T not in on:
-            print(f"  note: celeriac shortened the window: {on.splitlines()[:1]}")
-    else:
-        print(f"  celeriac train failed: {o1 if t1 is None else on}")
     # torch: hand-written LoRA on the frozen reference
     cfg = ref.cfg
     g = torch.Generator().manual_seed(0)
@@ -291,16 +309,36 @@ def bench_train(name, mdir, ref, data, tmp, steps):
         opt.step()
 
     step(0)  # warm-up, as celeriac's 1-step run
-    best = None
+    # repetitions interleave celeriac and torch, so a burst of load on the shared machine
+    # hits both sides of a ratio alike; each side keeps its best
+    t1s, tns, failed, best = {}, {}, {}, None
     for _ in range(ARGS.reps):
+        for prec in PRECISIONS:
+            if prec in failed:
+                continue
+            b = base + prec_flags(prec)
+            t1, o1 = timed_run(b + ["--steps", "1", "--out", os.path.join(tmp, "a1")])
+            tn, on = timed_run(b + ["--steps", str(steps), "--out", os.path.join(tmp, "an")])
+            if t1 is None or tn is None:
+                failed[prec] = o1 if t1 is None else on
+                continue
+            if "T=%d" % T not in on and prec not in tns:
+                print(f"  note: celeriac shortened the window: {on.splitlines()[:1]}")
+            t1s[prec] = min(t1, t1s.get(prec, t1))
+            tns[prec] = min(tn, tns.get(prec, tn))
         t = time.perf_counter()
         for i in range(1, steps):
             step(i)
         dt = time.perf_counter() - t
         best = dt if best is None or dt < best else best
+    for prec, why in failed.items():
+        print(f"  celeriac train ({prec}) failed: {why}")
+    cs = {p: rate((steps - 1) * B * T, tns[p] - t1s[p]) if p in tns else None for p in PRECISIONS}
     tt = rate((steps - 1) * B * T, best)
     ref.lora = None
-    rows.append((f"{name}: LoRA r{R} train tok/s (B={B} T={T})", c, tt))
+    rows.append((f"{name}: LoRA r{R} train tok/s (B={B} T={T})", cs["fp32"], tt))
+    if "bf16" in cs:
+        rows.append((f"{name}: LoRA r{R} train, celeriac bf16", cs["bf16"], tt))
     return rows
 
 
@@ -325,23 +363,28 @@ def bench_score(name, mdir, ref, docs):
                            capture_output=True, text=True)
         texts.append(r.stdout if r.returncode == 0 else "")
     ok = all(texts)
-    c = None
-    if ok:
-        cmd = [LM, "score", "--model", mdir, "--threads", str(th)]
-        t0, o0 = timed_run(cmd + ["Hello."], ARGS.reps)
-        tk, ok_ = timed_run(cmd + texts, ARGS.reps)
-        if t0 is not None and tk is not None:
-            got = sum(json.loads(line)["tokens"] for line in ok_.splitlines() if line.startswith("{"))
-            c = rate(got - 1, tk - t0)  # "Hello." scores ~1-2 tokens: negligible
-        else:
-            print(f"  celeriac score failed: {o0 if t0 is None else ok_}")
-    else:
+    if not ok:
         print("  celeriac decode failed; no score figure")
-    best = None
+    x0 = torch.tensor(ids[0])[None]
     with torch.no_grad():
-        x = torch.tensor(ids[0])[None]
-        ref.forward(x[:, :-1])  # warm-up
-        for _ in range(ARGS.reps):
+        ref.forward(x0[:, :-1])  # warm-up
+    # interleaved repetitions, each side's best (see bench_train)
+    t0s, tks, got, failed, best = {}, {}, {}, {}, None
+    for _ in range(ARGS.reps):
+        for prec in PRECISIONS if ok else []:
+            if prec in failed:
+                continue
+            cmd = [LM, "score", "--model", mdir, "--threads", str(th)] + prec_flags(prec)
+            t0, o0 = timed_run(cmd + ["Hello."])
+            tk, ok_ = timed_run(cmd + texts)
+            if t0 is None or tk is None:
+                failed[prec] = o0 if t0 is None else ok_
+                continue
+            got[prec] = sum(json.loads(line)["tokens"] for line in ok_.splitlines()
+                            if line.startswith("{"))
+            t0s[prec] = min(t0, t0s.get(prec, t0))
+            tks[prec] = min(tk, tks.get(prec, tk))
+        with torch.no_grad():
             t = time.perf_counter()
             for tk_ in ids:
                 x = torch.tensor(tk_)[None]
@@ -349,8 +392,15 @@ def bench_score(name, mdir, ref, docs):
                 float(lp.sum())
             dt = time.perf_counter() - t
             best = dt if best is None or dt < best else best
+    for prec, why in failed.items():
+        print(f"  celeriac score ({prec}) failed: {why}")
+    # "Hello." scores ~1-2 tokens: negligible
+    cs = {p: rate(got[p] - 1, tks[p] - t0s[p]) if p in tks else None for p in PRECISIONS}
     tt = rate(sum(len(t) - 1 for t in ids), best)
-    return [(f"{name}: score tok/s ({K} texts x ~{T} tok)", c, tt)]
+    rows = [(f"{name}: score tok/s ({K} texts x ~{T} tok)", cs.get("fp32"), tt)]
+    if "bf16" in cs:
+        rows.append((f"{name}: score, celeriac bf16", cs["bf16"], tt))
+    return rows
 
 
 PROMPTS = ["Q: What", "1. ", "Q:", "Once upon a time", "The best way to predict the future is"]
@@ -437,6 +487,8 @@ def main():
             for fn, args in ((bench_train, (name, mdir, ref, data, tmp, steps)),
                              (bench_score, (name, mdir, ref, docs)),
                              (bench_sample, (name, mdir, ref))):
+                if fn.__name__[len("bench_"):] not in ARGS.only.split(","):
+                    continue
                 t = time.perf_counter()
                 try:
                     rows += fn(*args)

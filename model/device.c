@@ -150,6 +150,11 @@ int cel_model_set_device(cel_model_t *m, const char *spec, char *chosen, size_t 
         return CEL_OK;
     }
     if (m->g) return cel_err_set(err, CEL_ESTATE, "full-parameter training runs on the CPU only");
+    if (m->bf16) { /* cel_model_set_precision "bf16": a CPU mode */
+        if (is_cuda) return cel_err_set(err, CEL_ESTATE, "precision bf16 is for the CPU");
+        if (chosen) snprintf(chosen, len, "cpu (auto: precision bf16)");
+        return CEL_OK;
+    }
     if (!is_cuda && !gpu_files_present()) {
         if (chosen) snprintf(chosen, len, "cpu (auto: no NVIDIA device files)");
         return CEL_OK;

@@ -124,6 +124,9 @@ struct cel_model {
     int n_resident, cap_resident;
     long evictions;
     size_t gpu_mem_total; /* the GPU's memory when opened (bytes) */
+    /* cel_model_set_precision "bf16" (CPU): the frozen weights packed in bf16,
+     * for x W^T (fwd) and dout W (bwd); NULL in fp32 (the default) */
+    struct cel_cpu_bf16w *bf16; /* (L, CEL_NMOD, 2) then the head's 2 */
 };
 
 struct cel_lora {

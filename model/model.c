@@ -257,8 +257,59 @@ int cel_model_save(const cel_model_t *m, const char *dir, cel_err_t *err) {
     return cel_config_save(&m->cfg, path, err);
 }
 
+/* The bf16 copies of the frozen weights: (l, mod) forward and backward, then the head's. */
+static int bf16_count(const cel_model_t *m) { return (m->cfg.L * CEL_NMOD + 1) * 2; }
+
+static void bf16_drop(cel_model_t *m) {
+    if (!m->bf16) return;
+    for (int i = 0; i < bf16_count(m); i++) cel_cpu_bf16_free(&m->bf16[i]);
+    free(m->bf16);
+    m->bf16 = NULL;
+}
+
+int cel_model_set_precision(cel_model_t *m, const char *spec, cel_err_t *err) {
+    if (!spec || strcmp(spec, "fp32") == 0) {
+        bf16_drop(m);
+        return CEL_OK;
+    }
+    if (strcmp(spec, "bf16") != 0)
+        return cel_err_set(err, CEL_EINVAL, "precision must be fp32 or bf16, not \"%s\"", spec);
+    if (m->bf16) return CEL_OK;
+    if (m->gpu)
+        return cel_err_set(err, CEL_ESTATE,
+                           "precision bf16 is for the CPU (a GPU computes in bf16)");
+    if (m->g)
+        return cel_err_set(err, CEL_ESTATE,
+                           "precision bf16 needs frozen weights (full training is enabled)");
+    if (!cel_cpu_bf16_supported())
+        return cel_err_set(err, CEL_ENOTFOUND, "precision bf16 needs a CPU with AVX512-BF16");
+    const cel_config_t *c = &m->cfg;
+    m->bf16 = calloc(bf16_count(m), sizeof(*m->bf16));
+    if (!m->bf16) return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    float *base[CEL_NMOD] = { m->p.wq, m->p.wk, m->p.wv, m->p.wo, m->p.wg, m->p.wu, m->p.wd };
+    int bad = 0;
+    for (int l = 0; l < c->L && !bad; l++)
+        for (int mod = 0; mod < CEL_NMOD && !bad; mod++) {
+            int in, out;
+            cel_model_mod_dims(c, mod, &in, &out);
+            const float *W = base[mod] + (size_t)l * in * out; /* (out, in) */
+            cel_cpu_bf16w_t *b = &m->bf16[(l * CEL_NMOD + mod) * 2];
+            bad = cel_cpu_bf16_pack(&b[0], W, in, in, out, 1) || /* x W^T: B = W^T (in, out) */
+                  cel_cpu_bf16_pack(&b[1], W, in, out, in, 0);   /* dout W: B = W (out, in) */
+        }
+    cel_cpu_bf16w_t *h = &m->bf16[c->L * CEL_NMOD * 2];
+    bad = bad || cel_cpu_bf16_pack(&h[0], m->p.lm, c->C, c->C, c->V, 1) ||
+          cel_cpu_bf16_pack(&h[1], m->p.lm, c->C, c->V, c->C, 0);
+    if (bad) {
+        bf16_drop(m);
+        return cel_err_set(err, CEL_ENOMEM, "out of memory for the bf16 weights");
+    }
+    return CEL_OK;
+}
+
 void cel_model_free(cel_model_t *m) {
     if (!m) return;
+    bf16_drop(m);
     cel_device_close(m);
     cel_train_ws_free(&m->ws);
     free(m->w);
@@ -283,6 +334,7 @@ int cel_model_eos(const cel_model_t *m, int32_t *ids, int max) {
 
 void cel_model_set_threads(int n) {
     if (n > 0) openblas_set_num_threads(n);
+    cel_cpu_par_set_threads(n);
 }
 
 cel_adamw_t cel_model_adamw_defaults(void) {
@@ -298,6 +350,8 @@ cel_adamw_t cel_model_adamw_defaults(void) {
 int cel_model_train_full(cel_model_t *m, cel_err_t *err) {
     if (m->g) return CEL_OK;
     if (m->gpu) return cel_err_set(err, CEL_ESTATE, "full-parameter training runs on the CPU only");
+    if (m->bf16)
+        return cel_err_set(err, CEL_ESTATE, "full-parameter training needs precision fp32");
     m->g = calloc(m->n, sizeof(float));
     m->m = calloc(m->n, sizeof(float));
     m->v = calloc(m->n, sizeof(float));

@@ -60,6 +60,17 @@ uint64_t cel_model_param_count(const cel_model_t *m);
 /* Sets the number of threads OpenBLAS uses (process-wide); n <= 0 keeps it. */
 void cel_model_set_threads(int n);
 
+/* Compute precision of the CPU passes: "fp32" (the default) or "bf16" (CPUs
+ * with AVX512-BF16): the linear layers' and the head's products with the
+ * frozen base weights -- x W^T forward and dout W backward -- take bf16
+ * inputs with fp32 accumulation, as the GPU backend's do; adapters, norms,
+ * attention, softmax and losses stay fp32. Packs a bf16 copy of the weights
+ * (half the model's fp32 size, twice: one per product). Scoring, forward and
+ * LoRA training only; the sampler stays fp32. Errors: CEL_ENOTFOUND the CPU
+ * lacks AVX512-BF16; CEL_ESTATE on a GPU or with full training enabled;
+ * CEL_EINVAL another spec; CEL_ENOMEM. */
+int cel_model_set_precision(cel_model_t *m, const char *spec, cel_err_t *err);
+
 /* ---- devices ---- */
 
 /* Moves the model's passes to a device: "cpu", "cuda", "cuda:N" or "auto"

@@ -230,7 +230,8 @@ static void linear_forward(const cel_model_t *m, const pass_t *ps, int l, int mo
                            float *u, const float *inp) {
     int in, outd, N = ps->B * ps->T;
     cel_model_mod_dims(&m->cfg, mod, &in, &outd);
-    cel_cpu_matmul_forward(out, inp, mod_weight(&m->cfg, &m->p, l, mod), N, in, outd);
+    if (m->bf16) cel_cpu_bf16_gemm(out, outd, inp, in, N, &m->bf16[(l * CEL_NMOD + mod) * 2], 0);
+    else cel_cpu_matmul_forward(out, inp, mod_weight(&m->cfg, &m->p, l, mod), N, in, outd);
     for (int s = 0; s < ps->nseg; s++) {
         const cel_lora_t *lora = ps->segs[s].lora;
         if (!lora || !(lora->targets & (1u << mod))) continue;
@@ -250,7 +251,11 @@ static void linear_backward(cel_model_t *m, const pass_t *ps, int full, int l, i
     int in, outd, N = ps->B * ps->T;
     cel_model_mod_dims(&m->cfg, mod, &in, &outd);
     float *dW = full ? mod_weight(&m->cfg, &m->gp, l, mod) : NULL;
-    cel_cpu_matmul_backward(dinp, dW, dout, inp, mod_weight(&m->cfg, &m->p, l, mod), N, in, outd);
+    if (m->bf16) /* frozen weights only (cel_model_set_precision) */
+        cel_cpu_bf16_gemm(dinp, in, dout, outd, N, &m->bf16[(l * CEL_NMOD + mod) * 2 + 1], 1);
+    else
+        cel_cpu_matmul_backward(dinp, dW, dout, inp, mod_weight(&m->cfg, &m->p, l, mod), N, in,
+                                outd);
     for (int s = 0; s < ps->nseg; s++) {
         cel_lora_t *lora = ps->segs[s].lora;
         if (!lora || !(lora->targets & (1u << mod))) continue;
@@ -279,8 +284,8 @@ static void model_forward(cel_model_t *m, const pass_t *ps, int train) {
         linear_forward(m, ps, l, CEL_MOD_V, a.v, a.u[CEL_MOD_V], a.ln1);
         cel_cpu_rope_forward(a.q, a.q, ws->pos, m->rope_cos, m->rope_sin, N, c->NH, c->HS);
         cel_cpu_rope_forward(a.k, a.k, ws->pos, m->rope_cos, m->rope_sin, N, c->NKV, c->HS);
-        cel_cpu_attention_forward(a.atty, a.lse, ws->att, a.q, a.k, a.v, B, T, c->NH, c->NKV,
-                                  c->HS);
+        cel_cpu_attention_forward_lens(a.atty, a.lse, ws->att, a.q, a.k, a.v, ws->lens, B, T, c->NH,
+                                       c->NKV, c->HS);
         linear_forward(m, ps, l, CEL_MOD_O, ws->tmp, a.u[CEL_MOD_O], a.atty);
         cel_cpu_residual_forward(a.res2, a.resin, ws->tmp, (size_t)N * C);
         cel_cpu_rmsnorm_forward(a.ln2, a.rstd2, a.res2, m->p.ln2 + (size_t)l * C, N, C, c->eps);
@@ -291,7 +296,9 @@ static void model_forward(cel_model_t *m, const pass_t *ps, int train) {
         cel_cpu_residual_forward(a.resout, a.res2, ws->tmp, (size_t)N * C);
     }
     cel_cpu_rmsnorm_forward(ws->lnf, ws->rstdf, a.resout, m->p.lnf, N, C, c->eps);
-    cel_cpu_matmul_forward(ws->logits, ws->lnf, m->p.lm, N, C, c->V);
+    if (m->bf16)
+        cel_cpu_bf16_gemm(ws->logits, c->V, ws->lnf, C, N, &m->bf16[c->L * CEL_NMOD * 2], 0);
+    else cel_cpu_matmul_forward(ws->logits, ws->lnf, m->p.lm, N, C, c->V);
 }
 
 /* Backward from dlogits (in ws->logits) to every LoRA or base gradient.
@@ -304,8 +311,11 @@ static void model_backward(cel_model_t *m, const pass_t *ps, int full) {
     const cel_params_t *gp = &m->gp;
     /* head and final norm */
     memset(ws->dln, 0, NC * sizeof(float));
-    cel_cpu_matmul_backward(ws->dln, full ? gp->lm : NULL, ws->logits, ws->lnf, m->p.lm, N, C,
-                            c->V);
+    if (m->bf16)
+        cel_cpu_bf16_gemm(ws->dln, C, ws->logits, c->V, N, &m->bf16[c->L * CEL_NMOD * 2 + 1], 1);
+    else
+        cel_cpu_matmul_backward(ws->dln, full ? gp->lm : NULL, ws->logits, ws->lnf, m->p.lm, N, C,
+                                c->V);
     memset(ws->dres, 0, NC * sizeof(float));
     layer_acts_t last = layer_acts(m, c->L - 1, 1, N, R);
     cel_cpu_rmsnorm_backward(ws->dres, full ? gp->lnf : NULL, ws->dln, last.resout, m->p.lnf,
@@ -327,8 +337,8 @@ static void model_backward(cel_model_t *m, const pass_t *ps, int full) {
         size_t NQ = (size_t)N * c->NH * c->HS;
         memset(ws->datty, 0, NQ * sizeof(float));
         linear_backward(m, ps, full, l, CEL_MOD_O, ws->datty, ws->dres, a.atty, a.u[CEL_MOD_O]);
-        cel_cpu_attention_backward(ws->dq, ws->dk, ws->dv, ws->att, ws->datty, a.lse, a.q, a.k, a.v,
-                                   B, T, c->NH, c->NKV, c->HS);
+        cel_cpu_attention_backward_lens(ws->dq, ws->dk, ws->dv, ws->att, ws->datty, a.lse, a.q, a.k,
+                                        a.v, ws->lens, B, T, c->NH, c->NKV, c->HS);
         cel_cpu_rope_backward(ws->dq, ws->dq, ws->pos, m->rope_cos, m->rope_sin, N, c->NH, c->HS);
         cel_cpu_rope_backward(ws->dk, ws->dk, ws->pos, m->rope_cos, m->rope_sin, N, c->NKV, c->HS);
         memset(ws->dln, 0, NC * sizeof(float));

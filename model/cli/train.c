@@ -44,6 +44,8 @@ static const char HELP[] =
     "  --seed S            data order, LoRA and --init weights (default 0)\n"
     "  --save-every K      also save to --out every K steps (default: only at the end)\n"
     "  --threads N         BLAS threads (default: OpenBLAS's)\n"
+    "  --precision P       fp32 (default) or bf16: with --lora on a CPU with\n"
+    "                      AVX512-BF16, the base weights' products in bf16 (fp32 sums)\n"
     "  --device D          auto (a GPU when visible; the default for --lora), cpu,\n"
     "                      cuda, cuda:N; --full trains on the CPU only\n"
     "  --out DIR           where to save (created)\n"
@@ -55,7 +57,7 @@ static const char HELP[] =
     "model.safetensors and tokenizer.json.\n";
 
 typedef struct train_args {
-    const char *model, *data, *targets, *adapter, *init, *out, *device;
+    const char *model, *data, *targets, *adapter, *init, *out, *device, *precision;
     long lora, steps, batch, seq, warmup, save_every, threads;
     double alpha, lr, wd, clip;
     uint64_t seed;
@@ -63,16 +65,29 @@ typedef struct train_args {
 } train_args_t;
 
 static int parse_args(int argc, char **argv, train_args_t *a) {
-    static const struct option opts[] = {
-        { "model", 1, 0, 'm' },  { "data", 1, 0, 'd' },         { "lora", 1, 0, 'r' },
-        { "alpha", 1, 0, 'a' },  { "targets", 1, 0, 'g' },      { "adapter", 1, 0, 'A' },
-        { "full", 0, 0, 'F' },   { "init", 1, 0, 'I' },         { "steps", 1, 0, 'n' },
-        { "lr", 1, 0, 'l' },     { "batch", 1, 0, 'b' },        { "seq", 1, 0, 't' },
-        { "warmup", 1, 0, 'w' }, { "weight-decay", 1, 0, 'W' }, { "grad-clip", 1, 0, 'c' },
-        { "seed", 1, 0, 's' },   { "save-every", 1, 0, 'S' },   { "threads", 1, 0, 'j' },
-        { "out", 1, 0, 'o' },    { "help", 0, 0, 'h' },         { "device", 1, 0, 'D' },
-        { 0, 0, 0, 0 }
-    };
+    static const struct option opts[] = { { "model", 1, 0, 'm' },
+                                          { "data", 1, 0, 'd' },
+                                          { "lora", 1, 0, 'r' },
+                                          { "alpha", 1, 0, 'a' },
+                                          { "targets", 1, 0, 'g' },
+                                          { "adapter", 1, 0, 'A' },
+                                          { "full", 0, 0, 'F' },
+                                          { "init", 1, 0, 'I' },
+                                          { "steps", 1, 0, 'n' },
+                                          { "lr", 1, 0, 'l' },
+                                          { "batch", 1, 0, 'b' },
+                                          { "seq", 1, 0, 't' },
+                                          { "warmup", 1, 0, 'w' },
+                                          { "weight-decay", 1, 0, 'W' },
+                                          { "grad-clip", 1, 0, 'c' },
+                                          { "seed", 1, 0, 's' },
+                                          { "save-every", 1, 0, 'S' },
+                                          { "threads", 1, 0, 'j' },
+                                          { "out", 1, 0, 'o' },
+                                          { "help", 0, 0, 'h' },
+                                          { "device", 1, 0, 'D' },
+                                          { "precision", 1, 0, 'P' },
+                                          { 0, 0, 0, 0 } };
     memset(a, 0, sizeof(*a));
     a->batch = 8;
     a->seq = 128;
@@ -112,6 +127,7 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
         case 'j': bad |= cel_cli_parse_long(C, "--threads", optarg, 1, 1024, &a->threads); break;
         case 'o': a->out = optarg; break;
         case 'D': a->device = optarg; break;
+        case 'P': a->precision = optarg; break;
         case 'h': fputs(HELP, stdout); return 1;
         default: return cel_cli_bad_flag(C, argv);
         }
@@ -199,8 +215,12 @@ static int setup(const train_args_t *a, cel_cli_lm_t *lm, cel_err_t *err) {
     if (a->full) {
         if (a->device && strcmp(a->device, "cpu") != 0 && strcmp(a->device, "auto") != 0)
             return cel_err_set(err, CEL_EINVAL, "--full trains on the CPU only");
+        if (a->precision && strcmp(a->precision, "fp32") != 0)
+            return cel_err_set(err, CEL_EINVAL, "--full trains in fp32 only");
         return cel_model_train_full(lm->model, err);
     }
+    if (a->precision && (rc = cel_model_set_precision(lm->model, a->precision, err)) != CEL_OK)
+        return rc;
     if ((rc = cel_cli_lm_device(lm, "train", a->device, err)) != CEL_OK) return rc;
     if (a->lora > 0) {
         cel_lora_config_t lc = {

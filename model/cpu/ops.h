@@ -88,6 +88,16 @@ void cel_cpu_attention_backward(float *dq /* (B,T,NH*HS) = */, float *dk /* (B,T
                                 const float *dout /* (B,T,NH*HS) */,
                                 const float *lse /* (B,NH,T) */, const float *q, const float *k,
                                 const float *v, int B, int T, int NH, int NKV, int HS);
+/* The same with per-sequence valid lengths (NULL: all T): rows t >= lens[b]
+ * are padding no valid row attends to; their out/lse (forward) and dq
+ * (backward) are 0 and they cost nothing. */
+void cel_cpu_attention_forward_lens(float *out, float *lse, float *scratch, const float *q,
+                                    const float *k, const float *v, const int32_t *lens, int B,
+                                    int T, int NH, int NKV, int HS);
+void cel_cpu_attention_backward_lens(float *dq, float *dk, float *dv, float *scratch,
+                                     const float *dout, const float *lse, const float *q,
+                                     const float *k, const float *v, const int32_t *lens, int B,
+                                     int T, int NH, int NKV, int HS);
 /* Inference over a KV cache: n new query rows at positions p0..p0+n-1 attend
  * to cache rows [0, p0+i]; the cache already holds the new rows' k and v. */
 void cel_cpu_attention_cached(float *out /* (n,NH*HS) */, float *scratch /* (n,p0+n) */,
@@ -131,5 +141,30 @@ void cel_cpu_adamw_update(float *params /* (n) */, float *m /* (n) */, float *v 
 double cel_cpu_adamw_sumsq(const float *g, size_t n);
 /* g *= scale (gradient clipping). */
 void cel_cpu_adamw_scale(float *g, size_t n, float scale);
+
+/* bf16.c: C (M,Nc) = A (M,K) @ B, or C += with accumulate, where B (K,Nc) is a
+ * frozen weight packed once in bf16 and A is rounded to bf16 on the fly
+ * (AVX512-BF16, fp32 accumulation; threads from par.c). pack: B[k][n] is
+ * src[k*ld + n], or src[n*ld + k] with trans (W^T of an (Nc, K) weight). */
+typedef struct cel_cpu_bf16w {
+    uint16_t *p;
+    int K, Nc, kp, np; /* K pairs, 32-column panels */
+} cel_cpu_bf16w_t;
+int cel_cpu_bf16_supported(void); /* the CPU has AVX512-BF16 */
+int cel_cpu_bf16_pack(cel_cpu_bf16w_t *w, const float *src, int ld, int K, int Nc,
+                      int trans); /* 0, or -1 out of memory */
+void cel_cpu_bf16_free(cel_cpu_bf16w_t *w);
+void cel_cpu_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, const cel_cpu_bf16w_t *w,
+                       int accumulate);
+
+/* par.c: runs fn(ctx, i0, i1) over [0, n) split across the pool's threads
+ * (the caller's among them; see par.c), in chunks of at least grain items;
+ * returns when every chunk is done. Runs fn(ctx, 0, n) on the calling
+ * thread when n < 2 * grain, with one thread, or while another job runs. */
+typedef void (*cel_cpu_par_fn)(void *ctx, int i0, int i1);
+void cel_cpu_par_for(int n, int grain, cel_cpu_par_fn fn, void *ctx);
+/* Threads the pool uses, the caller included (n < 1 keeps the count). */
+void cel_cpu_par_set_threads(int n);
+int cel_cpu_par_threads(void);
 
 #endif

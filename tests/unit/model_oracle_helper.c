@@ -8,7 +8,8 @@
  * step), grads.safetensors (gradients accumulated over all batches at step 1),
  * final/ (adapter or model after the steps) and result.json (losses, grad
  * norms, scores, sampled tokens, the device). Spec key "device" (default
- * "cpu") runs everything on that device (cel_model_set_device); with
+ * "cpu") runs everything on that device (cel_model_set_device), key
+ * "precision" ("fp32" default, "bf16") sets cel_model_set_precision; with
  * "compare_batched": true the helper also gives each batch its own fresh
  * adapter, runs them one at a time and then packed into one pass
  * (cel_model_run_jobs), and writes batched.json: {"ok", "tolerance",
@@ -173,6 +174,8 @@ int main(int argc, char **argv) {
     char chosen[256] = "cpu";
     if (device && cel_model_set_device(m, device, chosen, sizeof(chosen), &err) != CEL_OK)
         die("device", &err);
+    const char *precision = json_string_value(json_object_get(spec, "precision"));
+    if (precision && cel_model_set_precision(m, precision, &err) != CEL_OK) die("precision", &err);
     cel_lora_t *lora = NULL;
     json_t *jl = json_object_get(spec, "lora");
     if (jl) {

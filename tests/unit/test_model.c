@@ -24,6 +24,7 @@
 #include <cmocka.h>
 
 #include "../../model/config.h"
+#include "../../model/cpu/ops.h"
 #include "../../model/internal.h"
 #include "../../model/model.h"
 
@@ -438,6 +439,37 @@ static void test_stop_strings(void **state) {
 #undef CUT
 }
 
+/* cel_model_set_precision: its refusals, and that bf16 (where the CPU has it)
+ * changes a forward by bf16 rounding only and back to fp32 exactly. */
+static void test_precision(void **state) {
+    (void)state;
+    cel_model_t *m = tiny(3);
+    cel_err_t err = { 0 };
+    assert_int_equal(cel_model_set_precision(m, "fp16", &err), CEL_EINVAL);
+    int32_t tok[6] = { 1, 5, 9, 2, 7, 3 };
+    cel_batch_t b = { .B = 1, .T = 5, .tokens = tok, .targets = tok + 1 };
+    float lp32[5], lp16[5], again[5];
+    assert_int_equal(cel_model_forward(m, NULL, &b, NULL, lp32, NULL, &err), CEL_OK);
+    if (!cel_cpu_bf16_supported()) {
+        assert_int_equal(cel_model_set_precision(m, "bf16", &err), CEL_ENOTFOUND);
+    } else {
+        assert_int_equal(cel_model_set_precision(m, "bf16", &err), CEL_OK);
+        assert_int_equal(cel_model_set_precision(m, "bf16", &err), CEL_OK); /* idempotent */
+        assert_int_equal(cel_model_train_full(m, &err), CEL_ESTATE);
+        assert_int_equal(cel_model_forward(m, NULL, &b, NULL, lp16, NULL, &err), CEL_OK);
+        double d = 0;
+        for (int i = 0; i < 5; i++) d = fmax(d, fabs(lp16[i] - lp32[i]));
+        printf("  bf16 vs fp32 log-probs: max diff %.3g\n", d);
+        assert_true(d > 0 && d < 0.5);
+        assert_int_equal(cel_model_set_precision(m, "fp32", &err), CEL_OK);
+        assert_int_equal(cel_model_forward(m, NULL, &b, NULL, again, NULL, &err), CEL_OK);
+        assert_memory_equal(again, lp32, sizeof(lp32));
+    }
+    assert_int_equal(cel_model_train_full(m, &err), CEL_OK);
+    assert_int_not_equal(cel_model_set_precision(m, "bf16", &err), CEL_OK);
+    cel_model_free(m);
+}
+
 static void test_sampling(void **state) {
     (void)state;
     cel_model_t *m = tiny(5);
@@ -538,6 +570,7 @@ int main(void) {
         cmocka_unit_test(test_training_learns),
         cmocka_unit_test(test_stop_strings),
         cmocka_unit_test(test_sampling),
+        cmocka_unit_test(test_precision),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

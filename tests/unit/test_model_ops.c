@@ -22,6 +22,7 @@
 
 #include "../../model/config.h"
 #include "../../model/cpu/ops.h"
+#include "../../model/cpu/simd.h"
 
 #define FD_H   1e-2f
 #define FD_TOL 2e-3
@@ -304,6 +305,80 @@ static void test_attention(void **state) {
     free(dq), free(dk), free(dv), free(oc), free(sc);
 }
 
+/* Plain-loop causal attention of one sequence (T rows, q/k/v rows of ldq/ldk) into out. */
+static void att_naive(float *out, const float *q, const float *k, const float *v, int T, int NH,
+                      int NKV, int HS) {
+    int ldq = NH * HS, ldk = NKV * HS, g = NH / NKV;
+    double *s = malloc((size_t)T * sizeof(double));
+    assert_non_null(s);
+    for (int h = 0; h < NH; h++)
+        for (int i = 0; i < T; i++) {
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j <= i; j++) {
+                double d = 0;
+                for (int e = 0; e < HS; e++)
+                    d += (double)q[(size_t)i * ldq + h * HS + e] *
+                         k[(size_t)j * ldk + h / g * HS + e];
+                s[j] = d / sqrt((double)HS);
+                mx = s[j] > mx ? s[j] : mx;
+            }
+            for (int j = 0; j <= i; j++) sum += (s[j] = exp(s[j] - mx));
+            for (int e = 0; e < HS; e++) {
+                double o = 0;
+                for (int j = 0; j <= i; j++) o += s[j] / sum * v[(size_t)j * ldk + h / g * HS + e];
+                out[(size_t)i * ldq + h * HS + e] = (float)o;
+            }
+        }
+    free(s);
+}
+
+typedef struct {
+    att_ctx a;
+    const int32_t *lens;
+} attl_ctx;
+
+static double attl_loss(void *p) {
+    attl_ctx *c = p;
+    att_ctx *a = &c->a;
+    cel_cpu_attention_forward_lens(a->out, a->lse, a->scratch, a->q, a->k, a->v, c->lens, a->B,
+                                   a->T, a->NH, a->NKV, a->HS);
+    return dot(a->out, a->R, (size_t)a->B * a->T * a->NH * a->HS);
+}
+
+/* Several query blocks (T past the block size) and padded rows: each valid row
+ * equals plain-loop attention of its sequence alone, padded rows are 0 and
+ * cost nothing, and the gradients pass finite differences. */
+static void test_attention_blocks_lens(void **state) {
+    (void)state;
+    attl_ctx c = { .a = { .B = 3, .T = 70, .NH = 2, .NKV = 1, .HS = 4 } };
+    att_ctx *a = &c.a;
+    int32_t lens[3] = { 70, 33, 1 };
+    c.lens = lens;
+    int QD = a->NH * a->HS, KD = a->NKV * a->HS;
+    size_t nq = (size_t)a->B * a->T * QD, nk = (size_t)a->B * a->T * KD;
+    a->out = rnd(nq, 1), a->lse = rnd((size_t)a->B * a->NH * a->T, 1);
+    a->scratch = zeros(2 * (size_t)a->T * a->T);
+    a->q = rnd(nq, 1.5f), a->k = rnd(nk, 1.5f), a->v = rnd(nk, 1), a->R = rnd(nq, 1);
+    float *want = zeros((size_t)a->T * QD);
+    attl_loss(&c);
+    for (int b = 0; b < a->B; b++) {
+        const float *ob = a->out + (size_t)b * a->T * QD;
+        att_naive(want, a->q + (size_t)b * a->T * QD, a->k + (size_t)b * a->T * KD,
+                  a->v + (size_t)b * a->T * KD, lens[b], a->NH, a->NKV, a->HS);
+        close_enough("attention blocks", ob, want, (size_t)lens[b] * QD, 1e-5);
+        for (size_t i = (size_t)lens[b] * QD; i < (size_t)a->T * QD; i++)
+            assert_true(ob[i] == 0.0f);
+    }
+    float *dq = rnd(nq, 1), *dk = rnd(nk, 1), *dv = rnd(nk, 1); /* all = not += */
+    cel_cpu_attention_backward_lens(dq, dk, dv, a->scratch, a->R, a->lse, a->q, a->k, a->v, lens,
+                                    a->B, a->T, a->NH, a->NKV, a->HS);
+    fd_check("attention blocks dq", a->q, nq, dq, attl_loss, &c);
+    fd_check("attention blocks dk", a->k, nk, dk, attl_loss, &c);
+    fd_check("attention blocks dv", a->v, nk, dv, attl_loss, &c);
+    free(a->out), free(a->lse), free(a->scratch), free(a->q), free(a->k), free(a->v), free(a->R);
+    free(want), free(dq), free(dk), free(dv);
+}
+
 /* ---- swiglu ---- */
 typedef struct {
     int N, I;
@@ -433,13 +508,153 @@ static void test_adamw(void **state) {
     free(p), free(m), free(v), free(pd), free(md), free(vd);
 }
 
+/* ---- the vectorisable expf and the thread pool ---- */
+
+static void test_expf(void **state) {
+    (void)state;
+    double worst = 0;
+    for (int i = 0; i <= 400000; i++) {
+        float x = -87.3f + (88.0f + 87.3f) * (float)i / 400000.0f;
+        double want = exp((double)x), got = cel_cpu_expf(x);
+        worst = fmax(worst, fabs(got - want) / want);
+    }
+    printf("  expf max rel err %.3g over [-87.3, 88]\n", worst);
+    assert_true(worst < 2e-7);
+    assert_true(cel_cpu_expf(0.0f) == 1.0f);
+    /* clamped outside the range: finite, tiny below, exp(88) above */
+    assert_true(cel_cpu_expf(-1000.0f) > 0.0f && cel_cpu_expf(-1000.0f) < 1.3e-38f);
+    assert_true(isfinite(cel_cpu_expf(1000.0f)) && cel_cpu_expf(1000.0f) > 1.6e38f);
+    assert_true(cel_cpu_expf(-INFINITY) < 1.3e-38f);
+}
+
+static int *par_hits;
+static void par_mark(void *ctx, int i0, int i1) {
+    (void)ctx;
+    for (int i = i0; i < i1; i++) __atomic_add_fetch(&par_hits[i], 1, __ATOMIC_RELAXED);
+}
+
+/* Each index once, whatever the thread count, grain and size; then every
+ * threaded op gives bit-identical results with 1 and with 3 threads (each row
+ * or element is computed the same way by whichever thread takes it). */
+static void test_par(void **state) {
+    (void)state;
+    int sizes[] = { 0, 1, 7, 100, 4097, 100003 };
+    par_hits = calloc(100003, sizeof(int));
+    assert_non_null(par_hits);
+    for (int nt = 1; nt <= 4; nt++) {
+        cel_cpu_par_set_threads(nt);
+        assert_int_equal(cel_cpu_par_threads(), nt);
+        for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++)
+            for (int grain = 1; grain <= 1000; grain *= 10)
+                for (int rep = 0; rep < 20; rep++) {
+                    memset(par_hits, 0, 100003 * sizeof(int));
+                    cel_cpu_par_for(sizes[s], grain, par_mark, NULL);
+                    for (int i = 0; i < sizes[s]; i++) assert_int_equal(par_hits[i], 1);
+                }
+    }
+    free(par_hits);
+
+    int N = 300, C = 96, I = 200, V = 333, HS = 8, maxT = N;
+    float *x = rnd((size_t)N * C, 2), *w = rnd(C, 1), *g = rnd((size_t)N * I, 4),
+          *u = rnd((size_t)N * I, 1), *lg = rnd((size_t)N * V, 5), *d = rnd((size_t)N * I, 1);
+    float *cs = zeros((size_t)maxT * HS / 2), *sn = zeros((size_t)maxT * HS / 2);
+    int32_t *tgt = malloc(N * sizeof(int32_t)), *pos = malloc(N * sizeof(int32_t));
+    assert_non_null(tgt);
+    assert_non_null(pos);
+    for (int i = 0; i < N; i++) tgt[i] = (i * 7) % V, pos[i] = i;
+    cel_cpu_rope_init(cs, sn, maxT, HS, 10000.0f, CEL_ROPE_PLAIN, 1, 1, 4, 8);
+    float *out[2][9];
+    double loss[2];
+    for (int r = 0; r < 2; r++) {
+        cel_cpu_par_set_threads(r ? 3 : 1);
+        for (int k = 0; k < 9; k++) out[r][k] = zeros((size_t)N * (V > I ? V : I));
+        cel_cpu_rmsnorm_forward(out[r][0], out[r][1], x, w, N, C, 1e-5f);
+        cel_cpu_rmsnorm_backward(out[r][2], NULL, out[r][0], x, w, out[r][1], N, C);
+        cel_cpu_swiglu_forward(out[r][3], g, u, N, I);
+        cel_cpu_swiglu_backward(out[r][4], out[r][5], d, g, u, N, I);
+        cel_cpu_residual_forward(out[r][6], out[r][3], out[r][4], (size_t)N * I);
+        cel_cpu_rope_forward(out[r][7], x, pos, cs, sn, N, C / HS, HS);
+        cel_cpu_rope_backward(out[r][7], out[r][7], pos, cs, sn, N, C / HS, HS);
+        loss[r] = cel_cpu_crossentropy_forward(out[r][1], out[r][0], lg, tgt, NULL, N, V);
+        cel_cpu_crossentropy_backward(out[r][8], lg, out[r][0], tgt, NULL, 0.5f, N, V);
+    }
+    for (int k = 0; k < 9; k++)
+        assert_memory_equal(out[0][k], out[1][k], (size_t)N * (V > I ? V : I) * sizeof(float));
+    assert_true(loss[0] == loss[1]);
+    for (int r = 0; r < 2; r++)
+        for (int k = 0; k < 9; k++) free(out[r][k]);
+    free(x), free(w), free(g), free(u), free(lg), free(d), free(cs), free(sn), free(tgt), free(pos);
+    cel_cpu_par_set_threads(2);
+}
+
+/* ---- bf16 products ---- */
+
+static float bf16_round(float f) { /* round to nearest even, as the engine does */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Against a double product of the bf16-rounded inputs: odd K, partial panels,
+ * a row count past the 64-row blocks, both packings, = and +=. */
+static void test_bf16_gemm(void **state) {
+    (void)state;
+    if (!cel_cpu_bf16_supported()) {
+        printf("  no AVX512-BF16 here: skipped\n");
+        skip();
+    }
+    int M = 70, K = 67, Nc = 45;
+    float *A = rnd((size_t)M * K, 1), *W = rnd((size_t)Nc * K, 1), *C0 = rnd((size_t)M * Nc, 1);
+    for (int trans = 0; trans <= 1; trans++)
+        for (int acc = 0; acc <= 1; acc++) {
+            cel_cpu_bf16w_t w;
+            /* trans: B = W^T with W (Nc, K); else B = W viewed as (K, Nc) */
+            assert_int_equal(cel_cpu_bf16_pack(&w, W, trans ? K : Nc, K, Nc, trans), 0);
+            float *C = malloc((size_t)M * Nc * sizeof(float));
+            assert_non_null(C);
+            memcpy(C, C0, (size_t)M * Nc * sizeof(float));
+            cel_cpu_par_set_threads(2);
+            cel_cpu_bf16_gemm(C, Nc, A, K, M, &w, acc);
+            double worst = 0;
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < Nc; n++) {
+                    double ref = acc ? C0[(size_t)m * Nc + n] : 0, mag = 0;
+                    for (int k = 0; k < K; k++) {
+                        float b = trans ? W[(size_t)n * K + k] : W[(size_t)k * Nc + n];
+                        double t = (double)bf16_round(A[(size_t)m * K + k]) * bf16_round(b);
+                        ref += t;
+                        mag += fabs(t);
+                    }
+                    worst = fmax(worst, fabs(C[(size_t)m * Nc + n] - ref) / (mag + 1));
+                }
+            printf("  bf16 gemm trans=%d acc=%d: max err %.3g x (sum |terms| + 1)\n", trans, acc,
+                   worst);
+            assert_true(worst < 1e-5);
+            free(C);
+            cel_cpu_bf16_free(&w);
+        }
+    free(A), free(W), free(C0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rmsnorm),      cmocka_unit_test(test_matmul),
-        cmocka_unit_test(test_matmul_twins), cmocka_unit_test(test_lora),
-        cmocka_unit_test(test_rope),         cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_swiglu),       cmocka_unit_test(test_embedding_residual),
-        cmocka_unit_test(test_crossentropy), cmocka_unit_test(test_adamw),
+        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_matmul_twins),
+        cmocka_unit_test(test_lora),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_blocks_lens),
+        cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_embedding_residual),
+        cmocka_unit_test(test_crossentropy),
+        cmocka_unit_test(test_adamw),
+        cmocka_unit_test(test_expf),
+        cmocka_unit_test(test_par),
+        cmocka_unit_test(test_bf16_gemm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
