@@ -93,7 +93,7 @@ static void ev_del_read(void *priv) {
 static void on_flush(uv_prepare_t *h) {
     uv_events_t *p = h->data;
     uv_prepare_stop(h);
-    if (!p->ac || (p->events & UV_WRITABLE)) return;
+    if (!p->ac || (p->events & UV_WRITABLE) || !(p->ac->c.flags & REDIS_CONNECTED)) return;
     p->in_flush = 1;
     redisAsyncHandleWrite(p->ac); /* may disconnect: p lives until its handles close */
     p->in_flush = 0;
@@ -508,6 +508,10 @@ int cel_redis_psubscribe(cel_redis_t *r, const char *pattern, cel_redis_cb cb, v
 }
 
 #define EVAL_MAX_ARGS 512
+
+void cel_redis_flush(cel_redis_t *r) {
+    if (r && r->ac && r->ac->ev.data) on_flush(&((uv_events_t *)r->ac->ev.data)->flush);
+}
 
 int cel_redis_evalsha(cel_redis_t *r, const cel_redis_script_t *s, cel_redis_cb cb, void *priv,
                       int nkeys, const char **keys, const size_t *keylens, int nargs,
