@@ -24,33 +24,38 @@ static int same_json(json_t *a, json_t *b) { return (!a && !b) || (a && b && jso
 
 /* 1 when a and b hold the same task; else 0 with the first difference in why. */
 static int task_same(const cel_task_t *a, const cel_task_t *b, char *why, size_t size) {
-    const char *names[] = { "id",          "name",           "root_id",      "parent_id",
-                            "group",       "shadow",         "origin",       "argsrepr",
-                            "kwargsrepr",  "eta_str",        "expires_str",  "content_type",
-                            "content_encoding", "correlation_id", "reply_to", "delivery_tag",
-                            "exchange",    "routing_key" };
-    const char *as[] = { a->id,          a->name,         a->root_id,          a->parent_id,
-                         a->group,       a->shadow,       a->origin,           a->argsrepr,
-                         a->kwargsrepr,  a->eta_str,      a->expires_str,      a->content_type,
-                         a->content_encoding, a->correlation_id, a->reply_to, a->delivery_tag,
-                         a->exchange,    a->routing_key };
-    const char *bs[] = { b->id,          b->name,         b->root_id,          b->parent_id,
-                         b->group,       b->shadow,       b->origin,           b->argsrepr,
-                         b->kwargsrepr,  b->eta_str,      b->expires_str,      b->content_type,
-                         b->content_encoding, b->correlation_id, b->reply_to, b->delivery_tag,
-                         b->exchange,    b->routing_key };
+    const char *names[] = {
+        "id",           "name",         "root_id",          "parent_id",      "group",
+        "shadow",       "origin",       "argsrepr",         "kwargsrepr",     "eta_str",
+        "expires_str",  "content_type", "content_encoding", "correlation_id", "reply_to",
+        "delivery_tag", "exchange",     "routing_key"
+    };
+    const char *as[] = {
+        a->id,           a->name,         a->root_id,          a->parent_id,      a->group,
+        a->shadow,       a->origin,       a->argsrepr,         a->kwargsrepr,     a->eta_str,
+        a->expires_str,  a->content_type, a->content_encoding, a->correlation_id, a->reply_to,
+        a->delivery_tag, a->exchange,     a->routing_key
+    };
+    const char *bs[] = {
+        b->id,           b->name,         b->root_id,          b->parent_id,      b->group,
+        b->shadow,       b->origin,       b->argsrepr,         b->kwargsrepr,     b->eta_str,
+        b->expires_str,  b->content_type, b->content_encoding, b->correlation_id, b->reply_to,
+        b->delivery_tag, b->exchange,     b->routing_key
+    };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (!same_str(as[i], bs[i])) {
             snprintf(why, size, "%s: '%s' vs '%s'", names[i], as[i] ? as[i] : "(null)",
                      bs[i] ? bs[i] : "(null)");
             return 0;
         }
-    const double an[] = { a->proto,         a->eta,      a->expires,     a->retries,
-                          a->time_limit,    a->soft_time_limit,          a->ignore_result,
-                          a->group_index,   a->priority, a->redelivered };
-    const double bn[] = { b->proto,         b->eta,      b->expires,     b->retries,
-                          b->time_limit,    b->soft_time_limit,          b->ignore_result,
-                          b->group_index,   b->priority, b->redelivered };
+    const double an[] = { a->proto,         a->eta,         a->expires,
+                          a->retries,       a->time_limit,  a->soft_time_limit,
+                          a->ignore_result, a->group_index, a->priority,
+                          a->redelivered };
+    const double bn[] = { b->proto,         b->eta,         b->expires,
+                          b->retries,       b->time_limit,  b->soft_time_limit,
+                          b->ignore_result, b->group_index, b->priority,
+                          b->redelivered };
     for (size_t i = 0; i < sizeof(an) / sizeof(an[0]); i++)
         if (!(an[i] == bn[i]) && !(an[i] != an[i] && bn[i] != bn[i])) {
             snprintf(why, size, "number %zu: %.17g vs %.17g", i, an[i], bn[i]);
