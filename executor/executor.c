@@ -17,12 +17,10 @@
  * task is taken. With --batch-max-tasks K > 1 the main
  * process writes up to K tasks ahead; packable model tasks that are waiting
  * (or arrive within --batch-wait-ms) are prepared and run as packed passes,
- * and every result still goes back in the order the tasks came. Results are
- * gathered and written together when the main process wrote several short
- * tasks ahead: a result waits in the out buffer only while another run frame
- * is already read and this executor's recent tasks were short (and never
- * longer than EXEC_OUT_HOLD_S); before blocking on the channel everything
- * gathered is written.
+ * and every result still goes back in the order the tasks came. The results
+ * of a packed pass go back in one write; any other result is written before
+ * the next frame is handled (the main process times each task from the
+ * previous one's result, so a result must never wait behind another task).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -53,8 +51,6 @@
 #define EXEC_EXIT_MODEL     3           /* the model, tokenizer or state dir could not be opened */
 #define EXEC_PROGRESS_EVERY 0.25        /* seconds between progress frames of one task */
 #define EXEC_PATH_MAX       4096
-#define EXEC_OUT_FAST_S     0.0002       /* mean runtime under which results are gathered */
-#define EXEC_OUT_HOLD_S     0.001        /* longest a gathered result waits for the next */
 #define EXEC_OUT_MAX        (256 * 1024) /* bytes gathered before a write regardless */
 
 static volatile sig_atomic_t soft_limit; /* set by SIGUSR1, cleared before each task */
@@ -132,9 +128,6 @@ static int write_all(int fd, struct iovec *iov, int cnt) {
 static struct {
     uint8_t *buf;
     size_t len, cap;
-    double first;        /* when the oldest one was gathered */
-    double mean_runtime; /* moving average of recent task runtimes */
-    long tasks;
 } outq;
 
 /* Writes the gathered frames. CEL_OK or CEL_EIO with err. */
@@ -164,7 +157,6 @@ static int send_frame(int fd, int rc, uint8_t *buf, size_t len, int gather, cel_
             if (nb) outq.buf = nb, outq.cap = cap;
         }
         if (need <= outq.cap) {
-            if (!outq.len) outq.first = mono_now();
             memcpy(outq.buf + outq.len, hdr, sizeof(hdr));
             memcpy(outq.buf + outq.len + sizeof(hdr), buf, len);
             outq.len = need;
@@ -184,23 +176,6 @@ static int send_frame(int fd, int rc, uint8_t *buf, size_t len, int gather, cel_
 
 static int send_payload(int fd, int rc, uint8_t *buf, size_t len, cel_err_t *err) {
     return send_frame(fd, rc, buf, len, 0, err);
-}
-
-/* Before a task starts: what was gathered goes now unless this executor's
- * tasks are short and it is young (a long task must not hold earlier results). */
-static int flush_before_task(int fd) {
-    cel_err_t err;
-    if (!outq.len) return CEL_OK;
-    if (outq.tasks >= 8 && outq.mean_runtime < EXEC_OUT_FAST_S &&
-        mono_now() - outq.first < EXEC_OUT_HOLD_S)
-        return CEL_OK;
-    int rc = flush_out(fd, &err);
-    if (rc != CEL_OK) cel_error("%s", err.msg);
-    return rc;
-}
-
-static void note_runtime(double runtime) {
-    outq.mean_runtime = outq.tasks++ ? 0.8 * outq.mean_runtime + 0.2 * runtime : runtime;
 }
 
 /* The running task, for progress frames. */
@@ -340,9 +315,8 @@ static int start_call(cel_call_t *call, const cel_tasks_task_t *t, cel_call_fn *
 static int run_task(int fd, const char *id, const char *name, json_t *args, json_t *kwargs) {
     cel_call_t call = { .name = name, .args = args, .kwargs = kwargs, .soft_limit = &soft_limit };
     const cel_tasks_task_t *task = cel_tasks_find(name);
-    int rc = flush_before_task(fd);
-    if (rc != CEL_OK) return rc;
     double t0 = mono_now();
+    int rc;
     if (!task) {
         /* The Python worker stores NotRegistered(name) with a null traceback. */
         rc = cel_call_raise(&call, "NotRegistered", "celery.exceptions", json_pack("[s]", name),
@@ -365,7 +339,6 @@ static int run_task(int fd, const char *id, const char *name, json_t *args, json
         running.id = NULL;
     }
     double runtime = mono_now() - t0;
-    note_runtime(runtime);
     if (rc != CEL_OK) {
         cel_call_close(&call);
         rc = cel_call_raise(&call, "MemoryError", "builtins", NULL, NULL);
@@ -437,6 +410,10 @@ static int hold_task(cel_frame_run_t *run, const cel_tasks_task_t *t) {
 static int handle_frame(int fd, const uint8_t *payload, size_t len) {
     cel_err_t err;
     cel_err_clear(&err);
+    if (flush_out(fd, &err) != CEL_OK) { /* the previous result goes before anything else */
+        cel_error("%s", err.msg);
+        return EXEC_EXIT_IO;
+    }
     cel_frame_run_t run;
     const cel_tasks_task_t *t = NULL;
     int status = -1;
