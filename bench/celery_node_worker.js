@@ -1,6 +1,7 @@
-// celery_node_worker.js -- the diag tasks bench/rabbitmq.py needs, on celery-node (npm), the
-// non-Python Celery worker it races. Run by bench/rabbitmq.py with NODE_PATH pointing at the
-// git-ignored bench/node/node_modules it installs: node celery_node_worker.js BROKER BACKEND
+// celery_node_worker.js -- the diag tasks bench/throughput.py and bench/rabbitmq.py need, on
+// celery-node (npm), the non-Python Celery worker they race. Run by them with NODE_PATH pointing
+// at the git-ignored bench/node/node_modules they install: node celery_node_worker.js BROKER
+// BACKEND (a redis:// or amqp:// broker, a redis:// backend)
 const celery = require("celery-node");
 
 const [broker, backend] = process.argv.slice(2);

@@ -34,22 +34,8 @@ from celery import Celery  # noqa: E402
 import throughput as tp  # noqa: E402  (Redis, Worker, wait_until, result helpers)
 from conftest import RabbitServer  # noqa: E402
 
-NODE_DIR = os.path.join(HERE, "node")
-
-
-def ensure_celery_node():
-    """Path of the celery-node package, installing it into bench/node/ if needed; or a reason."""
-    pkg = os.path.join(NODE_DIR, "node_modules", "celery-node")
-    if os.path.isdir(pkg):
-        return pkg, None
-    if shutil.which("npm") is None or shutil.which("node") is None:
-        return None, "node/npm are not installed"
-    os.makedirs(NODE_DIR, exist_ok=True)
-    r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "celery-node"], cwd=NODE_DIR,
-                       capture_output=True, text=True, timeout=300)
-    if r.returncode != 0 or not os.path.isdir(pkg):
-        return None, f"npm install celery-node failed: {(r.stderr or r.stdout)[-300:]}"
-    return pkg, None
+NODE_DIR = tp.NODE_DIR
+ensure_celery_node = tp.ensure_celery_node  # installs celery-node into bench/node/ if missing
 
 
 def start_worker(kind, broker, backend, args, workdir):

@@ -1,9 +1,11 @@
 #!/usr/bin/python3
-"""throughput.py -- celeriac vs the stock Python Celery worker: throughput and latency.
+"""throughput.py -- celeriac vs the stock Python Celery worker and celery-node: throughput, latency.
 
 Starts its own redis-server on a free loopback port, then for each worker in turn (celeriac
-with -c 2, then `celery worker -P prefork -c 2` running tests/integration/pydiag.py), on the
-same Redis with the database flushed in between:
+with -c 2, `celery worker -P prefork -c 2` running tests/integration/pydiag.py, and
+celery-node (npm; installed into the git-ignored bench/node/ when missing, skipped with the
+reason printed when npm cannot install it)), on the same Redis with the database flushed in
+between:
 
   (a) throughput: N diag.noop tasks are enqueued while no worker runs, the worker is started,
       and the clock runs from its "ready." log line until every result key exists. Also
@@ -11,10 +13,14 @@ same Redis with the database flushed in between:
       out start-up and polling, and the worker's CPU seconds (all its processes) per 1000 tasks.
   (b) latency: after a warm-up, M sequential send_task('diag.add').get() round trips;
       p50/p99/mean in milliseconds.
+  (c) worker turnaround: M round trips with a bare redis-py client (LPUSH the envelope,
+      wait for the result's PUBLISH), interleaved with M round trips of the client's own
+      floor: the same client LPUSHes to a list no worker reads and PUBLISHes the result
+      itself, so the floor is all the client and Redis cost without a worker.
 
-Prints a table with both workers and the ratio celeriac/python. Never fails on timing; a
+Prints a table with the workers and the ratios celeriac/python and celeriac/node. Never fails on timing; a
 worker that cannot be measured shows "n/a" and the reason. Run with /usr/bin/python3:
-  bench/throughput.py [--tasks 20000] [--latency-n 1000] [--only celeriac|python]
+  bench/throughput.py [--tasks 20000] [--latency-n 1000] [--only celeriac|python|node]
 """
 
 import argparse
@@ -38,6 +44,7 @@ from celery import Celery
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+NODE_DIR = os.path.join(HERE, "node")
 PYDIAG_DIR = os.path.join(REPO, "tests", "integration")
 PYTHON = "/usr/bin/python3"
 READY_RE = re.compile(rb"\bready\.")
@@ -145,13 +152,32 @@ class Worker:
         self.log.close()
 
 
+def ensure_celery_node():
+    """Path of the celery-node package, installing it into bench/node/ if needed; or a reason."""
+    pkg = os.path.join(NODE_DIR, "node_modules", "celery-node")
+    if os.path.isdir(pkg):
+        return pkg, None
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        return None, "node/npm are not installed"
+    os.makedirs(NODE_DIR, exist_ok=True)
+    r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "celery-node"], cwd=NODE_DIR,
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode != 0 or not os.path.isdir(pkg):
+        return None, f"npm install celery-node failed: {(r.stderr or r.stdout)[-300:]}"
+    return pkg, None
+
+
 def start_worker(kind, url, args, workdir):
     env = dict(os.environ, CELERY_BROKER_URL=url, CELERY_RESULT_BACKEND=url)
     log_path = os.path.join(workdir, f"{kind}.log")
     if kind == "celeriac":
         cmd = [os.path.join(args.bin_dir, "celeriac"), "-b", url, "-c", str(args.concurrency),
-               "-l", args.loglevel]
+               "-l", args.loglevel] + args.celeriac_args.split()
         return Worker(kind, cmd, env, REPO, log_path)
+    if kind == "node":
+        env["NODE_PATH"] = os.path.join(NODE_DIR, "node_modules")
+        return Worker(kind, ["node", os.path.join(HERE, "celery_node_worker.js"), url, url],
+                      env, HERE, log_path)
     env["PYTHONPATH"] = PYDIAG_DIR
     cmd = [PYTHON, "-m", "celery", "-A", "pydiag", "worker", "-P", "prefork",
            "-c", str(args.concurrency), "-l", args.loglevel, "-n", "py@%h",
@@ -253,7 +279,10 @@ def measure(kind, rs, args, workdir):
         out["cpu_per_1k"] = (w.cpu_seconds() - cpu0) / args.tasks * 1000
         out["wall_s"] = wall
         out["tput_wall"] = args.tasks / wall
-        spread, stamps = date_done_spread(rs.client, keys)
+        try:
+            spread, stamps = date_done_spread(rs.client, keys)
+        except ValueError:  # a worker that writes date_done another way
+            spread = None
         out["tput_spread"] = args.tasks / spread if spread else None
         out["spread_s"] = spread
 
@@ -266,10 +295,14 @@ def measure(kind, rs, args, workdir):
         # (c) the worker's own turnaround: a lean redis-py client LPUSHes a
         # kombu envelope (the bytes send_task would push) and waits for the
         # result's PUBLISH. This leaves out the Celery client's own overhead,
-        # which dominates (b) for a fast worker.
-        raw = raw_turnaround(rs.client, args.latency_n)
+        # which dominates (b) for a fast worker. Interleaved with it, the
+        # client's floor: the same steps with the client publishing itself.
+        raw, floor = raw_turnaround(rs.client, args.latency_n, args.warmup)
         out["raw_p50_ms"] = 1000 * raw[len(raw) // 2]
         out["raw_p99_ms"] = 1000 * raw[min(len(raw) - 1, int(len(raw) * 0.99))]
+        out["floor_p50_ms"] = 1000 * floor[len(floor) // 2]
+        out["floor_p99_ms"] = 1000 * floor[min(len(floor) - 1, int(len(floor) * 0.99))]
+        out["over_floor_ms"] = out["raw_p50_ms"] - out["floor_p50_ms"]
     except Exception as e:
         out["error"] = f"{type(e).__name__}: {e}"
     finally:
@@ -277,43 +310,65 @@ def measure(kind, rs, args, workdir):
     return out
 
 
-def raw_turnaround(client, n):
-    """n sequential diag.add round trips with a bare Redis client (sorted seconds)."""
-    body = base64.b64encode(json.dumps([[2, 3], {}, {"callbacks": None, "errbacks": None,
-                                                     "chain": None, "chord": None}]).encode())
+def kombu_envelope(tid, name, args):
+    """The JSON envelope send_task(name, args) LPUSHes (protocol 2, JSON body)."""
+    body = base64.b64encode(json.dumps([args, {}, {"callbacks": None, "errbacks": None,
+                                                   "chain": None, "chord": None}]).encode())
+    return json.dumps({
+        "body": body.decode(), "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"lang": "py", "task": name, "id": tid, "shadow": None, "eta": None,
+                    "expires": None, "group": None, "group_index": None, "retries": 0,
+                    "timelimit": [None, None], "root_id": tid, "parent_id": None,
+                    "argsrepr": repr(tuple(args)), "kwargsrepr": "{}", "origin": "bench@host",
+                    "ignore_result": False},
+        "properties": {"correlation_id": tid, "reply_to": "bench", "delivery_mode": 2,
+                       "delivery_info": {"exchange": "", "routing_key": "celery"},
+                       "priority": 0, "body_encoding": "base64",
+                       "delivery_tag": str(uuid.uuid4())}})
+
+
+def raw_turnaround(client, n, warmup=0):
+    """n sequential diag.add round trips with a bare Redis client, each followed by one
+    round trip of the client's floor (the same LPUSH, to a list no worker reads, then the
+    client PUBLISHes a result of the same size on the task's channel itself and waits for
+    it as it waits for the worker's). Returns (worker, floor) sorted seconds."""
     ps = client.pubsub()
-    lat = []
-    for _ in range(n):
-        tid = str(uuid.uuid4())
-        env = json.dumps({
-            "body": body.decode(), "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {"lang": "py", "task": "diag.add", "id": tid, "shadow": None, "eta": None,
-                        "expires": None, "group": None, "group_index": None, "retries": 0,
-                        "timelimit": [None, None], "root_id": tid, "parent_id": None,
-                        "argsrepr": "(2, 3)", "kwargsrepr": "{}", "origin": "bench@host",
-                        "ignore_result": False},
-            "properties": {"correlation_id": tid, "reply_to": "bench", "delivery_mode": 2,
-                           "delivery_info": {"exchange": "", "routing_key": "celery"},
-                           "priority": 0, "body_encoding": "base64",
-                           "delivery_tag": str(uuid.uuid4())}})
-        ps.subscribe(f"celery-task-meta-{tid}")
-        ps.get_message(timeout=1)
-        t0 = time.perf_counter()
-        client.lpush("celery", env)
+    lat, floor = [], []
+    meta = json.dumps({"status": "SUCCESS", "result": 5, "traceback": None, "children": [],
+                       "date_done": "2026-12-05T12:00:00.000000", "task_id": str(uuid.uuid4())})
+
+    def wait_message(t0):
         deadline = t0 + 10
         while time.perf_counter() < deadline:
             m = ps.get_message(timeout=1)
             if m and m["type"] == "message":
-                break
-        else:
-            raise RuntimeError("no result within 10 s (raw turnaround)")
-        lat.append(time.perf_counter() - t0)
-        ps.unsubscribe()
-        ps.get_message(timeout=1)
+                return time.perf_counter() - t0
+        raise RuntimeError("no result within 10 s (raw turnaround)")
+
+    for i in range(warmup + n):
+        for own in (False, True):
+            tid = str(uuid.uuid4())
+            env = kombu_envelope(tid, "diag.add", [2, 3])
+            channel = f"celery-task-meta-{tid}"
+            ps.subscribe(channel)
+            ps.get_message(timeout=1)
+            t0 = time.perf_counter()
+            if own:
+                client.lpush("bench-floor", env)
+                client.publish(channel, meta)
+            else:
+                client.lpush("celery", env)
+            dt = wait_message(t0)
+            if i >= warmup:
+                (floor if own else lat).append(dt)
+            ps.unsubscribe()
+            ps.get_message(timeout=1)
+    client.delete("bench-floor")
     ps.close()
     lat.sort()
-    return lat
+    floor.sort()
+    return lat, floor
 
 
 ROWS = [
@@ -327,6 +382,9 @@ ROWS = [
     ("mean_ms", "latency mean (ms)", "{:.2f}"),
     ("raw_p50_ms", "worker turnaround p50 (ms, bare client)", "{:.2f}"),
     ("raw_p99_ms", "worker turnaround p99 (ms, bare client)", "{:.2f}"),
+    ("floor_p50_ms", "client floor p50 (ms, no worker)", "{:.3f}"),
+    ("floor_p99_ms", "client floor p99 (ms)", "{:.3f}"),
+    ("over_floor_ms", "turnaround p50 - floor p50 (ms)", "{:.3f}"),
 ]
 
 
@@ -338,27 +396,28 @@ def fmt(results, key, spec):
 def print_table(args, results):
     kinds = list(results)
     width = 42
+    ratios = [(k, f"c/{k[:4]}") for k in ("python", "node") if "celeriac" in kinds and k in kinds]
     print()
-    print(f"celeriac vs stock Celery {celery_version()} worker, -c {args.concurrency}, "
-          f"{args.tasks} noop tasks, {args.latency_n} latency samples, "
+    print(f"celeriac vs stock Celery {celery_version()} worker and celery-node, "
+          f"-c {args.concurrency}, {args.tasks} noop tasks, {args.latency_n} latency samples, "
           f"{os.cpu_count()} CPUs, -l {args.loglevel}")
     header = f"{'':<{width}}" + "".join(f"{k:>12}" for k in kinds)
-    if {"celeriac", "python"} <= set(kinds):
-        header += f"{'ratio c/py':>12}"
+    header += "".join(f"{'ratio ' + name:>13}" for _, name in ratios)
     print(header)
     print("-" * len(header))
     for key, label, spec in ROWS:
         line = f"{label.format(n=args.tasks):<{width}}"
         line += "".join(f"{fmt(results[k], key, spec):>12}" for k in kinds)
-        if {"celeriac", "python"} <= set(kinds):
-            c, p = results["celeriac"].get(key), results["python"].get(key)
-            line += f"{(c / p if c and p else float('nan')):>12.2f}" if c and p else f"{'n/a':>12}"
+        for other, _ in ratios:
+            c, p = results["celeriac"].get(key), results[other].get(key)
+            line += f"{c / p:>13.2f}" if c and p and key != "over_floor_ms" else f"{'n/a':>13}"
         print(line)
     for k in kinds:
         if "error" in results[k]:
             print(f"\n{k}: not measured completely: {results[k]['error']}")
-    print("\nratio c/py: above 1 is better for throughput, below 1 is better for time, CPU "
-          "and latency.")
+    print("\nratios: above 1 is better for throughput, below 1 is better for time, CPU and "
+          "latency. celery-node acks each message as it takes it and stores results without "
+          "waiting; celeriac acks after the result is stored.")
 
 
 def celery_version():
@@ -376,7 +435,11 @@ def main():
                     help="both workers' -l (default warning, both workers' default: no "
                          "per-task log lines); below info the wall clock starts at the first "
                          "stored result")
-    ap.add_argument("--only", choices=["celeriac", "python"])
+    ap.add_argument("--only", choices=["celeriac", "python", "node"])
+    ap.add_argument("--skip", choices=["celeriac", "python", "node"], action="append",
+                    default=[], help="leave a worker out (repeatable)")
+    ap.add_argument("--celeriac-args", default="", help="more celeriac options, e.g. "
+                    "'--prefetch-multiplier 16'")
     ap.add_argument("--timeout", type=float, default=600, help="bound on each drain (s)")
     ap.add_argument("--bin-dir", default=os.environ.get("CELERIAC_BIN_DIR",
                                                         os.path.join(REPO, "bin")))
@@ -384,7 +447,13 @@ def main():
     if shutil.which("redis-server") is None:
         print("bench: redis-server is not installed (make deps)", file=sys.stderr)
         return 2
-    kinds = [args.only] if args.only else ["celeriac", "python"]
+    kinds = [args.only] if args.only else ["celeriac", "python", "node"]
+    kinds = [k for k in kinds if k not in args.skip]
+    if "node" in kinds:
+        _, why = ensure_celery_node()
+        if why:
+            print(f"bench: celery-node skipped: {why}", file=sys.stderr)
+            kinds.remove("node")
     if "celeriac" in kinds and not os.access(os.path.join(args.bin_dir, "celeriac"), os.X_OK):
         print(f"bench: no celeriac binary in {args.bin_dir} (run make); measuring python only",
               file=sys.stderr)

@@ -19,7 +19,10 @@
  * task is taken. With --batch-max-tasks K > 1 the main
  * process writes up to K tasks ahead; packable model tasks that are waiting
  * (or arrive within --batch-wait-ms) are prepared and run as packed passes,
- * and every result still goes back in the order the tasks came.
+ * and every result still goes back in the order the tasks came. The results
+ * of a packed pass go back in one write; any other result is written before
+ * the next frame is handled (the main process times each task from the
+ * previous one's result, so a result must never wait behind another task).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -50,6 +53,7 @@
 #define EXEC_EXIT_MODEL     3           /* the model, tokenizer or state dir could not be opened */
 #define EXEC_PROGRESS_EVERY 0.25        /* seconds between progress frames of one task */
 #define EXEC_PATH_MAX       4096
+#define EXEC_OUT_MAX        (256 * 1024) /* bytes gathered before a write regardless */
 
 static volatile sig_atomic_t soft_limit; /* set by SIGUSR1, cleared before each task */
 static volatile sig_atomic_t handback;   /* SIGUSR2: the main process ends us on purpose */
@@ -133,13 +137,47 @@ static int write_all(int fd, struct iovec *iov, int cnt) {
     return 0;
 }
 
+/* Result frames not yet written (see the opening comment). */
+static struct {
+    uint8_t *buf;
+    size_t len, cap;
+} outq;
+
+/* Writes the gathered frames. CEL_OK or CEL_EIO with err. */
+static int flush_out(int fd, cel_err_t *err) {
+    if (!outq.len) return CEL_OK;
+    struct iovec iov = { outq.buf, outq.len };
+    outq.len = 0;
+    if (write_all(fd, &iov, 1) < 0)
+        return cel_err_set(err, CEL_EIO, "write to main process: %s", strerror(errno));
+    return CEL_OK;
+}
+
 /* Writes an encoded payload as one frame and frees it; rc is the encoder's
- * result (passed through when it failed: then nothing is written).
- * CEL_ELIMIT/CEL_EINVAL mean the frame could not be encoded; CEL_EIO the
- * channel failed. */
-static int send_payload(int fd, int rc, uint8_t *buf, size_t len, cel_err_t *err) {
+ * result (passed through when it failed: then nothing is written). With
+ * gather set the frame may wait in the out buffer (flush_out writes it);
+ * otherwise it goes now, after what was gathered. CEL_ELIMIT/CEL_EINVAL
+ * mean the frame could not be encoded; CEL_EIO the channel failed. */
+static int send_frame(int fd, int rc, uint8_t *buf, size_t len, int gather, cel_err_t *err) {
     uint8_t hdr[CEL_FRAME_HDR];
     if (rc == CEL_OK) rc = cel_frame_header(len, hdr, err);
+    if (rc == CEL_OK && outq.len + sizeof(hdr) + len <= EXEC_OUT_MAX) {
+        size_t need = outq.len + sizeof(hdr) + len;
+        if (need > outq.cap) {
+            size_t cap = outq.cap ? outq.cap : 4096;
+            while (cap < need) cap *= 2;
+            uint8_t *nb = realloc(outq.buf, cap);
+            if (nb) outq.buf = nb, outq.cap = cap;
+        }
+        if (need <= outq.cap) {
+            memcpy(outq.buf + outq.len, hdr, sizeof(hdr));
+            memcpy(outq.buf + outq.len + sizeof(hdr), buf, len);
+            outq.len = need;
+            free(buf);
+            return gather ? CEL_OK : flush_out(fd, err);
+        }
+    }
+    if (rc == CEL_OK) rc = flush_out(fd, err);
     if (rc == CEL_OK) {
         struct iovec iov[2] = { { hdr, sizeof(hdr) }, { buf, len } };
         if (write_all(fd, iov, 2) < 0)
@@ -147,6 +185,10 @@ static int send_payload(int fd, int rc, uint8_t *buf, size_t len, cel_err_t *err
     }
     free(buf);
     return rc;
+}
+
+static int send_payload(int fd, int rc, uint8_t *buf, size_t len, cel_err_t *err) {
+    return send_frame(fd, rc, buf, len, 0, err);
 }
 
 /* The running task, for progress frames. */
@@ -224,7 +266,7 @@ static int send_result_frame(int fd, const char *id, cel_call_t *call, double ru
     uint8_t *buf = NULL;
     size_t len = 0, cap = 0;
     int rc = cel_frame_result_encode(&f, &buf, &len, &cap, err);
-    return send_payload(fd, rc, buf, len, err);
+    return send_frame(fd, rc, buf, len, 1, err);
 }
 
 /* Sends the outcome of call with its stats (may be NULL); a result the codec
@@ -333,6 +375,11 @@ static int flush_batch(int fd) {
     int np = 0;
     for (int i = 0; i < nheld; i++)
         if (held[i].pending) ps[np++] = held[i].pending;
+    cel_err_t ferr;
+    if (flush_out(fd, &ferr) != CEL_OK) {
+        cel_error("%s", ferr.msg);
+        return CEL_EIO;
+    }
     double t0 = mono_now();
     soft_limit = 0;
     int rc = np ? cel_lm_run(ps, np, batching.max_tokens) : CEL_OK;
@@ -376,6 +423,10 @@ static int hold_task(cel_frame_run_t *run, const cel_tasks_task_t *t) {
 static int handle_frame(int fd, const uint8_t *payload, size_t len) {
     cel_err_t err;
     cel_err_clear(&err);
+    if (flush_out(fd, &err) != CEL_OK) { /* the previous result goes before anything else */
+        cel_error("%s", err.msg);
+        return EXEC_EXIT_IO;
+    }
     cel_frame_run_t run;
     const cel_tasks_task_t *t = NULL;
     int status = -1;
@@ -426,6 +477,11 @@ static int serve(int fd) {
             status = EXEC_EXIT_PROTO;
             break;
         }
+        if (flush_out(fd, &err) != CEL_OK) { /* nothing more to do: what was gathered goes */
+            cel_error("%s", err.msg);
+            status = EXEC_EXIT_IO;
+            break;
+        }
         if (nheld > 0) {
             /* a partial batch: wait a little for more tasks, then run it */
             struct pollfd pfd = { .fd = fd, .events = POLLIN };
@@ -461,6 +517,8 @@ static int serve(int fd) {
             status = EXEC_EXIT_IO;
         }
     }
+    cel_err_t ferr;
+    if (flush_out(fd, &ferr) != CEL_OK && status == 0) status = EXEC_EXIT_IO;
     cel_frame_reader_free(reader);
     return status;
 }

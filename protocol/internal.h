@@ -69,4 +69,46 @@ size_t cel_json_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp);
 int cel_body_load(const uint8_t *body, size_t len, const char *content_type,
                   const char *content_encoding, json_t **out, cel_err_t *err);
 
+/* A span of an envelope that scan.c read: the content of a JSON string (no
+ * escapes, printable ASCII), not NUL-terminated; set 0 when absent or null. */
+typedef struct cel_span {
+    const char *p;
+    size_t n;
+    int set;
+} cel_span_t;
+
+/* What cel_env_scan reads of a kombu Redis envelope: the fields of a
+ * cel_task_t, as spans into the buffer and values. */
+typedef struct cel_env_scan {
+    cel_span_t body, content_type, content_encoding;
+    /* headers */
+    cel_span_t task, id, root_id, parent_id, group, shadow, origin, argsrepr, kwargsrepr;
+    cel_span_t eta, expires; /* as on the wire: task.c parses them */
+    long retries, group_index;
+    double time_limit, soft_time_limit;
+    int ignore_result, redelivered;
+    /* properties and delivery_info */
+    cel_span_t correlation_id, reply_to, delivery_tag, exchange, routing_key;
+    int priority;
+    /* scan.c's own bookkeeping */
+    cel_span_t info_tag, prop_tag;
+    int has_headers, has_props, has_info, info_redelivered, base64;
+} cel_env_scan_t;
+
+/* The fast path of cel_task_decode_envelope (scan.c): one pass over buf[0..len)
+ * (not NUL-terminated) reading a protocol 2 envelope of the subset stock
+ * clients write -- a JSON object with a base64 "body", "headers" holding a
+ * string task and a non-empty string id, "properties" with body_encoding
+ * "base64"; ASCII strings without escapes, numbers of at most 18 digits
+ * without exponent, nesting up to 32, each wanted key once, each field of its
+ * Celery type -- into *out. CEL_OK when it is such an envelope and jansson
+ * would read the same values from it; CEL_EAGAIN for anything else, valid or
+ * not, which the full decoder then reads. Never allocates. */
+int cel_env_scan(const char *buf, size_t len, cel_env_scan_t *out);
+
+/* cel_task_decode_envelope_max without the fast path: jansson reads every
+ * envelope (task.c; tests/fuzz/fuzz_scan.c compares the two). */
+int cel_task_decode_envelope_full(const char *buf, size_t len, size_t max_body, cel_task_t **out,
+                                  cel_err_t *err);
+
 #endif

@@ -6,7 +6,10 @@
  * task/id/args/...) and hybrid ones (v2 headers, dict body with args) are
  * converted as celery/worker/strategy.py proto1_to_proto2 / hybrid_to_proto2
  * do. Everything a task points at lives in its own json_t trees and dies with
- * cel_task_free. No I/O; main process.
+ * cel_task_free. A Redis envelope of the usual shape is read by scan.c in one
+ * pass (only its body becomes a tree; the strings go into one block with the
+ * task); any other, valid or not, is decoded the full way with jansson. No
+ * I/O; main process.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -478,6 +481,105 @@ static char *replace_lone_surrogates(const char *buf, size_t len) {
     return copy;
 }
 
+/* The task of an envelope scan.c read (CEL_OK), or CEL_EAGAIN when its body
+ * is not a well-formed protocol 2 body or a time does not parse (the full
+ * decoder then says why), or CEL_ENOMEM. The strings live in the block after
+ * the task_impl_t; ti->keep is the body. */
+static int decode_scanned(const cel_env_scan_t *sc, cel_task_t **out, cel_err_t *err) {
+    const cel_span_t *spans[] = { &sc->task,
+                                  &sc->id,
+                                  &sc->root_id,
+                                  &sc->parent_id,
+                                  &sc->group,
+                                  &sc->shadow,
+                                  &sc->origin,
+                                  &sc->argsrepr,
+                                  &sc->kwargsrepr,
+                                  &sc->eta,
+                                  &sc->expires,
+                                  &sc->content_type,
+                                  &sc->content_encoding,
+                                  &sc->correlation_id,
+                                  &sc->reply_to,
+                                  &sc->delivery_tag,
+                                  &sc->exchange,
+                                  &sc->routing_key };
+    enum { NSPANS = sizeof(spans) / sizeof(spans[0]) };
+    size_t need = 0;
+    for (int i = 0; i < NSPANS; i++)
+        if (spans[i]->set) need += spans[i]->n + 1;
+    task_impl_t *ti = calloc(1, sizeof(*ti) + need);
+    if (!ti) return cel_err_set(err, CEL_ENOMEM, "out of memory decoding a task");
+    const char *str[NSPANS];
+    char *at = (char *)(ti + 1);
+    for (int i = 0; i < NSPANS; i++) {
+        str[i] = NULL;
+        if (!spans[i]->set) continue;
+        memcpy(at, spans[i]->p, spans[i]->n);
+        at[spans[i]->n] = '\0';
+        str[i] = at;
+        at += spans[i]->n + 1;
+    }
+    cel_task_t *t = &ti->pub;
+    t->priv_ = ti;
+    uint8_t *raw = NULL;
+    size_t raw_len = 0;
+    cel_err_t e;
+    int rc = cel_base64_decode(sc->body.p, sc->body.n, &raw, &raw_len, &e);
+    json_t *body = NULL;
+    if (rc == CEL_OK) rc = cel_body_load(raw, raw_len, str[11], str[12], &body, &e);
+    free(raw);
+    if (rc == CEL_OK) {
+        json_t *args = json_array_get(body, 0), *kwargs = json_array_get(body, 1);
+        json_t *embed = json_array_get(body, 2);
+        if (!json_is_array(body) || json_array_size(body) != 3 || !json_is_array(args) ||
+            !json_is_object(kwargs) || (!json_is_object(embed) && !json_is_null(embed)))
+            rc = CEL_EAGAIN;
+        t->args = args;
+        t->kwargs = kwargs;
+        t->embed = json_is_object(embed) ? embed : NULL;
+    }
+    ti->keep = body;
+    if (rc == CEL_OK && str[9] && cel_time_parse_iso8601(str[9], &t->eta, &e) != CEL_OK)
+        rc = CEL_EAGAIN;
+    if (rc == CEL_OK && str[10] && cel_time_parse_iso8601(str[10], &t->expires, &e) != CEL_OK)
+        rc = CEL_EAGAIN;
+    if (rc != CEL_OK) {
+        cel_task_free(t);
+        return rc == CEL_ENOMEM ? cel_err_set(err, rc, "out of memory decoding a task")
+                                : CEL_EAGAIN;
+    }
+    t->proto = 2;
+    t->name = str[0];
+    t->id = str[1];
+    t->root_id = str[2];
+    t->parent_id = str[3];
+    t->group = str[4];
+    t->shadow = str[5];
+    t->origin = str[6];
+    t->argsrepr = str[7];
+    t->kwargsrepr = str[8];
+    t->eta_str = str[9];
+    t->expires_str = str[10];
+    t->content_type = str[11];
+    t->content_encoding = str[12];
+    t->correlation_id = str[13];
+    t->reply_to = str[14];
+    t->delivery_tag = str[15];
+    t->exchange = str[16];
+    t->routing_key = str[17];
+    t->retries = sc->retries;
+    t->group_index = (int)sc->group_index;
+    t->time_limit = sc->time_limit;
+    t->soft_time_limit = sc->soft_time_limit;
+    t->ignore_result = sc->ignore_result;
+    t->redelivered = sc->redelivered;
+    t->priority = sc->priority;
+    cel_err_clear(err);
+    *out = t;
+    return CEL_OK;
+}
+
 /* See protocol.h. */
 int cel_task_decode_envelope(const char *buf, size_t len, cel_task_t **out, cel_err_t *err) {
     return cel_task_decode_envelope_max(buf, len, CEL_MSG_MAX_BYTES, out, err);
@@ -486,6 +588,17 @@ int cel_task_decode_envelope(const char *buf, size_t len, cel_task_t **out, cel_
 /* See protocol.h. */
 int cel_task_decode_envelope_max(const char *buf, size_t len, size_t max_body, cel_task_t **out,
                                  cel_err_t *err) {
+    *out = NULL;
+    cel_env_scan_t sc;
+    if (cel_env_scan(buf, len, &sc) == CEL_OK) {
+        int rc = decode_scanned(&sc, out, err);
+        if (rc != CEL_EAGAIN) return rc;
+    }
+    return cel_task_decode_envelope_full(buf, len, max_body, out, err);
+}
+
+int cel_task_decode_envelope_full(const char *buf, size_t len, size_t max_body, cel_task_t **out,
+                                  cel_err_t *err) {
     *out = NULL;
     if (len > CEL_MSG_MAX_BYTES)
         return cel_err_set(err, CEL_ELIMIT, "envelope of %zu bytes is over the %u byte limit", len,

@@ -14,7 +14,10 @@
  * backends/base.py _store_result().
  * Error replies go back to the caller as ok=0 (the consumer retries with
  * backoff); NOSCRIPT never does (redis.c runs the script with EVAL). Keys of
- * any id length are built on the heap past KEY_INLINE. Main process, libuv loop.
+ * any id length are built on the heap past KEY_INLINE. The store_acks of one
+ * loop turn go out together, up to ACK_BATCH in one STORE_ACK_MANY call (the
+ * server runs one script instead of one per task); any other command first
+ * sends the batch, so commands keep their order. Main process, libuv loop.
  */
 #include "backend.h"
 
@@ -111,8 +114,47 @@ static cel_redis_script_t script_chord_size = {
     { 0 }
 };
 
+/* KEYS = meta keys; ARGV = ttl, then meta and delivery tag of each key.
+ * STORE_ACK for each in order, the acks of all in one ZREM and one HDEL. */
+static cel_redis_script_t script_store_ack_many = {
+    "local ttl = tonumber(ARGV[1])\n"
+    "local tags = {}\n"
+    "for i, key in ipairs(KEYS) do\n"
+    "  local meta = ARGV[2 * i]\n"
+    "  tags[i] = ARGV[2 * i + 1]\n"
+    "  local cur = redis.call('GET', key)\n"
+    "  local skip = false\n"
+    "  if cur then\n"
+    "    local ok, v = pcall(cjson.decode, cur)\n"
+    "    if ok and type(v) == 'table' and v.status == 'SUCCESS' then skip = true end\n"
+    "  end\n"
+    "  if not skip then\n"
+    "    if ttl and ttl > 0 then redis.call('SETEX', key, ttl, meta)\n"
+    "    else redis.call('SET', key, meta) end\n"
+    "    redis.call('PUBLISH', key, meta)\n"
+    "  end\n"
+    "end\n"
+    "redis.call('ZREM', 'unacked_index', unpack(tags))\n"
+    "redis.call('HDEL', 'unacked', unpack(tags))\n"
+    "return #KEYS\n",
+    { 0 }
+};
+
 static cel_redis_script_t *scripts[] = { &script_store, &script_store_ack, &script_chord_part,
-                                         &script_chord_size };
+                                         &script_chord_size, &script_store_ack_many };
+
+#define ACK_BATCH 64 /* store_acks in one script call (3 * ACK_BATCH + 1 arguments) */
+
+/* The store_acks of this loop turn: their keys, metas and tags copied into
+ * data (offsets, so that it can grow), and whom to tell. */
+typedef struct ack_batch {
+    int n;
+    size_t off[ACK_BATCH][3], len[ACK_BATCH][3]; /* key, meta, tag */
+    cel_backend_done_fn done[ACK_BATCH];
+    void *priv[ACK_BATCH];
+    char *data;
+    size_t data_len, data_cap;
+} ack_batch_t;
 
 typedef struct redis_backend {
     const cel_options_t *cfg;
@@ -120,9 +162,22 @@ typedef struct redis_backend {
     void (*on_up)(void *);
     void *priv;
     char ttl[32];
+    ack_batch_t *batch;  /* store_acks waiting for the end of the loop turn */
+    uv_prepare_t sender; /* sends the batch */
     void (*on_closed)(void *);
     void *closed_priv;
+    int closing_left;
 } redis_backend_t;
+
+static void send_batch(redis_backend_t *be);
+
+static void on_sender(uv_prepare_t *h) {
+    redis_backend_t *be = h->data;
+    uv_prepare_stop(h);
+    if (!be->batch) return;
+    send_batch(be);
+    cel_redis_flush(be->conn); /* its own prepare handle may have run already */
+}
 
 static void on_state(cel_redis_t *r, int up, void *priv) {
     redis_backend_t *be = priv;
@@ -148,6 +203,8 @@ static void *redis_open(uv_loop_t *loop, const cel_options_t *cfg, void (*on_up)
         cel_err_set(err, CEL_ENOMEM, "out of memory");
         return NULL;
     }
+    uv_prepare_init(loop, &be->sender);
+    be->sender.data = be;
     return be;
 }
 
@@ -190,9 +247,95 @@ static const char *meta_key(const char *task_id, char buf[KEY_INLINE], size_t *k
     return k;
 }
 
+static void on_stored_batch(cel_redis_t *r, redisReply *reply, void *priv) {
+    ack_batch_t *b = priv;
+    int ok = reply && reply->type != REDIS_REPLY_ERROR;
+    if (reply && reply->type == REDIS_REPLY_ERROR)
+        cel_redis_log_error(r, "store failed", reply->str);
+    for (int i = 0; i < b->n; i++)
+        if (b->done[i]) b->done[i](b->priv[i], ok);
+    free(b->data);
+    free(b);
+}
+
+/* Sends the store_acks gathered so far: STORE_ACK for one, STORE_ACK_MANY
+ * for more. Every one is told (ok=0 when it could not be sent). */
+static void send_batch(redis_backend_t *be) {
+    ack_batch_t *b = be->batch;
+    if (!b) return;
+    be->batch = NULL;
+    const char *keys[ACK_BATCH], *args[2 * ACK_BATCH + 1];
+    size_t klens[ACK_BATCH], alens[2 * ACK_BATCH + 1];
+    for (int i = 0; i < b->n; i++) {
+        keys[i] = b->data + b->off[i][0], klens[i] = b->len[i][0];
+        args[1 + 2 * i] = b->data + b->off[i][1], alens[1 + 2 * i] = b->len[i][1];
+        args[2 + 2 * i] = b->data + b->off[i][2], alens[2 + 2 * i] = b->len[i][2];
+    }
+    args[0] = be->ttl, alens[0] = strlen(be->ttl);
+    int rc;
+    if (b->n == 1) {
+        const char *one[] = { args[1], args[0], args[2] };
+        size_t one_lens[] = { alens[1], alens[0], alens[2] };
+        rc = cel_redis_evalsha(be->conn, &script_store_ack, on_stored_batch, b, 1, keys, klens, 3,
+                               one, one_lens);
+    } else {
+        rc = cel_redis_evalsha(be->conn, &script_store_ack_many, on_stored_batch, b, b->n, keys,
+                               klens, 1 + 2 * b->n, args, alens);
+    }
+    if (rc != CEL_OK) on_stored_batch(be->conn, NULL, b);
+}
+
+/* Appends n bytes to the batch's data; the offset in *off. -1 when out of memory. */
+static int batch_put(ack_batch_t *b, const char *s, size_t n, size_t *off) {
+    if (b->data_len + n > b->data_cap) {
+        size_t cap = b->data_cap ? b->data_cap : 4096;
+        while (cap < b->data_len + n) cap *= 2;
+        char *d = realloc(b->data, cap);
+        if (!d) return -1;
+        b->data = d;
+        b->data_cap = cap;
+    }
+    memcpy(b->data + b->data_len, s, n);
+    *off = b->data_len;
+    b->data_len += n;
+    return 0;
+}
+
+/* Gathers one store_ack for the end of the loop turn (on_sender). */
+static void gather(redis_backend_t *be, const char *task_id, const char *meta, size_t len,
+                   const char *tag, cel_backend_done_fn done, void *priv) {
+    if (!be->batch && !(be->batch = calloc(1, sizeof(*be->batch)))) {
+        if (done) done(priv, 0);
+        return;
+    }
+    ack_batch_t *b = be->batch;
+    int i = b->n;
+    size_t idl = strlen(task_id), tl = strlen(tag), mark = b->data_len, io;
+    if (batch_put(b, KEY_PREFIX, sizeof(KEY_PREFIX) - 1, &b->off[i][0]) < 0 ||
+        batch_put(b, task_id, idl, &io) < 0 || batch_put(b, meta, len, &b->off[i][1]) < 0 ||
+        batch_put(b, tag, tl, &b->off[i][2]) < 0) {
+        b->data_len = mark; /* the others stay as they were */
+        if (done) done(priv, 0);
+        return;
+    }
+    b->len[i][0] = sizeof(KEY_PREFIX) - 1 + idl;
+    b->len[i][1] = len;
+    b->len[i][2] = tl;
+    b->done[i] = done;
+    b->priv[i] = priv;
+    b->n++;
+    if (b->n == ACK_BATCH) send_batch(be);
+    else uv_prepare_start(&be->sender, on_sender);
+}
+
 /* STORE (tag NULL) or STORE_ACK. */
 static void store(redis_backend_t *be, const char *task_id, const char *meta, size_t len,
                   const char *tag, cel_backend_done_fn done, void *priv) {
+    if (tag) {
+        gather(be, task_id, meta, len, tag, done, priv);
+        return;
+    }
+    send_batch(be); /* keeps the order of the commands */
     char buf[KEY_INLINE], *heap;
     size_t klen;
     const char *key = meta_key(task_id, buf, &klen, &heap);
@@ -206,10 +349,10 @@ static void store(redis_backend_t *be, const char *task_id, const char *meta, si
     s->priv = priv;
     const char *keys[] = { key };
     size_t klens[] = { klen };
-    const char *args[] = { meta, be->ttl, tag };
-    size_t alens[] = { len, strlen(be->ttl), tag ? strlen(tag) : 0 };
-    int rc = cel_redis_evalsha(be->conn, tag ? &script_store_ack : &script_store, on_stored, s, 1,
-                               keys, klens, tag ? 3 : 2, args, alens);
+    const char *args[] = { meta, be->ttl };
+    size_t alens[] = { len, strlen(be->ttl) };
+    int rc =
+        cel_redis_evalsha(be->conn, &script_store, on_stored, s, 1, keys, klens, 2, args, alens);
     free(heap); /* hiredis copied it */
     if (rc != CEL_OK) {
         free(s);
@@ -243,6 +386,7 @@ static void on_got(cel_redis_t *r, redisReply *reply, void *priv) {
 
 static void redis_get(void *impl, const char *task_id, cel_backend_got_fn got, void *priv) {
     redis_backend_t *be = impl;
+    send_batch(be);
     char buf[KEY_INLINE], *heap;
     size_t klen;
     const char *key = meta_key(task_id, buf, &klen, &heap);
@@ -277,6 +421,7 @@ static char *taskset_key(const char *gid, const char *suffix) {
 static void redis_chord_size(void *impl, const char *group_id, long size, cel_backend_done_fn done,
                              void *priv) {
     redis_backend_t *be = impl;
+    send_batch(be);
     char *key = taskset_key(group_id, ".s");
     store_ctx_t *s = key ? malloc(sizeof(*s)) : NULL;
     if (!s) {
@@ -349,6 +494,7 @@ static void on_chord_part(cel_redis_t *r, redisReply *reply, void *priv) {
 static void redis_chord_part(void *impl, const char *group_id, int group_index, const char *entry,
                              size_t len, cel_backend_chord_fn done, void *priv) {
     redis_backend_t *be = impl;
+    send_batch(be);
     char *j = taskset_key(group_id, ".j"), *t = taskset_key(group_id, ".t");
     char *s = taskset_key(group_id, ".s");
     chord_ctx_t *c = j && t && s ? malloc(sizeof(*c)) : NULL;
@@ -375,18 +521,26 @@ static void redis_chord_part(void *impl, const char *group_id, int group_index, 
     }
 }
 
-static void on_conn_closed(void *priv) {
-    redis_backend_t *be = priv;
+/* The connection and the sender handle are closed: be goes. */
+static void close_step(redis_backend_t *be) {
+    if (--be->closing_left > 0) return;
     void (*cb)(void *) = be->on_closed;
     void *cp = be->closed_priv;
     free(be);
     if (cb) cb(cp);
 }
 
+static void on_conn_closed(void *priv) { close_step(priv); }
+
+static void on_sender_closed(uv_handle_t *h) { close_step(h->data); }
+
 static void redis_close(void *impl, void (*on_closed)(void *), void *priv) {
     redis_backend_t *be = impl;
     be->on_closed = on_closed;
     be->closed_priv = priv;
+    be->closing_left = 2;
+    send_batch(be); /* what was gathered still goes, or is told it failed */
+    uv_close((uv_handle_t *)&be->sender, on_sender_closed);
     cel_redis_close(be->conn, on_conn_closed, be);
 }
 

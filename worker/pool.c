@@ -4,7 +4,11 @@
  * hard and soft timers); it is freed only after all four close callbacks ran.
  * A slot keeps pointing at its current executor; when one dies the slot gets
  * a new one (after a short delay if it died before it ever became ready, so a
- * broken executor binary cannot spin the loop). Main process only.
+ * broken executor binary cannot spin the loop). Run frames are not written
+ * one by one: each executor gathers the frames of one loop turn in its out
+ * buffer and a prepare handle writes them with one write just before the
+ * loop waits again, so a batch of tasks costs one syscall and one wake-up of
+ * the executor. Main process only.
  */
 #include "pool.h"
 
@@ -26,6 +30,7 @@
 #define PIPE_FAST   4
 #define PIPE_MAX    CEL_MAX_BATCH_TASKS /* batching executors take up to --batch-max-tasks */
 #define PIPE_FAST_S 0.002               /* mean runtime under which an executor is pipelined */
+#define OUT_KEEP    (64 * 1024)         /* out buffer kept between turns up to this size */
 
 enum { EX_STARTING, EX_IDLE, EX_BUSY, EX_DYING };
 
@@ -49,6 +54,8 @@ typedef struct executor {
     double hard_s[PIPE_MAX], soft_s[PIPE_MAX]; /* their limits */
     int njobs;
     cel_frame_reader_t *reader;
+    uint8_t *out; /* run frames of this loop turn, not yet written */
+    size_t out_len, out_cap;
     char buf[READ_CHUNK];
 } executor_t;
 
@@ -58,9 +65,10 @@ struct cel_pool {
     cel_pool_cbs_t cbs;
     void *priv;
     executor_t **slots;
-    uv_timer_t *respawn; /* one per slot, CEL_MAX_CONCURRENCY of each */
-    int n;               /* slots in use (the concurrency) */
-    int top;             /* slots that may still hold an executor (>= n after a shrink) */
+    uv_timer_t *respawn;  /* one per slot, CEL_MAX_CONCURRENCY of each */
+    uv_prepare_t flusher; /* runs while some executor's out buffer holds frames */
+    int n;                /* slots in use (the concurrency) */
+    int top;              /* slots that may still hold an executor (>= n after a shrink) */
     int closing;
     int kill_on_close;
     int live; /* executor objects not yet freed */
@@ -84,6 +92,65 @@ static void maybe_closed(cel_pool_t *p) {
     if (cb) cb(cp);
 }
 
+typedef struct write_req {
+    uv_write_t req;
+    uint8_t *data; /* the frames it writes, owned */
+} write_req_t;
+
+static void on_written(uv_write_t *req, int status) {
+    write_req_t *w = (write_req_t *)req;
+    if (status < 0 && status != UV_ECANCELED)
+        cel_error("writing to an executor failed: %s", uv_strerror(status));
+    free(w->data);
+    free(w);
+}
+
+/* Writes e's gathered frames: at once when the channel takes them, else the
+ * rest through a queued write that owns them (the executor then reads what
+ * is there, and a dead one is reaped as usual: its jobs are reported). */
+static void flush_out(executor_t *e) {
+    if (!e->out_len) return;
+    size_t done = 0;
+    if (e->state != EX_DYING && !uv_is_closing((uv_handle_t *)&e->chan)) {
+        uv_buf_t b = uv_buf_init((char *)e->out, (unsigned)e->out_len);
+        int n = uv_try_write((uv_stream_t *)&e->chan, &b, 1);
+        if (n > 0) done = (size_t)n;
+        if (done < e->out_len) {
+            write_req_t *w = malloc(sizeof(*w));
+            uint8_t *rest = w ? malloc(e->out_len - done) : NULL;
+            if (rest) {
+                memcpy(rest, e->out + done, e->out_len - done);
+                w->data = rest;
+                b = uv_buf_init((char *)rest, (unsigned)(e->out_len - done));
+                if (uv_write(&w->req, (uv_stream_t *)&e->chan, &b, 1, on_written) != 0) {
+                    free(rest);
+                    free(w);
+                    rest = NULL;
+                }
+            } else {
+                free(w);
+            }
+            if (!rest) {
+                cel_error("executor %d: cannot write its tasks; replacing it", e->slot + 1);
+                uv_process_kill(&e->proc, SIGKILL);
+            }
+        }
+    }
+    e->out_len = 0;
+    if (e->out_cap > OUT_KEEP) {
+        free(e->out);
+        e->out = NULL;
+        e->out_cap = 0;
+    }
+}
+
+static void on_flush(uv_prepare_t *h) {
+    cel_pool_t *p = h->data;
+    for (int i = 0; i < p->top; i++)
+        if (p->slots[i]) flush_out(p->slots[i]);
+    uv_prepare_stop(h);
+}
+
 static void on_respawn_timer(uv_timer_t *t) {
     cel_pool_t *p = t->data;
     int slot = (int)(t - p->respawn);
@@ -103,6 +170,7 @@ static void on_handle_closed(uv_handle_t *h) {
     int exitcode = e->exitcode, termsig = e->termsig, slot = e->slot, was_ready = e->was_ready;
     if (p->slots[slot] == e) p->slots[slot] = NULL;
     cel_frame_reader_free(e->reader);
+    free(e->out);
     free(e);
     p->live--;
     /* Queued jobs never started: hand them back, last first, so the consumer
@@ -402,6 +470,9 @@ cel_pool_t *cel_pool_new(uv_loop_t *loop, const cel_options_t *cfg, const cel_po
         p->respawn[i].data = p;
         p->timers_open++;
     }
+    uv_prepare_init(loop, &p->flusher);
+    p->flusher.data = p;
+    p->timers_open++;
     for (int i = 0; i < p->n; i++) spawn(p, i);
     return p;
 }
@@ -433,35 +504,25 @@ int cel_pool_busy(const cel_pool_t *p) {
     return n;
 }
 
-typedef struct write_req {
-    uv_write_t req;
-    uint8_t hdr[CEL_FRAME_HDR];
-    uint8_t payload[];
-} write_req_t;
-
-static void on_written(uv_write_t *req, int status) {
-    if (status < 0 && status != UV_ECANCELED)
-        cel_error("writing to an executor failed: %s", uv_strerror(status));
-    free(req);
-}
-
-/* Writes a run frame to executor e and queues job on it. */
+/* Queues a run frame for executor e (written before the loop waits again:
+ * on_flush) and queues job on it. */
 static int run_on(executor_t *e, void *job, const uint8_t *payload, size_t len, double hard_limit,
                   double soft_limit, int *pid_out, int *slot_out) {
-    write_req_t *w = malloc(sizeof(*w) + len);
-    if (!w) return CEL_ENOMEM;
-    if (cel_frame_header(len, w->hdr, NULL) != CEL_OK) {
-        free(w);
-        return CEL_ELIMIT;
+    uint8_t hdr[CEL_FRAME_HDR];
+    if (cel_frame_header(len, hdr, NULL) != CEL_OK) return CEL_ELIMIT;
+    size_t need = e->out_len + CEL_FRAME_HDR + len;
+    if (need > e->out_cap) {
+        size_t cap = e->out_cap ? e->out_cap : 4096;
+        while (cap < need) cap *= 2;
+        uint8_t *nb = realloc(e->out, cap);
+        if (!nb) return CEL_ENOMEM;
+        e->out = nb;
+        e->out_cap = cap;
     }
-    memcpy(w->payload, payload, len);
-    uv_buf_t bufs[2] = { uv_buf_init((char *)w->hdr, CEL_FRAME_HDR),
-                         uv_buf_init((char *)w->payload, (unsigned)len) };
-    int rc = uv_write(&w->req, (uv_stream_t *)&e->chan, bufs, 2, on_written);
-    if (rc != 0) {
-        free(w);
-        return CEL_EIO;
-    }
+    memcpy(e->out + e->out_len, hdr, CEL_FRAME_HDR);
+    memcpy(e->out + e->out_len + CEL_FRAME_HDR, payload, len);
+    e->out_len = need;
+    uv_prepare_start(&e->pool->flusher, on_flush);
     e->jobs[e->njobs] = job;
     e->hard_s[e->njobs] = hard_limit;
     e->soft_s[e->njobs] = soft_limit;
@@ -548,11 +609,14 @@ void cel_pool_close(cel_pool_t *p, int kill, void (*on_closed)(void *), void *pr
         p->on_closed = on_closed;
         p->closed_priv = priv;
     }
-    if (first)
+    if (first) {
         for (int i = 0; i < CEL_MAX_CONCURRENCY; i++) {
             uv_timer_stop(&p->respawn[i]);
             uv_close((uv_handle_t *)&p->respawn[i], on_respawn_timer_closed);
         }
+        on_flush(&p->flusher); /* what was handed out this turn still goes */
+        uv_close((uv_handle_t *)&p->flusher, on_respawn_timer_closed);
+    }
     for (int i = 0; i < p->top; i++) {
         executor_t *e = p->slots[i];
         if (!e) continue;

@@ -39,7 +39,11 @@ void redisProcessCallbacks(redisAsyncContext *ac);
 typedef struct uv_events {
     redisAsyncContext *ac;
     uv_poll_t handle;
-    int events;
+    uv_prepare_t flush; /* writes what hiredis buffered, before the loop waits */
+    int events;         /* what hiredis asked to be told about */
+    int polled;         /* what the poll handle watches now */
+    int in_flush;       /* on_flush is writing: a write left over needs the poll */
+    int open;           /* handles not yet closed */
 } uv_events_t;
 
 static int filtered_read(redisAsyncContext *ac);
@@ -61,7 +65,11 @@ static void ev_poll(uv_poll_t *h, int status, int events) {
     if (p->ac && (events & UV_WRITABLE)) redisAsyncHandleWrite(p->ac);
 }
 
+/* Restarting a poll costs epoll_ctl calls even when nothing changed (libuv
+ * re-adds the fd), so the handle is touched only when its events change. */
 static void ev_update(uv_events_t *p) {
+    if (p->events == p->polled) return;
+    p->polled = p->events;
     if (p->events) uv_poll_start(&p->handle, p->events, ev_poll);
     else uv_poll_stop(&p->handle);
 }
@@ -78,8 +86,25 @@ static void ev_del_read(void *priv) {
     ev_update(p);
 }
 
+/* Commands of one loop turn are written together, by on_flush, without
+ * waiting for the socket to say it is writable (it nearly always is); only
+ * what the socket does not take then, and a connect in progress, wait for
+ * the poll. */
+static void on_flush(uv_prepare_t *h) {
+    uv_events_t *p = h->data;
+    uv_prepare_stop(h);
+    if (!p->ac || (p->events & UV_WRITABLE) || !(p->ac->c.flags & REDIS_CONNECTED)) return;
+    p->in_flush = 1;
+    redisAsyncHandleWrite(p->ac); /* may disconnect: p lives until its handles close */
+    p->in_flush = 0;
+}
+
 static void ev_add_write(void *priv) {
     uv_events_t *p = priv;
+    if (!p->in_flush && p->ac && (p->ac->c.flags & REDIS_CONNECTED)) {
+        uv_prepare_start(&p->flush, on_flush);
+        return;
+    }
     p->events |= UV_WRITABLE;
     ev_update(p);
 }
@@ -90,12 +115,16 @@ static void ev_del_write(void *priv) {
     ev_update(p);
 }
 
-static void ev_closed(uv_handle_t *h) { free(h->data); }
+static void ev_closed(uv_handle_t *h) {
+    uv_events_t *p = h->data;
+    if (--p->open == 0) free(p);
+}
 
 static void ev_cleanup(void *priv) {
     uv_events_t *p = priv;
     p->ac = NULL; /* hiredis is freeing the context */
     uv_close((uv_handle_t *)&p->handle, ev_closed);
+    uv_close((uv_handle_t *)&p->flush, ev_closed);
 }
 
 static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop) {
@@ -106,8 +135,11 @@ static int ev_attach(redisAsyncContext *ac, uv_loop_t *loop) {
         free(p);
         return REDIS_ERR;
     }
+    uv_prepare_init(loop, &p->flush);
+    p->open = 2;
     p->ac = ac;
     p->handle.data = p;
+    p->flush.data = p;
     ac->ev.addRead = ev_add_read;
     ac->ev.delRead = ev_del_read;
     ac->ev.addWrite = ev_add_write;
@@ -476,6 +508,10 @@ int cel_redis_psubscribe(cel_redis_t *r, const char *pattern, cel_redis_cb cb, v
 }
 
 #define EVAL_MAX_ARGS 512
+
+void cel_redis_flush(cel_redis_t *r) {
+    if (r && r->ac && r->ac->ev.data) on_flush(&((uv_events_t *)r->ac->ev.data)->flush);
+}
 
 int cel_redis_evalsha(cel_redis_t *r, const cel_redis_script_t *s, cel_redis_cb cb, void *priv,
                       int nkeys, const char **keys, const size_t *keylens, int nargs,

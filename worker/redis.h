@@ -61,7 +61,13 @@ int cel_redis_command(cel_redis_t *r, cel_redis_cb cb, void *priv, int argc, con
  * Returns CEL_OK, or CEL_EIO when not up (cb is then never called). */
 int cel_redis_psubscribe(cel_redis_t *r, const char *pattern, cel_redis_cb cb, void *priv);
 
-/* EVALSHA script with keys then args. Same contract as cel_redis_command. */
+/* Commands are written when the loop turn ends (before it waits); this
+ * writes what is buffered now, for a caller that runs in that phase itself. */
+void cel_redis_flush(cel_redis_t *r);
+
+/* EVALSHA script with keys then args. Same contract as cel_redis_command. At
+ * most CEL_REDIS_EVAL_MAX_ARGS keys and args together. */
+#define CEL_REDIS_EVAL_MAX_ARGS 509
 int cel_redis_evalsha(cel_redis_t *r, const cel_redis_script_t *s, cel_redis_cb cb, void *priv,
                       int nkeys, const char **keys, const size_t *keylens, int nargs,
                       const char **args, const size_t *arglens);

@@ -8,8 +8,10 @@
  */
 #include "testutil.h"
 
+#include "../../protocol/internal.h"
 #include "../../protocol/protocol.h"
 #include "../fuzz/guard.h"
+#include "../fuzz/task_same.h"
 
 static const char *HDRS =
     "{\"lang\": \"py\", \"task\": \"tasks.add\", \"id\": \"id-1\", \"retries\": 0,"
@@ -75,7 +77,7 @@ static void test_real_messages(void **state) {
     const char *dir = testdata_dir();
     const char *name;
     json_t *e;
-    int n = 0;
+    int n = 0, fast = 0;
     json_object_foreach(expect, name, e) {
         char fn[512];
         size_t len;
@@ -84,6 +86,17 @@ static void test_real_messages(void **state) {
         cel_task_t *t = NULL;
         cel_err_t err;
         int rc = cel_task_decode_envelope(buf, len, &t, &err);
+        /* the full decoder (jansson) reads it the same, whichever path it took */
+        cel_task_t *full = NULL;
+        cel_err_t ferr;
+        char why[256];
+        cel_env_scan_t sc;
+        fast += cel_env_scan(buf, len, &sc) == CEL_OK;
+        assert_int_equal(cel_task_decode_envelope_full(buf, len, CEL_MSG_MAX_BYTES, &full, &ferr),
+                         rc);
+        if (full && !task_same(t, full, why, sizeof(why))) fail_msg("%s: %s", name, why);
+        if (full && full->proto == 2) assert_non_null(full->headers);
+        cel_task_free(full);
         const char *want_rc = json_string_value(json_object_get(e, "rc"));
         if (strcmp(want_rc, "OK") == 0 && rc != CEL_OK)
             fail_msg("%s: rc %s (%s)", name, cel_err_name(rc), err.msg);
@@ -121,7 +134,6 @@ static void test_real_messages(void **state) {
             check_json(name, "args", json_object_get(e, "args"), t->args);
             check_json(name, "kwargs", json_object_get(e, "kwargs"), t->kwargs);
             check_json(name, "embed", json_object_get(e, "embed"), t->embed);
-            if (t->proto == 2) assert_non_null(t->headers);
         } else {
             assert_null(t->args);
             assert_true(strlen(err.msg) > 0);
@@ -131,6 +143,7 @@ static void test_real_messages(void **state) {
         n++;
     }
     assert_true(n >= 40);
+    assert_true(fast >= 10); /* the stock client's envelopes take the fast path */
     json_decref(expect);
 }
 

@@ -163,6 +163,30 @@ static void test_broker_redis(void **state) {
     assert_int_equal(cmd_int("HLEN unacked"), 2);
     assert_int_equal(cmd_int("HEXISTS unacked %s", st.tags[0]), 1);
     assert_string_equal(st.tags[1], "tag-b");
+    /* each holds what kombu's QoS.append stores, [envelope, exchange, routing_key],
+     * whether the pop script read the tail of kombu's layout (the first) or
+     * decoded the envelope (the second, written compact) */
+    for (int i = 0; i < 2; i++) {
+        json_t *e = json_loadb(st.bodies[i], st.lens[i], 0, NULL);
+        json_t *di = json_object_get(json_object_get(e, "properties"), "delivery_info");
+        int flags = JSON_ENCODE_ANY | JSON_ESCAPE_SLASH;
+        char *ex = json_dumps(json_object_get(di, "exchange"), flags);
+        char *rk = json_dumps(json_object_get(di, "routing_key"), flags);
+        assert_non_null(ex);
+        assert_non_null(rk);
+        size_t want_len = st.lens[i] + strlen(ex) + strlen(rk) + 6;
+        char *want = malloc(want_len + 1);
+        snprintf(want, want_len + 1, "[%.*s, %s, %s]", (int)st.lens[i], st.bodies[i], ex, rk);
+        redisReply *h = redisCommand(rc, "HGET unacked %s", st.tags[i]);
+        assert_true(h && h->type == REDIS_REPLY_STRING);
+        assert_int_equal(h->len, want_len);
+        assert_memory_equal(h->str, want, want_len);
+        freeReplyObject(h);
+        free(want);
+        free(ex);
+        free(rk);
+        json_decref(e);
+    }
 
     /* the transport decodes and peeks its own messages */
     cel_broker_msg_t m = { st.tags[0], "tq", st.bodies[0], st.lens[0], NULL };
