@@ -538,7 +538,7 @@ static int usage(const char *why) {
             "celeriac-executor: %s\n"
             "usage: celeriac-executor --fd FD --index N [--loglevel LEVEL] [--model DIR]\n"
             "         [--state-dir DIR] [--import-root DIR]... [--max-input-tokens N]\n"
-            "         [--threads N] [--device D] [--batch-max-tasks K]\n"
+            "         [--threads N] [--device D] [--precision fp32|bf16] [--batch-max-tasks K]\n"
             "         [--batch-wait-ms MS] [--batch-max-tokens N]\n"
             "         [--gpu-adapter-memory MB] [--max-adapters-per-owner N]\n"
             "         [--max-adapter-bytes-per-owner BYTES] [--node NAME]\n",
@@ -591,6 +591,9 @@ int main(int argc, char **argv) {
                 return usage("bad --max-input-tokens");
         } else if (strcmp(opt, "--device") == 0) {
             mopts.device = val;
+        } else if (strcmp(opt, "--precision") == 0) {
+            if (strcmp(val, "fp32") && strcmp(val, "bf16")) return usage("bad --precision");
+            mopts.precision = val;
         } else if (strcmp(opt, "--batch-max-tasks") == 0) {
             if (parse_int(val, &batching.max_tasks) < 0 || batching.max_tasks < 1 ||
                 batching.max_tasks > EXEC_MAX_BATCH)

@@ -77,6 +77,14 @@ int cel_lm_open(const cel_lm_opts_t *o, cel_err_t *err) {
     if (rc == CEL_OK)
         rc = cel_model_set_device(g->model, o->device ? o->device : "auto", chosen, sizeof(chosen),
                                   err);
+    /* --precision bf16 is for the CPU's passes; on a GPU the products are bf16 already */
+    if (rc == CEL_OK && o->precision && strcmp(o->precision, "fp32") &&
+        !cel_model_on_gpu(g->model)) {
+        rc = cel_model_set_precision(g->model, o->precision, err);
+        if (rc == CEL_OK)
+            snprintf(chosen + strlen(chosen), sizeof(chosen) - strlen(chosen), ", precision %s",
+                     o->precision);
+    }
     if (rc == CEL_OK && o->device_chosen) snprintf(o->device_chosen, 256, "%s", chosen);
     if (rc == CEL_OK) cel_model_set_gpu_budget(g->model, (size_t)o->gpu_adapter_mb << 20);
     if (rc == CEL_OK && cel_tokenizer_vocab_size(g->tok) > (size_t)cel_model_vocab_size(g->model))

@@ -22,11 +22,12 @@ typedef struct cel_lm_opts {
     const char *state_dir;           /* NULL: a private temp dir, removed at close */
     const char *const *import_roots; /* extra folders lora.load may read */
     int n_import_roots;
-    int max_input_tokens; /* tokens of one text/example/prompt; 0: default */
-    int threads;          /* OpenBLAS threads; <= 0 keeps OpenBLAS's */
-    const char *device;   /* cel_model_set_device spec; NULL = auto */
-    long gpu_adapter_mb;  /* cel_model_set_gpu_budget in MiB; 0 = no limit */
-    char *device_chosen;  /* OUT (may be NULL): what was chosen, 256 bytes */
+    int max_input_tokens;  /* tokens of one text/example/prompt; 0: default */
+    int threads;           /* OpenBLAS threads; <= 0 keeps OpenBLAS's */
+    const char *device;    /* cel_model_set_device spec; NULL = auto */
+    const char *precision; /* "bf16": cel_model_set_precision for CPU passes; NULL = fp32 */
+    long gpu_adapter_mb;   /* cel_model_set_gpu_budget in MiB; 0 = no limit */
+    char *device_chosen;   /* OUT (may be NULL): what was chosen, 256 bytes */
     /* Called now and then by long tasks with how far they are; the callee rate-limits
      * and sends a progress frame. May be NULL. Returns CEL_OK or a channel error
      * (ignored: progress is best effort). */

@@ -1136,7 +1136,11 @@ void cel_consumer_info(cel_consumer_t *c, cel_consumer_info_t *out) {
     out->autoscale_max = c->scaler.max;
     out->autoscale_min = c->scaler.min;
     out->qty = c->held + c->active;
+    out->device[0] = '\0';
+    out->adapters_resident = 0;
     if (!c->pool) return;
+    snprintf(out->device, sizeof(out->device), "%s", cel_pool_device(c->pool));
+    out->adapters_resident = cel_pool_adapters(c->pool);
     out->slots = cel_pool_slots(c->pool);
     out->busy = cel_pool_busy(c->pool);
     out->npids = cel_pool_pids(c->pool, out->pids, CEL_MAX_CONCURRENCY);

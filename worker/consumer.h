@@ -100,6 +100,9 @@ typedef struct cel_consumer_info {
     /* autoscale and mingle (issue 19) */
     int autoscale_max, autoscale_min; /* 0, 0 without --autoscale */
     int qty;                          /* requests reserved or running (the autoscaler's) */
+    /* issue 15 (a front end's GET /workers) */
+    char device[96];        /* the executors' model device; "" before one is ready */
+    long adapters_resident; /* adapters in the executors' memory */
 } cel_consumer_info_t;
 
 /* Fills *out (a large struct: keep one per call, not per request). */

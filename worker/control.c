@@ -286,6 +286,14 @@ static json_t *stats(cel_control_t *ctl) {
                            json_sprintf("%llu", (unsigned long long)cel_events_clock(ctl->ev)),
                            "uptime", (json_int_t)(now - in.started_at), "pool", pool, "broker",
                            broker, "prefetch_count", in.prefetch_count, "rusage", rusage);
+    /* issue 15: what a front end shows per node (GET /workers); keys the stock worker
+     * does not send, which inspect and Flower pass through */
+    if (st) {
+        json_object_set_new(st, "device", json_string(in.device[0] ? in.device : cfg->device));
+        json_object_set_new(st, "precision",
+                            json_string(cfg->precision[0] ? cfg->precision : "fp32"));
+        json_object_set_new(st, "adapters_resident", json_integer(in.adapters_resident));
+    }
     /* autoscale and mingle (issue 19): Autoscaler.info() as the stock worker adds it */
     if (st && in.autoscale_max)
         json_object_set_new(st, "autoscaler",

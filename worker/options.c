@@ -72,6 +72,9 @@ static const char usage_text[] =
     "                               is visible, else the CPU; the default), cpu, cuda,\n"
     "                               cuda:N. On a GPU one executor serves every task\n"
     "                               (-c is 1) and packs waiting model tasks into passes\n"
+    "      --precision P            fp32 (the default) or bf16: the CPU passes' products\n"
+    "                               with the base weights in bf16 with fp32 accumulation\n"
+    "                               (CPUs with AVX512-BF16; a GPU computes in bf16 anyway)\n"
     "      --batch-max-tasks K      model tasks (lora.forward_backward, model.score) an\n"
     "                               executor packs into one pass (default 16 on a GPU,\n"
     "                               1 = off on the CPU)\n"
@@ -118,7 +121,7 @@ static const char usage_text[] =
     "  -h, --help                   show this help\n"
     "      --version                show the version\n";
 
-static int settle_device(cel_options_t *cfg, int concurrency_set);
+static int settle_device(cel_options_t *cfg, int concurrency_set, cel_err_t *err);
 static int settle_direct_queue(cel_options_t *cfg, cel_err_t *err);
 
 /* ---- AMQP broker options (issue 14) ---- */
@@ -151,6 +154,7 @@ enum {
     OPT_NO_HEARTBEAT,
     OPT_DEVICE,
     OPT_BATCH_TASKS,
+    OPT_PRECISION,
     OPT_BATCH_WAIT,
     OPT_BATCH_TOKENS,
     OPT_GPU_MEM,
@@ -614,6 +618,7 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
         { "max-input-tokens", required_argument, 0, OPT_MAX_INPUT },
         { "device", required_argument, 0, OPT_DEVICE },
         { "batch-max-tasks", required_argument, 0, OPT_BATCH_TASKS },
+        { "precision", required_argument, 0, OPT_PRECISION },
         { "batch-wait-ms", required_argument, 0, OPT_BATCH_WAIT },
         { "batch-max-tokens", required_argument, 0, OPT_BATCH_TOKENS },
         { "gpu-adapter-memory", required_argument, 0, OPT_GPU_MEM },
@@ -755,6 +760,15 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
                                  "--device: expected auto, cpu, cuda or cuda:N (N a GPU index, "
                                  "0 to 255)");
             break;
+        case OPT_PRECISION:
+            /* fp32 is the default and the oracle; bf16 needs AVX512-BF16 (checked in
+             * settle_device, once the device is known) */
+            if (strcmp(optarg, "fp32") && strcmp(optarg, "bf16"))
+                rc = cel_err_set(err, CEL_EINVAL, "--precision: expected fp32 or bf16");
+            else
+                snprintf(cfg->precision, sizeof(cfg->precision), "%s",
+                         strcmp(optarg, "bf16") ? "" : "bf16");
+            break;
         case OPT_BATCH_TASKS:
             rc = parse_long(optarg, 1, CEL_MAX_BATCH_TASKS, &v, "--batch-max-tasks", err);
             cfg->batch_max_tasks = (int)v;
@@ -858,7 +872,7 @@ int cel_options_parse(cel_options_t *cfg, int argc, char **argv, cel_err_t *err)
     if ((rc = cel_options_expand_hostname(hostname_pat, cfg->hostname, sizeof(cfg->hostname), err)))
         return rc;
     if ((rc = settle_direct_queue(cfg, err)) != CEL_OK) return rc;
-    if ((rc = settle_device(cfg, concurrency_set)) != CEL_OK) return rc;
+    if ((rc = settle_device(cfg, concurrency_set, err)) != CEL_OK) return rc;
     settle_autoscale(cfg);
     if (cfg->soft_time_limit && cfg->time_limit && cfg->soft_time_limit > cfg->time_limit)
         cel_warn("--soft-time-limit %.3g is above --time-limit %.3g", cfg->soft_time_limit,
@@ -902,7 +916,17 @@ static int settle_urls(cel_options_t *cfg, cel_err_t *err) {
 /* Decides what --device means for the pool: the main process never loads
  * CUDA, so for auto it only looks for the driver's device files. A GPU gets
  * one executor (the model once per GPU) that packs model tasks. */
-static int settle_device(cel_options_t *cfg, int concurrency_set) {
+static int cpu_has_bf16(void) {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__clang__) || __GNUC__ >= 10)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
+}
+
+static int settle_device(cel_options_t *cfg, int concurrency_set, cel_err_t *err) {
     if (!cfg->device[0]) snprintf(cfg->device, sizeof(cfg->device), "auto");
     const char *vis = getenv("CUDA_VISIBLE_DEVICES");
     int files = (!vis || (vis[0] && strcmp(vis, "-1") != 0)) &&
@@ -914,6 +938,11 @@ static int settle_device(cel_options_t *cfg, int concurrency_set) {
                      cfg->concurrency);
         cfg->concurrency = 1;
     }
+    /* --precision bf16 is for the CPU's passes (a GPU's products are bf16 anyway): refused
+     * here, not by every executor start, when this CPU cannot do it */
+    if (!strcmp(cfg->precision, "bf16") && !cfg->gpu && !cpu_has_bf16())
+        return cel_err_set(err, CEL_EINVAL,
+                           "--precision bf16: this CPU lacks AVX512-BF16 (use fp32, the default)");
     if (!cfg->batch_max_tasks) cfg->batch_max_tasks = cfg->gpu ? 16 : 1;
     if (cfg->batch_wait_ms < 0) cfg->batch_wait_ms = 2;
     if (!cfg->batch_max_tokens) cfg->batch_max_tokens = 16384;

@@ -62,6 +62,7 @@ typedef struct cel_options {
     long max_input_tokens; /* per example; 0 = the executor's default */
     char device[32];       /* --device: auto, cpu, cuda, cuda:N (executors choose) */
     int gpu;               /* the device names or (auto) may find a GPU: one executor */
+    char precision[8];     /* --precision: "" (fp32) or "bf16" for CPU passes */
     int batch_max_tasks;   /* tasks written to one executor to pack into one pass */
     int batch_wait_ms;     /* how long an executor waits to fill a partial batch */
     long batch_max_tokens; /* padded tokens of one packed pass */

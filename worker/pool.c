@@ -47,6 +47,8 @@ typedef struct executor {
     int exited, exitcode, termsig;
     int timed_out;
     int was_ready;
+    char device[96]; /* what its ready frame named ("cpu", "cuda:0 (...)") */
+    long adapters;   /* adapters in its memory, as its last model result said */
     int tasks_done;
     int restart;                               /* pool_restart: replace it after its task */
     double mean_runtime;                       /* moving average of recent task runtimes */
@@ -228,6 +230,7 @@ static void on_ready_frame(executor_t *e, const uint8_t *payload, size_t len) {
     }
     if (!e->was_ready)
         cel_info("executor %d (pid %d): model on %s", e->slot + 1, e->pid, rd.device);
+    snprintf(e->device, sizeof(e->device), "%s", rd.device ? rd.device : "");
     cel_frame_ready_clear(&rd);
     e->was_ready = 1;
     cel_metrics_executor_ready(e->slot);
@@ -247,6 +250,7 @@ static void on_result_frame(executor_t *e, const uint8_t *payload, size_t len) {
         return;
     }
     cel_metrics_executor_result(e->slot, &res);
+    if (res.stats.present && res.stats.adapters >= 0) e->adapters = res.stats.adapters;
     void *job = e->jobs[0];
     e->njobs--;
     memmove(e->jobs, e->jobs + 1, sizeof(e->jobs[0]) * (size_t)e->njobs);
@@ -406,6 +410,7 @@ static void spawn(cel_pool_t *p, int slot) {
         args[na++] = "--import-root", args[na++] = cfg->import_roots[i];
     if (cfg->max_input_tokens) args[na++] = "--max-input-tokens", args[na++] = maxin;
     if (cfg->device[0]) args[na++] = "--device", args[na++] = (char *)cfg->device;
+    if (cfg->precision[0]) args[na++] = "--precision", args[na++] = (char *)cfg->precision;
     args[na++] = "--batch-max-tasks", args[na++] = btasks;
     args[na++] = "--batch-wait-ms", args[na++] = bwait;
     args[na++] = "--batch-max-tokens", args[na++] = btokens;
@@ -495,6 +500,19 @@ int cel_pool_can_run(const cel_pool_t *p) {
     for (int i = 0; i < p->n; i++)
         if (room(p, p->slots[i]) > 0) return 1;
     return 0;
+}
+
+const char *cel_pool_device(const cel_pool_t *p) {
+    for (int i = 0; i < p->top; i++)
+        if (p->slots[i] && p->slots[i]->was_ready) return p->slots[i]->device;
+    return "";
+}
+
+long cel_pool_adapters(const cel_pool_t *p) {
+    long n = 0;
+    for (int i = 0; i < p->top; i++)
+        if (p->slots[i]) n += p->slots[i]->adapters;
+    return n;
 }
 
 int cel_pool_busy(const cel_pool_t *p) {

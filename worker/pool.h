@@ -47,6 +47,13 @@ int cel_pool_can_run(const cel_pool_t *p);
 /* Number of executors running a task. */
 int cel_pool_busy(const cel_pool_t *p);
 
+/* What the first ready executor said its model runs on ("cpu", "cuda:0 (H200,
+ * ...)"); "" before one is ready. Borrowed until the pool changes. */
+const char *cel_pool_device(const cel_pool_t *p);
+
+/* Adapters the executors hold in memory, as their last model results said. */
+long cel_pool_adapters(const cel_pool_t *p);
+
 /* Sends a run frame (payload borrowed: cel_frame_run_encode's) for job to an idle
  * executor (or queues it on a fast one, see cel_pool_can_run) and arms its
  * time limits (0 = none) for when it starts. pid_out and slot_out (may be NULL)

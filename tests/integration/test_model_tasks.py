@@ -568,3 +568,55 @@ def test_packed_tasks_equal_one_at_a_time(mworker, celery_app, tmp_path):
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
         assert _close(g, w), f"result {i}: packed {g} vs alone {w}"
+
+
+# --------------------------------------------------------------------------------------------
+# precision and what inspect stats says about the model (issues 15 and 17)
+
+
+def _cpu_has_bf16():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return {"avx512f", "avx512bw", "avx512_bf16"} <= set(flags)
+
+
+def test_stats_name_device_precision_and_resident_adapters(mworker, celery_app):
+    node = f"stats@{socket.gethostname()}"
+    mworker("-n", node)
+    aid = call(celery_app, "lora.create", rank=4, seed=3)["adapter_id"]
+    call(celery_app, "lora.forward_backward", aid, [{"text": TEXT}])
+    st = celery_app.control.inspect(destination=[node], timeout=scaled(5)).stats()[node]
+    assert st["device"].startswith("cpu")
+    assert st["precision"] == "fp32"
+    assert st["adapters_resident"] == 1
+
+
+@pytest.mark.skipif(not _cpu_has_bf16(), reason="this CPU lacks AVX512-BF16")
+def test_precision_bf16_scores_and_trains_near_fp32(mworker, celery_app, tmp_path):
+    """--precision bf16 reaches the executors: scores move a little from fp32's (bf16
+    products with fp32 accumulation), within the tolerance the oracle tests state; training
+    still lowers the loss."""
+    node = f"bf16@{socket.gethostname()}"
+    w32 = mworker("-n", f"fp32@{socket.gethostname()}")
+    ref = call(celery_app, "model.score", TEXT)
+    w32.stop()
+    mworker("-n", node, "--precision", "bf16", state=str(tmp_path / "s16"))
+    got = call(celery_app, "model.score", TEXT)
+    assert got["tokens"] == ref["tokens"]
+    assert got["token_logprobs"] != ref["token_logprobs"]  # bf16 really ran
+    assert got["token_logprobs"] == pytest.approx(ref["token_logprobs"], abs=0.05)
+    st = celery_app.control.inspect(destination=[node], timeout=scaled(5)).stats()[node]
+    assert st["precision"] == "bf16"
+    assert "precision bf16" in st["device"]
+    aid = call(celery_app, "lora.create", rank=4, seed=1)["adapter_id"]
+    losses = train(celery_app, aid, 4)
+    assert losses[-1] < losses[0]
+
+
+def test_precision_refused_when_unknown(worker):
+    w = worker("--precision", "fp16", ready=False)
+    assert w.wait_exit(timeout=scaled(10)) != 0
+    assert "--precision: expected fp32 or bf16" in w.log_tail()

@@ -909,6 +909,45 @@ static void test_device_option(void **state) {
     one("--device", "gpu", 0);
 }
 
+/* --precision fp32|bf16 (issue 17): bf16 for the CPU's passes, refused at start-up on a
+ * CPU without AVX512-BF16 rather than by every executor start */
+static void test_precision_option(void **state) {
+    cel_options_t cfg;
+    cel_err_t err;
+    {
+        ARGV("--precision", "fp32");
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        assert_string_equal(cfg.precision, ""); /* the default: nothing passed on */
+        cel_options_free(&cfg);
+    }
+    {
+        ARGV("--precision", "bf16", "--device", "cpu");
+        int has = 0;
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__clang__) || __GNUC__ >= 10)
+        __builtin_cpu_init();
+        has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+              __builtin_cpu_supports("avx512bf16");
+#endif
+        int rc = cel_options_parse(&cfg, ARGC, av, &err);
+        if (has) {
+            assert_int_equal(rc, CEL_OK);
+            assert_string_equal(cfg.precision, "bf16");
+            cel_options_free(&cfg);
+        } else {
+            assert_int_equal(rc, CEL_EINVAL);
+            assert_non_null(strstr(err.msg, "AVX512-BF16"));
+        }
+    }
+    {
+        ARGV("--precision", "bf16", "--device", "cuda:0"); /* a GPU is bf16 anyway */
+        assert_int_equal(cel_options_parse(&cfg, ARGC, av, &err), CEL_OK);
+        cel_options_free(&cfg);
+    }
+    one("--precision", "fp16", 0);
+    one("--precision", "", 0);
+    one("--precision", "BF16", 0);
+}
+
 static void test_import_roots_limit(void **state) {
     enum { N = sizeof(((cel_options_t *)0)->import_roots) / sizeof(char *) };
     char *av[2 * (N + 1) + 2];
@@ -1045,6 +1084,7 @@ int main(void) {
         cmocka_unit_test_setup(test_queue_limits, clear_env),
         cmocka_unit_test_setup(test_direct_queue, clear_env),
         cmocka_unit_test_setup(test_device_option, clear_env),
+        cmocka_unit_test_setup(test_precision_option, clear_env),
         cmocka_unit_test_setup(test_import_roots_limit, clear_env),
         cmocka_unit_test_setup(test_hostname_option, clear_env),
         cmocka_unit_test_setup(test_autoscale_and_celery_flags, clear_env),
