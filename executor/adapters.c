@@ -12,7 +12,8 @@
  *      directory (its names); only now may `current` name it
  *   4. current.tmp.<node>.<pid> renamed to `current`, then fsync of
  *      <state>/adapters/<id>/ (the rename durable before the step's result is sent)
- *   5. every other ckpt-* of the adapter is removed (a leftover from a crash in 1-3 too)
+ *   5. every other ckpt-* of the adapter is removed (a leftover from a crash in 1-3 too),
+ *      by a background thread once their names are picked (remove_later)
  * Steps 1-5 run in the one process allowed to write the adapter (the holder of its
  * lock, see adapters_hold.c; or its creator), which checks
  * before 1 and before 4 that `current` still names the checkpoint it started from, so
@@ -31,6 +32,8 @@
 #include <ftw.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,6 +162,77 @@ static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW 
 /* rm -rf path, not following symlinks. */
 static void rm_tree(const char *path) { nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
 
+/* ---- removal of replaced checkpoints off the step's path (issue 17) ----
+ * Unlinking a checkpoint's files costs a step as much as writing them on a
+ * busy disk, and nothing waits on it: prune picks the names under the
+ * adapter's lock (so never one being written nor the one `current` names;
+ * names are never reused, so a name once replaced stays garbage) and a thread
+ * of its own removes them after the step's result is on its way. Removals a
+ * process dies with are left to the next prune. The thread blocks every signal
+ * (the executor's stay with its main thread). */
+#define REMOVER_QUEUE 64
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t work; /* queued, or stop */
+    pthread_cond_t idle; /* queue empty, nothing being removed */
+    char *q[REMOVER_QUEUE];
+    int n, busy, started;
+    pthread_t t;
+} remover = { .mu = PTHREAD_MUTEX_INITIALIZER,
+              .work = PTHREAD_COND_INITIALIZER,
+              .idle = PTHREAD_COND_INITIALIZER };
+
+static void *remover_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&remover.mu);
+    for (;;) {
+        while (remover.n == 0) pthread_cond_wait(&remover.work, &remover.mu);
+        char *p = remover.q[0];
+        remover.n--;
+        memmove(remover.q, remover.q + 1, (size_t)remover.n * sizeof(remover.q[0]));
+        remover.busy = 1;
+        pthread_mutex_unlock(&remover.mu);
+        rm_tree(p);
+        free(p);
+        pthread_mutex_lock(&remover.mu);
+        remover.busy = 0;
+        if (remover.n == 0) pthread_cond_broadcast(&remover.idle);
+    }
+    return NULL;
+}
+
+/* Removes the tree at path in the background; inline when the thread cannot
+ * start or its queue is full. */
+static void remove_later(const char *path) {
+    char *p = strdup(path);
+    pthread_mutex_lock(&remover.mu);
+    if (p && !remover.started) {
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        remover.started = pthread_create(&remover.t, NULL, remover_main, NULL) == 0;
+        if (remover.started) pthread_detach(remover.t);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
+    if (p && remover.started && remover.n < REMOVER_QUEUE) {
+        remover.q[remover.n++] = p;
+        p = NULL;
+        pthread_cond_signal(&remover.work);
+        pthread_mutex_unlock(&remover.mu);
+        return;
+    }
+    pthread_mutex_unlock(&remover.mu);
+    rm_tree(path);
+    free(p);
+}
+
+void cel_adapters_settle(void) {
+    pthread_mutex_lock(&remover.mu);
+    while (remover.n > 0 || remover.busy) pthread_cond_wait(&remover.idle, &remover.mu);
+    pthread_mutex_unlock(&remover.mu);
+}
+
 static int is_dir(const char *p) {
     struct stat st;
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
@@ -263,6 +337,7 @@ static void adapter_free(cel_adapter_t *a) {
 
 void cel_adapters_free(cel_adapters_t *s) {
     if (!s) return;
+    cel_adapters_settle();
     for (int i = 0; i < s->n_loaded; i++) adapter_free(s->loaded[i]);
     free(s);
 }
@@ -474,7 +549,8 @@ static json_t *make_meta(cel_adapters_t *s, cel_adapter_t *a, const char *task, 
                      targets_json(cel_lora_targets(a->lora)), "base_model", s->base);
 }
 
-/* Removes a's checkpoints other than keep and the one `current` names now. */
+/* Removes a's checkpoints other than keep and the one `current` names now (in
+ * the background: remove_later). */
 static void prune(cel_adapters_t *s, const char *id, const char *keep) {
     char dir[CEL_ADAPTERS_PATH_MAX + 64], cur[CKPT_NAME_MAX] = "";
     snprintf(dir, sizeof(dir), "%s/%s", s->adir, id);
@@ -487,7 +563,7 @@ static void prune(cel_adapters_t *s, const char *id, const char *keep) {
         if (strcmp(e->d_name, keep) == 0 || strcmp(e->d_name, cur) == 0) continue;
         char p[CEL_ADAPTERS_PATH_MAX + 384];
         snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-        rm_tree(p);
+        remove_later(p);
     }
     closedir(d);
 }

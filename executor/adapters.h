@@ -210,4 +210,8 @@ int cel_adapters_handback(cel_adapters_t *s);
 int cel_adapters_phase_times(void);
 double cel_adapters_now_ms(void);
 
+/* Waits until the checkpoints replaced so far are removed (prune runs in the
+ * background; cel_adapters_free waits too). */
+void cel_adapters_settle(void);
+
 #endif

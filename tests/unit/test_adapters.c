@@ -101,6 +101,7 @@ static void fake_grads(cel_adapter_t *a, float base) {
 }
 
 static int count_ckpts(fixture_t *f, const char *id) {
+    cel_adapters_settle(); /* prune removes in the background */
     char p[256];
     snprintf(p, sizeof(p), "%s/adapters/%s", f->dir, id);
     DIR *d = opendir(p);
@@ -172,6 +173,7 @@ static void test_checkpoint_one_pass(void **state) {
     list_dir(dir, names, sizeof(names));
     assert_string_equal(names, "adapter_config.json,adapter_model.safetensors,meta.json,optimizer."
                                "safetensors");
+    cel_adapters_settle(); /* the replaced checkpoints go in the background */
     list_dir(adir, names, sizeof(names));
     char want[512];
     snprintf(want, sizeof(want), "%s,current,lock", name);
