@@ -202,12 +202,28 @@ static void *remover_main(void *arg) {
     return NULL;
 }
 
+/* fork: the child has no remover thread; it starts its own if it needs one
+ * (what was queued is the parent's to remove). */
+static void remover_prepare(void) { pthread_mutex_lock(&remover.mu); }
+static void remover_parent(void) { pthread_mutex_unlock(&remover.mu); }
+static void remover_child(void) {
+    for (int i = 0; i < remover.n; i++) free(remover.q[i]);
+    remover.n = remover.busy = remover.started = 0;
+    pthread_mutex_unlock(&remover.mu); /* (locked by remover_prepare) */
+    /* the condition variables may record the parent's thread as a waiter */
+    pthread_mutex_init(&remover.mu, NULL);
+    pthread_cond_init(&remover.work, NULL);
+    pthread_cond_init(&remover.idle, NULL);
+}
+
 /* Removes the tree at path in the background; inline when the thread cannot
  * start or its queue is full. */
 static void remove_later(const char *path) {
     char *p = strdup(path);
     pthread_mutex_lock(&remover.mu);
-    if (p && !remover.started) {
+    static int atfork;
+    if (!atfork) atfork = pthread_atfork(remover_prepare, remover_parent, remover_child) == 0;
+    if (p && !remover.started && atfork) {
         sigset_t all, old;
         sigfillset(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old);

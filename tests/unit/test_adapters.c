@@ -20,7 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -216,6 +218,75 @@ static void test_checkpoint_one_pass(void **state) {
     assert_int_equal(count_ckpts(f, id), 1);
     cel_adapters_free(sb);
     cel_adapters_free(sa);
+}
+
+/* kill -9 at any point of a step: a child process steps an adapter and reports
+ * each step once its commit returned (the result the worker would send); it is
+ * killed at a varying point of a later step. Another store then loads a
+ * complete checkpoint at the last reported step or the one after, and every
+ * reported step's result is there for a redelivery. */
+static void test_kill9_during_checkpoint(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *s = open_store(f, "a@host");
+    char id[CEL_ADAPTERS_ID_LEN + 1];
+    snprintf(id, sizeof(id), "%s", cel_adapters_id(create(s)));
+    cel_adapters_free(s);
+    int reported = 0;
+    for (int round = 0; round < 12; round++) {
+        int pfd[2];
+        assert_int_equal(pipe(pfd), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            close(pfd[0]);
+            cel_adapters_t *cs = open_store(f, "child@host");
+            cel_err_t err;
+            cel_adapter_t *a;
+            cel_adamw_t opt = { .lr = 1e-2f };
+            for (;;) {
+                if (cel_adapters_get(cs, id, &a, &err) != CEL_OK) _exit(2);
+                cel_adapters_lost_t lost;
+                if (cel_adapters_hold(cs, a, &lost, &err) != CEL_OK) _exit(3);
+                fake_grads(a, 0.1f);
+                if (cel_adapters_note_grads(cs, a, &err) != CEL_OK) _exit(4);
+                if (cel_lora_step(cel_adapters_lora(a), &opt, NULL, &err) != CEL_OK) _exit(5);
+                int step = cel_lora_step_count(cel_adapters_lora(a));
+                char task[32];
+                snprintf(task, sizeof(task), "task-%d", step);
+                json_t *res = json_pack("{s:i}", "step", step);
+                if (cel_adapters_commit(cs, a, task, res, &err) != CEL_OK) _exit(6);
+                json_decref(res);
+                if (write(pfd[1], &step, sizeof(step)) != sizeof(step)) _exit(7);
+            }
+        }
+        close(pfd[1]);
+        int step = 0, want = 1 + round % 3;
+        for (int got = 0; got < want; got++)
+            assert_int_equal(read(pfd[0], &step, sizeof(step)), sizeof(step));
+        /* vary the point of the next step the kill lands in (not a wait for anything) */
+        usleep((useconds_t)(round * 700));
+        kill(pid, SIGKILL);
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFSIGNALED(status));
+        int more;
+        while (read(pfd[0], &more, sizeof(more)) == sizeof(more)) step = more;
+        close(pfd[0]);
+        reported = step;
+        cel_adapters_t *rs = open_store(f, "reader@host");
+        cel_adapter_t *a = get(rs, id);
+        int now = cel_lora_step_count(cel_adapters_lora(a));
+        assert_true(now == reported || now == reported + 1);
+        for (int k = reported; k > 0 && k > reported - 8; k--) {
+            char task[32];
+            int done = 0;
+            snprintf(task, sizeof(task), "task-%d", k);
+            assert_non_null(cel_adapters_step_result(a, task, &done));
+            assert_int_equal(done, k);
+        }
+        cel_adapters_free(rs);
+    }
+    assert_true(reported >= 12);
 }
 
 /* A live holder makes another store refuse; once it is gone its gradients are
@@ -436,6 +507,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_forfeit_is_reported, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_and_node, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_one_pass, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kill9_during_checkpoint, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
