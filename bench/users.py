@@ -19,12 +19,19 @@ Then the cost of a step along the path, for one user:
   http         the same step through Gunicorn (N = 1 run above)
 and the overhead per task (2 tasks per step) of celery and http against the engine.
 
+Then where the celery row's step goes inside the executor: the worker runs with
+CELERIAC_PHASE_TIMES=1, so each optim_step and forward_backward logs its phases (ms, averaged
+over the celery run): adapter lookup, gradient hold, the AdamW step, the checkpoint (files
+written, sync pass, `current` switch, prune of the old one) and the forward_backward's
+gradient-holder marker.
+
 Prints tables; never fails on timing. Run with /usr/bin/python3:
   bench/users.py [--steps 10] [--users 1,2,4] [--concurrency 4] [--batch 4] [--url URL]
 """
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import socket
@@ -76,7 +83,8 @@ class Stack:
             raise RuntimeError("redis-server did not start")
         self.worker = self._start("celeriac", [
             os.path.join(bindir, "celeriac"), "-b", self.url, "-c", str(concurrency),
-            "-l", "info", "--state-dir", os.path.join(workdir, "state")])
+            "-l", "info", "--state-dir", os.path.join(workdir, "state")],
+            {"CELERIAC_PHASE_TIMES": "1"})
         if not wait_until(lambda: b"ready." in self._log("celeriac"), 60):
             raise RuntimeError("celeriac did not get ready:\n" + self._log("celeriac")[-2000:]
                                .decode("utf-8", "replace"))
@@ -243,6 +251,22 @@ def celery_step_seconds(broker, steps, batch):
         app.close()
 
 
+PHASE_RE = re.compile(rb"Phase times adapter \S+ (optim_step|checkpoint|forward_backward)\b[^:]*:"
+                      rb"((?: \w+=[0-9.]+)+)")
+
+
+def phase_times(log):
+    """{phase: (mean ms, count)} from the executors' "Phase times" lines in log (bytes)."""
+    sums, counts = {}, {}
+    for m in PHASE_RE.finditer(log):
+        for kv in m.group(2).split():
+            k, v = kv.split(b"=")
+            k = k.decode()
+            sums[k] = sums.get(k, 0.0) + float(v)
+            counts[k] = counts.get(k, 0) + 1
+    return {k: (sums[k] / counts[k], counts[k]) for k in sums}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=10)
@@ -292,7 +316,9 @@ def main():
         http_step = session(clients[0], args.steps, args.batch) / args.steps
         engine, engine_why = engine_step_seconds(args.bin_dir, args.steps, args.batch, workdir)
         if stack:
+            mark = len(stack._log("celeriac"))
             celery, celery_why = celery_step_seconds(stack.url, args.steps, args.batch)
+            phases = phase_times(stack._log("celeriac")[mark:])
         else:
             celery, celery_why = None, "not measured with --url"
         print()
@@ -308,6 +334,14 @@ def main():
                 print(f"{name:<8}  {v * 1e3:>8.2f}  {(v - engine) / 2 * 1e3:>27.2f}")
         print("\n(a step is one fwdbwd + one optim_step: 2 tasks; the engine row is "
               "celeriac-lm train, in one process)")
+        if stack and phases:
+            print("\nexecutor phases of the celery row, mean ms per task (n):")
+            order = [("optim_step", ("lookup", "hold", "adamw", "commit")),
+                     ("  checkpoint", ("ckpt_write", "ckpt_sync", "ckpt_switch", "ckpt_prune")),
+                     ("forward_backward", ("marker",))]
+            for label, keys in order:
+                print(f"  {label:<18}" + "  ".join(
+                    f"{k} {phases[k][0]:.3f} ({phases[k][1]})" for k in keys if k in phases))
     finally:
         if stack:
             stack.stop()

@@ -3,12 +3,17 @@
  * A checkpoint is written in this order, so a crash at any point leaves the old
  * or the new one complete and `current` naming a complete one:
  *   1. mkdir <state>/adapters/<id>/ckpt-<step>-<nonce>/ (a fresh name: never reused)
- *   2. adapter_model.safetensors, adapter_config.json, optimizer.safetensors, meta.json,
- *      each written to a temp name, fsynced and renamed (cel_lora_save does the first three)
- *   3. fsync of the checkpoint directory
- *   4. current.tmp.<pid> written with the checkpoint's name, fsynced, renamed to `current`,
- *      then fsync of <state>/adapters/<id>/
- *   5. every other ckpt-* of the adapter is removed (a leftover from a crash in 1-3 too)
+ *   2. adapter_model.safetensors, adapter_config.json, optimizer.safetensors, meta.json
+ *      (gradients.safetensors on a hand-back) written straight to their names (nothing
+ *      reads the directory before `current` names it), and current.tmp.<node>.<pid>
+ *      with the checkpoint's name; none synced yet
+ *   3. one sync pass: fdatasync of each of those files (writeback of all started
+ *      first, so one journal commit covers them), then fsync of the checkpoint
+ *      directory (its names); only now may `current` name it
+ *   4. current.tmp.<node>.<pid> renamed to `current`, then fsync of
+ *      <state>/adapters/<id>/ (the rename durable before the step's result is sent)
+ *   5. every other ckpt-* of the adapter is removed (a leftover from a crash in 1-3 too),
+ *      by a background thread once their names are picked (remove_later)
  * Steps 1-5 run in the one process allowed to write the adapter (the holder of its
  * lock, see adapters_hold.c; or its creator), which checks
  * before 1 and before 4 that `current` still names the checkpoint it started from, so
@@ -27,6 +32,8 @@
 #include <ftw.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,11 +122,6 @@ int cel_adapters_write_file(const char *dir, const char *name, const char *data,
     return CEL_OK;
 }
 
-static int write_atomic(const char *dir, const char *name, const char *data, size_t len,
-                        cel_err_t *err) {
-    return cel_adapters_write_file(dir, name, data, len, 0, err);
-}
-
 int cel_adapters_read_file(const char *path, size_t max, char **buf, size_t *len, cel_err_t *err) {
     *buf = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -159,6 +161,93 @@ static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW 
 
 /* rm -rf path, not following symlinks. */
 static void rm_tree(const char *path) { nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
+
+/* ---- removal of replaced checkpoints off the step's path (issue 17) ----
+ * Unlinking a checkpoint's files costs a step as much as writing them on a
+ * busy disk, and nothing waits on it: prune picks the names under the
+ * adapter's lock (so never one being written nor the one `current` names;
+ * names are never reused, so a name once replaced stays garbage) and a thread
+ * of its own removes them after the step's result is on its way. Removals a
+ * process dies with are left to the next prune. The thread blocks every signal
+ * (the executor's stay with its main thread). */
+#define REMOVER_QUEUE 64
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t work; /* queued, or stop */
+    pthread_cond_t idle; /* queue empty, nothing being removed */
+    char *q[REMOVER_QUEUE];
+    int n, busy, started;
+    pthread_t t;
+} remover = { .mu = PTHREAD_MUTEX_INITIALIZER,
+              .work = PTHREAD_COND_INITIALIZER,
+              .idle = PTHREAD_COND_INITIALIZER };
+
+static void *remover_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&remover.mu);
+    for (;;) {
+        while (remover.n == 0) pthread_cond_wait(&remover.work, &remover.mu);
+        char *p = remover.q[0];
+        remover.n--;
+        memmove(remover.q, remover.q + 1, (size_t)remover.n * sizeof(remover.q[0]));
+        remover.busy = 1;
+        pthread_mutex_unlock(&remover.mu);
+        rm_tree(p);
+        free(p);
+        pthread_mutex_lock(&remover.mu);
+        remover.busy = 0;
+        if (remover.n == 0) pthread_cond_broadcast(&remover.idle);
+    }
+    return NULL;
+}
+
+/* fork: the child has no remover thread; it starts its own if it needs one
+ * (what was queued is the parent's to remove). */
+static void remover_prepare(void) { pthread_mutex_lock(&remover.mu); }
+static void remover_parent(void) { pthread_mutex_unlock(&remover.mu); }
+static void remover_child(void) {
+    for (int i = 0; i < remover.n; i++) free(remover.q[i]);
+    remover.n = remover.busy = remover.started = 0;
+    pthread_mutex_unlock(&remover.mu); /* (locked by remover_prepare) */
+    /* the condition variables may record the parent's thread as a waiter */
+    pthread_mutex_init(&remover.mu, NULL);
+    pthread_cond_init(&remover.work, NULL);
+    pthread_cond_init(&remover.idle, NULL);
+}
+
+/* Removes the tree at path in the background; inline when the thread cannot
+ * start or its queue is full. */
+static void remove_later(const char *path) {
+    char *p = strdup(path);
+    pthread_mutex_lock(&remover.mu);
+    static int atfork;
+    if (!atfork) atfork = pthread_atfork(remover_prepare, remover_parent, remover_child) == 0;
+    if (p && !remover.started && atfork) {
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        remover.started = pthread_create(&remover.t, NULL, remover_main, NULL) == 0;
+        if (remover.started) pthread_detach(remover.t);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
+    if (p && remover.started && remover.n < REMOVER_QUEUE) {
+        remover.q[remover.n++] = p;
+        p = NULL;
+        pthread_cond_signal(&remover.work);
+        pthread_mutex_unlock(&remover.mu);
+        return;
+    }
+    pthread_mutex_unlock(&remover.mu);
+    rm_tree(path);
+    free(p);
+}
+
+void cel_adapters_settle(void) {
+    pthread_mutex_lock(&remover.mu);
+    while (remover.n > 0 || remover.busy) pthread_cond_wait(&remover.idle, &remover.mu);
+    pthread_mutex_unlock(&remover.mu);
+}
 
 static int is_dir(const char *p) {
     struct stat st;
@@ -264,6 +353,7 @@ static void adapter_free(cel_adapter_t *a) {
 
 void cel_adapters_free(cel_adapters_t *s) {
     if (!s) return;
+    cel_adapters_settle();
     for (int i = 0; i < s->n_loaded; i++) adapter_free(s->loaded[i]);
     free(s);
 }
@@ -475,7 +565,8 @@ static json_t *make_meta(cel_adapters_t *s, cel_adapter_t *a, const char *task, 
                      targets_json(cel_lora_targets(a->lora)), "base_model", s->base);
 }
 
-/* Removes a's checkpoints other than keep and the one `current` names now. */
+/* Removes a's checkpoints other than keep and the one `current` names now (in
+ * the background: remove_later). */
 static void prune(cel_adapters_t *s, const char *id, const char *keep) {
     char dir[CEL_ADAPTERS_PATH_MAX + 64], cur[CKPT_NAME_MAX] = "";
     snprintf(dir, sizeof(dir), "%s/%s", s->adir, id);
@@ -488,7 +579,7 @@ static void prune(cel_adapters_t *s, const char *id, const char *keep) {
         if (strcmp(e->d_name, keep) == 0 || strcmp(e->d_name, cur) == 0) continue;
         char p[CEL_ADAPTERS_PATH_MAX + 384];
         snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-        rm_tree(p);
+        remove_later(p);
     }
     closedir(d);
 }
@@ -529,22 +620,113 @@ static int still_current(cel_adapters_t *s, cel_adapter_t *a, cel_err_t *err) {
     return CEL_OK;
 }
 
-/* write_ckpt with the new step history. */
+/* ---- phase timing: CELERIAC_PHASE_TIMES=1 logs each checkpoint's phases (bench/users.py) ---- */
+
+int cel_adapters_phase_times(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *v = getenv("CELERIAC_PHASE_TIMES");
+        on = v && *v && strcmp(v, "0") != 0;
+    }
+    return on;
+}
+
+double cel_adapters_now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+/* Creates path (truncating a leftover of the same name) with len bytes of data; not synced. */
+static int write_plain(const char *path, const char *data, size_t len, cel_err_t *err) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, data + off, len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) {
+            int e = errno;
+            close(fd);
+            return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(e));
+        }
+        off += (size_t)w;
+    }
+    if (close(fd) != 0) return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+    return CEL_OK;
+}
+
+#define SYNC_FILES_MAX 16 /* files of one checkpoint directory (5 today), plus the pointer */
+
+/* Makes every regular file in the fresh directory dir, and the file extra,
+ * durable, then dir's entries: step 3 of the file comment as one pass. Writeback
+ * of all files is started first (sync_file_range), then each is fdatasync'ed
+ * (data plus the metadata needed to read it back: size, block map; all a new
+ * file needs), so the first one waits for the data and commits the journal
+ * (ext4, xfs) for all of them and the others find theirs done; then fsync(dir)
+ * makes the names durable (fsync(2): a file's fsync does not cover its
+ * directory entry). On NFS fdatasync is a COMMIT to the server. */
+static int sync_fresh(const char *dir, const char *extra, cel_err_t *err) {
+    int fds[SYNC_FILES_MAX], n = 0, rc = CEL_OK;
+    DIR *d = opendir(dir);
+    if (!d) return cel_err_set(err, CEL_EIO, "%s: %s", dir, strerror(errno));
+    struct dirent *e;
+    while (rc == CEL_OK && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        if (n == SYNC_FILES_MAX - 1) {
+            rc = cel_err_set(err, CEL_ELIMIT, "%s: more than %d files", dir, SYNC_FILES_MAX - 1);
+            break;
+        }
+        int fd = openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) rc = cel_err_set(err, CEL_EIO, "%s/%s: %s", dir, e->d_name, strerror(errno));
+        else fds[n++] = fd;
+    }
+    closedir(d);
+    if (rc == CEL_OK) {
+        int fd = open(extra, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) rc = cel_err_set(err, CEL_EIO, "%s: %s", extra, strerror(errno));
+        else fds[n++] = fd;
+    }
+    /* a hint only (it fails on NFS and is no guarantee anywhere): fdatasync is */
+    for (int i = 0; rc == CEL_OK && i < n; i++)
+        sync_file_range(fds[i], 0, 0, SYNC_FILE_RANGE_WRITE);
+    for (int i = 0; rc == CEL_OK && i < n; i++)
+        if (fdatasync(fds[i]) != 0)
+            rc = cel_err_set(err, CEL_EIO, "%s: fdatasync: %s", dir, strerror(errno));
+    for (int i = 0; i < n; i++) close(fds[i]);
+    if (rc == CEL_OK && fsync_path(dir, O_RDONLY | O_DIRECTORY) != 0)
+        rc = cel_err_set(err, CEL_EIO, "%s: fsync: %s", dir, strerror(errno));
+    return rc;
+}
+
+/* write_ckpt with the new step history. The files go straight to their names in
+ * the fresh directory (nothing reads it before `current` names it, and a crash
+ * leaves it to prune), the new pointer to current.tmp.<node>.<pid> in the same
+ * pass, one sync pass makes all of them durable, and only then is the pointer
+ * renamed over `current` and the adapter's directory fsynced (the rename durable
+ * before the step's result is returned). Two journal commits per checkpoint on
+ * ext4/xfs where each file's own temp/fsync/rename/dir-fsync cost about ten. */
 static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *task, json_t *result,
                             json_t *recent, int with_grads, cel_err_t *err) {
     char nonce[17], name[CKPT_NAME_MAX], adir[CEL_ADAPTERS_PATH_MAX + 64];
-    char dir[CEL_ADAPTERS_PATH_MAX + 128];
+    char dir[CEL_ADAPTERS_PATH_MAX + 128], ptmp[CEL_ADAPTERS_PATH_MAX + 512];
+    char cur[CEL_ADAPTERS_PATH_MAX + 128];
+    double t0 = cel_adapters_now_ms();
     int rc = still_current(s, a, err);
     if (rc == CEL_OK) rc = random_hex(nonce, 8, err);
     if (rc != CEL_OK) return rc;
     snprintf(name, sizeof(name), "ckpt-%06d-%s", cel_lora_step_count(a->lora), nonce);
     snprintf(adir, sizeof(adir), "%s/%s", s->adir, a->id);
     snprintf(dir, sizeof(dir), "%s/%s", adir, name);
+    snprintf(cur, sizeof(cur), "%s/current", adir);
+    snprintf(ptmp, sizeof(ptmp), "%s/current.tmp.%s%s%ld", adir, cel_adapters_tmp_tag,
+             cel_adapters_tmp_tag[0] ? "." : "", (long)getpid());
     if ((rc = mkdir_if_missing(adir, err)) != CEL_OK) return rc;
     if (mkdir(dir, 0700) != 0) return cel_err_set(err, CEL_EIO, "%s: %s", dir, strerror(errno));
     const char *kv[] = { "adapter_id", a->id };
-    rc = cel_lora_save(a->lora, dir, s->base, kv, 1, err);
-    if (rc == CEL_OK && with_grads) rc = cel_lora_save_grads(a->lora, dir, err);
+    rc = cel_lora_save_ex(a->lora, dir, s->base, kv, 1, CEL_LORA_SAVE_NOSYNC, err);
+    if (rc == CEL_OK && with_grads)
+        rc = cel_lora_save_grads(a->lora, dir, CEL_LORA_SAVE_NOSYNC, err);
     json_t *meta = rc == CEL_OK ? make_meta(s, a, task, result, recent) : NULL;
     if (meta && with_grads)
         json_object_set_new(meta, "pending_grads",
@@ -552,24 +734,38 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
                                       "step", cel_lora_step_count(a->lora)));
     char *text = meta ? json_dumps(meta, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     if (rc == CEL_OK && !text) rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
-    if (rc == CEL_OK) rc = write_atomic(dir, "meta.json", text, strlen(text), err);
+    char path[CEL_ADAPTERS_PATH_MAX + 160];
+    snprintf(path, sizeof(path), "%s/meta.json", dir);
+    if (rc == CEL_OK) rc = write_plain(path, text, strlen(text), err);
     free(text);
     json_decref(meta);
-    if (rc == CEL_OK && fsync_path(dir, O_RDONLY | O_DIRECTORY) != 0)
-        rc = cel_err_set(err, CEL_EIO, "%s: fsync: %s", dir, strerror(errno));
+    char line[CKPT_NAME_MAX + 2];
+    int n = snprintf(line, sizeof(line), "%s\n", name);
+    if (rc == CEL_OK) rc = write_plain(ptmp, line, (size_t)n, err);
+    double t1 = cel_adapters_now_ms();
+    if (rc == CEL_OK) rc = sync_fresh(dir, ptmp, err);
+    double t2 = cel_adapters_now_ms();
     if (rc == CEL_OK) rc = still_current(s, a, err); /* again, just before the switch */
-    if (rc == CEL_OK) {
-        char line[CKPT_NAME_MAX + 2];
-        int n = snprintf(line, sizeof(line), "%s\n", name);
-        rc = write_atomic(adir, "current", line, (size_t)n, err);
-    }
+    int renamed = 0;
+    if (rc == CEL_OK && !(renamed = rename(ptmp, cur) == 0))
+        rc = cel_err_set(err, CEL_EIO, "%s: %s", cur, strerror(errno));
+    if (rc == CEL_OK && fsync_path(adir, O_RDONLY | O_DIRECTORY) != 0)
+        rc = cel_err_set(err, CEL_EIO, "%s: fsync: %s", adir, strerror(errno));
     if (rc != CEL_OK) {
-        rm_tree(dir);
+        if (!renamed) { /* else `current` names dir now: it stays */
+            unlink(ptmp);
+            rm_tree(dir);
+        }
         return rc;
     }
+    double t3 = cel_adapters_now_ms();
     snprintf(a->ckpt, sizeof(a->ckpt), "%s", name);
     a->ckpt_grads = with_grads ? a->grad_count : 0;
     prune(s, a->id, name);
+    if (cel_adapters_phase_times())
+        cel_info("Phase times adapter %s checkpoint %s: ckpt_write=%.3f ckpt_sync=%.3f "
+                 "ckpt_switch=%.3f ckpt_prune=%.3f",
+                 a->id, name, t1 - t0, t2 - t1, t3 - t2, cel_adapters_now_ms() - t3);
     return CEL_OK;
 }
 

@@ -203,4 +203,15 @@ int cel_adapters_note_grads(cel_adapters_t *s, cel_adapter_t *a, cel_err_t *err)
  * leave their marker: the next holder reports them lost). */
 int cel_adapters_handback(cel_adapters_t *s);
 
+/* Phase timing for bench/users.py: true when CELERIAC_PHASE_TIMES is set (and
+ * not "0"); then each checkpoint, forward_backward marker and optim_step logs
+ * its phases at info level ("Phase times ... name=ms ..."). A monotonic clock
+ * in milliseconds. */
+int cel_adapters_phase_times(void);
+double cel_adapters_now_ms(void);
+
+/* Waits until the checkpoints replaced so far are removed (prune runs in the
+ * background; cel_adapters_free waits too). */
+void cel_adapters_settle(void);
+
 #endif

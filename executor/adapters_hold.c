@@ -202,7 +202,12 @@ void cel_adapters_forfeit(cel_adapters_t *s, cel_adapter_t *a) {
 int cel_adapters_note_grads(cel_adapters_t *s, cel_adapter_t *a, cel_err_t *err) {
     a->has_grads = 1;
     a->grad_count++;
-    return write_marker(s, a, a->grad_count, err);
+    double t0 = cel_adapters_now_ms();
+    int rc = write_marker(s, a, a->grad_count, err);
+    if (cel_adapters_phase_times())
+        cel_info("Phase times adapter %s forward_backward: marker=%.3f", a->id,
+                 cel_adapters_now_ms() - t0);
+    return rc;
 }
 
 int cel_adapters_grad_count(const cel_adapter_t *a) { return a->has_grads ? a->grad_count : 0; }

@@ -509,8 +509,10 @@ int cel_lm_optim_step(cel_call_t *call) {
     cel_adamw_t opt;
     parse_adam(v[1], &opt);
     cel_adapter_t *a = NULL;
+    double t0 = cel_adapters_now_ms();
     int rc = cel_lm_adapter(call, v[0], &a);
     if (rc != CEL_OK) return cel_call_finish(rc);
+    double t1 = cel_adapters_now_ms();
     const char *id = cel_adapters_id(a);
     int done_step = 0;
     json_t *done = cel_adapters_step_result(a, g->task_id, &done_step);
@@ -541,7 +543,9 @@ int cel_lm_optim_step(cel_call_t *call) {
     }
     float norm = 0;
     cel_err_t err;
+    double t2 = cel_adapters_now_ms();
     rc = cel_lora_step(cel_adapters_lora(a), &opt, &norm, &err);
+    double t3 = cel_adapters_now_ms();
     if (rc != CEL_OK && !isfinite(norm)) {
         /* nothing was applied; the gradients that overflowed are of no use: dropped */
         cel_adapters_release(g->store, a);
@@ -583,5 +587,9 @@ int cel_lm_optim_step(cel_call_t *call) {
                                              aid, step, err.msg));
     }
     cel_debug("Adapter %s step %d (grad norm %g) checkpointed", aid, step, norm);
+    if (cel_adapters_phase_times())
+        cel_info("Phase times adapter %s optim_step %d: lookup=%.3f hold=%.3f adamw=%.3f "
+                 "commit=%.3f",
+                 aid, step, t1 - t0, t2 - t1, t3 - t2, cel_adapters_now_ms() - t3);
     return cel_call_succeed(call, res);
 }

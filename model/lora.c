@@ -170,7 +170,7 @@ static int count_tensors(const cel_lora_t *l) {
 
 static int write_blocks(const cel_lora_t *l, const char *path, float *const *blocks,
                         const char *const *suffixes, int nblocks, const char *const *meta,
-                        int n_meta, cel_err_t *err) {
+                        int n_meta, int st_flags, cel_err_t *err) {
     int cnt = count_tensors(l) * nblocks;
     cel_st_entry_t *e = malloc(cnt * sizeof(*e));
     char *names = malloc((size_t)cnt * NAME_MAX_LEN);
@@ -180,7 +180,7 @@ static int write_blocks(const cel_lora_t *l, const char *path, float *const *blo
         return cel_err_set(err, CEL_ENOMEM, "out of memory");
     }
     int n = build_entries(l, blocks, suffixes, nblocks, e, names);
-    int rc = cel_safetensors_write(path, e, n, meta, n_meta, CEL_ST_ATOMIC, err);
+    int rc = cel_safetensors_write(path, e, n, meta, n_meta, st_flags, err);
     free(e);
     free(names);
     return rc;
@@ -196,11 +196,12 @@ int cel_lora_write(const cel_lora_t *l, const char *path, int which, const char 
                    : which == CEL_BLOCK_EXP_AVG ? l->m
                                                 : l->v;
     const char *suffixes[1] = { suffix };
-    return write_blocks(l, path, &block, suffixes, 1, meta, n_meta, err);
+    return write_blocks(l, path, &block, suffixes, 1, meta, n_meta, CEL_ST_ATOMIC, err);
 }
 
 /* Writes adapter_config.json as PEFT's LoraConfig.save_pretrained does. */
-static int write_config(const cel_lora_t *l, const char *path, const char *base, cel_err_t *err) {
+static int write_config(const cel_lora_t *l, const char *path, const char *base, int nosync,
+                        cel_err_t *err) {
     json_t *mods = json_array();
     for (int mod = 0; mod < CEL_NMOD; mod++)
         if (l->targets & (1u << mod))
@@ -219,22 +220,33 @@ static int write_config(const cel_lora_t *l, const char *path, const char *base,
         "target_modules", mods, "task_type", "CAUSAL_LM", "use_dora", 0, "use_rslora",
         l->use_rslora);
     if (!o) return cel_err_set(err, CEL_ENOMEM, "out of memory");
-    int rc = cel_config_write_json(o, path, JSON_INDENT(2) | JSON_SORT_KEYS, err);
+    int rc = CEL_OK;
+    if (!nosync) rc = cel_config_write_json(o, path, JSON_INDENT(2) | JSON_SORT_KEYS, err);
+    else if (json_dump_file(o, path, JSON_INDENT(2) | JSON_SORT_KEYS) != 0)
+        rc = cel_err_set(err, CEL_EIO, "%s: cannot write", path);
     json_decref(o);
     return rc;
 }
 
 int cel_lora_save(cel_lora_t *l, const char *dir, const char *base_model, const char *const *meta,
                   int n_meta, cel_err_t *err) {
+    return cel_lora_save_ex(l, dir, base_model, meta, n_meta, 0, err);
+}
+
+int cel_lora_save_ex(cel_lora_t *l, const char *dir, const char *base_model,
+                     const char *const *meta, int n_meta, int flags, cel_err_t *err) {
     char path[4096];
     const char *fmt[] = { "format", "pt" };
+    int nosync = flags & CEL_LORA_SAVE_NOSYNC, st_flags = nosync ? 0 : CEL_ST_ATOMIC;
     int rc = cel_device_lora_sync(l, err);
     if (rc != CEL_OK) return rc;
+    float *wblock[1] = { l->w };
+    const char *wsuffix[1] = { NULL };
     snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
-    rc = cel_lora_write(l, path, CEL_BLOCK_WEIGHTS, NULL, fmt, 1, err);
+    rc = write_blocks(l, path, wblock, wsuffix, 1, fmt, 1, st_flags, err);
     if (rc != CEL_OK) return rc;
     snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
-    if ((rc = write_config(l, path, base_model, err)) != CEL_OK) return rc;
+    if ((rc = write_config(l, path, base_model, nosync, err)) != CEL_OK) return rc;
     /* optimizer state: the moments, the step and the caller's metadata */
     if (n_meta < 0 || n_meta > 64) return cel_err_set(err, CEL_EINVAL, "too much metadata");
     const char *kv[2 * 66];
@@ -251,7 +263,8 @@ int cel_lora_save(cel_lora_t *l, const char *dir, const char *base_model, const 
     float *blocks[2] = { l->m, l->v };
     const char *suffixes[2] = { ".exp_avg", ".exp_avg_sq" };
     snprintf(path, sizeof(path), "%s/optimizer.safetensors", dir);
-    if ((rc = write_blocks(l, path, blocks, suffixes, 2, kv, k / 2, err)) != CEL_OK) return rc;
+    if ((rc = write_blocks(l, path, blocks, suffixes, 2, kv, k / 2, st_flags, err)) != CEL_OK)
+        return rc;
     json_t *nm = json_object();
     for (int i = 0; nm && i < n_meta; i++)
         json_object_set_new(nm, meta[2 * i], json_string(meta[2 * i + 1]));
@@ -446,7 +459,7 @@ void cel_lora_zero_grad(cel_lora_t *l) {
 }
 /* ---- many workers (issue 15): gradients handed over by checkpoint ---- */
 
-int cel_lora_save_grads(cel_lora_t *l, const char *dir, cel_err_t *err) {
+int cel_lora_save_grads(cel_lora_t *l, const char *dir, int flags, cel_err_t *err) {
     char path[4096];
     int rc = cel_device_lora_sync(l, err);
     if (rc != CEL_OK) return rc;
@@ -454,7 +467,8 @@ int cel_lora_save_grads(cel_lora_t *l, const char *dir, cel_err_t *err) {
     const char *suffixes[1] = { ".grad" };
     const char *kv[2] = { "format", "celeriac-grad-1" };
     snprintf(path, sizeof(path), "%s/gradients.safetensors", dir);
-    return write_blocks(l, path, blocks, suffixes, 1, kv, 1, err);
+    return write_blocks(l, path, blocks, suffixes, 1, kv, 1,
+                        flags & CEL_LORA_SAVE_NOSYNC ? 0 : CEL_ST_ATOMIC, err);
 }
 
 int cel_lora_load_grads(cel_lora_t *l, const char *dir, cel_err_t *err) {

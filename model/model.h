@@ -225,6 +225,14 @@ int cel_lora_load(const cel_model_t *m, const char *dir, cel_lora_t **out, cel_e
 int cel_lora_save(cel_lora_t *l, const char *dir, const char *base_model, const char *const *meta,
                   int n_meta, cel_err_t *err);
 
+/* cel_lora_save with flags. CEL_LORA_SAVE_NOSYNC writes each file straight to
+ * its name, not synced: for a fresh directory that nothing names yet, whose
+ * writer syncs the files and the directory itself before publishing it (the
+ * adapter store: one sync pass per checkpoint instead of one per file). */
+#define CEL_LORA_SAVE_NOSYNC 1
+int cel_lora_save_ex(cel_lora_t *l, const char *dir, const char *base_model,
+                     const char *const *meta, int n_meta, int flags, cel_err_t *err);
+
 /* A metadata string stored with the optimizer state (after load or save), or NULL. */
 const char *cel_lora_meta(const cel_lora_t *l, const char *key);
 
@@ -241,10 +249,10 @@ void cel_lora_zero_grad(cel_lora_t *l);
 
 /* Many workers (issue 15): a warm shutdown hands accumulated gradients to the
  * next holder through the checkpoint. save writes dir/gradients.safetensors
- * (tensors named as the weights + ".grad", atomically); load reads it into the
+ * (tensors named as the weights + ".grad", atomically; flags as cel_lora_save_ex); load reads it into the
  * gradient block of an adapter just loaded (not yet on a device: CEL_ESTATE),
  * CEL_ENOTFOUND when the file is absent. */
-int cel_lora_save_grads(cel_lora_t *l, const char *dir, cel_err_t *err);
+int cel_lora_save_grads(cel_lora_t *l, const char *dir, int flags, cel_err_t *err);
 int cel_lora_load_grads(cel_lora_t *l, const char *dir, cel_err_t *err);
 
 int cel_lora_step_count(const cel_lora_t *l);

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -585,16 +586,25 @@ int cel_safetensors_read_f32(const cel_safetensors_t *st, const char *name, int 
     return CEL_OK;
 }
 
-static int write_all(int fd, const void *buf, size_t n) {
-    const uint8_t *p = buf;
+#define WRITEV_MAX 64 /* iovecs per writev (IOV_MAX is 1024 on Linux) */
+
+/* writev of all n iovecs, resuming after short writes (iov is consumed). 0 or -1. */
+static int writev_all(int fd, struct iovec *iov, int n) {
     while (n > 0) {
-        ssize_t w = write(fd, p, n > (1u << 30) ? (1u << 30) : n);
+        ssize_t w = writev(fd, iov, n);
         if (w < 0) {
             if (errno == EINTR) continue;
             return -1;
         }
-        p += w;
-        n -= (size_t)w;
+        while (n > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (uint8_t *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
     }
     return 0;
 }
@@ -673,13 +683,24 @@ int cel_safetensors_write(const char *path, const cel_st_entry_t *entries, int n
     }
     uint8_t len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
-    int bad = write_all(fd, len8, 8) || write_all(fd, h, hlen);
-    free(h);
-    for (int i = 0; i < n && !bad; i++) {
-        size_t numel = 1;
-        for (int d = 0; d < entries[i].ndim; d++) numel *= (size_t)entries[i].shape[d];
-        bad = write_all(fd, entries[i].data, numel * 4);
+    /* the length, header and tensors in as few writev calls as IOV_MAX allows
+     * (an adapter is a hundred small tensors: one write each cost more than the data) */
+    struct iovec iov[WRITEV_MAX];
+    int k = 0, bad = 0;
+    iov[k++] = (struct iovec){ len8, 8 };
+    iov[k++] = (struct iovec){ h, hlen };
+    for (int i = 0; i <= n && !bad; i++) {
+        if (i < n) {
+            size_t numel = 1;
+            for (int d = 0; d < entries[i].ndim; d++) numel *= (size_t)entries[i].shape[d];
+            if (numel > 0) iov[k++] = (struct iovec){ (void *)entries[i].data, numel * 4 };
+        }
+        if (k == WRITEV_MAX || (i == n && k > 0)) {
+            bad = writev_all(fd, iov, k);
+            k = 0;
+        }
     }
+    free(h);
     if (!bad && atomic) bad = fsync(fd);
     int e = errno;
     if (close(fd) != 0 && !bad) {

@@ -7,8 +7,10 @@
  * (CEL_ESTATE naming its node), a dead one's gradients are reported lost once,
  * a warm shutdown's hand-back carries the gradients to the next holder (and a
  * later loss of them is reported, then voided), a writer whose adapter moved
- * on never overwrites nor prunes the newer checkpoint, and temp names carry the
- * node. A tiny random model; no executor, no broker.
+ * on never overwrites nor prunes the newer checkpoint, temp names carry the
+ * node, and a checkpoint (one sync pass, issue 17) is complete, leaves no temp
+ * file, survives the leftovers of a writer killed midway and keeps each step's
+ * result for a redelivery. A tiny random model; no executor, no broker.
  */
 #include <dirent.h>
 #include <setjmp.h>
@@ -18,7 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -99,6 +103,7 @@ static void fake_grads(cel_adapter_t *a, float base) {
 }
 
 static int count_ckpts(fixture_t *f, const char *id) {
+    cel_adapters_settle(); /* prune removes in the background */
     char p[256];
     snprintf(p, sizeof(p), "%s/adapters/%s", f->dir, id);
     DIR *d = opendir(p);
@@ -109,6 +114,179 @@ static int count_ckpts(fixture_t *f, const char *id) {
         if (strncmp(e->d_name, "ckpt-", 5) == 0) n++;
     closedir(d);
     return n;
+}
+
+/* The names in dir (sorted, comma-joined, "." entries left out) into out. */
+static void list_dir(const char *dir, char *out, size_t len) {
+    struct dirent **ents;
+    int n = scandir(dir, &ents, NULL, alphasort);
+    assert_true(n >= 0);
+    out[0] = '\0';
+    for (int i = 0; i < n; i++) {
+        if (ents[i]->d_name[0] != '.') {
+            size_t used = strlen(out);
+            snprintf(out + used, len - used, "%s%s", used ? "," : "", ents[i]->d_name);
+        }
+        free(ents[i]);
+    }
+    free(ents);
+}
+
+/* The checkpoint `current` names (no newline) into name. */
+static void read_current(fixture_t *f, const char *id, char *name, size_t len) {
+    char cur[256];
+    snprintf(cur, sizeof(cur), "%s/adapters/%s/current", f->dir, id);
+    FILE *fp = fopen(cur, "r");
+    assert_non_null(fp);
+    assert_non_null(fgets(name, (int)len, fp));
+    fclose(fp);
+    name[strcspn(name, "\n")] = '\0';
+}
+
+/* Steps written in one sync pass: each checkpoint holds exactly its files
+ * under their own names, no temp file is left in it or beside `current`, a
+ * fresh store (another process) reads the weights, step and each step's result
+ * back, and a writer killed midway -- a half-written checkpoint directory and
+ * its pointer's temp file left behind -- changes nothing a reader sees and is
+ * cleared by the next step. */
+static void test_checkpoint_one_pass(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *sa = open_store(f, "a@host");
+    cel_adapter_t *a = create(sa);
+    char id[CEL_ADAPTERS_ID_LEN + 1], adir[256], dir[512], names[1024], name[64];
+    snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
+    snprintf(adir, sizeof(adir), "%s/adapters/%s", f->dir, id);
+    cel_err_t err;
+    cel_adamw_t opt = { .lr = 1e-2f };
+    for (int step = 1; step <= 2; step++) {
+        hold(sa, a);
+        fake_grads(a, 0.5f * (float)step);
+        assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
+        assert_int_equal(cel_lora_step(cel_adapters_lora(a), &opt, NULL, &err), CEL_OK);
+        json_t *res = json_pack("{s:i}", "step", step);
+        char task[32];
+        snprintf(task, sizeof(task), "task-%d", step);
+        assert_int_equal(cel_adapters_commit(sa, a, task, res, &err), CEL_OK);
+        json_decref(res);
+    }
+    read_current(f, id, name, sizeof(name));
+    assert_int_equal(strncmp(name, "ckpt-000002-", 12), 0);
+    snprintf(dir, sizeof(dir), "%s/%s", adir, name);
+    list_dir(dir, names, sizeof(names));
+    assert_string_equal(names, "adapter_config.json,adapter_model.safetensors,meta.json,optimizer."
+                               "safetensors");
+    cel_adapters_settle(); /* the replaced checkpoints go in the background */
+    list_dir(adir, names, sizeof(names));
+    char want[512];
+    snprintf(want, sizeof(want), "%s,current,lock", name);
+    assert_string_equal(names, want);
+    cel_lora_t *la = cel_adapters_lora(a);
+
+    /* a writer killed after step 2 of the file comment: its files and pointer temp */
+    char cmd[4096];
+    snprintf(
+        cmd, sizeof(cmd),
+        "mkdir '%s/ckpt-000003-00000000deadbeef' && head -c 100 '%s/adapter_model.safetensors' "
+        "> '%s/ckpt-000003-00000000deadbeef/adapter_model.safetensors' && "
+        "echo ckpt-000003-00000000deadbeef > '%s/current.tmp.dead@host.99999'",
+        adir, dir, adir, adir);
+    assert_int_equal(system(cmd), 0);
+    cel_adapters_t *sb = open_store(f, "b@host");
+    cel_adapter_t *b = get(sb, id);
+    cel_lora_t *lb = cel_adapters_lora(b);
+    assert_int_equal(cel_lora_step_count(lb), 2);
+    assert_int_equal(memcmp(la->w, lb->w, la->n * sizeof(float)), 0);
+    assert_int_equal(memcmp(la->m, lb->m, la->n * sizeof(float)), 0);
+    for (int step = 1; step <= 2; step++) {
+        char task[32];
+        int done = 0;
+        snprintf(task, sizeof(task), "task-%d", step);
+        json_t *r = cel_adapters_step_result(b, task, &done);
+        assert_non_null(r);
+        assert_int_equal(done, step);
+        assert_int_equal(json_integer_value(json_object_get(r, "step")), step);
+    }
+    /* the next step (here on b, the new holder) prunes the dead writer's checkpoint */
+    hold(sb, b);
+    fake_grads(b, 0.25f);
+    assert_int_equal(cel_adapters_note_grads(sb, b, &err), CEL_OK);
+    assert_int_equal(cel_lora_step(lb, &opt, NULL, &err), CEL_OK);
+    assert_int_equal(cel_adapters_commit(sb, b, "task-3", NULL, &err), CEL_OK);
+    read_current(f, id, name, sizeof(name));
+    assert_int_equal(strncmp(name, "ckpt-000003-", 12), 0);
+    assert_string_not_equal(name, "ckpt-000003-00000000deadbeef");
+    assert_int_equal(count_ckpts(f, id), 1);
+    cel_adapters_free(sb);
+    cel_adapters_free(sa);
+}
+
+/* kill -9 at any point of a step: a child process steps an adapter and reports
+ * each step once its commit returned (the result the worker would send); it is
+ * killed at a varying point of a later step. Another store then loads a
+ * complete checkpoint at the last reported step or the one after, and every
+ * reported step's result is there for a redelivery. */
+static void test_kill9_during_checkpoint(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *s = open_store(f, "a@host");
+    char id[CEL_ADAPTERS_ID_LEN + 1];
+    snprintf(id, sizeof(id), "%s", cel_adapters_id(create(s)));
+    cel_adapters_free(s);
+    int reported = 0;
+    for (int round = 0; round < 12; round++) {
+        int pfd[2];
+        assert_int_equal(pipe(pfd), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            close(pfd[0]);
+            cel_adapters_t *cs = open_store(f, "child@host");
+            cel_err_t err;
+            cel_adapter_t *a;
+            cel_adamw_t opt = { .lr = 1e-2f };
+            for (;;) {
+                if (cel_adapters_get(cs, id, &a, &err) != CEL_OK) _exit(2);
+                cel_adapters_lost_t lost;
+                if (cel_adapters_hold(cs, a, &lost, &err) != CEL_OK) _exit(3);
+                fake_grads(a, 0.1f);
+                if (cel_adapters_note_grads(cs, a, &err) != CEL_OK) _exit(4);
+                if (cel_lora_step(cel_adapters_lora(a), &opt, NULL, &err) != CEL_OK) _exit(5);
+                int step = cel_lora_step_count(cel_adapters_lora(a));
+                char task[32];
+                snprintf(task, sizeof(task), "task-%d", step);
+                json_t *res = json_pack("{s:i}", "step", step);
+                if (cel_adapters_commit(cs, a, task, res, &err) != CEL_OK) _exit(6);
+                json_decref(res);
+                if (write(pfd[1], &step, sizeof(step)) != sizeof(step)) _exit(7);
+            }
+        }
+        close(pfd[1]);
+        int step = 0, want = 1 + round % 3;
+        for (int got = 0; got < want; got++)
+            assert_int_equal(read(pfd[0], &step, sizeof(step)), sizeof(step));
+        /* vary the point of the next step the kill lands in (not a wait for anything) */
+        usleep((useconds_t)(round * 700));
+        kill(pid, SIGKILL);
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFSIGNALED(status));
+        int more;
+        while (read(pfd[0], &more, sizeof(more)) == sizeof(more)) step = more;
+        close(pfd[0]);
+        reported = step;
+        cel_adapters_t *rs = open_store(f, "reader@host");
+        cel_adapter_t *a = get(rs, id);
+        int now = cel_lora_step_count(cel_adapters_lora(a));
+        assert_true(now == reported || now == reported + 1);
+        for (int k = reported; k > 0 && k > reported - 8; k--) {
+            char task[32];
+            int done = 0;
+            snprintf(task, sizeof(task), "task-%d", k);
+            assert_non_null(cel_adapters_step_result(a, task, &done));
+            assert_int_equal(done, k);
+        }
+        cel_adapters_free(rs);
+    }
+    assert_true(reported >= 12);
 }
 
 /* A live holder makes another store refuse; once it is gone its gradients are
@@ -328,6 +506,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_stale_writer_never_overwrites, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forfeit_is_reported, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_and_node, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checkpoint_one_pass, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kill9_during_checkpoint, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
