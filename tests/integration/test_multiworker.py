@@ -519,6 +519,13 @@ def test_six_users_three_workers_kill_and_join(gunicorn, worker, tmp_path):  # n
     assert any(homes.get(t.adapter) == new for t in victims), (new, homes)
     assert seen[new]["alive"] and seen[new]["executors"]["total"] == 1, seen[new]
     assert seen[new]["queues"][f"{new}.dq2"] == 0, seen[new]
+    # what the worker's stats say (cached by the front end a few seconds): its device and
+    # the adapters its executor holds -- the victims re-homed there trained on it
+    def described():
+        x = _workers(api)[new]
+        return ((x.get("device") or "").startswith("cpu")
+                and isinstance(x.get("adapters_resident"), int) and x["adapters_resident"] >= 1)
+    wait_until(described, scaled(20), what=f"{new}'s device and resident adapters")
     # the dead node shows as such everywhere (a heartbeat it sent on request counts 3 x 5 s)
     wait_until(lambda: not _workers(api).get(dead, {}).get("alive"), scaled(20),
                what=f"{dead} shown dead")
