@@ -39,11 +39,16 @@ static void options(cel_options_t *cfg, const char *queue, int backend_db) {
     char url[64], burl[64];
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", redis_port);
     snprintf(burl, sizeof(burl), "redis://127.0.0.1:%d/%d", redis_port, backend_db);
-    char *argv[] = { "celeriac", "-b", url,           "--result-backend",
-                     burl,       "-Q", (char *)queue, "--visibility-timeout",
-                     "40",       NULL };
+    /* the transport alone: the node's direct queue (issue 15) is test_options's and
+     * test_multiworker_state.py's */
+    char *argv[] = { "celeriac",    "-b",
+                     url,           "--result-backend",
+                     burl,          "-Q",
+                     (char *)queue, "--visibility-timeout",
+                     "40",          "--without-direct-queue",
+                     NULL };
     cel_err_t err;
-    if (cel_options_parse(cfg, 9, argv, &err) != CEL_OK) fail_msg("options: %s", err.msg);
+    if (cel_options_parse(cfg, 10, argv, &err) != CEL_OK) fail_msg("options: %s", err.msg);
 }
 
 /* ---- a loop run until a condition, with a deadline --------------------- */
