@@ -217,7 +217,7 @@ UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/limit
             worker/revoked.c worker/affinity.c worker/autoscale.c worker/options.c worker/pidbox.c worker/redis.c \
             worker/events.c worker/broker.c worker/broker_redis.c worker/backend.c \
             worker/backend_redis.c worker/held.c worker/respcut.c worker/bus.c worker/bus_redis.c \
-            worker/amqp_bus.c worker/amqp_acks.c worker/amqp_conn.c worker/amqp_thread.c worker/broker_amqp.c \
+            worker/amqp_bus.c worker/amqp_acks.c worker/amqp_confirms.c worker/amqp_conn.c worker/amqp_thread.c worker/broker_amqp.c \
             worker/backend_rpc.c worker/metrics.c worker/metrics_http.c executor/call.c \
             executor/adapters.c executor/adapters_hold.c)
 build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
@@ -244,7 +244,7 @@ bench: all build/bench/amqp_designs
 
 # bench/amqp_designs.c: librabbitmq on the loop (uv_poll) vs on a thread (worker/amqp_conn.c),
 # measured by bench/rabbitmq.py against its own RabbitMQ node.
-build/bench/amqp_designs: bench/amqp_designs.c $(patsubst %.c,$(OBJ)/%.o,worker/amqp_acks.c worker/amqp_conn.c \
+build/bench/amqp_designs: bench/amqp_designs.c $(patsubst %.c,$(OBJ)/%.o,worker/amqp_acks.c worker/amqp_confirms.c worker/amqp_conn.c \
                           worker/amqp_thread.c protocol/amqp_msg.c protocol/buf.c protocol/json.c protocol/pyfloat.c \
                           $(COMMON_SRC))
 	@mkdir -p $(dir $@)
@@ -285,7 +285,7 @@ FOBJ         := build/fuzz/obj
 # responder (fuzz_metrics_http.c).
 FUZZ_LIB_SRC := $(PROTOCOL_SRC) model/safetensors.c model/config.c model/tokenizer.c \
                 model/tokenizer_encode.c model/unicode_tables.c worker/redis.c worker/respcut.c \
-                worker/events.c worker/bus.c worker/bus_redis.c worker/amqp_bus.c worker/amqp_acks.c worker/amqp_conn.c \
+                worker/events.c worker/bus.c worker/bus_redis.c worker/amqp_bus.c worker/amqp_acks.c worker/amqp_confirms.c worker/amqp_conn.c \
                 worker/amqp_thread.c worker/metrics.c worker/metrics_http.c
 REPLAY_BINS  := $(patsubst %,build/asan/fuzz/replay_%,$(FUZZ_NAMES))
 

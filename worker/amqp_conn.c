@@ -139,7 +139,7 @@ static void on_handle_closed(uv_handle_t *h) {
     uv_mutex_destroy(&a->mu);
     close(a->efd);
     free(a->t_topo);
-    free(a->t_confirms);
+    cel_amqp_confirms_free(&a->t_confirms);
     free(a);
     if (cb) cb(cp);
 }

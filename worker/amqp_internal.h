@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "amqp_acks.h"
+#include "amqp_confirms.h"
 #include "amqp_conn.h"
 
 #define CHANNEL 1 /* the one channel of a connection */
@@ -80,12 +81,6 @@ typedef struct topo {
     char ctag[32];
 } topo_t;
 
-/* A publish waiting for its confirm (thread side). */
-typedef struct pending_confirm {
-    uint64_t seq;
-    op_t *op;
-} pending_confirm_t;
-
 struct cel_amqp {
     /* loop side */
     uv_loop_t *loop;
@@ -131,8 +126,7 @@ struct cel_amqp {
     int t_ntopo;
     int t_qos;
     uint64_t t_seq; /* last publish sequence number on this connection */
-    pending_confirm_t *t_confirms;
-    size_t t_nconf, t_capconf, t_confhead;
+    cel_amqp_confirms_t t_confirms; /* publishes awaiting the broker's confirm */
     double t_last_rx;
     /* a delivery being assembled */
     cel_amqp_delivery_t *t_cur;

@@ -188,49 +188,20 @@ static int t_remember(cel_amqp_t *a, cmd_t *c, topo_t **out) {
 
 /* ---- thread: messages -------------------------------------------------- */
 
+static void t_confirm_done(void *ctx, void *op, int ok) { t_done(ctx, op, ok); }
+
 static void t_confirm_push(cel_amqp_t *a, uint64_t seq, op_t *op) {
-    if (a->t_nconf == a->t_capconf) {
-        size_t cap = a->t_capconf ? a->t_capconf * 2 : 64;
-        pending_confirm_t *n = malloc(cap * sizeof(*n));
-        if (!n) {
-            t_done(a, op, 0);
-            return;
-        }
-        for (size_t i = 0; i < a->t_nconf; i++)
-            n[i] = a->t_confirms[(a->t_confhead + i) % a->t_capconf];
-        free(a->t_confirms);
-        a->t_confirms = n;
-        a->t_capconf = cap;
-        a->t_confhead = 0;
-    }
-    a->t_confirms[(a->t_confhead + a->t_nconf++) % a->t_capconf] = (pending_confirm_t){ seq, op };
+    if (cel_amqp_confirms_push(&a->t_confirms, seq, op) != CEL_OK) t_done(a, op, 0);
 }
 
-/* basic.ack / basic.nack from the broker for publishes up to tag. */
+/* basic.ack / basic.nack from the broker for the publish numbered tag (or,
+ * multiple, every one up to it); they may come out of order (amqp_confirms.h). */
 static void t_confirmed(cel_amqp_t *a, uint64_t tag, int multiple, int ok) {
-    while (a->t_nconf) {
-        pending_confirm_t *p = &a->t_confirms[a->t_confhead];
-        if (p->seq > tag || (!multiple && p->seq != tag)) {
-            if (p->seq < tag) { /* an older one the broker skipped: cannot happen; fail it */
-                t_done(a, p->op, 0);
-                a->t_confhead = (a->t_confhead + 1) % a->t_capconf;
-                a->t_nconf--;
-                continue;
-            }
-            break;
-        }
-        t_done(a, p->op, ok);
-        a->t_confhead = (a->t_confhead + 1) % a->t_capconf;
-        a->t_nconf--;
-    }
+    cel_amqp_confirms_settle(&a->t_confirms, tag, multiple, ok, t_confirm_done, a);
 }
 
 static void t_fail_confirms(cel_amqp_t *a) {
-    while (a->t_nconf) {
-        t_done(a, a->t_confirms[a->t_confhead].op, 0);
-        a->t_confhead = (a->t_confhead + 1) % a->t_capconf;
-        a->t_nconf--;
-    }
+    cel_amqp_confirms_fail_all(&a->t_confirms, t_confirm_done, a);
 }
 
 static amqp_bytes_t opt_bytes(json_t *props, const char *key, amqp_flags_t flag,

@@ -12,6 +12,7 @@ has its own vhost on the session's rabbitmq-server.
 import re
 import signal
 import ssl
+import time
 import uuid
 
 import kombu
@@ -174,6 +175,30 @@ def test_out_of_order_finishes_are_all_acked(worker, celery_app, rabbit_server, 
     log = w.log()
     assert "unknown delivery tag" not in log and "channel closed" not in log, w.log_tail()
     assert "connection lost" not in log
+
+
+def test_confirms_out_of_order_send_nothing_twice(worker, celery_app, broker_url):
+    """RabbitMQ confirms a transient message at once and a persistent one on a durable queue
+    only when it is on disk, so the worker's publishes are confirmed out of order. A link
+    callback whose confirm comes after a newer one's is still sent once: none is reported
+    failed and sent again (worker/amqp_confirms.h; it used to resend, and store the parent's
+    result only after the retry)."""
+    w = worker()
+    add = celery_app.signature("diag.add")
+    held = f"held-{uuid.uuid4().hex[:8]}"  # persistent, no consumer: confirmed from the disk
+    with kombu.Connection(broker_url, connect_timeout=5) as c:
+        c.default_channel.queue_declare(held, durable=True, auto_delete=False)
+    links = []
+    for i in range(20):
+        links.append(add.clone((i,)).set(queue=held))
+        links.append(add.clone((i,)).set(delivery_mode=1))  # transient: confirmed at once
+    rs = [celery_app.send_task("diag.add", args=[1, 1], link=links) for _ in range(5)]
+    assert [r.get(timeout=scaled(GET)) for r in rs] == [2] * 5
+    wait_until(lambda: depth(broker_url, held) == 100, scaled(GET),
+               what="every persistent link in the held queue")
+    time.sleep(0.5)  # a resend would come RETRY_MS (200 ms) after the first round
+    assert depth(broker_url, held) == 100
+    assert "retrying" not in w.log(), w.log_tail()
 
 
 # --------------------------------------------------------------------------------------------
