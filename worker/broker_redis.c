@@ -457,11 +457,21 @@ static void on_brpop(cel_redis_t *r, redisReply *reply, void *priv) {
     }
     char now[32];
     snprintf(now, sizeof(now), "%.6f", now_unix());
-    if (b->stopped || !cel_redis_up(b->cmd)) {
-        /* Taken after we stopped: put it back where the next pop finds it. */
+    if (!b->stopped && !cel_redis_up(b->cmd)) {
+        /* The connection that registers went down while BRPOP's answer was on
+         * its way: the message is only in our hands, so it runs unregistered,
+         * as after a failed REGISTER (kombu's own window), rather than be lost. */
+        b->fetching = 0;
+        hand_over(b, m->str, m->len, NULL, key->str);
+        return;
+    }
+    if (b->stopped) {
+        /* Taken after we stopped: put it back where the next pop finds it,
+         * through BRPOP's own connection when the other one is down. */
         const char *argv[] = { "RPUSH", key->str, m->str };
         size_t lens[] = { 5, key->len, m->len };
-        if (cel_redis_command(b->cmd, on_requeued_raw, b, 3, argv, lens) == CEL_OK) b->pending++;
+        cel_redis_t *via = cel_redis_up(b->cmd) ? b->cmd : b->blk;
+        if (cel_redis_command(via, on_requeued_raw, b, 3, argv, lens) == CEL_OK) b->pending++;
         else cel_error("broker: lost connection holding a message it cannot give back");
         b->fetching = 0;
         return;

@@ -10,6 +10,7 @@ exception messages and node names of 10,000 bytes work or are refused clearly. T
 break Redis get their own server (hardening_fixtures.own_redis); the others use the session's.
 """
 
+import json
 import os
 import re
 import signal
@@ -22,6 +23,7 @@ from celery.exceptions import NotRegistered
 
 from conftest import celeriac_bin_dir, celeriac_only, scaled, wait_active, wait_until
 from hardening_fixtures import own_redis, peak_rss_kib  # noqa: F401 (fixture)
+from test_basic import envelope
 
 pytestmark = celeriac_only
 
@@ -378,6 +380,44 @@ def test_class_client_kill_under_load(worker, make_app, own_redis):
         time.sleep(0.2)  # spacing of the injected faults, not a wait for a result
     rs += load(app, 50)
     all_done(rs, 60)
+
+
+def test_class_brpop_answer_while_register_connection_down(worker, make_app, own_redis):
+    """A message BRPOP hands over just after the connection that registers it in unacked went
+    down (a CLIENT KILL takes both at once) runs unregistered, as after a failed REGISTER; it
+    used to be dropped ("cannot give back"), its task never run. The broker's other
+    connections are killed while new connections are refused (ACL: default user off), so the
+    worker's BRPOP connection is the only one of the broker's left when the message comes;
+    results go to db 1, whose connection stays."""
+    srv = own_redis()
+    app = make_app(srv.url(0), backend=srv.url(1))
+    w = worker("-c", "1", "--result-backend", srv.url(1), broker=srv.url(0))
+    assert app.send_task("diag.add", args=[1, 2]).get(timeout=scaled(GET)) == 3
+    c, meta = srv.client(0), srv.client(1)
+    meta.ping()  # connected before new connections are refused
+    me = c.client_id()
+
+    def broker_clients():
+        return [x for x in c.client_list() if int(x["id"]) != me and x["db"] == "0"]
+
+    wait_until(lambda: any(x["cmd"] == "brpop" for x in broker_clients()), scaled(10),
+               what="the worker waiting in BRPOP")
+    c.execute_command("ACL", "SETUSER", "default", "off")
+    try:
+        for x in broker_clients():
+            if x["cmd"] != "brpop":
+                c.client_kill_filter(_id=x["id"])
+        w.wait_log(r"broker: connection to redis://\S+ lost", scaled(10))
+        tid, raw = envelope("diag.add", body=b"[[40, 2], {}, {}]")
+        c.lpush("celery", raw)
+        # the answer, with the broker's connection still refused
+        got = wait_until(lambda: meta.get(f"celery-task-meta-{tid}"), scaled(GET),
+                         what="the result of the task BRPOP took")
+        assert json.loads(got)["result"] == 42
+    finally:
+        c.execute_command("ACL", "SETUSER", "default", "on")
+    assert "cannot give back" not in w.log(), w.log_tail()
+    assert app.send_task("diag.add", args=[2, 3]).get(timeout=scaled(GET)) == 5
 
 
 def test_class_script_flush_under_load(worker, make_app, own_redis):
