@@ -27,7 +27,7 @@
 
 #include <cmocka.h>
 
-#include "../../executor/adapters.h"
+#include "../../executor/adapters_internal.h"
 #include "../../model/internal.h"
 #include "../../model/model.h"
 
@@ -141,6 +141,41 @@ static void read_current(fixture_t *f, const char *id, char *name, size_t len) {
     assert_non_null(fgets(name, (int)len, fp));
     fclose(fp);
     name[strcspn(name, "\n")] = '\0';
+}
+
+/* cel_adapters_write_file, synced or not: the file appears whole under its
+ * name, replacing an older one; a rename that fails (onto a directory) or a
+ * temp file that cannot be created (no such directory) is CEL_EIO naming the
+ * path, and no temp file is left. */
+static void test_write_file(void **state) {
+    fixture_t *f = *state;
+    char path[256], names[256];
+    char *buf;
+    size_t len;
+    cel_err_t err;
+    snprintf(path, sizeof(path), "%s/f.json", f->dir);
+    for (int nosync = 0; nosync <= 1; nosync++) {
+        const char *text = nosync ? "second" : "first, and longer";
+        assert_int_equal(
+            cel_adapters_write_file(f->dir, "f.json", text, strlen(text), nosync, &err), CEL_OK);
+        assert_int_equal(cel_adapters_read_file(path, 64, &buf, &len, &err), CEL_OK);
+        assert_string_equal(buf, text);
+        assert_int_equal(len, strlen(text));
+        free(buf);
+        list_dir(f->dir, names, sizeof(names));
+        assert_string_equal(names, "f.json");
+    }
+    snprintf(path, sizeof(path), "%s/d", f->dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    assert_int_equal(cel_adapters_write_file(f->dir, "d", "x", 1, 0, &err), CEL_EIO);
+    assert_non_null(strstr(err.msg, "/d: "));
+    list_dir(f->dir, names, sizeof(names));
+    assert_string_equal(names, "d,f.json");
+    snprintf(path, sizeof(path), "%s/missing", f->dir);
+    assert_int_equal(cel_adapters_write_file(path, "f.json", "x", 1, 0, &err), CEL_EIO);
+    assert_non_null(strstr(err.msg, "/missing/f.json.tmp."));
+    list_dir(f->dir, names, sizeof(names));
+    assert_string_equal(names, "d,f.json");
 }
 
 /* Steps written in one sync pass: each checkpoint holds exactly its files
@@ -506,6 +541,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_stale_writer_never_overwrites, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forfeit_is_reported, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_and_node, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_one_pass, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_during_checkpoint, setup, teardown),
     };
