@@ -30,13 +30,7 @@
 #include "../../executor/adapters_internal.h"
 #include "../../model/internal.h"
 #include "../../model/model.h"
-
-static const char *CFG =
-    "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\",\"vocab_size\":67,"
-    "\"hidden_size\":24,\"intermediate_size\":44,\"num_hidden_layers\":2,"
-    "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"rms_norm_eps\":1e-5,"
-    "\"max_position_embeddings\":48,\"tie_word_embeddings\":false,\"bos_token_id\":1,"
-    "\"eos_token_id\":2,\"hidden_act\":\"silu\"}";
+#include "tiny_model.h"
 
 typedef struct fixture {
     char dir[64];
@@ -47,8 +41,7 @@ static int setup(void **state) {
     fixture_t *f = calloc(1, sizeof(*f));
     snprintf(f->dir, sizeof(f->dir), "/tmp/celeriac-test-adapters-XXXXXX");
     if (!mkdtemp(f->dir)) return -1;
-    cel_err_t err;
-    if (cel_model_init(CFG, 7, &f->m, &err) != CEL_OK) return -1;
+    f->m = tiny_model_new();
     *state = f;
     return 0;
 }
