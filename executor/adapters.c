@@ -78,12 +78,33 @@ static int random_hex(char *buf, size_t n, cel_err_t *err) {
     return CEL_OK;
 }
 
+/* fsync of what path names, opened with flags (O_RDONLY | O_DIRECTORY for a directory's
+ * names). Returns fsync's 0 or -1 with errno set, as open's -1 when it cannot open. */
 static int fsync_path(const char *path, int flags) {
     int fd = open(path, flags | O_CLOEXEC);
     if (fd < 0) return -1;
     int rc = fsync(fd);
     close(fd);
     return rc;
+}
+
+/* Creates path (truncating a leftover of the same name) with len bytes of data; not synced. */
+static int write_plain(const char *path, const char *data, size_t len, cel_err_t *err) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, data + off, len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) {
+            int e = errno;
+            close(fd);
+            return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(e));
+        }
+        off += (size_t)w;
+    }
+    if (close(fd) != 0) return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+    return CEL_OK;
 }
 
 char cel_adapters_tmp_tag[300] = "";
@@ -94,23 +115,16 @@ int cel_adapters_write_file(const char *dir, const char *name, const char *data,
     snprintf(path, sizeof(path), "%s/%s", dir, name);
     snprintf(tmp, sizeof(tmp), "%s/%s.tmp.%s%s%ld", dir, name, cel_adapters_tmp_tag,
              cel_adapters_tmp_tag[0] ? "." : "", (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) return cel_err_set(err, CEL_EIO, "%s: %s", tmp, strerror(errno));
-    size_t off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, data + off, len - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) {
-            int e = errno;
-            close(fd);
-            unlink(tmp);
-            return cel_err_set(err, CEL_EIO, "%s: %s", tmp, strerror(e));
-        }
-        off += (size_t)w;
-    }
-    if ((!nosync && fsync(fd) != 0) || close(fd) != 0) {
+    int rc = write_plain(tmp, data, len, err);
+    if (rc != CEL_OK) {
         unlink(tmp);
-        return cel_err_set(err, CEL_EIO, "%s: fsync: %s", tmp, strerror(errno));
+        return rc;
+    }
+    /* a fresh descriptor is enough: fsync flushes the file, not what one fd wrote */
+    if (!nosync && fsync_path(tmp, O_RDONLY) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return cel_err_set(err, CEL_EIO, "%s: fsync: %s", tmp, strerror(e));
     }
     if (rename(tmp, path) != 0) {
         int e = errno;
@@ -635,25 +649,6 @@ double cel_adapters_now_ms(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
-}
-
-/* Creates path (truncating a leftover of the same name) with len bytes of data; not synced. */
-static int write_plain(const char *path, const char *data, size_t len, cel_err_t *err) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
-    size_t off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, data + off, len - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) {
-            int e = errno;
-            close(fd);
-            return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(e));
-        }
-        off += (size_t)w;
-    }
-    if (close(fd) != 0) return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
-    return CEL_OK;
 }
 
 #define SYNC_FILES_MAX 16 /* files of one checkpoint directory (5 today), plus the pointer */

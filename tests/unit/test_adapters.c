@@ -10,7 +10,8 @@
  * on never overwrites nor prunes the newer checkpoint, temp names carry the
  * node, and a checkpoint (one sync pass, issue 17) is complete, leaves no temp
  * file, survives the leftovers of a writer killed midway and keeps each step's
- * result for a redelivery. A tiny random model; no executor, no broker.
+ * result for a redelivery, and a file written atomically replaces the old one
+ * whole or leaves no temp file. A tiny random model; no executor, no broker.
  */
 #include <dirent.h>
 #include <setjmp.h>
@@ -27,16 +28,10 @@
 
 #include <cmocka.h>
 
-#include "../../executor/adapters.h"
+#include "../../executor/adapters_internal.h"
 #include "../../model/internal.h"
 #include "../../model/model.h"
-
-static const char *CFG =
-    "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\",\"vocab_size\":67,"
-    "\"hidden_size\":24,\"intermediate_size\":44,\"num_hidden_layers\":2,"
-    "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"rms_norm_eps\":1e-5,"
-    "\"max_position_embeddings\":48,\"tie_word_embeddings\":false,\"bos_token_id\":1,"
-    "\"eos_token_id\":2,\"hidden_act\":\"silu\"}";
+#include "tiny_model.h"
 
 typedef struct fixture {
     char dir[64];
@@ -47,8 +42,7 @@ static int setup(void **state) {
     fixture_t *f = calloc(1, sizeof(*f));
     snprintf(f->dir, sizeof(f->dir), "/tmp/celeriac-test-adapters-XXXXXX");
     if (!mkdtemp(f->dir)) return -1;
-    cel_err_t err;
-    if (cel_model_init(CFG, 7, &f->m, &err) != CEL_OK) return -1;
+    f->m = tiny_model_new();
     *state = f;
     return 0;
 }
@@ -96,10 +90,50 @@ static void hold(cel_adapters_t *s, cel_adapter_t *a) {
     assert_int_equal(lost.count, 0);
 }
 
+/* Holds a, expecting the loss of count forward_backward calls made on node; returns the report. */
+static cel_adapters_lost_t hold_lost(cel_adapters_t *s, cel_adapter_t *a, int count,
+                                     const char *node) {
+    cel_adapters_lost_t lost;
+    cel_err_t err;
+    if (cel_adapters_hold(s, a, &lost, &err) != CEL_OK) fail_msg("hold: %s", err.msg);
+    assert_int_equal(lost.count, count);
+    assert_string_equal(lost.node, node);
+    return lost;
+}
+
 /* Gives a's gradient block recognisable values, as forward_backward would. */
 static void fake_grads(cel_adapter_t *a, float base) {
     cel_lora_t *l = cel_adapters_lora(a);
     for (size_t i = 0; i < l->n; i++) l->g[i] = base + (float)i * 1e-3f;
+}
+
+/* One training step of a as a worker runs it: hold, a forward_backward's
+ * gradients (fake_grads(base)), an AdamW step, then the commit of task-<n>
+ * with the result {"step": n}, n the step it reached. */
+static void train_step(cel_adapters_t *s, cel_adapter_t *a, float base) {
+    cel_err_t err;
+    cel_adamw_t opt = { .lr = 1e-2f };
+    hold(s, a);
+    fake_grads(a, base);
+    assert_int_equal(cel_adapters_note_grads(s, a, &err), CEL_OK);
+    assert_int_equal(cel_lora_step(cel_adapters_lora(a), &opt, NULL, &err), CEL_OK);
+    int step = cel_lora_step_count(cel_adapters_lora(a));
+    char task[32];
+    snprintf(task, sizeof(task), "task-%d", step);
+    json_t *res = json_pack("{s:i}", "step", step);
+    assert_int_equal(cel_adapters_commit(s, a, task, res, &err), CEL_OK);
+    json_decref(res);
+}
+
+/* a keeps task-<step>'s result for a redelivery: done at step, {"step": step}. */
+static void assert_step_result(cel_adapter_t *a, int step) {
+    char task[32];
+    int done = 0;
+    snprintf(task, sizeof(task), "task-%d", step);
+    json_t *r = cel_adapters_step_result(a, task, &done);
+    if (!r) fail_msg("no result kept for %s", task);
+    assert_int_equal(done, step);
+    assert_int_equal(json_integer_value(json_object_get(r, "step")), step);
 }
 
 static int count_ckpts(fixture_t *f, const char *id) {
@@ -143,6 +177,41 @@ static void read_current(fixture_t *f, const char *id, char *name, size_t len) {
     name[strcspn(name, "\n")] = '\0';
 }
 
+/* cel_adapters_write_file, synced or not: the file appears whole under its
+ * name, replacing an older one; a rename that fails (onto a directory) or a
+ * temp file that cannot be created (no such directory) is CEL_EIO naming the
+ * path, and no temp file is left. */
+static void test_write_file(void **state) {
+    fixture_t *f = *state;
+    char path[256], names[256];
+    char *buf;
+    size_t len;
+    cel_err_t err;
+    snprintf(path, sizeof(path), "%s/f.json", f->dir);
+    for (int nosync = 0; nosync <= 1; nosync++) {
+        const char *text = nosync ? "second" : "first, and longer";
+        assert_int_equal(
+            cel_adapters_write_file(f->dir, "f.json", text, strlen(text), nosync, &err), CEL_OK);
+        assert_int_equal(cel_adapters_read_file(path, 64, &buf, &len, &err), CEL_OK);
+        assert_string_equal(buf, text);
+        assert_int_equal(len, strlen(text));
+        free(buf);
+        list_dir(f->dir, names, sizeof(names));
+        assert_string_equal(names, "f.json");
+    }
+    snprintf(path, sizeof(path), "%s/d", f->dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    assert_int_equal(cel_adapters_write_file(f->dir, "d", "x", 1, 0, &err), CEL_EIO);
+    assert_non_null(strstr(err.msg, "/d: "));
+    list_dir(f->dir, names, sizeof(names));
+    assert_string_equal(names, "d,f.json");
+    snprintf(path, sizeof(path), "%s/missing", f->dir);
+    assert_int_equal(cel_adapters_write_file(path, "f.json", "x", 1, 0, &err), CEL_EIO);
+    assert_non_null(strstr(err.msg, "/missing/f.json.tmp."));
+    list_dir(f->dir, names, sizeof(names));
+    assert_string_equal(names, "d,f.json");
+}
+
 /* Steps written in one sync pass: each checkpoint holds exactly its files
  * under their own names, no temp file is left in it or beside `current`, a
  * fresh store (another process) reads the weights, step and each step's result
@@ -156,19 +225,7 @@ static void test_checkpoint_one_pass(void **state) {
     char id[CEL_ADAPTERS_ID_LEN + 1], adir[256], dir[512], names[1024], name[64];
     snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
     snprintf(adir, sizeof(adir), "%s/adapters/%s", f->dir, id);
-    cel_err_t err;
-    cel_adamw_t opt = { .lr = 1e-2f };
-    for (int step = 1; step <= 2; step++) {
-        hold(sa, a);
-        fake_grads(a, 0.5f * (float)step);
-        assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
-        assert_int_equal(cel_lora_step(cel_adapters_lora(a), &opt, NULL, &err), CEL_OK);
-        json_t *res = json_pack("{s:i}", "step", step);
-        char task[32];
-        snprintf(task, sizeof(task), "task-%d", step);
-        assert_int_equal(cel_adapters_commit(sa, a, task, res, &err), CEL_OK);
-        json_decref(res);
-    }
+    for (int step = 1; step <= 2; step++) train_step(sa, a, 0.5f * (float)step);
     read_current(f, id, name, sizeof(name));
     assert_int_equal(strncmp(name, "ckpt-000002-", 12), 0);
     snprintf(dir, sizeof(dir), "%s/%s", adir, name);
@@ -197,21 +254,9 @@ static void test_checkpoint_one_pass(void **state) {
     assert_int_equal(cel_lora_step_count(lb), 2);
     assert_int_equal(memcmp(la->w, lb->w, la->n * sizeof(float)), 0);
     assert_int_equal(memcmp(la->m, lb->m, la->n * sizeof(float)), 0);
-    for (int step = 1; step <= 2; step++) {
-        char task[32];
-        int done = 0;
-        snprintf(task, sizeof(task), "task-%d", step);
-        json_t *r = cel_adapters_step_result(b, task, &done);
-        assert_non_null(r);
-        assert_int_equal(done, step);
-        assert_int_equal(json_integer_value(json_object_get(r, "step")), step);
-    }
+    for (int step = 1; step <= 2; step++) assert_step_result(b, step);
     /* the next step (here on b, the new holder) prunes the dead writer's checkpoint */
-    hold(sb, b);
-    fake_grads(b, 0.25f);
-    assert_int_equal(cel_adapters_note_grads(sb, b, &err), CEL_OK);
-    assert_int_equal(cel_lora_step(lb, &opt, NULL, &err), CEL_OK);
-    assert_int_equal(cel_adapters_commit(sb, b, "task-3", NULL, &err), CEL_OK);
+    train_step(sb, b, 0.25f);
     read_current(f, id, name, sizeof(name));
     assert_int_equal(strncmp(name, "ckpt-000003-", 12), 0);
     assert_string_not_equal(name, "ckpt-000003-00000000deadbeef");
@@ -277,13 +322,7 @@ static void test_kill9_during_checkpoint(void **state) {
         cel_adapter_t *a = get(rs, id);
         int now = cel_lora_step_count(cel_adapters_lora(a));
         assert_true(now == reported || now == reported + 1);
-        for (int k = reported; k > 0 && k > reported - 8; k--) {
-            char task[32];
-            int done = 0;
-            snprintf(task, sizeof(task), "task-%d", k);
-            assert_non_null(cel_adapters_step_result(a, task, &done));
-            assert_int_equal(done, k);
-        }
+        for (int k = reported; k > 0 && k > reported - 8; k--) assert_step_result(a, k);
         cel_adapters_free(rs);
     }
     assert_true(reported >= 12);
@@ -311,9 +350,7 @@ static void test_busy_then_lost_once(void **state) {
     assert_non_null(strstr(err.msg, "a@host.dq2"));
 
     cel_adapters_free(sa); /* the home dies: its lock goes with it */
-    assert_int_equal(cel_adapters_hold(sb, b, &lost, &err), CEL_OK);
-    assert_int_equal(lost.count, 2);
-    assert_string_equal(lost.node, "a@host");
+    lost = hold_lost(sb, b, 2, "a@host");
     assert_int_equal(lost.step, 0);
     assert_int_equal(lost.pid, (long)getpid());
     assert_int_equal(cel_adapters_has_grads(b), 0);
@@ -354,10 +391,7 @@ static void test_handback(void **state) {
 
     cel_adapters_t *sc = open_store(f, "c@host");
     cel_adapter_t *c = get(sc, id);
-    cel_adapters_lost_t lost;
-    assert_int_equal(cel_adapters_hold(sc, c, &lost, &err), CEL_OK);
-    assert_int_equal(lost.count, 3);
-    assert_string_equal(lost.node, "b@host");
+    hold_lost(sc, c, 3, "b@host");
     l = cel_adapters_lora(c);
     for (size_t i = 0; i < l->n; i++) assert_true(l->g[i] == 0.0f);
     cel_adapters_release(sc, c);
@@ -418,26 +452,20 @@ static void test_stale_writer_never_overwrites(void **state) {
     hold(sa, a);
     assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
     /* another writer's checkpoint: a copy of the current one under a new name */
-    char cur[256], cmd[512];
+    char cur[256], cmd[512], name[64];
     snprintf(cur, sizeof(cur), "%s/adapters/%s/current", f->dir, id);
-    FILE *fp = fopen(cur, "r");
-    char name[64] = "";
-    assert_non_null(fgets(name, sizeof(name), fp));
-    fclose(fp);
-    name[strcspn(name, "\n")] = '\0';
+    read_current(f, id, name, sizeof(name));
     snprintf(cmd, sizeof(cmd),
              "cp -r '%s/adapters/%s/%s' '%s/adapters/%s/ckpt-000000-0123456789abcdef'", f->dir, id,
              name, f->dir, id);
     assert_int_equal(system(cmd), 0);
-    fp = fopen(cur, "w");
+    FILE *fp = fopen(cur, "w");
     fputs("ckpt-000000-0123456789abcdef\n", fp);
     fclose(fp);
     assert_int_equal(cel_adapters_commit(sa, a, "task-1", NULL, &err), CEL_ESTATE);
     assert_non_null(strstr(err.msg, "another worker took it over"));
-    fp = fopen(cur, "r");
-    assert_non_null(fgets(name, sizeof(name), fp));
-    fclose(fp);
-    assert_string_equal(name, "ckpt-000000-0123456789abcdef\n");
+    read_current(f, id, name, sizeof(name));
+    assert_string_equal(name, "ckpt-000000-0123456789abcdef");
     assert_int_equal(count_ckpts(f, id), 2); /* nothing pruned */
 
     /* deleted while held: the holder's step is not written back */
@@ -468,10 +496,7 @@ static void test_forfeit_is_reported(void **state) {
     assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
     cel_adapters_forfeit(sa, a);
     assert_int_equal(cel_adapters_has_grads(a), 0);
-    cel_adapters_lost_t lost;
-    assert_int_equal(cel_adapters_hold(sa, a, &lost, &err), CEL_OK);
-    assert_int_equal(lost.count, 1);
-    assert_string_equal(lost.node, "a@host");
+    hold_lost(sa, a, 1, "a@host");
     cel_adapters_release(sa, a);
     hold(sa, a); /* once */
     cel_adapters_release(sa, a);
@@ -506,6 +531,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_stale_writer_never_overwrites, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forfeit_is_reported, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_and_node, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_one_pass, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_during_checkpoint, setup, teardown),
     };

@@ -21,13 +21,7 @@
 
 #include "../../model/internal.h"
 #include "../../model/model.h"
-
-static const char *CFG =
-    "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\",\"vocab_size\":67,"
-    "\"hidden_size\":24,\"intermediate_size\":44,\"num_hidden_layers\":2,"
-    "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"rms_norm_eps\":1e-5,"
-    "\"max_position_embeddings\":48,\"tie_word_embeddings\":false,\"bos_token_id\":1,"
-    "\"eos_token_id\":2,\"hidden_act\":\"silu\"}";
+#include "tiny_model.h"
 
 #define NJ 4
 
@@ -37,10 +31,11 @@ static double tol_rel(void) {
     return d && strncmp(d, "cuda", 4) == 0 ? 2e-2 : 2e-5;
 }
 
+/* The tiny model with its weights scaled by 20 and its norm weights 1, on
+ * CELERIAC_TEST_DEVICE when set. */
 static cel_model_t *make_model(void) {
-    cel_model_t *m;
+    cel_model_t *m = tiny_model_new();
     cel_err_t err;
-    if (cel_model_init(CFG, 7, &m, &err) != CEL_OK) fail_msg("init: %s", err.msg);
     for (size_t i = 0; i < m->n; i++) m->w[i] *= 20.0f;
     for (size_t i = 0; i < (size_t)m->cfg.L * m->cfg.C; i++) m->p.ln1[i] = m->p.ln2[i] = 1.0f;
     for (int i = 0; i < m->cfg.C; i++) m->p.lnf[i] = 1.0f;
