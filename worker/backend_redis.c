@@ -14,10 +14,11 @@
  * backends/base.py _store_result().
  * Error replies go back to the caller as ok=0 (the consumer retries with
  * backoff); NOSCRIPT never does (redis.c runs the script with EVAL). Keys of
- * any id length are built on the heap past KEY_INLINE. The store_acks of one
- * loop turn go out together, up to ACK_BATCH in one STORE_ACK_MANY call (the
- * server runs one script instead of one per task); any other command first
- * sends the batch, so commands keep their order. Main process, libuv loop.
+ * any id length are built on the heap past KEY_INLINE. The stores of one
+ * loop turn go out together, up to ACK_BATCH in one STORE_MANY call, or
+ * STORE_ACK_MANY for store_acks (the server runs one script instead of one
+ * per task); a store of the other kind, and any other command, first sends
+ * the batch, so commands keep their order. Main process, libuv loop.
  */
 #include "backend.h"
 
@@ -140,15 +141,38 @@ static cel_redis_script_t script_store_ack_many = {
     { 0 }
 };
 
-static cel_redis_script_t *scripts[] = { &script_store, &script_store_ack, &script_chord_part,
-                                         &script_chord_size, &script_store_ack_many };
+/* KEYS = meta keys; ARGV = ttl, then the meta of each key. STORE for each in order. */
+static cel_redis_script_t script_store_many = {
+    "local ttl = tonumber(ARGV[1])\n"
+    "for i, key in ipairs(KEYS) do\n"
+    "  local meta = ARGV[i + 1]\n"
+    "  local cur = redis.call('GET', key)\n"
+    "  local skip = false\n"
+    "  if cur then\n"
+    "    local ok, v = pcall(cjson.decode, cur)\n"
+    "    if ok and type(v) == 'table' and v.status == 'SUCCESS' then skip = true end\n"
+    "  end\n"
+    "  if not skip then\n"
+    "    if ttl and ttl > 0 then redis.call('SETEX', key, ttl, meta)\n"
+    "    else redis.call('SET', key, meta) end\n"
+    "    redis.call('PUBLISH', key, meta)\n"
+    "  end\n"
+    "end\n"
+    "return #KEYS\n",
+    { 0 }
+};
 
-#define ACK_BATCH 64 /* store_acks in one script call (3 * ACK_BATCH + 1 arguments) */
+static cel_redis_script_t *scripts[] = { &script_store,          &script_store_ack,
+                                         &script_chord_part,     &script_chord_size,
+                                         &script_store_ack_many, &script_store_many };
+
+#define ACK_BATCH 64 /* stores in one script call (3 * ACK_BATCH + 1 arguments) */
 
 /* The store_acks of this loop turn: their keys, metas and tags copied into
  * data (offsets, so that it can grow), and whom to tell. */
 typedef struct ack_batch {
     int n;
+    int acks;                                    /* store_acks (a tag each), or plain stores */
     size_t off[ACK_BATCH][3], len[ACK_BATCH][3]; /* key, meta, tag */
     cel_backend_done_fn done[ACK_BATCH];
     void *priv[ACK_BATCH];
@@ -162,7 +186,7 @@ typedef struct redis_backend {
     void (*on_up)(void *);
     void *priv;
     char ttl[32];
-    ack_batch_t *batch;  /* store_acks waiting for the end of the loop turn */
+    ack_batch_t *batch;  /* stores waiting for the end of the loop turn */
     uv_prepare_t sender; /* sends the batch */
     void (*on_closed)(void *);
     void *closed_priv;
@@ -258,29 +282,31 @@ static void on_stored_batch(cel_redis_t *r, redisReply *reply, void *priv) {
     free(b);
 }
 
-/* Sends the store_acks gathered so far: STORE_ACK for one, STORE_ACK_MANY
- * for more. Every one is told (ok=0 when it could not be sent). */
+/* Sends the stores gathered so far: STORE or STORE_ACK for one, STORE_MANY
+ * or STORE_ACK_MANY for more. Every one is told (ok=0 when it could not be sent). */
 static void send_batch(redis_backend_t *be) {
     ack_batch_t *b = be->batch;
     if (!b) return;
     be->batch = NULL;
     const char *keys[ACK_BATCH], *args[2 * ACK_BATCH + 1];
     size_t klens[ACK_BATCH], alens[2 * ACK_BATCH + 1];
+    int na = 1, per = b->acks ? 2 : 1;
+    args[0] = be->ttl, alens[0] = strlen(be->ttl);
     for (int i = 0; i < b->n; i++) {
         keys[i] = b->data + b->off[i][0], klens[i] = b->len[i][0];
-        args[1 + 2 * i] = b->data + b->off[i][1], alens[1 + 2 * i] = b->len[i][1];
-        args[2 + 2 * i] = b->data + b->off[i][2], alens[2 + 2 * i] = b->len[i][2];
+        for (int k = 1; k <= per; k++)
+            args[na] = b->data + b->off[i][k], alens[na++] = b->len[i][k];
     }
-    args[0] = be->ttl, alens[0] = strlen(be->ttl);
     int rc;
     if (b->n == 1) {
-        const char *one[] = { args[1], args[0], args[2] };
-        size_t one_lens[] = { alens[1], alens[0], alens[2] };
-        rc = cel_redis_evalsha(be->conn, &script_store_ack, on_stored_batch, b, 1, keys, klens, 3,
-                               one, one_lens);
+        /* STORE: meta, ttl; STORE_ACK: meta, ttl, tag */
+        const char *one[] = { args[1], args[0], b->acks ? args[2] : NULL };
+        size_t one_lens[] = { alens[1], alens[0], b->acks ? alens[2] : 0 };
+        rc = cel_redis_evalsha(be->conn, b->acks ? &script_store_ack : &script_store,
+                               on_stored_batch, b, 1, keys, klens, 1 + per, one, one_lens);
     } else {
-        rc = cel_redis_evalsha(be->conn, &script_store_ack_many, on_stored_batch, b, b->n, keys,
-                               klens, 1 + 2 * b->n, args, alens);
+        rc = cel_redis_evalsha(be->conn, b->acks ? &script_store_ack_many : &script_store_many,
+                               on_stored_batch, b, b->n, keys, klens, na, args, alens);
     }
     if (rc != CEL_OK) on_stored_batch(be->conn, NULL, b);
 }
@@ -301,19 +327,25 @@ static int batch_put(ack_batch_t *b, const char *s, size_t n, size_t *off) {
     return 0;
 }
 
-/* Gathers one store_ack for the end of the loop turn (on_sender). */
+/* Gathers one store (tag NULL) or store_ack for the end of the loop turn (on_sender). */
 static void gather(redis_backend_t *be, const char *task_id, const char *meta, size_t len,
                    const char *tag, cel_backend_done_fn done, void *priv) {
+    if (!cel_redis_up(be->conn)) { /* fails now, as an unsent command does */
+        if (done) done(priv, 0);
+        return;
+    }
+    if (be->batch && be->batch->acks != (tag != NULL)) send_batch(be); /* keeps the order */
     if (!be->batch && !(be->batch = calloc(1, sizeof(*be->batch)))) {
         if (done) done(priv, 0);
         return;
     }
     ack_batch_t *b = be->batch;
+    b->acks = tag != NULL;
     int i = b->n;
-    size_t idl = strlen(task_id), tl = strlen(tag), mark = b->data_len, io;
+    size_t idl = strlen(task_id), tl = tag ? strlen(tag) : 0, mark = b->data_len, io;
     if (batch_put(b, KEY_PREFIX, sizeof(KEY_PREFIX) - 1, &b->off[i][0]) < 0 ||
         batch_put(b, task_id, idl, &io) < 0 || batch_put(b, meta, len, &b->off[i][1]) < 0 ||
-        batch_put(b, tag, tl, &b->off[i][2]) < 0) {
+        (tag && batch_put(b, tag, tl, &b->off[i][2]) < 0)) {
         b->data_len = mark; /* the others stay as they were */
         if (done) done(priv, 0);
         return;
@@ -328,46 +360,14 @@ static void gather(redis_backend_t *be, const char *task_id, const char *meta, s
     else uv_prepare_start(&be->sender, on_sender);
 }
 
-/* STORE (tag NULL) or STORE_ACK. */
-static void store(redis_backend_t *be, const char *task_id, const char *meta, size_t len,
-                  const char *tag, cel_backend_done_fn done, void *priv) {
-    if (tag) {
-        gather(be, task_id, meta, len, tag, done, priv);
-        return;
-    }
-    send_batch(be); /* keeps the order of the commands */
-    char buf[KEY_INLINE], *heap;
-    size_t klen;
-    const char *key = meta_key(task_id, buf, &klen, &heap);
-    store_ctx_t *s = key ? malloc(sizeof(*s)) : NULL;
-    if (!s) {
-        free(heap);
-        if (done) done(priv, 0);
-        return;
-    }
-    s->done = done;
-    s->priv = priv;
-    const char *keys[] = { key };
-    size_t klens[] = { klen };
-    const char *args[] = { meta, be->ttl };
-    size_t alens[] = { len, strlen(be->ttl) };
-    int rc =
-        cel_redis_evalsha(be->conn, &script_store, on_stored, s, 1, keys, klens, 2, args, alens);
-    free(heap); /* hiredis copied it */
-    if (rc != CEL_OK) {
-        free(s);
-        if (done) done(priv, 0);
-    }
-}
-
 static void redis_store(void *impl, const cel_task_t *t, const char *meta, size_t len,
                         cel_backend_done_fn done, void *priv) {
-    store(impl, t->id, meta, len, NULL, done, priv);
+    gather(impl, t->id, meta, len, NULL, done, priv);
 }
 
 static void redis_store_ack(void *impl, const cel_task_t *t, const char *meta, size_t len,
                             const char *tag, cel_backend_done_fn done, void *priv) {
-    store(impl, t->id, meta, len, tag, done, priv);
+    gather(impl, t->id, meta, len, tag, done, priv);
 }
 
 typedef struct get_ctx {

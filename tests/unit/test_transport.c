@@ -352,6 +352,38 @@ static void test_backend_redis(void **state) {
     assert_int_equal(cmd_int("ZREM unacked_index tag-9"), 0); /* was not there */
     assert_int_equal(cmd_int("EXISTS celery-task-meta-b-2"), 1);
 
+    /* stores of one loop turn go in one script call (STORE_MANY), a store_ack
+     * between them in its own: every one done, in order; a SUCCESS stays */
+    {
+        enum { N = 5 };
+        cel_task_t *ts[N];
+        char id[32], k[64];
+        for (int i = 0; i < N; i++) {
+            snprintf(id, sizeof(id), "m-%d", i);
+            ts[i] = task_with_id(id);
+        }
+        cmd_int("HSET unacked tag-m x");
+        cmd_int("ZADD unacked_index 1 tag-m");
+        int before = st.done;
+        cel_backend_store(be, ts[0], meta, strlen(meta), on_done, &st);
+        cel_backend_store(be, ts[1], meta, strlen(meta), on_done, &st);
+        cel_backend_store_ack(be, ts[2], meta, strlen(meta), "tag-m", on_done, &st);
+        cel_backend_store(be, ts[3], meta, strlen(meta), on_done, &st);
+        cel_backend_store(be, ts[4], meta, strlen(meta), on_done, &st);
+        cel_backend_store(be, ts[0], fail, strlen(fail), on_done, &st); /* SUCCESS stays */
+        assert_int_equal(st.done, before); /* nothing before the end of the loop turn */
+        run_until(&st, &st.done, before + N + 1, "a turn's stores");
+        assert_int_equal(st.ok, 1);
+        for (int i = 0; i < N; i++) {
+            snprintf(k, sizeof(k), "GET celery-task-meta-m-%d", i);
+            redisReply *g = redisCommand(rc, k);
+            assert_string_equal(g->str, meta);
+            freeReplyObject(g);
+            cel_task_free(ts[i]);
+        }
+        assert_int_equal(cmd_int("HEXISTS unacked tag-m"), 0);
+    }
+
     /* an id longer than the key buffer is stored all the same */
     char longid[600];
     memset(longid, 'L', sizeof(longid) - 1);
@@ -367,8 +399,9 @@ static void test_backend_redis(void **state) {
     assert_int_equal(strlen(t3->id), sizeof(longid) - 1);
     char *key = malloc(strlen(t3->id) + 32);
     sprintf(key, "celery-task-meta-%s", t3->id);
+    int done_before = st.done;
     cel_backend_store(be, t3, fail, strlen(fail), on_done, &st);
-    run_until(&st, &st.done, 5, "store of a long id");
+    run_until(&st, &st.done, done_before + 1, "store of a long id");
     assert_int_equal(st.ok, 1);
     assert_int_equal(cmd_int("EXISTS %s", key), 1);
     cel_backend_get(be, t3->id, on_got, &st);
