@@ -27,6 +27,7 @@ gradient-holder marker.
 
 Prints tables; never fails on timing. Run with /usr/bin/python3:
   bench/users.py [--steps 10] [--users 1,2,4] [--concurrency 4] [--batch 4] [--url URL]
+                 [--long-poll 10]  (0: the client polls /retrieve_future every 20 ms instead)
 """
 
 import argparse
@@ -275,6 +276,8 @@ def main():
     ap.add_argument("--concurrency", type=int, default=4, help="celeriac executors")
     ap.add_argument("--web-workers", type=int, default=4, help="gunicorn workers")
     ap.add_argument("--url", help="use a running front end instead of starting one")
+    ap.add_argument("--long-poll", type=float, default=10,
+                    help="seconds /retrieve_future may wait for a task (0: poll every 20 ms)")
     ap.add_argument("--bin-dir", default=os.environ.get("CELERIAC_BIN_DIR",
                                                         os.path.join(REPO, "bin")))
     args = ap.parse_args()
@@ -292,9 +295,10 @@ def main():
         users = sorted(keys)
         if len(users) < max(ns):
             sys.exit(f"bench: need {max(ns)} API keys, have {len(users)}")
-        clients = [Client(base, keys[u]) for u in users]
+        clients = [Client(base, keys[u], long_poll=args.long_poll) for u in users]
         print(f"bench/users.py: {args.steps} steps per user, {args.batch} x "
               f"{len(TEXT)}-char text per fwdbwd, rank 8; "
+              + f"futures waited for with wait={args.long_poll:g} s; "
               + (f"celeriac -c {args.concurrency}, gunicorn {args.web_workers} workers"
                  if stack else f"server {base}"), flush=True)
         session(clients[0], 2, args.batch)  # warm-up: executors load the model

@@ -1,8 +1,10 @@
 """celeriac_client.py -- a small HTTP client for the celeriac front end (standard library only).
 
 Used by examples/concurrent_users.py and bench/users.py. Every model operation returns a
-future; Client.wait() polls /retrieve_future until it is done. A 429 (rate limit) or a 503
-QueueFull (backpressure: nothing was queued) is retried after its Retry-After.
+future; Client.wait() asks /retrieve_future with a wait of up to `long_poll` seconds, so the
+server answers when the task is done (a server that answers at once is polled every
+`poll_interval` seconds). A 429 (rate limit) or a 503 QueueFull (backpressure: nothing was
+queued) is retried after its Retry-After.
 
     c = Client("http://127.0.0.1:8000", api_key)
     adapter = c.call("/add_lora", {"rank": 8})["adapter_id"]
@@ -41,11 +43,12 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, base_url, api_key, timeout=30, poll_interval=0.02):
+    def __init__(self, base_url, api_key, timeout=30, poll_interval=0.02, long_poll=10):
         self.base = base_url.rstrip("/")
         self.key = api_key
         self.timeout = timeout
         self.poll_interval = poll_interval
+        self.long_poll = long_poll  # seconds the server may hold /retrieve_future (0: never)
 
     def request(self, method, path, body=None):
         """-> (status, parsed JSON). Waits and retries on 429 and 503 QueueFull (Retry-After)."""
@@ -82,7 +85,14 @@ class Client:
         """Polls the future until done; returns its result or raises ApiError."""
         deadline = time.monotonic() + timeout
         while True:
-            status, parsed = self.request("POST", "/retrieve_future", {"future_id": future_id})
+            wait = max(0.0, min(self.long_poll, deadline - time.monotonic()))
+            if on_progress:
+                wait = min(wait, 1.0)  # progress is only seen between answers
+            body = {"future_id": future_id}
+            if wait > 0:
+                body["wait"] = round(wait, 3)
+            t0 = time.monotonic()
+            status, parsed = self.request("POST", "/retrieve_future", body)
             if status == 200:
                 return parsed["result"]
             if status != 202:
@@ -91,7 +101,8 @@ class Client:
                 on_progress(parsed["progress"])
             if time.monotonic() > deadline:
                 raise TimeoutError(f"future {future_id} not done after {timeout} s")
-            time.sleep(self.poll_interval)
+            if time.monotonic() - t0 < wait / 2:  # answered at once: no wait slot was free
+                time.sleep(self.poll_interval)
 
     def call(self, path, body=None, method="POST", timeout=600):
         """submit + wait."""

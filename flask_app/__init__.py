@@ -3,7 +3,8 @@
 `gunicorn -c gunicorn.conf.py 'flask_app:create_app()'`. The app authenticates users by API
 key, validates requests against schemas made from the worker's task table (read once here,
 from `celeriac --describe-tasks`), sends them to the celeriac worker with celery.send_task and
-hands back futures that /retrieve_future reads; no route waits for a task. It imports neither
+hands back futures that /retrieve_future reads (at once, or when the task is done with its
+optional wait: waiting.py); no other route waits for a task. It imports neither
 the model nor any task code. Configuration comes from the environment (see config.py and
 README.md); create_app(config) overrides keys for tests. A setting or a task table the app
 cannot use raises at start-up (ValueError, tasks.TaskTableError), never at the first request.
@@ -15,7 +16,7 @@ from flask import Flask
 
 from . import backpressure
 from . import config as config_mod
-from . import errors, metrics, ratelimit, routes, store, tasks, validation
+from . import errors, metrics, ratelimit, routes, store, tasks, validation, waiting
 from .celery_client import make_celery
 
 
@@ -44,6 +45,7 @@ def create_app(config=None):
         "celery": make_celery(app.config["CELERY_BROKER_URL"],
                               app.config["CELERY_RESULT_BACKEND"]),
         "redis": store.connect(app.config["CELERIAC_REDIS_URL"]),
+        "waiters": waiting.slots(app.config["CELERIAC_MAX_WAITERS"]),
     }
     if not app.config["CELERIAC_API_KEYS"]:
         logging.getLogger("flask_app").warning(

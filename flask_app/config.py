@@ -84,6 +84,10 @@ def from_env(env=None):
         # /retrieve_future many times per task.
         "CELERIAC_RATE_LIMIT": env.get("CELERIAC_RATE_LIMIT", "120/minute"),
         "CELERIAC_POLL_RATE_LIMIT": env.get("CELERIAC_POLL_RATE_LIMIT", "1200/minute"),
+        # /retrieve_future requests that may wait for their task at once, per Gunicorn worker
+        # (waiting.py): its threads less one by default, so one thread always answers.
+        "CELERIAC_MAX_WAITERS": _int(env, "CELERIAC_MAX_WAITERS",
+                                     max(1, _int(env, "GUNICORN_THREADS", 4, 1) - 1), 1),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 8 * MiB, 1),
         "CELERIAC_MAX_PROMPTS": _int(env, "CELERIAC_MAX_PROMPTS", 32, 1),
         "CELERIAC_MAX_EXAMPLES": _int(env, "CELERIAC_MAX_EXAMPLES", 64, 1),

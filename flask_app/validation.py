@@ -64,11 +64,15 @@ ADAPTER_INVALID = "not a valid adapter id (letters, digits, '_.:-', at most 128 
 DIAG_HIDDEN = ("diag.crash",)
 DIAG_MAX_SLEEP = 60
 
+FUTURE_MAX_WAIT = 30  # seconds /retrieve_future may hold a request (waiting.py)
 FUTURE_SCHEMA = {
     "type": "object", "required": ["future_id"], "additionalProperties": False,
     "properties": {"future_id": {"type": "string", "pattern": FUTURE_RX.pattern,
                                  "invalid": "not a valid future id",
-                                 "description": "the id a task-submitting route answered"}}}
+                                 "description": "the id a task-submitting route answered"},
+                   "wait": {"type": "number", "minimum": 0, "maximum": FUTURE_MAX_WAIT,
+                            "description": "seconds to wait for the task to finish before "
+                                           "answering 202 (default 0: answer at once)"}}}
 DIAG_SCHEMA = {
     "type": "object", "additionalProperties": False,
     "properties": {"args": {"type": "array"}, "kwargs": {"type": "object"}}}
@@ -243,10 +247,11 @@ def check_adapter_id(v, where="adapter_id"):
 
 
 def validate_future(body):
-    """The future id of a /retrieve_future body (request_id is the seed's spelling)."""
+    """(future id, seconds to wait) of a /retrieve_future body (request_id is the seed's
+    spelling of future_id)."""
     _alias(body, "future_id", "request_id")
     check(_ext()["future"], body)
-    return body["future_id"]
+    return body["future_id"], float(body.get("wait", 0))
 
 
 def diag_call(name):

@@ -1,4 +1,7 @@
-"""futures.py -- POST /retrieve_future: a future's state, read without waiting.
+"""futures.py -- POST /retrieve_future: a future's state, at once or when the task is done.
+
+{"future_id", "wait"?}: with wait (seconds, at most 30) the answer comes as soon as the task
+is done, failed or revoked, or after wait seconds as 202 (waiting.py); without, at once.
 
   202 {"status": "pending", "progress": null}      queued, not started
   202 {"status": "running", "progress": {...}}     started; progress is the task's PROGRESS
@@ -18,7 +21,7 @@ records the adapters it names as the caller's.
 
 from flask import Blueprint, current_app, g, jsonify
 
-from .. import inflight
+from .. import inflight, waiting
 from .. import validation as v
 from ..auth import require_user
 from ..celery_client import task_meta
@@ -68,12 +71,14 @@ def _on_success(meta, value):
 @bp.post("/retrieve_future")
 @require_user("CELERIAC_POLL_RATE_LIMIT")
 def retrieve_future():
-    task_id = v.validate_future(v.json_body())
+    task_id, wait = v.validate_future(v.json_body())
     meta = future_of(task_id, g.user)
     g.future_id = task_id
     # One read of the stored meta: state and result must come from the same version (reading
     # AsyncResult.state, then .info, could pair PROGRESS with the final result).
-    stored = task_meta(current_app.extensions["celeriac"]["celery"], task_id)
+    ext = current_app.extensions["celeriac"]
+    stored = waiting.final_or_timeout(ext["celery"], task_id, wait, ext["waiters"],
+                                      lambda: task_meta(ext["celery"], task_id))
     state, value = stored.get("status"), stored.get("result")
     if state in inflight.FINISHED:
         inflight.release(g.user, task_id)

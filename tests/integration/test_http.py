@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 
 import pytest
 import requests
@@ -211,6 +212,48 @@ def test_futures_through_the_worker(api, worker):
     # A TypeError from a wrong call, too.
     fid = api.submit("/diag/add", {"args": [1]})
     assert api.wait(fid, expect=400).json()["error"]["type"] == "TypeError"
+
+
+@both_brokers
+def test_retrieve_future_waits_for_the_task(api, worker):
+    """With "wait", /retrieve_future answers when the task is done, failed or revoked: one
+    request instead of a poll loop. Past the wait it answers 202 as usual; another user's
+    future is 404 at once."""
+    worker("-c", "2")
+    fid = api.submit("/diag/sleep", {"args": [0.5]})
+    r = api.post("/retrieve_future", {"future_id": fid, "wait": 8})
+    assert r.status_code == 200 and r.json() == {"status": "done", "result": 0.5}, r.text
+    long_fid = api.submit("/diag/sleep", {"args": [3]})
+    r = api.post("/retrieve_future", {"future_id": long_fid, "wait": 0.2})
+    assert r.status_code == 202 and r.json()["status"] in ("pending", "running"), r.text
+    err(api.post("/retrieve_future", {"future_id": long_fid, "wait": 8}, user="bob"), 404,
+        "NotFound")
+    fid = api.submit("/diag/fail", {"args": ["no such thing"]})
+    r = api.post("/retrieve_future", {"future_id": fid, "wait": 8})
+    assert r.status_code == 400 and r.json()["error"]["message"] == "no such thing", r.text
+    r = api.post("/retrieve_future", {"future_id": long_fid, "wait": 8})
+    assert r.status_code == 200 and r.json()["result"] == 3, r.text
+
+
+def test_waiting_requests_are_bounded(gunicorn, worker):
+    """CELERIAC_MAX_WAITERS=1: while one request waits for its task, a second one answers at
+    once (202) instead of taking another thread; the first still gets its result."""
+    api = gunicorn(GUNICORN_WORKERS=1, CELERIAC_MAX_WAITERS=1)
+    worker("-c", "1")
+    fid = api.submit("/diag/sleep", {"args": [4]})
+    first = {}
+    other = Api(api.base)
+    t = threading.Thread(target=lambda: first.update(
+        r=other.post("/retrieve_future", {"future_id": fid, "wait": 8})))
+    t.start()
+    try:
+        time.sleep(0.5)  # spacing: the first request has reached its wait
+        r = api.post("/retrieve_future", {"future_id": fid, "wait": 8})
+        assert r.status_code == 202 and t.is_alive(), r.text
+    finally:
+        t.join(scaled(15))
+        other.http.close()
+    assert first["r"].status_code == 200 and first["r"].json()["result"] == 4
 
 
 def test_rate_limit_shared_by_web_workers(gunicorn):

@@ -10,6 +10,8 @@ waiting for anything. test_http.py keeps the end-to-end runs through Gunicorn an
 
 import io
 import sys
+import threading
+import uuid
 
 import pytest
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
@@ -20,6 +22,7 @@ from http_fixtures import KEYS, KEYS_ENV, ApiCalls, body_of, err, queued, table_
 sys.path.insert(0, REPO)
 from flask_app import config as config_mod  # noqa: E402
 from flask_app import create_app  # noqa: E402
+from flask_app import waiting  # noqa: E402
 
 
 class AppApi(ApiCalls):
@@ -235,6 +238,9 @@ BAD = [
     ("/retrieve_future", {"future_id": 12}, "future_id: expected a string"),
     ("/retrieve_future", {"future_id": "a b"}, "not a valid future id"),
     ("/retrieve_future", {"future_id": "a", "x": 1}, "unknown field"),
+    ("/retrieve_future", {"future_id": "a", "wait": "1"}, "wait: expected a finite number"),
+    ("/retrieve_future", {"future_id": "a", "wait": -1}, "wait: must be >= 0"),
+    ("/retrieve_future", {"future_id": "a", "wait": 31}, "wait: must be <= 30"),
 ]
 
 
@@ -987,3 +993,31 @@ def test_boundaries_agree_with_the_worker(make_api, worker, celery_app, table, t
             failures.append(f"{label}: the worker answered {res.state} {exc!r:.200}")
     assert not failures, (f"{len(failures)} of {len(at_futures) + len(past_results)}:\n"
                           + "\n".join(failures))
+
+
+def test_wait_on_a_backend_that_cannot_publish():
+    """waiting.py on a result backend without pubsub (Celery's in-memory cache backend here)
+    reads the meta again after growing pauses: a result stored while it waits is answered;
+    nothing stored: the pending meta after the wait; no free slot: at once."""
+    from celery import Celery
+    app = Celery("wait-test", broker="memory://", backend="cache+memory://",
+                 set_as_current=False)
+    tid, other = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def read(t):
+        return lambda: app.backend.get_task_meta(t)
+
+    timer = threading.Timer(0.3, lambda: app.backend.store_result(tid, 7, "SUCCESS"))
+    timer.start()
+    try:
+        meta = waiting.final_or_timeout(app, tid, scaled(10), waiting.slots(1), read(tid))
+    finally:
+        timer.cancel()
+    assert meta["status"] == "SUCCESS" and meta["result"] == 7
+    assert waiting.final_or_timeout(app, other, 0.1, waiting.slots(1),
+                                    read(other))["status"] == "PENDING"
+    busy = waiting.slots(1)
+    busy.acquire()
+    calls = []
+    waiting.final_or_timeout(app, other, 30, busy, lambda: calls.append(1) or {"status": "PENDING"})
+    assert calls == [1]  # read once, no wait

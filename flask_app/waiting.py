@@ -1,0 +1,77 @@
+"""waiting.py -- /retrieve_future's optional wait: answer when the task is done, not before.
+
+A client that sends {"future_id", "wait": seconds} gets its answer as soon as the task's
+final state (SUCCESS, FAILURE, REVOKED) is stored, or after `wait` seconds with the usual
+202, instead of polling every few milliseconds and finding out up to a poll interval late.
+On the Redis result backend the wait listens on the channel Celery publishes every stored
+meta on (celery-task-meta-<id>, what AsyncResult.get() listens to) and reads the meta once
+after subscribing, so a result stored in between is not missed. Other backends are read
+again after a growing pause (2 ms, doubling to 50 ms). A Redis error ends the wait: the
+request answers with what it can read, as without `wait`.
+
+Each Gunicorn worker lets at most CELERIAC_MAX_WAITERS requests wait at once (default: its
+threads less one), so waiting requests never hold every thread; past that a request answers
+at once, as without `wait`. The wait is bounded by MAX_WAIT seconds (validation.py).
+"""
+
+import threading
+import time
+
+import redis
+from celery.backends.redis import RedisBackend
+
+FINAL = {"SUCCESS", "FAILURE", "REVOKED"}
+PAUSE_FIRST, PAUSE_MAX = 0.002, 0.05
+
+
+def slots(n):
+    """The per-process bound on waiting requests (one per app)."""
+    return threading.BoundedSemaphore(max(1, n))
+
+
+def final_or_timeout(celery_app, task_id, seconds, sem, read):
+    """read() -> the task's meta ({"status", "result", ...}). Returns the meta once it is
+    final, or the latest one after `seconds` (at once when seconds <= 0 or every slot is
+    taken)."""
+    meta = read()
+    if seconds <= 0 or meta.get("status") in FINAL or not sem.acquire(blocking=False):
+        return meta
+    try:
+        deadline = time.monotonic() + seconds
+        backend = celery_app.backend
+        if isinstance(backend, RedisBackend):
+            try:
+                return _listen(backend, task_id, deadline, read)
+            except redis.RedisError:
+                return read()
+        return _poll(deadline, read, meta)
+    finally:
+        sem.release()
+
+
+def _listen(backend, task_id, deadline, read):
+    ps = backend.client.pubsub(ignore_subscribe_messages=True)
+    try:
+        ps.subscribe(backend.get_key_for_task(task_id))
+        meta = read()  # stored before the subscription took effect
+        while meta.get("status") not in FINAL:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if ps.get_message(timeout=left) is not None:
+                meta = read()
+        return meta
+    finally:
+        ps.close()
+
+
+def _poll(deadline, read, meta):
+    pause = PAUSE_FIRST
+    while meta.get("status") not in FINAL:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, PAUSE_MAX)
+        meta = read()
+    return meta
