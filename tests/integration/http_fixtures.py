@@ -3,14 +3,16 @@
 test_http_app.py drives flask_app through app.test_client() (no Gunicorn); test_http.py drives
 it through real Gunicorn with requests. Both use the same users and keys, the same check of
 the error shape, the same task table, and read what a route published from the Redis queue
-the same way.
+the same way. The test_client() side (AppApi, app_factory) is shared by every file that builds
+the app in-process (test_http_app, test_hardening_http, test_multiworker, test_compression).
 """
 
 import base64
 import json
 import os
+import sys
 
-from conftest import celeriac_bin_dir
+from conftest import REPO, celeriac_bin_dir, scaled, wait_until
 
 KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-9876543210",
         "carol": "carol-key-5555555555"}
@@ -82,3 +84,60 @@ def queued(redis_client, queue="celery"):
         args, kwargs, _ = json.loads(base64.b64decode(msg["body"]))
         out.append((msg["headers"]["task"], args, kwargs))
     return out
+
+
+class AppApi(ApiCalls):
+    """app.test_client() with a user's key; the same calls as test_http.Api."""
+
+    def __init__(self, app):
+        self.app = app
+        self.client = app.test_client()
+
+    def call(self, method, path, user="alice", json=None, headers=None, **kw):
+        return self.client.open(path, method=method, json=json,
+                                headers=self.headers_for(user, headers), **kw)
+
+    def json_of(self, r):
+        return r.get_json()
+
+    def poll(self, future_id, user="alice"):
+        return self.post("/retrieve_future", {"future_id": future_id}, user)
+
+    def wait(self, future_id, user="alice", timeout=60):
+        """Polls the future until it is no longer 202; returns the final response."""
+        def done():
+            r = self.poll(future_id, user)
+            return None if r.status_code == 202 else [r]
+        return wait_until(done, scaled(timeout), interval=0.02, what=f"future {future_id}")[0]
+
+    def finish(self, future_id, value, state="SUCCESS"):
+        """Writes the task's state as a worker would (the stock Celery result backend)."""
+        self.app.extensions["celeriac"]["celery"].backend.store_result(future_id, value, state)
+
+
+def app_factory(base, monkeypatch, api_class=AppApi):
+    """(make, close) for an app fixture: make(**config) -> api_class over create_app(base, the
+    task table, config), with the environment's settings removed first; close() closes what
+    every app made opened (its events receiver, Redis and Celery connections)."""
+    sys.path.insert(0, REPO)
+    from flask_app import config as config_mod
+    from flask_app import create_app
+    table = table_config()
+    for name in config_mod.from_env({}):
+        monkeypatch.delenv(name, raising=False)
+    apps = []
+
+    def make(**config):
+        app = create_app({**base, **table, **config})
+        apps.append(app)
+        return api_class(app)
+
+    def close():
+        for app in apps:
+            ext = app.extensions["celeriac"]
+            if ext.get("cluster") is not None:
+                ext["cluster"].close()
+            ext["redis"].close()
+            ext["celery"].close()
+
+    return make, close

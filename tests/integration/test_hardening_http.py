@@ -15,48 +15,33 @@ import sys
 import pytest
 
 from conftest import REPO
-from http_fixtures import KEYS, KEYS_ENV, err, table_config
+from http_fixtures import KEYS, KEYS_ENV, AppApi, app_factory, err
 
 sys.path.insert(0, REPO)
 from flask_app import auth as auth_mod  # noqa: E402
 from flask_app import config as config_mod  # noqa: E402
-from flask_app import create_app  # noqa: E402
 
 
-class Api:
-    def __init__(self, app):
-        self.app = app
-        self.client = app.test_client()
+class Api(AppApi):
+    """AppApi whose post names the key and the client address."""
 
     def post(self, path, body, key=None, user="alice", addr="127.0.0.1"):
         h = {"Authorization": f"Bearer {key if key is not None else KEYS[user]}"}
         return self.client.post(path, json=body, headers=h, environ_base={"REMOTE_ADDR": addr})
 
     def finish(self, task_id, value=1, state="SUCCESS"):
-        self.app.extensions["celeriac"]["celery"].backend.store_result(task_id, value, state)
+        super().finish(task_id, value, state)
 
 
 @pytest.fixture
 def make_api(redis_server, db, monkeypatch):
-    table = table_config()
-    for name in config_mod.from_env({}):
-        monkeypatch.delenv(name, raising=False)
-    apps = []
-
-    def make(**config):
-        url = redis_server.url(db)
-        cfg = {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url, "CELERIAC_REDIS_URL": url,
-               "CELERIAC_API_KEYS": KEYS_ENV, "CELERIAC_ENABLE_DIAG": True,
-               "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off", **table}
-        cfg.update(config)
-        app = create_app(cfg)
-        apps.append(app)
-        return Api(app)
-
+    url = redis_server.url(db)
+    make, close = app_factory(
+        {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url, "CELERIAC_REDIS_URL": url,
+         "CELERIAC_API_KEYS": KEYS_ENV, "CELERIAC_ENABLE_DIAG": True,
+         "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off"}, monkeypatch, Api)
     yield make
-    for app in apps:
-        app.extensions["celeriac"]["redis"].close()
-        app.extensions["celeriac"]["celery"].close()
+    close()
 
 
 def test_row9_failed_keys_are_throttled_per_address(make_api):

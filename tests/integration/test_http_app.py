@@ -17,66 +17,23 @@ import pytest
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 
 from conftest import REPO, scaled, wait_until
-from http_fixtures import KEYS, KEYS_ENV, ApiCalls, body_of, err, queued, table_config
+from http_fixtures import KEYS, KEYS_ENV, app_factory, body_of, err, queued, table_config
 
 sys.path.insert(0, REPO)
 from flask_app import config as config_mod  # noqa: E402
-from flask_app import create_app  # noqa: E402
 from flask_app import waiting  # noqa: E402
-
-
-class AppApi(ApiCalls):
-    """app.test_client() with a user's key; the same calls as test_http.Api."""
-
-    def __init__(self, app):
-        self.app = app
-        self.client = app.test_client()
-
-    def call(self, method, path, user="alice", json=None, headers=None, **kw):
-        return self.client.open(path, method=method, json=json,
-                                headers=self.headers_for(user, headers), **kw)
-
-    def json_of(self, r):
-        return r.get_json()
-
-    def poll(self, future_id, user="alice"):
-        return self.post("/retrieve_future", {"future_id": future_id}, user)
-
-    def wait(self, future_id, user="alice", timeout=60):
-        """Polls the future until it is no longer 202; returns the final response."""
-        def done():
-            r = self.poll(future_id, user)
-            return None if r.status_code == 202 else [r]
-        return wait_until(done, scaled(timeout), interval=0.02, what=f"future {future_id}")[0]
-
-    def finish(self, future_id, value, state="SUCCESS"):
-        """Writes the task's state as a worker would (the stock Celery result backend)."""
-        self.app.extensions["celeriac"]["celery"].backend.store_result(future_id, value, state)
 
 
 @pytest.fixture
 def make_api(redis_server, db, monkeypatch):
     """Factory: make_api(**config) -> AppApi on the test's database; closed at teardown."""
-    table = table_config()
-    for name in config_mod.from_env({}):
-        monkeypatch.delenv(name, raising=False)
-    apps = []
-
-    def make(**config):
-        url = redis_server.url(db)
-        cfg = {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url, "CELERIAC_REDIS_URL": url,
-               "CELERIAC_API_KEYS": KEYS_ENV, "CELERIAC_ENABLE_DIAG": True,
-               "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off", **table}
-        cfg.update(config)
-        app = create_app(cfg)
-        apps.append(app)
-        return AppApi(app)
-
+    url = redis_server.url(db)
+    make, close = app_factory(
+        {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url, "CELERIAC_REDIS_URL": url,
+         "CELERIAC_API_KEYS": KEYS_ENV, "CELERIAC_ENABLE_DIAG": True,
+         "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off"}, monkeypatch)
     yield make
-    for app in apps:
-        ext = app.extensions["celeriac"]
-        ext["redis"].close()
-        ext["celery"].close()
+    close()
 
 
 @pytest.fixture

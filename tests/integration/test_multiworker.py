@@ -35,14 +35,12 @@ import time
 import pytest
 
 from conftest import REPO, WORKER_KIND, both_brokers, scaled, wait_until
-from http_fixtures import KEYS, KEYS_ENV, ApiCalls, err, table_config
+from http_fixtures import KEYS, KEYS_ENV, app_factory, err
 from test_http import gunicorn  # noqa: F401 (fixture: Gunicorn on the test's database)
 
 sys.path.insert(0, REPO)
 from flask_app import backpressure  # noqa: E402
 from flask_app import cluster as cluster_mod  # noqa: E402
-from flask_app import config as config_mod  # noqa: E402
-from flask_app import create_app  # noqa: E402
 
 ADMIN_KEY = "ops-key-4242424242"
 ADMIN_ENV = f"ops:{ADMIN_KEY}"
@@ -52,45 +50,15 @@ ADMIN_ENV = f"ops:{ADMIN_KEY}"
 # Front end alone: simulated nodes
 
 
-class AppApi(ApiCalls):
-    def __init__(self, app):
-        self.app = app
-        self.client = app.test_client()
-
-    def call(self, method, path, user="alice", json=None, headers=None, **kw):
-        return self.client.open(path, method=method, json=json,
-                                headers=self.headers_for(user, headers), **kw)
-
-    def json_of(self, r):
-        return r.get_json()
-
-    def finish(self, future_id, value, state="SUCCESS"):
-        self.app.extensions["celeriac"]["celery"].backend.store_result(future_id, value, state)
-
-
 @pytest.fixture
 def make_api(broker_url, backend_url, monkeypatch):
-    table = table_config()
-    for name in config_mod.from_env({}):
-        monkeypatch.delenv(name, raising=False)
-    apps = []
-
-    def make(**config):
-        cfg = {"CELERY_BROKER_URL": broker_url, "CELERY_RESULT_BACKEND": backend_url,
-               "CELERIAC_REDIS_URL": backend_url,
-               "CELERIAC_API_KEYS": KEYS_ENV, "CELERIAC_ADMIN_KEYS": ADMIN_ENV,
-               "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off", **table}
-        cfg.update(config)
-        app = create_app(cfg)
-        apps.append(app)
-        return AppApi(app)
-
+    make, close = app_factory(
+        {"CELERY_BROKER_URL": broker_url, "CELERY_RESULT_BACKEND": backend_url,
+         "CELERIAC_REDIS_URL": backend_url, "CELERIAC_API_KEYS": KEYS_ENV,
+         "CELERIAC_ADMIN_KEYS": ADMIN_ENV, "CELERIAC_RATE_LIMIT": "off",
+         "CELERIAC_POLL_RATE_LIMIT": "off"}, monkeypatch)
     yield make
-    for app in apps:
-        cl = app.extensions["celeriac"].get("cluster")
-        if cl is not None:
-            cl.close()
-        app.extensions["celeriac"]["redis"].close()
+    close()
 
 
 class FakeNodes:
