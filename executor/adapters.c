@@ -13,7 +13,9 @@
  *   4. current.tmp.<node>.<pid> renamed to `current`, then fsync of
  *      <state>/adapters/<id>/ (the rename durable before the step's result is sent)
  *   5. every other ckpt-* of the adapter is removed (a leftover from a crash in 1-3 too),
- *      by a background thread once their names are picked (remove_later)
+ *      by a background thread once their names are picked (remove_later), and so is any
+ *      temp name (*.tmp.<node>.<pid>) older than STALE_TMP_S: a writer killed in 2-4
+ *      (a live one renames its temp within milliseconds)
  * Steps 1-5 run in the one process allowed to write the adapter (the holder of its
  * lock, see adapters_hold.c; or its creator), which checks
  * before 1 and before 4 that `current` still names the checkpoint it started from, so
@@ -45,7 +47,8 @@
 #include "../common/log.h"
 #include "../model/safetensors.h"
 
-#define LOAD_RETRIES      3 /* reloads when another executor switched `current` meanwhile */
+#define LOAD_RETRIES      3   /* reloads when another executor switched `current` meanwhile */
+#define STALE_TMP_S       600 /* a temp name this old belongs to a dead writer */
 #define META_FORMAT       "celeriac-adapter-1"
 #define IMPORT_CONFIG_MAX (1 << 20)  /* bytes of an imported adapter_config.json */
 #define IMPORT_HEADER_MAX (16 << 20) /* a safetensors file's header and metadata, past its data */
@@ -579,8 +582,8 @@ static json_t *make_meta(cel_adapters_t *s, cel_adapter_t *a, const char *task, 
                      targets_json(cel_lora_targets(a->lora)), "base_model", s->base);
 }
 
-/* Removes a's checkpoints other than keep and the one `current` names now (in
- * the background: remove_later). */
+/* Removes a's checkpoints other than keep and the one `current` names now, and
+ * temp names of writers that died (in the background: remove_later). */
 static void prune(cel_adapters_t *s, const char *id, const char *keep) {
     char dir[CEL_ADAPTERS_PATH_MAX + 64], cur[CKPT_NAME_MAX] = "";
     snprintf(dir, sizeof(dir), "%s/%s", s->adir, id);
@@ -588,11 +591,18 @@ static void prune(cel_adapters_t *s, const char *id, const char *keep) {
     DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *e;
+    time_t now = time(NULL);
     while ((e = readdir(d))) {
-        if (strncmp(e->d_name, "ckpt-", 5) != 0) continue;
-        if (strcmp(e->d_name, keep) == 0 || strcmp(e->d_name, cur) == 0) continue;
         char p[CEL_ADAPTERS_PATH_MAX + 384];
         snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+        if (strstr(e->d_name, ".tmp.")) {
+            struct stat st;
+            if (lstat(p, &st) == 0 && S_ISREG(st.st_mode) && now - st.st_mtime > STALE_TMP_S)
+                remove_later(p);
+            continue;
+        }
+        if (strncmp(e->d_name, "ckpt-", 5) != 0) continue;
+        if (strcmp(e->d_name, keep) == 0 || strcmp(e->d_name, cur) == 0) continue;
         remove_later(p);
     }
     closedir(d);

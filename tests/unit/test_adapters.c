@@ -245,8 +245,10 @@ static void test_checkpoint_one_pass(void **state) {
         cmd, sizeof(cmd),
         "mkdir '%s/ckpt-000003-00000000deadbeef' && head -c 100 '%s/adapter_model.safetensors' "
         "> '%s/ckpt-000003-00000000deadbeef/adapter_model.safetensors' && "
-        "echo ckpt-000003-00000000deadbeef > '%s/current.tmp.dead@host.99999'",
-        adir, dir, adir, adir);
+        "echo ckpt-000003-00000000deadbeef > '%s/current.tmp.dead@host.99999' && "
+        "touch -d '-1 hour' '%s/current.tmp.dead@host.99999' && "
+        "echo x > '%s/grads.json.tmp.live@host.1'",
+        adir, dir, adir, adir, adir, adir);
     assert_int_equal(system(cmd), 0);
     cel_adapters_t *sb = open_store(f, "b@host");
     cel_adapter_t *b = get(sb, id);
@@ -261,6 +263,11 @@ static void test_checkpoint_one_pass(void **state) {
     assert_int_equal(strncmp(name, "ckpt-000003-", 12), 0);
     assert_string_not_equal(name, "ckpt-000003-00000000deadbeef");
     assert_int_equal(count_ckpts(f, id), 1);
+    /* and the dead writer's pointer temp, an hour old; a fresh temp name stays */
+    cel_adapters_settle();
+    list_dir(adir, names, sizeof(names));
+    snprintf(want, sizeof(want), "%s,current,grads.json.tmp.live@host.1,lock", name);
+    assert_string_equal(names, want);
     cel_adapters_free(sb);
     cel_adapters_free(sa);
 }
