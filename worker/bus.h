@@ -66,10 +66,13 @@ typedef struct cel_bus_ops {
     const char *event_exchange_type;
     /* Starts connecting. name is for logs; confirm: publishes are done when
      * the broker confirmed them (AMQP publisher confirms), not when sent.
-     * on_state(priv, up) may be NULL. cfg borrowed for the bus's life. */
+     * on_state(priv, up), which may be NULL, hears each change of up. cfg
+     * borrowed for the bus's life. */
     void *(*open)(uv_loop_t *loop, const cel_options_t *cfg, const char *name, int confirm,
                   void (*on_state)(void *priv, int up), void *priv, cel_err_t *err);
-    /* 1 while connected. */
+    /* 1 while connected and, once it listens, listening: the queue declared,
+     * bound and consumed (AMQP), the subscription confirmed by the server
+     * (Redis); a message published after up reaches the listener. */
     int (*up)(const void *impl);
     /* Publishes m (borrowed) to exchange ex ("" name: the default exchange,
      * routing_key names the queue); declares ex first where that exists. */

@@ -2,7 +2,8 @@
  *
  * cel_bus_redis_ops (bus.h) is the only table it exports, with the kombu
  * envelope parser cel_bus_envelope_parse. Two connections: `cmd` publishes
- * and keeps bindings, `sub` (opened by listen) is in subscribe mode.
+ * and keeps bindings, `sub` (opened by listen) is in subscribe mode; the bus
+ * is up when `cmd` is and `sub`'s PSUBSCRIBE has been confirmed.
  * Matches kombu/transport/redis.py: a fanout exchange is PUBLISH on
  * "/<db>.<exchange>" (plus "/<routing key>" when there is one) and
  * PSUBSCRIBE on the same; a direct exchange is SMEMBERS of
@@ -34,6 +35,7 @@ typedef struct redis_bus {
     cel_redis_t *sub;
     void (*on_state)(void *, int);
     void *priv;
+    int up_told; /* what on_state last said */
     char name[48];
     /* the listened queue */
     int listening;
@@ -287,11 +289,22 @@ static void on_pmessage(cel_redis_t *r, redisReply *reply, void *priv) {
     cel_bus_envelope_free(&e);
 }
 
-static void on_sub_state(cel_redis_t *r, int up, void *priv) {
-    redis_bus_t *b = priv;
-    if (up && cel_redis_psubscribe(r, b->channel, on_pmessage, b) != CEL_OK)
-        cel_error("bus %s: cannot subscribe to %s", b->name, b->channel);
+/* The bus is up while `cmd` is and, once it listens, while `sub` is
+ * subscribed (cel_redis_psubscribe: up only after the server's confirmation):
+ * a broadcast published after "up" reaches this node, as on AMQP where up
+ * means declared, bound and consumed. on_state hears each change once. */
+static int bus_up(const redis_bus_t *b) {
+    return cel_redis_up(b->cmd) && (!b->sub || cel_redis_up(b->sub));
 }
+
+static void tell_state(redis_bus_t *b) {
+    int up = bus_up(b);
+    if (up == b->up_told) return;
+    b->up_told = up;
+    if (b->on_state) b->on_state(b->priv, up);
+}
+
+static void on_sub_state(cel_redis_t *r, int up, void *priv) { tell_state(priv); }
 
 static int redis_listen(void *impl, const cel_bus_queue_t *q, cel_bus_msg_fn fn, void *priv) {
     redis_bus_t *b = impl;
@@ -313,8 +326,13 @@ static int redis_listen(void *impl, const cel_bus_queue_t *q, cel_bus_msg_fn fn,
     if (cel_redis_up(b->cmd)) bind_queue(b, "SADD");
     char name[64];
     snprintf(name, sizeof(name), "%s-sub", b->name);
+    /* Nothing connects before the loop runs: the subscription is set in time. */
     b->sub = cel_redis_new(b->loop, &b->cfg->broker, name, NULL, 0, on_sub_state, b);
-    return b->sub ? CEL_OK : CEL_ENOMEM;
+    if (!b->sub) return CEL_ENOMEM;
+    int rc = cel_redis_psubscribe(b->sub, b->channel, on_pmessage, b);
+    /* up before it listened: down until subscribed */
+    tell_state(b);
+    return rc;
 }
 
 static void redis_unlisten(void *impl) {
@@ -329,7 +347,7 @@ static void redis_unlisten(void *impl) {
 static void on_cmd_state(cel_redis_t *r, int up, void *priv) {
     redis_bus_t *b = priv;
     if (up && b->listening) bind_queue(b, "SADD");
-    if (b->on_state) b->on_state(b->priv, up);
+    tell_state(b);
 }
 
 static void *redis_open(uv_loop_t *loop, const cel_options_t *cfg, const char *name, int confirm,
@@ -353,7 +371,7 @@ static void *redis_open(uv_loop_t *loop, const cel_options_t *cfg, const char *n
     return b;
 }
 
-static int redis_up(const void *impl) { return cel_redis_up(((const redis_bus_t *)impl)->cmd); }
+static int redis_up(const void *impl) { return bus_up(impl); }
 
 static void close_step(void *priv) {
     redis_bus_t *b = priv;

@@ -1,6 +1,7 @@
 /* redis.c -- a reconnecting hiredis async connection on the libuv loop.
  *
- * State: DOWN -> CONNECTING -> (AUTH, SELECT, SCRIPT LOAD...) -> UP; a lost
+ * State: DOWN -> CONNECTING -> (AUTH, SELECT, SCRIPT LOAD..., PING, then a
+ * subscriber's PSUBSCRIBE and its confirmation) -> UP; a lost
  * connection goes back to DOWN and a backoff timer starts the next attempt.
  * hiredis frees its context after the disconnect callback, so we only drop our
  * pointer there. EVALSHA keeps its formatted command until the reply: on
@@ -178,9 +179,16 @@ struct cel_redis {
     void *closed_priv;
     cel_respcut_t *cut; /* NULL: no bulk limit */
     errlog_t errlog[ERRLOG_SLOTS];
+    /* A subscriber (cel_redis_psubscribe): PSUBSCRIBE is the set-up's last
+     * step, and UP waits for the server's confirmation. */
+    char *sub_pattern; /* NULL: a command connection */
+    cel_redis_cb sub_cb;
+    void *sub_priv;
+    int sub_sent; /* this connection's PSUBSCRIBE went out */
 };
 
 static void start_connect(cel_redis_t *r);
+static int send_psubscribe(cel_redis_t *r);
 
 static double mono_now(void) {
     struct timespec ts;
@@ -238,6 +246,7 @@ static void on_timer_closed(uv_handle_t *h) {
     cel_redis_t *r = h->data;
     if (r->on_closed) r->on_closed(r->closed_priv);
     cel_respcut_free(r->cut);
+    free(r->sub_pattern);
     free(r);
 }
 
@@ -255,6 +264,14 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
         finish_close(r);
         return;
     }
+    /* A subscription the server refused (an ACL without the pattern, say)
+     * ends the connection with its error: said at every attempt, as a
+     * refused AUTH is, but at most once per interval. */
+    if (r->sub_sent && r->state == ST_CONNECTING && status != REDIS_OK) {
+        char what[64];
+        snprintf(what, sizeof(what), "PSUBSCRIBE %.40s", r->sub_pattern);
+        cel_redis_log_error(r, what, ac->errstr);
+    }
     if (!r->logged_down || was_up)
         cel_error("%s: connection to redis://%s:%d lost: %s. Trying again...", r->name, r->url.host,
                   r->url.port, status == REDIS_OK ? "closed" : ac->errstr);
@@ -268,6 +285,18 @@ static void handshake_step(cel_redis_t *r) {
     if (r->handshake_failed) {
         /* A wrong password or db: keep retrying with backoff, loudly. */
         if (r->ac) redisAsyncDisconnect(r->ac);
+        return;
+    }
+    if (r->sub_pattern && !r->sub_sent) {
+        /* A subscriber is up once subscribed, not before: what is published
+         * after its owner hears "up" reaches it. The confirmation comes to
+         * on_sub_reply, which takes the last step. */
+        if (send_psubscribe(r) != CEL_OK) {
+            if (r->ac) redisAsyncDisconnect(r->ac);
+            return;
+        }
+        r->sub_sent = 1;
+        r->handshake_left = 1;
         return;
     }
     r->state = ST_UP;
@@ -320,7 +349,8 @@ static void on_connect(const redisAsyncContext *cac, int status) {
         return;
     }
     r->handshake_failed = 0;
-    r->handshake_left = 1;                 /* the PING below */
+    r->handshake_left = 1; /* the PING below */
+    r->sub_sent = 0;
     if (r->cut) cel_respcut_reset(r->cut); /* a new stream */
     if (r->url.password[0]) {
         r->handshake_left++;
@@ -485,25 +515,49 @@ int cel_redis_command(cel_redis_t *r, cel_redis_cb cb, void *priv, int argc, con
     return CEL_OK;
 }
 
-/* Subscriptions keep their context for every message: hiredis calls the
- * callback once per message and a last time with NULL when the context is
- * freed (disconnect or close); the context is freed then. */
+/* A subscription keeps its context for every message: hiredis calls the
+ * callback with the confirmation, once per message, and a last time with
+ * NULL when the context is freed (disconnect or close; r may be gone then:
+ * ac->data is cleared before a free of our own). The confirmation of the
+ * set-up's PSUBSCRIBE makes the connection up. */
 static void on_sub_reply(redisAsyncContext *ac, void *reply, void *priv) {
     cmd_ctx_t *c = priv;
-    if (c->cb) c->cb(c->r, reply, c->priv);
-    if (!reply) free(c);
+    redisReply *rep = reply;
+    cel_redis_t *r = ac->data;
+    if (!rep) {
+        free(c);
+        return;
+    }
+    if (!r) return;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 &&
+        rep->element[0]->type == REDIS_REPLY_STRING &&
+        strcmp(rep->element[0]->str, "psubscribe") == 0) {
+        if (r->state == ST_CONNECTING && r->sub_sent) handshake_step(r);
+        return;
+    }
+    if (r->state == ST_UP && r->sub_cb) r->sub_cb(r, rep, r->sub_priv);
 }
 
-int cel_redis_psubscribe(cel_redis_t *r, const char *pattern, cel_redis_cb cb, void *priv) {
-    if (!cel_redis_up(r)) return CEL_EIO;
+static int send_psubscribe(cel_redis_t *r) {
     cmd_ctx_t *c = malloc(sizeof(*c));
-    if (!c) return CEL_ENOMEM;
-    *c = (cmd_ctx_t){ r, cb, priv, NULL, NULL, 0 };
-    const char *argv[] = { "PSUBSCRIBE", pattern };
+    if (!c) {
+        cel_redis_log_error(r, "subscribing", "out of memory");
+        return CEL_ENOMEM;
+    }
+    *c = (cmd_ctx_t){ r, NULL, NULL, NULL, NULL, 0 };
+    const char *argv[] = { "PSUBSCRIBE", r->sub_pattern };
     if (redisAsyncCommandArgv(r->ac, on_sub_reply, c, 2, argv, NULL) != REDIS_OK) {
         free(c);
         return CEL_EIO;
     }
+    return CEL_OK;
+}
+
+int cel_redis_psubscribe(cel_redis_t *r, const char *pattern, cel_redis_cb cb, void *priv) {
+    if (r->sub_pattern || r->state == ST_UP || r->state == ST_CLOSING) return CEL_ESTATE;
+    if (!(r->sub_pattern = strdup(pattern))) return CEL_ENOMEM;
+    r->sub_cb = cb;
+    r->sub_priv = priv;
     return CEL_OK;
 }
 

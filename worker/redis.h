@@ -1,7 +1,8 @@
 /* redis.h -- one reconnecting asynchronous Redis connection on the libuv loop.
  *
  * Wraps a hiredis async context: connects, AUTHs and SELECTs the URL's db, loads
- * the Lua scripts it was given, and only then reports itself up. When the
+ * the Lua scripts it was given (a subscriber: PSUBSCRIBEs, and waits for the
+ * server's confirmation), and only then reports itself up. When the
  * connection drops every pending command's callback runs with reply NULL, the
  * owner is told it is down, and it reconnects with backoff (100 ms .. 5 s).
  * Error replies: a script the server forgot (NOSCRIPT: SCRIPT FLUSH, a
@@ -46,7 +47,7 @@ cel_redis_t *cel_redis_new(uv_loop_t *loop, const cel_redis_url_t *url, const ch
                            cel_redis_script_t **scripts, int nscripts, cel_redis_state_cb on_state,
                            void *priv);
 
-/* 1 when connected, authenticated and scripts loaded. */
+/* 1 when connected, authenticated, scripts loaded and (a subscriber) subscribed. */
 int cel_redis_up(const cel_redis_t *r);
 
 /* Sends a command (argv borrowed, copied by hiredis). cb may be NULL. Returns
@@ -54,11 +55,15 @@ int cel_redis_up(const cel_redis_t *r);
 int cel_redis_command(cel_redis_t *r, cel_redis_cb cb, void *priv, int argc, const char **argv,
                       const size_t *argvlen);
 
-/* PSUBSCRIBE pattern on this connection, which from then on carries only
- * subscriptions. cb runs for the subscribe confirmation, for every
- * ["pmessage", pattern, channel, data] array, and once with reply NULL when
- * the connection is lost or closed (subscribe again when it is back up).
- * Returns CEL_OK, or CEL_EIO when not up (cb is then never called). */
+/* Makes r a subscriber to pattern: at every connect, PSUBSCRIBE is the last
+ * step of the set-up, and r is reported up (on_state, cel_redis_up, the
+ * "connected" log line) only once the server confirmed it, so a message
+ * published after "up" reaches it; a refusal (an ACL) is logged and retried
+ * with backoff like a refused AUTH. From then on the connection carries only
+ * the subscription: cb runs for every ["pmessage", pattern, channel, data]
+ * array while it is up. Call it once, before the connection is up (right
+ * after cel_redis_new: nothing connects before the loop runs). CEL_ESTATE
+ * when it is up already or has a subscription, CEL_ENOMEM. */
 int cel_redis_psubscribe(cel_redis_t *r, const char *pattern, cel_redis_cb cb, void *priv);
 
 /* Commands are written when the loop turn ends (before it waits); this

@@ -4,14 +4,18 @@ Runs the real `celery -A pydiag inspect ...` command and the Python API and chec
 output and the reply dicts: field names and types as the stock worker gives them (see
 ../shared/celery-wire.md section 6.3). Also: ping while every executor is busy, destination and
 pattern filtering across two celeriac workers and one stock Python worker, and garbage on the
-pidbox and events channels.
+pidbox and events channels. On Redis, "ready." (and a reconnected mailbox's "connected" line)
+comes only once the server confirmed the mailbox's PSUBSCRIBE, so a broadcast sent the moment it
+shows is answered: the worker's Redis user is denied PSUBSCRIBE by an ACL, which holds the
+subscription back while every other connection is up, then allowed it.
 """
 
 import json
+import re
 import socket
 import time
 
-from conftest import both_brokers, celeriac_only, redis_only, scaled, wait_until
+from conftest import READY_RE, both_brokers, celeriac_only, redis_only, scaled, wait_until
 from remote import cli, only
 
 # Remote control on both brokers (conftest.py); raw garbage is pushed on Redis only.
@@ -134,3 +138,56 @@ def test_garbage_on_pidbox_and_events_channels(worker, celery_app, redis_client,
     w.wait_log(r"pidbox: dropping", count=2)
     assert only(celery_app.control.ping(timeout=scaled(T))) == {"ok": "pong"}
     assert celery_app.send_task("diag.add", args=[1, 2]).get(timeout=scaled(10)) == 3
+
+
+# --------------------------------------------------------------------------------------------
+# "up" means subscribed (Redis)
+
+REFUSED_RE = re.compile(r"pidbox-sub: .*NOPERM")
+SUB_UP_RE = re.compile(r"pidbox-sub: connected to")
+
+
+def acl_user(srv, psubscribe):
+    """A Redis user "w" (password "pw") allowed everything but, unless psubscribe, PSUBSCRIBE;
+    returns the worker's broker URL for it."""
+    srv.client(0).execute_command("ACL", "SETUSER", "w", "reset", "on", ">pw", "~*", "&*",
+                                  "+@all", *([] if psubscribe else ["-psubscribe"]))
+    return f"redis://w:pw@127.0.0.1:{srv.port}/0"
+
+
+@redis_only
+@celeriac_only
+def test_ready_waits_for_the_pidbox_subscription(worker, make_app, tmp_redis):
+    """A worker whose mailbox subscription is refused is not ready, however well its other
+    connections are; once allowed, a ping sent the moment "ready." shows is answered."""
+    srv = tmp_redis()
+    url = acl_user(srv, psubscribe=False)
+    app = make_app(srv.url(0))
+    w = worker("-c", "1", broker=url, ready=False)
+    w.wait_log(REFUSED_RE)
+    assert not READY_RE.search(w.log()), w.log_tail()
+    srv.client(0).execute_command("ACL", "SETUSER", "w", "+psubscribe")
+    w.wait_ready(20)
+    assert only(app.control.ping(timeout=scaled(T))) == {"ok": "pong"}
+
+
+@redis_only
+@celeriac_only
+def test_resubscribed_mailbox_answers_at_once(worker, make_app, tmp_redis):
+    """The mailbox's subscriber connection is killed and its new subscription refused for a
+    while: the worker must not say that connection is back ("connected to") until the server
+    confirmed the PSUBSCRIBE; a ping sent the moment it does is answered."""
+    srv = tmp_redis()
+    url = acl_user(srv, psubscribe=True)
+    app = make_app(srv.url(0))
+    w = worker("-c", "1", broker=url)
+    assert only(app.control.ping(timeout=scaled(T))) == {"ok": "pong"}
+    admin = srv.client(0)
+    up_lines = len(SUB_UP_RE.findall(w.log()))
+    admin.execute_command("ACL", "SETUSER", "w", "-psubscribe")
+    assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub", "USER", "w") == 1
+    w.wait_log(REFUSED_RE)
+    assert len(SUB_UP_RE.findall(w.log())) == up_lines, w.log_tail()
+    admin.execute_command("ACL", "SETUSER", "w", "+psubscribe")
+    w.wait_log(SUB_UP_RE, count=up_lines + 1)
+    assert only(app.control.ping(timeout=scaled(T))) == {"ok": "pong"}
