@@ -186,8 +186,9 @@ typedef struct redis_backend {
     void (*on_up)(void *);
     void *priv;
     char ttl[32];
-    ack_batch_t *batch;  /* stores waiting for the end of the loop turn */
-    uv_prepare_t sender; /* sends the batch */
+    ack_batch_t *batch;    /* stores waiting for the end of the loop turn */
+    uv_check_t send_check; /* sends the batch after the poll phase that gathered it */
+    uv_idle_t send_idle;   /* ... or, gathered elsewhere, keeps the poll from blocking */
     void (*on_closed)(void *);
     void *closed_priv;
     int closing_left;
@@ -195,13 +196,19 @@ typedef struct redis_backend {
 
 static void send_batch(redis_backend_t *be);
 
-static void on_sender(uv_prepare_t *h) {
-    redis_backend_t *be = h->data;
-    uv_prepare_stop(h);
-    if (!be->batch) return;
-    send_batch(be);
-    cel_redis_flush(be->conn); /* its own prepare handle may have run already */
+/* The end of a loop turn: what it gathered goes out now. A check handle runs
+ * after the poll phase whose callbacks gathered it; the idle handle only makes
+ * that poll not block when the batch was begun before it (a timer, a prepare
+ * handle), and sends it first if it runs first. */
+static void send_now(redis_backend_t *be) {
+    uv_check_stop(&be->send_check);
+    uv_idle_stop(&be->send_idle);
+    send_batch(be);            /* none: a full batch or another command sent it */
+    cel_redis_flush(be->conn); /* written now, not at the next prepare phase */
 }
+
+static void on_send_check(uv_check_t *h) { send_now(h->data); }
+static void on_send_idle(uv_idle_t *h) { send_now(h->data); }
 
 static void on_state(cel_redis_t *r, int up, void *priv) {
     redis_backend_t *be = priv;
@@ -227,8 +234,10 @@ static void *redis_open(uv_loop_t *loop, const cel_options_t *cfg, void (*on_up)
         cel_err_set(err, CEL_ENOMEM, "out of memory");
         return NULL;
     }
-    uv_prepare_init(loop, &be->sender);
-    be->sender.data = be;
+    uv_check_init(loop, &be->send_check);
+    be->send_check.data = be;
+    uv_idle_init(loop, &be->send_idle);
+    be->send_idle.data = be;
     return be;
 }
 
@@ -327,7 +336,7 @@ static int batch_put(ack_batch_t *b, const char *s, size_t n, size_t *off) {
     return 0;
 }
 
-/* Gathers one store (tag NULL) or store_ack for the end of the loop turn (on_sender). */
+/* Gathers one store (tag NULL) or store_ack for the end of the loop turn (send_now). */
 static void gather(redis_backend_t *be, const char *task_id, const char *meta, size_t len,
                    const char *tag, cel_backend_done_fn done, void *priv) {
     if (!cel_redis_up(be->conn)) { /* fails now, as an unsent command does */
@@ -357,7 +366,10 @@ static void gather(redis_backend_t *be, const char *task_id, const char *meta, s
     b->priv[i] = priv;
     b->n++;
     if (b->n == ACK_BATCH) send_batch(be);
-    else uv_prepare_start(&be->sender, on_sender);
+    else if (b->n == 1) {
+        uv_check_start(&be->send_check, on_send_check);
+        uv_idle_start(&be->send_idle, on_send_idle);
+    }
 }
 
 static void redis_store(void *impl, const cel_task_t *t, const char *meta, size_t len,
@@ -521,7 +533,7 @@ static void redis_chord_part(void *impl, const char *group_id, int group_index, 
     }
 }
 
-/* The connection and the sender handle are closed: be goes. */
+/* The connection and the sender handles are closed: be goes. */
 static void close_step(redis_backend_t *be) {
     if (--be->closing_left > 0) return;
     void (*cb)(void *) = be->on_closed;
@@ -538,9 +550,10 @@ static void redis_close(void *impl, void (*on_closed)(void *), void *priv) {
     redis_backend_t *be = impl;
     be->on_closed = on_closed;
     be->closed_priv = priv;
-    be->closing_left = 2;
+    be->closing_left = 3;
     send_batch(be); /* what was gathered still goes, or is told it failed */
-    uv_close((uv_handle_t *)&be->sender, on_sender_closed);
+    uv_close((uv_handle_t *)&be->send_check, on_sender_closed);
+    uv_close((uv_handle_t *)&be->send_idle, on_sender_closed);
     cel_redis_close(be->conn, on_conn_closed, be);
 }
 
