@@ -29,43 +29,37 @@
 #include "../common/log.h"
 #include "redis.h"
 
-/* KEYS[1] = celery-task-meta-<id>; ARGV = meta, ttl seconds (0 = no expiry). */
-static cel_redis_script_t script_store = {
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "if cur then\n"
-    "  local ok, v = pcall(cjson.decode, cur)\n"
-    "  if ok and type(v) == 'table' and v.status == 'SUCCESS' then return 0 end\n"
+/* Shared Lua: Celery's store of one meta -- skipped when a SUCCESS is there
+ * already (returns 0), else SETEX with the TTL (SET when 0) and PUBLISH on the
+ * key's channel (returns 1). */
+#define LUA_STORE_FN                                                                 \
+    "local function store(key, meta, ttl)\n"                                         \
+    "  local cur = redis.call('GET', key)\n"                                         \
+    "  if cur then\n"                                                                \
+    "    local ok, v = pcall(cjson.decode, cur)\n"                                   \
+    "    if ok and type(v) == 'table' and v.status == 'SUCCESS' then return 0 end\n" \
+    "  end\n"                                                                        \
+    "  if ttl and ttl > 0 then redis.call('SETEX', key, ttl, meta)\n"                \
+    "  else redis.call('SET', key, meta) end\n"                                      \
+    "  redis.call('PUBLISH', key, meta)\n"                                           \
+    "  return 1\n"                                                                   \
     "end\n"
-    "local ttl = tonumber(ARGV[2])\n"
-    "if ttl and ttl > 0 then redis.call('SETEX', KEYS[1], ttl, ARGV[1])\n"
-    "else redis.call('SET', KEYS[1], ARGV[1]) end\n"
-    "redis.call('PUBLISH', KEYS[1], ARGV[1])\n"
-    "return 1\n",
-    { 0 }
-};
+
+/* KEYS[1] = celery-task-meta-<id>; ARGV = meta, ttl seconds (0 = no expiry). */
+static cel_redis_script_t script_store = { LUA_STORE_FN
+                                           "return store(KEYS[1], ARGV[1], tonumber(ARGV[2]))\n",
+                                           { 0 } };
 
 /* KEYS[1] = meta key; ARGV = meta, ttl, delivery tag. The same store, then
  * kombu's ack (ZREM unacked_index + HDEL unacked) in the same step: used when
  * broker and backend are one Redis database, so the result and the ack can
  * never be separated by a crash. */
-static cel_redis_script_t script_store_ack = {
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "local skip = false\n"
-    "if cur then\n"
-    "  local ok, v = pcall(cjson.decode, cur)\n"
-    "  if ok and type(v) == 'table' and v.status == 'SUCCESS' then skip = true end\n"
-    "end\n"
-    "if not skip then\n"
-    "  local ttl = tonumber(ARGV[2])\n"
-    "  if ttl and ttl > 0 then redis.call('SETEX', KEYS[1], ttl, ARGV[1])\n"
-    "  else redis.call('SET', KEYS[1], ARGV[1]) end\n"
-    "  redis.call('PUBLISH', KEYS[1], ARGV[1])\n"
-    "end\n"
-    "redis.call('ZREM', 'unacked_index', ARGV[3])\n"
-    "redis.call('HDEL', 'unacked', ARGV[3])\n"
-    "return 1\n",
-    { 0 }
-};
+static cel_redis_script_t script_store_ack = { LUA_STORE_FN
+                                               "store(KEYS[1], ARGV[1], tonumber(ARGV[2]))\n"
+                                               "redis.call('ZREM', 'unacked_index', ARGV[3])\n"
+                                               "redis.call('HDEL', 'unacked', ARGV[3])\n"
+                                               "return 1\n",
+                                               { 0 } };
 
 /* CHORD_PART: KEYS = celery-taskset-meta-<gid>.j, .t, .s; ARGV = entry,
  * group_index ('+inf' for none), ttl (0: none), 'zset' or 'list' (the kind
@@ -118,47 +112,23 @@ static cel_redis_script_t script_chord_size = {
 /* KEYS = meta keys; ARGV = ttl, then meta and delivery tag of each key.
  * STORE_ACK for each in order, the acks of all in one ZREM and one HDEL. */
 static cel_redis_script_t script_store_ack_many = {
-    "local ttl = tonumber(ARGV[1])\n"
-    "local tags = {}\n"
-    "for i, key in ipairs(KEYS) do\n"
-    "  local meta = ARGV[2 * i]\n"
-    "  tags[i] = ARGV[2 * i + 1]\n"
-    "  local cur = redis.call('GET', key)\n"
-    "  local skip = false\n"
-    "  if cur then\n"
-    "    local ok, v = pcall(cjson.decode, cur)\n"
-    "    if ok and type(v) == 'table' and v.status == 'SUCCESS' then skip = true end\n"
-    "  end\n"
-    "  if not skip then\n"
-    "    if ttl and ttl > 0 then redis.call('SETEX', key, ttl, meta)\n"
-    "    else redis.call('SET', key, meta) end\n"
-    "    redis.call('PUBLISH', key, meta)\n"
-    "  end\n"
-    "end\n"
-    "redis.call('ZREM', 'unacked_index', unpack(tags))\n"
-    "redis.call('HDEL', 'unacked', unpack(tags))\n"
-    "return #KEYS\n",
+    LUA_STORE_FN "local ttl = tonumber(ARGV[1])\n"
+                 "local tags = {}\n"
+                 "for i, key in ipairs(KEYS) do\n"
+                 "  store(key, ARGV[2 * i], ttl)\n"
+                 "  tags[i] = ARGV[2 * i + 1]\n"
+                 "end\n"
+                 "redis.call('ZREM', 'unacked_index', unpack(tags))\n"
+                 "redis.call('HDEL', 'unacked', unpack(tags))\n"
+                 "return #KEYS\n",
     { 0 }
 };
 
 /* KEYS = meta keys; ARGV = ttl, then the meta of each key. STORE for each in order. */
 static cel_redis_script_t script_store_many = {
-    "local ttl = tonumber(ARGV[1])\n"
-    "for i, key in ipairs(KEYS) do\n"
-    "  local meta = ARGV[i + 1]\n"
-    "  local cur = redis.call('GET', key)\n"
-    "  local skip = false\n"
-    "  if cur then\n"
-    "    local ok, v = pcall(cjson.decode, cur)\n"
-    "    if ok and type(v) == 'table' and v.status == 'SUCCESS' then skip = true end\n"
-    "  end\n"
-    "  if not skip then\n"
-    "    if ttl and ttl > 0 then redis.call('SETEX', key, ttl, meta)\n"
-    "    else redis.call('SET', key, meta) end\n"
-    "    redis.call('PUBLISH', key, meta)\n"
-    "  end\n"
-    "end\n"
-    "return #KEYS\n",
+    LUA_STORE_FN "local ttl = tonumber(ARGV[1])\n"
+                 "for i, key in ipairs(KEYS) do store(key, ARGV[i + 1], ttl) end\n"
+                 "return #KEYS\n",
     { 0 }
 };
 
