@@ -11,6 +11,8 @@
  */
 #include "testutil.h"
 
+#include "loop_until.h"
+
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -25,8 +27,6 @@
 #include "../../worker/backend.h"
 #include "../../worker/options.h"
 
-#define DEADLINE_MS 10000
-
 #include "redis_server.h"
 
 typedef struct run_state {
@@ -38,17 +38,8 @@ typedef struct run_state {
     char *entries[8]; /* copies */
 } run_state_t;
 
-static void on_deadline(uv_timer_t *t) {
-    run_state_t *st = t->data;
-    st->timed_out = 1;
-    uv_stop(&st->loop);
-}
-
 static void run_until(run_state_t *st, const int *flag, int want, const char *what) {
-    uv_timer_start(&st->deadline, on_deadline, DEADLINE_MS, 0);
-    while (*flag < want && !st->timed_out) uv_run(&st->loop, UV_RUN_ONCE);
-    uv_timer_stop(&st->deadline);
-    if (*flag < want) fail_msg("timed out waiting for %s", what);
+    loop_until(&st->deadline, flag, want, what);
 }
 
 static void on_up(void *priv) { ((run_state_t *)priv)->up++; }
@@ -88,7 +79,7 @@ static cel_backend_t *open_backend(run_state_t *st, cel_options_t *cfg, int orde
     memset(st, 0, sizeof(*st));
     assert_int_equal(uv_loop_init(&st->loop), 0);
     uv_timer_init(&st->loop, &st->deadline);
-    st->deadline.data = st;
+    st->deadline.data = &st->timed_out;
     cel_backend_t *be = cel_backend_new(&st->loop, cfg, on_up, st, &err);
     assert_non_null(be);
     run_until(st, &st->up, 1, "backend up");

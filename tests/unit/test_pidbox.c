@@ -12,14 +12,14 @@
  */
 #include "testutil.h"
 
+#include "loop_until.h"
+
 #include <uv.h>
 
 #include "../../worker/bus.h"
 #include "../../worker/events.h"
 #include "../../worker/options.h"
 #include "../../worker/pidbox.h"
-
-#define DEADLINE_MS 10000
 
 #include "redis_server.h"
 
@@ -93,17 +93,8 @@ typedef struct run_state {
     int handled, msgs, replies, closed;
 } run_state_t;
 
-static void on_deadline(uv_timer_t *t) {
-    run_state_t *st = t->data;
-    st->timed_out = 1;
-    uv_stop(&st->loop);
-}
-
 static void run_until(run_state_t *st, const int *flag, int want, const char *what) {
-    uv_timer_start(&st->deadline, on_deadline, DEADLINE_MS, 0);
-    while (*flag < want && !st->timed_out) uv_run(&st->loop, UV_RUN_ONCE);
-    uv_timer_stop(&st->deadline);
-    if (*flag < want) fail_msg("timed out waiting for %s", what);
+    loop_until(&st->deadline, flag, want, what);
 }
 
 static void loop_init(run_state_t *st, cel_options_t *cfg) {
@@ -111,7 +102,8 @@ static void loop_init(run_state_t *st, cel_options_t *cfg) {
     assert_int_equal(uv_loop_init(&st->loop), 0);
     uv_timer_init(&st->loop, &st->deadline);
     uv_timer_init(&st->loop, &st->poll);
-    st->deadline.data = st->poll.data = st;
+    st->deadline.data = &st->timed_out;
+    st->poll.data = st;
     char url[64];
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d/%d", redis_port, DB);
     char *argv[] = { "celeriac", "-b", url, "-n", NODE, "-Q", "unused-q", NULL };

@@ -13,6 +13,8 @@
  */
 #include "testutil.h"
 
+#include "loop_until.h"
+
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -26,8 +28,6 @@
 
 #include "../../worker/broker.h"
 #include "../../worker/options.h"
-
-#define DEADLINE_MS 10000
 
 #include "redis_server.h"
 
@@ -53,17 +53,8 @@ typedef struct run_state {
     int up, done, ok, closed;
 } run_state_t;
 
-static void on_deadline(uv_timer_t *t) {
-    run_state_t *st = t->data;
-    st->timed_out = 1;
-    uv_stop(&st->loop);
-}
-
 static void run_until(run_state_t *st, const int *flag, int want, const char *what) {
-    uv_timer_start(&st->deadline, on_deadline, DEADLINE_MS, 0);
-    while (*flag < want && !st->timed_out) uv_run(&st->loop, UV_RUN_ONCE);
-    uv_timer_stop(&st->deadline);
-    if (*flag < want) fail_msg("timed out waiting for %s", what);
+    loop_until(&st->deadline, flag, want, what);
 }
 
 static int capacity(void *priv) { return 0; } /* publish only: never fetch */
@@ -90,7 +81,7 @@ static cel_broker_t *open_broker(run_state_t *st, cel_options_t *cfg, int db) {
     memset(st, 0, sizeof(*st));
     assert_int_equal(uv_loop_init(&st->loop), 0);
     uv_timer_init(&st->loop, &st->deadline);
-    st->deadline.data = st;
+    st->deadline.data = &st->timed_out;
     static const cel_broker_cbs_t cbs = { capacity, on_message, on_state };
     cel_broker_t *b = cel_broker_new(&st->loop, cfg, &cbs, st, &err);
     assert_non_null(b);

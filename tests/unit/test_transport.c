@@ -14,6 +14,8 @@
  */
 #include "testutil.h"
 
+#include "loop_until.h"
+
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -29,8 +31,6 @@
 #include "../../worker/backend.h"
 #include "../../worker/broker.h"
 #include "../../worker/options.h"
-
-#define DEADLINE_MS 10000
 
 #include "redis_server.h"
 
@@ -72,25 +72,16 @@ typedef struct run_state {
     char *meta;
 } run_state_t;
 
-static void on_deadline(uv_timer_t *t) {
-    run_state_t *st = t->data;
-    st->timed_out = 1;
-    uv_stop(&st->loop);
-}
-
 static void loop_init(run_state_t *st) {
     memset(st, 0, sizeof(*st));
     assert_int_equal(uv_loop_init(&st->loop), 0);
     uv_timer_init(&st->loop, &st->deadline);
-    st->deadline.data = st;
+    st->deadline.data = &st->timed_out;
 }
 
 /* Runs the loop until *flag >= want. */
 static void run_until(run_state_t *st, const int *flag, int want, const char *what) {
-    uv_timer_start(&st->deadline, on_deadline, DEADLINE_MS, 0);
-    while (*flag < want && !st->timed_out) uv_run(&st->loop, UV_RUN_ONCE);
-    uv_timer_stop(&st->deadline);
-    if (*flag < want) fail_msg("timed out waiting for %s", what);
+    loop_until(&st->deadline, flag, want, what);
 }
 
 static void loop_close(run_state_t *st) {
