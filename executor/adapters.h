@@ -47,6 +47,7 @@
 #define CEL_ADAPTERS_MAX_ROOTS  16        /* --import-root directories */
 #define CEL_ADAPTERS_PATH_MAX   4096
 #define CEL_ADAPTERS_MAX_RECENT 32 /* steps whose task id and result meta.json keeps */
+#define CEL_ADAPTERS_TASK_ID_MAX 255 /* longest task id a gradients marker names */
 
 typedef struct cel_adapters cel_adapters_t;
 typedef struct cel_adapter cel_adapter_t;
@@ -177,11 +178,15 @@ const char *cel_adapters_node(const cel_adapters_t *s);
  * the adapter's lock without waiting and reads its marker. CEL_OK: held; a has
  * the gradients a warm shutdown handed over in its checkpoint, if any; when
  * lost->count > 0, gradients of that many calls died with lost->node: they are
- * reported now, once (a has none). CEL_ESTATE: another live process holds them
- * (err names its node). CEL_EAGAIN: `current` moved on since a was loaded (get
- * it again). CEL_ENOTFOUND: deleted; CEL_EIO. */
-int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, cel_adapters_lost_t *lost,
-                      cel_err_t *err);
+ * reported now, once (a has none). redo_task (NULL: none) is the task id of
+ * the forward_backward about to run: when the only gradients that died are
+ * that very task's (its holder died after noting them and before the message
+ * was acked, so the broker delivers it again), nothing is lost: the call runs
+ * again and makes them anew. CEL_ESTATE: another live process holds them (err
+ * names its node). CEL_EAGAIN: `current` moved on since a was loaded (get it
+ * again). CEL_ENOTFOUND: deleted; CEL_EIO. */
+int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, const char *redo_task,
+                      cel_adapters_lost_t *lost, cel_err_t *err);
 
 /* Drops a's gradients and, when held, the lock (after a failed or refused
  * step, or a forward_backward that failed midway). */
@@ -192,10 +197,12 @@ void cel_adapters_release(cel_adapters_t *s, cel_adapter_t *a);
  * for a forward_backward that failed midway after earlier calls succeeded. */
 void cel_adapters_forfeit(cel_adapters_t *s, cel_adapter_t *a);
 
-/* Records one more forward_backward call in a's gradients (a held): marks it
- * in memory and in its marker. The gradients stay even when the marker cannot
- * be written (the error says why; a loss would then go unnamed). */
-int cel_adapters_note_grads(cel_adapters_t *s, cel_adapter_t *a, cel_err_t *err);
+/* Records one more forward_backward call, task task_id (NULL: unknown), in
+ * a's gradients (a held): marks it in memory and in its marker. The gradients
+ * stay even when the marker cannot be written (the error says why; a loss
+ * would then go unnamed). */
+int cel_adapters_note_grads(cel_adapters_t *s, cel_adapter_t *a, const char *task_id,
+                            cel_err_t *err);
 
 /* Warm shutdown: writes a checkpoint with its gradients of every adapter this
  * process holds gradients of and lets go of them, so the next holder goes on

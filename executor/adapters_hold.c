@@ -11,13 +11,18 @@
  * kernel (or the NFS server, when a client's lease ends) drops the lock of a
  * process that dies, so a worker that takes it knows the old holder is gone.
  * <id>/grads.json, the marker, says what the holder has: {"node", "pid",
- * "count" (forward_backward calls), "step", "ckpt" (the checkpoint they follow)};
+ * "count" (forward_backward calls), "step", "ckpt" (the checkpoint they follow),
+ * "last" (the task id of the latest call, when known)};
  * written at every forward_backward (not fsynced: it must survive the process,
  * not the machine), removed once they are checkpointed. A process that takes
  * the lock and finds a marker for the current checkpoint with more calls than
  * the checkpoint carries knows that many calls' gradients died with their
  * holder: it reports them once (AdapterStateLost) and leaves a marker of 0 so
- * gradients a checkpoint carries are not taken as valid after that. A warm
+ * gradients a checkpoint carries are not taken as valid after that -- unless
+ * the one call lost is the forward_backward it is about to run: a holder that
+ * died between noting a call's gradients and the ack of its message (its
+ * result may already be stored) gets that message delivered again, and
+ * running it again makes exactly what was lost. A warm
  * shutdown writes a checkpoint with the gradients (cel_adapters_handback).
  * Executor processes only; blocking file I/O; one thread. (issue 15)
  */
@@ -76,6 +81,11 @@ static int write_marker(cel_adapters_t *s, cel_adapter_t *a, int count, cel_err_
     snprintf(dir, sizeof(dir), "%s/%s", s->adir, a->id);
     json_t *m = json_pack("{s:s, s:I, s:i, s:i, s:s}", "node", s->node, "pid", (json_int_t)getpid(),
                           "count", count, "step", cel_lora_step_count(a->lora), "ckpt", a->ckpt);
+    if (m && count > 0 && a->last_fb[0] &&
+        json_object_set_new(m, "last", json_string(a->last_fb)) != 0) {
+        json_decref(m);
+        m = NULL;
+    }
     char *text = m ? json_dumps(m, JSON_SORT_KEYS) : NULL;
     json_decref(m);
     if (!text) return cel_err_set(err, CEL_ENOMEM, "out of memory");
@@ -84,8 +94,8 @@ static int write_marker(cel_adapters_t *s, cel_adapter_t *a, int count, cel_err_
     return rc;
 }
 
-int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, cel_adapters_lost_t *lost,
-                      cel_err_t *err) {
+int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, const char *redo_task,
+                      cel_adapters_lost_t *lost, cel_err_t *err) {
     memset(lost, 0, sizeof(*lost));
     if (a->hold_fd >= 0) return CEL_OK;
     char path[CEL_ADAPTERS_PATH_MAX + 64];
@@ -130,6 +140,7 @@ int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, cel_adapters_lost_t *
         return rc;
     }
     a->hold_fd = fd;
+    a->last_fb[0] = '\0';
     json_t *m = read_marker(s, a->id);
     const char *mckpt = json_string_value(json_object_get(m, "ckpt"));
     if (m && (!mckpt || strcmp(mckpt, a->ckpt) != 0)) {
@@ -137,14 +148,23 @@ int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, cel_adapters_lost_t *
         json_decref(m);
         m = NULL;
     }
-    int base = a->ckpt_grads, count = base;
+    int base = a->ckpt_grads, count = base, redo = 0;
     if (m) {
         json_t *c = json_object_get(m, "count");
         int had =
             json_is_integer(c) && json_integer_value(c) > 0 && json_integer_value(c) < 1000000000
                 ? (int)json_integer_value(c)
                 : 0;
-        if (had > base) {
+        const char *last = json_string_value(json_object_get(m, "last"));
+        if (had == base + 1 && redo_task && last && strcmp(last, redo_task) == 0) {
+            /* the one call lost is the one about to run again: nothing is lost */
+            const char *node = json_string_value(json_object_get(m, "node"));
+            cel_info("Adapter %s: task %s runs again (its gradients died with node %s "
+                     "before its message was acked)",
+                     a->id, redo_task, node ? node : "?");
+            count = base;
+            redo = 1;
+        } else if (had > base) {
             const char *node = json_string_value(json_object_get(m, "node"));
             snprintf(lost->node, sizeof(lost->node), "%s", node ? node : "?");
             lost->pid = (long)json_integer_value(json_object_get(m, "pid"));
@@ -170,6 +190,8 @@ int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, cel_adapters_lost_t *
         write_marker(s, a, count, NULL); /* handed over to this process */
         cel_info("Adapter %s: took over gradients of %d forward_backward call(s) at step %d", a->id,
                  count, cel_lora_step_count(a->lora));
+    } else if (redo) {
+        unlink_marker(s, a->id); /* the call notes its gradients anew */
     }
     return CEL_OK;
 }
@@ -199,9 +221,14 @@ void cel_adapters_forfeit(cel_adapters_t *s, cel_adapter_t *a) {
     a->hold_fd = -1;
 }
 
-int cel_adapters_note_grads(cel_adapters_t *s, cel_adapter_t *a, cel_err_t *err) {
+int cel_adapters_note_grads(cel_adapters_t *s, cel_adapter_t *a, const char *task_id,
+                            cel_err_t *err) {
     a->has_grads = 1;
     a->grad_count++;
+    size_t n = task_id ? strlen(task_id) : 0;
+    if (n > CEL_ADAPTERS_TASK_ID_MAX) n = 0; /* not named: a loss of it is reported */
+    memcpy(a->last_fb, task_id ? task_id : "", n);
+    a->last_fb[n] = '\0';
     double t0 = cel_adapters_now_ms();
     int rc = write_marker(s, a, a->grad_count, err);
     if (cel_adapters_phase_times())

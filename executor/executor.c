@@ -415,7 +415,9 @@ static int hold_task(cel_frame_run_t *run, const cel_tasks_task_t *t) {
     cel_debug("Task %s[%s] held for a packed pass", h->name, h->id);
     cel_call_fn fn;
     int rc = start_call(&h->call, t, &fn);
+    cel_lm_begin(h->id); /* the task id stays valid until flush_batch sends the result */
     if (rc == CEL_OK && fn) rc = cel_lm_prepare(&h->call, &h->pending);
+    cel_lm_begin(NULL);
     return rc;
 }
 

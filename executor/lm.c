@@ -197,13 +197,13 @@ static int fail_custom(cel_call_t *call, const char *type, const char *msg) {
     return rc ? rc : CEL_ETYPE;
 }
 
-int cel_lm_hold(cel_call_t *call, json_t *id, cel_adapter_t **a) {
+int cel_lm_hold(cel_call_t *call, json_t *id, cel_adapter_t **a, const char *redo_task) {
     cel_adapters_lost_t lost;
     cel_err_t err;
-    int rc = cel_adapters_hold(g->store, *a, &lost, &err);
+    int rc = cel_adapters_hold(g->store, *a, redo_task, &lost, &err);
     if (rc == CEL_EAGAIN) { /* a new checkpoint since the copy was loaded: take that */
         if ((rc = cel_lm_adapter(call, id, a)) != CEL_OK) return rc;
-        rc = cel_adapters_hold(g->store, *a, &lost, &err);
+        rc = cel_adapters_hold(g->store, *a, redo_task, &lost, &err);
     }
     if (rc == CEL_OK && lost.count > 0) {
         cel_adapters_release(g->store, *a);

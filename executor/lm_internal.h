@@ -50,10 +50,11 @@ int cel_lm_adapter(cel_call_t *call, json_t *id, cel_adapter_t **out);
 
 /* Makes this process the holder of *a's gradients (cel_adapters_hold), taking
  * the adapter again by id when it changed on disk meanwhile (*a replaced).
+ * redo_task: the forward_backward task about to run (NULL for other tasks).
  * Raises AdapterBusy (celeriac.exceptions) when another live worker process
  * holds them, AdapterStateLost when they died with their holder (reported
  * once; the hold is let go), ValueError for a deleted adapter, OSError. */
-int cel_lm_hold(cel_call_t *call, json_t *id, cel_adapter_t **a);
+int cel_lm_hold(cel_call_t *call, json_t *id, cel_adapter_t **a, const char *redo_task);
 
 /* An optional adapter's LoRA weights: id None is the base model (*out NULL). */
 int cel_lm_lora(cel_call_t *call, json_t *id, cel_lora_t **out);

@@ -41,6 +41,7 @@ struct cel_lm_pending {
     float *lp;
     cel_lora_t *lora;
     /* forward_backward */
+    const char *task_id; /* borrowed from the executor until the result is sent */
     cel_adapter_t *a;
     struct example *ex;
     size_t n, next;
@@ -340,7 +341,8 @@ static int prepare_fb(cel_call_t *call, cel_lm_pending_t *p) {
                            "needs an assistant message)");
     /* this process becomes (or stays) the holder of the adapter's gradients: only
      * for data that will run, so a refused call leaves no idle hold behind */
-    if (rc == CEL_OK) rc = cel_lm_hold(call, v[0], &p->a);
+    p->task_id = g->task_id;
+    if (rc == CEL_OK) rc = cel_lm_hold(call, v[0], &p->a, p->task_id);
     if (rc == CEL_OK) {
         p->tok = malloc(CEL_LM_BATCH_TOKENS * sizeof(int32_t));
         p->tgt = malloc(CEL_LM_BATCH_TOKENS * sizeof(int32_t));
@@ -439,7 +441,7 @@ static int run_round(cel_lm_pending_t **ps, int n, int kind, long max_tokens, ce
         if (p->next == p->n) {
             p->done = 1;
             cel_err_t merr;
-            if (cel_adapters_note_grads(g->store, p->a, &merr) != CEL_OK)
+            if (cel_adapters_note_grads(g->store, p->a, p->task_id, &merr) != CEL_OK)
                 cel_warn("Adapter %s: cannot write its gradients marker (a loss of them would "
                          "go unnamed): %s",
                          cel_adapters_id(p->a), merr.msg);
@@ -525,7 +527,7 @@ int cel_lm_optim_step(cel_call_t *call) {
     }
     if (!cel_adapters_has_grads(a)) {
         /* held elsewhere, lost with a dead holder, or handed over by checkpoint */
-        if ((rc = cel_lm_hold(call, v[0], &a)) != CEL_OK) return cel_call_finish(rc);
+        if ((rc = cel_lm_hold(call, v[0], &a, NULL)) != CEL_OK) return cel_call_finish(rc);
         id = cel_adapters_id(a);
         if ((done = cel_adapters_step_result(a, g->task_id, &done_step))) {
             cel_adapters_release(g->store, a); /* (a copy just loaded again) */

@@ -173,6 +173,41 @@ def test_kill9_home_gradients_reported_lost_once(nodes, celery_app):
     assert run(celery_app, "kb", "lora.info", aid)["step"] == 3
 
 
+def test_redelivered_forward_backward_after_its_home_died(nodes, celery_app):
+    """A home that dies after storing a forward_backward's result and before acking its
+    message gets that message delivered again elsewhere (one task id): the adopter runs it
+    again and reports nothing lost, since the gradients that died were only that call's; the
+    optimizer step after it matches a run where nothing died. A call that is not the lost one
+    is still told its gradients were lost."""
+    ws = nodes("da", "db", "dc")
+    ref = run(celery_app, "dc", "lora.create", rank=2, seed=6)["adapter_id"]
+    fb_ref = run(celery_app, "dc", "lora.forward_backward", ref, [{"text": TEXT}])
+    step_ref = run(celery_app, "dc", "lora.optim_step", ref, ADAM)
+
+    aid = run(celery_app, "da", "lora.create", rank=2, seed=6)["adapter_id"]
+    first = run(celery_app, "da", "lora.forward_backward", aid, [{"text": TEXT}],
+                task_id="fb-redelivered-1")
+    kill_node(ws["da"])
+    on(celery_app, "db", "lora.forward_backward", aid, [{"text": TEXT}],
+       task_id="fb-redelivered-1")
+    # the first result stays stored (a SUCCESS is never overwritten, as in Celery's backends)
+    done = lambda: [ln for ln in ws["db"].log().splitlines()  # noqa: E731
+                    if "[fb-redelivered-1] succeeded" in ln or "[fb-redelivered-1] raised" in ln]
+    wait_until(done, scaled(T), what="db to run the redelivered forward_backward")
+    assert "succeeded" in done()[0], done()
+    assert "runs again (its gradients died with node" in ws["db"].log()
+    assert first["loss"] == fb_ref["loss"]
+    r = run(celery_app, "db", "lora.optim_step", aid, ADAM)
+    assert (r["step"], r["grad_norm"]) == (1, step_ref["grad_norm"])
+
+    # the same on a home that dies with a call another task id follows: reported
+    run(celery_app, "db", "lora.forward_backward", aid, [{"text": TEXT}], task_id="fb-2")
+    kill_node(ws["db"])
+    typ, msg = fails(celery_app, "dc", "lora.forward_backward", aid, [{"text": TEXT}],
+                     task_id="fb-3")
+    assert typ == "AdapterStateLost" and "since step 1" in msg, msg
+
+
 @pytest.mark.parametrize("how", ["machine", "main-only"])
 def test_lost_gradients_fail_the_next_forward_backward_too(nodes, celery_app, how):
     """Two forward_backward calls on a home that dies: the next forward_backward on the

@@ -86,7 +86,7 @@ static cel_adapter_t *get(cel_adapters_t *s, const char *id) {
 static void hold(cel_adapters_t *s, cel_adapter_t *a) {
     cel_adapters_lost_t lost;
     cel_err_t err;
-    if (cel_adapters_hold(s, a, &lost, &err) != CEL_OK) fail_msg("hold: %s", err.msg);
+    if (cel_adapters_hold(s, a, NULL, &lost, &err) != CEL_OK) fail_msg("hold: %s", err.msg);
     assert_int_equal(lost.count, 0);
 }
 
@@ -95,7 +95,7 @@ static cel_adapters_lost_t hold_lost(cel_adapters_t *s, cel_adapter_t *a, int co
                                      const char *node) {
     cel_adapters_lost_t lost;
     cel_err_t err;
-    if (cel_adapters_hold(s, a, &lost, &err) != CEL_OK) fail_msg("hold: %s", err.msg);
+    if (cel_adapters_hold(s, a, NULL, &lost, &err) != CEL_OK) fail_msg("hold: %s", err.msg);
     assert_int_equal(lost.count, count);
     assert_string_equal(lost.node, node);
     return lost;
@@ -115,7 +115,7 @@ static void train_step(cel_adapters_t *s, cel_adapter_t *a, float base) {
     cel_adamw_t opt = { .lr = 1e-2f };
     hold(s, a);
     fake_grads(a, base);
-    assert_int_equal(cel_adapters_note_grads(s, a, &err), CEL_OK);
+    assert_int_equal(cel_adapters_note_grads(s, a, NULL, &err), CEL_OK);
     assert_int_equal(cel_lora_step(cel_adapters_lora(a), &opt, NULL, &err), CEL_OK);
     int step = cel_lora_step_count(cel_adapters_lora(a));
     char task[32];
@@ -298,9 +298,9 @@ static void test_kill9_during_checkpoint(void **state) {
             for (;;) {
                 if (cel_adapters_get(cs, id, &a, &err) != CEL_OK) _exit(2);
                 cel_adapters_lost_t lost;
-                if (cel_adapters_hold(cs, a, &lost, &err) != CEL_OK) _exit(3);
+                if (cel_adapters_hold(cs, a, NULL, &lost, &err) != CEL_OK) _exit(3);
                 fake_grads(a, 0.1f);
-                if (cel_adapters_note_grads(cs, a, &err) != CEL_OK) _exit(4);
+                if (cel_adapters_note_grads(cs, a, NULL, &err) != CEL_OK) _exit(4);
                 if (cel_lora_step(cel_adapters_lora(a), &opt, NULL, &err) != CEL_OK) _exit(5);
                 int step = cel_lora_step_count(cel_adapters_lora(a));
                 char task[32];
@@ -346,13 +346,13 @@ static void test_busy_then_lost_once(void **state) {
     hold(sa, a);
     hold(sa, a); /* held already: a no-op */
     cel_err_t err;
-    assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
-    assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
+    assert_int_equal(cel_adapters_note_grads(sa, a, NULL, &err), CEL_OK);
+    assert_int_equal(cel_adapters_note_grads(sa, a, NULL, &err), CEL_OK);
     assert_int_equal(cel_adapters_grad_count(a), 2);
 
     cel_adapter_t *b = get(sb, id);
     cel_adapters_lost_t lost;
-    assert_int_equal(cel_adapters_hold(sb, b, &lost, &err), CEL_ESTATE);
+    assert_int_equal(cel_adapters_hold(sb, b, NULL, &lost, &err), CEL_ESTATE);
     assert_non_null(strstr(err.msg, "held by node a@host"));
     assert_non_null(strstr(err.msg, "a@host.dq2"));
 
@@ -380,8 +380,8 @@ static void test_handback(void **state) {
     cel_err_t err;
     hold(sa, a);
     fake_grads(a, 0.5f);
-    assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
-    assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
+    assert_int_equal(cel_adapters_note_grads(sa, a, NULL, &err), CEL_OK);
+    assert_int_equal(cel_adapters_note_grads(sa, a, NULL, &err), CEL_OK);
     assert_int_equal(cel_adapters_handback(sa), 1);
     assert_int_equal(count_ckpts(f, id), 1); /* the step-0 checkpoint pruned */
     cel_adapters_free(sa);
@@ -393,7 +393,7 @@ static void test_handback(void **state) {
     assert_int_equal(cel_adapters_grad_count(b), 2);
     cel_lora_t *l = cel_adapters_lora(b);
     for (size_t i = 0; i < l->n; i++) assert_true(l->g[i] == 0.5f + (float)i * 1e-3f);
-    assert_int_equal(cel_adapters_note_grads(sb, b, &err), CEL_OK); /* a third call */
+    assert_int_equal(cel_adapters_note_grads(sb, b, NULL, &err), CEL_OK); /* a third call */
     cel_adapters_free(sb);                                          /* b dies holding 3 */
 
     cel_adapters_t *sc = open_store(f, "c@host");
@@ -425,7 +425,7 @@ static void test_handback_survives_an_idle_holder(void **state) {
     snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
     cel_err_t err;
     hold(sa, a);
-    assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
+    assert_int_equal(cel_adapters_note_grads(sa, a, NULL, &err), CEL_OK);
     assert_int_equal(cel_adapters_handback(sa), 1);
     cel_adapters_free(sa);
     cel_adapters_t *sb = open_store(f, "b@host");
@@ -457,7 +457,7 @@ static void test_stale_writer_never_overwrites(void **state) {
     snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
     cel_err_t err;
     hold(sa, a);
-    assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
+    assert_int_equal(cel_adapters_note_grads(sa, a, NULL, &err), CEL_OK);
     /* another writer's checkpoint: a copy of the current one under a new name */
     char cur[256], cmd[512], name[64];
     snprintf(cur, sizeof(cur), "%s/adapters/%s/current", f->dir, id);
@@ -479,7 +479,7 @@ static void test_stale_writer_never_overwrites(void **state) {
     cel_adapter_t *a2 = create(sa);
     snprintf(id, sizeof(id), "%s", cel_adapters_id(a2));
     hold(sa, a2);
-    assert_int_equal(cel_adapters_note_grads(sa, a2, &err), CEL_OK);
+    assert_int_equal(cel_adapters_note_grads(sa, a2, NULL, &err), CEL_OK);
     cel_adapters_t *sb = open_store(f, "b@host");
     assert_int_equal(cel_adapters_delete(sb, id, &err), CEL_OK);
     assert_int_equal(cel_adapters_commit(sa, a2, "task-2", NULL, &err), CEL_ENOTFOUND);
@@ -500,7 +500,7 @@ static void test_forfeit_is_reported(void **state) {
     cel_err_t err;
     hold(sa, a);
     fake_grads(a, 1.0f);
-    assert_int_equal(cel_adapters_note_grads(sa, a, &err), CEL_OK);
+    assert_int_equal(cel_adapters_note_grads(sa, a, NULL, &err), CEL_OK);
     cel_adapters_forfeit(sa, a);
     assert_int_equal(cel_adapters_has_grads(a), 0);
     hold_lost(sa, a, 1, "a@host");
@@ -508,6 +508,57 @@ static void test_forfeit_is_reported(void **state) {
     hold(sa, a); /* once */
     cel_adapters_release(sa, a);
     cel_adapters_free(sa);
+}
+
+/* A holder dies after noting a forward_backward's gradients and before its
+ * message is acked: the broker delivers that task again, and the next holder
+ * runs it again with no loss reported. Any other call (or a second lost one)
+ * still gets the report, once. */
+static void test_redelivered_forward_backward(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *sa = open_store(f, "a@host");
+    cel_adapter_t *a = create(sa);
+    char id[CEL_ADAPTERS_ID_LEN + 1];
+    snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
+    cel_adapters_lost_t lost;
+    cel_err_t err;
+    hold(sa, a);
+    assert_int_equal(cel_adapters_note_grads(sa, a, "fb-1", &err), CEL_OK);
+    cel_adapters_free(sa); /* a dies holding fb-1's gradients */
+
+    /* another task first: the loss is reported (and fb-1 is no redelivery after that) */
+    cel_adapters_t *sb = open_store(f, "b@host");
+    cel_adapter_t *b = get(sb, id);
+    assert_int_equal(cel_adapters_hold(sb, b, "fb-2", &lost, &err), CEL_OK);
+    assert_int_equal(lost.count, 1);
+    cel_adapters_release(sb, b);
+    hold(sb, b);
+    assert_int_equal(cel_adapters_note_grads(sb, b, "fb-3", &err), CEL_OK);
+    cel_adapters_free(sb); /* b dies holding fb-3's */
+
+    /* fb-3 delivered again: it runs again, nothing reported, the marker is gone until it
+     * notes its gradients anew */
+    cel_adapters_t *sc = open_store(f, "c@host");
+    cel_adapter_t *c = get(sc, id);
+    assert_int_equal(cel_adapters_hold(sc, c, "fb-3", &lost, &err), CEL_OK);
+    assert_int_equal(lost.count, 0);
+    assert_int_equal(cel_adapters_has_grads(c), 0);
+    char marker[512];
+    struct stat st;
+    snprintf(marker, sizeof(marker), "%s/adapters/%s/grads.json", f->dir, id);
+    assert_int_not_equal(stat(marker, &st), 0);
+    assert_int_equal(cel_adapters_note_grads(sc, c, "fb-3", &err), CEL_OK);
+    assert_int_equal(cel_adapters_note_grads(sc, c, "fb-4", &err), CEL_OK);
+    cel_adapters_free(sc); /* c dies holding two calls' */
+
+    /* two calls lost: the redelivered last one cannot bring back the first */
+    cel_adapters_t *sd = open_store(f, "d@host");
+    cel_adapter_t *d = get(sd, id);
+    assert_int_equal(cel_adapters_hold(sd, d, "fb-4", &lost, &err), CEL_OK);
+    assert_int_equal(lost.count, 2);
+    assert_string_equal(lost.node, "c@host");
+    cel_adapters_release(sd, d);
+    cel_adapters_free(sd);
 }
 
 /* Both stores list every adapter; the node name is kept. */
@@ -537,6 +588,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_handback_survives_an_idle_holder, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_writer_never_overwrites, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forfeit_is_reported, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redelivered_forward_backward, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_and_node, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_one_pass, setup, teardown),
