@@ -222,7 +222,7 @@ UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/limit
             executor/adapters.c executor/adapters_hold.c)
 build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -MMD -MP -MT $@ -o $@ $^ $(DEPLIBS) $(MODELLIBS) -lcmocka
+	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -MMD -MP -MT $@ -o $@ $(filter %.c %.o,$^) $(DEPLIBS) $(MODELLIBS) -lcmocka
 
 test: deps
 	@$(MAKE) --no-print-directory $(BINS) $(ASAN_BINS) $(UNIT_BINS) $(REPLAY_BINS) \

@@ -362,6 +362,7 @@ int cel_adapters_open(cel_model_t *m, const char *state_dir, const char *base_mo
 static void adapter_free(cel_adapter_t *a) {
     if (!a) return;
     if (a->hold_fd >= 0) close(a->hold_fd); /* drops the lock: the gradients are gone */
+    if (a->marker_fd >= 0) close(a->marker_fd);
     cel_lora_free(a->lora);
     free(a->owner);
     json_decref(a->recent);
@@ -488,7 +489,7 @@ static int load_ckpt(cel_adapters_t *s, const char *id, const char *name, cel_ad
     snprintf(dir, sizeof(dir), "%s/%s/%s", s->adir, id, name);
     cel_adapter_t *a = calloc(1, sizeof(*a));
     if (!a) return cel_err_set(err, CEL_ENOMEM, "out of memory");
-    a->hold_fd = -1;
+    a->hold_fd = a->marker_fd = -1;
     snprintf(a->id, sizeof(a->id), "%s", id);
     snprintf(a->ckpt, sizeof(a->ckpt), "%s", name);
     json_t *meta = NULL;
@@ -913,7 +914,7 @@ static int new_adapter(cel_adapters_t *s, cel_lora_t *lora, const char *owner, c
                        cel_err_t *err) {
     *out = NULL;
     cel_adapter_t *a = calloc(1, sizeof(*a));
-    if (a) a->hold_fd = -1;
+    if (a) a->hold_fd = a->marker_fd = -1;
     if (!a || !(a->recent = json_array()) || (owner && !(a->owner = strdup(owner)))) {
         if (a) json_decref(a->recent);
         free(a);

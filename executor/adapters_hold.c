@@ -13,8 +13,9 @@
  * <id>/grads.json, the marker, says what the holder has: {"node", "pid",
  * "count" (forward_backward calls), "step", "ckpt" (the checkpoint they follow),
  * "last" (the task id of the latest call, when known)};
- * written at every forward_backward (not fsynced: it must survive the process,
- * not the machine), removed once they are checkpointed. A process that takes
+ * rewritten in place at every forward_backward (one pwrite, not fsynced: it
+ * must survive the process, not the machine), removed once they are
+ * checkpointed. A process that takes
  * the lock and finds a marker for the current checkpoint with more calls than
  * the checkpoint carries knows that many calls' gradients died with their
  * holder: it reports them once (AdapterStateLost) and leaves a marker of 0 so
@@ -34,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../common/log.h"
@@ -69,16 +71,31 @@ static json_t *read_marker(cel_adapters_t *s, const char *id) {
     return m;
 }
 
-static void unlink_marker(cel_adapters_t *s, const char *id) {
+/* The marker is rewritten in place, MARKER_BYTES at offset 0 through one fd
+ * kept open while this process holds the adapter: one pwrite per
+ * forward_backward, no temp file or rename. A write of less than a page from
+ * offset 0 is all or nothing for a process killed during it (the kernel checks
+ * for a fatal signal between page-sized chunks only), and every marker is the
+ * same size (JSON padded with spaces, which a JSON reader skips), so what a
+ * killed holder leaves is always one whole marker. */
+#define MARKER_BYTES 1024
+
+static void close_marker(cel_adapter_t *a) {
+    if (a->marker_fd >= 0) close(a->marker_fd);
+    a->marker_fd = -1;
+}
+
+static void unlink_marker(cel_adapters_t *s, cel_adapter_t *a) {
     char path[CEL_ADAPTERS_PATH_MAX + 64];
-    snprintf(path, sizeof(path), "%s/%s/grads.json", s->adir, id);
+    snprintf(path, sizeof(path), "%s/%s/grads.json", s->adir, a->id);
     unlink(path);
+    close_marker(a);
 }
 
 /* Writes a's marker saying this process holds count calls' gradients. */
 static int write_marker(cel_adapters_t *s, cel_adapter_t *a, int count, cel_err_t *err) {
-    char dir[CEL_ADAPTERS_PATH_MAX + 64];
-    snprintf(dir, sizeof(dir), "%s/%s", s->adir, a->id);
+    char path[CEL_ADAPTERS_PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/%s/grads.json", s->adir, a->id);
     json_t *m = json_pack("{s:s, s:I, s:i, s:i, s:s}", "node", s->node, "pid", (json_int_t)getpid(),
                           "count", count, "step", cel_lora_step_count(a->lora), "ckpt", a->ckpt);
     if (m && count > 0 && a->last_fb[0] &&
@@ -86,12 +103,32 @@ static int write_marker(cel_adapters_t *s, cel_adapter_t *a, int count, cel_err_
         json_decref(m);
         m = NULL;
     }
-    char *text = m ? json_dumps(m, JSON_SORT_KEYS) : NULL;
+    char buf[MARKER_BYTES];
+    size_t n = m ? json_dumpb(m, buf, sizeof(buf) - 1, JSON_SORT_KEYS) : 0;
     json_decref(m);
-    if (!text) return cel_err_set(err, CEL_ENOMEM, "out of memory");
-    int rc = cel_adapters_write_file(dir, "grads.json", text, strlen(text), 1, err);
-    free(text);
-    return rc;
+    if (n == 0 || n > sizeof(buf) - 1)
+        return cel_err_set(err, CEL_ENOMEM, "%s: the marker does not fit in %d bytes", path,
+                           MARKER_BYTES);
+    memset(buf + n, ' ', sizeof(buf) - 1 - n);
+    buf[sizeof(buf) - 1] = '\n';
+    if (a->marker_fd < 0) {
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0) return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+        struct stat st; /* one written otherwise (an older worker): only ours from now on */
+        if (fstat(fd, &st) == 0 && st.st_size > MARKER_BYTES && ftruncate(fd, 0) != 0) {
+            int e = errno;
+            close(fd);
+            return cel_err_set(err, CEL_EIO, "%s: truncate: %s", path, strerror(e));
+        }
+        a->marker_fd = fd;
+    }
+    ssize_t w;
+    while ((w = pwrite(a->marker_fd, buf, sizeof(buf), 0)) < 0 && errno == EINTR)
+        ;
+    if (w != (ssize_t)sizeof(buf))
+        return cel_err_set(err, CEL_EIO, "%s: write: %s", path,
+                           w < 0 ? strerror(errno) : "short write");
+    return CEL_OK;
 }
 
 int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, const char *redo_task,
@@ -144,7 +181,7 @@ int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, const char *redo_task
     json_t *m = read_marker(s, a->id);
     const char *mckpt = json_string_value(json_object_get(m, "ckpt"));
     if (m && (!mckpt || strcmp(mckpt, a->ckpt) != 0)) {
-        unlink_marker(s, a->id); /* of an older checkpoint: that step was made */
+        unlink_marker(s, a); /* of an older checkpoint: that step was made */
         json_decref(m);
         m = NULL;
     }
@@ -185,13 +222,13 @@ int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, const char *redo_task
                  a->id, lost->count, lost->step, lost->node, lost->pid);
         /* reported once: from now on the adapter has no pending gradients */
         if (base > 0) write_marker(s, a, 0, NULL);
-        else unlink_marker(s, a->id);
+        else unlink_marker(s, a);
     } else if (count > 0) {
         write_marker(s, a, count, NULL); /* handed over to this process */
         cel_info("Adapter %s: took over gradients of %d forward_backward call(s) at step %d", a->id,
                  count, cel_lora_step_count(a->lora));
     } else if (redo) {
-        unlink_marker(s, a->id); /* the call notes its gradients anew */
+        unlink_marker(s, a); /* the call notes its gradients anew */
     }
     return CEL_OK;
 }
@@ -203,9 +240,10 @@ void cel_adapters_release(cel_adapters_t *s, cel_adapter_t *a) {
     if (a->hold_fd < 0) return;
     /* a checkpoint that still carries gradients needs a marker of 0 to void them */
     if (a->ckpt_grads > 0) write_marker(s, a, 0, NULL);
-    else unlink_marker(s, a->id);
+    else unlink_marker(s, a);
     close(a->hold_fd);
     a->hold_fd = -1;
+    close_marker(a);
 }
 
 void cel_adapters_forfeit(cel_adapters_t *s, cel_adapter_t *a) {
@@ -219,6 +257,7 @@ void cel_adapters_forfeit(cel_adapters_t *s, cel_adapter_t *a) {
              a->id);
     close(a->hold_fd); /* the marker stays: it counts what was dropped */
     a->hold_fd = -1;
+    close_marker(a);
 }
 
 int cel_adapters_note_grads(cel_adapters_t *s, cel_adapter_t *a, const char *task_id,
@@ -254,7 +293,7 @@ int cel_adapters_handback(cel_adapters_t *s) {
         }
         cel_info("Adapter %s: handed back with gradients of %d forward_backward call(s) (%s)",
                  a->id, a->grad_count, a->ckpt);
-        unlink_marker(s, a->id);
+        unlink_marker(s, a);
         close(a->hold_fd);
         a->hold_fd = -1;
         a->has_grads = 0;

@@ -26,6 +26,7 @@ struct cel_adapter {
     unsigned long long used; /* LRU clock */
     /* many workers (issue 15) */
     int hold_fd;    /* flock'ed <id>/lock while this process holds the gradients, else -1 */
+    int marker_fd;  /* <id>/grads.json open for rewriting in place while held, else -1 */
     int grad_count; /* forward_backward calls in the gradients (with has_grads) */
     int ckpt_grads; /* forward_backward calls in the loaded checkpoint's gradients (handback) */
     char last_fb[CEL_ADAPTERS_TASK_ID_MAX + 1]; /* task id of the latest call noted, or "" */
