@@ -13,9 +13,10 @@
  * <id>/grads.json, the marker, says what the holder has: {"node", "pid",
  * "count" (forward_backward calls), "step", "ckpt" (the checkpoint they follow),
  * "last" (the task id of the latest call, when known)};
- * rewritten in place at every forward_backward (one pwrite, not fsynced: it
- * must survive the process, not the machine), removed once they are
- * checkpointed. A process that takes
+ * rewritten in place when a process takes the lock, at every forward_backward
+ * and when it lets go (count 0 once the gradients are checkpointed or
+ * dropped): one pwrite each, not fsynced (it must survive the process, not the
+ * machine); removed only when a warm shutdown's checkpoint carries them. A process that takes
  * the lock and finds a marker for the current checkpoint with more calls than
  * the checkpoint carries knows that many calls' gradients died with their
  * holder: it reports them once (AdapterStateLost) and leaves a marker of 0 so
@@ -181,11 +182,10 @@ int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, const char *redo_task
     json_t *m = read_marker(s, a->id);
     const char *mckpt = json_string_value(json_object_get(m, "ckpt"));
     if (m && (!mckpt || strcmp(mckpt, a->ckpt) != 0)) {
-        unlink_marker(s, a); /* of an older checkpoint: that step was made */
-        json_decref(m);
+        json_decref(m); /* of an older checkpoint: that step was made (rewritten below) */
         m = NULL;
     }
-    int base = a->ckpt_grads, count = base, redo = 0;
+    int base = a->ckpt_grads, count = base;
     if (m) {
         json_t *c = json_object_get(m, "count");
         int had =
@@ -200,7 +200,6 @@ int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, const char *redo_task
                      "before its message was acked)",
                      a->id, redo_task, node ? node : "?");
             count = base;
-            redo = 1;
         } else if (had > base) {
             const char *node = json_string_value(json_object_get(m, "node"));
             snprintf(lost->node, sizeof(lost->node), "%s", node ? node : "?");
@@ -220,16 +219,13 @@ int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, const char *redo_task
         cel_warn("Adapter %s: gradients of %d forward_backward call(s) since step %d were lost "
                  "with node %s (pid %ld)",
                  a->id, lost->count, lost->step, lost->node, lost->pid);
-        /* reported once: from now on the adapter has no pending gradients */
-        if (base > 0) write_marker(s, a, 0, NULL);
-        else unlink_marker(s, a);
     } else if (count > 0) {
-        write_marker(s, a, count, NULL); /* handed over to this process */
         cel_info("Adapter %s: took over gradients of %d forward_backward call(s) at step %d", a->id,
                  count, cel_lora_step_count(a->lora));
-    } else if (redo) {
-        unlink_marker(s, a); /* the call notes its gradients anew */
     }
+    /* the marker names this process from now on (for anyone refused meanwhile) and what it
+     * holds: a loss is reported once, and a count of 0 voids what the checkpoint carries */
+    write_marker(s, a, count, NULL);
     return CEL_OK;
 }
 
@@ -238,9 +234,9 @@ void cel_adapters_release(cel_adapters_t *s, cel_adapter_t *a) {
     a->has_grads = 0;
     a->grad_count = 0;
     if (a->hold_fd < 0) return;
-    /* a checkpoint that still carries gradients needs a marker of 0 to void them */
-    if (a->ckpt_grads > 0) write_marker(s, a, 0, NULL);
-    else unlink_marker(s, a);
+    /* none pending (and a checkpoint that still carries gradients needs a marker of 0 to
+     * void them); the file stays, to be rewritten in place by the next holder */
+    write_marker(s, a, 0, NULL);
     close(a->hold_fd);
     a->hold_fd = -1;
     close_marker(a);

@@ -10,6 +10,7 @@ pending gradients over by checkpoint; workers never overwrite or prune each othe
 Real processes: two or three `bin/celeriac -c 1` with distinct -n names, one Redis (one
 RabbitMQ case), one --state-dir, the stock Celery client.
 """
+import json
 import os
 import signal
 import socket
@@ -313,9 +314,12 @@ def test_three_nodes_share_one_state_dir(nodes, celery_app):
         wait_until(lambda: _checkpoints(state, aid) == [cur], scaled(10),
                    what=f"{aid}: only {cur} left, not {_checkpoints(state, aid)}")
         assert cur.startswith(f"ckpt-{rounds:06d}-")
-        left = [f for f in os.listdir(os.path.join(state, "adapters", aid))
-                if ".tmp" in f or f == "grads.json"]
+        left = [f for f in os.listdir(os.path.join(state, "adapters", aid)) if ".tmp" in f]
         assert left == [], left
+        # the gradients marker stays, rewritten in place: nothing pending
+        with open(os.path.join(state, "adapters", aid, "grads.json")) as f:
+            marker = json.load(f)
+        assert marker["count"] == 0 and marker["ckpt"] == cur, marker
 
 
 # --------------------------------------------------------------------------------------------
