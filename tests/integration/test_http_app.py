@@ -11,6 +11,7 @@ waiting for anything. test_http.py keeps the end-to-end runs through Gunicorn an
 import io
 import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -978,3 +979,39 @@ def test_wait_on_a_backend_that_cannot_publish():
     calls = []
     waiting.final_or_timeout(app, other, 30, busy, lambda: calls.append(1) or {"status": "PENDING"})
     assert calls == [1]  # read once, no wait
+
+
+def test_waits_of_one_thread_share_a_subscriber_connection(make_api, redis_client):
+    """/retrieve_future with wait on the Redis backend: one thread's waits reuse one subscriber
+    connection (subscribe, wait, unsubscribe) instead of connecting and disconnecting each
+    time; a result stored during a later wait is still answered at once; when Redis drops
+    that connection, the next wait answers anyway. (Worker events off: no other connection
+    of this app comes and goes meanwhile.)"""
+    api = make_api(CELERIAC_WORKER_EVENTS="0")
+    fids = [api.submit("/add_lora", {"rank": 4}) for _ in range(3)]
+    made = lambda: redis_client.info("stats")["total_connections_received"]  # noqa: E731
+    for fid in fids:  # the thread's connections made once
+        r = api.post("/retrieve_future", {"future_id": fid, "wait": 0.05})
+        assert r.status_code == 202, r.text
+    before = made()
+    for _ in range(20):
+        for fid in fids:
+            assert api.post("/retrieve_future", {"future_id": fid, "wait": 0.02}).status_code == 202
+    # (60 waits; the server counts every client, so another test's leftover thread may add one)
+    assert made() - before <= 2, made() - before
+    # stored while a wait listens on the reused connection: answered well before the wait ends
+    timer = threading.Timer(0.2, lambda: api.finish(fids[0], {"adapter_id": "lora_w", "rank": 4}))
+    timer.start()
+    t0 = time.monotonic()
+    r = api.post("/retrieve_future", {"future_id": fids[0], "wait": 20})
+    timer.join()
+    assert r.status_code == 200 and r.get_json()["result"]["adapter_id"] == "lora_w", r.text
+    assert time.monotonic() - t0 < scaled(10)
+    # Redis closes the subscriber connection (as on a restart): a wait still answers
+    db = redis_client.connection_pool.connection_kwargs.get("db", 0)
+    killed = [redis_client.client_kill_filter(_id=c["id"]) for c in redis_client.client_list()
+              if c.get("cmd") == "unsubscribe" and int(c.get("db", -1)) == db]
+    assert killed and set(killed) == {1}, killed
+    for fid in fids[1:]:
+        r = api.post("/retrieve_future", {"future_id": fid, "wait": 0.05})
+        assert r.status_code == 202, r.text
