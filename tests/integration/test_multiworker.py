@@ -394,6 +394,18 @@ def _run_all(trainers, timeout):
         assert not t.is_alive(), f"{t.key} did not finish"
 
 
+def _launch(trainers):
+    """Starts the trainers and waits for each one's adapter; returns {home node: [trainers]}."""
+    for t in trainers:
+        t.start()
+    for t in trainers:
+        assert t.created.wait(scaled(60)) and t.adapter, t.failures
+    by_node = {}
+    for t in trainers:
+        by_node.setdefault(t.node, []).append(t)
+    return by_node
+
+
 def _reference(api):
     """Losses of each kind trained alone on one worker (the one-worker run). Its adapters are
     deleted after: left homed on that worker, they would count in the failover balance and
@@ -439,13 +451,8 @@ def test_six_users_three_workers_kill_and_join(gunicorn, worker, tmp_path):  # n
     # every user pauses after the fwdbwd of step KILL_AT until told to go on: the victims'
     # gradients are then certainly only in their home's memory when it is killed
     trainers = [Trainer(api, key, i % 2, pause_at=KILL_AT) for i, key in enumerate(USERS.values())]
-    for t in trainers:
-        t.start()
-    for t in trainers:
-        assert t.created.wait(scaled(60)) and t.adapter, t.failures
-    nodes = {t.node for t in trainers}
-    assert nodes <= {x for x in _workers(api)}, nodes
-    by_node = {n: [t for t in trainers if t.node == n] for n in nodes}
+    by_node = _launch(trainers)
+    assert set(by_node) <= {x for x in _workers(api)}, by_node
     # a fourth worker joins mid-run
     for t in trainers:
         t.at_step[2].wait(scaled(60))
@@ -526,13 +533,7 @@ def test_warm_shutdown_rehomes_without_error(gunicorn, worker, tmp_path):  # noq
     keys = list(USERS.values())[:4]
     # each pauses after a fwdbwd: the stopped node holds pending gradients of its users
     trainers = [Trainer(api, key, i % 2, pause_at=KILL_AT) for i, key in enumerate(keys)]
-    for t in trainers:
-        t.start()
-    for t in trainers:
-        assert t.created.wait(scaled(60)) and t.adapter, t.failures
-    by_node = {}
-    for t in trainers:
-        by_node.setdefault(t.node, []).append(t)
+    by_node = _launch(trainers)
     stopped = max(by_node, key=lambda n: (len(by_node[n]), n))
     for t in trainers:
         assert t.paused.wait(scaled(60)), t.key
@@ -561,13 +562,7 @@ def test_kill_one_of_two(gunicorn, worker, tmp_path, broker):  # noqa: F811
     wait_until(lambda: sum(x["alive"] for x in _workers(api).values()) == 2, scaled(20),
                what="two live workers")
     trainers = [Trainer(api, key, 0) for key in list(USERS.values())[:4]]
-    for t in trainers:
-        t.start()
-    for t in trainers:
-        assert t.created.wait(scaled(60)) and t.adapter, t.failures
-    by_node = {}
-    for t in trainers:
-        by_node.setdefault(t.node, []).append(t)
+    by_node = _launch(trainers)
     dead = max(by_node, key=lambda n: (len(by_node[n]), n))
     for t in by_node[dead]:
         t.at_step[KILL_AT].wait(scaled(60))
