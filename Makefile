@@ -220,9 +220,10 @@ UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/limit
             worker/amqp_bus.c worker/amqp_acks.c worker/amqp_confirms.c worker/amqp_conn.c worker/amqp_thread.c worker/broker_amqp.c \
             worker/backend_rpc.c worker/metrics.c worker/metrics_http.c executor/call.c \
             executor/adapters.c executor/adapters_hold.c)
+# (the header dependencies go beside the objects: the runner executes everything in tests/)
 build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -MMD -MP -MT $@ -o $@ $(filter %.c %.o,$^) $(DEPLIBS) $(MODELLIBS) -lcmocka
+	@mkdir -p $(dir $@) $(AOBJ)/tests
+	$(CC) $(CFLAGS) $(ASANFLAGS) $(DEPCFLAGS) $(MODELCFLAGS) -MMD -MP -MT $@ -MF $(AOBJ)/tests/$*.d -o $@ $(filter %.c %.o,$^) $(DEPLIBS) $(MODELLIBS) -lcmocka
 
 test: deps
 	@$(MAKE) --no-print-directory $(BINS) $(ASAN_BINS) $(UNIT_BINS) $(REPLAY_BINS) \
