@@ -12,6 +12,7 @@ rpc://: AsyncResult.get() sees SUCCESS, the exception of a FAILURE, NotRegistere
 import collections
 
 import pytest
+from celery import chain, group, signature
 from celery.exceptions import NotRegistered, TaskRevokedError
 
 from conftest import SUCCEEDED_RE, scaled, wait_until
@@ -81,3 +82,22 @@ def test_rpc_backend_with_the_stock_client(worker, make_app, broker_url):
     out = r.get(timeout=scaled(120), on_message=lambda m: states.append(m["status"]))
     assert out["examples"] == 200
     assert "PROGRESS" in states and states[-1] == "SUCCESS", states
+
+
+def test_rpc_backend_canvas_and_started(worker, make_app, broker_url):
+    """rpc:// with canvases and --task-track-started, read by the stock client: a chain's
+    links pass their results along and the last one reaches the caller; a failing link's
+    error does; a group's results come back in order; a running task is seen STARTED first."""
+    app = make_app(broker_url, backend="rpc://")
+    worker("--result-backend", "rpc://", "-c", "2", "--task-track-started")
+    add = lambda *a: signature("diag.add", args=list(a), app=app)  # noqa: E731
+    assert chain(add(1, 2), add(3), add(4)).apply_async().get(timeout=scaled(20)) == 10
+    failing = chain(add(1, 2), signature("diag.fail", args=["link two"], app=app, immutable=True), add(4))
+    with pytest.raises(ValueError, match="link two"):
+        failing.apply_async().get(timeout=scaled(20))
+    g = group(add(i, i) for i in range(5)).apply_async()
+    assert g.get(timeout=scaled(20)) == [0, 2, 4, 6, 8]
+    seen = []
+    r = app.send_task("diag.sleep", args=[1])
+    r.get(timeout=scaled(20), on_message=lambda m: seen.append(m["status"]))
+    assert seen[0] == "STARTED" and seen[-1] == "SUCCESS", seen
