@@ -564,6 +564,40 @@ static void test_redelivered_forward_backward(void **state) {
     cel_adapters_free(sd);
 }
 
+/* A marker an older worker wrote (short, by rename, no "last") is read as
+ * before: its calls are reported lost once; after that the marker is this
+ * version's, rewritten in place at its fixed size. */
+static void test_older_marker(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *sa = open_store(f, "a@host");
+    cel_adapter_t *a = create(sa);
+    char id[CEL_ADAPTERS_ID_LEN + 1], name[64], path[512];
+    snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
+    read_current(f, id, name, sizeof(name));
+    cel_adapters_free(sa);
+    snprintf(path, sizeof(path), "%s/adapters/%s/grads.json", f->dir, id);
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fprintf(fp, "{\"ckpt\": \"%s\", \"count\": 2, \"node\": \"old@host\", \"pid\": 7, "
+                "\"step\": 0}", name);
+    fclose(fp);
+    cel_adapters_t *sb = open_store(f, "b@host");
+    cel_adapter_t *b = get(sb, id);
+    cel_adapters_lost_t lost = hold_lost(sb, b, 2, "old@host");
+    assert_int_equal(lost.pid, 7);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_size, 1024);
+    json_t *m = json_load_file(path, 0, NULL);
+    assert_non_null(m);
+    assert_int_equal(json_integer_value(json_object_get(m, "count")), 0);
+    assert_string_equal(json_string_value(json_object_get(m, "node")), "b@host");
+    json_decref(m);
+    cel_adapters_release(sb, b);
+    hold(sb, b); /* once */
+    cel_adapters_free(sb);
+}
+
 /* Both stores list every adapter; the node name is kept. */
 static void test_list_and_node(void **state) {
     fixture_t *f = *state;
@@ -592,6 +626,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_stale_writer_never_overwrites, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forfeit_is_reported, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redelivered_forward_backward, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_older_marker, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_and_node, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_one_pass, setup, teardown),
