@@ -132,20 +132,43 @@ def wait_held_older_than(client, seconds, timeout=15):
                what=f"held messages older than {seconds}s")
 
 
+def _stat_fields(path):
+    """The fields of a /proc stat file after the command name (state, ppid, pgrp, ...), or
+    None when it is gone."""
+    try:
+        with open(path, "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def _any_thread_running(pid):
+    """Whether a thread of process pid has not exited. A killed multi-threaded process shows
+    its first thread as a zombie while the others are still exiting, and the last of them
+    is the one that closes its files (and so lets go of its flocks)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        fields = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
+        if fields and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 def proc_pids(ppid=None, pgrp=None):
-    """Live (not zombie) pids from /proc whose parent is ppid and/or whose process
-    group is pgrp."""
+    """Live pids from /proc whose parent is ppid and/or whose process group is pgrp: not a
+    zombie, or a zombie with a thread still exiting."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read().decode("ascii", "replace")
-        except OSError:
+        fields = _stat_fields(f"/proc/{entry}/stat")
+        if fields is None or len(fields) < 3:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()  # state, ppid, pgrp, ...
-        if len(fields) < 3 or fields[0] == "Z":
+        if fields[0] == "Z" and not _any_thread_running(entry):
             continue
         if ppid is not None and int(fields[1]) != ppid:
             continue
