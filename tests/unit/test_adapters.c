@@ -75,6 +75,13 @@ static cel_adapter_t *create(cel_adapters_t *s) {
     return a;
 }
 
+/* create(s), its id copied into id (the adapter object may be evicted later). */
+static cel_adapter_t *create_id(cel_adapters_t *s, char id[CEL_ADAPTERS_ID_LEN + 1]) {
+    cel_adapter_t *a = create(s);
+    snprintf(id, CEL_ADAPTERS_ID_LEN + 1, "%s", cel_adapters_id(a));
+    return a;
+}
+
 static cel_adapter_t *get(cel_adapters_t *s, const char *id) {
     cel_adapter_t *a;
     cel_err_t err;
@@ -221,9 +228,8 @@ static void test_write_file(void **state) {
 static void test_checkpoint_one_pass(void **state) {
     fixture_t *f = *state;
     cel_adapters_t *sa = open_store(f, "a@host");
-    cel_adapter_t *a = create(sa);
     char id[CEL_ADAPTERS_ID_LEN + 1], adir[256], dir[512], names[1024], name[64];
-    snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
+    cel_adapter_t *a = create_id(sa, id);
     snprintf(adir, sizeof(adir), "%s/adapters/%s", f->dir, id);
     for (int step = 1; step <= 2; step++) train_step(sa, a, 0.5f * (float)step);
     read_current(f, id, name, sizeof(name));
@@ -281,7 +287,7 @@ static void test_kill9_during_checkpoint(void **state) {
     fixture_t *f = *state;
     cel_adapters_t *s = open_store(f, "a@host");
     char id[CEL_ADAPTERS_ID_LEN + 1];
-    snprintf(id, sizeof(id), "%s", cel_adapters_id(create(s)));
+    create_id(s, id);
     cel_adapters_free(s);
     int reported = 0;
     for (int round = 0; round < 12; round++) {
@@ -340,9 +346,8 @@ static void test_kill9_during_checkpoint(void **state) {
 static void test_busy_then_lost_once(void **state) {
     fixture_t *f = *state;
     cel_adapters_t *sa = open_store(f, "a@host"), *sb = open_store(f, "b@host");
-    cel_adapter_t *a = create(sa);
     char id[CEL_ADAPTERS_ID_LEN + 1];
-    snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
+    cel_adapter_t *a = create_id(sa, id);
     hold(sa, a);
     hold(sa, a); /* held already: a no-op */
     cel_err_t err;
@@ -374,9 +379,8 @@ static void test_busy_then_lost_once(void **state) {
 static void test_handback(void **state) {
     fixture_t *f = *state;
     cel_adapters_t *sa = open_store(f, "a@host");
-    cel_adapter_t *a = create(sa);
     char id[CEL_ADAPTERS_ID_LEN + 1];
-    snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
+    cel_adapter_t *a = create_id(sa, id);
     cel_err_t err;
     hold(sa, a);
     fake_grads(a, 0.5f);
@@ -420,9 +424,8 @@ static void test_handback(void **state) {
 static void test_handback_survives_an_idle_holder(void **state) {
     fixture_t *f = *state;
     cel_adapters_t *sa = open_store(f, "a@host");
-    cel_adapter_t *a = create(sa);
     char id[CEL_ADAPTERS_ID_LEN + 1];
-    snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
+    cel_adapter_t *a = create_id(sa, id);
     cel_err_t err;
     hold(sa, a);
     assert_int_equal(cel_adapters_note_grads(sa, a, NULL, &err), CEL_OK);
@@ -452,9 +455,8 @@ static void test_handback_survives_an_idle_holder(void **state) {
 static void test_stale_writer_never_overwrites(void **state) {
     fixture_t *f = *state;
     cel_adapters_t *sa = open_store(f, "a@host");
-    cel_adapter_t *a = create(sa);
     char id[CEL_ADAPTERS_ID_LEN + 1];
-    snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
+    cel_adapter_t *a = create_id(sa, id);
     cel_err_t err;
     hold(sa, a);
     assert_int_equal(cel_adapters_note_grads(sa, a, NULL, &err), CEL_OK);
@@ -476,8 +478,7 @@ static void test_stale_writer_never_overwrites(void **state) {
     assert_int_equal(count_ckpts(f, id), 2); /* nothing pruned */
 
     /* deleted while held: the holder's step is not written back */
-    cel_adapter_t *a2 = create(sa);
-    snprintf(id, sizeof(id), "%s", cel_adapters_id(a2));
+    cel_adapter_t *a2 = create_id(sa, id);
     hold(sa, a2);
     assert_int_equal(cel_adapters_note_grads(sa, a2, NULL, &err), CEL_OK);
     cel_adapters_t *sb = open_store(f, "b@host");
@@ -517,9 +518,8 @@ static void test_forfeit_is_reported(void **state) {
 static void test_redelivered_forward_backward(void **state) {
     fixture_t *f = *state;
     cel_adapters_t *sa = open_store(f, "a@host");
-    cel_adapter_t *a = create(sa);
     char id[CEL_ADAPTERS_ID_LEN + 1];
-    snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
+    cel_adapter_t *a = create_id(sa, id);
     cel_adapters_lost_t lost;
     cel_err_t err;
     hold(sa, a);
@@ -570,9 +570,8 @@ static void test_redelivered_forward_backward(void **state) {
 static void test_older_marker(void **state) {
     fixture_t *f = *state;
     cel_adapters_t *sa = open_store(f, "a@host");
-    cel_adapter_t *a = create(sa);
     char id[CEL_ADAPTERS_ID_LEN + 1], name[64], path[512];
-    snprintf(id, sizeof(id), "%s", cel_adapters_id(a));
+    create_id(sa, id);
     read_current(f, id, name, sizeof(name));
     cel_adapters_free(sa);
     snprintf(path, sizeof(path), "%s/adapters/%s/grads.json", f->dir, id);
