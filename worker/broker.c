@@ -109,6 +109,10 @@ void cel_broker_forget(cel_broker_t *b, const char *tag) {
     if (b && tag && b->ops->forget) b->ops->forget(b->impl, tag);
 }
 
+void cel_broker_acking(cel_broker_t *b, const char *tag) {
+    if (b && tag && b->ops->acking) b->ops->acking(b->impl, tag);
+}
+
 void cel_broker_publish(cel_broker_t *b, const cel_broker_out_t *m, cel_broker_done_fn done,
                         void *priv) {
     if (!b->ops->publish) {

@@ -117,6 +117,11 @@ typedef struct cel_broker_ops {
     /* The message was acked by other means (the result backend's store_ack):
      * drop what the transport keeps of it. May be NULL (nothing kept). */
     void (*forget)(void *impl, const char *tag);
+    /* The message's ack is about to be sent by other means (store_ack): until
+     * forget, keep it but do not repair its absence from the server (a
+     * store_ack whose answer was lost with its connection may have acked it).
+     * May be NULL. */
+    void (*acking)(void *impl, const char *tag);
     /* Sends a message (m borrowed for the call) as kombu's Producer.publish
      * would. done(priv, 1) once the server took it (for an exchange that
      * binds no queue for the routing key it is dropped, as kombu drops it,
@@ -155,6 +160,7 @@ int cel_broker_add_queue(cel_broker_t *b, const char *queue);
 int cel_broker_cancel_queue(cel_broker_t *b, const char *queue);
 json_t *cel_broker_queues(const cel_broker_t *b);
 void cel_broker_forget(cel_broker_t *b, const char *tag);
+void cel_broker_acking(cel_broker_t *b, const char *tag);
 void cel_broker_publish(cel_broker_t *b, const cel_broker_out_t *m, cel_broker_done_fn done,
                         void *priv);
 

@@ -11,7 +11,9 @@
  * Messages are kombu JSON envelopes; decode and peek read them as such.
  * Robustness: a copy of every held message (held.c) lets a server that lost
  * them (FLUSHALL, a restart without persistence) get them back, found by the
- * TOUCH script and at every reconnect; an error reply to a fetch is retried
+ * TOUCH script and at every reconnect; answers lost with the connection are
+ * repaired at the reconnect (a POP's messages, recorded under popkey, go back
+ * to their queues; lost acks are sent again); an error reply to a fetch is retried
  * with backoff; a message over --max-message-size is read only as far as its
  * ids (the POP script cuts it server-side; BRPOP's connection streams it
  * through redis.c's bulk filter). Main process, libuv loop.
@@ -96,8 +98,10 @@ static const int priority_steps[PRIORITY_STEPS] = { 0, 3, 6, 9 };
     "  return tag, env\n"                                   \
     "end\n"
 
-/* POP: KEYS = queue keys in priority-major order; ARGV = max, now, size limit.
- * Returns {envelope, tag or '', key, ...}. An envelope over the limit is
+/* POP: KEYS = queue keys in priority-major order; ARGV = max, now, size limit,
+ * record key, call number, record lifetime (s). Returns {envelope, tag or '',
+ * key, ...}, and records the call's number and tags under the record key: if
+ * the answer is lost with the connection, RECOVER gives them back. An envelope over the limit is
  * registered whole but returned cut down (redis.h's form, no head): the ids a
  * FAILURE needs as a small envelope with an empty body, so the worker never
  * reads more than that of it. RPOP comes first: under maxmemory a script that
@@ -116,7 +120,7 @@ static cel_redis_script_t script_pop = {
     "  end\n"
     "  return '\\0celeriac-cut ' .. #m .. ' 0\\n' .. s\n"
     "end\n"
-    "local out = {}\n"
+    "local out, tags = {}, {}\n"
     "local n = tonumber(ARGV[1])\n"
     "local lim = tonumber(ARGV[3]) or 0\n"
     "for _, k in ipairs(KEYS) do\n"
@@ -130,12 +134,17 @@ static cel_redis_script_t script_pop = {
     "    out[#out + 1] = m\n"
     "    out[#out + 1] = tag or ''\n"
     "    out[#out + 1] = k\n"
+    "    if tag then tags[#tags + 1] = tag end\n"
     "  end\n"
     "  if n == 0 then break end\n"
+    "end\n"
+    "if #tags > 0 then\n"
+    "  redis.call('SET', ARGV[4], cjson.encode({ARGV[5], tags}), 'EX', ARGV[6])\n"
     "end\n"
     "return out\n",
     { 0 }
 };
+
 
 /* REGISTER: ARGV = envelope, now, key. For a message BRPOP already took, and
  * for held messages the server lost. */
@@ -179,6 +188,27 @@ static cel_redis_script_t script_restore = {
                    "local n = 0\n"
                    "for _, tag in ipairs(tags) do n = n + restore(tag, false) end\n"
                    "return n\n",
+    { 0 }
+};
+
+/* RECOVER: ARGV = record key, call number. After a POP whose answer was lost
+ * with its connection (and no answer to a later one came): when the record is
+ * that call's or a later one's, the messages it took that are still in
+ * `unacked` go back to their queues, at the end the next POP takes first, in
+ * their order. Returns how many. */
+static cel_redis_script_t script_recover = {
+    LUA_RESTORE_FN
+    "local rec = redis.call('GET', ARGV[1])\n"
+    "if not rec then return 0 end\n"
+    "redis.call('DEL', ARGV[1])\n"
+    "local ok, v = pcall(cjson.decode, rec)\n"
+    "if not ok or type(v) ~= 'table' or type(v[2]) ~= 'table' or\n"
+    "   (tonumber(v[1]) or 0) < tonumber(ARGV[2]) then\n"
+    "  return 0\n"
+    "end\n"
+    "local n = 0\n"
+    "for i = #v[2], 1, -1 do n = n + restore(v[2][i], false) end\n"
+    "return n\n",
     { 0 }
 };
 
@@ -247,7 +277,8 @@ static cel_redis_script_t script_publish = {
 };
 
 static cel_redis_script_t *all_scripts[] = { &script_pop,     &script_register, &script_restore,
-                                             &script_requeue, &script_touch,    &script_publish };
+                                             &script_requeue, &script_touch,    &script_publish,
+                                             &script_recover };
 
 typedef struct redis_broker {
     uv_loop_t *loop;
@@ -271,6 +302,12 @@ typedef struct redis_broker {
     int fetch_errors;       /* error replies in a row */
     int backing_off;        /* retry_timer runs: no fetch until it fires */
     uv_timer_t restore_timer;
+    char popkey[64];              /* where the POP script records the tags it took */
+    unsigned long long pop_calls; /* POP calls sent; the last one's number is in the record */
+    unsigned long long pop_lost;  /* the first POP whose answer was lost (none received since), or 0 */
+    unsigned long long recovering; /* the number RECOVER is in flight for, or 0 */
+    char **reack;                 /* tags whose ack was lost with the connection */
+    size_t nreack, reack_cap;
     int closing_left;
     void (*on_closed)(void *);
     void *closed_priv;
@@ -375,7 +412,12 @@ static void on_pop(cel_redis_t *r, redisReply *reply, void *priv) {
     b->fetching = 0;
     b->pending--;
     int got = 0;
-    if (!reply) return; /* connection lost: on_state restarts fetching */
+    if (!reply) {
+        /* Connection lost: it may have run. on_cmd_state gives back what it
+         * took (RECOVER) before fetching again. */
+        if (!b->stopped && !b->pop_lost) b->pop_lost = b->pop_calls;
+        return;
+    }
     if (reply->type == REDIS_REPLY_ERROR) {
         fetch_failed(b, r, "pop script failed", reply->str);
         return;
@@ -389,6 +431,18 @@ static void on_pop(cel_redis_t *r, redisReply *reply, void *priv) {
     }
     /* Empty: wait in BRPOP for the next message. */
     fetch(b, got == 0);
+}
+
+/* The delivery tag kombu's QoS would register the envelope under
+ * (properties.delivery_tag), copied into tag; 0 when it has none. */
+static int envelope_tag(const char *raw, size_t len, char *tag) {
+    json_t *env = json_loadb(raw, len, 0, NULL);
+    const char *t = json_string_value(json_object_get(json_object_get(env, "properties"),
+                                                      "delivery_tag"));
+    int ok = t && t[0] && strlen(t) <= CEL_PEEK_STR_MAX;
+    if (ok) strcpy(tag, t);
+    json_decref(env);
+    return ok;
 }
 
 typedef struct brpop_msg {
@@ -408,10 +462,15 @@ static void on_register(cel_redis_t *r, redisReply *reply, void *priv) {
     brpop_msg_t *bm = priv;
     redis_broker_t *b = bm->b;
     b->pending--;
-    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+    if (!reply) {
+        /* Lost with the connection: it may have run. Held under its own tag,
+         * the reconnect's check registers it again if it did not. */
+        char tag[CEL_PEEK_STR_MAX + 1];
+        hand_over(b, bm->raw, bm->len, envelope_tag(bm->raw, bm->len, tag) ? tag : NULL,
+                  bm->key);
+    } else if (reply->type == REDIS_REPLY_ERROR) {
         /* Not registered: deliver as unregistered rather than lose it. */
-        cel_redis_log_error(r, "could not register a message in unacked",
-                            reply ? reply->str : NULL);
+        cel_redis_log_error(r, "could not register a message in unacked", reply->str);
         hand_over(b, bm->raw, bm->len, NULL, bm->key);
     } else {
         const char *tag = reply->type == REDIS_REPLY_STRING && reply->len ? reply->str : NULL;
@@ -501,11 +560,124 @@ static void on_brpop(cel_redis_t *r, redisReply *reply, void *priv) {
     }
 }
 
+/* How long a POP's record lives: past the visibility timeout, restore_visible
+ * gives its messages back anyway. */
+static double record_life_s(const redis_broker_t *b) {
+    double s = b->cfg->visibility_timeout;
+    return s < 60 ? 60 : s;
+}
+
+static void on_recovered(cel_redis_t *r, redisReply *reply, void *priv) {
+    redis_broker_t *b = priv;
+    b->pending--;
+    unsigned long long call = b->recovering;
+    b->recovering = 0;
+    if (!reply) {
+        /* Lost again: try again at the next reconnect, from this call on
+         * (a POP sent behind it ran only if it ran). */
+        if (!b->stopped && (!b->pop_lost || call < b->pop_lost)) b->pop_lost = call;
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        cel_redis_log_error(r, "could not give back what a lost fetch took", reply->str);
+    } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+        cel_warn("broker: gave back %lld message(s) a fetch took while its connection was lost",
+                 reply->integer);
+    }
+}
+
+/* After a reconnect: RECOVER for the POP whose answer was lost, sent before
+ * the next POP (one connection: they run in that order). */
+static void recover_lost_pop(redis_broker_t *b) {
+    if (!b->pop_lost || b->recovering) return;
+    char call[24];
+    snprintf(call, sizeof(call), "%llu", b->pop_lost);
+    const char *args[] = { b->popkey, call };
+    if (cel_redis_evalsha(b->cmd, &script_recover, on_recovered, b, 0, NULL, NULL, 2, args,
+                          NULL) == CEL_OK) {
+        b->pending++;
+        b->recovering = b->pop_lost;
+        b->pop_lost = 0;
+    }
+}
+
+/* Keeps tag to ack again at the next reconnect. */
+static void reack_later(redis_broker_t *b, const char *tag) {
+    if (b->nreack == b->reack_cap) {
+        size_t cap = b->reack_cap ? b->reack_cap * 2 : 16;
+        char **n = realloc(b->reack, cap * sizeof(*n));
+        if (!n) goto fail;
+        b->reack = n;
+        b->reack_cap = cap;
+    }
+    if (!(b->reack[b->nreack] = strdup(tag))) goto fail;
+    b->nreack++;
+    return;
+fail:
+    cel_error("broker: out of memory keeping a lost ack of %s; the message will be delivered "
+              "again after the visibility timeout",
+              tag);
+}
+
+typedef struct reack_ctx {
+    redis_broker_t *b;
+    char **tags;
+    size_t n;
+    int left;
+    int lost;
+} reack_ctx_t;
+
+static void on_reacked(cel_redis_t *r, redisReply *reply, void *priv) {
+    reack_ctx_t *q = priv;
+    redis_broker_t *b = q->b;
+    b->pending--;
+    if (!reply) q->lost = 1;
+    else if (reply->type == REDIS_REPLY_ERROR) cel_redis_log_error(r, "ack failed", reply->str);
+    if (--q->left > 0) return;
+    for (size_t i = 0; i < q->n; i++) {
+        if (q->lost && !b->stopped) reack_later(b, q->tags[i]);
+        free(q->tags[i]);
+    }
+    free(q->tags);
+    free(q);
+}
+
+/* After a reconnect: the acks that were lost with the connection, again (a
+ * ZREM and an HDEL of every tag; acking twice does nothing). */
+static void reack_lost(redis_broker_t *b) {
+    if (!b->nreack) return;
+    reack_ctx_t *q = calloc(1, sizeof(*q));
+    const char **argv = malloc((b->nreack + 2) * sizeof(*argv));
+    if (!q || !argv) {
+        free(q);
+        free(argv);
+        return; /* kept for the next reconnect */
+    }
+    q->b = b;
+    q->tags = b->reack;
+    q->n = b->nreack;
+    b->reack = NULL;
+    b->nreack = b->reack_cap = 0;
+    for (size_t i = 0; i < q->n; i++) argv[i + 2] = q->tags[i];
+    argv[0] = "ZREM", argv[1] = "unacked_index";
+    if (cel_redis_command(b->cmd, on_reacked, q, (int)q->n + 2, argv, NULL) == CEL_OK)
+        q->left++, b->pending++;
+    argv[0] = "HDEL", argv[1] = "unacked";
+    if (cel_redis_command(b->cmd, on_reacked, q, (int)q->n + 2, argv, NULL) == CEL_OK)
+        q->left++, b->pending++;
+    free(argv);
+    if (q->left == 0) {
+        q->left = 1, b->pending++;
+        on_reacked(b->cmd, NULL, q); /* not sent: keep them */
+    }
+}
+
 /* Starts the next fetch unless one is in flight: the POP script, or BRPOP
  * when block is set (the last POP found the queues empty). */
 static void fetch(redis_broker_t *b, int block) {
     if (b->fetching || b->backing_off) return;
     if (b->stopped || !cel_redis_up(b->cmd)) return;
+    if (b->pop_lost) recover_lost_pop(b);
     int cap = b->cbs.capacity(b->priv);
     if (cap <= 0 || b->nqueues == 0) return;
     const char *keys[CEL_MAX_QUEUES * PRIORITY_STEPS + 1];
@@ -523,12 +695,15 @@ static void fetch(redis_broker_t *b, int block) {
             b->fetching = b->blocking = 1;
         return;
     }
-    char max[16], now[32], lim[32];
+    char max[16], now[32], lim[32], call[24], life[24];
     snprintf(max, sizeof(max), "%d", cap > POP_BATCH_MAX ? POP_BATCH_MAX : cap);
     snprintf(now, sizeof(now), "%.6f", now_unix());
     snprintf(lim, sizeof(lim), "%ld", b->cfg->max_message_size);
-    const char *args[] = { max, now, lim };
-    if (cel_redis_evalsha(b->cmd, &script_pop, on_pop, b, n, keys, lens, 3, args, NULL) == CEL_OK) {
+    snprintf(call, sizeof(call), "%llu", b->pop_calls + 1);
+    snprintf(life, sizeof(life), "%.0f", record_life_s(b));
+    const char *args[] = { max, now, lim, b->popkey, call, life };
+    if (cel_redis_evalsha(b->cmd, &script_pop, on_pop, b, n, keys, lens, 6, args, NULL) == CEL_OK) {
+        b->pop_calls++;
         b->fetching = 1;
         b->pending++;
     }
@@ -645,12 +820,27 @@ static json_t *redis_queues(const void *impl) {
 
 /* ---- held messages the server lost ------------------------------------ */
 
+static void send_ack(redis_broker_t *b, const char *tag, cel_broker_done_fn done, void *priv);
+
+typedef struct rereg_ctx {
+    redis_broker_t *b;
+    char tag[];
+} rereg_ctx_t;
+
 static void on_reregistered(cel_redis_t *r, redisReply *reply, void *priv) {
-    redis_broker_t *b = priv;
+    rereg_ctx_t *q = priv;
+    redis_broker_t *b = q->b;
     b->pending--;
-    if (!reply || reply->type == REDIS_REPLY_ERROR)
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
         cel_redis_log_error(r, "could not register a held message again",
                             reply ? reply->str : NULL);
+    } else {
+        /* Acked meanwhile (a store_ack runs on the backend's connection and
+         * may have reached the server first): ack the registration again. */
+        const cel_held_msg_t *h = cel_held_get(b->held, q->tag);
+        if (!h || h->acking) send_ack(b, q->tag, NULL, NULL);
+    }
+    free(q);
 }
 
 /* Registers a held message in unacked again (REGISTER from our copy). */
@@ -659,9 +849,15 @@ static void reregister(redis_broker_t *b, const cel_held_msg_t *h) {
     snprintf(now, sizeof(now), "%.6f", now_unix());
     const char *args[] = { h->raw, now, h->key };
     size_t lens[] = { h->len, strlen(now), strlen(h->key) };
-    if (cel_redis_evalsha(b->cmd, &script_register, on_reregistered, b, 0, NULL, NULL, 3, args,
+    size_t tl = strlen(h->tag) + 1;
+    rereg_ctx_t *q = malloc(sizeof(*q) + tl);
+    if (!q) return;
+    q->b = b;
+    memcpy(q->tag, h->tag, tl);
+    if (cel_redis_evalsha(b->cmd, &script_register, on_reregistered, q, 0, NULL, NULL, 3, args,
                           lens) == CEL_OK)
         b->pending++;
+    else free(q);
 }
 
 static void on_touched(cel_redis_t *r, redisReply *reply, void *priv) {
@@ -677,7 +873,7 @@ static void on_touched(cel_redis_t *r, redisReply *reply, void *priv) {
         redisReply *t = reply->element[i];
         if (t->type != REDIS_REPLY_STRING) continue;
         const cel_held_msg_t *h = cel_held_get(b->held, t->str);
-        if (!h) continue; /* acked or given back meanwhile */
+        if (!h || h->acking) continue; /* acked (or being acked) or given back meanwhile */
         reregister(b, h);
         again++;
     }
@@ -730,7 +926,9 @@ static void on_cmd_state(cel_redis_t *r, int up, void *priv) {
         /* Declare the bindings as kombu's queue_bind does, check what we hold,
          * then restore. */
         for (int i = 0; i < b->nqueues; i++) bind_queue(b, b->queues[i]);
+        reack_lost(b);
         verify_held(b);
+        recover_lost_pop(b);
         restore_visible(b);
         fetch(b, 0);
     } else {
@@ -759,6 +957,9 @@ static void *redis_open(uv_loop_t *loop, const cel_options_t *cfg, const cel_bro
     b->keys = calloc(CEL_MAX_QUEUES * PRIORITY_STEPS, sizeof(char *));
     b->keylens = calloc(CEL_MAX_QUEUES * PRIORITY_STEPS, sizeof(size_t));
     b->held = cel_held_new();
+    char id[37];
+    cel_events_uuid(id);
+    snprintf(b->popkey, sizeof(b->popkey), "_celeriac.pop.%s", id);
     if (!b->keys || !b->keylens || !b->held) goto fail;
     for (int q = 0; q < cfg->nqueues; q++) {
         if (!(b->queues[q] = strdup(cfg->queues[q]))) goto fail;
@@ -797,29 +998,44 @@ typedef struct done_ctx {
     void *priv;
     int left;
     int ok;
+    char *tag; /* an ack's tag (owned), NULL for a publish */
+    int lost;  /* a part's answer was lost with the connection */
 } done_ctx_t;
 
 static void on_done_part(cel_redis_t *r, redisReply *reply, void *priv) {
     done_ctx_t *d = priv;
     d->b->pending--;
+    if (!reply) d->lost = 1;
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
         if (reply) cel_redis_log_error(r, "ack, requeue or publish failed", reply->str);
         d->ok = 0;
     }
     if (--d->left > 0) return;
+    if (d->tag && d->lost && !d->b->stopped) {
+        /* An ack lost with the connection is sent again when it is back. */
+        reack_later(d->b, d->tag);
+        d->ok = 1;
+    }
     if (d->done) d->done(d->priv, d->ok);
+    free(d->tag);
     free(d);
 }
 
 static void redis_ack(void *impl, const char *tag, cel_broker_done_fn done, void *priv) {
     redis_broker_t *b = impl;
     cel_held_del(b->held, tag);
+    send_ack(b, tag, done, priv);
+}
+
+/* kombu's ack: ZREM unacked_index + HDEL unacked; one lost with the
+ * connection is sent again at the reconnect. */
+static void send_ack(redis_broker_t *b, const char *tag, cel_broker_done_fn done, void *priv) {
     done_ctx_t *d = malloc(sizeof(*d));
     if (!d) {
         if (done) done(priv, 0);
         return;
     }
-    *d = (done_ctx_t){ b, done, priv, 0, 1 };
+    *d = (done_ctx_t){ b, done, priv, 0, 1, strdup(tag), 0 };
     const char *zrem[] = { "ZREM", "unacked_index", tag };
     const char *hdel[] = { "HDEL", "unacked", tag };
     if (cel_redis_command(b->cmd, on_done_part, d, 3, zrem, NULL) == CEL_OK)
@@ -827,10 +1043,14 @@ static void redis_ack(void *impl, const char *tag, cel_broker_done_fn done, void
     if (cel_redis_command(b->cmd, on_done_part, d, 3, hdel, NULL) == CEL_OK)
         d->left++, b->pending++;
     if (d->left == 0) {
-        if (done) done(priv, 0);
+        /* Not sent (the connection is down): sent when it is back. */
+        if (!b->stopped) reack_later(b, tag);
+        if (done) done(priv, !b->stopped);
+        free(d->tag);
         free(d);
     } else if (d->left == 1) {
-        d->ok = 0; /* half sent: report failure when the sent half returns */
+        d->ok = 0; /* half sent: acked again at the next reconnect */
+        d->lost = 1;
     }
 }
 
@@ -863,7 +1083,7 @@ static void redis_requeue(void *impl, const char *tag, cel_broker_done_fn done, 
         if (done) done(priv, 0);
         return;
     }
-    q->d = (done_ctx_t){ b, done, priv, 1, 1 };
+    q->d = (done_ctx_t){ b, done, priv, 1, 1, NULL, 0 };
     const cel_held_msg_t *h = cel_held_get(b->held, tag);
     const char *args[] = { tag, h ? h->raw : "", h ? h->key : "" };
     size_t lens[] = { strlen(tag), h ? h->len : 0, h ? strlen(h->key) : 0 };
@@ -906,6 +1126,10 @@ static void redis_forget(void *impl, const char *tag) {
     cel_held_del(((redis_broker_t *)impl)->held, tag);
 }
 
+static void redis_acking(void *impl, const char *tag) {
+    cel_held_set_acking(((redis_broker_t *)impl)->held, tag);
+}
+
 static int redis_pending(const void *impl) { return ((const redis_broker_t *)impl)->pending; }
 
 static void close_step(void *priv) {
@@ -916,6 +1140,8 @@ static void close_step(void *priv) {
     free(b->keys);
     free(b->keylens);
     cel_held_free(b->held);
+    for (size_t i = 0; i < b->nreack; i++) free(b->reack[i]);
+    free(b->reack);
     void (*cb)(void *) = b->on_closed;
     void *cp = b->closed_priv;
     free(b);
@@ -993,7 +1219,7 @@ static void redis_publish(void *impl, const cel_broker_out_t *m, cel_broker_done
         if (done) done(priv, 0);
         return;
     }
-    *d = (done_ctx_t){ b, done, priv, 1, 1 };
+    *d = (done_ctx_t){ b, done, priv, 1, 1, NULL, 0 };
     int rc;
     if (fanout) {
         size_t n = strlen(ex) + strlen(rk) + 32;
@@ -1062,5 +1288,6 @@ const cel_broker_ops_t cel_broker_redis_ops = {
     .queues = redis_queues,
     .close = redis_close,
     .forget = redis_forget,
+    .acking = redis_acking,
     .publish = redis_publish,
 };

@@ -37,9 +37,12 @@
 
 #define NO_PREFETCH_LIMIT 1000 /* messages held when --prefetch-multiplier is 0 */
 #define REPR_MAX          200  /* result repr in log lines */
-#define STORE_TRIES \
-    10 /* stores of one result (backoff 0.1 s .. 5 s, ~25 s in all)
-                                  before its message is given back to the queue */
+/* A result that cannot be stored is tried again (backoff 0.1 s .. 5 s, and at
+ * once when the backend reconnects); its message goes back to the queue after
+ * STORE_TRIES failures spread over STORE_GIVE_UP_MS at least, so a connection
+ * that keeps dropping does not use the tries up in a second. */
+#define STORE_TRIES      10
+#define STORE_GIVE_UP_MS 25000
 
 /* Only READY requests (received, not yet handed to an executor) occupy the
  * prefetch window, as in Celery: it acks a message when the pool takes it, so
@@ -69,6 +72,7 @@ struct request {
     int storing;     /* a store of meta is in flight */
     int in_pool;     /* handed to an executor, not yet reported back */
     int store_tries; /* stores that failed */
+    uint64_t store_failed_at; /* uv_now of the first failure */
     /* what it finished with, kept for the canvas steps around the store */
     const char *status; /* a string literal */
     json_t *result;
@@ -254,9 +258,12 @@ static void on_stored(void *priv, int ok) {
             return;
         }
         /* Keep it unacked and store again after a backoff (sooner when the
-         * backend comes back: on_backend_up); past STORE_TRIES the message
-         * goes back to its queue rather than being held forever. */
-        if (++r->store_tries >= STORE_TRIES) {
+         * backend comes back: on_backend_up); past STORE_TRIES and
+         * STORE_GIVE_UP_MS the message goes back to its queue rather than
+         * being held forever. */
+        if (++r->store_tries == 1) r->store_failed_at = uv_now(c->loop);
+        if (r->store_tries >= STORE_TRIES &&
+            uv_now(c->loop) - r->store_failed_at >= STORE_GIVE_UP_MS) {
             cel_error("Could not store the result of %s[%s] after %d tries; giving its message "
                       "back to the queue (it will run again)",
                       r->task->name, r->task->id, r->store_tries);
@@ -266,7 +273,8 @@ static void on_stored(void *priv, int ok) {
         if (r->store_tries == 1)
             cel_error("could not store the result of %s[%s]; will retry", r->task->name,
                       r->task->id);
-        uv_timer_start(&r->timer, on_store_timer, store_backoff_ms(r->store_tries - 1), 0);
+        int k = r->store_tries < STORE_TRIES ? r->store_tries : STORE_TRIES;
+        uv_timer_start(&r->timer, on_store_timer, store_backoff_ms(k - 1), 0);
         return;
     }
     free(r->meta);
@@ -292,10 +300,13 @@ static void store_meta(request_t *r) {
     uv_timer_stop(&r->timer);
     r->storing = 1;
     if (r->tag && cel_backend_acks_broker(c->backend) &&
-        !cel_canvas_after_store_needed(c->canvas, r->task, r->status))
+        !cel_canvas_after_store_needed(c->canvas, r->task, r->status)) {
+        cel_broker_acking(c->broker, r->tag);
         cel_backend_store_ack(c->backend, r->task, r->meta, r->meta_len, r->tag, on_stored_acked,
                               r);
-    else cel_backend_store(c->backend, r->task, r->meta, r->meta_len, on_stored, r);
+    } else {
+        cel_backend_store(c->backend, r->task, r->meta, r->meta_len, on_stored, r);
+    }
 }
 
 static void on_backend_up(void *priv) {

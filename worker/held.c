@@ -90,6 +90,7 @@ int cel_held_put(cel_held_t *h, const char *tag, const char *raw, size_t len, co
     p[len] = '\0';
     e->m.raw = p;
     e->m.len = len;
+    e->m.acking = 0;
     e->hash = fnv1a(tag);
     entry_t **slot = find(h, tag, e->hash);
     if (*slot) {
@@ -107,6 +108,11 @@ int cel_held_put(cel_held_t *h, const char *tag, const char *raw, size_t len, co
 const cel_held_msg_t *cel_held_get(const cel_held_t *h, const char *tag) {
     entry_t **slot = find(h, tag, fnv1a(tag));
     return *slot ? &(*slot)->m : NULL;
+}
+
+void cel_held_set_acking(cel_held_t *h, const char *tag) {
+    entry_t **slot = find(h, tag, fnv1a(tag));
+    if (*slot) (*slot)->m.acking = 1;
 }
 
 void cel_held_del(cel_held_t *h, const char *tag) {

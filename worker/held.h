@@ -19,6 +19,7 @@ typedef struct cel_held_msg {
     const char *raw; /* the message as taken (not NUL-terminated as far as callers know) */
     size_t len;
     const char *key; /* the queue key it was taken from */
+    int acking;      /* its ack is on its way by other means (cel_held_set_acking) */
 } cel_held_msg_t;
 
 /* An empty table; NULL when out of memory. */
@@ -33,6 +34,11 @@ int cel_held_put(cel_held_t *h, const char *tag, const char *raw, size_t len, co
 
 /* The message held under tag, or NULL. */
 const cel_held_msg_t *cel_held_get(const cel_held_t *h, const char *tag);
+
+/* Marks the message held under tag as being acked by other means (the result
+ * backend's store_ack): once that may have run, the server not having it is no
+ * longer a loss to repair. Nothing when tag holds nothing. */
+void cel_held_set_acking(cel_held_t *h, const char *tag);
 
 /* Drops what tag holds (nothing when it holds nothing). */
 void cel_held_del(cel_held_t *h, const char *tag);

@@ -382,6 +382,45 @@ def test_class_client_kill_under_load(worker, make_app, own_redis):
     all_done(rs, 60)
 
 
+def test_class_client_kill_while_fetching(worker, own_redis):
+    """A fetch (the POP script) whose answer the kill took had already moved its messages into
+    `unacked`: they used to stay there, their tasks never run, until the visibility timeout
+    (an hour) restored them. The script records what it took; after the reconnect the worker
+    gives those back. Acks and registrations whose answers were lost are made again, so no
+    finished task stays in `unacked` to run a second time. The queue is filled first, so the
+    worker fetches with POP throughout (BRPOP, used only on an empty queue, has kombu's own
+    one-round-trip window, which this test does not reach)."""
+    srv = own_redis()
+    c = srv.client()
+    ids = []
+    pipe = c.pipeline(transaction=False)
+    for i in range(6000):
+        tid, raw = envelope("diag.add", body=json.dumps([[i, 1000], {}, {}]).encode())
+        ids.append(tid)
+        pipe.lpush("celery", raw)
+    pipe.execute()
+    w = worker("-c", "2", broker=srv.url())
+    killer = srv.client()
+    kills = 0
+    # Kills until the queue is drained, bounded in count and time.
+    deadline = time.monotonic() + scaled(60)
+    while c.llen("celery") and kills < 3000 and time.monotonic() < deadline:
+        killer.client_kill_filter(_type="normal", skipme=True)
+        kills += 1
+        time.sleep(0.002)  # spacing of the injected faults, not a wait for a result
+
+    def left():
+        return [i for i, v in zip(ids, c.mget([f"celery-task-meta-{i}" for i in ids])) if not v]
+    wait_until(lambda: not left(), scaled(60), interval=0.5, what="every task's result")
+    wait_until(lambda: c.hlen("unacked") == 0 and c.zcard("unacked_index") == 0, scaled(20),
+               what="an empty unacked")
+    values = c.mget([f"celery-task-meta-{i}" for i in ids])
+    assert all(json.loads(v)["status"] == "SUCCESS" for v in values)
+    assert [json.loads(v)["result"] for v in values] == [i + 1000 for i in range(len(ids))]
+    assert not [k for k in c.keys("_celeriac.pop.*") if c.ttl(k) < 0], "a record without expiry"
+    print(f"{kills} kills; fetches given back: {lines(w, r'gave back')}")
+
+
 def test_class_brpop_answer_while_register_connection_down(worker, make_app, own_redis):
     """A message BRPOP hands over just after the connection that registers it in unacked went
     down (a CLIENT KILL takes both at once) runs unregistered, as after a failed REGISTER; it

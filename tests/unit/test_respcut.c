@@ -194,7 +194,12 @@ static void test_held(void **state) {
     assert_string_equal(m->raw, "abc");
     assert_string_equal(m->key, "celery");
     assert_int_equal(m->len, 3);
+    assert_int_equal(m->acking, 0);
+    cel_held_set_acking(h, "t1");
+    assert_int_equal(cel_held_get(h, "t1")->acking, 1);
+    cel_held_set_acking(h, "no-such"); /* nothing */
     assert_int_equal(cel_held_put(h, "t1", "defg", 4, "q2"), CEL_OK); /* replaces */
+    assert_int_equal(cel_held_get(h, "t1")->acking, 0);           /* a new copy: not acking */
     assert_int_equal(cel_held_count(h), 1);
     assert_string_equal(cel_held_get(h, "t1")->raw, "defg");
     char tag[32], raw[64];
