@@ -10,6 +10,7 @@
  * and the main process respawns it. SIGUSR1 sets the soft-time-limit flag that
  * long tasks poll; SIGINT is ignored (the terminal's ^C is for the main process,
  * which stops executors by closing their channel), SIGPIPE too (EPIPE ends us).
+ * The main process's death SIGKILLs us (PR_SET_PDEATHSIG), running task or not.
  * Tasks are dispatched by the task table (protocol/tasks.h): a name it lacks is
  * NotRegistered; the arguments are bound and checked with it (call.c), then
  * the task's function runs (diag.c for diag.*, lm.c's family for the model
@@ -32,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -642,6 +644,16 @@ int main(int argc, char **argv) {
         cel_error("sigaction: %s", strerror(errno));
         return EXEC_EXIT_IO;
     }
+    /* The main process gone (kill -9, a crash) ends us at once, also in the
+     * middle of a long task: finishing it would hold its adapter's lock (the
+     * node that adopts the adapter answers AdapterBusy meanwhile) for a result
+     * nobody can store. It is a kill -9 of the whole worker, which every
+     * checkpoint and marker write is safe against. (The main process spawns
+     * us from its loop thread, the one whose exit sends the signal; one that
+     * died before this line shows as the channel's EOF.) */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
+        cel_warn("prctl(PR_SET_PDEATHSIG): %s; a long task outlives a killed main process",
+                 strerror(errno));
     for (const char *const *n = cel_tasks_names(); *n; n++)
         if (!task_fn(cel_tasks_find(*n)))
             cel_error("Task %s is in the task table but has no function", *n);

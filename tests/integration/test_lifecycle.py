@@ -168,6 +168,19 @@ def test_executors_exit_when_main_is_killed(worker, celery_app):
                what="executors to exit after their main process was SIGKILLed")
 
 
+@celeriac_only
+def test_executor_busy_with_a_long_task_exits_with_main(worker, celery_app):
+    """An executor in the middle of a long task does not finish it first when its main process
+    is SIGKILLed (it used to: the task's result could no longer be stored, and a model task
+    kept its adapter's lock, so the node adopting the adapter answered AdapterBusy)."""
+    w = worker("-c", "1")
+    r = celery_app.send_task("diag.sleep", args=[300])
+    wait_active(celery_app, r.id)
+    w.kill()
+    wait_until(lambda: not w.group_pids(), scaled(10),
+               what="the busy executor to exit with its main process")
+
+
 def test_pidfile_written_and_removed(worker, tmp_path):
     pidfile = tmp_path / "celeriac.pid"
     w = worker("--pidfile", str(pidfile))
