@@ -6,8 +6,7 @@
  * drained with the POP script, which RPOPs and records each message in
  * `unacked`/`unacked_index` in one server-side step, so a message taken by
  * celeriac is never only in celeriac's memory. The BRPOP wake-up path has the
- * same one-round-trip window kombu has; its message is registered at once and,
- * when its envelope names its tag, handed over without waiting for the reply.
+ * same one-round-trip window kombu has; its message is registered at once.
  * Matches kombu/transport/redis.py (QoS, _do_restore_message, priority keys).
  * Messages are kombu JSON envelopes; decode and peek read them as such.
  * Robustness: a copy of every held message (held.c) lets a server that lost
@@ -459,35 +458,6 @@ static void brpop_msg_free(brpop_msg_t *bm) {
     free(bm);
 }
 
-static void send_ack(redis_broker_t *b, const char *tag, cel_broker_done_fn done, void *priv);
-static void reack_later(redis_broker_t *b, const char *tag);
-
-/* A REGISTER (or a registration again) whose message is held under tag. */
-typedef struct rereg_ctx {
-    redis_broker_t *b;
-    char tag[];
-} rereg_ctx_t;
-
-/* The reply to the REGISTER of a message handed over before it: when the
- * message was acked meanwhile (or its store_ack is on its way), the
- * registration may have come after the ack and left an entry in `unacked`
- * that would run it again: ack once more (at the reconnect when the reply was
- * lost with the connection). A message still held that REGISTER did not
- * record is registered again by the next TOUCH check. */
-static void on_registered(cel_redis_t *r, redisReply *reply, void *priv) {
-    rereg_ctx_t *q = priv;
-    redis_broker_t *b = q->b;
-    b->pending--;
-    if (reply && reply->type == REDIS_REPLY_ERROR)
-        cel_redis_log_error(r, "could not register a message in unacked", reply->str);
-    const cel_held_msg_t *h = cel_held_get(b->held, q->tag);
-    if (!h || h->acking) {
-        if (reply) send_ack(b, q->tag, NULL, NULL);
-        else if (!b->stopped) reack_later(b, q->tag);
-    }
-    free(q);
-}
-
 static void on_register(cel_redis_t *r, redisReply *reply, void *priv) {
     brpop_msg_t *bm = priv;
     redis_broker_t *b = bm->b;
@@ -563,34 +533,6 @@ static void on_brpop(cel_redis_t *r, redisReply *reply, void *priv) {
         if (cel_redis_command(via, on_requeued_raw, b, 3, argv, lens) == CEL_OK) b->pending++;
         else cel_error("broker: lost connection holding a message it cannot give back");
         b->fetching = 0;
-        return;
-    }
-    cel_peek_t pk;
-    cel_err_t perr;
-    if (cel_peek_envelope(m->str, m->len, &pk, &perr) == CEL_OK && pk.delivery_tag[0]) {
-        /* Its tag is known: REGISTER goes out and the message is handed over
-         * at once, without waiting a round trip for the reply (on_registered
-         * checks it). What follows on this connection (an ack, a give-back,
-         * the next POP) runs after REGISTER; a store_ack on the backend's
-         * connection may not, and is repaired there. */
-        size_t tagl = strlen(pk.delivery_tag) + 1;
-        rereg_ctx_t *q = malloc(sizeof(*q) + tagl);
-        const char *args[] = { m->str, now, key->str };
-        size_t lens[] = { m->len, strlen(now), key->len };
-        if (q) {
-            q->b = b;
-            memcpy(q->tag, pk.delivery_tag, tagl);
-        }
-        if (q && cel_redis_evalsha(b->cmd, &script_register, on_registered, q, 0, NULL, NULL, 3,
-                                   args, lens) == CEL_OK) {
-            b->pending++;
-            hand_over(b, m->str, m->len, pk.delivery_tag, key->str);
-        } else {
-            free(q);
-            hand_over(b, m->str, m->len, NULL, key->str);
-        }
-        b->fetching = 0;
-        fetch(b, 0);
         return;
     }
     brpop_msg_t *bm = calloc(1, sizeof(*bm));
@@ -877,6 +819,13 @@ static json_t *redis_queues(const void *impl) {
 }
 
 /* ---- held messages the server lost ------------------------------------ */
+
+static void send_ack(redis_broker_t *b, const char *tag, cel_broker_done_fn done, void *priv);
+
+typedef struct rereg_ctx {
+    redis_broker_t *b;
+    char tag[];
+} rereg_ctx_t;
 
 static void on_reregistered(cel_redis_t *r, redisReply *reply, void *priv) {
     rereg_ctx_t *q = priv;
