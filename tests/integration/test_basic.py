@@ -335,6 +335,22 @@ def test_expires_before_countdown_is_revoked(worker, celery_app):
         r.get(timeout=scaled(GET))
 
 
+@redis_only
+def test_idle_worker_leaves_nothing_in_unacked(worker, celery_app, redis_client):
+    """On an idle worker each message comes through BRPOP and is registered in `unacked`
+    before it runs; every one of them (successes, a failure, an unknown task) is acked after
+    that: nothing stays in `unacked` to run again after the visibility timeout."""
+    worker("-c", "2")
+    for i in range(100):
+        assert celery_app.send_task("diag.add", args=[i, 1]).get(timeout=scaled(GET)) == i + 1
+    with pytest.raises(Exception):
+        celery_app.send_task("diag.fail", args=["x"]).get(timeout=scaled(GET))
+    with pytest.raises(Exception):
+        celery_app.send_task("no.such.task").get(timeout=scaled(GET))
+    wait_until(lambda: redis_client.hlen("unacked") == 0 and
+               redis_client.zcard("unacked_index") == 0, scaled(5), what="an empty unacked")
+
+
 def test_ignore_result(worker, celery_app, redis_client):
     w = worker("-c", "1")
     r = celery_app.send_task("diag.echo", args=["ignored"], ignore_result=True)
