@@ -152,7 +152,9 @@ static cel_redis_script_t script_register = {
     LUA_REGISTER_FN "local tag = register(ARGV[1], ARGV[2], ARGV[3])\nreturn tag or ''\n", { 0 }
 };
 
-/* Shared Lua: kombu's restore_by_tag + _do_restore_message. */
+/* Shared Lua: kombu's restore_by_tag + _do_restore_message, which puts a
+ * message back on the key of its priority step (properties.priority 0-2: the
+ * queue itself, 3-5, 6-8, 9: <queue>\x06\x16<step>). */
 #define LUA_RESTORE_FN                                                                          \
     "local function restore(tag, leftmost)\n"                                                   \
     "  local p = redis.call('HGET', 'unacked', tag)\n"                                          \
@@ -174,9 +176,15 @@ static cel_redis_script_t script_register = {
     "    end\n"                                                                                 \
     "  end\n"                                                                                   \
     "  if #queues == 0 and type(RK) == 'string' then queues[1] = RK end\n"                      \
+    "  local pri = 0\n"                                                                         \
+    "  if type(M.properties) == 'table' then pri = tonumber(M.properties.priority) or 0 end\n"  \
+    "  local suf = ''\n"                                                                        \
+    "  if pri >= 9 then suf = '\\006\\0229' elseif pri >= 6 then suf = '\\006\\0226'\n"         \
+    "  elseif pri >= 3 then suf = '\\006\\0223' end\n"                                          \
     "  local body = cjson.encode(M)\n"                                                          \
     "  for _, q in ipairs(queues) do\n"                                                         \
-    "    if leftmost then redis.call('LPUSH', q, body) else redis.call('RPUSH', q, body) end\n" \
+    "    if leftmost then redis.call('LPUSH', q .. suf, body)\n"                                \
+    "    else redis.call('RPUSH', q .. suf, body) end\n"                                        \
     "  end\n"                                                                                   \
     "  return 1\n"                                                                              \
     "end\n"

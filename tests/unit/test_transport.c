@@ -130,12 +130,14 @@ static void test_broker_redis(void **state) {
     options(&cfg, "tq", 0);
     size_t len;
     char *env = envelope(&len);
-    /* a second message: the same envelope with its own delivery tag */
+    /* a second message: the same envelope with its own delivery tag and priority 5 */
     json_t *j = json_loadb(env, len, 0, NULL);
     json_object_set_new(json_object_get(j, "properties"), "delivery_tag", json_string("tag-b"));
+    json_object_set_new(json_object_get(j, "properties"), "priority", json_integer(5));
     char *env2 = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     cmd_int("DEL tq celery unacked unacked_index");
+    cmd_int("DEL %b", "celery\x06\x16" "3", (size_t)9);
     cmd_int("LPUSH tq %b", env, len);
     cmd_int("LPUSH tq %s", env2);
 
@@ -211,14 +213,16 @@ static void test_broker_redis(void **state) {
     assert_int_equal(cmd_int("ZREM unacked_index %s", st.tags[0]), 0); /* was not there */
 
     /* requeue: back where its routing key leads (the envelope says "celery",
-     * as kombu's restore does), marked redelivered, no longer held */
+     * as kombu's restore does), on the key of its priority step (5: "\x06\x163",
+     * kombu's _q_for_pri), marked redelivered, no longer held */
     cel_broker_stop(b); /* so it is not fetched again at once */
     cel_broker_requeue(b, st.tags[1], on_done, &st);
     run_until(&st, &st.done, 2, "requeue");
     assert_int_equal(st.ok, 1);
     assert_int_equal(cmd_int("HLEN unacked"), 0);
-    assert_int_equal(cmd_int("LLEN celery"), 1);
-    r = redisCommand(rc, "LINDEX celery 0");
+    assert_int_equal(cmd_int("LLEN celery"), 0);
+    assert_int_equal(cmd_int("LLEN %b", "celery\x06\x16" "3", (size_t)9), 1);
+    r = redisCommand(rc, "LINDEX %b 0", "celery\x06\x16" "3", (size_t)9);
     assert_true(r && r->type == REDIS_REPLY_STRING);
     json_t *back = json_loadb(r->str, r->len, 0, NULL);
     freeReplyObject(r);
