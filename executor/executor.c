@@ -541,7 +541,8 @@ static int usage(const char *why) {
     fprintf(stderr,
             "celeriac-executor: %s\n"
             "usage: celeriac-executor --fd FD --index N [--loglevel LEVEL] [--model DIR]\n"
-            "         [--state-dir DIR] [--import-root DIR]... [--max-input-tokens N]\n"
+            "         [--state-dir DIR | --private-state-parent DIR] [--import-root DIR]...\n"
+            "         [--max-input-tokens N]\n"
             "         [--threads N] [--device D] [--precision fp32|bf16] [--batch-max-tasks K]\n"
             "         [--batch-wait-ms MS] [--batch-max-tokens N]\n"
             "         [--gpu-adapter-memory MB] [--max-adapters-per-owner N]\n"
@@ -587,6 +588,8 @@ int main(int argc, char **argv) {
             mopts.model_dir = val;
         } else if (strcmp(opt, "--state-dir") == 0) {
             mopts.state_dir = *val ? val : NULL;
+        } else if (strcmp(opt, "--private-state-parent") == 0) {
+            mopts.private_parent = *val ? val : NULL;
         } else if (strcmp(opt, "--import-root") == 0) {
             if (mopts.n_import_roots == CEL_LM_MAX_ROOTS) return usage("too many --import-root");
             roots[mopts.n_import_roots++] = val;

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -113,7 +114,18 @@ int cel_lm_open(const cel_lm_opts_t *o, cel_err_t *err) {
         }
     }
     const char *state = o->state_dir;
-    if (rc == CEL_OK && !state) {
+    if (rc == CEL_OK && !state && o->private_parent) {
+        /* the main process's private folder: it removes ours if we are killed */
+        snprintf(g->temp_state, sizeof(g->temp_state), "%s/executor-%d", o->private_parent,
+                 (int)getpid());
+        if (mkdir(g->temp_state, 0700) != 0) {
+            rc = cel_err_set(err, CEL_EIO, "cannot make %s: %s", g->temp_state, strerror(errno));
+            g->temp_state[0] = '\0';
+        } else {
+            state = g->temp_state;
+            cel_warn("No --state-dir: adapters live in %s and will not survive a restart", state);
+        }
+    } else if (rc == CEL_OK && !state) {
         snprintf(g->temp_state, sizeof(g->temp_state), "/tmp/celeriac-state-XXXXXX");
         if (!mkdtemp(g->temp_state)) {
             rc = cel_err_set(err, CEL_EIO, "cannot make a temp state dir: %s", strerror(errno));

@@ -20,6 +20,8 @@
 typedef struct cel_lm_opts {
     const char *model_dir;           /* Hugging Face folder: config.json, weights, tokenizer */
     const char *state_dir;           /* NULL: a private temp dir, removed at close */
+    const char *private_parent;      /* where that private dir goes (<it>/executor-<pid>);
+                                      * NULL: /tmp/celeriac-state-XXXXXX */
     const char *const *import_roots; /* extra folders lora.load may read */
     int n_import_roots;
     int max_input_tokens;  /* tokens of one text/example/prompt; 0: default */

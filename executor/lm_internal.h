@@ -29,7 +29,7 @@ typedef struct cel_lm_state {
     cel_tokenizer_t *tok;
     cel_adapters_t *store;
     char model_dir[CEL_ADAPTERS_PATH_MAX];
-    char temp_state[64];      /* non-empty: private state dir to remove at close */
+    char temp_state[1100];    /* non-empty: private state dir to remove at close */
     int max_input;            /* --max-input-tokens (<= the model's positions) */
     int32_t im_start, im_end; /* ChatML tokens, or -1 */
     int32_t eos;              /* appended to text examples, or -1 */

@@ -37,6 +37,7 @@
 #include "metrics.h"
 #include "metrics_http.h"
 #include "options.h"
+#include "private_state.h"
 #include "revoked.h"
 
 #define COLD_DEADLINE_S 10 /* a cold shutdown that has not closed by then exits hard */
@@ -299,7 +300,15 @@ int main(int argc, char **argv) {
         cel_options_free(&w.cfg);
         return 2;
     }
+    cel_err_t perr;
+    if (!w.cfg.state_dir[0] &&
+        cel_private_state_make(w.cfg.private_state, sizeof(w.cfg.private_state), &perr) != CEL_OK) {
+        fprintf(stderr, "celeriac: %s\n", perr.msg);
+        cel_options_free(&w.cfg);
+        return 2;
+    }
     if (w.cfg.pidfile[0] && write_pidfile(w.cfg.pidfile) != 0) {
+        cel_private_state_remove(w.cfg.private_state);
         cel_options_free(&w.cfg);
         return 2;
     }
@@ -311,6 +320,7 @@ int main(int argc, char **argv) {
         cel_metrics_shutdown();
         uv_loop_close(w.loop);
         if (w.cfg.pidfile[0]) unlink(w.cfg.pidfile);
+        cel_private_state_remove(w.cfg.private_state);
         cel_options_free(&w.cfg);
         return 2;
     }
@@ -327,6 +337,7 @@ int main(int argc, char **argv) {
         /* out of memory at start-up: the OS reclaims the rest */
         cel_crit("out of memory starting the worker");
         if (w.cfg.pidfile[0]) unlink(w.cfg.pidfile);
+        cel_private_state_remove(w.cfg.private_state);
         return 1;
     }
     uv_timer_init(w.loop, &w.cold_deadline);
@@ -345,6 +356,7 @@ int main(int argc, char **argv) {
     if (closed != 0)
         cel_error("event loop closed with handles still open: %s", uv_strerror(closed));
     if (w.cfg.pidfile[0]) unlink(w.cfg.pidfile);
+    cel_private_state_remove(w.cfg.private_state); /* its executors have all exited */
     cel_options_free(&w.cfg);
     return closed == 0 ? 0 : 1;
 }

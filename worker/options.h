@@ -52,6 +52,8 @@ typedef struct cel_options {
     double soft_time_limit;  /* 0 = none */
     int max_tasks_per_child; /* 0 = unlimited */
     char state_dir[1024];    /* "" = none */
+    char private_state[1024]; /* set by main when state_dir is "": the executors' private
+                               * adapter folders go under it (private_state.h) */
     double result_expires;   /* seconds, 0 = never */
     double visibility_timeout;
     long max_message_size;  /* bytes of one envelope */

@@ -21,6 +21,7 @@
 #include "../protocol/frame.h"
 #include "../common/log.h"
 #include "metrics.h"
+#include "private_state.h"
 
 #define READ_CHUNK  (64 * 1024)
 /* Pipelining: an executor whose recent tasks were short gets up to PIPE_MAX
@@ -209,6 +210,8 @@ static void on_executor_exit(uv_process_t *proc, int64_t status, int termsig) {
     else
         cel_debug("executor %d (pid %d) exited (status %d, signal %d)", e->slot + 1, e->pid,
                   (int)status, termsig);
+    /* its private adapters folder, which only a clean exit removes itself */
+    cel_private_state_drop(e->pool->cfg->private_state, e->pid);
     close_executor_handles(e);
     uv_close((uv_handle_t *)&e->proc, on_handle_closed);
 }
@@ -406,6 +409,8 @@ static void spawn(cel_pool_t *p, int slot) {
     args[na++] = "--loglevel", args[na++] = (char *)cel_log_level_name(cfg->loglevel);
     if (cfg->model[0]) args[na++] = "--model", args[na++] = (char *)cfg->model;
     if (cfg->state_dir[0]) args[na++] = "--state-dir", args[na++] = (char *)cfg->state_dir;
+    else if (cfg->private_state[0])
+        args[na++] = "--private-state-parent", args[na++] = (char *)cfg->private_state;
     for (int i = 0; i < cfg->nimport_roots; i++)
         args[na++] = "--import-root", args[na++] = cfg->import_roots[i];
     if (cfg->max_input_tokens) args[na++] = "--max-input-tokens", args[na++] = maxin;

@@ -5,6 +5,7 @@ worker's messages come back, through kombu's unacked/unacked_index emulation, to
 started later with a short visibility timeout; the broker going away is survived.
 """
 
+import os
 import re
 import signal
 import socket
@@ -179,6 +180,33 @@ def test_executor_busy_with_a_long_task_exits_with_main(worker, celery_app):
     w.kill()
     wait_until(lambda: not w.group_pids(), scaled(10),
                what="the busy executor to exit with its main process")
+
+
+@celeriac_only
+def test_private_state_folders_are_removed(worker, celery_app):
+    """Without --state-dir each executor keeps its adapters in a folder of its own, under one
+    folder of the worker's. A killed executor cannot remove its folder: the main process
+    does; a clean stop removes the worker's. (Each killed executor used to leave a
+    /tmp/celeriac-state-XXXXXX behind: thousands after a day of tests.)"""
+    w = worker("-c", "2")
+    assert celery_app.send_task("diag.add", args=[1, 1]).get(timeout=scaled(GET)) == 2
+
+    def folders():
+        return dict((int(m.group(2)), m.group(1) + f"/executor-{m.group(2)}") for m in
+                    re.finditer(r"adapters live in (\S+)/executor-(\d+) ", w.log()))
+    got = wait_until(lambda: len(folders()) == 2 and folders(), scaled(10),
+                     what="both executors' private folders")
+    parent = os.path.dirname(next(iter(got.values())))
+    assert parent.startswith("/tmp/celeriac-state-")
+    assert all(os.path.isdir(f) for f in got.values())
+    victim = next(iter(got))
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: not os.path.exists(got[victim]), scaled(10),
+               what="the killed executor's folder to be removed")
+    wait_until(lambda: len(folders()) == 3, scaled(20), what="the new executor's folder")
+    assert celery_app.send_task("diag.add", args=[2, 2]).get(timeout=scaled(GET)) == 4
+    assert w.stop() == 0
+    assert not os.path.exists(parent), os.listdir(parent)
 
 
 def test_pidfile_written_and_removed(worker, tmp_path):
