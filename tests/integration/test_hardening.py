@@ -382,16 +382,19 @@ def test_class_client_kill_under_load(worker, make_app, own_redis):
     all_done(rs, 60)
 
 
-def test_class_client_kill_while_fetching(worker, own_redis):
+@pytest.mark.parametrize("results", ["same-db", "other-db"])
+def test_class_client_kill_while_fetching(worker, own_redis, results):
     """A fetch (the POP script) whose answer the kill took had already moved its messages into
     `unacked`: they used to stay there, their tasks never run, until the visibility timeout
     (an hour) restored them. The script records what it took; after the reconnect the worker
     gives those back. Acks and registrations whose answers were lost are made again, so no
     finished task stays in `unacked` to run a second time. The queue is filled first, so the
     worker fetches with POP throughout (BRPOP, used only on an empty queue, has kombu's own
-    one-round-trip window, which this test does not reach)."""
+    one-round-trip window, which this test does not reach). Results in the broker's database
+    are stored and acked in one script; in another database the ack is its own command."""
     srv = own_redis()
     c = srv.client()
+    meta = srv.client(1) if results == "other-db" else c
     ids = []
     pipe = c.pipeline(transaction=False)
     for i in range(6000):
@@ -399,7 +402,8 @@ def test_class_client_kill_while_fetching(worker, own_redis):
         ids.append(tid)
         pipe.lpush("celery", raw)
     pipe.execute()
-    w = worker("-c", "2", broker=srv.url())
+    extra = ("--result-backend", srv.url(1)) if results == "other-db" else ()
+    w = worker("-c", "2", *extra, broker=srv.url())
     killer = srv.client()
     kills = 0
     # Kills until the queue is drained, bounded in count and time.
@@ -410,11 +414,11 @@ def test_class_client_kill_while_fetching(worker, own_redis):
         time.sleep(0.002)  # spacing of the injected faults, not a wait for a result
 
     def left():
-        return [i for i, v in zip(ids, c.mget([f"celery-task-meta-{i}" for i in ids])) if not v]
+        return [i for i, v in zip(ids, meta.mget([f"celery-task-meta-{i}" for i in ids])) if not v]
     wait_until(lambda: not left(), scaled(60), interval=0.5, what="every task's result")
     wait_until(lambda: c.hlen("unacked") == 0 and c.zcard("unacked_index") == 0, scaled(20),
                what="an empty unacked")
-    values = c.mget([f"celery-task-meta-{i}" for i in ids])
+    values = meta.mget([f"celery-task-meta-{i}" for i in ids])
     assert all(json.loads(v)["status"] == "SUCCESS" for v in values)
     assert [json.loads(v)["result"] for v in values] == [i + 1000 for i in range(len(ids))]
     assert not [k for k in c.keys("_celeriac.pop.*") if c.ttl(k) < 0], "a record without expiry"
