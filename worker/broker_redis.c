@@ -311,6 +311,8 @@ typedef struct redis_broker {
     int backing_off;        /* retry_timer runs: no fetch until it fires */
     uv_timer_t restore_timer;
     char popkey[64];              /* where the POP script records the tags it took */
+    char poplife[24];             /* the record's lifetime in s: the visibility timeout (at
+                                   * least 60), past which restore_visible gives back anyway */
     unsigned long long pop_calls; /* POP calls sent; the last one's number is in the record */
     unsigned long long pop_lost;  /* the first POP whose answer was lost (none received since), or 0 */
     unsigned long long recovering; /* the number RECOVER is in flight for, or 0 */
@@ -441,18 +443,6 @@ static void on_pop(cel_redis_t *r, redisReply *reply, void *priv) {
     fetch(b, got == 0);
 }
 
-/* The delivery tag kombu's QoS would register the envelope under
- * (properties.delivery_tag), copied into tag; 0 when it has none. */
-static int envelope_tag(const char *raw, size_t len, char *tag) {
-    json_t *env = json_loadb(raw, len, 0, NULL);
-    const char *t = json_string_value(json_object_get(json_object_get(env, "properties"),
-                                                      "delivery_tag"));
-    int ok = t && t[0] && strlen(t) <= CEL_PEEK_STR_MAX;
-    if (ok) strcpy(tag, t);
-    json_decref(env);
-    return ok;
-}
-
 typedef struct brpop_msg {
     redis_broker_t *b;
     char *raw;
@@ -473,9 +463,11 @@ static void on_register(cel_redis_t *r, redisReply *reply, void *priv) {
     if (!reply) {
         /* Lost with the connection: it may have run. Held under its own tag,
          * the reconnect's check registers it again if it did not. */
-        char tag[CEL_PEEK_STR_MAX + 1];
-        hand_over(b, bm->raw, bm->len, envelope_tag(bm->raw, bm->len, tag) ? tag : NULL,
-                  bm->key);
+        cel_peek_t pk;
+        cel_err_t perr;
+        int tagged = cel_peek_envelope(bm->raw, bm->len, &pk, &perr) == CEL_OK &&
+                     pk.delivery_tag[0];
+        hand_over(b, bm->raw, bm->len, tagged ? pk.delivery_tag : NULL, bm->key);
     } else if (reply->type == REDIS_REPLY_ERROR) {
         /* Not registered: deliver as unregistered rather than lose it. */
         cel_redis_log_error(r, "could not register a message in unacked", reply->str);
@@ -566,13 +558,6 @@ static void on_brpop(cel_redis_t *r, redisReply *reply, void *priv) {
         brpop_msg_free(bm);
         b->fetching = 0;
     }
-}
-
-/* How long a POP's record lives: past the visibility timeout, restore_visible
- * gives its messages back anyway. */
-static double record_life_s(const redis_broker_t *b) {
-    double s = b->cfg->visibility_timeout;
-    return s < 60 ? 60 : s;
 }
 
 static void on_recovered(cel_redis_t *r, redisReply *reply, void *priv) {
@@ -703,13 +688,12 @@ static void fetch(redis_broker_t *b, int block) {
             b->fetching = b->blocking = 1;
         return;
     }
-    char max[16], now[32], lim[32], call[24], life[24];
+    char max[16], now[32], lim[32], call[24];
     snprintf(max, sizeof(max), "%d", cap > POP_BATCH_MAX ? POP_BATCH_MAX : cap);
     snprintf(now, sizeof(now), "%.6f", now_unix());
     snprintf(lim, sizeof(lim), "%ld", b->cfg->max_message_size);
     snprintf(call, sizeof(call), "%llu", b->pop_calls + 1);
-    snprintf(life, sizeof(life), "%.0f", record_life_s(b));
-    const char *args[] = { max, now, lim, b->popkey, call, life };
+    const char *args[] = { max, now, lim, b->popkey, call, b->poplife };
     if (cel_redis_evalsha(b->cmd, &script_pop, on_pop, b, n, keys, lens, 6, args, NULL) == CEL_OK) {
         b->pop_calls++;
         b->fetching = 1;
@@ -968,6 +952,8 @@ static void *redis_open(uv_loop_t *loop, const cel_options_t *cfg, const cel_bro
     char id[37];
     cel_events_uuid(id);
     snprintf(b->popkey, sizeof(b->popkey), "_celeriac.pop.%s", id);
+    snprintf(b->poplife, sizeof(b->poplife), "%.0f",
+             cfg->visibility_timeout < 60 ? 60 : cfg->visibility_timeout);
     if (!b->keys || !b->keylens || !b->held) goto fail;
     for (int q = 0; q < cfg->nqueues; q++) {
         if (!(b->queues[q] = strdup(cfg->queues[q]))) goto fail;
