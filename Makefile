@@ -215,7 +215,7 @@ cuda: deps
 # model engine (tests/unit/test_model_*.c use the latter).
 UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/limits.c \
             worker/revoked.c worker/affinity.c worker/autoscale.c worker/options.c worker/pidbox.c worker/redis.c \
-            worker/events.c worker/broker.c worker/broker_redis.c worker/backend.c \
+            worker/events.c worker/broker.c worker/broker_redis.c worker/redis_wait.c worker/backend.c \
             worker/backend_redis.c worker/held.c worker/respcut.c worker/bus.c worker/bus_redis.c \
             worker/amqp_bus.c worker/amqp_acks.c worker/amqp_confirms.c worker/amqp_conn.c worker/amqp_thread.c worker/broker_amqp.c \
             worker/backend_rpc.c worker/metrics.c worker/metrics_http.c executor/call.c \

@@ -32,7 +32,8 @@ workers wait for it, bounded):
      client sees as the future's error);
   2. on Redis, the messages the dead node had taken from its direct queue and not acked (its
      prefetched tasks and the one it was running: celeriac acks after storing the result) are
-     put back at the head of "<node>.dq2" at once, instead of after the visibility timeout;
+     put back at the head of "<node>.dq2" at once, instead of after the visibility timeout,
+     behind the ones its idle wait had moved into its in-flight list (redis_wait.c);
      on RabbitMQ the broker requeued them when the connection died;
   3. every message waiting in "<node>.dq2" is moved, oldest first, to the direct queue of its
      adapter's (new) home: taken with basic_get, published again unchanged (body, headers,
@@ -291,11 +292,33 @@ def _adapter_of(headers, body):
     return value if isinstance(value, str) else None
 
 
+def _restore_in_flight(client, queue):
+    """Redis: moves what a celeriac worker's idle wait moved from queue (or its priority keys)
+    into its in-flight list and did not take yet back to the head of queue (the worker's own
+    lease would, about 12 s after its death). Returns how many."""
+    prefix = len("_celeriac.wait.") + 36 + 1
+    q = queue.encode()
+    n = 0
+    for uid in client.smembers("_celeriac.waits"):
+        uid = uid.decode() if isinstance(uid, bytes) else uid
+        for name in client.smembers(f"_celeriac.lists.{uid}"):
+            name = name if isinstance(name, bytes) else name.encode()
+            key = name[prefix:]
+            if key != q and not key.startswith(q + b"\x06\x16"):
+                continue
+            # newest first to the head (RPOP side): the oldest ends up taken first
+            while client.execute_command("LMOVE", name, key, "LEFT", "RIGHT") is not None:
+                n += 1
+    return n
+
+
 def _restore_unacked(channel, node):
     """Redis: puts the messages node took from its direct queue and never acked back at the
-    head of that queue (what the visibility timeout would do an hour later)."""
+    head of that queue (what the visibility timeout would do an hour later), and before them
+    those its idle wait had moved and it had not taken yet (_restore_in_flight)."""
     client = channel.client
     queue = direct_queue(node)
+    moved = _restore_in_flight(client, queue)
     back = []
     for tag, raw in client.hscan_iter("unacked"):
         try:
@@ -310,7 +333,7 @@ def _restore_unacked(channel, node):
                 not exchange and routing_key == queue):
             back.append((tag, envelope))
     if not back:
-        return 0
+        return moved
     # the oldest taken first: RPUSH puts each at the head (consumers RPOP), in taken order
     back.sort(key=lambda tb: client.zscore("unacked_index", tb[0]) or 0, reverse=True)
     pipe = client.pipeline()
@@ -319,7 +342,7 @@ def _restore_unacked(channel, node):
         pipe.zrem("unacked_index", tag)
         pipe.hdel("unacked", tag)
     pipe.execute()
-    return len(back)
+    return moved + len(back)
 
 
 def _sweep_locked(node):

@@ -1,12 +1,14 @@
 /* broker_redis.c -- the Redis broker transport, kombu-compatible: pop+register, ack, restore.
  *
  * cel_broker_redis_ops (broker.h) is the only symbol it exports.
- * Two connections: `cmd` runs the Lua scripts, acks and requeues, pipelined;
- * `blk` only waits in BRPOP when the queues are empty. A non-empty queue is
- * drained with the POP script, which RPOPs and records each message in
+ * `cmd` runs the Lua scripts, acks and requeues, pipelined. A non-empty queue
+ * is drained with the POP script, which RPOPs and records each message in
  * `unacked`/`unacked_index` in one server-side step, so a message taken by
- * celeriac is never only in celeriac's memory. The BRPOP wake-up path has the
- * same one-round-trip window kombu has; its message is registered at once.
+ * celeriac is never only in celeriac's memory. When the queues are empty the
+ * worker waits through redis_wait.c, which moves the next message into an
+ * in-flight list of this worker's (BLMOVE) instead of taking it off the queue
+ * into a socket as kombu's BRPOP does (a worker killed in that round trip
+ * lost the message); the next POP takes it from there.
  * Matches kombu/transport/redis.py (QoS, _do_restore_message, priority keys).
  * Messages are kombu JSON envelopes; decode and peek read them as such.
  * Robustness: a copy of every held message (held.c) lets a server that lost
@@ -15,8 +17,7 @@
  * repaired at the reconnect (a POP's messages, recorded under popkey, go back
  * to their queues; lost acks are sent again); an error reply to a fetch is retried
  * with backoff; a message over --max-message-size is read only as far as its
- * ids (the POP script cuts it server-side; BRPOP's connection streams it
- * through redis.c's bulk filter). Main process, libuv loop.
+ * ids (the POP script cuts it server-side). Main process, libuv loop.
  */
 #include "broker.h"
 
@@ -31,6 +32,7 @@
 #include "held.h"
 #include "metrics.h"
 #include "redis.h"
+#include "redis_wait.h"
 #include "respcut.h"
 
 #define POP_BATCH_MAX  128
@@ -38,6 +40,7 @@
 #define TOUCH_BATCH    256 /* tags in one TOUCH script call */
 #define TOUCH_MAX_S    5.0 /* held messages are checked at least this often */
 #define PRIORITY_STEPS 4
+#define POP_LISTS_MAX  32 /* in-flight lists one POP looks at */
 static const int priority_steps[PRIORITY_STEPS] = { 0, 3, 6, 9 };
 
 /* Shared Lua: what kombu's QoS.append stores for an envelope m taken from queue
@@ -98,9 +101,12 @@ static const int priority_steps[PRIORITY_STEPS] = { 0, 3, 6, 9 };
     "  return tag, env\n"                                   \
     "end\n"
 
-/* POP: KEYS = queue keys in priority-major order; ARGV = max, now, size limit,
- * record key, call number, record lifetime (s). Returns {envelope, tag or '',
- * key, ...}, and records the call's number and tags under the record key: if
+/* POP: KEYS = in-flight lists (redis_wait.c), then queue keys in
+ * priority-major order; ARGV = max, now, size limit, record key, call number,
+ * record lifetime (s), the number P of in-flight lists, their P queue keys.
+ * Returns {envelope, tag or '', queue key, ...}; what an in-flight list still
+ * holds when the window is full goes back to its queue, as the next message
+ * taken there. Records the call's number and tags under the record key: if
  * the answer is lost with the connection, RECOVER gives them back. An envelope over the limit is
  * registered whole but returned cut down (redis.h's form, no head): the ids a
  * FAILURE needs as a small envelope with an empty body, so the worker never
@@ -123,20 +129,30 @@ static cel_redis_script_t script_pop = {
     "local out, tags = {}, {}\n"
     "local n = tonumber(ARGV[1])\n"
     "local lim = tonumber(ARGV[3]) or 0\n"
-    "for _, k in ipairs(KEYS) do\n"
+    "local lists = tonumber(ARGV[7]) or 0\n"
+    "for i, k in ipairs(KEYS) do\n"
+    "  local q = k\n"
+    "  if i <= lists then q = ARGV[7 + i] end\n"
     "  while n > 0 do\n"
     "    local m = redis.call('RPOP', k)\n"
     "    if not m then break end\n"
     "    n = n - 1\n"
     "    local big = lim > 0 and #m > lim\n"
-    "    local tag, env = register(m, ARGV[2], k, big)\n"
+    "    local tag, env = register(m, ARGV[2], q, big)\n"
     "    if big then m = cut(m, env) end\n"
     "    out[#out + 1] = m\n"
     "    out[#out + 1] = tag or ''\n"
-    "    out[#out + 1] = k\n"
+    "    out[#out + 1] = q\n"
     "    if tag then tags[#tags + 1] = tag end\n"
     "  end\n"
     "  if n == 0 then break end\n"
+    "end\n"
+    "for i = 1, lists do\n"
+    "  while true do\n"
+    "    local m = redis.call('LPOP', KEYS[i])\n"
+    "    if not m then break end\n"
+    "    redis.call('RPUSH', ARGV[7 + i], m)\n"
+    "  end\n"
     "end\n"
     "if #tags > 0 then\n"
     "  redis.call('SET', ARGV[4], cjson.encode({ARGV[5], tags}), 'EX', ARGV[6])\n"
@@ -146,8 +162,7 @@ static cel_redis_script_t script_pop = {
 };
 
 
-/* REGISTER: ARGV = envelope, now, key. For a message BRPOP already took, and
- * for held messages the server lost. */
+/* REGISTER: ARGV = envelope, now, key. For held messages the server lost. */
 static cel_redis_script_t script_register = {
     LUA_REGISTER_FN "local tag = register(ARGV[1], ARGV[2], ARGV[3])\nreturn tag or ''\n", { 0 }
 };
@@ -286,7 +301,9 @@ static cel_redis_script_t script_publish = {
 
 static cel_redis_script_t *all_scripts[] = { &script_pop,     &script_register, &script_restore,
                                              &script_requeue, &script_touch,    &script_publish,
-                                             &script_recover };
+                                             &script_recover, &cel_redis_wait_script_lease,
+                                             &cel_redis_wait_script_rescue,
+                                             &cel_redis_wait_script_giveback };
 
 typedef struct redis_broker {
     uv_loop_t *loop;
@@ -294,15 +311,15 @@ typedef struct redis_broker {
     cel_broker_cbs_t cbs;
     void *priv;
     cel_redis_t *cmd;
-    cel_redis_t *blk;
+    cel_redis_wait_t *wait; /* the idle wait (redis_wait.c) */
     char *queues[CEL_MAX_QUEUES]; /* consumed now (add/cancel_consumer change it) */
     int nqueues;
     char **keys; /* nqueues * 4 priority keys (room for CEL_MAX_QUEUES) */
     size_t *keylens;
     int nkeys;
     int rotate;   /* fairness: first queue of the next fetch */
-    int fetching; /* a POP or BRPOP is in flight */
-    int blocking; /* that fetch is the BRPOP */
+    int fetching; /* a POP is in flight */
+    int idle;     /* the last POP found the queues empty: waiting */
     int stopped;
     int pending;            /* commands in flight on cmd */
     cel_held_t *held;       /* tag -> copy of each registered message we hold */
@@ -359,8 +376,7 @@ static void hand_over(redis_broker_t *b, const char *raw, size_t len, const char
 
 /* A message over --max-message-size, as redis.h's cut-down form: the consumer
  * sees its real size and, for peek, an envelope with an empty body and the
- * original's ids (from the POP script, or rebuilt from the last bytes that
- * the filter kept of a BRPOP reply). */
+ * original's ids (from the POP script). */
 typedef struct cut_view {
     const char *text;
     size_t len;
@@ -371,22 +387,9 @@ static int hand_over_cut(redis_broker_t *b, const char *s, size_t n, const char 
     size_t orig, hl, tl;
     const char *head, *tail;
     if (!cel_respcut_parse(s, n, &orig, &head, &hl, &tail, &tl)) return 0;
-    char *stub = NULL;
+    char *stub = NULL; /* the POP script's small envelope of the ids (may be empty) */
     size_t sl = 0;
-    if (tl && tail[0] == '{') {
-        stub = malloc(tl);
-        if (stub) memcpy(stub, tail, tl), sl = tl;
-    } else {
-        /* the tail starts inside the body (base64: no quote in it); the first
-         * quote ends it */
-        const char *q = memchr(tail, '"', tl);
-        static const char pre[] = "{\"body\": \"";
-        if (q && (stub = malloc(sizeof(pre) - 1 + (size_t)(tail + tl - q)))) {
-            memcpy(stub, pre, sizeof(pre) - 1);
-            memcpy(stub + sizeof(pre) - 1, q, (size_t)(tail + tl - q));
-            sl = sizeof(pre) - 1 + (size_t)(tail + tl - q);
-        }
-    }
+    if (tl && tail[0] == '{' && (stub = malloc(tl))) memcpy(stub, tail, tl), sl = tl;
     cut_view_t view = { stub ? stub : "", sl };
     cel_broker_msg_t m = { tag, key, view.text, orig, &view };
     b->cbs.on_message(b->priv, &m);
@@ -439,124 +442,24 @@ static void on_pop(cel_redis_t *r, redisReply *reply, void *priv) {
             got++;
         }
     }
-    /* Empty: wait in BRPOP for the next message. */
+    /* Empty: wait for the next message. */
     fetch(b, got == 0);
 }
 
-typedef struct brpop_msg {
-    redis_broker_t *b;
-    char *raw;
-    size_t len;
-    char *key;
-} brpop_msg_t;
-
-static void brpop_msg_free(brpop_msg_t *bm) {
-    free(bm->raw);
-    free(bm->key);
-    free(bm);
-}
-
-static void on_register(cel_redis_t *r, redisReply *reply, void *priv) {
-    brpop_msg_t *bm = priv;
-    redis_broker_t *b = bm->b;
-    b->pending--;
-    if (!reply) {
-        /* Lost with the connection: it may have run. Held under its own tag,
-         * the reconnect's check registers it again if it did not. */
-        cel_peek_t pk;
-        cel_err_t perr;
-        int tagged = cel_peek_envelope(bm->raw, bm->len, &pk, &perr) == CEL_OK &&
-                     pk.delivery_tag[0];
-        hand_over(b, bm->raw, bm->len, tagged ? pk.delivery_tag : NULL, bm->key);
-    } else if (reply->type == REDIS_REPLY_ERROR) {
-        /* Not registered: deliver as unregistered rather than lose it. */
-        cel_redis_log_error(r, "could not register a message in unacked", reply->str);
-        hand_over(b, bm->raw, bm->len, NULL, bm->key);
-    } else {
-        const char *tag = reply->type == REDIS_REPLY_STRING && reply->len ? reply->str : NULL;
-        hand_over(b, bm->raw, bm->len, tag, bm->key);
-    }
-    brpop_msg_free(bm);
-    b->fetching = 0;
-    fetch(b, 0);
-}
-
-static void on_requeued_raw(cel_redis_t *r, redisReply *reply, void *priv) {
+/* redis_wait.c's news: a message is in an in-flight list, a wait timed out
+ * (or may start now), or an error reply (wait again after a backoff). */
+static void on_wait(void *priv, int moved) {
     redis_broker_t *b = priv;
-    b->pending--;
-    if (reply && reply->type == REDIS_REPLY_ERROR)
-        cel_redis_log_error(r, "could not put a message back", reply->str);
-}
-
-static void on_brpop(cel_redis_t *r, redisReply *reply, void *priv) {
-    redis_broker_t *b = priv;
-    b->blocking = 0;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
-        b->fetching = 0;
-        if (reply && reply->type == REDIS_REPLY_ERROR) fetch_failed(b, r, "BRPOP", reply->str);
-        else if (reply) fetch(b, 0); /* timeout (nil): wait again; NULL: reconnect restarts */
-        return;
-    }
-    b->fetch_errors = 0;
-    redisReply *key = reply->element[0], *m = reply->element[1];
-    if (key->type != REDIS_REPLY_STRING || m->type != REDIS_REPLY_STRING) {
-        b->fetching = 0;
+    if (moved < 0) {
+        if (!b->backing_off) {
+            b->backing_off = 1;
+            uv_timer_start(&b->retry_timer, on_retry_timer,
+                           cel_redis_backoff_ms(b->fetch_errors++), 0);
+        }
+    } else if (moved) {
         fetch(b, 0);
-        return;
-    }
-    size_t orig, hl, tl;
-    const char *head, *tail;
-    if (cel_respcut_parse(m->str, m->len, &orig, &head, &hl, &tail, &tl)) {
-        /* Over the size limit: only its ends were read, so it cannot be
-         * registered or given back; it is refused (a FAILURE when its id shows). */
-        b->fetching = 0;
-        hand_over_cut(b, m->str, m->len, NULL, key->str);
-        fetch(b, 0);
-        return;
-    }
-    char now[32];
-    snprintf(now, sizeof(now), "%.6f", now_unix());
-    if (!b->stopped && !cel_redis_up(b->cmd)) {
-        /* The connection that registers went down while BRPOP's answer was on
-         * its way: the message is only in our hands, so it runs unregistered,
-         * as after a failed REGISTER (kombu's own window), rather than be lost. */
-        b->fetching = 0;
-        hand_over(b, m->str, m->len, NULL, key->str);
-        return;
-    }
-    if (b->stopped) {
-        /* Taken after we stopped: put it back where the next pop finds it,
-         * through BRPOP's own connection when the other one is down. */
-        const char *argv[] = { "RPUSH", key->str, m->str };
-        size_t lens[] = { 5, key->len, m->len };
-        cel_redis_t *via = cel_redis_up(b->cmd) ? b->cmd : b->blk;
-        if (cel_redis_command(via, on_requeued_raw, b, 3, argv, lens) == CEL_OK) b->pending++;
-        else cel_error("broker: lost connection holding a message it cannot give back");
-        b->fetching = 0;
-        return;
-    }
-    brpop_msg_t *bm = calloc(1, sizeof(*bm));
-    if (bm) bm->raw = malloc(m->len + 1);
-    if (bm) bm->key = strdup(key->str);
-    if (!bm || !bm->raw || !bm->key) {
-        if (bm) brpop_msg_free(bm);
-        cel_error("broker: out of memory holding a message");
-        b->fetching = 0;
-        return;
-    }
-    bm->b = b;
-    memcpy(bm->raw, m->str, m->len);
-    bm->raw[m->len] = '\0';
-    bm->len = m->len;
-    const char *args[] = { bm->raw, now, bm->key };
-    size_t lens[] = { bm->len, strlen(now), key->len };
-    if (cel_redis_evalsha(b->cmd, &script_register, on_register, bm, 0, NULL, NULL, 3, args,
-                          lens) == CEL_OK) {
-        b->pending++;
-    } else {
-        hand_over(b, bm->raw, bm->len, NULL, bm->key);
-        brpop_msg_free(bm);
-        b->fetching = 0;
+    } else if (b->idle) {
+        fetch(b, 1);
     }
 }
 
@@ -665,36 +568,44 @@ static void reack_lost(redis_broker_t *b) {
     }
 }
 
-/* Starts the next fetch unless one is in flight: the POP script, or BRPOP
- * when block is set (the last POP found the queues empty). */
+/* Starts the next fetch unless one is in flight: the POP script, or the
+ * wait when block is set (the last POP found the queues empty) and no
+ * in-flight list may hold a message. */
 static void fetch(redis_broker_t *b, int block) {
     if (b->fetching || b->backing_off) return;
     if (b->stopped || !cel_redis_up(b->cmd)) return;
     if (b->pop_lost) recover_lost_pop(b);
     int cap = b->cbs.capacity(b->priv);
-    if (cap <= 0 || b->nqueues == 0) return;
-    const char *keys[CEL_MAX_QUEUES * PRIORITY_STEPS + 1];
-    size_t lens[CEL_MAX_QUEUES * PRIORITY_STEPS + 1];
-    int n = fetch_keys(b, keys, lens);
-    if (block) {
-        /* BRPOP keys... timeout 1, as kombu; re-issued on timeout. */
-        if (!cel_redis_up(b->blk)) return;
-        const char *argv[CEL_MAX_QUEUES * PRIORITY_STEPS + 2];
-        size_t alens[CEL_MAX_QUEUES * PRIORITY_STEPS + 2];
-        argv[0] = "BRPOP", alens[0] = 5;
-        for (int i = 0; i < n; i++) argv[i + 1] = keys[i], alens[i + 1] = lens[i];
-        argv[n + 1] = "1", alens[n + 1] = 1;
-        if (cel_redis_command(b->blk, on_brpop, b, n + 2, argv, alens) == CEL_OK)
-            b->fetching = b->blocking = 1;
+    if (b->nqueues == 0) return;
+    if (cap <= 0) {
+        /* Full: a wait armed while idle may still have moved a message for us;
+         * a POP that takes nothing gives it back to its queue, where another
+         * worker's wait gets it, instead of keeping it until we have room. */
+        if (!cel_redis_wait_any_moved(b->wait)) return;
+        cap = 0;
+    } else if (block && !cel_redis_wait_any_moved(b->wait)) {
+        b->idle = 1;
+        cel_redis_wait_arm(b->wait);
         return;
     }
+    b->idle = 0;
+    const char *keys[POP_LISTS_MAX + CEL_MAX_QUEUES * PRIORITY_STEPS];
+    size_t lens[POP_LISTS_MAX + CEL_MAX_QUEUES * PRIORITY_STEPS];
+    const char *args[6 + 1 + POP_LISTS_MAX];
+    size_t alens[6 + 1 + POP_LISTS_MAX];
+    int p = cel_redis_wait_moved(b->wait, keys, lens, args + 7, alens + 7, POP_LISTS_MAX);
+    int n = p + fetch_keys(b, keys + p, lens + p);
     char max[16], now[32], lim[32], call[24];
     snprintf(max, sizeof(max), "%d", cap > POP_BATCH_MAX ? POP_BATCH_MAX : cap);
     snprintf(now, sizeof(now), "%.6f", now_unix());
     snprintf(lim, sizeof(lim), "%ld", b->cfg->max_message_size);
     snprintf(call, sizeof(call), "%llu", b->pop_calls + 1);
-    const char *args[] = { max, now, lim, b->popkey, call, b->poplife };
-    if (cel_redis_evalsha(b->cmd, &script_pop, on_pop, b, n, keys, lens, 6, args, NULL) == CEL_OK) {
+    char lists[8];
+    snprintf(lists, sizeof(lists), "%d", p);
+    const char *fixed[] = { max, now, lim, b->popkey, call, b->poplife, lists };
+    for (int i = 0; i < 7; i++) args[i] = fixed[i], alens[i] = strlen(fixed[i]);
+    if (cel_redis_evalsha(b->cmd, &script_pop, on_pop, b, n, keys, lens, 7 + p, args, alens) ==
+        CEL_OK) {
         b->pop_calls++;
         b->fetching = 1;
         b->pending++;
@@ -786,7 +697,8 @@ static int redis_add_queue(void *impl, const char *queue) {
     b->nqueues++;
     int rc = build_keys(b);
     if (cel_redis_up(b->cmd)) bind_queue(b, queue);
-    fetch(b, 0); /* a BRPOP in flight still waits on the old keys until its 1 s timeout */
+    if (rc == CEL_OK) rc = cel_redis_wait_keys(b->wait, b->keys, b->keylens, b->nkeys);
+    fetch(b, 0);
     return rc;
 }
 
@@ -798,7 +710,10 @@ static int redis_cancel_queue(void *impl, const char *queue) {
         memmove(b->queues + i, b->queues + i + 1,
                 sizeof(b->queues[0]) * (size_t)(b->nqueues - i - 1));
         b->nqueues--;
-        return build_keys(b);
+        int rc = build_keys(b);
+        if (rc == CEL_OK) rc = cel_redis_wait_keys(b->wait, b->keys, b->keylens, b->nkeys);
+        fetch(b, 0);
+        return rc;
     }
     return CEL_ENOTFOUND;
 }
@@ -921,18 +836,13 @@ static void on_cmd_state(cel_redis_t *r, int up, void *priv) {
         reack_lost(b);
         verify_held(b);
         recover_lost_pop(b);
+        cel_redis_wait_cmd_up(b->wait);
         restore_visible(b);
         fetch(b, 0);
     } else {
-        b->fetching = b->blocking = 0;
+        b->fetching = b->idle = 0;
     }
     if (b->cbs.on_state) b->cbs.on_state(b->priv, up);
-}
-
-static void on_blk_state(cel_redis_t *r, int up, void *priv) {
-    redis_broker_t *b = priv;
-    if (!up && b->blocking) b->fetching = b->blocking = 0;
-    if (up) fetch(b, 0);
 }
 
 static void *redis_open(uv_loop_t *loop, const cel_options_t *cfg, const cel_broker_cbs_t *cbs,
@@ -969,10 +879,10 @@ static void *redis_open(uv_loop_t *loop, const cel_options_t *cfg, const cel_bro
                    (uint64_t)(every * 1000));
     b->cmd = cel_redis_new(loop, &cfg->broker, "broker", all_scripts,
                            (int)(sizeof(all_scripts) / sizeof(all_scripts[0])), on_cmd_state, b);
-    b->blk = cel_redis_new(loop, &cfg->broker, "broker-wait", NULL, 0, on_blk_state, b);
-    if (!b->cmd || !b->blk) goto fail; /* out of memory at start-up: caller exits */
-    /* BRPOP hands over whole messages: one over the limit is read as it streams */
-    cel_redis_set_bulk_limit(b->blk, (size_t)cfg->max_message_size);
+    if (!b->cmd) goto fail; /* out of memory at start-up: caller exits */
+    b->wait = cel_redis_wait_new(loop, cfg, b->cmd, id, on_wait, b);
+    if (!b->wait || cel_redis_wait_keys(b->wait, b->keys, b->keylens, b->nkeys) != CEL_OK)
+        goto fail;
     return b;
 fail:
     cel_err_set(err, CEL_ENOMEM, "out of memory");
@@ -1114,6 +1024,7 @@ static void redis_stop(void *impl) {
     b->stopped = 1;
     uv_timer_stop(&b->restore_timer);
     uv_timer_stop(&b->retry_timer);
+    cel_redis_wait_stop(b->wait);
 }
 
 static void redis_forget(void *impl, const char *tag) {
@@ -1124,7 +1035,10 @@ static void redis_acking(void *impl, const char *tag) {
     cel_held_set_acking(((redis_broker_t *)impl)->held, tag);
 }
 
-static int redis_pending(const void *impl) { return ((const redis_broker_t *)impl)->pending; }
+static int redis_pending(const void *impl) {
+    const redis_broker_t *b = impl;
+    return b->pending + (b->wait ? cel_redis_wait_pending(b->wait) : 0);
+}
 
 static void close_step(void *priv) {
     redis_broker_t *b = priv;
@@ -1144,10 +1058,11 @@ static void close_step(void *priv) {
 
 static void on_timer_closed(uv_handle_t *h) { close_step(h->data); }
 
-/* The waiting connection closes first: a BRPOP that still returns a message
- * can then give it back on the command connection. */
-static void on_blk_closed(void *priv) {
+/* The waits end first: what they moved meanwhile is given back on the
+ * command connection, which closes after. */
+static void on_wait_closed(void *priv) {
     redis_broker_t *b = priv;
+    b->wait = NULL;
     cel_redis_close(b->cmd, close_step, b);
     close_step(b);
 }
@@ -1162,7 +1077,7 @@ static void redis_close(void *impl, void (*on_closed)(void *), void *priv) {
     uv_timer_stop(&b->retry_timer);
     uv_close((uv_handle_t *)&b->restore_timer, on_timer_closed);
     uv_close((uv_handle_t *)&b->retry_timer, on_timer_closed);
-    cel_redis_close(b->blk, on_blk_closed, b);
+    cel_redis_wait_close(b->wait, on_wait_closed, b);
 }
 
 /* Sends m as kombu's Redis transport does: the envelope with a fresh

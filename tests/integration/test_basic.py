@@ -337,7 +337,8 @@ def test_expires_before_countdown_is_revoked(worker, celery_app):
 
 @redis_only
 def test_idle_worker_leaves_nothing_in_unacked(worker, celery_app, redis_client):
-    """On an idle worker each message comes through BRPOP and is registered in `unacked`
+    """On an idle worker each message comes through the wait (BLMOVE into the worker's
+    in-flight list, then POP) and is registered in `unacked`
     before it runs; every one of them (successes, a failure, an unknown task) is acked after
     that: nothing stays in `unacked` to run again after the visibility timeout."""
     worker("-c", "2")
@@ -349,6 +350,32 @@ def test_idle_worker_leaves_nothing_in_unacked(worker, celery_app, redis_client)
         celery_app.send_task("no.such.task").get(timeout=scaled(GET))
     wait_until(lambda: redis_client.hlen("unacked") == 0 and
                redis_client.zcard("unacked_index") == 0, scaled(5), what="an empty unacked")
+    assert redis_client.keys("_celeriac.wait.*") == []  # no in-flight list holds anything
+
+
+@celeriac_only
+@redis_only
+def test_a_full_worker_gives_back_what_its_wait_moved(worker, celery_app, redis_client):
+    """An idle worker waits on every queue key at once (BLMOVE into its in-flight lists). When
+    it fills up (one running, one prefetched, -c 1 --prefetch-multiplier 1), the waits on the
+    other keys are still there; a message one of them moves must go back to its queue, for
+    another worker, not wait in this worker's list until it has room."""
+    a = worker("-c", "1", "--prefetch-multiplier", "1")
+    assert celery_app.send_task("diag.add", args=[1, 1]).get(timeout=scaled(GET)) == 2
+    long = celery_app.send_task("diag.sleep", args=[60])
+    wait_until(lambda: any(t == long.id for _, t in a.received()), scaled(GET),
+               what="the long task taken")
+    queued = celery_app.send_task("diag.add", args=[2, 2])  # prefetched: now the worker is full
+    wait_until(lambda: any(t == queued.id for _, t in a.received()), scaled(GET),
+               what="the second task prefetched")
+    urgent = celery_app.send_task("diag.add", args=[3, 3], priority=9)
+    key = "celery\x06\x169"
+    wait_until(lambda: redis_client.llen(key) == 1 and not redis_client.keys("_celeriac.wait.*"),
+               scaled(GET), what="the moved message back in its queue")
+    assert not any(t == urgent.id for _, t in a.received())
+    worker("-c", "1")
+    assert urgent.get(timeout=scaled(GET)) == 6
+    long.revoke(terminate=True)
 
 
 def test_ignore_result(worker, celery_app, redis_client):

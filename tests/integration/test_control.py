@@ -116,10 +116,14 @@ def test_rate_limit_enforced(worker, celery_app):
 
 
 def is_fetch(command):
-    """A worker taking messages: BRPOP (kombu and celeriac) or celeriac's POP script."""
+    """A worker taking or waiting for messages: BRPOP (kombu), celeriac's POP script (the one
+    whose arguments name its record, _celeriac.pop.<uuid>) or its idle wait (BLMOVE)."""
     # (not the client's BRPOP on its pidbox reply queue, which may still be in flight when a
     # broadcast has all its replies)
-    return command.startswith(("BRPOP ", "EVALSHA ")) and ".reply.celery.pidbox" not in command
+    if ".reply.celery.pidbox" in command:
+        return False
+    return command.startswith(("BRPOP ", "BLMOVE ")) or (
+        command.startswith("EVALSHA ") and "_celeriac.pop." in command)
 
 
 @redis_only
@@ -134,9 +138,8 @@ def test_add_and_cancel_consumer(worker, celery_app, redis_client, redis_monitor
     mark = redis_monitor.mark()
     reply = celery_app.control.cancel_consumer("extra", reply=True, timeout=scaled(T))
     assert only(reply) == {"ok": "no longer consuming from extra"}
-    # A BRPOP already in flight still lists "extra" until its 1 s timeout; the worker has
-    # one fetch in flight at a time, so its first fetch without "extra" means that one
-    # is over.
+    # The cancel ends the wait on "extra" (CLIENT UNBLOCK) before the worker's next POP, on
+    # the same connection: its first fetch without "extra" means that wait is over.
     mine = lambda d, c: d == db and is_fetch(c)  # noqa: E731
     first = redis_monitor.wait_for(lambda d, c: mine(d, c) and "extra" not in c, start=mark,
                                    what="a fetch without the cancelled queue")

@@ -294,8 +294,9 @@ def check_limit_failure(app, task_id):
 def test_row7_big_message_costs_o_limit(worker, celery_app, redis_client, path):
     """A 64 MiB message with --max-message-size 1 MiB: the main process's peak memory grows
     by a few MiB at most (before: about five times the message), the FAILURE is stored.
-    'wait' sends it while the worker waits in BRPOP (read through the bulk filter), 'pop'
-    while it is busy, so the POP script takes it (cut down in Redis)."""
+    'wait' sends it while the worker waits (its wait connection reads only a little of it,
+    through the bulk filter; the POP script takes it), 'pop' while it is busy; either way the
+    POP script cuts it down in Redis."""
     w = worker("-c", "1", "--prefetch-multiplier", "1", "--max-message-size", str(1 << 20))
     assert celery_app.send_task("diag.add", args=[1, 1]).get(timeout=scaled(GET)) == 2
     before = peak_rss_kib(w.pid)
@@ -389,8 +390,8 @@ def test_class_client_kill_while_fetching(worker, own_redis, results):
     (an hour) restored them. The script records what it took; after the reconnect the worker
     gives those back. Acks and registrations whose answers were lost are made again, so no
     finished task stays in `unacked` to run a second time. The queue is filled first, so the
-    worker fetches with POP throughout (BRPOP, used only on an empty queue, has kombu's own
-    one-round-trip window, which this test does not reach). Results in the broker's database
+    worker fetches with POP throughout (the idle wait is covered by
+    test_class_wait_moves_while_the_taking_connection_is_down). Results in the broker's database
     are stored and acked in one script; in another database the ack is its own command."""
     srv = own_redis()
     c = srv.client()
@@ -425,13 +426,13 @@ def test_class_client_kill_while_fetching(worker, own_redis, results):
     print(f"{kills} kills; fetches given back: {lines(w, r'gave back')}")
 
 
-def test_class_brpop_answer_while_register_connection_down(worker, make_app, own_redis):
-    """A message BRPOP hands over just after the connection that registers it in unacked went
-    down (a CLIENT KILL takes both at once) runs unregistered, as after a failed REGISTER; it
-    used to be dropped ("cannot give back"), its task never run. The broker's other
-    connections are killed while new connections are refused (ACL: default user off), so the
-    worker's BRPOP connection is the only one of the broker's left when the message comes;
-    results go to db 1, whose connection stays."""
+def test_class_wait_moves_while_the_taking_connection_is_down(worker, make_app, own_redis):
+    """An idle worker waits with one connection per queue key (BLMOVE into its in-flight list);
+    its command connection takes the message from there (POP). A message moved while that
+    connection is down (a CLIENT KILL while new connections are refused: ACL default user off)
+    stays in the in-flight list, safe, and runs once the connection is back. (With kombu's
+    BRPOP it sat only in the worker's memory: it used to be dropped, "cannot give back", and
+    later run unregistered.) Results go to db 1, whose connection stays."""
     srv = own_redis()
     app = make_app(srv.url(0), backend=srv.url(1))
     w = worker("-c", "1", "--result-backend", srv.url(1), broker=srv.url(0))
@@ -443,23 +444,27 @@ def test_class_brpop_answer_while_register_connection_down(worker, make_app, own
     def broker_clients():
         return [x for x in c.client_list() if int(x["id"]) != me and x["db"] == "0"]
 
-    wait_until(lambda: any(x["cmd"] == "brpop" for x in broker_clients()), scaled(10),
-               what="the worker waiting in BRPOP")
+    def in_flight():
+        return sum(c.llen(k) for k in c.keys("_celeriac.wait.*"))
+
+    wait_until(lambda: any(x["cmd"] == "blmove" for x in broker_clients()), scaled(10),
+               what="the worker waiting in BLMOVE")
     c.execute_command("ACL", "SETUSER", "default", "off")
     try:
         for x in broker_clients():
-            if x["cmd"] != "brpop":
+            if x["cmd"] != "blmove":
                 c.client_kill_filter(_id=x["id"])
         w.wait_log(r"broker: connection to redis://\S+ lost", scaled(10))
         tid, raw = envelope("diag.add", body=b"[[40, 2], {}, {}]")
         c.lpush("celery", raw)
-        # the answer, with the broker's connection still refused
-        got = wait_until(lambda: meta.get(f"celery-task-meta-{tid}"), scaled(GET),
-                         what="the result of the task BRPOP took")
-        assert json.loads(got)["result"] == 42
+        wait_until(lambda: in_flight() == 1, scaled(GET), what="the message in the in-flight list")
+        assert c.llen("celery") == 0 and meta.get(f"celery-task-meta-{tid}") is None
     finally:
         c.execute_command("ACL", "SETUSER", "default", "on")
-    assert "cannot give back" not in w.log(), w.log_tail()
+    got = wait_until(lambda: meta.get(f"celery-task-meta-{tid}"), scaled(GET),
+                     what="the result of the task the wait moved")
+    assert json.loads(got)["result"] == 42
+    assert in_flight() == 0 and c.hlen("unacked") == 0
     assert app.send_task("diag.add", args=[2, 3]).get(timeout=scaled(GET)) == 5
 
 

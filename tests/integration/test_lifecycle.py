@@ -159,6 +159,44 @@ def test_sigkill_restore_by_python_worker(worker, pyworker, celery_app, redis_cl
     assert [r.get(timeout=scaled(30)) for r, _ in rs2] == [s for _, s in rs2]
 
 
+@celeriac_only
+def test_sigkill_while_waiting_for_a_message_loses_nothing(worker, celery_app, redis_client):
+    """An idle worker waits for the next message on its queues. A worker killed just as a
+    message reached it (in the socket, before the worker registered it in `unacked`) lost
+    that message for good: kombu's BRPOP takes it off the queue on delivery (a stock worker
+    has the same window). Frozen while waiting (SIGSTOP), sent a task, then killed: the
+    task must still run on the next worker."""
+    db = redis_client.connection_pool.connection_kwargs["db"]
+
+    def blocked():
+        return [c for c in redis_client.client_list()
+                if "b" in c.get("flags", "") and int(c.get("db", -1)) == db]
+
+    w = worker("-c", "1")
+    assert celery_app.send_task("diag.add", args=[1, 1]).get(timeout=scaled(GET)) == 2
+    for _ in range(50):  # frozen while its wait is in the server (it times out every second)
+        w.signal(signal.SIGSTOP)
+        time.sleep(0.05)
+        if blocked():
+            break
+        w.signal(signal.SIGCONT)
+        time.sleep(0.2)
+    assert blocked(), "the worker never waited for a message"
+    r = celery_app.send_task("diag.add", args=[2, 3])
+    time.sleep(0.3)  # the server hands the wake-up to the frozen worker's socket
+    os.killpg(w.pgid, signal.SIGKILL)
+    w.proc.wait(10)
+    w2 = worker("-c", "1")
+    assert r.get(timeout=scaled(30)) == 5
+    wait_until(lambda: redis_client.hlen("unacked") == 0, scaled(10), what="unacked to drain")
+    # the dead worker is forgotten once its lists are empty; a clean stop leaves nothing behind
+    wait_until(lambda: redis_client.scard("_celeriac.waits") == 1, scaled(20),
+               what="the dead worker forgotten")
+    assert w2.stop() == 0
+    left = [k for k in redis_client.keys("_celeriac.*") if not k.startswith(b"_celeriac.pop.")]
+    assert left == [], left
+
+
 @both_brokers
 @pytest.mark.parametrize("seconds", [1, pytest.param(300, marks=celeriac_only)])
 def test_executors_exit_when_main_is_killed(worker, celery_app, seconds):

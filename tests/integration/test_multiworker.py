@@ -5,8 +5,9 @@ worker-heartbeat / worker-offline events with the stock EventDispatcher, and a c
 (naming its node) is written as a worker would. Checks that an adapter's jobs go to its home's
 direct queue (`<node>.dq2`, exchange C.dq2, routing key = node) and stateless tasks to their
 routed shared queue; that a silent node's adapters are re-homed before the next job is sent,
-with the jobs waiting in its direct queue (and the ones it took and never acked) moved, in
-order and unchanged, ahead of that job; that a worker-offline re-homes without any request;
+with the jobs waiting in its direct queue (and the ones it took and never acked, and the one
+its idle wait had moved into its in-flight list) moved, in order and unchanged, ahead of that
+job; that a worker-offline re-homes without any request;
 and GET /workers (403 without the admin role).
 
 Real workers (bin/celeriac -c 1 --prefetch-multiplier 1 with distinct -n names, the bundled
@@ -174,6 +175,12 @@ def test_homes_routes_and_failover(make_api, fake_nodes, rc):
     tag = env["properties"]["delivery_tag"]
     redis_client.hset("unacked", tag, json.dumps([env, "C.dq2", n1]))
     redis_client.zadd("unacked_index", {tag: time.time()})
+    # ... and its idle wait moved f2 into its in-flight list (worker/redis_wait.c), not taken yet
+    uid = "00000000-0000-0000-0000-000000000001"
+    in_flight = f"_celeriac.wait.{uid}.{n1}.dq2"
+    redis_client.execute_command("LMOVE", f"{n1}.dq2", in_flight, "RIGHT", "LEFT")
+    redis_client.sadd("_celeriac.waits", uid)
+    redis_client.sadd(f"_celeriac.lists.{uid}", in_flight)
     # a second adapter of bob's on n2 stays where it is
     _create(api, "bob", "b1", n2)
     fake_nodes.silence(n1)
@@ -187,6 +194,7 @@ def test_homes_routes_and_failover(make_api, fake_nodes, rc):
     assert [m[2] for m in moved[:3]] == [m[2] for m in waiting]
     assert all(m[3]["routing_key"] == n2 for m in moved)
     assert redis_client.llen(f"{n1}.dq2") == 0 and redis_client.hlen("unacked") == 0
+    assert redis_client.llen(in_flight) == 0
     assert redis_client.hget("celeriac:adapter:b1", "node") == n2
     assert not redis_client.hexists("celeriac:nodes", n1)  # nothing is homed there any more
 
@@ -527,7 +535,7 @@ def test_six_users_three_workers_kill_and_join(gunicorn, worker, tmp_path, broke
     wait_until(lambda: not _workers(api).get(dead, {}).get("alive"), scaled(20),
                what=f"{dead} shown dead")
     # new adapters go to the new worker too: with the three live workers idle, three creates
-    # in a row are taken by each of them in turn (Redis serves blocked BRPOPs first come,
+    # in a row are taken by each of them in turn (Redis serves blocked BLMOVEs first come,
     # first served), and each new adapter's jobs run on its home
     live = {n for n, x in _workers(api).items() if x["alive"]}
     assert new in live and len(live) == 3, live
