@@ -320,6 +320,7 @@ typedef struct redis_broker {
     int rotate;   /* fairness: first queue of the next fetch */
     int fetching; /* a POP is in flight */
     int idle;     /* the last POP found the queues empty: waiting */
+    int pop_lists; /* the POP in flight looks only at in-flight lists */
     int stopped;
     int pending;            /* commands in flight on cmd */
     cel_held_t *held;       /* tag -> copy of each registered message we hold */
@@ -442,8 +443,9 @@ static void on_pop(cel_redis_t *r, redisReply *reply, void *priv) {
             got++;
         }
     }
-    /* Empty: wait for the next message. */
-    fetch(b, got == 0);
+    /* Empty: wait for the next message (after a look at the queues when this
+     * POP looked only at in-flight lists). */
+    fetch(b, got == 0 && !b->pop_lists);
 }
 
 /* redis_wait.c's news: a message is in an in-flight list, a wait timed out
@@ -593,8 +595,10 @@ static void fetch(redis_broker_t *b, int block) {
     size_t lens[POP_LISTS_MAX + CEL_MAX_QUEUES * PRIORITY_STEPS];
     const char *args[6 + 1 + POP_LISTS_MAX];
     size_t alens[6 + 1 + POP_LISTS_MAX];
+    /* A POP after a wait looks only at the lists the wait filled (the next one
+     * looks at the queues): the wake-up costs one short script. */
     int p = cel_redis_wait_moved(b->wait, keys, lens, args + 7, alens + 7, POP_LISTS_MAX);
-    int n = p + fetch_keys(b, keys + p, lens + p);
+    int n = p ? p : fetch_keys(b, keys, lens);
     char max[16], now[32], lim[32], call[24];
     snprintf(max, sizeof(max), "%d", cap > POP_BATCH_MAX ? POP_BATCH_MAX : cap);
     snprintf(now, sizeof(now), "%.6f", now_unix());
@@ -608,6 +612,7 @@ static void fetch(redis_broker_t *b, int block) {
         CEL_OK) {
         b->pop_calls++;
         b->fetching = 1;
+        b->pop_lists = p > 0;
         b->pending++;
     }
 }
