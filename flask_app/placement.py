@@ -314,8 +314,9 @@ def _restore_in_flight(client, queue):
 
 def _restore_unacked(channel, node):
     """Redis: puts the messages node took from its direct queue and never acked back at the
-    head of that queue (what the visibility timeout would do an hour later), and before them
-    those its idle wait had moved and it had not taken yet (_restore_in_flight)."""
+    head of that queue (what the visibility timeout would do an hour later), first in line,
+    then behind them those its idle wait had moved and it had not taken yet (taken later, so
+    newer: _restore_in_flight)."""
     client = channel.client
     queue = direct_queue(node)
     moved = _restore_in_flight(client, queue)
