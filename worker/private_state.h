@@ -6,8 +6,9 @@
  * executor (--private-state-parent; the executor uses <parent>/executor-<pid>),
  * removes an executor's folder once that executor has exited (a killed one
  * cannot), and the parent when the worker ends. A worker killed with -9
- * leaves its one parent behind, no longer one folder per executor it ever
- * started. Main process; blocking file-system calls on small folders.
+ * cannot: the parent holds an `owner` file its worker keeps locked (flock) for
+ * its life, and the next worker to start removes every parent whose lock is
+ * free. Main process; blocking file-system calls on small folders.
  */
 #ifndef CEL_PRIVATE_STATE_H
 #define CEL_PRIVATE_STATE_H
@@ -16,7 +17,8 @@
 
 #include "../common/err.h"
 
-/* Makes a fresh parent folder (mode 0700) and writes its path to out[size]. */
+/* Removes the parents of killed workers, then makes a fresh one (mode 0700),
+ * locked for this process's life, and writes its path to out[size]. */
 int cel_private_state_make(char *out, size_t size, cel_err_t *err);
 
 /* Removes <parent>/executor-<pid> and everything under it, if there. */

@@ -243,6 +243,30 @@ def test_private_state_folders_are_removed(worker, celery_app):
     assert not os.path.exists(parent), os.listdir(parent)
 
 
+@celeriac_only
+def test_private_state_of_a_killed_worker_is_removed_by_the_next(worker, celery_app):
+    """A worker killed with -9 cannot remove its private state folder. It holds a lock on the
+    folder's `owner` file for its life; the next worker to start removes every such folder
+    whose lock is free, and leaves a live worker's alone."""
+    def parent_of(w):
+        got = wait_until(lambda: re.search(r"adapters live in (\S+)/executor-\d+ ", w.log()),
+                         scaled(10), what="the executor's private folder")
+        return got.group(1)
+
+    live = worker("-c", "1")
+    doomed = worker("-c", "1")
+    live_parent, doomed_parent = parent_of(live), parent_of(doomed)
+    assert os.path.isfile(os.path.join(doomed_parent, "owner"))
+    os.killpg(doomed.pgid, signal.SIGKILL)
+    doomed.proc.wait(10)
+    assert os.path.isdir(doomed_parent)
+    nxt = worker("-c", "1")
+    assert not os.path.exists(doomed_parent)
+    assert os.path.isdir(live_parent) and os.path.isdir(parent_of(nxt))
+    assert celery_app.send_task("diag.add", args=[2, 2]).get(timeout=scaled(GET)) == 4
+    assert live.stop() == 0 and nxt.stop() == 0
+
+
 def test_pidfile_written_and_removed(worker, tmp_path):
     pidfile = tmp_path / "celeriac.pid"
     w = worker("--pidfile", str(pidfile))
