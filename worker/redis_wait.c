@@ -243,9 +243,11 @@ static void on_waited(cel_redis_t *r, redisReply *reply, void *priv) {
     x->blocked = 0;
     if (!reply) return; /* lost: waits again once it is back up */
     if (reply->type == REDIS_REPLY_ERROR) {
-        if (!w->legacy && strstr(reply->str, "unknown command")) {
+        if (strstr(reply->str, "unknown command") && strcasestr(reply->str, "blmove")) {
+            /* (every waiter's first wait says so) */
+            if (!w->legacy)
+                cel_info("broker: this Redis has no BLMOVE (before 6.2): waiting with BRPOPLPUSH");
             w->legacy = 1;
-            cel_info("broker: this Redis has no BLMOVE (before 6.2): waiting with BRPOPLPUSH");
             if (!x->retired && !w->stopped) w->cb(w->priv, 0);
         } else {
             cel_redis_log_error(r, "waiting for a message", reply->str);

@@ -20,8 +20,9 @@ from conftest import free_port, scaled, wait_until
 class OwnRedis:
     """A redis-server child on 127.0.0.1:port that a test may break and restart."""
 
-    def __init__(self, workdir, port=None, aof=False, password=None):
+    def __init__(self, workdir, port=None, aof=False, password=None, extra=()):
         self.workdir = workdir
+        self.extra = list(extra)  # more redis-server options
         self.port = port or free_port()
         self.aof = aof
         self.password = password
@@ -39,7 +40,7 @@ class OwnRedis:
             c += ["--appendonly", "no"]
         if self.password:
             c += ["--requirepass", self.password]
-        return c
+        return c + self.extra
 
     def start(self):
         for attempt in range(20):
@@ -93,12 +94,13 @@ class OwnRedis:
 
 @pytest.fixture
 def own_redis(tmp_path):
-    """Factory: own_redis(aof=False, password=None) -> a started OwnRedis, stopped at teardown."""
+    """Factory: own_redis(aof=False, password=None, extra=()) -> a started OwnRedis (extra:
+    more redis-server options), stopped at teardown."""
     servers = []
 
-    def start(aof=False, password=None):
+    def start(aof=False, password=None, extra=()):
         s = OwnRedis(str(tmp_path / f"own-redis{len(servers)}"), aof=aof,
-                     password=password).start()
+                     password=password, extra=extra).start()
         servers.append(s)
         return s
 

@@ -468,6 +468,20 @@ def test_class_wait_moves_while_the_taking_connection_is_down(worker, make_app, 
     assert app.send_task("diag.add", args=[2, 3]).get(timeout=scaled(GET)) == 5
 
 
+def test_class_wait_without_blmove(worker, make_app, own_redis):
+    """Redis before 6.2 has no BLMOVE (here: renamed away): the idle wait makes the same move
+    with BRPOPLPUSH, and says so once."""
+    srv = own_redis(extra=["--rename-command", "BLMOVE", ""])
+    app = make_app(srv.url())
+    w = worker("-c", "1", broker=srv.url())
+    for i in range(5):
+        assert app.send_task("diag.add", args=[i, 1]).get(timeout=scaled(GET)) == i + 1
+        time.sleep(0.05)  # idle between tasks: each one comes through the wait
+    assert len(re.findall("waiting with BRPOPLPUSH", w.log())) == 1, w.log_tail()
+    assert "waiting for a message" not in w.log(), w.log_tail()  # no error, no backoff
+    assert srv.client().keys("_celeriac.wait.*") == []
+
+
 def test_class_script_flush_under_load(worker, make_app, own_redis):
     srv = own_redis()
     app = make_app(srv.url())
