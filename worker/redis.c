@@ -175,6 +175,7 @@ struct cel_redis {
     uv_timer_t timer; /* reconnect backoff */
     uint64_t backoff_ms;
     int logged_down;
+    int quiet; /* cel_redis_set_quiet: connects and losses at DEBUG */
     void (*on_closed)(void *);
     void *closed_priv;
     cel_respcut_t *cut; /* NULL: no bulk limit */
@@ -273,8 +274,9 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
         cel_redis_log_error(r, what, ac->errstr);
     }
     if (!r->logged_down || was_up)
-        cel_error("%s: connection to redis://%s:%d lost: %s. Trying again...", r->name, r->url.host,
-                  r->url.port, status == REDIS_OK ? "closed" : ac->errstr);
+        cel_log(r->quiet ? CEL_LOG_DEBUG : CEL_LOG_ERROR,
+                "%s: connection to redis://%s:%d lost: %s. Trying again...", r->name, r->url.host,
+                r->url.port, status == REDIS_OK ? "closed" : ac->errstr);
     r->logged_down = 1;
     schedule_reconnect(r);
     if (was_up && r->on_state) r->on_state(r, 0, r->priv);
@@ -301,10 +303,10 @@ static void handshake_step(cel_redis_t *r) {
     }
     r->state = ST_UP;
     r->backoff_ms = 0;
-    if (r->logged_down)
-        cel_warn("%s: connected to redis://%s:%d/%d", r->name, r->url.host, r->url.port, r->url.db);
-    else
-        cel_info("%s: connected to redis://%s:%d/%d", r->name, r->url.host, r->url.port, r->url.db);
+    cel_log(r->quiet         ? CEL_LOG_DEBUG
+            : r->logged_down ? CEL_LOG_WARNING
+                             : CEL_LOG_INFO,
+            "%s: connected to redis://%s:%d/%d", r->name, r->url.host, r->url.port, r->url.db);
     r->logged_down = 0;
     if (r->on_state) r->on_state(r, 1, r->priv);
 }
@@ -316,7 +318,8 @@ static void on_handshake_reply(redisAsyncContext *ac, void *reply, void *priv) {
     if (!rep) {
         r->handshake_failed = 1;
     } else if (rep->type == REDIS_REPLY_ERROR) {
-        cel_error("%s: redis refused the connection set-up: %s", r->name, rep->str);
+        cel_log(r->quiet ? CEL_LOG_DEBUG : CEL_LOG_ERROR, "%s: redis refused the connection set-up: %s",
+                r->name, rep->str);
         r->handshake_failed = 1;
     } else if (priv) {
         cel_redis_script_t *s = priv;
@@ -336,8 +339,9 @@ static void on_connect(const redisAsyncContext *cac, int status) {
     if (!r) return;
     if (status != REDIS_OK) {
         if (!r->logged_down)
-            cel_error("%s: cannot connect to redis://%s:%d: %s. Trying again...", r->name,
-                      r->url.host, r->url.port, ac->errstr);
+            cel_log(r->quiet ? CEL_LOG_DEBUG : CEL_LOG_ERROR,
+                    "%s: cannot connect to redis://%s:%d: %s. Trying again...", r->name,
+                    r->url.host, r->url.port, ac->errstr);
         r->logged_down = 1;
         r->ac = NULL; /* freed by hiredis */
         if (r->state == ST_CLOSING) finish_close(r);
@@ -376,8 +380,8 @@ static void start_connect(cel_redis_t *r) {
     redisAsyncContext *ac = redisAsyncConnect(r->url.host, r->url.port);
     if (!ac || ac->err) {
         if (!r->logged_down)
-            cel_error("%s: cannot connect to redis://%s:%d: %s", r->name, r->url.host, r->url.port,
-                      ac ? ac->errstr : "out of memory");
+            cel_log(r->quiet ? CEL_LOG_DEBUG : CEL_LOG_ERROR, "%s: cannot connect to redis://%s:%d: %s",
+                    r->name, r->url.host, r->url.port, ac ? ac->errstr : "out of memory");
         r->logged_down = 1;
         if (ac) redisAsyncFree(ac);
         schedule_reconnect(r);
@@ -414,6 +418,8 @@ cel_redis_t *cel_redis_new(uv_loop_t *loop, const cel_redis_url_t *url, const ch
 }
 
 int cel_redis_up(const cel_redis_t *r) { return r && r->state == ST_UP && r->ac; }
+
+void cel_redis_set_quiet(cel_redis_t *r) { r->quiet = 1; }
 
 void cel_redis_set_bulk_limit(cel_redis_t *r, size_t limit) {
     cel_respcut_free(r->cut);

@@ -88,6 +88,10 @@ void cel_redis_log_error(cel_redis_t *r, const char *what, const char *error);
  * 100 ms doubling up to 5 s. */
 unsigned cel_redis_backoff_ms(int attempt);
 
+/* Logs this connection's connects, losses and reconnects at DEBUG: for one of
+ * many connections to a server that another connection already reports on. */
+void cel_redis_set_quiet(cel_redis_t *r);
+
 /* Bulk strings longer than limit bytes in this connection's replies (0 = no
  * cap) are delivered cut down, in respcut.h's form (cel_respcut_parse reads it):
  * memory stays O(CEL_RESPCUT_TAIL) whatever the value's size. */

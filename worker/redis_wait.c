@@ -342,6 +342,7 @@ static waiter_t *waiter_new(cel_redis_wait_t *w, const char *key, size_t keylen)
     x->conn = cel_redis_new(w->loop, &w->cfg->broker, "broker-wait", NULL, 0, on_waiter_state, x);
     if (!x->conn) goto fail;
     cel_redis_set_bulk_limit(x->conn, WAITER_BULK);
+    cel_redis_set_quiet(x->conn); /* the broker's own connection says it for all of them */
     w->v[w->n++] = x;
     return x;
 fail:
