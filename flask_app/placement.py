@@ -292,6 +292,19 @@ def _adapter_of(headers, body):
     return value if isinstance(value, str) else None
 
 
+# KEYS[1] an in-flight list, KEYS[2] its queue key: what redis_wait.c's give_back does
+_GIVE_BACK = """
+local n = 0
+while true do
+  local m = redis.call('LPOP', KEYS[1])
+  if not m then break end
+  redis.call('RPUSH', KEYS[2], m)
+  n = n + 1
+end
+return n
+"""
+
+
 def _restore_in_flight(client, queue):
     """Redis: moves what a celeriac worker's idle wait moved from queue (or its priority keys)
     into its in-flight list and did not take yet back to the head of queue (the worker's own
@@ -307,8 +320,7 @@ def _restore_in_flight(client, queue):
             if key != q and not key.startswith(q + b"\x06\x16"):
                 continue
             # newest first to the head (RPOP side): the oldest ends up taken first
-            while client.execute_command("LMOVE", name, key, "LEFT", "RIGHT") is not None:
-                n += 1
+            n += client.eval(_GIVE_BACK, 2, name, key)
     return n
 
 
