@@ -285,8 +285,7 @@ static int scan(scan_t *s, cel_peek_t *out) {
                                 { "parent_id", out->parent_id },
                                 { "group", out->group } };
     const field_t props[] = { { "correlation_id", out->correlation_id },
-                              { "reply_to", out->reply_to },
-                              { "delivery_tag", out->delivery_tag } };
+                              { "reply_to", out->reply_to } };
     static const field_t tops[] = { { "headers", NULL }, { "properties", NULL } };
     int seen[2] = { 0, 0 };
     skip_ws(s);
@@ -301,7 +300,7 @@ static int scan(scan_t *s, cel_peek_t *out) {
         if (rc) return rc;
         if (i >= 0 && !seen[i] && *s->p == '{') {
             seen[i] = 1;
-            rc = i == 0 ? read_fields(s, 1, headers, 5) : read_fields(s, 1, props, 3);
+            rc = i == 0 ? read_fields(s, 1, headers, 5) : read_fields(s, 1, props, 2);
             if (rc == CEL_OK && seen[0] && seen[1])
                 return CEL_OK; /* all we need: the rest (maybe the body) is not read */
         } else {

@@ -28,7 +28,6 @@ typedef struct cel_peek {
     char group[CEL_PEEK_STR_MAX + 1];          /* headers.group */
     char correlation_id[CEL_PEEK_STR_MAX + 1]; /* properties.correlation_id */
     char reply_to[CEL_PEEK_STR_MAX + 1];       /* properties.reply_to */
-    char delivery_tag[CEL_PEEK_STR_MAX + 1];   /* properties.delivery_tag (kombu's Redis tag) */
 } cel_peek_t;
 
 /* Scans buf[0..len) (borrowed; not NUL-terminated) as a kombu envelope
