@@ -414,11 +414,16 @@ static void on_retry_timer(uv_timer_t *t) {
 
 /* An error reply to a fetch: log (rate-bounded) and fetch again after a backoff
  * instead of at once, so a server that refuses does not make us spin. */
+static void back_off(redis_broker_t *b) {
+    if (b->backing_off) return;
+    b->backing_off = 1;
+    uv_timer_start(&b->retry_timer, on_retry_timer, cel_redis_backoff_ms(b->fetch_errors++), 0);
+}
+
 static void fetch_failed(redis_broker_t *b, cel_redis_t *conn, const char *what,
                          const char *error) {
     cel_redis_log_error(conn, what, error);
-    b->backing_off = 1;
-    uv_timer_start(&b->retry_timer, on_retry_timer, cel_redis_backoff_ms(b->fetch_errors++), 0);
+    back_off(b);
 }
 
 static void on_pop(cel_redis_t *r, redisReply *reply, void *priv) {
@@ -453,11 +458,7 @@ static void on_pop(cel_redis_t *r, redisReply *reply, void *priv) {
 static void on_wait(void *priv, int moved) {
     redis_broker_t *b = priv;
     if (moved < 0) {
-        if (!b->backing_off) {
-            b->backing_off = 1;
-            uv_timer_start(&b->retry_timer, on_retry_timer,
-                           cel_redis_backoff_ms(b->fetch_errors++), 0);
-        }
+        back_off(b); /* (redis_wait.c logged the error) */
     } else if (moved) {
         fetch(b, 0);
     } else if (b->idle) {
