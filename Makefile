@@ -239,7 +239,7 @@ integration: all asan
 run: all
 	@scripts/run
 
-bench: all build/bench/amqp_designs
+bench: all build/bench/amqp_designs build/bench/amqp_ceiling
 	$(PY) bench/throughput.py
 	$(PY) bench/rabbitmq.py
 
@@ -250,6 +250,11 @@ build/bench/amqp_designs: bench/amqp_designs.c $(patsubst %.c,$(OBJ)/%.o,worker/
                           $(COMMON_SRC))
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(DEPCFLAGS) -o $@ $^ $(DEPLIBS) -lpthread
+
+# bench/amqp_ceiling.c: a consumer that only acks, the broker's ceiling in bench/rabbitmq.py's race.
+build/bench/amqp_ceiling: bench/amqp_ceiling.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ -lrabbitmq
 
 # Robustness runs (issue 12), not part of `make test` (which runs one small chaos round,
 # tests/integration/test_chaos.py). CHAOS_ROUNDS/CHAOS_TASKS and SOAK_MINUTES override.

@@ -11,9 +11,12 @@ reason printed when npm cannot install it) -- in a vhost of its own:
       the clock runs from the first stored result to the last (DBSIZE, then EXISTS);
   (b) round trip: M sequential send_task('diag.add').get() through the Redis backend.
 
+A fourth column, "bare", is the broker's ceiling: the same N tasks queued the same way and
+drained by build/bench/amqp_ceiling, a consumer that only acks (no task, no result).
+
 Then build/bench/amqp_designs (make bench builds it) compares the two ways of driving
 librabbitmq from a libuv loop (see its opening comment). Prints tables; never fails on timing.
-  bench/rabbitmq.py [--tasks 20000] [--latency-n 500] [--only celeriac|python|node] [--no-designs]
+  bench/rabbitmq.py [--tasks 20000] [--latency-n 500] [--only celeriac|python|node|bare] [--no-designs]
 """
 
 import argparse
@@ -35,6 +38,7 @@ import throughput as tp  # noqa: E402  (Redis, Worker, wait_until, result helper
 from conftest import RabbitServer  # noqa: E402
 
 NODE_DIR = tp.NODE_DIR
+CEILING = os.path.join(REPO, "build", "bench", "amqp_ceiling")
 ensure_celery_node = tp.ensure_celery_node  # installs celery-node into bench/node/ if missing
 
 
@@ -68,7 +72,28 @@ def enqueue(broker, n):
     return ids, elapsed
 
 
+def measure_bare(rabbit, args):
+    """The broker's ceiling: build/bench/amqp_ceiling acks the same N queued tasks and does
+    nothing else (no decoding, no task, no result); prefetch as celeriac's default window."""
+    vhost = rabbit.vhost()
+    out = {}
+    _, out["enqueue_s"] = enqueue(rabbit.url(vhost), args.tasks)
+    r = subprocess.run([CEILING, "127.0.0.1", str(rabbit.port), vhost, "celery", str(args.tasks),
+                        str(args.bare_prefetch or args.concurrency * 4)], capture_output=True, text=True,
+                       timeout=args.timeout)
+    words = r.stdout.split()
+    if r.returncode != 0 or len(words) != 3 or words[0] != "ceiling":
+        out["error"] = f"amqp_ceiling: rc {r.returncode}: {r.stdout}{r.stderr}"
+        return out
+    out["tput"] = float(words[1])
+    out["wall_s"] = args.tasks / out["tput"] if out["tput"] else None
+    out["cpu_per_1k"] = float(words[2])
+    return out
+
+
 def measure(kind, rabbit, rs, args, workdir):
+    if kind == "bare":
+        return measure_bare(rabbit, args)
     out = {}
     rs.client.flushdb()
     broker = rabbit.url(rabbit.vhost())
@@ -127,6 +152,11 @@ def print_table(args, results):
               if mine and results.get(k, {}).get("tput")]
     if ratios:  # issue 14's target: >= 10x the stock worker and ahead of celery-node
         print(f"celeriac drains {', '.join(ratios)}")
+    bare, py = results.get("bare", {}).get("tput"), results.get("python", {}).get("tput")
+    if bare:
+        print(f"a consumer that only acks drains {bare:,.0f}/s"
+              + (f" = {bare / py:.2f}x the stock worker" if py else "")
+              + (f"; celeriac reaches {mine / bare:.0%} of it" if mine else ""))
     for k in kinds:
         if "error" in results[k]:
             print(f"{k}: not measured completely: {results[k]['error']}")
@@ -137,22 +167,31 @@ def main():
     ap.add_argument("--tasks", type=int, default=20000)
     ap.add_argument("--latency-n", type=int, default=500)
     ap.add_argument("--concurrency", type=int, default=2)
-    ap.add_argument("--only", choices=["celeriac", "python", "node"])
+    ap.add_argument("--only", choices=["celeriac", "python", "node", "bare"])
     ap.add_argument("--no-designs", action="store_true")
     ap.add_argument("--celeriac-args", default="", help="more celeriac options, e.g. "
                     "'--prefetch-multiplier 16'")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--bare-prefetch", type=int, default=0, help="the ceiling consumer's "
+                    "prefetch (default: -c x 4, celeriac's and the stock worker's window)")
+    ap.add_argument("--rabbit-conf", action="append", default=[], metavar="LINE",
+                    help="a rabbitmq.conf line for the private node, e.g. "
+                    "'classic_queue.default_version = 2' (repeatable)")
     ap.add_argument("--bin-dir", default=os.environ.get("CELERIAC_BIN_DIR",
                                                         os.path.join(REPO, "bin")))
     args = ap.parse_args()
-    kinds = [args.only] if args.only else ["celeriac", "python", "node"]
+    kinds = [args.only] if args.only else ["celeriac", "python", "node", "bare"]
+    if "bare" in kinds and not os.access(CEILING, os.X_OK):
+        print(f"bench: the broker's ceiling skipped: no {CEILING} (`make bench` builds it)",
+              file=sys.stderr)
+        kinds.remove("bare")
     if "node" in kinds:
         _, why = ensure_celery_node()
         if why:
             print(f"bench: celery-node skipped: {why}", file=sys.stderr)
             kinds.remove("node")
     workdir = tempfile.mkdtemp(prefix="celeriac-bench-amqp-")
-    rabbit = RabbitServer(os.path.join(workdir, "rabbit"))
+    rabbit = RabbitServer(os.path.join(workdir, "rabbit"), conf=args.rabbit_conf)
     try:
         rabbit.start()
     except BaseException as e:  # pytest.skip when the package is missing

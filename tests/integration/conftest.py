@@ -397,9 +397,10 @@ class RabbitServer:
     and log directories, Erlang cookie (HOME), all under workdir. The packaged wrapper is not
     used (it switches to the rabbitmq user); /usr/lib/rabbitmq/bin's scripts run as we are."""
 
-    def __init__(self, workdir, tls=None):
+    def __init__(self, workdir, tls=None, conf=()):
         self.workdir = workdir
         self.tls = tls  # (ca, cert, key) for a TLS listener, or None
+        self.extra_conf = list(conf)  # more rabbitmq.conf lines (the benchmarks' --rabbit-conf)
         self.node = f"celeriac-test-{os.getpid()}@localhost"
         self.port = self.tls_port = self.dist_port = self.epmd_port = None
         self.proc = None
@@ -445,6 +446,7 @@ class RabbitServer:
                      f"ssl_options.cacertfile = {ca}", f"ssl_options.certfile = {cert}",
                      f"ssl_options.keyfile = {key}", "ssl_options.verify = verify_peer",
                      "ssl_options.fail_if_no_peer_cert = false"]
+        conf += self.extra_conf
         with open(f"{self.workdir}/rabbitmq.conf", "w") as f:
             f.write("\n".join(conf) + "\n")
         with open(f"{self.workdir}/enabled_plugins", "w") as f:
