@@ -5,14 +5,32 @@ passes the values it read from there). The app sends tasks by name with send_tas
 results with one backend read (get_task_meta, what AsyncResult uses); it registers no tasks
 and never imports the model, so this process needs neither a GPU nor the engine. Publishing
 retries a bounded number of times, then raises kombu's OperationalError (a 503).
+
+On a Redis result backend the stock send_task also subscribes to each task's result channel
+(for a later AsyncResult.get()) and unsubscribes when the result object goes away. The front
+end never waits that way (waiting.py has its own subscriber), and nobody read the replies of
+those two commands: they piled up unread on the connection, about 170 bytes a submit for the
+life of a Gunicorn thread, until Redis dropped it at its pub/sub output limit. The client's
+Redis backend (SendOnlyRedisBackend) does not subscribe; everything else is the stock one.
 """
 
 import os
 
 from celery import Celery
+from celery.backends.redis import RedisBackend
 
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2,
                  "interval_max": 0.5}
+
+
+class SendOnlyRedisBackend(RedisBackend):
+    """The stock Redis result backend without the per-task subscription of send_task."""
+
+    def on_task_call(self, producer, task_id):
+        pass
+
+
+SEND_ONLY = f"{__name__}:SendOnlyRedisBackend"
 
 
 def make_celery(broker=None, backend=None):
@@ -20,6 +38,8 @@ def make_celery(broker=None, backend=None):
     broker = broker or os.environ.get("CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0"
     backend = backend or os.environ.get("CELERY_RESULT_BACKEND") or broker
     app = Celery("celeriac_client", broker=broker, backend=backend, set_as_current=False)
+    # redis://, rediss:// and redis+socket:// results go through SendOnlyRedisBackend
+    app.loader.override_backends = {"redis": SEND_ONLY, "rediss": SEND_ONLY}
     app.conf.update(
         task_serializer="json", accept_content=["json"], result_accept_content=["json"],
         result_serializer="json",

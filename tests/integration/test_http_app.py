@@ -1015,3 +1015,24 @@ def test_waits_of_one_thread_share_a_subscriber_connection(make_api, redis_clien
     for fid in fids[1:]:
         r = api.post("/retrieve_future", {"future_id": fid, "wait": 0.05})
         assert r.status_code == 202, r.text
+
+
+def test_submits_leave_no_result_subscription(make_api, redis_client):
+    """The stock client's send_task subscribes to each task's result channel on a Redis
+    backend (for an AsyncResult.get() the front end never makes) and unsubscribes when the
+    result object goes; nobody read the two replies, so they piled up unread on a connection
+    per Gunicorn thread (about 170 bytes a submit). Submits now send neither command; a wait
+    still answers when the result is stored (test above)."""
+    api = make_api(CELERIAC_WORKER_EVENTS="0")
+    db = redis_client.connection_pool.connection_kwargs.get("db", 0)
+    before = {k: v["calls"] for k, v in redis_client.info("commandstats").items()}
+    for _ in range(30):
+        api.submit("/add_lora", {"rank": 4})
+    after = {k: v["calls"] for k, v in redis_client.info("commandstats").items()}
+    grew = {k for k in ("cmdstat_subscribe", "cmdstat_unsubscribe")
+            if after.get(k, 0) > before.get(k, 0)}
+    assert not grew, grew
+    subscribers = [c for c in redis_client.client_list()
+                   if int(c.get("db", -1)) == db and c.get("cmd") in ("subscribe", "unsubscribe")]
+    assert subscribers == [], subscribers
+    assert len(queued(redis_client)) == 30
