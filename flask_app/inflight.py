@@ -80,7 +80,8 @@ def reserve(user, task_id):
                    {"Retry-After": "1"})
 
 
-def release(user, task_id):
-    """The task finished (or was never sent): it no longer counts."""
+def release(user, task_id, pipe=None):
+    """The task finished (or was never sent): it no longer counts. With pipe (a Redis
+    pipeline), the command is only queued there."""
     if current_app.config.get("CELERIAC_MAX_INFLIGHT", 0):
-        store().zrem(_key(user), task_id)
+        (pipe if pipe is not None else store()).zrem(_key(user), task_id)

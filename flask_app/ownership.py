@@ -53,9 +53,10 @@ def record_future(task_id, user, task, pending_create=False):
     pipe.execute()
 
 
-def future_finished(task_id):
-    """A client read future task_id's final state: it is no longer outstanding."""
-    store().zrem(OPEN, task_id)
+def future_finished(task_id, pipe=None):
+    """A client read future task_id's final state: it is no longer outstanding. With pipe
+    (a Redis pipeline), the command is only queued there."""
+    (pipe if pipe is not None else store()).zrem(OPEN, task_id)
 
 
 def open_futures():

@@ -5,11 +5,14 @@ final state (SUCCESS, FAILURE, REVOKED) is stored, or after `wait` seconds with 
 202, instead of polling every few milliseconds and finding out up to a poll interval late.
 On the Redis result backend the wait listens on the channel Celery publishes every stored
 meta on (celery-task-meta-<id>, what AsyncResult.get() listens to) and reads the meta once
-after subscribing, so a result stored in between is not missed. Each Gunicorn thread keeps
+after subscribing, so a result stored in between is not missed. A final state that arrives
+on the channel is the answer as it came (the stored meta, decoded as a read decodes it: no
+second read); after any other message (a progress report, something undecodable) the meta
+is read again, so a wait that ends on its timeout answers with the freshest progress. Each Gunicorn thread keeps
 one subscriber connection for its waits (subscribe, wait, unsubscribe), instead of a new
 connection per wait (redis-py's PubSub.close() disconnects): a wait then costs two commands,
-not a TCP connect and close. A message left over from an earlier wait only causes one more
-read of the meta. Other backends are read
+not a TCP connect and close. A message left over from an earlier wait (another channel) is
+skipped. Other backends are read
 again after a growing pause (2 ms, doubling to 50 ms). A Redis error ends the wait: the
 request answers with what it can read, as without `wait`.
 
@@ -80,6 +83,7 @@ def _drop_pubsub():
 def _listen(backend, task_id, deadline, read):
     ps = _pubsub(backend)
     channel = backend.get_key_for_task(task_id)
+    want = _name(channel)
     ok = False
     try:
         ps.subscribe(channel)
@@ -88,14 +92,29 @@ def _listen(backend, task_id, deadline, read):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            if ps.get_message(timeout=left) is not None:
-                meta = read()
+            msg = ps.get_message(timeout=left)
+            if msg is not None and _name(msg.get("channel")) == want:
+                meta = _final(backend, msg.get("data")) or read()
         ps.unsubscribe(channel)
         ok = True
         return meta
     finally:
         if not ok:  # an error midway: the connection's state is unknown
             _drop_pubsub()
+
+
+def _name(channel):
+    return channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
+
+
+def _final(backend, payload):
+    """The final meta a published payload holds, decoded as get_task_meta decodes a read;
+    None when it is not final (a read then gives the freshest progress) or not decodable."""
+    try:
+        meta = backend.decode_result(payload)
+    except Exception:  # not what a worker stores: read the stored meta instead
+        return None
+    return meta if isinstance(meta, dict) and meta.get("status") in FINAL else None
 
 
 def _poll(deadline, read, meta):

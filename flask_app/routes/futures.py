@@ -26,6 +26,7 @@ from .. import validation as v
 from ..auth import require_user
 from ..celery_client import task_meta
 from ..ownership import creation_done, future_finished, future_of, set_owner
+from ..store import store
 
 bp = Blueprint("futures", __name__)
 
@@ -80,9 +81,11 @@ def retrieve_future():
     stored = waiting.final_or_timeout(ext["celery"], task_id, wait, ext["waiters"],
                                       lambda: task_meta(ext["celery"], task_id))
     state, value = stored.get("status"), stored.get("result")
-    if state in inflight.FINISHED:
-        inflight.release(g.user, task_id)
-        future_finished(task_id)
+    if state in inflight.FINISHED:  # both records in one round trip
+        pipe = store().pipeline(transaction=False)
+        inflight.release(g.user, task_id, pipe)
+        future_finished(task_id, pipe)
+        pipe.execute()
     if state == "SUCCESS":
         _on_success(meta, value)
         return jsonify({"status": "done", "result": value})

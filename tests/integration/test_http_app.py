@@ -9,6 +9,7 @@ waiting for anything. test_http.py keeps the end-to-end runs through Gunicorn an
 """
 
 import io
+import json
 import sys
 import threading
 import time
@@ -1036,3 +1037,50 @@ def test_submits_leave_no_result_subscription(make_api, redis_client):
                    if int(c.get("db", -1)) == db and c.get("cmd") in ("subscribe", "unsubscribe")]
     assert subscribers == [], subscribers
     assert len(queued(redis_client)) == 30
+
+
+def test_a_wait_answered_on_the_channel_reads_no_more(make_api, redis_client):
+    """A wait that the task's final state ends answers with the state published on the
+    channel (decoded as a read is) instead of reading it again; a failure comes back the same
+    way."""
+    api = make_api(CELERIAC_WORKER_EVENTS="0")
+    calls = lambda: {k: v["calls"] for k, v in redis_client.info("commandstats").items()}  # noqa: E731
+
+    def store(fid, value, state):
+        if state != "SUCCESS":
+            return api.finish(fid, value, state)
+        # as a worker stores it, without the stock backend's read before its write
+        key = f"celery-task-meta-{fid}"
+        meta = json.dumps({"status": state, "result": value, "traceback": None, "children": [],
+                           "date_done": "2026-01-01T00:00:00", "task_id": fid})
+        redis_client.set(key, meta)
+        redis_client.publish(key, meta)
+
+    def retrieve(fid, wait, store_after=None, value=None, state="SUCCESS"):
+        timer = None
+        if store_after is not None:
+            timer = threading.Timer(store_after, lambda: store(fid, value, state))
+            timer.start()
+        before = calls()
+        r = api.post("/retrieve_future", {"future_id": fid, "wait": wait} if wait else
+                     {"future_id": fid})
+        if timer:
+            timer.join()
+        after = calls()
+        spent = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+        return r, spent.get("cmdstat_get", 0) + spent.get("cmdstat_mget", 0)
+
+    done = api.submit("/add_lora", {"rank": 4})
+    api.finish(done, {"adapter_id": "lora_d", "rank": 4})
+    r, plain_reads = retrieve(done, 0)
+    assert r.status_code == 200, r.text
+    waited = api.submit("/add_lora", {"rank": 4})
+    r, wait_reads = retrieve(waited, 20, store_after=0.3, value={"adapter_id": "lora_e", "rank": 4})
+    assert r.status_code == 200 and r.get_json()["result"]["adapter_id"] == "lora_e", r.text
+    # one read more than a plain retrieve: the one right after subscribing (a state stored
+    # before the subscription took effect); none after the message
+    assert wait_reads == plain_reads + 1, (wait_reads, plain_reads)
+    failing = api.submit("/add_lora", {"rank": 4})
+    r, _ = retrieve(failing, 20, store_after=0.3, value=ValueError("rank too big"), state="FAILURE")
+    assert r.status_code == 400, r.text
+    assert r.get_json()["error"] == {"type": "ValueError", "message": "rank too big"}
