@@ -257,12 +257,14 @@ build/bench/amqp_ceiling: bench/amqp_ceiling.c
 	$(CC) $(CFLAGS) -o $@ $^ -lrabbitmq
 
 # Robustness runs (issue 12), not part of `make test` (which runs one small chaos round,
-# tests/integration/test_chaos.py). CHAOS_ROUNDS/CHAOS_TASKS and SOAK_MINUTES override.
+# tests/integration/test_chaos.py, on each broker). CHAOS_ROUNDS/CHAOS_TASKS/CHAOS_BROKER
+# (redis or amqp) and SOAK_MINUTES override.
 CHAOS_ROUNDS ?= 5
 CHAOS_TASKS  ?= 3000
+CHAOS_BROKER ?= redis
 SOAK_MINUTES ?= 20
 chaos: all
-	$(PY) scripts/chaos --rounds $(CHAOS_ROUNDS) --tasks $(CHAOS_TASKS)
+	$(PY) scripts/chaos --rounds $(CHAOS_ROUNDS) --tasks $(CHAOS_TASKS) --broker $(CHAOS_BROKER)
 
 soak: all
 	$(PY) scripts/soak --minutes $(SOAK_MINUTES)
