@@ -258,16 +258,17 @@ build/bench/amqp_ceiling: bench/amqp_ceiling.c
 
 # Robustness runs (issue 12), not part of `make test` (which runs one small chaos round,
 # tests/integration/test_chaos.py, on each broker). CHAOS_ROUNDS/CHAOS_TASKS/CHAOS_BROKER
-# (redis or amqp) and SOAK_MINUTES override.
+# (redis or amqp), SOAK_MINUTES and SOAK_BROKER override.
 CHAOS_ROUNDS ?= 5
 CHAOS_TASKS  ?= 3000
 CHAOS_BROKER ?= redis
 SOAK_MINUTES ?= 20
+SOAK_BROKER  ?= redis
 chaos: all
 	$(PY) scripts/chaos --rounds $(CHAOS_ROUNDS) --tasks $(CHAOS_TASKS) --broker $(CHAOS_BROKER)
 
 soak: all
-	$(PY) scripts/soak --minutes $(SOAK_MINUTES)
+	$(PY) scripts/soak --minutes $(SOAK_MINUTES) --broker $(SOAK_BROKER)
 
 # ---- fuzzing (tests/fuzz/, see its README.md) ------------------------------------------
 # Each tests/fuzz/fuzz_<name>.c is a libFuzzer harness for one parser; every input goes
