@@ -78,6 +78,7 @@ def measure_bare(rabbit, args):
     vhost = rabbit.vhost()
     out = {}
     _, out["enqueue_s"] = enqueue(rabbit.url(vhost), args.tasks)
+    b0 = tp.group_cpu_seconds(rabbit.proc.pid)
     r = subprocess.run([CEILING, "127.0.0.1", str(rabbit.port), vhost, "celery", str(args.tasks),
                         str(args.bare_prefetch or args.concurrency * 4)], capture_output=True, text=True,
                        timeout=args.timeout)
@@ -88,6 +89,7 @@ def measure_bare(rabbit, args):
     out["tput"] = float(words[1])
     out["wall_s"] = args.tasks / out["tput"] if out["tput"] else None
     out["cpu_per_1k"] = float(words[2])
+    out["broker_cpu_per_1k"] = (tp.group_cpu_seconds(rabbit.proc.pid) - b0) / args.tasks * 1000
     return out
 
 
@@ -105,6 +107,7 @@ def measure(kind, rabbit, rs, args, workdir):
             raise RuntimeError(f"no result within 120 s of start: {w.tail()}")
         t0 = time.perf_counter()
         cpu0 = w.cpu_seconds()
+        b0 = tp.group_cpu_seconds(rabbit.proc.pid)
 
         def done():
             return rs.client.dbsize() >= args.tasks and \
@@ -115,6 +118,7 @@ def measure(kind, rabbit, rs, args, workdir):
         out["wall_s"] = time.perf_counter() - t0
         out["tput"] = args.tasks / out["wall_s"]
         out["cpu_per_1k"] = (w.cpu_seconds() - cpu0) / args.tasks * 1000
+        out["broker_cpu_per_1k"] = (tp.group_cpu_seconds(rabbit.proc.pid) - b0) / args.tasks * 1000
         app = Celery("bench-client", broker=broker, backend=rs.url, set_as_current=False)
         out.update(tp.add_round_trips(app, args.latency_n, 20))
         tp.close_client(app)
@@ -129,6 +133,7 @@ ROWS = [("enqueue_s", "enqueue {n} tasks (s, client)", "{:.2f}"),
         ("wall_s", "drain {n} noop (s, first to last result)", "{:.2f}"),
         ("tput", "drain throughput (tasks/s)", "{:,.0f}"),
         ("cpu_per_1k", "worker CPU per 1000 tasks (s)", "{:.3f}"),
+        ("broker_cpu_per_1k", "RabbitMQ CPU per 1000 tasks (s)", "{:.3f}"),
         ("p50_ms", "add round trip p50 (ms)", "{:.2f}"),
         ("p99_ms", "add round trip p99 (ms)", "{:.2f}")]
 

@@ -95,6 +95,23 @@ class Redis:
             self.proc.kill()
 
 
+def group_cpu_seconds(pgid):
+    """utime+stime of every live process in process group pgid."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 13 and int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
 class Worker:
     """A worker process in its own process group, logging to a file."""
 
@@ -123,19 +140,7 @@ class Worker:
 
     def cpu_seconds(self):
         """utime+stime of every live process in the worker's process group."""
-        total = 0
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    stat = f.read().decode("ascii", "replace")
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            if len(fields) > 13 and int(fields[2]) == self.proc.pid:
-                total += int(fields[11]) + int(fields[12])
-        return total / CLK_TCK
+        return group_cpu_seconds(self.proc.pid)
 
     def stop(self):
         if self.proc.poll() is None:
