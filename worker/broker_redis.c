@@ -40,7 +40,8 @@
 #define TOUCH_BATCH    256 /* tags in one TOUCH script call */
 #define TOUCH_MAX_S    5.0 /* held messages are checked at least this often */
 #define PRIORITY_STEPS 4
-#define POP_LISTS_MAX  32 /* in-flight lists one POP looks at */
+#define POP_LISTS_MAX  32 /* in-flight lists a wake-up's POP looks at */
+#define POP_KEYS_MAX   (2 * CEL_MAX_QUEUES * PRIORITY_STEPS) /* lists and keys of any other */
 static const int priority_steps[PRIORITY_STEPS] = { 0, 3, 6, 9 };
 
 /* Shared Lua: what kombu's QoS.append stores for an envelope m taken from queue
@@ -101,9 +102,13 @@ static const int priority_steps[PRIORITY_STEPS] = { 0, 3, 6, 9 };
     "  return tag, env\n"                                   \
     "end\n"
 
-/* POP: KEYS = in-flight lists (redis_wait.c), then queue keys in
- * priority-major order; ARGV = max, now, size limit, record key, call number,
- * record lifetime (s), the number P of in-flight lists, their P queue keys.
+/* POP: KEYS = in-flight lists (redis_wait.c) and queue keys, in the order to
+ * take from; ARGV = max, now, size limit, record key, call number, record
+ * lifetime (s), a count P, then the queue key of each of KEYS[1..P] (a queue
+ * key maps to itself; keys past P are queue keys). A POP after a wake-up has
+ * only the lists it filled; any other has each queue key's list just before
+ * the key, in priority-major order: what the wait moved there came off that
+ * queue before anything still in it, so it goes first.
  * Returns {envelope, tag or '', queue key, ...}; what an in-flight list still
  * holds when the window is full goes back to its queue, as the next message
  * taken there. Records the call's number and tags under the record key: if
@@ -148,7 +153,7 @@ static cel_redis_script_t script_pop = {
     "  if n == 0 then break end\n"
     "end\n"
     "for i = 1, lists do\n"
-    "  while true do\n"
+    "  while KEYS[i] ~= ARGV[7 + i] do\n"
     "    local m = redis.call('LPOP', KEYS[i])\n"
     "    if not m then break end\n"
     "    redis.call('RPUSH', ARGV[7 + i], m)\n"
@@ -316,7 +321,10 @@ typedef struct redis_broker {
     int nqueues;
     char **keys; /* nqueues * 4 priority keys (room for CEL_MAX_QUEUES) */
     size_t *keylens;
+    char **lists; /* the in-flight list of each of keys (redis_wait.c) */
+    size_t *listlens;
     int nkeys;
+    char uuid[37]; /* names this worker's in-flight lists */
     int rotate;   /* fairness: first queue of the next fetch */
     int fetching; /* a POP is in flight */
     int idle;     /* the last POP found the queues empty: waiting */
@@ -350,15 +358,21 @@ static double now_unix(void) {
 static void fetch(redis_broker_t *b, int block);
 
 /* The key order of one fetch: priority-major, queues rotated for fairness. */
-static int fetch_keys(redis_broker_t *b, const char **keys, size_t *lens) {
+/* The keys a POP that is not a wake-up's takes from, in order: for each queue
+ * key (priority-major, the first queue rotating), its in-flight list, then the
+ * key itself; qkeys gets the queue key of each. Returns how many. */
+static int fetch_keys(redis_broker_t *b, const char **keys, size_t *lens, const char **qkeys,
+                      size_t *qlens) {
     int nq = b->nqueues;
     int n = 0;
     if (nq == 0) return 0;
     for (int p = 0; p < PRIORITY_STEPS; p++)
         for (int i = 0; i < nq; i++) {
-            int q = (i + b->rotate) % nq;
-            keys[n] = b->keys[q * PRIORITY_STEPS + p];
-            lens[n++] = b->keylens[q * PRIORITY_STEPS + p];
+            int k = ((i + b->rotate) % nq) * PRIORITY_STEPS + p;
+            keys[n] = b->lists[k], lens[n] = b->listlens[k];
+            qkeys[n] = b->keys[k], qlens[n++] = b->keylens[k];
+            keys[n] = b->keys[k], lens[n] = b->keylens[k];
+            qkeys[n] = b->keys[k], qlens[n++] = b->keylens[k];
         }
     b->rotate = (b->rotate + 1) % nq;
     return n;
@@ -592,20 +606,22 @@ static void fetch(redis_broker_t *b, int block) {
         return;
     }
     b->idle = 0;
-    const char *keys[POP_LISTS_MAX + CEL_MAX_QUEUES * PRIORITY_STEPS];
-    size_t lens[POP_LISTS_MAX + CEL_MAX_QUEUES * PRIORITY_STEPS];
-    const char *args[6 + 1 + POP_LISTS_MAX];
-    size_t alens[6 + 1 + POP_LISTS_MAX];
+    const char *keys[POP_KEYS_MAX];
+    size_t lens[POP_KEYS_MAX];
+    const char *args[7 + POP_KEYS_MAX];
+    size_t alens[7 + POP_KEYS_MAX];
     /* A POP after a wait looks only at the lists the wait filled (the next one
-     * looks at the queues): the wake-up costs one short script. */
+     * looks at the queues, each after its list): the wake-up costs one short
+     * script. */
     int p = cel_redis_wait_moved(b->wait, keys, lens, args + 7, alens + 7, POP_LISTS_MAX);
-    int n = p ? p : fetch_keys(b, keys, lens);
+    int lists_only = p > 0;
+    int n = lists_only ? p : (p = fetch_keys(b, keys, lens, args + 7, alens + 7));
     char max[16], now[32], lim[32], call[24];
     snprintf(max, sizeof(max), "%d", cap > POP_BATCH_MAX ? POP_BATCH_MAX : cap);
     snprintf(now, sizeof(now), "%.6f", now_unix());
     snprintf(lim, sizeof(lim), "%ld", b->cfg->max_message_size);
     snprintf(call, sizeof(call), "%llu", b->pop_calls + 1);
-    char lists[8];
+    char lists[16];
     snprintf(lists, sizeof(lists), "%d", p);
     const char *fixed[] = { max, now, lim, b->popkey, call, b->poplife, lists };
     for (int i = 0; i < 7; i++) args[i] = fixed[i], alens[i] = strlen(fixed[i]);
@@ -613,7 +629,7 @@ static void fetch(redis_broker_t *b, int block) {
         CEL_OK) {
         b->pop_calls++;
         b->fetching = 1;
-        b->pop_lists = p > 0;
+        b->pop_lists = lists_only;
         b->pending++;
     }
 }
@@ -675,10 +691,17 @@ static void bind_queue(redis_broker_t *b, const char *q) {
     free(member);
 }
 
-/* Rebuilds the priority keys of the queues consumed now. */
-static int build_keys(redis_broker_t *b) {
-    for (int i = 0; i < b->nkeys; i++) free(b->keys[i]);
+static void free_keys(redis_broker_t *b) {
+    for (int i = 0; i < b->nkeys; i++) {
+        free(b->keys[i]);
+        free(b->lists[i]);
+    }
     b->nkeys = 0;
+}
+
+/* Rebuilds the priority keys of the queues consumed now, and their lists. */
+static int build_keys(redis_broker_t *b) {
+    free_keys(b);
     for (int q = 0; q < b->nqueues; q++)
         for (int p = 0; p < PRIORITY_STEPS; p++) {
             size_t ql = strlen(b->queues[q]);
@@ -687,7 +710,13 @@ static int build_keys(redis_broker_t *b) {
             memcpy(k, b->queues[q], ql + 1);
             size_t n = ql;
             if (p) n += (size_t)snprintf(k + ql, 8, "\x06\x16%d", priority_steps[p]);
+            char *l = cel_redis_wait_list_name(b->uuid, k, n, &b->listlens[b->nkeys]);
+            if (!l) {
+                free(k);
+                return CEL_ENOMEM;
+            }
             b->keys[b->nkeys] = k;
+            b->lists[b->nkeys] = l;
             b->keylens[b->nkeys++] = n;
         }
     b->rotate = 0;
@@ -864,13 +893,15 @@ static void *redis_open(uv_loop_t *loop, const cel_options_t *cfg, const cel_bro
     b->priv = priv;
     b->keys = calloc(CEL_MAX_QUEUES * PRIORITY_STEPS, sizeof(char *));
     b->keylens = calloc(CEL_MAX_QUEUES * PRIORITY_STEPS, sizeof(size_t));
+    b->lists = calloc(CEL_MAX_QUEUES * PRIORITY_STEPS, sizeof(char *));
+    b->listlens = calloc(CEL_MAX_QUEUES * PRIORITY_STEPS, sizeof(size_t));
     b->held = cel_held_new();
-    char id[37];
+    char *id = b->uuid;
     cel_events_uuid(id);
     snprintf(b->popkey, sizeof(b->popkey), "_celeriac.pop.%s", id);
     snprintf(b->poplife, sizeof(b->poplife), "%.0f",
              cfg->visibility_timeout < 60 ? 60 : cfg->visibility_timeout);
-    if (!b->keys || !b->keylens || !b->held) goto fail;
+    if (!b->keys || !b->keylens || !b->lists || !b->listlens || !b->held) goto fail;
     for (int q = 0; q < cfg->nqueues; q++) {
         if (!(b->queues[q] = strdup(cfg->queues[q]))) goto fail;
         b->nqueues++;
@@ -893,10 +924,11 @@ static void *redis_open(uv_loop_t *loop, const cel_options_t *cfg, const cel_bro
 fail:
     cel_err_set(err, CEL_ENOMEM, "out of memory");
     for (int i = 0; i < b->nqueues; i++) free(b->queues[i]);
-    if (b->keys)
-        for (int i = 0; i < b->nkeys; i++) free(b->keys[i]);
+    if (b->keys && b->lists) free_keys(b);
     free(b->keys);
     free(b->keylens);
+    free(b->lists);
+    free(b->listlens);
     cel_held_free(b->held);
     free(b);
     return NULL;
@@ -1049,10 +1081,12 @@ static int redis_pending(const void *impl) {
 static void close_step(void *priv) {
     redis_broker_t *b = priv;
     if (--b->closing_left > 0) return;
-    for (int i = 0; i < b->nkeys; i++) free(b->keys[i]);
+    free_keys(b);
     for (int i = 0; i < b->nqueues; i++) free(b->queues[i]);
     free(b->keys);
     free(b->keylens);
+    free(b->lists);
+    free(b->listlens);
     cel_held_free(b->held);
     for (size_t i = 0; i < b->nreack; i++) free(b->reack[i]);
     free(b->reack);

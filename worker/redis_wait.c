@@ -317,6 +317,17 @@ static void retire(cel_redis_wait_t *w, waiter_t **xs, int n) {
     for (int i = 0; i < n; i++) cel_redis_close(xs[i]->conn, on_waiter_closed, xs[i]);
 }
 
+char *cel_redis_wait_list_name(const char *uuid, const char *key, size_t keylen, size_t *len) {
+    size_t n = sizeof(list_prefix) - 1 + strlen(uuid) + 1 + keylen;
+    char *s = malloc(n + 1);
+    if (!s) return NULL;
+    int h = snprintf(s, n + 1, "%s%s.", list_prefix, uuid);
+    memcpy(s + h, key, keylen);
+    s[n] = '\0';
+    *len = n;
+    return s;
+}
+
 static waiter_t *waiter_new(cel_redis_wait_t *w, const char *key, size_t keylen) {
     if (w->n == w->cap) {
         int cap = w->cap ? w->cap * 2 : 8;
@@ -329,15 +340,11 @@ static waiter_t *waiter_new(cel_redis_wait_t *w, const char *key, size_t keylen)
     if (!x) return NULL;
     x->w = w;
     x->keylen = keylen;
-    x->listlen = sizeof(list_prefix) - 1 + strlen(w->uuid) + 1 + keylen;
     x->key = malloc(keylen + 1);
-    x->list = malloc(x->listlen + 1);
+    x->list = cel_redis_wait_list_name(w->uuid, key, keylen, &x->listlen);
     if (!x->key || !x->list) goto fail;
     memcpy(x->key, key, keylen);
     x->key[keylen] = '\0';
-    int h = snprintf(x->list, x->listlen + 1, "%s%s.", list_prefix, w->uuid);
-    memcpy(x->list + h, key, keylen);
-    x->list[x->listlen] = '\0';
     x->lease_need = w->lease_sent + 1;
     x->conn = cel_redis_new(w->loop, &w->cfg->broker, "broker-wait", NULL, 0, on_waiter_state, x);
     if (!x->conn) goto fail;

@@ -49,6 +49,9 @@ int cel_redis_wait_keys(cel_redis_wait_t *w, char *const *keys, const size_t *le
 /* Waits on every key that is not waited on yet (the queues were empty). */
 void cel_redis_wait_arm(cel_redis_wait_t *w);
 
+/* The in-flight list of the worker named uuid for queue key (malloc'd; its
+ * length in *len). NULL on ENOMEM. */
+char *cel_redis_wait_list_name(const char *uuid, const char *key, size_t keylen, size_t *len);
 /* The in-flight lists that may hold messages (at most max), with their queue
  * keys, for the next POP; their marks are cleared. Returns how many. */
 int cel_redis_wait_moved(cel_redis_wait_t *w, const char **lists, size_t *list_lens,

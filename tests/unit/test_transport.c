@@ -253,6 +253,79 @@ static void test_broker_redis(void **state) {
     free(env2);
 }
 
+/* Clients blocked in a command (the broker's idle waits), from INFO clients. */
+static long blocked_clients(void) {
+    redisReply *r = redisCommand(rc, "INFO clients");
+    assert_true(r && r->type == REDIS_REPLY_STRING);
+    const char *p = strstr(r->str, "blocked_clients:");
+    long n = p ? atol(p + strlen("blocked_clients:")) : -1;
+    freeReplyObject(r);
+    return n;
+}
+
+static void on_tick(uv_timer_t *t) {
+    run_state_t *st = t->data;
+    st->ok = blocked_clients() >= 4;
+}
+
+/* The idle wait moved the queue's next message into this worker's in-flight
+ * list, and a POP for a freed slot was sent before the loop had read that
+ * wake-up: the POP must take the moved message before the one queued after it
+ * (it used to look only at the queues, and a user's optim_step ran before its
+ * forward_backward). */
+static void test_broker_order_after_unread_wake(void **state) {
+    (void)state;
+    need_redis();
+    cel_options_t cfg;
+    options(&cfg, "oq", 0);
+    size_t len;
+    char *env = envelope(&len);
+    char *envs[2];
+    for (int i = 0; i < 2; i++) {
+        json_t *j = json_loadb(env, len, 0, NULL);
+        json_object_set_new(json_object_get(j, "properties"), "delivery_tag",
+                            json_string(i ? "tag-second" : "tag-first"));
+        envs[i] = json_dumps(j, JSON_COMPACT);
+        json_decref(j);
+    }
+    cmd_int("DEL oq unacked unacked_index");
+
+    run_state_t st;
+    loop_init(&st);
+    cel_broker_cbs_t cbs = { capacity, on_message, on_state };
+    cel_err_t err;
+    st.cap = 4;
+    cel_broker_t *b = cel_broker_new(&st.loop, &cfg, &cbs, &st, &err);
+    assert_non_null(b);
+    /* idle: one wait per priority key of oq, blocked in the server */
+    uv_timer_t tick;
+    uv_timer_init(&st.loop, &tick);
+    tick.data = &st;
+    uv_timer_start(&tick, on_tick, 10, 10);
+    run_until(&st, &st.ok, 1, "the waits to block");
+    uv_timer_stop(&tick);
+    /* the loop does not run now: the first message is moved by the wait (its
+     * answer unread in the waiter's socket), the second stays queued */
+    cmd_int("LPUSH oq %s", envs[0]);
+    assert_int_equal(cmd_int("LLEN oq"), 0);
+    cmd_int("LPUSH oq %s", envs[1]);
+    assert_int_equal(cmd_int("LLEN oq"), 1);
+    cel_broker_kick(b); /* a slot freed: a POP that is not the wake-up's */
+    run_until(&st, &st.nmsg, 2, "both messages");
+    assert_string_equal(st.tags[0], "tag-first");
+    assert_string_equal(st.tags[1], "tag-second");
+    assert_int_equal(cmd_int("LLEN oq"), 0);
+
+    uv_close((uv_handle_t *)&tick, NULL);
+    cel_broker_close(b, on_closed, &st);
+    run_until(&st, &st.closed, 1, "broker close");
+    loop_close(&st);
+    cel_options_free(&cfg);
+    free(env);
+    free(envs[0]);
+    free(envs[1]);
+}
+
 static void on_up(void *priv) { ((run_state_t *)priv)->up++; }
 
 static void on_got(void *priv, int ok, const char *meta, size_t len) {
@@ -455,6 +528,7 @@ static void test_unknown_scheme(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_broker_redis),
+        cmocka_unit_test(test_broker_order_after_unread_wake),
         cmocka_unit_test(test_backend_redis),
         cmocka_unit_test(test_backend_other_db),
         cmocka_unit_test(test_unknown_scheme),
