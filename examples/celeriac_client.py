@@ -4,7 +4,11 @@ Used by examples/concurrent_users.py and bench/users.py. Every model operation r
 future; Client.wait() asks /retrieve_future with a wait of up to `long_poll` seconds, so the
 server answers when the task is done (a server that answers at once is polled every
 `poll_interval` seconds). A 429 (rate limit) or a 503 QueueFull (backpressure: nothing was
-queued) is retried after its Retry-After.
+queued) is retried after its Retry-After. Each thread keeps its HTTP connection open between
+requests (keep-alive, as requests.Session does): no TCP connect per request, and the server
+parses no new connection. A connection the server closed while it was idle (Gunicorn's
+keepalive) is noticed before it is used and replaced; a request is never sent twice, so a
+connection lost while a request is on its way is an OSError, as any other network failure.
 
     c = Client("http://127.0.0.1:8000", api_key)
     adapter = c.call("/add_lora", {"rank": 8})["adapter_id"]
@@ -13,11 +17,13 @@ queued) is retried after its Retry-After.
     loss = c.wait(f1)["loss"]; step = c.wait(f2)["step"]
 """
 
+import http.client
 import json
 import os
+import select
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 
 # The development keys `make run` configures when CELERIAC_API_KEYS is not set.
 DEV_KEYS = "alice:dev-key-alice,bob:dev-key-bob,carol:dev-key-carol,dave:dev-key-dave"
@@ -49,30 +55,64 @@ class Client:
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.long_poll = long_poll  # seconds the server may hold /retrieve_future (0: never)
+        url = urllib.parse.urlsplit(self.base)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self._https, self._host, self._port = url.scheme == "https", url.hostname, url.port
+        self._prefix = url.path
+        self._local = threading.local()  # this thread's connection
+
+    def _connection(self):
+        """This thread's connection, a new one when the server closed the kept one."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and conn.sock is not None:
+            readable, _, _ = select.select([conn.sock], [], [], 0)
+            if readable:  # nothing is owed between requests: the server closed it
+                conn.close()
+                conn = None
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = self._local.conn = cls(self._host, self._port, timeout=self.timeout)
+        return conn
+
+    def _exchange(self, method, path, data):
+        """One request on this thread's connection -> (status, headers, raw body)."""
+        conn = self._connection()
+        headers = {"Authorization": f"Bearer {self.key}"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, self._prefix + path, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            self._local.conn = None
+            if isinstance(e, OSError):
+                raise
+            raise ConnectionError(f"{method} {path}: {type(e).__name__}: {e}") from e
+        if resp.will_close:
+            conn.close()
+            self._local.conn = None
+        return resp.status, resp.headers, raw
 
     def request(self, method, path, body=None):
         """-> (status, parsed JSON). Waits and retries on 429 and 503 QueueFull (Retry-After)."""
+        data = None if body is None else json.dumps(body).encode()
         while True:
-            data = None if body is None else json.dumps(body).encode()
-            req = urllib.request.Request(self.base + path, data=data, method=method)
-            req.add_header("Authorization", f"Bearer {self.key}")
-            if data is not None:
-                req.add_header("Content-Type", "application/json")
+            status, headers, raw = self._exchange(method, path, data)
+            if 200 <= status < 300:
+                return status, json.loads(raw or b"null")
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return resp.status, json.loads(resp.read() or b"null")
-            except urllib.error.HTTPError as e:
-                raw = e.read()
-                try:
-                    parsed = json.loads(raw)
-                except ValueError:
-                    parsed = {"error": {"type": "HTTP", "message": raw[:200].decode("latin-1")}}
-                kind = parsed.get("error", {}).get("type") if isinstance(parsed, dict) else None
-                if e.code == 429 or (e.code == 503 and kind == "QueueFull"):
-                    # rate limit, or backpressure (the queue is full; nothing was queued)
-                    time.sleep(float(e.headers.get("Retry-After", "1")))
-                    continue
-                return e.code, parsed
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = {"error": {"type": "HTTP", "message": raw[:200].decode("latin-1")}}
+            kind = parsed.get("error", {}).get("type") if isinstance(parsed, dict) else None
+            if status == 429 or (status == 503 and kind == "QueueFull"):
+                # rate limit, or backpressure (the queue is full; nothing was queued)
+                time.sleep(float(headers.get("Retry-After", "1")))
+                continue
+            return status, parsed
 
     def submit(self, path, body=None, method="POST"):
         """Sends a task-submitting request; returns its future id."""
@@ -109,9 +149,12 @@ class Client:
         return self.wait(self.submit(path, body, method), timeout)
 
     def healthz(self):
-        req = urllib.request.Request(self.base + "/healthz")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
+        status, _, raw = self._exchange("GET", "/healthz", None)
+        return status, json.loads(raw or b"{}")
+
+    def close(self):
+        """Closes this thread's connection (others close when their threads' objects go)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from conftest import REPO, both_brokers, free_port, scaled, wait_until
-from http_fixtures import KEYS_ENV, TEXT, ApiCalls, err, table_config
+from http_fixtures import KEYS, KEYS_ENV, TEXT, ApiCalls, err, table_config
 
 HTTP_TIMEOUT = 10
 
@@ -233,6 +233,29 @@ def test_retrieve_future_waits_for_the_task(api, worker):
     assert r.status_code == 400 and r.json()["error"]["message"] == "no such thing", r.text
     r = api.post("/retrieve_future", {"future_id": long_fid, "wait": 8})
     assert r.status_code == 200 and r.json()["result"] == 3, r.text
+
+
+def test_example_client_keeps_its_connection(gunicorn, worker):
+    """examples/celeriac_client.py keeps one connection per thread from request to request
+    (keep-alive), and one the server closed while it was idle (Gunicorn's keepalive, 1 s
+    here) is replaced before it is used: the next request answers as usual."""
+    import sys
+    sys.path.insert(0, os.path.join(REPO, "examples"))
+    from celeriac_client import Client
+    api = gunicorn(GUNICORN_KEEPALIVE=1)
+    worker("-c", "2")
+    c = Client(api.base, KEYS["alice"], timeout=HTTP_TIMEOUT)
+    assert c.healthz()[0] == 200
+    local = c._local.conn.sock.getsockname()  # (the client's side of its one connection)
+    fids = [c.submit("/diag/add", {"args": [i, 1]}) for i in range(5)]
+    assert [c.wait(f, timeout=30) for f in fids] == [i + 1 for i in range(5)]
+    assert c._local.conn.sock.getsockname() == local
+    time.sleep(2.5)  # past the server's keepalive: it closes the idle connection
+    assert c.call("/diag/add", {"args": [40, 2]}, timeout=30) == 42
+    assert c._local.conn.sock.getsockname() != local
+    status, body = c.request("POST", "/retrieve_future", {"future_id": "nope"})
+    assert status == 404 and body["error"]["type"] == "NotFound", body
+    c.close()
 
 
 def test_waiting_requests_are_bounded(gunicorn, worker):
