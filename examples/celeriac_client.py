@@ -66,8 +66,9 @@ class Client:
         """This thread's connection, a new one when the server closed the kept one."""
         conn = getattr(self._local, "conn", None)
         if conn is not None and conn.sock is not None:
-            readable, _, _ = select.select([conn.sock], [], [], 0)
-            if readable:  # nothing is owed between requests: the server closed it
+            poll = select.poll()  # (select.select fails on descriptors past 1023)
+            poll.register(conn.sock, select.POLLIN)
+            if poll.poll(0):  # nothing is owed between requests: the server closed it
                 conn.close()
                 conn = None
         if conn is None:

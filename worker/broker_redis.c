@@ -357,7 +357,6 @@ static double now_unix(void) {
 
 static void fetch(redis_broker_t *b, int block);
 
-/* The key order of one fetch: priority-major, queues rotated for fairness. */
 /* The keys a POP that is not a wake-up's takes from, in order: for each queue
  * key (priority-major, the first queue rotating), its in-flight list, then the
  * key itself; qkeys gets the queue key of each. Returns how many. */
