@@ -9,9 +9,10 @@ retries a bounded number of times, then raises kombu's OperationalError (a 503).
 On a Redis result backend the stock send_task also subscribes to each task's result channel
 (for a later AsyncResult.get()) and unsubscribes when the result object goes away. The front
 end never waits that way (waiting.py has its own subscriber), and nobody read the replies of
-those two commands: they piled up unread on the connection, about 170 bytes a submit for the
-life of a Gunicorn thread, until Redis dropped it at its pub/sub output limit. The client's
-Redis backend (SendOnlyRedisBackend) does not subscribe; everything else is the stock one.
+those two commands: they piled up unread, about 170 bytes a submit, in the socket's buffer
+and then in Redis's output buffer for that connection, for the life of a Gunicorn thread.
+The client's Redis backend (SendOnlyRedisBackend) does not subscribe; everything else is the
+stock one.
 """
 
 import os

@@ -8,13 +8,13 @@ meta on (celery-task-meta-<id>, what AsyncResult.get() listens to) and reads the
 after subscribing, so a result stored in between is not missed. A final state that arrives
 on the channel is the answer as it came (the stored meta, decoded as a read decodes it: no
 second read); after any other message (a progress report, something undecodable) the meta
-is read again, so a wait that ends on its timeout answers with the freshest progress. Each Gunicorn thread keeps
-one subscriber connection for its waits (subscribe, wait, unsubscribe), instead of a new
-connection per wait (redis-py's PubSub.close() disconnects): a wait then costs two commands,
-not a TCP connect and close. A message left over from an earlier wait (another channel) is
-skipped. Other backends are read
-again after a growing pause (2 ms, doubling to 50 ms). A Redis error ends the wait: the
-request answers with what it can read, as without `wait`.
+is read again, so a wait that ends on its timeout answers with the freshest progress. Each
+Gunicorn thread keeps one subscriber connection for its waits (subscribe, wait,
+unsubscribe), instead of a new connection per wait (redis-py's PubSub.close() disconnects):
+a wait then costs two commands, not a TCP connect and close. A message left over from an
+earlier wait (another channel) is skipped. Other backends are read again after a growing
+pause (2 ms, doubling to 50 ms). A Redis error ends the wait: the request answers with what
+it can read, as without `wait`.
 
 Each Gunicorn worker lets at most CELERIAC_MAX_WAITERS requests wait at once (default: its
 threads less one), so waiting requests never hold every thread; past that a request answers
