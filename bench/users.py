@@ -10,6 +10,8 @@ points at a running one (then CELERIAC_API_KEYS must name at least max(N) users)
   concurrent   wall time of the N users at once (threads)
   sequential   wall time of the same N sessions one after another
   speedup      sequential / concurrent
+(after an untimed warm-up of 2 steps by all max(N) users at once: the model loaded in the
+executors, every user's connections made).
 
 Then the cost of a step along the path, for one user:
   engine       `bin/celeriac-lm train` for the same steps, batch and sentence (in-process, no
@@ -301,7 +303,10 @@ def main():
               + f"futures waited for with wait={args.long_poll:g} s; "
               + (f"celeriac -c {args.concurrency}, gunicorn {args.web_workers} workers"
                  if stack else f"server {base}"), flush=True)
-        session(clients[0], 2, args.batch)  # warm-up: executors load the model
+        # warm-up, untimed: executors load the model, and every user's first requests
+        # (Gunicorn workers' first Redis and broker connections) are not in the first
+        # timed phase, which would otherwise be the concurrent one
+        run_concurrent(clients[:max(ns)], 2, args.batch)
         rows = []
         for n in ns:
             conc = run_concurrent(clients[:n], args.steps, args.batch)
