@@ -86,15 +86,14 @@ class Client:
             conn.request(method, self._prefix + path, body=data, headers=headers)
             resp = conn.getresponse()
             raw = resp.read()
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
-            self._local.conn = None
-            if isinstance(e, OSError):
-                raise
+        except OSError:
+            self.close()
+            raise
+        except http.client.HTTPException as e:
+            self.close()
             raise ConnectionError(f"{method} {path}: {type(e).__name__}: {e}") from e
         if resp.will_close:
-            conn.close()
-            self._local.conn = None
+            self.close()
         return resp.status, resp.headers, raw
 
     def request(self, method, path, body=None):

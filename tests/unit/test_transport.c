@@ -123,6 +123,28 @@ static char *envelope(size_t *len) {
     return read_file(dir, "messages/fresh-basic.json", len);
 }
 
+/* env (len bytes) with its own delivery tag and priority, compact (malloc'd). */
+static char *envelope_tagged(const char *env, size_t len, const char *tag, int priority) {
+    json_t *j = json_loadb(env, len, 0, NULL);
+    assert_non_null(j);
+    json_object_set_new(json_object_get(j, "properties"), "delivery_tag", json_string(tag));
+    json_object_set_new(json_object_get(j, "properties"), "priority", json_integer(priority));
+    char *out = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    return out;
+}
+
+/* A loop in st and a Redis broker on it for cfg, taking at most cap messages. */
+static cel_broker_t *start_broker(run_state_t *st, const cel_options_t *cfg, int cap) {
+    loop_init(st);
+    cel_broker_cbs_t cbs = { capacity, on_message, on_state };
+    cel_err_t err;
+    st->cap = cap;
+    cel_broker_t *b = cel_broker_new(&st->loop, cfg, &cbs, st, &err);
+    assert_non_null(b);
+    return b;
+}
+
 static void test_broker_redis(void **state) {
     (void)state;
     need_redis();
@@ -131,23 +153,14 @@ static void test_broker_redis(void **state) {
     size_t len;
     char *env = envelope(&len);
     /* a second message: the same envelope with its own delivery tag and priority 5 */
-    json_t *j = json_loadb(env, len, 0, NULL);
-    json_object_set_new(json_object_get(j, "properties"), "delivery_tag", json_string("tag-b"));
-    json_object_set_new(json_object_get(j, "properties"), "priority", json_integer(5));
-    char *env2 = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
+    char *env2 = envelope_tagged(env, len, "tag-b", 5);
     cmd_int("DEL tq celery unacked unacked_index");
     cmd_int("DEL %b", "celery\x06\x16" "3", (size_t)9);
     cmd_int("LPUSH tq %b", env, len);
     cmd_int("LPUSH tq %s", env2);
 
     run_state_t st;
-    loop_init(&st);
-    cel_broker_cbs_t cbs = { capacity, on_message, on_state };
-    cel_err_t err;
-    st.cap = 2;
-    cel_broker_t *b = cel_broker_new(&st.loop, &cfg, &cbs, &st, &err);
-    assert_non_null(b);
+    cel_broker_t *b = start_broker(&st, &cfg, 2);
     assert_string_equal(cel_broker_ops(b)->scheme, "redis");
     /* a quarter of 40 s, but at most 5 s: a server that lost what we hold gets it back soon */
     assert_true(cel_broker_touch_interval(b) == 5.0);
@@ -187,6 +200,7 @@ static void test_broker_redis(void **state) {
     }
 
     /* the transport decodes and peeks its own messages */
+    cel_err_t err;
     cel_broker_msg_t m = { st.tags[0], "tq", st.bodies[0], st.lens[0], NULL };
     cel_task_t *t;
     assert_int_equal(cel_broker_decode(b, &m, CEL_MSG_MAX_BYTES, &t, &err), CEL_OK);
@@ -280,23 +294,12 @@ static void test_broker_order_after_unread_wake(void **state) {
     options(&cfg, "oq", 0);
     size_t len;
     char *env = envelope(&len);
-    char *envs[2];
-    for (int i = 0; i < 2; i++) {
-        json_t *j = json_loadb(env, len, 0, NULL);
-        json_object_set_new(json_object_get(j, "properties"), "delivery_tag",
-                            json_string(i ? "tag-second" : "tag-first"));
-        envs[i] = json_dumps(j, JSON_COMPACT);
-        json_decref(j);
-    }
+    char *envs[] = { envelope_tagged(env, len, "tag-first", 0),
+                     envelope_tagged(env, len, "tag-second", 0) };
     cmd_int("DEL oq unacked unacked_index");
 
     run_state_t st;
-    loop_init(&st);
-    cel_broker_cbs_t cbs = { capacity, on_message, on_state };
-    cel_err_t err;
-    st.cap = 4;
-    cel_broker_t *b = cel_broker_new(&st.loop, &cfg, &cbs, &st, &err);
-    assert_non_null(b);
+    cel_broker_t *b = start_broker(&st, &cfg, 4);
     /* idle: one wait per priority key of oq, blocked in the server */
     uv_timer_t tick;
     uv_timer_init(&st.loop, &tick);
