@@ -219,7 +219,7 @@ UNIT_LIB := $(patsubst %.c,$(AOBJ)/%.o,$(PROTOCOL_SRC) $(MODEL_SRC) worker/limit
             worker/backend_redis.c worker/held.c worker/respcut.c worker/bus.c worker/bus_redis.c \
             worker/amqp_bus.c worker/amqp_acks.c worker/amqp_confirms.c worker/amqp_conn.c worker/amqp_thread.c worker/broker_amqp.c \
             worker/backend_rpc.c worker/metrics.c worker/metrics_http.c executor/call.c \
-            executor/adapters.c executor/adapters_hold.c)
+            executor/adapters.c executor/adapters_hold.c executor/adapters_file.c)
 # (the header dependencies go beside the objects: the runner executes everything in tests/)
 build/asan/tests/%: tests/unit/%.c $(UNIT_LIB)
 	@mkdir -p $(dir $@) $(AOBJ)/tests

@@ -1,28 +1,22 @@
 /* adapters.c -- the executor's LoRA adapter store: memory copies and checkpoints.
  *
- * A checkpoint is written in this order, so a crash at any point leaves the old
- * or the new one complete and `current` naming a complete one:
- *   1. mkdir <state>/adapters/<id>/ckpt-<step>-<nonce>/ (a fresh name: never reused)
- *   2. adapter_model.safetensors, adapter_config.json, optimizer.safetensors, meta.json
- *      (gradients.safetensors on a hand-back) written straight to their names (nothing
- *      reads the directory before `current` names it), and current.tmp.<node>.<pid>
- *      with the checkpoint's name; none synced yet
- *   3. one sync pass: fdatasync of each of those files (writeback of all started
- *      first, so one journal commit covers them), then fsync of the checkpoint
- *      directory (its names); only now may `current` name it
- *   4. current.tmp.<node>.<pid> renamed to `current`, then fsync of
- *      <state>/adapters/<id>/ (the rename durable before the step's result is sent)
- *   5. every other ckpt-* of the adapter is removed (a leftover from a crash in 1-3 too),
- *      by a background thread once their names are picked (remove_later), and so is any
- *      temp name (*.tmp.<node>.<pid>) older than STALE_TMP_S: a writer killed in 2-4
- *      (a live one renames its temp within milliseconds)
- * Steps 1-5 run in the one process allowed to write the adapter (the holder of its
- * lock, see adapters_hold.c; or its creator), which checks
- * before 1 and before 4 that `current` still names the checkpoint it started from, so
- * pruning never removes a checkpoint another worker is writing or one `current` names.
- * Temp names carry node and pid.
- * A reader trusts only what `current` names, and checks that name's shape before using
- * it in a path. Deleting renames the adapter's directory out of the way first, so a
+ * An adapter's checkpoints live in <state>/adapters/<id>/checkpoint, one file
+ * rewritten in place (adapters_file.c: two records, two slots; a crash leaves
+ * the old or the new checkpoint whole). A checkpoint is named
+ * "ckpt-<step>-<nonce>" (a fresh nonce each time: a name is never reused) and
+ * holds meta.json (owner, step, the recent steps' results for redelivery),
+ * adapter_model.safetensors, adapter_config.json, optimizer.safetensors and, on
+ * a hand-back, gradients.safetensors: the bytes cel_lora_save would write.
+ * Only the process allowed to write the adapter (the holder of its lock, see
+ * adapters_hold.c; or its creator) writes it, and checks before writing and
+ * again just before the switch that the file still names the checkpoint it
+ * started from, so a writer that lost the adapter never overwrites a newer one.
+ * A reader trusts only the current record, whose name it checks before use.
+ * A store from before the file (<id>/current naming a ckpt-* directory of those
+ * files) is read as it is; the adapter's next checkpoint goes into the file,
+ * then `current` and the directories are removed (prune: in the background,
+ * with temp names (*.tmp.<node>.<pid>) older than STALE_TMP_S: a writer killed
+ * midway). Deleting renames the adapter's directory out of the way first, so a
  * half-removed adapter is never seen as one.
  * Executor processes only; blocking I/O; one thread.
  */
@@ -47,7 +41,7 @@
 #include "../common/log.h"
 #include "../model/safetensors.h"
 
-#define LOAD_RETRIES      3   /* reloads when another executor switched `current` meanwhile */
+#define LOAD_RETRIES      3   /* reloads when another executor switched checkpoints meanwhile */
 #define STALE_TMP_S       600 /* a temp name this old belongs to a dead writer */
 #define META_FORMAT       "celeriac-adapter-1"
 #define IMPORT_CONFIG_MAX (1 << 20)  /* bytes of an imported adapter_config.json */
@@ -182,8 +176,9 @@ static void rm_tree(const char *path) { nftw(path, rm_one, 16, FTW_DEPTH | FTW_P
 /* ---- removal of replaced checkpoints off the step's path (issue 17) ----
  * Unlinking a checkpoint's files costs a step as much as writing them on a
  * busy disk, and nothing waits on it: prune picks the names under the
- * adapter's lock (so never one being written nor the one `current` names;
- * names are never reused, so a name once replaced stays garbage) and a thread
+ * adapter's lock (checkpoint directories of a store from before the checkpoint
+ * file, never the one `current` names; names are never reused, so a name once
+ * replaced stays garbage) and a thread
  * of its own removes them after the step's result is on its way. Removals a
  * process dies with are left to the next prune. The thread blocks every signal
  * (the executor's stay with its main thread). */
@@ -283,7 +278,7 @@ static int path_inside(const char *path, const char *root) {
     return strncmp(path, root, n) == 0 && (path[n] == '/' || path[n] == '\0');
 }
 
-/* 1 when name is "ckpt-<digits>-<hex>" (what `current` may name). */
+/* 1 when name is "ckpt-<digits>-<hex>" (what a checkpoint may be called). */
 static int valid_ckpt_name(const char *name) {
     if (strncmp(name, "ckpt-", 5) != 0) return 0;
     const char *p = name + 5;
@@ -433,7 +428,8 @@ static void insert(cel_adapters_t *s, cel_adapter_t *a) {
     s->loaded[s->n_loaded++] = a;
 }
 
-int cel_adapters_read_current(cel_adapters_t *s, const char *id, char *name, cel_err_t *err) {
+/* Reads the `current` pointer of a store from before the checkpoint file. */
+static int read_legacy_current(cel_adapters_t *s, const char *id, char *name, cel_err_t *err) {
     char path[CEL_ADAPTERS_PATH_MAX + 64], *buf;
     size_t len;
     snprintf(path, sizeof(path), "%s/%s/current", s->adir, id);
@@ -449,23 +445,60 @@ int cel_adapters_read_current(cel_adapters_t *s, const char *id, char *name, cel
     return CEL_OK;
 }
 
-/* Reads the meta.json of checkpoint name of adapter id. OUT: *meta. */
+int cel_adapters_read_current(cel_adapters_t *s, const char *id, char *name, cel_err_t *err) {
+    char dir[CEL_ADAPTERS_PATH_MAX + 64];
+    snprintf(dir, sizeof(dir), "%s/%s", s->adir, id);
+    int rc = cel_ckpt_file_read(dir, NULL, NULL, name, NULL, NULL, err);
+    if (rc != CEL_ENOTFOUND) {
+        if (rc == CEL_OK && !valid_ckpt_name(name))
+            rc = cel_err_set(err, CEL_EPROTO, "%s/" CKPT_FILE ": not a checkpoint name", dir);
+        return rc;
+    }
+    /* a store from before the file: its `current`, unless a writer moved it to
+     * the file meanwhile (the file is renamed in before `current` goes) */
+    rc = read_legacy_current(s, id, name, err);
+    if (rc == CEL_ENOTFOUND) rc = cel_ckpt_file_read(dir, NULL, NULL, name, NULL, NULL, err);
+    return rc;
+}
+
+/* Parses meta.json's text (what: for messages). OUT: *meta. */
+static int parse_meta(const char *buf, size_t len, const char *what, json_t **meta,
+                      cel_err_t *err) {
+    json_error_t jerr;
+    *meta = json_loadb(buf, len, JSON_ALLOW_NUL, &jerr);
+    if (!json_is_object(*meta)) {
+        json_decref(*meta);
+        *meta = NULL;
+        return cel_err_set(err, CEL_EPROTO, "%s: not a JSON object", what);
+    }
+    return CEL_OK;
+}
+
+/* Reads the meta.json of adapter id's current checkpoint from its checkpoint
+ * file (whichever is current when read: info and lists want the latest), or
+ * of checkpoint name in a store from before the file. OUT: *meta. */
 static int read_meta(cel_adapters_t *s, const char *id, const char *name, json_t **meta,
                      cel_err_t *err) {
     char path[CEL_ADAPTERS_PATH_MAX + 128], *buf;
     size_t len;
-    snprintf(path, sizeof(path), "%s/%s/%s/meta.json", s->adir, id, name);
-    int rc = cel_adapters_read_file(path, CEL_ADAPTERS_MAX_META, &buf, &len, err);
-    if (rc != CEL_OK) return rc;
-    json_error_t jerr;
-    *meta = json_loadb(buf, len, JSON_ALLOW_NUL, &jerr);
-    free(buf);
-    if (!json_is_object(*meta)) {
-        json_decref(*meta);
-        *meta = NULL;
-        return cel_err_set(err, CEL_EPROTO, "%s: not a JSON object", path);
+    cel_lora_image_t img = { 0 };
+    snprintf(path, sizeof(path), "%s/%s", s->adir, id);
+    int rc = cel_ckpt_file_read(path, NULL, "meta.json", NULL, &img, NULL, err);
+    if (rc == CEL_OK) {
+        const unsigned char *m = cel_lora_image_get(&img, "meta.json", &len);
+        rc = m && len <= CEL_ADAPTERS_MAX_META
+                 ? parse_meta((const char *)m, len, path, meta, err)
+                 : cel_err_set(err, CEL_EPROTO, "%s: checkpoint %s has no meta.json", path, name);
+        cel_lora_image_free(&img);
+        return rc;
     }
-    return CEL_OK;
+    if (rc != CEL_ENOTFOUND) return rc;
+    snprintf(path, sizeof(path), "%s/%s/%s/meta.json", s->adir, id, name);
+    rc = cel_adapters_read_file(path, CEL_ADAPTERS_MAX_META, &buf, &len, err);
+    if (rc != CEL_OK) return rc;
+    rc = parse_meta(buf, len, path, meta, err);
+    free(buf);
+    return rc;
 }
 
 /* Fills a's bookkeeping fields from a checkpoint's meta (borrowed). */
@@ -493,8 +526,20 @@ static int load_ckpt(cel_adapters_t *s, const char *id, const char *name, cel_ad
     snprintf(a->id, sizeof(a->id), "%s", id);
     snprintf(a->ckpt, sizeof(a->ckpt), "%s", name);
     json_t *meta = NULL;
-    int rc = read_meta(s, id, name, &meta, err);
-    if (rc == CEL_OK) rc = cel_lora_load(s->m, dir, &a->lora, err);
+    cel_lora_image_t img = { 0 };
+    char adir[CEL_ADAPTERS_PATH_MAX + 64];
+    snprintf(adir, sizeof(adir), "%s/%s", s->adir, id);
+    int rc = cel_ckpt_file_read(adir, name, NULL, NULL, &img, NULL, err), in_file = rc == CEL_OK;
+    if (rc == CEL_OK) {
+        size_t len = 0;
+        const unsigned char *m = cel_lora_image_get(&img, "meta.json", &len);
+        rc = m ? parse_meta((const char *)m, len, adir, &meta, err)
+               : cel_err_set(err, CEL_EPROTO, "%s: checkpoint %s has no meta.json", adir, name);
+        if (rc == CEL_OK) rc = cel_lora_load_image(s->m, &img, &a->lora, err);
+    } else if (rc == CEL_ENOTFOUND) { /* a store from before the checkpoint file */
+        rc = read_meta(s, id, name, &meta, err);
+        if (rc == CEL_OK) rc = cel_lora_load(s->m, dir, &a->lora, err);
+    }
     if (rc == CEL_OK && adopt_meta(a, meta) != CEL_OK)
         rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
     /* a checkpoint a warm shutdown wrote carries its gradients: read now (the
@@ -503,9 +548,11 @@ static int load_ckpt(cel_adapters_t *s, const char *id, const char *name, cel_ad
     json_t *pg = json_object_get(json_object_get(meta, "pending_grads"), "count");
     if (rc == CEL_OK && json_is_integer(pg) && json_integer_value(pg) > 0 &&
         json_integer_value(pg) < 1000000000) {
-        rc = cel_lora_load_grads(a->lora, dir, err);
+        rc = in_file ? cel_lora_load_grads_image(a->lora, &img, err)
+                     : cel_lora_load_grads(a->lora, dir, err);
         if (rc == CEL_OK) a->ckpt_grads = (int)json_integer_value(pg);
     }
+    cel_lora_image_free(&img);
     json_decref(meta);
     if (rc != CEL_OK) {
         adapter_free(a);
@@ -546,7 +593,7 @@ int cel_adapters_get(cel_adapters_t *s, const char *id, cel_adapter_t **out, cel
             return CEL_OK;
         }
         if (rc == CEL_ENOMEM) return rc;
-        /* another executor may have switched `current` and pruned name: look again */
+        /* another executor may have switched checkpoints meanwhile: look again */
         char again[CKPT_NAME_MAX];
         cel_err_t e2;
         if (cel_adapters_read_current(s, id, again, &e2) != CEL_OK || strcmp(again, name) == 0)
@@ -583,8 +630,10 @@ static json_t *make_meta(cel_adapters_t *s, cel_adapter_t *a, const char *task, 
                      targets_json(cel_lora_targets(a->lora)), "base_model", s->base);
 }
 
-/* Removes a's checkpoints other than keep and the one `current` names now, and
- * temp names of writers that died (in the background: remove_later). */
+/* Removes the checkpoint directories (and `current`) of a store from before the
+ * checkpoint file once the file names a checkpoint (none other than keep and
+ * the current one), and temp names of writers that died (in the background:
+ * remove_later). */
 static void prune(cel_adapters_t *s, const char *id, const char *keep) {
     char dir[CEL_ADAPTERS_PATH_MAX + 64], cur[CKPT_NAME_MAX] = "";
     snprintf(dir, sizeof(dir), "%s/%s", s->adir, id);
@@ -600,6 +649,10 @@ static void prune(cel_adapters_t *s, const char *id, const char *keep) {
             struct stat st;
             if (lstat(p, &st) == 0 && S_ISREG(st.st_mode) && now - st.st_mtime > STALE_TMP_S)
                 remove_later(p);
+            continue;
+        }
+        if (strcmp(e->d_name, "current") == 0 && faccessat(dirfd(d), CKPT_FILE, F_OK, 0) == 0) {
+            unlink(p); /* a pointer from before the checkpoint file, which supersedes it */
             continue;
         }
         if (strncmp(e->d_name, "ckpt-", 5) != 0) continue;
@@ -626,8 +679,8 @@ int cel_adapters_write_ckpt(cel_adapters_t *s, cel_adapter_t *a, const char *tas
     return rc;
 }
 
-/* Compare-and-swap guard of a checkpoint write (issue 15): `current` must still
- * name the checkpoint a was loaded from (or last wrote). Otherwise another
+/* Compare-and-swap guard of a checkpoint write (issue 15): the adapter's current
+ * checkpoint must still be the one a was loaded from (or last wrote). Otherwise another
  * process took the adapter over (or deleted it) and a must not overwrite it:
  * CEL_ESTATE (CEL_ENOTFOUND when deleted). A new adapter (no ckpt yet) passes. */
 static int still_current(cel_adapters_t *s, cel_adapter_t *a, cel_err_t *err) {
@@ -662,106 +715,48 @@ double cel_adapters_now_ms(void) {
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
 }
 
-#define SYNC_FILES_MAX 16 /* files of one checkpoint directory (5 today), plus the pointer */
-
-/* Makes every regular file in the fresh directory dir, and the file extra,
- * durable, then dir's entries: step 3 of the file comment as one pass. Writeback
- * of all files is started first (sync_file_range), then each is fdatasync'ed
- * (data plus the metadata needed to read it back: size, block map; all a new
- * file needs), so the first one waits for the data and commits the journal
- * (ext4, xfs) for all of them and the others find theirs done; then fsync(dir)
- * makes the names durable (fsync(2): a file's fsync does not cover its
- * directory entry). On NFS fdatasync is a COMMIT to the server. */
-static int sync_fresh(const char *dir, const char *extra, cel_err_t *err) {
-    int fds[SYNC_FILES_MAX], n = 0, rc = CEL_OK;
-    DIR *d = opendir(dir);
-    if (!d) return cel_err_set(err, CEL_EIO, "%s: %s", dir, strerror(errno));
-    struct dirent *e;
-    while (rc == CEL_OK && (e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        if (n == SYNC_FILES_MAX - 1) {
-            rc = cel_err_set(err, CEL_ELIMIT, "%s: more than %d files", dir, SYNC_FILES_MAX - 1);
-            break;
-        }
-        int fd = openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0) rc = cel_err_set(err, CEL_EIO, "%s/%s: %s", dir, e->d_name, strerror(errno));
-        else fds[n++] = fd;
-    }
-    closedir(d);
-    if (rc == CEL_OK) {
-        int fd = open(extra, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0) rc = cel_err_set(err, CEL_EIO, "%s: %s", extra, strerror(errno));
-        else fds[n++] = fd;
-    }
-    /* a hint only (it fails on NFS and is no guarantee anywhere): fdatasync is */
-    for (int i = 0; rc == CEL_OK && i < n; i++)
-        sync_file_range(fds[i], 0, 0, SYNC_FILE_RANGE_WRITE);
-    for (int i = 0; rc == CEL_OK && i < n; i++)
-        if (fdatasync(fds[i]) != 0)
-            rc = cel_err_set(err, CEL_EIO, "%s: fdatasync: %s", dir, strerror(errno));
-    for (int i = 0; i < n; i++) close(fds[i]);
-    if (rc == CEL_OK && fsync_path(dir, O_RDONLY | O_DIRECTORY) != 0)
-        rc = cel_err_set(err, CEL_EIO, "%s: fsync: %s", dir, strerror(errno));
-    return rc;
-}
-
-/* write_ckpt with the new step history. The files go straight to their names in
- * the fresh directory (nothing reads it before `current` names it, and a crash
- * leaves it to prune), the new pointer to current.tmp.<node>.<pid> in the same
- * pass, one sync pass makes all of them durable, and only then is the pointer
- * renamed over `current` and the adapter's directory fsynced (the rename durable
- * before the step's result is returned). Two journal commits per checkpoint on
- * ext4/xfs where each file's own temp/fsync/rename/dir-fsync cost about ten. */
+/* write_ckpt with the new step history: meta.json and the adapter's files as
+ * one image, written into the checkpoint file (adapters_file.c: in place, two
+ * fdatasyncs, when it fits) after the `current` check; the checkpoint
+ * directories and `current` of a store from before the file are pruned once
+ * the file names a checkpoint. */
 static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *task, json_t *result,
                             json_t *recent, int with_grads, cel_err_t *err) {
     char nonce[17], name[CKPT_NAME_MAX], adir[CEL_ADAPTERS_PATH_MAX + 64];
-    char dir[CEL_ADAPTERS_PATH_MAX + 128], ptmp[CEL_ADAPTERS_PATH_MAX + 512];
-    char cur[CEL_ADAPTERS_PATH_MAX + 128];
     double t0 = cel_adapters_now_ms();
     int rc = still_current(s, a, err);
     if (rc == CEL_OK) rc = random_hex(nonce, 8, err);
     if (rc != CEL_OK) return rc;
     snprintf(name, sizeof(name), "ckpt-%06d-%s", cel_lora_step_count(a->lora), nonce);
     snprintf(adir, sizeof(adir), "%s/%s", s->adir, a->id);
-    snprintf(dir, sizeof(dir), "%s/%s", adir, name);
-    snprintf(cur, sizeof(cur), "%s/current", adir);
-    snprintf(ptmp, sizeof(ptmp), "%s/current.tmp.%s%s%ld", adir, cel_adapters_tmp_tag,
-             cel_adapters_tmp_tag[0] ? "." : "", (long)getpid());
     if ((rc = mkdir_if_missing(adir, err)) != CEL_OK) return rc;
-    if (mkdir(dir, 0700) != 0) return cel_err_set(err, CEL_EIO, "%s: %s", dir, strerror(errno));
-    const char *kv[] = { "adapter_id", a->id };
-    rc = cel_lora_save_ex(a->lora, dir, s->base, kv, 1, CEL_LORA_SAVE_NOSYNC, err);
-    if (rc == CEL_OK && with_grads)
-        rc = cel_lora_save_grads(a->lora, dir, CEL_LORA_SAVE_NOSYNC, err);
-    json_t *meta = rc == CEL_OK ? make_meta(s, a, task, result, recent) : NULL;
+    json_t *meta = make_meta(s, a, task, result, recent);
     if (meta && with_grads)
         json_object_set_new(meta, "pending_grads",
                             json_pack("{s:i, s:s, s:i}", "count", a->grad_count, "node", s->node,
                                       "step", cel_lora_step_count(a->lora)));
     char *text = meta ? json_dumps(meta, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
-    if (rc == CEL_OK && !text) rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
-    char path[CEL_ADAPTERS_PATH_MAX + 160];
-    snprintf(path, sizeof(path), "%s/meta.json", dir);
-    if (rc == CEL_OK) rc = write_plain(path, text, strlen(text), err);
-    free(text);
     json_decref(meta);
-    char line[CKPT_NAME_MAX + 2];
-    int n = snprintf(line, sizeof(line), "%s\n", name);
-    if (rc == CEL_OK) rc = write_plain(ptmp, line, (size_t)n, err);
+    cel_lora_image_t img = { 0 };
+    if (!text) return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    /* meta.json first: a reader of the metadata alone stops there */
+    rc = cel_lora_image_add(&img, "meta.json", (unsigned char *)text, strlen(text), err);
+    const char *kv[] = { "adapter_id", a->id };
+    if (rc == CEL_OK) rc = cel_lora_save_image(a->lora, s->base, kv, 1, with_grads, &img, err);
     double t1 = cel_adapters_now_ms();
-    if (rc == CEL_OK) rc = sync_fresh(dir, ptmp, err);
-    double t2 = cel_adapters_now_ms();
-    if (rc == CEL_OK) rc = still_current(s, a, err); /* again, just before the switch */
-    int renamed = 0;
-    if (rc == CEL_OK && !(renamed = rename(ptmp, cur) == 0))
-        rc = cel_err_set(err, CEL_EIO, "%s: %s", cur, strerror(errno));
-    if (rc == CEL_OK && fsync_path(adir, O_RDONLY | O_DIRECTORY) != 0)
-        rc = cel_err_set(err, CEL_EIO, "%s: fsync: %s", adir, strerror(errno));
+    cel_ckpt_times_t t = { 0 };
+    /* a store from before the file: `current` was checked above, and no file exists to check */
+    const char *expect = a->ckpt;
+    char probe[CKPT_NAME_MAX];
+    if (rc == CEL_OK && a->ckpt[0] &&
+        cel_ckpt_file_read(adir, NULL, NULL, probe, NULL, NULL, NULL) == CEL_ENOTFOUND)
+        expect = "";
+    if (rc == CEL_OK) rc = cel_ckpt_file_write(adir, expect, name, &img, &t, err);
+    cel_lora_image_free(&img);
     if (rc != CEL_OK) {
-        if (!renamed) { /* else `current` names dir now: it stays */
-            unlink(ptmp);
-            rm_tree(dir);
-        }
+        if (rc == CEL_ESTATE) /* the file's own check, as still_current words it */
+            cel_err_set(err, rc, "adapter %s changed on disk: another worker took it over",
+                        a->id);
         return rc;
     }
     double t3 = cel_adapters_now_ms();
@@ -770,8 +765,9 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
     prune(s, a->id, name);
     if (cel_adapters_phase_times())
         cel_info("Phase times adapter %s checkpoint %s: ckpt_write=%.3f ckpt_sync=%.3f "
-                 "ckpt_switch=%.3f ckpt_prune=%.3f",
-                 a->id, name, t1 - t0, t2 - t1, t3 - t2, cel_adapters_now_ms() - t3);
+                 "ckpt_switch=%.3f ckpt_prune=%.3f%s",
+                 a->id, name, t1 - t0, t.sync, t.sw, cel_adapters_now_ms() - t3,
+                 t.whole ? " (new file)" : "");
     return CEL_OK;
 }
 
@@ -831,9 +827,14 @@ static int owner_usage(cel_adapters_t *s, const char *owner, long *count, long l
         const char *o = json_string_value(json_object_get(meta, "owner"));
         if (same_owner(o, owner)) {
             char dir[CEL_ADAPTERS_PATH_MAX + 128];
-            snprintf(dir, sizeof(dir), "%s/%s/%s", s->adir, e->d_name, name);
+            long long n = 0;
+            snprintf(dir, sizeof(dir), "%s/%s", s->adir, e->d_name);
+            if (cel_ckpt_file_read(dir, NULL, NULL, NULL, NULL, &n, NULL) != CEL_OK) {
+                snprintf(dir, sizeof(dir), "%s/%s/%s", s->adir, e->d_name, name);
+                n = dir_bytes(dir); /* a checkpoint directory of a store from before the file */
+            }
             (*count)++;
-            *bytes += dir_bytes(dir);
+            *bytes += n;
             json_object_set_new(ids, e->d_name, json_true());
         }
         json_decref(meta);
@@ -991,12 +992,13 @@ int cel_adapters_export(cel_adapters_t *s, cel_adapter_t *a, char *path, cel_err
     char probe[CEL_ADAPTERS_PATH_MAX + 64];
     snprintf(probe, sizeof(probe), "%s/adapter_model.safetensors", path);
     if (access(probe, F_OK) == 0) return CEL_OK;
-    /* the export is about the size of the checkpoint's weights file */
-    char weights[CEL_ADAPTERS_PATH_MAX + 160];
-    struct stat wst;
-    snprintf(weights, sizeof(weights), "%s/%s/%s/adapter_model.safetensors", s->adir, a->id,
-             a->ckpt);
-    long long more = stat(weights, &wst) == 0 ? (long long)wst.st_size + 4096 : 0;
+    /* the export is about the size of the checkpoint's weights: a third of the
+     * checkpoint (weights and the optimizer's two moments) */
+    char adir[CEL_ADAPTERS_PATH_MAX + 160];
+    long long ck = 0;
+    snprintf(adir, sizeof(adir), "%s/%s", s->adir, a->id);
+    if (cel_ckpt_file_read(adir, NULL, NULL, NULL, NULL, &ck, NULL) != CEL_OK) ck = 0;
+    long long more = ck ? ck / 3 + 4096 : 0;
     int lock;
     int rc = quota_lock(s, &lock, err);
     if (rc == CEL_OK) rc = quota_check(s, a->owner, 0, more, err);

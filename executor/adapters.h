@@ -3,20 +3,24 @@
  * Adapters live in memory by id (an LRU of at most CEL_ADAPTERS_MAX_LOADED) and
  * on disk under <state>/adapters/<id>/ as checkpoints that any executor of the
  * worker, or this one after a restart, loads when a job names an adapter it does
- * not hold. Every access re-reads the adapter's `current` pointer, so a copy made
+ * not hold. Every access re-reads the name of its current checkpoint, so a copy made
  * stale by another executor's step (or delete) is reloaded (or dropped): the store
  * is correct whichever executor gets a job; only accumulated gradients are local.
  *
- * Checkpoint layout (see adapters.c for the write order that makes it atomic):
- *   <state>/adapters/<id>/current           "ckpt-<step>-<nonce>\n"
- *   <state>/adapters/<id>/ckpt-<step>-<nonce>/adapter_model.safetensors
- *                                            adapter_config.json   (PEFT's layout)
- *                                            optimizer.safetensors (AdamW moments)
+ * Checkpoint layout (adapters_file.c: the file's layout, and the write order
+ * that makes a step atomic):
+ *   <state>/adapters/<id>/checkpoint         the current checkpoint, "ckpt-<step>-<nonce>",
+ *                                            and room for the next; it holds the files
  *                                            meta.json (step, last_task_id, last_result,
  *                                                       recent_steps, owner, created,
  *                                                       pending_grads, ...)
+ *                                            adapter_model.safetensors
+ *                                            adapter_config.json   (PEFT's layout)
+ *                                            optimizer.safetensors (AdamW moments)
  *                                            gradients.safetensors (only when a warm
  *                                                       shutdown handed gradients back)
+ *   (a store from before the file: <id>/current naming <id>/ckpt-<step>-<nonce>/ of
+ *   those files; read as it is, moved into the file by the adapter's next step)
  *   <state>/adapters/<id>/lock               flock'ed by the process holding its gradients
  *   <state>/adapters/<id>/grads.json         who holds how many forward_backward calls
  * Many workers, on one machine or many (issue 15), may share the state
@@ -43,7 +47,7 @@
 #define CEL_ADAPTERS_ID_LEN     21        /* "lora_" + 16 hex */
 #define CEL_ADAPTERS_MAX_LOADED 64        /* adapters kept in one executor's memory */
 #define CEL_ADAPTERS_MAX_LIST   10000     /* adapters lora.list reports */
-#define CEL_ADAPTERS_MAX_META   (1 << 20) /* bytes of a meta.json or current file */
+#define CEL_ADAPTERS_MAX_META   (1 << 20) /* bytes of a meta.json */
 #define CEL_ADAPTERS_MAX_ROOTS  16        /* --import-root directories */
 #define CEL_ADAPTERS_PATH_MAX   4096
 #define CEL_ADAPTERS_MAX_RECENT 32 /* steps whose task id and result meta.json keeps */
@@ -104,7 +108,7 @@ int cel_adapters_get(cel_adapters_t *s, const char *id, cel_adapter_t **out, cel
 
 /* Writes a new checkpoint of a (its weights, AdamW state and step now) recording
  * task_id (may be NULL) and result (borrowed, may be NULL) as the outcome of the
- * step, and switches `current` to it atomically; older checkpoints are pruned.
+ * step, and switches to it atomically (adapters_file.c).
  * On failure the old checkpoint stays current and a is dropped from memory, so
  * the next get reloads the last good state. */
 int cel_adapters_commit(cel_adapters_t *s, cel_adapter_t *a, const char *task_id, json_t *result,
@@ -183,7 +187,7 @@ const char *cel_adapters_node(const cel_adapters_t *s);
  * that very task's (its holder died after noting them and before the message
  * was acked, so the broker delivers it again), nothing is lost: the call runs
  * again and makes them anew. CEL_ESTATE: another live process holds them (err
- * names its node). CEL_EAGAIN: `current` moved on since a was loaded (get it
+ * names its node). CEL_EAGAIN: the checkpoint moved on since a was loaded (get it
  * again). CEL_ENOTFOUND: deleted; CEL_EIO. */
 int cel_adapters_hold(cel_adapters_t *s, cel_adapter_t *a, const char *redo_task,
                       cel_adapters_lost_t *lost, cel_err_t *err);

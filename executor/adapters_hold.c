@@ -7,7 +7,7 @@
  * shutdown's checkpoint with gradients); only that process writes the
  * adapter's checkpoints (creation aside), so pruning under it cannot remove a
  * checkpoint another process is writing, and the checkpoint writer checks
- * `current` before writing in case the lock was lost (NFS lease expiry). The
+ * the checkpoint file before writing in case the lock was lost (NFS lease expiry). The
  * kernel (or the NFS server, when a client's lease ends) drops the lock of a
  * process that dies, so a worker that takes it knows the old holder is gone.
  * <id>/grads.json, the marker, says what the holder has: {"node", "pid",

@@ -1,7 +1,7 @@
 /* adapters_internal.h -- what adapters.c and adapters_hold.c share (internal).
  *
  * The store and adapter structs, and the file helpers both files use: atomic
- * writes, bounded reads, the `current` pointer and the checkpoint writer.
+ * writes, bounded reads, the current checkpoint's name and the checkpoint writers.
  * Executor processes only.
  */
 #ifndef CEL_ADAPTERS_INTERNAL_H
@@ -62,12 +62,39 @@ int cel_adapters_write_file(const char *dir, const char *name, const char *data,
  * CEL_ENOTFOUND when it does not exist. */
 int cel_adapters_read_file(const char *path, size_t max, char **buf, size_t *len, cel_err_t *err);
 
-/* Reads <adir>/<id>/current. OUT: name (CKPT_NAME_MAX). CEL_ENOTFOUND: no adapter. */
+/* The name of adapter id's current checkpoint (its checkpoint file's, or the
+ * `current` of a store from before the file). OUT: name (CKPT_NAME_MAX).
+ * CEL_ENOTFOUND: no adapter. */
 int cel_adapters_read_current(cel_adapters_t *s, const char *id, char *name, cel_err_t *err);
 
 /* Steps 1-5 of adapters.c's file comment for a (in memory); with_grads: the
  * gradients too (a warm shutdown's hand-over). On success a->ckpt is the new name. */
 int cel_adapters_write_ckpt(cel_adapters_t *s, cel_adapter_t *a, const char *task, json_t *result,
                             int with_grads, cel_err_t *err);
+
+/* ---- the checkpoint file (adapters_file.c) ---- */
+
+#define CKPT_FILE "checkpoint" /* <state>/adapters/<id>/checkpoint */
+
+/* Where a checkpoint write's time went (ms): the archive written and synced,
+ * the record switched; whole: a new file was written (no in-place room). */
+typedef struct cel_ckpt_times {
+    double sync, sw;
+    int whole;
+} cel_ckpt_times_t;
+
+/* Reads the current checkpoint of the file in the adapter directory dir: its
+ * name (CKPT_NAME_MAX, may be NULL), its archive's bytes (may be NULL) and,
+ * with img, its files (stop_after: up to and including that file; NULL: all).
+ * CEL_ENOTFOUND: no file; CEL_ESTATE: want (unless NULL) is no longer the
+ * current one; CEL_EPROTO: no valid record, or a damaged archive. */
+int cel_ckpt_file_read(const char *dir, const char *want, const char *stop_after, char *name,
+                       cel_lora_image_t *img, long long *bytes, cel_err_t *err);
+
+/* Makes img's files the checkpoint name of the file in dir, in place when it
+ * fits (see adapters_file.c), else as a new file. expect: the name the current
+ * record must carry ("" for a new file); CEL_ESTATE otherwise. t may be NULL. */
+int cel_ckpt_file_write(const char *dir, const char *expect, const char *name,
+                        const cel_lora_image_t *img, cel_ckpt_times_t *t, cel_err_t *err);
 
 #endif

@@ -186,6 +186,42 @@ static int write_blocks(const cel_lora_t *l, const char *path, float *const *blo
     return rc;
 }
 
+/* Adds the file name to img as parts: its safetensors head (owned), then the
+ * tensors straight from the blocks (borrowed). */
+static int add_blocks(cel_lora_image_t *img, const char *name, const cel_lora_t *l,
+                      float *const *blocks, const char *const *suffixes, int nblocks,
+                      const char *const *meta, int n_meta, cel_err_t *err) {
+    if (img->n == CEL_LORA_IMAGE_MAX)
+        return cel_err_set(err, CEL_ELIMIT, "checkpoint image: no room for %s", name);
+    int cnt = count_tensors(l) * nblocks;
+    cel_st_entry_t *e = malloc(cnt * sizeof(*e));
+    char *names = malloc((size_t)cnt * NAME_MAX_LEN);
+    struct iovec *iov = malloc((size_t)(cnt + 1) * sizeof(*iov));
+    int rc = CEL_OK;
+    unsigned char *head = NULL;
+    size_t hlen = 0, total = 0;
+    if (!e || !names || !iov) rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
+    int n = rc == CEL_OK ? build_entries(l, blocks, suffixes, nblocks, e, names) : 0;
+    if (rc == CEL_OK) rc = cel_safetensors_head(e, n, meta, n_meta, &head, &hlen, &total, err);
+    if (rc == CEL_OK) {
+        iov[0] = (struct iovec){ head, hlen };
+        for (int i = 0; i < n; i++)
+            iov[1 + i] = (struct iovec){ (void *)e[i].data,
+                                         (size_t)e[i].shape[0] * (size_t)e[i].shape[1] * 4 };
+        int k = img->n++;
+        snprintf(img->f[k].name, CEL_LORA_IMAGE_NAME, "%s", name);
+        img->f[k].data = head;
+        img->f[k].len = total;
+        img->f[k].iov = iov;
+        img->f[k].niov = 1 + n;
+        iov = NULL;
+    }
+    free(iov);
+    free(e);
+    free(names);
+    return rc;
+}
+
 int cel_lora_write(const cel_lora_t *l, const char *path, int which, const char *suffix,
                    const char *const *meta, int n_meta, cel_err_t *err) {
     /* the host blocks are a cache of the device copy: refreshing them is no change */
@@ -199,9 +235,8 @@ int cel_lora_write(const cel_lora_t *l, const char *path, int which, const char 
     return write_blocks(l, path, &block, suffixes, 1, meta, n_meta, CEL_ST_ATOMIC, err);
 }
 
-/* Writes adapter_config.json as PEFT's LoraConfig.save_pretrained does. */
-static int write_config(const cel_lora_t *l, const char *path, const char *base, int nosync,
-                        cel_err_t *err) {
+/* adapter_config.json as PEFT's LoraConfig.save_pretrained writes it (NULL: no memory). */
+static json_t *config_json(const cel_lora_t *l, const char *base) {
     json_t *mods = json_array();
     for (int mod = 0; mod < CEL_NMOD; mod++)
         if (l->targets & (1u << mod))
@@ -219,6 +254,13 @@ static int write_config(const cel_lora_t *l, const char *path, const char *base,
         "modules_to_save", "peft_type", "LORA", "r", l->R, "rank_pattern", "revision",
         "target_modules", mods, "task_type", "CAUSAL_LM", "use_dora", 0, "use_rslora",
         l->use_rslora);
+    return o;
+}
+
+/* Writes adapter_config.json as PEFT's LoraConfig.save_pretrained does. */
+static int write_config(const cel_lora_t *l, const char *path, const char *base, int nosync,
+                        cel_err_t *err) {
+    json_t *o = config_json(l, base);
     if (!o) return cel_err_set(err, CEL_ENOMEM, "out of memory");
     int rc = CEL_OK;
     if (!nosync) rc = cel_config_write_json(o, path, JSON_INDENT(2) | JSON_SORT_KEYS, err);
@@ -231,6 +273,35 @@ static int write_config(const cel_lora_t *l, const char *path, const char *base,
 int cel_lora_save(cel_lora_t *l, const char *dir, const char *base_model, const char *const *meta,
                   int n_meta, cel_err_t *err) {
     return cel_lora_save_ex(l, dir, base_model, meta, n_meta, 0, err);
+}
+
+/* optimizer.safetensors's metadata: format, step (into step, 32 bytes) and the
+ * caller's pairs. OUT: kv (2 * 66 slots), *k its length. */
+static int optimizer_meta(const cel_lora_t *l, const char *const *meta, int n_meta,
+                          const char **kv, int *k, char *step, cel_err_t *err) {
+    if (n_meta < 0 || n_meta > 64) return cel_err_set(err, CEL_EINVAL, "too much metadata");
+    snprintf(step, 32, "%d", l->step);
+    int n = 0;
+    kv[n++] = "format", kv[n++] = "celeriac-adamw-1";
+    kv[n++] = "step", kv[n++] = step;
+    for (int i = 0; i < n_meta; i++) {
+        if (strcmp(meta[2 * i], "format") == 0 || strcmp(meta[2 * i], "step") == 0)
+            return cel_err_set(err, CEL_EINVAL, "metadata key %s is reserved", meta[2 * i]);
+        kv[n++] = meta[2 * i], kv[n++] = meta[2 * i + 1];
+    }
+    *k = n;
+    return CEL_OK;
+}
+
+/* After a save: l's metadata is the caller's pairs. */
+static void keep_meta(cel_lora_t *l, const char *const *meta, int n_meta) {
+    json_t *nm = json_object();
+    for (int i = 0; nm && i < n_meta; i++)
+        json_object_set_new(nm, meta[2 * i], json_string(meta[2 * i + 1]));
+    if (nm) {
+        json_decref(l->meta);
+        l->meta = nm;
+    }
 }
 
 int cel_lora_save_ex(cel_lora_t *l, const char *dir, const char *base_model,
@@ -248,31 +319,85 @@ int cel_lora_save_ex(cel_lora_t *l, const char *dir, const char *base_model,
     snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
     if ((rc = write_config(l, path, base_model, nosync, err)) != CEL_OK) return rc;
     /* optimizer state: the moments, the step and the caller's metadata */
-    if (n_meta < 0 || n_meta > 64) return cel_err_set(err, CEL_EINVAL, "too much metadata");
     const char *kv[2 * 66];
     char step[32];
-    snprintf(step, sizeof(step), "%d", l->step);
     int k = 0;
-    kv[k++] = "format", kv[k++] = "celeriac-adamw-1";
-    kv[k++] = "step", kv[k++] = step;
-    for (int i = 0; i < n_meta; i++) {
-        if (strcmp(meta[2 * i], "format") == 0 || strcmp(meta[2 * i], "step") == 0)
-            return cel_err_set(err, CEL_EINVAL, "metadata key %s is reserved", meta[2 * i]);
-        kv[k++] = meta[2 * i], kv[k++] = meta[2 * i + 1];
-    }
+    if ((rc = optimizer_meta(l, meta, n_meta, kv, &k, step, err)) != CEL_OK) return rc;
     float *blocks[2] = { l->m, l->v };
     const char *suffixes[2] = { ".exp_avg", ".exp_avg_sq" };
     snprintf(path, sizeof(path), "%s/optimizer.safetensors", dir);
     if ((rc = write_blocks(l, path, blocks, suffixes, 2, kv, k / 2, st_flags, err)) != CEL_OK)
         return rc;
-    json_t *nm = json_object();
-    for (int i = 0; nm && i < n_meta; i++)
-        json_object_set_new(nm, meta[2 * i], json_string(meta[2 * i + 1]));
-    if (nm) {
-        json_decref(l->meta);
-        l->meta = nm;
-    }
+    keep_meta(l, meta, n_meta);
     return CEL_OK;
+}
+
+/* ---- the same files in memory ---- */
+
+int cel_lora_image_add(cel_lora_image_t *img, const char *name, unsigned char *data, size_t len,
+                       cel_err_t *err) {
+    if (img->n == CEL_LORA_IMAGE_MAX || strlen(name) >= CEL_LORA_IMAGE_NAME) {
+        free(data);
+        return cel_err_set(err, CEL_ELIMIT, "checkpoint image: no room for %.40s", name);
+    }
+    snprintf(img->f[img->n].name, CEL_LORA_IMAGE_NAME, "%s", name);
+    img->f[img->n].data = data;
+    img->f[img->n].len = len;
+    img->f[img->n].iov = NULL;
+    img->f[img->n].niov = 0;
+    img->n++;
+    return CEL_OK;
+}
+
+const unsigned char *cel_lora_image_get(const cel_lora_image_t *img, const char *name,
+                                        size_t *len) {
+    for (int i = 0; i < img->n; i++)
+        if (strcmp(img->f[i].name, name) == 0 && !img->f[i].iov) {
+            *len = img->f[i].len;
+            return img->f[i].data;
+        }
+    return NULL;
+}
+
+void cel_lora_image_free(cel_lora_image_t *img) {
+    for (int i = 0; i < img->n; i++) {
+        free(img->f[i].data);
+        free(img->f[i].iov);
+    }
+    img->n = 0;
+}
+
+int cel_lora_save_image(cel_lora_t *l, const char *base_model, const char *const *meta,
+                        int n_meta, int with_grads, cel_lora_image_t *img, cel_err_t *err) {
+    const char *fmt[] = { "format", "pt" };
+    int rc = cel_device_lora_sync(l, err);
+    if (rc != CEL_OK) return rc;
+    float *wblock[1] = { l->w };
+    const char *wsuffix[1] = { NULL };
+    rc = add_blocks(img, "adapter_model.safetensors", l, wblock, wsuffix, 1, fmt, 1, err);
+    if (rc != CEL_OK) return rc;
+    json_t *o = config_json(l, base_model);
+    char *text = o ? json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    json_decref(o);
+    if (!text) return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    size_t tlen = strlen(text);
+    if ((rc = cel_lora_image_add(img, "adapter_config.json", (unsigned char *)text, tlen, err)))
+        return rc;
+    const char *kv[2 * 66];
+    char step[32];
+    int k = 0;
+    if ((rc = optimizer_meta(l, meta, n_meta, kv, &k, step, err)) != CEL_OK) return rc;
+    float *blocks[2] = { l->m, l->v };
+    const char *suffixes[2] = { ".exp_avg", ".exp_avg_sq" };
+    rc = add_blocks(img, "optimizer.safetensors", l, blocks, suffixes, 2, kv, k / 2, err);
+    if (rc == CEL_OK && with_grads) {
+        float *gb[1] = { l->g };
+        const char *gs[1] = { ".grad" };
+        const char *gkv[2] = { "format", "celeriac-grad-1" };
+        rc = add_blocks(img, "gradients.safetensors", l, gb, gs, 1, gkv, 1, err);
+    }
+    if (rc == CEL_OK) keep_meta(l, meta, n_meta);
+    return rc;
 }
 
 /* Reads the blocks named by suffixes from st, checking that st holds exactly
@@ -312,11 +437,8 @@ static int read_blocks(cel_lora_t *l, const cel_safetensors_t *st, float *const 
 
 /* Parses adapter_config.json into (R, alpha, targets, rslora), refusing what
  * the engine cannot run. */
-static int parse_config(const char *path, int *R, float *alpha, unsigned *targets, int *rslora,
-                        cel_err_t *err) {
-    json_error_t je;
-    json_t *o = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-    if (!o) return cel_err_set(err, CEL_EPROTO, "%s: %s (line %d)", path, je.text, je.line);
+static int parse_config(json_t *o, const char *path, int *R, float *alpha, unsigned *targets,
+                        int *rslora, cel_err_t *err) {
     int rc = CEL_OK;
     const char *pt = json_string_value(json_object_get(o, "peft_type"));
     json_t *r = json_object_get(o, "r"), *a = json_object_get(o, "lora_alpha");
@@ -368,57 +490,94 @@ static int parse_config(const char *path, int *R, float *alpha, unsigned *target
             rc = cel_err_set(err, CEL_EPROTO, "%s: target_modules must be a non-empty list", path);
         }
     }
-    json_decref(o);
     return rc;
 }
 
-int cel_lora_load(const cel_model_t *m, const char *dir, cel_lora_t **out, cel_err_t *err) {
+/* An adapter from its parsed config, weights and (NULL: none) optimizer state;
+ * the what* name them in messages. */
+static int load_parts(const cel_model_t *m, json_t *cfg, const char *cfg_what,
+                      const cel_safetensors_t *sw, const char *w_what,
+                      const cel_safetensors_t *so, const char *o_what, cel_lora_t **out,
+                      cel_err_t *err) {
     *out = NULL;
-    char path[4096];
     int R = 0, rslora = 0;
     float alpha = 0;
     unsigned targets = 0;
-    snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
-    int rc = parse_config(path, &R, &alpha, &targets, &rslora, err);
+    int rc = parse_config(cfg, cfg_what, &R, &alpha, &targets, &rslora, err);
     if (rc != CEL_OK) return rc;
     cel_lora_t *l;
     if ((rc = lora_alloc(&m->cfg, R, alpha, targets, rslora, &l, err)) != CEL_OK) return rc;
-    cel_safetensors_t *st = NULL;
-    snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
-    if ((rc = cel_safetensors_open(path, &st, err)) != CEL_OK) goto fail;
     float *wb[1] = { l->w };
     const char *none[1] = { NULL };
-    if ((rc = read_blocks(l, st, wb, none, 1, path, err)) != CEL_OK) goto fail;
-    cel_safetensors_free(st);
-    st = NULL;
-    snprintf(path, sizeof(path), "%s/optimizer.safetensors", dir);
-    struct stat sb;
-    if (stat(path, &sb) == 0) {
-        if ((rc = cel_safetensors_open(path, &st, err)) != CEL_OK) goto fail;
+    if ((rc = read_blocks(l, sw, wb, none, 1, w_what, err)) != CEL_OK) goto fail;
+    if (so) {
         float *ob[2] = { l->m, l->v };
         const char *suffixes[2] = { ".exp_avg", ".exp_avg_sq" };
-        if ((rc = read_blocks(l, st, ob, suffixes, 2, path, err)) != CEL_OK) goto fail;
-        const char *step = cel_safetensors_meta(st, "step");
+        if ((rc = read_blocks(l, so, ob, suffixes, 2, o_what, err)) != CEL_OK) goto fail;
+        const char *step = cel_safetensors_meta(so, "step");
         char *end = NULL;
         long s = step ? strtol(step, &end, 10) : -1;
         if (!step || *end || s < 0 || s > 1000000000) {
-            rc = cel_err_set(err, CEL_EPROTO, "%s: missing or bad step metadata", path);
+            rc = cel_err_set(err, CEL_EPROTO, "%s: missing or bad step metadata", o_what);
             goto fail;
         }
         l->step = (int)s;
         /* keep the caller's metadata: everything but our own keys */
         const char *k, *v;
-        for (int i = 0; cel_safetensors_meta_at(st, i, &k, &v) == CEL_OK; i++)
+        for (int i = 0; cel_safetensors_meta_at(so, i, &k, &v) == CEL_OK; i++)
             if (strcmp(k, "format") != 0 && strcmp(k, "step") != 0)
                 json_object_set_new(l->meta, k, json_string(v));
-        cel_safetensors_free(st);
-        st = NULL;
     }
     *out = l;
     return CEL_OK;
 fail:
-    cel_safetensors_free(st);
     cel_lora_free(l);
+    return rc;
+}
+
+int cel_lora_load(const cel_model_t *m, const char *dir, cel_lora_t **out, cel_err_t *err) {
+    *out = NULL;
+    char cpath[4096], wpath[4096], opath[4096];
+    snprintf(cpath, sizeof(cpath), "%s/adapter_config.json", dir);
+    snprintf(wpath, sizeof(wpath), "%s/adapter_model.safetensors", dir);
+    snprintf(opath, sizeof(opath), "%s/optimizer.safetensors", dir);
+    json_error_t je;
+    json_t *cfg = json_load_file(cpath, JSON_REJECT_DUPLICATES, &je);
+    if (!cfg) return cel_err_set(err, CEL_EPROTO, "%s: %s (line %d)", cpath, je.text, je.line);
+    cel_safetensors_t *sw = NULL, *so = NULL;
+    struct stat sb;
+    int rc = cel_safetensors_open(wpath, &sw, err);
+    if (rc == CEL_OK && stat(opath, &sb) == 0) rc = cel_safetensors_open(opath, &so, err);
+    if (rc == CEL_OK) rc = load_parts(m, cfg, cpath, sw, wpath, so, opath, out, err);
+    cel_safetensors_free(sw);
+    cel_safetensors_free(so);
+    json_decref(cfg);
+    return rc;
+}
+
+int cel_lora_load_image(const cel_model_t *m, const cel_lora_image_t *img, cel_lora_t **out,
+                        cel_err_t *err) {
+    *out = NULL;
+    size_t clen = 0, wlen = 0, olen = 0;
+    const unsigned char *c = cel_lora_image_get(img, "adapter_config.json", &clen);
+    const unsigned char *w = cel_lora_image_get(img, "adapter_model.safetensors", &wlen);
+    const unsigned char *o = cel_lora_image_get(img, "optimizer.safetensors", &olen);
+    if (!c || !w) return cel_err_set(err, CEL_EPROTO, "checkpoint: no adapter config or weights");
+    json_error_t je;
+    json_t *cfg = json_loadb((const char *)c, clen, JSON_REJECT_DUPLICATES, &je);
+    if (!cfg)
+        return cel_err_set(err, CEL_EPROTO, "checkpoint adapter_config.json: %s (line %d)",
+                           je.text, je.line);
+    cel_safetensors_t *sw = NULL, *so = NULL;
+    int rc = cel_safetensors_parse(w, wlen, &sw, err);
+    if (rc == CEL_OK && o) rc = cel_safetensors_parse(o, olen, &so, err);
+    if (rc == CEL_OK)
+        rc = load_parts(m, cfg, "checkpoint adapter_config.json", sw,
+                        "checkpoint adapter_model.safetensors", so,
+                        "checkpoint optimizer.safetensors", out, err);
+    cel_safetensors_free(sw);
+    cel_safetensors_free(so);
+    json_decref(cfg);
     return rc;
 }
 
@@ -482,6 +641,22 @@ int cel_lora_load_grads(cel_lora_t *l, const char *dir, cel_err_t *err) {
     float *blocks[1] = { l->g };
     const char *suffixes[1] = { ".grad" };
     if (rc == CEL_OK) rc = read_blocks(l, st, blocks, suffixes, 1, path, err);
+    cel_safetensors_free(st);
+    if (rc != CEL_OK) memset(l->g, 0, l->n * sizeof(float));
+    return rc;
+}
+
+int cel_lora_load_grads_image(cel_lora_t *l, const cel_lora_image_t *img, cel_err_t *err) {
+    if (l->dev) return cel_err_set(err, CEL_ESTATE, "adapter is on the device");
+    size_t len = 0;
+    const unsigned char *g = cel_lora_image_get(img, "gradients.safetensors", &len);
+    if (!g) return cel_err_set(err, CEL_ENOTFOUND, "checkpoint: no gradients.safetensors");
+    cel_safetensors_t *st = NULL;
+    int rc = cel_safetensors_parse(g, len, &st, err);
+    float *blocks[1] = { l->g };
+    const char *suffixes[1] = { ".grad" };
+    if (rc == CEL_OK)
+        rc = read_blocks(l, st, blocks, suffixes, 1, "checkpoint gradients.safetensors", err);
     cel_safetensors_free(st);
     if (rc != CEL_OK) memset(l->g, 0, l->n * sizeof(float));
     return rc;

@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "../common/err.h"
 
@@ -232,6 +233,42 @@ int cel_lora_save(cel_lora_t *l, const char *dir, const char *base_model, const 
 #define CEL_LORA_SAVE_NOSYNC 1
 int cel_lora_save_ex(cel_lora_t *l, const char *dir, const char *base_model,
                      const char *const *meta, int n_meta, int flags, cel_err_t *err);
+
+/* A checkpoint's files held in memory (the adapter store keeps them in one file
+ * of its own, executor/adapters_file.c): up to CEL_LORA_IMAGE_MAX named files.
+ * A file read back is its bytes (data, len); a file to write may instead be
+ * parts (iov, niov: its header in data, then the adapter's own blocks,
+ * borrowed: valid until the adapter changes), so a save copies nothing. */
+#define CEL_LORA_IMAGE_MAX  8
+#define CEL_LORA_IMAGE_NAME 32
+typedef struct cel_lora_image {
+    int n;
+    struct {
+        char name[CEL_LORA_IMAGE_NAME];
+        unsigned char *data; /* malloc'd: the file, or with iov the head of it */
+        size_t len;          /* the file's length */
+        struct iovec *iov;   /* malloc'd, or NULL: the file is data */
+        int niov;
+    } f[CEL_LORA_IMAGE_MAX];
+} cel_lora_image_t;
+
+/* Adds the file name with data (taken: freed here when it cannot be added). */
+int cel_lora_image_add(cel_lora_image_t *img, const char *name, unsigned char *data, size_t len,
+                       cel_err_t *err);
+/* The bytes of the file name in img (*len set), or NULL (also for a file of parts). */
+const unsigned char *cel_lora_image_get(const cel_lora_image_t *img, const char *name,
+                                        size_t *len);
+void cel_lora_image_free(cel_lora_image_t *img);
+
+/* The files cel_lora_save writes (adapter_model.safetensors, adapter_config.json,
+ * optimizer.safetensors; and with with_grads gradients.safetensors as
+ * cel_lora_save_grads writes it), added to img instead of written. */
+int cel_lora_save_image(cel_lora_t *l, const char *base_model, const char *const *meta,
+                        int n_meta, int with_grads, cel_lora_image_t *img, cel_err_t *err);
+/* cel_lora_load and cel_lora_load_grads, from img's files. */
+int cel_lora_load_image(const cel_model_t *m, const cel_lora_image_t *img, cel_lora_t **out,
+                        cel_err_t *err);
+int cel_lora_load_grads_image(cel_lora_t *l, const cel_lora_image_t *img, cel_err_t *err);
 
 /* A metadata string stored with the optimizer state (after load or save), or NULL. */
 const char *cel_lora_meta(const cel_lora_t *l, const char *key);

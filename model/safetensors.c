@@ -666,6 +666,33 @@ static char *build_header(const cel_st_entry_t *e, int n, const char *const *met
     return h;
 }
 
+int cel_safetensors_head(const cel_st_entry_t *entries, int n, const char *const *meta,
+                         int n_meta, uint8_t **out, size_t *len, size_t *total, cel_err_t *err) {
+    cel_err_clear(err);
+    *out = NULL;
+    size_t hlen = 0;
+    char *h = build_header(entries, n, meta, n_meta, &hlen, err);
+    if (!h) return err && err->code ? err->code : CEL_ENOMEM;
+    uint8_t *b = malloc(8 + hlen);
+    if (!b) {
+        free(h);
+        return cel_err_set(err, CEL_ENOMEM, "out of memory for the header");
+    }
+    for (int i = 0; i < 8; i++) b[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
+    memcpy(b + 8, h, hlen);
+    free(h);
+    size_t t = 8 + hlen;
+    for (int i = 0; i < n; i++) {
+        size_t numel = 1;
+        for (int d = 0; d < entries[i].ndim; d++) numel *= (size_t)entries[i].shape[d];
+        t += numel * 4;
+    }
+    *out = b;
+    *len = 8 + hlen;
+    *total = t;
+    return CEL_OK;
+}
+
 int cel_safetensors_write(const char *path, const cel_st_entry_t *entries, int n,
                           const char *const *meta, int n_meta, int flags, cel_err_t *err) {
     cel_err_clear(err);

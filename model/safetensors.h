@@ -115,4 +115,10 @@ typedef struct cel_st_entry {
 int cel_safetensors_write(const char *path, const cel_st_entry_t *entries, int n,
                           const char *const *meta, int n_meta, int flags, cel_err_t *err);
 
+/* The first bytes cel_safetensors_write would write (the header's length and
+ * the header), which the entries' data then follow in order. OUT: *out
+ * (malloc'd), *len; *total: the whole file's length. */
+int cel_safetensors_head(const cel_st_entry_t *entries, int n, const char *const *meta,
+                         int n_meta, uint8_t **out, size_t *len, size_t *total, cel_err_t *err);
+
 #endif

@@ -14,6 +14,8 @@ import json
 import os
 import signal
 import socket
+import struct
+import zlib
 
 import pytest
 from kombu import Exchange, Queue
@@ -280,15 +282,37 @@ def test_warm_shutdown_hands_gradients_over(nodes, celery_app):
 
 
 def _checkpoints(state, aid):
+    """What holds checkpoints in the adapter's directory: the checkpoint file, and checkpoint
+    directories (only a store from before the file has them)."""
     d = os.path.join(state, "adapters", aid)
-    return sorted(n for n in os.listdir(d) if n.startswith("ckpt-"))
+    return sorted(n for n in os.listdir(d) if n.startswith("ckpt-") or n == "checkpoint")
+
+
+def _current_checkpoint(state, aid):
+    """The name in the current record of the adapter's checkpoint file, read here on its own
+    from the layout executor/adapters_file.c documents: two 512-byte records at 0 and 4096
+    ("CELCKPT1", version, slot, seq, cap, len, name[64], crc32 of the rest), the valid one
+    with the higher seq is current."""
+    with open(os.path.join(state, "adapters", aid, "checkpoint"), "rb") as f:
+        head = f.read(8192)
+    best = None
+    for at in (0, 4096):
+        rec = head[at:at + 512]
+        if len(rec) < 108 or rec[:8] != b"CELCKPT1":
+            continue
+        if zlib.crc32(rec[:104]) != struct.unpack_from("<I", rec, 104)[0]:
+            continue
+        _version, _slot, seq, _cap, _length = struct.unpack_from("<IIQQQ", rec, 8)
+        if best is None or seq > best[0]:
+            best = (seq, rec[40:104].rstrip(b"\0").decode())
+    assert best is not None, f"{aid}: no valid record"
+    return best[1]
 
 
 def test_three_nodes_share_one_state_dir(nodes, celery_app):
     """Three nodes train their own adapters at once in one state directory: every step lands,
-    each adapter keeps exactly its current checkpoint (nobody pruned another's; the replaced
-    ones go in the background, so soon after the result), no temp file is left, and lora.list
-    on any node lists every adapter."""
+    each adapter keeps exactly its checkpoint file (its current record names step 3), no temp
+    file is left, and lora.list on any node lists every adapter."""
     nodes("sa", "sb", "sc")
     names = ["sa", "sb", "sc"]
     ids = {n: [run(celery_app, n, "lora.create", rank=2, seed=i, owner="team")["adapter_id"]
@@ -310,10 +334,9 @@ def test_three_nodes_share_one_state_dir(nodes, celery_app):
         assert [x["adapter_id"] for x in run(celery_app, n, "lora.list", owner="team")] == every
     state = nodes.state
     for aid in every:
-        with open(os.path.join(state, "adapters", aid, "current")) as f:
-            cur = f.read().strip()
-        wait_until(lambda: _checkpoints(state, aid) == [cur], scaled(10),
-                   what=f"{aid}: only {cur} left, not {_checkpoints(state, aid)}")
+        cur = _current_checkpoint(state, aid)
+        wait_until(lambda: _checkpoints(state, aid) == ["checkpoint"], scaled(10),
+                   what=f"{aid}: only the checkpoint file, not {_checkpoints(state, aid)}")
         assert cur.startswith(f"ckpt-{rounds:06d}-")
         left = [f for f in os.listdir(os.path.join(state, "adapters", aid)) if ".tmp" in f]
         assert left == [], left

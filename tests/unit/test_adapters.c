@@ -14,6 +14,7 @@
  * whole or leaves no temp file. A tiny random model; no executor, no broker.
  */
 #include <dirent.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -143,6 +144,8 @@ static void assert_step_result(cel_adapter_t *a, int step) {
     assert_int_equal(json_integer_value(json_object_get(r, "step")), step);
 }
 
+/* Checkpoints of adapter id on disk: the checkpoint file (one), plus any
+ * checkpoint directory of a store from before it. */
 static int count_ckpts(fixture_t *f, const char *id) {
     cel_adapters_settle(); /* prune removes in the background */
     char p[256];
@@ -152,7 +155,7 @@ static int count_ckpts(fixture_t *f, const char *id) {
     int n = 0;
     struct dirent *e;
     while ((e = readdir(d)))
-        if (strncmp(e->d_name, "ckpt-", 5) == 0) n++;
+        if (strncmp(e->d_name, "ckpt-", 5) == 0 || strcmp(e->d_name, CKPT_FILE) == 0) n++;
     closedir(d);
     return n;
 }
@@ -173,15 +176,14 @@ static void list_dir(const char *dir, char *out, size_t len) {
     free(ents);
 }
 
-/* The checkpoint `current` names (no newline) into name. */
+/* The name of adapter id's current checkpoint (its checkpoint file's current record). */
 static void read_current(fixture_t *f, const char *id, char *name, size_t len) {
-    char cur[256];
-    snprintf(cur, sizeof(cur), "%s/adapters/%s/current", f->dir, id);
-    FILE *fp = fopen(cur, "r");
-    assert_non_null(fp);
-    assert_non_null(fgets(name, (int)len, fp));
-    fclose(fp);
-    name[strcspn(name, "\n")] = '\0';
+    char adir[256];
+    cel_err_t err;
+    assert_true(len >= CKPT_NAME_MAX);
+    snprintf(adir, sizeof(adir), "%s/adapters/%s", f->dir, id);
+    if (cel_ckpt_file_read(adir, NULL, NULL, name, NULL, NULL, &err) != CEL_OK)
+        fail_msg("read %s: %s", adir, err.msg);
 }
 
 /* cel_adapters_write_file, synced or not: the file appears whole under its
@@ -219,42 +221,59 @@ static void test_write_file(void **state) {
     assert_string_equal(names, "d,f.json");
 }
 
-/* Steps written in one sync pass: each checkpoint holds exactly its files
- * under their own names, no temp file is left in it or beside `current`, a
- * fresh store (another process) reads the weights, step and each step's result
- * back, and a writer killed midway -- a half-written checkpoint directory and
- * its pointer's temp file left behind -- changes nothing a reader sees and is
- * cleared by the next step. */
+/* Fills [off, end) of the file at path with garbage (a writer killed midway). */
+static void scribble(const char *path, off_t off, off_t end) {
+    int fd = open(path, O_WRONLY);
+    assert_true(fd >= 0);
+    char junk[4096];
+    memset(junk, 0xa5, sizeof(junk));
+    for (off_t at = off; at < end; at += (off_t)sizeof(junk)) {
+        size_t n = end - at < (off_t)sizeof(junk) ? (size_t)(end - at) : sizeof(junk);
+        assert_int_equal(pwrite(fd, junk, n, at), (ssize_t)n);
+    }
+    close(fd);
+}
+
+/* Checkpoints live in the adapter's checkpoint file (issue 17): after two steps
+ * its directory holds the file, the marker and the lock, no temp name; the
+ * steps rewrote the file in place (same inode); a fresh store (another
+ * process) reads the weights, moments, step and each step's result back. The
+ * leftovers of writers killed midway -- garbage over the free slot and the
+ * older record (an in-place write torn), the temp file of a whole-file write
+ * an hour old -- change nothing a reader sees, and the next step lands and
+ * clears the old temp file. */
 static void test_checkpoint_one_pass(void **state) {
     fixture_t *f = *state;
     cel_adapters_t *sa = open_store(f, "a@host");
-    char id[CEL_ADAPTERS_ID_LEN + 1], adir[256], dir[512], names[1024], name[64];
+    char id[CEL_ADAPTERS_ID_LEN + 1], adir[256], path[512], names[1024], name[64], want[512];
     cel_adapter_t *a = create_id(sa, id);
     snprintf(adir, sizeof(adir), "%s/adapters/%s", f->dir, id);
+    snprintf(path, sizeof(path), "%s/" CKPT_FILE, adir);
+    struct stat st0, st1;
+    assert_int_equal(stat(path, &st0), 0);
     for (int step = 1; step <= 2; step++) train_step(sa, a, 0.5f * (float)step);
+    assert_int_equal(stat(path, &st1), 0);
+    assert_int_equal(st0.st_ino, st1.st_ino);
     read_current(f, id, name, sizeof(name));
     assert_int_equal(strncmp(name, "ckpt-000002-", 12), 0);
-    snprintf(dir, sizeof(dir), "%s/%s", adir, name);
-    list_dir(dir, names, sizeof(names));
-    assert_string_equal(names, "adapter_config.json,adapter_model.safetensors,meta.json,optimizer."
-                               "safetensors");
-    cel_adapters_settle(); /* the replaced checkpoints go in the background */
+    cel_adapters_settle();
     list_dir(adir, names, sizeof(names));
-    char want[512];
-    snprintf(want, sizeof(want), "%s,current,grads.json,lock", name); /* (a marker of 0) */
-    assert_string_equal(names, want);
+    assert_string_equal(names, "checkpoint,grads.json,lock"); /* (a marker of 0) */
     cel_lora_t *la = cel_adapters_lora(a);
 
-    /* a writer killed after step 2 of the file comment: its files and pointer temp */
-    char cmd[4096];
-    snprintf(
-        cmd, sizeof(cmd),
-        "mkdir '%s/ckpt-000003-00000000deadbeef' && head -c 100 '%s/adapter_model.safetensors' "
-        "> '%s/ckpt-000003-00000000deadbeef/adapter_model.safetensors' && "
-        "echo ckpt-000003-00000000deadbeef > '%s/current.tmp.dead@host.99999' && "
-        "touch -d '-1 hour' '%s/current.tmp.dead@host.99999' && "
-        "echo x > '%s/grads.json.tmp.live@host.1'",
-        adir, dir, adir, adir, adir, adir);
+    /* three writes so far (create, two steps): the current record is record 1
+     * (at 4096) naming slot 0 from 8192; record 0 and slot 1 are free */
+    long long len = 0;
+    cel_err_t err;
+    assert_int_equal(cel_ckpt_file_read(adir, NULL, NULL, NULL, NULL, &len, &err), CEL_OK);
+    scribble(path, 0, 512);
+    scribble(path, 8192 + len, st1.st_size);
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd),
+             "echo x > '%s/checkpoint.tmp.dead@host.99999' && "
+             "touch -d '-1 hour' '%s/checkpoint.tmp.dead@host.99999' && "
+             "echo x > '%s/grads.json.tmp.live@host.1'",
+             adir, adir, adir);
     assert_int_equal(system(cmd), 0);
     cel_adapters_t *sb = open_store(f, "b@host");
     cel_adapter_t *b = get(sb, id);
@@ -262,20 +281,169 @@ static void test_checkpoint_one_pass(void **state) {
     assert_int_equal(cel_lora_step_count(lb), 2);
     assert_int_equal(memcmp(la->w, lb->w, la->n * sizeof(float)), 0);
     assert_int_equal(memcmp(la->m, lb->m, la->n * sizeof(float)), 0);
+    assert_int_equal(memcmp(la->v, lb->v, la->n * sizeof(float)), 0);
     for (int step = 1; step <= 2; step++) assert_step_result(b, step);
-    /* the next step (here on b, the new holder) prunes the dead writer's checkpoint */
+    /* the next step (here on b, the new holder) lands in place, over the garbage */
     train_step(sb, b, 0.25f);
     read_current(f, id, name, sizeof(name));
     assert_int_equal(strncmp(name, "ckpt-000003-", 12), 0);
-    assert_string_not_equal(name, "ckpt-000003-00000000deadbeef");
     assert_int_equal(count_ckpts(f, id), 1);
-    /* and the dead writer's pointer temp, an hour old; a fresh temp name stays */
+    assert_int_equal(stat(path, &st0), 0);
+    assert_int_equal(st0.st_ino, st1.st_ino);
+    /* and the dead writer's temp, an hour old, is gone; a fresh temp name stays */
     cel_adapters_settle();
     list_dir(adir, names, sizeof(names));
-    snprintf(want, sizeof(want), "%s,current,grads.json,grads.json.tmp.live@host.1,lock", name);
+    snprintf(want, sizeof(want), "checkpoint,grads.json,grads.json.tmp.live@host.1,lock");
     assert_string_equal(names, want);
+    cel_adapters_t *sc = open_store(f, "c@host");
+    cel_adapter_t *c = get(sc, id);
+    assert_int_equal(cel_lora_step_count(cel_adapters_lora(c)), 3);
+    for (int step = 1; step <= 3; step++) assert_step_result(c, step);
+    cel_adapters_free(sc);
     cel_adapters_free(sb);
     cel_adapters_free(sa);
+}
+
+/* A step whose checkpoint no longer fits the file's slots (a 300 kB result
+ * kept for redelivery) writes a new file whole (a new inode, renamed in); the
+ * steps after it are in place again; a fresh store reads it all back. */
+static void test_checkpoint_outgrows_its_file(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *sa = open_store(f, "a@host");
+    char id[CEL_ADAPTERS_ID_LEN + 1], path[512];
+    cel_adapter_t *a = create_id(sa, id);
+    snprintf(path, sizeof(path), "%s/adapters/%s/" CKPT_FILE, f->dir, id);
+    struct stat st0, st1, st2;
+    assert_int_equal(stat(path, &st0), 0);
+    cel_err_t err;
+    cel_adamw_t opt = { .lr = 1e-2f };
+    hold(sa, a);
+    fake_grads(a, 0.5f);
+    assert_int_equal(cel_adapters_note_grads(sa, a, NULL, &err), CEL_OK);
+    assert_int_equal(cel_lora_step(cel_adapters_lora(a), &opt, NULL, &err), CEL_OK);
+    char *blob = malloc(300001);
+    memset(blob, 'x', 300000);
+    blob[300000] = '\0';
+    json_t *res = json_pack("{s:i, s:s}", "step", 1, "blob", blob);
+    assert_int_equal(cel_adapters_commit(sa, a, "task-1", res, &err), CEL_OK);
+    json_decref(res);
+    free(blob);
+    assert_int_equal(stat(path, &st1), 0);
+    assert_int_not_equal(st0.st_ino, st1.st_ino);
+    train_step(sa, a, 0.25f);
+    assert_int_equal(stat(path, &st2), 0);
+    assert_int_equal(st1.st_ino, st2.st_ino);
+    assert_int_equal(count_ckpts(f, id), 1);
+    cel_adapters_t *sb = open_store(f, "b@host");
+    cel_adapter_t *b = get(sb, id);
+    assert_int_equal(cel_lora_step_count(cel_adapters_lora(b)), 2);
+    assert_step_result(b, 2);
+    int done = 0;
+    json_t *r = cel_adapters_step_result(b, "task-1", &done);
+    assert_non_null(r);
+    assert_int_equal(strlen(json_string_value(json_object_get(r, "blob"))), 300000);
+    cel_adapters_free(sb);
+    cel_adapters_free(sa);
+}
+
+/* A store from before the checkpoint file (`current` naming a checkpoint
+ * directory of the four files) is read as it is; the adapter's next step
+ * moves it into the file, and `current` and the directory go. */
+static void test_legacy_store_moves_to_the_file(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *sa = open_store(f, "a@host");
+    char id[CEL_ADAPTERS_ID_LEN + 1], adir[256], dir[512], p[640], names[1024], name[64];
+    cel_adapter_t *a = create_id(sa, id);
+    train_step(sa, a, 0.5f);
+    cel_lora_t *la = cel_adapters_lora(a);
+    float *w1 = malloc(la->n * sizeof(float));
+    memcpy(w1, la->w, la->n * sizeof(float));
+    size_t nw = la->n;
+    snprintf(adir, sizeof(adir), "%s/adapters/%s", f->dir, id);
+    snprintf(dir, sizeof(dir), "%s/ckpt-000001-00000000cafebabe", adir);
+    cel_lora_image_t img = { 0 };
+    cel_err_t err;
+    assert_int_equal(cel_ckpt_file_read(adir, NULL, NULL, NULL, &img, NULL, &err), CEL_OK);
+    assert_int_equal(img.n, 4);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    for (int i = 0; i < img.n; i++) {
+        snprintf(p, sizeof(p), "%s/%s", dir, img.f[i].name);
+        FILE *fp = fopen(p, "wb");
+        assert_non_null(fp);
+        assert_int_equal(fwrite(img.f[i].data, 1, img.f[i].len, fp), img.f[i].len);
+        fclose(fp);
+    }
+    cel_lora_image_free(&img);
+    snprintf(p, sizeof(p), "%s/" CKPT_FILE, adir);
+    assert_int_equal(unlink(p), 0);
+    snprintf(p, sizeof(p), "%s/current", adir);
+    FILE *fp = fopen(p, "w");
+    fputs("ckpt-000001-00000000cafebabe\n", fp);
+    fclose(fp);
+    cel_adapters_free(sa);
+
+    cel_adapters_t *sb = open_store(f, "b@host");
+    assert_int_equal(cel_adapters_read_current(sb, id, name, &err), CEL_OK);
+    assert_string_equal(name, "ckpt-000001-00000000cafebabe");
+    cel_adapter_t *b = get(sb, id);
+    cel_lora_t *lb = cel_adapters_lora(b);
+    assert_int_equal(cel_lora_step_count(lb), 1);
+    assert_int_equal(lb->n, nw);
+    assert_int_equal(memcmp(w1, lb->w, nw * sizeof(float)), 0);
+    free(w1);
+    assert_step_result(b, 1);
+    json_t *info = NULL;
+    assert_int_equal(cel_adapters_info(sb, id, &info, &err), CEL_OK);
+    json_decref(info);
+    train_step(sb, b, 0.25f);
+    cel_adapters_settle();
+    list_dir(adir, names, sizeof(names));
+    assert_string_equal(names, "checkpoint,grads.json,lock");
+    read_current(f, id, name, sizeof(name));
+    assert_int_equal(strncmp(name, "ckpt-000002-", 12), 0);
+    cel_adapters_t *sc = open_store(f, "c@host");
+    cel_adapter_t *c = get(sc, id);
+    assert_int_equal(cel_lora_step_count(cel_adapters_lora(c)), 2);
+    for (int step = 1; step <= 2; step++) assert_step_result(c, step);
+    cel_adapters_free(sc);
+    cel_adapters_free(sb);
+}
+
+/* Readers never see a half-written checkpoint: a child process steps an
+ * adapter as fast as it can while this one loads it afresh again and again;
+ * every load succeeds (a read that raced a write is read again), and the
+ * step in the optimizer state always matches the checkpoint's name. */
+static void test_readers_race_a_writer(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *s = open_store(f, "a@host");
+    char id[CEL_ADAPTERS_ID_LEN + 1];
+    create_id(s, id);
+    cel_adapters_free(s);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        cel_adapters_t *cs = open_store(f, "child@host");
+        cel_adapter_t *a = get(cs, id);
+        for (int i = 0; i < 400; i++) train_step(cs, a, 0.01f * (float)i);
+        cel_adapters_free(cs);
+        _exit(0);
+    }
+    int loads = 0, last = -1, status = 0;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        cel_adapters_t *rs = open_store(f, "reader@host");
+        cel_adapter_t *a;
+        cel_err_t err;
+        int rc = cel_adapters_get(rs, id, &a, &err);
+        if (rc != CEL_OK) fail_msg("load %d: %s", loads, err.msg);
+        int step = cel_lora_step_count(cel_adapters_lora(a));
+        assert_int_equal(atoi(a->ckpt + 5), step);
+        assert_true(step >= last);
+        last = step;
+        loads++;
+        cel_adapters_free(rs);
+    }
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_true(loads > 10);
 }
 
 /* kill -9 at any point of a step: a child process steps an adapter and reports
@@ -460,28 +628,22 @@ static void test_stale_writer_never_overwrites(void **state) {
     cel_err_t err;
     hold(sa, a);
     assert_int_equal(cel_adapters_note_grads(sa, a, NULL, &err), CEL_OK);
-    /* another writer's checkpoint: a copy of the current one under a new name */
-    char cur[256], cmd[512], name[64];
-    snprintf(cur, sizeof(cur), "%s/adapters/%s/current", f->dir, id);
-    read_current(f, id, name, sizeof(name));
-    snprintf(cmd, sizeof(cmd),
-             "cp -r '%s/adapters/%s/%s' '%s/adapters/%s/ckpt-000000-0123456789abcdef'", f->dir, id,
-             name, f->dir, id);
-    assert_int_equal(system(cmd), 0);
-    FILE *fp = fopen(cur, "w");
-    fputs("ckpt-000000-0123456789abcdef\n", fp);
-    fclose(fp);
+    /* another writer's checkpoint (a process that took the adapter over) */
+    char name[64], other[64];
+    cel_adapters_t *sb = open_store(f, "b@host");
+    cel_adapter_t *b = get(sb, id);
+    assert_int_equal(cel_adapters_write_ckpt(sb, b, "task-b", NULL, 0, &err), CEL_OK);
+    read_current(f, id, other, sizeof(other));
     assert_int_equal(cel_adapters_commit(sa, a, "task-1", NULL, &err), CEL_ESTATE);
     assert_non_null(strstr(err.msg, "another worker took it over"));
     read_current(f, id, name, sizeof(name));
-    assert_string_equal(name, "ckpt-000000-0123456789abcdef");
-    assert_int_equal(count_ckpts(f, id), 2); /* nothing pruned */
+    assert_string_equal(name, other);
+    assert_int_equal(count_ckpts(f, id), 1);
 
     /* deleted while held: the holder's step is not written back */
     cel_adapter_t *a2 = create_id(sa, id);
     hold(sa, a2);
     assert_int_equal(cel_adapters_note_grads(sa, a2, NULL, &err), CEL_OK);
-    cel_adapters_t *sb = open_store(f, "b@host");
     assert_int_equal(cel_adapters_delete(sb, id, &err), CEL_OK);
     assert_int_equal(cel_adapters_commit(sa, a2, "task-2", NULL, &err), CEL_ENOTFOUND);
     char p[256];
@@ -629,6 +791,9 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_list_and_node, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_one_pass, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checkpoint_outgrows_its_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_legacy_store_moves_to_the_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_readers_race_a_writer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_during_checkpoint, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

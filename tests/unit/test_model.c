@@ -305,6 +305,48 @@ static void test_lora_accumulate_save_load(void **state) {
     assert_memory_equal(l->m, l2->m, l->n * sizeof(float));
     assert_memory_equal(l->v, l2->v, l->n * sizeof(float));
     cel_lora_free(l2);
+    /* the same files as an image (the adapter store's checkpoint file): byte for
+     * byte what the save wrote, parts joined, and they load back the same */
+    cel_lora_image_t img = { 0 };
+    for (size_t i = 0; i < l->n; i++) l->g[i] = 0.25f + (float)i * 1e-3f;
+    assert_int_equal(cel_lora_save_image(l, "tiny", meta, 1, 1, &img, &err), CEL_OK);
+    assert_int_equal(img.n, 4);
+    assert_int_equal(cel_lora_save_grads(l, dir, 0, &err), CEL_OK);
+    cel_lora_image_t back = { 0 };
+    for (int i = 0; i < img.n; i++) {
+        char fp[700];
+        snprintf(fp, sizeof(fp), "%s/%s", dir, img.f[i].name);
+        FILE *fh = fopen(fp, "rb");
+        assert_non_null(fh);
+        unsigned char *want = malloc(img.f[i].len + 1), *got = malloc(img.f[i].len + 1);
+        assert_int_equal(fread(want, 1, img.f[i].len + 1, fh), img.f[i].len);
+        fclose(fh);
+        size_t at = 0;
+        if (img.f[i].iov) {
+            for (int k = 0; k < img.f[i].niov; k++) {
+                memcpy(got + at, img.f[i].iov[k].iov_base, img.f[i].iov[k].iov_len);
+                at += img.f[i].iov[k].iov_len;
+            }
+        } else {
+            memcpy(got, img.f[i].data, img.f[i].len);
+            at = img.f[i].len;
+        }
+        assert_int_equal(at, img.f[i].len);
+        assert_memory_equal(got, want, at);
+        free(want);
+        assert_int_equal(cel_lora_image_add(&back, img.f[i].name, got, at, &err), CEL_OK);
+    }
+    cel_lora_image_free(&img);
+    assert_int_equal(cel_lora_load_image(m, &back, &l2, &err), CEL_OK);
+    assert_int_equal(cel_lora_step_count(l2), 1);
+    assert_string_equal(cel_lora_meta(l2, "last_task"), "abc");
+    assert_memory_equal(l->w, l2->w, l->n * sizeof(float));
+    assert_memory_equal(l->m, l2->m, l->n * sizeof(float));
+    assert_memory_equal(l->v, l2->v, l->n * sizeof(float));
+    assert_int_equal(cel_lora_load_grads_image(l2, &back, &err), CEL_OK);
+    assert_memory_equal(l->g, l2->g, l->n * sizeof(float));
+    cel_lora_free(l2);
+    cel_lora_image_free(&back);
     /* refused adapter configs */
     char f[600];
     snprintf(f, sizeof(f), "%s/adapter_config.json", dir);

@@ -1,0 +1,432 @@
+/* adapters_file.c -- an adapter's checkpoints in one file, rewritten in place (issue 17).
+ *
+ * <state>/adapters/<id>/checkpoint holds the adapter's current checkpoint and
+ * room for the next one:
+ *   [0, 512)                 record 0
+ *   [4096, 4608)             record 1 (each record in a block of its own)
+ *   [8192, 8192 + cap)       slot 0
+ *   [8192 + cap, 8192 + 2cap) slot 1
+ * A record (little-endian): "CELCKPT1", version u32 (1), slot u32, seq u64,
+ * cap u64, len u64, name[64] (NUL-padded: "ckpt-<step>-<nonce>"), and the
+ * crc32 of everything before it. The valid record (crc matches, fields in
+ * range) with the higher seq is the current checkpoint: the checkpoint `name`
+ * in the first len bytes of its slot. A slot is an archive of the checkpoint's
+ * files: per file name[32] (NUL-padded), u64 length, u32 crc32 of name, length
+ * and data, u32 0, then the data; a name of zeros ends it (meta.json first, so
+ * a reader of the metadata alone reads a few kB).
+ *
+ * Writing checkpoint n+1 over n: its archive goes to the slot the current
+ * record does not name, fdatasync; then the new record (seq + 1) over the
+ * older record, fdatasync. Until the second fdatasync returns, the current
+ * record and its slot are untouched, so a crash leaves checkpoint n (a torn
+ * record fails its crc); after it, n+1 is durable. Overwriting blocks that
+ * are already written needs no new name and no journal commit: each
+ * fdatasync is a data write and one cache flush. When the file is missing or
+ * the archive outgrows cap, a new file is written whole under a temp name,
+ * fsync'ed, renamed over `checkpoint` and the directory fsync'ed.
+ * A reader takes the current record, reads its slot, checks every crc, and
+ * reads the records again: a writer may overwrite only the slot no current
+ * record names, so an unchanged seq means what it read was whole; otherwise it
+ * tries again.
+ * Executor processes only; blocking I/O.
+ */
+#include "adapters_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <limits.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#define MAGIC        "CELCKPT1"
+#define RECORD_BYTES 512
+#define RECORD_AT(i) ((off_t)(i) * 4096)
+#define SLOT0_AT     8192
+#define CAP_MAX      (64ULL << 30) /* sanity bound on a record's cap */
+#define ENTRY_NAME   32
+#define ENTRY_HEAD   (ENTRY_NAME + 16)
+#define READ_TRIES   8 /* a reader racing writers gives up after this many changes */
+
+typedef struct record {
+    uint32_t slot;
+    uint64_t seq, cap, len;
+    char name[CKPT_NAME_MAX];
+} record_t;
+
+static void put32(unsigned char *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static void put64(unsigned char *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static uint32_t get32(const unsigned char *p) {
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+static uint64_t get64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+static off_t slot_at(const record_t *r, uint32_t slot) {
+    return (off_t)(SLOT0_AT + (uint64_t)slot * r->cap);
+}
+
+static void encode_record(const record_t *r, unsigned char *b) {
+    memset(b, 0, RECORD_BYTES);
+    memcpy(b, MAGIC, 8);
+    put32(b + 8, 1);
+    put32(b + 12, r->slot);
+    put64(b + 16, r->seq);
+    put64(b + 24, r->cap);
+    put64(b + 32, r->len);
+    memcpy(b + 40, r->name, strnlen(r->name, CKPT_NAME_MAX - 1));
+    put32(b + 40 + CKPT_NAME_MAX, (uint32_t)crc32(0L, b, 40 + CKPT_NAME_MAX));
+}
+
+/* 1 when b holds a whole record of a file of size bytes. */
+static int decode_record(const unsigned char *b, off_t size, record_t *r) {
+    if (memcmp(b, MAGIC, 8) != 0 || get32(b + 8) != 1) return 0;
+    if (get32(b + 40 + CKPT_NAME_MAX) != (uint32_t)crc32(0L, b, 40 + CKPT_NAME_MAX)) return 0;
+    r->slot = get32(b + 12);
+    r->seq = get64(b + 16);
+    r->cap = get64(b + 24);
+    r->len = get64(b + 32);
+    memcpy(r->name, b + 40, CKPT_NAME_MAX);
+    r->name[CKPT_NAME_MAX - 1] = '\0';
+    return r->slot <= 1 && r->seq > 0 && r->cap > 0 && r->cap <= CAP_MAX && r->len <= r->cap &&
+           (uint64_t)size >= SLOT0_AT + 2 * r->cap;
+}
+
+static int pread_all(int fd, void *buf, size_t len, off_t off) {
+    size_t got = 0;
+    while (got < len) {
+        ssize_t r = pread(fd, (char *)buf + got, len - got, off + (off_t)got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            if (r == 0) errno = EIO; /* short file */
+            return -1;
+        }
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+static int pwrite_all(int fd, const void *buf, size_t len, off_t off) {
+    size_t put = 0;
+    while (put < len) {
+        ssize_t w = pwrite(fd, (const char *)buf + put, len - put, off + (off_t)put);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) return -1;
+        put += (size_t)w;
+    }
+    return 0;
+}
+
+/* The current record of the open file. OUT: *r, *at (its index 0/1). 0, or -1
+ * with no valid record (errno EPROTO) or a failed read. */
+static int current_record(int fd, record_t *r, int *at) {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return -1;
+    unsigned char b[RECORD_BYTES];
+    record_t rec[2];
+    int ok[2];
+    for (int i = 0; i < 2; i++) {
+        ok[i] = st.st_size >= RECORD_AT(i) + RECORD_BYTES &&
+                pread_all(fd, b, sizeof(b), RECORD_AT(i)) == 0 &&
+                decode_record(b, st.st_size, &rec[i]);
+    }
+    if (!ok[0] && !ok[1]) {
+        errno = EPROTO;
+        return -1;
+    }
+    int i = !ok[0] || (ok[1] && rec[1].seq > rec[0].seq);
+    *r = rec[i];
+    if (at) *at = i;
+    return 0;
+}
+
+/* Parses the archive of len bytes at buf into img (copies); stop_after: the
+ * file to end with (NULL: all). CEL_EAGAIN on a crc or shape mismatch. */
+static int parse_archive(const unsigned char *buf, size_t len, const char *stop_after,
+                         cel_lora_image_t *img, cel_err_t *err) {
+    size_t off = 0;
+    for (;;) {
+        if (len - off < ENTRY_HEAD) break;
+        const unsigned char *h = buf + off;
+        if (h[0] == '\0') return CEL_OK; /* the end */
+        char name[ENTRY_NAME + 1];
+        memcpy(name, h, ENTRY_NAME);
+        name[ENTRY_NAME] = '\0';
+        uint64_t n = get64(h + ENTRY_NAME);
+        if (n > len - off - ENTRY_HEAD) break;
+        uLong crc = crc32_z(crc32(0L, h, ENTRY_NAME + 8), h + ENTRY_HEAD, (size_t)n);
+        if ((uint32_t)crc != get32(h + ENTRY_NAME + 8)) break;
+        unsigned char *copy = malloc(n ? n : 1);
+        if (!copy) return cel_err_set(err, CEL_ENOMEM, "out of memory for %llu bytes",
+                                      (unsigned long long)n);
+        memcpy(copy, h + ENTRY_HEAD, n);
+        int rc = cel_lora_image_add(img, name, copy, n, err);
+        if (rc != CEL_OK) return rc;
+        off += ENTRY_HEAD + n;
+        if (stop_after && strcmp(name, stop_after) == 0) return CEL_OK;
+    }
+    return cel_err_set(err, CEL_EAGAIN, "checkpoint archive damaged or being rewritten");
+}
+
+/* An archive to write: iovecs over the entry heads and img's files (their
+ * data, or their parts), copying none of them. */
+typedef struct archive {
+    struct iovec *iov;
+    int n;
+    size_t len;
+    unsigned char *heads; /* ENTRY_HEAD bytes per file, plus the end */
+} archive_t;
+
+static void archive_free(archive_t *ar) {
+    free(ar->iov);
+    free(ar->heads);
+}
+
+/* img as an archive (per file its entry head, crc of name, length and bytes
+ * included, then the file; a head of zeros ends it). */
+static int archive_of(const cel_lora_image_t *img, archive_t *ar, cel_err_t *err) {
+    int n = 1;
+    for (int i = 0; i < img->n; i++) n += 1 + (img->f[i].iov ? img->f[i].niov : 1);
+    ar->iov = malloc((size_t)n * sizeof(*ar->iov));
+    ar->heads = calloc((size_t)img->n + 1, ENTRY_HEAD);
+    ar->n = 0;
+    ar->len = 0;
+    if (!ar->iov || !ar->heads) {
+        archive_free(ar);
+        return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    }
+    for (int i = 0; i < img->n; i++) {
+        unsigned char *h = ar->heads + (size_t)i * ENTRY_HEAD;
+        memcpy(h, img->f[i].name, strnlen(img->f[i].name, ENTRY_NAME - 1));
+        put64(h + ENTRY_NAME, img->f[i].len);
+        uLong crc = crc32(0L, h, ENTRY_NAME + 8);
+        ar->iov[ar->n++] = (struct iovec){ h, ENTRY_HEAD };
+        size_t got = 0;
+        if (img->f[i].iov) {
+            for (int k = 0; k < img->f[i].niov; k++) {
+                ar->iov[ar->n++] = img->f[i].iov[k];
+                crc = crc32_z(crc, img->f[i].iov[k].iov_base, img->f[i].iov[k].iov_len);
+                got += img->f[i].iov[k].iov_len;
+            }
+        } else {
+            ar->iov[ar->n++] = (struct iovec){ img->f[i].data, img->f[i].len };
+            crc = crc32_z(crc, img->f[i].data, img->f[i].len);
+            got = img->f[i].len;
+        }
+        if (got != img->f[i].len) {
+            archive_free(ar);
+            return cel_err_set(err, CEL_EINVAL, "checkpoint image: %s parts do not add up",
+                               img->f[i].name);
+        }
+        put32(h + ENTRY_NAME + 8, (uint32_t)crc);
+        ar->len += ENTRY_HEAD + got;
+    }
+    ar->iov[ar->n++] = (struct iovec){ ar->heads + (size_t)img->n * ENTRY_HEAD, ENTRY_HEAD };
+    ar->len += ENTRY_HEAD;
+    return CEL_OK;
+}
+
+/* Writes the archive at off (pwritev, IOV_MAX at a time; ar->iov is used up). */
+static int write_archive(int fd, archive_t *ar, off_t off) {
+    struct iovec *iov = ar->iov;
+    int n = ar->n;
+    while (n > 0) {
+        if (iov->iov_len == 0) {
+            iov++, n--;
+            continue;
+        }
+        ssize_t w = pwritev(fd, iov, n < IOV_MAX ? n : IOV_MAX, off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            if (w == 0) errno = EIO;
+            return -1;
+        }
+        off += w;
+        while (n > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++, n--;
+        }
+        if (n > 0 && w > 0) {
+            iov->iov_base = (char *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
+int cel_ckpt_file_read(const char *dir, const char *want, const char *stop_after, char *name,
+                       cel_lora_image_t *img, long long *bytes, cel_err_t *err) {
+    char path[CEL_ADAPTERS_PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/" CKPT_FILE, dir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        if (errno == ENOENT) return cel_err_set(err, CEL_ENOTFOUND, "%s: not found", path);
+        return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+    }
+    int rc = CEL_OK;
+    unsigned char *buf = NULL;
+    for (int attempt = 0; attempt < READ_TRIES; attempt++) {
+        record_t r, again;
+        if (current_record(fd, &r, NULL) != 0) {
+            rc = errno == EPROTO ? cel_err_set(err, CEL_EPROTO, "%s: no valid record", path)
+                                 : cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+            break;
+        }
+        if (name) snprintf(name, CKPT_NAME_MAX, "%s", r.name);
+        if (bytes) *bytes = (long long)r.len;
+        if (want && strcmp(want, r.name) != 0) {
+            rc = cel_err_set(err, CEL_ESTATE, "%s: names %s, not %s", path, r.name, want);
+            break;
+        }
+        if (!img) break;
+        /* the metadata alone: enough of the slot for its first file, and more if it is longer */
+        size_t len = (size_t)r.len, want_len = stop_after && len > 65536 ? 65536 : len;
+        free(buf);
+        if (!(buf = malloc(len ? len : 1))) {
+            rc = cel_err_set(err, CEL_ENOMEM, "out of memory for %zu bytes", len);
+            break;
+        }
+        if (pread_all(fd, buf, want_len, slot_at(&r, r.slot)) != 0) {
+            rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+            break;
+        }
+        cel_lora_image_free(img);
+        rc = parse_archive(buf, want_len, stop_after, img, err);
+        if (rc == CEL_EAGAIN && want_len < len) { /* a first file longer than the prefix */
+            if (pread_all(fd, buf, len, slot_at(&r, r.slot)) != 0) {
+                rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+                break;
+            }
+            cel_lora_image_free(img);
+            rc = parse_archive(buf, len, stop_after, img, err);
+        }
+        if (rc != CEL_OK && rc != CEL_EAGAIN) break;
+        if (current_record(fd, &again, NULL) == 0 && again.seq == r.seq) {
+            if (rc == CEL_EAGAIN) /* not a writer's doing: the slot is damaged */
+                rc = cel_err_set(err, CEL_EPROTO, "%s: checkpoint %s is damaged", path, r.name);
+            break;
+        }
+        rc = cel_err_set(err, CEL_EAGAIN, "%s: rewritten while read", path);
+        if (want) { /* the checkpoint asked for is gone */
+            rc = cel_err_set(err, CEL_ESTATE, "%s: names %s, not %s", path, again.name, want);
+            break;
+        }
+    }
+    free(buf);
+    close(fd);
+    if (rc != CEL_OK && img) cel_lora_image_free(img);
+    return rc;
+}
+
+/* Writes a fresh file holding one checkpoint (record seq, slot 0) and renames
+ * it over dir/checkpoint: temp, fsync, rename, fsync of dir. */
+static int write_whole(const char *dir, const char *path, record_t *r, archive_t *ar,
+                       cel_err_t *err) {
+    char tmp[CEL_ADAPTERS_PATH_MAX + 512];
+    snprintf(tmp, sizeof(tmp), "%s/" CKPT_FILE ".tmp.%s%s%ld", dir, cel_adapters_tmp_tag,
+             cel_adapters_tmp_tag[0] ? "." : "", (long)getpid());
+    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) return cel_err_set(err, CEL_EIO, "%s: %s", tmp, strerror(errno));
+    unsigned char rb[RECORD_BYTES];
+    encode_record(r, rb);
+    /* the other slot is left a hole: its first in-place write allocates it */
+    int bad = ftruncate(fd, (off_t)(SLOT0_AT + 2 * r->cap)) != 0 ||
+              pwrite_all(fd, rb, sizeof(rb), RECORD_AT(r->seq & 1)) != 0 ||
+              write_archive(fd, ar, slot_at(r, r->slot)) != 0 || fsync(fd) != 0;
+    int e = errno;
+    if (close(fd) != 0 && !bad) bad = 1, e = errno;
+    if (!bad && rename(tmp, path) != 0) bad = 1, e = errno;
+    if (bad) {
+        unlink(tmp);
+        return cel_err_set(err, CEL_EIO, "%s: %s", tmp, strerror(e));
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || fsync(dfd) != 0) {
+        e = errno;
+        if (dfd >= 0) close(dfd);
+        return cel_err_set(err, CEL_EIO, "%s: fsync: %s", dir, strerror(e));
+    }
+    close(dfd);
+    return CEL_OK;
+}
+
+int cel_ckpt_file_write(const char *dir, const char *expect, const char *name,
+                        const cel_lora_image_t *img, cel_ckpt_times_t *t, cel_err_t *err) {
+    char path[CEL_ADAPTERS_PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/" CKPT_FILE, dir);
+    archive_t ar;
+    int rc = archive_of(img, &ar, err);
+    if (rc != CEL_OK) return rc;
+    size_t len = ar.len;
+    if (t) t->whole = 0, t->sync = t->sw = 0;
+    record_t cur = { 0 }, next = { 0 };
+    int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW), have = fd >= 0;
+    if (fd < 0 && errno != ENOENT) {
+        rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    if (have && current_record(fd, &cur, NULL) != 0) {
+        /* no valid record: a file no reader can use; replace it whole */
+        close(fd);
+        fd = -1;
+        have = 0;
+    }
+    if (have && strcmp(cur.name, expect) != 0) {
+        rc = cel_err_set(err, CEL_ESTATE,
+                         "adapter changed on disk (%s, this copy is of %s): another worker "
+                         "took it over",
+                         cur.name, expect[0] ? expect : "none");
+        goto out;
+    }
+    next.seq = cur.seq + 1;
+    next.len = len;
+    snprintf(next.name, sizeof(next.name), "%s", name);
+    double t0 = cel_adapters_now_ms();
+    if (!have || len > cur.cap) {
+        /* room for growth: the recent-steps history and the like */
+        uint64_t cap = ((uint64_t)len + len / 4 + 65536 + 4095) & ~(uint64_t)4095;
+        next.cap = cap;
+        next.slot = 0;
+        rc = write_whole(dir, path, &next, &ar, err);
+        if (t) t->whole = 1, t->sync = cel_adapters_now_ms() - t0;
+        goto out;
+    }
+    next.cap = cur.cap;
+    next.slot = 1 - cur.slot;
+    if (write_archive(fd, &ar, slot_at(&next, next.slot)) != 0 || fdatasync(fd) != 0) {
+        rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    double t1 = cel_adapters_now_ms();
+    record_t again;
+    if (current_record(fd, &again, NULL) != 0 || again.seq != cur.seq) { /* just before the switch */
+        rc = cel_err_set(err, CEL_ESTATE, "adapter changed on disk (%s): another worker took it over",
+                         path);
+        goto out;
+    }
+    unsigned char rb[RECORD_BYTES];
+    encode_record(&next, rb);
+    if (pwrite_all(fd, rb, sizeof(rb), RECORD_AT(next.seq & 1)) != 0 || fdatasync(fd) != 0) {
+        rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    if (t) t->sync = t1 - t0, t->sw = cel_adapters_now_ms() - t1;
+out:
+    if (fd >= 0) close(fd);
+    archive_free(&ar);
+    return rc;
+}
