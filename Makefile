@@ -20,7 +20,7 @@ CC      ?= cc
 PKGS    := libuv hiredis jansson msgpack librabbitmq
 # message compression (protocol/compress.c); libbz2 ships no .pc file
 ZIP_PKGS := zlib liblzma libzstd libbrotlienc libbrotlidec
-MODEL_PKGS := openblas
+MODEL_PKGS := openblas libxxhash
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
            -Wshadow -Wstrict-prototypes -fno-strict-aliasing
