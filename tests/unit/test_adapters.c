@@ -304,6 +304,78 @@ static void test_checkpoint_one_pass(void **state) {
     cel_adapters_free(sa);
 }
 
+/* A damaged checkpoint file (random bytes overwritten anywhere: the records,
+ * the archive heads, the data) is read as one of the two checkpoints it holds,
+ * whole, or refused with an error; never a mix, never a crash (ASan). */
+static void test_damaged_file_is_refused_or_whole(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *sa = open_store(f, "a@host");
+    char id[CEL_ADAPTERS_ID_LEN + 1], path[512];
+    cel_adapter_t *a = create_id(sa, id);
+    train_step(sa, a, 0.5f);
+    cel_lora_t *la = cel_adapters_lora(a);
+    size_t nw = la->n;
+    float *w1 = malloc(nw * sizeof(float));
+    memcpy(w1, la->w, nw * sizeof(float));
+    train_step(sa, a, 0.25f);
+    float *w2 = malloc(nw * sizeof(float));
+    memcpy(w2, la->w, nw * sizeof(float));
+    cel_adapters_free(sa);
+    snprintf(path, sizeof(path), "%s/adapters/%s/" CKPT_FILE, f->dir, id);
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    fseek(fp, 0, SEEK_END);
+    long size = ftell(fp);
+    unsigned char *orig = malloc((size_t)size);
+    fseek(fp, 0, SEEK_SET);
+    assert_int_equal(fread(orig, 1, (size_t)size, fp), (size_t)size);
+    fclose(fp);
+    long long len = 0;
+    char adir[256];
+    snprintf(adir, sizeof(adir), "%s/adapters/%s", f->dir, id);
+    unsigned seed = 12345;
+    int loaded = 0, refused = 0;
+    for (int round = 0; round < 300; round++) {
+        unsigned char *img = malloc((size_t)size);
+        memcpy(img, orig, (size_t)size);
+        int hits = 1 + (int)(rand_r(&seed) % 4);
+        for (int h = 0; h < hits; h++) {
+            /* half the hits on the records and the first archive heads, half anywhere */
+            long at = rand_r(&seed) % 2 ? (long)(rand_r(&seed) % 9000)
+                                        : (long)(rand_r(&seed) % (unsigned)size);
+            img[at] ^= (unsigned char)(1 + rand_r(&seed) % 255);
+        }
+        int fd = open(path, O_WRONLY | O_TRUNC);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, img, (size_t)size), size);
+        close(fd);
+        free(img);
+        cel_adapters_t *rs = open_store(f, "reader@host");
+        cel_adapter_t *b;
+        cel_err_t err;
+        int rc = cel_adapters_get(rs, id, &b, &err);
+        if (rc == CEL_OK) {
+            cel_lora_t *lb = cel_adapters_lora(b);
+            int step = cel_lora_step_count(lb);
+            assert_true(step == 1 || step == 2);
+            assert_int_equal(memcmp(step == 1 ? w1 : w2, lb->w, nw * sizeof(float)), 0);
+            loaded++;
+        } else {
+            assert_true(rc == CEL_EPROTO || rc == CEL_EAGAIN || rc == CEL_ESTATE ||
+                        rc == CEL_EIO || rc == CEL_ENOTFOUND || rc == CEL_EINVAL);
+            refused++;
+        }
+        json_t *info = NULL;
+        if (cel_adapters_info(rs, id, &info, &err) == CEL_OK) json_decref(info);
+        cel_ckpt_file_read(adir, NULL, NULL, NULL, NULL, &len, NULL);
+        cel_adapters_free(rs);
+    }
+    assert_true(loaded > 0 && refused > 0);
+    free(orig);
+    free(w1);
+    free(w2);
+}
+
 /* A step whose checkpoint no longer fits the file's slots (a 300 kB result
  * kept for redelivery) writes a new file whole (a new inode, renamed in); the
  * steps after it are in place again; a fresh store reads it all back. */
@@ -792,6 +864,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_write_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_one_pass, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_outgrows_its_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_damaged_file_is_refused_or_whole, setup, teardown),
         cmocka_unit_test_setup_teardown(test_legacy_store_moves_to_the_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readers_race_a_writer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_during_checkpoint, setup, teardown),
