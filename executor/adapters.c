@@ -445,20 +445,31 @@ static int read_legacy_current(cel_adapters_t *s, const char *id, char *name, ce
     return CEL_OK;
 }
 
-int cel_adapters_read_current(cel_adapters_t *s, const char *id, char *name, cel_err_t *err) {
+/* cel_adapters_read_current; *in_file (unless NULL): whether the name came
+ * from the checkpoint file (not from a store from before it). */
+static int read_current(cel_adapters_t *s, const char *id, char *name, int *in_file,
+                        cel_err_t *err) {
     char dir[CEL_ADAPTERS_PATH_MAX + 64];
     snprintf(dir, sizeof(dir), "%s/%s", s->adir, id);
-    int rc = cel_ckpt_file_read(dir, NULL, NULL, name, NULL, NULL, err);
-    if (rc != CEL_ENOTFOUND) {
-        if (rc == CEL_OK && !valid_ckpt_name(name))
-            rc = cel_err_set(err, CEL_EPROTO, "%s/" CKPT_FILE ": not a checkpoint name", dir);
-        return rc;
+    int rc = cel_ckpt_file_read(dir, NULL, NULL, name, NULL, NULL, err), file = 1;
+    if (rc == CEL_ENOTFOUND) {
+        /* a store from before the file: its `current`, unless a writer moved it to
+         * the file meanwhile (the file is renamed in before `current` goes) */
+        rc = read_legacy_current(s, id, name, err);
+        file = 0;
+        if (rc == CEL_ENOTFOUND) {
+            rc = cel_ckpt_file_read(dir, NULL, NULL, name, NULL, NULL, err);
+            file = 1;
+        }
     }
-    /* a store from before the file: its `current`, unless a writer moved it to
-     * the file meanwhile (the file is renamed in before `current` goes) */
-    rc = read_legacy_current(s, id, name, err);
-    if (rc == CEL_ENOTFOUND) rc = cel_ckpt_file_read(dir, NULL, NULL, name, NULL, NULL, err);
+    if (rc == CEL_OK && file && !valid_ckpt_name(name))
+        rc = cel_err_set(err, CEL_EPROTO, "%s/" CKPT_FILE ": not a checkpoint name", dir);
+    if (in_file) *in_file = rc == CEL_OK && file;
     return rc;
+}
+
+int cel_adapters_read_current(cel_adapters_t *s, const char *id, char *name, cel_err_t *err) {
+    return read_current(s, id, name, NULL, err);
 }
 
 /* Parses meta.json's text (what: for messages). OUT: *meta. */
@@ -682,12 +693,15 @@ int cel_adapters_write_ckpt(cel_adapters_t *s, cel_adapter_t *a, const char *tas
 /* Compare-and-swap guard of a checkpoint write (issue 15): the adapter's current
  * checkpoint must still be the one a was loaded from (or last wrote). Otherwise another
  * process took the adapter over (or deleted it) and a must not overwrite it:
- * CEL_ESTATE (CEL_ENOTFOUND when deleted). A new adapter (no ckpt yet) passes. */
-static int still_current(cel_adapters_t *s, cel_adapter_t *a, cel_err_t *err) {
+ * CEL_ESTATE (CEL_ENOTFOUND when deleted). A new adapter (no ckpt yet) passes.
+ * *in_file: whether the checkpoint file names it (0: a new adapter, or a store
+ * from before the file). */
+static int still_current(cel_adapters_t *s, cel_adapter_t *a, int *in_file, cel_err_t *err) {
+    *in_file = 0;
     if (!a->ckpt[0]) return CEL_OK;
     char cur[CKPT_NAME_MAX];
     cel_err_t e2;
-    int rc = cel_adapters_read_current(s, a->id, cur, &e2);
+    int rc = read_current(s, a->id, cur, in_file, &e2);
     if (rc == CEL_ENOTFOUND) return cel_err_set(err, rc, "adapter %s was deleted", a->id);
     if (rc != CEL_OK) return cel_err_set(err, rc, "%s", e2.msg);
     if (strcmp(cur, a->ckpt) != 0)
@@ -724,7 +738,8 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
                             json_t *recent, int with_grads, cel_err_t *err) {
     char nonce[17], name[CKPT_NAME_MAX], adir[CEL_ADAPTERS_PATH_MAX + 64];
     double t0 = cel_adapters_now_ms();
-    int rc = still_current(s, a, err);
+    int in_file;
+    int rc = still_current(s, a, &in_file, err);
     if (rc == CEL_OK) rc = random_hex(nonce, 8, err);
     if (rc != CEL_OK) return rc;
     snprintf(name, sizeof(name), "ckpt-%06d-%s", cel_lora_step_count(a->lora), nonce);
@@ -745,12 +760,9 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
     if (rc == CEL_OK) rc = cel_lora_save_image(a->lora, s->base, kv, 1, with_grads, &img, err);
     double t1 = cel_adapters_now_ms();
     cel_ckpt_times_t t = { 0 };
-    /* a store from before the file: `current` was checked above, and no file exists to check */
-    const char *expect = a->ckpt;
-    char probe[CKPT_NAME_MAX];
-    if (rc == CEL_OK && a->ckpt[0] &&
-        cel_ckpt_file_read(adir, NULL, NULL, probe, NULL, NULL, NULL) == CEL_ENOTFOUND)
-        expect = "";
+    /* a new adapter, or a store from before the file (its `current` checked above):
+     * no file may have appeared since */
+    const char *expect = in_file ? a->ckpt : "";
     if (rc == CEL_OK) rc = cel_ckpt_file_write(adir, expect, name, &img, &t, err);
     cel_lora_image_free(&img);
     if (rc != CEL_OK) {

@@ -133,9 +133,9 @@ static int pwrite_all(int fd, const void *buf, size_t len, off_t off) {
     return 0;
 }
 
-/* The current record of the open file. OUT: *r, *at (its index 0/1). 0, or -1
- * with no valid record (errno EPROTO) or a failed read. */
-static int current_record(int fd, record_t *r, int *at) {
+/* The current record of the open file. OUT: *r. 0, or -1 with no valid record
+ * (errno EPROTO) or a failed read. */
+static int current_record(int fd, record_t *r) {
     struct stat st;
     if (fstat(fd, &st) != 0) return -1;
     unsigned char b[RECORD_BYTES];
@@ -150,9 +150,7 @@ static int current_record(int fd, record_t *r, int *at) {
         errno = EPROTO;
         return -1;
     }
-    int i = !ok[0] || (ok[1] && rec[1].seq > rec[0].seq);
-    *r = rec[i];
-    if (at) *at = i;
+    *r = rec[!ok[0] || (ok[1] && rec[1].seq > rec[0].seq)];
     return 0;
 }
 
@@ -292,7 +290,7 @@ int cel_ckpt_file_read(const char *dir, const char *want, const char *stop_after
     unsigned char *buf = NULL;
     for (int attempt = 0; attempt < READ_TRIES; attempt++) {
         record_t r, again;
-        if (current_record(fd, &r, NULL) != 0) {
+        if (current_record(fd, &r) != 0) {
             rc = errno == EPROTO ? cel_err_set(err, CEL_EPROTO, "%s: no valid record", path)
                                  : cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
             break;
@@ -326,7 +324,7 @@ int cel_ckpt_file_read(const char *dir, const char *want, const char *stop_after
             rc = parse_archive(buf, len, stop_after, img, err);
         }
         if (rc != CEL_OK && rc != CEL_EAGAIN) break;
-        if (current_record(fd, &again, NULL) == 0 && again.seq == r.seq) {
+        if (current_record(fd, &again) == 0 && again.seq == r.seq) {
             if (rc == CEL_EAGAIN) /* not a writer's doing: the slot is damaged */
                 rc = cel_err_set(err, CEL_EPROTO, "%s: checkpoint %s is damaged", path, r.name);
             break;
@@ -390,7 +388,7 @@ int cel_ckpt_file_write(const char *dir, const char *expect, const char *name,
         rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
         goto out;
     }
-    if (have && current_record(fd, &cur, NULL) != 0) {
+    if (have && current_record(fd, &cur) != 0) {
         /* no valid record: a file no reader can use; replace it whole */
         close(fd);
         fd = -1;
@@ -424,7 +422,7 @@ int cel_ckpt_file_write(const char *dir, const char *expect, const char *name,
     }
     double t1 = cel_adapters_now_ms();
     record_t again;
-    if (current_record(fd, &again, NULL) != 0 || again.seq != cur.seq) { /* just before the switch */
+    if (current_record(fd, &again) != 0 || again.seq != cur.seq) { /* just before the switch */
         rc = cel_err_set(err, CEL_ESTATE, "adapter changed on disk (%s): another worker took it over",
                          path);
         goto out;

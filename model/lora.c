@@ -275,21 +275,32 @@ int cel_lora_save(cel_lora_t *l, const char *dir, const char *base_model, const 
     return cel_lora_save_ex(l, dir, base_model, meta, n_meta, 0, err);
 }
 
-/* optimizer.safetensors's metadata: format, step (into step, 32 bytes) and the
- * caller's pairs. OUT: kv (2 * 66 slots), *k its length. */
-static int optimizer_meta(const cel_lora_t *l, const char *const *meta, int n_meta,
-                          const char **kv, int *k, char *step, cel_err_t *err) {
+/* What optimizer.safetensors holds: the two moment blocks (OPT_SUFFIXES) and
+ * its metadata (format, step, the caller's pairs; kv points into step). */
+typedef struct optimizer_parts {
+    float *blocks[2];
+    const char *kv[2 * 66];
+    int n_kv; /* pairs */
+    char step[32];
+} optimizer_parts_t;
+
+static const char *const OPT_SUFFIXES[2] = { ".exp_avg", ".exp_avg_sq" };
+
+static int optimizer_parts(const cel_lora_t *l, const char *const *meta, int n_meta,
+                           optimizer_parts_t *o, cel_err_t *err) {
     if (n_meta < 0 || n_meta > 64) return cel_err_set(err, CEL_EINVAL, "too much metadata");
-    snprintf(step, 32, "%d", l->step);
+    o->blocks[0] = l->m;
+    o->blocks[1] = l->v;
+    snprintf(o->step, sizeof(o->step), "%d", l->step);
     int n = 0;
-    kv[n++] = "format", kv[n++] = "celeriac-adamw-1";
-    kv[n++] = "step", kv[n++] = step;
+    o->kv[n++] = "format", o->kv[n++] = "celeriac-adamw-1";
+    o->kv[n++] = "step", o->kv[n++] = o->step;
     for (int i = 0; i < n_meta; i++) {
         if (strcmp(meta[2 * i], "format") == 0 || strcmp(meta[2 * i], "step") == 0)
             return cel_err_set(err, CEL_EINVAL, "metadata key %s is reserved", meta[2 * i]);
-        kv[n++] = meta[2 * i], kv[n++] = meta[2 * i + 1];
+        o->kv[n++] = meta[2 * i], o->kv[n++] = meta[2 * i + 1];
     }
-    *k = n;
+    o->n_kv = n / 2;
     return CEL_OK;
 }
 
@@ -319,15 +330,11 @@ int cel_lora_save_ex(cel_lora_t *l, const char *dir, const char *base_model,
     snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
     if ((rc = write_config(l, path, base_model, nosync, err)) != CEL_OK) return rc;
     /* optimizer state: the moments, the step and the caller's metadata */
-    const char *kv[2 * 66];
-    char step[32];
-    int k = 0;
-    if ((rc = optimizer_meta(l, meta, n_meta, kv, &k, step, err)) != CEL_OK) return rc;
-    float *blocks[2] = { l->m, l->v };
-    const char *suffixes[2] = { ".exp_avg", ".exp_avg_sq" };
+    optimizer_parts_t o;
+    if ((rc = optimizer_parts(l, meta, n_meta, &o, err)) != CEL_OK) return rc;
     snprintf(path, sizeof(path), "%s/optimizer.safetensors", dir);
-    if ((rc = write_blocks(l, path, blocks, suffixes, 2, kv, k / 2, st_flags, err)) != CEL_OK)
-        return rc;
+    rc = write_blocks(l, path, o.blocks, OPT_SUFFIXES, 2, o.kv, o.n_kv, st_flags, err);
+    if (rc != CEL_OK) return rc;
     keep_meta(l, meta, n_meta);
     return CEL_OK;
 }
@@ -376,20 +383,16 @@ int cel_lora_save_image(cel_lora_t *l, const char *base_model, const char *const
     const char *wsuffix[1] = { NULL };
     rc = add_blocks(img, "adapter_model.safetensors", l, wblock, wsuffix, 1, fmt, 1, err);
     if (rc != CEL_OK) return rc;
-    json_t *o = config_json(l, base_model);
-    char *text = o ? json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
-    json_decref(o);
+    json_t *cfg = config_json(l, base_model);
+    char *text = cfg ? json_dumps(cfg, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    json_decref(cfg);
     if (!text) return cel_err_set(err, CEL_ENOMEM, "out of memory");
     size_t tlen = strlen(text);
     if ((rc = cel_lora_image_add(img, "adapter_config.json", (unsigned char *)text, tlen, err)))
         return rc;
-    const char *kv[2 * 66];
-    char step[32];
-    int k = 0;
-    if ((rc = optimizer_meta(l, meta, n_meta, kv, &k, step, err)) != CEL_OK) return rc;
-    float *blocks[2] = { l->m, l->v };
-    const char *suffixes[2] = { ".exp_avg", ".exp_avg_sq" };
-    rc = add_blocks(img, "optimizer.safetensors", l, blocks, suffixes, 2, kv, k / 2, err);
+    optimizer_parts_t o;
+    if ((rc = optimizer_parts(l, meta, n_meta, &o, err)) != CEL_OK) return rc;
+    rc = add_blocks(img, "optimizer.safetensors", l, o.blocks, OPT_SUFFIXES, 2, o.kv, o.n_kv, err);
     if (rc == CEL_OK && with_grads) {
         float *gb[1] = { l->g };
         const char *gs[1] = { ".grad" };
@@ -512,8 +515,7 @@ static int load_parts(const cel_model_t *m, json_t *cfg, const char *cfg_what,
     if ((rc = read_blocks(l, sw, wb, none, 1, w_what, err)) != CEL_OK) goto fail;
     if (so) {
         float *ob[2] = { l->m, l->v };
-        const char *suffixes[2] = { ".exp_avg", ".exp_avg_sq" };
-        if ((rc = read_blocks(l, so, ob, suffixes, 2, o_what, err)) != CEL_OK) goto fail;
+        if ((rc = read_blocks(l, so, ob, OPT_SUFFIXES, 2, o_what, err)) != CEL_OK) goto fail;
         const char *step = cel_safetensors_meta(so, "step");
         char *end = NULL;
         long s = step ? strtol(step, &end, 10) : -1;
