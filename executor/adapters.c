@@ -820,7 +820,7 @@ static int same_owner(const char *a, const char *b) {
 }
 
 /* What owner (NULL: adapters without one) has on disk: adapters, and bytes of
- * their current checkpoints and their exports. */
+ * their checkpoint files (blocks allocated) and their exports. */
 static int owner_usage(cel_adapters_t *s, const char *owner, long *count, long long *bytes,
                        cel_err_t *err) {
     *count = 0;
@@ -840,8 +840,13 @@ static int owner_usage(cel_adapters_t *s, const char *owner, long *count, long l
         if (same_owner(o, owner)) {
             char dir[CEL_ADAPTERS_PATH_MAX + 128];
             long long n = 0;
-            snprintf(dir, sizeof(dir), "%s/%s", s->adir, e->d_name);
-            if (cel_ckpt_file_read(dir, NULL, NULL, NULL, NULL, &n, NULL) != CEL_OK) {
+            struct stat st;
+            /* the checkpoint file's blocks on disk: once trained, two checkpoints
+             * (the current one and the slot the next step overwrites) */
+            snprintf(dir, sizeof(dir), "%s/%s/" CKPT_FILE, s->adir, e->d_name);
+            if (lstat(dir, &st) == 0 && S_ISREG(st.st_mode)) {
+                n = (long long)st.st_blocks * 512;
+            } else {
                 snprintf(dir, sizeof(dir), "%s/%s/%s", s->adir, e->d_name, name);
                 n = dir_bytes(dir); /* a checkpoint directory of a store from before the file */
             }

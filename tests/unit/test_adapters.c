@@ -376,6 +376,40 @@ static void test_damaged_file_is_refused_or_whole(void **state) {
     free(w2);
 }
 
+/* The per-owner byte quota counts a checkpoint file's blocks on disk: after a
+ * step it holds two checkpoints, so a second adapter that fits beside a new
+ * one no longer fits beside a trained one. */
+static void test_quota_counts_both_slots(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *sa = open_store(f, "a@host");
+    char id[CEL_ADAPTERS_ID_LEN + 1], adir[256];
+    cel_adapter_t *a = create_id(sa, id);
+    snprintf(adir, sizeof(adir), "%s/adapters/%s", f->dir, id);
+    long long len = 0;
+    cel_err_t err;
+    assert_int_equal(cel_ckpt_file_read(adir, NULL, NULL, NULL, NULL, &len, &err), CEL_OK);
+    cel_adapters_limits_t lim = { .max_bytes_per_owner = len * 5 / 2 + 16384 };
+    cel_adapters_set_limits(sa, &lim);
+    cel_adapter_t *b;
+    assert_int_equal(cel_adapters_create(sa, &(cel_lora_config_t){ .rank = 2, .alpha = 4,
+                                                                  .targets = CEL_LORA_ALL,
+                                                                  .seed = 4 },
+                                         NULL, &b, &err),
+                     CEL_OK);
+    char bid[CEL_ADAPTERS_ID_LEN + 1];
+    snprintf(bid, sizeof(bid), "%s", cel_adapters_id(b)); /* (delete frees b) */
+    assert_int_equal(cel_adapters_delete(sa, bid, &err), CEL_OK);
+    a = get(sa, id);
+    train_step(sa, a, 0.5f);
+    assert_int_equal(cel_adapters_create(sa, &(cel_lora_config_t){ .rank = 2, .alpha = 4,
+                                                                  .targets = CEL_LORA_ALL,
+                                                                  .seed = 5 },
+                                         NULL, &b, &err),
+                     CEL_ELIMIT);
+    assert_non_null(strstr(err.msg, "--max-adapter-bytes-per-owner"));
+    cel_adapters_free(sa);
+}
+
 /* A step whose checkpoint no longer fits the file's slots (a 300 kB result
  * kept for redelivery) writes a new file whole (a new inode, renamed in); the
  * steps after it are in place again; a fresh store reads it all back. */
@@ -864,6 +898,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_write_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_one_pass, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_outgrows_its_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_quota_counts_both_slots, setup, teardown),
         cmocka_unit_test_setup_teardown(test_damaged_file_is_refused_or_whole, setup, teardown),
         cmocka_unit_test_setup_teardown(test_legacy_store_moves_to_the_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readers_race_a_writer, setup, teardown),
