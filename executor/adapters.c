@@ -980,8 +980,10 @@ int cel_adapters_create(cel_adapters_t *s, const cel_lora_config_t *cfg, const c
     return new_adapter(s, lora, owner, out, err);
 }
 
-int cel_adapters_delete(cel_adapters_t *s, const char *id, cel_err_t *err) {
-    if (!cel_adapters_valid_id(id)) return cel_err_set(err, CEL_ENOTFOUND, "malformed id");
+int cel_adapters_delete(cel_adapters_t *s, const char *id_arg, cel_err_t *err) {
+    if (!cel_adapters_valid_id(id_arg)) return cel_err_set(err, CEL_ENOTFOUND, "malformed id");
+    char id[CEL_ADAPTERS_ID_LEN + 1]; /* id_arg may be the loaded copy's own, freed below */
+    snprintf(id, sizeof(id), "%s", id_arg);
     int i = find_loaded(s, id);
     if (i >= 0) drop_at(s, i);
     char name[CKPT_NAME_MAX], dir[CEL_ADAPTERS_PATH_MAX + 64], gone[CEL_ADAPTERS_PATH_MAX + 96];
