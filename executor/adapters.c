@@ -177,8 +177,7 @@ static void rm_tree(const char *path) { nftw(path, rm_one, 16, FTW_DEPTH | FTW_P
  * Unlinking a checkpoint's files costs a step as much as writing them on a
  * busy disk, and nothing waits on it: prune picks the names under the
  * adapter's lock (checkpoint directories of a store from before the checkpoint
- * file, never the one `current` names; names are never reused, so a name once
- * replaced stays garbage) and a thread
+ * file, once the file supersedes them) and a thread
  * of its own removes them after the step's result is on its way. Removals a
  * process dies with are left to the next prune. The thread blocks every signal
  * (the executor's stay with its main thread). */
@@ -641,14 +640,13 @@ static json_t *make_meta(cel_adapters_t *s, cel_adapter_t *a, const char *task, 
                      targets_json(cel_lora_targets(a->lora)), "base_model", s->base);
 }
 
-/* Removes the checkpoint directories (and `current`) of a store from before the
- * checkpoint file once the file names a checkpoint (none other than keep and
- * the current one), and temp names of writers that died (in the background:
- * remove_later). */
-static void prune(cel_adapters_t *s, const char *id, const char *keep) {
-    char dir[CEL_ADAPTERS_PATH_MAX + 64], cur[CKPT_NAME_MAX] = "";
+/* Run after this process's checkpoint went into id's checkpoint file: removes
+ * what that file supersedes, the checkpoint directories and `current` of a
+ * store from before it, and temp names of writers that died (in the
+ * background: remove_later). */
+static void prune(cel_adapters_t *s, const char *id) {
+    char dir[CEL_ADAPTERS_PATH_MAX + 64];
     snprintf(dir, sizeof(dir), "%s/%s", s->adir, id);
-    cel_adapters_read_current(s, id, cur, NULL);
     DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *e;
@@ -660,15 +658,11 @@ static void prune(cel_adapters_t *s, const char *id, const char *keep) {
             struct stat st;
             if (lstat(p, &st) == 0 && S_ISREG(st.st_mode) && now - st.st_mtime > STALE_TMP_S)
                 remove_later(p);
-            continue;
+        } else if (strcmp(e->d_name, "current") == 0) {
+            unlink(p);
+        } else if (strncmp(e->d_name, "ckpt-", 5) == 0) {
+            remove_later(p);
         }
-        if (strcmp(e->d_name, "current") == 0 && faccessat(dirfd(d), CKPT_FILE, F_OK, 0) == 0) {
-            unlink(p); /* a pointer from before the checkpoint file, which supersedes it */
-            continue;
-        }
-        if (strncmp(e->d_name, "ckpt-", 5) != 0) continue;
-        if (strcmp(e->d_name, keep) == 0 || strcmp(e->d_name, cur) == 0) continue;
-        remove_later(p);
     }
     closedir(d);
 }
@@ -774,7 +768,7 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
     double t3 = cel_adapters_now_ms();
     snprintf(a->ckpt, sizeof(a->ckpt), "%s", name);
     a->ckpt_grads = with_grads ? a->grad_count : 0;
-    prune(s, a->id, name);
+    prune(s, a->id);
     if (cel_adapters_phase_times())
         cel_info("Phase times adapter %s checkpoint %s: ckpt_write=%.3f ckpt_sync=%.3f "
                  "ckpt_switch=%.3f ckpt_prune=%.3f%s",

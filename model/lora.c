@@ -168,21 +168,24 @@ static int count_tensors(const cel_lora_t *l) {
     return 2 * k * l->cfg.L;
 }
 
+/* build_entries in one allocation (the names after the entries; one free).
+ * OUT: *n. NULL when out of memory. */
+static cel_st_entry_t *new_entries(const cel_lora_t *l, float *const *blocks,
+                                   const char *const *suffixes, int nblocks, int *n) {
+    size_t cnt = (size_t)count_tensors(l) * (size_t)nblocks;
+    cel_st_entry_t *e = malloc(cnt * (sizeof(*e) + NAME_MAX_LEN));
+    if (e) *n = build_entries(l, blocks, suffixes, nblocks, e, (char *)(e + cnt));
+    return e;
+}
+
 static int write_blocks(const cel_lora_t *l, const char *path, float *const *blocks,
                         const char *const *suffixes, int nblocks, const char *const *meta,
                         int n_meta, int st_flags, cel_err_t *err) {
-    int cnt = count_tensors(l) * nblocks;
-    cel_st_entry_t *e = malloc(cnt * sizeof(*e));
-    char *names = malloc((size_t)cnt * NAME_MAX_LEN);
-    if (!e || !names) {
-        free(e);
-        free(names);
-        return cel_err_set(err, CEL_ENOMEM, "out of memory");
-    }
-    int n = build_entries(l, blocks, suffixes, nblocks, e, names);
+    int n;
+    cel_st_entry_t *e = new_entries(l, blocks, suffixes, nblocks, &n);
+    if (!e) return cel_err_set(err, CEL_ENOMEM, "out of memory");
     int rc = cel_safetensors_write(path, e, n, meta, n_meta, st_flags, err);
     free(e);
-    free(names);
     return rc;
 }
 
@@ -193,15 +196,12 @@ static int add_blocks(cel_lora_image_t *img, const char *name, const cel_lora_t 
                       const char *const *meta, int n_meta, cel_err_t *err) {
     if (img->n == CEL_LORA_IMAGE_MAX)
         return cel_err_set(err, CEL_ELIMIT, "checkpoint image: no room for %s", name);
-    int cnt = count_tensors(l) * nblocks;
-    cel_st_entry_t *e = malloc(cnt * sizeof(*e));
-    char *names = malloc((size_t)cnt * NAME_MAX_LEN);
-    struct iovec *iov = malloc((size_t)(cnt + 1) * sizeof(*iov));
-    int rc = CEL_OK;
+    int n = 0, rc = CEL_OK;
+    cel_st_entry_t *e = new_entries(l, blocks, suffixes, nblocks, &n);
+    struct iovec *iov = e ? malloc((size_t)(n + 1) * sizeof(*iov)) : NULL;
     unsigned char *head = NULL;
     size_t hlen = 0, total = 0;
-    if (!e || !names || !iov) rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
-    int n = rc == CEL_OK ? build_entries(l, blocks, suffixes, nblocks, e, names) : 0;
+    if (!iov) rc = cel_err_set(err, CEL_ENOMEM, "out of memory");
     if (rc == CEL_OK) rc = cel_safetensors_head(e, n, meta, n_meta, &head, &hlen, &total, err);
     if (rc == CEL_OK) {
         iov[0] = (struct iovec){ head, hlen };
@@ -218,7 +218,6 @@ static int add_blocks(cel_lora_image_t *img, const char *name, const cel_lora_t 
     }
     free(iov);
     free(e);
-    free(names);
     return rc;
 }
 
@@ -407,15 +406,9 @@ int cel_lora_save_image(cel_lora_t *l, const char *base_model, const char *const
  * those tensors. */
 static int read_blocks(cel_lora_t *l, const cel_safetensors_t *st, float *const *blocks,
                        const char *const *suffixes, int nblocks, const char *what, cel_err_t *err) {
-    int cnt = count_tensors(l) * nblocks;
-    cel_st_entry_t *e = malloc(cnt * sizeof(*e));
-    char *names = malloc((size_t)cnt * NAME_MAX_LEN);
-    if (!e || !names) {
-        free(e);
-        free(names);
-        return cel_err_set(err, CEL_ENOMEM, "out of memory");
-    }
-    int n = build_entries(l, blocks, suffixes, nblocks, e, names), rc = CEL_OK;
+    int n, rc = CEL_OK;
+    cel_st_entry_t *e = new_entries(l, blocks, suffixes, nblocks, &n);
+    if (!e) return cel_err_set(err, CEL_ENOMEM, "out of memory");
     for (int i = 0; i < n && rc == CEL_OK; i++)
         rc = cel_safetensors_read_f32(st, e[i].name, 2, e[i].shape, (float *)e[i].data, err);
     if (rc == CEL_OK && cel_safetensors_count(st) != n) {
@@ -434,7 +427,6 @@ static int read_blocks(cel_lora_t *l, const cel_safetensors_t *st, float *const 
         }
     }
     free(e);
-    free(names);
     return rc;
 }
 
