@@ -14,8 +14,9 @@ points at a running one (then CELERIAC_API_KEYS must name at least max(N) users)
 executors, every user's connections made).
 
 Then the cost of a step along the path, for one user:
-  engine       `bin/celeriac-lm train` for the same steps, batch and sentence (in-process, no
-               worker), per step: (time(steps) - time(1 step)) / (steps - 1), load excluded
+  engine       `bin/celeriac-lm train --threads 1` for the same steps, batch and sentence
+               (in-process, no worker; one thread, as each executor computes), per step:
+               (time(steps) - time(1 step)) / (steps - 1), load excluded
   celery       the same step through the worker with the Celery client directly
                (send_task + AsyncResult.get), no HTTP
   http         the same step through Gunicorn (N = 1 run above)
@@ -24,8 +25,9 @@ and the overhead per task (2 tasks per step) of celery and http against the engi
 Then where the celery row's step goes inside the executor: the worker runs with
 CELERIAC_PHASE_TIMES=1, so each optim_step and forward_backward logs its phases (ms, averaged
 over the celery run): adapter lookup, gradient hold, the AdamW step, the checkpoint (files
-written, sync pass, `current` switch, prune of the old one) and the forward_backward's
-gradient-holder marker.
+written, sync, record switch, prune), and the forward_backward's building of its examples
+(prepare), its passes through the model (pass: the same work as the engine's step less the
+AdamW step) and its gradient-holder marker.
 
 Prints tables; never fails on timing. Run with /usr/bin/python3:
   bench/users.py [--steps 10] [--users 1,2,4] [--concurrency 4] [--batch 4] [--url URL]
@@ -203,7 +205,8 @@ def engine_step_seconds(bindir, steps, batch, workdir):
 
     def timed(n):
         cmd = [lm, "train", "--data", data, "--lora", "8", "--alpha", "16", "--steps", str(n),
-               "--lr", "1e-3", "--batch", str(batch), "--out", os.path.join(workdir, f"lm{n}")]
+               "--lr", "1e-3", "--batch", str(batch), "--threads", "1",
+               "--out", os.path.join(workdir, f"lm{n}")]
         t0 = time.monotonic()
         p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
         if p.returncode != 0:
@@ -342,12 +345,12 @@ def main():
             else:
                 print(f"{name:<8}  {v * 1e3:>8.2f}  {(v - engine) / 2 * 1e3:>27.2f}")
         print("\n(a step is one fwdbwd + one optim_step: 2 tasks; the engine row is "
-              "celeriac-lm train, in one process)")
+              "celeriac-lm train --threads 1, in one process)")
         if stack and phases:
             print("\nexecutor phases of the celery row, mean ms per task (n):")
             order = [("optim_step", ("lookup", "hold", "adamw", "commit")),
                      ("  checkpoint", ("ckpt_write", "ckpt_sync", "ckpt_switch", "ckpt_prune")),
-                     ("forward_backward", ("marker",))]
+                     ("forward_backward", ("prepare", "pass", "marker"))]
             for label, keys in order:
                 print(f"  {label:<18}" + "  ".join(
                     f"{k} {phases[k][0]:.3f} ({phases[k][1]})" for k in keys if k in phases))

@@ -50,6 +50,7 @@ struct cel_lm_pending {
     int32_t *tok, *tgt, *lens; /* this round's chunk */
     float *w;
     size_t chunk_end;
+    double prep_ms, pass_ms; /* CELERIAC_PHASE_TIMES: building the examples; the passes */
 };
 
 /* model.score(text, adapter_id=None) */
@@ -367,6 +368,7 @@ int cel_lm_prepare(cel_call_t *call, cel_lm_pending_t **out) {
     cel_lm_pending_t *p = calloc(1, sizeof(*p));
     if (!p) return CEL_ENOMEM;
     p->call = call;
+    double t0 = cel_adapters_now_ms();
     int rc;
     if (strcmp(call->name, "model.score") == 0) {
         p->kind = PK_SCORE;
@@ -381,6 +383,7 @@ int cel_lm_prepare(cel_call_t *call, cel_lm_pending_t **out) {
         cel_lm_pending_free(p);
         return cel_call_finish(rc);
     }
+    p->prep_ms = cel_adapters_now_ms() - t0;
     *out = p;
     return CEL_OK;
 }
@@ -421,8 +424,11 @@ static int run_round(cel_lm_pending_t **ps, int n, int kind, long max_tokens, ce
     if (k == 0) return 0;
     cel_err_t err;
     cel_err_clear(&err);
+    double t0 = cel_adapters_now_ms();
     int rc = cel_model_run_jobs(g->model, jobs, k, kind == PK_FB, &err);
     (void)rc; /* a failed pass gives every job its error */
+    double pass_ms = cel_adapters_now_ms() - t0;
+    for (int j = 0; j < k; j++) ps[who[j]]->pass_ms += pass_ms; /* a shared pass counts for each */
     for (int j = 0; j < k; j++) {
         cel_lm_pending_t *p = ps[who[j]];
         if (jobs[j].rc != CEL_OK) {
@@ -440,6 +446,9 @@ static int run_round(cel_lm_pending_t **ps, int n, int kind, long max_tokens, ce
         if (n == 1) cel_lm_progress((long)p->next, (long)p->n);
         if (p->next == p->n) {
             p->done = 1;
+            if (cel_adapters_phase_times())
+                cel_info("Phase times adapter %s forward_backward pass: prepare=%.3f pass=%.3f",
+                         cel_adapters_id(p->a), p->prep_ms, p->pass_ms);
             cel_err_t merr;
             if (cel_adapters_note_grads(g->store, p->a, p->task_id, &merr) != CEL_OK)
                 cel_warn("Adapter %s: cannot write its gradients marker (a loss of them would "
