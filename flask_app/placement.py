@@ -14,9 +14,10 @@ adapter, which resolves the user's pending creations first):
   hash celeriac:nodes          node -> its shared queue, every node that is or was a home
 
 Every later job for the adapter (fwdbwd, optim_step, sample, score with it, info, save,
-delete) is sent to the home node's direct queue as Celery's worker_direct names it: queue
-"<node>.dq2", exchange "C.dq2" (direct), routing key = node; the queue is declared with the
-send, exactly as the worker declares it. An adapter with no recorded home (made before homes
+delete) is sent to the home node's direct queue as Celery's worker_direct names it, queue
+"<node>.dq2" (bound to exchange "C.dq2" with routing key = node), the way the stock client
+sends to a worker_direct queue: through the default exchange, routing key "<node>.dq2"; the
+queue is declared with the send, exactly as the worker declares it. An adapter with no recorded home (made before homes
 were recorded) keeps the shared queue. Tasks with no adapter keep the shared queue. The Redis
 record is the one truth every web worker reads; only a failover changes it (a compare-and-set,
 so two web workers that both saw the home die agree on one new home).
@@ -177,8 +178,11 @@ class Destination:
     def send_options(self):
         if self.node is None:
             return {"queue": self.queue}
-        return {"queue": worker_direct(self.node), "exchange": DIRECT_EXCHANGE,
-                "routing_key": self.node}
+        # the queue alone, as the stock client sends to worker_direct(node): Celery publishes
+        # it through the default exchange with the queue's name as routing key (one LPUSH on
+        # Redis; naming exchange C.dq2 made kombu read the exchange's bindings first, one more
+        # round trip per task), and declares the queue as the worker does
+        return {"queue": worker_direct(self.node)}
 
 
 def destination(task, spec, adapter_id):

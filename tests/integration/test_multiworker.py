@@ -3,7 +3,8 @@
 Front end alone (Flask test client, real Redis, no worker): nodes are simulated by sending their
 worker-heartbeat / worker-offline events with the stock EventDispatcher, and a create's result
 (naming its node) is written as a worker would. Checks that an adapter's jobs go to its home's
-direct queue (`<node>.dq2`, exchange C.dq2, routing key = node) and stateless tasks to their
+direct queue (`<node>.dq2`, through the default exchange as the stock client sends to
+worker_direct) and stateless tasks to their
 routed shared queue; that a silent node's adapters are re-homed before the next job is sent,
 with the jobs waiting in its direct queue (and the ones it took and never acked, and the one
 its idle wait had moved into its in-flight list) moved, in order and unchanged, ahead of that
@@ -165,7 +166,9 @@ def test_homes_routes_and_failover(make_api, fake_nodes, rc):
     waiting = _messages(redis_client, f"{n1}.dq2")
     assert [m[0] for m in waiting] == [f1, f2, f3]
     for m in waiting:
-        assert m[3]["exchange"] == "C.dq2" and m[3]["routing_key"] == n1, m
+        # as the stock client sends to worker_direct(n1): the default exchange, the queue's
+        # name as routing key (no lookup of C.dq2's bindings per send)
+        assert m[3]["exchange"] == "" and m[3]["routing_key"] == f"{n1}.dq2", m
     assert [m[0] for m in _messages(redis_client, "score")] == [base]
     assert redis_client.llen("celery") == 0 and redis_client.llen("train") == 0
 
@@ -192,7 +195,9 @@ def test_homes_routes_and_failover(make_api, fake_nodes, rc):
     moved = _messages(redis_client, f"{n2}.dq2")
     assert [m[0] for m in moved] == [f1, f2, f3, f4], moved
     assert [m[2] for m in moved[:3]] == [m[2] for m in waiting]
-    assert all(m[3]["routing_key"] == n2 for m in moved)
+    # the moved ones go out again through C.dq2 (routing key n2), the new one as any send
+    assert all(m[3]["exchange"] == "C.dq2" and m[3]["routing_key"] == n2 for m in moved[:3])
+    assert moved[3][3]["exchange"] == "" and moved[3][3]["routing_key"] == f"{n2}.dq2"
     assert redis_client.llen(f"{n1}.dq2") == 0 and redis_client.hlen("unacked") == 0
     assert redis_client.llen(in_flight) == 0
     assert redis_client.hget("celeriac:adapter:b1", "node") == n2
