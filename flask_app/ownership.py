@@ -39,10 +39,12 @@ def _ttl():
     return current_app.config["CELERIAC_FUTURE_TTL"]
 
 
-def record_future(task_id, user, task, pending_create=False):
-    """Notes that future task_id (of task name `task`) belongs to user."""
-    r = store()
-    pipe = r.pipeline(transaction=False)
+def record_future(task_id, user, task, pending_create=False, pipe=None):
+    """Notes that future task_id (of task name `task`) belongs to user. With pipe (a Redis
+    pipeline), the commands are only queued there."""
+    own = pipe is None
+    if own:
+        pipe = store().pipeline(transaction=False)
     pipe.set(f"celeriac:future:{task_id}", json.dumps({"owner": user, "task": task}),
              ex=_ttl())
     pipe.zadd(OPEN, {task_id: time.time()})
@@ -50,7 +52,8 @@ def record_future(task_id, user, task, pending_create=False):
         key = f"celeriac:creating:{user}"
         pipe.sadd(key, task_id)
         pipe.expire(key, _ttl())
-    pipe.execute()
+    if own:
+        pipe.execute()
 
 
 def future_finished(task_id, pipe=None):
@@ -118,16 +121,25 @@ def resolve_creations(user):
             r.srem(key, task_id)
 
 
-def require_adapter(adapter_id, user):
-    """Returns adapter_id if user owns it; 404 ApiError otherwise (unknown or someone else's)."""
+def require_adapter(adapter_id, user, home=False):
+    """Returns adapter_id if user owns it; 404 ApiError otherwise (unknown or someone else's).
+    With home=True it returns the adapter's home instead, (node, queue) as placement.home_of
+    gives it, read in the same round trip as the owner."""
     r = store()
-    owner = r.hget(OWNERS, adapter_id)
+    pipe = r.pipeline(transaction=False)
+    pipe.hget(OWNERS, adapter_id)
+    if home:
+        placement.queue_home_of(pipe, adapter_id)
+    got = pipe.execute()
+    owner = got[0]
     if owner is None:
-        resolve_creations(user)
+        resolve_creations(user)  # a creation seen done records the owner and the home
         owner = r.hget(OWNERS, adapter_id)
+        if home and owner == user:
+            got[1] = placement.home_of(adapter_id)
     if owner != user:
         raise not_found(f"unknown adapter {adapter_id!r}")
-    return adapter_id
+    return tuple(got[1]) if home else adapter_id
 
 
 def adapters_of(user):

@@ -128,6 +128,11 @@ def home_of(adapter_id):
     return node, queue
 
 
+def queue_home_of(pipe, adapter_id):
+    """Queues home_of's read on pipe (a Redis pipeline): its reply is [node, queue]."""
+    pipe.hmget(_adapter_key(adapter_id), "node", "queue")
+
+
 def record_home(adapter_id, node, queue):
     """The adapter was created (or loaded) on node, from shared queue `queue`."""
     if not isinstance(node, str) or not node:
@@ -185,12 +190,13 @@ class Destination:
         return {"queue": worker_direct(self.node)}
 
 
-def destination(task, spec, adapter_id):
-    """The Destination of task (its task-table entry `spec`) for adapter_id (or None)."""
+def destination(task, spec, adapter_id, home=None):
+    """The Destination of task (its task-table entry `spec`) for adapter_id (or None); home:
+    the adapter's (node, queue) when the caller read it already (else it is read here)."""
     queue = routed_queue(task)
     if adapter_id is None or spec.get("adapter_effect") == "create":
         return Destination(queue)
-    node, home_queue = home_of(adapter_id)
+    node, home_queue = home if home is not None else home_of(adapter_id)
     if node is None:
         return Destination(queue)
     if _cluster().judge(node) is False:
@@ -201,11 +207,12 @@ def destination(task, spec, adapter_id):
     return Destination(home_queue or queue, node)
 
 
-def after_send(dest, adapter_id):
-    """A send to a home raced a failover when the home moved meanwhile: sweep the old one."""
+def after_send(dest, adapter_id, home=None):
+    """A send to a home raced a failover when the home moved meanwhile: sweep the old one.
+    home: the adapter's (node, queue) read after the send (else it is read here)."""
     if dest.node is None or adapter_id is None:
         return
-    node, _ = home_of(adapter_id)
+    node, _ = home if home is not None else home_of(adapter_id)
     if node is not None and node != dest.node:
         sweep(dest.node)
 

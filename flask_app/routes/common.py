@@ -9,6 +9,8 @@ queue, re-homing it first when that node is dead; a queue at its bound is a 503
 nothing is sent; the task counts against the user's
 CELERIAC_MAX_INFLIGHT (429 past it, inflight.py); then it is published by name (send_task,
 never waits), future -> owner is stored in Redis with a TTL, and the 202 body is returned.
+Redis round trips of a submit naming an adapter: the owner and the home (one pipeline), the
+in-flight count, the publish, the future's record and the home again (one pipeline).
 """
 
 import uuid
@@ -18,6 +20,7 @@ from flask import current_app, g, jsonify
 from .. import backpressure, inflight, placement
 from ..celery_client import send
 from ..ownership import record_future, require_adapter
+from ..store import store
 
 
 def submit(task, kwargs, pending_create=False, extra=None, args=None):
@@ -25,9 +28,10 @@ def submit(task, kwargs, pending_create=False, extra=None, args=None):
     ext = current_app.extensions["celeriac"]
     spec = ext["tasks"].get(task, {})
     adapter = kwargs.get(spec.get("adapter_param") or "")
+    home = None
     if adapter is not None and spec.get("adapter_effect") != "create":
-        require_adapter(adapter, g.user)
-    dest = placement.destination(task, spec, adapter)
+        home = require_adapter(adapter, g.user, home=True)  # owner and home: one round trip
+    dest = placement.destination(task, spec, adapter, home)
     backpressure.check(dest.queue)  # 503 while the queue is at its bound: nothing is sent
     task_id = str(uuid.uuid4())
     inflight.reserve(g.user, task_id)
@@ -36,8 +40,14 @@ def submit(task, kwargs, pending_create=False, extra=None, args=None):
     except BaseException:
         inflight.release(g.user, task_id)
         raise
-    placement.after_send(dest, adapter)
-    record_future(task_id, g.user, task, pending_create=pending_create)
+    # the future's record and the home read again for after_send: one round trip
+    pipe = store().pipeline(transaction=False)
+    record_future(task_id, g.user, task, pending_create=pending_create, pipe=pipe)
+    recheck = dest.node is not None and adapter is not None
+    if recheck:
+        placement.queue_home_of(pipe, adapter)
+    got = pipe.execute()
+    placement.after_send(dest, adapter, tuple(got[-1]) if recheck else None)
     body = {"future_id": task_id, "task": task}
     if extra:
         body.update(extra)
