@@ -13,14 +13,36 @@
 
 #include "internal.h"
 
+/* Whether v printed to prec significant digits (into tmp) reads back as v. */
+static int round_trips(double v, int prec, char *tmp, size_t len) {
+    snprintf(tmp, len, "%.*e", prec - 1, v);
+    return strtod(tmp, NULL) == v;
+}
+
 /* Finds the shortest round-trip digits of |v| (> 0, finite): digits into
  * dig (NUL-terminated, no trailing zeros), returns decpt such that
- * |v| = 0.d1d2... * 10^decpt. */
+ * |v| = 0.d1d2... * 10^decpt.
+ *
+ * Round-tripping is monotone in the precision when v's rounding interval is
+ * symmetric: the correctly rounded prec+1 digits are at least as close to v as
+ * the prec digits (which are prec+1 digits with a 0 appended). So the shortest
+ * precision is found by bisection over 1..17 (17 always round-trips): 4-5
+ * conversions instead of up to 17. A power of two has a narrower interval
+ * below it than above, where closer is not enough; those keep the plain scan. */
 static int shortest_digits(double v, char *dig) {
     char tmp[40];
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(tmp, sizeof(tmp), "%.*e", prec - 1, v);
-        if (strtod(tmp, NULL) == v || prec == 17) break;
+    int e2;
+    if (frexp(v, &e2) == 0.5) {
+        for (int prec = 1; prec <= 17; prec++)
+            if (round_trips(v, prec, tmp, sizeof(tmp)) || prec == 17) break;
+    } else {
+        int lo = 1, hi = 17; /* the answer is in [lo, hi]; hi round-trips */
+        while (lo < hi) {
+            int mid = (lo + hi) / 2;
+            if (round_trips(v, mid, tmp, sizeof(tmp))) hi = mid;
+            else lo = mid + 1;
+        }
+        snprintf(tmp, sizeof(tmp), "%.*e", hi - 1, v);
     }
     /* tmp is d[.ddd]e[+-]XX */
     size_t n = 0;

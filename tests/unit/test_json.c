@@ -7,6 +7,7 @@
 
 #include <math.h>
 
+#include "../../protocol/internal.h" /* cel_pyfloat_format */
 #include "../../protocol/protocol.h"
 
 static void expect_dumps(json_t *v, const char *want) {
@@ -32,6 +33,56 @@ static void test_floats(void **state) {
     expect_dumps(json_real(1.7976931348623157e308), "1.7976931348623157e+308");
     expect_dumps(json_real(123.456), "123.456");
     expect_dumps(json_real(-2.5e-7), "-2.5e-07");
+}
+
+/* The significant digits of a number's text (no sign, point, exponent, or
+ * leading and trailing zeros). */
+static void sig_digits(const char *s, char *out) {
+    size_t n = 0;
+    for (; *s && *s != 'e'; s++)
+        if (*s >= '0' && *s <= '9' && (n > 0 || *s != '0')) out[n++] = *s;
+    while (n > 0 && out[n - 1] == '0') n--;
+    out[n] = '\0';
+}
+
+/* cel_pyfloat_format's bisection finds the digits the plain scan finds (the
+ * shortest precision 1..17 that reads back), for random bit patterns, doubles
+ * made from floats (the model's log-probs), every power of two and its
+ * neighbours, and short decimals. */
+static void expect_shortest(double v) {
+    char got[CEL_PYFLOAT_MAX], tmp[40], want[24], have[24];
+    cel_pyfloat_format(v, got);
+    if (strtod(got, NULL) != v) fail_msg("%s does not read back as %.17g", got, v);
+    int prec = 1;
+    for (; prec < 17; prec++) {
+        snprintf(tmp, sizeof(tmp), "%.*e", prec - 1, v);
+        if (strtod(tmp, NULL) == v) break;
+    }
+    snprintf(tmp, sizeof(tmp), "%.*e", prec - 1, v);
+    sig_digits(tmp, want);
+    sig_digits(got, have);
+    if (strcmp(want, have) != 0) fail_msg("%.17g: want digits %s, got %s (%s)", v, want, have, got);
+}
+
+static void test_float_digits_are_the_shortest(void **state) {
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < 100000; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        double d;
+        memcpy(&d, &x, sizeof(d));
+        if (isfinite(d) && d != 0.0) expect_shortest(d);
+        uint32_t b = (uint32_t)(x >> 32);
+        float f;
+        memcpy(&f, &b, sizeof(f));
+        if (isfinite(f) && f != 0.0f) expect_shortest((double)f);
+        expect_shortest(-(double)(x % 100000) / 1000.0 - 0.001);
+    }
+    for (int e = -1074; e <= 1023; e++) {
+        double p = ldexp(1.0, e);
+        expect_shortest(p);
+        expect_shortest(nextafter(p, 0.0));
+        expect_shortest(nextafter(p, INFINITY));
+    }
 }
 
 /* NaN and infinities, carried as cel_json_float's marker, written as Python's json. */
@@ -122,6 +173,7 @@ static void test_python_fixtures(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_floats),
+        cmocka_unit_test(test_float_digits_are_the_shortest),
         cmocka_unit_test(test_non_finite_floats),
         cmocka_unit_test(test_strings_and_containers),
         cmocka_unit_test(test_errors),
