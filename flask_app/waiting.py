@@ -5,7 +5,11 @@ final state (SUCCESS, FAILURE, REVOKED) is stored, or after `wait` seconds with 
 202, instead of polling every few milliseconds and finding out up to a poll interval late.
 On the Redis result backend the wait listens on the channel Celery publishes every stored
 meta on (celery-task-meta-<id>, what AsyncResult.get() listens to) and reads the meta once
-after subscribing, so a result stored in between is not missed. A final state that arrives
+after the subscription has taken effect, so a result stored in between is not missed. "Taken
+effect" is Redis's answer to a PING sent behind the SUBSCRIBE on the subscriber connection:
+the read goes out on another connection, and Redis does not keep the order of commands across
+connections (sending SUBSCRIBE first and reading at once lost about one wake-up in 3,000 to a
+result stored between the read and the subscription: that wait ran to its timeout). A final state that arrives
 on the channel is the answer as it came (the stored meta, decoded as a read decodes it: no
 second read); after any other message (a progress report, something undecodable) the meta
 is read again, so a wait that ends on its timeout answers with the freshest progress. Each
@@ -21,6 +25,7 @@ threads less one), so waiting requests never hold every thread; past that a requ
 at once, as without `wait`. The wait is bounded by MAX_WAIT seconds (validation.py).
 """
 
+import itertools
 import threading
 import time
 
@@ -80,6 +85,9 @@ def _drop_pubsub():
             pass
 
 
+_tokens = itertools.count()
+
+
 def _listen(backend, task_id, deadline, read):
     ps = _pubsub(backend)
     channel = backend.get_key_for_task(task_id)
@@ -87,13 +95,31 @@ def _listen(backend, task_id, deadline, read):
     ok = False
     try:
         ps.subscribe(channel)
-        meta = read()  # stored before the subscription took effect
+        # Redis answers this PING after it has run the SUBSCRIBE; only then is the read below
+        # sure to come after it (a message on the channel may come first: it is the answer)
+        token = f"celeriac-wait-{next(_tokens)}"
+        ps.ping(token)
+        meta = None
+        while meta is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            msg = ps.get_message(timeout=left)
+            if msg is None:
+                continue
+            if msg.get("type") == "pong" and _name(msg.get("data")) == token:
+                meta = read()  # stored before the subscription took effect
+            elif msg.get("type") == "message" and _name(msg.get("channel")) == want:
+                meta = _final(backend, msg.get("data"))
+        if meta is None:  # no answer to the PING in time: what is stored now
+            meta = read()
         while meta.get("status") not in FINAL:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             msg = ps.get_message(timeout=left)
-            if msg is not None and _name(msg.get("channel")) == want:
+            if msg is not None and msg.get("type") == "message" and \
+                    _name(msg.get("channel")) == want:
                 meta = _final(backend, msg.get("data")) or read()
         ps.unsubscribe(channel)
         ok = True

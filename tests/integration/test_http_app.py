@@ -982,6 +982,77 @@ def test_wait_on_a_backend_that_cannot_publish():
     assert calls == [1]  # read once, no wait
 
 
+class _SubscriberModel:
+    """One subscriber connection as Redis may treat it at worst: a command sent on it runs only
+    when the client next reads from it, and a PUBLISH reaches the channels subscribed at that
+    moment; the stored meta is read on another connection, whose order against this one Redis
+    does not keep. (The pubsub methods waiting.py uses, with ignore_subscribe_messages.)"""
+
+    def __init__(self):
+        self.sent, self.subs, self.inbox = [], set(), []
+
+    def subscribe(self, ch):
+        self.sent.append(("subscribe", ch))
+
+    def unsubscribe(self, ch):
+        self.sent.append(("unsubscribe", ch))
+
+    def ping(self, message):
+        self.sent.append(("ping", message))
+
+    def publish(self, ch, data):
+        if ch in self.subs:
+            self.inbox.append({"type": "message", "channel": ch, "data": data})
+
+    def get_message(self, timeout=0):
+        for cmd, arg in self.sent:
+            if cmd == "subscribe":
+                self.subs.add(arg)
+            elif cmd == "unsubscribe":
+                self.subs.discard(arg)
+            else:
+                self.inbox.append({"type": "pong", "channel": None, "data": arg.encode()})
+        self.sent.clear()
+        if self.inbox:
+            return self.inbox.pop(0)
+        time.sleep(timeout)  # nothing more will come
+        return None
+
+    def close(self):
+        pass
+
+
+def test_a_result_stored_before_the_subscription_took_effect_is_answered(monkeypatch):
+    """A wait reads the stored meta after subscribing; a result stored and published between
+    that read and the moment Redis ran the SUBSCRIBE (the read went out on another connection
+    and was served first) used to be missed: the wait ran to its timeout (about one wait in
+    3,000 under bench/users.py). The read now waits for Redis's answer to a PING sent behind
+    the SUBSCRIBE, so whatever is stored after it is published to this subscriber."""
+    from celery import Celery
+    app = Celery("wait-race", broker="memory://", backend="redis://127.0.0.1:1/0",
+                 set_as_current=False)
+    tid = str(uuid.uuid4())
+    key = app.backend.get_key_for_task(tid)
+    done = json.dumps({"status": "SUCCESS", "result": 7, "traceback": None, "children": [],
+                       "date_done": "2026-01-01T00:00:00", "task_id": tid})
+    model = _SubscriberModel()
+    monkeypatch.setattr(waiting, "_pubsub", lambda backend: model)
+    reads = []
+
+    def read():
+        reads.append(1)
+        if len(reads) == 2:  # the read after subscribing: nothing yet, then the worker stores
+            model.publish(key, done)
+            return {"status": "PENDING", "result": None}
+        return json.loads(done) if len(reads) > 2 else {"status": "PENDING", "result": None}
+
+    t0 = time.monotonic()
+    meta = waiting.final_or_timeout(app, tid, 3, waiting.slots(1), read)
+    assert meta["status"] == "SUCCESS" and meta["result"] == 7, meta
+    assert time.monotonic() - t0 < 1.5
+    assert len(reads) == 2  # answered from the channel
+
+
 def test_waits_of_one_thread_share_a_subscriber_connection(make_api, redis_client):
     """/retrieve_future with wait on the Redis backend: one thread's waits reuse one subscriber
     connection (subscribe, wait, unsubscribe) instead of connecting and disconnecting each
