@@ -17,10 +17,10 @@ Every later job for the adapter (fwdbwd, optim_step, sample, score with it, info
 delete) is sent to the home node's direct queue as Celery's worker_direct names it, queue
 "<node>.dq2" (bound to exchange "C.dq2" with routing key = node), the way the stock client
 sends to a worker_direct queue: through the default exchange, routing key "<node>.dq2"; the
-queue is declared with the send, exactly as the worker declares it. An adapter with no recorded home (made before homes
-were recorded) keeps the shared queue. Tasks with no adapter keep the shared queue. The Redis
-record is the one truth every web worker reads; only a failover changes it (a compare-and-set,
-so two web workers that both saw the home die agree on one new home).
+queue is declared with the send, exactly as the worker declares it. An adapter with no recorded
+home (made before homes were recorded) keeps the shared queue. Tasks with no adapter keep the
+shared queue. The Redis record is the one truth every web worker reads; only a failover changes
+it (a compare-and-set, so two web workers that both saw the home die agree on one new home).
 
 Failover. When the home is dead (cluster.py: worker-offline, or no heartbeat for 3 x its
 interval), sweep(node) runs before the job is sent, under a Redis lock per dead node (other web

@@ -7,18 +7,19 @@ On the Redis result backend the wait listens on the channel Celery publishes eve
 meta on (celery-task-meta-<id>, what AsyncResult.get() listens to) and reads the meta once
 after the subscription has taken effect, so a result stored in between is not missed. "Taken
 effect" is Redis's answer to a PING sent behind the SUBSCRIBE on the subscriber connection:
-the read goes out on another connection, and Redis does not keep the order of commands across
-connections (sending SUBSCRIBE first and reading at once lost about one wake-up in 3,000 to a
-result stored between the read and the subscription: that wait ran to its timeout). A final state that arrives
-on the channel is the answer as it came (the stored meta, decoded as a read decodes it: no
-second read); after any other message (a progress report, something undecodable) the meta
-is read again, so a wait that ends on its timeout answers with the freshest progress. Each
-Gunicorn thread keeps one subscriber connection for its waits (subscribe, wait,
-unsubscribe), instead of a new connection per wait (redis-py's PubSub.close() disconnects):
-a wait then costs two commands, not a TCP connect and close. A message left over from an
-earlier wait (another channel) is skipped. Other backends are read again after a growing
-pause (2 ms, doubling to 50 ms). A Redis error ends the wait: the request answers with what
-it can read, as without `wait`.
+the read goes out on another connection, and Redis need not serve two connections' commands
+in the order they were sent (sending SUBSCRIBE and reading at once missed a result stored
+between a read served first and the subscription: about one wait in 1,000 ran to its
+timeout when tasks ended just as their waits began; scripts/wait-race). A final state that
+arrives on the channel is the answer as it came (the stored meta, decoded as a read decodes it:
+no second read); after any other message (a progress report, something undecodable) the meta is
+read again, so a wait that ends on its timeout answers with the freshest progress. Each Gunicorn
+thread keeps one subscriber connection for its waits (subscribe, wait, unsubscribe), instead of
+a new connection per wait (redis-py's PubSub.close() disconnects): a wait then costs three
+commands (SUBSCRIBE, PING, UNSUBSCRIBE), not a TCP connect and close. A message left over from
+an earlier wait (another channel) is skipped. Other backends are read again after a growing
+pause (2 ms, doubling to 50 ms). A Redis error ends the wait: the request answers with what it
+can read, as without `wait`.
 
 Each Gunicorn worker lets at most CELERIAC_MAX_WAITERS requests wait at once (default: its
 threads less one), so waiting requests never hold every thread; past that a request answers
