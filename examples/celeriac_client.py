@@ -7,8 +7,13 @@ server answers when the task is done (a server that answers at once is polled ev
 queued) is retried after its Retry-After. Each thread keeps its HTTP connection open between
 requests (keep-alive, as requests.Session does): no TCP connect per request, and the server
 parses no new connection. A connection the server closed while it was idle (Gunicorn's
-keepalive) is noticed before it is used and replaced; a request is never sent twice, so a
-connection lost while a request is on its way is an OSError, as any other network failure.
+keepalive) is noticed before it is used and replaced. A kept connection can still be closed
+just as a request goes out on it (a Gunicorn worker restarting after max_requests closes its
+idle keep-alive connections). A request whose writing fails so is sent again on a new
+connection (the server never had it), and so is a /retrieve_future, which only reads, whose
+answer never comes; a request that queues work and was written whole is never sent twice
+(the server may have taken it): its lost connection is an OSError, as any other network
+failure.
 
     c = Client("http://127.0.0.1:8000", api_key)
     adapter = c.call("/add_lora", {"rank": 8})["adapter_id"]
@@ -76,16 +81,40 @@ class Client:
             conn = self._local.conn = cls(self._host, self._port, timeout=self.timeout)
         return conn
 
-    def _exchange(self, method, path, data):
-        """One request on this thread's connection -> (status, headers, raw body)."""
+    def _exchange(self, method, path, data, reads_only=False):
+        """One request on this thread's connection -> (status, headers, raw body). A kept
+        connection that fails while the request is written (the server had closed it) is
+        replaced and the request sent again, once; with reads_only also one that the server
+        resets or closes before any answer (it may have read the request)."""
+        kept = getattr(self._local, "conn", None)
         conn = self._connection()
+        reused = conn is kept and conn.sock is not None  # open before, not a new one
         headers = {"Authorization": f"Bearer {self.key}"}
         if data is not None:
             headers["Content-Type"] = "application/json"
         try:
             conn.request(method, self._prefix + path, body=data, headers=headers)
+        except (ConnectionResetError, BrokenPipeError):
+            # the server had closed the kept connection: it never had this request
+            self.close()
+            if reused:
+                return self._exchange(method, path, data, reads_only)
+            raise
+        except OSError:
+            self.close()
+            raise
+        except http.client.HTTPException as e:
+            self.close()
+            raise ConnectionError(f"{method} {path}: {type(e).__name__}: {e}") from e
+        try:
             resp = conn.getresponse()
             raw = resp.read()
+        except (ConnectionResetError, BrokenPipeError):
+            # (http.client.RemoteDisconnected, closed before any answer, is one of these)
+            self.close()
+            if reads_only and reused:
+                return self._exchange(method, path, data, reads_only)
+            raise
         except OSError:
             self.close()
             raise
@@ -96,11 +125,13 @@ class Client:
             self.close()
         return resp.status, resp.headers, raw
 
-    def request(self, method, path, body=None):
-        """-> (status, parsed JSON). Waits and retries on 429 and 503 QueueFull (Retry-After)."""
+    def request(self, method, path, body=None, reads_only=False):
+        """-> (status, parsed JSON). Waits and retries on 429 and 503 QueueFull (Retry-After).
+        reads_only: the request changes nothing the client did not ask for already (a
+        /retrieve_future), so it may go out again on a new connection (_exchange)."""
         data = None if body is None else json.dumps(body).encode()
         while True:
-            status, headers, raw = self._exchange(method, path, data)
+            status, headers, raw = self._exchange(method, path, data, reads_only)
             if 200 <= status < 300:
                 return status, json.loads(raw or b"null")
             try:
@@ -132,7 +163,7 @@ class Client:
             if wait > 0:
                 body["wait"] = round(wait, 3)
             t0 = time.monotonic()
-            status, parsed = self.request("POST", "/retrieve_future", body)
+            status, parsed = self.request("POST", "/retrieve_future", body, reads_only=True)
             if status == 200:
                 return parsed["result"]
             if status != 202:

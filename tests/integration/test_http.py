@@ -10,6 +10,7 @@ task state to an answer are tested faster through app.test_client() in test_http
 All waits are bounded and wait on the thing itself (a future's state, a log line).
 """
 
+import json
 import os
 import shutil
 import signal
@@ -256,6 +257,84 @@ def test_example_client_keeps_its_connection(gunicorn, worker):
     status, body = c.request("POST", "/retrieve_future", {"future_id": "nope"})
     assert status == 404 and body["error"]["type"] == "NotFound", body
     c.close()
+
+
+def test_example_client_sends_again_only_what_is_safe():
+    """A kept connection that the server resets instead of answering the next request (a
+    Gunicorn worker restarting after max_requests closes its idle keep-alive connections, and
+    a request may be on its way): examples/celeriac_client.py sends a /retrieve_future again on
+    a new connection and gets its answer; a submit, which the server may have taken, is not
+    sent twice: the caller gets the ConnectionError. (A request whose writing fails is sent
+    again whatever it is: the server never had it whole.)"""
+    import socket
+    import struct
+    import sys
+    sys.path.insert(0, os.path.join(REPO, "examples"))
+    from celeriac_client import Client
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(scaled(10))
+    seen = []
+
+    def read_request(c):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += c.recv(65536)
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        n = int([ln.split(b":")[1] for ln in head.split(b"\r\n")
+                 if ln.lower().startswith(b"content-length:")][0])
+        while len(rest) < n:
+            rest += c.recv(65536)
+        seen.append(head.split(b"\r\n")[0].decode())
+
+    def answer(c, status, body):
+        raw = json.dumps(body).encode()
+        c.sendall(b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (status, len(raw), raw))
+
+    def reset_when_the_next_request_comes(c):
+        n = len(seen)
+        read_request(c)  # whole, so the client's writing cannot fail: only its read
+        del seen[n:]
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()  # linger 0: a reset instead of an answer
+
+    def serve(status, body):
+        c, _ = srv.accept()
+        read_request(c)
+        answer(c, status, body)
+        reset_when_the_next_request_comes(c)
+        return c
+
+    def serve_twice(status, body):
+        serve(status, body)
+        c, _ = srv.accept()  # the client's new connection
+        read_request(c)
+        answer(c, status, body)
+        c.close()
+
+    done = {"status": "done", "result": 7}
+    t = threading.Thread(target=serve_twice, args=(b"200 OK", done))
+    t.start()
+    c = Client(f"http://127.0.0.1:{srv.getsockname()[1]}", "k", timeout=scaled(10))
+    assert c.wait("f1") == 7
+    assert c.wait("f2") == 7  # reset on the kept connection, then sent on a new one
+    t.join()
+    assert seen == ["POST /retrieve_future HTTP/1.1"] * 2, seen  # (the reset one not counted)
+
+    seen.clear()
+    t = threading.Thread(target=serve, args=(b"202 Accepted", {"future_id": "f3"}))
+    t.start()
+    assert c.submit("/diag/add", {"args": [1, 2]}) == "f3"
+    with pytest.raises(ConnectionError):
+        c.submit("/diag/add", {"args": [3, 4]})
+    t.join()
+    srv.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        srv.accept()  # not sent again
+    assert seen == ["POST /diag/add HTTP/1.1"], seen
+    srv.close()
 
 
 def test_waiting_requests_are_bounded(gunicorn, worker):
