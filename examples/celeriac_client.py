@@ -94,36 +94,30 @@ class Client:
             headers["Content-Type"] = "application/json"
         try:
             conn.request(method, self._prefix + path, body=data, headers=headers)
-        except (ConnectionResetError, BrokenPipeError):
-            # the server had closed the kept connection: it never had this request
-            self.close()
-            if reused:
-                return self._exchange(method, path, data, reads_only)
-            raise
-        except OSError:
-            self.close()
-            raise
-        except http.client.HTTPException as e:
-            self.close()
-            raise ConnectionError(f"{method} {path}: {type(e).__name__}: {e}") from e
+        except (OSError, http.client.HTTPException) as e:
+            # failing while written: the server had closed the kept connection and never had
+            # the request whole
+            return self._lost(e, reused, method, path, data, reads_only)
         try:
             resp = conn.getresponse()
             raw = resp.read()
-        except (ConnectionResetError, BrokenPipeError):
-            # (http.client.RemoteDisconnected, closed before any answer, is one of these)
-            self.close()
-            if reads_only and reused:
-                return self._exchange(method, path, data, reads_only)
-            raise
-        except OSError:
-            self.close()
-            raise
-        except http.client.HTTPException as e:
-            self.close()
-            raise ConnectionError(f"{method} {path}: {type(e).__name__}: {e}") from e
+        except (OSError, http.client.HTTPException) as e:
+            # reset or closed before any answer: the server may have read the request
+            return self._lost(e, reused and reads_only, method, path, data, reads_only)
         if resp.will_close:
             self.close()
         return resp.status, resp.headers, raw
+
+    def _lost(self, err, resend, method, path, data, reads_only):
+        """The connection failed with err: closes it; sends the request again on a new one
+        when resend and the server closed it (reset, broken pipe, closed before an answer:
+        http.client.RemoteDisconnected is a ConnectionResetError), else raises."""
+        self.close()
+        if resend and isinstance(err, (ConnectionResetError, BrokenPipeError)):
+            return self._exchange(method, path, data, reads_only)
+        if isinstance(err, http.client.HTTPException):
+            raise ConnectionError(f"{method} {path}: {type(err).__name__}: {err}") from err
+        raise err
 
     def request(self, method, path, body=None, reads_only=False):
         """-> (status, parsed JSON). Waits and retries on 429 and 503 QueueFull (Retry-After).
