@@ -100,28 +100,22 @@ def _listen(backend, task_id, deadline, read):
         # sure to come after it (a message on the channel may come first: it is the answer)
         token = f"celeriac-wait-{next(_tokens)}"
         ps.ping(token)
-        meta = None
-        while meta is None:
+        meta, confirmed = None, False  # meta: None until the PING's answer or a final message
+        while meta is None or meta.get("status") not in FINAL:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             msg = ps.get_message(timeout=left)
             if msg is None:
                 continue
-            if msg.get("type") == "pong" and _name(msg.get("data")) == token:
+            if not confirmed and msg.get("type") == "pong" and _name(msg.get("data")) == token:
+                confirmed = True
                 meta = read()  # stored before the subscription took effect
             elif msg.get("type") == "message" and _name(msg.get("channel")) == want:
-                meta = _final(backend, msg.get("data"))
+                # a final state is the answer; anything else: read it again (once confirmed)
+                meta = _final(backend, msg.get("data")) or (read() if confirmed else meta)
         if meta is None:  # no answer to the PING in time: what is stored now
             meta = read()
-        while meta.get("status") not in FINAL:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            msg = ps.get_message(timeout=left)
-            if msg is not None and msg.get("type") == "message" and \
-                    _name(msg.get("channel")) == want:
-                meta = _final(backend, msg.get("data")) or read()
         ps.unsubscribe(channel)
         ok = True
         return meta
