@@ -63,7 +63,8 @@ void cel_model_params_views(const cel_config_t *c, float *block, cel_params_t *p
 typedef struct cel_ws {
     size_t cap;           /* B*T rows the buffers hold */
     int capT, capL, capR; /* T, layers stored, LoRA rank (u buffers) */
-    float *mem;
+    float *mem;           /* one anonymous mapping of mem_bytes (ws_ensure) */
+    size_t mem_bytes;
     int32_t *imem;
     int32_t *tokens, *targets, *pos; /* (B,T) sanitised copies, positions */
     int32_t *lens;                   /* (B) valid lengths */

@@ -5,7 +5,8 @@
  * the loss, log-probs and LoRA gradients it gets alone, and the weights after
  * an AdamW step match; an adapter in two jobs gets both gradients; a bad job
  * is refused alone while the others run; a base-model job cannot join a
- * backward pass. On the CPU; with CELERIAC_TEST_DEVICE=cuda (a GPU machine)
+ * backward pass; a workspace grown by bigger passes (one mapping, grown in
+ * place) gives what a fresh model's gives. On the CPU; with CELERIAC_TEST_DEVICE=cuda (a GPU machine)
  * the same checks run on the GPU within bf16 tolerances.
  */
 #include <math.h>
@@ -231,8 +232,52 @@ static void test_same_adapter_twice_and_refusals(void **state) {
     cel_model_free(m);
 }
 
+/* One pass of a job of shape (B, T) from seed; log-probs into lp. */
+static double run_one(cel_model_t *m, cel_lora_t *l, int B, int T, uint64_t seed, int backward,
+                      float *lp) {
+    data_t d;
+    make_data(&d, B, T, seed);
+    cel_model_job_t job = { .lora = l, .batch = batch_of(&d), .logprobs = lp };
+    cel_err_t err;
+    if (cel_model_run_jobs(m, &job, 1, backward, &err) != CEL_OK || job.rc != CEL_OK)
+        fail_msg("pass %dx%d: %s", B, T, job.err.msg);
+    return job.loss;
+}
+
+static void test_grown_workspace_equals_fresh(void **state) {
+    (void)state;
+    cel_model_t *grown = make_model(), *fresh = make_model();
+    cel_lora_t *lg = make_lora(grown, 4, CEL_LORA_ALL, 7), *lf = make_lora(fresh, 4, CEL_LORA_ALL, 7);
+    float lp_g[64], lp_f[64];
+    /* grow it: a forward pass (one layer's activations stored), a longer one,
+     * then training (every layer's), leaving its gradients zeroed */
+    run_one(grown, lg, 1, 6, 1, 0, lp_g);
+    size_t first = grown->ws.mem_bytes;
+    run_one(grown, lg, 2, 13, 2, 0, lp_g);
+    run_one(grown, lg, 4, 16, 3, 1, lp_g);
+    assert_true(grown->ws.mem_bytes > first);
+    cel_lora_zero_grad(lg);
+    /* a smaller pass of each kind on the grown workspace, and on a fresh one */
+    double a = run_one(grown, lg, 3, 9, 4, 1, lp_g);
+    double b = run_one(fresh, lf, 3, 9, 4, 1, lp_f);
+    assert_true(fabs(a - b) <= tol_rel() * (fabs(b) > 1 ? fabs(b) : 1));
+    assert_close("logprobs, training", lp_f, lp_g, 27);
+    float *gg = grads_of(lg), *gf = grads_of(lf);
+    assert_close("grads", gf, gg, lf->n);
+    free(gg);
+    free(gf);
+    run_one(grown, lg, 2, 5, 5, 0, lp_g);
+    run_one(fresh, lf, 2, 5, 5, 0, lp_f);
+    assert_close("logprobs, scoring", lp_f, lp_g, 10);
+    cel_lora_free(lg);
+    cel_lora_free(lf);
+    cel_model_free(grown);
+    cel_model_free(fresh);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_grown_workspace_equals_fresh),
         cmocka_unit_test(test_packed_equals_alone),
         cmocka_unit_test(test_same_adapter_twice_and_refusals),
     };
