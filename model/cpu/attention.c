@@ -14,6 +14,7 @@
 #include "ops.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cblas.h>
@@ -67,11 +68,85 @@ void cel_cpu_attention_forward(float *out /* (B,T,NH*HS) */, float *lse /* (B,NH
     cel_cpu_attention_forward_lens(out, lse, scratch, q, k, v, NULL, B, T, NH, NKV, HS);
 }
 
+/* ---- threads: one (b, h) (forward) or one (b, kv head) (backward) an item ----
+ *
+ * The heads are independent, so they split across par.c's threads; each
+ * item's products and sums run in the same order on whichever thread takes
+ * it, so results do not depend on the thread count. The caller's thread uses
+ * the scratch it was given; each worker has a buffer of its own here (grown by
+ * the caller before the job, kept for later passes). OpenBLAS runs on one
+ * thread meanwhile: the blocks' products are small, and two threads of ours
+ * each calling a threaded OpenBLAS would fight over its workers. */
+
+typedef struct att_job {
+    float *out, *lse, *dq, *dk, *dv, *scratch;
+    const float *q, *k, *v, *dout, *lse_in;
+    const int32_t *lens;
+    int B, T, NH, NKV, HS;
+    size_t per; /* scratch floats an item needs: (blk, T) or (2, blk, T) */
+} att_job_t;
+
+/* Rows of a score block: within the caller's (2, T, T) scratch for any T. */
+static int att_rows(int T) { return T < ATT_BLOCK ? T : ATT_BLOCK; }
+
+static float *slot_buf[CEL_CPU_PAR_MAX];
+static size_t slot_cap[CEL_CPU_PAR_MAX];
+
+static float *scratch_of(const att_job_t *j) {
+    int s = cel_cpu_par_slot();
+    return s == 0 ? j->scratch : slot_buf[s];
+}
+
+/* Runs fn over n items on as many threads as have scratch of `per` floats. */
+static void run_items(int n, cel_cpu_par_fn fn, att_job_t *j) {
+    int nt = cel_cpu_par_threads(), slots = 1;
+    if (nt > CEL_CPU_PAR_MAX) nt = CEL_CPU_PAR_MAX;
+    for (; slots < nt && n > 1; slots++) {
+        if (slot_cap[slots] >= j->per) continue;
+        float *p = malloc(j->per * sizeof(float));
+        if (!p) break; /* fewer threads, same results */
+        free(slot_buf[slots]);
+        slot_buf[slots] = p;
+        slot_cap[slots] = j->per;
+    }
+    if (slots < 2) {
+        fn(j, 0, n);
+        return;
+    }
+    int blas = openblas_get_num_threads();
+    if (blas > 1) openblas_set_num_threads(1);
+    cel_cpu_par_for_slots(n, 1, fn, j, slots);
+    if (blas > 1) openblas_set_num_threads(blas);
+}
+
+static void fwd_items(void *ctx, int i0, int i1) {
+    const att_job_t *j = ctx;
+    int T = j->T, HS = j->HS, ldq = j->NH * HS, ldk = j->NKV * HS, group = j->NH / j->NKV;
+    float scale = 1.0f / sqrtf((float)HS), *scratch = scratch_of(j);
+    for (int it = i0; it < i1; it++) {
+        int b = it / j->NH, h = it % j->NH, len = j->lens ? j->lens[b] : T;
+        const float *qh = j->q + (size_t)b * T * ldq + h * HS;
+        const float *kg = j->k + (size_t)b * T * ldk + (h / group) * HS;
+        const float *vg = j->v + (size_t)b * T * ldk + (h / group) * HS;
+        float *oh = j->out + (size_t)b * T * ldq + h * HS;
+        float *l = j->lse + ((size_t)b * j->NH + h) * T;
+        for (int i0b = 0; i0b < len; i0b += ATT_BLOCK) {
+            int i1b = i0b + ATT_BLOCK < len ? i0b + ATT_BLOCK : len, m = i1b - i0b;
+            /* S = q[i0b:i1b] k[0:i1b]^T, row stride i1b */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, i1b, HS, scale,
+                        qh + (size_t)i0b * ldq, ldq, kg, ldk, 0.0f, scratch, i1b);
+            for (int i = 0; i < m; i++)
+                l[i0b + i] = softmax_row(scratch + (size_t)i * i1b, i0b + i + 1, i1b);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, HS, i1b, 1.0f, scratch, i1b,
+                        vg, ldk, 0.0f, oh + (size_t)i0b * ldq, ldq);
+        }
+    }
+}
+
 void cel_cpu_attention_forward_lens(float *out, float *lse, float *scratch, const float *q,
                                     const float *k, const float *v, const int32_t *lens, int B,
                                     int T, int NH, int NKV, int HS) {
-    int ldq = NH * HS, ldk = NKV * HS, group = NH / NKV;
-    float scale = 1.0f / sqrtf((float)HS);
+    int ldq = NH * HS;
     for (int b = 0; b < B; b++) {
         int len = lens ? lens[b] : T;
         if (len < T) { /* padded rows: zero output, lse 0 */
@@ -80,24 +155,11 @@ void cel_cpu_attention_forward_lens(float *out, float *lse, float *scratch, cons
             for (int h = 0; h < NH; h++)
                 memset(lse + ((size_t)b * NH + h) * T + len, 0, (size_t)(T - len) * sizeof(float));
         }
-        for (int h = 0; h < NH; h++) {
-            const float *qh = q + (size_t)b * T * ldq + h * HS;
-            const float *kg = k + (size_t)b * T * ldk + (h / group) * HS;
-            const float *vg = v + (size_t)b * T * ldk + (h / group) * HS;
-            float *oh = out + (size_t)b * T * ldq + h * HS;
-            float *l = lse + ((size_t)b * NH + h) * T;
-            for (int i0 = 0; i0 < len; i0 += ATT_BLOCK) {
-                int i1 = i0 + ATT_BLOCK < len ? i0 + ATT_BLOCK : len, m = i1 - i0;
-                /* S = q[i0:i1] k[0:i1]^T, row stride i1 */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, i1, HS, scale,
-                            qh + (size_t)i0 * ldq, ldq, kg, ldk, 0.0f, scratch, i1);
-                for (int i = 0; i < m; i++)
-                    l[i0 + i] = softmax_row(scratch + (size_t)i * i1, i0 + i + 1, i1);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, HS, i1, 1.0f, scratch, i1,
-                            vg, ldk, 0.0f, oh + (size_t)i0 * ldq, ldq);
-            }
-        }
     }
+    att_job_t j = { .out = out, .lse = lse, .scratch = scratch, .q = q, .k = k, .v = v,
+                    .lens = lens, .B = B, .T = T, .NH = NH, .NKV = NKV, .HS = HS,
+                    .per = (size_t)att_rows(T) * T };
+    run_items(B * NH, fwd_items, &j);
 }
 
 void cel_cpu_attention_backward(float *dq /* (B,T,NH*HS) = */, float *dk /* (B,T,NKV*HS) = */,
@@ -109,43 +171,58 @@ void cel_cpu_attention_backward(float *dq /* (B,T,NH*HS) = */, float *dk /* (B,T
                                     HS);
 }
 
+/* Item (b, g): every query head of kv head g, in order, so dk and dv of (b, g)
+ * are summed by one thread in the order a single thread sums them. */
+static void bwd_items(void *ctx, int i0, int i1) {
+    const att_job_t *j = ctx;
+    int T = j->T, HS = j->HS, ldq = j->NH * HS, ldk = j->NKV * HS, group = j->NH / j->NKV;
+    float scale = 1.0f / sqrtf((float)HS);
+    float *P = scratch_of(j), *dP = P + (size_t)att_rows(T) * T;
+    const float *q = j->q, *k = j->k, *v = j->v, *dout = j->dout;
+    for (int it = i0; it < i1; it++) {
+        int b = it / j->NKV, g = it % j->NKV, len = j->lens ? j->lens[b] : T;
+        for (int h = g * group; h < (g + 1) * group; h++) {
+            size_t qo = (size_t)b * T * ldq + h * HS, ko = (size_t)b * T * ldk + g * HS;
+            const float *l = j->lse_in + ((size_t)b * j->NH + h) * T;
+            for (int i0b = 0; i0b < len; i0b += ATT_BLOCK) {
+                int i1b = i0b + ATT_BLOCK < len ? i0b + ATT_BLOCK : len, m = i1b - i0b;
+                size_t qi = qo + (size_t)i0b * ldq;
+                /* P from the saved lse: exp(s - lse) under the mask */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, i1b, HS, scale, q + qi, ldq,
+                            k + ko, ldk, 0.0f, P, i1b);
+                probs_rows(P, i1b, i0b, m, l);
+                /* dP = dO v^T; dv += P^T dO */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, i1b, HS, 1.0f, dout + qi,
+                            ldq, v + ko, ldk, 0.0f, dP, i1b);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1b, HS, m, 1.0f, P, i1b,
+                            dout + qi, ldq, 1.0f, j->dv + ko, ldk);
+                dscore_rows(dP, P, i1b, i0b, m, scale);
+                /* dq = dS k; dk += dS^T q */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, HS, i1b, 1.0f, dP, i1b,
+                            k + ko, ldk, 0.0f, j->dq + qi, ldq);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1b, HS, m, 1.0f, dP, i1b,
+                            q + qi, ldq, 1.0f, j->dk + ko, ldk);
+            }
+        }
+    }
+}
+
 void cel_cpu_attention_backward_lens(float *dq, float *dk, float *dv, float *scratch,
                                      const float *dout, const float *lse, const float *q,
                                      const float *k, const float *v, const int32_t *lens, int B,
                                      int T, int NH, int NKV, int HS) {
-    int ldq = NH * HS, ldk = NKV * HS, group = NH / NKV;
-    float scale = 1.0f / sqrtf((float)HS);
-    float *P = scratch, *dP = scratch + (size_t)T * T;
+    int ldq = NH * HS, ldk = NKV * HS;
     memset(dk, 0, (size_t)B * T * ldk * sizeof(float));
     memset(dv, 0, (size_t)B * T * ldk * sizeof(float));
     for (int b = 0; b < B; b++) {
         int len = lens ? lens[b] : T;
         for (int t = len; t < T; t++)
             memset(dq + ((size_t)b * T + t) * ldq, 0, (size_t)ldq * sizeof(float));
-        for (int h = 0; h < NH; h++) {
-            size_t qo = (size_t)b * T * ldq + h * HS, ko = (size_t)b * T * ldk + (h / group) * HS;
-            const float *l = lse + ((size_t)b * NH + h) * T;
-            for (int i0 = 0; i0 < len; i0 += ATT_BLOCK) {
-                int i1 = i0 + ATT_BLOCK < len ? i0 + ATT_BLOCK : len, m = i1 - i0;
-                size_t qi = qo + (size_t)i0 * ldq;
-                /* P from the saved lse: exp(s - lse) under the mask */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, i1, HS, scale, q + qi, ldq,
-                            k + ko, ldk, 0.0f, P, i1);
-                probs_rows(P, i1, i0, m, l);
-                /* dP = dO v^T; dv += P^T dO */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, i1, HS, 1.0f, dout + qi,
-                            ldq, v + ko, ldk, 0.0f, dP, i1);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, HS, m, 1.0f, P, i1,
-                            dout + qi, ldq, 1.0f, dv + ko, ldk);
-                dscore_rows(dP, P, i1, i0, m, scale);
-                /* dq = dS k; dk += dS^T q */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, HS, i1, 1.0f, dP, i1,
-                            k + ko, ldk, 0.0f, dq + qi, ldq);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1, HS, m, 1.0f, dP, i1,
-                            q + qi, ldq, 1.0f, dk + ko, ldk);
-            }
-        }
     }
+    att_job_t j = { .dq = dq, .dk = dk, .dv = dv, .scratch = scratch, .q = q, .k = k, .v = v,
+                    .dout = dout, .lse_in = lse, .lens = lens, .B = B, .T = T, .NH = NH,
+                    .NKV = NKV, .HS = HS, .per = 2 * (size_t)att_rows(T) * T };
+    run_items(B * NKV, bwd_items, &j);
 }
 
 void cel_cpu_attention_cached(float *out /* (n,NH*HS) */, float *scratch /* (n,p0+n) */,

@@ -163,6 +163,13 @@ void cel_cpu_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, const 
  * thread when n < 2 * grain, with one thread, or while another job runs. */
 typedef void (*cel_cpu_par_fn)(void *ctx, int i0, int i1);
 void cel_cpu_par_for(int n, int grain, cel_cpu_par_fn fn, void *ctx);
+/* As cel_cpu_par_for, but only threads whose slot is below max_slots take
+ * chunks (the caller always does), so fn may index per-slot buffers. */
+void cel_cpu_par_for_slots(int n, int grain, cel_cpu_par_fn fn, void *ctx, int max_slots);
+/* The calling thread's slot: 0 outside the pool's workers (the caller of a
+ * job), 1.. for each worker, below CEL_CPU_PAR_MAX. */
+#define CEL_CPU_PAR_MAX 64
+int cel_cpu_par_slot(void);
 /* Threads the pool uses, the caller included (n < 1 keeps the count). */
 void cel_cpu_par_set_threads(int n);
 int cel_cpu_par_threads(void);

@@ -12,7 +12,10 @@
  * worker that wakes late can never run a chunk of a newer job with an older
  * job's function. One job at a time: a second thread calling while a job runs
  * does its loop alone. The pool has cel_cpu_par_set_threads(n) - 1 workers
- * (default: OpenBLAS's thread count), started on first use.
+ * (default: OpenBLAS's thread count), started on first use. Each worker has
+ * a slot (1, 2, ...; the caller's is 0), so a job can give each thread its
+ * own scratch (attention.c); cel_cpu_par_for_slots leaves workers with a
+ * slot past the job's out of it.
  */
 #include "ops.h"
 
@@ -24,7 +27,7 @@
 #include <cblas.h>
 #undef I
 
-#define PAR_MAX_THREADS 64
+#define PAR_MAX_THREADS CEL_CPU_PAR_MAX
 #define PAR_SPIN        4000 /* polls before a worker sleeps */
 
 static struct {
@@ -37,12 +40,16 @@ static struct {
     /* the job of generation gen, written under mu */
     cel_cpu_par_fn fn;
     void *ctx;
-    int n, chunk, nchunks;
+    int n, chunk, nchunks, max_slots;
     _Atomic uint64_t next; /* gen << 32 | next chunk */
     _Atomic int done;      /* chunks finished */
 } P = { .mu = PTHREAD_MUTEX_INITIALIZER,
         .cv = PTHREAD_COND_INITIALIZER,
         .busy = PTHREAD_MUTEX_INITIALIZER };
+
+static _Thread_local int par_slot; /* 0: not a worker */
+
+int cel_cpu_par_slot(void) { return par_slot; }
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -66,7 +73,7 @@ static void run_chunks(uint32_t gen, cel_cpu_par_fn fn, void *ctx, int n, int ch
 }
 
 static void *worker(void *arg) {
-    (void)arg;
+    par_slot = (int)(intptr_t)arg;
     uint32_t seen = atomic_load(&P.gen);
     for (;;) {
         for (int i = 0; i < PAR_SPIN && atomic_load_explicit(&P.gen, memory_order_acquire) == seen;
@@ -81,9 +88,9 @@ static void *worker(void *arg) {
         seen = atomic_load(&P.gen);
         cel_cpu_par_fn fn = P.fn;
         void *ctx = P.ctx;
-        int n = P.n, chunk = P.chunk, nchunks = P.nchunks;
+        int n = P.n, chunk = P.chunk, nchunks = P.nchunks, max_slots = P.max_slots;
         pthread_mutex_unlock(&P.mu);
-        run_chunks(seen, fn, ctx, n, chunk, nchunks);
+        if (par_slot < max_slots) run_chunks(seen, fn, ctx, n, chunk, nchunks);
     }
     return NULL;
 }
@@ -107,10 +114,14 @@ int cel_cpu_par_threads(void) {
 }
 
 void cel_cpu_par_for(int n, int grain, cel_cpu_par_fn fn, void *ctx) {
+    cel_cpu_par_for_slots(n, grain, fn, ctx, PAR_MAX_THREADS);
+}
+
+void cel_cpu_par_for_slots(int n, int grain, cel_cpu_par_fn fn, void *ctx, int max_slots) {
     if (n <= 0) return;
     int nt = cel_cpu_par_threads();
     if (grain < 1) grain = 1;
-    if (nt < 2 || n < 2 * grain || pthread_mutex_trylock(&P.busy) != 0) {
+    if (nt < 2 || max_slots < 2 || n < 2 * grain || pthread_mutex_trylock(&P.busy) != 0) {
         fn(ctx, 0, n);
         return;
     }
@@ -124,7 +135,7 @@ void cel_cpu_par_for(int n, int grain, cel_cpu_par_fn fn, void *ctx) {
         pthread_attr_t at;
         pthread_attr_init(&at);
         pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-        int rc = pthread_create(&t, &at, worker, NULL);
+        int rc = pthread_create(&t, &at, worker, (void *)(intptr_t)(P.started + 1));
         pthread_attr_destroy(&at);
         if (rc != 0) break;
         P.started++;
@@ -135,6 +146,7 @@ void cel_cpu_par_for(int n, int grain, cel_cpu_par_fn fn, void *ctx) {
     P.n = n;
     P.chunk = chunk;
     P.nchunks = nchunks;
+    P.max_slots = max_slots;
     atomic_store(&P.done, 0);
     atomic_store(&P.next, (uint64_t)gen << 32);
     atomic_store_explicit(&P.gen, gen, memory_order_release);

@@ -20,6 +20,9 @@
 
 #include <cmocka.h>
 
+#include <cblas.h>
+#undef I /* OpenBLAS pulls in <complex.h> */
+
 #include "../../model/config.h"
 #include "../../model/cpu/ops.h"
 #include "../../model/cpu/simd.h"
@@ -587,6 +590,36 @@ static void test_par(void **state) {
     cel_cpu_par_set_threads(2);
 }
 
+/* Attention splits (b, head) across the threads, each with its own scratch:
+ * forward and backward (GQA, padded rows) are bit-identical with 1, 2 and 3
+ * threads, and OpenBLAS's thread count is back where it was after. */
+static void test_attention_threads(void **state) {
+    (void)state;
+    int B = 3, T = 75, NH = 4, NKV = 2, HS = 8, QD = NH * HS, KD = NKV * HS;
+    int32_t lens[3] = { 75, 40, 3 };
+    size_t nq = (size_t)B * T * QD, nk = (size_t)B * T * KD, nl = (size_t)B * NH * T;
+    float *q = rnd(nq, 1.5f), *k = rnd(nk, 1.5f), *v = rnd(nk, 1), *dout = rnd(nq, 1);
+    float *scratch = zeros(2 * (size_t)T * T), *res[3][5];
+    int blas = openblas_get_num_threads();
+    for (int r = 0; r < 3; r++) {
+        cel_cpu_par_set_threads(r + 1);
+        res[r][0] = rnd(nq, 1), res[r][1] = rnd(nl, 1); /* out, lse: = not += */
+        res[r][2] = rnd(nq, 1), res[r][3] = rnd(nk, 1), res[r][4] = rnd(nk, 1);
+        cel_cpu_attention_forward_lens(res[r][0], res[r][1], scratch, q, k, v, lens, B, T, NH, NKV,
+                                       HS);
+        cel_cpu_attention_backward_lens(res[r][2], res[r][3], res[r][4], scratch, dout, res[r][1],
+                                        q, k, v, lens, B, T, NH, NKV, HS);
+        assert_int_equal(openblas_get_num_threads(), blas);
+    }
+    size_t sz[5] = { nq, nl, nq, nk, nk };
+    for (int r = 1; r < 3; r++)
+        for (int i = 0; i < 5; i++) assert_memory_equal(res[0][i], res[r][i], sz[i] * sizeof(float));
+    for (int r = 0; r < 3; r++)
+        for (int i = 0; i < 5; i++) free(res[r][i]);
+    free(q), free(k), free(v), free(dout), free(scratch);
+    cel_cpu_par_set_threads(2);
+}
+
 /* ---- bf16 products ---- */
 
 static float bf16_round(float f) { /* round to nearest even, as the engine does */
@@ -654,6 +687,7 @@ int main(void) {
         cmocka_unit_test(test_adamw),
         cmocka_unit_test(test_expf),
         cmocka_unit_test(test_par),
+        cmocka_unit_test(test_attention_threads),
         cmocka_unit_test(test_bf16_gemm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
