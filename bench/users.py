@@ -31,12 +31,14 @@ AdamW step) and its gradient-holder marker.
 
 Prints tables; never fails on timing. Run with /usr/bin/python3:
   bench/users.py [--steps 10] [--users 1,2,4] [--concurrency 4] [--batch 4] [--url URL]
+                 [--worker-args '--batch-max-tasks 4']  (more celeriac options)
                  [--long-poll 10]  (0: the client polls /retrieve_future every 20 ms instead)
 """
 
 import argparse
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -73,7 +75,7 @@ def wait_until(pred, timeout, interval=0.05):
 class Stack:
     """redis-server + celeriac + gunicorn in a temporary directory."""
 
-    def __init__(self, workdir, concurrency, web_workers, users, bindir):
+    def __init__(self, workdir, concurrency, web_workers, users, bindir, worker_args=()):
         self.workdir = workdir
         self.procs = []
         self.redis_port = free_port()
@@ -88,7 +90,7 @@ class Stack:
             raise RuntimeError("redis-server did not start")
         self.worker = self._start("celeriac", [
             os.path.join(bindir, "celeriac"), "-b", self.url, "-c", str(concurrency),
-            "-l", "info", "--state-dir", os.path.join(workdir, "state")],
+            "-l", "info", "--state-dir", os.path.join(workdir, "state"), *worker_args],
             {"CELERIAC_PHASE_TIMES": "1"})
         if not wait_until(lambda: b"ready." in self._log("celeriac"), 60):
             raise RuntimeError("celeriac did not get ready:\n" + self._log("celeriac")[-2000:]
@@ -279,6 +281,8 @@ def main():
     ap.add_argument("--batch", type=int, default=4, help="copies of the sentence per fwdbwd")
     ap.add_argument("--users", default="1,2,4")
     ap.add_argument("--concurrency", type=int, default=4, help="celeriac executors")
+    ap.add_argument("--worker-args", default="",
+                    help="more celeriac options, e.g. '--batch-max-tasks 4'")
     ap.add_argument("--web-workers", type=int, default=4, help="gunicorn workers")
     ap.add_argument("--url", help="use a running front end instead of starting one")
     ap.add_argument("--long-poll", type=float, default=10,
@@ -295,7 +299,8 @@ def main():
         else:
             if shutil.which("redis-server") is None:
                 sys.exit("bench: redis-server is not installed (make deps)")
-            stack = Stack(workdir, args.concurrency, args.web_workers, max(ns), args.bin_dir)
+            stack = Stack(workdir, args.concurrency, args.web_workers, max(ns), args.bin_dir,
+                          shlex.split(args.worker_args))
             base, keys = stack.base, stack.keys
         users = sorted(keys)
         if len(users) < max(ns):
@@ -304,7 +309,8 @@ def main():
         print(f"bench/users.py: {args.steps} steps per user, {args.batch} x "
               f"{len(TEXT)}-char text per fwdbwd, rank 8; "
               + f"futures waited for with wait={args.long_poll:g} s; "
-              + (f"celeriac -c {args.concurrency}, gunicorn {args.web_workers} workers"
+              + (f"celeriac -c {args.concurrency} {args.worker_args}".rstrip()
+                 + f", gunicorn {args.web_workers} workers"
                  if stack else f"server {base}"), flush=True)
         # warm-up, untimed: executors load the model, and every user's first requests
         # (Gunicorn workers' first Redis and broker connections) are not in the first
