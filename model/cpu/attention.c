@@ -14,6 +14,7 @@
 #include "ops.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -97,11 +98,19 @@ static float *scratch_of(const att_job_t *j) {
     return s == 0 ? j->scratch : slot_buf[s];
 }
 
-/* Runs fn over n items on as many threads as have scratch of `per` floats. */
+/* Runs fn over n items on as many threads as have scratch of `per` floats.
+ * One caller at a time grows and lends the workers' buffers; another thread
+ * calling meanwhile (another model) runs its items alone, as par.c does. */
+static pthread_mutex_t slot_mu = PTHREAD_MUTEX_INITIALIZER;
+
 static void run_items(int n, cel_cpu_par_fn fn, att_job_t *j) {
     int nt = cel_cpu_par_threads(), slots = 1;
     if (nt > CEL_CPU_PAR_MAX) nt = CEL_CPU_PAR_MAX;
-    for (; slots < nt && n > 1; slots++) {
+    if (nt < 2 || n < 2 || pthread_mutex_trylock(&slot_mu) != 0) {
+        fn(j, 0, n);
+        return;
+    }
+    for (; slots < nt; slots++) {
         if (slot_cap[slots] >= j->per) continue;
         float *p = malloc(j->per * sizeof(float));
         if (!p) break; /* fewer threads, same results */
@@ -111,12 +120,13 @@ static void run_items(int n, cel_cpu_par_fn fn, att_job_t *j) {
     }
     if (slots < 2) {
         fn(j, 0, n);
-        return;
+    } else {
+        int blas = openblas_get_num_threads();
+        if (blas > 1) openblas_set_num_threads(1);
+        cel_cpu_par_for_slots(n, 1, fn, j, slots);
+        if (blas > 1) openblas_set_num_threads(blas);
     }
-    int blas = openblas_get_num_threads();
-    if (blas > 1) openblas_set_num_threads(1);
-    cel_cpu_par_for_slots(n, 1, fn, j, slots);
-    if (blas > 1) openblas_set_num_threads(blas);
+    pthread_mutex_unlock(&slot_mu);
 }
 
 static void fwd_items(void *ctx, int i0, int i1) {

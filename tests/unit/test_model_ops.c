@@ -10,6 +10,7 @@
  * evaluated in double (1e-6 relative).
  */
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -620,6 +621,73 @@ static void test_attention_threads(void **state) {
     cel_cpu_par_set_threads(2);
 }
 
+/* Two threads (two models) running attention at once: one checks its results
+ * against a lone run each time while the other's sequences grow, so that it
+ * keeps asking for bigger worker scratch meanwhile (a smoke test: a race on
+ * the buffers is a narrow window, not hit every run). */
+typedef struct {
+    int T, iters, grow;
+    float *q, *k, *v, *dout, *scratch, *res[2][5];
+} att2_t;
+
+#define ATT2_B  2
+#define ATT2_NH 4
+#define ATT2_KV 2
+#define ATT2_HS 8
+
+static void att2_sizes(int T, size_t sz[5]) {
+    size_t nq = (size_t)ATT2_B * T * ATT2_NH * ATT2_HS, nk = (size_t)ATT2_B * T * ATT2_KV * ATT2_HS;
+    sz[0] = nq, sz[1] = (size_t)ATT2_B * ATT2_NH * T, sz[2] = nq, sz[3] = nk, sz[4] = nk;
+}
+
+static void att2_run(att2_t *a, int T, int r) {
+    int32_t lens[ATT2_B] = { T, T / 2 + 1 };
+    cel_cpu_attention_forward_lens(a->res[r][0], a->res[r][1], a->scratch, a->q, a->k, a->v, lens,
+                                   ATT2_B, T, ATT2_NH, ATT2_KV, ATT2_HS);
+    cel_cpu_attention_backward_lens(a->res[r][2], a->res[r][3], a->res[r][4], a->scratch, a->dout,
+                                    a->res[r][1], a->q, a->k, a->v, lens, ATT2_B, T, ATT2_NH,
+                                    ATT2_KV, ATT2_HS);
+}
+
+static void *att2_thread(void *p) {
+    att2_t *a = p;
+    size_t sz[5];
+    att2_sizes(a->T, sz);
+    for (int i = 0; i < a->iters; i++) {
+        att2_run(a, a->grow ? a->T - a->iters + 1 + i : a->T, 1);
+        if (!a->grow)
+            for (int x = 0; x < 5; x++)
+                if (memcmp(a->res[0][x], a->res[1][x], sz[x] * sizeof(float)) != 0) return a;
+    }
+    return NULL;
+}
+
+static void test_attention_two_callers(void **state) {
+    (void)state;
+    att2_t a[2] = { { .T = 40, .iters = 200 }, { .T = 340, .iters = 40, .grow = 1 } };
+    for (int x = 0; x < 2; x++) {
+        size_t sz[5];
+        att2_sizes(a[x].T, sz);
+        a[x].q = rnd(sz[0], 1.5f), a[x].k = rnd(sz[3], 1.5f), a[x].v = rnd(sz[3], 1);
+        a[x].dout = rnd(sz[0], 1), a[x].scratch = zeros(2 * (size_t)a[x].T * a[x].T);
+        for (int r = 0; r < 2; r++)
+            for (int i = 0; i < 5; i++) a[x].res[r][i] = zeros(sz[i]);
+    }
+    cel_cpu_par_set_threads(1);
+    att2_run(&a[0], a[0].T, 0); /* alone */
+    cel_cpu_par_set_threads(2);
+    pthread_t t[2];
+    void *bad[2];
+    for (int x = 0; x < 2; x++) assert_int_equal(pthread_create(&t[x], NULL, att2_thread, &a[x]), 0);
+    for (int x = 0; x < 2; x++) pthread_join(t[x], &bad[x]);
+    assert_null(bad[0]);
+    for (int x = 0; x < 2; x++) {
+        for (int r = 0; r < 2; r++)
+            for (int i = 0; i < 5; i++) free(a[x].res[r][i]);
+        free(a[x].q), free(a[x].k), free(a[x].v), free(a[x].dout), free(a[x].scratch);
+    }
+}
+
 /* ---- bf16 products ---- */
 
 static float bf16_round(float f) { /* round to nearest even, as the engine does */
@@ -688,6 +756,7 @@ int main(void) {
         cmocka_unit_test(test_expf),
         cmocka_unit_test(test_par),
         cmocka_unit_test(test_attention_threads),
+        cmocka_unit_test(test_attention_two_callers),
         cmocka_unit_test(test_bf16_gemm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
