@@ -10,14 +10,15 @@ nothing is sent; the task counts against the user's
 CELERIAC_MAX_INFLIGHT (429 past it, inflight.py); then it is published by name (send_task,
 never waits), future -> owner is stored in Redis with a TTL, and the 202 body is returned.
 Redis round trips of a submit naming an adapter: the owner and the home (one pipeline), the
-in-flight count, the publish, the future's record and the home again (one pipeline).
+in-flight count, the publish, the future's record and the home again (one pipeline); one more
+with an Idempotency-Key (idempotency.py: a repeat of a submit gets the first one's future).
 """
 
 import uuid
 
 from flask import current_app, g, jsonify
 
-from .. import backpressure, inflight, placement
+from .. import backpressure, idempotency, inflight, placement
 from ..celery_client import send
 from ..ownership import record_future, require_adapter
 from ..store import store
@@ -32,22 +33,38 @@ def submit(task, kwargs, pending_create=False, extra=None, args=None):
     if adapter is not None and spec.get("adapter_effect") != "create":
         home = require_adapter(adapter, g.user, home=True)  # owner and home: one round trip
     dest = placement.destination(task, spec, adapter, home)
-    backpressure.check(dest.queue)  # 503 while the queue is at its bound: nothing is sent
     task_id = str(uuid.uuid4())
-    inflight.reserve(g.user, task_id)
+    idem = idempotency.key_of(g.user)
+    if idem is not None:
+        first = idempotency.claim(idem, task_id, task, idempotency.digest(task, kwargs, args))
+        if first is not None:  # a repeat: the first request's future, nothing sent
+            return _accepted(first, task, extra)
     try:
-        send(ext["celery"], task, kwargs, args=args, task_id=task_id, **dest.send_options())
+        backpressure.check(dest.queue)  # 503 while the queue is at its bound: nothing is sent
+        inflight.reserve(g.user, task_id)
+        try:
+            send(ext["celery"], task, kwargs, args=args, task_id=task_id, **dest.send_options())
+        except BaseException:
+            inflight.release(g.user, task_id)
+            raise
     except BaseException:
-        inflight.release(g.user, task_id)
+        if idem is not None:
+            idempotency.release(idem)
         raise
     # the future's record and the home read again for after_send: one round trip
     pipe = store().pipeline(transaction=False)
     record_future(task_id, g.user, task, pending_create=pending_create, pipe=pipe)
+    if idem is not None:
+        idempotency.confirm(pipe, idem)
     recheck = dest.node is not None and adapter is not None
     if recheck:
         placement.queue_home_of(pipe, adapter)
     got = pipe.execute()
     placement.after_send(dest, adapter, tuple(got[-1]) if recheck else None)
+    return _accepted(task_id, task, extra)
+
+
+def _accepted(task_id, task, extra):
     body = {"future_id": task_id, "task": task}
     if extra:
         body.update(extra)

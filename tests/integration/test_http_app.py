@@ -316,6 +316,62 @@ def test_futures_pending_without_worker(api, redis_client):
     assert r.status_code == 202 and r.get_json()["adapter_ids"] == []
 
 
+def test_idempotency_key_queues_a_submit_once(api, redis_client):
+    """A submit sent again with the same Idempotency-Key (a client whose connection was lost
+    before the answer) gets the first one's future and queues nothing; the same key with
+    another body is a 422, another user's same key is a request of its own, a malformed key a
+    400, and a key whose first request failed to send (here: a full queue) may send again."""
+    create = api.submit("/add_lora", {"rank": 4})
+    api.finish(create, {"adapter_id": "lora_i1", "rank": 4, "alpha": 8.0, "step": 0})
+    redis_client.delete("celery")
+    key = {"Idempotency-Key": "step-7-" + uuid.uuid4().hex}
+    r1 = api.post("/optim_step", {"adapter_id": "lora_i1"}, headers=key)
+    r2 = api.post("/optim_step", {"adapter_id": "lora_i1"}, headers=key)
+    assert r1.status_code == r2.status_code == 202, (r1.text, r2.text)
+    assert r1.get_json() == r2.get_json()
+    assert [n for n, _, _ in queued(redis_client)] == ["lora.optim_step"]
+    fid = r1.get_json()["future_id"]
+    assert r1.get_json()["task"] == "lora.optim_step"
+    api.finish(fid, {"step": 1, "grad_norm": 0.5})
+    r = api.poll(fid)
+    assert r.status_code == 200 and r.get_json()["result"]["step"] == 1
+    # the key outlives the first answer as long as the future does
+    assert api.post("/optim_step", {"adapter_id": "lora_i1"}, headers=key).get_json() == \
+        r1.get_json()
+    err(api.post("/optim_step", {"adapter_id": "lora_i1", "adam_params": {"beta1": 0.5}},
+                 headers=key), 422, "IdempotencyKeyReused")
+    err(api.post("/score", {"text": "t"}, headers=key), 422, "IdempotencyKeyReused")
+    # keys are per user: bob's same key is his own request (his own task)
+    fb = api.post("/diag/add", {"args": [1, 2]}, user="bob", headers=key)
+    assert fb.status_code == 202 and fb.get_json()["future_id"] != fid
+    for bad in ("", "x" * 201, "has space"):
+        err(api.post("/diag/add", {"args": [1, 2]}, headers={"Idempotency-Key": bad}), 400,
+            "ValidationError", "Idempotency-Key")
+    assert len(queued(redis_client)) == 2
+    # a first request still being sent: its future not recorded yet
+    pending = {"Idempotency-Key": "pending-" + uuid.uuid4().hex}
+    api.post("/diag/add", {"args": [5, 6]}, headers=pending)
+    redis_client.delete(*redis_client.keys("celeriac:future:*"))
+    r = api.post("/diag/add", {"args": [5, 6]}, headers=pending)
+    err(r, 409, "IdempotentRequestInProgress")
+    assert r.headers["Retry-After"] == "1"
+
+
+def test_idempotency_key_free_again_after_a_failed_send(make_api, redis_client):
+    """A keyed submit refused before it was sent (503 QueueFull) gives its key up: the same
+    request sent again once the queue has room is queued."""
+    api = make_api(CELERIAC_MAX_QUEUE_DEPTH=1, CELERIAC_QUEUE_DEPTH_TTL_MS=0)
+    redis_client.delete("celery")
+    key = {"Idempotency-Key": "k-" + uuid.uuid4().hex}
+    first = api.post("/diag/add", {"args": [1, 1]})
+    assert first.status_code == 202
+    err(api.post("/diag/add", {"args": [2, 2]}, headers=key), 503, "QueueFull")
+    redis_client.delete("celery")
+    r = api.post("/diag/add", {"args": [2, 2]}, headers=key)
+    assert r.status_code == 202, r.text
+    assert [a for _, a, _ in queued(redis_client)] == [[2, 2]]
+
+
 # --------------------------------------------------------------------------------------------
 # Ownership
 
