@@ -10,10 +10,10 @@ parses no new connection. A connection the server closed while it was idle (Guni
 keepalive) is noticed before it is used and replaced. A kept connection can still be closed
 just as a request goes out on it (a Gunicorn worker restarting after max_requests closes its
 idle keep-alive connections). A request whose writing fails so is sent again on a new
-connection (the server never had it), and so is a /retrieve_future, which only reads, whose
-answer never comes; a request that queues work and was written whole is never sent twice
-(the server may have taken it): its lost connection is an OSError, as any other network
-failure.
+connection (the server never had it), and so is one whose answer never comes when sending it
+twice changes nothing: a /retrieve_future (it only reads) and a submit, which carries an
+Idempotency-Key of its own (the server gives a repeat the first one's future and queues
+nothing). Other network failures are an OSError.
 
     c = Client("http://127.0.0.1:8000", api_key)
     adapter = c.call("/add_lora", {"rank": 8})["adapter_id"]
@@ -29,6 +29,7 @@ import select
 import threading
 import time
 import urllib.parse
+import uuid
 
 # The development keys `make run` configures when CELERIAC_API_KEYS is not set.
 DEV_KEYS = "alice:dev-key-alice,bob:dev-key-bob,carol:dev-key-carol,dave:dev-key-dave"
@@ -81,51 +82,57 @@ class Client:
             conn = self._local.conn = cls(self._host, self._port, timeout=self.timeout)
         return conn
 
-    def _exchange(self, method, path, data, reads_only=False):
+    def _exchange(self, method, path, data, repeatable=False, idem_key=None):
         """One request on this thread's connection -> (status, headers, raw body). A kept
         connection that fails while the request is written (the server had closed it) is
-        replaced and the request sent again, once; with reads_only also one that the server
-        resets or closes before any answer (it may have read the request)."""
+        replaced and the request sent again, once; when repeatable (sending it twice changes
+        nothing) also one that the server resets or closes before any answer (it may have
+        read the request). idem_key: the request's Idempotency-Key."""
         kept = getattr(self._local, "conn", None)
         conn = self._connection()
         reused = conn is kept and conn.sock is not None  # open before, not a new one
         headers = {"Authorization": f"Bearer {self.key}"}
         if data is not None:
             headers["Content-Type"] = "application/json"
+        if idem_key is not None:
+            headers["Idempotency-Key"] = idem_key
+        again = (method, path, data, repeatable, idem_key)
         try:
             conn.request(method, self._prefix + path, body=data, headers=headers)
         except (OSError, http.client.HTTPException) as e:
             # failing while written: the server had closed the kept connection and never had
             # the request whole
-            return self._lost(e, reused, method, path, data, reads_only)
+            return self._lost(e, reused, again)
         try:
             resp = conn.getresponse()
             raw = resp.read()
         except (OSError, http.client.HTTPException) as e:
             # reset or closed before any answer: the server may have read the request
-            return self._lost(e, reused and reads_only, method, path, data, reads_only)
+            return self._lost(e, reused and repeatable, again)
         if resp.will_close:
             self.close()
         return resp.status, resp.headers, raw
 
-    def _lost(self, err, resend, method, path, data, reads_only):
-        """The connection failed with err: closes it; sends the request again on a new one
-        when resend and the server closed it (reset, broken pipe, closed before an answer:
-        http.client.RemoteDisconnected is a ConnectionResetError), else raises."""
+    def _lost(self, err, resend, again):
+        """The connection failed with err: closes it; sends the request again (the
+        _exchange arguments `again`) on a new one when resend and the server closed it
+        (reset, broken pipe, closed before an answer: http.client.RemoteDisconnected is a
+        ConnectionResetError), else raises."""
         self.close()
         if resend and isinstance(err, (ConnectionResetError, BrokenPipeError)):
-            return self._exchange(method, path, data, reads_only)
+            return self._exchange(*again)
         if isinstance(err, http.client.HTTPException):
-            raise ConnectionError(f"{method} {path}: {type(err).__name__}: {err}") from err
+            raise ConnectionError(f"{again[0]} {again[1]}: {type(err).__name__}: {err}") from err
         raise err
 
-    def request(self, method, path, body=None, reads_only=False):
-        """-> (status, parsed JSON). Waits and retries on 429 and 503 QueueFull (Retry-After).
-        reads_only: the request changes nothing the client did not ask for already (a
-        /retrieve_future), so it may go out again on a new connection (_exchange)."""
+    def request(self, method, path, body=None, repeatable=False, idem_key=None):
+        """-> (status, parsed JSON). Waits and retries on 429, 503 QueueFull and 409
+        IdempotentRequestInProgress (Retry-After). repeatable: sending the request twice
+        changes nothing (a /retrieve_future, or a submit with idem_key, its
+        Idempotency-Key), so it may go out again on a new connection (_exchange)."""
         data = None if body is None else json.dumps(body).encode()
         while True:
-            status, headers, raw = self._exchange(method, path, data, reads_only)
+            status, headers, raw = self._exchange(method, path, data, repeatable, idem_key)
             if 200 <= status < 300:
                 return status, json.loads(raw or b"null")
             try:
@@ -133,15 +140,20 @@ class Client:
             except ValueError:
                 parsed = {"error": {"type": "HTTP", "message": raw[:200].decode("latin-1")}}
             kind = parsed.get("error", {}).get("type") if isinstance(parsed, dict) else None
-            if status == 429 or (status == 503 and kind == "QueueFull"):
-                # rate limit, or backpressure (the queue is full; nothing was queued)
+            if (status == 429 or (status == 503 and kind == "QueueFull")
+                    or (status == 409 and kind == "IdempotentRequestInProgress")):
+                # rate limit, backpressure (the queue is full; nothing was queued), or this
+                # submit's first sending is still being queued
                 time.sleep(float(headers.get("Retry-After", "1")))
                 continue
             return status, parsed
 
     def submit(self, path, body=None, method="POST"):
-        """Sends a task-submitting request; returns its future id."""
-        status, parsed = self.request(method, path, body)
+        """Sends a task-submitting request; returns its future id. It carries an
+        Idempotency-Key of its own, so it is sent again when its connection is lost before
+        the answer: the server queues it once."""
+        status, parsed = self.request(method, path, body, repeatable=True,
+                                      idem_key=uuid.uuid4().hex)
         if status != 202:
             raise ApiError(status, parsed)
         return parsed["future_id"]
@@ -157,7 +169,7 @@ class Client:
             if wait > 0:
                 body["wait"] = round(wait, 3)
             t0 = time.monotonic()
-            status, parsed = self.request("POST", "/retrieve_future", body, reads_only=True)
+            status, parsed = self.request("POST", "/retrieve_future", body, repeatable=True)
             if status == 200:
                 return parsed["result"]
             if status != 202:

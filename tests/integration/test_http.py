@@ -259,13 +259,37 @@ def test_example_client_keeps_its_connection(gunicorn, worker):
     c.close()
 
 
+def test_a_submit_sent_again_with_its_key_runs_once(gunicorn, worker, broker_url):
+    """Through Gunicorn (two web workers) and the worker: the same keyed submit sent three times,
+    each on a new connection (so any web worker may take it), is one future and one message;
+    the worker runs it once and the future has its result."""
+    import redis as redis_mod
+    api = gunicorn(GUNICORN_WORKERS=2)
+    r = redis_mod.Redis.from_url(broker_url)
+    r.delete("celery")
+    key = {"Idempotency-Key": "add-40-2"}
+    fids = set()
+    for _ in range(3):
+        one = Api(api.base)
+        resp = one.post("/diag/add", {"args": [40, 2]}, headers=key)
+        assert resp.status_code == 202, resp.text
+        fids.add(resp.json()["future_id"])
+        one.http.close()
+    assert len(fids) == 1 and r.llen("celery") == 1
+    worker("-c", "1")
+    assert api.wait(fids.pop()).json()["result"] == 42
+    assert r.llen("celery") == 0
+
+
 def test_example_client_sends_again_only_what_is_safe():
     """A kept connection that the server resets instead of answering the next request (a
     Gunicorn worker restarting after max_requests closes its idle keep-alive connections, and
     a request may be on its way): examples/celeriac_client.py sends a /retrieve_future again on
-    a new connection and gets its answer; a submit, which the server may have taken, is not
-    sent twice: the caller gets the ConnectionError. (A request whose writing fails is sent
-    again whatever it is: the server never had it whole.)"""
+    a new connection and gets its answer, and a submit too, with the same Idempotency-Key (each
+    submit has its own), so the server can queue it once (test_http_app checks that side); a
+    request without a key, which the server may have taken, is not sent twice: the caller gets
+    the ConnectionError. (A request whose writing fails is sent again whatever it is: the
+    server never had it whole.)"""
     import socket
     import struct
     import sys
@@ -275,18 +299,20 @@ def test_example_client_sends_again_only_what_is_safe():
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)
     srv.settimeout(scaled(10))
-    seen = []
+    seen, keys = [], []  # request lines answered; Idempotency-Keys of all requests read
 
     def read_request(c):
         buf = b""
         while b"\r\n\r\n" not in buf:
             buf += c.recv(65536)
         head, _, rest = buf.partition(b"\r\n\r\n")
-        n = int([ln.split(b":")[1] for ln in head.split(b"\r\n")
-                 if ln.lower().startswith(b"content-length:")][0])
+        lines = head.split(b"\r\n")
+        n = int([ln.split(b":")[1] for ln in lines if ln.lower().startswith(b"content-length:")][0])
         while len(rest) < n:
             rest += c.recv(65536)
-        seen.append(head.split(b"\r\n")[0].decode())
+        seen.append(lines[0].decode())
+        keys.append(([ln.split(b":", 1)[1].strip().decode() for ln in lines
+                      if ln.lower().startswith(b"idempotency-key:")] or [None])[0])
 
     def answer(c, status, body):
         raw = json.dumps(body).encode()
@@ -323,12 +349,22 @@ def test_example_client_sends_again_only_what_is_safe():
     t.join()
     assert seen == ["POST /retrieve_future HTTP/1.1"] * 2, seen  # (the reset one not counted)
 
-    seen.clear()
-    t = threading.Thread(target=serve, args=(b"202 Accepted", {"future_id": "f3"}))
+    seen.clear(), keys.clear()
+    t = threading.Thread(target=serve_twice, args=(b"202 Accepted", {"future_id": "f3"}))
     t.start()
     assert c.submit("/diag/add", {"args": [1, 2]}) == "f3"
+    assert c.submit("/diag/add", {"args": [3, 4]}) == "f3"  # reset, then sent on a new one
+    t.join()
+    assert seen == ["POST /diag/add HTTP/1.1"] * 2, seen
+    assert len(keys) == 3 and None not in keys, keys  # first, the reset one, its resend
+    assert keys[1] == keys[2] != keys[0], keys
+
+    seen.clear(), keys.clear()
+    t = threading.Thread(target=serve, args=(b"202 Accepted", {"future_id": "f4"}))
+    t.start()
+    assert c.request("POST", "/diag/add", {"args": [1, 2]}) == (202, {"future_id": "f4"})
     with pytest.raises(ConnectionError):
-        c.submit("/diag/add", {"args": [3, 4]})
+        c.request("POST", "/diag/add", {"args": [3, 4]})  # no key: may have been taken
     t.join()
     srv.settimeout(0.5)
     with pytest.raises(socket.timeout):
