@@ -3,13 +3,14 @@
  * out_h = softmax(q_h k_g^T / sqrt(HS) + causal mask) v_g with g = h / (NH/NKV),
  * as HF's LlamaAttention with repeat_kv. q and k arrive already rotated (rope).
  * The forward keeps only the log-sum-exp of each score row; the backward
- * recomputes each (b, h)'s probabilities from q, k and lse into a (T,T)
- * scratch, so memory stays at one score matrix per head, never (B,NH,T,T).
+ * recomputes each (b, h)'s probabilities from q, k and lse, a block of rows at
+ * a time, so memory stays at a block of scores per thread, never (B,NH,T,T).
  * Rows go in blocks of ATT_BLOCK queries: block [i0, i1) only ever needs keys
  * [0, i1), so the score GEMMs skip most of the masked upper triangle (about
  * 3/8 of the square at T = 128), and rows past a sequence's valid length
  * (padding of a packed batch, which no valid row attends to) are not computed
- * at all: their outputs and gradients are 0.
+ * at all: their outputs and gradients are 0. The heads split across par.c's
+ * threads (see "threads" below); results do not depend on how many.
  */
 #include "ops.h"
 
