@@ -9,6 +9,7 @@
 #   make chaos      kill -9 of main, executors, Redis under 3,000 mixed tasks, 5 rounds
 #   make soak       20 minutes of mixed load; RSS and open fds must not grow (scripts/soak)
 #   make wait-race  15,000 HTTP waits for tasks ending as they subscribe: none may be missed
+#   make restart-stress  example-client sessions while Gunicorn restarts its web workers
 #   make cuda       the CUDA backend (bin/libceleriac-cuda.so) and its GPU tests (build/gpu/),
 #                   also part of `make` whenever nvcc is found
 #   make cuda-emu   the same backend and tests against the CUDA emulator (build/cuda-emu/),
@@ -67,7 +68,7 @@ UNIT_BINS := $(patsubst tests/unit/%.c,build/asan/tests/%,$(UNIT_SRC))
 PY := /usr/bin/python3
 
 .PHONY: all asan test unit integration run bench deps clean cuda cuda-emu fuzz fuzz-build fuzz-merge format \
-        chaos soak wait-race
+        chaos soak wait-race restart-stress
 all: deps
 	@$(MAKE) --no-print-directory $(BINS)
 
@@ -273,6 +274,9 @@ soak: all
 
 wait-race: all
 	$(PY) scripts/wait-race
+
+restart-stress: all
+	$(PY) scripts/restart-stress
 
 # ---- fuzzing (tests/fuzz/, see its README.md) ------------------------------------------
 # Each tests/fuzz/fuzz_<name>.c is a libFuzzer harness for one parser; every input goes
