@@ -73,9 +73,11 @@ def wait_until(pred, timeout, interval=0.05):
 
 
 class Stack:
-    """redis-server + celeriac + gunicorn in a temporary directory."""
+    """redis-server + celeriac + gunicorn in a temporary directory (worker_args: more celeriac
+    options; web_env: more Gunicorn/front-end environment, e.g. GUNICORN_MAX_REQUESTS)."""
 
-    def __init__(self, workdir, concurrency, web_workers, users, bindir, worker_args=()):
+    def __init__(self, workdir, concurrency, web_workers, users, bindir, worker_args=(),
+                 web_env=None):
         self.workdir = workdir
         self.procs = []
         self.redis_port = free_port()
@@ -101,7 +103,8 @@ class Stack:
                "GUNICORN_LOG_LEVEL": "warning", "GUNICORN_GRACEFUL_TIMEOUT": "5",
                "CELERY_BROKER_URL": self.url,
                "CELERIAC_API_KEYS": ",".join(f"{u}:{k}" for u, k in self.keys.items()),
-               "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off"}
+               "CELERIAC_RATE_LIMIT": "off", "CELERIAC_POLL_RATE_LIMIT": "off",
+               **(web_env or {})}
         self._start("gunicorn", [shutil.which("gunicorn") or "/usr/bin/gunicorn", "-c",
                                  "gunicorn.conf.py", "flask_app:create_app()"], env)
         self.base = f"http://127.0.0.1:{self.http_port}"

@@ -39,15 +39,15 @@ def submit(task, kwargs, pending_create=False, extra=None, args=None):
         first = idempotency.claim(idem, task_id, task, idempotency.digest(task, kwargs, args))
         if first is not None:  # a repeat: the first request's future, nothing sent
             return _accepted(first, task, extra)
+    reserved = False
     try:
         backpressure.check(dest.queue)  # 503 while the queue is at its bound: nothing is sent
         inflight.reserve(g.user, task_id)
-        try:
-            send(ext["celery"], task, kwargs, args=args, task_id=task_id, **dest.send_options())
-        except BaseException:
+        reserved = True
+        send(ext["celery"], task, kwargs, args=args, task_id=task_id, **dest.send_options())
+    except BaseException:  # nothing was sent: give back what was taken for it
+        if reserved:
             inflight.release(g.user, task_id)
-            raise
-    except BaseException:
         if idem is not None:
             idempotency.release(idem)
         raise
