@@ -1,8 +1,10 @@
 /* matmul.c -- a bias-free linear layer, out = inp @ weight^T, forward and backward.
  *
- * Row-major throughout; weight is (OC, IC) as nn.Linear stores it. The sgemm
- * versions are what the model runs; the _ref twins are plain loops kept for
- * tests (and as the spec the CUDA kernels are checked against).
+ * Row-major throughout; weight is (OC, IC) as nn.Linear stores it. The
+ * products with the weight go through gemm.c on CPUs with AVX-512F (twice
+ * OpenBLAS's AVX2 kernel there), else OpenBLAS's sgemm, as does the weight's
+ * gradient; the _ref twins are plain loops kept for tests (and as the spec
+ * the CUDA kernels are checked against).
  */
 #include "ops.h"
 
@@ -11,6 +13,10 @@
 
 void cel_cpu_matmul_forward(float *out /* (N,OC) */, const float *inp /* (N,IC) */,
                             const float *weight /* (OC,IC) */, int N, int IC, int OC) {
+    if (cel_cpu_gemm_use(N)) {
+        cel_cpu_gemm_wt(out, OC, inp, IC, weight, IC, N, OC, IC);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC, 1.0f, inp, IC, weight, IC, 0.0f,
                 out, OC);
 }
@@ -19,7 +25,9 @@ void cel_cpu_matmul_backward(float *dinp /* (N,IC) += or NULL */,
                              float *dweight /* (OC,IC) += or NULL */,
                              const float *dout /* (N,OC) */, const float *inp /* (N,IC) */,
                              const float *weight /* (OC,IC) */, int N, int IC, int OC) {
-    if (dinp)
+    if (dinp && cel_cpu_gemm_use(N))
+        cel_cpu_gemm_acc(dinp, IC, dout, OC, weight, IC, N, IC, OC);
+    else if (dinp)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC, weight,
                     IC, 1.0f, dinp, IC);
     if (dweight)

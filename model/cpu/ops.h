@@ -157,6 +157,19 @@ void cel_cpu_bf16_free(cel_cpu_bf16w_t *w);
 void cel_cpu_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, const cel_cpu_bf16w_t *w,
                        int accumulate);
 
+/* gemm.c: fp32 products with a weight on CPUs with AVX-512F (see gemm.c).
+ * cel_cpu_gemm_use(M): whether an M-row product goes through it. Both
+ * return 1 when some block had to be computed by OpenBLAS (no memory for
+ * the panels), else 0. */
+int cel_cpu_gemm_supported(void);
+int cel_cpu_gemm_use(int M);
+/* C (M, N) = A (M, K) W^T, W (N, K) with row stride ldw. */
+int cel_cpu_gemm_wt(float *C, int ldc, const float *A, int lda, const float *W, int ldw, int M,
+                    int N, int K);
+/* C (M, N) += A (M, K) B, B (K, N) with row stride ldb. */
+int cel_cpu_gemm_acc(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
+                     int N, int K);
+
 /* par.c: runs fn(ctx, i0, i1) over [0, n) split across the pool's threads
  * (the caller's among them; see par.c), in chunks of at least grain items;
  * returns when every chunk is done. Runs fn(ctx, 0, n) on the calling

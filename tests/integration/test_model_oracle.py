@@ -245,6 +245,13 @@ def torch_greedy(cfg, W, prompt, n, lora=None, scaling=1.0):
 ADAMW = dict(lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-6, weight_decay=0.1)
 LOGIT_TOL = dict(atol=1e-4, rtol=1e-4)
 GRAD_TOL = dict(atol=1e-4, rtol=1e-3, scaled=True)
+# AdamW's moments after three steps, norm-wise: the steps' gradients carry the last bits of
+# every product before them, and on this ill-conditioned little model those move the moments
+# by a few 1e-4 of the tensor's largest value between fp32 summation orders. Against torch in
+# float64, torch fp32 itself (and celeriac with OpenBLAS, whose rounding torch shares) is
+# ~6e-4 away in exp_avg, celeriac's AVX-512 products (model/cpu/gemm.c) ~4e-4; with GRAD_TOL
+# (and 1e-5 for exp_avg_sq) only the run sharing torch's library passed.
+MOMENT_TOL = dict(atol=1e-3, rtol=1e-3, scaled=True)
 
 
 # ---------------------------------------------------------------- tests
@@ -328,9 +335,9 @@ def test_lora_against_torch(helper, tmp_path, tied, targets, rank, alpha):
             key = f"{pre}.{nm}.weight"
             compare(key + " after 3 AdamW steps", final[key], p, **GRAD_TOL)
             st = opt.state[p]
-            compare(key + " exp_avg", optst[key + ".exp_avg"], st["exp_avg"], **GRAD_TOL)
+            compare(key + " exp_avg", optst[key + ".exp_avg"], st["exp_avg"], **MOMENT_TOL)
             compare(key + " exp_avg_sq", optst[key + ".exp_avg_sq"], st["exp_avg_sq"],
-                    atol=1e-5, rtol=1e-3, scaled=True)
+                    **MOMENT_TOL)
     with open(os.path.join(out, "final", "adapter_config.json")) as f:
         ac = json.load(f)
     assert ac["peft_type"] == "LORA" and ac["r"] == rank and ac["lora_alpha"] == alpha

@@ -740,6 +740,78 @@ static void test_bf16_gemm(void **state) {
     free(A), free(W), free(C0);
 }
 
+/* gemm.c (CPUs with AVX-512F) against double-precision loops: columns not a
+ * multiple of 32 or 16, K not a multiple of 16 (the transposes' tail), rows
+ * not a multiple of 8 and past one work item's 256, K past one chunk of the
+ * sum (128) with a tail, strided operands whose
+ * padding must stay untouched; the same bits at 1, 2 and 3 threads, and a
+ * row's result the same whatever rows it is computed with. */
+static void test_gemm(void **state) {
+    (void)state;
+    if (!cel_cpu_gemm_supported()) {
+        printf("  no AVX-512F: gemm.c not used here\n");
+        skip();
+    }
+    assert_false(cel_cpu_gemm_use(7)); /* a few rows (sampling): OpenBLAS */
+    assert_true(cel_cpu_gemm_use(8));
+    static const int shapes[][3] = { { 8, 32, 16 },  { 37, 29, 53 }, { 300, 77, 40 }, { 9, 48, 1 },
+                                     { 520, 33, 130 }, { 64, 7, 17 },  { 16, 100, 0 },
+                                     { 40, 45, 300 } };
+    const float PAD = 12345.0f;
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        int lda = K + 3, ldw = K + 5, ldb = N + 4, ldc = N + 2;
+        float *A = rnd((size_t)M * lda + 1, 1), *W = rnd((size_t)N * ldw + 1, 1);
+        float *B = rnd((size_t)K * ldb + 1, 1), *C0 = rnd((size_t)M * ldc, 1);
+        float *res[3][2];
+        for (int t = 0; t < 3; t++) {
+            cel_cpu_par_set_threads(t + 1);
+            for (int v = 0; v < 2; v++) {
+                res[t][v] = malloc((size_t)M * ldc * sizeof(float));
+                assert_non_null(res[t][v]);
+                for (int i = 0; i < M; i++)
+                    for (int j = 0; j < ldc; j++)
+                        res[t][v][(size_t)i * ldc + j] = j < N ? C0[(size_t)i * ldc + j] : PAD;
+            }
+            assert_int_equal(cel_cpu_gemm_wt(res[t][0], ldc, A, lda, W, ldw, M, N, K), 0);
+            assert_int_equal(cel_cpu_gemm_acc(res[t][1], ldc, A, lda, B, ldb, M, N, K), 0);
+        }
+        double worst = 0;
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < ldc; j++) {
+                size_t at = (size_t)i * ldc + j;
+                if (j >= N) { /* padding columns */
+                    assert_true(res[0][0][at] == PAD && res[0][1][at] == PAD);
+                    continue;
+                }
+                double wt = 0, acc = C0[at];
+                for (int k = 0; k < K; k++) {
+                    wt += (double)A[(size_t)i * lda + k] * W[(size_t)j * ldw + k];
+                    acc += (double)A[(size_t)i * lda + k] * B[(size_t)k * ldb + j];
+                }
+                worst = fmax(worst, fabs(res[0][0][at] - wt) / (1 + fabs(wt)));
+                worst = fmax(worst, fabs(res[0][1][at] - acc) / (1 + fabs(acc)));
+            }
+        printf("  gemm M=%d N=%d K=%d: worst relative error %.3g\n", M, N, K, worst);
+        assert_true(worst < 1e-5);
+        for (int t = 1; t < 3; t++)
+            for (int v = 0; v < 2; v++)
+                assert_memory_equal(res[0][v], res[t][v], (size_t)M * ldc * sizeof(float));
+        /* the last 8 rows alone give the bits they got among all M */
+        float *alone = malloc((size_t)8 * ldc * sizeof(float));
+        assert_non_null(alone);
+        const float *A8 = A + (size_t)(M - 8) * lda;
+        cel_cpu_gemm_wt(alone, ldc, A8, lda, W, ldw, 8, N, K);
+        for (int i = 0; i < 8; i++)
+            assert_memory_equal(alone + (size_t)i * ldc, res[0][0] + (size_t)(M - 8 + i) * ldc,
+                                (size_t)N * sizeof(float));
+        free(alone);
+        for (int t = 0; t < 3; t++) free(res[t][0]), free(res[t][1]);
+        free(A), free(W), free(B), free(C0);
+    }
+    cel_cpu_par_set_threads(2);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rmsnorm),
@@ -758,6 +830,7 @@ int main(void) {
         cmocka_unit_test(test_attention_threads),
         cmocka_unit_test(test_attention_two_callers),
         cmocka_unit_test(test_bf16_gemm),
+        cmocka_unit_test(test_gemm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
