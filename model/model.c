@@ -332,9 +332,15 @@ int cel_model_eos(const cel_model_t *m, int32_t *ids, int max) {
     return m->cfg.n_eos;
 }
 
+/* With gemm.c (AVX-512F) the big products run on par.c's threads and what is
+ * left to OpenBLAS (LoRA's rank-r products, the attention's blocks, a few
+ * rows split by gemm.c) runs on one thread: OpenBLAS's idle threads spin
+ * (sched_yield) after each of its calls and took a core from par.c's next
+ * job (LoRA training 20-25 % slower). */
 void cel_model_set_threads(int n) {
-    if (n > 0) openblas_set_num_threads(n);
+    if (n < 1) n = cel_cpu_par_threads(); /* the default: OpenBLAS's (the cores) */
     cel_cpu_par_set_threads(n);
+    openblas_set_num_threads(cel_cpu_gemm_supported() ? 1 : n);
 }
 
 cel_adamw_t cel_model_adamw_defaults(void) {

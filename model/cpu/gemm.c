@@ -3,18 +3,22 @@
  * Debian's OpenBLAS (0.3.21) runs its Haswell (AVX2) sgemm kernel on the
  * AVX-512 cores it does not know (this Zen 5 among them), half their FMA
  * width: ~90 GFLOP/s a core here, where an AVX-512 kernel gets 170-190. The
- * model's products with a weight -- the linear layers' x W^T and dout W, the
- * head's -- go through this file when the CPU has AVX-512F and a product has
- * at least GEMM_MIN_ROWS rows (sampling's one-row products stay OpenBLAS's).
+ * model's products with a weight -- the linear layers' x W^T, dout W and
+ * (full training) dout^T x, the head's -- go through this file when the CPU
+ * has AVX-512F and a product has at least GEMM_MIN_ROWS rows; fewer rows
+ * (sampling's one-row steps) split W's rows into blocks that OpenBLAS
+ * multiplies on par.c's threads, one OpenBLAS thread each (with this file in
+ * use, cel_model_set_threads keeps OpenBLAS on one thread).
  *
  * The weight side is packed per call into panels of 32 output columns, for
  * each k the 32 columns side by side (x W^T: a transpose of 32 rows of W, in
- * 16 x 16 register blocks; dout W: a copy of 32-float strips of W's rows),
- * zero past the last column. The kernel computes 8 rows x 32 columns in
- * registers (16 accumulators, two panel loads and eight broadcasts of A per
- * k), K in chunks of 128 added up on the side, and stores them once (or adds
- * them to C), so there is no separate zeroing pass over C. Work items are (panel group, block of
- * rows), spread over par.c's threads; a thread packs a group once for its
+ * 16 x 16 register blocks; dout W and dout^T x: a copy of 32-float strips
+ * of the rows), zero past the last column. The kernel computes 8 rows x 32
+ * columns in registers (16 accumulators, two panel loads and eight broadcasts
+ * of A per k; A read along its columns for dout^T), K in chunks of 128 added
+ * up on the side, and stores them once (or adds them to C), so there is no
+ * separate zeroing pass over C. Work items are (panel group, block of rows),
+ * spread over par.c's threads; a thread packs a group once for its
  * consecutive items. Every element of C is one kernel's sum over k in order,
  * whichever thread and whatever rows around it, so results are the same at
  * any thread count and for a row whatever batch it is in (they differ from
@@ -69,6 +73,7 @@ typedef struct gemm_job {
     const float *A, *B;
     int ldc, lda, ldb, M, N, K;
     int wt;         /* 1: B is W (N rows of K), C = A W^T; 0: B is (K rows of N), C += A B */
+    int at;         /* A is stored transposed: (K rows of M), C += A^T B (a weight's gradient) */
     int nrb, ngrp;  /* row blocks, panel groups */
     int failed;     /* an item found no memory for its panels: computed by OpenBLAS */
 } gemm_job_t;
@@ -134,7 +139,8 @@ GEMM_TARGET static void pack_panel(float *P, const gemm_job_t *j, int n0) {
  * times more than this (OpenBLAS's K blocks do the same). */
 GEMM_TARGET static inline __attribute__((always_inline)) void tile(float *C, int ldc, const float *A,
                                                                   int lda, const float *P, int K,
-                                                                  int nv, int acc, const int mr) {
+                                                                  int nv, int acc, const int mr,
+                                                                  const int at) {
     __m512 c0[MR], c1[MR];
     float tot[MR][NR] __attribute__((aligned(64)));
     for (int k0 = 0; k0 < K || k0 == 0; k0 += KC) {
@@ -143,7 +149,7 @@ GEMM_TARGET static inline __attribute__((always_inline)) void tile(float *C, int
         for (int k = k0; k < k1; k++) {
             __m512 b0 = _mm512_load_ps(P + (size_t)k * NR), b1 = _mm512_load_ps(P + (size_t)k * NR + 16);
             for (int r = 0; r < mr; r++) {
-                __m512 x = _mm512_set1_ps(A[(size_t)r * lda + k]);
+                __m512 x = _mm512_set1_ps(at ? A[(size_t)k * lda + r] : A[(size_t)r * lda + k]);
                 c0[r] = _mm512_fmadd_ps(x, b0, c0[r]);
                 c1[r] = _mm512_fmadd_ps(x, b1, c1[r]);
             }
@@ -171,19 +177,25 @@ GEMM_TARGET static inline __attribute__((always_inline)) void tile(float *C, int
     }
 }
 
-GEMM_TARGET static void tile_rows(float *C, int ldc, const float *A, int lda, const float *P, int K,
-                                  int nv, int acc, int mr) {
-    switch (mr) {
-    case 8: tile(C, ldc, A, lda, P, K, nv, acc, 8); break;
-    case 7: tile(C, ldc, A, lda, P, K, nv, acc, 7); break;
-    case 6: tile(C, ldc, A, lda, P, K, nv, acc, 6); break;
-    case 5: tile(C, ldc, A, lda, P, K, nv, acc, 5); break;
-    case 4: tile(C, ldc, A, lda, P, K, nv, acc, 4); break;
-    case 3: tile(C, ldc, A, lda, P, K, nv, acc, 3); break;
-    case 2: tile(C, ldc, A, lda, P, K, nv, acc, 2); break;
-    default: tile(C, ldc, A, lda, P, K, nv, acc, 1); break;
+#define TILE_CASES(AT)                                                \
+    switch (mr) {                                                     \
+    case 8: tile(C, ldc, A, lda, P, K, nv, acc, 8, AT); break;        \
+    case 7: tile(C, ldc, A, lda, P, K, nv, acc, 7, AT); break;        \
+    case 6: tile(C, ldc, A, lda, P, K, nv, acc, 6, AT); break;        \
+    case 5: tile(C, ldc, A, lda, P, K, nv, acc, 5, AT); break;        \
+    case 4: tile(C, ldc, A, lda, P, K, nv, acc, 4, AT); break;        \
+    case 3: tile(C, ldc, A, lda, P, K, nv, acc, 3, AT); break;        \
+    case 2: tile(C, ldc, A, lda, P, K, nv, acc, 2, AT); break;        \
+    default: tile(C, ldc, A, lda, P, K, nv, acc, 1, AT); break;       \
     }
+
+/* A: the tile's first row (at: its first column of the transposed A). */
+GEMM_TARGET static void tile_rows(float *C, int ldc, const float *A, int lda, const float *P, int K,
+                                  int nv, int acc, int mr, int at) {
+    if (at) TILE_CASES(1)
+    else TILE_CASES(0)
 }
+#undef TILE_CASES
 
 /* Each thread's panels (NG of them), grown as needed; freed at thread exit by no one:
  * the pool's threads live as long as the process. */
@@ -193,8 +205,11 @@ static _Thread_local size_t tcap;
 /* The rows [r0, r1) x columns [n0, n1) block by OpenBLAS (no memory for panels). */
 static void block_openblas(const gemm_job_t *j, int r0, int r1, int n0, int n1) {
     float *C = j->C + (size_t)r0 * j->ldc + n0;
-    const float *A = j->A + (size_t)r0 * j->lda;
-    if (j->wt)
+    const float *A = j->A + (j->at ? (size_t)r0 : (size_t)r0 * j->lda);
+    if (j->at)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1 - r0, n1 - n0, j->K, 1.0f, A,
+                    j->lda, j->B + n0, j->ldb, 1.0f, C, j->ldc);
+    else if (j->wt)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, n1 - n0, j->K, 1.0f, A,
                     j->lda, j->B + (size_t)n0 * j->ldb, j->ldb, 0.0f, C, j->ldc);
     else
@@ -228,9 +243,10 @@ GEMM_TARGET static void gemm_items(void *ctx, int i0, int i1) {
         for (int r = r0; r < r1; r += MR)
             for (int p = p0; p < p1; p++) {
                 int nv = j->N - p * NR;
-                tile_rows(j->C + (size_t)r * j->ldc + p * NR, j->ldc, j->A + (size_t)r * j->lda, j->lda,
+                tile_rows(j->C + (size_t)r * j->ldc + p * NR, j->ldc,
+                          j->A + (j->at ? (size_t)r : (size_t)r * j->lda), j->lda,
                           tbuf + (size_t)(p - p0) * NR * j->K, j->K, nv < NR ? nv : NR, !j->wt,
-                          r1 - r < MR ? r1 - r : MR);
+                          r1 - r < MR ? r1 - r : MR, j->at);
             }
     }
 }
@@ -242,30 +258,59 @@ static void gemm_run(gemm_job_t *j) {
 }
 #endif
 
-int cel_cpu_gemm_wt(float *C, int ldc, const float *A, int lda, const float *W, int ldw, int M,
-                    int N, int K) {
-#if GEMM_X86
-    if (M <= 0 || N <= 0) return 0;
-    gemm_job_t j = { .C = C, .A = A, .B = W, .ldc = ldc, .lda = lda, .ldb = ldw, .M = M, .N = N,
-                     .K = K, .wt = 1 };
-    gemm_run(&j);
-    return j.failed;
-#else
-    (void)C, (void)ldc, (void)A, (void)lda, (void)W, (void)ldw, (void)M, (void)N, (void)K;
-    abort(); /* cel_cpu_gemm_supported() said no */
-#endif
-}
-
-int cel_cpu_gemm_acc(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
-                     int N, int K) {
+static int gemm_call(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
+                     int N, int K, int wt, int at) {
 #if GEMM_X86
     if (M <= 0 || N <= 0) return 0;
     gemm_job_t j = { .C = C, .A = A, .B = B, .ldc = ldc, .lda = lda, .ldb = ldb, .M = M, .N = N,
-                     .K = K, .wt = 0 };
+                     .K = K, .wt = wt, .at = at };
     gemm_run(&j);
     return j.failed;
 #else
     (void)C, (void)ldc, (void)A, (void)lda, (void)B, (void)ldb, (void)M, (void)N, (void)K;
+    (void)wt, (void)at;
     abort(); /* cel_cpu_gemm_supported() said no */
 #endif
+}
+
+int cel_cpu_gemm_wt(float *C, int ldc, const float *A, int lda, const float *W, int ldw, int M,
+                    int N, int K) {
+    return gemm_call(C, ldc, A, lda, W, ldw, M, N, K, 1, 0);
+}
+
+int cel_cpu_gemm_acc(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
+                     int N, int K) {
+    return gemm_call(C, ldc, A, lda, B, ldb, M, N, K, 0, 0);
+}
+
+int cel_cpu_gemm_acc_at(float *C, int ldc, const float *A, int lda, const float *B, int ldb,
+                        int M, int N, int K) {
+    return gemm_call(C, ldc, A, lda, B, ldb, M, N, K, 0, 1);
+}
+
+/* A few rows x W^T: the weight is read once, so no panels; each of par.c's
+ * threads runs OpenBLAS (one thread) over blocks of SMALL_NB of W's rows. The
+ * blocks do not depend on the thread count, so neither do the results. */
+#define SMALL_NB 64
+
+typedef struct small_job {
+    float *C;
+    const float *A, *W;
+    int ldc, lda, ldw, M, N, K;
+} small_job_t;
+
+static void small_items(void *ctx, int i0, int i1) {
+    const small_job_t *j = ctx;
+    for (int b = i0; b < i1; b++) {
+        int n0 = b * SMALL_NB, nb = j->N - n0 < SMALL_NB ? j->N - n0 : SMALL_NB;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->M, nb, j->K, 1.0f, j->A, j->lda,
+                    j->W + (size_t)n0 * j->ldw, j->ldw, 0.0f, j->C + n0, j->ldc);
+    }
+}
+
+void cel_cpu_gemm_wt_small(float *C, int ldc, const float *A, int lda, const float *W, int ldw,
+                           int M, int N, int K) {
+    if (M <= 0 || N <= 0) return;
+    small_job_t j = { C, A, W, ldc, lda, ldw, M, N, K };
+    cel_cpu_par_for((N + SMALL_NB - 1) / SMALL_NB, 1, small_items, &j);
 }

@@ -1,9 +1,9 @@
 /* matmul.c -- a bias-free linear layer, out = inp @ weight^T, forward and backward.
  *
  * Row-major throughout; weight is (OC, IC) as nn.Linear stores it. The
- * products with the weight go through gemm.c on CPUs with AVX-512F (twice
- * OpenBLAS's AVX2 kernel there), else OpenBLAS's sgemm, as does the weight's
- * gradient; the _ref twins are plain loops kept for tests (and as the spec
+ * products go through gemm.c on CPUs with AVX-512F (twice OpenBLAS's AVX2
+ * kernel there; OpenBLAS then runs on one thread, par.c's threads split the
+ * work), else OpenBLAS's sgemm; the _ref twins are plain loops kept for tests (and as the spec
  * the CUDA kernels are checked against).
  */
 #include "ops.h"
@@ -15,6 +15,10 @@ void cel_cpu_matmul_forward(float *out /* (N,OC) */, const float *inp /* (N,IC) 
                             const float *weight /* (OC,IC) */, int N, int IC, int OC) {
     if (cel_cpu_gemm_use(N)) {
         cel_cpu_gemm_wt(out, OC, inp, IC, weight, IC, N, OC, IC);
+        return;
+    }
+    if (cel_cpu_gemm_supported()) { /* OpenBLAS runs on one thread then (cel_model_set_threads) */
+        cel_cpu_gemm_wt_small(out, OC, inp, IC, weight, IC, N, OC, IC);
         return;
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC, 1.0f, inp, IC, weight, IC, 0.0f,
@@ -30,7 +34,9 @@ void cel_cpu_matmul_backward(float *dinp /* (N,IC) += or NULL */,
     else if (dinp)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC, weight,
                     IC, 1.0f, dinp, IC);
-    if (dweight)
+    if (dweight && cel_cpu_gemm_use(OC))
+        cel_cpu_gemm_acc_at(dweight, IC, dout, OC, inp, IC, OC, IC, N);
+    else if (dweight)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, OC, inp, IC,
                     1.0f, dweight, IC);
 }

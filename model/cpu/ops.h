@@ -169,6 +169,13 @@ int cel_cpu_gemm_wt(float *C, int ldc, const float *A, int lda, const float *W, 
 /* C (M, N) += A (M, K) B, B (K, N) with row stride ldb. */
 int cel_cpu_gemm_acc(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
                      int N, int K);
+/* C (M, N) += A^T B, A stored (K, M) with row stride lda (a weight's gradient). */
+int cel_cpu_gemm_acc_at(float *C, int ldc, const float *A, int lda, const float *B, int ldb,
+                        int M, int N, int K);
+/* C (M, N) = A (M, K) W^T for a few rows (below cel_cpu_gemm_use's): OpenBLAS on one
+ * thread per block of W's rows, the blocks over par.c's threads. */
+void cel_cpu_gemm_wt_small(float *C, int ldc, const float *A, int lda, const float *W, int ldw,
+                           int M, int N, int K);
 
 /* par.c: runs fn(ctx, i0, i1) over [0, n) split across the pool's threads
  * (the caller's among them; see par.c), in chunks of at least grain items;

@@ -744,8 +744,10 @@ static void test_bf16_gemm(void **state) {
  * multiple of 32 or 16, K not a multiple of 16 (the transposes' tail), rows
  * not a multiple of 8 and past one work item's 256, K past one chunk of the
  * sum (128) with a tail, strided operands whose
- * padding must stay untouched; the same bits at 1, 2 and 3 threads, and a
- * row's result the same whatever rows it is computed with. */
+ * padding must stay untouched; A^T B (a weight's gradient) giving A B's bits
+ * from a transposed copy; the few-rows path (OpenBLAS over blocks of W); the
+ * same bits at 1, 2 and 3 threads, and a row's result the same whatever rows
+ * it is computed with. */
 static void test_gemm(void **state) {
     (void)state;
     if (!cel_cpu_gemm_supported()) {
@@ -763,10 +765,14 @@ static void test_gemm(void **state) {
         int lda = K + 3, ldw = K + 5, ldb = N + 4, ldc = N + 2;
         float *A = rnd((size_t)M * lda + 1, 1), *W = rnd((size_t)N * ldw + 1, 1);
         float *B = rnd((size_t)K * ldb + 1, 1), *C0 = rnd((size_t)M * ldc, 1);
-        float *res[3][2];
+        int ldt = M + 6; /* A transposed: (K, M) */
+        float *At = rnd((size_t)K * ldt + 1, 1);
+        for (int i = 0; i < M; i++)
+            for (int k = 0; k < K; k++) At[(size_t)k * ldt + i] = A[(size_t)i * lda + k];
+        float *res[3][4];
         for (int t = 0; t < 3; t++) {
             cel_cpu_par_set_threads(t + 1);
-            for (int v = 0; v < 2; v++) {
+            for (int v = 0; v < 4; v++) {
                 res[t][v] = malloc((size_t)M * ldc * sizeof(float));
                 assert_non_null(res[t][v]);
                 for (int i = 0; i < M; i++)
@@ -775,13 +781,15 @@ static void test_gemm(void **state) {
             }
             assert_int_equal(cel_cpu_gemm_wt(res[t][0], ldc, A, lda, W, ldw, M, N, K), 0);
             assert_int_equal(cel_cpu_gemm_acc(res[t][1], ldc, A, lda, B, ldb, M, N, K), 0);
+            assert_int_equal(cel_cpu_gemm_acc_at(res[t][2], ldc, At, ldt, B, ldb, M, N, K), 0);
+            cel_cpu_gemm_wt_small(res[t][3], ldc, A, lda, W, ldw, M, N, K);
         }
         double worst = 0;
         for (int i = 0; i < M; i++)
             for (int j = 0; j < ldc; j++) {
                 size_t at = (size_t)i * ldc + j;
                 if (j >= N) { /* padding columns */
-                    assert_true(res[0][0][at] == PAD && res[0][1][at] == PAD);
+                    for (int v = 0; v < 4; v++) assert_true(res[0][v][at] == PAD);
                     continue;
                 }
                 double wt = 0, acc = C0[at];
@@ -791,11 +799,14 @@ static void test_gemm(void **state) {
                 }
                 worst = fmax(worst, fabs(res[0][0][at] - wt) / (1 + fabs(wt)));
                 worst = fmax(worst, fabs(res[0][1][at] - acc) / (1 + fabs(acc)));
+                /* A^T B from the transposed copy: the same sums, the same bits */
+                assert_true(res[0][2][at] == res[0][1][at]);
+                worst = fmax(worst, fabs(res[0][3][at] - wt) / (1 + fabs(wt)));
             }
         printf("  gemm M=%d N=%d K=%d: worst relative error %.3g\n", M, N, K, worst);
         assert_true(worst < 1e-5);
         for (int t = 1; t < 3; t++)
-            for (int v = 0; v < 2; v++)
+            for (int v = 0; v < 4; v++)
                 assert_memory_equal(res[0][v], res[t][v], (size_t)M * ldc * sizeof(float));
         /* the last 8 rows alone give the bits they got among all M */
         float *alone = malloc((size_t)8 * ldc * sizeof(float));
@@ -806,8 +817,9 @@ static void test_gemm(void **state) {
             assert_memory_equal(alone + (size_t)i * ldc, res[0][0] + (size_t)(M - 8 + i) * ldc,
                                 (size_t)N * sizeof(float));
         free(alone);
-        for (int t = 0; t < 3; t++) free(res[t][0]), free(res[t][1]);
-        free(A), free(W), free(B), free(C0);
+        for (int t = 0; t < 3; t++)
+            for (int v = 0; v < 4; v++) free(res[t][v]);
+        free(A), free(W), free(B), free(C0), free(At);
     }
     cel_cpu_par_set_threads(2);
 }
