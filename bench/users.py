@@ -27,7 +27,9 @@ CELERIAC_PHASE_TIMES=1, so each optim_step and forward_backward logs its phases 
 over the celery run): adapter lookup, gradient hold, the AdamW step, the checkpoint (files
 written, sync, record switch, prune), and the forward_backward's building of its examples
 (prepare), its passes through the model (pass: the same work as the engine's step less the
-AdamW step) and its gradient-holder marker.
+AdamW step) and its gradient-holder marker. And the legs of a celery row step (medians): the
+client's send of the forward_backward, from then until the worker stored its result
+(date_done), until it stored the optim_step's, until the client has that.
 
 Prints tables; never fails on timing. Run with /usr/bin/python3:
   bench/users.py [--steps 10] [--users 1,2,4] [--concurrency 4] [--batch 4] [--url URL]
@@ -36,12 +38,14 @@ Prints tables; never fails on timing. Run with /usr/bin/python3:
 """
 
 import argparse
+import datetime
 import os
 import re
 import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -226,6 +230,26 @@ def engine_step_seconds(bindir, steps, batch, workdir):
     return max(tn - t1, 0.0) / max(steps - 1, 1), None
 
 
+def stamp(d):
+    """A result's date_done (UTC, datetime or ISO text) as a time.time() value."""
+    if not isinstance(d, datetime.datetime):
+        d = datetime.datetime.fromisoformat(str(d))
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=datetime.timezone.utc)
+    return d.timestamp()
+
+
+def timeline(marks):
+    """Medians (ms) of a step's legs from (sent, fwdbwd sent, fwdbwd done, optim done, got)."""
+    legs = {"send fwdbwd (client)": [], "sent -> fwdbwd stored": [],
+            "-> optim_step stored": [], "-> client has it": []}
+    for w0, w1, d1, d2, w2 in marks:
+        d1, d2 = stamp(d1), stamp(d2)
+        for k, v in zip(legs, (w1 - w0, d1 - w0, d2 - d1, w2 - d2)):
+            legs[k].append(v * 1e3)
+    return {k: statistics.median(v) for k, v in legs.items() if v}
+
+
 def celery_step_seconds(broker, steps, batch):
     """Per-step time through the worker with the Celery client directly (no HTTP)."""
     from celery import Celery
@@ -236,19 +260,23 @@ def celery_step_seconds(broker, steps, batch):
 
         aid = call("lora.create", rank=8, alpha=16, owner="bench")["adapter_id"]
         t0 = time.monotonic()
+        marks = []
         for _ in range(steps):
+            w0 = time.time()
             r1 = app.send_task("lora.forward_backward",
                                kwargs={"adapter_id": aid, "data": [{"text": TEXT}] * batch})
+            w1 = time.time()
             r2 = app.send_task("lora.optim_step",
                                kwargs={"adapter_id": aid,
                                        "adam_params": {"learning_rate": 1e-3}})
             r1.get(timeout=600)
             r2.get(timeout=600)
+            marks.append((w0, w1, r1.date_done, r2.date_done, time.time()))
         secs = (time.monotonic() - t0) / steps
         call("lora.delete", adapter_id=aid)
-        return secs, None
+        return secs, None, timeline(marks)
     except Exception as e:  # noqa: BLE001 - shown in the table
-        return None, f"celery client failed: {e!r}"
+        return None, f"celery client failed: {e!r}", None
     finally:
         # Drop the result pubsub now, or AsyncResult.__del__ retries it at exit against a
         # Redis that is gone (as tests/integration/conftest.py does).
@@ -338,10 +366,10 @@ def main():
         engine, engine_why = engine_step_seconds(args.bin_dir, args.steps, args.batch, workdir)
         if stack:
             mark = len(stack._log("celeriac"))
-            celery, celery_why = celery_step_seconds(stack.url, args.steps, args.batch)
+            celery, celery_why, legs = celery_step_seconds(stack.url, args.steps, args.batch)
             phases = phase_times(stack._log("celeriac")[mark:])
         else:
-            celery, celery_why = None, "not measured with --url"
+            celery, celery_why, legs = None, "not measured with --url", None
         print()
         print(f"{'path':<8}  {'ms/step':>8}  {'overhead ms/task vs engine':>27}")
         print(f"{'engine':<8}  " + (f"{engine * 1e3:>8.2f}  {'-':>27}" if engine is not None
@@ -363,6 +391,9 @@ def main():
             for label, keys in order:
                 print(f"  {label:<18}" + "  ".join(
                     f"{k} {phases[k][0]:.3f} ({phases[k][1]})" for k in keys if k in phases))
+        if legs:
+            print("\na celery row step's legs, median ms (both tasks sent, then waited for; the "
+                  "worker's date_done):\n  " + "  ".join(f"{k} {v:.2f}" for k, v in legs.items()))
     finally:
         if stack:
             stack.stop()
