@@ -158,9 +158,9 @@ void cel_cpu_bf16_gemm(float *C, int ldc, const float *A, int lda, int M, const 
                        int accumulate);
 
 /* gemm.c: fp32 products with a weight on CPUs with AVX-512F (see gemm.c).
- * cel_cpu_gemm_use(M): whether an M-row product goes through it. Both
- * return 1 when some block had to be computed by OpenBLAS (no memory for
- * the panels), else 0. */
+ * cel_cpu_gemm_use(M): whether an M-row product goes through it. The
+ * products below return 1 when some block had to be computed by OpenBLAS
+ * (no memory for the panels), else 0. */
 int cel_cpu_gemm_supported(void);
 int cel_cpu_gemm_use(int M);
 /* C (M, N) = A (M, K) W^T, W (N, K) with row stride ldw. */
