@@ -46,6 +46,11 @@ const char *cel_affinity_adapter_of(const cel_task_t *t) {
     return json_string_value(v);
 }
 
+int cel_affinity_creates(const cel_task_t *t) {
+    const cel_tasks_task_t *d = cel_tasks_find(t->name);
+    return d && d->effect == CEL_TASKS_EFFECT_CREATE;
+}
+
 int cel_affinity_get(const cel_affinity_t *a, const char *adapter) {
     json_t *v = json_object_get(a->map, adapter);
     return v ? (int)json_integer_value(v) : -1;

@@ -28,6 +28,9 @@ void cel_affinity_free(cel_affinity_t *a);
  * non-string value is NULL (the executor then fails the task with a TypeError). */
 const char *cel_affinity_adapter_of(const cel_task_t *t);
 
+/* 1 when t makes a new adapter (lora.create, lora.load: the table's effect). */
+int cel_affinity_creates(const cel_task_t *t);
+
 /* Slot holding adapter, or -1. */
 int cel_affinity_get(const cel_affinity_t *a, const char *adapter);
 

@@ -491,7 +491,8 @@ static int run_request(cel_consumer_t *c, request_t *r, int slot) {
 }
 
 /* The idle executor with the fewest adapters, for an adapter not bound yet
- * (after a restart its checkpoint is loaded wherever it lands). -1 if none. */
+ * (after a restart its checkpoint is loaded wherever it lands) or one being
+ * made. -1 if none. */
 static int choose_slot(cel_consumer_t *c) {
     int best = -1;
     for (int i = 0; i < cel_pool_slots(c->pool); i++)
@@ -536,6 +537,11 @@ static void dispatch(cel_consumer_t *c) {
                 continue;
             }
             cel_affinity_set(c->affinity, ad, slot);
+        } else if (cel_affinity_creates(r->task) && !c->scaler.max) {
+            /* a new adapter stays where it is made: the idle executor holding fewest, so
+             * users' adapters spread over the executors (-1, none idle: any with room);
+             * under autoscale the lowest free one, so they gather on executors that stay */
+            slot = choose_slot(c);
         }
         double wait = cel_limits_take(c->limits, r->task->name);
         if (wait > 0) {

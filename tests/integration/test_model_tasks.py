@@ -13,6 +13,7 @@ per session with scripts/train-tokenizer.py and bin/celeriac-lm (a few seconds).
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -516,6 +517,25 @@ def test_two_executors_train_two_adapters(mworker, celery_app):
         for r in fbs + steps:
             r.get(timeout=scaled(T))
     assert [call(celery_app, "lora.info", a)["step"] for a in ids] == [3, 3]
+
+
+def test_new_adapters_spread_over_executors(mworker, celery_app):
+    """An adapter's jobs run where it was made, so adapters made one after another must not
+    all land on the first idle executor (two users would then wait for each other while the
+    other executor idles): a new one goes to the idle executor holding fewest."""
+    w = mworker(concurrency=2)
+    w.wait_log(r"executor \d+ \(pid \d+\): model on", timeout=40, count=2)
+    ids = [call(celery_app, "lora.create", rank=2, seed=i)["adapter_id"] for i in range(4)]
+    log = w.log()
+    made = {aid: re.search(r"Executor-(\d+)\] Created adapter " + aid, log) for aid in ids}
+    assert all(made.values()), log[-3000:]
+    assert sorted(m.group(1) for m in made.values()) == ["1", "1", "2", "2"], log[-3000:]
+    # deleting frees the count: the next one goes to the executor now holding fewest
+    call(celery_app, "lora.delete", ids[1])
+    call(celery_app, "lora.delete", ids[3])
+    where = made[ids[1]].group(1)
+    new = call(celery_app, "lora.create", rank=2, seed=9)["adapter_id"]
+    assert re.search(rf"Executor-{where}\] Created adapter {new}", w.log()), w.log()[-3000:]
 
 
 # --------------------------------------------------------------------------------------------
