@@ -19,7 +19,9 @@
  * up on the side, and stores them once (or adds them to C), so there is no
  * separate zeroing pass over C. Work items are (panel group, block of rows),
  * spread over par.c's threads; a thread packs a group once for its
- * consecutive items. Every element of C is one kernel's sum over k in order,
+ * consecutive items; a product whose panels would take more than 64 MiB (K
+ * past 256k) or that finds no memory for them is computed by OpenBLAS, block
+ * by block. Every element of C is one kernel's sum over k in order,
  * whichever thread and whatever rows around it, so results are the same at
  * any thread count and for a row whatever batch it is in (they differ from
  * OpenBLAS's in the last bits: another order of the sums).
@@ -47,6 +49,7 @@
 #define NG 2   /* panels per work item */
 #define KC 128 /* k per chunk of a sum (see tile) */
 #define GEMM_MIN_ROWS 8
+#define PANELS_MAX ((size_t)64 << 20) /* bytes of panels a thread holds at most (K < 256k) */
 
 static int gemm_on = -1; /* -1: not decided yet (threads may decide at once: the same answer) */
 
@@ -222,7 +225,7 @@ GEMM_TARGET static void gemm_items(void *ctx, int i0, int i1) {
     size_t need = (size_t)NG * NR * (size_t)(j->K > 0 ? j->K : 1);
     if (need > tcap) {
         free(tbuf);
-        tbuf = aligned_alloc(64, need * sizeof(float));
+        tbuf = need * sizeof(float) <= PANELS_MAX ? aligned_alloc(64, need * sizeof(float)) : NULL;
         tcap = tbuf ? need : 0;
     }
     int packed = -1; /* the group in tbuf */

@@ -824,6 +824,44 @@ static void test_gemm(void **state) {
     cel_cpu_par_set_threads(2);
 }
 
+/* A K whose panels a thread may not hold (past 64 MiB): every block goes to
+ * OpenBLAS, the products say so, and the results are still the products. */
+static void test_gemm_fallback(void **state) {
+    (void)state;
+    if (!cel_cpu_gemm_supported()) skip();
+    int M = 9, N = 40, K = 270000;
+    float *A = rnd((size_t)M * K, 1), *W = rnd((size_t)N * K, 1), *B = rnd((size_t)K * N, 1);
+    float *At = malloc((size_t)K * M * sizeof(float));
+    assert_non_null(At);
+    for (int i = 0; i < M; i++)
+        for (int k = 0; k < K; k++) At[(size_t)k * M + i] = A[(size_t)i * K + k];
+    float *C[3];
+    for (int v = 0; v < 3; v++) C[v] = zeros((size_t)M * N);
+    assert_int_equal(cel_cpu_gemm_wt(C[0], N, A, K, W, K, M, N, K), 1);
+    assert_int_equal(cel_cpu_gemm_acc(C[1], N, A, K, B, N, M, N, K), 1);
+    assert_int_equal(cel_cpu_gemm_acc_at(C[2], N, At, M, B, N, M, N, K), 1);
+    double worst = 0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double wt = 0, ab = 0;
+            for (int k = 0; k < K; k++) {
+                wt += (double)A[(size_t)i * K + k] * W[(size_t)j * K + k];
+                ab += (double)A[(size_t)i * K + k] * B[(size_t)k * N + j];
+            }
+            worst = fmax(worst, fabs(C[0][(size_t)i * N + j] - wt) / (1 + fabs(wt)));
+            worst = fmax(worst, fabs(C[1][(size_t)i * N + j] - ab) / (1 + fabs(ab)));
+            worst = fmax(worst, fabs(C[2][(size_t)i * N + j] - ab) / (1 + fabs(ab)));
+        }
+    printf("  gemm fallback K=%d: worst relative error %.3g\n", K, worst);
+    assert_true(worst < 5e-4); /* 270k terms summed in fp32 by OpenBLAS: ~5e-5 here */
+    /* and a product that fits again uses the kernel */
+    float *c = zeros(8 * 32);
+    assert_int_equal(cel_cpu_gemm_wt(c, 32, A, K, W, K, 8, 32, 1000), 0);
+    free(c);
+    for (int v = 0; v < 3; v++) free(C[v]);
+    free(A), free(W), free(B), free(At);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rmsnorm),
@@ -843,6 +881,7 @@ int main(void) {
         cmocka_unit_test(test_attention_two_callers),
         cmocka_unit_test(test_bf16_gemm),
         cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_gemm_fallback),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
