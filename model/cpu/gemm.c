@@ -43,13 +43,13 @@
 #define GEMM_X86 0
 #endif
 
-#define NR 32  /* columns per panel */
-#define MR 8   /* rows per kernel call */
-#define MB 256 /* rows per work item */
-#define NG 2   /* panels per work item */
-#define KC 128 /* k per chunk of a sum (see tile) */
+#define NR            32  /* columns per panel */
+#define MR            8   /* rows per kernel call */
+#define MB            256 /* rows per work item */
+#define NG            2   /* panels per work item */
+#define KC            128 /* k per chunk of a sum (see tile) */
 #define GEMM_MIN_ROWS 8
-#define PANELS_MAX ((size_t)64 << 20) /* bytes of panels a thread holds at most (K < 256k) */
+#define PANELS_MAX    ((size_t)64 << 20) /* bytes of panels a thread holds at most (K < 256k) */
 
 static int gemm_on = -1; /* -1: not decided yet (threads may decide at once: the same answer) */
 
@@ -75,10 +75,10 @@ typedef struct gemm_job {
     float *C;
     const float *A, *B;
     int ldc, lda, ldb, M, N, K;
-    int wt;         /* 1: B is W (N rows of K), C = A W^T; 0: B is (K rows of N), C += A B */
-    int at;         /* A is stored transposed: (K rows of M), C += A^T B (a weight's gradient) */
-    int nrb, ngrp;  /* row blocks, panel groups */
-    int failed;     /* an item found no memory for its panels: computed by OpenBLAS */
+    int wt;        /* 1: B is W (N rows of K), C = A W^T; 0: B is (K rows of N), C += A B */
+    int at;        /* A is stored transposed: (K rows of M), C += A^T B (a weight's gradient) */
+    int nrb, ngrp; /* row blocks, panel groups */
+    int failed;    /* an item found no memory for its panels: computed by OpenBLAS */
 } gemm_job_t;
 
 /* r[i] <- column i of the 16 x 16 block in r (rows in, columns out). */
@@ -127,12 +127,12 @@ GEMM_TARGET static void pack_panel(float *P, const gemm_job_t *j, int n0) {
                 for (int i = 0; i < 16; i++)
                     r[i] = _mm512_loadu_ps(j->B + (size_t)(n0 + c0 + i) * j->ldb + k);
                 transpose16(r);
-                for (int i = 0; i < 16; i++)
-                    _mm512_store_ps(P + (size_t)(k + i) * NR + c0, r[i]);
+                for (int i = 0; i < 16; i++) _mm512_store_ps(P + (size_t)(k + i) * NR + c0, r[i]);
             }
         for (; k < K; k++)
             for (int c = 0; c < 16; c++)
-                P[(size_t)k * NR + c0 + c] = c < cn ? j->B[(size_t)(n0 + c0 + c) * j->ldb + k] : 0.0f;
+                P[(size_t)k * NR + c0 + c] =
+                    c < cn ? j->B[(size_t)(n0 + c0 + c) * j->ldb + k] : 0.0f;
     }
 }
 
@@ -140,17 +140,17 @@ GEMM_TARGET static void pack_panel(float *P, const gemm_job_t *j, int n0) {
  * The sum over k runs in chunks of KC, each from zero in registers, added to
  * the running total in memory: a chain of K fp32 additions loses ~sqrt(K/KC)
  * times more than this (OpenBLAS's K blocks do the same). */
-GEMM_TARGET static inline __attribute__((always_inline)) void tile(float *C, int ldc, const float *A,
-                                                                  int lda, const float *P, int K,
-                                                                  int nv, int acc, const int mr,
-                                                                  const int at) {
+GEMM_TARGET static inline __attribute__((always_inline)) void
+tile(float *C, int ldc, const float *A, int lda, const float *P, int K, int nv, int acc,
+     const int mr, const int at) {
     __m512 c0[MR], c1[MR];
     float tot[MR][NR] __attribute__((aligned(64)));
     for (int k0 = 0; k0 < K || k0 == 0; k0 += KC) {
         int k1 = K - k0 < KC ? K : k0 + KC;
         for (int r = 0; r < mr; r++) c0[r] = c1[r] = _mm512_setzero_ps();
         for (int k = k0; k < k1; k++) {
-            __m512 b0 = _mm512_load_ps(P + (size_t)k * NR), b1 = _mm512_load_ps(P + (size_t)k * NR + 16);
+            __m512 b0 = _mm512_load_ps(P + (size_t)k * NR),
+                   b1 = _mm512_load_ps(P + (size_t)k * NR + 16);
             for (int r = 0; r < mr; r++) {
                 __m512 x = _mm512_set1_ps(at ? A[(size_t)k * lda + r] : A[(size_t)r * lda + k]);
                 c0[r] = _mm512_fmadd_ps(x, b0, c0[r]);
@@ -180,16 +180,16 @@ GEMM_TARGET static inline __attribute__((always_inline)) void tile(float *C, int
     }
 }
 
-#define TILE_CASES(AT)                                                \
-    switch (mr) {                                                     \
-    case 8: tile(C, ldc, A, lda, P, K, nv, acc, 8, AT); break;        \
-    case 7: tile(C, ldc, A, lda, P, K, nv, acc, 7, AT); break;        \
-    case 6: tile(C, ldc, A, lda, P, K, nv, acc, 6, AT); break;        \
-    case 5: tile(C, ldc, A, lda, P, K, nv, acc, 5, AT); break;        \
-    case 4: tile(C, ldc, A, lda, P, K, nv, acc, 4, AT); break;        \
-    case 3: tile(C, ldc, A, lda, P, K, nv, acc, 3, AT); break;        \
-    case 2: tile(C, ldc, A, lda, P, K, nv, acc, 2, AT); break;        \
-    default: tile(C, ldc, A, lda, P, K, nv, acc, 1, AT); break;       \
+#define TILE_CASES(AT)                                          \
+    switch (mr) {                                               \
+    case 8: tile(C, ldc, A, lda, P, K, nv, acc, 8, AT); break;  \
+    case 7: tile(C, ldc, A, lda, P, K, nv, acc, 7, AT); break;  \
+    case 6: tile(C, ldc, A, lda, P, K, nv, acc, 6, AT); break;  \
+    case 5: tile(C, ldc, A, lda, P, K, nv, acc, 5, AT); break;  \
+    case 4: tile(C, ldc, A, lda, P, K, nv, acc, 4, AT); break;  \
+    case 3: tile(C, ldc, A, lda, P, K, nv, acc, 3, AT); break;  \
+    case 2: tile(C, ldc, A, lda, P, K, nv, acc, 2, AT); break;  \
+    default: tile(C, ldc, A, lda, P, K, nv, acc, 1, AT); break; \
     }
 
 /* A: the tile's first row (at: its first column of the transposed A). */
@@ -240,7 +240,8 @@ GEMM_TARGET static void gemm_items(void *ctx, int i0, int i1) {
             continue;
         }
         if (packed != g) {
-            for (int p = p0; p < p1; p++) pack_panel(tbuf + (size_t)(p - p0) * NR * j->K, j, p * NR);
+            for (int p = p0; p < p1; p++)
+                pack_panel(tbuf + (size_t)(p - p0) * NR * j->K, j, p * NR);
             packed = g;
         }
         for (int r = r0; r < r1; r += MR)
@@ -265,8 +266,17 @@ static int gemm_call(float *C, int ldc, const float *A, int lda, const float *B,
                      int N, int K, int wt, int at) {
 #if GEMM_X86
     if (M <= 0 || N <= 0) return 0;
-    gemm_job_t j = { .C = C, .A = A, .B = B, .ldc = ldc, .lda = lda, .ldb = ldb, .M = M, .N = N,
-                     .K = K, .wt = wt, .at = at };
+    gemm_job_t j = { .C = C,
+                     .A = A,
+                     .B = B,
+                     .ldc = ldc,
+                     .lda = lda,
+                     .ldb = ldb,
+                     .M = M,
+                     .N = N,
+                     .K = K,
+                     .wt = wt,
+                     .at = at };
     gemm_run(&j);
     return j.failed;
 #else
@@ -286,8 +296,8 @@ int cel_cpu_gemm_acc(float *C, int ldc, const float *A, int lda, const float *B,
     return gemm_call(C, ldc, A, lda, B, ldb, M, N, K, 0, 0);
 }
 
-int cel_cpu_gemm_acc_at(float *C, int ldc, const float *A, int lda, const float *B, int ldb,
-                        int M, int N, int K) {
+int cel_cpu_gemm_acc_at(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
+                        int N, int K) {
     return gemm_call(C, ldc, A, lda, B, ldb, M, N, K, 0, 1);
 }
 

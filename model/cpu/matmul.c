@@ -3,8 +3,8 @@
  * Row-major throughout; weight is (OC, IC) as nn.Linear stores it. The
  * products go through gemm.c on CPUs with AVX-512F (twice OpenBLAS's AVX2
  * kernel there; OpenBLAS then runs on one thread, par.c's threads split the
- * work), else OpenBLAS's sgemm; the _ref twins are plain loops kept for tests (and as the spec
- * the CUDA kernels are checked against).
+ * work), else OpenBLAS's sgemm; the _ref twins are plain loops kept for
+ * tests (and as the spec the CUDA kernels are checked against).
  */
 #include "ops.h"
 
@@ -29,8 +29,7 @@ void cel_cpu_matmul_backward(float *dinp /* (N,IC) += or NULL */,
                              float *dweight /* (OC,IC) += or NULL */,
                              const float *dout /* (N,OC) */, const float *inp /* (N,IC) */,
                              const float *weight /* (OC,IC) */, int N, int IC, int OC) {
-    if (dinp && cel_cpu_gemm_use(N))
-        cel_cpu_gemm_acc(dinp, IC, dout, OC, weight, IC, N, IC, OC);
+    if (dinp && cel_cpu_gemm_use(N)) cel_cpu_gemm_acc(dinp, IC, dout, OC, weight, IC, N, IC, OC);
     else if (dinp)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC, weight,
                     IC, 1.0f, dinp, IC);

@@ -170,8 +170,8 @@ int cel_cpu_gemm_wt(float *C, int ldc, const float *A, int lda, const float *W, 
 int cel_cpu_gemm_acc(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
                      int N, int K);
 /* C (M, N) += A^T B, A stored (K, M) with row stride lda (a weight's gradient). */
-int cel_cpu_gemm_acc_at(float *C, int ldc, const float *A, int lda, const float *B, int ldb,
-                        int M, int N, int K);
+int cel_cpu_gemm_acc_at(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M,
+                        int N, int K);
 /* C (M, N) = A (M, K) W^T for a few rows (below cel_cpu_gemm_use's): OpenBLAS on one
  * thread per block of W's rows, the blocks over par.c's threads. */
 void cel_cpu_gemm_wt_small(float *C, int ldc, const float *A, int lda, const float *W, int ldw,
