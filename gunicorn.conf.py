@@ -12,12 +12,18 @@ Metrics (flask_app/metrics.py): prometheus_client's multiprocess mode needs one 
 workers share, named by PROMETHEUS_MULTIPROC_DIR before any of them imports the library. This
 file sets it (a fresh private directory unless the environment names one), empties it when
 Gunicorn starts (stale files would add old counts), marks each worker that exits (its live
-gauges go), and removes the directory it made at exit.
+gauges go), and removes the directory it made at exit. A Gunicorn killed outright (SIGKILL, the
+OOM killer) runs no exit hook, so each one holds a shared flock on a lock file in the directory
+it uses (its workers inherit it) and, when it starts, removes the directories of earlier ones
+that nobody holds any more: killed Gunicorns leave no directories behind for good, and a live
+one's directory is never taken.
 """
 
+import fcntl
 import glob
 import os
 import shutil
+import stat
 import tempfile
 
 
@@ -75,10 +81,66 @@ pidfile = os.environ.get("GUNICORN_PIDFILE") or None
 
 # ---- Prometheus multiprocess metrics --------------------------------------------------------
 
+METRICS_PREFIX = "celeriac-prometheus-"
+METRICS_LOCK = ".celeriac-lock"  # flock'ed shared by every Gunicorn using the directory
+_LOCK_ENV = "CELERIAC_METRICS_LOCK"  # "<pid>:<fd>": a config reload (HUP) keeps its lock
+
+
+def _make_metrics_dir():
+    """A fresh directory named METRICS_PREFIX..., its lock file held before it has that name
+    (a sweeper never sees it unlocked)."""
+    tmp = tempfile.mkdtemp(prefix="." + METRICS_PREFIX)
+    fd = os.open(os.path.join(tmp, METRICS_LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    final = os.path.join(os.path.dirname(tmp), os.path.basename(tmp)[1:])
+    os.rename(tmp, final)
+    os.environ[_LOCK_ENV] = f"{os.getpid()}:{fd}"
+    return final
+
+
+def _hold_metrics_dir(d):
+    """Shares the lock of a directory another Gunicorn made (a re-exec'd master), once per
+    process."""
+    pid, _, fd = os.environ.get(_LOCK_ENV, "").partition(":")
+    if pid == str(os.getpid()) and fd.isdigit():
+        return  # this process holds it already (the config was reloaded)
+    try:
+        fd = os.open(os.path.join(d, METRICS_LOCK), os.O_RDWR | os.O_NOFOLLOW)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.environ[_LOCK_ENV] = f"{os.getpid()}:{fd}"
+    except OSError:
+        pass
+
+
+def sweep_metrics_dirs(parent):
+    """Removes the METRICS_PREFIX directories in parent whose lock nobody holds (their
+    Gunicorns were killed); returns how many. Directories without the lock file are left."""
+    gone = 0
+    for d in glob.glob(os.path.join(parent, METRICS_PREFIX + "*")):
+        try:
+            st = os.lstat(d)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            fd = os.open(os.path.join(d, METRICS_LOCK), os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # held: a live Gunicorn's
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        os.close(fd)
+        gone += 1
+    return gone
+
+
 _made_metrics_dir = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    _made_metrics_dir = tempfile.mkdtemp(prefix="celeriac-prometheus-")
+    _made_metrics_dir = _make_metrics_dir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _made_metrics_dir
+elif os.path.basename(os.environ["PROMETHEUS_MULTIPROC_DIR"]).startswith(METRICS_PREFIX):
+    _hold_metrics_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def on_starting(server):
@@ -86,6 +148,10 @@ def on_starting(server):
     os.makedirs(d, exist_ok=True)
     for f in glob.glob(os.path.join(d, "*.db")):
         os.remove(f)
+    if _made_metrics_dir:
+        n = sweep_metrics_dirs(os.path.dirname(_made_metrics_dir))
+        if n:
+            server.log.info("removed %d metrics directories of Gunicorns that were killed", n)
 
 
 def child_exit(server, worker):
@@ -94,5 +160,14 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    if _made_metrics_dir:
-        shutil.rmtree(_made_metrics_dir, ignore_errors=True)
+    """Removes the directory this Gunicorn uses unless another one (a re-exec'd master)
+    still holds it."""
+    d = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    pid, _, fd = os.environ.get(_LOCK_ENV, "").partition(":")
+    if not os.path.basename(d).startswith(METRICS_PREFIX) or pid != str(os.getpid()):
+        return
+    try:
+        fcntl.flock(int(fd), fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours alone (workers are gone)
+    except (OSError, ValueError):
+        return
+    shutil.rmtree(d, ignore_errors=True)

@@ -528,3 +528,54 @@ def test_progress_of_running_future(api, worker, tmp_path):
     assert progress, f"no running future with progress seen in {len(seen)} polls: {seen[-3:]}"
     for p in progress:
         assert p["total"] == n and 0 <= p["done"] <= n, p
+
+
+def _metrics_dirs(parent):
+    return sorted(p for p in os.listdir(parent) if p.startswith("celeriac-prometheus-"))
+
+
+def _unlocked(path):
+    """Whether nobody holds the flock of path (a killed Gunicorn's workers may take a moment
+    to die after their master)."""
+    import fcntl
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_killed_gunicorns_leave_no_metrics_directories(gunicorn, request, tmp_path):
+    """gunicorn.conf.py makes a private prometheus_client directory per Gunicorn and removes it
+    at exit; one killed with SIGKILL runs no exit hook, so the next Gunicorn to start removes
+    its directory -- and never the directory of one that is still running."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    gunicorn(TMPDIR=str(tmp))
+    procs = request.node.__dict__["_celeriac_workers"]  # the fixture's processes, in order
+    killed = procs[-1]
+    (first,) = _metrics_dirs(tmp)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.proc.wait(scaled(10))
+    wait_until(lambda: _unlocked(tmp / first / ".celeriac-lock"), scaled(10),
+               what="the killed Gunicorn's workers to die")
+    assert _metrics_dirs(tmp) == [first]  # no exit hook ran
+
+    second_api = gunicorn(TMPDIR=str(tmp))
+    second = procs[-1]
+    (kept,) = _metrics_dirs(tmp)
+    assert kept != first  # the killed one's directory went when the next one started
+
+    third_api = gunicorn(TMPDIR=str(tmp))
+    assert kept in _metrics_dirs(tmp) and len(_metrics_dirs(tmp)) == 2  # a live one's stays
+    for api in (second_api, third_api):
+        r = api.get("/metrics", user=None)
+        assert r.status_code == 200 and b"celeriac_http_requests_total" in r.content, r.text
+
+    second_api.http.close()
+    second.stop()  # SIGTERM: its exit hook removes its own directory, not the third's
+    (left,) = _metrics_dirs(tmp)
+    assert left not in (first, kept)
