@@ -78,10 +78,11 @@ def wait_until(pred, timeout, interval=0.05):
 
 class Stack:
     """redis-server + celeriac + gunicorn in a temporary directory (worker_args: more celeriac
-    options; web_env: more Gunicorn/front-end environment, e.g. GUNICORN_MAX_REQUESTS)."""
+    options; web_env: more Gunicorn/front-end environment, e.g. GUNICORN_MAX_REQUESTS; web=False:
+    no Gunicorn)."""
 
     def __init__(self, workdir, concurrency, web_workers, users, bindir, worker_args=(),
-                 web_env=None):
+                 web_env=None, web=True):
         self.workdir = workdir
         self.procs = []
         self.redis_port = free_port()
@@ -101,6 +102,10 @@ class Stack:
         if not wait_until(lambda: b"ready." in self._log("celeriac"), 60):
             raise RuntimeError("celeriac did not get ready:\n" + self._log("celeriac")[-2000:]
                                .decode("utf-8", "replace"))
+        if web:
+            self._start_web(web_workers, web_env)
+
+    def _start_web(self, web_workers, web_env):
         self.http_port = free_port()
         env = {"GUNICORN_BIND": f"127.0.0.1:{self.http_port}",
                "GUNICORN_WORKERS": str(web_workers), "GUNICORN_ACCESS_LOG": "",
