@@ -137,6 +137,10 @@ void cel_cpu_crossentropy_backward(float *dlogits /* (N,V) = */, const float *lo
 void cel_cpu_adamw_update(float *params /* (n) */, float *m /* (n) */, float *v /* (n) */,
                           const float *grads /* (n) */, size_t n, float lr, float beta1,
                           float beta2, float eps, float weight_decay, int step);
+/* The plain loop (the update gives its bits, 16 at a time with AVX-512F). */
+void cel_cpu_adamw_update_ref(float *params, float *m, float *v, const float *grads, size_t n,
+                              float lr, float beta1, float beta2, float eps, float weight_decay,
+                              int step);
 /* Sum of squares of g, accumulated in double (for the global grad norm). */
 double cel_cpu_adamw_sumsq(const float *g, size_t n);
 /* g *= scale (gradient clipping). */

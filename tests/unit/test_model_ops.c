@@ -512,6 +512,46 @@ static void test_adamw(void **state) {
     free(p), free(m), free(v), free(pd), free(md), free(vd);
 }
 
+/* The update (16 parameters at a time with AVX-512F) gives the plain loop's
+ * bits: lengths around 16, zero and huge gradients, decay and eps of all
+ * kinds, steps 1..4 and a far one. */
+static void test_adamw_wide(void **state) {
+    (void)state;
+    static const size_t lens[] = { 1, 15, 16, 17, 33, 1000, 100003 };
+    static const float hp[][5] = { { 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f },
+                                   { 3e-2f, 0.5f, 0.95f, 1e-3f, 0.0f },
+                                   { 1.0f, 0.0f, 0.0f, 0.0f, 0.5f } };
+    for (size_t l = 0; l < sizeof(lens) / sizeof(lens[0]); l++) {
+        size_t n = lens[l];
+        for (size_t h = 0; h < sizeof(hp) / sizeof(hp[0]); h++) {
+            float *p[2], *m[2], *v[2];
+            float *init = rnd(n, 2);
+            for (int w = 0; w < 2; w++) {
+                p[w] = malloc(n * sizeof(float));
+                assert_non_null(p[w]);
+                memcpy(p[w], init, n * sizeof(float));
+                m[w] = zeros(n), v[w] = zeros(n);
+            }
+            for (int step = 1; step <= 5; step++) {
+                float *g = rnd(n, step == 3 ? 1e4f : 1.0f);
+                for (size_t i = 0; i < n; i += 7) g[i] = 0.0f;
+                if (n > 2) g[1] = 1e-30f, g[2] = -3e30f;
+                int t = step == 5 ? 100000 : step;
+                cel_cpu_adamw_update(p[0], m[0], v[0], g, n, hp[h][0], hp[h][1], hp[h][2],
+                                     hp[h][3], hp[h][4], t);
+                cel_cpu_adamw_update_ref(p[1], m[1], v[1], g, n, hp[h][0], hp[h][1], hp[h][2],
+                                         hp[h][3], hp[h][4], t);
+                free(g);
+            }
+            assert_memory_equal(p[0], p[1], n * sizeof(float));
+            assert_memory_equal(m[0], m[1], n * sizeof(float));
+            assert_memory_equal(v[0], v[1], n * sizeof(float));
+            for (int w = 0; w < 2; w++) free(p[w]), free(m[w]), free(v[w]);
+            free(init);
+        }
+    }
+}
+
 /* ---- the vectorisable expf and the thread pool ---- */
 
 static void test_expf(void **state) {
@@ -875,6 +915,7 @@ int main(void) {
         cmocka_unit_test(test_embedding_residual),
         cmocka_unit_test(test_crossentropy),
         cmocka_unit_test(test_adamw),
+        cmocka_unit_test(test_adamw_wide),
         cmocka_unit_test(test_expf),
         cmocka_unit_test(test_par),
         cmocka_unit_test(test_attention_threads),
