@@ -86,15 +86,22 @@ METRICS_LOCK = ".celeriac-lock"  # flock'ed shared by every Gunicorn using the d
 _LOCK_ENV = "CELERIAC_METRICS_LOCK"  # "<pid>:<fd>": a config reload (HUP) keeps its lock
 
 
+def _share_lock(d, create=False):
+    """Takes a shared lock on directory d's lock file (made when create) for this process and
+    notes its fd in the environment (on_exit reads it)."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
+    fd = os.open(os.path.join(d, METRICS_LOCK), flags, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    os.environ[_LOCK_ENV] = f"{os.getpid()}:{fd}"
+
+
 def _make_metrics_dir():
     """A fresh directory named METRICS_PREFIX..., its lock file held before it has that name
     (a sweeper never sees it unlocked)."""
     tmp = tempfile.mkdtemp(prefix="." + METRICS_PREFIX)
-    fd = os.open(os.path.join(tmp, METRICS_LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_SH)
+    _share_lock(tmp, create=True)
     final = os.path.join(os.path.dirname(tmp), os.path.basename(tmp)[1:])
     os.rename(tmp, final)
-    os.environ[_LOCK_ENV] = f"{os.getpid()}:{fd}"
     return final
 
 
@@ -105,9 +112,7 @@ def _hold_metrics_dir(d):
     if pid == str(os.getpid()) and fd.isdigit():
         return  # this process holds it already (the config was reloaded)
     try:
-        fd = os.open(os.path.join(d, METRICS_LOCK), os.O_RDWR | os.O_NOFOLLOW)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        os.environ[_LOCK_ENV] = f"{os.getpid()}:{fd}"
+        _share_lock(d)
     except OSError:
         pass
 

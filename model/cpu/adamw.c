@@ -81,28 +81,13 @@ ADAMW_TARGET static size_t update16(float *params, float *m, float *v, const flo
 }
 #endif
 
-static int wide(void) {
-#if ADAMW_X86
-    static int on = -1;
-    int o = __atomic_load_n(&on, __ATOMIC_RELAXED);
-    if (o < 0) {
-        __builtin_cpu_init();
-        o = __builtin_cpu_supports("avx512f") ? 1 : 0;
-        __atomic_store_n(&on, o, __ATOMIC_RELAXED);
-    }
-    return o;
-#else
-    return 0;
-#endif
-}
-
 void cel_cpu_adamw_update(float *params /* (n) */, float *m /* (n) */, float *v /* (n) */,
                           const float *grads /* (n) */, size_t n, float lr, float beta1,
                           float beta2, float eps, float weight_decay, int step) {
     adamw_k_t k = constants(lr, beta1, beta2, eps, weight_decay, step);
     size_t done = 0;
 #if ADAMW_X86
-    if (wide()) done = update16(params, m, v, grads, n, &k);
+    if (__builtin_cpu_supports("avx512f")) done = update16(params, m, v, grads, n, &k);
 #endif
     update_plain(params, m, v, grads, done, n, &k);
 }

@@ -10,6 +10,7 @@ task state to an answer are tested faster through app.test_client() in test_http
 All waits are bounded and wait on the thing itself (a future's state, a log line).
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -537,7 +538,6 @@ def _metrics_dirs(parent):
 def _unlocked(path):
     """Whether nobody holds the flock of path (a killed Gunicorn's workers may take a moment
     to die after their master)."""
-    import fcntl
     fd = os.open(path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
