@@ -94,7 +94,10 @@ def test_enable_events_at_run_time(worker, celery_app, redis_client, db):
         wait_until(lambda: mon.state.workers, scaled(10), what="worker-online")
         quiet = celery_app.send_task("diag.noop")
         quiet.get(timeout=scaled(10))
-        celery_app.control.enable_events()
+        # Waited for: the broadcast and the next task travel apart (on AMQP the pidbox's
+        # fanout and the task queue), so without the reply the task could run first.
+        reply = celery_app.control.enable_events(reply=True, limit=1, timeout=scaled(10))
+        assert [list(x.values())[0] for x in reply] == [{"ok": "task events enabled"}], reply
         r = celery_app.send_task("diag.noop")
         r.get(timeout=scaled(10))
         wait_until(lambda: "task-succeeded" in mon.types(r.id), scaled(5), what="task events")
