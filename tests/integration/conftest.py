@@ -180,9 +180,22 @@ def proc_pids(ppid=None, pgrp=None):
 
 def free_port():
     """A loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n):
+    """n different loopback TCP ports that were free a moment ago (all held bound until all
+    are chosen: separate free_port() calls can hand out the same port twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def celeriac_bin_dir():
@@ -435,12 +448,14 @@ class RabbitServer:
                         f"`make deps` installs the Debian package)")
         os.makedirs(f"{self.workdir}/log", exist_ok=True)
         os.makedirs(f"{self.workdir}/mnesia", exist_ok=True)
-        self.port, self.dist_port, self.epmd_port = free_port(), free_port(), free_port()
+        # four different ports: the TLS listener once got the TCP one's (an SSL handshake
+        # against the plain listener failed both amqps tests)
+        self.port, self.dist_port, self.epmd_port, tls_port = free_ports(4)
         conf = [f"listeners.tcp.default = 127.0.0.1:{self.port}",
                 "log.console = false", "log.file.level = info",
                 "disk_free_limit.absolute = 10MB"]
         if self.tls:
-            self.tls_port = free_port()
+            self.tls_port = tls_port
             ca, cert, key = self.tls
             conf += [f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
                      f"ssl_options.cacertfile = {ca}", f"ssl_options.certfile = {cert}",
