@@ -6,9 +6,14 @@
  * a new one (after a short delay if it died before it ever became ready, so a
  * broken executor binary cannot spin the loop). Run frames are not written
  * one by one: each executor gathers the frames of one loop turn in its out
- * buffer and a prepare handle writes them with one write just before the
- * loop waits again, so a batch of tasks costs one syscall and one wake-up of
- * the executor. Main process only.
+ * buffer and writes them with one write at the end of the loop turn (a
+ * check handle right after the poll phase that gathered them, or an idle
+ * handle at the start of the next turn for frames queued after the check
+ * phase), so a batch of tasks costs one syscall and one wake-up of the
+ * executor, and the frames go out before the Redis commands of the same turn
+ * (redis.c writes those in the prepare phase, just before the loop waits):
+ * an adapter's next task starts while the last one's result is being stored.
+ * Main process only.
  */
 #include "pool.h"
 
@@ -68,10 +73,11 @@ struct cel_pool {
     cel_pool_cbs_t cbs;
     void *priv;
     executor_t **slots;
-    uv_timer_t *respawn;  /* one per slot, CEL_MAX_CONCURRENCY of each */
-    uv_prepare_t flusher; /* runs while some executor's out buffer holds frames */
-    int n;                /* slots in use (the concurrency) */
-    int top;              /* slots that may still hold an executor (>= n after a shrink) */
+    uv_timer_t *respawn; /* one per slot, CEL_MAX_CONCURRENCY of each */
+    uv_check_t flusher;  /* these two run while some executor's out buffer holds frames */
+    uv_idle_t flusher_idle;
+    int n;   /* slots in use (the concurrency) */
+    int top; /* slots that may still hold an executor (>= n after a shrink) */
     int closing;
     int kill_on_close;
     int live; /* executor objects not yet freed */
@@ -147,12 +153,15 @@ static void flush_out(executor_t *e) {
     }
 }
 
-static void on_flush(uv_prepare_t *h) {
-    cel_pool_t *p = h->data;
+static void flush_all(cel_pool_t *p) {
+    uv_check_stop(&p->flusher);
+    uv_idle_stop(&p->flusher_idle);
     for (int i = 0; i < p->top; i++)
         if (p->slots[i]) flush_out(p->slots[i]);
-    uv_prepare_stop(h);
 }
+
+static void on_flush(uv_check_t *h) { flush_all(h->data); }
+static void on_flush_idle(uv_idle_t *h) { flush_all(h->data); }
 
 static void on_respawn_timer(uv_timer_t *t) {
     cel_pool_t *p = t->data;
@@ -480,9 +489,11 @@ cel_pool_t *cel_pool_new(uv_loop_t *loop, const cel_options_t *cfg, const cel_po
         p->respawn[i].data = p;
         p->timers_open++;
     }
-    uv_prepare_init(loop, &p->flusher);
+    uv_check_init(loop, &p->flusher);
     p->flusher.data = p;
-    p->timers_open++;
+    uv_idle_init(loop, &p->flusher_idle);
+    p->flusher_idle.data = p;
+    p->timers_open += 2;
     for (int i = 0; i < p->n; i++) spawn(p, i);
     return p;
 }
@@ -527,8 +538,8 @@ int cel_pool_busy(const cel_pool_t *p) {
     return n;
 }
 
-/* Queues a run frame for executor e (written before the loop waits again:
- * on_flush) and queues job on it. */
+/* Queues a run frame for executor e (written at the end of this loop turn:
+ * flush_all) and queues job on it. */
 static int run_on(executor_t *e, void *job, const uint8_t *payload, size_t len, double hard_limit,
                   double soft_limit, int *pid_out, int *slot_out) {
     uint8_t hdr[CEL_FRAME_HDR];
@@ -545,7 +556,8 @@ static int run_on(executor_t *e, void *job, const uint8_t *payload, size_t len, 
     memcpy(e->out + e->out_len, hdr, CEL_FRAME_HDR);
     memcpy(e->out + e->out_len + CEL_FRAME_HDR, payload, len);
     e->out_len = need;
-    uv_prepare_start(&e->pool->flusher, on_flush);
+    uv_check_start(&e->pool->flusher, on_flush);
+    uv_idle_start(&e->pool->flusher_idle, on_flush_idle);
     e->jobs[e->njobs] = job;
     e->hard_s[e->njobs] = hard_limit;
     e->soft_s[e->njobs] = soft_limit;
@@ -637,8 +649,9 @@ void cel_pool_close(cel_pool_t *p, int kill, void (*on_closed)(void *), void *pr
             uv_timer_stop(&p->respawn[i]);
             uv_close((uv_handle_t *)&p->respawn[i], on_respawn_timer_closed);
         }
-        on_flush(&p->flusher); /* what was handed out this turn still goes */
+        flush_all(p); /* what was handed out this turn still goes */
         uv_close((uv_handle_t *)&p->flusher, on_respawn_timer_closed);
+        uv_close((uv_handle_t *)&p->flusher_idle, on_respawn_timer_closed);
     }
     for (int i = 0; i < p->top; i++) {
         executor_t *e = p->slots[i];
