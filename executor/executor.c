@@ -50,9 +50,9 @@
 #include "lm.h"
 
 #define EXEC_READ_CHUNK     (64 * 1024) /* bytes per read(2) */
-#define EXEC_EXIT_IO        1           /* channel I/O failed or out of memory */
-#define EXEC_EXIT_PROTO     2           /* bad command line, or a frame we cannot answer */
-#define EXEC_EXIT_MODEL     3           /* the model, tokenizer or state dir could not be opened */
+#define EXEC_EXIT_IO        CEL_EXEC_EXIT_IO    /* the exit statuses: protocol/frame.h */
+#define EXEC_EXIT_PROTO     CEL_EXEC_EXIT_PROTO
+#define EXEC_EXIT_MODEL     CEL_EXEC_EXIT_MODEL
 #define EXEC_PROGRESS_EVERY 0.25        /* seconds between progress frames of one task */
 #define EXEC_PATH_MAX       4096
 #define EXEC_OUT_MAX        (256 * 1024) /* bytes gathered before a write regardless */

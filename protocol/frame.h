@@ -40,7 +40,10 @@
  *   pass; their results then go back together, still in arrival order. A
  *   run frame whose id can be read but whose other fields are wrong gets a
  *   FAILURE result (kombu DecodeError); one without a readable id makes the
- *   executor exit with status 2. EOF on its channel means "exit now" (warm:
+ *   executor exit with status 2. An executor that cannot start exits with
+ *   status 2 (a bad command line) or 3 (the model, tokenizer or state
+ *   directory could not be opened) before its ready frame. EOF on its
+ *   channel means "exit now" (warm:
  *   the main process closes the channel when done with it). SIGUSR1 to an
  *   executor means "soft time limit reached" for the running task; SIGKILL
  *   ends it at the hard limit.
@@ -58,6 +61,11 @@
 #define CEL_FRAME_MAX      (256u * 1024 * 1024) /* one payload */
 #define CEL_FRAME_HDR      4
 #define CEL_FRAME_NAME_MAX 65535 /* bytes of a short string field (id, task, exc_type, ...) */
+
+/* An executor's exit statuses (see EXECUTOR PROTOCOL). */
+#define CEL_EXEC_EXIT_IO    1 /* channel I/O failed or out of memory */
+#define CEL_EXEC_EXIT_PROTO 2 /* bad command line, or a frame it cannot answer */
+#define CEL_EXEC_EXIT_MODEL 3 /* the model, tokenizer or state dir could not be opened */
 
 typedef struct cel_frame_reader cel_frame_reader_t;
 

@@ -111,8 +111,9 @@ struct cel_consumer {
     cel_limits_t *limits;      /* borrowed: control sets, we read */
     uv_timer_t rate_timer;     /* re-dispatch when a rate-limited task may start */
     uv_timer_t shutdown_timer; /* --shutdown-timeout of a warm shutdown */
-    void (*on_done)(void *);
+    void (*on_done)(void *, int);
     void *done_priv;
+    int failed; /* no executor could start: stopping by itself (on_pool_cannot_start) */
     /* autoscale and mingle (issue 19) */
     int active;             /* ACTIVE requests: with held, Celery's reserved_requests */
     cel_autoscale_t scaler; /* --autoscale's policy; scaler.max 0 = off */
@@ -575,6 +576,23 @@ static void dispatch(cel_consumer_t *c) {
 
 static void on_pool_idle(void *priv) { dispatch(priv); }
 
+/* No executor could start, and none ever has: nothing fetched could ever run,
+ * so the worker stops (a warm shutdown, from the drain timer rather than
+ * inside the pool's callback: what it fetched goes back to the broker for
+ * other workers) and exits with status 1, as a worker whose tasks cannot be
+ * imported does not start. */
+static void on_pool_cannot_start(void *priv, int slot, int exitcode) {
+    cel_consumer_t *c = priv;
+    cel_crit("Executor-%d could not start (exit status %d: %s; its error is above), and no "
+             "executor of this worker has started: it cannot run any task. Stopping the worker.",
+             slot + 1, exitcode,
+             exitcode == CEL_EXEC_EXIT_MODEL
+                 ? "the model, its tokenizer or the state directory could not be opened"
+                 : "it refused its command line");
+    c->failed = 1;
+    if (!c->stopping && !c->closing) uv_timer_start(&c->drain_timer, on_drain_timer, 0, 0);
+}
+
 /* A task queued on an executor that died before starting it: run it next. */
 static void on_pool_requeue(void *priv, void *job) {
     cel_consumer_t *c = priv;
@@ -840,7 +858,7 @@ static void on_touch_timer(uv_timer_t *t) {
 
 cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg, cel_events_t *events,
                                  cel_revoked_t *revoked, cel_limits_t *limits,
-                                 void (*on_done)(void *), void *priv) {
+                                 void (*on_done)(void *, int), void *priv) {
     cel_consumer_t *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
     c->loop = loop;
@@ -857,8 +875,8 @@ cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg, cel_
     uv_timer_init(loop, &c->drain_timer);
     c->drain_timer.data = c;
 
-    cel_pool_cbs_t pcbs = { on_pool_result, on_pool_progress, on_pool_lost, on_pool_requeue,
-                            on_pool_idle };
+    cel_pool_cbs_t pcbs = { on_pool_result,  on_pool_progress, on_pool_lost,
+                            on_pool_requeue, on_pool_idle,     on_pool_cannot_start };
     uv_timer_init(loop, &c->rate_timer);
     c->rate_timer.data = c;
     uv_timer_init(loop, &c->shutdown_timer);
@@ -900,10 +918,11 @@ static void maybe_free(cel_consumer_t *c) {
     if (!c->closing || c->closing_left > 0 || c->nrequests > 0) return;
     cel_affinity_free(c->affinity);
     json_decref(c->totals);
-    void (*cb)(void *) = c->on_done;
+    void (*cb)(void *, int) = c->on_done;
     void *p = c->done_priv;
+    int failed = c->failed;
     free(c);
-    if (cb) cb(p);
+    if (cb) cb(p, failed);
 }
 
 static void close_step(void *priv) {
@@ -957,7 +976,8 @@ static void close_all(cel_consumer_t *c) {
  * a shutdown can complete. */
 static void on_drain_timer(uv_timer_t *t) {
     cel_consumer_t *c = t->data;
-    if (c->stopping) maybe_finish_shutdown(c);
+    if (c->failed && !c->stopping && !c->closing) cel_consumer_shutdown(c);
+    else if (c->stopping) maybe_finish_shutdown(c);
     else if (!c->closing) cel_broker_kick(c->broker);
 }
 

@@ -24,11 +24,13 @@ typedef struct cel_consumer cel_consumer_t;
 
 /* Creates the consumer and starts connecting and spawning. cfg, events,
  * revoked and limits are borrowed for the consumer's life (they must outlive
- * on_done). on_done(priv) runs once after a shutdown finished and every
- * handle the consumer owns is closed (then it is freed). */
+ * on_done). on_done(priv, failed) runs once after a shutdown finished and
+ * every handle the consumer owns is closed (then it is freed); failed is 1
+ * when the consumer stopped by itself because no executor could start (a
+ * wrong --model, a missing device: the worker should exit with an error). */
 cel_consumer_t *cel_consumer_new(uv_loop_t *loop, const cel_options_t *cfg, cel_events_t *events,
                                  cel_revoked_t *revoked, cel_limits_t *limits,
-                                 void (*on_done)(void *), void *priv);
+                                 void (*on_done)(void *, int), void *priv);
 
 /* Warm shutdown: stop consuming, give back what did not start, let running
  * tasks finish and store their results, then close everything. */

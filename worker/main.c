@@ -58,6 +58,7 @@ typedef struct worker {
     uv_timer_t cold_deadline;
     int closing_left; /* control, events and metrics, after the consumer */
     int warm_started;
+    int failed; /* the consumer stopped because no executor could start: exit 1 */
     int cold;
     int done;
 } worker_t;
@@ -138,9 +139,10 @@ static void on_part_closed(void *priv) {
 }
 
 /* The consumer finished (and freed itself): close what borrowed it. */
-static void on_consumer_done(void *priv) {
+static void on_consumer_done(void *priv, int failed) {
     worker_t *w = priv;
     w->done = 1;
+    w->failed = failed;
     w->consumer = NULL;
     w->closing_left = w->metrics ? 3 : 2;
     if (w->metrics) cel_metrics_http_close(w->metrics, on_part_closed, w);
@@ -358,5 +360,5 @@ int main(int argc, char **argv) {
     if (w.cfg.pidfile[0]) unlink(w.cfg.pidfile);
     cel_private_state_remove(w.cfg.private_state); /* its executors have all exited */
     cel_options_free(&w.cfg);
-    return closed == 0 ? 0 : 1;
+    return closed == 0 && !w.failed ? 0 : 1;
 }

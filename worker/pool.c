@@ -80,7 +80,9 @@ struct cel_pool {
     int top; /* slots that may still hold an executor (>= n after a shrink) */
     int closing;
     int kill_on_close;
-    int live; /* executor objects not yet freed */
+    int live;         /* executor objects not yet freed */
+    int ever_ready;   /* some executor has sent its ready frame */
+    int cannot_start; /* on_cannot_start was called */
     int timers_open;
     void (*on_closed)(void *);
     void *closed_priv;
@@ -190,7 +192,15 @@ static void on_handle_closed(uv_handle_t *h) {
     for (int i = nqueued - 1; i >= 0; i--)
         if (p->cbs.on_requeue) p->cbs.on_requeue(p->priv, queued[i]);
     if (job && p->cbs.on_lost) p->cbs.on_lost(p->priv, job, why, exitcode, termsig);
-    if (!p->closing && slot < p->n) {
+    if (!p->closing && !was_ready && !p->ever_ready && !termsig &&
+        (exitcode == CEL_EXEC_EXIT_PROTO || exitcode == CEL_EXEC_EXIT_MODEL)) {
+        /* a setting no restart mends, before anything ever ran: said once, and
+         * this slot stays empty (the consumer stops the worker) */
+        if (!p->cannot_start && p->cbs.on_cannot_start) {
+            p->cannot_start = 1;
+            p->cbs.on_cannot_start(p->priv, slot, exitcode);
+        }
+    } else if (!p->closing && slot < p->n) {
         /* A child that never became ready is broken: do not spin on it. */
         uv_timer_start(&p->respawn[slot], on_respawn_timer, was_ready ? 0 : 1000, 0);
     }
@@ -245,6 +255,7 @@ static void on_ready_frame(executor_t *e, const uint8_t *payload, size_t len) {
     snprintf(e->device, sizeof(e->device), "%s", rd.device ? rd.device : "");
     cel_frame_ready_clear(&rd);
     e->was_ready = 1;
+    p->ever_ready = 1;
     cel_metrics_executor_ready(e->slot);
     if (e->state == EX_STARTING) {
         e->state = EX_IDLE;

@@ -34,6 +34,11 @@ typedef struct cel_pool_cbs {
     void (*on_requeue)(void *priv, void *job);
     /* An executor became free, or has room for another task. */
     void (*on_idle)(void *priv);
+    /* An executor exited before it was ready with CEL_EXEC_EXIT_PROTO or
+     * CEL_EXEC_EXIT_MODEL (its log says why) while no executor of this pool
+     * has ever been ready: a setting no restart mends (a wrong --model, a
+     * device that is not there). Called once; that slot is not refilled. */
+    void (*on_cannot_start)(void *priv, int slot, int exitcode);
 } cel_pool_cbs_t;
 
 /* Creates the pool and spawns cfg->concurrency executors. */

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import (WORKER_KIND, celeriac_only, scaled, wait_active, wait_held_older_than,
+from conftest import (REPO, WORKER_KIND, celeriac_only, scaled, wait_active, wait_held_older_than,
                       wait_until, both_brokers)
 
 GET = 10
@@ -214,6 +214,45 @@ def test_executors_exit_when_main_is_killed(worker, celery_app, seconds):
     w.kill()
     wait_until(lambda: not w.group_pids(), scaled(10),
                what="executors to exit after their main process was SIGKILLed")
+
+
+@celeriac_only
+@both_brokers
+def test_executors_that_cannot_start_stop_the_worker(worker, celery_app, tmp_path):
+    """A wrong --model: every executor fails to load it, and none ever started. The worker used
+    to restart them every second for good while the tasks it had fetched waited; it now says
+    why and exits with status 1, and what it fetched goes back to the broker for a good one."""
+    queued = celery_app.send_task("diag.add", args=[2, 3])
+    w = worker("-c", "2", "--model", str(tmp_path / "no-such-model"), ready=False)
+    assert w.wait_exit(15) == 1, w.log_tail()
+    log = w.log()
+    assert re.search(r"Cannot load the model from \S*no-such-model", log), log
+    assert "could not start (exit status 3" in log and "Stopping the worker." in log, log
+    assert queued.state == "PENDING"
+    worker()
+    assert queued.get(timeout=scaled(GET)) == 5
+
+
+@celeriac_only
+def test_executor_that_cannot_restart_leaves_the_worker_serving(worker, celery_app, tmp_path):
+    """Once an executor has started, one that cannot be replaced (its model gone meanwhile) is
+    not the end of the worker: the other executor goes on serving, and the slot is refilled
+    once the model is back (a restart after a second)."""
+    model = tmp_path / "model"
+    model.symlink_to(os.path.join(REPO, "model", "tiny"))
+    w = worker("-c", "2", "--model", str(model))
+    wait_until(lambda: len(re.findall(r"executor \d \(pid \d+\): model on", w.log())) == 2,
+               scaled(20), what="both executors' models")
+    assert celery_app.send_task("diag.add", args=[1, 1]).get(timeout=scaled(GET)) == 2
+    model.unlink()
+    os.kill(w.child_pids()[0], signal.SIGKILL)
+    w.wait_log(r"Cannot load the model from", 20)
+    assert w.alive() and "could not start" not in w.log()
+    assert celery_app.send_task("diag.add", args=[2, 2]).get(timeout=scaled(GET)) == 4
+    model.symlink_to(os.path.join(REPO, "model", "tiny"))
+    wait_until(lambda: len(re.findall(r"executor \d \(pid \d+\): model on", w.log())) == 3,
+               scaled(20), what="the replaced executor's model")
+    assert w.stop() == 0
 
 
 @celeriac_only
