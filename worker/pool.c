@@ -80,9 +80,10 @@ struct cel_pool {
     int top; /* slots that may still hold an executor (>= n after a shrink) */
     int closing;
     int kill_on_close;
-    int live;         /* executor objects not yet freed */
-    int ever_ready;   /* some executor has sent its ready frame */
-    int cannot_start; /* on_cannot_start was called */
+    int live;                                        /* executor objects not yet freed */
+    int ever_ready;                                  /* some executor has sent its ready frame */
+    int cannot_start;                                /* on_cannot_start was called */
+    unsigned char start_failed[CEL_MAX_CONCURRENCY]; /* slots whose executor could not start */
     int timers_open;
     void (*on_closed)(void *);
     void *closed_priv;
@@ -192,10 +193,16 @@ static void on_handle_closed(uv_handle_t *h) {
     for (int i = nqueued - 1; i >= 0; i--)
         if (p->cbs.on_requeue) p->cbs.on_requeue(p->priv, queued[i]);
     if (job && p->cbs.on_lost) p->cbs.on_lost(p->priv, job, why, exitcode, termsig);
-    if (!p->closing && !was_ready && !p->ever_ready && !termsig &&
-        (exitcode == CEL_EXEC_EXIT_PROTO || exitcode == CEL_EXEC_EXIT_MODEL)) {
-        /* a setting no restart mends, before anything ever ran: said once, and
-         * this slot stays empty (the consumer stops the worker) */
+    if (!p->closing && !was_ready && !p->ever_ready && !termsig && slot < p->n &&
+        (exitcode == CEL_EXEC_EXIT_PROTO || exitcode == CEL_EXEC_EXIT_MODEL))
+        p->start_failed[slot] = 1;
+    int all_failed = !p->ever_ready && p->n > 0;
+    for (int i = 0; i < p->n && all_failed; i++) all_failed = p->start_failed[i];
+    if (!p->closing && all_failed) {
+        /* every slot's executor met a setting no restart mends, and none ever
+         * started (another still loading may yet start: then this rule is off):
+         * said once, and nothing is refilled (the consumer stops the worker) */
+        for (int i = 0; i < p->n; i++) uv_timer_stop(&p->respawn[i]);
         if (!p->cannot_start && p->cbs.on_cannot_start) {
             p->cannot_start = 1;
             p->cbs.on_cannot_start(p->priv, slot, exitcode);

@@ -34,10 +34,12 @@ typedef struct cel_pool_cbs {
     void (*on_requeue)(void *priv, void *job);
     /* An executor became free, or has room for another task. */
     void (*on_idle)(void *priv);
-    /* An executor exited before it was ready with CEL_EXEC_EXIT_PROTO or
-     * CEL_EXEC_EXIT_MODEL (its log says why) while no executor of this pool
-     * has ever been ready: a setting no restart mends (a wrong --model, a
-     * device that is not there). Called once; that slot is not refilled. */
+    /* The executor of every slot has exited before it was ready with
+     * CEL_EXEC_EXIT_PROTO or CEL_EXEC_EXIT_MODEL (their logs say why) and no
+     * executor of this pool has ever been ready: a setting no restart mends
+     * (a wrong --model, a device that is not there). Called once, with the
+     * last one's slot and status; no slot is refilled after it. While some
+     * executor may still start, failed ones are restarted after a second. */
     void (*on_cannot_start)(void *priv, int slot, int exitcode);
 } cel_pool_cbs_t;
 
