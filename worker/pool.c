@@ -4,7 +4,10 @@
  * hard and soft timers); it is freed only after all four close callbacks ran.
  * A slot keeps pointing at its current executor; when one dies the slot gets
  * a new one (after a short delay if it died before it ever became ready, so a
- * broken executor binary cannot spin the loop). Run frames are not written
+ * broken executor binary cannot spin the loop); when the executor of every
+ * slot has exited for a setting (status 2 or 3, before its ready frame) and
+ * none ever started, the consumer is told once and nothing is refilled: the
+ * worker stops instead of restarting them for good. Run frames are not written
  * one by one: each executor gathers the frames of one loop turn in its out
  * buffer and writes them with one write at the end of the loop turn (a
  * check handle right after the poll phase that gathered them, or an idle
