@@ -52,13 +52,24 @@ def digest(task, kwargs, args):
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
-def claim(key, task_id, task, dig):
-    """Claims key for future task_id; None when claimed, else the first request's future_id
-    (ApiError 422 when that request was another, 409 while it is not sent yet)."""
-    r = store()
-    rec = json.dumps({"future_id": task_id, "task": task, "digest": dig})
-    if r.set(key, rec, nx=True, ex=CLAIM_TTL):
+def _record(task_id, task, dig):
+    return json.dumps({"future_id": task_id, "task": task, "digest": dig})
+
+
+def queue_claim(pipe, key, task_id, task, dig):
+    """Queues the claim of key for future task_id on pipe (a Redis pipeline); its reply goes
+    to settle_claim. (The submit sends it with its in-flight count: one round trip.)"""
+    pipe.set(key, _record(task_id, task, dig), nx=True, ex=CLAIM_TTL)
+
+
+def settle_claim(claimed, key, task_id, task, dig):
+    """After queue_claim's SET NX replied `claimed`: None when key is now claimed for task_id,
+    else the first request's future_id (ApiError 422 when that request was another, 409
+    while it is not sent yet)."""
+    if claimed:
         return None
+    r = store()
+    rec = _record(task_id, task, dig)
     raw = r.get(key)
     if raw is None:  # given up (its send failed) between the two commands: claim it now
         if r.set(key, rec, nx=True, ex=CLAIM_TTL):

@@ -59,21 +59,27 @@ def prune(user):
     return len(entries) - len(gone)
 
 
-def reserve(user, task_id):
-    """Records task_id as the user's before it is sent; 429 ApiError past the limit."""
-    limit = current_app.config.get("CELERIAC_MAX_INFLIGHT", 0)
-    if not limit:
-        return
-    r = store()
+def queue_reserve(pipe, user, task_id):
+    """Queues the record of task_id as the user's on pipe (a Redis pipeline); returns how many
+    replies settle_reserve takes from the end of pipe's, 0 when there is no limit (nothing
+    queued). (The submit sends it with its Idempotency-Key claim: one round trip.)"""
+    if not current_app.config.get("CELERIAC_MAX_INFLIGHT", 0):
+        return 0
     key = _key(user)
-    pipe = r.pipeline(transaction=False)
     pipe.zadd(key, {task_id: time.time()})
     pipe.zcard(key)
     pipe.expire(key, current_app.config["CELERIAC_FUTURE_TTL"])
-    count = pipe.execute()[1]
+    return 3
+
+
+def settle_reserve(user, task_id, replies):
+    """After queue_reserve's commands replied: past the limit (after a prune) the record of
+    task_id is taken back and a 429 ApiError raised."""
+    limit = current_app.config.get("CELERIAC_MAX_INFLIGHT", 0)
+    count = replies[1]
     if count <= limit or prune(user) <= limit:
         return
-    r.zrem(key, task_id)
+    store().zrem(_key(user), task_id)
     raise ApiError(429, "TooManyTasks",
                    f"this API key has {limit} tasks queued or running (CELERIAC_MAX_INFLIGHT); "
                    f"retry when some have finished",

@@ -10,8 +10,9 @@ nothing is sent; the task counts against the user's
 CELERIAC_MAX_INFLIGHT (429 past it, inflight.py); then it is published by name (send_task,
 never waits), future -> owner is stored in Redis with a TTL, and the 202 body is returned.
 Redis round trips of a submit naming an adapter: the owner and the home (one pipeline), the
-in-flight count, the publish, the future's record and the home again (one pipeline); one more
-with an Idempotency-Key (idempotency.py: a repeat of a submit gets the first one's future).
+in-flight count with the Idempotency-Key's claim when there is one (one pipeline;
+idempotency.py: a repeat of a submit gets the first one's future, and gives back the in-flight
+place it took), the publish, the future's record and the home again (one pipeline).
 """
 
 import uuid
@@ -35,20 +36,30 @@ def submit(task, kwargs, pending_create=False, extra=None, args=None):
     dest = placement.destination(task, spec, adapter, home)
     task_id = str(uuid.uuid4())
     idem = idempotency.key_of(g.user)
+    dig = idempotency.digest(task, kwargs, args) if idem is not None else None
+    # the key's claim and the in-flight record: one round trip
+    pipe = store().pipeline(transaction=False)
     if idem is not None:
-        first = idempotency.claim(idem, task_id, task, idempotency.digest(task, kwargs, args))
-        if first is not None:  # a repeat: the first request's future, nothing sent
-            return _accepted(first, task, extra)
-    reserved = False
+        idempotency.queue_claim(pipe, idem, task_id, task, dig)
+    n_inflight = inflight.queue_reserve(pipe, g.user, task_id)
+    got = pipe.execute() if len(pipe) else []
+    claimed = False
     try:
+        if idem is not None:
+            first = idempotency.settle_claim(got[0], idem, task_id, task, dig)
+            if first is not None:  # a repeat: the first request's future, nothing sent
+                if n_inflight:
+                    inflight.release(g.user, task_id)
+                return _accepted(first, task, extra)
+            claimed = True
+        if n_inflight:
+            inflight.settle_reserve(g.user, task_id, got[-n_inflight:])  # 429 past the limit
         backpressure.check(dest.queue)  # 503 while the queue is at its bound: nothing is sent
-        inflight.reserve(g.user, task_id)
-        reserved = True
         send(ext["celery"], task, kwargs, args=args, task_id=task_id, **dest.send_options())
     except BaseException:  # nothing was sent: give back what was taken for it
-        if reserved:
+        if n_inflight:
             inflight.release(g.user, task_id)
-        if idem is not None:
+        if claimed:
             idempotency.release(idem)
         raise
     # the future's record and the home read again for after_send: one round trip

@@ -331,6 +331,11 @@ def test_idempotency_key_queues_a_submit_once(api, redis_client):
     assert r1.get_json() == r2.get_json()
     assert [n for n, _, _ in queued(redis_client)] == ["lora.optim_step"]
     fid = r1.get_json()["future_id"]
+
+    def in_flight():  # alice's tasks counted against CELERIAC_MAX_INFLIGHT
+        return set(redis_client.zrange("celeriac:inflight:alice", 0, -1))
+    # the repeat took an in-flight place with its claim (one round trip) and gave it back
+    assert in_flight() == {create.encode(), fid.encode()}
     assert r1.get_json()["task"] == "lora.optim_step"
     api.finish(fid, {"step": 1, "grad_norm": 0.5})
     r = api.poll(fid)
@@ -341,6 +346,7 @@ def test_idempotency_key_queues_a_submit_once(api, redis_client):
     err(api.post("/optim_step", {"adapter_id": "lora_i1", "adam_params": {"beta1": 0.5}},
                  headers=key), 422, "IdempotencyKeyReused")
     err(api.post("/score", {"text": "t"}, headers=key), 422, "IdempotencyKeyReused")
+    assert in_flight() <= {create.encode(), fid.encode()}  # refused: nothing kept
     # keys are per user: bob's same key is his own request (his own task)
     fb = api.post("/diag/add", {"args": [1, 2]}, user="bob", headers=key)
     assert fb.status_code == 202 and fb.get_json()["future_id"] != fid
@@ -352,9 +358,11 @@ def test_idempotency_key_queues_a_submit_once(api, redis_client):
     pending = {"Idempotency-Key": "pending-" + uuid.uuid4().hex}
     api.post("/diag/add", {"args": [5, 6]}, headers=pending)
     redis_client.delete(*redis_client.keys("celeriac:future:*"))
+    before = in_flight()
     r = api.post("/diag/add", {"args": [5, 6]}, headers=pending)
     err(r, 409, "IdempotentRequestInProgress")
     assert r.headers["Retry-After"] == "1"
+    assert in_flight() == before
 
 
 def test_idempotency_key_free_again_after_a_failed_send(make_api, redis_client):
