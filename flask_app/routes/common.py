@@ -42,9 +42,9 @@ def submit(task, kwargs, pending_create=False, extra=None, args=None):
     if idem is not None:
         idempotency.queue_claim(pipe, idem, task_id, task, dig)
     n_inflight = inflight.queue_reserve(pipe, g.user, task_id)
-    got = pipe.execute() if len(pipe) else []
-    claimed = False
+    claimed = False  # the key is this request's: given up if it sends nothing
     try:
+        got = pipe.execute() if len(pipe) else []
         if idem is not None:
             first = idempotency.settle_claim(got[0], idem, task_id, task, dig)
             if first is not None:  # a repeat: the first request's future, nothing sent
