@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from conftest import (REPO, WORKER_KIND, celeriac_only, scaled, wait_active, wait_held_older_than,
-                      wait_until, both_brokers)
+from conftest import (REPO, WORKER_KIND, celeriac_bin_dir, celeriac_only, scaled, wait_active,
+                      wait_held_older_than, wait_until, both_brokers)
 
 GET = 10
 
@@ -253,6 +253,28 @@ def test_executor_that_cannot_restart_leaves_the_worker_serving(worker, celery_a
     wait_until(lambda: len(re.findall(r"executor \d \(pid \d+\): model on", w.log())) == 3,
                scaled(20), what="the replaced executor's model")
     assert w.stop() == 0
+
+
+@celeriac_only
+def test_executor_failing_while_another_starts_leaves_the_worker_serving(worker, celery_app,
+                                                                         tmp_path):
+    """The worker stops only when every slot's executor failed to start: one that exits with
+    status 3 while the other starts (here the first one spawned, through a wrapper) is
+    retried after a second, as before, and the worker serves."""
+    wrapper = tmp_path / "executor.sh"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"if mkdir {tmp_path / 'first'} 2>/dev/null; then\n"
+        "  echo 'test: this executor cannot load its model' >&2; exit 3\n"
+        "fi\n"
+        f"exec {os.path.join(celeriac_bin_dir(), 'celeriac-executor')} \"$@\"\n")
+    wrapper.chmod(0o755)
+    w = worker("-c", "2", "--executor", str(wrapper))
+    wait_until(lambda: len(re.findall(r"executor \d \(pid \d+\): model on", w.log())) == 2,
+               scaled(20), what="both executors' models")
+    assert "test: this executor cannot load its model" in w.log()
+    assert w.alive() and "could not start" not in w.log()
+    assert celery_app.send_task("diag.add", args=[3, 4]).get(timeout=scaled(GET)) == 7
 
 
 @celeriac_only
