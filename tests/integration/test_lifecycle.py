@@ -216,6 +216,11 @@ def test_executors_exit_when_main_is_killed(worker, celery_app, seconds):
                what="executors to exit after their main process was SIGKILLed")
 
 
+def models_loaded(w):
+    """How many executors of worker w have said their model is loaded (replacements count)."""
+    return len(re.findall(r"executor \d+ \(pid \d+\): model on", w.log()))
+
+
 @celeriac_only
 @both_brokers
 def test_executors_that_cannot_start_stop_the_worker(worker, celery_app, tmp_path):
@@ -241,8 +246,7 @@ def test_executor_that_cannot_restart_leaves_the_worker_serving(worker, celery_a
     model = tmp_path / "model"
     model.symlink_to(os.path.join(REPO, "model", "tiny"))
     w = worker("-c", "2", "--model", str(model))
-    wait_until(lambda: len(re.findall(r"executor \d \(pid \d+\): model on", w.log())) == 2,
-               scaled(20), what="both executors' models")
+    wait_until(lambda: models_loaded(w) == 2, scaled(20), what="both executors' models")
     assert celery_app.send_task("diag.add", args=[1, 1]).get(timeout=scaled(GET)) == 2
     model.unlink()
     os.kill(w.child_pids()[0], signal.SIGKILL)
@@ -250,8 +254,7 @@ def test_executor_that_cannot_restart_leaves_the_worker_serving(worker, celery_a
     assert w.alive() and "could not start" not in w.log()
     assert celery_app.send_task("diag.add", args=[2, 2]).get(timeout=scaled(GET)) == 4
     model.symlink_to(os.path.join(REPO, "model", "tiny"))
-    wait_until(lambda: len(re.findall(r"executor \d \(pid \d+\): model on", w.log())) == 3,
-               scaled(20), what="the replaced executor's model")
+    wait_until(lambda: models_loaded(w) == 3, scaled(20), what="the replaced executor's model")
     assert w.stop() == 0
 
 
@@ -270,8 +273,7 @@ def test_executor_failing_while_another_starts_leaves_the_worker_serving(worker,
         f"exec {os.path.join(celeriac_bin_dir(), 'celeriac-executor')} \"$@\"\n")
     wrapper.chmod(0o755)
     w = worker("-c", "2", "--executor", str(wrapper))
-    wait_until(lambda: len(re.findall(r"executor \d \(pid \d+\): model on", w.log())) == 2,
-               scaled(20), what="both executors' models")
+    wait_until(lambda: models_loaded(w) == 2, scaled(20), what="both executors' models")
     assert "test: this executor cannot load its model" in w.log()
     assert w.alive() and "could not start" not in w.log()
     assert celery_app.send_task("diag.add", args=[3, 4]).get(timeout=scaled(GET)) == 7
