@@ -223,6 +223,82 @@ static void test_round_trip(void **state) {
     assert_null(st);
 }
 
+/* The header jansson writes for entries and metadata (the writer's reference:
+ * a tree in insertion order, dumped compact), padded with spaces to 8 bytes. */
+static char *jansson_header(const cel_st_entry_t *e, int n, const char *const *meta, int n_meta) {
+    json_t *root = json_object();
+    if (n_meta > 0) {
+        json_t *m = json_object();
+        for (int i = 0; i < n_meta; i++)
+            json_object_set_new(m, meta[2 * i], json_string(meta[2 * i + 1]));
+        json_object_set_new(root, "__metadata__", m);
+    }
+    json_int_t off = 0;
+    for (int i = 0; i < n; i++) {
+        json_t *shape = json_array();
+        json_int_t numel = 1;
+        for (int d = 0; d < e[i].ndim; d++) {
+            json_array_append_new(shape, json_integer(e[i].shape[d]));
+            numel *= e[i].shape[d];
+        }
+        json_object_set_new(root, e[i].name,
+                            json_pack("{s:s, s:o, s:[I,I]}", "dtype", "F32", "shape", shape,
+                                      "data_offsets", off, off + 4 * numel));
+        off += 4 * numel;
+    }
+    char *s = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    size_t len = strlen(s), padded = (len + 7) & ~(size_t)7;
+    s = realloc(s, padded + 1);
+    memset(s + len, ' ', padded - len);
+    s[padded] = '\0';
+    return s;
+}
+
+/* The writer's header (written directly for plain strings, issue 17) has the
+ * bytes jansson writes: random names, shapes and metadata, with and without
+ * strings that need escaping (quotes, backslashes, control and non-ASCII
+ * characters), no metadata, no tensors, scalars and zero dimensions. */
+static void test_header_bytes_as_jansson(void **state) {
+    (void)state;
+    static const char *odd[] = { "a\"b", "back\\slash", "tab\there", "caf\xc3\xa9", "del\x7f" };
+    unsigned seed = 7;
+    float dummy = 0;
+    for (int round = 0; round < 300; round++) {
+        int n = (int)(rand_r(&seed) % 40), n_meta = (int)(rand_r(&seed) % 4);
+        cel_st_entry_t e[40];
+        char names[40][48], keys[4][16], vals[4][32];
+        const char *meta[8];
+        for (int i = 0; i < n; i++) {
+            snprintf(names[i], sizeof(names[i]), "layers.%d.q_proj.lora_%c.weight%s", i,
+                     'A' + (int)(rand_r(&seed) % 2),
+                     rand_r(&seed) % 25 == 0 ? odd[rand_r(&seed) % 5] : "");
+            e[i] = (cel_st_entry_t){ .name = names[i],
+                                     .ndim = (int)(rand_r(&seed) % 3),
+                                     .data = &dummy };
+            for (int d = 0; d < e[i].ndim; d++)
+                e[i].shape[d] = (int64_t)(rand_r(&seed) % 5 ? rand_r(&seed) % 100000 : 0);
+        }
+        for (int i = 0; i < n_meta; i++) {
+            snprintf(keys[i], sizeof(keys[i]), "key%d", i);
+            snprintf(vals[i], sizeof(vals[i]), "%s%u",
+                     rand_r(&seed) % 10 == 0 ? odd[rand_r(&seed) % 5] : "v", rand_r(&seed));
+            meta[2 * i] = keys[i];
+            meta[2 * i + 1] = vals[i];
+        }
+        uint8_t *head = NULL;
+        size_t len = 0, total = 0;
+        cel_err_t err;
+        assert_int_equal(cel_safetensors_head(e, n, meta, n_meta, &head, &len, &total, &err),
+                         CEL_OK);
+        char *want = jansson_header(e, n, meta, n_meta);
+        assert_int_equal(len, 8 + strlen(want));
+        assert_memory_equal(head + 8, want, strlen(want));
+        free(want);
+        free(head);
+    }
+}
+
 static void test_python_written(void **state) {
     (void)state;
     char st_path[512], js_path[512], cmd[1400];
@@ -322,9 +398,13 @@ static void test_sharded(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_good_minimal),    cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_read_f32_errors), cmocka_unit_test(test_round_trip),
-        cmocka_unit_test(test_python_written),  cmocka_unit_test(test_sharded),
+        cmocka_unit_test(test_good_minimal),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_read_f32_errors),
+        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_python_written),
+        cmocka_unit_test(test_sharded),
+        cmocka_unit_test(test_header_bytes_as_jansson),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
