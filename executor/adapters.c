@@ -423,6 +423,7 @@ static int make_room(cel_adapters_t *s, cel_err_t *err) {
 
 /* Takes a into the memory set (make_room first). */
 static void insert(cel_adapters_t *s, cel_adapter_t *a) {
+    cel_lora_keep_applied(a->lora); /* its steps go to the checkpoint's log */
     a->used = ++s->clock;
     s->loaded[s->n_loaded++] = a;
 }
@@ -450,14 +451,14 @@ static int read_current(cel_adapters_t *s, const char *id, char *name, int *in_f
                         cel_err_t *err) {
     char dir[CEL_ADAPTERS_PATH_MAX + 64];
     snprintf(dir, sizeof(dir), "%s/%s", s->adir, id);
-    int rc = cel_ckpt_file_read(dir, NULL, NULL, name, NULL, NULL, err), file = 1;
+    int rc = cel_ckpt_file_read(dir, NULL, NULL, name, NULL, NULL, NULL, err), file = 1;
     if (rc == CEL_ENOTFOUND) {
         /* a store from before the file: its `current`, unless a writer moved it to
          * the file meanwhile (the file is renamed in before `current` goes) */
         rc = read_legacy_current(s, id, name, err);
         file = 0;
         if (rc == CEL_ENOTFOUND) {
-            rc = cel_ckpt_file_read(dir, NULL, NULL, name, NULL, NULL, err);
+            rc = cel_ckpt_file_read(dir, NULL, NULL, name, NULL, NULL, NULL, err);
             file = 1;
         }
     }
@@ -493,7 +494,7 @@ static int read_meta(cel_adapters_t *s, const char *id, const char *name, json_t
     size_t len;
     cel_lora_image_t img = { 0 };
     snprintf(path, sizeof(path), "%s/%s", s->adir, id);
-    int rc = cel_ckpt_file_read(path, NULL, "meta.json", NULL, &img, NULL, err);
+    int rc = cel_ckpt_file_read(path, NULL, "meta.json", NULL, &img, NULL, NULL, err);
     if (rc == CEL_OK) {
         const unsigned char *m = cel_lora_image_get(&img, "meta.json", &len);
         rc = m && len <= CEL_ADAPTERS_MAX_META
@@ -524,7 +525,8 @@ static int adopt_meta(cel_adapter_t *a, json_t *meta) {
     return (owner && !a->owner) || !a->recent ? CEL_ENOMEM : CEL_OK;
 }
 
-/* Loads checkpoint name of adapter id into a new memory copy. */
+/* Loads adapter id's current checkpoint into a new memory copy: name, or the one
+ * after it when a writer switched meanwhile (a->ckpt says which). */
 static int load_ckpt(cel_adapters_t *s, const char *id, const char *name, cel_adapter_t **out,
                      cel_err_t *err) {
     *out = NULL;
@@ -537,15 +539,30 @@ static int load_ckpt(cel_adapters_t *s, const char *id, const char *name, cel_ad
     snprintf(a->ckpt, sizeof(a->ckpt), "%s", name);
     json_t *meta = NULL;
     cel_lora_image_t img = { 0 };
+    cel_ckpt_log_t *log = calloc(1, sizeof(*log));
+    if (!log) {
+        adapter_free(a);
+        return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    }
     char adir[CEL_ADAPTERS_PATH_MAX + 64];
     snprintf(adir, sizeof(adir), "%s/%s", s->adir, id);
-    int rc = cel_ckpt_file_read(adir, name, NULL, NULL, &img, NULL, err), in_file = rc == CEL_OK;
+    /* whichever checkpoint is current by the time it is read (name or a later one),
+     * named as read: a fast writer (logged steps take a few ms) does not make it fail */
+    char got[CKPT_NAME_MAX];
+    int rc = cel_ckpt_file_read(adir, NULL, NULL, got, &img, log, NULL, err),
+        in_file = rc == CEL_OK;
     if (rc == CEL_OK) {
+        snprintf(a->ckpt, sizeof(a->ckpt), "%s", got);
+        name = a->ckpt;
+        /* the metadata after the last logged step, or the slot's */
+        const cel_lora_image_t *newest = log->n ? &log->e[log->n - 1] : &img;
         size_t len = 0;
-        const unsigned char *m = cel_lora_image_get(&img, "meta.json", &len);
+        const unsigned char *m = cel_lora_image_get(newest, "meta.json", &len);
         rc = m ? parse_meta((const char *)m, len, adir, &meta, err)
                : cel_err_set(err, CEL_EPROTO, "%s: checkpoint %s has no meta.json", adir, name);
         if (rc == CEL_OK) rc = cel_lora_load_image(s->m, &img, &a->lora, err);
+        for (int i = 0; rc == CEL_OK && i < log->n; i++)
+            rc = cel_lora_replay_image(a->lora, &log->e[i], err);
     } else if (rc == CEL_ENOTFOUND) { /* a store from before the checkpoint file */
         rc = read_meta(s, id, name, &meta, err);
         if (rc == CEL_OK) rc = cel_lora_load(s->m, dir, &a->lora, err);
@@ -563,6 +580,8 @@ static int load_ckpt(cel_adapters_t *s, const char *id, const char *name, cel_ad
         if (rc == CEL_OK) a->ckpt_grads = (int)json_integer_value(pg);
     }
     cel_lora_image_free(&img);
+    cel_ckpt_log_free(log);
+    free(log);
     json_decref(meta);
     if (rc != CEL_OK) {
         adapter_free(a);
@@ -746,19 +765,30 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
                                       "step", cel_lora_step_count(a->lora)));
     char *text = meta ? json_dumps(meta, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     json_decref(meta);
-    cel_lora_image_t img = { 0 };
+    cel_lora_image_t img = { 0 }, entry = { 0 };
     if (!text) return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    char *text2 = with_grads ? NULL : strdup(text);
     /* meta.json first: a reader of the metadata alone stops there */
     rc = cel_lora_image_add(&img, "meta.json", (unsigned char *)text, strlen(text), err);
     const char *kv[] = { "adapter_id", a->id };
     if (rc == CEL_OK) rc = cel_lora_save_image(a->lora, s->base, kv, 1, with_grads, &img, err);
+    /* the step's log entry, when the step left its applied gradient (a CPU step just
+     * made; not a hand-over's gradients, which go in full checkpoints) */
+    int logged = 0;
+    if (rc != CEL_OK) free(text2);
+    else if (text2) /* (the image takes text2, also when it cannot add it) */
+        logged = cel_lora_image_add(&entry, "meta.json", (unsigned char *)text2, strlen(text2),
+                                    NULL) == CEL_OK &&
+                 cel_lora_applied_image(a->lora, &entry, NULL) == CEL_OK;
     double t1 = cel_adapters_now_ms();
     cel_ckpt_times_t t = { 0 };
     /* a new adapter, or a store from before the file (its `current` checked above):
      * no file may have appeared since */
     const char *expect = in_file ? a->ckpt : "";
-    if (rc == CEL_OK) rc = cel_ckpt_file_write(adir, expect, name, &img, &t, err);
+    if (rc == CEL_OK)
+        rc = cel_ckpt_file_write(adir, expect, name, &img, logged ? &entry : NULL, &t, err);
     cel_lora_image_free(&img);
+    cel_lora_image_free(&entry);
     if (rc != CEL_OK) {
         if (rc == CEL_ESTATE) /* the file's own check, as still_current words it */
             cel_err_set(err, rc, "adapter %s changed on disk: another worker took it over",
@@ -773,7 +803,9 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
         cel_info("Phase times adapter %s checkpoint %s: ckpt_write=%.3f ckpt_sync=%.3f "
                  "ckpt_switch=%.3f ckpt_prune=%.3f%s",
                  a->id, name, t1 - t0, t.sync, t.sw, cel_adapters_now_ms() - t3,
-                 t.whole ? " (new file)" : "");
+                 t.whole    ? " (new file)"
+                 : t.logged ? " (logged)"
+                            : "");
     return CEL_OK;
 }
 
@@ -1010,7 +1042,7 @@ int cel_adapters_export(cel_adapters_t *s, cel_adapter_t *a, char *path, cel_err
     char adir[CEL_ADAPTERS_PATH_MAX + 160];
     long long ck = 0;
     snprintf(adir, sizeof(adir), "%s/%s", s->adir, a->id);
-    if (cel_ckpt_file_read(adir, NULL, NULL, NULL, NULL, &ck, NULL) != CEL_OK) ck = 0;
+    if (cel_ckpt_file_read(adir, NULL, NULL, NULL, NULL, NULL, &ck, NULL) != CEL_OK) ck = 0;
     long long more = ck ? ck / 3 + 4096 : 0;
     int lock;
     int rc = quota_lock(s, &lock, err);

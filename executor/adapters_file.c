@@ -6,29 +6,45 @@
  *   [4096, 4608)             record 1 (each record in a block of its own)
  *   [8192, 8192 + cap)       slot 0
  *   [8192 + cap, 8192 + 2cap) slot 1
- * A record (little-endian): "CELCKPT1", version u32 (1), slot u32, seq u64,
- * cap u64, len u64, name[64] (NUL-padded: "ckpt-<step>-<nonce>"), and the
- * crc32 of everything before it. The valid record (crc matches, fields in
- * range) with the higher seq is the current checkpoint: the checkpoint `name`
- * in the first len bytes of its slot. A slot is an archive of the checkpoint's
- * files: per file name[32] (NUL-padded), u64 length, u64 XXH3-64 of name, length
- * and data (xxhash: a crc32 of the 2 MB of a small adapter cost 0.4 ms a step,
- * XXH3 0.13), then the data; a name of zeros ends it (meta.json first, so a
- * reader of the metadata alone reads a few kB).
+ *   [8192 + 2cap, + klog*ecap) the step log: klog entries of ecap bytes
+ * A record (little-endian): "CELCKPT1", version u32 (2; 1 in files written
+ * before the log), slot u32, seq u64, cap u64, len u64, name[64] (NUL-padded:
+ * "ckpt-<step>-<nonce>"); version 2 then nlog u32, klog u32, ecap u64, lhash
+ * u64; then the crc32 of everything before it. The valid record (crc matches,
+ * fields in range) with the higher seq is the current checkpoint: the archive
+ * in the first len bytes of its slot, then the first nlog entries of the log
+ * replayed over it; `name` names the result. A slot or log entry is an
+ * archive of files: per file name[32] (NUL-padded), u64 length, u64 XXH3-64 of
+ * name, length and data (xxhash: a crc32 of the 2 MB of a small adapter cost
+ * 0.4 ms a step, XXH3 0.13), then the data; a name of zeros ends it (meta.json
+ * first, so a reader of the metadata alone reads a few kB). lhash chains the
+ * log's entry heads (each entry's XXH3-64 of its heads, seeded with the
+ * previous entry's; 0 for the first), so a record accepts only the entries
+ * written for it.
  *
- * Writing checkpoint n+1 over n: its archive goes to the slot the current
- * record does not name, fdatasync; then the new record (seq + 1) over the
- * older record, fdatasync. Until the second fdatasync returns, the current
- * record and its slot are untouched, so a crash leaves checkpoint n (a torn
- * record fails its crc); after it, n+1 is durable. Overwriting blocks that
- * are already written needs no new name and no journal commit: each
- * fdatasync is a data write and one cache flush. When the file is missing or
- * the archive outgrows cap, a new file is written whole under a temp name,
+ * Why a log (issue 17): a step changes every byte of the adapter (weights and
+ * both AdamW moments, 3x the weights), so a durable full checkpoint per step
+ * flushes 1.8 MB for a small adapter; an entry holds the new meta.json, the
+ * step's hyper-parameters and the gradient it applied (1x the weights), from
+ * which the step is replayed bit for bit (cel_lora_replay_image). After klog
+ * entries the next step writes a full checkpoint again.
+ *
+ * Writing checkpoint n+1 over n, full: its archive goes to the slot the
+ * current record does not name, fdatasync; then the new record (seq + 1,
+ * nlog 0) over the older record, fdatasync. Logged: the entry goes to log
+ * entry nlog (which the current record does not name), fdatasync; then the
+ * new record (seq + 1, nlog + 1). Until the second fdatasync returns, the
+ * current record and what it names are untouched, so a crash leaves
+ * checkpoint n (a torn record fails its crc); after it, n+1 is durable.
+ * Overwriting blocks that are already written needs no new name and no
+ * journal commit: each fdatasync is a data write and one cache flush. When
+ * the file is missing, has no log room (a file from before the log) or the
+ * archive outgrows cap, a new file is written whole under a temp name,
  * fsync'ed, renamed over `checkpoint` and the directory fsync'ed.
- * A reader takes the current record, reads its slot, checks every hash, and
- * reads the records again: a writer may overwrite only the slot no current
- * record names, so an unchanged seq means what it read was whole; otherwise it
- * tries again.
+ * A reader takes the current record, reads its slot and entries, checks every
+ * hash, and reads the records again: a writer may overwrite only what no
+ * current record names, so an unchanged seq means what it read was whole;
+ * otherwise it tries again.
  * Executor processes only; blocking I/O.
  */
 #include "adapters_internal.h"
@@ -54,10 +70,13 @@
 #define ENTRY_NAME   32
 #define ENTRY_HEAD   (ENTRY_NAME + 16)
 #define READ_TRIES   8 /* a reader racing writers gives up after this many changes */
+#define V1_CRC_AT    (40 + CKPT_NAME_MAX)
+#define V2_CRC_AT    (V1_CRC_AT + 24)
+#define LOG_STEPS    8 /* entries after a full checkpoint (CELERIAC_CKPT_LOG_STEPS) */
 
 typedef struct record {
-    uint32_t slot;
-    uint64_t seq, cap, len;
+    uint32_t slot, nlog, klog;
+    uint64_t seq, cap, len, ecap, lhash;
     char name[CKPT_NAME_MAX];
 } record_t;
 
@@ -82,30 +101,60 @@ static off_t slot_at(const record_t *r, uint32_t slot) {
     return (off_t)(SLOT0_AT + (uint64_t)slot * r->cap);
 }
 
+/* Where log entry i of r's file begins. */
+static off_t log_at(const record_t *r, uint32_t i) {
+    return (off_t)(SLOT0_AT + 2 * r->cap + (uint64_t)i * r->ecap);
+}
+
+/* Log entries a full checkpoint makes room for: CELERIAC_CKPT_LOG_STEPS (0: none,
+ * every step a full checkpoint), LOG_STEPS by default. */
+static uint32_t log_steps(void) {
+    const char *v = getenv("CELERIAC_CKPT_LOG_STEPS");
+    if (!v || !*v) return LOG_STEPS;
+    long k = strtol(v, NULL, 10);
+    return k <= 0 ? 0 : k > CKPT_LOG_MAX ? CKPT_LOG_MAX : (uint32_t)k;
+}
+
 static void encode_record(const record_t *r, unsigned char *b) {
     memset(b, 0, RECORD_BYTES);
     memcpy(b, MAGIC, 8);
-    put32(b + 8, 1);
+    put32(b + 8, 2);
     put32(b + 12, r->slot);
     put64(b + 16, r->seq);
     put64(b + 24, r->cap);
     put64(b + 32, r->len);
     memcpy(b + 40, r->name, strnlen(r->name, CKPT_NAME_MAX - 1));
-    put32(b + 40 + CKPT_NAME_MAX, (uint32_t)crc32(0L, b, 40 + CKPT_NAME_MAX));
+    put32(b + V1_CRC_AT, r->nlog);
+    put32(b + V1_CRC_AT + 4, r->klog);
+    put64(b + V1_CRC_AT + 8, r->ecap);
+    put64(b + V1_CRC_AT + 16, r->lhash);
+    put32(b + V2_CRC_AT, (uint32_t)crc32(0L, b, V2_CRC_AT));
 }
 
-/* 1 when b holds a whole record of a file of size bytes. */
+/* 1 when b holds a whole record of a file of size bytes (version 1: no log). */
 static int decode_record(const unsigned char *b, off_t size, record_t *r) {
-    if (memcmp(b, MAGIC, 8) != 0 || get32(b + 8) != 1) return 0;
-    if (get32(b + 40 + CKPT_NAME_MAX) != (uint32_t)crc32(0L, b, 40 + CKPT_NAME_MAX)) return 0;
+    uint32_t version = get32(b + 8);
+    if (memcmp(b, MAGIC, 8) != 0 || (version != 1 && version != 2)) return 0;
+    int crc_at = version == 1 ? V1_CRC_AT : V2_CRC_AT;
+    if (get32(b + crc_at) != (uint32_t)crc32(0L, b, (uInt)crc_at)) return 0;
     r->slot = get32(b + 12);
     r->seq = get64(b + 16);
     r->cap = get64(b + 24);
     r->len = get64(b + 32);
     memcpy(r->name, b + 40, CKPT_NAME_MAX);
     r->name[CKPT_NAME_MAX - 1] = '\0';
+    r->nlog = r->klog = 0;
+    r->ecap = r->lhash = 0;
+    if (version == 2) {
+        r->nlog = get32(b + V1_CRC_AT);
+        r->klog = get32(b + V1_CRC_AT + 4);
+        r->ecap = get64(b + V1_CRC_AT + 8);
+        r->lhash = get64(b + V1_CRC_AT + 16);
+    }
     return r->slot <= 1 && r->seq > 0 && r->cap > 0 && r->cap <= CAP_MAX && r->len <= r->cap &&
-           (uint64_t)size >= SLOT0_AT + 2 * r->cap;
+           r->klog <= CKPT_LOG_MAX && r->nlog <= r->klog && r->ecap <= CAP_MAX &&
+           (r->klog == 0 || r->ecap > 0) &&
+           (uint64_t)size >= SLOT0_AT + 2 * r->cap + (uint64_t)r->klog * r->ecap;
 }
 
 static int pread_all(int fd, void *buf, size_t len, off_t off) {
@@ -170,9 +219,10 @@ static uint64_t entry_hash(const unsigned char *head, const struct iovec *parts,
 }
 
 /* Parses the archive of len bytes at buf into img (copies); stop_after: the
- * file to end with (NULL: all). CEL_EAGAIN on a hash or shape mismatch. */
+ * file to end with (NULL: all); chain (may be NULL) takes each file's head.
+ * CEL_EAGAIN on a hash or shape mismatch. */
 static int parse_archive(const unsigned char *buf, size_t len, const char *stop_after,
-                         cel_lora_image_t *img, cel_err_t *err) {
+                         XXH3_state_t *chain, cel_lora_image_t *img, cel_err_t *err) {
     size_t off = 0;
     for (;;) {
         if (len - off < ENTRY_HEAD) break;
@@ -185,6 +235,7 @@ static int parse_archive(const unsigned char *buf, size_t len, const char *stop_
         if (n > len - off - ENTRY_HEAD) break;
         struct iovec data = { (void *)(h + ENTRY_HEAD), (size_t)n };
         if (entry_hash(h, &data, 1) != get64(h + ENTRY_NAME + 8)) break;
+        if (chain) XXH3_64bits_update(chain, h, ENTRY_HEAD);
         unsigned char *copy = malloc(n ? n : 1);
         if (!copy) return cel_err_set(err, CEL_ENOMEM, "out of memory for %llu bytes",
                                       (unsigned long long)n);
@@ -277,8 +328,42 @@ static int write_archive(int fd, archive_t *ar, off_t off) {
     return 0;
 }
 
+void cel_ckpt_log_free(cel_ckpt_log_t *log) {
+    for (int i = 0; i < log->n; i++) cel_lora_image_free(&log->e[i]);
+    log->n = 0;
+}
+
+/* Reads r's log (its nlog entries) from fd into log, checking the chain
+ * against r's lhash. CEL_EAGAIN on a mismatch (damaged, or being rewritten). */
+static int read_log(int fd, const record_t *r, cel_ckpt_log_t *log, cel_err_t *err) {
+    size_t len = (size_t)(r->nlog * r->ecap);
+    unsigned char *buf = malloc(len ? len : 1);
+    XXH3_state_t *chain = XXH3_createState();
+    int rc = CEL_OK;
+    if (!buf || !chain) rc = cel_err_set(err, CEL_ENOMEM, "out of memory for the step log");
+    else if (pread_all(fd, buf, len, log_at(r, 0)) != 0)
+        rc = cel_err_set(err, CEL_EIO, "step log: %s", strerror(errno));
+    uint64_t h = 0;
+    for (uint32_t i = 0; rc == CEL_OK && i < r->nlog; i++) {
+        if (XXH3_64bits_reset_withSeed(chain, h) != XXH_OK) {
+            rc = cel_err_set(err, CEL_ENOMEM, "out of memory for the step log");
+            break;
+        }
+        log->n = (int)i + 1;
+        rc = parse_archive(buf + i * r->ecap, (size_t)r->ecap, NULL, chain, &log->e[i], err);
+        h = XXH3_64bits_digest(chain);
+    }
+    if (rc == CEL_OK && h != r->lhash)
+        rc = cel_err_set(err, CEL_EAGAIN, "step log does not match its record");
+    XXH3_freeState(chain);
+    free(buf);
+    if (rc != CEL_OK) cel_ckpt_log_free(log);
+    return rc;
+}
+
 int cel_ckpt_file_read(const char *dir, const char *want, const char *stop_after, char *name,
-                       cel_lora_image_t *img, long long *bytes, cel_err_t *err) {
+                       cel_lora_image_t *img, cel_ckpt_log_t *log, long long *bytes,
+                       cel_err_t *err) {
     char path[CEL_ADAPTERS_PATH_MAX + 64];
     snprintf(path, sizeof(path), "%s/" CKPT_FILE, dir);
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -286,6 +371,7 @@ int cel_ckpt_file_read(const char *dir, const char *want, const char *stop_after
         if (errno == ENOENT) return cel_err_set(err, CEL_ENOTFOUND, "%s: not found", path);
         return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
     }
+    if (log) log->n = 0;
     int rc = CEL_OK;
     unsigned char *buf = NULL;
     for (int attempt = 0; attempt < READ_TRIES; attempt++) {
@@ -302,30 +388,41 @@ int cel_ckpt_file_read(const char *dir, const char *want, const char *stop_after
             break;
         }
         if (!img) break;
-        /* the metadata alone: enough of the slot for its first file, and more if it is longer */
-        size_t len = (size_t)r.len, want_len = stop_after && len > 65536 ? 65536 : len;
+        if (!stop_after && r.nlog > 0 && !log) {
+            rc = cel_err_set(err, CEL_ESTATE, "%s: %s has logged steps to replay", path, r.name);
+            break;
+        }
+        /* the metadata alone comes from the newest archive: the last log entry's, or the
+         * slot's; enough of it for its first file, and more if it is longer */
+        off_t at = stop_after && r.nlog > 0 ? log_at(&r, r.nlog - 1) : slot_at(&r, r.slot);
+        size_t len = stop_after && r.nlog > 0 ? (size_t)r.ecap : (size_t)r.len;
+        size_t want_len = stop_after && len > 65536 ? 65536 : len;
         free(buf);
         if (!(buf = malloc(len ? len : 1))) {
             rc = cel_err_set(err, CEL_ENOMEM, "out of memory for %zu bytes", len);
             break;
         }
-        if (pread_all(fd, buf, want_len, slot_at(&r, r.slot)) != 0) {
+        if (pread_all(fd, buf, want_len, at) != 0) {
             rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
             break;
         }
         cel_lora_image_free(img);
-        rc = parse_archive(buf, want_len, stop_after, img, err);
+        rc = parse_archive(buf, want_len, stop_after, NULL, img, err);
         if (rc == CEL_EAGAIN && want_len < len) { /* a first file longer than the prefix */
-            if (pread_all(fd, buf, len, slot_at(&r, r.slot)) != 0) {
+            if (pread_all(fd, buf, len, at) != 0) {
                 rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
                 break;
             }
             cel_lora_image_free(img);
-            rc = parse_archive(buf, len, stop_after, img, err);
+            rc = parse_archive(buf, len, stop_after, NULL, img, err);
+        }
+        if (rc == CEL_OK && !stop_after && r.nlog > 0) {
+            cel_ckpt_log_free(log);
+            rc = read_log(fd, &r, log, err);
         }
         if (rc != CEL_OK && rc != CEL_EAGAIN) break;
         if (current_record(fd, &again) == 0 && again.seq == r.seq) {
-            if (rc == CEL_EAGAIN) /* not a writer's doing: the slot is damaged */
+            if (rc == CEL_EAGAIN) /* not a writer's doing: the slot or log is damaged */
                 rc = cel_err_set(err, CEL_EPROTO, "%s: checkpoint %s is damaged", path, r.name);
             break;
         }
@@ -338,6 +435,7 @@ int cel_ckpt_file_read(const char *dir, const char *want, const char *stop_after
     free(buf);
     close(fd);
     if (rc != CEL_OK && img) cel_lora_image_free(img);
+    if (rc != CEL_OK && log) cel_ckpt_log_free(log);
     return rc;
 }
 
@@ -352,8 +450,8 @@ static int write_whole(const char *dir, const char *path, record_t *r, archive_t
     if (fd < 0) return cel_err_set(err, CEL_EIO, "%s: %s", tmp, strerror(errno));
     unsigned char rb[RECORD_BYTES];
     encode_record(r, rb);
-    /* the other slot is left a hole: its first in-place write allocates it */
-    int bad = ftruncate(fd, (off_t)(SLOT0_AT + 2 * r->cap)) != 0 ||
+    /* the other slot and the log are left a hole: their first writes allocate them */
+    int bad = ftruncate(fd, (off_t)(SLOT0_AT + 2 * r->cap + (uint64_t)r->klog * r->ecap)) != 0 ||
               pwrite_all(fd, rb, sizeof(rb), RECORD_AT(r->seq & 1)) != 0 ||
               write_archive(fd, ar, slot_at(r, r->slot)) != 0 || fsync(fd) != 0;
     int e = errno;
@@ -373,16 +471,68 @@ static int write_whole(const char *dir, const char *path, record_t *r, archive_t
     return CEL_OK;
 }
 
+/* The size of a log entry's room for img: its weights (the applied gradient
+ * has their shape) and 64 kB for meta.json, step.json and the heads, rounded
+ * up to a block; 0 when img has no weights. */
+static uint64_t entry_cap(const cel_lora_image_t *img) {
+    for (int i = 0; i < img->n; i++)
+        if (strcmp(img->f[i].name, "adapter_model.safetensors") == 0)
+            return ((uint64_t)img->f[i].len + 65536 + 4095) & ~(uint64_t)4095;
+    return 0;
+}
+
+/* The switch to next once what it names is durable: the `current` check (cur
+ * must still be the current record: no other worker took the adapter over),
+ * next over the older record, fdatasync. */
+static int switch_record(int fd, const char *path, const record_t *cur, const record_t *next,
+                         cel_err_t *err) {
+    record_t again;
+    if (current_record(fd, &again) != 0 || again.seq != cur->seq)
+        return cel_err_set(err, CEL_ESTATE,
+                           "adapter changed on disk (%s): another worker took it over", path);
+    unsigned char rb[RECORD_BYTES];
+    encode_record(next, rb);
+    if (pwrite_all(fd, rb, sizeof(rb), RECORD_AT(next->seq & 1)) != 0 || fdatasync(fd) != 0)
+        return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+    return CEL_OK;
+}
+
+/* Appends entry as log entry cur->nlog of the open file: the entry, fdatasync,
+ * the `current` check, the new record (next), fdatasync. */
+static int append_entry(int fd, const char *path, const record_t *cur, record_t *next,
+                        const cel_lora_image_t *entry, cel_ckpt_times_t *t, cel_err_t *err) {
+    archive_t ea;
+    int rc = archive_of(entry, &ea, err);
+    if (rc != CEL_OK) return rc;
+    if (ea.len > cur->ecap) {
+        archive_free(&ea);
+        return CEL_ELIMIT; /* (the caller writes a full checkpoint instead) */
+    }
+    next->nlog = cur->nlog + 1;
+    next->lhash =
+        XXH3_64bits_withSeed(ea.heads, (size_t)entry->n * ENTRY_HEAD, cur->nlog ? cur->lhash : 0);
+    double t0 = cel_adapters_now_ms();
+    if (write_archive(fd, &ea, log_at(cur, cur->nlog)) != 0 || fdatasync(fd) != 0) {
+        rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    double t1 = cel_adapters_now_ms();
+    if ((rc = switch_record(fd, path, cur, next, err)) != CEL_OK) goto out;
+    if (t) t->sync = t1 - t0, t->sw = cel_adapters_now_ms() - t1, t->logged = 1;
+out:
+    archive_free(&ea);
+    return rc;
+}
+
 int cel_ckpt_file_write(const char *dir, const char *expect, const char *name,
-                        const cel_lora_image_t *img, cel_ckpt_times_t *t, cel_err_t *err) {
+                        const cel_lora_image_t *img, const cel_lora_image_t *entry,
+                        cel_ckpt_times_t *t, cel_err_t *err) {
     char path[CEL_ADAPTERS_PATH_MAX + 64];
     snprintf(path, sizeof(path), "%s/" CKPT_FILE, dir);
-    archive_t ar;
-    int rc = archive_of(img, &ar, err);
-    if (rc != CEL_OK) return rc;
-    size_t len = ar.len;
-    if (t) t->whole = 0, t->sync = t->sw = 0;
+    if (t) t->whole = t->logged = 0, t->sync = t->sw = 0;
     record_t cur = { 0 }, next = { 0 };
+    int rc = CEL_OK;
+    archive_t ar = { 0 };
     int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW), have = fd >= 0;
     if (fd < 0 && errno != ENOENT) {
         rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
@@ -401,41 +551,43 @@ int cel_ckpt_file_write(const char *dir, const char *expect, const char *name,
                          cur.name, expect[0] ? expect : "none");
         goto out;
     }
+    next = cur;
     next.seq = cur.seq + 1;
-    next.len = len;
     snprintf(next.name, sizeof(next.name), "%s", name);
+    uint32_t k = log_steps();
+    if (have && entry && k > 0 && cur.nlog < cur.klog) {
+        rc = append_entry(fd, path, &cur, &next, entry, t, err);
+        if (rc != CEL_ELIMIT) goto out; /* done, or failed; an entry too big: a full one */
+        rc = CEL_OK;
+    }
+    if ((rc = archive_of(img, &ar, err)) != CEL_OK) goto out;
+    size_t len = ar.len;
+    next.len = len;
+    next.nlog = 0;
+    next.lhash = 0;
     double t0 = cel_adapters_now_ms();
-    if (!have || len > cur.cap) {
-        /* room for growth: the recent-steps history and the like */
+    if (!have || len > cur.cap || (entry && k > 0 && cur.klog == 0 && entry_cap(img) > 0)) {
+        /* a new file: room for growth (the recent-steps history and the like) and,
+         * unless it is off, for the step log */
         uint64_t cap = ((uint64_t)len + len / 4 + 65536 + 4095) & ~(uint64_t)4095;
         next.cap = cap;
         next.slot = 0;
+        next.ecap = k > 0 ? entry_cap(img) : 0;
+        next.klog = next.ecap ? k : 0;
         rc = write_whole(dir, path, &next, &ar, err);
         if (t) t->whole = 1, t->sync = cel_adapters_now_ms() - t0;
         goto out;
     }
-    next.cap = cur.cap;
     next.slot = 1 - cur.slot;
     if (write_archive(fd, &ar, slot_at(&next, next.slot)) != 0 || fdatasync(fd) != 0) {
         rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
         goto out;
     }
     double t1 = cel_adapters_now_ms();
-    record_t again;
-    if (current_record(fd, &again) != 0 || again.seq != cur.seq) { /* just before the switch */
-        rc = cel_err_set(err, CEL_ESTATE, "adapter changed on disk (%s): another worker took it over",
-                         path);
-        goto out;
-    }
-    unsigned char rb[RECORD_BYTES];
-    encode_record(&next, rb);
-    if (pwrite_all(fd, rb, sizeof(rb), RECORD_AT(next.seq & 1)) != 0 || fdatasync(fd) != 0) {
-        rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
-        goto out;
-    }
+    if ((rc = switch_record(fd, path, &cur, &next, err)) != CEL_OK) goto out;
     if (t) t->sync = t1 - t0, t->sw = cel_adapters_now_ms() - t1;
 out:
     if (fd >= 0) close(fd);
-    archive_free(&ar);
+    if (ar.iov || ar.heads) archive_free(&ar);
     return rc;
 }

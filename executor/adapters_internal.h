@@ -76,25 +76,44 @@ int cel_adapters_write_ckpt(cel_adapters_t *s, cel_adapter_t *a, const char *tas
 
 #define CKPT_FILE "checkpoint" /* <state>/adapters/<id>/checkpoint */
 
-/* Where a checkpoint write's time went (ms): the archive written and synced,
- * the record switched; whole: a new file was written (no in-place room). */
+/* Where a checkpoint write's time went (ms): the archive (or log entry)
+ * written and synced, the record switched; whole: a new file was written (no
+ * in-place room); logged: the step went into the log. */
 typedef struct cel_ckpt_times {
     double sync, sw;
-    int whole;
+    int whole, logged;
 } cel_ckpt_times_t;
+
+/* The step log of a checkpoint (adapters_file.c): the entries to replay, in
+ * order, over the slot's archive (each step.json, applied.safetensors and the
+ * meta.json after the step). */
+#define CKPT_LOG_MAX 32
+typedef struct cel_ckpt_log {
+    int n;
+    cel_lora_image_t e[CKPT_LOG_MAX];
+} cel_ckpt_log_t;
+
+void cel_ckpt_log_free(cel_ckpt_log_t *log);
 
 /* Reads the current checkpoint of the file in the adapter directory dir: its
  * name (CKPT_NAME_MAX, may be NULL), its archive's bytes (may be NULL) and,
- * with img, its files (stop_after: up to and including that file; NULL: all).
- * CEL_ENOTFOUND: no file; CEL_ESTATE: want (unless NULL) is no longer the
- * current one; CEL_EPROTO: no valid record, or a damaged archive. */
+ * with img, its files: with stop_after, those of the newest archive (the last
+ * log entry's, or the slot's) up to and including that file (the metadata
+ * alone); without, the slot's and, in log (needed when there are any), the
+ * logged steps to replay over them. CEL_ENOTFOUND: no file; CEL_ESTATE: want
+ * (unless NULL) is no longer the current one; CEL_EPROTO: no valid record, or
+ * a damaged archive or log. */
 int cel_ckpt_file_read(const char *dir, const char *want, const char *stop_after, char *name,
-                       cel_lora_image_t *img, long long *bytes, cel_err_t *err);
+                       cel_lora_image_t *img, cel_ckpt_log_t *log, long long *bytes,
+                       cel_err_t *err);
 
-/* Makes img's files the checkpoint name of the file in dir, in place when it
- * fits (see adapters_file.c), else as a new file. expect: the name the current
- * record must carry ("" for a new file); CEL_ESTATE otherwise. t may be NULL. */
+/* Makes a checkpoint named name the current one of the file in dir: entry
+ * (may be NULL: a step's log entry, see cel_lora_applied_image) appended to
+ * the log when there is room, else img's files in place when they fit (see
+ * adapters_file.c), else as a new file. expect: the name the current record
+ * must carry ("" for a new file); CEL_ESTATE otherwise. t may be NULL. */
 int cel_ckpt_file_write(const char *dir, const char *expect, const char *name,
-                        const cel_lora_image_t *img, cel_ckpt_times_t *t, cel_err_t *err);
+                        const cel_lora_image_t *img, const cel_lora_image_t *entry,
+                        cel_ckpt_times_t *t, cel_err_t *err);
 
 #endif

@@ -148,6 +148,11 @@ struct cel_lora {
     uint64_t dev_used; /* LRU clock of its last use */
     int host_stale;    /* the device copy is newer than w, g, m, v */
     int dev_pins;      /* GPU samplers using the device copy: not evicted */
+    /* the checkpoint's step log (cel_lora_keep_applied) */
+    int keep_applied;
+    float *ga;          /* the gradient the last CPU step applied (after clipping) */
+    int ga_step;        /* the step ga made, 0: none (a device step, or none since load) */
+    cel_adamw_t ga_opt; /* and its hyper-parameters */
 };
 
 /* Which block cel_lora_write / cel_model_write exports. */
@@ -169,10 +174,11 @@ void cel_model_mod_weight_name(char *buf, size_t len, int l, int mod);
 int cel_model_adamw_check(const cel_adamw_t *o, cel_err_t *err);
 
 /* One optimizer step over a block (cel_model_step, cel_lora_step): global
- * norm, optional clipping, AdamW update, zeroed grads. Returns the norm; a
- * non-finite one is returned with nothing changed. */
+ * norm, optional clipping, AdamW update, zeroed grads; applied (may be NULL)
+ * gets a copy of the gradient the update used (after clipping). Returns the
+ * norm; a non-finite one is returned with nothing changed. */
 float cel_model_adamw_apply(float *w, float *g, float *m, float *v, size_t n, const cel_adamw_t *o,
-                            int step);
+                            int step, float *applied);
 
 /* device.c: adapters on a GPU model. Makes l's device copy current (uploads
  * it, evicting least recently used adapters past the budget) and marks it

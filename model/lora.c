@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cpu/ops.h"
 #include "gpu.h"
 #include "safetensors.h"
 
@@ -58,6 +59,7 @@ void cel_lora_free(cel_lora_t *l) {
     free(l->g);
     free(l->m);
     free(l->v);
+    free(l->ga);
     json_decref(l->meta);
     free(l);
 }
@@ -591,15 +593,89 @@ int cel_lora_step(cel_lora_t *l, const cel_adamw_t *opt, float *grad_norm, cel_e
         if (rc != CEL_OK) return rc;
         l->step++;
         l->host_stale = 1;
+        l->ga_step = 0; /* the device's gradient is not kept: no log entry */
         return CEL_OK;
     }
-    float norm = cel_model_adamw_apply(l->w, l->g, l->m, l->v, l->n, opt, l->step + 1);
+    l->ga_step = 0;
+    if (l->keep_applied && !l->ga) l->ga = malloc(l->n * sizeof(float)); /* NULL: no log */
+    float norm = cel_model_adamw_apply(l->w, l->g, l->m, l->v, l->n, opt, l->step + 1,
+                                       l->keep_applied ? l->ga : NULL);
     if (grad_norm) *grad_norm = norm;
     if (!isfinite(norm))
         return cel_err_set(err, CEL_EINVAL, "gradient norm is %s: step not applied",
                            isnan(norm) ? "nan" : "inf");
     l->step++;
+    if (l->keep_applied && l->ga) {
+        l->ga_step = l->step;
+        l->ga_opt = *opt;
+    }
     return CEL_OK;
+}
+
+/* ---- the checkpoint's step log (issue 17) ---- */
+
+void cel_lora_keep_applied(cel_lora_t *l) { l->keep_applied = 1; }
+
+int cel_lora_applied_image(cel_lora_t *l, cel_lora_image_t *img, cel_err_t *err) {
+    if (!l->ga || l->ga_step == 0 || l->ga_step != l->step)
+        return cel_err_set(err, CEL_ENOTFOUND, "no applied gradient of step %d kept", l->step);
+    const cel_adamw_t *o = &l->ga_opt;
+    l->ga_step = 0; /* one entry per step: a later write without a new step is a full one */
+    json_t *j =
+        json_pack("{s:s, s:i, s:f, s:f, s:f, s:f, s:f}", "format", "celeriac-step-1", "step",
+                  l->step, "lr", (double)o->lr, "beta1", (double)o->beta1, "beta2",
+                  (double)o->beta2, "eps", (double)o->eps, "weight_decay", (double)o->weight_decay);
+    /* 17 digits: each float comes back exactly */
+    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
+    json_decref(j);
+    if (!text) return cel_err_set(err, CEL_ENOMEM, "out of memory");
+    int rc = cel_lora_image_add(img, "step.json", (unsigned char *)text, strlen(text), err);
+    if (rc != CEL_OK) return rc;
+    float *gb[1] = { l->ga };
+    const char *gs[1] = { ".grad" };
+    const char *gkv[2] = { "format", "celeriac-applied-1" };
+    return add_blocks(img, "applied.safetensors", l, gb, gs, 1, gkv, 1, err);
+}
+
+/* A float of step.json (finite, as written). */
+static int step_float(json_t *j, const char *key, float *out) {
+    json_t *v = json_object_get(j, key);
+    if (!json_is_number(v) || !isfinite(json_number_value(v))) return 0;
+    *out = (float)json_number_value(v);
+    return 1;
+}
+
+int cel_lora_replay_image(cel_lora_t *l, const cel_lora_image_t *img, cel_err_t *err) {
+    if (l->dev) return cel_err_set(err, CEL_ESTATE, "adapter is on the device");
+    size_t slen = 0, glen = 0;
+    const unsigned char *sj = cel_lora_image_get(img, "step.json", &slen);
+    const unsigned char *g = cel_lora_image_get(img, "applied.safetensors", &glen);
+    if (!sj || !g) return cel_err_set(err, CEL_EPROTO, "logged step: no step.json or gradient");
+    json_t *j = json_loadb((const char *)sj, slen, JSON_REJECT_DUPLICATES, NULL);
+    cel_adamw_t o = { 0 };
+    json_t *step = json_object_get(j, "step");
+    int ok = j && json_is_integer(step) && step_float(j, "lr", &o.lr) &&
+             step_float(j, "beta1", &o.beta1) && step_float(j, "beta2", &o.beta2) &&
+             step_float(j, "eps", &o.eps) && step_float(j, "weight_decay", &o.weight_decay);
+    long long at = ok ? json_integer_value(step) : 0;
+    json_decref(j);
+    if (!ok) return cel_err_set(err, CEL_EPROTO, "logged step: step.json unreadable");
+    if (at != (long long)l->step + 1)
+        return cel_err_set(err, CEL_EPROTO, "logged step %lld follows step %d", at, l->step);
+    cel_safetensors_t *st = NULL;
+    int rc = cel_safetensors_parse(g, glen, &st, err);
+    float *blocks[1] = { l->g };
+    const char *suffixes[1] = { ".grad" };
+    if (rc == CEL_OK) rc = read_blocks(l, st, blocks, suffixes, 1, "logged step gradient", err);
+    cel_safetensors_free(st);
+    if (rc == CEL_OK) {
+        /* what cel_model_adamw_apply did after clipping: the same update, the same bits */
+        cel_cpu_adamw_update(l->w, l->m, l->v, l->g, l->n, o.lr, o.beta1, o.beta2, o.eps,
+                             o.weight_decay, l->step + 1);
+        l->step++;
+    }
+    memset(l->g, 0, l->n * sizeof(float));
+    return rc;
 }
 
 void cel_lora_zero_grad(cel_lora_t *l) {

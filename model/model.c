@@ -382,11 +382,12 @@ int cel_model_adamw_check(const cel_adamw_t *o, cel_err_t *err) {
 }
 
 float cel_model_adamw_apply(float *w, float *g, float *mo, float *vo, size_t n,
-                            const cel_adamw_t *o, int step) {
+                            const cel_adamw_t *o, int step, float *applied) {
     float norm = (float)sqrt(cel_cpu_adamw_sumsq(g, n));
     if (!isfinite(norm)) return norm; /* a NaN/Inf gradient never reaches the weights */
     if (o->grad_clip > 0 && norm > o->grad_clip)
         cel_cpu_adamw_scale(g, n, o->grad_clip / (norm + 1e-6f));
+    if (applied) memcpy(applied, g, n * sizeof(float));
     cel_cpu_adamw_update(w, mo, vo, g, n, o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, step);
     memset(g, 0, n * sizeof(float));
     return norm;
@@ -396,7 +397,7 @@ int cel_model_step(cel_model_t *m, const cel_adamw_t *opt, float *grad_norm, cel
     if (!m->g) return cel_err_set(err, CEL_ESTATE, "full-parameter training is not enabled");
     int rc = cel_model_adamw_check(opt, err);
     if (rc != CEL_OK) return rc;
-    float norm = cel_model_adamw_apply(m->w, m->g, m->m, m->v, m->n, opt, m->step + 1);
+    float norm = cel_model_adamw_apply(m->w, m->g, m->m, m->v, m->n, opt, m->step + 1, NULL);
     if (grad_norm) *grad_norm = norm;
     if (!isfinite(norm))
         return cel_err_set(err, CEL_EINVAL, "gradient norm is %s: step not applied",

@@ -291,16 +291,18 @@ def _checkpoints(state, aid):
 def _current_checkpoint(state, aid):
     """The name in the current record of the adapter's checkpoint file, read here on its own
     from the layout executor/adapters_file.c documents: two 512-byte records at 0 and 4096
-    ("CELCKPT1", version, slot, seq, cap, len, name[64], crc32 of the rest), the valid one
-    with the higher seq is current."""
+    ("CELCKPT1", version, slot, seq, cap, len, name[64], in version 2 the step log's nlog,
+    klog, ecap and lhash, then the crc32 of the rest), the valid one with the higher seq is
+    current."""
     with open(os.path.join(state, "adapters", aid, "checkpoint"), "rb") as f:
         head = f.read(8192)
     best = None
     for at in (0, 4096):
         rec = head[at:at + 512]
-        if len(rec) < 108 or rec[:8] != b"CELCKPT1":
+        if len(rec) < 132 or rec[:8] != b"CELCKPT1":
             continue
-        if zlib.crc32(rec[:104]) != struct.unpack_from("<I", rec, 104)[0]:
+        crc_at = {1: 104, 2: 128}.get(struct.unpack_from("<I", rec, 8)[0])
+        if crc_at is None or zlib.crc32(rec[:crc_at]) != struct.unpack_from("<I", rec, crc_at)[0]:
             continue
         _version, _slot, seq, _cap, _length = struct.unpack_from("<IIQQQ", rec, 8)
         if best is None or seq > best[0]:

@@ -50,6 +50,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     fixture_t *f = *state;
+    unsetenv("CELERIAC_CKPT_LOG_STEPS");
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
     if (system(cmd) != 0) return -1;
@@ -182,7 +183,7 @@ static void read_current(fixture_t *f, const char *id, char *name, size_t len) {
     cel_err_t err;
     assert_true(len >= CKPT_NAME_MAX);
     snprintf(adir, sizeof(adir), "%s/adapters/%s", f->dir, id);
-    if (cel_ckpt_file_read(adir, NULL, NULL, name, NULL, NULL, &err) != CEL_OK)
+    if (cel_ckpt_file_read(adir, NULL, NULL, name, NULL, NULL, NULL, &err) != CEL_OK)
         fail_msg("read %s: %s", adir, err.msg);
 }
 
@@ -244,6 +245,7 @@ static void scribble(const char *path, off_t off, off_t end) {
  * clears the old temp file. */
 static void test_checkpoint_one_pass(void **state) {
     fixture_t *f = *state;
+    setenv("CELERIAC_CKPT_LOG_STEPS", "0", 1); /* full checkpoints: the slots */
     cel_adapters_t *sa = open_store(f, "a@host");
     char id[CEL_ADAPTERS_ID_LEN + 1], adir[256], path[512], names[1024], name[64], want[512];
     cel_adapter_t *a = create_id(sa, id);
@@ -265,7 +267,7 @@ static void test_checkpoint_one_pass(void **state) {
      * (at 4096) naming slot 0 from 8192; record 0 and slot 1 are free */
     long long len = 0;
     cel_err_t err;
-    assert_int_equal(cel_ckpt_file_read(adir, NULL, NULL, NULL, NULL, &len, &err), CEL_OK);
+    assert_int_equal(cel_ckpt_file_read(adir, NULL, NULL, NULL, NULL, NULL, &len, &err), CEL_OK);
     scribble(path, 0, 512);
     scribble(path, 8192 + len, st1.st_size);
     char cmd[2048];
@@ -368,7 +370,7 @@ static void test_damaged_file_is_refused_or_whole(void **state) {
         json_t *info = NULL;
         if (cel_adapters_info(rs, id, &info, &err) == CEL_OK) json_decref(info);
         len = -1; /* the records alone: a length inside the file, or an error */
-        if (cel_ckpt_file_read(adir, NULL, NULL, NULL, NULL, &len, NULL) == CEL_OK)
+        if (cel_ckpt_file_read(adir, NULL, NULL, NULL, NULL, NULL, &len, NULL) == CEL_OK)
             assert_true(len > 0 && len < size);
         cel_adapters_free(rs);
     }
@@ -383,13 +385,14 @@ static void test_damaged_file_is_refused_or_whole(void **state) {
  * one no longer fits beside a trained one. */
 static void test_quota_counts_both_slots(void **state) {
     fixture_t *f = *state;
+    setenv("CELERIAC_CKPT_LOG_STEPS", "0", 1); /* full checkpoints: the slots */
     cel_adapters_t *sa = open_store(f, "a@host");
     char id[CEL_ADAPTERS_ID_LEN + 1], adir[256];
     cel_adapter_t *a = create_id(sa, id);
     snprintf(adir, sizeof(adir), "%s/adapters/%s", f->dir, id);
     long long len = 0;
     cel_err_t err;
-    assert_int_equal(cel_ckpt_file_read(adir, NULL, NULL, NULL, NULL, &len, &err), CEL_OK);
+    assert_int_equal(cel_ckpt_file_read(adir, NULL, NULL, NULL, NULL, NULL, &len, &err), CEL_OK);
     cel_adapters_limits_t lim = { .max_bytes_per_owner = len * 5 / 2 + 16384 };
     cel_adapters_set_limits(sa, &lim);
     cel_adapter_t *b;
@@ -457,6 +460,7 @@ static void test_checkpoint_outgrows_its_file(void **state) {
  * moves it into the file, and `current` and the directory go. */
 static void test_legacy_store_moves_to_the_file(void **state) {
     fixture_t *f = *state;
+    setenv("CELERIAC_CKPT_LOG_STEPS", "0", 1); /* full checkpoints: the slots */
     cel_adapters_t *sa = open_store(f, "a@host");
     char id[CEL_ADAPTERS_ID_LEN + 1], adir[256], dir[512], p[640], names[1024], name[64];
     cel_adapter_t *a = create_id(sa, id);
@@ -469,7 +473,7 @@ static void test_legacy_store_moves_to_the_file(void **state) {
     snprintf(dir, sizeof(dir), "%s/ckpt-000001-00000000cafebabe", adir);
     cel_lora_image_t img = { 0 };
     cel_err_t err;
-    assert_int_equal(cel_ckpt_file_read(adir, NULL, NULL, NULL, &img, NULL, &err), CEL_OK);
+    assert_int_equal(cel_ckpt_file_read(adir, NULL, NULL, NULL, &img, NULL, NULL, &err), CEL_OK);
     assert_int_equal(img.n, 4);
     assert_int_equal(mkdir(dir, 0700), 0);
     for (int i = 0; i < img.n; i++) {
@@ -613,6 +617,138 @@ static void test_kill9_during_checkpoint(void **state) {
         cel_adapters_free(rs);
     }
     assert_true(reported >= 12);
+}
+
+/* The adapter's state read back by a fresh store equals the live one bit for
+ * bit (weights, both moments, the step), and keeps every step's result. */
+static void assert_same_on_disk(fixture_t *f, const char *id, cel_adapter_t *live) {
+    cel_adapters_t *rs = open_store(f, "reader@host");
+    cel_adapter_t *b = get(rs, id);
+    cel_lora_t *la = cel_adapters_lora(live), *lb = cel_adapters_lora(b);
+    assert_int_equal(cel_lora_step_count(lb), cel_lora_step_count(la));
+    assert_int_equal(memcmp(la->w, lb->w, la->n * sizeof(float)), 0);
+    assert_int_equal(memcmp(la->m, lb->m, la->n * sizeof(float)), 0);
+    assert_int_equal(memcmp(la->v, lb->v, la->n * sizeof(float)), 0);
+    for (int k = cel_lora_step_count(la); k > 0 && k > cel_lora_step_count(la) - 8; k--)
+        assert_step_result(b, k);
+    cel_adapters_free(rs);
+}
+
+/* Logged steps in adapter id's checkpoint now (the current record's nlog). */
+static int logged_steps(fixture_t *f, const char *id) {
+    char adir[256];
+    cel_err_t err;
+    snprintf(adir, sizeof(adir), "%s/adapters/%s", f->dir, id);
+    cel_lora_image_t img = { 0 };
+    cel_ckpt_log_t *log = calloc(1, sizeof(*log));
+    assert_non_null(log);
+    if (cel_ckpt_file_read(adir, NULL, NULL, NULL, &img, log, NULL, &err) != CEL_OK)
+        fail_msg("read %s: %s", adir, err.msg);
+    int n = log->n;
+    cel_lora_image_free(&img);
+    cel_ckpt_log_free(log);
+    free(log);
+    return n;
+}
+
+/* The step log (issue 17): with room for 3 entries, steps 1-3 go to the log
+ * (the file's inode unchanged), step 4 is a full checkpoint, 5-7 logged again,
+ * 8 full; after every step a fresh store replays the log to the live state bit
+ * for bit, gradient clipping and changing hyper-parameters included. A write
+ * without a new step (the hand-over's, with gradients) is a full checkpoint. */
+static void test_step_log_replays_bit_for_bit(void **state) {
+    fixture_t *f = *state;
+    setenv("CELERIAC_CKPT_LOG_STEPS", "3", 1);
+    cel_adapters_t *sa = open_store(f, "a@host");
+    char id[CEL_ADAPTERS_ID_LEN + 1], path[512];
+    cel_adapter_t *a = create_id(sa, id);
+    snprintf(path, sizeof(path), "%s/adapters/%s/" CKPT_FILE, f->dir, id);
+    struct stat st0, st1;
+    assert_int_equal(stat(path, &st0), 0);
+    assert_int_equal(logged_steps(f, id), 0);
+    cel_err_t err;
+    for (int step = 1; step <= 8; step++) {
+        /* lr and clipping change from step to step; step 2 and 6 clip */
+        cel_adamw_t opt = { .lr = 1e-2f / (float)step,
+                            .beta1 = 0.9f,
+                            .beta2 = 0.999f,
+                            .eps = 1e-8f,
+                            .weight_decay = 0.01f * (float)(step % 3),
+                            .grad_clip = step % 4 == 2 ? 0.05f : 0.0f };
+        hold(sa, a);
+        fake_grads(a, 0.3f * (float)step - 1.0f);
+        assert_int_equal(cel_adapters_note_grads(sa, a, NULL, &err), CEL_OK);
+        assert_int_equal(cel_lora_step(cel_adapters_lora(a), &opt, NULL, &err), CEL_OK);
+        char task[32];
+        snprintf(task, sizeof(task), "task-%d", step);
+        json_t *res = json_pack("{s:i}", "step", step);
+        assert_int_equal(cel_adapters_commit(sa, a, task, res, &err), CEL_OK);
+        json_decref(res);
+        assert_int_equal(logged_steps(f, id), step % 4);
+        assert_same_on_disk(f, id, a);
+    }
+    assert_int_equal(stat(path, &st1), 0);
+    assert_int_equal(st0.st_ino, st1.st_ino); /* no new file after the first */
+    /* a hand-over (gradients pending, no new step) is a full checkpoint */
+    hold(sa, a);
+    fake_grads(a, 0.7f);
+    assert_int_equal(cel_adapters_note_grads(sa, a, NULL, &err), CEL_OK);
+    assert_int_equal(cel_adapters_write_ckpt(sa, a, NULL, NULL, 1, &err), CEL_OK);
+    assert_int_equal(logged_steps(f, id), 0);
+    cel_adapters_free(sa);
+}
+
+/* A log entry that a writer wrote but never named (a crash before its
+ * record) does not count; a damaged newest record leaves the step before it,
+ * whole; a damaged entry that the record names is refused, never half read. */
+static void test_step_log_torn(void **state) {
+    fixture_t *f = *state;
+    setenv("CELERIAC_CKPT_LOG_STEPS", "4", 1);
+    cel_adapters_t *sa = open_store(f, "a@host");
+    char id[CEL_ADAPTERS_ID_LEN + 1], path[512];
+    cel_adapter_t *a = create_id(sa, id);
+    snprintf(path, sizeof(path), "%s/adapters/%s/" CKPT_FILE, f->dir, id);
+    train_step(sa, a, 0.5f);
+    cel_lora_t *la = cel_adapters_lora(a);
+    size_t nw = la->n;
+    float *w1 = malloc(nw * sizeof(float));
+    memcpy(w1, la->w, nw * sizeof(float));
+    train_step(sa, a, 0.25f);
+    assert_int_equal(logged_steps(f, id), 2);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    /* the entries are at the end: 4 of equal size; garbage in the third (unnamed) */
+    long ecap = 0;
+    {
+        /* ecap from the records: version 2, at 112 */
+        FILE *fp = fopen(path, "rb");
+        unsigned char rec[512];
+        assert_int_equal(fread(rec, 1, sizeof(rec), fp), sizeof(rec));
+        fclose(fp);
+        for (int i = 7; i >= 0; i--) ecap = (ecap << 8) | rec[112 + i];
+    }
+    assert_true(ecap > 0 && 4 * ecap < st.st_size);
+    long log0 = st.st_size - 4 * ecap;
+    scribble(path, log0 + 2 * ecap, log0 + 3 * ecap);
+    assert_same_on_disk(f, id, a);
+    /* the newest record (seq 3, at 4096: create was seq 1) damaged: step 1, whole */
+    scribble(path, 4096 + 16, 4096 + 24);
+    cel_adapters_t *rs = open_store(f, "reader@host");
+    cel_adapter_t *b = get(rs, id);
+    assert_int_equal(cel_lora_step_count(cel_adapters_lora(b)), 1);
+    assert_int_equal(memcmp(w1, cel_adapters_lora(b)->w, nw * sizeof(float)), 0);
+    assert_step_result(b, 1);
+    cel_adapters_free(rs);
+    /* the first entry, which every record now names, damaged: refused */
+    scribble(path, log0 + 100, log0 + 108);
+    rs = open_store(f, "reader@host");
+    cel_adapter_t *c;
+    cel_err_t err;
+    assert_int_equal(cel_adapters_get(rs, id, &c, &err), CEL_EPROTO);
+    assert_non_null(strstr(err.msg, "damaged"));
+    cel_adapters_free(rs);
+    free(w1);
+    cel_adapters_free(sa);
 }
 
 /* A live holder makes another store refuse; once it is gone its gradients are
@@ -895,6 +1031,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_redelivered_forward_backward, setup, teardown),
         cmocka_unit_test_setup_teardown(test_older_marker, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_and_node, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_step_log_replays_bit_for_bit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_step_log_torn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_one_pass, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_outgrows_its_file, setup, teardown),
