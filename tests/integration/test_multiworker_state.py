@@ -10,8 +10,10 @@ pending gradients over by checkpoint; workers never overwrite or prune each othe
 Real processes: two or three `bin/celeriac -c 1` with distinct -n names, one Redis (one
 RabbitMQ case), one --state-dir, the stock Celery client.
 """
+import filecmp
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -289,7 +291,13 @@ def _checkpoints(state, aid):
 
 
 def _current_checkpoint(state, aid):
-    """The name in the current record of the adapter's checkpoint file, read here on its own
+    """The name in the current record of the adapter's checkpoint file (_current_record)."""
+    return _current_record(state, aid)[0]
+
+
+def _current_record(state, aid):
+    """(name, logged steps) of the current record of the adapter's checkpoint file, read here
+    on its own
     from the layout executor/adapters_file.c documents: two 512-byte records at 0 and 4096
     ("CELCKPT1", version, slot, seq, cap, len, name[64], in version 2 the step log's nlog,
     klog, ecap and lhash, then the crc32 of the rest), the valid one with the higher seq is
@@ -304,11 +312,12 @@ def _current_checkpoint(state, aid):
         crc_at = {1: 104, 2: 128}.get(struct.unpack_from("<I", rec, 8)[0])
         if crc_at is None or zlib.crc32(rec[:crc_at]) != struct.unpack_from("<I", rec, crc_at)[0]:
             continue
-        _version, _slot, seq, _cap, _length = struct.unpack_from("<IIQQQ", rec, 8)
+        version, _slot, seq, _cap, _length = struct.unpack_from("<IIQQQ", rec, 8)
+        nlog = struct.unpack_from("<I", rec, 104)[0] if version == 2 else 0
         if best is None or seq > best[0]:
-            best = (seq, rec[40:104].rstrip(b"\0").decode())
+            best = (seq, rec[40:104].rstrip(b"\0").decode(), nlog)
     assert best is not None, f"{aid}: no valid record"
-    return best[1]
+    return best[1:]
 
 
 def test_three_nodes_share_one_state_dir(nodes, celery_app):
@@ -346,6 +355,37 @@ def test_three_nodes_share_one_state_dir(nodes, celery_app):
         with open(os.path.join(state, "adapters", aid, "grads.json")) as f:
             marker = json.load(f)
         assert marker["count"] == 0 and marker["ckpt"] == cur, marker
+
+
+def test_logged_steps_replay_on_another_node(nodes, celery_app, tmp_path):
+    """An optim_step on the CPU goes into the checkpoint's step log (issue 17: the gradient it
+    applied, not the whole adapter); a node that never held the adapter loads it by replaying
+    the log: its lora.save export (weights, both AdamW moments, the step) is the same bytes as
+    the one of the node that made the steps, clipped steps and changing hyper-parameters
+    included, and training goes on from there on either node."""
+    nodes("la", "lb")
+    aid = run(celery_app, "la", "lora.create", rank=4, seed=5)["adapter_id"]
+    for i in range(5):
+        run(celery_app, "la", "lora.forward_backward", aid, [{"text": TEXT}])
+        adam = {"learning_rate": 1e-2 / (i + 1), "weight_decay": 0.01 * i,
+                "grad_clip_norm": 0.05 if i % 2 else 0.0}
+        assert run(celery_app, "la", "lora.optim_step", aid, adam)["step"] == i + 1
+    name, logged = _current_record(nodes.state, aid)
+    assert name.startswith("ckpt-000005-") and logged == 5
+    exported = {}
+    for n in ("la", "lb"):
+        path = run(celery_app, n, "lora.save", aid)
+        exported[n] = shutil.copytree(path, tmp_path / n)
+        shutil.rmtree(path)  # so that the other node writes its own
+    files = sorted(os.listdir(exported["la"]))
+    assert "optimizer.safetensors" in files and "adapter_model.safetensors" in files
+    assert sorted(os.listdir(exported["lb"])) == files
+    _, mismatch, errors = filecmp.cmpfiles(exported["la"], exported["lb"], files, shallow=False)
+    assert mismatch == [] and errors == [], (mismatch, errors)
+    # the next step on the other node continues from the replayed state
+    run(celery_app, "lb", "lora.forward_backward", aid, [{"text": TEXT}])
+    assert run(celery_app, "lb", "lora.optim_step", aid, ADAM)["step"] == 6
+    assert _current_record(nodes.state, aid)[1] == 6
 
 
 # --------------------------------------------------------------------------------------------
