@@ -27,7 +27,9 @@
  * flushes 1.8 MB for a small adapter; an entry holds the new meta.json, the
  * step's hyper-parameters and the gradient it applied (1x the weights), from
  * which the step is replayed bit for bit (cel_lora_replay_image). After klog
- * entries the next step writes a full checkpoint again.
+ * entries the next step writes a full checkpoint again. klog is 8
+ * (CELERIAC_CKPT_LOG_STEPS), fewer when 8 entries would pass 64 MB (a reader
+ * holds the entries it replays), 0 for adapters whose weights pass that.
  *
  * Writing checkpoint n+1 over n, full: its archive goes to the slot the
  * current record does not name, fdatasync; then the new record (seq + 1,
@@ -73,6 +75,7 @@
 #define V1_CRC_AT    (40 + CKPT_NAME_MAX)
 #define V2_CRC_AT    (V1_CRC_AT + 24)
 #define LOG_STEPS    8 /* entries after a full checkpoint (CELERIAC_CKPT_LOG_STEPS) */
+#define LOG_BYTES    (64ULL << 20) /* at most this much log: fewer entries for big adapters */
 
 typedef struct record {
     uint32_t slot, nlog, klog;
@@ -336,21 +339,22 @@ void cel_ckpt_log_free(cel_ckpt_log_t *log) {
 /* Reads r's log (its nlog entries) from fd into log, checking the chain
  * against r's lhash. CEL_EAGAIN on a mismatch (damaged, or being rewritten). */
 static int read_log(int fd, const record_t *r, cel_ckpt_log_t *log, cel_err_t *err) {
-    size_t len = (size_t)(r->nlog * r->ecap);
-    unsigned char *buf = malloc(len ? len : 1);
+    unsigned char *buf = malloc((size_t)r->ecap); /* one entry at a time */
     XXH3_state_t *chain = XXH3_createState();
     int rc = CEL_OK;
     if (!buf || !chain) rc = cel_err_set(err, CEL_ENOMEM, "out of memory for the step log");
-    else if (pread_all(fd, buf, len, log_at(r, 0)) != 0)
-        rc = cel_err_set(err, CEL_EIO, "step log: %s", strerror(errno));
     uint64_t h = 0;
     for (uint32_t i = 0; rc == CEL_OK && i < r->nlog; i++) {
+        if (pread_all(fd, buf, (size_t)r->ecap, log_at(r, i)) != 0) {
+            rc = cel_err_set(err, CEL_EIO, "step log: %s", strerror(errno));
+            break;
+        }
         if (XXH3_64bits_reset_withSeed(chain, h) != XXH_OK) {
             rc = cel_err_set(err, CEL_ENOMEM, "out of memory for the step log");
             break;
         }
         log->n = (int)i + 1;
-        rc = parse_archive(buf + i * r->ecap, (size_t)r->ecap, NULL, chain, &log->e[i], err);
+        rc = parse_archive(buf, (size_t)r->ecap, NULL, chain, &log->e[i], err);
         h = XXH3_64bits_digest(chain);
     }
     if (rc == CEL_OK && h != r->lhash)
@@ -471,14 +475,18 @@ static int write_whole(const char *dir, const char *path, record_t *r, archive_t
     return CEL_OK;
 }
 
-/* The size of a log entry's room for img: its weights (the applied gradient
- * has their shape) and 64 kB for meta.json, step.json and the heads, rounded
- * up to a block; 0 when img has no weights. */
-static uint64_t entry_cap(const cel_lora_image_t *img) {
+/* The step log a new file for img gets: up to k entries (OUT: *ecap each, its
+ * weights' size, as the applied gradient has their shape, and 64 kB for
+ * meta.json, step.json and the heads, rounded up to a block), no more than
+ * LOG_BYTES in all (a reader holds the entries it replays). 0: none. */
+static uint32_t log_room(const cel_lora_image_t *img, uint32_t k, uint64_t *ecap) {
+    *ecap = 0;
     for (int i = 0; i < img->n; i++)
         if (strcmp(img->f[i].name, "adapter_model.safetensors") == 0)
-            return ((uint64_t)img->f[i].len + 65536 + 4095) & ~(uint64_t)4095;
-    return 0;
+            *ecap = ((uint64_t)img->f[i].len + 65536 + 4095) & ~(uint64_t)4095;
+    while (k > 0 && (!*ecap || k * *ecap > LOG_BYTES)) k--;
+    if (!k) *ecap = 0;
+    return k;
 }
 
 /* The switch to next once what it names is durable: the `current` check (cur
@@ -566,14 +574,14 @@ int cel_ckpt_file_write(const char *dir, const char *expect, const char *name,
     next.nlog = 0;
     next.lhash = 0;
     double t0 = cel_adapters_now_ms();
-    if (!have || len > cur.cap || (entry && k > 0 && cur.klog == 0 && entry_cap(img) > 0)) {
+    uint64_t ecap;
+    if (!have || len > cur.cap || (entry && cur.klog == 0 && log_room(img, k, &ecap) > 0)) {
         /* a new file: room for growth (the recent-steps history and the like) and,
          * unless it is off, for the step log */
         uint64_t cap = ((uint64_t)len + len / 4 + 65536 + 4095) & ~(uint64_t)4095;
         next.cap = cap;
         next.slot = 0;
-        next.ecap = k > 0 ? entry_cap(img) : 0;
-        next.klog = next.ecap ? k : 0;
+        next.klog = log_room(img, k, &next.ecap);
         rc = write_whole(dir, path, &next, &ar, err);
         if (t) t->whole = 1, t->sync = cel_adapters_now_ms() - t0;
         goto out;
