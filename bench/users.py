@@ -22,7 +22,9 @@ Then the cost of a step along the path, for one user:
   http         the same step through Gunicorn (N = 1 run above)
 and the overhead per task (2 tasks per step) of celery and http against the engine.
 
-Then where the celery row's step goes inside the executor: the worker runs with
+Then where the celery row's step goes inside the executor (and the celery row's cost per task
+beyond the step's own compute as the executor measured it, which moves less between runs than
+the engine row): the worker runs with
 CELERIAC_PHASE_TIMES=1, so each optim_step and forward_backward logs its phases (ms, averaged
 over the celery run): adapter lookup, gradient hold, the AdamW step, the checkpoint (files
 written, sync, record switch, prune), and the forward_backward's building of its examples
@@ -396,6 +398,12 @@ def main():
             for label, keys in order:
                 print(f"  {label:<18}" + "  ".join(
                     f"{k} {phases[k][0]:.3f} ({phases[k][1]})" for k in keys if k in phases))
+            compute = sum(phases[k][0] for k in ("prepare", "pass", "adamw") if k in phases)
+            if celery is not None and all(k in phases for k in ("prepare", "pass", "adamw")):
+                # the same step's own compute, measured in the executor: steadier than the
+                # engine row, which is another process run at another moment
+                print(f"  celery row less its own compute (prepare + pass + adamw "
+                      f"{compute:.2f} ms): {(celery * 1e3 - compute) / 2:.2f} ms/task")
         if legs:
             print("\na celery row step's legs, median ms (both tasks sent, then waited for; the "
                   "worker's date_done):\n  " + "  ".join(f"{k} {v:.2f}" for k, v in legs.items()))
