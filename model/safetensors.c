@@ -733,24 +733,29 @@ static char *plain_header(const cel_st_entry_t *e, int n, const char *const *met
     return b.p;
 }
 
+/* The header text s (malloc'd, len bytes; taken) padded with spaces to a
+ * multiple of 8, which keeps the data area 8-byte aligned; *hlen gets its
+ * length. */
+static char *pad_header(char *s, size_t len, size_t *hlen, cel_err_t *err) {
+    size_t padded = (len + 7) & ~(size_t)7;
+    char *h = realloc(s, padded + 1);
+    if (!h) {
+        free(s);
+        cel_err_set(err, CEL_ENOMEM, "out of memory for the header");
+        return NULL;
+    }
+    memset(h + len, ' ', padded - len);
+    h[padded] = '\0';
+    *hlen = padded;
+    return h;
+}
+
 /* Builds the padded header text for the entries; *hlen gets its length. */
 static char *build_header(const cel_st_entry_t *e, int n, const char *const *meta, int n_meta,
                           size_t *hlen, cel_err_t *err) {
     size_t plen = 0;
     char *fast = plain_header(e, n, meta, n_meta, &plen);
-    if (fast) {
-        size_t padded = (plen + 7) & ~(size_t)7;
-        char *h = realloc(fast, padded + 1);
-        if (!h) {
-            free(fast);
-            cel_err_set(err, CEL_ENOMEM, "out of memory for the header");
-            return NULL;
-        }
-        memset(h + plen, ' ', padded - plen);
-        h[padded] = '\0';
-        *hlen = padded;
-        return h;
-    }
+    if (fast) return pad_header(fast, plen, hlen, err);
     /* (a bad entry, or strings to escape: jansson's path says which and writes it) */
     json_t *root = json_object();
     if (!root) return NULL;
@@ -792,18 +797,7 @@ static char *build_header(const cel_st_entry_t *e, int n, const char *const *met
         cel_err_set(err, CEL_ENOMEM, "out of memory for the header");
         return NULL;
     }
-    size_t len = strlen(s);
-    size_t padded = (len + 7) & ~(size_t)7; /* keeps the data area 8-byte aligned */
-    char *h = realloc(s, padded + 1);
-    if (!h) {
-        free(s);
-        cel_err_set(err, CEL_ENOMEM, "out of memory for the header");
-        return NULL;
-    }
-    memset(h + len, ' ', padded - len);
-    h[padded] = '\0';
-    *hlen = padded;
-    return h;
+    return pad_header(s, strlen(s), hlen, err);
 }
 
 int cel_safetensors_head(const cel_st_entry_t *entries, int n, const char *const *meta,
