@@ -800,6 +800,13 @@ static void on_message(void *priv, const cel_broker_msg_t *m) {
         revoke_with(r, "revoked"); /* celery strategy: no "Received" for these */
         return;
     }
+    if (c->stopping) {
+        /* a fetch that was in flight when the worker began to stop: nothing starts
+         * now, so it goes back unstarted (kombu's restore_at_shutdown) rather than
+         * waiting in the ready list until --shutdown-timeout */
+        give_back(r);
+        return;
+    }
     if (cel_log_enabled(CEL_LOG_INFO)) cel_info("Received task: %s[%s]", task->name, task->id);
     double now = now_unix();
     if (task->expires > 0 && now >= task->expires) {
