@@ -374,7 +374,12 @@ def main():
         if stack:
             mark = len(stack._log("celeriac"))
             celery, celery_why, legs = celery_step_seconds(stack.url, args.steps, args.batch)
-            phases = phase_times(stack._log("celeriac")[mark:])
+            log = stack._log("celeriac")[mark:]
+            phases = phase_times(log)
+            # how the checkpoints went (adapters_file.c): logged steps, and of those the
+            # ones whose gradient the executor had written ahead after the forward_backward
+            kinds = {k: log.count(f"({k}".encode()) for k in ("logged", "new file")}
+            kinds["written ahead"] = log.count(b"gradient written ahead)")
         else:
             celery, celery_why, legs = None, "not measured with --url", None
         print()
@@ -398,6 +403,7 @@ def main():
             for label, keys in order:
                 print(f"  {label:<18}" + "  ".join(
                     f"{k} {phases[k][0]:.3f} ({phases[k][1]})" for k in keys if k in phases))
+            print("  checkpoints: " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
             compute = sum(phases[k][0] for k in ("prepare", "pass", "adamw") if k in phases)
             if celery is not None and all(k in phases for k in ("prepare", "pass", "adamw")):
                 # the same step's own compute, measured in the executor: steadier than the

@@ -775,18 +775,21 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
     /* the step's log entry, when the step left its applied gradient (a CPU step just
      * made; not a hand-over's gradients, which go in full checkpoints) */
     int logged = 0;
-    if (rc != CEL_OK) free(text2);
-    else if (text2) /* (the image takes text2, also when it cannot add it) */
+    if (rc != CEL_OK || !text2 || cel_lora_applied_image(a->lora, &entry, NULL) != CEL_OK)
+        free(text2);
+    else /* (the image takes text2, also when it cannot add it) */
         logged = cel_lora_image_add(&entry, "meta.json", (unsigned char *)text2, strlen(text2),
-                                    NULL) == CEL_OK &&
-                 cel_lora_applied_image(a->lora, &entry, NULL) == CEL_OK;
+                                    NULL) == CEL_OK;
     double t1 = cel_adapters_now_ms();
     cel_ckpt_times_t t = { 0 };
     /* a new adapter, or a store from before the file (its `current` checked above):
      * no file may have appeared since */
     const char *expect = in_file ? a->ckpt : "";
     if (rc == CEL_OK)
-        rc = cel_ckpt_file_write(adir, expect, name, &img, logged ? &entry : NULL, &t, err);
+        rc =
+            cel_ckpt_file_write(adir, expect, name, &img, logged ? &entry : NULL, &a->pre, &t, err);
+    a->pre.valid = 0; /* used, or of no use any more */
+    if (rc == CEL_OK && t.logged == 2) s->ahead_used++;
     cel_lora_image_free(&img);
     cel_lora_image_free(&entry);
     if (rc != CEL_OK) {
@@ -803,9 +806,10 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
         cel_info("Phase times adapter %s checkpoint %s: ckpt_write=%.3f ckpt_sync=%.3f "
                  "ckpt_switch=%.3f ckpt_prune=%.3f%s",
                  a->id, name, t1 - t0, t.sync, t.sw, cel_adapters_now_ms() - t3,
-                 t.whole    ? " (new file)"
-                 : t.logged ? " (logged)"
-                            : "");
+                 t.whole         ? " (new file)"
+                 : t.logged == 2 ? " (logged, gradient written ahead)"
+                 : t.logged      ? " (logged)"
+                                 : "");
     return CEL_OK;
 }
 
@@ -820,6 +824,20 @@ int cel_adapters_commit(cel_adapters_t *s, cel_adapter_t *a, const char *task_id
     /* the step is in the checkpoint: no gradients are pending any more */
     if (a->hold_fd >= 0) cel_adapters_release(s, a);
     return CEL_OK;
+}
+
+void cel_adapters_prewrite(cel_adapters_t *s, const char *id) {
+    int i = find_loaded(s, id);
+    if (i < 0) return;
+    cel_adapter_t *a = s->loaded[i];
+    a->pre.valid = 0;
+    if (!a->has_grads || a->hold_fd < 0 || !a->ckpt[0]) return;
+    char adir[CEL_ADAPTERS_PATH_MAX + 64];
+    snprintf(adir, sizeof(adir), "%s/%s", s->adir, a->id);
+    cel_lora_image_t part = { 0 };
+    if (cel_lora_pending_image(a->lora, &part, NULL) == CEL_OK)
+        cel_ckpt_file_prewrite(adir, a->ckpt, &part, &a->pre, NULL); /* a hint: errors skip it */
+    cel_lora_image_free(&part);
 }
 
 /* ---- quotas per owner ---- */

@@ -201,6 +201,12 @@ void cel_adapters_release(cel_adapters_t *s, cel_adapter_t *a);
  * for a forward_backward that failed midway after earlier calls succeeded. */
 void cel_adapters_forfeit(cel_adapters_t *s, cel_adapter_t *a);
 
+/* After a forward_backward of adapter id (loaded, held, in this process)
+ * has answered: writes its accumulated gradients ahead into the checkpoint's
+ * next log entry, so that the optim_step's commit finds them on their way to
+ * the disk (a hint: anything amiss, and the commit writes them itself). */
+void cel_adapters_prewrite(cel_adapters_t *s, const char *id);
+
 /* Records one more forward_backward call, task task_id (NULL: unknown), in
  * a's gradients (a held): marks it in memory and in its marker. The gradients
  * stay even when the marker cannot be written (the error says why; a loss

@@ -331,6 +331,37 @@ static int write_archive(int fd, archive_t *ar, off_t off) {
     return 0;
 }
 
+/* Reads the file want of the archive at `at` (cap bytes at most) into img,
+ * stepping over the files before it by their heads (a log entry's meta.json
+ * comes after its gradient). CEL_EAGAIN when it is not there whole (damaged,
+ * or being rewritten). */
+static int read_named(int fd, off_t at, uint64_t cap, const char *want, cel_lora_image_t *img,
+                      cel_err_t *err) {
+    unsigned char h[ENTRY_HEAD];
+    for (uint64_t off = 0; off + ENTRY_HEAD <= cap;) {
+        if (pread_all(fd, h, ENTRY_HEAD, at + (off_t)off) != 0)
+            return cel_err_set(err, CEL_EIO, "checkpoint: %s", strerror(errno));
+        uint64_t n = get64(h + ENTRY_NAME);
+        if (h[0] == '\0' || n > cap - off - ENTRY_HEAD) break;
+        if (strncmp((const char *)h, want, ENTRY_NAME) != 0) {
+            off += ENTRY_HEAD + n;
+            continue;
+        }
+        unsigned char *data = malloc(n ? n : 1);
+        if (!data)
+            return cel_err_set(err, CEL_ENOMEM, "out of memory for %llu bytes",
+                               (unsigned long long)n);
+        struct iovec iv = { data, (size_t)n };
+        if (pread_all(fd, data, (size_t)n, at + (off_t)(off + ENTRY_HEAD)) != 0 ||
+            entry_hash(h, &iv, 1) != get64(h + ENTRY_NAME + 8)) {
+            free(data);
+            break;
+        }
+        return cel_lora_image_add(img, want, data, (size_t)n, err);
+    }
+    return cel_err_set(err, CEL_EAGAIN, "checkpoint archive damaged or being rewritten");
+}
+
 void cel_ckpt_log_free(cel_ckpt_log_t *log) {
     for (int i = 0; i < log->n; i++) cel_lora_image_free(&log->e[i]);
     log->n = 0;
@@ -365,6 +396,28 @@ static int read_log(int fd, const record_t *r, cel_ckpt_log_t *log, cel_err_t *e
     return rc;
 }
 
+/* Reads r's slot archive (with stop_after: enough of it for that file, its
+ * first: a prefix, and more if the file is longer) into img; *buf is the
+ * caller's to free. CEL_EAGAIN on a mismatch (damaged, or being rewritten). */
+static int read_slot(int fd, const record_t *r, const char *stop_after, unsigned char **buf,
+                     cel_lora_image_t *img, cel_err_t *err) {
+    size_t len = (size_t)r->len, want_len = stop_after && len > 65536 ? 65536 : len;
+    free(*buf);
+    if (!(*buf = malloc(len ? len : 1)))
+        return cel_err_set(err, CEL_ENOMEM, "out of memory for %zu bytes", len);
+    if (pread_all(fd, *buf, want_len, slot_at(r, r->slot)) != 0)
+        return cel_err_set(err, CEL_EIO, "checkpoint: %s", strerror(errno));
+    cel_lora_image_free(img);
+    int rc = parse_archive(*buf, want_len, stop_after, NULL, img, err);
+    if (rc == CEL_EAGAIN && want_len < len) { /* a first file longer than the prefix */
+        if (pread_all(fd, *buf, len, slot_at(r, r->slot)) != 0)
+            return cel_err_set(err, CEL_EIO, "checkpoint: %s", strerror(errno));
+        cel_lora_image_free(img);
+        rc = parse_archive(*buf, len, stop_after, NULL, img, err);
+    }
+    return rc;
+}
+
 int cel_ckpt_file_read(const char *dir, const char *want, const char *stop_after, char *name,
                        cel_lora_image_t *img, cel_ckpt_log_t *log, long long *bytes,
                        cel_err_t *err) {
@@ -396,33 +449,15 @@ int cel_ckpt_file_read(const char *dir, const char *want, const char *stop_after
             rc = cel_err_set(err, CEL_ESTATE, "%s: %s has logged steps to replay", path, r.name);
             break;
         }
-        /* the metadata alone comes from the newest archive: the last log entry's, or the
-         * slot's; enough of it for its first file, and more if it is longer */
-        off_t at = stop_after && r.nlog > 0 ? log_at(&r, r.nlog - 1) : slot_at(&r, r.slot);
-        size_t len = stop_after && r.nlog > 0 ? (size_t)r.ecap : (size_t)r.len;
-        size_t want_len = stop_after && len > 65536 ? 65536 : len;
-        free(buf);
-        if (!(buf = malloc(len ? len : 1))) {
-            rc = cel_err_set(err, CEL_ENOMEM, "out of memory for %zu bytes", len);
-            break;
-        }
-        if (pread_all(fd, buf, want_len, at) != 0) {
-            rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
-            break;
-        }
-        cel_lora_image_free(img);
-        rc = parse_archive(buf, want_len, stop_after, NULL, img, err);
-        if (rc == CEL_EAGAIN && want_len < len) { /* a first file longer than the prefix */
-            if (pread_all(fd, buf, len, at) != 0) {
-                rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
-                break;
-            }
+        if (stop_after && r.nlog > 0) { /* the metadata alone, after the last logged step */
             cel_lora_image_free(img);
-            rc = parse_archive(buf, len, stop_after, NULL, img, err);
-        }
-        if (rc == CEL_OK && !stop_after && r.nlog > 0) {
-            cel_ckpt_log_free(log);
-            rc = read_log(fd, &r, log, err);
+            rc = read_named(fd, log_at(&r, r.nlog - 1), r.ecap, stop_after, img, err);
+        } else {
+            rc = read_slot(fd, &r, stop_after, &buf, img, err);
+            if (rc == CEL_OK && !stop_after && r.nlog > 0) {
+                cel_ckpt_log_free(log);
+                rc = read_log(fd, &r, log, err);
+            }
         }
         if (rc != CEL_OK && rc != CEL_EAGAIN) break;
         if (current_record(fd, &again) == 0 && again.seq == r.seq) {
@@ -505,10 +540,24 @@ static int switch_record(int fd, const char *path, const record_t *cur, const re
     return CEL_OK;
 }
 
-/* Appends entry as log entry cur->nlog of the open file: the entry, fdatasync,
- * the `current` check, the new record (next), fdatasync. */
+/* Drops the first skip bytes of ar's iovecs (what is already in place). */
+static void archive_skip(archive_t *ar, size_t skip) {
+    while (ar->n > 0 && skip >= ar->iov->iov_len) {
+        skip -= ar->iov->iov_len;
+        ar->iov++, ar->n--;
+    }
+    if (ar->n > 0) {
+        ar->iov->iov_base = (char *)ar->iov->iov_base + skip;
+        ar->iov->iov_len -= skip;
+    }
+}
+
+/* Appends entry as log entry cur->nlog of the open file: the entry (less its
+ * first file when pre wrote that very file there), fdatasync, the `current`
+ * check, the new record (next), fdatasync. */
 static int append_entry(int fd, const char *path, const record_t *cur, record_t *next,
-                        const cel_lora_image_t *entry, cel_ckpt_times_t *t, cel_err_t *err) {
+                        const cel_lora_image_t *entry, const cel_ckpt_pre_t *pre,
+                        cel_ckpt_times_t *t, cel_err_t *err) {
     archive_t ea;
     int rc = archive_of(entry, &ea, err);
     if (rc != CEL_OK) return rc;
@@ -519,22 +568,72 @@ static int append_entry(int fd, const char *path, const record_t *cur, record_t 
     next->nlog = cur->nlog + 1;
     next->lhash =
         XXH3_64bits_withSeed(ea.heads, (size_t)entry->n * ENTRY_HEAD, cur->nlog ? cur->lhash : 0);
+    size_t skip = 0;
+    if (pre && pre->valid && pre->seq == cur->seq && pre->nlog == cur->nlog && entry->n > 0 &&
+        entry->f[0].len == pre->len && get64(ea.heads + ENTRY_NAME + 8) == pre->hash)
+        skip = ENTRY_HEAD + (size_t)pre->len;
+    struct iovec *iov0 = ea.iov; /* (archive_skip moves ea.iov) */
+    archive_skip(&ea, skip);
     double t0 = cel_adapters_now_ms();
-    if (write_archive(fd, &ea, log_at(cur, cur->nlog)) != 0 || fdatasync(fd) != 0) {
+    rc = write_archive(fd, &ea, log_at(cur, cur->nlog) + (off_t)skip);
+    ea.iov = iov0;
+    if (rc != 0 || fdatasync(fd) != 0) {
         rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
         goto out;
     }
     double t1 = cel_adapters_now_ms();
     if ((rc = switch_record(fd, path, cur, next, err)) != CEL_OK) goto out;
-    if (t) t->sync = t1 - t0, t->sw = cel_adapters_now_ms() - t1, t->logged = 1;
+    if (t) t->sync = t1 - t0, t->sw = cel_adapters_now_ms() - t1, t->logged = 1 + (skip > 0);
 out:
     archive_free(&ea);
     return rc;
 }
 
+int cel_ckpt_file_prewrite(const char *dir, const char *expect, const cel_lora_image_t *part,
+                           cel_ckpt_pre_t *pre, cel_err_t *err) {
+    char path[CEL_ADAPTERS_PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/" CKPT_FILE, dir);
+    pre->valid = 0;
+    if (part->n < 1 || log_steps() == 0) return CEL_ELIMIT;
+    int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+    record_t cur;
+    archive_t ar = { 0 };
+    int rc = CEL_OK;
+    if (current_record(fd, &cur) != 0 || strcmp(cur.name, expect) != 0) {
+        rc = cel_err_set(err, CEL_ESTATE, "%s: no longer %s", path, expect);
+        goto out;
+    }
+    if (cur.nlog >= cur.klog) {
+        rc = CEL_ELIMIT; /* the next step is a full checkpoint */
+        goto out;
+    }
+    if ((rc = archive_of(part, &ar, err)) != CEL_OK) goto out;
+    size_t len = ENTRY_HEAD + part->f[0].len;
+    if (len > cur.ecap) {
+        rc = CEL_ELIMIT;
+        goto out;
+    }
+    uint64_t hash = get64(ar.heads + ENTRY_NAME + 8);
+    off_t at = log_at(&cur, cur.nlog);
+    ar.n--; /* the first file alone, without the end: the rest is the step's */
+    if (write_archive(fd, &ar, at) != 0) {
+        rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    sync_file_range(fd, at, (off_t)len, SYNC_FILE_RANGE_WRITE); /* a hint: the flush waits */
+    *pre = (cel_ckpt_pre_t){
+        .valid = 1, .seq = cur.seq, .nlog = cur.nlog, .hash = hash, .len = part->f[0].len
+    };
+out:
+    close(fd);
+    if (ar.iov || ar.heads) archive_free(&ar);
+    return rc;
+}
+
 int cel_ckpt_file_write(const char *dir, const char *expect, const char *name,
                         const cel_lora_image_t *img, const cel_lora_image_t *entry,
-                        cel_ckpt_times_t *t, cel_err_t *err) {
+                        const cel_ckpt_pre_t *pre, cel_ckpt_times_t *t, cel_err_t *err) {
     char path[CEL_ADAPTERS_PATH_MAX + 64];
     snprintf(path, sizeof(path), "%s/" CKPT_FILE, dir);
     if (t) t->whole = t->logged = 0, t->sync = t->sw = 0;
@@ -564,7 +663,7 @@ int cel_ckpt_file_write(const char *dir, const char *expect, const char *name,
     snprintf(next.name, sizeof(next.name), "%s", name);
     uint32_t k = log_steps();
     if (have && entry && k > 0 && cur.nlog < cur.klog) {
-        rc = append_entry(fd, path, &cur, &next, entry, t, err);
+        rc = append_entry(fd, path, &cur, &next, entry, pre, t, err);
         if (rc != CEL_ELIMIT) goto out; /* done, or failed; an entry too big: a full one */
         rc = CEL_OK;
     }

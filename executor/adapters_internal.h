@@ -9,11 +9,21 @@
 
 #include <limits.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "adapters.h"
 
 #define CKPT_NAME_MAX 64                            /* "ckpt-<step>-<nonce>" */
 #define STATE_MAX     (CEL_ADAPTERS_PATH_MAX - 512) /* the state dir's path: room for the rest */
+
+/* A log entry's first file written ahead (cel_ckpt_file_prewrite): where, and
+ * its entry hash and length, to know it when the step's entry is the same. */
+typedef struct cel_ckpt_pre {
+    int valid;
+    uint64_t seq; /* the current record then */
+    uint32_t nlog;
+    uint64_t hash, len;
+} cel_ckpt_pre_t;
 
 struct cel_adapter {
     char id[CEL_ADAPTERS_ID_LEN + 1];
@@ -30,6 +40,7 @@ struct cel_adapter {
     int grad_count; /* forward_backward calls in the gradients (with has_grads) */
     int ckpt_grads; /* forward_backward calls in the loaded checkpoint's gradients (handback) */
     char last_fb[CEL_ADAPTERS_TASK_ID_MAX + 1]; /* task id of the latest call noted, or "" */
+    struct cel_ckpt_pre pre; /* the gradients written ahead (cel_adapters_prewrite) */
 };
 
 struct cel_adapters {
@@ -45,6 +56,7 @@ struct cel_adapters {
     unsigned long long clock;
     cel_adapters_limits_t lim;
     long evictions; /* LRU drops from memory (the worker's metrics) */
+    long ahead_used; /* logged steps whose gradient had been written ahead (tests) */
     char node[256]; /* the worker's node name (markers, messages) */
 };
 
@@ -110,10 +122,20 @@ int cel_ckpt_file_read(const char *dir, const char *want, const char *stop_after
 /* Makes a checkpoint named name the current one of the file in dir: entry
  * (may be NULL: a step's log entry, see cel_lora_applied_image) appended to
  * the log when there is room, else img's files in place when they fit (see
- * adapters_file.c), else as a new file. expect: the name the current record
- * must carry ("" for a new file); CEL_ESTATE otherwise. t may be NULL. */
+ * adapters_file.c), else as a new file. pre (may be NULL): the entry's first
+ * file as written ahead; when it is still the next entry's and the same, it is
+ * not written again. expect: the name the current record must carry ("" for a
+ * new file); CEL_ESTATE otherwise. t may be NULL. */
 int cel_ckpt_file_write(const char *dir, const char *expect, const char *name,
                         const cel_lora_image_t *img, const cel_lora_image_t *entry,
-                        cel_ckpt_times_t *t, cel_err_t *err);
+                        const cel_ckpt_pre_t *pre, cel_ckpt_times_t *t, cel_err_t *err);
+
+/* Writes part's first file where the next log entry of the file in dir goes
+ * and starts its writeback (sync_file_range), so that the step's flush finds
+ * it on its way (a forward_backward's gradient, before its optim_step). No
+ * record changes: a crash leaves it unnamed. OUT: *pre. CEL_ESTATE: the
+ * current record does not carry expect; CEL_ELIMIT: no log room. */
+int cel_ckpt_file_prewrite(const char *dir, const char *expect, const cel_lora_image_t *part,
+                           cel_ckpt_pre_t *pre, cel_err_t *err);
 
 #endif

@@ -486,6 +486,10 @@ static int serve(int fd) {
             status = EXEC_EXIT_IO;
             break;
         }
+        if (nheld == 0) { /* idle, unless a frame is already on its way */
+            struct pollfd pfd = { .fd = fd, .events = POLLIN };
+            if (poll(&pfd, 1, 0) == 0) cel_lm_idle();
+        }
         if (nheld > 0) {
             /* a partial batch: wait a little for more tasks, then run it */
             struct pollfd pfd = { .fd = fd, .events = POLLIN };

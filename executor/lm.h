@@ -96,4 +96,9 @@ void cel_lm_stats(cel_lm_stats_t *out);
  * id recorded with an optimizer step and named by progress frames. */
 void cel_lm_begin(const char *task_id);
 
+/* Work for an idle executor, once its results are sent and no frame waits:
+ * the gradients of the forward_backward calls that just answered are
+ * written ahead into their adapters' checkpoints (cel_adapters_prewrite). */
+void cel_lm_idle(void);
+
 #endif

@@ -36,6 +36,10 @@ typedef struct cel_lm_state {
     const char *task_id;      /* of the running task (cel_lm_begin) */
     int (*progress)(void *, long, long);
     void *progress_priv;
+    /* adapters whose forward_backward answered since the executor was last idle:
+     * their gradients are written ahead then (cel_lm_idle) */
+    char ahead[4][CEL_ADAPTERS_ID_LEN + 1];
+    int n_ahead;
 } cel_lm_state_t;
 
 extern cel_lm_state_t cel_lm_state;

@@ -388,6 +388,15 @@ int cel_lm_prepare(cel_call_t *call, cel_lm_pending_t **out) {
     return CEL_OK;
 }
 
+/* Queues adapter id's gradients to be written ahead when the executor is next
+ * idle (cel_lm_idle), once this result is on its way. */
+static void write_ahead_later(const char *id) {
+    for (int i = 0; i < g->n_ahead; i++)
+        if (strcmp(g->ahead[i], id) == 0) return;
+    if (g->n_ahead == (int)(sizeof(g->ahead) / sizeof(g->ahead[0]))) return; /* a hint only */
+    snprintf(g->ahead[g->n_ahead++], sizeof(g->ahead[0]), "%s", id);
+}
+
 /* Adds p's next job to the pass being built if the padded pass stays within
  * max_tokens (the first job always fits). *B, *T: the pass so far. */
 static int add_job(cel_lm_pending_t *p, cel_model_job_t *job, int *B, int *T, long max_tokens) {
@@ -454,6 +463,7 @@ static int run_round(cel_lm_pending_t **ps, int n, int kind, long max_tokens, ce
                 cel_warn("Adapter %s: cannot write its gradients marker (a loss of them would "
                          "go unnamed): %s",
                          cel_adapters_id(p->a), merr.msg);
+            write_ahead_later(cel_adapters_id(p->a));
             p->rc = cel_call_succeed(p->call,
                                      json_pack("{s:o, s:I, s:I, s:s}", "loss",
                                                cel_json_float(p->loss_sum / p->wsum), "tokens",

@@ -616,6 +616,14 @@ int cel_lora_step(cel_lora_t *l, const cel_adamw_t *opt, float *grad_norm, cel_e
 
 void cel_lora_keep_applied(cel_lora_t *l) { l->keep_applied = 1; }
 
+/* Adds block b (the applied or the pending gradient) as applied.safetensors. */
+static int add_applied(cel_lora_t *l, float *b, cel_lora_image_t *img, cel_err_t *err) {
+    float *gb[1] = { b };
+    const char *gs[1] = { ".grad" };
+    const char *gkv[2] = { "format", "celeriac-applied-1" };
+    return add_blocks(img, "applied.safetensors", l, gb, gs, 1, gkv, 1, err);
+}
+
 int cel_lora_applied_image(cel_lora_t *l, cel_lora_image_t *img, cel_err_t *err) {
     if (!l->ga || l->ga_step == 0 || l->ga_step != l->step)
         return cel_err_set(err, CEL_ENOTFOUND, "no applied gradient of step %d kept", l->step);
@@ -629,12 +637,18 @@ int cel_lora_applied_image(cel_lora_t *l, cel_lora_image_t *img, cel_err_t *err)
     char *text = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
     json_decref(j);
     if (!text) return cel_err_set(err, CEL_ENOMEM, "out of memory");
-    int rc = cel_lora_image_add(img, "step.json", (unsigned char *)text, strlen(text), err);
-    if (rc != CEL_OK) return rc;
-    float *gb[1] = { l->ga };
-    const char *gs[1] = { ".grad" };
-    const char *gkv[2] = { "format", "celeriac-applied-1" };
-    return add_blocks(img, "applied.safetensors", l, gb, gs, 1, gkv, 1, err);
+    /* the gradient first: it may be in place already (cel_lora_pending_image) */
+    int rc = add_applied(l, l->ga, img, err);
+    if (rc != CEL_OK) {
+        free(text);
+        return rc;
+    }
+    return cel_lora_image_add(img, "step.json", (unsigned char *)text, strlen(text), err);
+}
+
+int cel_lora_pending_image(cel_lora_t *l, cel_lora_image_t *img, cel_err_t *err) {
+    if (l->dev) return cel_err_set(err, CEL_ESTATE, "adapter is on the device");
+    return add_applied(l, l->g, img, err);
 }
 
 /* A float of step.json (finite, as written). */

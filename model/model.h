@@ -286,12 +286,15 @@ void cel_lora_zero_grad(cel_lora_t *l);
 
 /* The checkpoint's step log (issue 17). With keep on, each CPU step keeps a
  * copy of the gradient it applied (after clipping) and its hyper-parameters;
- * cel_lora_applied_image adds them to img as step.json and applied.safetensors
+ * cel_lora_applied_image adds them to img as applied.safetensors and step.json
  * (CEL_ENOTFOUND when the adapter's last change was not such a step: a device
- * step, a load). cel_lora_replay_image applies such a pair to an adapter at
- * the step before it (not on a device) as the step did: the same bits. */
+ * step, a load); cel_lora_pending_image adds the accumulated gradient as the
+ * same applied.safetensors (what the next step applies unless it clips), to
+ * be written ahead. cel_lora_replay_image applies such a pair to an adapter
+ * at the step before it (not on a device) as the step did: the same bits. */
 void cel_lora_keep_applied(cel_lora_t *l);
 int cel_lora_applied_image(cel_lora_t *l, cel_lora_image_t *img, cel_err_t *err);
+int cel_lora_pending_image(cel_lora_t *l, cel_lora_image_t *img, cel_err_t *err);
 int cel_lora_replay_image(cel_lora_t *l, const cel_lora_image_t *img, cel_err_t *err);
 
 /* Many workers (issue 15): a warm shutdown hands accumulated gradients to the

@@ -698,6 +698,73 @@ static void test_step_log_replays_bit_for_bit(void **state) {
     cel_adapters_free(sa);
 }
 
+/* One training step with the gradients written ahead after the forward_backward
+ * (as the executor does when idle): fake_grads(base), then opt (clip: grad_clip). */
+static void step_ahead(cel_adapters_t *s, cel_adapter_t *a, float base, float again, float clip,
+                       int step) {
+    cel_err_t err;
+    cel_adamw_t opt = { .lr = 1e-2f,
+                        .beta1 = 0.9f,
+                        .beta2 = 0.999f,
+                        .eps = 1e-8f,
+                        .weight_decay = 0.01f,
+                        .grad_clip = clip };
+    hold(s, a);
+    fake_grads(a, base);
+    assert_int_equal(cel_adapters_note_grads(s, a, NULL, &err), CEL_OK);
+    cel_adapters_prewrite(s, cel_adapters_id(a));
+    if (again != 0.0f) { /* another forward_backward after the write ahead */
+        cel_lora_t *l = cel_adapters_lora(a);
+        for (size_t i = 0; i < l->n; i++) l->g[i] += again;
+    }
+    assert_int_equal(cel_lora_step(cel_adapters_lora(a), &opt, NULL, &err), CEL_OK);
+    char task[32];
+    snprintf(task, sizeof(task), "task-%d", step);
+    json_t *res = json_pack("{s:i}", "step", step);
+    assert_int_equal(cel_adapters_commit(s, a, task, res, &err), CEL_OK);
+    json_decref(res);
+}
+
+/* The gradients written ahead (issue 17): a step that applies exactly them
+ * writes the rest of its log entry only; one whose gradient changed since
+ * (another forward_backward, clipping) writes it all; either way a fresh store
+ * reads the live state bit for bit, and a gradient written ahead of a step
+ * that never came (a crash) changes nothing. */
+static void test_step_log_written_ahead(void **state) {
+    fixture_t *f = *state;
+    cel_adapters_t *sa = open_store(f, "a@host");
+    char id[CEL_ADAPTERS_ID_LEN + 1];
+    cel_adapter_t *a = create_id(sa, id);
+    step_ahead(sa, a, 0.5f, 0.0f, 0.0f, 1);
+    assert_int_equal(sa->ahead_used, 1);
+    assert_same_on_disk(f, id, a);
+    step_ahead(sa, a, 0.25f, 0.125f, 0.0f, 2); /* changed after the write ahead */
+    assert_int_equal(sa->ahead_used, 1);
+    assert_same_on_disk(f, id, a);
+    step_ahead(sa, a, 0.75f, 0.0f, 0.01f, 3); /* clipped: not the gradient written */
+    assert_int_equal(sa->ahead_used, 1);
+    assert_same_on_disk(f, id, a);
+    step_ahead(sa, a, -0.5f, 0.0f, 0.0f, 4);
+    assert_int_equal(sa->ahead_used, 2);
+    assert_same_on_disk(f, id, a);
+    assert_int_equal(logged_steps(f, id), 4);
+    /* written ahead, then the process dies before its step */
+    hold(sa, a);
+    fake_grads(a, 0.3f);
+    cel_err_t err;
+    assert_int_equal(cel_adapters_note_grads(sa, a, NULL, &err), CEL_OK);
+    cel_adapters_prewrite(sa, cel_adapters_id(a));
+    cel_adapters_t *rs = open_store(f, "reader@host");
+    cel_adapter_t *b;
+    assert_int_equal(cel_adapters_get(rs, id, &b, &err), CEL_OK);
+    assert_int_equal(cel_lora_step_count(cel_adapters_lora(b)), 4);
+    assert_int_equal(memcmp(cel_adapters_lora(a)->w, cel_adapters_lora(b)->w,
+                            cel_adapters_lora(a)->n * sizeof(float)),
+                     0);
+    cel_adapters_free(rs);
+    cel_adapters_free(sa);
+}
+
 /* A log entry that a writer wrote but never named (a crash before its
  * record) does not count; a damaged newest record leaves the step before it,
  * whole; a damaged entry that the record names is refused, never half read. */
@@ -1033,6 +1100,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_list_and_node, setup, teardown),
         cmocka_unit_test_setup_teardown(test_step_log_replays_bit_for_bit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_step_log_torn, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_step_log_written_ahead, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_one_pass, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_outgrows_its_file, setup, teardown),
