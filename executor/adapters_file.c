@@ -27,7 +27,12 @@
  * flushes 1.8 MB for a small adapter; an entry holds the new meta.json, the
  * step's hyper-parameters and the gradient it applied (1x the weights), from
  * which the step is replayed bit for bit (cel_lora_replay_image). After klog
- * entries the next step writes a full checkpoint again. klog is 8
+ * entries the next step writes a full checkpoint again. An entry's files are
+ * applied.safetensors, step.json, meta.json, in that order: the gradient's
+ * place does not depend on the metadata's length, so an idle executor can
+ * write it ahead after the forward_backward (cel_ckpt_file_prewrite, into the
+ * entry no record names yet), and the step, when its gradient is that one,
+ * writes only the rest. klog is 8
  * (CELERIAC_CKPT_LOG_STEPS), fewer when 8 entries would pass 64 MB (a reader
  * holds the entries it replays), 0 for adapters whose weights pass that.
  *
