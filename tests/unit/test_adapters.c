@@ -765,6 +765,50 @@ static void test_step_log_written_ahead(void **state) {
     cel_adapters_free(sa);
 }
 
+/* klog of the current record of the checkpoint file in dir (version 2, at 108). */
+static unsigned record_klog(const char *dir) {
+    char path[512];
+    snprintf(path, sizeof(path), "%s/" CKPT_FILE, dir);
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    unsigned char rec[4096 + 512];
+    assert_int_equal(fread(rec, 1, sizeof(rec), fp), sizeof(rec));
+    fclose(fp);
+    /* a file just written whole: its one record is at 4096 (seq 1) */
+    unsigned char *r = rec + 4096;
+    assert_int_equal(memcmp(r, "CELCKPT1", 8), 0);
+    return (unsigned)r[108] | (unsigned)r[109] << 8 | (unsigned)r[110] << 16 |
+           (unsigned)r[111] << 24;
+}
+
+/* The step log is bounded (a reader holds the entries it replays): an adapter
+ * whose weights are 9 MB gets 7 entries (8 would pass 64 MB), one of 65 MB
+ * none, a small one the default 8. Images written straight to the file layer. */
+static void test_step_log_bounded_for_big_adapters(void **state) {
+    fixture_t *f = *state;
+    static const size_t sizes[] = { 4096, 9u << 20, 65u << 20 };
+    static const unsigned want[] = { 8, 7, 0 };
+    for (int i = 0; i < 3; i++) {
+        char dir[256];
+        snprintf(dir, sizeof(dir), "%s/big%d", f->dir, i);
+        assert_int_equal(mkdir(dir, 0700), 0);
+        cel_lora_image_t img = { 0 };
+        cel_err_t err;
+        unsigned char *meta = (unsigned char *)strdup("{}");
+        unsigned char *w = calloc(1, sizes[i]);
+        assert_non_null(w);
+        assert_int_equal(cel_lora_image_add(&img, "meta.json", meta, 2, &err), CEL_OK);
+        assert_int_equal(cel_lora_image_add(&img, "adapter_model.safetensors", w, sizes[i], &err),
+                         CEL_OK);
+        assert_int_equal(
+            cel_ckpt_file_write(dir, "", "ckpt-000000-0000000000000000", &img, NULL, NULL, NULL,
+                                &err),
+            CEL_OK);
+        cel_lora_image_free(&img);
+        assert_int_equal(record_klog(dir), want[i]);
+    }
+}
+
 /* A log entry that a writer wrote but never named (a crash before its
  * record) does not count; a damaged newest record leaves the step before it,
  * whole; a damaged entry that the record names is refused, never half read. */
@@ -1101,6 +1145,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_step_log_replays_bit_for_bit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_step_log_torn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_step_log_written_ahead, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_step_log_bounded_for_big_adapters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_one_pass, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_outgrows_its_file, setup, teardown),
