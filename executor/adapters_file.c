@@ -56,6 +56,8 @@
  */
 #include "adapters_internal.h"
 
+#include "../common/log.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -190,18 +192,23 @@ static int pwrite_all(int fd, const void *buf, size_t len, off_t off) {
     return 0;
 }
 
-/* The current record of the open file. OUT: *r. 0, or -1 with no valid record
+/* The current record of the open file. OUT: *r; *damaged (may be NULL): 1
+ * when a record block holds a record that fails its checks (a write that did
+ * not finish, or the disk), not only zeros. 0, or -1 with no valid record
  * (errno EPROTO) or a failed read. */
-static int current_record(int fd, record_t *r) {
+static int current_record(int fd, record_t *r, int *damaged) {
     struct stat st;
     if (fstat(fd, &st) != 0) return -1;
     unsigned char b[RECORD_BYTES];
     record_t rec[2];
     int ok[2];
+    if (damaged) *damaged = 0;
     for (int i = 0; i < 2; i++) {
-        ok[i] = st.st_size >= RECORD_AT(i) + RECORD_BYTES &&
-                pread_all(fd, b, sizeof(b), RECORD_AT(i)) == 0 &&
-                decode_record(b, st.st_size, &rec[i]);
+        int got = st.st_size >= RECORD_AT(i) + RECORD_BYTES &&
+                  pread_all(fd, b, sizeof(b), RECORD_AT(i)) == 0;
+        ok[i] = got && decode_record(b, st.st_size, &rec[i]);
+        if (got && !ok[i] && damaged)
+            for (int k = 0; k < RECORD_BYTES && !*damaged; k++) *damaged = b[k] != 0;
     }
     if (!ok[0] && !ok[1]) {
         errno = EPROTO;
@@ -438,11 +445,16 @@ int cel_ckpt_file_read(const char *dir, const char *want, const char *stop_after
     unsigned char *buf = NULL;
     for (int attempt = 0; attempt < READ_TRIES; attempt++) {
         record_t r, again;
-        if (current_record(fd, &r) != 0) {
+        int damaged = 0;
+        if (current_record(fd, &r, img && attempt == 0 ? &damaged : NULL) != 0) {
             rc = errno == EPROTO ? cel_err_set(err, CEL_EPROTO, "%s: no valid record", path)
                                  : cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
             break;
         }
+        if (damaged) /* a checkpoint lost, if that record was the newer one (not known) */
+            cel_warn("%s: one of its two records is damaged (a write that did not finish, or "
+                     "the disk); reading the other one, %s; the adapter's next step rewrites it",
+                     path, r.name);
         if (name) snprintf(name, CKPT_NAME_MAX, "%s", r.name);
         if (bytes) *bytes = (long long)r.len;
         if (want && strcmp(want, r.name) != 0) {
@@ -465,7 +477,7 @@ int cel_ckpt_file_read(const char *dir, const char *want, const char *stop_after
             }
         }
         if (rc != CEL_OK && rc != CEL_EAGAIN) break;
-        if (current_record(fd, &again) == 0 && again.seq == r.seq) {
+        if (current_record(fd, &again, NULL) == 0 && again.seq == r.seq) {
             if (rc == CEL_EAGAIN) /* not a writer's doing: the slot or log is damaged */
                 rc = cel_err_set(err, CEL_EPROTO, "%s: checkpoint %s is damaged", path, r.name);
             break;
@@ -535,7 +547,7 @@ static uint32_t log_room(const cel_lora_image_t *img, uint32_t k, uint64_t *ecap
 static int switch_record(int fd, const char *path, const record_t *cur, const record_t *next,
                          cel_err_t *err) {
     record_t again;
-    if (current_record(fd, &again) != 0 || again.seq != cur->seq)
+    if (current_record(fd, &again, NULL) != 0 || again.seq != cur->seq)
         return cel_err_set(err, CEL_ESTATE,
                            "adapter changed on disk (%s): another worker took it over", path);
     unsigned char rb[RECORD_BYTES];
@@ -605,7 +617,7 @@ int cel_ckpt_file_prewrite(const char *dir, const char *expect, const cel_lora_i
     record_t cur;
     archive_t ar = { 0 };
     int rc = CEL_OK;
-    if (current_record(fd, &cur) != 0 || strcmp(cur.name, expect) != 0) {
+    if (current_record(fd, &cur, NULL) != 0 || strcmp(cur.name, expect) != 0) {
         rc = cel_err_set(err, CEL_ESTATE, "%s: no longer %s", path, expect);
         goto out;
     }
@@ -650,7 +662,7 @@ int cel_ckpt_file_write(const char *dir, const char *expect, const char *name,
         rc = cel_err_set(err, CEL_EIO, "%s: %s", path, strerror(errno));
         goto out;
     }
-    if (have && current_record(fd, &cur) != 0) {
+    if (have && current_record(fd, &cur, NULL) != 0) {
         /* no valid record: a file no reader can use; replace it whole */
         close(fd);
         fd = -1;
