@@ -486,7 +486,7 @@ static int serve(int fd) {
             status = EXEC_EXIT_IO;
             break;
         }
-        if (nheld == 0) { /* idle, unless a frame is already on its way */
+        if (nheld == 0 && cel_lm_idle_work()) { /* idle, unless a frame is on its way */
             struct pollfd pfd = { .fd = fd, .events = POLLIN };
             if (poll(&pfd, 1, 0) == 0) cel_lm_idle();
         }

@@ -164,6 +164,8 @@ void cel_lm_close(void) {
 
 void cel_lm_begin(const char *task_id) { g->task_id = task_id; }
 
+int cel_lm_idle_work(void) { return g->n_ahead > 0; }
+
 void cel_lm_idle(void) {
     for (int i = 0; i < g->n_ahead && g->store; i++) cel_adapters_prewrite(g->store, g->ahead[i]);
     g->n_ahead = 0;

@@ -101,4 +101,7 @@ void cel_lm_begin(const char *task_id);
  * written ahead into their adapters' checkpoints (cel_adapters_prewrite). */
 void cel_lm_idle(void);
 
+/* 1 when cel_lm_idle has something to do. */
+int cel_lm_idle_work(void);
+
 #endif
