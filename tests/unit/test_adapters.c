@@ -116,6 +116,18 @@ static void fake_grads(cel_adapter_t *a, float base) {
     for (size_t i = 0; i < l->n; i++) l->g[i] = base + (float)i * 1e-3f;
 }
 
+/* The commit of the step a just made, as a worker's: task-<n> with the result
+ * {"step": n}, n the step it reached. */
+static void commit_step(cel_adapters_t *s, cel_adapter_t *a) {
+    cel_err_t err;
+    int step = cel_lora_step_count(cel_adapters_lora(a));
+    char task[32];
+    snprintf(task, sizeof(task), "task-%d", step);
+    json_t *res = json_pack("{s:i}", "step", step);
+    assert_int_equal(cel_adapters_commit(s, a, task, res, &err), CEL_OK);
+    json_decref(res);
+}
+
 /* One training step of a as a worker runs it: hold, a forward_backward's
  * gradients (fake_grads(base)), an AdamW step, then the commit of task-<n>
  * with the result {"step": n}, n the step it reached. */
@@ -126,12 +138,7 @@ static void train_step(cel_adapters_t *s, cel_adapter_t *a, float base) {
     fake_grads(a, base);
     assert_int_equal(cel_adapters_note_grads(s, a, NULL, &err), CEL_OK);
     assert_int_equal(cel_lora_step(cel_adapters_lora(a), &opt, NULL, &err), CEL_OK);
-    int step = cel_lora_step_count(cel_adapters_lora(a));
-    char task[32];
-    snprintf(task, sizeof(task), "task-%d", step);
-    json_t *res = json_pack("{s:i}", "step", step);
-    assert_int_equal(cel_adapters_commit(s, a, task, res, &err), CEL_OK);
-    json_decref(res);
+    commit_step(s, a);
 }
 
 /* a keeps task-<step>'s result for a redelivery: done at step, {"step": step}. */
@@ -679,11 +686,7 @@ static void test_step_log_replays_bit_for_bit(void **state) {
         fake_grads(a, 0.3f * (float)step - 1.0f);
         assert_int_equal(cel_adapters_note_grads(sa, a, NULL, &err), CEL_OK);
         assert_int_equal(cel_lora_step(cel_adapters_lora(a), &opt, NULL, &err), CEL_OK);
-        char task[32];
-        snprintf(task, sizeof(task), "task-%d", step);
-        json_t *res = json_pack("{s:i}", "step", step);
-        assert_int_equal(cel_adapters_commit(sa, a, task, res, &err), CEL_OK);
-        json_decref(res);
+        commit_step(sa, a);
         assert_int_equal(logged_steps(f, id), step % 4);
         assert_same_on_disk(f, id, a);
     }
@@ -700,8 +703,8 @@ static void test_step_log_replays_bit_for_bit(void **state) {
 
 /* One training step with the gradients written ahead after the forward_backward
  * (as the executor does when idle): fake_grads(base), then opt (clip: grad_clip). */
-static void step_ahead(cel_adapters_t *s, cel_adapter_t *a, float base, float again, float clip,
-                       int step) {
+static void step_ahead(cel_adapters_t *s, cel_adapter_t *a, float base, float again,
+                       float clip) {
     cel_err_t err;
     cel_adamw_t opt = { .lr = 1e-2f,
                         .beta1 = 0.9f,
@@ -718,11 +721,7 @@ static void step_ahead(cel_adapters_t *s, cel_adapter_t *a, float base, float ag
         for (size_t i = 0; i < l->n; i++) l->g[i] += again;
     }
     assert_int_equal(cel_lora_step(cel_adapters_lora(a), &opt, NULL, &err), CEL_OK);
-    char task[32];
-    snprintf(task, sizeof(task), "task-%d", step);
-    json_t *res = json_pack("{s:i}", "step", step);
-    assert_int_equal(cel_adapters_commit(s, a, task, res, &err), CEL_OK);
-    json_decref(res);
+    commit_step(s, a);
 }
 
 /* The gradients written ahead (issue 17): a step that applies exactly them
@@ -735,16 +734,16 @@ static void test_step_log_written_ahead(void **state) {
     cel_adapters_t *sa = open_store(f, "a@host");
     char id[CEL_ADAPTERS_ID_LEN + 1];
     cel_adapter_t *a = create_id(sa, id);
-    step_ahead(sa, a, 0.5f, 0.0f, 0.0f, 1);
+    step_ahead(sa, a, 0.5f, 0.0f, 0.0f);
     assert_int_equal(sa->ahead_used, 1);
     assert_same_on_disk(f, id, a);
-    step_ahead(sa, a, 0.25f, 0.125f, 0.0f, 2); /* changed after the write ahead */
+    step_ahead(sa, a, 0.25f, 0.125f, 0.0f); /* changed after the write ahead */
     assert_int_equal(sa->ahead_used, 1);
     assert_same_on_disk(f, id, a);
-    step_ahead(sa, a, 0.75f, 0.0f, 0.01f, 3); /* clipped: not the gradient written */
+    step_ahead(sa, a, 0.75f, 0.0f, 0.01f); /* clipped: not the gradient written */
     assert_int_equal(sa->ahead_used, 1);
     assert_same_on_disk(f, id, a);
-    step_ahead(sa, a, -0.5f, 0.0f, 0.0f, 4);
+    step_ahead(sa, a, -0.5f, 0.0f, 0.0f);
     assert_int_equal(sa->ahead_used, 2);
     assert_same_on_disk(f, id, a);
     assert_int_equal(logged_steps(f, id), 4);
