@@ -110,7 +110,12 @@ def test_enable_events_at_run_time(worker, celery_app, redis_client, db):
 
 def test_events_dump_cli(worker, celery_app, broker_url, redis_client, db):
     env = dict(os.environ, CELERY_BROKER_URL=broker_url, PYTHONPATH=HERE, PYTHONUNBUFFERED="1")
-    out = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"dump-{os.getpid()}.txt"), "w+")
+    # The child writes in append mode and the test reads through its own descriptor: a shared
+    # "w+" file's offset let the test's seek(0) send the child's next line to the file's start,
+    # over the worker-online event it waits for (1 run in 6 failed so).
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"dump-{os.getpid()}.txt")
+    open(path, "w").close()
+    out = open(path, "a")
     before = len(subscribers(redis_client, db))
     dump = subprocess.Popen([PYTHON, "-m", "celery", "-A", "pydiag", "events", "--dump"],
                             cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -122,8 +127,8 @@ def test_events_dump_cli(worker, celery_app, broker_url, redis_client, db):
         assert celery_app.send_task("diag.add", args=[4, 4]).get(timeout=scaled(10)) == 8
 
         def seen():
-            out.seek(0)
-            text = out.read()
+            with open(path) as f:
+                text = f.read()
             return "task succeeded: diag.add" in text and "] started:" in text and text
         text = wait_until(seen, scaled(10), interval=0.2, what="events in celery events --dump")
         assert "diag.add" in text
@@ -131,3 +136,4 @@ def test_events_dump_cli(worker, celery_app, broker_url, redis_client, db):
         os.killpg(dump.pid, signal.SIGKILL)
         dump.wait(10)
         out.close()
+        os.unlink(path)
