@@ -114,12 +114,17 @@ class Executor:
         assert isinstance(reply["runtime"], float) and reply["runtime"] >= 0
         return reply
 
+    def log_text(self):
+        """The executor's log so far. Read with pread: the child writes at the file offset it
+        shares with self.log, so a seek here would send its next line over the start."""
+        fd = self.log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
     def wait_log(self, text, timeout=TIMEOUT):
         """Waits until the executor's log holds text (it logs at debug here)."""
         deadline = time.monotonic() + timeout
         while True:
-            self.log.seek(0)
-            if text in self.log.read().decode(errors="replace"):
+            if text in self.log_text():
                 return
             assert time.monotonic() < deadline, f"no {text!r} in the executor log"
             time.sleep(0.01)
@@ -148,8 +153,7 @@ class Executor:
 
     def wait(self):
         rc = self.proc.wait(TIMEOUT)
-        self.log.seek(0)
-        self.stderr = self.log.read().decode(errors="replace")
+        self.stderr = self.log_text()
         return rc
 
     def close(self):
