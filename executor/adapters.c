@@ -16,7 +16,9 @@
  * files) is read as it is; the adapter's next checkpoint goes into the file,
  * then `current` and the directories are removed (prune: in the background,
  * with temp names (*.tmp.<node>.<pid>) older than STALE_TMP_S: a writer killed
- * midway). Deleting renames the adapter's directory out of the way first, so a
+ * midway; after a copy's first checkpoint and every full one, not after logged
+ * steps, which leave nothing to remove). A logged step builds only its log
+ * entry; the full image only when the log has no room. Deleting renames the adapter's directory out of the way first, so a
  * half-removed adapter is never seen as one.
  * Executor processes only; blocking I/O; one thread.
  */
@@ -34,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,19 +61,13 @@ static const char *const mod_names[] = { "q_proj",    "k_proj",  "v_proj",   "o_
 static int random_hex(char *buf, size_t n, cel_err_t *err) {
     unsigned char raw[32];
     if (n > sizeof(raw)) return cel_err_set(err, CEL_EINVAL, "random_hex: too long");
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return cel_err_set(err, CEL_EIO, "/dev/urandom: %s", strerror(errno));
-    size_t got = 0;
+    size_t got = 0; /* (the urandom source: one syscall, no file to open per checkpoint) */
     while (got < n) {
-        ssize_t r = read(fd, raw + got, n - got);
+        ssize_t r = getrandom(raw + got, n - got, 0);
         if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            close(fd);
-            return cel_err_set(err, CEL_EIO, "/dev/urandom: short read");
-        }
+        if (r <= 0) return cel_err_set(err, CEL_EIO, "getrandom: %s", strerror(errno));
         got += (size_t)r;
     }
-    close(fd);
     for (size_t i = 0; i < n; i++) snprintf(buf + 2 * i, 3, "%02x", raw[i]);
     return CEL_OK;
 }
@@ -757,7 +754,7 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
     if (rc != CEL_OK) return rc;
     snprintf(name, sizeof(name), "ckpt-%06d-%s", cel_lora_step_count(a->lora), nonce);
     snprintf(adir, sizeof(adir), "%s/%s", s->adir, a->id);
-    if ((rc = mkdir_if_missing(adir, err)) != CEL_OK) return rc;
+    if (!in_file && (rc = mkdir_if_missing(adir, err)) != CEL_OK) return rc;
     json_t *meta = make_meta(s, a, task, result, recent);
     if (meta && with_grads)
         json_object_set_new(meta, "pending_grads",
@@ -767,27 +764,35 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
     json_decref(meta);
     cel_lora_image_t img = { 0 }, entry = { 0 };
     if (!text) return cel_err_set(err, CEL_ENOMEM, "out of memory");
-    char *text2 = with_grads ? NULL : strdup(text);
-    /* meta.json first: a reader of the metadata alone stops there */
-    rc = cel_lora_image_add(&img, "meta.json", (unsigned char *)text, strlen(text), err);
-    const char *kv[] = { "adapter_id", a->id };
-    if (rc == CEL_OK) rc = cel_lora_save_image(a->lora, s->base, kv, 1, with_grads, &img, err);
     /* the step's log entry, when the step left its applied gradient (a CPU step just
      * made; not a hand-over's gradients, which go in full checkpoints) */
     int logged = 0;
-    if (rc != CEL_OK || !text2 || cel_lora_applied_image(a->lora, &entry, NULL) != CEL_OK)
-        free(text2);
+    char *text2 = with_grads ? NULL : strdup(text);
+    if (!text2 || cel_lora_applied_image(a->lora, &entry, NULL) != CEL_OK) free(text2);
     else /* (the image takes text2, also when it cannot add it) */
         logged = cel_lora_image_add(&entry, "meta.json", (unsigned char *)text2, strlen(text2),
                                     NULL) == CEL_OK;
-    double t1 = cel_adapters_now_ms();
+    double t1 = cel_adapters_now_ms(), build = t1 - t0;
     cel_ckpt_times_t t = { 0 };
     /* a new adapter, or a store from before the file (its `current` checked above):
      * no file may have appeared since */
     const char *expect = in_file ? a->ckpt : "";
-    if (rc == CEL_OK)
-        rc =
-            cel_ckpt_file_write(adir, expect, name, &img, logged ? &entry : NULL, &a->pre, &t, err);
+    /* a logged step first, without the full image (CEL_ELIMIT: no room, nothing written) */
+    rc = logged ? cel_ckpt_file_write(adir, expect, name, NULL, &entry, &a->pre, &t, err)
+                : CEL_ELIMIT;
+    if (rc == CEL_ELIMIT) {
+        /* meta.json first: a reader of the metadata alone stops there */
+        double t2 = cel_adapters_now_ms();
+        rc = cel_lora_image_add(&img, "meta.json", (unsigned char *)text, strlen(text), err);
+        text = NULL; /* (the image took it) */
+        const char *kv[] = { "adapter_id", a->id };
+        if (rc == CEL_OK) rc = cel_lora_save_image(a->lora, s->base, kv, 1, with_grads, &img, err);
+        build += cel_adapters_now_ms() - t2;
+        if (rc == CEL_OK)
+            rc = cel_ckpt_file_write(adir, expect, name, &img, logged ? &entry : NULL, &a->pre, &t,
+                                     err);
+    }
+    free(text);
     a->pre.valid = 0; /* used, or of no use any more */
     if (rc == CEL_OK && t.logged == 2) s->ahead_used++;
     cel_lora_image_free(&img);
@@ -801,11 +806,14 @@ static int write_ckpt_files(cel_adapters_t *s, cel_adapter_t *a, const char *tas
     double t3 = cel_adapters_now_ms();
     snprintf(a->ckpt, sizeof(a->ckpt), "%s", name);
     a->ckpt_grads = with_grads ? a->grad_count : 0;
-    prune(s, a->id);
+    if (!t.logged || !a->pruned) { /* (what it removes is left by full checkpoints, or old) */
+        prune(s, a->id);
+        a->pruned = 1;
+    }
     if (cel_adapters_phase_times())
         cel_info("Phase times adapter %s checkpoint %s: ckpt_write=%.3f ckpt_sync=%.3f "
                  "ckpt_switch=%.3f ckpt_prune=%.3f%s",
-                 a->id, name, t1 - t0, t.sync, t.sw, cel_adapters_now_ms() - t3,
+                 a->id, name, build, t.sync, t.sw, cel_adapters_now_ms() - t3,
                  t.whole         ? " (new file)"
                  : t.logged == 2 ? " (logged, gradient written ahead)"
                  : t.logged      ? " (logged)"

@@ -684,6 +684,10 @@ int cel_ckpt_file_write(const char *dir, const char *expect, const char *name,
         if (rc != CEL_ELIMIT) goto out; /* done, or failed; an entry too big: a full one */
         rc = CEL_OK;
     }
+    if (!img) {
+        rc = CEL_ELIMIT; /* the caller builds the full image and calls again */
+        goto out;
+    }
     if ((rc = archive_of(img, &ar, err)) != CEL_OK) goto out;
     size_t len = ar.len;
     next.len = len;

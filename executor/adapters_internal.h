@@ -41,6 +41,7 @@ struct cel_adapter {
     int ckpt_grads; /* forward_backward calls in the loaded checkpoint's gradients (handback) */
     char last_fb[CEL_ADAPTERS_TASK_ID_MAX + 1]; /* task id of the latest call noted, or "" */
     struct cel_ckpt_pre pre; /* the gradients written ahead (cel_adapters_prewrite) */
+    int pruned;              /* prune ran since this copy was made (logged steps skip it) */
 };
 
 struct cel_adapters {
@@ -125,7 +126,8 @@ int cel_ckpt_file_read(const char *dir, const char *want, const char *stop_after
  * adapters_file.c), else as a new file. pre (may be NULL): the entry's first
  * file as written ahead; when it is still the next entry's and the same, it is
  * not written again. expect: the name the current record must carry ("" for a
- * new file); CEL_ESTATE otherwise. t may be NULL. */
+ * new file); CEL_ESTATE otherwise. t may be NULL. img may be NULL: then
+ * CEL_ELIMIT, with nothing written, when entry cannot be logged. */
 int cel_ckpt_file_write(const char *dir, const char *expect, const char *name,
                         const cel_lora_image_t *img, const cel_lora_image_t *entry,
                         const cel_ckpt_pre_t *pre, cel_ckpt_times_t *t, cel_err_t *err);
