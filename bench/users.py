@@ -16,7 +16,8 @@ executors, every user's connections made).
 Then the cost of a step along the path, for one user:
   engine       `bin/celeriac-lm train --threads 1` for the same steps, batch and sentence
                (in-process, no worker; one thread, as each executor computes), per step:
-               (time(steps) - time(1 step)) / (steps - 1), load excluded
+               from its own step lines, the first step and the load excluded (median of 3,
+               before and after the celery row, the two averaged)
   celery       the same step through the worker with the Celery client directly
                (send_task + AsyncResult.get), no HTTP
   http         the same step through Gunicorn (N = 1 run above)
@@ -210,31 +211,42 @@ def run_sequential(clients, steps, batch):
     return time.monotonic() - t0
 
 
-def engine_step_seconds(bindir, steps, batch, workdir):
-    """Per-step time of `celeriac-lm train` (load excluded), or (None, reason)."""
+ENGINE_STEP_RE = re.compile(r"^step (\d+)/\d+ .* tok/s (\d+)", re.M)
+ENGINE_BT_RE = re.compile(r"B=(\d+) T=(\d+)")
+
+
+def engine_step_seconds(bindir, steps, batch, workdir, runs=3):
+    """Per-step time of `celeriac-lm train` (load and first step excluded), or (None, reason):
+    from its own step lines (each prints the tokens/s since its first step began), the time
+    from the end of step 1 to the end of the last over steps - 1, median of `runs` runs. (Whole runs
+    timed from outside, N steps less 1 step, carried the jitter of the load and the save into
+    it: 9.3-16.0 ms a step in six runs a few seconds apart.)"""
     lm = os.path.join(bindir, "celeriac-lm")
     if not os.access(lm, os.X_OK):
         return None, "bin/celeriac-lm not built"
     data = os.path.join(workdir, "text.txt")
     with open(data, "w") as f:
         f.write(TEXT)
-
-    def timed(n):
-        cmd = [lm, "train", "--data", data, "--lora", "8", "--alpha", "16", "--steps", str(n),
-               "--lr", "1e-3", "--batch", str(batch), "--threads", "1",
-               "--out", os.path.join(workdir, f"lm{n}")]
-        t0 = time.monotonic()
-        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
-        if p.returncode != 0:
-            raise RuntimeError(p.stderr.decode("utf-8", "replace")[-500:])
-        return time.monotonic() - t0
-
+    n = max(steps, 2)
+    cmd = [lm, "train", "--data", data, "--lora", "8", "--alpha", "16", "--steps", str(n),
+           "--lr", "1e-3", "--batch", str(batch), "--threads", "1",
+           "--out", os.path.join(workdir, "lm")]
+    per_step = []
     try:
-        t1 = min(timed(1) for _ in range(2))
-        tn = min(timed(steps) for _ in range(2))
+        for _ in range(runs):
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            if p.returncode != 0:
+                raise RuntimeError(p.stderr[-500:])
+            bt = ENGINE_BT_RE.search(p.stderr)
+            rate = {int(k): int(r) for k, r in ENGINE_STEP_RE.findall(p.stdout)}
+            if not bt or 1 not in rate or n not in rate or min(rate[1], rate[n]) <= 0:
+                raise RuntimeError(f"unexpected output: {p.stdout[-300:]!r}")
+            tokens = int(bt.group(1)) * int(bt.group(2))
+            # elapsed seconds at the end of step k: k * tokens / (tokens/s since step 1 began)
+            per_step.append((n * tokens / rate[n] - tokens / rate[1]) / (n - 1))
     except Exception as e:  # noqa: BLE001 - shown in the table
         return None, f"celeriac-lm train failed: {e}"
-    return max(tn - t1, 0.0) / max(steps - 1, 1), None
+    return statistics.median(per_step), None
 
 
 def stamp(d):
@@ -375,6 +387,11 @@ def main():
             mark = len(stack._log("celeriac"))
             celery, celery_why, legs = celery_step_seconds(stack.url, args.steps, args.batch)
             log = stack._log("celeriac")[mark:]
+            # the engine once more after the celery row, the two averaged: this machine's
+            # speed drifts by a third over seconds, so the row is timed on both sides
+            after, _ = engine_step_seconds(args.bin_dir, args.steps, args.batch, workdir)
+            if engine is not None and after is not None:
+                engine = (engine + after) / 2
             phases = phase_times(log)
             # how the checkpoints went (adapters_file.c): logged steps, and of those the
             # ones whose gradient the executor had written ahead after the forward_backward
