@@ -218,9 +218,9 @@ ENGINE_BT_RE = re.compile(r"B=(\d+) T=(\d+)")
 def engine_step_seconds(bindir, steps, batch, workdir, runs=3):
     """Per-step time of `celeriac-lm train` (load and first step excluded), or (None, reason):
     from its own step lines (each prints the tokens/s since its first step began), the time
-    from the end of step 1 to the end of the last over steps - 1, median of `runs` runs. (Whole runs
-    timed from outside, N steps less 1 step, carried the jitter of the load and the save into
-    it: 9.3-16.0 ms a step in six runs a few seconds apart.)"""
+    from the end of step 1 to the end of the last over steps - 1, median of `runs` runs.
+    (Whole runs timed from outside, N steps less 1 step, carried the jitter of the load and
+    the save into it: 9.3-16.0 ms a step in six runs a few seconds apart.)"""
     lm = os.path.join(bindir, "celeriac-lm")
     if not os.access(lm, os.X_OK):
         return None, "bin/celeriac-lm not built"

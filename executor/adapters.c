@@ -18,8 +18,9 @@
  * with temp names (*.tmp.<node>.<pid>) older than STALE_TMP_S: a writer killed
  * midway; after a copy's first checkpoint and every full one, not after logged
  * steps, which leave nothing to remove). A logged step builds only its log
- * entry; the full image only when the log has no room. Deleting renames the adapter's directory out of the way first, so a
- * half-removed adapter is never seen as one.
+ * entry; the full image only when the log has no room. Deleting renames the
+ * adapter's directory out of the way first, so a half-removed adapter is never
+ * seen as one.
  * Executor processes only; blocking I/O; one thread.
  */
 #include "adapters_internal.h"
