@@ -29,6 +29,7 @@
 
 #include <cmocka.h>
 
+#include "../../common/log.h"
 #include "../../executor/adapters_internal.h"
 #include "../../model/internal.h"
 #include "../../model/model.h"
@@ -808,6 +809,28 @@ static void test_step_log_bounded_for_big_adapters(void **state) {
     }
 }
 
+/* The executor's log goes to a temp file until log_captured() returns what
+ * it holds (malloc'd) and sends it back to stderr. */
+static int log_capture(void) {
+    FILE *fp = tmpfile();
+    assert_non_null(fp);
+    int fd = dup(fileno(fp));
+    fclose(fp);
+    assert_true(fd >= 0);
+    cel_log_init("MainProcess", CEL_LOG_WARNING, fd);
+    return fd;
+}
+
+static char *log_captured(int fd) {
+    cel_log_init("MainProcess", CEL_LOG_WARNING, -1);
+    off_t n = lseek(fd, 0, SEEK_END);
+    char *text = calloc(1, (size_t)n + 1);
+    assert_non_null(text);
+    assert_int_equal(pread(fd, text, (size_t)n, 0), n);
+    close(fd);
+    return text;
+}
+
 /* A log entry that a writer wrote but never named (a crash before its
  * record) does not count; a damaged newest record leaves the step before it,
  * whole; a damaged entry that the record names is refused, never half read. */
@@ -823,6 +846,8 @@ static void test_step_log_torn(void **state) {
     size_t nw = la->n;
     float *w1 = malloc(nw * sizeof(float));
     memcpy(w1, la->w, nw * sizeof(float));
+    char name1[CKPT_NAME_MAX];
+    read_current(f, id, name1, sizeof(name1));
     train_step(sa, a, 0.25f);
     assert_int_equal(logged_steps(f, id), 2);
     struct stat st;
@@ -841,10 +866,16 @@ static void test_step_log_torn(void **state) {
     long log0 = st.st_size - 4 * ecap;
     scribble(path, log0 + 2 * ecap, log0 + 3 * ecap);
     assert_same_on_disk(f, id, a);
-    /* the newest record (seq 3, at 4096: create was seq 1) damaged: step 1, whole */
+    /* the newest record (seq 3, at 4096: create was seq 1) damaged: step 1, whole,
+     * and the executor's log says so, naming the checkpoint read */
     scribble(path, 4096 + 16, 4096 + 24);
+    int lfd = log_capture();
     cel_adapters_t *rs = open_store(f, "reader@host");
     cel_adapter_t *b = get(rs, id);
+    char *said = log_captured(lfd);
+    assert_non_null(strstr(said, "one of its two records is damaged"));
+    assert_non_null(strstr(said, name1));
+    free(said);
     assert_int_equal(cel_lora_step_count(cel_adapters_lora(b)), 1);
     assert_int_equal(memcmp(w1, cel_adapters_lora(b)->w, nw * sizeof(float)), 0);
     assert_step_result(b, 1);
